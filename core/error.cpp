@@ -1,0 +1,54 @@
+// Names and the std::error_category of sojourn's error codes.
+#include "sojourn/core/error.hpp"
+
+namespace sojourn {
+
+std::string_view errc_name(Errc code) noexcept {
+  switch (code) {
+    case Errc::ok: return "ok";
+    case Errc::bad_magic: return "bad_magic";
+    case Errc::bad_version: return "bad_version";
+    case Errc::bad_kind: return "bad_kind";
+    case Errc::frame_too_large: return "frame_too_large";
+    case Errc::truncated: return "truncated";
+    case Errc::malformed_payload: return "malformed_payload";
+    case Errc::not_transferable: return "not_transferable";
+    case Errc::invalid_json: return "invalid_json";
+    case Errc::invalid_argument: return "invalid_argument";
+    case Errc::no_such_service: return "no_such_service";
+    case Errc::service_failed: return "service_failed";
+    case Errc::shutting_down: return "shutting_down";
+    case Errc::lua_error: return "lua_error";
+    case Errc::cpu_limit: return "cpu_limit";
+    case Errc::memory_limit: return "memory_limit";
+    case Errc::deadline: return "deadline";
+    case Errc::sandbox_refused: return "sandbox_refused";
+    case Errc::connect_failed: return "connect_failed";
+    case Errc::connection_closed: return "connection_closed";
+    case Errc::timeout: return "timeout";
+    case Errc::bad_address: return "bad_address";
+    case Errc::remote_protocol_error: return "remote_protocol_error";
+  }
+  return "unknown_error";
+}
+
+namespace {
+class SojournCategory final : public std::error_category {
+ public:
+  const char* name() const noexcept override { return "sojourn"; }
+  std::string message(int ev) const override { return std::string(errc_name(static_cast<Errc>(ev))); }
+};
+}  // namespace
+
+const std::error_category& sojourn_category() noexcept {
+  static const SojournCategory category;
+  return category;
+}
+
+std::error_code make_error_code(Errc code) noexcept {
+  return {static_cast<int>(code), sojourn_category()};
+}
+
+Error make_error(Errc code, std::string message) { return Error{code, std::move(message)}; }
+
+}  // namespace sojourn

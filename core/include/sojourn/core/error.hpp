@@ -1,0 +1,104 @@
+// Errors of sojourn: one numbered enum shared by every module, because error codes
+// travel inside reply frames and must mean the same thing on both ends of the wire.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <system_error>
+#include <type_traits>
+#include <utility>
+#include <variant>
+
+namespace sojourn {
+
+// Each value's comment is the start of its message; `Error::message` carries the details.
+// The numbers are part of the protocol: never renumber, only append.
+enum class Errc : std::uint16_t {
+  ok = 0,                    // "ok"
+  // wire (core)
+  bad_magic = 1,             // "bad frame magic 0x..."
+  bad_version = 2,           // "unsupported protocol version N (this node speaks M)"
+  bad_kind = 3,              // "unknown frame kind N"
+  frame_too_large = 4,       // "frame payload of N bytes exceeds the limit of M bytes"
+  truncated = 5,             // "truncated frame: ..."
+  malformed_payload = 6,     // "malformed payload: ..."
+  not_transferable = 7,      // "value at PATH cannot travel: ..."
+  invalid_json = 8,          // "invalid JSON: ..."
+  invalid_argument = 9,      // "invalid argument: ..."
+  // node
+  no_such_service = 20,      // "no such service: NAME"
+  service_failed = 21,       // "service NAME failed: ..."
+  shutting_down = 22,        // "node is shutting down"
+  // sandbox
+  lua_error = 40,            // "Lua error at CHUNK:LINE: ..."
+  cpu_limit = 41,            // "CPU limit of N instructions exceeded"
+  memory_limit = 42,         // "memory limit of N bytes exceeded"
+  deadline = 43,             // "wall-clock deadline of N ms exceeded"
+  sandbox_refused = 44,      // "refused by the sandbox: ..."
+  // transports
+  connect_failed = 60,       // "cannot connect to PEER: ..."
+  connection_closed = 61,    // "connection to PEER closed: ..."
+  timeout = 62,              // "request to PEER timed out after N ms"
+  bad_address = 63,          // "bad address: ..."
+  remote_protocol_error = 64,// "peer PEER reported a protocol error: ..."
+};
+
+// The fixed short name of a code ("cpu_limit"), used in JSON output and logs.
+std::string_view errc_name(Errc code) noexcept;
+
+const std::error_category& sojourn_category() noexcept;
+std::error_code make_error_code(Errc code) noexcept;
+
+// A failure with its full, human-readable message. The message is part of the API:
+// tests compare it exactly.
+struct Error {
+  Errc code = Errc::ok;
+  std::string message;
+
+  friend bool operator==(const Error&, const Error&) = default;
+};
+
+Error make_error(Errc code, std::string message);
+
+// A value or an Error; std::expected is C++23.
+template <class T>
+class [[nodiscard]] Result {
+ public:
+  Result(T value) : v_(std::in_place_index<0>, std::move(value)) {}     // NOLINT: implicit by design
+  Result(Error error) : v_(std::in_place_index<1>, std::move(error)) {} // NOLINT
+
+  bool ok() const noexcept { return v_.index() == 0; }
+  explicit operator bool() const noexcept { return ok(); }
+
+  T& value() & { return std::get<0>(v_); }
+  const T& value() const& { return std::get<0>(v_); }
+  T&& value() && { return std::get<0>(std::move(v_)); }
+  T* operator->() { return &std::get<0>(v_); }
+  const T* operator->() const { return &std::get<0>(v_); }
+  T& operator*() & { return value(); }
+  const T& operator*() const& { return value(); }
+
+  const Error& error() const { return std::get<1>(v_); }
+
+ private:
+  std::variant<T, Error> v_;
+};
+
+template <>
+class [[nodiscard]] Result<void> {
+ public:
+  Result() = default;
+  Result(Error error) : error_(std::move(error)) {}  // NOLINT
+  bool ok() const noexcept { return error_.code == Errc::ok; }
+  explicit operator bool() const noexcept { return ok(); }
+  const Error& error() const { return error_; }
+
+ private:
+  Error error_;
+};
+
+}  // namespace sojourn
+
+template <>
+struct std::is_error_code_enum<sojourn::Errc> : std::true_type {};

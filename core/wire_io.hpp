@@ -1,0 +1,105 @@
+// Internal: bounded reading and writing of wire payloads on top of Cereal's portable
+// binary archives. Every length read is checked against the bytes that remain before
+// anything is allocated for it.
+#pragma once
+
+#include <cstdint>
+#include <istream>
+#include <ostream>
+#include <span>
+#include <sstream>
+#include <stdexcept>
+#include <streambuf>
+#include <string>
+#include <vector>
+
+#include <cereal/archives/portable_binary.hpp>
+
+#include "sojourn/core/error.hpp"
+#include "sojourn/core/value.hpp"
+
+namespace sojourn::wire {
+
+// Thrown inside a decoder and turned into Errc::malformed_payload at its edge.
+struct DecodeError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+// A read-only streambuf over a byte span, which knows how much is left.
+class SpanBuf : public std::streambuf {
+ public:
+  explicit SpanBuf(std::span<const std::uint8_t> bytes) {
+    // SAFETY: streambuf's API takes char* but this buffer is only ever read.
+    char* begin = const_cast<char*>(reinterpret_cast<const char*>(bytes.data()));
+    setg(begin, begin, begin + bytes.size());
+  }
+  std::size_t remaining() const { return static_cast<std::size_t>(egptr() - gptr()); }
+};
+
+class Reader {
+ public:
+  explicit Reader(std::span<const std::uint8_t> bytes) : buf_(bytes), in_(&buf_), ar_(in_) {}
+
+  std::uint8_t u8() { std::uint8_t v; ar_(v); return v; }
+  std::uint16_t u16() { std::uint16_t v; ar_(v); return v; }
+  std::uint32_t u32() { std::uint32_t v; ar_(v); return v; }
+  std::uint64_t u64() { std::uint64_t v; ar_(v); return v; }
+  std::int64_t i64() { std::int64_t v; ar_(v); return v; }
+  double f64() { double v; ar_(v); return v; }
+
+  // A count of items that each take at least `min_item_bytes` on the wire.
+  std::uint32_t count(std::size_t min_item_bytes, const char* what) {
+    std::uint32_t n = u32();
+    if (static_cast<std::uint64_t>(n) * min_item_bytes > buf_.remaining()) {
+      throw DecodeError(std::string(what) + " count " + std::to_string(n) + " exceeds the payload");
+    }
+    return n;
+  }
+
+  std::string string() {
+    std::uint32_t n = count(1, "string length");
+    std::string s(n, '\0');
+    if (n) ar_(cereal::binary_data(s.data(), n));
+    return s;
+  }
+
+  void expect_end() {
+    if (buf_.remaining() != 0) throw DecodeError(std::to_string(buf_.remaining()) + " trailing bytes");
+  }
+
+ private:
+  SpanBuf buf_;
+  std::istream in_;
+  cereal::PortableBinaryInputArchive ar_;
+};
+
+class Writer {
+ public:
+  Writer() : ar_(out_) {}
+
+  void u8(std::uint8_t v) { ar_(v); }
+  void u16(std::uint16_t v) { ar_(v); }
+  void u32(std::uint32_t v) { ar_(v); }
+  void u64(std::uint64_t v) { ar_(v); }
+  void i64(std::int64_t v) { ar_(v); }
+  void f64(double v) { ar_(v); }
+  void string(const std::string& s) {
+    u32(static_cast<std::uint32_t>(s.size()));
+    if (!s.empty()) ar_(cereal::binary_data(s.data(), s.size()));
+  }
+
+  std::vector<std::uint8_t> take() {
+    std::string s = std::move(out_).str();
+    return std::vector<std::uint8_t>(s.begin(), s.end());
+  }
+
+ private:
+  std::ostringstream out_;
+  cereal::PortableBinaryOutputArchive ar_;
+};
+
+// The Value graph codec, shared by every message that carries values.
+void write_value(Writer& w, const Value& v);
+Value read_value(Reader& r);
+
+}  // namespace sojourn::wire

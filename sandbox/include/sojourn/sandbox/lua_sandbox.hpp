@@ -1,0 +1,47 @@
+// The `trusted` isolation level: a fresh, restricted LuaJIT state per run, with a
+// capped allocator, an instruction budget that pcall cannot swallow, a wall-clock
+// deadline, and the node's services reachable through `node.call`.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+#include "sojourn/core/error.hpp"
+#include "sojourn/core/messages.hpp"
+#include "sojourn/core/value.hpp"
+
+namespace sojourn::sandbox {
+
+// What Lua code may ask of its host. Calls arrive on the thread that runs the chunk.
+class HostCalls {
+ public:
+  virtual ~HostCalls() = default;
+  // `node.call(service, ...)`: args is an array table of the Lua arguments.
+  virtual Result<Value> call(std::string_view service, const Value& args) = 0;
+};
+
+struct RunInput {
+  std::string_view source;        // Lua source text (bytecode is refused)
+  std::string_view chunk_name;    // shown in messages; "eval" when empty
+  Value args;                     // array table; its items are the chunk's `...`
+  Limits limits;                  // all fields must be non-zero (resolved by the node)
+  // Code that came from a peer never runs with the JIT on (compiled loops ignore hooks).
+  bool allow_jit = false;
+  // Set from another thread to stop the run ("node is shutting down").
+  const std::atomic<bool>* abort = nullptr;
+};
+
+// Runs one chunk to completion in a new lua_State and closes it. Returns the chunk's
+// return values as an array table. Errors (exact messages, tested):
+//   lua_error       "Lua error at CHUNK:LINE: MESSAGE" (or "Lua error: MESSAGE" without a position)
+//   cpu_limit       "CPU limit of N instructions exceeded"
+//   memory_limit    "memory limit of N bytes exceeded"
+//   deadline        "wall-clock deadline of N ms exceeded"
+//   sandbox_refused "refused by the sandbox: ..." (bytecode, over-complex pattern, ...)
+//   not_transferable "value at PATH cannot travel: ..." (a function or userdata returned)
+//   shutting_down   "node is shutting down"
+Result<Value> run_lua(const RunInput& input, HostCalls* host);
+
+}  // namespace sojourn::sandbox

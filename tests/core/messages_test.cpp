@@ -1,0 +1,98 @@
+// Binary encoding of values and messages: round trips and hostile payloads.
+#include <doctest/doctest.h>
+
+#include <string>
+
+#include "sojourn/core/messages.hpp"
+
+using namespace sojourn;
+
+namespace {
+Value round_trip(const Value& v) {
+  auto bytes = encode_value(v);
+  auto back = decode_value(bytes);
+  REQUIRE(back.ok());
+  return *back;
+}
+}  // namespace
+
+TEST_CASE("every kind of value survives an encode and decode") {
+  for (const Value& v : {Value(), Value(true), Value(false), Value(-7), Value(1.5), Value("text"), Value(std::string(1, '\0'))}) {
+    CHECK(deep_equal(round_trip(v), v));
+  }
+  Value t = Value::array({1, "two", 3.5, true});
+  t.set("nested", Value::array({Value::array({1})}));
+  CHECK(deep_equal(round_trip(t), t));
+}
+
+TEST_CASE("cycles and shared references survive an encode and decode") {
+  Value root = Value::table();
+  Value shared = root.new_table();
+  shared.set("k", "v");
+  root.set("a", shared);
+  root.set("b", shared);
+  root.set("me", root);
+  Value back = round_trip(root);
+  CHECK(deep_equal(back, root));
+  CHECK(back.get("a").same_table(back.get("b")));
+  CHECK(back.get("me").same_table(back));
+}
+
+TEST_CASE("a large string survives an encode and decode") {
+  std::string big(5 << 20, 'x');
+  big[12345] = 'y';
+  Value back = round_trip(Value(big));
+  CHECK(back.as_string() == big);
+}
+
+TEST_CASE("requests and replies round-trip with every field") {
+  EvalRequest e{"return ...", "chunk", Value::array({1, 2}), Limits{1000, 2048, 30}, Isolation::process};
+  auto d = decode_eval(encode(e));
+  REQUIRE(d.ok());
+  CHECK(d->source == e.source);
+  CHECK(d->chunk_name == "chunk");
+  CHECK(d->limits == e.limits);
+  CHECK(d->isolation == Isolation::process);
+  CHECK(deep_equal(d->args, e.args));
+
+  Reply r = reply_error(make_error(Errc::cpu_limit, "CPU limit of 5 instructions exceeded"));
+  auto dr = decode_reply(encode(r));
+  REQUIRE(dr.ok());
+  CHECK(dr->code == Errc::cpu_limit);
+  CHECK(dr->message == "CPU limit of 5 instructions exceeded");
+}
+
+TEST_CASE("the decoder rejects truncated, oversized and inconsistent payloads") {
+  auto bytes = encode(CallRequest{"kv.put", Value::array({"k", Value::array({1, 2, 3})})});
+  for (std::size_t cut = 0; cut < bytes.size(); ++cut) {
+    auto r = decode_call(std::span(bytes.data(), cut));
+    REQUIRE_FALSE(r.ok());
+    CHECK(r.error().code == Errc::malformed_payload);
+  }
+  auto trailing = bytes;
+  trailing.push_back(0);
+  CHECK(decode_call(trailing).error().message == "malformed payload: call request: 1 trailing bytes");
+
+  // A string length far beyond the payload is refused before allocating it.
+  std::vector<std::uint8_t> huge = {1, 0xff, 0xff, 0xff, 0x7f};
+  auto r = decode_call(huge);
+  REQUIRE_FALSE(r.ok());
+  CHECK(r.error().message == "malformed payload: call request: string length count 2147483647 exceeds the payload");
+
+  // A table reference out of range.
+  std::vector<std::uint8_t> bad_ref = {1, 1, 0, 0, 0, 6, 5, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0};
+  auto rv = decode_value(bad_ref);
+  REQUIRE_FALSE(rv.ok());
+  CHECK(rv.error().message == "malformed payload: value: table reference 5 out of range (1 tables)");
+
+  std::vector<std::uint8_t> bad_tag = {1, 0, 0, 0, 0, 9};
+  CHECK(decode_value(bad_tag).error().message == "malformed payload: value: unknown value tag 9");
+}
+
+TEST_CASE("limits fill defaults and are clamped to the ceiling") {
+  Limits l = effective_limits(Limits{0, 100, 0}, Limits{10, 20, 30}, Limits{5, 50, 0});
+  CHECK(l == Limits{5, 50, 30});
+  CHECK(parse_isolation("microvm").value() == Isolation::microvm);
+  CHECK(parse_isolation("vm").error().message ==
+        "invalid argument: unknown isolation level 'vm' (expected trusted, process or microvm)");
+}

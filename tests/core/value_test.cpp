@@ -1,0 +1,91 @@
+// Value graph: table access, shared references, cycles, import across graphs.
+#include <doctest/doctest.h>
+
+#include <stdexcept>
+
+#include "sojourn/core/value.hpp"
+
+using sojourn::Value;
+
+TEST_CASE("scalars report their type and content") {
+  CHECK(Value().is_nil());
+  CHECK(Value(true).as_bool());
+  CHECK(Value(42).as_integer() == 42);
+  CHECK(Value(2.5).as_number() == 2.5);
+  CHECK(Value(7).as_number() == 7.0);
+  CHECK(Value("hi").as_string() == "hi");
+  CHECK(Value("hi").type_name() == "string");
+  CHECK_FALSE(Value(false).truthy());
+  CHECK(Value(0).truthy());
+}
+
+TEST_CASE("a table keeps array and map parts and integral float keys are integer keys") {
+  Value t = Value::table();
+  t.push("a");
+  t.push("b");
+  t.set("name", "x");
+  t.set(Value(3.0), "c");
+  CHECK(t.length() == 3);
+  CHECK(t.get(3).as_string() == "c");
+  CHECK(t.get(Value(1.0)).as_string() == "a");
+  CHECK(t.get("name").as_string() == "x");
+  CHECK(t.get("missing").is_nil());
+  t.set("name", Value());
+  CHECK(t.size() == 3);
+  t.set(3, Value());
+  CHECK(t.length() == 2);
+  CHECK_THROWS_AS(t.set(Value(), 1), std::invalid_argument);
+  CHECK_THROWS_AS(Value(1).get("x"), std::logic_error);
+}
+
+TEST_CASE("tables of one graph reference each other, cycles included") {
+  Value root = Value::table();
+  Value child = root.new_table();
+  child.set("v", 1);
+  root.set("a", child);
+  root.set("b", child);
+  root.set("self", root);
+  CHECK(root.get("a").same_table(root.get("b")));
+  CHECK(root.get("self").same_table(root));
+  root.get("a").set("v", 2);
+  CHECK(root.get("b").get("v").as_integer() == 2);
+}
+
+TEST_CASE("a table from another graph is deep-copied with its sharing kept") {
+  Value other = Value::table();
+  Value shared = other.new_table();
+  other.set(1, shared);
+  other.set(2, shared);
+  other.set("loop", other);
+  Value root = Value::table();
+  root.set("x", other);
+  Value x = root.get("x");
+  CHECK_FALSE(x.same_table(other));
+  CHECK(x.get(1).same_table(x.get(2)));
+  CHECK(x.get("loop").same_table(x));
+  shared.set("changed", true);  // the copy is independent of the original
+  CHECK(x.get(1).get("changed").is_nil());
+}
+
+TEST_CASE("deep_equal follows cycles and tells sharing apart") {
+  auto make = [](bool share) {
+    Value r = Value::table();
+    Value a = r.new_table();
+    a.set("n", 1);
+    r.set(1, a);
+    if (share) {
+      r.set(2, a);
+    } else {
+      Value b = r.new_table();
+      b.set("n", 1);
+      r.set(2, b);
+    }
+    r.set("me", r);
+    return r;
+  };
+  CHECK(sojourn::deep_equal(make(true), make(true)));
+  CHECK(sojourn::deep_equal(make(false), make(false)));
+  CHECK_FALSE(sojourn::deep_equal(make(true), make(false)));
+  CHECK(sojourn::deep_equal(Value(1), Value(1.0)));
+  CHECK_FALSE(sojourn::deep_equal(Value("1"), Value(1)));
+}
