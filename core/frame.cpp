@@ -73,10 +73,9 @@ Result<FrameHeader> parse_header(std::span<const std::uint8_t, kFrameHeaderSize>
 std::vector<std::uint8_t> encode_frame(FrameKind kind, std::uint64_t request_id, std::span<const std::uint8_t> payload) {
   FrameHeader h{kind, 0, static_cast<std::uint32_t>(payload.size()), request_id};
   auto header = encode_header(h);
-  std::vector<std::uint8_t> out;
-  out.reserve(kFrameHeaderSize + payload.size());
-  out.insert(out.end(), header.begin(), header.end());
-  out.insert(out.end(), payload.begin(), payload.end());
+  std::vector<std::uint8_t> out(kFrameHeaderSize + payload.size());
+  std::memcpy(out.data(), header.data(), kFrameHeaderSize);
+  if (!payload.empty()) std::memcpy(out.data() + kFrameHeaderSize, payload.data(), payload.size());
   return out;
 }
 

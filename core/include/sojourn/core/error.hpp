@@ -65,6 +65,8 @@ Error make_error(Errc code, std::string message);
 template <class T>
 class [[nodiscard]] Result {
  public:
+  // Asio's co_spawn needs default-constructible results.
+  Result() requires std::is_default_constructible_v<T> : v_(std::in_place_index<0>) {}
   Result(T value) : v_(std::in_place_index<0>, std::move(value)) {}     // NOLINT: implicit by design
   Result(Error error) : v_(std::in_place_index<1>, std::move(error)) {} // NOLINT
 

@@ -1,0 +1,94 @@
+// The services every node has, so that remote code has a resource to use: an
+// in-memory key-value store and node.info.
+#include <algorithm>
+#include <shared_mutex>
+
+#include "node_impl.hpp"
+#include "sojourn/core/frame.hpp"
+
+namespace sojourn {
+
+namespace {
+
+struct KvStore {
+  std::shared_mutex mutex;
+  std::unordered_map<std::string, Value> entries;
+};
+
+Result<std::string> string_arg(const Value& args, std::int64_t index, std::string_view service) {
+  Value v = args.get(index);
+  if (!v.is_string()) {
+    return make_error(Errc::invalid_argument, "invalid argument: " + std::string(service) + " expects a string key as argument " +
+                                                  std::to_string(index) + ", got " + std::string(v.type_name()));
+  }
+  return v.as_string();
+}
+
+}  // namespace
+
+void register_builtin_services(Node& node, Node::Impl& impl) {
+  auto kv = std::make_shared<KvStore>();
+  ServiceOptions fast{true};
+
+  node.register_service("kv.get", [kv](const Value& args) -> Result<Value> {
+    auto key = string_arg(args, 1, "kv.get");
+    if (!key) return key.error();
+    std::shared_lock lock(kv->mutex);
+    auto it = kv->entries.find(*key);
+    return it == kv->entries.end() ? Value{} : it->second;
+  }, fast);
+
+  node.register_service("kv.put", [kv](const Value& args) -> Result<Value> {
+    auto key = string_arg(args, 1, "kv.put");
+    if (!key) return key.error();
+    // Stored values are never mutated afterwards, so readers may share them.
+    Value value = args.get(2);
+    std::unique_lock lock(kv->mutex);
+    if (value.is_nil()) kv->entries.erase(*key);
+    else kv->entries.insert_or_assign(*key, value);
+    return Value(true);
+  }, fast);
+
+  node.register_service("kv.del", [kv](const Value& args) -> Result<Value> {
+    auto key = string_arg(args, 1, "kv.del");
+    if (!key) return key.error();
+    std::unique_lock lock(kv->mutex);
+    return Value(kv->entries.erase(*key) > 0);
+  }, fast);
+
+  node.register_service("kv.keys", [kv](const Value&) -> Result<Value> {
+    std::vector<std::string> keys;
+    {
+      std::shared_lock lock(kv->mutex);
+      keys.reserve(kv->entries.size());
+      for (const auto& [k, v] : kv->entries) keys.push_back(k);
+    }
+    std::sort(keys.begin(), keys.end());
+    Value out = Value::table();
+    for (auto& k : keys) out.push(Value(std::move(k)));
+    return out;
+  }, fast);
+
+  node.register_service("node.info", [&impl](const Value&) -> Result<Value> {
+    Value info = Value::table();
+    info.set("name", impl.options.name);
+    info.set("version", "0.1.0");
+    info.set("protocol", static_cast<int>(kProtocolVersion));
+    auto up = std::chrono::steady_clock::now() - impl.started;
+    info.set("uptime_ms", static_cast<std::int64_t>(std::chrono::duration_cast<std::chrono::milliseconds>(up).count()));
+    info.set("requests_served", static_cast<std::int64_t>(impl.calls_served + impl.evals_served));
+    Value services = info.new_table();
+    {
+      std::shared_lock lock(impl.services_mutex);
+      std::vector<std::string> names;
+      for (const auto& [n, e] : impl.services) names.push_back(n);
+      std::sort(names.begin(), names.end());
+      for (auto& n : names) services.push(Value(std::move(n)));
+    }
+    info.set("services", services);
+    info.set("isolation_levels", Value::array({"trusted"}));
+    return info;
+  }, fast);
+}
+
+}  // namespace sojourn

@@ -1,0 +1,156 @@
+// The subcommands of `sojourn`.
+#include "commands.hpp"
+
+#include <csignal>
+#include <cstdio>
+#include <fstream>
+#include <iostream>
+#include <sstream>
+
+#include "sojourn/agents/node.hpp"
+#include "sojourn/core/json.hpp"
+#include "sojourn/core/log.hpp"
+
+namespace sojourn::cli {
+
+namespace {
+
+void print_error(const Error& e) { std::fprintf(stderr, "sojourn: error: %s\n", e.message.c_str()); }
+
+std::string render(const Value& v) {
+  auto j = value_to_json(v);
+  return j ? *j : to_debug_string(v, 4096);
+}
+
+std::string json_string(const std::string& s) {
+  Value v(s);
+  return *value_to_json(v);
+}
+
+std::string error_json(const Error& e) {
+  return R"({"ok":false,"error":{"code":)" + json_string(std::string(errc_name(e.code))) +
+         R"(,"message":)" + json_string(e.message) + "}}";
+}
+
+Result<Value> parse_args(const std::string& text) {
+  auto v = value_from_json(text);
+  if (!v) return v.error();
+  if (!v->is_table() || v->size() != v->length()) {
+    return make_error(Errc::invalid_argument, "invalid argument: arguments must be a JSON array, e.g. '[\"k\", 1]'");
+  }
+  return v;
+}
+
+int fail(const Error& e, bool json) {
+  if (json) std::printf("%s\n", error_json(e).c_str());
+  else print_error(e);
+  return exit_code_for(e);
+}
+
+}  // namespace
+
+int exit_code_for(const Error& e) {
+  switch (e.code) {
+    case Errc::ok: return exit_ok;
+    case Errc::invalid_json:
+    case Errc::invalid_argument:
+    case Errc::bad_address: return exit_usage;
+    case Errc::connect_failed:
+    case Errc::connection_closed:
+    case Errc::timeout:
+    case Errc::remote_protocol_error: return exit_connection;
+    default: return exit_remote;
+  }
+}
+
+int run_node(const NodeCommand& c) {
+  // Block the stop signals before any thread starts, then wait for them here.
+  sigset_t stop_signals;
+  sigemptyset(&stop_signals);
+  sigaddset(&stop_signals, SIGINT);
+  sigaddset(&stop_signals, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+  std::signal(SIGPIPE, SIG_IGN);
+
+  NodeOptions options;
+  options.name = c.name;
+  options.worker_threads = c.workers;
+  if (c.cpu) options.default_limits.cpu_instructions = c.cpu;
+  if (c.memory) options.default_limits.memory_bytes = c.memory;
+  if (c.wall_ms) options.default_limits.wall_ms = c.wall_ms;
+  for (Limits* l : {&options.max_limits}) {
+    l->cpu_instructions = std::max(l->cpu_instructions, options.default_limits.cpu_instructions);
+    l->memory_bytes = std::max(l->memory_bytes, options.default_limits.memory_bytes);
+    l->wall_ms = std::max(l->wall_ms, options.default_limits.wall_ms);
+  }
+  Node node(options);
+  for (const auto& where : c.listen) {
+    auto bound = node.listen(where);
+    if (!bound) {
+      print_error(bound.error());
+      return exit_code_for(bound.error());
+    }
+    std::printf("node %s listening on %s\n", c.name.c_str(), bound->c_str());
+  }
+  std::fflush(stdout);
+  int sig = 0;
+  sigwait(&stop_signals, &sig);
+  std::printf("node %s stopping (%s)\n", c.name.c_str(), sig == SIGINT ? "SIGINT" : "SIGTERM");
+  std::fflush(stdout);
+  node.shutdown(std::chrono::milliseconds(c.grace_ms));
+  auto s = node.stats();
+  std::printf("node %s stopped after serving %llu calls and %llu evaluations\n", c.name.c_str(),
+              static_cast<unsigned long long>(s.calls_served), static_cast<unsigned long long>(s.evals_served));
+  return exit_ok;
+}
+
+int run_call(const CallCommand& c) {
+  auto args = parse_args(c.args_json);
+  if (!args) return fail(args.error(), c.json);
+  NodeOptions options;
+  options.name = "cli";
+  options.worker_threads = 1;
+  options.request_timeout = std::chrono::milliseconds(c.timeout_ms);
+  Node client(options);
+  auto result = client.call(c.peer, c.service, *args);
+  if (!result) return fail(result.error(), c.json);
+  if (c.json) std::printf("{\"ok\":true,\"result\":%s}\n", render(*result).c_str());
+  else std::printf("%s\n", render(*result).c_str());
+  return exit_ok;
+}
+
+int run_eval(const EvalCommand& c) {
+  std::string source = c.code, chunk = "eval";
+  if (!c.file.empty()) {
+    std::ifstream in(c.file, std::ios::binary);
+    if (!in) return fail(make_error(Errc::invalid_argument, "invalid argument: cannot read " + c.file), c.json);
+    std::ostringstream text;
+    text << in.rdbuf();
+    source = text.str();
+    auto slash = c.file.find_last_of('/');
+    chunk = slash == std::string::npos ? c.file : c.file.substr(slash + 1);
+  }
+  auto args = parse_args(c.args_json);
+  if (!args) return fail(args.error(), c.json);
+  auto isolation = parse_isolation(c.isolation);
+  if (!isolation) return fail(isolation.error(), c.json);
+  NodeOptions options;
+  options.name = "cli";
+  options.worker_threads = 1;
+  Node client(options);
+  EvalOptions eo;
+  eo.limits = Limits{c.cpu, c.memory, c.wall_ms};
+  eo.isolation = *isolation;
+  eo.chunk_name = chunk;
+  eo.timeout = std::chrono::milliseconds(c.timeout_ms);
+  auto result = client.eval(c.peer, source, *args, eo);
+  if (!result) return fail(result.error(), c.json);
+  if (c.json) {
+    std::printf("{\"ok\":true,\"results\":%s}\n", result->length() ? render(*result).c_str() : "[]");
+  } else {
+    for (std::size_t i = 1; i <= result->length(); ++i) std::printf("%s\n", render(result->get(static_cast<std::int64_t>(i))).c_str());
+  }
+  return exit_ok;
+}
+
+}  // namespace sojourn::cli

@@ -1,0 +1,20 @@
+// The coroutine API of Node (Boost.Asio 1.18 awaitables). The calls may be awaited
+// from any executor; the work runs on the node's network thread and the result comes
+// back to the awaiting coroutine's executor.
+#pragma once
+
+#include <string>
+
+#include "sojourn/agents/node.hpp"
+#include "sojourn/transports/asio.hpp"
+
+namespace sojourn {
+
+// The executor of the node's network thread (to co_spawn application coroutines on).
+asio::any_io_executor node_executor(Node& node);
+
+asio::awaitable<Result<Value>> async_call(Node& node, std::string peer, std::string service, Value args);
+asio::awaitable<Result<Value>> async_eval(Node& node, std::string peer, std::string source, Value args,
+                                          EvalOptions options = {});
+
+}  // namespace sojourn

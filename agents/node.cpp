@@ -1,0 +1,231 @@
+// Node: lifecycle, listening, and serving calls and evaluations to peers.
+#include "node_impl.hpp"
+
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <boost/asio/use_future.hpp>
+
+#include "sojourn/core/log.hpp"
+#include "sojourn/sandbox/lua_sandbox.hpp"
+
+namespace sojourn {
+
+namespace {
+
+// `node.call` inside a chunk reaches this node's own services: the code went to the resource.
+class LocalHost final : public sandbox::HostCalls {
+ public:
+  explicit LocalHost(Node::Impl& impl) : impl_(impl) {}
+  Result<Value> call(std::string_view service, const Value& args) override { return impl_.call_local(service, args); }
+
+ private:
+  Node::Impl& impl_;
+};
+
+}  // namespace
+
+Node::Impl::Impl(NodeOptions o) : options(std::move(o)), workers(std::max<std::size_t>(1, options.worker_threads)) {}
+
+TransportOptions Node::Impl::transport_options() const {
+  TransportOptions t;
+  t.max_payload = options.max_payload;
+  t.connect_timeout = options.connect_timeout;
+  return t;
+}
+
+Result<Value> Node::Impl::call_local(std::string_view service, const Value& args) {
+  Service fn;
+  {
+    std::shared_lock lock(services_mutex);
+    auto it = services.find(std::string(service));
+    if (it == services.end()) return make_error(Errc::no_such_service, "no such service: " + std::string(service));
+    fn = it->second.fn;
+  }
+  try {
+    return fn(args.is_table() ? args : Value::table());
+  } catch (const std::exception& e) {
+    return make_error(Errc::service_failed, "service " + std::string(service) + " failed: " + e.what());
+  }
+}
+
+asio::awaitable<Result<std::vector<std::uint8_t>>> Node::Impl::handle(FrameKind kind, std::vector<std::uint8_t> payload,
+                                                                      std::string peer) {
+  auto self = shared_from_this();
+  Reply reply;
+  ++in_flight;
+  if (kind == FrameKind::call) {
+    auto request = decode_call(payload);
+    if (!request) {
+      --in_flight;
+      co_return request.error();
+    }
+    log_debug("node", options.name + ": " + "call " + request->service + " from " + peer);
+    reply = co_await serve_call(std::move(*request));
+    ++calls_served;
+  } else if (kind == FrameKind::eval) {
+    auto request = decode_eval(payload);
+    if (!request) {
+      --in_flight;
+      co_return request.error();
+    }
+    log_debug("node", options.name + ": " + "eval " + request->chunk_name + " from " + peer);
+    reply = co_await serve_eval(std::move(*request));
+    ++evals_served;
+  } else {
+    --in_flight;
+    co_return make_error(Errc::bad_kind, "unexpected frame kind " + std::string(frame_kind_name(kind)));
+  }
+  if (reply.code != Errc::ok) ++requests_failed;
+  std::vector<std::uint8_t> bytes = encode(reply);
+  if (bytes.size() > options.max_payload) {
+    bytes = encode(reply_error(make_error(Errc::frame_too_large, "frame payload of " + std::to_string(bytes.size()) +
+                                                                   " bytes exceeds the limit of " +
+                                                                   std::to_string(options.max_payload) + " bytes")));
+  }
+  --in_flight;
+  co_return bytes;
+}
+
+asio::awaitable<Reply> Node::Impl::serve_call(CallRequest request) {
+  if (shutting_down) co_return reply_error(make_error(Errc::shutting_down, "node is shutting down"));
+  bool run_inline = false;
+  {
+    std::shared_lock lock(services_mutex);
+    auto it = services.find(request.service);
+    run_inline = it != services.end() && it->second.options.inline_on_network_thread;
+  }
+  if (run_inline) {
+    auto r = call_local(request.service, request.args);
+    co_return r ? reply_ok(std::move(*r)) : reply_error(r.error());
+  }
+  co_await asio::post(workers, asio::use_awaitable);
+  auto r = call_local(request.service, request.args);
+  co_await asio::post(io, asio::use_awaitable);
+  co_return r ? reply_ok(std::move(*r)) : reply_error(r.error());
+}
+
+asio::awaitable<Reply> Node::Impl::serve_eval(EvalRequest request) {
+  if (shutting_down) co_return reply_error(make_error(Errc::shutting_down, "node is shutting down"));
+  if (request.isolation != Isolation::trusted) {
+    // The process and microvm jails are separate pieces of work; until they exist a
+    // request for them is refused rather than silently run with less isolation.
+    co_return reply_error(make_error(Errc::sandbox_refused, "refused by the sandbox: isolation level '" +
+                                                                std::string(isolation_name(request.isolation)) +
+                                                                "' is not available on this node"));
+  }
+  sandbox::RunInput input;
+  input.source = request.source;
+  input.chunk_name = request.chunk_name.empty() ? std::string_view("eval") : std::string_view(request.chunk_name);
+  input.args = request.args.is_table() ? request.args : Value::table();
+  input.limits = effective_limits(request.limits, options.default_limits, options.max_limits);
+  input.allow_jit = false;  // code from a peer: compiled loops would escape the CPU hook
+  input.abort = &abort_runs;
+  co_await asio::post(workers, asio::use_awaitable);
+  LocalHost host(*this);
+  Result<Value> r = sandbox::run_lua(input, &host);
+  co_await asio::post(io, asio::use_awaitable);
+  Reply reply = r ? reply_ok(std::move(*r)) : reply_error(r.error());
+  reply.isolation = Isolation::trusted;
+  co_return reply;
+}
+
+namespace {
+// Runs f on the network thread and waits for its result (directly when already there).
+template <class F>
+auto on_network_thread(Node::Impl& impl, F f) -> decltype(f()) {
+  if (impl.io.get_executor().running_in_this_thread()) return f();
+  // A packaged_task given to post() directly would be taken as a completion token.
+  auto task = std::make_shared<std::packaged_task<decltype(f())()>>(std::move(f));
+  auto result = task->get_future();
+  asio::post(impl.io, [task] { (*task)(); });
+  return result.get();
+}
+}  // namespace
+
+Node::Node(NodeOptions options) : impl_(std::make_shared<Impl>(std::move(options))) {
+  register_builtin_services(*this, *impl_);
+  // The network thread runs until shutdown; the work guard keeps run() from returning early.
+  impl_->work.emplace(impl_->io.get_executor());
+  impl_->network_thread = std::thread([impl = impl_.get()] { impl->io.run(); });
+}
+
+Node::~Node() { shutdown(std::chrono::milliseconds(0)); }
+
+const std::string& Node::name() const { return impl_->options.name; }
+const NodeOptions& Node::options() const { return impl_->options; }
+
+void Node::register_service(std::string name, Service service, ServiceOptions options) {
+  std::unique_lock lock(impl_->services_mutex);
+  impl_->services[std::move(name)] = ServiceEntry{std::move(service), options};
+}
+
+Result<std::string> Node::listen(std::string_view address) {
+  auto addr = parse_address(address);
+  if (!addr) return addr.error();
+  if (impl_->shutting_down) return make_error(Errc::shutting_down, "node is shutting down");
+  auto impl = impl_;
+  auto task = [impl, a = *addr]() -> Result<std::string> {
+    if (a.kind == Address::Kind::inproc) {
+      auto r = register_inproc(a.name, impl->io.get_executor(), impl);
+      if (!r) return r.error();
+      impl->inproc_names.push_back(a.name);
+      return a.to_string();
+    }
+    auto server = std::make_unique<TcpServer>(impl->io.get_executor(), impl, impl->transport_options());
+    auto bound = server->listen(a);
+    if (!bound) return bound.error();
+    impl->servers.push_back(std::move(server));
+    log_info("node", impl->options.name + " listening on " + bound->to_string());
+    return bound->to_string();
+  };
+  return on_network_thread(*impl_, task);
+}
+
+Result<Value> Node::call_local(std::string_view service, const Value& args) { return impl_->call_local(service, args); }
+
+bool Node::running() const { return !impl_->shutting_down; }
+
+NodeStats Node::stats() const {
+  return NodeStats{impl_->calls_served, impl_->evals_served, impl_->requests_failed, impl_->in_flight};
+}
+
+void Node::shutdown(std::chrono::milliseconds grace) {
+  auto impl = impl_;
+  std::call_once(impl->shutdown_once, [&] {
+    impl->shutting_down = true;
+    on_network_thread(*impl, [impl] {
+      for (auto& s : impl->servers) s->stop_accepting();
+      for (const auto& n : impl->inproc_names) unregister_inproc(n);
+    });
+    auto wait_until = [&](std::chrono::milliseconds budget, auto done) {
+      auto until = std::chrono::steady_clock::now() + budget;
+      while (!done() && std::chrono::steady_clock::now() < until) std::this_thread::sleep_for(std::chrono::milliseconds(2));
+      return done();
+    };
+    auto idle = [&] { return impl->in_flight == 0; };
+    if (!wait_until(grace, idle)) {
+      log_warn("node", impl->options.name + ": " + std::to_string(impl->in_flight.load()) +
+                           " requests still running after the grace period; ending them");
+      impl->abort_runs = true;  // running chunks end with "node is shutting down"
+      wait_until(std::chrono::milliseconds(2000), idle);
+    }
+    // Connections close once their last reply is written; outgoing links close now.
+    on_network_thread(*impl, [impl] {
+      for (auto& [peer, link] : impl->links) link->close();
+      impl->links.clear();
+      for (auto& s : impl->servers) s->close_all();
+    });
+    impl->workers.join();
+    // With the guard gone, run() returns once every connection and timer has finished.
+    impl->work.reset();
+    if (!wait_until(std::chrono::milliseconds(1000), [&] { return impl->io.stopped(); })) impl->io.stop();
+    if (impl->network_thread.joinable()) impl->network_thread.join();
+    impl->servers.clear();
+  });
+}
+
+Node::Impl& node_impl(Node& node) { return *node.impl_; }
+
+}  // namespace sojourn

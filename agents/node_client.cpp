@@ -1,0 +1,87 @@
+// The calling side of a Node: links to peers (one multiplexed connection each),
+// the blocking API and the coroutine API.
+#include "node_impl.hpp"  // first: brings <utility> before any Asio header
+
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <boost/asio/use_future.hpp>
+#include "sojourn/agents/node_async.hpp"
+
+namespace sojourn {
+
+asio::awaitable<Result<Reply>> Node::Impl::request_peer(const std::string& peer, FrameKind kind,
+                                                        std::vector<std::uint8_t> payload,
+                                                        std::chrono::milliseconds timeout) {
+  auto self = shared_from_this();
+  if (shutting_down) co_return make_error(Errc::shutting_down, "node is shutting down");
+  auto address = parse_address(peer);
+  if (!address) co_return address.error();
+  std::string key = address->to_string();
+  auto it = links.find(key);
+  if (it == links.end() || !it->second->usable()) {
+    it = links.insert_or_assign(key, make_link(io.get_executor(), *address, transport_options())).first;
+  }
+  std::shared_ptr<Link> link = it->second;
+  auto frame = co_await link->request(kind, std::move(payload), timeout);
+  if (!frame) co_return frame.error();
+  auto reply = decode_reply(frame->payload);
+  if (!reply) {
+    // A peer that sends an unreadable reply is not to be trusted with the connection.
+    link->close();
+    co_return make_error(Errc::remote_protocol_error, "peer " + key + " reported a protocol error: " + reply.error().message);
+  }
+  co_return std::move(*reply);
+}
+
+asio::awaitable<Result<Value>> Node::Impl::call_peer(std::string peer, std::string service, Value args) {
+  auto reply = co_await request_peer(peer, FrameKind::call, encode(CallRequest{std::move(service), std::move(args)}),
+                                     options.request_timeout);
+  if (!reply) co_return reply.error();
+  if (reply->code != Errc::ok) co_return Error{reply->code, std::move(reply->message)};
+  co_return std::move(reply->result);
+}
+
+asio::awaitable<Result<Value>> Node::Impl::eval_peer(std::string peer, std::string source, Value args, EvalOptions eo) {
+  EvalRequest request{std::move(source), eo.chunk_name, std::move(args), eo.limits, eo.isolation};
+  auto timeout = eo.timeout.count() > 0 ? eo.timeout : options.request_timeout;
+  auto reply = co_await request_peer(peer, FrameKind::eval, encode(request), timeout);
+  if (!reply) co_return reply.error();
+  if (reply->code != Errc::ok) co_return Error{reply->code, std::move(reply->message)};
+  co_return std::move(reply->result);
+}
+
+namespace {
+Result<Value> block_on(Node::Impl& impl, asio::awaitable<Result<Value>> task) {
+  if (impl.io.get_executor().running_in_this_thread()) {
+    return make_error(Errc::invalid_argument,
+                      "invalid argument: a blocking call on the node's own network thread would deadlock; use async_call");
+  }
+  if (impl.shutting_down) return make_error(Errc::shutting_down, "node is shutting down");
+  return asio::co_spawn(impl.io, std::move(task), asio::use_future).get();
+}
+}  // namespace
+
+Result<Value> Node::call(std::string_view peer, std::string_view service, Value args) {
+  return block_on(*impl_, impl_->call_peer(std::string(peer), std::string(service), std::move(args)));
+}
+
+Result<Value> Node::eval(std::string_view peer, std::string_view source, Value args, const EvalOptions& options) {
+  return block_on(*impl_, impl_->eval_peer(std::string(peer), std::string(source), std::move(args), options));
+}
+
+asio::any_io_executor node_executor(Node& node) { return node_impl(node).io.get_executor(); }
+
+asio::awaitable<Result<Value>> async_call(Node& node, std::string peer, std::string service, Value args) {
+  auto& impl = node_impl(node);
+  co_return co_await asio::co_spawn(impl.io, impl.call_peer(std::move(peer), std::move(service), std::move(args)),
+                                    asio::use_awaitable);
+}
+
+asio::awaitable<Result<Value>> async_eval(Node& node, std::string peer, std::string source, Value args,
+                                          EvalOptions options) {
+  auto& impl = node_impl(node);
+  co_return co_await asio::co_spawn(impl.io, impl.eval_peer(std::move(peer), std::move(source), std::move(args), options),
+                                    asio::use_awaitable);
+}
+
+}  // namespace sojourn

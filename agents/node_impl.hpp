@@ -1,0 +1,76 @@
+// Internal: the state behind Node, shared by node.cpp (serving), node_client.cpp
+// (calling peers) and builtin_services.cpp.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <future>
+#include <mutex>
+#include <optional>
+#include <shared_mutex>
+#include <thread>
+#include <unordered_map>
+#include <vector>
+
+#include "sojourn/transports/asio.hpp"  // <utility> before Asio, see there
+
+#include <boost/asio/executor_work_guard.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/thread_pool.hpp>
+
+#include "sojourn/agents/node.hpp"
+#include "sojourn/transports/link.hpp"
+
+namespace sojourn {
+
+struct ServiceEntry {
+  Service fn;
+  ServiceOptions options;
+};
+
+struct Node::Impl : RequestHandler, std::enable_shared_from_this<Node::Impl> {
+  explicit Impl(NodeOptions o);
+
+  // RequestHandler: runs on the network thread.
+  asio::awaitable<Result<std::vector<std::uint8_t>>> handle(FrameKind kind, std::vector<std::uint8_t> payload,
+                                                            std::string peer) override;
+  asio::awaitable<Reply> serve_call(CallRequest request);
+  asio::awaitable<Reply> serve_eval(EvalRequest request);
+
+  // Client side, on the network thread.
+  asio::awaitable<Result<Value>> call_peer(std::string peer, std::string service, Value args);
+  asio::awaitable<Result<Value>> eval_peer(std::string peer, std::string source, Value args, EvalOptions options);
+  asio::awaitable<Result<Reply>> request_peer(const std::string& peer, FrameKind kind, std::vector<std::uint8_t> payload,
+                                              std::chrono::milliseconds timeout);
+
+  Result<Value> call_local(std::string_view service, const Value& args);
+  TransportOptions transport_options() const;
+
+  NodeOptions options;
+  std::chrono::steady_clock::time_point started = std::chrono::steady_clock::now();
+  asio::io_context io{1};
+  std::optional<asio::executor_work_guard<asio::io_context::executor_type>> work;
+  asio::thread_pool workers;
+  std::thread network_thread;
+
+  mutable std::shared_mutex services_mutex;
+  std::unordered_map<std::string, ServiceEntry> services;
+
+  // Network-thread state.
+  std::vector<std::unique_ptr<TcpServer>> servers;
+  std::vector<std::string> inproc_names;
+  std::unordered_map<std::string, std::shared_ptr<Link>> links;
+
+  std::atomic<bool> shutting_down{false};
+  std::atomic<bool> abort_runs{false};  // seen by running Lua chunks
+  std::atomic<std::uint64_t> in_flight{0};
+  std::atomic<std::uint64_t> calls_served{0};
+  std::atomic<std::uint64_t> evals_served{0};
+  std::atomic<std::uint64_t> requests_failed{0};
+  std::once_flag shutdown_once;
+};
+
+// Registers kv.get/put/del/keys and node.info on a new node.
+void register_builtin_services(Node& node, Node::Impl& impl);
+
+}  // namespace sojourn

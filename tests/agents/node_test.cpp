@@ -1,0 +1,173 @@
+// Two real nodes over TCP on loopback (and in-process): client-server, remote
+// evaluation with node.call, concurrency on one connection, hostile chunks, shutdown.
+#include <doctest/doctest.h>
+
+#include "sojourn/agents/node_async.hpp"
+
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/use_future.hpp>
+#include <future>
+#include <thread>
+
+#include "sojourn/agents/node.hpp"
+
+using namespace sojourn;
+using namespace std::chrono_literals;
+
+namespace {
+
+struct TwoNodes {
+  Node server{NodeOptions{.name = "server"}};
+  Node client{NodeOptions{.name = "client"}};
+  std::string address;
+  TwoNodes() {
+    auto bound = server.listen("127.0.0.1:0");
+    REQUIRE(bound.ok());
+    address = *bound;
+  }
+};
+
+}  // namespace
+
+TEST_CASE("client-server: kv.put then kv.get over TCP returns the stored table") {
+  TwoNodes n;
+  Value v = Value::table();
+  v.set("x", 1);
+  auto put = n.client.call(n.address, "kv.put", Value::array({"k", v}));
+  REQUIRE(put.ok());
+  auto got = n.client.call(n.address, "kv.get", Value::array({"k"}));
+  REQUIRE(got.ok());
+  CHECK(got->get("x").as_integer() == 1);
+  CHECK(n.client.call(n.address, "kv.keys")->get(1).as_string() == "k");
+  CHECK(n.client.call(n.address, "kv.del", Value::array({"k"}))->as_bool());
+  CHECK(n.client.call(n.address, "kv.get", Value::array({"k"}))->is_nil());
+}
+
+TEST_CASE("a remote service error carries the remote message and code") {
+  TwoNodes n;
+  n.server.register_service("fail", [](const Value&) -> Result<Value> {
+    return make_error(Errc::service_failed, "service fail failed: disk on fire");
+  });
+  n.server.register_service("throws", [](const Value&) -> Result<Value> { throw std::runtime_error("boom"); });
+  auto r = n.client.call(n.address, "fail");
+  REQUIRE_FALSE(r.ok());
+  CHECK(r.error().code == Errc::service_failed);
+  CHECK(r.error().message == "service fail failed: disk on fire");
+  CHECK(n.client.call(n.address, "throws").error().message == "service throws failed: boom");
+  auto missing = n.client.call(n.address, "no.such");
+  CHECK(missing.error().code == Errc::no_such_service);
+  CHECK(missing.error().message == "no such service: no.such");
+  CHECK(n.client.call(n.address, "kv.get", Value::array({1})).error().message ==
+        "invalid argument: kv.get expects a string key as argument 1, got integer");
+}
+
+TEST_CASE("remote evaluation runs at the server and reaches its services through node.call") {
+  TwoNodes n;
+  Value v = Value::table();
+  v.set("x", 41);
+  REQUIRE(n.client.call(n.address, "kv.put", Value::array({"k", v})).ok());
+  auto r = n.client.eval(n.address, "local v = node.call('kv.get', 'k'); return v.x + 1, node.call('node.info').name");
+  REQUIRE(r.ok());
+  CHECK(r->get(1).as_integer() == 42);
+  CHECK(r->get(2).as_string() == "server");
+  auto with_args = n.client.eval(n.address, "local a, b = ...; return a .. b", Value::array({"re", "v"}));
+  CHECK(with_args->get(1).as_string() == "rev");
+}
+
+TEST_CASE("a hundred concurrent calls share one connection and all get their own answer") {
+  TwoNodes n;
+  n.server.register_service("slow.echo", [](const Value& args) -> Result<Value> {
+    std::this_thread::sleep_for(std::chrono::milliseconds(args.get(2).as_integer()));
+    return args.get(1);
+  });
+  std::vector<std::future<Result<Value>>> futures;
+  for (int i = 0; i < 100; ++i) {
+    futures.push_back(asio::co_spawn(node_executor(n.client),
+                                     async_call(n.client, n.address, "slow.echo", Value::array({i, (100 - i) % 7})),
+                                     asio::use_future));
+  }
+  for (int i = 0; i < 100; ++i) {
+    auto r = futures[static_cast<std::size_t>(i)].get();
+    REQUIRE(r.ok());
+    CHECK(r->as_integer() == i);
+  }
+  CHECK(n.server.stats().calls_served == 100);
+}
+
+TEST_CASE("hostile chunks end with their specific error and the node serves the next request") {
+  TwoNodes n;
+  EvalOptions small;
+  small.limits = Limits{2'000'000, 8u << 20, 5'000};
+  struct Case {
+    const char* source;
+    Errc code;
+    std::string message_start;
+  };
+  std::vector<Case> cases = {
+      {"while true do end", Errc::cpu_limit, "CPU limit of 2000000 instructions exceeded"},
+      {"local t = {} while true do t[#t+1] = ('x'):rep(1024) end", Errc::memory_limit, "memory limit of 8388608 bytes exceeded"},
+      {"local function f(n) return 1 + f(n + 1) end return f(1)", Errc::lua_error, "Lua error"},
+      {"return load(string.char(27) .. 'LJ')", Errc::lua_error, "Lua error at eval:1:"},
+      {"return os.exit(1)", Errc::lua_error, "Lua error at eval:1:"},
+      {"return io.open('/etc/passwd')", Errc::lua_error, "Lua error at eval:1:"},
+      {"return debug.getinfo(1)", Errc::lua_error, "Lua error at eval:1:"},
+      {"return require('ffi')", Errc::lua_error, "Lua error at eval:1:"},
+      {"return function() end", Errc::not_transferable, "value at "},
+      {std::string(1, '\x1b') + "LJ\x02", Errc::sandbox_refused, "refused by the sandbox: "},
+  };
+  for (const Case& c : cases) {
+    CAPTURE(c.source);
+    auto r = n.client.eval(n.address, c.source, Value::table(), small);
+    REQUIRE_FALSE(r.ok());
+    CHECK(r.error().code == c.code);
+    CHECK(r.error().message.rfind(c.message_start, 0) == 0);
+    auto next = n.client.eval(n.address, "return 1 + 1");
+    REQUIRE(next.ok());
+    CHECK(next->get(1).as_integer() == 2);
+  }
+}
+
+TEST_CASE("an isolation level the node does not offer is refused, not silently downgraded") {
+  TwoNodes n;
+  EvalOptions o;
+  o.isolation = Isolation::process;
+  auto r = n.client.eval(n.address, "return 1", Value::table(), o);
+  REQUIRE_FALSE(r.ok());
+  CHECK(r.error().message == "refused by the sandbox: isolation level 'process' is not available on this node");
+}
+
+TEST_CASE("nodes in one process talk over the in-process transport") {
+  Node a{NodeOptions{.name = "a"}};
+  Node b{NodeOptions{.name = "b"}};
+  REQUIRE(a.listen("inproc://node-test-a").ok());
+  REQUIRE(b.call("inproc://node-test-a", "kv.put", Value::array({"k", "v"})).ok());
+  auto r = b.eval("inproc://node-test-a", "return node.call('kv.get', 'k')");
+  REQUIRE(r.ok());
+  CHECK(r->get(1).as_string() == "v");
+}
+
+TEST_CASE("an unreachable peer is a connection error, not a hang") {
+  Node client{NodeOptions{.name = "client"}};
+  auto r = client.call("127.0.0.1:1", "kv.get", Value::array({"k"}));
+  REQUIRE_FALSE(r.ok());
+  CHECK(r.error().code == Errc::connect_failed);
+}
+
+TEST_CASE("shutdown ends a running evaluation with a clear error and refuses new requests") {
+  TwoNodes n;
+  auto pending = std::async(std::launch::async, [&] {
+    EvalOptions o;
+    o.limits.wall_ms = 60'000;
+    o.limits.cpu_instructions = 1'000'000'000'000;
+    return n.client.eval(n.address, "while true do end", Value::table(), o);
+  });
+  std::this_thread::sleep_for(200ms);
+  n.server.shutdown(50ms);
+  auto r = pending.get();
+  REQUIRE_FALSE(r.ok());
+  CHECK(r.error().code == Errc::shutting_down);
+  CHECK(r.error().message == "node is shutting down");
+  auto after = n.client.call(n.address, "kv.keys");
+  REQUIRE_FALSE(after.ok());
+  CHECK((after.error().code == Errc::connect_failed || after.error().code == Errc::connection_closed));
+}

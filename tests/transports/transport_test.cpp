@@ -1,0 +1,240 @@
+// TCP and in-process transports: multiplexing, timeouts, and hostile frames that must
+// close one connection while the server keeps serving the others.
+#include <doctest/doctest.h>
+
+#include "sojourn/transports/asio.hpp"
+
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <boost/asio/use_future.hpp>
+#include <future>
+#include <optional>
+#include <thread>
+#include <boost/asio/executor_work_guard.hpp>
+#include <boost/asio/post.hpp>
+
+#include "sojourn/core/frame.hpp"
+#include "sojourn/core/messages.hpp"
+#include "sojourn/transports/link.hpp"
+#include "support/raw_socket.hpp"
+
+using namespace sojourn;
+using namespace std::chrono_literals;
+
+namespace {
+
+// Replies with the payload reversed, after a delay given by its first byte (ms).
+class EchoHandler : public RequestHandler {
+ public:
+  asio::awaitable<Result<std::vector<std::uint8_t>>> handle(FrameKind, std::vector<std::uint8_t> payload, std::string) override {
+    if (!payload.empty() && payload[0] == 0xEE) co_return make_error(Errc::malformed_payload, "malformed payload: test");
+    if (!payload.empty() && payload[0] > 0) {
+      asio::steady_timer t(co_await asio::this_coro::executor);
+      t.expires_after(std::chrono::milliseconds(payload[0]));
+      co_await t.async_wait(asio::use_awaitable);
+    }
+    co_return std::vector<std::uint8_t>(payload.rbegin(), payload.rend());
+  }
+};
+
+struct Fixture {
+  asio::io_context io{1};
+  std::optional<asio::executor_work_guard<asio::io_context::executor_type>> work{io.get_executor()};
+  std::thread thread{[this] { io.run(); }};
+  std::shared_ptr<EchoHandler> handler = std::make_shared<EchoHandler>();
+  std::unique_ptr<TcpServer> server;
+  Address bound;
+
+  template <class F>
+  auto run(F f) {
+    // A packaged_task given to post() directly would be taken as a completion token.
+    auto task = std::make_shared<std::packaged_task<decltype(f())()>>(std::move(f));
+    auto fut = task->get_future();
+    asio::post(io, [task] { (*task)(); });
+    return fut.get();
+  }
+
+  Fixture(TransportOptions options = {}) {
+    server = std::make_unique<TcpServer>(io.get_executor(), handler, options);
+    auto r = run([&] { return server->listen(*parse_address("127.0.0.1:0")); });
+    REQUIRE(r.ok());
+    bound = *r;
+  }
+  ~Fixture() {
+    run([&] { server.reset(); return 0; });
+    work.reset();
+    io.stop();
+    thread.join();
+  }
+  template <class T>
+  T await(asio::awaitable<T> a) {
+    return asio::co_spawn(io, std::move(a), asio::use_future).get();
+  }
+};
+
+asio::awaitable<Result<Frame>> one_request(std::shared_ptr<Link> link, std::vector<std::uint8_t> payload,
+                                           std::chrono::milliseconds timeout = 2000ms) {
+  co_return co_await link->request(FrameKind::call, std::move(payload), timeout);
+}
+
+}  // namespace
+
+TEST_CASE("addresses parse and print for TCP, IPv6 and in-process peers") {
+  CHECK(parse_address("127.0.0.1:7400")->port == 7400);
+  CHECK(parse_address("[::1]:80")->host == "::1");
+  CHECK(parse_address("[::1]:80")->to_string() == "[::1]:80");
+  CHECK(parse_address("inproc://a")->name == "a");
+  CHECK(parse_address("localhost").error().message == "bad address 'localhost': expected host:port");
+  CHECK(parse_address("h:99999").error().message == "bad address 'h:99999': port must be a number from 0 to 65535");
+}
+
+TEST_CASE("a request over TCP gets its own reply") {
+  Fixture f;
+  auto link = f.run([&] { return make_link(f.io.get_executor(), f.bound, {}); });
+  auto reply = f.await(one_request(link, {0, 1, 2, 3}));
+  REQUIRE(reply.ok());
+  CHECK(reply->header.kind == FrameKind::reply);
+  CHECK(reply->payload == std::vector<std::uint8_t>{3, 2, 1, 0});
+}
+
+TEST_CASE("a hundred requests in flight on one connection get replies out of order, each to its sender") {
+  Fixture f;
+  auto link = f.run([&] { return make_link(f.io.get_executor(), f.bound, {}); });
+  std::vector<std::future<Result<Frame>>> replies;
+  f.run([&] {
+    for (int i = 0; i < 100; ++i) {
+      std::vector<std::uint8_t> p{static_cast<std::uint8_t>(100 - i), static_cast<std::uint8_t>(i)};
+      replies.push_back(asio::co_spawn(f.io, one_request(link, p), asio::use_future));
+    }
+    return 0;
+  });
+  for (int i = 0; i < 100; ++i) {
+    auto r = replies[static_cast<std::size_t>(i)].get();
+    REQUIRE(r.ok());
+    CHECK(r->payload == std::vector<std::uint8_t>{static_cast<std::uint8_t>(i), static_cast<std::uint8_t>(100 - i)});
+  }
+  CHECK(f.run([&] { return link->frames_sent(); }) >= 1);
+}
+
+TEST_CASE("a request that gets no reply in time ends with a timeout") {
+  Fixture f;
+  auto link = f.run([&] { return make_link(f.io.get_executor(), f.bound, {}); });
+  auto reply = f.await(one_request(link, {200}, 30ms));
+  REQUIRE_FALSE(reply.ok());
+  CHECK(reply.error().code == Errc::timeout);
+  CHECK(reply.error().message == "request to " + f.bound.to_string() + " timed out after 30 ms");
+  // The late reply is dropped and the link stays usable.
+  auto next = f.await(one_request(link, {0, 7}));
+  REQUIRE(next.ok());
+  CHECK(next->payload == std::vector<std::uint8_t>{7, 0});
+}
+
+TEST_CASE("connecting to a port nobody listens on fails with connect_failed") {
+  Fixture f;
+  auto closed_port = *parse_address("127.0.0.1:1");
+  auto link = f.run([&] { return make_link(f.io.get_executor(), closed_port, {}); });
+  auto reply = f.await(one_request(link, {0}));
+  REQUIRE_FALSE(reply.ok());
+  CHECK(reply.error().code == Errc::connect_failed);
+  CHECK(reply.error().message == "cannot connect to 127.0.0.1:1: Connection refused");
+  CHECK_FALSE(f.run([&] { return link->usable(); }));
+}
+
+TEST_CASE("each malformed frame closes its connection with a protocol error and the server keeps serving") {
+  TransportOptions options;
+  options.max_payload = 1024;
+  Fixture f(options);
+  auto good_header = [](std::uint32_t len) {
+    auto h = encode_header(FrameHeader{FrameKind::call, 0, len, 1});
+    return std::vector<std::uint8_t>(h.begin(), h.end());
+  };
+  struct Case {
+    const char* name;
+    std::vector<std::uint8_t> bytes;
+    Errc code;
+    std::string message;
+  };
+  auto bad_magic = good_header(0);
+  bad_magic[0] = 'X';
+  auto bad_version = good_header(0);
+  bad_version[4] = 9;
+  auto bad_kind = good_header(0);
+  bad_kind[5] = 42;
+  auto reply_kind = encode_frame(FrameKind::reply, 1, {});
+  auto bad_payload = encode_frame(FrameKind::call, 1, std::vector<std::uint8_t>{0xEE});
+  std::vector<Case> cases = {
+      {"bad magic", bad_magic, Errc::bad_magic, "bad frame magic 0x4E524A58"},
+      {"bad version", bad_version, Errc::bad_version, "unsupported protocol version 9 (this node speaks 1)"},
+      {"bad kind", bad_kind, Errc::bad_kind, "unknown frame kind 42"},
+      {"oversized", good_header(4096), Errc::frame_too_large, "frame payload of 4096 bytes exceeds the limit of 1024 bytes"},
+      {"kind a client may not send", reply_kind, Errc::bad_kind, "a client may not send frame kind reply"},
+      {"undecodable payload", bad_payload, Errc::malformed_payload, "malformed payload: test"},
+  };
+  for (const Case& c : cases) {
+    CAPTURE(c.name);
+    test::RawSocket s(f.bound.port);
+    REQUIRE(s.connected());
+    REQUIRE(s.send(c.bytes));
+    bool closed = false;
+    auto got = s.read_until_closed(2000, &closed);
+    CHECK(closed);
+    FrameDecoder d;
+    REQUIRE(d.feed(got).ok());
+    REQUIRE(d.frames().size() == 1);
+    CHECK(d.frames()[0].header.kind == FrameKind::protocol_error);
+    auto pe = decode_protocol_error(d.frames()[0].payload);
+    REQUIRE(pe.ok());
+    CHECK(pe->code == c.code);
+    CHECK(pe->message == c.message);
+  }
+  // A frame cut off mid-header by the peer: logged, answered (if it still reads) and closed.
+  {
+    test::RawSocket s(f.bound.port);
+    auto half = good_header(10);
+    half.resize(7);
+    REQUIRE(s.send(half));
+    s.shutdown_write();
+    bool closed = false;
+    auto got = s.read_until_closed(2000, &closed);
+    CHECK(closed);
+    FrameDecoder d;
+    REQUIRE(d.feed(got).ok());
+    REQUIRE(d.frames().size() == 1);
+    CHECK(decode_protocol_error(d.frames()[0].payload)->message == "truncated frame: connection closed after 7 of 20 header bytes");
+  }
+  // After all that, a well-behaved client is served.
+  auto link = f.run([&] { return make_link(f.io.get_executor(), f.bound, options); });
+  auto reply = f.await(one_request(link, {0, 5}));
+  REQUIRE(reply.ok());
+  CHECK(reply->payload == std::vector<std::uint8_t>{5, 0});
+}
+
+TEST_CASE("a ping is answered with a pong carrying the same request id") {
+  Fixture f;
+  test::RawSocket s(f.bound.port);
+  REQUIRE(s.send(encode_frame(FrameKind::ping, 77, {})));
+  s.shutdown_write();
+  auto got = s.read_until_closed(2000);
+  FrameDecoder d;
+  REQUIRE(d.feed(got).ok());
+  REQUIRE(d.frames().size() == 1);
+  CHECK(d.frames()[0].header.kind == FrameKind::pong);
+  CHECK(d.frames()[0].header.request_id == 77);
+}
+
+TEST_CASE("the in-process transport reaches a registered handler and refuses unknown names") {
+  Fixture f;
+  auto handler = std::make_shared<EchoHandler>();
+  REQUIRE(register_inproc("transport-test", f.io.get_executor(), handler).ok());
+  CHECK(register_inproc("transport-test", f.io.get_executor(), handler).error().message ==
+        "bad address 'inproc://transport-test': name already in use");
+  auto link = f.run([&] { return make_link(f.io.get_executor(), *parse_address("inproc://transport-test"), {}); });
+  auto reply = f.await(one_request(link, {0, 9}));
+  REQUIRE(reply.ok());
+  CHECK(reply->payload == std::vector<std::uint8_t>{9, 0});
+  auto missing = f.run([&] { return make_link(f.io.get_executor(), *parse_address("inproc://nobody"), {}); });
+  CHECK(f.await(one_request(missing, {0})).error().message == "cannot connect to inproc://nobody: no such in-process node");
+  unregister_inproc("transport-test");
+}

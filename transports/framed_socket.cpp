@@ -1,0 +1,122 @@
+// Frame reading and the single-writer queue of a TCP connection.
+#include "framed_socket.hpp"
+
+#include "sojourn/core/log.hpp"
+
+namespace sojourn::transport_detail {
+
+bool is_protocol_error(Errc code) {
+  switch (code) {
+    case Errc::bad_magic:
+    case Errc::bad_version:
+    case Errc::bad_kind:
+    case Errc::frame_too_large:
+    case Errc::malformed_payload:
+    case Errc::truncated: return true;
+    default: return false;
+  }
+}
+
+void log_coroutine_exit(const char* what, std::exception_ptr e) {
+  if (!e) return;
+  try {
+    std::rethrow_exception(e);
+  } catch (const std::exception& ex) {
+    log_error("transport", std::string(what) + " ended with an exception: " + ex.what());
+  } catch (...) {
+    log_error("transport", std::string(what) + " ended with an unknown exception");
+  }
+}
+
+FramedSocket::FramedSocket(tcp::socket socket, std::uint32_t max_payload, std::string peer_name)
+    : socket_(std::move(socket)),
+      wake_writer_(socket_.get_executor()),
+      max_payload_(max_payload),
+      peer_name_(std::move(peer_name)) {
+  wake_writer_.expires_at(asio::steady_timer::time_point::max());
+  boost::system::error_code ignored;
+  socket_.set_option(tcp::no_delay(true), ignored);
+}
+
+void FramedSocket::start() {
+  asio::co_spawn(socket_.get_executor(), [self = shared_from_this()] { return self->writer(); },
+                 [](std::exception_ptr e) { log_coroutine_exit("connection writer", e); });
+}
+
+asio::awaitable<Result<Frame>> FramedSocket::read_frame() {
+  std::array<std::uint8_t, kFrameHeaderSize> head;
+  boost::system::error_code ec;
+  std::size_t n = co_await asio::async_read(socket_, asio::buffer(head), asio::redirect_error(asio::use_awaitable, ec));
+  if (ec) {
+    if (n == 0) co_return make_error(Errc::connection_closed, "connection closed: " + ec.message());
+    co_return make_error(Errc::truncated, "truncated frame: connection closed after " + std::to_string(n) +
+                                              " of " + std::to_string(kFrameHeaderSize) + " header bytes");
+  }
+  auto header = parse_header(head, max_payload_);
+  if (!header) co_return header.error();
+  Frame frame;
+  frame.header = *header;
+  frame.payload.resize(header->length);  // bounded by max_payload_ above
+  if (header->length > 0) {
+    n = co_await asio::async_read(socket_, asio::buffer(frame.payload), asio::redirect_error(asio::use_awaitable, ec));
+    if (ec) {
+      co_return make_error(Errc::truncated, "truncated frame: connection closed after " + std::to_string(n) + " of " +
+                                                std::to_string(header->length) + " payload bytes");
+    }
+  }
+  co_return frame;
+}
+
+void FramedSocket::send(std::vector<std::uint8_t> bytes) {
+  if (closing_ || closed_) return;
+  queue_.push_back(std::move(bytes));
+  wake_writer_.cancel_one();
+}
+
+void FramedSocket::close_after_flush() {
+  closing_ = true;
+  wake_writer_.cancel_one();
+}
+
+void FramedSocket::close() {
+  if (closed_) return;
+  closed_ = true;
+  closing_ = true;
+  boost::system::error_code ignored;
+  socket_.shutdown(tcp::socket::shutdown_both, ignored);
+  socket_.close(ignored);
+  wake_writer_.cancel();
+}
+
+void FramedSocket::shutdown_receive() {
+  boost::system::error_code ignored;
+  socket_.shutdown(tcp::socket::shutdown_receive, ignored);
+}
+
+asio::awaitable<void> FramedSocket::writer() {
+  std::vector<asio::const_buffer> batch;
+  std::deque<std::vector<std::uint8_t>> writing;
+  while (!closed_) {
+    if (queue_.empty()) {
+      if (closing_) break;
+      boost::system::error_code ec;
+      co_await wake_writer_.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+      continue;
+    }
+    // Gather what is queued into one write: fewer system calls under load.
+    writing.swap(queue_);
+    batch.clear();
+    for (const auto& b : writing) batch.emplace_back(asio::buffer(b));
+    boost::system::error_code ec;
+    co_await asio::async_write(socket_, batch, asio::redirect_error(asio::use_awaitable, ec));
+    frames_sent_ += writing.size();
+    writing.clear();
+    if (ec) {
+      log_debug("transport", "write to " + peer_name_ + " failed: " + ec.message());
+      break;
+    }
+  }
+  close();
+}
+
+}  // namespace sojourn::transport_detail

@@ -1,0 +1,59 @@
+// Internal: a TCP socket that reads whole frames and writes queued frames from one
+// writer coroutine (so writes never interleave). Used by both ends of a connection.
+#pragma once
+
+#include <deque>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "asio_full.hpp"
+#include "sojourn/core/frame.hpp"
+
+namespace sojourn::transport_detail {
+
+using tcp = asio::ip::tcp;
+
+// Is this a fault in what the peer sent (as opposed to the connection going away)?
+bool is_protocol_error(Errc code);
+
+class FramedSocket : public std::enable_shared_from_this<FramedSocket> {
+ public:
+  FramedSocket(tcp::socket socket, std::uint32_t max_payload, std::string peer_name);
+
+  // Starts the writer coroutine; call once.
+  void start();
+  // Reads the next frame. Errors: the parse_header codes for a bad header,
+  // truncated for a frame cut off by the peer, connection_closed otherwise.
+  asio::awaitable<Result<Frame>> read_frame();
+  // Queues a frame; dropped if the socket is closing.
+  void send(std::vector<std::uint8_t> bytes);
+  // Writes what is queued, then closes.
+  void close_after_flush();
+  // Closes now; pending reads and writes end with errors.
+  void close();
+  // Stops reading: a pending read ends as if the peer had closed.
+  void shutdown_receive();
+
+  bool closed() const { return closed_; }
+  asio::any_io_executor executor() { return socket_.get_executor(); }
+  const std::string& peer_name() const { return peer_name_; }
+  std::uint64_t frames_sent() const { return frames_sent_; }
+
+ private:
+  asio::awaitable<void> writer();
+
+  tcp::socket socket_;
+  asio::steady_timer wake_writer_;
+  std::deque<std::vector<std::uint8_t>> queue_;
+  std::uint32_t max_payload_;
+  std::string peer_name_;
+  bool closing_ = false;
+  bool closed_ = false;
+  std::uint64_t frames_sent_ = 0;
+};
+
+// Logs an exception that escaped a coroutine; for co_spawn completion handlers.
+void log_coroutine_exit(const char* what, std::exception_ptr e);
+
+}  // namespace sojourn::transport_detail

@@ -1,0 +1,85 @@
+// Links between nodes. A Link is the client side of one connection to a peer, with
+// many requests in flight at once (request ids, replies in any order). A
+// RequestHandler is what a server hands each incoming request to.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "sojourn/core/error.hpp"
+#include "sojourn/core/frame.hpp"
+#include "sojourn/transports/address.hpp"
+#include "sojourn/transports/asio.hpp"
+
+namespace sojourn {
+
+struct TransportOptions {
+  std::uint32_t max_payload = kDefaultMaxPayload;
+  std::chrono::milliseconds connect_timeout{3000};
+  // Requests a server runs at once for one connection; past it, it stops reading.
+  std::size_t max_in_flight_per_connection = 1024;
+};
+
+class RequestHandler {
+ public:
+  virtual ~RequestHandler() = default;
+  // Handles one call/eval request on the server's executor and returns the reply
+  // payload. An Error means the request itself was malformed: the server sends a
+  // protocol_error frame and closes that connection.
+  virtual asio::awaitable<Result<std::vector<std::uint8_t>>> handle(FrameKind kind, std::vector<std::uint8_t> payload,
+                                                                    std::string peer) = 0;
+};
+
+class Link {
+ public:
+  virtual ~Link() = default;
+  // Sends one request and waits for its reply frame (kind reply). Errors:
+  //   connect_failed, connection_closed, timeout, remote_protocol_error.
+  virtual asio::awaitable<Result<Frame>> request(FrameKind kind, std::vector<std::uint8_t> payload,
+                                                 std::chrono::milliseconds timeout) = 0;
+  // False once the connection failed or was closed; a new Link must be made.
+  virtual bool usable() const = 0;
+  virtual void close() = 0;
+  virtual const Address& peer() const = 0;
+  // Frames sent and received on this link (for tests and traces).
+  virtual std::uint64_t frames_sent() const = 0;
+};
+
+// A Link to `peer`, connected lazily on the first request. Must be used from `executor`
+// only (one thread).
+std::shared_ptr<Link> make_link(asio::any_io_executor executor, const Address& peer, const TransportOptions& options);
+
+// Serves framed requests on TCP. Start and stop from the executor's thread.
+class TcpServer {
+ public:
+  TcpServer(asio::any_io_executor executor, std::shared_ptr<RequestHandler> handler, TransportOptions options);
+  ~TcpServer();
+  TcpServer(const TcpServer&) = delete;
+  TcpServer& operator=(const TcpServer&) = delete;
+
+  // Binds and starts accepting; returns the bound address (port 0 picks one).
+  Result<Address> listen(const Address& where);
+  // Stops accepting and stops reading new requests; requests already running go on.
+  void stop_accepting();
+  // Requests being handled across all connections.
+  std::size_t in_flight() const;
+  // Closes every connection at once.
+  void close_all();
+
+  struct Impl;  // internal (shared with the connection sessions)
+
+ private:
+  std::shared_ptr<Impl> impl_;
+};
+
+// In-process serving: a node registers a handler under a name; links to
+// "inproc://name" call it through the frame codec without sockets.
+Result<void> register_inproc(const std::string& name, asio::any_io_executor executor,
+                             std::shared_ptr<RequestHandler> handler);
+void unregister_inproc(const std::string& name);
+
+}  // namespace sojourn

@@ -1,0 +1,162 @@
+// The client side of a TCP connection: connects lazily, multiplexes requests by id,
+// and wakes each waiting request when its reply, a timeout or a failure arrives.
+#include <optional>
+#include <unordered_map>
+
+#include <boost/asio/connect.hpp>
+
+#include "framed_socket.hpp"
+#include "sojourn/core/log.hpp"
+#include "sojourn/core/messages.hpp"
+#include "sojourn/transports/link.hpp"
+
+namespace sojourn {
+
+using namespace transport_detail;
+
+namespace {
+
+class TcpLink final : public Link, public std::enable_shared_from_this<TcpLink> {
+ public:
+  TcpLink(asio::any_io_executor ex, Address peer, TransportOptions options)
+      : executor_(std::move(ex)), peer_(std::move(peer)), options_(options), connected_signal_(executor_) {
+    connected_signal_.expires_at(asio::steady_timer::time_point::max());
+  }
+
+  asio::awaitable<Result<Frame>> request(FrameKind kind, std::vector<std::uint8_t> payload,
+                                         std::chrono::milliseconds timeout) override {
+    auto self = shared_from_this();
+    auto deadline = std::chrono::steady_clock::now() + timeout;
+    if (state_ == State::idle) {
+      state_ = State::connecting;
+      asio::co_spawn(executor_, connect(), [](std::exception_ptr e) { log_coroutine_exit("connect", e); });
+    }
+    while (state_ == State::connecting) {
+      boost::system::error_code ec;
+      co_await connected_signal_.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+    }
+    if (state_ == State::failed) co_return failure_;
+    if (payload.size() > options_.max_payload) {
+      co_return make_error(Errc::frame_too_large, "frame payload of " + std::to_string(payload.size()) +
+                                                      " bytes exceeds the limit of " + std::to_string(options_.max_payload) + " bytes");
+    }
+
+    std::uint64_t id = next_id_++;
+    Pending pending{asio::steady_timer(executor_), {}, {}};
+    pending.timer.expires_at(deadline);
+    pending_.emplace(id, &pending);
+    socket_->send(encode_frame(kind, id, payload));
+    boost::system::error_code ec;
+    co_await pending.timer.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+    pending_.erase(id);
+    if (pending.reply) co_return std::move(*pending.reply);
+    if (pending.error) co_return *pending.error;
+    co_return make_error(Errc::timeout, "request to " + peer_.to_string() + " timed out after " +
+                                            std::to_string(timeout.count()) + " ms");
+  }
+
+  bool usable() const override { return state_ != State::failed; }
+  void close() override { fail(make_error(Errc::connection_closed, "connection to " + peer_.to_string() + " closed: closed locally")); }
+  const Address& peer() const override { return peer_; }
+  std::uint64_t frames_sent() const override { return socket_ ? socket_->frames_sent() : 0; }
+
+ private:
+  enum class State { idle, connecting, open, failed };
+  struct Pending {
+    asio::steady_timer timer;
+    std::optional<Frame> reply;
+    std::optional<Error> error;
+  };
+
+  asio::awaitable<void> connect() {
+    auto self = shared_from_this();
+    tcp::resolver resolver(executor_);
+    asio::steady_timer guard(executor_);
+    tcp::socket socket(executor_);
+    bool timed_out = false;
+    guard.expires_after(options_.connect_timeout);
+    guard.async_wait([&](boost::system::error_code ec) {
+      if (ec) return;
+      timed_out = true;
+      resolver.cancel();
+      boost::system::error_code ignored;
+      socket.close(ignored);
+    });
+    boost::system::error_code ec;
+    auto endpoints = co_await resolver.async_resolve(peer_.host, std::to_string(peer_.port),
+                                                     asio::redirect_error(asio::use_awaitable, ec));
+    if (!ec) co_await asio::async_connect(socket, endpoints, asio::redirect_error(asio::use_awaitable, ec));
+    guard.cancel();
+    if (ec || timed_out) {
+      std::string why = timed_out ? "timed out after " + std::to_string(options_.connect_timeout.count()) + " ms" : ec.message();
+      fail(make_error(Errc::connect_failed, "cannot connect to " + peer_.to_string() + ": " + why));
+      co_return;
+    }
+    socket_ = std::make_shared<FramedSocket>(std::move(socket), options_.max_payload, peer_.to_string());
+    socket_->start();
+    if (state_ == State::failed) {  // closed while connecting
+      socket_->close();
+      co_return;
+    }
+    state_ = State::open;
+    connected_signal_.cancel();
+    co_await reader();
+  }
+
+  asio::awaitable<void> reader() {
+    while (state_ == State::open) {
+      auto frame = co_await socket_->read_frame();
+      if (!frame) {
+        std::string why = frame.error().message;
+        if (is_protocol_error(frame.error().code)) log_warn("client", peer_.to_string() + " sent a bad frame: " + why);
+        fail(make_error(Errc::connection_closed, "connection to " + peer_.to_string() + " closed: " + why));
+        break;
+      }
+      if (frame->header.kind == FrameKind::protocol_error) {
+        auto pe = decode_protocol_error(frame->payload);
+        std::string why = pe ? pe->message : pe.error().message;
+        fail(make_error(Errc::remote_protocol_error, "peer " + peer_.to_string() + " reported a protocol error: " + why));
+        break;
+      }
+      if (frame->header.kind != FrameKind::reply && frame->header.kind != FrameKind::pong) {
+        fail(make_error(Errc::connection_closed, "connection to " + peer_.to_string() + " closed: server sent a " +
+                                                     std::string(frame_kind_name(frame->header.kind)) + " frame"));
+        break;
+      }
+      auto it = pending_.find(frame->header.request_id);
+      if (it == pending_.end()) continue;  // its request timed out already
+      it->second->reply = std::move(*frame);
+      it->second->timer.cancel();
+    }
+  }
+
+  void fail(const Error& e) {
+    if (state_ == State::failed) return;
+    state_ = State::failed;
+    failure_ = e;
+    for (auto& [id, p] : pending_) {
+      p->error = e;
+      p->timer.cancel();
+    }
+    connected_signal_.cancel();
+    if (socket_) socket_->close();
+  }
+
+  asio::any_io_executor executor_;
+  Address peer_;
+  TransportOptions options_;
+  asio::steady_timer connected_signal_;
+  std::shared_ptr<FramedSocket> socket_;
+  std::unordered_map<std::uint64_t, Pending*> pending_;
+  std::uint64_t next_id_ = 1;
+  State state_ = State::idle;
+  Error failure_;
+};
+
+}  // namespace
+
+std::shared_ptr<Link> make_tcp_link(asio::any_io_executor executor, const Address& peer, const TransportOptions& options) {
+  return std::make_shared<TcpLink>(std::move(executor), peer, options);
+}
+
+}  // namespace sojourn

@@ -1,0 +1,209 @@
+// The TCP server: accepts connections and runs each request of a connection
+// concurrently, replying as each finishes (replies may overtake each other).
+#include <set>
+
+#include "framed_socket.hpp"
+#include "sojourn/core/log.hpp"
+#include "sojourn/core/messages.hpp"
+#include "sojourn/transports/link.hpp"
+
+namespace sojourn {
+
+using namespace transport_detail;
+
+namespace {
+
+class ServerSession;
+
+}  // namespace
+
+struct TcpServer::Impl : std::enable_shared_from_this<TcpServer::Impl> {
+  Impl(asio::any_io_executor ex, std::shared_ptr<RequestHandler> h, TransportOptions o)
+      : executor(std::move(ex)), acceptor(executor), handler(std::move(h)), options(o) {}
+
+  asio::awaitable<void> listener();
+
+  asio::any_io_executor executor;
+  tcp::acceptor acceptor;
+  std::shared_ptr<RequestHandler> handler;
+  TransportOptions options;
+  std::set<std::shared_ptr<ServerSession>> sessions;
+  std::size_t in_flight = 0;
+  bool accepting = false;
+};
+
+namespace {
+
+class ServerSession : public std::enable_shared_from_this<ServerSession> {
+ public:
+  ServerSession(std::shared_ptr<FramedSocket> socket, std::weak_ptr<TcpServer::Impl> server)
+      : socket_(std::move(socket)), server_(std::move(server)), unblock_reader_(socket_->executor()) {
+    unblock_reader_.expires_at(asio::steady_timer::time_point::max());
+  }
+
+  void start() {
+    socket_->start();
+    asio::co_spawn(socket_->executor(), [self = shared_from_this()] { return self->reader(); },
+                   [](std::exception_ptr e) { log_coroutine_exit("session reader", e); });
+  }
+
+  void stop_reading() {
+    stopping_ = true;
+    socket_->shutdown_receive();
+    unblock_reader_.cancel();
+  }
+
+  // Closes once the replies already queued are written.
+  void close() { socket_->close_after_flush(); }
+
+ private:
+  asio::awaitable<void> reader() {
+    auto server = server_.lock();
+    if (!server) co_return;
+    std::size_t max_in_flight = server->options.max_in_flight_per_connection;
+    server.reset();
+    while (!stopping_) {
+      if (in_flight_ >= max_in_flight) {  // backpressure: stop reading until replies go out
+        boost::system::error_code ec;
+        co_await unblock_reader_.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+        continue;
+      }
+      auto frame = co_await socket_->read_frame();
+      if (!frame) {
+        if (is_protocol_error(frame.error().code)) {
+          protocol_error(frame.error());
+        } else {
+          log_debug("server", socket_->peer_name() + ": " + frame.error().message);
+        }
+        break;
+      }
+      switch (frame->header.kind) {
+        case FrameKind::ping:
+          socket_->send(encode_frame(FrameKind::pong, frame->header.request_id, {}));
+          break;
+        case FrameKind::call:
+        case FrameKind::eval:
+          ++in_flight_;
+          if (auto s = server_.lock()) ++s->in_flight;
+          asio::co_spawn(socket_->executor(), run_request(std::move(*frame)),
+                         [](std::exception_ptr e) { log_coroutine_exit("request", e); });
+          break;
+        default:
+          protocol_error(make_error(Errc::bad_kind, "a client may not send frame kind " +
+                                                        std::string(frame_kind_name(frame->header.kind))));
+          break;
+      }
+    }
+    finish();
+  }
+
+  asio::awaitable<void> run_request(Frame frame) {
+    auto self = shared_from_this();
+    Result<std::vector<std::uint8_t>> reply = make_error(Errc::shutting_down, "node is shutting down");
+    if (auto server = server_.lock()) {
+      auto handler = server->handler;
+      server.reset();
+      reply = co_await handler->handle(frame.header.kind, std::move(frame.payload), socket_->peer_name());
+    }
+    if (reply) {
+      socket_->send(encode_frame(FrameKind::reply, frame.header.request_id, *reply));
+    } else {
+      protocol_error(reply.error());
+    }
+    --in_flight_;
+    if (auto server = server_.lock()) --server->in_flight;
+    unblock_reader_.cancel();
+    if (done_reading_ && in_flight_ == 0) socket_->close_after_flush();
+  }
+
+  void protocol_error(const Error& e) {
+    log_warn("server", "closing connection from " + socket_->peer_name() + ": " + e.message);
+    socket_->send(encode_frame(FrameKind::protocol_error, 0, encode(ProtocolError{e.code, e.message})));
+    stopping_ = true;
+    socket_->close_after_flush();
+  }
+
+  void finish() {
+    done_reading_ = true;
+    if (in_flight_ == 0) socket_->close_after_flush();
+    if (auto server = server_.lock()) server->sessions.erase(shared_from_this());
+  }
+
+  std::shared_ptr<FramedSocket> socket_;
+  std::weak_ptr<TcpServer::Impl> server_;
+  asio::steady_timer unblock_reader_;
+  std::size_t in_flight_ = 0;
+  bool stopping_ = false;
+  bool done_reading_ = false;
+};
+
+}  // namespace
+
+asio::awaitable<void> TcpServer::Impl::listener() {
+  auto self = shared_from_this();
+  while (accepting) {
+    boost::system::error_code ec;
+    tcp::socket socket = co_await acceptor.async_accept(asio::redirect_error(asio::use_awaitable, ec));
+    if (ec) {
+      if (!accepting || ec == asio::error::operation_aborted) break;
+      log_warn("server", "accept failed: " + ec.message());
+      continue;
+    }
+    std::string peer = "?";
+    boost::system::error_code ignored;
+    auto remote = socket.remote_endpoint(ignored);
+    if (!ignored) peer = remote.address().to_string() + ":" + std::to_string(remote.port());
+    auto framed = std::make_shared<FramedSocket>(std::move(socket), options.max_payload, peer);
+    auto session = std::make_shared<ServerSession>(framed, weak_from_this());
+    sessions.insert(session);
+    session->start();
+  }
+}
+
+TcpServer::TcpServer(asio::any_io_executor executor, std::shared_ptr<RequestHandler> handler, TransportOptions options)
+    : impl_(std::make_shared<Impl>(std::move(executor), std::move(handler), options)) {}
+
+TcpServer::~TcpServer() {
+  stop_accepting();
+  close_all();
+}
+
+Result<Address> TcpServer::listen(const Address& where) {
+  if (where.kind != Address::Kind::tcp) return make_error(Errc::bad_address, "bad address '" + where.to_string() + "': not a TCP address");
+  boost::system::error_code ec;
+  auto ip = asio::ip::make_address(where.host == "localhost" ? "127.0.0.1" : where.host, ec);
+  if (ec) return make_error(Errc::bad_address, "bad address '" + where.to_string() + "': listen needs an IP address");
+  tcp::endpoint endpoint(ip, where.port);
+  auto fail = [&](const char* step) {
+    return make_error(Errc::bad_address, "cannot listen on " + where.to_string() + ": " + step + ": " + ec.message());
+  };
+  impl_->acceptor.open(endpoint.protocol(), ec);
+  if (ec) return fail("open");
+  impl_->acceptor.set_option(tcp::acceptor::reuse_address(true), ec);
+  impl_->acceptor.bind(endpoint, ec);
+  if (ec) return fail("bind");
+  impl_->acceptor.listen(asio::socket_base::max_listen_connections, ec);
+  if (ec) return fail("listen");
+  impl_->accepting = true;
+  asio::co_spawn(impl_->executor, impl_->listener(), [](std::exception_ptr e) { log_coroutine_exit("listener", e); });
+  Address bound = where;
+  bound.port = impl_->acceptor.local_endpoint().port();
+  return bound;
+}
+
+void TcpServer::stop_accepting() {
+  if (!impl_->accepting) return;
+  impl_->accepting = false;
+  boost::system::error_code ignored;
+  impl_->acceptor.close(ignored);
+  for (const auto& s : std::set(impl_->sessions)) s->stop_reading();
+}
+
+std::size_t TcpServer::in_flight() const { return impl_->in_flight; }
+
+void TcpServer::close_all() {
+  for (const auto& s : std::set(impl_->sessions)) s->close();
+  impl_->sessions.clear();
+}
+
+}  // namespace sojourn
