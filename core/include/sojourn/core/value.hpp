@@ -113,7 +113,7 @@ class Value {
 
 // Structural equality that follows shared references and cycles: two graphs are equal
 // when they have the same shape, including which tables are shared. Integers and
-// numbers compare by value (1 == 1.0).
+// numbers compare by value (1 == 1.0), and NaN equals NaN.
 bool deep_equal(const Value& a, const Value& b);
 
 // A short human-readable rendering for logs and the CLI (not JSON).
