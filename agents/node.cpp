@@ -24,6 +24,16 @@ class LocalHost final : public sandbox::HostCalls {
   Node::Impl& impl_;
 };
 
+// Runs f on the worker pool and resumes the caller on its own executor afterwards.
+// (`co_await post(pool, use_awaitable)` would not do: an awaitable always resumes on
+// the coroutine's executor, so the work would run on the network thread.)
+template <class F>
+asio::awaitable<std::invoke_result_t<F>> on_workers(asio::thread_pool& pool, F f) {
+  using R = std::invoke_result_t<F>;
+  co_return co_await asio::co_spawn(
+      pool, [f = std::move(f)]() mutable -> asio::awaitable<R> { co_return f(); }, asio::use_awaitable);
+}
+
 }  // namespace
 
 Node::Impl::Impl(NodeOptions o) : options(std::move(o)), workers(std::max<std::size_t>(1, options.worker_threads)) {}
@@ -100,9 +110,7 @@ asio::awaitable<Reply> Node::Impl::serve_call(CallRequest request) {
     auto r = call_local(request.service, request.args);
     co_return r ? reply_ok(std::move(*r)) : reply_error(r.error());
   }
-  co_await asio::post(workers, asio::use_awaitable);
-  auto r = call_local(request.service, request.args);
-  co_await asio::post(io, asio::use_awaitable);
+  Result<Value> r = co_await on_workers(workers, [this, &request] { return call_local(request.service, request.args); });
   co_return r ? reply_ok(std::move(*r)) : reply_error(r.error());
 }
 
@@ -122,10 +130,10 @@ asio::awaitable<Reply> Node::Impl::serve_eval(EvalRequest request) {
   input.limits = effective_limits(request.limits, options.default_limits, options.max_limits);
   input.allow_jit = false;  // code from a peer: compiled loops would escape the CPU hook
   input.abort = &abort_runs;
-  co_await asio::post(workers, asio::use_awaitable);
-  LocalHost host(*this);
-  Result<Value> r = sandbox::run_lua(input, &host);
-  co_await asio::post(io, asio::use_awaitable);
+  Result<Value> r = co_await on_workers(workers, [this, &input] {
+    LocalHost host(*this);
+    return sandbox::run_lua(input, &host);
+  });
   Reply reply = r ? reply_ok(std::move(*r)) : reply_error(r.error());
   reply.isolation = Isolation::trusted;
   co_return reply;

@@ -9,6 +9,14 @@
 
 namespace sojourn {
 
+namespace {
+Result<Value> reply_to_result(Result<Reply> reply) {
+  if (!reply) return reply.error();
+  if (reply->code != Errc::ok) return Error{reply->code, std::move(reply->message)};
+  return std::move(reply->result);
+}
+}  // namespace
+
 asio::awaitable<Result<Reply>> Node::Impl::request_peer(const std::string& peer, FrameKind kind,
                                                         std::vector<std::uint8_t> payload,
                                                         std::chrono::milliseconds timeout) {
@@ -33,21 +41,28 @@ asio::awaitable<Result<Reply>> Node::Impl::request_peer(const std::string& peer,
   co_return std::move(*reply);
 }
 
+// Temporaries inside a co_await expression are kept to plain locals here: g++ 12
+// miscompiles some (aggregates, braced temporaries) across the suspension point.
 asio::awaitable<Result<Value>> Node::Impl::call_peer(std::string peer, std::string service, Value args) {
-  auto reply = co_await request_peer(peer, FrameKind::call, encode(CallRequest{std::move(service), std::move(args)}),
-                                     options.request_timeout);
-  if (!reply) co_return reply.error();
-  if (reply->code != Errc::ok) co_return Error{reply->code, std::move(reply->message)};
-  co_return std::move(reply->result);
+  CallRequest request;
+  request.service = std::move(service);
+  request.args = std::move(args);
+  std::vector<std::uint8_t> payload = encode(request);
+  Result<Reply> reply = co_await request_peer(peer, FrameKind::call, std::move(payload), options.request_timeout);
+  co_return reply_to_result(std::move(reply));
 }
 
 asio::awaitable<Result<Value>> Node::Impl::eval_peer(std::string peer, std::string source, Value args, EvalOptions eo) {
-  EvalRequest request{std::move(source), eo.chunk_name, std::move(args), eo.limits, eo.isolation};
-  auto timeout = eo.timeout.count() > 0 ? eo.timeout : options.request_timeout;
-  auto reply = co_await request_peer(peer, FrameKind::eval, encode(request), timeout);
-  if (!reply) co_return reply.error();
-  if (reply->code != Errc::ok) co_return Error{reply->code, std::move(reply->message)};
-  co_return std::move(reply->result);
+  EvalRequest request;
+  request.source = std::move(source);
+  request.chunk_name = eo.chunk_name;
+  request.args = std::move(args);
+  request.limits = eo.limits;
+  request.isolation = eo.isolation;
+  std::chrono::milliseconds timeout = eo.timeout.count() > 0 ? eo.timeout : options.request_timeout;
+  std::vector<std::uint8_t> payload = encode(request);
+  Result<Reply> reply = co_await request_peer(peer, FrameKind::eval, std::move(payload), timeout);
+  co_return reply_to_result(std::move(reply));
 }
 
 namespace {

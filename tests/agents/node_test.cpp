@@ -99,13 +99,13 @@ TEST_CASE("hostile chunks end with their specific error and the node serves the 
   EvalOptions small;
   small.limits = Limits{2'000'000, 8u << 20, 5'000};
   struct Case {
-    const char* source;
+    std::string source;
     Errc code;
     std::string message_start;
   };
   std::vector<Case> cases = {
       {"while true do end", Errc::cpu_limit, "CPU limit of 2000000 instructions exceeded"},
-      {"local t = {} while true do t[#t+1] = ('x'):rep(1024) end", Errc::memory_limit, "memory limit of 8388608 bytes exceeded"},
+      {"local t = {} while true do t[#t+1] = ('x'):rep(1024) .. #t end", Errc::memory_limit, "memory limit of 8388608 bytes exceeded"},
       {"local function f(n) return 1 + f(n + 1) end return f(1)", Errc::lua_error, "Lua error"},
       {"return load(string.char(27) .. 'LJ')", Errc::lua_error, "Lua error at eval:1:"},
       {"return os.exit(1)", Errc::lua_error, "Lua error at eval:1:"},
