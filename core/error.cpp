@@ -15,6 +15,7 @@ std::string_view errc_name(Errc code) noexcept {
     case Errc::not_transferable: return "not_transferable";
     case Errc::invalid_json: return "invalid_json";
     case Errc::invalid_argument: return "invalid_argument";
+    case Errc::internal: return "internal";
     case Errc::no_such_service: return "no_such_service";
     case Errc::service_failed: return "service_failed";
     case Errc::shutting_down: return "shutting_down";

@@ -1,6 +1,7 @@
 // Value graph operations: table access, cross-graph import, deep equality.
 #include "sojourn/core/value.hpp"
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <stdexcept>
@@ -26,6 +27,22 @@ Slot normalize_key(const Slot& key) {
 
 bool slot_key_equal(const Slot& a, const Slot& b) { return a == b; }
 
+void erase_key(std::vector<std::pair<Slot, Slot>>& map, const Slot& k) {
+  auto it = std::find_if(map.begin(), map.end(), [&](const auto& e) { return slot_key_equal(e.first, k); });
+  if (it != map.end()) map.erase(it);
+}
+
+// The value stored under a scalar key, whichever part of the table holds it.
+const Slot* find_scalar(const TableData& t, const Slot& k) {
+  if (const auto* i = std::get_if<std::int64_t>(&k)) {
+    if (*i >= 1 && static_cast<std::uint64_t>(*i) <= t.array.size()) return &t.array[*i - 1];
+  }
+  for (const auto& [mk, mv] : t.map) {
+    if (slot_key_equal(mk, k)) return &mv;
+  }
+  return nullptr;
+}
+
 }  // namespace
 
 Value Value::table() {
@@ -38,7 +55,8 @@ Value Value::table() {
 
 Value Value::array(std::initializer_list<Value> items) {
   Value t = table();
-  for (const Value& item : items) t.push(item);
+  std::int64_t i = 1;
+  for (const Value& item : items) t.set(Value(i++), item);  // a nil item leaves a hole
   return t;
 }
 
@@ -148,11 +166,18 @@ void Value::set(const Value& key, const Value& value) {
       return;
     }
     if (static_cast<std::uint64_t>(*i) == t.array.size() + 1 && v.index() != 0) {
-      // Appending: drop a stale map entry for the same key first.
-      for (auto it = t.map.begin(); it != t.map.end(); ++it) {
-        if (slot_key_equal(it->first, k)) { t.map.erase(it); break; }
-      }
+      // Appending: drop a stale map entry for the same key, then pull in the keys that
+      // now continue the sequence, so that the layout does not depend on insertion order.
+      erase_key(t.map, k);
       t.array.push_back(std::move(v));
+      while (!t.map.empty()) {
+        Slot next{static_cast<std::int64_t>(t.array.size() + 1)};
+        auto it = std::find_if(t.map.begin(), t.map.end(), [&](const auto& e) { return slot_key_equal(e.first, next); });
+        if (it == t.map.end()) break;
+        Slot moved = std::move(it->second);
+        t.map.erase(it);
+        t.array.push_back(std::move(moved));
+      }
       return;
     }
   }
@@ -178,6 +203,13 @@ std::size_t Value::size() const {
 }
 
 namespace {
+
+std::size_t count(const TableData& t) {
+  std::size_t n = 0;
+  for (const Slot& s : t.array) n += s.index() != 0;
+  for (const auto& [k, v] : t.map) n += v.index() != 0;
+  return n;
+}
 
 struct EqualWalker {
   const detail::Graph* ga;
@@ -208,24 +240,29 @@ struct EqualWalker {
     b_to_a[b] = a;
     const TableData& ta = ga->tables[a];
     const TableData& tb = gb->tables[b];
-    if (ta.array.size() != tb.array.size() || ta.map.size() != tb.map.size()) return false;
+    if (count(ta) != count(tb)) return false;
+    // Compare entry by entry, whichever part (array or map) holds a key.
     for (std::size_t i = 0; i < ta.array.size(); ++i) {
-      if (!slots(ta.array[i], tb.array[i])) return false;
+      if (ta.array[i].index() == 0) continue;
+      const Slot* vb = find_scalar(tb, Slot{static_cast<std::int64_t>(i + 1)});
+      if (!vb || !slots(ta.array[i], *vb)) return false;
     }
-    // Map parts: scalar keys must match by value; table keys by the established mapping.
     for (const auto& [ka, va] : ta.map) {
+      if (va.index() == 0) continue;
+      const auto* rka = std::get_if<TableRef>(&ka);
+      if (!rka) {
+        const Slot* vb = find_scalar(tb, ka);
+        if (!vb || !slots(va, *vb)) return false;
+        continue;
+      }
+      // A table key matches the table the mapping so far pairs it with (or a fresh one).
       bool found = false;
       for (const auto& [kb, vb] : tb.map) {
-        bool key_match = false;
-        const auto* rka = std::get_if<TableRef>(&ka);
         const auto* rkb = std::get_if<TableRef>(&kb);
-        if (rka && rkb) {
-          auto m = a_to_b.find(rka->index);
-          key_match = (m != a_to_b.end() && m->second == rkb->index) ||
-                      (m == a_to_b.end() && b_to_a.find(rkb->index) == b_to_a.end() && tables(rka->index, rkb->index));
-        } else if (!rka && !rkb) {
-          key_match = ka == kb;
-        }
+        if (!rkb) continue;
+        auto m = a_to_b.find(rka->index);
+        bool key_match = (m != a_to_b.end() && m->second == rkb->index) ||
+                         (m == a_to_b.end() && b_to_a.find(rkb->index) == b_to_a.end() && tables(rka->index, rkb->index));
         if (key_match) {
           if (!slots(va, vb)) return false;
           found = true;

@@ -59,6 +59,7 @@ int exit_code_for(const Error& e) {
     case Errc::connection_closed:
     case Errc::timeout:
     case Errc::remote_protocol_error: return exit_connection;
+    case Errc::internal: return exit_internal;
     default: return exit_remote;
   }
 }

@@ -89,3 +89,17 @@ TEST_CASE("deep_equal follows cycles and tells sharing apart") {
   CHECK(sojourn::deep_equal(Value(1), Value(1.0)));
   CHECK_FALSE(sojourn::deep_equal(Value("1"), Value(1)));
 }
+
+TEST_CASE("the same table built in a different order has the same layout and compares equal") {
+  Value a = Value::table();
+  a.set(3, "c");
+  a.set(2, "b");
+  a.set(1, "a");
+  Value b = Value::array({"a", "b", "c"});
+  CHECK(a.length() == 3);
+  CHECK(sojourn::deep_equal(a, b));
+  Value holes = Value::array({1, Value(), 3});
+  CHECK(holes.get(3).as_integer() == 3);
+  CHECK(holes.get(2).is_nil());
+  CHECK(holes.size() == 2);
+}

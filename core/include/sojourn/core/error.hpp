@@ -26,6 +26,7 @@ enum class Errc : std::uint16_t {
   not_transferable = 7,      // "value at PATH cannot travel: ..."
   invalid_json = 8,          // "invalid JSON: ..."
   invalid_argument = 9,      // "invalid argument: ..."
+  internal = 10,             // "internal error: ..." (a bug or a broken host, never the peer's input)
   // node
   no_such_service = 20,      // "no such service: NAME"
   service_failed = 21,       // "service NAME failed: ..."

@@ -42,6 +42,7 @@ struct RunInput {
 //   sandbox_refused "refused by the sandbox: ..." (bytecode, over-complex pattern, ...)
 //   not_transferable "value at PATH cannot travel: ..." (a function or userdata returned)
 //   shutting_down   "node is shutting down"
+//   internal        "internal error: cannot create a Lua state (...)"
 Result<Value> run_lua(const RunInput& input, HostCalls* host);
 
 }  // namespace sojourn::sandbox

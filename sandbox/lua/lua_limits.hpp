@@ -1,0 +1,77 @@
+// The state of one trusted run and the limits it enforces: the capped allocator, the
+// instruction-count hook (CPU budget, deadline, abort), the C-stack guard and the errors they raise.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+#include "sojourn/core/error.hpp"
+#include "sojourn/core/messages.hpp"
+#include "sojourn/sandbox/lua_sandbox.hpp"
+
+struct lua_State;
+
+namespace sojourn::sandbox::detail {
+
+// Reached from a lua_State through the allocator's userdata, so the allocator, the hook and
+// every C function of the sandbox find it without globals (runs are concurrent).
+struct RunContext {
+  Limits limits;
+  HostCalls* host = nullptr;
+  const std::atomic<bool>* abort = nullptr;
+  std::chrono::steady_clock::time_point deadline;
+  std::uintptr_t c_stack_floor = 0;  // C functions refuse to nest below this address
+
+  std::size_t bytes_in_use = 0;
+  std::size_t byte_cap = 0;           // limits.memory_bytes while the chunk runs
+  bool allocation_refused = false;
+  std::byte* arena = nullptr;         // kArenaBytes for the run's first allocations, or null
+  std::size_t arena_used = 0;
+
+  std::uint64_t instructions = 0;     // counted at each hook firing
+  int hook_interval = 0;
+
+  // A kill (cpu_limit, deadline, shutting_down) is sticky: once set, the hook re-raises it
+  // on every instruction and the run fails with it whatever the script does.
+  Errc kill = Errc::ok;
+  // The last non-sticky limit hit (a refused string.rep or pattern): the run fails with it
+  // only if its error reaches the top unchanged. Errc::ok when none.
+  Error last_limit;
+};
+
+// C stack that C functions of one run may use below run_lua's frame: LuaJIT checks its own
+// stack but not the C stack, and string.gsub or coroutine.resume recursion overflows it.
+inline constexpr std::size_t kCStackBudget = std::size_t{1} << 20;
+// A fresh state with its environment makes ~340 small allocations (~28 KB): the allocator
+// bumps them out of one block of this size, freed with the state, instead of malloc'ing
+// each (a third of a short run's cost). Blocks freed inside it are only reused at its end.
+inline constexpr std::size_t kArenaBytes = std::size_t{64} << 10;
+// Instructions between two firings of the count hook.
+inline constexpr int kHookInterval = 1000;
+
+// lua_Alloc over the arena, then malloc, that refuses to hold more than ctx->byte_cap bytes.
+void* capped_alloc(void* ud, void* ptr, std::size_t old_size, std::size_t new_size) noexcept;
+
+RunContext& run_context(lua_State* L);
+
+// Installs the count hook for the CPU budget, the deadline and the abort flag.
+void arm_count_hook(lua_State* L, RunContext& ctx);
+void disarm_count_hook(lua_State* L);
+
+// The message of a kill or memory limit, e.g. "CPU limit of 100 instructions exceeded".
+std::string limit_message(Errc code, const Limits& limits);
+Error limit_error(Errc code, const Limits& limits);
+Error pattern_refused_error(std::size_t subject_bytes);
+
+// Raise Lua errors (they never return).
+[[noreturn]] void raise_kill(lua_State* L);
+[[noreturn]] void raise_limit(lua_State* L, Error error);
+// Re-raises the kill when one is pending (after a pcall or resume swallowed it).
+void reraise_pending_kill(lua_State* L);
+// Raises "stack overflow (too many nested C calls)" when the C stack budget is spent.
+void check_c_stack(lua_State* L);
+
+}  // namespace sojourn::sandbox::detail

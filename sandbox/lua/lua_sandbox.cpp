@@ -1,0 +1,150 @@
+// run_lua, the `trusted` isolation level: one fresh capped lua_State per run, one protected
+// call that builds the environment, loads and runs the chunk and converts its results, and
+// one function that maps every way a run can fail to a sojourn Error.
+#include "sojourn/sandbox/lua_sandbox.hpp"
+
+#include <algorithm>
+#include <cstdio>
+#include <exception>
+#include <memory>
+#include <new>
+#include <optional>
+#include <string>
+
+#include <lua.hpp>
+
+#include "lua_env.hpp"
+#include "lua_limits.hpp"
+#include "lua_value.hpp"
+
+namespace sojourn::sandbox {
+
+namespace {
+
+using detail::RunContext;
+
+struct LuaStateCloser {
+  void operator()(lua_State* L) const noexcept { lua_close(L); }
+};
+
+struct RunJob {
+  const RunInput* input;
+  std::string chunk_name;  // "=name": LuaJIT shows it verbatim in messages
+  std::optional<Result<Value>> result;
+};
+
+std::string_view display_chunk_name(const RunInput& input) {
+  return input.chunk_name.empty() ? std::string_view("eval") : input.chunk_name;
+}
+
+int run_protected(lua_State* L) {
+  auto& job = *static_cast<RunJob*>(lua_touserdata(L, 1));
+  lua_settop(L, 0);
+  RunContext& ctx = detail::run_context(L);
+  const RunInput& input = *job.input;
+
+  detail::open_restricted_env(L, input.allow_jit);
+  // Mode "t" as a second lock behind run_lua's first-byte check: LuaJIT does not verify
+  // bytecode, and crafted bytecode crashes it.
+  const int load_status = luaL_loadbufferx(L, input.source.data(), input.source.size(), job.chunk_name.c_str(), "t");
+  if (load_status == LUA_ERRMEM) detail::raise_limit(L, detail::limit_error(Errc::memory_limit, ctx.limits));
+  if (load_status != 0) return lua_error(L);
+  const int nargs = lua::push_array_items(L, input.args);
+
+  detail::arm_count_hook(L, ctx);
+  lua_call(L, nargs, LUA_MULTRET);
+  detail::disarm_count_hook(L);
+  if (ctx.kill != Errc::ok) return 0;  // the chunk returned after swallowing a kill
+
+  // Lua-side room for the conversion's queue; the C++ side has its own cap.
+  ctx.byte_cap = ctx.bytes_in_use + std::min(ctx.byte_cap, SIZE_MAX - ctx.bytes_in_use);
+  bool out_of_memory = false;
+  try {
+    job.result = lua::pop_as_array(L, lua_gettop(L), {"result", ctx.limits.memory_bytes});
+  } catch (const std::bad_alloc&) {
+    out_of_memory = true;
+  }
+  if (out_of_memory) detail::raise_limit(L, detail::limit_error(Errc::memory_limit, ctx.limits));
+  return 0;
+}
+
+// "eval:3: boom" carries a position of the chunk; LuaJIT shortens "=name" to 59 bytes.
+bool has_chunk_position(std::string_view message, std::string_view chunk) {
+  chunk = chunk.substr(0, LUA_IDSIZE - 1);
+  if (message.substr(0, chunk.size()) != chunk) return false;
+  std::size_t i = chunk.size();
+  if (i >= message.size() || message[i] != ':') return false;
+  const std::size_t digits = ++i;
+  while (i < message.size() && message[i] >= '0' && message[i] <= '9') ++i;
+  return i > digits && i < message.size() && message[i] == ':';
+}
+
+// Every failed run ends here. Kills are decided by the flag, never by the message, so a
+// script cannot fake one with error("CPU limit of ...").
+Error run_failure(lua_State* L, int status, const RunContext& ctx, std::string_view chunk) {
+  if (ctx.kill != Errc::ok) return detail::limit_error(ctx.kill, ctx.limits);
+  if (status == LUA_ERRMEM) return detail::limit_error(Errc::memory_limit, ctx.limits);
+  switch (lua_type(L, -1)) {
+    case LUA_TSTRING: {
+      std::size_t len = 0;
+      const char* text = lua_tolstring(L, -1, &len);
+      const std::string_view message(text, len);
+      // A limit raised by a guard, reaching the top unchanged.
+      if (ctx.last_limit.code != Errc::ok && message == ctx.last_limit.message) return ctx.last_limit;
+      if (has_chunk_position(message, chunk)) return make_error(Errc::lua_error, "Lua error at " + std::string(message));
+      return make_error(Errc::lua_error, "Lua error: " + std::string(message));
+    }
+    case LUA_TNUMBER: {
+      char buf[48];
+      std::snprintf(buf, sizeof buf, LUA_NUMBER_FMT, lua_tonumber(L, -1));
+      return make_error(Errc::lua_error, std::string("Lua error: ") + buf);
+    }
+    default:
+      return make_error(Errc::lua_error, std::string("Lua error: (error object is a ") +
+                                             lua_typename(L, lua_type(L, -1)) + " value)");
+  }
+}
+
+}  // namespace
+
+Result<Value> run_lua(const RunInput& input, HostCalls* host) {
+  const Limits& limits = input.limits;
+  if (limits.cpu_instructions == 0 || limits.memory_bytes == 0 || limits.wall_ms == 0) {
+    return make_error(Errc::invalid_argument, "invalid argument: every limit of a Lua run must be non-zero");
+  }
+  if (!input.source.empty() && input.source.front() == '\x1b') {
+    return make_error(Errc::sandbox_refused, "refused by the sandbox: bytecode is not accepted");
+  }
+  if (input.abort != nullptr && input.abort->load(std::memory_order_relaxed)) {
+    return detail::limit_error(Errc::shutting_down, limits);
+  }
+
+  RunContext ctx;
+  ctx.limits = limits;
+  ctx.host = host;
+  ctx.abort = input.abort;
+  ctx.deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(limits.wall_ms);
+  // SAFETY: the frame address is only compared with, never dereferenced.
+  const auto stack_here = reinterpret_cast<std::uintptr_t>(__builtin_frame_address(0));
+  ctx.c_stack_floor = stack_here > detail::kCStackBudget ? stack_here - detail::kCStackBudget : 0;
+  ctx.byte_cap = limits.memory_bytes > SIZE_MAX ? SIZE_MAX : static_cast<std::size_t>(limits.memory_bytes);
+  // Not zeroed: LuaJIT initialises what it allocates.
+  const auto arena = std::make_unique_for_overwrite<std::byte[]>(detail::kArenaBytes);
+  ctx.arena = arena.get();
+
+  // Declared after ctx and the arena: the state is closed (through the allocator) first.
+  std::unique_ptr<lua_State, LuaStateCloser> state(lua_newstate(detail::capped_alloc, &ctx));
+  if (!state) {
+    if (ctx.allocation_refused) return detail::limit_error(Errc::memory_limit, limits);
+    return make_error(Errc::internal, "internal error: cannot create a Lua state (no randomness from getrandom)");
+  }
+  lua_State* L = state.get();
+
+  RunJob job{&input, std::string("=").append(display_chunk_name(input)), std::nullopt};
+  const int status = lua_cpcall(L, run_protected, &job);
+  if (status != 0 || ctx.kill != Errc::ok) return run_failure(L, status, ctx, display_chunk_name(input));
+  if (!job.result) return make_error(Errc::lua_error, "Lua error: the run ended without results");
+  return std::move(*job.result);
+}
+
+}  // namespace sojourn::sandbox

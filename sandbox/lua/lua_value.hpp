@@ -1,0 +1,49 @@
+// Conversion between Lua values on a lua_State's stack and sojourn Values, with shared
+// tables and cycles kept both ways; used by the sandbox and by agent state migration.
+#pragma once
+
+#include <cstdint>
+#include <string_view>
+
+#include "sojourn/core/error.hpp"
+#include "sojourn/core/value.hpp"
+
+struct lua_State;
+
+namespace sojourn::sandbox::lua {
+
+struct ToValueOptions {
+  // First element of paths in messages: "value at result[2].cb cannot travel: ...".
+  std::string_view root_name = "value";
+  // Cap on the C++ size of the converted graph (slots, tables, string bytes); 0 = no cap.
+  // Exceeding it, or running out of Lua memory while converting, fails with memory_limit
+  // "memory limit of N bytes exceeded" where N is this value.
+  std::uint64_t max_bytes = 0;
+};
+
+// Lua -> Value. Numbers with an integral value below 2^53 in magnitude become integers (NaN,
+// infinities and -0.0 stay numbers). The same Lua table becomes the same Value table, so
+// sharing and cycles survive. Metatables are not carried. Functions, userdata and coroutines
+// fail with not_transferable "value at PATH cannot travel: ..." where PATH is Lua-like:
+// root.name, root[3], root["odd key"].
+// Both convert inside their own protected call, so a lack of Lua memory comes back as a
+// memory_limit error; only setting up that call (a few stack slots and a C closure) can
+// raise, so call them from a protected context or with memory to spare.
+
+// Converts the value at `index` (left on the stack).
+Result<Value> to_value(lua_State* L, int index, const ToValueOptions& options);
+// Converts the `count` values on top of the stack into an array table whose items are
+// root[1]..root[count], and pops them. A nil among them leaves a hole (key absent).
+Result<Value> pop_as_array(lua_State* L, int count, const ToValueOptions& options);
+
+// Value -> Lua. Tables are created fresh; sharing and cycles are kept. Integers beyond 2^53
+// lose precision (Lua 5.1 numbers are doubles). These raise a Lua error when the state runs
+// out of memory: call them from a protected context (a lua_CFunction under pcall).
+
+// Pushes one value.
+void push_value(lua_State* L, const Value& value);
+// Pushes items 1..length() of an array table (tables shared between items stay shared)
+// and returns how many were pushed; a nil or non-table value pushes nothing.
+int push_array_items(lua_State* L, const Value& array);
+
+}  // namespace sojourn::sandbox::lua
