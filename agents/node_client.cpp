@@ -100,3 +100,10 @@ asio::awaitable<Result<Value>> async_eval(Node& node, std::string peer, std::str
 }
 
 }  // namespace sojourn
+
+namespace sojourn {
+asio::awaitable<Result<Value>> async_eval(Node& node, std::string peer, std::string source, Value args) {
+  EvalOptions defaults;
+  return async_eval(node, std::move(peer), std::move(source), std::move(args), defaults);
+}
+}  // namespace sojourn

@@ -1,6 +1,8 @@
 // Frame reading and the single-writer queue of a TCP connection.
 #include "framed_socket.hpp"
 
+#include <cstring>
+
 #include "sojourn/core/log.hpp"
 
 namespace sojourn::transport_detail {
@@ -31,6 +33,7 @@ void log_coroutine_exit(const char* what, std::exception_ptr e) {
 FramedSocket::FramedSocket(tcp::socket socket, std::uint32_t max_payload, std::string peer_name)
     : socket_(std::move(socket)),
       wake_writer_(socket_.get_executor()),
+      read_buffer_(kReadBufferBytes),
       max_payload_(max_payload),
       peer_name_(std::move(peer_name)) {
   wake_writer_.expires_at(asio::steady_timer::time_point::max());
@@ -43,25 +46,49 @@ void FramedSocket::start() {
                  [](std::exception_ptr e) { log_coroutine_exit("connection writer", e); });
 }
 
+asio::awaitable<bool> FramedSocket::fill(std::size_t wanted, boost::system::error_code& ec) {
+  // Compact, then read whatever the socket has: under load one read brings many frames.
+  if (read_begin_ > 0 && read_begin_ == read_end_) read_begin_ = read_end_ = 0;
+  if (read_buffer_.size() - read_begin_ < wanted) {
+    std::memmove(read_buffer_.data(), read_buffer_.data() + read_begin_, read_end_ - read_begin_);
+    read_end_ -= read_begin_;
+    read_begin_ = 0;
+  }
+  while (read_end_ - read_begin_ < wanted) {
+    std::size_t n = co_await socket_.async_read_some(
+        asio::buffer(read_buffer_.data() + read_end_, read_buffer_.size() - read_end_),
+        asio::redirect_error(asio::use_awaitable, ec));
+    read_end_ += n;
+    if (ec) co_return false;
+  }
+  co_return true;
+}
+
 asio::awaitable<Result<Frame>> FramedSocket::read_frame() {
-  std::array<std::uint8_t, kFrameHeaderSize> head;
   boost::system::error_code ec;
-  std::size_t n = co_await asio::async_read(socket_, asio::buffer(head), asio::redirect_error(asio::use_awaitable, ec));
-  if (ec) {
-    if (n == 0) co_return make_error(Errc::connection_closed, "connection closed: " + ec.message());
-    co_return make_error(Errc::truncated, "truncated frame: connection closed after " + std::to_string(n) +
+  if (!co_await fill(kFrameHeaderSize, ec)) {
+    std::size_t have = read_end_ - read_begin_;
+    if (have == 0) co_return make_error(Errc::connection_closed, "connection closed: " + ec.message());
+    co_return make_error(Errc::truncated, "truncated frame: connection closed after " + std::to_string(have) +
                                               " of " + std::to_string(kFrameHeaderSize) + " header bytes");
   }
+  std::span<const std::uint8_t, kFrameHeaderSize> head(read_buffer_.data() + read_begin_, kFrameHeaderSize);
   auto header = parse_header(head, max_payload_);
   if (!header) co_return header.error();
+  read_begin_ += kFrameHeaderSize;
   Frame frame;
   frame.header = *header;
   frame.payload.resize(header->length);  // bounded by max_payload_ above
-  if (header->length > 0) {
-    n = co_await asio::async_read(socket_, asio::buffer(frame.payload), asio::redirect_error(asio::use_awaitable, ec));
+  std::size_t buffered = std::min<std::size_t>(header->length, read_end_ - read_begin_);
+  std::memcpy(frame.payload.data(), read_buffer_.data() + read_begin_, buffered);
+  read_begin_ += buffered;
+  if (buffered < header->length) {
+    // The rest of a large payload goes straight into place.
+    std::size_t n = co_await asio::async_read(socket_, asio::buffer(frame.payload.data() + buffered, header->length - buffered),
+                                              asio::redirect_error(asio::use_awaitable, ec));
     if (ec) {
-      co_return make_error(Errc::truncated, "truncated frame: connection closed after " + std::to_string(n) + " of " +
-                                                std::to_string(header->length) + " payload bytes");
+      co_return make_error(Errc::truncated, "truncated frame: connection closed after " + std::to_string(buffered + n) +
+                                                " of " + std::to_string(header->length) + " payload bytes");
     }
   }
   co_return frame;

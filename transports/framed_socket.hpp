@@ -41,11 +41,16 @@ class FramedSocket : public std::enable_shared_from_this<FramedSocket> {
   std::uint64_t frames_sent() const { return frames_sent_; }
 
  private:
+  static constexpr std::size_t kReadBufferBytes = 64 * 1024;
   asio::awaitable<void> writer();
+  // Reads until `wanted` bytes are buffered; false (and ec set) if the stream ended first.
+  asio::awaitable<bool> fill(std::size_t wanted, boost::system::error_code& ec);
 
   tcp::socket socket_;
   asio::steady_timer wake_writer_;
   std::deque<std::vector<std::uint8_t>> queue_;
+  std::vector<std::uint8_t> read_buffer_;
+  std::size_t read_begin_ = 0, read_end_ = 0;
   std::uint32_t max_payload_;
   std::string peer_name_;
   bool closing_ = false;

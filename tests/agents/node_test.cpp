@@ -171,3 +171,12 @@ TEST_CASE("shutdown ends a running evaluation with a clear error and refuses new
   REQUIRE_FALSE(after.ok());
   CHECK((after.error().code == Errc::connect_failed || after.error().code == Errc::connection_closed));
 }
+
+TEST_CASE("the coroutine API evaluates with default options from inside a coroutine") {
+  TwoNodes n;
+  auto task = [&]() -> asio::awaitable<std::int64_t> {
+    auto r = co_await async_eval(n.client, n.address, "return 20 + 22", Value::table());
+    co_return r ? r->get(1).as_integer() : -1;
+  };
+  CHECK(asio::co_spawn(node_executor(n.client), task(), asio::use_future).get() == 42);
+}
