@@ -8,6 +8,7 @@
 #include <cstdio>
 #include <map>
 #include <string>
+#include <vector>
 
 #include <sojourn/agents/node.hpp>
 #include <sojourn/core/json.hpp>
@@ -44,11 +45,13 @@ int main(int argc, char** argv) {
   std::printf("[client-server]   <- %lld disks in stock (blocking API)\n", static_cast<long long>(disks->as_integer()));
 
   // The same with C++20 coroutines: several calls in flight on one connection.
+  const std::vector<std::string> items = {"ram", "cpu", "gpu"};
   auto check_all = [&]() -> asio::awaitable<std::string> {
     std::string line;
-    for (const char* item : {"ram", "cpu", "gpu"}) {
-      auto n = co_await async_call(shop, peer, "stock.check", Value::array({item}));
-      line += std::string(item) + "=" + (n ? std::to_string(n->as_integer()) : n.error().message) + " ";
+    for (const std::string& item : items) {
+      Value args = Value::array({item});
+      auto n = co_await async_call(shop, peer, "stock.check", args);
+      line += item + "=" + (n ? std::to_string(n->as_integer()) : n.error().message) + " ";
     }
     co_return line;
   };

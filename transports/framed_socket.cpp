@@ -80,7 +80,7 @@ asio::awaitable<Result<Frame>> FramedSocket::read_frame() {
   frame.header = *header;
   frame.payload.resize(header->length);  // bounded by max_payload_ above
   std::size_t buffered = std::min<std::size_t>(header->length, read_end_ - read_begin_);
-  std::memcpy(frame.payload.data(), read_buffer_.data() + read_begin_, buffered);
+  if (buffered > 0) std::memcpy(frame.payload.data(), read_buffer_.data() + read_begin_, buffered);
   read_begin_ += buffered;
   if (buffered < header->length) {
     // The rest of a large payload goes straight into place.
