@@ -24,6 +24,14 @@ class LocalHost final : public sandbox::HostCalls {
   Node::Impl& impl_;
 };
 
+struct InFlightGuard {
+  explicit InFlightGuard(std::atomic<std::uint64_t>& n) : count(n) { ++count; }
+  ~InFlightGuard() { --count; }
+  InFlightGuard(const InFlightGuard&) = delete;
+  InFlightGuard& operator=(const InFlightGuard&) = delete;
+  std::atomic<std::uint64_t>& count;
+};
+
 // Runs f on the worker pool and resumes the caller on its own executor afterwards.
 // (`co_await post(pool, use_awaitable)` would not do: an awaitable always resumes on
 // the coroutine's executor, so the work would run on the network thread.)
@@ -63,28 +71,21 @@ Result<Value> Node::Impl::call_local(std::string_view service, const Value& args
 asio::awaitable<Result<std::vector<std::uint8_t>>> Node::Impl::handle(FrameKind kind, std::vector<std::uint8_t> payload,
                                                                       std::string peer) {
   auto self = shared_from_this();
+  InFlightGuard counted(in_flight);  // shutdown waits for this to reach zero
   Reply reply;
-  ++in_flight;
   if (kind == FrameKind::call) {
     auto request = decode_call(payload);
-    if (!request) {
-      --in_flight;
-      co_return request.error();
-    }
-    log_debug("node", options.name + ": " + "call " + request->service + " from " + peer);
+    if (!request) co_return request.error();
+    log_debug("node", options.name + ": call " + request->service + " from " + peer);
     reply = co_await serve_call(std::move(*request));
     ++calls_served;
   } else if (kind == FrameKind::eval) {
     auto request = decode_eval(payload);
-    if (!request) {
-      --in_flight;
-      co_return request.error();
-    }
-    log_debug("node", options.name + ": " + "eval " + request->chunk_name + " from " + peer);
+    if (!request) co_return request.error();
+    log_debug("node", options.name + ": eval " + request->chunk_name + " from " + peer);
     reply = co_await serve_eval(std::move(*request));
     ++evals_served;
   } else {
-    --in_flight;
     co_return make_error(Errc::bad_kind, "unexpected frame kind " + std::string(frame_kind_name(kind)));
   }
   if (reply.code != Errc::ok) ++requests_failed;
@@ -94,7 +95,6 @@ asio::awaitable<Result<std::vector<std::uint8_t>>> Node::Impl::handle(FrameKind 
                                                                    " bytes exceeds the limit of " +
                                                                    std::to_string(options.max_payload) + " bytes")));
   }
-  --in_flight;
   co_return bytes;
 }
 
