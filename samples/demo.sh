@@ -14,13 +14,15 @@ cleanup() {
 }
 trap cleanup EXIT
 
-start_node() {  # name -> prints the bound address
+# Starts a node in the background (in this shell, so that its pid is ours to stop) and
+# sets the variable named by $2 to the address it bound.
+start_node() {
   local name=$1
   "$bin/sojourn" node --listen 127.0.0.1:0 --name "$name" >"$work/$name.out" 2>"$work/$name.err" &
   pids+=($!)
-  for _ in $(seq 100); do
+  for _ in $(seq 200); do
     if grep -q "listening on" "$work/$name.out" 2>/dev/null; then
-      sed -n "s/^node $name listening on //p" "$work/$name.out"
+      printf -v "$2" '%s' "$(sed -n "s/^node $name listening on //p" "$work/$name.out")"
       return
     fi
     sleep 0.05
@@ -30,12 +32,21 @@ start_node() {  # name -> prints the bound address
   exit 1
 }
 
-say() { printf '\n\033[1m%s\033[0m\n' "$*"; }
-run() { printf '$ %s\n' "$*"; "$@"; }
+if [ -t 1 ]; then bold=$'\033[1m' plain=$'\033[0m'; else bold="" plain=""; fi
+say() { printf '\n%s%s%s\n' "$bold" "$*" "$plain"; }
+# Echoes a command the way one would type it (single quotes where needed), then runs it.
+run() {
+  local shown="\$" arg
+  for arg in "${@/#$bin\//}"; do
+    if [[ $arg =~ ^[A-Za-z0-9_./:=,+-]+$ ]]; then shown+=" $arg"; else shown+=" '${arg//\'/\'\\\'\'}'"; fi
+  done
+  printf '%s\n' "$shown"
+  "$@"
+}
 
 say "== sojourn demo: nodes on loopback exchanging requests and code =="
-a=$(start_node a)
-b=$(start_node b)
+start_node a a
+start_node b b
 echo "node a listening on $a"
 echo "node b listening on $b"
 
@@ -49,10 +60,7 @@ run "$bin/sojourn" eval "$a" -e 'local p = node.call("kv.get", "price:disk"); re
 run "$bin/sojourn" eval "$b" --json -e 'local cap = ...; local p = node.call("kv.get", "price:disk"); return p.eur <= cap' --args '[75]'
 
 say "-- a runaway chunk is stopped by the sandbox; the node keeps serving"
-set +e
-"$bin/sojourn" eval "$a" -e 'while true do end' --cpu 1000000
-echo "(exit code $?: a remote error)"
-set -e
+run "$bin/sojourn" eval "$a" -e 'while true do end' --cpu 1000000 || echo "(exit code $?: the node answered with an error)"
 run "$bin/sojourn" info "$a"
 
 say "-- the same paradigms from C++ (samples/client_server.cpp, samples/remote_eval.cpp)"
@@ -61,7 +69,7 @@ say "-- the same paradigms from C++ (samples/client_server.cpp, samples/remote_e
 
 say "-- stopping the nodes"
 for pid in "${pids[@]}"; do kill -TERM "$pid"; done
-wait
+wait "${pids[@]}"
 pids=()
-cat "$work/a.out" "$work/b.out"
+grep -h "stopped" "$work/a.out" "$work/b.out"
 say "demo finished"
