@@ -32,18 +32,11 @@ void log_coroutine_exit(const char* what, std::exception_ptr e) {
 
 FramedSocket::FramedSocket(tcp::socket socket, std::uint32_t max_payload, std::string peer_name)
     : socket_(std::move(socket)),
-      wake_writer_(socket_.get_executor()),
       read_buffer_(kReadBufferBytes),
       max_payload_(max_payload),
       peer_name_(std::move(peer_name)) {
-  wake_writer_.expires_at(asio::steady_timer::time_point::max());
   boost::system::error_code ignored;
   socket_.set_option(tcp::no_delay(true), ignored);
-}
-
-void FramedSocket::start() {
-  asio::co_spawn(socket_.get_executor(), [self = shared_from_this()] { return self->writer(); },
-                 [](std::exception_ptr e) { log_coroutine_exit("connection writer", e); });
 }
 
 asio::awaitable<bool> FramedSocket::fill(std::size_t wanted, boost::system::error_code& ec) {
@@ -97,12 +90,12 @@ asio::awaitable<Result<Frame>> FramedSocket::read_frame() {
 void FramedSocket::send(std::vector<std::uint8_t> bytes) {
   if (closing_ || closed_) return;
   queue_.push_back(std::move(bytes));
-  wake_writer_.cancel_one();
+  if (!writing_) write_queued();
 }
 
 void FramedSocket::close_after_flush() {
   closing_ = true;
-  wake_writer_.cancel_one();
+  if (!writing_) close();
 }
 
 void FramedSocket::close() {
@@ -112,7 +105,6 @@ void FramedSocket::close() {
   boost::system::error_code ignored;
   socket_.shutdown(tcp::socket::shutdown_both, ignored);
   socket_.close(ignored);
-  wake_writer_.cancel();
 }
 
 void FramedSocket::shutdown_receive() {
@@ -120,30 +112,25 @@ void FramedSocket::shutdown_receive() {
   socket_.shutdown(tcp::socket::shutdown_receive, ignored);
 }
 
-asio::awaitable<void> FramedSocket::writer() {
-  std::vector<asio::const_buffer> batch;
-  std::deque<std::vector<std::uint8_t>> writing;
-  while (!closed_) {
-    if (queue_.empty()) {
-      if (closing_) break;
-      boost::system::error_code ec;
-      co_await wake_writer_.async_wait(asio::redirect_error(asio::use_awaitable, ec));
-      continue;
-    }
-    // Gather what is queued into one write: fewer system calls under load.
-    writing.swap(queue_);
-    batch.clear();
-    for (const auto& b : writing) batch.emplace_back(asio::buffer(b));
-    boost::system::error_code ec;
-    co_await asio::async_write(socket_, batch, asio::redirect_error(asio::use_awaitable, ec));
-    frames_sent_ += writing.size();
-    writing.clear();
+void FramedSocket::write_queued() {
+  // Everything queued goes out in one gathered write: fewer system calls under load.
+  writing_ = true;
+  in_write_.swap(queue_);
+  write_buffers_.clear();
+  for (const auto& b : in_write_) write_buffers_.emplace_back(asio::buffer(b));
+  asio::async_write(socket_, write_buffers_, [self = shared_from_this()](boost::system::error_code ec, std::size_t) {
+    self->frames_sent_ += self->in_write_.size();
+    self->in_write_.clear();
+    self->writing_ = false;
     if (ec) {
-      log_debug("transport", "write to " + peer_name_ + " failed: " + ec.message());
-      break;
+      if (!self->closed_) log_debug("transport", "write to " + self->peer_name_ + " failed: " + ec.message());
+      self->close();
+    } else if (!self->queue_.empty() && !self->closed_) {
+      self->write_queued();
+    } else if (self->closing_) {
+      self->close();
     }
-  }
-  close();
+  });
 }
 
 }  // namespace sojourn::transport_detail

@@ -1,5 +1,5 @@
-// Internal: a TCP socket that reads whole frames and writes queued frames from one
-// writer coroutine (so writes never interleave). Used by both ends of a connection.
+// Internal: a TCP socket that reads whole frames and writes queued frames with at most
+// one write in progress (so writes never interleave). Used by both ends of a connection.
 #pragma once
 
 #include <deque>
@@ -21,8 +21,6 @@ class FramedSocket : public std::enable_shared_from_this<FramedSocket> {
  public:
   FramedSocket(tcp::socket socket, std::uint32_t max_payload, std::string peer_name);
 
-  // Starts the writer coroutine; call once.
-  void start();
   // Reads the next frame. Errors: the parse_header codes for a bad header,
   // truncated for a frame cut off by the peer, connection_closed otherwise.
   asio::awaitable<Result<Frame>> read_frame();
@@ -42,13 +40,15 @@ class FramedSocket : public std::enable_shared_from_this<FramedSocket> {
 
  private:
   static constexpr std::size_t kReadBufferBytes = 64 * 1024;
-  asio::awaitable<void> writer();
+  void write_queued();
   // Reads until `wanted` bytes are buffered; false (and ec set) if the stream ended first.
   asio::awaitable<bool> fill(std::size_t wanted, boost::system::error_code& ec);
 
   tcp::socket socket_;
-  asio::steady_timer wake_writer_;
-  std::deque<std::vector<std::uint8_t>> queue_;
+  std::deque<std::vector<std::uint8_t>> queue_;     // waiting for the next write
+  std::deque<std::vector<std::uint8_t>> in_write_;  // owned by the write in progress
+  std::vector<asio::const_buffer> write_buffers_;
+  bool writing_ = false;
   std::vector<std::uint8_t> read_buffer_;
   std::size_t read_begin_ = 0, read_end_ = 0;
   std::uint32_t max_payload_;

@@ -93,7 +93,6 @@ class TcpLink final : public Link, public std::enable_shared_from_this<TcpLink> 
       co_return;
     }
     socket_ = std::make_shared<FramedSocket>(std::move(socket), options_.max_payload, peer_.to_string());
-    socket_->start();
     if (state_ == State::failed) {  // closed while connecting
       socket_->close();
       co_return;

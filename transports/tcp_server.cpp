@@ -42,7 +42,6 @@ class ServerSession : public std::enable_shared_from_this<ServerSession> {
   }
 
   void start() {
-    socket_->start();
     asio::co_spawn(socket_->executor(), [self = shared_from_this()] { return self->reader(); },
                    [](std::exception_ptr e) { log_coroutine_exit("session reader", e); });
   }
