@@ -1,0 +1,12 @@
+# ctest script: install the build into PREFIX, build the consumer against it, run it.
+function(step)
+  execute_process(COMMAND ${ARGN} RESULT_VARIABLE rc)
+  if(NOT rc EQUAL 0)
+    message(FATAL_ERROR "failed (${rc}): ${ARGN}")
+  endif()
+endfunction()
+file(REMOVE_RECURSE ${PREFIX} ${WORK})
+step(${CMAKE_COMMAND} --install ${BUILD_DIR} --prefix ${PREFIX})
+step(${CMAKE_COMMAND} -S ${SOURCE} -B ${WORK} -G Ninja -DCMAKE_PREFIX_PATH=${PREFIX} -DCMAKE_BUILD_TYPE=Release)
+step(${CMAKE_COMMAND} --build ${WORK})
+step(${WORK}/consumer)
