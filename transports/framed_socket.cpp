@@ -30,13 +30,36 @@ void log_coroutine_exit(const char* what, std::exception_ptr e) {
   }
 }
 
-FramedSocket::FramedSocket(tcp::socket socket, std::uint32_t max_payload, std::string peer_name)
+FramedSocket::FramedSocket(tcp::socket socket, std::uint32_t max_payload, std::chrono::milliseconds frame_timeout,
+                           std::string peer_name)
     : socket_(std::move(socket)),
+      frame_timer_(socket_.get_executor()),
+      frame_timeout_(frame_timeout),
       read_buffer_(kReadBufferBytes),
       max_payload_(max_payload),
       peer_name_(std::move(peer_name)) {
   boost::system::error_code ignored;
   socket_.set_option(tcp::no_delay(true), ignored);
+}
+
+void FramedSocket::arm_frame_timer() {
+  // A peer that starts a frame must finish it: otherwise it could hold the connection
+  // (and its buffer) forever with a few bytes. Idle time between frames is not limited.
+  if (!frame_deadline_) frame_deadline_ = std::chrono::steady_clock::now() + frame_timeout_;
+  frame_timer_.expires_at(*frame_deadline_);
+  std::uint64_t armed = ++frame_timer_generation_;
+  frame_timer_.async_wait([self = shared_from_this(), armed](boost::system::error_code ec) {
+    // A handler already queued when the read completed is stale: the generation moved on.
+    if (ec || armed != self->frame_timer_generation_) return;
+    self->frame_timed_out_ = true;
+    boost::system::error_code ignored;
+    self->socket_.cancel(ignored);
+  });
+}
+
+void FramedSocket::disarm_frame_timer() {
+  ++frame_timer_generation_;
+  frame_timer_.cancel();
 }
 
 asio::awaitable<bool> FramedSocket::fill(std::size_t wanted, boost::system::error_code& ec) {
@@ -48,22 +71,34 @@ asio::awaitable<bool> FramedSocket::fill(std::size_t wanted, boost::system::erro
     read_begin_ = 0;
   }
   while (read_end_ - read_begin_ < wanted) {
+    bool partial = read_end_ > read_begin_;
+    if (partial) arm_frame_timer();
     std::size_t n = co_await socket_.async_read_some(
         asio::buffer(read_buffer_.data() + read_end_, read_buffer_.size() - read_end_),
         asio::redirect_error(asio::use_awaitable, ec));
+    if (partial) disarm_frame_timer();
     read_end_ += n;
     if (ec) co_return false;
   }
   co_return true;
 }
 
+Error FramedSocket::incomplete(std::size_t have, std::size_t of, const char* part) const {
+  if (frame_timed_out_) {
+    return make_error(Errc::truncated, "truncated frame: " + std::to_string(have) + " of " + std::to_string(of) + " " +
+                                           part + " bytes after " + std::to_string(frame_timeout_.count()) + " ms");
+  }
+  return make_error(Errc::truncated, "truncated frame: connection closed after " + std::to_string(have) + " of " +
+                                         std::to_string(of) + " " + part + " bytes");
+}
+
 asio::awaitable<Result<Frame>> FramedSocket::read_frame() {
   boost::system::error_code ec;
+  frame_deadline_.reset();
   if (!co_await fill(kFrameHeaderSize, ec)) {
     std::size_t have = read_end_ - read_begin_;
     if (have == 0) co_return make_error(Errc::connection_closed, "connection closed: " + ec.message());
-    co_return make_error(Errc::truncated, "truncated frame: connection closed after " + std::to_string(have) +
-                                              " of " + std::to_string(kFrameHeaderSize) + " header bytes");
+    co_return incomplete(have, kFrameHeaderSize, "header");
   }
   std::span<const std::uint8_t, kFrameHeaderSize> head(read_buffer_.data() + read_begin_, kFrameHeaderSize);
   auto header = parse_header(head, max_payload_);
@@ -77,12 +112,11 @@ asio::awaitable<Result<Frame>> FramedSocket::read_frame() {
   read_begin_ += buffered;
   if (buffered < header->length) {
     // The rest of a large payload goes straight into place.
+    arm_frame_timer();
     std::size_t n = co_await asio::async_read(socket_, asio::buffer(frame.payload.data() + buffered, header->length - buffered),
                                               asio::redirect_error(asio::use_awaitable, ec));
-    if (ec) {
-      co_return make_error(Errc::truncated, "truncated frame: connection closed after " + std::to_string(buffered + n) +
-                                                " of " + std::to_string(header->length) + " payload bytes");
-    }
+    disarm_frame_timer();
+    if (ec) co_return incomplete(buffered + n, header->length, "payload");
   }
   co_return frame;
 }

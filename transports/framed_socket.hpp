@@ -3,7 +3,9 @@
 #pragma once
 
 #include <deque>
+#include <chrono>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -19,10 +21,12 @@ bool is_protocol_error(Errc code);
 
 class FramedSocket : public std::enable_shared_from_this<FramedSocket> {
  public:
-  FramedSocket(tcp::socket socket, std::uint32_t max_payload, std::string peer_name);
+  FramedSocket(tcp::socket socket, std::uint32_t max_payload, std::chrono::milliseconds frame_timeout,
+               std::string peer_name);
 
   // Reads the next frame. Errors: the parse_header codes for a bad header,
-  // truncated for a frame cut off by the peer, connection_closed otherwise.
+  // truncated for a frame cut off by the peer or not completed within the frame
+  // timeout, connection_closed otherwise.
   asio::awaitable<Result<Frame>> read_frame();
   // Queues a frame; dropped if the socket is closing.
   void send(std::vector<std::uint8_t> bytes);
@@ -41,10 +45,18 @@ class FramedSocket : public std::enable_shared_from_this<FramedSocket> {
  private:
   static constexpr std::size_t kReadBufferBytes = 64 * 1024;
   void write_queued();
+  void arm_frame_timer();
+  void disarm_frame_timer();
+  Error incomplete(std::size_t have, std::size_t of, const char* part) const;
   // Reads until `wanted` bytes are buffered; false (and ec set) if the stream ended first.
   asio::awaitable<bool> fill(std::size_t wanted, boost::system::error_code& ec);
 
   tcp::socket socket_;
+  asio::steady_timer frame_timer_;
+  std::chrono::milliseconds frame_timeout_;
+  std::optional<std::chrono::steady_clock::time_point> frame_deadline_;
+  bool frame_timed_out_ = false;
+  std::uint64_t frame_timer_generation_ = 0;
   std::deque<std::vector<std::uint8_t>> queue_;     // waiting for the next write
   std::deque<std::vector<std::uint8_t>> in_write_;  // owned by the write in progress
   std::vector<asio::const_buffer> write_buffers_;

@@ -92,7 +92,7 @@ class TcpLink final : public Link, public std::enable_shared_from_this<TcpLink> 
       fail(make_error(Errc::connect_failed, "cannot connect to " + peer_.to_string() + ": " + why));
       co_return;
     }
-    socket_ = std::make_shared<FramedSocket>(std::move(socket), options_.max_payload, peer_.to_string());
+    socket_ = std::make_shared<FramedSocket>(std::move(socket), options_.max_payload, options_.frame_timeout, peer_.to_string());
     if (state_ == State::failed) {  // closed while connecting
       socket_->close();
       co_return;

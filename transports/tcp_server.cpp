@@ -152,7 +152,7 @@ asio::awaitable<void> TcpServer::Impl::listener() {
     boost::system::error_code ignored;
     auto remote = socket.remote_endpoint(ignored);
     if (!ignored) peer = remote.address().to_string() + ":" + std::to_string(remote.port());
-    auto framed = std::make_shared<FramedSocket>(std::move(socket), options.max_payload, peer);
+    auto framed = std::make_shared<FramedSocket>(std::move(socket), options.max_payload, options.frame_timeout, peer);
     auto session = std::make_shared<ServerSession>(framed, weak_from_this());
     sessions.insert(session);
     session->start();

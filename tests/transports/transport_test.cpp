@@ -201,6 +201,39 @@ TEST_CASE("each malformed frame closes its connection with a protocol error and 
   CHECK(reply->payload == std::vector<std::uint8_t>{5, 0});
 }
 
+TEST_CASE("a frame that stops arriving half way is closed as truncated after the frame timeout") {
+  TransportOptions options;
+  options.frame_timeout = std::chrono::milliseconds(150);
+  Fixture f(options);
+  for (std::size_t sent : {std::size_t{7}, std::size_t{25}}) {  // inside the header, inside the payload
+    CAPTURE(sent);
+    test::RawSocket s(f.bound.port);
+    auto frame = encode_frame(FrameKind::call, 1, std::vector<std::uint8_t>(4096, 1));
+    frame.resize(sent);
+    REQUIRE(s.send(frame));  // and keep the connection open
+    auto started = std::chrono::steady_clock::now();
+    bool closed = false;
+    auto got = s.read_until_closed(5000, &closed);
+    CHECK(closed);
+    CHECK(std::chrono::steady_clock::now() - started >= std::chrono::milliseconds(100));
+    FrameDecoder d;
+    REQUIRE(d.feed(got).ok());
+    REQUIRE(d.frames().size() == 1);
+    std::string expected = sent == 7 ? "truncated frame: 7 of 20 header bytes after 150 ms"
+                                     : "truncated frame: 5 of 4096 payload bytes after 150 ms";
+    CHECK(decode_protocol_error(d.frames()[0].payload)->message == expected);
+  }
+  // An idle connection between frames is not cut.
+  test::RawSocket idle(f.bound.port);
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  REQUIRE(idle.send(encode_frame(FrameKind::ping, 3, {})));
+  idle.shutdown_write();
+  FrameDecoder d;
+  REQUIRE(d.feed(idle.read_until_closed(2000)).ok());
+  REQUIRE(d.frames().size() == 1);
+  CHECK(d.frames()[0].header.kind == FrameKind::pong);
+}
+
 TEST_CASE("a ping is answered with a pong carrying the same request id") {
   Fixture f;
   test::RawSocket s(f.bound.port);

@@ -20,6 +20,9 @@ namespace sojourn {
 struct TransportOptions {
   std::uint32_t max_payload = kDefaultMaxPayload;
   std::chrono::milliseconds connect_timeout{3000};
+  // Once the first byte of a frame has arrived, the whole frame must within this;
+  // otherwise the connection is closed as truncated. Idle time between frames is free.
+  std::chrono::milliseconds frame_timeout{10'000};
   // Requests a server runs at once for one connection; past it, it stops reading.
   std::size_t max_in_flight_per_connection = 1024;
 };
