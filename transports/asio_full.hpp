@@ -4,7 +4,6 @@
 #include "sojourn/transports/asio.hpp"  // <utility> first, see there
 
 #include <boost/asio/co_spawn.hpp>
-#include <boost/asio/detached.hpp>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/read.hpp>

@@ -37,7 +37,6 @@ class FramedSocket : public std::enable_shared_from_this<FramedSocket> {
   // Stops reading: a pending read ends as if the peer had closed.
   void shutdown_receive();
 
-  bool closed() const { return closed_; }
   asio::any_io_executor executor() { return socket_.get_executor(); }
   const std::string& peer_name() const { return peer_name_; }
   std::uint64_t frames_sent() const { return frames_sent_; }
