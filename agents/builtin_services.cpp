@@ -5,15 +5,31 @@
 
 #include "node_impl.hpp"
 #include "sojourn/core/frame.hpp"
+#include "sojourn/core/messages.hpp"
 
 namespace sojourn {
 
 namespace {
 
+struct KvEntry {
+  Value value;
+  std::size_t bytes;  // key + encoded value: what the store's limit counts
+};
+
 struct KvStore {
   std::shared_mutex mutex;
-  std::unordered_map<std::string, Value> entries;
+  std::unordered_map<std::string, KvEntry> entries;
+  std::size_t bytes = 0;
+  std::size_t max_bytes = 0;
 };
+
+// A copy in a graph of its own: the caller may change its tables after the call.
+Value detached_copy(const Value& v) {
+  if (!v.is_table()) return v;
+  Value holder = Value::table();
+  holder.set(1, v);
+  return holder.get(1);
+}
 
 Result<std::string> string_arg(const Value& args, std::int64_t index, std::string_view service) {
   Value v = args.get(index);
@@ -28,6 +44,7 @@ Result<std::string> string_arg(const Value& args, std::int64_t index, std::strin
 
 void register_builtin_services(Node& node, Node::Impl& impl) {
   auto kv = std::make_shared<KvStore>();
+  kv->max_bytes = impl.options.kv_max_bytes;
   ServiceOptions fast{true};
 
   node.register_service("kv.get", [kv](const Value& args) -> Result<Value> {
@@ -35,17 +52,28 @@ void register_builtin_services(Node& node, Node::Impl& impl) {
     if (!key) return key.error();
     std::shared_lock lock(kv->mutex);
     auto it = kv->entries.find(*key);
-    return it == kv->entries.end() ? Value{} : it->second;
+    return it == kv->entries.end() ? Value{} : it->second.value;
   }, fast);
 
   node.register_service("kv.put", [kv](const Value& args) -> Result<Value> {
     auto key = string_arg(args, 1, "kv.put");
     if (!key) return key.error();
     // Stored values are never mutated afterwards, so readers may share them.
-    Value value = args.get(2);
+    Value value = detached_copy(args.get(2));
+    std::size_t bytes = value.is_nil() ? 0 : key->size() + encode_value(value).size();
     std::unique_lock lock(kv->mutex);
-    if (value.is_nil()) kv->entries.erase(*key);
-    else kv->entries.insert_or_assign(*key, value);
+    auto it = kv->entries.find(*key);
+    std::size_t replaced = it == kv->entries.end() ? 0 : it->second.bytes;
+    if (kv->bytes - replaced + bytes > kv->max_bytes) {
+      return make_error(Errc::service_failed, "service kv.put failed: the store would exceed its limit of " +
+                                                  std::to_string(kv->max_bytes) + " bytes");
+    }
+    kv->bytes = kv->bytes - replaced + bytes;
+    if (value.is_nil()) {
+      if (it != kv->entries.end()) kv->entries.erase(it);
+    } else {
+      kv->entries.insert_or_assign(*key, KvEntry{std::move(value), bytes});
+    }
     return Value(true);
   }, fast);
 
@@ -53,7 +81,11 @@ void register_builtin_services(Node& node, Node::Impl& impl) {
     auto key = string_arg(args, 1, "kv.del");
     if (!key) return key.error();
     std::unique_lock lock(kv->mutex);
-    return Value(kv->entries.erase(*key) > 0);
+    auto it = kv->entries.find(*key);
+    if (it == kv->entries.end()) return Value(false);
+    kv->bytes -= it->second.bytes;
+    kv->entries.erase(it);
+    return Value(true);
   }, fast);
 
   node.register_service("kv.keys", [kv](const Value&) -> Result<Value> {

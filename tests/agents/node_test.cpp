@@ -43,6 +43,37 @@ TEST_CASE("client-server: kv.put then kv.get over TCP returns the stored table")
   CHECK(n.client.call(n.address, "kv.get", Value::array({"k"}))->is_nil());
 }
 
+TEST_CASE("the kv store refuses a put past its byte limit and keeps what it had") {
+  NodeOptions o;
+  o.name = "small";
+  o.kv_max_bytes = 1000;
+  Node node(o);
+  std::string half(400, 'x');
+  REQUIRE(node.call_local("kv.put", Value::array({"a", half})).ok());
+  REQUIRE(node.call_local("kv.put", Value::array({"b", half})).ok());
+  auto full = node.call_local("kv.put", Value::array({"c", half}));
+  REQUIRE_FALSE(full.ok());
+  CHECK(full.error().message == "service kv.put failed: the store would exceed its limit of 1000 bytes");
+  CHECK(node.call_local("kv.get", Value::array({"a"}))->as_string() == half);
+  // Replacing or deleting gives the room back.
+  REQUIRE(node.call_local("kv.put", Value::array({"a", "small"})).ok());
+  REQUIRE(node.call_local("kv.put", Value::array({"c", half})).ok());
+  CHECK(node.call_local("kv.del", Value::array({"b"}))->as_bool());
+  CHECK(node.call_local("kv.put", Value::array({"d", half})).ok());
+}
+
+TEST_CASE("a stored table does not change when the caller changes its own copy afterwards") {
+  Node node(NodeOptions{.name = "n"});
+  Value args = Value::table();
+  Value v = args.new_table();  // same graph as the arguments: no copy on the way in
+  v.set("x", 1);
+  args.set(1, "k");
+  args.set(2, v);
+  REQUIRE(node.call_local("kv.put", args).ok());
+  v.set("x", 2);
+  CHECK(node.call_local("kv.get", Value::array({"k"}))->get("x").as_integer() == 1);
+}
+
 TEST_CASE("a remote service error carries the remote message and code") {
   TwoNodes n;
   n.server.register_service("fail", [](const Value&) -> Result<Value> {
