@@ -53,19 +53,25 @@ TransportOptions Node::Impl::transport_options() const {
   return t;
 }
 
-Result<Value> Node::Impl::call_local(std::string_view service, const Value& args) {
-  Service fn;
-  {
-    std::shared_lock lock(services_mutex);
-    auto it = services.find(std::string(service));
-    if (it == services.end()) return make_error(Errc::no_such_service, "no such service: " + std::string(service));
-    fn = it->second.fn;
-  }
+Result<ServiceEntry> Node::Impl::find_service(std::string_view service) const {
+  std::shared_lock lock(services_mutex);
+  auto it = services.find(std::string(service));
+  if (it == services.end()) return make_error(Errc::no_such_service, "no such service: " + std::string(service));
+  return it->second;
+}
+
+Result<Value> Node::Impl::invoke(std::string_view service, const Service& fn, const Value& args) {
   try {
     return fn(args.is_table() ? args : Value::table());
   } catch (const std::exception& e) {
     return make_error(Errc::service_failed, "service " + std::string(service) + " failed: " + e.what());
   }
+}
+
+Result<Value> Node::Impl::call_local(std::string_view service, const Value& args) {
+  auto entry = find_service(service);
+  if (!entry) return entry.error();
+  return invoke(service, entry->fn, args);
 }
 
 asio::awaitable<Result<std::vector<std::uint8_t>>> Node::Impl::handle(FrameKind kind, std::vector<std::uint8_t> payload,
@@ -100,17 +106,17 @@ asio::awaitable<Result<std::vector<std::uint8_t>>> Node::Impl::handle(FrameKind 
 
 asio::awaitable<Reply> Node::Impl::serve_call(CallRequest request) {
   if (shutting_down) co_return reply_error(make_error(Errc::shutting_down, "node is shutting down"));
-  bool run_inline = false;
-  {
-    std::shared_lock lock(services_mutex);
-    auto it = services.find(request.service);
-    run_inline = it != services.end() && it->second.options.inline_on_network_thread;
+  // One lookup: the entry (and its function) is copied out of the registry.
+  Result<ServiceEntry> entry = find_service(request.service);
+  if (!entry) co_return reply_error(entry.error());
+  Service fn = std::move(entry->fn);
+  Result<Value> r = Value{};
+  // Plain statements around co_await: g++ 12 miscompiles co_await inside a conditional expression.
+  if (entry->options.inline_on_network_thread) {
+    r = invoke(request.service, fn, request.args);
+  } else {
+    r = co_await on_workers(workers, [&] { return invoke(request.service, fn, request.args); });
   }
-  if (run_inline) {
-    auto r = call_local(request.service, request.args);
-    co_return r ? reply_ok(std::move(*r)) : reply_error(r.error());
-  }
-  Result<Value> r = co_await on_workers(workers, [this, &request] { return call_local(request.service, request.args); });
   co_return r ? reply_ok(std::move(*r)) : reply_error(r.error());
 }
 

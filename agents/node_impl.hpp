@@ -43,6 +43,8 @@ struct Node::Impl : RequestHandler, std::enable_shared_from_this<Node::Impl> {
   asio::awaitable<Result<Reply>> request_peer(const std::string& peer, FrameKind kind, std::vector<std::uint8_t> payload,
                                               std::chrono::milliseconds timeout);
 
+  Result<ServiceEntry> find_service(std::string_view service) const;
+  static Result<Value> invoke(std::string_view service, const Service& fn, const Value& args);
   Result<Value> call_local(std::string_view service, const Value& args);
   TransportOptions transport_options() const;
 

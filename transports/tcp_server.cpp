@@ -28,7 +28,6 @@ struct TcpServer::Impl : std::enable_shared_from_this<TcpServer::Impl> {
   std::shared_ptr<RequestHandler> handler;
   TransportOptions options;
   std::set<std::shared_ptr<ServerSession>> sessions;
-  std::size_t in_flight = 0;
   bool accepting = false;
 };
 
@@ -83,7 +82,6 @@ class ServerSession : public std::enable_shared_from_this<ServerSession> {
         case FrameKind::call:
         case FrameKind::eval:
           ++in_flight_;
-          if (auto s = server_.lock()) ++s->in_flight;
           asio::co_spawn(socket_->executor(), run_request(std::move(*frame)),
                          [](std::exception_ptr e) { log_coroutine_exit("request", e); });
           break;
@@ -110,7 +108,6 @@ class ServerSession : public std::enable_shared_from_this<ServerSession> {
       protocol_error(reply.error());
     }
     --in_flight_;
-    if (auto server = server_.lock()) --server->in_flight;
     unblock_reader_.cancel();
     if (done_reading_ && in_flight_ == 0) socket_->close_after_flush();
   }
@@ -198,7 +195,6 @@ void TcpServer::stop_accepting() {
   for (const auto& s : std::set(impl_->sessions)) s->stop_reading();
 }
 
-std::size_t TcpServer::in_flight() const { return impl_->in_flight; }
 
 void TcpServer::close_all() {
   for (const auto& s : std::set(impl_->sessions)) s->close();

@@ -68,8 +68,6 @@ class TcpServer {
   Result<Address> listen(const Address& where);
   // Stops accepting and stops reading new requests; requests already running go on.
   void stop_accepting();
-  // Requests being handled across all connections.
-  std::size_t in_flight() const;
   // Closes every connection at once.
   void close_all();
 
