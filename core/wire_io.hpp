@@ -7,7 +7,6 @@
 #include <istream>
 #include <ostream>
 #include <span>
-#include <sstream>
 #include <stdexcept>
 #include <streambuf>
 #include <string>
@@ -73,9 +72,31 @@ class Reader {
   cereal::PortableBinaryInputArchive ar_;
 };
 
+// A write-only streambuf that appends to a byte vector, so the encoded payload is
+// handed over without the copy a string stream would need.
+class VectorBuf : public std::streambuf {
+ public:
+  std::vector<std::uint8_t>& bytes() { return bytes_; }
+
+ protected:
+  int_type overflow(int_type c) override {
+    if (c != traits_type::eof()) bytes_.push_back(static_cast<std::uint8_t>(c));
+    return c;
+  }
+  std::streamsize xsputn(const char* s, std::streamsize n) override {
+    // SAFETY: char and uint8_t have the same size; n bytes are readable at s.
+    const auto* p = reinterpret_cast<const std::uint8_t*>(s);
+    bytes_.insert(bytes_.end(), p, p + n);
+    return n;
+  }
+
+ private:
+  std::vector<std::uint8_t> bytes_;
+};
+
 class Writer {
  public:
-  Writer() : ar_(out_) {}
+  Writer() : out_(&buf_), ar_(out_) {}
 
   void u8(std::uint8_t v) { ar_(v); }
   void u16(std::uint16_t v) { ar_(v); }
@@ -88,13 +109,11 @@ class Writer {
     if (!s.empty()) ar_(cereal::binary_data(s.data(), s.size()));
   }
 
-  std::vector<std::uint8_t> take() {
-    std::string s = std::move(out_).str();
-    return std::vector<std::uint8_t>(s.begin(), s.end());
-  }
+  std::vector<std::uint8_t> take() { return std::move(buf_.bytes()); }
 
  private:
-  std::ostringstream out_;
+  VectorBuf buf_;
+  std::ostream out_;
   cereal::PortableBinaryOutputArchive ar_;
 };
 
