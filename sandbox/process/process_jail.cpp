@@ -1,0 +1,149 @@
+// ProcessJail: finds the guest binary, keeps one zygote alive (restarting it when it dies),
+// and runs each chunk in a guest of its own.
+#include "sojourn/sandbox/process_jail.hpp"
+
+#include <linux/sched.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <mutex>
+#include <vector>
+
+#include "guest_session.hpp"
+#include "sojourn/core/log.hpp"
+#include "zygote_link.hpp"
+
+namespace sojourn::sandbox {
+
+namespace {
+
+namespace fs = std::filesystem;
+
+constexpr const char* kGuestName = "sojourn-guest";
+
+bool executable(const fs::path& path) { return ::access(path.c_str(), X_OK) == 0 && fs::is_regular_file(path); }
+
+std::string namespace_names(std::uint32_t flags) {
+  std::string names;
+  for (auto [flag, name] : {std::pair{CLONE_NEWUSER, "user"}, {CLONE_NEWNET, "net"}, {CLONE_NEWNS, "mount"},
+                            {CLONE_NEWPID, "pid"}, {CLONE_NEWIPC, "ipc"}}) {
+    if ((flags & static_cast<std::uint32_t>(flag)) == 0) continue;
+    if (!names.empty()) names += ' ';
+    names += name;
+  }
+  return names;
+}
+
+}  // namespace
+
+Result<std::string> find_guest_binary(const std::string& explicit_path) {
+  std::vector<fs::path> tried;
+  auto found = [&](const fs::path& candidate) {
+    tried.push_back(candidate);
+    return executable(candidate);
+  };
+  if (!explicit_path.empty()) {
+    if (found(explicit_path)) return explicit_path;
+  } else {
+    if (const char* env = std::getenv("SOJOURN_GUEST"); env != nullptr && *env != '\0') {
+      if (found(env)) return std::string(env);
+    }
+    std::error_code ec;
+    const fs::path self = fs::read_symlink("/proc/self/exe", ec);
+    if (!ec && found(self.parent_path() / kGuestName)) return (self.parent_path() / kGuestName).string();
+#ifdef SOJOURN_GUEST_INSTALL_PATH
+    if (found(SOJOURN_GUEST_INSTALL_PATH)) return std::string(SOJOURN_GUEST_INSTALL_PATH);
+#endif
+#ifdef SOJOURN_GUEST_BUILD_PATH
+    if (found(SOJOURN_GUEST_BUILD_PATH)) return std::string(SOJOURN_GUEST_BUILD_PATH);
+#endif
+  }
+  std::string list;
+  for (const auto& p : tried) list += (list.empty() ? "" : ", ") + p.string();
+  return make_error(Errc::jail_unavailable, "process jail unavailable: no guest binary (tried " + list + ")");
+}
+
+class ProcessJail::Impl {
+ public:
+  Impl(ProcessJailOptions options, std::string guest_path)
+      : options_(std::move(options)), guest_path_(std::move(guest_path)) {}
+
+  Result<void> start_zygote() {
+    Result<std::shared_ptr<ZygoteLink>> link = ZygoteLink::start(guest_path_, options_.namespaces);
+    if (!link) return link.error();
+    if (!(*link)->hello().fallback.empty()) {
+      log_warn("process jail", "guests run without some namespaces: " + (*link)->hello().fallback);
+    }
+    zygote_ = std::move(*link);
+    ++zygote_starts_;
+    return {};
+  }
+
+  // The live zygote, restarted when the last one died.
+  Result<std::shared_ptr<ZygoteLink>> zygote() {
+    std::lock_guard lock(mutex_);
+    if (!zygote_ || !zygote_->alive()) {
+      log_warn("process jail", "the zygote died; starting a new one");
+      zygote_.reset();
+      if (Result<void> started = start_zygote(); !started) return started.error();
+    }
+    return zygote_;
+  }
+
+  Result<Value> run(const RunInput& input, HostCalls* host) {
+    const Limits& limits = input.limits;
+    if (limits.cpu_instructions == 0 || limits.memory_bytes == 0 || limits.wall_ms == 0) {
+      return make_error(Errc::invalid_argument, "invalid argument: every limit of a Lua run must be non-zero");
+    }
+    if (!input.source.empty() && input.source.front() == '\x1b') {
+      return make_error(Errc::sandbox_refused, "refused by the sandbox: bytecode is not accepted");
+    }
+    if (input.abort != nullptr && input.abort->load(std::memory_order_relaxed)) {
+      return make_error(Errc::shutting_down, "node is shutting down");
+    }
+    Result<std::shared_ptr<ZygoteLink>> link = zygote();
+    if (!link) return link.error();
+    return run_in_guest(**link, input, host, SessionOptions{options_.kill_grace_ms}, counters_);
+  }
+
+  ProcessJailStatus status() const {
+    std::lock_guard lock(mutex_);
+    ProcessJailStatus s;
+    s.guest_path = guest_path_;
+    if (zygote_) {
+      s.zygote_pid = zygote_->pid();
+      s.namespaces = namespace_names(zygote_->hello().namespaces);
+      s.namespace_fallback = zygote_->hello().fallback;
+    }
+    s.guests_started = counters_.guests_started.load();
+    s.guests_killed = counters_.guests_killed.load();
+    s.zygote_starts = zygote_starts_;
+    return s;
+  }
+
+ private:
+  ProcessJailOptions options_;
+  std::string guest_path_;
+  mutable std::mutex mutex_;
+  std::shared_ptr<ZygoteLink> zygote_;
+  std::uint64_t zygote_starts_ = 0;
+  SessionCounters counters_;
+};
+
+Result<std::unique_ptr<ProcessJail>> ProcessJail::start(const ProcessJailOptions& options) {
+  Result<std::string> path = find_guest_binary(options.guest_path);
+  if (!path) return path.error();
+  auto impl = std::make_unique<Impl>(options, *path);
+  if (Result<void> started = impl->start_zygote(); !started) return started.error();
+  return std::unique_ptr<ProcessJail>(new ProcessJail(std::move(impl)));
+}
+
+ProcessJail::ProcessJail(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+ProcessJail::~ProcessJail() = default;
+
+Result<Value> ProcessJail::run(const RunInput& input, HostCalls* host) { return impl_->run(input, host); }
+
+ProcessJailStatus ProcessJail::status() const { return impl_->status(); }
+
+}  // namespace sojourn::sandbox

@@ -1,0 +1,143 @@
+// Tests of the process jail: runs in forked, seccomp-filtered guests give the trusted
+// level's results and errors; kills are reported precisely; the zygote is restarted.
+#include <doctest/doctest.h>
+
+#include <signal.h>
+
+#include <atomic>
+#include <chrono>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "sojourn/sandbox/process_jail.hpp"
+
+namespace {
+
+using sojourn::Errc;
+using sojourn::Limits;
+using sojourn::Result;
+using sojourn::Value;
+using sojourn::sandbox::HostCalls;
+using sojourn::sandbox::ProcessJail;
+using sojourn::sandbox::ProcessJailOptions;
+using sojourn::sandbox::RunInput;
+
+constexpr std::uint64_t kMemory = 16u << 20;
+
+Limits limits(std::uint64_t cpu = 10'000'000, std::uint64_t memory = kMemory, std::uint32_t wall_ms = 5000) {
+  return Limits{cpu, memory, wall_ms};
+}
+
+ProcessJail& jail() {
+  static std::unique_ptr<ProcessJail> instance = [] {
+    auto started = ProcessJail::start(ProcessJailOptions{});
+    REQUIRE_MESSAGE(started.ok(), (started.ok() ? "" : started.error().message));
+    return std::move(*started);
+  }();
+  return *instance;
+}
+
+Result<Value> run(std::string_view source, Limits l = limits(), Value args = {}, HostCalls* host = nullptr) {
+  RunInput input;
+  input.source = source;
+  input.args = std::move(args);
+  input.limits = l;
+  return jail().run(input, host);
+}
+
+void check_error(const Result<Value>& r, Errc code, const std::string& message) {
+  REQUIRE_FALSE(r.ok());
+  CHECK(sojourn::errc_name(r.error().code) == sojourn::errc_name(code));
+  CHECK(r.error().message == message);
+}
+
+class EchoHost : public HostCalls {
+ public:
+  Result<Value> call(std::string_view service, const Value& args) override {
+    ++calls;
+    if (service == "echo") return args;
+    if (service == "throw") throw std::runtime_error("boom");
+    return sojourn::make_error(Errc::no_such_service, "no such service: " + std::string(service));
+  }
+  std::atomic<int> calls{0};
+};
+
+}  // namespace
+
+TEST_CASE("a chunk runs in a guest and its results come back") {
+  auto r = run("local a, b = ... return a + b, 'x', {k = {1, 2}}", limits(), Value::array({2, 3}));
+  REQUIRE_MESSAGE(r.ok(), (r.ok() ? "" : r.error().message));
+  CHECK(r->get(1).as_integer() == 5);
+  CHECK(r->get(2).as_string() == "x");
+  CHECK(r->get(3).get("k").get(2).as_integer() == 2);
+}
+
+TEST_CASE("the jail reports its zygote and the namespaces its guests get") {
+  auto status = jail().status();
+  CHECK(status.zygote_pid > 0);
+  CHECK(status.zygote_starts == 1);
+  CHECK(status.guest_path.find("sojourn-guest") != std::string::npos);
+  MESSAGE("namespaces: '" << status.namespaces << "' fallback: '" << status.namespace_fallback << "'");
+}
+
+TEST_CASE("node.call crosses the channel to the host and back") {
+  EchoHost host;
+  auto r = run("local e = node.call('echo', 1, 'a', {k = true}) return e[2], e[3].k", limits(), {}, &host);
+  REQUIRE_MESSAGE(r.ok(), (r.ok() ? "" : r.error().message));
+  CHECK(r->get(1).as_string() == "a");
+  CHECK(r->get(2).as_bool());
+  check_error(run("local x = 1\nlocal y = node.call('missing', 1)", limits(), {}, &host), Errc::lua_error,
+              "Lua error at eval:2: no such service: missing");
+  check_error(run("local y = node.call('throw')", limits(), {}, &host), Errc::lua_error,
+              "Lua error at eval:1: service throw failed: boom");
+  check_error(run("local r = node.call('x')"), Errc::lua_error, "Lua error at eval:1: node.call is not available here");
+}
+
+TEST_CASE("an infinite loop ends with cpu_limit, like at the trusted level") {
+  check_error(run("while true do end", limits(100000)), Errc::cpu_limit, "CPU limit of 100000 instructions exceeded");
+}
+
+TEST_CASE("a memory bomb ends with memory_limit") {
+  check_error(run("local s = 'x' while true do s = s .. s end", limits(1'000'000'000, 8u << 20)), Errc::memory_limit,
+              "memory limit of 8388608 bytes exceeded");
+}
+
+TEST_CASE("a loop the hook cannot see is killed at the wall-clock deadline") {
+  RunInput input;
+  input.source = "local n = 0 while true do n = n + 1 end";
+  input.limits = limits(1'000'000'000'000, kMemory, 200);
+  input.allow_jit = true;  // compiled loops never reach the count hook
+  const auto start = std::chrono::steady_clock::now();
+  check_error(jail().run(input, nullptr), Errc::deadline, "wall-clock deadline of 200 ms exceeded");
+  CHECK(std::chrono::steady_clock::now() - start < std::chrono::seconds(2));
+  CHECK(jail().status().guests_killed >= 1);
+}
+
+TEST_CASE("runs on several threads at once each get their own guest") {
+  std::vector<std::thread> threads;
+  std::atomic<int> good{0};
+  for (int t = 0; t < 4; ++t) {
+    threads.emplace_back([&, t] {
+      for (int i = 0; i < 5; ++i) {
+        auto r = run("local n = ... x = (x or 0) + n return x * 2", limits(), Value::array({t * 100 + i}));
+        if (r.ok() && r->get(1).as_integer() == 2 * (t * 100 + i)) ++good;
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  CHECK(good == 20);
+}
+
+TEST_CASE("a dead zygote is restarted on the next run") {
+  const int old = jail().status().zygote_pid;
+  REQUIRE(old > 0);
+  ::kill(old, SIGKILL);
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  auto r = run("return 42");
+  REQUIRE_MESSAGE(r.ok(), (r.ok() ? "" : r.error().message));
+  CHECK(r->get(1).as_integer() == 42);
+  CHECK(jail().status().zygote_pid != old);
+  CHECK(jail().status().zygote_starts == 2);
+}
