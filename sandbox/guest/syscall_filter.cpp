@@ -82,6 +82,8 @@ Result<CompiledFilter> compile_guest_filter(bool allow_jit, DefaultAction action
   if (int rc = seccomp_attr_set(ctx.get(), SCMP_FLTATR_CTL_NNP, 0); rc != 0) return seccomp_error("nnp", rc);
   for (const SyscallRow& row : kTable) {
     if (row.jit_only && !allow_jit) continue;
+    // libseccomp refuses a rule whose action is the default one.
+    if (row.rule == ArgRule::kill && action == DefaultAction::kill_process) continue;
     // The JIT rows widen mmap; the never_exec mmap row is then redundant but harmless.
     if (int rc = add_row(ctx.get(), row); rc != 0) return seccomp_error(row.name, rc);
   }

@@ -3,6 +3,8 @@
 #include <doctest/doctest.h>
 
 #include <signal.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
 
 #include <atomic>
 #include <chrono>
@@ -12,6 +14,8 @@
 #include <vector>
 
 #include "sojourn/sandbox/process_jail.hpp"
+
+#include "guest_session.hpp"
 
 namespace {
 
@@ -140,4 +144,88 @@ TEST_CASE("a dead zygote is restarted on the next run") {
   CHECK(r->get(1).as_integer() == 42);
   CHECK(jail().status().zygote_pid != old);
   CHECK(jail().status().zygote_starts == 2);
+}
+
+namespace {
+
+// The test guest: the same runtime with hooks that make a raw syscall or spin in C.
+ProcessJail& test_jail() {
+  static std::unique_ptr<ProcessJail> instance = [] {
+    ProcessJailOptions options;
+    options.guest_path = SOJOURN_TEST_GUEST_PATH;
+    auto started = ProcessJail::start(options);
+    REQUIRE_MESSAGE(started.ok(), (started.ok() ? "" : started.error().message));
+    return std::move(*started);
+  }();
+  return *instance;
+}
+
+Result<Value> run_test_guest(std::string_view source, Limits l = limits()) {
+  RunInput input;
+  input.source = source;
+  input.limits = l;
+  return test_jail().run(input, nullptr);
+}
+
+}  // namespace
+
+TEST_CASE("a guest that makes a forbidden syscall is killed and the host names the syscall") {
+  check_error(run_test_guest("--@syscall open\nreturn 1"), Errc::seccomp_kill,
+              "guest killed by seccomp: syscall " + std::to_string(SYS_open));
+  check_error(run_test_guest("--@syscall socket\nreturn 1"), Errc::seccomp_kill,
+              "guest killed by seccomp: syscall " + std::to_string(SYS_socket));
+  check_error(run_test_guest("--@syscall execve\nreturn 1"), Errc::seccomp_kill,
+              "guest killed by seccomp: syscall " + std::to_string(SYS_execve));
+  check_error(run_test_guest("--@syscall ptrace\nreturn 1"), Errc::seccomp_kill,
+              "guest killed by seccomp: syscall " + std::to_string(SYS_ptrace));
+  // The jail goes on serving.
+  auto r = run_test_guest("return 7");
+  REQUIRE(r.ok());
+  CHECK(r->get(1).as_integer() == 7);
+}
+
+TEST_CASE("a C function that ignores the Lua hooks is killed at the deadline") {
+  const auto start = std::chrono::steady_clock::now();
+  check_error(run_test_guest("--@spin\nreturn 1", limits(1000, kMemory, 100)), Errc::deadline,
+              "wall-clock deadline of 100 ms exceeded");
+  CHECK(std::chrono::steady_clock::now() - start < std::chrono::seconds(2));
+}
+
+TEST_CASE("the hooks are absent from the real guest") {
+  auto r = run("--@syscall open\nreturn 1");
+  REQUIRE(r.ok());
+  CHECK(r->get(1).as_integer() == 1);
+}
+
+TEST_CASE("the node's abort flag stops a guest with shutting_down") {
+  std::atomic<bool> abort{false};
+  RunInput input;
+  input.source = "while true do end";
+  input.limits = limits(1'000'000'000'000, kMemory, 10000);
+  input.abort = &abort;
+  std::thread stopper([&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    abort = true;
+  });
+  auto r = jail().run(input, nullptr);
+  stopper.join();
+  check_error(r, Errc::shutting_down, "node is shutting down");
+}
+
+TEST_CASE("a guest's exit is classified from the zygote's report") {
+  using sojourn::sandbox::channel::Exited;
+  using sojourn::sandbox::classify_guest_end;
+  const Limits l = limits(100, 1000, 1500);  // RLIMIT_CPU: 2 + 1 = 3 s
+  Exited sigsys{1, 10, CLD_KILLED, SIGSYS, 0};
+  check_error(classify_guest_end(&sigsys, 41, l), Errc::seccomp_kill, "guest killed by seccomp: syscall 41");
+  check_error(classify_guest_end(&sigsys, -1, l), Errc::seccomp_kill, "guest killed by seccomp: syscall unknown");
+  Exited cpu{1, 10, CLD_KILLED, SIGKILL, 3'000'000};
+  check_error(classify_guest_end(&cpu, -1, l), Errc::cpu_limit, "CPU limit of 100 instructions exceeded");
+  Exited segv{1, 10, CLD_DUMPED, SIGSEGV, 1000};
+  check_error(classify_guest_end(&segv, -1, l), Errc::guest_crashed, "guest crashed: killed by signal 11 (SIGSEGV)");
+  Exited quiet{1, 10, CLD_EXITED, 3, 1000};
+  check_error(classify_guest_end(&quiet, -1, l), Errc::guest_crashed,
+              "guest crashed: exited with status 3 without an answer");
+  check_error(classify_guest_end(nullptr, -1, l), Errc::guest_crashed,
+              "guest crashed: the zygote died before reporting how the guest ended");
 }
