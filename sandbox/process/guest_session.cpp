@@ -72,6 +72,9 @@ channel::HostReply answer_host_call(HostCalls* host, const channel::HostCall& ca
   return reply;
 }
 
+// A frame the guest sent but that does not decode: the guest is not trusted to go on.
+Error broke_protocol(const Error& error) { return make_error(Errc::guest_crashed, "guest crashed: " + error.message); }
+
 const char* signal_name(int sig) {
   const char* name = sigabbrev_np(sig);
   return name != nullptr ? name : "?";
@@ -101,6 +104,46 @@ Error classify_guest_end(const channel::Exited* exited, long seccomp_syscall, co
                     "guest crashed: exited with status " + std::to_string(exited->status) + " without an answer");
 }
 
+Conversation converse(HostChannel& channel, const RunInput& input, HostCalls* host) {
+  const Limits& limits = input.limits;
+  const std::uint64_t max_payload = limits.memory_bytes + kFrameSlack;
+  channel::RunRequest request{std::string(input.source), std::string(input.chunk_name), input.args, limits,
+                              input.allow_jit};
+  ChannelStatus status = channel.write(channel::encode_frame(request));
+  long seccomp_syscall = -1;
+  std::optional<Result<Value>> outcome;
+  Kind kind{};
+  std::vector<std::uint8_t> payload;
+  while (status == ChannelStatus::ok && !outcome) {
+    status = channel.read(kind, payload, max_payload);
+    if (status != ChannelStatus::ok) break;
+    if (kind == Kind::host_call) {
+      Result<channel::HostCall> call = channel::decode_payload<channel::HostCall>(payload);
+      if (!call) {
+        outcome = broke_protocol(call.error());
+        break;
+      }
+      status = channel.write(channel::encode_frame(answer_host_call(host, *call)));
+    } else if (kind == Kind::run_done) {
+      Result<channel::RunDone> done = channel::decode_payload<channel::RunDone>(payload);
+      if (!done) {
+        outcome = broke_protocol(done.error());
+      } else if (done->code == 0) {
+        outcome = std::move(done->value);
+      } else if (is_run_error(static_cast<Errc>(done->code))) {
+        outcome = make_error(static_cast<Errc>(done->code), std::move(done->message));
+      } else {
+        outcome = make_error(Errc::guest_crashed, "guest crashed: it answered with error code " + std::to_string(done->code));
+      }
+    } else if (kind == Kind::seccomp_report) {
+      if (auto report = channel::decode_payload<channel::SeccompReport>(payload)) seccomp_syscall = report->syscall;
+    } else {
+      outcome = make_error(Errc::guest_crashed, "guest crashed: it sent a " + std::string(channel::kind_name(kind)) + " frame");
+    }
+  }
+  return Conversation{std::move(outcome), status, seccomp_syscall};
+}
+
 Result<Value> run_in_guest(ZygoteLink& zygote, const RunInput& input, HostCalls* host, const SessionOptions& options,
                            SessionCounters& counters) {
   const Limits& limits = input.limits;
@@ -115,42 +158,10 @@ Result<Value> run_in_guest(ZygoteLink& zygote, const RunInput& input, HostCalls*
 
   const auto deadline = Clock::now() + std::chrono::milliseconds(limits.wall_ms + options.kill_grace_ms);
   HostChannel channel(std::move(host_end), deadline, input.abort);
-  const std::uint64_t max_payload = limits.memory_bytes + kFrameSlack;
 
-  channel::RunRequest request{std::string(input.source), std::string(input.chunk_name), input.args, limits,
-                              input.allow_jit};
-  ChannelStatus status = channel.write(channel::encode_frame(request));
-  long seccomp_syscall = -1;
-  std::optional<Result<Value>> outcome;
-  Kind kind{};
-  std::vector<std::uint8_t> payload;
-  while (status == ChannelStatus::ok && !outcome) {
-    status = channel.read(kind, payload, max_payload);
-    if (status != ChannelStatus::ok) break;
-    if (kind == Kind::host_call) {
-      Result<channel::HostCall> call = channel::decode_payload<channel::HostCall>(payload);
-      if (!call) {
-        outcome = call.error();
-        break;
-      }
-      status = channel.write(channel::encode_frame(answer_host_call(host, *call)));
-    } else if (kind == Kind::run_done) {
-      Result<channel::RunDone> done = channel::decode_payload<channel::RunDone>(payload);
-      if (!done) {
-        outcome = done.error();
-      } else if (done->code == 0) {
-        outcome = std::move(done->value);
-      } else if (is_run_error(static_cast<Errc>(done->code))) {
-        outcome = make_error(static_cast<Errc>(done->code), std::move(done->message));
-      } else {
-        outcome = make_error(Errc::guest_crashed, "guest crashed: it answered with error code " + std::to_string(done->code));
-      }
-    } else if (kind == Kind::seccomp_report) {
-      if (auto report = channel::decode_payload<channel::SeccompReport>(payload)) seccomp_syscall = report->syscall;
-    } else {
-      outcome = make_error(Errc::guest_crashed, "guest crashed: it sent a " + std::string(channel::kind_name(kind)) + " frame");
-    }
-  }
+  Conversation talk = converse(channel, input, host);
+  std::optional<Result<Value>>& outcome = talk.outcome;
+  const ChannelStatus status = talk.status;
   if (outcome) {
     zygote.forget(guest->id);
     // A guest that broke the protocol does not get to go on.
@@ -169,7 +180,7 @@ Result<Value> run_in_guest(ZygoteLink& zygote, const RunInput& input, HostCalls*
   }
   // The channel closed without an answer: the zygote's report says how the guest ended.
   std::optional<channel::Exited> exited = zygote.wait_exit(guest->id, Clock::now() + kExitReportWait);
-  return classify_guest_end(exited ? &*exited : nullptr, seccomp_syscall, limits);
+  return classify_guest_end(exited ? &*exited : nullptr, talk.seccomp_syscall, limits);
 }
 
 }  // namespace sojourn::sandbox

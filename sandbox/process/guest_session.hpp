@@ -5,6 +5,7 @@
 #include <atomic>
 #include <cstdint>
 
+#include "host_channel.hpp"
 #include "sojourn/sandbox/lua_sandbox.hpp"
 #include "zygote_link.hpp"
 
@@ -18,6 +19,16 @@ struct SessionCounters {
 struct SessionOptions {
   std::uint32_t kill_grace_ms = 50;
 };
+
+// The exchange with a guest whose channel is `channel`, whatever started it (the zygote,
+// or a plain fork+exec of `sojourn-guest --serve` in benchmarks): the request, the host
+// calls, and the outcome when the guest gave one.
+struct Conversation {
+  std::optional<Result<Value>> outcome;  // set when the guest answered (or broke the protocol)
+  ChannelStatus status = ChannelStatus::ok;  // why it stopped otherwise
+  long seccomp_syscall = -1;             // the syscall the guest reported before a seccomp kill
+};
+Conversation converse(HostChannel& channel, const RunInput& input, HostCalls* host);
 
 Result<Value> run_in_guest(ZygoteLink& zygote, const RunInput& input, HostCalls* host, const SessionOptions& options,
                            SessionCounters& counters);
