@@ -175,6 +175,7 @@ void AgentRuntime::run_step(const std::string& id) {
   const auto spent = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - started);
 
   std::string go_peer, go_entry;
+  bool wake = false;
   {
     std::lock_guard lock(mutex_);
     auto it = residents_.find(id);
@@ -188,6 +189,11 @@ void AgentRuntime::run_step(const std::string& id) {
         go_peer = outcome->go_peer;
         go_entry = outcome->go_entry;
         it->second.status = "moving";
+      } else if (outcome->waits) {
+        r.entry = outcome->go_entry;
+        it->second.status = kAsleep;
+        // A message that came during the step wakes it at once.
+        if (!r.mailbox.empty()) wake = true;
       }
     }
   }
@@ -195,6 +201,8 @@ void AgentRuntime::run_step(const std::string& id) {
     finish(id, "failed", outcome.error().message, Value{});
   } else if (outcome->went) {
     spawn(migrate(id, go_peer, go_entry), "agent migration");
+  } else if (outcome->waits) {
+    if (wake) wake_if_asleep(id);
   } else {
     finish(id, "finished", "", outcome->results);
   }
@@ -259,6 +267,16 @@ void AgentRuntime::finish(const std::string& id, const std::string& status, cons
   report.set("hops", hops_to_value(record.hops));
   report.set("log", strings_to_value(record.log));
   notify_home(record.home, "agent.finished", report);
+}
+
+void AgentRuntime::wake_if_asleep(const std::string& id) {
+  {
+    std::lock_guard lock(mutex_);
+    auto it = residents_.find(id);
+    if (it == residents_.end() || it->second.status != kAsleep || it->second.record.mailbox.empty()) return;
+    it->second.status = "waiting";
+  }
+  schedule_run(id);
 }
 
 std::uint64_t AgentRuntime::resident_count() {

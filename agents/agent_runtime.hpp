@@ -23,6 +23,9 @@
 
 namespace sojourn {
 
+// The status of an agent that called agent.wait and has no message yet.
+inline constexpr const char* kAsleep = "waiting for a message";
+
 class AgentRuntime : public std::enable_shared_from_this<AgentRuntime> {
  public:
   explicit AgentRuntime(Node::Impl& impl);
@@ -42,7 +45,11 @@ class AgentRuntime : public std::enable_shared_from_this<AgentRuntime> {
   // (empty: this node only), looking in `bundle` first.
   Result<Value> require_module(std::string_view name, const CachedBundle* bundle, const std::string& origin);
   // Fetch from a peer; on the network thread.
-  asio::awaitable<Result<std::shared_ptr<const CachedBundle>>> fetch(std::string peer, std::string module);
+  struct Fetched {
+    std::shared_ptr<const CachedBundle> bundle;
+    bool code_received = false;  // false: the peer sent only the hash, found here
+  };
+  asio::awaitable<Result<Fetched>> fetch(std::string peer, std::string module);
 
  private:
   struct Resident {
@@ -68,6 +75,7 @@ class AgentRuntime : public std::enable_shared_from_this<AgentRuntime> {
   void schedule_run(const std::string& id);
   void run_step(const std::string& id);
   Result<Value> agent_host_call(const std::string& id, std::string_view service, const Value& args);
+  void wake_if_asleep(const std::string& id);
   void finish(const std::string& id, const std::string& status, const std::string& reason, Value result);
 
   // migration.cpp

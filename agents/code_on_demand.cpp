@@ -36,7 +36,7 @@ Result<Value> AgentRuntime::on_fetch(const Value& request) {
   return reply;
 }
 
-asio::awaitable<Result<std::shared_ptr<const CachedBundle>>> AgentRuntime::fetch(std::string peer, std::string module) {
+asio::awaitable<Result<AgentRuntime::Fetched>> AgentRuntime::fetch(std::string peer, std::string module) {
   if (auto v = validate_module_name(module); !v) co_return v.error();
   Value request = Value::table();
   request.set("module", module);
@@ -63,7 +63,10 @@ asio::awaitable<Result<std::shared_ptr<const CachedBundle>>> AgentRuntime::fetch
     co_return make_error(Errc::bad_bundle, "bad bundle: asked for module " + module + ", got " + bundle->bundle.manifest.name);
   }
   cache_.remember_fetch(peer, module, hash);
-  co_return bundle;
+  Fetched fetched;
+  fetched.bundle = std::move(bundle);
+  fetched.code_received = bytes.is_string();
+  co_return fetched;
 }
 
 Result<Value> AgentRuntime::require_module(std::string_view name, const CachedBundle* bundle, const std::string& origin) {
@@ -87,7 +90,7 @@ Result<Value> AgentRuntime::require_module(std::string_view name, const CachedBu
   }
   auto fetched = asio::co_spawn(impl_.io, fetch(origin, std::string(name)), asio::use_future).get();
   if (!fetched) return fetched.error();
-  return answer((*fetched)->bundle.main_source(), (*fetched)->bundle.main_file());
+  return answer(fetched->bundle->bundle.main_source(), fetched->bundle->bundle.main_file());
 }
 
 }  // namespace sojourn

@@ -60,14 +60,13 @@ Result<FetchedModule> Node::fetch(std::string_view peer, std::string_view module
   if (impl_->io.get_executor().running_in_this_thread()) {
     return make_error(Errc::invalid_argument, "invalid argument: a blocking call on the node's own network thread would deadlock");
   }
-  const std::uint64_t before = impl_->agents->cache().bundles_stored();
   auto fetched = asio::co_spawn(impl_->io, impl_->agents->fetch(std::string(peer), std::string(module)), asio::use_future).get();
   if (!fetched) return fetched.error();
   FetchedModule m;
-  m.hash = (*fetched)->hash;
-  m.bundle = (*fetched)->bundle;
+  m.hash = fetched->bundle->hash;
+  m.bundle = fetched->bundle->bundle;
   m.origin = std::string(peer);
-  m.from_cache = impl_->agents->cache().bundles_stored() == before;
+  m.from_cache = !fetched->code_received;
   return m;
 }
 

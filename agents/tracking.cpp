@@ -204,6 +204,10 @@ Result<Value> AgentRuntime::on_deliver(const Value& request) {
     r.delivered.push_back(message_id);
     r.mailbox.push_back(request.get("body"));
   }
+  if (it->second.status == kAsleep) {
+    it->second.status = "waiting";
+    schedule_run(id);  // only posts the step to the worker pool
+  }
   return Value{};
 }
 

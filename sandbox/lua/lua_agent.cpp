@@ -60,6 +60,20 @@ int agent_go(lua_State* L) {
   raise_kill(L);
 }
 
+// agent.wait(entry): the step ends here and the agent stays, asleep, until a message
+// arrives; then `entry` is called (agent.receive gives the message).
+int agent_wait(lua_State* L) {
+  std::size_t entry_len = 0;
+  const char* entry = luaL_checklstring(L, 1, &entry_len);
+  if (entry_len == 0) luaL_argerror(L, 1, "empty entry point name");
+  RunContext& ctx = run_context(L);
+  if (ctx.kill != Errc::ok) raise_kill(L);
+  ctx.go_peer.clear();
+  ctx.go_entry.assign(entry, entry_len);
+  ctx.kill = Errc::agent_moving;
+  raise_kill(L);
+}
+
 int agent_receive(lua_State* L) {
   lua_settop(L, 0);
   Value message = host_call(L, "agent.receive", 1);
@@ -135,6 +149,8 @@ void open_agent_api(lua_State* L, const Value& info) {
   lua::push_value(L, info.is_table() ? info : Value::table());
   lua_pushcfunction(L, agent_go);
   lua_setfield(L, -2, "go");
+  lua_pushcfunction(L, agent_wait);
+  lua_setfield(L, -2, "wait");
   lua_pushcfunction(L, agent_receive);
   lua_setfield(L, -2, "receive");
   lua_pushcfunction(L, agent_log);

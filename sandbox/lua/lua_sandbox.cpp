@@ -210,8 +210,8 @@ Result<AgentOutcome> run_agent(const RunInput& input, const AgentInput& agent, H
   RunJob job{};
   job.agent = &agent;
   return run_in_fresh_state(input, host, job, [&](lua_State* L, RunContext& ctx, int status) -> Result<AgentOutcome> {
-    const bool went = ctx.kill == Errc::agent_moving;
-    if (!went && (status != 0 || ctx.kill != Errc::ok)) return run_failure(L, status, ctx, display_chunk_name(input));
+    const bool left = ctx.kill == Errc::agent_moving;  // agent.go or agent.wait
+    if (!left && (status != 0 || ctx.kill != Errc::ok)) return run_failure(L, status, ctx, display_chunk_name(input));
     if (job.state_ref == LUA_NOREF) return make_error(Errc::lua_error, "Lua error: the agent step ended without state");
     detail::disarm_count_hook(L);  // the conversion below runs no Lua code, but a pending kill re-arms the hook
     lua_settop(L, 0);
@@ -227,8 +227,9 @@ Result<AgentOutcome> run_agent(const RunInput& input, const AgentInput& agent, H
     if (!state) return state.error();
     AgentOutcome outcome;
     outcome.state = std::move(*state);
-    outcome.went = went;
-    if (went) {
+    outcome.went = left && !ctx.go_peer.empty();
+    outcome.waits = left && ctx.go_peer.empty();
+    if (left) {
       outcome.results = Value::table();
       outcome.go_peer = ctx.go_peer;
       outcome.go_entry = ctx.go_entry;
