@@ -73,8 +73,11 @@ bool run_exec_guest(const std::vector<std::string>& args) {
   guest_end.reset();
   if (pid < 0) return false;
   HostChannel channel(UniqueFd(pair[0]), Clock::now() + std::chrono::seconds(10), nullptr);
-  auto talk = sandbox::converse(channel, first_result_input(), nullptr);
-  const bool ok = talk.outcome && talk.outcome->ok() && (*talk.outcome)->get(1).as_integer() == 1;
+  const auto request = sandbox::channel::encode_frame(sandbox::channel::RunRequest{"return 1", "", Value::table(), kLimits, false});
+  auto talk = sandbox::converse(channel, request, sandbox::channel::Kind::run_done, kLimits, nullptr);
+  if (!talk.done) return false;
+  auto result = sandbox::run_outcome(*talk.done);
+  const bool ok = result.ok() && result->get(1).as_integer() == 1;
   wait_for(pid);
   return ok;
 }

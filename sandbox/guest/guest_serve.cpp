@@ -88,43 +88,78 @@ bool write_all(int fd, std::span<const std::uint8_t> bytes) {
   return true;
 }
 
+namespace {
+
+RunInput input_of(const channel::RunRequest& request) {
+  RunInput input;
+  input.source = request.source;
+  input.chunk_name = request.chunk_name;
+  input.args = request.args.is_table() ? request.args : Value::table();
+  input.limits = request.limits;
+  input.allow_jit = request.allow_jit;
+  return input;
+}
+
+// Unjailed (--serve), the arena is mapped here for the request's quota; in a jailed
+// guest it was mapped before the filter.
+Result<void> ensure_arena(const Limits& limits) {
+  if (installed_lua_heap() != nullptr) return {};
+  return install_arena(limits.memory_bytes);
+}
+
+channel::AgentDone agent_done_of(const Result<AgentOutcome>& outcome) {
+  channel::AgentDone done;
+  if (!outcome) {
+    done.code = static_cast<std::uint16_t>(outcome.error().code);
+    done.message = outcome.error().message;
+    return done;
+  }
+  done.results = outcome->results;
+  done.state = outcome->state;
+  done.went = outcome->went;
+  done.waits = outcome->waits;
+  done.go_peer = outcome->go_peer;
+  done.go_entry = outcome->go_entry;
+  return done;
+}
+
+// The answer frame for one request frame.
+std::vector<std::uint8_t> serve_request(int fd, const Frame& frame, Limits& limits) {
+  ChannelHost host(fd);
+  if (frame.kind == Kind::agent) {
+    Result<channel::AgentRequest> request = channel::decode_payload<channel::AgentRequest>(frame.payload);
+    if (!request) return channel::encode_frame(agent_done_of(request.error()));
+    limits = request->run.limits;
+    if (Result<void> arena = ensure_arena(limits); !arena) return channel::encode_frame(agent_done_of(arena.error()));
+    run_test_hook(request->run.source);
+    const AgentInput agent{request->entry, request->state, request->info};
+    return channel::encode_frame(agent_done_of(run_agent(input_of(request->run), agent, &host)));
+  }
+  Result<channel::RunRequest> request = channel::decode_payload<channel::RunRequest>(frame.payload);
+  if (!request) return channel::encode_frame(outcome_of(request.error()));
+  limits = request->limits;
+  if (Result<void> arena = ensure_arena(limits); !arena) return channel::encode_frame(outcome_of(arena.error()));
+  run_test_hook(request->source);
+  return channel::encode_frame(outcome_of(run_lua(input_of(*request), &host)));
+}
+
+}  // namespace
+
 void serve_one_run(int fd) {
   Limits limits;
+  Kind kind = Kind::run;
   try {
     std::optional<Frame> frame = read_frame(fd, kMaxRequestBytes);
-    if (!frame || frame->kind != Kind::run) return;
-    Result<channel::RunRequest> request = channel::decode_payload<channel::RunRequest>(frame->payload);
-    frame.reset();
-    Result<Value> result = Value{};
-    if (!request) {
-      result = request.error();
-    } else {
-      // Unjailed (--serve): the arena is mapped here, for this request's quota.
-      if (installed_lua_heap() == nullptr) {
-        if (Result<void> arena = install_arena(request->limits.memory_bytes); !arena) {
-          write_all(fd, channel::encode_frame(outcome_of(arena.error())));
-          return;
-        }
-      }
-      run_test_hook(request->source);
-      RunInput input;
-      input.source = request->source;
-      input.chunk_name = request->chunk_name;
-      input.args = request->args.is_table() ? request->args : Value::table();
-      input.limits = limits = request->limits;
-      input.allow_jit = request->allow_jit;
-      ChannelHost host(fd);
-      result = run_lua(input, &host);
-    }
-    write_all(fd, channel::encode_frame(outcome_of(result)));
+    if (!frame || (frame->kind != Kind::run && frame->kind != Kind::agent)) return;
+    kind = frame->kind;
+    write_all(fd, serve_request(fd, *frame, limits));
   } catch (const std::bad_alloc&) {
     // The C++ heap ran into RLIMIT_AS; the arena refuses Lua allocations before that.
-    write_all(fd, channel::encode_frame(outcome_of(detail::limit_error(Errc::memory_limit, limits))));
+    const Error error = detail::limit_error(Errc::memory_limit, limits);
+    write_all(fd, kind == Kind::agent ? channel::encode_frame(agent_done_of(error)) : channel::encode_frame(outcome_of(error)));
   } catch (const std::exception& e) {
-    channel::RunDone done;
-    done.code = static_cast<std::uint16_t>(Errc::internal);
-    done.message = std::string("internal error: guest: ") + e.what();
-    write_all(fd, channel::encode_frame(done));
+    const Error error = make_error(Errc::internal, std::string("internal error: guest: ") + e.what());
+    write_all(fd, kind == Kind::agent ? channel::encode_frame(agent_done_of(error)) : channel::encode_frame(outcome_of(error)));
   }
 }
 

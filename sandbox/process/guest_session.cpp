@@ -75,6 +75,13 @@ channel::HostReply answer_host_call(HostCalls* host, const channel::HostCall& ca
 // A frame the guest sent but that does not decode: the guest is not trusted to go on.
 Error broke_protocol(const Error& error) { return make_error(Errc::guest_crashed, "guest crashed: " + error.message); }
 
+Error believed_error(std::uint16_t code, std::string message) {
+  if (!is_run_error(static_cast<Errc>(code))) {
+    return make_error(Errc::guest_crashed, "guest crashed: it answered with error code " + std::to_string(code));
+  }
+  return make_error(static_cast<Errc>(code), std::move(message));
+}
+
 const char* signal_name(int sig) {
   const char* name = sigabbrev_np(sig);
   return name != nullptr ? name : "?";
@@ -104,48 +111,61 @@ Error classify_guest_end(const channel::Exited* exited, long seccomp_syscall, co
                     "guest crashed: exited with status " + std::to_string(exited->status) + " without an answer");
 }
 
-Conversation converse(HostChannel& channel, const RunInput& input, HostCalls* host) {
-  const Limits& limits = input.limits;
+Conversation converse(HostChannel& channel, std::span<const std::uint8_t> request, Kind done, const Limits& limits,
+                      HostCalls* host) {
   const std::uint64_t max_payload = limits.memory_bytes + kFrameSlack;
-  channel::RunRequest request{std::string(input.source), std::string(input.chunk_name), input.args, limits,
-                              input.allow_jit};
-  ChannelStatus status = channel.write(channel::encode_frame(request));
-  long seccomp_syscall = -1;
-  std::optional<Result<Value>> outcome;
+  Conversation talk;
+  talk.status = channel.write(request);
   Kind kind{};
   std::vector<std::uint8_t> payload;
-  while (status == ChannelStatus::ok && !outcome) {
-    status = channel.read(kind, payload, max_payload);
-    if (status != ChannelStatus::ok) break;
+  while (talk.status == ChannelStatus::ok) {
+    talk.status = channel.read(kind, payload, max_payload);
+    if (talk.status != ChannelStatus::ok) break;
+    if (kind == done) {
+      talk.done = std::move(payload);
+      break;
+    }
     if (kind == Kind::host_call) {
       Result<channel::HostCall> call = channel::decode_payload<channel::HostCall>(payload);
       if (!call) {
-        outcome = broke_protocol(call.error());
+        talk.broke = broke_protocol(call.error());
         break;
       }
-      status = channel.write(channel::encode_frame(answer_host_call(host, *call)));
-    } else if (kind == Kind::run_done) {
-      Result<channel::RunDone> done = channel::decode_payload<channel::RunDone>(payload);
-      if (!done) {
-        outcome = broke_protocol(done.error());
-      } else if (done->code == 0) {
-        outcome = std::move(done->value);
-      } else if (is_run_error(static_cast<Errc>(done->code))) {
-        outcome = make_error(static_cast<Errc>(done->code), std::move(done->message));
-      } else {
-        outcome = make_error(Errc::guest_crashed, "guest crashed: it answered with error code " + std::to_string(done->code));
-      }
+      talk.status = channel.write(channel::encode_frame(answer_host_call(host, *call)));
     } else if (kind == Kind::seccomp_report) {
-      if (auto report = channel::decode_payload<channel::SeccompReport>(payload)) seccomp_syscall = report->syscall;
+      if (auto report = channel::decode_payload<channel::SeccompReport>(payload)) talk.seccomp_syscall = report->syscall;
     } else {
-      outcome = make_error(Errc::guest_crashed, "guest crashed: it sent a " + std::string(channel::kind_name(kind)) + " frame");
+      talk.broke = make_error(Errc::guest_crashed, "guest crashed: it sent a " + std::string(channel::kind_name(kind)) + " frame");
+      break;
     }
   }
-  return Conversation{std::move(outcome), status, seccomp_syscall};
+  return talk;
 }
 
-Result<Value> run_in_guest(ZygoteLink& zygote, const RunInput& input, HostCalls* host, const SessionOptions& options,
-                           SessionCounters& counters) {
+Result<Value> run_outcome(std::span<const std::uint8_t> payload) {
+  Result<channel::RunDone> done = channel::decode_payload<channel::RunDone>(payload);
+  if (!done) return broke_protocol(done.error());
+  if (done->code != 0) return believed_error(done->code, std::move(done->message));
+  return std::move(done->value);
+}
+
+Result<AgentOutcome> agent_outcome(std::span<const std::uint8_t> payload) {
+  Result<channel::AgentDone> done = channel::decode_payload<channel::AgentDone>(payload);
+  if (!done) return broke_protocol(done.error());
+  if (done->code != 0) return believed_error(done->code, std::move(done->message));
+  AgentOutcome outcome;
+  outcome.results = std::move(done->results);
+  outcome.state = std::move(done->state);
+  outcome.went = done->went;
+  outcome.waits = done->waits;
+  outcome.go_peer = std::move(done->go_peer);
+  outcome.go_entry = std::move(done->go_entry);
+  return outcome;
+}
+
+Result<std::vector<std::uint8_t>> run_in_guest(ZygoteLink& zygote, const RunInput& input,
+                                               std::span<const std::uint8_t> request, Kind done, HostCalls* host,
+                                               const SessionOptions& options, SessionCounters& counters) {
   const Limits& limits = input.limits;
   int pair[2];
   if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair) != 0) {
@@ -158,24 +178,24 @@ Result<Value> run_in_guest(ZygoteLink& zygote, const RunInput& input, HostCalls*
 
   const auto deadline = Clock::now() + std::chrono::milliseconds(limits.wall_ms + options.kill_grace_ms);
   HostChannel channel(std::move(host_end), deadline, input.abort);
-
-  Conversation talk = converse(channel, input, host);
-  std::optional<Result<Value>>& outcome = talk.outcome;
-  const ChannelStatus status = talk.status;
-  if (outcome) {
+  Conversation talk = converse(channel, request, done, limits, host);
+  if (talk.done) {
     zygote.forget(guest->id);
-    // A guest that broke the protocol does not get to go on.
-    if (!*outcome && outcome->error().code == Errc::guest_crashed) {
-      ::syscall(SYS_pidfd_send_signal, guest->pidfd.get(), SIGKILL, nullptr, 0);
-    }
-    return std::move(*outcome);
+    return std::move(*talk.done);
   }
-  if (status == ChannelStatus::deadline || status == ChannelStatus::aborted || status == ChannelStatus::too_large) {
-    ::syscall(SYS_pidfd_send_signal, guest->pidfd.get(), SIGKILL, nullptr, 0);
+  const auto kill = [&] { ::syscall(SYS_pidfd_send_signal, guest->pidfd.get(), SIGKILL, nullptr, 0); };
+  if (talk.broke) {
+    kill();  // a guest that broke the protocol does not get to go on
+    zygote.forget(guest->id);
+    return *talk.broke;
+  }
+  if (talk.status == ChannelStatus::deadline || talk.status == ChannelStatus::aborted ||
+      talk.status == ChannelStatus::too_large) {
+    kill();
     counters.guests_killed.fetch_add(1, std::memory_order_relaxed);
     zygote.forget(guest->id);
-    if (status == ChannelStatus::deadline) return limit(Errc::deadline, limits);
-    if (status == ChannelStatus::too_large) return limit(Errc::memory_limit, limits);
+    if (talk.status == ChannelStatus::deadline) return limit(Errc::deadline, limits);
+    if (talk.status == ChannelStatus::too_large) return limit(Errc::memory_limit, limits);
     return make_error(Errc::shutting_down, "node is shutting down");
   }
   // The channel closed without an answer: the zygote's report says how the guest ended.

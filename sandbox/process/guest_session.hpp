@@ -4,6 +4,9 @@
 
 #include <atomic>
 #include <cstdint>
+#include <optional>
+#include <span>
+#include <vector>
 
 #include "host_channel.hpp"
 #include "sojourn/sandbox/lua_sandbox.hpp"
@@ -21,17 +24,27 @@ struct SessionOptions {
 };
 
 // The exchange with a guest whose channel is `channel`, whatever started it (the zygote,
-// or a plain fork+exec of `sojourn-guest --serve` in benchmarks): the request, the host
-// calls, and the outcome when the guest gave one.
+// or a plain fork+exec of `sojourn-guest --serve` in benchmarks): the request frame, the
+// host calls, and the payload of the guest's final frame (of kind `done`).
 struct Conversation {
-  std::optional<Result<Value>> outcome;  // set when the guest answered (or broke the protocol)
-  ChannelStatus status = ChannelStatus::ok;  // why it stopped otherwise
-  long seccomp_syscall = -1;             // the syscall the guest reported before a seccomp kill
+  std::optional<std::vector<std::uint8_t>> done;  // the final frame's payload, if it came
+  std::optional<Error> broke;       // the guest broke the protocol (guest_crashed)
+  ChannelStatus status = ChannelStatus::ok;  // why the exchange stopped otherwise
+  long seccomp_syscall = -1;        // the syscall the guest reported before a seccomp kill
 };
-Conversation converse(HostChannel& channel, const RunInput& input, HostCalls* host);
+Conversation converse(HostChannel& channel, std::span<const std::uint8_t> request, channel::Kind done,
+                      const Limits& limits, HostCalls* host);
 
-Result<Value> run_in_guest(ZygoteLink& zygote, const RunInput& input, HostCalls* host, const SessionOptions& options,
-                           SessionCounters& counters);
+// Decoding a guest's final frame; an error code a run cannot end with is not believed.
+Result<Value> run_outcome(std::span<const std::uint8_t> payload);
+Result<AgentOutcome> agent_outcome(std::span<const std::uint8_t> payload);
+
+// One request in a guest forked by `zygote`: the payload of its final frame, or the error
+// that ended it (kills, seccomp, crashes).
+Result<std::vector<std::uint8_t>> run_in_guest(ZygoteLink& zygote, const RunInput& input,
+                                               std::span<const std::uint8_t> request, channel::Kind done,
+                                               HostCalls* host, const SessionOptions& options,
+                                               SessionCounters& counters);
 
 // The error for a guest that ended without answering, from the zygote's report (pure: tests
 // call it directly). `seccomp_syscall` is the syscall the guest reported before its kill, or

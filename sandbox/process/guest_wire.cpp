@@ -72,6 +72,8 @@ std::string_view kind_name(Kind kind) noexcept {
   switch (kind) {
     case Kind::run: return "run";
     case Kind::host_reply: return "host_reply";
+    case Kind::agent: return "agent";
+    case Kind::agent_done: return "agent_done";
     case Kind::host_call: return "host_call";
     case Kind::run_done: return "run_done";
     case Kind::seccomp_report: return "seccomp_report";

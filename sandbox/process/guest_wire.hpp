@@ -23,10 +23,12 @@ enum class Kind : std::uint8_t {
   // host -> guest, on the run's channel
   run = 1,           // RunRequest: run a chunk
   host_reply = 2,    // HostReply: the answer to the guest's last HostCall
+  agent = 3,         // AgentRequest: one step of a mobile agent
   // guest -> host, on the run's channel
   host_call = 10,    // HostCall: node.call (and later agent.*) from Lua
   run_done = 11,     // Outcome: the run's results or its error; the guest exits after it
   seccomp_report = 12,  // SeccompReport: written by the SIGSYS handler just before the kill
+  agent_done = 13,   // AgentDone: the agent step's outcome; the guest exits after it
   // host -> zygote, on the control socket (with the run's channel as SCM_RIGHTS)
   spawn = 20,        // SpawnRequest
   // zygote -> host, on the control socket
@@ -43,6 +45,16 @@ struct RunRequest {
   Limits limits;
   bool allow_jit = false;
   template <class F> void fields(F& f) { f(source, chunk_name, args, limits, allow_jit); }
+};
+
+// run_agent's input: the chunk (as in RunRequest), then the agent's entry, state and facts.
+struct AgentRequest {
+  static constexpr Kind kKind = Kind::agent;
+  RunRequest run;
+  std::string entry;
+  Value state;
+  Value info;
+  template <class F> void fields(F& f) { run.fields(f), f(entry, state, info); }
 };
 
 struct HostCall {
@@ -65,6 +77,19 @@ struct HostReply : Outcome {
 };
 struct RunDone : Outcome {
   static constexpr Kind kKind = Kind::run_done;
+};
+
+struct AgentDone {
+  static constexpr Kind kKind = Kind::agent_done;
+  std::uint16_t code = 0;  // an Errc; the rest is meaningful when it is 0
+  std::string message;
+  Value results;
+  Value state;
+  bool went = false;
+  bool waits = false;
+  std::string go_peer;
+  std::string go_entry;
+  template <class F> void fields(F& f) { f(code, message, results, state, went, waits, go_peer, go_entry); }
 };
 
 struct SeccompReport {

@@ -92,6 +92,23 @@ class ProcessJail::Impl {
   }
 
   Result<Value> run(const RunInput& input, HostCalls* host) {
+    if (Result<void> ok = check(input); !ok) return ok.error();
+    channel::RunRequest request = run_request(input);
+    Result<std::vector<std::uint8_t>> done = in_guest(input, channel::encode_frame(request), channel::Kind::run_done, host);
+    if (!done) return done.error();
+    return run_outcome(*done);
+  }
+
+  Result<AgentOutcome> run_agent(const RunInput& input, const AgentInput& agent, HostCalls* host) {
+    if (Result<void> ok = check(input); !ok) return ok.error();
+    channel::AgentRequest request{run_request(input), std::string(agent.entry), agent.state, agent.info};
+    Result<std::vector<std::uint8_t>> done = in_guest(input, channel::encode_frame(request), channel::Kind::agent_done, host);
+    if (!done) return done.error();
+    return agent_outcome(*done);
+  }
+
+  // What run_lua refuses before a state exists is refused before a guest exists.
+  static Result<void> check(const RunInput& input) {
     const Limits& limits = input.limits;
     if (limits.cpu_instructions == 0 || limits.memory_bytes == 0 || limits.wall_ms == 0) {
       return make_error(Errc::invalid_argument, "invalid argument: every limit of a Lua run must be non-zero");
@@ -102,9 +119,19 @@ class ProcessJail::Impl {
     if (input.abort != nullptr && input.abort->load(std::memory_order_relaxed)) {
       return make_error(Errc::shutting_down, "node is shutting down");
     }
+    return {};
+  }
+
+  static channel::RunRequest run_request(const RunInput& input) {
+    return channel::RunRequest{std::string(input.source), std::string(input.chunk_name),
+                               input.args.is_table() ? input.args : Value::table(), input.limits, input.allow_jit};
+  }
+
+  Result<std::vector<std::uint8_t>> in_guest(const RunInput& input, const std::vector<std::uint8_t>& request,
+                                             channel::Kind done, HostCalls* host) {
     Result<std::shared_ptr<ZygoteLink>> link = zygote();
     if (!link) return link.error();
-    return run_in_guest(**link, input, host, SessionOptions{options_.kill_grace_ms}, counters_);
+    return run_in_guest(**link, input, request, done, host, SessionOptions{options_.kill_grace_ms}, counters_);
   }
 
   ProcessJailStatus status() const {
@@ -143,6 +170,10 @@ ProcessJail::ProcessJail(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 ProcessJail::~ProcessJail() = default;
 
 Result<Value> ProcessJail::run(const RunInput& input, HostCalls* host) { return impl_->run(input, host); }
+
+Result<AgentOutcome> ProcessJail::run_agent(const RunInput& input, const AgentInput& agent, HostCalls* host) {
+  return impl_->run_agent(input, agent, host);
+}
 
 ProcessJailStatus ProcessJail::status() const { return impl_->status(); }
 

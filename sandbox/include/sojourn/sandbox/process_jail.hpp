@@ -54,6 +54,11 @@ class ProcessJail {
   // on the calling thread. Thread-safe: runs may be concurrent.
   Result<Value> run(const RunInput& input, HostCalls* host);
 
+  // One agent step (run_agent) in a fresh guest: the same outcome and errors as
+  // sandbox::run_agent, plus the jail's errors above. agent.* host calls cross the channel
+  // like node.call's.
+  Result<AgentOutcome> run_agent(const RunInput& input, const AgentInput& agent, HostCalls* host);
+
   ProcessJailStatus status() const;
 
   class Impl;
