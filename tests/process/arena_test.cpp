@@ -4,11 +4,13 @@
 #include <sys/mman.h>
 
 #include <cstring>
+#include <memory>
 #include <random>
 #include <vector>
 
 #include "arena.hpp"
 #include "guest_wire.hpp"
+#include "sojourn/sandbox/lua_sandbox.hpp"
 
 namespace {
 
@@ -16,14 +18,16 @@ using sojourn::sandbox::guest::FixedArena;
 using sojourn::sandbox::guest::kArenaBase;
 namespace channel = sojourn::sandbox::channel;
 
+// A heap block standing in for the mapped region, 16-byte aligned.
 struct Region {
-  explicit Region(std::size_t bytes) : size(bytes), bytes(new std::byte[bytes + 16]) {}
+  explicit Region(std::size_t length) : size(length), storage(new std::byte[length + 16]) {}
   void* aligned() {
-    auto at = reinterpret_cast<std::uintptr_t>(bytes.get());
+    // SAFETY: rounding up by less than 16 stays inside the 16 spare bytes of the block.
+    auto at = reinterpret_cast<std::uintptr_t>(storage.get());
     return reinterpret_cast<void*>((at + 15) & ~std::uintptr_t{15});
   }
   std::size_t size;
-  std::unique_ptr<std::byte[]> bytes;
+  std::unique_ptr<std::byte[]> storage;
 };
 
 }  // namespace
@@ -177,4 +181,50 @@ TEST_CASE("the SIGSYS handler's frame decodes as a seccomp report") {
   auto report = channel::decode_payload<channel::SeccompReport>(std::span(frame).subspan(channel::kHeaderBytes));
   REQUIRE(report.ok());
   CHECK(report->syscall == 41);
+}
+
+namespace {
+
+// Counts what a run asks of the heap and checks every block lies in the arena.
+class CheckedHeap final : public sojourn::sandbox::LuaHeap {
+ public:
+  explicit CheckedHeap(FixedArena& arena) : arena_(arena) {}
+  void* allocate(std::size_t size) noexcept override { return note(arena_.allocate(size)); }
+  void* reallocate(void* block, std::size_t old_size, std::size_t new_size) noexcept override {
+    return note(arena_.reallocate(block, old_size, new_size));
+  }
+  void release(void* block, std::size_t size) noexcept override {
+    outside += block != nullptr && !arena_.contains(block) ? 1 : 0;
+    arena_.release(block, size);
+  }
+  int calls = 0;
+  int outside = 0;
+
+ private:
+  void* note(void* block) {
+    ++calls;
+    outside += block != nullptr && !arena_.contains(block) ? 1 : 0;
+    return block;
+  }
+  FixedArena& arena_;
+};
+
+}  // namespace
+
+TEST_CASE("with the arena installed, every Lua allocation of a run comes from it") {
+  Region region(32u << 20);
+  FixedArena arena = FixedArena::over(region.aligned(), region.size);
+  CheckedHeap heap(arena);
+  sojourn::sandbox::use_lua_heap(&heap);
+  sojourn::sandbox::RunInput input;
+  input.source = "local t = {} for i = 1, 20000 do t[i] = {i, tostring(i)} end "
+                 "local s = ('x'):rep(100000) return #t, #(s .. s)";
+  input.limits = sojourn::Limits{100'000'000, 16u << 20, 5000};
+  auto r = sojourn::sandbox::run_lua(input, nullptr);
+  sojourn::sandbox::use_lua_heap(nullptr);
+  REQUIRE(r.ok());
+  CHECK(r->get(2).as_integer() == 200000);
+  CHECK(heap.calls > 20000);
+  CHECK(heap.outside == 0);
+  CHECK(arena.high_water() > (1u << 20));
 }
