@@ -143,12 +143,20 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "%s\n", jail.error().message.c_str());
     return 1;
   }
+  sandbox::ProcessJailOptions bare_options;
+  bare_options.namespaces = false;
+  auto bare_jail = sandbox::ProcessJail::start(bare_options);
+  if (!bare_jail) {
+    std::fprintf(stderr, "%s\n", bare_jail.error().message.c_str());
+    return 1;
+  }
   const bool have_bwrap = ::access("/usr/bin/bwrap", X_OK) == 0;
   const RunInput input = first_result_input();
 
   std::vector<Row> rows;
   rows.push_back(measure("trusted level, in-process run_lua", n, [&] { return sandbox::run_lua(input, nullptr).ok(); }));
   rows.push_back(measure("process jail: zygote fork + jail + run", n, [&] { return (*jail)->run(input, nullptr).ok(); }));
+  rows.push_back(measure("process jail without namespaces", n, [&] { return (*bare_jail)->run(input, nullptr).ok(); }));
   rows.push_back(measure("fork+exec of the static guest (no jail)", n, [&] { return run_exec_guest({*guest, "--serve"}); }));
   if (have_bwrap) {
     const std::vector<std::string> bwrap{"/usr/bin/bwrap", "--unshare-all", "--ro-bind", "/", "/"};
