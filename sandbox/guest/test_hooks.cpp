@@ -1,4 +1,5 @@
-// Test hooks of the guest. Compiled with SOJOURN_GUEST_TEST_HOOKS only into the test guest
+// Test hooks of the guest: misbehaviours a real guest could only show after a bug, so
+// that the host's handling of each is tested end to end. Compiled with SOJOURN_GUEST_TEST_HOOKS only into the test guest
 // (sojourn-guest-test); the real guest gets the empty version, so no chunk can reach them.
 #include "guest_serve.hpp"
 
@@ -6,7 +7,10 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include <cstdint>
 #include <string>
+
+#include "syscall_filter.hpp"
 #endif
 
 namespace sojourn::sandbox::guest {
@@ -35,6 +39,19 @@ void run_test_hook(std::string_view source) {
   } else if (source.substr(0, 7) == "--@spin") {
     // A C loop no Lua hook sees: only the host's kill ends it.
     for (;;) asm volatile("" ::: "memory");
+  } else if (source.substr(0, 10) == "--@garbage") {
+    // A frame of a kind the host never expects from a guest.
+    const unsigned char frame[] = {1, 0, 0, 0, 99, 0};
+    ::syscall(SYS_write, kChannelFd, frame, sizeof frame);
+  } else if (source.substr(0, 7) == "--@huge") {
+    // A header announcing a 2 GiB answer.
+    const unsigned char frame[] = {0, 0, 0, 0x80, 11};
+    ::syscall(SYS_write, kChannelFd, frame, sizeof frame);
+  } else if (source.substr(0, 8) == "--@exit3") {
+    ::syscall(SYS_exit_group, 3);
+  } else if (source.substr(0, 7) == "--@segv") {
+    // SAFETY: deliberately not: page 0 is never mapped, so this store faults (SIGSEGV).
+    *reinterpret_cast<volatile int*>(std::uintptr_t{16}) = 1;
   }
 }
 #else

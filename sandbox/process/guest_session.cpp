@@ -135,7 +135,9 @@ Conversation converse(HostChannel& channel, std::span<const std::uint8_t> reques
     } else if (kind == Kind::seccomp_report) {
       if (auto report = channel::decode_payload<channel::SeccompReport>(payload)) talk.seccomp_syscall = report->syscall;
     } else {
-      talk.broke = make_error(Errc::guest_crashed, "guest crashed: it sent a " + std::string(channel::kind_name(kind)) + " frame");
+      talk.broke = make_error(Errc::guest_crashed, "guest crashed: unexpected frame kind " +
+                                                       std::to_string(static_cast<int>(kind)) + " (" +
+                                                       std::string(channel::kind_name(kind)) + ")");
       break;
     }
   }

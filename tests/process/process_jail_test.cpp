@@ -184,6 +184,17 @@ TEST_CASE("a guest that makes a forbidden syscall is killed and the host names t
   CHECK(r->get(1).as_integer() == 7);
 }
 
+TEST_CASE("a guest that breaks the protocol, crashes or exits without answering is reported, and the jail goes on") {
+  check_error(run_test_guest("--@garbage\nreturn 1"), Errc::guest_crashed, "guest crashed: unexpected frame kind 99 (unknown)");
+  check_error(run_test_guest("--@huge\nreturn 1"), Errc::memory_limit, "memory limit of 16777216 bytes exceeded");
+  check_error(run_test_guest("--@exit3\nreturn 1"), Errc::guest_crashed,
+              "guest crashed: exited with status 3 without an answer");
+  check_error(run_test_guest("--@segv\nreturn 1"), Errc::guest_crashed, "guest crashed: killed by signal 11 (SIGSEGV)");
+  auto r = run_test_guest("return 8");
+  REQUIRE(r.ok());
+  CHECK(r->get(1).as_integer() == 8);
+}
+
 TEST_CASE("a C function that ignores the Lua hooks is killed at the deadline") {
   const auto start = std::chrono::steady_clock::now();
   check_error(run_test_guest("--@spin\nreturn 1", limits(1000, kMemory, 100)), Errc::deadline,
