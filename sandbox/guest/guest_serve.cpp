@@ -125,7 +125,7 @@ channel::AgentDone agent_done_of(const Result<AgentOutcome>& outcome) {
 
 // The answer frame for one request frame.
 std::vector<std::uint8_t> serve_request(int fd, const Frame& frame, Limits& limits) {
-  ChannelHost host(fd);
+  ChannelHost channel_host(fd);
   if (frame.kind == Kind::agent) {
     Result<channel::AgentRequest> request = channel::decode_payload<channel::AgentRequest>(frame.payload);
     if (!request) return channel::encode_frame(agent_done_of(request.error()));
@@ -133,14 +133,15 @@ std::vector<std::uint8_t> serve_request(int fd, const Frame& frame, Limits& limi
     if (Result<void> arena = ensure_arena(limits); !arena) return channel::encode_frame(agent_done_of(arena.error()));
     run_test_hook(request->run.source);
     const AgentInput agent{request->entry, request->state, request->info};
-    return channel::encode_frame(agent_done_of(run_agent(input_of(request->run), agent, &host)));
+    HostCalls* host = request->run.has_host ? &channel_host : nullptr;
+    return channel::encode_frame(agent_done_of(run_agent(input_of(request->run), agent, host)));
   }
   Result<channel::RunRequest> request = channel::decode_payload<channel::RunRequest>(frame.payload);
   if (!request) return channel::encode_frame(outcome_of(request.error()));
   limits = request->limits;
   if (Result<void> arena = ensure_arena(limits); !arena) return channel::encode_frame(outcome_of(arena.error()));
   run_test_hook(request->source);
-  return channel::encode_frame(outcome_of(run_lua(input_of(*request), &host)));
+  return channel::encode_frame(outcome_of(run_lua(input_of(*request), request->has_host ? &channel_host : nullptr)));
 }
 
 }  // namespace

@@ -84,7 +84,7 @@ class Zygote {
     }
     choose_namespaces();
     warm_up();
-    channel::Hello hello{static_cast<std::uint32_t>(::getpid()), namespaces_, fallback_};
+    channel::Hello hello{channel::kProtocolVersion, static_cast<std::uint32_t>(::getpid()), namespaces_, fallback_};
     if (!send(channel::encode_frame(hello), -1)) return 1;
     while (serve_once()) {
     }
@@ -167,9 +167,10 @@ class Zygote {
             ? channel::decode_payload<channel::SpawnRequest>({buffer + channel::kHeaderBytes, size - channel::kHeaderBytes})
             : Result<channel::SpawnRequest>(channel::bad_message(channel::Kind::spawn, "not a spawn request"));
     if (!request || channel_fd < 0) {
+      // A broken request (a host bug) is dropped; the host times the spawn out.
       log_error("zygote", request ? "a spawn request came without a channel" : request.error().message);
       if (channel_fd >= 0) ::close(channel_fd);
-      return false;
+      return true;
     }
     spawn(*request, channel_fd);
     ::close(channel_fd);

@@ -181,11 +181,13 @@ Result<std::vector<std::uint8_t>> run_in_guest(ZygoteLink& zygote, const RunInpu
   const auto deadline = Clock::now() + std::chrono::milliseconds(limits.wall_ms + options.kill_grace_ms);
   HostChannel channel(std::move(host_end), deadline, input.abort);
   Conversation talk = converse(channel, request, done, limits, host);
+  const auto kill = [&] { ::syscall(SYS_pidfd_send_signal, guest->pidfd.get(), SIGKILL, nullptr, 0); };
   if (talk.done) {
+    // The guest exits by itself after its answer; the kill makes sure none outlives its run.
+    kill();
     zygote.forget(guest->id);
     return std::move(*talk.done);
   }
-  const auto kill = [&] { ::syscall(SYS_pidfd_send_signal, guest->pidfd.get(), SIGKILL, nullptr, 0); };
   if (talk.broke) {
     kill();  // a guest that broke the protocol does not get to go on
     zygote.forget(guest->id);

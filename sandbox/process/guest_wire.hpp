@@ -18,6 +18,8 @@
 namespace sojourn::sandbox::channel {
 
 inline constexpr std::size_t kHeaderBytes = 5;
+// Bumped with any change to a message: a zygote that speaks another version is refused.
+inline constexpr std::uint32_t kProtocolVersion = 1;
 
 enum class Kind : std::uint8_t {
   // host -> guest, on the run's channel
@@ -44,7 +46,8 @@ struct RunRequest {
   Value args;
   Limits limits;
   bool allow_jit = false;
-  template <class F> void fields(F& f) { f(source, chunk_name, args, limits, allow_jit); }
+  bool has_host = true;  // false: node.call fails as "not available here", as in run_lua
+  template <class F> void fields(F& f) { f(source, chunk_name, args, limits, allow_jit, has_host); }
 };
 
 // run_agent's input: the chunk (as in RunRequest), then the agent's entry, state and facts.
@@ -108,10 +111,11 @@ struct SpawnRequest {
 
 struct Hello {
   static constexpr Kind kKind = Kind::hello;
+  std::uint32_t protocol = kProtocolVersion;
   std::uint32_t zygote_pid = 0;
   std::uint32_t namespaces = 0;   // CLONE_NEW* flags each guest gets
   std::string fallback;           // why some namespaces are missing ("" when none is)
-  template <class F> void fields(F& f) { f(zygote_pid, namespaces, fallback); }
+  template <class F> void fields(F& f) { f(protocol, zygote_pid, namespaces, fallback); }
 };
 
 struct Spawned {

@@ -94,6 +94,7 @@ class ProcessJail::Impl {
   Result<Value> run(const RunInput& input, HostCalls* host) {
     if (Result<void> ok = check(input); !ok) return ok.error();
     channel::RunRequest request = run_request(input);
+    request.has_host = host != nullptr;
     Result<std::vector<std::uint8_t>> done = in_guest(input, channel::encode_frame(request), channel::Kind::run_done, host);
     if (!done) return done.error();
     return run_outcome(*done);
@@ -102,6 +103,7 @@ class ProcessJail::Impl {
   Result<AgentOutcome> run_agent(const RunInput& input, const AgentInput& agent, HostCalls* host) {
     if (Result<void> ok = check(input); !ok) return ok.error();
     channel::AgentRequest request{run_request(input), std::string(agent.entry), agent.state, agent.info};
+    request.run.has_host = host != nullptr;
     Result<std::vector<std::uint8_t>> done = in_guest(input, channel::encode_frame(request), channel::Kind::agent_done, host);
     if (!done) return done.error();
     return agent_outcome(*done);
@@ -124,7 +126,8 @@ class ProcessJail::Impl {
 
   static channel::RunRequest run_request(const RunInput& input) {
     return channel::RunRequest{std::string(input.source), std::string(input.chunk_name),
-                               input.args.is_table() ? input.args : Value::table(), input.limits, input.allow_jit};
+                               input.args.is_table() ? input.args : Value::table(), input.limits, input.allow_jit,
+                               /*has_host=*/true};
   }
 
   Result<std::vector<std::uint8_t>> in_guest(const RunInput& input, const std::vector<std::uint8_t>& request,

@@ -23,6 +23,9 @@ namespace {
 
 constexpr std::size_t kMaxReport = 4096;
 constexpr int kHelloTimeoutMs = 10'000;
+// A zygote that does not answer a spawn request within this is stuck: it is killed, and
+// the next run starts a new one.
+constexpr auto kSpawnTimeout = std::chrono::seconds(10);
 
 Error unavailable(const std::string& why) { return make_error(Errc::jail_unavailable, "process jail unavailable: " + why); }
 
@@ -113,6 +116,10 @@ Result<std::shared_ptr<ZygoteLink>> ZygoteLink::start(const std::string& guest_p
   Result<channel::Hello> hello = polled > 0 && receive(ours.get(), datagram, unused) > 0
                                      ? decode_datagram<channel::Hello>(datagram)
                                      : Result<channel::Hello>(unavailable("the zygote did not start"));
+  if (hello && hello->protocol != channel::kProtocolVersion) {
+    hello = unavailable("the guest speaks channel protocol " + std::to_string(hello->protocol) + ", this node " +
+                        std::to_string(channel::kProtocolVersion));
+  }
   if (!hello) {
     ::kill(pid, SIGKILL);
     while (::waitpid(pid, nullptr, 0) < 0 && errno == EINTR) {
@@ -173,7 +180,15 @@ Result<SpawnedGuest> ZygoteLink::spawn(const Limits& limits, bool allow_jit, Uni
   }
   guest_end.reset();
   lock.lock();
-  if (sent) changed_.wait(lock, [&] { return dead_ || pending_[id].spawned.has_value(); });
+  bool answered = true;
+  if (sent) {
+    answered = changed_.wait_for(lock, kSpawnTimeout, [&] { return dead_ || pending_[id].spawned.has_value(); });
+  }
+  if (!answered) {
+    pending_.erase(id);
+    ::kill(pid_, SIGKILL);  // the reader sees it go and marks the link dead
+    return unavailable("the zygote did not answer a spawn request within 10 s");
+  }
   Pending& entry = pending_[id];
   if (!entry.spawned || entry.spawned->pid == 0 || !entry.pidfd.valid()) {
     std::string why = entry.spawned ? entry.spawned->error : std::string("the zygote died");

@@ -8,6 +8,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <cstdlib>
 #include <memory>
 #include <string>
 #include <thread>
@@ -239,4 +240,23 @@ TEST_CASE("a guest's exit is classified from the zygote's report") {
               "guest crashed: exited with status 3 without an answer");
   check_error(classify_guest_end(nullptr, -1, l), Errc::guest_crashed,
               "guest crashed: the zygote died before reporting how the guest ended");
+}
+
+TEST_CASE("the guest binary is found through SOJOURN_GUEST, and a missing one is a clear error") {
+  using sojourn::sandbox::find_guest_binary;
+  auto missing = find_guest_binary("/nonexistent/sojourn-guest");
+  REQUIRE_FALSE(missing.ok());
+  CHECK(missing.error().code == Errc::jail_unavailable);
+  CHECK(missing.error().message == "process jail unavailable: no guest binary (tried /nonexistent/sojourn-guest)");
+  auto found = find_guest_binary("");
+  REQUIRE(found.ok());
+  if (const char* env = std::getenv("SOJOURN_GUEST")) CHECK(*found == env);
+  auto refused = ProcessJail::start(ProcessJailOptions{"/nonexistent/sojourn-guest"});
+  REQUIRE_FALSE(refused.ok());
+  CHECK(refused.error().code == Errc::jail_unavailable);
+}
+
+TEST_CASE("without a host, node.call fails as at the trusted level, before its arguments are converted") {
+  check_error(run("local r = node.call('echo', 1, {cb = print})"), Errc::lua_error,
+              "Lua error at eval:1: node.call is not available here");
 }
