@@ -107,6 +107,12 @@ void become_guest(const channel::SpawnRequest& request, int channel_fd, const Co
   action.sa_flags = SA_SIGINFO;
   sigemptyset(&action.sa_mask);
   if (::sigaction(SIGSYS, &action, nullptr) != 0) fail_setup(kChannelFd, "sigaction(SIGSYS)");
+  // A mask inherited from the node (whose threads may block signals) must not hide the
+  // report: with SIGSYS blocked the kernel would kill at once, number unknown.
+  sigset_t unblock;
+  sigemptyset(&unblock);
+  sigaddset(&unblock, SIGSYS);
+  if (::sigprocmask(SIG_UNBLOCK, &unblock, nullptr) != 0) fail_setup(kChannelFd, "sigprocmask");
   if (int rc = install_filter(filter); rc != 0) {
     errno = -rc;
     fail_setup(kChannelFd, "seccomp");

@@ -52,6 +52,9 @@ Result<std::string> find_guest_binary(const std::string& explicit_path) {
     std::error_code ec;
     const fs::path self = fs::read_symlink("/proc/self/exe", ec);
     if (!ec && found(self.parent_path() / kGuestName)) return (self.parent_path() / kGuestName).string();
+    // An installed tree moved elsewhere: PREFIX/bin/app finds PREFIX/libexec/sojourn/sojourn-guest.
+    const fs::path relocated = self.parent_path().parent_path() / "libexec" / "sojourn" / kGuestName;
+    if (!ec && found(relocated)) return relocated.string();
 #ifdef SOJOURN_GUEST_INSTALL_PATH
     if (found(SOJOURN_GUEST_INSTALL_PATH)) return std::string(SOJOURN_GUEST_INSTALL_PATH);
 #endif

@@ -15,7 +15,8 @@ namespace sojourn::sandbox {
 
 struct ProcessJailOptions {
   // The sojourn-guest executable. Empty: $SOJOURN_GUEST, then beside the running
-  // executable, then the install's libexec directory, then the build tree.
+  // executable, then ../libexec/sojourn/ from it, then the install's libexec directory,
+  // then the build tree.
   std::string guest_path;
   // New user/net/mount/pid/ipc namespaces for each guest where the kernel allows them.
   bool namespaces = true;
