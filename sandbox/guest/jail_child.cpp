@@ -58,7 +58,9 @@ void set_limit(int fd, int resource, std::uint64_t value, const char* name) {
 }  // namespace
 
 GuestRlimits guest_rlimits(const Limits& limits) {
-  return GuestRlimits{arena_bytes_for_quota(limits.memory_bytes) + 2 * limits.memory_bytes + kGuestOverheadBytes,
+  // The C++ side may hold a result up to the quota three times over (Values, their
+  // encoding, the frame) while the arena is still mapped.
+  return GuestRlimits{arena_bytes_for_quota(limits.memory_bytes) + 4 * limits.memory_bytes + kGuestOverheadBytes,
                       (limits.wall_ms + 999) / 1000 + 1};
 }
 

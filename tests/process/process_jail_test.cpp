@@ -260,3 +260,14 @@ TEST_CASE("without a host, node.call fails as at the trusted level, before its a
   check_error(run("local r = node.call('echo', 1, {cb = print})"), Errc::lua_error,
               "Lua error at eval:1: node.call is not available here");
 }
+
+TEST_CASE("large arguments and results cross the channel intact") {
+  const std::string big(10'000'000, 'a');
+  auto r = run("local s = ... return #s, s:sub(-3), ('xy'):rep(10e6)", limits(100'000'000, 128u << 20),
+               Value::array({big}));
+  REQUIRE_MESSAGE(r.ok(), (r.ok() ? "" : r.error().message));
+  CHECK(r->get(1).as_integer() == 10'000'000);
+  CHECK(r->get(2).as_string() == "aaa");
+  CHECK(r->get(3).as_string().size() == 20'000'000);
+  CHECK(r->get(3).as_string().substr(19'999'998) == "xy");
+}
