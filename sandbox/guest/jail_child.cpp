@@ -16,13 +16,15 @@
 #include <string>
 
 #include "arena.hpp"
+#include "guest_heap.hpp"
 #include "guest_serve.hpp"
 
 namespace sojourn::sandbox::guest {
 
 namespace {
 
-constexpr std::uint64_t kGuestOverheadBytes = 128u << 20;  // image, stack, C++ heap slack
+constexpr std::uint64_t kGuestOverheadBytes = 128u << 20;  // image, stack, JIT machine code
+constexpr std::uint64_t kCxxHeapSlack = 64u << 20;         // the request, buffers
 constexpr uid_t kNobody = 65534;
 
 std::optional<FixedArena> g_arena;
@@ -58,9 +60,9 @@ void set_limit(int fd, int resource, std::uint64_t value, const char* name) {
 }  // namespace
 
 GuestRlimits guest_rlimits(const Limits& limits) {
-  // The C++ side may hold a result up to the quota three times over (Values, their
-  // encoding, the frame) while the arena is still mapped.
-  return GuestRlimits{arena_bytes_for_quota(limits.memory_bytes) + 4 * limits.memory_bytes + kGuestOverheadBytes,
+  // Both heaps are mapped before the limit is set; it only leaves room for the image, the
+  // stack and the JIT's machine code, and refuses any other mapping.
+  return GuestRlimits{arena_bytes_for_quota(limits.memory_bytes) + kCxxHeapBytes + kGuestOverheadBytes,
                       (limits.wall_ms + 999) / 1000 + 1};
 }
 
@@ -95,6 +97,9 @@ void become_guest(const channel::SpawnRequest& request, int channel_fd, const Co
     errno = ENOMEM;
     fail_setup(kChannelFd, arena.error().message);
   }
+  // The C++ side may hold a result up to the quota three times over (Values, their
+  // encoding, the frame), plus the request.
+  limit_cxx_heap(4 * request.limits.memory_bytes + kCxxHeapSlack);
   const GuestRlimits limits = guest_rlimits(request.limits);
   set_limit(kChannelFd, RLIMIT_CORE, 0, "RLIMIT_CORE");
   set_limit(kChannelFd, RLIMIT_FSIZE, 0, "RLIMIT_FSIZE");

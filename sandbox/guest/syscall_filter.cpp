@@ -1,6 +1,6 @@
 // The guest's syscall allow-list. After the filter is in place the guest only talks on its
-// channel, grows its C++ heap, seeds LuaJIT's PRNG and exits; its Lua heap is the arena
-// mapped before the filter. Measured with `strace -f -c` (docs/jails.md).
+// channel, seeds LuaJIT's PRNG and exits: its Lua heap and its C++ heap are regions mapped
+// before the filter (arena.hpp, guest_heap.hpp). Measured with strace (docs/jails.md).
 #include "syscall_filter.hpp"
 
 #include <fcntl.h>
@@ -23,15 +23,12 @@ namespace {
 constexpr SyscallRow kTable[] = {
   {SCMP_SYS(read),          "read",          ArgRule::channel_only,  false, "guest runtime: run requests and host replies from the channel"},
   {SCMP_SYS(write),         "write",         ArgRule::channel_only,  false, "guest runtime: host calls and results; the SIGSYS handler's report"},
-  {SCMP_SYS(brk),           "brk",           ArgRule::any,           false, "glibc malloc: the C++ side (Values, frames) grows its heap"},
-  {SCMP_SYS(mmap),          "mmap",          ArgRule::never_exec,    false, "glibc malloc: blocks of 128 KiB and more; never executable"},
-  {SCMP_SYS(munmap),        "munmap",        ArgRule::any,           false, "glibc free of those blocks"},
-  {SCMP_SYS(mremap),        "mremap",        ArgRule::any,           false, "glibc realloc of those blocks (large strings, frame buffers)"},
   {SCMP_SYS(getrandom),     "getrandom",     ArgRule::any,           false, "lua_newstate: LuaJIT seeds its PRNG (the state is refused without it)"},
   {SCMP_SYS(clock_gettime), "clock_gettime", ArgRule::any,           false, "count hook: the deadline's steady_clock, where no vDSO answers it"},
   {SCMP_SYS(exit_group),    "exit_group",    ArgRule::any,           false, "guest runtime: the end of a run"},
   {SCMP_SYS(mmap),          "mmap",          ArgRule::write_xor_exec, true, "LuaJIT JIT: machine-code areas, mapped writable then executable"},
   {SCMP_SYS(mprotect),      "mprotect",      ArgRule::write_xor_exec, true, "LuaJIT JIT: flips machine code between writable and executable"},
+  {SCMP_SYS(munmap),        "munmap",        ArgRule::any,            true, "LuaJIT JIT: frees machine-code areas"},
   {SCMP_SYS(kill),          "kill",          ArgRule::kill,          false, "never allowed: the SIGSYS handler's way to end the guest"},
 };
 // clang-format on
@@ -84,7 +81,6 @@ Result<CompiledFilter> compile_guest_filter(bool allow_jit, DefaultAction action
     if (row.jit_only && !allow_jit) continue;
     // libseccomp refuses a rule whose action is the default one.
     if (row.rule == ArgRule::kill && action == DefaultAction::kill_process) continue;
-    // The JIT rows widen mmap; the never_exec mmap row is then redundant but harmless.
     if (int rc = add_row(ctx.get(), row); rc != 0) return seccomp_error(row.name, rc);
   }
   // libseccomp writes the program to a descriptor: a pipe holds it (a few hundred bytes).
