@@ -9,6 +9,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -84,26 +85,31 @@ bool run_exec_guest(const std::vector<std::string>& args) {
 
 struct Row {
   std::string name;
-  LatencySummary summary;
+  std::function<bool()> once;
+  std::vector<double> samples;
   std::size_t failures = 0;
 };
 
-Row measure(const std::string& name, std::size_t n, const std::function<bool()>& once) {
-  Row row{name, {}, 0};
-  for (std::size_t i = 0; i < 3; ++i) once();  // warm the page cache and the allocator
-  std::vector<double> samples;
-  for (std::size_t i = 0; i < n; ++i) {
-    const auto start = Clock::now();
-    const bool ok = once();
-    const auto end = Clock::now();
-    if (!ok) {
-      ++row.failures;
-      continue;
-    }
-    samples.push_back(std::chrono::duration<double, std::micro>(end - start).count());
+// Rounds alternate the rows, so that the machine's drift (neighbours on a shared VM) hits
+// every row alike instead of whichever ran during a busy spell.
+void measure(std::vector<Row>& rows, std::size_t n, std::size_t rounds) {
+  for (Row& row : rows) {
+    for (std::size_t i = 0; i < 3; ++i) row.once();  // warm the page cache and the allocator
   }
-  row.summary = summarize(std::move(samples));
-  return row;
+  for (std::size_t round = 0; round < rounds; ++round) {
+    for (Row& row : rows) {
+      for (std::size_t i = 0; i < n / rounds; ++i) {
+        const auto start = Clock::now();
+        const bool ok = row.once();
+        const auto end = Clock::now();
+        if (!ok) {
+          ++row.failures;
+          continue;
+        }
+        row.samples.push_back(std::chrono::duration<double, std::micro>(end - start).count());
+      }
+    }
+  }
 }
 
 // Proportional set size of a process, from /proc/PID/smaps_rollup, in KiB.
@@ -154,33 +160,39 @@ int main(int argc, char** argv) {
   const RunInput input = first_result_input();
 
   std::vector<Row> rows;
-  rows.push_back(measure("trusted level, in-process run_lua", n, [&] { return sandbox::run_lua(input, nullptr).ok(); }));
-  rows.push_back(measure("process jail: zygote fork + jail + run", n, [&] { return (*jail)->run(input, nullptr).ok(); }));
-  rows.push_back(measure("process jail without namespaces", n, [&] { return (*bare_jail)->run(input, nullptr).ok(); }));
-  rows.push_back(measure("fork+exec of the static guest (no jail)", n, [&] { return run_exec_guest({*guest, "--serve"}); }));
+  rows.push_back({"trusted level, in-process run_lua", [&] { return sandbox::run_lua(input, nullptr).ok(); }});
+  rows.push_back({"process jail: zygote fork + jail + run", [&] { return (*jail)->run(input, nullptr).ok(); }});
+  rows.push_back({"process jail without namespaces", [&] { return (*bare_jail)->run(input, nullptr).ok(); }});
+  rows.push_back({"fork+exec of the static guest (no jail)", [&] { return run_exec_guest({*guest, "--serve"}); }});
   if (have_bwrap) {
     const std::vector<std::string> bwrap{"/usr/bin/bwrap", "--unshare-all", "--ro-bind", "/", "/"};
-    auto with = [&](std::vector<std::string> tail) {
+    auto with = [bwrap](std::vector<std::string> tail) {  // a copy: the rows outlive this block
       auto args = bwrap;
       args.insert(args.end(), tail.begin(), tail.end());
       return args;
     };
-    rows.push_back(measure("bwrap --unshare-all --ro-bind / / true", n, [&] {
+    rows.push_back({"bwrap --unshare-all --ro-bind / / true", [&, with] {
       const pid_t pid = spawn(with({"/bin/true"}), -1);
       return pid > 0 && WIFEXITED(wait_for(pid));
-    }));
-    rows.push_back(measure("bwrap ... sojourn-guest --serve (run)", n, [&] { return run_exec_guest(with({*guest, "--serve"})); }));
+    }});
+    rows.push_back({"bwrap ... sojourn-guest --serve (run)", [&, with] { return run_exec_guest(with({*guest, "--serve"})); }});
   }
+  constexpr std::size_t kRounds = 10;
+  n = std::max(n, kRounds) / kRounds * kRounds;
+  measure(rows, n, kRounds);
 
   const auto status = (*jail)->status();
-  std::printf("cold start to the first Lua result (\"return 1\"), %zu runs each; guest %s\n", n, guest->c_str());
+  std::printf("cold start to the first Lua result (\"return 1\"), %zu runs each in %zu alternating rounds; guest %s\n", n,
+              kRounds, guest->c_str());
   std::printf("zygote namespaces: %s%s%s\n\n", status.namespaces.empty() ? "none" : status.namespaces.c_str(),
               status.namespace_fallback.empty() ? "" : "; missing: ", status.namespace_fallback.c_str());
-  const double base = rows[1].summary.median_us;
+  std::vector<LatencySummary> summaries;
+  for (const Row& row : rows) summaries.push_back(summarize(row.samples));
+  const double base = summaries[1].median_us;
   std::printf("%-44s %12s %12s %14s %9s\n", "start + run", "median us", "p99 us", "median/jail", "failed");
-  for (const Row& row : rows) {
-    std::printf("%-44s %12.0f %12.0f %14.2f %9zu\n", row.name.c_str(), row.summary.median_us, row.summary.p99_us,
-                base > 0 ? row.summary.median_us / base : 0.0, row.failures);
+  for (std::size_t i = 0; i < rows.size(); ++i) {
+    std::printf("%-44s %12.0f %12.0f %14.2f %9zu\n", rows[i].name.c_str(), summaries[i].median_us, summaries[i].p99_us,
+                base > 0 ? summaries[i].median_us / base : 0.0, rows[i].failures);
   }
 
   // Memory: an idle guest waits for its request on the channel.
