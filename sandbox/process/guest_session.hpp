@@ -40,7 +40,8 @@ Result<Value> run_outcome(std::span<const std::uint8_t> payload);
 Result<AgentOutcome> agent_outcome(std::span<const std::uint8_t> payload);
 
 // One request in a guest forked by `zygote`: the payload of its final frame, or the error
-// that ended it (kills, seccomp, crashes).
+// that ended it (kills, seccomp, crashes). Errors: the zygote could not fork a guest
+// (SessionCounters::guests_started did not move) is guest_crashed "guest crashed: ...".
 Result<std::vector<std::uint8_t>> run_in_guest(ZygoteLink& zygote, const RunInput& input,
                                                std::span<const std::uint8_t> request, channel::Kind done,
                                                HostCalls* host, const SessionOptions& options,

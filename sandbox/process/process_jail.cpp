@@ -135,9 +135,15 @@ class ProcessJail::Impl {
 
   Result<std::vector<std::uint8_t>> in_guest(const RunInput& input, const std::vector<std::uint8_t>& request,
                                              channel::Kind done, HostCalls* host) {
-    Result<std::shared_ptr<ZygoteLink>> link = zygote();
-    if (!link) return link.error();
-    return run_in_guest(**link, input, request, done, host, SessionOptions{options_.kill_grace_ms}, counters_);
+    // A zygote that died since the last run is only noticed when a spawn fails: no guest
+    // ran, so the run is tried once more on a new zygote.
+    for (int attempt = 0;; ++attempt) {
+      Result<std::shared_ptr<ZygoteLink>> link = zygote();
+      if (!link) return link.error();
+      const std::uint64_t started = counters_.guests_started.load();
+      auto result = run_in_guest(**link, input, request, done, host, SessionOptions{options_.kill_grace_ms}, counters_);
+      if (result || attempt > 0 || (*link)->alive() || counters_.guests_started.load() != started) return result;
+    }
   }
 
   ProcessJailStatus status() const {

@@ -180,6 +180,7 @@ Result<SpawnedGuest> ZygoteLink::spawn(const Limits& limits, bool allow_jit, Uni
   }
   guest_end.reset();
   lock.lock();
+  if (!sent) dead_ = true;  // the zygote is gone; the reader will see it too
   bool answered = true;
   if (sent) {
     answered = changed_.wait_for(lock, kSpawnTimeout, [&] { return dead_ || pending_[id].spawned.has_value(); });
