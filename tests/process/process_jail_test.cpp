@@ -270,3 +270,19 @@ TEST_CASE("large arguments and results cross the channel intact") {
   CHECK(r->get(3).as_string().size() == 20'000'000);
   CHECK(r->get(3).as_string().substr(19'999'998) == "xy");
 }
+
+TEST_CASE("a guest that outlives its CPU-time rlimit is killed by the kernel and reported as cpu_limit") {
+  // The host's wall-clock kill is held back, so RLIMIT_CPU (ceil(100 ms) + 1 = 2 s) fires.
+  ProcessJailOptions options;
+  options.guest_path = SOJOURN_TEST_GUEST_PATH;
+  options.kill_grace_ms = 10'000;
+  auto patient = ProcessJail::start(options);
+  REQUIRE(patient.ok());
+  RunInput input;
+  input.source = "--@spin\nreturn 1";
+  input.limits = limits(5000, kMemory, 100);
+  const auto start = std::chrono::steady_clock::now();
+  check_error((*patient)->run(input, nullptr), Errc::cpu_limit, "CPU limit of 5000 instructions exceeded");
+  CHECK(std::chrono::steady_clock::now() - start < std::chrono::seconds(8));
+  CHECK((*patient)->status().guests_killed == 0);  // the kernel's kill, not the host's
+}
