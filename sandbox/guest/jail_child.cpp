@@ -63,7 +63,7 @@ GuestRlimits guest_rlimits(const Limits& limits) {
   // Both heaps are mapped before the limit is set; it only leaves room for the image, the
   // stack and the JIT's machine code, and refuses any other mapping.
   return GuestRlimits{arena_bytes_for_quota(limits.memory_bytes) + kCxxHeapBytes + kGuestOverheadBytes,
-                      (limits.wall_ms + 999) / 1000 + 1};
+                      channel::guest_cpu_seconds(limits)};
 }
 
 Result<void> install_arena(std::uint64_t quota_bytes) {

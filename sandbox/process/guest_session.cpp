@@ -99,7 +99,7 @@ Error classify_guest_end(const channel::Exited* exited, long seccomp_syscall, co
                                               (seccomp_syscall >= 0 ? std::to_string(seccomp_syscall) : "unknown"));
   }
   // RLIMIT_CPU: soft = hard, so the kernel sends SIGKILL (SIGXCPU without a pid namespace).
-  const std::uint64_t cpu_cap_us = ((limits.wall_ms + 999) / 1000 + 1) * 1'000'000ull;
+  const std::uint64_t cpu_cap_us = channel::guest_cpu_seconds(limits) * 1'000'000ull;
   if (signalled && (exited->status == SIGXCPU || exited->status == SIGKILL) && exited->cpu_us + 20'000 >= cpu_cap_us) {
     return limit(Errc::cpu_limit, limits);
   }

@@ -39,6 +39,11 @@ enum class Kind : std::uint8_t {
   exited = 32,       // Exited: a guest was reaped
 };
 
+// A guest's CPU-time rlimit (RLIMIT_CPU, soft = hard) for a run's limits: a backstop
+// behind the host's wall-clock kill, so the wall budget rounded up, plus a second. Shared
+// by the guest that sets it and the host that recognises the kernel's kill.
+inline std::uint64_t guest_cpu_seconds(const Limits& limits) { return (limits.wall_ms + 999) / 1000 + 1; }
+
 struct RunRequest {
   static constexpr Kind kKind = Kind::run;
   std::string source;
