@@ -230,8 +230,10 @@ TEST_CASE("a guest's exit is classified from the zygote's report") {
   Exited sigsys{1, 10, CLD_KILLED, SIGSYS, 0};
   check_error(classify_guest_end(&sigsys, 41, l), Errc::seccomp_kill, "guest killed by seccomp: syscall 41");
   check_error(classify_guest_end(&sigsys, -1, l), Errc::seccomp_kill, "guest killed by seccomp: syscall unknown");
-  Exited cpu{1, 10, CLD_KILLED, SIGKILL, 3'000'000};
+  Exited cpu{1, 10, CLD_KILLED, SIGKILL, 2'900'000};
   check_error(classify_guest_end(&cpu, -1, l), Errc::cpu_limit, "CPU limit of 100 instructions exceeded");
+  Exited early_kill{1, 10, CLD_KILLED, SIGKILL, 1'000'000};  // someone else's SIGKILL
+  check_error(classify_guest_end(&early_kill, -1, l), Errc::guest_crashed, "guest crashed: killed by signal 9 (SIGKILL)");
   Exited segv{1, 10, CLD_DUMPED, SIGSEGV, 1000};
   check_error(classify_guest_end(&segv, -1, l), Errc::guest_crashed, "guest crashed: killed by signal 11 (SIGSEGV)");
   Exited quiet{1, 10, CLD_EXITED, 3, 1000};

@@ -42,6 +42,10 @@ int in_filtered_child(bool jit, const std::function<long()>& body) {
   const CompiledFilter& program = filter(jit);  // compiled in the parent
   int pair[2];
   REQUIRE(::socketpair(AF_UNIX, SOCK_STREAM, 0, pair) == 0);
+  // Something for the child to read, written before the fork: a child that is already
+  // dead cannot make this write raise SIGPIPE.
+  char byte = 'x';
+  REQUIRE(::write(pair[0], &byte, 1) == 1);
   const pid_t pid = ::fork();
   REQUIRE(pid >= 0);
   if (pid == 0) {
@@ -50,8 +54,6 @@ int in_filtered_child(bool jit, const std::function<long()>& body) {
     child_exit(body() < 0 ? 1 : 0);
   }
   ::close(pair[1]);
-  char byte = 'x';
-  (void)!::write(pair[0], &byte, 1);  // something for the child to read
   int status = 0;
   while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
   }
