@@ -52,8 +52,12 @@ void report_sigsys(int /*sig*/, siginfo_t* info, void* /*context*/) {
   exit_now(128 + SIGSYS);  // not reached
 }
 
-void set_limit(int fd, int resource, std::uint64_t value, const char* name) {
-  const rlimit limit{value, value};
+// SIGXCPU at the CPU-time soft limit: the exit status tells the host why (the kernel's
+// SIGKILL at the hard limit would not: rusage is too coarse to tell it from another kill).
+void report_sigxcpu(int /*sig*/) { exit_now(channel::kCpuLimitExitStatus); }
+
+void set_limit(int fd, int resource, std::uint64_t value, const char* name, std::uint64_t hard_extra = 0) {
+  const rlimit limit{value, value + hard_extra};
   if (::setrlimit(resource, &limit) != 0) fail_setup(fd, name);
 }
 
@@ -105,7 +109,7 @@ void become_guest(const channel::SpawnRequest& request, int channel_fd, const Co
   set_limit(kChannelFd, RLIMIT_FSIZE, 0, "RLIMIT_FSIZE");
   set_limit(kChannelFd, RLIMIT_NOFILE, kChannelFd + 1, "RLIMIT_NOFILE");
   set_limit(kChannelFd, RLIMIT_NPROC, 0, "RLIMIT_NPROC");
-  set_limit(kChannelFd, RLIMIT_CPU, limits.cpu_seconds, "RLIMIT_CPU");
+  set_limit(kChannelFd, RLIMIT_CPU, limits.cpu_seconds, "RLIMIT_CPU", 1);
   set_limit(kChannelFd, RLIMIT_AS, limits.address_space, "RLIMIT_AS");
   ::prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
 
@@ -114,11 +118,16 @@ void become_guest(const channel::SpawnRequest& request, int channel_fd, const Co
   action.sa_flags = SA_SIGINFO;
   sigemptyset(&action.sa_mask);
   if (::sigaction(SIGSYS, &action, nullptr) != 0) fail_setup(kChannelFd, "sigaction(SIGSYS)");
+  struct sigaction cpu_action{};
+  cpu_action.sa_handler = report_sigxcpu;
+  sigemptyset(&cpu_action.sa_mask);
+  if (::sigaction(SIGXCPU, &cpu_action, nullptr) != 0) fail_setup(kChannelFd, "sigaction(SIGXCPU)");
   // A mask inherited from the node (whose threads may block signals) must not hide the
   // report: with SIGSYS blocked the kernel would kill at once, number unknown.
   sigset_t unblock;
   sigemptyset(&unblock);
   sigaddset(&unblock, SIGSYS);
+  sigaddset(&unblock, SIGXCPU);
   if (::sigprocmask(SIG_UNBLOCK, &unblock, nullptr) != 0) fail_setup(kChannelFd, "sigprocmask");
   if (int rc = install_filter(filter); rc != 0) {
     errno = -rc;

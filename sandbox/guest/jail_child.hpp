@@ -11,7 +11,7 @@ namespace sojourn::sandbox::guest {
 // rlimits of a guest, from the run's limits.
 struct GuestRlimits {
   std::uint64_t address_space;  // RLIMIT_AS: the arena, the C++ heap, the image and stack
-  std::uint64_t cpu_seconds;    // RLIMIT_CPU (soft = hard, so the kernel sends SIGKILL)
+  std::uint64_t cpu_seconds;    // RLIMIT_CPU soft limit (SIGXCPU); the hard one is a second later
 };
 GuestRlimits guest_rlimits(const Limits& limits);
 

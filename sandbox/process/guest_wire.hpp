@@ -43,6 +43,9 @@ enum class Kind : std::uint8_t {
 // behind the host's wall-clock kill, so the wall budget rounded up, plus a second. Shared
 // by the guest that sets it and the host that recognises the kernel's kill.
 inline std::uint64_t guest_cpu_seconds(const Limits& limits) { return (limits.wall_ms + 999) / 1000 + 1; }
+// The exit status of a guest whose SIGXCPU handler ended it at its CPU-time soft limit
+// (the hard limit, a second later, is the kernel's SIGKILL should the handler not run).
+inline constexpr int kCpuLimitExitStatus = 128 + 24;  // 128 + SIGXCPU, as a shell reports it
 
 struct RunRequest {
   static constexpr Kind kKind = Kind::run;

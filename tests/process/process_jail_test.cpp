@@ -230,8 +230,10 @@ TEST_CASE("a guest's exit is classified from the zygote's report") {
   Exited sigsys{1, 10, CLD_KILLED, SIGSYS, 0};
   check_error(classify_guest_end(&sigsys, 41, l), Errc::seccomp_kill, "guest killed by seccomp: syscall 41");
   check_error(classify_guest_end(&sigsys, -1, l), Errc::seccomp_kill, "guest killed by seccomp: syscall unknown");
-  Exited cpu{1, 10, CLD_KILLED, SIGKILL, 2'900'000};
+  Exited cpu{1, 10, CLD_EXITED, sojourn::sandbox::channel::kCpuLimitExitStatus, 1'000'000};
   check_error(classify_guest_end(&cpu, -1, l), Errc::cpu_limit, "CPU limit of 100 instructions exceeded");
+  Exited hard_cpu{1, 10, CLD_KILLED, SIGKILL, 3'000'000};
+  check_error(classify_guest_end(&hard_cpu, -1, l), Errc::cpu_limit, "CPU limit of 100 instructions exceeded");
   Exited early_kill{1, 10, CLD_KILLED, SIGKILL, 1'000'000};  // someone else's SIGKILL
   check_error(classify_guest_end(&early_kill, -1, l), Errc::guest_crashed, "guest crashed: killed by signal 9 (SIGKILL)");
   Exited segv{1, 10, CLD_DUMPED, SIGSEGV, 1000};
@@ -274,7 +276,8 @@ TEST_CASE("large arguments and results cross the channel intact") {
 }
 
 TEST_CASE("a guest that outlives its CPU-time rlimit is killed by the kernel and reported as cpu_limit") {
-  // The host's wall-clock kill is held back, so RLIMIT_CPU (ceil(100 ms) + 1 = 2 s) fires.
+  // The host's wall-clock kill is held back, so RLIMIT_CPU (ceil(100 ms) + 1 = 2 s) fires:
+  // SIGXCPU, whose handler exits with the status the host recognises.
   ProcessJailOptions options;
   options.guest_path = SOJOURN_TEST_GUEST_PATH;
   options.kill_grace_ms = 10'000;
