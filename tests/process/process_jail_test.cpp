@@ -291,3 +291,22 @@ TEST_CASE("a guest that outlives its CPU-time rlimit is killed by the kernel and
   CHECK(std::chrono::steady_clock::now() - start < std::chrono::seconds(8));
   CHECK((*patient)->status().guests_killed == 0);  // the kernel's kill, not the host's
 }
+
+TEST_CASE("a jail without namespaces says why, and its guests still run under the filter") {
+  ProcessJailOptions options;
+  options.guest_path = SOJOURN_TEST_GUEST_PATH;
+  options.namespaces = false;
+  auto bare = ProcessJail::start(options);
+  REQUIRE(bare.ok());
+  CHECK((*bare)->status().namespaces.empty());
+  CHECK((*bare)->status().namespace_fallback == "namespaces turned off by the node's options");
+  RunInput input;
+  input.source = "return 6 * 7";
+  input.limits = limits();
+  auto r = (*bare)->run(input, nullptr);
+  REQUIRE(r.ok());
+  CHECK(r->get(1).as_integer() == 42);
+  input.source = "--@syscall socket\nreturn 1";
+  check_error((*bare)->run(input, nullptr), Errc::seccomp_kill,
+              "guest killed by seccomp: syscall " + std::to_string(SYS_socket));
+}
