@@ -13,6 +13,7 @@
 #include <string>
 
 #include "host_channel.hpp"
+#include "lua_limits.hpp"
 
 namespace sojourn::sandbox {
 
@@ -27,16 +28,8 @@ constexpr std::uint64_t kFrameSlack = 1u << 20;
 // How long a guest that closed its channel has to be reported by the zygote.
 constexpr auto kExitReportWait = std::chrono::seconds(5);
 
-std::string limit_text(Errc code, const Limits& limits) {
-  switch (code) {
-    case Errc::cpu_limit: return "CPU limit of " + std::to_string(limits.cpu_instructions) + " instructions exceeded";
-    case Errc::memory_limit: return "memory limit of " + std::to_string(limits.memory_bytes) + " bytes exceeded";
-    case Errc::deadline: return "wall-clock deadline of " + std::to_string(limits.wall_ms) + " ms exceeded";
-    default: return "node is shutting down";
-  }
-}
-
-Error limit(Errc code, const Limits& limits) { return make_error(code, limit_text(code, limits)); }
+// The trusted level's own messages ("CPU limit of N instructions exceeded", ...).
+Error limit(Errc code, const Limits& limits) { return detail::limit_error(code, limits); }
 
 // The codes run_lua can end with; anything else from a guest is not believed.
 bool is_run_error(Errc code) {
