@@ -96,6 +96,87 @@ void free_block(FixedArena::Header& h, std::byte* block, std::size_t size) {
   }
 }
 
+// The remainder of a split block goes back to the list of its size.
+void give_back(FixedArena::Header& h, std::byte* rest, std::size_t size) {
+  if (size == 0) return;
+  if (size <= kSmallLimit) {
+    push_small(h, rest, size);
+  } else {
+    insert_large(h, rest, size);
+  }
+}
+
+// A block from the exact lists of sizes [want, limit], split to `want`.
+std::byte* take_small(FixedArena::Header& h, std::size_t want, std::size_t limit) {
+  limit = std::min(limit, kSmallLimit);
+  for (std::size_t size = want; size <= limit; size += kAlign) {
+    SmallFree*& head = h.small[size / kAlign - 1];
+    if (head == nullptr) continue;
+    auto* block = reinterpret_cast<std::byte*>(head);  // SAFETY: a free block of `size` bytes
+    head = head->next;
+    give_back(h, block + want, size - want);
+    return block;
+  }
+  return nullptr;
+}
+
+// Sorts a list of free blocks by address (merge sort on the links: no memory needed).
+LargeFree* sort_by_address(LargeFree* list) {
+  if (list == nullptr || list->next == nullptr) return list;
+  LargeFree* slow = list;
+  for (LargeFree* fast = list->next; fast != nullptr && fast->next != nullptr; fast = fast->next->next) slow = slow->next;
+  LargeFree* second = slow->next;
+  slow->next = nullptr;
+  LargeFree* a = sort_by_address(list);
+  LargeFree* b = sort_by_address(second);
+  LargeFree head{0, nullptr};
+  LargeFree* tail = &head;
+  while (a != nullptr && b != nullptr) {
+    LargeFree*& smaller = a < b ? a : b;
+    tail->next = smaller;
+    tail = smaller;
+    smaller = smaller->next;
+  }
+  tail->next = a != nullptr ? a : b;
+  return head.next;
+}
+
+// When the top is exhausted: merges every pair of adjacent free blocks, whatever list
+// holds them (the exact-size lists never coalesce on their own), and lowers the top over
+// free blocks that end at it. O(n log n) in the free blocks, and only when memory runs out.
+void coalesce_all(FixedArena::Header& h) {
+  LargeFree* all = h.large;
+  for (std::size_t i = 0; i < kSmallLists; ++i) {
+    for (SmallFree* node = h.small[i]; node != nullptr;) {
+      SmallFree* next = node->next;
+      // SAFETY: a free block of (i + 1) * 16 >= sizeof(LargeFree) bytes, reused as a node.
+      all = new (node) LargeFree{(i + 1) * kAlign, all};
+      node = next;
+    }
+    h.small[i] = nullptr;
+  }
+  h.large = nullptr;
+  LargeFree** large_tail = &h.large;
+  all = sort_by_address(all);
+  while (all != nullptr) {
+    LargeFree* block = all;
+    all = all->next;
+    while (all != nullptr && as_bytes(block) + block->size == as_bytes(all)) {
+      block->size += all->size;
+      all = all->next;
+    }
+    if (as_bytes(block) + block->size == h.top) {
+      h.top = as_bytes(block);  // the last block: nothing after it
+    } else if (block->size <= kSmallLimit) {
+      push_small(h, as_bytes(block), block->size);
+    } else {
+      block->next = nullptr;  // blocks come in address order: appending keeps the list sorted
+      *large_tail = block;
+      large_tail = &block->next;
+    }
+  }
+}
+
 // First fit in the large list; the rest of the block stays free.
 std::byte* take_large(FixedArena::Header& h, std::size_t size) {
   for (LargeFree** link = &h.large; *link != nullptr; link = &(*link)->next) {
@@ -180,20 +261,30 @@ FixedArena FixedArena::over(void* region, std::size_t bytes) {
   return FixedArena(header);
 }
 
-void* FixedArena::allocate(std::size_t size) noexcept {
-  Header& h = *header_;
-  const std::size_t want = rounded(size);
-  if (want <= kSmallLimit && h.small[want / kAlign - 1] != nullptr) {
-    SmallFree* node = h.small[want / kAlign - 1];
-    h.small[want / kAlign - 1] = node->next;
-    return node;
-  }
+namespace {
+
+// One pass of the allocation policy; null when nothing fits as the lists stand.
+std::byte* take(FixedArena::Header& h, std::size_t want) {
   if (want > kSmallLimit) {
     if (std::byte* block = take_large(h, want)) return block;
     return take_top(h, want);
   }
+  // The same size, or a little larger (an eighth), before growing the top.
+  if (std::byte* block = take_small(h, want, want + (want / 8 & ~(kAlign - 1)))) return block;
   if (std::byte* block = take_top(h, want)) return block;
+  if (std::byte* block = take_small(h, want, kSmallLimit)) return block;
   return take_large(h, want);
+}
+
+}  // namespace
+
+void* FixedArena::allocate(std::size_t size) noexcept {
+  Header& h = *header_;
+  if (size > static_cast<std::size_t>(h.end - h.start)) return nullptr;
+  const std::size_t want = rounded(size);
+  if (std::byte* block = take(h, want)) return block;
+  coalesce_all(h);
+  return take(h, want);
 }
 
 void* FixedArena::reallocate(void* block, std::size_t old_size, std::size_t new_size) noexcept {

@@ -15,16 +15,19 @@ namespace sojourn::sandbox::guest {
 // Above everything a static non-PIE x86-64 executable maps (image at 0x400000, brk after
 // it, mmap and the stack near 0x7fff'xxxx'xxxx), and inside the 47-bit user half.
 inline constexpr std::uintptr_t kArenaBase = 0x1000'0000'0000;
-// Requests up to this size are served from exact-size free lists (16-byte steps).
-inline constexpr std::size_t kSmallLimit = 1024;
+// Blocks up to this size are kept in exact-size free lists (16-byte steps); larger ones in
+// one address-ordered list where neighbours coalesce.
+inline constexpr std::size_t kSmallLimit = 32 * 1024;
 
 // The region's size for a memory quota: the quota, the same again for fragmentation
 // (LuaJIT doubles its strings and tables as they grow), and room for the bookkeeping.
 std::size_t arena_bytes_for_quota(std::uint64_t quota_bytes);
 
-// A segregated-fit allocator: exact-size free lists for small blocks, an address-ordered
+// A segregated-fit allocator: exact-size free lists for blocks up to 32 KiB (a request
+// takes its own size, else a free block up to 1/8 larger, split), an address-ordered
 // first-fit list with coalescing for larger ones, and a top pointer that grows into the
-// unused rest of the region and shrinks back when its last block is freed.
+// unused rest of the region and shrinks back when its last block is freed. When the top
+// is exhausted any free block large enough is split.
 class FixedArena final : public LuaHeap {
  public:
   // Maps `bytes` (rounded up to whole pages) at `base` with MAP_FIXED_NOREPLACE: fails if
