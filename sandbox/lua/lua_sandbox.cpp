@@ -49,7 +49,14 @@ int run_protected(lua_State* L) {
   const int load_status = luaL_loadbufferx(L, input.source.data(), input.source.size(), job.chunk_name.c_str(), "t");
   if (load_status == LUA_ERRMEM) detail::raise_limit(L, detail::limit_error(Errc::memory_limit, ctx.limits));
   if (load_status != 0) return lua_error(L);
-  const int nargs = lua::push_array_items(L, input.args);
+  // Functions the chunk defines may travel as text, cut out of this source.
+  lua::register_chunk(L, job.chunk_name, input.source);
+  Result<int> pushed = lua::push_array_items_protected(L, input.args, ctx.limits.memory_bytes);
+  if (!pushed.ok()) {
+    if (pushed.error().code == Errc::memory_limit) detail::raise_limit(L, detail::limit_error(Errc::memory_limit, ctx.limits));
+    detail::raise_limit(L, pushed.error());
+  }
+  const int nargs = *pushed;
 
   detail::arm_count_hook(L, ctx);
   lua_call(L, nargs, LUA_MULTRET);

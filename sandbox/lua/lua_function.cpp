@@ -1,0 +1,402 @@
+// Lua functions as Values. Sending side: a function's text is cut out of its chunk's
+// source (kept per run in the registry) by line range, and when several functions share
+// those lines, the one whose bytecode matches is chosen. Receiving side: the text is loaded
+// in mode "t" inside `local <upvalue names>; return <text>`, padded with newlines so that
+// line numbers in messages are the original ones.
+#include "lua_function.hpp"
+
+#include <algorithm>
+#include <cstring>
+#include <string>
+
+#include <lua.hpp>
+
+#include "lua_source_scan.hpp"
+#include "lua_value.hpp"
+
+namespace sojourn::sandbox::lua {
+
+namespace {
+
+// Registry tables; scripts never reach the registry (no debug library).
+constexpr const char* kChunksKey = "sojourn.chunks";        // chunk name -> {text -> {first line -> true}}
+constexpr const char* kFunctionsKey = "sojourn.functions";  // rebuilt function -> its text (weak keys)
+constexpr const char* kLibraryKey = "sojourn.library";      // function -> name and name -> function
+
+// Up to this many lines of padding; a function said to start further down is loaded
+// without padding (its messages then count lines from its own first line).
+constexpr std::uint32_t kMaxPaddingLines = 100000;
+constexpr std::size_t kMaxUpvalues = 60;  // LuaJIT's limit per function
+
+int absolute(lua_State* L, int index) { return index > 0 || index <= LUA_REGISTRYINDEX ? index : lua_gettop(L) + index + 1; }
+
+// Pushes registry[key], creating it first when missing.
+void push_registry_table(lua_State* L, const char* key, const char* weak_mode) {
+  lua_getfield(L, LUA_REGISTRYINDEX, key);
+  if (lua_istable(L, -1)) return;
+  lua_pop(L, 1);
+  lua_createtable(L, 0, 0);
+  if (weak_mode != nullptr) {
+    lua_createtable(L, 0, 1);
+    lua_pushstring(L, weak_mode);
+    lua_setfield(L, -2, "__mode");
+    lua_setmetatable(L, -2);
+  }
+  lua_pushvalue(L, -1);
+  lua_setfield(L, LUA_REGISTRYINDEX, key);
+}
+
+// Pushes t[key] for the table at -1, creating an empty table there when missing.
+void push_subtable(lua_State* L, std::string_view key) {
+  lua_pushlstring(L, key.data(), key.size());
+  lua_rawget(L, -2);
+  if (lua_istable(L, -1)) return;
+  lua_pop(L, 1);
+  lua_createtable(L, 0, 1);
+  lua_pushlstring(L, key.data(), key.size());
+  lua_pushvalue(L, -2);
+  lua_rawset(L, -4);
+}
+
+std::string_view lua_view(lua_State* L, int index) {
+  std::size_t len = 0;
+  const char* s = lua_tolstring(L, index, &len);
+  return {s, len};
+}
+
+std::string display_name(std::string_view chunk_name) {
+  if (!chunk_name.empty() && (chunk_name[0] == '=' || chunk_name[0] == '@')) chunk_name.remove_prefix(1);
+  if (chunk_name.size() > 60) return std::string(chunk_name.substr(0, 57)) + "...";
+  return std::string(chunk_name);
+}
+
+int dump_writer(lua_State* /*L*/, const void* p, std::size_t size, void* out) {
+  static_cast<std::string*>(out)->append(static_cast<const char*>(p), size);
+  return 0;
+}
+
+bool read_uleb(std::string_view s, std::size_t& pos, std::uint32_t& value) {
+  value = 0;
+  for (int shift = 0; shift < 35; shift += 7) {
+    if (pos >= s.size()) return false;
+    const auto byte = static_cast<unsigned char>(s[pos++]);
+    value |= static_cast<std::uint32_t>(byte & 0x7f) << shift;
+    if ((byte & 0x80) == 0) return true;
+  }
+  return false;
+}
+
+// One prototype of a dump without its upvalue descriptors (which say where in the parent
+// each upvalue lives, and differ between the original and a recompiled candidate) and
+// without its debug info: header, bytecode and constants. Empty when malformed.
+std::string prototype_signature(std::string_view p, bool stripped) {
+  if (p.size() < 4) return {};
+  const auto sizeuv = static_cast<unsigned char>(p[3]);
+  std::size_t at = 4;
+  std::uint32_t kgc = 0, kn = 0, nbc = 0, sizedbg = 0, ignored = 0;
+  if (!read_uleb(p, at, kgc) || !read_uleb(p, at, kn) || !read_uleb(p, at, nbc)) return {};
+  const std::size_t counts_end = at;
+  if (!stripped && (!read_uleb(p, at, sizedbg) ||
+                    (sizedbg != 0 && (!read_uleb(p, at, ignored) || !read_uleb(p, at, ignored))))) {
+    return {};
+  }
+  const std::size_t bc_end = at + std::size_t{nbc} * 4, k_begin = bc_end + std::size_t{sizeuv} * 2;
+  if (k_begin + sizedbg > p.size()) return {};
+  std::string sig(p.substr(0, counts_end));
+  sig.append(p.substr(at, bc_end - at));
+  sig.append(p.substr(k_begin, p.size() - sizedbg - k_begin));
+  return sig;
+}
+
+// What tells one function apart from another: the LuaJIT dump (lj_bcwrite.c format) of
+// the Lua function at -1, every prototype (nested functions first) by its signature.
+std::string bytecode_signature(lua_State* L) {
+  std::string dump;
+  if (lua_dump(L, dump_writer, &dump) != 0 || dump.size() < 5) return {};
+  std::size_t pos = 4;
+  std::uint32_t flags = 0, len = 0;
+  if (!read_uleb(dump, pos, flags)) return {};
+  const bool stripped = (flags & 0x02) != 0;
+  if (!stripped && (!read_uleb(dump, pos, len) || (pos += len) > dump.size())) return {};
+  std::string sig;
+  while (read_uleb(dump, pos, len) && len != 0 && pos + len <= dump.size()) {
+    const std::string one = prototype_signature(std::string_view(dump).substr(pos, len), stripped);
+    if (one.empty()) return {};
+    sig.append(std::to_string(one.size())).append(":").append(one);
+    pos += len;
+  }
+  return sig;
+}
+
+std::vector<std::string> upvalue_names(lua_State* L, int fn) {
+  std::vector<std::string> names;
+  for (int i = 1;; ++i) {
+    const char* name = lua_getupvalue(L, fn, i);
+    if (name == nullptr) break;
+    lua_pop(L, 1);
+    names.emplace_back(name);
+  }
+  return names;
+}
+
+// The wrapper that turns `text`'s free names `names` back into upvalues.
+std::string wrapper_source(const std::string& text, const std::vector<std::string>& names, std::uint32_t line) {
+  std::string out;
+  if (line > 1 && line <= kMaxPaddingLines) out.append(line - 1, '\n');
+  if (!names.empty()) {
+    out += "local ";
+    for (std::size_t i = 0; i < names.size(); ++i) out.append(i ? ", " : "").append(names[i]);
+    out += "; ";
+  }
+  return out.append("return ").append(text);
+}
+
+// Loads `text` inside its wrapper and leaves the function on the stack: 0 when it
+// compiled, else the status with the message on the stack. Loading runs no code of the
+// text: the caller has checked that it is one function expression.
+int load_function(lua_State* L, const std::string& text, const std::vector<std::string>& names, std::uint32_t line,
+                  const char* chunk_name) {
+  const std::string wrapper = wrapper_source(text, names, line);
+  const int status = luaL_loadbufferx(L, wrapper.data(), wrapper.size(), chunk_name, "t");
+  if (status == LUA_ERRMEM) lua_error(L);
+  if (status != 0) return status;
+  lua_call(L, 0, 1);
+  return 0;
+}
+
+// Among candidates cut from the same lines, the one that compiles to the function at
+// `fn` (same upvalue names in the same order, same bytecode and constants).
+const std::string* pick_candidate(lua_State* L, int fn, const std::vector<std::string>& candidates, SourceCache& cache,
+                                  const std::string& cache_prefix) {
+  const std::vector<std::string> names = upvalue_names(L, fn);
+  lua_pushvalue(L, fn);
+  std::string key = cache_prefix + bytecode_signature(L);
+  lua_pop(L, 1);
+  for (const std::string& n : names) key.append("\n").append(n);
+  if (auto it = cache.by_bytecode.find(key); it != cache.by_bytecode.end()) {
+    auto found = std::find(candidates.begin(), candidates.end(), it->second);
+    return found == candidates.end() ? nullptr : &*found;
+  }
+  const std::string original = key.substr(cache_prefix.size());
+  for (const std::string& text : candidates) {
+    if (!is_one_function_expression(text)) continue;
+    if (load_function(L, text, names, 1, "=candidate") != 0) {
+      lua_pop(L, 1);
+      continue;
+    }
+    std::string candidate = bytecode_signature(L);
+    for (const std::string& n : upvalue_names(L, lua_gettop(L))) candidate.append("\n").append(n);
+    lua_pop(L, 1);
+    if (candidate == original) {
+      cache.by_bytecode.emplace(std::move(key), text);
+      return &text;
+    }
+  }
+  return nullptr;
+}
+
+// Every text registered for `chunk_name` that holds the lines, cut into candidates.
+std::vector<std::string> find_candidates(lua_State* L, std::string_view chunk_name, int first, int last, bool& known) {
+  std::vector<std::string> out;
+  auto add = [&](std::string_view text, int first_line) {
+    for (FunctionText& f : find_functions(text, first_line, first, last)) {
+      if (std::find(out.begin(), out.end(), f.text) == out.end()) out.push_back(std::move(f.text));
+    }
+  };
+  known = false;
+  if (chunk_name.empty() || (chunk_name[0] != '=' && chunk_name[0] != '@')) {
+    known = true;  // a chunk loaded under its own text as name (luaL_loadstring)
+    add(chunk_name, 1);
+    return out;
+  }
+  lua_getfield(L, LUA_REGISTRYINDEX, kChunksKey);
+  if (lua_istable(L, -1)) {
+    lua_pushlstring(L, chunk_name.data(), chunk_name.size());
+    lua_rawget(L, -2);
+    if (lua_istable(L, -1)) {
+      lua_pushnil(L);
+      while (lua_next(L, -2) != 0) {  // text -> {first line -> true}
+        known = true;
+        lua_pushnil(L);
+        while (lua_next(L, -2) != 0) {
+          lua_pop(L, 1);
+          const int first_line = static_cast<int>(lua_tonumber(L, -1));
+          if (first_line <= first) add(lua_view(L, -3), first_line);
+        }
+        lua_pop(L, 1);
+      }
+    }
+    lua_pop(L, 1);
+  }
+  lua_pop(L, 1);
+  return out;
+}
+
+void add_library_function(lua_State* L, int library, int fn, const std::string& name) {
+  lua_pushlstring(L, name.data(), name.size());
+  lua_pushvalue(L, fn);
+  lua_rawset(L, library);
+  // One name per function, the same on every node: the shortest, then the first in order.
+  lua_pushvalue(L, fn);
+  lua_rawget(L, library);
+  const bool better = !lua_isstring(L, -1) || name.size() < lua_view(L, -1).size() ||
+                      (name.size() == lua_view(L, -1).size() && name < lua_view(L, -1));
+  lua_pop(L, 1);
+  if (!better) return;
+  lua_pushvalue(L, fn);
+  lua_pushlstring(L, name.data(), name.size());
+  lua_rawset(L, library);
+}
+
+[[noreturn]] void refuse(lua_State* L, const std::string& why) {
+  {
+    const std::string message = "refused by the sandbox: " + why;
+    lua_pushlstring(L, message.data(), message.size());
+  }
+  lua_error(L);
+  std::abort();  // lua_error does not return
+}
+
+}  // namespace
+
+void register_chunk(lua_State* L, std::string_view chunk_name, std::string_view source, int first_line) {
+  lua_checkstack(L, 5);
+  push_registry_table(L, kChunksKey, nullptr);
+  push_subtable(L, chunk_name);
+  push_subtable(L, source);
+  lua_pushboolean(L, 1);
+  lua_rawseti(L, -2, first_line);
+  lua_pop(L, 3);
+}
+
+void register_library(lua_State* L, int globals) {
+  globals = absolute(L, globals);
+  lua_checkstack(L, 8);
+  push_registry_table(L, kLibraryKey, nullptr);
+  const int library = lua_gettop(L);
+  lua_pushnil(L);
+  while (lua_next(L, globals) != 0) {
+    if (lua_type(L, -2) == LUA_TSTRING) {
+      const std::string name(lua_view(L, -2));
+      if (lua_isfunction(L, -1)) {
+        add_library_function(L, library, lua_gettop(L), name);
+      } else if (lua_istable(L, -1) && name != "_G") {
+        lua_pushnil(L);
+        while (lua_next(L, -2) != 0) {
+          if (lua_type(L, -2) == LUA_TSTRING && lua_isfunction(L, -1)) {
+            add_library_function(L, library, lua_gettop(L), name + "." + std::string(lua_view(L, -2)));
+          }
+          lua_pop(L, 1);
+        }
+      }
+    }
+    lua_pop(L, 1);
+  }
+  lua_pop(L, 1);
+}
+
+std::variant<FunctionOrigin, std::string> function_origin(lua_State* L, int index, SourceCache& cache) {
+  const int fn = absolute(L, index);
+  lua_checkstack(L, 10);
+  FunctionOrigin origin;
+  lua_getfield(L, LUA_REGISTRYINDEX, kLibraryKey);
+  if (lua_istable(L, -1)) {
+    lua_pushvalue(L, fn);
+    lua_rawget(L, -2);
+    if (lua_type(L, -1) == LUA_TSTRING) origin.library_name = lua_view(L, -1);
+    lua_pop(L, 1);
+  }
+  lua_pop(L, 1);
+  if (!origin.library_name.empty()) {
+    origin.chunk_name = "=[library]";
+    return origin;
+  }
+  if (lua_iscfunction(L, fn)) return std::string("a C function");
+
+  lua_Debug ar{};
+  lua_pushvalue(L, fn);
+  lua_getinfo(L, ">S", &ar);
+  if (std::strcmp(ar.what, "main") == 0) return std::string("a main chunk");
+  origin.chunk_name = ar.source;
+  origin.line = static_cast<std::uint32_t>(std::max(ar.linedefined, 1));
+
+  lua_getfield(L, LUA_REGISTRYINDEX, kFunctionsKey);
+  if (lua_istable(L, -1)) {
+    lua_pushvalue(L, fn);
+    lua_rawget(L, -2);
+    if (lua_type(L, -1) == LUA_TSTRING) origin.source = lua_view(L, -1);
+    lua_pop(L, 1);
+  }
+  lua_pop(L, 1);
+  if (!origin.source.empty()) return origin;
+
+  auto key = std::make_tuple(origin.chunk_name, ar.linedefined, ar.lastlinedefined);
+  auto it = cache.candidates.find(key);
+  const std::string where = display_name(origin.chunk_name);
+  if (it == cache.candidates.end()) {
+    bool known = false;
+    std::vector<std::string> found = find_candidates(L, origin.chunk_name, ar.linedefined, ar.lastlinedefined, known);
+    if (!known) return "a function whose source text is unknown (chunk " + where + ")";
+    it = cache.candidates.emplace(std::move(key), std::move(found)).first;
+  }
+  const std::vector<std::string>& candidates = it->second;
+  const std::string lines = std::to_string(ar.linedefined) + "-" + std::to_string(ar.lastlinedefined);
+  if (candidates.empty()) return "a function whose text was not found at lines " + lines + " of " + where;
+  if (candidates.size() == 1) {
+    origin.source = candidates.front();
+    return origin;
+  }
+  const std::string* picked = pick_candidate(L, fn, candidates, cache, origin.chunk_name + "\n" + lines + "\n");
+  if (picked == nullptr) return "a function that matches none of the texts at lines " + lines + " of " + where;
+  origin.source = *picked;
+  return origin;
+}
+
+int upvalue_slot(const detail::FunctionData& data, std::string_view name) {
+  for (std::size_t i = 0; i < data.upvalue_names.size(); ++i) {
+    if (data.upvalue_names[i] == name) return static_cast<int>(i);
+  }
+  return -1;
+}
+
+void push_rebuilt_function(lua_State* L, const detail::FunctionData& data) {
+  lua_checkstack(L, 6);
+  const std::string where = "function from " + display_name(data.chunk_name) + ":" + std::to_string(data.line);
+  if (!data.library_name.empty()) {
+    if (!data.source.empty() || !data.upvalue_names.empty()) {
+      refuse(L, "library function '" + data.library_name + "' comes with a text or upvalues");
+    }
+    lua_getfield(L, LUA_REGISTRYINDEX, kLibraryKey);
+    if (lua_istable(L, -1)) {
+      lua_pushlstring(L, data.library_name.data(), data.library_name.size());
+      lua_rawget(L, -2);
+      lua_remove(L, -2);
+      if (lua_isfunction(L, -1)) return;
+    }
+    refuse(L, "library function '" + data.library_name + "' is not available here");
+  }
+  if (!data.source.empty() && data.source[0] == '\x1b') refuse(L, where + " is bytecode, which is never loaded");
+  if (!is_one_function_expression(data.source)) refuse(L, "the text of " + where + " is not one function expression");
+  if (data.upvalue_names.size() > kMaxUpvalues) refuse(L, where + " has more than 60 upvalues");
+  for (std::size_t i = 0; i < data.upvalue_names.size(); ++i) {
+    const std::string& name = data.upvalue_names[i];
+    if (!is_lua_identifier(name)) refuse(L, where + " has an upvalue name that is not a Lua name: '" + name.substr(0, 40) + "'");
+    if (upvalue_slot(data, name) != static_cast<int>(i)) refuse(L, where + " has two upvalues named '" + name + "'");
+  }
+  if (load_function(L, data.source, data.upvalue_names, data.line, data.chunk_name.c_str()) != 0) {
+    const std::string message(lua_view(L, -1));
+    lua_pop(L, 1);
+    refuse(L, where + " does not compile: " + message);
+  }
+  // Register it so that it can travel again, and so can the closures it makes.
+  const int fn = lua_gettop(L);
+  push_registry_table(L, kFunctionsKey, "k");
+  lua_pushvalue(L, fn);
+  lua_pushlstring(L, data.source.data(), data.source.size());
+  lua_rawset(L, -3);
+  lua_pop(L, 1);
+  const bool padded = data.line > 1 && data.line <= kMaxPaddingLines;
+  register_chunk(L, data.chunk_name, data.source, padded ? static_cast<int>(data.line) : 1);
+}
+
+}  // namespace sojourn::sandbox::lua
