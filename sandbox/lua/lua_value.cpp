@@ -17,7 +17,7 @@
 #include <lua.hpp>
 
 #include "lua_function.hpp"
-#include "lua_source_scan.hpp"
+#include "lua_path.hpp"
 
 namespace sojourn::sandbox::lua {
 
@@ -51,42 +51,6 @@ Slot number_slot(double d) {
 Slot key_number_slot(double d) {
   if (d == std::floor(d) && std::fabs(d) < kKeyIntegerBound) return Slot{static_cast<std::int64_t>(d)};
   return Slot{d};
-}
-
-// One step of a path, Lua-like: .name, [3], [1.5], [true], ["odd key"], [<table>].
-std::string path_segment(const Slot& key) {
-  switch (key.index()) {
-    case 1: return std::get<bool>(key) ? "[true]" : "[false]";
-    case 2: return std::string("[").append(std::to_string(std::get<std::int64_t>(key))).append("]");
-    case 3: {
-      char buf[40];
-      std::snprintf(buf, sizeof buf, "[%.17g]", std::get<double>(key));
-      return buf;
-    }
-    case 4: {
-      const std::string& s = std::get<std::string>(key);
-      if (is_lua_identifier(s)) return std::string(".").append(s);
-      std::string out = "[\"";
-      const std::size_t shown = std::min<std::size_t>(s.size(), 40);
-      for (std::size_t i = 0; i < shown; ++i) {
-        const auto c = static_cast<unsigned char>(s[i]);
-        if (c == '"' || c == '\\') {
-          out += '\\';
-          out += static_cast<char>(c);
-        } else if (c < 0x20 || c == 0x7f) {
-          out += '\\';
-          out += std::to_string(c);
-        } else {
-          out += static_cast<char>(c);
-        }
-      }
-      if (shown < s.size()) out += "...";
-      return out + "\"]";
-    }
-    case 5: return "[<table>]";
-    case 6: return "[<function>]";
-    default: return "[?]";
-  }
 }
 
 const char* untransferable_reason(int type) {

@@ -10,6 +10,7 @@
 
 #include <luajit-2.1/lua.hpp>
 
+#include "../../sandbox/lua/lua_source_scan.hpp"
 #include "../../sandbox/lua/lua_value.hpp"
 
 namespace {
@@ -256,4 +257,73 @@ TEST_CASE("a long chain of closures converts both ways without recursion") {
 TEST_CASE("a huge number of closures ends with memory_limit, not a crash") {
   check_error(run("local t = {} for i = 1, 200000 do local k = i t[i] = function() return k end end return t"),
               Errc::memory_limit, "memory limit of 16777216 bytes exceeded");
+}
+
+namespace scan = sojourn::sandbox::lua;
+
+TEST_CASE("the scanner finds a function's text past strings, long strings, comments and nested blocks") {
+  const std::string chunk =
+      "local s = 'function end' -- function\n"
+      "local function f(a) --[[ end ]] local t = {[ [=[end]=] ] = \"\\\"end\"}\n"
+      "  repeat a = a - 1 until a < 0 if a then do end end\n"
+      "  return [==[\n]]end]==], function() end\n"
+      "end\n";
+  // The long string on line 4 holds a newline: f ends on line 6, the inner function is on 5.
+  auto found = scan::find_functions(chunk, 1, 2, 6);
+  REQUIRE(found.size() == 1);
+  CHECK(found[0].text == "function(a)" + chunk.substr(chunk.find("(a)") + 3, chunk.size() - chunk.find("(a)") - 4));
+  REQUIRE(scan::find_functions(chunk, 1, 5, 5).size() == 1);
+  CHECK(scan::find_functions(chunk, 1, 5, 5)[0].text == "function() end");
+  CHECK(scan::find_functions(chunk, 1, 2, 5).empty());
+  // And LuaJIT agrees: both travel and run.
+  Value sent = run_and_send(chunk + "return f, f(1)");
+  CHECK(sent.get(1).function_source() == found[0].text);
+  CHECK(sent.get(3).function_source() == "function() end");
+  CHECK(sent.get(2).as_string() == "]]end");  // a newline right after [==[ is skipped
+  // Windows line ends count once, and a chunk registered from line 7 numbers from there.
+  auto crlf = scan::find_functions("x = 1\r\nlocal g = function(b)\r\n return b\r\nend", 7, 8, 10);
+  REQUIRE(crlf.size() == 1);
+  CHECK(crlf[0].text == "function(b)\r\n return b\r\nend");
+  auto method = scan::find_functions("function a.b --[[x]] :\nc() end", 1, 1, 2);
+  REQUIRE(method.size() == 1);
+  CHECK(method[0].text == "function\n(self) end");
+}
+
+TEST_CASE("only one function expression and nothing after it passes the loading check") {
+  CHECK(scan::is_one_function_expression("function(a, ...) if a then return 'end' end repeat until true end"));
+  CHECK(scan::is_one_function_expression("function() return [[end]] end -- trailing comment"));
+  CHECK_FALSE(scan::is_one_function_expression("function() end, 1"));
+  CHECK_FALSE(scan::is_one_function_expression("function f() end"));
+  CHECK_FALSE(scan::is_one_function_expression("function() repeat end until x end"));
+  CHECK_FALSE(scan::is_one_function_expression("function() return 'unfinished end"));
+  CHECK_FALSE(scan::is_one_function_expression("function() --[[ end"));
+}
+
+TEST_CASE("a function whose chunk was never registered cannot travel, and says which chunk") {
+  lua_State* L = luaL_newstate();
+  REQUIRE(L != nullptr);
+  const std::string code = "return function() return 1 end";
+  REQUIRE(luaL_loadbuffer(L, code.data(), code.size(), "=other") == 0);
+  REQUIRE(lua_pcall(L, 0, 1, 0) == 0);
+  check_error(scan::to_value(L, -1, {"state", 0}), Errc::not_transferable,
+              "value at state cannot travel: a function whose source text is unknown (chunk other)");
+  scan::register_chunk(L, "=other", "-- another text\nreturn 2");
+  check_error(scan::to_value(L, -1, {"state", 0}), Errc::not_transferable,
+              "value at state cannot travel: a function whose text was not found at lines 1-1 of other");
+  scan::register_chunk(L, "=other", code);
+  auto v = scan::to_value(L, -1, {"state", 0});
+  REQUIRE(v.ok());
+  CHECK(v->function_source() == "function() return 1 end");
+  lua_close(L);
+}
+
+TEST_CASE("the byte cap counts function text and upvalues") {
+  lua_State* L = luaL_newstate();
+  REQUIRE(L != nullptr);
+  const std::string code = "local big = string.rep('x', 10000) return function() return big end";
+  luaL_openlibs(L);
+  REQUIRE(luaL_dostring(L, code.c_str()) == 0);
+  check_error(scan::to_value(L, -1, {"state", 8000}), Errc::memory_limit, "memory limit of 8000 bytes exceeded");
+  CHECK(scan::to_value(L, -1, {"state", 20000}).ok());
+  lua_close(L);
 }
