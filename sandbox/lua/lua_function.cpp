@@ -94,17 +94,16 @@ std::string wrapper_source(const std::string& text, const std::vector<std::strin
   return out.append("return ").append(text);
 }
 
-// Loads `text` inside its wrapper and leaves the function on the stack: 0 when it
-// compiled, else the status with the message on the stack. Loading runs no code of the
-// text: the caller has checked that it is one function expression.
-int load_function(lua_State* L, const std::string& text, const std::vector<std::string>& names, std::uint32_t line,
-                  const char* chunk_name) {
+// Loads `text` inside its wrapper and leaves the wrapper chunk on the stack (each call of it
+// makes a new closure with fresh upvalues): 0 when it compiled, else the status with the
+// message on the stack. Calling the wrapper runs no code of the text once the caller has
+// checked that it is one function expression.
+int load_maker(lua_State* L, const std::string& text, const std::vector<std::string>& names, std::uint32_t line,
+               const char* chunk_name) {
   const std::string wrapper = wrapper_source(text, names, line);
   const int status = luaL_loadbufferx(L, wrapper.data(), wrapper.size(), chunk_name, "t");
   if (status == LUA_ERRMEM) lua_error(L);
-  if (status != 0) return status;
-  lua_call(L, 0, 1);
-  return 0;
+  return status;
 }
 
 // Among candidates cut from the same lines, the one that compiles to the function at
@@ -125,10 +124,11 @@ const std::string* pick_candidate(lua_State* L, int fn, const std::vector<std::s
   const std::string original = key.substr(cache_prefix.size());
   for (const std::string& text : candidates) {
     if (!is_one_function_expression(text)) continue;
-    if (load_function(L, text, names, 1, "=candidate") != 0) {
+    if (load_maker(L, text, names, 1, "=candidate") != 0) {
       lua_pop(L, 1);
       continue;
     }
+    lua_call(L, 0, 1);
     std::string candidate = bytecode_signature(L);
     for (const std::string& n : upvalue_names(L, lua_gettop(L))) candidate.append("\n").append(n);
     lua_pop(L, 1);
@@ -141,10 +141,15 @@ const std::string* pick_candidate(lua_State* L, int fn, const std::vector<std::s
 }
 
 // Every text registered for `chunk_name` that holds the lines, cut into candidates.
-std::vector<std::string> find_candidates(lua_State* L, std::string_view chunk_name, int first, int last, bool& known) {
+std::vector<std::string> find_candidates(lua_State* L, std::string_view chunk_name, int first, int last, bool& known,
+                                         SourceCache& cache) {
   std::vector<std::string> out;
   auto add = [&](std::string_view text, int first_line) {
-    for (FunctionText& f : find_functions(text, first_line, first, last)) {
+    // Registered texts stay put while the conversion runs: their address names them.
+    auto key = std::make_pair(static_cast<const void*>(text.data()), first_line);
+    auto it = cache.indexes.find(key);
+    if (it == cache.indexes.end()) it = cache.indexes.emplace(key, index_functions(text, first_line)).first;
+    for (FunctionText& f : find_functions(text, it->second, first, last)) {
       if (std::find(out.begin(), out.end(), f.text) == out.end()) out.push_back(std::move(f.text));
     }
   };
@@ -280,7 +285,7 @@ std::variant<FunctionOrigin, std::string> function_origin(lua_State* L, int inde
   const std::string where = display_name(origin.chunk_name);
   if (it == cache.candidates.end()) {
     bool known = false;
-    std::vector<std::string> found = find_candidates(L, origin.chunk_name, ar.linedefined, ar.lastlinedefined, known);
+    std::vector<std::string> found = find_candidates(L, origin.chunk_name, ar.linedefined, ar.lastlinedefined, known, cache);
     if (!known) return "a function whose source text is unknown (chunk " + where + ")";
     it = cache.candidates.emplace(std::move(key), std::move(found)).first;
   }
@@ -301,7 +306,7 @@ int upvalue_slot(const detail::FunctionData& data, std::string_view name) {
   return -1;
 }
 
-void push_rebuilt_function(lua_State* L, const detail::FunctionData& data) {
+void push_rebuilt_function(lua_State* L, const detail::FunctionData& data, int makers) {
   lua_checkstack(L, 6);
   const std::string where = "function from " + display_name(data.chunk_name) + ":" + std::to_string(data.line);
   if (!data.library_name.empty()) {
@@ -317,28 +322,48 @@ void push_rebuilt_function(lua_State* L, const detail::FunctionData& data) {
     }
     refuse(L, "library function '" + data.library_name + "' is not available here");
   }
-  if (!data.source.empty() && data.source[0] == '\x1b') refuse(L, where + " is bytecode, which is never loaded");
-  if (!is_one_function_expression(data.source)) refuse(L, "the text of " + where + " is not one function expression");
-  if (data.upvalue_names.size() > kMaxUpvalues) refuse(L, where + " has more than 60 upvalues");
-  for (std::size_t i = 0; i < data.upvalue_names.size(); ++i) {
-    const std::string& name = data.upvalue_names[i];
-    if (!is_lua_identifier(name)) refuse(L, where + " has an upvalue name that is not a Lua name: '" + name.substr(0, 40) + "'");
-    if (upvalue_slot(data, name) != static_cast<int>(i)) refuse(L, where + " has two upvalues named '" + name + "'");
+  // Closures of one function (a thousand counters) share one compiled wrapper.
+  std::string key = data.chunk_name + '\n' + std::to_string(data.line) + '\n';
+  for (const std::string& name : data.upvalue_names) key.append(name).append(",");
+  key.append("\n").append(data.source);
+  bool compiled = false;
+  if (makers != 0) {
+    lua_pushlstring(L, key.data(), key.size());
+    lua_rawget(L, makers);
+    compiled = lua_isfunction(L, -1);
+    if (!compiled) lua_pop(L, 1);
   }
-  if (load_function(L, data.source, data.upvalue_names, data.line, data.chunk_name.c_str()) != 0) {
-    const std::string message(lua_view(L, -1));
-    lua_pop(L, 1);
-    refuse(L, where + " does not compile: " + message);
+  if (!compiled) {
+    if (!data.source.empty() && data.source[0] == '\x1b') refuse(L, where + " is bytecode, which is never loaded");
+    if (!is_one_function_expression(data.source)) refuse(L, "the text of " + where + " is not one function expression");
+    if (data.upvalue_names.size() > kMaxUpvalues) refuse(L, where + " has more than 60 upvalues");
+    for (std::size_t i = 0; i < data.upvalue_names.size(); ++i) {
+      const std::string& name = data.upvalue_names[i];
+      if (!is_lua_identifier(name)) refuse(L, where + " has an upvalue name that is not a Lua name: '" + name.substr(0, 40) + "'");
+      if (upvalue_slot(data, name) != static_cast<int>(i)) refuse(L, where + " has two upvalues named '" + name + "'");
+    }
+    if (load_maker(L, data.source, data.upvalue_names, data.line, data.chunk_name.c_str()) != 0) {
+      const std::string message(lua_view(L, -1));
+      lua_pop(L, 1);
+      refuse(L, where + " does not compile: " + message);
+    }
+    // The closures it makes can be cut out of this text when they travel on.
+    const bool padded = data.line > 1 && data.line <= kMaxPaddingLines;
+    register_chunk(L, data.chunk_name, data.source, padded ? static_cast<int>(data.line) : 1);
+    if (makers != 0) {
+      lua_pushlstring(L, key.data(), key.size());
+      lua_pushvalue(L, -2);
+      lua_rawset(L, makers);
+    }
   }
-  // Register it so that it can travel again, and so can the closures it makes.
+  lua_call(L, 0, 1);
+  // And the function itself travels again without a search.
   const int fn = lua_gettop(L);
   push_registry_table(L, kFunctionsKey, "k");
   lua_pushvalue(L, fn);
   lua_pushlstring(L, data.source.data(), data.source.size());
   lua_rawset(L, -3);
   lua_pop(L, 1);
-  const bool padded = data.line > 1 && data.line <= kMaxPaddingLines;
-  register_chunk(L, data.chunk_name, data.source, padded ? static_cast<int>(data.line) : 1);
 }
 
 }  // namespace sojourn::sandbox::lua

@@ -11,6 +11,7 @@
 #include <variant>
 #include <vector>
 
+#include "lua_source_scan.hpp"
 #include "sojourn/core/value.hpp"
 
 struct lua_State;
@@ -28,6 +29,7 @@ struct FunctionOrigin {
 // Function texts already cut out during one conversion, so that many closures of one
 // function (a loop making counters) are searched for once.
 struct SourceCache {
+  std::map<std::pair<const void*, int>, std::vector<FunctionStart>> indexes;  // (text, first line)
   std::map<std::tuple<std::string, int, int>, std::vector<std::string>> candidates;
   std::map<std::string, std::string> by_bytecode;  // signature -> text, among several
 };
@@ -39,8 +41,9 @@ std::variant<FunctionOrigin, std::string> function_origin(lua_State* L, int inde
 // Pushes a new function for `data` with its upvalues still unset (nil), registered so that
 // it can travel again. Raises a Lua error "refused by the sandbox: ..." for a function that
 // must not be rebuilt (bytecode, not one function expression, bad upvalue names, unknown
-// library function, a text that does not compile).
-void push_rebuilt_function(lua_State* L, const detail::FunctionData& data);
+// library function, a text that does not compile). `makers` is the stack index of a
+// table that keeps compiled wrappers for the rest of one push (0: none).
+void push_rebuilt_function(lua_State* L, const detail::FunctionData& data, int makers);
 
 // The index (0-based) in `data.upvalue_names` of upvalue `name`, or -1.
 int upvalue_slot(const detail::FunctionData& data, std::string_view name);

@@ -32,6 +32,8 @@ class Lexer {
       while (pos_ < s_.size() && !is_newline(s_[pos_])) ++pos_;
     }
   }
+  // Resumes between two tokens, at `offset` on `line` (a place an index recorded).
+  Lexer(std::string_view text, std::size_t offset, int line) : s_(text), pos_(offset), line_(line) {}
 
   Token next() {
     for (;;) {
@@ -181,8 +183,7 @@ int block_step(std::string_view name) {
   return 0;
 }
 
-struct OpenBlock {
-  bool candidate;
+struct FunctionHeader {
   std::size_t begin;      // of `function`
   std::string header;     // "function" + kept newlines + "(" or "(self" [", "]
   std::size_t body_from;  // chunk offset copied after the header
@@ -190,7 +191,7 @@ struct OpenBlock {
 
 // Reads a function header from `function`: [name {'.' name} [':' name]] '('. Returns false
 // when it does not look like one.
-bool read_header(Lexer lexer, const Token& function, OpenBlock& out) {
+bool read_header(Lexer& lexer, const Token& function, FunctionHeader& out) {
   bool method = false;
   Token t = lexer.next();
   if (t.kind == Kind::name) {
@@ -223,36 +224,48 @@ bool read_header(Lexer lexer, const Token& function, OpenBlock& out) {
 
 }  // namespace
 
-std::vector<FunctionText> find_functions(std::string_view chunk, int chunk_first_line, int first_line, int last_line) {
-  std::vector<FunctionText> found;
+std::vector<FunctionStart> index_functions(std::string_view chunk, int chunk_first_line) {
+  std::vector<FunctionStart> index;
   Lexer lexer(chunk, chunk_first_line);
-  std::vector<OpenBlock> open;
-  std::size_t open_candidates = 0;
   for (;;) {
     const Token t = lexer.next();
     if (t.kind == Kind::eof || t.kind == Kind::error) break;
-    if (t.line > last_line && open_candidates == 0) break;
-    if (t.kind != Kind::name) continue;
-    const std::string_view name = lexer.text(t);
-    const int step = block_step(name);
-    if (step > 0) {
-      OpenBlock block{false, 0, {}, 0};
-      if (name == "function" && t.line == first_line) block.candidate = read_header(lexer, t, block);
-      open_candidates += block.candidate;
-      open.push_back(std::move(block));
-    } else if (step < 0 && !open.empty()) {
-      OpenBlock block = std::move(open.back());
-      open.pop_back();
-      if (!block.candidate) continue;
-      --open_candidates;
-      if (name != "end" || t.line != last_line) continue;
-      std::string text = std::move(block.header);
-      text.append(chunk.substr(block.body_from, t.end - block.body_from));
-      found.push_back(FunctionText{std::move(text), block.begin});
+    if (t.kind == Kind::name && lexer.text(t) == "function") index.push_back(FunctionStart{t.line, t.begin});
+  }
+  return index;
+}
+
+std::vector<FunctionText> find_functions(std::string_view chunk, const std::vector<FunctionStart>& index, int first_line,
+                                         int last_line) {
+  std::vector<FunctionText> found;
+  auto it = std::lower_bound(index.begin(), index.end(), first_line,
+                             [](const FunctionStart& f, int line) { return f.line < line; });
+  for (; it != index.end() && it->line == first_line; ++it) {
+    Lexer lexer(chunk, it->offset, it->line);
+    const Token function = lexer.next();
+    FunctionHeader block{0, {}, 0};
+    if (!read_header(lexer, function, block)) continue;
+    int depth = 1;
+    for (;;) {
+      const Token t = lexer.next();
+      if (t.kind == Kind::eof || t.kind == Kind::error || t.line > last_line) break;
+      if (t.kind != Kind::name) continue;
+      const std::string_view name = lexer.text(t);
+      depth += block_step(name);
+      if (depth > 0) continue;
+      if (name == "end" && t.line == last_line) {
+        std::string text = std::move(block.header);
+        text.append(chunk.substr(block.body_from, t.end - block.body_from));
+        found.push_back(FunctionText{std::move(text), block.begin});
+      }
+      break;
     }
   }
-  std::sort(found.begin(), found.end(), [](const auto& a, const auto& b) { return a.offset < b.offset; });
   return found;
+}
+
+std::vector<FunctionText> find_functions(std::string_view chunk, int chunk_first_line, int first_line, int last_line) {
+  return find_functions(chunk, index_functions(chunk, chunk_first_line), first_line, last_line);
 }
 
 bool is_one_function_expression(std::string_view text) {

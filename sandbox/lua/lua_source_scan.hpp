@@ -19,9 +19,21 @@ struct FunctionText {
   std::size_t offset;  // of `function` in the chunk text
 };
 
+// Where a `function` keyword is: the lexer can resume there.
+struct FunctionStart {
+  int line;
+  std::size_t offset;
+};
+
+// Every `function` keyword of `chunk`, a text whose first line is line `chunk_first_line`,
+// in order; one pass, made once per chunk and conversion. Stops at a lexical error.
+std::vector<FunctionStart> index_functions(std::string_view chunk, int chunk_first_line);
+
 // Every function whose `function` keyword is on `first_line` and whose `end` is on
-// `last_line` of `chunk`, a text whose first line is line `chunk_first_line`. Nested ones
-// included, in source order. Stops at the first lexical error (no candidates after it).
+// `last_line`, nested ones included, in source order; it reads only those functions.
+std::vector<FunctionText> find_functions(std::string_view chunk, const std::vector<FunctionStart>& index, int first_line,
+                                         int last_line);
+// The same, indexing the chunk first.
 std::vector<FunctionText> find_functions(std::string_view chunk, int chunk_first_line, int first_line, int last_line);
 
 // True when `text` is `function (params) body end` and nothing else (comments and

@@ -26,8 +26,8 @@ using ::sojourn::detail::TableRef;
 
 constexpr std::uint32_t kNoHome = UINT32_MAX;
 
-// One instance per push, with the memo tables (graph index + 1 -> Lua table, and for
-// functions) on the stack below the pushed values.
+// One instance per push, with the memo tables (graph index + 1 -> Lua table, the same for
+// functions, and compiled wrappers) on the stack below the pushed values.
 class ValueToLua {
  public:
   ValueToLua(lua_State* L, const Graph* graph) : L_(L), graph_(graph) {
@@ -36,6 +36,8 @@ class ValueToLua {
       memo_ = lua_gettop(L_);
       lua_createtable(L_, 0, 0);
       function_memo_ = memo_ + 1;
+      lua_createtable(L_, 0, 0);
+      makers_ = memo_ + 2;
       cell_homes_.assign(graph_->cells.size(), Home{kNoHome, 0});
     }
   }
@@ -74,6 +76,7 @@ class ValueToLua {
         lua_pop(L_, 1);
       }
     }
+    lua_remove(L_, makers_);
     lua_remove(L_, function_memo_);
     lua_remove(L_, memo_);
   }
@@ -101,7 +104,7 @@ class ValueToLua {
     lua_rawgeti(L_, function_memo_, static_cast<int>(index) + 1);
     if (!lua_isnil(L_, -1)) return;
     lua_pop(L_, 1);
-    push_rebuilt_function(L_, graph_->functions[index]);
+    push_rebuilt_function(L_, graph_->functions[index], makers_);
     lua_pushvalue(L_, -1);
     lua_rawseti(L_, function_memo_, static_cast<int>(index) + 1);
     if (graph_->functions[index].library_name.empty()) pending_functions_.push_back(index);
@@ -152,6 +155,7 @@ class ValueToLua {
   const Graph* graph_;
   int memo_ = 0;
   int function_memo_ = 0;
+  int makers_ = 0;  // compiled wrappers by function, shared by closures of one function
   std::vector<std::uint32_t> pending_;
   std::vector<std::uint32_t> pending_functions_;
   std::vector<Home> cell_homes_;

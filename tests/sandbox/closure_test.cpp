@@ -237,6 +237,17 @@ TEST_CASE("a closure made by a rebuilt function can travel again") {
   CHECK(r->get(1).as_integer() == 12);
 }
 
+TEST_CASE("a thousand closures of one function keep a variable each") {
+  Value sent = run_and_send("local t = {} for i = 1, 1000 do local k = i t[i] = function() k = k + 1 return k end end return t");
+  CHECK_FALSE(sent.get(1).get(1).same_upvalue(0, sent.get(1).get(2), 0));
+  auto r = run("local t = ... return t[1](), t[1000](), t[1](), t[2] ~= t[1]", sent);
+  REQUIRE(r.ok());
+  CHECK(r->get(1).as_integer() == 2);
+  CHECK(r->get(2).as_integer() == 1001);
+  CHECK(r->get(3).as_integer() == 3);
+  CHECK(r->get(4).as_bool());
+}
+
 TEST_CASE("functions that reference each other through upvalues form a cycle that survives") {
   Value sent = run_and_send("local a, b\na = function() return b end\nb = function() return a end\nreturn a");
   auto r = run("local a = ... return a()() == a", sent);
