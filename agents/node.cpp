@@ -1,5 +1,6 @@
 // Node: lifecycle, listening, and serving calls and evaluations to peers.
 #include "node_impl.hpp"
+#include "agent_runtime.hpp"
 
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/post.hpp>
@@ -18,7 +19,14 @@ namespace {
 class LocalHost final : public sandbox::HostCalls {
  public:
   explicit LocalHost(Node::Impl& impl) : impl_(impl) {}
-  Result<Value> call(std::string_view service, const Value& args) override { return impl_.call_local(service, args); }
+  Result<Value> call(std::string_view service, const Value& args) override {
+    if (service == "code.require") {
+      // Remote evaluation: the modules this node publishes or has cached by name.
+      Value name = args.get(1);
+      return impl_.agents->require_module(name.is_string() ? name.as_string() : std::string(), nullptr, {});
+    }
+    return impl_.call_from_lua(service, args);
+  }
 
  private:
   Node::Impl& impl_;
@@ -50,6 +58,13 @@ TransportOptions Node::Impl::transport_options() const {
   TransportOptions t;
   t.max_payload = options.max_payload;
   t.connect_timeout = options.connect_timeout;
+  if (options.fault_drop_reply) {
+    t.drop_reply = [fault = options.fault_drop_reply](FrameKind kind, std::span<const std::uint8_t> payload) {
+      if (kind != FrameKind::call) return false;
+      auto request = decode_call(payload);
+      return request.ok() && fault(request->service);
+    };
+  }
   return t;
 }
 
@@ -71,6 +86,12 @@ Result<Value> Node::Impl::invoke(std::string_view service, const Service& fn, co
 Result<Value> Node::Impl::call_local(std::string_view service, const Value& args) {
   auto entry = find_service(service);
   if (!entry) return entry.error();
+  return invoke(service, entry->fn, args);
+}
+
+Result<Value> Node::Impl::call_from_lua(std::string_view service, const Value& args) {
+  auto entry = find_service(service);
+  if (!entry || entry->options.peers_only) return make_error(Errc::no_such_service, "no such service: " + std::string(service));
   return invoke(service, entry->fn, args);
 }
 
@@ -160,6 +181,8 @@ auto on_network_thread(Node::Impl& impl, F f) -> decltype(f()) {
 
 Node::Node(NodeOptions options) : impl_(std::make_shared<Impl>(std::move(options))) {
   register_builtin_services(*this, *impl_);
+  impl_->agents = std::make_shared<AgentRuntime>(*impl_);
+  impl_->agents->register_services(*this);
   // The network thread runs until shutdown; the work guard keeps run() from returning early.
   impl_->work.emplace(impl_->io.get_executor());
   impl_->network_thread = std::thread([impl = impl_.get()] { impl->io.run(); });
@@ -185,12 +208,18 @@ Result<std::string> Node::listen(std::string_view address) {
       auto r = register_inproc(a.name, impl->io.get_executor(), impl);
       if (!r) return r.error();
       impl->inproc_names.push_back(a.name);
+      std::lock_guard lock(impl->advertised_mutex);
+      if (impl->advertised.empty()) impl->advertised = impl->options.advertise.empty() ? a.to_string() : impl->options.advertise;
       return a.to_string();
     }
     auto server = std::make_unique<TcpServer>(impl->io.get_executor(), impl, impl->transport_options());
     auto bound = server->listen(a);
     if (!bound) return bound.error();
     impl->servers.push_back(std::move(server));
+    {
+      std::lock_guard lock(impl->advertised_mutex);
+      if (impl->advertised.empty()) impl->advertised = impl->options.advertise.empty() ? bound->to_string() : impl->options.advertise;
+    }
     log_info("node", impl->options.name + " listening on " + bound->to_string());
     return bound->to_string();
   };
@@ -202,7 +231,10 @@ Result<Value> Node::call_local(std::string_view service, const Value& args) { re
 bool Node::running() const { return !impl_->shutting_down; }
 
 NodeStats Node::stats() const {
-  return NodeStats{impl_->calls_served, impl_->evals_served, impl_->requests_failed, impl_->in_flight};
+  NodeStats s{impl_->calls_served, impl_->evals_served, impl_->requests_failed, impl_->in_flight};
+  s.bundles_sent = impl_->agents->bundles_sent();
+  s.agents_resident = impl_->agents->resident_count();
+  return s;
 }
 
 void Node::shutdown(std::chrono::milliseconds grace) {

@@ -23,6 +23,8 @@
 
 namespace sojourn {
 
+class AgentRuntime;
+
 struct ServiceEntry {
   Service fn;
   ServiceOptions options;
@@ -46,6 +48,8 @@ struct Node::Impl : RequestHandler, std::enable_shared_from_this<Node::Impl> {
   Result<ServiceEntry> find_service(std::string_view service) const;
   static Result<Value> invoke(std::string_view service, const Service& fn, const Value& args);
   Result<Value> call_local(std::string_view service, const Value& args);
+  // node.call from Lua: protocol services (peers_only) are not reachable.
+  Result<Value> call_from_lua(std::string_view service, const Value& args);
   TransportOptions transport_options() const;
 
   NodeOptions options;
@@ -70,6 +74,10 @@ struct Node::Impl : RequestHandler, std::enable_shared_from_this<Node::Impl> {
   std::atomic<std::uint64_t> evals_served{0};
   std::atomic<std::uint64_t> requests_failed{0};
   std::once_flag shutdown_once;
+
+  std::shared_ptr<AgentRuntime> agents;  // mobile agents and code-on-demand
+  std::string advertised;                // set once, by the first listen() (network thread)
+  mutable std::mutex advertised_mutex;
 };
 
 // Registers kv.get/put/del/keys and node.info on a new node.

@@ -29,6 +29,13 @@ std::string_view errc_name(Errc code) noexcept {
     case Errc::timeout: return "timeout";
     case Errc::bad_address: return "bad_address";
     case Errc::remote_protocol_error: return "remote_protocol_error";
+    case Errc::agent_moving: return "agent_moving";
+    case Errc::bad_bundle: return "bad_bundle";
+    case Errc::hash_mismatch: return "hash_mismatch";
+    case Errc::no_such_module: return "no_such_module";
+    case Errc::no_such_agent: return "no_such_agent";
+    case Errc::stale_epoch: return "stale_epoch";
+    case Errc::migration_failed: return "migration_failed";
   }
   return "unknown_error";
 }

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The demo cluster: two `sojourn node` daemons on loopback, then client-server and
-# remote evaluation between them through the CLI and the C++ samples.
+# The demo cluster: three `sojourn node` daemons on loopback, each with its own local data,
+# then the four paradigms of code mobility between them through the CLI (client-server,
+# remote evaluation, code-on-demand, a mobile agent's tour) and the C++ samples.
 # Usage: samples/demo.sh [BUILD_DIR]   (bootstrap.sh demo builds first, then runs this)
 set -euo pipefail
 build=${1:-build}
@@ -17,12 +18,13 @@ trap cleanup EXIT
 # Starts a node in the background (in this shell, so that its pid is ours to stop) and
 # sets the variable named by $2 to the address it bound.
 start_node() {
-  local name=$1
-  "$bin/sojourn" node --listen 127.0.0.1:0 --name "$name" >"$work/$name.out" 2>"$work/$name.err" &
+  local name=$1 var=$2
+  shift 2
+  "$bin/sojourn" node --listen 127.0.0.1:0 --name "$name" "$@" >"$work/$name.out" 2>"$work/$name.err" &
   pids+=($!)
   for _ in $(seq 200); do
     if grep -q "listening on" "$work/$name.out" 2>/dev/null; then
-      printf -v "$2" '%s' "$(sed -n "s/^node $name listening on //p" "$work/$name.out")"
+      printf -v "$var" '%s' "$(sed -n "s/^node $name listening on //p" "$work/$name.out")"
       return
     fi
     sleep 0.05
@@ -44,32 +46,59 @@ run() {
   "$@"
 }
 
-say "== sojourn demo: nodes on loopback exchanging requests and code =="
-start_node a a
-start_node b b
-echo "node a listening on $a"
+here=$(cd "$(dirname "$0")" && pwd)
+say "== sojourn demo: three nodes on loopback, each with its own data, exchanging code and agents =="
+start_node a a --data 'catalogue={"disk": 79, "ram": 35}' --data 'readings=[12, 17, 9]' \
+  --publish "$here/modules/stats.lua"
+start_node b b --data 'catalogue={"disk": 72, "ram": 41}' --data 'readings=[30, 31]'
+start_node c c --data 'catalogue={"disk": 88}' --data 'readings=[5, 50, 500, 5000]'
+echo "node a listening on $a (publishes module stats)"
 echo "node b listening on $b"
+echo "node c listening on $c"
 
-say "-- client-server: the service and its data stay at node a"
-run "$bin/sojourn" call "$a" kv.put '["price:disk", {"eur": 79, "shop": "a"}]'
-run "$bin/sojourn" call "$a" kv.get '["price:disk"]'
-run "$bin/sojourn" call "$b" kv.put '["price:disk", {"eur": 72, "shop": "b"}]'
+say "-- 1. client-server: the service and its data stay at node a; only the answer comes back"
+run "$bin/sojourn" call "$a" kv.get '["catalogue"]'
+run "$bin/sojourn" call "$b" kv.put '["catalogue", {"disk": 72, "ram": 41, "cpu": 199}]'
 
-say "-- remote evaluation: the code travels to the data and runs there"
-run "$bin/sojourn" eval "$a" -e 'local p = node.call("kv.get", "price:disk"); return p.eur * 1.2, node.call("node.info").name'
-run "$bin/sojourn" eval "$b" --json -e 'local cap = ...; local p = node.call("kv.get", "price:disk"); return p.eur <= cap' --args '[75]'
+say "-- 2. remote evaluation: our code travels to node b's data, runs there, the result comes back"
+run "$bin/sojourn" eval "$b" -e 'local c = node.call("kv.get", "catalogue"); return c.disk * 1.2, node.call("node.info").name'
+run "$bin/sojourn" eval "$c" --json -e 'local cap = ...; return node.call("kv.get", "catalogue").disk <= cap' --args '[75]'
+
+say "-- 3. code-on-demand: node a's code comes here (hash-checked, cached) and runs on our own data"
+run "$bin/sojourn" fetch "$a" stats --cache "$work/cache" --data 'readings=[4, 8, 15, 16, 23, 42]' --args '["readings"]'
+echo "(again: the hash is in the cache, so no code is sent)"
+run "$bin/sojourn" fetch "$a" stats --cache "$work/cache" --data 'readings=[1, 2]' --args '["readings"]'
+
+say "-- 4. mobile agent: code + state start at a, visit b and c, and report home to a"
+run "$bin/sojourn" launch "$here/agents/price_hunter.lua" --at "$a" --itinerary "$b,$c" --state '{"item":"disk"}' --wait
+
+say "-- tracking: a courier agent goes to c and waits there for a message sent through its home"
+echo "\$ sojourn launch ${here#$PWD/}/agents/courier.lua --at $a --itinerary $c"
+courier=$("$bin/sojourn" launch "$here/agents/courier.lua" --at "$a" --itinerary "$c")
+echo "$courier"
+for _ in $(seq 100); do
+  "$bin/sojourn" locate "$courier" --home "$a" 2>/dev/null | grep -q "waiting\|at $c" && break
+  sleep 0.05
+done
+run "$bin/sojourn" locate "$courier" --home "$a"
+run "$bin/sojourn" ps "$c"
+run "$bin/sojourn" send "$courier" '{"deliver": "two disks"}' --home "$a"
+run "$bin/sojourn" wait "$courier" --home "$a"
+run "$bin/sojourn" call "$c" kv.get '["delivery"]'
 
 say "-- a runaway chunk is stopped by the sandbox; the node keeps serving"
 run "$bin/sojourn" eval "$a" -e 'while true do end' --cpu 1000000 || echo "(exit code $?: the node answered with an error)"
 run "$bin/sojourn" info "$a"
 
-say "-- the same paradigms from C++ (samples/client_server.cpp, samples/remote_eval.cpp)"
+say "-- the four paradigms from C++ (samples/*.cpp)"
 "$bin/client_server"
 "$bin/remote_eval"
+"$bin/code_on_demand"
+"$bin/mobile_agent"
 
 say "-- stopping the nodes"
 for pid in "${pids[@]}"; do kill -TERM "$pid"; done
 wait "${pids[@]}"
 pids=()
-grep -h "stopped" "$work/a.out" "$work/b.out"
+grep -h "stopped" "$work/a.out" "$work/b.out" "$work/c.out"
 say "demo finished"

@@ -97,12 +97,18 @@ class ServerSession : public std::enable_shared_from_this<ServerSession> {
   asio::awaitable<void> run_request(Frame frame) {
     auto self = shared_from_this();
     Result<std::vector<std::uint8_t>> reply = make_error(Errc::shutting_down, "node is shutting down");
+    bool drop = false;
     if (auto server = server_.lock()) {
       auto handler = server->handler;
+      drop = server->options.drop_reply && server->options.drop_reply(frame.header.kind, frame.payload);
       server.reset();
       reply = co_await handler->handle(frame.header.kind, std::move(frame.payload), socket_->peer_name());
     }
-    if (reply) {
+    if (drop) {
+      log_warn("server", "fault injection: dropping the connection from " + socket_->peer_name() + " instead of replying");
+      stopping_ = true;
+      socket_->close();
+    } else if (reply) {
       socket_->send(encode_frame(FrameKind::reply, frame.header.request_id, *reply));
     } else {
       protocol_error(reply.error());

@@ -17,11 +17,6 @@ namespace {
 
 void print_error(const Error& e) { std::fprintf(stderr, "sojourn: error: %s\n", e.message.c_str()); }
 
-std::string render(const Value& v) {
-  auto j = value_to_json(v);
-  return j ? *j : to_debug_string(v, 4096);
-}
-
 std::string json_string(const std::string& s) {
   Value v(s);
   return *value_to_json(v);
@@ -41,13 +36,45 @@ Result<Value> parse_args(const std::string& text) {
   return v;
 }
 
+}  // namespace
+
+std::string render(const Value& v) {
+  auto j = value_to_json(v);
+  return j ? *j : to_debug_string(v, 4096);
+}
+
 int fail(const Error& e, bool json) {
   if (json) std::printf("%s\n", error_json(e).c_str());
   else print_error(e);
   return exit_code_for(e);
 }
 
-}  // namespace
+Result<void> seed_data(Node& node, const std::vector<std::string>& data) {
+  for (const auto& spec : data) {
+    auto eq = spec.find('=');
+    if (eq == std::string::npos) return make_error(Errc::invalid_argument, "invalid argument: --data wants KEY=JSON");
+    auto value = value_from_json(spec.substr(eq + 1));
+    if (!value) return value.error();
+    auto put = node.call_local("kv.put", Value::array({spec.substr(0, eq), *value}));
+    if (!put) return put.error();
+  }
+  return {};
+}
+
+Result<std::string> read_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return make_error(Errc::invalid_argument, "invalid argument: cannot read " + path);
+  std::ostringstream text;
+  text << in.rdbuf();
+  return text.str();
+}
+
+std::string file_stem(const std::string& path) {
+  auto slash = path.find_last_of('/');
+  std::string base = slash == std::string::npos ? path : path.substr(slash + 1);
+  auto dot = base.rfind(".lua");
+  return dot != std::string::npos && dot + 4 == base.size() ? base.substr(0, dot) : base;
+}
 
 int exit_code_for(const Error& e) {
   switch (e.code) {
@@ -84,7 +111,20 @@ int run_node(const NodeCommand& c) {
     l->memory_bytes = std::max(l->memory_bytes, options.default_limits.memory_bytes);
     l->wall_ms = std::max(l->wall_ms, options.default_limits.wall_ms);
   }
+  options.code_cache_dir = c.code_cache;
+  options.advertise = c.advertise;
   Node node(options);
+  for (const auto& spec : c.publish) {
+    auto eq = spec.find('=');
+    const std::string path = eq == std::string::npos ? spec : spec.substr(eq + 1);
+    const std::string name = eq == std::string::npos ? file_stem(spec) : spec.substr(0, eq);
+    auto source = read_file(path);
+    if (!source) return fail(source.error(), false);
+    auto hash = node.publish(name, *source);
+    if (!hash) return fail(hash.error(), false);
+    std::printf("node %s publishes module %s (%s)\n", c.name.c_str(), name.c_str(), hash->substr(0, 12).c_str());
+  }
+  if (auto seeded = seed_data(node, c.data); !seeded) return fail(seeded.error(), false);
   for (const auto& where : c.listen) {
     auto bound = node.listen(where);
     if (!bound) {
@@ -123,11 +163,9 @@ int run_call(const CallCommand& c) {
 int run_eval(const EvalCommand& c) {
   std::string source = c.code, chunk = "eval";
   if (!c.file.empty()) {
-    std::ifstream in(c.file, std::ios::binary);
-    if (!in) return fail(make_error(Errc::invalid_argument, "invalid argument: cannot read " + c.file), c.json);
-    std::ostringstream text;
-    text << in.rdbuf();
-    source = text.str();
+    auto text = read_file(c.file);
+    if (!text) return fail(text.error(), c.json);
+    source = std::move(*text);
     auto slash = c.file.find_last_of('/');
     chunk = slash == std::string::npos ? c.file : c.file.substr(slash + 1);
   }

@@ -7,8 +7,16 @@
 #include <vector>
 
 #include "sojourn/core/error.hpp"
+#include "sojourn/core/value.hpp"
+
+namespace sojourn {
+class Node;
+}
 
 namespace sojourn::cli {
+
+// Puts each KEY=JSON into the node's kv store.
+Result<void> seed_data(Node& node, const std::vector<std::string>& data);
 
 enum ExitCode : int {
   exit_ok = 0,
@@ -23,6 +31,9 @@ int exit_code_for(const Error& e);
 
 struct NodeCommand {
   std::vector<std::string> listen;
+  std::vector<std::string> publish;  // FILE or NAME=FILE
+  std::vector<std::string> data;     // KEY=JSON, put in the kv store at start
+  std::string code_cache, advertise;
   std::string name = "node";
   std::size_t workers = 2;
   std::uint64_t cpu = 0, memory = 0;
@@ -45,5 +56,40 @@ struct EvalCommand {
   std::uint32_t wall_ms = 0, timeout_ms = 30000;
 };
 int run_eval(const EvalCommand& c);
+
+// Code-on-demand and mobile agents (mobility_commands.cpp).
+struct FetchCommand {
+  std::string peer, module, args_json = "[]", cache_dir;
+  std::vector<std::string> data;  // KEY=JSON: the local data the module runs on
+  bool json = false;
+};
+int run_fetch(const FetchCommand& c);
+
+struct LaunchCommand {
+  std::string file, at, itinerary, state_json = "{}", entry = "start", owner;
+  std::uint32_t max_hops = 0, timeout_ms = 60000;
+  bool wait = false, json = false;
+};
+int run_launch(const LaunchCommand& c);
+
+struct AgentCommand {
+  std::string peer, agent_id, home = "127.0.0.1:7400", message_json;
+  bool json = false;
+};
+int run_ps(const AgentCommand& c);
+int run_locate(const AgentCommand& c);
+int run_send(const AgentCommand& c);
+struct WaitCommand {
+  std::string agent_id, home = "127.0.0.1:7400";
+  std::uint32_t timeout_ms = 60000;
+  bool json = false;
+};
+int run_wait(const WaitCommand& c);
+
+// Shared by the command files.
+Result<std::string> read_file(const std::string& path);
+std::string file_stem(const std::string& path);
+int fail(const Error& e, bool json);
+std::string render(const Value& v);
 
 }  // namespace sojourn::cli

@@ -7,7 +7,7 @@
 
 int main(int argc, char** argv) {
   using namespace sojourn::cli;
-  CLI::App app{"sojourn: run a code-mobility node, call its services, evaluate Lua on it"};
+  CLI::App app{"sojourn: run a code-mobility node; call, evaluate, fetch code, launch and track mobile agents"};
   app.require_subcommand(1);
   std::string log_level;
   app.add_option("--log-level", log_level, "debug, info, warn, error or off (default: warn, or $SOJOURN_LOG)");
@@ -21,6 +21,10 @@ int main(int argc, char** argv) {
   node_cmd->add_option("--memory", node.memory, "Default memory limit of an evaluation, in bytes");
   node_cmd->add_option("--wall-ms", node.wall_ms, "Default wall-clock limit of an evaluation, in ms");
   node_cmd->add_option("--grace-ms", node.grace_ms, "Time requests in flight get to finish at shutdown")->capture_default_str();
+  node_cmd->add_option("--publish", node.publish, "Publish a Lua module for code-on-demand: FILE or NAME=FILE (repeatable)");
+  node_cmd->add_option("--data", node.data, "Put KEY=JSON in the node's kv store at start (repeatable)");
+  node_cmd->add_option("--code-cache", node.code_cache, "Directory that keeps received code bundles across restarts");
+  node_cmd->add_option("--advertise", node.advertise, "Address peers reach this node at (default: the first --listen)");
 
   CallCommand call;
   auto* call_cmd = app.add_subcommand("call", "Client-server: run a service at a node");
@@ -47,6 +51,53 @@ int main(int argc, char** argv) {
   eval_cmd->add_option("--wall-ms", eval.wall_ms, "Wall-clock limit in ms (0: the node's default)");
   eval_cmd->add_option("--isolation", eval.isolation, "trusted, process or microvm")->capture_default_str();
   eval_cmd->add_option("--timeout-ms", eval.timeout_ms, "Request timeout")->capture_default_str();
+
+  FetchCommand fetch;
+  auto* fetch_cmd = app.add_subcommand("fetch", "Code-on-demand: fetch a module from a node and run it here");
+  fetch_cmd->add_option("peer", fetch.peer, "HOST:PORT of the node that publishes it")->required();
+  fetch_cmd->add_option("module", fetch.module, "Module name")->required();
+  fetch_cmd->add_option("--args", fetch.args_json, "Arguments as a JSON array, passed as ...")->capture_default_str();
+  fetch_cmd->add_option("--data", fetch.data, "Put KEY=JSON in the local kv store the module runs on (repeatable)");
+  fetch_cmd->add_option("--cache", fetch.cache_dir, "Code cache directory (default: ~/.cache/sojourn/code)");
+  fetch_cmd->add_flag("--json", fetch.json, "Print machine-readable JSON");
+
+  LaunchCommand launch;
+  auto* launch_cmd = app.add_subcommand("launch", "Mobile agent: launch a Lua agent at a node (its home)");
+  launch_cmd->add_option("file", launch.file, "The agent's Lua source file")->required();
+  launch_cmd->add_option("--at", launch.at, "HOST:PORT of the node it starts at (its home)")->required();
+  launch_cmd->add_option("--itinerary", launch.itinerary, "Nodes to visit next, comma-separated (agent.itinerary)");
+  launch_cmd->add_option("--state", launch.state_json, "Initial state as a JSON object")->capture_default_str();
+  launch_cmd->add_option("--entry", launch.entry, "Entry point called first")->capture_default_str();
+  launch_cmd->add_option("--owner", launch.owner, "Owner name (default: $USER)");
+  launch_cmd->add_option("--max-hops", launch.max_hops, "Most hops it may make (0: the node's default)");
+  launch_cmd->add_flag("--wait", launch.wait, "Wait for the result and print the itinerary taken");
+  launch_cmd->add_option("--timeout-ms", launch.timeout_ms, "How long --wait waits")->capture_default_str();
+  launch_cmd->add_flag("--json", launch.json, "Print machine-readable JSON");
+
+  AgentCommand ps;
+  auto* ps_cmd = app.add_subcommand("ps", "List the agents resident at a node");
+  ps_cmd->add_option("peer", ps.peer, "HOST:PORT of the node")->required();
+  ps_cmd->add_flag("--json", ps.json, "Print machine-readable JSON");
+
+  AgentCommand locate;
+  auto* locate_cmd = app.add_subcommand("locate", "Ask an agent's home node where the agent is");
+  locate_cmd->add_option("agent", locate.agent_id, "Agent id")->required();
+  locate_cmd->add_option("--home", locate.home, "The agent's home node")->capture_default_str();
+  locate_cmd->add_flag("--json", locate.json, "Print machine-readable JSON");
+
+  AgentCommand send;
+  auto* send_cmd = app.add_subcommand("send", "Send a message to an agent through its home (agent.receive reads it)");
+  send_cmd->add_option("agent", send.agent_id, "Agent id")->required();
+  send_cmd->add_option("message", send.message_json, "The message as JSON")->required();
+  send_cmd->add_option("--home", send.home, "The agent's home node")->capture_default_str();
+  send_cmd->add_flag("--json", send.json, "Print machine-readable JSON");
+
+  WaitCommand wait;
+  auto* wait_cmd = app.add_subcommand("wait", "Wait for an agent to finish; print its result and itinerary");
+  wait_cmd->add_option("agent", wait.agent_id, "Agent id")->required();
+  wait_cmd->add_option("--home", wait.home, "The agent's home node")->capture_default_str();
+  wait_cmd->add_option("--timeout-ms", wait.timeout_ms, "How long to wait")->capture_default_str();
+  wait_cmd->add_flag("--json", wait.json, "Print machine-readable JSON");
 
   try {
     app.parse(argc, argv);
@@ -75,5 +126,11 @@ int main(int argc, char** argv) {
     }
     return run_eval(eval);
   }
+  if (fetch_cmd->parsed()) return run_fetch(fetch);
+  if (launch_cmd->parsed()) return run_launch(launch);
+  if (ps_cmd->parsed()) return run_ps(ps);
+  if (locate_cmd->parsed()) return run_locate(locate);
+  if (send_cmd->parsed()) return run_send(send);
+  if (wait_cmd->parsed()) return run_wait(wait);
   return exit_usage;
 }

@@ -240,8 +240,6 @@ void open_restricted_env(lua_State* L, bool enable_jit) {
   lua_pushcfunction(L, node_call);
   lua_setfield(L, -2, "call");
   lua_setfield(L, globals, "node");
-  // Library functions captured by closures or stored in state travel by name.
-  lua::register_library(L, globals);
   lua_settop(L, globals - 1);
 }
 

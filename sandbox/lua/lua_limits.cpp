@@ -124,6 +124,8 @@ std::string limit_message(Errc code, const Limits& limits) {
       return "wall-clock deadline of " + std::to_string(limits.wall_ms) + " ms exceeded";
     case Errc::shutting_down:
       return "node is shutting down";
+    case Errc::agent_moving:
+      return "agent is leaving for another node";
     default:
       return std::string(errc_name(code));
   }

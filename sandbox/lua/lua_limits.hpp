@@ -40,6 +40,10 @@ struct RunContext {
   // The last non-sticky limit hit (a refused string.rep or pattern): the run fails with it
   // only if its error reaches the top unchanged. Errc::ok when none.
   Error last_limit;
+
+  // agent.go: the kill is Errc::agent_moving, and where to go is kept here.
+  std::string go_peer;
+  std::string go_entry;
 };
 
 // C stack that C functions of one run may use below run_lua's frame: LuaJIT checks its own

@@ -13,6 +13,7 @@
 
 #include <lua.hpp>
 
+#include "lua_agent.hpp"
 #include "lua_env.hpp"
 #include "lua_limits.hpp"
 #include "lua_value.hpp"
@@ -31,10 +32,65 @@ struct RunJob {
   const RunInput* input;
   std::string chunk_name;  // "=name": LuaJIT shows it verbatim in messages
   std::optional<Result<Value>> result;
+  const AgentInput* agent = nullptr;  // set for agent runs
+  int state_ref = LUA_NOREF;          // the agent's state table, in the registry
 };
 
 std::string_view display_chunk_name(const RunInput& input) {
   return input.chunk_name.empty() ? std::string_view("eval") : input.chunk_name;
+}
+
+// Converts the values on top of the stack into job.result, with the conversion's own memory
+// room; raises the memory limit when it runs out.
+void collect_results(lua_State* L, RunJob& job, RunContext& ctx, int count) {
+  // Lua-side room for the conversion's queue; the C++ side has its own cap.
+  ctx.byte_cap = ctx.bytes_in_use + std::min(ctx.byte_cap, SIZE_MAX - ctx.bytes_in_use);
+  bool out_of_memory = false;
+  try {
+    job.result = lua::pop_as_array(L, count, {"result", ctx.limits.memory_bytes});
+  } catch (const std::bad_alloc&) {
+    out_of_memory = true;
+  }
+  if (out_of_memory) detail::raise_limit(L, detail::limit_error(Errc::memory_limit, ctx.limits));
+}
+
+// For an agent: the chunk's returned table (or the globals) holds the entry point; it is
+// called with the state table, which stays in the registry for the conversion afterwards.
+int call_agent_entry(lua_State* L, RunJob& job, RunContext& ctx, int chunk_results) {
+  const AgentInput& agent = *job.agent;
+  lua_settop(L, chunk_results > 0 ? 1 : 0);
+  if (chunk_results > 0 && lua_istable(L, 1)) {
+    lua_pushlstring(L, agent.entry.data(), agent.entry.size());
+    lua_rawget(L, 1);
+  } else {
+    lua_pushlstring(L, agent.entry.data(), agent.entry.size());
+    lua_rawget(L, LUA_GLOBALSINDEX);
+  }
+  if (!lua_isfunction(L, -1)) {
+    const std::string message = "agent entry point '" + std::string(agent.entry) + "' is not a function";
+    lua_pushlstring(L, message.data(), message.size());
+    return lua_error(L);
+  }
+  // A function in the state that must not be rebuilt fails the step as sandbox_refused.
+  Result<int> pushed = lua::push_value_protected(L, agent.state.is_table() ? agent.state : Value::table(),
+                                                 ctx.limits.memory_bytes);
+  if (!pushed.ok()) {
+    if (pushed.error().code == Errc::memory_limit) detail::raise_limit(L, detail::limit_error(Errc::memory_limit, ctx.limits));
+    detail::raise_limit(L, pushed.error());
+  }
+  lua_pushvalue(L, -1);
+  job.state_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  lua_getfield(L, LUA_GLOBALSINDEX, "agent");
+  lua_pushvalue(L, -2);
+  lua_setfield(L, -2, "state");
+  lua_pop(L, 1);
+  const int base = lua_gettop(L) - 2;  // below the function
+  detail::arm_count_hook(L, ctx);
+  lua_call(L, 1, LUA_MULTRET);
+  detail::disarm_count_hook(L);
+  if (ctx.kill != Errc::ok) return 0;
+  collect_results(L, job, ctx, lua_gettop(L) - base);
+  return 0;
 }
 
 int run_protected(lua_State* L) {
@@ -44,6 +100,10 @@ int run_protected(lua_State* L) {
   const RunInput& input = *job.input;
 
   detail::open_restricted_env(L, input.allow_jit);
+  detail::open_require_remote(L);
+  if (job.agent != nullptr) detail::open_agent_api(L, job.agent->info);
+  // Every function of this environment (print, table.insert, agent.log, ...) travels by name.
+  lua::register_library(L, LUA_GLOBALSINDEX);
   // Mode "t" as a second lock behind run_lua's first-byte check: LuaJIT does not verify
   // bytecode, and crafted bytecode crashes it.
   const int load_status = luaL_loadbufferx(L, input.source.data(), input.source.size(), job.chunk_name.c_str(), "t");
@@ -62,16 +122,8 @@ int run_protected(lua_State* L) {
   lua_call(L, nargs, LUA_MULTRET);
   detail::disarm_count_hook(L);
   if (ctx.kill != Errc::ok) return 0;  // the chunk returned after swallowing a kill
-
-  // Lua-side room for the conversion's queue; the C++ side has its own cap.
-  ctx.byte_cap = ctx.bytes_in_use + std::min(ctx.byte_cap, SIZE_MAX - ctx.bytes_in_use);
-  bool out_of_memory = false;
-  try {
-    job.result = lua::pop_as_array(L, lua_gettop(L), {"result", ctx.limits.memory_bytes});
-  } catch (const std::bad_alloc&) {
-    out_of_memory = true;
-  }
-  if (out_of_memory) detail::raise_limit(L, detail::limit_error(Errc::memory_limit, ctx.limits));
+  if (job.agent != nullptr) return call_agent_entry(L, job, ctx, lua_gettop(L));
+  collect_results(L, job, ctx, lua_gettop(L));
   return 0;
 }
 
@@ -114,7 +166,13 @@ Error run_failure(lua_State* L, int status, const RunContext& ctx, std::string_v
 
 }  // namespace
 
-Result<Value> run_lua(const RunInput& input, HostCalls* host) {
+namespace {
+
+// One run in a fresh capped state: `finish` sees the state after the protected call, before
+// it is closed, and makes the result.
+template <class Finish>
+auto run_in_fresh_state(const RunInput& input, HostCalls* host, RunJob& job, Finish finish)
+    -> decltype(finish(static_cast<lua_State*>(nullptr), std::declval<RunContext&>(), 0)) {
   const Limits& limits = input.limits;
   if (limits.cpu_instructions == 0 || limits.memory_bytes == 0 || limits.wall_ms == 0) {
     return make_error(Errc::invalid_argument, "invalid argument: every limit of a Lua run must be non-zero");
@@ -146,12 +204,56 @@ Result<Value> run_lua(const RunInput& input, HostCalls* host) {
     return make_error(Errc::internal, "internal error: cannot create a Lua state (no randomness from getrandom)");
   }
   lua_State* L = state.get();
-
-  RunJob job{&input, std::string("=").append(display_chunk_name(input)), std::nullopt};
+  job.input = &input;
+  job.chunk_name = std::string("=").append(display_chunk_name(input));
   const int status = lua_cpcall(L, run_protected, &job);
-  if (status != 0 || ctx.kill != Errc::ok) return run_failure(L, status, ctx, display_chunk_name(input));
-  if (!job.result) return make_error(Errc::lua_error, "Lua error: the run ended without results");
-  return std::move(*job.result);
+  return finish(L, ctx, status);
+}
+
+}  // namespace
+
+Result<Value> run_lua(const RunInput& input, HostCalls* host) {
+  RunJob job{};
+  return run_in_fresh_state(input, host, job, [&](lua_State* L, RunContext& ctx, int status) -> Result<Value> {
+    if (status != 0 || ctx.kill != Errc::ok) return run_failure(L, status, ctx, display_chunk_name(input));
+    if (!job.result) return make_error(Errc::lua_error, "Lua error: the run ended without results");
+    return std::move(*job.result);
+  });
+}
+
+Result<AgentOutcome> run_agent(const RunInput& input, const AgentInput& agent, HostCalls* host) {
+  RunJob job{};
+  job.agent = &agent;
+  return run_in_fresh_state(input, host, job, [&](lua_State* L, RunContext& ctx, int status) -> Result<AgentOutcome> {
+    const bool left = ctx.kill == Errc::agent_moving;  // agent.go or agent.wait
+    if (!left && (status != 0 || ctx.kill != Errc::ok)) return run_failure(L, status, ctx, display_chunk_name(input));
+    if (job.state_ref == LUA_NOREF) return make_error(Errc::lua_error, "Lua error: the agent step ended without state");
+    detail::disarm_count_hook(L);  // the conversion below runs no Lua code, but a pending kill re-arms the hook
+    lua_settop(L, 0);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, job.state_ref);
+    // Room for the conversion, as for results.
+    ctx.byte_cap = ctx.bytes_in_use + std::min(ctx.byte_cap, SIZE_MAX - ctx.bytes_in_use);
+    Result<Value> state = Value{};
+    try {
+      state = lua::to_value(L, -1, {"state", ctx.limits.memory_bytes});
+    } catch (const std::bad_alloc&) {
+      state = detail::limit_error(Errc::memory_limit, ctx.limits);
+    }
+    if (!state) return state.error();
+    AgentOutcome outcome;
+    outcome.state = std::move(*state);
+    outcome.went = left && !ctx.go_peer.empty();
+    outcome.waits = left && ctx.go_peer.empty();
+    if (left) {
+      outcome.results = Value::table();
+      outcome.go_peer = ctx.go_peer;
+      outcome.go_entry = ctx.go_entry;
+    } else {
+      if (job.result && !job.result->ok()) return job.result->error();
+      outcome.results = job.result ? std::move(**job.result) : Value::table();
+    }
+    return outcome;
+  });
 }
 
 }  // namespace sojourn::sandbox

@@ -2,6 +2,7 @@
 // `eval` and `info` against it, checking stdout, stderr and exit codes.
 #include <doctest/doctest.h>
 
+#include <filesystem>
 #include <fstream>
 
 #include "support/process.hpp"
@@ -14,12 +15,19 @@ namespace {
 const std::string cli = SOJOURN_CLI_PATH;
 
 struct DaemonNode {
-  Process process{{cli, "node", "--listen", "127.0.0.1:0", "--name", "a", "--grace-ms", "2000"}};
+  Process process;
   std::string address;
-  DaemonNode() {
+  explicit DaemonNode(const std::string& name = "a", std::vector<std::string> extra = {})
+      : process([&] {
+          std::vector<std::string> argv{cli, "node", "--listen", "127.0.0.1:0", "--name", name, "--grace-ms", "2000"};
+          argv.insert(argv.end(), extra.begin(), extra.end());
+          return argv;
+        }()) {
     REQUIRE(process.started());
-    std::string line = process.read_line(10000);
-    const std::string prefix = "node a listening on ";
+    std::string line;
+    const std::string prefix = "node " + name + " listening on ";
+    // Lines before it announce published modules.
+    for (int i = 0; i < 10 && line.rfind(prefix, 0) != 0; ++i) line = process.read_line(10000);
     REQUIRE(line.rfind(prefix, 0) == 0);
     address = line.substr(prefix.size());
   }
@@ -88,4 +96,73 @@ TEST_CASE("sojourn node stops cleanly on SIGTERM and on SIGINT") {
     CHECK(node.process.read_line(5000) == "node a stopped after serving 1 calls and 0 evaluations");
     CHECK(node.process.wait() == 0);
   }
+}
+
+TEST_CASE("sojourn launch --wait runs an agent through three node processes and prints its itinerary") {
+  DaemonNode a("a", {"--data", R"(price=1)"});
+  DaemonNode b("b", {"--data", R"(price=2)"});
+  DaemonNode c("c", {"--data", R"(price=3)"});
+  std::string path = "cli_test_agent.lua";
+  std::ofstream(path) << "local M = {}\n"
+                         "function M.start(s) s.sum = 0; return M.visit(s) end\n"
+                         "function M.visit(s)\n"
+                         "  s.sum = s.sum + node.call('kv.get', 'price')\n"
+                         "  agent.log('sum ' .. s.sum)\n"
+                         "  if agent.itinerary[1] then agent.go(agent.itinerary[1], 'visit') end\n"
+                         "  return s.sum * s.factor\n"
+                         "end\n"
+                         "return M\n";
+  auto r = run({cli, "launch", path, "--at", a.address, "--itinerary", b.address + "," + c.address, "--state",
+                R"({"factor": 10})", "--wait"});
+  CHECK(r.exit_code == 0);
+  CHECK(r.out.find(" finished at " + c.address + " (epoch 2)\n") != std::string::npos);
+  CHECK(r.out.find("result: 60\n") != std::string::npos);
+  CHECK(r.out.find("itinerary (3 stops):") != std::string::npos);
+  CHECK(r.out.find("log: " + b.address + ": sum 3\n") != std::string::npos);
+  auto j = run({cli, "launch", path, "--at", a.address, "--itinerary", b.address, "--state", R"({"factor": 1})", "--wait",
+                "--json"});
+  CHECK(j.exit_code == 0);
+  CHECK(j.out.rfind(R"({"ok":true,"agent":{)", 0) == 0);
+  CHECK(j.out.find(R"("result":[3])") != std::string::npos);
+}
+
+TEST_CASE("sojourn fetch runs a published module on local data; ps, send and locate follow a parked agent") {
+  std::string module = "cli_test_sum.lua";
+  std::ofstream(module) << "local t = node.call('kv.get', 'xs'); local s = 0\n"
+                           "for _, v in ipairs(t) do s = s + v end; return s\n";
+  DaemonNode a("a", {"--publish", "sum=" + module});
+  const std::string cache = "cli_test_cache";
+  std::filesystem::remove_all(cache);
+  auto f = run({cli, "fetch", a.address, "sum", "--cache", cache, "--data", "xs=[1,2,3]"});
+  CHECK(f.exit_code == 0);
+  CHECK(f.out == "6\n");
+  CHECK(f.err.find("bytes of code") != std::string::npos);
+  auto again = run({cli, "fetch", a.address, "sum", "--cache", cache, "--data", "xs=[5]"});
+  CHECK(again.out == "5\n");
+  CHECK(again.err.find("cached here, no code sent") != std::string::npos);
+  auto bad = run({cli, "fetch", a.address, "../sum"});
+  CHECK(bad.exit_code == 4);
+  CHECK(bad.err == "sojourn: error: bad bundle: invalid module name '../sum'\n");
+
+  std::string path = "cli_test_parked.lua";
+  std::ofstream(path) << "function start(s) local m = agent.receive(); if not m then agent.wait('start') end; return m.n + 1 end\n";
+  auto launched = run({cli, "launch", path, "--at", a.address});
+  REQUIRE(launched.exit_code == 0);
+  const std::string id = launched.out.substr(0, 32);
+  std::string ps;
+  for (int i = 0; i < 100 && ps.find("waiting for a message") == std::string::npos; ++i) {
+    ps = run({cli, "ps", a.address}).out;
+  }
+  CHECK(ps.find(id) != std::string::npos);
+  CHECK(ps.find("waiting for a message") != std::string::npos);
+  auto where = run({cli, "locate", id, "--home", a.address});
+  CHECK(where.out == id + " running at " + a.address + " (epoch 0)\n");
+  auto sent = run({cli, "send", id, R"({"n": 41})", "--home", a.address});
+  CHECK(sent.exit_code == 0);
+  auto done = run({cli, "wait", id, "--home", a.address});
+  CHECK(done.exit_code == 0);
+  CHECK(done.out.find("result: 42\n") != std::string::npos);
+  auto unknown = run({cli, "locate", std::string(32, '0'), "--home", a.address});
+  CHECK(unknown.exit_code == 4);
+  CHECK(unknown.err == "sojourn: error: no such agent: " + std::string(32, '0') + "\n");
 }

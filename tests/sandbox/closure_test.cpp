@@ -338,3 +338,66 @@ TEST_CASE("the byte cap counts function text and upvalues") {
   CHECK(scan::to_value(L, -1, {"state", 20000}).ok());
   lua_close(L);
 }
+
+namespace {
+
+// One agent step of `agent_code` at entry `entry` with `state`; the state that comes back
+// has crossed the wire.
+Value agent_hop(std::string_view agent_code, std::string_view entry, const Value& state) {
+  RunInput input;
+  input.source = agent_code;
+  input.chunk_name = "agent";
+  input.limits = Limits{10'000'000, kMemory, 5000};
+  sojourn::sandbox::AgentInput agent{entry, state, Value::table()};
+  auto r = sojourn::sandbox::run_agent(input, agent, nullptr);
+  if (!r.ok()) FAIL(r.error().message);
+  return over_the_wire(r->state);
+}
+
+constexpr std::string_view kCounterAgent = R"(
+local M = {}
+function M.start(s)
+  local n = 0
+  local log = {}
+  s.inc = function() n = n + 1 log[#log + 1] = n return n end
+  s.get = function() return n, log end
+  s.say = print
+  s.inc()
+  agent.go("next", "hop")
+end
+function M.hop(s)
+  s.inc()
+  agent.go("next", "hop")
+end
+return M
+)";
+
+}  // namespace
+
+TEST_CASE("an agent's state with closures sharing an upvalue survives three hops") {
+  Value state = agent_hop(kCounterAgent, "start", Value::table());
+  CHECK(state.get("inc").function_line() == 6);
+  CHECK(state.get("say").library_name() == "print");
+  for (int hop = 0; hop < 3; ++hop) state = agent_hop(kCounterAgent, "hop", state);
+  CHECK(state.get("inc").same_upvalue(0, state.get("get"), 0));
+  auto r = run("local s = ... local n, log = s.get() return n, #log, log[4], s.inc(), s.say == print", Value::array({state}));
+  REQUIRE(r.ok());
+  CHECK(r->get(1).as_integer() == 4);
+  CHECK(r->get(2).as_integer() == 4);
+  CHECK(r->get(3).as_integer() == 4);
+  CHECK(r->get(4).as_integer() == 5);
+  CHECK(r->get(5).as_bool());
+}
+
+TEST_CASE("an agent step whose state holds a forged function is refused before the entry runs") {
+  Value state = Value::table();
+  state.set("cb", Value::function("(function() return 1 end)()", "=agent", 3));
+  RunInput input;
+  input.source = "return { start = function(s) s.ran = true end }";
+  input.chunk_name = "agent";
+  input.limits = Limits{10'000'000, kMemory, 5000};
+  auto r = sojourn::sandbox::run_agent(input, sojourn::sandbox::AgentInput{"start", state, Value::table()}, nullptr);
+  REQUIRE_FALSE(r.ok());
+  CHECK(r.error().code == Errc::sandbox_refused);
+  CHECK(r.error().message == "refused by the sandbox: the text of function from agent:3 is not one function expression");
+}

@@ -6,6 +6,7 @@
 #include <chrono>
 #include <cstdint>
 #include <functional>
+#include <span>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -14,6 +15,7 @@
 #include "sojourn/core/error.hpp"
 #include "sojourn/core/messages.hpp"
 #include "sojourn/core/value.hpp"
+#include "sojourn/agents/mobility.hpp"
 
 namespace sojourn {
 
@@ -25,6 +27,8 @@ using Service = std::function<Result<Value>(const Value& args)>;
 struct ServiceOptions {
   // Cheap, non-blocking services may run on the network thread and skip a thread hop.
   bool inline_on_network_thread = false;
+  // Protocol services (agent hand-over, tracking) that peers call: Lua's node.call cannot.
+  bool peers_only = false;
 };
 
 struct NodeOptions {
@@ -40,6 +44,21 @@ struct NodeOptions {
   std::size_t kv_max_bytes = 64u << 20;
   std::chrono::milliseconds connect_timeout{3'000};
   std::chrono::milliseconds request_timeout{30'000};
+
+  // The address peers reach this node at (an agent's home, where it is). Empty: the first
+  // address listen() bound.
+  std::string advertise;
+  // Where fetched and received bundles are kept across restarts; empty: memory only.
+  std::string code_cache_dir;
+  // Hops an agent may make when neither launch nor its bundle says.
+  std::uint32_t default_max_hops = 64;
+  // A hand-over that fails for a network reason is retried this many times per
+  // destination, waiting retry_backoff, then twice that, ..., before the fallback.
+  std::uint32_t migration_retries = 3;
+  std::chrono::milliseconds retry_backoff{50};
+  // Fault injection for tests: a call to a service for which this returns true runs, but
+  // its reply is not sent and the connection is closed (as if it broke in between).
+  std::function<bool(std::string_view service)> fault_drop_reply;
 };
 
 struct EvalOptions {
@@ -54,6 +73,8 @@ struct NodeStats {
   std::uint64_t evals_served = 0;
   std::uint64_t requests_failed = 0;
   std::uint64_t in_flight = 0;
+  std::uint64_t bundles_sent = 0;     // code.fetch answers and transfers that carried code
+  std::uint64_t agents_resident = 0;
 };
 
 class Node {
@@ -82,6 +103,32 @@ class Node {
                      const EvalOptions& options = {});
   // Runs a service of this node directly (what `node.call` in Lua does).
   Result<Value> call_local(std::string_view service, const Value& args);
+
+  // Code-on-demand. publish() makes a module fetchable by peers and returns its hash.
+  Result<std::string> publish(const Bundle& bundle);
+  Result<std::string> publish(std::string name, std::string source);
+  // Fetches `module` from `peer` (no code crosses the wire when this node already holds
+  // the peer's current hash), verifies its hash and caches it.
+  Result<FetchedModule> fetch(std::string_view peer, std::string_view module);
+  // Runs a module here, on this node's data: its main file with `args` as `...`;
+  // require_remote inside it reaches the module's origin.
+  Result<Value> run_module(const FetchedModule& module, Value args = Value::table(), const EvalOptions& options = {});
+
+  // Mobile agents. launch() starts an agent at `at` (this node when empty), whose home
+  // is that node; returns the agent's id.
+  Result<std::string> launch(std::string_view at, AgentLaunch agent);
+  // Asks the agent's home node.
+  Result<AgentStatus> agent_status(std::string_view home, std::string_view agent_id);
+  // Polls agent_status until the agent is finished or failed, or `timeout` passes.
+  Result<AgentStatus> wait_agent(std::string_view home, std::string_view agent_id, std::chrono::milliseconds timeout);
+  // Sends a message to an agent through its home node: delivered exactly once, in order
+  // per sender, wherever the agent is. Returns the message id.
+  Result<std::string> send_to_agent(std::string_view home, std::string_view agent_id, Value message);
+  // The agents resident at `peer` (this node when empty).
+  Result<std::vector<AgentSummary>> list_agents(std::string_view peer = {});
+
+  // The address peers reach this node at (NodeOptions::advertise or the first bound).
+  std::string advertised_address() const;
 
   // Stops accepting, gives requests in flight up to `grace` to finish, then ends the
   // rest with "node is shutting down" and closes every connection. Idempotent.

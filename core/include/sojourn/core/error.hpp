@@ -43,6 +43,14 @@ enum class Errc : std::uint16_t {
   timeout = 62,              // "request to PEER timed out after N ms"
   bad_address = 63,          // "bad address: ..."
   remote_protocol_error = 64,// "peer PEER reported a protocol error: ..."
+  // code bundles and mobile agents
+  agent_moving = 80,         // "agent is leaving for another node" (ends an agent's run at agent.go)
+  bad_bundle = 81,           // "bad bundle: ..." (invalid manifest, module name or file)
+  hash_mismatch = 82,        // "bundle hash mismatch: expected H1, got H2"
+  no_such_module = 83,       // "no such module: NAME"
+  no_such_agent = 84,        // "no such agent: ID"
+  stale_epoch = 85,          // "agent ID epoch N is stale (this node has seen epoch M)"
+  migration_failed = 86,     // "cannot move agent ID to PEER: ..."
 };
 
 // The fixed short name of a code ("cpu_limit"), used in JSON output and logs.

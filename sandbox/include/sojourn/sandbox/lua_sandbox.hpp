@@ -45,4 +45,33 @@ struct RunInput {
 //   internal        "internal error: cannot create a Lua state (...)"
 Result<Value> run_lua(const RunInput& input, HostCalls* host);
 
+// One step of a mobile agent (weak mobility). The chunk is the agent's code: it is run,
+// then `entry` is called with the agent's state table; the entry is a field of the table
+// the chunk returned, or else a global function. Inside, the `agent` table holds the
+// facts in `info` (id, home, here, epoch, itinerary, ...) and:
+//   agent.state            the state table (the entry's first argument)
+//   agent.go(peer, entry)  ends this step; the state travels to `peer`, where `entry` is called
+//   agent.wait(entry)      ends this step; the agent stays until a message comes, then `entry`
+//   agent.receive()        the next message sent to the agent, or nil (host call "agent.receive")
+//   agent.log(...)         a line in the agent's trace (host call "agent.log")
+// Host calls named "agent.*" and "code.require" go through HostCalls::call like node.call's.
+struct AgentInput {
+  std::string_view entry;  // the entry point's name
+  Value state;             // a table
+  Value info;              // a table of read-only facts, copied into `agent`
+};
+
+struct AgentOutcome {
+  Value results;  // the entry's return values (array table); empty when the agent went
+  Value state;    // the state table after the step, closures included
+  bool went = false;      // agent.go was called
+  bool waits = false;     // agent.wait was called
+  std::string go_peer;    // where agent.go asked to go
+  std::string go_entry;   // and what to call there (or when a message comes, for agent.wait)
+};
+
+// Errors are those of run_lua, plus lua_error "Lua error: agent entry point 'NAME' is not a
+// function" and not_transferable "value at state.PATH cannot travel: ...".
+Result<AgentOutcome> run_agent(const RunInput& input, const AgentInput& agent, HostCalls* host);
+
 }  // namespace sojourn::sandbox

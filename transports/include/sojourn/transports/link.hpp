@@ -5,6 +5,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <span>
 #include <string>
@@ -25,6 +26,10 @@ struct TransportOptions {
   std::chrono::milliseconds frame_timeout{10'000};
   // Requests a server runs at once for one connection; past it, it stops reading.
   std::size_t max_in_flight_per_connection = 1024;
+  // Fault injection for tests of exactly-once protocols: when set and it returns true for
+  // a request, the server runs the request but, instead of replying, closes the
+  // connection, as if it had broken between the work and its answer.
+  std::function<bool(FrameKind kind, std::span<const std::uint8_t> payload)> drop_reply;
 };
 
 class RequestHandler {

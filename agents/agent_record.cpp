@@ -1,0 +1,158 @@
+// Agent records as Value tables: every field checked on the way in, since a record comes
+// from a peer.
+#include "agent_record.hpp"
+
+#include <chrono>
+
+#include <openssl/rand.h>
+
+namespace sojourn {
+
+std::string new_agent_id() {
+  unsigned char bytes[16];
+  if (RAND_bytes(bytes, sizeof bytes) != 1) throw std::runtime_error("no randomness for an agent id");
+  static constexpr char kHex[] = "0123456789abcdef";
+  std::string id;
+  for (unsigned char b : bytes) {
+    id.push_back(kHex[b >> 4]);
+    id.push_back(kHex[b & 0xf]);
+  }
+  return id;
+}
+
+bool is_agent_id(std::string_view text) {
+  if (text.size() != 32) return false;
+  for (char c : text) {
+    if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'))) return false;
+  }
+  return true;
+}
+
+std::int64_t unix_ms_now() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch()).count();
+}
+
+std::string field_string(const Value& table, const char* key) {
+  if (!table.is_table()) return {};
+  Value v = table.get(key);
+  return v.is_string() ? v.as_string() : std::string();
+}
+
+std::uint64_t field_u64(const Value& table, const char* key) {
+  if (!table.is_table()) return 0;
+  Value v = table.get(key);
+  if (v.is_integer() && v.as_integer() >= 0) return static_cast<std::uint64_t>(v.as_integer());
+  return 0;
+}
+
+Value strings_to_value(const std::vector<std::string>& items) {
+  Value t = Value::table();
+  for (const auto& s : items) t.push(s);
+  return t;
+}
+
+std::vector<std::string> strings_from_value(const Value& v) {
+  std::vector<std::string> out;
+  if (!v.is_table()) return out;
+  for (std::size_t i = 1; i <= v.length(); ++i) {
+    Value item = v.get(static_cast<std::int64_t>(i));
+    if (item.is_string()) out.push_back(item.as_string());
+  }
+  return out;
+}
+
+Value hops_to_value(const std::vector<AgentHop>& hops) {
+  Value t = Value::table();
+  for (const auto& h : hops) {
+    Value hop = t.new_table();
+    hop.set("node", h.node);
+    hop.set("epoch", static_cast<std::int64_t>(h.epoch));
+    hop.set("arrived", h.arrived_unix_ms);
+    hop.set("spent_ms", h.spent_ms);
+    hop.set("state_bytes", static_cast<std::int64_t>(h.state_bytes));
+    t.push(hop);
+  }
+  return t;
+}
+
+std::vector<AgentHop> hops_from_value(const Value& v) {
+  std::vector<AgentHop> out;
+  if (!v.is_table()) return out;
+  for (std::size_t i = 1; i <= v.length(); ++i) {
+    Value h = v.get(static_cast<std::int64_t>(i));
+    if (!h.is_table()) continue;
+    AgentHop hop;
+    hop.node = field_string(h, "node");
+    hop.epoch = field_u64(h, "epoch");
+    hop.arrived_unix_ms = static_cast<std::int64_t>(field_u64(h, "arrived"));
+    hop.spent_ms = static_cast<std::int64_t>(field_u64(h, "spent_ms"));
+    hop.state_bytes = field_u64(h, "state_bytes");
+    out.push_back(std::move(hop));
+  }
+  return out;
+}
+
+Value record_to_value(const AgentRecord& r) {
+  Value t = Value::table();
+  t.set("id", r.id);
+  t.set("home", r.home);
+  t.set("owner", r.owner);
+  t.set("bundle", r.bundle_hash);
+  t.set("entry", r.entry);
+  t.set("state", r.state.is_table() ? r.state : Value::table());
+  t.set("epoch", static_cast<std::int64_t>(r.epoch));
+  t.set("itinerary", strings_to_value(r.itinerary));
+  t.set("max_hops", static_cast<std::int64_t>(r.max_hops));
+  Value q = t.new_table();
+  q.set("cpu", static_cast<std::int64_t>(r.quotas.cpu_instructions));
+  q.set("memory", static_cast<std::int64_t>(r.quotas.memory_bytes));
+  q.set("wall_ms", static_cast<std::int64_t>(r.quotas.wall_ms));
+  t.set("quotas", q);
+  t.set("isolation", std::string(isolation_name(r.isolation)));
+  t.set("created", r.created_unix_ms);
+  t.set("updated", r.updated_unix_ms);
+  t.set("hops", hops_to_value(r.hops));
+  t.set("log", strings_to_value(r.log));
+  Value mailbox = Value::table();
+  for (const auto& m : r.mailbox) mailbox.push(m);
+  t.set("mailbox", mailbox);
+  t.set("delivered", strings_to_value(r.delivered));
+  return t;
+}
+
+Result<AgentRecord> record_from_value(const Value& v) {
+  auto bad = [](const std::string& what) { return make_error(Errc::invalid_argument, "invalid argument: agent record " + what); };
+  if (!v.is_table()) return bad("is not a table");
+  AgentRecord r;
+  r.id = field_string(v, "id");
+  if (!is_agent_id(r.id)) return bad("has no valid id");
+  r.home = field_string(v, "home");
+  if (r.home.empty()) return bad("has no home");
+  r.owner = field_string(v, "owner");
+  r.bundle_hash = field_string(v, "bundle");
+  if (!is_bundle_hash(r.bundle_hash)) return bad("has no valid bundle hash");
+  r.entry = field_string(v, "entry");
+  if (r.entry.empty()) return bad("has no entry point");
+  r.state = v.get("state");
+  if (!r.state.is_table()) return bad("state is not a table");
+  r.epoch = field_u64(v, "epoch");
+  r.itinerary = strings_from_value(v.get("itinerary"));
+  r.max_hops = static_cast<std::uint32_t>(field_u64(v, "max_hops"));
+  Value q = v.get("quotas");
+  r.quotas = Limits{field_u64(q, "cpu"), field_u64(q, "memory"), static_cast<std::uint32_t>(field_u64(q, "wall_ms"))};
+  auto iso = parse_isolation(field_string(v, "isolation"));
+  if (!iso) return bad("has an unknown isolation level");
+  r.isolation = *iso;
+  r.created_unix_ms = static_cast<std::int64_t>(field_u64(v, "created"));
+  r.updated_unix_ms = static_cast<std::int64_t>(field_u64(v, "updated"));
+  r.hops = hops_from_value(v.get("hops"));
+  r.log = strings_from_value(v.get("log"));
+  Value mailbox = v.get("mailbox");
+  if (mailbox.is_table()) {
+    for (std::size_t i = 1; i <= mailbox.length(); ++i) r.mailbox.push_back(mailbox.get(static_cast<std::int64_t>(i)));
+  }
+  r.delivered = strings_from_value(v.get("delivered"));
+  return r;
+}
+
+}  // namespace sojourn

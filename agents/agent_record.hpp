@@ -1,0 +1,52 @@
+// Internal: the migrating record of a mobile agent and its conversion to and from the Value
+// tables that the hand-over protocol carries.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "sojourn/agents/mobility.hpp"
+#include "sojourn/core/error.hpp"
+#include "sojourn/core/messages.hpp"
+#include "sojourn/core/value.hpp"
+
+namespace sojourn {
+
+struct AgentRecord {
+  std::string id;           // 128 random bits, 32 hex digits
+  std::string home;         // the node that tracks it and receives its result
+  std::string owner;
+  std::string bundle_hash;
+  std::string entry;        // called on arrival
+  Value state;              // a table (closures included)
+  std::uint64_t epoch = 0;  // hops made; grows by one at each hand-over
+  std::vector<std::string> itinerary;  // nodes still to visit
+  std::uint32_t max_hops = 0;
+  Limits quotas;            // per run
+  Isolation isolation = Isolation::trusted;
+  std::int64_t created_unix_ms = 0;
+  std::int64_t updated_unix_ms = 0;
+  std::vector<AgentHop> hops;
+  std::vector<std::string> log;      // agent.log lines (the last 64)
+  std::vector<Value> mailbox;        // messages not yet received
+  std::vector<std::string> delivered;  // ids of messages ever delivered (exactly once)
+};
+
+std::string new_agent_id();
+bool is_agent_id(std::string_view text);
+std::int64_t unix_ms_now();
+
+Value record_to_value(const AgentRecord& r);
+Result<AgentRecord> record_from_value(const Value& v);
+
+Value hops_to_value(const std::vector<AgentHop>& hops);
+std::vector<AgentHop> hops_from_value(const Value& v);
+
+// Small helpers for the Value tables of the protocol.
+std::string field_string(const Value& table, const char* key);
+std::uint64_t field_u64(const Value& table, const char* key);
+Value strings_to_value(const std::vector<std::string>& items);
+std::vector<std::string> strings_from_value(const Value& v);
+
+}  // namespace sojourn

@@ -1,0 +1,305 @@
+// Resident agents: making one resident, running its steps on the worker pool, the host
+// calls its code makes, and how a step ends (it moved, finished or failed).
+#include "agent_runtime.hpp"
+
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/post.hpp>
+
+#include "sojourn/core/log.hpp"
+#include "sojourn/sandbox/lua_sandbox.hpp"
+
+namespace sojourn {
+
+namespace {
+
+class AgentHostCalls final : public sandbox::HostCalls {
+ public:
+  AgentHostCalls(AgentRuntime& runtime, std::string id, std::function<Result<Value>(std::string_view, const Value&)> fn)
+      : runtime_(runtime), id_(std::move(id)), fn_(std::move(fn)) {}
+  Result<Value> call(std::string_view service, const Value& args) override { return fn_(service, args); }
+
+ private:
+  AgentRuntime& runtime_;
+  std::string id_;
+  std::function<Result<Value>(std::string_view, const Value&)> fn_;
+};
+
+constexpr std::size_t kMaxLogLines = 64;
+
+}  // namespace
+
+AgentRuntime::AgentRuntime(Node::Impl& impl) : impl_(impl), cache_(impl.options.code_cache_dir) {}
+
+std::string AgentRuntime::self() const {
+  std::lock_guard lock(impl_.advertised_mutex);
+  return impl_.advertised;
+}
+
+void AgentRuntime::spawn(asio::awaitable<void> task, const char* what) {
+  asio::co_spawn(impl_.io, std::move(task), [what](std::exception_ptr e) {
+    if (!e) return;
+    try {
+      std::rethrow_exception(e);
+    } catch (const std::exception& ex) {
+      log_error("agents", std::string(what) + " failed: " + ex.what());
+    }
+  });
+}
+
+void AgentRuntime::register_services(Node& node) {
+  auto self = weak_from_this();
+  auto bind = [self](Result<Value> (AgentRuntime::*fn)(const Value&)) {
+    return [self, fn](const Value& args) -> Result<Value> {
+      auto rt = self.lock();
+      if (!rt) return make_error(Errc::shutting_down, "node is shutting down");
+      return ((*rt).*fn)(args.get(1));
+    };
+  };
+  ServiceOptions peers;
+  peers.peers_only = true;
+  node.register_service("agent.launch", bind(&AgentRuntime::launch_here), peers);
+  node.register_service("agent.offer", bind(&AgentRuntime::on_offer), peers);
+  node.register_service("agent.transfer", bind(&AgentRuntime::on_transfer), peers);
+  node.register_service("agent.arrived", bind(&AgentRuntime::on_arrived), peers);
+  node.register_service("agent.finished", bind(&AgentRuntime::on_finished), peers);
+  node.register_service("agent.send", bind(&AgentRuntime::on_send), peers);
+  node.register_service("agent.deliver", bind(&AgentRuntime::on_deliver), peers);
+  node.register_service("code.fetch", bind(&AgentRuntime::on_fetch), peers);
+  node.register_service("agent.status", [self](const Value& args) -> Result<Value> {
+    auto rt = self.lock();
+    if (!rt) return make_error(Errc::shutting_down, "node is shutting down");
+    Value id = args.get(1);
+    return rt->status_of(id.is_string() ? id.as_string() : std::string());
+  });
+  node.register_service("agent.list", [self](const Value&) -> Result<Value> {
+    auto rt = self.lock();
+    if (!rt) return make_error(Errc::shutting_down, "node is shutting down");
+    return rt->list();
+  });
+}
+
+Result<Value> AgentRuntime::launch_here(const Value& request) {
+  if (impl_.shutting_down) return make_error(Errc::shutting_down, "node is shutting down");
+  Value bytes = request.get("bundle");
+  if (!bytes.is_string()) return make_error(Errc::invalid_argument, "invalid argument: agent.launch needs a bundle");
+  const std::string& text = bytes.as_string();
+  // SAFETY: the string's bytes are read as unsigned bytes of the same size.
+  auto bundle = cache_.put_encoded(std::span(reinterpret_cast<const std::uint8_t*>(text.data()), text.size()));
+  if (!bundle) return bundle.error();
+  AgentRecord r;
+  r.id = new_agent_id();
+  r.home = self();
+  if (r.home.empty()) return make_error(Errc::invalid_argument, "invalid argument: this node has no address to be an agent's home (listen first)");
+  r.owner = field_string(request, "owner");
+  if (r.owner.empty()) r.owner = "anonymous";
+  r.bundle_hash = (*bundle)->hash;
+  r.entry = field_string(request, "entry");
+  if (r.entry.empty()) r.entry = "start";
+  r.state = request.get("state");
+  if (!r.state.is_table()) r.state = Value::table();
+  r.itinerary = strings_from_value(request.get("itinerary"));
+  const BundleManifest& m = (*bundle)->bundle.manifest;
+  r.max_hops = static_cast<std::uint32_t>(field_u64(request, "max_hops"));
+  if (r.max_hops == 0) r.max_hops = m.max_hops != 0 ? m.max_hops : impl_.options.default_max_hops;
+  r.quotas = m.quotas;
+  r.isolation = Isolation::trusted;
+  r.created_unix_ms = r.updated_unix_ms = unix_ms_now();
+  r.hops.push_back(AgentHop{r.home, 0, r.created_unix_ms, 0, encode_value(r.state).size()});
+  track_launch(r);
+  Value reply = Value::table();
+  reply.set("id", r.id);
+  reply.set("home", r.home);
+  log_info("agents", impl_.options.name + ": launched agent " + r.id + " (" + m.name + ")");
+  make_resident(std::move(r), std::move(*bundle));
+  return reply;
+}
+
+void AgentRuntime::make_resident(AgentRecord record, std::shared_ptr<const CachedBundle> bundle) {
+  const std::string id = record.id;
+  {
+    std::lock_guard lock(mutex_);
+    Resident& res = residents_[id];
+    res.record = std::move(record);
+    res.bundle = std::move(bundle);
+    res.status = "waiting";
+    res.reason.clear();
+    res.since_unix_ms = unix_ms_now();
+  }
+  schedule_run(id);
+}
+
+void AgentRuntime::schedule_run(const std::string& id) {
+  auto self = shared_from_this();
+  asio::post(impl_.workers, [self, id] {
+    try {
+      self->run_step(id);
+    } catch (const std::exception& e) {
+      log_error("agents", "agent " + id + ": " + e.what());
+    }
+  });
+}
+
+void AgentRuntime::run_step(const std::string& id) {
+  AgentRecord record;
+  std::shared_ptr<const CachedBundle> bundle;
+  {
+    std::lock_guard lock(mutex_);
+    auto it = residents_.find(id);
+    if (it == residents_.end()) return;
+    it->second.status = "running";
+    record = it->second.record;
+    bundle = it->second.bundle;
+  }
+  sandbox::RunInput input;
+  input.source = bundle->bundle.main_source();
+  input.chunk_name = bundle->bundle.main_file();
+  input.args = Value::table();
+  input.limits = effective_limits(record.quotas, impl_.options.default_limits, impl_.options.max_limits);
+  input.allow_jit = false;
+  input.abort = &impl_.abort_runs;
+  Value info = Value::table();
+  info.set("id", record.id);
+  info.set("home", record.home);
+  info.set("here", self());
+  info.set("owner", record.owner);
+  info.set("epoch", static_cast<std::int64_t>(record.epoch));
+  info.set("itinerary", strings_to_value(record.itinerary));
+  info.set("isolation", std::string(isolation_name(record.isolation)));
+  sandbox::AgentInput agent{record.entry, record.state, info};
+  AgentHostCalls host(*this, id, [this, id](std::string_view service, const Value& args) {
+    return agent_host_call(id, service, args);
+  });
+  const auto started = std::chrono::steady_clock::now();
+  Result<sandbox::AgentOutcome> outcome = sandbox::run_agent(input, agent, &host);
+  const auto spent = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - started);
+
+  std::string go_peer, go_entry;
+  bool wake = false;
+  {
+    std::lock_guard lock(mutex_);
+    auto it = residents_.find(id);
+    if (it == residents_.end()) return;
+    AgentRecord& r = it->second.record;
+    if (!r.hops.empty()) r.hops.back().spent_ms += spent.count();
+    r.updated_unix_ms = unix_ms_now();
+    if (outcome) {
+      r.state = outcome->state;
+      if (outcome->went) {
+        go_peer = outcome->go_peer;
+        go_entry = outcome->go_entry;
+        it->second.status = "moving";
+      } else if (outcome->waits) {
+        r.entry = outcome->go_entry;
+        it->second.status = kAsleep;
+        // A message that came during the step wakes it at once.
+        if (!r.mailbox.empty()) wake = true;
+      }
+    }
+  }
+  if (!outcome) {
+    finish(id, "failed", outcome.error().message, Value{});
+  } else if (outcome->went) {
+    spawn(migrate(id, go_peer, go_entry), "agent migration");
+  } else if (outcome->waits) {
+    if (wake) wake_if_asleep(id);
+  } else {
+    finish(id, "finished", "", outcome->results);
+  }
+}
+
+Result<Value> AgentRuntime::agent_host_call(const std::string& id, std::string_view service, const Value& args) {
+  if (service == "agent.receive") {
+    std::lock_guard lock(mutex_);
+    auto it = residents_.find(id);
+    if (it == residents_.end() || it->second.record.mailbox.empty()) return Value{};
+    Value message = it->second.record.mailbox.front();
+    it->second.record.mailbox.erase(it->second.record.mailbox.begin());
+    return message;
+  }
+  if (service == "agent.log") {
+    Value line = args.get(1);
+    std::string text = line.is_string() ? line.as_string() : std::string();
+    log_info("agents", impl_.options.name + ": agent " + id.substr(0, 8) + ": " + text);
+    std::lock_guard lock(mutex_);
+    auto it = residents_.find(id);
+    if (it != residents_.end()) {
+      auto& log = it->second.record.log;
+      log.push_back(self() + ": " + text);
+      if (log.size() > kMaxLogLines) log.erase(log.begin());
+    }
+    return Value{};
+  }
+  if (service == "code.require") {
+    std::shared_ptr<const CachedBundle> bundle;
+    std::string home;
+    {
+      std::lock_guard lock(mutex_);
+      auto it = residents_.find(id);
+      if (it != residents_.end()) {
+        bundle = it->second.bundle;
+        home = it->second.record.home;
+      }
+    }
+    Value name = args.get(1);
+    return require_module(name.is_string() ? name.as_string() : std::string(), bundle.get(), home);
+  }
+  return impl_.call_from_lua(service, args);
+}
+
+void AgentRuntime::finish(const std::string& id, const std::string& status, const std::string& reason, Value result) {
+  AgentRecord record;
+  {
+    std::lock_guard lock(mutex_);
+    auto it = residents_.find(id);
+    if (it == residents_.end()) return;
+    record = std::move(it->second.record);
+    residents_.erase(it);
+  }
+  log_info("agents", impl_.options.name + ": agent " + id + " " + status + (reason.empty() ? "" : ": " + reason));
+  Value report = Value::table();
+  report.set("id", id);
+  report.set("epoch", static_cast<std::int64_t>(record.epoch));
+  report.set("node", self());
+  report.set("status", status);
+  report.set("reason", reason);
+  report.set("result", result.is_table() ? result : Value::table());
+  report.set("hops", hops_to_value(record.hops));
+  report.set("log", strings_to_value(record.log));
+  notify_home(record.home, "agent.finished", report);
+}
+
+void AgentRuntime::wake_if_asleep(const std::string& id) {
+  {
+    std::lock_guard lock(mutex_);
+    auto it = residents_.find(id);
+    if (it == residents_.end() || it->second.status != kAsleep || it->second.record.mailbox.empty()) return;
+    it->second.status = "waiting";
+  }
+  schedule_run(id);
+}
+
+std::uint64_t AgentRuntime::resident_count() {
+  std::lock_guard lock(mutex_);
+  return residents_.size();
+}
+
+Result<Value> AgentRuntime::list() {
+  Value out = Value::table();
+  std::lock_guard lock(mutex_);
+  for (const auto& [id, res] : residents_) {
+    Value a = out.new_table();
+    a.set("id", id);
+    a.set("owner", res.record.owner);
+    a.set("home", res.record.home);
+    a.set("epoch", static_cast<std::int64_t>(res.record.epoch));
+    a.set("since", res.since_unix_ms);
+    a.set("state_bytes", static_cast<std::int64_t>(encode_value(res.record.state).size()));
+    a.set("status", res.reason.empty() ? res.status : res.status + ": " + res.reason);
+    a.set("isolation", std::string(isolation_name(res.record.isolation)));
+    out.push(a);
+  }
+  return out;
+}
+
+}  // namespace sojourn

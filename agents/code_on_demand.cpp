@@ -1,0 +1,96 @@
+// Code-on-demand: serving published modules to peers (code.fetch), fetching them with the
+// cache in front, and answering require_remote from Lua.
+#include "agent_runtime.hpp"
+
+#include "sojourn/core/log.hpp"
+
+namespace sojourn {
+
+namespace {
+std::string bytes_as_string(const std::vector<std::uint8_t>& bytes) {
+  // SAFETY: the bytes are read as chars of the same size.
+  return {reinterpret_cast<const char*>(bytes.data()), bytes.size()};
+}
+}  // namespace
+
+// {module=NAME, have=HASH?} or {hash=HASH}: the hash, and the bundle unless the asker has it.
+Result<Value> AgentRuntime::on_fetch(const Value& request) {
+  std::shared_ptr<const CachedBundle> found;
+  const std::string by_hash = field_string(request, "hash");
+  const std::string module = field_string(request, "module");
+  if (!by_hash.empty()) {
+    if (!is_bundle_hash(by_hash)) return make_error(Errc::invalid_argument, "invalid argument: not a bundle hash");
+    found = cache_.get(by_hash);
+    if (!found) return make_error(Errc::no_such_module, "no such module: " + by_hash);
+  } else {
+    if (auto v = validate_module_name(module); !v) return v.error();
+    found = cache_.published(module);
+    if (!found) return make_error(Errc::no_such_module, "no such module: " + module);
+  }
+  Value reply = Value::table();
+  reply.set("hash", found->hash);
+  if (field_string(request, "have") != found->hash) {
+    reply.set("bundle", bytes_as_string(found->bytes));
+    ++bundles_sent_;
+  }
+  return reply;
+}
+
+asio::awaitable<Result<AgentRuntime::Fetched>> AgentRuntime::fetch(std::string peer, std::string module) {
+  if (auto v = validate_module_name(module); !v) co_return v.error();
+  Value request = Value::table();
+  request.set("module", module);
+  const std::string have = cache_.last_fetch(peer, module);
+  if (!have.empty() && cache_.contains(have)) request.set("have", have);
+  Value args = Value::array({request});
+  Result<Value> reply = co_await impl_.call_peer(peer, "code.fetch", args);
+  if (!reply) co_return reply.error();
+  const std::string hash = field_string(*reply, "hash");
+  if (!is_bundle_hash(hash)) co_return make_error(Errc::bad_bundle, "bad bundle: the peer sent no valid hash");
+  Value bytes = reply->get("bundle");
+  std::shared_ptr<const CachedBundle> bundle;
+  if (bytes.is_string()) {
+    const std::string& text = bytes.as_string();
+    // SAFETY: the string's bytes are read as unsigned bytes of the same size.
+    auto put = cache_.put_encoded(std::span(reinterpret_cast<const std::uint8_t*>(text.data()), text.size()), hash);
+    if (!put) co_return put.error();
+    bundle = *put;
+  } else {
+    bundle = cache_.get(hash);
+    if (!bundle) co_return make_error(Errc::bad_bundle, "bad bundle: the peer sent no code for " + hash + " and it is not cached");
+  }
+  if (bundle->bundle.manifest.name != module) {
+    co_return make_error(Errc::bad_bundle, "bad bundle: asked for module " + module + ", got " + bundle->bundle.manifest.name);
+  }
+  cache_.remember_fetch(peer, module, hash);
+  Fetched fetched;
+  fetched.bundle = std::move(bundle);
+  fetched.code_received = bytes.is_string();
+  co_return fetched;
+}
+
+Result<Value> AgentRuntime::require_module(std::string_view name, const CachedBundle* bundle, const std::string& origin) {
+  if (auto v = validate_module_name(name); !v) return v.error();
+  auto answer = [](const std::string& source, const std::string& chunk) {
+    Value m = Value::table();
+    m.set("source", source);
+    m.set("chunk", chunk);
+    return m;
+  };
+  const std::string file = std::string(name) + ".lua";
+  if (bundle != nullptr) {
+    auto it = bundle->bundle.files.find(file);
+    if (it != bundle->bundle.files.end()) return answer(it->second, file);
+  }
+  if (auto published = cache_.published(name)) return answer(published->bundle.main_source(), published->bundle.main_file());
+  if (origin.empty() || origin == self()) return make_error(Errc::no_such_module, "no such module: " + std::string(name));
+  // From the code's origin; this blocks a worker thread, never the network thread.
+  if (impl_.io.get_executor().running_in_this_thread()) {
+    return make_error(Errc::internal, "internal error: require_remote on the network thread");
+  }
+  auto fetched = asio::co_spawn(impl_.io, fetch(origin, std::string(name)), asio::use_future).get();
+  if (!fetched) return fetched.error();
+  return answer(fetched->bundle->bundle.main_source(), fetched->bundle->bundle.main_file());
+}
+
+}  // namespace sojourn

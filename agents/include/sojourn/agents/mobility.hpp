@@ -1,0 +1,67 @@
+// Types of code-on-demand and mobile agents, as the Node API and the CLI show them.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "sojourn/core/bundle.hpp"
+#include "sojourn/core/value.hpp"
+
+namespace sojourn {
+
+// A module fetched from a peer (code-on-demand), verified against its hash and cached.
+struct FetchedModule {
+  std::string hash;
+  Bundle bundle;
+  std::string origin;       // the peer it came from
+  bool from_cache = false;  // true when the peer sent no code (the hash was already here)
+};
+
+// What `launch` needs: the agent's code, where it starts, where it goes.
+struct AgentLaunch {
+  Bundle bundle;
+  std::string entry = "start";          // the entry point called at the first node
+  Value state;                          // the initial state table (empty table when nil)
+  std::vector<std::string> itinerary;   // nodes the agent intends to visit after the first
+  std::string owner = "anonymous";
+  std::uint32_t max_hops = 0;           // zero: the bundle's, else the node's default
+};
+
+// One stop of an agent's tour.
+struct AgentHop {
+  std::string node;
+  std::uint64_t epoch = 0;
+  std::int64_t arrived_unix_ms = 0;
+  std::int64_t spent_ms = 0;        // running time at that node
+  std::uint64_t state_bytes = 0;    // size of the encoded state on arrival
+};
+
+// What an agent's home node knows of it.
+struct AgentStatus {
+  std::string id;
+  std::string home;
+  std::string owner;
+  std::string location;   // last node that reported the agent resident
+  std::uint64_t epoch = 0;
+  std::string status;     // "running", "moving", "finished", "failed", "stranded"
+  std::string reason;     // why it failed or is stranded
+  Value result;           // the entry's return values when finished
+  std::vector<AgentHop> hops;
+  std::vector<std::string> log;  // lines from agent.log
+  bool done() const { return status == "finished" || status == "failed"; }
+};
+
+// One resident agent, as `sojourn ps` lists it.
+struct AgentSummary {
+  std::string id;
+  std::string owner;
+  std::string home;
+  std::uint64_t epoch = 0;
+  std::int64_t since_unix_ms = 0;
+  std::uint64_t state_bytes = 0;
+  std::string status;
+  std::string isolation;
+};
+
+}  // namespace sojourn

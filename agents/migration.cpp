@@ -1,0 +1,218 @@
+// The exactly-once hand-over of an agent (docs/migration.md): OFFER -> (bundle if missing)
+// -> TRANSFER -> COMMIT. The source keeps the agent until a COMMIT arrives; the destination
+// deduplicates by (id, epoch) and answers a repeated TRANSFER with its earlier COMMIT.
+#include "agent_runtime.hpp"
+
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/use_awaitable.hpp>
+
+#include "sojourn/core/log.hpp"
+
+namespace sojourn {
+
+namespace {
+
+// Failures after which the outcome is unknown (the request may have been done): retried.
+// Anything else is the destination's definite refusal.
+bool outcome_unknown(Errc code) {
+  return code == Errc::connect_failed || code == Errc::connection_closed || code == Errc::timeout ||
+         code == Errc::remote_protocol_error || code == Errc::shutting_down;
+}
+
+std::string_view as_text(std::span<const std::uint8_t> bytes) {
+  // SAFETY: the bytes are viewed as chars of the same size, for as long as `bytes` lives.
+  return {reinterpret_cast<const char*>(bytes.data()), bytes.size()};
+}
+
+}  // namespace
+
+Result<Value> AgentRuntime::on_offer(const Value& request) {
+  if (impl_.shutting_down) return make_error(Errc::shutting_down, "node is shutting down");
+  const std::string id = field_string(request, "id");
+  const std::uint64_t epoch = field_u64(request, "epoch");
+  const std::string hash = field_string(request, "bundle");
+  if (!is_agent_id(id) || !is_bundle_hash(hash)) return make_error(Errc::invalid_argument, "invalid argument: bad agent offer");
+  Value reply = Value::table();
+  {
+    std::lock_guard lock(mutex_);
+    if (commits_.count({id, epoch}) != 0) {
+      reply.set("duplicate", true);
+      return reply;
+    }
+    auto seen = highest_epoch_.find(id);
+    if (seen != highest_epoch_.end() && epoch <= seen->second) {
+      return make_error(Errc::stale_epoch, "agent " + id + " epoch " + std::to_string(epoch) +
+                                               " is stale (this node has seen epoch " + std::to_string(seen->second) + ")");
+    }
+  }
+  reply.set("duplicate", false);
+  reply.set("need_bundle", !cache_.contains(hash));
+  return reply;
+}
+
+Result<Value> AgentRuntime::on_transfer(const Value& request) {
+  if (impl_.shutting_down) return make_error(Errc::shutting_down, "node is shutting down");
+  auto record = record_from_value(request.get("record"));
+  if (!record) return record.error();
+  {
+    std::lock_guard lock(mutex_);
+    auto done = commits_.find({record->id, record->epoch});
+    if (done != commits_.end()) return done->second;  // a retried TRANSFER: the same COMMIT again
+    auto seen = highest_epoch_.find(record->id);
+    if (seen != highest_epoch_.end() && record->epoch <= seen->second) {
+      return make_error(Errc::stale_epoch, "agent " + record->id + " epoch " + std::to_string(record->epoch) +
+                                               " is stale (this node has seen epoch " + std::to_string(seen->second) + ")");
+    }
+  }
+  std::shared_ptr<const CachedBundle> bundle;
+  Value bytes = request.get("bundle_bytes");
+  if (bytes.is_string()) {
+    const std::string& text = bytes.as_string();
+    // SAFETY: the string's bytes are read as unsigned bytes of the same size.
+    auto put = cache_.put_encoded(std::span(reinterpret_cast<const std::uint8_t*>(text.data()), text.size()),
+                                  record->bundle_hash);
+    if (!put) return put.error();
+    bundle = *put;
+  } else {
+    bundle = cache_.get(record->bundle_hash);
+    if (!bundle) return make_error(Errc::bad_bundle, "bad bundle: " + record->bundle_hash + " is not cached here; send it");
+  }
+  const std::string id = record->id;
+  const std::uint64_t epoch = record->epoch;
+  const std::string home = record->home;
+  record->hops.push_back(AgentHop{self(), epoch, unix_ms_now(), 0, encode_value(record->state).size()});
+  Value commit = Value::table();
+  commit.set("committed", true);
+  commit.set("id", id);
+  commit.set("epoch", static_cast<std::int64_t>(epoch));
+  commit.set("node", self());
+  {
+    std::lock_guard lock(mutex_);
+    // Checked again under the lock: two copies of one TRANSFER may race here.
+    auto done = commits_.find({id, epoch});
+    if (done != commits_.end()) return done->second;
+    commits_.emplace(std::make_pair(id, epoch), commit);
+    highest_epoch_[id] = epoch;
+  }
+  log_info("agents", impl_.options.name + ": agent " + id + " arrived (epoch " + std::to_string(epoch) + ")");
+  // Resident now (this COMMIT is the source's cue to drop its copy), but it runs only once
+  // its home knows where it is and has handed over the messages waiting for it.
+  {
+    std::lock_guard lock(mutex_);
+    Resident& res = residents_[id];
+    res.record = std::move(*record);
+    res.bundle = std::move(bundle);
+    res.status = "arriving";
+    res.since_unix_ms = unix_ms_now();
+  }
+  spawn(arrive(id), "agent arrival");
+  return commit;
+}
+
+asio::awaitable<Result<Value>> AgentRuntime::hand_over(AgentRecord record, std::shared_ptr<const CachedBundle> bundle,
+                                                       std::string peer) {
+  Value offer = Value::table();
+  offer.set("id", record.id);
+  offer.set("epoch", static_cast<std::int64_t>(record.epoch));
+  offer.set("bundle", record.bundle_hash);
+  offer.set("state_bytes", static_cast<std::int64_t>(encode_value(record.state).size()));
+  Value offer_args = Value::array({offer});
+  Result<Value> answer = co_await impl_.call_peer(peer, "agent.offer", offer_args);
+  if (!answer) co_return answer.error();
+  if (answer->get("duplicate").truthy()) {
+    // An earlier TRANSFER of this epoch was committed but its COMMIT was lost.
+    Value commit = Value::table();
+    commit.set("committed", true);
+    commit.set("node", peer);
+    co_return commit;
+  }
+  Value transfer = Value::table();
+  transfer.set("record", record_to_value(record));
+  if (answer->get("need_bundle").truthy()) {
+    transfer.set("bundle_bytes", std::string(as_text(bundle->bytes)));
+    ++bundles_sent_;
+  }
+  Value transfer_args = Value::array({transfer});
+  Result<Value> commit = co_await impl_.call_peer(peer, "agent.transfer", transfer_args);
+  co_return commit;
+}
+
+asio::awaitable<void> AgentRuntime::migrate(std::string id, std::string peer, std::string entry) {
+  AgentRecord next;
+  std::shared_ptr<const CachedBundle> bundle;
+  {
+    std::lock_guard lock(mutex_);
+    auto it = residents_.find(id);
+    if (it == residents_.end()) co_return;
+    next = it->second.record;
+    bundle = it->second.bundle;
+  }
+  if (next.epoch + 1 > next.max_hops) {
+    finish(id, "failed", "agent " + id + " exceeded its limit of " + std::to_string(next.max_hops) + " hops", Value{});
+    co_return;
+  }
+  next.epoch += 1;
+  next.entry = entry;
+  if (!next.itinerary.empty() && next.itinerary.front() == peer) next.itinerary.erase(next.itinerary.begin());
+  next.updated_unix_ms = unix_ms_now();
+
+  // Where to try, in order: the asked destination, then the next itinerary stop, then home.
+  std::vector<std::string> targets{peer};
+  if (!next.itinerary.empty() && next.itinerary.front() != peer) targets.push_back(next.itinerary.front());
+  if (next.home != self() && next.home != peer) targets.push_back(next.home);
+
+  std::string last_error;
+  for (const std::string& target : targets) {
+    AgentRecord attempt = next;
+    if (target != peer) {
+      // A fallback stop: skip the unreachable one in the itinerary.
+      auto& it = attempt.itinerary;
+      if (!it.empty() && it.front() == target) it.erase(it.begin());
+    }
+    auto backoff = impl_.options.retry_backoff;
+    for (std::uint32_t tries = 0; tries <= impl_.options.migration_retries; ++tries) {
+      if (impl_.shutting_down) co_return;
+      Result<Value> commit = co_await hand_over(attempt, bundle, target);
+      if (commit && commit->get("committed").truthy()) {
+        {
+          std::lock_guard lock(mutex_);
+          residents_.erase(id);  // the destination holds it now: exactly one live copy
+        }
+        log_info("agents", impl_.options.name + ": agent " + id + " moved to " + target + " (epoch " +
+                               std::to_string(attempt.epoch) + ")");
+        co_return;
+      }
+      if (commit) {
+        last_error = "no commit in the answer";
+        break;
+      }
+      last_error = commit.error().message;
+      if (!outcome_unknown(commit.error().code)) break;
+      log_warn("agents", impl_.options.name + ": moving agent " + id + " to " + target + ": " + last_error + "; retrying");
+      asio::steady_timer timer(impl_.io, backoff);
+      co_await timer.async_wait(asio::use_awaitable);
+      backoff *= 2;
+    }
+  }
+  // Nowhere to go: the agent stays here, stopped, and says why.
+  const std::string reason = "cannot move agent " + id + " to " + peer + ": " + last_error;
+  std::string home;
+  {
+    std::lock_guard lock(mutex_);
+    auto it = residents_.find(id);
+    if (it == residents_.end()) co_return;
+    it->second.status = "stranded";
+    it->second.reason = reason;
+    home = it->second.record.home;
+  }
+  log_warn("agents", impl_.options.name + ": " + reason);
+  Value report = Value::table();
+  report.set("id", id);
+  report.set("epoch", static_cast<std::int64_t>(next.epoch - 1));
+  report.set("node", self());
+  report.set("status", "stranded");
+  report.set("reason", reason);
+  notify_home(home, "agent.arrived", report);
+}
+
+}  // namespace sojourn

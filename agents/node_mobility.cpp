@@ -1,0 +1,187 @@
+// The Node API of code-on-demand and mobile agents: thin blocking wrappers over the
+// agent runtime and the agent.* / code.fetch protocol services.
+#include "agent_runtime.hpp"
+
+#include <thread>
+
+#include "sojourn/core/log.hpp"
+#include "sojourn/sandbox/lua_sandbox.hpp"
+
+namespace sojourn {
+
+namespace {
+
+class ModuleHost final : public sandbox::HostCalls {
+ public:
+  ModuleHost(Node::Impl& impl, const CachedBundle* bundle, std::string origin)
+      : impl_(impl), bundle_(bundle), origin_(std::move(origin)) {}
+  Result<Value> call(std::string_view service, const Value& args) override {
+    if (service == "code.require") {
+      Value name = args.get(1);
+      return impl_.agents->require_module(name.is_string() ? name.as_string() : std::string(), bundle_, origin_);
+    }
+    return impl_.call_from_lua(service, args);
+  }
+
+ private:
+  Node::Impl& impl_;
+  const CachedBundle* bundle_;
+  std::string origin_;
+};
+
+AgentStatus status_from_value(const Value& v) {
+  AgentStatus s;
+  s.id = field_string(v, "id");
+  s.home = field_string(v, "home");
+  s.owner = field_string(v, "owner");
+  s.location = field_string(v, "location");
+  s.epoch = field_u64(v, "epoch");
+  s.status = field_string(v, "status");
+  s.reason = field_string(v, "reason");
+  s.result = v.get("result");
+  s.hops = hops_from_value(v.get("hops"));
+  s.log = strings_from_value(v.get("log"));
+  return s;
+}
+
+}  // namespace
+
+std::string Node::advertised_address() const { return impl_->agents->self(); }
+
+Result<std::string> Node::publish(const Bundle& bundle) { return impl_->agents->cache().publish(bundle); }
+
+Result<std::string> Node::publish(std::string name, std::string source) {
+  auto bundle = single_file_bundle(std::move(name), std::move(source));
+  if (!bundle) return bundle.error();
+  return publish(*bundle);
+}
+
+Result<FetchedModule> Node::fetch(std::string_view peer, std::string_view module) {
+  if (impl_->io.get_executor().running_in_this_thread()) {
+    return make_error(Errc::invalid_argument, "invalid argument: a blocking call on the node's own network thread would deadlock");
+  }
+  auto fetched = asio::co_spawn(impl_->io, impl_->agents->fetch(std::string(peer), std::string(module)), asio::use_future).get();
+  if (!fetched) return fetched.error();
+  FetchedModule m;
+  m.hash = fetched->bundle->hash;
+  m.bundle = fetched->bundle->bundle;
+  m.origin = std::string(peer);
+  m.from_cache = !fetched->code_received;
+  return m;
+}
+
+Result<Value> Node::run_module(const FetchedModule& module, Value args, const EvalOptions& options) {
+  if (module.from_cache || !module.hash.empty()) {
+    // The bundle is checked against its hash again: a caller may have changed it.
+    if (bundle_hash(module.bundle) != module.hash) {
+      return make_error(Errc::hash_mismatch, "bundle hash mismatch: expected " + module.hash + ", got " + bundle_hash(module.bundle));
+    }
+  }
+  auto cached = impl_->agents->cache().put(module.bundle);
+  if (!cached) return cached.error();
+  sandbox::RunInput input;
+  input.source = (*cached)->bundle.main_source();
+  const std::string chunk = options.chunk_name.empty() ? (*cached)->bundle.main_file() : options.chunk_name;
+  input.chunk_name = chunk;
+  input.args = args.is_table() ? args : Value::table();
+  input.limits = effective_limits(options.limits, impl_->options.default_limits, impl_->options.max_limits);
+  input.allow_jit = false;
+  input.abort = &impl_->abort_runs;
+  if (options.isolation != Isolation::trusted) {
+    return make_error(Errc::sandbox_refused, "refused by the sandbox: isolation level '" +
+                                                 std::string(isolation_name(options.isolation)) + "' is not available on this node");
+  }
+  ModuleHost host(*impl_, cached->get(), module.origin);
+  return sandbox::run_lua(input, &host);
+}
+
+Result<std::string> Node::launch(std::string_view at, AgentLaunch agent) {
+  if (auto v = validate_bundle(agent.bundle); !v) return v.error();
+  Value request = Value::table();
+  std::vector<std::uint8_t> bytes = encode_bundle(agent.bundle);
+  // SAFETY: the bytes are read as chars of the same size.
+  request.set("bundle", std::string(reinterpret_cast<const char*>(bytes.data()), bytes.size()));
+  request.set("entry", agent.entry);
+  request.set("state", agent.state.is_table() ? agent.state : Value::table());
+  request.set("itinerary", strings_to_value(agent.itinerary));
+  request.set("owner", agent.owner);
+  request.set("max_hops", static_cast<std::int64_t>(agent.max_hops));
+  Result<Value> reply = Value{};
+  if (at.empty() || at == advertised_address()) {
+    reply = impl_->agents->launch_here(request);
+  } else {
+    reply = call(at, "agent.launch", Value::array({request}));
+  }
+  if (!reply) return reply.error();
+  return field_string(*reply, "id");
+}
+
+Result<AgentStatus> Node::agent_status(std::string_view home, std::string_view agent_id) {
+  Result<Value> reply = Value{};
+  if (home.empty() || home == advertised_address()) {
+    reply = impl_->agents->status_of(agent_id);
+  } else {
+    reply = call(home, "agent.status", Value::array({Value(agent_id)}));
+  }
+  if (!reply) return reply.error();
+  return status_from_value(*reply);
+}
+
+Result<AgentStatus> Node::wait_agent(std::string_view home, std::string_view agent_id, std::chrono::milliseconds timeout) {
+  const auto until = std::chrono::steady_clock::now() + timeout;
+  auto pause = std::chrono::milliseconds(2);
+  while (true) {
+    auto s = agent_status(home, agent_id);
+    if (!s || s->done() || s->status == "stranded") return s;
+    if (std::chrono::steady_clock::now() >= until) {
+      return make_error(Errc::timeout, "agent " + std::string(agent_id) + " did not finish within " +
+                                           std::to_string(timeout.count()) + " ms (status: " + s->status + ")");
+    }
+    std::this_thread::sleep_for(pause);
+    pause = std::min(pause * 2, std::chrono::milliseconds(50));
+  }
+}
+
+Result<std::string> Node::send_to_agent(std::string_view home, std::string_view agent_id, Value message) {
+  Value request = Value::table();
+  const std::string message_id = new_agent_id();
+  request.set("id", std::string(agent_id));
+  request.set("message_id", message_id);
+  request.set("from", advertised_address());
+  request.set("body", std::move(message));
+  Result<Value> reply = Value{};
+  if (home.empty() || home == advertised_address()) {
+    reply = impl_->call_local("agent.send", Value::array({request}));
+  } else {
+    reply = call(home, "agent.send", Value::array({request}));
+  }
+  if (!reply) return reply.error();
+  return message_id;
+}
+
+Result<std::vector<AgentSummary>> Node::list_agents(std::string_view peer) {
+  Result<Value> reply = Value{};
+  if (peer.empty()) {
+    reply = impl_->agents->list();
+  } else {
+    reply = call(peer, "agent.list", Value::table());
+  }
+  if (!reply) return reply.error();
+  std::vector<AgentSummary> out;
+  for (std::size_t i = 1; i <= reply->length(); ++i) {
+    Value a = reply->get(static_cast<std::int64_t>(i));
+    AgentSummary s;
+    s.id = field_string(a, "id");
+    s.owner = field_string(a, "owner");
+    s.home = field_string(a, "home");
+    s.epoch = field_u64(a, "epoch");
+    s.since_unix_ms = static_cast<std::int64_t>(field_u64(a, "since"));
+    s.state_bytes = field_u64(a, "state_bytes");
+    s.status = field_string(a, "status");
+    s.isolation = field_string(a, "isolation");
+    out.push_back(std::move(s));
+  }
+  return out;
+}
+
+}  // namespace sojourn

@@ -1,0 +1,287 @@
+// The home node's side of an agent: where it is (arrival reports), how it ended, and the
+// messages sent to it, forwarded in order to wherever it is and delivered exactly once.
+#include "agent_runtime.hpp"
+
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/use_awaitable.hpp>
+
+#include "sojourn/core/log.hpp"
+
+namespace sojourn {
+
+namespace {
+constexpr int kForwardAttempts = 100;
+constexpr std::chrono::milliseconds kForwardPause{100};
+}  // namespace
+
+void AgentRuntime::track_launch(const AgentRecord& record) {
+  std::lock_guard lock(mutex_);
+  Tracked& t = tracked_[record.id];
+  t.status.id = record.id;
+  t.status.home = record.home;
+  t.status.owner = record.owner;
+  t.status.location = record.home;
+  t.status.epoch = 0;
+  t.status.status = "running";
+  t.status.hops = record.hops;
+}
+
+void AgentRuntime::notify_home(const std::string& home, std::string service, Value args) {
+  if (home == self()) {
+    Result<Value> r = service == "agent.arrived" ? on_arrived(args) : on_finished(args);
+    if (!r) log_warn("agents", "home update " + service + " refused: " + r.error().message);
+    return;
+  }
+  spawn(report_home(home, std::move(service), std::move(args)), "report to an agent's home");
+}
+
+asio::awaitable<void> AgentRuntime::report_home(std::string home, std::string service, Value args) {
+  auto keep = shared_from_this();
+  // The home may be briefly unreachable: a few tries, then the report is dropped and the
+  // home learns at the next one (location is advisory; the result is not, so a finished
+  // report is tried longer).
+  const int tries = service == "agent.finished" ? 50 : 5;
+  for (int i = 0; i < tries && !impl_.shutting_down; ++i) {
+    Value call_args = Value::array({args});
+    Result<Value> r = co_await impl_.call_peer(home, service, call_args);
+    if (r) co_return;
+    log_warn("agents", "cannot report " + service + " to home " + home + ": " + r.error().message);
+    asio::steady_timer timer(impl_.io, std::chrono::milliseconds(100 * (i + 1)));
+    co_await timer.async_wait(asio::use_awaitable);
+  }
+}
+
+Result<Value> AgentRuntime::on_arrived(const Value& request) {
+  const std::string id = field_string(request, "id");
+  const std::uint64_t epoch = field_u64(request, "epoch");
+  {
+    std::lock_guard lock(mutex_);
+    auto it = tracked_.find(id);
+    if (it == tracked_.end()) return make_error(Errc::no_such_agent, "no such agent: " + id);
+    AgentStatus& s = it->second.status;
+    if (s.done()) return Value{};
+    const std::string status = field_string(request, "status");
+    if (status == "stranded") {
+      if (epoch >= s.epoch) {
+        s.status = "stranded";
+        s.reason = field_string(request, "reason");
+      }
+      return Value{};
+    }
+    // What the agent already has is no longer pending (its record says so).
+    for (const auto& delivered : strings_from_value(request.get("delivered"))) {
+      auto& q = it->second.pending;
+      q.erase(std::remove_if(q.begin(), q.end(), [&](const PendingMessage& m) { return m.id == delivered; }), q.end());
+    }
+    if (epoch < s.epoch) return Value{};  // an older report overtaken by a newer one
+    if (epoch > s.epoch || s.hops.empty()) {
+      s.hops.push_back(AgentHop{field_string(request, "node"), epoch, unix_ms_now(), 0, field_u64(request, "state_bytes")});
+    }
+    s.epoch = epoch;
+    s.location = field_string(request, "node");
+    s.status = "running";
+    s.reason.clear();
+    // The answer hands over what is waiting; it stays pending until a later report lists
+    // it as delivered, so a lost answer loses nothing (the agent drops duplicates by id).
+    Value messages = Value::table();
+    for (const auto& m : it->second.pending) {
+      Value item = messages.new_table();
+      item.set("message_id", m.id);
+      item.set("body", m.body);
+      messages.push(item);
+    }
+    Value answer = Value::table();
+    answer.set("messages", messages);
+    return answer;
+  }
+}
+
+asio::awaitable<void> AgentRuntime::arrive(std::string id) {
+  auto keep = shared_from_this();
+  Value report = Value::table();
+  std::string home;
+  {
+    std::lock_guard lock(mutex_);
+    auto it = residents_.find(id);
+    if (it == residents_.end()) co_return;
+    const AgentRecord& r = it->second.record;
+    home = r.home;
+    report.set("id", id);
+    report.set("epoch", static_cast<std::int64_t>(r.epoch));
+    report.set("node", self());
+    report.set("state_bytes", static_cast<std::int64_t>(r.hops.empty() ? 0 : r.hops.back().state_bytes));
+    report.set("delivered", strings_to_value(r.delivered));
+  }
+  Result<Value> answer = Value{};
+  if (home == self()) {
+    answer = on_arrived(report);
+  } else {
+    // A short wait at most: an unreachable home must not hold the agent up for long.
+    for (int i = 0; i < 3 && !impl_.shutting_down; ++i) {
+      Value args = Value::array({report});
+      answer = co_await impl_.call_peer(home, "agent.arrived", args);
+      if (answer) break;
+      asio::steady_timer timer(impl_.io, std::chrono::milliseconds(20 * (i + 1)));
+      co_await timer.async_wait(asio::use_awaitable);
+    }
+    if (!answer) log_warn("agents", "agent " + id + ": cannot report the arrival home: " + answer.error().message);
+  }
+  if (answer && answer->is_table()) take_messages(id, answer->get("messages"));
+  {
+    std::lock_guard lock(mutex_);
+    auto it = residents_.find(id);
+    if (it == residents_.end()) co_return;
+    it->second.status = "waiting";
+  }
+  schedule_run(id);
+}
+
+void AgentRuntime::take_messages(const std::string& id, const Value& messages) {
+  if (!messages.is_table()) return;
+  std::lock_guard lock(mutex_);
+  auto it = residents_.find(id);
+  if (it == residents_.end()) return;
+  AgentRecord& r = it->second.record;
+  for (std::size_t i = 1; i <= messages.length(); ++i) {
+    Value m = messages.get(static_cast<std::int64_t>(i));
+    const std::string message_id = field_string(m, "message_id");
+    if (message_id.empty()) continue;
+    if (std::find(r.delivered.begin(), r.delivered.end(), message_id) != r.delivered.end()) continue;
+    r.delivered.push_back(message_id);
+    r.mailbox.push_back(m.get("body"));
+  }
+}
+
+Result<Value> AgentRuntime::on_finished(const Value& request) {
+  const std::string id = field_string(request, "id");
+  std::lock_guard lock(mutex_);
+  auto it = tracked_.find(id);
+  if (it == tracked_.end()) return make_error(Errc::no_such_agent, "no such agent: " + id);
+  AgentStatus& s = it->second.status;
+  if (s.done()) return Value{};  // a repeated report
+  s.status = field_string(request, "status");
+  s.reason = field_string(request, "reason");
+  s.result = request.get("result");
+  s.location = field_string(request, "node");
+  s.epoch = field_u64(request, "epoch");
+  auto hops = hops_from_value(request.get("hops"));
+  if (!hops.empty()) s.hops = std::move(hops);
+  s.log = strings_from_value(request.get("log"));
+  return Value{};
+}
+
+Result<Value> AgentRuntime::on_send(const Value& request) {
+  const std::string id = field_string(request, "id");
+  const std::string message_id = field_string(request, "message_id");
+  if (message_id.empty()) return make_error(Errc::invalid_argument, "invalid argument: a message needs an id");
+  {
+    std::lock_guard lock(mutex_);
+    auto it = tracked_.find(id);
+    if (it == tracked_.end()) return make_error(Errc::no_such_agent, "no such agent: " + id);
+    Tracked& t = it->second;
+    if (t.status.done()) return make_error(Errc::no_such_agent, "no such agent: " + id + " (it has " + t.status.status + ")");
+    // A sender's retry of the same message is accepted once.
+    if (t.message_ids.insert(message_id).second) t.pending.push_back(PendingMessage{message_id, request.get("body")});
+  }
+  kick_forwarding(id);
+  Value reply = Value::table();
+  reply.set("message_id", message_id);
+  return reply;
+}
+
+Result<Value> AgentRuntime::on_deliver(const Value& request) {
+  const std::string id = field_string(request, "id");
+  const std::string message_id = field_string(request, "message_id");
+  std::lock_guard lock(mutex_);
+  auto it = residents_.find(id);
+  // While the agent is moving, its record is on the wire: a message added here would stay
+  // behind. The home tries again after the arrival.
+  if (it == residents_.end() || it->second.status == "moving") {
+    return make_error(Errc::no_such_agent, "no such agent: " + id);
+  }
+  AgentRecord& r = it->second.record;
+  if (std::find(r.delivered.begin(), r.delivered.end(), message_id) == r.delivered.end()) {
+    r.delivered.push_back(message_id);
+    r.mailbox.push_back(request.get("body"));
+  }
+  if (it->second.status == kAsleep) {
+    it->second.status = "waiting";
+    schedule_run(id);  // only posts the step to the worker pool
+  }
+  return Value{};
+}
+
+void AgentRuntime::kick_forwarding(const std::string& id) {
+  {
+    std::lock_guard lock(mutex_);
+    auto it = tracked_.find(id);
+    if (it == tracked_.end() || it->second.forwarding || it->second.pending.empty()) return;
+    it->second.forwarding = true;
+  }
+  spawn(forward_messages(id), "message forwarding");
+}
+
+asio::awaitable<void> AgentRuntime::forward_messages(std::string id) {
+  auto keep = shared_from_this();
+  int failures = 0;
+  while (!impl_.shutting_down) {
+    std::string location;
+    PendingMessage message;
+    {
+      std::lock_guard lock(mutex_);
+      Tracked& t = tracked_[id];
+      if (t.pending.empty() || t.status.done() || failures >= kForwardAttempts) {
+        t.forwarding = false;
+        co_return;
+      }
+      location = t.status.location;
+      message = t.pending.front();
+    }
+    Value deliver = Value::table();
+    deliver.set("id", id);
+    deliver.set("message_id", message.id);
+    deliver.set("body", message.body);
+    Result<Value> r = Value{};
+    if (location == self()) {
+      r = on_deliver(deliver);
+    } else {
+      Value args = Value::array({deliver});
+      r = co_await impl_.call_peer(location, "agent.deliver", args);
+    }
+    if (r) {
+      failures = 0;
+      std::lock_guard lock(mutex_);
+      Tracked& t = tracked_[id];
+      if (!t.pending.empty() && t.pending.front().id == message.id) t.pending.pop_front();
+      continue;
+    }
+    // Not there (moving, or gone on): wait for the next arrival report or a little while.
+    ++failures;
+    asio::steady_timer timer(impl_.io, kForwardPause);
+    co_await timer.async_wait(asio::use_awaitable);
+  }
+  std::lock_guard lock(mutex_);
+  tracked_[id].forwarding = false;
+}
+
+Result<Value> AgentRuntime::status_of(std::string_view id) {
+  std::lock_guard lock(mutex_);
+  auto it = tracked_.find(std::string(id));
+  if (it == tracked_.end()) return make_error(Errc::no_such_agent, "no such agent: " + std::string(id));
+  const AgentStatus& s = it->second.status;
+  Value v = Value::table();
+  v.set("id", s.id);
+  v.set("home", s.home);
+  v.set("owner", s.owner);
+  v.set("location", s.location);
+  v.set("epoch", static_cast<std::int64_t>(s.epoch));
+  v.set("status", s.status);
+  v.set("reason", s.reason);
+  v.set("result", s.result.is_table() ? s.result : Value::table());
+  v.set("hops", hops_to_value(s.hops));
+  v.set("log", strings_to_value(s.log));
+  v.set("pending_messages", static_cast<std::int64_t>(it->second.pending.size()));
+  return v;
+}
+
+}  // namespace sojourn

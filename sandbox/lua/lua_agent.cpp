@@ -1,0 +1,169 @@
+// agent.go/receive/log and require_remote: what agent code asks of the node, as host calls,
+// with agent.go implemented as a sticky kill so that no pcall can keep the agent from leaving.
+#include "lua_agent.hpp"
+
+#include <string>
+#include <string_view>
+
+#include <lua.hpp>
+
+#include "lua_limits.hpp"
+#include "lua_value.hpp"
+
+namespace sojourn::sandbox::detail {
+
+namespace {
+
+// The registry key of the modules require_remote has loaded in this run.
+constexpr const char* kModulesKey = "sojourn.remote_modules";
+
+[[noreturn]] void raise_message(lua_State* L, const std::string& message) {
+  luaL_where(L, 1);
+  lua_pushlstring(L, message.data(), message.size());
+  lua_concat(L, 2);
+  lua_error(L);
+  std::abort();  // lua_error does not return
+}
+
+// A host call from Lua: arguments are converted to an array table, the reply pushed back.
+Value host_call(lua_State* L, std::string_view name, int first_arg) {
+  RunContext& ctx = run_context(L);
+  if (ctx.host == nullptr) raise_message(L, std::string(name) + " is not available here");
+  check_c_stack(L);
+  Result<Value> args = lua::pop_as_array(L, lua_gettop(L) - first_arg + 1, {"args", ctx.limits.memory_bytes});
+  if (!args.ok()) {
+    if (args.error().code == Errc::memory_limit) raise_limit(L, args.error());
+    raise_message(L, args.error().message);
+  }
+  Result<Value> reply = make_error(Errc::internal, "internal error: no reply");
+  try {
+    reply = ctx.host->call(name, *args);
+  } catch (const std::exception& e) {
+    reply = make_error(Errc::service_failed, std::string(name) + " failed: " + e.what());
+  }
+  if (!reply.ok()) raise_message(L, reply.error().message);
+  return std::move(*reply);
+}
+
+int agent_go(lua_State* L) {
+  std::size_t peer_len = 0;
+  const char* peer = luaL_checklstring(L, 1, &peer_len);
+  std::size_t entry_len = 0;
+  const char* entry = luaL_checklstring(L, 2, &entry_len);
+  if (peer_len == 0) luaL_argerror(L, 1, "empty peer address");
+  if (entry_len == 0) luaL_argerror(L, 2, "empty entry point name");
+  RunContext& ctx = run_context(L);
+  if (ctx.kill != Errc::ok) raise_kill(L);
+  ctx.go_peer.assign(peer, peer_len);
+  ctx.go_entry.assign(entry, entry_len);
+  ctx.kill = Errc::agent_moving;  // sticky: a pcall around agent.go cannot keep the agent here
+  raise_kill(L);
+}
+
+// agent.wait(entry): the step ends here and the agent stays, asleep, until a message
+// arrives; then `entry` is called (agent.receive gives the message).
+int agent_wait(lua_State* L) {
+  std::size_t entry_len = 0;
+  const char* entry = luaL_checklstring(L, 1, &entry_len);
+  if (entry_len == 0) luaL_argerror(L, 1, "empty entry point name");
+  RunContext& ctx = run_context(L);
+  if (ctx.kill != Errc::ok) raise_kill(L);
+  ctx.go_peer.clear();
+  ctx.go_entry.assign(entry, entry_len);
+  ctx.kill = Errc::agent_moving;
+  raise_kill(L);
+}
+
+int agent_receive(lua_State* L) {
+  lua_settop(L, 0);
+  Value message = host_call(L, "agent.receive", 1);
+  lua::push_value(L, message);
+  return 1;
+}
+
+int agent_log(lua_State* L) {
+  // Every argument as text, the way print would show it.
+  const int n = lua_gettop(L);
+  luaL_Buffer b;
+  luaL_buffinit(L, &b);
+  for (int i = 1; i <= n; ++i) {
+    if (i > 1) luaL_addchar(&b, '\t');
+    const int t = lua_type(L, i);
+    if (t == LUA_TSTRING || t == LUA_TNUMBER) {
+      lua_pushvalue(L, i);
+      luaL_addvalue(&b);
+    } else if (t == LUA_TBOOLEAN) {
+      luaL_addstring(&b, lua_toboolean(L, i) != 0 ? "true" : "false");
+    } else {
+      luaL_addstring(&b, lua_typename(L, t));
+    }
+  }
+  luaL_pushresult(&b);
+  lua_replace(L, 1);
+  lua_settop(L, 1);
+  host_call(L, "agent.log", 1);
+  return 0;
+}
+
+int require_remote(lua_State* L) {
+  std::size_t name_len = 0;
+  const char* name = luaL_checklstring(L, 1, &name_len);
+  lua_settop(L, 1);
+  lua_getfield(L, LUA_REGISTRYINDEX, kModulesKey);
+  lua_pushvalue(L, 1);
+  lua_rawget(L, 2);
+  if (!lua_isnil(L, -1)) return 1;
+  lua_pop(L, 1);  // stack: name, modules
+
+  lua_pushvalue(L, 1);
+  Value module = host_call(L, "code.require", 3);
+  if (!module.is_table() || !module.get("source").is_string()) {
+    raise_message(L, "code.require gave no source for module " + std::string(name, name_len));
+  }
+  const std::string source = module.get("source").as_string();
+  const Value chunk_value = module.get("chunk");
+  const std::string chunk = "=" + (chunk_value.is_string() ? chunk_value.as_string() : std::string(name, name_len));
+  if (!source.empty() && source.front() == '\x1b') {
+    raise_message(L, "refused by the sandbox: bytecode is not accepted");
+  }
+  check_c_stack(L);
+  const int status = luaL_loadbufferx(L, source.data(), source.size(), chunk.c_str(), "t");
+  if (status == LUA_ERRMEM) raise_limit(L, limit_error(Errc::memory_limit, run_context(L).limits));
+  if (status != 0) lua_error(L);
+  lua::register_chunk(L, chunk, source);  // its functions may travel in the agent's state
+  lua_pushvalue(L, 1);
+  lua_call(L, 1, 1);
+  reraise_pending_kill(L);
+  if (lua_isnil(L, -1)) {
+    lua_pop(L, 1);
+    lua_pushboolean(L, 1);
+  }
+  lua_pushvalue(L, 1);
+  lua_pushvalue(L, -2);
+  lua_rawset(L, 2);  // modules[name] = result
+  return 1;
+}
+
+}  // namespace
+
+void open_agent_api(lua_State* L, const Value& info) {
+  lua::push_value(L, info.is_table() ? info : Value::table());
+  lua_pushcfunction(L, agent_go);
+  lua_setfield(L, -2, "go");
+  lua_pushcfunction(L, agent_wait);
+  lua_setfield(L, -2, "wait");
+  lua_pushcfunction(L, agent_receive);
+  lua_setfield(L, -2, "receive");
+  lua_pushcfunction(L, agent_log);
+  lua_setfield(L, -2, "log");
+  lua_setfield(L, LUA_GLOBALSINDEX, "agent");
+}
+
+void open_require_remote(lua_State* L) {
+  lua_newtable(L);
+  lua_setfield(L, LUA_REGISTRYINDEX, kModulesKey);
+  lua_pushcfunction(L, require_remote);
+  lua_setfield(L, LUA_GLOBALSINDEX, "require_remote");
+}
+
+}  // namespace sojourn::sandbox::detail

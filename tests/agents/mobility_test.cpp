@@ -1,0 +1,270 @@
+// Code-on-demand and mobile agents between real nodes over TCP on loopback: fetch with the
+// cache in front, agent tours, the exactly-once hand-over under injected faults, tracking
+// and messages to a moving agent.
+#include <doctest/doctest.h>
+
+#include <algorithm>
+#include <atomic>
+#include <memory>
+#include <thread>
+
+#include "sojourn/agents/node.hpp"
+
+using namespace sojourn;
+using namespace std::chrono_literals;
+
+namespace {
+
+// The source drops its copy when the COMMIT reaches it, which may be just after the
+// agent finished further on: wait for that.
+bool all_gone(std::vector<std::unique_ptr<Node>>& nodes) {
+  for (int i = 0; i < 500; ++i) {
+    bool none = std::all_of(nodes.begin(), nodes.end(), [](auto& n) { return n->stats().agents_resident == 0; });
+    if (none) return true;
+    std::this_thread::sleep_for(2ms);
+  }
+  return false;
+}
+
+struct Cluster {
+  std::vector<std::unique_ptr<Node>> nodes;
+  std::vector<std::string> addr;
+  explicit Cluster(int n, std::function<void(int, NodeOptions&)> tweak = {}) {
+    for (int i = 0; i < n; ++i) {
+      NodeOptions o;
+      o.name = "n" + std::to_string(i);
+      o.retry_backoff = 10ms;
+      if (tweak) tweak(i, o);
+      nodes.push_back(std::make_unique<Node>(o));
+      auto bound = nodes.back()->listen("127.0.0.1:0");
+      REQUIRE(bound.ok());
+      addr.push_back(*bound);
+      REQUIRE(nodes.back()->call_local("kv.put", Value::array({"price", 100 + 10 * i})).ok());
+    }
+  }
+  Node& operator[](int i) { return *nodes[static_cast<std::size_t>(i)]; }
+};
+
+constexpr const char* kTour = R"(
+local M = {}
+function M.start(s)
+  s.seen = {}
+  return M.visit(s)
+end
+function M.visit(s)
+  s.seen[#s.seen + 1] = { node = agent.here, price = node.call("kv.get", "price") }
+  local nxt = agent.itinerary[1]
+  if nxt then agent.go(nxt, "visit") end
+  return s.seen
+end
+return M
+)";
+
+Bundle tour_bundle() {
+  auto b = single_file_bundle("tour", kTour, {"start", "visit"});
+  REQUIRE(b.ok());
+  return *b;
+}
+
+std::string launch(Node& from, const std::string& at, std::vector<std::string> itinerary, Bundle bundle = tour_bundle()) {
+  AgentLaunch l;
+  l.bundle = std::move(bundle);
+  l.itinerary = std::move(itinerary);
+  l.owner = "tester";
+  auto id = from.launch(at, l);
+  REQUIRE(id.ok());
+  return *id;
+}
+
+}  // namespace
+
+TEST_CASE("code-on-demand: a fetched module runs on local data and a second fetch sends no code") {
+  Cluster c(2);
+  REQUIRE(c[0].publish("stats", "local t = ... ; local s = 0; for _, v in ipairs(t) do s = s + v end;"
+                                "return s / #t, node.call('kv.get', 'price')").ok());
+  auto m = c[1].fetch(c.addr[0], "stats");
+  REQUIRE(m.ok());
+  CHECK_FALSE(m->from_cache);
+  CHECK(m->bundle.manifest.name == "stats");
+  auto r = c[1].run_module(*m, Value::array({Value::array({2, 4, 9})}));
+  REQUIRE(r.ok());
+  CHECK(r->get(1).as_number() == 5.0);
+  CHECK(r->get(2).as_integer() == 110);  // the fetching node's own data
+  CHECK(c[0].stats().bundles_sent == 1);
+  auto again = c[1].fetch(c.addr[0], "stats");
+  REQUIRE(again.ok());
+  CHECK(again->from_cache);
+  CHECK(again->hash == m->hash);
+  CHECK(c[0].stats().bundles_sent == 1);
+}
+
+TEST_CASE("code-on-demand: module names that are paths and unknown modules are refused") {
+  Cluster c(2);
+  auto bad = c[1].fetch(c.addr[0], "../etc/passwd");
+  REQUIRE_FALSE(bad.ok());
+  CHECK(bad.error().message == "bad bundle: invalid module name '../etc/passwd'");
+  auto missing = c[1].fetch(c.addr[0], "nothing");
+  REQUIRE_FALSE(missing.ok());
+  CHECK(missing.error().message == "no such module: nothing");
+}
+
+TEST_CASE("code-on-demand: a module whose code was changed after fetching is refused") {
+  Cluster c(2);
+  REQUIRE(c[0].publish("m", "return 1").ok());
+  auto m = c[1].fetch(c.addr[0], "m");
+  REQUIRE(m.ok());
+  m->bundle.files["m.lua"] = "return 2";
+  auto r = c[1].run_module(*m);
+  REQUIRE_FALSE(r.ok());
+  CHECK(r.error().code == Errc::hash_mismatch);
+}
+
+TEST_CASE("require_remote in a fetched module loads another module from its origin") {
+  Cluster c(2);
+  REQUIRE(c[0].publish("helpers", "return { double = function(x) return 2 * x end }").ok());
+  REQUIRE(c[0].publish("main", "local h = require_remote('helpers'); return h.double(21)").ok());
+  auto m = c[1].fetch(c.addr[0], "main");
+  REQUIRE(m.ok());
+  auto r = c[1].run_module(*m);
+  REQUIRE(r.ok());
+  CHECK(r->get(1).as_integer() == 42);
+}
+
+TEST_CASE("a mobile agent tours three nodes and reports its result and itinerary home") {
+  Cluster c(3);
+  const std::string id = launch(c[0], c.addr[0], {c.addr[1], c.addr[2]});
+  auto s = c[0].wait_agent(c.addr[0], id, 10s);
+  REQUIRE(s.ok());
+  CHECK(s->status == "finished");
+  Value seen = s->result.get(1);
+  REQUIRE(seen.length() == 3);
+  for (int i = 0; i < 3; ++i) {
+    CHECK(seen.get(i + 1).get("node").as_string() == c.addr[static_cast<std::size_t>(i)]);
+    CHECK(seen.get(i + 1).get("price").as_integer() == 100 + 10 * i);
+  }
+  REQUIRE(s->hops.size() == 3);
+  CHECK(s->hops[2].node == c.addr[2]);
+  CHECK(s->hops[2].epoch == 2);
+  CHECK(s->hops[2].state_bytes > 0);
+  CHECK(s->location == c.addr[2]);
+  CHECK(all_gone(c.nodes));
+}
+
+TEST_CASE("a lost COMMIT is retried and the destination answers with its earlier commit: one live copy") {
+  std::atomic<int> dropped{0};
+  Cluster c(3, [&](int i, NodeOptions& o) {
+    if (i == 1) o.fault_drop_reply = [&](std::string_view service) { return service == "agent.transfer" && dropped++ == 0; };
+  });
+  // Counts runs at node 1: a second live copy would run the step twice.
+  const char* source = R"(
+    local M = {}
+    function M.start(s) agent.go(agent.itinerary[1], "at_one") end
+    function M.at_one(s)
+      node.call("kv.put", "runs", (node.call("kv.get", "runs") or 0) + 1)
+      agent.go(agent.itinerary[1], "done")
+    end
+    function M.done(s) return "ok" end
+    return M)";
+  auto bundle = single_file_bundle("once", source);
+  REQUIRE(bundle.ok());
+  const std::string id = launch(c[0], c.addr[0], {c.addr[1], c.addr[2]}, *bundle);
+  auto s = c[0].wait_agent(c.addr[0], id, 10s);
+  REQUIRE(s.ok());
+  CHECK(s->status == "finished");
+  CHECK(dropped.load() >= 1);
+  CHECK(c[1].call_local("kv.get", Value::array({"runs"}))->as_integer() == 1);
+  REQUIRE(s->hops.size() == 3);
+  CHECK(s->hops[1].node == c.addr[1]);
+  CHECK(all_gone(c.nodes));
+}
+
+TEST_CASE("a duplicate TRANSFER is answered with the same COMMIT and makes no second agent") {
+  Cluster c(2);
+  // An agent that waits at node 1 (it stays resident: its entry never ends the tour).
+  auto bundle = single_file_bundle("stay", "function start(s) agent.go(agent.itinerary[1], 'park') end\n"
+                                           "function park(s) agent.go('127.0.0.1:1', 'never') end");
+  REQUIRE(bundle.ok());
+  auto cache_bytes = encode_bundle(*bundle);
+  Value record = Value::table();
+  record.set("id", std::string(32, 'a'));
+  record.set("home", c.addr[0]);
+  record.set("owner", "t");
+  record.set("bundle", sha256_hex(cache_bytes));
+  record.set("entry", "start");
+  record.set("state", Value::table());
+  record.set("epoch", 1);
+  record.set("itinerary", Value::array({c.addr[0]}));
+  record.set("max_hops", 1);
+  record.set("isolation", "trusted");
+  Value transfer = Value::table();
+  transfer.set("record", record);
+  transfer.set("bundle_bytes", std::string(cache_bytes.begin(), cache_bytes.end()));
+  auto first = c[0].call(c.addr[1], "agent.transfer", Value::array({transfer}));
+  REQUIRE(first.ok());
+  auto second = c[0].call(c.addr[1], "agent.transfer", Value::array({transfer}));
+  REQUIRE(second.ok());
+  CHECK(deep_equal(*first, *second));
+  CHECK(first->get("committed").as_bool());
+  // An older epoch is refused.
+  record.set("epoch", 0);
+  transfer.set("record", record);
+  auto stale = c[0].call(c.addr[1], "agent.transfer", Value::array({transfer}));
+  REQUIRE_FALSE(stale.ok());
+  CHECK(stale.error().code == Errc::stale_epoch);
+}
+
+TEST_CASE("an unreachable next hop leaves the agent where it is, stranded, with the reason") {
+  Cluster c(1);
+  const std::string dead = "127.0.0.1:1";  // nothing listens on port 1
+  const std::string id = launch(c[0], c.addr[0], {dead});
+  auto s = c[0].wait_agent(c.addr[0], id, 10s);
+  REQUIRE(s.ok());
+  CHECK(s->status == "stranded");
+  CHECK(s->reason.rfind("cannot move agent " + id + " to " + dead + ": cannot connect to " + dead, 0) == 0);
+  auto residents = c[0].list_agents();
+  REQUIRE(residents.ok());
+  REQUIRE(residents->size() == 1);
+  CHECK((*residents)[0].id == id);
+  CHECK((*residents)[0].status.rfind("stranded: cannot move agent", 0) == 0);
+}
+
+TEST_CASE("messages to a moving agent arrive exactly once and in order") {
+  Cluster c(3);
+  // Hops between nodes 1 and 2 until it has received every message, then returns them.
+  const char* source = R"(
+    local M = {}
+    function M.start(s) s.got = {}; s.hops = 0; s.stops = { agent.itinerary[1], agent.itinerary[2] }; return M.roam(s) end
+    function M.roam(s)
+      while true do
+        local m = agent.receive()
+        if m == nil then break end
+        s.got[#s.got + 1] = m
+      end
+      if #s.got >= s.want or s.hops >= 400 then return s.got end
+      s.hops = s.hops + 1
+      local i = s.hops % 2 + 1
+      agent.go(s.stops[i], "roam")
+    end
+    return M)";
+  auto bundle = single_file_bundle("roamer", source);
+  REQUIRE(bundle.ok());
+  AgentLaunch l;
+  l.bundle = *bundle;
+  l.itinerary = {c.addr[1], c.addr[2]};
+  l.state = Value::table();
+  l.state.set("want", 20);
+  l.max_hops = 1000;
+  auto id = c[0].launch(c.addr[0], l);
+  REQUIRE(id.ok());
+  for (int i = 0; i < 20; ++i) {
+    auto sent = c[0].send_to_agent(c.addr[0], *id, Value(i));
+    REQUIRE(sent.ok());
+    std::this_thread::sleep_for(1ms);
+  }
+  auto s = c[0].wait_agent(c.addr[0], *id, 20s);
+  REQUIRE(s.ok());
+  REQUIRE(s->status == "finished");
+  Value got = s->result.get(1);
+  REQUIRE(got.length() == 20);
+  for (int i = 0; i < 20; ++i) CHECK(got.get(i + 1).as_integer() == i);
+}

@@ -1,0 +1,145 @@
+// Tests of one agent step (run_agent): entry points, agent.go as an exit no pcall can keep,
+// the state coming back, agent.* host calls and require_remote.
+#include <doctest/doctest.h>
+
+#include <algorithm>
+#include <string>
+#include <vector>
+
+#include "sojourn/sandbox/lua_sandbox.hpp"
+
+namespace {
+
+using sojourn::Errc;
+using sojourn::Limits;
+using sojourn::Result;
+using sojourn::Value;
+using sojourn::sandbox::AgentInput;
+using sojourn::sandbox::AgentOutcome;
+using sojourn::sandbox::HostCalls;
+using sojourn::sandbox::RunInput;
+
+class AgentHost : public HostCalls {
+ public:
+  Result<Value> call(std::string_view service, const Value& args) override {
+    calls.emplace_back(service);
+    if (service == "agent.receive") {
+      if (inbox.empty()) return Value{};
+      Value m = inbox.front();
+      inbox.erase(inbox.begin());
+      return m;
+    }
+    if (service == "agent.log") {
+      logs.push_back(args.get(1).as_string());
+      return Value{};
+    }
+    if (service == "code.require") {
+      Value m = Value::table();
+      m.set("source", "local name = ...; return { greet = function(x) return name .. ':' .. x end }");
+      m.set("chunk", "mod");
+      return m;
+    }
+    return sojourn::make_error(Errc::no_such_service, "no such service: " + std::string(service));
+  }
+  std::vector<std::string> calls;
+  std::vector<std::string> logs;
+  std::vector<Value> inbox;
+};
+
+Result<AgentOutcome> step(std::string_view source, std::string_view entry, Value state, HostCalls* host = nullptr,
+                          Value info = Value::table()) {
+  RunInput input;
+  input.source = source;
+  input.chunk_name = "agent";
+  input.limits = Limits{10'000'000, 16u << 20, 5000};
+  AgentInput agent{entry, std::move(state), std::move(info)};
+  return sojourn::sandbox::run_agent(input, agent, host);
+}
+
+Value state_with(const char* key, Value v) {
+  Value t = Value::table();
+  t.set(key, std::move(v));
+  return t;
+}
+
+}  // namespace
+
+TEST_CASE("an agent step calls the entry of the returned table with the state and returns both") {
+  auto r = step("return { start = function(s) s.n = s.n + 1; return s.n * 10 end }", "start", state_with("n", 4));
+  REQUIRE(r.ok());
+  CHECK_FALSE(r->went);
+  CHECK(r->results.get(1).as_integer() == 50);
+  CHECK(r->state.get("n").as_integer() == 5);
+}
+
+TEST_CASE("an agent entry may be a global function") {
+  auto r = step("function arrive(s) s.seen = agent.id end", "arrive", Value::table(), nullptr,
+                state_with("id", "abc"));
+  REQUIRE(r.ok());
+  CHECK(r->state.get("seen").as_string() == "abc");
+}
+
+TEST_CASE("agent.go ends the step, and a pcall around it cannot keep the agent") {
+  auto r = step(R"(
+    return { start = function(s)
+      s.before = true
+      pcall(agent.go, "127.0.0.1:7401", "arrive")
+      s.after_pcall = true
+      agent.go("127.0.0.1:7402", "other")
+    end })",
+                "start", Value::table());
+  REQUIRE(r.ok());
+  CHECK(r->went);
+  CHECK(r->go_peer == "127.0.0.1:7401");
+  CHECK(r->go_entry == "arrive");
+  CHECK(r->state.get("before").truthy());
+  CHECK(r->state.get("after_pcall").is_nil());
+}
+
+TEST_CASE("agent.state is the same table as the entry's argument") {
+  auto r = step("return { start = function(s) agent.state.x = 1; return rawequal(s, agent.state) end }", "start",
+                Value::table());
+  REQUIRE(r.ok());
+  CHECK(r->results.get(1).as_bool());
+  CHECK(r->state.get("x").as_integer() == 1);
+}
+
+TEST_CASE("a missing entry point is a clear error") {
+  auto r = step("return {}", "nowhere", Value::table());
+  REQUIRE_FALSE(r.ok());
+  CHECK(r.error().code == Errc::lua_error);
+  CHECK(r.error().message == "Lua error: agent entry point 'nowhere' is not a function");
+}
+
+TEST_CASE("agent.receive and agent.log are host calls") {
+  AgentHost host;
+  host.inbox.push_back(Value("hello"));
+  auto r = step("return { start = function(s) s.a = agent.receive(); s.b = agent.receive(); agent.log('got', s.a, 3) end }",
+                "start", Value::table(), &host);
+  REQUIRE(r.ok());
+  CHECK(r->state.get("a").as_string() == "hello");
+  CHECK(r->state.get("b").is_nil());
+  REQUIRE(host.logs.size() == 1);
+  CHECK(host.logs[0] == "got\thello\t3");
+}
+
+TEST_CASE("require_remote loads a module's text from the host once per run") {
+  AgentHost host;
+  RunInput input;
+  std::string source = "local m = require_remote('stats'); local again = require_remote('stats');"
+                       "return m.greet('x'), rawequal(m, again)";
+  input.source = source;
+  input.limits = Limits{10'000'000, 16u << 20, 5000};
+  auto r = sojourn::sandbox::run_lua(input, &host);
+  REQUIRE(r.ok());
+  CHECK(r->get(1).as_string() == "stats:x");
+  CHECK(r->get(2).as_bool());
+  CHECK(std::count(host.calls.begin(), host.calls.end(), "code.require") == 1);
+}
+
+TEST_CASE("an agent step whose state holds a coroutine fails with the field's path") {
+  auto r = step("return { start = function(s) s.co = coroutine.create(function() end) end }", "start", Value::table());
+  REQUIRE_FALSE(r.ok());
+  CHECK(r.error().code == Errc::not_transferable);
+  CHECK(r.error().message.rfind("value at state.co cannot travel", 0) == 0);
+}
