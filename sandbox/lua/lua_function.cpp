@@ -123,7 +123,7 @@ const std::string* pick_candidate(lua_State* L, int fn, const std::vector<std::s
   }
   const std::string original = key.substr(cache_prefix.size());
   for (const std::string& text : candidates) {
-    if (!is_one_function_expression(text)) continue;
+    if (!is_one_function_expression(text) || has_cdata_literal(text)) continue;
     if (load_maker(L, text, names, 1, "=candidate") != 0) {
       lua_pop(L, 1);
       continue;
@@ -294,6 +294,9 @@ std::variant<FunctionOrigin, std::string> function_origin(lua_State* L, int inde
   // Even a lone candidate is checked: another chunk may have been loaded under the same name.
   const std::string* picked =
       candidates.empty() ? nullptr : pick_candidate(L, fn, candidates, cache, origin.chunk_name + "\n" + lines + "\n");
+  if (picked == nullptr && std::any_of(candidates.begin(), candidates.end(), has_cdata_literal)) {
+    return "a function with a cdata number literal (1LL, 0i), which does not travel";
+  }
   if (picked == nullptr) return "a function whose text was not found at lines " + lines + " of " + where;
   origin.source = *picked;
   return origin;
@@ -336,6 +339,7 @@ void push_rebuilt_function(lua_State* L, const detail::FunctionData& data, int m
   if (!compiled) {
     if (!data.source.empty() && data.source[0] == '\x1b') refuse(L, where + " is bytecode, which is never loaded");
     if (!is_one_function_expression(data.source)) refuse(L, "the text of " + where + " is not one function expression");
+    if (has_cdata_literal(data.source)) refuse(L, where + " has a cdata number literal (1LL, 0i), which is not loaded");
     if (data.upvalue_names.size() > kMaxUpvalues) refuse(L, where + " has more than 60 upvalues");
     for (std::size_t i = 0; i < data.upvalue_names.size(); ++i) {
       const std::string& name = data.upvalue_names[i];

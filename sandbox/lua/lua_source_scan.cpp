@@ -15,7 +15,7 @@ bool is_ident_char(unsigned char c) {
 bool is_digit(unsigned char c) { return c >= '0' && c <= '9'; }
 bool is_newline(char c) { return c == '\n' || c == '\r'; }
 
-enum class Kind : std::uint8_t { name, other, eof, error };
+enum class Kind : std::uint8_t { name, number, other, eof, error };
 
 struct Token {
   Kind kind = Kind::eof;
@@ -59,6 +59,7 @@ class Lexer {
     const auto c = static_cast<unsigned char>(s_[pos_]);
     if (is_digit(c) || (c == '.' && is_digit(static_cast<unsigned char>(peek(1))))) {
       number();
+      t.kind = Kind::number;
     } else if (is_ident_char(c)) {
       while (pos_ < s_.size() && is_ident_char(static_cast<unsigned char>(s_[pos_]))) ++pos_;
       t.kind = Kind::name;
@@ -284,6 +285,19 @@ bool is_one_function_expression(std::string_view text) {
     // A block opened inside must close inside: `until` only closes a repeat.
     depth += step;
     if (depth == 0) return name == "end" && lexer.next().kind == Kind::eof;
+  }
+}
+
+bool has_cdata_literal(std::string_view text) {
+  Lexer lexer(text, 1);
+  for (;;) {
+    const Token t = lexer.next();
+    if (t.kind == Kind::eof || t.kind == Kind::error) return false;
+    if (t.kind != Kind::number) continue;
+    const std::string_view n = lexer.text(t);
+    const char last = n.back();
+    if (last == 'i' || last == 'I') return true;
+    if (n.size() >= 2 && (last == 'l' || last == 'L') && (n[n.size() - 2] == 'l' || n[n.size() - 2] == 'L')) return true;
   }
 }
 

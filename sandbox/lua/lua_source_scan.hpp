@@ -41,6 +41,12 @@ std::vector<FunctionText> find_functions(std::string_view chunk, int chunk_first
 // the text runs no code of its own.
 bool is_one_function_expression(std::string_view text);
 
+// True when `text` has a number literal that LuaJIT makes a cdata of (1LL, 2ULL, 0i): the
+// lexer loads the FFI library on demand for it, and this LuaJIT (2.1.0-beta3, 2022) was
+// seen to corrupt its heap when such texts are loaded thousands of times into one state
+// (a crash in lua_close). Function texts with them neither leave nor enter a run.
+bool has_cdata_literal(std::string_view text);
+
 // A Lua name that is not a keyword.
 bool is_lua_identifier(std::string_view s);
 
