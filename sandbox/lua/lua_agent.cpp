@@ -130,6 +130,7 @@ int require_remote(lua_State* L) {
   const int status = luaL_loadbufferx(L, source.data(), source.size(), chunk.c_str(), "t");
   if (status == LUA_ERRMEM) raise_limit(L, limit_error(Errc::memory_limit, run_context(L).limits));
   if (status != 0) lua_error(L);
+  lua::register_chunk(L, chunk, source);  // its functions may travel in the agent's state
   lua_pushvalue(L, 1);
   lua_call(L, 1, 1);
   reraise_pending_kill(L);
