@@ -152,8 +152,9 @@ void AgentRuntime::run_step(const std::string& id) {
     bundle = it->second.bundle;
   }
   sandbox::RunInput input;
+  const std::string chunk_name = bundle->bundle.main_file();  // RunInput holds views
   input.source = bundle->bundle.main_source();
-  input.chunk_name = bundle->bundle.main_file();
+  input.chunk_name = chunk_name;
   input.args = Value::table();
   input.limits = effective_limits(record.quotas, impl_.options.default_limits, impl_.options.max_limits);
   input.allow_jit = false;

@@ -1,0 +1,224 @@
+// bench_agent_hops: mobile-agent migration on loopback, three nodes in this process.
+//  1. hop latency (median, p99) for agent state of 100 B, 4 KB and 1 MB, side by side with
+//     a remote evaluation that carries the same state there and back, and with a bare TCP
+//     echo of the same bytes (the floor any hop pays);
+//  2. hops per second with many agents touring at once;
+//  3. code-on-demand fetch, cold (the code crosses the wire) vs cached (only the hash).
+// On a shared VM compare the ratios, not the figures.
+#include "sojourn/transports/asio.hpp"  // <utility> before Asio, and the asio namespace alias
+
+#include <boost/asio/connect.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/read.hpp>
+#include <boost/asio/write.hpp>
+
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "sojourn/agents/node.hpp"
+#include "sojourn/core/log.hpp"
+#include "stats.hpp"
+
+namespace sojourn::bench {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double micros(Clock::duration d) { return std::chrono::duration<double, std::micro>(d).count(); }
+
+// Arrival marks: each step of the bench agent calls bench.mark, which stamps the time.
+struct Marks {
+  std::mutex mutex;
+  std::vector<Clock::time_point> times;
+};
+
+constexpr const char* kBouncer = R"(
+local M = {}
+function M.start(s) return M.hop(s) end
+function M.hop(s)
+  node.call("bench.mark")
+  s.left = s.left - 1
+  if s.left < 0 then return true end
+  -- Alternate between the two other stops.
+  local a, b = s.stops[1], s.stops[2]
+  s.stops[1], s.stops[2] = b, a
+  agent.go(a, "hop")
+end
+return M)";
+
+struct Cluster {
+  std::vector<std::unique_ptr<Node>> nodes;
+  std::vector<std::string> addr;
+  Marks marks;
+  explicit Cluster(int n) {
+    for (int i = 0; i < n; ++i) {
+      NodeOptions o;
+      o.name = "bench" + std::to_string(i);
+      o.max_payload = 64u << 20;
+      o.default_limits.memory_bytes = 256u << 20;
+      nodes.push_back(std::make_unique<Node>(o));
+      addr.push_back(*nodes.back()->listen("127.0.0.1:0"));
+      nodes.back()->register_service("bench.mark", [this](const Value&) -> Result<Value> {
+        std::lock_guard lock(marks.mutex);
+        marks.times.push_back(Clock::now());
+        return Value{};
+      });
+      nodes.back()->register_service("bench.echo", [](const Value& args) -> Result<Value> { return args.get(1); });
+    }
+  }
+};
+
+Value state_of(std::size_t bytes, int hops, const std::vector<std::string>& stops) {
+  Value s = Value::table();
+  s.set("left", hops);
+  s.set("stops", Value::array({Value(stops[0]), Value(stops[1])}));
+  s.set("payload", std::string(bytes, 'x'));
+  return s;
+}
+
+LatencySummary hop_latency(Cluster& c, std::size_t bytes, int hops) {
+  {
+    std::lock_guard lock(c.marks.mutex);
+    c.marks.times.clear();
+  }
+  auto bundle = single_file_bundle("bouncer", kBouncer);
+  AgentLaunch l;
+  l.bundle = *bundle;
+  l.state = state_of(bytes, hops, {c.addr[1], c.addr[2]});
+  l.max_hops = static_cast<std::uint32_t>(hops + 2);
+  auto id = c.nodes[0]->launch("", l);
+  if (!id) throw std::runtime_error(id.error().message);
+  auto s = c.nodes[0]->wait_agent("", *id, std::chrono::minutes(5));
+  if (!s || s->status != "finished") throw std::runtime_error(s ? s->reason : s.error().message);
+  std::vector<double> samples;
+  std::lock_guard lock(c.marks.mutex);
+  for (std::size_t i = 2; i < c.marks.times.size(); ++i) samples.push_back(micros(c.marks.times[i] - c.marks.times[i - 1]));
+  return summarize(samples);
+}
+
+LatencySummary rev_latency(Cluster& c, std::size_t bytes, int n) {
+  Value args = Value::array({state_of(bytes, 0, {c.addr[1], c.addr[2]})});
+  std::vector<double> samples;
+  for (int i = 0; i < n; ++i) {
+    auto t0 = Clock::now();
+    auto r = c.nodes[0]->eval(c.addr[1], "local s = ...; s.left = s.left - 1; return s", args);
+    if (!r) throw std::runtime_error(r.error().message);
+    samples.push_back(micros(Clock::now() - t0));
+  }
+  return summarize(samples);
+}
+
+// The same bytes one way over a fresh loopback TCP connection and back: what a hop costs at least.
+LatencySummary tcp_echo_latency(std::size_t bytes, int n) {
+  asio::io_context io;
+  asio::ip::tcp::acceptor acceptor(io, {asio::ip::make_address("127.0.0.1"), 0});
+  const auto port = acceptor.local_endpoint().port();
+  std::thread server([&] {
+    for (int i = 0; i < n; ++i) {
+      asio::ip::tcp::socket s(io);
+      acceptor.accept(s);
+      std::vector<char> buf(bytes);
+      asio::read(s, asio::buffer(buf));
+      asio::write(s, asio::buffer(buf.data(), 1));
+    }
+  });
+  std::vector<char> payload(bytes, 'x');
+  std::vector<double> samples;
+  for (int i = 0; i < n; ++i) {
+    auto t0 = Clock::now();
+    asio::ip::tcp::socket s(io);
+    s.connect({asio::ip::make_address("127.0.0.1"), port});
+    asio::write(s, asio::buffer(payload));
+    char ack;
+    asio::read(s, asio::buffer(&ack, 1));
+    samples.push_back(micros(Clock::now() - t0));
+  }
+  server.join();
+  return summarize(samples);
+}
+
+double hops_per_second(Cluster& c, int agents, int hops) {
+  auto bundle = single_file_bundle("bouncer", kBouncer);
+  std::vector<std::string> ids;
+  auto t0 = Clock::now();
+  for (int i = 0; i < agents; ++i) {
+    AgentLaunch l;
+    l.bundle = *bundle;
+    l.state = state_of(100, hops, {c.addr[1], c.addr[2]});
+    l.max_hops = static_cast<std::uint32_t>(hops + 2);
+    auto id = c.nodes[0]->launch("", l);
+    if (!id) throw std::runtime_error(id.error().message);
+    ids.push_back(*id);
+  }
+  for (const auto& id : ids) {
+    auto s = c.nodes[0]->wait_agent("", id, std::chrono::minutes(5));
+    if (!s || s->status != "finished") throw std::runtime_error(s ? s->reason : s.error().message);
+  }
+  return static_cast<double>(agents) * (hops + 1) / std::chrono::duration<double>(Clock::now() - t0).count();
+}
+
+void fetch_latency(Cluster& c, int n, LatencySummary& cold, LatencySummary& cached) {
+  std::string source = "return 1 -- " + std::string(16 * 1024, 'c');  // a 16 KB module
+  (void)c.nodes[0]->publish("mod", source);
+  std::vector<double> cold_us, cached_us;
+  for (int i = 0; i < n; ++i) {
+    Node fresh(NodeOptions{.name = "fetcher", .worker_threads = 1});
+    auto t0 = Clock::now();
+    auto m = fresh.fetch(c.addr[0], "mod");
+    auto t1 = Clock::now();
+    auto again = fresh.fetch(c.addr[0], "mod");
+    auto t2 = Clock::now();
+    if (!m || !again || !again->from_cache) throw std::runtime_error("fetch failed");
+    cold_us.push_back(micros(t1 - t0));
+    cached_us.push_back(micros(t2 - t1));
+  }
+  cold = summarize(cold_us);
+  cached = summarize(cached_us);
+}
+
+void row(const char* what, const LatencySummary& s, const LatencySummary* peer) {
+  if (peer == nullptr) {
+    std::printf("  %-34s %10.0f %10.0f %8zu\n", what, s.median_us, s.p99_us, s.samples);
+  } else {
+    std::printf("  %-34s %10.0f %10.0f %8zu   x%.2f\n", what, s.median_us, s.p99_us, s.samples, s.median_us / peer->median_us);
+  }
+}
+
+}  // namespace
+}  // namespace sojourn::bench
+
+int main(int argc, char** argv) {
+  using namespace sojourn::bench;
+  int hops = argc > 1 ? std::atoi(argv[1]) : 200;
+  if (hops < 10) hops = 10;
+  sojourn::set_log_level(sojourn::LogLevel::error);
+  Cluster c(3);
+  std::printf("agent hop latency on loopback, %d hops per size (microseconds; ratio = median / peer median)\n", hops);
+  std::printf("  %-34s %10s %10s %8s   %s\n", "", "median", "p99", "samples", "ratio");
+  for (std::size_t bytes : {std::size_t{100}, std::size_t{4096}, std::size_t{1} << 20}) {
+    const int n = bytes >= (1u << 20) ? std::max(10, hops / 10) : hops;
+    LatencySummary echo = tcp_echo_latency(bytes, n);
+    LatencySummary rev = rev_latency(c, bytes, n);
+    LatencySummary hop = hop_latency(c, bytes, n);
+    std::printf(" state %zu bytes\n", bytes);
+    row("tcp connect + send + ack (floor)", echo, nullptr);
+    row("REV with the state, there and back", rev, &echo);
+    row("agent hop (peer: REV)", hop, &rev);
+  }
+  const int agents = 50, tour = 20;
+  std::printf("throughput: %d agents x %d hops at once: %.0f hops/s\n", agents, tour, hops_per_second(c, agents, tour));
+  LatencySummary cold, cached;
+  fetch_latency(c, std::max(20, hops / 4), cold, cached);
+  std::printf("code-on-demand fetch of a 16 KB module (microseconds)\n");
+  row("cold: code crosses the wire", cold, nullptr);
+  row("cached: hash only (peer: cold)", cached, &cold);
+  return 0;
+}
