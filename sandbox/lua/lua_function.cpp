@@ -82,14 +82,18 @@ std::vector<std::string> upvalue_names(lua_State* L, int fn) {
   return names;
 }
 
-// The wrapper that turns `text`'s free names `names` back into upvalues.
+// The wrapper that turns `text`'s free names `names` back into upvalues:
+//   local a, b; a, b = nil; return <text>
+// The assignment makes LuaJIT see every local as written: a local that is never written
+// gives an immutable upvalue cell, which the JIT may fold to a constant, and a rebuilt cell
+// can be shared with a function that writes it (lua_upvaluejoin).
 std::string wrapper_source(const std::string& text, const std::vector<std::string>& names, std::uint32_t line) {
   std::string out;
   if (line > 1 && line <= kMaxPaddingLines) out.append(line - 1, '\n');
   if (!names.empty()) {
-    out += "local ";
-    for (std::size_t i = 0; i < names.size(); ++i) out.append(i ? ", " : "").append(names[i]);
-    out += "; ";
+    std::string list;
+    for (std::size_t i = 0; i < names.size(); ++i) list.append(i ? ", " : "").append(names[i]);
+    out.append("local ").append(list).append("; ").append(list).append(" = nil; ");
   }
   return out.append("return ").append(text);
 }

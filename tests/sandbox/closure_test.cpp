@@ -484,3 +484,22 @@ TEST_CASE("functions with cdata number literals neither leave a run nor enter on
   check_error(run("return 1", Value::array({Value::function("function() return 0i end")})), Errc::sandbox_refused,
               "refused by the sandbox: function from value:1 has a cdata number literal (1LL, 0i), which is not loaded");
 }
+
+TEST_CASE("a rebuilt reader of a shared upvalue sees every write, with the JIT on") {
+  // The reader alone never assigns n, so LuaJIT would mark the cell it owns immutable and
+  // a compiled trace would fold n to a constant (seen: 4943 wrong reads of 5000); the
+  // wrapper assigns every upvalue once so that no rebuilt cell is immutable.
+  // (Functions are rebuilt last first: the reader, listed second, gets the cell first.)
+  Value sent = run_and_send("local n = 0 return function() n = n + 1 end, function() return n end");
+  lua_State* L = luaL_newstate();
+  REQUIRE(L != nullptr);
+  luaL_openlibs(L);  // the JIT is on, and no count hook holds it back
+  REQUIRE(luaL_loadstring(L, "local inc, get = ... local bad = 0 "
+                             "for i = 1, 5000 do inc() if get() ~= i then bad = bad + 1 end end return bad, get()") == 0);
+  auto pushed = scan::push_array_items_protected(L, sent, 0);
+  REQUIRE(pushed.ok());
+  REQUIRE(lua_pcall(L, *pushed, 2, 0) == 0);
+  CHECK(lua_tonumber(L, -2) == 0);
+  CHECK(lua_tonumber(L, -1) == 5000);
+  lua_close(L);
+}
