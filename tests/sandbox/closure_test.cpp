@@ -503,3 +503,17 @@ TEST_CASE("a rebuilt reader of a shared upvalue sees every write, with the JIT o
   CHECK(lua_tonumber(L, -1) == 5000);
   lua_close(L);
 }
+
+TEST_CASE("functions made hot by the JIT are still told apart on one line") {
+  RunInput input;
+  input.source = "local s, p = function(n) local t = 0 for i = 1, n do t = t + i end return t end, "
+                 "function(n) local t = 1 for i = 1, n do t = t * 1 end return t end\n"
+                 "for k = 1, 200 do s(100) p(100) end return s, p";
+  input.limits = Limits{100'000'000, kMemory, 5000};
+  input.allow_jit = true;
+  auto r = run_lua(input, nullptr);
+  REQUIRE(r.ok());
+  Value sent = over_the_wire(*r);
+  CHECK(sent.get(1).function_source() == "function(n) local t = 0 for i = 1, n do t = t + i end return t end");
+  CHECK(sent.get(2).function_source() == "function(n) local t = 1 for i = 1, n do t = t * 1 end return t end");
+}
