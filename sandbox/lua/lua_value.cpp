@@ -5,9 +5,7 @@
 #include "lua_value.hpp"
 
 #include <algorithm>
-#include <cctype>
 #include <cmath>
-#include <cstdio>
 #include <new>
 #include <optional>
 #include <string>
