@@ -212,3 +212,11 @@ TEST_CASE("functions with cdata number literals neither leave a run nor enter on
   check_error(run("return 1", Value::array({Value::function("function() return 0i end")})), Errc::sandbox_refused,
               "refused by the sandbox: function from value:1 has a cdata number literal (1LL, 0i), which is not loaded");
 }
+
+TEST_CASE("a main chunk cannot travel") {
+  lua_State* L = luaL_newstate();
+  REQUIRE(L != nullptr);
+  REQUIRE(luaL_loadstring(L, "return 1") == 0);
+  check_error(scan::to_value(L, -1, {"state", 0}), Errc::not_transferable, "value at state cannot travel: a main chunk");
+  lua_close(L);
+}

@@ -258,3 +258,35 @@ TEST_CASE("functions made hot by the JIT are still told apart on one line") {
   CHECK(sent.get(1).function_source() == "function(n) local t = 0 for i = 1, n do t = t + i end return t end");
   CHECK(sent.get(2).function_source() == "function(n) local t = 1 for i = 1, n do t = t * 1 end return t end");
 }
+
+namespace {
+
+class ModuleHost : public sojourn::sandbox::HostCalls {
+ public:
+  Result<Value> call(std::string_view service, const Value& /*args*/) override {
+    if (service != "code.require") return sojourn::make_error(Errc::no_such_service, "no such service");
+    Value m = Value::table();
+    m.set("source", "local name = ...\nreturn { greet = function(x) return name .. ':' .. x end }");
+    m.set("chunk", "stats");
+    return m;
+  }
+};
+
+}  // namespace
+
+TEST_CASE("a function from a module loaded with require_remote travels with its module's upvalues") {
+  ModuleHost host;
+  RunInput input;
+  input.source = "return require_remote('stats').greet";
+  input.limits = Limits{10'000'000, kMemory, 5000};
+  auto r = run_lua(input, &host);
+  REQUIRE(r.ok());
+  Value greet = over_the_wire(*r).get(1);
+  CHECK(greet.function_source() == "function(x) return name .. ':' .. x end");
+  CHECK(greet.function_chunk_name() == "=stats");
+  CHECK(greet.function_line() == 2);
+  CHECK(greet.upvalue(0).as_string() == "stats");
+  auto again = run("return (...)('x')", Value::array({greet}));
+  REQUIRE(again.ok());
+  CHECK(again->get(1).as_string() == "stats:x");
+}
