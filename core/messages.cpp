@@ -38,9 +38,25 @@ class GraphWriter {
       }
       for (; c < cells_.order.size(); ++c) visit(g_->cells[cells_.order[c]]);
     }
+    // Texts (function sources and chunk names) are sent once and referenced by index.
+    std::vector<const std::string*> texts;
+    std::unordered_map<std::string_view, std::uint32_t> text_index;
+    auto text_of = [&](const detail::SharedText& text) {
+      auto [it, inserted] = text_index.try_emplace(text.str(), static_cast<std::uint32_t>(texts.size()));
+      if (inserted) texts.push_back(&text.str());
+      return it->second;
+    };
+    std::vector<std::pair<std::uint32_t, std::uint32_t>> function_texts;
+    function_texts.reserve(functions_.order.size());
+    for (std::uint32_t idx : functions_.order) {
+      const detail::FunctionData& fn = g_->functions[idx];
+      const std::uint32_t source = text_of(fn.source);
+      function_texts.emplace_back(source, text_of(fn.chunk_name));
+    }
     w_.u32(static_cast<std::uint32_t>(tables_.order.size()));
     w_.u32(static_cast<std::uint32_t>(functions_.order.size()));
     w_.u32(static_cast<std::uint32_t>(cells_.order.size()));
+    w_.u32(static_cast<std::uint32_t>(texts.size()));
     slot(root);
     for (std::uint32_t idx : tables_.order) {
       const detail::TableData& table = g_->tables[idx];
@@ -49,16 +65,17 @@ class GraphWriter {
       w_.u32(static_cast<std::uint32_t>(table.map.size()));
       for (const auto& [k, v] : table.map) slot(k), slot(v);
     }
-    for (std::uint32_t idx : functions_.order) {
-      const detail::FunctionData& fn = g_->functions[idx];
-      w_.string(fn.source);
-      w_.string(fn.chunk_name);
+    for (const std::string* text : texts) w_.string(*text);
+    for (std::size_t i = 0; i < functions_.order.size(); ++i) {
+      const detail::FunctionData& fn = g_->functions[functions_.order[i]];
+      w_.u32(function_texts[i].first);
+      w_.u32(function_texts[i].second);
       w_.u32(fn.line);
       w_.string(fn.library_name);
       w_.u32(static_cast<std::uint32_t>(fn.upvalue_cells.size()));
-      for (std::size_t i = 0; i < fn.upvalue_cells.size(); ++i) {
-        w_.string(i < fn.upvalue_names.size() ? fn.upvalue_names[i] : std::string());
-        w_.u32(cells_.wire_index.at(fn.upvalue_cells[i]));
+      for (std::size_t u = 0; u < fn.upvalue_cells.size(); ++u) {
+        w_.string(u < fn.upvalue_names.size() ? fn.upvalue_names[u] : std::string());
+        w_.u32(cells_.wire_index.at(fn.upvalue_cells[u]));
       }
     }
     for (std::uint32_t idx : cells_.order) slot(g_->cells[idx]);
@@ -106,7 +123,7 @@ std::uint32_t checked_index(Reader& r, std::uint32_t count, const char* what) {
 }
 
 struct GraphCounts {
-  std::uint32_t tables = 0, functions = 0, cells = 0;
+  std::uint32_t tables = 0, functions = 0, cells = 0, texts = 0;
 };
 
 Slot read_slot(Reader& r, const GraphCounts& n) {
@@ -133,14 +150,15 @@ void write_value(Writer& w, const Value& v) {
 
 Value read_value(Reader& r) {
   GraphCounts n;
-  // Least wire sizes: a table is two counts, a function three strings, a line and a
-  // count, a cell one tag.
+  // Least wire sizes: a table is two counts, a function two text indices, a line, a
+  // string and a count, a cell one tag, a text its length.
   n.tables = r.count(8, "table");
   n.functions = r.count(20, "function");
   n.cells = r.count(1, "cell");
+  n.texts = r.count(4, "text");
   Slot root = read_slot(r, n);
   const bool reference = root.index() == 5 || root.index() == 6;
-  if (n.tables == 0 && n.functions == 0 && n.cells == 0) {
+  if (n.tables == 0 && n.functions == 0 && n.cells == 0 && n.texts == 0) {
     if (reference) throw DecodeError("root refers to a table or function but none were sent");
     return Value::from_slot(nullptr, std::move(root));
   }
@@ -164,11 +182,16 @@ Value read_value(Reader& r) {
       t.map.emplace_back(std::move(k), std::move(v));
     }
   }
+  // Shared, not copied, by the functions that name them: a big text named by many
+  // functions costs its size once.
+  std::vector<detail::SharedText> texts;
+  texts.reserve(n.texts);
+  for (std::uint32_t i = 0; i < n.texts; ++i) texts.emplace_back(r.string());
   graph->functions.resize(n.functions);
   for (std::uint32_t i = 0; i < n.functions; ++i) {
     detail::FunctionData& f = graph->functions[i];
-    f.source = r.string();
-    f.chunk_name = r.string();
+    f.source = texts[checked_index(r, n.texts, "text")];
+    f.chunk_name = texts[checked_index(r, n.texts, "text")];
     f.line = r.u32();
     f.library_name = r.string();
     std::uint32_t count = r.count(8, "upvalue");

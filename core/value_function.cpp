@@ -29,7 +29,7 @@ Value Value::function(std::string source, std::string chunk_name, std::uint32_t 
 
 Value Value::library_function(std::string name) {
   FunctionData data;
-  data.chunk_name = "=[library]";
+  data.chunk_name = std::string("=[library]");
   data.library_name = std::move(name);
   return make_function(std::make_shared<detail::Graph>(), std::move(data));
 }
@@ -57,8 +57,8 @@ std::uint32_t Value::cell_of(std::size_t upvalue) const {
   return f.upvalue_cells[upvalue];
 }
 
-const std::string& Value::function_source() const { return function_data().source; }
-const std::string& Value::function_chunk_name() const { return function_data().chunk_name; }
+const std::string& Value::function_source() const { return function_data().source.str(); }
+const std::string& Value::function_chunk_name() const { return function_data().chunk_name.str(); }
 std::uint32_t Value::function_line() const { return function_data().line; }
 const std::string& Value::library_name() const { return function_data().library_name; }
 std::size_t Value::upvalue_count() const { return function_data().upvalue_cells.size(); }

@@ -82,14 +82,18 @@ std::vector<std::string> upvalue_names(lua_State* L, int fn) {
   return names;
 }
 
-// The wrapper that turns `text`'s free names `names` back into upvalues.
+// The wrapper that turns `text`'s free names `names` back into upvalues:
+//   local a, b; a, b = nil; return <text>
+// The assignment makes LuaJIT see every local as written: a local that is never written
+// gives an immutable upvalue cell, which the JIT may fold to a constant, and a rebuilt cell
+// can be shared with a function that writes it (lua_upvaluejoin).
 std::string wrapper_source(const std::string& text, const std::vector<std::string>& names, std::uint32_t line) {
   std::string out;
   if (line > 1 && line <= kMaxPaddingLines) out.append(line - 1, '\n');
   if (!names.empty()) {
-    out += "local ";
-    for (std::size_t i = 0; i < names.size(); ++i) out.append(i ? ", " : "").append(names[i]);
-    out += "; ";
+    std::string list;
+    for (std::size_t i = 0; i < names.size(); ++i) list.append(i ? ", " : "").append(names[i]);
+    out.append("local ").append(list).append("; ").append(list).append(" = nil; ");
   }
   return out.append("return ").append(text);
 }
@@ -108,8 +112,8 @@ int load_maker(lua_State* L, const std::string& text, const std::vector<std::str
 
 // Among candidates cut from the same lines, the one that compiles to the function at
 // `fn` (same upvalue names in the same order, same bytecode and constants).
-const std::string* pick_candidate(lua_State* L, int fn, const std::vector<std::string>& candidates, SourceCache& cache,
-                                  const std::string& cache_prefix) {
+const detail::SharedText* pick_candidate(lua_State* L, int fn, const std::vector<detail::SharedText>& candidates,
+                                         SourceCache& cache, const std::string& cache_prefix) {
   const std::vector<std::string> names = upvalue_names(L, fn);
   lua_pushvalue(L, fn);
   const std::string signature = bytecode_signature(L);
@@ -122,7 +126,8 @@ const std::string* pick_candidate(lua_State* L, int fn, const std::vector<std::s
     return found == candidates.end() ? nullptr : &*found;
   }
   const std::string original = key.substr(cache_prefix.size());
-  for (const std::string& text : candidates) {
+  for (const detail::SharedText& candidate_text : candidates) {
+    const std::string& text = candidate_text.str();
     if (!is_one_function_expression(text) || has_cdata_literal(text)) continue;
     if (load_maker(L, text, names, 1, "=candidate") != 0) {
       lua_pop(L, 1);
@@ -133,24 +138,25 @@ const std::string* pick_candidate(lua_State* L, int fn, const std::vector<std::s
     for (const std::string& n : upvalue_names(L, lua_gettop(L))) candidate.append("\n").append(n);
     lua_pop(L, 1);
     if (candidate == original) {
-      cache.by_bytecode.emplace(std::move(key), text);
-      return &text;
+      cache.by_bytecode.emplace(std::move(key), candidate_text);
+      return &candidate_text;
     }
   }
   return nullptr;
 }
 
 // Every text registered for `chunk_name` that holds the lines, cut into candidates.
-std::vector<std::string> find_candidates(lua_State* L, std::string_view chunk_name, int first, int last, bool& known,
-                                         SourceCache& cache) {
-  std::vector<std::string> out;
+std::vector<detail::SharedText> find_candidates(lua_State* L, std::string_view chunk_name, int first, int last,
+                                                bool& known, SourceCache& cache) {
+  std::vector<detail::SharedText> out;
   auto add = [&](std::string_view text, int first_line) {
     // Registered texts stay put while the conversion runs: their address names them.
     auto key = std::make_pair(static_cast<const void*>(text.data()), first_line);
     auto it = cache.indexes.find(key);
     if (it == cache.indexes.end()) it = cache.indexes.emplace(key, index_functions(text, first_line)).first;
-    for (FunctionText& f : find_functions(text, it->second, first, last)) {
-      if (std::find(out.begin(), out.end(), f.text) == out.end()) out.push_back(std::move(f.text));
+    for (const FunctionText& f : find_functions(text, it->second, first, last)) {
+      const bool seen = std::any_of(out.begin(), out.end(), [&](const detail::SharedText& t) { return t.str() == f.text; });
+      if (!seen) out.push_back(cache.intern(f.text));
     }
   };
   known = false;
@@ -258,7 +264,7 @@ std::variant<FunctionOrigin, std::string> function_origin(lua_State* L, int inde
   }
   lua_pop(L, 1);
   if (!origin.library_name.empty()) {
-    origin.chunk_name = "=[library]";
+    origin.chunk_name = cache.intern("=[library]");
     return origin;
   }
   if (lua_iscfunction(L, fn)) return std::string("a C function");
@@ -267,34 +273,36 @@ std::variant<FunctionOrigin, std::string> function_origin(lua_State* L, int inde
   lua_pushvalue(L, fn);
   lua_getinfo(L, ">S", &ar);
   if (std::strcmp(ar.what, "main") == 0) return std::string("a main chunk");
-  origin.chunk_name = ar.source;
+  origin.chunk_name = cache.intern(ar.source);
+  const std::string& chunk_name = origin.chunk_name.str();
   origin.line = static_cast<std::uint32_t>(std::max(ar.linedefined, 1));
 
   lua_getfield(L, LUA_REGISTRYINDEX, kFunctionsKey);
   if (lua_istable(L, -1)) {
     lua_pushvalue(L, fn);
     lua_rawget(L, -2);
-    if (lua_type(L, -1) == LUA_TSTRING) origin.source = lua_view(L, -1);
+    if (lua_type(L, -1) == LUA_TSTRING) origin.source = cache.intern(lua_view(L, -1));
     lua_pop(L, 1);
   }
   lua_pop(L, 1);
-  if (!origin.source.empty()) return origin;
+  if (!origin.source.str().empty()) return origin;
 
-  auto key = std::make_tuple(origin.chunk_name, ar.linedefined, ar.lastlinedefined);
+  auto key = std::make_tuple(chunk_name, ar.linedefined, ar.lastlinedefined);
   auto it = cache.candidates.find(key);
-  const std::string where = display_name(origin.chunk_name);
+  const std::string where = display_name(chunk_name);
   if (it == cache.candidates.end()) {
     bool known = false;
-    std::vector<std::string> found = find_candidates(L, origin.chunk_name, ar.linedefined, ar.lastlinedefined, known, cache);
+    std::vector<detail::SharedText> found = find_candidates(L, chunk_name, ar.linedefined, ar.lastlinedefined, known, cache);
     if (!known) return "a function whose source text is unknown (chunk " + where + ")";
     it = cache.candidates.emplace(std::move(key), std::move(found)).first;
   }
-  const std::vector<std::string>& candidates = it->second;
+  const std::vector<detail::SharedText>& candidates = it->second;
   const std::string lines = std::to_string(ar.linedefined) + "-" + std::to_string(ar.lastlinedefined);
   // Even a lone candidate is checked: another chunk may have been loaded under the same name.
-  const std::string* picked =
-      candidates.empty() ? nullptr : pick_candidate(L, fn, candidates, cache, origin.chunk_name + "\n" + lines + "\n");
-  if (picked == nullptr && std::any_of(candidates.begin(), candidates.end(), has_cdata_literal)) {
+  const detail::SharedText* picked =
+      candidates.empty() ? nullptr : pick_candidate(L, fn, candidates, cache, chunk_name + "\n" + lines + "\n");
+  const auto has_cdata = [](const detail::SharedText& t) { return has_cdata_literal(t.str()); };
+  if (picked == nullptr && std::any_of(candidates.begin(), candidates.end(), has_cdata)) {
     return "a function with a cdata number literal (1LL, 0i), which does not travel";
   }
   if (picked == nullptr) return "a function whose text was not found at lines " + lines + " of " + where;
@@ -311,9 +319,11 @@ int upvalue_slot(const detail::FunctionData& data, std::string_view name) {
 
 void push_rebuilt_function(lua_State* L, const detail::FunctionData& data, int makers) {
   lua_checkstack(L, 6);
-  const std::string where = "function from " + display_name(data.chunk_name) + ":" + std::to_string(data.line);
+  const std::string& source = data.source.str();
+  const std::string& chunk_name = data.chunk_name.str();
+  const std::string where = "function from " + display_name(chunk_name) + ":" + std::to_string(data.line);
   if (!data.library_name.empty()) {
-    if (!data.source.empty() || !data.upvalue_names.empty()) {
+    if (!source.empty() || !data.upvalue_names.empty()) {
       refuse(L, "library function '" + data.library_name + "' comes with a text or upvalues");
     }
     lua_getfield(L, LUA_REGISTRYINDEX, kLibraryKey);
@@ -326,9 +336,9 @@ void push_rebuilt_function(lua_State* L, const detail::FunctionData& data, int m
     refuse(L, "library function '" + data.library_name + "' is not available here");
   }
   // Closures of one function (a thousand counters) share one compiled wrapper.
-  std::string key = data.chunk_name + '\n' + std::to_string(data.line) + '\n';
+  std::string key = chunk_name + '\n' + std::to_string(data.line) + '\n';
   for (const std::string& name : data.upvalue_names) key.append(name).append(",");
-  key.append("\n").append(data.source);
+  key.append("\n").append(source);
   bool compiled = false;
   if (makers != 0) {
     lua_pushlstring(L, key.data(), key.size());
@@ -337,23 +347,23 @@ void push_rebuilt_function(lua_State* L, const detail::FunctionData& data, int m
     if (!compiled) lua_pop(L, 1);
   }
   if (!compiled) {
-    if (!data.source.empty() && data.source[0] == '\x1b') refuse(L, where + " is bytecode, which is never loaded");
-    if (!is_one_function_expression(data.source)) refuse(L, "the text of " + where + " is not one function expression");
-    if (has_cdata_literal(data.source)) refuse(L, where + " has a cdata number literal (1LL, 0i), which is not loaded");
+    if (!source.empty() && source[0] == '\x1b') refuse(L, where + " is bytecode, which is never loaded");
+    if (!is_one_function_expression(source)) refuse(L, "the text of " + where + " is not one function expression");
+    if (has_cdata_literal(source)) refuse(L, where + " has a cdata number literal (1LL, 0i), which is not loaded");
     if (data.upvalue_names.size() > kMaxUpvalues) refuse(L, where + " has more than 60 upvalues");
     for (std::size_t i = 0; i < data.upvalue_names.size(); ++i) {
       const std::string& name = data.upvalue_names[i];
       if (!is_lua_identifier(name)) refuse(L, where + " has an upvalue name that is not a Lua name: '" + name.substr(0, 40) + "'");
       if (upvalue_slot(data, name) != static_cast<int>(i)) refuse(L, where + " has two upvalues named '" + name + "'");
     }
-    if (load_maker(L, data.source, data.upvalue_names, data.line, data.chunk_name.c_str()) != 0) {
+    if (load_maker(L, source, data.upvalue_names, data.line, chunk_name.c_str()) != 0) {
       const std::string message(lua_view(L, -1));
       lua_pop(L, 1);
       refuse(L, where + " does not compile: " + message);
     }
     // The closures it makes can be cut out of this text when they travel on.
     const bool padded = data.line > 1 && data.line <= kMaxPaddingLines;
-    register_chunk(L, data.chunk_name, data.source, padded ? static_cast<int>(data.line) : 1);
+    register_chunk(L, chunk_name, source, padded ? static_cast<int>(data.line) : 1);
     if (makers != 0) {
       lua_pushlstring(L, key.data(), key.size());
       lua_pushvalue(L, -2);
@@ -365,7 +375,7 @@ void push_rebuilt_function(lua_State* L, const detail::FunctionData& data, int m
   const int fn = lua_gettop(L);
   push_registry_table(L, kFunctionsKey, "k");
   lua_pushvalue(L, fn);
-  lua_pushlstring(L, data.source.data(), data.source.size());
+  lua_pushlstring(L, source.data(), source.size());
   lua_rawset(L, -3);
   lua_pop(L, 1);
 }

@@ -8,6 +8,7 @@
 #include <string>
 #include <string_view>
 #include <tuple>
+#include <unordered_map>
 #include <variant>
 #include <vector>
 
@@ -20,18 +21,27 @@ namespace sojourn::sandbox::lua {
 
 // What a Lua function travels as (its upvalues aside).
 struct FunctionOrigin {
-  std::string source;        // one function expression; empty for a library function
-  std::string chunk_name;    // as lua_getinfo reports it ("=eval")
-  std::uint32_t line = 1;    // of `function` in that chunk
-  std::string library_name;  // "table.insert" for a function of the standard library
+  detail::SharedText source;      // one function expression; empty for a library function
+  detail::SharedText chunk_name;  // as lua_getinfo reports it ("=eval")
+  std::uint32_t line = 1;         // of `function` in that chunk
+  std::string library_name;       // "table.insert" for a function of the standard library
 };
 
 // Function texts already cut out during one conversion, so that many closures of one
-// function (a loop making counters) are searched for once.
+// function (a loop making counters) are searched for once and share one text.
 struct SourceCache {
   std::map<std::pair<const void*, int>, std::vector<FunctionStart>> indexes;  // (text, first line)
-  std::map<std::tuple<std::string, int, int>, std::vector<std::string>> candidates;
-  std::map<std::string, std::string> by_bytecode;  // signature -> text, among several
+  std::map<std::tuple<std::string, int, int>, std::vector<detail::SharedText>> candidates;
+  std::map<std::string, detail::SharedText> by_bytecode;  // signature -> text, among several
+  std::unordered_map<std::string_view, detail::SharedText> texts;  // keys view their values
+
+  // The one shared copy of `text` in this conversion.
+  detail::SharedText intern(std::string_view text) {
+    if (auto it = texts.find(text); it != texts.end()) return it->second;
+    detail::SharedText shared{std::string(text)};
+    texts.emplace(shared.str(), shared);
+    return shared;
+  }
 };
 
 // The origin of the function at stack `index`, or why it cannot travel ("a C function").

@@ -5,13 +5,12 @@
 #include "lua_value.hpp"
 
 #include <algorithm>
-#include <cctype>
 #include <cmath>
-#include <cstdio>
 #include <new>
 #include <optional>
 #include <string>
 #include <unordered_map>
+#include <unordered_set>
 #include <vector>
 
 #include <lua.hpp>
@@ -209,7 +208,12 @@ class LuaToValue {
       return std::nullopt;
     }
     auto& o = std::get<FunctionOrigin>(origin);
-    if (!charge(kFunctionCost + o.source.size() + o.chunk_name.size() + o.library_name.size())) return std::nullopt;
+    // A text shared by many closures is counted once.
+    std::size_t cost = kFunctionCost + o.library_name.size();
+    for (const detail::SharedText* text : {&o.source, &o.chunk_name}) {
+      if (charged_texts_.insert(text->str().data()).second) cost += text->str().size();
+    }
+    if (!charge(cost)) return std::nullopt;
     Graph& g = graph();
     const auto function = static_cast<std::uint32_t>(g.functions.size());
     seen_functions_.emplace(lua_topointer(L, index), function);
@@ -317,6 +321,7 @@ class LuaToValue {
   std::unordered_map<void*, std::uint32_t> seen_cells_;            // upvalue id -> graph cell
   std::vector<Queued> queued_;                  // what queue slot i + 1 holds
   SourceCache sources_;
+  std::unordered_set<const void*> charged_texts_;  // texts already counted against max_bytes
   int queue_ = 0;
   std::size_t used_ = 0;
 };

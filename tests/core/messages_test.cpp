@@ -80,12 +80,12 @@ TEST_CASE("the decoder rejects truncated, oversized and inconsistent payloads") 
   CHECK(r.error().message == "malformed payload: call request: string length count 2147483647 exceeds the payload");
 
   // A table reference out of range.
-  std::vector<std::uint8_t> bad_ref = {1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 6, 5, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0};
+  std::vector<std::uint8_t> bad_ref = {1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 6, 5, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0};
   auto rv = decode_value(bad_ref);
   REQUIRE_FALSE(rv.ok());
   CHECK(rv.error().message == "malformed payload: value: table reference 5 out of range (1 tables)");
 
-  std::vector<std::uint8_t> bad_tag = {1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 9};
+  std::vector<std::uint8_t> bad_tag = {1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 9};
   CHECK(decode_value(bad_tag).error().message == "malformed payload: value: unknown value tag 9");
 }
 
@@ -121,6 +121,23 @@ Value closures() {
 }
 }  // namespace
 
+TEST_CASE("closures of one function send their text once") {
+  Value t = Value::table();
+  const std::string text = "function() n = n + 1 return n end -- " + std::string(1000, 'x');
+  for (int i = 0; i < 100; ++i) {
+    Value f = t.new_function(text, "=agent", 2);
+    f.add_upvalue("n", i);
+    t.push(f);
+  }
+  auto bytes = encode_value(t);
+  CHECK(bytes.size() < 1000 + 100 * 60);
+  auto back = decode_value(bytes);
+  REQUIRE(back.ok());
+  CHECK(deep_equal(*back, t));
+  CHECK(back->get(100).function_source() == text);
+  CHECK(back->get(100).upvalue(0).as_integer() == 99);
+}
+
 TEST_CASE("functions keep their text, upvalue cells and sharing through an encode and decode") {
   Value state = closures();
   Value back = round_trip(state);
@@ -140,16 +157,21 @@ TEST_CASE("functions keep their text, upvalue cells and sharing through an encod
 }
 
 TEST_CASE("the decoder checks function and cell references") {
-  // One function (empty source, chunk and library name, line 1) with one upvalue whose
-  // cell index 3 is out of range of the 1 cell sent.
-  std::vector<std::uint8_t> bad_cell = {1, 0, 0, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0, 7, 0, 0, 0, 0,
-                                        0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0,
-                                        1, 0, 0, 0, 'n', 3, 0, 0, 0, 0};
+  // One function whose source and chunk name are text 0 (""), line 1, no library name,
+  // with one upvalue whose cell index 3 is out of range of the 1 cell sent.
+  std::vector<std::uint8_t> bad_cell = {1, 0, 0, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0,  // counts
+                                        7, 0, 0, 0, 0,                                      // root
+                                        0, 0, 0, 0,                                         // text 0
+                                        0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0,     // function
+                                        1, 0, 0, 0, 1, 0, 0, 0, 'n', 3, 0, 0, 0,            // upvalue
+                                        0};                                                 // cell: nil
   CHECK(decode_value(bad_cell).error().message == "malformed payload: value: cell reference 3 out of range (1 cells)");
-  bad_cell[43] = 0;
+  bad_cell[51] = 0;
   REQUIRE(decode_value(bad_cell).ok());
   CHECK(decode_value(bad_cell)->upvalue_name(0) == "n");
-  std::vector<std::uint8_t> bad_fn = {1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 7, 0, 0, 0, 0};
+  bad_cell[26] = 1;  // source: text 1 of 1
+  CHECK(decode_value(bad_cell).error().message == "malformed payload: value: text reference 1 out of range (1 texts)");
+  std::vector<std::uint8_t> bad_fn = {1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 7, 0, 0, 0, 0};
   CHECK(decode_value(bad_fn).error().message == "malformed payload: value: function reference 0 out of range (0 functions)");
   // A function count far beyond the payload is refused before allocating.
   std::vector<std::uint8_t> many = {1, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0x0f, 0, 0, 0, 0, 0};

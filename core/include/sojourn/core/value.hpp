@@ -34,11 +34,29 @@ struct TableData {
   std::vector<Slot> array;                        // keys 1..n (nil slots are holes)
   std::vector<std::pair<Slot, Slot>> map;         // every other key, insertion order
 };
+// An immutable text shared by every function that has it (a thousand closures of one
+// function hold one copy, in memory and on the wire).
+class SharedText {
+ public:
+  SharedText() = default;
+  SharedText(std::string text) : text_(std::make_shared<const std::string>(std::move(text))) {}  // NOLINT
+  const std::string& str() const noexcept {
+    static const std::string empty;
+    return text_ ? *text_ : empty;
+  }
+  friend bool operator==(const SharedText& a, const SharedText& b) noexcept {
+    return a.text_ == b.text_ || a.str() == b.str();
+  }
+
+ private:
+  std::shared_ptr<const std::string> text_;
+};
+
 // A Lua function travels as the text of one function expression plus its upvalues. Each
 // upvalue is a cell of the graph: functions that captured the same variable share it.
 struct FunctionData {
-  std::string source;        // "function(x) ... end"; empty for a library function
-  std::string chunk_name;    // the chunk it was cut from ("=eval"), kept for messages
+  SharedText source;         // "function(x) ... end"; empty for a library function
+  SharedText chunk_name;     // the chunk it was cut from ("=eval"), kept for messages
   std::uint32_t line = 1;    // the line of `function` in that chunk
   std::string library_name;  // "table.insert": resolved by name where it is rebuilt
   std::vector<std::string> upvalue_names;
