@@ -16,6 +16,7 @@
 #include "lua_agent.hpp"
 #include "lua_env.hpp"
 #include "lua_limits.hpp"
+#include "lua_source_scan.hpp"
 #include "lua_value.hpp"
 
 namespace sojourn::sandbox {
@@ -180,6 +181,8 @@ auto run_in_fresh_state(const RunInput& input, HostCalls* host, RunJob& job, Fin
   if (!input.source.empty() && input.source.front() == '\x1b') {
     return make_error(Errc::sandbox_refused, "refused by the sandbox: bytecode is not accepted");
   }
+  // The lexer would open the FFI for them: no cdata from a peer, and no FFI state to break.
+  if (lua::has_cdata_literal(input.source)) return detail::cdata_refused_error();
   if (input.abort != nullptr && input.abort->load(std::memory_order_relaxed)) {
     return detail::limit_error(Errc::shutting_down, limits);
   }

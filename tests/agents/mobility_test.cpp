@@ -268,3 +268,75 @@ TEST_CASE("messages to a moving agent arrive exactly once and in order") {
   REQUIRE(got.length() == 20);
   for (int i = 0; i < 20; ++i) CHECK(got.get(i + 1).as_integer() == i);
 }
+
+TEST_CASE("closures sharing an upvalue travel with the state across three hops and still share it") {
+  Cluster c(4);
+  const char* source = R"(
+    local M = {}
+    function M.start(s)
+      local count = 0
+      s.bump = function(by) count = count + by; return count end
+      s.peek = function() return count end
+      s.fact = nil
+      local function fact(n) if n <= 1 then return 1 end return n * fact(n - 1) end
+      s.fact = fact
+      s.bump(1)
+      return M.visit(s)
+    end
+    function M.visit(s)
+      s.bump(10)
+      local nxt = agent.itinerary[1]
+      if nxt then agent.go(nxt, "visit") end
+      return s.peek(), s.fact(5), agent.epoch
+    end
+    return M)";
+  auto bundle = single_file_bundle("closures", source);
+  REQUIRE(bundle.ok());
+  const std::string id = launch(c[0], c.addr[0], {c.addr[1], c.addr[2], c.addr[3]}, *bundle);
+  auto s = c[0].wait_agent(c.addr[0], id, 10s);
+  REQUIRE(s.ok());
+  REQUIRE(s->status == "finished");
+  CHECK(s->result.get(1).as_integer() == 41);  // 1 + 10 at each of four nodes, one shared count
+  CHECK(s->result.get(2).as_integer() == 120);
+  CHECK(s->result.get(3).as_integer() == 3);
+}
+
+TEST_CASE("an agent whose state holds a C function is refused with the field's path, and the node lives") {
+  Cluster c(2);
+  auto bundle = single_file_bundle("bad", "function start(s) s.it = string.gmatch('a b', '%a') ; agent.go(agent.itinerary[1], 'start') end");
+  REQUIRE(bundle.ok());
+  const std::string id = launch(c[0], c.addr[0], {c.addr[1]}, *bundle);
+  auto s = c[0].wait_agent(c.addr[0], id, 10s);
+  REQUIRE(s.ok());
+  CHECK(s->status == "failed");
+  CHECK(s->reason == "value at state.it cannot travel: a C function");
+  CHECK(c[0].call(c.addr[1], "kv.get", Value::array({"price"}))->as_integer() == 110);
+}
+
+TEST_CASE("an agent bouncing between two nodes is never lost when it comes back before the COMMIT") {
+  // The agent can return to a node before that node has read the COMMIT of its previous
+  // departure; that late COMMIT must drop only the departed copy, not the new arrival.
+  Cluster c(3);
+  const char* source = R"(
+    local M = {}
+    function M.start(s) s.stops = { agent.itinerary[1], agent.itinerary[2] }; return M.bounce(s) end
+    function M.bounce(s)
+      s.n = (s.n or 0) + 1
+      if s.n > 200 then return s.n end
+      agent.go(s.stops[s.n % 2 + 1], "bounce")
+    end
+    return M)";
+  auto bundle = single_file_bundle("bouncer", source);
+  REQUIRE(bundle.ok());
+  AgentLaunch l;
+  l.bundle = *bundle;
+  l.itinerary = {c.addr[1], c.addr[2]};
+  l.max_hops = 500;
+  auto id = c[0].launch(c.addr[0], l);
+  REQUIRE(id.ok());
+  auto s = c[0].wait_agent(c.addr[0], *id, 30s);
+  REQUIRE(s.ok());
+  CHECK(s->status == "finished");
+  CHECK(s->result.get(1).as_integer() == 201);
+  CHECK(all_gone(c.nodes));
+}

@@ -514,3 +514,14 @@ TEST_CASE("push_value builds fresh Lua tables that keep the Value's sharing") {
   CHECK(sojourn::deep_equal(*back, root));
   lua_close(L);
 }
+
+TEST_CASE("cdata number literals are refused before the chunk is loaded") {
+  for (const char* source : {"return 1LL", "local x = 0x10ULL + 1 return x", "return 2i"}) {
+    check_error(run(source), Errc::sandbox_refused,
+                "refused by the sandbox: cdata number literals (1LL, 1ULL, 1i) are not accepted");
+  }
+  // In strings and comments they are only text.
+  auto r = run("-- 1LL\nreturn '2LL'");
+  REQUIRE(r.ok());
+  CHECK(r->get(1).as_string() == "2LL");
+}
