@@ -67,7 +67,7 @@ Value hops_to_value(const std::vector<AgentHop>& hops) {
     Value hop = t.new_table();
     hop.set("node", h.node);
     hop.set("epoch", static_cast<std::int64_t>(h.epoch));
-    hop.set("arrived", h.arrived_unix_ms);
+    hop.set("arrived_unix_ms", h.arrived_unix_ms);
     hop.set("spent_ms", h.spent_ms);
     hop.set("state_bytes", static_cast<std::int64_t>(h.state_bytes));
     t.push(hop);
@@ -84,12 +84,42 @@ std::vector<AgentHop> hops_from_value(const Value& v) {
     AgentHop hop;
     hop.node = field_string(h, "node");
     hop.epoch = field_u64(h, "epoch");
-    hop.arrived_unix_ms = static_cast<std::int64_t>(field_u64(h, "arrived"));
+    hop.arrived_unix_ms = static_cast<std::int64_t>(field_u64(h, "arrived_unix_ms"));
     hop.spent_ms = static_cast<std::int64_t>(field_u64(h, "spent_ms"));
     hop.state_bytes = field_u64(h, "state_bytes");
     out.push_back(std::move(hop));
   }
   return out;
+}
+
+Value to_value(const AgentStatus& s) {
+  Value v = Value::table();
+  v.set("id", s.id);
+  v.set("home", s.home);
+  v.set("owner", s.owner);
+  v.set("location", s.location);
+  v.set("epoch", static_cast<std::int64_t>(s.epoch));
+  v.set("status", s.status);
+  v.set("reason", s.reason);
+  v.set("result", s.result.is_table() ? s.result : Value::table());
+  v.set("hops", hops_to_value(s.hops));
+  v.set("log", strings_to_value(s.log));
+  return v;
+}
+
+AgentStatus agent_status_from_value(const Value& v) {
+  AgentStatus s;
+  s.id = field_string(v, "id");
+  s.home = field_string(v, "home");
+  s.owner = field_string(v, "owner");
+  s.location = field_string(v, "location");
+  s.epoch = field_u64(v, "epoch");
+  s.status = field_string(v, "status");
+  s.reason = field_string(v, "reason");
+  s.result = v.get("result");
+  s.hops = hops_from_value(v.get("hops"));
+  s.log = strings_from_value(v.get("log"));
+  return s;
 }
 
 Value record_to_value(const AgentRecord& r) {

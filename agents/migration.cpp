@@ -176,7 +176,10 @@ asio::awaitable<void> AgentRuntime::migrate(std::string id, std::string peer, st
       if (commit && commit->get("committed").truthy()) {
         {
           std::lock_guard lock(mutex_);
-          residents_.erase(id);  // the destination holds it now: exactly one live copy
+          // The destination holds it now: exactly one live copy. Only this copy goes: the
+          // agent may already have come back (a newer epoch) before this COMMIT arrived.
+          auto it = residents_.find(id);
+          if (it != residents_.end() && it->second.record.epoch + 1 == attempt.epoch) residents_.erase(it);
         }
         log_info("agents", impl_.options.name + ": agent " + id + " moved to " + target + " (epoch " +
                                std::to_string(attempt.epoch) + ")");
@@ -200,7 +203,7 @@ asio::awaitable<void> AgentRuntime::migrate(std::string id, std::string peer, st
   {
     std::lock_guard lock(mutex_);
     auto it = residents_.find(id);
-    if (it == residents_.end()) co_return;
+    if (it == residents_.end() || it->second.record.epoch + 1 != next.epoch) co_return;
     it->second.status = "stranded";
     it->second.reason = reason;
     home = it->second.record.home;

@@ -65,6 +65,13 @@ TransportOptions Node::Impl::transport_options() const {
       return request.ok() && fault(request->service);
     };
   }
+  if (options.fault_delay_reply) {
+    t.delay_reply = [fault = options.fault_delay_reply](FrameKind kind, std::span<const std::uint8_t> payload) {
+      if (kind != FrameKind::call) return std::chrono::milliseconds(0);
+      auto request = decode_call(payload);
+      return request.ok() ? fault(request->service) : std::chrono::milliseconds(0);
+    };
+  }
   return t;
 }
 

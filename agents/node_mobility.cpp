@@ -29,21 +29,6 @@ class ModuleHost final : public sandbox::HostCalls {
   std::string origin_;
 };
 
-AgentStatus status_from_value(const Value& v) {
-  AgentStatus s;
-  s.id = field_string(v, "id");
-  s.home = field_string(v, "home");
-  s.owner = field_string(v, "owner");
-  s.location = field_string(v, "location");
-  s.epoch = field_u64(v, "epoch");
-  s.status = field_string(v, "status");
-  s.reason = field_string(v, "reason");
-  s.result = v.get("result");
-  s.hops = hops_from_value(v.get("hops"));
-  s.log = strings_from_value(v.get("log"));
-  return s;
-}
-
 }  // namespace
 
 std::string Node::advertised_address() const { return impl_->agents->self(); }
@@ -124,7 +109,7 @@ Result<AgentStatus> Node::agent_status(std::string_view home, std::string_view a
     reply = call(home, "agent.status", Value::array({Value(agent_id)}));
   }
   if (!reply) return reply.error();
-  return status_from_value(*reply);
+  return agent_status_from_value(*reply);
 }
 
 Result<AgentStatus> Node::wait_agent(std::string_view home, std::string_view agent_id, std::chrono::milliseconds timeout) {

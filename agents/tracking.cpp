@@ -268,18 +268,7 @@ Result<Value> AgentRuntime::status_of(std::string_view id) {
   std::lock_guard lock(mutex_);
   auto it = tracked_.find(std::string(id));
   if (it == tracked_.end()) return make_error(Errc::no_such_agent, "no such agent: " + std::string(id));
-  const AgentStatus& s = it->second.status;
-  Value v = Value::table();
-  v.set("id", s.id);
-  v.set("home", s.home);
-  v.set("owner", s.owner);
-  v.set("location", s.location);
-  v.set("epoch", static_cast<std::int64_t>(s.epoch));
-  v.set("status", s.status);
-  v.set("reason", s.reason);
-  v.set("result", s.result.is_table() ? s.result : Value::table());
-  v.set("hops", hops_to_value(s.hops));
-  v.set("log", strings_to_value(s.log));
+  Value v = to_value(it->second.status);
   v.set("pending_messages", static_cast<std::int64_t>(it->second.pending.size()));
   return v;
 }

@@ -60,6 +60,12 @@ json to_json(const Value& v, std::unordered_set<const void*>& on_path, const std
     case Value::Type::integer: return v.as_integer();
     case Value::Type::number: return v.as_number();
     case Value::Type::string: return v.as_string();
+    case Value::Type::function: {
+      // Readable, and never read back: JSON input only makes tables and scalars.
+      json out = json::object();
+      out["$function"] = v.library_name().empty() ? v.function_source() : v.library_name();
+      return out;
+    }
     case Value::Type::table: break;
   }
   if (depth > kMaxJsonDepth) throw JsonError{path, "nested deeper than " + std::to_string(kMaxJsonDepth) + " levels"};
@@ -79,7 +85,7 @@ json to_json(const Value& v, std::unordered_set<const void*>& on_path, const std
       else if (k.is_integer()) key = std::to_string(k.as_integer());
       else if (k.is_number()) key = to_debug_string(k);
       else if (k.is_bool()) key = k.as_bool() ? "true" : "false";
-      else throw JsonError{path, "it has a table as a key"};
+      else throw JsonError{path, "it has a " + std::string(k.type_name()) + " as a key"};
       out[key] = to_json(item, on_path, path + path_key(k), depth + 1);
     });
   }

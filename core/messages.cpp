@@ -9,46 +9,92 @@
 namespace sojourn {
 
 using detail::Slot;
+using detail::FunctionRef;
 using detail::TableRef;
 
 namespace wire {
 namespace {
 
 enum SlotTag : std::uint8_t { tag_nil = 0, tag_false = 1, tag_true = 2, tag_integer = 3, tag_number = 4,
-                              tag_string = 5, tag_table = 6 };
+                              tag_string = 5, tag_table = 6, tag_function = 7 };
 
-// Tables reachable from the root get wire indices in breadth-first order.
+// Tables, functions and cells reachable from the root get wire indices in breadth-first
+// order (each kind numbered on its own); the counts precede the items.
 class GraphWriter {
  public:
   GraphWriter(Writer& w, const detail::Graph* g) : w_(w), g_(g) {}
 
   void write(const Slot& root) {
-    if (const auto* r = std::get_if<TableRef>(&root)) index_of(r->index);
-    // Number the reachable tables first: the count precedes the tables.
-    for (std::size_t i = 0; i < order_.size(); ++i) {
-      const detail::TableData& t = g_->tables[order_[i]];
-      for (const Slot& s : t.array) visit(s);
-      for (const auto& [k, v] : t.map) visit(k), visit(v);
+    visit(root);
+    std::size_t t = 0, f = 0, c = 0;
+    while (t < tables_.order.size() || f < functions_.order.size() || c < cells_.order.size()) {
+      for (; t < tables_.order.size(); ++t) {
+        const detail::TableData& table = g_->tables[tables_.order[t]];
+        for (const Slot& s : table.array) visit(s);
+        for (const auto& [k, v] : table.map) visit(k), visit(v);
+      }
+      for (; f < functions_.order.size(); ++f) {
+        for (std::uint32_t cell : g_->functions[functions_.order[f]].upvalue_cells) cells_.index_of(cell);
+      }
+      for (; c < cells_.order.size(); ++c) visit(g_->cells[cells_.order[c]]);
     }
-    w_.u32(static_cast<std::uint32_t>(order_.size()));
+    // Texts (function sources and chunk names) are sent once and referenced by index.
+    std::vector<const std::string*> texts;
+    std::unordered_map<std::string_view, std::uint32_t> text_index;
+    auto text_of = [&](const detail::SharedText& text) {
+      auto [it, inserted] = text_index.try_emplace(text.str(), static_cast<std::uint32_t>(texts.size()));
+      if (inserted) texts.push_back(&text.str());
+      return it->second;
+    };
+    std::vector<std::pair<std::uint32_t, std::uint32_t>> function_texts;
+    function_texts.reserve(functions_.order.size());
+    for (std::uint32_t idx : functions_.order) {
+      const detail::FunctionData& fn = g_->functions[idx];
+      const std::uint32_t source = text_of(fn.source);
+      function_texts.emplace_back(source, text_of(fn.chunk_name));
+    }
+    w_.u32(static_cast<std::uint32_t>(tables_.order.size()));
+    w_.u32(static_cast<std::uint32_t>(functions_.order.size()));
+    w_.u32(static_cast<std::uint32_t>(cells_.order.size()));
+    w_.u32(static_cast<std::uint32_t>(texts.size()));
     slot(root);
-    for (std::uint32_t idx : order_) {
-      const detail::TableData& t = g_->tables[idx];
-      w_.u32(static_cast<std::uint32_t>(t.array.size()));
-      for (const Slot& s : t.array) slot(s);
-      w_.u32(static_cast<std::uint32_t>(t.map.size()));
-      for (const auto& [k, v] : t.map) slot(k), slot(v);
+    for (std::uint32_t idx : tables_.order) {
+      const detail::TableData& table = g_->tables[idx];
+      w_.u32(static_cast<std::uint32_t>(table.array.size()));
+      for (const Slot& s : table.array) slot(s);
+      w_.u32(static_cast<std::uint32_t>(table.map.size()));
+      for (const auto& [k, v] : table.map) slot(k), slot(v);
     }
+    for (const std::string* text : texts) w_.string(*text);
+    for (std::size_t i = 0; i < functions_.order.size(); ++i) {
+      const detail::FunctionData& fn = g_->functions[functions_.order[i]];
+      w_.u32(function_texts[i].first);
+      w_.u32(function_texts[i].second);
+      w_.u32(fn.line);
+      w_.string(fn.library_name);
+      w_.u32(static_cast<std::uint32_t>(fn.upvalue_cells.size()));
+      for (std::size_t u = 0; u < fn.upvalue_cells.size(); ++u) {
+        w_.string(u < fn.upvalue_names.size() ? fn.upvalue_names[u] : std::string());
+        w_.u32(cells_.wire_index.at(fn.upvalue_cells[u]));
+      }
+    }
+    for (std::uint32_t idx : cells_.order) slot(g_->cells[idx]);
   }
 
  private:
-  std::uint32_t index_of(std::uint32_t table) {
-    auto [it, inserted] = wire_index_.try_emplace(table, static_cast<std::uint32_t>(order_.size()));
-    if (inserted) order_.push_back(table);
-    return it->second;
-  }
+  struct Numbering {
+    std::vector<std::uint32_t> order;
+    std::unordered_map<std::uint32_t, std::uint32_t> wire_index;
+    std::uint32_t index_of(std::uint32_t item) {
+      auto [it, inserted] = wire_index.try_emplace(item, static_cast<std::uint32_t>(order.size()));
+      if (inserted) order.push_back(item);
+      return it->second;
+    }
+  };
+
   void visit(const Slot& s) {
-    if (const auto* r = std::get_if<TableRef>(&s)) index_of(r->index);
+    if (const auto* r = std::get_if<TableRef>(&s)) tables_.index_of(r->index);
+    if (const auto* f = std::get_if<FunctionRef>(&s)) functions_.index_of(f->index);
   }
   void slot(const Slot& s) {
     switch (s.index()) {
@@ -57,17 +103,30 @@ class GraphWriter {
       case 2: w_.u8(tag_integer); w_.i64(std::get<std::int64_t>(s)); break;
       case 3: w_.u8(tag_number); w_.f64(std::get<double>(s)); break;
       case 4: w_.u8(tag_string); w_.string(std::get<std::string>(s)); break;
-      case 5: w_.u8(tag_table); w_.u32(wire_index_.at(std::get<TableRef>(s).index)); break;
+      case 5: w_.u8(tag_table); w_.u32(tables_.wire_index.at(std::get<TableRef>(s).index)); break;
+      case 6: w_.u8(tag_function); w_.u32(functions_.wire_index.at(std::get<FunctionRef>(s).index)); break;
     }
   }
 
   Writer& w_;
   const detail::Graph* g_;
-  std::vector<std::uint32_t> order_;
-  std::unordered_map<std::uint32_t, std::uint32_t> wire_index_;
+  Numbering tables_, functions_, cells_;
 };
 
-Slot read_slot(Reader& r, std::uint32_t table_count) {
+std::uint32_t checked_index(Reader& r, std::uint32_t count, const char* what) {
+  std::uint32_t idx = r.u32();
+  if (idx >= count) {
+    throw DecodeError(std::string(what) + " reference " + std::to_string(idx) + " out of range (" +
+                      std::to_string(count) + " " + what + "s)");
+  }
+  return idx;
+}
+
+struct GraphCounts {
+  std::uint32_t tables = 0, functions = 0, cells = 0, texts = 0;
+};
+
+Slot read_slot(Reader& r, const GraphCounts& n) {
   std::uint8_t tag = r.u8();
   switch (tag) {
     case tag_nil: return Slot{};
@@ -76,14 +135,8 @@ Slot read_slot(Reader& r, std::uint32_t table_count) {
     case tag_integer: return Slot{r.i64()};
     case tag_number: return Slot{r.f64()};
     case tag_string: return Slot{r.string()};
-    case tag_table: {
-      std::uint32_t idx = r.u32();
-      if (idx >= table_count) {
-        throw DecodeError("table reference " + std::to_string(idx) + " out of range (" +
-                          std::to_string(table_count) + " tables)");
-      }
-      return Slot{TableRef{idx}};
-    }
+    case tag_table: return Slot{TableRef{checked_index(r, n.tables, "table")}};
+    case tag_function: return Slot{FunctionRef{checked_index(r, n.functions, "function")}};
     default: throw DecodeError("unknown value tag " + std::to_string(tag));
   }
 }
@@ -96,33 +149,61 @@ void write_value(Writer& w, const Value& v) {
 }
 
 Value read_value(Reader& r) {
-  // Each table takes at least 8 bytes (two counts).
-  std::uint32_t table_count = r.count(8, "table");
-  Slot root = read_slot(r, table_count);
-  if (table_count == 0) {
-    if (root.index() == 5) throw DecodeError("root refers to a table but none were sent");
+  GraphCounts n;
+  // Least wire sizes: a table is two counts, a function two text indices, a line, a
+  // string and a count, a cell one tag, a text its length.
+  n.tables = r.count(8, "table");
+  n.functions = r.count(20, "function");
+  n.cells = r.count(1, "cell");
+  n.texts = r.count(4, "text");
+  Slot root = read_slot(r, n);
+  const bool reference = root.index() == 5 || root.index() == 6;
+  if (n.tables == 0 && n.functions == 0 && n.cells == 0 && n.texts == 0) {
+    if (reference) throw DecodeError("root refers to a table or function but none were sent");
     return Value::from_slot(nullptr, std::move(root));
   }
-  if (root.index() != 5) throw DecodeError("tables sent but the root is not a table");
+  if (!reference) throw DecodeError("tables or functions sent but the root is neither");
   auto graph = std::make_shared<detail::Graph>();
-  graph->tables.resize(table_count);
-  for (std::uint32_t i = 0; i < table_count; ++i) {
+  graph->tables.resize(n.tables);
+  for (std::uint32_t i = 0; i < n.tables; ++i) {
     detail::TableData& t = graph->tables[i];
-    std::uint32_t n = r.count(1, "array item");
-    t.array.reserve(n);
-    for (std::uint32_t j = 0; j < n; ++j) t.array.push_back(read_slot(r, table_count));
+    std::uint32_t count = r.count(1, "array item");
+    t.array.reserve(count);
+    for (std::uint32_t j = 0; j < count; ++j) t.array.push_back(read_slot(r, n));
     // Trailing holes would make length() disagree with the sender's border.
     if (!t.array.empty() && t.array.back().index() == 0) throw DecodeError("array part ends with nil");
     std::uint32_t m = r.count(2, "map entry");
     t.map.reserve(m);
     for (std::uint32_t j = 0; j < m; ++j) {
-      Slot k = read_slot(r, table_count);
-      Slot v = read_slot(r, table_count);
+      Slot k = read_slot(r, n);
+      Slot v = read_slot(r, n);
       if (k.index() == 0) throw DecodeError("nil table key");
       if (const double* d = std::get_if<double>(&k); d && *d != *d) throw DecodeError("NaN table key");
       t.map.emplace_back(std::move(k), std::move(v));
     }
   }
+  // Shared, not copied, by the functions that name them: a big text named by many
+  // functions costs its size once.
+  std::vector<detail::SharedText> texts;
+  texts.reserve(n.texts);
+  for (std::uint32_t i = 0; i < n.texts; ++i) texts.emplace_back(r.string());
+  graph->functions.resize(n.functions);
+  for (std::uint32_t i = 0; i < n.functions; ++i) {
+    detail::FunctionData& f = graph->functions[i];
+    f.source = texts[checked_index(r, n.texts, "text")];
+    f.chunk_name = texts[checked_index(r, n.texts, "text")];
+    f.line = r.u32();
+    f.library_name = r.string();
+    std::uint32_t count = r.count(8, "upvalue");
+    f.upvalue_names.reserve(count);
+    f.upvalue_cells.reserve(count);
+    for (std::uint32_t j = 0; j < count; ++j) {
+      f.upvalue_names.push_back(r.string());
+      f.upvalue_cells.push_back(checked_index(r, n.cells, "cell"));
+    }
+  }
+  graph->cells.reserve(n.cells);
+  for (std::uint32_t i = 0; i < n.cells; ++i) graph->cells.push_back(read_slot(r, n));
   return Value::from_slot(std::move(graph), std::move(root));
 }
 

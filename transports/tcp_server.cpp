@@ -98,11 +98,18 @@ class ServerSession : public std::enable_shared_from_this<ServerSession> {
     auto self = shared_from_this();
     Result<std::vector<std::uint8_t>> reply = make_error(Errc::shutting_down, "node is shutting down");
     bool drop = false;
+    std::chrono::milliseconds delay{0};
     if (auto server = server_.lock()) {
       auto handler = server->handler;
       drop = server->options.drop_reply && server->options.drop_reply(frame.header.kind, frame.payload);
+      if (server->options.delay_reply) delay = server->options.delay_reply(frame.header.kind, frame.payload);
       server.reset();
       reply = co_await handler->handle(frame.header.kind, std::move(frame.payload), socket_->peer_name());
+    }
+    if (delay.count() > 0) {
+      asio::steady_timer hold(socket_->executor(), delay);
+      boost::system::error_code ignored;
+      co_await hold.async_wait(asio::redirect_error(asio::use_awaitable, ignored));
     }
     if (drop) {
       log_warn("server", "fault injection: dropping the connection from " + socket_->peer_name() + " instead of replying");

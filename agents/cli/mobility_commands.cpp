@@ -45,37 +45,6 @@ std::string clock_time(std::int64_t unix_ms) {
   return buf;
 }
 
-Value hops_json_value(const std::vector<AgentHop>& hops) {
-  Value t = Value::table();
-  for (const auto& h : hops) {
-    Value hop = t.new_table();
-    hop.set("node", h.node);
-    hop.set("epoch", static_cast<std::int64_t>(h.epoch));
-    hop.set("arrived_unix_ms", h.arrived_unix_ms);
-    hop.set("spent_ms", h.spent_ms);
-    hop.set("state_bytes", static_cast<std::int64_t>(h.state_bytes));
-    t.push(hop);
-  }
-  return t;
-}
-
-Value status_value(const AgentStatus& s) {
-  Value v = Value::table();
-  v.set("id", s.id);
-  v.set("home", s.home);
-  v.set("owner", s.owner);
-  v.set("location", s.location);
-  v.set("epoch", static_cast<std::int64_t>(s.epoch));
-  v.set("status", s.status);
-  if (!s.reason.empty()) v.set("reason", s.reason);
-  v.set("result", s.result.is_table() ? s.result : Value::table());
-  v.set("itinerary", hops_json_value(s.hops));
-  Value log = Value::table();
-  for (const auto& line : s.log) log.push(line);
-  v.set("log", log);
-  return v;
-}
-
 void print_itinerary(const AgentStatus& s) {
   std::printf("itinerary (%zu stops):\n", s.hops.size());
   std::printf("  %-5s %-22s %-12s %9s %12s\n", "epoch", "node", "arrived", "spent_ms", "state_bytes");
@@ -145,7 +114,7 @@ int report_when_done(Node& node, const std::string& home, const std::string& age
   auto status = node.wait_agent(home, agent_id, std::chrono::milliseconds(timeout_ms));
   if (!status) return fail(status.error(), json);
   if (json) {
-    std::printf("{\"ok\":%s,\"agent\":%s}\n", status->status == "finished" ? "true" : "false", render(status_value(*status)).c_str());
+    std::printf("{\"ok\":%s,\"agent\":%s}\n", status->status == "finished" ? "true" : "false", render(to_value(*status)).c_str());
   } else {
     std::printf("agent %s %s at %s (epoch %llu)\n", agent_id.c_str(), status->status.c_str(), status->location.c_str(),
                 static_cast<unsigned long long>(status->epoch));
@@ -201,7 +170,7 @@ int run_locate(const AgentCommand& c) {
   auto status = node.agent_status(c.home, c.agent_id);
   if (!status) return fail(status.error(), c.json);
   if (c.json) {
-    std::printf("{\"ok\":true,\"agent\":%s}\n", render(status_value(*status)).c_str());
+    std::printf("{\"ok\":true,\"agent\":%s}\n", render(to_value(*status)).c_str());
   } else {
     std::printf("%s %s at %s (epoch %llu)%s%s\n", status->id.c_str(), status->status.c_str(), status->location.c_str(),
                 static_cast<unsigned long long>(status->epoch), status->reason.empty() ? "" : ": ", status->reason.c_str());

@@ -6,6 +6,14 @@ local hunter = {}
 
 function hunter.start(state)
   state.offers = {}
+  -- A closure travels with the state: its code as text, its upvalues as values.
+  local cheapest = nil
+  state.consider = function(node_name, price)
+    if price ~= nil and (cheapest == nil or price < cheapest.price) then
+      cheapest = { node = node_name, price = price }
+    end
+    return cheapest
+  end
   return hunter.visit(state)
 end
 
@@ -13,9 +21,7 @@ function hunter.visit(state)
   local catalogue = node.call("kv.get", "catalogue") or {}
   local price = catalogue[state.item]
   state.offers[#state.offers + 1] = { node = agent.here, price = price or "none" }
-  if price and (state.best == nil or price < state.best.price) then
-    state.best = { node = agent.here, price = price }
-  end
+  state.best = state.consider(agent.here, price)
   agent.log(state.item .. " costs " .. tostring(price) .. " here")
   -- Messages sent with `sojourn send` wait in the agent's mailbox, wherever it is.
   local note = agent.receive()

@@ -51,7 +51,8 @@ void run_test_hook(std::string_view source) {
     ::syscall(SYS_exit_group, 3);
   } else if (source.substr(0, 7) == "--@segv") {
     // SAFETY: deliberately not: page 0 is never mapped, so this store faults (SIGSEGV).
-    *reinterpret_cast<volatile int*>(std::uintptr_t{16}) = 1;
+    volatile std::uintptr_t address = 16;  // volatile: the compiler cannot see it is bogus
+    *reinterpret_cast<volatile int*>(address) = 1;
   }
 }
 #else

@@ -8,6 +8,7 @@
 #include <lua.hpp>
 
 #include "lua_limits.hpp"
+#include "lua_source_scan.hpp"
 #include "lua_value.hpp"
 
 namespace sojourn::sandbox::detail {
@@ -126,10 +127,12 @@ int require_remote(lua_State* L) {
   if (!source.empty() && source.front() == '\x1b') {
     raise_message(L, "refused by the sandbox: bytecode is not accepted");
   }
+  if (lua::has_cdata_literal(source)) raise_message(L, cdata_refused_error().message);
   check_c_stack(L);
   const int status = luaL_loadbufferx(L, source.data(), source.size(), chunk.c_str(), "t");
   if (status == LUA_ERRMEM) raise_limit(L, limit_error(Errc::memory_limit, run_context(L).limits));
   if (status != 0) lua_error(L);
+  lua::register_chunk(L, chunk, source);  // its functions may travel in the agent's state
   lua_pushvalue(L, 1);
   lua_call(L, 1, 1);
   reraise_pending_kill(L);

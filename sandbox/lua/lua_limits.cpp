@@ -168,6 +168,10 @@ Error pattern_refused_error(std::size_t subject_bytes) {
                                                std::to_string(subject_bytes) + " bytes");
 }
 
+Error cdata_refused_error() {
+  return make_error(Errc::sandbox_refused, "refused by the sandbox: cdata number literals (1LL, 1ULL, 1i) are not accepted");
+}
+
 namespace {
 
 // The next firing lands right after the last instruction of the budget.

@@ -70,6 +70,8 @@ void disarm_count_hook(lua_State* L);
 std::string limit_message(Errc code, const Limits& limits);
 Error limit_error(Errc code, const Limits& limits);
 Error pattern_refused_error(std::size_t subject_bytes);
+// "refused by the sandbox: cdata number literals (1LL, 1ULL, 1i) are not accepted"
+Error cdata_refused_error();
 
 // Raise Lua errors (they never return).
 [[noreturn]] void raise_kill(lua_State* L);

@@ -16,6 +16,7 @@
 #include "lua_agent.hpp"
 #include "lua_env.hpp"
 #include "lua_limits.hpp"
+#include "lua_source_scan.hpp"
 #include "lua_value.hpp"
 
 namespace sojourn::sandbox {
@@ -71,7 +72,13 @@ int call_agent_entry(lua_State* L, RunJob& job, RunContext& ctx, int chunk_resul
     lua_pushlstring(L, message.data(), message.size());
     return lua_error(L);
   }
-  lua::push_value(L, agent.state.is_table() ? agent.state : Value::table());
+  // A function in the state that must not be rebuilt fails the step as sandbox_refused.
+  Result<int> pushed = lua::push_value_protected(L, agent.state.is_table() ? agent.state : Value::table(),
+                                                 ctx.limits.memory_bytes);
+  if (!pushed.ok()) {
+    if (pushed.error().code == Errc::memory_limit) detail::raise_limit(L, detail::limit_error(Errc::memory_limit, ctx.limits));
+    detail::raise_limit(L, pushed.error());
+  }
   lua_pushvalue(L, -1);
   job.state_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   lua_getfield(L, LUA_GLOBALSINDEX, "agent");
@@ -96,12 +103,21 @@ int run_protected(lua_State* L) {
   detail::open_restricted_env(L, input.allow_jit);
   detail::open_require_remote(L);
   if (job.agent != nullptr) detail::open_agent_api(L, job.agent->info);
+  // Every function of this environment (print, table.insert, agent.log, ...) travels by name.
+  lua::register_library(L, LUA_GLOBALSINDEX);
   // Mode "t" as a second lock behind run_lua's first-byte check: LuaJIT does not verify
   // bytecode, and crafted bytecode crashes it.
   const int load_status = luaL_loadbufferx(L, input.source.data(), input.source.size(), job.chunk_name.c_str(), "t");
   if (load_status == LUA_ERRMEM) detail::raise_limit(L, detail::limit_error(Errc::memory_limit, ctx.limits));
   if (load_status != 0) return lua_error(L);
-  const int nargs = lua::push_array_items(L, input.args);
+  // Functions the chunk defines may travel as text, cut out of this source.
+  lua::register_chunk(L, job.chunk_name, input.source);
+  Result<int> pushed = lua::push_array_items_protected(L, input.args, ctx.limits.memory_bytes);
+  if (!pushed.ok()) {
+    if (pushed.error().code == Errc::memory_limit) detail::raise_limit(L, detail::limit_error(Errc::memory_limit, ctx.limits));
+    detail::raise_limit(L, pushed.error());
+  }
+  const int nargs = *pushed;
 
   detail::arm_count_hook(L, ctx);
   lua_call(L, nargs, LUA_MULTRET);
@@ -165,6 +181,8 @@ auto run_in_fresh_state(const RunInput& input, HostCalls* host, RunJob& job, Fin
   if (!input.source.empty() && input.source.front() == '\x1b') {
     return make_error(Errc::sandbox_refused, "refused by the sandbox: bytecode is not accepted");
   }
+  // The lexer would open the FFI for them: no cdata from a peer, and no FFI state to break.
+  if (lua::has_cdata_literal(input.source)) return detail::cdata_refused_error();
   if (input.abort != nullptr && input.abort->load(std::memory_order_relaxed)) {
     return detail::limit_error(Errc::shutting_down, limits);
   }

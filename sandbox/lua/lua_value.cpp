@@ -1,24 +1,28 @@
-// Lua -> Value: tables are walked breadth-first through a Lua-side queue (no recursion, so a
-// deep chain of tables cannot overflow the C stack), and each Lua table's identity maps to
-// one graph table, so shared tables and cycles come out as they went in.
+// Lua -> Value: tables and functions are walked breadth-first through a Lua-side queue (no
+// recursion, so a deep chain cannot overflow the C stack), and each Lua table's, function's
+// and upvalue's identity maps to one graph table, function or cell, so shared tables,
+// shared upvalues and cycles come out as they went in.
 #include "lua_value.hpp"
 
 #include <algorithm>
-#include <cctype>
 #include <cmath>
-#include <cstdio>
 #include <new>
 #include <optional>
 #include <string>
 #include <unordered_map>
+#include <unordered_set>
 #include <vector>
 
 #include <lua.hpp>
+
+#include "lua_function.hpp"
+#include "lua_path.hpp"
 
 namespace sojourn::sandbox::lua {
 
 namespace {
 
+using ::sojourn::detail::FunctionRef;
 using ::sojourn::detail::Graph;
 using ::sojourn::detail::Slot;
 using ::sojourn::detail::TableData;
@@ -29,6 +33,8 @@ constexpr double kExactIntegerBound = 9007199254740992.0;  // 2^53
 constexpr double kKeyIntegerBound = 9.2e18;                // Value's own key normalisation
 constexpr std::size_t kSlotCost = sizeof(Slot);
 constexpr std::size_t kTableCost = sizeof(TableData) + 64;  // + path step, identity map node
+constexpr std::size_t kFunctionCost = sizeof(detail::FunctionData) + 64;
+constexpr std::size_t kCellCost = sizeof(Slot) + 3 * sizeof(std::uint32_t) + sizeof(std::string) + 32;
 
 Error memory_error(std::uint64_t max_bytes) {
   return make_error(Errc::memory_limit, "memory limit of " + std::to_string(max_bytes) + " bytes exceeded");
@@ -46,56 +52,8 @@ Slot key_number_slot(double d) {
   return Slot{d};
 }
 
-bool is_lua_identifier(const std::string& s) {
-  static constexpr const char* kKeywords[] = {"and", "break", "do", "else", "elseif", "end", "false",
-                                              "for", "function", "goto", "if", "in", "local", "nil",
-                                              "not", "or", "repeat", "return", "then", "true", "until",
-                                              "while"};
-  if (s.empty() || std::isdigit(static_cast<unsigned char>(s[0]))) return false;
-  for (char c : s) {
-    if (!std::isalnum(static_cast<unsigned char>(c)) && c != '_') return false;
-  }
-  return std::none_of(std::begin(kKeywords), std::end(kKeywords), [&](const char* k) { return s == k; });
-}
-
-// One step of a path, Lua-like: .name, [3], [1.5], [true], ["odd key"], [<table>].
-std::string path_segment(const Slot& key) {
-  switch (key.index()) {
-    case 1: return std::get<bool>(key) ? "[true]" : "[false]";
-    case 2: return std::string("[").append(std::to_string(std::get<std::int64_t>(key))).append("]");
-    case 3: {
-      char buf[40];
-      std::snprintf(buf, sizeof buf, "[%.17g]", std::get<double>(key));
-      return buf;
-    }
-    case 4: {
-      const std::string& s = std::get<std::string>(key);
-      if (is_lua_identifier(s)) return std::string(".").append(s);
-      std::string out = "[\"";
-      const std::size_t shown = std::min<std::size_t>(s.size(), 40);
-      for (std::size_t i = 0; i < shown; ++i) {
-        const auto c = static_cast<unsigned char>(s[i]);
-        if (c == '"' || c == '\\') {
-          out += '\\';
-          out += static_cast<char>(c);
-        } else if (c < 0x20 || c == 0x7f) {
-          out += '\\';
-          out += std::to_string(c);
-        } else {
-          out += static_cast<char>(c);
-        }
-      }
-      if (shown < s.size()) out += "...";
-      return out + "\"]";
-    }
-    case 5: return "[<table>]";
-    default: return "[?]";
-  }
-}
-
 const char* untransferable_reason(int type) {
   switch (type) {
-    case LUA_TFUNCTION: return "functions are not supported yet";
     case LUA_TUSERDATA:
     case LUA_TLIGHTUSERDATA: return "userdata cannot travel";
     case LUA_TTHREAD: return "coroutines cannot travel";
@@ -104,7 +62,8 @@ const char* untransferable_reason(int type) {
 }
 
 // Lua -> Value. Runs inside a protected call: the only Lua errors it can meet are memory
-// errors from growing the queue, which keeps every table found but not yet visited.
+// errors (growing the queue, compiling a candidate text), which keep every table and
+// function found but not yet visited.
 class LuaToValue {
  public:
   LuaToValue(const ToValueOptions& options, bool as_array) : options_(options), as_array_(as_array) {}
@@ -115,10 +74,10 @@ class LuaToValue {
     if (as_array_) {
       result = Value::table();
       graph_ = result.graph().get();
-      steps_.push_back(PathStep{kNoParent, Slot{}, false});
+      table_nodes_.push_back(add_node(kNoParent, Slot{}, Via::root));
       for (int i = 1; i <= count; ++i) {
         const Slot key{static_cast<std::int64_t>(i)};
-        std::optional<Slot> item = slot_of(L, i, 0, key, false);
+        std::optional<Slot> item = slot_of(L, i, 0, key, Via::field);
         if (!item) return;
         if (item->index() == 0) continue;
         if (!charge(kSlotCost)) return;
@@ -129,21 +88,26 @@ class LuaToValue {
           root.map.emplace_back(key, std::move(*item));
         }
       }
-    } else if (lua_type(L, 1) == LUA_TTABLE) {
-      result = Value::table();
-      graph_ = result.graph().get();
-      if (!charge(kTableCost)) return;
-      seen_.emplace(lua_topointer(L, 1), 0);
-      steps_.push_back(PathStep{kNoParent, Slot{}, false});
-      enqueue(L, 1, 0);
     } else {
-      std::optional<Slot> only = slot_of(L, 1, kNoParent, Slot{}, false);
-      if (only) result = Value::from_slot(nullptr, std::move(*only));
-      return;
+      const int type = lua_type(L, 1);
+      if (type == LUA_TTABLE || type == LUA_TFUNCTION) {
+        // The root keeps the root name: no node of its own.
+        std::optional<Slot> root = slot_of(L, 1, kNoParent, Slot{}, Via::root);
+        if (!root) return;
+        result = Value::from_slot(graph_holder_, std::move(*root));
+      } else {
+        std::optional<Slot> only = slot_of(L, 1, kNoParent, Slot{}, Via::root);
+        if (only) result = Value::from_slot(nullptr, std::move(*only));
+        return;
+      }
     }
     for (std::size_t q = 0; q < queued_.size(); ++q) {
       lua_rawgeti(L, queue_, static_cast<int>(q + 1));
-      fill_table(L, lua_gettop(L), queued_[q]);
+      if (queued_[q].function) {
+        fill_function(L, lua_gettop(L), queued_[q].index);
+      } else {
+        fill_table(L, lua_gettop(L), queued_[q].index);
+      }
       if (error) return;
       lua_pop(L, 1);
     }
@@ -153,10 +117,15 @@ class LuaToValue {
   Value result;
 
  private:
+  enum class Via : std::uint8_t { root, field, key, upvalue };
   struct PathStep {
-    std::uint32_t parent;
-    Slot key;
-    bool is_key;  // the table is itself a key of its parent
+    std::uint32_t parent;  // node of the table or function that holds this one
+    Slot key;              // field key, or upvalue name
+    Via via;
+  };
+  struct Queued {
+    bool function;
+    std::uint32_t index;  // graph table or function
   };
 
   bool charge(std::size_t bytes) {
@@ -168,44 +137,101 @@ class LuaToValue {
     return true;
   }
 
-  std::string path_of(std::uint32_t table) const {
-    std::vector<std::uint32_t> chain;
-    for (std::uint32_t t = table; t != kNoParent; t = steps_[t].parent) chain.push_back(t);
-    std::string path(options_.root_name);
-    for (auto it = chain.rbegin(); it != chain.rend(); ++it) {
-      const PathStep& step = steps_[*it];
-      if (step.parent == kNoParent) continue;
-      path += step.is_key ? "[<key>]" : path_segment(step.key);
+  Graph& graph() {
+    if (graph_ == nullptr) {
+      graph_holder_ = std::make_shared<Graph>();
+      graph_ = graph_holder_.get();
     }
+    return *graph_;
+  }
+
+  std::uint32_t add_node(std::uint32_t parent, Slot key, Via via) {
+    steps_.push_back(PathStep{parent, std::move(key), via});
+    return static_cast<std::uint32_t>(steps_.size() - 1);
+  }
+
+  static std::string step_text(const PathStep& step) {
+    switch (step.via) {
+      case Via::root: return {};
+      case Via::key: return "[<key>]";
+      case Via::upvalue: return " (upvalue '" + std::get<std::string>(step.key) + "')";
+      case Via::field: break;
+    }
+    return path_segment(step.key);
+  }
+
+  std::string path_of(std::uint32_t node) const {
+    std::vector<std::uint32_t> chain;
+    for (std::uint32_t n = node; n != kNoParent; n = steps_[n].parent) chain.push_back(n);
+    std::string path(options_.root_name);
+    for (auto it = chain.rbegin(); it != chain.rend(); ++it) path += step_text(steps_[*it]);
     return path;
   }
 
-  void fail_untransferable(lua_State* L, int index, std::uint32_t owner, const Slot& key, bool is_key) {
-    const int type = lua_type(L, index);
+  void fail_untransferable(lua_State* L, int index, std::uint32_t owner, const Slot& key, Via via,
+                           const std::string& reason) {
     std::string path = owner == kNoParent ? std::string(options_.root_name) : path_of(owner);
-    if (is_key) {
-      path += "[<" + std::string(lua_typename(L, type)) + ">]";
-    } else if (owner != kNoParent) {
-      path += path_segment(key);
+    if (via == Via::key) {
+      path += "[<" + std::string(lua_typename(L, lua_type(L, index))) + ">]";
+    } else if (via != Via::root) {
+      path += step_text(PathStep{owner, key, via});
     }
-    error = make_error(Errc::not_transferable,
-                       "value at " + path + " cannot travel: " + untransferable_reason(type));
+    error = make_error(Errc::not_transferable, "value at " + path + " cannot travel: " + reason);
   }
 
-  void enqueue(lua_State* L, int index, std::uint32_t table) {
-    queued_.push_back(table);
+  void enqueue(lua_State* L, int index, Queued item) {
+    queued_.push_back(item);
     lua_pushvalue(L, index);
     lua_rawseti(L, queue_, static_cast<int>(queued_.size()));
   }
 
-  // The slot for the Lua value at `index`, found under `key` of table `owner`.
-  std::optional<Slot> slot_of(lua_State* L, int index, std::uint32_t owner, const Slot& key, bool is_key) {
+  std::optional<Slot> table_slot(lua_State* L, int index, std::uint32_t owner, const Slot& key, Via via) {
+    auto [it, inserted] = seen_tables_.try_emplace(lua_topointer(L, index), 0);
+    if (!inserted) return Slot{TableRef{it->second}};
+    if (!charge(kTableCost)) return std::nullopt;
+    Graph& g = graph();
+    const auto table = static_cast<std::uint32_t>(g.tables.size());
+    it->second = table;
+    g.tables.emplace_back();
+    table_nodes_.push_back(add_node(owner, via == Via::key ? Slot{} : key, via));
+    enqueue(L, index, Queued{false, table});
+    return Slot{TableRef{table}};
+  }
+
+  std::optional<Slot> function_slot(lua_State* L, int index, std::uint32_t owner, const Slot& key, Via via) {
+    auto [it, inserted] = seen_functions_.try_emplace(lua_topointer(L, index), 0);
+    if (!inserted) return Slot{FunctionRef{it->second}};
+    seen_functions_.erase(it);  // until it is known to travel
+    auto origin = function_origin(L, index, sources_);
+    if (auto* reason = std::get_if<std::string>(&origin)) {
+      fail_untransferable(L, index, owner, key, via, *reason);
+      return std::nullopt;
+    }
+    auto& o = std::get<FunctionOrigin>(origin);
+    // A text shared by many closures is counted once.
+    std::size_t cost = kFunctionCost + o.library_name.size();
+    for (const detail::SharedText* text : {&o.source, &o.chunk_name}) {
+      if (charged_texts_.insert(text->str().data()).second) cost += text->str().size();
+    }
+    if (!charge(cost)) return std::nullopt;
+    Graph& g = graph();
+    const auto function = static_cast<std::uint32_t>(g.functions.size());
+    seen_functions_.emplace(lua_topointer(L, index), function);
+    g.functions.push_back(detail::FunctionData{std::move(o.source), std::move(o.chunk_name), o.line,
+                                               std::move(o.library_name), {}, {}});
+    function_nodes_.push_back(add_node(owner, via == Via::key ? Slot{} : key, via));
+    if (g.functions.back().library_name.empty()) enqueue(L, index, Queued{true, function});
+    return Slot{FunctionRef{function}};
+  }
+
+  // The slot for the Lua value at `index`, found under `key` of node `owner`.
+  std::optional<Slot> slot_of(lua_State* L, int index, std::uint32_t owner, const Slot& key, Via via) {
     switch (lua_type(L, index)) {
       case LUA_TNIL: return Slot{};
       case LUA_TBOOLEAN: return Slot{lua_toboolean(L, index) != 0};
       case LUA_TNUMBER: {
         const double d = lua_tonumber(L, index);
-        return is_key ? key_number_slot(d) : number_slot(d);
+        return via == Via::key ? key_number_slot(d) : number_slot(d);
       }
       case LUA_TSTRING: {
         std::size_t len = 0;
@@ -213,26 +239,42 @@ class LuaToValue {
         if (!charge(len)) return std::nullopt;
         return Slot{std::string(s, len)};
       }
-      case LUA_TTABLE: {
-        auto [it, inserted] = seen_.try_emplace(lua_topointer(L, index), 0);
-        if (!inserted) return Slot{TableRef{it->second}};
-        if (!charge(kTableCost)) return std::nullopt;
-        const auto table = static_cast<std::uint32_t>(graph_->tables.size());
-        it->second = table;
-        graph_->tables.emplace_back();
-        steps_.push_back(PathStep{owner, is_key ? Slot{} : key, is_key});
-        enqueue(L, index, table);
-        return Slot{TableRef{table}};
-      }
+      case LUA_TTABLE: return table_slot(L, index, owner, key, via);
+      case LUA_TFUNCTION: return function_slot(L, index, owner, key, via);
       default:
-        fail_untransferable(L, index, owner, key, is_key);
+        fail_untransferable(L, index, owner, key, via, untransferable_reason(lua_type(L, index)));
         return std::nullopt;
+    }
+  }
+
+  // Records the upvalues of the Lua function at stack `index` as cells of graph function
+  // `function`; an upvalue shared with a function seen before gets that function's cell.
+  void fill_function(lua_State* L, int index, std::uint32_t function) {
+    const std::uint32_t node = function_nodes_[function];
+    for (int i = 1;; ++i) {
+      const char* name = lua_getupvalue(L, index, i);
+      if (name == nullptr) break;
+      const std::string upvalue_name(name);
+      if (!charge(kCellCost + upvalue_name.size())) return;
+      auto [it, inserted] = seen_cells_.try_emplace(lua_upvalueid(L, index, i), 0);
+      if (inserted) {
+        it->second = static_cast<std::uint32_t>(graph_->cells.size());
+        graph_->cells.emplace_back();
+        std::optional<Slot> value = slot_of(L, lua_gettop(L), node, Slot{upvalue_name}, Via::upvalue);
+        if (!value) return;
+        graph_->cells[it->second] = std::move(*value);
+      }
+      lua_pop(L, 1);
+      detail::FunctionData& data = graph_->functions[function];
+      data.upvalue_names.push_back(upvalue_name);
+      data.upvalue_cells.push_back(it->second);
     }
   }
 
   // Converts the Lua table at stack `index` into graph table `table`: keys 1..n without a
   // hole go to the array part, every other key to the map (Value's canonical form).
   void fill_table(lua_State* L, int index, std::uint32_t table) {
+    const std::uint32_t node = table_nodes_[table];
     std::size_t n = 0;
     for (;;) {
       lua_rawgeti(L, index, static_cast<int>(n + 1));
@@ -241,7 +283,7 @@ class LuaToValue {
         break;
       }
       const Slot key{static_cast<std::int64_t>(n + 1)};
-      std::optional<Slot> item = slot_of(L, lua_gettop(L), table, key, false);
+      std::optional<Slot> item = slot_of(L, lua_gettop(L), node, key, Via::field);
       lua_pop(L, 1);
       if (!item || !charge(kSlotCost)) return;
       graph_->tables[table].array.push_back(std::move(*item));
@@ -258,9 +300,9 @@ class LuaToValue {
           continue;
         }
       }
-      std::optional<Slot> key = slot_of(L, key_index, table, Slot{}, true);
+      std::optional<Slot> key = slot_of(L, key_index, node, Slot{}, Via::key);
       if (!key) return;
-      std::optional<Slot> value = slot_of(L, value_index, table, *key, false);
+      std::optional<Slot> value = slot_of(L, value_index, node, *key, Via::field);
       if (!value || !charge(2 * kSlotCost)) return;
       lua_pop(L, 1);
       graph_->tables[table].map.emplace_back(std::move(*key), std::move(*value));
@@ -270,9 +312,16 @@ class LuaToValue {
   const ToValueOptions& options_;
   const bool as_array_;
   Graph* graph_ = nullptr;  // result's graph, filled directly: Value::set is linear per key
-  std::vector<PathStep> steps_;                        // per graph table, for paths
-  std::unordered_map<const void*, std::uint32_t> seen_;  // Lua table -> graph table
-  std::vector<std::uint32_t> queued_;                  // graph table of queue slot i + 1
+  std::shared_ptr<Graph> graph_holder_;
+  std::vector<PathStep> steps_;                 // nodes: where each table and function was found
+  std::vector<std::uint32_t> table_nodes_;      // graph table -> node
+  std::vector<std::uint32_t> function_nodes_;   // graph function -> node
+  std::unordered_map<const void*, std::uint32_t> seen_tables_;     // Lua table -> graph table
+  std::unordered_map<const void*, std::uint32_t> seen_functions_;  // Lua function -> graph function
+  std::unordered_map<void*, std::uint32_t> seen_cells_;            // upvalue id -> graph cell
+  std::vector<Queued> queued_;                  // what queue slot i + 1 holds
+  SourceCache sources_;
+  std::unordered_set<const void*> charged_texts_;  // texts already counted against max_bytes
   int queue_ = 0;
   std::size_t used_ = 0;
 };

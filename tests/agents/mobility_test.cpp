@@ -268,3 +268,81 @@ TEST_CASE("messages to a moving agent arrive exactly once and in order") {
   REQUIRE(got.length() == 20);
   for (int i = 0; i < 20; ++i) CHECK(got.get(i + 1).as_integer() == i);
 }
+
+TEST_CASE("closures sharing an upvalue travel with the state across three hops and still share it") {
+  Cluster c(4);
+  const char* source = R"(
+    local M = {}
+    function M.start(s)
+      local count = 0
+      s.bump = function(by) count = count + by; return count end
+      s.peek = function() return count end
+      s.fact = nil
+      local function fact(n) if n <= 1 then return 1 end return n * fact(n - 1) end
+      s.fact = fact
+      s.bump(1)
+      return M.visit(s)
+    end
+    function M.visit(s)
+      s.bump(10)
+      local nxt = agent.itinerary[1]
+      if nxt then agent.go(nxt, "visit") end
+      return s.peek(), s.fact(5), agent.epoch
+    end
+    return M)";
+  auto bundle = single_file_bundle("closures", source);
+  REQUIRE(bundle.ok());
+  const std::string id = launch(c[0], c.addr[0], {c.addr[1], c.addr[2], c.addr[3]}, *bundle);
+  auto s = c[0].wait_agent(c.addr[0], id, 10s);
+  REQUIRE(s.ok());
+  REQUIRE(s->status == "finished");
+  CHECK(s->result.get(1).as_integer() == 41);  // 1 + 10 at each of four nodes, one shared count
+  CHECK(s->result.get(2).as_integer() == 120);
+  CHECK(s->result.get(3).as_integer() == 3);
+}
+
+TEST_CASE("an agent whose state holds a C function is refused with the field's path, and the node lives") {
+  Cluster c(2);
+  auto bundle = single_file_bundle("bad", "function start(s) s.it = string.gmatch('a b', '%a') ; agent.go(agent.itinerary[1], 'start') end");
+  REQUIRE(bundle.ok());
+  const std::string id = launch(c[0], c.addr[0], {c.addr[1]}, *bundle);
+  auto s = c[0].wait_agent(c.addr[0], id, 10s);
+  REQUIRE(s.ok());
+  CHECK(s->status == "failed");
+  CHECK(s->reason == "value at state.it cannot travel: a C function");
+  CHECK(c[0].call(c.addr[1], "kv.get", Value::array({"price"}))->as_integer() == 110);
+}
+
+TEST_CASE("a late COMMIT drops only the departed copy, not the agent that has come back since") {
+  // Node 2 holds its COMMITs back: the agent goes 1 -> 2 -> 1 and parks at node 1 before
+  // node 1 reads the COMMIT of its departure to node 2. That COMMIT must not erase it.
+  Cluster c(3, [](int i, NodeOptions& o) {
+    if (i == 2) {
+      o.fault_delay_reply = [](std::string_view service) {
+        return service == "agent.transfer" ? std::chrono::milliseconds(150) : std::chrono::milliseconds(0);
+      };
+    }
+  });
+  const char* source = R"(
+    local M = {}
+    function M.start(s) s.one, s.two = agent.itinerary[1], agent.itinerary[2]; agent.go(s.one, "to_two") end
+    function M.to_two(s) agent.go(s.two, "back") end
+    function M.back(s) agent.go(s.one, "park") end
+    function M.park(s)
+      local m = agent.receive()
+      if m == nil then agent.wait("park") end
+      return m, agent.epoch
+    end
+    return M)";
+  auto bundle = single_file_bundle("returner", source);
+  REQUIRE(bundle.ok());
+  const std::string id = launch(c[0], c.addr[0], {c.addr[1], c.addr[2]}, *bundle);
+  std::this_thread::sleep_for(400ms);  // well past the held-back COMMIT
+  REQUIRE(c[0].send_to_agent(c.addr[0], id, Value("wake up")).ok());
+  auto s = c[0].wait_agent(c.addr[0], id, 10s);
+  REQUIRE(s.ok());
+  CHECK(s->status == "finished");
+  CHECK(s->result.get(1).as_string() == "wake up");
+  CHECK(s->result.get(2).as_integer() == 3);
+  CHECK(all_gone(c.nodes));
+}

@@ -19,8 +19,20 @@ std::vector<std::vector<std::uint8_t>> seeds() {
   cyclic.set("child", child);
   cyclic.set(1, 2.5);
   cyclic.set("s", std::string(300, 'x'));
+  Value agent = Value::table();
+  Value counter = agent.new_function("function() n = n + 1 return n, self end", "=agent", 2);
+  counter.add_upvalue("n", 1);
+  counter.add_upvalue("self", counter);
+  Value reader = agent.new_function("function() return n end", "=agent", 3);
+  reader.add_upvalue("n", Value());
+  reader.join_upvalue(0, counter, 0);
+  agent.set("inc", counter);
+  agent.set("get", reader);
+  agent.set("ins", Value::library_function("table.insert"));
+  agent.set("data", cyclic);
   return {
       encode(CallRequest{"kv.put", Value::array({"k", cyclic})}),
+      encode(reply_ok(Value::array({agent, counter}))),
       encode(EvalRequest{"return ...", "c", Value::array({1, true, "x"}), Limits{1, 2, 3}, Isolation::trusted}),
       encode(reply_ok(Value::array({cyclic, cyclic}))),
       encode(ProtocolError{Errc::bad_magic, "bad"}),

@@ -47,3 +47,14 @@ TEST_CASE("a cycle cannot be written as JSON and the path says where") {
   s.set(2, shared);
   CHECK(*value_to_json(s) == R"([{"v":1},{"v":1}])");
 }
+
+TEST_CASE("a function is written as its text and JSON never makes one") {
+  Value t = Value::table();
+  t.set("cb", Value::function("function(x) return x end"));
+  t.set("ins", Value::library_function("table.insert"));
+  CHECK(*value_to_json(t) == R"({"cb":{"$function":"function(x) return x end"},"ins":{"$function":"table.insert"}})");
+  auto back = value_from_json(R"({"$function": "function() end"})");
+  REQUIRE(back.ok());
+  CHECK(back->is_table());
+  CHECK(back->get("$function").as_string() == "function() end");
+}

@@ -80,12 +80,12 @@ TEST_CASE("the decoder rejects truncated, oversized and inconsistent payloads") 
   CHECK(r.error().message == "malformed payload: call request: string length count 2147483647 exceeds the payload");
 
   // A table reference out of range.
-  std::vector<std::uint8_t> bad_ref = {1, 1, 0, 0, 0, 6, 5, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0};
+  std::vector<std::uint8_t> bad_ref = {1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 6, 5, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0};
   auto rv = decode_value(bad_ref);
   REQUIRE_FALSE(rv.ok());
   CHECK(rv.error().message == "malformed payload: value: table reference 5 out of range (1 tables)");
 
-  std::vector<std::uint8_t> bad_tag = {1, 0, 0, 0, 0, 9};
+  std::vector<std::uint8_t> bad_tag = {1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 9};
   CHECK(decode_value(bad_tag).error().message == "malformed payload: value: unknown value tag 9");
 }
 
@@ -95,4 +95,85 @@ TEST_CASE("limits fill defaults and are clamped to the ceiling") {
   CHECK(parse_isolation("microvm").value() == Isolation::microvm);
   CHECK(parse_isolation("vm").error().message ==
         "invalid argument: unknown isolation level 'vm' (expected trusted, process or microvm)");
+}
+
+namespace {
+// Two counters sharing one cell, a recursive function, and a table held by a cell.
+Value closures() {
+  Value state = Value::table();
+  Value shared = state.new_table();
+  shared.set("k", 1);
+  state.set("shared", shared);
+  Value inc = state.new_function("function() n = n + 1 return n end", "=agent", 3);
+  inc.add_upvalue("n", 0);
+  Value get = state.new_function("function() return n, t end", "=agent", 4);
+  get.add_upvalue("n", Value());
+  get.join_upvalue(0, inc, 0);
+  get.add_upvalue("t", shared);
+  Value fact = state.new_function("function(x) return x < 2 and 1 or x * fact(x - 1) end", "=agent", 5);
+  fact.add_upvalue("fact", fact);
+  state.set("inc", inc);
+  state.set("get", get);
+  state.set("fact", fact);
+  state.set("insert", Value::library_function("table.insert"));
+  state.set(fact, "keyed by a function");
+  return state;
+}
+}  // namespace
+
+TEST_CASE("closures of one function send their text once") {
+  Value t = Value::table();
+  const std::string text = "function() n = n + 1 return n end -- " + std::string(1000, 'x');
+  for (int i = 0; i < 100; ++i) {
+    Value f = t.new_function(text, "=agent", 2);
+    f.add_upvalue("n", i);
+    t.push(f);
+  }
+  auto bytes = encode_value(t);
+  CHECK(bytes.size() < 1000 + 100 * 60);
+  auto back = decode_value(bytes);
+  REQUIRE(back.ok());
+  CHECK(deep_equal(*back, t));
+  CHECK(back->get(100).function_source() == text);
+  CHECK(back->get(100).upvalue(0).as_integer() == 99);
+}
+
+TEST_CASE("functions keep their text, upvalue cells and sharing through an encode and decode") {
+  Value state = closures();
+  Value back = round_trip(state);
+  CHECK(deep_equal(back, state));
+  Value inc = back.get("inc"), get = back.get("get"), fact = back.get("fact");
+  REQUIRE(inc.is_function());
+  CHECK(inc.function_source() == "function() n = n + 1 return n end");
+  CHECK(inc.function_chunk_name() == "=agent");
+  CHECK(inc.function_line() == 3);
+  CHECK(get.same_upvalue(0, inc, 0));
+  CHECK_FALSE(get.same_upvalue(1, inc, 0));
+  CHECK(get.upvalue(1).same_table(back.get("shared")));
+  CHECK(fact.upvalue(0).same_function(fact));
+  CHECK(back.get(fact).as_string() == "keyed by a function");
+  CHECK(back.get("insert").library_name() == "table.insert");
+  CHECK(round_trip(Value::function("function() end")).function_source() == "function() end");
+}
+
+TEST_CASE("the decoder checks function and cell references") {
+  // One function whose source and chunk name are text 0 (""), line 1, no library name,
+  // with one upvalue whose cell index 3 is out of range of the 1 cell sent.
+  std::vector<std::uint8_t> bad_cell = {1, 0, 0, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0,  // counts
+                                        7, 0, 0, 0, 0,                                      // root
+                                        0, 0, 0, 0,                                         // text 0
+                                        0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0,     // function
+                                        1, 0, 0, 0, 1, 0, 0, 0, 'n', 3, 0, 0, 0,            // upvalue
+                                        0};                                                 // cell: nil
+  CHECK(decode_value(bad_cell).error().message == "malformed payload: value: cell reference 3 out of range (1 cells)");
+  bad_cell[51] = 0;
+  REQUIRE(decode_value(bad_cell).ok());
+  CHECK(decode_value(bad_cell)->upvalue_name(0) == "n");
+  bad_cell[26] = 1;  // source: text 1 of 1
+  CHECK(decode_value(bad_cell).error().message == "malformed payload: value: text reference 1 out of range (1 texts)");
+  std::vector<std::uint8_t> bad_fn = {1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 7, 0, 0, 0, 0};
+  CHECK(decode_value(bad_fn).error().message == "malformed payload: value: function reference 0 out of range (0 functions)");
+  // A function count far beyond the payload is refused before allocating.
+  std::vector<std::uint8_t> many = {1, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0x0f, 0, 0, 0, 0, 0};
+  CHECK(decode_value(many).error().message == "malformed payload: value: function count 268435455 exceeds the payload");
 }

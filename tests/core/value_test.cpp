@@ -103,3 +103,68 @@ TEST_CASE("the same table built in a different order has the same layout and com
   CHECK(holes.get(2).is_nil());
   CHECK(holes.size() == 2);
 }
+
+TEST_CASE("a function value reports its text, upvalues and shared cells") {
+  Value f = Value::function("function(x) return x + n end", "=eval", 2);
+  CHECK(f.type() == Value::Type::function);
+  CHECK(f.type_name() == "function");
+  CHECK(f.is_function());
+  CHECK(f.function_source() == "function(x) return x + n end");
+  CHECK(f.function_chunk_name() == "=eval");
+  CHECK(f.function_line() == 2);
+  CHECK(f.library_name().empty());
+  CHECK(f.add_upvalue("n", 5) == 0);
+  CHECK(f.upvalue_name(0) == "n");
+  CHECK(f.upvalue(0).as_integer() == 5);
+  Value g = f.new_function("function() n = n + 1 end", "=eval", 3);
+  g.add_upvalue("n", Value());
+  CHECK_FALSE(g.same_upvalue(0, f, 0));
+  g.join_upvalue(0, f, 0);
+  CHECK(g.same_upvalue(0, f, 0));
+  g.set_upvalue(0, 6);
+  CHECK(f.upvalue(0).as_integer() == 6);
+  CHECK_THROWS_AS(f.upvalue(1), std::out_of_range);
+  CHECK_THROWS_AS(Value(1).function_source(), std::logic_error);
+  CHECK(sojourn::to_debug_string(f) == "function<eval:2>");
+  CHECK(sojourn::to_debug_string(Value::library_function("table.insert")) == "function<table.insert>");
+}
+
+TEST_CASE("a function put into another graph is copied with its cells, sharing and recursion") {
+  Value source = Value::table();
+  Value f = source.new_function("function() return f, t end");
+  Value t = source.new_table();
+  f.add_upvalue("f", f);
+  f.add_upvalue("t", t);
+  Value g = source.new_function("function() return t end");
+  g.add_upvalue("t", Value());
+  g.join_upvalue(0, f, 1);
+  source.set("f", f);
+  source.set("g", g);
+  Value root = Value::table();
+  root.set("copy", source);  // one import: what source shares stays shared
+  Value cf = root.get("copy").get("f"), cg = root.get("copy").get("g");
+  CHECK_FALSE(cf.same_function(f));
+  CHECK(cf.upvalue(0).same_function(cf));
+  CHECK(cg.same_upvalue(0, cf, 1));
+  CHECK(sojourn::deep_equal(cf, f));
+}
+
+TEST_CASE("deep_equal compares functions by text, upvalue names and cell sharing") {
+  auto make = [](bool share, const char* text) {
+    Value r = Value::table();
+    Value a = r.new_function(text);
+    a.add_upvalue("n", 1);
+    Value b = r.new_function(text);
+    b.add_upvalue("n", 1);
+    if (share) b.join_upvalue(0, a, 0);
+    r.set(1, a);
+    r.set(2, b);
+    return r;
+  };
+  CHECK(sojourn::deep_equal(make(true, "function() return n end"), make(true, "function() return n end")));
+  CHECK_FALSE(sojourn::deep_equal(make(true, "function() return n end"), make(false, "function() return n end")));
+  CHECK_FALSE(sojourn::deep_equal(make(true, "function() return n end"), make(true, "function() return n + 0 end")));
+  CHECK_FALSE(sojourn::deep_equal(Value::function("function() end"), Value::library_function("print")));
+  // Where the text came from does not matter.
+  CHECK(sojourn::deep_equal(Value::function("function() end", "=a", 1), Value::function("function() end", "=b", 9)));
+}

@@ -52,6 +52,12 @@ struct AgentStatus {
   bool done() const { return status == "finished" || status == "failed"; }
 };
 
+// An agent's status as a Value table (what agent.status answers and `--json` prints):
+// {id, home, owner, location, epoch, status, reason, result,
+//  hops = {{node, epoch, arrived_unix_ms, spent_ms, state_bytes}...}, log = {...}}.
+Value to_value(const AgentStatus& status);
+AgentStatus agent_status_from_value(const Value& v);
+
 // One resident agent, as `sojourn ps` lists it.
 struct AgentSummary {
   std::string id;

@@ -59,6 +59,8 @@ struct NodeOptions {
   // Fault injection for tests: a call to a service for which this returns true runs, but
   // its reply is not sent and the connection is closed (as if it broke in between).
   std::function<bool(std::string_view service)> fault_drop_reply;
+  // Fault injection for tests: the reply to a call of such a service is held back this long.
+  std::function<std::chrono::milliseconds(std::string_view service)> fault_delay_reply;
 };
 
 struct EvalOptions {

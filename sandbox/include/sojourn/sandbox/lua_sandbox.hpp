@@ -39,8 +39,10 @@ struct RunInput {
 //   cpu_limit       "CPU limit of N instructions exceeded"
 //   memory_limit    "memory limit of N bytes exceeded"
 //   deadline        "wall-clock deadline of N ms exceeded"
-//   sandbox_refused "refused by the sandbox: ..." (bytecode, over-complex pattern, ...)
-//   not_transferable "value at PATH cannot travel: ..." (a function or userdata returned)
+//   sandbox_refused "refused by the sandbox: ..." (bytecode, over-complex pattern, a function
+//                   in args that must not be rebuilt, ...)
+//   not_transferable "value at PATH cannot travel: ..." (a C function, userdata or coroutine
+//                   returned; Lua functions travel as text, see docs/values.md)
 //   shutting_down   "node is shutting down"
 //   internal        "internal error: cannot create a Lua state (...)"
 Result<Value> run_lua(const RunInput& input, HostCalls* host);

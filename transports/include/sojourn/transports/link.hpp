@@ -30,6 +30,9 @@ struct TransportOptions {
   // a request, the server runs the request but, instead of replying, closes the
   // connection, as if it had broken between the work and its answer.
   std::function<bool(FrameKind kind, std::span<const std::uint8_t> payload)> drop_reply;
+  // Fault injection: the reply to such a request is held back this long (zero: not at all),
+  // so that later messages overtake it.
+  std::function<std::chrono::milliseconds(FrameKind kind, std::span<const std::uint8_t> payload)> delay_reply;
 };
 
 class RequestHandler {

@@ -1,0 +1,383 @@
+// Lua functions as Values. Sending side: a function's text is cut out of its chunk's
+// source (kept per run in the registry) by line range, and when several functions share
+// those lines, the one whose bytecode matches is chosen. Receiving side: the text is loaded
+// in mode "t" inside `local <upvalue names>; return <text>`, padded with newlines so that
+// line numbers in messages are the original ones.
+#include "lua_function.hpp"
+
+#include <algorithm>
+#include <cstring>
+#include <string>
+
+#include <lua.hpp>
+
+#include "lua_bytecode.hpp"
+#include "lua_source_scan.hpp"
+#include "lua_value.hpp"
+
+namespace sojourn::sandbox::lua {
+
+namespace {
+
+// Registry tables; scripts never reach the registry (no debug library).
+constexpr const char* kChunksKey = "sojourn.chunks";        // chunk name -> {text -> {first line -> true}}
+constexpr const char* kFunctionsKey = "sojourn.functions";  // rebuilt function -> its text (weak keys)
+constexpr const char* kLibraryKey = "sojourn.library";      // function -> name and name -> function
+
+// Up to this many lines of padding; a function said to start further down is loaded
+// without padding (its messages then count lines from its own first line).
+constexpr std::uint32_t kMaxPaddingLines = 100000;
+constexpr std::size_t kMaxUpvalues = 60;  // LuaJIT's limit per function
+
+int absolute(lua_State* L, int index) { return index > 0 || index <= LUA_REGISTRYINDEX ? index : lua_gettop(L) + index + 1; }
+
+// Pushes registry[key], creating it first when missing.
+void push_registry_table(lua_State* L, const char* key, const char* weak_mode) {
+  lua_getfield(L, LUA_REGISTRYINDEX, key);
+  if (lua_istable(L, -1)) return;
+  lua_pop(L, 1);
+  lua_createtable(L, 0, 0);
+  if (weak_mode != nullptr) {
+    lua_createtable(L, 0, 1);
+    lua_pushstring(L, weak_mode);
+    lua_setfield(L, -2, "__mode");
+    lua_setmetatable(L, -2);
+  }
+  lua_pushvalue(L, -1);
+  lua_setfield(L, LUA_REGISTRYINDEX, key);
+}
+
+// Pushes t[key] for the table at -1, creating an empty table there when missing.
+void push_subtable(lua_State* L, std::string_view key) {
+  lua_pushlstring(L, key.data(), key.size());
+  lua_rawget(L, -2);
+  if (lua_istable(L, -1)) return;
+  lua_pop(L, 1);
+  lua_createtable(L, 0, 1);
+  lua_pushlstring(L, key.data(), key.size());
+  lua_pushvalue(L, -2);
+  lua_rawset(L, -4);
+}
+
+std::string_view lua_view(lua_State* L, int index) {
+  std::size_t len = 0;
+  const char* s = lua_tolstring(L, index, &len);
+  return {s, len};
+}
+
+std::string display_name(std::string_view chunk_name) {
+  if (!chunk_name.empty() && (chunk_name[0] == '=' || chunk_name[0] == '@')) chunk_name.remove_prefix(1);
+  if (chunk_name.size() > 60) return std::string(chunk_name.substr(0, 57)) + "...";
+  return std::string(chunk_name);
+}
+
+std::vector<std::string> upvalue_names(lua_State* L, int fn) {
+  std::vector<std::string> names;
+  for (int i = 1;; ++i) {
+    const char* name = lua_getupvalue(L, fn, i);
+    if (name == nullptr) break;
+    lua_pop(L, 1);
+    names.emplace_back(name);
+  }
+  return names;
+}
+
+// The wrapper that turns `text`'s free names `names` back into upvalues:
+//   local a, b; a, b = nil; return <text>
+// The assignment makes LuaJIT see every local as written: a local that is never written
+// gives an immutable upvalue cell, which the JIT may fold to a constant, and a rebuilt cell
+// can be shared with a function that writes it (lua_upvaluejoin).
+std::string wrapper_source(const std::string& text, const std::vector<std::string>& names, std::uint32_t line) {
+  std::string out;
+  if (line > 1 && line <= kMaxPaddingLines) out.append(line - 1, '\n');
+  if (!names.empty()) {
+    std::string list;
+    for (std::size_t i = 0; i < names.size(); ++i) list.append(i ? ", " : "").append(names[i]);
+    out.append("local ").append(list).append("; ").append(list).append(" = nil; ");
+  }
+  return out.append("return ").append(text);
+}
+
+// Loads `text` inside its wrapper and leaves the wrapper chunk on the stack (each call of it
+// makes a new closure with fresh upvalues): 0 when it compiled, else the status with the
+// message on the stack. Calling the wrapper runs no code of the text once the caller has
+// checked that it is one function expression.
+int load_maker(lua_State* L, const std::string& text, const std::vector<std::string>& names, std::uint32_t line,
+               const char* chunk_name) {
+  const std::string wrapper = wrapper_source(text, names, line);
+  const int status = luaL_loadbufferx(L, wrapper.data(), wrapper.size(), chunk_name, "t");
+  if (status == LUA_ERRMEM) lua_error(L);
+  return status;
+}
+
+// Among candidates cut from the same lines, the one that compiles to the function at
+// `fn` (same upvalue names in the same order, same bytecode and constants).
+const detail::SharedText* pick_candidate(lua_State* L, int fn, const std::vector<detail::SharedText>& candidates,
+                                         SourceCache& cache, const std::string& cache_prefix) {
+  const std::vector<std::string> names = upvalue_names(L, fn);
+  lua_pushvalue(L, fn);
+  const std::string signature = bytecode_signature(L);
+  lua_pop(L, 1);
+  if (signature.empty()) return nullptr;
+  std::string key = cache_prefix + signature;
+  for (const std::string& n : names) key.append("\n").append(n);
+  if (auto it = cache.by_bytecode.find(key); it != cache.by_bytecode.end()) {
+    auto found = std::find(candidates.begin(), candidates.end(), it->second);
+    return found == candidates.end() ? nullptr : &*found;
+  }
+  const std::string original = key.substr(cache_prefix.size());
+  for (const detail::SharedText& candidate_text : candidates) {
+    const std::string& text = candidate_text.str();
+    if (!is_one_function_expression(text) || has_cdata_literal(text)) continue;
+    if (load_maker(L, text, names, 1, "=candidate") != 0) {
+      lua_pop(L, 1);
+      continue;
+    }
+    lua_call(L, 0, 1);
+    std::string candidate = bytecode_signature(L);
+    for (const std::string& n : upvalue_names(L, lua_gettop(L))) candidate.append("\n").append(n);
+    lua_pop(L, 1);
+    if (candidate == original) {
+      cache.by_bytecode.emplace(std::move(key), candidate_text);
+      return &candidate_text;
+    }
+  }
+  return nullptr;
+}
+
+// Every text registered for `chunk_name` that holds the lines, cut into candidates.
+std::vector<detail::SharedText> find_candidates(lua_State* L, std::string_view chunk_name, int first, int last,
+                                                bool& known, SourceCache& cache) {
+  std::vector<detail::SharedText> out;
+  auto add = [&](std::string_view text, int first_line) {
+    // Registered texts stay put while the conversion runs: their address names them.
+    auto key = std::make_pair(static_cast<const void*>(text.data()), first_line);
+    auto it = cache.indexes.find(key);
+    if (it == cache.indexes.end()) it = cache.indexes.emplace(key, index_functions(text, first_line)).first;
+    for (const FunctionText& f : find_functions(text, it->second, first, last)) {
+      const bool seen = std::any_of(out.begin(), out.end(), [&](const detail::SharedText& t) { return t.str() == f.text; });
+      if (!seen) out.push_back(cache.intern(f.text));
+    }
+  };
+  known = false;
+  if (chunk_name.empty() || (chunk_name[0] != '=' && chunk_name[0] != '@')) {
+    known = true;  // a chunk loaded under its own text as name (luaL_loadstring)
+    add(chunk_name, 1);
+    return out;
+  }
+  lua_getfield(L, LUA_REGISTRYINDEX, kChunksKey);
+  if (lua_istable(L, -1)) {
+    lua_pushlstring(L, chunk_name.data(), chunk_name.size());
+    lua_rawget(L, -2);
+    if (lua_istable(L, -1)) {
+      lua_pushnil(L);
+      while (lua_next(L, -2) != 0) {  // text -> {first line -> true}
+        known = true;
+        lua_pushnil(L);
+        while (lua_next(L, -2) != 0) {
+          lua_pop(L, 1);
+          const int first_line = static_cast<int>(lua_tonumber(L, -1));
+          if (first_line <= first) add(lua_view(L, -3), first_line);
+        }
+        lua_pop(L, 1);
+      }
+    }
+    lua_pop(L, 1);
+  }
+  lua_pop(L, 1);
+  return out;
+}
+
+void add_library_function(lua_State* L, int library, int fn, const std::string& name) {
+  lua_pushlstring(L, name.data(), name.size());
+  lua_pushvalue(L, fn);
+  lua_rawset(L, library);
+  // One name per function, the same on every node: the shortest, then the first in order.
+  lua_pushvalue(L, fn);
+  lua_rawget(L, library);
+  const bool better = !lua_isstring(L, -1) || name.size() < lua_view(L, -1).size() ||
+                      (name.size() == lua_view(L, -1).size() && name < lua_view(L, -1));
+  lua_pop(L, 1);
+  if (!better) return;
+  lua_pushvalue(L, fn);
+  lua_pushlstring(L, name.data(), name.size());
+  lua_rawset(L, library);
+}
+
+[[noreturn]] void refuse(lua_State* L, const std::string& why) {
+  {
+    const std::string message = "refused by the sandbox: " + why;
+    lua_pushlstring(L, message.data(), message.size());
+  }
+  lua_error(L);
+  std::abort();  // lua_error does not return
+}
+
+}  // namespace
+
+void register_chunk(lua_State* L, std::string_view chunk_name, std::string_view source, int first_line) {
+  lua_checkstack(L, 5);
+  push_registry_table(L, kChunksKey, nullptr);
+  push_subtable(L, chunk_name);
+  push_subtable(L, source);
+  lua_pushboolean(L, 1);
+  lua_rawseti(L, -2, first_line);
+  lua_pop(L, 3);
+}
+
+void register_library(lua_State* L, int globals) {
+  globals = absolute(L, globals);
+  lua_checkstack(L, 8);
+  push_registry_table(L, kLibraryKey, nullptr);
+  const int library = lua_gettop(L);
+  lua_pushnil(L);
+  while (lua_next(L, globals) != 0) {
+    if (lua_type(L, -2) == LUA_TSTRING) {
+      const std::string name(lua_view(L, -2));
+      if (lua_isfunction(L, -1)) {
+        add_library_function(L, library, lua_gettop(L), name);
+      } else if (lua_istable(L, -1) && name != "_G") {
+        lua_pushnil(L);
+        while (lua_next(L, -2) != 0) {
+          if (lua_type(L, -2) == LUA_TSTRING && lua_isfunction(L, -1)) {
+            add_library_function(L, library, lua_gettop(L), name + "." + std::string(lua_view(L, -2)));
+          }
+          lua_pop(L, 1);
+        }
+      }
+    }
+    lua_pop(L, 1);
+  }
+  lua_pop(L, 1);
+}
+
+std::variant<FunctionOrigin, std::string> function_origin(lua_State* L, int index, SourceCache& cache) {
+  const int fn = absolute(L, index);
+  lua_checkstack(L, 10);
+  FunctionOrigin origin;
+  lua_getfield(L, LUA_REGISTRYINDEX, kLibraryKey);
+  if (lua_istable(L, -1)) {
+    lua_pushvalue(L, fn);
+    lua_rawget(L, -2);
+    if (lua_type(L, -1) == LUA_TSTRING) origin.library_name = lua_view(L, -1);
+    lua_pop(L, 1);
+  }
+  lua_pop(L, 1);
+  if (!origin.library_name.empty()) {
+    origin.chunk_name = cache.intern("=[library]");
+    return origin;
+  }
+  if (lua_iscfunction(L, fn)) return std::string("a C function");
+
+  lua_Debug ar{};
+  lua_pushvalue(L, fn);
+  lua_getinfo(L, ">S", &ar);
+  if (std::strcmp(ar.what, "main") == 0) return std::string("a main chunk");
+  origin.chunk_name = cache.intern(ar.source);
+  const std::string& chunk_name = origin.chunk_name.str();
+  origin.line = static_cast<std::uint32_t>(std::max(ar.linedefined, 1));
+
+  lua_getfield(L, LUA_REGISTRYINDEX, kFunctionsKey);
+  if (lua_istable(L, -1)) {
+    lua_pushvalue(L, fn);
+    lua_rawget(L, -2);
+    if (lua_type(L, -1) == LUA_TSTRING) origin.source = cache.intern(lua_view(L, -1));
+    lua_pop(L, 1);
+  }
+  lua_pop(L, 1);
+  if (!origin.source.str().empty()) return origin;
+
+  auto key = std::make_tuple(chunk_name, ar.linedefined, ar.lastlinedefined);
+  auto it = cache.candidates.find(key);
+  const std::string where = display_name(chunk_name);
+  if (it == cache.candidates.end()) {
+    bool known = false;
+    std::vector<detail::SharedText> found = find_candidates(L, chunk_name, ar.linedefined, ar.lastlinedefined, known, cache);
+    if (!known) return "a function whose source text is unknown (chunk " + where + ")";
+    it = cache.candidates.emplace(std::move(key), std::move(found)).first;
+  }
+  const std::vector<detail::SharedText>& candidates = it->second;
+  const std::string lines = std::to_string(ar.linedefined) + "-" + std::to_string(ar.lastlinedefined);
+  // Even a lone candidate is checked: another chunk may have been loaded under the same name.
+  const detail::SharedText* picked =
+      candidates.empty() ? nullptr : pick_candidate(L, fn, candidates, cache, chunk_name + "\n" + lines + "\n");
+  const auto has_cdata = [](const detail::SharedText& t) { return has_cdata_literal(t.str()); };
+  if (picked == nullptr && std::any_of(candidates.begin(), candidates.end(), has_cdata)) {
+    return "a function with a cdata number literal (1LL, 0i), which does not travel";
+  }
+  if (picked == nullptr) return "a function whose text was not found at lines " + lines + " of " + where;
+  origin.source = *picked;
+  return origin;
+}
+
+int upvalue_slot(const detail::FunctionData& data, std::string_view name) {
+  for (std::size_t i = 0; i < data.upvalue_names.size(); ++i) {
+    if (data.upvalue_names[i] == name) return static_cast<int>(i);
+  }
+  return -1;
+}
+
+void push_rebuilt_function(lua_State* L, const detail::FunctionData& data, int makers) {
+  lua_checkstack(L, 6);
+  const std::string& source = data.source.str();
+  const std::string& chunk_name = data.chunk_name.str();
+  const std::string where = "function from " + display_name(chunk_name) + ":" + std::to_string(data.line);
+  if (!data.library_name.empty()) {
+    if (!source.empty() || !data.upvalue_names.empty()) {
+      refuse(L, "library function '" + data.library_name + "' comes with a text or upvalues");
+    }
+    lua_getfield(L, LUA_REGISTRYINDEX, kLibraryKey);
+    if (lua_istable(L, -1)) {
+      lua_pushlstring(L, data.library_name.data(), data.library_name.size());
+      lua_rawget(L, -2);
+      lua_remove(L, -2);
+      if (lua_isfunction(L, -1)) return;
+    }
+    refuse(L, "library function '" + data.library_name + "' is not available here");
+  }
+  // Closures of one function (a thousand counters) share one compiled wrapper.
+  std::string key = chunk_name + '\n' + std::to_string(data.line) + '\n';
+  for (const std::string& name : data.upvalue_names) key.append(name).append(",");
+  key.append("\n").append(source);
+  bool compiled = false;
+  if (makers != 0) {
+    lua_pushlstring(L, key.data(), key.size());
+    lua_rawget(L, makers);
+    compiled = lua_isfunction(L, -1);
+    if (!compiled) lua_pop(L, 1);
+  }
+  if (!compiled) {
+    if (!source.empty() && source[0] == '\x1b') refuse(L, where + " is bytecode, which is never loaded");
+    if (!is_one_function_expression(source)) refuse(L, "the text of " + where + " is not one function expression");
+    if (has_cdata_literal(source)) refuse(L, where + " has a cdata number literal (1LL, 0i), which is not loaded");
+    if (data.upvalue_names.size() > kMaxUpvalues) refuse(L, where + " has more than 60 upvalues");
+    for (std::size_t i = 0; i < data.upvalue_names.size(); ++i) {
+      const std::string& name = data.upvalue_names[i];
+      if (!is_lua_identifier(name)) refuse(L, where + " has an upvalue name that is not a Lua name: '" + name.substr(0, 40) + "'");
+      if (upvalue_slot(data, name) != static_cast<int>(i)) refuse(L, where + " has two upvalues named '" + name + "'");
+    }
+    if (load_maker(L, source, data.upvalue_names, data.line, chunk_name.c_str()) != 0) {
+      const std::string message(lua_view(L, -1));
+      lua_pop(L, 1);
+      refuse(L, where + " does not compile: " + message);
+    }
+    // The closures it makes can be cut out of this text when they travel on.
+    const bool padded = data.line > 1 && data.line <= kMaxPaddingLines;
+    register_chunk(L, chunk_name, source, padded ? static_cast<int>(data.line) : 1);
+    if (makers != 0) {
+      lua_pushlstring(L, key.data(), key.size());
+      lua_pushvalue(L, -2);
+      lua_rawset(L, makers);
+    }
+  }
+  lua_call(L, 0, 1);
+  // And the function itself travels again without a search.
+  const int fn = lua_gettop(L);
+  push_registry_table(L, kFunctionsKey, "k");
+  lua_pushvalue(L, fn);
+  lua_pushlstring(L, source.data(), source.size());
+  lua_rawset(L, -3);
+  lua_pop(L, 1);
+}
+
+}  // namespace sojourn::sandbox::lua

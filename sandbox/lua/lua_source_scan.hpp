@@ -1,0 +1,53 @@
+// A token-level scanner for Lua 5.1/LuaJIT source: enough of the lexer (strings, long
+// strings, comments, numbers, names) to find where a function's text starts and ends in
+// its chunk, and to check that a text is exactly one function expression.
+#pragma once
+
+#include <cstddef>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace sojourn::sandbox::lua {
+
+// One `function ... end` found in a chunk, rewritten as an anonymous function expression:
+// `local function f(a)` and `function t.a.b(a)` become `function(a)`, a method
+// `function T:m(a)` becomes `function(self, a)`. Newlines are kept, so each line of the
+// text is the same line as in the chunk.
+struct FunctionText {
+  std::string text;
+  std::size_t offset;  // of `function` in the chunk text
+};
+
+// Where a `function` keyword is: the lexer can resume there.
+struct FunctionStart {
+  int line;
+  std::size_t offset;
+};
+
+// Every `function` keyword of `chunk`, a text whose first line is line `chunk_first_line`,
+// in order; one pass, made once per chunk and conversion. Stops at a lexical error.
+std::vector<FunctionStart> index_functions(std::string_view chunk, int chunk_first_line);
+
+// Every function whose `function` keyword is on `first_line` and whose `end` is on
+// `last_line`, nested ones included, in source order; it reads only those functions.
+std::vector<FunctionText> find_functions(std::string_view chunk, const std::vector<FunctionStart>& index, int first_line,
+                                         int last_line);
+// The same, indexing the chunk first.
+std::vector<FunctionText> find_functions(std::string_view chunk, int chunk_first_line, int first_line, int last_line);
+
+// True when `text` is `function (params) body end` and nothing else (comments and
+// whitespace around it aside): what may be loaded on the receiving side, so that loading
+// the text runs no code of its own.
+bool is_one_function_expression(std::string_view text);
+
+// True when `text` has a number literal that LuaJIT makes a cdata of (1LL, 2ULL, 0i): the
+// lexer loads the FFI library on demand for it, and this LuaJIT (2.1.0-beta3, 2022) was
+// seen to corrupt its heap when such texts are loaded thousands of times into one state
+// (a crash in lua_close). Function texts with them neither leave nor enter a run.
+bool has_cdata_literal(std::string_view text);
+
+// A Lua name that is not a keyword.
+bool is_lua_identifier(std::string_view s);
+
+}  // namespace sojourn::sandbox::lua

@@ -1,0 +1,56 @@
+// Helpers shared by the closure tests: runs, and the trip over the wire codec.
+#pragma once
+
+#include <doctest/doctest.h>
+
+#include <string>
+
+#include "sojourn/core/messages.hpp"
+#include "sojourn/sandbox/lua_sandbox.hpp"
+
+#include <luajit-2.1/lua.hpp>
+
+#include "../../sandbox/lua/lua_source_scan.hpp"
+#include "../../sandbox/lua/lua_value.hpp"
+
+namespace closure_test {
+
+using sojourn::Errc;
+using sojourn::Limits;
+using sojourn::Result;
+using sojourn::Value;
+using sojourn::sandbox::run_lua;
+using sojourn::sandbox::RunInput;
+namespace scan = sojourn::sandbox::lua;
+
+inline constexpr std::uint64_t kMemory = 16u << 20;
+
+inline Result<Value> run(std::string_view source, Value args = {}, std::uint64_t memory = kMemory) {
+  RunInput input;
+  input.source = source;
+  input.args = std::move(args);
+  input.limits = Limits{10'000'000, memory, 5000};
+  return run_lua(input, nullptr);
+}
+
+// What a peer receives: the value through the wire codec.
+inline Value over_the_wire(const Value& v) {
+  auto back = sojourn::decode_value(sojourn::encode_value(v));
+  REQUIRE(back.ok());
+  return *back;
+}
+
+// Runs `source` and returns its results after a trip over the wire.
+inline Value run_and_send(std::string_view source, Value args = {}) {
+  auto r = run(source, std::move(args));
+  if (!r.ok()) FAIL(r.error().message);
+  return over_the_wire(*r);
+}
+
+inline void check_error(const Result<Value>& r, Errc code, const std::string& message) {
+  REQUIRE_FALSE(r.ok());
+  CHECK(r.error().code == code);
+  CHECK(r.error().message == message);
+}
+
+}  // namespace closure_test
