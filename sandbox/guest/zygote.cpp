@@ -37,14 +37,24 @@ struct Child {
   int pidfd;
 };
 
-// fork() with namespaces and a pidfd; 0 in the child.
+// fork() with namespaces and a pidfd; 0 in the child. clone3 first; clone where a
+// container's seccomp profile answers clone3 with ENOSYS (Docker's default does, so that
+// libc falls back).
 pid_t clone_guest(std::uint64_t flags, int* pidfd) {
-  clone_args args{};
-  args.flags = flags | (pidfd != nullptr ? CLONE_PIDFD : 0);
-  // SAFETY: the kernel writes the pidfd into this int, which outlives the call.
-  args.pidfd = reinterpret_cast<std::uintptr_t>(pidfd);
-  args.exit_signal = SIGCHLD;
-  return static_cast<pid_t>(::syscall(SYS_clone3, &args, sizeof args));
+  static bool clone3_missing = false;
+  const std::uint64_t all = flags | (pidfd != nullptr ? CLONE_PIDFD : 0);
+  if (!clone3_missing) {
+    clone_args args{};
+    args.flags = all;
+    // SAFETY: the kernel writes the pidfd into this int, which outlives the call.
+    args.pidfd = reinterpret_cast<std::uintptr_t>(pidfd);
+    args.exit_signal = SIGCHLD;
+    const auto pid = static_cast<pid_t>(::syscall(SYS_clone3, &args, sizeof args));
+    if (pid >= 0 || errno != ENOSYS) return pid;
+    clone3_missing = true;
+  }
+  // x86-64 order: flags, stack, parent_tid (where CLONE_PIDFD puts the pidfd), child_tid, tls.
+  return static_cast<pid_t>(::syscall(SYS_clone, all | SIGCHLD, nullptr, pidfd, nullptr, nullptr));
 }
 
 // 0 when a child can be made with `flags`, else the errno.

@@ -3,10 +3,12 @@
 #include <doctest/doctest.h>
 
 #include <signal.h>
+#include <seccomp.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 
 #include <atomic>
+#include <cerrno>
 #include <chrono>
 #include <cstdlib>
 #include <memory>
@@ -70,6 +72,31 @@ class EchoHost : public HostCalls {
 };
 
 }  // namespace
+
+TEST_CASE("where a container answers clone3 with ENOSYS, the zygote forks its guests with clone") {
+  // First in the file, so that the process forks before any jail has started a thread.
+  const pid_t pid = ::fork();
+  REQUIRE(pid >= 0);
+  if (pid == 0) {
+    int status = 1;
+    scmp_filter_ctx ctx = seccomp_init(SCMP_ACT_ALLOW);  // Docker's default answer to clone3
+    if (ctx != nullptr && seccomp_rule_add(ctx, SCMP_ACT_ERRNO(ENOSYS), SCMP_SYS(clone3), 0) == 0 &&
+        seccomp_load(ctx) == 0) {
+      auto started = ProcessJail::start(ProcessJailOptions{});
+      RunInput input;
+      input.source = "return 40 + 2";
+      input.limits = limits();
+      auto r = started ? (*started)->run(input, nullptr) : Result<Value>(started.error());
+      status = r.ok() && r->get(1).as_integer() == 42 ? 0 : 2;
+    }
+    ::_exit(status);
+  }
+  int status = 0;
+  while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+  }
+  CHECK(WIFEXITED(status));
+  CHECK(WEXITSTATUS(status) == 0);
+}
 
 TEST_CASE("a chunk runs in a guest and its results come back") {
   auto r = run("local a, b = ... return a + b, 'x', {k = {1, 2}}", limits(), Value::array({2, 3}));
