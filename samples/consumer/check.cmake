@@ -14,3 +14,7 @@ endif()
 step(${CMAKE_COMMAND} -S ${SOURCE} -B ${WORK} -G Ninja -DCMAKE_PREFIX_PATH=${PREFIX} -DCMAKE_BUILD_TYPE=Release ${flags})
 step(${CMAKE_COMMAND} --build ${WORK})
 step(${WORK}/consumer)
+# The process jail's guest is installed where find_guest_binary looks (PREFIX/libexec/sojourn).
+if(NOT EXISTS ${PREFIX}/libexec/sojourn/sojourn-guest)
+  message(FATAL_ERROR "the install has no libexec/sojourn/sojourn-guest")
+endif()
