@@ -24,6 +24,9 @@ std::string_view errc_name(Errc code) noexcept {
     case Errc::memory_limit: return "memory_limit";
     case Errc::deadline: return "deadline";
     case Errc::sandbox_refused: return "sandbox_refused";
+    case Errc::seccomp_kill: return "seccomp_kill";
+    case Errc::guest_crashed: return "guest_crashed";
+    case Errc::jail_unavailable: return "jail_unavailable";
     case Errc::connect_failed: return "connect_failed";
     case Errc::connection_closed: return "connection_closed";
     case Errc::timeout: return "timeout";

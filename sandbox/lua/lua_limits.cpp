@@ -3,14 +3,44 @@
 #include "lua_limits.hpp"
 
 #include <algorithm>
+#include <atomic>
 #include <cstdlib>
 #include <cstring>
 
 #include <lua.hpp>
 
+namespace sojourn::sandbox {
+
+namespace {
+std::atomic<LuaHeap*> g_lua_heap{nullptr};
+}  // namespace
+
+void use_lua_heap(LuaHeap* heap) noexcept { g_lua_heap.store(heap, std::memory_order_release); }
+LuaHeap* installed_lua_heap() noexcept { return g_lua_heap.load(std::memory_order_acquire); }
+
+}  // namespace sojourn::sandbox
+
 namespace sojourn::sandbox::detail {
 
 namespace {
+
+// The heap behind the per-run block: the installed LuaHeap, else malloc.
+void* heap_allocate(std::size_t size) {
+  LuaHeap* heap = installed_lua_heap();
+  return heap != nullptr ? heap->allocate(size) : std::malloc(size);
+}
+void* heap_reallocate(void* ptr, std::size_t old_size, std::size_t new_size) {
+  LuaHeap* heap = installed_lua_heap();
+  return heap != nullptr ? heap->reallocate(ptr, old_size, new_size) : std::realloc(ptr, new_size);
+}
+void heap_release(void* ptr, std::size_t size) {
+  LuaHeap* heap = installed_lua_heap();
+  if (heap != nullptr) {
+    heap->release(ptr, size);
+  } else {
+    std::free(ptr);
+  }
+}
 
 constexpr std::size_t kArenaAlignment = 16;  // what malloc gives, and LuaJIT expects
 
@@ -51,9 +81,9 @@ void* arena_resize(RunContext& ctx, void* ptr, std::size_t old_size, std::size_t
     }
   }
   void* block = arena_take(ctx, new_size);
-  if (block == nullptr) block = std::malloc(new_size);
+  if (block == nullptr) block = heap_allocate(new_size);
   // SAFETY: both blocks hold at least old_size bytes and do not overlap (the new one was
-  // taken after the old one, or comes from malloc).
+  // taken after the old one, or comes from the heap).
   if (block != nullptr) std::memcpy(block, ptr, old_size);
   return block;
 }
@@ -71,7 +101,7 @@ void* capped_alloc(void* ud, void* ptr, std::size_t old_size, std::size_t new_si
     if (arena_block) {
       if (is_last_arena_block(*ctx, ptr, old_bytes)) ctx->arena_used -= arena_rounded(old_bytes);
     } else {
-      std::free(ptr);
+      heap_release(ptr, old_bytes);
     }
     ctx->bytes_in_use -= old_bytes;
     return nullptr;
@@ -88,11 +118,11 @@ void* capped_alloc(void* ud, void* ptr, std::size_t old_size, std::size_t new_si
   void* block = nullptr;
   if (ptr == nullptr) {
     block = arena_take(*ctx, new_size);
-    if (block == nullptr) block = std::malloc(new_size);
+    if (block == nullptr) block = heap_allocate(new_size);
   } else if (arena_block) {
     block = arena_resize(*ctx, ptr, old_bytes, new_size);
   } else {
-    block = std::realloc(ptr, new_size);
+    block = heap_reallocate(ptr, old_bytes, new_size);
   }
   if (block == nullptr) {
     if (new_size <= old_bytes) {

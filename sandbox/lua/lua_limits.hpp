@@ -11,6 +11,7 @@
 #include "sojourn/core/error.hpp"
 #include "sojourn/core/messages.hpp"
 #include "sojourn/sandbox/lua_sandbox.hpp"
+#include "lua_heap.hpp"
 
 struct lua_State;
 
@@ -56,7 +57,7 @@ inline constexpr std::size_t kArenaBytes = std::size_t{64} << 10;
 // Instructions between two firings of the count hook.
 inline constexpr int kHookInterval = 1000;
 
-// lua_Alloc over the arena, then malloc, that refuses to hold more than ctx->byte_cap bytes.
+// lua_Alloc over the arena, then the installed LuaHeap or malloc, that refuses to hold more than ctx->byte_cap bytes.
 void* capped_alloc(void* ud, void* ptr, std::size_t old_size, std::size_t new_size) noexcept;
 
 RunContext& run_context(lua_State* L);

@@ -196,8 +196,10 @@ auto run_in_fresh_state(const RunInput& input, HostCalls* host, RunJob& job, Fin
   const auto stack_here = reinterpret_cast<std::uintptr_t>(__builtin_frame_address(0));
   ctx.c_stack_floor = stack_here > detail::kCStackBudget ? stack_here - detail::kCStackBudget : 0;
   ctx.byte_cap = limits.memory_bytes > SIZE_MAX ? SIZE_MAX : static_cast<std::size_t>(limits.memory_bytes);
-  // Not zeroed: LuaJIT initialises what it allocates.
-  const auto arena = std::make_unique_for_overwrite<std::byte[]>(detail::kArenaBytes);
+  // Not zeroed: LuaJIT initialises what it allocates. Not used under an installed LuaHeap,
+  // which must hold every Lua allocation itself.
+  std::unique_ptr<std::byte[]> arena;
+  if (installed_lua_heap() == nullptr) arena = std::make_unique_for_overwrite<std::byte[]>(detail::kArenaBytes);
   ctx.arena = arena.get();
 
   // Declared after ctx and the arena: the state is closed (through the allocator) first.

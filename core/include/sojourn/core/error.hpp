@@ -37,6 +37,10 @@ enum class Errc : std::uint16_t {
   memory_limit = 42,         // "memory limit of N bytes exceeded"
   deadline = 43,             // "wall-clock deadline of N ms exceeded"
   sandbox_refused = 44,      // "refused by the sandbox: ..."
+  // jails (sandbox/process, sandbox/guest)
+  seccomp_kill = 50,         // "guest killed by seccomp: syscall N"
+  guest_crashed = 51,        // "guest crashed: ..." (a signal or an exit without an answer)
+  jail_unavailable = 52,     // "process jail unavailable: ..." (no guest binary, no zygote)
   // transports
   connect_failed = 60,       // "cannot connect to PEER: ..."
   connection_closed = 61,    // "connection to PEER closed: ..."

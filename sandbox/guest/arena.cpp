@@ -1,0 +1,235 @@
+// The fixed-address arena allocator. Its bookkeeping (top, free lists) lives in a header at
+// the start of the region, so the region is self-contained. Sizes come back on release
+// (LuaJIT passes them), so blocks carry no header of their own.
+#include "arena.hpp"
+
+#include <sys/mman.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <new>
+#include <string>
+
+namespace sojourn::sandbox::guest {
+
+namespace {
+
+constexpr std::size_t kAlign = 16;
+constexpr std::size_t kSmallLists = kSmallLimit / kAlign;
+constexpr std::size_t kPage = 4096;
+
+std::size_t rounded(std::size_t size) { return size == 0 ? kAlign : (size + kAlign - 1) & ~(kAlign - 1); }
+
+struct SmallFree {
+  SmallFree* next;
+};
+// A free block larger than kSmallLimit, in a list sorted by address.
+struct LargeFree {
+  std::size_t size;
+  LargeFree* next;
+};
+
+}  // namespace
+
+struct FixedArena::Header {
+  std::uint64_t magic;
+  std::byte* start;  // first block
+  std::byte* top;    // first byte never handed out, or handed back at the top
+  std::byte* end;
+  SmallFree* small[kSmallLists];
+  LargeFree* large;
+};
+
+namespace {
+
+constexpr std::uint64_t kMagic = 0x534f4a4f55524e41;  // "SOJOURNA"
+
+std::byte* as_bytes(void* p) { return static_cast<std::byte*>(p); }
+
+void push_small(FixedArena::Header& h, std::byte* block, std::size_t size) {
+  // SAFETY: block is a free block of `size` >= 16 bytes inside the region, 16-byte aligned.
+  auto* node = new (block) SmallFree{h.small[size / kAlign - 1]};
+  h.small[size / kAlign - 1] = node;
+}
+
+// Lowers the top over free blocks that end at it.
+void settle_top(FixedArena::Header& h) {
+  for (;;) {
+    LargeFree** link = &h.large;
+    while (*link != nullptr && (*link)->next != nullptr) link = &(*link)->next;
+    LargeFree* last = *link;
+    if (last == nullptr || as_bytes(last) + last->size != h.top) return;
+    h.top = as_bytes(last);
+    *link = nullptr;
+  }
+}
+
+void insert_large(FixedArena::Header& h, std::byte* block, std::size_t size) {
+  LargeFree* prev = nullptr;
+  LargeFree* next = h.large;
+  while (next != nullptr && as_bytes(next) < block) prev = next, next = next->next;
+  // SAFETY: block is free, inside the region, aligned, and at least kSmallLimit bytes.
+  auto* node = new (block) LargeFree{size, next};
+  if (next != nullptr && block + size == as_bytes(next)) {
+    node->size += next->size;
+    node->next = next->next;
+  }
+  if (prev != nullptr && as_bytes(prev) + prev->size == block) {
+    prev->size += node->size;
+    prev->next = node->next;
+  } else if (prev != nullptr) {
+    prev->next = node;
+  } else {
+    h.large = node;
+  }
+}
+
+void free_block(FixedArena::Header& h, std::byte* block, std::size_t size) {
+  if (block + size == h.top) {
+    h.top = block;
+    settle_top(h);
+  } else if (size <= kSmallLimit) {
+    push_small(h, block, size);
+  } else {
+    insert_large(h, block, size);
+  }
+}
+
+// First fit in the large list; the rest of the block stays free.
+std::byte* take_large(FixedArena::Header& h, std::size_t size) {
+  for (LargeFree** link = &h.large; *link != nullptr; link = &(*link)->next) {
+    LargeFree* found = *link;
+    if (found->size < size) continue;
+    const std::size_t rest = found->size - size;
+    LargeFree* next = found->next;
+    std::byte* block = as_bytes(found);
+    if (rest > kSmallLimit) {
+      // SAFETY: the rest lies inside the found free block, aligned since both sizes are.
+      *link = new (block + size) LargeFree{rest, next};
+    } else {
+      *link = next;
+      if (rest != 0) push_small(h, block + size, rest);
+    }
+    return block;
+  }
+  return nullptr;
+}
+
+std::byte* take_top(FixedArena::Header& h, std::size_t size) {
+  if (size > static_cast<std::size_t>(h.end - h.top)) return nullptr;
+  std::byte* block = h.top;
+  h.top += size;
+  return block;
+}
+
+// Grows a block in place into the free block right after it, if there is one big enough.
+bool grow_into_next(FixedArena::Header& h, std::byte* block, std::size_t old_size, std::size_t new_size) {
+  std::byte* after = block + old_size;
+  const std::size_t need = new_size - old_size;
+  if (after == h.top) return take_top(h, need) != nullptr;
+  for (LargeFree** link = &h.large; *link != nullptr; link = &(*link)->next) {
+    if (as_bytes(*link) < after) continue;
+    if (as_bytes(*link) != after || (*link)->size < need) return false;
+    LargeFree* found = *link;
+    const std::size_t rest = found->size - need;
+    LargeFree* next = found->next;
+    if (rest > kSmallLimit) {
+      // SAFETY: inside the free block being split, aligned.
+      *link = new (after + need) LargeFree{rest, next};
+    } else {
+      *link = next;
+      if (rest != 0) push_small(h, after + need, rest);
+    }
+    return true;
+  }
+  return false;
+}
+
+}  // namespace
+
+std::size_t arena_bytes_for_quota(std::uint64_t quota_bytes) {
+  const std::uint64_t bytes = quota_bytes * 2 + (std::uint64_t{1} << 20);
+  return static_cast<std::size_t>((bytes + kPage - 1) & ~std::uint64_t{kPage - 1});
+}
+
+Result<FixedArena> FixedArena::map_at(std::uintptr_t base, std::size_t bytes) {
+  bytes = (bytes + kPage - 1) & ~(kPage - 1);
+  // SAFETY: a fresh mapping at an address nothing else uses (NOREPLACE refuses otherwise).
+  void* at = ::mmap(reinterpret_cast<void*>(base), bytes, PROT_READ | PROT_WRITE,
+                    MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED_NOREPLACE, -1, 0);
+  if (at == MAP_FAILED) {
+    return make_error(Errc::memory_limit, "memory limit: cannot map the Lua arena of " + std::to_string(bytes) +
+                                              " bytes: " + std::strerror(errno));
+  }
+  if (reinterpret_cast<std::uintptr_t>(at) != base) {  // a kernel without MAP_FIXED_NOREPLACE
+    ::munmap(at, bytes);
+    return make_error(Errc::internal, "internal error: the Lua arena could not be placed at its fixed address");
+  }
+  return over(at, bytes);
+}
+
+FixedArena FixedArena::over(void* region, std::size_t bytes) {
+  // SAFETY: the caller hands a writable region of `bytes` bytes, 16-byte aligned, larger
+  // than the header; the header is built at its start and blocks follow it.
+  auto* header = new (region) Header{};
+  header->magic = kMagic;
+  header->start = as_bytes(region) + rounded(sizeof(Header));
+  header->top = header->start;
+  header->end = as_bytes(region) + bytes;
+  return FixedArena(header);
+}
+
+void* FixedArena::allocate(std::size_t size) noexcept {
+  Header& h = *header_;
+  const std::size_t want = rounded(size);
+  if (want <= kSmallLimit && h.small[want / kAlign - 1] != nullptr) {
+    SmallFree* node = h.small[want / kAlign - 1];
+    h.small[want / kAlign - 1] = node->next;
+    return node;
+  }
+  if (want > kSmallLimit) {
+    if (std::byte* block = take_large(h, want)) return block;
+    return take_top(h, want);
+  }
+  if (std::byte* block = take_top(h, want)) return block;
+  return take_large(h, want);
+}
+
+void* FixedArena::reallocate(void* block, std::size_t old_size, std::size_t new_size) noexcept {
+  if (block == nullptr) return allocate(new_size);
+  Header& h = *header_;
+  const std::size_t had = rounded(old_size);
+  const std::size_t want = rounded(new_size);
+  if (want == had) return block;
+  if (want < had) {
+    free_block(h, as_bytes(block) + want, had - want);
+    return block;
+  }
+  if (grow_into_next(h, as_bytes(block), had, want)) return block;
+  void* moved = allocate(new_size);
+  if (moved == nullptr) return nullptr;
+  // SAFETY: both blocks hold at least old_size bytes and are distinct live blocks.
+  std::memcpy(moved, block, old_size);
+  free_block(h, as_bytes(block), had);
+  return moved;
+}
+
+void FixedArena::release(void* block, std::size_t size) noexcept {
+  if (block != nullptr) free_block(*header_, as_bytes(block), rounded(size));
+}
+
+std::uintptr_t FixedArena::base() const noexcept {
+  // SAFETY: an address read as an integer, not dereferenced.
+  return reinterpret_cast<std::uintptr_t>(header_);
+}
+std::size_t FixedArena::size() const noexcept { return static_cast<std::size_t>(header_->end - as_bytes(header_)); }
+std::size_t FixedArena::high_water() const noexcept {
+  return static_cast<std::size_t>(header_->top - as_bytes(header_));
+}
+bool FixedArena::contains(const void* block) const noexcept {
+  const auto* p = static_cast<const std::byte*>(block);
+  return p >= header_->start && p < header_->end;
+}
+
+}  // namespace sojourn::sandbox::guest

@@ -1,0 +1,54 @@
+// The guest's Lua heap: one region at a fixed virtual address, sized by the run's memory
+// quota, holding every Lua allocation of the run and the allocator's own bookkeeping, so
+// that the region alone is the Lua heap (what strong mobility will checkpoint and map back
+// at the same address in another guest).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "sojourn/core/error.hpp"
+#include "lua_heap.hpp"
+
+namespace sojourn::sandbox::guest {
+
+// Above everything a static non-PIE x86-64 executable maps (image at 0x400000, brk after
+// it, mmap and the stack near 0x7fff'xxxx'xxxx), and inside the 47-bit user half.
+inline constexpr std::uintptr_t kArenaBase = 0x1000'0000'0000;
+// Requests up to this size are served from exact-size free lists (16-byte steps).
+inline constexpr std::size_t kSmallLimit = 1024;
+
+// The region's size for a memory quota: the quota, the same again for fragmentation
+// (LuaJIT doubles its strings and tables as they grow), and room for the bookkeeping.
+std::size_t arena_bytes_for_quota(std::uint64_t quota_bytes);
+
+// A segregated-fit allocator: exact-size free lists for small blocks, an address-ordered
+// first-fit list with coalescing for larger ones, and a top pointer that grows into the
+// unused rest of the region and shrinks back when its last block is freed.
+class FixedArena final : public LuaHeap {
+ public:
+  // Maps `bytes` (rounded up to whole pages) at `base` with MAP_FIXED_NOREPLACE: fails if
+  // anything is already there. The mapping is private, anonymous, never executable, and
+  // lazily backed (pages are faulted in as the heap grows).
+  static Result<FixedArena> map_at(std::uintptr_t base, std::size_t bytes);
+  // Uses an existing writable region (tests); the first bytes become the bookkeeping.
+  static FixedArena over(void* region, std::size_t bytes);
+
+  void* allocate(std::size_t size) noexcept override;
+  void* reallocate(void* block, std::size_t old_size, std::size_t new_size) noexcept override;
+  void release(void* block, std::size_t size) noexcept override;
+
+  std::uintptr_t base() const noexcept;
+  std::size_t size() const noexcept;
+  // Bytes between the region's start and its top: what a checkpoint would have to copy.
+  std::size_t high_water() const noexcept;
+  bool contains(const void* block) const noexcept;
+
+  struct Header;
+
+ private:
+  explicit FixedArena(Header* header) : header_(header) {}
+  Header* header_;
+};
+
+}  // namespace sojourn::sandbox::guest

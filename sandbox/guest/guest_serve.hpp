@@ -1,0 +1,31 @@
+// The guest's side of a run: read one request from the channel, run it with the same
+// sandbox code as the trusted level, forward host calls over the channel, write the result.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <span>
+#include <vector>
+
+#include "guest_wire.hpp"
+
+namespace sojourn::sandbox::guest {
+
+// Blocking frame I/O on the guest's end of a channel (retrying EINTR).
+struct Frame {
+  channel::Kind kind{};
+  std::vector<std::uint8_t> payload;
+};
+std::optional<Frame> read_frame(int fd, std::uint32_t max_payload);
+bool write_all(int fd, std::span<const std::uint8_t> bytes);
+
+// Serves one run on `fd`: returns once the result (or error) is written, or the channel
+// broke. Never throws.
+void serve_one_run(int fd);
+
+// Hooks compiled only into the test guest (sojourn-guest-test): a chunk whose first line
+// is "--@syscall NAME" makes that raw syscall after the filter is in place, "--@spin" spins
+// in C where no Lua hook can see it. No-ops in the real guest.
+void run_test_hook(std::string_view source);
+
+}  // namespace sojourn::sandbox::guest

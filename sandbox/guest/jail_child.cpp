@@ -1,0 +1,140 @@
+// The guest's own jail set-up, in the order that matters: descriptors first (nothing else
+// may leak in), then identity, memory, limits, and the filter last (it forbids the calls
+// that came before it).
+#include "jail_child.hpp"
+
+#include <grp.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <optional>
+#include <string>
+
+#include "arena.hpp"
+#include "guest_heap.hpp"
+#include "guest_serve.hpp"
+
+namespace sojourn::sandbox::guest {
+
+namespace {
+
+constexpr std::uint64_t kGuestOverheadBytes = 128u << 20;  // image, stack, JIT machine code
+constexpr std::uint64_t kCxxHeapSlack = 64u << 20;         // the request, buffers
+constexpr uid_t kNobody = 65534;
+
+std::optional<FixedArena> g_arena;
+
+[[noreturn]] void exit_now(int status) {
+  ::syscall(SYS_exit_group, status);
+  __builtin_unreachable();
+}
+
+[[noreturn]] void fail_setup(int fd, const std::string& what) {
+  channel::RunDone done;
+  done.code = static_cast<std::uint16_t>(Errc::internal);
+  done.message = "internal error: guest set-up failed: " + what + ": " + std::strerror(errno);
+  write_all(fd, channel::encode_frame(done));
+  exit_now(1);
+}
+
+// Reports the forbidden syscall on the channel, then ends the process: SIGSYS is blocked
+// inside its own handler, and `kill` is a KILL_PROCESS row, so the kernel kills the guest
+// with SIGSYS. Async-signal-safe: a stack buffer and raw syscalls.
+void report_sigsys(int /*sig*/, siginfo_t* info, void* /*context*/) {
+  const auto frame = channel::seccomp_report_frame(static_cast<std::uint32_t>(info->si_syscall));
+  ::syscall(SYS_write, kChannelFd, frame.data(), frame.size());
+  ::syscall(SYS_kill, 0, SIGSYS);
+  exit_now(128 + SIGSYS);  // not reached
+}
+
+// SIGXCPU at the CPU-time soft limit: the exit status tells the host why (the kernel's
+// SIGKILL at the hard limit would not: rusage is too coarse to tell it from another kill).
+void report_sigxcpu(int /*sig*/) { exit_now(channel::kCpuLimitExitStatus); }
+
+void set_limit(int fd, int resource, std::uint64_t value, const char* name, std::uint64_t hard_extra = 0) {
+  const rlimit limit{value, value + hard_extra};
+  if (::setrlimit(resource, &limit) != 0) fail_setup(fd, name);
+}
+
+}  // namespace
+
+GuestRlimits guest_rlimits(const Limits& limits) {
+  // Both heaps are mapped before the limit is set; it only leaves room for the image, the
+  // stack and the JIT's machine code, and refuses any other mapping.
+  return GuestRlimits{arena_bytes_for_quota(limits.memory_bytes) + kCxxHeapBytes + kGuestOverheadBytes,
+                      channel::guest_cpu_seconds(limits)};
+}
+
+Result<void> install_arena(std::uint64_t quota_bytes) {
+  Result<FixedArena> arena = FixedArena::map_at(kArenaBase, arena_bytes_for_quota(quota_bytes));
+  if (!arena) return arena.error();
+  g_arena.emplace(*arena);
+  use_lua_heap(&*g_arena);
+  return {};
+}
+
+void become_guest(const channel::SpawnRequest& request, int channel_fd, const CompiledFilter& filter,
+                  bool in_user_namespace) {
+  // Die with the zygote (the host then sees the channel close).
+  ::prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
+  if (channel_fd != kChannelFd) {
+    if (::dup2(channel_fd, kChannelFd) < 0) exit_now(1);
+  }
+  // Every descriptor but the channel goes: stdio and the zygote's control socket included.
+  if (::syscall(SYS_close_range, 0, kChannelFd - 1, 0) != 0 ||
+      ::syscall(SYS_close_range, kChannelFd + 1, ~0U, 0) != 0) {
+    fail_setup(kChannelFd, "close_range");
+  }
+  if (!in_user_namespace && ::geteuid() == 0) {
+    // No user namespace to hold the guest's root: run it as nobody instead.
+    if (::setgroups(0, nullptr) != 0 || ::setresgid(kNobody, kNobody, kNobody) != 0 ||
+        ::setresuid(kNobody, kNobody, kNobody) != 0) {
+      fail_setup(kChannelFd, "dropping to nobody");
+    }
+  }
+  if (Result<void> arena = install_arena(request.limits.memory_bytes); !arena) {
+    errno = ENOMEM;
+    fail_setup(kChannelFd, arena.error().message);
+  }
+  // The C++ side may hold a result up to the quota three times over (Values, their
+  // encoding, the frame), plus the request.
+  limit_cxx_heap(4 * request.limits.memory_bytes + kCxxHeapSlack);
+  const GuestRlimits limits = guest_rlimits(request.limits);
+  set_limit(kChannelFd, RLIMIT_CORE, 0, "RLIMIT_CORE");
+  set_limit(kChannelFd, RLIMIT_FSIZE, 0, "RLIMIT_FSIZE");
+  set_limit(kChannelFd, RLIMIT_NOFILE, kChannelFd + 1, "RLIMIT_NOFILE");
+  set_limit(kChannelFd, RLIMIT_NPROC, 0, "RLIMIT_NPROC");
+  set_limit(kChannelFd, RLIMIT_CPU, limits.cpu_seconds, "RLIMIT_CPU", 1);
+  set_limit(kChannelFd, RLIMIT_AS, limits.address_space, "RLIMIT_AS");
+  ::prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
+
+  struct sigaction action{};
+  action.sa_sigaction = report_sigsys;
+  action.sa_flags = SA_SIGINFO;
+  sigemptyset(&action.sa_mask);
+  if (::sigaction(SIGSYS, &action, nullptr) != 0) fail_setup(kChannelFd, "sigaction(SIGSYS)");
+  struct sigaction cpu_action{};
+  cpu_action.sa_handler = report_sigxcpu;
+  sigemptyset(&cpu_action.sa_mask);
+  if (::sigaction(SIGXCPU, &cpu_action, nullptr) != 0) fail_setup(kChannelFd, "sigaction(SIGXCPU)");
+  // A mask inherited from the node (whose threads may block signals) must not hide the
+  // report: with SIGSYS blocked the kernel would kill at once, number unknown.
+  sigset_t unblock;
+  sigemptyset(&unblock);
+  sigaddset(&unblock, SIGSYS);
+  sigaddset(&unblock, SIGXCPU);
+  if (::sigprocmask(SIG_UNBLOCK, &unblock, nullptr) != 0) fail_setup(kChannelFd, "sigprocmask");
+  if (int rc = install_filter(filter); rc != 0) {
+    errno = -rc;
+    fail_setup(kChannelFd, "seccomp");
+  }
+  serve_one_run(kChannelFd);
+  exit_now(0);
+}
+
+}  // namespace sojourn::sandbox::guest

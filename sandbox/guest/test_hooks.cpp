@@ -1,0 +1,61 @@
+// Test hooks of the guest: misbehaviours a real guest could only show after a bug, so
+// that the host's handling of each is tested end to end. Compiled with SOJOURN_GUEST_TEST_HOOKS only into the test guest
+// (sojourn-guest-test); the real guest gets the empty version, so no chunk can reach them.
+#include "guest_serve.hpp"
+
+#ifdef SOJOURN_GUEST_TEST_HOOKS
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <cstdint>
+#include <string>
+
+#include "syscall_filter.hpp"
+#endif
+
+namespace sojourn::sandbox::guest {
+
+#ifdef SOJOURN_GUEST_TEST_HOOKS
+namespace {
+long syscall_number(std::string_view name) {
+  if (name == "open") return SYS_open;
+  if (name == "openat") return SYS_openat;
+  if (name == "socket") return SYS_socket;
+  if (name == "execve") return SYS_execve;
+  if (name == "ptrace") return SYS_ptrace;
+  if (name == "getpid") return SYS_getpid;
+  return -1;
+}
+}  // namespace
+
+void run_test_hook(std::string_view source) {
+  constexpr std::string_view kSyscall = "--@syscall ";
+  if (source.substr(0, kSyscall.size()) == kSyscall) {
+    std::string_view name = source.substr(kSyscall.size());
+    name = name.substr(0, name.find('\n'));
+    const long nr = syscall_number(name);
+    // Harmless arguments: the filter decides on the number alone.
+    if (nr >= 0) ::syscall(nr, 0, 0, 0, 0, 0, 0);
+  } else if (source.substr(0, 7) == "--@spin") {
+    // A C loop no Lua hook sees: only the host's kill ends it.
+    for (;;) asm volatile("" ::: "memory");
+  } else if (source.substr(0, 10) == "--@garbage") {
+    // A frame of a kind the host never expects from a guest.
+    const unsigned char frame[] = {1, 0, 0, 0, 99, 0};
+    ::syscall(SYS_write, kChannelFd, frame, sizeof frame);
+  } else if (source.substr(0, 7) == "--@huge") {
+    // A header announcing a 2 GiB answer.
+    const unsigned char frame[] = {0, 0, 0, 0x80, 11};
+    ::syscall(SYS_write, kChannelFd, frame, sizeof frame);
+  } else if (source.substr(0, 8) == "--@exit3") {
+    ::syscall(SYS_exit_group, 3);
+  } else if (source.substr(0, 7) == "--@segv") {
+    // SAFETY: deliberately not: page 0 is never mapped, so this store faults (SIGSEGV).
+    *reinterpret_cast<volatile int*>(std::uintptr_t{16}) = 1;
+  }
+}
+#else
+void run_test_hook(std::string_view /*source*/) {}
+#endif
+
+}  // namespace sojourn::sandbox::guest

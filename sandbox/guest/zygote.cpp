@@ -1,0 +1,244 @@
+// The zygote's loop: spawn requests from the host (each with the run's channel attached),
+// pidfds of running guests, and exit reports. Single-threaded, so a raw clone3 is a safe
+// fork here (no lock of another thread can be held across it).
+#include "zygote.hpp"
+
+#include <linux/sched.h>
+#include <poll.h>
+#include <sched.h>
+#include <signal.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdint>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "jail_child.hpp"
+#include "sojourn/core/log.hpp"
+#include "sojourn/sandbox/lua_sandbox.hpp"
+#include "syscall_filter.hpp"
+
+namespace sojourn::sandbox::guest {
+
+namespace {
+
+constexpr std::uint32_t kWantedNamespaces = CLONE_NEWUSER | CLONE_NEWNET | CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWIPC;
+constexpr std::size_t kMaxControlMessage = 4096;
+
+struct Child {
+  std::uint64_t id;
+  pid_t pid;
+  int pidfd;
+};
+
+// fork() with namespaces and a pidfd; 0 in the child.
+pid_t clone_guest(std::uint64_t flags, int* pidfd) {
+  clone_args args{};
+  args.flags = flags | (pidfd != nullptr ? CLONE_PIDFD : 0);
+  // SAFETY: the kernel writes the pidfd into this int, which outlives the call.
+  args.pidfd = reinterpret_cast<std::uintptr_t>(pidfd);
+  args.exit_signal = SIGCHLD;
+  return static_cast<pid_t>(::syscall(SYS_clone3, &args, sizeof args));
+}
+
+// 0 when a child can be made with `flags`, else the errno.
+int probe_namespaces(std::uint64_t flags) {
+  const pid_t pid = clone_guest(flags, nullptr);
+  if (pid == 0) ::syscall(SYS_exit_group, 0);
+  if (pid < 0) return errno;
+  int status = 0;
+  while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+  }
+  return 0;
+}
+
+const char* namespace_name(std::uint32_t flag) {
+  switch (flag) {
+    case CLONE_NEWUSER: return "user";
+    case CLONE_NEWNET: return "net";
+    case CLONE_NEWNS: return "mount";
+    case CLONE_NEWPID: return "pid";
+    case CLONE_NEWIPC: return "ipc";
+  }
+  return "?";
+}
+
+class Zygote {
+ public:
+  Zygote(int control, bool namespaces) : control_(control), want_namespaces_(namespaces) {}
+
+  int run() {
+    for (bool jit : {false, true}) {
+      Result<CompiledFilter> filter = compile_guest_filter(jit, DefaultAction::trap_and_report);
+      if (!filter) {
+        log_error("zygote", filter.error().message);
+        return 1;
+      }
+      (jit ? jit_filter_ : filter_) = std::move(*filter);
+    }
+    choose_namespaces();
+    warm_up();
+    channel::Hello hello{channel::kProtocolVersion, static_cast<std::uint32_t>(::getpid()), namespaces_, fallback_};
+    if (!send(channel::encode_frame(hello), -1)) return 1;
+    while (serve_once()) {
+    }
+    for (const Child& child : children_) ::syscall(SYS_pidfd_send_signal, child.pidfd, SIGKILL, nullptr, 0);
+    return 0;
+  }
+
+ private:
+  // Every namespace at once if the kernel allows; else each one alone (inside a user
+  // namespace when that works), with the reasons for the ones that failed.
+  void choose_namespaces() {
+    if (!want_namespaces_) {
+      fallback_ = "namespaces turned off by the node's options";
+      return;
+    }
+    if (probe_namespaces(kWantedNamespaces) == 0) {
+      namespaces_ = kWantedNamespaces;
+      return;
+    }
+    const int user_error = probe_namespaces(CLONE_NEWUSER);
+    const std::uint32_t base = user_error == 0 ? CLONE_NEWUSER : 0;
+    namespaces_ = base;
+    if (user_error != 0) add_fallback(CLONE_NEWUSER, user_error);
+    for (std::uint32_t flag : {CLONE_NEWNET, CLONE_NEWNS, CLONE_NEWPID, CLONE_NEWIPC}) {
+      const int error = probe_namespaces(base | flag);
+      if (error == 0) {
+        namespaces_ |= flag;
+      } else {
+        add_fallback(flag, error);
+      }
+    }
+    log_warn("zygote", "guests run without some namespaces: " + fallback_);
+  }
+
+  void add_fallback(std::uint32_t flag, int error) {
+    if (!fallback_.empty()) fallback_ += "; ";
+    fallback_ += std::string(namespace_name(flag)) + ": " + std::strerror(error);
+  }
+
+  // Touches the Lua runtime's code and data once, so each fork shares them warm.
+  static void warm_up() {
+    RunInput input;
+    input.source = "return ('x'):rep(3)";
+    input.limits = Limits{1'000'000, 1u << 20, 1000};
+    (void)run_lua(input, nullptr);
+  }
+
+  bool serve_once() {
+    std::vector<pollfd> fds;
+    fds.push_back({control_, POLLIN, 0});
+    for (const Child& child : children_) fds.push_back({child.pidfd, POLLIN, 0});
+    if (::poll(fds.data(), fds.size(), -1) < 0) return errno == EINTR;
+    for (std::size_t i = fds.size() - 1; i >= 1; --i) {
+      if (fds[i].revents != 0) reap(i - 1);
+    }
+    if (fds[0].revents == 0) return true;
+    return receive_request();
+  }
+
+  bool receive_request() {
+    std::uint8_t buffer[kMaxControlMessage];
+    alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))];
+    iovec iov{buffer, sizeof buffer};
+    msghdr msg{};
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control;
+    msg.msg_controllen = sizeof control;
+    const ssize_t n = ::recvmsg(control_, &msg, MSG_CMSG_CLOEXEC);
+    if (n < 0) return errno == EINTR || errno == EAGAIN;
+    if (n == 0) return false;  // the host is gone
+    int channel_fd = -1;
+    // SAFETY: CMSG_FIRSTHDR/CMSG_DATA walk the control buffer the kernel filled in.
+    if (cmsghdr* c = CMSG_FIRSTHDR(&msg); c != nullptr && c->cmsg_type == SCM_RIGHTS) {
+      std::memcpy(&channel_fd, CMSG_DATA(c), sizeof channel_fd);
+    }
+    const auto size = static_cast<std::size_t>(n);
+    Result<channel::SpawnRequest> request =
+        size >= channel::kHeaderBytes && buffer[4] == static_cast<std::uint8_t>(channel::Kind::spawn)
+            ? channel::decode_payload<channel::SpawnRequest>({buffer + channel::kHeaderBytes, size - channel::kHeaderBytes})
+            : Result<channel::SpawnRequest>(channel::bad_message(channel::Kind::spawn, "not a spawn request"));
+    if (!request || channel_fd < 0) {
+      // A broken request (a host bug) is dropped; the host times the spawn out.
+      log_error("zygote", request ? "a spawn request came without a channel" : request.error().message);
+      if (channel_fd >= 0) ::close(channel_fd);
+      return true;
+    }
+    spawn(*request, channel_fd);
+    ::close(channel_fd);
+    return true;
+  }
+
+  void spawn(const channel::SpawnRequest& request, int channel_fd) {
+    int pidfd = -1;
+    const pid_t pid = clone_guest(namespaces_, &pidfd);
+    if (pid == 0) {
+      become_guest(request, channel_fd, request.allow_jit ? jit_filter_ : filter_,
+                   (namespaces_ & CLONE_NEWUSER) != 0);
+    }
+    channel::Spawned reply{request.id, pid > 0 ? static_cast<std::uint32_t>(pid) : 0, ""};
+    if (pid < 0) reply.error = std::string("cannot fork a guest: ") + std::strerror(errno);
+    if (pid > 0) children_.push_back({request.id, pid, pidfd});
+    send(channel::encode_frame(reply), pidfd);
+  }
+
+  void reap(std::size_t index) {
+    const Child child = children_[index];
+    children_.erase(children_.begin() + static_cast<std::ptrdiff_t>(index));
+    siginfo_t info{};
+    rusage usage{};
+    while (::syscall(SYS_waitid, P_PIDFD, child.pidfd, &info, WEXITED, &usage) != 0 && errno == EINTR) {
+    }
+    ::close(child.pidfd);
+    const auto micros = [](const timeval& t) {
+      return static_cast<std::uint64_t>(t.tv_sec) * 1'000'000 + static_cast<std::uint64_t>(t.tv_usec);
+    };
+    channel::Exited exited{child.id, static_cast<std::uint32_t>(child.pid), info.si_code, info.si_status,
+                           micros(usage.ru_utime) + micros(usage.ru_stime)};
+    send(channel::encode_frame(exited), -1);
+  }
+
+  bool send(const std::vector<std::uint8_t>& frame, int fd) {
+    iovec iov{const_cast<std::uint8_t*>(frame.data()), frame.size()};  // SAFETY: sendmsg only reads it
+    msghdr msg{};
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))];
+    if (fd >= 0) {
+      msg.msg_control = control;
+      msg.msg_controllen = sizeof control;
+      cmsghdr* c = CMSG_FIRSTHDR(&msg);
+      c->cmsg_level = SOL_SOCKET;
+      c->cmsg_type = SCM_RIGHTS;
+      c->cmsg_len = CMSG_LEN(sizeof(int));
+      // SAFETY: the control buffer was sized with CMSG_SPACE for one descriptor.
+      std::memcpy(CMSG_DATA(c), &fd, sizeof fd);
+    }
+    for (;;) {
+      if (::sendmsg(control_, &msg, MSG_NOSIGNAL) >= 0) return true;
+      if (errno != EINTR) return false;
+    }
+  }
+
+  int control_;
+  bool want_namespaces_;
+  CompiledFilter filter_;
+  CompiledFilter jit_filter_;
+  std::uint32_t namespaces_ = 0;
+  std::string fallback_;
+  std::vector<Child> children_;
+};
+
+}  // namespace
+
+int run_zygote(int control_fd, bool namespaces) { return Zygote(control_fd, namespaces).run(); }
+
+}  // namespace sojourn::sandbox::guest

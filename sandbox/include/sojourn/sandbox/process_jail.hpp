@@ -1,0 +1,75 @@
+// The `process` isolation level: each run in its own forked guest process (the static
+// sojourn-guest binary), jailed by namespaces, rlimits and a seccomp allow-list, killed by
+// the host when it passes its budget. See docs/jails.md.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "sojourn/core/error.hpp"
+#include "sojourn/core/value.hpp"
+#include "sojourn/sandbox/lua_sandbox.hpp"
+
+namespace sojourn::sandbox {
+
+struct ProcessJailOptions {
+  // The sojourn-guest executable. Empty: $SOJOURN_GUEST, then beside the running
+  // executable, then ../libexec/sojourn/ from it, then the install's libexec directory,
+  // then the build tree.
+  std::string guest_path;
+  // New user/net/mount/pid/ipc namespaces for each guest where the kernel allows them.
+  bool namespaces = true;
+  // How long after its wall-clock deadline a guest that did not stop itself is killed
+  // (a C function such as a backtracking string.find never sees the Lua hook).
+  std::uint32_t kill_grace_ms = 50;
+};
+
+// What the jail is doing, for `sojourn ps`, logs and tests.
+struct ProcessJailStatus {
+  std::string guest_path;
+  int zygote_pid = 0;
+  std::string namespaces;        // e.g. "user net mount pid ipc"; "" when none
+  std::string namespace_fallback;  // why some are missing, "" when none is
+  std::uint64_t guests_started = 0;
+  std::uint64_t guests_killed = 0;   // by the host: deadline, abort, oversized output
+  std::uint64_t zygote_starts = 0;   // 1 + restarts after the zygote died
+};
+
+class ProcessJail {
+ public:
+  // Finds the guest binary and starts the zygote. Errors: jail_unavailable.
+  static Result<std::unique_ptr<ProcessJail>> start(const ProcessJailOptions& options);
+  ~ProcessJail();
+  ProcessJail(const ProcessJail&) = delete;
+  ProcessJail& operator=(const ProcessJail&) = delete;
+
+  // Runs one chunk in a fresh guest forked for this run alone (guests are never reused),
+  // with the same results and errors as run_lua, plus:
+  //   seccomp_kill   "guest killed by seccomp: syscall N"
+  //   guest_crashed  "guest crashed: ..." (a signal or an exit without an answer)
+  //   jail_unavailable "process jail unavailable: ..." (the zygote cannot be restarted)
+  // A guest past its deadline is killed: deadline "wall-clock deadline of N ms exceeded";
+  // past its CPU-time rlimit: cpu_limit "CPU limit of N instructions exceeded"; output past
+  // the memory limit: memory_limit "memory limit of N bytes exceeded". Host calls arrive
+  // on the calling thread. Thread-safe: runs may be concurrent.
+  Result<Value> run(const RunInput& input, HostCalls* host);
+
+  // One agent step (run_agent) in a fresh guest: the same outcome and errors as
+  // sandbox::run_agent, plus the jail's errors above. agent.* host calls cross the channel
+  // like node.call's.
+  Result<AgentOutcome> run_agent(const RunInput& input, const AgentInput& agent, HostCalls* host);
+
+  ProcessJailStatus status() const;
+
+  class Impl;
+
+ private:
+  explicit ProcessJail(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+// Where the guest binary is (see ProcessJailOptions::guest_path), or jail_unavailable.
+Result<std::string> find_guest_binary(const std::string& explicit_path);
+
+}  // namespace sojourn::sandbox

@@ -1,0 +1,214 @@
+// The host side of one guest run. Kills are decided here and by the zygote's exit report,
+// never by what the guest says about itself (a guest's word only names the syscall).
+#include "guest_session.hpp"
+
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <exception>
+#include <string>
+
+#include "host_channel.hpp"
+
+namespace sojourn::sandbox {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+using channel::Kind;
+
+// Room around the run's memory limit for frame overhead; a result can be no larger than
+// the limit at the trusted level either.
+constexpr std::uint64_t kFrameSlack = 1u << 20;
+// How long a guest that closed its channel has to be reported by the zygote.
+constexpr auto kExitReportWait = std::chrono::seconds(5);
+
+std::string limit_text(Errc code, const Limits& limits) {
+  switch (code) {
+    case Errc::cpu_limit: return "CPU limit of " + std::to_string(limits.cpu_instructions) + " instructions exceeded";
+    case Errc::memory_limit: return "memory limit of " + std::to_string(limits.memory_bytes) + " bytes exceeded";
+    case Errc::deadline: return "wall-clock deadline of " + std::to_string(limits.wall_ms) + " ms exceeded";
+    default: return "node is shutting down";
+  }
+}
+
+Error limit(Errc code, const Limits& limits) { return make_error(code, limit_text(code, limits)); }
+
+// The codes run_lua can end with; anything else from a guest is not believed.
+bool is_run_error(Errc code) {
+  switch (code) {
+    case Errc::lua_error: case Errc::cpu_limit: case Errc::memory_limit: case Errc::deadline:
+    case Errc::sandbox_refused: case Errc::not_transferable: case Errc::invalid_argument: case Errc::internal:
+      return true;
+    default:
+      return false;
+  }
+}
+
+channel::HostReply answer_host_call(HostCalls* host, const channel::HostCall& call) {
+  channel::HostReply reply;
+  Result<Value> result = Value{};
+  if (host == nullptr) {
+    result = make_error(Errc::lua_error, "node.call is not available here");
+  } else {
+    try {
+      result = host->call(call.service, call.args);
+    } catch (const std::exception& e) {
+      result = make_error(Errc::service_failed, "service " + call.service + " failed: " + e.what());
+    } catch (...) {
+      result = make_error(Errc::service_failed, "service " + call.service + " failed: unknown exception");
+    }
+  }
+  if (result) {
+    reply.value = std::move(*result);
+  } else {
+    reply.code = static_cast<std::uint16_t>(result.error().code);
+    reply.message = result.error().message;
+  }
+  return reply;
+}
+
+// A frame the guest sent but that does not decode: the guest is not trusted to go on.
+Error broke_protocol(const Error& error) { return make_error(Errc::guest_crashed, "guest crashed: " + error.message); }
+
+Error believed_error(std::uint16_t code, std::string message) {
+  if (!is_run_error(static_cast<Errc>(code))) {
+    return make_error(Errc::guest_crashed, "guest crashed: it answered with error code " + std::to_string(code));
+  }
+  return make_error(static_cast<Errc>(code), std::move(message));
+}
+
+const char* signal_name(int sig) {
+  const char* name = sigabbrev_np(sig);
+  return name != nullptr ? name : "?";
+}
+
+}  // namespace
+
+Error classify_guest_end(const channel::Exited* exited, long seccomp_syscall, const Limits& limits) {
+  if (exited == nullptr) {
+    return make_error(Errc::guest_crashed, "guest crashed: the zygote died before reporting how the guest ended");
+  }
+  const bool signalled = exited->code == CLD_KILLED || exited->code == CLD_DUMPED;
+  if (signalled && exited->status == SIGSYS) {
+    return make_error(Errc::seccomp_kill, "guest killed by seccomp: syscall " +
+                                              (seccomp_syscall >= 0 ? std::to_string(seccomp_syscall) : "unknown"));
+  }
+  // RLIMIT_CPU: the guest's SIGXCPU handler exits with a status of its own at the soft
+  // limit; the kernel's SIGKILL at the hard limit (a second later) is the fallback, told
+  // from other kills by the CPU time used (rusage is precise runtime, the rlimit counts
+  // ticks, which can run ahead of it on a loaded VM: a second of slack).
+  if (exited->code == CLD_EXITED && exited->status == channel::kCpuLimitExitStatus) return limit(Errc::cpu_limit, limits);
+  const std::uint64_t soft_us = channel::guest_cpu_seconds(limits) * 1'000'000ull;
+  if (signalled && (exited->status == SIGXCPU || exited->status == SIGKILL) && exited->cpu_us >= soft_us) {
+    return limit(Errc::cpu_limit, limits);
+  }
+  if (signalled) {
+    return make_error(Errc::guest_crashed, "guest crashed: killed by signal " + std::to_string(exited->status) + " (SIG" +
+                                               signal_name(exited->status) + ")");
+  }
+  return make_error(Errc::guest_crashed,
+                    "guest crashed: exited with status " + std::to_string(exited->status) + " without an answer");
+}
+
+Conversation converse(HostChannel& channel, std::span<const std::uint8_t> request, Kind done, const Limits& limits,
+                      HostCalls* host) {
+  const std::uint64_t max_payload = limits.memory_bytes + kFrameSlack;
+  Conversation talk;
+  talk.status = channel.write(request);
+  Kind kind{};
+  std::vector<std::uint8_t> payload;
+  while (talk.status == ChannelStatus::ok) {
+    talk.status = channel.read(kind, payload, max_payload);
+    if (talk.status != ChannelStatus::ok) break;
+    if (kind == done) {
+      talk.done = std::move(payload);
+      break;
+    }
+    if (kind == Kind::host_call) {
+      Result<channel::HostCall> call = channel::decode_payload<channel::HostCall>(payload);
+      if (!call) {
+        talk.broke = broke_protocol(call.error());
+        break;
+      }
+      talk.status = channel.write(channel::encode_frame(answer_host_call(host, *call)));
+    } else if (kind == Kind::seccomp_report) {
+      if (auto report = channel::decode_payload<channel::SeccompReport>(payload)) talk.seccomp_syscall = report->syscall;
+    } else {
+      talk.broke = make_error(Errc::guest_crashed, "guest crashed: unexpected frame kind " +
+                                                       std::to_string(static_cast<int>(kind)) + " (" +
+                                                       std::string(channel::kind_name(kind)) + ")");
+      break;
+    }
+  }
+  return talk;
+}
+
+Result<Value> run_outcome(std::span<const std::uint8_t> payload) {
+  Result<channel::RunDone> done = channel::decode_payload<channel::RunDone>(payload);
+  if (!done) return broke_protocol(done.error());
+  if (done->code != 0) return believed_error(done->code, std::move(done->message));
+  return std::move(done->value);
+}
+
+Result<AgentOutcome> agent_outcome(std::span<const std::uint8_t> payload) {
+  Result<channel::AgentDone> done = channel::decode_payload<channel::AgentDone>(payload);
+  if (!done) return broke_protocol(done.error());
+  if (done->code != 0) return believed_error(done->code, std::move(done->message));
+  AgentOutcome outcome;
+  outcome.results = std::move(done->results);
+  outcome.state = std::move(done->state);
+  outcome.went = done->went;
+  outcome.waits = done->waits;
+  outcome.go_peer = std::move(done->go_peer);
+  outcome.go_entry = std::move(done->go_entry);
+  return outcome;
+}
+
+Result<std::vector<std::uint8_t>> run_in_guest(ZygoteLink& zygote, const RunInput& input,
+                                               std::span<const std::uint8_t> request, Kind done, HostCalls* host,
+                                               const SessionOptions& options, SessionCounters& counters) {
+  const Limits& limits = input.limits;
+  int pair[2];
+  if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair) != 0) {
+    return make_error(Errc::internal, std::string("internal error: socketpair: ") + std::strerror(errno));
+  }
+  UniqueFd host_end(pair[0]);
+  Result<SpawnedGuest> guest = zygote.spawn(limits, input.allow_jit, UniqueFd(pair[1]));
+  if (!guest) return guest.error();
+  counters.guests_started.fetch_add(1, std::memory_order_relaxed);
+
+  const auto deadline = Clock::now() + std::chrono::milliseconds(limits.wall_ms + options.kill_grace_ms);
+  HostChannel channel(std::move(host_end), deadline, input.abort);
+  Conversation talk = converse(channel, request, done, limits, host);
+  const auto kill = [&] { ::syscall(SYS_pidfd_send_signal, guest->pidfd.get(), SIGKILL, nullptr, 0); };
+  if (talk.done) {
+    // The guest exits by itself after its answer; the kill makes sure none outlives its run.
+    kill();
+    zygote.forget(guest->id);
+    return std::move(*talk.done);
+  }
+  if (talk.broke) {
+    kill();  // a guest that broke the protocol does not get to go on
+    zygote.forget(guest->id);
+    return *talk.broke;
+  }
+  if (talk.status == ChannelStatus::deadline || talk.status == ChannelStatus::aborted ||
+      talk.status == ChannelStatus::too_large) {
+    kill();
+    counters.guests_killed.fetch_add(1, std::memory_order_relaxed);
+    zygote.forget(guest->id);
+    if (talk.status == ChannelStatus::deadline) return limit(Errc::deadline, limits);
+    if (talk.status == ChannelStatus::too_large) return limit(Errc::memory_limit, limits);
+    return make_error(Errc::shutting_down, "node is shutting down");
+  }
+  // The channel closed without an answer: the zygote's report says how the guest ended.
+  std::optional<channel::Exited> exited = zygote.wait_exit(guest->id, Clock::now() + kExitReportWait);
+  return classify_guest_end(exited ? &*exited : nullptr, talk.seccomp_syscall, limits);
+}
+
+}  // namespace sojourn::sandbox

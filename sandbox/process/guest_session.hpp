@@ -1,0 +1,55 @@
+// One run in one guest, seen from the host: spawn, send the request, answer host calls,
+// collect the outcome, and turn every way a guest can end into a precise error.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <optional>
+#include <span>
+#include <vector>
+
+#include "host_channel.hpp"
+#include "sojourn/sandbox/lua_sandbox.hpp"
+#include "zygote_link.hpp"
+
+namespace sojourn::sandbox {
+
+struct SessionCounters {
+  std::atomic<std::uint64_t> guests_started{0};
+  std::atomic<std::uint64_t> guests_killed{0};
+};
+
+struct SessionOptions {
+  std::uint32_t kill_grace_ms = 50;
+};
+
+// The exchange with a guest whose channel is `channel`, whatever started it (the zygote,
+// or a plain fork+exec of `sojourn-guest --serve` in benchmarks): the request frame, the
+// host calls, and the payload of the guest's final frame (of kind `done`).
+struct Conversation {
+  std::optional<std::vector<std::uint8_t>> done;  // the final frame's payload, if it came
+  std::optional<Error> broke;       // the guest broke the protocol (guest_crashed)
+  ChannelStatus status = ChannelStatus::ok;  // why the exchange stopped otherwise
+  long seccomp_syscall = -1;        // the syscall the guest reported before a seccomp kill
+};
+Conversation converse(HostChannel& channel, std::span<const std::uint8_t> request, channel::Kind done,
+                      const Limits& limits, HostCalls* host);
+
+// Decoding a guest's final frame; an error code a run cannot end with is not believed.
+Result<Value> run_outcome(std::span<const std::uint8_t> payload);
+Result<AgentOutcome> agent_outcome(std::span<const std::uint8_t> payload);
+
+// One request in a guest forked by `zygote`: the payload of its final frame, or the error
+// that ended it (kills, seccomp, crashes). Errors: the zygote could not fork a guest
+// (SessionCounters::guests_started did not move) is guest_crashed "guest crashed: ...".
+Result<std::vector<std::uint8_t>> run_in_guest(ZygoteLink& zygote, const RunInput& input,
+                                               std::span<const std::uint8_t> request, channel::Kind done,
+                                               HostCalls* host, const SessionOptions& options,
+                                               SessionCounters& counters);
+
+// The error for a guest that ended without answering, from the zygote's report (pure: tests
+// call it directly). `seccomp_syscall` is the syscall the guest reported before its kill, or
+// -1 when it reported none.
+Error classify_guest_end(const channel::Exited* exited, long seccomp_syscall, const Limits& limits);
+
+}  // namespace sojourn::sandbox

@@ -1,0 +1,93 @@
+// Encoding of the guest channel messages (see guest_wire.hpp for the frame layout).
+#include "guest_wire.hpp"
+
+namespace sojourn::sandbox::channel {
+
+void Encoder::operator()(const std::string& v) {
+  (*this)(static_cast<std::uint32_t>(v.size()));
+  out_.insert(out_.end(), v.begin(), v.end());
+}
+
+void Encoder::operator()(const Value& v) {
+  const std::vector<std::uint8_t> bytes = encode_value(v);
+  (*this)(static_cast<std::uint32_t>(bytes.size()));
+  out_.insert(out_.end(), bytes.begin(), bytes.end());
+}
+
+void Encoder::operator()(const Limits& v) { (*this)(v.cpu_instructions, v.memory_bytes, v.wall_ms); }
+
+std::uint64_t Decoder::get(int n) {
+  const auto bytes = take(static_cast<std::size_t>(n));
+  std::uint64_t v = 0;
+  for (int i = 0; i < n; ++i) v |= static_cast<std::uint64_t>(bytes[static_cast<std::size_t>(i)]) << (8 * i);
+  return v;
+}
+
+std::span<const std::uint8_t> Decoder::take(std::size_t n) {
+  if (n > in_.size()) throw DecodeFailure{"truncated"};
+  auto head = in_.first(n);
+  in_ = in_.subspan(n);
+  return head;
+}
+
+void Decoder::operator()(bool& v) {
+  const auto b = get(1);
+  if (b > 1) throw DecodeFailure{"bad boolean"};
+  v = b == 1;
+}
+
+void Decoder::operator()(std::string& v) {
+  const auto bytes = take(static_cast<std::size_t>(get(4)));
+  v.assign(bytes.begin(), bytes.end());
+}
+
+void Decoder::operator()(Value& v) {
+  Result<Value> value = decode_value(take(static_cast<std::size_t>(get(4))));
+  if (!value) throw DecodeFailure{value.error().message};
+  v = std::move(*value);
+}
+
+void Decoder::operator()(Limits& v) { (*this)(v.cpu_instructions, v.memory_bytes, v.wall_ms); }
+
+void finish_frame(std::vector<std::uint8_t>& frame, Kind kind) {
+  const auto length = static_cast<std::uint32_t>(frame.size() - kHeaderBytes);
+  for (int i = 0; i < 4; ++i) frame[static_cast<std::size_t>(i)] = static_cast<std::uint8_t>(length >> (8 * i));
+  frame[4] = static_cast<std::uint8_t>(kind);
+}
+
+FrameHeader parse_header(std::span<const std::uint8_t, kHeaderBytes> header) {
+  FrameHeader h;
+  for (int i = 0; i < 4; ++i) h.length |= static_cast<std::uint32_t>(header[static_cast<std::size_t>(i)]) << (8 * i);
+  h.kind = static_cast<Kind>(header[4]);
+  return h;
+}
+
+std::array<std::uint8_t, kHeaderBytes + 4> seccomp_report_frame(std::uint32_t syscall) noexcept {
+  std::array<std::uint8_t, kHeaderBytes + 4> frame{4, 0, 0, 0, static_cast<std::uint8_t>(Kind::seccomp_report)};
+  for (int i = 0; i < 4; ++i) frame[kHeaderBytes + static_cast<std::size_t>(i)] = static_cast<std::uint8_t>(syscall >> (8 * i));
+  return frame;
+}
+
+std::string_view kind_name(Kind kind) noexcept {
+  switch (kind) {
+    case Kind::run: return "run";
+    case Kind::host_reply: return "host_reply";
+    case Kind::agent: return "agent";
+    case Kind::agent_done: return "agent_done";
+    case Kind::host_call: return "host_call";
+    case Kind::run_done: return "run_done";
+    case Kind::seccomp_report: return "seccomp_report";
+    case Kind::spawn: return "spawn";
+    case Kind::hello: return "hello";
+    case Kind::spawned: return "spawned";
+    case Kind::exited: return "exited";
+  }
+  return "unknown";
+}
+
+Error bad_message(Kind kind, const std::string& why) {
+  return make_error(Errc::internal,
+                    "internal error: guest channel: bad " + std::string(kind_name(kind)) + " message: " + why);
+}
+
+}  // namespace sojourn::sandbox::channel

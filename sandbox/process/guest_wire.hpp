@@ -1,0 +1,236 @@
+// The guest channel protocol: the messages a host, the zygote and a guest exchange, and
+// their encoding. A frame is [u32 payload length][u8 kind][payload], little-endian; a
+// payload is the message's fields in order (integers little-endian, strings and Values as
+// u32 length + bytes, Values in core's encoding). Adding a message is one struct with a
+// kKind and a fields() listing its members.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "sojourn/core/error.hpp"
+#include "sojourn/core/messages.hpp"
+#include "sojourn/core/value.hpp"
+
+namespace sojourn::sandbox::channel {
+
+inline constexpr std::size_t kHeaderBytes = 5;
+// Bumped with any change to a message: a zygote that speaks another version is refused.
+inline constexpr std::uint32_t kProtocolVersion = 1;
+
+enum class Kind : std::uint8_t {
+  // host -> guest, on the run's channel
+  run = 1,           // RunRequest: run a chunk
+  host_reply = 2,    // HostReply: the answer to the guest's last HostCall
+  agent = 3,         // AgentRequest: one step of a mobile agent
+  // guest -> host, on the run's channel
+  host_call = 10,    // HostCall: node.call (and later agent.*) from Lua
+  run_done = 11,     // Outcome: the run's results or its error; the guest exits after it
+  seccomp_report = 12,  // SeccompReport: written by the SIGSYS handler just before the kill
+  agent_done = 13,   // AgentDone: the agent step's outcome; the guest exits after it
+  // host -> zygote, on the control socket (with the run's channel as SCM_RIGHTS)
+  spawn = 20,        // SpawnRequest
+  // zygote -> host, on the control socket
+  hello = 30,        // Hello: the zygote is ready
+  spawned = 31,      // Spawned (with a pidfd of the guest as SCM_RIGHTS when it worked)
+  exited = 32,       // Exited: a guest was reaped
+};
+
+// A guest's CPU-time rlimit (RLIMIT_CPU, soft = hard) for a run's limits: a backstop
+// behind the host's wall-clock kill, so the wall budget rounded up, plus a second. Shared
+// by the guest that sets it and the host that recognises the kernel's kill.
+inline std::uint64_t guest_cpu_seconds(const Limits& limits) { return (limits.wall_ms + 999) / 1000 + 1; }
+// The exit status of a guest whose SIGXCPU handler ended it at its CPU-time soft limit
+// (the hard limit, a second later, is the kernel's SIGKILL should the handler not run).
+inline constexpr int kCpuLimitExitStatus = 128 + 24;  // 128 + SIGXCPU, as a shell reports it
+
+struct RunRequest {
+  static constexpr Kind kKind = Kind::run;
+  std::string source;
+  std::string chunk_name;
+  Value args;
+  Limits limits;
+  bool allow_jit = false;
+  bool has_host = true;  // false: node.call fails as "not available here", as in run_lua
+  template <class F> void fields(F& f) { f(source, chunk_name, args, limits, allow_jit, has_host); }
+};
+
+// run_agent's input: the chunk (as in RunRequest), then the agent's entry, state and facts.
+struct AgentRequest {
+  static constexpr Kind kKind = Kind::agent;
+  RunRequest run;
+  std::string entry;
+  Value state;
+  Value info;
+  template <class F> void fields(F& f) { run.fields(f), f(entry, state, info); }
+};
+
+struct HostCall {
+  static constexpr Kind kKind = Kind::host_call;
+  std::string service;
+  Value args;
+  template <class F> void fields(F& f) { f(service, args); }
+};
+
+// A value or an error, as it crosses the channel.
+struct Outcome {
+  std::uint16_t code = 0;  // an Errc
+  std::string message;
+  Value value;
+  template <class F> void fields(F& f) { f(code, message, value); }
+};
+
+struct HostReply : Outcome {
+  static constexpr Kind kKind = Kind::host_reply;
+};
+struct RunDone : Outcome {
+  static constexpr Kind kKind = Kind::run_done;
+};
+
+struct AgentDone {
+  static constexpr Kind kKind = Kind::agent_done;
+  std::uint16_t code = 0;  // an Errc; the rest is meaningful when it is 0
+  std::string message;
+  Value results;
+  Value state;
+  bool went = false;
+  bool waits = false;
+  std::string go_peer;
+  std::string go_entry;
+  template <class F> void fields(F& f) { f(code, message, results, state, went, waits, go_peer, go_entry); }
+};
+
+struct SeccompReport {
+  static constexpr Kind kKind = Kind::seccomp_report;
+  std::uint32_t syscall = 0;
+  template <class F> void fields(F& f) { f(syscall); }
+};
+
+struct SpawnRequest {
+  static constexpr Kind kKind = Kind::spawn;
+  std::uint64_t id = 0;
+  Limits limits;
+  bool allow_jit = false;
+  template <class F> void fields(F& f) { f(id, limits, allow_jit); }
+};
+
+struct Hello {
+  static constexpr Kind kKind = Kind::hello;
+  std::uint32_t protocol = kProtocolVersion;
+  std::uint32_t zygote_pid = 0;
+  std::uint32_t namespaces = 0;   // CLONE_NEW* flags each guest gets
+  std::string fallback;           // why some namespaces are missing ("" when none is)
+  template <class F> void fields(F& f) { f(protocol, zygote_pid, namespaces, fallback); }
+};
+
+struct Spawned {
+  static constexpr Kind kKind = Kind::spawned;
+  std::uint64_t id = 0;
+  std::uint32_t pid = 0;          // in the host's pid namespace; 0 when the fork failed
+  std::string error;              // why the fork failed
+  template <class F> void fields(F& f) { f(id, pid, error); }
+};
+
+struct Exited {
+  static constexpr Kind kKind = Kind::exited;
+  std::uint64_t id = 0;
+  std::uint32_t pid = 0;
+  std::int32_t code = 0;          // siginfo si_code: CLD_EXITED, CLD_KILLED or CLD_DUMPED
+  std::int32_t status = 0;        // the exit status or the signal
+  std::uint64_t cpu_us = 0;       // user + system CPU time the guest used
+  template <class F> void fields(F& f) { f(id, pid, code, status, cpu_us); }
+};
+
+// Appends little-endian fields to a byte vector.
+class Encoder {
+ public:
+  void operator()(std::uint8_t v) { out_.push_back(v); }
+  void operator()(bool v) { out_.push_back(v ? 1 : 0); }
+  void operator()(std::uint16_t v) { put(v, 2); }
+  void operator()(std::uint32_t v) { put(v, 4); }
+  void operator()(std::int32_t v) { put(static_cast<std::uint32_t>(v), 4); }
+  void operator()(std::uint64_t v) { put(v, 8); }
+  void operator()(const std::string& v);
+  void operator()(const Value& v);
+  void operator()(const Limits& v);
+  template <class... T>
+  void operator()(const T&... v) requires(sizeof...(T) > 1) { ((*this)(v), ...); }
+  std::vector<std::uint8_t>& bytes() { return out_; }
+
+ private:
+  void put(std::uint64_t v, int n) {
+    for (int i = 0; i < n; ++i) out_.push_back(static_cast<std::uint8_t>(v >> (8 * i)));
+  }
+  std::vector<std::uint8_t> out_;
+};
+
+// Reads fields back, checking every length against what remains; throws DecodeFailure.
+class Decoder {
+ public:
+  explicit Decoder(std::span<const std::uint8_t> in) : in_(in) {}
+  void operator()(std::uint8_t& v) { v = static_cast<std::uint8_t>(get(1)); }
+  void operator()(bool& v);
+  void operator()(std::uint16_t& v) { v = static_cast<std::uint16_t>(get(2)); }
+  void operator()(std::uint32_t& v) { v = static_cast<std::uint32_t>(get(4)); }
+  void operator()(std::int32_t& v) { v = static_cast<std::int32_t>(static_cast<std::uint32_t>(get(4))); }
+  void operator()(std::uint64_t& v) { v = get(8); }
+  void operator()(std::string& v);
+  void operator()(Value& v);
+  void operator()(Limits& v);
+  template <class... T>
+  void operator()(T&... v) requires(sizeof...(T) > 1) { ((*this)(v), ...); }
+  bool at_end() const { return in_.empty(); }
+
+ private:
+  std::uint64_t get(int n);
+  std::span<const std::uint8_t> take(std::size_t n);
+  std::span<const std::uint8_t> in_;
+};
+
+struct DecodeFailure {
+  std::string what;
+};
+
+// The whole frame (header + payload) of a message.
+template <class M>
+std::vector<std::uint8_t> encode_frame(const M& message) {
+  Encoder e;
+  for (std::size_t i = 0; i < kHeaderBytes; ++i) e(std::uint8_t{0});
+  const_cast<M&>(message).fields(e);  // fields() only reads through an Encoder
+  finish_frame(e.bytes(), M::kKind);
+  return std::move(e.bytes());
+}
+void finish_frame(std::vector<std::uint8_t>& frame, Kind kind);
+
+struct FrameHeader {
+  std::uint32_t length = 0;
+  Kind kind{};
+};
+FrameHeader parse_header(std::span<const std::uint8_t, kHeaderBytes> header);
+
+Error bad_message(Kind kind, const std::string& why);
+
+// Decodes a payload as message M; a short, long or inconsistent payload is an internal
+// error naming the message ("internal error: guest channel: bad run_done message: ...").
+template <class M>
+Result<M> decode_payload(std::span<const std::uint8_t> payload) {
+  M message;
+  try {
+    Decoder d(payload);
+    message.fields(d);
+    if (!d.at_end()) throw DecodeFailure{"trailing bytes"};
+  } catch (const DecodeFailure& failure) {
+    return bad_message(M::kKind, failure.what);
+  }
+  return message;
+}
+
+// The SIGSYS handler's frame, built without allocating.
+std::array<std::uint8_t, kHeaderBytes + 4> seccomp_report_frame(std::uint32_t syscall) noexcept;
+
+std::string_view kind_name(Kind kind) noexcept;
+
+}  // namespace sojourn::sandbox::channel

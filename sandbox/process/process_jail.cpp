@@ -1,0 +1,192 @@
+// ProcessJail: finds the guest binary, keeps one zygote alive (restarting it when it dies),
+// and runs each chunk in a guest of its own.
+#include "sojourn/sandbox/process_jail.hpp"
+
+#include <linux/sched.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <mutex>
+#include <vector>
+
+#include "guest_session.hpp"
+#include "sojourn/core/log.hpp"
+#include "zygote_link.hpp"
+
+namespace sojourn::sandbox {
+
+namespace {
+
+namespace fs = std::filesystem;
+
+constexpr const char* kGuestName = "sojourn-guest";
+
+bool executable(const fs::path& path) { return ::access(path.c_str(), X_OK) == 0 && fs::is_regular_file(path); }
+
+std::string namespace_names(std::uint32_t flags) {
+  std::string names;
+  for (auto [flag, name] : {std::pair{CLONE_NEWUSER, "user"}, {CLONE_NEWNET, "net"}, {CLONE_NEWNS, "mount"},
+                            {CLONE_NEWPID, "pid"}, {CLONE_NEWIPC, "ipc"}}) {
+    if ((flags & static_cast<std::uint32_t>(flag)) == 0) continue;
+    if (!names.empty()) names += ' ';
+    names += name;
+  }
+  return names;
+}
+
+}  // namespace
+
+Result<std::string> find_guest_binary(const std::string& explicit_path) {
+  std::vector<fs::path> tried;
+  auto found = [&](const fs::path& candidate) {
+    tried.push_back(candidate);
+    return executable(candidate);
+  };
+  if (!explicit_path.empty()) {
+    if (found(explicit_path)) return explicit_path;
+  } else {
+    if (const char* env = std::getenv("SOJOURN_GUEST"); env != nullptr && *env != '\0') {
+      if (found(env)) return std::string(env);
+    }
+    std::error_code ec;
+    const fs::path self = fs::read_symlink("/proc/self/exe", ec);
+    if (!ec && found(self.parent_path() / kGuestName)) return (self.parent_path() / kGuestName).string();
+    // An installed tree moved elsewhere: PREFIX/bin/app finds PREFIX/libexec/sojourn/sojourn-guest.
+    const fs::path relocated = self.parent_path().parent_path() / "libexec" / "sojourn" / kGuestName;
+    if (!ec && found(relocated)) return relocated.string();
+#ifdef SOJOURN_GUEST_INSTALL_PATH
+    if (found(SOJOURN_GUEST_INSTALL_PATH)) return std::string(SOJOURN_GUEST_INSTALL_PATH);
+#endif
+#ifdef SOJOURN_GUEST_BUILD_PATH
+    if (found(SOJOURN_GUEST_BUILD_PATH)) return std::string(SOJOURN_GUEST_BUILD_PATH);
+#endif
+  }
+  std::string list;
+  for (const auto& p : tried) list += (list.empty() ? "" : ", ") + p.string();
+  return make_error(Errc::jail_unavailable, "process jail unavailable: no guest binary (tried " + list + ")");
+}
+
+class ProcessJail::Impl {
+ public:
+  Impl(ProcessJailOptions options, std::string guest_path)
+      : options_(std::move(options)), guest_path_(std::move(guest_path)) {}
+
+  Result<void> start_zygote() {
+    Result<std::shared_ptr<ZygoteLink>> link = ZygoteLink::start(guest_path_, options_.namespaces);
+    if (!link) return link.error();
+    if (!(*link)->hello().fallback.empty()) {
+      log_warn("process jail", "guests run without some namespaces: " + (*link)->hello().fallback);
+    }
+    zygote_ = std::move(*link);
+    ++zygote_starts_;
+    return {};
+  }
+
+  // The live zygote, restarted when the last one died.
+  Result<std::shared_ptr<ZygoteLink>> zygote() {
+    std::lock_guard lock(mutex_);
+    if (!zygote_ || !zygote_->alive()) {
+      log_warn("process jail", "the zygote died; starting a new one");
+      zygote_.reset();
+      if (Result<void> started = start_zygote(); !started) return started.error();
+    }
+    return zygote_;
+  }
+
+  Result<Value> run(const RunInput& input, HostCalls* host) {
+    if (Result<void> ok = check(input); !ok) return ok.error();
+    channel::RunRequest request = run_request(input);
+    request.has_host = host != nullptr;
+    Result<std::vector<std::uint8_t>> done = in_guest(input, channel::encode_frame(request), channel::Kind::run_done, host);
+    if (!done) return done.error();
+    return run_outcome(*done);
+  }
+
+  Result<AgentOutcome> run_agent(const RunInput& input, const AgentInput& agent, HostCalls* host) {
+    if (Result<void> ok = check(input); !ok) return ok.error();
+    channel::AgentRequest request{run_request(input), std::string(agent.entry), agent.state, agent.info};
+    request.run.has_host = host != nullptr;
+    Result<std::vector<std::uint8_t>> done = in_guest(input, channel::encode_frame(request), channel::Kind::agent_done, host);
+    if (!done) return done.error();
+    return agent_outcome(*done);
+  }
+
+  // What run_lua refuses before a state exists is refused before a guest exists.
+  static Result<void> check(const RunInput& input) {
+    const Limits& limits = input.limits;
+    if (limits.cpu_instructions == 0 || limits.memory_bytes == 0 || limits.wall_ms == 0) {
+      return make_error(Errc::invalid_argument, "invalid argument: every limit of a Lua run must be non-zero");
+    }
+    if (!input.source.empty() && input.source.front() == '\x1b') {
+      return make_error(Errc::sandbox_refused, "refused by the sandbox: bytecode is not accepted");
+    }
+    if (input.abort != nullptr && input.abort->load(std::memory_order_relaxed)) {
+      return make_error(Errc::shutting_down, "node is shutting down");
+    }
+    return {};
+  }
+
+  static channel::RunRequest run_request(const RunInput& input) {
+    return channel::RunRequest{std::string(input.source), std::string(input.chunk_name),
+                               input.args.is_table() ? input.args : Value::table(), input.limits, input.allow_jit,
+                               /*has_host=*/true};
+  }
+
+  Result<std::vector<std::uint8_t>> in_guest(const RunInput& input, const std::vector<std::uint8_t>& request,
+                                             channel::Kind done, HostCalls* host) {
+    // A zygote that died since the last run is only noticed when a spawn fails: no guest
+    // ran, so the run is tried once more on a new zygote.
+    for (int attempt = 0;; ++attempt) {
+      Result<std::shared_ptr<ZygoteLink>> link = zygote();
+      if (!link) return link.error();
+      const std::uint64_t started = counters_.guests_started.load();
+      auto result = run_in_guest(**link, input, request, done, host, SessionOptions{options_.kill_grace_ms}, counters_);
+      if (result || attempt > 0 || (*link)->alive() || counters_.guests_started.load() != started) return result;
+    }
+  }
+
+  ProcessJailStatus status() const {
+    std::lock_guard lock(mutex_);
+    ProcessJailStatus s;
+    s.guest_path = guest_path_;
+    if (zygote_) {
+      s.zygote_pid = zygote_->pid();
+      s.namespaces = namespace_names(zygote_->hello().namespaces);
+      s.namespace_fallback = zygote_->hello().fallback;
+    }
+    s.guests_started = counters_.guests_started.load();
+    s.guests_killed = counters_.guests_killed.load();
+    s.zygote_starts = zygote_starts_;
+    return s;
+  }
+
+ private:
+  ProcessJailOptions options_;
+  std::string guest_path_;
+  mutable std::mutex mutex_;
+  std::shared_ptr<ZygoteLink> zygote_;
+  std::uint64_t zygote_starts_ = 0;
+  SessionCounters counters_;
+};
+
+Result<std::unique_ptr<ProcessJail>> ProcessJail::start(const ProcessJailOptions& options) {
+  Result<std::string> path = find_guest_binary(options.guest_path);
+  if (!path) return path.error();
+  auto impl = std::make_unique<Impl>(options, *path);
+  if (Result<void> started = impl->start_zygote(); !started) return started.error();
+  return std::unique_ptr<ProcessJail>(new ProcessJail(std::move(impl)));
+}
+
+ProcessJail::ProcessJail(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+ProcessJail::~ProcessJail() = default;
+
+Result<Value> ProcessJail::run(const RunInput& input, HostCalls* host) { return impl_->run(input, host); }
+
+Result<AgentOutcome> ProcessJail::run_agent(const RunInput& input, const AgentInput& agent, HostCalls* host) {
+  return impl_->run_agent(input, agent, host);
+}
+
+ProcessJailStatus ProcessJail::status() const { return impl_->status(); }
+
+}  // namespace sojourn::sandbox

@@ -1,0 +1,220 @@
+// Starting a zygote and talking to it over a SOCK_SEQPACKET control socket: one datagram
+// per message, the run's channel (host -> zygote) or the guest's pidfd (zygote -> host)
+// attached as SCM_RIGHTS.
+#include "zygote_link.hpp"
+
+#include <poll.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+
+#include <cerrno>
+#include <cstring>
+#include <vector>
+
+#include "sojourn/core/log.hpp"
+
+extern char** environ;
+
+namespace sojourn::sandbox {
+
+namespace {
+
+constexpr std::size_t kMaxReport = 4096;
+constexpr int kHelloTimeoutMs = 10'000;
+// A zygote that does not answer a spawn request within this is stuck: it is killed, and
+// the next run starts a new one.
+constexpr auto kSpawnTimeout = std::chrono::seconds(10);
+
+Error unavailable(const std::string& why) { return make_error(Errc::jail_unavailable, "process jail unavailable: " + why); }
+
+bool send_with_fd(int socket, const std::vector<std::uint8_t>& frame, int fd) {
+  iovec iov{const_cast<std::uint8_t*>(frame.data()), frame.size()};  // SAFETY: sendmsg only reads it
+  msghdr msg{};
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))] = {};
+  msg.msg_control = control;
+  msg.msg_controllen = sizeof control;
+  cmsghdr* c = CMSG_FIRSTHDR(&msg);
+  c->cmsg_level = SOL_SOCKET;
+  c->cmsg_type = SCM_RIGHTS;
+  c->cmsg_len = CMSG_LEN(sizeof(int));
+  // SAFETY: the control buffer was sized with CMSG_SPACE for one descriptor.
+  std::memcpy(CMSG_DATA(c), &fd, sizeof fd);
+  for (;;) {
+    if (::sendmsg(socket, &msg, MSG_NOSIGNAL) >= 0) return true;
+    if (errno != EINTR) return false;
+  }
+}
+
+// One datagram and the descriptor attached to it, if any. 0 bytes: the zygote is gone.
+ssize_t receive(int socket, std::vector<std::uint8_t>& buffer, UniqueFd& fd) {
+  buffer.resize(kMaxReport);
+  iovec iov{buffer.data(), buffer.size()};
+  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))] = {};
+  msghdr msg{};
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  msg.msg_control = control;
+  msg.msg_controllen = sizeof control;
+  ssize_t n;
+  do {
+    n = ::recvmsg(socket, &msg, MSG_CMSG_CLOEXEC);
+  } while (n < 0 && errno == EINTR);
+  // SAFETY: CMSG_FIRSTHDR/CMSG_DATA walk the control buffer the kernel filled in.
+  if (cmsghdr* c = CMSG_FIRSTHDR(&msg); n > 0 && c != nullptr && c->cmsg_type == SCM_RIGHTS) {
+    int received = -1;
+    std::memcpy(&received, CMSG_DATA(c), sizeof received);
+    fd.reset(received);
+  }
+  buffer.resize(n > 0 ? static_cast<std::size_t>(n) : 0);
+  return n;
+}
+
+template <class M>
+Result<M> decode_datagram(const std::vector<std::uint8_t>& datagram) {
+  if (datagram.size() < channel::kHeaderBytes || datagram[4] != static_cast<std::uint8_t>(M::kKind)) {
+    return channel::bad_message(M::kKind, "unexpected datagram");
+  }
+  return channel::decode_payload<M>(std::span(datagram).subspan(channel::kHeaderBytes));
+}
+
+}  // namespace
+
+Result<std::shared_ptr<ZygoteLink>> ZygoteLink::start(const std::string& guest_path, bool namespaces) {
+  int pair[2];
+  if (::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, pair) != 0) {
+    return unavailable(std::string("socketpair: ") + std::strerror(errno));
+  }
+  UniqueFd ours(pair[0]);
+  UniqueFd theirs(pair[1]);
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  // dup2 clears close-on-exec on descriptor 3: the only one the zygote inherits besides stdio.
+  posix_spawn_file_actions_adddup2(&actions, theirs.get(), 3);
+  std::vector<std::string> args{guest_path, "--zygote"};
+  if (!namespaces) args.emplace_back("--no-namespaces");
+  std::vector<char*> argv;
+  // SAFETY: posix_spawn does not modify the argument strings; `args` outlives the call.
+  for (auto& a : args) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  pid_t pid = 0;
+  const int rc = ::posix_spawn(&pid, guest_path.c_str(), &actions, nullptr, argv.data(), environ);
+  posix_spawn_file_actions_destroy(&actions);
+  theirs.reset();
+  if (rc != 0) return unavailable("cannot start " + guest_path + ": " + std::strerror(rc));
+
+  pollfd ready{ours.get(), POLLIN, 0};
+  int polled;
+  do {
+    polled = ::poll(&ready, 1, kHelloTimeoutMs);
+  } while (polled < 0 && errno == EINTR);
+  std::vector<std::uint8_t> datagram;
+  UniqueFd unused;
+  Result<channel::Hello> hello = polled > 0 && receive(ours.get(), datagram, unused) > 0
+                                     ? decode_datagram<channel::Hello>(datagram)
+                                     : Result<channel::Hello>(unavailable("the zygote did not start"));
+  if (hello && hello->protocol != channel::kProtocolVersion) {
+    hello = unavailable("the guest speaks channel protocol " + std::to_string(hello->protocol) + ", this node " +
+                        std::to_string(channel::kProtocolVersion));
+  }
+  if (!hello) {
+    ::kill(pid, SIGKILL);
+    while (::waitpid(pid, nullptr, 0) < 0 && errno == EINTR) {
+    }
+    return unavailable(guest_path + " --zygote: " + hello.error().message);
+  }
+  return std::shared_ptr<ZygoteLink>(new ZygoteLink(std::move(ours), pid, std::move(*hello)));
+}
+
+ZygoteLink::ZygoteLink(UniqueFd control, int pid, channel::Hello hello)
+    : control_(std::move(control)), pid_(pid), hello_(std::move(hello)) {
+  reader_ = std::thread([this] { read_reports(); });
+}
+
+ZygoteLink::~ZygoteLink() {
+  // The zygote sees end-of-file, kills its guests and exits; the reader sees it go.
+  ::shutdown(control_.get(), SHUT_RDWR);
+  reader_.join();
+  while (::waitpid(pid_, nullptr, 0) < 0 && errno == EINTR) {
+  }
+}
+
+void ZygoteLink::read_reports() {
+  std::vector<std::uint8_t> datagram;
+  for (;;) {
+    UniqueFd fd;
+    if (receive(control_.get(), datagram, fd) <= 0) break;
+    std::lock_guard lock(mutex_);
+    if (auto spawned = decode_datagram<channel::Spawned>(datagram)) {
+      if (auto it = pending_.find(spawned->id); it != pending_.end()) {
+        it->second.spawned = std::move(*spawned);
+        it->second.pidfd = std::move(fd);
+      }
+    } else if (auto exited = decode_datagram<channel::Exited>(datagram)) {
+      if (auto it = pending_.find(exited->id); it != pending_.end()) it->second.exited = *exited;
+    } else {
+      log_error("process jail", "the zygote sent a bad report; restarting it");
+      break;
+    }
+    changed_.notify_all();
+  }
+  std::lock_guard lock(mutex_);
+  dead_ = true;
+  changed_.notify_all();
+}
+
+Result<SpawnedGuest> ZygoteLink::spawn(const Limits& limits, bool allow_jit, UniqueFd guest_end) {
+  std::unique_lock lock(mutex_);
+  if (dead_) return make_error(Errc::guest_crashed, "guest crashed: the zygote died");
+  const std::uint64_t id = next_id_++;
+  pending_[id];
+  lock.unlock();
+  channel::SpawnRequest request{id, limits, allow_jit};
+  bool sent;
+  {
+    std::lock_guard send_lock(send_mutex_);
+    sent = send_with_fd(control_.get(), channel::encode_frame(request), guest_end.get());
+  }
+  guest_end.reset();
+  lock.lock();
+  if (!sent) dead_ = true;  // the zygote is gone; the reader will see it too
+  bool answered = true;
+  if (sent) {
+    answered = changed_.wait_for(lock, kSpawnTimeout, [&] { return dead_ || pending_[id].spawned.has_value(); });
+  }
+  if (!answered) {
+    pending_.erase(id);
+    ::kill(pid_, SIGKILL);  // the reader sees it go and marks the link dead
+    return unavailable("the zygote did not answer a spawn request within 10 s");
+  }
+  Pending& entry = pending_[id];
+  if (!entry.spawned || entry.spawned->pid == 0 || !entry.pidfd.valid()) {
+    std::string why = entry.spawned ? entry.spawned->error : std::string("the zygote died");
+    pending_.erase(id);
+    return make_error(Errc::guest_crashed, "guest crashed: " + why);
+  }
+  return SpawnedGuest{id, static_cast<int>(entry.spawned->pid), std::move(entry.pidfd)};
+}
+
+std::optional<channel::Exited> ZygoteLink::wait_exit(std::uint64_t id, std::chrono::steady_clock::time_point until) {
+  std::unique_lock lock(mutex_);
+  changed_.wait_until(lock, until, [&] { return dead_ || pending_[id].exited.has_value(); });
+  std::optional<channel::Exited> exited = pending_[id].exited;
+  pending_.erase(id);
+  return exited;
+}
+
+void ZygoteLink::forget(std::uint64_t id) {
+  std::lock_guard lock(mutex_);
+  pending_.erase(id);
+}
+
+bool ZygoteLink::alive() const {
+  std::lock_guard lock(mutex_);
+  return !dead_;
+}
+
+}  // namespace sojourn::sandbox

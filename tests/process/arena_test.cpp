@@ -1,0 +1,230 @@
+// Tests of the guest's fixed-address arena allocator and of the channel protocol's codec.
+#include <doctest/doctest.h>
+
+#include <sys/mman.h>
+
+#include <cstring>
+#include <memory>
+#include <random>
+#include <vector>
+
+#include "arena.hpp"
+#include "guest_wire.hpp"
+#include "sojourn/sandbox/lua_sandbox.hpp"
+
+namespace {
+
+using sojourn::sandbox::guest::FixedArena;
+using sojourn::sandbox::guest::kArenaBase;
+namespace channel = sojourn::sandbox::channel;
+
+// A heap block standing in for the mapped region, 16-byte aligned.
+struct Region {
+  explicit Region(std::size_t length) : size(length), storage(new std::byte[length + 16]) {}
+  void* aligned() {
+    // SAFETY: rounding up by less than 16 stays inside the 16 spare bytes of the block.
+    auto at = reinterpret_cast<std::uintptr_t>(storage.get());
+    return reinterpret_cast<void*>((at + 15) & ~std::uintptr_t{15});
+  }
+  std::size_t size;
+  std::unique_ptr<std::byte[]> storage;
+};
+
+}  // namespace
+
+TEST_CASE("the arena is mapped at its fixed address and refuses a second mapping there") {
+  auto arena = FixedArena::map_at(kArenaBase, 1u << 20);
+  REQUIRE(arena.ok());
+  CHECK(arena->base() == kArenaBase);
+  void* block = arena->allocate(100);
+  CHECK(arena->contains(block));
+  CHECK(reinterpret_cast<std::uintptr_t>(block) % 16 == 0);
+  auto again = FixedArena::map_at(kArenaBase, 1u << 20);
+  CHECK_FALSE(again.ok());
+  ::munmap(reinterpret_cast<void*>(kArenaBase), arena->size());
+}
+
+TEST_CASE("freed blocks are reused, and the top shrinks back when its last block is freed") {
+  Region region(1u << 20);
+  FixedArena arena = FixedArena::over(region.aligned(), region.size);
+  const std::size_t empty = arena.high_water();
+  void* a = arena.allocate(48);
+  void* b = arena.allocate(48);
+  arena.release(a, 48);
+  CHECK(arena.allocate(40) == a);  // same 48-byte class
+  void* big = arena.allocate(100000);
+  const std::size_t with_big = arena.high_water();
+  arena.release(big, 100000);
+  CHECK(arena.high_water() < with_big);
+  arena.release(b, 48);
+  arena.release(a, 40);
+  CHECK(arena.high_water() >= empty);
+}
+
+TEST_CASE("large free blocks coalesce so a bigger block fits where smaller ones were") {
+  Region region(1u << 20);
+  FixedArena arena = FixedArena::over(region.aligned(), region.size);
+  void* a = arena.allocate(200000);
+  void* b = arena.allocate(200000);
+  void* guard = arena.allocate(64);  // keeps a and b away from the top
+  arena.release(a, 200000);
+  arena.release(b, 200000);
+  void* both = arena.allocate(400000);
+  CHECK(both == a);
+  arena.release(both, 400000);
+  arena.release(guard, 64);
+}
+
+TEST_CASE("realloc keeps the contents, grows in place at the top, and fails cleanly when full") {
+  Region region(1u << 20);
+  FixedArena arena = FixedArena::over(region.aligned(), region.size);
+  auto* p = static_cast<char*>(arena.allocate(2000));
+  std::memset(p, 'x', 2000);
+  auto* grown = static_cast<char*>(arena.reallocate(p, 2000, 50000));
+  CHECK(grown == p);  // it was the top block
+  CHECK(grown[1999] == 'x');
+  void* blocker = arena.allocate(32);
+  auto* moved = static_cast<char*>(arena.reallocate(grown, 50000, 60000));
+  REQUIRE(moved != nullptr);
+  CHECK(moved[0] == 'x');
+  CHECK(moved[1999] == 'x');
+  CHECK(arena.reallocate(moved, 60000, 10u << 20) == nullptr);  // more than the region
+  CHECK(arena.reallocate(moved, 60000, 100) == moved);          // a shrink never fails
+  arena.release(moved, 100);
+  arena.release(blocker, 32);
+  CHECK(arena.allocate(2u << 20) == nullptr);
+}
+
+TEST_CASE("random allocate, resize and release keep every live block intact") {
+  Region region(8u << 20);
+  FixedArena arena = FixedArena::over(region.aligned(), region.size);
+  struct Live {
+    unsigned char* at;
+    std::size_t size;
+    unsigned char tag;
+  };
+  std::vector<Live> live;
+  std::mt19937 rng(42);
+  auto check_block = [](const Live& l) {
+    for (std::size_t i = 0; i < l.size; i += 97) {
+      if (l.at[i] != l.tag) return false;
+    }
+    return true;
+  };
+  int intact = 0;
+  for (int step = 0; step < 20000; ++step) {
+    const unsigned op = rng() % 3;
+    if (op == 0 || live.empty()) {
+      std::size_t size = rng() % 4 == 0 ? 1 + rng() % 20000 : 1 + rng() % 300;
+      auto* at = static_cast<unsigned char*>(arena.allocate(size));
+      if (at == nullptr) continue;
+      const auto tag = static_cast<unsigned char>(rng());
+      std::memset(at, tag, size);
+      live.push_back({at, size, tag});
+    } else {
+      const std::size_t i = rng() % live.size();
+      if (!check_block(live[i])) break;
+      ++intact;
+      if (op == 1) {
+        const std::size_t size = 1 + rng() % 30000;
+        auto* at = static_cast<unsigned char*>(arena.reallocate(live[i].at, live[i].size, size));
+        if (at == nullptr) continue;
+        std::memset(at, live[i].tag, size);
+        live[i].at = at;
+        live[i].size = size;
+      } else {
+        arena.release(live[i].at, live[i].size);
+        live.erase(live.begin() + static_cast<std::ptrdiff_t>(i));
+      }
+    }
+  }
+  for (const Live& l : live) CHECK(check_block(l));
+  CHECK(intact > 5000);
+}
+
+TEST_CASE("channel messages round-trip through their frames") {
+  channel::RunRequest request;
+  request.source = "return ...";
+  request.chunk_name = "job";
+  request.args = sojourn::Value::array({1, "two", 3.5});
+  request.limits = sojourn::Limits{1, 2, 3};
+  request.allow_jit = true;
+  const auto frame = channel::encode_frame(request);
+  const auto header = channel::parse_header(std::span<const std::uint8_t, channel::kHeaderBytes>(frame.data(), 5));
+  CHECK(header.kind == channel::Kind::run);
+  CHECK(header.length == frame.size() - channel::kHeaderBytes);
+  auto back = channel::decode_payload<channel::RunRequest>(std::span(frame).subspan(channel::kHeaderBytes));
+  REQUIRE(back.ok());
+  CHECK(back->source == "return ...");
+  CHECK(back->chunk_name == "job");
+  CHECK(back->args.get(2).as_string() == "two");
+  CHECK(back->limits == sojourn::Limits{1, 2, 3});
+  CHECK(back->allow_jit);
+}
+
+TEST_CASE("a truncated or padded payload is refused with a message naming the message kind") {
+  channel::HostCall call{"kv.get", sojourn::Value::array({"k"})};
+  auto frame = channel::encode_frame(call);
+  auto payload = std::span(frame).subspan(channel::kHeaderBytes);
+  auto truncated = channel::decode_payload<channel::HostCall>(payload.first(payload.size() - 1));
+  REQUIRE_FALSE(truncated.ok());
+  CHECK(truncated.error().message.rfind("internal error: guest channel: bad host_call message: ", 0) == 0);
+  frame.push_back(0);
+  auto padded = channel::decode_payload<channel::HostCall>(std::span(frame).subspan(channel::kHeaderBytes));
+  REQUIRE_FALSE(padded.ok());
+  CHECK(padded.error().message == "internal error: guest channel: bad host_call message: trailing bytes");
+}
+
+TEST_CASE("the SIGSYS handler's frame decodes as a seccomp report") {
+  const auto frame = channel::seccomp_report_frame(41);
+  CHECK(frame[4] == static_cast<std::uint8_t>(channel::Kind::seccomp_report));
+  auto report = channel::decode_payload<channel::SeccompReport>(std::span(frame).subspan(channel::kHeaderBytes));
+  REQUIRE(report.ok());
+  CHECK(report->syscall == 41);
+}
+
+namespace {
+
+// Counts what a run asks of the heap and checks every block lies in the arena.
+class CheckedHeap final : public sojourn::sandbox::LuaHeap {
+ public:
+  explicit CheckedHeap(FixedArena& arena) : arena_(arena) {}
+  void* allocate(std::size_t size) noexcept override { return note(arena_.allocate(size)); }
+  void* reallocate(void* block, std::size_t old_size, std::size_t new_size) noexcept override {
+    return note(arena_.reallocate(block, old_size, new_size));
+  }
+  void release(void* block, std::size_t size) noexcept override {
+    outside += block != nullptr && !arena_.contains(block) ? 1 : 0;
+    arena_.release(block, size);
+  }
+  int calls = 0;
+  int outside = 0;
+
+ private:
+  void* note(void* block) {
+    ++calls;
+    outside += block != nullptr && !arena_.contains(block) ? 1 : 0;
+    return block;
+  }
+  FixedArena& arena_;
+};
+
+}  // namespace
+
+TEST_CASE("with the arena installed, every Lua allocation of a run comes from it") {
+  Region region(32u << 20);
+  FixedArena arena = FixedArena::over(region.aligned(), region.size);
+  CheckedHeap heap(arena);
+  sojourn::sandbox::use_lua_heap(&heap);
+  sojourn::sandbox::RunInput input;
+  input.source = "local t = {} for i = 1, 20000 do t[i] = {i, tostring(i)} end "
+                 "local s = ('x'):rep(100000) return #t, #(s .. s)";
+  input.limits = sojourn::Limits{100'000'000, 16u << 20, 5000};
+  auto r = sojourn::sandbox::run_lua(input, nullptr);
+  sojourn::sandbox::use_lua_heap(nullptr);
+  REQUIRE(r.ok());
+  CHECK(r->get(2).as_integer() == 200000);
+  CHECK(heap.calls > 20000);
+  CHECK(heap.outside == 0);
+  CHECK(arena.high_water() > (1u << 20));
+}
