@@ -1,4 +1,5 @@
-// The trusted level's whole test suite (and, in jail_agent_test.cpp, its agent-step suite), run again with every run_lua call going through
+// The trusted level's whole test suite (and, in jail_agent_test.cpp and jail_closure*_test.cpp, its agent-step
+// and closure suites), run again with every run_lua call going through
 // the process jail instead: the same results, the same limits, the same error messages.
 // (The conversion tests at its end use a local lua_State and run unchanged.)
 #include <atomic>
