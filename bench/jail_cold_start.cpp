@@ -73,7 +73,7 @@ bool run_exec_guest(const std::vector<std::string>& args) {
   const pid_t pid = spawn(args, guest_end.get());
   guest_end.reset();
   if (pid < 0) return false;
-  HostChannel channel(UniqueFd(pair[0]), Clock::now() + std::chrono::seconds(10), nullptr);
+  HostChannel channel(UniqueFd{pair[0]}, Clock::now() + std::chrono::seconds(10), nullptr);
   const auto request = sandbox::channel::encode_frame(sandbox::channel::RunRequest{"return 1", "", Value::table(), kLimits, false});
   auto talk = sandbox::converse(channel, request, sandbox::channel::Kind::run_done, kLimits, nullptr);
   if (!talk.done) return false;
