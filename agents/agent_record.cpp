@@ -70,6 +70,7 @@ Value hops_to_value(const std::vector<AgentHop>& hops) {
     hop.set("arrived_unix_ms", h.arrived_unix_ms);
     hop.set("spent_ms", h.spent_ms);
     hop.set("state_bytes", static_cast<std::int64_t>(h.state_bytes));
+    hop.set("isolation", h.isolation);
     t.push(hop);
   }
   return t;
@@ -87,6 +88,7 @@ std::vector<AgentHop> hops_from_value(const Value& v) {
     hop.arrived_unix_ms = static_cast<std::int64_t>(field_u64(h, "arrived_unix_ms"));
     hop.spent_ms = static_cast<std::int64_t>(field_u64(h, "spent_ms"));
     hop.state_bytes = field_u64(h, "state_bytes");
+    hop.isolation = field_string(h, "isolation");
     out.push_back(std::move(hop));
   }
   return out;

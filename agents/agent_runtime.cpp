@@ -103,9 +103,13 @@ Result<Value> AgentRuntime::launch_here(const Value& request) {
   r.max_hops = static_cast<std::uint32_t>(field_u64(request, "max_hops"));
   if (r.max_hops == 0) r.max_hops = m.max_hops != 0 ? m.max_hops : impl_.options.default_max_hops;
   r.quotas = m.quotas;
-  r.isolation = Isolation::trusted;
+  // The code came from a peer (the launcher): the node's peer level, at least.
+  auto level = impl_.peer_level(Isolation::trusted);
+  if (!level) return level.error();
+  r.isolation = *level;
   r.created_unix_ms = r.updated_unix_ms = unix_ms_now();
-  r.hops.push_back(AgentHop{r.home, 0, r.created_unix_ms, 0, encode_value(r.state).size()});
+  r.hops.push_back(AgentHop{r.home, 0, r.created_unix_ms, 0, encode_value(r.state).size(),
+                            std::string(isolation_name(r.isolation))});
   track_launch(r);
   Value reply = Value::table();
   reply.set("id", r.id);
@@ -172,7 +176,7 @@ void AgentRuntime::run_step(const std::string& id) {
     return agent_host_call(id, service, args);
   });
   const auto started = std::chrono::steady_clock::now();
-  Result<sandbox::AgentOutcome> outcome = sandbox::run_agent(input, agent, &host);
+  Result<sandbox::AgentOutcome> outcome = impl_.run_agent_step(record.isolation, input, agent, &host);
   const auto spent = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - started);
 
   std::string go_peer, go_entry;

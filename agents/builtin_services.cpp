@@ -118,7 +118,11 @@ void register_builtin_services(Node& node, Node::Impl& impl) {
       for (auto& n : names) services.push(Value(std::move(n)));
     }
     info.set("services", services);
-    info.set("isolation_levels", Value::array({"trusted"}));
+    Value levels = info.new_table();
+    levels.push("trusted");
+    if (impl.jail != nullptr) levels.push("process");
+    info.set("isolation_levels", levels);
+    info.set("peer_isolation", std::string(isolation_name(impl.options.peer_isolation)));
     return info;
   }, fast);
 }

@@ -64,6 +64,11 @@ Result<Value> AgentRuntime::on_transfer(const Value& request) {
                                                " is stale (this node has seen epoch " + std::to_string(seen->second) + ")");
     }
   }
+  // An arriving agent runs here at this node's peer level, or the stronger one it carries:
+  // a node may strengthen an agent's jail, never weaken it.
+  auto level = impl_.peer_level(record->isolation);
+  if (!level) return level.error();
+  record->isolation = *level;
   std::shared_ptr<const CachedBundle> bundle;
   Value bytes = request.get("bundle_bytes");
   if (bytes.is_string()) {
@@ -80,7 +85,8 @@ Result<Value> AgentRuntime::on_transfer(const Value& request) {
   const std::string id = record->id;
   const std::uint64_t epoch = record->epoch;
   const std::string home = record->home;
-  record->hops.push_back(AgentHop{self(), epoch, unix_ms_now(), 0, encode_value(record->state).size()});
+  record->hops.push_back(AgentHop{self(), epoch, unix_ms_now(), 0, encode_value(record->state).size(),
+                                  std::string(isolation_name(record->isolation))});
   Value commit = Value::table();
   commit.set("committed", true);
   commit.set("id", id);

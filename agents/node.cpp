@@ -150,13 +150,10 @@ asio::awaitable<Reply> Node::Impl::serve_call(CallRequest request) {
 
 asio::awaitable<Reply> Node::Impl::serve_eval(EvalRequest request) {
   if (shutting_down) co_return reply_error(make_error(Errc::shutting_down, "node is shutting down"));
-  if (request.isolation != Isolation::trusted) {
-    // The process and microvm jails are separate pieces of work; until they exist a
-    // request for them is refused rather than silently run with less isolation.
-    co_return reply_error(make_error(Errc::sandbox_refused, "refused by the sandbox: isolation level '" +
-                                                                std::string(isolation_name(request.isolation)) +
-                                                                "' is not available on this node"));
-  }
+  // The chunk came from a peer: it runs at least at options.peer_isolation, never at less
+  // than it asked for; a level this node cannot offer is refused, never downgraded.
+  Result<Isolation> level = peer_level(request.isolation);
+  if (!level) co_return reply_error(level.error());
   sandbox::RunInput input;
   input.source = request.source;
   input.chunk_name = request.chunk_name.empty() ? std::string_view("eval") : std::string_view(request.chunk_name);
@@ -164,12 +161,13 @@ asio::awaitable<Reply> Node::Impl::serve_eval(EvalRequest request) {
   input.limits = effective_limits(request.limits, options.default_limits, options.max_limits);
   input.allow_jit = false;  // code from a peer: compiled loops would escape the CPU hook
   input.abort = &abort_runs;
-  Result<Value> r = co_await on_workers(workers, [this, &input] {
+  const Isolation at = *level;
+  Result<Value> r = co_await on_workers(workers, [this, &input, at] {
     LocalHost host(*this);
-    return sandbox::run_lua(input, &host);
+    return run_chunk(at, input, &host);
   });
   Reply reply = r ? reply_ok(std::move(*r)) : reply_error(r.error());
-  reply.isolation = Isolation::trusted;
+  reply.isolation = at;
   co_return reply;
 }
 

@@ -53,6 +53,13 @@ asio::awaitable<Result<Value>> Node::Impl::call_peer(std::string peer, std::stri
 }
 
 asio::awaitable<Result<Value>> Node::Impl::eval_peer(std::string peer, std::string source, Value args, EvalOptions eo) {
+  Result<EvalResult> r = co_await evaluate_peer(std::move(peer), std::move(source), std::move(args), std::move(eo));
+  if (!r) co_return r.error();
+  co_return std::move(r->results);
+}
+
+asio::awaitable<Result<EvalResult>> Node::Impl::evaluate_peer(std::string peer, std::string source, Value args,
+                                                              EvalOptions eo) {
   EvalRequest request;
   request.source = std::move(source);
   request.chunk_name = eo.chunk_name;
@@ -62,7 +69,12 @@ asio::awaitable<Result<Value>> Node::Impl::eval_peer(std::string peer, std::stri
   std::chrono::milliseconds timeout = eo.timeout.count() > 0 ? eo.timeout : options.request_timeout;
   std::vector<std::uint8_t> payload = encode(request);
   Result<Reply> reply = co_await request_peer(peer, FrameKind::eval, std::move(payload), timeout);
-  co_return reply_to_result(std::move(reply));
+  if (!reply) co_return reply.error();
+  if (reply->code != Errc::ok) co_return Error{reply->code, std::move(reply->message)};
+  EvalResult out;
+  out.results = std::move(reply->result);
+  out.isolation = reply->isolation;
+  co_return out;
 }
 
 namespace {
@@ -78,6 +90,17 @@ Result<Value> block_on(Node::Impl& impl, asio::awaitable<Result<Value>> task) {
 
 Result<Value> Node::call(std::string_view peer, std::string_view service, Value args) {
   return block_on(*impl_, impl_->call_peer(std::string(peer), std::string(service), std::move(args)));
+}
+
+Result<EvalResult> Node::evaluate(std::string_view peer, std::string_view source, Value args, const EvalOptions& options) {
+  if (impl_->io.get_executor().running_in_this_thread()) {
+    return make_error(Errc::invalid_argument,
+                      "invalid argument: a blocking call on the node's own network thread would deadlock; use async_eval");
+  }
+  if (impl_->shutting_down) return make_error(Errc::shutting_down, "node is shutting down");
+  return asio::co_spawn(impl_->io, impl_->evaluate_peer(std::string(peer), std::string(source), std::move(args), options),
+                        asio::use_future)
+      .get();
 }
 
 Result<Value> Node::eval(std::string_view peer, std::string_view source, Value args, const EvalOptions& options) {

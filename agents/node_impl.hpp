@@ -19,6 +19,8 @@
 #include <boost/asio/thread_pool.hpp>
 
 #include "sojourn/agents/node.hpp"
+#include "sojourn/sandbox/lua_sandbox.hpp"
+#include "sojourn/sandbox/process_jail.hpp"
 #include "sojourn/transports/link.hpp"
 
 namespace sojourn {
@@ -42,6 +44,7 @@ struct Node::Impl : RequestHandler, std::enable_shared_from_this<Node::Impl> {
   // Client side, on the network thread.
   asio::awaitable<Result<Value>> call_peer(std::string peer, std::string service, Value args);
   asio::awaitable<Result<Value>> eval_peer(std::string peer, std::string source, Value args, EvalOptions options);
+  asio::awaitable<Result<EvalResult>> evaluate_peer(std::string peer, std::string source, Value args, EvalOptions options);
   asio::awaitable<Result<Reply>> request_peer(const std::string& peer, FrameKind kind, std::vector<std::uint8_t> payload,
                                               std::chrono::milliseconds timeout);
 
@@ -51,6 +54,16 @@ struct Node::Impl : RequestHandler, std::enable_shared_from_this<Node::Impl> {
   // node.call from Lua: protocol services (peers_only) are not reachable.
   Result<Value> call_from_lua(std::string_view service, const Value& args);
   TransportOptions transport_options() const;
+
+  // Jails. The level code from a peer runs at: the stronger of what it asked for and
+  // options.peer_isolation; an error when this node cannot offer it.
+  Result<Isolation> peer_level(Isolation asked);
+  // The process jail, started on first use; null (and jail_error set) when it cannot be.
+  sandbox::ProcessJail* process_jail();
+  // One chunk or one agent step at a level (trusted or process).
+  Result<Value> run_chunk(Isolation level, const sandbox::RunInput& input, sandbox::HostCalls* host);
+  Result<sandbox::AgentOutcome> run_agent_step(Isolation level, const sandbox::RunInput& input,
+                                               const sandbox::AgentInput& agent, sandbox::HostCalls* host);
 
   NodeOptions options;
   std::chrono::steady_clock::time_point started = std::chrono::steady_clock::now();
@@ -76,6 +89,9 @@ struct Node::Impl : RequestHandler, std::enable_shared_from_this<Node::Impl> {
   std::once_flag shutdown_once;
 
   std::shared_ptr<AgentRuntime> agents;  // mobile agents and code-on-demand
+  std::once_flag jail_once;
+  std::unique_ptr<sandbox::ProcessJail> jail;
+  std::string jail_error;
   std::string advertised;                // set once, by the first listen() (network thread)
   mutable std::mutex advertised_mutex;
 };

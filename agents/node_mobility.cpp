@@ -72,12 +72,11 @@ Result<Value> Node::run_module(const FetchedModule& module, Value args, const Ev
   input.limits = effective_limits(options.limits, impl_->options.default_limits, impl_->options.max_limits);
   input.allow_jit = false;
   input.abort = &impl_->abort_runs;
-  if (options.isolation != Isolation::trusted) {
-    return make_error(Errc::sandbox_refused, "refused by the sandbox: isolation level '" +
-                                                 std::string(isolation_name(options.isolation)) + "' is not available on this node");
-  }
+  // Fetched code came from a peer: it runs at the node's peer level at least.
+  Result<Isolation> level = impl_->peer_level(options.isolation);
+  if (!level) return level.error();
   ModuleHost host(*impl_, cached->get(), module.origin);
-  return sandbox::run_lua(input, &host);
+  return impl_->run_chunk(*level, input, &host);
 }
 
 Result<std::string> Node::launch(std::string_view at, AgentLaunch agent) {

@@ -75,7 +75,8 @@ Result<Value> AgentRuntime::on_arrived(const Value& request) {
     }
     if (epoch < s.epoch) return Value{};  // an older report overtaken by a newer one
     if (epoch > s.epoch || s.hops.empty()) {
-      s.hops.push_back(AgentHop{field_string(request, "node"), epoch, unix_ms_now(), 0, field_u64(request, "state_bytes")});
+      s.hops.push_back(AgentHop{field_string(request, "node"), epoch, unix_ms_now(), 0, field_u64(request, "state_bytes"),
+                                field_string(request, "isolation")});
     }
     s.epoch = epoch;
     s.location = field_string(request, "node");
@@ -110,6 +111,7 @@ asio::awaitable<void> AgentRuntime::arrive(std::string id) {
     report.set("epoch", static_cast<std::int64_t>(r.epoch));
     report.set("node", self());
     report.set("state_bytes", static_cast<std::int64_t>(r.hops.empty() ? 0 : r.hops.back().state_bytes));
+    report.set("isolation", std::string(isolation_name(r.isolation)));
     report.set("delivered", strings_to_value(r.delivered));
   }
   Result<Value> answer = Value{};

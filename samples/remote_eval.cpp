@@ -37,12 +37,13 @@ int main() {
   EvalOptions options;
   options.chunk_name = "hot_minutes.lua";
   options.limits.cpu_instructions = 10'000'000;
-  auto r = analyst.eval(peer, chunk, Value::array({24.5}), options);
+  auto r = analyst.evaluate(peer, chunk, Value::array({24.5}), options);
   if (!r) {
     std::fprintf(stderr, "eval failed: %s\n", r.error().message.c_str());
     return 1;
   }
-  std::printf("[remote-eval]   <- %s (ran at the sensor, isolation: trusted)\n", value_to_json(r->get(1))->c_str());
+  std::printf("[remote-eval]   <- %s (ran at the sensor, isolation: %s)\n", value_to_json(r->results.get(1))->c_str(),
+              std::string(isolation_name(r->isolation)).c_str());
 
   auto runaway = analyst.eval(peer, "while true do end", Value::table(), options);
   std::printf("[remote-eval]   <- a runaway chunk is stopped: %s\n", runaway.error().message.c_str());

@@ -1,6 +1,7 @@
 // The subcommands of `sojourn`.
 #include "commands.hpp"
 
+#include <algorithm>
 #include <csignal>
 #include <cstdio>
 #include <fstream>
@@ -112,6 +113,9 @@ int run_node(const NodeCommand& c) {
     l->wall_ms = std::max(l->wall_ms, options.default_limits.wall_ms);
   }
   options.code_cache_dir = c.code_cache;
+  auto peer_level = parse_isolation(c.peer_isolation);
+  if (!peer_level) return fail(peer_level.error(), false);
+  options.peer_isolation = *peer_level;
   options.advertise = c.advertise;
   Node node(options);
   for (const auto& spec : c.publish) {
@@ -125,6 +129,20 @@ int run_node(const NodeCommand& c) {
     std::printf("node %s publishes module %s (%s)\n", c.name.c_str(), name.c_str(), hash->substr(0, 12).c_str());
   }
   if (auto seeded = seed_data(node, c.data); !seeded) return fail(seeded.error(), false);
+  // The jail's zygote starts before the first request, not during it.
+  std::string why;
+  const auto levels = node.isolation_levels(&why);
+  const bool has_peer_level = std::find(levels.begin(), levels.end(), options.peer_isolation) != levels.end();
+  if (!has_peer_level) {
+    return fail(make_error(Errc::sandbox_refused, "refused by the sandbox: isolation level '" +
+                                                      std::string(isolation_name(options.peer_isolation)) +
+                                                      "' for code from peers is not available here (" + why +
+                                                      "); run with --peer-isolation trusted only if every peer is trusted"),
+                false);
+  }
+  if (options.peer_isolation == Isolation::trusted) {
+    log_warn("node", c.name + ": --peer-isolation trusted: code from every peer runs in this process, unjailed");
+  }
   for (const auto& where : c.listen) {
     auto bound = node.listen(where);
     if (!bound) {
@@ -182,12 +200,14 @@ int run_eval(const EvalCommand& c) {
   eo.isolation = *isolation;
   eo.chunk_name = chunk;
   eo.timeout = std::chrono::milliseconds(c.timeout_ms);
-  auto result = client.eval(c.peer, source, *args, eo);
-  if (!result) return fail(result.error(), c.json);
+  auto answer = client.evaluate(c.peer, source, *args, eo);
+  if (!answer) return fail(answer.error(), c.json);
+  const Value& results = answer->results;
   if (c.json) {
-    std::printf("{\"ok\":true,\"results\":%s}\n", result->length() ? render(*result).c_str() : "[]");
+    std::printf("{\"ok\":true,\"results\":%s,\"isolation\":\"%s\"}\n", results.length() ? render(results).c_str() : "[]",
+                std::string(isolation_name(answer->isolation)).c_str());
   } else {
-    for (std::size_t i = 1; i <= result->length(); ++i) std::printf("%s\n", render(result->get(static_cast<std::int64_t>(i))).c_str());
+    for (std::size_t i = 1; i <= results.length(); ++i) std::printf("%s\n", render(results.get(static_cast<std::int64_t>(i))).c_str());
   }
   return exit_ok;
 }

@@ -47,11 +47,11 @@ std::string clock_time(std::int64_t unix_ms) {
 
 void print_itinerary(const AgentStatus& s) {
   std::printf("itinerary (%zu stops):\n", s.hops.size());
-  std::printf("  %-5s %-22s %-12s %9s %12s\n", "epoch", "node", "arrived", "spent_ms", "state_bytes");
+  std::printf("  %-5s %-22s %-12s %9s %12s  %s\n", "epoch", "node", "arrived", "spent_ms", "state_bytes", "isolation");
   for (const auto& h : s.hops) {
-    std::printf("  %-5llu %-22s %-12s %9lld %12llu\n", static_cast<unsigned long long>(h.epoch), h.node.c_str(),
+    std::printf("  %-5llu %-22s %-12s %9lld %12llu  %s\n", static_cast<unsigned long long>(h.epoch), h.node.c_str(),
                 clock_time(h.arrived_unix_ms).c_str(), static_cast<long long>(h.spent_ms),
-                static_cast<unsigned long long>(h.state_bytes));
+                static_cast<unsigned long long>(h.state_bytes), h.isolation.c_str());
   }
 }
 

@@ -94,6 +94,10 @@ Result<std::shared_ptr<ZygoteLink>> ZygoteLink::start(const std::string& guest_p
   posix_spawn_file_actions_init(&actions);
   // dup2 clears close-on-exec on descriptor 3: the only one the zygote inherits besides stdio.
   posix_spawn_file_actions_adddup2(&actions, theirs.get(), 3);
+  // Everything else the node has open (listening sockets, connections, files: Asio does not
+  // mark its sockets close-on-exec) must not reach the zygote: a listening socket kept open
+  // there would go on accepting connections that nobody serves after the node closes it.
+  posix_spawn_file_actions_addclosefrom_np(&actions, 4);
   std::vector<std::string> args{guest_path, "--zygote"};
   if (!namespaces) args.emplace_back("--no-namespaces");
   std::vector<char*> argv;

@@ -59,7 +59,7 @@ TEST_CASE("sojourn eval runs code at the node, from -e and from a file with argu
   CHECK(f.exit_code == 0);
   CHECK(f.out == "42\n\"done\"\n");
   auto j = run({cli, "eval", node.address, path, "--args", "[6, 7]", "--json"});
-  CHECK(j.out == "{\"ok\":true,\"results\":[42,\"done\"]}\n");
+  CHECK(j.out == "{\"ok\":true,\"results\":[42,\"done\"],\"isolation\":\"process\"}\n");
 }
 
 TEST_CASE("exit codes tell usage, connection and remote errors apart") {

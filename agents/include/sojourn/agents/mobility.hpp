@@ -35,6 +35,7 @@ struct AgentHop {
   std::int64_t arrived_unix_ms = 0;
   std::int64_t spent_ms = 0;        // running time at that node
   std::uint64_t state_bytes = 0;    // size of the encoded state on arrival
+  std::string isolation;            // the jail its steps ran in there
 };
 
 // What an agent's home node knows of it.

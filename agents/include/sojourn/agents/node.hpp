@@ -48,6 +48,14 @@ struct NodeOptions {
   // The address peers reach this node at (an agent's home, where it is). Empty: the first
   // address listen() bound.
   std::string advertise;
+  // Code that came from a peer (remote evaluations, fetched modules, arriving agents) runs
+  // at this isolation level at least: `process` (a forked, seccomp-jailed guest) unless
+  // the node's operator trusts its peers fully. A request may ask for more, never less.
+  Isolation peer_isolation = Isolation::process;
+  // The sojourn-guest executable for the process jail; empty: found as
+  // sandbox::find_guest_binary says ($SOJOURN_GUEST, beside the executable, libexec, build tree).
+  std::string guest_path;
+
   // Where fetched and received bundles are kept across restarts; empty: memory only.
   std::string code_cache_dir;
   // Hops an agent may make when neither launch nor its bundle says.
@@ -68,6 +76,12 @@ struct EvalOptions {
   Isolation isolation = Isolation::trusted;
   std::string chunk_name;  // "eval" when empty
   std::chrono::milliseconds timeout{0};  // zero: NodeOptions::request_timeout
+};
+
+// A remote evaluation's answer with where it ran.
+struct EvalResult {
+  Value results;  // array table of the chunk's return values
+  Isolation isolation = Isolation::trusted;
 };
 
 struct NodeStats {
@@ -103,6 +117,9 @@ class Node {
   // array table.
   Result<Value> eval(std::string_view peer, std::string_view source, Value args = Value::table(),
                      const EvalOptions& options = {});
+  // The same, with the isolation level the chunk actually ran at.
+  Result<EvalResult> evaluate(std::string_view peer, std::string_view source, Value args = Value::table(),
+                              const EvalOptions& options = {});
   // Runs a service of this node directly (what `node.call` in Lua does).
   Result<Value> call_local(std::string_view service, const Value& args);
 
@@ -128,6 +145,10 @@ class Node {
   Result<std::string> send_to_agent(std::string_view home, std::string_view agent_id, Value message);
   // The agents resident at `peer` (this node when empty).
   Result<std::vector<AgentSummary>> list_agents(std::string_view peer = {});
+
+  // Isolation levels this node can run code at (`process` once its jail has started; the
+  // first call starts it). The reason a level is missing, when asked, goes to `why`.
+  std::vector<Isolation> isolation_levels(std::string* why = nullptr);
 
   // The address peers reach this node at (NodeOptions::advertise or the first bound).
   std::string advertised_address() const;
