@@ -4,6 +4,7 @@
 //     echo of the same bytes (the floor any hop pays);
 //  2. hops per second with many agents touring at once;
 //  3. code-on-demand fetch, cold (the code crosses the wire) vs cached (only the hash).
+// Each at the trusted level and in the process jail (a fresh jailed guest per step).
 // On a shared VM compare the ratios, not the figures.
 #include "sojourn/transports/asio.hpp"  // <utility> before Asio, and the asio namespace alias
 
@@ -58,10 +59,11 @@ struct Cluster {
   std::vector<std::unique_ptr<Node>> nodes;
   std::vector<std::string> addr;
   Marks marks;
-  explicit Cluster(int n) {
+  explicit Cluster(int n, Isolation level) {
     for (int i = 0; i < n; ++i) {
       NodeOptions o;
       o.name = "bench" + std::to_string(i);
+      o.peer_isolation = level;
       o.max_payload = 64u << 20;
       o.default_limits.memory_bytes = 256u << 20;
       nodes.push_back(std::make_unique<Node>(o));
@@ -186,9 +188,9 @@ void fetch_latency(Cluster& c, int n, LatencySummary& cold, LatencySummary& cach
 
 void row(const char* what, const LatencySummary& s, const LatencySummary* peer) {
   if (peer == nullptr) {
-    std::printf("  %-34s %10.0f %10.0f %8zu\n", what, s.median_us, s.p99_us, s.samples);
+    std::printf("  %-44s %10.0f %10.0f %8zu\n", what, s.median_us, s.p99_us, s.samples);
   } else {
-    std::printf("  %-34s %10.0f %10.0f %8zu   x%.2f\n", what, s.median_us, s.p99_us, s.samples, s.median_us / peer->median_us);
+    std::printf("  %-44s %10.0f %10.0f %8zu   x%.2f\n", what, s.median_us, s.p99_us, s.samples, s.median_us / peer->median_us);
   }
 }
 
@@ -200,21 +202,28 @@ int main(int argc, char** argv) {
   int hops = argc > 1 ? std::atoi(argv[1]) : 200;
   if (hops < 10) hops = 10;
   sojourn::set_log_level(sojourn::LogLevel::error);
-  Cluster c(3);
+  Cluster trusted(3, sojourn::Isolation::trusted);
+  Cluster jailed(3, sojourn::Isolation::process);
   std::printf("agent hop latency on loopback, %d hops per size (microseconds; ratio = median / peer median)\n", hops);
-  std::printf("  %-34s %10s %10s %8s   %s\n", "", "median", "p99", "samples", "ratio");
+  std::printf("  %-44s %10s %10s %8s   %s\n", "", "median", "p99", "samples", "ratio");
   for (std::size_t bytes : {std::size_t{100}, std::size_t{4096}, std::size_t{1} << 20}) {
     const int n = bytes >= (1u << 20) ? std::max(10, hops / 10) : hops;
     LatencySummary echo = tcp_echo_latency(bytes, n);
-    LatencySummary rev = rev_latency(c, bytes, n);
-    LatencySummary hop = hop_latency(c, bytes, n);
+    LatencySummary rev = rev_latency(trusted, bytes, n);
+    LatencySummary hop = hop_latency(trusted, bytes, n);
+    LatencySummary rev_jailed = rev_latency(jailed, bytes, n);
+    LatencySummary hop_jailed = hop_latency(jailed, bytes, n);
     std::printf(" state %zu bytes\n", bytes);
     row("tcp connect + send + ack (floor)", echo, nullptr);
-    row("REV with the state, there and back", rev, &echo);
-    row("agent hop (peer: REV)", hop, &rev);
+    row("trusted: REV with the state, there and back", rev, &echo);
+    row("trusted: agent hop (peer: REV)", hop, &rev);
+    row("process jail: REV with the state", rev_jailed, &rev);
+    row("process jail: agent hop (peer: jailed REV)", hop_jailed, &rev_jailed);
   }
+  Cluster& c = trusted;
   const int agents = 50, tour = 20;
-  std::printf("throughput: %d agents x %d hops at once: %.0f hops/s\n", agents, tour, hops_per_second(c, agents, tour));
+  std::printf("throughput: %d agents x %d hops at once: %.0f hops/s trusted, %.0f hops/s in the process jail\n", agents,
+              tour, hops_per_second(c, agents, tour), hops_per_second(jailed, agents, tour));
   LatencySummary cold, cached;
   fetch_latency(c, std::max(20, hops / 4), cold, cached);
   std::printf("code-on-demand fetch of a 16 KB module (microseconds)\n");
