@@ -47,7 +47,10 @@ Result<std::string> find_guest_binary(const std::string& explicit_path) {
     if (found(explicit_path)) return explicit_path;
   } else {
     if (const char* env = std::getenv("SOJOURN_GUEST"); env != nullptr && *env != '\0') {
+      // An operator's explicit choice: never replaced by another binary found elsewhere.
       if (found(env)) return std::string(env);
+      return make_error(Errc::jail_unavailable,
+                        "process jail unavailable: no guest binary at $SOJOURN_GUEST=" + std::string(env));
     }
     std::error_code ec;
     const fs::path self = fs::read_symlink("/proc/self/exe", ec);
