@@ -346,3 +346,24 @@ TEST_CASE("a late COMMIT drops only the departed copy, not the agent that has co
   CHECK(s->result.get(2).as_integer() == 3);
   CHECK(all_gone(c.nodes));
 }
+
+TEST_CASE("agents run in the process jail by default, at the trusted level where the operator says so, never weaker") {
+  // Node 1 trusts its peers; nodes 0 and 2 jail them. The agent keeps the strongest level.
+  Cluster c(3, [](int i, NodeOptions& o) {
+    if (i == 1) o.peer_isolation = Isolation::trusted;
+  });
+  const std::string id = launch(c[0], c.addr[0], {c.addr[1], c.addr[2]});
+  auto s = c[0].wait_agent(c.addr[0], id, 10s);
+  REQUIRE(s.ok());
+  REQUIRE(s->status == "finished");
+  REQUIRE(s->hops.size() == 3);
+  for (const auto& hop : s->hops) CHECK(hop.isolation == "process");
+
+  Cluster trusting(2, [](int, NodeOptions& o) { o.peer_isolation = Isolation::trusted; });
+  const std::string fast = launch(trusting[0], trusting.addr[0], {trusting.addr[1]});
+  auto t = trusting[0].wait_agent(trusting.addr[0], fast, 10s);
+  REQUIRE(t.ok());
+  REQUIRE(t->status == "finished");
+  for (const auto& hop : t->hops) CHECK(hop.isolation == "trusted");
+  CHECK(t->result.get(1).length() == 2);
+}
