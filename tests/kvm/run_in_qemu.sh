@@ -259,7 +259,7 @@ if [ -z "$failure" ]; then
 fi
 if [ -n "$failure" ]; then
   if [ ${#boot_log[@]} -gt 0 ] && { [ "$phase" = boot ] || [ "$phase" = modules ]; }; then
-    echo "run_in_qemu: guest console up to the failure:"; printf '  %s\n' "${boot_log[@]}"
+    echo "run_in_qemu: guest console up to the failure:"; printf '  %s\n' "${boot_log[@]}" | sed 's/\x1b\[[0-9;?]*[a-zA-Z]//g'
   fi
   echo "run_in_qemu: FAILED: $failure (after $elapsed ms)" >&2
   exit 1

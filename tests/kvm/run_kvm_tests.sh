@@ -28,7 +28,8 @@ while [ $# -gt 0 ]; do
 done
 [ -f "$manifest" ] || { echo "kvm_tests: manifest not found: $manifest" >&2; exit 2; }
 
-echo "kvm_tests: /dev/kvm is usable: running the KVM tests directly on this host"
+echo "kvm_tests: /dev/kvm is usable: running the KVM tests directly on this host" \
+  "(kvm modules: $(ls /sys/module 2>/dev/null | grep -E '^kvm' | tr '\n' ' '))"
 passed=0 failed=0 names=()
 run_one() {  # NAME TIMEOUT ENV-ARRAY-NAME EXE [ARG...]
   local name=$1 limit=$2 rc=0; shift 2
@@ -57,6 +58,10 @@ while IFS= read -r line || [ -n "$line" ]; do
   esac
 done < "$manifest"
 flush
+if [ $((passed + failed)) -eq 0 ]; then
+  echo "kvm_tests: FAILED: the manifest $manifest lists no test" >&2
+  exit 1
+fi
 if [ "$failed" -ne 0 ]; then
   echo "kvm_tests: FAILED: $failed of $((passed + failed)) test(s): ${names[*]}" >&2
   exit 1
