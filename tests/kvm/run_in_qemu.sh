@@ -14,7 +14,8 @@
 #     --no-pvh             boot the bzImage instead of the uncompressed vmlinux (PVH entry)
 #     --verbose            print the kernel's boot messages too
 # Environment: SOJOURN_QEMU (default qemu-system-x86_64), SOJOURN_QEMU_CPU (default max; it
-# needs SVM: Intel models fail, TCG has no VMX), SOJOURN_BUSYBOX (default /bin/busybox).
+# needs SVM: Intel models fail, TCG has no VMX), SOJOURN_QEMU_MEM (default 1G),
+# SOJOURN_BUSYBOX (default /bin/busybox).
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 M=@@SOJOURN-KVM@@
@@ -181,7 +182,7 @@ fi
 # The tests, each file at its host path, appended as a second cpio archive.
 stage=$work/tests
 mkdir -p "$stage/sojourn"
-for f in "${files[@]}"; do mkdir -p "$stage$(dirname "$f")"; cp -L "$f" "$stage$f"; done
+for f in "${files[@]}"; do mkdir -p "$stage$(dirname "$f")"; cp -RL "$f" "$stage$f"; done
 for i in "${!names[@]}"; do
   echo "run_test $(sh_quote "${names[i]}") ${timeouts[i]} ${commands[i]}"
 done > "$stage/sojourn/tests.sh"
@@ -192,7 +193,10 @@ cat "$base" "$work/tests.cpio" > "$work/initrd"
 now() { local t=${EPOCHREALTIME/./}; echo $((t / 1000)); }  # milliseconds
 t0=$(now)
 note "booting $(basename "$boot_kernel") with ${#names[@]} test(s) in QEMU (TCG, -cpu ${SOJOURN_QEMU_CPU:-max})"
-exec {console}< <(exec "$qemu" -accel tcg -M pc -cpu "${SOJOURN_QEMU_CPU:-max}" -smp 1 -m 1G -nographic -no-reboot -net none \
+# A hard limit on QEMU's life, should this script itself be killed (by ctest's timeout, say).
+budget=$((boot_timeout + 120))
+for l in "${timeouts[@]}"; do budget=$((budget + l + 30)); done
+exec {console}< <(exec timeout -s KILL "$budget" "$qemu" -accel tcg -M pc -cpu "${SOJOURN_QEMU_CPU:-max}" -smp 1 -m "${SOJOURN_QEMU_MEM:-1G}" -nographic -no-reboot -net none \
   -device isa-debug-exit,iobase=0xf4,iosize=0x04 -kernel "$boot_kernel" -initrd "$work/initrd" \
   -append 'console=ttyS0 quiet panic=-1 mitigations=off' </dev/null 2>&1)
 qpid=$!
