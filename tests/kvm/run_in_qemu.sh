@@ -201,7 +201,7 @@ exec {console}< <(exec timeout -s KILL "$budget" "$qemu" -accel tcg -M pc -cpu "
   -append 'console=ttyS0 quiet panic=-1 mitigations=off' </dev/null 2>&1)
 qpid=$!
 
-phase=boot deadline=$((t0 + boot_timeout * 1000)) current="" boot_log=() reported=() result=""
+phase=boot deadline=$((t0 + boot_timeout * 1000)) current="" boot_log=() result=""
 declare -A limit_of
 for i in "${!names[@]}"; do limit_of[${names[i]}]=${timeouts[i]}; done
 failure=""
@@ -233,7 +233,7 @@ while :; do
     KVM-READY) phase=between deadline=$(($(now) + 60000)) ;;
     BEGIN) current=${w[1]} phase=test deadline=$(($(now) + (${limit_of[${w[1]}]:-60} + 30) * 1000))
            echo "=== ${w[1]}" ;;
-    END) phase=between deadline=$(($(now) + 60000)) reported+=("${w[1]}")
+    END) phase=between deadline=$(($(now) + 60000))
          case "${w[2]}" in
            PASS) echo "--- PASS ${w[1]} (${w[3]} s)" ;;
            TIMEOUT) echo "--- FAIL ${w[1]}: timed out after ${w[3]} s (limit ${limit_of[${w[1]}]} s)" ;;
@@ -252,6 +252,8 @@ elapsed=$(($(now) - t0))
 
 if [ -z "$failure" ] && [ "$phase" = boot ]; then
   failure="QEMU exited (status $qrc) before the guest's init started"
+elif [ -z "$failure" ] && [ "$phase" = test ] && [ "$qrc" != 3 ]; then
+  failure="the guest died during test $current (QEMU exited with status $qrc; a kernel panic exits 0)"
 fi
 if [ -z "$failure" ]; then
   case "$qrc" in
