@@ -105,10 +105,8 @@ std::int64_t sys_mremap(SyscallContext& c, const SyscallArgs& a) {
     return -EINVAL;  // MREMAP_FIXED and MREMAP_DONTUNMAP are not emulated
   }
   auto& space = c.state.space;
-  std::uint64_t region_start = 0;
-  const Region* region = space.region_at(old_addr, &region_start);
-  if (region == nullptr || old_len > region->end - old_addr) return -EFAULT;
-  const int prot = region->prot;
+  if (!space.range_allows(old_addr, old_len, 0)) return -EFAULT;  // not wholly mapped
+  const int prot = space.region_at(old_addr)->prot;  // a moved or grown range takes its first page's
   if (new_len <= old_len) {
     if (new_len < old_len) {
       if (!space.release(c.memory, old_addr + new_len, old_len - new_len)) return -ENOMEM;
