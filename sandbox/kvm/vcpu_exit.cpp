@@ -34,7 +34,7 @@ ExitAction handle_io(const kvm_run& run) {
   if (io.port == kExceptionPortBase + 14) return ExitAction::of(ExitAction::Kind::page_fault);
   if (io.port >= kExceptionPortBase && io.port < kExceptionPortBase + 32) {
     const unsigned vector = io.port - kExceptionPortBase;
-    return ExitAction::fail(fault(std::string(exception_name(vector))), vector);
+    return ExitAction::fail(fault(std::string(exception_name(vector))), static_cast<int>(vector));
   }
   return ExitAction::fail(fault("unexpected port I/O (out, port " + hex(io.port) + ", size 1)"));
 }

@@ -20,10 +20,10 @@ struct ExitAction {
   };
   Kind kind = Kind::resume;
   Error error;             // for fatal
-  unsigned vector = 0;     // for a guest exception (fatal): the x86 vector
+  int vector = -1;         // for a guest exception (fatal): the x86 vector; -1 otherwise
 
-  static ExitAction of(Kind kind) { return ExitAction{kind, Error{}, 0}; }
-  static ExitAction fail(Error error, unsigned vector = 0) { return ExitAction{Kind::fatal, std::move(error), vector}; }
+  static ExitAction of(Kind kind) { return ExitAction{kind, Error{}, -1}; }
+  static ExitAction fail(Error error, int vector = -1) { return ExitAction{Kind::fatal, std::move(error), vector}; }
 };
 
 struct ExitContext {
