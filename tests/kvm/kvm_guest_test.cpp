@@ -1,0 +1,102 @@
+// Boots the real sojourn-guest in a microVM and runs `return 1+1` through its channel. Needs
+// /dev/kvm: it runs in the nested-QEMU harness (label kvm), never here. Static, so the
+// harness's initramfs can carry it. Prints PASS or FAIL with the error; exit 0 only on PASS.
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <iterator>
+#include <string>
+#include <vector>
+
+#include "boot.hpp"
+#include "exit_dispatch.hpp"
+#include "guest_wire.hpp"
+#include "vcpu.hpp"
+#include "vm.hpp"
+
+using namespace sojourn::sandbox::kvm;
+namespace channel = sojourn::sandbox::channel;
+
+namespace {
+constexpr std::uint64_t kMemoryBytes = 256ULL << 20;
+
+int fail(const std::string& why) {
+  std::printf("FAIL kvm_guest_test: %s\n", why.c_str());
+  return 1;
+}
+
+// The host end of the guest's channel: the request frame to read, the reply bytes written.
+struct ScriptedChannel {
+  std::vector<std::uint8_t> inbound;
+  std::size_t read_at = 0;
+  std::vector<std::uint8_t> outbound;
+
+  ChannelEnd end() {
+    return ChannelEnd{
+        [this](std::span<std::byte> out) -> std::int64_t {
+          const std::size_t n = std::min(out.size(), inbound.size() - read_at);
+          std::memcpy(out.data(), inbound.data() + read_at, n);
+          read_at += n;
+          return static_cast<std::int64_t>(n);
+        },
+        [this](std::span<const std::byte> in) -> std::int64_t {
+          // SAFETY: bytes viewed as unsigned chars, same size.
+          const auto* bytes = reinterpret_cast<const std::uint8_t*>(in.data());
+          outbound.insert(outbound.end(), bytes, bytes + in.size());
+          return static_cast<std::int64_t>(in.size());
+        }};
+  }
+};
+}  // namespace
+
+int main(int argc, char** argv) {
+  const std::string path = argc > 1 ? argv[1] : SOJOURN_GUEST_ELF;
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return fail("cannot read the guest " + path);
+  const std::vector<char> chars((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  std::vector<std::byte> elf(chars.size());
+  std::memcpy(elf.data(), chars.data(), chars.size());
+
+  auto system = KvmSystem::open();
+  if (!system) return fail(system.error().message);
+  auto memory = GuestMemory::create(kMemoryBytes);
+  if (!memory) return fail(memory.error().message);
+  GuestState state(kMemoryBytes);
+  StackInputs stack{{"sojourn-guest", "--serve"}, {}, {}};
+  host_random(std::as_writable_bytes(std::span(stack.random)));
+  auto boot = prepare_guest(elf, stack, *memory, state);
+  if (!boot) return fail(boot.error().message);
+
+  channel::RunRequest request;
+  request.source = "return 1+1";
+  request.chunk_name = "=kvm_guest_test";
+  request.limits = sojourn::Limits{1'000'000, 16u << 20, 5000};
+  request.has_host = false;
+  ScriptedChannel scripted;
+  scripted.inbound = channel::encode_frame(request);
+  ChannelEnd end = scripted.end();
+  SyscallContext context{state, *memory, end, host_random, host_clock};
+  ExitDispatcher dispatcher(context);
+
+  auto vm = Vm::create(*system, *memory);
+  if (!vm) return fail(vm.error().message);
+  auto vcpu = Vcpu::create(*system, *vm);
+  if (!vcpu) return fail(vcpu.error().message);
+  if (auto set = vcpu->set_up(*system, *boot, 0); !set) return fail(set.error().message);
+  auto status = vcpu->run(dispatcher, state, 20'000);
+  if (!status) return fail(status.error().message);
+
+  if (scripted.outbound.size() < channel::kHeaderBytes) return fail("the guest exited without an answer");
+  const auto header = channel::parse_header(std::span(scripted.outbound).first<channel::kHeaderBytes>());
+  if (header.kind != channel::Kind::run_done) return fail("the guest answered with frame kind " + std::to_string(int(header.kind)));
+  auto done = channel::decode_payload<channel::RunDone>(std::span(scripted.outbound).subspan(channel::kHeaderBytes));
+  if (!done) return fail(done.error().message);
+  if (done->code != 0) return fail("the run failed: " + done->message);
+  const sojourn::Value& v = done->value;
+  const bool two = (v.is_integer() && v.as_integer() == 2) ||
+                   (v.is_table() && v.get(sojourn::Value(std::int64_t{1})).is_integer() &&
+                    v.get(sojourn::Value(std::int64_t{1})).as_integer() == 2);
+  if (!two) return fail("the run did not return 2");
+  std::printf("PASS kvm_guest_test: return 1+1 = 2 in a microVM (exit status %d)\n", *status);
+  return 0;
+}
