@@ -33,7 +33,10 @@ Result<DispatchOutcome> ExitDispatcher::dispatch(const ExitAction& action, kvm_r
 }
 
 Result<DispatchOutcome> ExitDispatcher::on_syscall(kvm_regs& regs) {
-  if (regs.rip != kStubAddress + kSyscallEntryOffset + 2) return internal("a syscall exit from outside the entry stub");
+  // Linux >= 5.x reports RIP at the `out` and skips it on the next KVM_RUN if RIP is unchanged
+  // (complete_fast_pio_out); older kernels report RIP after it. Both resume correctly.
+  const std::uint64_t out_at = kStubAddress + kSyscallEntryOffset;
+  if (regs.rip != out_at && regs.rip != out_at + 2) return internal("a syscall exit from outside the entry stub");
   const SyscallArgs args{regs.rax, {regs.rdi, regs.rsi, regs.rdx, regs.r10, regs.r8, regs.r9}};
   GuestState& state = context_.state;
   state.tlb_flush_needed = false;
