@@ -7,12 +7,15 @@
 #include <sys/mman.h>
 
 #include <cerrno>
+#include <cstdio>
+#include <cstdlib>
 #include <chrono>
 #include <condition_variable>
 #include <mutex>
 #include <thread>
 #include <vector>
 
+#include "kvm_abi.hpp"
 #include "long_mode.hpp"
 
 namespace sojourn::sandbox::kvm {
@@ -90,19 +93,20 @@ Result<Vcpu> Vcpu::create(const KvmSystem& system, const Vm& vm) {
 Result<void> Vcpu::set_up(const KvmSystem& system, const BootRegisters& boot, std::uint64_t fs_base) {
   auto leaves = system.supported_cpuid();
   if (!leaves) return leaves.error();
-  std::vector<std::uint8_t> buffer(sizeof(kvm_cpuid2) + leaves->size() * sizeof(kvm_cpuid_entry2));
-  // SAFETY: buffer holds the header and every entry; kvm_cpuid2 needs 4-byte alignment at most.
-  auto* cpuid = reinterpret_cast<kvm_cpuid2*>(buffer.data());
+  std::vector<std::uint64_t> buffer((sizeof(abi::CpuidHeader) + leaves->size() * sizeof(kvm_cpuid_entry2)) / 8 + 1);
+  // SAFETY: buffer (8-byte aligned) holds the kernel's header and every entry after it.
+  auto* cpuid = reinterpret_cast<abi::CpuidHeader*>(buffer.data());
   cpuid->nent = static_cast<std::uint32_t>(leaves->size());
+  // SAFETY: the entries start right after the 8-byte header, inside the buffer.
+  auto* entries = reinterpret_cast<kvm_cpuid_entry2*>(cpuid + 1);
   std::uint64_t supported_xcr0 = 0;
   for (std::size_t i = 0; i < leaves->size(); ++i) {
-    // SAFETY: i < nent, inside the buffer.
-    cpuid->entries[i] = (*leaves)[i];
+    entries[i] = (*leaves)[i];
     if ((*leaves)[i].function == 0xd && (*leaves)[i].index == 0) {
       supported_xcr0 = (*leaves)[i].eax | (std::uint64_t{(*leaves)[i].edx} << 32);
     }
   }
-  if (vcpu_ioctl(fd_.get(), KVM_SET_CPUID2, cpuid) != 0) return ioctl_error("KVM_SET_CPUID2");
+  if (vcpu_ioctl(fd_.get(), abi::kSetCpuid2, cpuid) != 0) return ioctl_error("KVM_SET_CPUID2");
 
   kvm_sregs sregs{};
   if (vcpu_ioctl(fd_.get(), KVM_GET_SREGS, &sregs) != 0) return ioctl_error("KVM_GET_SREGS");
@@ -122,31 +126,28 @@ Result<void> Vcpu::set_up(const KvmSystem& system, const BootRegisters& boot, st
   if (vcpu_ioctl(fd_.get(), KVM_SET_XCRS, &xcrs) != 0) return ioctl_error("KVM_SET_XCRS");
 
   const auto msrs = long_mode_msrs(fs_base);
-  std::vector<std::uint8_t> msr_buffer(sizeof(kvm_msrs) + msrs.size() * sizeof(kvm_msr_entry));
-  // SAFETY: msr_buffer holds the header and msrs.size() entries; 8-byte alignment from operator new.
-  auto* list = reinterpret_cast<kvm_msrs*>(msr_buffer.data());
-  list->nmsrs = static_cast<std::uint32_t>(msrs.size());
+  return set_msrs(msrs);
+}
+
+Result<void> Vcpu::set_msrs(std::span<const MsrValue> msrs) {
+  std::vector<std::uint64_t> buffer((sizeof(abi::MsrsHeader) + msrs.size() * sizeof(kvm_msr_entry)) / 8);
+  // SAFETY: buffer (8-byte aligned) holds the kernel's header and msrs.size() entries after it.
+  auto* header = reinterpret_cast<abi::MsrsHeader*>(buffer.data());
+  header->nmsrs = static_cast<std::uint32_t>(msrs.size());
+  // SAFETY: the entries start right after the 8-byte header, inside the buffer.
+  auto* entries = reinterpret_cast<kvm_msr_entry*>(header + 1);
   for (std::size_t i = 0; i < msrs.size(); ++i) {
-    // SAFETY: i < nmsrs, inside msr_buffer.
-    list->entries[i].index = msrs[i].index;
-    list->entries[i].data = msrs[i].value;
+    entries[i].index = msrs[i].index;
+    entries[i].data = msrs[i].value;
   }
-  if (vcpu_ioctl(fd_.get(), KVM_SET_MSRS, list) != static_cast<int>(msrs.size())) return ioctl_error("KVM_SET_MSRS");
+  // KVM_SET_MSRS returns how many it set: fewer means one was refused.
+  if (vcpu_ioctl(fd_.get(), abi::kSetMsrs, header) != static_cast<int>(msrs.size())) return ioctl_error("KVM_SET_MSRS");
   return {};
 }
 
 Result<void> Vcpu::set_segment_bases(const GuestState& state) {
-  std::uint8_t buffer[sizeof(kvm_msrs) + 2 * sizeof(kvm_msr_entry)] alignas(8) = {};
-  // SAFETY: buffer holds the header and two entries, 8-byte aligned.
-  auto* list = reinterpret_cast<kvm_msrs*>(buffer);
-  list->nmsrs = 2;
-  // SAFETY: two entries, both inside buffer.
-  list->entries[0].index = msr::kFsBase;
-  list->entries[0].data = state.fs_base;
-  list->entries[1].index = msr::kGsBase;
-  list->entries[1].data = state.gs_base;
-  if (vcpu_ioctl(fd_.get(), KVM_SET_MSRS, list) != 2) return ioctl_error("KVM_SET_MSRS");
-  return {};
+  const MsrValue bases[] = {{msr::kFsBase, state.fs_base}, {msr::kGsBase, state.gs_base}};
+  return set_msrs(bases);
 }
 
 Result<int> Vcpu::finish(Result<int> result) {
@@ -161,6 +162,8 @@ Result<int> Vcpu::run(ExitDispatcher& dispatcher, GuestState& state, std::uint64
   install_kick_handler();
   kvm_run* run = run_.get();
   BudgetTimer timer(run, budget_ms);
+  // SOJOURN_KVM_TRACE=1: one line per exit on stderr (bring-up on a new host kernel).
+  const bool trace = std::getenv("SOJOURN_KVM_TRACE") != nullptr;
   while (true) {
     // SAFETY: KVM_RUN takes no argument; run is our mapped kvm_run page.
     if (::ioctl(fd_.get(), KVM_RUN, 0UL) != 0) {
@@ -179,6 +182,13 @@ Result<int> Vcpu::run(ExitDispatcher& dispatcher, GuestState& state, std::uint64
       kvm_sregs sregs{};
       if (vcpu_ioctl(fd_.get(), KVM_GET_SREGS, &sregs) != 0) return finish(ioctl_error("KVM_GET_SREGS"));
       cr2 = sregs.cr2;
+    }
+    if (trace) {
+      std::fprintf(stderr, "kvm exit %u action %d rip %llx rax %llx rdi %llx rsi %llx rsp %llx cr2 %llx\n", run->exit_reason,
+                   static_cast<int>(action.kind), static_cast<unsigned long long>(regs.rip),
+                   static_cast<unsigned long long>(regs.rax), static_cast<unsigned long long>(regs.rdi),
+                   static_cast<unsigned long long>(regs.rsi), static_cast<unsigned long long>(regs.rsp),
+                   static_cast<unsigned long long>(cr2));
     }
     auto outcome = dispatcher.dispatch(action, regs, cr2);
     if (!outcome) return finish(outcome.error());

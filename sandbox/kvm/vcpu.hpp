@@ -9,7 +9,10 @@
 #include <cstdint>
 #include <variant>
 
+#include <span>
+
 #include "boot.hpp"
+#include "long_mode.hpp"
 #include "exit_dispatch.hpp"
 #include "vcpu_state.hpp"
 #include "vm.hpp"
@@ -48,6 +51,7 @@ class Vcpu {
  private:
   Vcpu(UniqueFd fd, RunPage run) : fd_(std::move(fd)), run_(std::move(run)) {}
   Result<void> set_segment_bases(const GuestState& state);
+  Result<void> set_msrs(std::span<const MsrValue> msrs);
   Result<int> finish(Result<int> result);
 
   UniqueFd fd_;

@@ -1,6 +1,8 @@
 // /dev/kvm and KVM_CREATE_VM / KVM_SET_USER_MEMORY_REGION.
 #include "vm.hpp"
 
+#include "kvm_abi.hpp"
+
 #include <fcntl.h>
 #include <sys/ioctl.h>
 
@@ -49,16 +51,16 @@ Result<KvmSystem> KvmSystem::open() {
 }
 
 Result<std::vector<kvm_cpuid_entry2>> KvmSystem::supported_cpuid() const {
-  for (std::uint32_t capacity = 64; capacity <= 4096; capacity *= 2) {
-    std::vector<std::uint8_t> buffer(sizeof(kvm_cpuid2) + capacity * sizeof(kvm_cpuid_entry2));
-    // SAFETY: buffer is sized for the header plus `capacity` entries and suitably aligned by
-    // the allocator for kvm_cpuid2 (8-byte fields at most).
-    auto* cpuid = reinterpret_cast<kvm_cpuid2*>(buffer.data());
-    cpuid->nent = capacity;
-    // SAFETY: KVM writes at most nent entries into the buffer described above.
-    if (ioctl_retry(fd_.get(), KVM_GET_SUPPORTED_CPUID, reinterpret_cast<unsigned long>(cpuid)) == 0) {
-      // SAFETY: KVM set nent <= capacity entries, all inside the buffer.
-      return std::vector<kvm_cpuid_entry2>(cpuid->entries, cpuid->entries + cpuid->nent);
+  for (std::uint32_t capacity = 64; capacity <= 1024; capacity *= 2) {
+    std::vector<std::uint64_t> buffer((sizeof(abi::CpuidHeader) + capacity * sizeof(kvm_cpuid_entry2)) / 8 + 1);
+    // SAFETY: buffer (8-byte aligned) holds the kernel's header and `capacity` entries after it.
+    auto* header = reinterpret_cast<abi::CpuidHeader*>(buffer.data());
+    header->nent = capacity;
+    // SAFETY: KVM writes at most nent entries after the header, inside the buffer.
+    if (ioctl_retry(fd_.get(), abi::kGetSupportedCpuid, reinterpret_cast<unsigned long>(header)) == 0) {
+      // SAFETY: entries start right after the 8-byte header; KVM set nent <= capacity.
+      const auto* entries = reinterpret_cast<const kvm_cpuid_entry2*>(header + 1);
+      return std::vector<kvm_cpuid_entry2>(entries, entries + header->nent);
     }
     if (errno != E2BIG) return ioctl_error("KVM_GET_SUPPORTED_CPUID");
   }

@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "entry_stub.hpp"
+#include "kvm_abi.hpp"
 #include "kvm_test_support.hpp"
 #include "layout.hpp"
 
@@ -134,4 +135,12 @@ TEST_CASE("exceptions have names and the CPU's error-code rule") {
   CHECK(exception_has_error_code(14));
   CHECK(exception_has_error_code(8));
   CHECK_FALSE(exception_has_error_code(6));
+}
+
+TEST_CASE("the variable-length KVM structures use the kernel's layout, not the C++ header's") {
+  // <linux/kvm.h> in C++ adds an empty member before `entries`; the kernel has none.
+  CHECK(sizeof(kvm_cpuid2) != sizeof(abi::CpuidHeader));
+  CHECK(abi::kGetSupportedCpuid == 0xc008ae05UL);
+  CHECK(abi::kSetCpuid2 == 0x4008ae90UL);
+  CHECK(abi::kSetMsrs == 0x4008ae89UL);
 }
