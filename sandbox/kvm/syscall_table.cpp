@@ -8,6 +8,7 @@
 #include <sys/resource.h>
 #include <sys/syscall.h>
 
+#include <algorithm>
 #include <array>
 #include <cerrno>
 #include <ctime>
@@ -204,6 +205,25 @@ std::int64_t sys_clock_gettime(SyscallContext& c, const SyscallArgs& a) {
   return c.state.space.copy_to_guest(c.memory, a.arg[1], std::as_bytes(std::span(ts))) ? 0 : -EFAULT;
 }
 
+// One thread, so nobody ever waits: a wake wakes no one, a wait whose word changed is
+// -EAGAIN, and a wait that would block forever is a spurious wake-up (-EINTR: glibc loops,
+// and the budget ends a guest that spins on it). glibc aborts on -ENOSYS here.
+std::int64_t sys_futex(SyscallContext& c, const SyscallArgs& a) {
+  constexpr std::uint64_t kCommandMask = 0x7f;  // without FUTEX_PRIVATE_FLAG / FUTEX_CLOCK_REALTIME
+  switch (a.arg[1] & kCommandMask) {
+    case 1:   // FUTEX_WAKE
+    case 10:  // FUTEX_WAKE_BITSET
+      return 0;
+    case 0:   // FUTEX_WAIT
+    case 9: {  // FUTEX_WAIT_BITSET
+      std::uint32_t word = 0;
+      if (!c.state.space.copy_from_guest(c.memory, a.arg[0], std::as_writable_bytes(std::span(&word, 1)))) return -EFAULT;
+      return word != static_cast<std::uint32_t>(a.arg[2]) ? -EAGAIN : -EINTR;
+    }
+    default: return -ENOSYS;
+  }
+}
+
 std::int64_t sys_exit_group(SyscallContext& c, const SyscallArgs& a) {
   c.state.exit_status = static_cast<int>(a.arg[0] & 0xff);
   return 0;
@@ -227,6 +247,7 @@ constexpr Row kRows[] = {
   {SYS_mremap,          "mremap",          sys_mremap,          "glibc realloc of large blocks"},
   {SYS_readlink,        "readlink",        sys_enoent,          "glibc start-up: /proc/self/exe (there is no file system)"},
   {SYS_arch_prctl,      "arch_prctl",      sys_arch_prctl,      "glibc start-up: the TLS pointer in FS"},
+  {SYS_futex,           "futex",           sys_futex,           "glibc locks (single-threaded: wake is a no-op); glibc aborts on -ENOSYS"},
   {SYS_set_tid_address, "set_tid_address", sys_set_tid_address, "glibc start-up"},
   {SYS_clock_gettime,   "clock_gettime",   sys_clock_gettime,   "count hook: the deadline's steady_clock (no vDSO in the microVM)"},
   {SYS_exit_group,      "exit_group",      sys_exit_group,      "guest runtime: the end of a run"},

@@ -246,3 +246,14 @@ TEST_CASE("exit_group records the low byte of the status") {
   CHECK(g.call(SYS_exit_group, 0x12a) == 0);
   CHECK(g.state.exit_status == std::optional<int>(0x2a));
 }
+
+TEST_CASE("futex wakes no one and never blocks the only thread") {
+  Guest g;
+  const std::uint64_t word = g.map(kPageSize);
+  REQUIRE(g.put(word, 5));
+  CHECK(g.call(SYS_futex, word, 0x81 /* FUTEX_WAKE_PRIVATE */, 1) == 0);
+  CHECK(g.call(SYS_futex, word, 0x80 /* FUTEX_WAIT_PRIVATE */, 4) == -EAGAIN);
+  CHECK(g.call(SYS_futex, word, 0x80, 5) == -EINTR);
+  CHECK(g.call(SYS_futex, 0x10, 0x80, 5) == -EFAULT);
+  CHECK(g.call(SYS_futex, word, 3 /* FUTEX_REQUEUE */, 5) == -ENOSYS);
+}
