@@ -5,6 +5,7 @@
 
 #include <fcntl.h>
 #include <sys/ioctl.h>
+#include <unistd.h>
 
 #include <cerrno>
 #include <cstring>
@@ -32,6 +33,13 @@ int ioctl_retry(int fd, unsigned long request, unsigned long arg) {
 Result<KvmSystem> KvmSystem::open() {
   UniqueFd fd(::open("/dev/kvm", O_RDWR | O_CLOEXEC));
   if (!fd) return unavailable(std::string("/dev/kvm: ") + std::strerror(errno));
+  // kvm_pvm (a KVM without VMX/SVM, seen on cloud VMs) runs PVM-aware guest kernels only: its
+  // vCPU starts in its own supervisor mode and delivers `syscall` to MSR_PVM_EVENT_ENTRY, so
+  // our ring-3 guest's first syscall lands at LSTAR still in ring 3. Say so instead.
+  if (::access("/sys/module/kvm_pvm", F_OK) == 0 && ::access("/sys/module/kvm_amd", F_OK) != 0 &&
+      ::access("/sys/module/kvm_intel", F_OK) != 0) {
+    return unavailable("/dev/kvm is kvm_pvm, which runs only PVM-aware guest kernels (no kvm_amd or kvm_intel)");
+  }
   // SAFETY: KVM_GET_API_VERSION takes no argument.
   const int version = ioctl_retry(fd.get(), KVM_GET_API_VERSION, 0);
   if (version != KVM_API_VERSION) return unavailable("API version " + std::to_string(version) + ", expected 12");
