@@ -13,6 +13,7 @@
 #include "guest_wire.hpp"
 #include "vcpu.hpp"
 #include "vm.hpp"
+#include "vcpu_state.hpp"
 
 using namespace sojourn::sandbox::kvm;
 namespace channel = sojourn::sandbox::channel;
@@ -47,6 +48,48 @@ struct ScriptedChannel {
         }};
   }
 };
+
+// One microVM from scratch: boot the guest, hand it `source`, run under `budget_ms`.
+sojourn::Result<channel::RunDone> run_chunk(const KvmSystem& system, std::span<const std::byte> elf,
+                                            const std::string& source, const sojourn::Limits& limits,
+                                            std::uint64_t budget_ms) {
+  auto memory = GuestMemory::create(kMemoryBytes);
+  if (!memory) return memory.error();
+  GuestState state(kMemoryBytes);
+  StackInputs stack{{"sojourn-guest", "--serve"}, {}, {}};
+  host_random(std::as_writable_bytes(std::span(stack.random)));
+  auto boot = prepare_guest(elf, stack, *memory, state);
+  if (!boot) return boot.error();
+
+  channel::RunRequest request;
+  request.source = source;
+  request.chunk_name = "=kvm_guest_test";
+  request.limits = limits;
+  request.has_host = false;
+  ScriptedChannel scripted;
+  scripted.inbound = channel::encode_frame(request);
+  ChannelEnd end = scripted.end();
+  SyscallContext context{state, *memory, end, host_random, host_clock};
+  ExitDispatcher dispatcher(context);
+
+  auto vm = Vm::create(system, *memory);
+  if (!vm) return vm.error();
+  auto vcpu = Vcpu::create(system, *vm);
+  if (!vcpu) return vcpu.error();
+  if (auto set = vcpu->set_up(system, *boot, 0); !set) return set.error();
+  auto status = vcpu->run(dispatcher, state, budget_ms);
+  if (!status) return status.error();
+  if (vcpu->state() != VcpuState::finished) return sojourn::make_error(sojourn::Errc::internal, "vCPU not finished");
+
+  if (scripted.outbound.size() < channel::kHeaderBytes) {
+    return sojourn::make_error(sojourn::Errc::guest_crashed, "the guest exited without an answer");
+  }
+  const auto header = channel::parse_header(std::span(scripted.outbound).first<channel::kHeaderBytes>());
+  if (header.kind != channel::Kind::run_done) {
+    return sojourn::make_error(sojourn::Errc::guest_crashed, "frame kind " + std::to_string(int(header.kind)));
+  }
+  return channel::decode_payload<channel::RunDone>(std::span(scripted.outbound).subspan(channel::kHeaderBytes));
+}
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -56,40 +99,11 @@ int main(int argc, char** argv) {
   const std::vector<char> chars((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
   std::vector<std::byte> elf(chars.size());
   std::memcpy(elf.data(), chars.data(), chars.size());
-
   auto system = KvmSystem::open();
   if (!system) return fail(system.error().message);
-  auto memory = GuestMemory::create(kMemoryBytes);
-  if (!memory) return fail(memory.error().message);
-  GuestState state(kMemoryBytes);
-  StackInputs stack{{"sojourn-guest", "--serve"}, {}, {}};
-  host_random(std::as_writable_bytes(std::span(stack.random)));
-  auto boot = prepare_guest(elf, stack, *memory, state);
-  if (!boot) return fail(boot.error().message);
 
-  channel::RunRequest request;
-  request.source = "return 1+1";
-  request.chunk_name = "=kvm_guest_test";
-  request.limits = sojourn::Limits{1'000'000, 16u << 20, 5000};
-  request.has_host = false;
-  ScriptedChannel scripted;
-  scripted.inbound = channel::encode_frame(request);
-  ChannelEnd end = scripted.end();
-  SyscallContext context{state, *memory, end, host_random, host_clock};
-  ExitDispatcher dispatcher(context);
-
-  auto vm = Vm::create(*system, *memory);
-  if (!vm) return fail(vm.error().message);
-  auto vcpu = Vcpu::create(*system, *vm);
-  if (!vcpu) return fail(vcpu.error().message);
-  if (auto set = vcpu->set_up(*system, *boot, 0); !set) return fail(set.error().message);
-  auto status = vcpu->run(dispatcher, state, 20'000);
-  if (!status) return fail(status.error().message);
-
-  if (scripted.outbound.size() < channel::kHeaderBytes) return fail("the guest exited without an answer");
-  const auto header = channel::parse_header(std::span(scripted.outbound).first<channel::kHeaderBytes>());
-  if (header.kind != channel::Kind::run_done) return fail("the guest answered with frame kind " + std::to_string(int(header.kind)));
-  auto done = channel::decode_payload<channel::RunDone>(std::span(scripted.outbound).subspan(channel::kHeaderBytes));
+  // 1. REV: the guest answers `return 1+1`.
+  auto done = run_chunk(*system, elf, "return 1+1", sojourn::Limits{1'000'000, 16u << 20, 5000}, 20'000);
   if (!done) return fail(done.error().message);
   if (done->code != 0) return fail("the run failed: " + done->message);
   const sojourn::Value& v = done->value;
@@ -97,6 +111,15 @@ int main(int argc, char** argv) {
                    (v.is_table() && v.get(sojourn::Value(std::int64_t{1})).is_integer() &&
                     v.get(sojourn::Value(std::int64_t{1})).as_integer() == 2);
   if (!two) return fail("the run did not return 2");
-  std::printf("PASS kvm_guest_test: return 1+1 = 2 in a microVM (exit status %d)\n", *status);
+  std::printf("ok: return 1+1 = 2 in a microVM\n");
+
+  // 2. The monitor's budget timer stops a guest that spins past it (the guest's own limits
+  // are far away): KVM_EXIT_INTR with the timer fired is the deadline error.
+  auto spin = run_chunk(*system, elf, "while true do end", sojourn::Limits{1ULL << 50, 16u << 20, 600'000}, 300);
+  if (spin) return fail("a spinning guest answered: " + spin->message);
+  if (spin.error().message != "wall-clock deadline of 300 ms exceeded") return fail("spin: " + spin.error().message);
+  std::printf("ok: a spinning guest is stopped by the budget timer: %s\n", spin.error().message.c_str());
+
+  std::printf("PASS kvm_guest_test\n");
   return 0;
 }
