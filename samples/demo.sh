@@ -40,6 +40,7 @@ say() { printf '\n%s%s%s\n' "$bold" "$*" "$plain"; }
 run() {
   local shown="\$" arg
   for arg in "${@/#$bin\//}"; do
+    [ -n "${here:-}" ] && arg=${arg/#$here\//samples/}
     if [[ $arg =~ ^[A-Za-z0-9_./:=,+-]+$ ]]; then shown+=" $arg"; else shown+=" '${arg//\'/\'\\\'\'}'"; fi
   done
   printf '%s\n' "$shown"
