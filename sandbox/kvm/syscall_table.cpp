@@ -78,10 +78,10 @@ std::int64_t sys_mmap(SyscallContext& c, const SyscallArgs& a) {
 }
 
 std::int64_t sys_munmap(SyscallContext& c, const SyscallArgs& a) {
-  if (a.arg[0] % kPageSize != 0 || a.arg[1] == 0 || a.arg[0] >= kUserEnd || a.arg[1] > kUserEnd - a.arg[0]) {
+  if (a.arg[0] % kPageSize != 0 || a.arg[1] == 0 || a.arg[0] < kUserLowest || a.arg[0] >= kUserEnd ||
+      a.arg[1] > kUserEnd - a.arg[0]) {
     return -EINVAL;
   }
-  if (a.arg[0] < kUserLowest) return -EINVAL;
   if (!c.state.space.release(c.memory, a.arg[0], page_up(a.arg[1]))) return -ENOMEM;
   c.state.tlb_flush_needed = true;
   return 0;

@@ -5,9 +5,7 @@
 
 #include <linux/kvm.h>
 
-#include <atomic>
 #include <cstdint>
-#include <variant>
 
 #include <span>
 
