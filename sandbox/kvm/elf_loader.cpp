@@ -142,6 +142,9 @@ Result<void> load_elf(const ElfImage& image, std::span<const std::byte> file, Gu
     // both protections, as the kernel's loader gives it.
     std::uint64_t shared_start = 0;
     if (const Region* shared = space.region_at(first, &shared_start); shared != nullptr) {
+      if (((shared->prot | s.prot) & (kProtWrite | kProtExec)) == (kProtWrite | kProtExec)) {
+        return bad("segments share the page at " + hex(first) + ", which would be writable and executable");
+      }
       auto widened = space.protect(memory, first, kPageSize, shared->prot | s.prot);
       if (!widened) return widened.error();
       first += kPageSize;

@@ -195,3 +195,18 @@ TEST_CASE("random mutations of the headers are refused with a message or load wi
   CHECK(refused > 0);
   CHECK(loaded > 0);
 }
+
+TEST_CASE("segments sharing a page get both protections, but never writable and executable together") {
+  ElfImage image;
+  image.segments = {{0x400000, 0x800, 0, 0, kProtRead}, {0x400800, 0x100, 0, 0, kProtRead | kProtWrite}};
+  TestVm vm;
+  REQUIRE(load_elf(image, {}, vm.memory, vm.state.space).ok());
+  CHECK(vm.state.space.region_at(0x400000)->prot == (kProtRead | kProtWrite));
+
+  image.segments = {{0x400000, 0x800, 0, 0, kProtRead | kProtExec}, {0x400800, 0x100, 0, 0, kProtRead | kProtWrite}};
+  TestVm other;
+  auto refused = load_elf(image, {}, other.memory, other.state.space);
+  REQUIRE_FALSE(refused.ok());
+  CHECK(refused.error().code == Errc::bad_elf);
+  CHECK(refused.error().message == "bad guest ELF: segments share the page at 0x400000, which would be writable and executable");
+}
