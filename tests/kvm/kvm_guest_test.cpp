@@ -90,15 +90,40 @@ sojourn::Result<channel::RunDone> run_chunk(const KvmSystem& system, std::span<c
   }
   return channel::decode_payload<channel::RunDone>(std::span(scripted.outbound).subspan(channel::kHeaderBytes));
 }
+
+std::vector<std::byte> read_elf(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  const std::vector<char> chars((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  std::vector<std::byte> elf(chars.size());
+  std::memcpy(elf.data(), chars.data(), chars.size());
+  return elf;
+}
+
+// A guest without a channel, expected to end badly: its error (or a note that it did not).
+sojourn::Error run_raw(const KvmSystem& system, std::span<const std::byte> elf) {
+  auto memory = GuestMemory::create(16ULL << 20);
+  if (!memory) return memory.error();
+  GuestState state(16ULL << 20);
+  auto boot = prepare_guest(elf, StackInputs{{"fault"}, {}, {}}, *memory, state);
+  if (!boot) return boot.error();
+  ChannelEnd none;
+  SyscallContext context{state, *memory, none, host_random, host_clock};
+  ExitDispatcher dispatcher(context);
+  auto vm = Vm::create(system, *memory);
+  if (!vm) return vm.error();
+  auto vcpu = Vcpu::create(system, *vm);
+  if (!vcpu) return vcpu.error();
+  if (auto set = vcpu->set_up(system, *boot, 0); !set) return set.error();
+  auto status = vcpu->run(dispatcher, state, 5'000);
+  if (status) return sojourn::make_error(sojourn::Errc::ok, "exited with status " + std::to_string(*status));
+  return status.error();
+}
 }  // namespace
 
 int main(int argc, char** argv) {
   const std::string path = argc > 1 ? argv[1] : SOJOURN_GUEST_ELF;
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return fail("cannot read the guest " + path);
-  const std::vector<char> chars((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  std::vector<std::byte> elf(chars.size());
-  std::memcpy(elf.data(), chars.data(), chars.size());
+  const std::vector<std::byte> elf = read_elf(path);
+  if (elf.empty()) return fail("cannot read the guest " + path);
   auto system = KvmSystem::open();
   if (!system) return fail(system.error().message);
 
@@ -119,6 +144,22 @@ int main(int argc, char** argv) {
   if (spin) return fail("a spinning guest answered: " + spin->message);
   if (spin.error().message != "wall-clock deadline of 300 ms exceeded") return fail("spin: " + spin.error().message);
   std::printf("ok: a spinning guest is stopped by the budget timer: %s\n", spin.error().message.c_str());
+
+  // 3. Guests that misbehave end their VM with what they did; the monitor goes on.
+  struct FaultCase {
+    const char* guest;
+    std::string expected;
+  };
+  const FaultCase faults[] = {
+      {"kvm_fault_ud2", "microVM guest fault: #UD (invalid opcode) at rip "},
+      {"kvm_fault_wild_write", "microVM guest fault: wrote to unmapped memory at 0xdead0000"},
+      {"kvm_fault_munmap_touch", "microVM guest fault: wrote to unmapped memory at 0x7fffbf7fe000"},
+  };
+  for (const auto& c : faults) {
+    auto error = run_raw(*system, read_elf(std::string(SOJOURN_FAULT_GUEST_DIR) + "/" + c.guest));
+    if (error.message.rfind(c.expected, 0) != 0) return fail(std::string(c.guest) + ": " + error.message);
+    std::printf("ok: %s: %s\n", c.guest, error.message.c_str());
+  }
 
   std::printf("PASS kvm_guest_test\n");
   return 0;
