@@ -119,6 +119,7 @@ Result<std::span<const std::byte>> GuestMemory::span(std::uint64_t gpa, std::uin
 Result<void> GuestMemory::write(std::uint64_t gpa, std::span<const std::byte> bytes) {
   auto to = span(gpa, bytes.size());
   if (!to) return to.error();
+  // SAFETY: `to` is the checked guest range of exactly bytes.size() bytes.
   if (!bytes.empty()) std::memcpy(to->data(), bytes.data(), bytes.size());
   return {};
 }
@@ -126,6 +127,7 @@ Result<void> GuestMemory::write(std::uint64_t gpa, std::span<const std::byte> by
 Result<void> GuestMemory::read(std::uint64_t gpa, std::span<std::byte> out) const {
   auto from = span(gpa, out.size());
   if (!from) return from.error();
+  // SAFETY: `from` is the checked guest range of exactly out.size() bytes.
   if (!out.empty()) std::memcpy(out.data(), from->data(), out.size());
   return {};
 }
@@ -133,6 +135,7 @@ Result<void> GuestMemory::read(std::uint64_t gpa, std::span<std::byte> out) cons
 Result<void> GuestMemory::zero(std::uint64_t gpa, std::uint64_t length) {
   auto to = span(gpa, length);
   if (!to) return to.error();
+  // SAFETY: `to` is the checked guest range of exactly `length` bytes.
   if (length != 0) std::memset(to->data(), 0, length);
   return {};
 }

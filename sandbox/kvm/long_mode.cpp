@@ -112,6 +112,7 @@ Result<void> write_system_tables(GuestMemory& memory, AddressSpace& space) {
   const auto stub = entry_stub_code();
   if (auto w = memory.zero(kStubAddress, kPageSize); !w) return w;
   std::vector<std::byte> page(kPageSize, std::byte{0xf4});
+  // SAFETY: the stub (0xc0 bytes) is smaller than the page-sized buffer.
   std::memcpy(page.data(), stub.data(), stub.size());
   if (auto w = memory.write(kStubAddress, page); !w) return w;
   if (auto w = memory.zero(kRing0StackTop - kPageSize, 2 * kPageSize); !w) return w;

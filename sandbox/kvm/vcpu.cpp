@@ -83,7 +83,7 @@ RunPage::~RunPage() {
 
 Result<Vcpu> Vcpu::create(const KvmSystem& system, const Vm& vm) {
   // SAFETY: KVM_CREATE_VCPU takes the vCPU id 0 by value.
-  UniqueFd fd(::ioctl(vm.fd(), KVM_CREATE_VCPU, 0UL));
+  UniqueFd fd(::ioctl(vm.fd(), KVM_CREATE_VCPU, 0UL));  // NOLINT: variadic ioctl
   if (!fd) return ioctl_error("KVM_CREATE_VCPU");
   // SAFETY: the vCPU fd's shared run page of run_size() bytes, owned by RunPage.
   void* page = ::mmap(nullptr, system.run_size(), PROT_READ | PROT_WRITE, MAP_SHARED, fd.get(), 0);
@@ -107,6 +107,8 @@ Result<void> Vcpu::set_up(const KvmSystem& system, const BootRegisters& boot, st
       supported_xcr0 = (*leaves)[i].eax | (std::uint64_t{(*leaves)[i].edx} << 32);
     }
   }
+  // SAFETY (this and the ioctls below): each passes the structure its request names, on the
+  // stack or in a buffer sized for it, alive for the call.
   if (vcpu_ioctl(fd_.get(), abi::kSetCpuid2, cpuid) != 0) return ioctl_error("KVM_SET_CPUID2");
 
   kvm_sregs sregs{};
@@ -174,6 +176,7 @@ Result<int> Vcpu::run(ExitDispatcher& dispatcher, GuestState& state, std::uint64
     }
     const ExitAction action = handle_exit(*run, ExitContext{timer.expired(), budget_ms});
     if (action.kind == ExitAction::Kind::resume) continue;
+    // SAFETY (GET/SET_REGS, GET_SREGS below): the kvm_regs / kvm_sregs on this stack frame.
     kvm_regs regs{};
     std::uint64_t cr2 = 0;
     if (action.kind != ExitAction::Kind::fatal || action.vector >= 0) {
