@@ -39,6 +39,13 @@ std::string_view errc_name(Errc code) noexcept {
     case Errc::no_such_agent: return "no_such_agent";
     case Errc::stale_epoch: return "stale_epoch";
     case Errc::migration_failed: return "migration_failed";
+    case Errc::kvm_unavailable: return "kvm_unavailable";
+    case Errc::bad_elf: return "bad_elf";
+    case Errc::guest_memory: return "guest_memory";
+    case Errc::vm_setup_failed: return "vm_setup_failed";
+    case Errc::vm_guest_fault: return "vm_guest_fault";
+    case Errc::vm_entry_failed: return "vm_entry_failed";
+    case Errc::vm_state: return "vm_state";
   }
   return "unknown_error";
 }

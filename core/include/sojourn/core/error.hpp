@@ -55,6 +55,14 @@ enum class Errc : std::uint16_t {
   no_such_agent = 84,        // "no such agent: ID"
   stale_epoch = 85,          // "agent ID epoch N is stale (this node has seen epoch M)"
   migration_failed = 86,     // "cannot move agent ID to PEER: ..."
+  // the microVM monitor (sandbox/kvm); 100-119 are reserved for it
+  kvm_unavailable = 100,     // "KVM unavailable: ..." (no /dev/kvm, wrong API version, missing capability)
+  bad_elf = 101,             // "bad guest ELF: ..." (the guest executable cannot be loaded as it is)
+  guest_memory = 102,        // "guest memory: ..." (a host-side access or layout outside guest memory)
+  vm_setup_failed = 103,     // "microVM setup failed: IOCTL: ..." (an ioctl the monitor needs was refused)
+  vm_guest_fault = 104,      // "microVM guest fault: ..." (exception, triple fault, touch outside its map)
+  vm_entry_failed = 105,     // "microVM entry failed: ..." (KVM_EXIT_FAIL_ENTRY / KVM_EXIT_INTERNAL_ERROR)
+  vm_state = 106,            // "microVM vCPU cannot go from STATE to STATE" (a monitor bug, never the guest's)
 };
 
 // The fixed short name of a code ("cpu_limit"), used in JSON output and logs.

@@ -1,0 +1,83 @@
+// The guest's virtual address space as the monitor keeps it: regions reserved by the ELF
+// loader, the stack, brk and mmap, each with its protection; a region's pages are backed by
+// physical pages only when first touched (by the guest, through a #PF exit, or by the host).
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <span>
+
+#include "guest_memory.hpp"
+#include "page_tables.hpp"
+#include "sojourn/core/error.hpp"
+
+namespace sojourn::sandbox::kvm {
+
+// PROT_READ/PROT_WRITE/PROT_EXEC values, so syscall arguments pass through unchanged.
+inline constexpr int kProtRead = 1;
+inline constexpr int kProtWrite = 2;
+inline constexpr int kProtExec = 4;
+
+struct Region {
+  std::uint64_t end = 0;
+  int prot = 0;
+};
+
+// The x86 #PF error code bits the monitor reads from the exception frame.
+struct FaultCause {
+  bool present = false;  // a protection violation, not a missing page
+  bool write = false;
+  bool user = false;
+  bool fetch = false;
+  static FaultCause from_error_code(std::uint64_t code) noexcept {
+    return {(code & 1) != 0, (code & 2) != 0, (code & 4) != 0, (code & 16) != 0};
+  }
+};
+
+class AddressSpace {
+ public:
+  // Physical pages come from [kFirstFreePage, memory_bytes).
+  explicit AddressSpace(std::uint64_t memory_bytes);
+
+  PageTables& tables() noexcept { return tables_; }
+  const PageTables& tables() const noexcept { return tables_; }
+  PhysicalPages& pages() noexcept { return pages_; }
+
+  // [start, start + length) within the user half and overlapping no region.
+  bool is_free(std::uint64_t start, std::uint64_t length) const;
+  // The highest free page-aligned range of `length` bytes ending at or below `below`.
+  std::optional<std::uint64_t> find_free(std::uint64_t length, std::uint64_t below) const;
+  // A new region (page-aligned, free); no page is backed yet.
+  Result<void> reserve(std::uint64_t start, std::uint64_t length, int prot);
+  // Drops every region page in the range and gives its physical pages back.
+  Result<void> release(GuestMemory& memory, std::uint64_t start, std::uint64_t length);
+  // New protection for a range wholly covered by regions (false if it is not).
+  Result<bool> protect(GuestMemory& memory, std::uint64_t start, std::uint64_t length, int prot);
+  // Moves the pages of [from, from + length) to `to` (a free range), keeping their contents.
+  Result<void> move(GuestMemory& memory, std::uint64_t from, std::uint64_t length, std::uint64_t to);
+  const Region* region_at(std::uint64_t gva, std::uint64_t* start = nullptr) const;
+
+  // The guest faulted at `gva`: back the page if a region allows the access, or a precise
+  // Errc::vm_guest_fault (or Errc::memory_limit when no physical page is left).
+  Result<void> resolve_fault(GuestMemory& memory, std::uint64_t gva, FaultCause cause);
+  // Host-side access by guest-virtual address (the syscall emulation): the whole range must
+  // lie in regions (a write: writable ones); pages are backed as needed. The error is the
+  // guest's -EFAULT, so it carries no message.
+  bool range_allows(std::uint64_t gva, std::uint64_t length, int prot) const;
+  bool copy_to_guest(GuestMemory& memory, std::uint64_t gva, std::span<const std::byte> bytes);
+  bool copy_from_guest(GuestMemory& memory, std::uint64_t gva, std::span<std::byte> out);
+
+  // Backs the page holding `gva` with a fresh zeroed page if it has none; its gpa.
+  Result<std::uint64_t> back_page(GuestMemory& memory, std::uint64_t gva);
+
+ private:
+  void split_at(std::uint64_t gva);
+  static PageAccess access_of(int prot) noexcept;
+
+  std::map<std::uint64_t, Region> regions_;  // by start
+  PageTables tables_;
+  PhysicalPages pages_;
+};
+
+}  // namespace sojourn::sandbox::kvm

@@ -1,0 +1,41 @@
+// What the run loop does with an ExitAction, over the registers KVM_GET_REGS/SREGS gave it:
+// emulate a syscall, hand back its result through the flush stub, back a faulting page, or
+// turn a fatal exception into its error with the guest's RIP. Pure: the vCPU wrapper only
+// moves registers in and out, so all of this is unit-tested without /dev/kvm.
+#pragma once
+
+#include <linux/kvm.h>
+
+#include <cstdint>
+#include <optional>
+
+#include "guest_memory.hpp"
+#include "sojourn/core/error.hpp"
+#include "syscall_table.hpp"
+#include "vcpu_exit.hpp"
+
+namespace sojourn::sandbox::kvm {
+
+struct DispatchOutcome {
+  bool registers_changed = false;  // KVM_SET_REGS before resuming
+  bool msrs_changed = false;       // KVM_SET_MSRS (FS/GS base) before resuming
+  std::optional<int> exit_status;  // exit_group: the vCPU is finished
+};
+
+class ExitDispatcher {
+ public:
+  explicit ExitDispatcher(SyscallContext& context) : context_(context) {}
+
+  // `regs` is read and updated in place; `cr2` matters for page faults only.
+  Result<DispatchOutcome> dispatch(const ExitAction& action, kvm_regs& regs, std::uint64_t cr2);
+
+ private:
+  Result<DispatchOutcome> on_syscall(kvm_regs& regs);
+  Result<DispatchOutcome> on_page_fault(const kvm_regs& regs, std::uint64_t cr2);
+  Error with_guest_rip(unsigned vector, const kvm_regs& regs) const;
+
+  SyscallContext& context_;
+  std::optional<std::int64_t> pending_result_;  // held across the flush stub's second exit
+};
+
+}  // namespace sojourn::sandbox::kvm

@@ -1,0 +1,60 @@
+// The thin KVM layer, vCPU side: create the vCPU, load its registers from the pure modules'
+// values, and run it: KVM_RUN, handle_exit, ExitDispatcher, repeat, under a wall-clock budget
+// enforced by a timer thread that sets immediate_exit and kicks the vCPU thread with a signal.
+#pragma once
+
+#include <linux/kvm.h>
+
+#include <cstdint>
+
+#include <span>
+
+#include "boot.hpp"
+#include "long_mode.hpp"
+#include "exit_dispatch.hpp"
+#include "vcpu_state.hpp"
+#include "vm.hpp"
+
+namespace sojourn::sandbox::kvm {
+
+// Maps kvm_run; unmaps it once.
+class RunPage {
+ public:
+  RunPage() = default;
+  RunPage(kvm_run* run, std::size_t size) noexcept : run_(run), size_(size) {}
+  RunPage(RunPage&& other) noexcept : run_(other.run_), size_(other.size_) { other.run_ = nullptr; }
+  RunPage& operator=(RunPage&&) = delete;
+  RunPage(const RunPage&) = delete;
+  ~RunPage();
+  kvm_run* get() const noexcept { return run_; }
+
+ private:
+  kvm_run* run_ = nullptr;
+  std::size_t size_ = 0;
+};
+
+class Vcpu {
+ public:
+  static Result<Vcpu> create(const KvmSystem& system, const Vm& vm);
+
+  // CPUID as KVM supports it, long-mode sregs, RIP/RSP/RFLAGS, MSRs, XCR0.
+  Result<void> set_up(const KvmSystem& system, const BootRegisters& boot, std::uint64_t fs_base);
+
+  // Runs until exit_group (its status) or a fatal exit (its error), or the budget runs out
+  // (Errc::deadline). The state machine ends in finished either way.
+  Result<int> run(ExitDispatcher& dispatcher, GuestState& state, std::uint64_t budget_ms);
+
+  VcpuState state() const noexcept { return machine_.state(); }
+
+ private:
+  Vcpu(UniqueFd fd, RunPage run) : fd_(std::move(fd)), run_(std::move(run)) {}
+  Result<void> set_segment_bases(const GuestState& state);
+  Result<void> set_msrs(std::span<const MsrValue> msrs);
+  Result<int> finish(Result<int> result);
+
+  UniqueFd fd_;
+  RunPage run_;
+  VcpuStateMachine machine_;
+};
+
+}  // namespace sojourn::sandbox::kvm

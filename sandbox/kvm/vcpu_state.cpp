@@ -1,0 +1,37 @@
+// Transitions of the vCPU state machine.
+#include "vcpu_state.hpp"
+
+#include <string>
+
+namespace sojourn::sandbox::kvm {
+
+std::string_view vcpu_state_name(VcpuState state) noexcept {
+  switch (state) {
+    case VcpuState::created: return "created";
+    case VcpuState::running: return "running";
+    case VcpuState::paused: return "paused";
+    case VcpuState::finished: return "finished";
+  }
+  return "unknown";
+}
+
+namespace {
+Error refused(VcpuState from, VcpuState to) {
+  return make_error(Errc::vm_state, "microVM vCPU cannot go from " + std::string(vcpu_state_name(from)) + " to " +
+                                        std::string(vcpu_state_name(to)));
+}
+}  // namespace
+
+Result<void> VcpuStateMachine::go(VcpuState from, VcpuState to) {
+  if (state_ != from) return refused(state_, to);
+  state_ = to;
+  return {};
+}
+
+Result<void> VcpuStateMachine::finish() {
+  if (state_ == VcpuState::finished) return refused(state_, VcpuState::finished);
+  state_ = VcpuState::finished;
+  return {};
+}
+
+}  // namespace sojourn::sandbox::kvm

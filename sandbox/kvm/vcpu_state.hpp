@@ -1,0 +1,32 @@
+// The vCPU's life as an explicit state machine: created -> running <-> paused -> finished.
+// running: inside KVM_RUN or handling its exit; paused: stopped between runs by its owner
+// (a master waiting to be forked, a guest waiting for its next request); finished: ended
+// (exit_group or a fatal exit), never resumed.
+#pragma once
+
+#include <string_view>
+
+#include "sojourn/core/error.hpp"
+
+namespace sojourn::sandbox::kvm {
+
+enum class VcpuState { created, running, paused, finished };
+
+std::string_view vcpu_state_name(VcpuState state) noexcept;
+
+class VcpuStateMachine {
+ public:
+  VcpuState state() const noexcept { return state_; }
+  // Errc::vm_state for a transition the diagram does not have; the state is then unchanged.
+  Result<void> start() { return go(VcpuState::created, VcpuState::running); }
+  Result<void> pause() { return go(VcpuState::running, VcpuState::paused); }
+  Result<void> resume() { return go(VcpuState::paused, VcpuState::running); }
+  // From any state but finished: a run that ended, or a VM discarded before or between runs.
+  Result<void> finish();
+
+ private:
+  Result<void> go(VcpuState from, VcpuState to);
+  VcpuState state_ = VcpuState::created;
+};
+
+}  // namespace sojourn::sandbox::kvm

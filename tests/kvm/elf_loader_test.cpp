@@ -1,0 +1,212 @@
+// Tests of the ELF loader with the real guest executable, hand-broken copies of it, and
+// random mutations and truncations (the loader must refuse with a message, never crash).
+#include <doctest/doctest.h>
+
+#include <elf.h>
+
+#include <random>
+
+#include "elf_loader.hpp"
+#include "hex.hpp"
+#include "kvm_test_support.hpp"
+#include "layout.hpp"
+
+using namespace sojourn::sandbox::kvm;
+using kvm_test::TestVm;
+using sojourn::Errc;
+
+namespace {
+Elf64_Ehdr& header(std::vector<std::byte>& file) {
+  // SAFETY: the file is at least an ELF header long (the real guest); test-only aliasing.
+  return *reinterpret_cast<Elf64_Ehdr*>(file.data());
+}
+
+Elf64_Phdr& phdr(std::vector<std::byte>& file, std::size_t index) {
+  // SAFETY: index < e_phnum of the real guest, whose headers lie inside the file.
+  return *reinterpret_cast<Elf64_Phdr*>(file.data() + header(file).e_phoff + index * sizeof(Elf64_Phdr));
+}
+
+std::size_t load_index(std::vector<std::byte>& file, std::size_t nth) {
+  for (std::size_t i = 0, seen = 0; i < header(file).e_phnum; ++i) {
+    if (phdr(file, i).p_type == PT_LOAD && seen++ == nth) return i;
+  }
+  FAIL("no such PT_LOAD");
+  return 0;
+}
+
+std::string refusal(const std::vector<std::byte>& file) {
+  auto image = parse_elf(file);
+  REQUIRE_FALSE(image.ok());
+  CHECK(image.error().code == Errc::bad_elf);
+  return image.error().message;
+}
+}  // namespace
+
+TEST_CASE("the real guest parses into its entry point, program headers and four segments") {
+  auto file = kvm_test::guest_elf();
+  auto image = parse_elf(file);
+  REQUIRE(image.ok());
+  CHECK(image->entry == header(file).e_entry);
+  CHECK(image->phnum == header(file).e_phnum);
+  CHECK(image->phdr_vaddr == 0x400000 + header(file).e_phoff);
+  REQUIRE(image->segments.size() == 4);
+  CHECK(image->segments[0].prot == kProtRead);
+  CHECK(image->segments[1].prot == (kProtRead | kProtExec));
+  CHECK(image->segments[3].prot == (kProtRead | kProtWrite));
+  CHECK(image->image_end == image->segments[3].vaddr + image->segments[3].memsz);
+}
+
+TEST_CASE("the loaded guest has its bytes at their addresses, text executable, data writable, bss zero") {
+  auto file = kvm_test::guest_elf();
+  auto image = parse_elf(file).value();
+  TestVm vm(64ULL << 20);
+  REQUIRE(load_elf(image, file, vm.memory, vm.state.space).ok());
+  const auto& tables = vm.state.space.tables();
+  auto entry = tables.translate(vm.memory, image.entry).value();
+  REQUIRE(entry.has_value());
+  CHECK(entry->access == PageAccess{true, false, true});
+  const auto& text = image.segments[1];
+  std::byte at_entry[16];
+  REQUIRE(vm.memory.read(entry->gpa, at_entry).ok());
+  CHECK(std::memcmp(at_entry, file.data() + text.offset + (image.entry - text.vaddr), 16) == 0);
+
+  const auto& data = image.segments[3];
+  CHECK(tables.translate(vm.memory, data.vaddr).value()->access == PageAccess{true, true, false});
+  CHECK(tables.translate(vm.memory, image.segments[0].vaddr).value()->access == PageAccess{true, false, false});
+  std::uint64_t bss = 1;
+  CHECK(vm.state.space.copy_from_guest(vm.memory, (data.vaddr + data.memsz - 8) & ~std::uint64_t{7},
+                                       std::as_writable_bytes(std::span(&bss, 1))));
+  CHECK(bss == 0);
+  // The program headers are where AT_PHDR will say.
+  Elf64_Phdr first{};
+  CHECK(vm.state.space.copy_from_guest(vm.memory, image.phdr_vaddr, std::as_writable_bytes(std::span(&first, 1))));
+  CHECK(first.p_type == phdr(file, 0).p_type);
+}
+
+TEST_CASE("malformed headers are refused with what is wrong") {
+  const auto good = kvm_test::guest_elf();
+  auto file = good;
+  CHECK(refusal(std::vector<std::byte>(good.begin(), good.begin() + 10)) ==
+        "bad guest ELF: a file of 10 bytes is shorter than an ELF header (64 bytes)");
+  file[1] = std::byte{'X'};
+  CHECK(refusal(file) == "bad guest ELF: no ELF magic (\\x7fELF) at the start of the file");
+  file = good; header(file).e_ident[EI_CLASS] = ELFCLASS32;
+  CHECK(refusal(file) == "bad guest ELF: not a 64-bit ELF (class 1)");
+  file = good; header(file).e_ident[EI_DATA] = ELFDATA2MSB;
+  CHECK(refusal(file) == "bad guest ELF: not little-endian (data encoding 2)");
+  file = good; header(file).e_ident[EI_VERSION] = 7;
+  CHECK(refusal(file) == "bad guest ELF: unknown ELF version 7");
+  file = good; header(file).e_type = ET_DYN;
+  CHECK(refusal(file) == "bad guest ELF: a position-independent executable (ET_DYN); the microVM runs static non-PIE executables only");
+  file = good; header(file).e_type = ET_REL;
+  CHECK(refusal(file) == "bad guest ELF: not an executable (e_type 1)");
+  file = good; header(file).e_machine = EM_AARCH64;
+  CHECK(refusal(file) == "bad guest ELF: not an x86-64 executable (e_machine 183)");
+  file = good; header(file).e_phentsize = 32;
+  CHECK(refusal(file) == "bad guest ELF: program header entries of 32 bytes, expected 56");
+  file = good; header(file).e_phnum = 0;
+  CHECK(refusal(file) == "bad guest ELF: 0 program headers, expected 1 to 64");
+  file = good; header(file).e_phoff = good.size() - 100;
+  CHECK(refusal(file) == "bad guest ELF: program headers at offset " + hex(good.size() - 100) +
+                             " run past the end of the " + std::to_string(good.size()) + "-byte file");
+  file = good; header(file).e_entry = 0x400000;
+  CHECK(refusal(file) == "bad guest ELF: entry point 0x400000 is not inside an executable segment");
+}
+
+TEST_CASE("malformed segments are refused with the segment and what is wrong") {
+  const auto good = kvm_test::guest_elf();
+  auto file = good;
+  const std::size_t text = load_index(file, 1), data = load_index(file, 3);
+  const auto text_ph = phdr(file, text);
+  phdr(file, data).p_filesz = phdr(file, data).p_memsz + 1;
+  CHECK(refusal(file) == "bad guest ELF: segment 3: file size " + hex(phdr(file, data).p_filesz) +
+                             " exceeds memory size " + hex(phdr(file, data).p_memsz));
+  file = std::vector<std::byte>(good.begin(), good.begin() + static_cast<long>(text_ph.p_offset + 100));
+  CHECK(refusal(file) == "bad guest ELF: segment 1: file bytes [" + hex(text_ph.p_offset) + ", +" +
+                             hex(text_ph.p_filesz) + ") run past the end of the " + std::to_string(file.size()) +
+                             "-byte file");
+  file = good; phdr(file, text).p_vaddr += 8;
+  CHECK(refusal(file) == "bad guest ELF: segment 1: address " + hex(text_ph.p_vaddr + 8) + " and file offset " +
+                             hex(text_ph.p_offset) + " differ modulo the page size");
+  file = good; phdr(file, load_index(file, 0)).p_vaddr = 0;
+  CHECK(refusal(file) == "bad guest ELF: segment 0: [0x0, +0x728) is empty or outside the guest's image area [0x10000, " +
+                             hex(kMmapTop) + ")");
+  file = good; phdr(file, text).p_flags |= PF_W;
+  CHECK(refusal(file) == "bad guest ELF: segment 1 is both writable and executable");
+  file = good; phdr(file, text).p_vaddr = 0x400000 + text_ph.p_offset % kPageSize;
+  CHECK(refusal(file) == "bad guest ELF: segment 1: starts at " + hex(0x400000 + text_ph.p_offset % kPageSize) +
+                             ", below the end 0x400728 of the segment before it (PT_LOAD segments must be ascending and disjoint)");
+  file = good; phdr(file, 4).p_type = PT_INTERP;
+  CHECK(refusal(file) == "bad guest ELF: it asks for an interpreter (PT_INTERP): a dynamically linked executable");
+  file = good; phdr(file, 4).p_type = PT_DYNAMIC;
+  CHECK(refusal(file) == "bad guest ELF: it has a dynamic section (PT_DYNAMIC): not a static executable");
+  file = good;
+  for (std::size_t i = 0; i < header(file).e_phnum; ++i) {
+    if (phdr(file, i).p_type == PT_GNU_STACK) phdr(file, i).p_flags |= PF_X;
+  }
+  CHECK(refusal(file) == "bad guest ELF: it asks for an executable stack (PT_GNU_STACK with PF_X)");
+  file = good;
+  for (std::size_t i = 0; i < header(file).e_phnum; ++i) phdr(file, i).p_type = PT_NOTE;
+  CHECK(refusal(file) == "bad guest ELF: no loadable segment (PT_LOAD)");
+}
+
+TEST_CASE("a truncation of the guest is refused unless only the section headers were cut") {
+  const auto good = kvm_test::guest_elf();
+  const auto& last = parse_elf(good).value().segments.back();
+  const std::size_t needed = last.offset + last.filesz;  // the loader never reads past it
+  std::mt19937_64 rng(5);
+  std::vector<std::size_t> lengths;
+  for (std::size_t n = 0; n < 1024; n += 3) lengths.push_back(n);
+  for (int i = 0; i < 200; ++i) lengths.push_back(rng() % good.size());
+  lengths.push_back(needed - 1);
+  lengths.push_back(needed);
+  for (std::size_t n : lengths) {
+    auto image = parse_elf(std::span(good).first(n));
+    CHECK(image.ok() == (n >= needed));
+    if (!image.ok()) CHECK(image.error().message.rfind("bad guest ELF: ", 0) == 0);
+  }
+}
+
+TEST_CASE("random mutations of the headers are refused with a message or load within guest memory") {
+  const auto good = kvm_test::guest_elf();
+  const std::size_t header_bytes = 64 + 10 * sizeof(Elf64_Phdr);
+  std::mt19937_64 rng(42);
+  int loaded = 0, refused = 0;
+  for (int round = 0; round < 3000; ++round) {
+    auto file = good;
+    const int flips = 1 + static_cast<int>(rng() % 4);
+    for (int f = 0; f < flips; ++f) {
+      const std::size_t at = rng() % header_bytes;
+      file[at] = round % 3 == 0 ? std::byte{0xff} : static_cast<std::byte>(rng());
+    }
+    auto image = parse_elf(file);
+    if (!image.ok()) {
+      ++refused;
+      CHECK(image.error().code == Errc::bad_elf);
+      CHECK(image.error().message.rfind("bad guest ELF: ", 0) == 0);
+      continue;
+    }
+    if (loaded >= 40) continue;  // loading copies megabytes: a sample is enough
+    ++loaded;
+    TestVm vm(64ULL << 20);
+    auto load = load_elf(*image, file, vm.memory, vm.state.space);
+    if (!load.ok()) CHECK((load.error().code == Errc::memory_limit || load.error().code == Errc::guest_memory));
+  }
+  CHECK(refused > 0);
+  CHECK(loaded > 0);
+}
+
+TEST_CASE("segments sharing a page get both protections, but never writable and executable together") {
+  ElfImage image;
+  image.segments = {{0x400000, 0x800, 0, 0, kProtRead}, {0x400800, 0x100, 0, 0, kProtRead | kProtWrite}};
+  TestVm vm;
+  REQUIRE(load_elf(image, {}, vm.memory, vm.state.space).ok());
+  CHECK(vm.state.space.region_at(0x400000)->prot == (kProtRead | kProtWrite));
+
+  image.segments = {{0x400000, 0x800, 0, 0, kProtRead | kProtExec}, {0x400800, 0x100, 0, 0, kProtRead | kProtWrite}};
+  TestVm other;
+  auto refused = load_elf(image, {}, other.memory, other.state.space);
+  REQUIRE_FALSE(refused.ok());
+  CHECK(refused.error().code == Errc::bad_elf);
+  CHECK(refused.error().message == "bad guest ELF: segments share the page at 0x400000, which would be writable and executable");
+}

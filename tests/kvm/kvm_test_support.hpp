@@ -1,0 +1,48 @@
+// Shared by the monitor's unit tests: a small guest memory with the system tables written.
+#pragma once
+
+#include <doctest/doctest.h>
+
+#include <cstddef>
+#include <cstring>
+#include <fstream>
+#include <iterator>
+#include <string>
+#include <vector>
+
+#include "guest_memory.hpp"
+#include "long_mode.hpp"
+#include "syscall_table.hpp"
+
+namespace kvm_test {
+
+using namespace sojourn::sandbox::kvm;
+
+inline constexpr std::uint64_t kTestMemoryBytes = 16ULL << 20;
+
+struct TestVm {
+  GuestMemory memory;
+  GuestState state;
+
+  explicit TestVm(std::uint64_t bytes = kTestMemoryBytes) : memory(std::move(GuestMemory::create(bytes).value())), state(bytes) {
+    REQUIRE(write_system_tables(memory, state.space).ok());
+  }
+};
+
+inline std::vector<std::byte> read_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  REQUIRE(in.good());
+  std::vector<char> chars((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  std::vector<std::byte> bytes(chars.size());
+  std::memcpy(bytes.data(), chars.data(), chars.size());
+  return bytes;
+}
+
+inline std::vector<std::byte> guest_elf() { return read_file(SOJOURN_GUEST_ELF); }
+
+template <class T>
+std::span<const std::byte> bytes_of(const T& value) {
+  return std::as_bytes(std::span(&value, 1));
+}
+
+}  // namespace kvm_test
