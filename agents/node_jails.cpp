@@ -16,13 +16,13 @@ sandbox::ProcessJail* Node::Impl::process_jail() {
   std::call_once(jail_once, [this] {
     sandbox::ProcessJailOptions o;
     o.guest_path = options.guest_path;
-    auto started = sandbox::ProcessJail::start(o);
-    if (!started) {
-      jail_error = started.error().message;
+    auto jail_started = sandbox::ProcessJail::start(o);
+    if (!jail_started) {
+      jail_error = jail_started.error().message;
       log_warn("node", options.name + ": no process jail: " + jail_error);
       return;
     }
-    jail = std::move(*started);
+    jail = std::move(*jail_started);
     const auto status = jail->status();
     log_info("node", options.name + ": process jail ready (guest " + status.guest_path + ", zygote " +
                          std::to_string(status.zygote_pid) + ", namespaces: " +
