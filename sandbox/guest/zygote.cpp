@@ -3,6 +3,8 @@
 // fork here (no lock of another thread can be held across it).
 #include "zygote.hpp"
 
+#include "fd_passing.hpp"
+
 #include <linux/sched.h>
 #include <poll.h>
 #include <sched.h>
@@ -221,27 +223,8 @@ class Zygote {
     send(channel::encode_frame(exited), -1);
   }
 
-  bool send(const std::vector<std::uint8_t>& frame, int fd) {
-    iovec iov{const_cast<std::uint8_t*>(frame.data()), frame.size()};  // SAFETY: sendmsg only reads it
-    msghdr msg{};
-    msg.msg_iov = &iov;
-    msg.msg_iovlen = 1;
-    alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))];
-    if (fd >= 0) {
-      msg.msg_control = control;
-      msg.msg_controllen = sizeof control;
-      cmsghdr* c = CMSG_FIRSTHDR(&msg);
-      c->cmsg_level = SOL_SOCKET;
-      c->cmsg_type = SCM_RIGHTS;
-      c->cmsg_len = CMSG_LEN(sizeof(int));
-      // SAFETY: the control buffer was sized with CMSG_SPACE for one descriptor.
-      std::memcpy(CMSG_DATA(c), &fd, sizeof fd);
-    }
-    for (;;) {
-      if (::sendmsg(control_, &msg, MSG_NOSIGNAL) >= 0) return true;
-      if (errno != EINTR) return false;
-    }
-  }
+  bool send(const std::vector<std::uint8_t>& frame, int fd) { return send_frame(control_, frame, fd); }
+
 
   int control_;
   bool want_namespaces_;

@@ -3,6 +3,8 @@
 // attached as SCM_RIGHTS.
 #include "zygote_link.hpp"
 
+#include "fd_passing.hpp"
+
 #include <poll.h>
 #include <signal.h>
 #include <spawn.h>
@@ -29,25 +31,6 @@ constexpr auto kSpawnTimeout = std::chrono::seconds(10);
 
 Error unavailable(const std::string& why) { return make_error(Errc::jail_unavailable, "process jail unavailable: " + why); }
 
-bool send_with_fd(int socket, const std::vector<std::uint8_t>& frame, int fd) {
-  iovec iov{const_cast<std::uint8_t*>(frame.data()), frame.size()};  // SAFETY: sendmsg only reads it
-  msghdr msg{};
-  msg.msg_iov = &iov;
-  msg.msg_iovlen = 1;
-  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))] = {};
-  msg.msg_control = control;
-  msg.msg_controllen = sizeof control;
-  cmsghdr* c = CMSG_FIRSTHDR(&msg);
-  c->cmsg_level = SOL_SOCKET;
-  c->cmsg_type = SCM_RIGHTS;
-  c->cmsg_len = CMSG_LEN(sizeof(int));
-  // SAFETY: the control buffer was sized with CMSG_SPACE for one descriptor.
-  std::memcpy(CMSG_DATA(c), &fd, sizeof fd);
-  for (;;) {
-    if (::sendmsg(socket, &msg, MSG_NOSIGNAL) >= 0) return true;
-    if (errno != EINTR) return false;
-  }
-}
 
 // One datagram and the descriptor attached to it, if any. 0 bytes: the zygote is gone.
 ssize_t receive(int socket, std::vector<std::uint8_t>& buffer, UniqueFd& fd) {
@@ -180,7 +163,7 @@ Result<SpawnedGuest> ZygoteLink::spawn(const Limits& limits, bool allow_jit, Uni
   bool sent;
   {
     std::lock_guard send_lock(send_mutex_);
-    sent = send_with_fd(control_.get(), channel::encode_frame(request), guest_end.get());
+    sent = send_frame(control_.get(), channel::encode_frame(request), guest_end.get());
   }
   guest_end.reset();
   lock.lock();
