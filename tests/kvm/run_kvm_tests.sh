@@ -7,9 +7,15 @@
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 
-if [ "${SOJOURN_KVM_FORCE_QEMU:-0}" = 1 ] || [ ! -c /dev/kvm ] || [ ! -r /dev/kvm ] || [ ! -w /dev/kvm ]; then
+# kvm_pvm (a paravirtual KVM without hardware virtualization) runs only PVM-aware guest
+# kernels: sojourn's ring-3 guest loads there but its first syscall never leaves ring 3.
+pvm_only=0
+if [ -d /sys/module/kvm_pvm ] && [ ! -d /sys/module/kvm_amd ] && [ ! -d /sys/module/kvm_intel ]; then pvm_only=1; fi
+if [ "${SOJOURN_KVM_FORCE_QEMU:-0}" = 1 ] || [ "$pvm_only" = 1 ] || [ ! -c /dev/kvm ] || [ ! -r /dev/kvm ] || [ ! -w /dev/kvm ]; then
   if [ "${SOJOURN_KVM_FORCE_QEMU:-0}" = 1 ]; then
     echo "kvm_tests: SOJOURN_KVM_FORCE_QEMU=1: running the KVM tests in a nested QEMU guest"
+  elif [ "$pvm_only" = 1 ]; then
+    echo "kvm_tests: /dev/kvm is kvm_pvm (no kvm_amd or kvm_intel), which cannot run sojourn's guest: running the KVM tests in a nested QEMU guest"
   elif [ -e /dev/kvm ]; then
     echo "kvm_tests: /dev/kvm exists but this user cannot open it read-write: running the KVM tests in a nested QEMU guest"
   else
