@@ -46,6 +46,7 @@ std::string_view errc_name(Errc code) noexcept {
     case Errc::vm_guest_fault: return "vm_guest_fault";
     case Errc::vm_entry_failed: return "vm_entry_failed";
     case Errc::vm_state: return "vm_state";
+    case Errc::vm_master: return "vm_master";
   }
   return "unknown_error";
 }

@@ -1,6 +1,8 @@
 // Syscall emulation and fault resolution around the entry stub's exits.
 #include "exit_dispatch.hpp"
 
+#include <sys/syscall.h>
+
 #include "entry_stub.hpp"
 #include "hex.hpp"
 #include "layout.hpp"
@@ -38,6 +40,11 @@ Result<DispatchOutcome> ExitDispatcher::on_syscall(kvm_regs& regs) {
   const std::uint64_t out_at = kStubAddress + kSyscallEntryOffset;
   if (regs.rip != out_at && regs.rip != out_at + 2) return internal("a syscall exit from outside the entry stub");
   const SyscallArgs args{regs.rax, {regs.rdi, regs.rsi, regs.rdx, regs.r10, regs.r8, regs.r9}};
+  if (pause_at_channel_read_ && args.number == SYS_read && args.arg[0] == kChannelFd) {
+    DispatchOutcome paused;
+    paused.paused = true;
+    return paused;
+  }
   GuestState& state = context_.state;
   state.tlb_flush_needed = false;
   const std::int64_t result = dispatch_syscall(context_, args);

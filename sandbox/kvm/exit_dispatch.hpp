@@ -20,6 +20,7 @@ struct DispatchOutcome {
   bool registers_changed = false;  // KVM_SET_REGS before resuming
   bool msrs_changed = false;       // KVM_SET_MSRS (FS/GS base) before resuming
   std::optional<int> exit_status;  // exit_group: the vCPU is finished
+  bool paused = false;             // a master's first channel read: stop here, not emulated
 };
 
 class ExitDispatcher {
@@ -28,6 +29,9 @@ class ExitDispatcher {
 
   // `regs` is read and updated in place; `cr2` matters for page faults only.
   Result<DispatchOutcome> dispatch(const ExitAction& action, kvm_regs& regs, std::uint64_t cr2);
+  // A master VM: the first read on the channel is not emulated but pauses the run loop, so
+  // the snapshot holds a guest waiting for its first request (each fork emulates that read).
+  void pause_at_channel_read() noexcept { pause_at_channel_read_ = true; }
 
  private:
   Result<DispatchOutcome> on_syscall(kvm_regs& regs);
@@ -35,6 +39,7 @@ class ExitDispatcher {
   Error with_guest_rip(unsigned vector, const kvm_regs& regs) const;
 
   SyscallContext& context_;
+  bool pause_at_channel_read_ = false;
   std::optional<std::int64_t> pending_result_;  // held across the flush stub's second exit
 };
 

@@ -24,9 +24,11 @@ struct MsrsHeader {   // then `nmsrs` kvm_msr_entry
 inline constexpr unsigned long kGetSupportedCpuid = _IOWR(KVMIO, 0x05, CpuidHeader);
 inline constexpr unsigned long kSetCpuid2 = _IOW(KVMIO, 0x90, CpuidHeader);
 inline constexpr unsigned long kSetMsrs = _IOW(KVMIO, 0x89, MsrsHeader);
+inline constexpr unsigned long kGetMsrs = _IOWR(KVMIO, 0x88, MsrsHeader);
 
 static_assert(sizeof(CpuidHeader) == 8 && sizeof(MsrsHeader) == 8);
 static_assert(sizeof(kvm_cpuid_entry2) == 40 && sizeof(kvm_msr_entry) == 16);
-static_assert(kGetSupportedCpuid == 0xc008ae05 && kSetCpuid2 == 0x4008ae90 && kSetMsrs == 0x4008ae89);
+static_assert(kGetSupportedCpuid == 0xc008ae05 && kSetCpuid2 == 0x4008ae90 && kSetMsrs == 0x4008ae89 &&
+              kGetMsrs == 0xc008ae88);
 
 }  // namespace sojourn::sandbox::kvm::abi

@@ -13,6 +13,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <mutex>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -91,25 +92,29 @@ Result<Vcpu> Vcpu::create(const KvmSystem& system, const Vm& vm) {
   return Vcpu(std::move(fd), RunPage(static_cast<kvm_run*>(page), system.run_size()));
 }
 
+Result<void> Vcpu::set_cpuid(std::span<const kvm_cpuid_entry2> leaves) {
+  std::vector<std::uint64_t> buffer((sizeof(abi::CpuidHeader) + leaves.size() * sizeof(kvm_cpuid_entry2)) / 8 + 1);
+  // SAFETY: buffer (8-byte aligned) holds the kernel's header and every entry after it.
+  auto* cpuid = reinterpret_cast<abi::CpuidHeader*>(buffer.data());
+  cpuid->nent = static_cast<std::uint32_t>(leaves.size());
+  // SAFETY: the entries start right after the 8-byte header, inside the buffer.
+  auto* entries = reinterpret_cast<kvm_cpuid_entry2*>(cpuid + 1);
+  for (std::size_t i = 0; i < leaves.size(); ++i) entries[i] = leaves[i];
+  // SAFETY: KVM_SET_CPUID2 reads the header and nent entries from the buffer, alive for the call.
+  if (vcpu_ioctl(fd_.get(), abi::kSetCpuid2, cpuid) != 0) return ioctl_error("KVM_SET_CPUID2");
+  return {};
+}
+
 Result<void> Vcpu::set_up(const KvmSystem& system, const BootRegisters& boot, std::uint64_t fs_base) {
   auto leaves = system.supported_cpuid();
   if (!leaves) return leaves.error();
-  std::vector<std::uint64_t> buffer((sizeof(abi::CpuidHeader) + leaves->size() * sizeof(kvm_cpuid_entry2)) / 8 + 1);
-  // SAFETY: buffer (8-byte aligned) holds the kernel's header and every entry after it.
-  auto* cpuid = reinterpret_cast<abi::CpuidHeader*>(buffer.data());
-  cpuid->nent = static_cast<std::uint32_t>(leaves->size());
-  // SAFETY: the entries start right after the 8-byte header, inside the buffer.
-  auto* entries = reinterpret_cast<kvm_cpuid_entry2*>(cpuid + 1);
   std::uint64_t supported_xcr0 = 0;
-  for (std::size_t i = 0; i < leaves->size(); ++i) {
-    entries[i] = (*leaves)[i];
-    if ((*leaves)[i].function == 0xd && (*leaves)[i].index == 0) {
-      supported_xcr0 = (*leaves)[i].eax | (std::uint64_t{(*leaves)[i].edx} << 32);
-    }
+  for (const auto& leaf : *leaves) {
+    if (leaf.function == 0xd && leaf.index == 0) supported_xcr0 = leaf.eax | (std::uint64_t{leaf.edx} << 32);
   }
-  // SAFETY (this and the ioctls below): each passes the structure its request names, on the
-  // stack or in a buffer sized for it, alive for the call.
-  if (vcpu_ioctl(fd_.get(), abi::kSetCpuid2, cpuid) != 0) return ioctl_error("KVM_SET_CPUID2");
+  if (auto set = set_cpuid(*leaves); !set) return set.error();
+  // SAFETY (the ioctls below): each passes the structure its request names, on the stack,
+  // alive for the call.
 
   kvm_sregs sregs{};
   if (vcpu_ioctl(fd_.get(), KVM_GET_SREGS, &sregs) != 0) return ioctl_error("KVM_GET_SREGS");
@@ -153,12 +158,33 @@ Result<void> Vcpu::set_segment_bases(const GuestState& state) {
   return set_msrs(bases);
 }
 
-Result<int> Vcpu::finish(Result<int> result) {
+Result<std::optional<int>> Vcpu::finish(Result<int> result) {
   (void)machine_.finish();
-  return result;
+  if (!result) return result.error();
+  return std::optional<int>(*result);
 }
 
 Result<int> Vcpu::run(ExitDispatcher& dispatcher, GuestState& state, std::uint64_t budget_ms) {
+  auto ended = run_loop(dispatcher, state, budget_ms);
+  if (!ended) return ended.error();
+  if (!*ended) {
+    (void)machine_.finish();
+    return make_error(Errc::internal, "internal error: microVM: a run paused without a master");
+  }
+  return **ended;
+}
+
+Result<void> Vcpu::run_to_pause(ExitDispatcher& dispatcher, GuestState& state, std::uint64_t budget_ms) {
+  auto ended = run_loop(dispatcher, state, budget_ms);
+  if (!ended) return ended.error();
+  if (*ended) {
+    return make_error(Errc::vm_master, "microVM master: the guest exited with status " + std::to_string(**ended) +
+                                           " before waiting for its first request");
+  }
+  return {};
+}
+
+Result<std::optional<int>> Vcpu::run_loop(ExitDispatcher& dispatcher, GuestState& state, std::uint64_t budget_ms) {
   if (auto started = machine_.state() == VcpuState::paused ? machine_.resume() : machine_.start(); !started) {
     return started.error();
   }
@@ -197,6 +223,10 @@ Result<int> Vcpu::run(ExitDispatcher& dispatcher, GuestState& state, std::uint64
     auto outcome = dispatcher.dispatch(action, regs, cr2);
     if (!outcome) return finish(outcome.error());
     if (outcome->exit_status) return finish(*outcome->exit_status);
+    if (outcome->paused) {
+      if (auto paused = machine_.pause(); !paused) return paused.error();
+      return std::optional<int>{};
+    }
     if (outcome->msrs_changed) {
       if (auto set = set_segment_bases(state); !set) return finish(set.error());
     }

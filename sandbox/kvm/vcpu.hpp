@@ -6,12 +6,14 @@
 #include <linux/kvm.h>
 
 #include <cstdint>
+#include <optional>
 
 #include <span>
 
 #include "boot.hpp"
 #include "long_mode.hpp"
 #include "exit_dispatch.hpp"
+#include "vcpu_snapshot.hpp"
 #include "vcpu_state.hpp"
 #include "vm.hpp"
 
@@ -39,10 +41,21 @@ class Vcpu {
 
   // CPUID as KVM supports it, long-mode sregs, RIP/RSP/RFLAGS, MSRs, XCR0.
   Result<void> set_up(const KvmSystem& system, const BootRegisters& boot, std::uint64_t fs_base);
+  // KVM_SET_CPUID2 once, before the first KVM_RUN (a fork: its master's leaves).
+  Result<void> set_cpuid(std::span<const kvm_cpuid_entry2> leaves);
+
+  // vcpu_snapshot.cpp: a paused master's registers, and a fork's vCPU loaded with them (the
+  // state machine starts over as created). CPUID is not part of it: set_cpuid first.
+  Result<VcpuSnapshot> snapshot() const;
+  Result<void> restore(const VcpuSnapshot& snapshot);
+  Result<void> set_regs(const kvm_regs& regs);
 
   // Runs until exit_group (its status) or a fatal exit (its error), or the budget runs out
   // (Errc::deadline). The state machine ends in finished either way.
   Result<int> run(ExitDispatcher& dispatcher, GuestState& state, std::uint64_t budget_ms);
+  // A master: runs until the dispatcher pauses it (pause_at_channel_read); the state machine
+  // ends in paused. Exiting before that is an Errc::vm_master error.
+  Result<void> run_to_pause(ExitDispatcher& dispatcher, GuestState& state, std::uint64_t budget_ms);
 
   VcpuState state() const noexcept { return machine_.state(); }
 
@@ -50,7 +63,9 @@ class Vcpu {
   Vcpu(UniqueFd fd, RunPage run) : fd_(std::move(fd)), run_(std::move(run)) {}
   Result<void> set_segment_bases(const GuestState& state);
   Result<void> set_msrs(std::span<const MsrValue> msrs);
-  Result<int> finish(Result<int> result);
+  Result<std::optional<int>> finish(Result<int> result);
+  // The run loop: exit_group's status, or nullopt when the dispatcher paused it.
+  Result<std::optional<int>> run_loop(ExitDispatcher& dispatcher, GuestState& state, std::uint64_t budget_ms);
 
   UniqueFd fd_;
   RunPage run_;

@@ -34,4 +34,10 @@ Result<void> VcpuStateMachine::finish() {
   return {};
 }
 
+Result<void> VcpuStateMachine::rewind() {
+  if (state_ == VcpuState::running) return refused(state_, VcpuState::created);
+  state_ = VcpuState::created;
+  return {};
+}
+
 }  // namespace sojourn::sandbox::kvm

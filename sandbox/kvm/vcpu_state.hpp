@@ -1,7 +1,8 @@
 // The vCPU's life as an explicit state machine: created -> running <-> paused -> finished.
 // running: inside KVM_RUN or handling its exit; paused: stopped between runs by its owner
 // (a master waiting to be forked, a guest waiting for its next request); finished: ended
-// (exit_group or a fatal exit), never resumed.
+// (exit_group or a fatal exit), never resumed. rewind: a fork's vCPU loaded again with its
+// master's registers (reset) starts over as created.
 #pragma once
 
 #include <string_view>
@@ -23,6 +24,8 @@ class VcpuStateMachine {
   Result<void> resume() { return go(VcpuState::paused, VcpuState::running); }
   // From any state but finished: a run that ended, or a VM discarded before or between runs.
   Result<void> finish();
+  // From paused or finished (or created): the registers were replaced by a snapshot's.
+  Result<void> rewind();
 
  private:
   Result<void> go(VcpuState from, VcpuState to);

@@ -63,6 +63,7 @@ enum class Errc : std::uint16_t {
   vm_guest_fault = 104,      // "microVM guest fault: ..." (exception, triple fault, touch outside its map)
   vm_entry_failed = 105,     // "microVM entry failed: ..." (KVM_EXIT_FAIL_ENTRY / KVM_EXIT_INTERNAL_ERROR)
   vm_state = 106,            // "microVM vCPU cannot go from STATE to STATE" (a monitor bug, never the guest's)
+  vm_master = 107,           // "microVM master: ..." (the master VM did not reach its first request, or a fork of it failed)
 };
 
 // The fixed short name of a code ("cpu_limit"), used in JSON output and logs.

@@ -1,0 +1,76 @@
+// Fast start: a master VM runs the guest's initialisation once, up to its first read on the
+// channel, and is frozen (memory, registers, monitor state); each MicroVmFork is a new VM whose
+// memory is a copy-on-write view of the master's memfd, with the master's registers, that
+// serves one request and can be reset to pristine for reuse by the same owner.
+#pragma once
+
+#include <linux/kvm.h>
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <vector>
+
+#include "guest_memory.hpp"
+#include "initial_stack.hpp"
+#include "syscall_table.hpp"
+#include "vcpu.hpp"
+#include "vm.hpp"
+
+namespace sojourn::sandbox::kvm {
+
+// What the master leaves behind: never written again, shared by its forks (which keep it alive).
+struct MasterImage {
+  GuestMemory memory;  // MAP_SHARED; the forks map the same memfd MAP_PRIVATE
+  GuestState state;    // brk, regions, page tables' pool, FS base, ...
+  VcpuSnapshot vcpu;   // paused at the syscall exit of its first channel read
+  std::vector<kvm_cpuid_entry2> cpuid;
+};
+
+class MicroVmFork;
+
+class MasterVm {
+ public:
+  // Boots `elf` in a fresh VM of `memory_bytes` and runs it (under `budget_ms`) until it reads
+  // its channel for the first time, then snapshots it; the master's VM and vCPU are closed.
+  static Result<MasterVm> boot(const KvmSystem& system, std::span<const std::byte> elf, const StackInputs& stack,
+                               std::uint64_t memory_bytes, std::uint64_t budget_ms);
+  // A new VM and vCPU over a copy-on-write view of the master's memory, with its registers.
+  Result<MicroVmFork> fork(const KvmSystem& system) const;
+
+  const GuestMemory& memory() const noexcept { return image_->memory; }
+  const GuestState& state() const noexcept { return image_->state; }
+
+ private:
+  explicit MasterVm(std::shared_ptr<const MasterImage> image) : image_(std::move(image)) {}
+  std::shared_ptr<const MasterImage> image_;
+};
+
+class MicroVmFork {
+ public:
+  // Emulates the master's pending channel read (the request comes from `channel`), then runs
+  // the guest until exit_group (its status) or a fatal exit (its error). Once per reset.
+  Result<int> serve(ChannelEnd& channel, std::uint64_t budget_ms);
+  // Drops every page this fork wrote and loads the master's registers and state again; the
+  // VM and vCPU file descriptors are kept (no KVM_CREATE_VM).
+  Result<void> reset();
+
+  // The monitor's accessors, for the owner (and the tests' raw writes).
+  GuestMemory& memory() noexcept { return memory_; }
+  GuestState& state() noexcept { return state_; }
+  VcpuState vcpu_state() const noexcept { return vcpu_.state(); }
+
+ private:
+  friend class MasterVm;
+  MicroVmFork(std::shared_ptr<const MasterImage> image, GuestMemory memory, Vm vm, Vcpu vcpu)
+      : image_(std::move(image)), memory_(std::move(memory)), state_(image_->state), vm_(std::move(vm)),
+        vcpu_(std::move(vcpu)) {}
+
+  std::shared_ptr<const MasterImage> image_;
+  GuestMemory memory_;  // declared before the VM: the VM's slot points into it
+  GuestState state_;
+  Vm vm_;
+  Vcpu vcpu_;
+};
+
+}  // namespace sojourn::sandbox::kvm

@@ -1,0 +1,242 @@
+// Fast start on real KVM: a master VM boots the real sojourn-guest up to its first channel
+// read; forks of it answer a REV, stay isolated from each other and from the master, and a
+// reset returns one to pristine. Prints start-up timings (emulated nested-QEMU figures there).
+// Needs /dev/kvm: it runs in the kvm_tests entry. Prints PASS or FAIL; exit 0 only on PASS.
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <iterator>
+#include <string>
+#include <vector>
+
+#include "boot.hpp"
+#include "exit_dispatch.hpp"
+#include "fork.hpp"
+#include "guest_wire.hpp"
+
+using namespace sojourn::sandbox::kvm;
+namespace channel = sojourn::sandbox::channel;
+
+namespace {
+constexpr std::uint64_t kMemoryBytes = 64ULL << 20;
+constexpr std::uint64_t kBudgetMs = 20'000;
+using Clock = std::chrono::steady_clock;
+
+int fail(const std::string& why) {
+  std::printf("FAIL kvm_fork_test: %s\n", why.c_str());
+  return 1;
+}
+
+std::vector<std::byte> read_elf(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  const std::vector<char> chars((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  std::vector<std::byte> elf(chars.size());
+  std::memcpy(elf.data(), chars.data(), chars.size());
+  return elf;
+}
+
+// The host end of one request: the frame to read, the reply bytes written.
+struct OneRequest {
+  std::vector<std::uint8_t> inbound;
+  std::size_t read_at = 0;
+  std::vector<std::uint8_t> outbound;
+  ChannelEnd end;
+
+  explicit OneRequest(const std::string& source) {
+    channel::RunRequest request;
+    request.source = source;
+    request.chunk_name = "=kvm_fork_test";
+    request.limits = sojourn::Limits{1'000'000, 8u << 20, 5000};
+    request.has_host = false;
+    inbound = channel::encode_frame(request);
+    end.read = [this](std::span<std::byte> out) -> std::int64_t {
+      const std::size_t n = std::min(out.size(), inbound.size() - read_at);
+      std::memcpy(out.data(), inbound.data() + read_at, n);
+      read_at += n;
+      return static_cast<std::int64_t>(n);
+    };
+    end.write = [this](std::span<const std::byte> in) -> std::int64_t {
+      // SAFETY: bytes viewed as unsigned chars, same size.
+      const auto* bytes = reinterpret_cast<const std::uint8_t*>(in.data());
+      outbound.insert(outbound.end(), bytes, bytes + in.size());
+      return static_cast<std::int64_t>(in.size());
+    };
+  }
+  OneRequest(const OneRequest&) = delete;
+
+  // The chunk's first result as an integer, or an error text.
+  sojourn::Result<std::int64_t> integer_result() const {
+    if (outbound.size() < channel::kHeaderBytes) {
+      return sojourn::make_error(sojourn::Errc::guest_crashed, "the guest exited without an answer");
+    }
+    const auto header = channel::parse_header(std::span(outbound).first<channel::kHeaderBytes>());
+    if (header.kind != channel::Kind::run_done) {
+      return sojourn::make_error(sojourn::Errc::guest_crashed, "frame kind " + std::to_string(int(header.kind)));
+    }
+    auto done = channel::decode_payload<channel::RunDone>(std::span(outbound).subspan(channel::kHeaderBytes));
+    if (!done) return done.error();
+    if (done->code != 0) return sojourn::make_error(sojourn::Errc::internal, "the run failed: " + done->message);
+    sojourn::Value v = done->value;
+    if (v.is_table()) v = v.get(sojourn::Value(std::int64_t{1}));
+    if (!v.is_integer()) return sojourn::make_error(sojourn::Errc::internal, "the run returned no integer");
+    return v.as_integer();
+  }
+};
+
+// Serves `source` in `fork`; its integer result or the error's text.
+sojourn::Result<std::int64_t> ask(MicroVmFork& fork, const std::string& source) {
+  OneRequest request(source);
+  auto status = fork.serve(request.end, kBudgetMs);
+  if (!status) return status.error();
+  return request.integer_result();
+}
+
+// A cheap fingerprint of the guest pages in use (system area, tables, every backed page).
+std::uint64_t fingerprint(const GuestMemory& memory, std::uint64_t bytes) {
+  auto all = memory.span(0, bytes);
+  std::uint64_t hash = 1469598103934665603ULL;
+  for (std::size_t i = 0; i < all->size(); i += 8) {
+    std::uint64_t word = 0;
+    std::memcpy(&word, all->data() + i, 8);
+    hash = (hash ^ word) * 1099511628211ULL;
+  }
+  return hash;
+}
+
+double median_ms(std::vector<double> samples) {
+  std::sort(samples.begin(), samples.end());
+  return samples[samples.size() / 2];
+}
+
+double ms_since(Clock::time_point start) {
+  return std::chrono::duration<double, std::milli>(Clock::now() - start).count();
+}
+
+StackInputs serve_stack() {
+  StackInputs stack{{"sojourn-guest", "--serve"}, {}, {}};
+  host_random(std::as_writable_bytes(std::span(stack.random)));
+  return stack;
+}
+
+// From scratch: memory, boot, VM, vCPU, and the whole guest start-up, to the first result.
+sojourn::Result<std::int64_t> from_scratch(const KvmSystem& system, std::span<const std::byte> elf) {
+  auto memory = GuestMemory::create(kMemoryBytes);
+  if (!memory) return memory.error();
+  GuestState state(kMemoryBytes);
+  auto boot = prepare_guest(elf, serve_stack(), *memory, state);
+  if (!boot) return boot.error();
+  OneRequest request("return 1+1");
+  SyscallContext context{state, *memory, request.end, host_random, host_clock};
+  ExitDispatcher dispatcher(context);
+  auto vm = Vm::create(system, *memory);
+  if (!vm) return vm.error();
+  auto vcpu = Vcpu::create(system, *vm);
+  if (!vcpu) return vcpu.error();
+  if (auto set = vcpu->set_up(system, *boot, 0); !set) return set.error();
+  auto status = vcpu->run(dispatcher, state, kBudgetMs);
+  if (!status) return status.error();
+  return request.integer_result();
+}
+}  // namespace
+
+int main(int argc, char** argv) {
+  const std::vector<std::byte> elf = read_elf(argc > 1 ? argv[1] : SOJOURN_GUEST_ELF);
+  if (elf.empty()) return fail("cannot read the guest");
+  auto system = KvmSystem::open();
+  if (!system) return fail(system.error().message);
+
+  const auto master_start = Clock::now();
+  auto master = MasterVm::boot(*system, elf, serve_stack(), kMemoryBytes, kBudgetMs);
+  if (!master) return fail("master: " + master.error().message);
+  const double master_ms = ms_since(master_start);
+  const std::uint64_t master_print = fingerprint(master->memory(), kMemoryBytes);
+  std::printf("ok: the master VM paused at its first channel read (%.1f ms)\n", master_ms);
+
+  // 1. A fork answers a REV; a second request without a reset is refused.
+  auto a = master->fork(*system);
+  if (!a) return fail("fork a: " + a.error().message);
+  auto two = ask(*a, "return 1+1");
+  if (!two || *two != 2) return fail("fork a, return 1+1: " + (two ? std::to_string(*two) : two.error().message));
+  if (a->vcpu_state() != VcpuState::finished) return fail("fork a's vCPU did not finish");
+  std::printf("ok: a fork answers return 1+1 = 2\n");
+  auto refused = ask(*a, "return 1");
+  const std::string expected_refusal =
+      "microVM master: a fork serves one request; reset it first (its vCPU is finished)";
+  if (refused || refused.error().message != expected_refusal) return fail("a second serve was not refused");
+  std::printf("ok: %s\n", expected_refusal.c_str());
+
+  // 2. CoW isolation. The whole run of fork a wrote stack, heap and arena pages: the master
+  // and a fork made afterwards still see the master's bytes.
+  if (fingerprint(master->memory(), kMemoryBytes) != master_print) return fail("fork a's run changed the master");
+  auto b = master->fork(*system);
+  if (!b) return fail("fork b: " + b.error().message);
+  if (fingerprint(b->memory(), kMemoryBytes) != master_print) return fail("fork b does not start as the master");
+  // Raw writes through the monitor's accessors: one into a page the master wrote (the TSS
+  // page), one into a page it never touched (the last one).
+  constexpr std::uint64_t kWrittenPage = 0x3000 + 2048;
+  const std::uint64_t untouched_page = kMemoryBytes - 4096;
+  const std::uint64_t master_word = master->memory().read_u64(kWrittenPage).value();
+  constexpr std::uint64_t kMarker = 0x5eed'f00d'cafe'0001ULL;
+  if (!a->memory().write_u64(kWrittenPage, kMarker) || !a->memory().write_u64(untouched_page, kMarker)) {
+    return fail("raw write into fork a");
+  }
+  if (a->memory().read_u64(kWrittenPage).value() != kMarker) return fail("fork a does not see its own write");
+  if (b->memory().read_u64(kWrittenPage).value() != master_word || b->memory().read_u64(untouched_page).value() != 0) {
+    return fail("fork b sees fork a's write");
+  }
+  if (master->memory().read_u64(kWrittenPage).value() != master_word ||
+      master->memory().read_u64(untouched_page).value() != 0) {
+    return fail("the master sees fork a's write");
+  }
+  auto seven = ask(*b, "local t = {} for i = 1, 100 do t[i] = i end return #t - 93");
+  if (!seven || *seven != 7) return fail("fork b: " + (seven ? std::to_string(*seven) : seven.error().message));
+  if (a->memory().read_u64(kWrittenPage).value() != kMarker) return fail("fork b's run changed fork a");
+  std::printf("ok: CoW isolation: writes in one fork are seen by neither the other fork nor the master\n");
+
+  // 3. Reset: fork a is pristine again (its writes are gone) and answers again.
+  if (auto reset = a->reset(); !reset) return fail("reset: " + reset.error().message);
+  if (a->vcpu_state() != VcpuState::created) return fail("a reset fork's vCPU is not created");
+  if (a->memory().read_u64(kWrittenPage).value() != master_word || a->memory().read_u64(untouched_page).value() != 0) {
+    return fail("reset kept fork a's raw writes");
+  }
+  if (fingerprint(a->memory(), kMemoryBytes) != master_print) return fail("reset fork a differs from the master");
+  two = ask(*a, "return 1+1");
+  if (!two || *two != 2) return fail("reset fork a: " + (two ? std::to_string(*two) : two.error().message));
+  std::printf("ok: reset returns a fork to pristine, and it answers again\n");
+
+  // 4. Timings to the first result, median of 3 (each also checks the answer).
+  std::vector<double> scratch, forked, fork_only, reset_run, reset_only;
+  for (int i = 0; i < 3; ++i) {
+    auto start = Clock::now();
+    auto r = from_scratch(*system, elf);
+    if (!r || *r != 2) return fail("from scratch: " + (r ? std::to_string(*r) : r.error().message));
+    scratch.push_back(ms_since(start));
+
+    start = Clock::now();
+    auto f = master->fork(*system);
+    if (!f) return fail("fork: " + f.error().message);
+    fork_only.push_back(ms_since(start));
+    r = ask(*f, "return 1+1");
+    if (!r || *r != 2) return fail("fork: " + (r ? std::to_string(*r) : r.error().message));
+    forked.push_back(ms_since(start));
+
+    start = Clock::now();
+    if (auto reset = f->reset(); !reset) return fail("reset: " + reset.error().message);
+    reset_only.push_back(ms_since(start));
+    r = ask(*f, "return 1+1");
+    if (!r || *r != 2) return fail("reset: " + (r ? std::to_string(*r) : r.error().message));
+    reset_run.push_back(ms_since(start));
+  }
+  std::printf("timings (median of 3, ms; under nested QEMU these are emulated figures):\n");
+  std::printf("  master boot to its first read       %8.2f (once)\n", master_ms);
+  std::printf("  from scratch to the first result    %8.2f\n", median_ms(scratch));
+  std::printf("  fork (new VM + vCPU, CoW memory)    %8.2f\n", median_ms(fork_only));
+  std::printf("  fork to the first result            %8.2f\n", median_ms(forked));
+  std::printf("  reset (same VM and vCPU)            %8.2f\n", median_ms(reset_only));
+  std::printf("  reset to the first result           %8.2f\n", median_ms(reset_run));
+
+  std::printf("PASS kvm_fork_test\n");
+  return 0;
+}
