@@ -5,7 +5,6 @@
 #include <linux/kvm.h>
 
 #include <cstdint>
-#include <memory>
 #include <vector>
 
 #include "long_mode.hpp"
@@ -16,8 +15,7 @@ struct VcpuSnapshot {
   kvm_regs regs{};    // RIP normalised to the syscall exit's `out` (see fork.cpp)
   kvm_sregs sregs{};  // CR0/3/4, EFER, segments: CPL 0 inside the entry stub
   kvm_xcrs xcrs{};
-  // x87/SSE/AVX registers and MXCSR: KVM_GET_XSAVE's 4 KiB (heap, to keep moves cheap).
-  std::shared_ptr<const kvm_xsave> xsave;
+  kvm_fpu fpu{};       // x87, XMM0-15, MXCSR (why not XSAVE: vcpu_snapshot.cpp)
   std::vector<MsrValue> msrs;  // long_mode_msrs()'s indices: STAR..KERNEL_GS_BASE, FS/GS base
 };
 

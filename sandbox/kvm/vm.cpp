@@ -46,7 +46,6 @@ Result<KvmSystem> KvmSystem::open() {
   for (const auto& [cap, name] : {std::pair{KVM_CAP_USER_MEMORY, "KVM_CAP_USER_MEMORY"},
                                   std::pair{KVM_CAP_EXT_CPUID, "KVM_CAP_EXT_CPUID"},
                                   std::pair{KVM_CAP_XCRS, "KVM_CAP_XCRS"},
-                                  std::pair{KVM_CAP_XSAVE, "KVM_CAP_XSAVE"},
                                   std::pair{KVM_CAP_IMMEDIATE_EXIT, "KVM_CAP_IMMEDIATE_EXIT"}}) {
     // SAFETY: KVM_CHECK_EXTENSION takes the capability number by value.
     if (ioctl_retry(fd.get(), KVM_CHECK_EXTENSION, static_cast<unsigned long>(cap)) <= 0) {
