@@ -155,3 +155,29 @@ TEST_CASE("a fatal exception names the guest instruction that raised it") {
   auto shutdown = ExitAction::fail(sojourn::make_error(Errc::vm_guest_fault, "microVM guest fault: triple fault (KVM_EXIT_SHUTDOWN)"));
   CHECK(vm.dispatcher.dispatch(shutdown, regs, 0).error().message == "microVM guest fault: triple fault (KVM_EXIT_SHUTDOWN)");
 }
+
+TEST_CASE("a master's dispatcher pauses at the first channel read without emulating it") {
+  Booted vm;
+  bool channel_read = false;
+  vm.channel.read = [&](std::span<std::byte>) -> std::int64_t {
+    channel_read = true;
+    return 0;
+  };
+  vm.dispatcher.pause_at_channel_read();
+  auto regs = vm.syscall_regs(SYS_getpid);  // other syscalls are still emulated
+  auto outcome = vm.dispatcher.dispatch(ExitAction::of(ExitAction::Kind::syscall), regs, 0);
+  REQUIRE(outcome.ok());
+  CHECK_FALSE(outcome->paused);
+  regs = vm.syscall_regs(SYS_read, 0, 0x10000);  // fd 0: not the channel, -EBADF as before
+  REQUIRE(vm.dispatcher.dispatch(ExitAction::of(ExitAction::Kind::syscall), regs, 0).ok());
+  CHECK(static_cast<std::int64_t>(regs.rax) == -EBADF);
+  regs = vm.syscall_regs(SYS_read, kChannelFd, 0x10000);
+  const kvm_regs before = regs;
+  outcome = vm.dispatcher.dispatch(ExitAction::of(ExitAction::Kind::syscall), regs, 0);
+  REQUIRE(outcome.ok());
+  CHECK(outcome->paused);
+  CHECK_FALSE(outcome->registers_changed);
+  CHECK_FALSE(channel_read);
+  CHECK(regs.rax == before.rax);  // still SYS_read: the fork emulates it
+  CHECK(regs.rip == before.rip);
+}

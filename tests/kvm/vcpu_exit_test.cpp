@@ -122,3 +122,19 @@ TEST_CASE("transitions that skip a state are refused and change nothing") {
   VcpuStateMachine discarded;
   CHECK(discarded.finish().ok());  // a VM dropped before it ran
 }
+
+TEST_CASE("a fork's vCPU loaded with its master's registers rewinds to created, except while running") {
+  VcpuStateMachine vcpu;
+  REQUIRE(vcpu.start().ok());
+  auto refused = vcpu.rewind();
+  REQUIRE_FALSE(refused.ok());
+  CHECK(refused.error().message == "microVM vCPU cannot go from running to created");
+  REQUIRE(vcpu.pause().ok());
+  REQUIRE(vcpu.rewind().ok());  // a master's paused vCPU
+  CHECK(vcpu.state() == VcpuState::created);
+  REQUIRE(vcpu.start().ok());
+  REQUIRE(vcpu.finish().ok());
+  REQUIRE(vcpu.rewind().ok());  // a fork reset after its request
+  CHECK(vcpu.state() == VcpuState::created);
+  CHECK(vcpu.start().ok());
+}
