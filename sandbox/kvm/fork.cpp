@@ -1,6 +1,7 @@
 // The master VM's boot-and-freeze and its copy-on-write forks.
 #include "fork.hpp"
 
+#include <optional>
 #include <string>
 
 #include "boot.hpp"
@@ -47,17 +48,50 @@ Result<MasterVm> MasterVm::boot(const KvmSystem& system, std::span<const std::by
   return MasterVm(std::move(image));
 }
 
-Result<MicroVmFork> MasterVm::fork(const KvmSystem& system) const {
-  auto memory = image_->memory.fork_private();
-  if (!memory) return memory.error();
-  auto vm = Vm::create(system, *memory);
+Result<VmShell> MasterVm::make_shell(const KvmSystem& system) const {
+  auto vm = Vm::create_empty(system);
   if (!vm) return vm.error();
   auto vcpu = Vcpu::create(system, *vm);
   if (!vcpu) return vcpu.error();
   if (auto set = vcpu->set_cpuid(image_->cpuid); !set) return set.error();
-  if (auto restored = vcpu->restore(image_->vcpu); !restored) return restored.error();
+  return VmShell{std::move(*vm), std::move(*vcpu)};
+}
+
+Result<void> MasterVm::prewarm(const KvmSystem& system, std::size_t count) {
+  while (pool_.size() < count) {
+    auto shell = make_shell(system);
+    if (!shell) return shell.error();
+    pool_.push_back(std::move(*shell));
+  }
+  return {};
+}
+
+Result<MicroVmFork> MasterVm::fork(const KvmSystem& system) {
+  auto memory = image_->memory.fork_private();
+  if (!memory) return memory.error();
+  std::optional<VmShell> shell;
+  if (!pool_.empty()) {
+    shell.emplace(std::move(pool_.back()));
+    pool_.pop_back();
+  } else {
+    auto made = make_shell(system);
+    if (!made) return made.error();
+    shell.emplace(std::move(*made));
+  }
+  if (auto set = shell->vm.set_memory(*memory); !set) return set.error();
+  if (auto restored = shell->vcpu.restore(image_->vcpu); !restored) return restored.error();
   // Moving the memory keeps its mapping (the address the VM's slot 0 holds).
-  return MicroVmFork(image_, std::move(*memory), std::move(*vm), std::move(*vcpu));
+  return MicroVmFork(image_, std::move(*memory), std::move(shell->vm), std::move(shell->vcpu));
+}
+
+Result<void> MasterVm::recycle(MicroVmFork fork) {
+  if (fork.image_ != image_) {
+    return make_error(Errc::vm_master, "microVM master: a fork of another master cannot join this pool");
+  }
+  // The slot goes before the fork's memory does (at the end of this function).
+  if (auto cleared = fork.vm_.clear_memory(); !cleared) return cleared.error();
+  pool_.push_back(VmShell{std::move(fork.vm_), std::move(fork.vcpu_)});
+  return {};
 }
 
 Result<int> MicroVmFork::serve(ChannelEnd& channel, std::uint64_t budget_ms) {

@@ -29,21 +29,38 @@ struct MasterImage {
 
 class MicroVmFork;
 
+// A VM (no memory yet) and its vCPU with the master's CPUID: made ahead of a fork, or kept
+// from a fork that is done, so that a fork need not wait for KVM_CREATE_VM.
+struct VmShell {
+  Vm vm;
+  Vcpu vcpu;
+};
+
+// Not thread-safe: one owner forks, prewarms and recycles.
 class MasterVm {
  public:
   // Boots `elf` in a fresh VM of `memory_bytes` and runs it (under `budget_ms`) until it reads
   // its channel for the first time, then snapshots it; the master's VM and vCPU are closed.
   static Result<MasterVm> boot(const KvmSystem& system, std::span<const std::byte> elf, const StackInputs& stack,
                                std::uint64_t memory_bytes, std::uint64_t budget_ms);
-  // A new VM and vCPU over a copy-on-write view of the master's memory, with its registers.
-  Result<MicroVmFork> fork(const KvmSystem& system) const;
+  // A VM and vCPU (from the pool, else new) over a copy-on-write view of the master's memory,
+  // with its registers.
+  Result<MicroVmFork> fork(const KvmSystem& system);
+  // Makes VMs for the pool until it holds `count` (ahead of demand, e.g. while idle).
+  Result<void> prewarm(const KvmSystem& system, std::size_t count);
+  // Keeps a fork's VM and vCPU for the next fork (its memory is dropped).
+  Result<void> recycle(MicroVmFork fork);
+  std::size_t pooled() const noexcept { return pool_.size(); }
 
   const GuestMemory& memory() const noexcept { return image_->memory; }
   const GuestState& state() const noexcept { return image_->state; }
 
  private:
   explicit MasterVm(std::shared_ptr<const MasterImage> image) : image_(std::move(image)) {}
+  Result<VmShell> make_shell(const KvmSystem& system) const;
+
   std::shared_ptr<const MasterImage> image_;
+  std::vector<VmShell> pool_;
 };
 
 class MicroVmFork {

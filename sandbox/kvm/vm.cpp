@@ -75,24 +75,50 @@ Result<std::vector<kvm_cpuid_entry2>> KvmSystem::supported_cpuid() const {
   return ioctl_error("KVM_GET_SUPPORTED_CPUID");
 }
 
-Result<Vm> Vm::create(const KvmSystem& system, const GuestMemory& memory) {
+Result<Vm> Vm::create_empty(const KvmSystem& system) {
   // SAFETY: KVM_CREATE_VM takes the machine type 0 (the default) by value.
   UniqueFd fd(ioctl_retry(system.fd(), KVM_CREATE_VM, 0));
   if (!fd) return ioctl_error("KVM_CREATE_VM");
-  kvm_userspace_memory_region region{};
-  region.slot = 0;
-  region.guest_phys_addr = 0;
-  region.memory_size = memory.size();
-  region.userspace_addr = memory.host_address();
-  // SAFETY: region describes the whole mapping of `memory`, which outlives the VM (caller's contract).
-  if (ioctl_retry(fd.get(), KVM_SET_USER_MEMORY_REGION, reinterpret_cast<unsigned long>(&region)) != 0) {
-    return ioctl_error("KVM_SET_USER_MEMORY_REGION");
-  }
   // Intel needs three pages for its real-mode TSS even if the guest never runs in real mode;
   // Firecracker's address, above any guest memory of ours (AMD ignores it).
   // SAFETY: KVM_SET_TSS_ADDR takes the address by value.
   if (ioctl_retry(fd.get(), KVM_SET_TSS_ADDR, 0xfffb'd000UL) != 0) return ioctl_error("KVM_SET_TSS_ADDR");
   return Vm(std::move(fd));
+}
+
+Result<Vm> Vm::create(const KvmSystem& system, const GuestMemory& memory) {
+  auto vm = create_empty(system);
+  if (!vm) return vm.error();
+  if (auto set = vm->set_memory(memory); !set) return set.error();
+  return vm;
+}
+
+Result<void> Vm::clear_memory() {
+  if (!has_memory_) return {};
+  kvm_userspace_memory_region region{};
+  region.slot = 0;  // memory_size 0 deletes the slot
+  // SAFETY: a region of size 0 names no host memory.
+  if (ioctl_retry(fd_.get(), KVM_SET_USER_MEMORY_REGION, reinterpret_cast<unsigned long>(&region)) != 0) {
+    return ioctl_error("KVM_SET_USER_MEMORY_REGION");
+  }
+  has_memory_ = false;
+  return {};
+}
+
+Result<void> Vm::set_memory(const GuestMemory& memory) {
+  // KVM cannot move a slot to other host memory in place: delete it, then create it again.
+  if (auto cleared = clear_memory(); !cleared) return cleared.error();
+  kvm_userspace_memory_region region{};
+  region.slot = 0;
+  region.guest_phys_addr = 0;
+  region.memory_size = memory.size();
+  region.userspace_addr = memory.host_address();
+  // SAFETY: region describes the whole mapping of `memory`, which outlives its use (caller's contract).
+  if (ioctl_retry(fd_.get(), KVM_SET_USER_MEMORY_REGION, reinterpret_cast<unsigned long>(&region)) != 0) {
+    return ioctl_error("KVM_SET_USER_MEMORY_REGION");
+  }
+  has_memory_ = true;
+  return {};
 }
 
 }  // namespace sojourn::sandbox::kvm

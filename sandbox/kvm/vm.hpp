@@ -31,11 +31,18 @@ class Vm {
  public:
   // KVM_CREATE_VM, then `memory` as slot 0 at guest-physical 0. The memory must outlive the VM.
   static Result<Vm> create(const KvmSystem& system, const GuestMemory& memory);
+  // KVM_CREATE_VM without memory yet (a pooled VM, made before it is needed).
+  static Result<Vm> create_empty(const KvmSystem& system);
+  // `memory` as slot 0, replacing the slot's previous memory. It must outlive its use by the VM.
+  Result<void> set_memory(const GuestMemory& memory);
+  // Deletes slot 0 (before its memory goes away, when the VM is kept for another guest).
+  Result<void> clear_memory();
   int fd() const noexcept { return fd_.get(); }
 
  private:
   explicit Vm(UniqueFd fd) : fd_(std::move(fd)) {}
   UniqueFd fd_;
+  bool has_memory_ = false;
 };
 
 // "microVM setup failed: NAME: strerror(errno)".
