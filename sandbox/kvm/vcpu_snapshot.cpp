@@ -38,11 +38,9 @@ Result<VcpuSnapshot> Vcpu::snapshot() const {
   if (vcpu_ioctl(fd_.get(), KVM_GET_REGS, &snap.regs) != 0) return ioctl_error("KVM_GET_REGS");
   if (vcpu_ioctl(fd_.get(), KVM_GET_SREGS, &snap.sregs) != 0) return ioctl_error("KVM_GET_SREGS");
   if (vcpu_ioctl(fd_.get(), KVM_GET_XCRS, &snap.xcrs) != 0) return ioctl_error("KVM_GET_XCRS");
-  // x87/SSE state only: KVM_GET_XSAVE and KVM_GET_XSAVE2 both failed with EINVAL on the
-  // nested test host (kvm-amd 6.1 under TCG, -cpu max), and at the snapshot point the guest
-  // is inside read(): by the SysV ABI no vector register is live across that call, so the
-  // upper AVX halves (zero in a fresh vCPU) carry nothing; MXCSR and the x87 control word do.
-  if (vcpu_ioctl(fd_.get(), KVM_GET_FPU, &snap.fpu) != 0) return ioctl_error("KVM_GET_FPU");
+  // 4 KiB is enough: the area grows beyond it only for dynamic features (AMX) a process must
+  // ask permission for (ARCH_REQ_XCOMP_GUEST_PERM), which the monitor never does.
+  if (vcpu_ioctl(fd_.get(), abi::kGetXsave, &snap.xsave) != 0) return ioctl_error("KVM_GET_XSAVE");
   auto msrs = read_msrs(fd_.get());
   if (!msrs) return msrs.error();
   snap.msrs = std::move(*msrs);
@@ -57,12 +55,12 @@ Result<void> Vcpu::set_regs(const kvm_regs& regs) {
 
 Result<void> Vcpu::restore(const VcpuSnapshot& snap) {
   if (auto rewound = machine_.rewind(); !rewound) return rewound.error();
-  // Segments and control registers first (CR4.OSXSAVE before XCR0), then XCR0, the x87/SSE
-  // registers, MSRs, and the general registers.
+  // Segments and control registers first (CR4.OSXSAVE before XCR0), then XCR0, the XSAVE
+  // area, MSRs, and the general registers.
   // SAFETY (the four ioctls below): each reads the structure its request names, inside snap.
   if (vcpu_ioctl(fd_.get(), KVM_SET_SREGS, &snap.sregs) != 0) return ioctl_error("KVM_SET_SREGS");
   if (vcpu_ioctl(fd_.get(), KVM_SET_XCRS, &snap.xcrs) != 0) return ioctl_error("KVM_SET_XCRS");
-  if (vcpu_ioctl(fd_.get(), KVM_SET_FPU, &snap.fpu) != 0) return ioctl_error("KVM_SET_FPU");
+  if (vcpu_ioctl(fd_.get(), abi::kSetXsave, &snap.xsave) != 0) return ioctl_error("KVM_SET_XSAVE");
   if (auto set = set_msrs(snap.msrs); !set) return set.error();
   // A vCPU that ended halted (a fatal exception's `hlt`) would otherwise wait for an interrupt.
   kvm_mp_state runnable{KVM_MP_STATE_RUNNABLE};

@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "kvm_abi.hpp"
 #include "long_mode.hpp"
 
 namespace sojourn::sandbox::kvm {
@@ -15,7 +16,7 @@ struct VcpuSnapshot {
   kvm_regs regs{};    // RIP normalised to the syscall exit's `out` (see fork.cpp)
   kvm_sregs sregs{};  // CR0/3/4, EFER, segments: CPL 0 inside the entry stub
   kvm_xcrs xcrs{};
-  kvm_fpu fpu{};       // x87, XMM0-15, MXCSR (why not XSAVE: vcpu_snapshot.cpp)
+  abi::XsaveArea xsave{};  // x87, SSE and AVX registers, MXCSR (KVM_GET_XSAVE's 4 KiB)
   std::vector<MsrValue> msrs;  // long_mode_msrs()'s indices: STAR..KERNEL_GS_BASE, FS/GS base
 };
 
