@@ -13,15 +13,13 @@ namespace sojourn {
 
 namespace {
 
+// An agent step's host calls, answered by AgentRuntime::agent_host_call for that agent.
 class AgentHostCalls final : public sandbox::HostCalls {
  public:
-  AgentHostCalls(AgentRuntime& runtime, std::string id, std::function<Result<Value>(std::string_view, const Value&)> fn)
-      : runtime_(runtime), id_(std::move(id)), fn_(std::move(fn)) {}
+  explicit AgentHostCalls(std::function<Result<Value>(std::string_view, const Value&)> fn) : fn_(std::move(fn)) {}
   Result<Value> call(std::string_view service, const Value& args) override { return fn_(service, args); }
 
  private:
-  AgentRuntime& runtime_;
-  std::string id_;
   std::function<Result<Value>(std::string_view, const Value&)> fn_;
 };
 
@@ -172,7 +170,7 @@ void AgentRuntime::run_step(const std::string& id) {
   info.set("itinerary", strings_to_value(record.itinerary));
   info.set("isolation", std::string(isolation_name(record.isolation)));
   sandbox::AgentInput agent{record.entry, record.state, info};
-  AgentHostCalls host(*this, id, [this, id](std::string_view service, const Value& args) {
+  AgentHostCalls host([this, id](std::string_view service, const Value& args) {
     return agent_host_call(id, service, args);
   });
   const auto started = std::chrono::steady_clock::now();

@@ -133,9 +133,4 @@ std::string CodeCache::last_fetch(const std::string& peer, const std::string& na
   return found;
 }
 
-std::uint64_t CodeCache::bundles_stored() const {
-  std::lock_guard lock(mutex_);
-  return by_hash_.size();
-}
-
 }  // namespace sojourn

@@ -41,7 +41,6 @@ class CodeCache {
   void remember_fetch(const std::string& peer, const std::string& name, const std::string& hash);
   std::string last_fetch(const std::string& peer, const std::string& name);
 
-  std::uint64_t bundles_stored() const;
 
  private:
   std::string path_of(std::string_view hash) const;

@@ -15,23 +15,6 @@ namespace sojourn {
 
 namespace {
 
-// `node.call` inside a chunk reaches this node's own services: the code went to the resource.
-class LocalHost final : public sandbox::HostCalls {
- public:
-  explicit LocalHost(Node::Impl& impl) : impl_(impl) {}
-  Result<Value> call(std::string_view service, const Value& args) override {
-    if (service == "code.require") {
-      // Remote evaluation: the modules this node publishes or has cached by name.
-      Value name = args.get(1);
-      return impl_.agents->require_module(name.is_string() ? name.as_string() : std::string(), nullptr, {});
-    }
-    return impl_.call_from_lua(service, args);
-  }
-
- private:
-  Node::Impl& impl_;
-};
-
 struct InFlightGuard {
   explicit InFlightGuard(std::atomic<std::uint64_t>& n) : count(n) { ++count; }
   ~InFlightGuard() { --count; }
@@ -163,7 +146,7 @@ asio::awaitable<Reply> Node::Impl::serve_eval(EvalRequest request) {
   input.abort = &abort_runs;
   const Isolation at = *level;
   Result<Value> r = co_await on_workers(workers, [this, &input, at] {
-    LocalHost host(*this);
+    NodeHostCalls host(*this, nullptr, {});  // `node.call` reaches this node: the code went to the resource
     return run_chunk(at, input, &host);
   });
   Reply reply = r ? reply_ok(std::move(*r)) : reply_error(r.error());

@@ -78,7 +78,8 @@ asio::awaitable<Result<EvalResult>> Node::Impl::evaluate_peer(std::string peer, 
 }
 
 namespace {
-Result<Value> block_on(Node::Impl& impl, asio::awaitable<Result<Value>> task) {
+template <class T>
+Result<T> block_on(Node::Impl& impl, asio::awaitable<Result<T>> task) {
   if (impl.io.get_executor().running_in_this_thread()) {
     return make_error(Errc::invalid_argument,
                       "invalid argument: a blocking call on the node's own network thread would deadlock; use async_call");
@@ -93,14 +94,7 @@ Result<Value> Node::call(std::string_view peer, std::string_view service, Value 
 }
 
 Result<EvalResult> Node::evaluate(std::string_view peer, std::string_view source, Value args, const EvalOptions& options) {
-  if (impl_->io.get_executor().running_in_this_thread()) {
-    return make_error(Errc::invalid_argument,
-                      "invalid argument: a blocking call on the node's own network thread would deadlock; use async_eval");
-  }
-  if (impl_->shutting_down) return make_error(Errc::shutting_down, "node is shutting down");
-  return asio::co_spawn(impl_->io, impl_->evaluate_peer(std::string(peer), std::string(source), std::move(args), options),
-                        asio::use_future)
-      .get();
+  return block_on(*impl_, impl_->evaluate_peer(std::string(peer), std::string(source), std::move(args), options));
 }
 
 Result<Value> Node::eval(std::string_view peer, std::string_view source, Value args, const EvalOptions& options) {

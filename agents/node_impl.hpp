@@ -26,6 +26,7 @@
 namespace sojourn {
 
 class AgentRuntime;
+struct CachedBundle;
 
 struct ServiceEntry {
   Service fn;
@@ -94,6 +95,21 @@ struct Node::Impl : RequestHandler, std::enable_shared_from_this<Node::Impl> {
   std::string jail_error;
   std::string advertised;                // set once, by the first listen() (network thread)
   mutable std::mutex advertised_mutex;
+};
+
+// What Lua code run by this node reaches: `node.call` gets the node's services (not the
+// peers-only protocol services), and `require_remote` the modules of `bundle` (if any), of
+// this node, then of `origin` (if any). Used for remote evaluations and fetched modules.
+class NodeHostCalls final : public sandbox::HostCalls {
+ public:
+  NodeHostCalls(Node::Impl& impl, const CachedBundle* bundle, std::string origin)
+      : impl_(impl), bundle_(bundle), origin_(std::move(origin)) {}
+  Result<Value> call(std::string_view service, const Value& args) override;
+
+ private:
+  Node::Impl& impl_;
+  const CachedBundle* bundle_;
+  std::string origin_;
 };
 
 // Registers kv.get/put/del/keys and node.info on a new node.

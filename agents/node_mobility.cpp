@@ -9,27 +9,13 @@
 
 namespace sojourn {
 
-namespace {
-
-class ModuleHost final : public sandbox::HostCalls {
- public:
-  ModuleHost(Node::Impl& impl, const CachedBundle* bundle, std::string origin)
-      : impl_(impl), bundle_(bundle), origin_(std::move(origin)) {}
-  Result<Value> call(std::string_view service, const Value& args) override {
-    if (service == "code.require") {
-      Value name = args.get(1);
-      return impl_.agents->require_module(name.is_string() ? name.as_string() : std::string(), bundle_, origin_);
-    }
-    return impl_.call_from_lua(service, args);
+Result<Value> NodeHostCalls::call(std::string_view service, const Value& args) {
+  if (service == "code.require") {
+    Value name = args.get(1);
+    return impl_.agents->require_module(name.is_string() ? name.as_string() : std::string(), bundle_, origin_);
   }
-
- private:
-  Node::Impl& impl_;
-  const CachedBundle* bundle_;
-  std::string origin_;
-};
-
-}  // namespace
+  return impl_.call_from_lua(service, args);
+}
 
 std::string Node::advertised_address() const { return impl_->agents->self(); }
 
@@ -56,13 +42,9 @@ Result<FetchedModule> Node::fetch(std::string_view peer, std::string_view module
 }
 
 Result<Value> Node::run_module(const FetchedModule& module, Value args, const EvalOptions& options) {
-  if (module.from_cache || !module.hash.empty()) {
-    // The bundle is checked against its hash again: a caller may have changed it.
-    if (bundle_hash(module.bundle) != module.hash) {
-      return make_error(Errc::hash_mismatch, "bundle hash mismatch: expected " + module.hash + ", got " + bundle_hash(module.bundle));
-    }
-  }
-  auto cached = impl_->agents->cache().put(module.bundle);
+  // The bundle is checked against its hash again: a caller may have changed it.
+  auto cached = module.hash.empty() ? impl_->agents->cache().put(module.bundle)
+                                    : impl_->agents->cache().put_encoded(encode_bundle(module.bundle), module.hash);
   if (!cached) return cached.error();
   sandbox::RunInput input;
   input.source = (*cached)->bundle.main_source();
@@ -75,7 +57,7 @@ Result<Value> Node::run_module(const FetchedModule& module, Value args, const Ev
   // Fetched code came from a peer: it runs at the node's peer level at least.
   Result<Isolation> level = impl_->peer_level(options.isolation);
   if (!level) return level.error();
-  ModuleHost host(*impl_, cached->get(), module.origin);
+  NodeHostCalls host(*impl_, cached->get(), module.origin);
   return impl_->run_chunk(*level, input, &host);
 }
 
