@@ -47,6 +47,7 @@ std::string_view errc_name(Errc code) noexcept {
     case Errc::vm_entry_failed: return "vm_entry_failed";
     case Errc::vm_state: return "vm_state";
     case Errc::vm_master: return "vm_master";
+    case Errc::monitor_filter: return "monitor_filter";
   }
   return "unknown_error";
 }

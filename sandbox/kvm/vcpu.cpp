@@ -23,15 +23,14 @@
 namespace sojourn::sandbox::kvm {
 
 namespace {
-// The signal that kicks a vCPU thread out of KVM_RUN; its handler does nothing.
-constexpr int kKickSignal = SIGUSR2;
-
 int vcpu_ioctl(int fd, unsigned long request, const void* arg) {
   // SAFETY: every caller passes the structure its request names, alive for the call.
   return ::ioctl(fd, request, arg);
 }
 
-void install_kick_handler() {
+}  // namespace
+
+void prepare_kick_signal() {
   static std::once_flag once;
   std::call_once(once, [] {
     struct sigaction action{};
@@ -42,6 +41,7 @@ void install_kick_handler() {
   });
 }
 
+namespace {
 // Sets immediate_exit and signals the vCPU thread once `budget_ms` have passed.
 class BudgetTimer {
  public:
@@ -188,7 +188,7 @@ Result<std::optional<int>> Vcpu::run_loop(ExitDispatcher& dispatcher, GuestState
   if (auto started = machine_.state() == VcpuState::paused ? machine_.resume() : machine_.start(); !started) {
     return started.error();
   }
-  install_kick_handler();
+  prepare_kick_signal();
   kvm_run* run = run_.get();
   BudgetTimer timer(run, budget_ms);
   // SOJOURN_KVM_TRACE=1: one line per exit on stderr (bring-up on a new host kernel).

@@ -5,6 +5,7 @@
 
 #include <linux/kvm.h>
 
+#include <csignal>
 #include <cstdint>
 #include <optional>
 
@@ -18,6 +19,12 @@
 #include "vm.hpp"
 
 namespace sojourn::sandbox::kvm {
+
+// The signal the budget timer sends to kick a vCPU thread out of KVM_RUN.
+inline constexpr int kKickSignal = SIGUSR2;
+// Installs its handler (which does nothing) once per process; the run loop calls it too. A
+// thread about to install the monitor's seccomp filter calls it first (no rt_sigaction after).
+void prepare_kick_signal();
 
 // Maps kvm_run; unmaps it once.
 class RunPage {

@@ -15,9 +15,11 @@
 #include "exit_dispatch.hpp"
 #include "fork.hpp"
 #include "guest_wire.hpp"
+#include "one_request.hpp"
 
 using namespace sojourn::sandbox::kvm;
 namespace channel = sojourn::sandbox::channel;
+using kvm_test::OneRequest;
 
 namespace {
 constexpr std::uint64_t kMemoryBytes = 64ULL << 20;
@@ -36,54 +38,6 @@ std::vector<std::byte> read_elf(const std::string& path) {
   std::memcpy(elf.data(), chars.data(), chars.size());
   return elf;
 }
-
-// The host end of one request: the frame to read, the reply bytes written.
-struct OneRequest {
-  std::vector<std::uint8_t> inbound;
-  std::size_t read_at = 0;
-  std::vector<std::uint8_t> outbound;
-  ChannelEnd end;
-
-  explicit OneRequest(const std::string& source) {
-    channel::RunRequest request;
-    request.source = source;
-    request.chunk_name = "=kvm_fork_test";
-    request.limits = sojourn::Limits{1'000'000, 8u << 20, 5000};
-    request.has_host = false;
-    inbound = channel::encode_frame(request);
-    end.read = [this](std::span<std::byte> out) -> std::int64_t {
-      const std::size_t n = std::min(out.size(), inbound.size() - read_at);
-      std::memcpy(out.data(), inbound.data() + read_at, n);
-      read_at += n;
-      return static_cast<std::int64_t>(n);
-    };
-    end.write = [this](std::span<const std::byte> in) -> std::int64_t {
-      // SAFETY: bytes viewed as unsigned chars, same size.
-      const auto* bytes = reinterpret_cast<const std::uint8_t*>(in.data());
-      outbound.insert(outbound.end(), bytes, bytes + in.size());
-      return static_cast<std::int64_t>(in.size());
-    };
-  }
-  OneRequest(const OneRequest&) = delete;
-
-  // The chunk's first result as an integer, or an error text.
-  sojourn::Result<std::int64_t> integer_result() const {
-    if (outbound.size() < channel::kHeaderBytes) {
-      return sojourn::make_error(sojourn::Errc::guest_crashed, "the guest exited without an answer");
-    }
-    const auto header = channel::parse_header(std::span(outbound).first<channel::kHeaderBytes>());
-    if (header.kind != channel::Kind::run_done) {
-      return sojourn::make_error(sojourn::Errc::guest_crashed, "frame kind " + std::to_string(int(header.kind)));
-    }
-    auto done = channel::decode_payload<channel::RunDone>(std::span(outbound).subspan(channel::kHeaderBytes));
-    if (!done) return done.error();
-    if (done->code != 0) return sojourn::make_error(sojourn::Errc::internal, "the run failed: " + done->message);
-    sojourn::Value v = done->value;
-    if (v.is_table()) v = v.get(sojourn::Value(std::int64_t{1}));
-    if (!v.is_integer()) return sojourn::make_error(sojourn::Errc::internal, "the run returned no integer");
-    return v.as_integer();
-  }
-};
 
 // Serves `source` in `fork`; its integer result or the error's text.
 sojourn::Result<std::int64_t> ask(MicroVmFork& fork, const std::string& source) {

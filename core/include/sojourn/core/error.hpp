@@ -64,6 +64,7 @@ enum class Errc : std::uint16_t {
   vm_entry_failed = 105,     // "microVM entry failed: ..." (KVM_EXIT_FAIL_ENTRY / KVM_EXIT_INTERNAL_ERROR)
   vm_state = 106,            // "microVM vCPU cannot go from STATE to STATE" (a monitor bug, never the guest's)
   vm_master = 107,           // "microVM master: ..." (the master VM did not reach its first request, or a fork of it failed)
+  monitor_filter = 110,      // "microVM monitor filter: ..." (the monitor thread's seccomp table could not be compiled or installed)
 };
 
 // The fixed short name of a code ("cpu_limit"), used in JSON output and logs.

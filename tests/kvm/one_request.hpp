@@ -1,0 +1,67 @@
+// The host end of one microVM request, for the KVM tests and the microVM benchmark: the
+// RunRequest frame the guest reads, the bytes it writes back, and its first result.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "guest_wire.hpp"
+#include "syscall_table.hpp"
+
+namespace kvm_test {
+
+namespace channel = sojourn::sandbox::channel;
+
+struct OneRequest {
+  std::vector<std::uint8_t> inbound;
+  std::size_t read_at = 0;
+  std::vector<std::uint8_t> outbound;
+  sojourn::sandbox::kvm::ChannelEnd end;
+
+  explicit OneRequest(const std::string& source, const sojourn::Limits& limits = sojourn::Limits{1'000'000, 8u << 20, 5000}) {
+    channel::RunRequest request;
+    request.source = source;
+    request.chunk_name = "=kvm_test";
+    request.limits = limits;
+    request.has_host = false;
+    inbound = channel::encode_frame(request);
+    end.read = [this](std::span<std::byte> out) -> std::int64_t {
+      const std::size_t n = std::min(out.size(), inbound.size() - read_at);
+      std::memcpy(out.data(), inbound.data() + read_at, n);
+      read_at += n;
+      return static_cast<std::int64_t>(n);
+    };
+    end.write = [this](std::span<const std::byte> in) -> std::int64_t {
+      // SAFETY: bytes viewed as unsigned chars, same size.
+      const auto* bytes = reinterpret_cast<const std::uint8_t*>(in.data());
+      outbound.insert(outbound.end(), bytes, bytes + in.size());
+      return static_cast<std::int64_t>(in.size());
+    };
+  }
+  OneRequest(const OneRequest&) = delete;
+  OneRequest& operator=(const OneRequest&) = delete;
+
+  // The chunk's first result as an integer, or an error text.
+  sojourn::Result<std::int64_t> integer_result() const {
+    if (outbound.size() < channel::kHeaderBytes) {
+      return sojourn::make_error(sojourn::Errc::guest_crashed, "the guest exited without an answer");
+    }
+    const auto header = channel::parse_header(std::span(outbound).first<channel::kHeaderBytes>());
+    if (header.kind != channel::Kind::run_done) {
+      return sojourn::make_error(sojourn::Errc::guest_crashed, "frame kind " + std::to_string(int(header.kind)));
+    }
+    auto done = channel::decode_payload<channel::RunDone>(std::span(outbound).subspan(channel::kHeaderBytes));
+    if (!done) return done.error();
+    if (done->code != 0) return sojourn::make_error(sojourn::Errc::internal, "the run failed: " + done->message);
+    sojourn::Value v = done->value;
+    if (v.is_table()) v = v.get(sojourn::Value(std::int64_t{1}));
+    if (!v.is_integer()) return sojourn::make_error(sojourn::Errc::internal, "the run returned no integer");
+    return v.as_integer();
+  }
+};
+
+}  // namespace kvm_test
