@@ -3,8 +3,8 @@
 // from scratch (memory, ELF, VM, vCPU, the guest's whole start-up), a copy-on-write fork of
 // the master (new VM), a fork from the VM pool (prewarmed VM), a reset fork reused; and the
 // monitor's round trip per guest syscall (a tiny guest looping on clock_gettime) beside a
-// native syscall. Static, so that run_microvm_bench.sh can run it in the nested QEMU guest
-// where the host has no usable KVM; it then says its figures are emulated.
+// native syscall. run_microvm_bench.sh runs it in the nested QEMU guest where the host has no
+// usable KVM; it then says its figures are emulated.
 #include <cpuid.h>
 #include <sys/syscall.h>
 #include <time.h>
