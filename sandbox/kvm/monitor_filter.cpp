@@ -19,19 +19,24 @@
 #include <fcntl.h>
 #include <linux/kvm.h>
 #include <linux/seccomp.h>
+#include <malloc.h>
 #include <seccomp.h>
 #include <signal.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/single_threaded.h>
+#include <sys/sysinfo.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
+#include <map>
 #include <memory>
 #include <mutex>
+#include <tuple>
 #include <string>
 #include <thread>
 
@@ -84,6 +89,8 @@ constexpr MonitorRow kTable[] = {
   // The guest's channel and the host services its syscalls use.
   {SCMP_SYS(read),     "read",     A::channel,    0, "", false, "ChannelEnd: the guest's read(3) is the node's request"},
   {SCMP_SYS(write),    "write",    A::channel,    0, "", false, "ChannelEnd: the guest's write(3); fd 2: SOJOURN_KVM_TRACE and the SIGSYS report"},
+  {SCMP_SYS(sendto),   "sendto",   A::channel,    0, "", false, "MicrovmJail's ChannelEnd: the guest's write(3) as send(MSG_NOSIGNAL) on its socket"},
+  {SCMP_SYS(shutdown), "shutdown", A::channel,    0, "", false, "MicrovmJail's monitor thread ends the guest's channel once the guest is gone"},
   {SCMP_SYS(poll),     "poll",     A::any,        0, "", false, "a ChannelEnd waiting for the node with a deadline"},
   {SCMP_SYS(ppoll),    "ppoll",    A::any,        0, "", false, "the same, through ppoll"},
   {SCMP_SYS(getrandom),     "getrandom",     A::any, 0, "", false, "host_random: the guest's getrandom; AT_RANDOM of a boot"},
@@ -204,11 +211,42 @@ Result<void> install_report_handler() {
   return {};
 }
 
-// glibc's first pthread_create in a process sets up its internal signals (SIGCANCEL,
-// SIGSETXID) with rt_sigaction, which the table refuses: a process that never made a thread
-// makes one now, before the filter.
-void finish_glibc_thread_setup() {
+// Compiling costs ~100 us (libseccomp); a node installs the filter on a monitor thread per run,
+// whose channel descriptor numbers the kernel keeps reusing: programs are kept per options.
+Result<std::vector<sock_filter>> cached_program(const MonitorFilterOptions& options) {
+  using Key = std::tuple<std::vector<int>, bool, MonitorDefault>;
+  static std::mutex mutex;
+  static std::map<Key, std::vector<sock_filter>> programs;
+  Key key{options.channel_fds, options.allow_boot, options.default_action};
+  std::sort(std::get<0>(key).begin(), std::get<0>(key).end());
+  {
+    std::lock_guard lock(mutex);
+    if (auto found = programs.find(key); found != programs.end()) return found->second;
+  }
+  auto program = compile_monitor_filter(options);
+  if (!program) return program.error();
+  std::lock_guard lock(mutex);
+  if (programs.size() >= 256) programs.clear();  // a bound, never reached by a node's few descriptors
+  programs.emplace(std::move(key), *program);
+  return program;
+}
+
+// Once-per-process work glibc does lazily, in syscalls the table refuses; done now, before
+// the filter:
+// - its first pthread_create sets up its internal signals (SIGCANCEL, SIGSETXID) with
+//   rt_sigaction: a process that never made a thread makes one;
+// - malloc, when a thread needs a ninth arena, sizes the arena limit from the number of CPUs,
+//   read from /sys with openat (seen in a node: its threads, then a monitor thread's first
+//   malloc). Unless the user set a limit, the same default (8 per CPU) is set explicitly.
+void finish_glibc_lazy_setup() {
   if (__libc_single_threaded) std::thread([] {}).join();
+  static std::once_flag once;
+  std::call_once(once, [] {
+    const char* tunables = std::getenv("GLIBC_TUNABLES");
+    const bool user_limit = std::getenv("MALLOC_ARENA_MAX") != nullptr ||
+                            (tunables != nullptr && std::strstr(tunables, "glibc.malloc.arena_max") != nullptr);
+    if (!user_limit) ::mallopt(M_ARENA_MAX, 8 * ::get_nprocs());
+  });
 }
 
 }  // namespace
@@ -260,13 +298,13 @@ Result<std::vector<sock_filter>> compile_monitor_filter(const MonitorFilterOptio
 Result<void> install_monitor_filter() { return install_monitor_filter(MonitorFilterOptions{}); }
 
 Result<void> install_monitor_filter(const MonitorFilterOptions& options) {
-  auto program = compile_monitor_filter(options);
+  auto program = cached_program(options);
   if (!program) return program.error();
   if (options.default_action == MonitorDefault::trap_and_report) {
     if (auto handler = install_report_handler(); !handler) return handler.error();
   }
   prepare_kick_signal();
-  finish_glibc_thread_setup();
+  finish_glibc_lazy_setup();
   if (::prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) return filter_error("PR_SET_NO_NEW_PRIVS", errno);
   sock_fprog fprog{};
   fprog.len = static_cast<unsigned short>(program->size());

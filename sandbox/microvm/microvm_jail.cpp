@@ -21,6 +21,7 @@
 
 #include "fork.hpp"
 #include "guest_session.hpp"
+#include "monitor_filter.hpp"
 #include "host_channel.hpp"
 #include "lua_limits.hpp"
 #include "sojourn/core/log.hpp"
@@ -149,6 +150,16 @@ class MicrovmJail::Impl {
     const std::uint64_t budget_ms = limits.wall_ms + 2ull * options_.kill_grace_ms;
     MonitorEnd ended;
     std::thread monitor([&vm, &ended, &monitor_end, budget_ms] {
+      // The thread the guest's exits reach runs under the monitor's own seccomp table (and so
+      // does its budget timer): KVM requests by number, its channel, no file, no exec.
+      kvm::MonitorFilterOptions filter;
+      filter.channel_fds = {monitor_end.get()};
+      filter.allow_boot = false;
+      if (auto installed = kvm::install_monitor_filter(filter); !installed) {
+        ended.status = installed.error();
+        ::shutdown(monitor_end.get(), SHUT_RDWR);
+        return;
+      }
       kvm::ChannelEnd channel = socket_channel(monitor_end.get());
       ended.status = vm->serve(channel, budget_ms);
       // The guest is gone: the host's reads see the end of the channel.

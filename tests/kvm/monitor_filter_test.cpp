@@ -28,6 +28,7 @@
 #include <set>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "kvm_abi.hpp"
 #include "monitor_filter.hpp"
@@ -241,6 +242,51 @@ TEST_CASE("under the monitor filter the monitor's own calls work") {
   })));
 }
 
+// Many threads alive at once, each mallocs: glibc gives each a new arena and, past eight,
+// sizes the arena limit from the number of CPUs (read from /sys) unless it was set.
+void many_threads_malloc() {
+  constexpr int kThreads = 24;
+  static std::atomic<int> started{0};
+  static std::atomic<bool> go{false};
+  static std::atomic<void*> blocks[kThreads];  // kept, so that the compiler cannot drop the malloc
+  std::vector<std::thread> threads;
+  for (int i = 0; i < kThreads; ++i) {
+    threads.emplace_back([i] {
+      blocks[i].store(std::malloc(256));
+      started.fetch_add(1);
+      while (!go.load()) {
+      }
+      std::free(blocks[i].load());
+    });
+  }
+  while (started.load() < kThreads) {
+  }
+  go.store(true);
+  for (auto& t : threads) t.join();
+}
+
+// A fork child inherits the parent's malloc state and never sizes the arena limit: this
+// test runs itself again in a fresh process (exec), as a node's threads would be.
+TEST_CASE("under the monitor filter a thread's malloc needs no /sys even with many arenas") {
+  if (std::getenv("SOJOURN_MONITOR_FILTER_ARENAS") != nullptr) {  // the exec'd process
+    if (!install_monitor_filter()) child_exit(99);
+    many_threads_malloc();
+    child_exit(0);
+  }
+  const pid_t pid = ::fork();
+  REQUIRE(pid >= 0);
+  if (pid == 0) {
+    ::setenv("SOJOURN_MONITOR_FILTER_ARENAS", "1", 1);
+    ::execl("/proc/self/exe", "monitor_filter_test", "-tc=under the monitor filter a thread's malloc*", nullptr);
+    child_exit(98);
+  }
+  int status = 0;
+  while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+  }
+  CHECK(WIFEXITED(status));
+  CHECK(WEXITSTATUS(status) == 0);
+}
+
 TEST_CASE("under the monitor filter anything else ends the process with SIGSYS, named on stderr") {
   CHECK(refused(in_filtered_child([] { return ::syscall(SYS_openat, AT_FDCWD, "/etc/passwd", O_RDONLY); }), "openat"));
   CHECK(refused(in_filtered_child([] { return ::syscall(SYS_open, "/etc/passwd", O_RDONLY); }), "open"));
@@ -282,8 +328,11 @@ TEST_CASE("with channel descriptors, read and write work on those and on stderr 
   CHECK(allowed(in_filtered_child(options, [] {
     char byte = 0;
     if (::syscall(SYS_read, kChannel, &byte, 1) != 1) return -1L;
-    return ::syscall(SYS_write, STDERR_FILENO, "", 0);
+    if (::syscall(SYS_write, STDERR_FILENO, "", 0) != 0) return -1L;
+    if (::send(kChannel, "y", 1, MSG_NOSIGNAL) != 1) return -1L;  // MicrovmJail's ChannelEnd
+    return ::syscall(SYS_shutdown, kChannel, SHUT_RDWR);
   })));
+  CHECK(refused(in_filtered_child(options, [] { return ::send(1, "y", 1, MSG_NOSIGNAL); }), "sendto"));
   CHECK(refused(in_filtered_child(options, [] { return ::syscall(SYS_write, 1, "x", 1); }), "write"));
   CHECK(refused(in_filtered_child(options, [] {
     char byte = 0;
