@@ -3,8 +3,9 @@
 // from scratch (memory, ELF, VM, vCPU, the guest's whole start-up), a copy-on-write fork of
 // the master (new VM), a fork from the VM pool (prewarmed VM), a reset fork reused; and the
 // monitor's round trip per guest syscall (a tiny guest looping on clock_gettime) beside a
-// native syscall. run_microvm_bench.sh runs it in the nested QEMU guest where the host has no
-// usable KVM; it then says its figures are emulated.
+// native syscall; and the node's microvm level as a whole (MicrovmJail::run).
+// run_microvm_bench.sh runs it in the nested QEMU guest where the host has no usable KVM; it
+// then says its figures are emulated.
 #include <cpuid.h>
 #include <sys/syscall.h>
 #include <time.h>
@@ -27,6 +28,7 @@
 #include "exit_dispatch.hpp"
 #include "fork.hpp"
 #include "one_request.hpp"
+#include "sojourn/sandbox/microvm_jail.hpp"
 #include "sojourn/sandbox/process_jail.hpp"
 #include "stats.hpp"
 
@@ -243,6 +245,12 @@ int main(int argc, char** argv) {
   input.source = kChunk;
   input.limits = Limits{10'000'000, 16u << 20, 5000};
 
+  // The node's microvm level: a pooled fork served by a monitor thread under seccomp, the
+  // channel a socketpair, the same conversation as the process jail's.
+  sandbox::MicrovmJailOptions microvm_options;
+  microvm_options.guest_path = guest_path;
+  auto microvm = sandbox::MicrovmJail::start(microvm_options);
+
   std::vector<Row> rows;
   rows.push_back({"process jail: zygote fork + jail + run (the peer)", [&]() -> std::optional<double> {
     const auto start = Clock::now();
@@ -251,6 +259,13 @@ int main(int argc, char** argv) {
     return us_since(start);
   }});
   rows.back().available = jail.ok();
+  rows.push_back({"microvm level: MicrovmJail::run (node path, seccomp'd)", [&]() -> std::optional<double> {
+    const auto start = Clock::now();
+    auto r = (*microvm)->run(input, nullptr);
+    if (!r || r->get(1).as_integer() != 1) return std::nullopt;
+    return us_since(start);
+  }});
+  rows.back().available = microvm.ok();
   rows.push_back({"microVM from scratch (memory, ELF, VM, vCPU, start-up)", [&]() -> std::optional<double> {
     const auto start = Clock::now();
     if (!from_scratch(*system, elf)) return std::nullopt;
@@ -303,6 +318,7 @@ int main(int argc, char** argv) {
   std::printf("environment: %s\n", env.description.c_str());
   std::printf("guest %s; master VM booted to its first read in %.1f ms (once)\n\n", guest_path.c_str(), master_ms);
   if (!jail) std::printf("process jail unavailable here: %s (no ratios)\n\n", jail.error().message.c_str());
+  if (!microvm) std::printf("microvm jail unavailable here: %s\n\n", microvm.error().message.c_str());
   std::vector<LatencySummary> summaries;
   for (const Row& row : rows) summaries.push_back(summarize(row.samples));
   const double jail_median = jail ? summaries[0].median_us : 0;
