@@ -132,10 +132,17 @@ Result<void> write_system_tables(GuestMemory& memory, AddressSpace& space) {
   return {};
 }
 
-void set_long_mode_sregs(kvm_sregs& sregs) {
+std::uint64_t cr4_for(std::uint32_t leaf7_ebx) noexcept {
+  std::uint64_t cr4 = kCr4;
+  if ((leaf7_ebx & cpuid7_ebx::kSmep) != 0) cr4 |= cr4::kSmep;
+  if ((leaf7_ebx & cpuid7_ebx::kSmap) != 0) cr4 |= cr4::kSmap;
+  return cr4;
+}
+
+void set_long_mode_sregs(kvm_sregs& sregs, std::uint64_t cr4) {
   sregs.cr0 = kCr0;
   sregs.cr3 = kPml4Address;
-  sregs.cr4 = kCr4;
+  sregs.cr4 = cr4;
   sregs.efer = kEfer;
   sregs.cs = user_segment(kUserCodeSelector, true);
   sregs.ss = user_segment(kUserDataSelector, false);

@@ -28,7 +28,14 @@ inline constexpr std::uint64_t kPae = 1ULL << 5;
 inline constexpr std::uint64_t kOsFxsr = 1ULL << 9;         // SSE
 inline constexpr std::uint64_t kOsXmmExcpt = 1ULL << 10;
 inline constexpr std::uint64_t kOsXsave = 1ULL << 18;       // XSAVE/XGETBV (glibc probes AVX with it)
+inline constexpr std::uint64_t kSmep = 1ULL << 20;          // ring 0 never executes a user page
+inline constexpr std::uint64_t kSmap = 1ULL << 21;          // ring 0 never reads or writes one (AC clear)
 }  // namespace cr4
+// CPUID leaf 7, subleaf 0, EBX: the feature bits of SMEP and SMAP.
+namespace cpuid7_ebx {
+inline constexpr std::uint32_t kSmep = 1U << 7;
+inline constexpr std::uint32_t kSmap = 1U << 20;
+}  // namespace cpuid7_ebx
 namespace efer {
 inline constexpr std::uint64_t kSyscallEnable = 1ULL << 0;
 inline constexpr std::uint64_t kLongModeEnable = 1ULL << 8;
@@ -70,10 +77,16 @@ std::uint64_t xcr0_for(std::uint64_t supported_xcr0) noexcept;
 // (GVA == GPA, supervisor-only) in the address space's page tables.
 Result<void> write_system_tables(GuestMemory& memory, AddressSpace& space);
 
+// CR4 for a vCPU whose CPUID leaf 7 EBX is `leaf7_ebx`: kCr4, plus SMEP and SMAP where the
+// CPU has them. Ring 0 is only the entry stub, which touches no user page (syscall's SFMASK
+// clears AC), so with them a flaw in the stub or in an exception path cannot be steered into
+// guest-supplied code or data.
+std::uint64_t cr4_for(std::uint32_t leaf7_ebx) noexcept;
+
 // Fills the fields of `sregs` the monitor owns (control registers, EFER, all segments, GDT,
 // IDT); the rest (APIC base, interrupt bitmap) stays what KVM_GET_SREGS returned. The vCPU
 // then starts in ring 3 with CS:RIP at the ELF entry.
-void set_long_mode_sregs(kvm_sregs& sregs);
+void set_long_mode_sregs(kvm_sregs& sregs, std::uint64_t cr4 = kCr4);
 
 // The 8-byte GDT descriptors, index by selector / 8 (the TSS takes entries 6 and 7).
 std::array<std::uint64_t, 8> gdt_entries();

@@ -109,8 +109,10 @@ Result<void> Vcpu::set_up(const KvmSystem& system, const BootRegisters& boot, st
   auto leaves = system.supported_cpuid();
   if (!leaves) return leaves.error();
   std::uint64_t supported_xcr0 = 0;
+  std::uint32_t leaf7_ebx = 0;
   for (const auto& leaf : *leaves) {
     if (leaf.function == 0xd && leaf.index == 0) supported_xcr0 = leaf.eax | (std::uint64_t{leaf.edx} << 32);
+    if (leaf.function == 7 && leaf.index == 0) leaf7_ebx = leaf.ebx;
   }
   if (auto set = set_cpuid(*leaves); !set) return set.error();
   // SAFETY (the ioctls below): each passes the structure its request names, on the stack,
@@ -118,7 +120,7 @@ Result<void> Vcpu::set_up(const KvmSystem& system, const BootRegisters& boot, st
 
   kvm_sregs sregs{};
   if (vcpu_ioctl(fd_.get(), KVM_GET_SREGS, &sregs) != 0) return ioctl_error("KVM_GET_SREGS");
-  set_long_mode_sregs(sregs);
+  set_long_mode_sregs(sregs, cr4_for(leaf7_ebx));  // CPUID is set: KVM accepts SMEP/SMAP now
   if (vcpu_ioctl(fd_.get(), KVM_SET_SREGS, &sregs) != 0) return ioctl_error("KVM_SET_SREGS");
 
   kvm_regs regs{};

@@ -11,6 +11,7 @@
 #include "boot.hpp"
 #include "exit_dispatch.hpp"
 #include "guest_wire.hpp"
+#include "long_mode.hpp"
 #include "vcpu.hpp"
 #include "vm.hpp"
 #include "vcpu_state.hpp"
@@ -159,6 +160,31 @@ int main(int argc, char** argv) {
     auto error = run_raw(*system, read_elf(std::string(SOJOURN_FAULT_GUEST_DIR) + "/" + c.guest));
     if (error.message.rfind(c.expected, 0) != 0) return fail(std::string(c.guest) + ": " + error.message);
     std::printf("ok: %s: %s\n", c.guest, error.message.c_str());
+  }
+
+  // 4. SMEP and SMAP: a booted vCPU has them in CR4 exactly where KVM's CPUID offers them
+  // (the runs above already had them on: the stub touches no user page).
+  {
+    auto leaves = system->supported_cpuid();
+    if (!leaves) return fail(leaves.error().message);
+    std::uint32_t leaf7_ebx = 0;
+    for (const auto& leaf : *leaves) {
+      if (leaf.function == 7 && leaf.index == 0) leaf7_ebx = leaf.ebx;
+    }
+    auto memory = GuestMemory::create(16ULL << 20);
+    if (!memory) return fail(memory.error().message);
+    GuestState state(16ULL << 20);
+    auto boot = prepare_guest(elf, StackInputs{{"sojourn-guest"}, {}, {}}, *memory, state);
+    auto vm = Vm::create(*system, *memory);
+    if (!boot || !vm) return fail("a guest for the CR4 check");
+    auto vcpu = Vcpu::create(*system, *vm);
+    if (!vcpu || !vcpu->set_up(*system, *boot, 0)) return fail("a vCPU for the CR4 check");
+    auto snapshot = vcpu->snapshot();
+    if (!snapshot) return fail(snapshot.error().message);
+    if (snapshot->sregs.cr4 != cr4_for(leaf7_ebx)) return fail("CR4 " + std::to_string(snapshot->sregs.cr4));
+    std::printf("ok: CR4 %#llx: SMEP %s, SMAP %s (as KVM's CPUID leaf 7 offers them)\n",
+                static_cast<unsigned long long>(snapshot->sregs.cr4), (snapshot->sregs.cr4 & cr4::kSmep) ? "on" : "off",
+                (snapshot->sregs.cr4 & cr4::kSmap) ? "on" : "off");
   }
 
   std::printf("PASS kvm_guest_test\n");

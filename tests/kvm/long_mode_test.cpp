@@ -89,6 +89,19 @@ TEST_CASE("IDT gates send each exception to its stub in ring 0, double faults on
   CHECK(vm.memory.read_u64(kIdtAddress + 16 * 32).value() == 0);  // no gate past 31
 }
 
+TEST_CASE("CR4 gets SMEP and SMAP exactly where CPUID leaf 7 has them") {
+  CHECK(cr4_for(0) == kCr4);
+  CHECK(cr4_for(cpuid7_ebx::kSmep) == (kCr4 | (1ULL << 20)));
+  CHECK(cr4_for(cpuid7_ebx::kSmap) == (kCr4 | (1ULL << 21)));
+  CHECK(cr4_for(cpuid7_ebx::kSmep | cpuid7_ebx::kSmap | 0x1) == 0x340620);
+  CHECK(cr4_for(~(cpuid7_ebx::kSmep | cpuid7_ebx::kSmap)) == kCr4);  // no other bit of EBX matters
+  kvm_sregs sregs{};
+  set_long_mode_sregs(sregs, cr4_for(cpuid7_ebx::kSmep | cpuid7_ebx::kSmap));
+  CHECK(sregs.cr4 == 0x340620);
+  // syscall clears AC: with SMAP, the stub could not touch a user page even by mistake.
+  CHECK((kSfmask & (1ULL << 18)) != 0);
+}
+
 TEST_CASE("the special registers start the vCPU in 64-bit ring 3 with paging, NX and SYSCALL on") {
   kvm_sregs sregs{};
   sregs.apic_base = 0xfee00900;
