@@ -16,6 +16,7 @@ Result<BootRegisters> prepare_guest(std::span<const std::byte> elf, const StackI
   state.brk_start = state.brk_current = (image->image_end + kPageSize - 1) & ~(kPageSize - 1);
   auto initial = build_initial_stack(*image, stack, memory, state.space);
   if (!initial) return initial.error();
+  state.at_random = initial->random_gva;
   return BootRegisters{image->entry, initial->rsp};
 }
 

@@ -81,7 +81,10 @@ Result<MicroVmFork> MasterVm::fork(const KvmSystem& system) {
   if (auto set = shell->vm.set_memory(*memory); !set) return set.error();
   if (auto restored = shell->vcpu.restore(image_->vcpu); !restored) return restored.error();
   // Moving the memory keeps its mapping (the address the VM's slot 0 holds).
-  return MicroVmFork(image_, std::move(*memory), std::move(shell->vm), std::move(shell->vcpu));
+  MicroVmFork fork(image_, std::move(*memory), std::move(shell->vm), std::move(shell->vcpu));
+  fork.reseed_ = reseed_;
+  if (auto reseeded = fork.reseed(); !reseeded) return reseeded.error();
+  return fork;
 }
 
 Result<void> MasterVm::recycle(MicroVmFork fork) {
@@ -115,7 +118,16 @@ Result<int> MicroVmFork::serve(ChannelEnd& channel, std::uint64_t budget_ms) {
 Result<void> MicroVmFork::reset() {
   if (auto dropped = memory_.reset_to_pristine(); !dropped) return dropped.error();
   state_ = image_->state;
+  if (auto reseeded = reseed(); !reseeded) return reseeded.error();
   return vcpu_.restore(image_->vcpu);
+}
+
+Result<void> MicroVmFork::reseed() {
+  if (!reseed_) return {};
+  auto report = reseed_fork_secrets(memory_, state_, image_->vcpu.regs.rsp, host_random);
+  if (!report) return report.error();
+  secrets_ = *report;
+  return {};
 }
 
 }  // namespace sojourn::sandbox::kvm

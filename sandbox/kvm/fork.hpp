@@ -11,6 +11,7 @@
 #include <span>
 #include <vector>
 
+#include "fork_secrets.hpp"
 #include "guest_memory.hpp"
 #include "initial_stack.hpp"
 #include "syscall_table.hpp"
@@ -51,6 +52,9 @@ class MasterVm {
   // Keeps a fork's VM and vCPU for the next fork (its memory is dropped).
   Result<void> recycle(MicroVmFork fork);
   std::size_t pooled() const noexcept { return pool_.size(); }
+  // Each fork (and each reset) gets its own stack-protector canary and AT_RANDOM bytes
+  // (fork_secrets.hpp); on by default. Off, a fork starts byte for byte as the master.
+  void set_fork_reseeding(bool on) noexcept { reseed_ = on; }
 
   const GuestMemory& memory() const noexcept { return image_->memory; }
   const GuestState& state() const noexcept { return image_->state; }
@@ -61,6 +65,7 @@ class MasterVm {
 
   std::shared_ptr<const MasterImage> image_;
   std::vector<VmShell> pool_;
+  bool reseed_ = true;
 };
 
 class MicroVmFork {
@@ -76,6 +81,8 @@ class MicroVmFork {
   GuestMemory& memory() noexcept { return memory_; }
   GuestState& state() noexcept { return state_; }
   VcpuState vcpu_state() const noexcept { return vcpu_.state(); }
+  // The canary rewrite of the last fork or reset (all zero when reseeding is off).
+  const ReseedReport& secrets() const noexcept { return secrets_; }
 
  private:
   friend class MasterVm;
@@ -83,11 +90,15 @@ class MicroVmFork {
       : image_(std::move(image)), memory_(std::move(memory)), state_(image_->state), vm_(std::move(vm)),
         vcpu_(std::move(vcpu)) {}
 
+  Result<void> reseed();
+
   std::shared_ptr<const MasterImage> image_;
   GuestMemory memory_;  // declared before the VM: the VM's slot points into it
   GuestState state_;
   Vm vm_;
   Vcpu vcpu_;
+  bool reseed_ = false;
+  ReseedReport secrets_;
 };
 
 }  // namespace sojourn::sandbox::kvm

@@ -39,6 +39,7 @@ struct GuestState {
   std::uint64_t clear_child_tid = 0;
   std::uint64_t robust_list = 0;
   bool jit_allowed = false;       // PROT_EXEC for LuaJIT's machine code, never with PROT_WRITE
+  std::uint64_t at_random = 0;    // where AT_RANDOM's 16 bytes are (fork_secrets.hpp reseeds them)
   // Set by handlers, consumed by the run loop before it resumes the vCPU:
   bool tlb_flush_needed = false;  // a mapping was removed or narrowed: resume through the flush stub
   bool segment_bases_dirty = false;  // FS/GS base changed: KVM_SET_MSRS before resuming
