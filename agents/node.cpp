@@ -35,7 +35,26 @@ asio::awaitable<std::invoke_result_t<F>> on_workers(asio::thread_pool& pool, F f
 
 }  // namespace
 
-Node::Impl::Impl(NodeOptions o) : options(std::move(o)), workers(std::max<std::size_t>(1, options.worker_threads)) {}
+Node::Impl::Impl(NodeOptions o)
+    : options(std::move(o)), workers(std::max<std::size_t>(1, options.worker_threads)), replay(options.max_message_lifetime) {}
+
+namespace {
+thread_local const std::string* calling_peer = nullptr;
+
+// Names the calling peer for the service that runs on this thread meanwhile.
+struct CallingPeer {
+  explicit CallingPeer(const std::string& identity) : previous(calling_peer) { calling_peer = &identity; }
+  ~CallingPeer() { calling_peer = previous; }
+  CallingPeer(const CallingPeer&) = delete;
+  CallingPeer& operator=(const CallingPeer&) = delete;
+  const std::string* previous;
+};
+}  // namespace
+
+const std::string& calling_peer_identity() {
+  static const std::string none;
+  return calling_peer != nullptr ? *calling_peer : none;
+}
 
 TransportOptions Node::Impl::transport_options() const {
   TransportOptions t;
@@ -89,18 +108,21 @@ asio::awaitable<Result<std::vector<std::uint8_t>>> Node::Impl::handle(FrameKind 
                                                                       std::string peer) {
   auto self = shared_from_this();
   InFlightGuard counted(in_flight);  // shutdown waits for this to reach zero
+  // The peer's authenticated identity, which policy rules match; plain TCP and in-process
+  // links authenticate no one.
+  std::string peer_identity;
   Reply reply;
   if (kind == FrameKind::call) {
     auto request = decode_call(payload);
     if (!request) co_return request.error();
     log_debug("node", options.name + ": call " + request->service + " from " + peer);
-    reply = co_await serve_call(std::move(*request));
+    reply = co_await serve_call(std::move(*request), std::move(peer_identity));
     ++calls_served;
   } else if (kind == FrameKind::eval) {
     auto request = decode_eval(payload);
     if (!request) co_return request.error();
     log_debug("node", options.name + ": eval " + request->chunk_name + " from " + peer);
-    reply = co_await serve_eval(std::move(*request));
+    reply = co_await serve_eval(std::move(*request), std::move(peer_identity));
     ++evals_served;
   } else {
     co_return make_error(Errc::bad_kind, "unexpected frame kind " + std::string(frame_kind_name(kind)));
@@ -115,7 +137,7 @@ asio::awaitable<Result<std::vector<std::uint8_t>>> Node::Impl::handle(FrameKind 
   co_return bytes;
 }
 
-asio::awaitable<Reply> Node::Impl::serve_call(CallRequest request) {
+asio::awaitable<Reply> Node::Impl::serve_call(CallRequest request, std::string peer_identity) {
   if (shutting_down) co_return reply_error(make_error(Errc::shutting_down, "node is shutting down"));
   // One lookup: the entry (and its function) is copied out of the registry.
   Result<ServiceEntry> entry = find_service(request.service);
@@ -124,34 +146,58 @@ asio::awaitable<Reply> Node::Impl::serve_call(CallRequest request) {
   Result<Value> r = Value{};
   // Plain statements around co_await: g++ 12 miscompiles co_await inside a conditional expression.
   if (entry->options.inline_on_network_thread) {
+    CallingPeer calling(peer_identity);
     r = invoke(request.service, fn, request.args);
   } else {
-    r = co_await on_workers(workers, [&] { return invoke(request.service, fn, request.args); });
+    r = co_await on_workers(workers, [&] {
+      CallingPeer calling(peer_identity);
+      return invoke(request.service, fn, request.args);
+    });
   }
   co_return r ? reply_ok(std::move(*r)) : reply_error(r.error());
 }
 
-asio::awaitable<Reply> Node::Impl::serve_eval(EvalRequest request) {
+asio::awaitable<Reply> Node::Impl::serve_eval(EvalRequest request, std::string peer_identity) {
   if (shutting_down) co_return reply_error(make_error(Errc::shutting_down, "node is shutting down"));
-  // The chunk came from a peer: it runs at least at options.peer_isolation, never at less
-  // than it asked for; a level this node cannot offer is refused, never downgraded.
-  Result<Isolation> level = peer_level(request.isolation);
-  if (!level) co_return reply_error(level.error());
+  // Signature checks cost tens of microseconds: on the workers, with the run.
+  Reply reply = co_await on_workers(workers, [this, &request, &peer_identity] { return run_eval(request, peer_identity); });
+  co_return reply;
+}
+
+Reply Node::Impl::run_eval(const EvalRequest& request, const std::string& peer_identity) {
+  // A signed chunk: its signature, then its freshness (a bad signature never uses up a nonce).
+  std::string signer;
+  if (!request.signer.empty()) {
+    if (auto good = verify_eval_signature(request); !good) return reply_error(good.error());
+    if (auto fresh = replay.admit(request.nonce, request.expires_unix_ms, "remote evaluation"); !fresh) {
+      return reply_error(fresh.error());
+    }
+    signer = key_fingerprint(request.signer);
+  }
+  const PolicyRule* rule = rule_for(signer, peer_identity);
+  if (rule != nullptr && rule->refuse) return reply_error(policy_refusal(*rule, describe_code(signer)));
+  // The chunk came from a peer: it runs at least at options.peer_isolation (or as the policy
+  // says), never at less than it asked for; a level this node cannot offer is refused, never
+  // downgraded.
+  Result<Isolation> level = level_for(request.isolation, rule);
+  if (!level) return reply_error(level.error());
   sandbox::RunInput input;
   input.source = request.source;
   input.chunk_name = request.chunk_name.empty() ? std::string_view("eval") : std::string_view(request.chunk_name);
   input.args = request.args.is_table() ? request.args : Value::table();
-  input.limits = effective_limits(request.limits, options.default_limits, options.max_limits);
+  Limits ceiling = run_ceiling(rule);
+  // One evaluation is one visit: the per-hop CPU quota bounds it too.
+  if (rule != nullptr && rule->quotas.cpu_per_hop != 0) {
+    ceiling.cpu_instructions = std::min(ceiling.cpu_instructions, rule->quotas.cpu_per_hop);
+  }
+  input.limits = effective_limits(request.limits, options.default_limits, ceiling);
   input.allow_jit = false;  // code from a peer: compiled loops would escape the CPU hook
   input.abort = &abort_runs;
-  const Isolation at = *level;
-  Result<Value> r = co_await on_workers(workers, [this, &input, at] {
-    NodeHostCalls host(*this, nullptr, {});  // `node.call` reaches this node: the code went to the resource
-    return run_chunk(at, input, &host);
-  });
+  NodeHostCalls host(*this, nullptr, {}, rule);  // `node.call` reaches this node: the code went to the resource
+  Result<Value> r = run_chunk(*level, input, &host);
   Reply reply = r ? reply_ok(std::move(*r)) : reply_error(r.error());
-  reply.isolation = at;
-  co_return reply;
+  reply.isolation = *level;
+  return reply;
 }
 
 namespace {

@@ -19,9 +19,12 @@
 #include <boost/asio/thread_pool.hpp>
 
 #include "sojourn/agents/node.hpp"
+#include "sojourn/agents/policy.hpp"
+#include "sojourn/core/signature.hpp"
 #include "sojourn/sandbox/lua_sandbox.hpp"
 #include "sojourn/sandbox/process_jail.hpp"
 #include "sojourn/transports/link.hpp"
+#include "trust.hpp"
 
 namespace sojourn {
 
@@ -39,8 +42,9 @@ struct Node::Impl : RequestHandler, std::enable_shared_from_this<Node::Impl> {
   // RequestHandler: runs on the network thread.
   asio::awaitable<Result<std::vector<std::uint8_t>>> handle(FrameKind kind, std::vector<std::uint8_t> payload,
                                                             std::string peer) override;
-  asio::awaitable<Reply> serve_call(CallRequest request);
-  asio::awaitable<Reply> serve_eval(EvalRequest request);
+  asio::awaitable<Reply> serve_call(CallRequest request, std::string peer_identity);
+  asio::awaitable<Reply> serve_eval(EvalRequest request, std::string peer_identity);
+  Reply run_eval(const EvalRequest& request, const std::string& peer_identity);
 
   // Client side, on the network thread.
   asio::awaitable<Result<Value>> call_peer(std::string peer, std::string service, Value args);
@@ -55,6 +59,17 @@ struct Node::Impl : RequestHandler, std::enable_shared_from_this<Node::Impl> {
   // node.call from Lua: protocol services (peers_only) are not reachable.
   Result<Value> call_from_lua(std::string_view service, const Value& args);
   TransportOptions transport_options() const;
+
+  // Trust. The policy rule for code signed by `signer` (a key fingerprint, empty: unsigned)
+  // from `peer` (an authenticated identity, empty: none); null without a policy.
+  const PolicyRule* rule_for(std::string_view signer, std::string_view peer) const;
+  // The level such code runs at: without a rule, peer_level(asked); with one, the first of
+  // its levels that is at least `asked` and available here, else policy_refused.
+  Result<Isolation> level_for(Isolation asked, const PolicyRule* rule);
+  // The most one run may use: max_limits, lowered by the rule's per-run quotas.
+  Limits run_ceiling(const PolicyRule* rule) const;
+  // "unsigned code" or "code signed by NAME", for messages.
+  std::string describe_code(std::string_view signer) const;
 
   // Jails. The level code from a peer runs at: the stronger of what it asked for and
   // options.peer_isolation; an error when this node cannot offer it.
@@ -89,6 +104,8 @@ struct Node::Impl : RequestHandler, std::enable_shared_from_this<Node::Impl> {
   std::atomic<std::uint64_t> requests_failed{0};
   std::once_flag shutdown_once;
 
+  SignatureCache signatures;             // bundles verified here, by (hash, signer)
+  ReplayGuard replay;                    // nonces of signed requests and transfers
   std::shared_ptr<AgentRuntime> agents;  // mobile agents and code-on-demand
   std::once_flag jail_once;
   std::unique_ptr<sandbox::ProcessJail> jail;
@@ -100,17 +117,30 @@ struct Node::Impl : RequestHandler, std::enable_shared_from_this<Node::Impl> {
 // What Lua code run by this node reaches: `node.call` gets the node's services (not the
 // peers-only protocol services), and `require_remote` the modules of `bundle` (if any), of
 // this node, then of `origin` (if any). Used for remote evaluations and fetched modules.
+// With a policy rule, only the services it grants, at most at its message rate.
 class NodeHostCalls final : public sandbox::HostCalls {
  public:
-  NodeHostCalls(Node::Impl& impl, const CachedBundle* bundle, std::string origin)
-      : impl_(impl), bundle_(bundle), origin_(std::move(origin)) {}
+  NodeHostCalls(Node::Impl& impl, const CachedBundle* bundle, std::string origin, const PolicyRule* rule = nullptr)
+      : impl_(impl), bundle_(bundle), origin_(std::move(origin)), rule_(rule),
+        rate_(rule != nullptr ? rule->quotas.messages_per_second : 0) {}
   Result<Value> call(std::string_view service, const Value& args) override;
 
  private:
   Node::Impl& impl_;
   const CachedBundle* bundle_;
   std::string origin_;
+  const PolicyRule* rule_;
+  RateLimiter rate_;
 };
+
+// What the policy lets code call: service_not_granted "service NAME is not granted to this
+// code by the node's policy", or the rate limiter's quota_exhausted. Ok without a rule.
+Result<void> check_grant(const PolicyRule* rule, RateLimiter& rate, std::string_view service);
+
+// The authenticated identity of the peer a service call is running for (empty: a local
+// call or an unauthenticated peer): protocol services (agent.launch, agent.transfer) match
+// the policy's peer rules with it. Set by serve_call around the service.
+const std::string& calling_peer_identity();
 
 // Registers kv.get/put/del/keys and node.info on a new node.
 void register_builtin_services(Node& node, Node::Impl& impl);

@@ -39,6 +39,15 @@ std::string_view errc_name(Errc code) noexcept {
     case Errc::no_such_agent: return "no_such_agent";
     case Errc::stale_epoch: return "stale_epoch";
     case Errc::migration_failed: return "migration_failed";
+    case Errc::bad_signature: return "bad_signature";
+    case Errc::bad_key: return "bad_key";
+    case Errc::bad_policy: return "bad_policy";
+    case Errc::policy_refused: return "policy_refused";
+    case Errc::service_not_granted: return "service_not_granted";
+    case Errc::quota_exhausted: return "quota_exhausted";
+    case Errc::quota_raised: return "quota_raised";
+    case Errc::replayed: return "replayed";
+    case Errc::expired: return "expired";
     case Errc::kvm_unavailable: return "kvm_unavailable";
     case Errc::bad_elf: return "bad_elf";
     case Errc::guest_memory: return "guest_memory";

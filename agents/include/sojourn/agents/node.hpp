@@ -19,6 +19,9 @@
 
 namespace sojourn {
 
+class Policy;
+class SigningKey;
+
 // A C++ service. `args` is an array table of the caller's arguments. Services run
 // concurrently on the node's worker threads (and from Lua code calling node.call):
 // they must be thread-safe.
@@ -64,6 +67,17 @@ struct NodeOptions {
   // destination, waiting retry_backoff, then twice that, ..., before the fallback.
   std::uint32_t migration_retries = 3;
   std::chrono::milliseconds retry_backoff{50};
+  // The node's policy (sojourn/agents/policy.hpp, docs/security.md): which code, by its
+  // signer, from which peer may run here, in which jails, with which quotas and services.
+  // Null: no policy, as before trust existed: code from peers runs at peer_isolation, within
+  // max_limits, may call every service, signed or not (a signature that does not verify, a
+  // replayed or expired signed request is refused all the same).
+  std::shared_ptr<const Policy> policy;
+  // Replay protection: the furthest ahead a signed request's or a TRANSFER's expiry may be
+  // (their nonces are remembered until then), and the lifetime of the TRANSFERs this node sends.
+  std::chrono::milliseconds max_message_lifetime{300'000};
+  std::chrono::milliseconds transfer_lifetime{60'000};
+
   // Fault injection for tests: a call to a service for which this returns true runs, but
   // its reply is not sent and the connection is closed (as if it broke in between).
   std::function<bool(std::string_view service)> fault_drop_reply;
@@ -76,6 +90,10 @@ struct EvalOptions {
   Isolation isolation = Isolation::trusted;
   std::string chunk_name;  // "eval" when empty
   std::chrono::milliseconds timeout{0};  // zero: NodeOptions::request_timeout
+  // Signs the request with this author key (chunk, args, limits, a nonce and an expiry):
+  // the serving node's policy then knows who wrote the code, and a replay is refused.
+  std::shared_ptr<const SigningKey> sign;
+  std::chrono::milliseconds signature_lifetime{60'000};  // the expiry, from now
 };
 
 // A remote evaluation's answer with where it ran.
