@@ -9,6 +9,8 @@
 #include <sstream>
 
 #include "sojourn/agents/node.hpp"
+#include "sojourn/agents/policy.hpp"
+#include "sojourn/core/signature.hpp"
 #include "sojourn/core/json.hpp"
 #include "sojourn/core/log.hpp"
 
@@ -82,7 +84,9 @@ int exit_code_for(const Error& e) {
     case Errc::ok: return exit_ok;
     case Errc::invalid_json:
     case Errc::invalid_argument:
-    case Errc::bad_address: return exit_usage;
+    case Errc::bad_address:
+    case Errc::bad_key:
+    case Errc::bad_policy: return exit_usage;
     case Errc::connect_failed:
     case Errc::connection_closed:
     case Errc::timeout:
@@ -117,6 +121,13 @@ int run_node(const NodeCommand& c) {
   if (!peer_level) return fail(peer_level.error(), false);
   options.peer_isolation = *peer_level;
   options.advertise = c.advertise;
+  if (!c.policy.empty()) {
+    auto policy = Policy::load(c.policy);
+    if (!policy) return fail(policy.error(), false);
+    std::printf("node %s follows policy %s: %zu rules, then %s\n", c.name.c_str(), c.policy.c_str(), policy->rules().size(),
+                policy->default_rule().refuse ? "refuses anything else" : "runs anything else by its default rule");
+    options.policy = std::make_shared<const Policy>(std::move(*policy));
+  }
   Node node(options);
   for (const auto& spec : c.publish) {
     auto eq = spec.find('=');
@@ -133,14 +144,15 @@ int run_node(const NodeCommand& c) {
   std::string why;
   const auto levels = node.isolation_levels(&why);
   const bool has_peer_level = std::find(levels.begin(), levels.end(), options.peer_isolation) != levels.end();
-  if (!has_peer_level) {
+  // With a policy, its rules pick the levels (and refuse code whose levels are missing).
+  if (!has_peer_level && !options.policy) {
     return fail(make_error(Errc::sandbox_refused, "refused by the sandbox: isolation level '" +
                                                       std::string(isolation_name(options.peer_isolation)) +
                                                       "' for code from peers is not available here (" + why +
                                                       "); run with --peer-isolation trusted only if every peer is trusted"),
                 false);
   }
-  if (options.peer_isolation == Isolation::trusted) {
+  if (options.peer_isolation == Isolation::trusted && !options.policy) {
     log_warn("node", c.name + ": --peer-isolation trusted: code from every peer runs in this process, unjailed");
   }
   for (const auto& where : c.listen) {
@@ -200,6 +212,11 @@ int run_eval(const EvalCommand& c) {
   eo.isolation = *isolation;
   eo.chunk_name = chunk;
   eo.timeout = std::chrono::milliseconds(c.timeout_ms);
+  if (!c.sign.empty()) {
+    auto key = SigningKey::load(c.sign);
+    if (!key) return fail(key.error(), c.json);
+    eo.sign = std::make_shared<const SigningKey>(std::move(*key));
+  }
   auto answer = client.evaluate(c.peer, source, *args, eo);
   if (!answer) return fail(answer.error(), c.json);
   const Value& results = answer->results;

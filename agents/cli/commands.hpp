@@ -33,7 +33,7 @@ struct NodeCommand {
   std::vector<std::string> listen;
   std::vector<std::string> publish;  // FILE or NAME=FILE
   std::vector<std::string> data;     // KEY=JSON, put in the kv store at start
-  std::string code_cache, advertise, peer_isolation = "process";
+  std::string code_cache, advertise, peer_isolation = "process", policy;
   std::string name = "node";
   std::size_t workers = 2;
   std::uint64_t cpu = 0, memory = 0;
@@ -50,7 +50,7 @@ struct CallCommand {
 int run_call(const CallCommand& c);
 
 struct EvalCommand {
-  std::string peer, file, code, args_json = "[]", isolation = "trusted";
+  std::string peer, file, code, args_json = "[]", isolation = "trusted", sign;
   bool json = false;
   std::uint64_t cpu = 0, memory = 0;
   std::uint32_t wall_ms = 0, timeout_ms = 30000;
@@ -66,8 +66,9 @@ struct FetchCommand {
 int run_fetch(const FetchCommand& c);
 
 struct LaunchCommand {
-  std::string file, at, itinerary, state_json = "{}", entry = "start", owner;
+  std::string file, at, itinerary, state_json = "{}", entry = "start", owner, sign;
   std::uint32_t max_hops = 0, timeout_ms = 60000;
+  std::uint64_t cpu = 0, cpu_budget = 0;  // the manifest's quota per run and its total
   bool wait = false, json = false;
 };
 int run_launch(const LaunchCommand& c);

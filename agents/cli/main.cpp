@@ -27,6 +27,7 @@ int main(int argc, char** argv) {
   node_cmd->add_option("--peer-isolation", node.peer_isolation,
                        "Least isolation for code from peers: process (default) or trusted")->capture_default_str();
   node_cmd->add_option("--advertise", node.advertise, "Address peers reach this node at (default: the first --listen)");
+  node_cmd->add_option("--policy", node.policy, "Policy file (JSON, docs/security.md): signers and peers -> jails, quotas, services");
 
   CallCommand call;
   auto* call_cmd = app.add_subcommand("call", "Client-server: run a service at a node");
@@ -53,6 +54,7 @@ int main(int argc, char** argv) {
   eval_cmd->add_option("--wall-ms", eval.wall_ms, "Wall-clock limit in ms (0: the node's default)");
   eval_cmd->add_option("--isolation", eval.isolation, "trusted, process or microvm")->capture_default_str();
   eval_cmd->add_option("--timeout-ms", eval.timeout_ms, "Request timeout")->capture_default_str();
+  eval_cmd->add_option("--sign", eval.sign, "Sign the chunk with this Ed25519 key (PEM), with a nonce and an expiry");
 
   FetchCommand fetch;
   auto* fetch_cmd = app.add_subcommand("fetch", "Code-on-demand: fetch a module from a node and run it here");
@@ -71,7 +73,10 @@ int main(int argc, char** argv) {
   launch_cmd->add_option("--state", launch.state_json, "Initial state as a JSON object")->capture_default_str();
   launch_cmd->add_option("--entry", launch.entry, "Entry point called first")->capture_default_str();
   launch_cmd->add_option("--owner", launch.owner, "Owner name (default: $USER)");
-  launch_cmd->add_option("--max-hops", launch.max_hops, "Most hops it may make (0: the node's default)");
+  launch_cmd->add_option("--max-hops", launch.max_hops, "Most hops it may make (0: the node's default); in the manifest");
+  launch_cmd->add_option("--cpu", launch.cpu, "CPU quota of one step, in Lua instructions (0: the node's default); in the manifest");
+  launch_cmd->add_option("--cpu-budget", launch.cpu_budget, "Lua instructions it may spend over all its hops (0: no total); in the manifest");
+  launch_cmd->add_option("--sign", launch.sign, "Sign the bundle (code and manifest, quotas included) with this Ed25519 key (PEM)");
   launch_cmd->add_flag("--wait", launch.wait, "Wait for the result and print the itinerary taken");
   launch_cmd->add_option("--timeout-ms", launch.timeout_ms, "How long --wait waits")->capture_default_str();
   launch_cmd->add_flag("--json", launch.json, "Print machine-readable JSON");

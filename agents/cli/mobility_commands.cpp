@@ -7,6 +7,7 @@
 #include "commands.hpp"
 #include "sojourn/agents/node.hpp"
 #include "sojourn/core/json.hpp"
+#include "sojourn/core/signature.hpp"
 
 namespace sojourn::cli {
 
@@ -86,6 +87,10 @@ int run_launch(const LaunchCommand& c) {
   if (!source) return fail(source.error(), c.json);
   auto bundle = single_file_bundle(file_stem(c.file), *source);
   if (!bundle) return fail(bundle.error(), c.json);
+  // Quotas go in the manifest, which a signature covers.
+  bundle->manifest.max_hops = c.max_hops;
+  bundle->manifest.quotas.cpu_instructions = c.cpu;
+  bundle->manifest.cpu_budget = c.cpu_budget;
   auto state = value_from_json(c.state_json);
   if (!state) return fail(state.error(), c.json);
   if (!state->is_table()) {
@@ -99,6 +104,11 @@ int run_launch(const LaunchCommand& c) {
   if (!c.owner.empty()) launch.owner = c.owner;
   else if (const char* user = std::getenv("USER"); user != nullptr && *user) launch.owner = user;
   launch.max_hops = c.max_hops;
+  if (!c.sign.empty()) {
+    auto key = SigningKey::load(c.sign);
+    if (!key) return fail(key.error(), c.json);
+    launch.sign = std::make_shared<const SigningKey>(std::move(*key));
+  }
   Node node = client_node();
   auto id = node.launch(c.at, launch);
   if (!id) return fail(id.error(), c.json);
