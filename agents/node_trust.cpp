@@ -20,8 +20,8 @@ Result<Isolation> Node::Impl::level_for(Isolation asked, const PolicyRule* rule)
   for (Isolation level : rule->isolation) {
     allowed += (allowed.empty() ? "" : ", ") + std::string(isolation_name(level));
     if (level < asked) continue;
-    if (level == Isolation::microvm) {
-      why += "; microvm: there is no microVM jail yet";
+    if (level == Isolation::microvm && microvm_jail() == nullptr) {
+      why += "; microvm: " + microvm_error;
       continue;
     }
     if (level == Isolation::process && process_jail() == nullptr) {
