@@ -29,7 +29,7 @@ class AgentRuntime;
 struct CachedBundle;
 
 struct ServiceEntry {
-  Service fn;
+  PeerService fn;
   ServiceOptions options;
 };
 
@@ -37,10 +37,12 @@ struct Node::Impl : RequestHandler, std::enable_shared_from_this<Node::Impl> {
   explicit Impl(NodeOptions o);
 
   // RequestHandler: runs on the network thread.
+  // `peer` is who sent the request (over TLS, with its proven identity): it goes with
+  // the request to what decides what the peer may do.
   asio::awaitable<Result<std::vector<std::uint8_t>>> handle(FrameKind kind, std::vector<std::uint8_t> payload,
-                                                            std::string peer) override;
-  asio::awaitable<Reply> serve_call(CallRequest request);
-  asio::awaitable<Reply> serve_eval(EvalRequest request);
+                                                            PeerIdentity peer) override;
+  asio::awaitable<Reply> serve_call(CallRequest request, const PeerIdentity& peer);
+  asio::awaitable<Reply> serve_eval(EvalRequest request, const PeerIdentity& peer);
 
   // Client side, on the network thread.
   asio::awaitable<Result<Value>> call_peer(std::string peer, std::string service, Value args);
@@ -50,7 +52,7 @@ struct Node::Impl : RequestHandler, std::enable_shared_from_this<Node::Impl> {
                                               std::chrono::milliseconds timeout);
 
   Result<ServiceEntry> find_service(std::string_view service) const;
-  static Result<Value> invoke(std::string_view service, const Service& fn, const Value& args);
+  static Result<Value> invoke(std::string_view service, const PeerService& fn, const Value& args, const PeerIdentity& caller);
   Result<Value> call_local(std::string_view service, const Value& args);
   // node.call from Lua: protocol services (peers_only) are not reachable.
   Result<Value> call_from_lua(std::string_view service, const Value& args);
@@ -67,6 +69,10 @@ struct Node::Impl : RequestHandler, std::enable_shared_from_this<Node::Impl> {
                                                const sandbox::AgentInput& agent, sandbox::HostCalls* host);
 
   NodeOptions options;
+  // Made from options.tls at construction; when that failed, tls_error says why and
+  // listen() and calls to peers return it.
+  std::shared_ptr<const TlsContext> tls;
+  std::optional<Error> tls_error;
   std::chrono::steady_clock::time_point started = std::chrono::steady_clock::now();
   asio::io_context io{1};
   std::optional<asio::executor_work_guard<asio::io_context::executor_type>> work;
@@ -87,6 +93,7 @@ struct Node::Impl : RequestHandler, std::enable_shared_from_this<Node::Impl> {
   std::atomic<std::uint64_t> calls_served{0};
   std::atomic<std::uint64_t> evals_served{0};
   std::atomic<std::uint64_t> requests_failed{0};
+  std::atomic<std::uint64_t> connections_refused{0};
   std::once_flag shutdown_once;
 
   std::shared_ptr<AgentRuntime> agents;  // mobile agents and code-on-demand
