@@ -31,18 +31,16 @@ std::string openssl_error() {
 
 namespace {
 
-Result<Bio> open_pem(const std::string& path) {
+Result<std::string> read_pem(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   if (!in) return config_error("cannot read " + path + ": " + std::strerror(errno));
   std::ostringstream text;
   text << in.rdbuf();
-  std::string bytes = text.str();
-  Bio bio(BIO_new(BIO_s_mem()));
-  if (!bio || BIO_write(bio.get(), bytes.data(), static_cast<int>(bytes.size())) != static_cast<int>(bytes.size())) {
-    return config_error("cannot buffer " + path);
-  }
-  return bio;
+  return text.str();
 }
+
+// A read-only BIO over `bytes`, which must outlive it.
+Bio bio_over(const std::string& bytes) { return Bio(BIO_new_mem_buf(bytes.data(), static_cast<int>(bytes.size()))); }
 
 std::int64_t unix_time_of(const ASN1_TIME* t) {
   std::tm tm{};
@@ -61,17 +59,17 @@ std::string name_entry(X509_NAME* name) {
 }  // namespace
 
 Result<X509Ptr> load_certificate(const std::string& path) {
-  auto bio = open_pem(path);
-  if (!bio) return bio.error();
-  X509Ptr cert(PEM_read_bio_X509(bio->get(), nullptr, nullptr, nullptr));
+  auto pem = read_pem(path);
+  if (!pem) return pem.error();
+  X509Ptr cert(PEM_read_bio_X509(bio_over(*pem).get(), nullptr, nullptr, nullptr));
   if (!cert) return config_error(path + " is not a PEM certificate (" + openssl_error() + ")");
   return cert;
 }
 
 Result<Pkey> load_private_key(const std::string& path) {
-  auto bio = open_pem(path);
-  if (!bio) return bio.error();
-  Pkey key(PEM_read_bio_PrivateKey(bio->get(), nullptr, nullptr, nullptr));
+  auto pem = read_pem(path);
+  if (!pem) return pem.error();
+  Pkey key(PEM_read_bio_PrivateKey(bio_over(*pem).get(), nullptr, nullptr, nullptr));
   if (!key) return config_error(path + " is not a PEM private key (" + openssl_error() + ")");
   return key;
 }
@@ -124,13 +122,13 @@ Result<CertificateInfo> read_certificate(const std::string& path) {
 }
 
 Result<std::string> key_fingerprint(const std::string& path) {
-  auto bio = open_pem(path);
-  if (!bio) return bio.error();
-  if (X509Ptr cert{PEM_read_bio_X509(bio->get(), nullptr, nullptr, nullptr)}) return public_key_fingerprint(X509_get0_pubkey(cert.get()));
-  BIO_reset(bio->get());
-  if (Pkey key{PEM_read_bio_PrivateKey(bio->get(), nullptr, nullptr, nullptr)}) return public_key_fingerprint(key.get());
-  BIO_reset(bio->get());
-  if (Pkey key{PEM_read_bio_PUBKEY(bio->get(), nullptr, nullptr, nullptr)}) return public_key_fingerprint(key.get());
+  auto pem = read_pem(path);
+  if (!pem) return pem.error();
+  if (X509Ptr cert{PEM_read_bio_X509(bio_over(*pem).get(), nullptr, nullptr, nullptr)}) {
+    return public_key_fingerprint(X509_get0_pubkey(cert.get()));
+  }
+  if (Pkey key{PEM_read_bio_PrivateKey(bio_over(*pem).get(), nullptr, nullptr, nullptr)}) return public_key_fingerprint(key.get());
+  if (Pkey key{PEM_read_bio_PUBKEY(bio_over(*pem).get(), nullptr, nullptr, nullptr)}) return public_key_fingerprint(key.get());
   ERR_clear_error();
   return config_error(path + " holds no PEM certificate, private key or public key");
 }

@@ -64,6 +64,8 @@ Result<void> load_into(asio::ssl::context& ctx, const std::string& cert_path, co
   SSL_CTX_set_options(native, SSL_OP_NO_COMPRESSION | SSL_OP_NO_TICKET);
   // Every connection proves who it is: no resumption, so no session state to steal.
   SSL_CTX_set_session_cache_mode(native, SSL_SESS_CACHE_OFF);
+  // Peers hold the CA certificate already: send only our own.
+  SSL_CTX_set_mode(native, SSL_MODE_NO_AUTO_CHAIN);
   if (server) SSL_CTX_set_num_tickets(native, 0);
   SSL_CTX_set_verify(native, SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT, nullptr);
   SSL_CTX_set_verify_depth(native, 4);
@@ -162,8 +164,9 @@ namespace transport_detail {
 bool verify_peer(const TlsContext& tls, PeerCheck& check, bool preverified, x509_store_ctx_st* store) {
   const int depth = X509_STORE_CTX_get_error_depth(store);
   const int err = X509_STORE_CTX_get_error(store);
-  X509* cert = X509_STORE_CTX_get_current_cert(store);
-  if (depth == 0 && cert != nullptr && check.fingerprint.empty()) {
+  // The leaf: a failure may be reported first at a deeper certificate of the chain.
+  X509* cert = X509_STORE_CTX_get0_cert(store);
+  if (cert != nullptr && check.fingerprint.empty()) {
     check.name = common_name(cert);
     check.fingerprint = public_key_fingerprint(X509_get0_pubkey(cert));
   }

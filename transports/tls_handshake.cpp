@@ -39,8 +39,9 @@ asio::awaitable<bool> FramedSocket::refuse_plain_client(std::chrono::millisecond
   std::uint8_t first[4] = {};
   std::size_t n = lowest().receive(asio::buffer(first), tcp::socket::message_peek, ec);
   if (ec || n == 0 || first[0] == kTlsHandshakeRecord) co_return false;
-  const std::uint8_t magic[4] = {static_cast<std::uint8_t>(kFrameMagic >> 24), static_cast<std::uint8_t>(kFrameMagic >> 16),
-                                 static_cast<std::uint8_t>(kFrameMagic >> 8), static_cast<std::uint8_t>(kFrameMagic)};
+  // The frame header is little-endian: the magic's low byte comes first ("SJRN").
+  const std::uint8_t magic[4] = {static_cast<std::uint8_t>(kFrameMagic), static_cast<std::uint8_t>(kFrameMagic >> 8),
+                                 static_cast<std::uint8_t>(kFrameMagic >> 16), static_cast<std::uint8_t>(kFrameMagic >> 24)};
   if (std::memcmp(first, magic, std::min<std::size_t>(n, 4)) != 0) co_return false;
   ProtocolError pe{Errc::insecure_transport,
                    "insecure transport: this node accepts only mutually authenticated TLS; connect with --tls DIR"};
