@@ -121,8 +121,9 @@ void register_builtin_services(Node& node, Node::Impl& impl) {
     Value levels = info.new_table();
     levels.push("trusted");
     if (impl.jail != nullptr) levels.push("process");
+    if (impl.microvm != nullptr) levels.push("microvm");
     info.set("isolation_levels", levels);
-    info.set("peer_isolation", std::string(isolation_name(impl.options.peer_isolation)));
+    info.set("peer_isolation", std::string(isolation_name(impl.node_peer_level())));
     return info;
   }, fast);
 }

@@ -20,6 +20,7 @@
 
 #include "sojourn/agents/node.hpp"
 #include "sojourn/sandbox/lua_sandbox.hpp"
+#include "sojourn/sandbox/microvm_jail.hpp"
 #include "sojourn/sandbox/process_jail.hpp"
 #include "sojourn/transports/link.hpp"
 
@@ -58,12 +59,17 @@ struct Node::Impl : RequestHandler, std::enable_shared_from_this<Node::Impl> {
   Result<Value> call_from_lua(std::string_view service, const Value& args);
   TransportOptions transport_options() const;
 
-  // Jails. The level code from a peer runs at: the stronger of what it asked for and
-  // options.peer_isolation; an error when this node cannot offer it.
+  // Jails. The level code from a peer runs at: the stronger of what it asked for and the
+  // node's peer level; an error when this node cannot offer it.
   Result<Isolation> peer_level(Isolation asked);
+  // options.peer_isolation, or when it is unset the strongest level this node has (microvm
+  // where KVM can run the guest, else process), decided once.
+  Isolation node_peer_level();
   // The process jail, started on first use; null (and jail_error set) when it cannot be.
   sandbox::ProcessJail* process_jail();
-  // One chunk or one agent step at a level (trusted or process).
+  // The microVM jail, started on first use; null (and microvm_error set) when it cannot be.
+  sandbox::MicrovmJail* microvm_jail();
+  // One chunk or one agent step at a level.
   Result<Value> run_chunk(Isolation level, const sandbox::RunInput& input, sandbox::HostCalls* host);
   Result<sandbox::AgentOutcome> run_agent_step(Isolation level, const sandbox::RunInput& input,
                                                const sandbox::AgentInput& agent, sandbox::HostCalls* host);
@@ -100,6 +106,11 @@ struct Node::Impl : RequestHandler, std::enable_shared_from_this<Node::Impl> {
   std::once_flag jail_once;
   std::unique_ptr<sandbox::ProcessJail> jail;
   std::string jail_error;
+  std::once_flag microvm_once;
+  std::unique_ptr<sandbox::MicrovmJail> microvm;
+  std::string microvm_error;
+  std::once_flag peer_level_once;
+  Isolation resolved_peer_level = Isolation::process;
   std::string advertised;                // set once, by the first listen() (network thread)
   mutable std::mutex advertised_mutex;
 };

@@ -32,35 +32,98 @@ sandbox::ProcessJail* Node::Impl::process_jail() {
   return jail.get();
 }
 
+sandbox::MicrovmJail* Node::Impl::microvm_jail() {
+  std::call_once(microvm_once, [this] {
+    sandbox::MicrovmJailOptions o;
+    o.guest_path = options.guest_path;
+    // Room for the largest Lua heap a request may ask for.
+    o.memory_bytes = std::max(o.memory_bytes, options.max_limits.memory_bytes + sandbox::kGuestOverheadBytes);
+    auto made = sandbox::MicrovmJail::start(o);
+    if (!made) {
+      microvm_error = made.error().message;
+      // Expected on most machines (no /dev/kvm): a fact, not a warning, unless asked for.
+      if (options.peer_isolation == Isolation::microvm) {
+        log_warn("node", options.name + ": no microVM jail: " + microvm_error);
+      } else {
+        log_info("node", options.name + ": no microVM jail: " + microvm_error);
+      }
+      return;
+    }
+    microvm = std::move(*made);
+    const auto status = microvm->status();
+    log_info("node", options.name + ": microVM jail ready (guest " + status.guest_path + ", master booted in " +
+                         std::to_string(static_cast<int>(status.master_boot_ms)) + " ms, " +
+                         std::to_string(status.pooled) + " VMs pooled)");
+  });
+  return microvm.get();
+}
+
+Isolation Node::Impl::node_peer_level() {
+  std::call_once(peer_level_once, [this] {
+    if (options.peer_isolation) {
+      resolved_peer_level = *options.peer_isolation;
+      return;
+    }
+    resolved_peer_level = microvm_jail() != nullptr ? Isolation::microvm : Isolation::process;
+    log_info("node", options.name + ": code from peers runs at '" + std::string(isolation_name(resolved_peer_level)) +
+                         "' (the strongest level here)");
+  });
+  return resolved_peer_level;
+}
+
 Result<Isolation> Node::Impl::peer_level(Isolation asked) {
-  const Isolation level = std::max(asked, options.peer_isolation);
-  if (level == Isolation::microvm) return level_unavailable(level, "there is no microVM jail yet");
+  const Isolation level = std::max(asked, node_peer_level());
+  if (level == Isolation::microvm && microvm_jail() == nullptr) return level_unavailable(level, microvm_error);
   if (level == Isolation::process && process_jail() == nullptr) return level_unavailable(level, jail_error);
   return level;
 }
 
 Result<Value> Node::Impl::run_chunk(Isolation level, const sandbox::RunInput& input, sandbox::HostCalls* host) {
-  if (level == Isolation::trusted) return sandbox::run_lua(input, host);
-  sandbox::ProcessJail* j = level == Isolation::process ? process_jail() : nullptr;
-  if (j == nullptr) return level_unavailable(level, level == Isolation::process ? jail_error : "");
-  return j->run(input, host);
+  switch (level) {
+    case Isolation::trusted:
+      return sandbox::run_lua(input, host);
+    case Isolation::process:
+      if (process_jail() == nullptr) return level_unavailable(level, jail_error);
+      return jail->run(input, host);
+    case Isolation::microvm:
+      if (microvm_jail() == nullptr) return level_unavailable(level, microvm_error);
+      return microvm->run(input, host);
+  }
+  return level_unavailable(level, "unknown level");
 }
 
 Result<sandbox::AgentOutcome> Node::Impl::run_agent_step(Isolation level, const sandbox::RunInput& input,
                                                          const sandbox::AgentInput& agent, sandbox::HostCalls* host) {
-  if (level == Isolation::trusted) return sandbox::run_agent(input, agent, host);
-  sandbox::ProcessJail* j = level == Isolation::process ? process_jail() : nullptr;
-  if (j == nullptr) return level_unavailable(level, level == Isolation::process ? jail_error : "");
-  return j->run_agent(input, agent, host);
+  switch (level) {
+    case Isolation::trusted:
+      return sandbox::run_agent(input, agent, host);
+    case Isolation::process:
+      if (process_jail() == nullptr) return level_unavailable(level, jail_error);
+      return jail->run_agent(input, agent, host);
+    case Isolation::microvm:
+      if (microvm_jail() == nullptr) return level_unavailable(level, microvm_error);
+      return microvm->run_agent(input, agent, host);
+  }
+  return level_unavailable(level, "unknown level");
 }
 
 std::vector<Isolation> Node::isolation_levels(std::string* why) {
   std::vector<Isolation> levels{Isolation::trusted};
-  if (impl_->process_jail() != nullptr) levels.push_back(Isolation::process);
-  std::string reasons = impl_->jail == nullptr ? "process: " + impl_->jail_error + "; " : "";
-  reasons += "microvm: there is no microVM jail yet";
+  std::string reasons;
+  if (impl_->process_jail() != nullptr) {
+    levels.push_back(Isolation::process);
+  } else {
+    reasons += "process: " + impl_->jail_error;
+  }
+  if (impl_->microvm_jail() != nullptr) {
+    levels.push_back(Isolation::microvm);
+  } else {
+    reasons += (reasons.empty() ? "" : "; ") + std::string("microvm: ") + impl_->microvm_error;
+  }
   if (why != nullptr) *why = reasons;
   return levels;
 }
+
+Isolation Node::peer_isolation() { return impl_->node_peer_level(); }
 
 }  // namespace sojourn

@@ -113,9 +113,11 @@ int run_node(const NodeCommand& c) {
     l->wall_ms = std::max(l->wall_ms, options.default_limits.wall_ms);
   }
   options.code_cache_dir = c.code_cache;
-  auto peer_level = parse_isolation(c.peer_isolation);
-  if (!peer_level) return fail(peer_level.error(), false);
-  options.peer_isolation = *peer_level;
+  if (c.peer_isolation != "auto") {
+    auto peer_level = parse_isolation(c.peer_isolation);
+    if (!peer_level) return fail(peer_level.error(), false);
+    options.peer_isolation = *peer_level;
+  }
   options.advertise = c.advertise;
   Node node(options);
   for (const auto& spec : c.publish) {
@@ -129,18 +131,21 @@ int run_node(const NodeCommand& c) {
     std::printf("node %s publishes module %s (%s)\n", c.name.c_str(), name.c_str(), hash->substr(0, 12).c_str());
   }
   if (auto seeded = seed_data(node, c.data); !seeded) return fail(seeded.error(), false);
-  // The jail's zygote starts before the first request, not during it.
+  // The jails (the zygote, the master VM) start before the first request, not during it.
   std::string why;
   const auto levels = node.isolation_levels(&why);
-  const bool has_peer_level = std::find(levels.begin(), levels.end(), options.peer_isolation) != levels.end();
+  const Isolation peer_level = node.peer_isolation();
+  const bool has_peer_level = std::find(levels.begin(), levels.end(), peer_level) != levels.end();
   if (!has_peer_level) {
     return fail(make_error(Errc::sandbox_refused, "refused by the sandbox: isolation level '" +
-                                                      std::string(isolation_name(options.peer_isolation)) +
+                                                      std::string(isolation_name(peer_level)) +
                                                       "' for code from peers is not available here (" + why +
                                                       "); run with --peer-isolation trusted only if every peer is trusted"),
                 false);
   }
-  if (options.peer_isolation == Isolation::trusted) {
+  std::printf("node %s runs code from peers at '%s'%s\n", c.name.c_str(), std::string(isolation_name(peer_level)).c_str(),
+              why.empty() ? "" : (" (" + why + ")").c_str());
+  if (peer_level == Isolation::trusted) {
     log_warn("node", c.name + ": --peer-isolation trusted: code from every peer runs in this process, unjailed");
   }
   for (const auto& where : c.listen) {

@@ -33,7 +33,7 @@ struct NodeCommand {
   std::vector<std::string> listen;
   std::vector<std::string> publish;  // FILE or NAME=FILE
   std::vector<std::string> data;     // KEY=JSON, put in the kv store at start
-  std::string code_cache, advertise, peer_isolation = "process";
+  std::string code_cache, advertise, peer_isolation = "auto";
   std::string name = "node";
   std::size_t workers = 2;
   std::uint64_t cpu = 0, memory = 0;

@@ -25,7 +25,8 @@ int main(int argc, char** argv) {
   node_cmd->add_option("--data", node.data, "Put KEY=JSON in the node's kv store at start (repeatable)");
   node_cmd->add_option("--code-cache", node.code_cache, "Directory that keeps received code bundles across restarts");
   node_cmd->add_option("--peer-isolation", node.peer_isolation,
-                       "Least isolation for code from peers: process (default) or trusted")->capture_default_str();
+                       "Least isolation for code from peers: auto (default: microvm where KVM can run the guest, "
+                       "else process), microvm, process or trusted")->capture_default_str();
   node_cmd->add_option("--advertise", node.advertise, "Address peers reach this node at (default: the first --listen)");
 
   CallCommand call;

@@ -141,6 +141,26 @@ Conversation converse(HostChannel& channel, std::span<const std::uint8_t> reques
   return talk;
 }
 
+Result<void> check_run_input(const RunInput& input) {
+  const Limits& limits = input.limits;
+  if (limits.cpu_instructions == 0 || limits.memory_bytes == 0 || limits.wall_ms == 0) {
+    return make_error(Errc::invalid_argument, "invalid argument: every limit of a Lua run must be non-zero");
+  }
+  if (!input.source.empty() && input.source.front() == '\x1b') {
+    return make_error(Errc::sandbox_refused, "refused by the sandbox: bytecode is not accepted");
+  }
+  if (input.abort != nullptr && input.abort->load(std::memory_order_relaxed)) {
+    return make_error(Errc::shutting_down, "node is shutting down");
+  }
+  return {};
+}
+
+channel::RunRequest make_run_request(const RunInput& input) {
+  return channel::RunRequest{std::string(input.source), std::string(input.chunk_name),
+                             input.args.is_table() ? input.args : Value::table(), input.limits, input.allow_jit,
+                             /*has_host=*/true};
+}
+
 Result<Value> run_outcome(std::span<const std::uint8_t> payload) {
   Result<channel::RunDone> done = channel::decode_payload<channel::RunDone>(payload);
   if (!done) return broke_protocol(done.error());

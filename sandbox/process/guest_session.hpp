@@ -35,6 +35,11 @@ struct Conversation {
 Conversation converse(HostChannel& channel, std::span<const std::uint8_t> request, channel::Kind done,
                       const Limits& limits, HostCalls* host);
 
+// What run_lua refuses before a state exists is refused before a guest exists (both jails).
+Result<void> check_run_input(const RunInput& input);
+// The request frame's run part for `input` (has_host set by the caller).
+channel::RunRequest make_run_request(const RunInput& input);
+
 // Decoding a guest's final frame; an error code a run cannot end with is not believed.
 Result<Value> run_outcome(std::span<const std::uint8_t> payload);
 Result<AgentOutcome> agent_outcome(std::span<const std::uint8_t> payload);

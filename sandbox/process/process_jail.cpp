@@ -98,8 +98,8 @@ class ProcessJail::Impl {
   }
 
   Result<Value> run(const RunInput& input, HostCalls* host) {
-    if (Result<void> ok = check(input); !ok) return ok.error();
-    channel::RunRequest request = run_request(input);
+    if (Result<void> ok = check_run_input(input); !ok) return ok.error();
+    channel::RunRequest request = make_run_request(input);
     request.has_host = host != nullptr;
     Result<std::vector<std::uint8_t>> done = in_guest(input, channel::encode_frame(request), channel::Kind::run_done, host);
     if (!done) return done.error();
@@ -107,33 +107,12 @@ class ProcessJail::Impl {
   }
 
   Result<AgentOutcome> run_agent(const RunInput& input, const AgentInput& agent, HostCalls* host) {
-    if (Result<void> ok = check(input); !ok) return ok.error();
-    channel::AgentRequest request{run_request(input), std::string(agent.entry), agent.state, agent.info};
+    if (Result<void> ok = check_run_input(input); !ok) return ok.error();
+    channel::AgentRequest request{make_run_request(input), std::string(agent.entry), agent.state, agent.info};
     request.run.has_host = host != nullptr;
     Result<std::vector<std::uint8_t>> done = in_guest(input, channel::encode_frame(request), channel::Kind::agent_done, host);
     if (!done) return done.error();
     return agent_outcome(*done);
-  }
-
-  // What run_lua refuses before a state exists is refused before a guest exists.
-  static Result<void> check(const RunInput& input) {
-    const Limits& limits = input.limits;
-    if (limits.cpu_instructions == 0 || limits.memory_bytes == 0 || limits.wall_ms == 0) {
-      return make_error(Errc::invalid_argument, "invalid argument: every limit of a Lua run must be non-zero");
-    }
-    if (!input.source.empty() && input.source.front() == '\x1b') {
-      return make_error(Errc::sandbox_refused, "refused by the sandbox: bytecode is not accepted");
-    }
-    if (input.abort != nullptr && input.abort->load(std::memory_order_relaxed)) {
-      return make_error(Errc::shutting_down, "node is shutting down");
-    }
-    return {};
-  }
-
-  static channel::RunRequest run_request(const RunInput& input) {
-    return channel::RunRequest{std::string(input.source), std::string(input.chunk_name),
-                               input.args.is_table() ? input.args : Value::table(), input.limits, input.allow_jit,
-                               /*has_host=*/true};
   }
 
   Result<std::vector<std::uint8_t>> in_guest(const RunInput& input, const std::vector<std::uint8_t>& request,

@@ -24,6 +24,8 @@ verdict() {
 }
 
 echo "$M BOOTED $(uptime_s)"
+# Loopback, for tests whose nodes talk TCP on 127.0.0.1.
+ip link set lo up 2>/dev/null || echo "$M NO-LOOPBACK"
 for m in /lib/modules/sojourn/*.ko; do
   insmod "$m" || echo "$M INSMOD-FAILED ${m##*/}"
 done

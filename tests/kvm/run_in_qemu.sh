@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Runs static test executables that need /dev/kvm inside ONE boot of a nested QEMU guest: QEMU's
+# Runs test executables that need /dev/kvm inside ONE boot of a nested QEMU guest: QEMU's
 # software emulation (TCG) offers an emulated AMD-V CPU in which the Debian kernel's kvm-amd works.
+# Static executables go in as they are; a dynamic one (and any dynamic executable among the
+# files) brings the shared libraries and loader `ldd` lists, each at its host path.
 # Exits 0 only if every test passed; otherwise non-zero with a message saying what went wrong.
 #
 #   run_in_qemu.sh [OPTIONS] [EXE [ARG...] [-- EXE [ARG...]]...]
@@ -35,9 +37,6 @@ add_test() {
   local name=$1 limit=$2 envs=$3 exe=$4; shift 4
   [ -f "$exe" ] || die "test executable not found: $exe"
   exe=$(realpath "$exe")
-  if readelf -lW "$exe" 2>/dev/null | grep -q 'INTERP'; then
-    die "$exe is dynamically linked; tests in the nested guest must be static (link with -static)"
-  fi
   local cmd="" a
   [ -z "$envs" ] || cmd="env $envs "
   cmd+=$(sh_quote "$exe")
@@ -179,10 +178,21 @@ if [ ! -s "$base" ]; then
   mv "$work/base.cpio" "$base"
 fi
 
-# The tests, each file at its host path, appended as a second cpio archive.
+# shared_deps FILE: the loader and shared libraries a dynamic ELF FILE needs (absolute paths).
+shared_deps() {
+  readelf -lW "$1" 2>/dev/null | grep -q INTERP || return 0
+  ldd "$1" | awk '$2 == "=>" && $3 ~ /^\// { print $3 } $1 ~ /^\// { print $1 }' ||
+    die "ldd cannot list the libraries of $1"
+}
+# The tests, each file at its host path, appended as a second cpio archive; dynamic
+# executables bring their libraries (also at their host paths: the loader's search path).
+libs=()
+for f in "${files[@]}"; do
+  if [ -f "$f" ]; then while IFS= read -r lib; do libs+=("$lib"); done < <(shared_deps "$f"); fi
+done
 stage=$work/tests
 mkdir -p "$stage/sojourn"
-for f in "${files[@]}"; do mkdir -p "$stage$(dirname "$f")"; cp -RL "$f" "$stage$f"; done
+for f in "${files[@]}" "${libs[@]}"; do mkdir -p "$stage$(dirname "$f")"; cp -RL "$f" "$stage$f"; done
 for i in "${!names[@]}"; do
   echo "run_test $(sh_quote "${names[i]}") ${timeouts[i]} ${commands[i]}"
 done > "$stage/sojourn/tests.sh"

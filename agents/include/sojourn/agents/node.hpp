@@ -8,6 +8,7 @@
 #include <functional>
 #include <span>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -60,9 +61,11 @@ struct NodeOptions {
   // address listen() bound.
   std::string advertise;
   // Code that came from a peer (remote evaluations, fetched modules, arriving agents) runs
-  // at this isolation level at least: `process` (a forked, seccomp-jailed guest) unless
-  // the node's operator trusts its peers fully. A request may ask for more, never less.
-  Isolation peer_isolation = Isolation::process;
+  // at this isolation level at least. Unset (the default): the strongest this node has,
+  // `microvm` (a KVM microVM) where /dev/kvm can run the guest, else `process` (a forked,
+  // seccomp-jailed guest). `trusted` only when the node's operator trusts its peers fully.
+  // A request may ask for more, never less.
+  std::optional<Isolation> peer_isolation;
   // The sojourn-guest executable for the process jail; empty: found as
   // sandbox::find_guest_binary says ($SOJOURN_GUEST, beside the executable, libexec, build tree).
   std::string guest_path;
@@ -161,9 +164,13 @@ class Node {
   // The agents resident at `peer` (this node when empty).
   Result<std::vector<AgentSummary>> list_agents(std::string_view peer = {});
 
-  // Isolation levels this node can run code at (`process` once its jail has started; the
-  // first call starts it). The reason a level is missing, when asked, goes to `why`.
+  // Isolation levels this node can run code at (`process` and `microvm` once their jails
+  // have started; the first call starts them). The reason a level is missing, when asked,
+  // goes to `why`.
   std::vector<Isolation> isolation_levels(std::string* why = nullptr);
+  // The level code from peers runs at, at least: NodeOptions::peer_isolation, or when that
+  // is unset the strongest level this node has (decided on first use).
+  Isolation peer_isolation();
 
   // The address peers reach this node at (NodeOptions::advertise or the first bound).
   std::string advertised_address() const;

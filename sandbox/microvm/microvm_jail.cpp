@@ -1,0 +1,239 @@
+// MicrovmJail: one master VM booted at start, a copy-on-write fork of it per run. The fork
+// runs on a monitor thread of its own; the guest's channel is one end of a socketpair that the
+// monitor reads and writes for the guest's read(3)/write(3), and the other end is the same
+// HostChannel the process jail talks through, so both jails share one conversation
+// (guest_session.cpp) and the node cannot tell them apart.
+#include "sojourn/sandbox/microvm_jail.hpp"
+
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <chrono>
+#include <cstring>
+#include <fstream>
+#include <iterator>
+#include <mutex>
+#include <optional>
+#include <thread>
+#include <vector>
+
+#include "fork.hpp"
+#include "guest_session.hpp"
+#include "host_channel.hpp"
+#include "lua_limits.hpp"
+#include "sojourn/core/log.hpp"
+#include "sojourn/sandbox/process_jail.hpp"
+
+namespace sojourn::sandbox {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+namespace kvm = sojourn::sandbox::kvm;
+
+Result<std::vector<std::byte>> read_elf(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return make_error(Errc::jail_unavailable, "microVM jail unavailable: cannot read the guest " + path);
+  std::vector<char> chars((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  std::vector<std::byte> elf(chars.size());
+  std::memcpy(elf.data(), chars.data(), chars.size());
+  return elf;
+}
+
+// The guest's descriptor 3 seen from the monitor: the monitor's end of the socketpair. A
+// read blocks like the guest's read on a pipe would; the vCPU's budget signal interrupts it
+// (EINTR goes to the guest, whose next KVM_RUN then ends the run).
+kvm::ChannelEnd socket_channel(int fd) {
+  return kvm::ChannelEnd{
+      [fd](std::span<std::byte> out) -> std::int64_t {
+        const ssize_t n = ::read(fd, out.data(), out.size());
+        return n >= 0 ? n : -errno;
+      },
+      [fd](std::span<const std::byte> in) -> std::int64_t {
+        const ssize_t n = ::send(fd, in.data(), in.size(), MSG_NOSIGNAL);
+        return n >= 0 ? n : -errno;
+      }};
+}
+
+// How a microVM's run ended, from the monitor's side.
+struct MonitorEnd {
+  Result<int> status = 0;  // exit_group's status, or the fault that ended the VM
+};
+
+}  // namespace
+
+class MicrovmJail::Impl {
+ public:
+  Impl(MicrovmJailOptions options, std::string guest_path, kvm::KvmSystem system, kvm::MasterVm master,
+       double boot_ms)
+      : options_(std::move(options)), guest_path_(std::move(guest_path)), system_(std::move(system)),
+        master_(std::move(master)), boot_ms_(boot_ms) {}
+
+  Result<Value> run(const RunInput& input, HostCalls* host) {
+    if (Result<void> ok = check(input); !ok) return ok.error();
+    channel::RunRequest request = make_run_request(input);
+    request.has_host = host != nullptr;
+    auto done = in_microvm(input, channel::encode_frame(request), channel::Kind::run_done, host);
+    if (!done) return done.error();
+    return run_outcome(*done);
+  }
+
+  Result<AgentOutcome> run_agent(const RunInput& input, const AgentInput& agent, HostCalls* host) {
+    if (Result<void> ok = check(input); !ok) return ok.error();
+    channel::AgentRequest request{make_run_request(input), std::string(agent.entry), agent.state, agent.info};
+    request.run.has_host = host != nullptr;
+    auto done = in_microvm(input, channel::encode_frame(request), channel::Kind::agent_done, host);
+    if (!done) return done.error();
+    return agent_outcome(*done);
+  }
+
+  MicrovmJailStatus status() const {
+    std::lock_guard lock(mutex_);
+    MicrovmJailStatus s;
+    s.guest_path = guest_path_;
+    s.master_boot_ms = boot_ms_;
+    s.runs = runs_;
+    s.killed = killed_;
+    s.faults = faults_;
+    s.pooled = master_.pooled();
+    return s;
+  }
+
+ private:
+  Result<void> check(const RunInput& input) const {
+    if (Result<void> ok = check_run_input(input); !ok) return ok;
+    const std::uint64_t room = options_.memory_bytes - kGuestOverheadBytes;
+    if (input.limits.memory_bytes > room) {
+      return make_error(Errc::invalid_argument, "invalid argument: a memory limit of " +
+                                                    std::to_string(input.limits.memory_bytes) +
+                                                    " bytes does not fit in a microVM (at most " + std::to_string(room) +
+                                                    ")");
+    }
+    return {};
+  }
+
+  Result<kvm::MicroVmFork> fork() {
+    std::lock_guard lock(mutex_);
+    auto made = master_.fork(system_);
+    if (made) ++runs_;
+    return made;
+  }
+
+  void recycle(kvm::MicroVmFork fork, bool clean) {
+    std::lock_guard lock(mutex_);
+    // A VM whose vCPU did not end cleanly is not reused: its shell goes with it.
+    if (!clean || master_.pooled() >= options_.pool) return;
+    if (auto kept = master_.recycle(std::move(fork)); !kept) {
+      log_warn("microvm jail", "a finished microVM could not be recycled: " + kept.error().message);
+    }
+  }
+
+  Result<std::vector<std::uint8_t>> in_microvm(const RunInput& input, const std::vector<std::uint8_t>& request,
+                                               channel::Kind done, HostCalls* host) {
+    const Limits& limits = input.limits;
+    int pair[2];
+    if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair) != 0) {
+      return make_error(Errc::internal, std::string("internal error: socketpair: ") + std::strerror(errno));
+    }
+    UniqueFd host_end(pair[0]);
+    UniqueFd monitor_end(pair[1]);
+
+    auto vm = fork();
+    if (!vm) return vm.error();
+    vm->state().jit_allowed = input.allow_jit;
+
+    // The monitor's budget ends the vCPU a little after the host's deadline: the host's error
+    // (deadline, with the run's own limits) is the one reported.
+    const std::uint64_t budget_ms = limits.wall_ms + 2ull * options_.kill_grace_ms;
+    MonitorEnd ended;
+    std::thread monitor([&vm, &ended, &monitor_end, budget_ms] {
+      kvm::ChannelEnd channel = socket_channel(monitor_end.get());
+      ended.status = vm->serve(channel, budget_ms);
+      // The guest is gone: the host's reads see the end of the channel.
+      ::shutdown(monitor_end.get(), SHUT_RDWR);
+    });
+
+    const auto deadline = Clock::now() + std::chrono::milliseconds(limits.wall_ms + options_.kill_grace_ms);
+    HostChannel channel(std::move(host_end), deadline, input.abort);
+    Conversation talk = converse(channel, request, done, limits, host);
+    // Whatever the host decided, the guest's channel ends here: a guest blocked reading it
+    // sees end-of-file and one that spins meets the vCPU budget.
+    ::shutdown(monitor_end.get(), SHUT_RDWR);
+    monitor.join();
+
+    const bool clean = ended.status.ok();
+    if (!clean) {
+      std::lock_guard lock(mutex_);
+      if (ended.status.error().code == Errc::vm_guest_fault || ended.status.error().code == Errc::vm_entry_failed) {
+        ++faults_;
+      }
+    }
+    recycle(std::move(*vm), clean);
+
+    if (talk.done) return std::move(*talk.done);
+    if (talk.broke) return *talk.broke;
+    if (talk.status == ChannelStatus::deadline || talk.status == ChannelStatus::aborted ||
+        talk.status == ChannelStatus::too_large) {
+      std::lock_guard lock(mutex_);
+      ++killed_;
+      if (talk.status == ChannelStatus::deadline) return detail::limit_error(Errc::deadline, limits);
+      if (talk.status == ChannelStatus::too_large) return detail::limit_error(Errc::memory_limit, limits);
+      return make_error(Errc::shutting_down, "node is shutting down");
+    }
+    // The channel closed without an answer: the monitor says how the guest ended.
+    if (!ended.status) {
+      if (ended.status.error().code == Errc::deadline) return detail::limit_error(Errc::deadline, limits);
+      return ended.status.error();
+    }
+    return make_error(Errc::guest_crashed, "guest crashed: exited with status " + std::to_string(*ended.status) +
+                                               " without an answer");
+  }
+
+  MicrovmJailOptions options_;
+  std::string guest_path_;
+  kvm::KvmSystem system_;
+  mutable std::mutex mutex_;  // the master and its pool; the counters
+  kvm::MasterVm master_;
+  double boot_ms_ = 0;
+  std::uint64_t runs_ = 0;
+  std::uint64_t killed_ = 0;
+  std::uint64_t faults_ = 0;
+};
+
+Result<std::unique_ptr<MicrovmJail>> MicrovmJail::start(const MicrovmJailOptions& options) {
+  if (options.memory_bytes <= kGuestOverheadBytes) {
+    return make_error(Errc::invalid_argument, "invalid argument: a microVM needs more than " +
+                                                  std::to_string(kGuestOverheadBytes) + " bytes of memory");
+  }
+  Result<std::string> path = find_guest_binary(options.guest_path);
+  if (!path) return path.error();
+  auto system = kvm::KvmSystem::open();
+  if (!system) return system.error();
+  auto elf = read_elf(*path);
+  if (!elf) return elf.error();
+
+  kvm::StackInputs stack{{"sojourn-guest", "--serve"}, {}, {}};
+  kvm::host_random(std::as_writable_bytes(std::span(stack.random)));
+  const auto t0 = Clock::now();
+  auto master = kvm::MasterVm::boot(*system, *elf, stack, options.memory_bytes, options.boot_budget_ms);
+  if (!master) return master.error();
+  const double boot_ms = std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
+  if (auto warmed = master->prewarm(*system, options.pool); !warmed) return warmed.error();
+  auto impl = std::make_unique<Impl>(options, *path, std::move(*system), std::move(*master), boot_ms);
+  return std::unique_ptr<MicrovmJail>(new MicrovmJail(std::move(impl)));
+}
+
+MicrovmJail::MicrovmJail(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+MicrovmJail::~MicrovmJail() = default;
+
+Result<Value> MicrovmJail::run(const RunInput& input, HostCalls* host) { return impl_->run(input, host); }
+
+Result<AgentOutcome> MicrovmJail::run_agent(const RunInput& input, const AgentInput& agent, HostCalls* host) {
+  return impl_->run_agent(input, agent, host);
+}
+
+MicrovmJailStatus MicrovmJail::status() const { return impl_->status(); }
+
+}  // namespace sojourn::sandbox
