@@ -82,11 +82,16 @@ int exit_code_for(const Error& e) {
     case Errc::ok: return exit_ok;
     case Errc::invalid_json:
     case Errc::invalid_argument:
-    case Errc::bad_address: return exit_usage;
+    case Errc::bad_address:
+    case Errc::tls_config:
+    case Errc::insecure_transport: return exit_usage;
     case Errc::connect_failed:
     case Errc::connection_closed:
     case Errc::timeout:
-    case Errc::remote_protocol_error: return exit_connection;
+    case Errc::remote_protocol_error:
+    case Errc::tls_handshake_failed:
+    case Errc::untrusted_peer:
+    case Errc::refused_by_peer: return exit_connection;
     case Errc::internal: return exit_internal;
     default: return exit_remote;
   }
@@ -119,6 +124,16 @@ int run_node(const NodeCommand& c) {
     options.peer_isolation = *peer_level;
   }
   options.advertise = c.advertise;
+  apply_tls(c.tls, options);
+  options.insecure_plain_tcp = c.insecure;
+  if (options.tls.enabled()) {
+    // Checked here too, so that a bad TLS directory stops the daemon before anything starts.
+    auto tls = make_tls_context(options.tls);
+    if (!tls) return fail(tls.error(), false);
+    const PeerIdentity& self = tls_local_identity(**tls);
+    std::printf("node %s serves mutual TLS as '%s' (key %s), trusting %s\n", c.name.c_str(), self.name.c_str(),
+                self.fingerprint.c_str(), tls_trust_summary(**tls).c_str());
+  }
   Node node(options);
   for (const auto& spec : c.publish) {
     auto eq = spec.find('=');
@@ -175,6 +190,7 @@ int run_call(const CallCommand& c) {
   options.name = "cli";
   options.worker_threads = 1;
   options.request_timeout = std::chrono::milliseconds(c.timeout_ms);
+  apply_tls(c.tls, options);
   Node client(options);
   auto result = client.call(c.peer, c.service, *args);
   if (!result) return fail(result.error(), c.json);
@@ -199,6 +215,7 @@ int run_eval(const EvalCommand& c) {
   NodeOptions options;
   options.name = "cli";
   options.worker_threads = 1;
+  apply_tls(c.tls, options);
   Node client(options);
   EvalOptions eo;
   eo.limits = Limits{c.cpu, c.memory, c.wall_ms};
