@@ -77,7 +77,7 @@ class FramedSocket : public std::enable_shared_from_this<FramedSocket> {
   tcp::socket& lowest();
   // Is ec a TLS alert that refuses our certificate? Then the read's error is that.
   std::optional<Error> tls_read_error(const boost::system::error_code& ec) const;
-  asio::awaitable<bool> refuse_plain_client(std::chrono::milliseconds timeout);
+  asio::awaitable<bool> refuse_plain_client();
   asio::awaitable<void> drain_then_close();
 
   asio::any_io_executor executor_;

@@ -30,7 +30,7 @@ std::string common_name(X509* cert) {
 
 }  // namespace
 
-asio::awaitable<bool> FramedSocket::refuse_plain_client(std::chrono::milliseconds timeout) {
+asio::awaitable<bool> FramedSocket::refuse_plain_client() {
   // A server looks at the first bytes before TLS does: a sojourn client without --tls
   // sends a frame, and deserves to hear why nothing will come back.
   boost::system::error_code ec;
@@ -46,13 +46,7 @@ asio::awaitable<bool> FramedSocket::refuse_plain_client(std::chrono::millisecond
   ProtocolError pe{Errc::insecure_transport,
                    "insecure transport: this node accepts only mutually authenticated TLS; connect with --tls DIR"};
   auto bytes = encode_frame(FrameKind::protocol_error, 0, encode(pe));
-  asio::steady_timer guard(executor_, timeout);
-  guard.async_wait([this](boost::system::error_code e) {
-    boost::system::error_code ignored;
-    if (!e) lowest().close(ignored);
-  });
   co_await asio::async_write(lowest(), asio::buffer(bytes), asio::redirect_error(asio::use_awaitable, ec));
-  guard.cancel();
   co_return true;
 }
 
@@ -60,9 +54,22 @@ asio::awaitable<Result<PeerIdentity>> FramedSocket::handshake(std::chrono::milli
   auto self = shared_from_this();
   PeerIdentity who;
   who.address = peer_name_;
+  // The timer's handler may run after this frame is gone: it owns what it touches.
+  auto timed_out = std::make_shared<bool>(false);
+  asio::steady_timer guard(executor_, timeout);
+  guard.async_wait([self, timed_out](boost::system::error_code e) {
+    if (e) return;
+    *timed_out = true;
+    boost::system::error_code ignored;
+    self->lowest().close(ignored);
+  });
   if (server_side_) {
-    bool plain = co_await refuse_plain_client(timeout);
-    if (plain) {
+    bool plain = co_await refuse_plain_client();
+    if (plain || *timed_out) {
+      guard.cancel();
+      const PeerCheck nothing_checked;
+      const boost::system::error_code no_error;
+      if (*timed_out) co_return handshake_error(peer_name_, nothing_checked, no_error, timeout);
       co_return make_error(Errc::tls_handshake_failed,
                            "TLS handshake with " + peer_name_ + " failed: it sent plain sojourn frames (a client without --tls)");
     }
@@ -71,19 +78,11 @@ asio::awaitable<Result<PeerIdentity>> FramedSocket::handshake(std::chrono::milli
   tls_->set_verify_callback([check, tls = tls_context_](bool preverified, asio::ssl::verify_context& vc) {
     return verify_peer(*tls, *check, preverified, vc.native_handle());
   });
-  bool timed_out = false;
-  asio::steady_timer guard(executor_, timeout);
-  guard.async_wait([this, &timed_out](boost::system::error_code e) {
-    if (e) return;
-    timed_out = true;
-    boost::system::error_code ignored;
-    lowest().close(ignored);
-  });
   boost::system::error_code ec;
   auto type = server_side_ ? asio::ssl::stream_base::server : asio::ssl::stream_base::client;
   co_await tls_->async_handshake(type, asio::redirect_error(asio::use_awaitable, ec));
   guard.cancel();
-  if (ec || timed_out) co_return handshake_error(peer_name_, *check, ec, timed_out ? timeout : std::chrono::milliseconds(0));
+  if (ec || *timed_out) co_return handshake_error(peer_name_, *check, ec, *timed_out ? timeout : std::chrono::milliseconds(0));
   X509* cert = SSL_get0_peer_certificate(tls_->native_handle());
   if (cert == nullptr) co_return make_error(Errc::untrusted_peer, "untrusted peer " + peer_name_ + ": no certificate");
   who.name = common_name(cert);

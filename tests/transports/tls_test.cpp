@@ -6,9 +6,14 @@
 #include "sojourn/transports/asio.hpp"  // <utility> before Asio, see there
 
 #include <array>
+#include <atomic>
+#include <future>
+#include <mutex>
 #include <thread>
 
+#include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/io_context.hpp>
+#include <boost/asio/post.hpp>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/ssl.hpp>
 #include <boost/asio/write.hpp>
@@ -18,6 +23,8 @@
 #include "sojourn/core/identity.hpp"
 #include "sojourn/core/json.hpp"
 #include "sojourn/transports/address.hpp"
+#include "sojourn/transports/link.hpp"
+#include "support/raw_socket.hpp"
 #include "transports/tls_support.hpp"
 
 using namespace sojourn;
@@ -284,4 +291,70 @@ return M
   CHECK(status->hops[1].node == b.address);
   CHECK(a.node->stats().connections_refused == 0);
   CHECK(b.node->stats().connections_refused == 0);
+}
+
+namespace {
+class CountingHandler : public RequestHandler {
+ public:
+  asio::awaitable<Result<std::vector<std::uint8_t>>> handle(FrameKind, std::vector<std::uint8_t> payload, PeerIdentity) override {
+    ++handled;
+    co_return payload;
+  }
+  std::atomic<int> handled{0};
+};
+}  // namespace
+
+TEST_CASE("a peer that connects and never finishes its handshake is dropped at the deadline, with the reason") {
+  Pki pki;
+  std::string dir = pki.identity("srv");
+  asio::io_context io{1};
+  auto work = asio::make_work_guard(io);
+  std::thread thread([&] { io.run(); });
+  auto handler = std::make_shared<CountingHandler>();
+  TransportOptions options;
+  options.tls = *make_tls_context(TlsConfig{dir, "", {}});
+  options.frame_timeout = 300ms;
+  std::vector<Error> refusals;
+  std::mutex mutex;
+  options.on_refused = [&](const PeerIdentity&, const Error& e) {
+    std::lock_guard lock(mutex);
+    refusals.push_back(e);
+  };
+  auto server = std::make_unique<TcpServer>(io.get_executor(), handler, options);
+  std::promise<Result<Address>> bound_promise;
+  asio::post(io, [&] { bound_promise.set_value(server->listen(*parse_address("127.0.0.1:0"))); });
+  auto bound = bound_promise.get_future().get();
+  REQUIRE(bound.ok());
+
+  test::RawSocket silent(bound->port);   // connects, sends nothing
+  test::RawSocket half(bound->port);     // starts a ClientHello and stops
+  REQUIRE(half.send({0x16, 0x03, 0x01, 0x00, 0x50, 0x01}));
+  bool silent_closed = false, half_closed = false;
+  silent.read_until_closed(3000, &silent_closed);
+  half.read_until_closed(3000, &half_closed);
+  CHECK(silent_closed);
+  CHECK(half_closed);
+  // The deadline closes the socket first; the server reports the refusal just after.
+  auto count = [&] {
+    std::lock_guard lock(mutex);
+    return refusals.size();
+  };
+  for (int i = 0; i < 400 && count() < 2; ++i) std::this_thread::sleep_for(5ms);
+  {
+    std::lock_guard lock(mutex);
+    CHECK(refusals.size() == 2);
+    for (const auto& e : refusals) {
+      CHECK(e.code == Errc::tls_handshake_failed);
+      CHECK(e.message.find("failed: no answer within 300 ms") != std::string::npos);
+    }
+  }
+  CHECK(handler->handled == 0);
+  std::promise<void> stopped;
+  asio::post(io, [&] {
+    server.reset();
+    stopped.set_value();
+  });
+  stopped.get_future().get();
+  work.reset();
+  thread.join();
 }
