@@ -56,6 +56,8 @@ start_node c c --data 'catalogue={"disk": 88}' --data 'readings=[5, 50, 500, 500
 echo "node a listening on $a (publishes module stats)"
 echo "node b listening on $b"
 echo "node c listening on $c"
+# Where each node runs code from peers: microvm where KVM can run the guest, else process.
+grep -h "runs code from peers" "$work/a.out" "$work/b.out" "$work/c.out"
 
 say "-- 1. client-server: the service and its data stay at node a; only the answer comes back"
 run "$bin/sojourn" call "$a" kv.get '["catalogue"]'

@@ -5,6 +5,7 @@
 #include <doctest/doctest.h>
 
 #include <atomic>
+#include <chrono>
 #include <map>
 #include <memory>
 #include <string>
@@ -78,6 +79,15 @@ TEST_CASE("a chunk runs in a microVM and returns its values; host calls cross th
   CHECK(r->get(1).as_string() == "a");
   CHECK(r->get(2).as_integer() == 42);
   CHECK(host.calls == 1);
+
+  // The cost of a host call from a microVM (a channel round trip through the monitor).
+  const auto t0 = std::chrono::steady_clock::now();
+  auto many = run(jail(), "for i = 1, 200 do node.call('echo', i) end return 1", {10'000'000, 16u << 20, 30'000},
+                  false, &host);
+  const auto us = std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count();
+  REQUIRE(many.ok());
+  CHECK(host.calls == 201);
+  MESSAGE("200 host calls in one microVM run: " << us / 1000 << " ms (" << us / 200 << " us per call, run included)");
 }
 
 TEST_CASE("each run gets a pristine fork: what one run wrote is not seen by the next") {
