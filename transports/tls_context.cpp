@@ -28,12 +28,6 @@ std::string last_openssl_error() {
   return reason ? reason : "unknown OpenSSL error";
 }
 
-std::string common_name(X509* cert) {
-  char text[256] = {};
-  if (X509_NAME_get_text_by_NID(X509_get_subject_name(cert), NID_commonName, text, sizeof text) < 0) return {};
-  return text;
-}
-
 // The one NAME.key in `dir` besides ca.key, when `name` is not given.
 Result<std::string> pick_identity(const TlsConfig& config) {
   if (!config.name.empty()) return config.name;
@@ -149,7 +143,7 @@ Result<std::shared_ptr<const TlsContext>> make_tls_context(const TlsConfig& conf
     if (!loaded) return loaded.error();
   }
   X509* own = SSL_CTX_get0_certificate(context->context(TlsContext::Role::server).native_handle());
-  context->self.name = common_name(own);
+  context->self.name = transport_detail::common_name(own);
   context->self.fingerprint = public_key_fingerprint(X509_get0_pubkey(own));
   // An expired certificate of our own is only a warning: peers refuse it, and say so.
   if (X509_cmp_current_time(X509_get0_notAfter(own)) < 0) log_warn("tls", cert_path + " has expired: peers will refuse it");
@@ -160,6 +154,12 @@ const PeerIdentity& tls_local_identity(const TlsContext& context) { return conte
 std::string tls_trust_summary(const TlsContext& context) { return context.trust; }
 
 namespace transport_detail {
+
+std::string common_name(X509* cert) {
+  char text[256] = {};
+  if (X509_NAME_get_text_by_NID(X509_get_subject_name(cert), NID_commonName, text, sizeof text) < 0) return {};
+  return text;
+}
 
 bool verify_peer(const TlsContext& tls, PeerCheck& check, bool preverified, x509_store_ctx_st* store) {
   const int depth = X509_STORE_CTX_get_error_depth(store);

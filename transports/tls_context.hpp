@@ -13,6 +13,7 @@
 #include "sojourn/transports/tls.hpp"
 
 struct x509_store_ctx_st;  // OpenSSL's X509_STORE_CTX
+struct x509_st;            // OpenSSL's X509
 
 namespace sojourn {
 
@@ -46,6 +47,9 @@ struct PeerCheck {
   std::string name, fingerprint;
   std::string refusal;  // why the certificate was refused; empty while it is not
 };
+
+// The CN of a certificate's subject; empty when it has none.
+std::string common_name(x509_st* cert);
 
 // The verify callback of one connection: OpenSSL's chain verification against the CA, or
 // the pinned keys; records the leaf and the reason of a refusal in `check`.

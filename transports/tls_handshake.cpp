@@ -22,12 +22,6 @@ namespace {
 // The first byte of a TLS record that starts a handshake (a ClientHello).
 constexpr std::uint8_t kTlsHandshakeRecord = 0x16;
 
-std::string common_name(X509* cert) {
-  char text[256] = {};
-  if (X509_NAME_get_text_by_NID(X509_get_subject_name(cert), NID_commonName, text, sizeof text) < 0) return {};
-  return text;
-}
-
 }  // namespace
 
 asio::awaitable<bool> FramedSocket::refuse_plain_client() {

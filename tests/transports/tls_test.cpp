@@ -254,7 +254,7 @@ TEST_CASE("plain TCP is refused on a non-loopback address unless insecure, and a
   CHECK(c.error().code == Errc::tls_config);
 }
 
-TEST_CASE("a mobile agent hops between two TLS nodes and reports home over TLS") {
+TEST_CASE("a mobile agent hops between two TLS nodes and reports home; a module is fetched between them") {
   Pki pki;
   Server a(options_for("a", pki.identity("a")));
   Server b(options_for("b", pki.identity("b")));
@@ -291,6 +291,14 @@ return M
   CHECK(status->hops[1].node == b.address);
   CHECK(a.node->stats().connections_refused == 0);
   CHECK(b.node->stats().connections_refused == 0);
+
+  // Code-on-demand between the same nodes: the module crosses the TLS link and runs at a.
+  REQUIRE(b.node->publish("double", "local x = ... ; return x * 2").ok());
+  auto module = a.node->fetch(b.address, "double");
+  REQUIRE(module.ok());
+  auto doubled = a.node->run_module(*module, Value::array({21}));
+  REQUIRE(doubled.ok());
+  CHECK(doubled->get(1).as_integer() == 42);
 }
 
 namespace {
