@@ -16,7 +16,7 @@ Error raised(const AgentRecord& r, const std::string& what, std::uint64_t claime
 }  // namespace
 
 Result<const PolicyRule*> AgentRuntime::admit_code(AgentRecord& record, const CachedBundle& bundle,
-                                                   const std::string& peer_identity) {
+                                                   const PeerIdentity& peer) {
   const BundleManifest& m = bundle.bundle.manifest;
   std::string signer;
   if (!record.signer.empty() || !record.signature.empty()) {
@@ -41,7 +41,7 @@ Result<const PolicyRule*> AgentRuntime::admit_code(AgentRecord& record, const Ca
   if (q.wall_ms != 0 && record.quotas.wall_ms > q.wall_ms) {
     return raised(record, "a wall-clock quota", record.quotas.wall_ms, q.wall_ms);
   }
-  const PolicyRule* rule = impl_.rule_for(signer, peer_identity);
+  const PolicyRule* rule = impl_.rule_for(signer, peer);
   if (rule == nullptr) return rule;
   if (rule->refuse) return policy_refusal(*rule, impl_.describe_code(signer));
   if (rule->quotas.max_hops != 0) {

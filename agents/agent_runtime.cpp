@@ -56,9 +56,17 @@ void AgentRuntime::register_services(Node& node) {
   };
   ServiceOptions peers;
   peers.peers_only = true;
-  node.register_service("agent.launch", bind(&AgentRuntime::launch_here), peers);
+  // Launch and transfer bring code: the policy matches the caller's identity.
+  auto bind_caller = [self](Result<Value> (AgentRuntime::*fn)(const Value&, const PeerIdentity&)) {
+    return PeerService([self, fn](const Value& args, const PeerIdentity& caller) -> Result<Value> {
+      auto rt = self.lock();
+      if (!rt) return make_error(Errc::shutting_down, "node is shutting down");
+      return ((*rt).*fn)(args.get(1), caller);
+    });
+  };
+  node.register_service("agent.launch", bind_caller(&AgentRuntime::launch_here), peers);
   node.register_service("agent.offer", bind(&AgentRuntime::on_offer), peers);
-  node.register_service("agent.transfer", bind(&AgentRuntime::on_transfer), peers);
+  node.register_service("agent.transfer", bind_caller(&AgentRuntime::on_transfer), peers);
   node.register_service("agent.arrived", bind(&AgentRuntime::on_arrived), peers);
   node.register_service("agent.finished", bind(&AgentRuntime::on_finished), peers);
   node.register_service("agent.send", bind(&AgentRuntime::on_send), peers);
@@ -77,7 +85,7 @@ void AgentRuntime::register_services(Node& node) {
   });
 }
 
-Result<Value> AgentRuntime::launch_here(const Value& request) {
+Result<Value> AgentRuntime::launch_here(const Value& request, const PeerIdentity& caller) {
   if (impl_.shutting_down) return make_error(Errc::shutting_down, "node is shutting down");
   Value bytes = request.get("bundle");
   if (!bytes.is_string()) return make_error(Errc::invalid_argument, "invalid argument: agent.launch needs a bundle");
@@ -105,7 +113,7 @@ Result<Value> AgentRuntime::launch_here(const Value& request) {
   if (m.cpu_budget != 0) r.cpu_left = m.cpu_budget;
   r.signer = field_string(request, "signer");
   r.signature = field_string(request, "signature");
-  auto rule = admit_code(r, **bundle, calling_peer_identity());
+  auto rule = admit_code(r, **bundle, caller);
   if (!rule) return rule.error();
   // The code came from a peer (the launcher): the node's peer level at least, or the policy's.
   auto level = impl_.level_for(Isolation::trusted, *rule);

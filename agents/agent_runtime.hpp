@@ -37,7 +37,7 @@ class AgentRuntime : public std::enable_shared_from_this<AgentRuntime> {
   std::string self() const;  // the advertised address
 
   // Node API (blocking callers are never on the network thread).
-  Result<Value> launch_here(const Value& request);
+  Result<Value> launch_here(const Value& request, const PeerIdentity& caller);
   Result<Value> status_of(std::string_view id);
   Result<Value> list();
 
@@ -93,7 +93,7 @@ class AgentRuntime : public std::enable_shared_from_this<AgentRuntime> {
   // Checks an agent arriving (or launched) here: its bundle signature (cached), that its
   // budget is not above what its manifest (signed) sets, and the policy; lowers its hop
   // budget to the policy's. Returns its rule (null without a policy).
-  Result<const PolicyRule*> admit_code(AgentRecord& record, const CachedBundle& bundle, const std::string& peer_identity);
+  Result<const PolicyRule*> admit_code(AgentRecord& record, const CachedBundle& bundle, const PeerIdentity& peer);
   StepBudget step_budget(const AgentRecord& record, const CachedBundle& bundle, const PolicyRule* rule,
                          std::uint64_t hop_spent);
   // Charges a step's instructions to the travelling and per-visit budgets (under mutex_).
@@ -103,7 +103,7 @@ class AgentRuntime : public std::enable_shared_from_this<AgentRuntime> {
 
   // migration.cpp
   Result<Value> on_offer(const Value& request);
-  Result<Value> on_transfer(const Value& request);
+  Result<Value> on_transfer(const Value& request, const PeerIdentity& caller);
   asio::awaitable<void> migrate(std::string id, std::string peer, std::string entry);
   asio::awaitable<void> arrive(std::string id);
   // Appends the messages of an arrival answer that the agent has not had yet.

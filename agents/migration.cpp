@@ -52,7 +52,7 @@ Result<Value> AgentRuntime::on_offer(const Value& request) {
   return reply;
 }
 
-Result<Value> AgentRuntime::on_transfer(const Value& request) {
+Result<Value> AgentRuntime::on_transfer(const Value& request, const PeerIdentity& caller) {
   if (impl_.shutting_down) return make_error(Errc::shutting_down, "node is shutting down");
   auto record = record_from_value(request.get("record"));
   if (!record) return record.error();
@@ -93,7 +93,7 @@ Result<Value> AgentRuntime::on_transfer(const Value& request) {
     if (!bundle) return make_error(Errc::bad_bundle, "bad bundle: " + record->bundle_hash + " is not cached here; send it");
   }
   // Its signature, its budget against the manifest's, the policy.
-  auto rule = admit_code(*record, *bundle, calling_peer_identity());
+  auto rule = admit_code(*record, *bundle, caller);
   if (!rule) return rule.error();
   // An arriving agent runs here at this node's peer level (or the policy's), or the stronger
   // one it carries: a node may strengthen an agent's jail, never weaken it.

@@ -22,6 +22,7 @@ asio::awaitable<Result<Reply>> Node::Impl::request_peer(const std::string& peer,
                                                         std::chrono::milliseconds timeout) {
   auto self = shared_from_this();
   if (shutting_down) co_return make_error(Errc::shutting_down, "node is shutting down");
+  if (tls_error) co_return *tls_error;
   auto address = parse_address(peer);
   if (!address) co_return address.error();
   std::string key = address->to_string();

@@ -33,7 +33,7 @@ class AgentRuntime;
 struct CachedBundle;
 
 struct ServiceEntry {
-  Service fn;
+  PeerService fn;
   ServiceOptions options;
 };
 
@@ -41,11 +41,13 @@ struct Node::Impl : RequestHandler, std::enable_shared_from_this<Node::Impl> {
   explicit Impl(NodeOptions o);
 
   // RequestHandler: runs on the network thread.
+  // `peer` is who sent the request (over TLS, with its proven identity): it goes with
+  // the request to what decides what the peer may do.
   asio::awaitable<Result<std::vector<std::uint8_t>>> handle(FrameKind kind, std::vector<std::uint8_t> payload,
-                                                            std::string peer) override;
-  asio::awaitable<Reply> serve_call(CallRequest request, std::string peer_identity);
-  asio::awaitable<Reply> serve_eval(EvalRequest request, std::string peer_identity);
-  Reply run_eval(const EvalRequest& request, const std::string& peer_identity);
+                                                            PeerIdentity peer) override;
+  asio::awaitable<Reply> serve_call(CallRequest request, const PeerIdentity& peer);
+  asio::awaitable<Reply> serve_eval(EvalRequest request, const PeerIdentity& peer);
+  Reply run_eval(const EvalRequest& request, const PeerIdentity& peer);
 
   // Client side, on the network thread.
   asio::awaitable<Result<Value>> call_peer(std::string peer, std::string service, Value args);
@@ -55,15 +57,15 @@ struct Node::Impl : RequestHandler, std::enable_shared_from_this<Node::Impl> {
                                               std::chrono::milliseconds timeout);
 
   Result<ServiceEntry> find_service(std::string_view service) const;
-  static Result<Value> invoke(std::string_view service, const Service& fn, const Value& args);
+  static Result<Value> invoke(std::string_view service, const PeerService& fn, const Value& args, const PeerIdentity& caller);
   Result<Value> call_local(std::string_view service, const Value& args);
   // node.call from Lua: protocol services (peers_only) are not reachable.
   Result<Value> call_from_lua(std::string_view service, const Value& args);
   TransportOptions transport_options() const;
 
   // Trust. The policy rule for code signed by `signer` (a key fingerprint, empty: unsigned)
-  // from `peer` (an authenticated identity, empty: none); null without a policy.
-  const PolicyRule* rule_for(std::string_view signer, std::string_view peer) const;
+  // from `peer` (its TLS identity, when authenticated); null without a policy.
+  const PolicyRule* rule_for(std::string_view signer, const PeerIdentity& peer) const;
   // The level such code runs at: without a rule, peer_level(asked); with one, the first of
   // its levels that is at least `asked` and available here, else policy_refused.
   Result<Isolation> level_for(Isolation asked, const PolicyRule* rule);
@@ -88,6 +90,10 @@ struct Node::Impl : RequestHandler, std::enable_shared_from_this<Node::Impl> {
                                                const sandbox::AgentInput& agent, sandbox::HostCalls* host);
 
   NodeOptions options;
+  // Made from options.tls at construction; when that failed, tls_error says why and
+  // listen() and calls to peers return it.
+  std::shared_ptr<const TlsContext> tls;
+  std::optional<Error> tls_error;
   std::chrono::steady_clock::time_point started = std::chrono::steady_clock::now();
   asio::io_context io{1};
   std::optional<asio::executor_work_guard<asio::io_context::executor_type>> work;
@@ -108,6 +114,7 @@ struct Node::Impl : RequestHandler, std::enable_shared_from_this<Node::Impl> {
   std::atomic<std::uint64_t> calls_served{0};
   std::atomic<std::uint64_t> evals_served{0};
   std::atomic<std::uint64_t> requests_failed{0};
+  std::atomic<std::uint64_t> connections_refused{0};
   std::once_flag shutdown_once;
 
   SignatureCache signatures;             // bundles verified here, by (hash, signer)
@@ -148,10 +155,6 @@ class NodeHostCalls final : public sandbox::HostCalls {
 // code by the node's policy", or the rate limiter's quota_exhausted. Ok without a rule.
 Result<void> check_grant(const PolicyRule* rule, RateLimiter& rate, std::string_view service);
 
-// The authenticated identity of the peer a service call is running for (empty: a local
-// call or an unauthenticated peer): protocol services (agent.launch, agent.transfer) match
-// the policy's peer rules with it. Set by serve_call around the service.
-const std::string& calling_peer_identity();
 
 // Registers kv.get/put/del/keys and node.info on a new node.
 void register_builtin_services(Node& node, Node::Impl& impl);

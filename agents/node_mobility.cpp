@@ -83,7 +83,8 @@ Result<std::string> Node::launch(std::string_view at, AgentLaunch agent) {
   }
   Result<Value> reply = Value{};
   if (at.empty() || at == advertised_address()) {
-    reply = impl_->agents->launch_here(request);
+    static const PeerIdentity local{"local", {}, {}};  // this node's own launch
+    reply = impl_->agents->launch_here(request, local);
   } else {
     reply = call(at, "agent.launch", Value::array({request}));
   }

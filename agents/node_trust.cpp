@@ -4,9 +4,10 @@
 
 namespace sojourn {
 
-const PolicyRule* Node::Impl::rule_for(std::string_view signer, std::string_view peer) const {
+const PolicyRule* Node::Impl::rule_for(std::string_view signer, const PeerIdentity& peer) const {
   if (!options.policy) return nullptr;
-  return &options.policy->match(signer, peer);
+  if (!peer.authenticated()) return &options.policy->match(signer, {}, {});
+  return &options.policy->match(signer, peer.name, peer.fingerprint);
 }
 
 std::string Node::Impl::describe_code(std::string_view signer) const {

@@ -195,10 +195,14 @@ bool Policy::signer_matches(const std::string& wanted, std::string_view signer) 
   return (named != keys_.end() ? named->second : wanted) == signer;
 }
 
-const PolicyRule& Policy::match(std::string_view signer, std::string_view peer) const {
+const PolicyRule& Policy::match(std::string_view signer, std::string_view peer_name,
+                                std::string_view peer_fingerprint) const {
+  const bool authenticated = !peer_name.empty() || !peer_fingerprint.empty();
   for (const auto& rule : rules_) {
     if (rule.signer && !signer_matches(*rule.signer, signer)) continue;
-    if (rule.peer && (peer.empty() || (*rule.peer != "*" && *rule.peer != peer))) continue;
+    if (rule.peer && (!authenticated || (*rule.peer != "*" && *rule.peer != peer_name && *rule.peer != peer_fingerprint))) {
+      continue;
+    }
     return rule;
   }
   return default_;

@@ -32,6 +32,11 @@ std::string_view errc_name(Errc code) noexcept {
     case Errc::timeout: return "timeout";
     case Errc::bad_address: return "bad_address";
     case Errc::remote_protocol_error: return "remote_protocol_error";
+    case Errc::tls_handshake_failed: return "tls_handshake_failed";
+    case Errc::untrusted_peer: return "untrusted_peer";
+    case Errc::refused_by_peer: return "refused_by_peer";
+    case Errc::tls_config: return "tls_config";
+    case Errc::insecure_transport: return "insecure_transport";
     case Errc::agent_moving: return "agent_moving";
     case Errc::bad_bundle: return "bad_bundle";
     case Errc::hash_mismatch: return "hash_mismatch";

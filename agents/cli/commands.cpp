@@ -86,11 +86,16 @@ int exit_code_for(const Error& e) {
     case Errc::invalid_argument:
     case Errc::bad_address:
     case Errc::bad_key:
-    case Errc::bad_policy: return exit_usage;
+    case Errc::bad_policy:
+    case Errc::tls_config:
+    case Errc::insecure_transport: return exit_usage;
     case Errc::connect_failed:
     case Errc::connection_closed:
     case Errc::timeout:
-    case Errc::remote_protocol_error: return exit_connection;
+    case Errc::remote_protocol_error:
+    case Errc::tls_handshake_failed:
+    case Errc::untrusted_peer:
+    case Errc::refused_by_peer: return exit_connection;
     case Errc::internal: return exit_internal;
     default: return exit_remote;
   }
@@ -129,6 +134,16 @@ int run_node(const NodeCommand& c) {
     std::printf("node %s follows policy %s: %zu rules, then %s\n", c.name.c_str(), c.policy.c_str(), policy->rules().size(),
                 policy->default_rule().refuse ? "refuses anything else" : "runs anything else by its default rule");
     options.policy = std::make_shared<const Policy>(std::move(*policy));
+  }
+  apply_tls(c.tls, options);
+  options.insecure_plain_tcp = c.insecure;
+  if (options.tls.enabled()) {
+    // Checked here too, so that a bad TLS directory stops the daemon before anything starts.
+    auto tls = make_tls_context(options.tls);
+    if (!tls) return fail(tls.error(), false);
+    const PeerIdentity& self = tls_local_identity(**tls);
+    std::printf("node %s serves mutual TLS as '%s' (key %s), trusting %s\n", c.name.c_str(), self.name.c_str(),
+                self.fingerprint.c_str(), tls_trust_summary(**tls).c_str());
   }
   Node node(options);
   for (const auto& spec : c.publish) {
@@ -192,6 +207,7 @@ int run_call(const CallCommand& c) {
   options.name = "cli";
   options.worker_threads = 1;
   options.request_timeout = std::chrono::milliseconds(c.timeout_ms);
+  apply_tls(c.tls, options);
   Node client(options);
   auto result = client.call(c.peer, c.service, *args);
   if (!result) return fail(result.error(), c.json);
@@ -216,6 +232,7 @@ int run_eval(const EvalCommand& c) {
   NodeOptions options;
   options.name = "cli";
   options.worker_threads = 1;
+  apply_tls(c.tls, options);
   Node client(options);
   EvalOptions eo;
   eo.limits = Limits{c.cpu, c.memory, c.wall_ms};

@@ -13,9 +13,10 @@ namespace sojourn::cli {
 
 namespace {
 
-Node client_node(std::string cache_dir = {}) {
+Node client_node(const TlsFlags& tls, std::string cache_dir = {}) {
   NodeOptions options;
   options.name = "cli";
+  apply_tls(tls, options);
   options.worker_threads = 1;
   options.code_cache_dir = std::move(cache_dir);
   return Node(options);
@@ -63,7 +64,7 @@ int report_when_done(Node& node, const std::string& home, const std::string& age
 int run_fetch(const FetchCommand& c) {
   auto args = value_from_json(c.args_json);
   if (!args) return fail(args.error(), c.json);
-  Node node = client_node(c.cache_dir.empty() ? default_cache_dir() : c.cache_dir);
+  Node node = client_node(c.tls, c.cache_dir.empty() ? default_cache_dir() : c.cache_dir);
   if (auto seeded = seed_data(node, c.data); !seeded) return fail(seeded.error(), c.json);
   auto module = node.fetch(c.peer, c.module);
   if (!module) return fail(module.error(), c.json);
@@ -109,7 +110,7 @@ int run_launch(const LaunchCommand& c) {
     if (!key) return fail(key.error(), c.json);
     launch.sign = std::make_shared<const SigningKey>(std::move(*key));
   }
-  Node node = client_node();
+  Node node = client_node(c.tls);
   auto id = node.launch(c.at, launch);
   if (!id) return fail(id.error(), c.json);
   if (!c.wait) {
@@ -141,12 +142,12 @@ int report_when_done(Node& node, const std::string& home, const std::string& age
 }
 
 int run_wait(const WaitCommand& c) {
-  Node node = client_node();
+  Node node = client_node(c.tls);
   return report_when_done(node, c.home, c.agent_id, c.timeout_ms, c.json);
 }
 
 int run_ps(const AgentCommand& c) {
-  Node node = client_node();
+  Node node = client_node(c.tls);
   auto agents = node.list_agents(c.peer);
   if (!agents) return fail(agents.error(), c.json);
   if (c.json) {
@@ -176,7 +177,7 @@ int run_ps(const AgentCommand& c) {
 }
 
 int run_locate(const AgentCommand& c) {
-  Node node = client_node();
+  Node node = client_node(c.tls);
   auto status = node.agent_status(c.home, c.agent_id);
   if (!status) return fail(status.error(), c.json);
   if (c.json) {
@@ -191,7 +192,7 @@ int run_locate(const AgentCommand& c) {
 int run_send(const AgentCommand& c) {
   auto message = value_from_json(c.message_json);
   if (!message) return fail(message.error(), c.json);
-  Node node = client_node();
+  Node node = client_node(c.tls);
   auto id = node.send_to_agent(c.home, c.agent_id, *message);
   if (!id) return fail(id.error(), c.json);
   if (c.json) std::printf("{\"ok\":true,\"message_id\":\"%s\"}\n", id->c_str());

@@ -15,8 +15,10 @@
 
 #include "sojourn/core/error.hpp"
 #include "sojourn/core/messages.hpp"
+#include "sojourn/core/peer.hpp"
 #include "sojourn/core/value.hpp"
 #include "sojourn/agents/mobility.hpp"
+#include "sojourn/transports/tls.hpp"
 
 namespace sojourn {
 
@@ -27,6 +29,9 @@ class SigningKey;
 // concurrently on the node's worker threads (and from Lua code calling node.call):
 // they must be thread-safe.
 using Service = std::function<Result<Value>(const Value& args)>;
+// A service that needs to know who calls: the peer's address and, over TLS, the identity
+// its certificate proved (address "local" for this node's own code).
+using PeerService = std::function<Result<Value>(const Value& args, const PeerIdentity& caller)>;
 
 struct ServiceOptions {
   // Cheap, non-blocking services may run on the network thread and skip a thread hop.
@@ -37,6 +42,12 @@ struct ServiceOptions {
 
 struct NodeOptions {
   std::string name = "node";
+  // Mutual TLS for every TCP connection, served and made (see docs/tls.md): set `tls.dir`
+  // and this node listens and connects only over TLS, proving its identity and checking
+  // each peer's. Empty: plain TCP, for loopback development.
+  TlsConfig tls;
+  // Plain TCP on a non-loopback address is refused unless this is set (`--insecure`).
+  bool insecure_plain_tcp = false;
   // Limits of one evaluation when the request leaves them at zero...
   Limits default_limits{100'000'000, 64u << 20, 5'000};
   // ...and the most a request may ask for.
@@ -112,6 +123,7 @@ struct NodeStats {
   std::uint64_t in_flight = 0;
   std::uint64_t bundles_sent = 0;     // code.fetch answers and transfers that carried code
   std::uint64_t agents_resident = 0;
+  std::uint64_t connections_refused = 0;  // TLS handshakes that failed (untrusted peer, or it refused us)
 };
 
 class Node {
@@ -127,9 +139,12 @@ class Node {
   // Adds or replaces a service. Names are dotted ("kv.get"); the built-in services
   // kv.get, kv.put, kv.del, kv.keys and node.info are there from the start.
   void register_service(std::string name, Service service, ServiceOptions options = {});
+  void register_service(std::string name, PeerService service, ServiceOptions options = {});
 
   // Serves on "host:port" (port 0 picks a free one) or "inproc://name"; returns the
-  // bound address. May be called more than once.
+  // bound address. May be called more than once. Over TLS when NodeOptions::tls says;
+  // plain TCP is refused on a non-loopback address unless NodeOptions::insecure_plain_tcp.
+  // Errors: bad_address, tls_config, insecure_transport.
   Result<std::string> listen(std::string_view address);
 
   // Client-server: runs `service` at `peer` with `args` (an array table).

@@ -53,8 +53,10 @@ class Policy {
 
   // The first rule whose conditions hold, else the default rule. `signer` is the hex
   // fingerprint of the key that signed the code (empty: unsigned, or the signature failed);
-  // `peer` is the peer's authenticated identity (empty: not authenticated, e.g. plain TCP).
-  const PolicyRule& match(std::string_view signer, std::string_view peer) const;
+  // `peer_name` and `peer_fingerprint` are the peer's TLS identity (its certificate's CN
+  // and key fingerprint; both empty: not authenticated, e.g. plain TCP). A rule's `peer`
+  // names either.
+  const PolicyRule& match(std::string_view signer, std::string_view peer_name, std::string_view peer_fingerprint = {}) const;
 
   // A signer's key name in the policy, or the first 16 digits of its fingerprint.
   std::string signer_name(std::string_view fingerprint) const;

@@ -47,6 +47,14 @@ enum class Errc : std::uint16_t {
   timeout = 62,              // "request to PEER timed out after N ms"
   bad_address = 63,          // "bad address: ..."
   remote_protocol_error = 64,// "peer PEER reported a protocol error: ..."
+  // TLS (transports/tls*): mutual authentication of nodes
+  tls_handshake_failed = 65, // "TLS handshake with PEER failed: ..." (not TLS, no common protocol, timed out)
+  untrusted_peer = 66,       // "untrusted peer PEER: ..." (certificate from another CA, certificate expired,
+                             //  no certificate, pinned key mismatch: expected FP1, got FP2)
+  refused_by_peer = 67,      // "peer PEER refused this node's certificate: ..." (the TLS alert it sent)
+  tls_config = 68,           // "TLS configuration: ..." (a key, certificate, CA or pin missing, unreadable,
+                             //  mismatched or malformed; files that would be overwritten)
+  insecure_transport = 69,   // "insecure transport: ..." (plain TCP on a non-loopback address without --insecure)
   // code bundles and mobile agents
   agent_moving = 80,         // "agent is leaving for another node" (ends an agent's run at agent.go)
   bad_bundle = 81,           // "bad bundle: ..." (invalid manifest, module name or file)
