@@ -19,6 +19,7 @@
 #include <boost/asio/write.hpp>
 
 #include "sojourn/agents/node.hpp"
+#include "sojourn/agents/policy.hpp"
 #include "sojourn/core/frame.hpp"
 #include "sojourn/core/identity.hpp"
 #include "sojourn/core/json.hpp"
@@ -365,4 +366,51 @@ TEST_CASE("a peer that connects and never finishes its handshake is dropped at t
   stopped.get_future().get();
   work.reset();
   thread.join();
+}
+
+TEST_CASE("a policy rule naming a peer matches only that peer's authenticated TLS identity") {
+  Pki pki;
+  const std::string ops_dir = pki.identity("ops-node");
+  const std::string guest_dir = pki.identity("guest-node");
+  NodeOptions o = options_for("server", pki.identity("server"));
+  o.peer_isolation.reset();  // the policy decides
+  auto policy = Policy::parse(R"({
+    "rules": [{"name": "operators", "peer": "ops-node", "isolation": ["trusted"]},
+              {"name": "by key", "peer": ")" + pki.fingerprint("guest-node") + R"(", "isolation": ["process"],
+               "services": ["kv.get"]}],
+    "default": {"refuse": true}
+  })");
+  REQUIRE_MESSAGE(policy.ok(), (policy.ok() ? "" : policy.error().message));
+  o.policy = std::make_shared<const Policy>(std::move(*policy));
+  Server server(std::move(o));
+  REQUIRE(server.node->call_local("kv.put", Value::array({"k", 5})).ok());
+
+  // The operators' node: its certificate's CN matches the first rule.
+  Node ops(options_for("ops-node", ops_dir));
+  auto as_ops = ops.evaluate(server.address, "node.call('kv.put', 'k', 6) return node.call('kv.get', 'k')");
+  REQUIRE_MESSAGE(as_ops.ok(), (as_ops.ok() ? "" : as_ops.error().message));
+  CHECK(as_ops->isolation == Isolation::trusted);
+  CHECK(as_ops->results.get(1).as_integer() == 6);
+
+  // Another node of the same CA: matched by its key fingerprint, jailed, kv.get only.
+  Node guest(options_for("guest-node", guest_dir));
+  auto as_guest = guest.evaluate(server.address, "return node.call('kv.get', 'k')");
+  REQUIRE_MESSAGE(as_guest.ok(), (as_guest.ok() ? "" : as_guest.error().message));
+  CHECK(as_guest->isolation == Isolation::process);
+  CHECK(as_guest->results.get(1).as_integer() == 6);
+  auto put = guest.eval(server.address, "return node.call('kv.put', 'k', 7)");
+  REQUIRE_FALSE(put.ok());
+  CHECK(put.error().message.find("service kv.put is not granted to this code by the node's policy") !=
+        std::string::npos);
+
+  // A third identity of the same CA matches no rule: the default refuses it, and nothing ran
+  // (the request is answered with the refusal: it counts as served and failed).
+  Node stranger(options_for("stranger", pki.identity("stranger")));
+  const auto failed_before = server.node->stats().requests_failed;
+  auto refused = stranger.evaluate(server.address, "node.call('kv.put', 'k', 8) return 1");
+  REQUIRE_FALSE(refused.ok());
+  CHECK(refused.error().code == Errc::policy_refused);
+  MESSAGE(refused.error().message);
+  CHECK(server.node->call_local("kv.get", Value::array({"k"}))->as_integer() == 6);
+  CHECK(server.node->stats().requests_failed == failed_before + 1);
 }
