@@ -140,6 +140,11 @@ Value record_to_value(const AgentRecord& r) {
   q.set("memory", static_cast<std::int64_t>(r.quotas.memory_bytes));
   q.set("wall_ms", static_cast<std::int64_t>(r.quotas.wall_ms));
   t.set("quotas", q);
+  if (r.cpu_left) t.set("cpu_left", static_cast<std::int64_t>(*r.cpu_left));
+  if (!r.signer.empty()) {
+    t.set("signer", r.signer);
+    t.set("signature", r.signature);
+  }
   t.set("isolation", std::string(isolation_name(r.isolation)));
   t.set("created", r.created_unix_ms);
   t.set("updated", r.updated_unix_ms);
@@ -172,6 +177,12 @@ Result<AgentRecord> record_from_value(const Value& v) {
   r.max_hops = static_cast<std::uint32_t>(field_u64(v, "max_hops"));
   Value q = v.get("quotas");
   r.quotas = Limits{field_u64(q, "cpu"), field_u64(q, "memory"), static_cast<std::uint32_t>(field_u64(q, "wall_ms"))};
+  if (Value left = v.get("cpu_left"); !left.is_nil()) {
+    if (!left.is_integer() || left.as_integer() < 0) return bad("has an invalid cpu_left");
+    r.cpu_left = static_cast<std::uint64_t>(left.as_integer());
+  }
+  r.signer = field_string(v, "signer");
+  r.signature = field_string(v, "signature");
   auto iso = parse_isolation(field_string(v, "isolation"));
   if (!iso) return bad("has an unknown isolation level");
   r.isolation = *iso;

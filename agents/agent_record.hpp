@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -22,8 +23,14 @@ struct AgentRecord {
   Value state;              // a table (closures included)
   std::uint64_t epoch = 0;  // hops made; grows by one at each hand-over
   std::vector<std::string> itinerary;  // nodes still to visit
-  std::uint32_t max_hops = 0;
-  Limits quotas;            // per run
+  std::uint32_t max_hops = 0;  // its hop budget: never above the manifest's (when it sets one)
+  Limits quotas;            // per run; never above the manifest's
+  // Lua instructions left for the rest of its life, when the manifest sets a cpu_budget:
+  // decremented after each step, never above the manifest's figure.
+  std::optional<std::uint64_t> cpu_left;
+  // The owner's signature of the bundle (raw Ed25519 key and signature); empty: unsigned.
+  std::string signer;
+  std::string signature;
   Isolation isolation = Isolation::trusted;
   std::int64_t created_unix_ms = 0;
   std::int64_t updated_unix_ms = 0;

@@ -56,9 +56,17 @@ void AgentRuntime::register_services(Node& node) {
   };
   ServiceOptions peers;
   peers.peers_only = true;
-  node.register_service("agent.launch", bind(&AgentRuntime::launch_here), peers);
+  // Launch and transfer bring code: the policy matches the caller's identity.
+  auto bind_caller = [self](Result<Value> (AgentRuntime::*fn)(const Value&, const PeerIdentity&)) {
+    return PeerService([self, fn](const Value& args, const PeerIdentity& caller) -> Result<Value> {
+      auto rt = self.lock();
+      if (!rt) return make_error(Errc::shutting_down, "node is shutting down");
+      return ((*rt).*fn)(args.get(1), caller);
+    });
+  };
+  node.register_service("agent.launch", bind_caller(&AgentRuntime::launch_here), peers);
   node.register_service("agent.offer", bind(&AgentRuntime::on_offer), peers);
-  node.register_service("agent.transfer", bind(&AgentRuntime::on_transfer), peers);
+  node.register_service("agent.transfer", bind_caller(&AgentRuntime::on_transfer), peers);
   node.register_service("agent.arrived", bind(&AgentRuntime::on_arrived), peers);
   node.register_service("agent.finished", bind(&AgentRuntime::on_finished), peers);
   node.register_service("agent.send", bind(&AgentRuntime::on_send), peers);
@@ -77,7 +85,7 @@ void AgentRuntime::register_services(Node& node) {
   });
 }
 
-Result<Value> AgentRuntime::launch_here(const Value& request) {
+Result<Value> AgentRuntime::launch_here(const Value& request, const PeerIdentity& caller) {
   if (impl_.shutting_down) return make_error(Errc::shutting_down, "node is shutting down");
   Value bytes = request.get("bundle");
   if (!bytes.is_string()) return make_error(Errc::invalid_argument, "invalid argument: agent.launch needs a bundle");
@@ -100,9 +108,15 @@ Result<Value> AgentRuntime::launch_here(const Value& request) {
   const BundleManifest& m = (*bundle)->bundle.manifest;
   r.max_hops = static_cast<std::uint32_t>(field_u64(request, "max_hops"));
   if (r.max_hops == 0) r.max_hops = m.max_hops != 0 ? m.max_hops : impl_.options.default_max_hops;
+  if (m.max_hops != 0) r.max_hops = std::min(r.max_hops, m.max_hops);  // the launcher may only lower it
   r.quotas = m.quotas;
-  // The code came from a peer (the launcher): the node's peer level, at least.
-  auto level = impl_.peer_level(Isolation::trusted);
+  if (m.cpu_budget != 0) r.cpu_left = m.cpu_budget;
+  r.signer = field_string(request, "signer");
+  r.signature = field_string(request, "signature");
+  auto rule = admit_code(r, **bundle, caller);
+  if (!rule) return rule.error();
+  // The code came from a peer (the launcher): the node's peer level at least, or the policy's.
+  auto level = impl_.level_for(Isolation::trusted, *rule);
   if (!level) return level.error();
   r.isolation = *level;
   r.created_unix_ms = r.updated_unix_ms = unix_ms_now();
@@ -113,17 +127,20 @@ Result<Value> AgentRuntime::launch_here(const Value& request) {
   reply.set("id", r.id);
   reply.set("home", r.home);
   log_info("agents", impl_.options.name + ": launched agent " + r.id + " (" + m.name + ")");
-  make_resident(std::move(r), std::move(*bundle));
+  make_resident(std::move(r), std::move(*bundle), *rule);
   return reply;
 }
 
-void AgentRuntime::make_resident(AgentRecord record, std::shared_ptr<const CachedBundle> bundle) {
+void AgentRuntime::make_resident(AgentRecord record, std::shared_ptr<const CachedBundle> bundle, const PolicyRule* rule) {
   const std::string id = record.id;
   {
     std::lock_guard lock(mutex_);
     Resident& res = residents_[id];
     res.record = std::move(record);
     res.bundle = std::move(bundle);
+    res.rule = rule;
+    res.hop_cpu_spent = 0;
+    res.rate = std::make_shared<RateLimiter>(rule != nullptr ? rule->quotas.messages_per_second : 0);
     res.status = "waiting";
     res.reason.clear();
     res.since_unix_ms = unix_ms_now();
@@ -145,6 +162,8 @@ void AgentRuntime::schedule_run(const std::string& id) {
 void AgentRuntime::run_step(const std::string& id) {
   AgentRecord record;
   std::shared_ptr<const CachedBundle> bundle;
+  const PolicyRule* rule = nullptr;
+  std::uint64_t hop_spent = 0;
   {
     std::lock_guard lock(mutex_);
     auto it = residents_.find(id);
@@ -152,13 +171,20 @@ void AgentRuntime::run_step(const std::string& id) {
     it->second.status = "running";
     record = it->second.record;
     bundle = it->second.bundle;
+    rule = it->second.rule;
+    hop_spent = it->second.hop_cpu_spent;
+  }
+  const StepBudget budget = step_budget(record, *bundle, rule, hop_spent);
+  if (!budget.exhausted.empty()) {
+    finish(id, "failed", budget.exhausted, Value{});
+    return;
   }
   sandbox::RunInput input;
   const std::string chunk_name = bundle->bundle.main_file();  // RunInput holds views
   input.source = bundle->bundle.main_source();
   input.chunk_name = chunk_name;
   input.args = Value::table();
-  input.limits = effective_limits(record.quotas, impl_.options.default_limits, impl_.options.max_limits);
+  input.limits = budget.limits;
   input.allow_jit = false;
   input.abort = &impl_.abort_runs;
   Value info = Value::table();
@@ -177,16 +203,29 @@ void AgentRuntime::run_step(const std::string& id) {
   Result<sandbox::AgentOutcome> outcome = impl_.run_agent_step(record.isolation, input, agent, &host);
   const auto spent = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - started);
 
-  std::string go_peer, go_entry;
+  // A step that hit its CPU limit spent all of it; a budget (not the per-run quota) that
+  // bound it ends the agent with the budget's reason.
+  const bool cpu_killed = !outcome && outcome.error().code == Errc::cpu_limit;
+  const std::uint64_t spent_cpu = outcome ? outcome->instructions : cpu_killed ? budget.limits.cpu_instructions : 0;
+  std::string go_peer, go_entry, failure = outcome ? std::string() : outcome.error().message;
+  if (cpu_killed && budget.bound != StepBudget::Bound::run) failure = out_of_budget(record, *bundle, budget.bound, rule);
   bool wake = false;
   {
     std::lock_guard lock(mutex_);
     auto it = residents_.find(id);
     if (it == residents_.end()) return;
+    charge(it->second, spent_cpu);
     AgentRecord& r = it->second.record;
     if (!r.hops.empty()) r.hops.back().spent_ms += spent.count();
     r.updated_unix_ms = unix_ms_now();
-    if (outcome) {
+    if (outcome && rule != nullptr && rule->quotas.max_state_bytes != 0 && (outcome->went || outcome->waits)) {
+      const std::size_t state_bytes = encode_value(outcome->state).size();
+      if (state_bytes > rule->quotas.max_state_bytes) {
+        failure = "agent " + id + "'s state of " + std::to_string(state_bytes) + " bytes is over the " +
+                  std::to_string(rule->quotas.max_state_bytes) + " bytes policy rule " + rule->name + " allows at " + self();
+      }
+    }
+    if (outcome && failure.empty()) {
       r.state = outcome->state;
       if (outcome->went) {
         go_peer = outcome->go_peer;
@@ -200,8 +239,8 @@ void AgentRuntime::run_step(const std::string& id) {
       }
     }
   }
-  if (!outcome) {
-    finish(id, "failed", outcome.error().message, Value{});
+  if (!failure.empty()) {
+    finish(id, "failed", failure, Value{});
   } else if (outcome->went) {
     spawn(migrate(id, go_peer, go_entry), "agent migration");
   } else if (outcome->waits) {
@@ -246,6 +285,19 @@ Result<Value> AgentRuntime::agent_host_call(const std::string& id, std::string_v
     }
     Value name = args.get(1);
     return require_module(name.is_string() ? name.as_string() : std::string(), bundle.get(), home);
+  }
+  const PolicyRule* rule = nullptr;
+  std::shared_ptr<RateLimiter> rate;
+  {
+    std::lock_guard lock(mutex_);
+    auto it = residents_.find(id);
+    if (it != residents_.end()) {
+      rule = it->second.rule;
+      rate = it->second.rate;
+    }
+  }
+  if (rule != nullptr && rate) {
+    if (auto granted = check_grant(rule, *rate, service); !granted) return granted.error();
   }
   return impl_.call_from_lua(service, args);
 }

@@ -37,7 +37,7 @@ class AgentRuntime : public std::enable_shared_from_this<AgentRuntime> {
   std::string self() const;  // the advertised address
 
   // Node API (blocking callers are never on the network thread).
-  Result<Value> launch_here(const Value& request);
+  Result<Value> launch_here(const Value& request, const PeerIdentity& caller);
   Result<Value> status_of(std::string_view id);
   Result<Value> list();
 
@@ -58,6 +58,17 @@ class AgentRuntime : public std::enable_shared_from_this<AgentRuntime> {
     std::string status;  // "running", "moving", "stranded", "waiting"
     std::string reason;
     std::int64_t since_unix_ms = 0;
+    // Trust, for this visit: the policy rule its code runs under (null: no policy), the
+    // instructions spent here so far, and its message rate.
+    const PolicyRule* rule = nullptr;
+    std::uint64_t hop_cpu_spent = 0;
+    std::shared_ptr<RateLimiter> rate;
+  };
+  // The limits of one step, and which budget bounds its CPU.
+  struct StepBudget {
+    Limits limits;
+    enum class Bound { run, hop, total } bound = Bound::run;
+    std::string exhausted;  // non-empty: no budget left, why
   };
   struct PendingMessage {
     std::string id;
@@ -71,16 +82,28 @@ class AgentRuntime : public std::enable_shared_from_this<AgentRuntime> {
   };
 
   // agent_runtime.cpp
-  void make_resident(AgentRecord record, std::shared_ptr<const CachedBundle> bundle);
+  void make_resident(AgentRecord record, std::shared_ptr<const CachedBundle> bundle, const PolicyRule* rule);
   void schedule_run(const std::string& id);
   void run_step(const std::string& id);
   Result<Value> agent_host_call(const std::string& id, std::string_view service, const Value& args);
   void wake_if_asleep(const std::string& id);
   void finish(const std::string& id, const std::string& status, const std::string& reason, Value result);
 
+  // agent_budget.cpp
+  // Checks an agent arriving (or launched) here: its bundle signature (cached), that its
+  // budget is not above what its manifest (signed) sets, and the policy; lowers its hop
+  // budget to the policy's. Returns its rule (null without a policy).
+  Result<const PolicyRule*> admit_code(AgentRecord& record, const CachedBundle& bundle, const PeerIdentity& peer);
+  StepBudget step_budget(const AgentRecord& record, const CachedBundle& bundle, const PolicyRule* rule,
+                         std::uint64_t hop_spent);
+  // Charges a step's instructions to the travelling and per-visit budgets (under mutex_).
+  static void charge(Resident& resident, std::uint64_t instructions);
+  std::string out_of_budget(const AgentRecord& record, const CachedBundle& bundle, StepBudget::Bound bound,
+                            const PolicyRule* rule);
+
   // migration.cpp
   Result<Value> on_offer(const Value& request);
-  Result<Value> on_transfer(const Value& request);
+  Result<Value> on_transfer(const Value& request, const PeerIdentity& caller);
   asio::awaitable<void> migrate(std::string id, std::string peer, std::string entry);
   asio::awaitable<void> arrive(std::string id);
   // Appends the messages of an arrival answer that the agent has not had yet.

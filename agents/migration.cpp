@@ -1,6 +1,8 @@
 // The exactly-once hand-over of an agent (docs/migration.md): OFFER -> (bundle if missing)
 // -> TRANSFER -> COMMIT. The source keeps the agent until a COMMIT arrives; the destination
-// deduplicates by (id, epoch) and answers a repeated TRANSFER with its earlier COMMIT.
+// deduplicates by (id, epoch) and answers a repeated TRANSFER with its earlier COMMIT. A
+// TRANSFER names its destination and carries a nonce and an expiry time: captured and
+// replayed elsewhere or later, it is refused.
 #include "agent_runtime.hpp"
 
 #include <boost/asio/steady_timer.hpp>
@@ -50,10 +52,19 @@ Result<Value> AgentRuntime::on_offer(const Value& request) {
   return reply;
 }
 
-Result<Value> AgentRuntime::on_transfer(const Value& request) {
+Result<Value> AgentRuntime::on_transfer(const Value& request, const PeerIdentity& caller) {
   if (impl_.shutting_down) return make_error(Errc::shutting_down, "node is shutting down");
   auto record = record_from_value(request.get("record"));
   if (!record) return record.error();
+  const std::string what = "the TRANSFER of agent " + record->id + " (epoch " + std::to_string(record->epoch) + ")";
+  if (auto fresh = impl_.replay.check_expiry(static_cast<std::int64_t>(field_u64(request, "expires")), what); !fresh) {
+    return fresh.error();
+  }
+  const std::string to = field_string(request, "to");
+  if (to != self()) {
+    return make_error(Errc::replayed, "replayed: " + what + " is addressed to " + (to.empty() ? "no node" : to) +
+                                          ", not to this node (" + self() + ")");
+  }
   {
     std::lock_guard lock(mutex_);
     auto done = commits_.find({record->id, record->epoch});
@@ -64,11 +75,10 @@ Result<Value> AgentRuntime::on_transfer(const Value& request) {
                                                " is stale (this node has seen epoch " + std::to_string(seen->second) + ")");
     }
   }
-  // An arriving agent runs here at this node's peer level, or the stronger one it carries:
-  // a node may strengthen an agent's jail, never weaken it.
-  auto level = impl_.peer_level(record->isolation);
-  if (!level) return level.error();
-  record->isolation = *level;
+  if (auto fresh = impl_.replay.admit(field_string(request, "nonce"), static_cast<std::int64_t>(field_u64(request, "expires")), what);
+      !fresh) {
+    return fresh.error();
+  }
   std::shared_ptr<const CachedBundle> bundle;
   Value bytes = request.get("bundle_bytes");
   if (bytes.is_string()) {
@@ -82,6 +92,14 @@ Result<Value> AgentRuntime::on_transfer(const Value& request) {
     bundle = cache_.get(record->bundle_hash);
     if (!bundle) return make_error(Errc::bad_bundle, "bad bundle: " + record->bundle_hash + " is not cached here; send it");
   }
+  // Its signature, its budget against the manifest's, the policy.
+  auto rule = admit_code(*record, *bundle, caller);
+  if (!rule) return rule.error();
+  // An arriving agent runs here at this node's peer level (or the policy's), or the stronger
+  // one it carries: a node may strengthen an agent's jail, never weaken it.
+  auto level = impl_.level_for(record->isolation, *rule);
+  if (!level) return level.error();
+  record->isolation = *level;
   const std::string id = record->id;
   const std::uint64_t epoch = record->epoch;
   const std::string home = record->home;
@@ -108,6 +126,9 @@ Result<Value> AgentRuntime::on_transfer(const Value& request) {
     Resident& res = residents_[id];
     res.record = std::move(*record);
     res.bundle = std::move(bundle);
+    res.rule = *rule;
+    res.hop_cpu_spent = 0;
+    res.rate = std::make_shared<RateLimiter>(*rule != nullptr ? (*rule)->quotas.messages_per_second : 0);
     res.status = "arriving";
     res.since_unix_ms = unix_ms_now();
   }
@@ -134,6 +155,10 @@ asio::awaitable<Result<Value>> AgentRuntime::hand_over(AgentRecord record, std::
   }
   Value transfer = Value::table();
   transfer.set("record", record_to_value(record));
+  // Bound to this destination and this moment: a captured copy is refused elsewhere or later.
+  transfer.set("to", peer);
+  transfer.set("nonce", random_nonce());
+  transfer.set("expires", unix_ms_now() + static_cast<std::int64_t>(impl_.options.transfer_lifetime.count()));
   if (answer->get("need_bundle").truthy()) {
     transfer.set("bundle_bytes", std::string(as_text(bundle->bytes)));
     ++bundles_sent_;
@@ -154,7 +179,8 @@ asio::awaitable<void> AgentRuntime::migrate(std::string id, std::string peer, st
     bundle = it->second.bundle;
   }
   if (next.epoch + 1 > next.max_hops) {
-    finish(id, "failed", "agent " + id + " exceeded its limit of " + std::to_string(next.max_hops) + " hops", Value{});
+    finish(id, "failed", "agent " + id + " ran out of its hop budget of " + std::to_string(next.max_hops) + " hops (at " +
+                             self() + ")", Value{});
     co_return;
   }
   next.epoch += 1;

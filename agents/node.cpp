@@ -3,6 +3,7 @@
 #include "agent_runtime.hpp"
 
 #include <boost/asio/co_spawn.hpp>
+#include <boost/asio/ip/address.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
@@ -35,10 +36,22 @@ asio::awaitable<std::invoke_result_t<F>> on_workers(asio::thread_pool& pool, F f
 
 }  // namespace
 
-Node::Impl::Impl(NodeOptions o) : options(std::move(o)), workers(std::max<std::size_t>(1, options.worker_threads)) {}
+Node::Impl::Impl(NodeOptions o)
+    : options(std::move(o)), workers(std::max<std::size_t>(1, options.worker_threads)), replay(options.max_message_lifetime) {
+  if (options.tls.enabled()) {
+    auto context = make_tls_context(options.tls);
+    if (context) {
+      tls = std::move(*context);
+    } else {
+      tls_error = context.error();
+      log_error("node", options.name + ": " + context.error().message);
+    }
+  }
+}
 
 TransportOptions Node::Impl::transport_options() const {
   TransportOptions t;
+  t.tls = tls;
   t.max_payload = options.max_payload;
   t.connect_timeout = options.connect_timeout;
   if (options.fault_drop_reply) {
@@ -65,42 +78,50 @@ Result<ServiceEntry> Node::Impl::find_service(std::string_view service) const {
   return it->second;
 }
 
-Result<Value> Node::Impl::invoke(std::string_view service, const Service& fn, const Value& args) {
+Result<Value> Node::Impl::invoke(std::string_view service, const PeerService& fn, const Value& args,
+                                 const PeerIdentity& caller) {
   try {
-    return fn(args.is_table() ? args : Value::table());
+    return fn(args.is_table() ? args : Value::table(), caller);
   } catch (const std::exception& e) {
     return make_error(Errc::service_failed, "service " + std::string(service) + " failed: " + e.what());
   }
 }
 
+namespace {
+const PeerIdentity& local_caller() {
+  static const PeerIdentity local{"local", {}, {}};
+  return local;
+}
+}  // namespace
+
 Result<Value> Node::Impl::call_local(std::string_view service, const Value& args) {
   auto entry = find_service(service);
   if (!entry) return entry.error();
-  return invoke(service, entry->fn, args);
+  return invoke(service, entry->fn, args, local_caller());
 }
 
 Result<Value> Node::Impl::call_from_lua(std::string_view service, const Value& args) {
   auto entry = find_service(service);
   if (!entry || entry->options.peers_only) return make_error(Errc::no_such_service, "no such service: " + std::string(service));
-  return invoke(service, entry->fn, args);
+  return invoke(service, entry->fn, args, local_caller());
 }
 
 asio::awaitable<Result<std::vector<std::uint8_t>>> Node::Impl::handle(FrameKind kind, std::vector<std::uint8_t> payload,
-                                                                      std::string peer) {
+                                                                      PeerIdentity peer) {
   auto self = shared_from_this();
   InFlightGuard counted(in_flight);  // shutdown waits for this to reach zero
   Reply reply;
   if (kind == FrameKind::call) {
     auto request = decode_call(payload);
     if (!request) co_return request.error();
-    log_debug("node", options.name + ": call " + request->service + " from " + peer);
-    reply = co_await serve_call(std::move(*request));
+    log_debug("node", options.name + ": call " + request->service + " from " + peer.to_string());
+    reply = co_await serve_call(std::move(*request), peer);
     ++calls_served;
   } else if (kind == FrameKind::eval) {
     auto request = decode_eval(payload);
     if (!request) co_return request.error();
-    log_debug("node", options.name + ": eval " + request->chunk_name + " from " + peer);
-    reply = co_await serve_eval(std::move(*request));
+    log_debug("node", options.name + ": eval " + request->chunk_name + " from " + peer.to_string());
+    reply = co_await serve_eval(std::move(*request), peer);
     ++evals_served;
   } else {
     co_return make_error(Errc::bad_kind, "unexpected frame kind " + std::string(frame_kind_name(kind)));
@@ -115,46 +136,74 @@ asio::awaitable<Result<std::vector<std::uint8_t>>> Node::Impl::handle(FrameKind 
   co_return bytes;
 }
 
-asio::awaitable<Reply> Node::Impl::serve_call(CallRequest request) {
+asio::awaitable<Reply> Node::Impl::serve_call(CallRequest request, const PeerIdentity& peer) {
   if (shutting_down) co_return reply_error(make_error(Errc::shutting_down, "node is shutting down"));
   // One lookup: the entry (and its function) is copied out of the registry.
   Result<ServiceEntry> entry = find_service(request.service);
   if (!entry) co_return reply_error(entry.error());
-  Service fn = std::move(entry->fn);
+  PeerService fn = std::move(entry->fn);
   Result<Value> r = Value{};
   // Plain statements around co_await: g++ 12 miscompiles co_await inside a conditional expression.
   if (entry->options.inline_on_network_thread) {
-    r = invoke(request.service, fn, request.args);
+    r = invoke(request.service, fn, request.args, peer);
   } else {
-    r = co_await on_workers(workers, [&] { return invoke(request.service, fn, request.args); });
+    r = co_await on_workers(workers, [&] { return invoke(request.service, fn, request.args, peer); });
   }
   co_return r ? reply_ok(std::move(*r)) : reply_error(r.error());
 }
 
-asio::awaitable<Reply> Node::Impl::serve_eval(EvalRequest request) {
+asio::awaitable<Reply> Node::Impl::serve_eval(EvalRequest request, const PeerIdentity& peer) {
   if (shutting_down) co_return reply_error(make_error(Errc::shutting_down, "node is shutting down"));
-  // The chunk came from a peer: it runs at least at options.peer_isolation, never at less
-  // than it asked for; a level this node cannot offer is refused, never downgraded.
-  Result<Isolation> level = peer_level(request.isolation);
-  if (!level) co_return reply_error(level.error());
+  // Signature checks cost tens of microseconds: on the workers, with the run.
+  Reply reply = co_await on_workers(workers, [this, &request, &peer] { return run_eval(request, peer); });
+  co_return reply;
+}
+
+// The policy decides by the author's key (a signed chunk) and the sender's TLS identity.
+Reply Node::Impl::run_eval(const EvalRequest& request, const PeerIdentity& peer) {
+  // A signed chunk: its signature, then its freshness (a bad signature never uses up a nonce).
+  std::string signer;
+  if (!request.signer.empty()) {
+    if (auto good = verify_eval_signature(request); !good) return reply_error(good.error());
+    if (auto fresh = replay.admit(request.nonce, request.expires_unix_ms, "remote evaluation"); !fresh) {
+      return reply_error(fresh.error());
+    }
+    signer = key_fingerprint(request.signer);
+  }
+  const PolicyRule* rule = rule_for(signer, peer);
+  if (rule != nullptr && rule->refuse) return reply_error(policy_refusal(*rule, describe_code(signer)));
+  // The chunk came from a peer: it runs at least at options.peer_isolation (or as the policy
+  // says), never at less than it asked for; a level this node cannot offer is refused, never
+  // downgraded.
+  Result<Isolation> level = level_for(request.isolation, rule);
+  if (!level) return reply_error(level.error());
   sandbox::RunInput input;
   input.source = request.source;
   input.chunk_name = request.chunk_name.empty() ? std::string_view("eval") : std::string_view(request.chunk_name);
   input.args = request.args.is_table() ? request.args : Value::table();
-  input.limits = effective_limits(request.limits, options.default_limits, options.max_limits);
+  Limits ceiling = run_ceiling(rule);
+  // One evaluation is one visit: the per-hop CPU quota bounds it too.
+  if (rule != nullptr && rule->quotas.cpu_per_hop != 0) {
+    ceiling.cpu_instructions = std::min(ceiling.cpu_instructions, rule->quotas.cpu_per_hop);
+  }
+  input.limits = effective_limits(request.limits, options.default_limits, ceiling);
   input.allow_jit = false;  // code from a peer: compiled loops would escape the CPU hook
   input.abort = &abort_runs;
-  const Isolation at = *level;
-  Result<Value> r = co_await on_workers(workers, [this, &input, at] {
-    NodeHostCalls host(*this, nullptr, {});  // `node.call` reaches this node: the code went to the resource
-    return run_chunk(at, input, &host);
-  });
+  NodeHostCalls host(*this, nullptr, {}, rule);  // `node.call` reaches this node: the code went to the resource
+  Result<Value> r = run_chunk(*level, input, &host);
   Reply reply = r ? reply_ok(std::move(*r)) : reply_error(r.error());
-  reply.isolation = at;
-  co_return reply;
+  reply.isolation = *level;
+  return reply;
 }
 
 namespace {
+bool is_loopback(const Address& a) {
+  if (a.host == "localhost") return true;
+  boost::system::error_code ec;
+  auto ip = asio::ip::make_address(a.host, ec);
+  return !ec && ip.is_loopback();
+}
+
 // Runs f on the network thread and waits for its result (directly when already there).
 template <class F>
 auto on_network_thread(Node::Impl& impl, F f) -> decltype(f()) {
@@ -182,6 +231,11 @@ const std::string& Node::name() const { return impl_->options.name; }
 const NodeOptions& Node::options() const { return impl_->options; }
 
 void Node::register_service(std::string name, Service service, ServiceOptions options) {
+  PeerService fn = [service = std::move(service)](const Value& args, const PeerIdentity&) { return service(args); };
+  register_service(std::move(name), std::move(fn), options);
+}
+
+void Node::register_service(std::string name, PeerService service, ServiceOptions options) {
   std::unique_lock lock(impl_->services_mutex);
   impl_->services[std::move(name)] = ServiceEntry{std::move(service), options};
 }
@@ -200,9 +254,28 @@ Result<std::string> Node::listen(std::string_view address) {
       if (impl->advertised.empty()) impl->advertised = impl->options.advertise.empty() ? a.to_string() : impl->options.advertise;
       return a.to_string();
     }
-    auto server = std::make_unique<TcpServer>(impl->io.get_executor(), impl, impl->transport_options());
+    if (impl->tls_error) return *impl->tls_error;
+    if (!impl->tls && !is_loopback(a) && !impl->options.insecure_plain_tcp) {
+      return make_error(Errc::insecure_transport, "insecure transport: refusing plain TCP on " + a.to_string() +
+                                                      ", which is not a loopback address: peers would be "
+                                                      "unauthenticated and traffic readable; use --tls DIR (or --insecure)");
+    }
+    TransportOptions transport = impl->transport_options();
+    std::weak_ptr<Node::Impl> weak = impl;
+    transport.on_refused = [weak](const PeerIdentity&, const Error&) {
+      if (auto i = weak.lock()) ++i->connections_refused;
+    };
+    auto server = std::make_unique<TcpServer>(impl->io.get_executor(), impl, transport);
     auto bound = server->listen(a);
     if (!bound) return bound.error();
+    if (impl->tls) {
+      const PeerIdentity& self = tls_local_identity(*impl->tls);
+      log_info("node", impl->options.name + ": mutual TLS on " + bound->to_string() + " as '" + self.name + "' [" +
+                           self.fingerprint.substr(0, 12) + "], trusting " + tls_trust_summary(*impl->tls));
+    } else {
+      log_warn("node", impl->options.name + ": PLAIN TCP on " + bound->to_string() +
+                           ": peers are not authenticated and traffic is not encrypted (development only; use --tls DIR)");
+    }
     impl->servers.push_back(std::move(server));
     {
       std::lock_guard lock(impl->advertised_mutex);
@@ -220,6 +293,7 @@ bool Node::running() const { return !impl_->shutting_down; }
 
 NodeStats Node::stats() const {
   NodeStats s{impl_->calls_served, impl_->evals_served, impl_->requests_failed, impl_->in_flight};
+  s.connections_refused = impl_->connections_refused;
   s.bundles_sent = impl_->agents->bundles_sent();
   s.agents_resident = impl_->agents->resident_count();
   return s;

@@ -22,6 +22,7 @@ asio::awaitable<Result<Reply>> Node::Impl::request_peer(const std::string& peer,
                                                         std::chrono::milliseconds timeout) {
   auto self = shared_from_this();
   if (shutting_down) co_return make_error(Errc::shutting_down, "node is shutting down");
+  if (tls_error) co_return *tls_error;
   auto address = parse_address(peer);
   if (!address) co_return address.error();
   std::string key = address->to_string();
@@ -66,6 +67,7 @@ asio::awaitable<Result<EvalResult>> Node::Impl::evaluate_peer(std::string peer, 
   request.args = std::move(args);
   request.limits = eo.limits;
   request.isolation = eo.isolation;
+  if (eo.sign) sign_eval(request, *eo.sign, eo.signature_lifetime);
   std::chrono::milliseconds timeout = eo.timeout.count() > 0 ? eo.timeout : options.request_timeout;
   std::vector<std::uint8_t> payload = encode(request);
   Result<Reply> reply = co_await request_peer(peer, FrameKind::eval, std::move(payload), timeout);

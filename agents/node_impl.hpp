@@ -19,10 +19,13 @@
 #include <boost/asio/thread_pool.hpp>
 
 #include "sojourn/agents/node.hpp"
+#include "sojourn/agents/policy.hpp"
+#include "sojourn/core/signature.hpp"
 #include "sojourn/sandbox/lua_sandbox.hpp"
 #include "sojourn/sandbox/microvm_jail.hpp"
 #include "sojourn/sandbox/process_jail.hpp"
 #include "sojourn/transports/link.hpp"
+#include "trust.hpp"
 
 namespace sojourn {
 
@@ -30,7 +33,7 @@ class AgentRuntime;
 struct CachedBundle;
 
 struct ServiceEntry {
-  Service fn;
+  PeerService fn;
   ServiceOptions options;
 };
 
@@ -38,10 +41,13 @@ struct Node::Impl : RequestHandler, std::enable_shared_from_this<Node::Impl> {
   explicit Impl(NodeOptions o);
 
   // RequestHandler: runs on the network thread.
+  // `peer` is who sent the request (over TLS, with its proven identity): it goes with
+  // the request to what decides what the peer may do.
   asio::awaitable<Result<std::vector<std::uint8_t>>> handle(FrameKind kind, std::vector<std::uint8_t> payload,
-                                                            std::string peer) override;
-  asio::awaitable<Reply> serve_call(CallRequest request);
-  asio::awaitable<Reply> serve_eval(EvalRequest request);
+                                                            PeerIdentity peer) override;
+  asio::awaitable<Reply> serve_call(CallRequest request, const PeerIdentity& peer);
+  asio::awaitable<Reply> serve_eval(EvalRequest request, const PeerIdentity& peer);
+  Reply run_eval(const EvalRequest& request, const PeerIdentity& peer);
 
   // Client side, on the network thread.
   asio::awaitable<Result<Value>> call_peer(std::string peer, std::string service, Value args);
@@ -51,11 +57,22 @@ struct Node::Impl : RequestHandler, std::enable_shared_from_this<Node::Impl> {
                                               std::chrono::milliseconds timeout);
 
   Result<ServiceEntry> find_service(std::string_view service) const;
-  static Result<Value> invoke(std::string_view service, const Service& fn, const Value& args);
+  static Result<Value> invoke(std::string_view service, const PeerService& fn, const Value& args, const PeerIdentity& caller);
   Result<Value> call_local(std::string_view service, const Value& args);
   // node.call from Lua: protocol services (peers_only) are not reachable.
   Result<Value> call_from_lua(std::string_view service, const Value& args);
   TransportOptions transport_options() const;
+
+  // Trust. The policy rule for code signed by `signer` (a key fingerprint, empty: unsigned)
+  // from `peer` (its TLS identity, when authenticated); null without a policy.
+  const PolicyRule* rule_for(std::string_view signer, const PeerIdentity& peer) const;
+  // The level such code runs at: without a rule, peer_level(asked); with one, the first of
+  // its levels that is at least `asked` and available here, else policy_refused.
+  Result<Isolation> level_for(Isolation asked, const PolicyRule* rule);
+  // The most one run may use: max_limits, lowered by the rule's per-run quotas.
+  Limits run_ceiling(const PolicyRule* rule) const;
+  // "unsigned code" or "code signed by NAME", for messages.
+  std::string describe_code(std::string_view signer) const;
 
   // Jails. The level code from a peer runs at: the stronger of what it asked for and the
   // node's peer level; an error when this node cannot offer it.
@@ -73,6 +90,10 @@ struct Node::Impl : RequestHandler, std::enable_shared_from_this<Node::Impl> {
                                                const sandbox::AgentInput& agent, sandbox::HostCalls* host);
 
   NodeOptions options;
+  // Made from options.tls at construction; when that failed, tls_error says why and
+  // listen() and calls to peers return it.
+  std::shared_ptr<const TlsContext> tls;
+  std::optional<Error> tls_error;
   std::chrono::steady_clock::time_point started = std::chrono::steady_clock::now();
   asio::io_context io{1};
   std::optional<asio::executor_work_guard<asio::io_context::executor_type>> work;
@@ -93,8 +114,11 @@ struct Node::Impl : RequestHandler, std::enable_shared_from_this<Node::Impl> {
   std::atomic<std::uint64_t> calls_served{0};
   std::atomic<std::uint64_t> evals_served{0};
   std::atomic<std::uint64_t> requests_failed{0};
+  std::atomic<std::uint64_t> connections_refused{0};
   std::once_flag shutdown_once;
 
+  SignatureCache signatures;             // bundles verified here, by (hash, signer)
+  ReplayGuard replay;                    // nonces of signed requests and transfers
   std::shared_ptr<AgentRuntime> agents;  // mobile agents and code-on-demand
   std::once_flag jail_once;
   std::unique_ptr<sandbox::ProcessJail> jail;
@@ -111,17 +135,26 @@ struct Node::Impl : RequestHandler, std::enable_shared_from_this<Node::Impl> {
 // What Lua code run by this node reaches: `node.call` gets the node's services (not the
 // peers-only protocol services), and `require_remote` the modules of `bundle` (if any), of
 // this node, then of `origin` (if any). Used for remote evaluations and fetched modules.
+// With a policy rule, only the services it grants, at most at its message rate.
 class NodeHostCalls final : public sandbox::HostCalls {
  public:
-  NodeHostCalls(Node::Impl& impl, const CachedBundle* bundle, std::string origin)
-      : impl_(impl), bundle_(bundle), origin_(std::move(origin)) {}
+  NodeHostCalls(Node::Impl& impl, const CachedBundle* bundle, std::string origin, const PolicyRule* rule = nullptr)
+      : impl_(impl), bundle_(bundle), origin_(std::move(origin)), rule_(rule),
+        rate_(rule != nullptr ? rule->quotas.messages_per_second : 0) {}
   Result<Value> call(std::string_view service, const Value& args) override;
 
  private:
   Node::Impl& impl_;
   const CachedBundle* bundle_;
   std::string origin_;
+  const PolicyRule* rule_;
+  RateLimiter rate_;
 };
+
+// What the policy lets code call: service_not_granted "service NAME is not granted to this
+// code by the node's policy", or the rate limiter's quota_exhausted. Ok without a rule.
+Result<void> check_grant(const PolicyRule* rule, RateLimiter& rate, std::string_view service);
+
 
 // Registers kv.get/put/del/keys and node.info on a new node.
 void register_builtin_services(Node& node, Node::Impl& impl);

@@ -14,6 +14,7 @@ Result<Value> NodeHostCalls::call(std::string_view service, const Value& args) {
     Value name = args.get(1);
     return impl_.agents->require_module(name.is_string() ? name.as_string() : std::string(), bundle_, origin_);
   }
+  if (auto granted = check_grant(rule_, rate_, service); !granted) return granted.error();
   return impl_.call_from_lua(service, args);
 }
 
@@ -51,13 +52,16 @@ Result<Value> Node::run_module(const FetchedModule& module, Value args, const Ev
   const std::string chunk = options.chunk_name.empty() ? (*cached)->bundle.main_file() : options.chunk_name;
   input.chunk_name = chunk;
   input.args = args.is_table() ? args : Value::table();
-  input.limits = effective_limits(options.limits, impl_->options.default_limits, impl_->options.max_limits);
+  // Fetched code came from a peer, unsigned: it runs at the node's peer level at least, or
+  // as the policy's rule for unsigned code says.
+  const PolicyRule* rule = impl_->rule_for({}, {});
+  if (rule != nullptr && rule->refuse) return policy_refusal(*rule, "unsigned code");
+  input.limits = effective_limits(options.limits, impl_->options.default_limits, impl_->run_ceiling(rule));
   input.allow_jit = false;
   input.abort = &impl_->abort_runs;
-  // Fetched code came from a peer: it runs at the node's peer level at least.
-  Result<Isolation> level = impl_->peer_level(options.isolation);
+  Result<Isolation> level = impl_->level_for(options.isolation, rule);
   if (!level) return level.error();
-  NodeHostCalls host(*impl_, cached->get(), module.origin);
+  NodeHostCalls host(*impl_, cached->get(), module.origin, rule);
   return impl_->run_chunk(*level, input, &host);
 }
 
@@ -72,9 +76,15 @@ Result<std::string> Node::launch(std::string_view at, AgentLaunch agent) {
   request.set("itinerary", strings_to_value(agent.itinerary));
   request.set("owner", agent.owner);
   request.set("max_hops", static_cast<std::int64_t>(agent.max_hops));
+  if (agent.sign) {
+    BundleSignature s = sign_bundle(*agent.sign, agent.bundle);
+    request.set("signer", s.public_key);
+    request.set("signature", s.signature);
+  }
   Result<Value> reply = Value{};
   if (at.empty() || at == advertised_address()) {
-    reply = impl_->agents->launch_here(request);
+    static const PeerIdentity local{"local", {}, {}};  // this node's own launch
+    reply = impl_->agents->launch_here(request, local);
   } else {
     reply = call(at, "agent.launch", Value::array({request}));
   }

@@ -9,7 +9,7 @@ namespace sojourn {
 
 namespace {
 
-constexpr std::uint32_t kBundleMagic = 0x534a4231;  // "SJB1"
+constexpr std::uint32_t kBundleMagic = 0x534a4232;  // "SJB2" (SJB1 had no cpu_budget)
 constexpr std::size_t kMaxFiles = 256;
 constexpr std::size_t kMaxSourceBytes = 16u << 20;
 constexpr std::size_t kMaxNameLength = 64;
@@ -46,6 +46,17 @@ Limits read_limits(wire::Reader& r) {
   l.memory_bytes = r.u64();
   l.wall_ms = r.u32();
   return l;
+}
+
+void write_manifest(wire::Writer& w, const BundleManifest& m) {
+  w.string(m.name);
+  w.string(m.version);
+  w.string(m.main);
+  w.u32(static_cast<std::uint32_t>(m.entry_points.size()));
+  for (const auto& e : m.entry_points) w.string(e);
+  write_limits(w, m.quotas);
+  w.u32(m.max_hops);
+  w.u64(m.cpu_budget);
 }
 
 }  // namespace
@@ -108,17 +119,16 @@ Result<Bundle> single_file_bundle(std::string name, std::string source, std::vec
   return b;
 }
 
+std::vector<std::uint8_t> encode_manifest(const BundleManifest& manifest) {
+  wire::Writer w;
+  write_manifest(w, manifest);
+  return w.take();
+}
+
 std::vector<std::uint8_t> encode_bundle(const Bundle& bundle) {
   wire::Writer w;
   w.u32(kBundleMagic);
-  const BundleManifest& m = bundle.manifest;
-  w.string(m.name);
-  w.string(m.version);
-  w.string(m.main);
-  w.u32(static_cast<std::uint32_t>(m.entry_points.size()));
-  for (const auto& e : m.entry_points) w.string(e);
-  write_limits(w, m.quotas);
-  w.u32(m.max_hops);
+  write_manifest(w, bundle.manifest);
   w.u32(static_cast<std::uint32_t>(bundle.files.size()));
   for (const auto& [file, source] : bundle.files) {  // std::map: sorted by name
     w.string(file);
@@ -140,6 +150,7 @@ Result<Bundle> decode_bundle(std::span<const std::uint8_t> bytes) {
     for (std::uint32_t i = 0; i < entries; ++i) m.entry_points.push_back(r.string());
     m.quotas = read_limits(r);
     m.max_hops = r.u32();
+    m.cpu_budget = r.u64();
     const std::uint32_t files = r.count(8, "file");
     std::string previous;
     for (std::uint32_t i = 0; i < files; ++i) {

@@ -32,6 +32,11 @@ std::string_view errc_name(Errc code) noexcept {
     case Errc::timeout: return "timeout";
     case Errc::bad_address: return "bad_address";
     case Errc::remote_protocol_error: return "remote_protocol_error";
+    case Errc::tls_handshake_failed: return "tls_handshake_failed";
+    case Errc::untrusted_peer: return "untrusted_peer";
+    case Errc::refused_by_peer: return "refused_by_peer";
+    case Errc::tls_config: return "tls_config";
+    case Errc::insecure_transport: return "insecure_transport";
     case Errc::agent_moving: return "agent_moving";
     case Errc::bad_bundle: return "bad_bundle";
     case Errc::hash_mismatch: return "hash_mismatch";
@@ -39,6 +44,15 @@ std::string_view errc_name(Errc code) noexcept {
     case Errc::no_such_agent: return "no_such_agent";
     case Errc::stale_epoch: return "stale_epoch";
     case Errc::migration_failed: return "migration_failed";
+    case Errc::bad_signature: return "bad_signature";
+    case Errc::bad_key: return "bad_key";
+    case Errc::bad_policy: return "bad_policy";
+    case Errc::policy_refused: return "policy_refused";
+    case Errc::service_not_granted: return "service_not_granted";
+    case Errc::quota_exhausted: return "quota_exhausted";
+    case Errc::quota_raised: return "quota_raised";
+    case Errc::replayed: return "replayed";
+    case Errc::expired: return "expired";
     case Errc::kvm_unavailable: return "kvm_unavailable";
     case Errc::bad_elf: return "bad_elf";
     case Errc::guest_memory: return "guest_memory";

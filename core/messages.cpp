@@ -275,6 +275,10 @@ std::vector<std::uint8_t> encode(const EvalRequest& m) {
   w.u64(m.limits.memory_bytes);
   w.u32(m.limits.wall_ms);
   w.u8(static_cast<std::uint8_t>(m.isolation));
+  w.string(m.signer);
+  w.string(m.signature);
+  w.string(m.nonce);
+  w.i64(m.expires_unix_ms);
   return w.take();
 }
 
@@ -319,6 +323,10 @@ Result<EvalRequest> decode_eval(std::span<const std::uint8_t> bytes) {
     m.limits.memory_bytes = r.u64();
     m.limits.wall_ms = r.u32();
     m.isolation = read_isolation(r);
+    m.signer = r.string();
+    m.signature = r.string();
+    m.nonce = r.string();
+    m.expires_unix_ms = r.i64();
     return m;
   });
 }

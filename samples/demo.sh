@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The demo cluster: three `sojourn node` daemons on loopback, each with its own local data,
 # then the four paradigms of code mobility between them through the CLI (client-server,
-# remote evaluation, code-on-demand, a mobile agent's tour) and the C++ samples.
+# remote evaluation, code-on-demand, a mobile agent's tour), a node that serves only
+# mutual TLS, and the C++ samples.
 # Usage: samples/demo.sh [BUILD_DIR]   (bootstrap.sh demo builds first, then runs this)
 set -euo pipefail
 build=${1:-build}
@@ -92,6 +93,15 @@ run "$bin/sojourn" call "$c" kv.get '["delivery"]'
 say "-- a runaway chunk is stopped by the sandbox; the node keeps serving"
 run "$bin/sojourn" eval "$a" -e 'while true do end' --cpu 1000000 || echo "(exit code $?: the node answered with an error)"
 run "$bin/sojourn" info "$a"
+
+say "-- mutual TLS: a cluster CA, one identity per node and client; a client without one is refused"
+run "$bin/sojourn" ca init "$work/ca" --name "demo CA"
+run "$bin/sojourn" keygen --name d --ca "$work/ca" --out "$work/d"
+run "$bin/sojourn" keygen --name me --ca "$work/ca" --out "$work/me"
+start_node d d --tls "$work/d" --data 'catalogue={"disk": 70}'
+head -n 1 "$work/d.out"
+run "$bin/sojourn" call --tls "$work/me" "$d" kv.get '["catalogue"]'
+run "$bin/sojourn" call "$d" kv.get '["catalogue"]' || echo "(exit code $?: node d serves only clients with a certificate of its CA)"
 
 say "-- the four paradigms from C++ (samples/*.cpp)"
 "$bin/client_server"

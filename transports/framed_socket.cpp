@@ -1,7 +1,11 @@
-// Frame reading and the single-writer queue of a TCP connection.
+// Frame reading and the single-writer queue of a TCP or TLS connection.
 #include "framed_socket.hpp"
 
 #include <cstring>
+
+#include <boost/asio/ssl/stream.hpp>
+
+#include "tls_context.hpp"
 
 #include "sojourn/core/log.hpp"
 
@@ -32,14 +36,41 @@ void log_coroutine_exit(const char* what, std::exception_ptr e) {
 
 FramedSocket::FramedSocket(tcp::socket socket, std::uint32_t max_payload, std::chrono::milliseconds frame_timeout,
                            std::string peer_name)
-    : socket_(std::move(socket)),
-      frame_timer_(socket_.get_executor()),
+    : executor_(socket.get_executor()),
+      socket_(std::move(socket)),
+      frame_timer_(executor_),
       frame_timeout_(frame_timeout),
       read_buffer_(kReadBufferBytes),
       max_payload_(max_payload),
       peer_name_(std::move(peer_name)) {
   boost::system::error_code ignored;
   socket_.set_option(tcp::no_delay(true), ignored);
+}
+
+FramedSocket::FramedSocket(tcp::socket socket, std::shared_ptr<const TlsContext> tls, bool server_side,
+                           std::uint32_t max_payload, std::chrono::milliseconds frame_timeout, std::string peer_name)
+    : executor_(socket.get_executor()),
+      socket_(executor_),
+      tls_context_(std::move(tls)),
+      server_side_(server_side),
+      frame_timer_(executor_),
+      frame_timeout_(frame_timeout),
+      read_buffer_(kReadBufferBytes),
+      max_payload_(max_payload),
+      peer_name_(std::move(peer_name)) {
+  boost::system::error_code ignored;
+  socket.set_option(tcp::no_delay(true), ignored);
+  auto role = server_side ? TlsContext::Role::server : TlsContext::Role::client;
+  tls_ = std::make_unique<TlsStream>(std::move(socket), tls_context_->context(role));
+}
+
+FramedSocket::~FramedSocket() = default;
+
+tcp::socket& FramedSocket::lowest() { return tls_ ? tls_->next_layer() : socket_; }
+
+std::optional<Error> FramedSocket::tls_read_error(const boost::system::error_code& ec) const {
+  if (tls_ && is_certificate_alert(ec)) return refused_error(peer_name_, ec);
+  return std::nullopt;
 }
 
 void FramedSocket::arm_frame_timer() {
@@ -53,7 +84,7 @@ void FramedSocket::arm_frame_timer() {
     if (ec || armed != self->frame_timer_generation_) return;
     self->frame_timed_out_ = true;
     boost::system::error_code ignored;
-    self->socket_.cancel(ignored);
+    self->lowest().cancel(ignored);
   });
 }
 
@@ -73,9 +104,13 @@ asio::awaitable<bool> FramedSocket::fill(std::size_t wanted, boost::system::erro
   while (read_end_ - read_begin_ < wanted) {
     bool partial = read_end_ > read_begin_;
     if (partial) arm_frame_timer();
-    std::size_t n = co_await socket_.async_read_some(
-        asio::buffer(read_buffer_.data() + read_end_, read_buffer_.size() - read_end_),
-        asio::redirect_error(asio::use_awaitable, ec));
+    auto space = asio::buffer(read_buffer_.data() + read_end_, read_buffer_.size() - read_end_);
+    std::size_t n = 0;
+    if (tls_) {
+      n = co_await tls_->async_read_some(space, asio::redirect_error(asio::use_awaitable, ec));
+    } else {
+      n = co_await socket_.async_read_some(space, asio::redirect_error(asio::use_awaitable, ec));
+    }
     if (partial) disarm_frame_timer();
     read_end_ += n;
     if (ec) co_return false;
@@ -97,6 +132,7 @@ asio::awaitable<Result<Frame>> FramedSocket::read_frame() {
   frame_deadline_.reset();
   if (!co_await fill(kFrameHeaderSize, ec)) {
     std::size_t have = read_end_ - read_begin_;
+    if (auto refused = tls_read_error(ec)) co_return *refused;
     if (have == 0) co_return make_error(Errc::connection_closed, "connection closed: " + ec.message());
     co_return incomplete(have, kFrameHeaderSize, "header");
   }
@@ -113,8 +149,13 @@ asio::awaitable<Result<Frame>> FramedSocket::read_frame() {
   if (buffered < header->length) {
     // The rest of a large payload goes straight into place.
     arm_frame_timer();
-    std::size_t n = co_await asio::async_read(socket_, asio::buffer(frame.payload.data() + buffered, header->length - buffered),
-                                              asio::redirect_error(asio::use_awaitable, ec));
+    auto rest = asio::buffer(frame.payload.data() + buffered, header->length - buffered);
+    std::size_t n = 0;
+    if (tls_) {
+      n = co_await asio::async_read(*tls_, rest, asio::redirect_error(asio::use_awaitable, ec));
+    } else {
+      n = co_await asio::async_read(socket_, rest, asio::redirect_error(asio::use_awaitable, ec));
+    }
     disarm_frame_timer();
     if (ec) co_return incomplete(buffered + n, header->length, "payload");
   }
@@ -136,14 +177,15 @@ void FramedSocket::close() {
   if (closed_) return;
   closed_ = true;
   closing_ = true;
+  // TLS: no close_notify. Frames carry their length, so a truncation is always seen.
   boost::system::error_code ignored;
-  socket_.shutdown(tcp::socket::shutdown_both, ignored);
-  socket_.close(ignored);
+  lowest().shutdown(tcp::socket::shutdown_both, ignored);
+  lowest().close(ignored);
 }
 
 void FramedSocket::shutdown_receive() {
   boost::system::error_code ignored;
-  socket_.shutdown(tcp::socket::shutdown_receive, ignored);
+  lowest().shutdown(tcp::socket::shutdown_receive, ignored);
 }
 
 void FramedSocket::write_queued() {
@@ -152,7 +194,7 @@ void FramedSocket::write_queued() {
   in_write_.swap(queue_);
   write_buffers_.clear();
   for (const auto& b : in_write_) write_buffers_.emplace_back(asio::buffer(b));
-  asio::async_write(socket_, write_buffers_, [self = shared_from_this()](boost::system::error_code ec, std::size_t) {
+  auto written = [self = shared_from_this()](boost::system::error_code ec, std::size_t) {
     self->frames_sent_ += self->in_write_.size();
     self->in_write_.clear();
     self->writing_ = false;
@@ -164,7 +206,12 @@ void FramedSocket::write_queued() {
     } else if (self->closing_) {
       self->close();
     }
-  });
+  };
+  if (tls_) {
+    asio::async_write(*tls_, write_buffers_, std::move(written));
+  } else {
+    asio::async_write(socket_, write_buffers_, std::move(written));
+  }
 }
 
 }  // namespace sojourn::transport_detail

@@ -1,5 +1,6 @@
-// Internal: a TCP socket that reads whole frames and writes queued frames with at most
-// one write in progress (so writes never interleave). Used by both ends of a connection.
+// Internal: a TCP or TLS connection that reads whole frames and writes queued frames with
+// at most one write in progress (so writes never interleave). Used by both ends of a
+// connection. Asio's SSL stream is only declared here: its header stays in the .cpp files.
 #pragma once
 
 #include <deque>
@@ -11,10 +12,21 @@
 
 #include "asio_full.hpp"
 #include "sojourn/core/frame.hpp"
+#include "sojourn/core/peer.hpp"
+
+namespace boost::asio::ssl {
+template <typename Stream>
+class stream;
+}  // namespace boost::asio::ssl
+
+namespace sojourn {
+class TlsContext;
+}  // namespace sojourn
 
 namespace sojourn::transport_detail {
 
 using tcp = asio::ip::tcp;
+using TlsStream = asio::ssl::stream<tcp::socket>;
 
 // Is this a fault in what the peer sent (as opposed to the connection going away)?
 bool is_protocol_error(Errc code);
@@ -23,6 +35,18 @@ class FramedSocket : public std::enable_shared_from_this<FramedSocket> {
  public:
   FramedSocket(tcp::socket socket, std::uint32_t max_payload, std::chrono::milliseconds frame_timeout,
                std::string peer_name);
+  // A TLS connection: handshake() must succeed before frames are read or sent.
+  FramedSocket(tcp::socket socket, std::shared_ptr<const TlsContext> tls, bool server_side, std::uint32_t max_payload,
+               std::chrono::milliseconds frame_timeout, std::string peer_name);
+  ~FramedSocket();
+
+  // TLS: authenticates the peer (both ways) within `timeout`; returns who it is.
+  // A server first looks at the first bytes: a plain sojourn client gets a protocol_error
+  // frame that says to use TLS. Errors: untrusted_peer, refused_by_peer, tls_handshake_failed.
+  asio::awaitable<Result<PeerIdentity>> handshake(std::chrono::milliseconds timeout);
+  // After a refused handshake: lets the alert reach the peer before closing (a close with
+  // unread bytes would reset the connection and lose it).
+  void close_after_refusal();
 
   // Reads the next frame. Errors: the parse_header codes for a bad header,
   // truncated for a frame cut off by the peer or not completed within the frame
@@ -37,7 +61,7 @@ class FramedSocket : public std::enable_shared_from_this<FramedSocket> {
   // Stops reading: a pending read ends as if the peer had closed.
   void shutdown_receive();
 
-  asio::any_io_executor executor() { return socket_.get_executor(); }
+  asio::any_io_executor executor() { return executor_; }
   const std::string& peer_name() const { return peer_name_; }
   std::uint64_t frames_sent() const { return frames_sent_; }
 
@@ -50,7 +74,17 @@ class FramedSocket : public std::enable_shared_from_this<FramedSocket> {
   // Reads until `wanted` bytes are buffered; false (and ec set) if the stream ended first.
   asio::awaitable<bool> fill(std::size_t wanted, boost::system::error_code& ec);
 
-  tcp::socket socket_;
+  tcp::socket& lowest();
+  // Is ec a TLS alert that refuses our certificate? Then the read's error is that.
+  std::optional<Error> tls_read_error(const boost::system::error_code& ec) const;
+  asio::awaitable<bool> refuse_plain_client();
+  asio::awaitable<void> drain_then_close();
+
+  asio::any_io_executor executor_;
+  tcp::socket socket_;                // plain TCP (unused when tls_ is set)
+  std::unique_ptr<TlsStream> tls_;    // TLS over the socket
+  std::shared_ptr<const TlsContext> tls_context_;
+  bool server_side_ = false;
   asio::steady_timer frame_timer_;
   std::chrono::milliseconds frame_timeout_;
   std::optional<std::chrono::steady_clock::time_point> frame_deadline_;

@@ -48,7 +48,10 @@ class InprocLink final : public Link, public std::enable_shared_from_this<Inproc
     }
     ++frames_sent_;
     // Run the handler on the serving node's executor, then come back to ours.
-    auto reply = co_await asio::co_spawn(entry.executor, handler->handle(kind, std::move(payload), "inproc"), asio::use_awaitable);
+    PeerIdentity peer;
+    peer.address = "inproc";
+    auto reply = co_await asio::co_spawn(entry.executor, handler->handle(kind, std::move(payload), std::move(peer)),
+                                         asio::use_awaitable);
     co_await asio::post(executor_, asio::use_awaitable);
     if (!reply) co_return make_error(Errc::remote_protocol_error, "peer " + peer_.to_string() +
                                                                       " reported a protocol error: " + reply.error().message);

@@ -1,5 +1,6 @@
-// The client side of a TCP connection: connects lazily, multiplexes requests by id,
-// and wakes each waiting request when its reply, a timeout or a failure arrives.
+// The client side of a TCP or TLS connection: connects lazily (TLS: and authenticates
+// the server), multiplexes requests by id, and wakes each waiting request when its reply,
+// a timeout or a failure arrives.
 #include <optional>
 #include <unordered_map>
 
@@ -92,7 +93,18 @@ class TcpLink final : public Link, public std::enable_shared_from_this<TcpLink> 
       fail(make_error(Errc::connect_failed, "cannot connect to " + peer_.to_string() + ": " + why));
       co_return;
     }
-    socket_ = std::make_shared<FramedSocket>(std::move(socket), options_.max_payload, options_.frame_timeout, peer_.to_string());
+    if (options_.tls) {
+      socket_ = std::make_shared<FramedSocket>(std::move(socket), options_.tls, false, options_.max_payload,
+                                               options_.frame_timeout, peer_.to_string());
+      auto server = co_await socket_->handshake(options_.connect_timeout);
+      if (!server) {
+        fail(server.error());
+        co_return;
+      }
+      log_debug("client", "TLS to " + server->to_string());
+    } else {
+      socket_ = std::make_shared<FramedSocket>(std::move(socket), options_.max_payload, options_.frame_timeout, peer_.to_string());
+    }
     if (state_ == State::failed) {  // closed while connecting
       socket_->close();
       co_return;
@@ -107,6 +119,10 @@ class TcpLink final : public Link, public std::enable_shared_from_this<TcpLink> 
       auto frame = co_await socket_->read_frame();
       if (!frame) {
         std::string why = frame.error().message;
+        if (frame.error().code == Errc::refused_by_peer) {
+          fail(frame.error());  // TLS 1.3: the server's verdict on our certificate comes now
+          break;
+        }
         if (is_protocol_error(frame.error().code)) log_warn("client", peer_.to_string() + " sent a bad frame: " + why);
         fail(make_error(Errc::connection_closed, "connection to " + peer_.to_string() + " closed: " + why));
         break;

@@ -1,5 +1,6 @@
-// The TCP server: accepts connections and runs each request of a connection
-// concurrently, replying as each finishes (replies may overtake each other).
+// The TCP server: accepts connections (TLS: authenticates each peer first) and runs each
+// request of a connection concurrently, replying as each finishes (replies may overtake
+// each other).
 #include <set>
 
 #include "framed_socket.hpp"
@@ -59,6 +60,24 @@ class ServerSession : public std::enable_shared_from_this<ServerSession> {
     auto server = server_.lock();
     if (!server) co_return;
     std::size_t max_in_flight = server->options.max_in_flight_per_connection;
+    peer_.address = socket_->peer_name();
+    if (server->options.tls) {
+      // Nothing of a connection reaches the handler before its peer is authenticated.
+      auto on_refused = server->options.on_refused;
+      std::chrono::milliseconds timeout = server->options.frame_timeout;
+      server.reset();
+      auto who = co_await socket_->handshake(timeout);
+      if (!who) {
+        log_warn("server", "refused a TLS connection: " + who.error().message);
+        if (on_refused) on_refused(peer_, who.error());
+        refused_ = true;
+        socket_->close_after_refusal();
+        finish();
+        co_return;
+      }
+      peer_ = std::move(*who);
+      log_info("server", "TLS connection from " + peer_.to_string());
+    }
     server.reset();
     while (!stopping_) {
       if (in_flight_ >= max_in_flight) {  // backpressure: stop reading until replies go out
@@ -104,7 +123,7 @@ class ServerSession : public std::enable_shared_from_this<ServerSession> {
       drop = server->options.drop_reply && server->options.drop_reply(frame.header.kind, frame.payload);
       if (server->options.delay_reply) delay = server->options.delay_reply(frame.header.kind, frame.payload);
       server.reset();
-      reply = co_await handler->handle(frame.header.kind, std::move(frame.payload), socket_->peer_name());
+      reply = co_await handler->handle(frame.header.kind, std::move(frame.payload), peer_);
     }
     if (delay.count() > 0) {
       asio::steady_timer hold(socket_->executor(), delay);
@@ -134,14 +153,16 @@ class ServerSession : public std::enable_shared_from_this<ServerSession> {
 
   void finish() {
     done_reading_ = true;
-    if (in_flight_ == 0) socket_->close_after_flush();
+    if (in_flight_ == 0 && !refused_) socket_->close_after_flush();
     if (auto server = server_.lock()) server->sessions.erase(shared_from_this());
   }
 
   std::shared_ptr<FramedSocket> socket_;
   std::weak_ptr<TcpServer::Impl> server_;
   asio::steady_timer unblock_reader_;
+  PeerIdentity peer_;
   std::size_t in_flight_ = 0;
+  bool refused_ = false;
   bool stopping_ = false;
   bool done_reading_ = false;
 };
@@ -162,7 +183,12 @@ asio::awaitable<void> TcpServer::Impl::listener() {
     boost::system::error_code ignored;
     auto remote = socket.remote_endpoint(ignored);
     if (!ignored) peer = remote.address().to_string() + ":" + std::to_string(remote.port());
-    auto framed = std::make_shared<FramedSocket>(std::move(socket), options.max_payload, options.frame_timeout, peer);
+    std::shared_ptr<FramedSocket> framed;
+    if (options.tls) {
+      framed = std::make_shared<FramedSocket>(std::move(socket), options.tls, true, options.max_payload, options.frame_timeout, peer);
+    } else {
+      framed = std::make_shared<FramedSocket>(std::move(socket), options.max_payload, options.frame_timeout, peer);
+    }
     auto session = std::make_shared<ServerSession>(framed, weak_from_this());
     sessions.insert(session);
     session->start();

@@ -9,6 +9,8 @@
 #include <sstream>
 
 #include "sojourn/agents/node.hpp"
+#include "sojourn/agents/policy.hpp"
+#include "sojourn/core/signature.hpp"
 #include "sojourn/core/json.hpp"
 #include "sojourn/core/log.hpp"
 
@@ -82,11 +84,18 @@ int exit_code_for(const Error& e) {
     case Errc::ok: return exit_ok;
     case Errc::invalid_json:
     case Errc::invalid_argument:
-    case Errc::bad_address: return exit_usage;
+    case Errc::bad_address:
+    case Errc::bad_key:
+    case Errc::bad_policy:
+    case Errc::tls_config:
+    case Errc::insecure_transport: return exit_usage;
     case Errc::connect_failed:
     case Errc::connection_closed:
     case Errc::timeout:
-    case Errc::remote_protocol_error: return exit_connection;
+    case Errc::remote_protocol_error:
+    case Errc::tls_handshake_failed:
+    case Errc::untrusted_peer:
+    case Errc::refused_by_peer: return exit_connection;
     case Errc::internal: return exit_internal;
     default: return exit_remote;
   }
@@ -119,6 +128,23 @@ int run_node(const NodeCommand& c) {
     options.peer_isolation = *peer_level;
   }
   options.advertise = c.advertise;
+  if (!c.policy.empty()) {
+    auto policy = Policy::load(c.policy);
+    if (!policy) return fail(policy.error(), false);
+    std::printf("node %s follows policy %s: %zu rules, then %s\n", c.name.c_str(), c.policy.c_str(), policy->rules().size(),
+                policy->default_rule().refuse ? "refuses anything else" : "runs anything else by its default rule");
+    options.policy = std::make_shared<const Policy>(std::move(*policy));
+  }
+  apply_tls(c.tls, options);
+  options.insecure_plain_tcp = c.insecure;
+  if (options.tls.enabled()) {
+    // Checked here too, so that a bad TLS directory stops the daemon before anything starts.
+    auto tls = make_tls_context(options.tls);
+    if (!tls) return fail(tls.error(), false);
+    const PeerIdentity& self = tls_local_identity(**tls);
+    std::printf("node %s serves mutual TLS as '%s' (key %s), trusting %s\n", c.name.c_str(), self.name.c_str(),
+                self.fingerprint.c_str(), tls_trust_summary(**tls).c_str());
+  }
   Node node(options);
   for (const auto& spec : c.publish) {
     auto eq = spec.find('=');
@@ -136,16 +162,22 @@ int run_node(const NodeCommand& c) {
   const auto levels = node.isolation_levels(&why);
   const Isolation peer_level = node.peer_isolation();
   const bool has_peer_level = std::find(levels.begin(), levels.end(), peer_level) != levels.end();
-  if (!has_peer_level) {
+  // With a policy, its rules pick the levels (and refuse code whose levels are missing).
+  if (!has_peer_level && !options.policy) {
     return fail(make_error(Errc::sandbox_refused, "refused by the sandbox: isolation level '" +
                                                       std::string(isolation_name(peer_level)) +
                                                       "' for code from peers is not available here (" + why +
                                                       "); run with --peer-isolation trusted only if every peer is trusted"),
                 false);
   }
-  std::printf("node %s runs code from peers at '%s'%s\n", c.name.c_str(), std::string(isolation_name(peer_level)).c_str(),
-              why.empty() ? "" : (" (" + why + ")").c_str());
-  if (peer_level == Isolation::trusted) {
+  if (options.policy) {
+    std::printf("node %s runs code from peers as its policy says (levels here: %s)\n", c.name.c_str(),
+                why.empty() ? "all" : why.c_str());
+  } else {
+    std::printf("node %s runs code from peers at '%s'%s\n", c.name.c_str(), std::string(isolation_name(peer_level)).c_str(),
+                why.empty() ? "" : (" (" + why + ")").c_str());
+  }
+  if (peer_level == Isolation::trusted && !options.policy) {
     log_warn("node", c.name + ": --peer-isolation trusted: code from every peer runs in this process, unjailed");
   }
   for (const auto& where : c.listen) {
@@ -175,6 +207,7 @@ int run_call(const CallCommand& c) {
   options.name = "cli";
   options.worker_threads = 1;
   options.request_timeout = std::chrono::milliseconds(c.timeout_ms);
+  apply_tls(c.tls, options);
   Node client(options);
   auto result = client.call(c.peer, c.service, *args);
   if (!result) return fail(result.error(), c.json);
@@ -199,12 +232,18 @@ int run_eval(const EvalCommand& c) {
   NodeOptions options;
   options.name = "cli";
   options.worker_threads = 1;
+  apply_tls(c.tls, options);
   Node client(options);
   EvalOptions eo;
   eo.limits = Limits{c.cpu, c.memory, c.wall_ms};
   eo.isolation = *isolation;
   eo.chunk_name = chunk;
   eo.timeout = std::chrono::milliseconds(c.timeout_ms);
+  if (!c.sign.empty()) {
+    auto key = SigningKey::load(c.sign);
+    if (!key) return fail(key.error(), c.json);
+    eo.sign = std::make_shared<const SigningKey>(std::move(*key));
+  }
   auto answer = client.evaluate(c.peer, source, *args, eo);
   if (!answer) return fail(answer.error(), c.json);
   const Value& results = answer->results;

@@ -11,6 +11,7 @@
 
 namespace sojourn {
 class Node;
+struct NodeOptions;
 }
 
 namespace sojourn::cli {
@@ -29,28 +30,40 @@ enum ExitCode : int {
 // Maps an error to the exit code that tells the three kinds of failure apart.
 int exit_code_for(const Error& e);
 
+// --tls DIR, --tls-name NAME, --pin FP: mutual TLS for a node or a client (docs/tls.md).
+struct TlsFlags {
+  std::string dir, name;
+  std::vector<std::string> pins;
+};
+// Puts the flags into a node's options.
+void apply_tls(const TlsFlags& flags, NodeOptions& options);
+
 struct NodeCommand {
   std::vector<std::string> listen;
   std::vector<std::string> publish;  // FILE or NAME=FILE
   std::vector<std::string> data;     // KEY=JSON, put in the kv store at start
-  std::string code_cache, advertise, peer_isolation = "auto";
+  std::string code_cache, advertise, peer_isolation = "auto", policy;
   std::string name = "node";
   std::size_t workers = 2;
   std::uint64_t cpu = 0, memory = 0;
   std::uint32_t wall_ms = 0;
   std::uint32_t grace_ms = 5000;
+  TlsFlags tls;
+  bool insecure = false;  // plain TCP on a non-loopback address
 };
 int run_node(const NodeCommand& c);
 
 struct CallCommand {
   std::string peer, service, args_json = "[]";
+  TlsFlags tls;
   bool json = false;
   std::uint32_t timeout_ms = 30000;
 };
 int run_call(const CallCommand& c);
 
 struct EvalCommand {
-  std::string peer, file, code, args_json = "[]", isolation = "trusted";
+  std::string peer, file, code, args_json = "[]", isolation = "trusted", sign;
+  TlsFlags tls;
   bool json = false;
   std::uint64_t cpu = 0, memory = 0;
   std::uint32_t wall_ms = 0, timeout_ms = 30000;
@@ -61,19 +74,23 @@ int run_eval(const EvalCommand& c);
 struct FetchCommand {
   std::string peer, module, args_json = "[]", cache_dir;
   std::vector<std::string> data;  // KEY=JSON: the local data the module runs on
+  TlsFlags tls;
   bool json = false;
 };
 int run_fetch(const FetchCommand& c);
 
 struct LaunchCommand {
-  std::string file, at, itinerary, state_json = "{}", entry = "start", owner;
+  std::string file, at, itinerary, state_json = "{}", entry = "start", owner, sign;
   std::uint32_t max_hops = 0, timeout_ms = 60000;
+  std::uint64_t cpu = 0, cpu_budget = 0;  // the manifest's quota per run and its total
+  TlsFlags tls;
   bool wait = false, json = false;
 };
 int run_launch(const LaunchCommand& c);
 
 struct AgentCommand {
   std::string peer, agent_id, home = "127.0.0.1:7400", message_json;
+  TlsFlags tls;
   bool json = false;
 };
 int run_ps(const AgentCommand& c);
@@ -82,6 +99,7 @@ int run_send(const AgentCommand& c);
 struct WaitCommand {
   std::string agent_id, home = "127.0.0.1:7400";
   std::uint32_t timeout_ms = 60000;
+  TlsFlags tls;
   bool json = false;
 };
 int run_wait(const WaitCommand& c);

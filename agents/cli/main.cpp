@@ -4,6 +4,7 @@
 
 #include "commands.hpp"
 #include "sojourn/core/log.hpp"
+#include "trust_commands.hpp"
 
 int main(int argc, char** argv) {
   using namespace sojourn::cli;
@@ -28,6 +29,9 @@ int main(int argc, char** argv) {
                        "Least isolation for code from peers: auto (default: microvm where KVM can run the guest, "
                        "else process), microvm, process or trusted")->capture_default_str();
   node_cmd->add_option("--advertise", node.advertise, "Address peers reach this node at (default: the first --listen)");
+  node_cmd->add_option("--policy", node.policy, "Policy file (JSON, docs/security.md): signers and peers -> jails, quotas, services");
+  add_tls_flags(*node_cmd, node.tls);
+  node_cmd->add_flag("--insecure", node.insecure, "Allow plain TCP (no --tls) on a non-loopback address");
 
   CallCommand call;
   auto* call_cmd = app.add_subcommand("call", "Client-server: run a service at a node");
@@ -36,11 +40,13 @@ int main(int argc, char** argv) {
   call_cmd->add_option("args", call.args_json, "Arguments as a JSON array")->capture_default_str();
   call_cmd->add_flag("--json", call.json, "Print machine-readable JSON");
   call_cmd->add_option("--timeout-ms", call.timeout_ms, "Request timeout")->capture_default_str();
+  add_tls_flags(*call_cmd, call.tls);
 
   CallCommand info;
   auto* info_cmd = app.add_subcommand("info", "Show a node's name, version, uptime and services (node.info)");
   info_cmd->add_option("peer", info.peer, "HOST:PORT of the node")->required();
   info_cmd->add_flag("--json", info.json, "Print machine-readable JSON");
+  add_tls_flags(*info_cmd, info.tls);
 
   EvalCommand eval;
   auto* eval_cmd = app.add_subcommand("eval", "Remote evaluation: run a Lua chunk at a node");
@@ -54,6 +60,8 @@ int main(int argc, char** argv) {
   eval_cmd->add_option("--wall-ms", eval.wall_ms, "Wall-clock limit in ms (0: the node's default)");
   eval_cmd->add_option("--isolation", eval.isolation, "trusted, process or microvm")->capture_default_str();
   eval_cmd->add_option("--timeout-ms", eval.timeout_ms, "Request timeout")->capture_default_str();
+  eval_cmd->add_option("--sign", eval.sign, "Sign the chunk with this Ed25519 key (PEM), with a nonce and an expiry");
+  add_tls_flags(*eval_cmd, eval.tls);
 
   FetchCommand fetch;
   auto* fetch_cmd = app.add_subcommand("fetch", "Code-on-demand: fetch a module from a node and run it here");
@@ -63,6 +71,7 @@ int main(int argc, char** argv) {
   fetch_cmd->add_option("--data", fetch.data, "Put KEY=JSON in the local kv store the module runs on (repeatable)");
   fetch_cmd->add_option("--cache", fetch.cache_dir, "Code cache directory (default: ~/.cache/sojourn/code)");
   fetch_cmd->add_flag("--json", fetch.json, "Print machine-readable JSON");
+  add_tls_flags(*fetch_cmd, fetch.tls);
 
   LaunchCommand launch;
   auto* launch_cmd = app.add_subcommand("launch", "Mobile agent: launch a Lua agent at a node (its home)");
@@ -72,21 +81,27 @@ int main(int argc, char** argv) {
   launch_cmd->add_option("--state", launch.state_json, "Initial state as a JSON object")->capture_default_str();
   launch_cmd->add_option("--entry", launch.entry, "Entry point called first")->capture_default_str();
   launch_cmd->add_option("--owner", launch.owner, "Owner name (default: $USER)");
-  launch_cmd->add_option("--max-hops", launch.max_hops, "Most hops it may make (0: the node's default)");
+  launch_cmd->add_option("--max-hops", launch.max_hops, "Most hops it may make (0: the node's default); in the manifest");
+  launch_cmd->add_option("--cpu", launch.cpu, "CPU quota of one step, in Lua instructions (0: the node's default); in the manifest");
+  launch_cmd->add_option("--cpu-budget", launch.cpu_budget, "Lua instructions it may spend over all its hops (0: no total); in the manifest");
+  launch_cmd->add_option("--sign", launch.sign, "Sign the bundle (code and manifest, quotas included) with this Ed25519 key (PEM)");
   launch_cmd->add_flag("--wait", launch.wait, "Wait for the result and print the itinerary taken");
   launch_cmd->add_option("--timeout-ms", launch.timeout_ms, "How long --wait waits")->capture_default_str();
   launch_cmd->add_flag("--json", launch.json, "Print machine-readable JSON");
+  add_tls_flags(*launch_cmd, launch.tls);
 
   AgentCommand ps;
   auto* ps_cmd = app.add_subcommand("ps", "List the agents resident at a node");
   ps_cmd->add_option("peer", ps.peer, "HOST:PORT of the node")->required();
   ps_cmd->add_flag("--json", ps.json, "Print machine-readable JSON");
+  add_tls_flags(*ps_cmd, ps.tls);
 
   AgentCommand locate;
   auto* locate_cmd = app.add_subcommand("locate", "Ask an agent's home node where the agent is");
   locate_cmd->add_option("agent", locate.agent_id, "Agent id")->required();
   locate_cmd->add_option("--home", locate.home, "The agent's home node")->capture_default_str();
   locate_cmd->add_flag("--json", locate.json, "Print machine-readable JSON");
+  add_tls_flags(*locate_cmd, locate.tls);
 
   AgentCommand send;
   auto* send_cmd = app.add_subcommand("send", "Send a message to an agent through its home (agent.receive reads it)");
@@ -94,6 +109,7 @@ int main(int argc, char** argv) {
   send_cmd->add_option("message", send.message_json, "The message as JSON")->required();
   send_cmd->add_option("--home", send.home, "The agent's home node")->capture_default_str();
   send_cmd->add_flag("--json", send.json, "Print machine-readable JSON");
+  add_tls_flags(*send_cmd, send.tls);
 
   WaitCommand wait;
   auto* wait_cmd = app.add_subcommand("wait", "Wait for an agent to finish; print its result and itinerary");
@@ -101,6 +117,10 @@ int main(int argc, char** argv) {
   wait_cmd->add_option("--home", wait.home, "The agent's home node")->capture_default_str();
   wait_cmd->add_option("--timeout-ms", wait.timeout_ms, "How long to wait")->capture_default_str();
   wait_cmd->add_flag("--json", wait.json, "Print machine-readable JSON");
+  add_tls_flags(*wait_cmd, wait.tls);
+
+  TrustCommands trust;
+  add_trust_commands(app, trust);
 
   try {
     app.parse(argc, argv);
@@ -116,6 +136,7 @@ int main(int argc, char** argv) {
     }
     sojourn::set_log_level(level);
   }
+  if (int rc = run_trust_commands(trust); rc >= 0) return rc;
   if (node_cmd->parsed()) return run_node(node);
   if (call_cmd->parsed()) return run_call(call);
   if (info_cmd->parsed()) {

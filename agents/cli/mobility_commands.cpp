@@ -7,14 +7,16 @@
 #include "commands.hpp"
 #include "sojourn/agents/node.hpp"
 #include "sojourn/core/json.hpp"
+#include "sojourn/core/signature.hpp"
 
 namespace sojourn::cli {
 
 namespace {
 
-Node client_node(std::string cache_dir = {}) {
+Node client_node(const TlsFlags& tls, std::string cache_dir = {}) {
   NodeOptions options;
   options.name = "cli";
+  apply_tls(tls, options);
   options.worker_threads = 1;
   options.code_cache_dir = std::move(cache_dir);
   return Node(options);
@@ -62,7 +64,7 @@ int report_when_done(Node& node, const std::string& home, const std::string& age
 int run_fetch(const FetchCommand& c) {
   auto args = value_from_json(c.args_json);
   if (!args) return fail(args.error(), c.json);
-  Node node = client_node(c.cache_dir.empty() ? default_cache_dir() : c.cache_dir);
+  Node node = client_node(c.tls, c.cache_dir.empty() ? default_cache_dir() : c.cache_dir);
   if (auto seeded = seed_data(node, c.data); !seeded) return fail(seeded.error(), c.json);
   auto module = node.fetch(c.peer, c.module);
   if (!module) return fail(module.error(), c.json);
@@ -86,6 +88,10 @@ int run_launch(const LaunchCommand& c) {
   if (!source) return fail(source.error(), c.json);
   auto bundle = single_file_bundle(file_stem(c.file), *source);
   if (!bundle) return fail(bundle.error(), c.json);
+  // Quotas go in the manifest, which a signature covers.
+  bundle->manifest.max_hops = c.max_hops;
+  bundle->manifest.quotas.cpu_instructions = c.cpu;
+  bundle->manifest.cpu_budget = c.cpu_budget;
   auto state = value_from_json(c.state_json);
   if (!state) return fail(state.error(), c.json);
   if (!state->is_table()) {
@@ -99,7 +105,12 @@ int run_launch(const LaunchCommand& c) {
   if (!c.owner.empty()) launch.owner = c.owner;
   else if (const char* user = std::getenv("USER"); user != nullptr && *user) launch.owner = user;
   launch.max_hops = c.max_hops;
-  Node node = client_node();
+  if (!c.sign.empty()) {
+    auto key = SigningKey::load(c.sign);
+    if (!key) return fail(key.error(), c.json);
+    launch.sign = std::make_shared<const SigningKey>(std::move(*key));
+  }
+  Node node = client_node(c.tls);
   auto id = node.launch(c.at, launch);
   if (!id) return fail(id.error(), c.json);
   if (!c.wait) {
@@ -131,12 +142,12 @@ int report_when_done(Node& node, const std::string& home, const std::string& age
 }
 
 int run_wait(const WaitCommand& c) {
-  Node node = client_node();
+  Node node = client_node(c.tls);
   return report_when_done(node, c.home, c.agent_id, c.timeout_ms, c.json);
 }
 
 int run_ps(const AgentCommand& c) {
-  Node node = client_node();
+  Node node = client_node(c.tls);
   auto agents = node.list_agents(c.peer);
   if (!agents) return fail(agents.error(), c.json);
   if (c.json) {
@@ -166,7 +177,7 @@ int run_ps(const AgentCommand& c) {
 }
 
 int run_locate(const AgentCommand& c) {
-  Node node = client_node();
+  Node node = client_node(c.tls);
   auto status = node.agent_status(c.home, c.agent_id);
   if (!status) return fail(status.error(), c.json);
   if (c.json) {
@@ -181,7 +192,7 @@ int run_locate(const AgentCommand& c) {
 int run_send(const AgentCommand& c) {
   auto message = value_from_json(c.message_json);
   if (!message) return fail(message.error(), c.json);
-  Node node = client_node();
+  Node node = client_node(c.tls);
   auto id = node.send_to_agent(c.home, c.agent_id, *message);
   if (!id) return fail(id.error(), c.json);
   if (c.json) std::printf("{\"ok\":true,\"message_id\":\"%s\"}\n", id->c_str());

@@ -120,6 +120,7 @@ channel::AgentDone agent_done_of(const Result<AgentOutcome>& outcome) {
   done.waits = outcome->waits;
   done.go_peer = outcome->go_peer;
   done.go_entry = outcome->go_entry;
+  done.instructions = outcome->instructions;
   return done;
 }
 

@@ -249,6 +249,7 @@ Result<AgentOutcome> run_agent(const RunInput& input, const AgentInput& agent, H
     outcome.state = std::move(*state);
     outcome.went = left && !ctx.go_peer.empty();
     outcome.waits = left && ctx.go_peer.empty();
+    outcome.instructions = ctx.instructions;
     if (left) {
       outcome.results = Value::table();
       outcome.go_peer = ctx.go_peer;

@@ -179,6 +179,7 @@ Result<AgentOutcome> agent_outcome(std::span<const std::uint8_t> payload) {
   outcome.waits = done->waits;
   outcome.go_peer = std::move(done->go_peer);
   outcome.go_entry = std::move(done->go_entry);
+  outcome.instructions = done->instructions;
   return outcome;
 }
 

@@ -100,7 +100,8 @@ struct AgentDone {
   bool waits = false;
   std::string go_peer;
   std::string go_entry;
-  template <class F> void fields(F& f) { f(code, message, results, state, went, waits, go_peer, go_entry); }
+  std::uint64_t instructions = 0;  // Lua instructions the step ran
+  template <class F> void fields(F& f) { f(code, message, results, state, went, waits, go_peer, go_entry, instructions); }
 };
 
 struct SeccompReport {

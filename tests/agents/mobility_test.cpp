@@ -199,6 +199,11 @@ TEST_CASE("a duplicate TRANSFER is answered with the same COMMIT and makes no se
   Value transfer = Value::table();
   transfer.set("record", record);
   transfer.set("bundle_bytes", std::string(cache_bytes.begin(), cache_bytes.end()));
+  // What every TRANSFER carries against replays: its destination, a nonce and an expiry.
+  transfer.set("to", c.addr[1]);
+  transfer.set("nonce", std::string(32, '7'));
+  transfer.set("expires", std::chrono::duration_cast<std::chrono::milliseconds>(
+                              std::chrono::system_clock::now().time_since_epoch() + 30s).count());
   auto first = c[0].call(c.addr[1], "agent.transfer", Value::array({transfer}));
   REQUIRE(first.ok());
   auto second = c[0].call(c.addr[1], "agent.transfer", Value::array({transfer}));

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "sojourn/agents/node.hpp"
+#include "sojourn/core/signature.hpp"
 
 using namespace sojourn;
 using namespace std::chrono_literals;
@@ -101,6 +102,39 @@ TEST_CASE("a mobile agent tours three nodes in microVMs, its closure's shared co
     CHECK(seen.get(i + 1).get("price").as_integer() == 100 + 10 * i);
     CHECK(seen.get(i + 1).get("n").as_integer() == i + 1);
   }
+  REQUIRE(s->hops.size() == 3);
+  for (const auto& hop : s->hops) CHECK(hop.isolation == "microvm");
+}
+
+TEST_CASE("a signed agent's CPU budget travels and is enforced in microVMs: it ends where it ran out") {
+  Cluster c(3);
+  auto owner = SigningKey::generate();
+  REQUIRE(owner.ok());
+  constexpr const char* kBurner = R"(
+function start(s) return hop(s) end
+function hop(s)
+  local x = 0
+  for i = 1, 30000 do x = x + i end
+  s.visits = (s.visits or 0) + 1
+  local nxt = agent.itinerary[1]
+  if nxt then agent.go(nxt, "hop") end
+  return s.visits
+end
+)";
+  auto bundle = single_file_bundle("burner", kBurner, {"start", "hop"});
+  REQUIRE(bundle.ok());
+  // ~60,000 instructions a step, counted inside the microVM: two steps fit, the third does not.
+  bundle->manifest.cpu_budget = 150'000;
+  AgentLaunch l;
+  l.bundle = *bundle;
+  l.itinerary = {c.addr[1], c.addr[2], c.addr[1]};
+  l.sign = std::make_shared<const SigningKey>(std::move(*owner));
+  auto id = c[0].launch(c.addr[0], l);
+  REQUIRE(id.ok());
+  auto s = c[0].wait_agent(c.addr[0], *id, 120s);
+  REQUIRE(s.ok());
+  CHECK(s->status == "failed");
+  CHECK(s->reason == "agent " + *id + " ran out of its CPU budget of 150000 instructions (at " + c.addr[2] + ")");
   REQUIRE(s->hops.size() == 3);
   for (const auto& hop : s->hops) CHECK(hop.isolation == "microvm");
 }

@@ -28,7 +28,7 @@ namespace {
 // Replies with the payload reversed, after a delay given by its first byte (ms).
 class EchoHandler : public RequestHandler {
  public:
-  asio::awaitable<Result<std::vector<std::uint8_t>>> handle(FrameKind, std::vector<std::uint8_t> payload, std::string) override {
+  asio::awaitable<Result<std::vector<std::uint8_t>>> handle(FrameKind, std::vector<std::uint8_t> payload, PeerIdentity) override {
     if (!payload.empty() && payload[0] == 0xEE) co_return make_error(Errc::malformed_payload, "malformed payload: test");
     if (!payload.empty() && payload[0] > 0) {
       asio::steady_timer t(co_await asio::this_coro::executor);

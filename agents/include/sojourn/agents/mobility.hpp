@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -9,6 +10,8 @@
 #include "sojourn/core/value.hpp"
 
 namespace sojourn {
+
+class SigningKey;
 
 // A module fetched from a peer (code-on-demand), verified against its hash and cached.
 struct FetchedModule {
@@ -25,7 +28,11 @@ struct AgentLaunch {
   Value state;                          // the initial state table (empty table when nil)
   std::vector<std::string> itinerary;   // nodes the agent intends to visit after the first
   std::string owner = "anonymous";
-  std::uint32_t max_hops = 0;           // zero: the bundle's, else the node's default
+  std::uint32_t max_hops = 0;           // zero: the bundle's, else the node's default; never above the bundle's
+  // Signs the bundle (its hash and manifest, quotas included) with the owner's key: every
+  // node verifies it, matches its policy on the signer, and never lets the agent's budget
+  // rise above the manifest's.
+  std::shared_ptr<const SigningKey> sign;
 };
 
 // One stop of an agent's tour.

@@ -15,15 +15,23 @@
 
 #include "sojourn/core/error.hpp"
 #include "sojourn/core/messages.hpp"
+#include "sojourn/core/peer.hpp"
 #include "sojourn/core/value.hpp"
 #include "sojourn/agents/mobility.hpp"
+#include "sojourn/transports/tls.hpp"
 
 namespace sojourn {
+
+class Policy;
+class SigningKey;
 
 // A C++ service. `args` is an array table of the caller's arguments. Services run
 // concurrently on the node's worker threads (and from Lua code calling node.call):
 // they must be thread-safe.
 using Service = std::function<Result<Value>(const Value& args)>;
+// A service that needs to know who calls: the peer's address and, over TLS, the identity
+// its certificate proved (address "local" for this node's own code).
+using PeerService = std::function<Result<Value>(const Value& args, const PeerIdentity& caller)>;
 
 struct ServiceOptions {
   // Cheap, non-blocking services may run on the network thread and skip a thread hop.
@@ -34,6 +42,12 @@ struct ServiceOptions {
 
 struct NodeOptions {
   std::string name = "node";
+  // Mutual TLS for every TCP connection, served and made (see docs/tls.md): set `tls.dir`
+  // and this node listens and connects only over TLS, proving its identity and checking
+  // each peer's. Empty: plain TCP, for loopback development.
+  TlsConfig tls;
+  // Plain TCP on a non-loopback address is refused unless this is set (`--insecure`).
+  bool insecure_plain_tcp = false;
   // Limits of one evaluation when the request leaves them at zero...
   Limits default_limits{100'000'000, 64u << 20, 5'000};
   // ...and the most a request may ask for.
@@ -67,6 +81,17 @@ struct NodeOptions {
   // destination, waiting retry_backoff, then twice that, ..., before the fallback.
   std::uint32_t migration_retries = 3;
   std::chrono::milliseconds retry_backoff{50};
+  // The node's policy (sojourn/agents/policy.hpp, docs/security.md): which code, by its
+  // signer, from which peer may run here, in which jails, with which quotas and services.
+  // Null: no policy, as before trust existed: code from peers runs at peer_isolation, within
+  // max_limits, may call every service, signed or not (a signature that does not verify, a
+  // replayed or expired signed request is refused all the same).
+  std::shared_ptr<const Policy> policy;
+  // Replay protection: the furthest ahead a signed request's or a TRANSFER's expiry may be
+  // (their nonces are remembered until then), and the lifetime of the TRANSFERs this node sends.
+  std::chrono::milliseconds max_message_lifetime{300'000};
+  std::chrono::milliseconds transfer_lifetime{60'000};
+
   // Fault injection for tests: a call to a service for which this returns true runs, but
   // its reply is not sent and the connection is closed (as if it broke in between).
   std::function<bool(std::string_view service)> fault_drop_reply;
@@ -79,6 +104,10 @@ struct EvalOptions {
   Isolation isolation = Isolation::trusted;
   std::string chunk_name;  // "eval" when empty
   std::chrono::milliseconds timeout{0};  // zero: NodeOptions::request_timeout
+  // Signs the request with this author key (chunk, args, limits, a nonce and an expiry):
+  // the serving node's policy then knows who wrote the code, and a replay is refused.
+  std::shared_ptr<const SigningKey> sign;
+  std::chrono::milliseconds signature_lifetime{60'000};  // the expiry, from now
 };
 
 // A remote evaluation's answer with where it ran.
@@ -94,6 +123,7 @@ struct NodeStats {
   std::uint64_t in_flight = 0;
   std::uint64_t bundles_sent = 0;     // code.fetch answers and transfers that carried code
   std::uint64_t agents_resident = 0;
+  std::uint64_t connections_refused = 0;  // TLS handshakes that failed (untrusted peer, or it refused us)
 };
 
 class Node {
@@ -109,9 +139,12 @@ class Node {
   // Adds or replaces a service. Names are dotted ("kv.get"); the built-in services
   // kv.get, kv.put, kv.del, kv.keys and node.info are there from the start.
   void register_service(std::string name, Service service, ServiceOptions options = {});
+  void register_service(std::string name, PeerService service, ServiceOptions options = {});
 
   // Serves on "host:port" (port 0 picks a free one) or "inproc://name"; returns the
-  // bound address. May be called more than once.
+  // bound address. May be called more than once. Over TLS when NodeOptions::tls says;
+  // plain TCP is refused on a non-loopback address unless NodeOptions::insecure_plain_tcp.
+  // Errors: bad_address, tls_config, insecure_transport.
   Result<std::string> listen(std::string_view address);
 
   // Client-server: runs `service` at `peer` with `args` (an array table).

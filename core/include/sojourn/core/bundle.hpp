@@ -22,6 +22,10 @@ struct BundleManifest {
   std::vector<std::string> entry_points;  // functions an agent may start or resume at
   Limits quotas;                          // requested per run (zero: the node's defaults)
   std::uint32_t max_hops = 0;             // for agents; zero: the node's default
+  // For agents: Lua instructions it may spend over its whole life, all hops together
+  // (zero: no total, only the per-run quota). A signed bundle makes this the ceiling
+  // every node applies; the agent record carries what is left.
+  std::uint64_t cpu_budget = 0;
 
   friend bool operator==(const BundleManifest&, const BundleManifest&) = default;
 };
@@ -53,6 +57,8 @@ Result<Bundle> single_file_bundle(std::string name, std::string source, std::vec
 
 // The canonical encoding (fields in a fixed order, files sorted by name) and its hash.
 std::vector<std::uint8_t> encode_bundle(const Bundle& bundle);
+// The manifest alone, in the same canonical form (what a bundle signature covers with the hash).
+std::vector<std::uint8_t> encode_manifest(const BundleManifest& manifest);
 // Decodes and validates.
 Result<Bundle> decode_bundle(std::span<const std::uint8_t> bytes);
 

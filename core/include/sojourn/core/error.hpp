@@ -47,6 +47,14 @@ enum class Errc : std::uint16_t {
   timeout = 62,              // "request to PEER timed out after N ms"
   bad_address = 63,          // "bad address: ..."
   remote_protocol_error = 64,// "peer PEER reported a protocol error: ..."
+  // TLS (transports/tls*): mutual authentication of nodes
+  tls_handshake_failed = 65, // "TLS handshake with PEER failed: ..." (not TLS, no common protocol, timed out)
+  untrusted_peer = 66,       // "untrusted peer PEER: ..." (certificate from another CA, certificate expired,
+                             //  no certificate, pinned key mismatch: expected FP1, got FP2)
+  refused_by_peer = 67,      // "peer PEER refused this node's certificate: ..." (the TLS alert it sent)
+  tls_config = 68,           // "TLS configuration: ..." (a key, certificate, CA or pin missing, unreadable,
+                             //  mismatched or malformed; files that would be overwritten)
+  insecure_transport = 69,   // "insecure transport: ..." (plain TCP on a non-loopback address without --insecure)
   // code bundles and mobile agents
   agent_moving = 80,         // "agent is leaving for another node" (ends an agent's run at agent.go)
   bad_bundle = 81,           // "bad bundle: ..." (invalid manifest, module name or file)
@@ -55,6 +63,16 @@ enum class Errc : std::uint16_t {
   no_such_agent = 84,        // "no such agent: ID"
   stale_epoch = 85,          // "agent ID epoch N is stale (this node has seen epoch M)"
   migration_failed = 86,     // "cannot move agent ID to PEER: ..."
+  // trust: signatures, the node's policy, quotas, replay protection (docs/security.md)
+  bad_signature = 90,        // "bad signature: ..." (does not verify, or a malformed key or signature)
+  bad_key = 91,              // "bad key: ..." (a key or certificate file that cannot be used)
+  bad_policy = 92,           // "bad policy: ..." (a policy file that cannot be used, with where)
+  policy_refused = 93,       // "refused by the node's policy: ..." (this code or peer may not run here, or not so)
+  service_not_granted = 94,  // "service NAME is not granted to this code by the node's policy"
+  quota_exhausted = 95,      // "agent ID ran out of its ... budget ..." / "rate limit of N messages per second exceeded"
+  quota_raised = 96,         // "agent ID claims ..., above the ... its owner signed" (a node tried to raise a quota)
+  replayed = 97,             // "replayed: ..." (a signed request or transfer seen before)
+  expired = 98,              // "expired: ..." (a signed request or transfer past its expiry time)
   // the microVM monitor (sandbox/kvm); 100-119 are reserved for it
   kvm_unavailable = 100,     // "KVM unavailable: ..." (no /dev/kvm, wrong API version, missing capability)
   bad_elf = 101,             // "bad guest ELF: ..." (the guest executable cannot be loaded as it is)

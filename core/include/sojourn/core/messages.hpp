@@ -43,6 +43,12 @@ struct EvalRequest {
   Value args;              // array table, passed to the chunk as `...`
   Limits limits;
   Isolation isolation = Isolation::trusted;
+  // A signed request (core/signature.hpp, sign_eval): the author's raw Ed25519 public key,
+  // a nonce and an expiry, and the signature over all of the above. Empty signer: unsigned.
+  std::string signer;
+  std::string signature;
+  std::string nonce;
+  std::int64_t expires_unix_ms = 0;
 };
 
 // The answer to a CallRequest or EvalRequest.

@@ -70,6 +70,9 @@ struct AgentOutcome {
   bool waits = false;     // agent.wait was called
   std::string go_peer;    // where agent.go asked to go
   std::string go_entry;   // and what to call there (or when a message comes, for agent.wait)
+  // Lua instructions the step ran (to the count hook's granularity): what a travelling
+  // CPU budget is charged.
+  std::uint64_t instructions = 0;
 };
 
 // Errors are those of run_lua, plus lua_error "Lua error: agent entry point 'NAME' is not a

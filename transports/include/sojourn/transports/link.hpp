@@ -13,12 +13,20 @@
 
 #include "sojourn/core/error.hpp"
 #include "sojourn/core/frame.hpp"
+#include "sojourn/core/peer.hpp"
 #include "sojourn/transports/address.hpp"
 #include "sojourn/transports/asio.hpp"
+#include "sojourn/transports/tls.hpp"
 
 namespace sojourn {
 
 struct TransportOptions {
+  // Set: links and servers speak only mutually authenticated TLS (make_tls_context);
+  // null: plain TCP. In-process links are unaffected.
+  std::shared_ptr<const TlsContext> tls;
+  // Called on the server's executor for each connection whose TLS handshake failed (the
+  // peer untrusted, or refusing us); nothing of that connection reaches the handler.
+  std::function<void(const PeerIdentity& peer, const Error& why)> on_refused;
   std::uint32_t max_payload = kDefaultMaxPayload;
   std::chrono::milliseconds connect_timeout{3000};
   // Once the first byte of a frame has arrived, the whole frame must within this;
@@ -39,17 +47,19 @@ class RequestHandler {
  public:
   virtual ~RequestHandler() = default;
   // Handles one call/eval request on the server's executor and returns the reply
-  // payload. An Error means the request itself was malformed: the server sends a
-  // protocol_error frame and closes that connection.
+  // payload. `peer` is who sent it: its address and, over TLS, the identity its
+  // certificate proved. An Error means the request itself was malformed: the server sends
+  // a protocol_error frame and closes that connection.
   virtual asio::awaitable<Result<std::vector<std::uint8_t>>> handle(FrameKind kind, std::vector<std::uint8_t> payload,
-                                                                    std::string peer) = 0;
+                                                                    PeerIdentity peer) = 0;
 };
 
 class Link {
  public:
   virtual ~Link() = default;
   // Sends one request and waits for its reply frame (kind reply). Errors:
-  //   connect_failed, connection_closed, timeout, remote_protocol_error.
+  //   connect_failed, connection_closed, timeout, remote_protocol_error; over TLS also
+  //   untrusted_peer, refused_by_peer, tls_handshake_failed.
   virtual asio::awaitable<Result<Frame>> request(FrameKind kind, std::vector<std::uint8_t> payload,
                                                  std::chrono::milliseconds timeout) = 0;
   // False once the connection failed or was closed; a new Link must be made.
@@ -64,7 +74,8 @@ class Link {
 // only (one thread).
 std::shared_ptr<Link> make_link(asio::any_io_executor executor, const Address& peer, const TransportOptions& options);
 
-// Serves framed requests on TCP. Start and stop from the executor's thread.
+// Serves framed requests on TCP, or on TLS when the options say. Start and stop from the
+// executor's thread.
 class TcpServer {
  public:
   TcpServer(asio::any_io_executor executor, std::shared_ptr<RequestHandler> handler, TransportOptions options);

@@ -1,0 +1,60 @@
+// What the node's policy decides for one piece of code: its rule, its jail, its quotas
+// and the services it may call.
+#include "node_impl.hpp"
+
+namespace sojourn {
+
+const PolicyRule* Node::Impl::rule_for(std::string_view signer, const PeerIdentity& peer) const {
+  if (!options.policy) return nullptr;
+  if (!peer.authenticated()) return &options.policy->match(signer, {}, {});
+  return &options.policy->match(signer, peer.name, peer.fingerprint);
+}
+
+std::string Node::Impl::describe_code(std::string_view signer) const {
+  if (signer.empty()) return "unsigned code";
+  return "code signed by " + (options.policy ? options.policy->signer_name(signer) : std::string(signer.substr(0, 16)));
+}
+
+Result<Isolation> Node::Impl::level_for(Isolation asked, const PolicyRule* rule) {
+  if (rule == nullptr) return peer_level(asked);
+  std::string allowed, why;
+  for (Isolation level : rule->isolation) {
+    allowed += (allowed.empty() ? "" : ", ") + std::string(isolation_name(level));
+    if (level < asked) continue;
+    if (level == Isolation::microvm && microvm_jail() == nullptr) {
+      why += "; microvm: " + microvm_error;
+      continue;
+    }
+    if (level == Isolation::process && process_jail() == nullptr) {
+      why += "; process: " + jail_error;
+      continue;
+    }
+    return level;
+  }
+  return make_error(Errc::policy_refused, "refused by the node's policy: rule " + rule->name + " allows isolation " +
+                                              allowed + ", and none at least '" + std::string(isolation_name(asked)) +
+                                              "' is available here" + why);
+}
+
+Limits Node::Impl::run_ceiling(const PolicyRule* rule) const {
+  Limits c = options.max_limits;
+  if (rule == nullptr) return c;
+  auto lower = [](auto& field, auto bound) {
+    if (bound != 0 && (field == 0 || bound < field)) field = static_cast<std::remove_reference_t<decltype(field)>>(bound);
+  };
+  lower(c.cpu_instructions, rule->quotas.cpu_per_run);
+  lower(c.memory_bytes, rule->quotas.memory_bytes);
+  lower(c.wall_ms, rule->quotas.wall_ms);
+  return c;
+}
+
+Result<void> check_grant(const PolicyRule* rule, RateLimiter& rate, std::string_view service) {
+  if (rule == nullptr) return {};
+  if (!rule->grants(service)) {
+    return make_error(Errc::service_not_granted,
+                      "service " + std::string(service) + " is not granted to this code by the node's policy");
+  }
+  return rate.take(rule->name);
+}
+
+}  // namespace sojourn

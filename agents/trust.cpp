@@ -1,0 +1,58 @@
+// The replay guard and the rate limiter.
+#include "trust.hpp"
+
+#include "agent_record.hpp"
+
+namespace sojourn {
+
+Result<void> ReplayGuard::check_expiry(std::int64_t expires_unix_ms, const std::string& what) const {
+  const std::int64_t now = unix_ms_now();
+  if (expires_unix_ms <= now) {
+    return make_error(Errc::expired, "expired: " + what + " expired " + std::to_string(now - expires_unix_ms) + " ms ago");
+  }
+  if (expires_unix_ms - now > max_lifetime_.count()) {
+    return make_error(Errc::expired, "expired: " + what + " expires in " + std::to_string(expires_unix_ms - now) +
+                                         " ms, more than this node's limit of " + std::to_string(max_lifetime_.count()) + " ms");
+  }
+  return {};
+}
+
+Result<void> ReplayGuard::admit(std::string_view nonce, std::int64_t expires_unix_ms, const std::string& what) {
+  if (nonce.empty()) return make_error(Errc::invalid_argument, "invalid argument: " + what + " has no nonce");
+  if (auto fresh = check_expiry(expires_unix_ms, what); !fresh) return fresh;
+  const std::int64_t now = unix_ms_now();
+  std::lock_guard lock(mutex_);
+  if (now >= next_prune_) {
+    // Expired nonces can be forgotten: their messages are refused by their expiry now.
+    for (auto it = seen_.begin(); it != seen_.end();) it = it->second <= now ? seen_.erase(it) : std::next(it);
+    next_prune_ = now + 1000;
+  }
+  if (!seen_.emplace(std::string(nonce), expires_unix_ms).second) {
+    return make_error(Errc::replayed, "replayed: " + what + " with nonce " + std::string(nonce.substr(0, 16)) +
+                                          " was accepted before");
+  }
+  return {};
+}
+
+std::size_t ReplayGuard::remembered() {
+  std::lock_guard lock(mutex_);
+  return seen_.size();
+}
+
+Result<void> RateLimiter::take(const std::string& rule) {
+  if (per_second_ == 0) return {};
+  const auto now = std::chrono::steady_clock::now();
+  std::lock_guard lock(mutex_);
+  if (now - window_start_ >= std::chrono::seconds(1)) {
+    window_start_ = now;
+    in_window_ = 0;
+  }
+  if (in_window_ >= per_second_) {
+    return make_error(Errc::quota_exhausted, "rate limit of " + std::to_string(per_second_) +
+                                                 " messages per second exceeded (policy rule " + rule + ")");
+  }
+  ++in_window_;
+  return {};
+}
+
+}  // namespace sojourn

@@ -1,0 +1,55 @@
+// Internal: the node's replay guard (nonces and expiry times of signed requests and agent
+// transfers) and the message-rate limiter the policy's messages_per_second sets.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <mutex>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+
+#include "sojourn/core/error.hpp"
+
+namespace sojourn {
+
+// Remembers each nonce until its expiry time, so a message is accepted once and only
+// before it expires. Thread-safe.
+class ReplayGuard {
+ public:
+  // Expiry times further ahead than this are refused: the guard would have to remember
+  // their nonces that long.
+  explicit ReplayGuard(std::chrono::milliseconds max_lifetime) : max_lifetime_(max_lifetime) {}
+
+  // Errors, WHAT naming the message (e.g. "remote evaluation"):
+  //   expired  "expired: WHAT expired N ms ago"
+  //   expired  "expired: WHAT expires in N ms, more than this node's limit of M ms"
+  //   replayed "replayed: WHAT with nonce N16 was accepted before"
+  //   invalid_argument "invalid argument: WHAT has no nonce"
+  Result<void> admit(std::string_view nonce, std::int64_t expires_unix_ms, const std::string& what);
+  // Checks the expiry only (a retried agent TRANSFER is answered before its nonce is).
+  Result<void> check_expiry(std::int64_t expires_unix_ms, const std::string& what) const;
+  std::size_t remembered();
+
+ private:
+  std::chrono::milliseconds max_lifetime_;
+  std::mutex mutex_;
+  std::unordered_map<std::string, std::int64_t> seen_;  // nonce -> expiry
+  std::int64_t next_prune_ = 0;
+};
+
+// At most `per_second` events in any one-second window (0: no limit). Thread-safe.
+class RateLimiter {
+ public:
+  explicit RateLimiter(std::uint32_t per_second) : per_second_(per_second) {}
+  // quota_exhausted "rate limit of N messages per second exceeded (policy rule RULE)"
+  Result<void> take(const std::string& rule);
+
+ private:
+  std::uint32_t per_second_;
+  std::mutex mutex_;
+  std::chrono::steady_clock::time_point window_start_{};
+  std::uint32_t in_window_ = 0;
+};
+
+}  // namespace sojourn

@@ -1,0 +1,464 @@
+// Trust between real nodes on loopback: signed code, the node policy (jails, quotas,
+// services), quotas that travel with agents, and replayed TRANSFERs and signed REVs.
+#include <doctest/doctest.h>
+
+#include <chrono>
+#include <memory>
+#include <thread>
+
+#include "sojourn/agents/node.hpp"
+#include "sojourn/agents/policy.hpp"
+#include "sojourn/core/frame.hpp"
+#include "sojourn/core/signature.hpp"
+#include "support/raw_socket.hpp"
+#include "support/tcp_recorder.hpp"
+
+using namespace sojourn;
+using namespace std::chrono_literals;
+
+namespace {
+
+std::uint16_t port_of(const std::string& address) {
+  return static_cast<std::uint16_t>(std::stoi(address.substr(address.rfind(':') + 1)));
+}
+
+std::shared_ptr<const SigningKey> new_key() {
+  auto key = SigningKey::generate();
+  REQUIRE(key.ok());
+  return std::make_shared<const SigningKey>(std::move(*key));
+}
+
+std::shared_ptr<const Policy> policy_from(const std::string& json) {
+  auto p = Policy::parse(json);
+  if (!p) FAIL(p.error().message);
+  return std::make_shared<const Policy>(std::move(*p));
+}
+
+std::unique_ptr<Node> start_node(const std::string& name, std::function<void(NodeOptions&)> tweak = {}) {
+  NodeOptions o;
+  o.name = name;
+  o.retry_backoff = 10ms;
+  if (tweak) tweak(o);
+  auto node = std::make_unique<Node>(o);
+  REQUIRE(node->listen("127.0.0.1:0").ok());
+  return node;
+}
+
+std::string as_string(const std::vector<std::uint8_t>& bytes) { return {bytes.begin(), bytes.end()}; }
+
+// The first frame in captured client bytes that `pick` selects.
+std::optional<Frame> captured_frame(const std::vector<std::uint8_t>& bytes, const std::function<bool(const Frame&)>& pick) {
+  FrameDecoder decoder;
+  (void)decoder.feed(bytes);
+  for (auto& f : decoder.frames()) {
+    if (pick(f)) return f;
+  }
+  return std::nullopt;
+}
+
+// Sends a captured frame again, as is, on a new connection; returns the node's reply.
+Reply replay(std::uint16_t port, const Frame& frame) {
+  test::RawSocket socket(port);
+  REQUIRE(socket.connected());
+  REQUIRE(socket.send(encode_frame(frame.header.kind, frame.header.request_id, frame.payload)));
+  FrameDecoder decoder;
+  for (int i = 0; i < 200 && decoder.frames().empty(); ++i) REQUIRE(decoder.feed(socket.read_until_closed(20)).ok());
+  REQUIRE(decoder.frames().size() == 1);
+  auto reply = decode_reply(decoder.frames()[0].payload);
+  REQUIRE(reply.ok());
+  return *reply;
+}
+
+const char* kBurner = R"(
+function start(s) return hop(s) end
+function hop(s)
+  local x = 0
+  for i = 1, 30000 do x = x + i end
+  s.visits = (s.visits or 0) + 1
+  local nxt = agent.itinerary[1]
+  if nxt then agent.go(nxt, "hop") end
+  return s.visits
+end
+)";
+
+}  // namespace
+
+TEST_CASE("a policy file is checked field by field, and its rules match signers and peers in order") {
+  auto alice = new_key();
+  const std::string json = R"({
+    "keys": {"alice": ")" + alice->fingerprint() + R"("},
+    "rules": [
+      {"name": "alice", "signer": "alice", "isolation": ["trusted", "process"], "services": ["kv.*"]},
+      {"name": "cluster", "peer": "node-b", "isolation": "process"},
+      {"name": "signed", "signer": "*", "quotas": {"cpu_per_run": 1000, "max_hops": 3}}
+    ],
+    "default": {"isolation": ["microvm", "process"], "quotas": {"cpu_per_run": 10}, "services": []}
+  })";
+  auto p = policy_from(json);
+  CHECK(p->match(alice->fingerprint(), "").name == "alice");
+  CHECK(p->match(alice->fingerprint(), "").grants("kv.put"));
+  CHECK_FALSE(p->match(alice->fingerprint(), "").grants("node.info"));
+  CHECK(p->match("", "node-b").name == "cluster");
+  CHECK(p->match("", "node-c").name == "default");
+  CHECK(p->match(std::string(64, 'f'), "").name == "signed");
+  CHECK(p->match(std::string(64, 'f'), "").quotas.max_hops == 3);
+  CHECK(p->match("", "").name == "default");
+  CHECK_FALSE(p->match("", "").grants("kv.get"));
+  CHECK(p->signer_name(alice->fingerprint()) == "alice");
+
+  struct Bad {
+    const char* json;
+    const char* message;
+  };
+  const Bad bad[] = {
+      {R"({"rules": [{"signer": "bob"}]})", "bad policy: rules[0].signer: unknown key 'bob' (name it under \"keys\", or give its fingerprint)"},
+      {R"({"rules": [{"isolation": ["vm"]}]})", "bad policy: rules[0].isolation: unknown level 'vm' (expected trusted, process or microvm)"},
+      {R"({"default": {"quotas": {"cpu": 5}}})", "bad policy: default.quotas: unknown field 'cpu'"},
+      {R"({"default": {"signer": "*"}})", "bad policy: default: unknown field 'signer'"},
+      {R"({"rules": [{"quotas": {"wall_ms": -1}}]})", "bad policy: rules[0].quotas.wall_ms: must be a whole number, 0 or more"},
+      {R"({"keys": {"carol": "carol.crt"}})", "bad policy: keys.carol: cannot read ./carol.crt"},
+      {R"({"rule": []})", "bad policy: the policy: unknown field 'rule'"},
+  };
+  for (const auto& b : bad) {
+    auto r = Policy::parse(b.json);
+    REQUIRE_FALSE(r.ok());
+    CHECK(r.error().code == Errc::bad_policy);
+    CHECK(r.error().message == b.message);
+  }
+  // Without a default, whatever no rule names is refused.
+  auto strict = Policy::parse(R"({"rules": []})");
+  REQUIRE(strict.ok());
+  CHECK(strict->match("", "").refuse);
+}
+
+TEST_CASE("the sample policy file parses") {
+  auto p = Policy::load(SOJOURN_SAMPLES_DIR "/policy.json");
+  if (!p) FAIL(p.error().message);
+  CHECK_FALSE(p->rules().empty());
+}
+
+TEST_CASE("the policy picks the jail, the quotas and the services of remote evaluations by their signer") {
+  auto alice = new_key();
+  auto mallory = new_key();
+  auto server = start_node("server", [&](NodeOptions& o) {
+    o.policy = policy_from(R"({
+      "keys": {"alice": ")" + alice->fingerprint() + R"("},
+      "rules": [{"name": "alice", "signer": "alice", "isolation": ["trusted"], "services": ["kv.get", "kv.put"]}],
+      "default": {"isolation": ["microvm", "process"], "quotas": {"cpu_per_run": 100000}, "services": ["kv.get"]}
+    })");
+  });
+  auto client = start_node("client");
+  const std::string at = server->advertised_address();
+
+  EvalOptions signed_by_alice;
+  signed_by_alice.sign = alice;
+  auto trusted = client->evaluate(at, "node.call('kv.put', 'k', 7) return node.call('kv.get', 'k')", Value::table(), signed_by_alice);
+  REQUIRE(trusted.ok());
+  CHECK(trusted->isolation == Isolation::trusted);  // the node's peer level is process: the policy trusts alice
+  CHECK(trusted->results.get(1).as_integer() == 7);
+
+  // Unsigned code: the default rule's strictest available jail and its small CPU quota,
+  // whatever the request asks for.
+  EvalOptions big;
+  big.limits.cpu_instructions = 1'000'000'000;
+  auto loop = client->evaluate(at, "while true do end", Value::table(), big);
+  REQUIRE_FALSE(loop.ok());
+  CHECK(loop.error().code == Errc::cpu_limit);
+  CHECK(loop.error().message == "CPU limit of 100000 instructions exceeded");
+  auto jailed = client->evaluate(at, "return node.call('kv.get', 'k')");
+  REQUIRE(jailed.ok());
+  // The default rule's first level this node has: microvm where KVM runs the guest.
+  const auto levels = server->isolation_levels();
+  const Isolation strictest = levels.back();
+  CHECK(jailed->isolation == strictest);
+  CHECK(jailed->results.get(1).as_integer() == 7);
+
+  // A service the rule does not grant is refused inside Lua, where pcall sees the reason.
+  auto put = client->eval(at, "return node.call('kv.put', 'k', 8)");
+  REQUIRE_FALSE(put.ok());
+  CHECK(put.error().code == Errc::lua_error);
+  CHECK(put.error().message == "Lua error: service kv.put is not granted to this code by the node's policy");
+  auto caught = client->eval(at, "local ok, e = pcall(node.call, 'node.info') return ok, e");
+  REQUIRE(caught.ok());
+  CHECK_FALSE(caught->get(1).as_bool());
+  CHECK(caught->get(2).as_string() == "service node.info is not granted to this code by the node's policy");
+  CHECK(server->call_local("kv.get", Value::array({"k"}))->as_integer() == 7);
+
+  // An unknown signer is unknown code: the default rule.
+  EvalOptions by_mallory;
+  by_mallory.sign = mallory;
+  auto unknown = client->evaluate(at, "return 1", Value::table(), by_mallory);
+  REQUIRE(unknown.ok());
+  CHECK(unknown->isolation == strictest);
+}
+
+TEST_CASE("a strict policy refuses unsigned code, and a node without a policy still refuses a bad signature") {
+  auto alice = new_key();
+  auto strict = start_node("strict", [&](NodeOptions& o) {
+    o.policy = policy_from(R"({"keys": {"alice": ")" + alice->fingerprint() +
+                           R"("}, "rules": [{"signer": "alice", "isolation": ["process"]}]})");
+  });
+  auto client = start_node("client");
+  auto refused = client->eval(strict->advertised_address(), "return 1");
+  REQUIRE_FALSE(refused.ok());
+  CHECK(refused.error().code == Errc::policy_refused);
+  CHECK(refused.error().message == "refused by the node's policy: rule default refuses unsigned code");
+  EvalOptions signed_by_alice;
+  signed_by_alice.sign = alice;
+  CHECK(client->eval(strict->advertised_address(), "return 1", Value::table(), signed_by_alice).ok());
+
+  // A signed request changed on the way (here: its chunk) is refused, policy or not.
+  auto open = start_node("open");
+  EvalRequest request;
+  request.source = "return 1";
+  sign_eval(request, *alice, 30s);
+  request.source = "return 2";
+  test::RawSocket socket(port_of(open->advertised_address()));
+  REQUIRE(socket.send(encode_frame(FrameKind::eval, 1, encode(request))));
+  FrameDecoder decoder;
+  for (int i = 0; i < 200 && decoder.frames().empty(); ++i) REQUIRE(decoder.feed(socket.read_until_closed(20)).ok());
+  REQUIRE(decoder.frames().size() == 1);
+  auto reply = decode_reply(decoder.frames()[0].payload);
+  REQUIRE(reply.ok());
+  CHECK(reply->code == Errc::bad_signature);
+  CHECK(reply->message == "bad signature: it does not verify with key " + alice->fingerprint().substr(0, 16));
+}
+
+TEST_CASE("a launch whose bundle or manifest quotas changed after signing is refused") {
+  auto owner = new_key();
+  auto node = start_node("home");
+  auto client = start_node("client");
+  auto bundle = single_file_bundle("burner", kBurner, {"start", "hop"});
+  REQUIRE(bundle.ok());
+  bundle->manifest.cpu_budget = 150'000;
+  BundleSignature s = sign_bundle(*owner, *bundle);
+
+  auto launch_with = [&](const Bundle& b) {
+    Value request = Value::table();
+    request.set("bundle", as_string(encode_bundle(b)));
+    request.set("entry", "start");
+    request.set("signer", s.public_key);
+    request.set("signature", s.signature);
+    return client->call(node->advertised_address(), "agent.launch", Value::array({request}));
+  };
+  CHECK(launch_with(*bundle).ok());
+  Bundle code = *bundle;
+  code.files.begin()->second[20] ^= 1;  // one byte
+  auto r1 = launch_with(code);
+  REQUIRE_FALSE(r1.ok());
+  CHECK(r1.error().code == Errc::bad_signature);
+  CHECK(r1.error().message == "bad signature: bundle " + bundle_hash(code).substr(0, 12) + " (burner) is not what key " +
+                                  owner->fingerprint().substr(0, 16) + " signed (code or manifest changed?)");
+  Bundle quotas = *bundle;
+  quotas.manifest.cpu_budget = 1'000'000'000;
+  auto r2 = launch_with(quotas);
+  REQUIRE_FALSE(r2.ok());
+  CHECK(r2.error().code == Errc::bad_signature);
+}
+
+TEST_CASE("an agent out of its signed CPU budget ends at the hop where it ran out, and its home hears why") {
+  auto owner = new_key();
+  auto a = start_node("a");
+  auto b = start_node("b");
+  auto c = start_node("c");
+  auto bundle = single_file_bundle("burner", kBurner, {"start", "hop"});
+  REQUIRE(bundle.ok());
+  // ~60,000 instructions a step: two steps fit, the third does not.
+  bundle->manifest.cpu_budget = 150'000;
+  AgentLaunch l;
+  l.bundle = *bundle;
+  l.itinerary = {b->advertised_address(), c->advertised_address(), b->advertised_address()};
+  l.sign = owner;
+  auto id = a->launch(a->advertised_address(), l);
+  REQUIRE(id.ok());
+  auto status = a->wait_agent(a->advertised_address(), *id, 20s);
+  REQUIRE(status.ok());
+  CHECK(status->status == "failed");
+  CHECK(status->reason == "agent " + *id + " ran out of its CPU budget of 150000 instructions (at " +
+                              c->advertised_address() + ")");
+  CHECK(status->hops.size() == 3);
+}
+
+TEST_CASE("a policy's per-visit CPU quota ends an agent that stays too long at one node") {
+  auto a = start_node("a");
+  auto b = start_node("b", [](NodeOptions& o) {
+    o.policy = policy_from(R"({"default": {"name": "visitors", "isolation": ["trusted", "process"],
+                                           "quotas": {"cpu_per_hop": 5000}}})");
+  });
+  auto bundle = single_file_bundle("burner", kBurner, {"start", "hop"});
+  REQUIRE(bundle.ok());
+  AgentLaunch l;
+  l.bundle = *bundle;
+  l.itinerary = {b->advertised_address()};
+  auto id = a->launch(a->advertised_address(), l);
+  REQUIRE(id.ok());
+  auto status = a->wait_agent(a->advertised_address(), *id, 20s);
+  REQUIRE(status.ok());
+  CHECK(status->status == "failed");
+  CHECK(status->reason == "agent " + *id + " ran out of its CPU budget of 5000 instructions for one visit at " +
+                              b->advertised_address() + " (policy rule visitors)");
+}
+
+TEST_CASE("a node cannot raise an agent's quotas above what its owner signed") {
+  auto owner = new_key();
+  auto b = start_node("b", [](NodeOptions& o) {
+    // This node's policy would allow far more than the owner signed: the signed figure wins.
+    o.policy = policy_from(R"({"default": {"isolation": ["trusted", "process"], "quotas": {"cpu_per_run": 1000000000}}})");
+  });
+  auto sender = start_node("sender");
+  auto bundle = single_file_bundle("spin", "function start(s) while true do end end", {"start"});
+  REQUIRE(bundle.ok());
+  bundle->manifest.quotas.cpu_instructions = 50'000;
+  bundle->manifest.cpu_budget = 150'000;
+  BundleSignature s = sign_bundle(*owner, *bundle);
+  auto bytes = encode_bundle(*bundle);
+
+  Value record = Value::table();
+  record.set("id", std::string(32, 'b'));
+  record.set("home", sender->advertised_address());
+  record.set("owner", "t");
+  record.set("bundle", sha256_hex(bytes));
+  record.set("entry", "start");
+  record.set("state", Value::table());
+  record.set("epoch", 1);
+  record.set("max_hops", 4);
+  record.set("isolation", "trusted");
+  record.set("signer", s.public_key);
+  record.set("signature", s.signature);
+  record.set("cpu_left", 999'999'999);  // raised by the sending node
+  auto transfer_of = [&](const Value& r) {
+    Value t = Value::table();
+    t.set("record", r);
+    t.set("bundle_bytes", as_string(bytes));
+    t.set("to", b->advertised_address());
+    t.set("nonce", random_nonce());
+    t.set("expires", std::chrono::duration_cast<std::chrono::milliseconds>(
+                         std::chrono::system_clock::now().time_since_epoch() + 30s).count());
+    return Value::array({t});
+  };
+  auto raised = sender->call(b->advertised_address(), "agent.transfer", transfer_of(record));
+  REQUIRE_FALSE(raised.ok());
+  CHECK(raised.error().code == Errc::quota_raised);
+  CHECK(raised.error().message == "agent " + std::string(32, 'b') +
+                                      " claims a CPU budget of 999999999, above the 150000 its owner signed");
+  Value quota = Value::table();
+  quota.set("cpu", 1'000'000'000);
+  record.set("cpu_left", 150'000);
+  record.set("quotas", quota);
+  auto per_run = sender->call(b->advertised_address(), "agent.transfer", transfer_of(record));
+  REQUIRE_FALSE(per_run.ok());
+  CHECK(per_run.error().code == Errc::quota_raised);
+  CHECK(per_run.error().message == "agent " + std::string(32, 'b') +
+                                       " claims a CPU quota per run of 1000000000, above the 50000 its owner signed");
+
+  // Lowered is fine.
+  record.set("cpu_left", 120'000);
+  record.set("quotas", Value::table());
+  CHECK(sender->call(b->advertised_address(), "agent.transfer", transfer_of(record)).ok());
+
+  // Each step gets min(signed, policy, left): the signed 50,000 instructions, not the
+  // policy's billion.
+  AgentLaunch l;
+  l.bundle = *bundle;
+  l.sign = owner;
+  auto id = sender->launch(b->advertised_address(), l);
+  REQUIRE(id.ok());
+  auto status = sender->wait_agent(b->advertised_address(), *id, 10s);
+  REQUIRE(status.ok());
+  CHECK(status->status == "failed");
+  CHECK(status->reason == "CPU limit of 50000 instructions exceeded");
+}
+
+TEST_CASE("a captured TRANSFER replayed later, or at another node, is refused and runs nothing twice") {
+  auto home = start_node("home", [](NodeOptions& o) { o.transfer_lifetime = 400ms; });
+  test::TcpRecorder wire;  // the path to b, where an attacker listens
+  NodeOptions bo;
+  bo.name = "b";
+  bo.advertise = "127.0.0.1:" + std::to_string(wire.port());
+  Node b(bo);
+  auto bound = b.listen("127.0.0.1:0");
+  REQUIRE(bound.ok());
+  wire.forward_to(port_of(*bound));
+  auto other = start_node("other");
+
+  auto bundle = single_file_bundle("counter", R"(
+function start(s) agent.go(agent.itinerary[1], "visit") end
+function visit(s)
+  node.call("kv.put", "visits", (node.call("kv.get", "visits") or 0) + 1)
+  return "done"
+end)", {"start", "visit"});
+  REQUIRE(bundle.ok());
+  AgentLaunch l;
+  l.bundle = *bundle;
+  l.itinerary = {bo.advertise};
+  auto id = home->launch(home->advertised_address(), l);
+  REQUIRE(id.ok());
+  auto status = home->wait_agent(home->advertised_address(), *id, 10s);
+  REQUIRE(status.ok());
+  CHECK(status->status == "finished");
+  CHECK(b.call_local("kv.get", Value::array({"visits"}))->as_integer() == 1);
+
+  auto transfer = captured_frame(wire.client_bytes(), [](const Frame& f) {
+    if (f.header.kind != FrameKind::call) return false;
+    auto call = decode_call(f.payload);
+    return call.ok() && call->service == "agent.transfer";
+  });
+  REQUIRE(transfer.has_value());
+  const std::string what = "the TRANSFER of agent " + *id + " (epoch 1)";
+  // At once, at b: what the hand-over's own retry gets, the same COMMIT; no second agent.
+  Reply again = replay(port_of(*bound), *transfer);
+  CHECK(again.code == Errc::ok);
+  CHECK(again.result.get("committed").truthy());
+  // At another node: it is not addressed there.
+  Reply elsewhere = replay(port_of(other->advertised_address()), *transfer);
+  CHECK(elsewhere.code == Errc::replayed);
+  CHECK(elsewhere.message == "replayed: " + what + " is addressed to " + bo.advertise + ", not to this node (" +
+                                 other->advertised_address() + ")");
+  CHECK(other->stats().agents_resident == 0);
+  // Later, anywhere: expired.
+  std::this_thread::sleep_for(500ms);
+  Reply later = replay(port_of(*bound), *transfer);
+  CHECK(later.code == Errc::expired);
+  CHECK(later.message.rfind("expired: " + what + " expired ", 0) == 0);
+  std::this_thread::sleep_for(50ms);
+  CHECK(b.call_local("kv.get", Value::array({"visits"}))->as_integer() == 1);
+  CHECK(b.stats().agents_resident == 0);
+}
+
+TEST_CASE("a captured signed REV replayed is refused: at once as a replay, later as expired") {
+  NodeOptions so;
+  so.name = "server";
+  so.max_message_lifetime = 5s;
+  Node server(so);
+  auto bound = server.listen("127.0.0.1:0");
+  REQUIRE(bound.ok());
+  test::TcpRecorder wire(port_of(*bound));
+  auto client = start_node("client");
+  auto author = new_key();
+  EvalOptions signed_eval;
+  signed_eval.sign = author;
+  signed_eval.signature_lifetime = 400ms;
+  const char* count = "node.call('kv.put', 'runs', (node.call('kv.get', 'runs') or 0) + 1) return 'ran'";
+  auto first = client->eval("127.0.0.1:" + std::to_string(wire.port()), count, Value::table(), signed_eval);
+  REQUIRE(first.ok());
+  auto eval = captured_frame(wire.client_bytes(), [](const Frame& f) { return f.header.kind == FrameKind::eval; });
+  REQUIRE(eval.has_value());
+  auto request = decode_eval(eval->payload);
+  REQUIRE(request.ok());
+
+  Reply again = replay(port_of(*bound), *eval);
+  CHECK(again.code == Errc::replayed);
+  CHECK(again.message == "replayed: remote evaluation with nonce " + request->nonce.substr(0, 16) + " was accepted before");
+  std::this_thread::sleep_for(500ms);
+  Reply later = replay(port_of(*bound), *eval);
+  CHECK(later.code == Errc::expired);
+  CHECK(later.message.rfind("expired: remote evaluation expired ", 0) == 0);
+  CHECK(server.call_local("kv.get", Value::array({"runs"}))->as_integer() == 1);
+
+  // An expiry further ahead than the node remembers nonces is refused too.
+  signed_eval.signature_lifetime = 1h;
+  auto far = client->eval(*bound, "return 1", Value::table(), signed_eval);
+  REQUIRE_FALSE(far.ok());
+  CHECK(far.error().code == Errc::expired);
+  CHECK(far.error().message.find("more than this node's limit of 5000 ms") != std::string::npos);
+}

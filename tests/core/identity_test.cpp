@@ -1,0 +1,95 @@
+// Identities: a CA and the keys and certificates it signs, self-signed ones for pinned
+// mode, fingerprints, and what is refused (overwriting, bad names, bad fingerprints).
+#include <doctest/doctest.h>
+
+#include <sys/stat.h>
+
+#include <ctime>
+#include <filesystem>
+
+#include "sojourn/core/identity.hpp"
+#include "transports/tls_support.hpp"
+
+using namespace sojourn;
+
+namespace {
+int mode_of(const std::string& path) {
+  struct stat st {};
+  REQUIRE(::stat(path.c_str(), &st) == 0);
+  return static_cast<int>(st.st_mode & 0777);
+}
+}  // namespace
+
+TEST_CASE("a CA signs an identity: files, modes, names, validity and one fingerprint for key and certificate") {
+  test::TempDir dir;
+  auto ca = create_ca(dir / "ca", "cluster CA");
+  REQUIRE(ca.ok());
+  CHECK(ca->certificate.common_name == "cluster CA");
+  CHECK(ca->certificate.is_ca);
+  CHECK(mode_of(dir / "ca/ca.key") == 0600);
+  CHECK(mode_of(dir / "ca") == 0700);
+
+  auto id = create_identity("node-a", dir / "ca", dir / "a");
+  REQUIRE(id.ok());
+  CHECK(id->key_path == dir / "a/node-a.key");
+  CHECK(id->cert_path == dir / "a/node-a.crt");
+  CHECK(id->ca_cert_path == dir / "a/ca.crt");
+  CHECK(mode_of(id->key_path) == 0600);
+  CHECK(id->certificate.common_name == "node-a");
+  CHECK(id->certificate.issuer_name == "cluster CA");
+  CHECK(!id->certificate.is_ca);
+  std::int64_t now = std::time(nullptr);
+  CHECK(id->certificate.not_before <= now);
+  CHECK(id->certificate.not_after > now + 364 * 86400);
+  auto from_key = key_fingerprint(id->key_path);
+  auto from_cert = key_fingerprint(id->cert_path);
+  REQUIRE(from_key.ok());
+  REQUIRE(from_cert.ok());
+  CHECK(*from_key == *from_cert);
+  CHECK(*from_key == id->certificate.fingerprint);
+  CHECK(from_key->size() == 64);
+  CHECK(*from_key != ca->certificate.fingerprint);
+}
+
+TEST_CASE("a self-signed identity is its own issuer; an expired one can be made for tests") {
+  test::TempDir dir;
+  auto id = create_identity("solo", "", dir / "solo");
+  REQUIRE(id.ok());
+  CHECK(id->ca_cert_path.empty());
+  CHECK(id->certificate.issuer_name == "solo");
+  CHECK(!std::filesystem::exists(dir / "solo/ca.crt"));
+  auto old = create_identity("old", "", dir / "old", Validity{-std::chrono::hours(48), -std::chrono::hours(24)});
+  REQUIRE(old.ok());
+  CHECK(old->certificate.not_after < std::time(nullptr));
+}
+
+TEST_CASE("nothing is overwritten, bad names and missing CAs are refused with the reason") {
+  test::TempDir dir;
+  REQUIRE(create_ca(dir / "ca", "ca").ok());
+  auto again = create_ca(dir / "ca", "ca");
+  REQUIRE(!again.ok());
+  CHECK(again.error().code == Errc::tls_config);
+  CHECK(again.error().message == "TLS configuration: " + (dir / "ca/ca.key") + " exists already; remove it first or choose another name");
+  REQUIRE(create_identity("a", dir / "ca", dir / "a").ok());
+  auto twice = create_identity("a", dir / "ca", dir / "a");
+  REQUIRE(!twice.ok());
+  CHECK(twice.error().message == "TLS configuration: " + (dir / "a/a.key") + " exists already; remove it first or choose another name");
+  for (const char* bad : {"", "../x", ".hidden", "ca", "a b"}) {
+    auto r = create_identity(bad, dir / "ca", dir / "x");
+    REQUIRE(!r.ok());
+    CHECK(r.error().message.find("bad identity name") != std::string::npos);
+  }
+  auto no_ca = create_identity("b", dir / "nowhere", dir / "b");
+  REQUIRE(!no_ca.ok());
+  CHECK(no_ca.error().message == "TLS configuration: cannot read " + (dir / "nowhere/ca.crt") + ": No such file or directory");
+}
+
+TEST_CASE("fingerprints are read as users write them, and refused when malformed") {
+  std::string hex = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+  CHECK(*parse_fingerprint(hex) == hex);
+  CHECK(*parse_fingerprint("SHA256:00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF:00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF") == hex);
+  auto short_one = parse_fingerprint("abcd");
+  REQUIRE(!short_one.ok());
+  CHECK(short_one.error().message == "TLS configuration: bad key fingerprint 'abcd': expected 64 hex digits (SHA-256)");
+  CHECK(!parse_fingerprint(std::string(64, 'g')).ok());
+}

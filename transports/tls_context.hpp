@@ -1,0 +1,70 @@
+// Internal: the TLS context behind the opaque TlsContext of tls.hpp, the check of a peer's
+// certificate during a handshake, and the errors a failed handshake or a TLS alert becomes.
+#pragma once
+
+#include <chrono>
+#include <string>
+#include <vector>
+
+#include "asio_full.hpp"
+
+#include <boost/asio/ssl/context.hpp>
+
+#include "sojourn/transports/tls.hpp"
+
+struct x509_store_ctx_st;  // OpenSSL's X509_STORE_CTX
+struct x509_st;            // OpenSSL's X509
+
+namespace sojourn {
+
+class TlsContext {
+ public:
+  enum class Role { client, server };
+
+  TlsContext();
+  // Asio's streams take a context by non-const reference; the contexts are not changed
+  // after make_tls_context.
+  asio::ssl::context& context(Role role) const { return role == Role::client ? client_ : server_; }
+  bool pinned() const { return !pins_.empty(); }
+  bool pin_matches(const std::string& fingerprint) const;
+  // "expected FP" or "expected one of FP1, FP2".
+  std::string expected_pins() const;
+
+  PeerIdentity self;
+  std::string trust;  // see tls_trust_summary
+
+ private:
+  friend Result<std::shared_ptr<const TlsContext>> make_tls_context(const TlsConfig& config);
+  mutable asio::ssl::context client_;
+  mutable asio::ssl::context server_;
+  std::vector<std::string> pins_;
+};
+
+namespace transport_detail {
+
+// What the verification of one handshake saw of the peer's leaf certificate.
+struct PeerCheck {
+  std::string name, fingerprint;
+  std::string refusal;  // why the certificate was refused; empty while it is not
+};
+
+// The CN of a certificate's subject; empty when it has none.
+std::string common_name(x509_st* cert);
+
+// The verify callback of one connection: OpenSSL's chain verification against the CA, or
+// the pinned keys; records the leaf and the reason of a refusal in `check`.
+bool verify_peer(const TlsContext& tls, PeerCheck& check, bool preverified, x509_store_ctx_st* store);
+
+// The Error a failed handshake with `peer` becomes:
+//   untrusted_peer        "untrusted peer PEER: REASON" (PEER ('CN') when the certificate had one)
+//   refused_by_peer       "peer PEER refused this node's certificate: ALERT"
+//   tls_handshake_failed  "TLS handshake with PEER failed: ..."
+Error handshake_error(const std::string& peer, const PeerCheck& check, const boost::system::error_code& ec,
+                      std::chrono::milliseconds timed_out_after);
+// After the handshake: a TLS alert that refuses this side's certificate (TLS 1.3 sends the
+// server's verdict on a client certificate after the client finished its handshake).
+bool is_certificate_alert(const boost::system::error_code& ec);
+Error refused_error(const std::string& peer, const boost::system::error_code& ec);
+
+}  // namespace transport_detail
+}  // namespace sojourn
