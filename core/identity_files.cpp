@@ -121,7 +121,7 @@ Result<CertificateInfo> read_certificate(const std::string& path) {
   return certificate_info(cert->get());
 }
 
-Result<std::string> key_fingerprint(const std::string& path) {
+Result<std::string> key_file_fingerprint(const std::string& path) {
   auto pem = read_pem(path);
   if (!pem) return pem.error();
   if (X509Ptr cert{PEM_read_bio_X509(bio_over(*pem).get(), nullptr, nullptr, nullptr)}) {

@@ -12,6 +12,7 @@
 #include <openssl/rand.h>
 #include <openssl/x509.h>
 
+#include "identity_openssl.hpp"
 #include "wire_io.hpp"
 
 namespace sojourn {
@@ -22,19 +23,13 @@ namespace {
 constexpr std::string_view kBundleDomain{"sojourn bundle signature v1\0", 28};
 constexpr std::string_view kEvalDomain{"sojourn eval signature v1\0", 26};
 
-struct PkeyFree {
-  void operator()(EVP_PKEY* k) const { EVP_PKEY_free(k); }
-};
-struct BioFree {
-  void operator()(BIO* b) const { BIO_free(b); }
-};
+using identity_detail::Bio;
+using identity_detail::openssl_error;
+using identity_detail::Pkey;
+using identity_detail::X509Ptr;
 struct MdCtxFree {
   void operator()(EVP_MD_CTX* c) const { EVP_MD_CTX_free(c); }
 };
-struct X509Free {
-  void operator()(X509* x) const { X509_free(x); }
-};
-using Pkey = std::unique_ptr<EVP_PKEY, PkeyFree>;
 
 std::string hex(std::span<const std::uint8_t> bytes) {
   static constexpr char kHex[] = "0123456789abcdef";
@@ -52,18 +47,8 @@ std::span<const std::uint8_t> as_bytes(std::string_view s) {
   return {reinterpret_cast<const std::uint8_t*>(s.data()), s.size()};
 }
 
-// The last OpenSSL error as text (and the queue emptied, so it never leaks into a later call).
-std::string openssl_error() {
-  unsigned long code = ERR_get_error();
-  ERR_clear_error();
-  if (code == 0) return "unknown OpenSSL error";
-  char buf[256];
-  ERR_error_string_n(code, buf, sizeof buf);
-  return buf;
-}
-
-std::unique_ptr<BIO, BioFree> memory_bio(std::string_view text) {
-  return std::unique_ptr<BIO, BioFree>(BIO_new_mem_buf(text.data(), static_cast<int>(text.size())));
+Bio memory_bio(std::string_view text) {
+  return Bio(BIO_new_mem_buf(text.data(), static_cast<int>(text.size())));
 }
 
 Result<std::string> raw_public_key(EVP_PKEY* key) {
@@ -106,6 +91,16 @@ struct SigningKey::Holder {
   Pkey key;
 };
 
+Result<SigningKey> SigningKey::adopt(std::shared_ptr<Holder> holder) {
+  auto pub = raw_public_key(holder->key.get());
+  if (!pub) return pub.error();
+  SigningKey k;
+  k.key_ = std::move(holder);
+  k.public_key_ = std::move(*pub);
+  k.fingerprint_ = key_fingerprint(k.public_key_);
+  return k;
+}
+
 Result<SigningKey> SigningKey::from_pem(std::string_view pem) {
   auto bio = memory_bio(pem);
   Pkey key(bio ? PEM_read_bio_PrivateKey(bio.get(), nullptr, nullptr, nullptr) : nullptr);
@@ -113,13 +108,7 @@ Result<SigningKey> SigningKey::from_pem(std::string_view pem) {
     ERR_clear_error();
     return make_error(Errc::bad_key, "bad key: no PEM private key");
   }
-  auto pub = raw_public_key(key.get());
-  if (!pub) return pub.error();
-  SigningKey k;
-  k.key_ = std::make_shared<Holder>(Holder{std::move(key)});
-  k.public_key_ = std::move(*pub);
-  k.fingerprint_ = key_fingerprint(k.public_key_);
-  return k;
+  return adopt(std::make_shared<Holder>(Holder{std::move(key)}));
 }
 
 Result<SigningKey> SigningKey::load(const std::string& path) {
@@ -140,17 +129,11 @@ Result<SigningKey> SigningKey::generate() {
     return make_error(Errc::bad_key, "bad key: cannot generate an Ed25519 key: " + openssl_error());
   }
   Pkey key(raw);
-  auto pub = raw_public_key(key.get());
-  if (!pub) return pub.error();
-  SigningKey k;
-  k.key_ = std::make_shared<Holder>(Holder{std::move(key)});
-  k.public_key_ = std::move(*pub);
-  k.fingerprint_ = key_fingerprint(k.public_key_);
-  return k;
+  return adopt(std::make_shared<Holder>(Holder{std::move(key)}));
 }
 
 std::string SigningKey::to_pem() const {
-  std::unique_ptr<BIO, BioFree> bio(BIO_new(BIO_s_mem()));
+  Bio bio(BIO_new(BIO_s_mem()));
   if (!bio || PEM_write_bio_PrivateKey(bio.get(), key_->key.get(), nullptr, nullptr, 0, nullptr, nullptr) != 1) {
     throw std::runtime_error("cannot write a PEM key: " + openssl_error());
   }
@@ -176,7 +159,7 @@ Result<std::string> public_key_from_pem(std::string_view pem) {
   const Error none = make_error(Errc::bad_key, "bad key: no Ed25519 public key, certificate or private key in the PEM text");
   if (pem.find("-----BEGIN CERTIFICATE-----") != std::string_view::npos) {
     auto bio = memory_bio(pem);
-    std::unique_ptr<X509, X509Free> cert(bio ? PEM_read_bio_X509(bio.get(), nullptr, nullptr, nullptr) : nullptr);
+    X509Ptr cert(bio ? PEM_read_bio_X509(bio.get(), nullptr, nullptr, nullptr) : nullptr);
     Pkey key(cert ? X509_get_pubkey(cert.get()) : nullptr);
     ERR_clear_error();
     if (!key) return none;

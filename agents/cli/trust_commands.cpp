@@ -98,7 +98,7 @@ int run_trust_commands(const TrustCommands& t) {
   if (t.ca_init_cmd->parsed()) return run_ca_init(t.ca_init);
   if (t.keygen_cmd->parsed()) return run_keygen(t.keygen);
   if (t.fingerprint_cmd->parsed()) {
-    auto fp = key_fingerprint(t.fingerprint_file);
+    auto fp = key_file_fingerprint(t.fingerprint_file);
     if (!fp) return fail(fp.error(), false);
     std::printf("%s\n", fp->c_str());
     return exit_ok;

@@ -41,8 +41,8 @@ TEST_CASE("a CA signs an identity: files, modes, names, validity and one fingerp
   std::int64_t now = std::time(nullptr);
   CHECK(id->certificate.not_before <= now);
   CHECK(id->certificate.not_after > now + 364 * 86400);
-  auto from_key = key_fingerprint(id->key_path);
-  auto from_cert = key_fingerprint(id->cert_path);
+  auto from_key = key_file_fingerprint(id->key_path);
+  auto from_cert = key_file_fingerprint(id->cert_path);
   REQUIRE(from_key.ok());
   REQUIRE(from_cert.ok());
   CHECK(*from_key == *from_cert);

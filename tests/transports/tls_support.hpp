@@ -52,7 +52,7 @@ struct Pki {
     return root / name;
   }
   std::string fingerprint(const std::string& name) {
-    auto fp = key_fingerprint(root / (name + "/" + name + ".key"));
+    auto fp = key_file_fingerprint(root / (name + "/" + name + ".key"));
     REQUIRE(fp.ok());
     return *fp;
   }

@@ -52,7 +52,7 @@ Result<IdentityFiles> create_identity(const std::string& name, const std::string
 Result<CertificateInfo> read_certificate(const std::string& path);
 
 // The fingerprint of the public key in a PEM certificate, private key or public key file.
-Result<std::string> key_fingerprint(const std::string& path);
+Result<std::string> key_file_fingerprint(const std::string& path);
 
 // Lowercase hex SHA-256 of the raw public key (32 bytes for Ed25519); for key types
 // without a raw form, of its DER SubjectPublicKeyInfo.

@@ -45,6 +45,8 @@ class SigningKey {
 
  private:
   struct Holder;
+  // A signing key over the private key `holder` owns, with its public half and fingerprint.
+  static Result<SigningKey> adopt(std::shared_ptr<Holder> holder);
   std::shared_ptr<Holder> key_;
   std::string public_key_;
   std::string fingerprint_;
