@@ -12,6 +12,8 @@ packages=(
   build-essential cmake ninja-build pkg-config
   libboost-dev libcereal-dev nlohmann-json3-dev libcli11-dev
   libluajit-5.1-dev libseccomp-dev libssl-dev doctest-dev
+  # The signature tests check that keys made by the openssl command work too.
+  openssl
   # The kvm tests run inside a nested QEMU guest where the host has no /dev/kvm (tests/kvm).
   qemu-system-x86 linux-image-amd64 busybox-static cpio xz-utils
 )

@@ -43,6 +43,8 @@ TEST_CASE("a key written by the openssl command signs, and its certificate and p
   const std::string dir = temp_dir();
   const std::string key = dir + "/alice.key";
   // The same files `sojourn keygen` writes: an Ed25519 PKCS#8 PEM key and an X.509 certificate.
+  REQUIRE_MESSAGE(std::system("command -v openssl >/dev/null") == 0,
+                  "the openssl command is missing: install the Debian package openssl (bootstrap.sh does)");
   REQUIRE(std::system(("openssl genpkey -algorithm ed25519 -out " + key + " 2>/dev/null").c_str()) == 0);
   REQUIRE(std::system(("openssl pkey -in " + key + " -pubout -out " + dir + "/alice.pub 2>/dev/null").c_str()) == 0);
   REQUIRE(std::system(("openssl req -new -x509 -key " + key + " -subj /CN=alice -days 1 -out " + dir +
