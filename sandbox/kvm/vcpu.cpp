@@ -42,13 +42,26 @@ void prepare_kick_signal() {
 }
 
 namespace {
-// Sets immediate_exit and signals the vCPU thread once `budget_ms` have passed.
+// Sets immediate_exit and signals the vCPU thread once `budget_ms` have passed, or as soon
+// as `stop` (when given) is set, whichever comes first.
 class BudgetTimer {
  public:
-  BudgetTimer(kvm_run* run, std::uint64_t budget_ms) : run_(run), thread_(::pthread_self()) {
-    watcher_ = std::thread([this, budget_ms] {
+  static constexpr auto kStopPoll = std::chrono::milliseconds(5);
+
+  BudgetTimer(kvm_run* run, std::uint64_t budget_ms, const std::atomic<bool>* stop)
+      : run_(run), thread_(::pthread_self()) {
+    watcher_ = std::thread([this, budget_ms, stop] {
+      const auto end = std::chrono::steady_clock::now() + std::chrono::milliseconds(budget_ms);
       std::unique_lock lock(mutex_);
-      if (!done_cv_.wait_for(lock, std::chrono::milliseconds(budget_ms), [this] { return done_; })) {
+      bool finished = false;
+      if (stop == nullptr) {
+        finished = done_cv_.wait_until(lock, end, [this] { return done_; });
+      } else {
+        while (!(finished = done_cv_.wait_for(lock, kStopPoll, [this] { return done_; }))) {
+          if (stop->load() || std::chrono::steady_clock::now() >= end) break;
+        }
+      }
+      if (!finished) {
         expired_.store(true);
         // SAFETY: run_ is the vCPU's mapped kvm_run page, alive until the timer is destroyed.
         __atomic_store_n(&run_->immediate_exit, 1, __ATOMIC_SEQ_CST);
@@ -166,8 +179,9 @@ Result<std::optional<int>> Vcpu::finish(Result<int> result) {
   return std::optional<int>(*result);
 }
 
-Result<int> Vcpu::run(ExitDispatcher& dispatcher, GuestState& state, std::uint64_t budget_ms) {
-  auto ended = run_loop(dispatcher, state, budget_ms);
+Result<int> Vcpu::run(ExitDispatcher& dispatcher, GuestState& state, std::uint64_t budget_ms,
+                      const std::atomic<bool>* stop) {
+  auto ended = run_loop(dispatcher, state, budget_ms, stop);
   if (!ended) return ended.error();
   if (!*ended) {
     (void)machine_.finish();
@@ -177,7 +191,7 @@ Result<int> Vcpu::run(ExitDispatcher& dispatcher, GuestState& state, std::uint64
 }
 
 Result<void> Vcpu::run_to_pause(ExitDispatcher& dispatcher, GuestState& state, std::uint64_t budget_ms) {
-  auto ended = run_loop(dispatcher, state, budget_ms);
+  auto ended = run_loop(dispatcher, state, budget_ms, nullptr);
   if (!ended) return ended.error();
   if (*ended) {
     return make_error(Errc::vm_master, "microVM master: the guest exited with status " + std::to_string(**ended) +
@@ -186,13 +200,14 @@ Result<void> Vcpu::run_to_pause(ExitDispatcher& dispatcher, GuestState& state, s
   return {};
 }
 
-Result<std::optional<int>> Vcpu::run_loop(ExitDispatcher& dispatcher, GuestState& state, std::uint64_t budget_ms) {
+Result<std::optional<int>> Vcpu::run_loop(ExitDispatcher& dispatcher, GuestState& state, std::uint64_t budget_ms,
+                                          const std::atomic<bool>* stop) {
   if (auto started = machine_.state() == VcpuState::paused ? machine_.resume() : machine_.start(); !started) {
     return started.error();
   }
   prepare_kick_signal();
   kvm_run* run = run_.get();
-  BudgetTimer timer(run, budget_ms);
+  BudgetTimer timer(run, budget_ms, stop);
   // SOJOURN_KVM_TRACE=1: one line per exit on stderr (bring-up on a new host kernel).
   const bool trace = std::getenv("SOJOURN_KVM_TRACE") != nullptr;
   while (true) {

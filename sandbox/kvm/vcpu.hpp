@@ -6,6 +6,7 @@
 #include <linux/kvm.h>
 
 #include <csignal>
+#include <atomic>
 #include <cstdint>
 #include <optional>
 
@@ -59,7 +60,10 @@ class Vcpu {
 
   // Runs until exit_group (its status) or a fatal exit (its error), or the budget runs out
   // (Errc::deadline). The state machine ends in finished either way.
-  Result<int> run(ExitDispatcher& dispatcher, GuestState& state, std::uint64_t budget_ms);
+  // `stop`, when given, ends the run early like the budget does (checked every few ms): the
+  // owner's way to force out a guest it has given up on.
+  Result<int> run(ExitDispatcher& dispatcher, GuestState& state, std::uint64_t budget_ms,
+                  const std::atomic<bool>* stop = nullptr);
   // A master: runs until the dispatcher pauses it (pause_at_channel_read); the state machine
   // ends in paused. Exiting before that is an Errc::vm_master error.
   Result<void> run_to_pause(ExitDispatcher& dispatcher, GuestState& state, std::uint64_t budget_ms);
@@ -72,7 +76,8 @@ class Vcpu {
   Result<void> set_msrs(std::span<const MsrValue> msrs);
   Result<std::optional<int>> finish(Result<int> result);
   // The run loop: exit_group's status, or nullopt when the dispatcher paused it.
-  Result<std::optional<int>> run_loop(ExitDispatcher& dispatcher, GuestState& state, std::uint64_t budget_ms);
+  Result<std::optional<int>> run_loop(ExitDispatcher& dispatcher, GuestState& state, std::uint64_t budget_ms,
+                                      const std::atomic<bool>* stop);
 
   UniqueFd fd_;
   RunPage run_;

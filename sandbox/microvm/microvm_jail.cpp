@@ -9,7 +9,9 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cerrno>
+#include <condition_variable>
 #include <chrono>
 #include <cstring>
 #include <fstream>
@@ -149,7 +151,11 @@ class MicrovmJail::Impl {
     // (deadline, with the run's own limits) is the one reported.
     const std::uint64_t budget_ms = limits.wall_ms + 2ull * options_.kill_grace_ms;
     MonitorEnd ended;
-    std::thread monitor([&vm, &ended, &monitor_end, budget_ms] {
+    std::atomic<bool> stop{false};  // the host has given up on the guest: force it out now
+    std::mutex finished_mutex;
+    std::condition_variable finished_cv;
+    bool finished = false;
+    std::thread monitor([&] {
       // The thread the guest's exits reach runs under the monitor's own seccomp table (and so
       // does its budget timer): KVM requests by number, its channel, no file, no exec.
       kvm::MonitorFilterOptions filter;
@@ -157,21 +163,32 @@ class MicrovmJail::Impl {
       filter.allow_boot = false;
       if (auto installed = kvm::install_monitor_filter(filter); !installed) {
         ended.status = installed.error();
-        ::shutdown(monitor_end.get(), SHUT_RDWR);
-        return;
+      } else {
+        kvm::ChannelEnd channel = socket_channel(monitor_end.get());
+        ended.status = vm->serve(channel, budget_ms, &stop);
       }
-      kvm::ChannelEnd channel = socket_channel(monitor_end.get());
-      ended.status = vm->serve(channel, budget_ms);
       // The guest is gone: the host's reads see the end of the channel.
       ::shutdown(monitor_end.get(), SHUT_RDWR);
+      std::lock_guard lock(finished_mutex);
+      finished = true;
+      finished_cv.notify_one();
     });
 
     const auto deadline = Clock::now() + std::chrono::milliseconds(limits.wall_ms + options_.kill_grace_ms);
     HostChannel channel(std::move(host_end), deadline, input.abort);
     Conversation talk = converse(channel, request, done, limits, host);
     // Whatever the host decided, the guest's channel ends here: a guest blocked reading it
-    // sees end-of-file and one that spins meets the vCPU budget.
+    // sees end-of-file. One that answered gets kill_grace_ms to exit by itself; one that did
+    // not answer (a deadline, an abort, a broken protocol), or that spins after its answer,
+    // is forced out of the vCPU at once rather than at its budget.
     ::shutdown(monitor_end.get(), SHUT_RDWR);
+    {
+      std::unique_lock lock(finished_mutex);
+      if (!talk.done ||
+          !finished_cv.wait_for(lock, std::chrono::milliseconds(options_.kill_grace_ms), [&] { return finished; })) {
+        stop.store(true);
+      }
+    }
     monitor.join();
 
     const bool clean = ended.status.ok();

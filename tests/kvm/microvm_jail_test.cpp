@@ -211,6 +211,19 @@ TEST_CASE("a guest that misbehaves is contained with a precise error, and the ja
     REQUIRE_FALSE(r.ok());
     CHECK(r.error().code == Errc::memory_limit);
   }
+  SUBCASE("a guest the host gave up on is forced out at once, not at its 20 s budget") {
+    const Limits patient{1'000'000'000'000, 16u << 20, 20'000};
+    const auto t0 = std::chrono::steady_clock::now();
+    auto answered = run(j, "--@spin-after-answer\nreturn 2", patient);
+    REQUIRE_MESSAGE(answered.ok(), (answered.ok() ? "" : answered.error().message));
+    CHECK(answered->get(1).as_integer() == 1);  // the hook's answer, sent before it spins
+    auto garbled = run(j, "--@garbage\nlocal i = 0 while true do i = i + 1 end", patient, true);
+    REQUIRE_FALSE(garbled.ok());
+    CHECK(garbled.error().code == Errc::guest_crashed);
+    const auto took = std::chrono::steady_clock::now() - t0;
+    MESSAGE("both runs took " << std::chrono::duration<double, std::milli>(took).count() << " ms");
+    CHECK(took < std::chrono::seconds(10));
+  }
   SUBCASE("an exit without an answer") {
     auto r = run(j, "--@exit3\nreturn 1");
     REQUIRE_FALSE(r.ok());
