@@ -171,8 +171,10 @@ int run_node(const NodeCommand& c) {
                 false);
   }
   if (options.policy) {
-    std::printf("node %s runs code from peers as its policy says (levels here: %s)\n", c.name.c_str(),
-                why.empty() ? "all" : why.c_str());
+    std::string have;
+    for (Isolation level : levels) have += (have.empty() ? "" : ", ") + std::string(isolation_name(level));
+    std::printf("node %s runs code from peers as its policy says (levels here: %s%s)\n", c.name.c_str(), have.c_str(),
+                why.empty() ? "" : ("; missing: " + why).c_str());
   } else {
     std::printf("node %s runs code from peers at '%s'%s\n", c.name.c_str(), std::string(isolation_name(peer_level)).c_str(),
                 why.empty() ? "" : (" (" + why + ")").c_str());
