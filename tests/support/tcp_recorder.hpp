@@ -84,10 +84,12 @@ class TcpRecorder {
         if (server >= 0) pairs.push_back({client, server});
         else if (client >= 0) ::close(client);
       }
+      // Only the pairs polled above have revents; one accepted just now waits for the next poll.
+      const std::size_t polled = (fds.size() - 1) / 2;
       std::vector<Pair> alive;
       for (std::size_t i = 0; i < pairs.size(); ++i) {
         bool open = true;
-        for (int side = 0; side < 2 && open; ++side) {
+        for (int side = 0; side < 2 && open && i < polled; ++side) {
           if (!(fds[1 + 2 * i + side].revents & (POLLIN | POLLHUP | POLLERR))) continue;
           int from = side == 0 ? pairs[i].client : pairs[i].server;
           int to = side == 0 ? pairs[i].server : pairs[i].client;
