@@ -101,20 +101,8 @@ Environment detect_environment() {
 
 // The real guest booted from scratch, serving one request: everything a first start costs.
 bool from_scratch(const KvmSystem& system, std::span<const std::byte> elf) {
-  auto memory = GuestMemory::create(kMemoryBytes);
-  if (!memory) return false;
-  GuestState state(kMemoryBytes);
-  auto boot = prepare_guest(elf, stack_of({"sojourn-guest", "--serve"}), *memory, state);
-  if (!boot) return false;
-  OneRequest request(kChunk);
-  SyscallContext context{state, *memory, request.end, host_random, host_clock};
-  ExitDispatcher dispatcher(context);
-  auto vm = Vm::create(system, *memory);
-  if (!vm) return false;
-  auto vcpu = Vcpu::create(system, *vm);
-  if (!vcpu || !vcpu->set_up(system, *boot, 0)) return false;
-  auto status = vcpu->run(dispatcher, state, kBudgetMs);
-  return status && request.integer_result().ok() && *request.integer_result() == 1;
+  auto result = kvm_test::run_from_scratch(system, elf, kChunk, kMemoryBytes, kBudgetMs);
+  return result && *result == 1;
 }
 
 bool serve_one(MicroVmFork& fork) {

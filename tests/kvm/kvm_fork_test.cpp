@@ -76,22 +76,7 @@ StackInputs serve_stack() {
 
 // From scratch: memory, boot, VM, vCPU, and the whole guest start-up, to the first result.
 sojourn::Result<std::int64_t> from_scratch(const KvmSystem& system, std::span<const std::byte> elf) {
-  auto memory = GuestMemory::create(kMemoryBytes);
-  if (!memory) return memory.error();
-  GuestState state(kMemoryBytes);
-  auto boot = prepare_guest(elf, serve_stack(), *memory, state);
-  if (!boot) return boot.error();
-  OneRequest request("return 1+1");
-  SyscallContext context{state, *memory, request.end, host_random, host_clock};
-  ExitDispatcher dispatcher(context);
-  auto vm = Vm::create(system, *memory);
-  if (!vm) return vm.error();
-  auto vcpu = Vcpu::create(system, *vm);
-  if (!vcpu) return vcpu.error();
-  if (auto set = vcpu->set_up(system, *boot, 0); !set) return set.error();
-  auto status = vcpu->run(dispatcher, state, kBudgetMs);
-  if (!status) return status.error();
-  return request.integer_result();
+  return kvm_test::run_from_scratch(system, elf, "return 1+1", kMemoryBytes, kBudgetMs);
 }
 }  // namespace
 

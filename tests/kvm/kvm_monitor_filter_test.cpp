@@ -44,24 +44,7 @@ sojourn::Result<std::int64_t> ask(MicroVmFork& fork, const std::string& source, 
 
 // A boot from scratch to the first result (memfd, KVM_GET_SUPPORTED_CPUID, set_up): the boot rows.
 sojourn::Result<std::int64_t> from_scratch(const KvmSystem& system, std::span<const std::byte> elf) {
-  auto memory = GuestMemory::create(kMemoryBytes);
-  if (!memory) return memory.error();
-  GuestState state(kMemoryBytes);
-  StackInputs stack{{"sojourn-guest", "--serve"}, {}, {}};
-  host_random(std::as_writable_bytes(std::span(stack.random)));
-  auto boot = prepare_guest(elf, stack, *memory, state);
-  if (!boot) return boot.error();
-  OneRequest request("return 40+2");
-  SyscallContext context{state, *memory, request.end, host_random, host_clock};
-  ExitDispatcher dispatcher(context);
-  auto vm = Vm::create(system, *memory);
-  if (!vm) return vm.error();
-  auto vcpu = Vcpu::create(system, *vm);
-  if (!vcpu) return vcpu.error();
-  if (auto set = vcpu->set_up(system, *boot, 0); !set) return set.error();
-  auto status = vcpu->run(dispatcher, state, kBudgetMs);
-  if (!status) return status.error();
-  return request.integer_result();
+  return kvm_test::run_from_scratch(system, elf, "return 40+2", kMemoryBytes, kBudgetMs);
 }
 
 // What the filtered threads saw, printed by the main thread: stdio's first write to stdout

@@ -9,8 +9,12 @@
 #include <string>
 #include <vector>
 
+#include "boot.hpp"
+#include "exit_dispatch.hpp"
 #include "guest_wire.hpp"
 #include "syscall_table.hpp"
+#include "vcpu.hpp"
+#include "vm.hpp"
 
 namespace kvm_test {
 
@@ -63,5 +67,31 @@ struct OneRequest {
     return v.as_integer();
   }
 };
+
+// A microVM from scratch serving `source`: guest memory, the ELF, page tables and long mode, a
+// VM, a vCPU with KVM's CPUID, and the guest's whole start-up, to its first result (an integer).
+inline sojourn::Result<std::int64_t> run_from_scratch(const sojourn::sandbox::kvm::KvmSystem& system,
+                                                      std::span<const std::byte> elf, const std::string& source,
+                                                      std::uint64_t memory_bytes, std::uint64_t budget_ms) {
+  namespace kvm = sojourn::sandbox::kvm;
+  auto memory = kvm::GuestMemory::create(memory_bytes);
+  if (!memory) return memory.error();
+  kvm::GuestState state(memory_bytes);
+  kvm::StackInputs stack{{"sojourn-guest", "--serve"}, {}, {}};
+  kvm::host_random(std::as_writable_bytes(std::span(stack.random)));
+  auto boot = kvm::prepare_guest(elf, stack, *memory, state);
+  if (!boot) return boot.error();
+  OneRequest request(source);
+  kvm::SyscallContext context{state, *memory, request.end, kvm::host_random, kvm::host_clock};
+  kvm::ExitDispatcher dispatcher(context);
+  auto vm = kvm::Vm::create(system, *memory);
+  if (!vm) return vm.error();
+  auto vcpu = kvm::Vcpu::create(system, *vm);
+  if (!vcpu) return vcpu.error();
+  if (auto set = vcpu->set_up(system, *boot, 0); !set) return set.error();
+  auto status = vcpu->run(dispatcher, state, budget_ms);
+  if (!status) return status.error();
+  return request.integer_result();
+}
 
 }  // namespace kvm_test
