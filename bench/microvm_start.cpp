@@ -25,6 +25,7 @@
 #include <thread>
 #include <vector>
 
+#include "elf_loader.hpp"
 #include "boot.hpp"
 #include "exit_dispatch.hpp"
 #include "fork.hpp"
@@ -52,11 +53,8 @@ double us_since(Clock::time_point start) {
 }
 
 std::vector<std::byte> read_file(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  const std::vector<char> chars((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  std::vector<std::byte> bytes(chars.size());
-  if (!chars.empty()) std::memcpy(bytes.data(), chars.data(), chars.size());
-  return bytes;
+  auto bytes = read_elf_file(path);
+  return bytes ? std::move(*bytes) : std::vector<std::byte>{};
 }
 
 StackInputs stack_of(std::vector<std::string> argv) {

@@ -5,6 +5,8 @@
 
 #include <algorithm>
 #include <cstring>
+#include <fstream>
+#include <iterator>
 #include <string>
 
 #include "hex.hpp"
@@ -81,6 +83,16 @@ Result<void> check_segment(std::span<const std::byte> file, const Elf64_Phdr& ph
   return {};
 }
 }  // namespace
+
+Result<std::vector<std::byte>> read_elf_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return make_error(Errc::bad_elf, "bad guest ELF: cannot read " + path);
+  const std::vector<char> chars((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  if (in.bad()) return make_error(Errc::bad_elf, "bad guest ELF: cannot read " + path);
+  std::vector<std::byte> bytes(chars.size());
+  if (!chars.empty()) std::memcpy(bytes.data(), chars.data(), chars.size());
+  return bytes;
+}
 
 Result<ElfImage> parse_elf(std::span<const std::byte> file) {
   if (file.size() < sizeof(Elf64_Ehdr)) {

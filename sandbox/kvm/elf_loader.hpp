@@ -6,6 +6,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <span>
+#include <string>
 #include <vector>
 
 #include "address_space.hpp"
@@ -29,6 +30,9 @@ struct ElfImage {
   std::vector<ElfSegment> segments;
   std::uint64_t image_end = 0;   // end of the highest segment: brk starts on the next page
 };
+
+// The whole file at `path` (the guest executable). Errors: bad_elf "bad guest ELF: cannot read PATH".
+Result<std::vector<std::byte>> read_elf_file(const std::string& path);
 
 // Checks and describes the file; touches no guest memory.
 Result<ElfImage> parse_elf(std::span<const std::byte> file);

@@ -21,6 +21,7 @@
 #include <thread>
 #include <vector>
 
+#include "elf_loader.hpp"
 #include "fork.hpp"
 #include "guest_session.hpp"
 #include "monitor_filter.hpp"
@@ -36,14 +37,6 @@ namespace {
 using Clock = std::chrono::steady_clock;
 namespace kvm = sojourn::sandbox::kvm;
 
-Result<std::vector<std::byte>> read_elf(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return make_error(Errc::jail_unavailable, "microVM jail unavailable: cannot read the guest " + path);
-  std::vector<char> chars((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  std::vector<std::byte> elf(chars.size());
-  std::memcpy(elf.data(), chars.data(), chars.size());
-  return elf;
-}
 
 // The guest's descriptor 3 seen from the monitor: the monitor's end of the socketpair. A
 // read blocks like the guest's read on a pipe would; the vCPU's budget signal interrupts it
@@ -239,8 +232,8 @@ Result<std::unique_ptr<MicrovmJail>> MicrovmJail::start(const MicrovmJailOptions
   if (!path) return path.error();
   auto system = kvm::KvmSystem::open();
   if (!system) return system.error();
-  auto elf = read_elf(*path);
-  if (!elf) return elf.error();
+  auto elf = kvm::read_elf_file(*path);
+  if (!elf) return make_error(Errc::jail_unavailable, "microVM jail unavailable: " + elf.error().message);
 
   kvm::StackInputs stack{{"sojourn-guest", "--serve"}, {}, {}};
   kvm::host_random(std::as_writable_bytes(std::span(stack.random)));

@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "elf_loader.hpp"
 #include "boot.hpp"
 #include "exit_dispatch.hpp"
 #include "fork.hpp"
@@ -31,12 +32,10 @@ int fail(const std::string& why) {
   return 1;
 }
 
+// The file, or nothing (the caller reports an empty guest).
 std::vector<std::byte> read_elf(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  const std::vector<char> chars((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  std::vector<std::byte> elf(chars.size());
-  std::memcpy(elf.data(), chars.data(), chars.size());
-  return elf;
+  auto bytes = read_elf_file(path);
+  return bytes ? std::move(*bytes) : std::vector<std::byte>{};
 }
 
 // Serves `source` in `fork`; its integer result or the error's text.

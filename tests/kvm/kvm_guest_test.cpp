@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "elf_loader.hpp"
 #include "boot.hpp"
 #include "exit_dispatch.hpp"
 #include "guest_wire.hpp"
@@ -92,12 +93,10 @@ sojourn::Result<channel::RunDone> run_chunk(const KvmSystem& system, std::span<c
   return channel::decode_payload<channel::RunDone>(std::span(scripted.outbound).subspan(channel::kHeaderBytes));
 }
 
+// The file, or nothing (the caller reports an empty guest).
 std::vector<std::byte> read_elf(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  const std::vector<char> chars((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  std::vector<std::byte> elf(chars.size());
-  std::memcpy(elf.data(), chars.data(), chars.size());
-  return elf;
+  auto bytes = read_elf_file(path);
+  return bytes ? std::move(*bytes) : std::vector<std::byte>{};
 }
 
 // A guest without a channel, expected to end badly: its error (or a note that it did not).

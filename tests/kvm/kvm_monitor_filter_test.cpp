@@ -12,6 +12,7 @@
 #include <thread>
 #include <vector>
 
+#include "elf_loader.hpp"
 #include "boot.hpp"
 #include "exit_dispatch.hpp"
 #include "fork.hpp"
@@ -25,12 +26,10 @@ namespace {
 constexpr std::uint64_t kMemoryBytes = 64ULL << 20;
 constexpr std::uint64_t kBudgetMs = 20'000;
 
+// The file, or nothing (the caller reports an empty guest).
 std::vector<std::byte> read_elf(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  const std::vector<char> chars((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  std::vector<std::byte> elf(chars.size());
-  std::memcpy(elf.data(), chars.data(), chars.size());
-  return elf;
+  auto bytes = read_elf_file(path);
+  return bytes ? std::move(*bytes) : std::vector<std::byte>{};
 }
 
 std::string describe(const sojourn::Result<std::int64_t>& r) { return r ? std::to_string(*r) : r.error().message; }

@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "elf_loader.hpp"
 #include "guest_memory.hpp"
 #include "long_mode.hpp"
 #include "syscall_table.hpp"
@@ -30,12 +31,9 @@ struct TestVm {
 };
 
 inline std::vector<std::byte> read_file(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  REQUIRE(in.good());
-  std::vector<char> chars((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  std::vector<std::byte> bytes(chars.size());
-  std::memcpy(bytes.data(), chars.data(), chars.size());
-  return bytes;
+  auto bytes = read_elf_file(path);
+  REQUIRE_MESSAGE(bytes.ok(), (bytes.ok() ? "" : bytes.error().message));
+  return std::move(*bytes);
 }
 
 inline std::vector<std::byte> guest_elf() { return read_file(SOJOURN_GUEST_ELF); }

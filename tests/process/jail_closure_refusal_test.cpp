@@ -1,11 +1,7 @@
 // tests/sandbox/closure_refusal_test.cpp run again with every run_lua and run_agent call going through
 // the process jail (closures leave and enter guests as text + upvalues, like peers' runs).
-#include "sojourn/sandbox/lua_sandbox.hpp"
+#include "in_process_jail.hpp"
 
-namespace sojourn::sandbox {
-Result<Value> run_in_process_jail(const RunInput& input, HostCalls* host);
-Result<AgentOutcome> run_agent_in_process_jail(const RunInput& input, const AgentInput& agent, HostCalls* host);
-}  // namespace sojourn::sandbox
 
 #define run_lua run_in_process_jail
 #define run_agent run_agent_in_process_jail

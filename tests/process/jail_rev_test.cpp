@@ -5,12 +5,9 @@
 #include <atomic>
 #include <memory>
 
-#include "sojourn/sandbox/lua_sandbox.hpp"
+#include "in_process_jail.hpp"
 #include "sojourn/sandbox/process_jail.hpp"
 
-namespace sojourn::sandbox {
-Result<Value> run_in_process_jail(const RunInput& input, HostCalls* host);
-}  // namespace sojourn::sandbox
 
 #define run_lua run_in_process_jail
 #include "../sandbox/lua_sandbox_test.cpp"
