@@ -3,7 +3,6 @@
 // agent.* host calls and require_remote cross the guest's channel unchanged.
 #include "in_process_jail.hpp"
 
-
 #define run_agent run_agent_in_process_jail
 #include "../sandbox/agent_run_test.cpp"
 #undef run_agent

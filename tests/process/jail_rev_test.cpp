@@ -8,7 +8,6 @@
 #include "in_process_jail.hpp"
 #include "sojourn/sandbox/process_jail.hpp"
 
-
 #define run_lua run_in_process_jail
 #include "../sandbox/lua_sandbox_test.cpp"
 #undef run_lua
