@@ -9,9 +9,11 @@
 #include <thread>
 
 #include "sojourn/agents/node.hpp"
+#include "support/cluster.hpp"
 
 using namespace sojourn;
 using namespace std::chrono_literals;
+using sojourn::test::Cluster;
 
 namespace {
 
@@ -26,24 +28,6 @@ bool all_gone(std::vector<std::unique_ptr<Node>>& nodes) {
   return false;
 }
 
-struct Cluster {
-  std::vector<std::unique_ptr<Node>> nodes;
-  std::vector<std::string> addr;
-  explicit Cluster(int n, std::function<void(int, NodeOptions&)> tweak = {}) {
-    for (int i = 0; i < n; ++i) {
-      NodeOptions o;
-      o.name = "n" + std::to_string(i);
-      o.retry_backoff = 10ms;
-      if (tweak) tweak(i, o);
-      nodes.push_back(std::make_unique<Node>(o));
-      auto bound = nodes.back()->listen("127.0.0.1:0");
-      REQUIRE(bound.ok());
-      addr.push_back(*bound);
-      REQUIRE(nodes.back()->call_local("kv.put", Value::array({"price", 100 + 10 * i})).ok());
-    }
-  }
-  Node& operator[](int i) { return *nodes[static_cast<std::size_t>(i)]; }
-};
 
 constexpr const char* kTour = R"(
 local M = {}

@@ -10,6 +10,7 @@
 #include "sojourn/agents/policy.hpp"
 #include "sojourn/core/frame.hpp"
 #include "sojourn/core/signature.hpp"
+#include "support/cluster.hpp"
 #include "support/raw_socket.hpp"
 #include "support/tcp_recorder.hpp"
 
@@ -69,17 +70,6 @@ Reply replay(std::uint16_t port, const Frame& frame) {
   return *reply;
 }
 
-const char* kBurner = R"(
-function start(s) return hop(s) end
-function hop(s)
-  local x = 0
-  for i = 1, 30000 do x = x + i end
-  s.visits = (s.visits or 0) + 1
-  local nxt = agent.itinerary[1]
-  if nxt then agent.go(nxt, "hop") end
-  return s.visits
-end
-)";
 
 }  // namespace
 
@@ -228,7 +218,7 @@ TEST_CASE("a launch whose bundle or manifest quotas changed after signing is ref
   auto owner = new_key();
   auto node = start_node("home");
   auto client = start_node("client");
-  auto bundle = single_file_bundle("burner", kBurner, {"start", "hop"});
+  auto bundle = single_file_bundle("burner", sojourn::test::kBurner, {"start", "hop"});
   REQUIRE(bundle.ok());
   bundle->manifest.cpu_budget = 150'000;
   BundleSignature s = sign_bundle(*owner, *bundle);
@@ -261,7 +251,7 @@ TEST_CASE("an agent out of its signed CPU budget ends at the hop where it ran ou
   auto a = start_node("a");
   auto b = start_node("b");
   auto c = start_node("c");
-  auto bundle = single_file_bundle("burner", kBurner, {"start", "hop"});
+  auto bundle = single_file_bundle("burner", sojourn::test::kBurner, {"start", "hop"});
   REQUIRE(bundle.ok());
   // ~60,000 instructions a step: two steps fit, the third does not.
   bundle->manifest.cpu_budget = 150'000;
@@ -285,7 +275,7 @@ TEST_CASE("a policy's per-visit CPU quota ends an agent that stays too long at o
     o.policy = policy_from(R"({"default": {"name": "visitors", "isolation": ["trusted", "process"],
                                            "quotas": {"cpu_per_hop": 5000}}})");
   });
-  auto bundle = single_file_bundle("burner", kBurner, {"start", "hop"});
+  auto bundle = single_file_bundle("burner", sojourn::test::kBurner, {"start", "hop"});
   REQUIRE(bundle.ok());
   AgentLaunch l;
   l.bundle = *bundle;

@@ -11,30 +11,20 @@
 
 #include "sojourn/agents/node.hpp"
 #include "sojourn/core/signature.hpp"
+#include "support/cluster.hpp"
 
 using namespace sojourn;
 using namespace std::chrono_literals;
+using sojourn::test::Cluster;
 
 namespace {
 
-struct Cluster {
-  std::vector<std::unique_ptr<Node>> nodes;
-  std::vector<std::string> addr;
-  explicit Cluster(int n) {
-    for (int i = 0; i < n; ++i) {
-      NodeOptions o;
-      o.name = "m" + std::to_string(i);
-      o.retry_backoff = 20ms;
-      o.request_timeout = 60s;  // emulated KVM is slow
-      nodes.push_back(std::make_unique<Node>(o));
-      auto bound = nodes.back()->listen("127.0.0.1:0");
-      REQUIRE(bound.ok());
-      addr.push_back(*bound);
-      REQUIRE(nodes.back()->call_local("kv.put", Value::array({"price", 100 + 10 * i})).ok());
-    }
-  }
-  Node& operator[](int i) { return *nodes[static_cast<std::size_t>(i)]; }
-};
+// Emulated KVM is slow: generous request timeouts.
+void patient(int, NodeOptions& o) {
+  o.retry_backoff = 20ms;
+  o.request_timeout = 60s;
+}
+
 
 constexpr const char* kTour = R"(
 local M = {}
@@ -56,7 +46,7 @@ return M
 }  // namespace
 
 TEST_CASE("a node with default options runs peer code in microVMs where KVM can run the guest") {
-  Cluster c(2);
+  Cluster c(2, patient);
   std::string why;
   const auto levels = c[1].isolation_levels(&why);
   INFO("levels missing: " << why);
@@ -66,7 +56,7 @@ TEST_CASE("a node with default options runs peer code in microVMs where KVM can 
   auto r = c[0].evaluate(c.addr[1], "local info = node.call('node.info') return info.name, info.peer_isolation, 6 * 7");
   REQUIRE_MESSAGE(r.ok(), (r.ok() ? "" : r.error().message));
   CHECK(r->isolation == Isolation::microvm);
-  CHECK(r->results.get(1).as_string() == "m1");
+  CHECK(r->results.get(1).as_string() == "n1");
   CHECK(r->results.get(2).as_string() == "microvm");
   CHECK(r->results.get(3).as_integer() == 42);
 
@@ -82,7 +72,7 @@ TEST_CASE("a node with default options runs peer code in microVMs where KVM can 
 }
 
 TEST_CASE("a mobile agent tours three nodes in microVMs, its closure's shared count intact") {
-  Cluster c(3);
+  Cluster c(3, patient);
   auto bundle = single_file_bundle("tour", kTour, {"start", "visit"});
   REQUIRE(bundle.ok());
   AgentLaunch l;
@@ -107,21 +97,10 @@ TEST_CASE("a mobile agent tours three nodes in microVMs, its closure's shared co
 }
 
 TEST_CASE("a signed agent's CPU budget travels and is enforced in microVMs: it ends where it ran out") {
-  Cluster c(3);
+  Cluster c(3, patient);
   auto owner = SigningKey::generate();
   REQUIRE(owner.ok());
-  constexpr const char* kBurner = R"(
-function start(s) return hop(s) end
-function hop(s)
-  local x = 0
-  for i = 1, 30000 do x = x + i end
-  s.visits = (s.visits or 0) + 1
-  local nxt = agent.itinerary[1]
-  if nxt then agent.go(nxt, "hop") end
-  return s.visits
-end
-)";
-  auto bundle = single_file_bundle("burner", kBurner, {"start", "hop"});
+  auto bundle = single_file_bundle("burner", sojourn::test::kBurner, {"start", "hop"});
   REQUIRE(bundle.ok());
   // ~60,000 instructions a step, counted inside the microVM: two steps fit, the third does not.
   bundle->manifest.cpu_budget = 150'000;
