@@ -4,29 +4,14 @@
 
 #include <chrono>
 
-#include <openssl/rand.h>
+#include "sojourn/core/bundle.hpp"
+#include "sojourn/core/signature.hpp"
 
 namespace sojourn {
 
-std::string new_agent_id() {
-  unsigned char bytes[16];
-  if (RAND_bytes(bytes, sizeof bytes) != 1) throw std::runtime_error("no randomness for an agent id");
-  static constexpr char kHex[] = "0123456789abcdef";
-  std::string id;
-  for (unsigned char b : bytes) {
-    id.push_back(kHex[b >> 4]);
-    id.push_back(kHex[b & 0xf]);
-  }
-  return id;
-}
+std::string new_agent_id() { return random_nonce(); }  // 128 random bits, 32 hex digits
 
-bool is_agent_id(std::string_view text) {
-  if (text.size() != 32) return false;
-  for (char c : text) {
-    if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'))) return false;
-  }
-  return true;
-}
+bool is_agent_id(std::string_view text) { return is_lower_hex(text, 32); }
 
 std::int64_t unix_ms_now() {
   return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch()).count();

@@ -181,12 +181,8 @@ Reply Node::Impl::run_eval(const EvalRequest& request, const PeerIdentity& peer)
   input.source = request.source;
   input.chunk_name = request.chunk_name.empty() ? std::string_view("eval") : std::string_view(request.chunk_name);
   input.args = request.args.is_table() ? request.args : Value::table();
-  Limits ceiling = run_ceiling(rule);
   // One evaluation is one visit: the per-hop CPU quota bounds it too.
-  if (rule != nullptr && rule->quotas.cpu_per_hop != 0) {
-    ceiling.cpu_instructions = std::min(ceiling.cpu_instructions, rule->quotas.cpu_per_hop);
-  }
-  input.limits = effective_limits(request.limits, options.default_limits, ceiling);
+  input.limits = effective_limits(request.limits, options.default_limits, run_ceiling(rule, /*whole_visit=*/true));
   input.allow_jit = false;  // code from a peer: compiled loops would escape the CPU hook
   input.abort = &abort_runs;
   NodeHostCalls host(*this, nullptr, {}, rule);  // `node.call` reaches this node: the code went to the resource

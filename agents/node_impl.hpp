@@ -70,7 +70,9 @@ struct Node::Impl : RequestHandler, std::enable_shared_from_this<Node::Impl> {
   // its levels that is at least `asked` and available here, else policy_refused.
   Result<Isolation> level_for(Isolation asked, const PolicyRule* rule);
   // The most one run may use: max_limits, lowered by the rule's per-run quotas.
-  Limits run_ceiling(const PolicyRule* rule) const;
+  // The most one run may use: max_limits, lowered by the rule's quotas (and, for a run that
+  // is a whole visit, such as one remote evaluation, by its per-hop CPU quota).
+  Limits run_ceiling(const PolicyRule* rule, bool whole_visit = false) const;
   // "unsigned code" or "code signed by NAME", for messages.
   std::string describe_code(std::string_view signer) const;
 
@@ -84,6 +86,8 @@ struct Node::Impl : RequestHandler, std::enable_shared_from_this<Node::Impl> {
   sandbox::ProcessJail* process_jail();
   // The microVM jail, started on first use; null (and microvm_error set) when it cannot be.
   sandbox::MicrovmJail* microvm_jail();
+  // Why `level` cannot run here (its jail did not start), or null when it can.
+  const std::string* unavailable(Isolation level);
   // One chunk or one agent step at a level.
   Result<Value> run_chunk(Isolation level, const sandbox::RunInput& input, sandbox::HostCalls* host);
   Result<sandbox::AgentOutcome> run_agent_step(Isolation level, const sandbox::RunInput& input,

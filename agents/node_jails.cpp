@@ -71,38 +71,35 @@ Isolation Node::Impl::node_peer_level() {
   return resolved_peer_level;
 }
 
+const std::string* Node::Impl::unavailable(Isolation level) {
+  if (level == Isolation::microvm && microvm_jail() == nullptr) return &microvm_error;
+  if (level == Isolation::process && process_jail() == nullptr) return &jail_error;
+  return nullptr;
+}
+
 Result<Isolation> Node::Impl::peer_level(Isolation asked) {
   const Isolation level = std::max(asked, node_peer_level());
-  if (level == Isolation::microvm && microvm_jail() == nullptr) return level_unavailable(level, microvm_error);
-  if (level == Isolation::process && process_jail() == nullptr) return level_unavailable(level, jail_error);
+  if (const std::string* why = unavailable(level)) return level_unavailable(level, *why);
   return level;
 }
 
 Result<Value> Node::Impl::run_chunk(Isolation level, const sandbox::RunInput& input, sandbox::HostCalls* host) {
+  if (const std::string* why = unavailable(level)) return level_unavailable(level, *why);
   switch (level) {
-    case Isolation::trusted:
-      return sandbox::run_lua(input, host);
-    case Isolation::process:
-      if (process_jail() == nullptr) return level_unavailable(level, jail_error);
-      return jail->run(input, host);
-    case Isolation::microvm:
-      if (microvm_jail() == nullptr) return level_unavailable(level, microvm_error);
-      return microvm->run(input, host);
+    case Isolation::trusted: return sandbox::run_lua(input, host);
+    case Isolation::process: return jail->run(input, host);
+    case Isolation::microvm: return microvm->run(input, host);
   }
   return level_unavailable(level, "unknown level");
 }
 
 Result<sandbox::AgentOutcome> Node::Impl::run_agent_step(Isolation level, const sandbox::RunInput& input,
                                                          const sandbox::AgentInput& agent, sandbox::HostCalls* host) {
+  if (const std::string* why = unavailable(level)) return level_unavailable(level, *why);
   switch (level) {
-    case Isolation::trusted:
-      return sandbox::run_agent(input, agent, host);
-    case Isolation::process:
-      if (process_jail() == nullptr) return level_unavailable(level, jail_error);
-      return jail->run_agent(input, agent, host);
-    case Isolation::microvm:
-      if (microvm_jail() == nullptr) return level_unavailable(level, microvm_error);
-      return microvm->run_agent(input, agent, host);
+    case Isolation::trusted: return sandbox::run_agent(input, agent, host);
+    case Isolation::process: return jail->run_agent(input, agent, host);
+    case Isolation::microvm: return microvm->run_agent(input, agent, host);
   }
   return level_unavailable(level, "unknown level");
 }

@@ -21,12 +21,8 @@ Result<Isolation> Node::Impl::level_for(Isolation asked, const PolicyRule* rule)
   for (Isolation level : rule->isolation) {
     allowed += (allowed.empty() ? "" : ", ") + std::string(isolation_name(level));
     if (level < asked) continue;
-    if (level == Isolation::microvm && microvm_jail() == nullptr) {
-      why += "; microvm: " + microvm_error;
-      continue;
-    }
-    if (level == Isolation::process && process_jail() == nullptr) {
-      why += "; process: " + jail_error;
+    if (const std::string* missing = unavailable(level)) {
+      why += "; " + std::string(isolation_name(level)) + ": " + *missing;
       continue;
     }
     return level;
@@ -36,7 +32,7 @@ Result<Isolation> Node::Impl::level_for(Isolation asked, const PolicyRule* rule)
                                               "' is available here" + why);
 }
 
-Limits Node::Impl::run_ceiling(const PolicyRule* rule) const {
+Limits Node::Impl::run_ceiling(const PolicyRule* rule, bool whole_visit) const {
   Limits c = options.max_limits;
   if (rule == nullptr) return c;
   auto lower = [](auto& field, auto bound) {
@@ -45,6 +41,7 @@ Limits Node::Impl::run_ceiling(const PolicyRule* rule) const {
   lower(c.cpu_instructions, rule->quotas.cpu_per_run);
   lower(c.memory_bytes, rule->quotas.memory_bytes);
   lower(c.wall_ms, rule->quotas.wall_ms);
+  if (whole_visit) lower(c.cpu_instructions, rule->quotas.cpu_per_hop);
   return c;
 }
 

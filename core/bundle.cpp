@@ -174,22 +174,28 @@ std::string sha256_hex(std::span<const std::uint8_t> bytes) {
   if (EVP_Digest(bytes.data(), bytes.size(), digest, &length, EVP_sha256(), nullptr) != 1) {
     throw std::runtime_error("SHA-256 failed");
   }
+  return hex_encode(std::span<const std::uint8_t>(digest, length));
+}
+
+std::string hex_encode(std::span<const std::uint8_t> bytes) {
   static constexpr char kHex[] = "0123456789abcdef";
   std::string out;
-  out.reserve(length * 2);
-  for (unsigned int i = 0; i < length; ++i) {
-    out.push_back(kHex[digest[i] >> 4]);
-    out.push_back(kHex[digest[i] & 0xf]);
+  out.reserve(bytes.size() * 2);
+  for (std::uint8_t b : bytes) {
+    out.push_back(kHex[b >> 4]);
+    out.push_back(kHex[b & 0xf]);
   }
   return out;
 }
 
-bool is_bundle_hash(std::string_view text) {
-  if (text.size() != 64) return false;
+bool is_lower_hex(std::string_view text, std::size_t digits) {
+  if (text.size() != digits) return false;
   for (char c : text) {
     if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'))) return false;
   }
   return true;
 }
+
+bool is_bundle_hash(std::string_view text) { return is_lower_hex(text, 64); }
 
 }  // namespace sojourn

@@ -11,6 +11,7 @@
 #include <openssl/x509v3.h>
 
 #include "identity_openssl.hpp"
+#include "sojourn/core/bundle.hpp"
 
 namespace sojourn {
 
@@ -103,16 +104,7 @@ std::string public_key_fingerprint(const evp_pkey_st* key) {
     bytes.assign(der, der + len);
     OPENSSL_free(der);
   }
-  unsigned char digest[EVP_MAX_MD_SIZE];
-  unsigned int digest_len = 0;
-  if (EVP_Digest(bytes.data(), bytes.size(), digest, &digest_len, EVP_sha256(), nullptr) != 1) return {};
-  static constexpr char kHex[] = "0123456789abcdef";
-  std::string out;
-  for (unsigned int i = 0; i < digest_len; ++i) {
-    out += kHex[digest[i] >> 4];
-    out += kHex[digest[i] & 15];
-  }
-  return out;
+  return sha256_hex(bytes);
 }
 
 Result<CertificateInfo> read_certificate(const std::string& path) {

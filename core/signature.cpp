@@ -31,16 +31,6 @@ struct MdCtxFree {
   void operator()(EVP_MD_CTX* c) const { EVP_MD_CTX_free(c); }
 };
 
-std::string hex(std::span<const std::uint8_t> bytes) {
-  static constexpr char kHex[] = "0123456789abcdef";
-  std::string out;
-  out.reserve(bytes.size() * 2);
-  for (std::uint8_t b : bytes) {
-    out.push_back(kHex[b >> 4]);
-    out.push_back(kHex[b & 0xf]);
-  }
-  return out;
-}
 
 std::span<const std::uint8_t> as_bytes(std::string_view s) {
   // SAFETY: the chars are read as unsigned bytes of the same size, for as long as `s` lives.
@@ -272,7 +262,7 @@ Result<void> verify_eval_signature(const EvalRequest& request) {
 std::string random_nonce() {
   unsigned char bytes[16];
   if (RAND_bytes(bytes, sizeof bytes) != 1) throw std::runtime_error("no randomness for a nonce");
-  return hex(bytes);
+  return hex_encode(bytes);
 }
 
 }  // namespace sojourn

@@ -62,6 +62,10 @@ std::vector<std::uint8_t> encode_manifest(const BundleManifest& manifest);
 // Decodes and validates.
 Result<Bundle> decode_bundle(std::span<const std::uint8_t> bytes);
 
+// Bytes as lowercase hex, and whether `text` is exactly `digits` lowercase hex digits.
+std::string hex_encode(std::span<const std::uint8_t> bytes);
+bool is_lower_hex(std::string_view text, std::size_t digits);
+
 // Lowercase hex SHA-256 (OpenSSL libcrypto).
 std::string sha256_hex(std::span<const std::uint8_t> bytes);
 inline std::string bundle_hash(const Bundle& bundle) { return sha256_hex(encode_bundle(bundle)); }
