@@ -97,7 +97,7 @@ Result<void> MasterVm::recycle(MicroVmFork fork) {
   return {};
 }
 
-Result<int> MicroVmFork::serve(ChannelEnd& channel, std::uint64_t budget_ms, const std::atomic<bool>* stop) {
+Result<int> MicroVmFork::serve(ChannelEnd& channel, std::uint64_t budget_ms) {
   if (vcpu_.state() != VcpuState::created) {
     return make_error(Errc::vm_master, "microVM master: a fork serves one request; reset it first (its vCPU is " +
                                            std::string(vcpu_state_name(vcpu_.state())) + ")");
@@ -112,7 +112,7 @@ Result<int> MicroVmFork::serve(ChannelEnd& channel, std::uint64_t budget_ms, con
   // exit pending: KVM skips the `out` only when RIP is still at it, which it is not now.
   if (regs.rip == kSyscallOut) regs.rip = kSyscallReturn;
   if (auto set = vcpu_.set_regs(regs); !set) return set.error();
-  return vcpu_.run(dispatcher, state_, budget_ms, stop);
+  return vcpu_.run(dispatcher, state_, budget_ms);
 }
 
 Result<void> MicroVmFork::reset() {

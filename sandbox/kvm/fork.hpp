@@ -72,8 +72,9 @@ class MicroVmFork {
  public:
   // Emulates the master's pending channel read (the request comes from `channel`), then runs
   // the guest until exit_group (its status) or a fatal exit (its error). Once per reset.
-  // `stop`, when given and set, forces the guest out before its budget (Vcpu::run).
-  Result<int> serve(ChannelEnd& channel, std::uint64_t budget_ms, const std::atomic<bool>* stop = nullptr);
+  Result<int> serve(ChannelEnd& channel, std::uint64_t budget_ms);
+  // From any thread: ends serve() at once, as its budget would (Vcpu::force_exit).
+  void force_exit() { vcpu_.force_exit(); }
   // Drops every page this fork wrote and loads the master's registers and state again; the
   // VM and vCPU file descriptors are kept (no KVM_CREATE_VM).
   Result<void> reset();

@@ -42,26 +42,15 @@ void prepare_kick_signal() {
 }
 
 namespace {
-// Sets immediate_exit and signals the vCPU thread once `budget_ms` have passed, or as soon
-// as `stop` (when given) is set, whichever comes first.
+// Sets immediate_exit and signals the vCPU thread once `budget_ms` have passed, or at once
+// when fire() is called (from any thread).
 class BudgetTimer {
  public:
-  static constexpr auto kStopPoll = std::chrono::milliseconds(5);
-
-  BudgetTimer(kvm_run* run, std::uint64_t budget_ms, const std::atomic<bool>* stop)
-      : run_(run), thread_(::pthread_self()) {
-    watcher_ = std::thread([this, budget_ms, stop] {
-      const auto end = std::chrono::steady_clock::now() + std::chrono::milliseconds(budget_ms);
+  BudgetTimer(kvm_run* run, std::uint64_t budget_ms) : run_(run), thread_(::pthread_self()) {
+    watcher_ = std::thread([this, budget_ms] {
       std::unique_lock lock(mutex_);
-      bool finished = false;
-      if (stop == nullptr) {
-        finished = done_cv_.wait_until(lock, end, [this] { return done_; });
-      } else {
-        while (!(finished = done_cv_.wait_for(lock, kStopPoll, [this] { return done_; }))) {
-          if (stop->load() || std::chrono::steady_clock::now() >= end) break;
-        }
-      }
-      if (!finished) {
+      done_cv_.wait_for(lock, std::chrono::milliseconds(budget_ms), [this] { return done_ || fired_; });
+      if (!done_) {
         expired_.store(true);
         // SAFETY: run_ is the vCPU's mapped kvm_run page, alive until the timer is destroyed.
         __atomic_store_n(&run_->immediate_exit, 1, __ATOMIC_SEQ_CST);
@@ -77,6 +66,13 @@ class BudgetTimer {
     done_cv_.notify_one();
     watcher_.join();
   }
+  void fire() {
+    {
+      std::lock_guard lock(mutex_);
+      fired_ = true;
+    }
+    done_cv_.notify_one();
+  }
   bool expired() const noexcept { return expired_.load(); }
 
  private:
@@ -85,10 +81,31 @@ class BudgetTimer {
   std::mutex mutex_;
   std::condition_variable done_cv_;
   bool done_ = false;
+  bool fired_ = false;
   std::atomic<bool> expired_{false};
   std::thread watcher_;
 };
 }  // namespace
+
+struct Vcpu::ForcedExit {
+  std::mutex mutex;
+  BudgetTimer* running = nullptr;  // the current run's timer
+  bool requested = false;          // force_exit() came before the run started
+};
+
+Vcpu::Vcpu(UniqueFd fd, RunPage run)
+    : fd_(std::move(fd)), run_(std::move(run)), forced_(std::make_shared<ForcedExit>()) {}
+
+void Vcpu::force_exit() {
+  std::lock_guard lock(forced_->mutex);
+  forced_->requested = true;
+  if (forced_->running != nullptr) forced_->running->fire();
+}
+
+void Vcpu::clear_forced_exit() {
+  std::lock_guard lock(forced_->mutex);
+  forced_->requested = false;
+}
 
 RunPage::~RunPage() {
   // SAFETY: run_/size_ are the vCPU's own mapping, unmapped once.
@@ -179,9 +196,8 @@ Result<std::optional<int>> Vcpu::finish(Result<int> result) {
   return std::optional<int>(*result);
 }
 
-Result<int> Vcpu::run(ExitDispatcher& dispatcher, GuestState& state, std::uint64_t budget_ms,
-                      const std::atomic<bool>* stop) {
-  auto ended = run_loop(dispatcher, state, budget_ms, stop);
+Result<int> Vcpu::run(ExitDispatcher& dispatcher, GuestState& state, std::uint64_t budget_ms) {
+  auto ended = run_loop(dispatcher, state, budget_ms);
   if (!ended) return ended.error();
   if (!*ended) {
     (void)machine_.finish();
@@ -191,7 +207,7 @@ Result<int> Vcpu::run(ExitDispatcher& dispatcher, GuestState& state, std::uint64
 }
 
 Result<void> Vcpu::run_to_pause(ExitDispatcher& dispatcher, GuestState& state, std::uint64_t budget_ms) {
-  auto ended = run_loop(dispatcher, state, budget_ms, nullptr);
+  auto ended = run_loop(dispatcher, state, budget_ms);
   if (!ended) return ended.error();
   if (*ended) {
     return make_error(Errc::vm_master, "microVM master: the guest exited with status " + std::to_string(**ended) +
@@ -200,14 +216,26 @@ Result<void> Vcpu::run_to_pause(ExitDispatcher& dispatcher, GuestState& state, s
   return {};
 }
 
-Result<std::optional<int>> Vcpu::run_loop(ExitDispatcher& dispatcher, GuestState& state, std::uint64_t budget_ms,
-                                          const std::atomic<bool>* stop) {
+Result<std::optional<int>> Vcpu::run_loop(ExitDispatcher& dispatcher, GuestState& state, std::uint64_t budget_ms) {
   if (auto started = machine_.state() == VcpuState::paused ? machine_.resume() : machine_.start(); !started) {
     return started.error();
   }
   prepare_kick_signal();
   kvm_run* run = run_.get();
-  BudgetTimer timer(run, budget_ms, stop);
+  BudgetTimer timer(run, budget_ms);
+  // force_exit() reaches this run's timer while it lives (and one made earlier fires it now).
+  struct Registration {
+    ForcedExit& forced;
+    Registration(ForcedExit& f, BudgetTimer& t) : forced(f) {
+      std::lock_guard lock(forced.mutex);
+      forced.running = &t;
+      if (forced.requested) t.fire();
+    }
+    ~Registration() {
+      std::lock_guard lock(forced.mutex);
+      forced.running = nullptr;
+    }
+  } registration(*forced_, timer);
   // SOJOURN_KVM_TRACE=1: one line per exit on stderr (bring-up on a new host kernel).
   const bool trace = std::getenv("SOJOURN_KVM_TRACE") != nullptr;
   while (true) {

@@ -6,8 +6,8 @@
 #include <linux/kvm.h>
 
 #include <csignal>
-#include <atomic>
 #include <cstdint>
+#include <memory>
 #include <optional>
 
 #include <span>
@@ -60,10 +60,11 @@ class Vcpu {
 
   // Runs until exit_group (its status) or a fatal exit (its error), or the budget runs out
   // (Errc::deadline). The state machine ends in finished either way.
-  // `stop`, when given, ends the run early like the budget does (checked every few ms): the
-  // owner's way to force out a guest it has given up on.
-  Result<int> run(ExitDispatcher& dispatcher, GuestState& state, std::uint64_t budget_ms,
-                  const std::atomic<bool>* stop = nullptr);
+  Result<int> run(ExitDispatcher& dispatcher, GuestState& state, std::uint64_t budget_ms);
+  // From any thread: ends the current run (or the next one, if none is running yet) as its
+  // budget would, at once: the owner's way to force out a guest it has given up on. restore()
+  // clears a request that no run consumed.
+  void force_exit();
   // A master: runs until the dispatcher pauses it (pause_at_channel_read); the state machine
   // ends in paused. Exiting before that is an Errc::vm_master error.
   Result<void> run_to_pause(ExitDispatcher& dispatcher, GuestState& state, std::uint64_t budget_ms);
@@ -71,17 +72,19 @@ class Vcpu {
   VcpuState state() const noexcept { return machine_.state(); }
 
  private:
-  Vcpu(UniqueFd fd, RunPage run) : fd_(std::move(fd)), run_(std::move(run)) {}
+  struct ForcedExit;  // vcpu.cpp: the running budget timer, and a request made before it started
+  void clear_forced_exit();
+  Vcpu(UniqueFd fd, RunPage run);
   Result<void> set_segment_bases(const GuestState& state);
   Result<void> set_msrs(std::span<const MsrValue> msrs);
   Result<std::optional<int>> finish(Result<int> result);
   // The run loop: exit_group's status, or nullopt when the dispatcher paused it.
-  Result<std::optional<int>> run_loop(ExitDispatcher& dispatcher, GuestState& state, std::uint64_t budget_ms,
-                                      const std::atomic<bool>* stop);
+  Result<std::optional<int>> run_loop(ExitDispatcher& dispatcher, GuestState& state, std::uint64_t budget_ms);
 
   UniqueFd fd_;
   RunPage run_;
   VcpuStateMachine machine_;
+  std::shared_ptr<ForcedExit> forced_;  // shared_ptr: Vcpu stays movable, ForcedExit stays opaque
 };
 
 }  // namespace sojourn::sandbox::kvm

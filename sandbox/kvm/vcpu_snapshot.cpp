@@ -55,6 +55,7 @@ Result<void> Vcpu::set_regs(const kvm_regs& regs) {
 
 Result<void> Vcpu::restore(const VcpuSnapshot& snap) {
   if (auto rewound = machine_.rewind(); !rewound) return rewound.error();
+  clear_forced_exit();  // a new guest: an exit forced on the last one does not carry over
   // Segments and control registers first (CR4.OSXSAVE before XCR0), then XCR0, the XSAVE
   // area, MSRs, and the general registers.
   // SAFETY (the four ioctls below): each reads the structure its request names, inside snap.

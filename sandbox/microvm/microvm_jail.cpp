@@ -9,7 +9,6 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include <atomic>
 #include <cerrno>
 #include <condition_variable>
 #include <chrono>
@@ -144,11 +143,11 @@ class MicrovmJail::Impl {
     // (deadline, with the run's own limits) is the one reported.
     const std::uint64_t budget_ms = limits.wall_ms + 2ull * options_.kill_grace_ms;
     MonitorEnd ended;
-    std::atomic<bool> stop{false};  // the host has given up on the guest: force it out now
     std::mutex finished_mutex;
     std::condition_variable finished_cv;
     bool finished = false;
-    std::thread monitor([&] {
+    // jthread: joined on every way out, before what it captures by reference goes.
+    std::jthread monitor([&] {
       // The thread the guest's exits reach runs under the monitor's own seccomp table (and so
       // does its budget timer): KVM requests by number, its channel, no file, no exec.
       kvm::MonitorFilterOptions filter;
@@ -158,7 +157,7 @@ class MicrovmJail::Impl {
         ended.status = installed.error();
       } else {
         kvm::ChannelEnd channel = socket_channel(monitor_end.get());
-        ended.status = vm->serve(channel, budget_ms, &stop);
+        ended.status = vm->serve(channel, budget_ms);
       }
       // The guest is gone: the host's reads see the end of the channel.
       ::shutdown(monitor_end.get(), SHUT_RDWR);
@@ -179,7 +178,7 @@ class MicrovmJail::Impl {
       std::unique_lock lock(finished_mutex);
       if (!talk.done ||
           !finished_cv.wait_for(lock, std::chrono::milliseconds(options_.kill_grace_ms), [&] { return finished; })) {
-        stop.store(true);
+        vm->force_exit();
       }
     }
     monitor.join();
