@@ -9,6 +9,8 @@
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
+#include <iterator>
 
 #include <openssl/bn.h>
 #include <openssl/evp.h>
@@ -171,6 +173,16 @@ Result<IdentityFiles> create_ca(const std::string& dir, const std::string& name,
   return files;
 }
 
+namespace {
+bool same_contents(const std::string& a, const std::string& b) {
+  std::ifstream fa(a, std::ios::binary), fb(b, std::ios::binary);
+  if (!fa || !fb) return false;
+  const std::string ca((std::istreambuf_iterator<char>(fa)), std::istreambuf_iterator<char>());
+  const std::string cb((std::istreambuf_iterator<char>(fb)), std::istreambuf_iterator<char>());
+  return ca == cb;
+}
+}  // namespace
+
 Result<IdentityFiles> create_identity(const std::string& name, const std::string& ca_dir, const std::string& out_dir,
                                       Validity validity) {
   if (!valid_identity_name(name)) {
@@ -190,18 +202,28 @@ Result<IdentityFiles> create_identity(const std::string& name, const std::string
     ca_key = std::move(*k);
   }
   if (auto d = make_directory(out_dir); !d) return d.error();
+  // The TLS directory of this identity trusts the CA that signed it: a ca.crt of another CA
+  // already there is never replaced (other identities in that directory trust it).
+  std::error_code ec;
+  const std::string ca_copy = join(out_dir, "ca.crt");
+  const bool copy_ca = !ca_dir.empty() && !std::filesystem::equivalent(ca_dir, out_dir, ec);
+  if (copy_ca && std::filesystem::exists(ca_copy) && !same_contents(ca_copy, join(ca_dir, "ca.crt"))) {
+    return config_error(ca_copy + " is the certificate of another CA; use another --out directory");
+  }
   auto key = new_ed25519_key();
   if (!key) return key.error();
   auto cert = issue(name, key->get(), false, ca_cert.get(), ca_cert ? ca_key.get() : key->get(), validity);
   if (!cert) return cert.error();
   auto files = write_pair(join(out_dir, name + ".key"), join(out_dir, name + ".crt"), key->get(), cert->get());
   if (!files || ca_dir.empty()) return files;
-  // The TLS directory of this identity trusts the CA that signed it.
-  std::error_code ec;
-  std::string ca_copy = join(out_dir, "ca.crt");
-  if (!std::filesystem::equivalent(ca_dir, out_dir, ec)) {
-    std::filesystem::copy_file(join(ca_dir, "ca.crt"), ca_copy, std::filesystem::copy_options::overwrite_existing, ec);
-    if (ec) return config_error("cannot copy the CA certificate to " + ca_copy + ": " + ec.message());
+  if (copy_ca) {
+    std::filesystem::copy_file(join(ca_dir, "ca.crt"), ca_copy, std::filesystem::copy_options::skip_existing, ec);
+    if (ec) {
+      // No half-made identity: the pair goes too.
+      ::unlink(files->key_path.c_str());
+      ::unlink(files->cert_path.c_str());
+      return config_error("cannot copy the CA certificate to " + ca_copy + ": " + ec.message());
+    }
   }
   files->ca_cert_path = ca_copy;
   return files;

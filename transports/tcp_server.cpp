@@ -67,6 +67,10 @@ class ServerSession : public std::enable_shared_from_this<ServerSession> {
       std::chrono::milliseconds timeout = server->options.frame_timeout;
       server.reset();
       auto who = co_await socket_->handshake(timeout);
+      if (!who && stopping_) {  // the server stopped reading mid-handshake: not a refusal
+        finish();
+        co_return;
+      }
       if (!who) {
         log_warn("server", "refused a TLS connection: " + who.error().message);
         if (on_refused) on_refused(peer_, who.error());

@@ -30,7 +30,10 @@ std::string last_openssl_error() {
 
 // The one NAME.key in `dir` besides ca.key, when `name` is not given.
 Result<std::string> pick_identity(const TlsConfig& config) {
-  if (!config.name.empty()) return config.name;
+  if (!config.name.empty()) {
+    if (!valid_identity_name(config.name)) return config_error("bad identity name '" + config.name + "' (--tls-name)");
+    return config.name;
+  }
   std::vector<std::string> names;
   std::error_code ec;
   for (const auto& entry : std::filesystem::directory_iterator(config.dir, ec)) {

@@ -48,18 +48,26 @@ asio::awaitable<Result<PeerIdentity>> FramedSocket::handshake(std::chrono::milli
   auto self = shared_from_this();
   PeerIdentity who;
   who.address = peer_name_;
-  // The timer's handler may run after this frame is gone: it owns what it touches.
-  auto timed_out = std::make_shared<bool>(false);
+  // The timer's handler may run after this frame is gone: it owns what it touches. `done`
+  // stops a handler already queued when the handshake ended (cancel() cannot recall it) from
+  // closing a connection that was just authenticated.
+  struct Guard {
+    bool timed_out = false;
+    bool done = false;
+  };
+  auto state = std::make_shared<Guard>();
+  bool* timed_out = &state->timed_out;
   asio::steady_timer guard(executor_, timeout);
-  guard.async_wait([self, timed_out](boost::system::error_code e) {
-    if (e) return;
-    *timed_out = true;
+  guard.async_wait([self, state](boost::system::error_code e) {
+    if (e || state->done) return;
+    state->timed_out = true;
     boost::system::error_code ignored;
     self->lowest().close(ignored);
   });
   if (server_side_) {
     bool plain = co_await refuse_plain_client();
     if (plain || *timed_out) {
+      state->done = true;
       guard.cancel();
       const PeerCheck nothing_checked;
       const boost::system::error_code no_error;
@@ -75,6 +83,7 @@ asio::awaitable<Result<PeerIdentity>> FramedSocket::handshake(std::chrono::milli
   boost::system::error_code ec;
   auto type = server_side_ ? asio::ssl::stream_base::server : asio::ssl::stream_base::client;
   co_await tls_->async_handshake(type, asio::redirect_error(asio::use_awaitable, ec));
+  state->done = true;
   guard.cancel();
   if (ec || *timed_out) co_return handshake_error(peer_name_, *check, ec, *timed_out ? timeout : std::chrono::milliseconds(0));
   X509* cert = SSL_get0_peer_certificate(tls_->native_handle());

@@ -79,6 +79,15 @@ TEST_CASE("nothing is overwritten, bad names and missing CAs are refused with th
     REQUIRE(!r.ok());
     CHECK(r.error().message.find("bad identity name") != std::string::npos);
   }
+  // A second identity in the same directory keeps its CA; one of another CA is refused there,
+  // and leaves no key behind.
+  REQUIRE(create_identity("a2", dir / "ca", dir / "a").ok());
+  REQUIRE(create_ca(dir / "other", "other").ok());
+  auto foreign = create_identity("c", dir / "other", dir / "a");
+  REQUIRE(!foreign.ok());
+  CHECK(foreign.error().message == "TLS configuration: " + (dir / "a/ca.crt") +
+                                       " is the certificate of another CA; use another --out directory");
+  CHECK_FALSE(std::filesystem::exists(dir / "a/c.key"));
   auto no_ca = create_identity("b", dir / "nowhere", dir / "b");
   REQUIRE(!no_ca.ok());
   CHECK(no_ca.error().message == "TLS configuration: cannot read " + (dir / "nowhere/ca.crt") + ": No such file or directory");
