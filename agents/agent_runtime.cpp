@@ -209,6 +209,16 @@ void AgentRuntime::run_step(const std::string& id) {
   const std::uint64_t spent_cpu = outcome ? outcome->instructions : cpu_killed ? budget.limits.cpu_instructions : 0;
   std::string go_peer, go_entry, failure = outcome ? std::string() : outcome.error().message;
   if (cpu_killed && budget.bound != StepBudget::Bound::run) failure = out_of_budget(record, *bundle, budget.bound, rule);
+  // The state's size is checked before the lock every resident shares: encoding it is the
+  // step's own work.
+  if (outcome && failure.empty() && rule != nullptr && rule->quotas.max_state_bytes != 0 &&
+      (outcome->went || outcome->waits)) {
+    const std::size_t state_bytes = encode_value(outcome->state).size();
+    if (state_bytes > rule->quotas.max_state_bytes) {
+      failure = "agent " + id + "'s state of " + std::to_string(state_bytes) + " bytes is over the " +
+                std::to_string(rule->quotas.max_state_bytes) + " bytes policy rule " + rule->name + " allows at " + self();
+    }
+  }
   bool wake = false;
   {
     std::lock_guard lock(mutex_);
@@ -218,13 +228,6 @@ void AgentRuntime::run_step(const std::string& id) {
     AgentRecord& r = it->second.record;
     if (!r.hops.empty()) r.hops.back().spent_ms += spent.count();
     r.updated_unix_ms = unix_ms_now();
-    if (outcome && rule != nullptr && rule->quotas.max_state_bytes != 0 && (outcome->went || outcome->waits)) {
-      const std::size_t state_bytes = encode_value(outcome->state).size();
-      if (state_bytes > rule->quotas.max_state_bytes) {
-        failure = "agent " + id + "'s state of " + std::to_string(state_bytes) + " bytes is over the " +
-                  std::to_string(rule->quotas.max_state_bytes) + " bytes policy rule " + rule->name + " allows at " + self();
-      }
-    }
     if (outcome && failure.empty()) {
       r.state = outcome->state;
       if (outcome->went) {

@@ -34,19 +34,6 @@ bool valid_dotted_name(std::string_view name) {
   return !part_empty;
 }
 
-void write_limits(wire::Writer& w, const Limits& l) {
-  w.u64(l.cpu_instructions);
-  w.u64(l.memory_bytes);
-  w.u32(l.wall_ms);
-}
-
-Limits read_limits(wire::Reader& r) {
-  Limits l;
-  l.cpu_instructions = r.u64();
-  l.memory_bytes = r.u64();
-  l.wall_ms = r.u32();
-  return l;
-}
 
 void write_manifest(wire::Writer& w, const BundleManifest& m) {
   w.string(m.name);
@@ -54,7 +41,7 @@ void write_manifest(wire::Writer& w, const BundleManifest& m) {
   w.string(m.main);
   w.u32(static_cast<std::uint32_t>(m.entry_points.size()));
   for (const auto& e : m.entry_points) w.string(e);
-  write_limits(w, m.quotas);
+  wire::write_limits(w, m.quotas);
   w.u32(m.max_hops);
   w.u64(m.cpu_budget);
 }
@@ -148,7 +135,7 @@ Result<Bundle> decode_bundle(std::span<const std::uint8_t> bytes) {
     m.main = r.string();
     const std::uint32_t entries = r.count(4, "entry point");
     for (std::uint32_t i = 0; i < entries; ++i) m.entry_points.push_back(r.string());
-    m.quotas = read_limits(r);
+    m.quotas = wire::read_limits(r);
     m.max_hops = r.u32();
     m.cpu_budget = r.u64();
     const std::uint32_t files = r.count(8, "file");

@@ -266,19 +266,21 @@ std::vector<std::uint8_t> encode(const CallRequest& m) {
   return w.take();
 }
 
-std::vector<std::uint8_t> encode(const EvalRequest& m) {
-  wire::Writer w;
+void wire::write_eval_fields(Writer& w, const EvalRequest& m, bool with_signature) {
   w.string(m.source);
   w.string(m.chunk_name);
-  wire::write_value(w, m.args);
-  w.u64(m.limits.cpu_instructions);
-  w.u64(m.limits.memory_bytes);
-  w.u32(m.limits.wall_ms);
+  write_value(w, m.args);
+  write_limits(w, m.limits);
   w.u8(static_cast<std::uint8_t>(m.isolation));
   w.string(m.signer);
-  w.string(m.signature);
+  if (with_signature) w.string(m.signature);
   w.string(m.nonce);
   w.i64(m.expires_unix_ms);
+}
+
+std::vector<std::uint8_t> encode(const EvalRequest& m) {
+  wire::Writer w;
+  wire::write_eval_fields(w, m, /*with_signature=*/true);
   return w.take();
 }
 
@@ -319,9 +321,7 @@ Result<EvalRequest> decode_eval(std::span<const std::uint8_t> bytes) {
     m.source = r.string();
     m.chunk_name = r.string();
     m.args = wire::read_value(r);
-    m.limits.cpu_instructions = r.u64();
-    m.limits.memory_bytes = r.u64();
-    m.limits.wall_ms = r.u32();
+    m.limits = wire::read_limits(r);
     m.isolation = read_isolation(r);
     m.signer = r.string();
     m.signature = r.string();

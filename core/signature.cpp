@@ -65,11 +65,6 @@ std::vector<std::uint8_t> tagged(std::string_view domain, std::initializer_list<
 
 std::string short_fingerprint(std::string_view public_key) { return key_fingerprint(public_key).substr(0, 16); }
 
-void write_limits(wire::Writer& w, const Limits& l) {
-  w.u64(l.cpu_instructions);
-  w.u64(l.memory_bytes);
-  w.u32(l.wall_ms);
-}
 
 }  // namespace
 
@@ -234,14 +229,7 @@ std::uint64_t SignatureCache::verifications() const {
 
 std::vector<std::uint8_t> eval_signing_message(const EvalRequest& request) {
   wire::Writer w;
-  w.string(request.source);
-  w.string(request.chunk_name);
-  wire::write_value(w, request.args);
-  write_limits(w, request.limits);
-  w.u8(static_cast<std::uint8_t>(request.isolation));
-  w.string(request.signer);
-  w.string(request.nonce);
-  w.i64(request.expires_unix_ms);
+  wire::write_eval_fields(w, request, /*with_signature=*/false);
   std::vector<std::uint8_t> body = w.take();
   return tagged(kEvalDomain, {body});
 }

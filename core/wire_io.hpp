@@ -15,6 +15,7 @@
 #include <cereal/archives/portable_binary.hpp>
 
 #include "sojourn/core/error.hpp"
+#include "sojourn/core/messages.hpp"
 #include "sojourn/core/value.hpp"
 
 namespace sojourn::wire {
@@ -120,5 +121,22 @@ class Writer {
 // The Value graph codec, shared by every message that carries values.
 void write_value(Writer& w, const Value& v);
 Value read_value(Reader& r);
+
+inline void write_limits(Writer& w, const Limits& l) {
+  w.u64(l.cpu_instructions);
+  w.u64(l.memory_bytes);
+  w.u32(l.wall_ms);
+}
+inline Limits read_limits(Reader& r) {
+  Limits l;
+  l.cpu_instructions = r.u64();
+  l.memory_bytes = r.u64();
+  l.wall_ms = r.u32();
+  return l;
+}
+
+// An eval request's fields in wire order (messages.cpp); without its signature, they are
+// what the signature covers (signature.cpp), so no field can be sent but left unsigned.
+void write_eval_fields(Writer& w, const EvalRequest& m, bool with_signature);
 
 }  // namespace sojourn::wire
