@@ -52,10 +52,6 @@ kvm::ChannelEnd socket_channel(int fd) {
       }};
 }
 
-// How a microVM's run ended, from the monitor's side.
-struct MonitorEnd {
-  Result<int> status = 0;  // exit_group's status, or the fault that ended the VM
-};
 
 }  // namespace
 
@@ -68,8 +64,7 @@ class MicrovmJail::Impl {
 
   Result<Value> run(const RunInput& input, HostCalls* host) {
     if (Result<void> ok = check(input); !ok) return ok.error();
-    channel::RunRequest request = make_run_request(input);
-    request.has_host = host != nullptr;
+    channel::RunRequest request = make_run_request(input, host);
     auto done = in_microvm(input, channel::encode_frame(request), channel::Kind::run_done, host);
     if (!done) return done.error();
     return run_outcome(*done);
@@ -77,8 +72,7 @@ class MicrovmJail::Impl {
 
   Result<AgentOutcome> run_agent(const RunInput& input, const AgentInput& agent, HostCalls* host) {
     if (Result<void> ok = check(input); !ok) return ok.error();
-    channel::AgentRequest request{make_run_request(input), std::string(agent.entry), agent.state, agent.info};
-    request.run.has_host = host != nullptr;
+    channel::AgentRequest request{make_run_request(input, host), std::string(agent.entry), agent.state, agent.info};
     auto done = in_microvm(input, channel::encode_frame(request), channel::Kind::agent_done, host);
     if (!done) return done.error();
     return agent_outcome(*done);
@@ -142,7 +136,7 @@ class MicrovmJail::Impl {
     // The monitor's budget ends the vCPU a little after the host's deadline: the host's error
     // (deadline, with the run's own limits) is the one reported.
     const std::uint64_t budget_ms = limits.wall_ms + 2ull * options_.kill_grace_ms;
-    MonitorEnd ended;
+    Result<int> ended = 0;  // how the run ended, from the monitor's side: exit status, or the fault
     std::mutex finished_mutex;
     std::condition_variable finished_cv;
     bool finished = false;
@@ -154,10 +148,10 @@ class MicrovmJail::Impl {
       filter.channel_fds = {monitor_end.get()};
       filter.allow_boot = false;
       if (auto installed = kvm::install_monitor_filter(filter); !installed) {
-        ended.status = installed.error();
+        ended = installed.error();
       } else {
         kvm::ChannelEnd channel = socket_channel(monitor_end.get());
-        ended.status = vm->serve(channel, budget_ms);
+        ended = vm->serve(channel, budget_ms);
       }
       // The guest is gone: the host's reads see the end of the channel.
       ::shutdown(monitor_end.get(), SHUT_RDWR);
@@ -183,10 +177,10 @@ class MicrovmJail::Impl {
     }
     monitor.join();
 
-    const bool clean = ended.status.ok();
+    const bool clean = ended.ok();
     if (!clean) {
       std::lock_guard lock(mutex_);
-      if (ended.status.error().code == Errc::vm_guest_fault || ended.status.error().code == Errc::vm_entry_failed) {
+      if (ended.error().code == Errc::vm_guest_fault || ended.error().code == Errc::vm_entry_failed) {
         ++faults_;
       }
     }
@@ -194,20 +188,17 @@ class MicrovmJail::Impl {
 
     if (talk.done) return std::move(*talk.done);
     if (talk.broke) return *talk.broke;
-    if (talk.status == ChannelStatus::deadline || talk.status == ChannelStatus::aborted ||
-        talk.status == ChannelStatus::too_large) {
+    if (host_gave_up(talk.status)) {
       std::lock_guard lock(mutex_);
       ++killed_;
-      if (talk.status == ChannelStatus::deadline) return detail::limit_error(Errc::deadline, limits);
-      if (talk.status == ChannelStatus::too_large) return detail::limit_error(Errc::memory_limit, limits);
-      return make_error(Errc::shutting_down, "node is shutting down");
+      return gave_up_error(talk.status, limits);
     }
     // The channel closed without an answer: the monitor says how the guest ended.
-    if (!ended.status) {
-      if (ended.status.error().code == Errc::deadline) return detail::limit_error(Errc::deadline, limits);
-      return ended.status.error();
+    if (!ended) {
+      if (ended.error().code == Errc::deadline) return detail::limit_error(Errc::deadline, limits);
+      return ended.error();
     }
-    return make_error(Errc::guest_crashed, "guest crashed: exited with status " + std::to_string(*ended.status) +
+    return make_error(Errc::guest_crashed, "guest crashed: exited with status " + std::to_string(*ended) +
                                                " without an answer");
   }
 

@@ -155,10 +155,20 @@ Result<void> check_run_input(const RunInput& input) {
   return {};
 }
 
-channel::RunRequest make_run_request(const RunInput& input) {
+channel::RunRequest make_run_request(const RunInput& input, const HostCalls* host) {
   return channel::RunRequest{std::string(input.source), std::string(input.chunk_name),
                              input.args.is_table() ? input.args : Value::table(), input.limits, input.allow_jit,
-                             /*has_host=*/true};
+                             /*has_host=*/host != nullptr};
+}
+
+bool host_gave_up(ChannelStatus status) {
+  return status == ChannelStatus::deadline || status == ChannelStatus::aborted || status == ChannelStatus::too_large;
+}
+
+Error gave_up_error(ChannelStatus status, const Limits& limits) {
+  if (status == ChannelStatus::deadline) return limit(Errc::deadline, limits);
+  if (status == ChannelStatus::too_large) return limit(Errc::memory_limit, limits);
+  return make_error(Errc::shutting_down, "node is shutting down");
 }
 
 Result<Value> run_outcome(std::span<const std::uint8_t> payload) {
@@ -211,14 +221,11 @@ Result<std::vector<std::uint8_t>> run_in_guest(ZygoteLink& zygote, const RunInpu
     zygote.forget(guest->id);
     return *talk.broke;
   }
-  if (talk.status == ChannelStatus::deadline || talk.status == ChannelStatus::aborted ||
-      talk.status == ChannelStatus::too_large) {
+  if (host_gave_up(talk.status)) {
     kill();
     counters.guests_killed.fetch_add(1, std::memory_order_relaxed);
     zygote.forget(guest->id);
-    if (talk.status == ChannelStatus::deadline) return limit(Errc::deadline, limits);
-    if (talk.status == ChannelStatus::too_large) return limit(Errc::memory_limit, limits);
-    return make_error(Errc::shutting_down, "node is shutting down");
+    return gave_up_error(talk.status, limits);
   }
   // The channel closed without an answer: the zygote's report says how the guest ended.
   std::optional<channel::Exited> exited = zygote.wait_exit(guest->id, Clock::now() + kExitReportWait);

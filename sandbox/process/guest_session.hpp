@@ -37,8 +37,13 @@ Conversation converse(HostChannel& channel, std::span<const std::uint8_t> reques
 
 // What run_lua refuses before a state exists is refused before a guest exists (both jails).
 Result<void> check_run_input(const RunInput& input);
-// The request frame's run part for `input` (has_host set by the caller).
-channel::RunRequest make_run_request(const RunInput& input);
+// The request frame's run part for `input`; host calls are offered when `host` is given.
+channel::RunRequest make_run_request(const RunInput& input, const HostCalls* host);
+
+// Whether the host gave up on a guest (its deadline, the node's abort, an oversized answer),
+// and the error that run then ends with (both jails).
+bool host_gave_up(ChannelStatus status);
+Error gave_up_error(ChannelStatus status, const Limits& limits);
 
 // Decoding a guest's final frame; an error code a run cannot end with is not believed.
 Result<Value> run_outcome(std::span<const std::uint8_t> payload);

@@ -99,8 +99,7 @@ class ProcessJail::Impl {
 
   Result<Value> run(const RunInput& input, HostCalls* host) {
     if (Result<void> ok = check_run_input(input); !ok) return ok.error();
-    channel::RunRequest request = make_run_request(input);
-    request.has_host = host != nullptr;
+    channel::RunRequest request = make_run_request(input, host);
     Result<std::vector<std::uint8_t>> done = in_guest(input, channel::encode_frame(request), channel::Kind::run_done, host);
     if (!done) return done.error();
     return run_outcome(*done);
@@ -108,8 +107,7 @@ class ProcessJail::Impl {
 
   Result<AgentOutcome> run_agent(const RunInput& input, const AgentInput& agent, HostCalls* host) {
     if (Result<void> ok = check_run_input(input); !ok) return ok.error();
-    channel::AgentRequest request{make_run_request(input), std::string(agent.entry), agent.state, agent.info};
-    request.run.has_host = host != nullptr;
+    channel::AgentRequest request{make_run_request(input, host), std::string(agent.entry), agent.state, agent.info};
     Result<std::vector<std::uint8_t>> done = in_guest(input, channel::encode_frame(request), channel::Kind::agent_done, host);
     if (!done) return done.error();
     return agent_outcome(*done);

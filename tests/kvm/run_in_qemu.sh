@@ -186,9 +186,15 @@ shared_deps() {
 }
 # The tests, each file at its host path, appended as a second cpio archive; dynamic
 # executables bring their libraries (also at their host paths: the loader's search path).
+# Each path once: tests share the guest and most of their libraries.
+declare -A staged=()
+unique=()
+for f in "${files[@]}"; do [ -n "${staged[$f]:-}" ] || { staged[$f]=1; unique+=("$f"); }; done
+files=("${unique[@]}")
 libs=()
 for f in "${files[@]}"; do
-  if [ -f "$f" ]; then while IFS= read -r lib; do libs+=("$lib"); done < <(shared_deps "$f"); fi
+  [ -f "$f" ] || continue
+  while IFS= read -r lib; do [ -n "${staged[$lib]:-}" ] || { staged[$lib]=1; libs+=("$lib"); }; done < <(shared_deps "$f")
 done
 stage=$work/tests
 mkdir -p "$stage/sojourn"
