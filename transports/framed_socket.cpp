@@ -60,8 +60,7 @@ FramedSocket::FramedSocket(tcp::socket socket, std::shared_ptr<const TlsContext>
       peer_name_(std::move(peer_name)) {
   boost::system::error_code ignored;
   socket.set_option(tcp::no_delay(true), ignored);
-  auto role = server_side ? TlsContext::Role::server : TlsContext::Role::client;
-  tls_ = std::make_unique<TlsStream>(std::move(socket), tls_context_->context(role));
+  tls_ = std::make_unique<TlsStream>(std::move(socket), tls_context_->context());
 }
 
 FramedSocket::~FramedSocket() = default;

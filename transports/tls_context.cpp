@@ -55,7 +55,7 @@ Result<std::string> pick_identity(const TlsConfig& config) {
 }
 
 Result<void> load_into(asio::ssl::context& ctx, const std::string& cert_path, const std::string& key_path,
-                       const std::string& ca_path, bool server) {
+                       const std::string& ca_path) {
   SSL_CTX* native = ctx.native_handle();
   SSL_CTX_set_min_proto_version(native, TLS1_3_VERSION);
   SSL_CTX_set_options(native, SSL_OP_NO_COMPRESSION | SSL_OP_NO_TICKET);
@@ -63,7 +63,7 @@ Result<void> load_into(asio::ssl::context& ctx, const std::string& cert_path, co
   SSL_CTX_set_session_cache_mode(native, SSL_SESS_CACHE_OFF);
   // Peers hold the CA certificate already: send only our own.
   SSL_CTX_set_mode(native, SSL_MODE_NO_AUTO_CHAIN);
-  if (server) SSL_CTX_set_num_tickets(native, 0);
+  SSL_CTX_set_num_tickets(native, 0);  // as a server: no session tickets either
   SSL_CTX_set_verify(native, SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT, nullptr);
   SSL_CTX_set_verify_depth(native, 4);
   if (SSL_CTX_use_certificate_file(native, cert_path.c_str(), SSL_FILETYPE_PEM) != 1) {
@@ -97,7 +97,7 @@ std::string verify_reason(int err) {
 
 }  // namespace
 
-TlsContext::TlsContext() : client_(asio::ssl::context::tls_client), server_(asio::ssl::context::tls_server) {}
+TlsContext::TlsContext() : context_(asio::ssl::context::tls) {}
 
 bool TlsContext::pin_matches(const std::string& fingerprint) const {
   return std::find(pins_.begin(), pins_.end(), fingerprint) != pins_.end();
@@ -141,11 +141,8 @@ Result<std::shared_ptr<const TlsContext>> make_tls_context(const TlsConfig& conf
     }
     context->trust = "CA '" + ca->common_name + "'";
   }
-  for (auto role : {TlsContext::Role::client, TlsContext::Role::server}) {
-    auto loaded = load_into(context->context(role), cert_path, key_path, ca_path, role == TlsContext::Role::server);
-    if (!loaded) return loaded.error();
-  }
-  X509* own = SSL_CTX_get0_certificate(context->context(TlsContext::Role::server).native_handle());
+  if (auto loaded = load_into(context->context(), cert_path, key_path, ca_path); !loaded) return loaded.error();
+  X509* own = SSL_CTX_get0_certificate(context->context().native_handle());
   context->self.name = transport_detail::common_name(own);
   context->self.fingerprint = public_key_fingerprint(X509_get0_pubkey(own));
   // An expired certificate of our own is only a warning: peers refuse it, and say so.

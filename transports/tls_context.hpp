@@ -19,12 +19,10 @@ namespace sojourn {
 
 class TlsContext {
  public:
-  enum class Role { client, server };
-
   TlsContext();
-  // Asio's streams take a context by non-const reference; the contexts are not changed
-  // after make_tls_context.
-  asio::ssl::context& context(Role role) const { return role == Role::client ? client_ : server_; }
+  // One context for both ends of a connection (the handshake picks the role). Asio's streams
+  // take it by non-const reference; it is not changed after make_tls_context.
+  asio::ssl::context& context() const { return context_; }
   bool pinned() const { return !pins_.empty(); }
   bool pin_matches(const std::string& fingerprint) const;
   // "expected FP" or "expected one of FP1, FP2".
@@ -35,8 +33,7 @@ class TlsContext {
 
  private:
   friend Result<std::shared_ptr<const TlsContext>> make_tls_context(const TlsConfig& config);
-  mutable asio::ssl::context client_;
-  mutable asio::ssl::context server_;
+  mutable asio::ssl::context context_;
   std::vector<std::string> pins_;
 };
 

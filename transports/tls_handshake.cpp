@@ -86,10 +86,12 @@ asio::awaitable<Result<PeerIdentity>> FramedSocket::handshake(std::chrono::milli
   state->done = true;
   guard.cancel();
   if (ec || *timed_out) co_return handshake_error(peer_name_, *check, ec, *timed_out ? timeout : std::chrono::milliseconds(0));
-  X509* cert = SSL_get0_peer_certificate(tls_->native_handle());
-  if (cert == nullptr) co_return make_error(Errc::untrusted_peer, "untrusted peer " + peer_name_ + ": no certificate");
-  who.name = common_name(cert);
-  who.fingerprint = public_key_fingerprint(X509_get0_pubkey(cert));
+  if (SSL_get0_peer_certificate(tls_->native_handle()) == nullptr) {
+    co_return make_error(Errc::untrusted_peer, "untrusted peer " + peer_name_ + ": no certificate");
+  }
+  // verify_peer read the leaf's name and key already.
+  who.name = std::move(check->name);
+  who.fingerprint = std::move(check->fingerprint);
   co_return who;
 }
 
