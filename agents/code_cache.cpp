@@ -79,8 +79,8 @@ std::shared_ptr<const CachedBundle> CodeCache::insert_locked(std::shared_ptr<con
   recent_.push_front(bundle->hash);
   bytes_ += bundle->bytes.size();
   by_hash_.emplace(bundle->hash, Entry{bundle, recent_.begin()});
-  added = true;
   evict_locked();
+  added = by_hash_.count(bundle->hash) != 0;  // a bundle over the bound alone is not written to disk
   return bundle;
 }
 
