@@ -2,6 +2,8 @@
 // policy), the limits of each of its steps, and charging what a step spent.
 #include "agent_runtime.hpp"
 
+#include <algorithm>
+
 namespace sojourn {
 
 namespace {
@@ -91,6 +93,12 @@ AgentRuntime::StepBudget AgentRuntime::step_budget(const AgentRecord& record, co
     }
   }
   return b;
+}
+
+std::uint64_t AgentRuntime::charged_instructions(const sandbox::AgentOutcome& outcome) const {
+  const std::uint64_t per_ms = impl_.options.instructions_per_cpu_ms;
+  const std::uint64_t measured = outcome.host_cpu_us / 1000 * per_ms + outcome.host_cpu_us % 1000 * per_ms / 1000;
+  return std::max(outcome.instructions, measured);
 }
 
 void AgentRuntime::charge(Resident& resident, std::uint64_t instructions) {

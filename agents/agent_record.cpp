@@ -139,6 +139,8 @@ Value record_to_value(const AgentRecord& r) {
   for (const auto& m : r.mailbox) mailbox.push(m);
   t.set("mailbox", mailbox);
   t.set("delivered", strings_to_value(r.delivered));
+  t.set("launcher", r.launcher);
+  t.set("report_token", r.report_token);
   return t;
 }
 
@@ -180,6 +182,8 @@ Result<AgentRecord> record_from_value(const Value& v) {
     for (std::size_t i = 1; i <= mailbox.length(); ++i) r.mailbox.push_back(mailbox.get(static_cast<std::int64_t>(i)));
   }
   r.delivered = strings_from_value(v.get("delivered"));
+  r.launcher = field_string(v, "launcher");
+  r.report_token = field_string(v, "report_token");
   return r;
 }
 

@@ -38,6 +38,13 @@ struct AgentRecord {
   std::vector<std::string> log;      // agent.log lines (the last 64)
   std::vector<Value> mailbox;        // messages not yet received
   std::vector<std::string> delivered;  // ids of messages ever delivered (exactly once)
+  // Who launched it, as agent.list/agent.status match a caller (agent_runtime.cpp,
+  // viewer_of): "local", "tls:FINGERPRINT" or "" (an unauthenticated peer).
+  std::string launcher;
+  // The home's secret for the holder of its current epoch: reports to the home (arrival,
+  // end, stranding) carry it, and the home's answer to an arrival replaces it (tracking.cpp).
+  // Travels only inside TRANSFERs; never shown to the agent, in listings or in status.
+  std::string report_token;
 };
 
 std::string new_agent_id();

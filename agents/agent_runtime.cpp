@@ -27,7 +27,8 @@ constexpr std::size_t kMaxLogLines = 64;
 
 }  // namespace
 
-AgentRuntime::AgentRuntime(Node::Impl& impl) : impl_(impl), cache_(impl.options.code_cache_dir) {}
+AgentRuntime::AgentRuntime(Node::Impl& impl)
+    : impl_(impl), cache_(impl.options.code_cache_dir, impl.options.code_cache_max_bytes, impl.options.code_cache_max_entries) {}
 
 std::string AgentRuntime::self() const {
   std::lock_guard lock(impl_.advertised_mutex);
@@ -67,22 +68,23 @@ void AgentRuntime::register_services(Node& node) {
   node.register_service("agent.launch", bind_caller(&AgentRuntime::launch_here), peers);
   node.register_service("agent.offer", bind(&AgentRuntime::on_offer), peers);
   node.register_service("agent.transfer", bind_caller(&AgentRuntime::on_transfer), peers);
-  node.register_service("agent.arrived", bind(&AgentRuntime::on_arrived), peers);
-  node.register_service("agent.finished", bind(&AgentRuntime::on_finished), peers);
+  // Reports to an agent's home: the reporter must hold the agent (tracking.cpp).
+  node.register_service("agent.arrived", bind_caller(&AgentRuntime::on_arrived), peers);
+  node.register_service("agent.finished", bind_caller(&AgentRuntime::on_finished), peers);
   node.register_service("agent.send", bind(&AgentRuntime::on_send), peers);
   node.register_service("agent.deliver", bind(&AgentRuntime::on_deliver), peers);
   node.register_service("code.fetch", bind(&AgentRuntime::on_fetch), peers);
-  node.register_service("agent.status", [self](const Value& args) -> Result<Value> {
+  node.register_service("agent.status", PeerService([self](const Value& args, const PeerIdentity& caller) -> Result<Value> {
     auto rt = self.lock();
     if (!rt) return make_error(Errc::shutting_down, "node is shutting down");
     Value id = args.get(1);
-    return rt->status_of(id.is_string() ? id.as_string() : std::string());
-  });
-  node.register_service("agent.list", [self](const Value&) -> Result<Value> {
+    return rt->status_of(id.is_string() ? id.as_string() : std::string(), caller);
+  }));
+  node.register_service("agent.list", PeerService([self](const Value&, const PeerIdentity& caller) -> Result<Value> {
     auto rt = self.lock();
     if (!rt) return make_error(Errc::shutting_down, "node is shutting down");
-    return rt->list();
-  });
+    return rt->list(caller);
+  }));
 }
 
 Result<Value> AgentRuntime::launch_here(const Value& request, const PeerIdentity& caller) {
@@ -91,7 +93,8 @@ Result<Value> AgentRuntime::launch_here(const Value& request, const PeerIdentity
   if (!bytes.is_string()) return make_error(Errc::invalid_argument, "invalid argument: agent.launch needs a bundle");
   const std::string& text = bytes.as_string();
   // SAFETY: the string's bytes are read as unsigned bytes of the same size.
-  auto bundle = cache_.put_encoded(std::span(reinterpret_cast<const std::uint8_t*>(text.data()), text.size()));
+  // Checked (signature, policy) before it is stored: refused code takes no room here.
+  auto bundle = cache_.check(std::span(reinterpret_cast<const std::uint8_t*>(text.data()), text.size()));
   if (!bundle) return bundle.error();
   AgentRecord r;
   r.id = new_agent_id();
@@ -113,12 +116,14 @@ Result<Value> AgentRuntime::launch_here(const Value& request, const PeerIdentity
   if (m.cpu_budget != 0) r.cpu_left = m.cpu_budget;
   r.signer = field_string(request, "signer");
   r.signature = field_string(request, "signature");
+  r.launcher = viewer_of(caller);
   auto rule = admit_code(r, **bundle, caller);
   if (!rule) return rule.error();
   // The code came from a peer (the launcher): the node's peer level at least, or the policy's.
   auto level = impl_.level_for(Isolation::trusted, *rule);
   if (!level) return level.error();
   r.isolation = *level;
+  *bundle = cache_.store(std::move(*bundle));
   r.created_unix_ms = r.updated_unix_ms = unix_ms_now();
   r.hops.push_back(AgentHop{r.home, 0, r.created_unix_ms, 0, encode_value(r.state).size(),
                             std::string(isolation_name(r.isolation))});
@@ -206,7 +211,7 @@ void AgentRuntime::run_step(const std::string& id) {
   // A step that hit its CPU limit spent all of it; a budget (not the per-run quota) that
   // bound it ends the agent with the budget's reason.
   const bool cpu_killed = !outcome && outcome.error().code == Errc::cpu_limit;
-  const std::uint64_t spent_cpu = outcome ? outcome->instructions : cpu_killed ? budget.limits.cpu_instructions : 0;
+  const std::uint64_t spent_cpu = outcome ? charged_instructions(*outcome) : cpu_killed ? budget.limits.cpu_instructions : 0;
   std::string go_peer, go_entry, failure = outcome ? std::string() : outcome.error().message;
   if (cpu_killed && budget.bound != StepBudget::Bound::run) failure = out_of_budget(record, *bundle, budget.bound, rule);
   // The state's size is checked before the lock every resident shares: encoding it is the
@@ -275,32 +280,27 @@ Result<Value> AgentRuntime::agent_host_call(const std::string& id, std::string_v
     }
     return Value{};
   }
-  if (service == "code.require") {
-    std::shared_ptr<const CachedBundle> bundle;
-    std::string home;
-    {
-      std::lock_guard lock(mutex_);
-      auto it = residents_.find(id);
-      if (it != residents_.end()) {
-        bundle = it->second.bundle;
-        home = it->second.record.home;
-      }
-    }
-    Value name = args.get(1);
-    return require_module(name.is_string() ? name.as_string() : std::string(), bundle.get(), home);
-  }
+  // Every service from here on, code.require included, is the policy's to grant.
   const PolicyRule* rule = nullptr;
   std::shared_ptr<RateLimiter> rate;
+  std::shared_ptr<const CachedBundle> bundle;
+  std::string home;
   {
     std::lock_guard lock(mutex_);
     auto it = residents_.find(id);
     if (it != residents_.end()) {
       rule = it->second.rule;
       rate = it->second.rate;
+      bundle = it->second.bundle;
+      home = it->second.record.home;
     }
   }
   if (rule != nullptr && rate) {
     if (auto granted = check_grant(rule, *rate, service); !granted) return granted.error();
+  }
+  if (service == "code.require") {
+    Value name = args.get(1);
+    return require_module(name.is_string() ? name.as_string() : std::string(), bundle.get(), home);
   }
   return impl_.call_from_lua(service, args);
 }
@@ -324,6 +324,7 @@ void AgentRuntime::finish(const std::string& id, const std::string& status, cons
   report.set("result", result.is_table() ? result : Value::table());
   report.set("hops", hops_to_value(record.hops));
   report.set("log", strings_to_value(record.log));
+  report.set("token", record.report_token);  // the home takes reports only from the agent's holder
   notify_home(record.home, "agent.finished", report);
 }
 
@@ -342,10 +343,23 @@ std::uint64_t AgentRuntime::resident_count() {
   return residents_.size();
 }
 
-Result<Value> AgentRuntime::list() {
+std::string AgentRuntime::viewer_of(const PeerIdentity& caller) {
+  if (caller.address == "local") return "local";
+  return caller.authenticated() ? "tls:" + caller.fingerprint : std::string();
+}
+
+bool AgentRuntime::sees_all(const PeerIdentity& caller) const {
+  if (caller.address == "local") return true;
+  return impl_.tls && caller.authenticated() && caller.fingerprint == tls_local_identity(*impl_.tls).fingerprint;
+}
+
+Result<Value> AgentRuntime::list(const PeerIdentity& caller) {
   Value out = Value::table();
+  const bool all = sees_all(caller);
+  const std::string viewer = viewer_of(caller);
   std::lock_guard lock(mutex_);
   for (const auto& [id, res] : residents_) {
+    if (!all && res.record.launcher != viewer) continue;
     Value a = out.new_table();
     a.set("id", id);
     a.set("owner", res.record.owner);

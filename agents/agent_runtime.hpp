@@ -38,8 +38,16 @@ class AgentRuntime : public std::enable_shared_from_this<AgentRuntime> {
 
   // Node API (blocking callers are never on the network thread).
   Result<Value> launch_here(const Value& request, const PeerIdentity& caller);
-  Result<Value> status_of(std::string_view id);
-  Result<Value> list();
+  // What a caller may see (docs/security.md, "Who sees an agent"): this node's own code and
+  // a caller with the node's own TLS identity see every agent; another caller sees the
+  // agents launched with its identity (over TLS, its key's fingerprint; unauthenticated
+  // callers share one anonymous identity). status_of answers no_such_agent otherwise.
+  Result<Value> status_of(std::string_view id, const PeerIdentity& caller);
+  Result<Value> list(const PeerIdentity& caller);
+  // How agent.list/agent.status and AgentRecord::launcher name a caller: "local" for this
+  // node's own code, "tls:FINGERPRINT" over TLS, "" for an unauthenticated peer.
+  static std::string viewer_of(const PeerIdentity& caller);
+  bool sees_all(const PeerIdentity& caller) const;
 
   // code.require from Lua: the module's source for a run whose code came from `origin`
   // (empty: this node only), looking in `bundle` first.
@@ -79,6 +87,12 @@ class AgentRuntime : public std::enable_shared_from_this<AgentRuntime> {
     std::deque<PendingMessage> pending;
     std::set<std::string> message_ids;
     bool forwarding = false;
+    // Who may report it (tracking.cpp, check_reporter): the token the holder of status.epoch
+    // has, the one before it (that holder's retried arrival, whose answer it may have
+    // missed), and over TLS that holder's identity.
+    std::string token, previous_token;
+    std::string holder_fingerprint;
+    std::string launcher;  // AgentRecord::launcher
   };
 
   // agent_runtime.cpp
@@ -96,6 +110,9 @@ class AgentRuntime : public std::enable_shared_from_this<AgentRuntime> {
   Result<const PolicyRule*> admit_code(AgentRecord& record, const CachedBundle& bundle, const PeerIdentity& peer);
   StepBudget step_budget(const AgentRecord& record, const CachedBundle& bundle, const PolicyRule* rule,
                          std::uint64_t hop_spent);
+  // What a step is charged: the larger of the guest's own count and what the host measured
+  // (NodeOptions::instructions_per_cpu_ms).
+  std::uint64_t charged_instructions(const sandbox::AgentOutcome& outcome) const;
   // Charges a step's instructions to the travelling and per-visit budgets (under mutex_).
   static void charge(Resident& resident, std::uint64_t instructions);
   std::string out_of_budget(const AgentRecord& record, const CachedBundle& bundle, StepBudget::Bound bound,
@@ -111,9 +128,12 @@ class AgentRuntime : public std::enable_shared_from_this<AgentRuntime> {
   asio::awaitable<Result<Value>> hand_over(AgentRecord record, std::shared_ptr<const CachedBundle> bundle, std::string peer);
 
   // tracking.cpp
-  void track_launch(const AgentRecord& record);
-  Result<Value> on_arrived(const Value& request);
-  Result<Value> on_finished(const Value& request);
+  void track_launch(AgentRecord& record);  // gives the record its first report token
+  // not_permitted "not permitted: WHAT of agent ID (epoch N) from PEER: WHY" unless the
+  // reporter holds the agent's current epoch (under mutex_).
+  static Result<void> check_reporter(const Tracked& t, const Value& request, const PeerIdentity& caller, const char* what);
+  Result<Value> on_arrived(const Value& request, const PeerIdentity& caller);
+  Result<Value> on_finished(const Value& request, const PeerIdentity& caller);
   Result<Value> on_send(const Value& request);
   Result<Value> on_deliver(const Value& request);
   void notify_home(const std::string& home, std::string service, Value args);

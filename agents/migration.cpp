@@ -60,11 +60,7 @@ Result<Value> AgentRuntime::on_transfer(const Value& request, const PeerIdentity
   if (auto fresh = impl_.replay.check_expiry(static_cast<std::int64_t>(field_u64(request, "expires")), what); !fresh) {
     return fresh.error();
   }
-  const std::string to = field_string(request, "to");
-  if (to != self()) {
-    return make_error(Errc::replayed, "replayed: " + what + " is addressed to " + (to.empty() ? "no node" : to) +
-                                          ", not to this node (" + self() + ")");
-  }
+  if (auto addressed = check_addressed_to(field_string(request, "to"), self(), what); !addressed) return addressed.error();
   {
     std::lock_guard lock(mutex_);
     auto done = commits_.find({record->id, record->epoch});
@@ -84,8 +80,9 @@ Result<Value> AgentRuntime::on_transfer(const Value& request, const PeerIdentity
   if (bytes.is_string()) {
     const std::string& text = bytes.as_string();
     // SAFETY: the string's bytes are read as unsigned bytes of the same size.
-    auto put = cache_.put_encoded(std::span(reinterpret_cast<const std::uint8_t*>(text.data()), text.size()),
-                                  record->bundle_hash);
+    // Checked (signature, policy) below, before it is stored: refused code takes no room here.
+    auto put = cache_.check(std::span(reinterpret_cast<const std::uint8_t*>(text.data()), text.size()),
+                            record->bundle_hash);
     if (!put) return put.error();
     bundle = *put;
   } else {
@@ -100,6 +97,7 @@ Result<Value> AgentRuntime::on_transfer(const Value& request, const PeerIdentity
   auto level = impl_.level_for(record->isolation, *rule);
   if (!level) return level.error();
   record->isolation = *level;
+  bundle = cache_.store(std::move(bundle));
   const std::string id = record->id;
   const std::uint64_t epoch = record->epoch;
   const std::string home = record->home;
@@ -156,7 +154,7 @@ asio::awaitable<Result<Value>> AgentRuntime::hand_over(AgentRecord record, std::
   Value transfer = Value::table();
   transfer.set("record", record_to_value(record));
   // Bound to this destination and this moment: a captured copy is refused elsewhere or later.
-  transfer.set("to", peer);
+  transfer.set("to", destination_for(peer));
   transfer.set("nonce", random_nonce());
   transfer.set("expires", unix_ms_now() + static_cast<std::int64_t>(impl_.options.transfer_lifetime.count()));
   if (answer->get("need_bundle").truthy()) {
@@ -231,7 +229,7 @@ asio::awaitable<void> AgentRuntime::migrate(std::string id, std::string peer, st
   }
   // Nowhere to go: the agent stays here, stopped, and says why.
   const std::string reason = "cannot move agent " + id + " to " + peer + ": " + last_error;
-  std::string home;
+  std::string home, token;
   {
     std::lock_guard lock(mutex_);
     auto it = residents_.find(id);
@@ -239,6 +237,7 @@ asio::awaitable<void> AgentRuntime::migrate(std::string id, std::string peer, st
     it->second.status = "stranded";
     it->second.reason = reason;
     home = it->second.record.home;
+    token = it->second.record.report_token;
   }
   log_warn("agents", impl_.options.name + ": " + reason);
   Value report = Value::table();
@@ -247,6 +246,7 @@ asio::awaitable<void> AgentRuntime::migrate(std::string id, std::string peer, st
   report.set("node", self());
   report.set("status", "stranded");
   report.set("reason", reason);
+  report.set("token", token);  // the home takes reports only from the agent's holder
   notify_home(home, "agent.arrived", report);
 }
 

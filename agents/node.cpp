@@ -165,6 +165,12 @@ Reply Node::Impl::run_eval(const EvalRequest& request, const PeerIdentity& peer)
   std::string signer;
   if (!request.signer.empty()) {
     if (auto good = verify_eval_signature(request); !good) return reply_error(good.error());
+    // Addressed to this node: a copy captured on its way elsewhere does not run here (before
+    // the nonce, which it would otherwise use up).
+    if (auto addressed = check_addressed_to(request.destination, agents->self(), "this signed remote evaluation");
+        !addressed) {
+      return reply_error(addressed.error());
+    }
     if (auto fresh = replay.admit(request.nonce, request.expires_unix_ms, "remote evaluation"); !fresh) {
       return reply_error(fresh.error());
     }
@@ -292,6 +298,7 @@ NodeStats Node::stats() const {
   s.connections_refused = impl_->connections_refused;
   s.bundles_sent = impl_->agents->bundles_sent();
   s.agents_resident = impl_->agents->resident_count();
+  s.bundles_cached = impl_->agents->cache().entries();
   return s;
 }
 

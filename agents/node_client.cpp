@@ -67,6 +67,7 @@ asio::awaitable<Result<EvalResult>> Node::Impl::evaluate_peer(std::string peer, 
   request.args = std::move(args);
   request.limits = eo.limits;
   request.isolation = eo.isolation;
+  request.destination = destination_for(peer);  // signed with the rest: refused at any other node
   if (eo.sign) sign_eval(request, *eo.sign, eo.signature_lifetime);
   std::chrono::milliseconds timeout = eo.timeout.count() > 0 ? eo.timeout : options.request_timeout;
   std::vector<std::uint8_t> payload = encode(request);

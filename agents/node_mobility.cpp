@@ -10,11 +10,12 @@
 namespace sojourn {
 
 Result<Value> NodeHostCalls::call(std::string_view service, const Value& args) {
+  // code.require too: a module from a peer is a service like any other for the policy.
+  if (auto granted = check_grant(rule_, rate_, service); !granted) return granted.error();
   if (service == "code.require") {
     Value name = args.get(1);
     return impl_.agents->require_module(name.is_string() ? name.as_string() : std::string(), bundle_, origin_);
   }
-  if (auto granted = check_grant(rule_, rate_, service); !granted) return granted.error();
   return impl_.call_from_lua(service, args);
 }
 
@@ -95,7 +96,8 @@ Result<std::string> Node::launch(std::string_view at, AgentLaunch agent) {
 Result<AgentStatus> Node::agent_status(std::string_view home, std::string_view agent_id) {
   Result<Value> reply = Value{};
   if (home.empty() || home == advertised_address()) {
-    reply = impl_->agents->status_of(agent_id);
+    static const PeerIdentity local{"local", {}, {}};  // this node's own code sees every agent
+    reply = impl_->agents->status_of(agent_id, local);
   } else {
     reply = call(home, "agent.status", Value::array({Value(agent_id)}));
   }
@@ -138,7 +140,8 @@ Result<std::string> Node::send_to_agent(std::string_view home, std::string_view 
 Result<std::vector<AgentSummary>> Node::list_agents(std::string_view peer) {
   Result<Value> reply = Value{};
   if (peer.empty()) {
-    reply = impl_->agents->list();
+    static const PeerIdentity local{"local", {}, {}};
+    reply = impl_->agents->list(local);
   } else {
     reply = call(peer, "agent.list", Value::table());
   }

@@ -14,9 +14,12 @@ constexpr int kForwardAttempts = 100;
 constexpr std::chrono::milliseconds kForwardPause{100};
 }  // namespace
 
-void AgentRuntime::track_launch(const AgentRecord& record) {
+void AgentRuntime::track_launch(AgentRecord& record) {
   std::lock_guard lock(mutex_);
   Tracked& t = tracked_[record.id];
+  t.token = random_nonce();
+  record.report_token = t.token;
+  t.launcher = record.launcher;
   t.status.id = record.id;
   t.status.home = record.home;
   t.status.owner = record.owner;
@@ -28,7 +31,8 @@ void AgentRuntime::track_launch(const AgentRecord& record) {
 
 void AgentRuntime::notify_home(const std::string& home, std::string service, Value args) {
   if (home == self()) {
-    Result<Value> r = service == "agent.arrived" ? on_arrived(args) : on_finished(args);
+    static const PeerIdentity local{"local", {}, {}};
+    Result<Value> r = service == "agent.arrived" ? on_arrived(args, local) : on_finished(args, local);
     if (!r) log_warn("agents", "home update " + service + " refused: " + r.error().message);
     return;
   }
@@ -51,16 +55,46 @@ asio::awaitable<void> AgentRuntime::report_home(std::string home, std::string se
   }
 }
 
-Result<Value> AgentRuntime::on_arrived(const Value& request) {
+Result<void> AgentRuntime::check_reporter(const Tracked& t, const Value& request, const PeerIdentity& caller,
+                                          const char* what) {
+  const AgentStatus& s = t.status;
+  const std::uint64_t epoch = field_u64(request, "epoch");
+  const std::string token = field_string(request, "token");
+  auto refuse = [&](const std::string& why) {
+    return make_error(Errc::not_permitted, "not permitted: " + std::string(what) + " of agent " + s.id + " (epoch " +
+                                               std::to_string(epoch) + ") from " + caller.to_string() + ": " + why);
+  };
+  // The holder of the current epoch has the current token; the one before it is that
+  // holder's too when the home's answer to its arrival was lost. Anyone else has neither.
+  const bool current = !token.empty() && token == t.token;
+  const bool previous = !token.empty() && token == t.previous_token;
+  if (!current && !previous) return refuse("it does not hold the agent (no valid report token)");
+  if (epoch < s.epoch || (previous && epoch != s.epoch)) {
+    return refuse("the home knows it at epoch " + std::to_string(s.epoch));
+  }
+  // Over TLS, the node that reported this epoch's arrival is the only one to report it again.
+  if (epoch == s.epoch && caller.authenticated() && !t.holder_fingerprint.empty() &&
+      caller.fingerprint != t.holder_fingerprint) {
+    return refuse("epoch " + std::to_string(epoch) + " is held by another node");
+  }
+  return {};
+}
+
+Result<Value> AgentRuntime::on_arrived(const Value& request, const PeerIdentity& caller) {
   const std::string id = field_string(request, "id");
   const std::uint64_t epoch = field_u64(request, "epoch");
   {
     std::lock_guard lock(mutex_);
     auto it = tracked_.find(id);
     if (it == tracked_.end()) return make_error(Errc::no_such_agent, "no such agent: " + id);
-    AgentStatus& s = it->second.status;
+    Tracked& t = it->second;
+    AgentStatus& s = t.status;
     if (s.done()) return Value{};
     const std::string status = field_string(request, "status");
+    if (auto allowed = check_reporter(t, request, caller, status == "stranded" ? "a stranding report" : "an arrival report");
+        !allowed) {
+      return allowed.error();
+    }
     if (status == "stranded") {
       if (epoch >= s.epoch) {
         s.status = "stranded";
@@ -73,7 +107,12 @@ Result<Value> AgentRuntime::on_arrived(const Value& request) {
       auto& q = it->second.pending;
       q.erase(std::remove_if(q.begin(), q.end(), [&](const PendingMessage& m) { return m.id == delivered; }), q.end());
     }
-    if (epoch < s.epoch) return Value{};  // an older report overtaken by a newer one
+    if (epoch > s.epoch) {
+      // A new holder: the token it brought is used up; its own goes back in the answer.
+      t.previous_token = t.token;
+      t.token = random_nonce();
+      t.holder_fingerprint = caller.authenticated() ? caller.fingerprint : std::string();
+    }
     if (epoch > s.epoch || s.hops.empty()) {
       s.hops.push_back(AgentHop{field_string(request, "node"), epoch, unix_ms_now(), 0, field_u64(request, "state_bytes"),
                                 field_string(request, "isolation")});
@@ -93,6 +132,7 @@ Result<Value> AgentRuntime::on_arrived(const Value& request) {
     }
     Value answer = Value::table();
     answer.set("messages", messages);
+    answer.set("token", t.token);
     return answer;
   }
 }
@@ -113,10 +153,12 @@ asio::awaitable<void> AgentRuntime::arrive(std::string id) {
     report.set("state_bytes", static_cast<std::int64_t>(r.hops.empty() ? 0 : r.hops.back().state_bytes));
     report.set("isolation", std::string(isolation_name(r.isolation)));
     report.set("delivered", strings_to_value(r.delivered));
+    report.set("token", r.report_token);
   }
   Result<Value> answer = Value{};
   if (home == self()) {
-    answer = on_arrived(report);
+    static const PeerIdentity local{"local", {}, {}};
+    answer = on_arrived(report, local);
   } else {
     // A short wait at most: an unreachable home must not hold the agent up for long.
     for (int i = 0; i < 3 && !impl_.shutting_down; ++i) {
@@ -128,7 +170,15 @@ asio::awaitable<void> AgentRuntime::arrive(std::string id) {
     }
     if (!answer) log_warn("agents", "agent " + id + ": cannot report the arrival home: " + answer.error().message);
   }
-  if (answer && answer->is_table()) take_messages(id, answer->get("messages"));
+  if (answer && answer->is_table()) {
+    take_messages(id, answer->get("messages"));
+    // The home's token for this epoch: what the next report (or the next holder) shows.
+    if (std::string token = field_string(*answer, "token"); !token.empty()) {
+      std::lock_guard lock(mutex_);
+      auto it = residents_.find(id);
+      if (it != residents_.end() && it->second.record.epoch == field_u64(report, "epoch")) it->second.record.report_token = token;
+    }
+  }
   {
     std::lock_guard lock(mutex_);
     auto it = residents_.find(id);
@@ -154,13 +204,14 @@ void AgentRuntime::take_messages(const std::string& id, const Value& messages) {
   }
 }
 
-Result<Value> AgentRuntime::on_finished(const Value& request) {
+Result<Value> AgentRuntime::on_finished(const Value& request, const PeerIdentity& caller) {
   const std::string id = field_string(request, "id");
   std::lock_guard lock(mutex_);
   auto it = tracked_.find(id);
   if (it == tracked_.end()) return make_error(Errc::no_such_agent, "no such agent: " + id);
   AgentStatus& s = it->second.status;
   if (s.done()) return Value{};  // a repeated report
+  if (auto allowed = check_reporter(it->second, request, caller, "an end report"); !allowed) return allowed.error();
   s.status = field_string(request, "status");
   s.reason = field_string(request, "reason");
   s.result = request.get("result");
@@ -202,6 +253,12 @@ Result<Value> AgentRuntime::on_deliver(const Value& request) {
     return make_error(Errc::no_such_agent, "no such agent: " + id);
   }
   AgentRecord& r = it->second.record;
+  // Only the home forwards: it knows the token of the agent's holder (or the one before, if
+  // this node has not had the home's answer to its arrival yet).
+  const std::string token = field_string(request, "token"), previous = field_string(request, "previous");
+  if (r.report_token.empty() || (r.report_token != token && r.report_token != previous)) {
+    return make_error(Errc::not_permitted, "not permitted: a delivery to agent " + id + " that does not come from its home");
+  }
   if (std::find(r.delivered.begin(), r.delivered.end(), message_id) == r.delivered.end()) {
     r.delivered.push_back(message_id);
     r.mailbox.push_back(request.get("body"));
@@ -227,7 +284,7 @@ asio::awaitable<void> AgentRuntime::forward_messages(std::string id) {
   auto keep = shared_from_this();
   int failures = 0;
   while (!impl_.shutting_down) {
-    std::string location;
+    std::string location, token, previous;
     PendingMessage message;
     {
       std::lock_guard lock(mutex_);
@@ -238,8 +295,12 @@ asio::awaitable<void> AgentRuntime::forward_messages(std::string id) {
       }
       location = t.status.location;
       message = t.pending.front();
+      token = t.token;
+      previous = t.previous_token;
     }
     Value deliver = Value::table();
+    deliver.set("token", token);
+    deliver.set("previous", previous);
     deliver.set("id", id);
     deliver.set("message_id", message.id);
     deliver.set("body", message.body);
@@ -266,10 +327,15 @@ asio::awaitable<void> AgentRuntime::forward_messages(std::string id) {
   tracked_[id].forwarding = false;
 }
 
-Result<Value> AgentRuntime::status_of(std::string_view id) {
+Result<Value> AgentRuntime::status_of(std::string_view id, const PeerIdentity& caller) {
+  const bool all = sees_all(caller);
+  const std::string viewer = viewer_of(caller);
   std::lock_guard lock(mutex_);
   auto it = tracked_.find(std::string(id));
-  if (it == tracked_.end()) return make_error(Errc::no_such_agent, "no such agent: " + std::string(id));
+  // An agent the caller may not see answers as one that does not exist.
+  if (it == tracked_.end() || (!all && it->second.launcher != viewer)) {
+    return make_error(Errc::no_such_agent, "no such agent: " + std::string(id));
+  }
   Value v = to_value(it->second.status);
   v.set("pending_messages", static_cast<std::int64_t>(it->second.pending.size()));
   return v;

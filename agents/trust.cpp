@@ -5,6 +5,14 @@
 
 namespace sojourn {
 
+std::string destination_for(std::string_view dialed) { return std::string(dialed); }
+
+Result<void> check_addressed_to(std::string_view to, std::string_view self, const std::string& what) {
+  if (!to.empty() && to == self) return {};
+  return make_error(Errc::replayed, "replayed: " + what + " is addressed to " + (to.empty() ? std::string("no node") : std::string(to)) +
+                                        ", not to this node (" + std::string(self) + ")");
+}
+
 Result<void> ReplayGuard::check_expiry(std::int64_t expires_unix_ms, const std::string& what) const {
   const std::int64_t now = unix_ms_now();
   if (expires_unix_ms <= now) {

@@ -38,6 +38,14 @@ class ReplayGuard {
   std::int64_t next_prune_ = 0;
 };
 
+// One notion of "the node a message is addressed to", shared by agent TRANSFERs and signed
+// remote evaluations: the sender names the destination as it dials it, the receiver compares
+// that name with the address it advertises. Changing what names a node changes both here.
+std::string destination_for(std::string_view dialed);
+// replayed "replayed: WHAT is addressed to TO, not to this node (SELF)" ("no node" for an
+// empty TO): a message bound to another node, or to none, is refused before it is used.
+Result<void> check_addressed_to(std::string_view to, std::string_view self, const std::string& what);
+
 // At most `per_second` events in any one-second window (0: no limit). Thread-safe.
 class RateLimiter {
  public:

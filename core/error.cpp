@@ -53,6 +53,7 @@ std::string_view errc_name(Errc code) noexcept {
     case Errc::quota_raised: return "quota_raised";
     case Errc::replayed: return "replayed";
     case Errc::expired: return "expired";
+    case Errc::not_permitted: return "not_permitted";
     case Errc::kvm_unavailable: return "kvm_unavailable";
     case Errc::bad_elf: return "bad_elf";
     case Errc::guest_memory: return "guest_memory";

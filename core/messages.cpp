@@ -272,6 +272,7 @@ void wire::write_eval_fields(Writer& w, const EvalRequest& m, bool with_signatur
   write_value(w, m.args);
   write_limits(w, m.limits);
   w.u8(static_cast<std::uint8_t>(m.isolation));
+  w.string(m.destination);
   w.string(m.signer);
   if (with_signature) w.string(m.signature);
   w.string(m.nonce);
@@ -323,6 +324,7 @@ Result<EvalRequest> decode_eval(std::span<const std::uint8_t> bytes) {
     m.args = wire::read_value(r);
     m.limits = wire::read_limits(r);
     m.isolation = read_isolation(r);
+    m.destination = r.string();
     m.signer = r.string();
     m.signature = r.string();
     m.nonce = r.string();

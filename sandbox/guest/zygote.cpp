@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdlib>
 #include <cstdint>
 #include <cstring>
 #include <string>
@@ -237,6 +238,11 @@ class Zygote {
 
 }  // namespace
 
-int run_zygote(int control_fd, bool namespaces) { return Zygote(control_fd, namespaces).run(); }
+int run_zygote(int control_fd, bool namespaces) {
+  // The host starts the zygote with an empty environment; however it was started, the
+  // guests forked from it get none (getenv in a guest finds nothing).
+  ::clearenv();
+  return Zygote(control_fd, namespaces).run();
+}
 
 }  // namespace sojourn::sandbox::guest

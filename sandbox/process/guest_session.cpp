@@ -213,7 +213,12 @@ Result<std::vector<std::uint8_t>> run_in_guest(ZygoteLink& zygote, const RunInpu
   if (talk.done) {
     // The guest exits by itself after its answer; the kill makes sure none outlives its run.
     kill();
-    zygote.forget(guest->id);
+    if (options.guest_cpu_us != nullptr) {
+      std::optional<channel::Exited> exited = zygote.wait_exit(guest->id, Clock::now() + kExitReportWait);
+      *options.guest_cpu_us = exited ? exited->cpu_us : 0;
+    } else {
+      zygote.forget(guest->id);
+    }
     return std::move(*talk.done);
   }
   if (talk.broke) {

@@ -21,6 +21,10 @@ struct SessionCounters {
 
 struct SessionOptions {
   std::uint32_t kill_grace_ms = 50;
+  // When set: after a guest's answer, the host waits for the zygote's report of its end and
+  // stores the CPU time the kernel measured for it (0 when no report came): what an agent
+  // step is charged, whatever the guest says it ran.
+  std::uint64_t* guest_cpu_us = nullptr;
 };
 
 // The exchange with a guest whose channel is `channel`, whatever started it (the zygote,

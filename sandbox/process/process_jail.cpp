@@ -108,20 +108,24 @@ class ProcessJail::Impl {
   Result<AgentOutcome> run_agent(const RunInput& input, const AgentInput& agent, HostCalls* host) {
     if (Result<void> ok = check_run_input(input); !ok) return ok.error();
     channel::AgentRequest request{make_run_request(input, host), std::string(agent.entry), agent.state, agent.info};
-    Result<std::vector<std::uint8_t>> done = in_guest(input, channel::encode_frame(request), channel::Kind::agent_done, host);
+    std::uint64_t cpu_us = 0;  // measured by the kernel, not reported by the guest
+    Result<std::vector<std::uint8_t>> done =
+        in_guest(input, channel::encode_frame(request), channel::Kind::agent_done, host, &cpu_us);
     if (!done) return done.error();
-    return agent_outcome(*done);
+    Result<AgentOutcome> outcome = agent_outcome(*done);
+    if (outcome) outcome->host_cpu_us = cpu_us;
+    return outcome;
   }
 
   Result<std::vector<std::uint8_t>> in_guest(const RunInput& input, const std::vector<std::uint8_t>& request,
-                                             channel::Kind done, HostCalls* host) {
+                                             channel::Kind done, HostCalls* host, std::uint64_t* cpu_us = nullptr) {
     // A zygote that died since the last run is only noticed when a spawn fails: no guest
     // ran, so the run is tried once more on a new zygote.
     for (int attempt = 0;; ++attempt) {
       Result<std::shared_ptr<ZygoteLink>> link = zygote();
       if (!link) return link.error();
       const std::uint64_t started = counters_.guests_started.load();
-      auto result = run_in_guest(**link, input, request, done, host, SessionOptions{options_.kill_grace_ms}, counters_);
+      auto result = run_in_guest(**link, input, request, done, host, SessionOptions{options_.kill_grace_ms, cpu_us}, counters_);
       if (result || attempt > 0 || (*link)->alive() || counters_.guests_started.load() != started) return result;
     }
   }

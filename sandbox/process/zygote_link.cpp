@@ -17,7 +17,6 @@
 
 #include "sojourn/core/log.hpp"
 
-extern char** environ;
 
 namespace sojourn::sandbox {
 
@@ -88,7 +87,10 @@ Result<std::shared_ptr<ZygoteLink>> ZygoteLink::start(const std::string& guest_p
   for (auto& a : args) argv.push_back(a.data());
   argv.push_back(nullptr);
   pid_t pid = 0;
-  const int rc = ::posix_spawn(&pid, guest_path.c_str(), &actions, nullptr, argv.data(), environ);
+  // An empty environment: the node's (paths, tokens, settings) is none of a guest's business,
+  // and every guest is a fork of the zygote.
+  char* empty_environment[] = {nullptr};
+  const int rc = ::posix_spawn(&pid, guest_path.c_str(), &actions, nullptr, argv.data(), empty_environment);
   posix_spawn_file_actions_destroy(&actions);
   theirs.reset();
   if (rc != 0) return unavailable("cannot start " + guest_path + ": " + std::strerror(rc));

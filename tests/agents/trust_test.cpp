@@ -416,20 +416,23 @@ end)", {"start", "visit"});
 }
 
 TEST_CASE("a captured signed REV replayed is refused: at once as a replay, later as expired") {
+  test::TcpRecorder wire;  // on the path to the server: the address clients dial and sign for
+  const std::string via = "127.0.0.1:" + std::to_string(wire.port());
   NodeOptions so;
   so.name = "server";
   so.max_message_lifetime = 5s;
+  so.advertise = via;
   Node server(so);
   auto bound = server.listen("127.0.0.1:0");
   REQUIRE(bound.ok());
-  test::TcpRecorder wire(port_of(*bound));
+  wire.forward_to(port_of(*bound));
   auto client = start_node("client");
   auto author = new_key();
   EvalOptions signed_eval;
   signed_eval.sign = author;
   signed_eval.signature_lifetime = 400ms;
   const char* count = "node.call('kv.put', 'runs', (node.call('kv.get', 'runs') or 0) + 1) return 'ran'";
-  auto first = client->eval("127.0.0.1:" + std::to_string(wire.port()), count, Value::table(), signed_eval);
+  auto first = client->eval(via, count, Value::table(), signed_eval);
   REQUIRE(first.ok());
   auto eval = captured_frame(wire.client_bytes(), [](const Frame& f) { return f.header.kind == FrameKind::eval; });
   REQUIRE(eval.has_value());
@@ -447,7 +450,7 @@ TEST_CASE("a captured signed REV replayed is refused: at once as a replay, later
 
   // An expiry further ahead than the node remembers nonces is refused too.
   signed_eval.signature_lifetime = 1h;
-  auto far = client->eval(*bound, "return 1", Value::table(), signed_eval);
+  auto far = client->eval(via, "return 1", Value::table(), signed_eval);
   REQUIRE_FALSE(far.ok());
   CHECK(far.error().code == Errc::expired);
   CHECK(far.error().message.find("more than this node's limit of 5000 ms") != std::string::npos);

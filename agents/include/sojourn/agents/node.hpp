@@ -75,6 +75,16 @@ struct NodeOptions {
 
   // Where fetched and received bundles are kept across restarts; empty: memory only.
   std::string code_cache_dir;
+  // The code cache's bound: bundles (and bytes of their encodings) kept, in memory and in
+  // code_cache_dir; past either, the least recently used bundle goes (published modules
+  // stay). A bundle from a peer is stored only after its signature and the policy passed.
+  std::size_t code_cache_max_bytes = 64u << 20;
+  std::size_t code_cache_max_entries = 1024;
+  // How an agent step's host-measured CPU time (the process jail's guest, which counts its
+  // own instructions) turns into instructions of its budgets: a step is charged the larger
+  // of the guest's count and this many per CPU millisecond the kernel saw it use, so a guest
+  // that under-reports is still charged. 0: the guest's count alone.
+  std::uint64_t instructions_per_cpu_ms = 10'000;
   // Hops an agent may make when neither launch nor its bundle says.
   std::uint32_t default_max_hops = 64;
   // A hand-over that fails for a network reason is retried this many times per
@@ -124,6 +134,7 @@ struct NodeStats {
   std::uint64_t bundles_sent = 0;     // code.fetch answers and transfers that carried code
   std::uint64_t agents_resident = 0;
   std::uint64_t connections_refused = 0;  // TLS handshakes that failed (untrusted peer, or it refused us)
+  std::uint64_t bundles_cached = 0;       // bundles in the code cache now
 };
 
 class Node {

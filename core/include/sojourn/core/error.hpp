@@ -73,6 +73,7 @@ enum class Errc : std::uint16_t {
   quota_raised = 96,         // "agent ID claims ..., above the ... its owner signed" (a node tried to raise a quota)
   replayed = 97,             // "replayed: ..." (a signed request or transfer seen before)
   expired = 98,              // "expired: ..." (a signed request or transfer past its expiry time)
+  not_permitted = 99,        // "not permitted: ..." (an agent report from a node that does not hold the agent)
   // the microVM monitor (sandbox/kvm); 100-119 are reserved for it
   kvm_unavailable = 100,     // "KVM unavailable: ..." (no /dev/kvm, wrong API version, missing capability)
   bad_elf = 101,             // "bad guest ELF: ..." (the guest executable cannot be loaded as it is)

@@ -13,7 +13,7 @@
 namespace sojourn {
 
 inline constexpr std::uint32_t kFrameMagic = 0x4E524A53;  // bytes "SJRN" on the wire
-inline constexpr std::uint8_t kProtocolVersion = 1;
+inline constexpr std::uint8_t kProtocolVersion = 2;  // 2: an eval names its destination
 inline constexpr std::size_t kFrameHeaderSize = 20;
 inline constexpr std::uint32_t kDefaultMaxPayload = 16u << 20;  // 16 MiB
 

@@ -43,6 +43,10 @@ struct EvalRequest {
   Value args;              // array table, passed to the chunk as `...`
   Limits limits;
   Isolation isolation = Isolation::trusted;
+  // The node the request is addressed to, as the client names it (the address it dials;
+  // agents' destination_for). Signed with the rest: a captured signed request is refused
+  // at any other node. Empty: addressed to no node in particular (unsigned requests).
+  std::string destination;
   // A signed request (core/signature.hpp, sign_eval): the author's raw Ed25519 public key,
   // a nonce and an expiry, and the signature over all of the above. Empty signer: unsigned.
   std::string signer;

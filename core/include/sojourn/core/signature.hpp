@@ -95,8 +95,8 @@ class SignatureCache {
 };
 
 // Remote evaluations. A signed EvalRequest carries its signer's key, a random nonce and an
-// expiry time; the signature covers the chunk, its name, args, limits, isolation, nonce and
-// expiry. sign_eval fills those fields (expiry = now + ttl).
+// expiry time; the signature covers the chunk, its name, args, limits, isolation, destination
+// node, nonce and expiry. sign_eval fills those fields (expiry = now + ttl).
 std::vector<std::uint8_t> eval_signing_message(const EvalRequest& request);
 void sign_eval(EvalRequest& request, const SigningKey& key, std::chrono::milliseconds ttl);
 // verify_signature's errors for a signed request; ok for an unsigned one (no signer).

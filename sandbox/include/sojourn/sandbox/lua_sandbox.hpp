@@ -73,6 +73,10 @@ struct AgentOutcome {
   // Lua instructions the step ran (to the count hook's granularity): what a travelling
   // CPU budget is charged.
   std::uint64_t instructions = 0;
+  // The step's CPU time as the host measured it, where the count above comes from the guest
+  // (the process jail: the kernel's account of the guest process); 0 where the host counts
+  // the instructions itself (the trusted level) or has no measure.
+  std::uint64_t host_cpu_us = 0;
 };
 
 // Errors are those of run_lua, plus lua_error "Lua error: agent entry point 'NAME' is not a

@@ -1,0 +1,368 @@
+// Hardening of trust between nodes (issue 11, items 3, 4 and 9): signed evaluations bound to
+// their destination, agent reports only from the node holding the agent, what agent.list and
+// agent.status show a caller, the code cache's check-then-store and bound, code.require under
+// the policy, and host-measured CPU.
+#include <doctest/doctest.h>
+
+#include <unistd.h>
+
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
+#include <memory>
+#include <thread>
+
+#include "sojourn/agents/node.hpp"
+#include "sojourn/agents/policy.hpp"
+#include "sojourn/core/frame.hpp"
+#include "sojourn/core/signature.hpp"
+#include "support/cluster.hpp"
+#include "support/raw_socket.hpp"
+
+using namespace sojourn;
+using namespace std::chrono_literals;
+
+namespace {
+
+std::uint16_t port_of(const std::string& address) {
+  return static_cast<std::uint16_t>(std::stoi(address.substr(address.rfind(':') + 1)));
+}
+
+std::shared_ptr<const SigningKey> new_key() {
+  auto key = SigningKey::generate();
+  REQUIRE(key.ok());
+  return std::make_shared<const SigningKey>(std::move(*key));
+}
+
+std::shared_ptr<const Policy> policy_from(const std::string& json) {
+  auto p = Policy::parse(json);
+  if (!p) FAIL(p.error().message);
+  return std::make_shared<const Policy>(std::move(*p));
+}
+
+std::unique_ptr<Node> start_node(const std::string& name, std::function<void(NodeOptions&)> tweak = {}) {
+  NodeOptions o;
+  o.name = name;
+  o.retry_backoff = 10ms;
+  if (tweak) tweak(o);
+  auto node = std::make_unique<Node>(o);
+  REQUIRE(node->listen("127.0.0.1:0").ok());
+  return node;
+}
+
+// Sends one hand-made frame on a new connection; returns the node's reply.
+Reply send_frame(const std::string& address, FrameKind kind, const std::vector<std::uint8_t>& payload) {
+  test::RawSocket socket(port_of(address));
+  REQUIRE(socket.connected());
+  REQUIRE(socket.send(encode_frame(kind, 1, payload)));
+  FrameDecoder decoder;
+  for (int i = 0; i < 200 && decoder.frames().empty(); ++i) REQUIRE(decoder.feed(socket.read_until_closed(20)).ok());
+  REQUIRE(decoder.frames().size() == 1);
+  auto reply = decode_reply(decoder.frames()[0].payload);
+  REQUIRE(reply.ok());
+  return *reply;
+}
+
+}  // namespace
+
+TEST_CASE("a signed evaluation names its destination inside the signed bytes") {
+  auto key = new_key();
+  EvalRequest e;
+  e.source = "return 1";
+  e.destination = "127.0.0.1:7001";
+  sign_eval(e, *key, 30s);
+  auto decoded = decode_eval(encode(e));
+  REQUIRE(decoded.ok());
+  CHECK(decoded->destination == "127.0.0.1:7001");
+  CHECK(verify_eval_signature(*decoded).ok());
+  decoded->destination = "127.0.0.1:7002";
+  auto moved = verify_eval_signature(*decoded);
+  REQUIRE_FALSE(moved.ok());
+  CHECK(moved.error().code == Errc::bad_signature);
+}
+
+TEST_CASE("a signed evaluation captured on its way to one node is refused at another, and still runs at the first") {
+  auto key = new_key();
+  auto a = start_node("a");
+  auto b = start_node("b");
+  EvalRequest request;
+  request.source = "return 41 + 1";
+  request.destination = a->advertised_address();  // what Node::eval puts there when it dials a
+  sign_eval(request, *key, 30s);
+  const std::vector<std::uint8_t> bytes = encode(request);
+
+  Reply at_b = send_frame(b->advertised_address(), FrameKind::eval, bytes);
+  CHECK(at_b.code == Errc::replayed);
+  CHECK(at_b.message == "replayed: this signed remote evaluation is addressed to " + a->advertised_address() +
+                            ", not to this node (" + b->advertised_address() + ")");
+  Reply at_a = send_frame(a->advertised_address(), FrameKind::eval, bytes);
+  REQUIRE(at_a.code == Errc::ok);
+  CHECK(at_a.result.get(1).as_integer() == 42);
+
+  // A signed request addressed to no node is refused too.
+  EvalRequest nowhere;
+  nowhere.source = "return 1";
+  sign_eval(nowhere, *key, 30s);
+  Reply r = send_frame(a->advertised_address(), FrameKind::eval, encode(nowhere));
+  CHECK(r.code == Errc::replayed);
+  CHECK(r.message == "replayed: this signed remote evaluation is addressed to no node, not to this node (" +
+                         a->advertised_address() + ")");
+
+  // Node::eval fills the destination with the address it dials.
+  auto client = start_node("client");
+  EvalOptions signed_eval;
+  signed_eval.sign = key;
+  auto ran = client->eval(b->advertised_address(), "return 7", Value::table(), signed_eval);
+  REQUIRE(ran.ok());
+  CHECK(ran->get(1).as_integer() == 7);
+}
+
+namespace {
+
+// An agent that goes to its first stop and waits there for one message, which it returns.
+constexpr const char* kParker = R"(local M = {}
+function M.start(s)
+  if agent.itinerary[1] then agent.go(agent.itinerary[1], "park") end
+  return M.park(s)
+end
+function M.park(s)
+  local m = agent.receive()
+  if m == nil then agent.wait("park") end
+  return m
+end
+return M)";
+
+Bundle bundle_of(const std::string& name, const std::string& source) {
+  auto b = single_file_bundle(name, source, {"start", "park"});
+  REQUIRE(b.ok());
+  return *b;
+}
+
+// Waits until `node` has an agent resident and asleep.
+void wait_parked(Node& node, const std::string& id) {
+  for (int i = 0; i < 500; ++i) {
+    auto list = node.list_agents();
+    REQUIRE(list.ok());
+    for (const auto& a : *list) {
+      if (a.id == id && a.status == "waiting for a message") return;
+    }
+    std::this_thread::sleep_for(10ms);
+  }
+  FAIL("agent " << id << " never parked");
+}
+
+bool starts_with(const std::string& s, const std::string& p) { return s.rfind(p, 0) == 0; }
+bool ends_with(const std::string& s, const std::string& p) {
+  return s.size() >= p.size() && s.compare(s.size() - p.size(), p.size(), p) == 0;
+}
+
+}  // namespace
+
+TEST_CASE("reports about an agent from a peer that does not hold it are refused at its home, and the real result is kept") {
+  test::Cluster c(3);
+  AgentLaunch l;
+  l.bundle = bundle_of("parker", kParker);
+  l.itinerary = {c.addr[1]};
+  auto id = c[0].launch(c.addr[0], l);
+  REQUIRE(id.ok());
+  wait_parked(c[1], *id);
+
+  // n2 never held the agent: its end report, its arrival report and a stranding are refused.
+  Value forged = Value::table();
+  forged.set("id", *id);
+  forged.set("epoch", 1);
+  forged.set("node", c.addr[2]);
+  forged.set("status", "finished");
+  forged.set("result", Value::array({"forged"}));
+  auto finished = c[2].call(c.addr[0], "agent.finished", Value::array({forged}));
+  REQUIRE_FALSE(finished.ok());
+  CHECK(finished.error().code == Errc::not_permitted);
+  CHECK(starts_with(finished.error().message, "not permitted: an end report of agent " + *id + " (epoch 1) from 127.0.0.1:"));
+  CHECK(ends_with(finished.error().message, ": it does not hold the agent (no valid report token)"));
+  forged.set("epoch", 7);
+  forged.set("token", std::string(32, '0'));
+  forged.set("status", "running");
+  auto arrived = c[2].call(c.addr[0], "agent.arrived", Value::array({forged}));
+  REQUIRE_FALSE(arrived.ok());
+  CHECK(arrived.error().code == Errc::not_permitted);
+  forged.set("status", "stranded");
+  auto stranded = c[2].call(c.addr[0], "agent.arrived", Value::array({forged}));
+  REQUIRE_FALSE(stranded.ok());
+  CHECK(stranded.error().code == Errc::not_permitted);
+  // Nor may it slip a message to the agent past its home.
+  Value deliver = Value::table();
+  deliver.set("id", *id);
+  deliver.set("message_id", std::string(32, 'f'));
+  deliver.set("body", "forged");
+  auto delivered = c[2].call(c.addr[1], "agent.deliver", Value::array({deliver}));
+  REQUIRE_FALSE(delivered.ok());
+  CHECK(delivered.error().code == Errc::not_permitted);
+  CHECK(delivered.error().message == "not permitted: a delivery to agent " + *id + " that does not come from its home");
+
+  auto status = c[0].agent_status(c.addr[0], *id);
+  REQUIRE(status.ok());
+  CHECK(status->status == "running");
+  CHECK(status->location == c.addr[1]);
+  REQUIRE(c[0].send_to_agent(c.addr[0], *id, Value("real")).ok());
+  auto s = c[0].wait_agent(c.addr[0], *id, 10s);
+  REQUIRE(s.ok());
+  CHECK(s->status == "finished");
+  CHECK(s->result.get(1).as_string() == "real");
+  CHECK(s->location == c.addr[1]);
+}
+
+TEST_CASE("agent.list and agent.status show a peer only the agents it launched; the node itself sees all") {
+  auto home = start_node("home");
+  auto client = start_node("client");
+  AgentLaunch l;
+  l.bundle = bundle_of("parker", kParker);
+  auto mine = client->launch(home->advertised_address(), l);  // launched by an unauthenticated peer
+  REQUIRE(mine.ok());
+  auto local = home->launch(home->advertised_address(), l);  // launched by the node itself
+  REQUIRE(local.ok());
+  wait_parked(*home, *mine);
+  wait_parked(*home, *local);
+
+  auto all = home->list_agents();
+  REQUIRE(all.ok());
+  CHECK(all->size() == 2);
+  auto seen = client->list_agents(home->advertised_address());
+  REQUIRE(seen.ok());
+  REQUIRE(seen->size() == 1);
+  CHECK(seen->front().id == *mine);
+  CHECK(client->agent_status(home->advertised_address(), *mine).ok());
+  auto hidden = client->agent_status(home->advertised_address(), *local);
+  REQUIRE_FALSE(hidden.ok());
+  CHECK(hidden.error().code == Errc::no_such_agent);
+  CHECK(hidden.error().message == "no such agent: " + *local);
+  CHECK(home->agent_status(home->advertised_address(), *local).ok());
+}
+
+TEST_CASE("a bundle that fails its signature or the policy never enters the code cache") {
+  auto alice = new_key();
+  auto strict = start_node("strict", [&](NodeOptions& o) {
+    o.policy = policy_from(R"({"keys": {"alice": ")" + alice->fingerprint() +
+                           R"("}, "rules": [{"signer": "alice", "isolation": ["process"]}]})");
+  });
+  auto client = start_node("client");
+  AgentLaunch l;
+  l.bundle = bundle_of("parker", kParker);
+  auto refused = client->launch(strict->advertised_address(), l);  // unsigned: the default rule refuses it
+  REQUIRE_FALSE(refused.ok());
+  CHECK(refused.error().code == Errc::policy_refused);
+  auto mallory = new_key();
+  l.sign = mallory;  // signed, but by a key the policy does not know: the default rule again
+  CHECK_FALSE(client->launch(strict->advertised_address(), l).ok());
+  CHECK(strict->stats().bundles_cached == 0);
+  // The node still asks for the bundle: it was never kept.
+  Value offer = Value::table();
+  offer.set("id", std::string(32, 'a'));
+  offer.set("epoch", 1);
+  offer.set("bundle", bundle_hash(l.bundle));
+  auto answer = client->call(strict->advertised_address(), "agent.offer", Value::array({offer}));
+  REQUIRE(answer.ok());
+  CHECK(answer->get("need_bundle").truthy());
+  // Signed by alice: admitted, and kept.
+  l.sign = alice;
+  REQUIRE(client->launch(strict->advertised_address(), l).ok());
+  CHECK(strict->stats().bundles_cached == 1);
+}
+
+TEST_CASE("the code cache keeps at most its bound of bundles and bytes; published modules stay") {
+  auto node = start_node("bounded", [](NodeOptions& o) { o.code_cache_max_entries = 2; });
+  auto client = start_node("client");
+  for (int i = 0; i < 5; ++i) {
+    AgentLaunch l;
+    l.bundle = bundle_of("agent" + std::to_string(i), "return {start = function() return " + std::to_string(i) + " end}");
+    auto id = client->launch(node->advertised_address(), l);
+    REQUIRE(id.ok());
+    CHECK(node->stats().bundles_cached <= 2);
+  }
+  CHECK(node->stats().bundles_cached == 2);
+
+  auto tiny = start_node("tiny", [](NodeOptions& o) { o.code_cache_max_bytes = 1; });
+  REQUIRE(tiny->publish("lib", "return {answer = 42}").ok());
+  AgentLaunch l;
+  l.bundle = bundle_of("visitor", "return {start = function() return 1 end}");
+  REQUIRE(client->launch(tiny->advertised_address(), l).ok());
+  CHECK(tiny->stats().bundles_cached == 1);  // the published module alone
+  auto fetched = client->fetch(tiny->advertised_address(), "lib");
+  CHECK(fetched.ok());
+}
+
+TEST_CASE("code.require goes through the policy's grants like any service") {
+  auto node = start_node("granting", [](NodeOptions& o) {
+    o.policy = policy_from(R"({"rules": [{"isolation": ["process"], "services": ["kv.get"]}]})");
+  });
+  REQUIRE(node->publish("lib", "return {answer = 42}").ok());
+  auto client = start_node("client");
+  auto r = client->eval(node->advertised_address(), "return require_remote('lib').answer");
+  REQUIRE_FALSE(r.ok());
+  CHECK(r.error().message.find("service code.require is not granted to this code by the node's policy") != std::string::npos);
+  auto granted = start_node("granted", [](NodeOptions& o) {
+    o.policy = policy_from(R"({"rules": [{"isolation": ["process"], "services": ["code.require"]}]})");
+  });
+  REQUIRE(granted->publish("lib", "return {answer = 42}").ok());
+  auto ok = client->eval(granted->advertised_address(), "return require_remote('lib').answer");
+  REQUIRE(ok.ok());
+  CHECK(ok->get(1).as_integer() == 42);
+}
+
+TEST_CASE("an agent step in the process jail is charged the CPU the host measured, not only what the guest counted") {
+  // At an absurd rate any measured CPU time is worth more than the budget: the first step
+  // spends it all, whatever the guest reports.
+  test::Cluster c(2, [](int, NodeOptions& o) {
+    o.peer_isolation = Isolation::process;
+    o.instructions_per_cpu_ms = 1'000'000'000;
+  });
+  auto bundle = single_file_bundle("burner", test::kBurner, {"start", "hop"});
+  REQUIRE(bundle.ok());
+  bundle->manifest.cpu_budget = 150'000;  // two honest steps of ~60,000 fit
+  AgentLaunch l;
+  l.bundle = *bundle;
+  l.itinerary = {c.addr[1], c.addr[0]};
+  auto id = c[0].launch(c.addr[0], l);
+  REQUIRE(id.ok());
+  auto s = c[0].wait_agent(c.addr[0], *id, 20s);
+  REQUIRE(s.ok());
+  CHECK(s->status == "failed");
+  CHECK(s->reason == "agent " + *id + " ran out of its CPU budget of 150000 instructions (at " + c.addr[1] + ")");
+}
+
+namespace {
+
+// The contents of /proc/PID/FILE.
+std::string proc_file(const std::string& pid, const char* file) {
+  std::ifstream in("/proc/" + pid + "/" + file, std::ios::binary);
+  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+}
+
+}  // namespace
+
+TEST_CASE("the process jail's zygote, and so every guest forked from it, has an empty environment") {
+  REQUIRE(::setenv("SOJOURN_HARDENING_SECRET", "must-not-reach-guests", 1) == 0);
+  auto node = start_node("jailing", [](NodeOptions& o) { o.peer_isolation = Isolation::process; });
+  auto client = start_node("client");
+  auto r = client->evaluate(node->advertised_address(), "return 1");
+  REQUIRE(r.ok());
+  REQUIRE(r->isolation == Isolation::process);
+  int zygotes = 0;
+  const std::string self = std::to_string(::getpid());
+  for (const auto& entry : std::filesystem::directory_iterator("/proc")) {
+    const std::string pid = entry.path().filename().string();
+    if (pid.find_first_not_of("0123456789") != std::string::npos) continue;
+    const std::string stat = proc_file(pid, "stat");
+    const auto close = stat.rfind(')');
+    if (close == std::string::npos) continue;
+    // Field 4 (after the name and the state) is the parent's pid.
+    std::string rest = stat.substr(close + 2);
+    rest = rest.substr(rest.find(' ') + 1);
+    if (rest.substr(0, rest.find(' ')) != self) continue;
+    if (proc_file(pid, "cmdline").find("--zygote") == std::string::npos) continue;
+    ++zygotes;
+    CHECK(proc_file(pid, "environ").empty());
+  }
+  CHECK(zygotes >= 1);
+  ::unsetenv("SOJOURN_HARDENING_SECRET");
+}
