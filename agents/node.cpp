@@ -37,7 +37,7 @@ asio::awaitable<std::invoke_result_t<F>> on_workers(asio::thread_pool& pool, F f
 }  // namespace
 
 Node::Impl::Impl(NodeOptions o)
-    : options(std::move(o)), workers(std::max<std::size_t>(1, options.worker_threads)), replay(options.max_message_lifetime) {
+    : options(std::move(o)), workers(std::max<std::size_t>(1, options.worker_threads)), replay(options.max_message_lifetime, options.expiry_clock) {
   if (options.tls.enabled()) {
     auto context = make_tls_context(options.tls);
     if (context) {

@@ -13,8 +13,10 @@ Result<void> check_addressed_to(std::string_view to, std::string_view self, cons
                                         ", not to this node (" + std::string(self) + ")");
 }
 
+std::int64_t ReplayGuard::now_ms() const { return clock_ ? clock_() : unix_ms_now(); }
+
 Result<void> ReplayGuard::check_expiry(std::int64_t expires_unix_ms, const std::string& what) const {
-  const std::int64_t now = unix_ms_now();
+  const std::int64_t now = now_ms();
   if (expires_unix_ms <= now) {
     return make_error(Errc::expired, "expired: " + what + " expired " + std::to_string(now - expires_unix_ms) + " ms ago");
   }
@@ -28,7 +30,7 @@ Result<void> ReplayGuard::check_expiry(std::int64_t expires_unix_ms, const std::
 Result<void> ReplayGuard::admit(std::string_view nonce, std::int64_t expires_unix_ms, const std::string& what) {
   if (nonce.empty()) return make_error(Errc::invalid_argument, "invalid argument: " + what + " has no nonce");
   if (auto fresh = check_expiry(expires_unix_ms, what); !fresh) return fresh;
-  const std::int64_t now = unix_ms_now();
+  const std::int64_t now = now_ms();
   std::lock_guard lock(mutex_);
   if (now >= next_prune_) {
     // Expired nonces can be forgotten: their messages are refused by their expiry now.

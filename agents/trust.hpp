@@ -4,10 +4,12 @@
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <mutex>
 #include <string>
 #include <string_view>
 #include <unordered_map>
+#include <utility>
 
 #include "sojourn/core/error.hpp"
 
@@ -19,7 +21,9 @@ class ReplayGuard {
  public:
   // Expiry times further ahead than this are refused: the guard would have to remember
   // their nonces that long.
-  explicit ReplayGuard(std::chrono::milliseconds max_lifetime) : max_lifetime_(max_lifetime) {}
+  // `clock` gives the time expiries are checked against, in Unix ms (empty: the system clock).
+  explicit ReplayGuard(std::chrono::milliseconds max_lifetime, std::function<std::int64_t()> clock = {})
+      : max_lifetime_(max_lifetime), clock_(std::move(clock)) {}
 
   // Errors, WHAT naming the message (e.g. "remote evaluation"):
   //   expired  "expired: WHAT expired N ms ago"
@@ -32,7 +36,10 @@ class ReplayGuard {
   std::size_t remembered();
 
  private:
+  std::int64_t now_ms() const;
+
   std::chrono::milliseconds max_lifetime_;
+  std::function<std::int64_t()> clock_;
   std::mutex mutex_;
   std::unordered_map<std::string, std::int64_t> seen_;  // nonce -> expiry
   std::int64_t next_prune_ = 0;

@@ -71,8 +71,9 @@ json to_json(const Value& v, std::unordered_set<const void*>& on_path, const std
   if (depth > kMaxJsonDepth) throw JsonError{path, "nested deeper than " + std::to_string(kMaxJsonDepth) + " levels"};
   if (!on_path.insert(v.table_identity()).second) throw JsonError{path, "it is part of a cycle"};
   json out;
-  std::size_t n = v.size();
-  if (n > 0 && n == v.length()) {
+  // Keys exactly 1..n make an array, n = 0 included: an empty table is always [] (a Lua
+  // sequence of length zero), whichever JSON or Lua code made it.
+  if (v.size() == v.length()) {
     out = json::array();
     v.for_each([&](const Value& k, const Value& item) {
       out.push_back(to_json(item, on_path, path + path_key(k), depth + 1));

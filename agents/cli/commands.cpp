@@ -250,7 +250,7 @@ int run_eval(const EvalCommand& c) {
   if (!answer) return fail(answer.error(), c.json);
   const Value& results = answer->results;
   if (c.json) {
-    std::printf("{\"ok\":true,\"results\":%s,\"isolation\":\"%s\"}\n", results.length() ? render(results).c_str() : "[]",
+    std::printf("{\"ok\":true,\"results\":%s,\"isolation\":\"%s\"}\n", render(results).c_str(),
                 std::string(isolation_name(answer->isolation)).c_str());
   } else {
     for (std::size_t i = 1; i <= results.length(); ++i) std::printf("%s\n", render(results.get(static_cast<std::int64_t>(i))).c_str());

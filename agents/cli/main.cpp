@@ -6,12 +6,29 @@
 #include "sojourn/core/log.hpp"
 #include "trust_commands.hpp"
 
+namespace {
+
+// "sojourn 0.1.0 (commit 1a2b3c4d5e6f)": CMake's project version, and the commit the build
+// was configured at when it was made from a git checkout.
+std::string version_text() {
+  std::string text = "sojourn " SOJOURN_VERSION;
+  if (const std::string_view commit = SOJOURN_GIT_COMMIT; !commit.empty()) text.append(" (commit ").append(commit).append(")");
+  return text;
+}
+
+}  // namespace
+
 int main(int argc, char** argv) {
   using namespace sojourn::cli;
   CLI::App app{"sojourn: run a code-mobility node; call, evaluate, fetch code, launch and track mobile agents"};
   app.require_subcommand(1);
+  app.set_version_flag("--version", version_text(), "Print the version and exit");
   std::string log_level;
   app.add_option("--log-level", log_level, "debug, info, warn, error or off (default: warn, or $SOJOURN_LOG)");
+  std::string log_format;
+  app.add_option("--log-format", log_format,
+                 "text (\"2026-12-04T15:20:01.123Z warn node: ...\") or json (one object a line); default: text, "
+                 "or $SOJOURN_LOG_FORMAT");
 
   NodeCommand node;
   auto* node_cmd = app.add_subcommand("node", "Run a node until SIGINT or SIGTERM");
@@ -135,6 +152,14 @@ int main(int argc, char** argv) {
       return exit_usage;
     }
     sojourn::set_log_level(level);
+  }
+  if (!log_format.empty()) {
+    sojourn::LogFormat format;
+    if (!sojourn::parse_log_format(log_format, format)) {
+      std::fprintf(stderr, "sojourn: error: unknown log format '%s' (text or json)\n", log_format.c_str());
+      return exit_usage;
+    }
+    sojourn::set_log_format(format);
   }
   if (int rc = run_trust_commands(trust); rc >= 0) return rc;
   if (node_cmd->parsed()) return run_node(node);

@@ -76,7 +76,7 @@ int run_fetch(const FetchCommand& c) {
   if (!result) return fail(result.error(), c.json);
   if (c.json) {
     std::printf("{\"ok\":true,\"hash\":\"%s\",\"cached\":%s,\"results\":%s}\n", module->hash.c_str(),
-                module->from_cache ? "true" : "false", result->length() ? render(*result).c_str() : "[]");
+                module->from_cache ? "true" : "false", render(*result).c_str());
   } else {
     for (std::size_t i = 1; i <= result->length(); ++i) std::printf("%s\n", render(result->get(static_cast<std::int64_t>(i))).c_str());
   }
@@ -164,7 +164,7 @@ int run_ps(const AgentCommand& c) {
       v.set("isolation", a.isolation);
       list.push(v);
     }
-    std::printf("{\"ok\":true,\"agents\":%s}\n", agents->empty() ? "[]" : render(list).c_str());
+    std::printf("{\"ok\":true,\"agents\":%s}\n", render(list).c_str());
     return exit_ok;
   }
   std::printf("%-32s %-10s %5s %-12s %11s %-9s %s\n", "ID", "OWNER", "EPOCH", "SINCE", "STATE_BYTES", "ISOLATION", "STATUS");

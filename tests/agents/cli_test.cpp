@@ -3,12 +3,15 @@
 #include <doctest/doctest.h>
 
 #include <filesystem>
-#include <fstream>
+#include <regex>
 
+#include "sojourn/core/json.hpp"
 #include "support/process.hpp"
+#include "support/temp_dir.hpp"
 
 using sojourn::test::Process;
 using sojourn::test::run;
+using sojourn::test::TempDir;
 
 namespace {
 
@@ -35,6 +38,17 @@ struct DaemonNode {
 
 }  // namespace
 
+TEST_CASE("the CLI tests write their files in a temporary directory outside the source tree") {
+  TempDir dir;
+  CHECK(std::filesystem::is_directory(dir.path()));
+  CHECK_FALSE(sojourn::test::is_inside(dir.path(), SOJOURN_SOURCE_DIR));
+  CHECK(sojourn::test::is_inside(dir / "x.lua", dir.path()));
+  CHECK_FALSE(sojourn::test::is_inside(dir.path() + "-other/x.lua", dir.path()));
+  std::string kept = dir.path();
+  { TempDir gone; kept = gone.write("f.lua", "return 1\n"); }
+  CHECK_FALSE(std::filesystem::exists(kept));  // removed with its directory
+}
+
 TEST_CASE("sojourn call stores and reads back a value, in plain and JSON output") {
   DaemonNode node;
   auto put = run({cli, "call", node.address, "kv.put", R"(["k", {"x": 1}])"});
@@ -54,8 +68,8 @@ TEST_CASE("sojourn eval runs code at the node, from -e and from a file with argu
   auto e = run({cli, "eval", node.address, "-e", "local v = node.call('kv.get', 'k'); return v.x + 1"});
   CHECK(e.exit_code == 0);
   CHECK(e.out == "2\n");
-  std::string path = "cli_test_chunk.lua";
-  std::ofstream(path) << "local a, b = ...\nreturn a * b, 'done'\n";
+  TempDir dir;
+  const std::string path = dir.write("chunk.lua", "local a, b = ...\nreturn a * b, 'done'\n");
   auto f = run({cli, "eval", node.address, path, "--args", "[6, 7]"});
   CHECK(f.exit_code == 0);
   CHECK(f.out == "42\n\"done\"\n");
@@ -78,6 +92,65 @@ TEST_CASE("exit codes tell usage, connection and remote errors apart") {
   auto remote_json = run({cli, "eval", node.address, "-e", "error('nope')", "--json"});
   CHECK(remote_json.exit_code == 4);
   CHECK(remote_json.out == R"({"ok":false,"error":{"code":"lua_error","message":"Lua error at eval:1: nope"}})" "\n");
+}
+
+TEST_CASE("an empty table prints as [] in plain and JSON output, as do no results") {
+  DaemonNode node("a", {"--peer-isolation", "process"});
+  const std::string code = "local t = {1, x = 2}; t[1] = nil; t.x = nil; return {}, {a = {}}, t";
+  auto plain = run({cli, "eval", node.address, "-e", code});
+  CHECK(plain.exit_code == 0);
+  CHECK(plain.out == "[]\n{\"a\":[]}\n[]\n");
+  auto json = run({cli, "eval", node.address, "-e", code, "--json"});
+  CHECK(json.out == R"({"ok":true,"results":[[],{"a":[]},[]],"isolation":"process"})" "\n");
+  auto none = run({cli, "eval", node.address, "-e", "return", "--json"});
+  CHECK(none.out == R"({"ok":true,"results":[],"isolation":"process"})" "\n");
+  REQUIRE(run({cli, "call", node.address, "kv.put", R"(["k", {}])"}).exit_code == 0);
+  CHECK(run({cli, "call", node.address, "kv.get", R"(["k"])"}).out == "[]\n");
+  CHECK(run({cli, "ps", node.address, "--json"}).out == R"({"ok":true,"agents":[]})" "\n");
+}
+
+TEST_CASE("sojourn --version prints the project's version, and the commit when built from git") {
+  auto v = run({cli, "--version"});
+  CHECK(v.exit_code == 0);
+  CHECK(v.err == "");
+  CHECK(std::regex_match(v.out, std::regex("sojourn " SOJOURN_VERSION "( \\(commit [0-9a-f]{7,40}\\))?\n")));
+}
+
+TEST_CASE("log lines carry an ISO 8601 UTC time; --log-format json writes one JSON object a line") {
+  const std::regex iso("\\d{4}-\\d\\d-\\d\\dT\\d\\d:\\d\\d:\\d\\d\\.\\d{3}Z");
+  for (const std::string format : {"text", "json"}) {
+    CAPTURE(format);
+    Process p({cli, "--log-format", format, "node", "--listen", "127.0.0.1:0", "--name", "a", "--grace-ms", "500"});
+    REQUIRE(p.started());
+    std::string line;
+    for (int i = 0; i < 10 && line.rfind("node a listening on ", 0) != 0; ++i) line = p.read_line(10000);
+    REQUIRE(line.rfind("node a listening on ", 0) == 0);
+    p.signal(SIGTERM);
+    CHECK(p.wait() == 0);
+    p.drain();
+    REQUIRE(p.err().find("PLAIN TCP on 127.0.0.1:") != std::string::npos);  // a warning every such node logs
+    std::size_t lines = 0;
+    for (std::size_t at = 0, nl; (nl = p.err().find('\n', at)) != std::string::npos; at = nl + 1, ++lines) {
+      const std::string text = p.err().substr(at, nl - at);
+      CAPTURE(text);
+      if (format == "text") {
+        CHECK(text.size() > 24);
+        CHECK(std::regex_match(text.substr(0, 24), iso));
+        CHECK(text.substr(24, 1) == " ");
+        continue;
+      }
+      auto obj = sojourn::value_from_json(text);
+      REQUIRE(obj.ok());
+      CHECK(std::regex_match(obj->get("time").as_string(), iso));
+      CHECK(obj->get("level").is_string());
+      CHECK(obj->get("component").is_string());
+      CHECK(obj->get("message").is_string());
+    }
+    CHECK(lines >= 1);
+  }
+  auto bad = run({cli, "--log-format", "xml", "call", "127.0.0.1:1", "kv.keys"});
+  CHECK(bad.exit_code == 2);
+  CHECK(bad.err == "sojourn: error: unknown log format 'xml' (text or json)\n");
 }
 
 TEST_CASE("sojourn info shows the node's name and services") {
@@ -103,16 +176,17 @@ TEST_CASE("sojourn launch --wait runs an agent through three node processes and 
   DaemonNode a("a", {"--data", R"(price=1)"});
   DaemonNode b("b", {"--data", R"(price=2)"});
   DaemonNode c("c", {"--data", R"(price=3)"});
-  std::string path = "cli_test_agent.lua";
-  std::ofstream(path) << "local M = {}\n"
-                         "function M.start(s) s.sum = 0; return M.visit(s) end\n"
-                         "function M.visit(s)\n"
-                         "  s.sum = s.sum + node.call('kv.get', 'price')\n"
-                         "  agent.log('sum ' .. s.sum)\n"
-                         "  if agent.itinerary[1] then agent.go(agent.itinerary[1], 'visit') end\n"
-                         "  return s.sum * s.factor\n"
-                         "end\n"
-                         "return M\n";
+  TempDir dir;
+  const std::string path = dir.write("agent.lua",
+                                     "local M = {}\n"
+                                     "function M.start(s) s.sum = 0; return M.visit(s) end\n"
+                                     "function M.visit(s)\n"
+                                     "  s.sum = s.sum + node.call('kv.get', 'price')\n"
+                                     "  agent.log('sum ' .. s.sum)\n"
+                                     "  if agent.itinerary[1] then agent.go(agent.itinerary[1], 'visit') end\n"
+                                     "  return s.sum * s.factor\n"
+                                     "end\n"
+                                     "return M\n");
   auto r = run({cli, "launch", path, "--at", a.address, "--itinerary", b.address + "," + c.address, "--state",
                 R"({"factor": 10})", "--wait"});
   CHECK(r.exit_code == 0);
@@ -128,12 +202,12 @@ TEST_CASE("sojourn launch --wait runs an agent through three node processes and 
 }
 
 TEST_CASE("sojourn fetch runs a published module on local data; ps, send and locate follow a parked agent") {
-  std::string module = "cli_test_sum.lua";
-  std::ofstream(module) << "local t = node.call('kv.get', 'xs'); local s = 0\n"
-                           "for _, v in ipairs(t) do s = s + v end; return s\n";
+  TempDir dir;
+  const std::string module = dir.write("sum.lua",
+                                       "local t = node.call('kv.get', 'xs'); local s = 0\n"
+                                       "for _, v in ipairs(t) do s = s + v end; return s\n");
   DaemonNode a("a", {"--publish", "sum=" + module});
-  const std::string cache = "cli_test_cache";
-  std::filesystem::remove_all(cache);
+  const std::string cache = dir / "cache";
   auto f = run({cli, "fetch", a.address, "sum", "--cache", cache, "--data", "xs=[1,2,3]"});
   CHECK(f.exit_code == 0);
   CHECK(f.out == "6\n");
@@ -141,12 +215,12 @@ TEST_CASE("sojourn fetch runs a published module on local data; ps, send and loc
   auto again = run({cli, "fetch", a.address, "sum", "--cache", cache, "--data", "xs=[5]"});
   CHECK(again.out == "5\n");
   CHECK(again.err.find("cached here, no code sent") != std::string::npos);
-  auto bad = run({cli, "fetch", a.address, "../sum"});
+  auto bad = run({cli, "fetch", a.address, "../sum", "--cache", cache});
   CHECK(bad.exit_code == 4);
   CHECK(bad.err == "sojourn: error: bad bundle: invalid module name '../sum'\n");
 
-  std::string path = "cli_test_parked.lua";
-  std::ofstream(path) << "function start(s) local m = agent.receive(); if not m then agent.wait('start') end; return m.n + 1 end\n";
+  const std::string path =
+      dir.write("parked.lua", "function start(s) local m = agent.receive(); if not m then agent.wait('start') end; return m.n + 1 end\n");
   auto launched = run({cli, "launch", path, "--at", a.address});
   REQUIRE(launched.exit_code == 0);
   const std::string id = launched.out.substr(0, 32);

@@ -10,6 +10,7 @@
 
 #include "sojourn/agents/node.hpp"
 #include "support/cluster.hpp"
+#include "support/log_watch.hpp"
 
 using namespace sojourn;
 using namespace std::chrono_literals;
@@ -325,8 +326,9 @@ TEST_CASE("a late COMMIT drops only the departed copy, not the agent that has co
     return M)";
   auto bundle = single_file_bundle("returner", source);
   REQUIRE(bundle.ok());
+  sojourn::test::LogWatch watch;  // node 1 logs the held-back COMMIT when it reads it
   const std::string id = launch(c[0], c.addr[0], {c.addr[1], c.addr[2]}, *bundle);
-  std::this_thread::sleep_for(400ms);  // well past the held-back COMMIT
+  REQUIRE(watch.wait_for("n1: agent " + id + " moved to " + c.addr[2] + " (epoch 2)", 10s));
   REQUIRE(c[0].send_to_agent(c.addr[0], id, Value("wake up")).ok());
   auto s = c[0].wait_agent(c.addr[0], id, 10s);
   REQUIRE(s.ok());

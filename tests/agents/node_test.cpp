@@ -225,13 +225,19 @@ TEST_CASE("an unreachable peer is a connection error, not a hang") {
 
 TEST_CASE("shutdown ends a running evaluation with a clear error and refuses new requests") {
   TwoNodes n;
+  // The chunk tells the test it is running (an event, not a guess at how long starting takes).
+  std::promise<void> running;
+  n.server.register_service("test.running", [&running](const Value&) -> Result<Value> {
+    running.set_value();
+    return Value(true);
+  });
   auto pending = std::async(std::launch::async, [&] {
     EvalOptions o;
     o.limits.wall_ms = 60'000;
     o.limits.cpu_instructions = 1'000'000'000'000;
-    return n.client.eval(n.address, "while true do end", Value::table(), o);
+    return n.client.eval(n.address, "node.call('test.running') while true do end", Value::table(), o);
   });
-  std::this_thread::sleep_for(200ms);
+  REQUIRE(running.get_future().wait_for(30s) == std::future_status::ready);
   n.server.shutdown(50ms);
   auto r = pending.get();
   REQUIRE_FALSE(r.ok());

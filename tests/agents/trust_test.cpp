@@ -2,6 +2,7 @@
 // services), quotas that travel with agents, and replayed TRANSFERs and signed REVs.
 #include <doctest/doctest.h>
 
+#include <atomic>
 #include <chrono>
 #include <memory>
 #include <thread>
@@ -365,6 +366,8 @@ TEST_CASE("a captured TRANSFER replayed later, or at another node, is refused an
   NodeOptions bo;
   bo.name = "b";
   bo.advertise = "127.0.0.1:" + std::to_string(wire.port());
+  std::atomic<std::int64_t> b_ahead_ms{0};  // b's expiry clock runs ahead by this: "later" without waiting
+  bo.expiry_clock = [&b_ahead_ms] { return test::unix_now_ms() + b_ahead_ms.load(); };
   Node b(bo);
   auto bound = b.listen("127.0.0.1:0");
   REQUIRE(bound.ok());
@@ -406,11 +409,10 @@ end)", {"start", "visit"});
                                  other->advertised_address() + ")");
   CHECK(other->stats().agents_resident == 0);
   // Later, anywhere: expired.
-  std::this_thread::sleep_for(500ms);
+  b_ahead_ms = 1000;  // past the TRANSFER's 400 ms lifetime
   Reply later = replay(port_of(*bound), *transfer);
   CHECK(later.code == Errc::expired);
   CHECK(later.message.rfind("expired: " + what + " expired ", 0) == 0);
-  std::this_thread::sleep_for(50ms);
   CHECK(b.call_local("kv.get", Value::array({"visits"}))->as_integer() == 1);
   CHECK(b.stats().agents_resident == 0);
 }
@@ -422,6 +424,8 @@ TEST_CASE("a captured signed REV replayed is refused: at once as a replay, later
   so.name = "server";
   so.max_message_lifetime = 5s;
   so.advertise = via;
+  std::atomic<std::int64_t> server_ahead_ms{0};  // the server's expiry clock runs ahead by this
+  so.expiry_clock = [&server_ahead_ms] { return test::unix_now_ms() + server_ahead_ms.load(); };
   Node server(so);
   auto bound = server.listen("127.0.0.1:0");
   REQUIRE(bound.ok());
@@ -442,7 +446,7 @@ TEST_CASE("a captured signed REV replayed is refused: at once as a replay, later
   Reply again = replay(port_of(*bound), *eval);
   CHECK(again.code == Errc::replayed);
   CHECK(again.message == "replayed: remote evaluation with nonce " + request->nonce.substr(0, 16) + " was accepted before");
-  std::this_thread::sleep_for(500ms);
+  server_ahead_ms = 1000;  // past the signature's 400 ms lifetime
   Reply later = replay(port_of(*bound), *eval);
   CHECK(later.code == Errc::expired);
   CHECK(later.message.rfind("expired: remote evaluation expired ", 0) == 0);

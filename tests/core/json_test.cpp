@@ -22,6 +22,26 @@ TEST_CASE("JSON arrays and objects become tables and print back the same") {
   CHECK(*value_to_json(obj) == R"({"7":"seven","b":2})");
 }
 
+TEST_CASE("an empty table prints as [] however it was made: from [], from {}, emptied, nested or pretty") {
+  CHECK(*value_to_json(Value::table()) == "[]");
+  CHECK(*value_to_json(*value_from_json("[]")) == "[]");
+  CHECK(*value_to_json(*value_from_json("{}")) == "[]");
+  CHECK(*value_to_json(*value_from_json(R"({"a": {}, "b": [[], {}]})")) == R"({"a":[],"b":[[],[]]})");
+  Value emptied = Value::table();
+  emptied.set("k", 1);
+  emptied.set(1, 2);
+  emptied.set("k", Value{});
+  emptied.set(1, Value{});
+  CHECK(emptied.size() == 0);
+  CHECK(*value_to_json(emptied) == "[]");
+  CHECK(*value_to_json(Value::table(), true) == "[]");
+  // A table with a hole is not a sequence: an object.
+  Value holes = Value::table();
+  holes.set(1, "a");
+  holes.set(3, "c");
+  CHECK(*value_to_json(holes) == R"({"1":"a","3":"c"})");
+}
+
 TEST_CASE("invalid or too deeply nested JSON is refused with a clear message") {
   auto bad = value_from_json("[1,");
   REQUIRE_FALSE(bad.ok());

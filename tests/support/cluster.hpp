@@ -5,6 +5,7 @@
 #include <doctest/doctest.h>
 
 #include <chrono>
+#include <cstdint>
 #include <functional>
 #include <memory>
 #include <string>
@@ -13,6 +14,12 @@
 #include "sojourn/agents/node.hpp"
 
 namespace sojourn::test {
+
+// The system clock in Unix ms; tests add a skew to it for NodeOptions::expiry_clock.
+inline std::int64_t unix_now_ms() {
+  using namespace std::chrono;
+  return duration_cast<milliseconds>(system_clock::now().time_since_epoch()).count();
+}
 
 // Nodes n0..n{n-1} on 127.0.0.1, each with kv "price" = 100 + 10 * i; `tweak` adjusts options.
 struct Cluster {

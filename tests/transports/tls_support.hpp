@@ -4,34 +4,12 @@
 
 #include <doctest/doctest.h>
 
-#include <stdlib.h>
-
-#include <filesystem>
 #include <string>
 
 #include "sojourn/core/identity.hpp"
+#include "support/temp_dir.hpp"
 
 namespace sojourn::test {
-
-class TempDir {
- public:
-  TempDir() {
-    std::string pattern = (std::filesystem::temp_directory_path() / "sojourn-tls-XXXXXX").string();
-    REQUIRE(::mkdtemp(pattern.data()) != nullptr);
-    path_ = pattern;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    std::filesystem::remove_all(path_, ec);
-  }
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-  const std::string& path() const { return path_; }
-  std::string operator/(const std::string& name) const { return (std::filesystem::path(path_) / name).string(); }
-
- private:
-  std::string path_;
-};
 
 // A CA in ROOT/CA_NAME; identities in ROOT/NAME (each a TLS directory: NAME.key, NAME.crt, ca.crt).
 struct Pki {

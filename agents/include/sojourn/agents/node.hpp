@@ -101,6 +101,10 @@ struct NodeOptions {
   // (their nonces are remembered until then), and the lifetime of the TRANSFERs this node sends.
   std::chrono::milliseconds max_message_lifetime{300'000};
   std::chrono::milliseconds transfer_lifetime{60'000};
+  // For tests: the clock (Unix ms) the expiries of arriving signed requests and TRANSFERs
+  // are checked against, so a test can move past an expiry without waiting. Empty: the
+  // system clock.
+  std::function<std::int64_t()> expiry_clock;
 
   // Fault injection for tests: a call to a service for which this returns true runs, but
   // its reply is not sent and the connection is closed (as if it broke in between).

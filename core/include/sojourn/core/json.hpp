@@ -1,6 +1,7 @@
 // JSON text <-> Value, for the command line and for tools. JSON arrays become tables
 // with keys 1..n, objects tables with string keys; tables whose keys are exactly 1..n
-// print as arrays, others as objects (number keys as strings). A cycle cannot be JSON.
+// print as arrays, others as objects (number keys as strings). The empty table always
+// prints as [] (n = 0), so `{}` read back prints `[]`. A cycle cannot be JSON.
 // A function prints as {"$function": "function(x) ... end"} (its text; a library function
 // its name, {"$function": "table.insert"}); JSON input never makes a function, such an
 // object reads back as a table with a "$function" key.
