@@ -61,7 +61,7 @@ TEST_CASE("rebuilding the closures of the arguments runs under the run's instruc
 
 TEST_CASE("rebuilding the closures of the arguments stops at the deadline and at the abort flag") {
   const auto start = std::chrono::steady_clock::now();
-  check_error(run_with("return 1", Limits{1'000'000'000'000, kMemory, 20}, many_functions(20000)), Errc::deadline,
+  check_error(run_with("return 1", Limits{1'000'000'000'000, 256u << 20, 20}, many_functions(20000)), Errc::deadline,
               "wall-clock deadline of 20 ms exceeded");
   CHECK(std::chrono::steady_clock::now() - start < std::chrono::milliseconds(1000));
 
@@ -70,7 +70,7 @@ TEST_CASE("rebuilding the closures of the arguments stops at the deadline and at
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
     abort = true;
   });
-  auto r = run_with("return 1", Limits{1'000'000'000'000, kMemory, 60000}, many_functions(40000), &abort);
+  auto r = run_with("return 1", Limits{1'000'000'000'000, 256u << 20, 60000}, many_functions(40000), &abort);
   stopper.join();
   check_error(r, Errc::shutting_down, "node is shutting down");
 }
