@@ -205,7 +205,8 @@ int guarded_rep(lua_State* L) {
     if (total > room || total > kLargestLuaString) {
       raise_limit(L, limit_error(Errc::memory_limit, ctx.limits));
     }
-    charge_work(L, count + total / kBytesPerStep);
+    // A unit at a time, each a short copy: ~16 bytes or units a step.
+    charge_work(L, (count + total) / 16);
   }
   return call_original(L);
 }
