@@ -4,6 +4,7 @@
 #include "lua_env.hpp"
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <exception>
 #include <string>
@@ -72,6 +73,35 @@ void check_coroutine(lua_State* L) { luaL_argcheck(L, lua_type(L, 1) == LUA_TTHR
 template <void (*kCheckArguments)(lua_State*)>
 int guarded_call(lua_State* L) {
   kCheckArguments(L);
+  check_c_stack(L);
+  lua_pushvalue(L, lua_upvalueindex(1));
+  lua_insert(L, 1);
+  lua_call(L, lua_gettop(L) - 1, LUA_MULTRET);
+  reraise_pending_kill(L);
+  return lua_gettop(L);
+}
+
+// Table functions whose C loops run over the whole table (shifting for insert and remove,
+// comparisons for sort, copies for concat and unpack) are charged that work first: the count
+// hook does not see it.
+double table_length(lua_State* L) { return lua_type(L, 1) == LUA_TTABLE ? static_cast<double>(lua_objlen(L, 1)) : 0; }
+double range_length(lua_State* L, int first_arg) {
+  const double first = luaL_optnumber(L, first_arg, 1);
+  const double last = lua_isnoneornil(L, first_arg + 1) ? table_length(L) : luaL_checknumber(L, first_arg + 1);
+  return std::max(last - first + 1, 0.0);
+}
+double insert_remove_cost(lua_State* L) { return 1 + table_length(L); }
+double sort_cost(lua_State* L) {
+  const double n = table_length(L);
+  return 1 + n * std::log2(n + 2);
+}
+double concat_cost(lua_State* L) { return 1 + range_length(L, 3); }
+double unpack_cost(lua_State* L) { return 1 + range_length(L, 2); }
+
+template <void (*kCheckArguments)(lua_State*), double (*kCost)(lua_State*)>
+int charged_call(lua_State* L) {
+  kCheckArguments(L);
+  charge_work(L, kCost(L));
   check_c_stack(L);
   lua_pushvalue(L, lua_upvalueindex(1));
   lua_insert(L, 1);
@@ -230,8 +260,13 @@ void open_restricted_env(lua_State* L, bool enable_jit) {
   guard_string_library(L, string_table);
   protect_string_metatable(L, string_table);
 
+  guard_field(L, globals, "unpack", charged_call<check_table, unpack_cost>);
   lua_getfield(L, globals, "table");
-  guard_field(L, lua_gettop(L), "sort", guarded_call<check_table>);
+  const int table_library = lua_gettop(L);
+  guard_field(L, table_library, "sort", charged_call<check_table, sort_cost>);
+  guard_field(L, table_library, "insert", charged_call<check_table, insert_remove_cost>);
+  guard_field(L, table_library, "remove", charged_call<check_table, insert_remove_cost>);
+  guard_field(L, table_library, "concat", charged_call<check_table, concat_cost>);
   lua_getfield(L, globals, "coroutine");
   guard_field(L, lua_gettop(L), "resume", guarded_call<check_coroutine>);
   guard_field(L, lua_gettop(L), "wrap", guarded_wrap);

@@ -7,7 +7,9 @@
 
 #include <algorithm>
 #include <cstring>
+#include <optional>
 #include <string>
+#include <unordered_set>
 
 #include <lua.hpp>
 
@@ -82,81 +84,71 @@ std::vector<std::string> upvalue_names(lua_State* L, int fn) {
   return names;
 }
 
-// The wrapper that turns `text`'s free names `names` back into upvalues:
-//   local a, b; a, b = nil; return <text>
-// The assignment makes LuaJIT see every local as written: a local that is never written
-// gives an immutable upvalue cell, which the JIT may fold to a constant, and a rebuilt cell
-// can be shared with a function that writes it (lua_upvaluejoin).
-std::string wrapper_source(const std::string& text, const std::vector<std::string>& names, std::uint32_t line) {
-  std::string out;
-  if (line > 1 && line <= kMaxPaddingLines) out.append(line - 1, '\n');
-  if (!names.empty()) {
-    std::string list;
-    for (std::size_t i = 0; i < names.size(); ++i) list.append(i ? ", " : "").append(names[i]);
-    out.append("local ").append(list).append("; ").append(list).append(" = nil; ");
-  }
-  return out.append("return ").append(text);
-}
+// Loads `text` inside the chunk function_chunk makes of it (`local a, b; a, b = nil; return
+// <text>`: the assignment makes LuaJIT see every local as written, since a local that is
+// never written gives an immutable upvalue cell, which the JIT may fold to a constant, and a
+// rebuilt cell can be shared with a function that writes it through lua_upvaluejoin), and
+// leaves that chunk on the stack: each call of it makes a new closure with fresh upvalues.
+// The chunk is checked as loaded, so calling it runs no code of the text.
+enum class MakerStatus { loaded, not_one_function, cdata, not_compiled };
 
-// Loads `text` inside its wrapper and leaves the wrapper chunk on the stack (each call of it
-// makes a new closure with fresh upvalues): 0 when it compiled, else the status with the
-// message on the stack. Calling the wrapper runs no code of the text once the caller has
-// checked that it is one function expression.
-int load_maker(lua_State* L, const std::string& text, const std::vector<std::string>& names, std::uint32_t line,
-               const char* chunk_name) {
-  const std::string wrapper = wrapper_source(text, names, line);
-  const int status = luaL_loadbufferx(L, wrapper.data(), wrapper.size(), chunk_name, "t");
+MakerStatus load_maker(lua_State* L, std::string_view text, const std::vector<std::string>& names, std::uint32_t line,
+                       const char* chunk_name) {
+  const std::size_t padding = line > 1 && line <= kMaxPaddingLines ? line - 1 : 0;
+  const std::string chunk = function_chunk(text, names, padding);
+  if (!is_one_function_chunk(chunk)) return MakerStatus::not_one_function;
+  if (has_cdata_literal(chunk)) return MakerStatus::cdata;
+  const int status = luaL_loadbufferx(L, chunk.data(), chunk.size(), chunk_name, "t");
   if (status == LUA_ERRMEM) lua_error(L);
-  return status;
+  return status == 0 ? MakerStatus::loaded : MakerStatus::not_compiled;
 }
 
 // Among candidates cut from the same lines, the one that compiles to the function at
-// `fn` (same upvalue names in the same order, same bytecode and constants).
-const detail::SharedText* pick_candidate(lua_State* L, int fn, const std::vector<detail::SharedText>& candidates,
-                                         SourceCache& cache, const std::string& cache_prefix) {
+// `fn` (same upvalue names in the same order, same bytecode and constants). Each candidate
+// is compiled once per conversion and upvalue list, not once per closure: a chunk with a
+// thousand functions on one line costs a thousand compilations, not a million.
+std::optional<detail::SharedText> pick_candidate(lua_State* L, int fn, const std::vector<detail::SharedText>& candidates,
+                                                 SourceCache& cache, std::string lines_key) {
   const std::vector<std::string> names = upvalue_names(L, fn);
   lua_pushvalue(L, fn);
-  const std::string signature = bytecode_signature(L);
+  std::string original = bytecode_signature(L);
   lua_pop(L, 1);
-  if (signature.empty()) return nullptr;
-  std::string key = cache_prefix + signature;
-  for (const std::string& n : names) key.append("\n").append(n);
-  if (auto it = cache.by_bytecode.find(key); it != cache.by_bytecode.end()) {
-    auto found = std::find(candidates.begin(), candidates.end(), it->second);
-    return found == candidates.end() ? nullptr : &*found;
+  if (original.empty()) return std::nullopt;
+  for (const std::string& n : names) {
+    original.append("\n").append(n);
+    lines_key.append("\n").append(n);
   }
-  const std::string original = key.substr(cache_prefix.size());
-  for (const detail::SharedText& candidate_text : candidates) {
-    const std::string& text = candidate_text.str();
-    if (!is_one_function_expression(text) || has_cdata_literal(text)) continue;
-    if (load_maker(L, text, names, 1, "=candidate") != 0) {
+  auto [set, inserted] = cache.signatures.try_emplace(std::move(lines_key));
+  if (inserted) {
+    for (const detail::SharedText& candidate_text : candidates) {
+      const MakerStatus status = load_maker(L, candidate_text.str(), names, 1, "=candidate");
+      if (status == MakerStatus::not_compiled) lua_pop(L, 1);
+      if (status != MakerStatus::loaded) continue;
+      lua_call(L, 0, 1);
+      std::string candidate = bytecode_signature(L);
+      for (const std::string& n : upvalue_names(L, lua_gettop(L))) candidate.append("\n").append(n);
       lua_pop(L, 1);
-      continue;
-    }
-    lua_call(L, 0, 1);
-    std::string candidate = bytecode_signature(L);
-    for (const std::string& n : upvalue_names(L, lua_gettop(L))) candidate.append("\n").append(n);
-    lua_pop(L, 1);
-    if (candidate == original) {
-      cache.by_bytecode.emplace(std::move(key), candidate_text);
-      return &candidate_text;
+      set->second.try_emplace(std::move(candidate), candidate_text);  // the first of equal ones
     }
   }
-  return nullptr;
+  auto found = set->second.find(original);
+  if (found == set->second.end()) return std::nullopt;
+  return found->second;
 }
 
 // Every text registered for `chunk_name` that holds the lines, cut into candidates.
 std::vector<detail::SharedText> find_candidates(lua_State* L, std::string_view chunk_name, int first, int last,
                                                 bool& known, SourceCache& cache) {
   std::vector<detail::SharedText> out;
+  std::unordered_set<std::string_view> seen;  // views of interned texts, which the cache keeps
   auto add = [&](std::string_view text, int first_line) {
     // Registered texts stay put while the conversion runs: their address names them.
     auto key = std::make_pair(static_cast<const void*>(text.data()), first_line);
     auto it = cache.indexes.find(key);
     if (it == cache.indexes.end()) it = cache.indexes.emplace(key, index_functions(text, first_line)).first;
     for (const FunctionText& f : find_functions(text, it->second, first, last)) {
-      const bool seen = std::any_of(out.begin(), out.end(), [&](const detail::SharedText& t) { return t.str() == f.text; });
-      if (!seen) out.push_back(cache.intern(f.text));
+      detail::SharedText shared = cache.intern(f.text);
+      if (seen.insert(shared.str()).second) out.push_back(std::move(shared));
     }
   };
   known = false;
@@ -299,14 +291,14 @@ std::variant<FunctionOrigin, std::string> function_origin(lua_State* L, int inde
   const std::vector<detail::SharedText>& candidates = it->second;
   const std::string lines = std::to_string(ar.linedefined) + "-" + std::to_string(ar.lastlinedefined);
   // Even a lone candidate is checked: another chunk may have been loaded under the same name.
-  const detail::SharedText* picked =
-      candidates.empty() ? nullptr : pick_candidate(L, fn, candidates, cache, chunk_name + "\n" + lines + "\n");
+  std::optional<detail::SharedText> picked;
+  if (!candidates.empty()) picked = pick_candidate(L, fn, candidates, cache, chunk_name + "\n" + lines + "\n");
   const auto has_cdata = [](const detail::SharedText& t) { return has_cdata_literal(t.str()); };
-  if (picked == nullptr && std::any_of(candidates.begin(), candidates.end(), has_cdata)) {
+  if (!picked && std::any_of(candidates.begin(), candidates.end(), has_cdata)) {
     return "a function with a cdata number literal (1LL, 0i), which does not travel";
   }
-  if (picked == nullptr) return "a function whose text was not found at lines " + lines + " of " + where;
-  origin.source = *picked;
+  if (!picked) return "a function whose text was not found at lines " + lines + " of " + where;
+  origin.source = std::move(*picked);
   return origin;
 }
 
@@ -348,6 +340,7 @@ void push_rebuilt_function(lua_State* L, const detail::FunctionData& data, int m
   }
   if (!compiled) {
     if (!source.empty() && source[0] == '\x1b') refuse(L, where + " is bytecode, which is never loaded");
+    // The text's own faults are named before its upvalues'; load_maker checks the whole chunk.
     if (!is_one_function_expression(source)) refuse(L, "the text of " + where + " is not one function expression");
     if (has_cdata_literal(source)) refuse(L, where + " has a cdata number literal (1LL, 0i), which is not loaded");
     if (data.upvalue_names.size() > kMaxUpvalues) refuse(L, where + " has more than 60 upvalues");
@@ -356,10 +349,15 @@ void push_rebuilt_function(lua_State* L, const detail::FunctionData& data, int m
       if (!is_lua_identifier(name)) refuse(L, where + " has an upvalue name that is not a Lua name: '" + name.substr(0, 40) + "'");
       if (upvalue_slot(data, name) != static_cast<int>(i)) refuse(L, where + " has two upvalues named '" + name + "'");
     }
-    if (load_maker(L, source, data.upvalue_names, data.line, chunk_name.c_str()) != 0) {
-      const std::string message(lua_view(L, -1));
-      lua_pop(L, 1);
-      refuse(L, where + " does not compile: " + message);
+    switch (load_maker(L, source, data.upvalue_names, data.line, chunk_name.c_str())) {
+      case MakerStatus::loaded: break;
+      case MakerStatus::not_one_function: refuse(L, "the text of " + where + " is not one function expression");
+      case MakerStatus::cdata: refuse(L, where + " has a cdata number literal (1LL, 0i), which is not loaded");
+      case MakerStatus::not_compiled: {
+        const std::string message(lua_view(L, -1));
+        lua_pop(L, 1);
+        refuse(L, where + " does not compile: " + message);
+      }
     }
     // The closures it makes can be cut out of this text when they travel on.
     const bool padded = data.line > 1 && data.line <= kMaxPaddingLines;

@@ -32,7 +32,8 @@ struct FunctionOrigin {
 struct SourceCache {
   std::map<std::pair<const void*, int>, std::vector<FunctionStart>> indexes;  // (text, first line)
   std::map<std::tuple<std::string, int, int>, std::vector<detail::SharedText>> candidates;
-  std::map<std::string, detail::SharedText> by_bytecode;  // signature -> text, among several
+  // (chunk, lines, upvalue names) -> each candidate's bytecode signature -> its text
+  std::map<std::string, std::unordered_map<std::string, detail::SharedText>> signatures;
   std::unordered_map<std::string_view, detail::SharedText> texts;  // keys view their values
 
   // The one shared copy of `text` in this conversion.

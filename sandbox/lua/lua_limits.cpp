@@ -238,6 +238,45 @@ void reraise_pending_kill(lua_State* L) {
   if (run_context(L).kill != Errc::ok) raise_kill(L);
 }
 
+namespace {
+
+// The kill the abort flag or the clock calls for now, Errc::ok when none.
+Errc due_kill(const RunContext& ctx, std::chrono::steady_clock::time_point now) {
+  if (ctx.abort != nullptr && ctx.abort->load(std::memory_order_relaxed)) return Errc::shutting_down;
+  if (now >= ctx.deadline) return Errc::deadline;
+  return Errc::ok;
+}
+
+bool limits_armed(lua_State* L) { return lua_gethook(L) == count_hook; }
+
+}  // namespace
+
+void poll_limits(lua_State* L) {
+  if (!limits_armed(L)) return;
+  RunContext& ctx = run_context(L);
+  if (ctx.kill == Errc::ok) ctx.kill = due_kill(ctx, std::chrono::steady_clock::now());
+  if (ctx.kill != Errc::ok) raise_kill(L);
+}
+
+void charge_work(lua_State* L, double steps) {
+  if (!limits_armed(L) || !(steps > 0)) return poll_limits(L);
+  RunContext& ctx = run_context(L);
+  if (ctx.kill != Errc::ok) raise_kill(L);
+  const std::uint64_t budget = ctx.limits.cpu_instructions;
+  const double left = budget > ctx.instructions ? static_cast<double>(budget - ctx.instructions) : 0;
+  if (steps > left) {
+    ctx.instructions = budget + 1;
+    ctx.kill = Errc::cpu_limit;
+    raise_kill(L);
+  }
+  ctx.instructions += static_cast<std::uint64_t>(steps);
+  const auto now = std::chrono::steady_clock::now();
+  ctx.kill = due_kill(ctx, now);
+  const double nanos_left = std::chrono::duration<double, std::nano>(ctx.deadline - now).count();
+  if (ctx.kill == Errc::ok && steps * kNanosPerStep > nanos_left) ctx.kill = Errc::deadline;
+  if (ctx.kill != Errc::ok) raise_kill(L);
+}
+
 void check_c_stack(lua_State* L) {
   // SAFETY: the frame address is only compared with the floor, never dereferenced. The
   // stack grows down on every target LuaJIT supports here (x86-64, arm64).

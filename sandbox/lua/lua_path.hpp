@@ -8,6 +8,6 @@
 namespace sojourn::sandbox::lua {
 
 // One step of a path under a table key: .name, [3], [1.5], [true], ["odd key"], [<table>].
-std::string path_segment(const detail::Slot& key);
+std::string path_segment(const ::sojourn::detail::Slot& key);
 
 }  // namespace sojourn::sandbox::lua

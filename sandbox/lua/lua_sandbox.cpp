@@ -76,6 +76,7 @@ int call_agent_entry(lua_State* L, RunJob& job, RunContext& ctx, int chunk_resul
   Result<int> pushed = lua::push_value_protected(L, agent.state.is_table() ? agent.state : Value::table(),
                                                  ctx.limits.memory_bytes);
   if (!pushed.ok()) {
+    detail::reraise_pending_kill(L);  // a kill met while rebuilding a closure
     if (pushed.error().code == Errc::memory_limit) detail::raise_limit(L, detail::limit_error(Errc::memory_limit, ctx.limits));
     detail::raise_limit(L, pushed.error());
   }
@@ -86,9 +87,7 @@ int call_agent_entry(lua_State* L, RunJob& job, RunContext& ctx, int chunk_resul
   lua_setfield(L, -2, "state");
   lua_pop(L, 1);
   const int base = lua_gettop(L) - 2;  // below the function
-  detail::arm_count_hook(L, ctx);
   lua_call(L, 1, LUA_MULTRET);
-  detail::disarm_count_hook(L);
   if (ctx.kill != Errc::ok) return 0;
   collect_results(L, job, ctx, lua_gettop(L) - base);
   return 0;
@@ -99,6 +98,10 @@ int run_protected(lua_State* L) {
   lua_settop(L, 0);
   RunContext& ctx = detail::run_context(L);
   const RunInput& input = *job.input;
+  // Armed before anything of the input is touched, and until the results are converted:
+  // rebuilding a closure of the arguments or of an agent's state runs Lua code (its chunk),
+  // and pushing and converting values poll the deadline and the abort flag.
+  detail::arm_count_hook(L, ctx);
 
   detail::open_restricted_env(L, input.allow_jit);
   detail::open_require_remote(L);
@@ -114,14 +117,13 @@ int run_protected(lua_State* L) {
   lua::register_chunk(L, job.chunk_name, input.source);
   Result<int> pushed = lua::push_array_items_protected(L, input.args, ctx.limits.memory_bytes);
   if (!pushed.ok()) {
+    detail::reraise_pending_kill(L);  // a kill met while rebuilding a closure
     if (pushed.error().code == Errc::memory_limit) detail::raise_limit(L, detail::limit_error(Errc::memory_limit, ctx.limits));
     detail::raise_limit(L, pushed.error());
   }
   const int nargs = *pushed;
 
-  detail::arm_count_hook(L, ctx);
   lua_call(L, nargs, LUA_MULTRET);
-  detail::disarm_count_hook(L);
   if (ctx.kill != Errc::ok) return 0;  // the chunk returned after swallowing a kill
   if (job.agent != nullptr) return call_agent_entry(L, job, ctx, lua_gettop(L));
   collect_results(L, job, ctx, lua_gettop(L));
@@ -233,7 +235,10 @@ Result<AgentOutcome> run_agent(const RunInput& input, const AgentInput& agent, H
     const bool left = ctx.kill == Errc::agent_moving;  // agent.go or agent.wait
     if (!left && (status != 0 || ctx.kill != Errc::ok)) return run_failure(L, status, ctx, display_chunk_name(input));
     if (job.state_ref == LUA_NOREF) return make_error(Errc::lua_error, "Lua error: the agent step ended without state");
-    detail::disarm_count_hook(L);  // the conversion below runs no Lua code, but a pending kill re-arms the hook
+    // The conversion runs under the run's limits (it compiles candidate texts and polls the
+    // clock); leaving is not a kill there.
+    if (left) ctx.kill = Errc::ok;
+    detail::arm_count_hook(L, ctx);
     lua_settop(L, 0);
     lua_rawgeti(L, LUA_REGISTRYINDEX, job.state_ref);
     // Room for the conversion, as for results.
@@ -244,6 +249,7 @@ Result<AgentOutcome> run_agent(const RunInput& input, const AgentInput& agent, H
     } catch (const std::bad_alloc&) {
       state = detail::limit_error(Errc::memory_limit, ctx.limits);
     }
+    if (ctx.kill != Errc::ok) return detail::limit_error(ctx.kill, ctx.limits);
     if (!state) return state.error();
     AgentOutcome outcome;
     outcome.state = std::move(*state);

@@ -269,24 +269,65 @@ std::vector<FunctionText> find_functions(std::string_view chunk, int chunk_first
   return find_functions(chunk, index_functions(chunk, chunk_first_line), first_line, last_line);
 }
 
-bool is_one_function_expression(std::string_view text) {
-  Lexer lexer(text, 1);
+std::string function_chunk(std::string_view text, const std::vector<std::string>& upvalue_names,
+                           std::size_t padding_lines) {
+  std::string out(padding_lines, '\n');
+  if (!upvalue_names.empty()) {
+    std::string list;
+    for (std::size_t i = 0; i < upvalue_names.size(); ++i) list.append(i ? ", " : "").append(upvalue_names[i]);
+    out.append("local ").append(list).append("; ").append(list).append(" = nil; ");
+  }
+  return out.append("return ").append(text);
+}
+
+namespace {
+
+bool is_symbol(const Lexer& lexer, const Token& t, std::string_view symbol) {
+  return t.kind == Kind::other && lexer.text(t) == symbol;
+}
+bool is_keyword(const Lexer& lexer, const Token& t, std::string_view keyword) {
+  return t.kind == Kind::name && lexer.text(t) == keyword;
+}
+
+// NAME {',' NAME}, then the token after the list; false when it is not such a list.
+bool read_name_list(Lexer& lexer, Token& after) {
+  for (;;) {
+    const Token name = lexer.next();
+    if (name.kind != Kind::name || !is_lua_identifier(lexer.text(name))) return false;
+    after = lexer.next();
+    if (!is_symbol(lexer, after, ",")) return true;
+  }
+}
+
+}  // namespace
+
+bool is_one_function_chunk(std::string_view chunk) {
+  // The main-chunk constructor: LuaJIT skips a byte order mark and a '#' line at the start
+  // of what it loads, and so does this lexer, on the same bytes.
+  Lexer lexer(chunk, 1);
   Token t = lexer.next();
-  if (t.kind != Kind::name || lexer.text(t) != "function") return false;
-  t = lexer.next();
-  if (t.kind != Kind::other || lexer.text(t) != "(") return false;
+  if (is_keyword(lexer, t, "local")) {
+    Token after;
+    if (!read_name_list(lexer, after) || !is_symbol(lexer, after, ";")) return false;
+    if (!read_name_list(lexer, after) || !is_symbol(lexer, after, "=")) return false;
+    if (!is_keyword(lexer, lexer.next(), "nil") || !is_symbol(lexer, lexer.next(), ";")) return false;
+    t = lexer.next();
+  }
+  if (!is_keyword(lexer, t, "return")) return false;
+  if (!is_keyword(lexer, lexer.next(), "function") || !is_symbol(lexer, lexer.next(), "(")) return false;
   int depth = 1;
   for (;;) {
     t = lexer.next();
     if (t.kind == Kind::eof || t.kind == Kind::error) return false;
     if (t.kind != Kind::name) continue;
     const std::string_view name = lexer.text(t);
-    const int step = block_step(name);
     // A block opened inside must close inside: `until` only closes a repeat.
-    depth += step;
+    depth += block_step(name);
     if (depth == 0) return name == "end" && lexer.next().kind == Kind::eof;
   }
 }
+
+bool is_one_function_expression(std::string_view text) { return is_one_function_chunk(function_chunk(text, {}, 0)); }
 
 bool has_cdata_literal(std::string_view text) {
   Lexer lexer(text, 1);

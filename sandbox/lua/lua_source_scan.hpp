@@ -36,9 +36,23 @@ std::vector<FunctionText> find_functions(std::string_view chunk, const std::vect
 // The same, indexing the chunk first.
 std::vector<FunctionText> find_functions(std::string_view chunk, int chunk_first_line, int first_line, int last_line);
 
-// True when `text` is `function (params) body end` and nothing else (comments and
-// whitespace around it aside): what may be loaded on the receiving side, so that loading
-// the text runs no code of its own.
+// The one definition of what is loaded to rebuild a function from its text:
+//   <padding newlines>local a, b; a, b = nil; return <text>
+// (the local list only when there are upvalue names). Calling the loaded chunk makes a new
+// closure whose upvalues are those locals. The text is loaded after `return `, where a
+// leading '#' is the length operator and a byte order mark is part of a name: the text is
+// checked inside this chunk, never on its own.
+std::string function_chunk(std::string_view text, const std::vector<std::string>& upvalue_names,
+                           std::size_t padding_lines);
+
+// True when `chunk`, lexed as LuaJIT lexes a main chunk, is exactly what function_chunk
+// makes of one function expression: an optional `local NAMES; NAMES = nil;`, then
+// `return function (params) body end` and nothing else (comments and whitespace aside).
+// Calling such a chunk runs no code of the text.
+bool is_one_function_chunk(std::string_view chunk);
+
+// is_one_function_chunk(function_chunk(text, {}, 0)): `text` is `function (params) body end`
+// and nothing else, as the loader will see it.
 bool is_one_function_expression(std::string_view text);
 
 // True when `text` has a number literal that LuaJIT makes a cdata of (1LL, 2ULL, 0i): the

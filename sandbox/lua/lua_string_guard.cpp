@@ -4,6 +4,7 @@
 // this static bound on the pattern's worst case is what stands in for that kill.
 #include "lua_string_guard.hpp"
 
+#include <algorithm>
 #include <cctype>
 #include <cmath>
 #include <cstring>
@@ -19,6 +20,10 @@ namespace sojourn::sandbox::detail {
 namespace {
 
 constexpr std::size_t kMalformed = std::string_view::npos;
+// lstrlib's SPECIALS: a find pattern without any of them is searched for as plain bytes.
+constexpr const char* kPatternSpecials = "^$*+?.([%-";
+// Bytes memcmp and memcpy go through in the time of one step.
+constexpr double kBytesPerStep = 64;
 
 // The end (exclusive) of the single-character class at p[i], as lstrlib's classEnd sees it.
 std::size_t class_end(std::string_view p, std::size_t i) {
@@ -41,6 +46,7 @@ struct PatternItem {
   bool linear = false;  // scans the subject on each attempt (%b, back-reference)
   bool any_char = false;
   bool end_anchor = false;
+  double weight = 1;    // checks of one subject byte against the item: a set's bytes count
 };
 
 }  // namespace
@@ -95,6 +101,7 @@ double pattern_cost(std::string_view p, std::size_t subject_bytes, bool anchor_a
     if (end == kMalformed) return 0;
     PatternItem item;
     item.any_char = c == '.' && end == i + 1;
+    item.weight = std::max(1.0, static_cast<double>(end - i) / 4);
     i = end;
     if (i < n && std::strchr("*+-?", p[i]) != nullptr) {
       item.quantifier = p[i];
@@ -106,8 +113,10 @@ double pattern_cost(std::string_view p, std::size_t subject_bytes, bool anchor_a
 
   int backtracking = 0;
   int optional = 0;
+  double per_position = 1;  // single-item checks one attempt makes before it fails or matches
   for (std::size_t j = 0; j < items.size(); ++j) {
     const PatternItem& item = items[j];
+    per_position += item.weight;
     if (item.linear) {
       ++backtracking;
       continue;
@@ -125,11 +134,16 @@ double pattern_cost(std::string_view p, std::size_t subject_bytes, bool anchor_a
       ++backtracking;
     }
   }
-  if (backtracking == 0 && optional == 0) return 0;
   const auto size = static_cast<double>(subject_bytes);
-  double cost = std::pow(size, backtracking) * std::pow(2.0, optional);
-  if (!anchored) cost *= size;
+  double cost = per_position * std::pow(std::max(size, 1.0), backtracking) * std::pow(2.0, optional);
+  if (!anchored) cost *= size + 1;
   return cost;
+}
+
+double plain_find_cost(std::size_t subject_bytes, std::size_t needle_bytes) {
+  if (needle_bytes > subject_bytes) return 1;
+  const auto positions = static_cast<double>(subject_bytes - needle_bytes + 1);
+  return positions * (1 + static_cast<double>(needle_bytes) / kBytesPerStep);
 }
 
 namespace {
@@ -146,6 +160,10 @@ int call_original(lua_State* L) {
 
 // The argument checks come first so that their errors name the caller's line, as the
 // original's own would if the original were called from Lua rather than from here.
+// Every call is charged its worst case before it runs: lstrlib's matcher never sees the
+// count hook. A pattern past kPatternStepBudget is refused outright (a Lua error the script
+// may catch); a cheaper one is charged to the run's budget, which kills the run when the
+// work would pass what is left of it.
 template <PatternUse kUse>
 int guarded_pattern_function(lua_State* L) {
   check_c_stack(L);
@@ -153,13 +171,21 @@ int guarded_pattern_function(lua_State* L) {
   std::size_t pattern_bytes = 0;
   luaL_checklstring(L, 1, &subject_bytes);
   const char* pattern = luaL_checklstring(L, 2, &pattern_bytes);
-  const bool plain = kUse == PatternUse::find && lua_toboolean(L, 4) != 0;
+  const std::string_view p(pattern, pattern_bytes);
+  // find with plain=true, or with no special character, compares bytes (lmemfind).
+  const bool plain = kUse == PatternUse::find &&
+                     (lua_toboolean(L, 4) != 0 || p.find_first_of(kPatternSpecials) == std::string_view::npos);
+  if (plain) {
+    charge_work(L, plain_find_cost(subject_bytes, pattern_bytes));
+    return call_original(L);
+  }
   // gmatch treats a leading '^' as a literal in Lua 5.1.
   const bool anchor_allowed = kUse != PatternUse::gmatch;
-  if (!plain && pattern_cost(std::string_view(pattern, pattern_bytes), subject_bytes, anchor_allowed) >
-                    kPatternStepBudget) {
-    raise_limit(L, pattern_refused_error(subject_bytes));
-  }
+  double cost = pattern_cost(p, subject_bytes, anchor_allowed);
+  if (cost > kPatternStepBudget) raise_limit(L, pattern_refused_error(subject_bytes));
+  // gsub also copies the subject into its result.
+  if (kUse == PatternUse::gsub) cost += static_cast<double>(subject_bytes);
+  charge_work(L, cost);
   return call_original(L);
 }
 
@@ -179,7 +205,29 @@ int guarded_rep(lua_State* L) {
     if (total > room || total > kLargestLuaString) {
       raise_limit(L, limit_error(Errc::memory_limit, ctx.limits));
     }
+    // A unit at a time, each a short copy: ~16 bytes or units a step.
+    charge_work(L, (count + total) / 16);
   }
+  return call_original(L);
+}
+
+// upper, lower, reverse: one pass over the first argument, a byte at a time.
+int guarded_linear(lua_State* L) {
+  std::size_t bytes = 0;
+  luaL_checklstring(L, 1, &bytes);
+  charge_work(L, 1 + static_cast<double>(bytes) / 8);
+  return call_original(L);
+}
+
+// sub: a copy of the part it returns (positions as string.sub reads them).
+int guarded_sub(lua_State* L) {
+  std::size_t bytes = 0;
+  luaL_checklstring(L, 1, &bytes);
+  const auto size = static_cast<double>(bytes);
+  const auto position = [size](double at) { return at < 0 ? std::max(size + at + 1, 0.0) : at; };
+  const double from = std::max(position(luaL_optnumber(L, 2, 1)), 1.0);
+  const double to = std::min(position(luaL_optnumber(L, 3, -1)), size);
+  charge_work(L, 1 + std::max(to - from + 1, 0.0) / kBytesPerStep);
   return call_original(L);
 }
 
@@ -187,6 +235,11 @@ int guarded_rep(lua_State* L) {
 int guarded_format(lua_State* L) {
   check_c_stack(L);
   luaL_checkstring(L, 1);
+  double bytes = 0;
+  for (int i = 1, n = lua_gettop(L); i <= n; ++i) {
+    if (lua_type(L, i) == LUA_TSTRING) bytes += static_cast<double>(lua_objlen(L, i));
+  }
+  charge_work(L, lua_gettop(L) + bytes / 8);
   return call_original(L);
 }
 
@@ -205,6 +258,8 @@ void guard_string_library(lua_State* L, int string_table) {
   replace_field(L, string_table, "gsub", guarded_pattern_function<PatternUse::gsub>);
   replace_field(L, string_table, "rep", guarded_rep);
   replace_field(L, string_table, "format", guarded_format);
+  for (const char* name : {"upper", "lower", "reverse"}) replace_field(L, string_table, name, guarded_linear);
+  replace_field(L, string_table, "sub", guarded_sub);
 }
 
 }  // namespace sojourn::sandbox::detail

@@ -16,6 +16,7 @@
 #include <lua.hpp>
 
 #include "lua_function.hpp"
+#include "lua_limits.hpp"
 #include "lua_path.hpp"
 
 namespace sojourn::sandbox::lua {
@@ -29,11 +30,12 @@ using ::sojourn::detail::TableData;
 using ::sojourn::detail::TableRef;
 
 constexpr std::uint32_t kNoParent = UINT32_MAX;
+constexpr std::uint32_t kPollMask = 1023;  // the limits are polled every 1024 values
 constexpr double kExactIntegerBound = 9007199254740992.0;  // 2^53
 constexpr double kKeyIntegerBound = 9.2e18;                // Value's own key normalisation
 constexpr std::size_t kSlotCost = sizeof(Slot);
 constexpr std::size_t kTableCost = sizeof(TableData) + 64;  // + path step, identity map node
-constexpr std::size_t kFunctionCost = sizeof(detail::FunctionData) + 64;
+constexpr std::size_t kFunctionCost = sizeof(::sojourn::detail::FunctionData) + 64;
 constexpr std::size_t kCellCost = sizeof(Slot) + 3 * sizeof(std::uint32_t) + sizeof(std::string) + 32;
 
 Error memory_error(std::uint64_t max_bytes) {
@@ -210,14 +212,14 @@ class LuaToValue {
     auto& o = std::get<FunctionOrigin>(origin);
     // A text shared by many closures is counted once.
     std::size_t cost = kFunctionCost + o.library_name.size();
-    for (const detail::SharedText* text : {&o.source, &o.chunk_name}) {
+    for (const ::sojourn::detail::SharedText* text : {&o.source, &o.chunk_name}) {
       if (charged_texts_.insert(text->str().data()).second) cost += text->str().size();
     }
     if (!charge(cost)) return std::nullopt;
     Graph& g = graph();
     const auto function = static_cast<std::uint32_t>(g.functions.size());
     seen_functions_.emplace(lua_topointer(L, index), function);
-    g.functions.push_back(detail::FunctionData{std::move(o.source), std::move(o.chunk_name), o.line,
+    g.functions.push_back(::sojourn::detail::FunctionData{std::move(o.source), std::move(o.chunk_name), o.line,
                                                std::move(o.library_name), {}, {}});
     function_nodes_.push_back(add_node(owner, via == Via::key ? Slot{} : key, via));
     if (g.functions.back().library_name.empty()) enqueue(L, index, Queued{true, function});
@@ -226,6 +228,8 @@ class LuaToValue {
 
   // The slot for the Lua value at `index`, found under `key` of node `owner`.
   std::optional<Slot> slot_of(lua_State* L, int index, std::uint32_t owner, const Slot& key, Via via) {
+    // Converting a large graph takes time the count hook does not see.
+    if ((++visited_ & kPollMask) == 0) sandbox::detail::poll_limits(L);
     switch (lua_type(L, index)) {
       case LUA_TNIL: return Slot{};
       case LUA_TBOOLEAN: return Slot{lua_toboolean(L, index) != 0};
@@ -265,7 +269,7 @@ class LuaToValue {
         graph_->cells[it->second] = std::move(*value);
       }
       lua_pop(L, 1);
-      detail::FunctionData& data = graph_->functions[function];
+      ::sojourn::detail::FunctionData& data = graph_->functions[function];
       data.upvalue_names.push_back(upvalue_name);
       data.upvalue_cells.push_back(it->second);
     }
@@ -324,6 +328,7 @@ class LuaToValue {
   std::unordered_set<const void*> charged_texts_;  // texts already counted against max_bytes
   int queue_ = 0;
   std::size_t used_ = 0;
+  std::uint32_t visited_ = 0;
 };
 
 int convert_protected(lua_State* L) {

@@ -12,6 +12,7 @@
 #include <lua.hpp>
 
 #include "lua_function.hpp"
+#include "lua_limits.hpp"
 
 namespace sojourn::sandbox::lua {
 
@@ -25,6 +26,7 @@ using ::sojourn::detail::TableData;
 using ::sojourn::detail::TableRef;
 
 constexpr std::uint32_t kNoHome = UINT32_MAX;
+constexpr std::uint32_t kPollMask = 1023;  // the limits are polled every 1024 values
 
 // One instance per push, with the memo tables (graph index + 1 -> Lua table, the same for
 // functions, and compiled wrappers) on the stack below the pushed values.
@@ -43,6 +45,8 @@ class ValueToLua {
   }
 
   void push(const Slot& slot) {
+    // Pushing a large graph takes time the count hook does not see.
+    if ((++pushed_ & kPollMask) == 0) sandbox::detail::poll_limits(L_);
     switch (slot.index()) {
       case 0: lua_pushnil(L_); break;
       case 1: lua_pushboolean(L_, std::get<bool>(slot) ? 1 : 0); break;
@@ -159,6 +163,7 @@ class ValueToLua {
   std::vector<std::uint32_t> pending_;
   std::vector<std::uint32_t> pending_functions_;
   std::vector<Home> cell_homes_;
+  std::uint32_t pushed_ = 0;
 };
 
 bool is_reference(const Slot& s) { return s.index() == 5 || s.index() == 6; }

@@ -7,6 +7,8 @@
 //   -- limits: cpu=N memory=N wall=N   (defaults 10000000, 16777216, 5000)
 //   -- jit: on                   (the JIT is allowed for this run)
 //   -- levels: trusted process   (where it runs; default both)
+//   -- arg-function: TEXT        (the chunk's `...` is one function Value with this text, from
+//                                 chunk "=agent" line 1, as a peer could send it; "\n" is a newline)
 #include <doctest/doctest.h>
 
 #include <algorithm>
@@ -41,7 +43,13 @@ struct Program {
   Limits limits{10'000'000, 16u << 20, 5000};
   bool jit = false;
   std::vector<std::string> levels{"trusted", "process"};
+  Value args;
 };
+
+std::string unescape_newlines(std::string text) {
+  for (std::size_t at = text.find("\\n"); at != std::string::npos; at = text.find("\\n", at + 1)) text.replace(at, 2, "\n");
+  return text;
+}
 
 std::string header_value(const std::string& line, const std::string& key) {
   const std::string prefix = "-- " + key + ":";
@@ -77,6 +85,9 @@ Program parse(const fs::path& path) {
       }
     }
     if (header_value(line, "jit") == "on") p.jit = true;
+    if (auto v = header_value(line, "arg-function"); !v.empty()) {
+      p.args = Value::array({Value::function(unescape_newlines(v), "=agent", 1)});
+    }
     if (auto v = header_value(line, "levels"); !v.empty()) {
       p.levels.clear();
       std::istringstream items(v);
@@ -122,9 +133,10 @@ sojourn::sandbox::MicrovmJail& microvm_jail() {
 }
 
 Result<Value> run_at(const std::string& level, const Program& p, std::string_view source, const Limits& limits,
-                     bool jit) {
+                     bool jit, const Value& args = {}) {
   RunInput input;
   input.source = source;
+  input.args = args;
   input.chunk_name = p.name;
   input.limits = limits;
   input.allow_jit = jit;
@@ -143,10 +155,10 @@ void check_level(const std::string& level) {
     if (std::find(p.levels.begin(), p.levels.end(), listed) == p.levels.end()) continue;
     INFO("program " << p.name << " at the " << level << " level");
     REQUIRE_FALSE(p.expect_code.empty());
-    Result<Value> r = run_at(level, p, p.source, p.limits, p.jit);
+    Result<Value> r = run_at(level, p, p.source, p.limits, p.jit, p.args);
     if (p.expect_code == "ok") {
       REQUIRE_MESSAGE(r.ok(), (r.ok() ? "" : r.error().message));
-      Result<Value> trusted = run_at("trusted", p, p.source, p.limits, false);
+      Result<Value> trusted = run_at("trusted", p, p.source, p.limits, false, p.args);
       REQUIRE(trusted.ok());
       CHECK(sojourn::deep_equal(*r, *trusted));
     } else {
