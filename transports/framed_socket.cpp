@@ -1,6 +1,7 @@
 // Frame reading and the single-writer queue of a TCP or TLS connection.
 #include "framed_socket.hpp"
 
+#include <bit>
 #include <cstring>
 
 #include <boost/asio/ssl/stream.hpp>
@@ -130,9 +131,12 @@ Result<void> FramedSocket::take_buffered(std::vector<std::uint8_t>& payload, std
   const std::size_t n = std::min(length - payload.size(), read_end_ - read_begin_);
   const std::size_t size = payload.size() + n;
   if (size > payload.capacity()) {
-    // Doubling keeps the copies linear; the capacity, not the size, is what is held.
-    const std::size_t capacity = std::min(length, std::max(size, 2 * payload.capacity()));
-    if (!charge.take(capacity - payload.capacity())) {
+    // Powers of two keep the copies linear; the capacity, not the size, is what is held.
+    // The first kFreePayloadBytes of a frame are not charged: small requests are served
+    // even when slow senders have taken the whole budget (a connection holds one frame).
+    const std::size_t capacity = std::min(length, std::bit_ceil(std::max(size, kFreePayloadBytes)));
+    const auto charged = [](std::size_t c) { return c > kFreePayloadBytes ? c - kFreePayloadBytes : 0; };
+    if (!charge.take(charged(capacity) - charged(payload.capacity()))) {
       return make_error(Errc::overloaded, "node is overloaded: the frames being read would hold more than " +
                                               std::to_string(budget_->limit()) + " bytes");
     }

@@ -72,6 +72,7 @@ class FramedSocket : public std::enable_shared_from_this<FramedSocket> {
 
  private:
   static constexpr std::size_t kReadBufferBytes = 64 * 1024;
+  static constexpr std::size_t kFreePayloadBytes = 64 * 1024;  // of each frame, not charged to the budget
   void write_queued();
   void arm_frame_timer();
   void disarm_frame_timer();

@@ -4,6 +4,7 @@
 
 #include <fstream>
 #include <memory>
+#include <optional>
 #include <string>
 #include <thread>
 #include <unistd.h>
@@ -84,7 +85,7 @@ TEST_CASE("forty connections that each send a header declaring 16 MiB leave the 
   std::this_thread::sleep_for(300ms);  // every header read
   auto got = client.call(*bound, "kv.get", Value::array({"k"}));
   REQUIRE(got.ok());
-  CHECK(*got == Value("v"));
+  CHECK(got->as_string() == "v");
   // Allocating what the headers declare would be 640 MiB; what came is 800 bytes.
   const std::size_t grown = resident_bytes() - std::min(before, resident_bytes());
   CAPTURE(grown);
@@ -148,5 +149,5 @@ TEST_CASE("a jailed result larger than a reply may be is refused at its header, 
   // The node goes on serving runs in the jail.
   auto small = client.evaluate(*bound, "return 2", Value::table(), eval);
   REQUIRE(small.ok());
-  CHECK(small->results == Value::array({2}));
+  CHECK(small->results.get(1).as_integer() == 2);
 }

@@ -38,8 +38,9 @@ struct TransportOptions {
   // more is closed at accept (a plain client first hears "node is overloaded: ...").
   std::size_t max_connections = 1024;
   // Bytes a server holds, over all its connections, in request frames it is still reading
-  // (a payload grows only as its bytes arrive). A connection whose bytes would pass it gets
-  // an overloaded protocol error and is closed; the others go on.
+  // (a payload grows only as its bytes arrive, its capacity in powers of two; the first
+  // 64 KiB of each frame are not counted). A connection whose bytes would pass it gets an
+  // overloaded protocol error and is closed; the others go on.
   std::size_t max_partial_frame_bytes = 256u << 20;
   // Fault injection for tests of exactly-once protocols: when set and it returns true for
   // a request, the server runs the request but, instead of replying, closes the
