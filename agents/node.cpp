@@ -53,6 +53,7 @@ TransportOptions Node::Impl::transport_options() const {
   TransportOptions t;
   t.tls = tls;
   t.max_payload = options.max_payload;
+  t.max_connections = options.max_connections;
   t.connect_timeout = options.connect_timeout;
   if (options.fault_drop_reply) {
     t.drop_reply = [fault = options.fault_drop_reply](FrameKind kind, std::span<const std::uint8_t> payload) {
@@ -191,6 +192,7 @@ Reply Node::Impl::run_eval(const EvalRequest& request, const PeerIdentity& peer)
   input.limits = effective_limits(request.limits, options.default_limits, run_ceiling(rule, /*whole_visit=*/true));
   input.allow_jit = false;  // code from a peer: compiled loops would escape the CPU hook
   input.abort = &abort_runs;
+  input.max_result_bytes = options.max_payload;  // the reply carries the result: no larger
   NodeHostCalls host(*this, nullptr, {}, rule);  // `node.call` reaches this node: the code went to the resource
   Result<Value> r = run_chunk(*level, input, &host);
   Reply reply = r ? reply_ok(std::move(*r)) : reply_error(r.error());

@@ -19,6 +19,7 @@ std::string_view errc_name(Errc code) noexcept {
     case Errc::no_such_service: return "no_such_service";
     case Errc::service_failed: return "service_failed";
     case Errc::shutting_down: return "shutting_down";
+    case Errc::overloaded: return "overloaded";
     case Errc::lua_error: return "lua_error";
     case Errc::cpu_limit: return "cpu_limit";
     case Errc::memory_limit: return "memory_limit";

@@ -1,6 +1,7 @@
 // Frame reading and the single-writer queue of a TCP or TLS connection.
 #include "framed_socket.hpp"
 
+#include <bit>
 #include <cstring>
 
 #include <boost/asio/ssl/stream.hpp>
@@ -17,6 +18,7 @@ bool is_protocol_error(Errc code) {
     case Errc::bad_version:
     case Errc::bad_kind:
     case Errc::frame_too_large:
+    case Errc::overloaded:
     case Errc::malformed_payload:
     case Errc::truncated: return true;
     default: return false;
@@ -40,7 +42,6 @@ FramedSocket::FramedSocket(tcp::socket socket, std::uint32_t max_payload, std::c
       socket_(std::move(socket)),
       frame_timer_(executor_),
       frame_timeout_(frame_timeout),
-      read_buffer_(kReadBufferBytes),
       max_payload_(max_payload),
       peer_name_(std::move(peer_name)) {
   boost::system::error_code ignored;
@@ -55,7 +56,6 @@ FramedSocket::FramedSocket(tcp::socket socket, std::shared_ptr<const TlsContext>
       server_side_(server_side),
       frame_timer_(executor_),
       frame_timeout_(frame_timeout),
-      read_buffer_(kReadBufferBytes),
       max_payload_(max_payload),
       peer_name_(std::move(peer_name)) {
   boost::system::error_code ignored;
@@ -92,18 +92,19 @@ void FramedSocket::disarm_frame_timer() {
   frame_timer_.cancel();
 }
 
-asio::awaitable<bool> FramedSocket::fill(std::size_t wanted, boost::system::error_code& ec) {
+asio::awaitable<bool> FramedSocket::fill(std::size_t wanted, boost::system::error_code& ec, bool mid_frame) {
+  if (!read_buffer_) read_buffer_ = std::make_unique_for_overwrite<std::uint8_t[]>(kReadBufferBytes);
   // Compact, then read whatever the socket has: under load one read brings many frames.
   if (read_begin_ > 0 && read_begin_ == read_end_) read_begin_ = read_end_ = 0;
-  if (read_buffer_.size() - read_begin_ < wanted) {
-    std::memmove(read_buffer_.data(), read_buffer_.data() + read_begin_, read_end_ - read_begin_);
+  if (kReadBufferBytes - read_begin_ < wanted) {
+    std::memmove(read_buffer_.get(), read_buffer_.get() + read_begin_, read_end_ - read_begin_);
     read_end_ -= read_begin_;
     read_begin_ = 0;
   }
   while (read_end_ - read_begin_ < wanted) {
-    bool partial = read_end_ > read_begin_;
+    bool partial = mid_frame || read_end_ > read_begin_;
     if (partial) arm_frame_timer();
-    auto space = asio::buffer(read_buffer_.data() + read_end_, read_buffer_.size() - read_end_);
+    auto space = asio::buffer(read_buffer_.get() + read_end_, kReadBufferBytes - read_end_);
     std::size_t n = 0;
     if (tls_) {
       n = co_await tls_->async_read_some(space, asio::redirect_error(asio::use_awaitable, ec));
@@ -126,6 +127,26 @@ Error FramedSocket::incomplete(std::size_t have, std::size_t of, const char* par
                                          std::to_string(of) + " " + part + " bytes");
 }
 
+Result<void> FramedSocket::take_buffered(std::vector<std::uint8_t>& payload, std::size_t length, BudgetCharge& charge) {
+  const std::size_t n = std::min(length - payload.size(), read_end_ - read_begin_);
+  const std::size_t size = payload.size() + n;
+  if (size > payload.capacity()) {
+    // Powers of two keep the copies linear; the capacity, not the size, is what is held.
+    // The first kFreePayloadBytes of a frame are not charged: small requests are served
+    // even when slow senders have taken the whole budget (a connection holds one frame).
+    const std::size_t capacity = std::min(length, std::bit_ceil(std::max(size, kFreePayloadBytes)));
+    const auto charged = [](std::size_t c) { return c > kFreePayloadBytes ? c - kFreePayloadBytes : 0; };
+    if (!charge.take(charged(capacity) - charged(payload.capacity()))) {
+      return make_error(Errc::overloaded, "node is overloaded: the frames being read would hold more than " +
+                                              std::to_string(budget_->limit()) + " bytes");
+    }
+    payload.reserve(capacity);
+  }
+  payload.insert(payload.end(), read_buffer_.get() + read_begin_, read_buffer_.get() + read_begin_ + n);
+  read_begin_ += n;
+  return {};
+}
+
 asio::awaitable<Result<Frame>> FramedSocket::read_frame() {
   boost::system::error_code ec;
   frame_deadline_.reset();
@@ -135,28 +156,22 @@ asio::awaitable<Result<Frame>> FramedSocket::read_frame() {
     if (have == 0) co_return make_error(Errc::connection_closed, "connection closed: " + ec.message());
     co_return incomplete(have, kFrameHeaderSize, "header");
   }
-  std::span<const std::uint8_t, kFrameHeaderSize> head(read_buffer_.data() + read_begin_, kFrameHeaderSize);
+  std::span<const std::uint8_t, kFrameHeaderSize> head(read_buffer_.get() + read_begin_, kFrameHeaderSize);
   auto header = parse_header(head, max_payload_);
   if (!header) co_return header.error();
   read_begin_ += kFrameHeaderSize;
   Frame frame;
   frame.header = *header;
-  frame.payload.resize(header->length);  // bounded by max_payload_ above
-  std::size_t buffered = std::min<std::size_t>(header->length, read_end_ - read_begin_);
-  if (buffered > 0) std::memcpy(frame.payload.data(), read_buffer_.data() + read_begin_, buffered);
-  read_begin_ += buffered;
-  if (buffered < header->length) {
-    // The rest of a large payload goes straight into place.
-    arm_frame_timer();
-    auto rest = asio::buffer(frame.payload.data() + buffered, header->length - buffered);
-    std::size_t n = 0;
-    if (tls_) {
-      n = co_await asio::async_read(*tls_, rest, asio::redirect_error(asio::use_awaitable, ec));
-    } else {
-      n = co_await asio::async_read(socket_, rest, asio::redirect_error(asio::use_awaitable, ec));
+  // The payload grows only as its bytes arrive (a header alone costs nothing), and what a
+  // server's connections hold of unfinished frames together stays within its budget.
+  BudgetCharge charge(budget_.get());
+  const std::size_t length = header->length;
+  while (frame.payload.size() < length) {
+    if (read_end_ == read_begin_ && !co_await fill(1, ec, /*mid_frame=*/true)) {
+      if (auto refused = tls_read_error(ec)) co_return *refused;
+      co_return incomplete(frame.payload.size(), length, "payload");
     }
-    disarm_frame_timer();
-    if (ec) co_return incomplete(buffered + n, header->length, "payload");
+    if (auto taken = take_buffered(frame.payload, length, charge); !taken) co_return taken.error();
   }
   co_return frame;
 }

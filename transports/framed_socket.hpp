@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "asio_full.hpp"
+#include "read_budget.hpp"
 #include "sojourn/core/frame.hpp"
 #include "sojourn/core/peer.hpp"
 
@@ -48,10 +49,14 @@ class FramedSocket : public std::enable_shared_from_this<FramedSocket> {
   // unread bytes would reset the connection and lose it).
   void close_after_refusal();
 
-  // Reads the next frame. Errors: the parse_header codes for a bad header,
+  // Reads the next frame. Its payload grows as its bytes arrive, never to the length a
+  // header merely declares. Errors: the parse_header codes for a bad header,
   // truncated for a frame cut off by the peer or not completed within the frame
-  // timeout, connection_closed otherwise.
+  // timeout, overloaded when the read budget (if set) cannot hold the bytes that came,
+  // connection_closed otherwise.
   asio::awaitable<Result<Frame>> read_frame();
+  // A server's connections share one budget for the frames they are reading.
+  void set_read_budget(std::shared_ptr<ReadBudget> budget) { budget_ = std::move(budget); }
   // Queues a frame; dropped if the socket is closing.
   void send(std::vector<std::uint8_t> bytes);
   // Writes what is queued, then closes.
@@ -67,12 +72,16 @@ class FramedSocket : public std::enable_shared_from_this<FramedSocket> {
 
  private:
   static constexpr std::size_t kReadBufferBytes = 64 * 1024;
+  static constexpr std::size_t kFreePayloadBytes = 64 * 1024;  // of each frame, not charged to the budget
   void write_queued();
   void arm_frame_timer();
   void disarm_frame_timer();
   Error incomplete(std::size_t have, std::size_t of, const char* part) const;
   // Reads until `wanted` bytes are buffered; false (and ec set) if the stream ended first.
-  asio::awaitable<bool> fill(std::size_t wanted, boost::system::error_code& ec);
+  // Within a frame (`mid_frame`, or bytes of it buffered) the frame timer runs.
+  asio::awaitable<bool> fill(std::size_t wanted, boost::system::error_code& ec, bool mid_frame = false);
+  // Moves the buffered bytes of a payload into it, growing it (and its charge) as they come.
+  Result<void> take_buffered(std::vector<std::uint8_t>& payload, std::size_t length, BudgetCharge& charge);
 
   tcp::socket& lowest();
   // Is ec a TLS alert that refuses our certificate? Then the read's error is that.
@@ -94,8 +103,10 @@ class FramedSocket : public std::enable_shared_from_this<FramedSocket> {
   std::deque<std::vector<std::uint8_t>> in_write_;  // owned by the write in progress
   std::vector<asio::const_buffer> write_buffers_;
   bool writing_ = false;
-  std::vector<std::uint8_t> read_buffer_;
+  // Allocated at the first read, never zero-filled: an idle connection holds none of it.
+  std::unique_ptr<std::uint8_t[]> read_buffer_;
   std::size_t read_begin_ = 0, read_end_ = 0;
+  std::shared_ptr<ReadBudget> budget_;
   std::uint32_t max_payload_;
   std::string peer_name_;
   bool closing_ = false;

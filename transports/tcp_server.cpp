@@ -20,15 +20,25 @@ class ServerSession;
 
 struct TcpServer::Impl : std::enable_shared_from_this<TcpServer::Impl> {
   Impl(asio::any_io_executor ex, std::shared_ptr<RequestHandler> h, TransportOptions o)
-      : executor(std::move(ex)), acceptor(executor), handler(std::move(h)), options(o) {}
+      : executor(std::move(ex)),
+        acceptor(executor),
+        handler(std::move(h)),
+        options(std::move(o)),
+        budget(std::make_shared<ReadBudget>(options.max_partial_frame_bytes)) {}
 
   asio::awaitable<void> listener();
+  // Closes a connection accepted past max_connections, saying why to a plain client.
+  void refuse_at_cap(tcp::socket& socket, const std::string& peer);
 
   asio::any_io_executor executor;
   tcp::acceptor acceptor;
   std::shared_ptr<RequestHandler> handler;
   TransportOptions options;
   std::set<std::shared_ptr<ServerSession>> sessions;
+  std::shared_ptr<ReadBudget> budget;  // shared by every connection's frame reads
+  std::uint64_t refused_at_cap = 0;
+  std::uint64_t refused_unlogged = 0;  // refusals since the last log line (one a second)
+  std::chrono::steady_clock::time_point last_refusal_log{};
   bool accepting = false;
 };
 
@@ -173,26 +183,61 @@ class ServerSession : public std::enable_shared_from_this<ServerSession> {
 
 }  // namespace
 
+void TcpServer::Impl::refuse_at_cap(tcp::socket& socket, const std::string& peer) {
+  ++refused_at_cap;
+  ++refused_unlogged;
+  const auto now = std::chrono::steady_clock::now();
+  if (now - last_refusal_log >= std::chrono::seconds(1)) {  // a flood of connections is one line a second
+    log_warn("server", "refused " + std::to_string(refused_unlogged) + " connection(s) at accept (the last from " + peer +
+                           "): " + std::to_string(sessions.size()) + " are open, the limit (--max-connections) is " +
+                           std::to_string(options.max_connections));
+    refused_unlogged = 0;
+    last_refusal_log = now;
+  }
+  boost::system::error_code ignored;
+  if (!options.tls) {
+    // A plain client learns why; a TLS client only sees its handshake fail (nothing is
+    // sent to a peer before it is authenticated). A write that would block is skipped.
+    auto frame = encode_frame(FrameKind::protocol_error, 0,
+                              encode(ProtocolError{Errc::overloaded, "node is overloaded: " +
+                                                                         std::to_string(options.max_connections) +
+                                                                         " connections are open, the most it keeps"}));
+    socket.non_blocking(true, ignored);
+    socket.write_some(asio::buffer(frame), ignored);
+  }
+  socket.shutdown(tcp::socket::shutdown_both, ignored);
+  socket.close(ignored);
+}
+
 asio::awaitable<void> TcpServer::Impl::listener() {
   auto self = shared_from_this();
+  asio::steady_timer backoff(executor);
   while (accepting) {
     boost::system::error_code ec;
     tcp::socket socket = co_await acceptor.async_accept(asio::redirect_error(asio::use_awaitable, ec));
     if (ec) {
       if (!accepting || ec == asio::error::operation_aborted) break;
       log_warn("server", "accept failed: " + ec.message());
+      // Out of descriptors (EMFILE) fails again at once: a pause, not a busy loop.
+      backoff.expires_after(std::chrono::milliseconds(50));
+      co_await backoff.async_wait(asio::redirect_error(asio::use_awaitable, ec));
       continue;
     }
     std::string peer = "?";
     boost::system::error_code ignored;
     auto remote = socket.remote_endpoint(ignored);
     if (!ignored) peer = remote.address().to_string() + ":" + std::to_string(remote.port());
+    if (sessions.size() >= options.max_connections) {
+      refuse_at_cap(socket, peer);
+      continue;
+    }
     std::shared_ptr<FramedSocket> framed;
     if (options.tls) {
       framed = std::make_shared<FramedSocket>(std::move(socket), options.tls, true, options.max_payload, options.frame_timeout, peer);
     } else {
       framed = std::make_shared<FramedSocket>(std::move(socket), options.max_payload, options.frame_timeout, peer);
     }
+    framed->set_read_budget(budget);
     auto session = std::make_shared<ServerSession>(framed, weak_from_this());
     sessions.insert(session);
     session->start();
@@ -238,6 +283,15 @@ void TcpServer::stop_accepting() {
   for (const auto& s : std::set(impl_->sessions)) s->stop_reading();
 }
 
+
+ServerStats TcpServer::stats() const {
+  ServerStats s;
+  s.connections = impl_->sessions.size();
+  s.refused_at_cap = impl_->refused_at_cap;
+  s.partial_frame_bytes = impl_->budget->held();
+  s.partial_frame_bytes_peak = impl_->budget->peak();
+  return s;
+}
 
 void TcpServer::close_all() {
   for (const auto& s : std::set(impl_->sessions)) s->close();

@@ -113,6 +113,7 @@ int run_node(const NodeCommand& c) {
   NodeOptions options;
   options.name = c.name;
   options.worker_threads = c.workers;
+  options.max_connections = c.max_connections;
   if (c.cpu) options.default_limits.cpu_instructions = c.cpu;
   if (c.memory) options.default_limits.memory_bytes = c.memory;
   if (c.wall_ms) options.default_limits.wall_ms = c.wall_ms;

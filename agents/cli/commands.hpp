@@ -45,6 +45,7 @@ struct NodeCommand {
   std::string code_cache, advertise, peer_isolation = "auto", policy;
   std::string name = "node";
   std::size_t workers = 2;
+  std::size_t max_connections = 1024;
   std::uint64_t cpu = 0, memory = 0;
   std::uint32_t wall_ms = 0;
   std::uint32_t grace_ms = 5000;

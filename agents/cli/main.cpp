@@ -35,6 +35,8 @@ int main(int argc, char** argv) {
   node_cmd->add_option("--listen,-l", node.listen, "Address to serve on: HOST:PORT or inproc://NAME (repeatable)")->required();
   node_cmd->add_option("--name,-n", node.name, "Node name")->capture_default_str();
   node_cmd->add_option("--workers", node.workers, "Threads that run Lua and services")->capture_default_str()->check(CLI::Range(1, 256));
+  node_cmd->add_option("--max-connections", node.max_connections, "Connections served at once; one more is closed at accept")
+      ->capture_default_str()->check(CLI::Range(std::size_t{1}, std::size_t{1} << 20));
   node_cmd->add_option("--cpu", node.cpu, "Default CPU limit of an evaluation, in Lua instructions");
   node_cmd->add_option("--memory", node.memory, "Default memory limit of an evaluation, in bytes");
   node_cmd->add_option("--wall-ms", node.wall_ms, "Default wall-clock limit of an evaluation, in ms");

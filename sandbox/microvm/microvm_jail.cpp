@@ -162,7 +162,7 @@ class MicrovmJail::Impl {
 
     const auto deadline = Clock::now() + std::chrono::milliseconds(limits.wall_ms + options_.kill_grace_ms);
     HostChannel channel(std::move(host_end), deadline, input.abort);
-    Conversation talk = converse(channel, request, done, limits, host);
+    Conversation talk = converse(channel, request, done, limits, host, input.max_result_bytes);
     // Whatever the host decided, the guest's channel ends here: a guest blocked reading it
     // sees end-of-file. One that answered gets kill_grace_ms to exit by itself; one that did
     // not answer (a deadline, an abort, a broken protocol), or that spins after its answer,

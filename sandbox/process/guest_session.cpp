@@ -7,6 +7,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <exception>
@@ -25,6 +26,10 @@ using channel::Kind;
 // Room around the run's memory limit for frame overhead; a result can be no larger than
 // the limit at the trusted level either.
 constexpr std::uint64_t kFrameSlack = 1u << 20;
+// How much larger the channel's envelope of a result (lengths of the message and the value)
+// may be than a reply's: a result frame over the reply limit by more would make a reply over
+// it too.
+constexpr std::uint64_t kResultEnvelopeSlack = 16;
 // How long a guest that closed its channel has to be reported by the zygote.
 constexpr auto kExitReportWait = std::chrono::seconds(5);
 
@@ -109,14 +114,25 @@ Error classify_guest_end(const channel::Exited* exited, long seccomp_syscall, co
 }
 
 Conversation converse(HostChannel& channel, std::span<const std::uint8_t> request, Kind done, const Limits& limits,
-                      HostCalls* host) {
-  const std::uint64_t max_payload = limits.memory_bytes + kFrameSlack;
+                      HostCalls* host, std::uint64_t max_result_bytes) {
+  ReadLimits read_limits;
+  read_limits.max_payload = limits.memory_bytes + kFrameSlack;
+  read_limits.result_kind = done;
+  read_limits.max_result = max_result_bytes == 0 ? read_limits.max_payload
+                                                 : std::min(read_limits.max_payload, max_result_bytes + kResultEnvelopeSlack);
   Conversation talk;
   talk.status = channel.write(request);
   Kind kind{};
   std::vector<std::uint8_t> payload;
   while (talk.status == ChannelStatus::ok) {
-    talk.status = channel.read(kind, payload, max_payload);
+    talk.status = channel.read(kind, payload, read_limits);
+    if (talk.status == ChannelStatus::result_too_large) {
+      // Never read, decoded or re-encoded: the reply could not carry it anyway.
+      talk.broke = make_error(Errc::frame_too_large, "frame payload of " + std::to_string(channel.refused_length()) +
+                                                         " bytes exceeds the limit of " + std::to_string(max_result_bytes) +
+                                                         " bytes");
+      break;
+    }
     if (talk.status != ChannelStatus::ok) break;
     if (kind == done) {
       talk.done = std::move(payload);
@@ -208,7 +224,7 @@ Result<std::vector<std::uint8_t>> run_in_guest(ZygoteLink& zygote, const RunInpu
 
   const auto deadline = Clock::now() + std::chrono::milliseconds(limits.wall_ms + options.kill_grace_ms);
   HostChannel channel(std::move(host_end), deadline, input.abort);
-  Conversation talk = converse(channel, request, done, limits, host);
+  Conversation talk = converse(channel, request, done, limits, host, input.max_result_bytes);
   const auto kill = [&] { ::syscall(SYS_pidfd_send_signal, guest->pidfd.get(), SIGKILL, nullptr, 0); };
   if (talk.done) {
     // The guest exits by itself after its answer; the kill makes sure none outlives its run.

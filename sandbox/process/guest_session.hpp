@@ -32,12 +32,17 @@ struct SessionOptions {
 // host calls, and the payload of the guest's final frame (of kind `done`).
 struct Conversation {
   std::optional<std::vector<std::uint8_t>> done;  // the final frame's payload, if it came
-  std::optional<Error> broke;       // the guest broke the protocol (guest_crashed)
+  // The guest broke the protocol (guest_crashed), or its result was refused unread
+  // (frame_too_large): either way it does not go on.
+  std::optional<Error> broke;
   ChannelStatus status = ChannelStatus::ok;  // why the exchange stopped otherwise
   long seccomp_syscall = -1;        // the syscall the guest reported before a seccomp kill
 };
+// Any frame may be as large as the run's memory limit (and some room); the final frame at
+// most `max_result_bytes` (and the few bytes its envelope may add), when that is not zero:
+// a larger one is refused at its header, before the host reads it.
 Conversation converse(HostChannel& channel, std::span<const std::uint8_t> request, channel::Kind done,
-                      const Limits& limits, HostCalls* host);
+                      const Limits& limits, HostCalls* host, std::uint64_t max_result_bytes = 0);
 
 // What run_lua refuses before a state exists is refused before a guest exists (both jails).
 Result<void> check_run_input(const RunInput& input);

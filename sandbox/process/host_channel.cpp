@@ -49,37 +49,50 @@ ChannelStatus HostChannel::write(std::span<const std::uint8_t> frame) {
   return ChannelStatus::ok;
 }
 
-ChannelStatus HostChannel::read(channel::Kind& kind, std::vector<std::uint8_t>& payload, std::uint64_t max_payload) {
-  std::uint64_t need = channel::kHeaderBytes;
-  bool have_header = false;
-  channel::FrameHeader header;
+ChannelStatus HostChannel::receive(std::vector<std::uint8_t>& out, std::size_t at, std::size_t want) {
+  out.resize(at + want);
   for (;;) {
-    if (!have_header && buffer_.size() >= channel::kHeaderBytes) {
-      header = channel::parse_header(std::span<const std::uint8_t, channel::kHeaderBytes>(buffer_.data(), channel::kHeaderBytes));
-      if (header.length > max_payload) return ChannelStatus::too_large;
-      have_header = true;
-      need = channel::kHeaderBytes + header.length;
-    }
-    if (have_header && buffer_.size() >= need) {
-      kind = header.kind;
-      payload.assign(buffer_.begin() + channel::kHeaderBytes, buffer_.begin() + static_cast<std::ptrdiff_t>(need));
-      buffer_.erase(buffer_.begin(), buffer_.begin() + static_cast<std::ptrdiff_t>(need));
+    const ssize_t n = ::recv(fd_.get(), out.data() + at, want, 0);
+    if (n > 0) {
+      out.resize(at + static_cast<std::size_t>(n));
       return ChannelStatus::ok;
     }
-    const std::size_t old = buffer_.size();
-    // Bounded chunks: resize zero-fills, so growing straight to a large frame's size on
-    // every partial read would cost quadratic time.
-    const std::size_t want = std::clamp<std::size_t>(static_cast<std::size_t>(need) - std::min<std::size_t>(old, need),
-                                                     kReadChunk, kMaxReadChunk);
-    buffer_.resize(old + want);
-    const ssize_t n = ::recv(fd_.get(), buffer_.data() + old, want, 0);
-    buffer_.resize(old + (n > 0 ? static_cast<std::size_t>(n) : 0));
-    if (n > 0) continue;
-    if (n == 0) return ChannelStatus::closed;
-    if (errno == EINTR) continue;
-    if (errno != EAGAIN) return ChannelStatus::closed;
+    if (n < 0 && errno == EINTR) continue;
+    out.resize(at);
+    if (n == 0 || errno != EAGAIN) return ChannelStatus::closed;
     if (ChannelStatus s = wait(POLLIN); s != ChannelStatus::ok) return s;
+    out.resize(at + want);
   }
+}
+
+ChannelStatus HostChannel::read(channel::Kind& kind, std::vector<std::uint8_t>& payload, const ReadLimits& limits) {
+  while (buffer_.size() < channel::kHeaderBytes) {
+    if (ChannelStatus s = receive(buffer_, buffer_.size(), kReadChunk); s != ChannelStatus::ok) return s;
+  }
+  const channel::FrameHeader header =
+      channel::parse_header(std::span<const std::uint8_t, channel::kHeaderBytes>(buffer_.data(), channel::kHeaderBytes));
+  // Refused before a byte of the payload is read: what the guest declares costs the host nothing.
+  if (header.length > limits.max_payload) {
+    refused_length_ = header.length;
+    return ChannelStatus::too_large;
+  }
+  if (header.kind == limits.result_kind && header.length > limits.max_result) {
+    refused_length_ = header.length;
+    return ChannelStatus::result_too_large;
+  }
+  kind = header.kind;
+  const std::size_t length = header.length;
+  const auto first = buffer_.begin() + channel::kHeaderBytes;
+  const std::size_t buffered = std::min(length, buffer_.size() - channel::kHeaderBytes);
+  payload.assign(first, first + static_cast<std::ptrdiff_t>(buffered));
+  buffer_.erase(buffer_.begin(), first + static_cast<std::ptrdiff_t>(buffered));
+  // The rest goes straight into place, in bounded chunks: resize zero-fills, so the payload
+  // grows with what arrives, never to what the header claims.
+  while (payload.size() < length) {
+    const std::size_t want = std::clamp<std::size_t>(length - payload.size(), 1, std::max(kReadChunk, std::min(payload.size(), kMaxReadChunk)));
+    if (ChannelStatus s = receive(payload, payload.size(), want); s != ChannelStatus::ok) return s;
+  }
+  return ChannelStatus::ok;
 }
 
 }  // namespace sojourn::sandbox

@@ -13,7 +13,17 @@
 
 namespace sojourn::sandbox {
 
-enum class ChannelStatus { ok, closed, deadline, aborted, too_large };
+// too_large: a frame over ReadLimits::max_payload; result_too_large: the result frame over
+// ReadLimits::max_result (its declared length is in HostChannel::refused_length()).
+enum class ChannelStatus { ok, closed, deadline, aborted, too_large, result_too_large };
+
+// The largest frames the host takes from a guest, checked against each header before its
+// payload is read: any frame, and the run's final (result) frame.
+struct ReadLimits {
+  std::uint64_t max_payload = 0;
+  channel::Kind result_kind{};
+  std::uint64_t max_result = 0;
+};
 
 class HostChannel {
  public:
@@ -21,8 +31,11 @@ class HostChannel {
   HostChannel(UniqueFd fd, Clock::time_point deadline, const std::atomic<bool>* abort);
 
   ChannelStatus write(std::span<const std::uint8_t> frame);
-  // The next frame; its payload may be at most `max_payload` bytes.
-  ChannelStatus read(channel::Kind& kind, std::vector<std::uint8_t>& payload, std::uint64_t max_payload);
+  // The next frame, within `limits`. The payload grows as its bytes arrive and is read
+  // straight into place; a frame over a limit is refused at its header, unread.
+  ChannelStatus read(channel::Kind& kind, std::vector<std::uint8_t>& payload, const ReadLimits& limits);
+  // The declared payload length of the last frame refused as too large.
+  std::uint64_t refused_length() const { return refused_length_; }
 
  private:
   // Waits for `events`; ok, deadline or aborted (checked every few milliseconds).
@@ -30,7 +43,11 @@ class HostChannel {
   UniqueFd fd_;
   Clock::time_point deadline_;
   const std::atomic<bool>* abort_;
-  std::vector<std::uint8_t> buffer_;  // bytes read past the last frame
+  // Received bytes not yet part of a frame's payload: a header, or what came after it.
+  std::vector<std::uint8_t> buffer_;
+  std::uint64_t refused_length_ = 0;
+  // Receives into `out` at `at` (at most `want` bytes); ok when some arrived.
+  ChannelStatus receive(std::vector<std::uint8_t>& out, std::size_t at, std::size_t want);
 };
 
 }  // namespace sojourn::sandbox

@@ -261,3 +261,127 @@ TEST_CASE("the in-process transport reaches a registered handler and refuses unk
   CHECK(f.await(one_request(missing, {0})).error().message == "cannot connect to inproc://nobody: no such in-process node");
   unregister_inproc("transport-test");
 }
+
+namespace {
+
+// Polls the server's stats on its thread until `done` holds (or two seconds pass).
+template <class F>
+ServerStats wait_for_stats(Fixture& f, F done) {
+  ServerStats s;
+  for (int i = 0; i < 400; ++i) {
+    s = f.run([&] { return f.server->stats(); });
+    if (done(s)) break;
+    std::this_thread::sleep_for(5ms);
+  }
+  return s;
+}
+
+std::vector<std::uint8_t> header_declaring(std::uint32_t length) {
+  auto h = encode_header(FrameHeader{FrameKind::call, 0, length, 1});
+  return {h.begin(), h.end()};
+}
+
+ProtocolError only_protocol_error(const std::vector<std::uint8_t>& bytes) {
+  FrameDecoder d;
+  REQUIRE(d.feed(bytes).ok());
+  REQUIRE(d.frames().size() == 1);
+  REQUIRE(d.frames()[0].header.kind == FrameKind::protocol_error);
+  auto pe = decode_protocol_error(d.frames()[0].payload);
+  REQUIRE(pe.ok());
+  return *pe;
+}
+
+}  // namespace
+
+TEST_CASE("headers that declare large payloads hold nothing until the bytes come, and a client is still served") {
+  Fixture f;  // the default limits: 16 MiB frames
+  std::vector<std::unique_ptr<test::RawSocket>> senders;
+  for (int i = 0; i < 100; ++i) {
+    senders.push_back(std::make_unique<test::RawSocket>(f.bound.port));
+    REQUIRE(senders.back()->send(header_declaring(kDefaultMaxPayload)));
+  }
+  // Every connection is open and its header read; the payloads hold only what arrived: nothing.
+  auto s = wait_for_stats(f, [](const ServerStats& st) { return st.connections == 100; });
+  CHECK(s.connections == 100);
+  std::this_thread::sleep_for(50ms);  // the headers reach the readers
+  s = f.run([&] { return f.server->stats(); });
+  CHECK(s.partial_frame_bytes == 0);
+  CHECK(s.partial_frame_bytes_peak == 0);
+  auto link = f.run([&] { return make_link(f.io.get_executor(), f.bound, {}); });
+  auto reply = f.await(one_request(link, {0, 4}));
+  REQUIRE(reply.ok());
+  CHECK(reply->payload == std::vector<std::uint8_t>{4, 0});
+}
+
+TEST_CASE("slow senders share one budget: the one that would pass it is closed as overloaded, the others go on") {
+  TransportOptions options;
+  options.max_partial_frame_bytes = 1u << 20;
+  Fixture f(options);
+  // Each sends 300 KiB of a 1 MiB payload and stops. Its capacity is 512 KiB (powers of
+  // two), of which all but the free first 64 KiB is charged: 448 KiB; the third cannot.
+  const std::size_t charged = (512u - 64u) << 10;
+  const std::vector<std::uint8_t> part(300u << 10, 7);
+  std::vector<std::unique_ptr<test::RawSocket>> senders;
+  for (int i = 0; i < 2; ++i) {
+    senders.push_back(std::make_unique<test::RawSocket>(f.bound.port));
+    REQUIRE(senders.back()->send(header_declaring(1u << 20)));
+    REQUIRE(senders.back()->send(part));
+  }
+  auto s = wait_for_stats(f, [&](const ServerStats& st) { return st.partial_frame_bytes == 2 * charged; });
+  CHECK(s.partial_frame_bytes == 2 * charged);
+  test::RawSocket third(f.bound.port);
+  REQUIRE(third.send(header_declaring(1u << 20)));
+  REQUIRE(third.send(part));
+  bool closed = false;
+  auto got = third.read_until_closed(2000, &closed);
+  CHECK(closed);
+  auto pe = only_protocol_error(got);
+  CHECK(pe.code == Errc::overloaded);
+  CHECK(pe.message == "node is overloaded: the frames being read would hold more than 1048576 bytes");
+  s = f.run([&] { return f.server->stats(); });
+  CHECK(s.partial_frame_bytes_peak <= options.max_partial_frame_bytes);
+  CHECK(s.partial_frame_bytes == 2 * charged);  // what the third held went back
+  // Small requests need none of the budget: served while it is full.
+  auto link = f.run([&] { return make_link(f.io.get_executor(), f.bound, options); });
+  auto small = f.await(one_request(link, {0, 6}));
+  REQUIRE(small.ok());
+  CHECK(small->payload == std::vector<std::uint8_t>{6, 0});
+  // A sender that finishes its frame gives its part back, and a larger request then fits.
+  REQUIRE(senders[0]->send(std::vector<std::uint8_t>((1u << 20) - part.size(), 0)));
+  s = wait_for_stats(f, [&](const ServerStats& st) { return st.partial_frame_bytes == charged; });
+  CHECK(s.partial_frame_bytes == charged);
+  std::vector<std::uint8_t> larger(200u << 10, 1);
+  larger[0] = 0;
+  auto reply = f.await(one_request(link, larger));
+  REQUIRE(reply.ok());
+  CHECK(reply->payload.size() == larger.size());
+}
+
+TEST_CASE("past max_connections a connection is closed at accept with the reason; the others are served") {
+  TransportOptions options;
+  options.max_connections = 4;
+  Fixture f(options);
+  std::vector<std::unique_ptr<test::RawSocket>> open;
+  for (int i = 0; i < 4; ++i) open.push_back(std::make_unique<test::RawSocket>(f.bound.port));
+  CHECK(wait_for_stats(f, [](const ServerStats& st) { return st.connections == 4; }).connections == 4);
+  test::RawSocket fifth(f.bound.port);
+  bool closed = false;
+  auto pe = only_protocol_error(fifth.read_until_closed(2000, &closed));
+  CHECK(closed);
+  CHECK(pe.code == Errc::overloaded);
+  CHECK(pe.message == "node is overloaded: 4 connections are open, the most it keeps");
+  CHECK(f.run([&] { return f.server->stats(); }).refused_at_cap == 1);
+  // The four already open are served...
+  REQUIRE(open[0]->send(encode_frame(FrameKind::ping, 9, {})));
+  open[0]->shutdown_write();
+  FrameDecoder d;
+  REQUIRE(d.feed(open[0]->read_until_closed(2000)).ok());
+  REQUIRE(d.frames().size() == 1);
+  CHECK(d.frames()[0].header.kind == FrameKind::pong);
+  // ...and once one has gone, a new client gets its place.
+  CHECK(wait_for_stats(f, [](const ServerStats& st) { return st.connections == 3; }).connections == 3);
+  auto link = f.run([&] { return make_link(f.io.get_executor(), f.bound, options); });
+  auto reply = f.await(one_request(link, {0, 8}));
+  REQUIRE(reply.ok());
+  CHECK(reply->payload == std::vector<std::uint8_t>{8, 0});
+}

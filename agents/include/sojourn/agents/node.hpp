@@ -55,6 +55,9 @@ struct NodeOptions {
   // Threads that run Lua chunks and services (never the network thread).
   std::size_t worker_threads = 2;
   std::uint32_t max_payload = 16u << 20;
+  // Connections each listener serves at once (`--max-connections`); one more is closed at
+  // accept. The bytes of unfinished request frames are bounded too (TransportOptions).
+  std::size_t max_connections = 1024;
   // Bytes the built-in kv store may hold (keys + encoded values); kv.put past it fails.
   std::size_t kv_max_bytes = 64u << 20;
   std::chrono::milliseconds connect_timeout{3'000};

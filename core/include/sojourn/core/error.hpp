@@ -31,6 +31,7 @@ enum class Errc : std::uint16_t {
   no_such_service = 20,      // "no such service: NAME"
   service_failed = 21,       // "service NAME failed: ..."
   shutting_down = 22,        // "node is shutting down"
+  overloaded = 23,           // "node is overloaded: ..." (too many connections, or bytes of unfinished frames)
   // sandbox
   lua_error = 40,            // "Lua error at CHUNK:LINE: ..."
   cpu_limit = 41,            // "CPU limit of N instructions exceeded"

@@ -31,6 +31,9 @@ struct RunInput {
   bool allow_jit = false;
   // Set from another thread to stop the run ("node is shutting down").
   const std::atomic<bool>* abort = nullptr;
+  // The jails refuse a result whose frame is larger, before reading it (frame_too_large
+  // "frame payload of N bytes exceeds the limit of M bytes"); 0: only the memory limit bounds it.
+  std::uint64_t max_result_bytes = 0;
 };
 
 // Runs one chunk to completion in a new lua_State and closes it. Returns the chunk's

@@ -34,6 +34,14 @@ struct TransportOptions {
   std::chrono::milliseconds frame_timeout{10'000};
   // Requests a server runs at once for one connection; past it, it stops reading.
   std::size_t max_in_flight_per_connection = 1024;
+  // Connections a server keeps open at once (TLS handshakes in progress included); one
+  // more is closed at accept (a plain client first hears "node is overloaded: ...").
+  std::size_t max_connections = 1024;
+  // Bytes a server holds, over all its connections, in request frames it is still reading
+  // (a payload grows only as its bytes arrive, its capacity in powers of two; the first
+  // 64 KiB of each frame are not counted). A connection whose bytes would pass it gets an
+  // overloaded protocol error and is closed; the others go on.
+  std::size_t max_partial_frame_bytes = 256u << 20;
   // Fault injection for tests of exactly-once protocols: when set and it returns true for
   // a request, the server runs the request but, instead of replying, closes the
   // connection, as if it had broken between the work and its answer.
@@ -74,6 +82,14 @@ class Link {
 // only (one thread).
 std::shared_ptr<Link> make_link(asio::any_io_executor executor, const Address& peer, const TransportOptions& options);
 
+// What a server holds now (for tests, stats and logs).
+struct ServerStats {
+  std::size_t connections = 0;              // open, handshakes included
+  std::uint64_t refused_at_cap = 0;         // closed at accept: max_connections were open
+  std::size_t partial_frame_bytes = 0;      // held in request frames still being read
+  std::size_t partial_frame_bytes_peak = 0; // the most ever held at once
+};
+
 // Serves framed requests on TCP, or on TLS when the options say. Start and stop from the
 // executor's thread.
 class TcpServer {
@@ -89,6 +105,8 @@ class TcpServer {
   void stop_accepting();
   // Closes every connection at once.
   void close_all();
+  // From the executor's thread.
+  ServerStats stats() const;
 
   struct Impl;  // internal (shared with the connection sessions)
 
