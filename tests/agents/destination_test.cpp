@@ -125,7 +125,7 @@ std::shared_ptr<const Policy> policy_of(const std::string& json) {
 
 TEST_CASE("an address with an expected identity refuses another member of the CA, by name or by key") {
   Pki pki;
-  const std::string b_dir = pki.identity("b");
+  pki.identity("b");
   Served c(tls_options("c", pki.identity("c")));
   const std::string c_key = pki.fingerprint("c");
   const std::string b_key = pki.fingerprint("b");
@@ -161,7 +161,6 @@ TEST_CASE("an address with an expected identity refuses another member of the CA
   Node client4(right_key);
   CHECK(client4.call(c.address, "node.info").ok());
   CHECK(c.node->stats().calls_served == 2);
-  (void)b_dir;
 }
 
 TEST_CASE("a bad expected identity is a TLS configuration error") {
@@ -251,7 +250,12 @@ TEST_CASE("over plain TCP, agents go to loopback only, and every failure reads '
   CHECK(send_agent(*a.node, a.address, b.address).status == "finished");
   for (const std::string& to : {closed.address(), silent.address()}) {
     CAPTURE(to);
-    CHECK(stranded_reason(send_agent(*a.node, a.address, to), to) == "destination unreachable");
+    AgentStatus s = send_agent(*a.node, a.address, to);
+    CHECK(stranded_reason(s, to) == "destination unreachable");
+    // What Lua code at the node reads back is the same text.
+    auto seen = a.node->eval(a.address, "local id = ... return node.call('agent.status', id).reason", Value::array({s.id}));
+    REQUIRE(seen.ok());
+    CHECK(seen->get(1).as_string() == "cannot move agent " + s.id + " to " + to + ": destination unreachable");
   }
   // Not loopback, not known: no connection is even tried.
   CHECK(stranded_reason(send_agent(*a.node, a.address, "192.0.2.1:7400"), "192.0.2.1:7400") == "destination refused by policy");
