@@ -126,6 +126,8 @@ class AgentRuntime : public std::enable_shared_from_this<AgentRuntime> {
   // Appends the messages of an arrival answer that the agent has not had yet.
   void take_messages(const std::string& id, const Value& messages);
   asio::awaitable<Result<Value>> hand_over(AgentRecord record, std::shared_ptr<const CachedBundle> bundle, std::string peer);
+  // The agent (still at `epoch`) stays here, stopped, and its home hears `reason`.
+  void strand(const std::string& id, std::uint64_t epoch, const std::string& reason);
 
   // tracking.cpp
   void track_launch(AgentRecord& record);  // gives the record its first report token

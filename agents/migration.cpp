@@ -8,6 +8,7 @@
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
 
+#include "destinations.hpp"
 #include "sojourn/core/log.hpp"
 
 namespace sojourn {
@@ -169,16 +170,29 @@ asio::awaitable<Result<Value>> AgentRuntime::hand_over(AgentRecord record, std::
 asio::awaitable<void> AgentRuntime::migrate(std::string id, std::string peer, std::string entry) {
   AgentRecord next;
   std::shared_ptr<const CachedBundle> bundle;
+  DestinationScope scope;
   {
     std::lock_guard lock(mutex_);
     auto it = residents_.find(id);
     if (it == residents_.end()) co_return;
     next = it->second.record;
     bundle = it->second.bundle;
+    scope.rule = it->second.rule;
   }
   if (next.epoch + 1 > next.max_hops) {
     finish(id, "failed", "agent " + id + " ran out of its hop budget of " + std::to_string(next.max_hops) + " hops (at " +
                              self() + ")", Value{});
+    co_return;
+  }
+  // Where it may go is decided on the record as it was here: its home, stops and visits.
+  const AgentRecord here = next;
+  scope.tls = impl_.tls != nullptr;
+  scope.peers = &impl_.options.tls.peers;
+  scope.record = &here;
+  if (auto allowed = check_destination(scope, peer); !allowed) {
+    // The code asked for this destination itself: it stays here, told no more than that.
+    log_warn("agents", impl_.options.name + ": " + allowed.error().message);
+    strand(id, next.epoch, "cannot move agent " + id + " to " + peer + ": " + kDestinationRefused);
     co_return;
   }
   next.epoch += 1;
@@ -191,8 +205,14 @@ asio::awaitable<void> AgentRuntime::migrate(std::string id, std::string peer, st
   if (!next.itinerary.empty() && next.itinerary.front() != peer) targets.push_back(next.itinerary.front());
   if (next.home != self() && next.home != peer) targets.push_back(next.home);
 
-  std::string last_error;
+  std::string last_error, last_error_for_code;
   for (const std::string& target : targets) {
+    if (target != peer) {
+      if (auto allowed = check_destination(scope, target); !allowed) {
+        log_warn("agents", impl_.options.name + ": not falling back: " + allowed.error().message);
+        continue;
+      }
+    }
     AgentRecord attempt = next;
     if (target != peer) {
       // A fallback stop: skip the unreachable one in the itinerary.
@@ -216,10 +236,11 @@ asio::awaitable<void> AgentRuntime::migrate(std::string id, std::string peer, st
         co_return;
       }
       if (commit) {
-        last_error = "no commit in the answer";
+        last_error = last_error_for_code = "no commit in the answer";
         break;
       }
       last_error = commit.error().message;
+      last_error_for_code = hand_over_failure_for_code(commit.error());
       if (!outcome_unknown(commit.error().code)) break;
       log_warn("agents", impl_.options.name + ": moving agent " + id + " to " + target + ": " + last_error + "; retrying");
       asio::steady_timer timer(impl_.io, backoff);
@@ -227,22 +248,26 @@ asio::awaitable<void> AgentRuntime::migrate(std::string id, std::string peer, st
       backoff *= 2;
     }
   }
-  // Nowhere to go: the agent stays here, stopped, and says why.
-  const std::string reason = "cannot move agent " + id + " to " + peer + ": " + last_error;
+  // Nowhere to go: the agent stays here, stopped. The log has the whole story; the status,
+  // which code can read, only what does not make this node a probe of its network.
+  log_warn("agents", impl_.options.name + ": cannot move agent " + id + " to " + peer + ": " + last_error);
+  strand(id, next.epoch - 1, "cannot move agent " + id + " to " + peer + ": " + last_error_for_code);
+}
+
+void AgentRuntime::strand(const std::string& id, std::uint64_t epoch, const std::string& reason) {
   std::string home, token;
   {
     std::lock_guard lock(mutex_);
     auto it = residents_.find(id);
-    if (it == residents_.end() || it->second.record.epoch + 1 != next.epoch) co_return;
+    if (it == residents_.end() || it->second.record.epoch != epoch) return;
     it->second.status = "stranded";
     it->second.reason = reason;
     home = it->second.record.home;
     token = it->second.record.report_token;
   }
-  log_warn("agents", impl_.options.name + ": " + reason);
   Value report = Value::table();
   report.set("id", id);
-  report.set("epoch", static_cast<std::int64_t>(next.epoch - 1));
+  report.set("epoch", static_cast<std::int64_t>(epoch));
   report.set("node", self());
   report.set("status", "stranded");
   report.set("reason", reason);

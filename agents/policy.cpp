@@ -8,6 +8,7 @@
 #include "sojourn/core/json.hpp"
 #include "sojourn/core/signature.hpp"
 #include "sojourn/core/value.hpp"
+#include "sojourn/transports/address.hpp"
 
 namespace sojourn {
 
@@ -75,12 +76,25 @@ PolicyQuotas parse_quotas(const Value& q, const std::string& where) {
   return out;
 }
 
+// Why a `destinations` entry is not one (empty when it is).
+std::string destination_pattern_error(const std::string& pattern) {
+  if (pattern == "*" || pattern == "peers" || pattern == "known") return {};
+  std::string text = pattern;
+  // "HOST:*": any port of HOST, checked as an address with some port.
+  if (text.size() > 2 && text.compare(text.size() - 2, 2, ":*") == 0) text.replace(text.size() - 1, 1, "0");
+  auto address = parse_address(text);
+  if (!address || address->kind != Address::Kind::tcp) {
+    return "'" + pattern + "' is not HOST:PORT, HOST:*, peers, known or *";
+  }
+  return {};
+}
+
 PolicyRule parse_rule(const Value& r, const std::string& where, bool is_default,
                       const std::map<std::string, std::string>& keys) {
   if (is_default) {
-    only_fields(r, where, {"name", "comment", "refuse", "isolation", "quotas", "services"});
+    only_fields(r, where, {"name", "comment", "refuse", "isolation", "quotas", "services", "destinations"});
   } else {
-    only_fields(r, where, {"name", "comment", "signer", "peer", "refuse", "isolation", "quotas", "services"});
+    only_fields(r, where, {"name", "comment", "signer", "peer", "refuse", "isolation", "quotas", "services", "destinations"});
   }
   PolicyRule rule;
   rule.name = where;
@@ -110,6 +124,14 @@ PolicyRule parse_rule(const Value& r, const std::string& where, bool is_default,
   }
   if (Value v = r.get("quotas"); !v.is_nil()) rule.quotas = parse_quotas(v, where + ".quotas");
   if (Value v = r.get("services"); !v.is_nil()) rule.services = strings_field(v, where + ".services");
+  if (Value v = r.get("destinations"); !v.is_nil()) {
+    rule.destinations = strings_field(v, where + ".destinations");
+    for (std::size_t i = 0; i < rule.destinations->size(); ++i) {
+      if (auto why = destination_pattern_error((*rule.destinations)[i]); !why.empty()) {
+        fail(where + ".destinations[" + std::to_string(i) + "]", why);
+      }
+    }
+  }
   return rule;
 }
 

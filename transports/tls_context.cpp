@@ -14,6 +14,7 @@
 
 #include "sojourn/core/identity.hpp"
 #include "sojourn/core/log.hpp"
+#include "sojourn/transports/address.hpp"
 
 namespace sojourn {
 
@@ -110,6 +111,38 @@ std::string TlsContext::expected_pins() const {
   return "expected one of " + list;
 }
 
+std::string TlsContext::expected_at(const std::string& address) const {
+  auto it = expected_.find(address);
+  return it == expected_.end() ? std::string() : it->second;
+}
+
+namespace {
+
+// TlsConfig::peers, keyed by the address in the form links name their peer, each identity
+// a fingerprint (as parse_fingerprint writes it) or a certificate name.
+Result<std::map<std::string, std::string>> expected_identities(const TlsConfig& config) {
+  std::map<std::string, std::string> out;
+  for (const auto& [where, who] : config.peers) {
+    auto address = parse_address(where);
+    if (!address) return config_error("peer " + who + "=" + where + ": " + address.error().message);
+    if (address->kind != Address::Kind::tcp) return config_error("peer " + who + "=" + where + ": not a HOST:PORT address");
+    std::string identity = who;
+    if (auto fp = parse_fingerprint(who); fp) {
+      identity = *fp;
+    } else if (!valid_identity_name(who)) {
+      return config_error("peer " + who + "=" + where + ": '" + who +
+                          "' is neither an identity name (1-64 of A-Z a-z 0-9 . _ -) nor a key fingerprint");
+    }
+    auto [it, fresh] = out.emplace(address->to_string(), identity);
+    if (!fresh && it->second != identity) {
+      return config_error("peer " + address->to_string() + " is expected to be both '" + it->second + "' and '" + identity + "'");
+    }
+  }
+  return out;
+}
+
+}  // namespace
+
 Result<std::shared_ptr<const TlsContext>> make_tls_context(const TlsConfig& config) {
   namespace fs = std::filesystem;
   std::error_code ec;
@@ -125,6 +158,9 @@ Result<std::shared_ptr<const TlsContext>> make_tls_context(const TlsConfig& conf
     return config_error(key_path + " is readable by other users; `chmod 600 " + key_path + "` first");
   }
   auto context = std::make_shared<TlsContext>();
+  auto expected = expected_identities(config);
+  if (!expected) return expected.error();
+  context->expected_ = std::move(*expected);
   std::string ca_path;
   if (!config.pins.empty()) {
     for (const auto& text : config.pins) {
@@ -161,6 +197,20 @@ std::string common_name(X509* cert) {
   return text;
 }
 
+namespace {
+
+// Any member of the CA (or holder of a pinned key) passes the trust check; an address with
+// an expected identity accepts only that one: the leaf's CN or its key fingerprint.
+bool expected_identity_holds(PeerCheck& check, x509_store_ctx_st* store) {
+  if (check.expected.empty() || check.expected == check.name || check.expected == check.fingerprint) return true;
+  check.refusal = "not the identity expected at this address: expected '" + check.expected + "', got '" + check.name +
+                  "' (key " + check.fingerprint + ")";
+  X509_STORE_CTX_set_error(store, X509_V_ERR_CERT_REJECTED);
+  return false;
+}
+
+}  // namespace
+
 bool verify_peer(const TlsContext& tls, PeerCheck& check, bool preverified, x509_store_ctx_st* store) {
   const int depth = X509_STORE_CTX_get_error_depth(store);
   const int err = X509_STORE_CTX_get_error(store);
@@ -183,11 +233,14 @@ bool verify_peer(const TlsContext& tls, PeerCheck& check, bool preverified, x509
       check.refusal = verify_reason(err);
       return false;
     }
-    return true;
+    return expected_identity_holds(check, store);
   }
-  if (preverified) return true;
-  check.refusal = verify_reason(err);
-  return false;
+  if (!preverified) {
+    check.refusal = verify_reason(err);
+    return false;
+  }
+  // The chain is good up to here; the leaf comes last (depth 0).
+  return depth > 0 || expected_identity_holds(check, store);
 }
 
 namespace {

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <chrono>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -27,6 +28,9 @@ class TlsContext {
   bool pin_matches(const std::string& fingerprint) const;
   // "expected FP" or "expected one of FP1, FP2".
   std::string expected_pins() const;
+  // The identity (CN or key fingerprint) expected at `address` (Address::to_string form);
+  // empty when none is configured.
+  std::string expected_at(const std::string& address) const;
 
   PeerIdentity self;
   std::string trust;  // see tls_trust_summary
@@ -35,6 +39,7 @@ class TlsContext {
   friend Result<std::shared_ptr<const TlsContext>> make_tls_context(const TlsConfig& config);
   mutable asio::ssl::context context_;
   std::vector<std::string> pins_;
+  std::map<std::string, std::string> expected_;  // address -> CN or fingerprint
 };
 
 namespace transport_detail {
@@ -43,13 +48,16 @@ namespace transport_detail {
 struct PeerCheck {
   std::string name, fingerprint;
   std::string refusal;  // why the certificate was refused; empty while it is not
+  // A client's expectation for the address it dialled (TlsContext::expected_at): the leaf
+  // must have this CN or key fingerprint. Empty: any certificate the trust anchors accept.
+  std::string expected;
 };
 
 // The CN of a certificate's subject; empty when it has none.
 std::string common_name(x509_st* cert);
 
 // The verify callback of one connection: OpenSSL's chain verification against the CA, or
-// the pinned keys; records the leaf and the reason of a refusal in `check`.
+// the pinned keys, then the identity expected at the dialled address; records the leaf and the reason of a refusal in `check`.
 bool verify_peer(const TlsContext& tls, PeerCheck& check, bool preverified, x509_store_ctx_st* store);
 
 // The Error a failed handshake with `peer` becomes:

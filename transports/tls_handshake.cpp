@@ -77,6 +77,8 @@ asio::awaitable<Result<PeerIdentity>> FramedSocket::handshake(std::chrono::milli
     }
   }
   auto check = std::make_shared<PeerCheck>();
+  // A client holds the server to the identity configured for the address it dialled.
+  if (!server_side_) check->expected = tls_context_->expected_at(peer_name_);
   tls_->set_verify_callback([check, tls = tls_context_](bool preverified, asio::ssl::verify_context& vc) {
     return verify_peer(*tls, *check, preverified, vc.native_handle());
   });

@@ -30,10 +30,12 @@ enum ExitCode : int {
 // Maps an error to the exit code that tells the three kinds of failure apart.
 int exit_code_for(const Error& e);
 
-// --tls DIR, --tls-name NAME, --pin FP: mutual TLS for a node or a client (docs/tls.md).
+// --tls DIR, --tls-name NAME, --pin FP, --peer NAME=HOST:PORT: mutual TLS for a node or a
+// client, and the identities expected at addresses (docs/tls.md).
 struct TlsFlags {
   std::string dir, name;
   std::vector<std::string> pins;
+  std::vector<std::string> peers;  // NAME=HOST:PORT
 };
 // Puts the flags into a node's options.
 void apply_tls(const TlsFlags& flags, NodeOptions& options);

@@ -9,6 +9,7 @@
 
 #include "sojourn/agents/node.hpp"
 #include "sojourn/core/identity.hpp"
+#include "sojourn/transports/address.hpp"
 
 namespace sojourn::cli {
 
@@ -68,12 +69,30 @@ void add_tls_flags(CLI::App& command, TlsFlags& flags) {
   // One fingerprint per --pin: a list would swallow the positional arguments after it.
   command.add_option("--pin", flags.pins, "Pinned mode: trust exactly the peer key with this SHA-256 fingerprint (repeatable)")
       ->allow_extra_args(false);
+  command
+      .add_option("--peer", flags.peers,
+                  "NAME=HOST:PORT: the node at HOST:PORT must present identity NAME (a certificate CN or a key "
+                  "fingerprint); a configured peer agents may go to (repeatable)")
+      ->allow_extra_args(false)
+      ->check(CLI::Validator(
+          [](std::string& text) -> std::string {
+            auto eq = text.find('=');
+            if (eq == std::string::npos || eq == 0) return "expected NAME=HOST:PORT, got '" + text + "'";
+            auto address = parse_address(std::string_view(text).substr(eq + 1));
+            if (!address || address->kind != Address::Kind::tcp) return "expected NAME=HOST:PORT, got '" + text + "'";
+            return {};
+          },
+          "NAME=HOST:PORT"));
 }
 
 void apply_tls(const TlsFlags& flags, NodeOptions& options) {
   options.tls.dir = flags.dir;
   options.tls.name = flags.name;
   options.tls.pins = flags.pins;
+  for (const auto& spec : flags.peers) {
+    auto eq = spec.find('=');  // checked by the flag's validator
+    options.tls.peers[spec.substr(eq + 1)] = spec.substr(0, eq);
+  }
 }
 
 void add_trust_commands(CLI::App& app, TrustCommands& t) {

@@ -37,7 +37,8 @@ void add_trust_commands(CLI::App& app, TrustCommands& commands);
 // Runs the one that was parsed; -1 when none was.
 int run_trust_commands(const TrustCommands& commands);
 
-// Adds --tls DIR, --tls-name NAME and --pin FP (repeatable) to a subcommand.
+// Adds --tls DIR, --tls-name NAME, --pin FP and --peer NAME=HOST:PORT (both repeatable) to
+// a subcommand.
 void add_tls_flags(CLI::App& command, TlsFlags& flags);
 
 }  // namespace sojourn::cli

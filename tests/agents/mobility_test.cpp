@@ -210,7 +210,8 @@ TEST_CASE("an unreachable next hop leaves the agent where it is, stranded, with 
   auto s = c[0].wait_agent(c.addr[0], id, 10s);
   REQUIRE(s.ok());
   CHECK(s->status == "stranded");
-  CHECK(s->reason.rfind("cannot move agent " + id + " to " + dead + ": cannot connect to " + dead, 0) == 0);
+  // The reason code can read names no OS error (the node's log has it): destination_test.cpp.
+  CHECK(s->reason == "cannot move agent " + id + " to " + dead + ": destination unreachable");
   auto residents = c[0].list_agents();
   REQUIRE(residents.ok());
   REQUIRE(residents->size() == 1);

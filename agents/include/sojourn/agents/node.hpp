@@ -44,7 +44,9 @@ struct NodeOptions {
   std::string name = "node";
   // Mutual TLS for every TCP connection, served and made (see docs/tls.md): set `tls.dir`
   // and this node listens and connects only over TLS, proving its identity and checking
-  // each peer's. Empty: plain TCP, for loopback development.
+  // each peer's. Empty: plain TCP, for loopback development. `tls.peers` (address ->
+  // identity) binds addresses to the identities expected there, and names the configured
+  // peers this node's agents may go to by default (docs/security.md, "Where agents may go").
   TlsConfig tls;
   // Plain TCP on a non-loopback address is refused unless this is set (`--insecure`).
   bool insecure_plain_tcp = false;

@@ -39,6 +39,11 @@ struct PolicyRule {
   PolicyQuotas quotas;
   // Services `node.call` may reach: names, "prefix.*", or "*". Absent: all of them.
   std::optional<std::vector<std::string>> services;
+  // Where this code's agents may be sent from this node (agent.go, and the itinerary and
+  // home it falls back to): "HOST:PORT", "HOST:*" (any port of HOST), "peers" (the node's
+  // configured peers, TlsConfig::peers), "known" (those, the agent's home, its itinerary and
+  // the nodes it has visited) or "*". Absent: the node's default (docs/security.md).
+  std::optional<std::vector<std::string>> destinations;
 
   bool grants(std::string_view service) const;
 };

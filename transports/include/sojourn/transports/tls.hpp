@@ -4,6 +4,7 @@
 // the transports' implementation files.
 #pragma once
 
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -21,6 +22,11 @@ struct TlsConfig {
   // Pinned-key mode (two nodes without a CA): peers are trusted when their public key has
   // one of these SHA-256 fingerprints, and no CA is consulted. Empty: trust dir/ca.crt.
   std::vector<std::string> pins;
+  // Identities expected at addresses ("HOST:PORT" -> a certificate CN or a key fingerprint,
+  // `--peer NAME=HOST:PORT`): a connection this side makes to such an address is refused
+  // unless the server's verified certificate has that name or key, so no other member of
+  // the CA can answer for it. Addresses not listed accept any trusted certificate.
+  std::map<std::string, std::string> peers;
 
   bool enabled() const { return !dir.empty(); }
 };
