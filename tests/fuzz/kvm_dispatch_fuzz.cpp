@@ -104,7 +104,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
         regs.rax = in.ConsumeIntegralInRange(0, 7) != 0
                        ? kNumbers[in.ConsumeIntegralInRange<std::size_t>(0, std::size(kNumbers) - 1)]
                        : in.ConsumeIntegral<std::uint64_t>();
-        for (std::uint64_t* r : {&regs.rdi, &regs.rsi, &regs.rdx, &regs.r10, &regs.r8, &regs.r9}) *r = guest.value();
+        for (auto* r : {&regs.rdi, &regs.rsi, &regs.rdx, &regs.r10, &regs.r8, &regs.r9}) *r = guest.value();
         break;
       }
       case 2:

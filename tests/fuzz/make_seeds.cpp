@@ -197,8 +197,8 @@ int main(int argc, char** argv) {
   put("host_channel_fuzz", "calls_then_done", Bytes{4} + host_call + fail_call + host_call + run_done);
   put("host_channel_fuzz", "seccomp_then_close", Bytes{0} + report);
   put("host_channel_fuzz", "agent_went", Bytes{1} + host_call + ch::encode_frame(went));
-  put("host_channel_fuzz", "exited", Bytes{0} + Bytes(ch::encode_frame(ch::Exited{7, 100, 1, 0, 5000}).begin() + ch::kHeaderBytes,
-                                                     ch::encode_frame(ch::Exited{7, 100, 1, 0, 5000}).end()));
+  const Bytes exited = ch::encode_frame(ch::Exited{7, 100, 1, 0, 5000});
+  put("host_channel_fuzz", "exited", Bytes{0} + Bytes(exited.begin() + ch::kHeaderBytes, exited.end()));
 
   // source_scan_fuzz: the chunk, then three bytes read from the end (chunk's first line 1,
   // last line = first line, first line picked by the last byte: value - 2).

@@ -11,6 +11,7 @@
 #include "lua_source_scan.hpp"
 
 using namespace sojourn::sandbox::lua;
+namespace fuzz = sojourn::fuzz;
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
   FuzzedDataProvider in(data, size);
