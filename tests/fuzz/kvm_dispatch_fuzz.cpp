@@ -135,7 +135,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
         const auto bytes = in.ConsumeBytes<std::byte>(in.ConsumeIntegralInRange<std::size_t>(0, 2 * kPageSize));
         (void)state.space.copy_to_guest(*memory, at, bytes);
         std::vector<std::byte> back(bytes.size());
-        if (state.space.copy_from_guest(*memory, at, back)) {
+        if (!back.empty() && state.space.copy_from_guest(*memory, at, back)) {
           fuzz::check(state.space.range_allows(at, back.size(), kProtRead), "a readable range reads");
         }
         continue;
