@@ -102,11 +102,11 @@ Result<Value> value_from_json(std::string_view text) {
   if (j.is_discarded()) {
     try {
       json strict = json::parse(text);  // throws with the position of the error
-    } catch (const json::parse_error& e) {
+    } catch (const json::exception& e) {  // a parse_error, or out_of_range for a number past a double
       std::string what = e.what();
       // "[json.exception.parse_error.101] parse error at line 1, column 2: ..." -> from "parse error".
-      auto at = what.find("parse error");
-      return make_error(Errc::invalid_json, "invalid JSON: " + (at == std::string::npos ? what : what.substr(at)));
+      auto at = what.find("] ");
+      return make_error(Errc::invalid_json, "invalid JSON: " + (at == std::string::npos ? what : what.substr(at + 2)));
     }
     return make_error(Errc::invalid_json, "invalid JSON");
   }

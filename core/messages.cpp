@@ -2,7 +2,11 @@
 #include "sojourn/core/messages.hpp"
 
 #include <algorithm>
+#include <cmath>
+#include <type_traits>
 #include <unordered_map>
+#include <unordered_set>
+#include <variant>
 
 #include "wire_io.hpp"
 
@@ -141,6 +145,28 @@ Slot read_slot(Reader& r, const GraphCounts& n) {
   }
 }
 
+// A map key as Value::set leaves it, so that get, length and equality see the table the
+// sender had: not nil or NaN, a float key only when not integral (else it is the integer),
+// an integer key never one that the array part holds or would take next, and no key twice.
+void check_map_key(const Slot& k, std::size_t array_size, std::unordered_set<std::string>& seen) {
+  if (k.index() == 0) throw DecodeError("nil table key");
+  if (const double* d = std::get_if<double>(&k)) {
+    if (*d != *d) throw DecodeError("NaN table key");
+    if (std::floor(*d) == *d && std::fabs(*d) < 9.2e18) throw DecodeError("integral float table key");
+  }
+  if (const std::int64_t* i = std::get_if<std::int64_t>(&k); i && *i >= 1 && static_cast<std::uint64_t>(*i) <= array_size + 1) {
+    throw DecodeError("table key " + std::to_string(*i) + " belongs to the array part");
+  }
+  std::string id(1, static_cast<char>(k.index()));
+  std::visit([&](const auto& x) {
+    using T = std::decay_t<decltype(x)>;
+    if constexpr (std::is_same_v<T, std::string>) id += x;
+    else if constexpr (std::is_same_v<T, TableRef> || std::is_same_v<T, FunctionRef>) id += std::to_string(x.index);
+    else if constexpr (!std::is_same_v<T, std::monostate>) id.append(reinterpret_cast<const char*>(&x), sizeof x);  // SAFETY: a scalar's own bytes
+  }, k);
+  if (!seen.insert(std::move(id)).second) throw DecodeError("duplicate table key");
+}
+
 }  // namespace
 
 void write_value(Writer& w, const Value& v) {
@@ -174,11 +200,11 @@ Value read_value(Reader& r) {
     if (!t.array.empty() && t.array.back().index() == 0) throw DecodeError("array part ends with nil");
     std::uint32_t m = r.count(2, "map entry");
     t.map.reserve(m);
+    std::unordered_set<std::string> seen;  // each key once, as Value::set keeps a table
     for (std::uint32_t j = 0; j < m; ++j) {
       Slot k = read_slot(r, n);
       Slot v = read_slot(r, n);
-      if (k.index() == 0) throw DecodeError("nil table key");
-      if (const double* d = std::get_if<double>(&k); d && *d != *d) throw DecodeError("NaN table key");
+      check_map_key(k, t.array.size(), seen);
       t.map.emplace_back(std::move(k), std::move(v));
     }
   }

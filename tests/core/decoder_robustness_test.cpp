@@ -1,8 +1,10 @@
 // Seeded mutation of valid payloads: every decoder must return a value or a clean
 // error for any bytes, never crash, hang or allocate past the payload. The same
-// entry point is a libFuzzer target (tests/fuzz/decoder_fuzz.cpp) for longer runs.
+// entry points are libFuzzer targets (tests/fuzz/messages_fuzz.cpp, frame_fuzz.cpp) for longer runs.
 #include <doctest/doctest.h>
 
+#include <algorithm>
+#include <cstring>
 #include <random>
 
 #include "fuzz/decoder_targets.hpp"
@@ -77,4 +79,54 @@ TEST_CASE("random byte streams through the frame decoder end in frames or one cl
     fuzz::feed_frames(bytes);
   }
   CHECK(true);  // the property is "no crash, no sanitizer report"
+}
+
+namespace {
+
+// The bytes of `v`, with the 8 bytes of `from` (as the encoder wrote them) replaced by `to`.
+template <class T>
+std::vector<std::uint8_t> patched(const Value& v, T from, T to) {
+  auto bytes = encode_value(v);
+  std::uint8_t a[sizeof(T)], b[sizeof(T)];
+  std::memcpy(a, &from, sizeof a);
+  std::memcpy(b, &to, sizeof b);
+  auto at = std::search(bytes.begin(), bytes.end(), std::begin(a), std::end(a));
+  REQUIRE(at != bytes.end());
+  std::copy(std::begin(b), std::end(b), at);
+  return bytes;
+}
+
+}  // namespace
+
+// Found by value_fuzz: such tables decoded, then differed from themselves after a round trip.
+TEST_CASE("a table key sent twice, in the array part's range, or as an integral float is refused") {
+  Value t = Value::array({10});
+  t.set(std::int64_t{0x0123456789abcdef}, "x");
+  t.set(std::int64_t{0x0fedcba987654321}, "y");
+  t.set(0.25, "z");
+  REQUIRE(decode_value(encode_value(t)).ok());
+
+  auto twice = decode_value(patched<std::int64_t>(t, 0x0fedcba987654321, 0x0123456789abcdef));
+  REQUIRE_FALSE(twice.ok());
+  CHECK(twice.error().message == "malformed payload: value: duplicate table key");
+  auto in_array = decode_value(patched<std::int64_t>(t, 0x0123456789abcdef, 1));
+  REQUIRE_FALSE(in_array.ok());
+  CHECK(in_array.error().message == "malformed payload: value: table key 1 belongs to the array part");
+  auto next = decode_value(patched<std::int64_t>(t, 0x0123456789abcdef, 2));
+  REQUIRE_FALSE(next.ok());
+  CHECK(next.error().message == "malformed payload: value: table key 2 belongs to the array part");
+  auto integral = decode_value(patched<double>(t, 0.25, 7.0));
+  REQUIRE_FALSE(integral.ok());
+  CHECK(integral.error().message == "malformed payload: value: integral float table key");
+  CHECK(decode_value(patched<std::int64_t>(t, 0x0123456789abcdef, 3)).ok());  // past the array's end: a map key
+}
+
+// Found by json_fuzz: a number past a double threw out of value_from_json.
+TEST_CASE("a JSON number too large for a double is invalid JSON, not an exception") {
+  auto v = value_from_json("[1, 1e309]");
+  REQUIRE_FALSE(v.ok());
+  CHECK(v.error().code == Errc::invalid_json);
+  CHECK(v.error().message == "invalid JSON: number overflow parsing '1e309'");
+  CHECK(value_from_json("{\"a\": -1e400}").error().code == Errc::invalid_json);
+  REQUIRE(value_from_json("[1e308]").ok());
 }

@@ -1,4 +1,5 @@
-// Fuzz entry points shared by the libFuzzer target and the seeded robustness test.
+// Decoder entry points for the seeded robustness test (core_test); the libFuzzer targets
+// in this folder check the same properties and more.
 #pragma once
 
 #include <cstdint>
