@@ -27,8 +27,10 @@ TEST_CASE("each malformed header is rejected with its own message") {
   b[0] = 'X';
   CHECK(parse_header(b, kDefaultMaxPayload).error().message == "bad frame magic 0x4E524A58");
   b = header(FrameKind::call, 10);
-  b[4] = 2;
-  CHECK(parse_header(b, kDefaultMaxPayload).error().message == "unsupported protocol version 2 (this node speaks 1)");
+  b[4] = kProtocolVersion + 1;
+  CHECK(parse_header(b, kDefaultMaxPayload).error().message ==
+        "unsupported protocol version " + std::to_string(kProtocolVersion + 1) + " (this node speaks " +
+            std::to_string(kProtocolVersion) + ")");
   b = header(FrameKind::call, 10);
   b[5] = 99;
   CHECK(parse_header(b, kDefaultMaxPayload).error().message == "unknown frame kind 99");

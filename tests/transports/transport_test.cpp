@@ -169,7 +169,7 @@ TEST_CASE("each malformed frame closes its connection with a protocol error and 
   auto bad_payload = encode_frame(FrameKind::call, 1, std::vector<std::uint8_t>{0xEE});
   std::vector<Case> cases = {
       {"bad magic", bad_magic, Errc::bad_magic, "bad frame magic 0x4E524A58"},
-      {"bad version", bad_version, Errc::bad_version, "unsupported protocol version 9 (this node speaks 1)"},
+      {"bad version", bad_version, Errc::bad_version, "unsupported protocol version 9 (this node speaks " + std::to_string(kProtocolVersion) + ")"},
       {"bad kind", bad_kind, Errc::bad_kind, "unknown frame kind 42"},
       {"oversized", good_header(4096), Errc::frame_too_large, "frame payload of 4096 bytes exceeds the limit of 1024 bytes"},
       {"kind a client may not send", reply_kind, Errc::bad_kind, "a client may not send frame kind reply"},
