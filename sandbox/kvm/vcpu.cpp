@@ -222,6 +222,12 @@ Result<std::optional<int>> Vcpu::run_loop(ExitDispatcher& dispatcher, GuestState
   }
   prepare_kick_signal();
   kvm_run* run = run_.get();
+  // The timer stops KVM_RUN; the dispatcher stops the monitor's own work for the guest at the
+  // same deadline (a syscall or fault handled after it ends the run).
+  constexpr std::uint64_t kCenturyMs = 100ULL * 365 * 24 * 3600 * 1000;  // beyond it: no deadline (no overflow)
+  dispatcher.set_deadline(budget_ms < kCenturyMs ? std::chrono::steady_clock::now() + std::chrono::milliseconds(budget_ms)
+                                                 : std::chrono::steady_clock::time_point::max(),
+                          budget_ms);
   BudgetTimer timer(run, budget_ms);
   // force_exit() reaches this run's timer while it lives (and one made earlier fires it now).
   struct Registration {
