@@ -114,16 +114,16 @@ Result<void> AddressSpace::release(GuestMemory& memory, std::uint64_t start, std
     merge_at(start);  // undo the first cut: nothing changed
     return split;
   }
-  std::uint64_t first = end, last = start;  // the span of what was erased
+  bool erased = false;
   for (auto it = regions_.lower_bound(start); it != regions_.end() && it->first < end;) {
     ++regions_visited_;
-    first = std::min(first, it->first);
-    last = std::max(last, it->second.end);
     reserved_ -= it->second.end - it->first;
     it = regions_.erase(it);
+    erased = true;
   }
-  if (first >= last) return {};
-  auto taken = tables_.unmap_range(memory, pages_, first, last);
+  if (!erased) return {};
+  // The whole range, not only the erased regions: tables it covers wholly are freed too.
+  auto taken = tables_.unmap_range(memory, pages_, start, end);
   if (!taken) return taken.error();
   for (const Leaf& leaf : *taken) pages_.release(leaf.gpa);
   return {};
