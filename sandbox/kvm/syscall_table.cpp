@@ -120,6 +120,9 @@ std::int64_t sys_mremap(SyscallContext& c, const SyscallArgs& a) {
     }
     return static_cast<std::int64_t>(old_addr);
   }
+  // The growth must fit the reserve bound before anything moves: a refusal after the move
+  // would leave the guest's range at an address it was never told.
+  if (new_len - old_len > space.reserve_limit() - space.reserved_bytes()) return -ENOMEM;
   if (space.is_free(old_addr + old_len, new_len - old_len)) {
     if (!space.reserve(old_addr + old_len, new_len - old_len, prot)) return -ENOMEM;
     return static_cast<std::int64_t>(old_addr);

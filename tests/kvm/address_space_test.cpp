@@ -129,7 +129,14 @@ TEST_CASE("reserved address space is bounded by guest memory: a terabyte is refu
                                    "limited to " + std::to_string(limit) + " bytes (" + std::to_string(limit) +
                                    " reserved)");
   CHECK(g.call(SYS_munmap, static_cast<std::uint64_t>(most), kGiB) == 0);
-  CHECK(g.mmap(0, kGiB, PROT_READ) > 0);  // given back, usable again
+  // A growth past the bound is refused before anything moves: the range stays where it was.
+  const std::int64_t small = g.mmap(0x6000'0000, kPageSize, PROT_READ | PROT_WRITE, kAnon | MAP_FIXED_NOREPLACE);
+  REQUIRE(small == 0x6000'0000);
+  REQUIRE(g.put(0x6000'0000, 42));
+  REQUIRE(g.mmap(0x6000'1000, kPageSize, PROT_READ, kAnon | MAP_FIXED_NOREPLACE) == 0x6000'1000);
+  CHECK(g.call(SYS_mremap, 0x6000'0000, kPageSize, 2 * kGiB, MREMAP_MAYMOVE) == -ENOMEM);
+  CHECK(g.get(0x6000'0000) == 42);
+  CHECK(g.mmap(0, kGiB - 2 * kPageSize, PROT_READ) > 0);  // given back, usable again
 }
 
 TEST_CASE("regions are bounded: past kMaxRegions mmap and a splitting munmap get ENOMEM, nothing dropped") {
