@@ -122,8 +122,7 @@ Result<void> AddressSpace::release(GuestMemory& memory, std::uint64_t start, std
     erased = true;
   }
   if (!erased) return {};
-  // The whole range, not only the erased regions: tables it covers wholly are freed too.
-  auto taken = tables_.unmap_range(memory, pages_, start, end);
+  auto taken = tables_.unmap_range(memory, start, end);
   if (!taken) return taken.error();
   for (const Leaf& leaf : *taken) pages_.release(leaf.gpa);
   return {};
@@ -174,7 +173,7 @@ Result<void> AddressSpace::move(GuestMemory& memory, std::uint64_t from, std::ui
     moved.emplace_back(it->first - from + to, Region{it->second.end - from + to, it->second.prot});
     it = regions_.erase(it);
   }
-  auto taken = tables_.unmap_range(memory, pages_, from, end);
+  auto taken = tables_.unmap_range(memory, from, end);
   if (!taken) return taken.error();
   regions_.insert(moved.begin(), moved.end());
   merge_at(to);

@@ -129,10 +129,10 @@ Result<std::optional<Translation>> PageTables::translate(const GuestMemory& memo
   return std::optional<Translation>(Translation{table | (gva & 0xfff), access});
 }
 
-// One range operation: clear (collecting leaves, freeing covered tables) or re-protect.
+// One range operation: clear (collecting leaves) or re-protect.
 struct PageTables::RangeWalk {
   GuestMemory& memory;
-  PhysicalPages* pages = nullptr;  // set: clear; null: protect
+  bool clear = false;
   PageAccess access;
   std::vector<Leaf> taken;
 };
@@ -151,29 +151,24 @@ Result<void> PageTables::walk_range(RangeWalk& walk, std::uint64_t table, int le
     const std::uint64_t at = base + index * span;
     const std::uint64_t target = *entry & pte::kAddressMask;
     if (level == 0) {
-      auto written = walk.memory.write_u64(slot, walk.pages != nullptr ? 0 : leaf_entry(target, walk.access));
+      auto written = walk.memory.write_u64(slot, walk.clear ? 0 : leaf_entry(target, walk.access));
       if (!written) return written;
-      if (walk.pages != nullptr) walk.taken.push_back(Leaf{at, target});
+      if (walk.clear) walk.taken.push_back(Leaf{at, target});
       continue;
     }
     if ((*entry & pte::kLargePage) != 0) {  // the monitor never writes these
       return make_error(Errc::guest_memory, "guest memory: unexpected large page mapping " + hex(at));
     }
+    // Tables stay, even emptied: see unmap_range in the header.
     auto inner = walk_range(walk, target, level - 1, at, std::max(start, at), std::min(end, at + span));
     if (!inner) return inner;
-    if (walk.pages != nullptr && start <= at && at + span <= end) {  // every entry below was cleared
-      auto cleared = walk.memory.write_u64(slot, 0);
-      if (!cleared) return cleared;
-      walk.pages->release(target);
-    }
   }
   return {};
 }
 
-Result<std::vector<Leaf>> PageTables::unmap_range(GuestMemory& memory, PhysicalPages& pages, std::uint64_t start,
-                                                  std::uint64_t end) {
+Result<std::vector<Leaf>> PageTables::unmap_range(GuestMemory& memory, std::uint64_t start, std::uint64_t end) {
   if (!is_user_range(start, end)) return bad_gva(start);
-  RangeWalk walk{memory, &pages, {}, {}};
+  RangeWalk walk{memory, true, {}, {}};
   if (start < end) {
     if (auto done = walk_range(walk, pml4_, 3, 0, start, end); !done) return done.error();
   }
@@ -183,7 +178,7 @@ Result<std::vector<Leaf>> PageTables::unmap_range(GuestMemory& memory, PhysicalP
 Result<void> PageTables::protect_range(GuestMemory& memory, std::uint64_t start, std::uint64_t end,
                                        PageAccess access) {
   if (!is_user_range(start, end)) return bad_gva(start);
-  RangeWalk walk{memory, nullptr, access, {}};
+  RangeWalk walk{memory, false, access, {}};
   if (start == end) return {};
   return walk_range(walk, pml4_, 3, 0, start, end);
 }

@@ -75,10 +75,13 @@ class PageTables {
   // Range operations over [start, end) (page-aligned, in the user half). They descend only
   // into present tables, so their cost is the present entries the range meets, never the
   // pages of the range: a terabyte with nothing backed costs a few entries.
-  // Clears every present leaf and returns them (their pages are now the caller's); a table
-  // the range covers wholly is empty afterwards and goes back to `pages`.
-  Result<std::vector<Leaf>> unmap_range(GuestMemory& memory, PhysicalPages& pages, std::uint64_t start,
-                                        std::uint64_t end);
+  // Clears every present leaf and returns them (their pages are now the caller's). Tables
+  // stay, even emptied: the monitor only ever adds upper-level entries and changes leaves.
+  // Freeing emptied tables (clearing their upper-level entry, reusing the page) made guests
+  // in the nested tests hang or fault even with the CR3 reload after it; the likely cause is
+  // KVM's shadow paging, which does not see the host's own writes to a guest's upper-level
+  // tables. Tables are bounded by guest memory, and so are the walks.
+  Result<std::vector<Leaf>> unmap_range(GuestMemory& memory, std::uint64_t start, std::uint64_t end);
   // Gives every present leaf `access`.
   Result<void> protect_range(GuestMemory& memory, std::uint64_t start, std::uint64_t end, PageAccess access);
 
