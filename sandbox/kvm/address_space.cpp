@@ -4,6 +4,8 @@
 #include <algorithm>
 #include <iterator>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "hex.hpp"
 #include "layout.hpp"
@@ -15,14 +17,19 @@ constexpr std::uint64_t page_down(std::uint64_t a) noexcept { return a & ~(kPage
 }  // namespace
 
 AddressSpace::AddressSpace(std::uint64_t memory_bytes)
-    : tables_(kPml4Address), pages_(kFirstFreePage, memory_bytes) {}
+    : tables_(kPml4Address), pages_(kFirstFreePage, memory_bytes), reserve_limit_(reserve_limit_for(memory_bytes)) {}
 
 PageAccess AddressSpace::access_of(int prot) noexcept {
   return {true, (prot & kProtWrite) != 0, (prot & kProtExec) != 0};
 }
 
+Error AddressSpace::refused(std::uint64_t start, std::uint64_t length, const std::string& why) const {
+  return make_error(Errc::guest_memory,
+                    "guest memory: cannot reserve " + std::to_string(length) + " bytes at " + hex(start) + ": " + why);
+}
+
 bool AddressSpace::is_free(std::uint64_t start, std::uint64_t length) const {
-  if (length == 0 || start < kUserLowest || start > kUserEnd || length > kUserEnd - start) return false;
+  if (length == 0 || start < kUserLowest || start > kUserMapEnd || length > kUserMapEnd - start) return false;
   const std::uint64_t end = start + length;
   auto it = regions_.lower_bound(end);  // first region starting at or after end
   if (it == regions_.begin()) return true;
@@ -32,7 +39,7 @@ bool AddressSpace::is_free(std::uint64_t start, std::uint64_t length) const {
 
 std::optional<std::uint64_t> AddressSpace::find_free(std::uint64_t length, std::uint64_t below) const {
   if (length == 0 || below < length) return std::nullopt;
-  std::uint64_t candidate_end = page_down(below);
+  std::uint64_t candidate_end = page_down(std::min(below, kUserMapEnd));
   // Walk regions from the top down; each gap between them is a candidate.
   auto it = regions_.lower_bound(candidate_end);
   while (true) {
@@ -55,72 +62,132 @@ std::optional<std::uint64_t> AddressSpace::find_free(std::uint64_t length, std::
 
 Result<void> AddressSpace::reserve(std::uint64_t start, std::uint64_t length, int prot) {
   if (start % kPageSize != 0 || length % kPageSize != 0 || !is_free(start, length)) {
-    return make_error(Errc::guest_memory, "guest memory: cannot reserve " + std::to_string(length) + " bytes at " +
-                                              hex(start) + ": not page-aligned, outside the user half or taken");
+    return refused(start, length, "not page-aligned, outside the user half or taken");
   }
-  regions_.emplace(start, Region{start + length, prot});
+  if (length > reserve_limit_ - reserved_) {
+    return refused(start, length, "the guest's address space is limited to " + std::to_string(reserve_limit_) +
+                                      " bytes (" + std::to_string(reserved_) + " reserved)");
+  }
+  const std::uint64_t end = start + length;
+  auto next = regions_.lower_bound(start);
+  const bool joins_next = next != regions_.end() && next->first == end && next->second.prot == prot;
+  const bool joins_prev = next != regions_.begin() && std::prev(next)->second.end == start &&
+                          std::prev(next)->second.prot == prot;
+  if (!joins_next && !joins_prev && regions_.size() >= kMaxRegions) {
+    return refused(start, length, "the guest already has " + std::to_string(kMaxRegions) + " regions");
+  }
+  regions_.emplace(start, Region{end, prot});
+  reserved_ += length;
+  merge_at(end);
+  merge_at(start);
   return {};
 }
 
-void AddressSpace::split_at(std::uint64_t gva) {
+Result<void> AddressSpace::split_at(std::uint64_t gva) {
   auto it = regions_.upper_bound(gva);
-  if (it == regions_.begin()) return;
+  if (it == regions_.begin()) return {};
   --it;
   if (it->first < gva && it->second.end > gva) {
+    if (regions_.size() >= kMaxRegions) {
+      return make_error(Errc::guest_memory, "guest memory: cannot split the region at " + hex(it->first) +
+                                                ": the guest already has " + std::to_string(kMaxRegions) + " regions");
+    }
     regions_.emplace(gva, Region{it->second.end, it->second.prot});
     it->second.end = gva;
   }
+  return {};
+}
+
+void AddressSpace::merge_at(std::uint64_t gva) {
+  auto next = regions_.find(gva);
+  if (next == regions_.end() || next == regions_.begin()) return;
+  auto prev = std::prev(next);
+  if (prev->second.end != gva || prev->second.prot != next->second.prot) return;
+  prev->second.end = next->second.end;
+  regions_.erase(next);
 }
 
 Result<void> AddressSpace::release(GuestMemory& memory, std::uint64_t start, std::uint64_t length) {
   const std::uint64_t end = start + length;
-  split_at(start);
-  split_at(end);
-  for (auto it = regions_.lower_bound(start); it != regions_.end() && it->first < end;) {
-    for (std::uint64_t page = it->first; page < it->second.end; page += kPageSize) {
-      auto gone = tables_.unmap_page(memory, page);
-      if (!gone) return gone.error();
-      if (*gone) pages_.release(**gone);
-    }
-    it = regions_.erase(it);
+  if (auto split = split_at(start); !split) return split;
+  if (auto split = split_at(end); !split) {
+    merge_at(start);  // undo the first cut: nothing changed
+    return split;
   }
+  bool erased = false;
+  for (auto it = regions_.lower_bound(start); it != regions_.end() && it->first < end;) {
+    ++regions_visited_;
+    reserved_ -= it->second.end - it->first;
+    it = regions_.erase(it);
+    erased = true;
+  }
+  if (!erased) return {};
+  auto taken = tables_.unmap_range(memory, start, end);
+  if (!taken) return taken.error();
+  for (const Leaf& leaf : *taken) pages_.release(leaf.gpa);
   return {};
 }
 
 Result<bool> AddressSpace::protect(GuestMemory& memory, std::uint64_t start, std::uint64_t length, int prot) {
   const std::uint64_t end = start + length;
   for (std::uint64_t at = start; at < end;) {  // covered without holes?
-    std::uint64_t region_start = 0;
-    const Region* region = region_at(at, &region_start);
+    ++regions_visited_;
+    const Region* region = region_at(at);
     if (region == nullptr) return false;
     at = region->end;
   }
-  split_at(start);
-  split_at(end);
-  for (auto it = regions_.lower_bound(start); it != regions_.end() && it->first < end; ++it) {
-    it->second.prot = prot;
-    for (std::uint64_t page = it->first; page < it->second.end; page += kPageSize) {
-      auto changed = tables_.protect_page(memory, page, access_of(prot));
-      if (!changed) return changed.error();
-    }
+  if (auto split = split_at(start); !split) return split.error();
+  if (auto split = split_at(end); !split) {
+    merge_at(start);
+    return split.error();
   }
+  for (auto it = regions_.lower_bound(start); it != regions_.end() && it->first < end; ++it) it->second.prot = prot;
+  if (auto changed = tables_.protect_range(memory, start, end, access_of(prot)); !changed) return changed.error();
+  // Every region in the range now has one protection: they and the edges merge.
+  for (auto it = regions_.upper_bound(start); it != regions_.end() && it->first <= end;) {
+    const std::uint64_t at = it->first;
+    ++it;
+    merge_at(at);
+  }
+  merge_at(start);
   return true;
 }
 
 Result<void> AddressSpace::move(GuestMemory& memory, std::uint64_t from, std::uint64_t length, std::uint64_t to) {
-  const Region* source = region_at(from);
-  if (source == nullptr) return make_error(Errc::guest_memory, "guest memory: nothing to move at " + hex(from));
-  const int prot = source->prot;
-  auto reserved = reserve(to, length, prot);
-  if (!reserved) return reserved;
-  for (std::uint64_t offset = 0; offset < length; offset += kPageSize) {
-    auto page = tables_.unmap_page(memory, from + offset);
-    if (!page) return page.error();
-    if (!*page) continue;
-    auto mapped = tables_.map_page(memory, pages_, to + offset, **page, access_of(prot));
-    if (!mapped) return mapped;
+  const std::uint64_t end = from + length;
+  for (std::uint64_t at = from; at < end;) {
+    ++regions_visited_;
+    const Region* region = region_at(at);
+    if (region == nullptr) return make_error(Errc::guest_memory, "guest memory: nothing to move at " + hex(at));
+    at = region->end;
   }
-  return release(memory, from, length);  // only the (now unmapped) region bookkeeping is left
+  if (!is_free(to, length)) return refused(to, length, "not page-aligned, outside the user half or taken");
+  if (auto split = split_at(from); !split) return split;
+  if (auto split = split_at(end); !split) {
+    merge_at(from);
+    return split;
+  }
+  // The regions move as they are: each keeps its protection (never the first one's for all).
+  std::vector<std::pair<std::uint64_t, Region>> moved;
+  for (auto it = regions_.lower_bound(from); it != regions_.end() && it->first < end;) {
+    moved.emplace_back(it->first - from + to, Region{it->second.end - from + to, it->second.prot});
+    it = regions_.erase(it);
+  }
+  auto taken = tables_.unmap_range(memory, from, end);
+  if (!taken) return taken.error();
+  regions_.insert(moved.begin(), moved.end());
+  merge_at(to);
+  merge_at(to + length);
+  for (std::size_t i = 0; i < taken->size(); ++i) {
+    const Leaf& leaf = (*taken)[i];
+    const std::uint64_t at = leaf.gva - from + to;
+    auto mapped = tables_.map_page(memory, pages_, at, leaf.gpa, access_of(region_at(at)->prot));
+    if (!mapped) {  // no page left for a table: the pages not yet mapped go back to the pool
+      for (std::size_t j = i; j < taken->size(); ++j) pages_.release((*taken)[j].gpa);
+      return mapped;
+    }
+  }
+  return {};
 }
 
 const Region* AddressSpace::region_at(std::uint64_t gva, std::uint64_t* start) const {

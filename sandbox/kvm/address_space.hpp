@@ -1,12 +1,16 @@
 // The guest's virtual address space as the monitor keeps it: regions reserved by the ELF
 // loader, the stack, brk and mmap, each with its protection; a region's pages are backed by
 // physical pages only when first touched (by the guest, through a #PF exit, or by the host).
+// Bounded (layout.hpp): at most kMaxRegions regions and reserve_limit_for(memory) reserved
+// bytes; range operations cost the regions and present page-table entries they meet, never
+// the pages of the range.
 #pragma once
 
 #include <cstdint>
 #include <map>
 #include <optional>
 #include <span>
+#include <string>
 
 #include "guest_memory.hpp"
 #include "page_tables.hpp"
@@ -44,17 +48,20 @@ class AddressSpace {
   const PageTables& tables() const noexcept { return tables_; }
   PhysicalPages& pages() noexcept { return pages_; }
 
-  // [start, start + length) within the user half and overlapping no region.
+  // [start, start + length) within [kUserLowest, kUserMapEnd) and overlapping no region.
   bool is_free(std::uint64_t start, std::uint64_t length) const;
   // The highest free page-aligned range of `length` bytes ending at or below `below`.
   std::optional<std::uint64_t> find_free(std::uint64_t length, std::uint64_t below) const;
-  // A new region (page-aligned, free); no page is backed yet.
+  // A new region (page-aligned, free, within the bounds); no page is backed yet. It merges
+  // with a neighbour of the same protection.
   Result<void> reserve(std::uint64_t start, std::uint64_t length, int prot);
-  // Drops every region page in the range and gives its physical pages back.
+  // Drops every region page in the range and gives its physical pages back. Cutting a hole
+  // in a region needs one more region: past kMaxRegions that is an error, nothing dropped.
   Result<void> release(GuestMemory& memory, std::uint64_t start, std::uint64_t length);
   // New protection for a range wholly covered by regions (false if it is not).
   Result<bool> protect(GuestMemory& memory, std::uint64_t start, std::uint64_t length, int prot);
-  // Moves the pages of [from, from + length) to `to` (a free range), keeping their contents.
+  // Moves the regions of [from, from + length) (wholly covered) to `to` (a free range), each
+  // keeping its own protection and its pages' contents.
   Result<void> move(GuestMemory& memory, std::uint64_t from, std::uint64_t length, std::uint64_t to);
   const Region* region_at(std::uint64_t gva, std::uint64_t* start = nullptr) const;
 
@@ -71,13 +78,25 @@ class AddressSpace {
   // Backs the page holding `gva` with a fresh zeroed page if it has none; its gpa.
   Result<std::uint64_t> back_page(GuestMemory& memory, std::uint64_t gva);
 
+  std::size_t region_count() const noexcept { return regions_.size(); }
+  std::uint64_t reserved_bytes() const noexcept { return reserved_; }
+  std::uint64_t reserve_limit() const noexcept { return reserve_limit_; }
+  // The monitor's work for this guest so far: regions visited by range operations plus
+  // page-table entries read (tests bound it; it never depends on a range's length).
+  std::uint64_t work() const noexcept { return regions_visited_ + tables_.entries_read(); }
+
  private:
-  void split_at(std::uint64_t gva);
+  Result<void> split_at(std::uint64_t gva);
+  void merge_at(std::uint64_t gva);  // joins the regions meeting at gva if their protections match
+  Error refused(std::uint64_t start, std::uint64_t length, const std::string& why) const;
   static PageAccess access_of(int prot) noexcept;
 
-  std::map<std::uint64_t, Region> regions_;  // by start
+  std::map<std::uint64_t, Region> regions_;  // by start; never two adjacent with one protection
   PageTables tables_;
   PhysicalPages pages_;
+  std::uint64_t reserve_limit_;
+  std::uint64_t reserved_ = 0;  // bytes in regions_
+  std::uint64_t regions_visited_ = 0;
 };
 
 }  // namespace sojourn::sandbox::kvm

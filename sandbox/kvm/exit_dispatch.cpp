@@ -18,6 +18,9 @@ bool on_ring0_stack(std::uint64_t rsp) { return rsp >= kRing0StackTop - kPageSiz
 }  // namespace
 
 Result<DispatchOutcome> ExitDispatcher::dispatch(const ExitAction& action, kvm_regs& regs, std::uint64_t cr2) {
+  if (action.kind != ExitAction::Kind::fatal && action.kind != ExitAction::Kind::resume && past_deadline()) {
+    return deadline_exceeded(budget_ms_);
+  }
   switch (action.kind) {
     case ExitAction::Kind::resume: return DispatchOutcome{};
     case ExitAction::Kind::syscall: return on_syscall(regs);
@@ -48,6 +51,7 @@ Result<DispatchOutcome> ExitDispatcher::on_syscall(kvm_regs& regs) {
   GuestState& state = context_.state;
   state.tlb_flush_needed = false;
   const std::int64_t result = dispatch_syscall(context_, args);
+  if (past_deadline()) return deadline_exceeded(budget_ms_);  // the budget ran out while the monitor worked
   DispatchOutcome outcome;
   outcome.exit_status = state.exit_status;
   outcome.msrs_changed = state.segment_bases_dirty;

@@ -3,6 +3,7 @@
 // docs/microvm.md draws the same map.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 
 namespace sojourn::sandbox::kvm {
@@ -25,10 +26,27 @@ inline constexpr std::uint64_t kSystemEnd = kFirstFreePage;  // [kGdtAddress, kS
 // Guest virtual layout of the user half (ring 3 only ever sees these).
 inline constexpr std::uint64_t kUserLowest = 0x10000;                 // nothing maps below (null guard)
 inline constexpr std::uint64_t kUserEnd = 0x0000'8000'0000'0000;      // end of the canonical lower half
+// No region may reach the last page below kUserEnd (Linux keeps it unmapped for the same
+// reason): a `syscall` in its last bytes would leave RCX = kUserEnd, non-canonical, and
+// `sysretq` with a non-canonical RCX faults in ring 0 on Intel.
+inline constexpr std::uint64_t kUserMapEnd = kUserEnd - kPageSize;
 inline constexpr std::uint64_t kStackTop = 0x0000'7fff'ffff'f000;     // initial RSP is below this
 inline constexpr std::uint64_t kStackBytes = std::uint64_t{8} << 20;  // reserved, backed on touch
 inline constexpr std::uint64_t kMmapTop = kStackTop - kStackBytes - (std::uint64_t{1} << 30);  // gap below the stack
 inline constexpr std::uint64_t kBrkMaxBytes = std::uint64_t{1} << 30; // brk may grow this far past the image
+
+// What a guest may reserve, so the monitor's work for it stays bounded (docs/microvm.md,
+// "Bounds on the monitor's work"). Reserved address space: a floor for the guest runtime's
+// fixed reservations (its 8 GiB C++ heap, 1 GiB of brk, the stack, the image, the JIT) plus
+// a multiple of guest memory (the Lua arena is twice the memory quota plus 1 MiB).
+inline constexpr std::uint64_t kReserveFloorBytes = std::uint64_t{16} << 30;
+inline constexpr std::uint64_t kReservePerMemoryByte = 4;
+constexpr std::uint64_t reserve_limit_for(std::uint64_t memory_bytes) noexcept {
+  return kReserveFloorBytes + kReservePerMemoryByte * memory_bytes;
+}
+// Regions (after adjacent ones with the same protection are merged): the guest runtime uses
+// a few dozen; each costs the monitor one node of heap.
+inline constexpr std::size_t kMaxRegions = 4096;
 
 // I/O ports the ring-0 stubs write to; each `out` is one KVM_EXIT_IO for the monitor.
 inline constexpr std::uint16_t kSyscallPort = 0x5c;       // the guest made a syscall

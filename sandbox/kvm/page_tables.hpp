@@ -20,6 +20,12 @@ struct PageAccess {
   friend bool operator==(const PageAccess&, const PageAccess&) = default;
 };
 
+// A present leaf taken out of the tables by unmap_range.
+struct Leaf {
+  std::uint64_t gva = 0;
+  std::uint64_t gpa = 0;
+};
+
 struct Translation {
   std::uint64_t gpa = 0;  // of the byte asked for, not just the page
   PageAccess access;      // effective: user and writable ANDed, executable = no level has NX
@@ -66,11 +72,31 @@ class PageTables {
   // The software walk; nullopt if some level is not present.
   Result<std::optional<Translation>> translate(const GuestMemory& memory, std::uint64_t gva) const;
 
+  // Range operations over [start, end) (page-aligned, in the user half). They descend only
+  // into present tables, so their cost is the present entries the range meets, never the
+  // pages of the range: a terabyte with nothing backed costs a few entries.
+  // Clears every present leaf and returns them (their pages are now the caller's). Tables
+  // stay, even emptied: the monitor only ever adds upper-level entries and changes leaves.
+  // Freeing emptied tables (clearing their upper-level entry, reusing the page) made guests
+  // in the nested tests hang or fault even with the CR3 reload after it; the likely cause is
+  // KVM's shadow paging, which does not see the host's own writes to a guest's upper-level
+  // tables. Tables are bounded by guest memory, and so are the walks.
+  Result<std::vector<Leaf>> unmap_range(GuestMemory& memory, std::uint64_t start, std::uint64_t end);
+  // Gives every present leaf `access`.
+  Result<void> protect_range(GuestMemory& memory, std::uint64_t start, std::uint64_t end, PageAccess access);
+
+  // Entries read by every walk so far: the monitor's page-table work, which tests bound.
+  std::uint64_t entries_read() const noexcept { return entries_read_; }
+
   static std::uint64_t leaf_entry(std::uint64_t gpa, PageAccess access) noexcept;
 
  private:
+  struct RangeWalk;
   Result<std::optional<std::uint64_t>> leaf_address(const GuestMemory& memory, std::uint64_t gva) const;
+  Result<void> walk_range(RangeWalk& walk, std::uint64_t table, int level, std::uint64_t base, std::uint64_t start,
+                          std::uint64_t end);
   std::uint64_t pml4_;
+  mutable std::uint64_t entries_read_ = 0;
 };
 
 // True for addresses the CPU accepts (bits 63..47 all equal).

@@ -59,7 +59,9 @@ std::int64_t sys_mmap(SyscallContext& c, const SyscallArgs& a) {
   auto& space = c.state.space;
   std::uint64_t at = 0;
   if ((flags & (MAP_FIXED | MAP_FIXED_NOREPLACE)) != 0) {
-    if (addr % kPageSize != 0 || addr < kUserLowest || addr >= kUserEnd || length > kUserEnd - addr) return -EINVAL;
+    if (addr % kPageSize != 0 || addr < kUserLowest || addr >= kUserMapEnd || length > kUserMapEnd - addr) {
+      return -EINVAL;  // kUserMapEnd: the last page of the half stays unmapped (layout.hpp)
+    }
     if (!space.is_free(addr, length)) {
       if ((flags & MAP_FIXED_NOREPLACE) != 0) return -EEXIST;
       if (!space.release(c.memory, addr, length)) return -ENOMEM;
@@ -107,7 +109,10 @@ std::int64_t sys_mremap(SyscallContext& c, const SyscallArgs& a) {
   }
   auto& space = c.state.space;
   if (!space.range_allows(old_addr, old_len, 0)) return -EFAULT;  // not wholly mapped
-  const int prot = space.region_at(old_addr)->prot;  // a moved or grown range takes its first page's
+  // A moved range keeps each page's protection (AddressSpace::move); new pages past the old
+  // end take the last old page's, as they extend its region. Never one protection for all:
+  // a move would then make written data executable.
+  const int prot = space.region_at(old_addr + old_len - 1)->prot;
   if (new_len <= old_len) {
     if (new_len < old_len) {
       if (!space.release(c.memory, old_addr + new_len, old_len - new_len)) return -ENOMEM;
@@ -115,6 +120,9 @@ std::int64_t sys_mremap(SyscallContext& c, const SyscallArgs& a) {
     }
     return static_cast<std::int64_t>(old_addr);
   }
+  // The growth must fit the reserve bound before anything moves: a refusal after the move
+  // would leave the guest's range at an address it was never told.
+  if (new_len - old_len > space.reserve_limit() - space.reserved_bytes()) return -ENOMEM;
   if (space.is_free(old_addr + old_len, new_len - old_len)) {
     if (!space.reserve(old_addr + old_len, new_len - old_len, prot)) return -ENOMEM;
     return static_cast<std::int64_t>(old_addr);

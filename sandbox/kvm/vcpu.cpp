@@ -74,6 +74,7 @@ class BudgetTimer {
     done_cv_.notify_one();
   }
   bool expired() const noexcept { return expired_.load(); }
+  const std::atomic<bool>& expired_flag() const noexcept { return expired_; }
 
  private:
   kvm_run* run_;
@@ -223,6 +224,13 @@ Result<std::optional<int>> Vcpu::run_loop(ExitDispatcher& dispatcher, GuestState
   prepare_kick_signal();
   kvm_run* run = run_.get();
   BudgetTimer timer(run, budget_ms);
+  // The timer stops KVM_RUN; through its flag the dispatcher stops the monitor's own work for
+  // the guest at the same moment (a syscall or fault handled after it ends the run).
+  struct BudgetLink {
+    ExitDispatcher& dispatcher;
+    ~BudgetLink() { dispatcher.set_budget(nullptr, 0); }  // the timer goes with this frame
+  } link{dispatcher};
+  dispatcher.set_budget(&timer.expired_flag(), budget_ms);
   // force_exit() reaches this run's timer while it lives (and one made earlier fires it now).
   struct Registration {
     ForcedExit& forced;

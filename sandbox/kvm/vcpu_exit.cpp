@@ -61,9 +61,7 @@ ExitAction handle_exit(const kvm_run& run, const ExitContext& context) {
                                     internal_suberror(run.internal.suberror) + ")"));
     case KVM_EXIT_INTR:
       if (context.budget_expired) {
-        // The same error as the process jail's, so the node does not care which jail ran it.
-        return ExitAction::fail(make_error(Errc::deadline, "wall-clock deadline of " +
-                                                               std::to_string(context.budget_ms) + " ms exceeded"));
+        return ExitAction::fail(deadline_exceeded(context.budget_ms));
       }
       return ExitAction::of(ExitAction::Kind::resume);
     default:
@@ -73,6 +71,11 @@ ExitAction handle_exit(const kvm_run& run, const ExitContext& context) {
 
 Error guest_exception_error(unsigned vector, std::uint64_t rip) {
   return fault(std::string(exception_name(vector)) + " at rip " + hex(rip));
+}
+
+Error deadline_exceeded(std::uint64_t budget_ms) {
+  // The same error as the process jail's, so the node does not care which jail ran it.
+  return make_error(Errc::deadline, "wall-clock deadline of " + std::to_string(budget_ms) + " ms exceeded");
 }
 
 }  // namespace sojourn::sandbox::kvm

@@ -33,6 +33,10 @@ struct ExitContext {
 
 ExitAction handle_exit(const kvm_run& run, const ExitContext& context);
 
+// "wall-clock deadline of N ms exceeded" (Errc::deadline): the end of a run's budget, whether
+// the timer caught the guest in KVM_RUN or the monitor was working for it (ExitDispatcher).
+Error deadline_exceeded(std::uint64_t budget_ms);
+
 // The fatal message of a guest exception: "microVM guest fault: #UD (invalid opcode) at rip
 // 0x401000" — the run loop reads rip from the exception frame on the ring-0 stack.
 Error guest_exception_error(unsigned vector, std::uint64_t rip);

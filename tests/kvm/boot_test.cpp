@@ -4,6 +4,7 @@
 
 #include <sys/syscall.h>
 
+#include <atomic>
 #include <cerrno>
 
 #include "boot.hpp"
@@ -103,6 +104,25 @@ TEST_CASE("arch_prctl asks for the MSRs and exit_group finishes the vCPU") {
   CHECK(vm.dispatcher.dispatch(ExitAction::of(ExitAction::Kind::syscall), regs, 0)->msrs_changed);
   regs = vm.syscall_regs(SYS_exit_group, 3);
   CHECK(vm.dispatcher.dispatch(ExitAction::of(ExitAction::Kind::syscall), regs, 0)->exit_status == std::optional<int>(3));
+}
+
+TEST_CASE("past the run's deadline, a syscall or fault exit ends the run: the monitor's work counts against the budget") {
+  Booted vm;
+  kvm_regs regs = vm.syscall_regs(SYS_getpid);
+  std::atomic<bool> expired{true};  // the run's budget timer has fired
+  vm.dispatcher.set_budget(&expired, 250);
+  auto late = vm.dispatcher.dispatch(ExitAction::of(ExitAction::Kind::syscall), regs, 0);
+  REQUIRE_FALSE(late.ok());
+  CHECK(late.error().code == Errc::deadline);
+  CHECK(late.error().message == "wall-clock deadline of 250 ms exceeded");
+  CHECK(regs.rax == SYS_getpid);  // not emulated
+  regs = vm.exception_frame(true, 0x4, 0x401000, kUserCodeSelector);
+  CHECK(vm.dispatcher.dispatch(ExitAction::of(ExitAction::Kind::page_fault), regs, vm.state.brk_start).error().code ==
+        Errc::deadline);
+  expired = false;
+  regs = vm.syscall_regs(SYS_getpid);
+  REQUIRE(vm.dispatcher.dispatch(ExitAction::of(ExitAction::Kind::syscall), regs, 0).ok());
+  CHECK(regs.rax == static_cast<std::uint64_t>(-ENOSYS));
 }
 
 TEST_CASE("a syscall exit from anywhere but the stub is a monitor error") {
