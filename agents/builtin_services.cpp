@@ -119,9 +119,10 @@ void register_builtin_services(Node& node, Node::Impl& impl) {
     }
     info.set("services", services);
     Value levels = info.new_table();
-    levels.push("trusted");
-    if (impl.jail != nullptr) levels.push("process");
-    if (impl.microvm != nullptr) levels.push("microvm");
+    // The levels whose jail has started (trusted always has): asking must not start one.
+    for (Isolation level : sandbox::JailSet::levels()) {
+      if (impl.jails.started(level) != nullptr) levels.push(std::string(isolation_name(level)));
+    }
     info.set("isolation_levels", levels);
     info.set("peer_isolation", std::string(isolation_name(impl.node_peer_level())));
     return info;

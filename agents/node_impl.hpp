@@ -21,9 +21,8 @@
 #include "sojourn/agents/node.hpp"
 #include "sojourn/agents/policy.hpp"
 #include "sojourn/core/signature.hpp"
+#include "sojourn/sandbox/jail.hpp"
 #include "sojourn/sandbox/lua_sandbox.hpp"
-#include "sojourn/sandbox/microvm_jail.hpp"
-#include "sojourn/sandbox/process_jail.hpp"
 #include "sojourn/transports/link.hpp"
 #include "trust.hpp"
 
@@ -31,6 +30,9 @@ namespace sojourn {
 
 class AgentRuntime;
 struct CachedBundle;
+
+// What the node's jails start with: its guest binary, room for its largest run, its name.
+sandbox::JailConfig node_jail_config(const NodeOptions& options);
 
 struct ServiceEntry {
   PeerService fn;
@@ -82,13 +84,9 @@ struct Node::Impl : RequestHandler, std::enable_shared_from_this<Node::Impl> {
   // options.peer_isolation, or when it is unset the strongest level this node has (microvm
   // where KVM can run the guest, else process), decided once.
   Isolation node_peer_level();
-  // The process jail, started on first use; null (and jail_error set) when it cannot be.
-  sandbox::ProcessJail* process_jail();
-  // The microVM jail, started on first use; null (and microvm_error set) when it cannot be.
-  sandbox::MicrovmJail* microvm_jail();
-  // Why `level` cannot run here (its jail did not start), or null when it can.
-  const std::string* unavailable(Isolation level);
-  // One chunk or one agent step at a level.
+  // Why `level` cannot run here (its jail did not start), or null when it can (jails.unavailable).
+  const std::string* unavailable(Isolation level) { return jails.unavailable(level); }
+  // One chunk or one agent step at a level (through jails).
   Result<Value> run_chunk(Isolation level, const sandbox::RunInput& input, sandbox::HostCalls* host);
   Result<sandbox::AgentOutcome> run_agent_step(Isolation level, const sandbox::RunInput& input,
                                                const sandbox::AgentInput& agent, sandbox::HostCalls* host);
@@ -124,12 +122,8 @@ struct Node::Impl : RequestHandler, std::enable_shared_from_this<Node::Impl> {
   SignatureCache signatures;             // bundles verified here, by (hash, signer)
   ReplayGuard replay;                    // nonces of signed requests and transfers
   std::shared_ptr<AgentRuntime> agents;  // mobile agents and code-on-demand
-  std::once_flag jail_once;
-  std::unique_ptr<sandbox::ProcessJail> jail;
-  std::string jail_error;
-  std::once_flag microvm_once;
-  std::unique_ptr<sandbox::MicrovmJail> microvm;
-  std::string microvm_error;
+  // One jail per isolation level, each started on first use (node_jails.cpp).
+  sandbox::JailSet jails{node_jail_config(options)};
   std::once_flag peer_level_once;
   Isolation resolved_peer_level = Isolation::process;
   std::string advertised;                // set once, by the first listen() (network thread)

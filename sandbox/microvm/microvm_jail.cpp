@@ -55,14 +55,15 @@ kvm::ChannelEnd socket_channel(int fd) {
 
 }  // namespace
 
-class MicrovmJail::Impl {
+// The microvm level: the master VM and its pool of shells; a fork of the master per run.
+class MasterForkJail final : public MicrovmJail {
  public:
-  Impl(MicrovmJailOptions options, std::string guest_path, kvm::KvmSystem system, kvm::MasterVm master,
+  MasterForkJail(MicrovmJailOptions options, std::string guest_path, kvm::KvmSystem system, kvm::MasterVm master,
        double boot_ms)
       : options_(std::move(options)), guest_path_(std::move(guest_path)), system_(std::move(system)),
         master_(std::move(master)), boot_ms_(boot_ms) {}
 
-  Result<Value> run(const RunInput& input, HostCalls* host) {
+  Result<Value> run(const RunInput& input, HostCalls* host) override {
     if (Result<void> ok = check(input); !ok) return ok.error();
     channel::RunRequest request = make_run_request(input, host);
     auto done = in_microvm(input, channel::encode_frame(request), channel::Kind::run_done, host);
@@ -70,7 +71,7 @@ class MicrovmJail::Impl {
     return run_outcome(*done);
   }
 
-  Result<AgentOutcome> run_agent(const RunInput& input, const AgentInput& agent, HostCalls* host) {
+  Result<AgentOutcome> run_agent(const RunInput& input, const AgentInput& agent, HostCalls* host) override {
     if (Result<void> ok = check(input); !ok) return ok.error();
     channel::AgentRequest request{make_run_request(input, host), std::string(agent.entry), agent.state, agent.info};
     auto done = in_microvm(input, channel::encode_frame(request), channel::Kind::agent_done, host);
@@ -78,7 +79,7 @@ class MicrovmJail::Impl {
     return agent_outcome(*done);
   }
 
-  MicrovmJailStatus status() const {
+  MicrovmJailStatus status() const override {
     std::lock_guard lock(mutex_);
     MicrovmJailStatus s;
     s.guest_path = guest_path_;
@@ -88,6 +89,12 @@ class MicrovmJail::Impl {
     s.faults = faults_;
     s.pooled = master_.pooled();
     return s;
+  }
+
+  std::string describe() const override {
+    const MicrovmJailStatus s = status();
+    return "guest " + s.guest_path + ", master booted in " + std::to_string(static_cast<int>(s.master_boot_ms)) +
+           " ms, " + std::to_string(s.pooled) + " VMs pooled";
   }
 
  private:
@@ -232,19 +239,8 @@ Result<std::unique_ptr<MicrovmJail>> MicrovmJail::start(const MicrovmJailOptions
   if (!master) return master.error();
   const double boot_ms = std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
   if (auto warmed = master->prewarm(*system, options.pool); !warmed) return warmed.error();
-  auto impl = std::make_unique<Impl>(options, *path, std::move(*system), std::move(*master), boot_ms);
-  return std::unique_ptr<MicrovmJail>(new MicrovmJail(std::move(impl)));
+  return std::unique_ptr<MicrovmJail>(
+      std::make_unique<MasterForkJail>(options, *path, std::move(*system), std::move(*master), boot_ms));
 }
-
-MicrovmJail::MicrovmJail(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
-MicrovmJail::~MicrovmJail() = default;
-
-Result<Value> MicrovmJail::run(const RunInput& input, HostCalls* host) { return impl_->run(input, host); }
-
-Result<AgentOutcome> MicrovmJail::run_agent(const RunInput& input, const AgentInput& agent, HostCalls* host) {
-  return impl_->run_agent(input, agent, host);
-}
-
-MicrovmJailStatus MicrovmJail::status() const { return impl_->status(); }
 
 }  // namespace sojourn::sandbox

@@ -70,9 +70,12 @@ Result<std::string> find_guest_binary(const std::string& explicit_path) {
   return make_error(Errc::jail_unavailable, "process jail unavailable: no guest binary (tried " + list + ")");
 }
 
-class ProcessJail::Impl {
+namespace {
+
+// The process level: one zygote, restarted when it dies, forks a guest per run.
+class ZygoteJail final : public ProcessJail {
  public:
-  Impl(ProcessJailOptions options, std::string guest_path)
+  ZygoteJail(ProcessJailOptions options, std::string guest_path)
       : options_(std::move(options)), guest_path_(std::move(guest_path)) {}
 
   Result<void> start_zygote() {
@@ -97,7 +100,7 @@ class ProcessJail::Impl {
     return zygote_;
   }
 
-  Result<Value> run(const RunInput& input, HostCalls* host) {
+  Result<Value> run(const RunInput& input, HostCalls* host) override {
     if (Result<void> ok = check_run_input(input); !ok) return ok.error();
     channel::RunRequest request = make_run_request(input, host);
     Result<std::vector<std::uint8_t>> done = in_guest(input, channel::encode_frame(request), channel::Kind::run_done, host);
@@ -105,7 +108,7 @@ class ProcessJail::Impl {
     return run_outcome(*done);
   }
 
-  Result<AgentOutcome> run_agent(const RunInput& input, const AgentInput& agent, HostCalls* host) {
+  Result<AgentOutcome> run_agent(const RunInput& input, const AgentInput& agent, HostCalls* host) override {
     if (Result<void> ok = check_run_input(input); !ok) return ok.error();
     channel::AgentRequest request{make_run_request(input, host), std::string(agent.entry), agent.state, agent.info};
     std::uint64_t cpu_us = 0;  // measured by the kernel, not reported by the guest
@@ -130,7 +133,7 @@ class ProcessJail::Impl {
     }
   }
 
-  ProcessJailStatus status() const {
+  ProcessJailStatus status() const override {
     std::lock_guard lock(mutex_);
     ProcessJailStatus s;
     s.guest_path = guest_path_;
@@ -145,6 +148,13 @@ class ProcessJail::Impl {
     return s;
   }
 
+  std::string describe() const override {
+    const ProcessJailStatus s = status();
+    return "guest " + s.guest_path + ", zygote " + std::to_string(s.zygote_pid) +
+           ", namespaces: " + (s.namespaces.empty() ? "none" : s.namespaces) +
+           (s.namespace_fallback.empty() ? "" : "; " + s.namespace_fallback);
+  }
+
  private:
   ProcessJailOptions options_;
   std::string guest_path_;
@@ -154,23 +164,14 @@ class ProcessJail::Impl {
   SessionCounters counters_;
 };
 
+}  // namespace
+
 Result<std::unique_ptr<ProcessJail>> ProcessJail::start(const ProcessJailOptions& options) {
   Result<std::string> path = find_guest_binary(options.guest_path);
   if (!path) return path.error();
-  auto impl = std::make_unique<Impl>(options, *path);
-  if (Result<void> started = impl->start_zygote(); !started) return started.error();
-  return std::unique_ptr<ProcessJail>(new ProcessJail(std::move(impl)));
+  auto jail = std::make_unique<ZygoteJail>(options, *path);
+  if (Result<void> started = jail->start_zygote(); !started) return started.error();
+  return std::unique_ptr<ProcessJail>(std::move(jail));
 }
-
-ProcessJail::ProcessJail(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
-ProcessJail::~ProcessJail() = default;
-
-Result<Value> ProcessJail::run(const RunInput& input, HostCalls* host) { return impl_->run(input, host); }
-
-Result<AgentOutcome> ProcessJail::run_agent(const RunInput& input, const AgentInput& agent, HostCalls* host) {
-  return impl_->run_agent(input, agent, host);
-}
-
-ProcessJailStatus ProcessJail::status() const { return impl_->status(); }
 
 }  // namespace sojourn::sandbox

@@ -1,7 +1,8 @@
 // The hostile-code suite: every tests/hostile/*.lua program runs at the trusted level and
 // in the process jail, must end with exactly the error its first line declares, and the
-// level must serve the next run. Built a second time as microvm_hostile_test
-// (SOJOURN_HOSTILE_MICROVM), it runs every program of the process level, unchanged, in the
+// level must serve the next run (one TEST_CASE_TEMPLATE over the levels of
+// tests/support/jail_levels.hpp). Built a second time as microvm_hostile_test
+// (SOJOURN_SUITE_MICROVM), it runs every program of the process level, unchanged, in the
 // microVM jail (kvm_tests: nested QEMU where the host has no usable KVM). Header lines:
 //   -- expect: CODE MESSAGE      (or "-- expect: ok": both levels give the same result)
 //   -- limits: cpu=N memory=N wall=N   (defaults 10000000, 16777216, 5000)
@@ -22,7 +23,7 @@
 
 #include "sojourn/sandbox/lua_sandbox.hpp"
 #include "sojourn/sandbox/microvm_jail.hpp"
-#include "sojourn/sandbox/process_jail.hpp"
+#include "support/jail_levels.hpp"
 
 namespace {
 
@@ -32,7 +33,7 @@ using sojourn::Limits;
 using sojourn::Result;
 using sojourn::Value;
 using sojourn::sandbox::HostCalls;
-using sojourn::sandbox::ProcessJail;
+using sojourn::sandbox::Jail;
 using sojourn::sandbox::RunInput;
 
 struct Program {
@@ -114,25 +115,7 @@ class EchoHost : public HostCalls {
   }
 };
 
-ProcessJail& jail() {
-  static const std::unique_ptr<ProcessJail> instance = [] {
-    auto started = ProcessJail::start({});
-    REQUIRE_MESSAGE(started.ok(), (started.ok() ? "" : started.error().message));
-    return std::move(*started);
-  }();
-  return *instance;
-}
-
-sojourn::sandbox::MicrovmJail& microvm_jail() {
-  static const std::unique_ptr<sojourn::sandbox::MicrovmJail> instance = [] {
-    auto started = sojourn::sandbox::MicrovmJail::start({});
-    REQUIRE_MESSAGE(started.ok(), (started.ok() ? "" : started.error().message));
-    return std::move(*started);
-  }();
-  return *instance;
-}
-
-Result<Value> run_at(const std::string& level, const Program& p, std::string_view source, const Limits& limits,
+Result<Value> run_at(Jail& jail, const Program& p, std::string_view source, const Limits& limits,
                      bool jit, const Value& args = {}) {
   RunInput input;
   input.source = source;
@@ -141,11 +124,11 @@ Result<Value> run_at(const std::string& level, const Program& p, std::string_vie
   input.limits = limits;
   input.allow_jit = jit;
   EchoHost host;
-  if (level == "microvm") return microvm_jail().run(input, &host);
-  return level == "process" ? jail().run(input, &host) : sojourn::sandbox::run_lua(input, &host);
+  return jail.run(input, &host);
 }
 
-void check_level(const std::string& level) {
+void check_level(Jail& jail) {
+  const std::string level(sojourn::isolation_name(jail.level()));
   const std::vector<Program> all = programs();
   CHECK(all.size() >= 20);
   int ran = 0;
@@ -155,10 +138,10 @@ void check_level(const std::string& level) {
     if (std::find(p.levels.begin(), p.levels.end(), listed) == p.levels.end()) continue;
     INFO("program " << p.name << " at the " << level << " level");
     REQUIRE_FALSE(p.expect_code.empty());
-    Result<Value> r = run_at(level, p, p.source, p.limits, p.jit, p.args);
+    Result<Value> r = run_at(jail, p, p.source, p.limits, p.jit, p.args);
     if (p.expect_code == "ok") {
       REQUIRE_MESSAGE(r.ok(), (r.ok() ? "" : r.error().message));
-      Result<Value> trusted = run_at("trusted", p, p.source, p.limits, false, p.args);
+      Result<Value> trusted = run_at(jail_levels::Trusted::jail(), p, p.source, p.limits, false, p.args);
       REQUIRE(trusted.ok());
       CHECK(sojourn::deep_equal(*r, *trusted));
     } else {
@@ -167,7 +150,7 @@ void check_level(const std::string& level) {
       CHECK(r.error().message == p.expect_message);
     }
     // The level goes on serving.
-    Result<Value> next = run_at(level, p, "return 1 + 1", Limits{10'000, 1u << 20, 1000}, false);
+    Result<Value> next = run_at(jail, p, "return 1 + 1", Limits{10'000, 1u << 20, 1000}, false);
     REQUIRE(next.ok());
     CHECK(next->get(1).as_integer() == 2);
     ++ran;
@@ -177,16 +160,15 @@ void check_level(const std::string& level) {
 
 }  // namespace
 
-#ifdef SOJOURN_HOSTILE_MICROVM
-TEST_CASE("every hostile program of the process jail is contained in a microVM with the same error") {
-  check_level("microvm");
-  const auto status = microvm_jail().status();
-  MESSAGE("microVM master booted in " << status.master_boot_ms << " ms; " << status.runs << " microVMs, "
-                                      << status.killed << " killed by the host");
-  CHECK(status.runs >= 40);
+TEST_CASE_TEMPLATE("every hostile program is contained with its declared error", Level, SOJOURN_SUITE_LEVELS) {
+  check_level(Level::jail());
+  if constexpr (Level::level == sojourn::Isolation::microvm) {
+    // The microVM runs what the process jail runs, each program in a microVM of its own.
+    auto* microvm = dynamic_cast<sojourn::sandbox::MicrovmJail*>(&Level::jail());
+    REQUIRE(microvm != nullptr);
+    const auto status = microvm->status();
+    MESSAGE("microVM master booted in " << status.master_boot_ms << " ms; " << status.runs << " microVMs, "
+                                        << status.killed << " killed by the host");
+    CHECK(status.runs >= 40);
+  }
 }
-#else
-TEST_CASE("every hostile program is contained at the trusted level with its declared error") { check_level("trusted"); }
-
-TEST_CASE("every hostile program is contained in the process jail with its declared error") { check_level("process"); }
-#endif

@@ -1,5 +1,6 @@
 // Tests of one agent step (run_agent): entry points, agent.go as an exit no pcall can keep,
-// the state coming back, agent.* host calls and require_remote.
+// the state coming back, agent.* host calls and require_remote; at every level the machine
+// has (agent.* host calls and require_remote cross a guest's channel unchanged).
 #include <doctest/doctest.h>
 
 #include <algorithm>
@@ -7,6 +8,7 @@
 #include <vector>
 
 #include "sojourn/sandbox/lua_sandbox.hpp"
+#include "support/jail_levels.hpp"
 
 namespace {
 
@@ -46,6 +48,8 @@ class AgentHost : public HostCalls {
   std::vector<Value> inbox;
 };
 
+// One agent step at the level under test.
+template <class Level>
 Result<AgentOutcome> step(std::string_view source, std::string_view entry, Value state, HostCalls* host = nullptr,
                           Value info = Value::table()) {
   RunInput input;
@@ -53,7 +57,7 @@ Result<AgentOutcome> step(std::string_view source, std::string_view entry, Value
   input.chunk_name = "agent";
   input.limits = Limits{10'000'000, 16u << 20, 5000};
   AgentInput agent{entry, std::move(state), std::move(info)};
-  return sojourn::sandbox::run_agent(input, agent, host);
+  return Level::run_agent(input, agent, host);
 }
 
 Value state_with(const char* key, Value v) {
@@ -64,23 +68,23 @@ Value state_with(const char* key, Value v) {
 
 }  // namespace
 
-TEST_CASE("an agent step calls the entry of the returned table with the state and returns both") {
-  auto r = step("return { start = function(s) s.n = s.n + 1; return s.n * 10 end }", "start", state_with("n", 4));
+TEST_CASE_TEMPLATE("an agent step calls the entry of the returned table with the state and returns both", Level, SOJOURN_SUITE_LEVELS) {
+  auto r = step<Level>("return { start = function(s) s.n = s.n + 1; return s.n * 10 end }", "start", state_with("n", 4));
   REQUIRE(r.ok());
   CHECK_FALSE(r->went);
   CHECK(r->results.get(1).as_integer() == 50);
   CHECK(r->state.get("n").as_integer() == 5);
 }
 
-TEST_CASE("an agent entry may be a global function") {
-  auto r = step("function arrive(s) s.seen = agent.id end", "arrive", Value::table(), nullptr,
+TEST_CASE_TEMPLATE("an agent entry may be a global function", Level, SOJOURN_SUITE_LEVELS) {
+  auto r = step<Level>("function arrive(s) s.seen = agent.id end", "arrive", Value::table(), nullptr,
                 state_with("id", "abc"));
   REQUIRE(r.ok());
   CHECK(r->state.get("seen").as_string() == "abc");
 }
 
-TEST_CASE("agent.go ends the step, and a pcall around it cannot keep the agent") {
-  auto r = step(R"(
+TEST_CASE_TEMPLATE("agent.go ends the step, and a pcall around it cannot keep the agent", Level, SOJOURN_SUITE_LEVELS) {
+  auto r = step<Level>(R"(
     return { start = function(s)
       s.before = true
       pcall(agent.go, "127.0.0.1:7401", "arrive")
@@ -96,25 +100,25 @@ TEST_CASE("agent.go ends the step, and a pcall around it cannot keep the agent")
   CHECK(r->state.get("after_pcall").is_nil());
 }
 
-TEST_CASE("agent.state is the same table as the entry's argument") {
-  auto r = step("return { start = function(s) agent.state.x = 1; return rawequal(s, agent.state) end }", "start",
+TEST_CASE_TEMPLATE("agent.state is the same table as the entry's argument", Level, SOJOURN_SUITE_LEVELS) {
+  auto r = step<Level>("return { start = function(s) agent.state.x = 1; return rawequal(s, agent.state) end }", "start",
                 Value::table());
   REQUIRE(r.ok());
   CHECK(r->results.get(1).as_bool());
   CHECK(r->state.get("x").as_integer() == 1);
 }
 
-TEST_CASE("a missing entry point is a clear error") {
-  auto r = step("return {}", "nowhere", Value::table());
+TEST_CASE_TEMPLATE("a missing entry point is a clear error", Level, SOJOURN_SUITE_LEVELS) {
+  auto r = step<Level>("return {}", "nowhere", Value::table());
   REQUIRE_FALSE(r.ok());
   CHECK(r.error().code == Errc::lua_error);
   CHECK(r.error().message == "Lua error: agent entry point 'nowhere' is not a function");
 }
 
-TEST_CASE("agent.receive and agent.log are host calls") {
+TEST_CASE_TEMPLATE("agent.receive and agent.log are host calls", Level, SOJOURN_SUITE_LEVELS) {
   AgentHost host;
   host.inbox.push_back(Value("hello"));
-  auto r = step("return { start = function(s) s.a = agent.receive(); s.b = agent.receive(); agent.log('got', s.a, 3) end }",
+  auto r = step<Level>("return { start = function(s) s.a = agent.receive(); s.b = agent.receive(); agent.log('got', s.a, 3) end }",
                 "start", Value::table(), &host);
   REQUIRE(r.ok());
   CHECK(r->state.get("a").as_string() == "hello");
@@ -123,22 +127,22 @@ TEST_CASE("agent.receive and agent.log are host calls") {
   CHECK(host.logs[0] == "got\thello\t3");
 }
 
-TEST_CASE("require_remote loads a module's text from the host once per run") {
+TEST_CASE_TEMPLATE("require_remote loads a module's text from the host once per run", Level, SOJOURN_SUITE_LEVELS) {
   AgentHost host;
   RunInput input;
   std::string source = "local m = require_remote('stats'); local again = require_remote('stats');"
                        "return m.greet('x'), rawequal(m, again)";
   input.source = source;
   input.limits = Limits{10'000'000, 16u << 20, 5000};
-  auto r = sojourn::sandbox::run_lua(input, &host);
+  auto r = Level::run(input, &host);
   REQUIRE(r.ok());
   CHECK(r->get(1).as_string() == "stats:x");
   CHECK(r->get(2).as_bool());
   CHECK(std::count(host.calls.begin(), host.calls.end(), "code.require") == 1);
 }
 
-TEST_CASE("an agent step whose state holds a coroutine fails with the field's path") {
-  auto r = step("return { start = function(s) s.co = coroutine.create(function() end) end }", "start", Value::table());
+TEST_CASE_TEMPLATE("an agent step whose state holds a coroutine fails with the field's path", Level, SOJOURN_SUITE_LEVELS) {
+  auto r = step<Level>("return { start = function(s) s.co = coroutine.create(function() end) end }", "start", Value::table());
   REQUIRE_FALSE(r.ok());
   CHECK(r.error().code == Errc::not_transferable);
   CHECK(r.error().message.rfind("value at state.co cannot travel", 0) == 0);

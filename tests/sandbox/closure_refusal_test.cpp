@@ -5,12 +5,12 @@
 
 using namespace closure_test;
 
-TEST_CASE("a C function is refused with the path of the field, through upvalues too") {
-  check_error(run("return {state = {cb = string.gmatch('a', 'a')}}"), Errc::not_transferable,
+TEST_CASE_TEMPLATE("a C function is refused with the path of the field, through upvalues too", Level, SOJOURN_SUITE_LEVELS) {
+  check_error(run<Level>("return {state = {cb = string.gmatch('a', 'a')}}"), Errc::not_transferable,
               "value at result[1].state.cb cannot travel: a C function");
-  check_error(run("local helper = {it = string.gmatch('a', 'a')}\nreturn {cb = function() return helper end}"),
+  check_error(run<Level>("local helper = {it = string.gmatch('a', 'a')}\nreturn {cb = function() return helper end}"),
               Errc::not_transferable, "value at result[1].cb (upvalue 'helper').it cannot travel: a C function");
-  check_error(run("local co = coroutine.create(print)\nreturn function() return co end"), Errc::not_transferable,
+  check_error(run<Level>("local co = coroutine.create(print)\nreturn function() return co end"), Errc::not_transferable,
               "value at result[1] (upvalue 'co') cannot travel: coroutines cannot travel");
   lua_State* L = luaL_newstate();
   REQUIRE(L != nullptr);
@@ -24,33 +24,33 @@ TEST_CASE("a C function is refused with the path of the field, through upvalues 
   lua_close(L);
 }
 
-TEST_CASE("bytecode and texts that are not one function expression are never loaded") {
-  check_error(run("return 1", Value::array({Value::function(std::string("\x1bLJ\x02\x00junk", 9))})),
+TEST_CASE_TEMPLATE("bytecode and texts that are not one function expression are never loaded", Level, SOJOURN_SUITE_LEVELS) {
+  check_error(run<Level>("return 1", Value::array({Value::function(std::string("\x1bLJ\x02\x00junk", 9))})),
               Errc::sandbox_refused, "refused by the sandbox: function from value:1 is bytecode, which is never loaded");
   for (const char* text : {"function() end; x = 1", "(function() return 1 end)()", "function() end end", "return 1",
                            "function() end or node.call('x')", "function() return 1 end\n(x)", ""}) {
     CAPTURE(text);
-    check_error(run("return 1", Value::array({Value::function(text, "=agent", 4)})), Errc::sandbox_refused,
+    check_error(run<Level>("return 1", Value::array({Value::function(text, "=agent", 4)})), Errc::sandbox_refused,
                 "refused by the sandbox: the text of function from agent:4 is not one function expression");
   }
-  check_error(run("return 1", Value::array({Value::function("function() return + end", "=agent", 2)})),
+  check_error(run<Level>("return 1", Value::array({Value::function("function() return + end", "=agent", 2)})),
               Errc::sandbox_refused,
               "refused by the sandbox: function from agent:2 does not compile: agent:2: unexpected symbol near '+'");
   Value injected = Value::function("function() return x end");
   injected.add_upvalue("x = node.call('x') --", 1);
-  check_error(run("return 1", Value::array({injected})), Errc::sandbox_refused,
+  check_error(run<Level>("return 1", Value::array({injected})), Errc::sandbox_refused,
               "refused by the sandbox: function from value:1 has an upvalue name that is not a Lua name: "
               "'x = node.call('x') --'");
-  check_error(run("return 1", Value::array({Value::library_function("os.execute")})), Errc::sandbox_refused,
+  check_error(run<Level>("return 1", Value::array({Value::library_function("os.execute")})), Errc::sandbox_refused,
               "refused by the sandbox: library function 'os.execute' is not available here");
 }
 
-TEST_CASE("a huge number of closures ends with memory_limit, not a crash") {
-  check_error(run("local t = {} for i = 1, 200000 do local k = i t[i] = function() return k end end return t"),
+TEST_CASE_TEMPLATE("a huge number of closures ends with memory_limit, not a crash", Level, SOJOURN_SUITE_LEVELS) {
+  check_error(run<Level>("local t = {} for i = 1, 200000 do local k = i t[i] = function() return k end end return t"),
               Errc::memory_limit, "memory limit of 16777216 bytes exceeded");
 }
 
-TEST_CASE("the scanner finds a function's text past strings, long strings, comments and nested blocks") {
+TEST_CASE_TEMPLATE("the scanner finds a function's text past strings, long strings, comments and nested blocks", Level, SOJOURN_SUITE_LEVELS) {
   const std::string chunk =
       "local s = 'function end' -- function\n"
       "local function f(a) --[[ end ]] local t = {[ [=[end]=] ] = \"\\\"end\"}\n"
@@ -65,7 +65,7 @@ TEST_CASE("the scanner finds a function's text past strings, long strings, comme
   CHECK(scan::find_functions(chunk, 1, 5, 5)[0].text == "function() end");
   CHECK(scan::find_functions(chunk, 1, 2, 5).empty());
   // And LuaJIT agrees: both travel and run.
-  Value sent = run_and_send(chunk + "return f, f(1)");
+  Value sent = run_and_send<Level>(chunk + "return f, f(1)");
   CHECK(sent.get(1).function_source() == found[0].text);
   CHECK(sent.get(3).function_source() == "function() end");
   CHECK(sent.get(2).as_string() == "]]end");  // a newline right after [==[ is skipped
@@ -117,46 +117,46 @@ TEST_CASE("the byte cap counts function text and upvalues") {
   lua_close(L);
 }
 
-TEST_CASE("an agent step whose state holds a forged function is refused before the entry runs") {
+TEST_CASE_TEMPLATE("an agent step whose state holds a forged function is refused before the entry runs", Level, SOJOURN_SUITE_LEVELS) {
   Value state = Value::table();
   state.set("cb", Value::function("(function() return 1 end)()", "=agent", 3));
   RunInput input;
   input.source = "return { start = function(s) s.ran = true end }";
   input.chunk_name = "agent";
   input.limits = Limits{10'000'000, kMemory, 5000};
-  auto r = sojourn::sandbox::run_agent(input, sojourn::sandbox::AgentInput{"start", state, Value::table()}, nullptr);
+  auto r = Level::run_agent(input, sojourn::sandbox::AgentInput{"start", state, Value::table()}, nullptr);
   REQUIRE_FALSE(r.ok());
   CHECK(r.error().code == Errc::sandbox_refused);
   CHECK(r.error().message == "refused by the sandbox: the text of function from agent:3 is not one function expression");
 }
 
-TEST_CASE("forged upvalue lists and library functions are refused, an odd line is not") {
+TEST_CASE_TEMPLATE("forged upvalue lists and library functions are refused, an odd line is not", Level, SOJOURN_SUITE_LEVELS) {
   Value twice = Value::function("function() return x end");
   twice.add_upvalue("x", 1);
   twice.add_upvalue("x", 2);
-  check_error(run("return 1", Value::array({twice})), Errc::sandbox_refused,
+  check_error(run<Level>("return 1", Value::array({twice})), Errc::sandbox_refused,
               "refused by the sandbox: function from value:1 has two upvalues named 'x'");
   Value many = Value::function("function() end");
   for (int i = 0; i < 61; ++i) many.add_upvalue(std::string("u").append(std::to_string(i)), i);
-  check_error(run("return 1", Value::array({many})), Errc::sandbox_refused,
+  check_error(run<Level>("return 1", Value::array({many})), Errc::sandbox_refused,
               "refused by the sandbox: function from value:1 has more than 60 upvalues");
   Value lib = Value::library_function("print");
   lib.add_upvalue("x", 1);
-  check_error(run("return 1", Value::array({lib})), Errc::sandbox_refused,
+  check_error(run<Level>("return 1", Value::array({lib})), Errc::sandbox_refused,
               "refused by the sandbox: library function 'print' comes with a text or upvalues");
   // A line far down is not padded (messages then count from the function's first line). A
   // position in another chunk than the run's own comes after "Lua error: ".
   Value far = Value::function("function(a)\n  error('far ' .. a)\nend", "=agent", 4'000'000'000u);
-  check_error(run("local f = ... f('x')", Value::array({far})), Errc::lua_error, "Lua error: agent:2: far x");
+  check_error(run<Level>("local f = ... f('x')", Value::array({far})), Errc::lua_error, "Lua error: agent:2: far x");
   Value near = Value::function("function(a)\n  error('near ' .. a)\nend", "=agent", 40);
-  check_error(run("local f = ... f('x')", Value::array({near})), Errc::lua_error, "Lua error: agent:41: near x");
+  check_error(run<Level>("local f = ... f('x')", Value::array({near})), Errc::lua_error, "Lua error: agent:41: near x");
 }
 
-TEST_CASE("an upvalue the text does not use is ignored, and one it uses but the Value lacks is nil") {
+TEST_CASE_TEMPLATE("an upvalue the text does not use is ignored, and one it uses but the Value lacks is nil", Level, SOJOURN_SUITE_LEVELS) {
   Value f = Value::function("function() return a, b end");
   f.add_upvalue("a", 1);
   f.add_upvalue("unused", 2);
-  auto r = run("b = 'global b' return (...)()", Value::array({f}));
+  auto r = run<Level>("b = 'global b' return (...)()", Value::array({f}));
   REQUIRE(r.ok());
   CHECK(r->get(1).as_integer() == 1);
   CHECK(r->get(2).as_string() == "global b");  // a free name that is no upvalue is a global
@@ -200,7 +200,7 @@ TEST_CASE("twenty thousand mutated function texts are rebuilt or refused, never 
   lua_close(L);
 }
 
-TEST_CASE("functions with cdata number literals neither leave a run nor enter one") {
+TEST_CASE_TEMPLATE("functions with cdata number literals neither leave a run nor enter one", Level, SOJOURN_SUITE_LEVELS) {
   // LuaJIT loads its FFI on demand for 1LL and 0i; loading thousands of such texts into
   // one state was seen to crash lua_close.
   CHECK(scan::has_cdata_literal("function() return 1LL end"));
@@ -208,9 +208,9 @@ TEST_CASE("functions with cdata number literals neither leave a run nor enter on
   CHECK(scan::has_cdata_literal("function() return 0x2i end"));
   CHECK_FALSE(scan::has_cdata_literal("function() return 0x10, 1e5, 'LL', 3i_ end"));
   // A chunk with one never even loads (run_lua refuses it first).
-  check_error(run("return function() return 1LL end"), Errc::sandbox_refused,
+  check_error(run<Level>("return function() return 1LL end"), Errc::sandbox_refused,
               "refused by the sandbox: cdata number literals (1LL, 1ULL, 1i) are not accepted");
-  check_error(run("return 1", Value::array({Value::function("function() return 0i end")})), Errc::sandbox_refused,
+  check_error(run<Level>("return 1", Value::array({Value::function("function() return 0i end")})), Errc::sandbox_refused,
               "refused by the sandbox: function from value:1 has a cdata number literal (1LL, 0i), which is not loaded");
 }
 

@@ -7,6 +7,7 @@
 
 #include "sojourn/core/messages.hpp"
 #include "sojourn/sandbox/lua_sandbox.hpp"
+#include "support/jail_levels.hpp"
 
 #include <luajit-2.1/lua.hpp>
 
@@ -19,18 +20,19 @@ using sojourn::Errc;
 using sojourn::Limits;
 using sojourn::Result;
 using sojourn::Value;
-using sojourn::sandbox::run_lua;
 using sojourn::sandbox::RunInput;
 namespace scan = sojourn::sandbox::lua;
 
 inline constexpr std::uint64_t kMemory = 16u << 20;
 
-inline Result<Value> run(std::string_view source, Value args = {}, std::uint64_t memory = kMemory) {
+// One chunk at the level under test.
+template <class Level>
+Result<Value> run(std::string_view source, Value args = {}, std::uint64_t memory = kMemory) {
   RunInput input;
   input.source = source;
   input.args = std::move(args);
   input.limits = Limits{10'000'000, memory, 5000};
-  return run_lua(input, nullptr);
+  return Level::run(input, nullptr);
 }
 
 // What a peer receives: the value through the wire codec.
@@ -41,8 +43,9 @@ inline Value over_the_wire(const Value& v) {
 }
 
 // Runs `source` and returns its results after a trip over the wire.
-inline Value run_and_send(std::string_view source, Value args = {}) {
-  auto r = run(source, std::move(args));
+template <class Level>
+Value run_and_send(std::string_view source, Value args = {}) {
+  auto r = run<Level>(source, std::move(args));
   if (!r.ok()) FAIL(r.error().message);
   return over_the_wire(*r);
 }

@@ -10,7 +10,7 @@
 
 #include "sojourn/core/error.hpp"
 #include "sojourn/core/value.hpp"
-#include "sojourn/sandbox/lua_sandbox.hpp"
+#include "sojourn/sandbox/jail.hpp"
 
 namespace sojourn::sandbox {
 
@@ -40,33 +40,24 @@ struct MicrovmJailStatus {
   std::size_t pooled = 0;          // VM shells ready now
 };
 
-class MicrovmJail {
+class MicrovmJail : public Jail {
  public:
   // Opens /dev/kvm, boots the master VM and fills the pool. Errors: kvm_unavailable (no
   // usable /dev/kvm, or one that cannot run the guest), jail_unavailable (no guest binary),
   // vm_master (the guest did not reach its first request).
   static Result<std::unique_ptr<MicrovmJail>> start(const MicrovmJailOptions& options);
-  ~MicrovmJail();
-  MicrovmJail(const MicrovmJail&) = delete;
-  MicrovmJail& operator=(const MicrovmJail&) = delete;
 
-  // One chunk in a fresh microVM forked for this run alone: the same results and errors as
-  // run_lua, plus vm_guest_fault "microVM guest fault: ..." (an exception, a triple fault, a
+  Isolation level() const final { return Isolation::microvm; }
+
+  // run: one chunk in a fresh microVM forked for this run alone: the same results and errors
+  // as run_lua, plus vm_guest_fault "microVM guest fault: ..." (an exception, a triple fault, a
   // touch outside the guest's map), vm_entry_failed, guest_crashed (the guest exited without
   // an answer). A guest past its deadline (wall_ms + kill_grace_ms: a JIT-compiled loop sees
   // no Lua hook) is forced out of the vCPU: deadline "wall-clock deadline of N ms exceeded".
-  // Thread-safe: runs may be concurrent (each has its own monitor thread).
-  Result<Value> run(const RunInput& input, HostCalls* host);
-  // One agent step, as ProcessJail::run_agent.
-  Result<AgentOutcome> run_agent(const RunInput& input, const AgentInput& agent, HostCalls* host);
+  // Runs may be concurrent (each has its own monitor thread).
+  // run_agent: one agent step, as ProcessJail's.
 
-  MicrovmJailStatus status() const;
-
-  class Impl;
-
- private:
-  explicit MicrovmJail(std::unique_ptr<Impl> impl);
-  std::unique_ptr<Impl> impl_;
+  virtual MicrovmJailStatus status() const = 0;
 };
 
 }  // namespace sojourn::sandbox

@@ -9,7 +9,7 @@
 
 #include "sojourn/core/error.hpp"
 #include "sojourn/core/value.hpp"
-#include "sojourn/sandbox/lua_sandbox.hpp"
+#include "sojourn/sandbox/jail.hpp"
 
 namespace sojourn::sandbox {
 
@@ -36,37 +36,26 @@ struct ProcessJailStatus {
   std::uint64_t zygote_starts = 0;   // 1 + restarts after the zygote died
 };
 
-class ProcessJail {
+class ProcessJail : public Jail {
  public:
   // Finds the guest binary and starts the zygote. Errors: jail_unavailable.
   static Result<std::unique_ptr<ProcessJail>> start(const ProcessJailOptions& options);
-  ~ProcessJail();
-  ProcessJail(const ProcessJail&) = delete;
-  ProcessJail& operator=(const ProcessJail&) = delete;
 
-  // Runs one chunk in a fresh guest forked for this run alone (guests are never reused),
+  Isolation level() const final { return Isolation::process; }
+
+  // run: one chunk in a fresh guest forked for this run alone (guests are never reused),
   // with the same results and errors as run_lua, plus:
   //   seccomp_kill   "guest killed by seccomp: syscall N"
   //   guest_crashed  "guest crashed: ..." (a signal or an exit without an answer)
   //   jail_unavailable "process jail unavailable: ..." (the zygote cannot be restarted)
   // A guest past its deadline is killed: deadline "wall-clock deadline of N ms exceeded";
   // past its CPU-time rlimit: cpu_limit "CPU limit of N instructions exceeded"; output past
-  // the memory limit: memory_limit "memory limit of N bytes exceeded". Host calls arrive
-  // on the calling thread. Thread-safe: runs may be concurrent.
-  Result<Value> run(const RunInput& input, HostCalls* host);
-
-  // One agent step (run_agent) in a fresh guest: the same outcome and errors as
+  // the memory limit: memory_limit "memory limit of N bytes exceeded".
+  // run_agent: one agent step in a fresh guest: the same outcome and errors as
   // sandbox::run_agent, plus the jail's errors above. agent.* host calls cross the channel
   // like node.call's.
-  Result<AgentOutcome> run_agent(const RunInput& input, const AgentInput& agent, HostCalls* host);
 
-  ProcessJailStatus status() const;
-
-  class Impl;
-
- private:
-  explicit ProcessJail(std::unique_ptr<Impl> impl);
-  std::unique_ptr<Impl> impl_;
+  virtual ProcessJailStatus status() const = 0;
 };
 
 // Where the guest binary is (see ProcessJailOptions::guest_path), or jail_unavailable.

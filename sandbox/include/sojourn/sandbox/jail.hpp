@@ -1,0 +1,91 @@
+// One interface for every isolation level (a Jail) and the set a node keeps of them (a
+// JailSet): each level's jail starts on first use, once; a level that cannot start keeps the
+// reason. Adding a level is one Jail class and one row in the level table (jail_set.cpp).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "sojourn/core/error.hpp"
+#include "sojourn/core/messages.hpp"
+#include "sojourn/core/value.hpp"
+#include "sojourn/sandbox/lua_sandbox.hpp"
+
+namespace sojourn::sandbox {
+
+// Where code runs at one isolation level. run and run_agent have run_lua's and run_agent's
+// results and errors, plus each level's own (documented on its class). Thread-safe: runs may
+// be concurrent; host calls arrive on the calling thread.
+class Jail {
+ public:
+  virtual ~Jail() = default;
+  virtual Isolation level() const = 0;
+  virtual Result<Value> run(const RunInput& input, HostCalls* host) = 0;
+  virtual Result<AgentOutcome> run_agent(const RunInput& input, const AgentInput& agent, HostCalls* host) = 0;
+  // What the jail is doing, for logs: "guest PATH, zygote PID, namespaces: ..." (no level name).
+  virtual std::string describe() const = 0;
+};
+
+// The `trusted` level: run_lua and run_agent in the calling process.
+class TrustedJail final : public Jail {
+ public:
+  Isolation level() const override { return Isolation::trusted; }
+  Result<Value> run(const RunInput& input, HostCalls* host) override { return run_lua(input, host); }
+  Result<AgentOutcome> run_agent(const RunInput& input, const AgentInput& agent, HostCalls* host) override {
+    return sandbox::run_agent(input, agent, host);
+  }
+  std::string describe() const override { return "restricted lua_State in the node process"; }
+};
+
+// What every level's start-up may need; each level reads its own fields.
+struct JailConfig {
+  // The sojourn-guest executable (see ProcessJailOptions::guest_path); empty: found.
+  std::string guest_path;
+  // The largest Lua heap one run may ask for (a microVM is sized to hold it); 0: the default.
+  std::uint64_t max_memory_bytes = 0;
+  // Who owns the set, as log lines start: "NAME: process jail ready (...)". Empty: "jails".
+  std::string owner;
+  // A level whose absence is usual (microvm without KVM) is logged as a fact, not a warning,
+  // unless it is this one (the level the owner asked to run peers' code at).
+  std::optional<Isolation> wanted;
+};
+
+class JailSet {
+ public:
+  explicit JailSet(JailConfig config);
+  ~JailSet();
+  JailSet(const JailSet&) = delete;
+  JailSet& operator=(const JailSet&) = delete;
+
+  // Every level this build knows, weakest first.
+  static const std::vector<Isolation>& levels();
+
+  // The jail for `level`, started on first use (once, even under concurrent callers), or
+  // sandbox_refused "refused by the sandbox: isolation level 'L' is not available on this
+  // node: WHY" when it could not start.
+  Result<Jail*> get(Isolation level);
+  // Why `level` cannot run here (starting it if it was not tried), or null when it can.
+  const std::string* unavailable(Isolation level);
+  // The jail for `level` if it already started; never starts one.
+  Jail* started(Isolation level) const;
+  // The levels that run here (starting each), and in `why` "LEVEL: REASON; ..." for the others.
+  std::vector<Isolation> available(std::string* why = nullptr);
+  // The strongest level above `floor` that runs here (starting those it tries), else `floor`
+  // (not started by this call).
+  Isolation strongest(Isolation floor);
+
+  Result<Value> run(Isolation level, const RunInput& input, HostCalls* host);
+  Result<AgentOutcome> run_agent(Isolation level, const RunInput& input, const AgentInput& agent, HostCalls* host);
+
+ private:
+  struct Slot;
+  Slot* slot(Isolation level) const;
+  JailConfig config_;
+  std::vector<std::unique_ptr<Slot>> slots_;  // one per entry of levels()
+};
+
+}  // namespace sojourn::sandbox
