@@ -94,7 +94,7 @@ constexpr MonitorRow kTable[] = {
   {SCMP_SYS(poll),     "poll",     A::any,        0, "", false, "a ChannelEnd waiting for the node with a deadline"},
   {SCMP_SYS(ppoll),    "ppoll",    A::any,        0, "", false, "the same, through ppoll"},
   {SCMP_SYS(getrandom),     "getrandom",     A::any, 0, "", false, "host_random: the guest's getrandom; AT_RANDOM of a boot"},
-  {SCMP_SYS(clock_gettime), "clock_gettime", A::any, 0, "", false, "host_clock: the guest's clock_gettime; steady_clock without a vDSO"},
+  {SCMP_SYS(clock_gettime), "clock_gettime", A::any, 0, "", false, "host_clock: the guest's clock_gettime; steady_clock without a vDSO; MicrovmJail: the vCPU thread's CPU time"},
   {SCMP_SYS(clock_nanosleep), "clock_nanosleep", A::any, 0, "", false, "sleep_for (a retry back-off of the monitor's owner)"},
   {SCMP_SYS(nanosleep),       "nanosleep",       A::any, 0, "", false, "the same, through nanosleep"},
   // The budget timer: a thread per run that kicks the vCPU thread out of KVM_RUN.

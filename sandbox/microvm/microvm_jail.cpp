@@ -6,6 +6,7 @@
 #include "sojourn/sandbox/microvm_jail.hpp"
 
 #include <poll.h>
+#include <time.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -36,6 +37,12 @@ namespace {
 using Clock = std::chrono::steady_clock;
 namespace kvm = sojourn::sandbox::kvm;
 
+// The calling thread's CPU time in microseconds (clock_gettime is in the monitor's table).
+std::uint64_t thread_cpu_us() {
+  timespec ts{};
+  if (::clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts) != 0) return 0;
+  return static_cast<std::uint64_t>(ts.tv_sec) * 1'000'000u + static_cast<std::uint64_t>(ts.tv_nsec) / 1000u;
+}
 
 // The guest's descriptor 3 seen from the monitor: the monitor's end of the socketpair. A
 // read blocks like the guest's read on a pipe would; the vCPU's budget signal interrupts it
@@ -74,9 +81,12 @@ class MasterForkJail final : public MicrovmJail {
   Result<AgentOutcome> run_agent(const RunInput& input, const AgentInput& agent, HostCalls* host) override {
     if (Result<void> ok = check(input); !ok) return ok.error();
     channel::AgentRequest request{make_run_request(input, host), std::string(agent.entry), agent.state, agent.info};
-    auto done = in_microvm(input, channel::encode_frame(request), channel::Kind::agent_done, host);
+    std::uint64_t cpu_us = 0;  // the vCPU thread's CPU time, measured by the kernel
+    auto done = in_microvm(input, channel::encode_frame(request), channel::Kind::agent_done, host, &cpu_us);
     if (!done) return done.error();
-    return agent_outcome(*done);
+    Result<AgentOutcome> outcome = agent_outcome(*done);
+    if (outcome) outcome->host_cpu_us = cpu_us;
+    return outcome;
   }
 
   MicrovmJailStatus status() const override {
@@ -126,8 +136,10 @@ class MasterForkJail final : public MicrovmJail {
     }
   }
 
+  // `cpu_us`, when given, receives the CPU time of the thread that ran the vCPU: the kernel
+  // charges a guest's time in KVM_RUN to that thread, so the guest cannot under-report it.
   Result<std::vector<std::uint8_t>> in_microvm(const RunInput& input, const std::vector<std::uint8_t>& request,
-                                               channel::Kind done, HostCalls* host) {
+                                               channel::Kind done, HostCalls* host, std::uint64_t* cpu_us = nullptr) {
     const Limits& limits = input.limits;
     int pair[2];
     if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair) != 0) {
@@ -158,7 +170,9 @@ class MasterForkJail final : public MicrovmJail {
         ended = installed.error();
       } else {
         kvm::ChannelEnd channel = socket_channel(monitor_end.get());
+        const std::uint64_t cpu_before = thread_cpu_us();
         ended = vm->serve(channel, budget_ms);
+        if (cpu_us != nullptr) *cpu_us = thread_cpu_us() - cpu_before;
       }
       // The guest is gone: the host's reads see the end of the channel.
       ::shutdown(monitor_end.get(), SHUT_RDWR);

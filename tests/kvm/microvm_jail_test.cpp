@@ -155,6 +155,19 @@ TEST_CASE("an agent step runs in a microVM: state in, state out, agent.go report
   CHECK(out->state.get("n").as_integer() == 42);
 }
 
+TEST_CASE("an agent step in a microVM reports the CPU its vCPU thread used, as the host measured it") {
+  // The guest's own instruction count is its word; the vCPU thread's CPU time is the kernel's.
+  RunInput input;
+  input.source = "local M = {} function M.step(s) local x = 0 for i = 1, 3e6 do x = x + i end s.x = x end return M";
+  input.chunk_name = "=agent";
+  input.limits = {1'000'000'000, 16u << 20, 20'000};
+  sojourn::sandbox::AgentInput agent{"step", Value::table(), Value::table()};
+  auto out = jail().run_agent(input, agent, nullptr);
+  REQUIRE_MESSAGE(out.ok(), (out.ok() ? "" : out.error().message));
+  // Three million loop iterations take well over a millisecond of CPU, emulated or not.
+  CHECK(out->host_cpu_us > 1000);
+}
+
 TEST_CASE("concurrent runs each get their own microVM") {
   std::vector<std::thread> threads;
   std::atomic<int> right{0};
