@@ -145,7 +145,7 @@ Value record_to_value(const AgentRecord& r) {
 }
 
 Result<AgentRecord> record_from_value(const Value& v) {
-  auto bad = [](const std::string& what) { return make_error(Errc::invalid_argument, "invalid argument: agent record " + what); };
+  auto bad = [](const std::string& what) { return errors::invalid_argument("agent record " + what); };
   if (!v.is_table()) return bad("is not a table");
   AgentRecord r;
   r.id = field_string(v, "id");

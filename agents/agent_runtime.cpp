@@ -51,7 +51,7 @@ void AgentRuntime::register_services(Node& node) {
   auto bind = [self](Result<Value> (AgentRuntime::*fn)(const Value&)) {
     return [self, fn](const Value& args) -> Result<Value> {
       auto rt = self.lock();
-      if (!rt) return make_error(Errc::shutting_down, "node is shutting down");
+      if (!rt) return errors::shutting_down();
       return ((*rt).*fn)(args.get(1));
     };
   };
@@ -61,7 +61,7 @@ void AgentRuntime::register_services(Node& node) {
   auto bind_caller = [self](Result<Value> (AgentRuntime::*fn)(const Value&, const PeerIdentity&)) {
     return PeerService([self, fn](const Value& args, const PeerIdentity& caller) -> Result<Value> {
       auto rt = self.lock();
-      if (!rt) return make_error(Errc::shutting_down, "node is shutting down");
+      if (!rt) return errors::shutting_down();
       return ((*rt).*fn)(args.get(1), caller);
     });
   };
@@ -76,21 +76,40 @@ void AgentRuntime::register_services(Node& node) {
   node.register_service("code.fetch", bind(&AgentRuntime::on_fetch), peers);
   node.register_service("agent.status", PeerService([self](const Value& args, const PeerIdentity& caller) -> Result<Value> {
     auto rt = self.lock();
-    if (!rt) return make_error(Errc::shutting_down, "node is shutting down");
+    if (!rt) return errors::shutting_down();
     Value id = args.get(1);
     return rt->status_of(id.is_string() ? id.as_string() : std::string(), caller);
   }));
+  // agent.wait {id, wait_ms}: the status once the agent has ended, or after wait_ms (at
+  // most 20 s); answered by the end itself, on the network thread, holding no worker.
+  {
+    ServiceEntry wait;
+    wait.options = peers;
+    wait.fn = [](const Value&, const PeerIdentity&) -> Result<Value> {
+      return errors::invalid_argument("agent.wait is served to peers only");
+    };
+    wait.async_fn = [self](Value args, PeerIdentity caller) -> asio::awaitable<Result<Value>> {
+      auto rt = self.lock();
+      if (!rt) co_return errors::shutting_down();
+      Value request = args.get(1);
+      const std::string id = field_string(request, "id");
+      const auto wait = std::chrono::milliseconds(field_u64(request, "wait_ms"));
+      co_return co_await rt->wait_here(id, wait, std::move(caller));
+    };
+    std::unique_lock lock(impl_.services_mutex);
+    impl_.services["agent.wait"] = std::move(wait);
+  }
   node.register_service("agent.list", PeerService([self](const Value&, const PeerIdentity& caller) -> Result<Value> {
     auto rt = self.lock();
-    if (!rt) return make_error(Errc::shutting_down, "node is shutting down");
+    if (!rt) return errors::shutting_down();
     return rt->list(caller);
   }));
 }
 
 Result<Value> AgentRuntime::launch_here(const Value& request, const PeerIdentity& caller) {
-  if (impl_.shutting_down) return make_error(Errc::shutting_down, "node is shutting down");
+  if (impl_.shutting_down) return errors::shutting_down();
   Value bytes = request.get("bundle");
-  if (!bytes.is_string()) return make_error(Errc::invalid_argument, "invalid argument: agent.launch needs a bundle");
+  if (!bytes.is_string()) return errors::invalid_argument("agent.launch needs a bundle");
   const std::string& text = bytes.as_string();
   // SAFETY: the string's bytes are read as unsigned bytes of the same size.
   // Checked (signature, policy) before it is stored: refused code takes no room here.
@@ -99,7 +118,7 @@ Result<Value> AgentRuntime::launch_here(const Value& request, const PeerIdentity
   AgentRecord r;
   r.id = new_agent_id();
   r.home = self();
-  if (r.home.empty()) return make_error(Errc::invalid_argument, "invalid argument: this node has no address to be an agent's home (listen first)");
+  if (r.home.empty()) return errors::invalid_argument("this node has no address to be an agent's home (listen first)");
   r.owner = field_string(request, "owner");
   if (r.owner.empty()) r.owner = "anonymous";
   r.bundle_hash = (*bundle)->hash;

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include <boost/asio/co_spawn.hpp>
+#include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/asio/use_future.hpp>
 
@@ -59,6 +60,22 @@ class AgentRuntime : public std::enable_shared_from_this<AgentRuntime> {
   };
   asio::awaitable<Result<Fetched>> fetch(std::string peer, std::string module);
 
+  // Waiting for an agent's end, on the network thread (tracking.cpp). wait_here answers the
+  // agent's status once it has ended (finished, failed, stranded) or after `wait`, woken by
+  // the end itself; wait_agent does that at `home` (this node, or a peer's agent.wait,
+  // repeated until `timeout`).
+  asio::awaitable<Result<Value>> wait_here(std::string id, std::chrono::milliseconds wait, PeerIdentity caller);
+  asio::awaitable<Result<AgentStatus>> wait_agent(std::string home, std::string id, std::chrono::milliseconds timeout);
+  // Bounded state (docs/migration.md, "What a node remembers"): drops the COMMITs, highest
+  // epochs and ended agents whose retention has passed. Runs on each insertion, on each
+  // read of an ended agent and on a periodic timer (start_sweeps).
+  void prune();
+  void start_sweeps();
+  // At shutdown, on the network thread: cancels the sweep timer and wakes every waiter.
+  void stop();
+  std::uint64_t tracked_count();
+  std::uint64_t commits_count();
+
  private:
   struct Resident {
     AgentRecord record;
@@ -71,6 +88,9 @@ class AgentRuntime : public std::enable_shared_from_this<AgentRuntime> {
     const PolicyRule* rule = nullptr;
     std::uint64_t hop_cpu_spent = 0;
     std::shared_ptr<RateLimiter> rate;
+    // The message ids this visit's arrival answer handed over: the home may still resend
+    // them, so record.delivered keeps them (trim_delivered).
+    std::set<std::string> answer_ids;
   };
   // The limits of one step, and which budget bounds its CPU.
   struct StepBudget {
@@ -93,6 +113,17 @@ class AgentRuntime : public std::enable_shared_from_this<AgentRuntime> {
     std::string token, previous_token;
     std::string holder_fingerprint;
     std::string launcher;  // AgentRecord::launcher
+    // Retention once it ended (prune): when it ended and when its result was first read.
+    std::int64_t ended_ms = 0, read_ms = 0;
+  };
+  // What a destination remembers of a hand-over it committed (migration.cpp).
+  struct Commit {
+    Value reply;
+    std::int64_t forget_at_ms = 0;
+  };
+  struct HighestEpoch {
+    std::uint64_t epoch = 0;
+    std::int64_t forget_at_ms = 0;
   };
 
   // agent_runtime.cpp
@@ -124,7 +155,12 @@ class AgentRuntime : public std::enable_shared_from_this<AgentRuntime> {
   asio::awaitable<void> migrate(std::string id, std::string peer, std::string entry);
   asio::awaitable<void> arrive(std::string id);
   // Appends the messages of an arrival answer that the agent has not had yet.
-  void take_messages(const std::string& id, const Value& messages);
+  // `confirmed`: the delivered ids the arrival report listed, which the home has now dropped
+  // from its pending messages and never resends: they leave record.delivered.
+  void take_messages(const std::string& id, const Value& messages, const std::vector<std::string>& confirmed);
+  // Bounds record.delivered (under mutex_): the answer's ids, and the last kDeliveredWindow
+  // ids forwarded one by one (the home resends only its pending front until it succeeds).
+  static void trim_delivered(Resident& res);
   asio::awaitable<Result<Value>> hand_over(AgentRecord record, std::shared_ptr<const CachedBundle> bundle, std::string peer);
   // The agent (still at `epoch`) stays here, stopped, and its home hears `reason`.
   void strand(const std::string& id, std::uint64_t epoch, const std::string& reason);
@@ -147,15 +183,35 @@ class AgentRuntime : public std::enable_shared_from_this<AgentRuntime> {
   Result<Value> on_fetch(const Value& request);
 
   void spawn(asio::awaitable<void> task, const char* what);
+  // The clock of retention and expiry: NodeOptions::expiry_clock, else Unix ms.
+  std::int64_t now_ms() const;
+  // Under mutex_.
+  void remember_commit(const std::string& id, std::uint64_t epoch, const Value& commit);
+  void mark_ended(const std::string& id, Tracked& t);  // wakes waiters, schedules forgetting
+  std::int64_t forget_at(const Tracked& t) const;
+  void prune_locked(std::int64_t now);
+  void wake_waiters_locked(const std::string& id);
 
   Node::Impl& impl_;
   CodeCache cache_;
   std::atomic<std::uint64_t> bundles_sent_{0};
   std::mutex mutex_;
   std::unordered_map<std::string, Resident> residents_;
-  std::map<std::pair<std::string, std::uint64_t>, Value> commits_;  // (id, epoch) -> the COMMIT sent
-  std::unordered_map<std::string, std::uint64_t> highest_epoch_;
-  std::unordered_map<std::string, Tracked> tracked_;                 // agents whose home is here
+  std::map<std::pair<std::string, std::uint64_t>, Commit> commits_;  // (id, epoch) -> the COMMIT sent
+  std::unordered_map<std::string, HighestEpoch> highest_epoch_;
+  std::unordered_map<std::string, Tracked> tracked_;                  // agents whose home is here
+  // When to look at an entry again (prune): by time, each naming a commit (id, epoch) or,
+  // with `tracked` set, a tracked agent. An entry may be looked at and kept (read earlier).
+  struct Due {
+    std::string id;
+    std::uint64_t epoch = 0;
+    bool tracked = false;
+  };
+  std::multimap<std::int64_t, Due> due_;
+  // Waiters for an agent's end (wait_here): their timers are cancelled, on the network
+  // thread, when it ends. Bounded: past kMaxWaiters a wait answers at once.
+  std::unordered_multimap<std::string, std::shared_ptr<asio::steady_timer>> waiters_;
+  std::shared_ptr<asio::steady_timer> sweep_timer_;
 };
 
 }  // namespace sojourn

@@ -34,7 +34,7 @@ Value detached_copy(const Value& v) {
 Result<std::string> string_arg(const Value& args, std::int64_t index, std::string_view service) {
   Value v = args.get(index);
   if (!v.is_string()) {
-    return make_error(Errc::invalid_argument, "invalid argument: " + std::string(service) + " expects a string key as argument " +
+    return errors::invalid_argument(std::string(service) + " expects a string key as argument " +
                                                   std::to_string(index) + ", got " + std::string(v.type_name()));
   }
   return v.as_string();

@@ -19,7 +19,7 @@ Result<Value> AgentRuntime::on_fetch(const Value& request) {
   const std::string by_hash = field_string(request, "hash");
   const std::string module = field_string(request, "module");
   if (!by_hash.empty()) {
-    if (!is_bundle_hash(by_hash)) return make_error(Errc::invalid_argument, "invalid argument: not a bundle hash");
+    if (!is_bundle_hash(by_hash)) return errors::invalid_argument("not a bundle hash");
     found = cache_.get(by_hash);
     if (!found) return make_error(Errc::no_such_module, "no such module: " + by_hash);
   } else {
@@ -86,7 +86,7 @@ Result<Value> AgentRuntime::require_module(std::string_view name, const CachedBu
   if (origin.empty() || origin == self()) return make_error(Errc::no_such_module, "no such module: " + std::string(name));
   // From the code's origin; this blocks a worker thread, never the network thread.
   if (impl_.io.get_executor().running_in_this_thread()) {
-    return make_error(Errc::internal, "internal error: require_remote on the network thread");
+    return errors::internal("require_remote on the network thread");
   }
   auto fetched = asio::co_spawn(impl_.io, fetch(origin, std::string(name)), asio::use_future).get();
   if (!fetched) return fetched.error();

@@ -30,11 +30,11 @@ std::string_view as_text(std::span<const std::uint8_t> bytes) {
 }  // namespace
 
 Result<Value> AgentRuntime::on_offer(const Value& request) {
-  if (impl_.shutting_down) return make_error(Errc::shutting_down, "node is shutting down");
+  if (impl_.shutting_down) return errors::shutting_down();
   const std::string id = field_string(request, "id");
   const std::uint64_t epoch = field_u64(request, "epoch");
   const std::string hash = field_string(request, "bundle");
-  if (!is_agent_id(id) || !is_bundle_hash(hash)) return make_error(Errc::invalid_argument, "invalid argument: bad agent offer");
+  if (!is_agent_id(id) || !is_bundle_hash(hash)) return errors::invalid_argument("bad agent offer");
   Value reply = Value::table();
   {
     std::lock_guard lock(mutex_);
@@ -43,9 +43,9 @@ Result<Value> AgentRuntime::on_offer(const Value& request) {
       return reply;
     }
     auto seen = highest_epoch_.find(id);
-    if (seen != highest_epoch_.end() && epoch <= seen->second) {
+    if (seen != highest_epoch_.end() && epoch <= seen->second.epoch) {
       return make_error(Errc::stale_epoch, "agent " + id + " epoch " + std::to_string(epoch) +
-                                               " is stale (this node has seen epoch " + std::to_string(seen->second) + ")");
+                                               " is stale (this node has seen epoch " + std::to_string(seen->second.epoch) + ")");
     }
   }
   reply.set("duplicate", false);
@@ -54,7 +54,7 @@ Result<Value> AgentRuntime::on_offer(const Value& request) {
 }
 
 Result<Value> AgentRuntime::on_transfer(const Value& request, const PeerIdentity& caller) {
-  if (impl_.shutting_down) return make_error(Errc::shutting_down, "node is shutting down");
+  if (impl_.shutting_down) return errors::shutting_down();
   auto record = record_from_value(request.get("record"));
   if (!record) return record.error();
   const std::string what = "the TRANSFER of agent " + record->id + " (epoch " + std::to_string(record->epoch) + ")";
@@ -64,12 +64,14 @@ Result<Value> AgentRuntime::on_transfer(const Value& request, const PeerIdentity
   if (auto addressed = check_addressed_to(field_string(request, "to"), self(), what); !addressed) return addressed.error();
   {
     std::lock_guard lock(mutex_);
+    // Checked after the expiry above: a COMMIT is remembered for as long as any copy of its
+    // TRANSFER can be unexpired (remember_commit says why), so forgetting it loses no dedup.
     auto done = commits_.find({record->id, record->epoch});
-    if (done != commits_.end()) return done->second;  // a retried TRANSFER: the same COMMIT again
+    if (done != commits_.end()) return done->second.reply;  // a retried TRANSFER: the same COMMIT again
     auto seen = highest_epoch_.find(record->id);
-    if (seen != highest_epoch_.end() && record->epoch <= seen->second) {
+    if (seen != highest_epoch_.end() && record->epoch <= seen->second.epoch) {
       return make_error(Errc::stale_epoch, "agent " + record->id + " epoch " + std::to_string(record->epoch) +
-                                               " is stale (this node has seen epoch " + std::to_string(seen->second) + ")");
+                                               " is stale (this node has seen epoch " + std::to_string(seen->second.epoch) + ")");
     }
   }
   if (auto fresh = impl_.replay.admit(field_string(request, "nonce"), static_cast<std::int64_t>(field_u64(request, "expires")), what);
@@ -113,9 +115,8 @@ Result<Value> AgentRuntime::on_transfer(const Value& request, const PeerIdentity
     std::lock_guard lock(mutex_);
     // Checked again under the lock: two copies of one TRANSFER may race here.
     auto done = commits_.find({id, epoch});
-    if (done != commits_.end()) return done->second;
-    commits_.emplace(std::make_pair(id, epoch), commit);
-    highest_epoch_[id] = epoch;
+    if (done != commits_.end()) return done->second.reply;
+    remember_commit(id, epoch, commit);
   }
   log_info("agents", impl_.options.name + ": agent " + id + " arrived (epoch " + std::to_string(epoch) + ")");
   // Resident now (this COMMIT is the source's cue to drop its copy), but it runs only once
@@ -220,8 +221,13 @@ asio::awaitable<void> AgentRuntime::migrate(std::string id, std::string peer, st
       if (!it.empty() && it.front() == target) it.erase(it.begin());
     }
     auto backoff = impl_.options.retry_backoff;
+    // Retries end within transfer_lifetime of the first try: the destination remembers a
+    // COMMIT at least that long (docs/migration.md, "What a node remembers"), so a retry
+    // after a lost COMMIT always hears `duplicate`, never a second commit.
+    const auto first_try = std::chrono::steady_clock::now();
     for (std::uint32_t tries = 0; tries <= impl_.options.migration_retries; ++tries) {
       if (impl_.shutting_down) co_return;
+      if (tries > 0 && std::chrono::steady_clock::now() - first_try >= impl_.options.transfer_lifetime) break;
       Result<Value> commit = co_await hand_over(attempt, bundle, target);
       if (commit && commit->get("committed").truthy()) {
         {

@@ -16,12 +16,18 @@ namespace sojourn {
 
 namespace {
 
+// Counts a request in flight; the last one to end wakes a waiting shutdown.
 struct InFlightGuard {
-  explicit InFlightGuard(std::atomic<std::uint64_t>& n) : count(n) { ++count; }
-  ~InFlightGuard() { --count; }
+  explicit InFlightGuard(Node::Impl& i) : impl(i) { ++impl.in_flight; }
+  ~InFlightGuard() {
+    if (--impl.in_flight != 0) return;
+    // Under the mutex: a shutdown that just saw a non-zero count is waiting by now.
+    std::lock_guard lock(impl.idle_mutex);
+    impl.idle.notify_all();
+  }
   InFlightGuard(const InFlightGuard&) = delete;
   InFlightGuard& operator=(const InFlightGuard&) = delete;
-  std::atomic<std::uint64_t>& count;
+  Node::Impl& impl;
 };
 
 // Runs f on the worker pool and resumes the caller on its own executor afterwards.
@@ -75,7 +81,7 @@ TransportOptions Node::Impl::transport_options() const {
 Result<ServiceEntry> Node::Impl::find_service(std::string_view service) const {
   std::shared_lock lock(services_mutex);
   auto it = services.find(std::string(service));
-  if (it == services.end()) return make_error(Errc::no_such_service, "no such service: " + std::string(service));
+  if (it == services.end()) return errors::no_such_service(service);
   return it->second;
 }
 
@@ -103,14 +109,14 @@ Result<Value> Node::Impl::call_local(std::string_view service, const Value& args
 
 Result<Value> Node::Impl::call_from_lua(std::string_view service, const Value& args) {
   auto entry = find_service(service);
-  if (!entry || entry->options.peers_only) return make_error(Errc::no_such_service, "no such service: " + std::string(service));
+  if (!entry || entry->options.peers_only) return errors::no_such_service(service);
   return invoke(service, entry->fn, args, local_caller());
 }
 
 asio::awaitable<Result<std::vector<std::uint8_t>>> Node::Impl::handle(FrameKind kind, std::vector<std::uint8_t> payload,
                                                                       PeerIdentity peer) {
   auto self = shared_from_this();
-  InFlightGuard counted(in_flight);  // shutdown waits for this to reach zero
+  InFlightGuard counted(*this);  // shutdown waits for this to reach zero
   Reply reply;
   if (kind == FrameKind::call) {
     auto request = decode_call(payload);
@@ -138,14 +144,16 @@ asio::awaitable<Result<std::vector<std::uint8_t>>> Node::Impl::handle(FrameKind 
 }
 
 asio::awaitable<Reply> Node::Impl::serve_call(CallRequest request, const PeerIdentity& peer) {
-  if (shutting_down) co_return reply_error(make_error(Errc::shutting_down, "node is shutting down"));
+  if (shutting_down) co_return reply_error(errors::shutting_down());
   // One lookup: the entry (and its function) is copied out of the registry.
   Result<ServiceEntry> entry = find_service(request.service);
   if (!entry) co_return reply_error(entry.error());
   PeerService fn = std::move(entry->fn);
   Result<Value> r = Value{};
   // Plain statements around co_await: g++ 12 miscompiles co_await inside a conditional expression.
-  if (entry->options.inline_on_network_thread) {
+  if (entry->async_fn) {
+    r = co_await entry->async_fn(std::move(request.args), peer);
+  } else if (entry->options.inline_on_network_thread) {
     r = invoke(request.service, fn, request.args, peer);
   } else {
     r = co_await on_workers(workers, [&] { return invoke(request.service, fn, request.args, peer); });
@@ -154,7 +162,7 @@ asio::awaitable<Reply> Node::Impl::serve_call(CallRequest request, const PeerIde
 }
 
 asio::awaitable<Reply> Node::Impl::serve_eval(EvalRequest request, const PeerIdentity& peer) {
-  if (shutting_down) co_return reply_error(make_error(Errc::shutting_down, "node is shutting down"));
+  if (shutting_down) co_return reply_error(errors::shutting_down());
   // Signature checks cost tens of microseconds: on the workers, with the run.
   Reply reply = co_await on_workers(workers, [this, &request, &peer] { return run_eval(request, peer); });
   co_return reply;
@@ -224,9 +232,15 @@ Node::Node(NodeOptions options) : impl_(std::make_shared<Impl>(std::move(options
   register_builtin_services(*this, *impl_);
   impl_->agents = std::make_shared<AgentRuntime>(*impl_);
   impl_->agents->register_services(*this);
+  impl_->agents->start_sweeps();
   // The network thread runs until shutdown; the work guard keeps run() from returning early.
   impl_->work.emplace(impl_->io.get_executor());
-  impl_->network_thread = std::thread([impl = impl_.get()] { impl->io.run(); });
+  impl_->network_thread = std::thread([impl = impl_.get()] {
+    impl->io.run();
+    std::lock_guard lock(impl->idle_mutex);
+    impl->network_ended = true;
+    impl->idle.notify_all();
+  });
 }
 
 Node::~Node() { shutdown(std::chrono::milliseconds(0)); }
@@ -247,7 +261,7 @@ void Node::register_service(std::string name, PeerService service, ServiceOption
 Result<std::string> Node::listen(std::string_view address) {
   auto addr = parse_address(address);
   if (!addr) return addr.error();
-  if (impl_->shutting_down) return make_error(Errc::shutting_down, "node is shutting down");
+  if (impl_->shutting_down) return errors::shutting_down();
   auto impl = impl_;
   auto task = [impl, a = *addr]() -> Result<std::string> {
     if (a.kind == Address::Kind::inproc) {
@@ -301,6 +315,8 @@ NodeStats Node::stats() const {
   s.bundles_sent = impl_->agents->bundles_sent();
   s.agents_resident = impl_->agents->resident_count();
   s.bundles_cached = impl_->agents->cache().entries();
+  s.agents_tracked = impl_->agents->tracked_count();
+  s.commits_remembered = impl_->agents->commits_count();
   return s;
 }
 
@@ -310,12 +326,13 @@ void Node::shutdown(std::chrono::milliseconds grace) {
     impl->shutting_down = true;
     on_network_thread(*impl, [impl] {
       for (auto& s : impl->servers) s->stop_accepting();
+      impl->agents->stop();  // the sweep timer; agent.wait requests answer now, not after the grace
       for (const auto& n : impl->inproc_names) unregister_inproc(n);
     });
+    // Waits on the node's events (the last request ending, the network thread ending).
     auto wait_until = [&](std::chrono::milliseconds budget, auto done) {
-      auto until = std::chrono::steady_clock::now() + budget;
-      while (!done() && std::chrono::steady_clock::now() < until) std::this_thread::sleep_for(std::chrono::milliseconds(2));
-      return done();
+      std::unique_lock lock(impl->idle_mutex);
+      return impl->idle.wait_for(lock, budget, done);
     };
     auto idle = [&] { return impl->in_flight == 0; };
     if (!wait_until(grace, idle)) {
@@ -333,7 +350,7 @@ void Node::shutdown(std::chrono::milliseconds grace) {
     impl->workers.join();
     // With the guard gone, run() returns once every connection and timer has finished.
     impl->work.reset();
-    if (!wait_until(std::chrono::milliseconds(1000), [&] { return impl->io.stopped(); })) impl->io.stop();
+    if (!wait_until(std::chrono::milliseconds(1000), [&] { return impl->network_ended; })) impl->io.stop();
     if (impl->network_thread.joinable()) impl->network_thread.join();
     impl->servers.clear();
   });

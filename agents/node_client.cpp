@@ -1,6 +1,7 @@
 // The calling side of a Node: links to peers (one multiplexed connection each),
 // the blocking API and the coroutine API.
 #include "node_impl.hpp"  // first: brings <utility> before any Asio header
+#include "agent_runtime.hpp"
 
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/use_awaitable.hpp>
@@ -21,7 +22,7 @@ asio::awaitable<Result<Reply>> Node::Impl::request_peer(const std::string& peer,
                                                         std::vector<std::uint8_t> payload,
                                                         std::chrono::milliseconds timeout) {
   auto self = shared_from_this();
-  if (shutting_down) co_return make_error(Errc::shutting_down, "node is shutting down");
+  if (shutting_down) co_return errors::shutting_down();
   if (tls_error) co_return *tls_error;
   auto address = parse_address(peer);
   if (!address) co_return address.error();
@@ -84,10 +85,9 @@ namespace {
 template <class T>
 Result<T> block_on(Node::Impl& impl, asio::awaitable<Result<T>> task) {
   if (impl.io.get_executor().running_in_this_thread()) {
-    return make_error(Errc::invalid_argument,
-                      "invalid argument: a blocking call on the node's own network thread would deadlock; use async_call");
+    return errors::invalid_argument("a blocking call on the node's own network thread would deadlock; use async_call");
   }
-  if (impl.shutting_down) return make_error(Errc::shutting_down, "node is shutting down");
+  if (impl.shutting_down) return errors::shutting_down();
   return asio::co_spawn(impl.io, std::move(task), asio::use_future).get();
 }
 }  // namespace
@@ -102,6 +102,14 @@ Result<EvalResult> Node::evaluate(std::string_view peer, std::string_view source
 
 Result<Value> Node::eval(std::string_view peer, std::string_view source, Value args, const EvalOptions& options) {
   return block_on(*impl_, impl_->eval_peer(std::string(peer), std::string(source), std::move(args), options));
+}
+
+// On the network thread, woken by the agent's end (the home's agent.wait, or this node's
+// own tracking when it is the home), never by polling.
+Result<AgentStatus> Node::wait_agent(std::string_view home, std::string_view agent_id, std::chrono::milliseconds timeout) {
+  std::string at(home);
+  if (at == advertised_address()) at.clear();
+  return block_on(*impl_, impl_->agents->wait_agent(std::move(at), std::string(agent_id), timeout));
 }
 
 asio::any_io_executor node_executor(Node& node) { return node_impl(node).io.get_executor(); }

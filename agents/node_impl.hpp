@@ -4,6 +4,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <future>
 #include <mutex>
 #include <optional>
@@ -34,9 +35,14 @@ struct CachedBundle;
 // What the node's jails start with: its guest binary, room for its largest run, its name.
 sandbox::JailConfig node_jail_config(const NodeOptions& options);
 
+// A protocol service that answers later without holding a worker (agent.wait): it runs on
+// the network thread.
+using AsyncPeerService = std::function<asio::awaitable<Result<Value>>(Value args, PeerIdentity caller)>;
+
 struct ServiceEntry {
   PeerService fn;
   ServiceOptions options;
+  AsyncPeerService async_fn;  // set: serve_call awaits it instead of running fn
 };
 
 struct Node::Impl : RequestHandler, std::enable_shared_from_this<Node::Impl> {
@@ -97,6 +103,12 @@ struct Node::Impl : RequestHandler, std::enable_shared_from_this<Node::Impl> {
   std::shared_ptr<const TlsContext> tls;
   std::optional<Error> tls_error;
   std::chrono::steady_clock::time_point started = std::chrono::steady_clock::now();
+  // Node::shutdown waits on `idle` for in_flight to reach zero and for the network thread
+  // to end (network_ended); both are signalled, never polled. Declared before `io`:
+  // requests destroyed with `io` still signal them.
+  std::mutex idle_mutex;
+  std::condition_variable idle;
+  bool network_ended = false;  // under idle_mutex
   asio::io_context io{1};
   std::optional<asio::executor_work_guard<asio::io_context::executor_type>> work;
   asio::thread_pool workers;

@@ -31,7 +31,7 @@ Result<std::string> Node::publish(std::string name, std::string source) {
 
 Result<FetchedModule> Node::fetch(std::string_view peer, std::string_view module) {
   if (impl_->io.get_executor().running_in_this_thread()) {
-    return make_error(Errc::invalid_argument, "invalid argument: a blocking call on the node's own network thread would deadlock");
+    return errors::invalid_argument("a blocking call on the node's own network thread would deadlock");
   }
   auto fetched = asio::co_spawn(impl_->io, impl_->agents->fetch(std::string(peer), std::string(module)), asio::use_future).get();
   if (!fetched) return fetched.error();
@@ -103,21 +103,6 @@ Result<AgentStatus> Node::agent_status(std::string_view home, std::string_view a
   }
   if (!reply) return reply.error();
   return agent_status_from_value(*reply);
-}
-
-Result<AgentStatus> Node::wait_agent(std::string_view home, std::string_view agent_id, std::chrono::milliseconds timeout) {
-  const auto until = std::chrono::steady_clock::now() + timeout;
-  auto pause = std::chrono::milliseconds(2);
-  while (true) {
-    auto s = agent_status(home, agent_id);
-    if (!s || s->done() || s->status == "stranded") return s;
-    if (std::chrono::steady_clock::now() >= until) {
-      return make_error(Errc::timeout, "agent " + std::string(agent_id) + " did not finish within " +
-                                           std::to_string(timeout.count()) + " ms (status: " + s->status + ")");
-    }
-    std::this_thread::sleep_for(pause);
-    pause = std::min(pause * 2, std::chrono::milliseconds(50));
-  }
 }
 
 Result<std::string> Node::send_to_agent(std::string_view home, std::string_view agent_id, Value message) {

@@ -12,6 +12,10 @@ namespace sojourn {
 namespace {
 constexpr int kForwardAttempts = 100;
 constexpr std::chrono::milliseconds kForwardPause{100};
+// Forwarded message ids an agent remembers beyond those its home may resend: a delivery
+// is sent again only while it is the home's pending front, so only a copy delayed behind
+// this many later deliveries could come back.
+constexpr std::size_t kDeliveredWindow = 256;
 }  // namespace
 
 void AgentRuntime::track_launch(AgentRecord& record) {
@@ -86,7 +90,7 @@ Result<Value> AgentRuntime::on_arrived(const Value& request, const PeerIdentity&
   {
     std::lock_guard lock(mutex_);
     auto it = tracked_.find(id);
-    if (it == tracked_.end()) return make_error(Errc::no_such_agent, "no such agent: " + id);
+    if (it == tracked_.end()) return errors::no_such_agent(id);
     Tracked& t = it->second;
     AgentStatus& s = t.status;
     if (s.done()) return Value{};
@@ -99,6 +103,7 @@ Result<Value> AgentRuntime::on_arrived(const Value& request, const PeerIdentity&
       if (epoch >= s.epoch) {
         s.status = "stranded";
         s.reason = field_string(request, "reason");
+        mark_ended(id, t);  // its waiters hear of it; a stranded agent is not forgotten
       }
       return Value{};
     }
@@ -141,6 +146,7 @@ asio::awaitable<void> AgentRuntime::arrive(std::string id) {
   auto keep = shared_from_this();
   Value report = Value::table();
   std::string home;
+  std::vector<std::string> confirmed;
   {
     std::lock_guard lock(mutex_);
     auto it = residents_.find(id);
@@ -152,6 +158,7 @@ asio::awaitable<void> AgentRuntime::arrive(std::string id) {
     report.set("node", self());
     report.set("state_bytes", static_cast<std::int64_t>(r.hops.empty() ? 0 : r.hops.back().state_bytes));
     report.set("isolation", std::string(isolation_name(r.isolation)));
+    confirmed = r.delivered;
     report.set("delivered", strings_to_value(r.delivered));
     report.set("token", r.report_token);
   }
@@ -171,7 +178,7 @@ asio::awaitable<void> AgentRuntime::arrive(std::string id) {
     if (!answer) log_warn("agents", "agent " + id + ": cannot report the arrival home: " + answer.error().message);
   }
   if (answer && answer->is_table()) {
-    take_messages(id, answer->get("messages"));
+    take_messages(id, answer->get("messages"), confirmed);
     // The home's token for this epoch: what the next report (or the next holder) shows.
     if (std::string token = field_string(*answer, "token"); !token.empty()) {
       std::lock_guard lock(mutex_);
@@ -188,16 +195,20 @@ asio::awaitable<void> AgentRuntime::arrive(std::string id) {
   schedule_run(id);
 }
 
-void AgentRuntime::take_messages(const std::string& id, const Value& messages) {
+void AgentRuntime::take_messages(const std::string& id, const Value& messages, const std::vector<std::string>& confirmed) {
   if (!messages.is_table()) return;
   std::lock_guard lock(mutex_);
   auto it = residents_.find(id);
   if (it == residents_.end()) return;
   AgentRecord& r = it->second.record;
+  const std::set<std::string> gone(confirmed.begin(), confirmed.end());
+  std::erase_if(r.delivered, [&](const std::string& m) { return gone.count(m) != 0; });
+  it->second.answer_ids.clear();
   for (std::size_t i = 1; i <= messages.length(); ++i) {
     Value m = messages.get(static_cast<std::int64_t>(i));
     const std::string message_id = field_string(m, "message_id");
     if (message_id.empty()) continue;
+    it->second.answer_ids.insert(message_id);
     if (std::find(r.delivered.begin(), r.delivered.end(), message_id) != r.delivered.end()) continue;
     r.delivered.push_back(message_id);
     r.mailbox.push_back(m.get("body"));
@@ -208,7 +219,7 @@ Result<Value> AgentRuntime::on_finished(const Value& request, const PeerIdentity
   const std::string id = field_string(request, "id");
   std::lock_guard lock(mutex_);
   auto it = tracked_.find(id);
-  if (it == tracked_.end()) return make_error(Errc::no_such_agent, "no such agent: " + id);
+  if (it == tracked_.end()) return errors::no_such_agent(id);
   AgentStatus& s = it->second.status;
   if (s.done()) return Value{};  // a repeated report
   if (auto allowed = check_reporter(it->second, request, caller, "an end report"); !allowed) return allowed.error();
@@ -220,19 +231,20 @@ Result<Value> AgentRuntime::on_finished(const Value& request, const PeerIdentity
   auto hops = hops_from_value(request.get("hops"));
   if (!hops.empty()) s.hops = std::move(hops);
   s.log = strings_from_value(request.get("log"));
+  mark_ended(id, it->second);
   return Value{};
 }
 
 Result<Value> AgentRuntime::on_send(const Value& request) {
   const std::string id = field_string(request, "id");
   const std::string message_id = field_string(request, "message_id");
-  if (message_id.empty()) return make_error(Errc::invalid_argument, "invalid argument: a message needs an id");
+  if (message_id.empty()) return errors::invalid_argument("a message needs an id");
   {
     std::lock_guard lock(mutex_);
     auto it = tracked_.find(id);
-    if (it == tracked_.end()) return make_error(Errc::no_such_agent, "no such agent: " + id);
+    if (it == tracked_.end()) return errors::no_such_agent(id);
     Tracked& t = it->second;
-    if (t.status.done()) return make_error(Errc::no_such_agent, "no such agent: " + id + " (it has " + t.status.status + ")");
+    if (t.status.done()) return errors::no_such_agent(id + " (it has " + t.status.status + ")");
     // A sender's retry of the same message is accepted once.
     if (t.message_ids.insert(message_id).second) t.pending.push_back(PendingMessage{message_id, request.get("body")});
   }
@@ -250,7 +262,7 @@ Result<Value> AgentRuntime::on_deliver(const Value& request) {
   // While the agent is moving, its record is on the wire: a message added here would stay
   // behind. The home tries again after the arrival.
   if (it == residents_.end() || it->second.status == "moving") {
-    return make_error(Errc::no_such_agent, "no such agent: " + id);
+    return errors::no_such_agent(id);
   }
   AgentRecord& r = it->second.record;
   // Only the home forwards: it knows the token of the agent's holder (or the one before, if
@@ -262,12 +274,28 @@ Result<Value> AgentRuntime::on_deliver(const Value& request) {
   if (std::find(r.delivered.begin(), r.delivered.end(), message_id) == r.delivered.end()) {
     r.delivered.push_back(message_id);
     r.mailbox.push_back(request.get("body"));
+    trim_delivered(it->second);
   }
   if (it->second.status == kAsleep) {
     it->second.status = "waiting";
     schedule_run(id);  // only posts the step to the worker pool
   }
   return Value{};
+}
+
+void AgentRuntime::trim_delivered(Resident& res) {
+  auto& d = res.record.delivered;
+  std::size_t others = 0;
+  for (const auto& m : d) others += res.answer_ids.count(m) == 0 ? 1 : 0;
+  // Oldest first: the forwarded ids delivered longest ago go.
+  for (auto it = d.begin(); others > kDeliveredWindow && it != d.end();) {
+    if (res.answer_ids.count(*it) == 0) {
+      it = d.erase(it);
+      --others;
+    } else {
+      ++it;
+    }
+  }
 }
 
 void AgentRuntime::kick_forwarding(const std::string& id) {
@@ -288,7 +316,9 @@ asio::awaitable<void> AgentRuntime::forward_messages(std::string id) {
     PendingMessage message;
     {
       std::lock_guard lock(mutex_);
-      Tracked& t = tracked_[id];
+      auto it = tracked_.find(id);  // never recreates a forgotten agent
+      if (it == tracked_.end()) co_return;
+      Tracked& t = it->second;
       if (t.pending.empty() || t.status.done() || failures >= kForwardAttempts) {
         t.forwarding = false;
         co_return;
@@ -314,8 +344,10 @@ asio::awaitable<void> AgentRuntime::forward_messages(std::string id) {
     if (r) {
       failures = 0;
       std::lock_guard lock(mutex_);
-      Tracked& t = tracked_[id];
-      if (!t.pending.empty() && t.pending.front().id == message.id) t.pending.pop_front();
+      auto it = tracked_.find(id);
+      if (it != tracked_.end() && !it->second.pending.empty() && it->second.pending.front().id == message.id) {
+        it->second.pending.pop_front();
+      }
       continue;
     }
     // Not there (moving, or gone on): wait for the next arrival report or a little while.
@@ -324,20 +356,28 @@ asio::awaitable<void> AgentRuntime::forward_messages(std::string id) {
     co_await timer.async_wait(asio::use_awaitable);
   }
   std::lock_guard lock(mutex_);
-  tracked_[id].forwarding = false;
+  if (auto it = tracked_.find(id); it != tracked_.end()) it->second.forwarding = false;
 }
 
 Result<Value> AgentRuntime::status_of(std::string_view id, const PeerIdentity& caller) {
   const bool all = sees_all(caller);
   const std::string viewer = viewer_of(caller);
   std::lock_guard lock(mutex_);
+  prune_locked(now_ms());  // a forgotten agent answers as one that never existed
   auto it = tracked_.find(std::string(id));
   // An agent the caller may not see answers as one that does not exist.
   if (it == tracked_.end() || (!all && it->second.launcher != viewer)) {
-    return make_error(Errc::no_such_agent, "no such agent: " + std::string(id));
+    return errors::no_such_agent(id);
   }
-  Value v = to_value(it->second.status);
-  v.set("pending_messages", static_cast<std::int64_t>(it->second.pending.size()));
+  Tracked& t = it->second;
+  Value v = to_value(t.status);
+  v.set("pending_messages", static_cast<std::int64_t>(t.pending.size()));
+  // The result has been read: it is forgotten read_agent_retention from now (prune).
+  if (t.ended_ms != 0 && t.read_ms == 0) {
+    t.read_ms = now_ms();
+    due_.emplace(forget_at(t), Due{std::string(id), 0, true});
+    prune_locked(t.read_ms);
+  }
   return v;
 }
 

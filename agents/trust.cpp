@@ -28,7 +28,7 @@ Result<void> ReplayGuard::check_expiry(std::int64_t expires_unix_ms, const std::
 }
 
 Result<void> ReplayGuard::admit(std::string_view nonce, std::int64_t expires_unix_ms, const std::string& what) {
-  if (nonce.empty()) return make_error(Errc::invalid_argument, "invalid argument: " + what + " has no nonce");
+  if (nonce.empty()) return errors::invalid_argument(what + " has no nonce");
   if (auto fresh = check_expiry(expires_unix_ms, what); !fresh) return fresh;
   const std::int64_t now = now_ms();
   std::lock_guard lock(mutex_);

@@ -87,4 +87,16 @@ std::error_code make_error_code(Errc code) noexcept {
 
 Error make_error(Errc code, std::string message) { return Error{code, std::move(message)}; }
 
+namespace errors {
+Error shutting_down() { return Error{Errc::shutting_down, "node is shutting down"}; }
+Error no_such_agent(std::string_view id) { return Error{Errc::no_such_agent, "no such agent: " + std::string(id)}; }
+Error no_such_service(std::string_view name) {
+  return Error{Errc::no_such_service, "no such service: " + std::string(name)};
+}
+Error invalid_argument(std::string_view what) {
+  return Error{Errc::invalid_argument, "invalid argument: " + std::string(what)};
+}
+Error internal(std::string_view what) { return Error{Errc::internal, "internal error: " + std::string(what)}; }
+}  // namespace errors
+
 }  // namespace sojourn

@@ -274,7 +274,7 @@ Result<Isolation> parse_isolation(std::string_view name) {
   for (Isolation l : {Isolation::trusted, Isolation::process, Isolation::microvm}) {
     if (isolation_name(l) == name) return l;
   }
-  return make_error(Errc::invalid_argument, "invalid argument: unknown isolation level '" + std::string(name) +
+  return errors::invalid_argument("unknown isolation level '" + std::string(name) +
                                                 "' (expected trusted, process or microvm)");
 }
 

@@ -115,7 +115,10 @@ class ServerSession : public std::enable_shared_from_this<ServerSession> {
         case FrameKind::call:
         case FrameKind::eval:
           ++in_flight_;
-          asio::co_spawn(socket_->executor(), run_request(std::move(*frame)),
+          // The spawned function holds the session: the reader may end (the peer closed)
+          // before the request starts, and run_request's `this` must outlive it.
+          asio::co_spawn(socket_->executor(),
+                         [self = shared_from_this(), f = std::move(*frame)]() mutable { return self->run_request(std::move(f)); },
                          [](std::exception_ptr e) { log_coroutine_exit("request", e); });
           break;
         default:
@@ -129,7 +132,7 @@ class ServerSession : public std::enable_shared_from_this<ServerSession> {
 
   asio::awaitable<void> run_request(Frame frame) {
     auto self = shared_from_this();
-    Result<std::vector<std::uint8_t>> reply = make_error(Errc::shutting_down, "node is shutting down");
+    Result<std::vector<std::uint8_t>> reply = errors::shutting_down();
     bool drop = false;
     std::chrono::milliseconds delay{0};
     if (auto server = server_.lock()) {

@@ -34,7 +34,7 @@ Result<Value> parse_args(const std::string& text) {
   auto v = value_from_json(text);
   if (!v) return v.error();
   if (!v->is_table() || v->size() != v->length()) {
-    return make_error(Errc::invalid_argument, "invalid argument: arguments must be a JSON array, e.g. '[\"k\", 1]'");
+    return errors::invalid_argument("arguments must be a JSON array, e.g. '[\"k\", 1]'");
   }
   return v;
 }
@@ -55,7 +55,7 @@ int fail(const Error& e, bool json) {
 Result<void> seed_data(Node& node, const std::vector<std::string>& data) {
   for (const auto& spec : data) {
     auto eq = spec.find('=');
-    if (eq == std::string::npos) return make_error(Errc::invalid_argument, "invalid argument: --data wants KEY=JSON");
+    if (eq == std::string::npos) return errors::invalid_argument("--data wants KEY=JSON");
     auto value = value_from_json(spec.substr(eq + 1));
     if (!value) return value.error();
     auto put = node.call_local("kv.put", Value::array({spec.substr(0, eq), *value}));
@@ -66,7 +66,7 @@ Result<void> seed_data(Node& node, const std::vector<std::string>& data) {
 
 Result<std::string> read_file(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
-  if (!in) return make_error(Errc::invalid_argument, "invalid argument: cannot read " + path);
+  if (!in) return errors::invalid_argument("cannot read " + path);
   std::ostringstream text;
   text << in.rdbuf();
   return text.str();

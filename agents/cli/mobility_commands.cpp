@@ -95,7 +95,7 @@ int run_launch(const LaunchCommand& c) {
   auto state = value_from_json(c.state_json);
   if (!state) return fail(state.error(), c.json);
   if (!state->is_table()) {
-    return fail(make_error(Errc::invalid_argument, "invalid argument: --state must be a JSON object or array"), c.json);
+    return fail(errors::invalid_argument("--state must be a JSON object or array"), c.json);
   }
   AgentLaunch launch;
   launch.bundle = std::move(*bundle);

@@ -160,13 +160,13 @@ Conversation converse(HostChannel& channel, std::span<const std::uint8_t> reques
 Result<void> check_run_input(const RunInput& input) {
   const Limits& limits = input.limits;
   if (limits.cpu_instructions == 0 || limits.memory_bytes == 0 || limits.wall_ms == 0) {
-    return make_error(Errc::invalid_argument, "invalid argument: every limit of a Lua run must be non-zero");
+    return errors::invalid_argument("every limit of a Lua run must be non-zero");
   }
   if (!input.source.empty() && input.source.front() == '\x1b') {
     return make_error(Errc::sandbox_refused, "refused by the sandbox: bytecode is not accepted");
   }
   if (input.abort != nullptr && input.abort->load(std::memory_order_relaxed)) {
-    return make_error(Errc::shutting_down, "node is shutting down");
+    return errors::shutting_down();
   }
   return {};
 }
@@ -184,7 +184,7 @@ bool host_gave_up(ChannelStatus status) {
 Error gave_up_error(ChannelStatus status, const Limits& limits) {
   if (status == ChannelStatus::deadline) return limit(Errc::deadline, limits);
   if (status == ChannelStatus::too_large) return limit(Errc::memory_limit, limits);
-  return make_error(Errc::shutting_down, "node is shutting down");
+  return errors::shutting_down();
 }
 
 Result<Value> run_outcome(std::span<const std::uint8_t> payload) {

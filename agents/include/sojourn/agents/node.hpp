@@ -106,9 +106,18 @@ struct NodeOptions {
   // (their nonces are remembered until then), and the lifetime of the TRANSFERs this node sends.
   std::chrono::milliseconds max_message_lifetime{300'000};
   std::chrono::milliseconds transfer_lifetime{60'000};
+  // How long a home keeps an ended agent's status (docs/migration.md, "What a node
+  // remembers"): `read_agent_retention` after its result was first read (agent.status,
+  // wait_agent), at most `ended_agent_retention` after it ended. After that, agent.status
+  // and agent.wait answer no_such_agent.
+  std::chrono::milliseconds read_agent_retention{60'000};
+  std::chrono::milliseconds ended_agent_retention{600'000};
+  // How often a node sweeps what it no longer needs to remember (ended agents, COMMITs past
+  // the transfer lifetime) while no new entry does it.
+  std::chrono::milliseconds prune_interval{10'000};
   // For tests: the clock (Unix ms) the expiries of arriving signed requests and TRANSFERs
-  // are checked against, so a test can move past an expiry without waiting. Empty: the
-  // system clock.
+  // are checked against, and the retentions above are measured by, so a test can move past
+  // them without waiting. Empty: the system clock.
   std::function<std::int64_t()> expiry_clock;
 
   // Fault injection for tests: a call to a service for which this returns true runs, but
@@ -144,6 +153,8 @@ struct NodeStats {
   std::uint64_t agents_resident = 0;
   std::uint64_t connections_refused = 0;  // TLS handshakes that failed (untrusted peer, or it refused us)
   std::uint64_t bundles_cached = 0;       // bundles in the code cache now
+  std::uint64_t agents_tracked = 0;       // agents whose home is this node, ended ones not yet forgotten
+  std::uint64_t commits_remembered = 0;   // hand-overs to this node it still answers duplicates of
 };
 
 class Node {
@@ -194,7 +205,8 @@ class Node {
   Result<std::string> launch(std::string_view at, AgentLaunch agent);
   // Asks the agent's home node.
   Result<AgentStatus> agent_status(std::string_view home, std::string_view agent_id);
-  // Polls agent_status until the agent is finished or failed, or `timeout` passes.
+  // Waits until the agent is finished, failed or stranded, or `timeout` passes (timeout):
+  // the home answers when the agent ends (agent.wait), nothing polls.
   Result<AgentStatus> wait_agent(std::string_view home, std::string_view agent_id, std::chrono::milliseconds timeout);
   // Sends a message to an agent through its home node: delivered exactly once, in order
   // per sender, wherever the agent is. Returns the message id.

@@ -104,6 +104,17 @@ struct Error {
 
 Error make_error(Errc code, std::string message);
 
+// One factory for each error raised with the same words in many places, so the wording
+// lives here once. Callers and tests compare the code (and the fields they name), never
+// the whole sentence.
+namespace errors {
+Error shutting_down();                          // shutting_down "node is shutting down"
+Error no_such_agent(std::string_view id);       // no_such_agent "no such agent: ID"
+Error no_such_service(std::string_view name);   // no_such_service "no such service: NAME"
+Error invalid_argument(std::string_view what);  // invalid_argument "invalid argument: WHAT"
+Error internal(std::string_view what);          // internal "internal error: WHAT"
+}  // namespace errors
+
 // A value or an Error; std::expected is C++23.
 template <class T>
 class [[nodiscard]] Result {

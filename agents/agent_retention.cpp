@@ -1,0 +1,198 @@
+// Bounded agent state (docs/migration.md, "What a node remembers"): COMMITs and highest
+// epochs past the transfer lifetime and ended agents past their retention are forgotten;
+// and waiting for an agent's end, woken by the end itself instead of polling.
+#include "agent_runtime.hpp"
+
+#include <boost/asio/post.hpp>
+#include <boost/asio/redirect_error.hpp>
+
+#include "sojourn/core/log.hpp"
+
+namespace sojourn {
+
+namespace {
+// A peer's agent.wait holds a timer at the home: at most this long per request, and at most
+// this many at once (past that, a wait answers the status at once and the waiter asks again).
+constexpr std::chrono::milliseconds kMaxWaitSlice{20'000};
+constexpr std::size_t kMaxWaiters = 1024;
+
+bool ended(const AgentStatus& s) { return s.done() || s.status == "stranded"; }
+}  // namespace
+
+std::int64_t AgentRuntime::now_ms() const {
+  return impl_.options.expiry_clock ? impl_.options.expiry_clock() : unix_ms_now();
+}
+
+// Why the retention is the longest lifetime a TRANSFER may have here (max_message_lifetime):
+// the replay guard refuses a TRANSFER whose expiry is further ahead than that, so every copy
+// of a committed TRANSFER has expired once its commit is forgotten, and check_expiry refuses
+// it before the (forgotten) dedup would be asked. Likewise a TRANSFER of an epoch below the
+// highest one was made before that epoch's commit, so it has expired when the highest epoch
+// is forgotten. Within the retention, a duplicate is answered with the earlier COMMIT.
+void AgentRuntime::remember_commit(const std::string& id, std::uint64_t epoch, const Value& commit) {
+  const std::int64_t now = now_ms();
+  const std::int64_t forget = now + static_cast<std::int64_t>(impl_.options.max_message_lifetime.count());
+  commits_[{id, epoch}] = Commit{commit, forget};
+  HighestEpoch& h = highest_epoch_[id];
+  h.epoch = std::max(h.epoch, epoch);
+  h.forget_at_ms = forget;
+  due_.emplace(forget, Due{id, epoch, false});
+  prune_locked(now);
+}
+
+std::int64_t AgentRuntime::forget_at(const Tracked& t) const {
+  std::int64_t at = t.ended_ms + static_cast<std::int64_t>(impl_.options.ended_agent_retention.count());
+  if (t.read_ms != 0) at = std::min(at, t.read_ms + static_cast<std::int64_t>(impl_.options.read_agent_retention.count()));
+  return at;
+}
+
+void AgentRuntime::mark_ended(const std::string& id, Tracked& t) {
+  wake_waiters_locked(id);
+  if (!t.status.done() || t.ended_ms != 0) return;  // stranded: it may still be moved on
+  t.ended_ms = now_ms();
+  due_.emplace(forget_at(t), Due{id, 0, true});
+  prune_locked(t.ended_ms);
+}
+
+void AgentRuntime::prune_locked(std::int64_t now) {
+  while (!due_.empty() && due_.begin()->first <= now) {
+    Due d = std::move(due_.begin()->second);
+    due_.erase(due_.begin());
+    if (d.tracked) {
+      auto it = tracked_.find(d.id);
+      // Kept if it was read (a later due entry exists) or, impossible today, ran again.
+      if (it != tracked_.end() && it->second.ended_ms != 0 && forget_at(it->second) <= now) tracked_.erase(it);
+      continue;
+    }
+    auto c = commits_.find({d.id, d.epoch});
+    if (c != commits_.end() && c->second.forget_at_ms <= now) commits_.erase(c);
+    auto h = highest_epoch_.find(d.id);
+    if (h != highest_epoch_.end() && h->second.forget_at_ms <= now) highest_epoch_.erase(h);
+  }
+}
+
+void AgentRuntime::prune() {
+  std::lock_guard lock(mutex_);
+  prune_locked(now_ms());
+}
+
+void AgentRuntime::start_sweeps() {
+  auto timer = std::make_shared<asio::steady_timer>(impl_.io);
+  {
+    std::lock_guard lock(mutex_);
+    sweep_timer_ = timer;
+  }
+  auto weak = weak_from_this();
+  const auto interval = impl_.options.prune_interval;
+  spawn([](std::weak_ptr<AgentRuntime> weak, std::shared_ptr<asio::steady_timer> timer,
+           std::chrono::milliseconds interval) -> asio::awaitable<void> {
+    while (true) {
+      timer->expires_after(interval);
+      boost::system::error_code ec;
+      co_await timer->async_wait(asio::redirect_error(asio::use_awaitable, ec));
+      auto rt = weak.lock();
+      if (ec || !rt || rt->impl_.shutting_down) co_return;  // cancelled by stop()
+      rt->prune();
+    }
+  }(weak, timer, interval), "agent state sweep");
+}
+
+void AgentRuntime::wake_waiters_locked(const std::string& id) {
+  auto [first, last] = waiters_.equal_range(id);
+  if (first == last) return;
+  std::vector<std::shared_ptr<asio::steady_timer>> timers;
+  for (auto it = first; it != last; ++it) timers.push_back(it->second);
+  // Timers belong to the network thread; a waiter registered before its wait started is
+  // cancelled after it (the waiter does not yield between the two).
+  asio::post(impl_.io, [timers = std::move(timers)] {
+    for (const auto& t : timers) t->cancel();
+  });
+}
+
+void AgentRuntime::stop() {
+  std::lock_guard lock(mutex_);
+  if (sweep_timer_) sweep_timer_->cancel();
+  for (auto& [id, timer] : waiters_) timer->cancel();
+}
+
+asio::awaitable<Result<Value>> AgentRuntime::wait_here(std::string id, std::chrono::milliseconds wait, PeerIdentity caller) {
+  auto keep = shared_from_this();
+  auto timer = std::make_shared<asio::steady_timer>(impl_.io, std::min(wait, kMaxWaitSlice));
+  {
+    // Registered under the lock that on_finished/on_arrived take to end it: no end is missed.
+    std::lock_guard lock(mutex_);
+    auto it = tracked_.find(id);
+    if (it == tracked_.end() || ended(it->second.status) || wait.count() <= 0 || waiters_.size() >= kMaxWaiters ||
+        impl_.shutting_down) {
+      timer.reset();
+    } else {
+      waiters_.emplace(id, timer);
+    }
+  }
+  if (timer) {
+    boost::system::error_code ec;
+    co_await timer->async_wait(asio::redirect_error(asio::use_awaitable, ec));
+    std::lock_guard lock(mutex_);
+    auto [first, last] = waiters_.equal_range(id);
+    for (auto it = first; it != last; ++it) {
+      if (it->second == timer) {
+        waiters_.erase(it);
+        break;
+      }
+    }
+  }
+  co_return status_of(id, caller);
+}
+
+asio::awaitable<Result<AgentStatus>> AgentRuntime::wait_agent(std::string home, std::string id,
+                                                              std::chrono::milliseconds timeout) {
+  auto keep = shared_from_this();
+  const auto until = std::chrono::steady_clock::now() + timeout;
+  const bool here = home.empty() || home == self();
+  while (true) {
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(until - std::chrono::steady_clock::now());
+    const auto slice = std::clamp(left, std::chrono::milliseconds(0), kMaxWaitSlice);
+    Result<Value> answer = Value{};
+    if (here) {
+      static const PeerIdentity local{"local", {}, {}};
+      answer = co_await wait_here(id, slice, local);
+    } else {
+      Value request = Value::table();
+      request.set("id", id);
+      request.set("wait_ms", static_cast<std::int64_t>(slice.count()));
+      CallRequest call;
+      call.service = "agent.wait";
+      call.args = Value::array({request});
+      std::vector<std::uint8_t> payload = encode(call);
+      // The home answers within `slice`; the request timeout is the network's share.
+      Result<Reply> reply =
+          co_await impl_.request_peer(home, FrameKind::call, std::move(payload), slice + impl_.options.request_timeout);
+      if (!reply) {
+        answer = reply.error();
+      } else if (reply->code != Errc::ok) {
+        answer = Error{reply->code, std::move(reply->message)};
+      } else {
+        answer = std::move(reply->result);
+      }
+    }
+    if (!answer) co_return answer.error();
+    AgentStatus status = agent_status_from_value(*answer);
+    if (ended(status)) co_return status;
+    if (std::chrono::steady_clock::now() >= until) {
+      co_return make_error(Errc::timeout, "agent " + id + " did not finish within " + std::to_string(timeout.count()) +
+                                              " ms (status: " + status.status + ")");
+    }
+  }
+}
+
+std::uint64_t AgentRuntime::tracked_count() {
+  std::lock_guard lock(mutex_);
+  return tracked_.size();
+}
+
+std::uint64_t AgentRuntime::commits_count() {
+  std::lock_guard lock(mutex_);
+  return commits_.size();
+}
+
+}  // namespace sojourn
