@@ -85,10 +85,11 @@ struct NodeOptions {
   // stay). A bundle from a peer is stored only after its signature and the policy passed.
   std::size_t code_cache_max_bytes = 64u << 20;
   std::size_t code_cache_max_entries = 1024;
-  // How an agent step's host-measured CPU time (the process jail's guest, which counts its
-  // own instructions) turns into instructions of its budgets: a step is charged the larger
-  // of the guest's count and this many per CPU millisecond the kernel saw it use, so a guest
-  // that under-reports is still charged. 0: the guest's count alone.
+  // How an agent step's host-measured CPU time (the process jail's guest process, the
+  // microVM's vCPU thread) turns into instructions of its budgets: a step is charged the
+  // larger of the guest's own count and this many per CPU millisecond the kernel saw it use,
+  // so a guest that under-reports is still charged. 0: the guest's count alone. At the
+  // trusted level the count is the node's own hook's.
   std::uint64_t instructions_per_cpu_ms = 10'000;
   // Hops an agent may make when neither launch nor its bundle says.
   std::uint32_t default_max_hops = 64;
