@@ -13,6 +13,7 @@
 #include "sojourn/core/signature.hpp"
 #include "support/cluster.hpp"
 #include "support/raw_socket.hpp"
+#include "support/trust_nodes.hpp"
 #include "support/tcp_recorder.hpp"
 
 using namespace sojourn;
@@ -20,31 +21,10 @@ using namespace std::chrono_literals;
 
 namespace {
 
-std::uint16_t port_of(const std::string& address) {
-  return static_cast<std::uint16_t>(std::stoi(address.substr(address.rfind(':') + 1)));
-}
-
-std::shared_ptr<const SigningKey> new_key() {
-  auto key = SigningKey::generate();
-  REQUIRE(key.ok());
-  return std::make_shared<const SigningKey>(std::move(*key));
-}
-
-std::shared_ptr<const Policy> policy_from(const std::string& json) {
-  auto p = Policy::parse(json);
-  if (!p) FAIL(p.error().message);
-  return std::make_shared<const Policy>(std::move(*p));
-}
-
-std::unique_ptr<Node> start_node(const std::string& name, std::function<void(NodeOptions&)> tweak = {}) {
-  NodeOptions o;
-  o.name = name;
-  o.retry_backoff = 10ms;
-  if (tweak) tweak(o);
-  auto node = std::make_unique<Node>(o);
-  REQUIRE(node->listen("127.0.0.1:0").ok());
-  return node;
-}
+using test::new_key;
+using test::policy_from;
+using test::port_of;
+using test::start_node;
 
 std::string as_string(const std::vector<std::uint8_t>& bytes) { return {bytes.begin(), bytes.end()}; }
 
