@@ -33,15 +33,7 @@ using test::start_node;
 
 // Sends one hand-made frame on a new connection; returns the node's reply.
 Reply send_frame(const std::string& address, FrameKind kind, const std::vector<std::uint8_t>& payload) {
-  test::RawSocket socket(port_of(address));
-  REQUIRE(socket.connected());
-  REQUIRE(socket.send(encode_frame(kind, 1, payload)));
-  FrameDecoder decoder;
-  for (int i = 0; i < 200 && decoder.frames().empty(); ++i) REQUIRE(decoder.feed(socket.read_until_closed(20)).ok());
-  REQUIRE(decoder.frames().size() == 1);
-  auto reply = decode_reply(decoder.frames()[0].payload);
-  REQUIRE(reply.ok());
-  return *reply;
+  return test::exchange_frame(port_of(address), kind, 1, payload);
 }
 
 }  // namespace

@@ -40,15 +40,7 @@ std::optional<Frame> captured_frame(const std::vector<std::uint8_t>& bytes, cons
 
 // Sends a captured frame again, as is, on a new connection; returns the node's reply.
 Reply replay(std::uint16_t port, const Frame& frame) {
-  test::RawSocket socket(port);
-  REQUIRE(socket.connected());
-  REQUIRE(socket.send(encode_frame(frame.header.kind, frame.header.request_id, frame.payload)));
-  FrameDecoder decoder;
-  for (int i = 0; i < 200 && decoder.frames().empty(); ++i) REQUIRE(decoder.feed(socket.read_until_closed(20)).ok());
-  REQUIRE(decoder.frames().size() == 1);
-  auto reply = decode_reply(decoder.frames()[0].payload);
-  REQUIRE(reply.ok());
-  return *reply;
+  return test::exchange_frame(port, frame.header.kind, frame.header.request_id, frame.payload);
 }
 
 

@@ -1,5 +1,5 @@
 // Test support for the trust tests: a port from an address, a fresh signing key, a policy
-// from JSON, and one node listening on loopback.
+// from JSON, one node listening on loopback, and one hand-made frame exchanged with a node.
 #pragma once
 
 #include <doctest/doctest.h>
@@ -9,10 +9,14 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "sojourn/agents/node.hpp"
 #include "sojourn/agents/policy.hpp"
+#include "sojourn/core/frame.hpp"
+#include "sojourn/core/messages.hpp"
 #include "sojourn/core/signature.hpp"
+#include "support/raw_socket.hpp"
 
 namespace sojourn::test {
 
@@ -41,6 +45,20 @@ inline std::unique_ptr<Node> start_node(const std::string& name, std::function<v
   auto node = std::make_unique<Node>(o);
   REQUIRE(node->listen("127.0.0.1:0").ok());
   return node;
+}
+
+// Sends one frame on a new connection to `port` and returns the node's reply to it.
+inline Reply exchange_frame(std::uint16_t port, FrameKind kind, std::uint64_t request_id,
+                            const std::vector<std::uint8_t>& payload) {
+  RawSocket socket(port);
+  REQUIRE(socket.connected());
+  REQUIRE(socket.send(encode_frame(kind, request_id, payload)));
+  FrameDecoder decoder;
+  for (int i = 0; i < 200 && decoder.frames().empty(); ++i) REQUIRE(decoder.feed(socket.read_until_closed(20)).ok());
+  REQUIRE(decoder.frames().size() == 1);
+  auto reply = decode_reply(decoder.frames()[0].payload);
+  REQUIRE(reply.ok());
+  return *reply;
 }
 
 }  // namespace sojourn::test
