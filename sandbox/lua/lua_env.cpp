@@ -68,19 +68,6 @@ void check_table(lua_State* L) { luaL_checktype(L, 1, LUA_TTABLE); }
 void check_function(lua_State* L) { luaL_checktype(L, 1, LUA_TFUNCTION); }
 void check_coroutine(lua_State* L) { luaL_argcheck(L, lua_type(L, 1) == LUA_TTHREAD, 1, "coroutine expected"); }
 
-// Calls the original (upvalue 1) with this call's arguments: the C-stack guard for functions
-// that call back into Lua, and a kill that a coroutine.resume returned as `false, msg` goes on.
-template <void (*kCheckArguments)(lua_State*)>
-int guarded_call(lua_State* L) {
-  kCheckArguments(L);
-  check_c_stack(L);
-  lua_pushvalue(L, lua_upvalueindex(1));
-  lua_insert(L, 1);
-  lua_call(L, lua_gettop(L) - 1, LUA_MULTRET);
-  reraise_pending_kill(L);
-  return lua_gettop(L);
-}
-
 // Table functions whose C loops run over the whole table (shifting for insert and remove,
 // comparisons for sort, copies for concat and unpack) are charged that work first: the count
 // hook does not see it.
@@ -98,10 +85,13 @@ double sort_cost(lua_State* L) {
 double concat_cost(lua_State* L) { return 1 + range_length(L, 3); }
 double unpack_cost(lua_State* L) { return 1 + range_length(L, 2); }
 
-template <void (*kCheckArguments)(lua_State*), double (*kCost)(lua_State*)>
-int charged_call(lua_State* L) {
+// Calls the original (upvalue 1) with this call's arguments: its work charged first when it
+// has a cost, the C-stack guard for functions that call back into Lua, and a kill that a
+// coroutine.resume returned as `false, msg` goes on.
+template <void (*kCheckArguments)(lua_State*), double (*kCost)(lua_State*) = nullptr>
+int guarded_call(lua_State* L) {
   kCheckArguments(L);
-  charge_work(L, kCost(L));
+  if constexpr (kCost != nullptr) charge_work(L, kCost(L));
   check_c_stack(L);
   lua_pushvalue(L, lua_upvalueindex(1));
   lua_insert(L, 1);
@@ -260,13 +250,13 @@ void open_restricted_env(lua_State* L, bool enable_jit) {
   guard_string_library(L, string_table);
   protect_string_metatable(L, string_table);
 
-  guard_field(L, globals, "unpack", charged_call<check_table, unpack_cost>);
+  guard_field(L, globals, "unpack", guarded_call<check_table, unpack_cost>);
   lua_getfield(L, globals, "table");
   const int table_library = lua_gettop(L);
-  guard_field(L, table_library, "sort", charged_call<check_table, sort_cost>);
-  guard_field(L, table_library, "insert", charged_call<check_table, insert_remove_cost>);
-  guard_field(L, table_library, "remove", charged_call<check_table, insert_remove_cost>);
-  guard_field(L, table_library, "concat", charged_call<check_table, concat_cost>);
+  guard_field(L, table_library, "sort", guarded_call<check_table, sort_cost>);
+  guard_field(L, table_library, "insert", guarded_call<check_table, insert_remove_cost>);
+  guard_field(L, table_library, "remove", guarded_call<check_table, insert_remove_cost>);
+  guard_field(L, table_library, "concat", guarded_call<check_table, concat_cost>);
   lua_getfield(L, globals, "coroutine");
   guard_field(L, lua_gettop(L), "resume", guarded_call<check_coroutine>);
   guard_field(L, lua_gettop(L), "wrap", guarded_wrap);
