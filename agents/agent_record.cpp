@@ -79,6 +79,24 @@ std::vector<AgentHop> hops_from_value(const Value& v) {
   return out;
 }
 
+namespace {
+constexpr std::string_view kAgentStateNames[] = {"arriving", "queued", "running", "asleep",
+                                                 "moving",   "stranded", "finished", "failed"};
+static_assert(std::size(kAgentStateNames) == static_cast<std::size_t>(kLastAgentState) + 1);
+}  // namespace
+
+std::string_view agent_state_name(AgentState state) noexcept {
+  const auto i = static_cast<std::size_t>(state);
+  return i < std::size(kAgentStateNames) ? kAgentStateNames[i] : std::string_view("unknown");
+}
+
+Result<AgentState> parse_agent_state(std::string_view name) {
+  for (std::size_t i = 0; i < std::size(kAgentStateNames); ++i) {
+    if (kAgentStateNames[i] == name) return static_cast<AgentState>(i);
+  }
+  return errors::invalid_argument("unknown agent state " + std::string(name));
+}
+
 Value to_value(const AgentStatus& s) {
   Value v = Value::table();
   v.set("id", s.id);
@@ -86,27 +104,13 @@ Value to_value(const AgentStatus& s) {
   v.set("owner", s.owner);
   v.set("location", s.location);
   v.set("epoch", static_cast<std::int64_t>(s.epoch));
-  v.set("status", s.status);
+  v.set("status", std::string(agent_state_name(s.status)));
   v.set("reason", s.reason);
   v.set("result", s.result.is_table() ? s.result : Value::table());
   v.set("hops", hops_to_value(s.hops));
   v.set("log", strings_to_value(s.log));
+  v.set("pending_messages", static_cast<std::int64_t>(s.pending_messages));
   return v;
-}
-
-AgentStatus agent_status_from_value(const Value& v) {
-  AgentStatus s;
-  s.id = field_string(v, "id");
-  s.home = field_string(v, "home");
-  s.owner = field_string(v, "owner");
-  s.location = field_string(v, "location");
-  s.epoch = field_u64(v, "epoch");
-  s.status = field_string(v, "status");
-  s.reason = field_string(v, "reason");
-  s.result = v.get("result");
-  s.hops = hops_from_value(v.get("hops"));
-  s.log = strings_from_value(v.get("log"));
-  return s;
 }
 
 Value record_to_value(const AgentRecord& r) {

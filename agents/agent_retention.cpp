@@ -16,7 +16,7 @@ namespace {
 constexpr std::chrono::milliseconds kMaxWaitSlice{20'000};
 constexpr std::size_t kMaxWaiters = 1024;
 
-bool ended(const AgentStatus& s) { return s.done() || s.status == "stranded"; }
+bool ended(const AgentStatus& s) { return s.done() || s.status == AgentState::stranded; }
 }  // namespace
 
 std::int64_t AgentRuntime::now_ms() const {
@@ -29,7 +29,7 @@ std::int64_t AgentRuntime::now_ms() const {
 // it before the (forgotten) dedup would be asked. Likewise a TRANSFER of an epoch below the
 // highest one was made before that epoch's commit, so it has expired when the highest epoch
 // is forgotten. Within the retention, a duplicate is answered with the earlier COMMIT.
-void AgentRuntime::remember_commit(const std::string& id, std::uint64_t epoch, const Value& commit) {
+void AgentRuntime::remember_commit(const std::string& id, std::uint64_t epoch, const AgentCommit& commit) {
   const std::int64_t now = now_ms();
   const std::int64_t forget = now + static_cast<std::int64_t>(impl_.options.max_message_lifetime.count());
   commits_[{id, epoch}] = Commit{commit, forget};
@@ -115,7 +115,7 @@ void AgentRuntime::stop() {
   for (auto& [id, timer] : waiters_) timer->cancel();
 }
 
-asio::awaitable<Result<Value>> AgentRuntime::wait_here(std::string id, std::chrono::milliseconds wait, PeerIdentity caller) {
+asio::awaitable<Result<AgentStatus>> AgentRuntime::wait_here(std::string id, std::chrono::milliseconds wait, PeerIdentity caller) {
   auto keep = shared_from_this();
   auto timer = std::make_shared<asio::steady_timer>(impl_.io, std::min(wait, kMaxWaitSlice));
   {
@@ -152,17 +152,14 @@ asio::awaitable<Result<AgentStatus>> AgentRuntime::wait_agent(std::string home, 
   while (true) {
     const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(until - std::chrono::steady_clock::now());
     const auto slice = std::clamp(left, std::chrono::milliseconds(0), kMaxWaitSlice);
-    Result<Value> answer = Value{};
+    Result<AgentStatus> answer = AgentStatus{};
     if (here) {
       static const PeerIdentity local{"local", {}, {}};
       answer = co_await wait_here(id, slice, local);
     } else {
-      Value request = Value::table();
-      request.set("id", id);
-      request.set("wait_ms", static_cast<std::int64_t>(slice.count()));
       CallRequest call;
       call.service = "agent.wait";
-      call.args = Value::array({request});
+      call.args = message_args(encode(WaitQuery{id, static_cast<std::uint64_t>(slice.count())}));
       std::vector<std::uint8_t> payload = encode(call);
       // The home answers within `slice`; the request timeout is the network's share.
       Result<Reply> reply =
@@ -172,15 +169,15 @@ asio::awaitable<Result<AgentStatus>> AgentRuntime::wait_agent(std::string home, 
       } else if (reply->code != Errc::ok) {
         answer = Error{reply->code, std::move(reply->message)};
       } else {
-        answer = std::move(reply->result);
+        answer = decode_message<AgentStatus, decode_status>(reply->result, "agent.wait's answer");
       }
     }
     if (!answer) co_return answer.error();
-    AgentStatus status = agent_status_from_value(*answer);
+    AgentStatus status = std::move(*answer);
     if (ended(status)) co_return status;
     if (std::chrono::steady_clock::now() >= until) {
       co_return make_error(Errc::timeout, "agent " + id + " did not finish within " + std::to_string(timeout.count()) +
-                                              " ms (status: " + status.status + ")");
+                                              " ms (status: " + std::string(agent_state_name(status.status)) + ")");
     }
   }
 }

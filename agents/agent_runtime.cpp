@@ -46,42 +46,65 @@ void AgentRuntime::spawn(asio::awaitable<void> task, const char* what) {
   });
 }
 
+namespace {
+
+// A peers-only agent service: its one argument decoded once as the message Decode reads
+// (a malformed one is refused for that call alone), handled by `fn` with the struct, and
+// answered with the encoded answer (nil for an answer without content).
+template <class Msg, Result<Msg> (*Decode)(std::span<const std::uint8_t>), class Fn>
+PeerService typed_service(std::weak_ptr<AgentRuntime> self, const char* what, Fn fn) {
+  return [self, what, fn](const Value& args, const PeerIdentity& caller) -> Result<Value> {
+    auto rt = self.lock();
+    if (!rt) return errors::shutting_down();
+    auto message = decode_message<Msg, Decode>(args.get(1), what);
+    if (!message) return message.error();
+    auto answer = fn(*rt, std::move(*message), caller);
+    if (!answer) return answer.error();
+    if constexpr (std::is_same_v<decltype(answer), Result<void>>) {
+      return Value{};
+    } else {
+      return message_value(encode(*answer));
+    }
+  };
+}
+
+}  // namespace
+
 void AgentRuntime::register_services(Node& node) {
   auto self = weak_from_this();
-  auto bind = [self](Result<Value> (AgentRuntime::*fn)(const Value&)) {
-    return [self, fn](const Value& args) -> Result<Value> {
-      auto rt = self.lock();
-      if (!rt) return errors::shutting_down();
-      return ((*rt).*fn)(args.get(1));
-    };
-  };
   ServiceOptions peers;
   peers.peers_only = true;
+  using Caller = const PeerIdentity&;
   // Launch and transfer bring code: the policy matches the caller's identity.
-  auto bind_caller = [self](Result<Value> (AgentRuntime::*fn)(const Value&, const PeerIdentity&)) {
-    return PeerService([self, fn](const Value& args, const PeerIdentity& caller) -> Result<Value> {
-      auto rt = self.lock();
-      if (!rt) return errors::shutting_down();
-      return ((*rt).*fn)(args.get(1), caller);
-    });
-  };
-  node.register_service("agent.launch", bind_caller(&AgentRuntime::launch_here), peers);
-  node.register_service("agent.offer", bind(&AgentRuntime::on_offer), peers);
-  node.register_service("agent.transfer", bind_caller(&AgentRuntime::on_transfer), peers);
+  node.register_service("agent.launch", typed_service<AgentLaunchRequest, decode_launch>(
+      self, "agent.launch's argument", [](AgentRuntime& rt, AgentLaunchRequest m, Caller c) { return rt.launch_here(m, c); }), peers);
+  node.register_service("agent.offer", typed_service<AgentOffer, decode_offer>(
+      self, "agent.offer's argument", [](AgentRuntime& rt, AgentOffer m, Caller) { return rt.on_offer(m); }), peers);
+  node.register_service("agent.transfer", typed_service<AgentTransfer, decode_transfer>(
+      self, "agent.transfer's argument",
+      [](AgentRuntime& rt, AgentTransfer m, Caller c) { return rt.on_transfer(std::move(m), c); }), peers);
   // Reports to an agent's home: the reporter must hold the agent (tracking.cpp).
-  node.register_service("agent.arrived", bind_caller(&AgentRuntime::on_arrived), peers);
-  node.register_service("agent.finished", bind_caller(&AgentRuntime::on_finished), peers);
-  node.register_service("agent.send", bind(&AgentRuntime::on_send), peers);
-  node.register_service("agent.deliver", bind(&AgentRuntime::on_deliver), peers);
-  node.register_service("code.fetch", bind(&AgentRuntime::on_fetch), peers);
+  node.register_service("agent.arrived", typed_service<ArrivalReport, decode_arrival>(
+      self, "agent.arrived's argument", [](AgentRuntime& rt, ArrivalReport m, Caller c) { return rt.on_arrived(m, c); }), peers);
+  node.register_service("agent.finished", typed_service<EndReport, decode_end>(
+      self, "agent.finished's argument", [](AgentRuntime& rt, EndReport m, Caller c) { return rt.on_finished(m, c); }), peers);
+  node.register_service("agent.send", typed_service<AgentSend, decode_send>(
+      self, "agent.send's argument", [](AgentRuntime& rt, AgentSend m, Caller) { return rt.on_send(m); }), peers);
+  node.register_service("agent.deliver", typed_service<AgentDeliver, decode_deliver>(
+      self, "agent.deliver's argument", [](AgentRuntime& rt, AgentDeliver m, Caller) { return rt.on_deliver(m); }), peers);
+  node.register_service("code.fetch", typed_service<FetchQuery, decode_fetch_query>(
+      self, "code.fetch's argument", [](AgentRuntime& rt, FetchQuery m, Caller) { return rt.on_fetch(m); }), peers);
+  // agent.status ID: Lua code may call it too, so it answers the status as a table.
   node.register_service("agent.status", PeerService([self](const Value& args, const PeerIdentity& caller) -> Result<Value> {
     auto rt = self.lock();
     if (!rt) return errors::shutting_down();
     Value id = args.get(1);
-    return rt->status_of(id.is_string() ? id.as_string() : std::string(), caller);
+    auto status = rt->status_of(id.is_string() ? id.as_string() : std::string(), caller);
+    if (!status) return status.error();
+    return to_value(*status);
   }));
-  // agent.wait {id, wait_ms}: the status once the agent has ended, or after wait_ms (at
-  // most 20 s); answered by the end itself, on the network thread, holding no worker.
+  // agent.wait: the status once the agent has ended, or after wait_ms (at most 20 s);
+  // answered by the end itself, on the network thread, holding no worker.
   {
     ServiceEntry wait;
     wait.options = peers;
@@ -91,10 +114,11 @@ void AgentRuntime::register_services(Node& node) {
     wait.async_fn = [self](Value args, PeerIdentity caller) -> asio::awaitable<Result<Value>> {
       auto rt = self.lock();
       if (!rt) co_return errors::shutting_down();
-      Value request = args.get(1);
-      const std::string id = field_string(request, "id");
-      const auto wait = std::chrono::milliseconds(field_u64(request, "wait_ms"));
-      co_return co_await rt->wait_here(id, wait, std::move(caller));
+      auto query = decode_message<WaitQuery, decode_wait_query>(args.get(1), "agent.wait's argument");
+      if (!query) co_return query.error();
+      auto status = co_await rt->wait_here(query->id, std::chrono::milliseconds(query->wait_ms), std::move(caller));
+      if (!status) co_return status.error();
+      co_return message_value(encode(*status));
     };
     std::unique_lock lock(impl_.services_mutex);
     impl_.services["agent.wait"] = std::move(wait);
@@ -102,15 +126,16 @@ void AgentRuntime::register_services(Node& node) {
   node.register_service("agent.list", PeerService([self](const Value&, const PeerIdentity& caller) -> Result<Value> {
     auto rt = self.lock();
     if (!rt) return errors::shutting_down();
-    return rt->list(caller);
+    auto agents = rt->list(caller);
+    if (!agents) return agents.error();
+    return message_value(encode(*agents));
   }));
 }
 
-Result<Value> AgentRuntime::launch_here(const Value& request, const PeerIdentity& caller) {
+Result<AgentLaunchAnswer> AgentRuntime::launch_here(const AgentLaunchRequest& request, const PeerIdentity& caller) {
   if (impl_.shutting_down) return errors::shutting_down();
-  Value bytes = request.get("bundle");
-  if (!bytes.is_string()) return errors::invalid_argument("agent.launch needs a bundle");
-  const std::string& text = bytes.as_string();
+  if (request.bundle_bytes.empty()) return errors::invalid_argument("agent.launch needs a bundle");
+  const std::string& text = request.bundle_bytes;
   // SAFETY: the string's bytes are read as unsigned bytes of the same size.
   // Checked (signature, policy) before it is stored: refused code takes no room here.
   auto bundle = cache_.check(std::span(reinterpret_cast<const std::uint8_t*>(text.data()), text.size()));
@@ -119,22 +144,19 @@ Result<Value> AgentRuntime::launch_here(const Value& request, const PeerIdentity
   r.id = new_agent_id();
   r.home = self();
   if (r.home.empty()) return errors::invalid_argument("this node has no address to be an agent's home (listen first)");
-  r.owner = field_string(request, "owner");
-  if (r.owner.empty()) r.owner = "anonymous";
+  r.owner = request.owner.empty() ? "anonymous" : request.owner;
   r.bundle_hash = (*bundle)->hash;
-  r.entry = field_string(request, "entry");
-  if (r.entry.empty()) r.entry = "start";
-  r.state = request.get("state");
-  if (!r.state.is_table()) r.state = Value::table();
-  r.itinerary = strings_from_value(request.get("itinerary"));
+  r.entry = request.entry.empty() ? "start" : request.entry;
+  r.state = request.state.is_table() ? request.state : Value::table();
+  r.itinerary = request.itinerary;
   const BundleManifest& m = (*bundle)->bundle.manifest;
-  r.max_hops = static_cast<std::uint32_t>(field_u64(request, "max_hops"));
+  r.max_hops = request.max_hops;
   if (r.max_hops == 0) r.max_hops = m.max_hops != 0 ? m.max_hops : impl_.options.default_max_hops;
   if (m.max_hops != 0) r.max_hops = std::min(r.max_hops, m.max_hops);  // the launcher may only lower it
   r.quotas = m.quotas;
   if (m.cpu_budget != 0) r.cpu_left = m.cpu_budget;
-  r.signer = field_string(request, "signer");
-  r.signature = field_string(request, "signature");
+  r.signer = request.signer;
+  r.signature = request.signature;
   r.launcher = viewer_of(caller);
   auto rule = admit_code(r, **bundle, caller);
   if (!rule) return rule.error();
@@ -147,12 +169,10 @@ Result<Value> AgentRuntime::launch_here(const Value& request, const PeerIdentity
   r.hops.push_back(AgentHop{r.home, 0, r.created_unix_ms, 0, encode_value(r.state).size(),
                             std::string(isolation_name(r.isolation))});
   track_launch(r);
-  Value reply = Value::table();
-  reply.set("id", r.id);
-  reply.set("home", r.home);
+  AgentLaunchAnswer answer{r.id, r.home};
   log_info("agents", impl_.options.name + ": launched agent " + r.id + " (" + m.name + ")");
   make_resident(std::move(r), std::move(*bundle), *rule);
-  return reply;
+  return answer;
 }
 
 void AgentRuntime::make_resident(AgentRecord record, std::shared_ptr<const CachedBundle> bundle, const PolicyRule* rule) {
@@ -165,7 +185,7 @@ void AgentRuntime::make_resident(AgentRecord record, std::shared_ptr<const Cache
     res.rule = rule;
     res.hop_cpu_spent = 0;
     res.rate = std::make_shared<RateLimiter>(rule != nullptr ? rule->quotas.messages_per_second : 0);
-    res.status = "waiting";
+    res.status = AgentState::queued;
     res.reason.clear();
     res.since_unix_ms = unix_ms_now();
   }
@@ -192,7 +212,7 @@ void AgentRuntime::run_step(const std::string& id) {
     std::lock_guard lock(mutex_);
     auto it = residents_.find(id);
     if (it == residents_.end()) return;
-    it->second.status = "running";
+    it->second.status = AgentState::running;
     record = it->second.record;
     bundle = it->second.bundle;
     rule = it->second.rule;
@@ -200,7 +220,7 @@ void AgentRuntime::run_step(const std::string& id) {
   }
   const StepBudget budget = step_budget(record, *bundle, rule, hop_spent);
   if (!budget.exhausted.empty()) {
-    finish(id, "failed", budget.exhausted, Value{});
+    finish(id, AgentState::failed, budget.exhausted, Value{});
     return;
   }
   sandbox::RunInput input;
@@ -257,23 +277,23 @@ void AgentRuntime::run_step(const std::string& id) {
       if (outcome->went) {
         go_peer = outcome->go_peer;
         go_entry = outcome->go_entry;
-        it->second.status = "moving";
+        it->second.status = AgentState::moving;
       } else if (outcome->waits) {
         r.entry = outcome->go_entry;
-        it->second.status = kAsleep;
+        it->second.status = AgentState::asleep;
         // A message that came during the step wakes it at once.
         if (!r.mailbox.empty()) wake = true;
       }
     }
   }
   if (!failure.empty()) {
-    finish(id, "failed", failure, Value{});
+    finish(id, AgentState::failed, failure, Value{});
   } else if (outcome->went) {
     spawn(migrate(id, go_peer, go_entry), "agent migration");
   } else if (outcome->waits) {
     if (wake) wake_if_asleep(id);
   } else {
-    finish(id, "finished", "", outcome->results);
+    finish(id, AgentState::finished, "", outcome->results);
   }
 }
 
@@ -324,7 +344,7 @@ Result<Value> AgentRuntime::agent_host_call(const std::string& id, std::string_v
   return impl_.call_from_lua(service, args);
 }
 
-void AgentRuntime::finish(const std::string& id, const std::string& status, const std::string& reason, Value result) {
+void AgentRuntime::finish(const std::string& id, AgentState how, const std::string& reason, Value result) {
   AgentRecord record;
   {
     std::lock_guard lock(mutex_);
@@ -333,26 +353,27 @@ void AgentRuntime::finish(const std::string& id, const std::string& status, cons
     record = std::move(it->second.record);
     residents_.erase(it);
   }
-  log_info("agents", impl_.options.name + ": agent " + id + " " + status + (reason.empty() ? "" : ": " + reason));
-  Value report = Value::table();
-  report.set("id", id);
-  report.set("epoch", static_cast<std::int64_t>(record.epoch));
-  report.set("node", self());
-  report.set("status", status);
-  report.set("reason", reason);
-  report.set("result", result.is_table() ? result : Value::table());
-  report.set("hops", hops_to_value(record.hops));
-  report.set("log", strings_to_value(record.log));
-  report.set("token", record.report_token);  // the home takes reports only from the agent's holder
-  notify_home(record.home, "agent.finished", report);
+  log_info("agents", impl_.options.name + ": agent " + id + " " + std::string(agent_state_name(how)) +
+                         (reason.empty() ? "" : ": " + reason));
+  EndReport report;
+  report.id = id;
+  report.epoch = record.epoch;
+  report.node = self();
+  report.state = how;
+  report.reason = reason;
+  report.result = result.is_table() ? result : Value::table();
+  report.hops = std::move(record.hops);
+  report.log = std::move(record.log);
+  report.token = record.report_token;  // the home takes reports only from the agent's holder
+  notify_home(record.home, report);
 }
 
 void AgentRuntime::wake_if_asleep(const std::string& id) {
   {
     std::lock_guard lock(mutex_);
     auto it = residents_.find(id);
-    if (it == residents_.end() || it->second.status != kAsleep || it->second.record.mailbox.empty()) return;
-    it->second.status = "waiting";
+    if (it == residents_.end() || it->second.status != AgentState::asleep || it->second.record.mailbox.empty()) return;
+    it->second.status = AgentState::queued;
   }
   schedule_run(id);
 }
@@ -372,23 +393,24 @@ bool AgentRuntime::sees_all(const PeerIdentity& caller) const {
   return impl_.tls && caller.authenticated() && caller.fingerprint == tls_local_identity(*impl_.tls).fingerprint;
 }
 
-Result<Value> AgentRuntime::list(const PeerIdentity& caller) {
-  Value out = Value::table();
+Result<std::vector<AgentSummary>> AgentRuntime::list(const PeerIdentity& caller) {
+  std::vector<AgentSummary> out;
   const bool all = sees_all(caller);
   const std::string viewer = viewer_of(caller);
   std::lock_guard lock(mutex_);
   for (const auto& [id, res] : residents_) {
     if (!all && res.record.launcher != viewer) continue;
-    Value a = out.new_table();
-    a.set("id", id);
-    a.set("owner", res.record.owner);
-    a.set("home", res.record.home);
-    a.set("epoch", static_cast<std::int64_t>(res.record.epoch));
-    a.set("since", res.since_unix_ms);
-    a.set("state_bytes", static_cast<std::int64_t>(encode_value(res.record.state).size()));
-    a.set("status", res.reason.empty() ? res.status : res.status + ": " + res.reason);
-    a.set("isolation", std::string(isolation_name(res.record.isolation)));
-    out.push(a);
+    AgentSummary a;
+    a.id = id;
+    a.owner = res.record.owner;
+    a.home = res.record.home;
+    a.epoch = res.record.epoch;
+    a.since_unix_ms = res.since_unix_ms;
+    a.state_bytes = encode_value(res.record.state).size();
+    a.status = res.status;
+    a.reason = res.reason;
+    a.isolation = std::string(isolation_name(res.record.isolation));
+    out.push_back(std::move(a));
   }
   return out;
 }

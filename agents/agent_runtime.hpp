@@ -18,14 +18,12 @@
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/asio/use_future.hpp>
 
+#include "agent_messages.hpp"
 #include "agent_record.hpp"
 #include "code_cache.hpp"
 #include "node_impl.hpp"
 
 namespace sojourn {
-
-// The status of an agent that called agent.wait and has no message yet.
-inline constexpr const char* kAsleep = "waiting for a message";
 
 class AgentRuntime : public std::enable_shared_from_this<AgentRuntime> {
  public:
@@ -37,14 +35,15 @@ class AgentRuntime : public std::enable_shared_from_this<AgentRuntime> {
   std::uint64_t resident_count();
   std::string self() const;  // the advertised address
 
-  // Node API (blocking callers are never on the network thread).
-  Result<Value> launch_here(const Value& request, const PeerIdentity& caller);
+  // Node API (blocking callers are never on the network thread). The agent.* services
+  // decode their message once (register_services) and call these with the struct.
+  Result<AgentLaunchAnswer> launch_here(const AgentLaunchRequest& request, const PeerIdentity& caller);
   // What a caller may see (docs/security.md, "Who sees an agent"): this node's own code and
   // a caller with the node's own TLS identity see every agent; another caller sees the
   // agents launched with its identity (over TLS, its key's fingerprint; unauthenticated
   // callers share one anonymous identity). status_of answers no_such_agent otherwise.
-  Result<Value> status_of(std::string_view id, const PeerIdentity& caller);
-  Result<Value> list(const PeerIdentity& caller);
+  Result<AgentStatus> status_of(std::string_view id, const PeerIdentity& caller);
+  Result<std::vector<AgentSummary>> list(const PeerIdentity& caller);
   // How agent.list/agent.status and AgentRecord::launcher name a caller: "local" for this
   // node's own code, "tls:FINGERPRINT" over TLS, "" for an unauthenticated peer.
   static std::string viewer_of(const PeerIdentity& caller);
@@ -64,7 +63,7 @@ class AgentRuntime : public std::enable_shared_from_this<AgentRuntime> {
   // agent's status once it has ended (finished, failed, stranded) or after `wait`, woken by
   // the end itself; wait_agent does that at `home` (this node, or a peer's agent.wait,
   // repeated until `timeout`).
-  asio::awaitable<Result<Value>> wait_here(std::string id, std::chrono::milliseconds wait, PeerIdentity caller);
+  asio::awaitable<Result<AgentStatus>> wait_here(std::string id, std::chrono::milliseconds wait, PeerIdentity caller);
   asio::awaitable<Result<AgentStatus>> wait_agent(std::string home, std::string id, std::chrono::milliseconds timeout);
   // Bounded state (docs/migration.md, "What a node remembers"): drops the COMMITs, highest
   // epochs and ended agents whose retention has passed. Runs on each insertion, on each
@@ -80,7 +79,7 @@ class AgentRuntime : public std::enable_shared_from_this<AgentRuntime> {
   struct Resident {
     AgentRecord record;
     std::shared_ptr<const CachedBundle> bundle;
-    std::string status;  // "running", "moving", "stranded", "waiting"
+    AgentState status = AgentState::queued;  // arriving, queued, running, asleep, moving or stranded
     std::string reason;
     std::int64_t since_unix_ms = 0;
     // Trust, for this visit: the policy rule its code runs under (null: no policy), the
@@ -98,13 +97,9 @@ class AgentRuntime : public std::enable_shared_from_this<AgentRuntime> {
     enum class Bound { run, hop, total } bound = Bound::run;
     std::string exhausted;  // non-empty: no budget left, why
   };
-  struct PendingMessage {
-    std::string id;
-    Value body;
-  };
   struct Tracked {
     AgentStatus status;
-    std::deque<PendingMessage> pending;
+    std::deque<ForwardedMessage> pending;
     std::set<std::string> message_ids;
     bool forwarding = false;
     // Who may report it (tracking.cpp, check_reporter): the token the holder of status.epoch
@@ -118,7 +113,7 @@ class AgentRuntime : public std::enable_shared_from_this<AgentRuntime> {
   };
   // What a destination remembers of a hand-over it committed (migration.cpp).
   struct Commit {
-    Value reply;
+    AgentCommit reply;
     std::int64_t forget_at_ms = 0;
   };
   struct HighestEpoch {
@@ -132,7 +127,7 @@ class AgentRuntime : public std::enable_shared_from_this<AgentRuntime> {
   void run_step(const std::string& id);
   Result<Value> agent_host_call(const std::string& id, std::string_view service, const Value& args);
   void wake_if_asleep(const std::string& id);
-  void finish(const std::string& id, const std::string& status, const std::string& reason, Value result);
+  void finish(const std::string& id, AgentState how, const std::string& reason, Value result);  // finished or failed
 
   // agent_budget.cpp
   // Checks an agent arriving (or launched) here: its bundle signature (cached), that its
@@ -150,18 +145,19 @@ class AgentRuntime : public std::enable_shared_from_this<AgentRuntime> {
                             const PolicyRule* rule);
 
   // migration.cpp
-  Result<Value> on_offer(const Value& request);
-  Result<Value> on_transfer(const Value& request, const PeerIdentity& caller);
+  Result<OfferAnswer> on_offer(const AgentOffer& offer);
+  Result<AgentCommit> on_transfer(AgentTransfer transfer, const PeerIdentity& caller);
   asio::awaitable<void> migrate(std::string id, std::string peer, std::string entry);
   asio::awaitable<void> arrive(std::string id);
   // Appends the messages of an arrival answer that the agent has not had yet.
   // `confirmed`: the delivered ids the arrival report listed, which the home has now dropped
   // from its pending messages and never resends: they leave record.delivered.
-  void take_messages(const std::string& id, const Value& messages, const std::vector<std::string>& confirmed);
+  void take_messages(const std::string& id, const std::vector<ForwardedMessage>& messages,
+                     const std::vector<std::string>& confirmed);
   // Bounds record.delivered (under mutex_): the answer's ids, and the last kDeliveredWindow
   // ids forwarded one by one (the home resends only its pending front until it succeeds).
   static void trim_delivered(Resident& res);
-  asio::awaitable<Result<Value>> hand_over(AgentRecord record, std::shared_ptr<const CachedBundle> bundle, std::string peer);
+  asio::awaitable<Result<AgentCommit>> hand_over(AgentRecord record, std::shared_ptr<const CachedBundle> bundle, std::string peer);
   // The agent (still at `epoch`) stays here, stopped, and its home hears `reason`.
   void strand(const std::string& id, std::uint64_t epoch, const std::string& reason);
 
@@ -169,24 +165,27 @@ class AgentRuntime : public std::enable_shared_from_this<AgentRuntime> {
   void track_launch(AgentRecord& record);  // gives the record its first report token
   // not_permitted "not permitted: WHAT of agent ID (epoch N) from PEER: WHY" unless the
   // reporter holds the agent's current epoch (under mutex_).
-  static Result<void> check_reporter(const Tracked& t, const Value& request, const PeerIdentity& caller, const char* what);
-  Result<Value> on_arrived(const Value& request, const PeerIdentity& caller);
-  Result<Value> on_finished(const Value& request, const PeerIdentity& caller);
-  Result<Value> on_send(const Value& request);
-  Result<Value> on_deliver(const Value& request);
-  void notify_home(const std::string& home, std::string service, Value args);
-  asio::awaitable<void> report_home(std::string home, std::string service, Value args);
+  static Result<void> check_reporter(const Tracked& t, std::uint64_t epoch, const std::string& token,
+                                     const PeerIdentity& caller, const char* what);
+  Result<ArrivalAnswer> on_arrived(const ArrivalReport& report, const PeerIdentity& caller);
+  Result<void> on_finished(const EndReport& report, const PeerIdentity& caller);
+  Result<SendAnswer> on_send(const AgentSend& send);
+  Result<void> on_deliver(const AgentDeliver& deliver);
+  // Reports to the agent's home: answered here when this node is its home, else sent.
+  void notify_home(const std::string& home, const ArrivalReport& report);
+  void notify_home(const std::string& home, const EndReport& report);
+  asio::awaitable<void> report_home(std::string home, std::string service, AgentMessageBytes message, int tries);
   void kick_forwarding(const std::string& id);
   asio::awaitable<void> forward_messages(std::string id);
 
   // code_on_demand.cpp
-  Result<Value> on_fetch(const Value& request);
+  Result<FetchAnswer> on_fetch(const FetchQuery& query);
 
   void spawn(asio::awaitable<void> task, const char* what);
   // The clock of retention and expiry: NodeOptions::expiry_clock, else Unix ms.
   std::int64_t now_ms() const;
   // Under mutex_.
-  void remember_commit(const std::string& id, std::uint64_t epoch, const Value& commit);
+  void remember_commit(const std::string& id, std::uint64_t epoch, const AgentCommit& commit);
   void mark_ended(const std::string& id, Tracked& t);  // wakes waiters, schedules forgetting
   std::int64_t forget_at(const Tracked& t) const;
   void prune_locked(std::int64_t now);

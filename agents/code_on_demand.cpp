@@ -13,11 +13,12 @@ std::string bytes_as_string(const std::vector<std::uint8_t>& bytes) {
 }
 }  // namespace
 
-// {module=NAME, have=HASH?} or {hash=HASH}: the hash, and the bundle unless the asker has it.
-Result<Value> AgentRuntime::on_fetch(const Value& request) {
+// By module name (with the hash the asker has) or by hash: the hash, and the bundle unless
+// the asker has it.
+Result<FetchAnswer> AgentRuntime::on_fetch(const FetchQuery& query) {
   std::shared_ptr<const CachedBundle> found;
-  const std::string by_hash = field_string(request, "hash");
-  const std::string module = field_string(request, "module");
+  const std::string& by_hash = query.hash;
+  const std::string& module = query.module;
   if (!by_hash.empty()) {
     if (!is_bundle_hash(by_hash)) return errors::invalid_argument("not a bundle hash");
     found = cache_.get(by_hash);
@@ -27,30 +28,30 @@ Result<Value> AgentRuntime::on_fetch(const Value& request) {
     found = cache_.published(module);
     if (!found) return make_error(Errc::no_such_module, "no such module: " + module);
   }
-  Value reply = Value::table();
-  reply.set("hash", found->hash);
-  if (field_string(request, "have") != found->hash) {
-    reply.set("bundle", bytes_as_string(found->bytes));
+  FetchAnswer answer;
+  answer.hash = found->hash;
+  if (query.have != found->hash) {
+    answer.bundle_bytes = bytes_as_string(found->bytes);
     ++bundles_sent_;
   }
-  return reply;
+  return answer;
 }
 
 asio::awaitable<Result<AgentRuntime::Fetched>> AgentRuntime::fetch(std::string peer, std::string module) {
   if (auto v = validate_module_name(module); !v) co_return v.error();
-  Value request = Value::table();
-  request.set("module", module);
+  FetchQuery query;
+  query.module = module;
   const std::string have = cache_.last_fetch(peer, module);
-  if (!have.empty() && cache_.contains(have)) request.set("have", have);
-  Value args = Value::array({request});
-  Result<Value> reply = co_await impl_.call_peer(peer, "code.fetch", args);
+  if (!have.empty() && cache_.contains(have)) query.have = have;
+  Result<Value> reply = co_await impl_.call_peer(peer, "code.fetch", message_args(encode(query)));
   if (!reply) co_return reply.error();
-  const std::string hash = field_string(*reply, "hash");
+  auto answer = decode_message<FetchAnswer, decode_fetch_answer>(*reply, "code.fetch's answer");
+  if (!answer) co_return answer.error();
+  const std::string& hash = answer->hash;
   if (!is_bundle_hash(hash)) co_return make_error(Errc::bad_bundle, "bad bundle: the peer sent no valid hash");
-  Value bytes = reply->get("bundle");
   std::shared_ptr<const CachedBundle> bundle;
-  if (bytes.is_string()) {
-    const std::string& text = bytes.as_string();
+  if (answer->bundle_bytes) {
+    const std::string& text = *answer->bundle_bytes;
     // SAFETY: the string's bytes are read as unsigned bytes of the same size.
     auto put = cache_.put_encoded(std::span(reinterpret_cast<const std::uint8_t*>(text.data()), text.size()), hash);
     if (!put) co_return put.error();
@@ -65,7 +66,7 @@ asio::awaitable<Result<AgentRuntime::Fetched>> AgentRuntime::fetch(std::string p
   cache_.remember_fetch(peer, module, hash);
   Fetched fetched;
   fetched.bundle = std::move(bundle);
-  fetched.code_received = bytes.is_string();
+  fetched.code_received = answer->bundle_bytes.has_value();
   co_return fetched;
 }
 

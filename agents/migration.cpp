@@ -29,39 +29,32 @@ std::string_view as_text(std::span<const std::uint8_t> bytes) {
 
 }  // namespace
 
-Result<Value> AgentRuntime::on_offer(const Value& request) {
+Result<OfferAnswer> AgentRuntime::on_offer(const AgentOffer& offer) {
   if (impl_.shutting_down) return errors::shutting_down();
-  const std::string id = field_string(request, "id");
-  const std::uint64_t epoch = field_u64(request, "epoch");
-  const std::string hash = field_string(request, "bundle");
-  if (!is_agent_id(id) || !is_bundle_hash(hash)) return errors::invalid_argument("bad agent offer");
-  Value reply = Value::table();
+  if (!is_agent_id(offer.id) || !is_bundle_hash(offer.bundle_hash)) return errors::invalid_argument("bad agent offer");
+  OfferAnswer answer;
   {
     std::lock_guard lock(mutex_);
-    if (commits_.count({id, epoch}) != 0) {
-      reply.set("duplicate", true);
-      return reply;
+    if (commits_.count({offer.id, offer.epoch}) != 0) {
+      answer.duplicate = true;
+      return answer;
     }
-    auto seen = highest_epoch_.find(id);
-    if (seen != highest_epoch_.end() && epoch <= seen->second.epoch) {
-      return make_error(Errc::stale_epoch, "agent " + id + " epoch " + std::to_string(epoch) +
+    auto seen = highest_epoch_.find(offer.id);
+    if (seen != highest_epoch_.end() && offer.epoch <= seen->second.epoch) {
+      return make_error(Errc::stale_epoch, "agent " + offer.id + " epoch " + std::to_string(offer.epoch) +
                                                " is stale (this node has seen epoch " + std::to_string(seen->second.epoch) + ")");
     }
   }
-  reply.set("duplicate", false);
-  reply.set("need_bundle", !cache_.contains(hash));
-  return reply;
+  answer.need_bundle = !cache_.contains(offer.bundle_hash);
+  return answer;
 }
 
-Result<Value> AgentRuntime::on_transfer(const Value& request, const PeerIdentity& caller) {
+Result<AgentCommit> AgentRuntime::on_transfer(AgentTransfer transfer, const PeerIdentity& caller) {
   if (impl_.shutting_down) return errors::shutting_down();
-  auto record = record_from_value(request.get("record"));
-  if (!record) return record.error();
+  AgentRecord* record = &transfer.record;
   const std::string what = "the TRANSFER of agent " + record->id + " (epoch " + std::to_string(record->epoch) + ")";
-  if (auto fresh = impl_.replay.check_expiry(static_cast<std::int64_t>(field_u64(request, "expires")), what); !fresh) {
-    return fresh.error();
-  }
-  if (auto addressed = check_addressed_to(field_string(request, "to"), self(), what); !addressed) return addressed.error();
+  if (auto fresh = impl_.replay.check_expiry(transfer.expires_unix_ms, what); !fresh) return fresh.error();
+  if (auto addressed = check_addressed_to(transfer.to, self(), what); !addressed) return addressed.error();
   {
     std::lock_guard lock(mutex_);
     // Checked after the expiry above: a COMMIT is remembered for as long as any copy of its
@@ -74,14 +67,10 @@ Result<Value> AgentRuntime::on_transfer(const Value& request, const PeerIdentity
                                                " is stale (this node has seen epoch " + std::to_string(seen->second.epoch) + ")");
     }
   }
-  if (auto fresh = impl_.replay.admit(field_string(request, "nonce"), static_cast<std::int64_t>(field_u64(request, "expires")), what);
-      !fresh) {
-    return fresh.error();
-  }
+  if (auto fresh = impl_.replay.admit(transfer.nonce, transfer.expires_unix_ms, what); !fresh) return fresh.error();
   std::shared_ptr<const CachedBundle> bundle;
-  Value bytes = request.get("bundle_bytes");
-  if (bytes.is_string()) {
-    const std::string& text = bytes.as_string();
+  if (transfer.bundle_bytes) {
+    const std::string& text = *transfer.bundle_bytes;
     // SAFETY: the string's bytes are read as unsigned bytes of the same size.
     // Checked (signature, policy) below, before it is stored: refused code takes no room here.
     auto put = cache_.check(std::span(reinterpret_cast<const std::uint8_t*>(text.data()), text.size()),
@@ -103,14 +92,9 @@ Result<Value> AgentRuntime::on_transfer(const Value& request, const PeerIdentity
   bundle = cache_.store(std::move(bundle));
   const std::string id = record->id;
   const std::uint64_t epoch = record->epoch;
-  const std::string home = record->home;
   record->hops.push_back(AgentHop{self(), epoch, unix_ms_now(), 0, encode_value(record->state).size(),
                                   std::string(isolation_name(record->isolation))});
-  Value commit = Value::table();
-  commit.set("committed", true);
-  commit.set("id", id);
-  commit.set("epoch", static_cast<std::int64_t>(epoch));
-  commit.set("node", self());
+  const AgentCommit commit{id, epoch, self()};
   {
     std::lock_guard lock(mutex_);
     // Checked again under the lock: two copies of one TRANSFER may race here.
@@ -129,43 +113,37 @@ Result<Value> AgentRuntime::on_transfer(const Value& request, const PeerIdentity
     res.rule = *rule;
     res.hop_cpu_spent = 0;
     res.rate = std::make_shared<RateLimiter>(*rule != nullptr ? (*rule)->quotas.messages_per_second : 0);
-    res.status = "arriving";
+    res.status = AgentState::arriving;
     res.since_unix_ms = unix_ms_now();
   }
   spawn(arrive(id), "agent arrival");
   return commit;
 }
 
-asio::awaitable<Result<Value>> AgentRuntime::hand_over(AgentRecord record, std::shared_ptr<const CachedBundle> bundle,
-                                                       std::string peer) {
-  Value offer = Value::table();
-  offer.set("id", record.id);
-  offer.set("epoch", static_cast<std::int64_t>(record.epoch));
-  offer.set("bundle", record.bundle_hash);
-  offer.set("state_bytes", static_cast<std::int64_t>(encode_value(record.state).size()));
-  Value offer_args = Value::array({offer});
-  Result<Value> answer = co_await impl_.call_peer(peer, "agent.offer", offer_args);
+asio::awaitable<Result<AgentCommit>> AgentRuntime::hand_over(AgentRecord record, std::shared_ptr<const CachedBundle> bundle,
+                                                             std::string peer) {
+  const AgentOffer offer{record.id, record.epoch, record.bundle_hash, encode_value(record.state).size()};
+  Result<Value> reply = co_await impl_.call_peer(peer, "agent.offer", message_args(encode(offer)));
+  if (!reply) co_return reply.error();
+  auto answer = decode_message<OfferAnswer, decode_offer_answer>(*reply, "the offer's answer");
   if (!answer) co_return answer.error();
-  if (answer->get("duplicate").truthy()) {
+  if (answer->duplicate) {
     // An earlier TRANSFER of this epoch was committed but its COMMIT was lost.
-    Value commit = Value::table();
-    commit.set("committed", true);
-    commit.set("node", peer);
-    co_return commit;
+    co_return AgentCommit{record.id, record.epoch, peer};
   }
-  Value transfer = Value::table();
-  transfer.set("record", record_to_value(record));
+  AgentTransfer transfer;
+  transfer.record = std::move(record);
   // Bound to this destination and this moment: a captured copy is refused elsewhere or later.
-  transfer.set("to", destination_for(peer));
-  transfer.set("nonce", random_nonce());
-  transfer.set("expires", unix_ms_now() + static_cast<std::int64_t>(impl_.options.transfer_lifetime.count()));
-  if (answer->get("need_bundle").truthy()) {
-    transfer.set("bundle_bytes", std::string(as_text(bundle->bytes)));
+  transfer.to = destination_for(peer);
+  transfer.nonce = random_nonce();
+  transfer.expires_unix_ms = unix_ms_now() + static_cast<std::int64_t>(impl_.options.transfer_lifetime.count());
+  if (answer->need_bundle) {
+    transfer.bundle_bytes = std::string(as_text(bundle->bytes));
     ++bundles_sent_;
   }
-  Value transfer_args = Value::array({transfer});
-  Result<Value> commit = co_await impl_.call_peer(peer, "agent.transfer", transfer_args);
-  co_return commit;
+  Result<Value> commit = co_await impl_.call_peer(peer, "agent.transfer", message_args(encode(transfer)));
+  if (!commit) co_return commit.error();
+  co_return decode_message<AgentCommit, decode_commit>(*commit, "the COMMIT");
 }
 
 asio::awaitable<void> AgentRuntime::migrate(std::string id, std::string peer, std::string entry) {
@@ -181,7 +159,7 @@ asio::awaitable<void> AgentRuntime::migrate(std::string id, std::string peer, st
     scope.rule = it->second.rule;
   }
   if (next.epoch + 1 > next.max_hops) {
-    finish(id, "failed", "agent " + id + " ran out of its hop budget of " + std::to_string(next.max_hops) + " hops (at " +
+    finish(id, AgentState::failed, "agent " + id + " ran out of its hop budget of " + std::to_string(next.max_hops) + " hops (at " +
                              self() + ")", Value{});
     co_return;
   }
@@ -228,8 +206,8 @@ asio::awaitable<void> AgentRuntime::migrate(std::string id, std::string peer, st
     for (std::uint32_t tries = 0; tries <= impl_.options.migration_retries; ++tries) {
       if (impl_.shutting_down) co_return;
       if (tries > 0 && std::chrono::steady_clock::now() - first_try >= impl_.options.transfer_lifetime) break;
-      Result<Value> commit = co_await hand_over(attempt, bundle, target);
-      if (commit && commit->get("committed").truthy()) {
+      Result<AgentCommit> commit = co_await hand_over(attempt, bundle, target);
+      if (commit) {
         {
           std::lock_guard lock(mutex_);
           // The destination holds it now: exactly one live copy. Only this copy goes: the
@@ -240,10 +218,6 @@ asio::awaitable<void> AgentRuntime::migrate(std::string id, std::string peer, st
         log_info("agents", impl_.options.name + ": agent " + id + " moved to " + target + " (epoch " +
                                std::to_string(attempt.epoch) + ")");
         co_return;
-      }
-      if (commit) {
-        last_error = last_error_for_code = "no commit in the answer";
-        break;
       }
       last_error = commit.error().message;
       last_error_for_code = hand_over_failure_for_code(commit.error());
@@ -266,19 +240,19 @@ void AgentRuntime::strand(const std::string& id, std::uint64_t epoch, const std:
     std::lock_guard lock(mutex_);
     auto it = residents_.find(id);
     if (it == residents_.end() || it->second.record.epoch != epoch) return;
-    it->second.status = "stranded";
+    it->second.status = AgentState::stranded;
     it->second.reason = reason;
     home = it->second.record.home;
     token = it->second.record.report_token;
   }
-  Value report = Value::table();
-  report.set("id", id);
-  report.set("epoch", static_cast<std::int64_t>(epoch));
-  report.set("node", self());
-  report.set("status", "stranded");
-  report.set("reason", reason);
-  report.set("token", token);  // the home takes reports only from the agent's holder
-  notify_home(home, "agent.arrived", report);
+  ArrivalReport report;
+  report.id = id;
+  report.epoch = epoch;
+  report.node = self();
+  report.state = AgentState::stranded;
+  report.reason = reason;
+  report.token = token;  // the home takes reports only from the agent's holder
+  notify_home(home, report);
 }
 
 }  // namespace sojourn

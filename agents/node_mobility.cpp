@@ -68,84 +68,61 @@ Result<Value> Node::run_module(const FetchedModule& module, Value args, const Ev
 
 Result<std::string> Node::launch(std::string_view at, AgentLaunch agent) {
   if (auto v = validate_bundle(agent.bundle); !v) return v.error();
-  Value request = Value::table();
+  AgentLaunchRequest request;
   std::vector<std::uint8_t> bytes = encode_bundle(agent.bundle);
   // SAFETY: the bytes are read as chars of the same size.
-  request.set("bundle", std::string(reinterpret_cast<const char*>(bytes.data()), bytes.size()));
-  request.set("entry", agent.entry);
-  request.set("state", agent.state.is_table() ? agent.state : Value::table());
-  request.set("itinerary", strings_to_value(agent.itinerary));
-  request.set("owner", agent.owner);
-  request.set("max_hops", static_cast<std::int64_t>(agent.max_hops));
+  request.bundle_bytes = std::string(reinterpret_cast<const char*>(bytes.data()), bytes.size());
+  request.entry = agent.entry;
+  request.state = agent.state.is_table() ? agent.state : Value::table();
+  request.itinerary = agent.itinerary;
+  request.owner = agent.owner;
+  request.max_hops = agent.max_hops;
   if (agent.sign) {
     BundleSignature s = sign_bundle(*agent.sign, agent.bundle);
-    request.set("signer", s.public_key);
-    request.set("signature", s.signature);
+    request.signer = s.public_key;
+    request.signature = s.signature;
   }
-  Result<Value> reply = Value{};
   if (at.empty() || at == advertised_address()) {
     static const PeerIdentity local{"local", {}, {}};  // this node's own launch
-    reply = impl_->agents->launch_here(request, local);
-  } else {
-    reply = call(at, "agent.launch", Value::array({request}));
+    auto answer = impl_->agents->launch_here(request, local);
+    if (!answer) return answer.error();
+    return answer->id;
   }
+  Result<Value> reply = call(at, "agent.launch", message_args(encode(request)));
   if (!reply) return reply.error();
-  return field_string(*reply, "id");
+  auto answer = decode_message<AgentLaunchAnswer, decode_launch_answer>(*reply, "agent.launch's answer");
+  if (!answer) return answer.error();
+  return answer->id;
 }
 
 Result<AgentStatus> Node::agent_status(std::string_view home, std::string_view agent_id) {
-  Result<Value> reply = Value{};
   if (home.empty() || home == advertised_address()) {
     static const PeerIdentity local{"local", {}, {}};  // this node's own code sees every agent
-    reply = impl_->agents->status_of(agent_id, local);
-  } else {
-    reply = call(home, "agent.status", Value::array({Value(agent_id)}));
+    return impl_->agents->status_of(agent_id, local);
   }
+  // agent.wait with no wait: the status at once, typed (agent.status answers Lua's table).
+  Result<Value> reply = call(home, "agent.wait", message_args(encode(WaitQuery{std::string(agent_id), 0})));
   if (!reply) return reply.error();
-  return agent_status_from_value(*reply);
+  return decode_message<AgentStatus, decode_status>(*reply, "agent.wait's answer");
 }
 
 Result<std::string> Node::send_to_agent(std::string_view home, std::string_view agent_id, Value message) {
-  Value request = Value::table();
-  const std::string message_id = new_agent_id();
-  request.set("id", std::string(agent_id));
-  request.set("message_id", message_id);
-  request.set("from", advertised_address());
-  request.set("body", std::move(message));
-  Result<Value> reply = Value{};
-  if (home.empty() || home == advertised_address()) {
-    reply = impl_->call_local("agent.send", Value::array({request}));
-  } else {
-    reply = call(home, "agent.send", Value::array({request}));
-  }
+  const AgentSend send{std::string(agent_id), new_agent_id(), advertised_address(), std::move(message)};
+  const Value args = message_args(encode(send));
+  Result<Value> reply = home.empty() || home == advertised_address() ? impl_->call_local("agent.send", args)
+                                                                     : call(home, "agent.send", args);
   if (!reply) return reply.error();
-  return message_id;
+  return send.message_id;
 }
 
 Result<std::vector<AgentSummary>> Node::list_agents(std::string_view peer) {
-  Result<Value> reply = Value{};
   if (peer.empty()) {
     static const PeerIdentity local{"local", {}, {}};
-    reply = impl_->agents->list(local);
-  } else {
-    reply = call(peer, "agent.list", Value::table());
+    return impl_->agents->list(local);
   }
+  Result<Value> reply = call(peer, "agent.list", Value::table());
   if (!reply) return reply.error();
-  std::vector<AgentSummary> out;
-  for (std::size_t i = 1; i <= reply->length(); ++i) {
-    Value a = reply->get(static_cast<std::int64_t>(i));
-    AgentSummary s;
-    s.id = field_string(a, "id");
-    s.owner = field_string(a, "owner");
-    s.home = field_string(a, "home");
-    s.epoch = field_u64(a, "epoch");
-    s.since_unix_ms = static_cast<std::int64_t>(field_u64(a, "since"));
-    s.state_bytes = field_u64(a, "state_bytes");
-    s.status = field_string(a, "status");
-    s.isolation = field_string(a, "isolation");
-    out.push_back(std::move(s));
-  }
-  return out;
+  return decode_message<std::vector<AgentSummary>, decode_list>(*reply, "agent.list's answer");
 }
 
 }  // namespace sojourn

@@ -29,28 +29,35 @@ void AgentRuntime::track_launch(AgentRecord& record) {
   t.status.owner = record.owner;
   t.status.location = record.home;
   t.status.epoch = 0;
-  t.status.status = "running";
+  t.status.status = AgentState::running;
   t.status.hops = record.hops;
 }
 
-void AgentRuntime::notify_home(const std::string& home, std::string service, Value args) {
+void AgentRuntime::notify_home(const std::string& home, const ArrivalReport& report) {
   if (home == self()) {
     static const PeerIdentity local{"local", {}, {}};
-    Result<Value> r = service == "agent.arrived" ? on_arrived(args, local) : on_finished(args, local);
-    if (!r) log_warn("agents", "home update " + service + " refused: " + r.error().message);
+    if (auto r = on_arrived(report, local); !r) log_warn("agents", "home update agent.arrived refused: " + r.error().message);
     return;
   }
-  spawn(report_home(home, std::move(service), std::move(args)), "report to an agent's home");
+  // The home may be briefly unreachable: a few tries, then the report is dropped and the
+  // home learns at the next one (location is advisory).
+  spawn(report_home(home, "agent.arrived", encode(report), 5), "report to an agent's home");
 }
 
-asio::awaitable<void> AgentRuntime::report_home(std::string home, std::string service, Value args) {
+void AgentRuntime::notify_home(const std::string& home, const EndReport& report) {
+  if (home == self()) {
+    static const PeerIdentity local{"local", {}, {}};
+    if (auto r = on_finished(report, local); !r) log_warn("agents", "home update agent.finished refused: " + r.error().message);
+    return;
+  }
+  // The result is not advisory: an end report is tried longer.
+  spawn(report_home(home, "agent.finished", encode(report), 50), "report to an agent's home");
+}
+
+asio::awaitable<void> AgentRuntime::report_home(std::string home, std::string service, AgentMessageBytes message, int tries) {
   auto keep = shared_from_this();
-  // The home may be briefly unreachable: a few tries, then the report is dropped and the
-  // home learns at the next one (location is advisory; the result is not, so a finished
-  // report is tried longer).
-  const int tries = service == "agent.finished" ? 50 : 5;
+  const Value call_args = message_args(message);
   for (int i = 0; i < tries && !impl_.shutting_down; ++i) {
-    Value call_args = Value::array({args});
     Result<Value> r = co_await impl_.call_peer(home, service, call_args);
     if (r) co_return;
     log_warn("agents", "cannot report " + service + " to home " + home + ": " + r.error().message);
@@ -59,11 +66,9 @@ asio::awaitable<void> AgentRuntime::report_home(std::string home, std::string se
   }
 }
 
-Result<void> AgentRuntime::check_reporter(const Tracked& t, const Value& request, const PeerIdentity& caller,
-                                          const char* what) {
+Result<void> AgentRuntime::check_reporter(const Tracked& t, std::uint64_t epoch, const std::string& token,
+                                          const PeerIdentity& caller, const char* what) {
   const AgentStatus& s = t.status;
-  const std::uint64_t epoch = field_u64(request, "epoch");
-  const std::string token = field_string(request, "token");
   auto refuse = [&](const std::string& why) {
     return make_error(Errc::not_permitted, "not permitted: " + std::string(what) + " of agent " + s.id + " (epoch " +
                                                std::to_string(epoch) + ") from " + caller.to_string() + ": " + why);
@@ -84,33 +89,32 @@ Result<void> AgentRuntime::check_reporter(const Tracked& t, const Value& request
   return {};
 }
 
-Result<Value> AgentRuntime::on_arrived(const Value& request, const PeerIdentity& caller) {
-  const std::string id = field_string(request, "id");
-  const std::uint64_t epoch = field_u64(request, "epoch");
+Result<ArrivalAnswer> AgentRuntime::on_arrived(const ArrivalReport& report, const PeerIdentity& caller) {
+  const std::string& id = report.id;
+  const std::uint64_t epoch = report.epoch;
   {
     std::lock_guard lock(mutex_);
     auto it = tracked_.find(id);
     if (it == tracked_.end()) return errors::no_such_agent(id);
     Tracked& t = it->second;
     AgentStatus& s = t.status;
-    if (s.done()) return Value{};
-    const std::string status = field_string(request, "status");
-    if (auto allowed = check_reporter(t, request, caller, status == "stranded" ? "a stranding report" : "an arrival report");
+    if (s.done()) return ArrivalAnswer{};
+    const bool stranded = report.state == AgentState::stranded;
+    if (auto allowed = check_reporter(t, epoch, report.token, caller, stranded ? "a stranding report" : "an arrival report");
         !allowed) {
       return allowed.error();
     }
-    if (status == "stranded") {
+    if (stranded) {
       if (epoch >= s.epoch) {
-        s.status = "stranded";
-        s.reason = field_string(request, "reason");
+        s.status = AgentState::stranded;
+        s.reason = report.reason;
         mark_ended(id, t);  // its waiters hear of it; a stranded agent is not forgotten
       }
-      return Value{};
+      return ArrivalAnswer{};
     }
     // What the agent already has is no longer pending (its record says so).
-    for (const auto& delivered : strings_from_value(request.get("delivered"))) {
-      auto& q = it->second.pending;
-      q.erase(std::remove_if(q.begin(), q.end(), [&](const PendingMessage& m) { return m.id == delivered; }), q.end());
+    for (const auto& delivered : report.delivered) {
+      std::erase_if(t.pending, [&](const ForwardedMessage& m) { return m.message_id == delivered; });
     }
     if (epoch > s.epoch) {
       // A new holder: the token it brought is used up; its own goes back in the answer.
@@ -119,84 +123,73 @@ Result<Value> AgentRuntime::on_arrived(const Value& request, const PeerIdentity&
       t.holder_fingerprint = caller.authenticated() ? caller.fingerprint : std::string();
     }
     if (epoch > s.epoch || s.hops.empty()) {
-      s.hops.push_back(AgentHop{field_string(request, "node"), epoch, unix_ms_now(), 0, field_u64(request, "state_bytes"),
-                                field_string(request, "isolation")});
+      s.hops.push_back(AgentHop{report.node, epoch, unix_ms_now(), 0, report.state_bytes, report.isolation});
     }
     s.epoch = epoch;
-    s.location = field_string(request, "node");
-    s.status = "running";
+    s.location = report.node;
+    s.status = AgentState::running;
     s.reason.clear();
     // The answer hands over what is waiting; it stays pending until a later report lists
     // it as delivered, so a lost answer loses nothing (the agent drops duplicates by id).
-    Value messages = Value::table();
-    for (const auto& m : it->second.pending) {
-      Value item = messages.new_table();
-      item.set("message_id", m.id);
-      item.set("body", m.body);
-      messages.push(item);
-    }
-    Value answer = Value::table();
-    answer.set("messages", messages);
-    answer.set("token", t.token);
-    return answer;
+    return ArrivalAnswer{std::vector<ForwardedMessage>(t.pending.begin(), t.pending.end()), t.token};
   }
 }
 
 asio::awaitable<void> AgentRuntime::arrive(std::string id) {
   auto keep = shared_from_this();
-  Value report = Value::table();
+  ArrivalReport report;
   std::string home;
-  std::vector<std::string> confirmed;
   {
     std::lock_guard lock(mutex_);
     auto it = residents_.find(id);
     if (it == residents_.end()) co_return;
     const AgentRecord& r = it->second.record;
     home = r.home;
-    report.set("id", id);
-    report.set("epoch", static_cast<std::int64_t>(r.epoch));
-    report.set("node", self());
-    report.set("state_bytes", static_cast<std::int64_t>(r.hops.empty() ? 0 : r.hops.back().state_bytes));
-    report.set("isolation", std::string(isolation_name(r.isolation)));
-    confirmed = r.delivered;
-    report.set("delivered", strings_to_value(r.delivered));
-    report.set("token", r.report_token);
+    report.id = id;
+    report.epoch = r.epoch;
+    report.node = self();
+    report.state_bytes = r.hops.empty() ? 0 : r.hops.back().state_bytes;
+    report.isolation = std::string(isolation_name(r.isolation));
+    report.delivered = r.delivered;
+    report.token = r.report_token;
   }
-  Result<Value> answer = Value{};
+  Result<ArrivalAnswer> answer = ArrivalAnswer{};
   if (home == self()) {
     static const PeerIdentity local{"local", {}, {}};
     answer = on_arrived(report, local);
   } else {
     // A short wait at most: an unreachable home must not hold the agent up for long.
+    const Value args = message_args(encode(report));
     for (int i = 0; i < 3 && !impl_.shutting_down; ++i) {
-      Value args = Value::array({report});
-      answer = co_await impl_.call_peer(home, "agent.arrived", args);
+      Result<Value> reply = co_await impl_.call_peer(home, "agent.arrived", args);
+      answer = reply ? decode_message<ArrivalAnswer, decode_arrival_answer>(*reply, "the arrival's answer")
+                     : Result<ArrivalAnswer>(reply.error());
       if (answer) break;
       asio::steady_timer timer(impl_.io, std::chrono::milliseconds(20 * (i + 1)));
       co_await timer.async_wait(asio::use_awaitable);
     }
     if (!answer) log_warn("agents", "agent " + id + ": cannot report the arrival home: " + answer.error().message);
   }
-  if (answer && answer->is_table()) {
-    take_messages(id, answer->get("messages"), confirmed);
+  if (answer) {
+    take_messages(id, answer->messages, report.delivered);
     // The home's token for this epoch: what the next report (or the next holder) shows.
-    if (std::string token = field_string(*answer, "token"); !token.empty()) {
+    if (!answer->token.empty()) {
       std::lock_guard lock(mutex_);
       auto it = residents_.find(id);
-      if (it != residents_.end() && it->second.record.epoch == field_u64(report, "epoch")) it->second.record.report_token = token;
+      if (it != residents_.end() && it->second.record.epoch == report.epoch) it->second.record.report_token = answer->token;
     }
   }
   {
     std::lock_guard lock(mutex_);
     auto it = residents_.find(id);
     if (it == residents_.end()) co_return;
-    it->second.status = "waiting";
+    it->second.status = AgentState::queued;
   }
   schedule_run(id);
 }
 
-void AgentRuntime::take_messages(const std::string& id, const Value& messages, const std::vector<std::string>& confirmed) {
-  if (!messages.is_table()) return;
+void AgentRuntime::take_messages(const std::string& id, const std::vector<ForwardedMessage>& messages,
+                                 const std::vector<std::string>& confirmed) {
   std::lock_guard lock(mutex_);
   auto it = residents_.find(id);
   if (it == residents_.end()) return;
@@ -204,83 +197,79 @@ void AgentRuntime::take_messages(const std::string& id, const Value& messages, c
   const std::set<std::string> gone(confirmed.begin(), confirmed.end());
   std::erase_if(r.delivered, [&](const std::string& m) { return gone.count(m) != 0; });
   it->second.answer_ids.clear();
-  for (std::size_t i = 1; i <= messages.length(); ++i) {
-    Value m = messages.get(static_cast<std::int64_t>(i));
-    const std::string message_id = field_string(m, "message_id");
-    if (message_id.empty()) continue;
-    it->second.answer_ids.insert(message_id);
-    if (std::find(r.delivered.begin(), r.delivered.end(), message_id) != r.delivered.end()) continue;
-    r.delivered.push_back(message_id);
-    r.mailbox.push_back(m.get("body"));
+  for (const ForwardedMessage& m : messages) {
+    if (m.message_id.empty()) continue;
+    it->second.answer_ids.insert(m.message_id);
+    if (std::find(r.delivered.begin(), r.delivered.end(), m.message_id) != r.delivered.end()) continue;
+    r.delivered.push_back(m.message_id);
+    r.mailbox.push_back(m.body);
   }
 }
 
-Result<Value> AgentRuntime::on_finished(const Value& request, const PeerIdentity& caller) {
-  const std::string id = field_string(request, "id");
+Result<void> AgentRuntime::on_finished(const EndReport& report, const PeerIdentity& caller) {
+  const std::string& id = report.id;
   std::lock_guard lock(mutex_);
   auto it = tracked_.find(id);
   if (it == tracked_.end()) return errors::no_such_agent(id);
   AgentStatus& s = it->second.status;
-  if (s.done()) return Value{};  // a repeated report
-  if (auto allowed = check_reporter(it->second, request, caller, "an end report"); !allowed) return allowed.error();
-  s.status = field_string(request, "status");
-  s.reason = field_string(request, "reason");
-  s.result = request.get("result");
-  s.location = field_string(request, "node");
-  s.epoch = field_u64(request, "epoch");
-  auto hops = hops_from_value(request.get("hops"));
-  if (!hops.empty()) s.hops = std::move(hops);
-  s.log = strings_from_value(request.get("log"));
+  if (s.done()) return {};  // a repeated report
+  if (auto allowed = check_reporter(it->second, report.epoch, report.token, caller, "an end report"); !allowed) {
+    return allowed.error();
+  }
+  s.status = report.state;
+  s.reason = report.reason;
+  s.result = report.result;
+  s.location = report.node;
+  s.epoch = report.epoch;
+  if (!report.hops.empty()) s.hops = report.hops;
+  s.log = report.log;
   mark_ended(id, it->second);
-  return Value{};
+  return {};
 }
 
-Result<Value> AgentRuntime::on_send(const Value& request) {
-  const std::string id = field_string(request, "id");
-  const std::string message_id = field_string(request, "message_id");
+Result<SendAnswer> AgentRuntime::on_send(const AgentSend& send) {
+  const std::string& id = send.id;
+  const std::string& message_id = send.message_id;
   if (message_id.empty()) return errors::invalid_argument("a message needs an id");
   {
     std::lock_guard lock(mutex_);
     auto it = tracked_.find(id);
     if (it == tracked_.end()) return errors::no_such_agent(id);
     Tracked& t = it->second;
-    if (t.status.done()) return errors::no_such_agent(id + " (it has " + t.status.status + ")");
+    if (t.status.done()) return errors::no_such_agent(id + " (it has " + std::string(agent_state_name(t.status.status)) + ")");
     // A sender's retry of the same message is accepted once.
-    if (t.message_ids.insert(message_id).second) t.pending.push_back(PendingMessage{message_id, request.get("body")});
+    if (t.message_ids.insert(message_id).second) t.pending.push_back(ForwardedMessage{message_id, send.body});
   }
   kick_forwarding(id);
-  Value reply = Value::table();
-  reply.set("message_id", message_id);
-  return reply;
+  return SendAnswer{message_id};
 }
 
-Result<Value> AgentRuntime::on_deliver(const Value& request) {
-  const std::string id = field_string(request, "id");
-  const std::string message_id = field_string(request, "message_id");
+Result<void> AgentRuntime::on_deliver(const AgentDeliver& deliver) {
+  const std::string& id = deliver.id;
+  const std::string& message_id = deliver.message.message_id;
   std::lock_guard lock(mutex_);
   auto it = residents_.find(id);
   // While the agent is moving, its record is on the wire: a message added here would stay
   // behind. The home tries again after the arrival.
-  if (it == residents_.end() || it->second.status == "moving") {
+  if (it == residents_.end() || it->second.status == AgentState::moving) {
     return errors::no_such_agent(id);
   }
   AgentRecord& r = it->second.record;
   // Only the home forwards: it knows the token of the agent's holder (or the one before, if
   // this node has not had the home's answer to its arrival yet).
-  const std::string token = field_string(request, "token"), previous = field_string(request, "previous");
-  if (r.report_token.empty() || (r.report_token != token && r.report_token != previous)) {
+  if (r.report_token.empty() || (r.report_token != deliver.token && r.report_token != deliver.previous)) {
     return make_error(Errc::not_permitted, "not permitted: a delivery to agent " + id + " that does not come from its home");
   }
   if (std::find(r.delivered.begin(), r.delivered.end(), message_id) == r.delivered.end()) {
     r.delivered.push_back(message_id);
-    r.mailbox.push_back(request.get("body"));
+    r.mailbox.push_back(deliver.message.body);
     trim_delivered(it->second);
   }
-  if (it->second.status == kAsleep) {
-    it->second.status = "waiting";
+  if (it->second.status == AgentState::asleep) {
+    it->second.status = AgentState::queued;
     schedule_run(id);  // only posts the step to the worker pool
   }
-  return Value{};
+  return {};
 }
 
 void AgentRuntime::trim_delivered(Resident& res) {
@@ -313,7 +302,7 @@ asio::awaitable<void> AgentRuntime::forward_messages(std::string id) {
   int failures = 0;
   while (!impl_.shutting_down) {
     std::string location, token, previous;
-    PendingMessage message;
+    ForwardedMessage message;
     {
       std::lock_guard lock(mutex_);
       auto it = tracked_.find(id);  // never recreates a forgotten agent
@@ -328,24 +317,19 @@ asio::awaitable<void> AgentRuntime::forward_messages(std::string id) {
       token = t.token;
       previous = t.previous_token;
     }
-    Value deliver = Value::table();
-    deliver.set("token", token);
-    deliver.set("previous", previous);
-    deliver.set("id", id);
-    deliver.set("message_id", message.id);
-    deliver.set("body", message.body);
-    Result<Value> r = Value{};
+    const AgentDeliver deliver{id, message, token, previous};
+    Result<void> r;
     if (location == self()) {
       r = on_deliver(deliver);
     } else {
-      Value args = Value::array({deliver});
-      r = co_await impl_.call_peer(location, "agent.deliver", args);
+      Result<Value> reply = co_await impl_.call_peer(location, "agent.deliver", message_args(encode(deliver)));
+      if (!reply) r = reply.error();
     }
     if (r) {
       failures = 0;
       std::lock_guard lock(mutex_);
       auto it = tracked_.find(id);
-      if (it != tracked_.end() && !it->second.pending.empty() && it->second.pending.front().id == message.id) {
+      if (it != tracked_.end() && !it->second.pending.empty() && it->second.pending.front().message_id == message.message_id) {
         it->second.pending.pop_front();
       }
       continue;
@@ -359,7 +343,7 @@ asio::awaitable<void> AgentRuntime::forward_messages(std::string id) {
   if (auto it = tracked_.find(id); it != tracked_.end()) it->second.forwarding = false;
 }
 
-Result<Value> AgentRuntime::status_of(std::string_view id, const PeerIdentity& caller) {
+Result<AgentStatus> AgentRuntime::status_of(std::string_view id, const PeerIdentity& caller) {
   const bool all = sees_all(caller);
   const std::string viewer = viewer_of(caller);
   std::lock_guard lock(mutex_);
@@ -370,8 +354,8 @@ Result<Value> AgentRuntime::status_of(std::string_view id, const PeerIdentity& c
     return errors::no_such_agent(id);
   }
   Tracked& t = it->second;
-  Value v = to_value(t.status);
-  v.set("pending_messages", static_cast<std::int64_t>(t.pending.size()));
+  AgentStatus v = t.status;
+  v.pending_messages = t.pending.size();
   // The result has been read: it is forgotten read_agent_retention from now (prune).
   if (t.ended_ms != 0 && t.read_ms == 0) {
     t.read_ms = now_ms();

@@ -99,7 +99,7 @@ LatencySummary hop_latency(Cluster& c, std::size_t bytes, int hops) {
   auto id = c.nodes[0]->launch("", l);
   if (!id) throw std::runtime_error(id.error().message);
   auto s = c.nodes[0]->wait_agent("", *id, std::chrono::minutes(5));
-  if (!s || s->status != "finished") throw std::runtime_error(s ? s->reason : s.error().message);
+  if (!s || s->status != AgentState::finished) throw std::runtime_error(s ? s->reason : s.error().message);
   std::vector<double> samples;
   std::lock_guard lock(c.marks.mutex);
   for (std::size_t i = 2; i < c.marks.times.size(); ++i) samples.push_back(micros(c.marks.times[i] - c.marks.times[i - 1]));
@@ -162,7 +162,7 @@ double hops_per_second(Cluster& c, int agents, int hops) {
   }
   for (const auto& id : ids) {
     auto s = c.nodes[0]->wait_agent("", id, std::chrono::minutes(5));
-    if (!s || s->status != "finished") throw std::runtime_error(s ? s->reason : s.error().message);
+    if (!s || s->status != AgentState::finished) throw std::runtime_error(s ? s->reason : s.error().message);
   }
   return static_cast<double>(agents) * (hops + 1) / std::chrono::duration<double>(Clock::now() - t0).count();
 }

@@ -57,7 +57,7 @@ int main() {
   }
   std::printf("[mobile agent] launched %s at %s\n", id->c_str(), addresses[0].c_str());
   auto status = client.wait_agent(addresses[0], *id, std::chrono::seconds(10));
-  if (!status || status->status != "finished") {
+  if (!status || status->status != AgentState::finished) {
     std::fprintf(stderr, "agent: %s\n", status ? status->reason.c_str() : status.error().message.c_str());
     return 1;
   }

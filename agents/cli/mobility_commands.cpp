@@ -124,10 +124,12 @@ int run_launch(const LaunchCommand& c) {
 int report_when_done(Node& node, const std::string& home, const std::string& agent_id, std::uint32_t timeout_ms, bool json) {
   auto status = node.wait_agent(home, agent_id, std::chrono::milliseconds(timeout_ms));
   if (!status) return fail(status.error(), json);
+  const bool finished = status->status == AgentState::finished;
+  const std::string state(agent_state_name(status->status));
   if (json) {
-    std::printf("{\"ok\":%s,\"agent\":%s}\n", status->status == "finished" ? "true" : "false", render(to_value(*status)).c_str());
+    std::printf("{\"ok\":%s,\"agent\":%s}\n", finished ? "true" : "false", render(to_value(*status)).c_str());
   } else {
-    std::printf("agent %s %s at %s (epoch %llu)\n", agent_id.c_str(), status->status.c_str(), status->location.c_str(),
+    std::printf("agent %s %s at %s (epoch %llu)\n", agent_id.c_str(), state.c_str(), status->location.c_str(),
                 static_cast<unsigned long long>(status->epoch));
     if (!status->reason.empty()) std::printf("reason: %s\n", status->reason.c_str());
     for (std::size_t i = 1; i <= status->result.length(); ++i) {
@@ -136,9 +138,9 @@ int report_when_done(Node& node, const std::string& home, const std::string& age
     print_itinerary(*status);
     for (const auto& line : status->log) std::printf("log: %s\n", line.c_str());
   }
-  if (status->status == "finished") return exit_ok;
+  if (finished) return exit_ok;
   // The agent failed or is stranded: the remote side's error, already printed above.
-  return json ? exit_remote : fail(make_error(Errc::migration_failed, "agent " + agent_id + " " + status->status), false);
+  return json ? exit_remote : fail(make_error(Errc::migration_failed, "agent " + agent_id + " " + state), false);
 }
 
 int run_wait(const WaitCommand& c) {
@@ -160,7 +162,8 @@ int run_ps(const AgentCommand& c) {
       v.set("epoch", static_cast<std::int64_t>(a.epoch));
       v.set("since_unix_ms", a.since_unix_ms);
       v.set("state_bytes", static_cast<std::int64_t>(a.state_bytes));
-      v.set("status", a.status);
+      v.set("status", std::string(agent_state_name(a.status)));
+      if (!a.reason.empty()) v.set("reason", a.reason);
       v.set("isolation", a.isolation);
       list.push(v);
     }
@@ -169,9 +172,10 @@ int run_ps(const AgentCommand& c) {
   }
   std::printf("%-32s %-10s %5s %-12s %11s %-9s %s\n", "ID", "OWNER", "EPOCH", "SINCE", "STATE_BYTES", "ISOLATION", "STATUS");
   for (const auto& a : *agents) {
+    const std::string state = std::string(agent_state_name(a.status)) + (a.reason.empty() ? "" : ": " + a.reason);
     std::printf("%-32s %-10s %5llu %-12s %11llu %-9s %s\n", a.id.c_str(), a.owner.c_str(),
                 static_cast<unsigned long long>(a.epoch), clock_time(a.since_unix_ms).c_str(),
-                static_cast<unsigned long long>(a.state_bytes), a.isolation.c_str(), a.status.c_str());
+                static_cast<unsigned long long>(a.state_bytes), a.isolation.c_str(), state.c_str());
   }
   return exit_ok;
 }
@@ -183,7 +187,8 @@ int run_locate(const AgentCommand& c) {
   if (c.json) {
     std::printf("{\"ok\":true,\"agent\":%s}\n", render(to_value(*status)).c_str());
   } else {
-    std::printf("%s %s at %s (epoch %llu)%s%s\n", status->id.c_str(), status->status.c_str(), status->location.c_str(),
+    std::printf("%s %s at %s (epoch %llu)%s%s\n", status->id.c_str(), std::string(agent_state_name(status->status)).c_str(),
+                status->location.c_str(),
                 static_cast<unsigned long long>(status->epoch), status->reason.empty() ? "" : ": ", status->reason.c_str());
   }
   return exit_ok;

@@ -225,11 +225,11 @@ TEST_CASE("sojourn fetch runs a published module on local data; ps, send and loc
   REQUIRE(launched.exit_code == 0);
   const std::string id = launched.out.substr(0, 32);
   std::string ps;
-  for (int i = 0; i < 100 && ps.find("waiting for a message") == std::string::npos; ++i) {
+  for (int i = 0; i < 100 && ps.find(" asleep") == std::string::npos; ++i) {
     ps = run({cli, "ps", a.address}).out;
   }
   CHECK(ps.find(id) != std::string::npos);
-  CHECK(ps.find("waiting for a message") != std::string::npos);
+  CHECK(ps.find(" asleep") != std::string::npos);
   auto where = run({cli, "locate", id, "--home", a.address});
   CHECK(where.out == id + " running at " + a.address + " (epoch 0)\n");
   auto sent = run({cli, "send", id, R"({"n": 41})", "--home", a.address});

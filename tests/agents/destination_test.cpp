@@ -79,7 +79,7 @@ AgentStatus send_agent(Node& from, const std::string& at, const std::string& to)
 }
 
 std::string stranded_reason(const AgentStatus& s, const std::string& to) {
-  CHECK(s.status == "stranded");
+  CHECK(s.status == AgentState::stranded);
   const std::string prefix = "cannot move agent " + s.id + " to " + to + ": ";
   REQUIRE(s.reason.rfind(prefix, 0) == 0);
   return s.reason.substr(prefix.size());
@@ -201,7 +201,7 @@ TEST_CASE("a configured peer takes agents over TLS; an address the node does not
   Served a(o);
 
   AgentStatus to_b = send_agent(*a.node, a.address, b.address);
-  CHECK(to_b.status == "finished");
+  CHECK(to_b.status == AgentState::finished);
   CHECK(to_b.reason == "");
   CHECK(to_b.result.get(1).as_string() == b.address);
 
@@ -220,7 +220,7 @@ TEST_CASE("a policy's destinations decide where agents may go, with the same tex
   NodeOptions o = tls_options("a", pki.identity("a"));
   o.policy = policy_of(R"({"default": {"isolation": ["trusted"], "destinations": [")" + b.address + R"("]}})");
   Served a(o);
-  CHECK(send_agent(*a.node, a.address, b.address).status == "finished");
+  CHECK(send_agent(*a.node, a.address, b.address).status == AgentState::finished);
   CHECK(stranded_reason(send_agent(*a.node, a.address, other.address), other.address) == "destination refused by policy");
   CHECK(stranded_reason(send_agent(*a.node, a.address, "10.9.8.7:7400"), "10.9.8.7:7400") == "destination refused by policy");
   CHECK(other.node->stats().calls_served == 0);
@@ -247,7 +247,7 @@ TEST_CASE("over plain TCP, agents go to loopback only, and every failure reads '
   Served b(plain_options("b"));
   Served a(plain_options("a"));
   RawPort closed(false), silent(true);
-  CHECK(send_agent(*a.node, a.address, b.address).status == "finished");
+  CHECK(send_agent(*a.node, a.address, b.address).status == AgentState::finished);
   for (const std::string& to : {closed.address(), silent.address()}) {
     CAPTURE(to);
     AgentStatus s = send_agent(*a.node, a.address, to);

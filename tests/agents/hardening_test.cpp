@@ -13,6 +13,7 @@
 #include <memory>
 #include <thread>
 
+#include "../../agents/agent_messages.hpp"
 #include "sojourn/agents/node.hpp"
 #include "sojourn/agents/policy.hpp"
 #include "sojourn/core/frame.hpp"
@@ -117,7 +118,7 @@ void wait_parked(Node& node, const std::string& id) {
     auto list = node.list_agents();
     REQUIRE(list.ok());
     for (const auto& a : *list) {
-      if (a.id == id && a.status == "waiting for a message") return;
+      if (a.id == id && a.status == AgentState::asleep) return;
     }
     std::this_thread::sleep_for(10ms);
   }
@@ -141,45 +142,47 @@ TEST_CASE("reports about an agent from a peer that does not hold it are refused 
   wait_parked(c[1], *id);
 
   // n2 never held the agent: its end report, its arrival report and a stranding are refused.
-  Value forged = Value::table();
-  forged.set("id", *id);
-  forged.set("epoch", 1);
-  forged.set("node", c.addr[2]);
-  forged.set("status", "finished");
-  forged.set("result", Value::array({"forged"}));
-  auto finished = c[2].call(c.addr[0], "agent.finished", Value::array({forged}));
+  EndReport forged;
+  forged.id = *id;
+  forged.epoch = 1;
+  forged.node = c.addr[2];
+  forged.state = AgentState::finished;
+  forged.result = Value::array({"forged"});
+  auto finished = c[2].call(c.addr[0], "agent.finished", message_args(encode(forged)));
   REQUIRE_FALSE(finished.ok());
   CHECK(finished.error().code == Errc::not_permitted);
   CHECK(starts_with(finished.error().message, "not permitted: an end report of agent " + *id + " (epoch 1) from 127.0.0.1:"));
   CHECK(ends_with(finished.error().message, ": it does not hold the agent (no valid report token)"));
-  forged.set("epoch", 7);
-  forged.set("token", std::string(32, '0'));
-  forged.set("status", "running");
-  auto arrived = c[2].call(c.addr[0], "agent.arrived", Value::array({forged}));
+  ArrivalReport arrival;
+  arrival.id = *id;
+  arrival.epoch = 7;
+  arrival.node = c.addr[2];
+  arrival.token = std::string(32, '0');
+  arrival.state = AgentState::running;
+  auto arrived = c[2].call(c.addr[0], "agent.arrived", message_args(encode(arrival)));
   REQUIRE_FALSE(arrived.ok());
   CHECK(arrived.error().code == Errc::not_permitted);
-  forged.set("status", "stranded");
-  auto stranded = c[2].call(c.addr[0], "agent.arrived", Value::array({forged}));
+  arrival.state = AgentState::stranded;
+  auto stranded = c[2].call(c.addr[0], "agent.arrived", message_args(encode(arrival)));
   REQUIRE_FALSE(stranded.ok());
   CHECK(stranded.error().code == Errc::not_permitted);
   // Nor may it slip a message to the agent past its home.
-  Value deliver = Value::table();
-  deliver.set("id", *id);
-  deliver.set("message_id", std::string(32, 'f'));
-  deliver.set("body", "forged");
-  auto delivered = c[2].call(c.addr[1], "agent.deliver", Value::array({deliver}));
+  AgentDeliver deliver;
+  deliver.id = *id;
+  deliver.message = ForwardedMessage{std::string(32, 'f'), Value("forged")};
+  auto delivered = c[2].call(c.addr[1], "agent.deliver", message_args(encode(deliver)));
   REQUIRE_FALSE(delivered.ok());
   CHECK(delivered.error().code == Errc::not_permitted);
   CHECK(delivered.error().message == "not permitted: a delivery to agent " + *id + " that does not come from its home");
 
   auto status = c[0].agent_status(c.addr[0], *id);
   REQUIRE(status.ok());
-  CHECK(status->status == "running");
+  CHECK(status->status == AgentState::running);
   CHECK(status->location == c.addr[1]);
   REQUIRE(c[0].send_to_agent(c.addr[0], *id, Value("real")).ok());
   auto s = c[0].wait_agent(c.addr[0], *id, 10s);
   REQUIRE(s.ok());
-  CHECK(s->status == "finished");
+  CHECK(s->status == AgentState::finished);
   CHECK(s->result.get(1).as_string() == "real");
   CHECK(s->location == c.addr[1]);
 }
@@ -228,13 +231,12 @@ TEST_CASE("a bundle that fails its signature or the policy never enters the code
   CHECK_FALSE(client->launch(strict->advertised_address(), l).ok());
   CHECK(strict->stats().bundles_cached == 0);
   // The node still asks for the bundle: it was never kept.
-  Value offer = Value::table();
-  offer.set("id", std::string(32, 'a'));
-  offer.set("epoch", 1);
-  offer.set("bundle", bundle_hash(l.bundle));
-  auto answer = client->call(strict->advertised_address(), "agent.offer", Value::array({offer}));
+  const AgentOffer offer{std::string(32, 'a'), 1, bundle_hash(l.bundle), 0};
+  auto answer = client->call(strict->advertised_address(), "agent.offer", message_args(encode(offer)));
   REQUIRE(answer.ok());
-  CHECK(answer->get("need_bundle").truthy());
+  auto offer_answer = decode_message<OfferAnswer, decode_offer_answer>(*answer, "the offer's answer");
+  REQUIRE(offer_answer.ok());
+  CHECK(offer_answer->need_bundle);
   // Signed by alice: admitted, and kept.
   l.sign = alice;
   REQUIRE(client->launch(strict->advertised_address(), l).ok());
@@ -298,7 +300,7 @@ TEST_CASE("an agent step in the process jail is charged the CPU the host measure
   REQUIRE(id.ok());
   auto s = c[0].wait_agent(c.addr[0], *id, 20s);
   REQUIRE(s.ok());
-  CHECK(s->status == "failed");
+  CHECK(s->status == AgentState::failed);
   CHECK(s->reason == "agent " + *id + " ran out of its CPU budget of 150000 instructions (at " + c.addr[1] + ")");
 }
 

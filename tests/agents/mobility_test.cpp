@@ -8,6 +8,7 @@
 #include <memory>
 #include <thread>
 
+#include "../../agents/agent_messages.hpp"
 #include "sojourn/agents/node.hpp"
 #include "support/cluster.hpp"
 #include "support/log_watch.hpp"
@@ -120,7 +121,7 @@ TEST_CASE("a mobile agent tours three nodes and reports its result and itinerary
   const std::string id = launch(c[0], c.addr[0], {c.addr[1], c.addr[2]});
   auto s = c[0].wait_agent(c.addr[0], id, 10s);
   REQUIRE(s.ok());
-  CHECK(s->status == "finished");
+  CHECK(s->status == AgentState::finished);
   Value seen = s->result.get(1);
   REQUIRE(seen.length() == 3);
   for (int i = 0; i < 3; ++i) {
@@ -155,7 +156,7 @@ TEST_CASE("a lost COMMIT is retried and the destination answers with its earlier
   const std::string id = launch(c[0], c.addr[0], {c.addr[1], c.addr[2]}, *bundle);
   auto s = c[0].wait_agent(c.addr[0], id, 10s);
   REQUIRE(s.ok());
-  CHECK(s->status == "finished");
+  CHECK(s->status == AgentState::finished);
   CHECK(dropped.load() >= 1);
   CHECK(c[1].call_local("kv.get", Value::array({"runs"}))->as_integer() == 1);
   REQUIRE(s->hops.size() == 3);
@@ -170,35 +171,35 @@ TEST_CASE("a duplicate TRANSFER is answered with the same COMMIT and makes no se
                                            "function park(s) agent.go('127.0.0.1:1', 'never') end");
   REQUIRE(bundle.ok());
   auto cache_bytes = encode_bundle(*bundle);
-  Value record = Value::table();
-  record.set("id", std::string(32, 'a'));
-  record.set("home", c.addr[0]);
-  record.set("owner", "t");
-  record.set("bundle", sha256_hex(cache_bytes));
-  record.set("entry", "start");
-  record.set("state", Value::table());
-  record.set("epoch", 1);
-  record.set("itinerary", Value::array({c.addr[0]}));
-  record.set("max_hops", 1);
-  record.set("isolation", "trusted");
-  Value transfer = Value::table();
-  transfer.set("record", record);
-  transfer.set("bundle_bytes", std::string(cache_bytes.begin(), cache_bytes.end()));
+  AgentTransfer transfer;
+  AgentRecord& record = transfer.record;
+  record.id = std::string(32, 'a');
+  record.home = c.addr[0];
+  record.owner = "t";
+  record.bundle_hash = sha256_hex(cache_bytes);
+  record.entry = "start";
+  record.state = Value::table();
+  record.epoch = 1;
+  record.itinerary = {c.addr[0]};
+  record.max_hops = 1;
+  transfer.bundle_bytes = std::string(cache_bytes.begin(), cache_bytes.end());
   // What every TRANSFER carries against replays: its destination, a nonce and an expiry.
-  transfer.set("to", c.addr[1]);
-  transfer.set("nonce", std::string(32, '7'));
-  transfer.set("expires", std::chrono::duration_cast<std::chrono::milliseconds>(
-                              std::chrono::system_clock::now().time_since_epoch() + 30s).count());
-  auto first = c[0].call(c.addr[1], "agent.transfer", Value::array({transfer}));
+  transfer.to = c.addr[1];
+  transfer.nonce = std::string(32, '7');
+  transfer.expires_unix_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+                                 std::chrono::system_clock::now().time_since_epoch() + 30s).count();
+  auto first = c[0].call(c.addr[1], "agent.transfer", message_args(encode(transfer)));
   REQUIRE(first.ok());
-  auto second = c[0].call(c.addr[1], "agent.transfer", Value::array({transfer}));
+  auto second = c[0].call(c.addr[1], "agent.transfer", message_args(encode(transfer)));
   REQUIRE(second.ok());
   CHECK(deep_equal(*first, *second));
-  CHECK(first->get("committed").as_bool());
+  auto commit = decode_message<AgentCommit, decode_commit>(*first, "the COMMIT");
+  REQUIRE(commit.ok());
+  CHECK(commit->id == record.id);
+  CHECK(commit->epoch == 1);
   // An older epoch is refused.
-  record.set("epoch", 0);
-  transfer.set("record", record);
-  auto stale = c[0].call(c.addr[1], "agent.transfer", Value::array({transfer}));
+  record.epoch = 0;
+  auto stale = c[0].call(c.addr[1], "agent.transfer", message_args(encode(transfer)));
   REQUIRE_FALSE(stale.ok());
   CHECK(stale.error().code == Errc::stale_epoch);
 }
@@ -209,14 +210,15 @@ TEST_CASE("an unreachable next hop leaves the agent where it is, stranded, with 
   const std::string id = launch(c[0], c.addr[0], {dead});
   auto s = c[0].wait_agent(c.addr[0], id, 10s);
   REQUIRE(s.ok());
-  CHECK(s->status == "stranded");
+  CHECK(s->status == AgentState::stranded);
   // The reason code can read names no OS error (the node's log has it): destination_test.cpp.
   CHECK(s->reason == "cannot move agent " + id + " to " + dead + ": destination unreachable");
   auto residents = c[0].list_agents();
   REQUIRE(residents.ok());
   REQUIRE(residents->size() == 1);
   CHECK((*residents)[0].id == id);
-  CHECK((*residents)[0].status.rfind("stranded: cannot move agent", 0) == 0);
+  CHECK((*residents)[0].status == AgentState::stranded);
+  CHECK((*residents)[0].reason.rfind("cannot move agent", 0) == 0);
 }
 
 TEST_CASE("messages to a moving agent arrive exactly once and in order") {
@@ -254,7 +256,7 @@ TEST_CASE("messages to a moving agent arrive exactly once and in order") {
   }
   auto s = c[0].wait_agent(c.addr[0], *id, 20s);
   REQUIRE(s.ok());
-  REQUIRE(s->status == "finished");
+  REQUIRE(s->status == AgentState::finished);
   Value got = s->result.get(1);
   REQUIRE(got.length() == 20);
   for (int i = 0; i < 20; ++i) CHECK(got.get(i + 1).as_integer() == i);
@@ -286,7 +288,7 @@ TEST_CASE("closures sharing an upvalue travel with the state across three hops a
   const std::string id = launch(c[0], c.addr[0], {c.addr[1], c.addr[2], c.addr[3]}, *bundle);
   auto s = c[0].wait_agent(c.addr[0], id, 10s);
   REQUIRE(s.ok());
-  REQUIRE(s->status == "finished");
+  REQUIRE(s->status == AgentState::finished);
   CHECK(s->result.get(1).as_integer() == 41);  // 1 + 10 at each of four nodes, one shared count
   CHECK(s->result.get(2).as_integer() == 120);
   CHECK(s->result.get(3).as_integer() == 3);
@@ -299,7 +301,7 @@ TEST_CASE("an agent whose state holds a C function is refused with the field's p
   const std::string id = launch(c[0], c.addr[0], {c.addr[1]}, *bundle);
   auto s = c[0].wait_agent(c.addr[0], id, 10s);
   REQUIRE(s.ok());
-  CHECK(s->status == "failed");
+  CHECK(s->status == AgentState::failed);
   CHECK(s->reason == "value at state.it cannot travel: a C function");
   CHECK(c[0].call(c.addr[1], "kv.get", Value::array({"price"}))->as_integer() == 110);
 }
@@ -333,7 +335,7 @@ TEST_CASE("a late COMMIT drops only the departed copy, not the agent that has co
   REQUIRE(c[0].send_to_agent(c.addr[0], id, Value("wake up")).ok());
   auto s = c[0].wait_agent(c.addr[0], id, 10s);
   REQUIRE(s.ok());
-  CHECK(s->status == "finished");
+  CHECK(s->status == AgentState::finished);
   CHECK(s->result.get(1).as_string() == "wake up");
   CHECK(s->result.get(2).as_integer() == 3);
   CHECK(all_gone(c.nodes));
@@ -350,7 +352,7 @@ TEST_CASE("agents run in the strongest jail by default, at the trusted level whe
   const std::string id = launch(c[0], c.addr[0], {c.addr[1], c.addr[2]});
   auto s = c[0].wait_agent(c.addr[0], id, 10s);
   REQUIRE(s.ok());
-  REQUIRE(s->status == "finished");
+  REQUIRE(s->status == AgentState::finished);
   REQUIRE(s->hops.size() == 3);
   for (const auto& hop : s->hops) CHECK(hop.isolation == strongest);
 
@@ -358,7 +360,7 @@ TEST_CASE("agents run in the strongest jail by default, at the trusted level whe
   const std::string fast = launch(trusting[0], trusting.addr[0], {trusting.addr[1]});
   auto t = trusting[0].wait_agent(trusting.addr[0], fast, 10s);
   REQUIRE(t.ok());
-  REQUIRE(t->status == "finished");
+  REQUIRE(t->status == AgentState::finished);
   for (const auto& hop : t->hops) CHECK(hop.isolation == "trusted");
   CHECK(t->result.get(1).length() == 2);
 }

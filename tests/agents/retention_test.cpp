@@ -7,6 +7,7 @@
 #include <future>
 #include <thread>
 
+#include "../../agents/agent_messages.hpp"
 #include "sojourn/agents/node.hpp"
 #include "support/cluster.hpp"
 
@@ -17,29 +18,27 @@ using sojourn::test::unix_now_ms;
 
 namespace {
 
-// A hand-made TRANSFER of a new agent (epoch 1) to `to`, expiring 30 s after `now_ms`.
+// A hand-made TRANSFER of a new agent (epoch 1) to `to`, expiring 30 s after `now_ms`, as
+// agent.transfer's argument.
 Value transfer_of(const std::string& agent_id, const std::string& home, const std::string& to, std::int64_t now_ms,
                   const std::string& nonce) {
   auto bundle = single_file_bundle("park", "function start(s) agent.wait('start') end");
   REQUIRE(bundle.ok());
   auto bytes = encode_bundle(*bundle);
-  Value record = Value::table();
-  record.set("id", agent_id);
-  record.set("home", home);
-  record.set("owner", "t");
-  record.set("bundle", sha256_hex(bytes));
-  record.set("entry", "start");
-  record.set("state", Value::table());
-  record.set("epoch", 1);
-  record.set("max_hops", 4);
-  record.set("isolation", "trusted");
-  Value transfer = Value::table();
-  transfer.set("record", record);
-  transfer.set("bundle_bytes", std::string(bytes.begin(), bytes.end()));
-  transfer.set("to", to);
-  transfer.set("nonce", nonce);
-  transfer.set("expires", now_ms + 30'000);
-  return transfer;
+  AgentTransfer transfer;
+  transfer.record.id = agent_id;
+  transfer.record.home = home;
+  transfer.record.owner = "t";
+  transfer.record.bundle_hash = sha256_hex(bytes);
+  transfer.record.entry = "start";
+  transfer.record.state = Value::table();
+  transfer.record.epoch = 1;
+  transfer.record.max_hops = 4;
+  transfer.bundle_bytes = std::string(bytes.begin(), bytes.end());
+  transfer.to = to;
+  transfer.nonce = nonce;
+  transfer.expires_unix_ms = now_ms + 30'000;
+  return message_value(encode(transfer));
 }
 
 std::string launch_tour(Node& from, const std::string& at, std::vector<std::string> itinerary) {
@@ -71,7 +70,7 @@ TEST_CASE("a destination answers a duplicate TRANSFER within the lifetime and fo
   for (int i = 0; i < kAgents; ++i) {
     auto s = c[0].wait_agent(c.addr[0], launch_tour(c[0], c.addr[0], {c.addr[1]}), 10s);
     REQUIRE(s.ok());
-    REQUIRE(s->status == "finished");
+    REQUIRE(s->status == AgentState::finished);
   }
   CHECK(c[1].stats().commits_remembered == kAgents);
 
@@ -113,7 +112,7 @@ TEST_CASE("a home forgets an ended agent after its result was read, and then ans
     ids.push_back(launch_tour(c[0], c.addr[0], {c.addr[1]}));
     auto s = c[0].wait_agent(c.addr[0], ids.back(), 10s);  // reads the result
     REQUIRE(s.ok());
-    REQUIRE(s->status == "finished");
+    REQUIRE(s->status == AgentState::finished);
   }
   // One more that ends but whose result nobody reads.
   const std::string unread = launch_tour(c[0], c.addr[0], {c.addr[1]});
@@ -158,7 +157,7 @@ TEST_CASE("wait_agent returns when the agent finishes, asking its home once rath
   const auto took = std::chrono::steady_clock::now() - sent_at;
   auto s = waiting.get();
   REQUIRE_MESSAGE(s.ok(), s.error().message);
-  CHECK(s->status == "finished");
+  CHECK(s->status == AgentState::finished);
   CHECK(s->result.get(1).as_integer() == 7);
   CHECK(took < 2s);
   // One agent.wait in flight the whole time (the old loop made an agent.status call every
@@ -167,7 +166,7 @@ TEST_CASE("wait_agent returns when the agent finishes, asking its home once rath
   REQUIRE(local.wait_for(5s) == std::future_status::ready);
   auto mine = local.get();
   REQUIRE(mine.ok());
-  CHECK(mine->status == "finished");
+  CHECK(mine->status == AgentState::finished);
 }
 
 TEST_CASE("shutdown answers a waiting agent.wait at once instead of after the grace period") {

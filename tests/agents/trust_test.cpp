@@ -7,6 +7,7 @@
 #include <memory>
 #include <thread>
 
+#include "../../agents/agent_messages.hpp"
 #include "sojourn/agents/node.hpp"
 #include "sojourn/agents/policy.hpp"
 #include "sojourn/core/frame.hpp"
@@ -197,12 +198,12 @@ TEST_CASE("a launch whose bundle or manifest quotas changed after signing is ref
   BundleSignature s = sign_bundle(*owner, *bundle);
 
   auto launch_with = [&](const Bundle& b) {
-    Value request = Value::table();
-    request.set("bundle", as_string(encode_bundle(b)));
-    request.set("entry", "start");
-    request.set("signer", s.public_key);
-    request.set("signature", s.signature);
-    return client->call(node->advertised_address(), "agent.launch", Value::array({request}));
+    AgentLaunchRequest request;
+    request.bundle_bytes = as_string(encode_bundle(b));
+    request.entry = "start";
+    request.signer = s.public_key;
+    request.signature = s.signature;
+    return client->call(node->advertised_address(), "agent.launch", message_args(encode(request)));
   };
   CHECK(launch_with(*bundle).ok());
   Bundle code = *bundle;
@@ -236,7 +237,7 @@ TEST_CASE("an agent out of its signed CPU budget ends at the hop where it ran ou
   REQUIRE(id.ok());
   auto status = a->wait_agent(a->advertised_address(), *id, 20s);
   REQUIRE(status.ok());
-  CHECK(status->status == "failed");
+  CHECK(status->status == AgentState::failed);
   CHECK(status->reason == "agent " + *id + " ran out of its CPU budget of 150000 instructions (at " +
                               c->advertised_address() + ")");
   CHECK(status->hops.size() == 3);
@@ -257,7 +258,7 @@ TEST_CASE("a policy's per-visit CPU quota ends an agent that stays too long at o
   REQUIRE(id.ok());
   auto status = a->wait_agent(a->advertised_address(), *id, 20s);
   REQUIRE(status.ok());
-  CHECK(status->status == "failed");
+  CHECK(status->status == AgentState::failed);
   CHECK(status->reason == "agent " + *id + " ran out of its CPU budget of 5000 instructions for one visit at " +
                               b->advertised_address() + " (policy rule visitors)");
 }
@@ -276,38 +277,35 @@ TEST_CASE("a node cannot raise an agent's quotas above what its owner signed") {
   BundleSignature s = sign_bundle(*owner, *bundle);
   auto bytes = encode_bundle(*bundle);
 
-  Value record = Value::table();
-  record.set("id", std::string(32, 'b'));
-  record.set("home", sender->advertised_address());
-  record.set("owner", "t");
-  record.set("bundle", sha256_hex(bytes));
-  record.set("entry", "start");
-  record.set("state", Value::table());
-  record.set("epoch", 1);
-  record.set("max_hops", 4);
-  record.set("isolation", "trusted");
-  record.set("signer", s.public_key);
-  record.set("signature", s.signature);
-  record.set("cpu_left", 999'999'999);  // raised by the sending node
-  auto transfer_of = [&](const Value& r) {
-    Value t = Value::table();
-    t.set("record", r);
-    t.set("bundle_bytes", as_string(bytes));
-    t.set("to", b->advertised_address());
-    t.set("nonce", random_nonce());
-    t.set("expires", std::chrono::duration_cast<std::chrono::milliseconds>(
-                         std::chrono::system_clock::now().time_since_epoch() + 30s).count());
-    return Value::array({t});
+  AgentRecord record;
+  record.id = std::string(32, 'b');
+  record.home = sender->advertised_address();
+  record.owner = "t";
+  record.bundle_hash = sha256_hex(bytes);
+  record.entry = "start";
+  record.state = Value::table();
+  record.epoch = 1;
+  record.max_hops = 4;
+  record.signer = s.public_key;
+  record.signature = s.signature;
+  record.cpu_left = 999'999'999;  // raised by the sending node
+  auto transfer_of = [&](const AgentRecord& r) {
+    AgentTransfer t;
+    t.record = r;
+    t.bundle_bytes = as_string(bytes);
+    t.to = b->advertised_address();
+    t.nonce = random_nonce();
+    t.expires_unix_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+                            std::chrono::system_clock::now().time_since_epoch() + 30s).count();
+    return message_args(encode(t));
   };
   auto raised = sender->call(b->advertised_address(), "agent.transfer", transfer_of(record));
   REQUIRE_FALSE(raised.ok());
   CHECK(raised.error().code == Errc::quota_raised);
   CHECK(raised.error().message == "agent " + std::string(32, 'b') +
                                       " claims a CPU budget of 999999999, above the 150000 its owner signed");
-  Value quota = Value::table();
-  quota.set("cpu", 1'000'000'000);
-  record.set("cpu_left", 150'000);
-  record.set("quotas", quota);
+  record.cpu_left = 150'000;
+  record.quotas.cpu_instructions = 1'000'000'000;
   auto per_run = sender->call(b->advertised_address(), "agent.transfer", transfer_of(record));
   REQUIRE_FALSE(per_run.ok());
   CHECK(per_run.error().code == Errc::quota_raised);
@@ -315,8 +313,8 @@ TEST_CASE("a node cannot raise an agent's quotas above what its owner signed") {
                                        " claims a CPU quota per run of 1000000000, above the 50000 its owner signed");
 
   // Lowered is fine.
-  record.set("cpu_left", 120'000);
-  record.set("quotas", Value::table());
+  record.cpu_left = 120'000;
+  record.quotas = Limits{};
   CHECK(sender->call(b->advertised_address(), "agent.transfer", transfer_of(record)).ok());
 
   // Each step gets min(signed, policy, left): the signed 50,000 instructions, not the
@@ -328,7 +326,7 @@ TEST_CASE("a node cannot raise an agent's quotas above what its owner signed") {
   REQUIRE(id.ok());
   auto status = sender->wait_agent(b->advertised_address(), *id, 10s);
   REQUIRE(status.ok());
-  CHECK(status->status == "failed");
+  CHECK(status->status == AgentState::failed);
   CHECK(status->reason == "CPU limit of 50000 instructions exceeded");
 }
 
@@ -360,7 +358,7 @@ end)", {"start", "visit"});
   REQUIRE(id.ok());
   auto status = home->wait_agent(home->advertised_address(), *id, 10s);
   REQUIRE(status.ok());
-  CHECK(status->status == "finished");
+  CHECK(status->status == AgentState::finished);
   CHECK(b.call_local("kv.get", Value::array({"visits"}))->as_integer() == 1);
 
   auto transfer = captured_frame(wire.client_bytes(), [](const Frame& f) {
@@ -373,7 +371,9 @@ end)", {"start", "visit"});
   // At once, at b: what the hand-over's own retry gets, the same COMMIT; no second agent.
   Reply again = replay(port_of(*bound), *transfer);
   CHECK(again.code == Errc::ok);
-  CHECK(again.result.get("committed").truthy());
+  auto commit = decode_message<AgentCommit, decode_commit>(again.result, "the COMMIT");
+  REQUIRE(commit.ok());
+  CHECK(commit->id == *id);
   // At another node: it is not addressed there.
   Reply elsewhere = replay(port_of(other->advertised_address()), *transfer);
   CHECK(elsewhere.code == Errc::replayed);

@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "agent_messages.hpp"
 #include "agent_record.hpp"
 #include "guest_wire.hpp"
 #include "sojourn/core/bundle.hpp"
@@ -163,6 +164,37 @@ int main(int argc, char** argv) {
   record.mailbox.clear();
   record.state = Value::table();
   put("agent_record_fuzz", "record_plain", encode_value(record_to_value(record)));
+
+  // agent_messages_fuzz: one of each message (the first byte names it).
+  const std::string id(32, 'a');
+  AgentTransfer transfer;
+  transfer.record = sample_record();
+  transfer.to = "127.0.0.1:7401";
+  transfer.nonce = std::string(32, 'n');
+  transfer.expires_unix_ms = 1700000000000;
+  const Bytes multi_bytes = encode_bundle(multi);
+  transfer.bundle_bytes = std::string(multi_bytes.begin(), multi_bytes.end());
+  put("agent_messages_fuzz", "transfer", encode(transfer));
+  put("agent_messages_fuzz", "offer", encode(AgentOffer{id, 2, std::string(64, 'b'), 120}));
+  put("agent_messages_fuzz", "commit", encode(AgentCommit{id, 2, "127.0.0.1:7401"}));
+  put("agent_messages_fuzz", "arrival", encode(ArrivalReport{id, 2, "127.0.0.1:7401", AgentState::running, "", 120,
+                                                             "process", {"m1"}, std::string(32, 't')}));
+  put("agent_messages_fuzz", "arrival_answer",
+      encode(ArrivalAnswer{{ForwardedMessage{"m2", agent_state()}}, std::string(32, 't')}));
+  put("agent_messages_fuzz", "end", encode(EndReport{id, 3, "127.0.0.1:7402", AgentState::failed, "boom",
+                                                     Value::array({1}), sample_record().hops, {"log"}, "t"}));
+  put("agent_messages_fuzz", "deliver", encode(AgentDeliver{id, ForwardedMessage{"m3", cyclic_table()}, "t", "p"}));
+  AgentStatus status;
+  status.id = id;
+  status.status = AgentState::stranded;
+  status.reason = "destination unreachable";
+  status.hops = sample_record().hops;
+  put("agent_messages_fuzz", "status", encode(status));
+  std::vector<AgentSummary> listed(1);
+  listed[0].id = id;
+  listed[0].status = AgentState::asleep;
+  put("agent_messages_fuzz", "list", encode(listed));
+  put("agent_messages_fuzz", "fetch_answer", encode(FetchAnswer{std::string(64, 'b'), std::string("bytes")}));
 
   // policy_fuzz (key files cannot be read by the target: keys are fingerprints here)
   const std::string fpr(64, '3');

@@ -84,7 +84,7 @@ TEST_CASE("a mobile agent tours three nodes in microVMs, its closure's shared co
   auto s = c[0].wait_agent(c.addr[0], *id, 120s);
   REQUIRE_MESSAGE(s.ok(), (s.ok() ? "" : s.error().message));
   INFO("status " << s->status << ": " << s->reason);
-  REQUIRE(s->status == "finished");
+  REQUIRE(s->status == AgentState::finished);
   Value seen = s->result.get(1);
   REQUIRE(seen.length() == 3);
   for (int i = 0; i < 3; ++i) {
@@ -117,7 +117,7 @@ TEST_CASE("a signed agent's CPU budget travels and is enforced in microVMs: it e
   REQUIRE(id.ok());
   auto s = c[0].wait_agent(c.addr[0], *id, 120s);
   REQUIRE(s.ok());
-  CHECK(s->status == "failed");
+  CHECK(s->status == AgentState::failed);
   CHECK(s->reason == "agent " + *id + " ran out of its CPU budget of 150000 instructions (at " + c.addr[2] + ")");
   REQUIRE(s->hops.size() == 3);
   for (const auto& hop : s->hops) CHECK(hop.isolation == "microvm");

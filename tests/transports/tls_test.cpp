@@ -283,7 +283,7 @@ return M
   REQUIRE(id.ok());
   auto status = a.node->wait_agent(a.address, *id, 10s);
   REQUIRE(status.ok());
-  CHECK(status->status == "finished");
+  CHECK(status->status == AgentState::finished);
   CHECK(status->reason == "");
   auto prices = value_to_json(status->result.get(1));
   REQUIRE(prices.ok());

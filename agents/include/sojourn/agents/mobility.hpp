@@ -7,9 +7,28 @@
 #include <vector>
 
 #include "sojourn/core/bundle.hpp"
+#include "sojourn/core/error.hpp"
 #include "sojourn/core/value.hpp"
 
 namespace sojourn {
+
+// Where an agent is in its life, as its node (resident) or its home (tracked) knows it.
+// Numbers are part of the agent protocol (docs/protocol.md); names are what JSON, the CLI,
+// logs and the docs show.
+enum class AgentState : std::uint8_t {
+  arriving = 0,  // committed here; its home is told before it runs
+  queued = 1,    // ready to run, waiting for a worker
+  running = 2,   // a step is running (at its home: alive somewhere, not ended)
+  asleep = 3,    // called agent.wait and has no message yet: a message wakes it
+  moving = 4,    // being handed over to another node
+  stranded = 5,  // could not move: stopped where it is, with a reason
+  finished = 6,  // its entry returned; the result is at its home
+  failed = 7,    // ended with an error (a Lua error, a budget, a refusal), with a reason
+};
+inline constexpr AgentState kLastAgentState = AgentState::failed;
+std::string_view agent_state_name(AgentState state) noexcept;
+// invalid_argument "invalid argument: unknown agent state NAME" for any other name.
+Result<AgentState> parse_agent_state(std::string_view name);
 
 class SigningKey;
 
@@ -52,19 +71,20 @@ struct AgentStatus {
   std::string owner;
   std::string location;   // last node that reported the agent resident
   std::uint64_t epoch = 0;
-  std::string status;     // "running", "moving", "finished", "failed", "stranded"
+  AgentState status = AgentState::running;  // running, stranded, finished or failed
   std::string reason;     // why it failed or is stranded
   Value result;           // the entry's return values when finished
   std::vector<AgentHop> hops;
   std::vector<std::string> log;  // lines from agent.log
-  bool done() const { return status == "finished" || status == "failed"; }
+  std::uint64_t pending_messages = 0;  // sent to it, not yet delivered
+  bool done() const { return status == AgentState::finished || status == AgentState::failed; }
 };
 
 // An agent's status as a Value table (what agent.status answers and `--json` prints):
-// {id, home, owner, location, epoch, status, reason, result,
-//  hops = {{node, epoch, arrived_unix_ms, spent_ms, state_bytes}...}, log = {...}}.
+// {id, home, owner, location, epoch, status = agent_state_name(...), reason, result,
+//  hops = {{node, epoch, arrived_unix_ms, spent_ms, state_bytes, isolation}...}, log = {...},
+//  pending_messages}.
 Value to_value(const AgentStatus& status);
-AgentStatus agent_status_from_value(const Value& v);
 
 // One resident agent, as `sojourn ps` lists it.
 struct AgentSummary {
@@ -74,7 +94,8 @@ struct AgentSummary {
   std::uint64_t epoch = 0;
   std::int64_t since_unix_ms = 0;
   std::uint64_t state_bytes = 0;
-  std::string status;
+  AgentState status = AgentState::queued;
+  std::string reason;  // why it is stranded (empty otherwise)
   std::string isolation;
 };
 

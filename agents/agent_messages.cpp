@@ -1,0 +1,524 @@
+// The agent protocol's codec: each message as Cereal portable binary, in the style of
+// core/messages.cpp (and with its bounded reader): kind, version, then the fields in order.
+#include "agent_messages.hpp"
+
+#include "../core/wire_io.hpp"
+
+namespace sojourn {
+
+namespace {
+
+using wire::DecodeError;
+using wire::Reader;
+using wire::Writer;
+
+constexpr const char* kKindNames[] = {"?", "launch", "launch answer", "offer", "offer answer", "transfer",
+                                      "commit", "arrival", "arrival answer", "end report", "send", "send answer",
+                                      "deliver", "status", "list", "wait query", "fetch query",
+                                      "fetch answer"};
+static_assert(std::size(kKindNames) == static_cast<std::size_t>(AgentMessageKind::fetch_answer) + 1);
+
+const char* kind_name(AgentMessageKind kind) { return kKindNames[static_cast<std::size_t>(kind)]; }
+
+void start(Writer& w, AgentMessageKind kind) {
+  w.u8(static_cast<std::uint8_t>(kind));
+  w.u8(kAgentProtocolVersion);
+}
+
+void write_strings(Writer& w, const std::vector<std::string>& items) {
+  w.u32(static_cast<std::uint32_t>(items.size()));
+  for (const auto& s : items) w.string(s);
+}
+std::vector<std::string> read_strings(Reader& r, const char* what) {
+  std::vector<std::string> out(r.count(4, what));  // each string has its u32 length
+  for (auto& s : out) s = r.string();
+  return out;
+}
+
+void write_optional(Writer& w, const std::optional<std::string>& s) {
+  w.u8(s ? 1 : 0);
+  if (s) w.string(*s);
+}
+std::optional<std::string> read_optional(Reader& r) {
+  const std::uint8_t present = r.u8();
+  if (present > 1) throw DecodeError("bad presence flag " + std::to_string(present));
+  if (present == 0) return std::nullopt;
+  return r.string();
+}
+
+bool read_bool(Reader& r) {
+  const std::uint8_t v = r.u8();
+  if (v > 1) throw DecodeError("bad boolean " + std::to_string(v));
+  return v == 1;
+}
+
+void write_state(Writer& w, AgentState s) { w.u8(static_cast<std::uint8_t>(s)); }
+AgentState read_state(Reader& r) {
+  const std::uint8_t v = r.u8();
+  if (v > static_cast<std::uint8_t>(kLastAgentState)) throw DecodeError("unknown agent state " + std::to_string(v));
+  return static_cast<AgentState>(v);
+}
+// A state that this message may not carry (a finished arrival, a running end).
+void expect_state(AgentState s, AgentState a, AgentState b) {
+  if (s != a && s != b) throw DecodeError("agent state " + std::string(agent_state_name(s)) + " is not allowed here");
+}
+
+void write_hops(Writer& w, const std::vector<AgentHop>& hops) {
+  w.u32(static_cast<std::uint32_t>(hops.size()));
+  for (const auto& h : hops) {
+    w.string(h.node);
+    w.u64(h.epoch);
+    w.i64(h.arrived_unix_ms);
+    w.i64(h.spent_ms);
+    w.u64(h.state_bytes);
+    w.string(h.isolation);
+  }
+}
+std::vector<AgentHop> read_hops(Reader& r) {
+  std::vector<AgentHop> hops(r.count(40, "hop"));  // two lengths and four 8-byte fields
+  for (auto& h : hops) {
+    h.node = r.string();
+    h.epoch = r.u64();
+    h.arrived_unix_ms = r.i64();
+    h.spent_ms = r.i64();
+    h.state_bytes = r.u64();
+    h.isolation = r.string();
+  }
+  return hops;
+}
+
+void write_forwarded(Writer& w, const ForwardedMessage& m) {
+  w.string(m.message_id);
+  wire::write_value(w, m.body);
+}
+ForwardedMessage read_forwarded(Reader& r) {
+  ForwardedMessage m;
+  m.message_id = r.string();
+  m.body = wire::read_value(r);
+  return m;
+}
+
+// Checks the kind and version, runs `body`, and turns any failure into invalid_argument.
+template <class F>
+auto decode_as(std::span<const std::uint8_t> bytes, AgentMessageKind kind, F&& body)
+    -> Result<decltype(body(std::declval<Reader&>()))> {
+  const std::string what = std::string("bad agent message: ") + kind_name(kind) + ": ";
+  try {
+    Reader r(bytes);
+    const std::uint8_t got = r.u8();
+    if (got != static_cast<std::uint8_t>(kind)) {
+      const bool known = got >= 1 && got <= static_cast<std::uint8_t>(AgentMessageKind::fetch_answer);
+      throw DecodeError(known ? std::string("got a ") + kind_name(static_cast<AgentMessageKind>(got))
+                              : "unknown message kind " + std::to_string(got));
+    }
+    const std::uint8_t version = r.u8();
+    if (version != kAgentProtocolVersion) {
+      throw DecodeError("agent protocol version " + std::to_string(version) + " (this node speaks " +
+                        std::to_string(kAgentProtocolVersion) + ")");
+    }
+    auto m = body(r);
+    r.expect_end();
+    return m;
+  } catch (const DecodeError& e) {
+    return errors::invalid_argument(what + e.what());
+  } catch (const std::exception&) {  // cereal::Exception on a short read
+    return errors::invalid_argument(what + "truncated");
+  }
+}
+
+}  // namespace
+
+AgentMessageBytes encode(const AgentLaunchRequest& m) {
+  Writer w;
+  start(w, AgentMessageKind::launch);
+  w.string(m.bundle_bytes);
+  w.string(m.entry);
+  wire::write_value(w, m.state);
+  write_strings(w, m.itinerary);
+  w.string(m.owner);
+  w.u32(m.max_hops);
+  w.string(m.signer);
+  w.string(m.signature);
+  return w.take();
+}
+Result<AgentLaunchRequest> decode_launch(std::span<const std::uint8_t> bytes) {
+  return decode_as(bytes, AgentMessageKind::launch, [](Reader& r) {
+    AgentLaunchRequest m;
+    m.bundle_bytes = r.string();
+    m.entry = r.string();
+    m.state = wire::read_value(r);
+    m.itinerary = read_strings(r, "itinerary");
+    m.owner = r.string();
+    m.max_hops = r.u32();
+    m.signer = r.string();
+    m.signature = r.string();
+    return m;
+  });
+}
+
+AgentMessageBytes encode(const AgentLaunchAnswer& m) {
+  Writer w;
+  start(w, AgentMessageKind::launch_answer);
+  w.string(m.id);
+  w.string(m.home);
+  return w.take();
+}
+Result<AgentLaunchAnswer> decode_launch_answer(std::span<const std::uint8_t> bytes) {
+  return decode_as(bytes, AgentMessageKind::launch_answer, [](Reader& r) {
+    AgentLaunchAnswer m;
+    m.id = r.string();
+    m.home = r.string();
+    return m;
+  });
+}
+
+AgentMessageBytes encode(const AgentOffer& m) {
+  Writer w;
+  start(w, AgentMessageKind::offer);
+  w.string(m.id);
+  w.u64(m.epoch);
+  w.string(m.bundle_hash);
+  w.u64(m.state_bytes);
+  return w.take();
+}
+Result<AgentOffer> decode_offer(std::span<const std::uint8_t> bytes) {
+  return decode_as(bytes, AgentMessageKind::offer, [](Reader& r) {
+    AgentOffer m;
+    m.id = r.string();
+    m.epoch = r.u64();
+    m.bundle_hash = r.string();
+    m.state_bytes = r.u64();
+    return m;
+  });
+}
+
+AgentMessageBytes encode(const OfferAnswer& m) {
+  Writer w;
+  start(w, AgentMessageKind::offer_answer);
+  w.u8(m.duplicate ? 1 : 0);
+  w.u8(m.need_bundle ? 1 : 0);
+  return w.take();
+}
+Result<OfferAnswer> decode_offer_answer(std::span<const std::uint8_t> bytes) {
+  return decode_as(bytes, AgentMessageKind::offer_answer, [](Reader& r) {
+    OfferAnswer m;
+    m.duplicate = read_bool(r);
+    m.need_bundle = read_bool(r);
+    return m;
+  });
+}
+
+AgentMessageBytes encode(const AgentTransfer& m) {
+  Writer w;
+  start(w, AgentMessageKind::transfer);
+  wire::write_value(w, record_to_value(m.record));
+  w.string(m.to);
+  w.string(m.nonce);
+  w.i64(m.expires_unix_ms);
+  write_optional(w, m.bundle_bytes);
+  return w.take();
+}
+Result<AgentTransfer> decode_transfer(std::span<const std::uint8_t> bytes) {
+  Value record;
+  auto m = decode_as(bytes, AgentMessageKind::transfer, [&record](Reader& r) {
+    AgentTransfer t;
+    record = wire::read_value(r);
+    t.to = r.string();
+    t.nonce = r.string();
+    t.expires_unix_ms = r.i64();
+    t.bundle_bytes = read_optional(r);
+    return t;
+  });
+  if (!m) return m.error();
+  // The record's own checks (agent_record.cpp), with their own errors.
+  auto checked = record_from_value(record);
+  if (!checked) return checked.error();
+  m->record = std::move(*checked);
+  return m;
+}
+
+AgentMessageBytes encode(const AgentCommit& m) {
+  Writer w;
+  start(w, AgentMessageKind::commit);
+  w.string(m.id);
+  w.u64(m.epoch);
+  w.string(m.node);
+  return w.take();
+}
+Result<AgentCommit> decode_commit(std::span<const std::uint8_t> bytes) {
+  return decode_as(bytes, AgentMessageKind::commit, [](Reader& r) {
+    AgentCommit m;
+    m.id = r.string();
+    m.epoch = r.u64();
+    m.node = r.string();
+    return m;
+  });
+}
+
+AgentMessageBytes encode(const ArrivalReport& m) {
+  Writer w;
+  start(w, AgentMessageKind::arrival);
+  w.string(m.id);
+  w.u64(m.epoch);
+  w.string(m.node);
+  write_state(w, m.state);
+  w.string(m.reason);
+  w.u64(m.state_bytes);
+  w.string(m.isolation);
+  write_strings(w, m.delivered);
+  w.string(m.token);
+  return w.take();
+}
+Result<ArrivalReport> decode_arrival(std::span<const std::uint8_t> bytes) {
+  return decode_as(bytes, AgentMessageKind::arrival, [](Reader& r) {
+    ArrivalReport m;
+    m.id = r.string();
+    m.epoch = r.u64();
+    m.node = r.string();
+    m.state = read_state(r);
+    expect_state(m.state, AgentState::running, AgentState::stranded);
+    m.reason = r.string();
+    m.state_bytes = r.u64();
+    m.isolation = r.string();
+    m.delivered = read_strings(r, "delivered id");
+    m.token = r.string();
+    return m;
+  });
+}
+
+AgentMessageBytes encode(const ArrivalAnswer& m) {
+  Writer w;
+  start(w, AgentMessageKind::arrival_answer);
+  w.u32(static_cast<std::uint32_t>(m.messages.size()));
+  for (const auto& f : m.messages) write_forwarded(w, f);
+  w.string(m.token);
+  return w.take();
+}
+Result<ArrivalAnswer> decode_arrival_answer(std::span<const std::uint8_t> bytes) {
+  return decode_as(bytes, AgentMessageKind::arrival_answer, [](Reader& r) {
+    ArrivalAnswer m;
+    // An id's length and a Value's four counts and root tag at least.
+    m.messages.resize(r.count(21, "message"));
+    for (auto& f : m.messages) f = read_forwarded(r);
+    m.token = r.string();
+    return m;
+  });
+}
+
+AgentMessageBytes encode(const EndReport& m) {
+  Writer w;
+  start(w, AgentMessageKind::end);
+  w.string(m.id);
+  w.u64(m.epoch);
+  w.string(m.node);
+  write_state(w, m.state);
+  w.string(m.reason);
+  wire::write_value(w, m.result);
+  write_hops(w, m.hops);
+  write_strings(w, m.log);
+  w.string(m.token);
+  return w.take();
+}
+Result<EndReport> decode_end(std::span<const std::uint8_t> bytes) {
+  return decode_as(bytes, AgentMessageKind::end, [](Reader& r) {
+    EndReport m;
+    m.id = r.string();
+    m.epoch = r.u64();
+    m.node = r.string();
+    m.state = read_state(r);
+    expect_state(m.state, AgentState::finished, AgentState::failed);
+    m.reason = r.string();
+    m.result = wire::read_value(r);
+    m.hops = read_hops(r);
+    m.log = read_strings(r, "log line");
+    m.token = r.string();
+    return m;
+  });
+}
+
+AgentMessageBytes encode(const AgentSend& m) {
+  Writer w;
+  start(w, AgentMessageKind::send);
+  w.string(m.id);
+  w.string(m.message_id);
+  w.string(m.from);
+  wire::write_value(w, m.body);
+  return w.take();
+}
+Result<AgentSend> decode_send(std::span<const std::uint8_t> bytes) {
+  return decode_as(bytes, AgentMessageKind::send, [](Reader& r) {
+    AgentSend m;
+    m.id = r.string();
+    m.message_id = r.string();
+    m.from = r.string();
+    m.body = wire::read_value(r);
+    return m;
+  });
+}
+
+AgentMessageBytes encode(const SendAnswer& m) {
+  Writer w;
+  start(w, AgentMessageKind::send_answer);
+  w.string(m.message_id);
+  return w.take();
+}
+Result<SendAnswer> decode_send_answer(std::span<const std::uint8_t> bytes) {
+  return decode_as(bytes, AgentMessageKind::send_answer, [](Reader& r) { return SendAnswer{r.string()}; });
+}
+
+AgentMessageBytes encode(const AgentDeliver& m) {
+  Writer w;
+  start(w, AgentMessageKind::deliver);
+  w.string(m.id);
+  write_forwarded(w, m.message);
+  w.string(m.token);
+  w.string(m.previous);
+  return w.take();
+}
+Result<AgentDeliver> decode_deliver(std::span<const std::uint8_t> bytes) {
+  return decode_as(bytes, AgentMessageKind::deliver, [](Reader& r) {
+    AgentDeliver m;
+    m.id = r.string();
+    m.message = read_forwarded(r);
+    m.token = r.string();
+    m.previous = r.string();
+    return m;
+  });
+}
+
+AgentMessageBytes encode(const AgentStatus& m) {
+  Writer w;
+  start(w, AgentMessageKind::status_answer);
+  w.string(m.id);
+  w.string(m.home);
+  w.string(m.owner);
+  w.string(m.location);
+  w.u64(m.epoch);
+  write_state(w, m.status);
+  w.string(m.reason);
+  wire::write_value(w, m.result);
+  write_hops(w, m.hops);
+  write_strings(w, m.log);
+  w.u64(m.pending_messages);
+  return w.take();
+}
+Result<AgentStatus> decode_status(std::span<const std::uint8_t> bytes) {
+  return decode_as(bytes, AgentMessageKind::status_answer, [](Reader& r) {
+    AgentStatus m;
+    m.id = r.string();
+    m.home = r.string();
+    m.owner = r.string();
+    m.location = r.string();
+    m.epoch = r.u64();
+    m.status = read_state(r);
+    m.reason = r.string();
+    m.result = wire::read_value(r);
+    m.hops = read_hops(r);
+    m.log = read_strings(r, "log line");
+    m.pending_messages = r.u64();
+    return m;
+  });
+}
+
+AgentMessageBytes encode(const std::vector<AgentSummary>& m) {
+  Writer w;
+  start(w, AgentMessageKind::list_answer);
+  w.u32(static_cast<std::uint32_t>(m.size()));
+  for (const auto& a : m) {
+    w.string(a.id);
+    w.string(a.owner);
+    w.string(a.home);
+    w.u64(a.epoch);
+    w.i64(a.since_unix_ms);
+    w.u64(a.state_bytes);
+    write_state(w, a.status);
+    w.string(a.reason);
+    w.string(a.isolation);
+  }
+  return w.take();
+}
+Result<std::vector<AgentSummary>> decode_list(std::span<const std::uint8_t> bytes) {
+  return decode_as(bytes, AgentMessageKind::list_answer, [](Reader& r) {
+    // Five lengths, three 8-byte fields and the state's byte.
+    std::vector<AgentSummary> m(r.count(45, "agent"));
+    for (auto& a : m) {
+      a.id = r.string();
+      a.owner = r.string();
+      a.home = r.string();
+      a.epoch = r.u64();
+      a.since_unix_ms = r.i64();
+      a.state_bytes = r.u64();
+      a.status = read_state(r);
+      a.reason = r.string();
+      a.isolation = r.string();
+    }
+    return m;
+  });
+}
+
+AgentMessageBytes encode(const WaitQuery& m) {
+  Writer w;
+  start(w, AgentMessageKind::wait_query);
+  w.string(m.id);
+  w.u64(m.wait_ms);
+  return w.take();
+}
+Result<WaitQuery> decode_wait_query(std::span<const std::uint8_t> bytes) {
+  return decode_as(bytes, AgentMessageKind::wait_query, [](Reader& r) {
+    WaitQuery m;
+    m.id = r.string();
+    m.wait_ms = r.u64();
+    return m;
+  });
+}
+
+AgentMessageBytes encode(const FetchQuery& m) {
+  Writer w;
+  start(w, AgentMessageKind::fetch_query);
+  w.string(m.module);
+  w.string(m.hash);
+  w.string(m.have);
+  return w.take();
+}
+Result<FetchQuery> decode_fetch_query(std::span<const std::uint8_t> bytes) {
+  return decode_as(bytes, AgentMessageKind::fetch_query, [](Reader& r) {
+    FetchQuery m;
+    m.module = r.string();
+    m.hash = r.string();
+    m.have = r.string();
+    return m;
+  });
+}
+
+AgentMessageBytes encode(const FetchAnswer& m) {
+  Writer w;
+  start(w, AgentMessageKind::fetch_answer);
+  w.string(m.hash);
+  write_optional(w, m.bundle_bytes);
+  return w.take();
+}
+Result<FetchAnswer> decode_fetch_answer(std::span<const std::uint8_t> bytes) {
+  return decode_as(bytes, AgentMessageKind::fetch_answer, [](Reader& r) {
+    FetchAnswer m;
+    m.hash = r.string();
+    m.bundle_bytes = read_optional(r);
+    return m;
+  });
+}
+
+Value message_value(const AgentMessageBytes& bytes) {
+  // SAFETY: the bytes are read as chars of the same size.
+  return Value(std::string(reinterpret_cast<const char*>(bytes.data()), bytes.size()));
+}
+
+Value message_args(const AgentMessageBytes& bytes) { return Value::array({message_value(bytes)}); }
+
+Result<std::span<const std::uint8_t>> as_message_bytes(const Value& v, const char* what) {
+  if (!v.is_string()) return errors::invalid_argument(std::string("bad agent message: ") + what + " is not a binary string");
+  const std::string& text = v.as_string();
+  // SAFETY: the string's bytes are viewed as unsigned bytes of the same size, for as long as
+  // `v` (which holds the string) lives.
+  return std::span(reinterpret_cast<const std::uint8_t*>(text.data()), text.size());
+}
+
+}  // namespace sojourn

@@ -1,0 +1,200 @@
+// Internal: the agent protocol's messages (launch, hand-over, reports to the home, messages
+// to an agent, status, list, wait, code.fetch), one struct each with one encode/decode pair.
+// Each travels as the one binary-string argument (or answer) of a peers-only service call;
+// the Cereal codec stays in agent_messages.cpp. docs/protocol.md has the message table.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "agent_record.hpp"
+#include "sojourn/agents/mobility.hpp"
+#include "sojourn/core/error.hpp"
+#include "sojourn/core/value.hpp"
+
+namespace sojourn {
+
+// The first byte of every encoded agent message: which message it is. A message decoded as
+// another is refused. Numbers are part of the protocol (version kAgentProtocolVersion).
+enum class AgentMessageKind : std::uint8_t {
+  launch = 1, launch_answer, offer, offer_answer, transfer, commit, arrival, arrival_answer, end,
+  send, send_answer, deliver, status_answer, list_answer, wait_query, fetch_query,
+  fetch_answer,
+};
+// The agent protocol's version; the second byte of every encoded agent message.
+inline constexpr std::uint8_t kAgentProtocolVersion = 1;
+
+// agent.launch: a new agent, launched at the node called.
+struct AgentLaunchRequest {
+  std::string bundle_bytes;  // the bundle's canonical encoding
+  std::string entry;         // empty: "start"
+  Value state;               // a table (nil: an empty one)
+  std::vector<std::string> itinerary;
+  std::string owner;         // empty: "anonymous"
+  std::uint32_t max_hops = 0;
+  std::string signer, signature;  // empty: unsigned
+};
+struct AgentLaunchAnswer {
+  std::string id, home;
+};
+
+// agent.offer: may the source hand over (id, epoch)? Which bundle it runs, how big its state.
+struct AgentOffer {
+  std::string id;
+  std::uint64_t epoch = 0;
+  std::string bundle_hash;
+  std::uint64_t state_bytes = 0;
+};
+struct OfferAnswer {
+  bool duplicate = false;    // this (id, epoch) is committed here already
+  bool need_bundle = false;  // send the bundle's bytes with the TRANSFER
+};
+
+// agent.transfer: the agent itself, bound to one destination and one moment.
+struct AgentTransfer {
+  AgentRecord record;  // carried as its Value table (agent_record.cpp)
+  std::string to;      // the destination, as the source dials it
+  std::string nonce;
+  std::int64_t expires_unix_ms = 0;
+  std::optional<std::string> bundle_bytes;  // when the offer's answer asked for it
+};
+// The destination's COMMIT: it holds (id, epoch) now.
+struct AgentCommit {
+  std::string id;
+  std::uint64_t epoch = 0;
+  std::string node;
+};
+
+// agent.arrived, to the home: the agent is at `node` (state running), or could not move
+// from there (state stranded, with a reason).
+struct ArrivalReport {
+  std::string id;
+  std::uint64_t epoch = 0;
+  std::string node;
+  AgentState state = AgentState::running;  // running or stranded
+  std::string reason;
+  std::uint64_t state_bytes = 0;
+  std::string isolation;
+  std::vector<std::string> delivered;  // message ids the agent has had
+  std::string token;                   // the home's secret for this epoch's holder
+};
+// A message the home hands over (in an arrival's answer) or forwards (agent.deliver).
+struct ForwardedMessage {
+  std::string message_id;
+  Value body;
+};
+struct ArrivalAnswer {
+  std::vector<ForwardedMessage> messages;
+  std::string token;  // the holder's token from now on
+};
+
+// agent.finished, to the home: how the agent ended (finished or failed).
+struct EndReport {
+  std::string id;
+  std::uint64_t epoch = 0;
+  std::string node;
+  AgentState state = AgentState::finished;  // finished or failed
+  std::string reason;
+  Value result;  // the entry's return values (a table)
+  std::vector<AgentHop> hops;
+  std::vector<std::string> log;
+  std::string token;
+};
+
+// agent.send, to the home: a message for the agent; a retry with the same id counts once.
+struct AgentSend {
+  std::string id;
+  std::string message_id;
+  std::string from;
+  Value body;
+};
+struct SendAnswer {
+  std::string message_id;
+};
+
+// agent.deliver, from the home to the node that holds the agent.
+struct AgentDeliver {
+  std::string id;
+  ForwardedMessage message;
+  std::string token, previous;  // the home's current and previous tokens for the agent
+};
+
+// agent.wait: the agent's AgentStatus once it has ended, or after wait_ms (0: at once).
+// agent.list has no argument and answers the agents the caller may see. (agent.status,
+// which Lua code may call too, takes the id and answers to_value(AgentStatus).)
+struct WaitQuery {
+  std::string id;
+  std::uint64_t wait_ms = 0;
+};
+
+// code.fetch: a published module by name (with the hash the asker holds, if any) or a
+// bundle by hash; the answer has the bytes unless the asker has them.
+struct FetchQuery {
+  std::string module;
+  std::string hash;
+  std::string have;
+};
+struct FetchAnswer {
+  std::string hash;
+  std::optional<std::string> bundle_bytes;
+};
+
+using AgentMessageBytes = std::vector<std::uint8_t>;
+AgentMessageBytes encode(const AgentLaunchRequest& m);
+AgentMessageBytes encode(const AgentLaunchAnswer& m);
+AgentMessageBytes encode(const AgentOffer& m);
+AgentMessageBytes encode(const OfferAnswer& m);
+AgentMessageBytes encode(const AgentTransfer& m);
+AgentMessageBytes encode(const AgentCommit& m);
+AgentMessageBytes encode(const ArrivalReport& m);
+AgentMessageBytes encode(const ArrivalAnswer& m);
+AgentMessageBytes encode(const EndReport& m);
+AgentMessageBytes encode(const AgentSend& m);
+AgentMessageBytes encode(const SendAnswer& m);
+AgentMessageBytes encode(const AgentDeliver& m);
+AgentMessageBytes encode(const AgentStatus& m);
+AgentMessageBytes encode(const std::vector<AgentSummary>& m);
+AgentMessageBytes encode(const WaitQuery& m);
+AgentMessageBytes encode(const FetchQuery& m);
+AgentMessageBytes encode(const FetchAnswer& m);
+
+// Each refuses, with invalid_argument "invalid argument: bad agent message: KIND: WHY", bytes
+// of another message, another protocol version, a length past the end, an unknown state or
+// trailing bytes. Nothing is allocated for a length before it is checked.
+Result<AgentLaunchRequest> decode_launch(std::span<const std::uint8_t> bytes);
+Result<AgentLaunchAnswer> decode_launch_answer(std::span<const std::uint8_t> bytes);
+Result<AgentOffer> decode_offer(std::span<const std::uint8_t> bytes);
+Result<OfferAnswer> decode_offer_answer(std::span<const std::uint8_t> bytes);
+Result<AgentTransfer> decode_transfer(std::span<const std::uint8_t> bytes);
+Result<AgentCommit> decode_commit(std::span<const std::uint8_t> bytes);
+Result<ArrivalReport> decode_arrival(std::span<const std::uint8_t> bytes);
+Result<ArrivalAnswer> decode_arrival_answer(std::span<const std::uint8_t> bytes);
+Result<EndReport> decode_end(std::span<const std::uint8_t> bytes);
+Result<AgentSend> decode_send(std::span<const std::uint8_t> bytes);
+Result<SendAnswer> decode_send_answer(std::span<const std::uint8_t> bytes);
+Result<AgentDeliver> decode_deliver(std::span<const std::uint8_t> bytes);
+Result<AgentStatus> decode_status(std::span<const std::uint8_t> bytes);
+Result<std::vector<AgentSummary>> decode_list(std::span<const std::uint8_t> bytes);
+Result<WaitQuery> decode_wait_query(std::span<const std::uint8_t> bytes);
+Result<FetchQuery> decode_fetch_query(std::span<const std::uint8_t> bytes);
+Result<FetchAnswer> decode_fetch_answer(std::span<const std::uint8_t> bytes);
+
+// How a message rides a service call: its bytes as the one string argument (or the answer),
+// and back. as_message_bytes refuses anything but a string (invalid_argument "invalid
+// argument: bad agent message: WHAT is not a binary string").
+Value message_value(const AgentMessageBytes& bytes);
+Value message_args(const AgentMessageBytes& bytes);  // {bytes}: a call's argument array
+Result<std::span<const std::uint8_t>> as_message_bytes(const Value& v, const char* what);
+
+// Decodes `v` (a service's argument or answer) as a message: T's decoder over its bytes.
+template <class T, Result<T> (*Decode)(std::span<const std::uint8_t>)>
+Result<T> decode_message(const Value& v, const char* what) {
+  auto bytes = as_message_bytes(v, what);
+  if (!bytes) return bytes.error();
+  return Decode(*bytes);
+}
+
+}  // namespace sojourn

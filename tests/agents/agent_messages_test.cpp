@@ -1,0 +1,289 @@
+// The agent protocol's messages (agents/agent_messages.*): each round-trips through its codec,
+// and truncated, garbage, mislabelled or unknown-state bytes are refused with an error.
+#include <doctest/doctest.h>
+
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "../../agents/agent_messages.hpp"
+
+using namespace sojourn;
+
+namespace {
+
+AgentRecord sample_record() {
+  AgentRecord r;
+  r.id = std::string(32, 'a');
+  r.home = "127.0.0.1:7400";
+  r.owner = "alice";
+  r.bundle_hash = std::string(64, 'b');
+  r.entry = "start";
+  r.state = Value::table();
+  r.state.set("n", 3);
+  r.epoch = 2;
+  r.itinerary = {"127.0.0.1:7401"};
+  r.max_hops = 8;
+  r.quotas.cpu_instructions = 1000;
+  r.hops.push_back(AgentHop{"127.0.0.1:7400", 0, 1700000000000, 3, 12, "trusted"});
+  r.report_token = std::string(32, 'c');
+  return r;
+}
+
+Value body() {
+  Value v = Value::table();
+  v.set("text", "hello");
+  v.push(42);
+  return v;
+}
+
+// Every strict prefix of `bytes` (each one a truncation) and `bytes` with one more byte are
+// refused as invalid_argument, naming the message.
+template <class T>
+void check_refuses_damaged(const std::vector<std::uint8_t>& bytes, Result<T> (*decode)(std::span<const std::uint8_t>),
+                           const std::string& kind) {
+  for (std::size_t n = 0; n < bytes.size(); ++n) {
+    auto r = decode(std::span(bytes.data(), n));
+    REQUIRE_FALSE(r.ok());
+    CHECK(r.error().code == Errc::invalid_argument);
+    CHECK(r.error().message.rfind("invalid argument: bad agent message: " + kind + ": ", 0) == 0);
+  }
+  std::vector<std::uint8_t> longer = bytes;
+  longer.push_back(0);
+  auto r = decode(longer);
+  REQUIRE_FALSE(r.ok());
+  CHECK(r.error().message == "invalid argument: bad agent message: " + kind + ": 1 trailing bytes");
+}
+
+}  // namespace
+
+TEST_CASE("an agent state's name parses back to it, and an unknown name is refused") {
+  for (int i = 0; i <= static_cast<int>(kLastAgentState); ++i) {
+    const auto state = static_cast<AgentState>(i);
+    auto parsed = parse_agent_state(agent_state_name(state));
+    REQUIRE(parsed.ok());
+    CHECK(*parsed == state);
+  }
+  CHECK(agent_state_name(AgentState::queued) == "queued");
+  CHECK(agent_state_name(AgentState::asleep) == "asleep");
+  auto waiting = parse_agent_state("waiting");
+  REQUIRE_FALSE(waiting.ok());
+  CHECK(waiting.error().code == Errc::invalid_argument);
+  CHECK(waiting.error().message == "invalid argument: unknown agent state waiting");
+}
+
+TEST_CASE("the hand-over's messages round-trip and refuse truncated or longer bytes") {
+  AgentOffer offer{std::string(32, 'a'), 3, std::string(64, 'b'), 99};
+  auto offer_bytes = encode(offer);
+  auto o = decode_offer(offer_bytes);
+  REQUIRE(o.ok());
+  CHECK((o->id == offer.id && o->epoch == 3 && o->bundle_hash == offer.bundle_hash && o->state_bytes == 99));
+  check_refuses_damaged(offer_bytes, decode_offer, "offer");
+
+  auto answer = decode_offer_answer(encode(OfferAnswer{false, true}));
+  REQUIRE(answer.ok());
+  CHECK_FALSE(answer->duplicate);
+  CHECK(answer->need_bundle);
+  check_refuses_damaged(encode(OfferAnswer{true, false}), decode_offer_answer, "offer answer");
+
+  AgentTransfer transfer;
+  transfer.record = sample_record();
+  transfer.to = "127.0.0.1:7401";
+  transfer.nonce = std::string(32, 'd');
+  transfer.expires_unix_ms = 1700000030000;
+  transfer.bundle_bytes = std::string("\0bundle", 7);
+  auto transfer_bytes = encode(transfer);
+  auto t = decode_transfer(transfer_bytes);
+  REQUIRE(t.ok());
+  CHECK(t->record.id == transfer.record.id);
+  CHECK(t->record.epoch == 2);
+  CHECK(t->record.itinerary == transfer.record.itinerary);
+  CHECK(t->record.report_token == transfer.record.report_token);
+  CHECK(t->record.hops.size() == 1);
+  CHECK(deep_equal(t->record.state, transfer.record.state));
+  CHECK(t->to == transfer.to);
+  CHECK(t->nonce == transfer.nonce);
+  CHECK(t->expires_unix_ms == transfer.expires_unix_ms);
+  CHECK(t->bundle_bytes == transfer.bundle_bytes);
+  check_refuses_damaged(transfer_bytes, decode_transfer, "transfer");
+  transfer.bundle_bytes.reset();
+  auto without = decode_transfer(encode(transfer));
+  REQUIRE(without.ok());
+  CHECK_FALSE(without->bundle_bytes.has_value());
+  // The record's own checks still apply: a bad id is the record's error.
+  transfer.record.id = "not an id";
+  auto bad_id = decode_transfer(encode(transfer));
+  REQUIRE_FALSE(bad_id.ok());
+
+  auto commit = decode_commit(encode(AgentCommit{offer.id, 3, "127.0.0.1:7401"}));
+  REQUIRE(commit.ok());
+  CHECK((commit->id == offer.id && commit->epoch == 3 && commit->node == "127.0.0.1:7401"));
+}
+
+TEST_CASE("the reports to the home round-trip, and refuse a state they cannot carry") {
+  ArrivalReport arrival;
+  arrival.id = std::string(32, 'a');
+  arrival.epoch = 4;
+  arrival.node = "127.0.0.1:7402";
+  arrival.state_bytes = 17;
+  arrival.isolation = "process";
+  arrival.delivered = {"m1", "m2"};
+  arrival.token = "tok";
+  auto arrival_bytes = encode(arrival);
+  auto a = decode_arrival(arrival_bytes);
+  REQUIRE(a.ok());
+  CHECK((a->id == arrival.id && a->epoch == 4 && a->node == arrival.node && a->state == AgentState::running));
+  CHECK((a->state_bytes == 17 && a->isolation == "process" && a->delivered == arrival.delivered && a->token == "tok"));
+  check_refuses_damaged(arrival_bytes, decode_arrival, "arrival");
+  arrival.state = AgentState::finished;
+  auto finished_arrival = decode_arrival(encode(arrival));
+  REQUIRE_FALSE(finished_arrival.ok());
+  CHECK(finished_arrival.error().message ==
+        "invalid argument: bad agent message: arrival: agent state finished is not allowed here");
+
+  ArrivalAnswer answer{{ForwardedMessage{"m3", body()}}, "next"};
+  auto answer_bytes = encode(answer);
+  auto aa = decode_arrival_answer(answer_bytes);
+  REQUIRE(aa.ok());
+  REQUIRE(aa->messages.size() == 1);
+  CHECK(aa->messages[0].message_id == "m3");
+  CHECK(deep_equal(aa->messages[0].body, body()));
+  CHECK(aa->token == "next");
+  check_refuses_damaged(answer_bytes, decode_arrival_answer, "arrival answer");
+
+  EndReport end;
+  end.id = arrival.id;
+  end.epoch = 5;
+  end.node = "127.0.0.1:7403";
+  end.state = AgentState::failed;
+  end.reason = "out of budget";
+  end.result = Value::array({"r"});
+  end.hops = sample_record().hops;
+  end.log = {"a line"};
+  end.token = "tok";
+  auto end_bytes = encode(end);
+  auto e = decode_end(end_bytes);
+  REQUIRE(e.ok());
+  CHECK((e->state == AgentState::failed && e->reason == end.reason && e->log == end.log && e->token == "tok"));
+  REQUIRE(e->hops.size() == 1);
+  CHECK((e->hops[0].node == end.hops[0].node && e->hops[0].arrived_unix_ms == end.hops[0].arrived_unix_ms &&
+         e->hops[0].isolation == "trusted"));
+  CHECK(deep_equal(e->result, end.result));
+  check_refuses_damaged(end_bytes, decode_end, "end report");
+  // A state number past the last one: the byte after the node's string is the state (after
+  // Cereal's endianness byte, the kind and the version).
+  std::vector<std::uint8_t> unknown = end_bytes;
+  const std::size_t state_at = 3 + 4 + end.id.size() + 8 + 4 + end.node.size();
+  REQUIRE(unknown[state_at] == static_cast<std::uint8_t>(AgentState::failed));
+  unknown[state_at] = 200;
+  auto u = decode_end(unknown);
+  REQUIRE_FALSE(u.ok());
+  CHECK(u.error().message == "invalid argument: bad agent message: end report: unknown agent state 200");
+}
+
+TEST_CASE("messages to an agent, status, list, wait, launch and fetch round-trip") {
+  AgentSend send{std::string(32, 'a'), "m1", "127.0.0.1:7400", body()};
+  auto s = decode_send(encode(send));
+  REQUIRE(s.ok());
+  CHECK((s->id == send.id && s->message_id == "m1" && s->from == send.from && deep_equal(s->body, body())));
+  check_refuses_damaged(encode(send), decode_send, "send");
+  auto sa = decode_send_answer(encode(SendAnswer{"m1"}));
+  REQUIRE(sa.ok());
+  CHECK(sa->message_id == "m1");
+
+  AgentDeliver deliver{send.id, ForwardedMessage{"m1", body()}, "tok", "old"};
+  auto d = decode_deliver(encode(deliver));
+  REQUIRE(d.ok());
+  CHECK((d->id == send.id && d->message.message_id == "m1" && d->token == "tok" && d->previous == "old"));
+  check_refuses_damaged(encode(deliver), decode_deliver, "deliver");
+
+  AgentStatus status;
+  status.id = send.id;
+  status.home = "h";
+  status.owner = "o";
+  status.location = "l";
+  status.epoch = 6;
+  status.status = AgentState::stranded;
+  status.reason = "destination unreachable";
+  status.result = Value::table();
+  status.hops = sample_record().hops;
+  status.log = {"x"};
+  status.pending_messages = 2;
+  auto st = decode_status(encode(status));
+  REQUIRE(st.ok());
+  CHECK((st->status == AgentState::stranded && st->reason == status.reason && st->pending_messages == 2 &&
+         st->location == "l" && st->epoch == 6 && st->hops.size() == 1 && st->log == status.log));
+  check_refuses_damaged(encode(status), decode_status, "status");
+
+  std::vector<AgentSummary> list(2);
+  list[0].id = send.id;
+  list[0].status = AgentState::asleep;
+  list[1].id = std::string(32, 'e');
+  list[1].status = AgentState::stranded;
+  list[1].reason = "why";
+  list[1].since_unix_ms = 1700000000000;
+  auto l = decode_list(encode(list));
+  REQUIRE(l.ok());
+  REQUIRE(l->size() == 2);
+  CHECK(((*l)[0].status == AgentState::asleep && (*l)[1].reason == "why" && (*l)[1].since_unix_ms == 1700000000000));
+  check_refuses_damaged(encode(list), decode_list, "list");
+
+  auto w = decode_wait_query(encode(WaitQuery{send.id, 250}));
+  REQUIRE(w.ok());
+  CHECK((w->id == send.id && w->wait_ms == 250));
+
+  AgentLaunchRequest launch;
+  launch.bundle_bytes = "bytes";
+  launch.entry = "start";
+  launch.state = body();
+  launch.itinerary = {"a", "b"};
+  launch.owner = "alice";
+  launch.max_hops = 3;
+  launch.signer = "k";
+  launch.signature = "s";
+  auto la = decode_launch(encode(launch));
+  REQUIRE(la.ok());
+  CHECK((la->bundle_bytes == "bytes" && la->itinerary == launch.itinerary && la->max_hops == 3 && la->signer == "k" &&
+         la->signature == "s" && deep_equal(la->state, body())));
+  check_refuses_damaged(encode(launch), decode_launch, "launch");
+  auto lan = decode_launch_answer(encode(AgentLaunchAnswer{send.id, "h"}));
+  REQUIRE(lan.ok());
+  CHECK((lan->id == send.id && lan->home == "h"));
+
+  auto fq = decode_fetch_query(encode(FetchQuery{"mod", "", "have"}));
+  REQUIRE(fq.ok());
+  CHECK((fq->module == "mod" && fq->hash.empty() && fq->have == "have"));
+  auto fa = decode_fetch_answer(encode(FetchAnswer{"h", std::string("b")}));
+  REQUIRE(fa.ok());
+  CHECK((fa->hash == "h" && fa->bundle_bytes == std::optional<std::string>("b")));
+  check_refuses_damaged(encode(FetchAnswer{"h", std::nullopt}), decode_fetch_answer, "fetch answer");
+}
+
+TEST_CASE("one message's bytes are not another's, nor another version's, nor a non-string argument") {
+  auto commit_bytes = encode(AgentCommit{std::string(32, 'a'), 1, "n"});
+  auto as_offer = decode_offer(commit_bytes);
+  REQUIRE_FALSE(as_offer.ok());
+  CHECK(as_offer.error().message == "invalid argument: bad agent message: offer: got a commit");
+  std::vector<std::uint8_t> garbage = {commit_bytes[0], 0xff, 0x01, 0x02};
+  auto g = decode_commit(garbage);
+  REQUIRE_FALSE(g.ok());
+  CHECK(g.error().message == "invalid argument: bad agent message: commit: unknown message kind 255");
+  std::vector<std::uint8_t> future = commit_bytes;
+  future[2] = kAgentProtocolVersion + 1;  // after Cereal's endianness byte and the kind
+  auto f = decode_commit(future);
+  REQUIRE_FALSE(f.ok());
+  CHECK(f.error().message == "invalid argument: bad agent message: commit: agent protocol version 2 (this node speaks 1)");
+  // A huge count with nothing after it is refused before anything is allocated for it.
+  std::vector<std::uint8_t> huge = {commit_bytes[0], static_cast<std::uint8_t>(AgentMessageKind::list_answer),
+                                    kAgentProtocolVersion, 0xff, 0xff, 0xff, 0x7f};
+  auto h = decode_list(huge);
+  REQUIRE_FALSE(h.ok());
+  CHECK(h.error().code == Errc::invalid_argument);
+  // The service-call wrapping: a table where the bytes belong is refused.
+  auto table = decode_message<AgentCommit, decode_commit>(Value::table(), "the COMMIT");
+  REQUIRE_FALSE(table.ok());
+  CHECK(table.error().message == "invalid argument: bad agent message: the COMMIT is not a binary string");
+  auto wrapped = decode_message<AgentCommit, decode_commit>(message_value(commit_bytes), "the COMMIT");
+  REQUIRE(wrapped.ok());
+  CHECK(wrapped->node == "n");
+}
