@@ -43,7 +43,7 @@ asio::awaitable<Result<AgentRuntime::Fetched>> AgentRuntime::fetch(std::string p
   const std::string have = cache_.last_fetch(peer, module);
   if (!have.empty() && cache_.contains(have)) request.set("have", have);
   Value args = Value::array({request});
-  Result<Value> reply = co_await impl_.call_peer(peer, "code.fetch", args);
+  Result<Value> reply = co_await links_.call_peer(peer, "code.fetch", args);
   if (!reply) co_return reply.error();
   const std::string hash = field_string(*reply, "hash");
   if (!is_bundle_hash(hash)) co_return make_error(Errc::bad_bundle, "bad bundle: the peer sent no valid hash");
@@ -85,10 +85,10 @@ Result<Value> AgentRuntime::require_module(std::string_view name, const CachedBu
   if (auto published = cache_.published(name)) return answer(published->bundle.main_source(), published->bundle.main_file());
   if (origin.empty() || origin == self()) return make_error(Errc::no_such_module, "no such module: " + std::string(name));
   // From the code's origin; this blocks a worker thread, never the network thread.
-  if (impl_.io.get_executor().running_in_this_thread()) {
+  if (runtime_.on_network_thread()) {
     return errors::internal("require_remote on the network thread");
   }
-  auto fetched = asio::co_spawn(impl_.io, fetch(origin, std::string(name)), asio::use_future).get();
+  auto fetched = asio::co_spawn(runtime_.io(), fetch(origin, std::string(name)), asio::use_future).get();
   if (!fetched) return fetched.error();
   return answer(fetched->bundle->bundle.main_source(), fetched->bundle->bundle.main_file());
 }

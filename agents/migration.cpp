@@ -30,7 +30,7 @@ std::string_view as_text(std::span<const std::uint8_t> bytes) {
 }  // namespace
 
 Result<Value> AgentRuntime::on_offer(const Value& request) {
-  if (impl_.shutting_down) return errors::shutting_down();
+  if (runtime_.shutting_down()) return errors::shutting_down();
   const std::string id = field_string(request, "id");
   const std::uint64_t epoch = field_u64(request, "epoch");
   const std::string hash = field_string(request, "bundle");
@@ -54,11 +54,11 @@ Result<Value> AgentRuntime::on_offer(const Value& request) {
 }
 
 Result<Value> AgentRuntime::on_transfer(const Value& request, const PeerIdentity& caller) {
-  if (impl_.shutting_down) return errors::shutting_down();
+  if (runtime_.shutting_down()) return errors::shutting_down();
   auto record = record_from_value(request.get("record"));
   if (!record) return record.error();
   const std::string what = "the TRANSFER of agent " + record->id + " (epoch " + std::to_string(record->epoch) + ")";
-  if (auto fresh = impl_.replay.check_expiry(static_cast<std::int64_t>(field_u64(request, "expires")), what); !fresh) {
+  if (auto fresh = trust_.replay().check_expiry(static_cast<std::int64_t>(field_u64(request, "expires")), what); !fresh) {
     return fresh.error();
   }
   if (auto addressed = check_addressed_to(field_string(request, "to"), self(), what); !addressed) return addressed.error();
@@ -74,7 +74,7 @@ Result<Value> AgentRuntime::on_transfer(const Value& request, const PeerIdentity
                                                " is stale (this node has seen epoch " + std::to_string(seen->second.epoch) + ")");
     }
   }
-  if (auto fresh = impl_.replay.admit(field_string(request, "nonce"), static_cast<std::int64_t>(field_u64(request, "expires")), what);
+  if (auto fresh = trust_.replay().admit(field_string(request, "nonce"), static_cast<std::int64_t>(field_u64(request, "expires")), what);
       !fresh) {
     return fresh.error();
   }
@@ -97,7 +97,7 @@ Result<Value> AgentRuntime::on_transfer(const Value& request, const PeerIdentity
   if (!rule) return rule.error();
   // An arriving agent runs here at this node's peer level (or the policy's), or the stronger
   // one it carries: a node may strengthen an agent's jail, never weaken it.
-  auto level = impl_.level_for(record->isolation, *rule);
+  auto level = trust_.level_for(record->isolation, *rule);
   if (!level) return level.error();
   record->isolation = *level;
   bundle = cache_.store(std::move(bundle));
@@ -118,7 +118,7 @@ Result<Value> AgentRuntime::on_transfer(const Value& request, const PeerIdentity
     if (done != commits_.end()) return done->second.reply;
     remember_commit(id, epoch, commit);
   }
-  log_info("agents", impl_.options.name + ": agent " + id + " arrived (epoch " + std::to_string(epoch) + ")");
+  log_info("agents", options_.name + ": agent " + id + " arrived (epoch " + std::to_string(epoch) + ")");
   // Resident now (this COMMIT is the source's cue to drop its copy), but it runs only once
   // its home knows where it is and has handed over the messages waiting for it.
   {
@@ -144,7 +144,7 @@ asio::awaitable<Result<Value>> AgentRuntime::hand_over(AgentRecord record, std::
   offer.set("bundle", record.bundle_hash);
   offer.set("state_bytes", static_cast<std::int64_t>(encode_value(record.state).size()));
   Value offer_args = Value::array({offer});
-  Result<Value> answer = co_await impl_.call_peer(peer, "agent.offer", offer_args);
+  Result<Value> answer = co_await links_.call_peer(peer, "agent.offer", offer_args);
   if (!answer) co_return answer.error();
   if (answer->get("duplicate").truthy()) {
     // An earlier TRANSFER of this epoch was committed but its COMMIT was lost.
@@ -158,13 +158,13 @@ asio::awaitable<Result<Value>> AgentRuntime::hand_over(AgentRecord record, std::
   // Bound to this destination and this moment: a captured copy is refused elsewhere or later.
   transfer.set("to", destination_for(peer));
   transfer.set("nonce", random_nonce());
-  transfer.set("expires", unix_ms_now() + static_cast<std::int64_t>(impl_.options.transfer_lifetime.count()));
+  transfer.set("expires", unix_ms_now() + static_cast<std::int64_t>(options_.transfer_lifetime.count()));
   if (answer->get("need_bundle").truthy()) {
     transfer.set("bundle_bytes", std::string(as_text(bundle->bytes)));
     ++bundles_sent_;
   }
   Value transfer_args = Value::array({transfer});
-  Result<Value> commit = co_await impl_.call_peer(peer, "agent.transfer", transfer_args);
+  Result<Value> commit = co_await links_.call_peer(peer, "agent.transfer", transfer_args);
   co_return commit;
 }
 
@@ -187,12 +187,12 @@ asio::awaitable<void> AgentRuntime::migrate(std::string id, std::string peer, st
   }
   // Where it may go is decided on the record as it was here: its home, stops and visits.
   const AgentRecord here = next;
-  scope.tls = impl_.tls != nullptr;
-  scope.peers = &impl_.options.tls.peers;
+  scope.tls = trust_.tls() != nullptr;
+  scope.peers = &options_.tls.peers;
   scope.record = &here;
   if (auto allowed = check_destination(scope, peer); !allowed) {
     // The code asked for this destination itself: it stays here, told no more than that.
-    log_warn("agents", impl_.options.name + ": " + allowed.error().message);
+    log_warn("agents", options_.name + ": " + allowed.error().message);
     strand(id, next.epoch, "cannot move agent " + id + " to " + peer + ": " + kDestinationRefused);
     co_return;
   }
@@ -210,7 +210,7 @@ asio::awaitable<void> AgentRuntime::migrate(std::string id, std::string peer, st
   for (const std::string& target : targets) {
     if (target != peer) {
       if (auto allowed = check_destination(scope, target); !allowed) {
-        log_warn("agents", impl_.options.name + ": not falling back: " + allowed.error().message);
+        log_warn("agents", options_.name + ": not falling back: " + allowed.error().message);
         continue;
       }
     }
@@ -220,14 +220,14 @@ asio::awaitable<void> AgentRuntime::migrate(std::string id, std::string peer, st
       auto& it = attempt.itinerary;
       if (!it.empty() && it.front() == target) it.erase(it.begin());
     }
-    auto backoff = impl_.options.retry_backoff;
+    auto backoff = options_.retry_backoff;
     // Retries end within transfer_lifetime of the first try: the destination remembers a
     // COMMIT at least that long (docs/migration.md, "What a node remembers"), so a retry
     // after a lost COMMIT always hears `duplicate`, never a second commit.
     const auto first_try = std::chrono::steady_clock::now();
-    for (std::uint32_t tries = 0; tries <= impl_.options.migration_retries; ++tries) {
-      if (impl_.shutting_down) co_return;
-      if (tries > 0 && std::chrono::steady_clock::now() - first_try >= impl_.options.transfer_lifetime) break;
+    for (std::uint32_t tries = 0; tries <= options_.migration_retries; ++tries) {
+      if (runtime_.shutting_down()) co_return;
+      if (tries > 0 && std::chrono::steady_clock::now() - first_try >= options_.transfer_lifetime) break;
       Result<Value> commit = co_await hand_over(attempt, bundle, target);
       if (commit && commit->get("committed").truthy()) {
         {
@@ -237,7 +237,7 @@ asio::awaitable<void> AgentRuntime::migrate(std::string id, std::string peer, st
           auto it = residents_.find(id);
           if (it != residents_.end() && it->second.record.epoch + 1 == attempt.epoch) residents_.erase(it);
         }
-        log_info("agents", impl_.options.name + ": agent " + id + " moved to " + target + " (epoch " +
+        log_info("agents", options_.name + ": agent " + id + " moved to " + target + " (epoch " +
                                std::to_string(attempt.epoch) + ")");
         co_return;
       }
@@ -248,15 +248,15 @@ asio::awaitable<void> AgentRuntime::migrate(std::string id, std::string peer, st
       last_error = commit.error().message;
       last_error_for_code = hand_over_failure_for_code(commit.error());
       if (!outcome_unknown(commit.error().code)) break;
-      log_warn("agents", impl_.options.name + ": moving agent " + id + " to " + target + ": " + last_error + "; retrying");
-      asio::steady_timer timer(impl_.io, backoff);
+      log_warn("agents", options_.name + ": moving agent " + id + " to " + target + ": " + last_error + "; retrying");
+      asio::steady_timer timer(runtime_.io(), backoff);
       co_await timer.async_wait(asio::use_awaitable);
       backoff *= 2;
     }
   }
   // Nowhere to go: the agent stays here, stopped. The log has the whole story; the status,
   // which code can read, only what does not make this node a probe of its network.
-  log_warn("agents", impl_.options.name + ": cannot move agent " + id + " to " + peer + ": " + last_error);
+  log_warn("agents", options_.name + ": cannot move agent " + id + " to " + peer + ": " + last_error);
   strand(id, next.epoch - 1, "cannot move agent " + id + " to " + peer + ": " + last_error_for_code);
 }
 

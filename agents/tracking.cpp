@@ -49,12 +49,12 @@ asio::awaitable<void> AgentRuntime::report_home(std::string home, std::string se
   // home learns at the next one (location is advisory; the result is not, so a finished
   // report is tried longer).
   const int tries = service == "agent.finished" ? 50 : 5;
-  for (int i = 0; i < tries && !impl_.shutting_down; ++i) {
+  for (int i = 0; i < tries && !runtime_.shutting_down(); ++i) {
     Value call_args = Value::array({args});
-    Result<Value> r = co_await impl_.call_peer(home, service, call_args);
+    Result<Value> r = co_await links_.call_peer(home, service, call_args);
     if (r) co_return;
     log_warn("agents", "cannot report " + service + " to home " + home + ": " + r.error().message);
-    asio::steady_timer timer(impl_.io, std::chrono::milliseconds(100 * (i + 1)));
+    asio::steady_timer timer(runtime_.io(), std::chrono::milliseconds(100 * (i + 1)));
     co_await timer.async_wait(asio::use_awaitable);
   }
 }
@@ -168,11 +168,11 @@ asio::awaitable<void> AgentRuntime::arrive(std::string id) {
     answer = on_arrived(report, local);
   } else {
     // A short wait at most: an unreachable home must not hold the agent up for long.
-    for (int i = 0; i < 3 && !impl_.shutting_down; ++i) {
+    for (int i = 0; i < 3 && !runtime_.shutting_down(); ++i) {
       Value args = Value::array({report});
-      answer = co_await impl_.call_peer(home, "agent.arrived", args);
+      answer = co_await links_.call_peer(home, "agent.arrived", args);
       if (answer) break;
-      asio::steady_timer timer(impl_.io, std::chrono::milliseconds(20 * (i + 1)));
+      asio::steady_timer timer(runtime_.io(), std::chrono::milliseconds(20 * (i + 1)));
       co_await timer.async_wait(asio::use_awaitable);
     }
     if (!answer) log_warn("agents", "agent " + id + ": cannot report the arrival home: " + answer.error().message);
@@ -311,7 +311,7 @@ void AgentRuntime::kick_forwarding(const std::string& id) {
 asio::awaitable<void> AgentRuntime::forward_messages(std::string id) {
   auto keep = shared_from_this();
   int failures = 0;
-  while (!impl_.shutting_down) {
+  while (!runtime_.shutting_down()) {
     std::string location, token, previous;
     PendingMessage message;
     {
@@ -339,7 +339,7 @@ asio::awaitable<void> AgentRuntime::forward_messages(std::string id) {
       r = on_deliver(deliver);
     } else {
       Value args = Value::array({deliver});
-      r = co_await impl_.call_peer(location, "agent.deliver", args);
+      r = co_await links_.call_peer(location, "agent.deliver", args);
     }
     if (r) {
       failures = 0;
@@ -352,7 +352,7 @@ asio::awaitable<void> AgentRuntime::forward_messages(std::string id) {
     }
     // Not there (moving, or gone on): wait for the next arrival report or a little while.
     ++failures;
-    asio::steady_timer timer(impl_.io, kForwardPause);
+    asio::steady_timer timer(runtime_.io(), kForwardPause);
     co_await timer.async_wait(asio::use_awaitable);
   }
   std::lock_guard lock(mutex_);

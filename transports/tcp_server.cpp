@@ -137,8 +137,9 @@ class ServerSession : public std::enable_shared_from_this<ServerSession> {
     std::chrono::milliseconds delay{0};
     if (auto server = server_.lock()) {
       auto handler = server->handler;
-      drop = server->options.drop_reply && server->options.drop_reply(frame.header.kind, frame.payload);
-      if (server->options.delay_reply) delay = server->options.delay_reply(frame.header.kind, frame.payload);
+      const RequestHandler::ReplyFault fault = handler->reply_fault(frame.header.kind, frame.payload);
+      drop = fault.drop;
+      delay = fault.delay;
       server.reset();
       reply = co_await handler->handle(frame.header.kind, std::move(frame.payload), peer_);
     }
