@@ -3,7 +3,9 @@
 #include <algorithm>
 #include <shared_mutex>
 
-#include "node_impl.hpp"
+#include "node_jails.hpp"
+#include "node_stats.hpp"
+#include "services.hpp"
 #include "sojourn/core/frame.hpp"
 #include "sojourn/core/messages.hpp"
 

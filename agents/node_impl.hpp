@@ -41,8 +41,4 @@ struct Node::Impl : std::enable_shared_from_this<Node::Impl> {
   std::shared_ptr<AgentRuntime> agents;  // mobile agents and code-on-demand
 };
 
-// Registers kv.get/put/del/keys and node.info on a new node.
-void register_builtin_services(Node& node, const NodeCounters& counters, const ServiceRegistry& registry,
-                               NodeJails& jails);
-
 }  // namespace sojourn

@@ -14,6 +14,9 @@
 
 namespace sojourn {
 
+class NodeJails;
+struct NodeCounters;
+
 // A protocol service that answers later without holding a worker (agent.wait): it runs on
 // the network thread.
 using AsyncPeerService = std::function<asio::awaitable<Result<Value>>(Value args, PeerIdentity caller)>;
@@ -45,5 +48,10 @@ class ServiceRegistry {
   mutable std::shared_mutex mutex_;
   std::unordered_map<std::string, ServiceEntry> services_;
 };
+
+// Registers kv.get/put/del/keys and node.info on a new node (builtin_services.cpp); node.info
+// reads the counters, the registry and the jails.
+void register_builtin_services(Node& node, const NodeCounters& counters, const ServiceRegistry& registry,
+                               NodeJails& jails);
 
 }  // namespace sojourn

@@ -181,6 +181,26 @@ TEST_CASE("an isolation level the node does not offer is refused, not silently d
   }
 }
 
+TEST_CASE("isolation_levels names every level once, available or missing with its reason") {
+  Node node{NodeOptions{.name = "levels"}};
+  const IsolationLevels levels = node.isolation_levels();
+  CHECK(levels.has(Isolation::trusted));  // the node's own Lua needs no jail to start
+  CHECK(levels.available.size() + levels.missing.size() == 3);
+  for (Isolation level : {Isolation::trusted, Isolation::process, Isolation::microvm}) {
+    CAPTURE(isolation_name(level));
+    const auto missing = std::count_if(levels.missing.begin(), levels.missing.end(),
+                                       [&](const auto& m) { return m.first == level; });
+    CHECK(static_cast<int>(levels.has(level)) + missing == 1);
+  }
+  std::string text;
+  for (const auto& [level, why] : levels.missing) {
+    CHECK_FALSE(why.empty());
+    text += (text.empty() ? "" : "; ") + std::string(isolation_name(level)) + ": " + why;
+  }
+  CHECK(levels.why_missing() == text);
+  CHECK(std::is_sorted(levels.available.begin(), levels.available.end()));
+}
+
 TEST_CASE("code from a peer runs in the strongest jail by default, and never below what it asks for") {
   TwoNodes n;
   auto r = n.client.eval(n.address, "return node.call('node.info').name, 6 * 7");
