@@ -21,7 +21,7 @@ namespace sojourn {
 class AgentRuntime;
 
 // Declared in that order: each role is made after (and destroyed before) those it uses.
-struct Node::Impl : std::enable_shared_from_this<Node::Impl> {
+struct Node::Impl {
   explicit Impl(NodeOptions o)
       : options(std::move(o)),
         runtime(options.worker_threads),

@@ -12,11 +12,11 @@ namespace sojourn {
 
 using namespace transport_detail;
 
-namespace {
+namespace transport_detail {
 
 class ServerSession;
 
-}  // namespace
+}  // namespace transport_detail
 
 struct TcpServer::Impl : std::enable_shared_from_this<TcpServer::Impl> {
   Impl(asio::any_io_executor ex, std::shared_ptr<RequestHandler> h, TransportOptions o)
@@ -42,7 +42,7 @@ struct TcpServer::Impl : std::enable_shared_from_this<TcpServer::Impl> {
   bool accepting = false;
 };
 
-namespace {
+namespace transport_detail {
 
 class ServerSession : public std::enable_shared_from_this<ServerSession> {
  public:
@@ -185,7 +185,7 @@ class ServerSession : public std::enable_shared_from_this<ServerSession> {
   bool done_reading_ = false;
 };
 
-}  // namespace
+}  // namespace transport_detail
 
 void TcpServer::Impl::refuse_at_cap(tcp::socket& socket, const std::string& peer) {
   ++refused_at_cap;

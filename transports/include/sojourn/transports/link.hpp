@@ -94,6 +94,10 @@ struct ServerStats {
   std::size_t partial_frame_bytes_peak = 0; // the most ever held at once
 };
 
+namespace transport_detail {
+class ServerSession;
+}  // namespace transport_detail
+
 // Serves framed requests on TCP, or on TLS when the options say. Start and stop from the
 // executor's thread.
 class TcpServer {
@@ -112,9 +116,9 @@ class TcpServer {
   // From the executor's thread.
   ServerStats stats() const;
 
-  struct Impl;  // internal (shared with the connection sessions)
-
  private:
+  struct Impl;  // the library's own (tcp_server.cpp), shared with the connection sessions
+  friend class transport_detail::ServerSession;
   std::shared_ptr<Impl> impl_;
 };
 
