@@ -23,7 +23,7 @@ Result<const PolicyRule*> AgentRuntime::admit_code(AgentRecord& record, const Ca
   std::string signer;
   if (!record.signer.empty() || !record.signature.empty()) {
     BundleSignature s{record.signer, record.signature};
-    if (auto good = impl_.signatures.verify(s, bundle.hash, m); !good) return good.error();
+    if (auto good = trust_.signatures().verify(s, bundle.hash, m); !good) return good.error();
     signer = key_fingerprint(record.signer);
   }
   // The manifest is the ceiling of every quota the record carries: a node on the way may
@@ -43,9 +43,9 @@ Result<const PolicyRule*> AgentRuntime::admit_code(AgentRecord& record, const Ca
   if (q.wall_ms != 0 && record.quotas.wall_ms > q.wall_ms) {
     return raised(record, "a wall-clock quota", record.quotas.wall_ms, q.wall_ms);
   }
-  const PolicyRule* rule = impl_.rule_for(signer, peer);
+  const PolicyRule* rule = trust_.rule_for(signer, peer);
   if (rule == nullptr) return rule;
-  if (rule->refuse) return policy_refusal(*rule, impl_.describe_code(signer));
+  if (rule->refuse) return policy_refusal(*rule, trust_.describe_code(signer));
   if (rule->quotas.max_hops != 0) {
     if (record.epoch > rule->quotas.max_hops) {
       return make_error(Errc::policy_refused, "refused by the node's policy: agent " + record.id + " has made " +
@@ -70,7 +70,7 @@ AgentRuntime::StepBudget AgentRuntime::step_budget(const AgentRecord& record, co
                                                    const PolicyRule* rule, std::uint64_t hop_spent) {
   StepBudget b;
   // min(signed per-run quota, policy, node): the manifest asks, the node's ceiling clamps.
-  b.limits = effective_limits(bundle.bundle.manifest.quotas, impl_.options.default_limits, impl_.run_ceiling(rule));
+  b.limits = effective_limits(bundle.bundle.manifest.quotas, options_.default_limits, trust_.run_ceiling(rule));
   if (rule != nullptr && rule->quotas.cpu_per_hop != 0) {
     const std::uint64_t hop_left = rule->quotas.cpu_per_hop > hop_spent ? rule->quotas.cpu_per_hop - hop_spent : 0;
     if (hop_left == 0) {
@@ -96,7 +96,7 @@ AgentRuntime::StepBudget AgentRuntime::step_budget(const AgentRecord& record, co
 }
 
 std::uint64_t AgentRuntime::charged_instructions(const sandbox::AgentOutcome& outcome) const {
-  const std::uint64_t per_ms = impl_.options.instructions_per_cpu_ms;
+  const std::uint64_t per_ms = options_.instructions_per_cpu_ms;
   const std::uint64_t measured = outcome.host_cpu_us / 1000 * per_ms + outcome.host_cpu_us % 1000 * per_ms / 1000;
   return std::max(outcome.instructions, measured);
 }

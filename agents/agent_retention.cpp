@@ -20,7 +20,7 @@ bool ended(const AgentStatus& s) { return s.done() || s.status == AgentState::st
 }  // namespace
 
 std::int64_t AgentRuntime::now_ms() const {
-  return impl_.options.expiry_clock ? impl_.options.expiry_clock() : unix_ms_now();
+  return options_.expiry_clock ? options_.expiry_clock() : unix_ms_now();
 }
 
 // Why the retention is the longest lifetime a TRANSFER may have here (max_message_lifetime):
@@ -31,7 +31,7 @@ std::int64_t AgentRuntime::now_ms() const {
 // is forgotten. Within the retention, a duplicate is answered with the earlier COMMIT.
 void AgentRuntime::remember_commit(const std::string& id, std::uint64_t epoch, const AgentCommit& commit) {
   const std::int64_t now = now_ms();
-  const std::int64_t forget = now + static_cast<std::int64_t>(impl_.options.max_message_lifetime.count());
+  const std::int64_t forget = now + static_cast<std::int64_t>(options_.max_message_lifetime.count());
   commits_[{id, epoch}] = Commit{commit, forget};
   HighestEpoch& h = highest_epoch_[id];
   h.epoch = std::max(h.epoch, epoch);
@@ -41,8 +41,8 @@ void AgentRuntime::remember_commit(const std::string& id, std::uint64_t epoch, c
 }
 
 std::int64_t AgentRuntime::forget_at(const Tracked& t) const {
-  std::int64_t at = t.ended_ms + static_cast<std::int64_t>(impl_.options.ended_agent_retention.count());
-  if (t.read_ms != 0) at = std::min(at, t.read_ms + static_cast<std::int64_t>(impl_.options.read_agent_retention.count()));
+  std::int64_t at = t.ended_ms + static_cast<std::int64_t>(options_.ended_agent_retention.count());
+  if (t.read_ms != 0) at = std::min(at, t.read_ms + static_cast<std::int64_t>(options_.read_agent_retention.count()));
   return at;
 }
 
@@ -77,13 +77,13 @@ void AgentRuntime::prune() {
 }
 
 void AgentRuntime::start_sweeps() {
-  auto timer = std::make_shared<asio::steady_timer>(impl_.io);
+  auto timer = std::make_shared<asio::steady_timer>(runtime_.io());
   {
     std::lock_guard lock(mutex_);
     sweep_timer_ = timer;
   }
   auto weak = weak_from_this();
-  const auto interval = impl_.options.prune_interval;
+  const auto interval = options_.prune_interval;
   spawn([](std::weak_ptr<AgentRuntime> weak, std::shared_ptr<asio::steady_timer> timer,
            std::chrono::milliseconds interval) -> asio::awaitable<void> {
     while (true) {
@@ -91,7 +91,7 @@ void AgentRuntime::start_sweeps() {
       boost::system::error_code ec;
       co_await timer->async_wait(asio::redirect_error(asio::use_awaitable, ec));
       auto rt = weak.lock();
-      if (ec || !rt || rt->impl_.shutting_down) co_return;  // cancelled by stop()
+      if (ec || !rt || rt->runtime_.shutting_down()) co_return;  // cancelled by stop()
       rt->prune();
     }
   }(weak, timer, interval), "agent state sweep");
@@ -104,7 +104,7 @@ void AgentRuntime::wake_waiters_locked(const std::string& id) {
   for (auto it = first; it != last; ++it) timers.push_back(it->second);
   // Timers belong to the network thread; a waiter registered before its wait started is
   // cancelled after it (the waiter does not yield between the two).
-  asio::post(impl_.io, [timers = std::move(timers)] {
+  asio::post(runtime_.io(), [timers = std::move(timers)] {
     for (const auto& t : timers) t->cancel();
   });
 }
@@ -117,13 +117,13 @@ void AgentRuntime::stop() {
 
 asio::awaitable<Result<AgentStatus>> AgentRuntime::wait_here(std::string id, std::chrono::milliseconds wait, PeerIdentity caller) {
   auto keep = shared_from_this();
-  auto timer = std::make_shared<asio::steady_timer>(impl_.io, std::min(wait, kMaxWaitSlice));
+  auto timer = std::make_shared<asio::steady_timer>(runtime_.io(), std::min(wait, kMaxWaitSlice));
   {
     // Registered under the lock that on_finished/on_arrived take to end it: no end is missed.
     std::lock_guard lock(mutex_);
     auto it = tracked_.find(id);
     if (it == tracked_.end() || ended(it->second.status) || wait.count() <= 0 || waiters_.size() >= kMaxWaiters ||
-        impl_.shutting_down) {
+        runtime_.shutting_down()) {
       timer.reset();
     } else {
       waiters_.emplace(id, timer);
@@ -163,7 +163,7 @@ asio::awaitable<Result<AgentStatus>> AgentRuntime::wait_agent(std::string home, 
       std::vector<std::uint8_t> payload = encode(call);
       // The home answers within `slice`; the request timeout is the network's share.
       Result<Reply> reply =
-          co_await impl_.request_peer(home, FrameKind::call, std::move(payload), slice + impl_.options.request_timeout);
+          co_await links_.request_peer(home, FrameKind::call, std::move(payload), slice + options_.request_timeout);
       if (!reply) {
         answer = reply.error();
       } else if (reply->code != Errc::ok) {

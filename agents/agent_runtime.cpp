@@ -27,16 +27,17 @@ constexpr std::size_t kMaxLogLines = 64;
 
 }  // namespace
 
-AgentRuntime::AgentRuntime(Node::Impl& impl)
-    : impl_(impl), cache_(impl.options.code_cache_dir, impl.options.code_cache_max_bytes, impl.options.code_cache_max_entries) {}
+AgentRuntime::AgentRuntime(const AgentRuntimeRoles& roles)
+    : options_(roles.options), runtime_(roles.runtime), services_(roles.services), links_(roles.links),
+      trust_(roles.trust), jails_(roles.jails), server_(roles.server),
+      cache_(options_.code_cache_dir, options_.code_cache_max_bytes, options_.code_cache_max_entries) {}
 
 std::string AgentRuntime::self() const {
-  std::lock_guard lock(impl_.advertised_mutex);
-  return impl_.advertised;
+  return server_.advertised();
 }
 
 void AgentRuntime::spawn(asio::awaitable<void> task, const char* what) {
-  asio::co_spawn(impl_.io, std::move(task), [what](std::exception_ptr e) {
+  asio::co_spawn(runtime_.io(), std::move(task), [what](std::exception_ptr e) {
     if (!e) return;
     try {
       std::rethrow_exception(e);
@@ -120,8 +121,7 @@ void AgentRuntime::register_services(Node& node) {
       if (!status) co_return status.error();
       co_return message_value(encode(*status));
     };
-    std::unique_lock lock(impl_.services_mutex);
-    impl_.services["agent.wait"] = std::move(wait);
+    services_.add("agent.wait", std::move(wait));
   }
   node.register_service("agent.list", PeerService([self](const Value&, const PeerIdentity& caller) -> Result<Value> {
     auto rt = self.lock();
@@ -133,7 +133,7 @@ void AgentRuntime::register_services(Node& node) {
 }
 
 Result<AgentLaunchAnswer> AgentRuntime::launch_here(const AgentLaunchRequest& request, const PeerIdentity& caller) {
-  if (impl_.shutting_down) return errors::shutting_down();
+  if (runtime_.shutting_down()) return errors::shutting_down();
   if (request.bundle_bytes.empty()) return errors::invalid_argument("agent.launch needs a bundle");
   const std::string& text = request.bundle_bytes;
   // SAFETY: the string's bytes are read as unsigned bytes of the same size.
@@ -151,7 +151,7 @@ Result<AgentLaunchAnswer> AgentRuntime::launch_here(const AgentLaunchRequest& re
   r.itinerary = request.itinerary;
   const BundleManifest& m = (*bundle)->bundle.manifest;
   r.max_hops = request.max_hops;
-  if (r.max_hops == 0) r.max_hops = m.max_hops != 0 ? m.max_hops : impl_.options.default_max_hops;
+  if (r.max_hops == 0) r.max_hops = m.max_hops != 0 ? m.max_hops : options_.default_max_hops;
   if (m.max_hops != 0) r.max_hops = std::min(r.max_hops, m.max_hops);  // the launcher may only lower it
   r.quotas = m.quotas;
   if (m.cpu_budget != 0) r.cpu_left = m.cpu_budget;
@@ -161,7 +161,7 @@ Result<AgentLaunchAnswer> AgentRuntime::launch_here(const AgentLaunchRequest& re
   auto rule = admit_code(r, **bundle, caller);
   if (!rule) return rule.error();
   // The code came from a peer (the launcher): the node's peer level at least, or the policy's.
-  auto level = impl_.level_for(Isolation::trusted, *rule);
+  auto level = trust_.level_for(Isolation::trusted, *rule);
   if (!level) return level.error();
   r.isolation = *level;
   *bundle = cache_.store(std::move(*bundle));
@@ -170,7 +170,7 @@ Result<AgentLaunchAnswer> AgentRuntime::launch_here(const AgentLaunchRequest& re
                             std::string(isolation_name(r.isolation))});
   track_launch(r);
   AgentLaunchAnswer answer{r.id, r.home};
-  log_info("agents", impl_.options.name + ": launched agent " + r.id + " (" + m.name + ")");
+  log_info("agents", options_.name + ": launched agent " + r.id + " (" + m.name + ")");
   make_resident(std::move(r), std::move(*bundle), *rule);
   return answer;
 }
@@ -194,7 +194,7 @@ void AgentRuntime::make_resident(AgentRecord record, std::shared_ptr<const Cache
 
 void AgentRuntime::schedule_run(const std::string& id) {
   auto self = shared_from_this();
-  asio::post(impl_.workers, [self, id] {
+  asio::post(runtime_.workers(), [self, id] {
     try {
       self->run_step(id);
     } catch (const std::exception& e) {
@@ -230,7 +230,7 @@ void AgentRuntime::run_step(const std::string& id) {
   input.args = Value::table();
   input.limits = budget.limits;
   input.allow_jit = false;
-  input.abort = &impl_.abort_runs;
+  input.abort = runtime_.abort_flag();
   Value info = Value::table();
   info.set("id", record.id);
   info.set("home", record.home);
@@ -244,7 +244,7 @@ void AgentRuntime::run_step(const std::string& id) {
     return agent_host_call(id, service, args);
   });
   const auto started = std::chrono::steady_clock::now();
-  Result<sandbox::AgentOutcome> outcome = impl_.run_agent_step(record.isolation, input, agent, &host);
+  Result<sandbox::AgentOutcome> outcome = jails_.run_agent_step(record.isolation, input, agent, &host);
   const auto spent = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - started);
 
   // A step that hit its CPU limit spent all of it; a budget (not the per-run quota) that
@@ -309,7 +309,7 @@ Result<Value> AgentRuntime::agent_host_call(const std::string& id, std::string_v
   if (service == "agent.log") {
     Value line = args.get(1);
     std::string text = line.is_string() ? line.as_string() : std::string();
-    log_info("agents", impl_.options.name + ": agent " + id.substr(0, 8) + ": " + text);
+    log_info("agents", options_.name + ": agent " + id.substr(0, 8) + ": " + text);
     std::lock_guard lock(mutex_);
     auto it = residents_.find(id);
     if (it != residents_.end()) {
@@ -341,7 +341,7 @@ Result<Value> AgentRuntime::agent_host_call(const std::string& id, std::string_v
     Value name = args.get(1);
     return require_module(name.is_string() ? name.as_string() : std::string(), bundle.get(), home);
   }
-  return impl_.call_from_lua(service, args);
+  return services_.call_from_lua(service, args);
 }
 
 void AgentRuntime::finish(const std::string& id, AgentState how, const std::string& reason, Value result) {
@@ -353,7 +353,7 @@ void AgentRuntime::finish(const std::string& id, AgentState how, const std::stri
     record = std::move(it->second.record);
     residents_.erase(it);
   }
-  log_info("agents", impl_.options.name + ": agent " + id + " " + std::string(agent_state_name(how)) +
+  log_info("agents", options_.name + ": agent " + id + " " + std::string(agent_state_name(how)) +
                          (reason.empty() ? "" : ": " + reason));
   EndReport report;
   report.id = id;
@@ -390,7 +390,7 @@ std::string AgentRuntime::viewer_of(const PeerIdentity& caller) {
 
 bool AgentRuntime::sees_all(const PeerIdentity& caller) const {
   if (caller.address == "local") return true;
-  return impl_.tls && caller.authenticated() && caller.fingerprint == tls_local_identity(*impl_.tls).fingerprint;
+  return trust_.is_self(caller);
 }
 
 Result<std::vector<AgentSummary>> AgentRuntime::list(const PeerIdentity& caller) {

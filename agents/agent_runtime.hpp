@@ -21,13 +21,30 @@
 #include "agent_messages.hpp"
 #include "agent_record.hpp"
 #include "code_cache.hpp"
-#include "node_impl.hpp"
+#include "node_host_calls.hpp"
+#include "node_jails.hpp"
+#include "node_runtime.hpp"
+#include "node_server.hpp"
+#include "node_trust.hpp"
+#include "peer_links.hpp"
+#include "services.hpp"
 
 namespace sojourn {
 
-class AgentRuntime : public std::enable_shared_from_this<AgentRuntime> {
+// The parts of its node the agent runtime uses, each role by reference (Node::Impl owns them).
+struct AgentRuntimeRoles {
+  const NodeOptions& options;
+  NodeRuntime& runtime;
+  ServiceRegistry& services;
+  PeerLinks& links;
+  NodeTrust& trust;
+  NodeJails& jails;
+  const NodeServer& server;  // the advertised address
+};
+
+class AgentRuntime : public std::enable_shared_from_this<AgentRuntime>, public ModuleSource {
  public:
-  explicit AgentRuntime(Node::Impl& impl);
+  explicit AgentRuntime(const AgentRuntimeRoles& roles);
   void register_services(Node& node);
 
   CodeCache& cache() { return cache_; }
@@ -51,7 +68,7 @@ class AgentRuntime : public std::enable_shared_from_this<AgentRuntime> {
 
   // code.require from Lua: the module's source for a run whose code came from `origin`
   // (empty: this node only), looking in `bundle` first.
-  Result<Value> require_module(std::string_view name, const CachedBundle* bundle, const std::string& origin);
+  Result<Value> require_module(std::string_view name, const CachedBundle* bundle, const std::string& origin) override;
   // Fetch from a peer; on the network thread.
   struct Fetched {
     std::shared_ptr<const CachedBundle> bundle;
@@ -191,7 +208,13 @@ class AgentRuntime : public std::enable_shared_from_this<AgentRuntime> {
   void prune_locked(std::int64_t now);
   void wake_waiters_locked(const std::string& id);
 
-  Node::Impl& impl_;
+  const NodeOptions& options_;
+  NodeRuntime& runtime_;
+  ServiceRegistry& services_;
+  PeerLinks& links_;
+  NodeTrust& trust_;
+  NodeJails& jails_;
+  const NodeServer& server_;
   CodeCache cache_;
   std::atomic<std::uint64_t> bundles_sent_{0};
   std::mutex mutex_;

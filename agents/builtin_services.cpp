@@ -3,7 +3,9 @@
 #include <algorithm>
 #include <shared_mutex>
 
-#include "node_impl.hpp"
+#include "node_jails.hpp"
+#include "node_stats.hpp"
+#include "services.hpp"
 #include "sojourn/core/frame.hpp"
 #include "sojourn/core/messages.hpp"
 
@@ -42,9 +44,10 @@ Result<std::string> string_arg(const Value& args, std::int64_t index, std::strin
 
 }  // namespace
 
-void register_builtin_services(Node& node, Node::Impl& impl) {
+void register_builtin_services(Node& node, const NodeCounters& counters, const ServiceRegistry& registry,
+                               NodeJails& jails) {
   auto kv = std::make_shared<KvStore>();
-  kv->max_bytes = impl.options.kv_max_bytes;
+  kv->max_bytes = node.options().kv_max_bytes;
   ServiceOptions fast{true};
 
   node.register_service("kv.get", [kv](const Value& args) -> Result<Value> {
@@ -101,30 +104,22 @@ void register_builtin_services(Node& node, Node::Impl& impl) {
     return out;
   }, fast);
 
-  node.register_service("node.info", [&impl](const Value&) -> Result<Value> {
+  node.register_service("node.info", [name = node.options().name, &counters, &registry, &jails](const Value&) -> Result<Value> {
     Value info = Value::table();
-    info.set("name", impl.options.name);
+    info.set("name", name);
     info.set("version", "0.1.0");
     info.set("protocol", static_cast<int>(kProtocolVersion));
-    auto up = std::chrono::steady_clock::now() - impl.started;
+    auto up = std::chrono::steady_clock::now() - counters.started;
     info.set("uptime_ms", static_cast<std::int64_t>(std::chrono::duration_cast<std::chrono::milliseconds>(up).count()));
-    info.set("requests_served", static_cast<std::int64_t>(impl.calls_served + impl.evals_served));
+    info.set("requests_served", static_cast<std::int64_t>(counters.calls_served + counters.evals_served));
     Value services = info.new_table();
-    {
-      std::shared_lock lock(impl.services_mutex);
-      std::vector<std::string> names;
-      for (const auto& [n, e] : impl.services) names.push_back(n);
-      std::sort(names.begin(), names.end());
-      for (auto& n : names) services.push(Value(std::move(n)));
-    }
+    for (auto& n : registry.names()) services.push(Value(std::move(n)));
     info.set("services", services);
     Value levels = info.new_table();
     // The levels whose jail has started (trusted always has): asking must not start one.
-    for (Isolation level : sandbox::JailSet::levels()) {
-      if (impl.jails.started(level) != nullptr) levels.push(std::string(isolation_name(level)));
-    }
+    for (Isolation level : jails.started_levels()) levels.push(std::string(isolation_name(level)));
     info.set("isolation_levels", levels);
-    info.set("peer_isolation", std::string(isolation_name(impl.node_peer_level())));
+    info.set("peer_isolation", std::string(isolation_name(jails.node_peer_level())));
     return info;
   }, fast);
 }

@@ -43,7 +43,7 @@ asio::awaitable<Result<AgentRuntime::Fetched>> AgentRuntime::fetch(std::string p
   query.module = module;
   const std::string have = cache_.last_fetch(peer, module);
   if (!have.empty() && cache_.contains(have)) query.have = have;
-  Result<Value> reply = co_await impl_.call_peer(peer, "code.fetch", message_args(encode(query)));
+  Result<Value> reply = co_await links_.call_peer(peer, "code.fetch", message_args(encode(query)));
   if (!reply) co_return reply.error();
   auto answer = decode_message<FetchAnswer, decode_fetch_answer>(*reply, "code.fetch's answer");
   if (!answer) co_return answer.error();
@@ -86,10 +86,10 @@ Result<Value> AgentRuntime::require_module(std::string_view name, const CachedBu
   if (auto published = cache_.published(name)) return answer(published->bundle.main_source(), published->bundle.main_file());
   if (origin.empty() || origin == self()) return make_error(Errc::no_such_module, "no such module: " + std::string(name));
   // From the code's origin; this blocks a worker thread, never the network thread.
-  if (impl_.io.get_executor().running_in_this_thread()) {
+  if (runtime_.on_network_thread()) {
     return errors::internal("require_remote on the network thread");
   }
-  auto fetched = asio::co_spawn(impl_.io, fetch(origin, std::string(name)), asio::use_future).get();
+  auto fetched = asio::co_spawn(runtime_.io(), fetch(origin, std::string(name)), asio::use_future).get();
   if (!fetched) return fetched.error();
   return answer(fetched->bundle->bundle.main_source(), fetched->bundle->bundle.main_file());
 }

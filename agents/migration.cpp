@@ -30,7 +30,7 @@ std::string_view as_text(std::span<const std::uint8_t> bytes) {
 }  // namespace
 
 Result<OfferAnswer> AgentRuntime::on_offer(const AgentOffer& offer) {
-  if (impl_.shutting_down) return errors::shutting_down();
+  if (runtime_.shutting_down()) return errors::shutting_down();
   if (!is_agent_id(offer.id) || !is_bundle_hash(offer.bundle_hash)) return errors::invalid_argument("bad agent offer");
   OfferAnswer answer;
   {
@@ -50,10 +50,10 @@ Result<OfferAnswer> AgentRuntime::on_offer(const AgentOffer& offer) {
 }
 
 Result<AgentCommit> AgentRuntime::on_transfer(AgentTransfer transfer, const PeerIdentity& caller) {
-  if (impl_.shutting_down) return errors::shutting_down();
+  if (runtime_.shutting_down()) return errors::shutting_down();
   AgentRecord* record = &transfer.record;
   const std::string what = "the TRANSFER of agent " + record->id + " (epoch " + std::to_string(record->epoch) + ")";
-  if (auto fresh = impl_.replay.check_expiry(transfer.expires_unix_ms, what); !fresh) return fresh.error();
+  if (auto fresh = trust_.replay().check_expiry(transfer.expires_unix_ms, what); !fresh) return fresh.error();
   if (auto addressed = check_addressed_to(transfer.to, self(), what); !addressed) return addressed.error();
   {
     std::lock_guard lock(mutex_);
@@ -67,7 +67,7 @@ Result<AgentCommit> AgentRuntime::on_transfer(AgentTransfer transfer, const Peer
                                                " is stale (this node has seen epoch " + std::to_string(seen->second.epoch) + ")");
     }
   }
-  if (auto fresh = impl_.replay.admit(transfer.nonce, transfer.expires_unix_ms, what); !fresh) return fresh.error();
+  if (auto fresh = trust_.replay().admit(transfer.nonce, transfer.expires_unix_ms, what); !fresh) return fresh.error();
   std::shared_ptr<const CachedBundle> bundle;
   if (transfer.bundle_bytes) {
     const std::string& text = *transfer.bundle_bytes;
@@ -86,7 +86,7 @@ Result<AgentCommit> AgentRuntime::on_transfer(AgentTransfer transfer, const Peer
   if (!rule) return rule.error();
   // An arriving agent runs here at this node's peer level (or the policy's), or the stronger
   // one it carries: a node may strengthen an agent's jail, never weaken it.
-  auto level = impl_.level_for(record->isolation, *rule);
+  auto level = trust_.level_for(record->isolation, *rule);
   if (!level) return level.error();
   record->isolation = *level;
   bundle = cache_.store(std::move(bundle));
@@ -102,7 +102,7 @@ Result<AgentCommit> AgentRuntime::on_transfer(AgentTransfer transfer, const Peer
     if (done != commits_.end()) return done->second.reply;
     remember_commit(id, epoch, commit);
   }
-  log_info("agents", impl_.options.name + ": agent " + id + " arrived (epoch " + std::to_string(epoch) + ")");
+  log_info("agents", options_.name + ": agent " + id + " arrived (epoch " + std::to_string(epoch) + ")");
   // Resident now (this COMMIT is the source's cue to drop its copy), but it runs only once
   // its home knows where it is and has handed over the messages waiting for it.
   {
@@ -123,7 +123,7 @@ Result<AgentCommit> AgentRuntime::on_transfer(AgentTransfer transfer, const Peer
 asio::awaitable<Result<AgentCommit>> AgentRuntime::hand_over(AgentRecord record, std::shared_ptr<const CachedBundle> bundle,
                                                              std::string peer) {
   const AgentOffer offer{record.id, record.epoch, record.bundle_hash, encode_value(record.state).size()};
-  Result<Value> reply = co_await impl_.call_peer(peer, "agent.offer", message_args(encode(offer)));
+  Result<Value> reply = co_await links_.call_peer(peer, "agent.offer", message_args(encode(offer)));
   if (!reply) co_return reply.error();
   auto answer = decode_message<OfferAnswer, decode_offer_answer>(*reply, "the offer's answer");
   if (!answer) co_return answer.error();
@@ -136,12 +136,12 @@ asio::awaitable<Result<AgentCommit>> AgentRuntime::hand_over(AgentRecord record,
   // Bound to this destination and this moment: a captured copy is refused elsewhere or later.
   transfer.to = destination_for(peer);
   transfer.nonce = random_nonce();
-  transfer.expires_unix_ms = unix_ms_now() + static_cast<std::int64_t>(impl_.options.transfer_lifetime.count());
+  transfer.expires_unix_ms = unix_ms_now() + static_cast<std::int64_t>(options_.transfer_lifetime.count());
   if (answer->need_bundle) {
     transfer.bundle_bytes = std::string(as_text(bundle->bytes));
     ++bundles_sent_;
   }
-  Result<Value> commit = co_await impl_.call_peer(peer, "agent.transfer", message_args(encode(transfer)));
+  Result<Value> commit = co_await links_.call_peer(peer, "agent.transfer", message_args(encode(transfer)));
   if (!commit) co_return commit.error();
   co_return decode_message<AgentCommit, decode_commit>(*commit, "the COMMIT");
 }
@@ -165,12 +165,12 @@ asio::awaitable<void> AgentRuntime::migrate(std::string id, std::string peer, st
   }
   // Where it may go is decided on the record as it was here: its home, stops and visits.
   const AgentRecord here = next;
-  scope.tls = impl_.tls != nullptr;
-  scope.peers = &impl_.options.tls.peers;
+  scope.tls = trust_.tls() != nullptr;
+  scope.peers = &options_.tls.peers;
   scope.record = &here;
   if (auto allowed = check_destination(scope, peer); !allowed) {
     // The code asked for this destination itself: it stays here, told no more than that.
-    log_warn("agents", impl_.options.name + ": " + allowed.error().message);
+    log_warn("agents", options_.name + ": " + allowed.error().message);
     strand(id, next.epoch, "cannot move agent " + id + " to " + peer + ": " + kDestinationRefused);
     co_return;
   }
@@ -188,7 +188,7 @@ asio::awaitable<void> AgentRuntime::migrate(std::string id, std::string peer, st
   for (const std::string& target : targets) {
     if (target != peer) {
       if (auto allowed = check_destination(scope, target); !allowed) {
-        log_warn("agents", impl_.options.name + ": not falling back: " + allowed.error().message);
+        log_warn("agents", options_.name + ": not falling back: " + allowed.error().message);
         continue;
       }
     }
@@ -198,14 +198,14 @@ asio::awaitable<void> AgentRuntime::migrate(std::string id, std::string peer, st
       auto& it = attempt.itinerary;
       if (!it.empty() && it.front() == target) it.erase(it.begin());
     }
-    auto backoff = impl_.options.retry_backoff;
+    auto backoff = options_.retry_backoff;
     // Retries end within transfer_lifetime of the first try: the destination remembers a
     // COMMIT at least that long (docs/migration.md, "What a node remembers"), so a retry
     // after a lost COMMIT always hears `duplicate`, never a second commit.
     const auto first_try = std::chrono::steady_clock::now();
-    for (std::uint32_t tries = 0; tries <= impl_.options.migration_retries; ++tries) {
-      if (impl_.shutting_down) co_return;
-      if (tries > 0 && std::chrono::steady_clock::now() - first_try >= impl_.options.transfer_lifetime) break;
+    for (std::uint32_t tries = 0; tries <= options_.migration_retries; ++tries) {
+      if (runtime_.shutting_down()) co_return;
+      if (tries > 0 && std::chrono::steady_clock::now() - first_try >= options_.transfer_lifetime) break;
       Result<AgentCommit> commit = co_await hand_over(attempt, bundle, target);
       if (commit) {
         {
@@ -215,22 +215,22 @@ asio::awaitable<void> AgentRuntime::migrate(std::string id, std::string peer, st
           auto it = residents_.find(id);
           if (it != residents_.end() && it->second.record.epoch + 1 == attempt.epoch) residents_.erase(it);
         }
-        log_info("agents", impl_.options.name + ": agent " + id + " moved to " + target + " (epoch " +
+        log_info("agents", options_.name + ": agent " + id + " moved to " + target + " (epoch " +
                                std::to_string(attempt.epoch) + ")");
         co_return;
       }
       last_error = commit.error().message;
       last_error_for_code = hand_over_failure_for_code(commit.error());
       if (!outcome_unknown(commit.error().code)) break;
-      log_warn("agents", impl_.options.name + ": moving agent " + id + " to " + target + ": " + last_error + "; retrying");
-      asio::steady_timer timer(impl_.io, backoff);
+      log_warn("agents", options_.name + ": moving agent " + id + " to " + target + ": " + last_error + "; retrying");
+      asio::steady_timer timer(runtime_.io(), backoff);
       co_await timer.async_wait(asio::use_awaitable);
       backoff *= 2;
     }
   }
   // Nowhere to go: the agent stays here, stopped. The log has the whole story; the status,
   // which code can read, only what does not make this node a probe of its network.
-  log_warn("agents", impl_.options.name + ": cannot move agent " + id + " to " + peer + ": " + last_error);
+  log_warn("agents", options_.name + ": cannot move agent " + id + " to " + peer + ": " + last_error);
   strand(id, next.epoch - 1, "cannot move agent " + id + " to " + peer + ": " + last_error_for_code);
 }
 

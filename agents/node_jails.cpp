@@ -1,11 +1,15 @@
 // Where a node runs code: the isolation level each run gets, and the node's JailSet behind it.
-#include "node_impl.hpp"
+#include "node_jails.hpp"
+
+#include <algorithm>
 
 #include "sojourn/core/log.hpp"
 
 namespace sojourn {
 
-sandbox::JailConfig node_jail_config(const NodeOptions& options) {
+namespace {
+// What the node's jails start with: its guest binary, room for its largest run, its name.
+sandbox::JailConfig jail_config(const NodeOptions& options) {
   sandbox::JailConfig c;
   c.guest_path = options.guest_path;
   c.max_memory_bytes = options.max_limits.memory_bytes;
@@ -13,37 +17,56 @@ sandbox::JailConfig node_jail_config(const NodeOptions& options) {
   c.wanted = options.peer_isolation;
   return c;
 }
+}  // namespace
 
-Isolation Node::Impl::node_peer_level() {
-  std::call_once(peer_level_once, [this] {
-    if (options.peer_isolation) {
-      resolved_peer_level = *options.peer_isolation;
+NodeJails::NodeJails(const NodeOptions& options) : options_(options), jails_(jail_config(options)) {}
+
+Isolation NodeJails::node_peer_level() {
+  std::call_once(peer_level_once_, [this] {
+    if (options_.peer_isolation) {
+      resolved_peer_level_ = *options_.peer_isolation;
       return;
     }
-    resolved_peer_level = jails.strongest(Isolation::process);
-    log_info("node", options.name + ": code from peers runs at '" + std::string(isolation_name(resolved_peer_level)) +
+    resolved_peer_level_ = jails_.strongest(Isolation::process);
+    log_info("node", options_.name + ": code from peers runs at '" + std::string(isolation_name(resolved_peer_level_)) +
                          "' (the strongest level here)");
   });
-  return resolved_peer_level;
+  return resolved_peer_level_;
 }
 
-Result<Isolation> Node::Impl::peer_level(Isolation asked) {
+Result<Isolation> NodeJails::peer_level(Isolation asked) {
   const Isolation level = std::max(asked, node_peer_level());
-  if (Result<sandbox::Jail*> jail = jails.get(level); !jail) return jail.error();
+  if (Result<sandbox::Jail*> jail = jails_.get(level); !jail) return jail.error();
   return level;
 }
 
-Result<Value> Node::Impl::run_chunk(Isolation level, const sandbox::RunInput& input, sandbox::HostCalls* host) {
-  return jails.run(level, input, host);
+IsolationLevels NodeJails::levels() {
+  IsolationLevels out;
+  for (Isolation level : sandbox::JailSet::levels()) {
+    if (const std::string* why = jails_.unavailable(level)) {
+      out.missing.emplace_back(level, *why);
+    } else {
+      out.available.push_back(level);
+    }
+  }
+  return out;
 }
 
-Result<sandbox::AgentOutcome> Node::Impl::run_agent_step(Isolation level, const sandbox::RunInput& input,
-                                                         const sandbox::AgentInput& agent, sandbox::HostCalls* host) {
-  return jails.run_agent(level, input, agent, host);
+std::vector<Isolation> NodeJails::started_levels() const {
+  std::vector<Isolation> out;
+  for (Isolation level : sandbox::JailSet::levels()) {
+    if (jails_.started(level) != nullptr) out.push_back(level);
+  }
+  return out;
 }
 
-std::vector<Isolation> Node::isolation_levels(std::string* why) { return impl_->jails.available(why); }
+Result<Value> NodeJails::run_chunk(Isolation level, const sandbox::RunInput& input, sandbox::HostCalls* host) {
+  return jails_.run(level, input, host);
+}
 
-Isolation Node::peer_isolation() { return impl_->node_peer_level(); }
+Result<sandbox::AgentOutcome> NodeJails::run_agent_step(Isolation level, const sandbox::RunInput& input,
+                                                        const sandbox::AgentInput& agent, sandbox::HostCalls* host) {
+  return jails_.run_agent(level, input, agent, host);
+}
 
 }  // namespace sojourn

@@ -1,6 +1,7 @@
 // The Node API of code-on-demand and mobile agents: thin blocking wrappers over the
 // agent runtime and the agent.* / code.fetch protocol services.
 #include "agent_runtime.hpp"
+#include "node_impl.hpp"
 
 #include <thread>
 
@@ -14,9 +15,9 @@ Result<Value> NodeHostCalls::call(std::string_view service, const Value& args) {
   if (auto granted = check_grant(rule_, rate_, service); !granted) return granted.error();
   if (service == "code.require") {
     Value name = args.get(1);
-    return impl_.agents->require_module(name.is_string() ? name.as_string() : std::string(), bundle_, origin_);
+    return modules_.require_module(name.is_string() ? name.as_string() : std::string(), bundle_, origin_);
   }
-  return impl_.call_from_lua(service, args);
+  return services_.call_from_lua(service, args);
 }
 
 std::string Node::advertised_address() const { return impl_->agents->self(); }
@@ -30,10 +31,10 @@ Result<std::string> Node::publish(std::string name, std::string source) {
 }
 
 Result<FetchedModule> Node::fetch(std::string_view peer, std::string_view module) {
-  if (impl_->io.get_executor().running_in_this_thread()) {
+  if (impl_->runtime.on_network_thread()) {
     return errors::invalid_argument("a blocking call on the node's own network thread would deadlock");
   }
-  auto fetched = asio::co_spawn(impl_->io, impl_->agents->fetch(std::string(peer), std::string(module)), asio::use_future).get();
+  auto fetched = asio::co_spawn(impl_->runtime.io(), impl_->agents->fetch(std::string(peer), std::string(module)), asio::use_future).get();
   if (!fetched) return fetched.error();
   FetchedModule m;
   m.hash = fetched->bundle->hash;
@@ -55,15 +56,15 @@ Result<Value> Node::run_module(const FetchedModule& module, Value args, const Ev
   input.args = args.is_table() ? args : Value::table();
   // Fetched code came from a peer, unsigned: it runs at the node's peer level at least, or
   // as the policy's rule for unsigned code says.
-  const PolicyRule* rule = impl_->rule_for({}, {});
+  const PolicyRule* rule = impl_->trust.rule_for({}, {});
   if (rule != nullptr && rule->refuse) return policy_refusal(*rule, "unsigned code");
-  input.limits = effective_limits(options.limits, impl_->options.default_limits, impl_->run_ceiling(rule));
+  input.limits = effective_limits(options.limits, impl_->options.default_limits, impl_->trust.run_ceiling(rule));
   input.allow_jit = false;
-  input.abort = &impl_->abort_runs;
-  Result<Isolation> level = impl_->level_for(options.isolation, rule);
+  input.abort = impl_->runtime.abort_flag();
+  Result<Isolation> level = impl_->trust.level_for(options.isolation, rule);
   if (!level) return level.error();
-  NodeHostCalls host(*impl_, cached->get(), module.origin, rule);
-  return impl_->run_chunk(*level, input, &host);
+  NodeHostCalls host(impl_->services, *impl_->agents, cached->get(), module.origin, rule);
+  return impl_->jails.run_chunk(*level, input, &host);
 }
 
 Result<std::string> Node::launch(std::string_view at, AgentLaunch agent) {
@@ -77,8 +78,8 @@ Result<std::string> Node::launch(std::string_view at, AgentLaunch agent) {
   request.itinerary = agent.itinerary;
   request.owner = agent.owner;
   request.max_hops = agent.max_hops;
-  if (agent.sign) {
-    BundleSignature s = sign_bundle(*agent.sign, agent.bundle);
+  if (agent.signing_key) {
+    BundleSignature s = sign_bundle(*agent.signing_key, agent.bundle);
     request.signer = s.public_key;
     request.signature = s.signature;
   }
@@ -109,7 +110,7 @@ Result<AgentStatus> Node::agent_status(std::string_view home, std::string_view a
 Result<std::string> Node::send_to_agent(std::string_view home, std::string_view agent_id, Value message) {
   const AgentSend send{std::string(agent_id), new_agent_id(), advertised_address(), std::move(message)};
   const Value args = message_args(encode(send));
-  Result<Value> reply = home.empty() || home == advertised_address() ? impl_->call_local("agent.send", args)
+  Result<Value> reply = home.empty() || home == advertised_address() ? impl_->services.call_local("agent.send", args)
                                                                      : call(home, "agent.send", args);
   if (!reply) return reply.error();
   return send.message_id;

@@ -1,27 +1,45 @@
 // What the node's policy decides for one piece of code: its rule, its jail, its quotas
 // and the services it may call.
-#include "node_impl.hpp"
+#include "node_trust.hpp"
+
+#include "sojourn/core/log.hpp"
 
 namespace sojourn {
 
-const PolicyRule* Node::Impl::rule_for(std::string_view signer, const PeerIdentity& peer) const {
-  if (!options.policy) return nullptr;
-  if (!peer.authenticated()) return &options.policy->match(signer, {}, {});
-  return &options.policy->match(signer, peer.name, peer.fingerprint);
+NodeTrust::NodeTrust(const NodeOptions& options, NodeJails& jails)
+    : options_(options), jails_(jails), replay_(options_.max_message_lifetime, options_.expiry_clock) {
+  if (!options_.tls.enabled()) return;
+  auto context = make_tls_context(options_.tls);
+  if (context) {
+    tls_ = std::move(*context);
+  } else {
+    tls_error_ = context.error();
+    log_error("node", options_.name + ": " + context.error().message);
+  }
 }
 
-std::string Node::Impl::describe_code(std::string_view signer) const {
+bool NodeTrust::is_self(const PeerIdentity& caller) const {
+  return tls_ && caller.authenticated() && caller.fingerprint == tls_local_identity(*tls_).fingerprint;
+}
+
+const PolicyRule* NodeTrust::rule_for(std::string_view signer, const PeerIdentity& peer) const {
+  if (!options_.policy) return nullptr;
+  if (!peer.authenticated()) return &options_.policy->match(signer, {}, {});
+  return &options_.policy->match(signer, peer.name, peer.fingerprint);
+}
+
+std::string NodeTrust::describe_code(std::string_view signer) const {
   if (signer.empty()) return "unsigned code";
-  return "code signed by " + (options.policy ? options.policy->signer_name(signer) : std::string(signer.substr(0, 16)));
+  return "code signed by " + (options_.policy ? options_.policy->signer_name(signer) : std::string(signer.substr(0, 16)));
 }
 
-Result<Isolation> Node::Impl::level_for(Isolation asked, const PolicyRule* rule) {
-  if (rule == nullptr) return peer_level(asked);
+Result<Isolation> NodeTrust::level_for(Isolation asked, const PolicyRule* rule) {
+  if (rule == nullptr) return jails_.peer_level(asked);
   std::string allowed, why;
   for (Isolation level : rule->isolation) {
     allowed += (allowed.empty() ? "" : ", ") + std::string(isolation_name(level));
     if (level < asked) continue;
-    if (const std::string* missing = unavailable(level)) {
+    if (const std::string* missing = jails_.unavailable(level)) {
       why += "; " + std::string(isolation_name(level)) + ": " + *missing;
       continue;
     }
@@ -32,8 +50,8 @@ Result<Isolation> Node::Impl::level_for(Isolation asked, const PolicyRule* rule)
                                               "' is available here" + why);
 }
 
-Limits Node::Impl::run_ceiling(const PolicyRule* rule, bool whole_visit) const {
-  Limits c = options.max_limits;
+Limits NodeTrust::run_ceiling(const PolicyRule* rule, bool whole_visit) const {
+  Limits c = options_.max_limits;
   if (rule == nullptr) return c;
   auto lower = [](auto& field, auto bound) {
     if (bound != 0 && (field == 0 || bound < field)) field = static_cast<std::remove_reference_t<decltype(field)>>(bound);

@@ -57,11 +57,11 @@ void AgentRuntime::notify_home(const std::string& home, const EndReport& report)
 asio::awaitable<void> AgentRuntime::report_home(std::string home, std::string service, AgentMessageBytes message, int tries) {
   auto keep = shared_from_this();
   const Value call_args = message_args(message);
-  for (int i = 0; i < tries && !impl_.shutting_down; ++i) {
-    Result<Value> r = co_await impl_.call_peer(home, service, call_args);
+  for (int i = 0; i < tries && !runtime_.shutting_down(); ++i) {
+    Result<Value> r = co_await links_.call_peer(home, service, call_args);
     if (r) co_return;
     log_warn("agents", "cannot report " + service + " to home " + home + ": " + r.error().message);
-    asio::steady_timer timer(impl_.io, std::chrono::milliseconds(100 * (i + 1)));
+    asio::steady_timer timer(runtime_.io(), std::chrono::milliseconds(100 * (i + 1)));
     co_await timer.async_wait(asio::use_awaitable);
   }
 }
@@ -160,12 +160,12 @@ asio::awaitable<void> AgentRuntime::arrive(std::string id) {
   } else {
     // A short wait at most: an unreachable home must not hold the agent up for long.
     const Value args = message_args(encode(report));
-    for (int i = 0; i < 3 && !impl_.shutting_down; ++i) {
-      Result<Value> reply = co_await impl_.call_peer(home, "agent.arrived", args);
+    for (int i = 0; i < 3 && !runtime_.shutting_down(); ++i) {
+      Result<Value> reply = co_await links_.call_peer(home, "agent.arrived", args);
       answer = reply ? decode_message<ArrivalAnswer, decode_arrival_answer>(*reply, "the arrival's answer")
                      : Result<ArrivalAnswer>(reply.error());
       if (answer) break;
-      asio::steady_timer timer(impl_.io, std::chrono::milliseconds(20 * (i + 1)));
+      asio::steady_timer timer(runtime_.io(), std::chrono::milliseconds(20 * (i + 1)));
       co_await timer.async_wait(asio::use_awaitable);
     }
     if (!answer) log_warn("agents", "agent " + id + ": cannot report the arrival home: " + answer.error().message);
@@ -300,7 +300,7 @@ void AgentRuntime::kick_forwarding(const std::string& id) {
 asio::awaitable<void> AgentRuntime::forward_messages(std::string id) {
   auto keep = shared_from_this();
   int failures = 0;
-  while (!impl_.shutting_down) {
+  while (!runtime_.shutting_down()) {
     std::string location, token, previous;
     ForwardedMessage message;
     {
@@ -322,7 +322,7 @@ asio::awaitable<void> AgentRuntime::forward_messages(std::string id) {
     if (location == self()) {
       r = on_deliver(deliver);
     } else {
-      Result<Value> reply = co_await impl_.call_peer(location, "agent.deliver", message_args(encode(deliver)));
+      Result<Value> reply = co_await links_.call_peer(location, "agent.deliver", message_args(encode(deliver)));
       if (!reply) r = reply.error();
     }
     if (r) {
@@ -336,7 +336,7 @@ asio::awaitable<void> AgentRuntime::forward_messages(std::string id) {
     }
     // Not there (moving, or gone on): wait for the next arrival report or a little while.
     ++failures;
-    asio::steady_timer timer(impl_.io, kForwardPause);
+    asio::steady_timer timer(runtime_.io(), kForwardPause);
     co_await timer.async_wait(asio::use_awaitable);
   }
   std::lock_guard lock(mutex_);

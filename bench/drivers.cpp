@@ -33,7 +33,9 @@ Value key_args() { return Value::array({kKey}); }
 
 Result<Value> blocking_request(Node& client, const SojournRequest& req) {
   if (req.kind == SojournRequest::Kind::call) return client.call(req.peer, "kv.get", key_args());
-  return client.eval(req.peer, kSojournChunk);
+  Result<EvalResult> r = client.eval(req.peer, kSojournChunk);
+  if (!r) return r.error();
+  return std::move(r->results);
 }
 
 asio::awaitable<Result<Value>> async_request(Node& client, const SojournRequest& req) {
@@ -41,7 +43,9 @@ asio::awaitable<Result<Value>> async_request(Node& client, const SojournRequest&
   // A named EvalOptions rather than the `= {}` default: g++ 12 mis-destroys a braced
   // aggregate temporary inside a co_await expression (AddressSanitizer: bad-free).
   EvalOptions options;
-  co_return co_await async_eval(client, req.peer, kSojournChunk, Value::table(), options);
+  Result<EvalResult> r = co_await async_eval(client, req.peer, kSojournChunk, Value::table(), options);
+  if (!r) co_return r.error();
+  co_return std::move(r->results);
 }
 
 // Sequential requests from a coroutine on the client node's network thread: unlike

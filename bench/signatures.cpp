@@ -97,7 +97,7 @@ int run(int runs) {
   }
   EvalOptions unsigned_eval;
   EvalOptions signed_eval;
-  signed_eval.sign = std::make_shared<const SigningKey>(*key);
+  signed_eval.signing_key = std::make_shared<const SigningKey>(*key);
   bool ok = true;
   for (int i = 0; i < 200; ++i) ok &= client.eval(*at, "return 1").ok();  // warm the connection
   auto plain = time_each(runs, [&] { ok &= client.eval(*at, "return 1", Value::table(), unsigned_eval).ok(); });

@@ -37,7 +37,7 @@ int main() {
   EvalOptions options;
   options.chunk_name = "hot_minutes.lua";
   options.limits.cpu_instructions = 10'000'000;
-  auto r = analyst.evaluate(peer, chunk, Value::array({24.5}), options);
+  auto r = analyst.eval(peer, chunk, Value::array({24.5}), options);
   if (!r) {
     std::fprintf(stderr, "eval failed: %s\n", r.error().message.c_str());
     return 1;
@@ -49,6 +49,6 @@ int main() {
   std::printf("[remote-eval]   <- a runaway chunk is stopped: %s\n", runaway.error().message.c_str());
   auto after = analyst.eval(peer, "return node.call('node.info').requests_served");
   std::printf("[remote-eval]   <- and the sensor keeps serving: %s requests so far\n",
-              after ? value_to_json(after->get(1))->c_str() : after.error().message.c_str());
+              after ? value_to_json(after->results.get(1))->c_str() : after.error().message.c_str());
   return 0;
 }

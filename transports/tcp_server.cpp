@@ -12,11 +12,11 @@ namespace sojourn {
 
 using namespace transport_detail;
 
-namespace {
+namespace transport_detail {
 
 class ServerSession;
 
-}  // namespace
+}  // namespace transport_detail
 
 struct TcpServer::Impl : std::enable_shared_from_this<TcpServer::Impl> {
   Impl(asio::any_io_executor ex, std::shared_ptr<RequestHandler> h, TransportOptions o)
@@ -42,7 +42,7 @@ struct TcpServer::Impl : std::enable_shared_from_this<TcpServer::Impl> {
   bool accepting = false;
 };
 
-namespace {
+namespace transport_detail {
 
 class ServerSession : public std::enable_shared_from_this<ServerSession> {
  public:
@@ -137,8 +137,9 @@ class ServerSession : public std::enable_shared_from_this<ServerSession> {
     std::chrono::milliseconds delay{0};
     if (auto server = server_.lock()) {
       auto handler = server->handler;
-      drop = server->options.drop_reply && server->options.drop_reply(frame.header.kind, frame.payload);
-      if (server->options.delay_reply) delay = server->options.delay_reply(frame.header.kind, frame.payload);
+      const RequestHandler::ReplyFault fault = handler->reply_fault(frame.header.kind, frame.payload);
+      drop = fault.drop;
+      delay = fault.delay;
       server.reset();
       reply = co_await handler->handle(frame.header.kind, std::move(frame.payload), peer_);
     }
@@ -184,7 +185,7 @@ class ServerSession : public std::enable_shared_from_this<ServerSession> {
   bool done_reading_ = false;
 };
 
-}  // namespace
+}  // namespace transport_detail
 
 void TcpServer::Impl::refuse_at_cap(tcp::socket& socket, const std::string& peer) {
   ++refused_at_cap;

@@ -159,10 +159,10 @@ int run_node(const NodeCommand& c) {
   }
   if (auto seeded = seed_data(node, c.data); !seeded) return fail(seeded.error(), false);
   // The jails (the zygote, the master VM) start before the first request, not during it.
-  std::string why;
-  const auto levels = node.isolation_levels(&why);
+  const IsolationLevels levels = node.isolation_levels();
+  const std::string why = levels.why_missing();
   const Isolation peer_level = node.peer_isolation();
-  const bool has_peer_level = std::find(levels.begin(), levels.end(), peer_level) != levels.end();
+  const bool has_peer_level = levels.has(peer_level);
   // With a policy, its rules pick the levels (and refuse code whose levels are missing).
   if (!has_peer_level && !options.policy) {
     return fail(make_error(Errc::sandbox_refused, "refused by the sandbox: isolation level '" +
@@ -173,7 +173,7 @@ int run_node(const NodeCommand& c) {
   }
   if (options.policy) {
     std::string have;
-    for (Isolation level : levels) have += (have.empty() ? "" : ", ") + std::string(isolation_name(level));
+    for (Isolation level : levels.available) have += (have.empty() ? "" : ", ") + std::string(isolation_name(level));
     std::printf("node %s runs code from peers as its policy says (levels here: %s%s)\n", c.name.c_str(), have.c_str(),
                 why.empty() ? "" : ("; missing: " + why).c_str());
   } else {
@@ -245,9 +245,9 @@ int run_eval(const EvalCommand& c) {
   if (!c.sign.empty()) {
     auto key = SigningKey::load(c.sign);
     if (!key) return fail(key.error(), c.json);
-    eo.sign = std::make_shared<const SigningKey>(std::move(*key));
+    eo.signing_key = std::make_shared<const SigningKey>(std::move(*key));
   }
-  auto answer = client.evaluate(c.peer, source, *args, eo);
+  auto answer = client.eval(c.peer, source, *args, eo);
   if (!answer) return fail(answer.error(), c.json);
   const Value& results = answer->results;
   if (c.json) {

@@ -108,7 +108,7 @@ int run_launch(const LaunchCommand& c) {
   if (!c.sign.empty()) {
     auto key = SigningKey::load(c.sign);
     if (!key) return fail(key.error(), c.json);
-    launch.sign = std::make_shared<const SigningKey>(std::move(*key));
+    launch.signing_key = std::make_shared<const SigningKey>(std::move(*key));
   }
   Node node = client_node(c.tls);
   auto id = node.launch(c.at, launch);

@@ -16,6 +16,6 @@ int main() {
   auto greeting = client.call(*address, "greet", Value::array({"consumer"}));
   auto sum = client.eval(*address, "local a, b = ...; return a + b", Value::array({40, 2}));
   if (!greeting || !sum) return 1;
-  std::printf("%s, %lld\n", greeting->as_string().c_str(), static_cast<long long>(sum->get(1).as_integer()));
-  return greeting->as_string() == "hello, consumer" && sum->get(1).as_integer() == 42 ? 0 : 1;
+  std::printf("%s, %lld\n", greeting->as_string().c_str(), static_cast<long long>(sum->results.get(1).as_integer()));
+  return greeting->as_string() == "hello, consumer" && sum->results.get(1).as_integer() == 42 ? 0 : 1;
 }

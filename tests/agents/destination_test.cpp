@@ -255,7 +255,7 @@ TEST_CASE("over plain TCP, agents go to loopback only, and every failure reads '
     // What Lua code at the node reads back is the same text.
     auto seen = a.node->eval(a.address, "local id = ... return node.call('agent.status', id).reason", Value::array({s.id}));
     REQUIRE(seen.ok());
-    CHECK(seen->get(1).as_string() == "cannot move agent " + s.id + " to " + to + ": destination unreachable");
+    CHECK(seen->results.get(1).as_string() == "cannot move agent " + s.id + " to " + to + ": destination unreachable");
   }
   // Not loopback, not known: no connection is even tried.
   CHECK(stranded_reason(send_agent(*a.node, a.address, "192.0.2.1:7400"), "192.0.2.1:7400") == "destination refused by policy");

@@ -85,10 +85,10 @@ TEST_CASE("a signed evaluation captured on its way to one node is refused at ano
   // Node::eval fills the destination with the address it dials.
   auto client = start_node("client");
   EvalOptions signed_eval;
-  signed_eval.sign = key;
+  signed_eval.signing_key = key;
   auto ran = client->eval(b->advertised_address(), "return 7", Value::table(), signed_eval);
   REQUIRE(ran.ok());
-  CHECK(ran->get(1).as_integer() == 7);
+  CHECK(ran->results.get(1).as_integer() == 7);
 }
 
 namespace {
@@ -227,7 +227,7 @@ TEST_CASE("a bundle that fails its signature or the policy never enters the code
   REQUIRE_FALSE(refused.ok());
   CHECK(refused.error().code == Errc::policy_refused);
   auto mallory = new_key();
-  l.sign = mallory;  // signed, but by a key the policy does not know: the default rule again
+  l.signing_key = mallory;  // signed, but by a key the policy does not know: the default rule again
   CHECK_FALSE(client->launch(strict->advertised_address(), l).ok());
   CHECK(strict->stats().bundles_cached == 0);
   // The node still asks for the bundle: it was never kept.
@@ -238,7 +238,7 @@ TEST_CASE("a bundle that fails its signature or the policy never enters the code
   REQUIRE(offer_answer.ok());
   CHECK(offer_answer->need_bundle);
   // Signed by alice: admitted, and kept.
-  l.sign = alice;
+  l.signing_key = alice;
   REQUIRE(client->launch(strict->advertised_address(), l).ok());
   CHECK(strict->stats().bundles_cached == 1);
 }
@@ -280,7 +280,7 @@ TEST_CASE("code.require goes through the policy's grants like any service") {
   REQUIRE(granted->publish("lib", "return {answer = 42}").ok());
   auto ok = client->eval(granted->advertised_address(), "return require_remote('lib').answer");
   REQUIRE(ok.ok());
-  CHECK(ok->get(1).as_integer() == 42);
+  CHECK(ok->results.get(1).as_integer() == 42);
 }
 
 TEST_CASE("an agent step in the process jail is charged the CPU the host measured, not only what the guest counted") {
@@ -318,7 +318,7 @@ TEST_CASE("the process jail's zygote, and so every guest forked from it, has an 
   REQUIRE(::setenv("SOJOURN_HARDENING_SECRET", "must-not-reach-guests", 1) == 0);
   auto node = start_node("jailing", [](NodeOptions& o) { o.peer_isolation = Isolation::process; });
   auto client = start_node("client");
-  auto r = client->evaluate(node->advertised_address(), "return 1");
+  auto r = client->eval(node->advertised_address(), "return 1");
   REQUIRE(r.ok());
   REQUIRE(r->isolation == Isolation::process);
   int zygotes = 0;

@@ -9,6 +9,7 @@
 #include <thread>
 
 #include "../../agents/agent_messages.hpp"
+#include "node_testing.hpp"  // agents/: the fault hooks
 #include "sojourn/agents/node.hpp"
 #include "support/cluster.hpp"
 #include "support/log_watch.hpp"
@@ -138,9 +139,8 @@ TEST_CASE("a mobile agent tours three nodes and reports its result and itinerary
 
 TEST_CASE("a lost COMMIT is retried and the destination answers with its earlier commit: one live copy") {
   std::atomic<int> dropped{0};
-  Cluster c(3, [&](int i, NodeOptions& o) {
-    if (i == 1) o.fault_drop_reply = [&](std::string_view service) { return service == "agent.transfer" && dropped++ == 0; };
-  });
+  Cluster c(3);
+  sojourn::testing::set_fault_hooks(c[1], [&](std::string_view service) { return service == "agent.transfer" && dropped++ == 0; });
   // Counts runs at node 1: a second live copy would run the step twice.
   const char* source = R"(
     local M = {}
@@ -309,12 +309,9 @@ TEST_CASE("an agent whose state holds a C function is refused with the field's p
 TEST_CASE("a late COMMIT drops only the departed copy, not the agent that has come back since") {
   // Node 2 holds its COMMITs back: the agent goes 1 -> 2 -> 1 and parks at node 1 before
   // node 1 reads the COMMIT of its departure to node 2. That COMMIT must not erase it.
-  Cluster c(3, [](int i, NodeOptions& o) {
-    if (i == 2) {
-      o.fault_delay_reply = [](std::string_view service) {
-        return service == "agent.transfer" ? std::chrono::milliseconds(150) : std::chrono::milliseconds(0);
-      };
-    }
+  Cluster c(3);
+  sojourn::testing::set_fault_hooks(c[2], {}, [](std::string_view service) {
+    return service == "agent.transfer" ? std::chrono::milliseconds(150) : std::chrono::milliseconds(0);
   });
   const char* source = R"(
     local M = {}

@@ -100,10 +100,10 @@ TEST_CASE("remote evaluation runs at the server and reaches its services through
   REQUIRE(n.client.call(n.address, "kv.put", Value::array({"k", v})).ok());
   auto r = n.client.eval(n.address, "local v = node.call('kv.get', 'k'); return v.x + 1, node.call('node.info').name");
   REQUIRE(r.ok());
-  CHECK(r->get(1).as_integer() == 42);
-  CHECK(r->get(2).as_string() == "server");
+  CHECK(r->results.get(1).as_integer() == 42);
+  CHECK(r->results.get(2).as_string() == "server");
   auto with_args = n.client.eval(n.address, "local a, b = ...; return a .. b", Value::array({"re", "v"}));
-  CHECK(with_args->get(1).as_string() == "rev");
+  CHECK(with_args->results.get(1).as_string() == "rev");
 }
 
 TEST_CASE("a hundred concurrent calls share one connection and all get their own answer") {
@@ -155,18 +155,18 @@ TEST_CASE("hostile chunks end with their specific error and the node serves the 
     CHECK(r.error().message.rfind(c.message_start, 0) == 0);
     auto next = n.client.eval(n.address, "return 1 + 1");
     REQUIRE(next.ok());
-    CHECK(next->get(1).as_integer() == 2);
+    CHECK(next->results.get(1).as_integer() == 2);
   }
 }
 
 TEST_CASE("an isolation level the node does not offer is refused, not silently downgraded") {
   TwoNodes n;
-  std::string why;
-  const auto levels = n.server.isolation_levels(&why);
-  const bool has_microvm = std::find(levels.begin(), levels.end(), Isolation::microvm) != levels.end();
+  const IsolationLevels levels = n.server.isolation_levels();
+  const std::string why = levels.why_missing();
+  const bool has_microvm = levels.has(Isolation::microvm);
   EvalOptions o;
   o.isolation = Isolation::microvm;
-  auto r = n.client.evaluate(n.address, "return 1", Value::table(), o);
+  auto r = n.client.eval(n.address, "return 1", Value::table(), o);
   if (has_microvm) {
     // A host whose KVM runs the guest (the nested QEMU guest runs this in microvm_node_test).
     REQUIRE(r.ok());
@@ -181,12 +181,32 @@ TEST_CASE("an isolation level the node does not offer is refused, not silently d
   }
 }
 
+TEST_CASE("isolation_levels names every level once, available or missing with its reason") {
+  Node node{NodeOptions{.name = "levels"}};
+  const IsolationLevels levels = node.isolation_levels();
+  CHECK(levels.has(Isolation::trusted));  // the node's own Lua needs no jail to start
+  CHECK(levels.available.size() + levels.missing.size() == 3);
+  for (Isolation level : {Isolation::trusted, Isolation::process, Isolation::microvm}) {
+    CAPTURE(isolation_name(level));
+    const auto missing = std::count_if(levels.missing.begin(), levels.missing.end(),
+                                       [&](const auto& m) { return m.first == level; });
+    CHECK(static_cast<int>(levels.has(level)) + missing == 1);
+  }
+  std::string text;
+  for (const auto& [level, why] : levels.missing) {
+    CHECK_FALSE(why.empty());
+    text += (text.empty() ? "" : "; ") + std::string(isolation_name(level)) + ": " + why;
+  }
+  CHECK(levels.why_missing() == text);
+  CHECK(std::is_sorted(levels.available.begin(), levels.available.end()));
+}
+
 TEST_CASE("code from a peer runs in the strongest jail by default, and never below what it asks for") {
   TwoNodes n;
-  auto r = n.client.evaluate(n.address, "return node.call('node.info').name, 6 * 7");
+  auto r = n.client.eval(n.address, "return node.call('node.info').name, 6 * 7");
   REQUIRE(r.ok());
   const auto levels = n.server.isolation_levels();
-  const Isolation strongest = levels.back();
+  const Isolation strongest = levels.available.back();
   CHECK(strongest != Isolation::trusted);
   CHECK(r->isolation == strongest);
   CHECK(n.server.peer_isolation() == strongest);
@@ -196,12 +216,12 @@ TEST_CASE("code from a peer runs in the strongest jail by default, and never bel
   Node trusting{NodeOptions{.name = "trusting", .peer_isolation = Isolation::trusted}};
   auto at = trusting.listen("127.0.0.1:0");
   REQUIRE(at.ok());
-  auto fast = n.client.evaluate(*at, "return 1");
+  auto fast = n.client.eval(*at, "return 1");
   REQUIRE(fast.ok());
   CHECK(fast->isolation == Isolation::trusted);
   EvalOptions o;
   o.isolation = Isolation::process;
-  auto jailed = n.client.evaluate(*at, "return 1", Value::table(), o);
+  auto jailed = n.client.eval(*at, "return 1", Value::table(), o);
   REQUIRE(jailed.ok());
   CHECK(jailed->isolation == Isolation::process);
 }
@@ -213,7 +233,7 @@ TEST_CASE("nodes in one process talk over the in-process transport") {
   REQUIRE(b.call("inproc://node-test-a", "kv.put", Value::array({"k", "v"})).ok());
   auto r = b.eval("inproc://node-test-a", "return node.call('kv.get', 'k')");
   REQUIRE(r.ok());
-  CHECK(r->get(1).as_string() == "v");
+  CHECK(r->results.get(1).as_string() == "v");
 }
 
 TEST_CASE("an unreachable peer is a connection error, not a hang") {
@@ -253,7 +273,7 @@ TEST_CASE("the coroutine API evaluates with default options from inside a corout
   TwoNodes n;
   auto task = [&]() -> asio::awaitable<std::int64_t> {
     auto r = co_await async_eval(n.client, n.address, "return 20 + 22", Value::table());
-    co_return r ? r->get(1).as_integer() : -1;
+    co_return r ? r->results.get(1).as_integer() : -1;
   };
   CHECK(asio::co_spawn(node_executor(n.client), task(), asio::use_future).get() == 42);
 }

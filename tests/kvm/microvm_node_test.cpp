@@ -47,13 +47,12 @@ return M
 
 TEST_CASE("a node with default options runs peer code in microVMs where KVM can run the guest") {
   Cluster c(2, patient);
-  std::string why;
-  const auto levels = c[1].isolation_levels(&why);
-  INFO("levels missing: " << why);
-  REQUIRE(std::find(levels.begin(), levels.end(), Isolation::microvm) != levels.end());
+  const IsolationLevels levels = c[1].isolation_levels();
+  INFO("levels missing: " << levels.why_missing());
+  REQUIRE(levels.has(Isolation::microvm));
   CHECK(c[1].peer_isolation() == Isolation::microvm);
 
-  auto r = c[0].evaluate(c.addr[1], "local info = node.call('node.info') return info.name, info.peer_isolation, 6 * 7");
+  auto r = c[0].eval(c.addr[1], "local info = node.call('node.info') return info.name, info.peer_isolation, 6 * 7");
   REQUIRE_MESSAGE(r.ok(), (r.ok() ? "" : r.error().message));
   CHECK(r->isolation == Isolation::microvm);
   CHECK(r->results.get(1).as_string() == "n1");
@@ -63,10 +62,10 @@ TEST_CASE("a node with default options runs peer code in microVMs where KVM can 
   // Hostile code ends with its error and the node serves the next request.
   EvalOptions tight;
   tight.limits = Limits{100'000, 8u << 20, 2000};
-  auto spin = c[0].evaluate(c.addr[1], "while true do end", Value::table(), tight);
+  auto spin = c[0].eval(c.addr[1], "while true do end", Value::table(), tight);
   REQUIRE_FALSE(spin.ok());
   CHECK(spin.error().message == "CPU limit of 100000 instructions exceeded");
-  auto next = c[0].evaluate(c.addr[1], "return 'alive'");
+  auto next = c[0].eval(c.addr[1], "return 'alive'");
   REQUIRE(next.ok());
   CHECK(next->results.get(1).as_string() == "alive");
 }
@@ -112,7 +111,7 @@ TEST_CASE("a signed agent's CPU budget travels and is enforced in microVMs: it e
   AgentLaunch l;
   l.bundle = *bundle;
   l.itinerary = {c.addr[1], c.addr[2], c.addr[1]};
-  l.sign = std::make_shared<const SigningKey>(std::move(*owner));
+  l.signing_key = std::make_shared<const SigningKey>(std::move(*owner));
   auto id = c[0].launch(c.addr[0], l);
   REQUIRE(id.ok());
   auto s = c[0].wait_agent(c.addr[0], *id, 120s);

@@ -133,10 +133,10 @@ TEST_CASE("a jailed result larger than a reply may be is refused at its header, 
   EvalOptions eval;
   eval.isolation = Isolation::process;
   eval.limits.memory_bytes = 256u << 20;
-  REQUIRE(client.evaluate(*bound, "return 1", Value::table(), eval).ok());  // the jail started
+  REQUIRE(client.eval(*bound, "return 1", Value::table(), eval).ok());  // the jail started
   REQUIRE(reset_peak_resident());
   const std::size_t before = peak_resident_bytes();
-  auto big = client.evaluate(*bound, "return string.rep('x', 48 * 1024 * 1024)", Value::table(), eval);
+  auto big = client.eval(*bound, "return string.rep('x', 48 * 1024 * 1024)", Value::table(), eval);
   const std::size_t peak = peak_resident_bytes();
   REQUIRE_FALSE(big.ok());
   CHECK(big.error().code == Errc::frame_too_large);
@@ -147,7 +147,7 @@ TEST_CASE("a jailed result larger than a reply may be is refused at its header, 
   CAPTURE(grown);
   CHECK(grown < (24u << 20));
   // The node goes on serving runs in the jail.
-  auto small = client.evaluate(*bound, "return 2", Value::table(), eval);
+  auto small = client.eval(*bound, "return 2", Value::table(), eval);
   REQUIRE(small.ok());
   CHECK(small->results.get(1).as_integer() == 2);
 }

@@ -75,7 +75,7 @@ void check_refused_and_still_serving(Server& server, std::uint64_t refused_befor
   Node good(options_for("good", good_dir));
   auto r = good.eval(server.address, "return 6 * 7");
   REQUIRE(r.ok());
-  CHECK(r->get(1).as_integer() == 42);
+  CHECK(r->results.get(1).as_integer() == 42);
   CHECK(server.node->stats().evals_served == 1);
 }
 
@@ -117,7 +117,7 @@ TEST_CASE("a client-server call and a remote evaluation over mutual TLS; the ser
   CHECK(who->get("address").as_string().rfind("127.0.0.1:", 0) == 0);
   auto r = client.eval(server.address, "local a, b = ...; return a * b", Value::array({6, 7}));
   REQUIRE(r.ok());
-  CHECK(r->get(1).as_integer() == 42);
+  CHECK(r->results.get(1).as_integer() == 42);
   CHECK(server.node->stats().calls_served == 1);
   CHECK(server.node->stats().evals_served == 1);
   CHECK(server.node->stats().connections_refused == 0);
@@ -387,14 +387,14 @@ TEST_CASE("a policy rule naming a peer matches only that peer's authenticated TL
 
   // The operators' node: its certificate's CN matches the first rule.
   Node ops(options_for("ops-node", ops_dir));
-  auto as_ops = ops.evaluate(server.address, "node.call('kv.put', 'k', 6) return node.call('kv.get', 'k')");
+  auto as_ops = ops.eval(server.address, "node.call('kv.put', 'k', 6) return node.call('kv.get', 'k')");
   REQUIRE_MESSAGE(as_ops.ok(), (as_ops.ok() ? "" : as_ops.error().message));
   CHECK(as_ops->isolation == Isolation::trusted);
   CHECK(as_ops->results.get(1).as_integer() == 6);
 
   // Another node of the same CA: matched by its key fingerprint, jailed, kv.get only.
   Node guest(options_for("guest-node", guest_dir));
-  auto as_guest = guest.evaluate(server.address, "return node.call('kv.get', 'k')");
+  auto as_guest = guest.eval(server.address, "return node.call('kv.get', 'k')");
   REQUIRE_MESSAGE(as_guest.ok(), (as_guest.ok() ? "" : as_guest.error().message));
   CHECK(as_guest->isolation == Isolation::process);
   CHECK(as_guest->results.get(1).as_integer() == 6);
@@ -407,7 +407,7 @@ TEST_CASE("a policy rule naming a peer matches only that peer's authenticated TL
   // (the request is answered with the refusal: it counts as served and failed).
   Node stranger(options_for("stranger", pki.identity("stranger")));
   const auto failed_before = server.node->stats().requests_failed;
-  auto refused = stranger.evaluate(server.address, "node.call('kv.put', 'k', 8) return 1");
+  auto refused = stranger.eval(server.address, "node.call('kv.put', 'k', 8) return 1");
   REQUIRE_FALSE(refused.ok());
   CHECK(refused.error().code == Errc::policy_refused);
   MESSAGE(refused.error().message);

@@ -9,6 +9,7 @@
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/asio/use_future.hpp>
+#include <atomic>
 #include <future>
 #include <optional>
 #include <thread>
@@ -25,10 +26,24 @@ using namespace std::chrono_literals;
 
 namespace {
 
+// A second payload byte asking the server for a reply fault.
+constexpr std::uint8_t kDropReply = 0xD1;
+constexpr std::uint8_t kHoldReply = 0xD2;
+
 // Replies with the payload reversed, after a delay given by its first byte (ms).
 class EchoHandler : public RequestHandler {
  public:
+  std::atomic<int> handled{0};
+
+  ReplyFault reply_fault(FrameKind, std::span<const std::uint8_t> payload) override {
+    ReplyFault fault;
+    if (payload.size() == 2 && payload[1] == kDropReply) fault.drop = true;
+    if (payload.size() == 2 && payload[1] == kHoldReply) fault.delay = 500ms;
+    return fault;
+  }
+
   asio::awaitable<Result<std::vector<std::uint8_t>>> handle(FrameKind, std::vector<std::uint8_t> payload, PeerIdentity) override {
+    ++handled;
     if (!payload.empty() && payload[0] == 0xEE) co_return make_error(Errc::malformed_payload, "malformed payload: test");
     if (!payload.empty() && payload[0] > 0) {
       asio::steady_timer t(co_await asio::this_coro::executor);
@@ -129,6 +144,25 @@ TEST_CASE("a request that gets no reply in time ends with a timeout") {
   auto next = f.await(one_request(link, {0, 7}));
   REQUIRE(next.ok());
   CHECK(next->payload == std::vector<std::uint8_t>{7, 0});
+}
+
+TEST_CASE("a handler's reply fault holds a reply back, or closes the connection after the work instead of replying") {
+  Fixture f;
+  auto link = f.run([&] { return make_link(f.io.get_executor(), f.bound, {}); });
+  // Held back: the reply to a later request on the same connection overtakes it.
+  auto held = f.run([&] { return asio::co_spawn(f.io, one_request(link, {0, kHoldReply}), asio::use_future); });
+  auto quick = f.await(one_request(link, {0, 5}));
+  REQUIRE(quick.ok());
+  CHECK(held.wait_for(0ms) == std::future_status::timeout);
+  auto late = held.get();
+  REQUIRE(late.ok());
+  CHECK(late->payload == std::vector<std::uint8_t>{kHoldReply, 0});
+  // Dropped: the handler ran, and the client sees the connection close instead of a reply.
+  const int before = f.handler->handled;
+  auto dropped = f.await(one_request(link, {0, kDropReply}));
+  REQUIRE_FALSE(dropped.ok());
+  CHECK(dropped.error().code == Errc::connection_closed);
+  CHECK(f.handler->handled == before + 1);
 }
 
 TEST_CASE("connecting to a port nobody listens on fails with connect_failed") {

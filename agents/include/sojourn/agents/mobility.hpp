@@ -51,7 +51,7 @@ struct AgentLaunch {
   // Signs the bundle (its hash and manifest, quotas included) with the owner's key: every
   // node verifies it, matches its policy on the signer, and never lets the agent's budget
   // rise above the manifest's.
-  std::shared_ptr<const SigningKey> sign;
+  std::shared_ptr<const SigningKey> signing_key;
 };
 
 // One stop of an agent's tour.

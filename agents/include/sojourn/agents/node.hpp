@@ -11,6 +11,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "sojourn/core/error.hpp"
@@ -121,11 +122,6 @@ struct NodeOptions {
   // them without waiting. Empty: the system clock.
   std::function<std::int64_t()> expiry_clock;
 
-  // Fault injection for tests: a call to a service for which this returns true runs, but
-  // its reply is not sent and the connection is closed (as if it broke in between).
-  std::function<bool(std::string_view service)> fault_drop_reply;
-  // Fault injection for tests: the reply to a call of such a service is held back this long.
-  std::function<std::chrono::milliseconds(std::string_view service)> fault_delay_reply;
 };
 
 struct EvalOptions {
@@ -135,7 +131,7 @@ struct EvalOptions {
   std::chrono::milliseconds timeout{0};  // zero: NodeOptions::request_timeout
   // Signs the request with this author key (chunk, args, limits, a nonce and an expiry):
   // the serving node's policy then knows who wrote the code, and a replay is refused.
-  std::shared_ptr<const SigningKey> sign;
+  std::shared_ptr<const SigningKey> signing_key;
   std::chrono::milliseconds signature_lifetime{60'000};  // the expiry, from now
 };
 
@@ -143,6 +139,15 @@ struct EvalOptions {
 struct EvalResult {
   Value results;  // array table of the chunk's return values
   Isolation isolation = Isolation::trusted;
+};
+
+// The isolation levels a node can run code at, and why each missing one is missing.
+struct IsolationLevels {
+  std::vector<Isolation> available;                          // weakest first
+  std::vector<std::pair<Isolation, std::string>> missing;    // the level and the reason
+  bool has(Isolation level) const;
+  // "LEVEL: REASON; ..." for the missing levels (empty when none is).
+  std::string why_missing() const;
 };
 
 struct NodeStats {
@@ -181,13 +186,10 @@ class Node {
 
   // Client-server: runs `service` at `peer` with `args` (an array table).
   Result<Value> call(std::string_view peer, std::string_view service, Value args = Value::table());
-  // Remote evaluation: runs the Lua chunk at `peer`; returns its return values as an
-  // array table.
-  Result<Value> eval(std::string_view peer, std::string_view source, Value args = Value::table(),
-                     const EvalOptions& options = {});
-  // The same, with the isolation level the chunk actually ran at.
-  Result<EvalResult> evaluate(std::string_view peer, std::string_view source, Value args = Value::table(),
-                              const EvalOptions& options = {});
+  // Remote evaluation: runs the Lua chunk at `peer`; returns its return values (an array
+  // table, EvalResult::results) and the isolation level it actually ran at.
+  Result<EvalResult> eval(std::string_view peer, std::string_view source, Value args = Value::table(),
+                          const EvalOptions& options = {});
   // Runs a service of this node directly (what `node.call` in Lua does).
   Result<Value> call_local(std::string_view service, const Value& args);
 
@@ -215,10 +217,9 @@ class Node {
   // The agents resident at `peer` (this node when empty).
   Result<std::vector<AgentSummary>> list_agents(std::string_view peer = {});
 
-  // Isolation levels this node can run code at (`process` and `microvm` once their jails
-  // have started; the first call starts them). The reason a level is missing, when asked,
-  // goes to `why`.
-  std::vector<Isolation> isolation_levels(std::string* why = nullptr);
+  // The isolation levels this node can run code at, and why each missing one is missing
+  // (`process` and `microvm` once their jails have started; the first call starts them).
+  IsolationLevels isolation_levels();
   // The level code from peers runs at, at least: NodeOptions::peer_isolation, or when that
   // is unset the strongest level this node has (decided on first use).
   Isolation peer_isolation();
@@ -233,9 +234,8 @@ class Node {
 
   NodeStats stats() const;
 
-  struct Impl;  // internal
-
  private:
+  struct Impl;  // the library's own (agents/node_impl.hpp)
   std::shared_ptr<Impl> impl_;
   friend Impl& node_impl(Node&);
 };

@@ -14,11 +14,12 @@ namespace sojourn {
 asio::any_io_executor node_executor(Node& node);
 
 asio::awaitable<Result<Value>> async_call(Node& node, std::string peer, std::string service, Value args);
-asio::awaitable<Result<Value>> async_eval(Node& node, std::string peer, std::string source, Value args,
-                                          EvalOptions options);
+// A remote evaluation: its results and the isolation level it ran at (Node::eval).
+asio::awaitable<Result<EvalResult>> async_eval(Node& node, std::string peer, std::string source, Value args,
+                                               EvalOptions options);
 // With the serving node's default limits. A plain function, not a default argument:
 // g++ 12 destroys a braced default-argument temporary too early inside a co_await
 // expression, so the EvalOptions is made here, outside the caller's coroutine.
-asio::awaitable<Result<Value>> async_eval(Node& node, std::string peer, std::string source, Value args);
+asio::awaitable<Result<EvalResult>> async_eval(Node& node, std::string peer, std::string source, Value args);
 
 }  // namespace sojourn

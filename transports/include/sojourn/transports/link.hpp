@@ -42,13 +42,6 @@ struct TransportOptions {
   // 64 KiB of each frame are not counted). A connection whose bytes would pass it gets an
   // overloaded protocol error and is closed; the others go on.
   std::size_t max_partial_frame_bytes = 256u << 20;
-  // Fault injection for tests of exactly-once protocols: when set and it returns true for
-  // a request, the server runs the request but, instead of replying, closes the
-  // connection, as if it had broken between the work and its answer.
-  std::function<bool(FrameKind kind, std::span<const std::uint8_t> payload)> drop_reply;
-  // Fault injection: the reply to such a request is held back this long (zero: not at all),
-  // so that later messages overtake it.
-  std::function<std::chrono::milliseconds(FrameKind kind, std::span<const std::uint8_t> payload)> delay_reply;
 };
 
 class RequestHandler {
@@ -60,6 +53,17 @@ class RequestHandler {
   // a protocol_error frame and closes that connection.
   virtual asio::awaitable<Result<std::vector<std::uint8_t>>> handle(FrameKind kind, std::vector<std::uint8_t> payload,
                                                                     PeerIdentity peer) = 0;
+
+  // The testing seam of exactly-once protocols (for a node, agents/node_testing.hpp): what
+  // a TCP server does with this request's reply instead of sending it at once. `drop`: it
+  // runs the request but closes the connection instead of replying, as if it broke between
+  // the work and its answer; `delay`: the reply is held back that long, so that later
+  // messages overtake it. By default neither.
+  struct ReplyFault {
+    bool drop = false;
+    std::chrono::milliseconds delay{0};
+  };
+  virtual ReplyFault reply_fault(FrameKind /*kind*/, std::span<const std::uint8_t> /*payload*/) { return {}; }
 };
 
 class Link {
@@ -90,6 +94,10 @@ struct ServerStats {
   std::size_t partial_frame_bytes_peak = 0; // the most ever held at once
 };
 
+namespace transport_detail {
+class ServerSession;
+}  // namespace transport_detail
+
 // Serves framed requests on TCP, or on TLS when the options say. Start and stop from the
 // executor's thread.
 class TcpServer {
@@ -108,9 +116,9 @@ class TcpServer {
   // From the executor's thread.
   ServerStats stats() const;
 
-  struct Impl;  // internal (shared with the connection sessions)
-
  private:
+  struct Impl;  // the library's own (tcp_server.cpp), shared with the connection sessions
+  friend class transport_detail::ServerSession;
   std::shared_ptr<Impl> impl_;
 };
 

@@ -1,0 +1,44 @@
+// Internal: where a node runs code: its JailSet (one jail per isolation level, each started
+// on first use) and the level code from peers runs at.
+#pragma once
+
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "sojourn/agents/node.hpp"
+#include "sojourn/sandbox/jail.hpp"
+
+namespace sojourn {
+
+class NodeJails {
+ public:
+  explicit NodeJails(const NodeOptions& options);
+  NodeJails(const NodeJails&) = delete;
+  NodeJails& operator=(const NodeJails&) = delete;
+
+  // The level code from a peer runs at: the stronger of what it asked for and the node's
+  // peer level; an error when this node cannot offer it.
+  Result<Isolation> peer_level(Isolation asked);
+  // options.peer_isolation, or when it is unset the strongest level this node has (microvm
+  // where KVM can run the guest, else process), decided once.
+  Isolation node_peer_level();
+  // Why `level` cannot run here (its jail did not start), or null when it can.
+  const std::string* unavailable(Isolation level) { return jails_.unavailable(level); }
+  // The levels this node has, and why each missing one is missing (starts the jails).
+  IsolationLevels levels();
+  // The levels whose jail has started (trusted always has); never starts one.
+  std::vector<Isolation> started_levels() const;
+  // One chunk or one agent step at a level.
+  Result<Value> run_chunk(Isolation level, const sandbox::RunInput& input, sandbox::HostCalls* host);
+  Result<sandbox::AgentOutcome> run_agent_step(Isolation level, const sandbox::RunInput& input,
+                                               const sandbox::AgentInput& agent, sandbox::HostCalls* host);
+
+ private:
+  const NodeOptions& options_;
+  sandbox::JailSet jails_;
+  std::once_flag peer_level_once_;
+  Isolation resolved_peer_level_ = Isolation::process;
+};
+
+}  // namespace sojourn

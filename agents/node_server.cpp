@@ -1,0 +1,224 @@
+// A node's serving side: listening, and serving calls and evaluations to peers (node_server.hpp).
+#include "node_server.hpp"  // first: brings <utility> before any Asio header
+
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/ip/address.hpp>
+#include <boost/asio/use_awaitable.hpp>
+
+#include "node_host_calls.hpp"
+#include "node_jails.hpp"
+#include "node_runtime.hpp"
+#include "node_stats.hpp"
+#include "node_trust.hpp"
+#include "services.hpp"
+#include "sojourn/core/log.hpp"
+
+namespace sojourn {
+
+namespace {
+
+// Runs f on the worker pool and resumes the caller on its own executor afterwards.
+// (`co_await post(pool, use_awaitable)` would not do: an awaitable always resumes on
+// the coroutine's executor, so the work would run on the network thread.)
+template <class F>
+asio::awaitable<std::invoke_result_t<F>> on_workers(asio::thread_pool& pool, F f) {
+  using R = std::invoke_result_t<F>;
+  co_return co_await asio::co_spawn(
+      pool, [f = std::move(f)]() mutable -> asio::awaitable<R> { co_return f(); }, asio::use_awaitable);
+}
+
+bool is_loopback(const Address& a) {
+  if (a.host == "localhost") return true;
+  boost::system::error_code ec;
+  auto ip = asio::ip::make_address(a.host, ec);
+  return !ec && ip.is_loopback();
+}
+
+}  // namespace
+
+NodeServer::NodeServer(const NodeOptions& options, NodeRuntime& runtime, const ServiceRegistry& services,
+                       NodeTrust& trust, NodeJails& jails, NodeCounters& counters)
+    : options_(options), runtime_(runtime), services_(services), trust_(trust), jails_(jails), counters_(counters) {}
+
+std::string NodeServer::advertised() const {
+  std::lock_guard lock(advertised_mutex_);
+  return advertised_;
+}
+
+Result<std::string> NodeServer::listen(const Address& a) {
+  std::shared_ptr<void> owner = owner_.lock();
+  if (!owner) return errors::shutting_down();
+  // The transports hold the node through its handler while a request runs.
+  std::shared_ptr<RequestHandler> handler(owner, this);
+  auto advertise = [&](const std::string& bound) {
+    std::lock_guard lock(advertised_mutex_);
+    if (advertised_.empty()) advertised_ = options_.advertise.empty() ? bound : options_.advertise;
+  };
+  if (a.kind == Address::Kind::inproc) {
+    auto r = register_inproc(a.name, runtime_.executor(), handler);
+    if (!r) return r.error();
+    inproc_names_.push_back(a.name);
+    advertise(a.to_string());
+    return a.to_string();
+  }
+  if (trust_.tls_error()) return *trust_.tls_error();
+  const auto& tls = trust_.tls();
+  if (!tls && !is_loopback(a) && !options_.insecure_plain_tcp) {
+    return make_error(Errc::insecure_transport, "insecure transport: refusing plain TCP on " + a.to_string() +
+                                                    ", which is not a loopback address: peers would be "
+                                                    "unauthenticated and traffic readable; use --tls DIR (or --insecure)");
+  }
+  TransportOptions transport;
+  transport.tls = tls;
+  transport.max_payload = options_.max_payload;
+  transport.max_connections = options_.max_connections;
+  transport.connect_timeout = options_.connect_timeout;
+  std::weak_ptr<void> weak = owner_;
+  NodeCounters* counters = &counters_;
+  transport.on_refused = [weak, counters](const PeerIdentity&, const Error&) {
+    if (auto alive = weak.lock()) ++counters->connections_refused;
+  };
+  auto server = std::make_unique<TcpServer>(runtime_.executor(), handler, transport);
+  auto bound = server->listen(a);
+  if (!bound) return bound.error();
+  if (tls) {
+    const PeerIdentity& self = tls_local_identity(*tls);
+    log_info("node", options_.name + ": mutual TLS on " + bound->to_string() + " as '" + self.name + "' [" +
+                         self.fingerprint.substr(0, 12) + "], trusting " + tls_trust_summary(*tls));
+  } else {
+    log_warn("node", options_.name + ": PLAIN TCP on " + bound->to_string() +
+                         ": peers are not authenticated and traffic is not encrypted (development only; use --tls DIR)");
+  }
+  servers_.push_back(std::move(server));
+  advertise(bound->to_string());
+  log_info("node", options_.name + " listening on " + bound->to_string());
+  return bound->to_string();
+}
+
+void NodeServer::stop_accepting() {
+  for (auto& s : servers_) s->stop_accepting();
+  for (const auto& n : inproc_names_) unregister_inproc(n);
+}
+
+void NodeServer::close_all() {
+  for (auto& s : servers_) s->close_all();
+}
+
+void NodeServer::clear() { servers_.clear(); }
+
+void NodeServer::set_fault_hooks(DropHook drop, DelayHook delay) {
+  std::lock_guard lock(faults_mutex_);
+  drop_hook_ = std::move(drop);
+  delay_hook_ = std::move(delay);
+}
+
+RequestHandler::ReplyFault NodeServer::reply_fault(FrameKind kind, std::span<const std::uint8_t> payload) {
+  ReplyFault fault;
+  if (kind != FrameKind::call) return fault;
+  std::lock_guard lock(faults_mutex_);
+  if (!drop_hook_ && !delay_hook_) return fault;
+  auto request = decode_call(payload);
+  if (!request) return fault;
+  if (drop_hook_) fault.drop = drop_hook_(request->service);
+  if (delay_hook_) fault.delay = delay_hook_(request->service);
+  return fault;
+}
+
+asio::awaitable<Result<std::vector<std::uint8_t>>> NodeServer::handle(FrameKind kind, std::vector<std::uint8_t> payload,
+                                                                      PeerIdentity peer) {
+  auto keep = owner_.lock();
+  if (!keep) co_return errors::shutting_down();
+  NodeRuntime::InFlight counted(runtime_);  // shutdown waits for this to reach zero
+  Reply reply;
+  if (kind == FrameKind::call) {
+    auto request = decode_call(payload);
+    if (!request) co_return request.error();
+    log_debug("node", options_.name + ": call " + request->service + " from " + peer.to_string());
+    reply = co_await serve_call(std::move(*request), peer);
+    ++counters_.calls_served;
+  } else if (kind == FrameKind::eval) {
+    auto request = decode_eval(payload);
+    if (!request) co_return request.error();
+    log_debug("node", options_.name + ": eval " + request->chunk_name + " from " + peer.to_string());
+    reply = co_await serve_eval(std::move(*request), peer);
+    ++counters_.evals_served;
+  } else {
+    co_return make_error(Errc::bad_kind, "unexpected frame kind " + std::string(frame_kind_name(kind)));
+  }
+  if (reply.code != Errc::ok) ++counters_.requests_failed;
+  std::vector<std::uint8_t> bytes = encode(reply);
+  if (bytes.size() > options_.max_payload) {
+    bytes = encode(reply_error(make_error(Errc::frame_too_large, "frame payload of " + std::to_string(bytes.size()) +
+                                                                   " bytes exceeds the limit of " +
+                                                                   std::to_string(options_.max_payload) + " bytes")));
+  }
+  co_return bytes;
+}
+
+asio::awaitable<Reply> NodeServer::serve_call(CallRequest request, const PeerIdentity& peer) {
+  if (runtime_.shutting_down()) co_return reply_error(errors::shutting_down());
+  // One lookup: the entry (and its function) is copied out of the registry.
+  Result<ServiceEntry> entry = services_.find(request.service);
+  if (!entry) co_return reply_error(entry.error());
+  PeerService fn = std::move(entry->fn);
+  Result<Value> r = Value{};
+  // Plain statements around co_await: g++ 12 miscompiles co_await inside a conditional expression.
+  if (entry->async_fn) {
+    r = co_await entry->async_fn(std::move(request.args), peer);
+  } else if (entry->options.inline_on_network_thread) {
+    r = ServiceRegistry::invoke(request.service, fn, request.args, peer);
+  } else {
+    r = co_await on_workers(runtime_.workers(), [&] { return ServiceRegistry::invoke(request.service, fn, request.args, peer); });
+  }
+  co_return r ? reply_ok(std::move(*r)) : reply_error(r.error());
+}
+
+asio::awaitable<Reply> NodeServer::serve_eval(EvalRequest request, const PeerIdentity& peer) {
+  if (runtime_.shutting_down()) co_return reply_error(errors::shutting_down());
+  // Signature checks cost tens of microseconds: on the workers, with the run.
+  Reply reply = co_await on_workers(runtime_.workers(), [this, &request, &peer] { return run_eval(request, peer); });
+  co_return reply;
+}
+
+// The policy decides by the author's key (a signed chunk) and the sender's TLS identity.
+Reply NodeServer::run_eval(const EvalRequest& request, const PeerIdentity& peer) {
+  // A signed chunk: its signature, then its freshness (a bad signature never uses up a nonce).
+  std::string signer;
+  if (!request.signer.empty()) {
+    if (auto good = verify_eval_signature(request); !good) return reply_error(good.error());
+    // Addressed to this node: a copy captured on its way elsewhere does not run here (before
+    // the nonce, which it would otherwise use up).
+    if (auto addressed = check_addressed_to(request.destination, advertised(), "this signed remote evaluation");
+        !addressed) {
+      return reply_error(addressed.error());
+    }
+    if (auto fresh = trust_.replay().admit(request.nonce, request.expires_unix_ms, "remote evaluation"); !fresh) {
+      return reply_error(fresh.error());
+    }
+    signer = key_fingerprint(request.signer);
+  }
+  const PolicyRule* rule = trust_.rule_for(signer, peer);
+  if (rule != nullptr && rule->refuse) return reply_error(policy_refusal(*rule, trust_.describe_code(signer)));
+  // The chunk came from a peer: it runs at least at options.peer_isolation (or as the policy
+  // says), never at less than it asked for; a level this node cannot offer is refused, never
+  // downgraded.
+  Result<Isolation> level = trust_.level_for(request.isolation, rule);
+  if (!level) return reply_error(level.error());
+  sandbox::RunInput input;
+  input.source = request.source;
+  input.chunk_name = request.chunk_name.empty() ? std::string_view("eval") : std::string_view(request.chunk_name);
+  input.args = request.args.is_table() ? request.args : Value::table();
+  // One evaluation is one visit: the per-hop CPU quota bounds it too.
+  input.limits = effective_limits(request.limits, options_.default_limits, trust_.run_ceiling(rule, /*whole_visit=*/true));
+  input.allow_jit = false;  // code from a peer: compiled loops would escape the CPU hook
+  input.abort = runtime_.abort_flag();
+  input.max_result_bytes = options_.max_payload;  // the reply carries the result: no larger
+  // `node.call` reaches this node: the code went to the resource.
+  NodeHostCalls host(services_, *modules_, nullptr, {}, rule);
+  Result<Value> r = jails_.run_chunk(*level, input, &host);
+  Reply reply = r ? reply_ok(std::move(*r)) : reply_error(r.error());
+  reply.isolation = *level;
+  return reply;
+}
+
+}  // namespace sojourn

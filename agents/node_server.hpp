@@ -1,0 +1,87 @@
+// Internal: a node's serving side: its listeners (TCP, TLS, in-process), the address it
+// advertises, and each call or eval request from a peer, from its frame to its reply.
+#pragma once
+
+#include <chrono>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "sojourn/agents/node.hpp"
+#include "sojourn/transports/asio.hpp"
+#include "sojourn/transports/link.hpp"
+
+namespace sojourn {
+
+class ModuleSource;
+class NodeJails;
+class NodeRuntime;
+class NodeTrust;
+class ServiceRegistry;
+struct NodeCounters;
+
+class NodeServer final : public RequestHandler {
+ public:
+  NodeServer(const NodeOptions& options, NodeRuntime& runtime, const ServiceRegistry& services, NodeTrust& trust,
+             NodeJails& jails, NodeCounters& counters);
+  NodeServer(const NodeServer&) = delete;
+  NodeServer& operator=(const NodeServer&) = delete;
+
+  // The node this server belongs to: listeners hold it (as their handler) while they run.
+  void set_owner(std::weak_ptr<void> owner) { owner_ = std::move(owner); }
+  // Where code.require of a remote evaluation finds modules (set once, before listening).
+  void set_modules(ModuleSource& modules) { modules_ = &modules; }
+
+  // On the network thread: serves on `where`; returns the bound address. Errors:
+  // tls_config, insecure_transport, the transport's.
+  Result<std::string> listen(const Address& where);
+  // The address peers reach this node at: options.advertise, else the first bound.
+  std::string advertised() const;
+
+  // RequestHandler: runs on the network thread. `peer` is who sent the request (over TLS,
+  // with its proven identity): it goes with the request to what decides what it may do.
+  asio::awaitable<Result<std::vector<std::uint8_t>>> handle(FrameKind kind, std::vector<std::uint8_t> payload,
+                                                            PeerIdentity peer) override;
+  ReplyFault reply_fault(FrameKind kind, std::span<const std::uint8_t> payload) override;
+
+  // Shutdown, on the network thread: stop accepting, then close every connection, then
+  // (once the network thread ended) drop the listeners.
+  void stop_accepting();
+  void close_all();
+  void clear();
+
+  // The testing seam's fault hooks (node_testing.hpp), by called service.
+  using DropHook = std::function<bool(std::string_view service)>;
+  using DelayHook = std::function<std::chrono::milliseconds(std::string_view service)>;
+  void set_fault_hooks(DropHook drop, DelayHook delay);
+
+ private:
+  asio::awaitable<Reply> serve_call(CallRequest request, const PeerIdentity& peer);
+  asio::awaitable<Reply> serve_eval(EvalRequest request, const PeerIdentity& peer);
+  Reply run_eval(const EvalRequest& request, const PeerIdentity& peer);
+
+  const NodeOptions& options_;
+  NodeRuntime& runtime_;
+  const ServiceRegistry& services_;
+  NodeTrust& trust_;
+  NodeJails& jails_;
+  NodeCounters& counters_;
+  ModuleSource* modules_ = nullptr;
+  std::weak_ptr<void> owner_;
+
+  // Network-thread state.
+  std::vector<std::unique_ptr<TcpServer>> servers_;
+  std::vector<std::string> inproc_names_;
+
+  mutable std::mutex advertised_mutex_;
+  std::string advertised_;  // set once, by the first listen()
+
+  std::mutex faults_mutex_;
+  DropHook drop_hook_;
+  DelayHook delay_hook_;
+};
+
+}  // namespace sojourn

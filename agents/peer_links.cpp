@@ -1,0 +1,82 @@
+// A node's client side: links to peers (one multiplexed connection each) and the call and
+// eval requests sent over them (peer_links.hpp).
+#include "peer_links.hpp"  // first: brings <utility> before any Asio header
+
+#include "node_runtime.hpp"
+#include "node_trust.hpp"
+
+namespace sojourn {
+
+PeerLinks::PeerLinks(const NodeOptions& options, NodeRuntime& runtime, const NodeTrust& trust)
+    : options_(options), runtime_(runtime), trust_(trust) {}
+
+asio::awaitable<Result<Reply>> PeerLinks::request_peer(const std::string& peer, FrameKind kind,
+                                                       std::vector<std::uint8_t> payload,
+                                                       std::chrono::milliseconds timeout) {
+  auto keep = owner_.lock();
+  if (runtime_.shutting_down() || !keep) co_return errors::shutting_down();
+  if (trust_.tls_error()) co_return *trust_.tls_error();
+  auto address = parse_address(peer);
+  if (!address) co_return address.error();
+  std::string key = address->to_string();
+  auto it = links_.find(key);
+  if (it == links_.end() || !it->second->usable()) {
+    TransportOptions transport;
+    transport.tls = trust_.tls();
+    transport.max_payload = options_.max_payload;
+    transport.max_connections = options_.max_connections;
+    transport.connect_timeout = options_.connect_timeout;
+    it = links_.insert_or_assign(key, make_link(runtime_.executor(), *address, transport)).first;
+  }
+  std::shared_ptr<Link> link = it->second;
+  auto frame = co_await link->request(kind, std::move(payload), timeout);
+  if (!frame) co_return frame.error();
+  auto reply = decode_reply(frame->payload);
+  if (!reply) {
+    // A peer that sends an unreadable reply is not to be trusted with the connection.
+    link->close();
+    co_return make_error(Errc::remote_protocol_error, "peer " + key + " reported a protocol error: " + reply.error().message);
+  }
+  co_return std::move(*reply);
+}
+
+// Temporaries inside a co_await expression are kept to plain locals here: g++ 12
+// miscompiles some (aggregates, braced temporaries) across the suspension point.
+asio::awaitable<Result<Value>> PeerLinks::call_peer(std::string peer, std::string service, Value args) {
+  CallRequest request;
+  request.service = std::move(service);
+  request.args = std::move(args);
+  std::vector<std::uint8_t> payload = encode(request);
+  Result<Reply> reply = co_await request_peer(peer, FrameKind::call, std::move(payload), options_.request_timeout);
+  if (!reply) co_return reply.error();
+  if (reply->code != Errc::ok) co_return Error{reply->code, std::move(reply->message)};
+  co_return std::move(reply->result);
+}
+
+asio::awaitable<Result<EvalResult>> PeerLinks::eval_peer(std::string peer, std::string source, Value args,
+                                                         EvalOptions eo) {
+  EvalRequest request;
+  request.source = std::move(source);
+  request.chunk_name = eo.chunk_name;
+  request.args = std::move(args);
+  request.limits = eo.limits;
+  request.isolation = eo.isolation;
+  request.destination = destination_for(peer);  // signed with the rest: refused at any other node
+  if (eo.signing_key) sign_eval(request, *eo.signing_key, eo.signature_lifetime);
+  std::chrono::milliseconds timeout = eo.timeout.count() > 0 ? eo.timeout : options_.request_timeout;
+  std::vector<std::uint8_t> payload = encode(request);
+  Result<Reply> reply = co_await request_peer(peer, FrameKind::eval, std::move(payload), timeout);
+  if (!reply) co_return reply.error();
+  if (reply->code != Errc::ok) co_return Error{reply->code, std::move(reply->message)};
+  EvalResult out;
+  out.results = std::move(reply->result);
+  out.isolation = reply->isolation;
+  co_return out;
+}
+
+void PeerLinks::close_all() {
+  for (auto& [peer, link] : links_) link->close();
+  links_.clear();
+}
+
+}  // namespace sojourn

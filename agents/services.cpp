@@ -1,0 +1,59 @@
+// A node's service registry (services.hpp).
+#include "services.hpp"
+
+#include <algorithm>
+#include <mutex>
+
+namespace sojourn {
+
+namespace {
+const PeerIdentity& local_caller() {
+  static const PeerIdentity local{"local", {}, {}};
+  return local;
+}
+}  // namespace
+
+void ServiceRegistry::add(std::string name, ServiceEntry entry) {
+  std::unique_lock lock(mutex_);
+  services_[std::move(name)] = std::move(entry);
+}
+
+std::vector<std::string> ServiceRegistry::names() const {
+  std::vector<std::string> out;
+  {
+    std::shared_lock lock(mutex_);
+    for (const auto& [name, entry] : services_) out.push_back(name);
+  }
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+Result<ServiceEntry> ServiceRegistry::find(std::string_view service) const {
+  std::shared_lock lock(mutex_);
+  auto it = services_.find(std::string(service));
+  if (it == services_.end()) return errors::no_such_service(service);
+  return it->second;
+}
+
+Result<Value> ServiceRegistry::invoke(std::string_view service, const PeerService& fn, const Value& args,
+                                      const PeerIdentity& caller) {
+  try {
+    return fn(args.is_table() ? args : Value::table(), caller);
+  } catch (const std::exception& e) {
+    return make_error(Errc::service_failed, "service " + std::string(service) + " failed: " + e.what());
+  }
+}
+
+Result<Value> ServiceRegistry::call_local(std::string_view service, const Value& args) const {
+  auto entry = find(service);
+  if (!entry) return entry.error();
+  return invoke(service, entry->fn, args, local_caller());
+}
+
+Result<Value> ServiceRegistry::call_from_lua(std::string_view service, const Value& args) const {
+  auto entry = find(service);
+  if (!entry || entry->options.peers_only) return errors::no_such_service(service);
+  return invoke(service, entry->fn, args, local_caller());
+}
+
+}  // namespace sojourn

@@ -1,0 +1,57 @@
+// Internal: a node's service registry: what `node.call` from Lua and peers' call requests
+// reach, and how one service is invoked (its exceptions become service_failed).
+#pragma once
+
+#include <functional>
+#include <shared_mutex>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <vector>
+
+#include "sojourn/agents/node.hpp"
+#include "sojourn/transports/asio.hpp"
+
+namespace sojourn {
+
+class NodeJails;
+struct NodeCounters;
+
+// A protocol service that answers later without holding a worker (agent.wait): it runs on
+// the network thread.
+using AsyncPeerService = std::function<asio::awaitable<Result<Value>>(Value args, PeerIdentity caller)>;
+
+struct ServiceEntry {
+  PeerService fn;
+  ServiceOptions options;
+  AsyncPeerService async_fn;  // set: serving awaits it instead of running fn
+};
+
+// Thread-safe.
+class ServiceRegistry {
+ public:
+  // Adds or replaces a service.
+  void add(std::string name, ServiceEntry entry);
+  // The names of every service, sorted.
+  std::vector<std::string> names() const;
+  // A copy of the entry: no_such_service when there is none.
+  Result<ServiceEntry> find(std::string_view service) const;
+  // Runs `fn`; an exception it throws becomes service_failed "service NAME failed: WHAT".
+  static Result<Value> invoke(std::string_view service, const PeerService& fn, const Value& args,
+                              const PeerIdentity& caller);
+  // A service of this node, called by its own code (caller "local").
+  Result<Value> call_local(std::string_view service, const Value& args) const;
+  // node.call from Lua: protocol services (peers_only) are not reachable.
+  Result<Value> call_from_lua(std::string_view service, const Value& args) const;
+
+ private:
+  mutable std::shared_mutex mutex_;
+  std::unordered_map<std::string, ServiceEntry> services_;
+};
+
+// Registers kv.get/put/del/keys and node.info on a new node (builtin_services.cpp); node.info
+// reads the counters, the registry and the jails.
+void register_builtin_services(Node& node, const NodeCounters& counters, const ServiceRegistry& registry,
+                               NodeJails& jails);
+
+}  // namespace sojourn
