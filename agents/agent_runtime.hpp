@@ -18,9 +18,9 @@
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/asio/use_future.hpp>
 
-#include "agent_record.hpp"
-#include "code_cache.hpp"
-#include "node_impl.hpp"
+#include "agents/agent_record.hpp"
+#include "agents/code_cache.hpp"
+#include "agents/node_impl.hpp"
 
 namespace sojourn {
 

@@ -3,7 +3,7 @@
 #include <algorithm>
 #include <shared_mutex>
 
-#include "node_impl.hpp"
+#include "agents/node_impl.hpp"
 #include "sojourn/core/frame.hpp"
 #include "sojourn/core/messages.hpp"
 

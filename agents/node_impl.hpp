@@ -25,7 +25,7 @@
 #include "sojourn/sandbox/jail.hpp"
 #include "sojourn/sandbox/lua_sandbox.hpp"
 #include "sojourn/transports/link.hpp"
-#include "trust.hpp"
+#include "agents/trust.hpp"
 
 namespace sojourn {
 

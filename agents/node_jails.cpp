@@ -1,5 +1,5 @@
 // Where a node runs code: the isolation level each run gets, and the node's JailSet behind it.
-#include "node_impl.hpp"
+#include "agents/node_impl.hpp"
 
 #include "sojourn/core/log.hpp"
 

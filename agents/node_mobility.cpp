@@ -1,6 +1,6 @@
 // The Node API of code-on-demand and mobile agents: thin blocking wrappers over the
 // agent runtime and the agent.* / code.fetch protocol services.
-#include "agent_runtime.hpp"
+#include "agents/agent_runtime.hpp"
 
 #include <thread>
 

@@ -26,7 +26,7 @@
 
 #include "sojourn/agents/node.hpp"
 #include "sojourn/core/log.hpp"
-#include "stats.hpp"
+#include "bench/stats.hpp"
 
 namespace sojourn::bench {
 namespace {

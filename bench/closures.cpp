@@ -8,7 +8,7 @@
 
 #include "sojourn/core/messages.hpp"
 #include "sojourn/sandbox/lua_sandbox.hpp"
-#include "stats.hpp"
+#include "bench/stats.hpp"
 
 namespace {
 

@@ -15,7 +15,7 @@
 #include "sojourn/agents/node.hpp"
 #include "sojourn/core/log.hpp"
 #include "sojourn/core/signature.hpp"
-#include "stats.hpp"
+#include "bench/stats.hpp"
 
 namespace sojourn::bench {
 namespace {

@@ -31,7 +31,7 @@
 #include "sojourn/core/identity.hpp"
 #include "sojourn/core/log.hpp"
 #include "sojourn/transports/link.hpp"
-#include "stats.hpp"
+#include "bench/stats.hpp"
 
 namespace sojourn::bench {
 namespace {

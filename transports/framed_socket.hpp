@@ -10,8 +10,8 @@
 #include <string>
 #include <vector>
 
-#include "asio_full.hpp"
-#include "read_budget.hpp"
+#include "transports/asio_full.hpp"
+#include "transports/read_budget.hpp"
 #include "sojourn/core/frame.hpp"
 #include "sojourn/core/peer.hpp"
 

@@ -4,7 +4,7 @@
 #include <mutex>
 #include <unordered_map>
 
-#include "asio_full.hpp"
+#include "transports/asio_full.hpp"
 #include "sojourn/transports/link.hpp"
 
 namespace sojourn {

@@ -3,7 +3,7 @@
 // each other).
 #include <set>
 
-#include "framed_socket.hpp"
+#include "transports/framed_socket.hpp"
 #include "sojourn/core/log.hpp"
 #include "sojourn/core/messages.hpp"
 #include "sojourn/transports/link.hpp"

@@ -1,5 +1,5 @@
 // The subcommands of `sojourn`.
-#include "commands.hpp"
+#include "agents/cli/commands.hpp"
 
 #include <algorithm>
 #include <csignal>

@@ -8,7 +8,7 @@
 #include <cstdint>
 
 #include "sojourn/core/error.hpp"
-#include "lua_heap.hpp"
+#include "sandbox/lua/lua_heap.hpp"
 
 namespace sojourn::sandbox::guest {
 

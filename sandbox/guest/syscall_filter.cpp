@@ -1,7 +1,7 @@
 // The guest's syscall allow-list. After the filter is in place the guest only talks on its
 // channel, seeds LuaJIT's PRNG and exits: its Lua heap and its C++ heap are regions mapped
 // before the filter (arena.hpp, guest_heap.hpp). Measured with strace (docs/jails.md).
-#include "syscall_filter.hpp"
+#include "sandbox/guest/syscall_filter.hpp"
 
 #include <fcntl.h>
 #include <linux/seccomp.h>

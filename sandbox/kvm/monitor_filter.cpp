@@ -14,7 +14,7 @@
 // - Answering EPERM would let a taken-over thread keep probing.
 // The trap is as strict as the kill: the refused call never runs, and the handler's own exit
 // is a syscall the table kills (a nested trap while SIGSYS is blocked kills too).
-#include "monitor_filter.hpp"
+#include "sandbox/kvm/monitor_filter.hpp"
 
 #include <fcntl.h>
 #include <linux/kvm.h>
@@ -40,8 +40,8 @@
 #include <string>
 #include <thread>
 
-#include "kvm_abi.hpp"
-#include "vcpu.hpp"
+#include "sandbox/kvm/kvm_abi.hpp"
+#include "sandbox/kvm/vcpu.hpp"
 
 namespace sojourn::sandbox::kvm {
 

@@ -11,7 +11,7 @@
 #include "sojourn/core/error.hpp"
 #include "sojourn/core/messages.hpp"
 #include "sojourn/sandbox/lua_sandbox.hpp"
-#include "lua_heap.hpp"
+#include "sandbox/lua/lua_heap.hpp"
 
 struct lua_State;
 

@@ -9,8 +9,8 @@
 #include <thread>
 
 #include "sojourn/agents/node.hpp"
-#include "support/cluster.hpp"
-#include "support/log_watch.hpp"
+#include "tests/support/cluster.hpp"
+#include "tests/support/log_watch.hpp"
 
 using namespace sojourn;
 using namespace std::chrono_literals;

@@ -8,7 +8,7 @@
 #include <thread>
 
 #include "sojourn/agents/node.hpp"
-#include "support/cluster.hpp"
+#include "tests/support/cluster.hpp"
 
 using namespace sojourn;
 using namespace std::chrono_literals;

@@ -7,7 +7,7 @@
 #include <cstring>
 #include <random>
 
-#include "fuzz/decoder_targets.hpp"
+#include "tests/fuzz/decoder_targets.hpp"
 #include "sojourn/core/messages.hpp"
 
 using namespace sojourn;

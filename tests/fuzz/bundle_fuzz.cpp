@@ -3,7 +3,7 @@
 #include <cstdint>
 #include <span>
 
-#include "fuzz/fuzz_check.hpp"
+#include "tests/fuzz/fuzz_check.hpp"
 #include "sojourn/core/bundle.hpp"
 
 using namespace sojourn;

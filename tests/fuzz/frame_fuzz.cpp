@@ -3,7 +3,7 @@
 #include <cstdint>
 #include <span>
 
-#include "fuzz/fuzz_check.hpp"
+#include "tests/fuzz/fuzz_check.hpp"
 #include "sojourn/core/frame.hpp"
 
 using namespace sojourn;

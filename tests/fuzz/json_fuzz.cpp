@@ -3,7 +3,7 @@
 #include <cstdint>
 #include <string_view>
 
-#include "fuzz/fuzz_check.hpp"
+#include "tests/fuzz/fuzz_check.hpp"
 #include "sojourn/core/json.hpp"
 
 using namespace sojourn;

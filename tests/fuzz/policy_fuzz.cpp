@@ -6,7 +6,7 @@
 #include <cstdint>
 #include <string_view>
 
-#include "fuzz/fuzz_check.hpp"
+#include "tests/fuzz/fuzz_check.hpp"
 #include "sojourn/agents/policy.hpp"
 
 using namespace sojourn;

@@ -4,7 +4,7 @@
 #include <cstdio>
 #include <span>
 
-#include "fuzz/fuzz_check.hpp"
+#include "tests/fuzz/fuzz_check.hpp"
 #include "sojourn/core/json.hpp"
 #include "sojourn/core/messages.hpp"
 

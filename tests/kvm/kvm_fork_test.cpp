@@ -11,12 +11,12 @@
 #include <string>
 #include <vector>
 
-#include "elf_loader.hpp"
-#include "boot.hpp"
-#include "exit_dispatch.hpp"
-#include "fork.hpp"
-#include "guest_wire.hpp"
-#include "one_request.hpp"
+#include "sandbox/kvm/elf_loader.hpp"
+#include "sandbox/kvm/boot.hpp"
+#include "sandbox/kvm/exit_dispatch.hpp"
+#include "sandbox/kvm/fork.hpp"
+#include "sandbox/process/guest_wire.hpp"
+#include "tests/kvm/one_request.hpp"
 
 using namespace sojourn::sandbox::kvm;
 namespace channel = sojourn::sandbox::channel;

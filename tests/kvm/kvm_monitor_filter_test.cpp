@@ -12,12 +12,12 @@
 #include <thread>
 #include <vector>
 
-#include "elf_loader.hpp"
-#include "boot.hpp"
-#include "exit_dispatch.hpp"
-#include "fork.hpp"
-#include "monitor_filter.hpp"
-#include "one_request.hpp"
+#include "sandbox/kvm/elf_loader.hpp"
+#include "sandbox/kvm/boot.hpp"
+#include "sandbox/kvm/exit_dispatch.hpp"
+#include "sandbox/kvm/fork.hpp"
+#include "sandbox/kvm/monitor_filter.hpp"
+#include "tests/kvm/one_request.hpp"
 
 using namespace sojourn::sandbox::kvm;
 using kvm_test::OneRequest;

@@ -9,12 +9,12 @@
 #include <string>
 #include <vector>
 
-#include "boot.hpp"
-#include "exit_dispatch.hpp"
-#include "guest_wire.hpp"
-#include "syscall_table.hpp"
-#include "vcpu.hpp"
-#include "vm.hpp"
+#include "sandbox/kvm/boot.hpp"
+#include "sandbox/kvm/exit_dispatch.hpp"
+#include "sandbox/process/guest_wire.hpp"
+#include "sandbox/kvm/syscall_table.hpp"
+#include "sandbox/kvm/vcpu.hpp"
+#include "sandbox/kvm/vm.hpp"
 
 namespace kvm_test {
 
