@@ -1,6 +1,6 @@
 // Node: lifecycle, listening, and serving calls and evaluations to peers.
-#include "agents/node_impl.hpp"
 #include "agents/agent_runtime.hpp"
+#include "agents/node_impl.hpp"
 
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/ip/address.hpp>

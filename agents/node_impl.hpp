@@ -19,13 +19,13 @@
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/thread_pool.hpp>
 
+#include "agents/trust.hpp"
 #include "sojourn/agents/node.hpp"
 #include "sojourn/agents/policy.hpp"
 #include "sojourn/core/signature.hpp"
 #include "sojourn/sandbox/jail.hpp"
 #include "sojourn/sandbox/lua_sandbox.hpp"
 #include "sojourn/transports/link.hpp"
-#include "agents/trust.hpp"
 
 namespace sojourn {
 

@@ -18,10 +18,10 @@
 #include <string>
 #include <vector>
 
-#include "sandbox/process/guest_session.hpp"
-#include "sojourn/sandbox/process_jail.hpp"
 #include "bench/stats.hpp"
+#include "sandbox/process/guest_session.hpp"
 #include "sandbox/process/zygote_link.hpp"
+#include "sojourn/sandbox/process_jail.hpp"
 
 extern char** environ;
 

@@ -25,15 +25,15 @@
 #include <thread>
 #include <vector>
 
-#include "sandbox/kvm/elf_loader.hpp"
+#include "bench/stats.hpp"
 #include "sandbox/kvm/boot.hpp"
+#include "sandbox/kvm/elf_loader.hpp"
 #include "sandbox/kvm/exit_dispatch.hpp"
 #include "sandbox/kvm/fork.hpp"
-#include "sandbox/kvm/monitor_filter.hpp"
 #include "sandbox/kvm/harness/one_request.hpp"
+#include "sandbox/kvm/monitor_filter.hpp"
 #include "sojourn/sandbox/microvm_jail.hpp"
 #include "sojourn/sandbox/process_jail.hpp"
-#include "bench/stats.hpp"
 
 namespace sojourn::bench {
 namespace {

@@ -3,8 +3,8 @@
 #include <CLI/CLI.hpp>
 
 #include "agents/cli/commands.hpp"
-#include "sojourn/core/log.hpp"
 #include "agents/cli/trust_commands.hpp"
+#include "sojourn/core/log.hpp"
 
 namespace {
 

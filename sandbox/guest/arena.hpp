@@ -7,8 +7,8 @@
 #include <cstddef>
 #include <cstdint>
 
-#include "sojourn/core/error.hpp"
 #include "sandbox/lua/lua_heap.hpp"
+#include "sojourn/core/error.hpp"
 
 namespace sojourn::sandbox::guest {
 

@@ -23,9 +23,9 @@
 #include <vector>
 
 #include "sandbox/guest/jail_child.hpp"
+#include "sandbox/guest/syscall_filter.hpp"
 #include "sojourn/core/log.hpp"
 #include "sojourn/sandbox/lua_sandbox.hpp"
-#include "sandbox/guest/syscall_filter.hpp"
 
 namespace sojourn::sandbox::guest {
 

@@ -11,9 +11,9 @@
 #include <optional>
 
 #include "sandbox/kvm/guest_memory.hpp"
-#include "sojourn/core/error.hpp"
 #include "sandbox/kvm/syscall_table.hpp"
 #include "sandbox/kvm/vcpu_exit.hpp"
+#include "sojourn/core/error.hpp"
 
 namespace sojourn::sandbox::kvm {
 

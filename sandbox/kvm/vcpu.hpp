@@ -13,8 +13,8 @@
 #include <span>
 
 #include "sandbox/kvm/boot.hpp"
-#include "sandbox/kvm/long_mode.hpp"
 #include "sandbox/kvm/exit_dispatch.hpp"
+#include "sandbox/kvm/long_mode.hpp"
 #include "sandbox/kvm/vcpu_snapshot.hpp"
 #include "sandbox/kvm/vcpu_state.hpp"
 #include "sandbox/kvm/vm.hpp"

@@ -23,10 +23,10 @@
 
 #include "sandbox/kvm/elf_loader.hpp"
 #include "sandbox/kvm/fork.hpp"
-#include "sandbox/process/guest_session.hpp"
 #include "sandbox/kvm/monitor_filter.hpp"
-#include "sandbox/process/host_channel.hpp"
 #include "sandbox/lua/lua_limits.hpp"
+#include "sandbox/process/guest_session.hpp"
+#include "sandbox/process/host_channel.hpp"
 #include "sojourn/core/log.hpp"
 #include "sojourn/sandbox/process_jail.hpp"
 

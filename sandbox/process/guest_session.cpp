@@ -13,8 +13,8 @@
 #include <exception>
 #include <string>
 
-#include "sandbox/process/host_channel.hpp"
 #include "sandbox/lua/lua_limits.hpp"
+#include "sandbox/process/host_channel.hpp"
 
 namespace sojourn::sandbox {
 

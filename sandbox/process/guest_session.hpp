@@ -9,8 +9,8 @@
 #include <vector>
 
 #include "sandbox/process/host_channel.hpp"
-#include "sojourn/sandbox/lua_sandbox.hpp"
 #include "sandbox/process/zygote_link.hpp"
+#include "sojourn/sandbox/lua_sandbox.hpp"
 
 namespace sojourn::sandbox {
 

@@ -11,8 +11,8 @@
 #include <vector>
 
 #include "sandbox/process/guest_session.hpp"
-#include "sojourn/core/log.hpp"
 #include "sandbox/process/zygote_link.hpp"
+#include "sojourn/core/log.hpp"
 
 namespace sojourn::sandbox {
 

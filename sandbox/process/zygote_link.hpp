@@ -13,8 +13,8 @@
 #include <thread>
 
 #include "sandbox/process/guest_wire.hpp"
-#include "sojourn/core/error.hpp"
 #include "sandbox/process/unique_fd.hpp"
+#include "sojourn/core/error.hpp"
 
 namespace sojourn::sandbox {
 

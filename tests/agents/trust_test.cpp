@@ -13,8 +13,8 @@
 #include "sojourn/core/signature.hpp"
 #include "tests/support/cluster.hpp"
 #include "tests/support/raw_socket.hpp"
-#include "tests/support/trust_nodes.hpp"
 #include "tests/support/tcp_recorder.hpp"
+#include "tests/support/trust_nodes.hpp"
 
 using namespace sojourn;
 using namespace std::chrono_literals;

@@ -16,11 +16,11 @@
 
 #include "sandbox/kvm/entry_stub.hpp"
 #include "sandbox/kvm/exit_dispatch.hpp"
-#include "tests/fuzz/fuzz_check.hpp"
 #include "sandbox/kvm/layout.hpp"
 #include "sandbox/kvm/long_mode.hpp"
 #include "sandbox/kvm/syscall_table.hpp"
 #include "sandbox/kvm/vcpu_exit.hpp"
+#include "tests/fuzz/fuzz_check.hpp"
 
 using namespace sojourn;
 using namespace sojourn::sandbox::kvm;

@@ -10,8 +10,8 @@
 #include "sandbox/kvm/boot.hpp"
 #include "sandbox/kvm/entry_stub.hpp"
 #include "sandbox/kvm/exit_dispatch.hpp"
-#include "tests/kvm/kvm_test_support.hpp"
 #include "sandbox/kvm/layout.hpp"
+#include "tests/kvm/kvm_test_support.hpp"
 
 using namespace sojourn::sandbox::kvm;
 using sojourn::Errc;

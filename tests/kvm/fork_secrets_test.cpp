@@ -5,8 +5,8 @@
 #include <cstring>
 
 #include "sandbox/kvm/fork_secrets.hpp"
-#include "tests/kvm/kvm_test_support.hpp"
 #include "sandbox/kvm/layout.hpp"
+#include "tests/kvm/kvm_test_support.hpp"
 
 namespace {
 

@@ -11,12 +11,12 @@
 #include <string>
 #include <vector>
 
-#include "sandbox/kvm/elf_loader.hpp"
 #include "sandbox/kvm/boot.hpp"
+#include "sandbox/kvm/elf_loader.hpp"
 #include "sandbox/kvm/exit_dispatch.hpp"
 #include "sandbox/kvm/fork.hpp"
-#include "sandbox/process/guest_wire.hpp"
 #include "sandbox/kvm/harness/one_request.hpp"
+#include "sandbox/process/guest_wire.hpp"
 
 using namespace sojourn::sandbox::kvm;
 namespace channel = sojourn::sandbox::channel;

@@ -12,12 +12,12 @@
 #include <thread>
 #include <vector>
 
-#include "sandbox/kvm/elf_loader.hpp"
 #include "sandbox/kvm/boot.hpp"
+#include "sandbox/kvm/elf_loader.hpp"
 #include "sandbox/kvm/exit_dispatch.hpp"
 #include "sandbox/kvm/fork.hpp"
-#include "sandbox/kvm/monitor_filter.hpp"
 #include "sandbox/kvm/harness/one_request.hpp"
+#include "sandbox/kvm/monitor_filter.hpp"
 
 using namespace sojourn::sandbox::kvm;
 using sojourn::sandbox::kvm::harness::OneRequest;

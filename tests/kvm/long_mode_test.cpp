@@ -6,8 +6,8 @@
 
 #include "sandbox/kvm/entry_stub.hpp"
 #include "sandbox/kvm/kvm_abi.hpp"
-#include "tests/kvm/kvm_test_support.hpp"
 #include "sandbox/kvm/layout.hpp"
+#include "tests/kvm/kvm_test_support.hpp"
 
 using namespace sojourn::sandbox::kvm;
 using kvm_test::TestVm;

@@ -3,8 +3,8 @@
 #include <doctest/doctest.h>
 
 #include "sandbox/kvm/address_space.hpp"
-#include "tests/kvm/kvm_test_support.hpp"
 #include "sandbox/kvm/layout.hpp"
+#include "tests/kvm/kvm_test_support.hpp"
 
 using namespace sojourn::sandbox::kvm;
 using kvm_test::TestVm;

@@ -12,10 +12,10 @@
 
 #include "sandbox/kvm/boot.hpp"
 #include "sandbox/kvm/exit_dispatch.hpp"
-#include "sandbox/process/guest_wire.hpp"
 #include "sandbox/kvm/syscall_table.hpp"
 #include "sandbox/kvm/vcpu.hpp"
 #include "sandbox/kvm/vm.hpp"
+#include "sandbox/process/guest_wire.hpp"
 
 namespace sojourn::sandbox::kvm::harness {
 
