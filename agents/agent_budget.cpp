@@ -1,6 +1,6 @@
 // Quotas that travel: what an arriving agent is allowed here (signature, signed ceilings,
 // policy), the limits of each of its steps, and charging what a step spent.
-#include "agent_runtime.hpp"
+#include "agents/agent_runtime.hpp"
 
 #include <algorithm>
 

@@ -1,8 +1,8 @@
 // The agent protocol's codec: each message as Cereal portable binary, in the style of
 // core/messages.cpp (and with its bounded reader): kind, version, then the fields in order.
-#include "agent_messages.hpp"
+#include "agents/agent_messages.hpp"
 
-#include "../core/wire_io.hpp"
+#include "core/wire_io.hpp"
 
 namespace sojourn {
 

@@ -10,7 +10,7 @@
 #include <string>
 #include <vector>
 
-#include "agent_record.hpp"
+#include "agents/agent_record.hpp"
 #include "sojourn/agents/mobility.hpp"
 #include "sojourn/core/error.hpp"
 #include "sojourn/core/value.hpp"

@@ -1,6 +1,6 @@
 // Agent records as Value tables: every field checked on the way in, since a record comes
 // from a peer.
-#include "agent_record.hpp"
+#include "agents/agent_record.hpp"
 
 #include <chrono>
 

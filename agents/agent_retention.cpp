@@ -1,7 +1,7 @@
 // Bounded agent state (docs/migration.md, "What a node remembers"): COMMITs and highest
 // epochs past the transfer lifetime and ended agents past their retention are forgotten;
 // and waiting for an agent's end, woken by the end itself instead of polling.
-#include "agent_runtime.hpp"
+#include "agents/agent_runtime.hpp"
 
 #include <boost/asio/post.hpp>
 #include <boost/asio/redirect_error.hpp>

@@ -1,6 +1,6 @@
 // Resident agents: making one resident, running its steps on the worker pool, the host
 // calls its code makes, and how a step ends (it moved, finished or failed).
-#include "agent_runtime.hpp"
+#include "agents/agent_runtime.hpp"
 
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>

@@ -18,16 +18,16 @@
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/asio/use_future.hpp>
 
-#include "agent_messages.hpp"
-#include "agent_record.hpp"
-#include "code_cache.hpp"
-#include "node_host_calls.hpp"
-#include "node_jails.hpp"
-#include "node_runtime.hpp"
-#include "node_server.hpp"
-#include "node_trust.hpp"
-#include "peer_links.hpp"
-#include "services.hpp"
+#include "agents/agent_messages.hpp"
+#include "agents/agent_record.hpp"
+#include "agents/code_cache.hpp"
+#include "agents/node_host_calls.hpp"
+#include "agents/node_jails.hpp"
+#include "agents/node_runtime.hpp"
+#include "agents/node_server.hpp"
+#include "agents/node_trust.hpp"
+#include "agents/peer_links.hpp"
+#include "agents/services.hpp"
 
 namespace sojourn {
 

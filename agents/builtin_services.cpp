@@ -3,9 +3,9 @@
 #include <algorithm>
 #include <shared_mutex>
 
-#include "node_jails.hpp"
-#include "node_stats.hpp"
-#include "services.hpp"
+#include "agents/node_jails.hpp"
+#include "agents/node_stats.hpp"
+#include "agents/services.hpp"
 #include "sojourn/core/frame.hpp"
 #include "sojourn/core/messages.hpp"
 

@@ -1,5 +1,5 @@
 // The code cache: verified bundles by hash, in memory and optionally on disk.
-#include "code_cache.hpp"
+#include "agents/code_cache.hpp"
 
 #include <filesystem>
 #include <fstream>

@@ -1,6 +1,6 @@
 // Code-on-demand: serving published modules to peers (code.fetch), fetching them with the
 // cache in front, and answering require_remote from Lua.
-#include "agent_runtime.hpp"
+#include "agents/agent_runtime.hpp"
 
 #include "sojourn/core/log.hpp"
 

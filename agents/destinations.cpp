@@ -1,6 +1,6 @@
 // Where an agent may go from this node: the policy rule's `destinations`, else the node's
 // default (the peers it knows; over plain TCP also loopback), and the fixed texts code hears.
-#include "destinations.hpp"
+#include "agents/destinations.hpp"
 
 #include <arpa/inet.h>
 

@@ -7,7 +7,7 @@
 #include <string>
 #include <string_view>
 
-#include "agent_record.hpp"
+#include "agents/agent_record.hpp"
 #include "sojourn/agents/policy.hpp"
 
 namespace sojourn {

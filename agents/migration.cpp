@@ -3,12 +3,12 @@
 // deduplicates by (id, epoch) and answers a repeated TRANSFER with its earlier COMMIT. A
 // TRANSFER names its destination and carries a nonce and an expiry time: captured and
 // replayed elsewhere or later, it is refused.
-#include "agent_runtime.hpp"
+#include "agents/agent_runtime.hpp"
 
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
 
-#include "destinations.hpp"
+#include "agents/destinations.hpp"
 #include "sojourn/core/log.hpp"
 
 namespace sojourn {

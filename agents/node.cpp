@@ -1,8 +1,8 @@
 // Node: the public API's lifecycle, listening, services and statistics, over the roles
 // Node::Impl composes (node_impl.hpp).
-#include "node_impl.hpp"  // first: brings <utility> before any Asio header
-#include "agent_runtime.hpp"
-#include "node_testing.hpp"
+#include "agents/node_impl.hpp"  // first: brings <utility> before any Asio header
+#include "agents/agent_runtime.hpp"
+#include "agents/node_testing.hpp"
 
 #include <algorithm>
 

@@ -1,7 +1,7 @@
 // The calling side of Node's API, blocking and coroutine: requests go to the peer links on
 // the network thread (peer_links.hpp).
-#include "node_impl.hpp"  // first: brings <utility> before any Asio header
-#include "agent_runtime.hpp"
+#include "agents/node_impl.hpp"  // first: brings <utility> before any Asio header
+#include "agents/agent_runtime.hpp"
 
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/use_awaitable.hpp>

@@ -7,7 +7,7 @@
 
 #include "sojourn/agents/policy.hpp"
 #include "sojourn/sandbox/lua_sandbox.hpp"
-#include "trust.hpp"
+#include "agents/trust.hpp"
 
 namespace sojourn {
 

@@ -7,13 +7,13 @@
 
 #include <memory>
 
-#include "node_jails.hpp"
-#include "node_runtime.hpp"
-#include "node_server.hpp"
-#include "node_stats.hpp"
-#include "node_trust.hpp"
-#include "peer_links.hpp"
-#include "services.hpp"
+#include "agents/node_jails.hpp"
+#include "agents/node_runtime.hpp"
+#include "agents/node_server.hpp"
+#include "agents/node_stats.hpp"
+#include "agents/node_trust.hpp"
+#include "agents/peer_links.hpp"
+#include "agents/services.hpp"
 #include "sojourn/agents/node.hpp"
 
 namespace sojourn {

@@ -1,5 +1,5 @@
 // Where a node runs code: the isolation level each run gets, and the node's JailSet behind it.
-#include "node_jails.hpp"
+#include "agents/node_jails.hpp"
 
 #include <algorithm>
 

@@ -1,7 +1,7 @@
 // The Node API of code-on-demand and mobile agents: thin blocking wrappers over the
 // agent runtime and the agent.* / code.fetch protocol services.
-#include "agent_runtime.hpp"
-#include "node_impl.hpp"
+#include "agents/agent_runtime.hpp"
+#include "agents/node_impl.hpp"
 
 #include <thread>
 

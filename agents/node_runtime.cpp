@@ -1,5 +1,5 @@
 // A node's threads and lifecycle (node_runtime.hpp).
-#include "node_runtime.hpp"
+#include "agents/node_runtime.hpp"
 
 #include <algorithm>
 

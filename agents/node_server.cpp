@@ -1,16 +1,16 @@
 // A node's serving side: listening, and serving calls and evaluations to peers (node_server.hpp).
-#include "node_server.hpp"  // first: brings <utility> before any Asio header
+#include "agents/node_server.hpp"  // first: brings <utility> before any Asio header
 
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/ip/address.hpp>
 #include <boost/asio/use_awaitable.hpp>
 
-#include "node_host_calls.hpp"
-#include "node_jails.hpp"
-#include "node_runtime.hpp"
-#include "node_stats.hpp"
-#include "node_trust.hpp"
-#include "services.hpp"
+#include "agents/node_host_calls.hpp"
+#include "agents/node_jails.hpp"
+#include "agents/node_runtime.hpp"
+#include "agents/node_stats.hpp"
+#include "agents/node_trust.hpp"
+#include "agents/services.hpp"
 #include "sojourn/core/log.hpp"
 
 namespace sojourn {

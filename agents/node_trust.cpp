@@ -1,6 +1,6 @@
 // What the node's policy decides for one piece of code: its rule, its jail, its quotas
 // and the services it may call.
-#include "node_trust.hpp"
+#include "agents/node_trust.hpp"
 
 #include "sojourn/core/log.hpp"
 

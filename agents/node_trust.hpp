@@ -7,11 +7,11 @@
 #include <string>
 #include <string_view>
 
-#include "node_jails.hpp"
+#include "agents/node_jails.hpp"
+#include "agents/trust.hpp"
 #include "sojourn/agents/node.hpp"
 #include "sojourn/agents/policy.hpp"
 #include "sojourn/core/signature.hpp"
-#include "trust.hpp"
 
 namespace sojourn {
 

@@ -1,9 +1,9 @@
 // A node's client side: links to peers (one multiplexed connection each) and the call and
 // eval requests sent over them (peer_links.hpp).
-#include "peer_links.hpp"  // first: brings <utility> before any Asio header
+#include "agents/peer_links.hpp"  // first: brings <utility> before any Asio header
 
-#include "node_runtime.hpp"
-#include "node_trust.hpp"
+#include "agents/node_runtime.hpp"
+#include "agents/node_trust.hpp"
 
 namespace sojourn {
 

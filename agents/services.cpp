@@ -1,5 +1,5 @@
 // A node's service registry (services.hpp).
-#include "services.hpp"
+#include "agents/services.hpp"
 
 #include <algorithm>
 #include <mutex>

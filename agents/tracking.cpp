@@ -1,6 +1,6 @@
 // The home node's side of an agent: where it is (arrival reports), how it ended, and the
 // messages sent to it, forwarded in order to wherever it is and delivered exactly once.
-#include "agent_runtime.hpp"
+#include "agents/agent_runtime.hpp"
 
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>

@@ -1,7 +1,7 @@
 // The replay guard and the rate limiter.
-#include "trust.hpp"
+#include "agents/trust.hpp"
 
-#include "agent_record.hpp"
+#include "agents/agent_record.hpp"
 
 namespace sojourn {
 

@@ -24,9 +24,9 @@
 #include <thread>
 #include <vector>
 
+#include "bench/stats.hpp"
 #include "sojourn/agents/node.hpp"
 #include "sojourn/core/log.hpp"
-#include "stats.hpp"
 
 namespace sojourn::bench {
 namespace {

@@ -6,9 +6,9 @@
 #include <string>
 #include <vector>
 
+#include "bench/stats.hpp"
 #include "sojourn/core/messages.hpp"
 #include "sojourn/sandbox/lua_sandbox.hpp"
-#include "stats.hpp"
 
 namespace {
 

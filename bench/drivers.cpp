@@ -2,7 +2,7 @@
 // the node's blocking and coroutine APIs exactly as an application would.
 #include <sojourn/agents/node_async.hpp>  // first: brings <utility> before Asio
 
-#include "drivers.hpp"
+#include "bench/drivers.hpp"
 
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/use_future.hpp>

@@ -11,7 +11,7 @@
 
 #include <sojourn/agents/node.hpp>
 
-#include "resp_client.hpp"
+#include "bench/resp_client.hpp"
 
 namespace sojourn::bench {
 

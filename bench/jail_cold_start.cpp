@@ -18,10 +18,10 @@
 #include <string>
 #include <vector>
 
-#include "guest_session.hpp"
+#include "bench/stats.hpp"
+#include "sandbox/process/guest_session.hpp"
+#include "sandbox/process/zygote_link.hpp"
 #include "sojourn/sandbox/process_jail.hpp"
-#include "stats.hpp"
-#include "zygote_link.hpp"
 
 extern char** environ;
 

@@ -25,22 +25,22 @@
 #include <thread>
 #include <vector>
 
-#include "elf_loader.hpp"
-#include "boot.hpp"
-#include "exit_dispatch.hpp"
-#include "fork.hpp"
-#include "monitor_filter.hpp"
-#include "one_request.hpp"
+#include "bench/stats.hpp"
+#include "sandbox/kvm/boot.hpp"
+#include "sandbox/kvm/elf_loader.hpp"
+#include "sandbox/kvm/exit_dispatch.hpp"
+#include "sandbox/kvm/fork.hpp"
+#include "sandbox/kvm/harness/one_request.hpp"
+#include "sandbox/kvm/monitor_filter.hpp"
 #include "sojourn/sandbox/microvm_jail.hpp"
 #include "sojourn/sandbox/process_jail.hpp"
-#include "stats.hpp"
 
 namespace sojourn::bench {
 namespace {
 
 using Clock = std::chrono::steady_clock;
 using namespace sandbox::kvm;
-using kvm_test::OneRequest;
+using sojourn::sandbox::kvm::harness::OneRequest;
 
 constexpr std::uint64_t kMemoryBytes = 64ULL << 20;
 constexpr std::uint64_t kLoopMemoryBytes = 16ULL << 20;
@@ -99,7 +99,7 @@ Environment detect_environment() {
 
 // The real guest booted from scratch, serving one request: everything a first start costs.
 bool from_scratch(const KvmSystem& system, std::span<const std::byte> elf) {
-  auto result = kvm_test::run_from_scratch(system, elf, kChunk, kMemoryBytes, kBudgetMs);
+  auto result = sojourn::sandbox::kvm::harness::run_from_scratch(system, elf, kChunk, kMemoryBytes, kBudgetMs);
   return result && *result == 1;
 }
 

@@ -1,6 +1,6 @@
 // The RESP2 client of the benchmarks: a blocking POSIX socket, a send buffer that
 // pipelined commands accumulate in, and an incremental reply parser.
-#include "resp_client.hpp"
+#include "bench/resp_client.hpp"
 
 #include <arpa/inet.h>
 #include <netinet/in.h>

@@ -14,8 +14,8 @@
 #include <string>
 #include <vector>
 
-#include "drivers.hpp"
-#include "stats.hpp"
+#include "bench/drivers.hpp"
+#include "bench/stats.hpp"
 
 namespace sojourn::bench {
 namespace {

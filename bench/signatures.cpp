@@ -12,10 +12,10 @@
 #include <string>
 #include <vector>
 
+#include "bench/stats.hpp"
 #include "sojourn/agents/node.hpp"
 #include "sojourn/core/log.hpp"
 #include "sojourn/core/signature.hpp"
-#include "stats.hpp"
 
 namespace sojourn::bench {
 namespace {

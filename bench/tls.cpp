@@ -27,11 +27,11 @@
 #include <thread>
 #include <vector>
 
+#include "bench/stats.hpp"
 #include "sojourn/agents/node.hpp"
 #include "sojourn/core/identity.hpp"
 #include "sojourn/core/log.hpp"
 #include "sojourn/transports/link.hpp"
-#include "stats.hpp"
 
 namespace sojourn::bench {
 namespace {

@@ -8,7 +8,7 @@
 #include <unordered_set>
 #include <variant>
 
-#include "wire_io.hpp"
+#include "core/wire_io.hpp"
 
 namespace sojourn {
 

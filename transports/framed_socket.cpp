@@ -1,12 +1,12 @@
 // Frame reading and the single-writer queue of a TCP or TLS connection.
-#include "framed_socket.hpp"
+#include "transports/framed_socket.hpp"
 
 #include <bit>
 #include <cstring>
 
 #include <boost/asio/ssl/stream.hpp>
 
-#include "tls_context.hpp"
+#include "transports/tls_context.hpp"
 
 #include "sojourn/core/log.hpp"
 

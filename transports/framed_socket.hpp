@@ -10,10 +10,10 @@
 #include <string>
 #include <vector>
 
-#include "asio_full.hpp"
-#include "read_budget.hpp"
 #include "sojourn/core/frame.hpp"
 #include "sojourn/core/peer.hpp"
+#include "transports/asio_full.hpp"
+#include "transports/read_budget.hpp"
 
 namespace boost::asio::ssl {
 template <typename Stream>

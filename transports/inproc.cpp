@@ -4,8 +4,8 @@
 #include <mutex>
 #include <unordered_map>
 
-#include "asio_full.hpp"
 #include "sojourn/transports/link.hpp"
+#include "transports/asio_full.hpp"
 
 namespace sojourn {
 

@@ -6,10 +6,10 @@
 
 #include <boost/asio/connect.hpp>
 
-#include "framed_socket.hpp"
 #include "sojourn/core/log.hpp"
 #include "sojourn/core/messages.hpp"
 #include "sojourn/transports/link.hpp"
+#include "transports/framed_socket.hpp"
 
 namespace sojourn {
 

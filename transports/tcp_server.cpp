@@ -3,10 +3,10 @@
 // each other).
 #include <set>
 
-#include "framed_socket.hpp"
 #include "sojourn/core/log.hpp"
 #include "sojourn/core/messages.hpp"
 #include "sojourn/transports/link.hpp"
+#include "transports/framed_socket.hpp"
 
 namespace sojourn {
 

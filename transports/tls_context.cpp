@@ -1,6 +1,6 @@
 // Loading a node's TLS identity and trust anchors into OpenSSL contexts (TLS 1.3 only,
 // certificates required both ways), checking a peer's certificate, naming what failed.
-#include "tls_context.hpp"
+#include "transports/tls_context.hpp"
 
 #include <sys/stat.h>
 

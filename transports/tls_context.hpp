@@ -7,7 +7,7 @@
 #include <string>
 #include <vector>
 
-#include "asio_full.hpp"
+#include "transports/asio_full.hpp"
 
 #include <boost/asio/ssl/context.hpp>
 

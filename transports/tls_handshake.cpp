@@ -10,10 +10,10 @@
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
 
-#include "framed_socket.hpp"
 #include "sojourn/core/identity.hpp"
 #include "sojourn/core/messages.hpp"
-#include "tls_context.hpp"
+#include "transports/framed_socket.hpp"
+#include "transports/tls_context.hpp"
 
 namespace sojourn::transport_detail {
 

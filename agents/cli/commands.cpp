@@ -1,5 +1,5 @@
 // The subcommands of `sojourn`.
-#include "commands.hpp"
+#include "agents/cli/commands.hpp"
 
 #include <algorithm>
 #include <csignal>
@@ -10,9 +10,9 @@
 
 #include "sojourn/agents/node.hpp"
 #include "sojourn/agents/policy.hpp"
-#include "sojourn/core/signature.hpp"
 #include "sojourn/core/json.hpp"
 #include "sojourn/core/log.hpp"
+#include "sojourn/core/signature.hpp"
 
 namespace sojourn::cli {
 

@@ -2,9 +2,9 @@
 // dispatches to a subcommand.
 #include <CLI/CLI.hpp>
 
-#include "commands.hpp"
+#include "agents/cli/commands.hpp"
+#include "agents/cli/trust_commands.hpp"
 #include "sojourn/core/log.hpp"
-#include "trust_commands.hpp"
 
 namespace {
 

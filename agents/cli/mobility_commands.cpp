@@ -4,7 +4,7 @@
 #include <ctime>
 #include <sstream>
 
-#include "commands.hpp"
+#include "agents/cli/commands.hpp"
 #include "sojourn/agents/node.hpp"
 #include "sojourn/core/json.hpp"
 #include "sojourn/core/signature.hpp"

@@ -1,6 +1,6 @@
 // The cluster's keys from the command line: a CA, node and author identities (Ed25519,
 // X.509), key fingerprints for pinned mode; and the TLS flags of the other commands.
-#include "trust_commands.hpp"
+#include "agents/cli/trust_commands.hpp"
 
 #include <cstdio>
 #include <ctime>

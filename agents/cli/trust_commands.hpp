@@ -5,7 +5,7 @@
 #include <cstdint>
 #include <string>
 
-#include "commands.hpp"
+#include "agents/cli/commands.hpp"
 
 namespace CLI {
 class App;

@@ -1,7 +1,7 @@
 // The fixed-address arena allocator. Its bookkeeping (top, free lists) lives in a header at
 // the start of the region, so the region is self-contained. Sizes come back on release
 // (LuaJIT passes them), so blocks carry no header of their own.
-#include "arena.hpp"
+#include "sandbox/guest/arena.hpp"
 
 #include <sys/mman.h>
 

@@ -7,8 +7,8 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "sandbox/lua/lua_heap.hpp"
 #include "sojourn/core/error.hpp"
-#include "lua_heap.hpp"
 
 namespace sojourn::sandbox::guest {
 

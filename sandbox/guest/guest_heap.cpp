@@ -3,7 +3,7 @@
 // these are provided). Each block carries a 16-byte header with its arena size and the
 // offset of the returned pointer, since free() does not pass a size. Single-threaded,
 // like the guest and the zygote; a spin lock keeps it correct should that change.
-#include "guest_heap.hpp"
+#include "sandbox/guest/guest_heap.hpp"
 
 #include <sys/mman.h>
 
@@ -14,7 +14,7 @@
 #include <new>
 #include <optional>
 
-#include "arena.hpp"
+#include "sandbox/guest/arena.hpp"
 
 namespace sojourn::sandbox::guest {
 

@@ -7,9 +7,9 @@
 
 #include <string_view>
 
-#include "guest_serve.hpp"
-#include "syscall_filter.hpp"
-#include "zygote.hpp"
+#include "sandbox/guest/guest_serve.hpp"
+#include "sandbox/guest/syscall_filter.hpp"
+#include "sandbox/guest/zygote.hpp"
 
 int main(int argc, char** argv) {
   using namespace sojourn::sandbox::guest;

@@ -1,7 +1,7 @@
 // One run inside a guest: decode the request, run_lua with a HostCalls that crosses the
 // channel, encode the outcome. Errors keep the trusted level's exact messages because the
 // same run_lua produces them.
-#include "guest_serve.hpp"
+#include "sandbox/guest/guest_serve.hpp"
 
 #include <unistd.h>
 
@@ -10,8 +10,8 @@
 #include <new>
 #include <string>
 
-#include "jail_child.hpp"
-#include "lua_limits.hpp"
+#include "sandbox/guest/jail_child.hpp"
+#include "sandbox/lua/lua_limits.hpp"
 #include "sojourn/sandbox/lua_sandbox.hpp"
 
 namespace sojourn::sandbox::guest {

@@ -7,7 +7,7 @@
 #include <span>
 #include <vector>
 
-#include "guest_wire.hpp"
+#include "sandbox/process/guest_wire.hpp"
 
 namespace sojourn::sandbox::guest {
 

@@ -1,7 +1,7 @@
 // The guest's own jail set-up, in the order that matters: descriptors first (nothing else
 // may leak in), then identity, memory, limits, and the filter last (it forbids the calls
 // that came before it).
-#include "jail_child.hpp"
+#include "sandbox/guest/jail_child.hpp"
 
 #include <grp.h>
 #include <signal.h>
@@ -15,9 +15,9 @@
 #include <optional>
 #include <string>
 
-#include "arena.hpp"
-#include "guest_heap.hpp"
-#include "guest_serve.hpp"
+#include "sandbox/guest/arena.hpp"
+#include "sandbox/guest/guest_heap.hpp"
+#include "sandbox/guest/guest_serve.hpp"
 
 namespace sojourn::sandbox::guest {
 

@@ -3,8 +3,8 @@
 // report, and install the seccomp filter.
 #pragma once
 
-#include "guest_wire.hpp"
-#include "syscall_filter.hpp"
+#include "sandbox/guest/syscall_filter.hpp"
+#include "sandbox/process/guest_wire.hpp"
 
 namespace sojourn::sandbox::guest {
 

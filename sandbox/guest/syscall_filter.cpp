@@ -1,9 +1,8 @@
 // The guest's syscall allow-list. After the filter is in place the guest only talks on its
 // channel, seeds LuaJIT's PRNG and exits: its Lua heap and its C++ heap are regions mapped
 // before the filter (arena.hpp, guest_heap.hpp). Measured with strace (docs/jails.md).
-#include "syscall_filter.hpp"
+#include "sandbox/guest/syscall_filter.hpp"
 
-#include <fcntl.h>
 #include <linux/seccomp.h>
 #include <seccomp.h>
 #include <sys/mman.h>
@@ -13,7 +12,9 @@
 
 #include <cerrno>
 #include <cstring>
-#include <memory>
+#include <utility>
+
+#include "sandbox/seccomp/seccomp_program.hpp"
 
 namespace sojourn::sandbox::guest {
 
@@ -33,33 +34,33 @@ constexpr SyscallRow kTable[] = {
 };
 // clang-format on
 
-struct ContextFree {
-  void operator()(scmp_filter_ctx ctx) const noexcept { seccomp_release(ctx); }
-};
-using Context = std::unique_ptr<void, ContextFree>;
-
-Error seccomp_error(const char* what, int rc) {
-  return make_error(Errc::internal, std::string("internal error: seccomp filter: ") + what + ": " + std::strerror(-rc));
+Error seccomp_error(const std::string& step, int error) {
+  std::string text = "internal error: seccomp filter: " + step;
+  if (error != 0) text += std::string(": ") + std::strerror(error);
+  return make_error(Errc::internal, text);
 }
 
-int add_row(scmp_filter_ctx ctx, const SyscallRow& row) {
+// A row as the compiler's rules (write_xor_exec is two: without PROT_WRITE, or without PROT_EXEC).
+void add_rules(const SyscallRow& row, std::vector<seccomp::Rule>& rules) {
+  using seccomp::Action;
   switch (row.rule) {
     case ArgRule::any:
-      return seccomp_rule_add(ctx, SCMP_ACT_ALLOW, row.nr, 0);
+      rules.push_back({row.nr, Action::allow, {}, row.name});
+      return;
     case ArgRule::channel_only:
-      return seccomp_rule_add(ctx, SCMP_ACT_ALLOW, row.nr, 1, SCMP_A0(SCMP_CMP_EQ, kChannelFd));
+      rules.push_back({row.nr, Action::allow, {seccomp::arg_equals(0, kChannelFd)}, row.name});
+      return;
     case ArgRule::never_exec:
-      return seccomp_rule_add(ctx, SCMP_ACT_ALLOW, row.nr, 1, SCMP_A2(SCMP_CMP_MASKED_EQ, PROT_EXEC, 0));
-    case ArgRule::write_xor_exec: {
-      // Two rules are an OR: without PROT_WRITE, or without PROT_EXEC.
-      const int rc = seccomp_rule_add(ctx, SCMP_ACT_ALLOW, row.nr, 1, SCMP_A2(SCMP_CMP_MASKED_EQ, PROT_WRITE, 0));
-      if (rc != 0) return rc;
-      return seccomp_rule_add(ctx, SCMP_ACT_ALLOW, row.nr, 1, SCMP_A2(SCMP_CMP_MASKED_EQ, PROT_EXEC, 0));
-    }
+      rules.push_back({row.nr, Action::allow, {seccomp::arg_masked(2, PROT_EXEC, 0)}, row.name});
+      return;
+    case ArgRule::write_xor_exec:
+      rules.push_back({row.nr, Action::allow, {seccomp::arg_masked(2, PROT_WRITE, 0)}, row.name});
+      rules.push_back({row.nr, Action::allow, {seccomp::arg_masked(2, PROT_EXEC, 0)}, row.name});
+      return;
     case ArgRule::kill:
-      return seccomp_rule_add(ctx, SCMP_ACT_KILL_PROCESS, row.nr, 0);
+      rules.push_back({row.nr, Action::kill_process, {}, row.name});
+      return;
   }
-  return -EINVAL;
 }
 
 }  // namespace
@@ -67,45 +68,19 @@ int add_row(scmp_filter_ctx ctx, const SyscallRow& row) {
 std::span<const SyscallRow> guest_syscall_table() noexcept { return kTable; }
 
 Result<CompiledFilter> compile_guest_filter(bool allow_jit, DefaultAction action) {
-  const std::uint32_t default_action =
-      action == DefaultAction::trap_and_report ? SCMP_ACT_TRAP : SCMP_ACT_KILL_PROCESS;
-  Context ctx(seccomp_init(default_action));
-  if (!ctx) return make_error(Errc::internal, "internal error: seccomp filter: seccomp_init failed");
-  // Another ABI (x32, i386) on the same machine is killed, never trapped.
-  if (int rc = seccomp_attr_set(ctx.get(), SCMP_FLTATR_ACT_BADARCH, SCMP_ACT_KILL_PROCESS); rc != 0) {
-    return seccomp_error("bad-arch action", rc);
-  }
-  // The child sets no_new_privs itself, right before loading.
-  if (int rc = seccomp_attr_set(ctx.get(), SCMP_FLTATR_CTL_NNP, 0); rc != 0) return seccomp_error("nnp", rc);
+  std::vector<seccomp::Rule> rules;
   for (const SyscallRow& row : kTable) {
     if (row.jit_only && !allow_jit) continue;
-    // libseccomp refuses a rule whose action is the default one.
-    if (row.rule == ArgRule::kill && action == DefaultAction::kill_process) continue;
-    if (int rc = add_row(ctx.get(), row); rc != 0) return seccomp_error(row.name, rc);
+    add_rules(row, rules);
   }
-  // libseccomp writes the program to a descriptor: a pipe holds it (a few hundred bytes).
-  int fds[2];
-  if (::pipe2(fds, O_CLOEXEC) != 0) return seccomp_error("pipe", -errno);
-  const int rc = seccomp_export_bpf(ctx.get(), fds[1]);
-  ::close(fds[1]);
-  std::vector<std::uint8_t> bytes;
-  std::uint8_t buf[4096];
-  for (;;) {
-    const ssize_t n = ::read(fds[0], buf, sizeof buf);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) break;
-    bytes.insert(bytes.end(), buf, buf + n);
-  }
-  ::close(fds[0]);
-  if (rc != 0) return seccomp_error("export", rc);
-  if (bytes.empty() || bytes.size() % sizeof(sock_filter) != 0) {
-    return make_error(Errc::internal, "internal error: seccomp filter: bad program of " +
-                                          std::to_string(bytes.size()) + " bytes");
-  }
+  const auto fallback =
+      action == DefaultAction::trap_and_report ? seccomp::DefaultAction::trap : seccomp::DefaultAction::kill_process;
+  // Through a pipe: the zygote compiles under the guest's rlimits (a memfd write counts
+  // against RLIMIT_FSIZE).
+  auto program = seccomp::compile(rules, fallback, seccomp::ExportVia::pipe, seccomp_error);
+  if (!program) return program.error();
   CompiledFilter filter;
-  filter.program.resize(bytes.size() / sizeof(sock_filter));
-  // SAFETY: bytes holds a whole number of sock_filter records, as libseccomp wrote them.
-  std::memcpy(filter.program.data(), bytes.data(), bytes.size());
+  filter.program = std::move(*program);
   return filter;
 }
 

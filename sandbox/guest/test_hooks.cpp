@@ -1,7 +1,7 @@
 // Test hooks of the guest: misbehaviours a real guest could only show after a bug, so
 // that the host's handling of each is tested end to end. Compiled with SOJOURN_GUEST_TEST_HOOKS only into the test guest
 // (sojourn-guest-test); the real guest gets the empty version, so no chunk can reach them.
-#include "guest_serve.hpp"
+#include "sandbox/guest/guest_serve.hpp"
 
 #ifdef SOJOURN_GUEST_TEST_HOOKS
 #include <sys/syscall.h>
@@ -11,7 +11,7 @@
 #include <string>
 #include <vector>
 
-#include "syscall_filter.hpp"
+#include "sandbox/guest/syscall_filter.hpp"
 #endif
 
 namespace sojourn::sandbox::guest {

@@ -1,9 +1,9 @@
 // The zygote's loop: spawn requests from the host (each with the run's channel attached),
 // pidfds of running guests, and exit reports. Single-threaded, so a raw clone3 is a safe
 // fork here (no lock of another thread can be held across it).
-#include "zygote.hpp"
+#include "sandbox/guest/zygote.hpp"
 
-#include "fd_passing.hpp"
+#include "sandbox/process/fd_passing.hpp"
 
 #include <linux/sched.h>
 #include <poll.h>
@@ -22,10 +22,10 @@
 #include <string>
 #include <vector>
 
-#include "jail_child.hpp"
+#include "sandbox/guest/jail_child.hpp"
+#include "sandbox/guest/syscall_filter.hpp"
 #include "sojourn/core/log.hpp"
 #include "sojourn/sandbox/lua_sandbox.hpp"
-#include "syscall_filter.hpp"
 
 namespace sojourn::sandbox::guest {
 

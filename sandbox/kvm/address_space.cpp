@@ -1,5 +1,5 @@
 // Regions, lazy backing and host-side copies through the guest's page tables.
-#include "address_space.hpp"
+#include "sandbox/kvm/address_space.hpp"
 
 #include <algorithm>
 #include <iterator>
@@ -7,8 +7,8 @@
 #include <utility>
 #include <vector>
 
-#include "hex.hpp"
-#include "layout.hpp"
+#include "sandbox/kvm/hex.hpp"
+#include "sandbox/kvm/layout.hpp"
 
 namespace sojourn::sandbox::kvm {
 

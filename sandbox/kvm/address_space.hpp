@@ -12,8 +12,8 @@
 #include <span>
 #include <string>
 
-#include "guest_memory.hpp"
-#include "page_tables.hpp"
+#include "sandbox/kvm/guest_memory.hpp"
+#include "sandbox/kvm/page_tables.hpp"
 #include "sojourn/core/error.hpp"
 
 namespace sojourn::sandbox::kvm {

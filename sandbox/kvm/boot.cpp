@@ -1,9 +1,9 @@
 // The boot sequence of a microVM guest, in guest memory.
-#include "boot.hpp"
+#include "sandbox/kvm/boot.hpp"
 
-#include "elf_loader.hpp"
-#include "layout.hpp"
-#include "long_mode.hpp"
+#include "sandbox/kvm/elf_loader.hpp"
+#include "sandbox/kvm/layout.hpp"
+#include "sandbox/kvm/long_mode.hpp"
 
 namespace sojourn::sandbox::kvm {
 

@@ -5,9 +5,9 @@
 #include <cstdint>
 #include <span>
 
-#include "guest_memory.hpp"
-#include "initial_stack.hpp"
-#include "syscall_table.hpp"
+#include "sandbox/kvm/guest_memory.hpp"
+#include "sandbox/kvm/initial_stack.hpp"
+#include "sandbox/kvm/syscall_table.hpp"
 
 namespace sojourn::sandbox::kvm {
 

@@ -1,5 +1,5 @@
 // ELF64 parsing (System V gABI + x86-64 psABI) and loading into guest memory.
-#include "elf_loader.hpp"
+#include "sandbox/kvm/elf_loader.hpp"
 
 #include <elf.h>
 
@@ -9,8 +9,8 @@
 #include <iterator>
 #include <string>
 
-#include "hex.hpp"
-#include "layout.hpp"
+#include "sandbox/kvm/hex.hpp"
+#include "sandbox/kvm/layout.hpp"
 
 namespace sojourn::sandbox::kvm {
 

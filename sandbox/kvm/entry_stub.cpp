@@ -2,9 +2,9 @@
 //   out imm8, al   = E6 ib          sysretq = 48 0F 07 (REX.W 0F 07)
 //   mov rax, cr3   = 0F 20 D8       mov cr3, rax = 0F 22 D8 (ModRM 11 011 000: cr3, rax)
 //   add rsp, imm8  = 48 83 C4 ib    iretq = 48 CF        hlt = F4
-#include "entry_stub.hpp"
+#include "sandbox/kvm/entry_stub.hpp"
 
-#include "layout.hpp"
+#include "sandbox/kvm/layout.hpp"
 
 namespace sojourn::sandbox::kvm {
 

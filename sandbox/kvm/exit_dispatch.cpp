@@ -1,12 +1,12 @@
 // Syscall emulation and fault resolution around the entry stub's exits.
-#include "exit_dispatch.hpp"
+#include "sandbox/kvm/exit_dispatch.hpp"
 
 #include <sys/syscall.h>
 
-#include "entry_stub.hpp"
-#include "hex.hpp"
-#include "layout.hpp"
-#include "long_mode.hpp"
+#include "sandbox/kvm/entry_stub.hpp"
+#include "sandbox/kvm/hex.hpp"
+#include "sandbox/kvm/layout.hpp"
+#include "sandbox/kvm/long_mode.hpp"
 
 namespace sojourn::sandbox::kvm {
 

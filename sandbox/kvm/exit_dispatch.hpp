@@ -10,10 +10,10 @@
 #include <cstdint>
 #include <optional>
 
-#include "guest_memory.hpp"
+#include "sandbox/kvm/guest_memory.hpp"
+#include "sandbox/kvm/syscall_table.hpp"
+#include "sandbox/kvm/vcpu_exit.hpp"
 #include "sojourn/core/error.hpp"
-#include "syscall_table.hpp"
-#include "vcpu_exit.hpp"
 
 namespace sojourn::sandbox::kvm {
 

@@ -1,13 +1,13 @@
 // The master VM's boot-and-freeze and its copy-on-write forks.
-#include "fork.hpp"
+#include "sandbox/kvm/fork.hpp"
 
 #include <optional>
 #include <string>
 
-#include "boot.hpp"
-#include "entry_stub.hpp"
-#include "exit_dispatch.hpp"
-#include "layout.hpp"
+#include "sandbox/kvm/boot.hpp"
+#include "sandbox/kvm/entry_stub.hpp"
+#include "sandbox/kvm/exit_dispatch.hpp"
+#include "sandbox/kvm/layout.hpp"
 
 namespace sojourn::sandbox::kvm {
 

@@ -11,12 +11,12 @@
 #include <span>
 #include <vector>
 
-#include "fork_secrets.hpp"
-#include "guest_memory.hpp"
-#include "initial_stack.hpp"
-#include "syscall_table.hpp"
-#include "vcpu.hpp"
-#include "vm.hpp"
+#include "sandbox/kvm/fork_secrets.hpp"
+#include "sandbox/kvm/guest_memory.hpp"
+#include "sandbox/kvm/initial_stack.hpp"
+#include "sandbox/kvm/syscall_table.hpp"
+#include "sandbox/kvm/vcpu.hpp"
+#include "sandbox/kvm/vm.hpp"
 
 namespace sojourn::sandbox::kvm {
 

@@ -1,11 +1,11 @@
 // A fork's own stack-protector canary and AT_RANDOM bytes (see fork_secrets.hpp).
-#include "fork_secrets.hpp"
+#include "sandbox/kvm/fork_secrets.hpp"
 
 #include <cstring>
 #include <string>
 
-#include "hex.hpp"
-#include "layout.hpp"
+#include "sandbox/kvm/hex.hpp"
+#include "sandbox/kvm/layout.hpp"
 
 namespace sojourn::sandbox::kvm {
 

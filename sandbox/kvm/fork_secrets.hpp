@@ -19,8 +19,8 @@
 #include <functional>
 #include <span>
 
-#include "guest_memory.hpp"
-#include "syscall_table.hpp"
+#include "sandbox/kvm/guest_memory.hpp"
+#include "sandbox/kvm/syscall_table.hpp"
 
 namespace sojourn::sandbox::kvm {
 

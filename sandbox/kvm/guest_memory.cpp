@@ -1,5 +1,5 @@
 // The memfd-backed guest memory and its checked accessors.
-#include "guest_memory.hpp"
+#include "sandbox/kvm/guest_memory.hpp"
 
 #include <sys/mman.h>
 #include <fcntl.h>
@@ -9,7 +9,7 @@
 #include <cstring>
 #include <string>
 
-#include "hex.hpp"
+#include "sandbox/kvm/hex.hpp"
 
 namespace sojourn::sandbox::kvm {
 

@@ -1,11 +1,11 @@
 // Writes argv, envp and auxv onto the guest's stack.
-#include "initial_stack.hpp"
+#include "sandbox/kvm/initial_stack.hpp"
 
 #include <elf.h>
 
 #include <utility>
 
-#include "layout.hpp"
+#include "sandbox/kvm/layout.hpp"
 
 namespace sojourn::sandbox::kvm {
 

@@ -8,9 +8,9 @@
 #include <string>
 #include <vector>
 
-#include "address_space.hpp"
-#include "elf_loader.hpp"
-#include "guest_memory.hpp"
+#include "sandbox/kvm/address_space.hpp"
+#include "sandbox/kvm/elf_loader.hpp"
+#include "sandbox/kvm/guest_memory.hpp"
 #include "sojourn/core/error.hpp"
 
 namespace sojourn::sandbox::kvm {

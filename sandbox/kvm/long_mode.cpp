@@ -1,11 +1,11 @@
 // The x86-64 system structures of the microVM (Intel SDM vol. 3, ch. 3, 6, 7; AMD APM vol. 2).
-#include "long_mode.hpp"
+#include "sandbox/kvm/long_mode.hpp"
 
 #include <cstring>
 #include <vector>
 
-#include "entry_stub.hpp"
-#include "layout.hpp"
+#include "sandbox/kvm/entry_stub.hpp"
+#include "sandbox/kvm/layout.hpp"
 
 namespace sojourn::sandbox::kvm {
 

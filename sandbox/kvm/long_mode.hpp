@@ -9,8 +9,8 @@
 #include <cstdint>
 #include <string_view>
 
-#include "address_space.hpp"
-#include "guest_memory.hpp"
+#include "sandbox/kvm/address_space.hpp"
+#include "sandbox/kvm/guest_memory.hpp"
 #include "sojourn/core/error.hpp"
 
 namespace sojourn::sandbox::kvm {

@@ -14,7 +14,7 @@
 // - Answering EPERM would let a taken-over thread keep probing.
 // The trap is as strict as the kill: the refused call never runs, and the handler's own exit
 // is a syscall the table kills (a nested trap while SIGSYS is blocked kills too).
-#include "monitor_filter.hpp"
+#include "sandbox/kvm/monitor_filter.hpp"
 
 #include <fcntl.h>
 #include <linux/kvm.h>
@@ -34,14 +34,14 @@
 #include <cstdlib>
 #include <cstring>
 #include <map>
-#include <memory>
 #include <mutex>
 #include <tuple>
 #include <string>
 #include <thread>
 
-#include "kvm_abi.hpp"
-#include "vcpu.hpp"
+#include "sandbox/kvm/kvm_abi.hpp"
+#include "sandbox/kvm/vcpu.hpp"
+#include "sandbox/seccomp/seccomp_program.hpp"
 
 namespace sojourn::sandbox::kvm {
 
@@ -116,44 +116,54 @@ constexpr MonitorRow kTable[] = {
 };
 // clang-format on
 
-struct ContextFree {
-  void operator()(scmp_filter_ctx ctx) const noexcept { seccomp_release(ctx); }
-};
-using Context = std::unique_ptr<void, ContextFree>;
-
 Error filter_error(const std::string& what, int rc) {
   return make_error(Errc::monitor_filter, "microVM monitor filter: " + what + ": " + std::strerror(rc < 0 ? -rc : rc));
 }
 
-int allow_if(scmp_filter_ctx ctx, int nr, scmp_arg_cmp cmp) { return seccomp_rule_add(ctx, SCMP_ACT_ALLOW, nr, 1, cmp); }
+// The compiler's failures: a step with an errno, or a step alone ("seccomp_init failed").
+Error compile_error(const std::string& step, int error) {
+  if (error == 0) return make_error(Errc::monitor_filter, "microVM monitor filter: " + step);
+  return filter_error(step, error);
+}
 
-int add_row(scmp_filter_ctx ctx, const MonitorRow& row, const MonitorFilterOptions& options) {
+// A row as the compiler's rules (a channel row is one rule per allowed descriptor).
+void add_rules(const MonitorRow& row, const MonitorFilterOptions& options, std::vector<seccomp::Rule>& rules) {
+  using seccomp::Action;
+  const std::string name = std::string(row.syscall) + (row.what[0] != '\0' ? std::string(" ") + row.what : "");
+  auto allow_if = [&](seccomp::ArgCondition condition) { rules.push_back({row.nr, Action::allow, {condition}, name}); };
   switch (row.rule) {
     case A::any:
-      return seccomp_rule_add(ctx, SCMP_ACT_ALLOW, row.nr, 0);
+      rules.push_back({row.nr, Action::allow, {}, name});
+      return;
     case A::equals_arg1:
-      return allow_if(ctx, row.nr, SCMP_A1(SCMP_CMP_EQ, row.value));
+      allow_if(seccomp::arg_equals(1, row.value));
+      return;
     case A::equals_arg2:
-      return allow_if(ctx, row.nr, SCMP_A2(SCMP_CMP_EQ, row.value));
+      allow_if(seccomp::arg_equals(2, row.value));
+      return;
     case A::never_exec:
-      return allow_if(ctx, row.nr, SCMP_A2(SCMP_CMP_MASKED_EQ, PROT_EXEC, 0));
+      allow_if(seccomp::arg_masked(2, PROT_EXEC, 0));
+      return;
     case A::thread_clone:
-      return allow_if(ctx, row.nr, SCMP_A0(SCMP_CMP_MASKED_EQ, kThreadFlags | kNamespaceFlags, kThreadFlags));
-    case A::channel: {
-      if (options.channel_fds.empty()) return seccomp_rule_add(ctx, SCMP_ACT_ALLOW, row.nr, 0);
-      int rc = allow_if(ctx, row.nr, SCMP_A0(SCMP_CMP_EQ, STDERR_FILENO));
-      for (const int fd : options.channel_fds) {
-        if (rc != 0) break;
-        if (fd != STDERR_FILENO) rc = allow_if(ctx, row.nr, SCMP_A0(SCMP_CMP_EQ, static_cast<std::uint64_t>(fd)));
+      allow_if(seccomp::arg_masked(0, kThreadFlags | kNamespaceFlags, kThreadFlags));
+      return;
+    case A::channel:
+      if (options.channel_fds.empty()) {
+        rules.push_back({row.nr, Action::allow, {}, name});
+        return;
       }
-      return rc;
-    }
+      allow_if(seccomp::arg_equals(0, STDERR_FILENO));
+      for (const int fd : options.channel_fds) {
+        if (fd != STDERR_FILENO) allow_if(seccomp::arg_equals(0, static_cast<std::uint64_t>(fd)));
+      }
+      return;
     case A::enosys:
-      return seccomp_rule_add(ctx, SCMP_ACT_ERRNO(ENOSYS), row.nr, 0);
+      rules.push_back({row.nr, Action::enosys, {}, name});
+      return;
     case A::kill:
-      return seccomp_rule_add(ctx, SCMP_ACT_KILL_PROCESS, row.nr, 0);
+      rules.push_back({row.nr, Action::kill_process, {}, name});
+      return;
   }
-  return -EINVAL;
 }
 
 // Syscall names for the SIGSYS report, resolved before the filter (libseccomp allocates;
@@ -254,45 +264,16 @@ void finish_glibc_lazy_setup() {
 std::span<const MonitorRow> monitor_syscall_table() noexcept { return kTable; }
 
 Result<std::vector<sock_filter>> compile_monitor_filter(const MonitorFilterOptions& options) {
-  const bool trap = options.default_action == MonitorDefault::trap_and_report;
-  Context ctx(seccomp_init(trap ? SCMP_ACT_TRAP : SCMP_ACT_KILL_PROCESS));
-  if (!ctx) return make_error(Errc::monitor_filter, "microVM monitor filter: seccomp_init failed");
-  // Another ABI (x32, i386) on the same machine is killed, never trapped.
-  if (int rc = seccomp_attr_set(ctx.get(), SCMP_FLTATR_ACT_BADARCH, SCMP_ACT_KILL_PROCESS); rc != 0) {
-    return filter_error("bad-arch action", rc);
-  }
-  if (int rc = seccomp_attr_set(ctx.get(), SCMP_FLTATR_CTL_NNP, 0); rc != 0) return filter_error("nnp", rc);
+  std::vector<seccomp::Rule> rules;
   for (const MonitorRow& row : kTable) {
     if (row.boot_only && !options.allow_boot) continue;
-    if (row.rule == A::kill && !trap) continue;  // libseccomp refuses a rule that repeats the default
-    if (int rc = add_row(ctx.get(), row, options); rc != 0) {
-      return filter_error(std::string(row.syscall) + (row.what[0] != '\0' ? std::string(" ") + row.what : ""), rc);
-    }
+    add_rules(row, options, rules);
   }
-  // libseccomp 2.5 exports to a descriptor only: a memfd holds the program.
-  const int fd = ::memfd_create("sojourn-monitor-filter", MFD_CLOEXEC);
-  if (fd < 0) return filter_error("memfd_create", errno);
-  const int rc = seccomp_export_bpf(ctx.get(), fd);
-  std::vector<std::uint8_t> bytes;
-  if (rc == 0 && ::lseek(fd, 0, SEEK_SET) == 0) {
-    std::uint8_t buffer[4096];
-    for (;;) {
-      const ssize_t got = ::read(fd, buffer, sizeof buffer);
-      if (got < 0 && errno == EINTR) continue;
-      if (got <= 0) break;
-      bytes.insert(bytes.end(), buffer, buffer + got);
-    }
-  }
-  ::close(fd);
-  if (rc != 0) return filter_error("export", rc);
-  if (bytes.empty() || bytes.size() % sizeof(sock_filter) != 0) {
-    return make_error(Errc::monitor_filter,
-                      "microVM monitor filter: a program of " + std::to_string(bytes.size()) + " bytes");
-  }
-  std::vector<sock_filter> program(bytes.size() / sizeof(sock_filter));
-  // SAFETY: bytes holds a whole number of sock_filter records, as libseccomp wrote them.
-  std::memcpy(program.data(), bytes.data(), bytes.size());
-  return program;
+  const auto fallback = options.default_action == MonitorDefault::trap_and_report ? seccomp::DefaultAction::trap
+                                                                                   : seccomp::DefaultAction::kill_process;
+  // Through a memfd: memfd_create is in the table (a thread already filtered may compile the
+  // program of other options), pipe2 is not.
+  return seccomp::compile(rules, fallback, seccomp::ExportVia::memfd, compile_error);
 }
 
 Result<void> install_monitor_filter() { return install_monitor_filter(MonitorFilterOptions{}); }

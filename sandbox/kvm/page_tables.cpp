@@ -1,11 +1,11 @@
 // Page-table construction and the software page walk.
-#include "page_tables.hpp"
+#include "sandbox/kvm/page_tables.hpp"
 
 #include <algorithm>
 #include <string>
 
-#include "hex.hpp"
-#include "layout.hpp"
+#include "sandbox/kvm/hex.hpp"
+#include "sandbox/kvm/layout.hpp"
 
 namespace sojourn::sandbox::kvm {
 

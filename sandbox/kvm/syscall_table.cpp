@@ -1,6 +1,6 @@
 // The syscall handlers and their table. Each row names who in the guest needs the syscall
 // (measured in docs/jails.md: a static glibc binary's start-up, then the guest runtime).
-#include "syscall_table.hpp"
+#include "sandbox/kvm/syscall_table.hpp"
 
 #include <asm/prctl.h>
 #include <sys/mman.h>
@@ -14,7 +14,7 @@
 #include <ctime>
 #include <vector>
 
-#include "layout.hpp"
+#include "sandbox/kvm/layout.hpp"
 
 namespace sojourn::sandbox::kvm {
 

@@ -11,8 +11,8 @@
 #include <span>
 #include <string_view>
 
-#include "address_space.hpp"
-#include "guest_memory.hpp"
+#include "sandbox/kvm/address_space.hpp"
+#include "sandbox/kvm/guest_memory.hpp"
 
 namespace sojourn::sandbox::kvm {
 

@@ -1,5 +1,5 @@
 // KVM_CREATE_VCPU, register set-up and the run loop.
-#include "vcpu.hpp"
+#include "sandbox/kvm/vcpu.hpp"
 
 #include <pthread.h>
 #include <signal.h>
@@ -17,8 +17,8 @@
 #include <thread>
 #include <vector>
 
-#include "kvm_abi.hpp"
-#include "long_mode.hpp"
+#include "sandbox/kvm/kvm_abi.hpp"
+#include "sandbox/kvm/long_mode.hpp"
 
 namespace sojourn::sandbox::kvm {
 

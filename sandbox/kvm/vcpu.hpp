@@ -12,12 +12,12 @@
 
 #include <span>
 
-#include "boot.hpp"
-#include "long_mode.hpp"
-#include "exit_dispatch.hpp"
-#include "vcpu_snapshot.hpp"
-#include "vcpu_state.hpp"
-#include "vm.hpp"
+#include "sandbox/kvm/boot.hpp"
+#include "sandbox/kvm/exit_dispatch.hpp"
+#include "sandbox/kvm/long_mode.hpp"
+#include "sandbox/kvm/vcpu_snapshot.hpp"
+#include "sandbox/kvm/vcpu_state.hpp"
+#include "sandbox/kvm/vm.hpp"
 
 namespace sojourn::sandbox::kvm {
 

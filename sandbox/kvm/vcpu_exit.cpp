@@ -1,11 +1,11 @@
 // Exit reasons to actions and precise errors.
-#include "vcpu_exit.hpp"
+#include "sandbox/kvm/vcpu_exit.hpp"
 
 #include <string>
 
-#include "hex.hpp"
-#include "layout.hpp"
-#include "long_mode.hpp"
+#include "sandbox/kvm/hex.hpp"
+#include "sandbox/kvm/layout.hpp"
+#include "sandbox/kvm/long_mode.hpp"
 
 namespace sojourn::sandbox::kvm {
 

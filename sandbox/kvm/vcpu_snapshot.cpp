@@ -1,9 +1,9 @@
 // Vcpu::snapshot and Vcpu::restore: the registers a fork copies from its master.
-#include "vcpu.hpp"
+#include "sandbox/kvm/vcpu.hpp"
 
 #include <sys/ioctl.h>
 
-#include "kvm_abi.hpp"
+#include "sandbox/kvm/kvm_abi.hpp"
 
 namespace sojourn::sandbox::kvm {
 

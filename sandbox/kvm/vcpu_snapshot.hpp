@@ -7,8 +7,8 @@
 #include <cstdint>
 #include <vector>
 
-#include "kvm_abi.hpp"
-#include "long_mode.hpp"
+#include "sandbox/kvm/kvm_abi.hpp"
+#include "sandbox/kvm/long_mode.hpp"
 
 namespace sojourn::sandbox::kvm {
 

@@ -1,5 +1,5 @@
 // Transitions of the vCPU state machine.
-#include "vcpu_state.hpp"
+#include "sandbox/kvm/vcpu_state.hpp"
 
 #include <string>
 

@@ -1,7 +1,7 @@
 // /dev/kvm and KVM_CREATE_VM / KVM_SET_USER_MEMORY_REGION.
-#include "vm.hpp"
+#include "sandbox/kvm/vm.hpp"
 
-#include "kvm_abi.hpp"
+#include "sandbox/kvm/kvm_abi.hpp"
 
 #include <fcntl.h>
 #include <sys/ioctl.h>

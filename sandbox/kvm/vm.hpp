@@ -7,7 +7,7 @@
 #include <cstdint>
 #include <vector>
 
-#include "guest_memory.hpp"
+#include "sandbox/kvm/guest_memory.hpp"
 #include "sojourn/core/error.hpp"
 
 namespace sojourn::sandbox::kvm {

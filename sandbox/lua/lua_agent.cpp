@@ -1,15 +1,15 @@
 // agent.go/receive/log and require_remote: what agent code asks of the node, as host calls,
 // with agent.go implemented as a sticky kill so that no pcall can keep the agent from leaving.
-#include "lua_agent.hpp"
+#include "sandbox/lua/lua_agent.hpp"
 
 #include <string>
 #include <string_view>
 
 #include <lua.hpp>
 
-#include "lua_limits.hpp"
-#include "lua_source_scan.hpp"
-#include "lua_value.hpp"
+#include "sandbox/lua/lua_limits.hpp"
+#include "sandbox/lua/lua_source_scan.hpp"
+#include "sandbox/lua/lua_value.hpp"
 
 namespace sojourn::sandbox::detail {
 

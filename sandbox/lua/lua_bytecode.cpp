@@ -1,6 +1,6 @@
 // Reads LuaJIT's dump format (lj_bcwrite.c): header (ESC 'L' 'J' version, flags, chunk
 // name unless stripped), then prototypes, each a uleb128 length and its bytes, ending in 0.
-#include "lua_bytecode.hpp"
+#include "sandbox/lua/lua_bytecode.hpp"
 
 #include <cstdint>
 #include <string_view>

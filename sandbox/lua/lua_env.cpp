@@ -1,7 +1,7 @@
 // The restricted environment of a trusted run: allow-listed globals, and wrappers for every
 // library function that could swallow a kill (pcall, xpcall, coroutine.resume) or nest C
 // calls deep enough to overflow the C stack (tostring, table.sort, coroutines).
-#include "lua_env.hpp"
+#include "sandbox/lua/lua_env.hpp"
 
 #include <algorithm>
 #include <cmath>
@@ -12,9 +12,9 @@
 
 #include <lua.hpp>
 
-#include "lua_limits.hpp"
-#include "lua_string_guard.hpp"
-#include "lua_value.hpp"
+#include "sandbox/lua/lua_limits.hpp"
+#include "sandbox/lua/lua_string_guard.hpp"
+#include "sandbox/lua/lua_value.hpp"
 
 namespace sojourn::sandbox::detail {
 

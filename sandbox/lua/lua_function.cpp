@@ -3,7 +3,7 @@
 // those lines, the one whose bytecode matches is chosen. Receiving side: the text is loaded
 // in mode "t" inside `local <upvalue names>; return <text>`, padded with newlines so that
 // line numbers in messages are the original ones.
-#include "lua_function.hpp"
+#include "sandbox/lua/lua_function.hpp"
 
 #include <algorithm>
 #include <cstring>
@@ -13,9 +13,9 @@
 
 #include <lua.hpp>
 
-#include "lua_bytecode.hpp"
-#include "lua_source_scan.hpp"
-#include "lua_value.hpp"
+#include "sandbox/lua/lua_bytecode.hpp"
+#include "sandbox/lua/lua_source_scan.hpp"
+#include "sandbox/lua/lua_value.hpp"
 
 namespace sojourn::sandbox::lua {
 

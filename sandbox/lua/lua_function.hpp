@@ -12,7 +12,7 @@
 #include <variant>
 #include <vector>
 
-#include "lua_source_scan.hpp"
+#include "sandbox/lua/lua_source_scan.hpp"
 #include "sojourn/core/value.hpp"
 
 struct lua_State;

@@ -1,6 +1,6 @@
 // Limits of a trusted run: the capped allocator, the count hook that stays armed after a
 // kill (so pcall cannot swallow it), and the C-stack guard for C functions that call Lua.
-#include "lua_limits.hpp"
+#include "sandbox/lua/lua_limits.hpp"
 
 #include <algorithm>
 #include <atomic>

@@ -8,10 +8,10 @@
 #include <cstdint>
 #include <string>
 
+#include "sandbox/lua/lua_heap.hpp"
 #include "sojourn/core/error.hpp"
 #include "sojourn/core/messages.hpp"
 #include "sojourn/sandbox/lua_sandbox.hpp"
-#include "lua_heap.hpp"
 
 struct lua_State;
 

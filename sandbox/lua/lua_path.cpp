@@ -1,10 +1,10 @@
 // Path steps for messages; keys that are names print as .name, others in brackets.
-#include "lua_path.hpp"
+#include "sandbox/lua/lua_path.hpp"
 
 #include <algorithm>
 #include <cstdio>
 
-#include "lua_source_scan.hpp"
+#include "sandbox/lua/lua_source_scan.hpp"
 
 namespace sojourn::sandbox::lua {
 

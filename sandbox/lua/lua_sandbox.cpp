@@ -13,11 +13,11 @@
 
 #include <lua.hpp>
 
-#include "lua_agent.hpp"
-#include "lua_env.hpp"
-#include "lua_limits.hpp"
-#include "lua_source_scan.hpp"
-#include "lua_value.hpp"
+#include "sandbox/lua/lua_agent.hpp"
+#include "sandbox/lua/lua_env.hpp"
+#include "sandbox/lua/lua_limits.hpp"
+#include "sandbox/lua/lua_source_scan.hpp"
+#include "sandbox/lua/lua_value.hpp"
 
 namespace sojourn::sandbox {
 

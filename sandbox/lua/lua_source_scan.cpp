@@ -1,6 +1,6 @@
 // The scanner follows LuaJIT's lexer (lj_lex.c) where it matters for finding block
 // keywords: newline pairs, long brackets, escapes (\z included), identifier bytes >= 0x80.
-#include "lua_source_scan.hpp"
+#include "sandbox/lua/lua_source_scan.hpp"
 
 #include <algorithm>
 #include <cstdint>

@@ -2,7 +2,7 @@
 // backtracking string.find can burn CPU for minutes past every budget. The process and
 // microVM jails of later isolation levels kill such a call by CPU time; at the trusted level
 // this static bound on the pattern's worst case is what stands in for that kill.
-#include "lua_string_guard.hpp"
+#include "sandbox/lua/lua_string_guard.hpp"
 
 #include <algorithm>
 #include <cctype>
@@ -13,7 +13,7 @@
 
 #include <lua.hpp>
 
-#include "lua_limits.hpp"
+#include "sandbox/lua/lua_limits.hpp"
 
 namespace sojourn::sandbox::detail {
 

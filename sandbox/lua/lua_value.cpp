@@ -2,7 +2,7 @@
 // recursion, so a deep chain cannot overflow the C stack), and each Lua table's, function's
 // and upvalue's identity maps to one graph table, function or cell, so shared tables,
 // shared upvalues and cycles come out as they went in.
-#include "lua_value.hpp"
+#include "sandbox/lua/lua_value.hpp"
 
 #include <algorithm>
 #include <cmath>
@@ -15,9 +15,9 @@
 
 #include <lua.hpp>
 
-#include "lua_function.hpp"
-#include "lua_limits.hpp"
-#include "lua_path.hpp"
+#include "sandbox/lua/lua_function.hpp"
+#include "sandbox/lua/lua_limits.hpp"
+#include "sandbox/lua/lua_path.hpp"
 
 namespace sojourn::sandbox::lua {
 

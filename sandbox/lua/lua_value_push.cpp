@@ -1,7 +1,7 @@
 // Value -> Lua: tables and functions are created breadth-first from a work list, with memo
 // tables that map each graph table and function to its Lua object, so sharing and cycles
 // come out as they went in; upvalue cells shared in the graph are joined with upvaluejoin.
-#include "lua_value.hpp"
+#include "sandbox/lua/lua_value.hpp"
 
 #include <algorithm>
 #include <climits>
@@ -11,8 +11,8 @@
 
 #include <lua.hpp>
 
-#include "lua_function.hpp"
-#include "lua_limits.hpp"
+#include "sandbox/lua/lua_function.hpp"
+#include "sandbox/lua/lua_limits.hpp"
 
 namespace sojourn::sandbox::lua {
 

@@ -21,12 +21,12 @@
 #include <thread>
 #include <vector>
 
-#include "elf_loader.hpp"
-#include "fork.hpp"
-#include "guest_session.hpp"
-#include "monitor_filter.hpp"
-#include "host_channel.hpp"
-#include "lua_limits.hpp"
+#include "sandbox/kvm/elf_loader.hpp"
+#include "sandbox/kvm/fork.hpp"
+#include "sandbox/kvm/monitor_filter.hpp"
+#include "sandbox/lua/lua_limits.hpp"
+#include "sandbox/process/guest_session.hpp"
+#include "sandbox/process/host_channel.hpp"
 #include "sojourn/core/log.hpp"
 #include "sojourn/sandbox/process_jail.hpp"
 

@@ -1,6 +1,6 @@
 // The host side of one guest run. Kills are decided here and by the zygote's exit report,
 // never by what the guest says about itself (a guest's word only names the syscall).
-#include "guest_session.hpp"
+#include "sandbox/process/guest_session.hpp"
 
 #include <signal.h>
 #include <sys/socket.h>
@@ -13,8 +13,8 @@
 #include <exception>
 #include <string>
 
-#include "host_channel.hpp"
-#include "lua_limits.hpp"
+#include "sandbox/lua/lua_limits.hpp"
+#include "sandbox/process/host_channel.hpp"
 
 namespace sojourn::sandbox {
 

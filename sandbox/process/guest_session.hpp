@@ -8,9 +8,9 @@
 #include <span>
 #include <vector>
 
-#include "host_channel.hpp"
+#include "sandbox/process/host_channel.hpp"
+#include "sandbox/process/zygote_link.hpp"
 #include "sojourn/sandbox/lua_sandbox.hpp"
-#include "zygote_link.hpp"
 
 namespace sojourn::sandbox {
 

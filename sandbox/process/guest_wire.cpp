@@ -1,5 +1,5 @@
 // Encoding of the guest channel messages (see guest_wire.hpp for the frame layout).
-#include "guest_wire.hpp"
+#include "sandbox/process/guest_wire.hpp"
 
 namespace sojourn::sandbox::channel {
 

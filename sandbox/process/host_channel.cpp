@@ -1,5 +1,5 @@
 // Frame I/O with a deadline on the host's end of a guest channel.
-#include "host_channel.hpp"
+#include "sandbox/process/host_channel.hpp"
 
 #include <fcntl.h>
 #include <poll.h>

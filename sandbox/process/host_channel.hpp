@@ -8,8 +8,8 @@
 #include <span>
 #include <vector>
 
-#include "guest_wire.hpp"
-#include "unique_fd.hpp"
+#include "sandbox/process/guest_wire.hpp"
+#include "sandbox/process/unique_fd.hpp"
 
 namespace sojourn::sandbox {
 

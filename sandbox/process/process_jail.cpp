@@ -10,9 +10,9 @@
 #include <mutex>
 #include <vector>
 
-#include "guest_session.hpp"
+#include "sandbox/process/guest_session.hpp"
+#include "sandbox/process/zygote_link.hpp"
 #include "sojourn/core/log.hpp"
-#include "zygote_link.hpp"
 
 namespace sojourn::sandbox {
 

@@ -1,9 +1,9 @@
 // Starting a zygote and talking to it over a SOCK_SEQPACKET control socket: one datagram
 // per message, the run's channel (host -> zygote) or the guest's pidfd (zygote -> host)
 // attached as SCM_RIGHTS.
-#include "zygote_link.hpp"
+#include "sandbox/process/zygote_link.hpp"
 
-#include "fd_passing.hpp"
+#include "sandbox/process/fd_passing.hpp"
 
 #include <poll.h>
 #include <signal.h>

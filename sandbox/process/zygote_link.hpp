@@ -12,9 +12,9 @@
 #include <string>
 #include <thread>
 
-#include "guest_wire.hpp"
+#include "sandbox/process/guest_wire.hpp"
+#include "sandbox/process/unique_fd.hpp"
 #include "sojourn/core/error.hpp"
-#include "unique_fd.hpp"
 
 namespace sojourn::sandbox {
 

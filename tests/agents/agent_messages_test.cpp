@@ -6,7 +6,7 @@
 #include <string>
 #include <vector>
 
-#include "../../agents/agent_messages.hpp"
+#include "agents/agent_messages.hpp"
 
 using namespace sojourn;
 

@@ -6,8 +6,8 @@
 #include <regex>
 
 #include "sojourn/core/json.hpp"
-#include "support/process.hpp"
-#include "support/temp_dir.hpp"
+#include "tests/support/process.hpp"
+#include "tests/support/temp_dir.hpp"
 
 using sojourn::test::Process;
 using sojourn::test::run;

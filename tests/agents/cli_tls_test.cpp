@@ -6,8 +6,8 @@
 
 #include <filesystem>
 
-#include "support/process.hpp"
-#include "transports/tls_support.hpp"
+#include "tests/support/process.hpp"
+#include "tests/transports/tls_support.hpp"
 
 using sojourn::test::Process;
 using sojourn::test::run;

@@ -10,12 +10,12 @@
 
 #include <thread>
 
-#include "destinations.hpp"
+#include "agents/destinations.hpp"
 #include "sojourn/agents/node.hpp"
 #include "sojourn/agents/policy.hpp"
 #include "sojourn/core/bundle.hpp"
-#include "support/process.hpp"
-#include "transports/tls_support.hpp"
+#include "tests/support/process.hpp"
+#include "tests/transports/tls_support.hpp"
 
 using namespace sojourn;
 using namespace std::chrono_literals;

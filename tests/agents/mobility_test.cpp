@@ -8,11 +8,11 @@
 #include <memory>
 #include <thread>
 
-#include "../../agents/agent_messages.hpp"
-#include "node_testing.hpp"  // agents/: the fault hooks
+#include "agents/agent_messages.hpp"
+#include "agents/node_testing.hpp"  // agents/: the fault hooks
 #include "sojourn/agents/node.hpp"
-#include "support/cluster.hpp"
-#include "support/log_watch.hpp"
+#include "tests/support/cluster.hpp"
+#include "tests/support/log_watch.hpp"
 
 using namespace sojourn;
 using namespace std::chrono_literals;

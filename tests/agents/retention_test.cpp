@@ -7,9 +7,9 @@
 #include <future>
 #include <thread>
 
-#include "../../agents/agent_messages.hpp"
+#include "agents/agent_messages.hpp"
 #include "sojourn/agents/node.hpp"
-#include "support/cluster.hpp"
+#include "tests/support/cluster.hpp"
 
 using namespace sojourn;
 using namespace std::chrono_literals;

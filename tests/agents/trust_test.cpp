@@ -7,15 +7,15 @@
 #include <memory>
 #include <thread>
 
-#include "../../agents/agent_messages.hpp"
+#include "agents/agent_messages.hpp"
 #include "sojourn/agents/node.hpp"
 #include "sojourn/agents/policy.hpp"
 #include "sojourn/core/frame.hpp"
 #include "sojourn/core/signature.hpp"
-#include "support/cluster.hpp"
-#include "support/raw_socket.hpp"
-#include "support/trust_nodes.hpp"
-#include "support/tcp_recorder.hpp"
+#include "tests/support/cluster.hpp"
+#include "tests/support/raw_socket.hpp"
+#include "tests/support/tcp_recorder.hpp"
+#include "tests/support/trust_nodes.hpp"
 
 using namespace sojourn;
 using namespace std::chrono_literals;

@@ -7,8 +7,8 @@
 #include <cstring>
 #include <random>
 
-#include "fuzz/decoder_targets.hpp"
 #include "sojourn/core/messages.hpp"
+#include "tests/fuzz/decoder_targets.hpp"
 
 using namespace sojourn;
 

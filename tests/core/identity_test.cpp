@@ -8,7 +8,7 @@
 #include <filesystem>
 
 #include "sojourn/core/identity.hpp"
-#include "transports/tls_support.hpp"
+#include "tests/transports/tls_support.hpp"
 
 using namespace sojourn;
 

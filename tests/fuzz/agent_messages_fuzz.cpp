@@ -4,8 +4,8 @@
 #include <cstdint>
 #include <span>
 
-#include "agent_messages.hpp"
-#include "fuzz/fuzz_check.hpp"
+#include "agents/agent_messages.hpp"
+#include "tests/fuzz/fuzz_check.hpp"
 
 using namespace sojourn;
 

@@ -3,8 +3,8 @@
 #include <cstdint>
 #include <span>
 
-#include "agent_record.hpp"
-#include "fuzz/fuzz_check.hpp"
+#include "agents/agent_record.hpp"
+#include "tests/fuzz/fuzz_check.hpp"
 
 using namespace sojourn;
 

@@ -3,8 +3,8 @@
 #include <cstdint>
 #include <span>
 
-#include "fuzz/fuzz_check.hpp"
 #include "sojourn/core/bundle.hpp"
+#include "tests/fuzz/fuzz_check.hpp"
 
 using namespace sojourn;
 

@@ -10,10 +10,10 @@
 #include <span>
 #include <string_view>
 
-#include "fuzz/fuzz_check.hpp"
-#include "guest_session.hpp"
-#include "guest_wire.hpp"
-#include "host_channel.hpp"
+#include "sandbox/process/guest_session.hpp"
+#include "sandbox/process/guest_wire.hpp"
+#include "sandbox/process/host_channel.hpp"
+#include "tests/fuzz/fuzz_check.hpp"
 
 using namespace sojourn;
 using namespace sojourn::sandbox;

@@ -3,8 +3,8 @@
 #include <cstdint>
 #include <string_view>
 
-#include "fuzz/fuzz_check.hpp"
 #include "sojourn/core/json.hpp"
+#include "tests/fuzz/fuzz_check.hpp"
 
 using namespace sojourn;
 

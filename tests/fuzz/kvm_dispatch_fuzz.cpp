@@ -14,13 +14,13 @@
 #include <cstring>
 #include <vector>
 
-#include "entry_stub.hpp"
-#include "exit_dispatch.hpp"
-#include "fuzz/fuzz_check.hpp"
-#include "layout.hpp"
-#include "long_mode.hpp"
-#include "syscall_table.hpp"
-#include "vcpu_exit.hpp"
+#include "sandbox/kvm/entry_stub.hpp"
+#include "sandbox/kvm/exit_dispatch.hpp"
+#include "sandbox/kvm/layout.hpp"
+#include "sandbox/kvm/long_mode.hpp"
+#include "sandbox/kvm/syscall_table.hpp"
+#include "sandbox/kvm/vcpu_exit.hpp"
+#include "tests/fuzz/fuzz_check.hpp"
 
 using namespace sojourn;
 using namespace sojourn::sandbox::kvm;

@@ -9,9 +9,9 @@
 #include <string>
 #include <vector>
 
-#include "agent_messages.hpp"
-#include "agent_record.hpp"
-#include "guest_wire.hpp"
+#include "agents/agent_messages.hpp"
+#include "agents/agent_record.hpp"
+#include "sandbox/process/guest_wire.hpp"
 #include "sojourn/core/bundle.hpp"
 #include "sojourn/core/frame.hpp"
 #include "sojourn/core/messages.hpp"

@@ -3,9 +3,9 @@
 #include <cstdint>
 #include <span>
 
-#include "fuzz/fuzz_check.hpp"
 #include "sojourn/core/json.hpp"
 #include "sojourn/core/messages.hpp"
+#include "tests/fuzz/fuzz_check.hpp"
 
 using namespace sojourn;
 

@@ -6,8 +6,8 @@
 #include <cstdint>
 #include <string_view>
 
-#include "fuzz/fuzz_check.hpp"
 #include "sojourn/agents/policy.hpp"
+#include "tests/fuzz/fuzz_check.hpp"
 
 using namespace sojourn;
 

@@ -7,8 +7,8 @@
 #include <cstdint>
 #include <string>
 
-#include "fuzz/fuzz_check.hpp"
-#include "lua_source_scan.hpp"
+#include "sandbox/lua/lua_source_scan.hpp"
+#include "tests/fuzz/fuzz_check.hpp"
 
 using namespace sojourn::sandbox::lua;
 namespace fuzz = sojourn::fuzz;

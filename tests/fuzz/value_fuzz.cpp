@@ -4,9 +4,9 @@
 #include <cstdio>
 #include <span>
 
-#include "fuzz/fuzz_check.hpp"
 #include "sojourn/core/json.hpp"
 #include "sojourn/core/messages.hpp"
+#include "tests/fuzz/fuzz_check.hpp"
 
 using namespace sojourn;
 

@@ -23,7 +23,7 @@
 
 #include "sojourn/sandbox/lua_sandbox.hpp"
 #include "sojourn/sandbox/microvm_jail.hpp"
-#include "support/jail_levels.hpp"
+#include "tests/support/jail_levels.hpp"
 
 namespace {
 

@@ -9,8 +9,8 @@
 
 #include <cerrno>
 
-#include "kvm_test_support.hpp"
-#include "layout.hpp"
+#include "sandbox/kvm/layout.hpp"
+#include "tests/kvm/kvm_test_support.hpp"
 
 using namespace sojourn::sandbox::kvm;
 using kvm_test::TestVm;

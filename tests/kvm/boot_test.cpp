@@ -7,11 +7,11 @@
 #include <atomic>
 #include <cerrno>
 
-#include "boot.hpp"
-#include "entry_stub.hpp"
-#include "exit_dispatch.hpp"
-#include "kvm_test_support.hpp"
-#include "layout.hpp"
+#include "sandbox/kvm/boot.hpp"
+#include "sandbox/kvm/entry_stub.hpp"
+#include "sandbox/kvm/exit_dispatch.hpp"
+#include "sandbox/kvm/layout.hpp"
+#include "tests/kvm/kvm_test_support.hpp"
 
 using namespace sojourn::sandbox::kvm;
 using sojourn::Errc;

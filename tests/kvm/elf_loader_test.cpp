@@ -7,10 +7,10 @@
 #include <algorithm>
 #include <random>
 
-#include "elf_loader.hpp"
-#include "hex.hpp"
-#include "kvm_test_support.hpp"
-#include "layout.hpp"
+#include "sandbox/kvm/elf_loader.hpp"
+#include "sandbox/kvm/hex.hpp"
+#include "sandbox/kvm/layout.hpp"
+#include "tests/kvm/kvm_test_support.hpp"
 
 using namespace sojourn::sandbox::kvm;
 using kvm_test::TestVm;

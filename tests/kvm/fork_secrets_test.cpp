@@ -4,9 +4,9 @@
 #include <array>
 #include <cstring>
 
-#include "fork_secrets.hpp"
-#include "kvm_test_support.hpp"
-#include "layout.hpp"
+#include "sandbox/kvm/fork_secrets.hpp"
+#include "sandbox/kvm/layout.hpp"
+#include "tests/kvm/kvm_test_support.hpp"
 
 namespace {
 

@@ -1,7 +1,7 @@
 // Tests of the memfd-backed guest memory: bounds, copy-on-write forks, reset.
 #include <doctest/doctest.h>
 
-#include "kvm_test_support.hpp"
+#include "tests/kvm/kvm_test_support.hpp"
 
 using namespace sojourn::sandbox::kvm;
 using sojourn::Errc;

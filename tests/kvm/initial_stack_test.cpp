@@ -5,9 +5,9 @@
 
 #include <map>
 
-#include "initial_stack.hpp"
-#include "kvm_test_support.hpp"
-#include "layout.hpp"
+#include "sandbox/kvm/initial_stack.hpp"
+#include "sandbox/kvm/layout.hpp"
+#include "tests/kvm/kvm_test_support.hpp"
 
 using namespace sojourn::sandbox::kvm;
 using kvm_test::TestVm;

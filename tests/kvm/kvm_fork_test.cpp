@@ -11,16 +11,16 @@
 #include <string>
 #include <vector>
 
-#include "elf_loader.hpp"
-#include "boot.hpp"
-#include "exit_dispatch.hpp"
-#include "fork.hpp"
-#include "guest_wire.hpp"
-#include "one_request.hpp"
+#include "sandbox/kvm/boot.hpp"
+#include "sandbox/kvm/elf_loader.hpp"
+#include "sandbox/kvm/exit_dispatch.hpp"
+#include "sandbox/kvm/fork.hpp"
+#include "sandbox/kvm/harness/one_request.hpp"
+#include "sandbox/process/guest_wire.hpp"
 
 using namespace sojourn::sandbox::kvm;
 namespace channel = sojourn::sandbox::channel;
-using kvm_test::OneRequest;
+using sojourn::sandbox::kvm::harness::OneRequest;
 
 namespace {
 constexpr std::uint64_t kMemoryBytes = 64ULL << 20;
@@ -75,7 +75,7 @@ StackInputs serve_stack() {
 
 // From scratch: memory, boot, VM, vCPU, and the whole guest start-up, to the first result.
 sojourn::Result<std::int64_t> from_scratch(const KvmSystem& system, std::span<const std::byte> elf) {
-  return kvm_test::run_from_scratch(system, elf, "return 1+1", kMemoryBytes, kBudgetMs);
+  return sojourn::sandbox::kvm::harness::run_from_scratch(system, elf, "return 1+1", kMemoryBytes, kBudgetMs);
 }
 }  // namespace
 

@@ -8,14 +8,14 @@
 #include <string>
 #include <vector>
 
-#include "elf_loader.hpp"
-#include "boot.hpp"
-#include "exit_dispatch.hpp"
-#include "guest_wire.hpp"
-#include "long_mode.hpp"
-#include "vcpu.hpp"
-#include "vm.hpp"
-#include "vcpu_state.hpp"
+#include "sandbox/kvm/boot.hpp"
+#include "sandbox/kvm/elf_loader.hpp"
+#include "sandbox/kvm/exit_dispatch.hpp"
+#include "sandbox/kvm/long_mode.hpp"
+#include "sandbox/kvm/vcpu.hpp"
+#include "sandbox/kvm/vcpu_state.hpp"
+#include "sandbox/kvm/vm.hpp"
+#include "sandbox/process/guest_wire.hpp"
 
 using namespace sojourn::sandbox::kvm;
 namespace channel = sojourn::sandbox::channel;

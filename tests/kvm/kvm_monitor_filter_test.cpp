@@ -12,15 +12,15 @@
 #include <thread>
 #include <vector>
 
-#include "elf_loader.hpp"
-#include "boot.hpp"
-#include "exit_dispatch.hpp"
-#include "fork.hpp"
-#include "monitor_filter.hpp"
-#include "one_request.hpp"
+#include "sandbox/kvm/boot.hpp"
+#include "sandbox/kvm/elf_loader.hpp"
+#include "sandbox/kvm/exit_dispatch.hpp"
+#include "sandbox/kvm/fork.hpp"
+#include "sandbox/kvm/harness/one_request.hpp"
+#include "sandbox/kvm/monitor_filter.hpp"
 
 using namespace sojourn::sandbox::kvm;
-using kvm_test::OneRequest;
+using sojourn::sandbox::kvm::harness::OneRequest;
 
 namespace {
 constexpr std::uint64_t kMemoryBytes = 64ULL << 20;
@@ -43,7 +43,7 @@ sojourn::Result<std::int64_t> ask(MicroVmFork& fork, const std::string& source, 
 
 // A boot from scratch to the first result (memfd, KVM_GET_SUPPORTED_CPUID, set_up): the boot rows.
 sojourn::Result<std::int64_t> from_scratch(const KvmSystem& system, std::span<const std::byte> elf) {
-  return kvm_test::run_from_scratch(system, elf, "return 40+2", kMemoryBytes, kBudgetMs);
+  return sojourn::sandbox::kvm::harness::run_from_scratch(system, elf, "return 40+2", kMemoryBytes, kBudgetMs);
 }
 
 // What the filtered threads saw, printed by the main thread: stdio's first write to stdout

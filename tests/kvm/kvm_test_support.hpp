@@ -10,10 +10,10 @@
 #include <string>
 #include <vector>
 
-#include "elf_loader.hpp"
-#include "guest_memory.hpp"
-#include "long_mode.hpp"
-#include "syscall_table.hpp"
+#include "sandbox/kvm/elf_loader.hpp"
+#include "sandbox/kvm/guest_memory.hpp"
+#include "sandbox/kvm/long_mode.hpp"
+#include "sandbox/kvm/syscall_table.hpp"
 
 namespace kvm_test {
 

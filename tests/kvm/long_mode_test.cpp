@@ -4,10 +4,10 @@
 
 #include <vector>
 
-#include "entry_stub.hpp"
-#include "kvm_abi.hpp"
-#include "kvm_test_support.hpp"
-#include "layout.hpp"
+#include "sandbox/kvm/entry_stub.hpp"
+#include "sandbox/kvm/kvm_abi.hpp"
+#include "sandbox/kvm/layout.hpp"
+#include "tests/kvm/kvm_test_support.hpp"
 
 using namespace sojourn::sandbox::kvm;
 using kvm_test::TestVm;

@@ -11,7 +11,7 @@
 
 #include "sojourn/agents/node.hpp"
 #include "sojourn/core/signature.hpp"
-#include "support/cluster.hpp"
+#include "tests/support/cluster.hpp"
 
 using namespace sojourn;
 using namespace std::chrono_literals;

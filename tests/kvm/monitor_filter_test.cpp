@@ -30,9 +30,9 @@
 #include <thread>
 #include <vector>
 
-#include "kvm_abi.hpp"
-#include "monitor_filter.hpp"
-#include "vcpu.hpp"
+#include "sandbox/kvm/kvm_abi.hpp"
+#include "sandbox/kvm/monitor_filter.hpp"
+#include "sandbox/kvm/vcpu.hpp"
 
 namespace {
 

@@ -2,9 +2,9 @@
 // regions, lazy backing and fault resolution.
 #include <doctest/doctest.h>
 
-#include "address_space.hpp"
-#include "kvm_test_support.hpp"
-#include "layout.hpp"
+#include "sandbox/kvm/address_space.hpp"
+#include "sandbox/kvm/layout.hpp"
+#include "tests/kvm/kvm_test_support.hpp"
 
 using namespace sojourn::sandbox::kvm;
 using kvm_test::TestVm;

@@ -2,10 +2,10 @@
 // state machine.
 #include <doctest/doctest.h>
 
-#include "kvm_test_support.hpp"
-#include "layout.hpp"
-#include "vcpu_exit.hpp"
-#include "vcpu_state.hpp"
+#include "sandbox/kvm/layout.hpp"
+#include "sandbox/kvm/vcpu_exit.hpp"
+#include "sandbox/kvm/vcpu_state.hpp"
+#include "tests/kvm/kvm_test_support.hpp"
 
 using namespace sojourn::sandbox::kvm;
 using sojourn::Errc;

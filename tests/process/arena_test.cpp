@@ -8,8 +8,8 @@
 #include <random>
 #include <vector>
 
-#include "arena.hpp"
-#include "guest_wire.hpp"
+#include "sandbox/guest/arena.hpp"
+#include "sandbox/process/guest_wire.hpp"
 #include "sojourn/sandbox/lua_sandbox.hpp"
 
 namespace {

@@ -18,7 +18,7 @@
 
 #include "sojourn/sandbox/process_jail.hpp"
 
-#include "guest_session.hpp"
+#include "sandbox/process/guest_session.hpp"
 
 namespace {
 

@@ -16,7 +16,7 @@
 #include <set>
 #include <string>
 
-#include "syscall_filter.hpp"
+#include "sandbox/guest/syscall_filter.hpp"
 
 namespace {
 

@@ -8,7 +8,7 @@
 #include <vector>
 
 #include "sojourn/sandbox/lua_sandbox.hpp"
-#include "support/jail_levels.hpp"
+#include "tests/support/jail_levels.hpp"
 
 namespace {
 

@@ -1,7 +1,7 @@
 // What never travels, and hostile input: C functions, bytecode, texts that are not one
 // function expression, forged upvalue lists, cdata literals, mutated texts, the byte cap,
 // and the scanner that cuts function texts out of their chunks.
-#include "closure_support.hpp"
+#include "tests/sandbox/closure_support.hpp"
 
 using namespace closure_test;
 

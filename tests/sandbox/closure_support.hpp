@@ -7,12 +7,12 @@
 
 #include "sojourn/core/messages.hpp"
 #include "sojourn/sandbox/lua_sandbox.hpp"
-#include "support/jail_levels.hpp"
+#include "tests/support/jail_levels.hpp"
 
 #include <luajit-2.1/lua.hpp>
 
-#include "../../sandbox/lua/lua_source_scan.hpp"
-#include "../../sandbox/lua/lua_value.hpp"
+#include "sandbox/lua/lua_source_scan.hpp"
+#include "sandbox/lua/lua_value.hpp"
 
 namespace closure_test {
 

@@ -2,7 +2,7 @@
 // codec, and are rebuilt in a new run (or agent step), with shared upvalues, recursion and
 // table identity kept, library functions by name, and the JIT unable to break sharing; at every
 // level (closures leave and enter guests as text + upvalues, like peers' runs).
-#include "closure_support.hpp"
+#include "tests/sandbox/closure_support.hpp"
 
 using namespace closure_test;
 

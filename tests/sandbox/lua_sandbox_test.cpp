@@ -11,12 +11,12 @@
 #include <vector>
 
 #include "sojourn/sandbox/lua_sandbox.hpp"
-#include "support/jail_levels.hpp"
+#include "tests/support/jail_levels.hpp"
 
 // The internal conversion API, reused by agent state migration, is tested directly too.
 #include <luajit-2.1/lua.hpp>
 
-#include "../../sandbox/lua/lua_value.hpp"
+#include "sandbox/lua/lua_value.hpp"
 
 namespace {
 

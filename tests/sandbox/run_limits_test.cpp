@@ -6,7 +6,7 @@
 #include <chrono>
 #include <thread>
 
-#include "closure_support.hpp"
+#include "tests/sandbox/closure_support.hpp"
 
 using namespace closure_test;
 

@@ -3,7 +3,7 @@
 #include <doctest/doctest.h>
 
 #include "sojourn/sandbox/process_jail.hpp"
-#include "support/jail_levels.hpp"
+#include "tests/support/jail_levels.hpp"
 
 #ifndef SOJOURN_SUITE_MICROVM
 TEST_CASE("every run of the suites at the process level went through a guest of the process jail") {

@@ -16,7 +16,7 @@
 #include "sojourn/core/frame.hpp"
 #include "sojourn/core/messages.hpp"
 #include "sojourn/core/signature.hpp"
-#include "support/raw_socket.hpp"
+#include "tests/support/raw_socket.hpp"
 
 namespace sojourn::test {
 

@@ -13,7 +13,7 @@
 #include "sojourn/agents/node.hpp"
 #include "sojourn/core/frame.hpp"
 #include "sojourn/core/messages.hpp"
-#include "support/raw_socket.hpp"
+#include "tests/support/raw_socket.hpp"
 
 using namespace sojourn;
 using namespace std::chrono_literals;

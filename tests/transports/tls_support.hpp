@@ -7,7 +7,7 @@
 #include <string>
 
 #include "sojourn/core/identity.hpp"
-#include "support/temp_dir.hpp"
+#include "tests/support/temp_dir.hpp"
 
 namespace sojourn::test {
 

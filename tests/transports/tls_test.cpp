@@ -25,8 +25,8 @@
 #include "sojourn/core/json.hpp"
 #include "sojourn/transports/address.hpp"
 #include "sojourn/transports/link.hpp"
-#include "support/raw_socket.hpp"
-#include "transports/tls_support.hpp"
+#include "tests/support/raw_socket.hpp"
+#include "tests/transports/tls_support.hpp"
 
 using namespace sojourn;
 using namespace std::chrono_literals;

@@ -19,7 +19,7 @@
 #include "sojourn/core/frame.hpp"
 #include "sojourn/core/messages.hpp"
 #include "sojourn/transports/link.hpp"
-#include "support/raw_socket.hpp"
+#include "tests/support/raw_socket.hpp"
 
 using namespace sojourn;
 using namespace std::chrono_literals;

@@ -14,11 +14,11 @@
 #include <utility>
 #include <vector>
 
+#include "sojourn/agents/mobility.hpp"
 #include "sojourn/core/error.hpp"
 #include "sojourn/core/messages.hpp"
 #include "sojourn/core/peer.hpp"
 #include "sojourn/core/value.hpp"
-#include "sojourn/agents/mobility.hpp"
 #include "sojourn/transports/tls.hpp"
 
 namespace sojourn {

@@ -18,7 +18,7 @@
 #include <openssl/rand.h>
 #include <openssl/x509v3.h>
 
-#include "identity_openssl.hpp"
+#include "core/crypto/identity_openssl.hpp"
 
 namespace sojourn {
 

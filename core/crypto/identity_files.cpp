@@ -10,7 +10,7 @@
 #include <openssl/pem.h>
 #include <openssl/x509v3.h>
 
-#include "identity_openssl.hpp"
+#include "core/crypto/identity_openssl.hpp"
 #include "sojourn/core/bundle.hpp"
 
 namespace sojourn {

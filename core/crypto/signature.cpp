@@ -12,8 +12,8 @@
 #include <openssl/rand.h>
 #include <openssl/x509.h>
 
-#include "identity_openssl.hpp"
-#include "wire_io.hpp"
+#include "core/crypto/identity_openssl.hpp"
+#include "core/wire_io.hpp"
 
 namespace sojourn {
 

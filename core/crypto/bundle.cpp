@@ -3,7 +3,7 @@
 
 #include <openssl/evp.h>
 
-#include "wire_io.hpp"
+#include "core/wire_io.hpp"
 
 namespace sojourn {
 

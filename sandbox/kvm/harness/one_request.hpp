@@ -1,5 +1,6 @@
-// The host end of one microVM request, for the KVM tests and the microVM benchmark: the
-// RunRequest frame the guest reads, the bytes it writes back, and its first result.
+// A harness, not part of the monitor library: the host end of one microVM request driven by
+// hand (no jail), for the KVM tests and the microVM benchmark: the RunRequest frame the guest
+// reads, the bytes it writes back, and its first result; and a whole start from scratch.
 #pragma once
 
 #include <algorithm>
@@ -9,14 +10,14 @@
 #include <string>
 #include <vector>
 
-#include "boot.hpp"
-#include "exit_dispatch.hpp"
-#include "guest_wire.hpp"
-#include "syscall_table.hpp"
-#include "vcpu.hpp"
-#include "vm.hpp"
+#include "sandbox/kvm/boot.hpp"
+#include "sandbox/kvm/exit_dispatch.hpp"
+#include "sandbox/kvm/syscall_table.hpp"
+#include "sandbox/kvm/vcpu.hpp"
+#include "sandbox/kvm/vm.hpp"
+#include "sandbox/process/guest_wire.hpp"
 
-namespace kvm_test {
+namespace sojourn::sandbox::kvm::harness {
 
 namespace channel = sojourn::sandbox::channel;
 
@@ -94,4 +95,4 @@ inline sojourn::Result<std::int64_t> run_from_scratch(const sojourn::sandbox::kv
   return request.integer_result();
 }
 
-}  // namespace kvm_test
+}  // namespace sojourn::sandbox::kvm::harness
