@@ -11,7 +11,7 @@
 #include <optional>
 
 #include "guest_memory.hpp"
-#include "sojourn/core/error.hpp"
+#include "kvm_error.hpp"
 #include "syscall_table.hpp"
 #include "vcpu_exit.hpp"
 

@@ -11,7 +11,7 @@
 #include "address_space.hpp"
 #include "elf_loader.hpp"
 #include "guest_memory.hpp"
-#include "sojourn/core/error.hpp"
+#include "kvm_error.hpp"
 
 namespace sojourn::sandbox::kvm {
 

@@ -122,7 +122,7 @@ struct ContextFree {
 using Context = std::unique_ptr<void, ContextFree>;
 
 Error filter_error(const std::string& what, int rc) {
-  return make_error(Errc::monitor_filter, "microVM monitor filter: " + what + ": " + std::strerror(rc < 0 ? -rc : rc));
+  return fail_errno(Cause::filter, what, rc);
 }
 
 int allow_if(scmp_filter_ctx ctx, int nr, scmp_arg_cmp cmp) { return seccomp_rule_add(ctx, SCMP_ACT_ALLOW, nr, 1, cmp); }
@@ -256,7 +256,7 @@ std::span<const MonitorRow> monitor_syscall_table() noexcept { return kTable; }
 Result<std::vector<sock_filter>> compile_monitor_filter(const MonitorFilterOptions& options) {
   const bool trap = options.default_action == MonitorDefault::trap_and_report;
   Context ctx(seccomp_init(trap ? SCMP_ACT_TRAP : SCMP_ACT_KILL_PROCESS));
-  if (!ctx) return make_error(Errc::monitor_filter, "microVM monitor filter: seccomp_init failed");
+  if (!ctx) return fail(Cause::filter, "seccomp_init failed");
   // Another ABI (x32, i386) on the same machine is killed, never trapped.
   if (int rc = seccomp_attr_set(ctx.get(), SCMP_FLTATR_ACT_BADARCH, SCMP_ACT_KILL_PROCESS); rc != 0) {
     return filter_error("bad-arch action", rc);
@@ -286,7 +286,7 @@ Result<std::vector<sock_filter>> compile_monitor_filter(const MonitorFilterOptio
   ::close(fd);
   if (rc != 0) return filter_error("export", rc);
   if (bytes.empty() || bytes.size() % sizeof(sock_filter) != 0) {
-    return make_error(Errc::monitor_filter,
+    return fail(Cause::filter,
                       "microVM monitor filter: a program of " + std::to_string(bytes.size()) + " bytes");
   }
   std::vector<sock_filter> program(bytes.size() / sizeof(sock_filter));

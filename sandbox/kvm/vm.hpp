@@ -8,7 +8,7 @@
 #include <vector>
 
 #include "guest_memory.hpp"
-#include "sojourn/core/error.hpp"
+#include "kvm_error.hpp"
 
 namespace sojourn::sandbox::kvm {
 
