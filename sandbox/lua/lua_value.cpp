@@ -39,7 +39,7 @@ constexpr std::size_t kFunctionCost = sizeof(::sojourn::detail::FunctionData) + 
 constexpr std::size_t kCellCost = sizeof(Slot) + 3 * sizeof(std::uint32_t) + sizeof(std::string) + 32;
 
 Error memory_error(std::uint64_t max_bytes) {
-  return make_error(Errc::memory_limit, "memory limit of " + std::to_string(max_bytes) + " bytes exceeded");
+  return errors::memory_limit(max_bytes);
 }
 
 Slot number_slot(double d) {

@@ -113,10 +113,8 @@ class MasterForkJail final : public MicrovmJail {
     if (Result<void> ok = check_run_input(input); !ok) return ok;
     const std::uint64_t room = options_.memory_bytes - kGuestOverheadBytes;
     if (input.limits.memory_bytes > room) {
-      return make_error(Errc::invalid_argument, "invalid argument: a memory limit of " +
-                                                    std::to_string(input.limits.memory_bytes) +
-                                                    " bytes does not fit in a microVM (at most " + std::to_string(room) +
-                                                    ")");
+      return errors::invalid_argument("a memory limit of " + std::to_string(input.limits.memory_bytes) +
+                                      " bytes does not fit in a microVM (at most " + std::to_string(room) + ")");
     }
     return {};
   }
@@ -145,7 +143,7 @@ class MasterForkJail final : public MicrovmJail {
     const Limits& limits = input.limits;
     int pair[2];
     if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair) != 0) {
-      return make_error(Errc::internal, std::string("internal error: socketpair: ") + std::strerror(errno));
+      return errors::internal(std::string("socketpair: ") + std::strerror(errno));
     }
     UniqueFd host_end(pair[0]);
     UniqueFd monitor_end(pair[1]);
@@ -238,8 +236,8 @@ class MasterForkJail final : public MicrovmJail {
 
 Result<std::unique_ptr<MicrovmJail>> MicrovmJail::start(const MicrovmJailOptions& options) {
   if (options.memory_bytes <= kGuestOverheadBytes) {
-    return make_error(Errc::invalid_argument, "invalid argument: a microVM needs more than " +
-                                                  std::to_string(kGuestOverheadBytes) + " bytes of memory");
+    return errors::invalid_argument("a microVM needs more than " + std::to_string(kGuestOverheadBytes) +
+                                    " bytes of memory");
   }
   Result<std::string> path = find_guest_binary(options.guest_path);
   if (!path) return path.error();

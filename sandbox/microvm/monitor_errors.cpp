@@ -23,6 +23,11 @@ Errc wire_code(kvm::Cause cause) noexcept {
   return Errc::internal;
 }
 
-Error wire_error(const kvm::Error& error) { return make_error(wire_code(error.cause), error.message()); }
+Error wire_error(const kvm::Error& error) {
+  // The limits read as the other jails' do, from the same factories.
+  if (error.cause == kvm::Cause::memory_full) return errors::memory_limit(error.limit);
+  if (error.cause == kvm::Cause::budget) return errors::deadline(error.limit);
+  return make_error(wire_code(error.cause), error.message());
+}
 
 }  // namespace sojourn::sandbox

@@ -18,6 +18,7 @@
 #include "sojourn/core/frame.hpp"
 #include "sojourn/core/signature.hpp"
 #include "support/cluster.hpp"
+#include "support/error_checks.hpp"
 #include "support/raw_socket.hpp"
 #include "support/trust_nodes.hpp"
 
@@ -169,8 +170,7 @@ TEST_CASE("reports about an agent from a peer that does not hold it are refused 
   deliver.set("body", "forged");
   auto delivered = c[2].call(c.addr[1], "agent.deliver", Value::array({deliver}));
   REQUIRE_FALSE(delivered.ok());
-  CHECK(delivered.error().code == Errc::not_permitted);
-  CHECK(delivered.error().message == "not permitted: a delivery to agent " + *id + " that does not come from its home");
+  CHECK_ERROR(delivered, Errc::not_permitted, "agent " + *id, "its home");
 
   auto status = c[0].agent_status(c.addr[0], *id);
   REQUIRE(status.ok());
@@ -206,8 +206,7 @@ TEST_CASE("agent.list and agent.status show a peer only the agents it launched; 
   CHECK(client->agent_status(home->advertised_address(), *mine).ok());
   auto hidden = client->agent_status(home->advertised_address(), *local);
   REQUIRE_FALSE(hidden.ok());
-  CHECK(hidden.error().code == Errc::no_such_agent);
-  CHECK(hidden.error().message == "no such agent: " + *local);
+  CHECK_ERROR(hidden, Errc::no_such_agent, *local);
   CHECK(home->agent_status(home->advertised_address(), *local).ok());
 }
 
