@@ -361,7 +361,7 @@ Result<Value> convert_top(lua_State* L, int count, bool as_array, const ToValueO
     std::string text = message != nullptr ? std::string(message, len) : std::string("error object");
     lua_pop(L, 1);
     if (status == LUA_ERRMEM) return memory_error(options.max_bytes);
-    return make_error(Errc::invalid_argument, "invalid argument: " + text);
+    return errors::invalid_argument(text);
   }
   if (converter.error) return std::move(*converter.error);
   return std::move(converter.result);

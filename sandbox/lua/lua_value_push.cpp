@@ -201,7 +201,7 @@ Result<int> push_protected(lua_State* L, lua_CFunction entry, const Value& value
   if (status == LUA_ERRMEM) return errors::memory_limit(memory_bytes);
   constexpr std::string_view kRefused = "refused by the sandbox: ";
   if (message.compare(0, kRefused.size(), kRefused) == 0) return make_error(Errc::sandbox_refused, std::move(message));
-  return make_error(Errc::invalid_argument, "invalid argument: " + message);
+  return errors::invalid_argument(message);
 }
 
 }  // namespace
