@@ -207,7 +207,7 @@ int main(int argc, char** argv) {
   auto system = sandbox::kvm::KvmSystem::open();
   if (!system) {
     std::fprintf(stderr, "bench_microvm: %s\n(run it through bench/run_microvm_bench.sh, which falls back to a nested QEMU guest)\n",
-                 system.error().message.c_str());
+                 system.error().message().c_str());
     return 1;
   }
   const Environment env = detect_environment();
@@ -215,7 +215,7 @@ int main(int argc, char** argv) {
   const auto master_start = Clock::now();
   auto master = sandbox::kvm::MasterVm::boot(*system, elf, stack_of({"sojourn-guest", "--serve"}), kMemoryBytes, kBudgetMs);
   if (!master) {
-    std::fprintf(stderr, "bench_microvm: master: %s\n", master.error().message.c_str());
+    std::fprintf(stderr, "bench_microvm: master: %s\n", master.error().message().c_str());
     return 1;
   }
   const double master_ms = us_since(master_start) / 1000;

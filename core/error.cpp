@@ -97,6 +97,36 @@ Error invalid_argument(std::string_view what) {
   return Error{Errc::invalid_argument, "invalid argument: " + std::string(what)};
 }
 Error internal(std::string_view what) { return Error{Errc::internal, "internal error: " + std::string(what)}; }
+Error cpu_limit(std::uint64_t instructions) {
+  return Error{Errc::cpu_limit, "CPU limit of " + std::to_string(instructions) + " instructions exceeded"};
+}
+Error memory_limit(std::uint64_t bytes) {
+  return Error{Errc::memory_limit, "memory limit of " + std::to_string(bytes) + " bytes exceeded"};
+}
+Error deadline(std::uint64_t ms) {
+  return Error{Errc::deadline, "wall-clock deadline of " + std::to_string(ms) + " ms exceeded"};
+}
+Error service_failed(std::string_view service, std::string_view why) {
+  return Error{Errc::service_failed, "service " + std::string(service) + " failed: " + std::string(why)};
+}
+Error frame_too_large(std::uint64_t bytes, std::uint64_t limit) {
+  return Error{Errc::frame_too_large, "frame payload of " + std::to_string(bytes) + " bytes exceeds the limit of " +
+                                          std::to_string(limit) + " bytes"};
+}
+Error connect_failed(std::string_view peer, std::string_view why) {
+  return Error{Errc::connect_failed, "cannot connect to " + std::string(peer) + ": " + std::string(why)};
+}
+Error connection_closed(std::string_view peer, std::string_view why) {
+  return Error{Errc::connection_closed, "connection to " + std::string(peer) + " closed: " + std::string(why)};
+}
+Error remote_protocol_error(std::string_view peer, std::string_view why) {
+  return Error{Errc::remote_protocol_error,
+               "peer " + std::string(peer) + " reported a protocol error: " + std::string(why)};
+}
+Error bad_address(std::string_view text, std::string_view why) {
+  return Error{Errc::bad_address, "bad address '" + std::string(text) + "': " + std::string(why)};
+}
+Error no_such_module(std::string_view name) { return Error{Errc::no_such_module, "no such module: " + std::string(name)}; }
 }  // namespace errors
 
 }  // namespace sojourn

@@ -63,8 +63,7 @@ Result<FrameHeader> parse_header(std::span<const std::uint8_t, kFrameHeaderSize>
   if (h.flags != 0) return make_error(Errc::malformed_payload, "reserved frame flags " + hex(h.flags, 4) + " are set");
   h.length = static_cast<std::uint32_t>(get_le(&b[8], 4));
   if (h.length > max_payload) {
-    return make_error(Errc::frame_too_large, "frame payload of " + std::to_string(h.length) +
-                                                 " bytes exceeds the limit of " + std::to_string(max_payload) + " bytes");
+    return errors::frame_too_large(h.length, max_payload);
   }
   h.request_id = get_le(&b[12], 8);
   return h;

@@ -13,7 +13,7 @@ std::string Address::to_string() const {
 
 Result<Address> parse_address(std::string_view text) {
   auto bad = [&](const std::string& why) {
-    return make_error(Errc::bad_address, "bad address '" + std::string(text) + "': " + why);
+    return errors::bad_address(text, why);
   };
   Address a;
   constexpr std::string_view inproc = "inproc://";

@@ -33,7 +33,7 @@ class InprocLink final : public Link, public std::enable_shared_from_this<Inproc
   asio::awaitable<Result<Frame>> request(FrameKind kind, std::vector<std::uint8_t> payload,
                                          std::chrono::milliseconds) override {
     auto self = shared_from_this();
-    if (closed_) co_return make_error(Errc::connection_closed, "connection to " + peer_.to_string() + " closed: closed locally");
+    if (closed_) co_return errors::connection_closed(peer_.to_string(), "closed locally");
     InprocEntry entry;
     {
       std::lock_guard lock(registry_mutex());
@@ -41,10 +41,9 @@ class InprocLink final : public Link, public std::enable_shared_from_this<Inproc
       if (it != registry().end()) entry = it->second;
     }
     auto handler = entry.handler.lock();
-    if (!handler) co_return make_error(Errc::connect_failed, "cannot connect to " + peer_.to_string() + ": no such in-process node");
+    if (!handler) co_return errors::connect_failed(peer_.to_string(), "no such in-process node");
     if (payload.size() > options_.max_payload) {
-      co_return make_error(Errc::frame_too_large, "frame payload of " + std::to_string(payload.size()) +
-                                                      " bytes exceeds the limit of " + std::to_string(options_.max_payload) + " bytes");
+      co_return errors::frame_too_large(payload.size(), options_.max_payload);
     }
     ++frames_sent_;
     // Run the handler on the serving node's executor, then come back to ours.
@@ -53,8 +52,7 @@ class InprocLink final : public Link, public std::enable_shared_from_this<Inproc
     auto reply = co_await asio::co_spawn(entry.executor, handler->handle(kind, std::move(payload), std::move(peer)),
                                          asio::use_awaitable);
     co_await asio::post(executor_, asio::use_awaitable);
-    if (!reply) co_return make_error(Errc::remote_protocol_error, "peer " + peer_.to_string() +
-                                                                      " reported a protocol error: " + reply.error().message);
+    if (!reply) co_return errors::remote_protocol_error(peer_.to_string(), reply.error().message);
     Frame f;
     f.header = FrameHeader{FrameKind::reply, 0, static_cast<std::uint32_t>(reply->size()), 0};
     f.payload = std::move(*reply);
@@ -87,7 +85,7 @@ Result<void> register_inproc(const std::string& name, asio::any_io_executor exec
   std::lock_guard lock(registry_mutex());
   auto [it, inserted] = registry().try_emplace(name, InprocEntry{std::move(executor), handler});
   if (!inserted) {
-    if (!it->second.handler.expired()) return make_error(Errc::bad_address, "bad address 'inproc://" + name + "': name already in use");
+    if (!it->second.handler.expired()) return errors::bad_address("inproc://" + name, "name already in use");
     it->second = InprocEntry{std::move(executor), handler};
   }
   return {};

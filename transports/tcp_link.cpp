@@ -38,8 +38,7 @@ class TcpLink final : public Link, public std::enable_shared_from_this<TcpLink> 
     }
     if (state_ == State::failed) co_return failure_;
     if (payload.size() > options_.max_payload) {
-      co_return make_error(Errc::frame_too_large, "frame payload of " + std::to_string(payload.size()) +
-                                                      " bytes exceeds the limit of " + std::to_string(options_.max_payload) + " bytes");
+      co_return errors::frame_too_large(payload.size(), options_.max_payload);
     }
 
     std::uint64_t id = next_id_++;
@@ -57,7 +56,7 @@ class TcpLink final : public Link, public std::enable_shared_from_this<TcpLink> 
   }
 
   bool usable() const override { return state_ != State::failed; }
-  void close() override { fail(make_error(Errc::connection_closed, "connection to " + peer_.to_string() + " closed: closed locally")); }
+  void close() override { fail(errors::connection_closed(peer_.to_string(), "closed locally")); }
   const Address& peer() const override { return peer_; }
   std::uint64_t frames_sent() const override { return socket_ ? socket_->frames_sent() : 0; }
 
@@ -90,7 +89,7 @@ class TcpLink final : public Link, public std::enable_shared_from_this<TcpLink> 
     guard.cancel();
     if (ec || timed_out) {
       std::string why = timed_out ? "timed out after " + std::to_string(options_.connect_timeout.count()) + " ms" : ec.message();
-      fail(make_error(Errc::connect_failed, "cannot connect to " + peer_.to_string() + ": " + why));
+      fail(errors::connect_failed(peer_.to_string(), why));
       co_return;
     }
     if (options_.tls) {
@@ -124,18 +123,18 @@ class TcpLink final : public Link, public std::enable_shared_from_this<TcpLink> 
           break;
         }
         if (is_protocol_error(frame.error().code)) log_warn("client", peer_.to_string() + " sent a bad frame: " + why);
-        fail(make_error(Errc::connection_closed, "connection to " + peer_.to_string() + " closed: " + why));
+        fail(errors::connection_closed(peer_.to_string(), why));
         break;
       }
       if (frame->header.kind == FrameKind::protocol_error) {
         auto pe = decode_protocol_error(frame->payload);
         std::string why = pe ? pe->message : pe.error().message;
-        fail(make_error(Errc::remote_protocol_error, "peer " + peer_.to_string() + " reported a protocol error: " + why));
+        fail(errors::remote_protocol_error(peer_.to_string(), why));
         break;
       }
       if (frame->header.kind != FrameKind::reply && frame->header.kind != FrameKind::pong) {
-        fail(make_error(Errc::connection_closed, "connection to " + peer_.to_string() + " closed: server sent a " +
-                                                     std::string(frame_kind_name(frame->header.kind)) + " frame"));
+        fail(errors::connection_closed(peer_.to_string(),
+                                       "server sent a " + std::string(frame_kind_name(frame->header.kind)) + " frame"));
         break;
       }
       auto it = pending_.find(frame->header.request_id);

@@ -257,10 +257,10 @@ TcpServer::~TcpServer() {
 }
 
 Result<Address> TcpServer::listen(const Address& where) {
-  if (where.kind != Address::Kind::tcp) return make_error(Errc::bad_address, "bad address '" + where.to_string() + "': not a TCP address");
+  if (where.kind != Address::Kind::tcp) return errors::bad_address(where.to_string(), "not a TCP address");
   boost::system::error_code ec;
   auto ip = asio::ip::make_address(where.host == "localhost" ? "127.0.0.1" : where.host, ec);
-  if (ec) return make_error(Errc::bad_address, "bad address '" + where.to_string() + "': listen needs an IP address");
+  if (ec) return errors::bad_address(where.to_string(), "listen needs an IP address");
   tcp::endpoint endpoint(ip, where.port);
   auto fail = [&](const char* step) {
     return make_error(Errc::bad_address, "cannot listen on " + where.to_string() + ": " + step + ": " + ec.message());

@@ -245,7 +245,7 @@ Result<FixedArena> FixedArena::map_at(std::uintptr_t base, std::size_t bytes) {
   }
   if (reinterpret_cast<std::uintptr_t>(at) != base) {  // a kernel without MAP_FIXED_NOREPLACE
     ::munmap(at, bytes);
-    return make_error(Errc::internal, "internal error: the Lua arena could not be placed at its fixed address");
+    return errors::internal("the Lua arena could not be placed at its fixed address");
   }
   return over(at, bytes);
 }

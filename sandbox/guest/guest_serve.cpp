@@ -51,7 +51,7 @@ class ChannelHost final : public HostCalls {
   }
 
  private:
-  static Error broken() { return make_error(Errc::internal, "internal error: the guest's channel to its host broke"); }
+  static Error broken() { return errors::internal("the guest's channel to its host broke"); }
   int fd_;
 };
 

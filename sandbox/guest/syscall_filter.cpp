@@ -77,7 +77,7 @@ Result<CompiledFilter> compile_guest_filter(bool allow_jit, DefaultAction action
       action == DefaultAction::trap_and_report ? seccomp::DefaultAction::trap : seccomp::DefaultAction::kill_process;
   // Through a pipe: the zygote compiles under the guest's rlimits (a memfd write counts
   // against RLIMIT_FSIZE).
-  auto program = seccomp::compile(rules, fallback, seccomp::ExportVia::pipe, seccomp_error);
+  auto program = seccomp::compile<Result<std::vector<sock_filter>>>(rules, fallback, seccomp::ExportVia::pipe, seccomp_error);
   if (!program) return program.error();
   CompiledFilter filter;
   filter.program = std::move(*program);

@@ -24,7 +24,7 @@ PageAccess AddressSpace::access_of(int prot) noexcept {
 }
 
 Error AddressSpace::refused(std::uint64_t start, std::uint64_t length, const std::string& why) const {
-  return make_error(Errc::guest_memory,
+  return fail(Cause::guest_memory,
                     "guest memory: cannot reserve " + std::to_string(length) + " bytes at " + hex(start) + ": " + why);
 }
 
@@ -89,7 +89,7 @@ Result<void> AddressSpace::split_at(std::uint64_t gva) {
   --it;
   if (it->first < gva && it->second.end > gva) {
     if (regions_.size() >= kMaxRegions) {
-      return make_error(Errc::guest_memory, "guest memory: cannot split the region at " + hex(it->first) +
+      return fail(Cause::guest_memory, "cannot split the region at " + hex(it->first) +
                                                 ": the guest already has " + std::to_string(kMaxRegions) + " regions");
     }
     regions_.emplace(gva, Region{it->second.end, it->second.prot});
@@ -158,7 +158,7 @@ Result<void> AddressSpace::move(GuestMemory& memory, std::uint64_t from, std::ui
   for (std::uint64_t at = from; at < end;) {
     ++regions_visited_;
     const Region* region = region_at(at);
-    if (region == nullptr) return make_error(Errc::guest_memory, "guest memory: nothing to move at " + hex(at));
+    if (region == nullptr) return fail(Cause::guest_memory, "nothing to move at " + hex(at));
     at = region->end;
   }
   if (!is_free(to, length)) return refused(to, length, "not page-aligned, outside the user half or taken");
@@ -201,7 +201,7 @@ const Region* AddressSpace::region_at(std::uint64_t gva, std::uint64_t* start) c
 
 Result<std::uint64_t> AddressSpace::back_page(GuestMemory& memory, std::uint64_t gva) {
   const Region* region = region_at(gva);
-  if (region == nullptr) return make_error(Errc::guest_memory, "guest memory: no region at " + hex(gva));
+  if (region == nullptr) return fail(Cause::guest_memory, "no region at " + hex(gva));
   auto existing = tables_.translate(memory, page_down(gva));
   if (!existing) return existing.error();
   if (*existing) return (*existing)->gpa;  // the page's: page_down(gva) has offset 0
@@ -216,13 +216,13 @@ Result<void> AddressSpace::resolve_fault(GuestMemory& memory, std::uint64_t gva,
   const char* what = cause.fetch ? "executed" : cause.write ? "wrote to" : "read";
   const Region* region = region_at(gva);
   if (region == nullptr) {
-    return make_error(Errc::vm_guest_fault, std::string("microVM guest fault: ") + what + " unmapped memory at " + hex(gva));
+    return fail(Cause::guest_fault, std::string(what) + " unmapped memory at " + hex(gva));
   }
   const bool allowed = cause.fetch ? (region->prot & kProtExec) != 0
                        : cause.write ? (region->prot & kProtWrite) != 0
                                      : (region->prot & kProtRead) != 0;
   if (!allowed || cause.present) {
-    return make_error(Errc::vm_guest_fault, std::string("microVM guest fault: ") + what + " memory at " + hex(gva) +
+    return fail(Cause::guest_fault, std::string(what) + " memory at " + hex(gva) +
                                                 " that does not allow it");
   }
   auto backed = back_page(memory, gva);

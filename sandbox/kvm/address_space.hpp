@@ -14,7 +14,7 @@
 
 #include "sandbox/kvm/guest_memory.hpp"
 #include "sandbox/kvm/page_tables.hpp"
-#include "sojourn/core/error.hpp"
+#include "sandbox/kvm/kvm_error.hpp"
 
 namespace sojourn::sandbox::kvm {
 
@@ -66,7 +66,7 @@ class AddressSpace {
   const Region* region_at(std::uint64_t gva, std::uint64_t* start = nullptr) const;
 
   // The guest faulted at `gva`: back the page if a region allows the access, or a precise
-  // Errc::vm_guest_fault (or Errc::memory_limit when no physical page is left).
+  // Cause::guest_fault (or Cause::memory_full when no physical page is left).
   Result<void> resolve_fault(GuestMemory& memory, std::uint64_t gva, FaultCause cause);
   // Host-side access by guest-virtual address (the syscall emulation): the whole range must
   // lie in regions (a write: writable ones); pages are backed as needed. The error is the

@@ -17,7 +17,7 @@ namespace sojourn::sandbox::kvm {
 namespace {
 constexpr std::uint64_t kMaxProgramHeaders = 64;
 
-Error bad(const std::string& what) { return make_error(Errc::bad_elf, "bad guest ELF: " + what); }
+Error bad(const std::string& what) { return fail(Cause::bad_elf, what); }
 
 template <class T>
 T read_struct(std::span<const std::byte> file, std::uint64_t offset) {
@@ -86,9 +86,9 @@ Result<void> check_segment(std::span<const std::byte> file, const Elf64_Phdr& ph
 
 Result<std::vector<std::byte>> read_elf_file(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
-  if (!in) return make_error(Errc::bad_elf, "bad guest ELF: cannot read " + path);
+  if (!in) return fail(Cause::bad_elf, "cannot read " + path);
   const std::vector<char> chars((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  if (in.bad()) return make_error(Errc::bad_elf, "bad guest ELF: cannot read " + path);
+  if (in.bad()) return fail(Cause::bad_elf, "cannot read " + path);
   std::vector<std::byte> bytes(chars.size());
   if (!chars.empty()) std::memcpy(bytes.data(), chars.data(), chars.size());
   return bytes;

@@ -11,7 +11,7 @@
 
 #include "sandbox/kvm/address_space.hpp"
 #include "sandbox/kvm/guest_memory.hpp"
-#include "sojourn/core/error.hpp"
+#include "sandbox/kvm/kvm_error.hpp"
 
 namespace sojourn::sandbox::kvm {
 

@@ -11,7 +11,7 @@
 namespace sojourn::sandbox::kvm {
 
 namespace {
-Error internal(const char* what) { return make_error(Errc::internal, std::string("internal error: microVM: ") + what); }
+Error internal(const char* what) { return fail(Cause::bug, what); }
 
 // The ring-0 stacks: where an exception frame may legitimately be.
 bool on_ring0_stack(std::uint64_t rsp) { return rsp >= kRing0StackTop - kPageSize && rsp + 40 <= kIstStackTop; }
@@ -75,7 +75,7 @@ Result<DispatchOutcome> ExitDispatcher::on_page_fault(const kvm_regs& regs, std:
   if (!code || !cs) return internal("the page-fault frame is outside guest memory");
   if (*cs != kUserCodeSelector) {
     auto rip = context_.memory.read_u64(regs.rsp + 8);
-    return make_error(Errc::vm_guest_fault, "microVM guest fault: #PF (page fault) in ring 0 at " + hex(cr2) +
+    return fail(Cause::guest_fault, "#PF (page fault) in ring 0 at " + hex(cr2) +
                                                 ", rip " + hex(rip ? *rip : 0));
   }
   if (auto resolved = context_.state.space.resolve_fault(context_.memory, cr2, FaultCause::from_error_code(*code));

@@ -13,7 +13,7 @@
 #include "sandbox/kvm/guest_memory.hpp"
 #include "sandbox/kvm/syscall_table.hpp"
 #include "sandbox/kvm/vcpu_exit.hpp"
-#include "sojourn/core/error.hpp"
+#include "sandbox/kvm/kvm_error.hpp"
 
 namespace sojourn::sandbox::kvm {
 

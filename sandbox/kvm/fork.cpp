@@ -89,7 +89,7 @@ Result<MicroVmFork> MasterVm::fork(const KvmSystem& system) {
 
 Result<void> MasterVm::recycle(MicroVmFork fork) {
   if (fork.image_ != image_) {
-    return make_error(Errc::vm_master, "microVM master: a fork of another master cannot join this pool");
+    return fail(Cause::master, "a fork of another master cannot join this pool");
   }
   // The slot goes before the fork's memory does (at the end of this function).
   if (auto cleared = fork.vm_.clear_memory(); !cleared) return cleared.error();
@@ -99,7 +99,7 @@ Result<void> MasterVm::recycle(MicroVmFork fork) {
 
 Result<int> MicroVmFork::serve(ChannelEnd& channel, std::uint64_t budget_ms) {
   if (vcpu_.state() != VcpuState::created) {
-    return make_error(Errc::vm_master, "microVM master: a fork serves one request; reset it first (its vCPU is " +
+    return fail(Cause::master, "a fork serves one request; reset it first (its vCPU is " +
                                            std::string(vcpu_state_name(vcpu_.state())) + ")");
   }
   SyscallContext context{state_, memory_, channel, host_random, host_clock};

@@ -10,7 +10,7 @@
 namespace sojourn::sandbox::kvm {
 
 namespace {
-Error secrets_error(const std::string& what) { return make_error(Errc::guest_memory, "guest memory: fork secrets: " + what); }
+Error secrets_error(const std::string& what) { return fail(Cause::guest_memory, "fork secrets: " + what); }
 
 std::uint64_t random_word(const std::function<void(std::span<std::byte>)>& random) {
   std::uint64_t word = 0;

@@ -34,7 +34,7 @@ struct ReseedReport {
   std::size_t stack_copies = 0;  // copies of the old canary rewritten on the stack
 };
 
-// `rsp`: the paused guest's stack pointer. Errors (Errc::guest_memory) when the guest has no
+// `rsp`: the paused guest's stack pointer. Errors (Cause::guest_memory) when the guest has no
 // TCB yet (FS base 0) or its stack or AT_RANDOM bytes are not readable guest memory.
 Result<ReseedReport> reseed_fork_secrets(GuestMemory& memory, GuestState& state, std::uint64_t rsp,
                                          const std::function<void(std::span<std::byte>)>& random);

@@ -29,7 +29,7 @@ namespace {
 constexpr std::uint64_t kMinimumBytes = 64 * 1024;
 
 Error system_error(const char* what) {
-  return make_error(Errc::guest_memory, std::string("guest memory: ") + what + ": " + std::strerror(errno));
+  return fail_errno(Cause::guest_memory, what, errno);
 }
 
 Result<std::byte*> map_fd(int fd, std::uint64_t size, int flags) {
@@ -42,7 +42,7 @@ Result<std::byte*> map_fd(int fd, std::uint64_t size, int flags) {
 
 Result<GuestMemory> GuestMemory::create(std::uint64_t bytes) {
   if (bytes < kMinimumBytes || bytes % 4096 != 0) {
-    return make_error(Errc::guest_memory, "guest memory: size " + std::to_string(bytes) +
+    return fail(Cause::guest_memory, "size " + std::to_string(bytes) +
                                               " is not a whole number of pages of at least 65536 bytes");
   }
   UniqueFd fd(::memfd_create("sojourn-guest-memory", MFD_CLOEXEC));
@@ -87,7 +87,7 @@ Result<GuestMemory> GuestMemory::fork_private() const {
 }
 
 Result<void> GuestMemory::reset_to_pristine() {
-  if (!private_) return make_error(Errc::guest_memory, "guest memory: only a fork can be reset to pristine");
+  if (!private_) return fail(Cause::guest_memory, "only a fork can be reset to pristine");
   // SAFETY: our own MAP_PRIVATE mapping; MADV_DONTNEED drops its private copies, so every
   // page reads the memfd (the master's contents) again.
   if (::madvise(base_, size_, MADV_DONTNEED) != 0) return system_error("madvise");
@@ -100,7 +100,7 @@ std::uint64_t GuestMemory::host_address() const noexcept {
 }
 
 Error GuestMemory::out_of_bounds(std::uint64_t gpa, std::uint64_t length) const {
-  return make_error(Errc::guest_memory, "guest memory: " + std::to_string(length) + " bytes at " + hex(gpa) +
+  return fail(Cause::guest_memory, std::to_string(length) + " bytes at " + hex(gpa) +
                                             " are outside the " + hex(size_) + " bytes of guest memory");
 }
 

@@ -6,7 +6,7 @@
 #include <cstdint>
 #include <span>
 
-#include "sojourn/core/error.hpp"
+#include "sandbox/kvm/kvm_error.hpp"
 
 namespace sojourn::sandbox::kvm {
 
@@ -51,7 +51,7 @@ class GuestMemory {
   // For KVM_SET_USER_MEMORY_REGION only.
   std::uint64_t host_address() const noexcept;
 
-  // Exactly [gpa, gpa + length) or an Errc::guest_memory error.
+  // Exactly [gpa, gpa + length) or a Cause::guest_memory error.
   Result<std::span<std::byte>> span(std::uint64_t gpa, std::uint64_t length);
   Result<std::span<const std::byte>> span(std::uint64_t gpa, std::uint64_t length) const;
   Result<void> write(std::uint64_t gpa, std::span<const std::byte> bytes);

@@ -14,7 +14,7 @@ namespace {
 constexpr std::uint64_t kMaxStartBytes = 2 * kPageSize;
 
 Error too_large() {
-  return make_error(Errc::guest_memory, "guest memory: argv, envp and auxv need more than 8192 bytes of stack");
+  return fail(Cause::guest_memory, "argv, envp and auxv need more than 8192 bytes of stack");
 }
 }  // namespace
 
@@ -63,7 +63,7 @@ Result<InitialStack> build_initial_stack(const ElfImage& image, const StackInput
   if (kStackTop - cursor + bytes + 16 > kMaxStartBytes) return too_large();
   const std::uint64_t rsp = (cursor - bytes) & ~std::uint64_t{15};
   if (!space.copy_to_guest(memory, rsp, std::as_bytes(std::span(words))) || !written) {
-    return make_error(Errc::guest_memory, "guest memory: cannot write the initial stack");
+    return fail(Cause::guest_memory, "cannot write the initial stack");
   }
   return InitialStack{rsp, random_gva};
 }

@@ -117,12 +117,12 @@ constexpr MonitorRow kTable[] = {
 // clang-format on
 
 Error filter_error(const std::string& what, int rc) {
-  return make_error(Errc::monitor_filter, "microVM monitor filter: " + what + ": " + std::strerror(rc < 0 ? -rc : rc));
+  return fail_errno(Cause::filter, what, rc);
 }
 
 // The compiler's failures: a step with an errno, or a step alone ("seccomp_init failed").
 Error compile_error(const std::string& step, int error) {
-  if (error == 0) return make_error(Errc::monitor_filter, "microVM monitor filter: " + step);
+  if (error == 0) return fail(Cause::filter, step);
   return filter_error(step, error);
 }
 
@@ -273,7 +273,7 @@ Result<std::vector<sock_filter>> compile_monitor_filter(const MonitorFilterOptio
                                                                                    : seccomp::DefaultAction::kill_process;
   // Through a memfd: memfd_create is in the table (a thread already filtered may compile the
   // program of other options), pipe2 is not.
-  return seccomp::compile(rules, fallback, seccomp::ExportVia::memfd, compile_error);
+  return seccomp::compile<Result<std::vector<sock_filter>>>(rules, fallback, seccomp::ExportVia::memfd, compile_error);
 }
 
 Result<void> install_monitor_filter() { return install_monitor_filter(MonitorFilterOptions{}); }

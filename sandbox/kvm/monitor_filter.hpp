@@ -11,7 +11,7 @@
 #include <string>
 #include <vector>
 
-#include "sojourn/core/error.hpp"
+#include "sandbox/kvm/kvm_error.hpp"
 
 namespace sojourn::sandbox::kvm {
 
@@ -68,7 +68,7 @@ Result<std::vector<sock_filter>> compile_monitor_filter(const MonitorFilterOptio
 // report handler and the budget timer's kick handler (rt_sigaction is not in the table).
 // Open /dev/kvm (KvmSystem::open) before: open/openat are not in the table either. Log to
 // stderr (unbuffered) only: stdio's first write to a buffered stream fstat()s it, refused.
-// Errors: Errc::monitor_filter "microVM monitor filter: ...".
+// Errors: Cause::filter "microVM monitor filter: ...".
 Result<void> install_monitor_filter();
 Result<void> install_monitor_filter(const MonitorFilterOptions& options);
 

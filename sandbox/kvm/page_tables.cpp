@@ -21,7 +21,7 @@ std::uint64_t index_at(std::uint64_t gva, int level) noexcept {  // level 3 = PM
 }
 
 Error bad_gva(std::uint64_t gva) {
-  return make_error(Errc::guest_memory, "guest memory: cannot map " + hex(gva) +
+  return fail(Cause::guest_memory, "cannot map " + hex(gva) +
                                             ": not a page-aligned canonical address");
 }
 }  // namespace
@@ -35,7 +35,7 @@ Result<std::uint64_t> PhysicalPages::allocate(GuestMemory& memory) {
     page = next_;
     next_ += 4096;
   } else {
-    return make_error(Errc::memory_limit, "memory limit of " + std::to_string(memory.size()) + " bytes exceeded");
+    return over_limit(Cause::memory_full, memory.size());
   }
   // A page given back may hold an earlier mapping's data; a fork may see the master's bytes.
   auto zeroed = memory.zero(page, 4096);
@@ -122,7 +122,7 @@ Result<std::optional<Translation>> PageTables::translate(const GuestMemory& memo
     access.writable = access.writable && (*entry & pte::kWritable) != 0;
     access.executable = access.executable && (*entry & pte::kNoExecute) == 0;
     if (level > 0 && (*entry & pte::kLargePage) != 0) {  // the monitor never writes these
-      return make_error(Errc::guest_memory, "guest memory: unexpected large page mapping " + hex(gva));
+      return fail(Cause::guest_memory, "unexpected large page mapping " + hex(gva));
     }
     table = *entry & pte::kAddressMask;
   }
@@ -157,7 +157,7 @@ Result<void> PageTables::walk_range(RangeWalk& walk, std::uint64_t table, int le
       continue;
     }
     if ((*entry & pte::kLargePage) != 0) {  // the monitor never writes these
-      return make_error(Errc::guest_memory, "guest memory: unexpected large page mapping " + hex(at));
+      return fail(Cause::guest_memory, "unexpected large page mapping " + hex(at));
     }
     // Tables stay, even emptied: see unmap_range in the header.
     auto inner = walk_range(walk, target, level - 1, at, std::max(start, at), std::min(end, at + span));

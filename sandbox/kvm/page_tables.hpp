@@ -8,7 +8,7 @@
 #include <vector>
 
 #include "sandbox/kvm/guest_memory.hpp"
-#include "sojourn/core/error.hpp"
+#include "sandbox/kvm/kvm_error.hpp"
 
 namespace sojourn::sandbox::kvm {
 
@@ -45,7 +45,7 @@ inline constexpr std::uint64_t kAddressMask = 0x000f'ffff'ffff'f000ULL;
 class PhysicalPages {
  public:
   PhysicalPages(std::uint64_t first, std::uint64_t end) : next_(first), end_(end) {}
-  // A zeroed page, or Errc::memory_limit when guest memory is full.
+  // A zeroed page, or Cause::memory_full when guest memory is full.
   Result<std::uint64_t> allocate(GuestMemory& memory);
   void release(std::uint64_t gpa) { free_.push_back(gpa); }
   std::uint64_t free_pages() const noexcept { return (end_ - next_) / 4096 + free_.size(); }

@@ -202,7 +202,7 @@ Result<int> Vcpu::run(ExitDispatcher& dispatcher, GuestState& state, std::uint64
   if (!ended) return ended.error();
   if (!*ended) {
     (void)machine_.finish();
-    return make_error(Errc::internal, "internal error: microVM: a run paused without a master");
+    return fail(Cause::bug, "a run paused without a master");
   }
   return **ended;
 }
@@ -211,7 +211,7 @@ Result<void> Vcpu::run_to_pause(ExitDispatcher& dispatcher, GuestState& state, s
   auto ended = run_loop(dispatcher, state, budget_ms);
   if (!ended) return ended.error();
   if (*ended) {
-    return make_error(Errc::vm_master, "microVM master: the guest exited with status " + std::to_string(**ended) +
+    return fail(Cause::master, "the guest exited with status " + std::to_string(**ended) +
                                            " before waiting for its first request");
   }
   return {};

@@ -59,14 +59,14 @@ class Vcpu {
   Result<void> set_regs(const kvm_regs& regs);
 
   // Runs until exit_group (its status) or a fatal exit (its error), or the budget runs out
-  // (Errc::deadline). The state machine ends in finished either way.
+  // (Cause::budget). The state machine ends in finished either way.
   Result<int> run(ExitDispatcher& dispatcher, GuestState& state, std::uint64_t budget_ms);
   // From any thread: ends the current run (or the next one, if none is running yet) as its
   // budget would, at once: the owner's way to force out a guest it has given up on. restore()
   // clears a request that no run consumed.
   void force_exit();
   // A master: runs until the dispatcher pauses it (pause_at_channel_read); the state machine
-  // ends in paused. Exiting before that is an Errc::vm_master error.
+  // ends in paused. Exiting before that is a Cause::master error.
   Result<void> run_to_pause(ExitDispatcher& dispatcher, GuestState& state, std::uint64_t budget_ms);
 
   VcpuState state() const noexcept { return machine_.state(); }

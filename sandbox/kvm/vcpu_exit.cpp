@@ -10,8 +10,8 @@
 namespace sojourn::sandbox::kvm {
 
 namespace {
-Error fault(const std::string& what) { return make_error(Errc::vm_guest_fault, "microVM guest fault: " + what); }
-Error entry(const std::string& what) { return make_error(Errc::vm_entry_failed, "microVM entry failed: " + what); }
+Error fault(const std::string& what) { return fail(Cause::guest_fault, what); }
+Error entry(const std::string& what) { return fail(Cause::entry_failed, what); }
 
 std::string internal_suberror(std::uint32_t suberror) {
   switch (suberror) {
@@ -75,7 +75,7 @@ Error guest_exception_error(unsigned vector, std::uint64_t rip) {
 
 Error deadline_exceeded(std::uint64_t budget_ms) {
   // The same error as the process jail's, so the node does not care which jail ran it.
-  return make_error(Errc::deadline, "wall-clock deadline of " + std::to_string(budget_ms) + " ms exceeded");
+  return over_limit(Cause::budget, budget_ms);
 }
 
 }  // namespace sojourn::sandbox::kvm

@@ -6,7 +6,7 @@
 
 #include <cstdint>
 
-#include "sojourn/core/error.hpp"
+#include "sandbox/kvm/kvm_error.hpp"
 
 namespace sojourn::sandbox::kvm {
 
@@ -33,7 +33,7 @@ struct ExitContext {
 
 ExitAction handle_exit(const kvm_run& run, const ExitContext& context);
 
-// "wall-clock deadline of N ms exceeded" (Errc::deadline): the end of a run's budget, whether
+// "wall-clock deadline of N ms exceeded" (Cause::budget): the end of a run's budget, whether
 // the timer caught the guest in KVM_RUN or the monitor was working for it (ExitDispatcher).
 Error deadline_exceeded(std::uint64_t budget_ms);
 

@@ -17,7 +17,7 @@ std::string_view vcpu_state_name(VcpuState state) noexcept {
 
 namespace {
 Error refused(VcpuState from, VcpuState to) {
-  return make_error(Errc::vm_state, "microVM vCPU cannot go from " + std::string(vcpu_state_name(from)) + " to " +
+  return fail(Cause::vcpu_state, std::string(vcpu_state_name(from)) + " to " +
                                         std::string(vcpu_state_name(to)));
 }
 }  // namespace

@@ -7,7 +7,7 @@
 
 #include <string_view>
 
-#include "sojourn/core/error.hpp"
+#include "sandbox/kvm/kvm_error.hpp"
 
 namespace sojourn::sandbox::kvm {
 
@@ -18,7 +18,7 @@ std::string_view vcpu_state_name(VcpuState state) noexcept;
 class VcpuStateMachine {
  public:
   VcpuState state() const noexcept { return state_; }
-  // Errc::vm_state for a transition the diagram does not have; the state is then unchanged.
+  // Cause::vcpu_state for a transition the diagram does not have; the state is then unchanged.
   Result<void> start() { return go(VcpuState::created, VcpuState::running); }
   Result<void> pause() { return go(VcpuState::running, VcpuState::paused); }
   Result<void> resume() { return go(VcpuState::paused, VcpuState::running); }

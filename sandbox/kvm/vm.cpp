@@ -14,11 +14,11 @@
 namespace sojourn::sandbox::kvm {
 
 Error ioctl_error(const char* name) {
-  return make_error(Errc::vm_setup_failed, std::string("microVM setup failed: ") + name + ": " + std::strerror(errno));
+  return fail_errno(Cause::ioctl, name, errno);
 }
 
 namespace {
-Error unavailable(const std::string& why) { return make_error(Errc::kvm_unavailable, "KVM unavailable: " + why); }
+Error unavailable(const std::string& why) { return fail(Cause::unavailable, why); }
 
 int ioctl_retry(int fd, unsigned long request, unsigned long arg) {
   int rc = 0;
@@ -32,7 +32,7 @@ int ioctl_retry(int fd, unsigned long request, unsigned long arg) {
 
 Result<KvmSystem> KvmSystem::open() {
   UniqueFd fd(::open("/dev/kvm", O_RDWR | O_CLOEXEC));
-  if (!fd) return unavailable(std::string("/dev/kvm: ") + std::strerror(errno));
+  if (!fd) return fail_errno(Cause::unavailable, "/dev/kvm", errno);
   // kvm_pvm (a KVM without VMX/SVM, seen on cloud VMs) runs PVM-aware guest kernels only: its
   // vCPU starts in its own supervisor mode and delivers `syscall` to MSR_PVM_EVENT_ENTRY, so
   // our ring-3 guest's first syscall lands at LSTAR still in ring 3. Say so instead.

@@ -8,7 +8,7 @@
 #include <vector>
 
 #include "sandbox/kvm/guest_memory.hpp"
-#include "sojourn/core/error.hpp"
+#include "sandbox/kvm/kvm_error.hpp"
 
 namespace sojourn::sandbox::kvm {
 

@@ -36,7 +36,7 @@ Value host_call(lua_State* L, std::string_view name, int first_arg) {
     if (args.error().code == Errc::memory_limit) raise_limit(L, args.error());
     raise_message(L, args.error().message);
   }
-  Result<Value> reply = make_error(Errc::internal, "internal error: no reply");
+  Result<Value> reply = errors::internal("no reply");
   try {
     reply = ctx.host->call(name, *args);
   } catch (const std::exception& e) {

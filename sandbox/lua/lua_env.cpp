@@ -176,9 +176,9 @@ Result<Value> call_host(HostCalls& host, std::string_view service, const Value& 
   try {
     return host.call(service, args);
   } catch (const std::exception& e) {
-    return make_error(Errc::service_failed, "service " + std::string(service) + " failed: " + e.what());
+    return errors::service_failed(service, e.what());
   } catch (...) {  // no Lua error can pass here: the host does not touch this lua_State
-    return make_error(Errc::service_failed, "service " + std::string(service) + " failed: unknown exception");
+    return errors::service_failed(service, "unknown exception");
   }
 }
 

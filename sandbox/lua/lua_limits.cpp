@@ -147,13 +147,13 @@ RunContext& run_context(lua_State* L) {
 std::string limit_message(Errc code, const Limits& limits) {
   switch (code) {
     case Errc::cpu_limit:
-      return "CPU limit of " + std::to_string(limits.cpu_instructions) + " instructions exceeded";
+      return errors::cpu_limit(limits.cpu_instructions).message;
     case Errc::memory_limit:
-      return "memory limit of " + std::to_string(limits.memory_bytes) + " bytes exceeded";
+      return errors::memory_limit(limits.memory_bytes).message;
     case Errc::deadline:
-      return "wall-clock deadline of " + std::to_string(limits.wall_ms) + " ms exceeded";
+      return errors::deadline(limits.wall_ms).message;
     case Errc::shutting_down:
-      return "node is shutting down";
+      return errors::shutting_down().message;
     case Errc::agent_moving:
       return "agent is leaving for another node";
     default:

@@ -178,7 +178,7 @@ auto run_in_fresh_state(const RunInput& input, HostCalls* host, RunJob& job, Fin
     -> decltype(finish(static_cast<lua_State*>(nullptr), std::declval<RunContext&>(), 0)) {
   const Limits& limits = input.limits;
   if (limits.cpu_instructions == 0 || limits.memory_bytes == 0 || limits.wall_ms == 0) {
-    return make_error(Errc::invalid_argument, "invalid argument: every limit of a Lua run must be non-zero");
+    return errors::invalid_argument("every limit of a Lua run must be non-zero");
   }
   if (!input.source.empty() && input.source.front() == '\x1b') {
     return make_error(Errc::sandbox_refused, "refused by the sandbox: bytecode is not accepted");
@@ -208,7 +208,7 @@ auto run_in_fresh_state(const RunInput& input, HostCalls* host, RunJob& job, Fin
   std::unique_ptr<lua_State, LuaStateCloser> state(lua_newstate(detail::capped_alloc, &ctx));
   if (!state) {
     if (ctx.allocation_refused) return detail::limit_error(Errc::memory_limit, limits);
-    return make_error(Errc::internal, "internal error: cannot create a Lua state (no randomness from getrandom)");
+    return errors::internal("cannot create a Lua state (no randomness from getrandom)");
   }
   lua_State* L = state.get();
   job.input = &input;

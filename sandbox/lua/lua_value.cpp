@@ -39,7 +39,7 @@ constexpr std::size_t kFunctionCost = sizeof(::sojourn::detail::FunctionData) + 
 constexpr std::size_t kCellCost = sizeof(Slot) + 3 * sizeof(std::uint32_t) + sizeof(std::string) + 32;
 
 Error memory_error(std::uint64_t max_bytes) {
-  return make_error(Errc::memory_limit, "memory limit of " + std::to_string(max_bytes) + " bytes exceeded");
+  return errors::memory_limit(max_bytes);
 }
 
 Slot number_slot(double d) {
@@ -361,7 +361,7 @@ Result<Value> convert_top(lua_State* L, int count, bool as_array, const ToValueO
     std::string text = message != nullptr ? std::string(message, len) : std::string("error object");
     lua_pop(L, 1);
     if (status == LUA_ERRMEM) return memory_error(options.max_bytes);
-    return make_error(Errc::invalid_argument, "invalid argument: " + text);
+    return errors::invalid_argument(text);
   }
   if (converter.error) return std::move(*converter.error);
   return std::move(converter.result);

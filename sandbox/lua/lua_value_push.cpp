@@ -189,7 +189,7 @@ int push_items_entry(lua_State* L) {
 // Runs `entry` under lua_pcall and maps its failure to an Error.
 Result<int> push_protected(lua_State* L, lua_CFunction entry, const Value& value, std::uint64_t memory_bytes) {
   const int top = lua_gettop(L);
-  if (!lua_checkstack(L, 3)) return make_error(Errc::memory_limit, "memory limit of " + std::to_string(memory_bytes) + " bytes exceeded");
+  if (!lua_checkstack(L, 3)) return errors::memory_limit(memory_bytes);
   lua_pushcfunction(L, entry);
   lua_pushlightuserdata(L, const_cast<Value*>(&value));
   const int status = lua_pcall(L, 1, LUA_MULTRET, 0);
@@ -198,10 +198,10 @@ Result<int> push_protected(lua_State* L, lua_CFunction entry, const Value& value
   const char* text = lua_tolstring(L, -1, &len);
   std::string message = text != nullptr ? std::string(text, len) : std::string("error object");
   lua_pop(L, 1);
-  if (status == LUA_ERRMEM) return make_error(Errc::memory_limit, "memory limit of " + std::to_string(memory_bytes) + " bytes exceeded");
+  if (status == LUA_ERRMEM) return errors::memory_limit(memory_bytes);
   constexpr std::string_view kRefused = "refused by the sandbox: ";
   if (message.compare(0, kRefused.size(), kRefused) == 0) return make_error(Errc::sandbox_refused, std::move(message));
-  return make_error(Errc::invalid_argument, "invalid argument: " + message);
+  return errors::invalid_argument(message);
 }
 
 }  // namespace

@@ -27,6 +27,7 @@
 #include "sandbox/lua/lua_limits.hpp"
 #include "sandbox/process/guest_session.hpp"
 #include "sandbox/process/host_channel.hpp"
+#include "sandbox/microvm/monitor_errors.hpp"
 #include "sojourn/core/log.hpp"
 #include "sojourn/sandbox/process_jail.hpp"
 
@@ -112,10 +113,8 @@ class MasterForkJail final : public MicrovmJail {
     if (Result<void> ok = check_run_input(input); !ok) return ok;
     const std::uint64_t room = options_.memory_bytes - kGuestOverheadBytes;
     if (input.limits.memory_bytes > room) {
-      return make_error(Errc::invalid_argument, "invalid argument: a memory limit of " +
-                                                    std::to_string(input.limits.memory_bytes) +
-                                                    " bytes does not fit in a microVM (at most " + std::to_string(room) +
-                                                    ")");
+      return errors::invalid_argument("a memory limit of " + std::to_string(input.limits.memory_bytes) +
+                                      " bytes does not fit in a microVM (at most " + std::to_string(room) + ")");
     }
     return {};
   }
@@ -123,8 +122,9 @@ class MasterForkJail final : public MicrovmJail {
   Result<kvm::MicroVmFork> fork() {
     std::lock_guard lock(mutex_);
     auto made = master_.fork(system_);
-    if (made) ++runs_;
-    return made;
+    if (!made) return wire_error(made.error());
+    ++runs_;
+    return std::move(*made);
   }
 
   void recycle(kvm::MicroVmFork fork, bool clean) {
@@ -132,7 +132,7 @@ class MasterForkJail final : public MicrovmJail {
     // A VM whose vCPU did not end cleanly is not reused: its shell goes with it.
     if (!clean || master_.pooled() >= options_.pool) return;
     if (auto kept = master_.recycle(std::move(fork)); !kept) {
-      log_warn("microvm jail", "a finished microVM could not be recycled: " + kept.error().message);
+      log_warn("microvm jail", "a finished microVM could not be recycled: " + kept.error().message());
     }
   }
 
@@ -143,7 +143,7 @@ class MasterForkJail final : public MicrovmJail {
     const Limits& limits = input.limits;
     int pair[2];
     if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair) != 0) {
-      return make_error(Errc::internal, std::string("internal error: socketpair: ") + std::strerror(errno));
+      return errors::internal(std::string("socketpair: ") + std::strerror(errno));
     }
     UniqueFd host_end(pair[0]);
     UniqueFd monitor_end(pair[1]);
@@ -155,7 +155,7 @@ class MasterForkJail final : public MicrovmJail {
     // The monitor's budget ends the vCPU a little after the host's deadline: the host's error
     // (deadline, with the run's own limits) is the one reported.
     const std::uint64_t budget_ms = limits.wall_ms + 2ull * options_.kill_grace_ms;
-    Result<int> ended = 0;  // how the run ended, from the monitor's side: exit status, or the fault
+    kvm::Result<int> ended = 0;  // how the run ended, from the monitor's side: exit status, or the fault
     std::mutex finished_mutex;
     std::condition_variable finished_cv;
     bool finished = false;
@@ -201,7 +201,7 @@ class MasterForkJail final : public MicrovmJail {
     const bool clean = ended.ok();
     if (!clean) {
       std::lock_guard lock(mutex_);
-      if (ended.error().code == Errc::vm_guest_fault || ended.error().code == Errc::vm_entry_failed) {
+      if (ended.error().cause == kvm::Cause::guest_fault || ended.error().cause == kvm::Cause::entry_failed) {
         ++faults_;
       }
     }
@@ -216,8 +216,8 @@ class MasterForkJail final : public MicrovmJail {
     }
     // The channel closed without an answer: the monitor says how the guest ended.
     if (!ended) {
-      if (ended.error().code == Errc::deadline) return detail::limit_error(Errc::deadline, limits);
-      return ended.error();
+      if (ended.error().cause == kvm::Cause::budget) return detail::limit_error(Errc::deadline, limits);
+      return wire_error(ended.error());
     }
     return make_error(Errc::guest_crashed, "guest crashed: exited with status " + std::to_string(*ended) +
                                                " without an answer");
@@ -236,23 +236,23 @@ class MasterForkJail final : public MicrovmJail {
 
 Result<std::unique_ptr<MicrovmJail>> MicrovmJail::start(const MicrovmJailOptions& options) {
   if (options.memory_bytes <= kGuestOverheadBytes) {
-    return make_error(Errc::invalid_argument, "invalid argument: a microVM needs more than " +
-                                                  std::to_string(kGuestOverheadBytes) + " bytes of memory");
+    return errors::invalid_argument("a microVM needs more than " + std::to_string(kGuestOverheadBytes) +
+                                    " bytes of memory");
   }
   Result<std::string> path = find_guest_binary(options.guest_path);
   if (!path) return path.error();
   auto system = kvm::KvmSystem::open();
-  if (!system) return system.error();
+  if (!system) return wire_error(system.error());
   auto elf = kvm::read_elf_file(*path);
-  if (!elf) return make_error(Errc::jail_unavailable, "microVM jail unavailable: " + elf.error().message);
+  if (!elf) return make_error(Errc::jail_unavailable, "microVM jail unavailable: " + elf.error().message());
 
   kvm::StackInputs stack{{"sojourn-guest", "--serve"}, {}, {}};
   kvm::host_random(std::as_writable_bytes(std::span(stack.random)));
   const auto t0 = Clock::now();
   auto master = kvm::MasterVm::boot(*system, *elf, stack, options.memory_bytes, options.boot_budget_ms);
-  if (!master) return master.error();
+  if (!master) return wire_error(master.error());
   const double boot_ms = std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
-  if (auto warmed = master->prewarm(*system, options.pool); !warmed) return warmed.error();
+  if (auto warmed = master->prewarm(*system, options.pool); !warmed) return wire_error(warmed.error());
   return std::unique_ptr<MicrovmJail>(
       std::make_unique<MasterForkJail>(options, *path, std::move(*system), std::move(*master), boot_ms));
 }

@@ -56,9 +56,9 @@ channel::HostReply answer_host_call(HostCalls* host, const channel::HostCall& ca
     try {
       result = host->call(call.service, call.args);
     } catch (const std::exception& e) {
-      result = make_error(Errc::service_failed, "service " + call.service + " failed: " + e.what());
+      result = errors::service_failed(call.service, e.what());
     } catch (...) {
-      result = make_error(Errc::service_failed, "service " + call.service + " failed: unknown exception");
+      result = errors::service_failed(call.service, "unknown exception");
     }
   }
   if (result) {
@@ -128,9 +128,7 @@ Conversation converse(HostChannel& channel, std::span<const std::uint8_t> reques
     talk.status = channel.read(kind, payload, read_limits);
     if (talk.status == ChannelStatus::result_too_large) {
       // Never read, decoded or re-encoded: the reply could not carry it anyway.
-      talk.broke = make_error(Errc::frame_too_large, "frame payload of " + std::to_string(channel.refused_length()) +
-                                                         " bytes exceeds the limit of " + std::to_string(max_result_bytes) +
-                                                         " bytes");
+      talk.broke = errors::frame_too_large(channel.refused_length(), max_result_bytes);
       break;
     }
     if (talk.status != ChannelStatus::ok) break;
@@ -215,7 +213,7 @@ Result<std::vector<std::uint8_t>> run_in_guest(ZygoteLink& zygote, const RunInpu
   const Limits& limits = input.limits;
   int pair[2];
   if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair) != 0) {
-    return make_error(Errc::internal, std::string("internal error: socketpair: ") + std::strerror(errno));
+    return errors::internal(std::string("socketpair: ") + std::strerror(errno));
   }
   UniqueFd host_end(pair[0]);
   Result<SpawnedGuest> guest = zygote.spawn(limits, input.allow_jit, UniqueFd(pair[1]));

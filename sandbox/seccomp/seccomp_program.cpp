@@ -60,8 +60,12 @@ bool read_all(int fd, std::vector<std::uint8_t>& bytes) {
 
 }  // namespace
 
-Result<std::vector<sock_filter>> compile(std::span<const Rule> rules, DefaultAction fallback, ExportVia via,
-                                         FailureReport report) {
+bool compile_into(std::span<const Rule> rules, DefaultAction fallback, ExportVia via,
+                  std::vector<sock_filter>& program, Failure& failure) {
+  auto report = [&failure](std::string step, int error) {
+    failure = Failure{std::move(step), error};
+    return false;
+  };
   const std::uint32_t default_code = fallback == DefaultAction::trap ? SCMP_ACT_TRAP : SCMP_ACT_KILL_PROCESS;
   Context ctx(seccomp_init(default_code));
   if (!ctx) return report("seccomp_init failed", 0);
@@ -95,10 +99,10 @@ Result<std::vector<sock_filter>> compile(std::span<const Rule> rules, DefaultAct
   if (bytes.empty() || bytes.size() % sizeof(sock_filter) != 0) {
     return report("a program of " + std::to_string(bytes.size()) + " bytes", 0);
   }
-  std::vector<sock_filter> program(bytes.size() / sizeof(sock_filter));
+  program.resize(bytes.size() / sizeof(sock_filter));
   // SAFETY: bytes holds a whole number of sock_filter records, as libseccomp wrote them.
   std::memcpy(program.data(), bytes.data(), bytes.size());
-  return program;
+  return true;
 }
 
 }  // namespace sojourn::sandbox::seccomp

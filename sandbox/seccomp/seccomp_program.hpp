@@ -10,7 +10,6 @@
 #include <string>
 #include <vector>
 
-#include "sojourn/core/error.hpp"
 
 namespace sojourn::sandbox::seccomp {
 
@@ -52,13 +51,27 @@ enum class ExportVia : std::uint8_t {
   memfd,  // a syscall the monitor's own table allows (pipe2 is not in it)
 };
 
-// How a failure is told: each filter has its own error code and prefix. `step` names what
-// failed ("seccomp_init", "export", a rule's name); `error` is an errno value, 0 when none.
-using FailureReport = Error (*)(const std::string& step, int error);
+// What libseccomp refused: `step` names what failed ("seccomp_init", "export", a rule's name);
+// `error` is an errno value, 0 when none.
+struct Failure {
+  std::string step;
+  int error = 0;
+};
 
 // Compiles `rules` for this machine's ABI; another ABI (x32, i386) is killed, never trapped.
-// No-new-privileges is left to the installer, which sets it right before loading.
-Result<std::vector<sock_filter>> compile(std::span<const Rule> rules, DefaultAction fallback, ExportVia via,
-                                         FailureReport report);
+// No-new-privileges is left to the installer, which sets it right before loading. False, with
+// `failure` set, when libseccomp refused a step.
+bool compile_into(std::span<const Rule> rules, DefaultAction fallback, ExportVia via,
+                  std::vector<sock_filter>& program, Failure& failure);
+
+// The same in each filter's own result type R (the guest's is core's Result, the monitor's
+// kvm::Result): `report(step, error)` makes that filter's error, with its own code and prefix.
+template <class R, class Report>
+R compile(std::span<const Rule> rules, DefaultAction fallback, ExportVia via, Report report) {
+  std::vector<sock_filter> program;
+  Failure failure;
+  if (!compile_into(rules, fallback, via, program, failure)) return report(failure.step, failure.error);
+  return program;
+}
 
 }  // namespace sojourn::sandbox::seccomp

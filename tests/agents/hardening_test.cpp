@@ -21,6 +21,7 @@
 #include "tests/support/cluster.hpp"
 #include "tests/support/raw_socket.hpp"
 #include "tests/support/trust_nodes.hpp"
+#include "tests/support/error_checks.hpp"
 
 using namespace sojourn;
 using namespace std::chrono_literals;
@@ -172,8 +173,7 @@ TEST_CASE("reports about an agent from a peer that does not hold it are refused 
   deliver.message = ForwardedMessage{std::string(32, 'f'), Value("forged")};
   auto delivered = c[2].call(c.addr[1], "agent.deliver", message_args(encode(deliver)));
   REQUIRE_FALSE(delivered.ok());
-  CHECK(delivered.error().code == Errc::not_permitted);
-  CHECK(delivered.error().message == "not permitted: a delivery to agent " + *id + " that does not come from its home");
+  CHECK_ERROR(delivered, Errc::not_permitted, "agent " + *id, "its home");
 
   auto status = c[0].agent_status(c.addr[0], *id);
   REQUIRE(status.ok());
@@ -209,8 +209,7 @@ TEST_CASE("agent.list and agent.status show a peer only the agents it launched; 
   CHECK(client->agent_status(home->advertised_address(), *mine).ok());
   auto hidden = client->agent_status(home->advertised_address(), *local);
   REQUIRE_FALSE(hidden.ok());
-  CHECK(hidden.error().code == Errc::no_such_agent);
-  CHECK(hidden.error().message == "no such agent: " + *local);
+  CHECK_ERROR(hidden, Errc::no_such_agent, *local);
   CHECK(home->agent_status(home->advertised_address(), *local).ok());
 }
 

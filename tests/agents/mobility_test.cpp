@@ -13,6 +13,7 @@
 #include "sojourn/agents/node.hpp"
 #include "tests/support/cluster.hpp"
 #include "tests/support/log_watch.hpp"
+#include "tests/support/error_checks.hpp"
 
 using namespace sojourn;
 using namespace std::chrono_literals;
@@ -89,10 +90,10 @@ TEST_CASE("code-on-demand: module names that are paths and unknown modules are r
   Cluster c(2);
   auto bad = c[1].fetch(c.addr[0], "../etc/passwd");
   REQUIRE_FALSE(bad.ok());
-  CHECK(bad.error().message == "bad bundle: invalid module name '../etc/passwd'");
+  CHECK_ERROR(bad, Errc::bad_bundle, "'../etc/passwd'");
   auto missing = c[1].fetch(c.addr[0], "nothing");
   REQUIRE_FALSE(missing.ok());
-  CHECK(missing.error().message == "no such module: nothing");
+  CHECK_ERROR(missing, Errc::no_such_module, "nothing");
 }
 
 TEST_CASE("code-on-demand: a module whose code was changed after fetching is refused") {

@@ -11,6 +11,7 @@
 #include <thread>
 
 #include "sojourn/agents/node.hpp"
+#include "tests/support/error_checks.hpp"
 
 using namespace sojourn;
 using namespace std::chrono_literals;
@@ -54,7 +55,7 @@ TEST_CASE("the kv store refuses a put past its byte limit and keeps what it had"
   REQUIRE(node.call_local("kv.put", Value::array({"b", half})).ok());
   auto full = node.call_local("kv.put", Value::array({"c", half}));
   REQUIRE_FALSE(full.ok());
-  CHECK(full.error().message == "service kv.put failed: the store would exceed its limit of 1000 bytes");
+  CHECK_ERROR(full, Errc::service_failed, "kv.put", "1000 bytes");
   CHECK(node.call_local("kv.get", Value::array({"a"}))->as_string() == half);
   // Replacing or deleting gives the room back.
   REQUIRE(node.call_local("kv.put", Value::array({"a", "small"})).ok());
@@ -83,14 +84,12 @@ TEST_CASE("a remote service error carries the remote message and code") {
   n.server.register_service("throws", [](const Value&) -> Result<Value> { throw std::runtime_error("boom"); });
   auto r = n.client.call(n.address, "fail");
   REQUIRE_FALSE(r.ok());
-  CHECK(r.error().code == Errc::service_failed);
-  CHECK(r.error().message == "service fail failed: disk on fire");
-  CHECK(n.client.call(n.address, "throws").error().message == "service throws failed: boom");
+  CHECK_ERROR(r, Errc::service_failed, "service fail ", "disk on fire");
+  CHECK_ERROR(n.client.call(n.address, "throws"), Errc::service_failed, "service throws ", "boom");
   auto missing = n.client.call(n.address, "no.such");
-  CHECK(missing.error().code == Errc::no_such_service);
-  CHECK(missing.error().message == "no such service: no.such");
-  CHECK(n.client.call(n.address, "kv.get", Value::array({1})).error().message ==
-        "invalid argument: kv.get expects a string key as argument 1, got integer");
+  CHECK_ERROR(missing, Errc::no_such_service, "no.such");
+  CHECK_ERROR(n.client.call(n.address, "kv.get", Value::array({1})), Errc::invalid_argument, "kv.get", "argument 1",
+              "got integer");
 }
 
 TEST_CASE("remote evaluation runs at the server and reaches its services through node.call") {

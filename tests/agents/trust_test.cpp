@@ -16,6 +16,7 @@
 #include "tests/support/raw_socket.hpp"
 #include "tests/support/tcp_recorder.hpp"
 #include "tests/support/trust_nodes.hpp"
+#include "tests/support/error_checks.hpp"
 
 using namespace sojourn;
 using namespace std::chrono_literals;
@@ -127,8 +128,7 @@ TEST_CASE("the policy picks the jail, the quotas and the services of remote eval
   big.limits.cpu_instructions = 1'000'000'000;
   auto loop = client->eval(at, "while true do end", Value::table(), big);
   REQUIRE_FALSE(loop.ok());
-  CHECK(loop.error().code == Errc::cpu_limit);
-  CHECK(loop.error().message == "CPU limit of 100000 instructions exceeded");
+  CHECK_ERROR(loop, Errc::cpu_limit, "100000 instructions");
   auto jailed = client->eval(at, "return node.call('kv.get', 'k')");
   REQUIRE(jailed.ok());
   // The default rule's first level this node has: microvm where KVM runs the guest.
@@ -140,8 +140,7 @@ TEST_CASE("the policy picks the jail, the quotas and the services of remote eval
   // A service the rule does not grant is refused inside Lua, where pcall sees the reason.
   auto put = client->eval(at, "return node.call('kv.put', 'k', 8)");
   REQUIRE_FALSE(put.ok());
-  CHECK(put.error().code == Errc::lua_error);
-  CHECK(put.error().message == "Lua error: service kv.put is not granted to this code by the node's policy");
+  CHECK_ERROR(put, Errc::lua_error, "kv.put", "not granted");
   auto caught = client->eval(at, "local ok, e = pcall(node.call, 'node.info') return ok, e");
   REQUIRE(caught.ok());
   CHECK_FALSE(caught->results.get(1).as_bool());
@@ -165,8 +164,7 @@ TEST_CASE("a strict policy refuses unsigned code, and a node without a policy st
   auto client = start_node("client");
   auto refused = client->eval(strict->advertised_address(), "return 1");
   REQUIRE_FALSE(refused.ok());
-  CHECK(refused.error().code == Errc::policy_refused);
-  CHECK(refused.error().message == "refused by the node's policy: rule default refuses unsigned code");
+  CHECK_ERROR(refused, Errc::policy_refused, "rule default", "unsigned code");
   EvalOptions signed_by_alice;
   signed_by_alice.signing_key = alice;
   CHECK(client->eval(strict->advertised_address(), "return 1", Value::table(), signed_by_alice).ok());
@@ -184,8 +182,7 @@ TEST_CASE("a strict policy refuses unsigned code, and a node without a policy st
   REQUIRE(decoder.frames().size() == 1);
   auto reply = decode_reply(decoder.frames()[0].payload);
   REQUIRE(reply.ok());
-  CHECK(reply->code == Errc::bad_signature);
-  CHECK(reply->message == "bad signature: it does not verify with key " + alice->fingerprint().substr(0, 16));
+  CHECK_ERROR(*reply, Errc::bad_signature, "does not verify", alice->fingerprint().substr(0, 16));
 }
 
 TEST_CASE("a launch whose bundle or manifest quotas changed after signing is refused") {
@@ -210,9 +207,8 @@ TEST_CASE("a launch whose bundle or manifest quotas changed after signing is ref
   code.files.begin()->second[20] ^= 1;  // one byte
   auto r1 = launch_with(code);
   REQUIRE_FALSE(r1.ok());
-  CHECK(r1.error().code == Errc::bad_signature);
-  CHECK(r1.error().message == "bad signature: bundle " + bundle_hash(code).substr(0, 12) + " (burner) is not what key " +
-                                  owner->fingerprint().substr(0, 16) + " signed (code or manifest changed?)");
+  CHECK_ERROR(r1, Errc::bad_signature, "bundle " + bundle_hash(code).substr(0, 12), "(burner)",
+              owner->fingerprint().substr(0, 16));
   Bundle quotas = *bundle;
   quotas.manifest.cpu_budget = 1'000'000'000;
   auto r2 = launch_with(quotas);
@@ -301,16 +297,12 @@ TEST_CASE("a node cannot raise an agent's quotas above what its owner signed") {
   };
   auto raised = sender->call(b->advertised_address(), "agent.transfer", transfer_of(record));
   REQUIRE_FALSE(raised.ok());
-  CHECK(raised.error().code == Errc::quota_raised);
-  CHECK(raised.error().message == "agent " + std::string(32, 'b') +
-                                      " claims a CPU budget of 999999999, above the 150000 its owner signed");
+  CHECK_ERROR(raised, Errc::quota_raised, "agent " + std::string(32, 'b'), "CPU budget", "999999999", "150000");
   record.cpu_left = 150'000;
   record.quotas.cpu_instructions = 1'000'000'000;
   auto per_run = sender->call(b->advertised_address(), "agent.transfer", transfer_of(record));
   REQUIRE_FALSE(per_run.ok());
-  CHECK(per_run.error().code == Errc::quota_raised);
-  CHECK(per_run.error().message == "agent " + std::string(32, 'b') +
-                                       " claims a CPU quota per run of 1000000000, above the 50000 its owner signed");
+  CHECK_ERROR(per_run, Errc::quota_raised, "agent " + std::string(32, 'b'), "quota per run", "1000000000", "50000");
 
   // Lowered is fine.
   record.cpu_left = 120'000;

@@ -8,6 +8,7 @@
 #include <filesystem>
 
 #include "sojourn/core/identity.hpp"
+#include "tests/support/error_checks.hpp"
 #include "tests/transports/tls_support.hpp"
 
 using namespace sojourn;
@@ -69,11 +70,11 @@ TEST_CASE("nothing is overwritten, bad names and missing CAs are refused with th
   auto again = create_ca(dir / "ca", "ca");
   REQUIRE(!again.ok());
   CHECK(again.error().code == Errc::tls_config);
-  CHECK(again.error().message == "TLS configuration: " + (dir / "ca/ca.key") + " exists already; remove it first or choose another name");
+  CHECK_ERROR(again, Errc::tls_config, dir / "ca/ca.key", "exists already");
   REQUIRE(create_identity("a", dir / "ca", dir / "a").ok());
   auto twice = create_identity("a", dir / "ca", dir / "a");
   REQUIRE(!twice.ok());
-  CHECK(twice.error().message == "TLS configuration: " + (dir / "a/a.key") + " exists already; remove it first or choose another name");
+  CHECK_ERROR(twice, Errc::tls_config, dir / "a/a.key", "exists already");
   for (const char* bad : {"", "../x", ".hidden", "ca", "a b"}) {
     auto r = create_identity(bad, dir / "ca", dir / "x");
     REQUIRE(!r.ok());
@@ -85,12 +86,11 @@ TEST_CASE("nothing is overwritten, bad names and missing CAs are refused with th
   REQUIRE(create_ca(dir / "other", "other").ok());
   auto foreign = create_identity("c", dir / "other", dir / "a");
   REQUIRE(!foreign.ok());
-  CHECK(foreign.error().message == "TLS configuration: " + (dir / "a/ca.crt") +
-                                       " is the certificate of another CA; use another --out directory");
+  CHECK_ERROR(foreign, Errc::tls_config, dir / "a/ca.crt", "another CA");
   CHECK_FALSE(std::filesystem::exists(dir / "a/c.key"));
   auto no_ca = create_identity("b", dir / "nowhere", dir / "b");
   REQUIRE(!no_ca.ok());
-  CHECK(no_ca.error().message == "TLS configuration: cannot read " + (dir / "nowhere/ca.crt") + ": No such file or directory");
+  CHECK_ERROR(no_ca, Errc::tls_config, "cannot read " + (dir / "nowhere/ca.crt"));
 }
 
 TEST_CASE("fingerprints are read as users write them, and refused when malformed") {
@@ -99,6 +99,6 @@ TEST_CASE("fingerprints are read as users write them, and refused when malformed
   CHECK(*parse_fingerprint("SHA256:00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF:00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF") == hex);
   auto short_one = parse_fingerprint("abcd");
   REQUIRE(!short_one.ok());
-  CHECK(short_one.error().message == "TLS configuration: bad key fingerprint 'abcd': expected 64 hex digits (SHA-256)");
+  CHECK_ERROR(short_one, Errc::tls_config, "fingerprint 'abcd'", "64 hex digits");
   CHECK(!parse_fingerprint(std::string(64, 'g')).ok());
 }

@@ -4,6 +4,7 @@
 #include <string>
 
 #include "sojourn/core/messages.hpp"
+#include "tests/support/error_checks.hpp"
 
 using namespace sojourn;
 
@@ -71,30 +72,29 @@ TEST_CASE("the decoder rejects truncated, oversized and inconsistent payloads") 
   }
   auto trailing = bytes;
   trailing.push_back(0);
-  CHECK(decode_call(trailing).error().message == "malformed payload: call request: 1 trailing bytes");
+  CHECK_ERROR(decode_call(trailing), Errc::malformed_payload, "call request", "1 trailing bytes");
 
   // A string length far beyond the payload is refused before allocating it.
   std::vector<std::uint8_t> huge = {1, 0xff, 0xff, 0xff, 0x7f};
   auto r = decode_call(huge);
   REQUIRE_FALSE(r.ok());
-  CHECK(r.error().message == "malformed payload: call request: string length count 2147483647 exceeds the payload");
+  CHECK_ERROR(r, Errc::malformed_payload, "call request", "2147483647");
 
   // A table reference out of range.
   std::vector<std::uint8_t> bad_ref = {1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 6, 5, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0};
   auto rv = decode_value(bad_ref);
   REQUIRE_FALSE(rv.ok());
-  CHECK(rv.error().message == "malformed payload: value: table reference 5 out of range (1 tables)");
+  CHECK_ERROR(rv, Errc::malformed_payload, "table reference 5", "1 tables");
 
   std::vector<std::uint8_t> bad_tag = {1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 9};
-  CHECK(decode_value(bad_tag).error().message == "malformed payload: value: unknown value tag 9");
+  CHECK_ERROR(decode_value(bad_tag), Errc::malformed_payload, "value tag 9");
 }
 
 TEST_CASE("limits fill defaults and are clamped to the ceiling") {
   Limits l = effective_limits(Limits{0, 100, 0}, Limits{10, 20, 30}, Limits{5, 50, 0});
   CHECK(l == Limits{5, 50, 30});
   CHECK(parse_isolation("microvm").value() == Isolation::microvm);
-  CHECK(parse_isolation("vm").error().message ==
-        "invalid argument: unknown isolation level 'vm' (expected trusted, process or microvm)");
+  CHECK_ERROR(parse_isolation("vm"), Errc::invalid_argument, "'vm'", "trusted, process or microvm");
 }
 
 namespace {
@@ -165,15 +165,15 @@ TEST_CASE("the decoder checks function and cell references") {
                                         0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0,     // function
                                         1, 0, 0, 0, 1, 0, 0, 0, 'n', 3, 0, 0, 0,            // upvalue
                                         0};                                                 // cell: nil
-  CHECK(decode_value(bad_cell).error().message == "malformed payload: value: cell reference 3 out of range (1 cells)");
+  CHECK_ERROR(decode_value(bad_cell), Errc::malformed_payload, "cell reference 3", "1 cells");
   bad_cell[51] = 0;
   REQUIRE(decode_value(bad_cell).ok());
   CHECK(decode_value(bad_cell)->upvalue_name(0) == "n");
   bad_cell[26] = 1;  // source: text 1 of 1
-  CHECK(decode_value(bad_cell).error().message == "malformed payload: value: text reference 1 out of range (1 texts)");
+  CHECK_ERROR(decode_value(bad_cell), Errc::malformed_payload, "text reference 1", "1 texts");
   std::vector<std::uint8_t> bad_fn = {1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 7, 0, 0, 0, 0};
-  CHECK(decode_value(bad_fn).error().message == "malformed payload: value: function reference 0 out of range (0 functions)");
+  CHECK_ERROR(decode_value(bad_fn), Errc::malformed_payload, "function reference 0", "0 functions");
   // A function count far beyond the payload is refused before allocating.
   std::vector<std::uint8_t> many = {1, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0x0f, 0, 0, 0, 0, 0};
-  CHECK(decode_value(many).error().message == "malformed payload: value: function count 268435455 exceeds the payload");
+  CHECK_ERROR(decode_value(many), Errc::malformed_payload, "function count 268435455");
 }

@@ -123,9 +123,9 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
         break;
       }
       case 4:  // an exception, with or without its vector
-        action = in.ConsumeBool() ? ExitAction::fail(make_error(Errc::vm_guest_fault, "microVM guest fault"),
+        action = in.ConsumeBool() ? ExitAction::fail(fail(Cause::guest_fault, "an exception"),
                                                      in.ConsumeIntegralInRange(0, 31))
-                                  : ExitAction::fail(make_error(Errc::vm_guest_fault, "microVM guest fault"));
+                                  : ExitAction::fail(fail(Cause::guest_fault, "an exception"));
         regs.rsp = guest.value();
         break;
       case 5:
@@ -143,7 +143,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     }
     auto outcome = dispatcher.dispatch(action, regs, cr2);
     if (!outcome) {
-      fuzz::check(outcome.error().code != Errc::ok && !outcome.error().message.empty(), "an ended VM says why");
+      fuzz::check(outcome.error().cause != Cause::none && !outcome.error().message().empty(), "an ended VM says why");
       break;  // the VM is over
     }
     // Addresses the guest got back are worth poking at.

@@ -12,9 +12,9 @@
 #include "sandbox/kvm/exit_dispatch.hpp"
 #include "sandbox/kvm/layout.hpp"
 #include "tests/kvm/kvm_test_support.hpp"
+#include "tests/support/error_checks.hpp"
 
 using namespace sojourn::sandbox::kvm;
-using sojourn::Errc;
 
 namespace {
 struct Booted {
@@ -95,7 +95,7 @@ TEST_CASE("a syscall that changes a mapping returns through the flush stub, then
   CHECK(regs.rax == vm.state.brk_start);
   auto again = vm.dispatcher.dispatch(ExitAction::of(ExitAction::Kind::syscall_result), regs, 0);
   REQUIRE_FALSE(again.ok());
-  CHECK(again.error().message == "internal error: microVM: the flush stub exited without a pending syscall");
+  CHECK_ERROR(again, Cause::bug, "flush stub", "without a pending syscall");
 }
 
 TEST_CASE("arch_prctl asks for the MSRs and exit_group finishes the vCPU") {
@@ -113,12 +113,12 @@ TEST_CASE("past the run's deadline, a syscall or fault exit ends the run: the mo
   vm.dispatcher.set_budget(&expired, 250);
   auto late = vm.dispatcher.dispatch(ExitAction::of(ExitAction::Kind::syscall), regs, 0);
   REQUIRE_FALSE(late.ok());
-  CHECK(late.error().code == Errc::deadline);
-  CHECK(late.error().message == "wall-clock deadline of 250 ms exceeded");
+  CHECK_ERROR(late, Cause::budget);
+  CHECK(late.error().limit == 250);
   CHECK(regs.rax == SYS_getpid);  // not emulated
   regs = vm.exception_frame(true, 0x4, 0x401000, kUserCodeSelector);
-  CHECK(vm.dispatcher.dispatch(ExitAction::of(ExitAction::Kind::page_fault), regs, vm.state.brk_start).error().code ==
-        Errc::deadline);
+  CHECK_ERROR(vm.dispatcher.dispatch(ExitAction::of(ExitAction::Kind::page_fault), regs, vm.state.brk_start),
+              Cause::budget);
   expired = false;
   regs = vm.syscall_regs(SYS_getpid);
   REQUIRE(vm.dispatcher.dispatch(ExitAction::of(ExitAction::Kind::syscall), regs, 0).ok());
@@ -129,8 +129,8 @@ TEST_CASE("a syscall exit from anywhere but the stub is a monitor error") {
   Booted vm;
   auto regs = vm.syscall_regs(SYS_getpid);
   regs.rip = 0x401000;
-  CHECK(vm.dispatcher.dispatch(ExitAction::of(ExitAction::Kind::syscall), regs, 0).error().message ==
-        "internal error: microVM: a syscall exit from outside the entry stub");
+  CHECK_ERROR(vm.dispatcher.dispatch(ExitAction::of(ExitAction::Kind::syscall), regs, 0), Cause::bug,
+              "outside the entry stub");
 }
 
 TEST_CASE("a page fault in the guest's bss is resolved by backing the page") {
@@ -148,11 +148,10 @@ TEST_CASE("a page fault outside every region, or in ring 0, ends the VM with the
   auto regs = vm.exception_frame(true, 0x4, 0x401000, kUserCodeSelector);
   auto outside = vm.dispatcher.dispatch(ExitAction::of(ExitAction::Kind::page_fault), regs, 0xdead000);
   REQUIRE_FALSE(outside.ok());
-  CHECK(outside.error().code == Errc::vm_guest_fault);
-  CHECK(outside.error().message == "microVM guest fault: read unmapped memory at 0xdead000");
+  CHECK_ERROR(outside, Cause::guest_fault, "read unmapped", "0xdead000");
   regs = vm.exception_frame(true, 0x0, 0x4002, kKernelCodeSelector);
-  CHECK(vm.dispatcher.dispatch(ExitAction::of(ExitAction::Kind::page_fault), regs, 0x10).error().message ==
-        "microVM guest fault: #PF (page fault) in ring 0 at 0x10, rip 0x4002");
+  CHECK_ERROR(vm.dispatcher.dispatch(ExitAction::of(ExitAction::Kind::page_fault), regs, 0x10), Cause::guest_fault,
+              "#PF", "ring 0", "at 0x10", "rip 0x4002");
 }
 
 TEST_CASE("a fatal exception names the guest instruction that raised it") {
@@ -168,12 +167,12 @@ TEST_CASE("a fatal exception names the guest instruction that raised it") {
     return run;
   }(), {}), regs, 0);
   REQUIRE_FALSE(ud.ok());
-  CHECK(ud.error().message == "microVM guest fault: #UD (invalid opcode) at rip 0x40e0d0");
+  CHECK_ERROR(ud, Cause::guest_fault, "#UD", "rip 0x40e0d0");
   regs = vm.exception_frame(true, 0, 0x401111, kUserCodeSelector);
-  CHECK(vm.dispatcher.dispatch(ExitAction::fail(sojourn::Error{}, 13), regs, 0).error().message ==
-        "microVM guest fault: #GP (general protection) at rip 0x401111");
-  auto shutdown = ExitAction::fail(sojourn::make_error(Errc::vm_guest_fault, "microVM guest fault: triple fault (KVM_EXIT_SHUTDOWN)"));
-  CHECK(vm.dispatcher.dispatch(shutdown, regs, 0).error().message == "microVM guest fault: triple fault (KVM_EXIT_SHUTDOWN)");
+  CHECK_ERROR(vm.dispatcher.dispatch(ExitAction::fail(Error{}, 13), regs, 0), Cause::guest_fault, "#GP",
+              "rip 0x401111");
+  auto shutdown = ExitAction::fail(fail(Cause::guest_fault, "triple fault (KVM_EXIT_SHUTDOWN)"));
+  CHECK(vm.dispatcher.dispatch(shutdown, regs, 0).error() == shutdown.error);
 }
 
 TEST_CASE("a master's dispatcher pauses at the first channel read without emulating it") {

@@ -7,6 +7,7 @@
 #include "sandbox/kvm/fork_secrets.hpp"
 #include "sandbox/kvm/layout.hpp"
 #include "tests/kvm/kvm_test_support.hpp"
+#include "tests/support/error_checks.hpp"
 
 namespace {
 
@@ -81,10 +82,10 @@ TEST_CASE("reseeding refuses a guest without a TCB or a stack pointer outside th
   vm.state.fs_base = 0;
   auto no_tcb = reseed_fork_secrets(vm.memory, vm.state, kRsp, counting_random);
   REQUIRE_FALSE(no_tcb.ok());
-  CHECK(no_tcb.error().message == "guest memory: fork secrets: the guest has no thread control block yet");
+  CHECK_ERROR(no_tcb, Cause::guest_memory, "fork secrets", "thread control block");
   vm.state.fs_base = kTcbPage + 0x100;
   auto wild = reseed_fork_secrets(vm.memory, vm.state, 0x1000, counting_random);
   REQUIRE_FALSE(wild.ok());
-  CHECK(wild.error().message == "guest memory: fork secrets: RSP 0x1000 is outside the stack");
+  CHECK_ERROR(wild, Cause::guest_memory, "fork secrets", "RSP 0x1000");
   CHECK(read_word(vm, vm.state.fs_base + kTcbStackGuardOffset) == kOldCanary);  // nothing changed
 }

@@ -2,9 +2,9 @@
 #include <doctest/doctest.h>
 
 #include "tests/kvm/kvm_test_support.hpp"
+#include "tests/support/error_checks.hpp"
 
 using namespace sojourn::sandbox::kvm;
-using sojourn::Errc;
 
 namespace {
 std::uint64_t at(const GuestMemory& m, std::uint64_t gpa) { return m.read_u64(gpa).value(); }
@@ -22,8 +22,7 @@ TEST_CASE("a new guest memory is zeroed and has the size asked for") {
 TEST_CASE("a guest memory that is not a whole number of pages of at least 64 KiB is refused") {
   auto memory = GuestMemory::create(65536 + 100);
   REQUIRE_FALSE(memory.ok());
-  CHECK(memory.error().code == Errc::guest_memory);
-  CHECK(memory.error().message == "guest memory: size 65636 is not a whole number of pages of at least 65536 bytes");
+  CHECK_ERROR(memory, Cause::guest_memory, "size 65636", "65536 bytes");
   CHECK_FALSE(GuestMemory::create(4096).ok());
 }
 
@@ -31,7 +30,7 @@ TEST_CASE("accesses past the end of guest memory, or wrapping around, are refuse
   auto memory = GuestMemory::create(1 << 20).value();
   auto past = memory.read_u64((1 << 20) - 4);
   REQUIRE_FALSE(past.ok());
-  CHECK(past.error().message == "guest memory: 8 bytes at 0xffffc are outside the 0x100000 bytes of guest memory");
+  CHECK_ERROR(past, Cause::guest_memory, "8 bytes at 0xffffc", "0x100000 bytes");
   CHECK_FALSE(memory.span(8, ~std::uint64_t{0}).ok());
   CHECK_FALSE(memory.span(~std::uint64_t{0} - 2, 8).ok());
   CHECK(memory.span(0, 1 << 20).ok());
@@ -62,7 +61,7 @@ TEST_CASE("reset returns a fork to the master's bytes, and a master cannot be re
   CHECK(at(fork, 0x3000) == 0);
   auto refused = master.reset_to_pristine();
   REQUIRE_FALSE(refused.ok());
-  CHECK(refused.error().message == "guest memory: only a fork can be reset to pristine");
+  CHECK_ERROR(refused, Cause::guest_memory, "only a fork");
 }
 
 TEST_CASE("a moved guest memory keeps its bytes and the old object is empty") {

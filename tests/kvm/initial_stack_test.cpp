@@ -8,6 +8,7 @@
 #include "sandbox/kvm/initial_stack.hpp"
 #include "sandbox/kvm/layout.hpp"
 #include "tests/kvm/kvm_test_support.hpp"
+#include "tests/support/error_checks.hpp"
 
 using namespace sojourn::sandbox::kvm;
 using kvm_test::TestVm;
@@ -95,5 +96,5 @@ TEST_CASE("an argv too large for the start pages is refused") {
   TestVm vm;
   auto stack = build_initial_stack(sample_image(), {{std::string(9000, 'a')}, {}, {}}, vm.memory, vm.state.space);
   REQUIRE_FALSE(stack.ok());
-  CHECK(stack.error().message == "guest memory: argv, envp and auxv need more than 8192 bytes of stack");
+  CHECK_ERROR(stack, Cause::guest_memory, "8192 bytes of stack");
 }

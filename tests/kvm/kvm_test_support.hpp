@@ -32,7 +32,7 @@ struct TestVm {
 
 inline std::vector<std::byte> read_file(const std::string& path) {
   auto bytes = read_elf_file(path);
-  REQUIRE_MESSAGE(bytes.ok(), (bytes.ok() ? "" : bytes.error().message));
+  REQUIRE_MESSAGE(bytes.ok(), (bytes.ok() ? "" : bytes.error().message()));
   return std::move(*bytes);
 }
 

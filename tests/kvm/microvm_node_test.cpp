@@ -12,6 +12,7 @@
 #include "sojourn/agents/node.hpp"
 #include "sojourn/core/signature.hpp"
 #include "tests/support/cluster.hpp"
+#include "tests/support/error_checks.hpp"
 
 using namespace sojourn;
 using namespace std::chrono_literals;
@@ -64,7 +65,7 @@ TEST_CASE("a node with default options runs peer code in microVMs where KVM can 
   tight.limits = Limits{100'000, 8u << 20, 2000};
   auto spin = c[0].eval(c.addr[1], "while true do end", Value::table(), tight);
   REQUIRE_FALSE(spin.ok());
-  CHECK(spin.error().message == "CPU limit of 100000 instructions exceeded");
+  CHECK_ERROR(spin, Errc::cpu_limit, "100000 instructions");
   auto next = c[0].eval(c.addr[1], "return 'alive'");
   REQUIRE(next.ok());
   CHECK(next->results.get(1).as_string() == "alive");

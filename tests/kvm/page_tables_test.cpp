@@ -5,10 +5,10 @@
 #include "sandbox/kvm/address_space.hpp"
 #include "sandbox/kvm/layout.hpp"
 #include "tests/kvm/kvm_test_support.hpp"
+#include "tests/support/error_checks.hpp"
 
 using namespace sojourn::sandbox::kvm;
 using kvm_test::TestVm;
-using sojourn::Errc;
 
 TEST_CASE("a mapped page translates to its physical page with the access it was given") {
   TestVm vm;
@@ -44,7 +44,7 @@ TEST_CASE("a page that is not aligned or not canonical is not mapped") {
   TestVm vm;
   auto r = vm.state.space.tables().map_page(vm.memory, vm.state.space.pages(), 0x400010, 0xa000, {});
   REQUIRE_FALSE(r.ok());
-  CHECK(r.error().message == "guest memory: cannot map 0x400010: not a page-aligned canonical address");
+  CHECK_ERROR(r, Cause::guest_memory, "cannot map 0x400010");
   CHECK_FALSE(vm.state.space.tables().map_page(vm.memory, vm.state.space.pages(), 0x0000'8000'0000'0000, 0xa000, {}).ok());
 }
 
@@ -55,8 +55,8 @@ TEST_CASE("physical pages run out with the memory limit error") {
   for (int i = 0; i < 8; ++i) REQUIRE(pages.allocate(memory).ok());
   auto none = pages.allocate(memory);
   REQUIRE_FALSE(none.ok());
-  CHECK(none.error().code == Errc::memory_limit);
-  CHECK(none.error().message == "memory limit of 65536 bytes exceeded");
+  CHECK_ERROR(none, Cause::memory_full);
+  CHECK(none.error().limit == 65536);
   pages.release(0x9000);
   REQUIRE(memory.write_u64(0x9000, 77).ok());
   CHECK(pages.allocate(memory).value() == 0x9000);
@@ -84,8 +84,7 @@ TEST_CASE("reserving over a taken, unaligned or kernel range is refused") {
   REQUIRE(space.reserve(0x2000'0000, kPageSize, kProtRead).ok());
   auto taken = space.reserve(0x2000'0000, kPageSize, kProtRead);
   REQUIRE_FALSE(taken.ok());
-  CHECK(taken.error().message ==
-        "guest memory: cannot reserve 4096 bytes at 0x20000000: not page-aligned, outside the user half or taken");
+  CHECK_ERROR(taken, Cause::guest_memory, "4096 bytes at 0x20000000");
   CHECK_FALSE(space.reserve(0x1000, kPageSize, kProtRead).ok());
   CHECK_FALSE(space.reserve(kUserEnd, kPageSize, kProtRead).ok());
 }
@@ -108,16 +107,15 @@ TEST_CASE("a guest fault in a region is resolved by backing the page; others end
 
   auto write = space.resolve_fault(vm.memory, 0x3000'0010, FaultCause::from_error_code(0x7));
   REQUIRE_FALSE(write.ok());
-  CHECK(write.error().code == Errc::vm_guest_fault);
-  CHECK(write.error().message == "microVM guest fault: wrote to memory at 0x30000010 that does not allow it");
+  CHECK_ERROR(write, Cause::guest_fault, "wrote to memory at 0x30000010");
 
   auto unmapped = space.resolve_fault(vm.memory, 0x5000'0000, FaultCause::from_error_code(0x4));
   REQUIRE_FALSE(unmapped.ok());
-  CHECK(unmapped.error().message == "microVM guest fault: read unmapped memory at 0x50000000");
+  CHECK_ERROR(unmapped, Cause::guest_fault, "read unmapped memory at 0x50000000");
 
   auto fetch = space.resolve_fault(vm.memory, 0x3000'0000, FaultCause::from_error_code(0x15));
   REQUIRE_FALSE(fetch.ok());
-  CHECK(fetch.error().message == "microVM guest fault: executed memory at 0x30000000 that does not allow it");
+  CHECK_ERROR(fetch, Cause::guest_fault, "executed memory at 0x30000000");
 }
 
 TEST_CASE("moving a region keeps its backed pages' contents at the new address") {

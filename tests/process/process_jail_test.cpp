@@ -19,6 +19,7 @@
 #include "sojourn/sandbox/process_jail.hpp"
 
 #include "sandbox/process/guest_session.hpp"
+#include "tests/support/error_checks.hpp"
 
 namespace {
 
@@ -276,8 +277,7 @@ TEST_CASE("the guest binary is found through SOJOURN_GUEST, and a missing one is
   using sojourn::sandbox::find_guest_binary;
   auto missing = find_guest_binary("/nonexistent/sojourn-guest");
   REQUIRE_FALSE(missing.ok());
-  CHECK(missing.error().code == Errc::jail_unavailable);
-  CHECK(missing.error().message == "process jail unavailable: no guest binary (tried /nonexistent/sojourn-guest)");
+  CHECK_ERROR(missing, Errc::jail_unavailable, "no guest binary", "/nonexistent/sojourn-guest");
   auto found = find_guest_binary("");
   REQUIRE(found.ok());
   if (const char* env = std::getenv("SOJOURN_GUEST")) CHECK(*found == env);

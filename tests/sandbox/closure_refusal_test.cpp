@@ -2,6 +2,7 @@
 // function expression, forged upvalue lists, cdata literals, mutated texts, the byte cap,
 // and the scanner that cuts function texts out of their chunks.
 #include "tests/sandbox/closure_support.hpp"
+#include "tests/support/error_checks.hpp"
 
 using namespace closure_test;
 
@@ -126,8 +127,7 @@ TEST_CASE_TEMPLATE("an agent step whose state holds a forged function is refused
   input.limits = Limits{10'000'000, kMemory, 5000};
   auto r = Level::run_agent(input, sojourn::sandbox::AgentInput{"start", state, Value::table()}, nullptr);
   REQUIRE_FALSE(r.ok());
-  CHECK(r.error().code == Errc::sandbox_refused);
-  CHECK(r.error().message == "refused by the sandbox: the text of function from agent:3 is not one function expression");
+  CHECK_ERROR(r, Errc::sandbox_refused, "agent:3", "not one function expression");
 }
 
 TEST_CASE_TEMPLATE("forged upvalue lists and library functions are refused, an odd line is not", Level, SOJOURN_SUITE_LEVELS) {

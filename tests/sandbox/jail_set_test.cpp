@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "sojourn/sandbox/jail.hpp"
+#include "tests/support/error_checks.hpp"
 #include "sojourn/sandbox/process_jail.hpp"
 
 namespace {
@@ -42,9 +43,7 @@ TEST_CASE("a level whose jail cannot start is refused with the reason, and the s
   CHECK(*set.unavailable(Isolation::process) == why);
   auto refused = set.get(Isolation::process);
   REQUIRE_FALSE(refused.ok());
-  CHECK(refused.error().code == Errc::sandbox_refused);
-  CHECK(refused.error().message ==
-        "refused by the sandbox: isolation level 'process' is not available on this node: " + why);
+  CHECK_ERROR(refused, Errc::sandbox_refused, "'process'", why);
   sojourn::sandbox::RunInput input;
   input.source = "return 6 * 7";
   input.limits = {1'000'000, 1u << 20, 1000};

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "sandbox/seccomp/seccomp_program.hpp"
+#include "sojourn/core/error.hpp"
 
 namespace {
 
@@ -57,7 +58,7 @@ bool exited_ok(int status) { return WIFEXITED(status) && WEXITSTATUS(status) == 
 bool killed_by_sigsys(int status) { return WIFSIGNALED(status) && WTERMSIG(status) == SIGSYS; }
 
 std::vector<sock_filter> compile(const std::vector<sc::Rule>& rules, sc::ExportVia via = sc::ExportVia::pipe) {
-  auto program = sc::compile(rules, sc::DefaultAction::kill_process, via, report);
+  auto program = sc::compile<sojourn::Result<std::vector<sock_filter>>>(rules, sc::DefaultAction::kill_process, via, report);
   REQUIRE_MESSAGE(program.ok(), program.error().message);
   return *program;
 }
@@ -117,7 +118,7 @@ TEST_CASE("an enosys rule answers -ENOSYS without running the call") {
 TEST_CASE("a kill rule ends the child even where the default is a trap") {
   auto rules = base_rules();
   rules.push_back({SYS_getppid, sc::Action::kill_process, {}, "getppid"});
-  auto program = sc::compile(rules, sc::DefaultAction::trap, sc::ExportVia::pipe, report);
+  auto program = sc::compile<sojourn::Result<std::vector<sock_filter>>>(rules, sc::DefaultAction::trap, sc::ExportVia::pipe, report);
   REQUIRE(program.ok());
   CHECK(killed_by_sigsys(in_filtered_child(*program, [] { return ::syscall(SYS_getppid) > 0; })));
 }
@@ -126,7 +127,7 @@ TEST_CASE("a rule libseccomp refuses is reported by its name") {
   auto rules = base_rules();
   // Two conditions on one argument: libseccomp refuses the rule.
   rules.push_back({SYS_dup, sc::Action::allow, {sc::arg_equals(0, 0), sc::arg_equals(0, 1)}, "dup twice"});
-  auto program = sc::compile(rules, sc::DefaultAction::kill_process, sc::ExportVia::pipe, report);
+  auto program = sc::compile<sojourn::Result<std::vector<sock_filter>>>(rules, sc::DefaultAction::kill_process, sc::ExportVia::pipe, report);
   REQUIRE_FALSE(program.ok());
   CHECK(program.error().message.rfind("test filter: dup twice (", 0) == 0);
 }

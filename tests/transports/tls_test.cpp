@@ -4,6 +4,7 @@
 #include <doctest/doctest.h>
 
 #include "sojourn/transports/asio.hpp"  // <utility> before Asio, see there
+#include "tests/support/error_checks.hpp"
 
 #include <array>
 #include <atomic>
@@ -141,8 +142,7 @@ TEST_CASE("a peer with a certificate from another CA is refused, and a server fr
   Node stranger(options_for("stranger", stranger_dir));
   auto r = stranger.eval(server.address, "return 1");
   REQUIRE(!r.ok());
-  CHECK(r.error().code == Errc::refused_by_peer);
-  CHECK(r.error().message == "peer " + server.address + " refused this node's certificate: unknown CA");
+  CHECK_ERROR(r, Errc::refused_by_peer, server.address, "unknown CA");
   check_refused_and_still_serving(server, 0, pki.identity("good"));
 
   // The other way round: our client does not trust a server of another CA.
@@ -150,8 +150,7 @@ TEST_CASE("a peer with a certificate from another CA is refused, and a server fr
   Node client(options_for("cli", pki.identity("cli")));
   auto f = client.call(foreign.address, "kv.keys");
   REQUIRE(!f.ok());
-  CHECK(f.error().code == Errc::untrusted_peer);
-  CHECK(f.error().message == "untrusted peer " + foreign.address + " ('foreign'): certificate from another CA");
+  CHECK_ERROR(f, Errc::untrusted_peer, foreign.address, "'foreign'", "another CA");
   CHECK(foreign.node->stats().calls_served == 0);
 }
 
@@ -162,16 +161,14 @@ TEST_CASE("an expired certificate is refused on either side") {
   Node old_client(options_for("old", pki.identity("old", past)));
   auto r = old_client.call(server.address, "kv.keys");
   REQUIRE(!r.ok());
-  CHECK(r.error().code == Errc::refused_by_peer);
-  CHECK(r.error().message == "peer " + server.address + " refused this node's certificate: certificate expired");
+  CHECK_ERROR(r, Errc::refused_by_peer, server.address, "certificate expired");
   check_refused_and_still_serving(server, 0, pki.identity("good"));
 
   Server old_server(options_for("old-srv", pki.identity("old-srv", past)));
   Node client(options_for("cli", pki.identity("cli")));
   auto s = client.call(old_server.address, "kv.keys");
   REQUIRE(!s.ok());
-  CHECK(s.error().code == Errc::untrusted_peer);
-  CHECK(s.error().message == "untrusted peer " + old_server.address + " ('old-srv'): certificate expired");
+  CHECK_ERROR(s, Errc::untrusted_peer, old_server.address, "'old-srv'", "certificate expired");
 }
 
 TEST_CASE("pinned keys: two self-signed nodes that pin each other talk; a wrong key is refused with both fingerprints") {
@@ -189,17 +186,14 @@ TEST_CASE("pinned keys: two self-signed nodes that pin each other talk; a wrong 
   Node c(options_for("c", c_dir, {a_fp}));
   auto refused = c.eval(a.address, "return 1");
   REQUIRE(!refused.ok());
-  CHECK(refused.error().code == Errc::refused_by_peer);
-  CHECK(refused.error().message == "peer " + a.address + " refused this node's certificate: bad certificate");
+  CHECK_ERROR(refused, Errc::refused_by_peer, a.address, "bad certificate");
   CHECK(a.node->stats().evals_served == 0);
 
   // b pins c's key while it talks to a: the server's key is not the one expected.
   Node b_wrong(options_for("b", b_dir, {c_fp}));
   auto mismatch = b_wrong.call(a.address, "kv.keys");
   REQUIRE(!mismatch.ok());
-  CHECK(mismatch.error().code == Errc::untrusted_peer);
-  CHECK(mismatch.error().message ==
-        "untrusted peer " + a.address + " ('a'): pinned key mismatch: expected " + c_fp + ", got " + a_fp);
+  CHECK_ERROR(mismatch, Errc::untrusted_peer, a.address, "pinned key mismatch", "expected " + c_fp, "got " + a_fp);
   auto again = b.call(a.address, "whoami");
   CHECK(again.ok());
   CHECK(a.node->stats().calls_served == 2);
@@ -213,10 +207,7 @@ TEST_CASE("a plain client hears that the node speaks only TLS; a TLS client refu
   Node plain(plain_options);
   auto r = plain.call(server.address, "kv.keys");
   REQUIRE(!r.ok());
-  CHECK(r.error().code == Errc::remote_protocol_error);
-  CHECK(r.error().message == "peer " + server.address +
-                                 " reported a protocol error: insecure transport: this node accepts only mutually "
-                                 "authenticated TLS; connect with --tls DIR");
+  CHECK_ERROR(r, Errc::remote_protocol_error, server.address, "insecure transport", "--tls DIR");
   CHECK(server.node->stats().calls_served == 0);
 
   auto plain_address = plain.listen("127.0.0.1:0");
@@ -224,8 +215,7 @@ TEST_CASE("a plain client hears that the node speaks only TLS; a TLS client refu
   Node client(options_for("cli", pki.identity("cli")));
   auto t = client.call(*plain_address, "kv.keys");
   REQUIRE(!t.ok());
-  CHECK(t.error().code == Errc::tls_handshake_failed);
-  CHECK(t.error().message == "TLS handshake with " + *plain_address + " failed: the peer does not speak TLS (a node without --tls?)");
+  CHECK_ERROR(t, Errc::tls_handshake_failed, *plain_address, "does not speak TLS");
   CHECK(plain.stats().calls_served == 0);
 }
 
@@ -235,9 +225,7 @@ TEST_CASE("plain TCP is refused on a non-loopback address unless insecure, and a
   Node plain(o);
   auto refused = plain.listen("0.0.0.0:0");
   REQUIRE(!refused.ok());
-  CHECK(refused.error().code == Errc::insecure_transport);
-  CHECK(refused.error().message == "insecure transport: refusing plain TCP on 0.0.0.0:0, which is not a loopback address: "
-                                   "peers would be unauthenticated and traffic readable; use --tls DIR (or --insecure)");
+  CHECK_ERROR(refused, Errc::insecure_transport, "0.0.0.0:0", "--tls DIR", "--insecure");
   CHECK(plain.listen("127.0.0.1:0").ok());
   o.insecure_plain_tcp = true;
   Node insecure(o);
@@ -247,10 +235,7 @@ TEST_CASE("plain TCP is refused on a non-loopback address unless insecure, and a
   Node broken(options_for("broken", empty.path()));
   auto b = broken.listen("127.0.0.1:0");
   REQUIRE(!b.ok());
-  CHECK(b.error().code == Errc::tls_config);
-  CHECK(b.error().message == "TLS configuration: no identity in " + empty.path() +
-                                 " (no NAME.key besides ca.key); make one with `sojourn keygen --name NAME --ca CA_DIR --out " +
-                                 empty.path() + "`");
+  CHECK_ERROR(b, Errc::tls_config, "no identity in " + empty.path(), "sojourn keygen");
   auto c = broken.call("127.0.0.1:1", "kv.keys");
   CHECK(c.error().code == Errc::tls_config);
 }

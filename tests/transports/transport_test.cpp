@@ -20,6 +20,7 @@
 #include "sojourn/core/messages.hpp"
 #include "sojourn/transports/link.hpp"
 #include "tests/support/raw_socket.hpp"
+#include "tests/support/error_checks.hpp"
 
 using namespace sojourn;
 using namespace std::chrono_literals;
@@ -101,8 +102,8 @@ TEST_CASE("addresses parse and print for TCP, IPv6 and in-process peers") {
   CHECK(parse_address("[::1]:80")->host == "::1");
   CHECK(parse_address("[::1]:80")->to_string() == "[::1]:80");
   CHECK(parse_address("inproc://a")->name == "a");
-  CHECK(parse_address("localhost").error().message == "bad address 'localhost': expected host:port");
-  CHECK(parse_address("h:99999").error().message == "bad address 'h:99999': port must be a number from 0 to 65535");
+  CHECK_ERROR(parse_address("localhost"), Errc::bad_address, "'localhost'", "host:port");
+  CHECK_ERROR(parse_address("h:99999"), Errc::bad_address, "'h:99999'", "65535");
 }
 
 TEST_CASE("a request over TCP gets its own reply") {
@@ -138,8 +139,7 @@ TEST_CASE("a request that gets no reply in time ends with a timeout") {
   auto link = f.run([&] { return make_link(f.io.get_executor(), f.bound, {}); });
   auto reply = f.await(one_request(link, {200}, 30ms));
   REQUIRE_FALSE(reply.ok());
-  CHECK(reply.error().code == Errc::timeout);
-  CHECK(reply.error().message == "request to " + f.bound.to_string() + " timed out after 30 ms");
+  CHECK_ERROR(reply, Errc::timeout, f.bound.to_string(), "30 ms");
   // The late reply is dropped and the link stays usable.
   auto next = f.await(one_request(link, {0, 7}));
   REQUIRE(next.ok());
@@ -171,8 +171,7 @@ TEST_CASE("connecting to a port nobody listens on fails with connect_failed") {
   auto link = f.run([&] { return make_link(f.io.get_executor(), closed_port, {}); });
   auto reply = f.await(one_request(link, {0}));
   REQUIRE_FALSE(reply.ok());
-  CHECK(reply.error().code == Errc::connect_failed);
-  CHECK(reply.error().message == "cannot connect to 127.0.0.1:1: Connection refused");
+  CHECK_ERROR(reply, Errc::connect_failed, "127.0.0.1:1");
   CHECK_FALSE(f.run([&] { return link->usable(); }));
 }
 
@@ -285,14 +284,14 @@ TEST_CASE("the in-process transport reaches a registered handler and refuses unk
   Fixture f;
   auto handler = std::make_shared<EchoHandler>();
   REQUIRE(register_inproc("transport-test", f.io.get_executor(), handler).ok());
-  CHECK(register_inproc("transport-test", f.io.get_executor(), handler).error().message ==
-        "bad address 'inproc://transport-test': name already in use");
+  CHECK_ERROR(register_inproc("transport-test", f.io.get_executor(), handler), Errc::bad_address,
+              "'inproc://transport-test'", "already in use");
   auto link = f.run([&] { return make_link(f.io.get_executor(), *parse_address("inproc://transport-test"), {}); });
   auto reply = f.await(one_request(link, {0, 9}));
   REQUIRE(reply.ok());
   CHECK(reply->payload == std::vector<std::uint8_t>{9, 0});
   auto missing = f.run([&] { return make_link(f.io.get_executor(), *parse_address("inproc://nobody"), {}); });
-  CHECK(f.await(one_request(missing, {0})).error().message == "cannot connect to inproc://nobody: no such in-process node");
+  CHECK_ERROR(f.await(one_request(missing, {0})), Errc::connect_failed, "inproc://nobody");
   unregister_inproc("transport-test");
 }
 
@@ -370,8 +369,7 @@ TEST_CASE("slow senders share one budget: the one that would pass it is closed a
   auto got = third.read_until_closed(2000, &closed);
   CHECK(closed);
   auto pe = only_protocol_error(got);
-  CHECK(pe.code == Errc::overloaded);
-  CHECK(pe.message == "node is overloaded: the frames being read would hold more than 1048576 bytes");
+  CHECK_ERROR(pe, Errc::overloaded, "1048576 bytes");
   s = f.run([&] { return f.server->stats(); });
   CHECK(s.partial_frame_bytes_peak <= options.max_partial_frame_bytes);
   CHECK(s.partial_frame_bytes == 2 * charged);  // what the third held went back
@@ -402,8 +400,7 @@ TEST_CASE("past max_connections a connection is closed at accept with the reason
   bool closed = false;
   auto pe = only_protocol_error(fifth.read_until_closed(2000, &closed));
   CHECK(closed);
-  CHECK(pe.code == Errc::overloaded);
-  CHECK(pe.message == "node is overloaded: 4 connections are open, the most it keeps");
+  CHECK_ERROR(pe, Errc::overloaded, "4 connections");
   CHECK(f.run([&] { return f.server->stats(); }).refused_at_cap == 1);
   // The four already open are served...
   REQUIRE(open[0]->send(encode_frame(FrameKind::ping, 9, {})));

@@ -12,9 +12,11 @@
 
 #include "sandbox/kvm/boot.hpp"
 #include "sandbox/kvm/exit_dispatch.hpp"
+#include "sandbox/kvm/kvm_error.hpp"
 #include "sandbox/kvm/syscall_table.hpp"
 #include "sandbox/kvm/vcpu.hpp"
 #include "sandbox/kvm/vm.hpp"
+#include "sandbox/microvm/monitor_errors.hpp"
 #include "sandbox/process/guest_wire.hpp"
 
 namespace sojourn::sandbox::kvm::harness {
@@ -76,22 +78,22 @@ inline sojourn::Result<std::int64_t> run_from_scratch(const sojourn::sandbox::kv
                                                       std::uint64_t memory_bytes, std::uint64_t budget_ms) {
   namespace kvm = sojourn::sandbox::kvm;
   auto memory = kvm::GuestMemory::create(memory_bytes);
-  if (!memory) return memory.error();
+  if (!memory) return sojourn::sandbox::wire_error(memory.error());
   kvm::GuestState state(memory_bytes);
   kvm::StackInputs stack{{"sojourn-guest", "--serve"}, {}, {}};
   kvm::host_random(std::as_writable_bytes(std::span(stack.random)));
   auto boot = kvm::prepare_guest(elf, stack, *memory, state);
-  if (!boot) return boot.error();
+  if (!boot) return sojourn::sandbox::wire_error(boot.error());
   OneRequest request(source);
   kvm::SyscallContext context{state, *memory, request.end, kvm::host_random, kvm::host_clock};
   kvm::ExitDispatcher dispatcher(context);
   auto vm = kvm::Vm::create(system, *memory);
-  if (!vm) return vm.error();
+  if (!vm) return sojourn::sandbox::wire_error(vm.error());
   auto vcpu = kvm::Vcpu::create(system, *vm);
-  if (!vcpu) return vcpu.error();
-  if (auto set = vcpu->set_up(system, *boot, 0); !set) return set.error();
+  if (!vcpu) return sojourn::sandbox::wire_error(vcpu.error());
+  if (auto set = vcpu->set_up(system, *boot, 0); !set) return sojourn::sandbox::wire_error(set.error());
   auto status = vcpu->run(dispatcher, state, budget_ms);
-  if (!status) return status.error();
+  if (!status) return sojourn::sandbox::wire_error(status.error());
   return request.integer_result();
 }
 

@@ -93,8 +93,8 @@ std::string_view errc_name(Errc code) noexcept;
 const std::error_category& sojourn_category() noexcept;
 std::error_code make_error_code(Errc code) noexcept;
 
-// A failure with its full, human-readable message. The message is part of the API:
-// tests compare it exactly.
+// A failure with its human-readable message. Callers act on the code; tests check the code and
+// the fields the message names (tests/support/error_checks.hpp), so wording can improve.
 struct Error {
   Errc code = Errc::ok;
   std::string message;
@@ -113,6 +113,19 @@ Error no_such_agent(std::string_view id);       // no_such_agent "no such agent:
 Error no_such_service(std::string_view name);   // no_such_service "no such service: NAME"
 Error invalid_argument(std::string_view what);  // invalid_argument "invalid argument: WHAT"
 Error internal(std::string_view what);          // internal "internal error: WHAT"
+// Limits, from every jail (the Lua hooks and allocator, the guest, the microVM monitor).
+Error cpu_limit(std::uint64_t instructions);    // cpu_limit "CPU limit of N instructions exceeded"
+Error memory_limit(std::uint64_t bytes);        // memory_limit "memory limit of N bytes exceeded"
+Error deadline(std::uint64_t ms);               // deadline "wall-clock deadline of N ms exceeded"
+// A service a chunk called threw: "service NAME failed: WHY".
+Error service_failed(std::string_view service, std::string_view why);
+// Frames and links (core's frames, transports, the jails' channel).
+Error frame_too_large(std::uint64_t bytes, std::uint64_t limit);  // "frame payload of N bytes exceeds the limit of M bytes"
+Error connect_failed(std::string_view peer, std::string_view why);      // "cannot connect to PEER: WHY"
+Error connection_closed(std::string_view peer, std::string_view why);   // "connection to PEER closed: WHY"
+Error remote_protocol_error(std::string_view peer, std::string_view why);  // "peer PEER reported a protocol error: WHY"
+Error bad_address(std::string_view text, std::string_view why);        // "bad address 'TEXT': WHY"
+Error no_such_module(std::string_view name);    // no_such_module "no such module: NAME"
 }  // namespace errors
 
 // A value or an Error; std::expected is C++23.
