@@ -82,19 +82,18 @@ void AgentRuntime::start_sweeps() {
     std::lock_guard lock(mutex_);
     sweep_timer_ = timer;
   }
-  auto weak = weak_from_this();
-  const auto interval = options_.prune_interval;
-  spawn([](std::weak_ptr<AgentRuntime> weak, std::shared_ptr<asio::steady_timer> timer,
-           std::chrono::milliseconds interval) -> asio::awaitable<void> {
+  // The coroutine takes its own copies (a lambda coroutine must not capture).
+  spawn([](std::weak_ptr<AgentRuntime> self, std::shared_ptr<asio::steady_timer> sweep,
+           std::chrono::milliseconds every) -> asio::awaitable<void> {
     while (true) {
-      timer->expires_after(interval);
+      sweep->expires_after(every);
       boost::system::error_code ec;
-      co_await timer->async_wait(asio::redirect_error(asio::use_awaitable, ec));
-      auto rt = weak.lock();
+      co_await sweep->async_wait(asio::redirect_error(asio::use_awaitable, ec));
+      auto rt = self.lock();
       if (ec || !rt || rt->runtime_.shutting_down()) co_return;  // cancelled by stop()
       rt->prune();
     }
-  }(weak, timer, interval), "agent state sweep");
+  }(weak_from_this(), timer, options_.prune_interval), "agent state sweep");
 }
 
 void AgentRuntime::wake_waiters_locked(const std::string& id) {

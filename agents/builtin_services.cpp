@@ -68,8 +68,7 @@ void register_builtin_services(Node& node, const NodeCounters& counters, const S
     auto it = kv->entries.find(*key);
     std::size_t replaced = it == kv->entries.end() ? 0 : it->second.bytes;
     if (kv->bytes - replaced + bytes > kv->max_bytes) {
-      return make_error(Errc::service_failed, "service kv.put failed: the store would exceed its limit of " +
-                                                  std::to_string(kv->max_bytes) + " bytes");
+      return errors::service_failed("kv.put", "the store would exceed its limit of " + std::to_string(kv->max_bytes) + " bytes");
     }
     kv->bytes = kv->bytes - replaced + bytes;
     if (value.is_nil()) {

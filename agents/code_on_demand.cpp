@@ -22,11 +22,11 @@ Result<FetchAnswer> AgentRuntime::on_fetch(const FetchQuery& query) {
   if (!by_hash.empty()) {
     if (!is_bundle_hash(by_hash)) return errors::invalid_argument("not a bundle hash");
     found = cache_.get(by_hash);
-    if (!found) return make_error(Errc::no_such_module, "no such module: " + by_hash);
+    if (!found) return errors::no_such_module(by_hash);
   } else {
     if (auto v = validate_module_name(module); !v) return v.error();
     found = cache_.published(module);
-    if (!found) return make_error(Errc::no_such_module, "no such module: " + module);
+    if (!found) return errors::no_such_module(module);
   }
   FetchAnswer answer;
   answer.hash = found->hash;
@@ -84,7 +84,7 @@ Result<Value> AgentRuntime::require_module(std::string_view name, const CachedBu
     if (it != bundle->bundle.files.end()) return answer(it->second, file);
   }
   if (auto published = cache_.published(name)) return answer(published->bundle.main_source(), published->bundle.main_file());
-  if (origin.empty() || origin == self()) return make_error(Errc::no_such_module, "no such module: " + std::string(name));
+  if (origin.empty() || origin == self()) return errors::no_such_module(name);
   // From the code's origin; this blocks a worker thread, never the network thread.
   if (runtime_.on_network_thread()) {
     return errors::internal("require_remote on the network thread");

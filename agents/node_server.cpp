@@ -148,9 +148,7 @@ asio::awaitable<Result<std::vector<std::uint8_t>>> NodeServer::handle(FrameKind 
   if (reply.code != Errc::ok) ++counters_.requests_failed;
   std::vector<std::uint8_t> bytes = encode(reply);
   if (bytes.size() > options_.max_payload) {
-    bytes = encode(reply_error(make_error(Errc::frame_too_large, "frame payload of " + std::to_string(bytes.size()) +
-                                                                   " bytes exceeds the limit of " +
-                                                                   std::to_string(options_.max_payload) + " bytes")));
+    bytes = encode(reply_error(errors::frame_too_large(bytes.size(), options_.max_payload)));
   }
   co_return bytes;
 }

@@ -35,7 +35,7 @@ asio::awaitable<Result<Reply>> PeerLinks::request_peer(const std::string& peer, 
   if (!reply) {
     // A peer that sends an unreadable reply is not to be trusted with the connection.
     link->close();
-    co_return make_error(Errc::remote_protocol_error, "peer " + key + " reported a protocol error: " + reply.error().message);
+    co_return errors::remote_protocol_error(key, reply.error().message);
   }
   co_return std::move(*reply);
 }

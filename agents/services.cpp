@@ -40,7 +40,7 @@ Result<Value> ServiceRegistry::invoke(std::string_view service, const PeerServic
   try {
     return fn(args.is_table() ? args : Value::table(), caller);
   } catch (const std::exception& e) {
-    return make_error(Errc::service_failed, "service " + std::string(service) + " failed: " + e.what());
+    return errors::service_failed(service, e.what());
   }
 }
 

@@ -81,7 +81,7 @@ echo "\$ sojourn launch ${here#$PWD/}/agents/courier.lua --at $a --itinerary $c"
 courier=$("$bin/sojourn" launch "$here/agents/courier.lua" --at "$a" --itinerary "$c")
 echo "$courier"
 for _ in $(seq 100); do
-  "$bin/sojourn" locate "$courier" --home "$a" 2>/dev/null | grep -q "waiting\|at $c" && break
+  "$bin/sojourn" ps "$c" 2>/dev/null | grep -q " asleep" && break  # at c, waiting for its message
   sleep 0.05
 done
 run "$bin/sojourn" locate "$courier" --home "$a"
