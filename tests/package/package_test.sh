@@ -59,6 +59,31 @@ done
 getent passwd sojourn >/dev/null || fail "postinst made no sojourn user"
 zcat /usr/share/man/man1/sojourn.1.gz | grep -q -- '--config' || fail "the man page lacks --config"
 
+echo "== an application built against the installed library (find_package(sojourn))"
+mkdir "$tmp/app"
+cat >"$tmp/app/CMakeLists.txt" <<'APP'
+cmake_minimum_required(VERSION 3.20)
+project(consumer CXX)
+set(CMAKE_CXX_STANDARD 20)
+find_package(sojourn REQUIRED)
+add_executable(consumer main.cpp)
+target_link_libraries(consumer PRIVATE sojourn::sojourn)
+APP
+cat >"$tmp/app/main.cpp" <<'APP'
+#include <cstdio>
+#include "sojourn/core/json.hpp"
+int main() {
+  auto v = sojourn::value_from_json("[1, 2]");
+  if (!v) return 1;
+  auto text = sojourn::value_to_json(*v);
+  std::puts(text ? text->c_str() : "?");
+  return 0;
+}
+APP
+cmake -S "$tmp/app" -B "$tmp/app/build" -DCMAKE_BUILD_TYPE=Release >"$tmp/app.log" 2>&1 &&
+  cmake --build "$tmp/app/build" >>"$tmp/app.log" 2>&1 || { cat "$tmp/app.log"; fail "no application builds against the installed library"; }
+[ "$("$tmp/app/build/consumer")" = "[1,2]" ] || fail "the application linked to the installed library gave a wrong answer"
+
 unit=/usr/lib/systemd/system/sojourn-node@.service
 if command -v systemd-analyze >/dev/null; then
   echo "== systemd-analyze verify"
