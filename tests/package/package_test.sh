@@ -107,7 +107,7 @@ chmod 644 "$conf"
 command=${exec_start//%i/$instance}
 echo "$user: $command"
 # shellcheck disable=SC2086  # the unit's command line, split as systemd splits this simple one
-(cd "$tmp" && exec runuser -u "$user" -- $command) >"$tmp/node.log" 2>&1 &
+(cd / && exec setpriv --reuid="$user" --regid="$user" --init-groups -- $command) >"$tmp/node.log" 2>&1 &
 node_pid=$!
 address=""
 for _ in $(seq 100); do
