@@ -25,6 +25,10 @@ if [ "$mode" = test ]; then
   # The fuzz build: Debian's clang, its libFuzzer and sanitizer runtimes, and llvm-symbolizer
   # for readable sanitizer reports (docs/security.md, "Fuzzing").
   packages+=(clang-14 libclang-rt-14-dev llvm-14)
+  # ---- packaging (issue 18): help2man writes the sojourn(1) man page from --help for the
+  # Debian package that package_test builds, installs and removes (dpkg-shlibdeps comes
+  # with build-essential's dpkg-dev).
+  packages+=(help2man)
 fi
 missing=()
 for p in "${packages[@]}"; do

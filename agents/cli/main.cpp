@@ -2,6 +2,10 @@
 // dispatches to a subcommand.
 #include <CLI/CLI.hpp>
 
+#include <memory>
+#include <set>
+#include <string>
+
 #include "agents/cli/commands.hpp"
 #include "agents/cli/trust_commands.hpp"
 #include "sojourn/core/log.hpp"
@@ -15,6 +19,25 @@ std::string version_text() {
   if (const std::string_view commit = SOJOURN_GIT_COMMIT; !commit.empty()) text.append(" (commit ").append(commit).append(")");
   return text;
 }
+
+// CLI11's TOML/INI reader with the keys of a flat file given to the node subcommand: the file
+// says `listen = ...` (or `[node]` then `listen = ...`) and means `sojourn node --listen ...`;
+// the top-level flags (`log-level`, `log-format`) stay top-level.
+class NodeConfigFile : public CLI::ConfigTOML {
+ public:
+  explicit NodeConfigFile(std::set<std::string> top_level) : top_level_(std::move(top_level)) {}
+
+  std::vector<CLI::ConfigItem> from_config(std::istream& input) const override {
+    std::vector<CLI::ConfigItem> parsed = CLI::ConfigTOML::from_config(input);
+    for (CLI::ConfigItem& item : parsed) {
+      if (item.parents.empty() && top_level_.count(item.name) == 0) item.parents.emplace_back("node");
+    }
+    return parsed;
+  }
+
+ private:
+  std::set<std::string> top_level_;
+};
 
 }  // namespace
 
@@ -51,6 +74,10 @@ int main(int argc, char** argv) {
   node_cmd->add_option("--policy", node.policy, "Policy file (JSON, docs/security.md): signers and peers -> jails, quotas, services");
   add_tls_flags(*node_cmd, node.tls);
   node_cmd->add_flag("--insecure", node.insecure, "Allow plain TCP (no --tls) on a non-loopback address");
+  // `sojourn node --config FILE` (docs/cli.md): the node passes the flag it does not know up to
+  // the top level, where CLI11 reads config files (it reads them only there).
+  node_cmd->fallthrough();
+  node_cmd->footer("--config FILE (see `sojourn --help`) reads these flags from a TOML/INI file; flags given here override it.");
 
   CallCommand call;
   auto* call_cmd = app.add_subcommand("call", "Client-server: run a service at a node");
@@ -137,6 +164,12 @@ int main(int argc, char** argv) {
   wait_cmd->add_option("--timeout-ms", wait.timeout_ms, "How long to wait")->capture_default_str();
   wait_cmd->add_flag("--json", wait.json, "Print machine-readable JSON");
   add_tls_flags(*wait_cmd, wait.tls);
+
+  // After every subcommand is declared: the config reader must know the top-level option names.
+  app.config_formatter(std::make_shared<NodeConfigFile>(std::set<std::string>{"log-level", "log-format"}));
+  app.set_config("--config", "", "Read `sojourn node` flags from FILE (TOML or INI, `name = value`, "
+                 "`listen = [\"a:1\", \"b:2\"]` for a repeated flag); flags on the command line override it");
+  app.allow_config_extras(CLI::config_extras_mode::error);  // a misspelt key is an error, not ignored
 
   TrustCommands trust;
   add_trust_commands(app, trust);
