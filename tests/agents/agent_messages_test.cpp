@@ -80,15 +80,17 @@ TEST_CASE("the hand-over's messages round-trip and refuse truncated or longer by
   CHECK((o->id == offer.id && o->epoch == 3 && o->bundle_hash == offer.bundle_hash && o->state_bytes == 99));
   check_refuses_damaged(offer_bytes, decode_offer, "offer");
 
-  auto answer = decode_offer_answer(encode(OfferAnswer{false, true}));
+  auto answer = decode_offer_answer(encode(OfferAnswer{false, true, "node-0123456789abcdef0123456789abcdef"}));
   REQUIRE(answer.ok());
   CHECK_FALSE(answer->duplicate);
   CHECK(answer->need_bundle);
-  check_refuses_damaged(encode(OfferAnswer{true, false}), decode_offer_answer, "offer answer");
+  CHECK(answer->node_id == "node-0123456789abcdef0123456789abcdef");
+  check_refuses_damaged(encode(OfferAnswer{true, false, "node-0123456789abcdef0123456789abcdef"}), decode_offer_answer,
+                        "offer answer");
 
   AgentTransfer transfer;
   transfer.record = sample_record();
-  transfer.to = "127.0.0.1:7401";
+  transfer.to = "node-0123456789abcdef0123456789abcdef";
   transfer.nonce = std::string(32, 'd');
   transfer.expires_unix_ms = 1700000030000;
   transfer.bundle_bytes = std::string("\0bundle", 7);
