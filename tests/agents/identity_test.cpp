@@ -173,3 +173,30 @@ TEST_CASE("a data dir whose node-id file is damaged is refused at listen, with t
   auto bound = node.listen("127.0.0.1:0");
   CHECK_ERROR(bound, Errc::invalid_argument, "node-id", "does not hold a node id");
 }
+
+TEST_CASE("a node listening on [::] is called at [::1] and takes an agent sent there") {
+  NodeOptions o;
+  o.name = "v6";
+  o.insecure_plain_tcp = true;
+  o.peer_isolation = Isolation::trusted;
+  Node v6(o);
+  auto bound = v6.listen("[::]:0");
+  if (!bound) {
+    MESSAGE("no IPv6 on this machine (" << bound.error().message << "): not run");
+    return;
+  }
+  CHECK(bound->rfind("[::]:", 0) == 0);
+  const std::string dialed = "[::1]:" + std::to_string(port_of(*bound));
+  auto home = start_node("home", "127.0.0.1:0");
+  auto info = home->call(dialed, "node.info");
+  REQUIRE(info.ok());
+  CHECK(info->get("id").as_string() == v6.node_id());
+  const std::string id = launch_tour(*home, home->advertised_address(), {dialed, home->advertised_address()});
+  auto status = home->wait_agent(home->advertised_address(), id, 10s);
+  REQUIRE(status.ok());
+  INFO(status->reason);
+  REQUIRE(status->status == AgentState::finished);
+  REQUIRE(status->hops.size() == 3);
+  CHECK(status->hops[1].node == v6.advertised_address());
+  CHECK(status->hops[1].node.find("[::]") == std::string::npos);
+}
