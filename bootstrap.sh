@@ -20,6 +20,9 @@ packages=(
   openssl
   # The kvm tests run inside a nested QEMU guest where the host has no /dev/kvm (tests/kvm).
   qemu-system-x86 linux-image-amd64 busybox-static cpio xz-utils
+  # Node identity and addresses (issue 18): the multi-host testbed (tests/multihost) makes
+  # network namespaces, veth pairs and a bridge with `ip`, and relays a hand-over with socat.
+  iproute2 socat
 )
 if [ "$mode" = test ]; then
   # The fuzz build: Debian's clang, its libFuzzer and sanitizer runtimes, and llvm-symbolizer

@@ -197,6 +197,7 @@ AgentMessageBytes encode(const OfferAnswer& m) {
   start(w, AgentMessageKind::offer_answer);
   w.u8(m.duplicate ? 1 : 0);
   w.u8(m.need_bundle ? 1 : 0);
+  w.string(m.node_id);
   return w.take();
 }
 Result<OfferAnswer> decode_offer_answer(std::span<const std::uint8_t> bytes) {
@@ -204,6 +205,7 @@ Result<OfferAnswer> decode_offer_answer(std::span<const std::uint8_t> bytes) {
     OfferAnswer m;
     m.duplicate = read_bool(r);
     m.need_bundle = read_bool(r);
+    m.node_id = r.string();
     return m;
   });
 }

@@ -25,7 +25,8 @@ enum class AgentMessageKind : std::uint8_t {
   fetch_answer,
 };
 // The agent protocol's version; the second byte of every encoded agent message.
-inline constexpr std::uint8_t kAgentProtocolVersion = 1;
+// 2: OfferAnswer names the destination's node id; a TRANSFER is addressed to that id.
+inline constexpr std::uint8_t kAgentProtocolVersion = 2;
 
 // agent.launch: a new agent, launched at the node called.
 struct AgentLaunchRequest {
@@ -51,12 +52,13 @@ struct AgentOffer {
 struct OfferAnswer {
   bool duplicate = false;    // this (id, epoch) is committed here already
   bool need_bundle = false;  // send the bundle's bytes with the TRANSFER
+  std::string node_id;       // the destination's id: the TRANSFER is addressed to it
 };
 
 // agent.transfer: the agent itself, bound to one destination and one moment.
 struct AgentTransfer {
   AgentRecord record;  // carried as its Value table (agent_record.cpp)
-  std::string to;      // the destination, as the source dials it
+  std::string to;      // the destination's node id, as its OFFER answer named it
   std::string nonce;
   std::int64_t expires_unix_ms = 0;
   std::optional<std::string> bundle_bytes;  // when the offer's answer asked for it

@@ -103,9 +103,10 @@ void register_builtin_services(Node& node, const NodeCounters& counters, const S
     return out;
   }, fast);
 
-  node.register_service("node.info", [name = node.options().name, &counters, &registry, &jails](const Value&) -> Result<Value> {
+  node.register_service("node.info", [name = node.options().name, id = node.node_id(), &counters, &registry, &jails](const Value&) -> Result<Value> {
     Value info = Value::table();
     info.set("name", name);
+    info.set("id", id);  // what TRANSFERs and signed evaluations are addressed to
     info.set("version", "0.1.0");
     info.set("protocol", static_cast<int>(kProtocolVersion));
     auto up = std::chrono::steady_clock::now() - counters.started;

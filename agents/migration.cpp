@@ -46,6 +46,7 @@ Result<OfferAnswer> AgentRuntime::on_offer(const AgentOffer& offer) {
     }
   }
   answer.need_bundle = !cache_.contains(offer.bundle_hash);
+  answer.node_id = trust_.node_id();  // the TRANSFER is to be addressed to it
   return answer;
 }
 
@@ -54,7 +55,8 @@ Result<AgentCommit> AgentRuntime::on_transfer(AgentTransfer transfer, const Peer
   AgentRecord* record = &transfer.record;
   const std::string what = "the TRANSFER of agent " + record->id + " (epoch " + std::to_string(record->epoch) + ")";
   if (auto fresh = trust_.replay().check_expiry(transfer.expires_unix_ms, what); !fresh) return fresh.error();
-  if (auto addressed = check_addressed_to(transfer.to, self(), what); !addressed) return addressed.error();
+  // Addressed to this node's id, however the source reached it (any address, a relay).
+  if (auto addressed = check_addressed_to(transfer.to, trust_.node_id(), what); !addressed) return addressed.error();
   {
     std::lock_guard lock(mutex_);
     // Checked after the expiry above: a COMMIT is remembered for as long as any copy of its
@@ -131,17 +133,31 @@ asio::awaitable<Result<AgentCommit>> AgentRuntime::hand_over(AgentRecord record,
     // An earlier TRANSFER of this epoch was committed but its COMMIT was lost.
     co_return AgentCommit{record.id, record.epoch, peer};
   }
+  // The node that answered: over TLS, the id its handshake proved must be the one it names,
+  // and the TRANSFER goes only to a server proving it again (a relay or a wrong address
+  // cannot redirect the agent to another node).
+  if (answer->node_id.empty()) co_return errors::remote_protocol_error(peer, "its OFFER answer names no node id");
+  if (trust_.tls()) {
+    const std::string proven = links_.proven_id(peer);
+    if (proven.empty()) co_return errors::connection_closed(peer, "its link closed after the OFFER");  // retried
+    if (proven != answer->node_id) {
+      co_return make_error(Errc::untrusted_peer, "untrusted peer " + peer + ": it answered the OFFER as node " +
+                                                     answer->node_id.substr(0, 16) + " but proved " + proven.substr(0, 16));
+    }
+  }
   AgentTransfer transfer;
   transfer.record = std::move(record);
   // Bound to this destination and this moment: a captured copy is refused elsewhere or later.
-  transfer.to = destination_for(peer);
+  transfer.to = destination_for(answer->node_id);
   transfer.nonce = random_nonce();
   transfer.expires_unix_ms = unix_ms_now() + static_cast<std::int64_t>(options_.transfer_lifetime.count());
   if (answer->need_bundle) {
     transfer.bundle_bytes = std::string(as_text(bundle->bytes));
     ++bundles_sent_;
   }
-  Result<Value> commit = co_await links_.call_peer(peer, "agent.transfer", message_args(encode(transfer)));
+  Value transfer_args = message_args(encode(transfer));
+  std::string expect = trust_.tls() ? answer->node_id : std::string();
+  Result<Value> commit = co_await links_.call_peer(peer, "agent.transfer", std::move(transfer_args), std::move(expect));
   if (!commit) co_return commit.error();
   co_return decode_message<AgentCommit, decode_commit>(*commit, "the COMMIT");
 }

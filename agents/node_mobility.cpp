@@ -22,6 +22,8 @@ Result<Value> NodeHostCalls::call(std::string_view service, const Value& args) {
 
 std::string Node::advertised_address() const { return impl_->agents->self(); }
 
+std::string Node::node_id() const { return impl_->trust.node_id(); }
+
 Result<std::string> Node::publish(const Bundle& bundle) { return impl_->agents->cache().publish(bundle); }
 
 Result<std::string> Node::publish(std::string name, std::string source) {

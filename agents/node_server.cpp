@@ -62,6 +62,7 @@ Result<std::string> NodeServer::listen(const Address& a) {
     return a.to_string();
   }
   if (trust_.tls_error()) return *trust_.tls_error();
+  if (trust_.id_error()) return *trust_.id_error();
   const auto& tls = trust_.tls();
   if (!tls && !is_loopback(a) && !options_.insecure_plain_tcp) {
     return make_error(Errc::insecure_transport, "insecure transport: refusing plain TCP on " + a.to_string() +
@@ -90,8 +91,21 @@ Result<std::string> NodeServer::listen(const Address& a) {
                          ": peers are not authenticated and traffic is not encrypted (development only; use --tls DIR)");
   }
   servers_.push_back(std::move(server));
-  advertise(bound->to_string());
-  log_info("node", options_.name + " listening on " + bound->to_string());
+  if (is_wildcard(*bound)) {
+    // Nobody can dial 0.0.0.0: others are given an address of this host's interfaces.
+    std::string interface;
+    const std::string stand_in = interface_address(*bound, &interface).to_string();
+    advertise(stand_in);
+    log_info("node", options_.name + " listening on " + bound->to_string() + " (every interface), advertised as " +
+                         advertised() + (options_.advertise.empty() ? " (an address of interface " + interface +
+                                                                          "; --advertise HOST:PORT chooses)"
+                                                                    : " (--advertise)") +
+                         ", node id " + trust_.node_id().substr(0, 16));
+  } else {
+    advertise(bound->to_string());
+    log_info("node", options_.name + " listening on " + bound->to_string() + ", advertised as " + advertised() +
+                         ", node id " + trust_.node_id().substr(0, 16));
+  }
   return bound->to_string();
 }
 
@@ -186,7 +200,7 @@ Reply NodeServer::run_eval(const EvalRequest& request, const PeerIdentity& peer)
     if (auto good = verify_eval_signature(request); !good) return reply_error(good.error());
     // Addressed to this node: a copy captured on its way elsewhere does not run here (before
     // the nonce, which it would otherwise use up).
-    if (auto addressed = check_addressed_to(request.destination, advertised(), "this signed remote evaluation");
+    if (auto addressed = check_addressed_to(request.destination, trust_.node_id(), "this signed remote evaluation");
         !addressed) {
       return reply_error(addressed.error());
     }

@@ -2,20 +2,76 @@
 // and the services it may call.
 #include "agents/node_trust.hpp"
 
+#include <filesystem>
+#include <fstream>
+
 #include "sojourn/core/log.hpp"
 
 namespace sojourn {
 
+namespace {
+
+bool is_node_id(std::string_view id) {
+  constexpr std::string_view prefix = "node-";
+  if (id.size() != prefix.size() + 32 || id.substr(0, prefix.size()) != prefix) return false;
+  for (char c : id.substr(prefix.size())) {
+    if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'))) return false;
+  }
+  return true;
+}
+
+// The id kept in DIR/node-id, made there at first start.
+Result<std::string> stored_node_id(const std::string& dir) {
+  namespace fs = std::filesystem;
+  const fs::path file = fs::path(dir) / "node-id";
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  if (ec) return errors::invalid_argument("cannot create the data dir " + dir + ": " + ec.message());
+  if (fs::exists(file, ec)) {
+    std::ifstream in(file);
+    std::string id;
+    std::getline(in, id);
+    if (!is_node_id(id)) return errors::invalid_argument(file.string() + " does not hold a node id (node- and 32 hex digits)");
+    return id;
+  }
+  const std::string id = "node-" + random_nonce().substr(0, 32);
+  // Written beside and renamed into place: a crash never leaves half an id behind.
+  const fs::path tmp = fs::path(dir) / "node-id.tmp";
+  {
+    std::ofstream out(tmp, std::ios::trunc);
+    out << id << "\n";
+    if (!out.flush()) return errors::invalid_argument("cannot write " + tmp.string());
+  }
+  fs::rename(tmp, file, ec);
+  if (ec) return errors::invalid_argument("cannot write " + file.string() + ": " + ec.message());
+  return id;
+}
+
+}  // namespace
+
 NodeTrust::NodeTrust(const NodeOptions& options, NodeJails& jails)
     : options_(options), jails_(jails), replay_(options_.max_message_lifetime, options_.expiry_clock) {
-  if (!options_.tls.enabled()) return;
-  auto context = make_tls_context(options_.tls);
-  if (context) {
-    tls_ = std::move(*context);
-  } else {
-    tls_error_ = context.error();
-    log_error("node", options_.name + ": " + context.error().message);
+  if (options_.tls.enabled()) {
+    auto context = make_tls_context(options_.tls);
+    if (context) {
+      tls_ = std::move(*context);
+    } else {
+      tls_error_ = context.error();
+      log_error("node", options_.name + ": " + context.error().message);
+    }
   }
+  if (tls_) {
+    node_id_ = tls_local_identity(*tls_).fingerprint;  // what a TLS handshake proves
+  } else if (!options_.data_dir.empty()) {
+    auto id = stored_node_id(options_.data_dir);
+    if (id) {
+      node_id_ = std::move(*id);
+    } else {
+      id_error_ = id.error();
+      log_error("node", options_.name + ": " + id.error().message);
+    }
+  }
+  if (node_id_.empty()) node_id_ = "node-" + random_nonce().substr(0, 32);
 }
 
 bool NodeTrust::is_self(const PeerIdentity& caller) const {

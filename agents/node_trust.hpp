@@ -27,6 +27,12 @@ class NodeTrust {
   const std::optional<Error>& tls_error() const { return tls_error_; }
   // A caller proven (over TLS) to hold this node's own identity.
   bool is_self(const PeerIdentity& caller) const;
+  // The node's stable id, what agent TRANSFERs and signed evaluations are addressed to:
+  // its TLS key fingerprint with TLS; otherwise "node-" and 32 hex digits, kept in
+  // options.data_dir/node-id when a data dir is given (else fresh per start).
+  const std::string& node_id() const { return node_id_; }
+  // Why options.data_dir could not give the id (listen() returns it), if it could not.
+  const std::optional<Error>& id_error() const { return id_error_; }
 
   // The policy rule for code signed by `signer` (a key fingerprint, empty: unsigned) from
   // `peer` (its TLS identity, when authenticated); null without a policy.
@@ -48,6 +54,8 @@ class NodeTrust {
   NodeJails& jails_;
   std::shared_ptr<const TlsContext> tls_;
   std::optional<Error> tls_error_;
+  std::string node_id_;
+  std::optional<Error> id_error_;
   SignatureCache signatures_;
   ReplayGuard replay_;
 };

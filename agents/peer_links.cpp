@@ -12,7 +12,7 @@ PeerLinks::PeerLinks(const NodeOptions& options, NodeRuntime& runtime, const Nod
 
 asio::awaitable<Result<Reply>> PeerLinks::request_peer(const std::string& peer, FrameKind kind,
                                                        std::vector<std::uint8_t> payload,
-                                                       std::chrono::milliseconds timeout) {
+                                                       std::chrono::milliseconds timeout, std::string expect_id) {
   auto keep = owner_.lock();
   if (runtime_.shutting_down() || !keep) co_return errors::shutting_down();
   if (trust_.tls_error()) co_return *trust_.tls_error();
@@ -29,6 +29,19 @@ asio::awaitable<Result<Reply>> PeerLinks::request_peer(const std::string& peer, 
     it = links_.insert_or_assign(key, make_link(runtime_.executor(), *address, transport)).first;
   }
   std::shared_ptr<Link> link = it->second;
+  if (trust_.tls() && !expect_id.empty()) {
+    if (link->proven_id().empty()) {
+      // Not connected yet: a ping makes the handshake happen before anything is sent.
+      std::vector<std::uint8_t> none;
+      auto pong = co_await link->request(FrameKind::ping, std::move(none), timeout);
+      if (!pong) co_return pong.error();
+    }
+    if (link->proven_id() != expect_id) {
+      co_return make_error(Errc::untrusted_peer, "untrusted peer " + key + ": it proved node id " +
+                                                     link->proven_id().substr(0, 16) + ", not the expected " +
+                                                     expect_id.substr(0, 16));
+    }
+  }
   auto frame = co_await link->request(kind, std::move(payload), timeout);
   if (!frame) co_return frame.error();
   auto reply = decode_reply(frame->payload);
@@ -42,12 +55,14 @@ asio::awaitable<Result<Reply>> PeerLinks::request_peer(const std::string& peer, 
 
 // Temporaries inside a co_await expression are kept to plain locals here: g++ 12
 // miscompiles some (aggregates, braced temporaries) across the suspension point.
-asio::awaitable<Result<Value>> PeerLinks::call_peer(std::string peer, std::string service, Value args) {
+asio::awaitable<Result<Value>> PeerLinks::call_peer(std::string peer, std::string service, Value args,
+                                                    std::string expect_id) {
   CallRequest request;
   request.service = std::move(service);
   request.args = std::move(args);
   std::vector<std::uint8_t> payload = encode(request);
-  Result<Reply> reply = co_await request_peer(peer, FrameKind::call, std::move(payload), options_.request_timeout);
+  Result<Reply> reply =
+      co_await request_peer(peer, FrameKind::call, std::move(payload), options_.request_timeout, std::move(expect_id));
   if (!reply) co_return reply.error();
   if (reply->code != Errc::ok) co_return Error{reply->code, std::move(reply->message)};
   co_return std::move(reply->result);
@@ -61,11 +76,18 @@ asio::awaitable<Result<EvalResult>> PeerLinks::eval_peer(std::string peer, std::
   request.args = std::move(args);
   request.limits = eo.limits;
   request.isolation = eo.isolation;
-  request.destination = destination_for(peer);  // signed with the rest: refused at any other node
-  if (eo.signing_key) sign_eval(request, *eo.signing_key, eo.signature_lifetime);
+  std::string destination;
+  if (eo.signing_key) {
+    // The destination's id, signed with the rest: refused at any other node.
+    Result<std::string> id = co_await peer_id(peer);
+    if (!id) co_return id.error();
+    destination = std::move(*id);
+    request.destination = destination_for(destination);
+    sign_eval(request, *eo.signing_key, eo.signature_lifetime);
+  }
   std::chrono::milliseconds timeout = eo.timeout.count() > 0 ? eo.timeout : options_.request_timeout;
   std::vector<std::uint8_t> payload = encode(request);
-  Result<Reply> reply = co_await request_peer(peer, FrameKind::eval, std::move(payload), timeout);
+  Result<Reply> reply = co_await request_peer(peer, FrameKind::eval, std::move(payload), timeout, std::move(destination));
   if (!reply) co_return reply.error();
   if (reply->code != Errc::ok) co_return Error{reply->code, std::move(reply->message)};
   EvalResult out;
@@ -74,9 +96,46 @@ asio::awaitable<Result<EvalResult>> PeerLinks::eval_peer(std::string peer, std::
   co_return out;
 }
 
+std::string PeerLinks::proven_id(const std::string& peer) const {
+  auto address = parse_address(peer);
+  if (!address) return {};
+  auto it = links_.find(address->to_string());
+  return it == links_.end() ? std::string() : it->second->proven_id();
+}
+
+asio::awaitable<Result<std::string>> PeerLinks::peer_id(std::string peer) {
+  auto address = parse_address(peer);
+  if (!address) co_return address.error();
+  const std::string key = address->to_string();
+  auto link = links_.find(key);
+  auto known = ids_.find(key);
+  if (link != links_.end() && known != ids_.end() && known->second.first.lock() == link->second && link->second->usable()) {
+    co_return known->second.second;
+  }
+  Value none = Value::table();
+  Result<Value> info = co_await call_peer(peer, "node.info", std::move(none));
+  if (!info) co_return info.error();
+  Value id = info->get("id");
+  if (!id.is_string() || id.as_string().empty()) {
+    co_return errors::remote_protocol_error(key, "its node.info names no node id");
+  }
+  std::string out = id.as_string();
+  link = links_.find(key);
+  if (link == links_.end()) co_return errors::connection_closed(key, "closed while asking for its node id");
+  if (trust_.tls() && link->second->proven_id() != out) {
+    // What it says must be what it proved: a node cannot claim another's id.
+    co_return make_error(Errc::untrusted_peer, "untrusted peer " + key + ": its node.info names node id " +
+                                                   out.substr(0, 16) + ", its TLS handshake proved " +
+                                                   link->second->proven_id().substr(0, 16));
+  }
+  ids_.insert_or_assign(key, std::make_pair(std::weak_ptr<Link>(link->second), out));
+  co_return out;
+}
+
 void PeerLinks::close_all() {
   for (auto& [peer, link] : links_) link->close();
   links_.clear();
+  ids_.clear();
 }
 
 }  // namespace sojourn

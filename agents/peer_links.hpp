@@ -28,10 +28,19 @@ class PeerLinks {
 
   // One request to `peer` and its decoded reply. Errors: shutting_down, the TLS context's
   // error, bad_address, the link's errors, remote_protocol_error for an unreadable reply.
+  // With TLS and a non-empty `expect_id`, the request is sent only to a server whose
+  // handshake proved that id (untrusted_peer otherwise): a relay or a wrong address cannot
+  // hand it to another node.
   asio::awaitable<Result<Reply>> request_peer(const std::string& peer, FrameKind kind, std::vector<std::uint8_t> payload,
-                                              std::chrono::milliseconds timeout);
+                                              std::chrono::milliseconds timeout, std::string expect_id = {});
   // A service at `peer`; its error reply becomes the Error.
-  asio::awaitable<Result<Value>> call_peer(std::string peer, std::string service, Value args);
+  asio::awaitable<Result<Value>> call_peer(std::string peer, std::string service, Value args, std::string expect_id = {});
+  // The node id `peer`'s TLS handshake proved on its current link (empty: plain TCP, or no
+  // link yet).
+  std::string proven_id(const std::string& peer) const;
+  // The id of the node at `peer`: over TLS the one its handshake proves, else what its
+  // node.info says. Learned once per link.
+  asio::awaitable<Result<std::string>> peer_id(std::string peer);
   // A remote evaluation at `peer`, signed when options.signing_key says.
   asio::awaitable<Result<EvalResult>> eval_peer(std::string peer, std::string source, Value args, EvalOptions options);
 
@@ -44,6 +53,8 @@ class PeerLinks {
   const NodeTrust& trust_;
   std::weak_ptr<void> owner_;
   std::unordered_map<std::string, std::shared_ptr<Link>> links_;
+  // peer -> (the link it was learned on, the id node.info gave)
+  std::unordered_map<std::string, std::pair<std::weak_ptr<Link>, std::string>> ids_;
 };
 
 }  // namespace sojourn

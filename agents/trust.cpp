@@ -5,11 +5,11 @@
 
 namespace sojourn {
 
-std::string destination_for(std::string_view dialed) { return std::string(dialed); }
+std::string destination_for(std::string_view node_id) { return std::string(node_id); }
 
 Result<void> check_addressed_to(std::string_view to, std::string_view self, const std::string& what) {
   if (!to.empty() && to == self) return {};
-  return make_error(Errc::replayed, "replayed: " + what + " is addressed to " + (to.empty() ? std::string("no node") : std::string(to)) +
+  return make_error(Errc::replayed, "replayed: " + what + " is addressed to " + (to.empty() ? std::string("no node") : "node " + std::string(to)) +
                                         ", not to this node (" + std::string(self) + ")");
 }
 

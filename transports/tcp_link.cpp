@@ -58,6 +58,7 @@ class TcpLink final : public Link, public std::enable_shared_from_this<TcpLink> 
   bool usable() const override { return state_ != State::failed; }
   void close() override { fail(errors::connection_closed(peer_.to_string(), "closed locally")); }
   const Address& peer() const override { return peer_; }
+  std::string proven_id() const override { return proven_id_; }
   std::uint64_t frames_sent() const override { return socket_ ? socket_->frames_sent() : 0; }
 
  private:
@@ -101,6 +102,7 @@ class TcpLink final : public Link, public std::enable_shared_from_this<TcpLink> 
         co_return;
       }
       log_debug("client", "TLS to " + server->to_string());
+      proven_id_ = server->fingerprint;
     } else {
       socket_ = std::make_shared<FramedSocket>(std::move(socket), options_.max_payload, options_.frame_timeout, peer_.to_string());
     }
@@ -161,6 +163,7 @@ class TcpLink final : public Link, public std::enable_shared_from_this<TcpLink> 
   TransportOptions options_;
   asio::steady_timer connected_signal_;
   std::shared_ptr<FramedSocket> socket_;
+  std::string proven_id_;  // the server's key fingerprint, once its handshake proved it
   std::unordered_map<std::uint64_t, Pending*> pending_;
   std::uint64_t next_id_ = 1;
   State state_ = State::idle;

@@ -129,6 +129,7 @@ int run_node(const NodeCommand& c) {
     options.peer_isolation = *peer_level;
   }
   options.advertise = c.advertise;
+  options.data_dir = c.data_dir;
   if (!c.policy.empty()) {
     auto policy = Policy::load(c.policy);
     if (!policy) return fail(policy.error(), false);

@@ -70,7 +70,10 @@ int main(int argc, char** argv) {
   node_cmd->add_option("--peer-isolation", node.peer_isolation,
                        "Least isolation for code from peers: auto (default: microvm where KVM can run the guest, "
                        "else process), microvm, process or trusted")->capture_default_str();
-  node_cmd->add_option("--advertise", node.advertise, "Address peers reach this node at (default: the first --listen)");
+  node_cmd->add_option("--advertise", node.advertise,
+                       "HOST:PORT peers reach this node at (default: the first --listen; for 0.0.0.0/[::] an address of "
+                       "this host's interfaces)");
+  node_cmd->add_option("--data-dir", node.data_dir, "Directory the node keeps its state in (today its id; default: a fresh id per start)");
   node_cmd->add_option("--policy", node.policy, "Policy file (JSON, docs/security.md): signers and peers -> jails, quotas, services");
   add_tls_flags(*node_cmd, node.tls);
   node_cmd->add_flag("--insecure", node.insecure, "Allow plain TCP (no --tls) on a non-loopback address");

@@ -80,15 +80,17 @@ TEST_CASE("the hand-over's messages round-trip and refuse truncated or longer by
   CHECK((o->id == offer.id && o->epoch == 3 && o->bundle_hash == offer.bundle_hash && o->state_bytes == 99));
   check_refuses_damaged(offer_bytes, decode_offer, "offer");
 
-  auto answer = decode_offer_answer(encode(OfferAnswer{false, true}));
+  auto answer = decode_offer_answer(encode(OfferAnswer{false, true, "node-0123456789abcdef0123456789abcdef"}));
   REQUIRE(answer.ok());
   CHECK_FALSE(answer->duplicate);
   CHECK(answer->need_bundle);
-  check_refuses_damaged(encode(OfferAnswer{true, false}), decode_offer_answer, "offer answer");
+  CHECK(answer->node_id == "node-0123456789abcdef0123456789abcdef");
+  check_refuses_damaged(encode(OfferAnswer{true, false, "node-0123456789abcdef0123456789abcdef"}), decode_offer_answer,
+                        "offer answer");
 
   AgentTransfer transfer;
   transfer.record = sample_record();
-  transfer.to = "127.0.0.1:7401";
+  transfer.to = "node-0123456789abcdef0123456789abcdef";
   transfer.nonce = std::string(32, 'd');
   transfer.expires_unix_ms = 1700000030000;
   transfer.bundle_bytes = std::string("\0bundle", 7);
@@ -272,7 +274,9 @@ TEST_CASE("one message's bytes are not another's, nor another version's, nor a n
   future[2] = kAgentProtocolVersion + 1;  // after Cereal's endianness byte and the kind
   auto f = decode_commit(future);
   REQUIRE_FALSE(f.ok());
-  CHECK(f.error().message == "invalid argument: bad agent message: commit: agent protocol version 2 (this node speaks 1)");
+  CHECK(f.error().message == "invalid argument: bad agent message: commit: agent protocol version " +
+                                 std::to_string(kAgentProtocolVersion + 1) + " (this node speaks " +
+                                 std::to_string(kAgentProtocolVersion) + ")");
   // A huge count with nothing after it is refused before anything is allocated for it.
   std::vector<std::uint8_t> huge = {commit_bytes[0], static_cast<std::uint8_t>(AgentMessageKind::list_answer),
                                     kAgentProtocolVersion, 0xff, 0xff, 0xff, 0x7f};

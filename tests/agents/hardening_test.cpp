@@ -62,14 +62,14 @@ TEST_CASE("a signed evaluation captured on its way to one node is refused at ano
   auto b = start_node("b");
   EvalRequest request;
   request.source = "return 41 + 1";
-  request.destination = a->advertised_address();  // what Node::eval puts there when it dials a
+  request.destination = a->node_id();  // what Node::eval puts there when it dials a
   sign_eval(request, *key, 30s);
   const std::vector<std::uint8_t> bytes = encode(request);
 
   Reply at_b = send_frame(b->advertised_address(), FrameKind::eval, bytes);
   CHECK(at_b.code == Errc::replayed);
-  CHECK(at_b.message == "replayed: this signed remote evaluation is addressed to " + a->advertised_address() +
-                            ", not to this node (" + b->advertised_address() + ")");
+  CHECK(at_b.message == "replayed: this signed remote evaluation is addressed to node " + a->node_id() +
+                            ", not to this node (" + b->node_id() + ")");
   Reply at_a = send_frame(a->advertised_address(), FrameKind::eval, bytes);
   REQUIRE(at_a.code == Errc::ok);
   CHECK(at_a.result.get(1).as_integer() == 42);
@@ -81,9 +81,9 @@ TEST_CASE("a signed evaluation captured on its way to one node is refused at ano
   Reply r = send_frame(a->advertised_address(), FrameKind::eval, encode(nowhere));
   CHECK(r.code == Errc::replayed);
   CHECK(r.message == "replayed: this signed remote evaluation is addressed to no node, not to this node (" +
-                         a->advertised_address() + ")");
+                         a->node_id() + ")");
 
-  // Node::eval fills the destination with the address it dials.
+  // Node::eval fills the destination with the id of the node it dials (node.info).
   auto client = start_node("client");
   EvalOptions signed_eval;
   signed_eval.signing_key = key;

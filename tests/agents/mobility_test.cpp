@@ -185,7 +185,7 @@ TEST_CASE("a duplicate TRANSFER is answered with the same COMMIT and makes no se
   record.max_hops = 1;
   transfer.bundle_bytes = std::string(cache_bytes.begin(), cache_bytes.end());
   // What every TRANSFER carries against replays: its destination, a nonce and an expiry.
-  transfer.to = c.addr[1];
+  transfer.to = c[1].node_id();
   transfer.nonce = std::string(32, '7');
   transfer.expires_unix_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
                                  std::chrono::system_clock::now().time_since_epoch() + 30s).count();

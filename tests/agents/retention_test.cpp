@@ -75,7 +75,7 @@ TEST_CASE("a destination answers a duplicate TRANSFER within the lifetime and fo
   CHECK(c[1].stats().commits_remembered == kAgents);
 
   const std::string parked(32, 'b');
-  Value first = transfer_of(parked, c.addr[0], c.addr[1], unix_now_ms(), std::string(32, '1'));
+  Value first = transfer_of(parked, c.addr[0], c[1].node_id(), unix_now_ms(), std::string(32, '1'));
   auto commit = c[0].call(c.addr[1], "agent.transfer", Value::array({first}));
   REQUIRE(commit.ok());
   // Within the lifetime: the same COMMIT, no second agent.
@@ -88,7 +88,7 @@ TEST_CASE("a destination answers a duplicate TRANSFER within the lifetime and fo
   // Past the lifetime: the next hand-over prunes them all, and the forgotten TRANSFER is
   // refused by its expiry before any dedup is needed.
   skew = 61'000;
-  Value next = transfer_of(std::string(32, 'c'), c.addr[0], c.addr[1], unix_now_ms() + skew.load(), std::string(32, '2'));
+  Value next = transfer_of(std::string(32, 'c'), c.addr[0], c[1].node_id(), unix_now_ms() + skew.load(), std::string(32, '2'));
   REQUIRE(c[0].call(c.addr[1], "agent.transfer", Value::array({next})).ok());
   CHECK(c[1].stats().commits_remembered == 1);
   auto replay = c[0].call(c.addr[1], "agent.transfer", Value::array({first}));

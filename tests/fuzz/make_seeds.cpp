@@ -169,7 +169,7 @@ int main(int argc, char** argv) {
   const std::string id(32, 'a');
   AgentTransfer transfer;
   transfer.record = sample_record();
-  transfer.to = "127.0.0.1:7401";
+  transfer.to = "node-0123456789abcdef0123456789abcdef";
   transfer.nonce = std::string(32, 'n');
   transfer.expires_unix_ms = 1700000000000;
   const Bytes multi_bytes = encode_bundle(multi);

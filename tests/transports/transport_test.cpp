@@ -6,6 +6,7 @@
 
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/io_context.hpp>
+#include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/asio/use_future.hpp>
@@ -72,9 +73,9 @@ struct Fixture {
     return fut.get();
   }
 
-  Fixture(TransportOptions options = {}) {
+  Fixture(TransportOptions options = {}, const std::string& listen = "127.0.0.1:0") {
     server = std::make_unique<TcpServer>(io.get_executor(), handler, options);
-    auto r = run([&] { return server->listen(*parse_address("127.0.0.1:0")); });
+    auto r = run([&] { return server->listen(*parse_address(listen)); });
     REQUIRE(r.ok());
     bound = *r;
   }
@@ -104,6 +105,68 @@ TEST_CASE("addresses parse and print for TCP, IPv6 and in-process peers") {
   CHECK(parse_address("inproc://a")->name == "a");
   CHECK_ERROR(parse_address("localhost"), Errc::bad_address, "'localhost'", "host:port");
   CHECK_ERROR(parse_address("h:99999"), Errc::bad_address, "'h:99999'", "65535");
+}
+
+TEST_CASE("IPv6 literals, names and wildcards: what people type parses, prints back, and is told apart") {
+  auto full = parse_address("[2001:db8::7]:7400");
+  REQUIRE(full.ok());
+  CHECK(full->host == "2001:db8::7");
+  CHECK(full->port == 7400);
+  CHECK(full->to_string() == "[2001:db8::7]:7400");
+  CHECK(parse_address("node-a.example:7400")->host == "node-a.example");
+  CHECK_ERROR(parse_address("::1:7400"), Errc::bad_address, "brackets");
+  CHECK_ERROR(parse_address("[::1]7400"), Errc::bad_address, "[v6-address]:port");
+  CHECK_ERROR(parse_address("[]:7400"), Errc::bad_address, "empty host");
+
+  CHECK(is_wildcard(*parse_address("0.0.0.0:1")));
+  CHECK(is_wildcard(*parse_address("[::]:1")));
+  CHECK(is_wildcard(*parse_address("[0:0::0]:1")));
+  CHECK_FALSE(is_wildcard(*parse_address("127.0.0.1:1")));
+  CHECK_FALSE(is_wildcard(*parse_address("[::1]:1")));
+  CHECK_FALSE(is_wildcard(*parse_address("localhost:1")));
+  CHECK_FALSE(is_wildcard(*parse_address("inproc://0.0.0.0")));
+
+  // What a wildcard listener is advertised as: a real address of this host, same port.
+  std::string interface;
+  Address stand_in = interface_address(*parse_address("0.0.0.0:7400"), &interface);
+  CHECK(stand_in.port == 7400);
+  CHECK_FALSE(is_wildcard(stand_in));
+  CHECK_FALSE(interface.empty());
+  CHECK(parse_address(stand_in.to_string()).ok());  // printable and parseable again
+  Address v6_stand_in = interface_address(*parse_address("[::]:7401"));
+  CHECK(v6_stand_in.port == 7401);
+  CHECK_FALSE(is_wildcard(v6_stand_in));
+}
+
+TEST_CASE("a link dials a host name (resolved asynchronously) and an IPv6 literal") {
+  {
+    Fixture f;
+    auto named = parse_address("localhost:" + std::to_string(f.bound.port));
+    REQUIRE(named.ok());
+    auto link = f.run([&] { return make_link(f.io.get_executor(), *named, {}); });
+    auto reply = f.await(one_request(link, {0, 9}));
+    REQUIRE(reply.ok());
+    CHECK(reply->payload == std::vector<std::uint8_t>{9, 0});
+  }
+  // IPv6 loopback: not every machine has it (a container may not).
+  const bool has_v6 = [] {
+    asio::io_context io;
+    asio::ip::tcp::acceptor a(io);
+    boost::system::error_code ec;
+    a.open(asio::ip::tcp::v6(), ec);
+    if (!ec) a.bind(asio::ip::tcp::endpoint(asio::ip::make_address("::1"), 0), ec);
+    return !ec;
+  }();
+  if (!has_v6) {
+    MESSAGE("no IPv6 loopback on this machine: the [::1] half is not run");
+    return;
+  }
+  Fixture f({}, "[::1]:0");
+  CHECK(f.bound.to_string().rfind("[::1]:", 0) == 0);
+  auto link = f.run([&] { return make_link(f.io.get_executor(), *parse_address(f.bound.to_string()), {}); });
+  auto reply = f.await(one_request(link, {0, 6}));
+  REQUIRE(reply.ok());
+  CHECK(reply->payload == std::vector<std::uint8_t>{6, 0});
 }
 
 TEST_CASE("a request over TCP gets its own reply") {

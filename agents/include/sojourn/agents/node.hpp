@@ -66,9 +66,13 @@ struct NodeOptions {
   std::chrono::milliseconds connect_timeout{3'000};
   std::chrono::milliseconds request_timeout{30'000};
 
-  // The address peers reach this node at (an agent's home, where it is). Empty: the first
-  // address listen() bound.
+  // The address peers reach this node at (an agent's home, where it is, its hops): HOST:PORT,
+  // a name or an address ([v6]:PORT). Empty: the first address listen() bound, or, when that
+  // is a wildcard (0.0.0.0, [::]), an address of this host's interfaces.
   std::string advertise;
+  // Where the node keeps what outlives a run: today its id (DIR/node-id, made at first start,
+  // used when it has no TLS identity). Empty: a fresh id per start.
+  std::string data_dir;
   // Code that came from a peer (remote evaluations, fetched modules, arriving agents) runs
   // at this isolation level at least. Unset (the default): the strongest this node has,
   // `microvm` (a KVM microVM) where /dev/kvm can run the guest, else `process` (a forked,
@@ -226,6 +230,9 @@ class Node {
 
   // The address peers reach this node at (NodeOptions::advertise or the first bound).
   std::string advertised_address() const;
+  // The node's stable id (its TLS key fingerprint, else the id in data_dir or a fresh one):
+  // what agent TRANSFERs and signed evaluations are addressed to (docs/protocol.md).
+  std::string node_id() const;
 
   // Stops accepting, gives requests in flight up to `grace` to finish, then ends the
   // rest with "node is shutting down" and closes every connection. Idempotent.

@@ -23,4 +23,11 @@ struct Address {
 //   bad_address "bad address 'TEXT': ..."
 Result<Address> parse_address(std::string_view text);
 
+// True for 0.0.0.0 and :: (an address that means "every interface", not one to dial).
+bool is_wildcard(const Address& a);
+// An address of this host's interfaces to stand for a wildcard listener: the first up,
+// non-loopback IPv4 address (for ::, else the first global IPv6 one), else the loopback
+// address; `interface` gets its interface's name. Port as `bound`'s.
+Address interface_address(const Address& bound, std::string* interface = nullptr);
+
 }  // namespace sojourn

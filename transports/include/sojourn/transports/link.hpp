@@ -78,6 +78,9 @@ class Link {
   virtual bool usable() const = 0;
   virtual void close() = 0;
   virtual const Address& peer() const = 0;
+  // Over TLS, once connected: the key fingerprint the server's handshake proved (the node's
+  // id). Empty before that and on links that prove nothing (plain TCP, in-process).
+  virtual std::string proven_id() const { return {}; }
   // Frames sent and received on this link (for tests and traces).
   virtual std::uint64_t frames_sent() const = 0;
 };
