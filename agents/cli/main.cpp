@@ -3,6 +3,7 @@
 #include <CLI/CLI.hpp>
 
 #include "agents/cli/commands.hpp"
+#include "agents/cli/top_command.hpp"
 #include "agents/cli/trust_commands.hpp"
 #include "sojourn/core/log.hpp"
 
@@ -51,6 +52,7 @@ int main(int argc, char** argv) {
   node_cmd->add_option("--policy", node.policy, "Policy file (JSON, docs/security.md): signers and peers -> jails, quotas, services");
   add_tls_flags(*node_cmd, node.tls);
   node_cmd->add_flag("--insecure", node.insecure, "Allow plain TCP (no --tls) on a non-loopback address");
+  node_cmd->add_option("--http", node.http, "HOST:PORT of the read-only dashboard, /metrics and JSON API (docs/observability.md)");
 
   CallCommand call;
   auto* call_cmd = app.add_subcommand("call", "Client-server: run a service at a node");
@@ -138,6 +140,13 @@ int main(int argc, char** argv) {
   wait_cmd->add_flag("--json", wait.json, "Print machine-readable JSON");
   add_tls_flags(*wait_cmd, wait.tls);
 
+  TopCommand top;
+  auto* top_cmd = app.add_subcommand("top", "A node's live view in the terminal: agents, rates, latencies (from its --http)");
+  top_cmd->add_option("address", top.address, "HOST:PORT of the node's --http")->required();
+  top_cmd->add_flag("--once", top.once, "Print the view once and exit (for scripts)");
+  top_cmd->add_option("--interval-ms", top.interval_ms, "Refresh interval")->capture_default_str()->check(CLI::Range(100, 3600000));
+  add_tls_flags(*top_cmd, top.tls);
+
   TrustCommands trust;
   add_trust_commands(app, trust);
 
@@ -183,5 +192,6 @@ int main(int argc, char** argv) {
   if (locate_cmd->parsed()) return run_locate(locate);
   if (send_cmd->parsed()) return run_send(send);
   if (wait_cmd->parsed()) return run_wait(wait);
+  if (top_cmd->parsed()) return run_top(top);
   return exit_usage;
 }
