@@ -25,6 +25,9 @@ if [ "$mode" = test ]; then
   # The fuzz build: Debian's clang, its libFuzzer and sanitizer runtimes, and llvm-symbolizer
   # for readable sanitizer reports (docs/security.md, "Fuzzing").
   packages+=(clang-14 libclang-rt-14-dev llvm-14)
+  # dashboard (issue 17): the dashboard test loads the page in headless Chromium and checks
+  # /metrics with the exposition-format parser of prometheus_client (tests/dashboard).
+  packages+=(chromium python3-prometheus-client)
 fi
 missing=()
 for p in "${packages[@]}"; do
