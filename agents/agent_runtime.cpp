@@ -188,13 +188,6 @@ void AgentRuntime::make_resident(AgentRecord record, std::shared_ptr<const Cache
     res.status = AgentState::queued;
     res.reason.clear();
     res.since_unix_ms = unix_ms_now();
-    if (counters_ != nullptr) {
-      const auto& hops = res.record.hops;
-      const bool hopped = res.record.epoch > 0;
-      if (hopped) counters_->metrics.hops.inc({"in"});
-      counters_->trace.add(hopped ? "arrival" : "launch", id, hopped && hops.size() >= 2 ? hops[hops.size() - 2].node : "",
-                           "epoch " + std::to_string(res.record.epoch));
-    }
   }
   schedule_run(id);
 }
@@ -210,21 +203,35 @@ void AgentRuntime::schedule_run(const std::string& id) {
   });
 }
 
+// The first step of a visit: a hop in (or the launch) for the metrics and the trace.
+void AgentRuntime::note_visit(const AgentRecord& record) {
+  if (counters_ == nullptr) return;
+  const bool hopped = record.epoch > 0;
+  if (hopped) counters_->metrics.hops.inc({"in"});
+  const auto& hops = record.hops;
+  counters_->trace.add(hopped ? "arrival" : "launch", record.id, hopped && hops.size() >= 2 ? hops[hops.size() - 2].node : "",
+                       "epoch " + std::to_string(record.epoch));
+}
+
 void AgentRuntime::run_step(const std::string& id) {
   AgentRecord record;
   std::shared_ptr<const CachedBundle> bundle;
   const PolicyRule* rule = nullptr;
   std::uint64_t hop_spent = 0;
+  bool first_step = false;
   {
     std::lock_guard lock(mutex_);
     auto it = residents_.find(id);
     if (it == residents_.end()) return;
     it->second.status = AgentState::running;
+    first_step = !it->second.visit_counted;
+    it->second.visit_counted = true;
     record = it->second.record;
     bundle = it->second.bundle;
     rule = it->second.rule;
     hop_spent = it->second.hop_cpu_spent;
   }
+  if (first_step) note_visit(record);
   const StepBudget budget = step_budget(record, *bundle, rule, hop_spent);
   if (!budget.exhausted.empty()) {
     finish(id, AgentState::failed, budget.exhausted, Value{});

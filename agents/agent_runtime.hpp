@@ -114,6 +114,7 @@ class AgentRuntime : public std::enable_shared_from_this<AgentRuntime>, public M
     // The message ids this visit's arrival answer handed over: the home may still resend
     // them, so record.delivered keeps them (trim_delivered).
     std::set<std::string> answer_ids;
+    bool visit_counted = false;  // its first step here was counted (note_visit)
   };
   // The limits of one step, and which budget bounds its CPU.
   struct StepBudget {
@@ -149,6 +150,7 @@ class AgentRuntime : public std::enable_shared_from_this<AgentRuntime>, public M
   void make_resident(AgentRecord record, std::shared_ptr<const CachedBundle> bundle, const PolicyRule* rule);
   void schedule_run(const std::string& id);
   void run_step(const std::string& id);
+  void note_visit(const AgentRecord& record);
   Result<Value> agent_host_call(const std::string& id, std::string_view service, const Value& args);
   void wake_if_asleep(const std::string& id);
   void finish(const std::string& id, AgentState how, const std::string& reason, Value result);  // finished or failed
