@@ -71,7 +71,10 @@ class HttpClient {
       }
       return std::move(res.body());
     } catch (const boost::system::system_error& e) {
-      return make_error(Errc::connect_failed, "cannot connect to " + where_.to_string() + ": " + e.code().message());
+      // A node with --tls closes a plain HTTP connection at once: say what may be missing.
+      const bool maybe_tls = !tls_ && e.code() == beast::http::error::end_of_stream;
+      return make_error(Errc::connect_failed, "cannot connect to " + where_.to_string() + ": " + e.code().message() +
+                                                  (maybe_tls ? " (a node with --tls serves HTTPS: use --tls DIR)" : ""));
     }
   }
 

@@ -31,6 +31,7 @@ constexpr std::string_view kPage = R"page(<!doctype html>
   #map .hop { stroke:var(--accent); stroke-opacity:.35; fill:none; }
   #map .agent { transition: transform 0.9s ease-in-out; }
   #map .agent circle { stroke:#0008; }
+  #map .agent-label { fill:var(--dim); font-size:10px; font-family:ui-monospace, monospace; }
   table { width:100%; border-collapse:collapse; font-size:13px; }
   th, td { text-align:left; padding:4px 6px; border-bottom:1px solid var(--line); white-space:nowrap; }
   th { cursor:pointer; color:var(--dim); user-select:none; } th.sorted { color:var(--accent); }
@@ -111,7 +112,7 @@ function drawMap() {
   state.agents.forEach((a, i) => {
     const where = a.location || a.home; if (!pos[where]) return; keep.add(a.id);
     let g = dots.querySelector(`[data-agent="${a.id}"]`);
-    if (!g) { g = el("g", { class: "agent", "data-agent": a.id }); g.append(el("circle", { r: 7, fill: colour(a.id) }), el("title", {}, a.id)); dots.append(g); }
+    if (!g) { g = el("g", { class: "agent", "data-agent": a.id }); g.append(el("circle", { r: 7, fill: colour(a.id) }), el("text", { x: 10, y: 4, class: "agent-label" }, a.id.slice(0, 6)), el("title", {}, a.id)); dots.append(g); }
     const angle = (i * 2.4) % (2 * Math.PI), x = pos[where][0] + 34 * Math.cos(angle), y = pos[where][1] + 34 * Math.sin(angle);
     g.style.transform = `translate(${x}px, ${y}px)`; g.setAttribute("data-location", where); g.setAttribute("data-status", a.status);
     g.querySelector("circle").setAttribute("opacity", a.status === "finished" || a.status === "failed" ? 0.45 : 1);

@@ -50,15 +50,15 @@ work = tempfile.mkdtemp(prefix="sj-dash-")
 nodes = {}
 
 
-def start(name):
+def start(name, *extra):
     out = open(os.path.join(work, name + ".out"), "w+")
     proc = subprocess.Popen([sojourn, "node", "--listen", "127.0.0.1:0", "--http", "127.0.0.1:0", "--name", name,
-                             "--peer-isolation", "trusted"], stdout=out, stderr=subprocess.DEVNULL)
+                             "--peer-isolation", "trusted", *extra], stdout=out, stderr=subprocess.DEVNULL)
     for _ in range(200):
         out.seek(0)
         text = out.read()
         listen = re.search(rf"^node {name} listening on (\S+)$", text, re.M)
-        http = re.search(rf"^node {name} dashboard at http://(\S+)/", text, re.M)
+        http = re.search(rf"^node {name} dashboard at https?://(\S+)/", text, re.M)
         if listen and http:
             nodes[name] = {"proc": proc, "address": listen.group(1), "http": http.group(1)}
             return
@@ -166,6 +166,26 @@ try:
     check(hunter_id in top and f"{a} > {b} > {c}" in top, "sojourn top --once lists the tour with its route")
     check(re.search(r"hops in \d+, out \d+", top) is not None and "step  latency p50" in top,
           "sojourn top --once shows hops and latencies")
+
+    # Over TLS: HTTPS with the node's certificate; a client needs a certificate of the CA.
+    sojourn_run("ca", "init", os.path.join(work, "ca"))
+    for ident in ("t", "me"):
+        sojourn_run("keygen", "--name", ident, "--ca", os.path.join(work, "ca"), "--out", os.path.join(work, ident))
+    start("t", "--tls", os.path.join(work, "t"))
+    check("https://" in open(os.path.join(work, "t.out")).read(), "a --tls node serves the dashboard over HTTPS")
+    top = sojourn_run("top", nodes["t"]["http"], "--once", "--tls", os.path.join(work, "me"))
+    check("sojourn top - node t" in top, "sojourn top --tls reads it with a certificate of the CA")
+    bare = subprocess.run([sojourn, "top", nodes["t"]["http"], "--once"], capture_output=True, text=True, timeout=30)
+    check(bare.returncode == 3, f"without a certificate it is refused (exit {bare.returncode}: {bare.stderr.strip()})")
+    import ssl
+    context = ssl.create_default_context(cafile=os.path.join(work, "me", "ca.crt"))
+    context.check_hostname = False
+    context.load_cert_chain(os.path.join(work, "me", "me.crt"), os.path.join(work, "me", "me.key"))
+    with urllib.request.urlopen(f"https://{nodes['t']['http']}/metrics", context=context, timeout=10) as r:
+        tls_families = {f.name: f for f in text_string_to_metric_families(r.read().decode())}
+    counts = {(s.labels["listener"], s.labels["outcome"]): s.value for s in tls_families["sojourn_tls_handshakes"].samples}
+    check(counts.get(("http", "ok"), 0) >= 1 and counts.get(("http", "refused"), 0) >= 1,
+          f"the HTTPS handshakes are counted, accepted and refused ({counts})")
     print("PASSED")
 finally:
     for n in nodes.values():
