@@ -124,7 +124,7 @@ TEST_CASE("sample values are written as the exposition format reads them") {
 TEST_CASE("the trace ring keeps the most recent events with growing sequence numbers") {
   TraceRing ring(3);
   CHECK(ring.last_seq() == 0);
-  for (int i = 0; i < 5; ++i) ring.add("request", "", "peer", "n" + std::to_string(i));
+  for (int i = 0; i < 5; ++i) ring.add("request", "", "peer", std::string(1, 'n').append(std::to_string(i)));
   CHECK(ring.last_seq() == 5);
   auto all = ring.since(0);
   REQUIRE(all.size() == 3);  // bounded: 1 and 2 are gone
