@@ -10,6 +10,7 @@
 #include <cmath>
 #include <limits>
 #include <string>
+#include <thread>
 
 #include "agents/metrics.hpp"
 #include "sojourn/agents/node.hpp"
@@ -215,4 +216,39 @@ TEST_CASE("--http on a non-loopback address without TLS is refused unless insecu
   REQUIRE(served);
   CHECK(!open.http_address().empty());
   open.shutdown(std::chrono::milliseconds(100));
+}
+
+TEST_CASE("the HTTP side keeps at most its cap of connections; one more is closed at accept") {
+  NodeOptions options;
+  options.peer_isolation = Isolation::trusted;
+  options.http = "127.0.0.1:0";
+  options.max_connections = 2;  // the HTTP side keeps min(64, this)
+  Node node(options);
+  REQUIRE(node.listen("127.0.0.1:0"));
+  const std::uint16_t port = port_of(node.http_address());
+  auto open_idle = [&] {
+    int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_port = htons(port);
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    REQUIRE(::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0);
+    return fd;
+  };
+  int first = open_idle();
+  int second = open_idle();
+  // Both are accepted and held open (a partial request head keeps them waiting).
+  REQUIRE(::send(first, "GET / HTTP/1.1\r\n", 16, MSG_NOSIGNAL) == 16);
+  REQUIRE(::send(second, "GET / HTTP/1.1\r\n", 16, MSG_NOSIGNAL) == 16);
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  CHECK(get(port, "/api/node").empty());  // the third: closed without an answer
+  ::close(first);
+  ::close(second);
+  std::string answer;
+  for (int i = 0; i < 50 && answer.empty(); ++i) {  // the server sees the closes on its thread
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    answer = get(port, "/api/node");
+  }
+  CHECK(contains(answer, "HTTP/1.1 200"));
+  node.shutdown(std::chrono::milliseconds(100));
 }
