@@ -32,6 +32,9 @@ if [ "$mode" = test ]; then
   # Debian package that package_test builds, installs and removes (dpkg-shlibdeps comes
   # with build-essential's dpkg-dev).
   packages+=(help2man)
+  # dashboard (issue 17): the dashboard test loads the page in headless Chromium and checks
+  # /metrics with the exposition-format parser of prometheus_client (tests/dashboard).
+  packages+=(chromium python3-prometheus-client)
 fi
 missing=()
 for p in "${packages[@]}"; do

@@ -203,21 +203,35 @@ void AgentRuntime::schedule_run(const std::string& id) {
   });
 }
 
+// The first step of a visit: a hop in (or the launch) for the metrics and the trace.
+void AgentRuntime::note_visit(const AgentRecord& record) {
+  if (counters_ == nullptr) return;
+  const bool hopped = record.epoch > 0;
+  if (hopped) counters_->metrics.hops.inc({"in"});
+  const auto& hops = record.hops;
+  counters_->trace.add(hopped ? "arrival" : "launch", record.id, hopped && hops.size() >= 2 ? hops[hops.size() - 2].node : "",
+                       "epoch " + std::to_string(record.epoch));
+}
+
 void AgentRuntime::run_step(const std::string& id) {
   AgentRecord record;
   std::shared_ptr<const CachedBundle> bundle;
   const PolicyRule* rule = nullptr;
   std::uint64_t hop_spent = 0;
+  bool first_step = false;
   {
     std::lock_guard lock(mutex_);
     auto it = residents_.find(id);
     if (it == residents_.end()) return;
     it->second.status = AgentState::running;
+    first_step = !it->second.visit_counted;
+    it->second.visit_counted = true;
     record = it->second.record;
     bundle = it->second.bundle;
     rule = it->second.rule;
     hop_spent = it->second.hop_cpu_spent;
   }
+  if (first_step) note_visit(record);
   const StepBudget budget = step_budget(record, *bundle, rule, hop_spent);
   if (!budget.exhausted.empty()) {
     finish(id, AgentState::failed, budget.exhausted, Value{});
@@ -245,6 +259,11 @@ void AgentRuntime::run_step(const std::string& id) {
   });
   const auto started = std::chrono::steady_clock::now();
   Result<sandbox::AgentOutcome> outcome = jails_.run_agent_step(record.isolation, input, agent, &host);
+  if (counters_ != nullptr) {
+    const std::string level(isolation_name(record.isolation));
+    counters_->metrics.step_seconds.observe({level}, std::chrono::steady_clock::now() - started);
+    if (record.isolation != Isolation::trusted) counters_->metrics.jail_starts.inc({level});
+  }
   const auto spent = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - started);
 
   // A step that hit its CPU limit spent all of it; a budget (not the per-run quota) that
@@ -289,6 +308,10 @@ void AgentRuntime::run_step(const std::string& id) {
   if (!failure.empty()) {
     finish(id, AgentState::failed, failure, Value{});
   } else if (outcome->went) {
+    if (counters_ != nullptr) {
+      counters_->metrics.hops.inc({"out"});
+      counters_->trace.add("departure", id, go_peer, "entry " + go_entry);
+    }
     spawn(migrate(id, go_peer, go_entry), "agent migration");
   } else if (outcome->waits) {
     if (wake) wake_if_asleep(id);
@@ -355,6 +378,9 @@ void AgentRuntime::finish(const std::string& id, AgentState how, const std::stri
   }
   log_info("agents", options_.name + ": agent " + id + " " + std::string(agent_state_name(how)) +
                          (reason.empty() ? "" : ": " + reason));
+  if (counters_ != nullptr) {
+    counters_->trace.add("end", id, record.home, std::string(agent_state_name(how)) + (reason.empty() ? "" : ": " + reason));
+  }
   EndReport report;
   report.id = id;
   report.epoch = record.epoch;
@@ -413,6 +439,40 @@ Result<std::vector<AgentSummary>> AgentRuntime::list(const PeerIdentity& caller)
     out.push_back(std::move(a));
   }
   return out;
+}
+
+// The dashboard's view (agents/http): every resident agent from its record, then every agent
+// whose home is here and that is elsewhere or ended, from what its reports said.
+std::vector<AgentStatus> AgentRuntime::dashboard_agents() {
+  std::vector<AgentStatus> out;
+  const std::string here = self();
+  std::lock_guard lock(mutex_);
+  for (const auto& [id, res] : residents_) {
+    AgentStatus a;
+    a.id = id;
+    a.home = res.record.home;
+    a.owner = res.record.owner;
+    a.location = here;
+    a.epoch = res.record.epoch;
+    a.status = res.status;
+    a.reason = res.reason;
+    a.hops = res.record.hops;
+    a.log = res.record.log;
+    a.pending_messages = res.record.mailbox.size();
+    out.push_back(std::move(a));
+  }
+  for (const auto& [id, t] : tracked_) {
+    if (residents_.count(id) != 0) continue;
+    out.push_back(t.status);
+  }
+  return out;
+}
+
+std::uint64_t AgentRuntime::resident_state_bytes() {
+  std::uint64_t total = 0;
+  std::lock_guard lock(mutex_);
+  for (const auto& [id, res] : residents_) total += encode_value(res.record.state).size();
+  return total;
 }
 
 }  // namespace sojourn

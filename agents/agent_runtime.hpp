@@ -25,6 +25,7 @@
 #include "agents/node_jails.hpp"
 #include "agents/node_runtime.hpp"
 #include "agents/node_server.hpp"
+#include "agents/node_stats.hpp"
 #include "agents/node_trust.hpp"
 #include "agents/peer_links.hpp"
 #include "agents/services.hpp"
@@ -91,6 +92,12 @@ class AgentRuntime : public std::enable_shared_from_this<AgentRuntime>, public M
   void stop();
   std::uint64_t tracked_count();
   std::uint64_t commits_count();
+  // Observability (docs/observability.md): the node's metrics and trace, fed at the agents'
+  // state changes; the dashboard's list of agents (resident here, or tracked here); the bytes
+  // of resident agents' states.
+  void set_counters(NodeCounters& counters) { counters_ = &counters; }
+  std::vector<AgentStatus> dashboard_agents();
+  std::uint64_t resident_state_bytes();
 
  private:
   struct Resident {
@@ -107,6 +114,7 @@ class AgentRuntime : public std::enable_shared_from_this<AgentRuntime>, public M
     // The message ids this visit's arrival answer handed over: the home may still resend
     // them, so record.delivered keeps them (trim_delivered).
     std::set<std::string> answer_ids;
+    bool visit_counted = false;  // its first step here was counted (note_visit)
   };
   // The limits of one step, and which budget bounds its CPU.
   struct StepBudget {
@@ -142,6 +150,7 @@ class AgentRuntime : public std::enable_shared_from_this<AgentRuntime>, public M
   void make_resident(AgentRecord record, std::shared_ptr<const CachedBundle> bundle, const PolicyRule* rule);
   void schedule_run(const std::string& id);
   void run_step(const std::string& id);
+  void note_visit(const AgentRecord& record);
   Result<Value> agent_host_call(const std::string& id, std::string_view service, const Value& args);
   void wake_if_asleep(const std::string& id);
   void finish(const std::string& id, AgentState how, const std::string& reason, Value result);  // finished or failed
@@ -215,6 +224,7 @@ class AgentRuntime : public std::enable_shared_from_this<AgentRuntime>, public M
   NodeTrust& trust_;
   NodeJails& jails_;
   const NodeServer& server_;
+  NodeCounters* counters_ = nullptr;  // set once, before the network thread starts
   CodeCache cache_;
   std::atomic<std::uint64_t> bundles_sent_{0};
   std::mutex mutex_;

@@ -18,6 +18,7 @@ Node::Node(NodeOptions options) : impl_(std::make_shared<Impl>(std::move(options
   impl_->agents = std::make_shared<AgentRuntime>(
       AgentRuntimeRoles{i.options, i.runtime, i.services, i.links, i.trust, i.jails, i.server});
   impl_->server.set_modules(*impl_->agents);
+  impl_->agents->set_counters(impl_->counters);
   impl_->agents->register_services(*this);
   impl_->agents->start_sweeps();
   impl_->runtime.start();  // the network thread, until shutdown
@@ -42,7 +43,38 @@ Result<std::string> Node::listen(std::string_view address) {
   if (!addr) return addr.error();
   if (impl_->runtime.shutting_down()) return errors::shutting_down();
   auto impl = impl_;
-  return impl_->runtime.run_on_network_thread([impl, a = *addr] { return impl->server.listen(a); });
+  return impl_->runtime.run_on_network_thread([impl, a = *addr]() -> Result<std::string> {
+    auto bound = impl->server.listen(a);
+    if (!bound || impl->options.http.empty() || impl->http) return bound;
+    if (auto served = serve_http(impl); !served) return served.error();
+    return bound;
+  });
+}
+
+// On the network thread: the dashboard, /metrics and the JSON API (docs/observability.md),
+// over the node's TLS when it has one.
+Result<void> Node::serve_http(const std::shared_ptr<Impl>& impl) {
+  auto where = parse_address(impl->options.http);
+  if (!where) return where.error();
+  std::weak_ptr<Impl> weak = impl;
+  auto router = [weak](std::string_view target) {
+    auto alive = weak.lock();
+    if (!alive) return HttpResponse{503, "text/plain", "node is shutting down\n"};
+    return route_dashboard(DashboardSources{alive->options, alive->runtime, alive->counters, *alive->agents}, target);
+  };
+  auto server = std::make_unique<DashboardServer>(impl->runtime, impl->counters, impl->options, std::move(router));
+  auto bound = server->listen(*where, impl->trust.tls());
+  if (!bound) return bound.error();
+  log_info("node", impl->options.name + ": dashboard on " + std::string(impl->trust.tls() ? "https://" : "http://") + *bound + "/");
+  impl->http = std::move(server);
+  std::lock_guard lock(impl->http_mutex);
+  impl->http_bound = *bound;
+  return {};
+}
+
+std::string Node::http_address() const {
+  std::lock_guard lock(impl_->http_mutex);
+  return impl_->http_bound;
 }
 
 Result<Value> Node::call_local(std::string_view service, const Value& args) {
@@ -74,6 +106,7 @@ void Node::shutdown(std::chrono::milliseconds grace) {
     runtime.begin_shutdown();
     runtime.run_on_network_thread([impl] {
       impl->server.stop_accepting();
+      if (impl->http) impl->http->stop();
       impl->agents->stop();  // the sweep timer; agent.wait requests answer now, not after the grace
     });
     // Waits on the node's events (the last request ending, the network thread ending).

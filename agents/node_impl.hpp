@@ -6,7 +6,10 @@
 #pragma once
 
 #include <memory>
+#include <mutex>
+#include <string>
 
+#include "agents/http/dashboard.hpp"
 #include "agents/node_jails.hpp"
 #include "agents/node_runtime.hpp"
 #include "agents/node_server.hpp"
@@ -39,6 +42,10 @@ struct Node::Impl {
   PeerLinks links;
   NodeServer server;
   std::shared_ptr<AgentRuntime> agents;  // mobile agents and code-on-demand
+  // The read-only HTTP side (NodeOptions::http), started by the first listen(); network thread.
+  std::unique_ptr<DashboardServer> http;
+  std::mutex http_mutex;
+  std::string http_bound;  // under http_mutex
 };
 
 }  // namespace sojourn

@@ -77,7 +77,10 @@ Result<std::string> NodeServer::listen(const Address& a) {
   std::weak_ptr<void> weak = owner_;
   NodeCounters* counters = &counters_;
   transport.on_refused = [weak, counters](const PeerIdentity&, const Error&) {
-    if (auto alive = weak.lock()) ++counters->connections_refused;
+    if (auto alive = weak.lock()) {
+      ++counters->connections_refused;
+      counters->metrics.tls.inc({"node", "refused"});
+    }
   };
   auto server = std::make_unique<TcpServer>(runtime_.executor(), handler, transport);
   auto bound = server->listen(a);
@@ -144,10 +147,13 @@ asio::awaitable<Result<std::vector<std::uint8_t>>> NodeServer::handle(FrameKind 
   if (!keep) co_return errors::shutting_down();
   NodeRuntime::InFlight counted(runtime_);  // shutdown waits for this to reach zero
   Reply reply;
+  std::string service = "eval";  // for the metrics and the trace
+  counters_.metrics.bytes.inc({"in"}, payload.size());
   if (kind == FrameKind::call) {
     auto request = decode_call(payload);
     if (!request) co_return request.error();
     log_debug("node", options_.name + ": call " + request->service + " from " + peer.to_string());
+    service = request->service;
     reply = co_await serve_call(std::move(*request), peer);
     ++counters_.calls_served;
   } else if (kind == FrameKind::eval) {
@@ -160,11 +166,28 @@ asio::awaitable<Result<std::vector<std::uint8_t>>> NodeServer::handle(FrameKind 
     co_return make_error(Errc::bad_kind, "unexpected frame kind " + std::string(frame_kind_name(kind)));
   }
   if (reply.code != Errc::ok) ++counters_.requests_failed;
+  count_request(service, reply, peer);
   std::vector<std::uint8_t> bytes = encode(reply);
   if (bytes.size() > options_.max_payload) {
     bytes = encode(reply_error(errors::frame_too_large(bytes.size(), options_.max_payload)));
   }
+  counters_.metrics.bytes.inc({"out"}, bytes.size());
   co_return bytes;
+}
+
+void NodeServer::count_request(const std::string& service, const Reply& reply, const PeerIdentity& peer) {
+  NodeMetrics& m = counters_.metrics;
+  const std::string outcome(reply.code == Errc::ok ? std::string_view("ok") : errc_name(reply.code));
+  m.requests.inc({service, outcome});
+  // The agent protocol's own chatter (reports, offers) stays out of the trace unless it failed.
+  const bool protocol = service.rfind("agent.", 0) == 0 || service.rfind("code.", 0) == 0;
+  if (reply.code != Errc::ok) {
+    m.errors.inc({outcome});
+    if (reply.code == Errc::policy_refused) m.policy_refusals.inc({});
+    counters_.trace.add("error", "", peer.to_string(), service + ": " + reply.message);
+  } else if (!protocol) {
+    counters_.trace.add(service == "eval" ? "eval" : "request", "", peer.to_string(), service);
+  }
 }
 
 asio::awaitable<Reply> NodeServer::serve_call(CallRequest request, const PeerIdentity& peer) {
@@ -227,7 +250,11 @@ Reply NodeServer::run_eval(const EvalRequest& request, const PeerIdentity& peer)
   input.max_result_bytes = options_.max_payload;  // the reply carries the result: no larger
   // `node.call` reaches this node: the code went to the resource.
   NodeHostCalls host(services_, *modules_, nullptr, {}, rule);
+  const auto started = std::chrono::steady_clock::now();
   Result<Value> r = jails_.run_chunk(*level, input, &host);
+  const std::string level_name(isolation_name(*level));
+  counters_.metrics.eval_seconds.observe({level_name}, std::chrono::steady_clock::now() - started);
+  if (*level != Isolation::trusted) counters_.metrics.jail_starts.inc({level_name});
   Reply reply = r ? reply_ok(std::move(*r)) : reply_error(r.error());
   reply.isolation = *level;
   return reply;

@@ -62,6 +62,8 @@ class NodeServer final : public RequestHandler {
   asio::awaitable<Reply> serve_call(CallRequest request, const PeerIdentity& peer);
   asio::awaitable<Reply> serve_eval(EvalRequest request, const PeerIdentity& peer);
   Reply run_eval(const EvalRequest& request, const PeerIdentity& peer);
+  // The request's metrics (by service and outcome, errors by code) and its trace event.
+  void count_request(const std::string& service, const Reply& reply, const PeerIdentity& peer);
 
   const NodeOptions& options_;
   NodeRuntime& runtime_;

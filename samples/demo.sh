@@ -17,15 +17,18 @@ cleanup() {
 trap cleanup EXIT
 
 # Starts a node in the background (in this shell, so that its pid is ours to stop) and
-# sets the variable named by $2 to the address it bound.
+# sets the variable named by $2 to the address it bound. With --http among its flags, it
+# also waits for the dashboard and sets http_NAME to its URL.
 start_node() {
-  local name=$1 var=$2
+  local name=$1 var=$2 want="listening on"
   shift 2
+  [[ " $* " == *" --http "* ]] && want="dashboard at"
   "$bin/sojourn" node --listen 127.0.0.1:0 --name "$name" "$@" >"$work/$name.out" 2>"$work/$name.err" &
   pids+=($!)
   for _ in $(seq 200); do
-    if grep -q "listening on" "$work/$name.out" 2>/dev/null; then
+    if grep -q "$want" "$work/$name.out" 2>/dev/null; then
       printf -v "$var" '%s' "$(sed -n "s/^node $name listening on //p" "$work/$name.out")"
+      printf -v "http_$name" '%s' "$(sed -n "s/^node $name dashboard at \([^ ]*\).*/\1/p" "$work/$name.out")"
       return
     fi
     sleep 0.05
@@ -50,13 +53,15 @@ run() {
 
 here=$(cd "$(dirname "$0")" && pwd)
 say "== sojourn demo: three nodes on loopback, each with its own data, exchanging code and agents =="
+# Each node also serves its dashboard (--http, port 0 like --listen: the bound one is printed).
 start_node a a --data 'catalogue={"disk": 79, "ram": 35}' --data 'readings=[12, 17, 9]' \
-  --publish "$here/modules/stats.lua"
-start_node b b --data 'catalogue={"disk": 72, "ram": 41}' --data 'readings=[30, 31]'
-start_node c c --data 'catalogue={"disk": 88}' --data 'readings=[5, 50, 500, 5000]'
+  --publish "$here/modules/stats.lua" --http 127.0.0.1:0
+start_node b b --data 'catalogue={"disk": 72, "ram": 41}' --data 'readings=[30, 31]' --http 127.0.0.1:0
+start_node c c --data 'catalogue={"disk": 88}' --data 'readings=[5, 50, 500, 5000]' --http 127.0.0.1:0
 echo "node a listening on $a (publishes module stats)"
 echo "node b listening on $b"
 echo "node c listening on $c"
+echo "dashboards (open in a browser while the demo runs; metrics at /metrics): a $http_a  b $http_b  c $http_c"
 # Where each node runs code from peers: microvm where KVM can run the guest, else process.
 grep -h "runs code from peers" "$work/a.out" "$work/b.out" "$work/c.out"
 
@@ -93,6 +98,10 @@ run "$bin/sojourn" call "$c" kv.get '["delivery"]'
 say "-- a runaway chunk is stopped by the sandbox; the node keeps serving"
 run "$bin/sojourn" eval "$a" -e 'while true do end' --cpu 1000000 || echo "(exit code $?: the node answered with an error)"
 run "$bin/sojourn" info "$a"
+
+say "-- observing: node a's live view in the terminal (sojourn top; without --once it refreshes in place)"
+http_addr=${http_a#http://}
+run "$bin/sojourn" top "${http_addr%/}" --once
 
 say "-- mutual TLS: a cluster CA, one identity per node and client; a client without one is refused"
 run "$bin/sojourn" ca init "$work/ca" --name "demo CA"

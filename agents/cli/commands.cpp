@@ -139,6 +139,7 @@ int run_node(const NodeCommand& c) {
   }
   apply_tls(c.tls, options);
   options.insecure_plain_tcp = c.insecure;
+  options.http = c.http;
   if (options.tls.enabled()) {
     // Checked here too, so that a bad TLS directory stops the daemon before anything starts.
     auto tls = make_tls_context(options.tls);
@@ -191,6 +192,10 @@ int run_node(const NodeCommand& c) {
       return exit_code_for(bound.error());
     }
     std::printf("node %s listening on %s\n", c.name.c_str(), bound->c_str());
+  }
+  if (const std::string http = node.http_address(); !http.empty()) {
+    std::printf("node %s dashboard at %s://%s/ (metrics at /metrics)\n", c.name.c_str(), c.tls.dir.empty() ? "http" : "https",
+                http.c_str());
   }
   std::fflush(stdout);
   int sig = 0;

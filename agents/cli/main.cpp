@@ -7,6 +7,7 @@
 #include <string>
 
 #include "agents/cli/commands.hpp"
+#include "agents/cli/top_command.hpp"
 #include "agents/cli/trust_commands.hpp"
 #include "sojourn/core/log.hpp"
 
@@ -81,6 +82,7 @@ int main(int argc, char** argv) {
   // the top level, where CLI11 reads config files (it reads them only there).
   node_cmd->fallthrough();
   node_cmd->footer("--config FILE (see `sojourn --help`) reads these flags from a TOML/INI file; flags given here override it.");
+  node_cmd->add_option("--http", node.http, "HOST:PORT of the read-only dashboard, /metrics and JSON API (docs/observability.md)");
 
   CallCommand call;
   auto* call_cmd = app.add_subcommand("call", "Client-server: run a service at a node");
@@ -173,6 +175,12 @@ int main(int argc, char** argv) {
   app.set_config("--config", "", "Read `sojourn node` flags from FILE (TOML or INI, `name = value`, "
                  "`listen = [\"a:1\", \"b:2\"]` for a repeated flag); flags on the command line override it");
   app.allow_config_extras(CLI::config_extras_mode::error);  // a misspelt key is an error, not ignored
+  TopCommand top;
+  auto* top_cmd = app.add_subcommand("top", "A node's live view in the terminal: agents, rates, latencies (from its --http)");
+  top_cmd->add_option("address", top.address, "HOST:PORT of the node's --http")->required();
+  top_cmd->add_flag("--once", top.once, "Print the view once and exit (for scripts)");
+  top_cmd->add_option("--interval-ms", top.interval_ms, "Refresh interval")->capture_default_str()->check(CLI::Range(100, 3600000));
+  add_tls_flags(*top_cmd, top.tls);
 
   TrustCommands trust;
   add_trust_commands(app, trust);
@@ -219,5 +227,6 @@ int main(int argc, char** argv) {
   if (locate_cmd->parsed()) return run_locate(locate);
   if (send_cmd->parsed()) return run_send(send);
   if (wait_cmd->parsed()) return run_wait(wait);
+  if (top_cmd->parsed()) return run_top(top);
   return exit_usage;
 }

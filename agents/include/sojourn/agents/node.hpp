@@ -51,6 +51,11 @@ struct NodeOptions {
   TlsConfig tls;
   // Plain TCP on a non-loopback address is refused unless this is set (`--insecure`).
   bool insecure_plain_tcp = false;
+  // "HOST:PORT": the read-only dashboard, /metrics and JSON API (`--http`,
+  // docs/observability.md), served from the first listen() on. Over TLS when `tls` is set
+  // (the node's certificate; clients need one of the CA); plain HTTP only on loopback unless
+  // insecure_plain_tcp. Empty: none.
+  std::string http;
   // Limits of one evaluation when the request leaves them at zero...
   Limits default_limits{100'000'000, 64u << 20, 5'000};
   // ...and the most a request may ask for.
@@ -233,6 +238,9 @@ class Node {
   // The node's stable id (its TLS key fingerprint, else the id in data_dir or a fresh one):
   // what agent TRANSFERs and signed evaluations are addressed to (docs/protocol.md).
   std::string node_id() const;
+  // The bound address of the dashboard (NodeOptions::http, port 0 resolved); empty before
+  // the first listen() or without NodeOptions::http.
+  std::string http_address() const;
 
   // Stops accepting, gives requests in flight up to `grace` to finish, then ends the
   // rest with "node is shutting down" and closes every connection. Idempotent.
@@ -243,6 +251,7 @@ class Node {
 
  private:
   struct Impl;  // the library's own (agents/node_impl.hpp)
+  static Result<void> serve_http(const std::shared_ptr<Impl>& impl);
   std::shared_ptr<Impl> impl_;
   friend Impl& node_impl(Node&);
 };

@@ -1,0 +1,188 @@
+// The node's metrics and trace (metrics.hpp).
+#include "agents/metrics.hpp"
+
+#include <algorithm>
+#include <charconv>
+#include <cmath>
+#include <limits>
+
+namespace sojourn::metrics {
+
+std::string escape_label(std::string_view v) {
+  std::string out;
+  out.reserve(v.size());
+  for (char c : v) {
+    if (c == '\\') out += "\\\\";
+    else if (c == '"') out += "\\\"";
+    else if (c == '\n') out += "\\n";
+    else out += c;
+  }
+  return out;
+}
+
+namespace {
+
+// HELP text escapes only backslash and newline.
+std::string escape_help(std::string_view v) {
+  std::string out;
+  for (char c : v) {
+    if (c == '\\') out += "\\\\";
+    else if (c == '\n') out += "\\n";
+    else out += c;
+  }
+  return out;
+}
+
+}  // namespace
+
+std::string format_value(double v) {
+  if (std::isinf(v)) return v > 0 ? "+Inf" : "-Inf";
+  if (std::isnan(v)) return "NaN";
+  char buf[64];
+  auto [end, ec] = std::to_chars(buf, buf + sizeof buf, v, std::chars_format::general);
+  return ec == std::errc() ? std::string(buf, end) : std::string("0");
+}
+
+Family::Family(std::string name, std::string help, std::vector<std::string> labels)
+    : name_(std::move(name)), help_(std::move(help)), labels_(std::move(labels)) {}
+
+void Family::render(std::string& out) const {
+  out += "# HELP " + name_ + " " + escape_help(help_) + "\n";
+  out += "# TYPE " + name_ + " " + type() + "\n";
+  render_series(out);
+}
+
+std::string Family::series_name(std::string_view suffix, const LabelValues& values, std::string_view extra) const {
+  std::string s = name_;
+  s += suffix;
+  if (labels_.empty() && extra.empty()) return s;
+  s += '{';
+  for (std::size_t i = 0; i < labels_.size() && i < values.size(); ++i) {
+    if (i != 0) s += ',';
+    s += labels_[i] + "=\"" + escape_label(values[i]) + "\"";
+  }
+  if (!extra.empty()) {
+    if (!labels_.empty()) s += ',';
+    s += extra;
+  }
+  s += '}';
+  return s;
+}
+
+std::atomic<std::uint64_t>& CounterFamily::at(const LabelValues& values) {
+  std::lock_guard lock(mutex_);
+  auto& slot = series_[values];
+  if (!slot) slot = std::make_unique<std::atomic<std::uint64_t>>(0);
+  return *slot;
+}
+
+std::uint64_t CounterFamily::value(const LabelValues& values) const {
+  std::lock_guard lock(mutex_);
+  auto it = series_.find(values);
+  return it == series_.end() ? 0 : it->second->load();
+}
+
+void CounterFamily::render_series(std::string& out) const {
+  std::lock_guard lock(mutex_);
+  if (series_.empty() && labels_.empty()) out += name_ + " 0\n";
+  for (const auto& [values, v] : series_) out += series_name("", values) + " " + std::to_string(v->load()) + "\n";
+}
+
+void GaugeFamily::set(const LabelValues& values, double v) {
+  std::lock_guard lock(mutex_);
+  series_[values] = v;
+}
+
+double GaugeFamily::value(const LabelValues& values) const {
+  std::lock_guard lock(mutex_);
+  auto it = series_.find(values);
+  return it == series_.end() ? 0 : it->second;
+}
+
+void GaugeFamily::render_series(std::string& out) const {
+  std::lock_guard lock(mutex_);
+  if (series_.empty() && labels_.empty()) out += name_ + " 0\n";
+  for (const auto& [values, v] : series_) out += series_name("", values) + " " + format_value(v) + "\n";
+}
+
+HistogramFamily::Series& HistogramFamily::at(const LabelValues& values) {
+  std::lock_guard lock(mutex_);
+  auto& slot = series_[values];
+  if (!slot) slot = std::make_unique<Series>();
+  return *slot;
+}
+
+void HistogramFamily::observe(Series& s, std::chrono::nanoseconds took) {
+  const double seconds = std::chrono::duration<double>(took).count();
+  auto it = std::lower_bound(kBounds.begin(), kBounds.end(), seconds);  // le: the first bound >= v
+  if (it != kBounds.end()) s.buckets[static_cast<std::size_t>(it - kBounds.begin())].fetch_add(1, std::memory_order_relaxed);
+  s.count.fetch_add(1, std::memory_order_relaxed);
+  s.sum_ns.fetch_add(static_cast<std::uint64_t>(std::max<std::int64_t>(0, took.count())), std::memory_order_relaxed);
+}
+
+std::uint64_t HistogramFamily::count() const {
+  std::lock_guard lock(mutex_);
+  std::uint64_t n = 0;
+  for (const auto& [values, s] : series_) n += s->count.load();
+  return n;
+}
+
+double HistogramFamily::quantile(double q) const {
+  std::array<std::uint64_t, kBounds.size()> sums{};
+  std::uint64_t total = 0;
+  {
+    std::lock_guard lock(mutex_);
+    for (const auto& [values, s] : series_) {
+      for (std::size_t i = 0; i < kBounds.size(); ++i) sums[i] += s->buckets[i].load();
+      total += s->count.load();
+    }
+  }
+  if (total == 0) return 0;
+  const double rank = q * static_cast<double>(total);
+  std::uint64_t seen = 0;
+  for (std::size_t i = 0; i < kBounds.size(); ++i) {
+    seen += sums[i];
+    if (static_cast<double>(seen) >= rank) return kBounds[i];
+  }
+  return std::numeric_limits<double>::infinity();  // above the last bound
+}
+
+void HistogramFamily::render_series(std::string& out) const {
+  std::lock_guard lock(mutex_);
+  for (const auto& [values, s] : series_) {
+    std::uint64_t cumulative = 0;
+    for (std::size_t i = 0; i < kBounds.size(); ++i) {
+      cumulative += s->buckets[i].load();
+      out += series_name("_bucket", values, "le=\"" + format_value(kBounds[i]) + "\"") + " " +
+             std::to_string(cumulative) + "\n";
+    }
+    const std::uint64_t count = s->count.load();
+    out += series_name("_bucket", values, "le=\"+Inf\"") + " " + std::to_string(count) + "\n";
+    out += series_name("_sum", values) + " " + format_value(static_cast<double>(s->sum_ns.load()) / 1e9) + "\n";
+    out += series_name("_count", values) + " " + std::to_string(count) + "\n";
+  }
+}
+
+void TraceRing::add(std::string kind, std::string agent, std::string peer, std::string detail) {
+  const auto now = std::chrono::duration_cast<std::chrono::milliseconds>(
+                       std::chrono::system_clock::now().time_since_epoch()).count();
+  std::lock_guard lock(mutex_);
+  events_.push_back(Event{next_seq_++, now, std::move(kind), std::move(agent), std::move(peer), std::move(detail)});
+  while (events_.size() > capacity_) events_.pop_front();
+}
+
+std::vector<Event> TraceRing::since(std::uint64_t since, std::size_t limit) const {
+  std::lock_guard lock(mutex_);
+  std::vector<Event> out;
+  auto it = std::upper_bound(events_.begin(), events_.end(), since,
+                             [](std::uint64_t s, const Event& e) { return s < e.seq; });
+  for (; it != events_.end() && out.size() < limit; ++it) out.push_back(*it);
+  return out;
+}
+
+std::uint64_t TraceRing::last_seq() const {
+  std::lock_guard lock(mutex_);
+  return next_seq_ - 1;
+}
+
+}  // namespace sojourn::metrics
