@@ -20,6 +20,8 @@ packages=(
   openssl
   # The kvm tests run inside a nested QEMU guest where the host has no /dev/kvm (tests/kvm).
   qemu-system-x86 linux-image-amd64 busybox-static cpio xz-utils
+  # Strong mobility: the heap image's pages are compressed with zstd (sandbox/image).
+  libzstd-dev
 )
 if [ "$mode" = test ]; then
   # The fuzz build: Debian's clang, its libFuzzer and sanitizer runtimes, and llvm-symbolizer
