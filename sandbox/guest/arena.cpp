@@ -261,6 +261,23 @@ FixedArena FixedArena::over(void* region, std::size_t bytes) {
   return FixedArena(header);
 }
 
+Result<FixedArena> FixedArena::adopt(void* region, std::size_t bytes) {
+  // SAFETY: the caller hands a writable region of `bytes` bytes holding an image's bytes; the
+  // header is only read after the size check, and its pointers only compared.
+  if (bytes < rounded(sizeof(Header))) {
+    return make_error(Errc::sandbox_refused, "refused by the sandbox: heap image: the arena is smaller than its bookkeeping");
+  }
+  auto* header = std::launder(static_cast<Header*>(region));
+  std::byte* const lo = as_bytes(region);
+  std::byte* const hi = lo + bytes;
+  const bool inside = header->start == lo + rounded(sizeof(Header)) && header->top >= header->start &&
+                      header->top <= hi && header->end == hi;
+  if (header->magic != kMagic || !inside) {
+    return make_error(Errc::sandbox_refused, "refused by the sandbox: heap image: the arena's bookkeeping is not an arena's");
+  }
+  return FixedArena(header);
+}
+
 namespace {
 
 // One pass of the allocation policy; null when nothing fits as the lists stand.

@@ -36,6 +36,11 @@ class FixedArena final : public LuaHeap {
   static Result<FixedArena> map_at(std::uintptr_t base, std::size_t bytes);
   // Uses an existing writable region (tests); the first bytes become the bookkeeping.
   static FixedArena over(void* region, std::size_t bytes);
+  // Takes over a region whose bytes came from a heap image (strong mobility): the bookkeeping
+  // already at its start is kept, after checking that it is an arena's and that its pointers
+  // stay inside the region (sandbox_refused "refused by the sandbox: heap image: ..."). The free
+  // lists are not walked: a crafted image can at worst crash its own guest.
+  static Result<FixedArena> adopt(void* region, std::size_t bytes);
 
   void* allocate(std::size_t size) noexcept override;
   void* reallocate(void* block, std::size_t old_size, std::size_t new_size) noexcept override;
