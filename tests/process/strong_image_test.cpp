@@ -378,3 +378,26 @@ TEST_CASE("a corrupt but well-hashed image only kills the process that loads it"
   CHECK(good.kind == 'R');
   CHECK(good.text == "ok 3");
 }
+
+TEST_CASE("LuaJIT facts strong mobility relies on: the state is in the arena, its allocator handle is not") {
+  const std::string out = in_child([] {
+    auto arena = FixedArena::map_at(kArenaBase, kArenaBytes);
+    if (!arena) return "E" + arena.error().message;
+    lua_State* L = lua_newstate(arena_alloc, &*arena);
+    if (L == nullptr) return std::string("Eno state");
+    luaL_openlibs(L);
+    lua_State* co = lua_newthread(L);
+    void* ud = nullptr;
+    lua_getallocf(L, &ud);
+    lua_getglobal(L, "print");
+    const void* print = lua_topointer(L, -1);
+    std::string facts;
+    // The main thread is the head of GG_State (global_State and the dispatch table with it).
+    facts += arena->contains(L) ? "main-in " : "main-out ";
+    facts += arena->contains(co) ? "thread-in " : "thread-out ";
+    facts += arena->contains(print) ? "cfunc-in " : "cfunc-out ";
+    facts += arena->contains(ud) ? "allocd-in" : "allocd-out";
+    return "R" + facts;
+  });
+  CHECK(out == "Rmain-in thread-in cfunc-in allocd-out");
+}
