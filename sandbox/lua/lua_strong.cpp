@@ -12,6 +12,7 @@ namespace {
 
 constexpr const char* kSentinelKey = "sojourn.strong.go";
 constexpr const char* kAgentsKey = "sojourn.strong.agents";
+constexpr const char* kMainKey = "sojourn.strong.main";
 
 // Runs with the sentinel as its only argument. A go travels as a yield of (GO, what, peer):
 // a wrapper that sees it come out of an inner resume yields it on, and when it is resumed in
@@ -70,16 +71,27 @@ void open_strong_api(lua_State* L) {
   lua_call(L, 1, 0);
   lua_newtable(L);
   lua_setfield(L, LUA_REGISTRYINDEX, kAgentsKey);
+  lua_pushthread(L);
+  lua_setfield(L, LUA_REGISTRYINDEX, kMainKey);
 }
 
-lua_State* start_agent(lua_State* L) {
+lua_State* main_thread(lua_State* co) {
+  lua_getfield(co, LUA_REGISTRYINDEX, kMainKey);
+  lua_State* L = lua_tothread(co, -1);
+  lua_pop(co, 1);
+  return L;
+}
+
+lua_State* start_agent(lua_State* L, int nargs) {
   lua_State* co = lua_newthread(L);
   lua_getfield(L, LUA_REGISTRYINDEX, kAgentsKey);
   lua_pushvalue(L, -2);
   lua_pushboolean(L, 1);
   lua_rawset(L, -3);  // agents[co] = true
-  lua_pop(L, 2);      // the agents table, the thread
-  lua_xmove(L, co, 1);  // the function
+  lua_pop(L, 1);      // the agents table
+  lua_insert(L, -(nargs + 2));  // the thread below the function and its arguments
+  lua_xmove(L, co, nargs + 1);
+  lua_pop(L, 1);  // the thread (anchored in the registry)
   return co;
 }
 

@@ -6,7 +6,12 @@
 // chain is rebuilt on arrival by the same code that was imaged.
 #pragma once
 
+#include <cstdint>
+#include <functional>
 #include <string>
+
+#include "sojourn/core/error.hpp"
+#include "sojourn/sandbox/lua_sandbox.hpp"
 
 struct lua_State;
 
@@ -17,9 +22,14 @@ namespace sojourn::sandbox::strong {
 // and agent.checkpoint(). Creates the `agent` table when there is none. Lua errors are raised.
 void open_strong_api(lua_State* L);
 
-// A new coroutine that will call the function at the top of L's stack (popped). Anchored in L's
-// registry so that it survives any collection, and it travels with the arena.
-lua_State* start_agent(lua_State* L);
+// A new coroutine that will call the function below the `nargs` values at the top of L's stack
+// with them (all popped). Anchored in L's registry so that it survives any collection, and it
+// travels with the arena.
+lua_State* start_agent(lua_State* L, int nargs = 0);
+
+// The state's main thread, as open_strong_api recorded it (where host-side work on a restored
+// state runs, the agent coroutine being suspended).
+lua_State* main_thread(lua_State* co);
 
 enum class Stop {
   finished,    // the entry returned: its results are on the coroutine's stack
@@ -40,5 +50,24 @@ struct Step {
 // in another guest holding the restored arena) makes that agent.go or agent.checkpoint return
 // (agent.go returns true; agent.checkpoint returns true).
 Step resume_agent(lua_State* co);
+
+// Called at a strong stop while the state is live and the agent suspended, with the agent
+// coroutine's address: the guest writes its arena's used span there. An error fails the step.
+using StopSink = std::function<Result<void>(std::uintptr_t agent_handle)>;
+
+// A strong agent step under the sandbox's environment and limits (as run_agent). The outcome's
+// `strong_stop` is set when the agent stopped at agent.go(peer) (went, go_peer) or at
+// agent.checkpoint() (checkpoint); `at_stop` ran then. A weak agent.go(peer, entry) or
+// agent.wait ends the step as in run_agent (the state table is not converted: it is in the
+// heap). Only for a process whose Lua heap is an installed arena (the guest).
+Result<AgentOutcome> run_agent_strong(const RunInput& input, const AgentInput& agent, HostCalls* host,
+                                      const StopSink& at_stop);
+
+// Resumes the agent at `agent_handle` in an arena just restored from an image: rebinds the
+// allocator to a fresh run context with `input`'s limits (never the image's), the count hook,
+// the deadline, the host calls and the `agent` facts in `info` (raw sets), then goes on as
+// run_agent_strong. input.source is not used; input.chunk_name names errors.
+Result<AgentOutcome> resume_agent_strong(std::uintptr_t agent_handle, const RunInput& input, const Value& info,
+                                         HostCalls* host, const StopSink& at_stop);
 
 }  // namespace sojourn::sandbox::strong

@@ -11,6 +11,7 @@
 
 #include <doctest/doctest.h>
 
+#include <csignal>
 #include <cstring>
 #include <functional>
 #include <optional>
@@ -62,6 +63,8 @@ std::string in_child(const std::function<std::string()>& body) {
   const pid_t pid = ::fork();
   REQUIRE(pid >= 0);
   if (pid == 0) {
+    // A crash ends the child as a crash, not through the test framework's handlers.
+    for (int sig : {SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGABRT}) ::signal(sig, SIG_DFL);
     ::close(fds[0]);
     std::string out;
     try {
@@ -400,4 +403,123 @@ TEST_CASE("LuaJIT facts strong mobility relies on: the state is in the arena, it
     return "R" + facts;
   });
   CHECK(out == "Rmain-in thread-in cfunc-in allocd-out");
+}
+
+// ---- The same moves under the sandbox's environment and limits (strong::run_agent_strong and
+// strong::resume_agent_strong over an installed arena, as in the guest).
+
+namespace {
+
+constexpr std::size_t kQuota = 96u << 20;
+
+sojourn::Value facts_at(const std::string& here) {
+  sojourn::Value info = sojourn::Value::table();
+  info.set(sojourn::Value("here"), sojourn::Value(here));
+  return info;
+}
+
+// A step's outcome as a hop: the image at a strong stop, else the result or the error.
+std::string as_hop(const sojourn::Result<sojourn::sandbox::AgentOutcome>& outcome, const std::string& image_bytes) {
+  if (!outcome) return "E" + std::string(sojourn::errc_name(outcome.error().code)) + " " + outcome.error().message;
+  if (outcome->strong_stop) return "I" + (outcome->checkpoint ? std::string("(checkpoint)") : outcome->go_peer) + "\n" + image_bytes;
+  if (outcome->went) return "Rweak go to " + outcome->go_peer + " at " + outcome->go_entry;
+  const sojourn::Value first = outcome->results.get(sojourn::Value(std::int64_t{1}));
+  return "R" + (first.is_string() ? first.as_string() : std::string("(not a string)"));
+}
+
+sojourn::sandbox::strong::StopSink image_into(std::string& out, FixedArena& arena) {
+  return [&out, &arena](std::uintptr_t handle) -> sojourn::Result<void> {
+    const std::size_t used = (arena.high_water() + image::kPageBytes - 1) & ~(image::kPageBytes - 1);
+    auto taken = image::take_image({this_build(), kArenaBase, arena.size(), handle},
+                                   std::span(reinterpret_cast<const std::uint8_t*>(kArenaBase), used));
+    if (!taken) return taken.error();
+    out.assign(taken->begin(), taken->end());
+    return {};
+  };
+}
+
+sojourn::sandbox::RunInput input_of(const std::string& source, std::uint64_t cpu = 50'000'000) {
+  sojourn::sandbox::RunInput input;
+  input.source = source;
+  input.chunk_name = "agent";
+  input.args = sojourn::Value::table();
+  input.limits = sojourn::Limits{cpu, kQuota, 10'000};
+  return input;
+}
+
+Hop sandbox_first(const std::string& source) {
+  return parse(in_child([&] {
+    auto arena = FixedArena::map_at(kArenaBase, kArenaBytes);
+    if (!arena) return "E" + arena.error().message;
+    sojourn::sandbox::use_lua_heap(&*arena);
+    const sojourn::sandbox::RunInput input = input_of(source);
+    const sojourn::sandbox::AgentInput agent{"start", sojourn::Value::table(), facts_at("A")};
+    std::string bytes;
+    auto outcome = strong::run_agent_strong(input, agent, nullptr, image_into(bytes, *arena));
+    return as_hop(outcome, bytes);
+  }));
+}
+
+Hop sandbox_next(const std::vector<std::uint8_t>& bytes, const std::string& here, std::uint64_t cpu = 50'000'000) {
+  return parse(in_child([&] {
+    auto opened = image::open_image(bytes, {this_build(), kArenaBase, kArenaBytes});
+    if (!opened) return "E" + opened.error().message;
+    auto fresh = FixedArena::map_at(kArenaBase, opened->header.arena_bytes);
+    if (!fresh) return "E" + fresh.error().message;
+    std::memcpy(reinterpret_cast<void*>(kArenaBase), opened->used.data(), opened->used.size());
+    auto arena = FixedArena::adopt(reinterpret_cast<void*>(kArenaBase), opened->header.arena_bytes);
+    if (!arena) return "E" + arena.error().message;
+    sojourn::sandbox::use_lua_heap(&*arena);
+    std::string next;
+    auto outcome = strong::resume_agent_strong(opened->header.agent_handle, input_of("", cpu), facts_at(here), nullptr,
+                                               image_into(next, *arena));
+    return as_hop(outcome, next);
+  }));
+}
+
+}  // namespace
+
+TEST_CASE("sandboxed strong steps: the restricted environment's pcall and coroutines carry a go") {
+  const Hop first = sandbox_first(R"(
+    function start(state)
+      local seen = {}
+      local gen = coroutine.wrap(function() for i = 1, 10 do coroutine.yield(i) end end)
+      for _, stop in ipairs({'B', 'C'}) do
+        local n = gen()
+        local ok = pcall(function() agent.go(stop) end)
+        seen[#seen + 1] = agent.here .. n .. tostring(ok)
+      end
+      local inner = coroutine.create(function() agent.go('D') return agent.here end)
+      local _, where = coroutine.resume(inner)
+      return table.concat(seen, ' ') .. ' ' .. where
+    end)");
+  REQUIRE(first.kind == 'I');
+  CHECK(first.peer == "B");
+  const Hop second = sandbox_next(first.image, "B");
+  REQUIRE(second.kind == 'I');
+  CHECK(second.peer == "C");
+  const Hop third = sandbox_next(second.image, "C");
+  REQUIRE(third.kind == 'I');
+  CHECK(third.peer == "D");
+  const Hop last = sandbox_next(third.image, "D");
+  CHECK(last.kind == 'R');
+  CHECK(last.text == "B1true C2true D");
+}
+
+TEST_CASE("sandboxed strong steps: a weak go keeps its semantics, and limits after a resume are the destination's") {
+  const Hop weak = sandbox_first("function start() agent.go('B', 'later') end");
+  CHECK(weak.kind == 'R');
+  CHECK(weak.text == "weak go to B at later");
+
+  const Hop first = sandbox_first("function start() agent.go('B') while true do end end");
+  REQUIRE(first.kind == 'I');
+  const Hop spun = sandbox_next(first.image, "B", 200'000);
+  CHECK(spun.kind == 'E');
+  CHECK(spun.text == "cpu_limit CPU limit of 200000 instructions exceeded");
+
+  const Hop grow = sandbox_first("function start() agent.go('B') local t = {} while true do t[#t + 1] = ('x'):rep(4096) .. #t end end");
+  REQUIRE(grow.kind == 'I');
+  const Hop bomb = sandbox_next(grow.image, "B");
+  CHECK(bomb.kind == 'E');
+  CHECK(bomb.text.find("memory_limit memory limit of " + std::to_string(kQuota) + " bytes exceeded") == 0);
 }
