@@ -229,10 +229,6 @@ bool grow_into_next(FixedArena::Header& h, std::byte* block, std::size_t old_siz
 
 }  // namespace
 
-std::size_t arena_bytes_for_quota(std::uint64_t quota_bytes) {
-  const std::uint64_t bytes = quota_bytes * 2 + (std::uint64_t{1} << 20);
-  return static_cast<std::size_t>((bytes + kPage - 1) & ~std::uint64_t{kPage - 1});
-}
 
 Result<FixedArena> FixedArena::map_at(std::uintptr_t base, std::size_t bytes) {
   bytes = (bytes + kPage - 1) & ~(kPage - 1);

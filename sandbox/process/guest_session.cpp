@@ -114,12 +114,15 @@ Error classify_guest_end(const channel::Exited* exited, long seccomp_syscall, co
 }
 
 Conversation converse(HostChannel& channel, std::span<const std::uint8_t> request, Kind done, const Limits& limits,
-                      HostCalls* host, std::uint64_t max_result_bytes) {
+                      HostCalls* host, std::uint64_t max_result_bytes, std::vector<std::uint8_t>* heap_span,
+                      std::uint64_t max_frame_bytes) {
   ReadLimits read_limits;
   read_limits.max_payload = limits.memory_bytes + kFrameSlack;
   read_limits.result_kind = done;
   read_limits.max_result = max_result_bytes == 0 ? read_limits.max_payload
                                                  : std::min(read_limits.max_payload, max_result_bytes + kResultEnvelopeSlack);
+  if (heap_span != nullptr) read_limits.max_payload = std::max(read_limits.max_payload, max_frame_bytes + kFrameSlack);
+  bool span_seen = false;
   Conversation talk;
   talk.status = channel.write(request);
   Kind kind{};
@@ -143,6 +146,10 @@ Conversation converse(HostChannel& channel, std::span<const std::uint8_t> reques
         break;
       }
       talk.status = channel.write(channel::encode_frame(answer_host_call(host, *call)));
+    } else if (kind == Kind::heap_span && heap_span != nullptr && !span_seen) {
+      span_seen = true;
+      *heap_span = std::move(payload);
+      payload = {};
     } else if (kind == Kind::seccomp_report) {
       if (auto report = channel::decode_payload<channel::SeccompReport>(payload)) talk.seccomp_syscall = report->syscall;
     } else {
@@ -204,6 +211,8 @@ Result<AgentOutcome> agent_outcome(std::span<const std::uint8_t> payload) {
   outcome.go_peer = std::move(done->go_peer);
   outcome.go_entry = std::move(done->go_entry);
   outcome.instructions = done->instructions;
+  outcome.strong_stop = done->strong_stop;
+  outcome.checkpoint = done->checkpoint;
   return outcome;
 }
 
@@ -222,7 +231,8 @@ Result<std::vector<std::uint8_t>> run_in_guest(ZygoteLink& zygote, const RunInpu
 
   const auto deadline = Clock::now() + std::chrono::milliseconds(limits.wall_ms + options.kill_grace_ms);
   HostChannel channel(std::move(host_end), deadline, input.abort);
-  Conversation talk = converse(channel, request, done, limits, host, input.max_result_bytes);
+  Conversation talk =
+      converse(channel, request, done, limits, host, input.max_result_bytes, options.heap_span, options.max_frame_bytes);
   const auto kill = [&] { ::syscall(SYS_pidfd_send_signal, guest->pidfd.get(), SIGKILL, nullptr, 0); };
   if (talk.done) {
     // The guest exits by itself after its answer; the kill makes sure none outlives its run.

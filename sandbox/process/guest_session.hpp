@@ -25,6 +25,10 @@ struct SessionOptions {
   // stores the CPU time the kernel measured for it (0 when no report came): what an agent
   // step is charged, whatever the guest says it ran.
   std::uint64_t* guest_cpu_us = nullptr;
+  // Strong steps: where a heap_span frame's payload goes, and how large any frame may be
+  // (the arena's size for the quota, above the memory limit); 0: the memory limit's bound.
+  std::vector<std::uint8_t>* heap_span = nullptr;
+  std::uint64_t max_frame_bytes = 0;
 };
 
 // The exchange with a guest whose channel is `channel`, whatever started it (the zygote,
@@ -41,8 +45,11 @@ struct Conversation {
 // Any frame may be as large as the run's memory limit (and some room); the final frame at
 // most `max_result_bytes` (and the few bytes its envelope may add), when that is not zero:
 // a larger one is refused at its header, before the host reads it.
+// With `heap_span`, one heap_span frame is kept there (a strong stop) and frames may be as large
+// as `max_frame_bytes` when that is larger.
 Conversation converse(HostChannel& channel, std::span<const std::uint8_t> request, channel::Kind done,
-                      const Limits& limits, HostCalls* host, std::uint64_t max_result_bytes = 0);
+                      const Limits& limits, HostCalls* host, std::uint64_t max_result_bytes = 0,
+                      std::vector<std::uint8_t>* heap_span = nullptr, std::uint64_t max_frame_bytes = 0);
 
 // What run_lua refuses before a state exists is refused before a guest exists (both jails).
 Result<void> check_run_input(const RunInput& input);

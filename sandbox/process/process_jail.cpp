@@ -5,11 +5,15 @@
 #include <linux/sched.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <cstdlib>
 #include <filesystem>
 #include <mutex>
+#include <optional>
 #include <vector>
 
+#include "sandbox/guest/arena.hpp"
+#include "sandbox/image/heap_image.hpp"
 #include "sandbox/process/guest_session.hpp"
 #include "sandbox/process/zygote_link.hpp"
 #include "sojourn/core/log.hpp"
@@ -120,15 +124,97 @@ class ZygoteJail final : public ProcessJail {
     return outcome;
   }
 
+  Result<StrongOutcome> run_strong(const RunInput& input, const AgentInput& agent, HostCalls* host) override {
+    if (Result<void> ok = check_run_input(input); !ok) return ok.error();
+    channel::AgentRequest request{make_run_request(input, host), std::string(agent.entry), agent.state, agent.info, true};
+    return strong_in_guest(input, channel::encode_frame(request), host, 0);
+  }
+
+  Result<StrongOutcome> resume_strong(std::span<const std::uint8_t> bytes, const RunInput& input, const Value& info,
+                                      HostCalls* host) override {
+    if (Result<void> ok = check_run_input(input); !ok) return ok.error();
+    Result<std::array<std::uint8_t, 32>> build = build_id();
+    if (!build) return build.error();
+    const std::size_t arena_bytes = guest::arena_bytes_for_quota(input.limits.memory_bytes);
+    const auto t0 = std::chrono::steady_clock::now();
+    Result<image::RestoredImage> opened = image::open_image(bytes, {*build, guest::kArenaBase, arena_bytes});
+    if (!opened) return opened.error();
+    if (opened->header.arena_bytes != arena_bytes) {
+      return make_error(Errc::sandbox_refused, "refused by the sandbox: heap image: its arena of " +
+                                                   std::to_string(opened->header.arena_bytes) +
+                                                   " bytes needs the memory limit it was taken under (this step's gives " +
+                                                   std::to_string(arena_bytes) + " bytes)");
+    }
+    channel::ResumeRequest request{make_run_request(input, host), info, opened->header.agent_handle, arena_bytes,
+                                   std::string(opened->used.begin(), opened->used.end())};
+    opened->used = {};  // one copy of the span at a time
+    const auto restore_us = static_cast<std::uint64_t>(
+        std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - t0).count());
+    return strong_in_guest(input, channel::encode_frame(request), host, restore_us);
+  }
+
+  // The guest build id: the SHA-256 of the guest executable, computed once.
+  Result<std::array<std::uint8_t, 32>> build_id() {
+    std::lock_guard lock(mutex_);
+    if (!build_id_) {
+      Result<std::array<std::uint8_t, 32>> id = image::build_id_of(guest_path_);
+      if (!id) return id.error();
+      build_id_ = *id;
+    }
+    return *build_id_;
+  }
+
+  // One strong step in a guest: at a strong stop its heap_span frame is sealed into an image.
+  Result<StrongOutcome> strong_in_guest(const RunInput& input, const std::vector<std::uint8_t>& request, HostCalls* host,
+                                        std::uint64_t restore_us) {
+    Result<std::array<std::uint8_t, 32>> build = build_id();
+    if (!build) return build.error();
+    const std::size_t arena_bytes = guest::arena_bytes_for_quota(input.limits.memory_bytes);
+    std::uint64_t cpu_us = 0;
+    std::vector<std::uint8_t> span_frame;
+    SessionOptions session{options_.kill_grace_ms, &cpu_us, &span_frame, arena_bytes};
+    Result<std::vector<std::uint8_t>> done = in_guest(input, request, channel::Kind::agent_done, host, session);
+    if (!done) return done.error();
+    Result<AgentOutcome> outcome = agent_outcome(*done);
+    if (!outcome) return outcome.error();
+    outcome->host_cpu_us = cpu_us;
+    StrongOutcome strong;
+    strong.restore_us = restore_us;
+    if (outcome->strong_stop) {
+      Result<channel::HeapSpan> span = channel::decode_payload<channel::HeapSpan>(span_frame);
+      if (!span) return make_error(Errc::guest_crashed, "guest crashed: a strong stop without its heap span (" + span.error().message + ")");
+      if (span->arena_bytes != arena_bytes || span->span.size() > arena_bytes ||
+          span->agent_handle < guest::kArenaBase || span->agent_handle >= guest::kArenaBase + span->span.size()) {
+        return make_error(Errc::guest_crashed, "guest crashed: its heap span does not fit its arena");
+      }
+      const auto t0 = std::chrono::steady_clock::now();
+      Result<std::vector<std::uint8_t>> sealed = image::take_image(
+          {*build, guest::kArenaBase, arena_bytes, span->agent_handle},
+          std::span(reinterpret_cast<const std::uint8_t*>(span->span.data()), span->span.size()));
+      if (!sealed) return sealed.error();
+      strong.image_us = static_cast<std::uint64_t>(
+          std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - t0).count());
+      strong.raw_bytes = span->span.size();
+      strong.image = std::move(*sealed);
+    }
+    strong.step = std::move(*outcome);
+    return strong;
+  }
+
   Result<std::vector<std::uint8_t>> in_guest(const RunInput& input, const std::vector<std::uint8_t>& request,
                                              channel::Kind done, HostCalls* host, std::uint64_t* cpu_us = nullptr) {
+    return in_guest(input, request, done, host, SessionOptions{options_.kill_grace_ms, cpu_us});
+  }
+
+  Result<std::vector<std::uint8_t>> in_guest(const RunInput& input, const std::vector<std::uint8_t>& request,
+                                             channel::Kind done, HostCalls* host, const SessionOptions& session) {
     // A zygote that died since the last run is only noticed when a spawn fails: no guest
     // ran, so the run is tried once more on a new zygote.
     for (int attempt = 0;; ++attempt) {
       Result<std::shared_ptr<ZygoteLink>> link = zygote();
       if (!link) return link.error();
       const std::uint64_t started = counters_.guests_started.load();
-      auto result = run_in_guest(**link, input, request, done, host, SessionOptions{options_.kill_grace_ms, cpu_us}, counters_);
+      auto result = run_in_guest(**link, input, request, done, host, session, counters_);
       if (result || attempt > 0 || (*link)->alive() || counters_.guests_started.load() != started) return result;
     }
   }
@@ -161,6 +247,7 @@ class ZygoteJail final : public ProcessJail {
   mutable std::mutex mutex_;
   std::shared_ptr<ZygoteLink> zygote_;
   std::uint64_t zygote_starts_ = 0;
+  std::optional<std::array<std::uint8_t, 32>> build_id_;
   SessionCounters counters_;
 };
 
