@@ -4,7 +4,10 @@
 // arena at the fixed address). In-process, no jail: the jail's fork and channel come on top
 // (bench_jail measures those).
 //
-//   build/bin/bench_heap_image [rounds]     (default 15 rounds per size)
+//   build/bin/bench_heap_image [rounds]          (default 15 rounds per size)
+//   build/bin/bench_heap_image --jail [rounds]   strong steps through the process jail: a step
+//                                               that fills the heap and stops at agent.go, then
+//                                               its resume in a fresh guest (default 5 rounds)
 #include <sys/mman.h>
 
 #include <chrono>
@@ -19,6 +22,7 @@
 #include "bench/stats.hpp"
 #include "sandbox/guest/arena.hpp"
 #include "sandbox/image/heap_image.hpp"
+#include "sojourn/sandbox/process_jail.hpp"
 
 namespace image = sojourn::sandbox::image;
 using sojourn::sandbox::guest::FixedArena;
@@ -50,9 +54,64 @@ bool fill(lua_State* L, std::size_t bytes) {
   return luaL_dostring(L, code.c_str()) == 0;
 }
 
+// Strong steps through the process jail: the whole cost a hop's two ends pay, guests included.
+int jail_bench(int rounds) {
+  auto jail = sojourn::sandbox::ProcessJail::start({});
+  if (!jail) {
+    std::fprintf(stderr, "%s\n", jail.error().message.c_str());
+    return 1;
+  }
+  std::printf("%-8s %12s %12s %14s %14s %14s %14s %12s %12s\n", "heap", "raw bytes", "image bytes", "step med us",
+              "step p99 us", "resume med us", "resume p99 us", "seal med us", "open med us");
+  const std::pair<const char*, std::size_t> sizes[] = {{"1 KB", 1u << 10}, {"1 MB", 1u << 20},
+                                                       {"16 MB", 16u << 20}, {"64 MB", 64u << 20}};
+  for (const auto& [name, bytes] : sizes) {
+    const std::string source = "function start() data = {} local target = " + std::to_string(bytes) +
+                               " local i = 0 while collectgarbage('count') * 1024 < target do i = i + 1 "
+                               "data[i] = {i, i * 1.5, 'item ' .. i .. string.rep('.', i % 40)} end "
+                               "agent.go('B') return #data end";
+    sojourn::sandbox::RunInput input;
+    input.source = source;
+    input.chunk_name = "bench";
+    input.args = sojourn::Value::table();
+    input.limits = sojourn::Limits{4'000'000'000, 160u << 20, 60'000};
+    const sojourn::sandbox::AgentInput agent{"start", sojourn::Value::table(), sojourn::Value::table()};
+    std::vector<double> step_us, resume_us, seal_us, open_us;
+    std::uint64_t raw = 0, packed = 0;
+    for (int r = 0; r < rounds; ++r) {
+      auto t0 = std::chrono::steady_clock::now();
+      auto first = (*jail)->run_strong(input, agent, nullptr);
+      step_us.push_back(us_since(t0));
+      if (!first || !first->step.strong_stop) {
+        std::fprintf(stderr, "step: %s\n", first ? "no strong stop" : first.error().message.c_str());
+        return 1;
+      }
+      t0 = std::chrono::steady_clock::now();
+      auto second = (*jail)->resume_strong(first->image, input, sojourn::Value::table(), nullptr);
+      resume_us.push_back(us_since(t0));
+      if (!second) {
+        std::fprintf(stderr, "resume: %s\n", second.error().message.c_str());
+        return 1;
+      }
+      seal_us.push_back(static_cast<double>(first->image_us));
+      open_us.push_back(static_cast<double>(second->restore_us));
+      raw = first->raw_bytes;
+      packed = first->image.size();
+    }
+    const auto step = sojourn::bench::summarize(step_us);
+    const auto resume = sojourn::bench::summarize(resume_us);
+    std::printf("%-8s %12llu %12llu %14.0f %14.0f %14.0f %14.0f %12.0f %12.0f\n", name,
+                static_cast<unsigned long long>(raw), static_cast<unsigned long long>(packed), step.median_us,
+                step.p99_us, resume.median_us, resume.p99_us, sojourn::bench::summarize(seal_us).median_us,
+                sojourn::bench::summarize(open_us).median_us);
+  }
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
+  if (argc > 1 && std::string(argv[1]) == "--jail") return jail_bench(argc > 2 ? std::max(1, std::atoi(argv[2])) : 5);
   const int rounds = argc > 1 ? std::max(1, std::atoi(argv[1])) : 15;
   auto build = image::build_id_of("/proc/self/exe");
   if (!build) {
