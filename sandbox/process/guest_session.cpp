@@ -13,6 +13,8 @@
 #include <exception>
 #include <string>
 
+#include "sandbox/guest/arena.hpp"
+#include "sandbox/image/heap_image.hpp"
 #include "sandbox/lua/lua_limits.hpp"
 #include "sandbox/process/host_channel.hpp"
 
@@ -259,6 +261,56 @@ Result<std::vector<std::uint8_t>> run_in_guest(ZygoteLink& zygote, const RunInpu
   // The channel closed without an answer: the zygote's report says how the guest ended.
   std::optional<channel::Exited> exited = zygote.wait_exit(guest->id, Clock::now() + kExitReportWait);
   return classify_guest_end(exited ? &*exited : nullptr, talk.seccomp_syscall, limits);
+}
+
+Result<std::vector<std::uint8_t>> strong_resume_request(std::span<const std::uint8_t> bytes, const RunInput& input,
+                                                        const Value& info, const HostCalls* host,
+                                                        const std::array<std::uint8_t, 32>& build,
+                                                        std::uint64_t* restore_us) {
+  const std::size_t arena_bytes = guest::arena_bytes_for_quota(input.limits.memory_bytes);
+  const auto t0 = Clock::now();
+  Result<image::RestoredImage> opened = image::open_image(bytes, {build, guest::kArenaBase, arena_bytes});
+  if (!opened) return opened.error();
+  if (opened->header.arena_bytes != arena_bytes) {
+    return make_error(Errc::sandbox_refused, "refused by the sandbox: heap image: its arena of " +
+                                                 std::to_string(opened->header.arena_bytes) +
+                                                 " bytes needs the memory limit it was taken under (this step's gives " +
+                                                 std::to_string(arena_bytes) + " bytes)");
+  }
+  channel::ResumeRequest request{make_run_request(input, host), info, opened->header.agent_handle, arena_bytes,
+                                 std::string(opened->used.begin(), opened->used.end())};
+  opened->used = {};  // one copy of the span at a time
+  std::vector<std::uint8_t> frame = channel::encode_frame(request);
+  if (restore_us != nullptr) {
+    *restore_us = static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - t0).count());
+  }
+  return frame;
+}
+
+Result<StrongOutcome> strong_outcome(std::span<const std::uint8_t> done, std::span<const std::uint8_t> span_frame,
+                                     const std::array<std::uint8_t, 32>& build, std::size_t arena_bytes) {
+  Result<AgentOutcome> outcome = agent_outcome(done);
+  if (!outcome) return outcome.error();
+  StrongOutcome strong;
+  if (outcome->strong_stop) {
+    Result<channel::HeapSpan> span = channel::decode_payload<channel::HeapSpan>(span_frame);
+    if (!span) return make_error(Errc::guest_crashed, "guest crashed: a strong stop without its heap span (" + span.error().message + ")");
+    if (span->arena_bytes != arena_bytes || span->span.size() > arena_bytes ||
+        span->agent_handle < guest::kArenaBase || span->agent_handle >= guest::kArenaBase + span->span.size()) {
+      return make_error(Errc::guest_crashed, "guest crashed: its heap span does not fit its arena");
+    }
+    const auto t0 = Clock::now();
+    Result<std::vector<std::uint8_t>> sealed =
+        image::take_image({build, guest::kArenaBase, arena_bytes, span->agent_handle},
+                          std::span(reinterpret_cast<const std::uint8_t*>(span->span.data()), span->span.size()));
+    if (!sealed) return sealed.error();
+    strong.image_us =
+        static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - t0).count());
+    strong.raw_bytes = span->span.size();
+    strong.image = std::move(*sealed);
+  }
+  strong.step = std::move(*outcome);
+  return strong;
 }
 
 }  // namespace sojourn::sandbox

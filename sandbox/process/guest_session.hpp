@@ -2,6 +2,7 @@
 // collect the outcome, and turn every way a guest can end into a precise error.
 #pragma once
 
+#include <array>
 #include <atomic>
 #include <cstdint>
 #include <optional>
@@ -10,6 +11,7 @@
 
 #include "sandbox/process/host_channel.hpp"
 #include "sandbox/process/zygote_link.hpp"
+#include "sojourn/sandbox/jail.hpp"
 #include "sojourn/sandbox/lua_sandbox.hpp"
 
 namespace sojourn::sandbox {
@@ -77,5 +79,17 @@ Result<std::vector<std::uint8_t>> run_in_guest(ZygoteLink& zygote, const RunInpu
 // call it directly). `seccomp_syscall` is the syscall the guest reported before its kill, or
 // -1 when it reported none.
 Error classify_guest_end(const channel::Exited* exited, long seccomp_syscall, const Limits& limits);
+
+// Strong steps, the same in both jails. The resume request frame for an image, checked on the
+// host first (heap_image.hpp's open_image against `build` and the arena of input's memory
+// limit; the arena must be exactly that one); `restore_us` gets the host's time for it.
+Result<std::vector<std::uint8_t>> strong_resume_request(std::span<const std::uint8_t> image, const RunInput& input,
+                                                        const Value& info, const HostCalls* host,
+                                                        const std::array<std::uint8_t, 32>& build,
+                                                        std::uint64_t* restore_us);
+// A strong step's outcome from the guest's agent_done payload and, at a strong stop, its
+// heap_span payload, sealed into an image (guest_crashed when the span is missing or does not fit).
+Result<StrongOutcome> strong_outcome(std::span<const std::uint8_t> done, std::span<const std::uint8_t> span_frame,
+                                     const std::array<std::uint8_t, 32>& build, std::size_t arena_bytes);
 
 }  // namespace sojourn::sandbox

@@ -135,22 +135,10 @@ class ZygoteJail final : public ProcessJail {
     if (Result<void> ok = check_run_input(input); !ok) return ok.error();
     Result<std::array<std::uint8_t, 32>> build = build_id();
     if (!build) return build.error();
-    const std::size_t arena_bytes = guest::arena_bytes_for_quota(input.limits.memory_bytes);
-    const auto t0 = std::chrono::steady_clock::now();
-    Result<image::RestoredImage> opened = image::open_image(bytes, {*build, guest::kArenaBase, arena_bytes});
-    if (!opened) return opened.error();
-    if (opened->header.arena_bytes != arena_bytes) {
-      return make_error(Errc::sandbox_refused, "refused by the sandbox: heap image: its arena of " +
-                                                   std::to_string(opened->header.arena_bytes) +
-                                                   " bytes needs the memory limit it was taken under (this step's gives " +
-                                                   std::to_string(arena_bytes) + " bytes)");
-    }
-    channel::ResumeRequest request{make_run_request(input, host), info, opened->header.agent_handle, arena_bytes,
-                                   std::string(opened->used.begin(), opened->used.end())};
-    opened->used = {};  // one copy of the span at a time
-    const auto restore_us = static_cast<std::uint64_t>(
-        std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - t0).count());
-    return strong_in_guest(input, channel::encode_frame(request), host, restore_us);
+    std::uint64_t restore_us = 0;
+    Result<std::vector<std::uint8_t>> request = strong_resume_request(bytes, input, info, host, *build, &restore_us);
+    if (!request) return request.error();
+    return strong_in_guest(input, *request, host, restore_us);
   }
 
   // The guest build id: the SHA-256 of the guest executable, computed once.
@@ -175,29 +163,10 @@ class ZygoteJail final : public ProcessJail {
     SessionOptions session{options_.kill_grace_ms, &cpu_us, &span_frame, arena_bytes};
     Result<std::vector<std::uint8_t>> done = in_guest(input, request, channel::Kind::agent_done, host, session);
     if (!done) return done.error();
-    Result<AgentOutcome> outcome = agent_outcome(*done);
-    if (!outcome) return outcome.error();
-    outcome->host_cpu_us = cpu_us;
-    StrongOutcome strong;
-    strong.restore_us = restore_us;
-    if (outcome->strong_stop) {
-      Result<channel::HeapSpan> span = channel::decode_payload<channel::HeapSpan>(span_frame);
-      if (!span) return make_error(Errc::guest_crashed, "guest crashed: a strong stop without its heap span (" + span.error().message + ")");
-      if (span->arena_bytes != arena_bytes || span->span.size() > arena_bytes ||
-          span->agent_handle < guest::kArenaBase || span->agent_handle >= guest::kArenaBase + span->span.size()) {
-        return make_error(Errc::guest_crashed, "guest crashed: its heap span does not fit its arena");
-      }
-      const auto t0 = std::chrono::steady_clock::now();
-      Result<std::vector<std::uint8_t>> sealed = image::take_image(
-          {*build, guest::kArenaBase, arena_bytes, span->agent_handle},
-          std::span(reinterpret_cast<const std::uint8_t*>(span->span.data()), span->span.size()));
-      if (!sealed) return sealed.error();
-      strong.image_us = static_cast<std::uint64_t>(
-          std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - t0).count());
-      strong.raw_bytes = span->span.size();
-      strong.image = std::move(*sealed);
-    }
-    strong.step = std::move(*outcome);
+    Result<StrongOutcome> strong = strong_outcome(*done, span_frame, *build, arena_bytes);
+    if (!strong) return strong.error();
+    strong->step.host_cpu_us = cpu_us;
+    strong->restore_us = restore_us;
     return strong;
   }
 
