@@ -23,6 +23,8 @@ packages=(
   # Node identity and addresses (issue 18): the multi-host testbed (tests/multihost) makes
   # network namespaces, veth pairs and a bridge with `ip`, and relays a hand-over with socat.
   iproute2 socat
+  # Strong mobility: the heap image's pages are compressed with zstd (sandbox/image).
+  libzstd-dev
 )
 if [ "$mode" = test ]; then
   # The fuzz build: Debian's clang, its libFuzzer and sanitizer runtimes, and llvm-symbolizer

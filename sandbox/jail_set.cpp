@@ -12,6 +12,11 @@
 
 namespace sojourn::sandbox {
 
+Error strong_refused(Isolation level, std::string_view why) {
+  return make_error(Errc::sandbox_refused, "refused by the sandbox: strong mobility needs the process or microvm level (" +
+                                               std::string(isolation_name(level)) + ": " + std::string(why) + ")");
+}
+
 namespace {
 
 // One row per level, weakest first. A new level is a Jail class and a row here.

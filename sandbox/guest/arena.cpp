@@ -229,10 +229,6 @@ bool grow_into_next(FixedArena::Header& h, std::byte* block, std::size_t old_siz
 
 }  // namespace
 
-std::size_t arena_bytes_for_quota(std::uint64_t quota_bytes) {
-  const std::uint64_t bytes = quota_bytes * 2 + (std::uint64_t{1} << 20);
-  return static_cast<std::size_t>((bytes + kPage - 1) & ~std::uint64_t{kPage - 1});
-}
 
 Result<FixedArena> FixedArena::map_at(std::uintptr_t base, std::size_t bytes) {
   bytes = (bytes + kPage - 1) & ~(kPage - 1);
@@ -258,6 +254,23 @@ FixedArena FixedArena::over(void* region, std::size_t bytes) {
   header->start = as_bytes(region) + rounded(sizeof(Header));
   header->top = header->start;
   header->end = as_bytes(region) + bytes;
+  return FixedArena(header);
+}
+
+Result<FixedArena> FixedArena::adopt(void* region, std::size_t bytes) {
+  // SAFETY: the caller hands a writable region of `bytes` bytes holding an image's bytes; the
+  // header is only read after the size check, and its pointers only compared.
+  if (bytes < rounded(sizeof(Header))) {
+    return make_error(Errc::sandbox_refused, "refused by the sandbox: heap image: the arena is smaller than its bookkeeping");
+  }
+  auto* header = std::launder(static_cast<Header*>(region));
+  std::byte* const lo = as_bytes(region);
+  std::byte* const hi = lo + bytes;
+  const bool inside = header->start == lo + rounded(sizeof(Header)) && header->top >= header->start &&
+                      header->top <= hi && header->end == hi;
+  if (header->magic != kMagic || !inside) {
+    return make_error(Errc::sandbox_refused, "refused by the sandbox: heap image: the arena's bookkeeping is not an arena's");
+  }
   return FixedArena(header);
 }
 

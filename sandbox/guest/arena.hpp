@@ -20,8 +20,13 @@ inline constexpr std::uintptr_t kArenaBase = 0x1000'0000'0000;
 inline constexpr std::size_t kSmallLimit = 32 * 1024;
 
 // The region's size for a memory quota: the quota, the same again for fragmentation
-// (LuaJIT doubles its strings and tables as they grow), and room for the bookkeeping.
-std::size_t arena_bytes_for_quota(std::uint64_t quota_bytes);
+// (LuaJIT doubles its strings and tables as they grow), and room for the bookkeeping. Inline:
+// the host checks a heap image's arena against it (strong mobility).
+inline std::size_t arena_bytes_for_quota(std::uint64_t quota_bytes) {
+  constexpr std::uint64_t kPageBytes = 4096;
+  const std::uint64_t bytes = quota_bytes * 2 + (std::uint64_t{1} << 20);
+  return static_cast<std::size_t>((bytes + kPageBytes - 1) & ~(kPageBytes - 1));
+}
 
 // A segregated-fit allocator: exact-size free lists for blocks up to 32 KiB (a request
 // takes its own size, else a free block up to 1/8 larger, split), an address-ordered
@@ -36,6 +41,11 @@ class FixedArena final : public LuaHeap {
   static Result<FixedArena> map_at(std::uintptr_t base, std::size_t bytes);
   // Uses an existing writable region (tests); the first bytes become the bookkeeping.
   static FixedArena over(void* region, std::size_t bytes);
+  // Takes over a region whose bytes came from a heap image (strong mobility): the bookkeeping
+  // already at its start is kept, after checking that it is an arena's and that its pointers
+  // stay inside the region (sandbox_refused "refused by the sandbox: heap image: ..."). The free
+  // lists are not walked: a crafted image can at worst crash its own guest.
+  static Result<FixedArena> adopt(void* region, std::size_t bytes);
 
   void* allocate(std::size_t size) noexcept override;
   void* reallocate(void* block, std::size_t old_size, std::size_t new_size) noexcept override;

@@ -6,12 +6,15 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstring>
 #include <exception>
 #include <new>
 #include <string>
 
+#include "sandbox/guest/arena.hpp"
 #include "sandbox/guest/jail_child.hpp"
 #include "sandbox/lua/lua_limits.hpp"
+#include "sandbox/lua/lua_strong.hpp"
 #include "sojourn/sandbox/lua_sandbox.hpp"
 
 namespace sojourn::sandbox::guest {
@@ -121,7 +124,56 @@ channel::AgentDone agent_done_of(const Result<AgentOutcome>& outcome) {
   done.go_peer = outcome->go_peer;
   done.go_entry = outcome->go_entry;
   done.instructions = outcome->instructions;
+  done.strong_stop = outcome->strong_stop;
+  done.checkpoint = outcome->checkpoint;
   return done;
+}
+
+// The installed arena, which strong steps image and restore.
+FixedArena* guest_arena() { return dynamic_cast<FixedArena*>(installed_lua_heap()); }
+
+// A strong stop: the arena's used span goes to the host as one heap_span frame written
+// straight from the arena (no copy in the guest's C++ heap), before the agent_done.
+strong::StopSink span_writer(int fd) {
+  return [fd](std::uintptr_t handle) -> Result<void> {
+    FixedArena* arena = guest_arena();
+    if (arena == nullptr) return errors::internal("a strong step needs the guest's arena");
+    constexpr std::size_t kPage = 4096;
+    const std::size_t used = (arena->high_water() + kPage - 1) & ~(kPage - 1);
+    if (used > UINT32_MAX - 64) return errors::internal("the arena's span is too large for one frame");
+    channel::Encoder e;
+    for (std::size_t i = 0; i < channel::kHeaderBytes; ++i) e(std::uint8_t{0});
+    e(std::uint64_t{handle});
+    e(std::uint64_t{arena->size()});
+    e(static_cast<std::uint32_t>(used));
+    std::vector<std::uint8_t>& head = e.bytes();
+    const std::size_t payload = head.size() - channel::kHeaderBytes + used;
+    for (int i = 0; i < 4; ++i) head[static_cast<std::size_t>(i)] = static_cast<std::uint8_t>(payload >> (8 * i));
+    head[4] = static_cast<std::uint8_t>(channel::Kind::heap_span);
+    // SAFETY: [base, base + used) lies inside the mapped arena (used <= its top, page-rounded
+    // within its size).
+    const std::span<const std::uint8_t> span(reinterpret_cast<const std::uint8_t*>(arena->base()), used);
+    if (!write_all(fd, head) || !write_all(fd, span)) return errors::internal("the guest's channel to its host broke");
+    return {};
+  };
+}
+
+// Maps a checked span back into the arena and resumes the agent in it.
+Result<AgentOutcome> resume_strong(int fd, const channel::ResumeRequest& request, HostCalls* host) {
+  FixedArena* arena = guest_arena();
+  if (arena == nullptr) return errors::internal("a strong resume needs the guest's arena");
+  if (request.arena_bytes != arena->size() || request.span.size() > arena->size()) {
+    return make_error(Errc::sandbox_refused, "refused by the sandbox: heap image: its arena of " +
+                                                 std::to_string(request.arena_bytes) + " bytes is not this guest's (" +
+                                                 std::to_string(arena->size()) + " bytes)");
+  }
+  // SAFETY: the span fits in the mapped arena (checked above).
+  std::memcpy(reinterpret_cast<void*>(arena->base()), request.span.data(), request.span.size());
+  if (Result<FixedArena> adopted = FixedArena::adopt(reinterpret_cast<void*>(arena->base()), arena->size()); !adopted) {
+    return adopted.error();
+  }
+  RunInput input = input_of(request.run);
+  return strong::resume_agent_strong(request.agent_handle, input, request.info, host, span_writer(fd));
 }
 
 // The answer frame for one request frame.
@@ -135,7 +187,18 @@ std::vector<std::uint8_t> serve_request(int fd, const Frame& frame, Limits& limi
     run_test_hook(request->run.source);
     const AgentInput agent{request->entry, request->state, request->info};
     HostCalls* host = request->run.has_host ? &channel_host : nullptr;
+    if (request->strong) {
+      return channel::encode_frame(agent_done_of(strong::run_agent_strong(input_of(request->run), agent, host, span_writer(fd))));
+    }
     return channel::encode_frame(agent_done_of(run_agent(input_of(request->run), agent, host)));
+  }
+  if (frame.kind == Kind::resume) {
+    Result<channel::ResumeRequest> request = channel::decode_payload<channel::ResumeRequest>(frame.payload);
+    if (!request) return channel::encode_frame(agent_done_of(request.error()));
+    limits = request->run.limits;
+    if (Result<void> arena = ensure_arena(limits); !arena) return channel::encode_frame(agent_done_of(arena.error()));
+    HostCalls* host = request->run.has_host ? &channel_host : nullptr;
+    return channel::encode_frame(agent_done_of(resume_strong(fd, *request, host)));
   }
   Result<channel::RunRequest> request = channel::decode_payload<channel::RunRequest>(frame.payload);
   if (!request) return channel::encode_frame(outcome_of(request.error()));
@@ -152,8 +215,8 @@ void serve_one_run(int fd) {
   Kind kind = Kind::run;
   try {
     std::optional<Frame> frame = read_frame(fd, kMaxRequestBytes);
-    if (!frame || (frame->kind != Kind::run && frame->kind != Kind::agent)) return;
-    kind = frame->kind;
+    if (!frame || (frame->kind != Kind::run && frame->kind != Kind::agent && frame->kind != Kind::resume)) return;
+    kind = frame->kind == Kind::run ? Kind::run : Kind::agent;
     write_all(fd, serve_request(fd, *frame, limits));
   } catch (const std::bad_alloc&) {
     // The C++ heap ran into RLIMIT_AS; the arena refuses Lua allocations before that.

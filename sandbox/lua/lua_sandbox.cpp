@@ -4,6 +4,7 @@
 #include "sojourn/sandbox/lua_sandbox.hpp"
 
 #include <algorithm>
+#include <chrono>
 #include <cstdio>
 #include <exception>
 #include <memory>
@@ -17,6 +18,7 @@
 #include "sandbox/lua/lua_env.hpp"
 #include "sandbox/lua/lua_limits.hpp"
 #include "sandbox/lua/lua_source_scan.hpp"
+#include "sandbox/lua/lua_strong.hpp"
 #include "sandbox/lua/lua_value.hpp"
 
 namespace sojourn::sandbox {
@@ -35,6 +37,8 @@ struct RunJob {
   std::optional<Result<Value>> result;
   const AgentInput* agent = nullptr;  // set for agent runs
   int state_ref = LUA_NOREF;          // the agent's state table, in the registry
+  bool strong = false;                // a strong step: the entry runs in a coroutine
+  lua_State* strong_co = nullptr;     // that coroutine, started after the protected call
 };
 
 std::string_view display_chunk_name(const RunInput& input) {
@@ -86,6 +90,12 @@ int call_agent_entry(lua_State* L, RunJob& job, RunContext& ctx, int chunk_resul
   lua_pushvalue(L, -2);
   lua_setfield(L, -2, "state");
   lua_pop(L, 1);
+  if (job.strong) {
+    // Resumed from plain C once this protected call has returned (strong::resume_agent), so
+    // that at a stop no C frame of Lua remains.
+    job.strong_co = strong::start_agent(L, 1);
+    return 0;
+  }
   const int base = lua_gettop(L) - 2;  // below the function
   lua_call(L, 1, LUA_MULTRET);
   if (ctx.kill != Errc::ok) return 0;
@@ -108,6 +118,7 @@ int run_protected(lua_State* L) {
   if (job.agent != nullptr) detail::open_agent_api(L, job.agent->info);
   // Every function of this environment (print, table.insert, agent.log, ...) travels by name.
   lua::register_library(L, LUA_GLOBALSINDEX);
+  if (job.strong) strong::open_strong_api(L);
   // Mode "t" as a second lock behind run_lua's first-byte check: LuaJIT does not verify
   // bytecode, and crafted bytecode crashes it.
   const int load_status = luaL_loadbufferx(L, input.source.data(), input.source.size(), job.chunk_name.c_str(), "t");
@@ -269,3 +280,129 @@ Result<AgentOutcome> run_agent(const RunInput& input, const AgentInput& agent, H
 }
 
 }  // namespace sojourn::sandbox
+
+namespace sojourn::sandbox::strong {
+
+namespace {
+
+using detail::RunContext;
+
+// One resume of a strong agent from plain C, and what it ended with.
+Result<AgentOutcome> drive(lua_State* co, RunContext& ctx, std::string_view chunk, const StopSink& at_stop) {
+  detail::arm_count_hook(co, ctx);
+  const Step step = resume_agent(co);
+  AgentOutcome outcome;
+  outcome.state = Value::table();
+  outcome.results = Value::table();
+  if (ctx.kill == Errc::agent_moving) {  // a weak agent.go(peer, entry) or agent.wait
+    outcome.went = !ctx.go_peer.empty();
+    outcome.waits = ctx.go_peer.empty();
+    outcome.go_peer = ctx.go_peer;
+    outcome.go_entry = ctx.go_entry;
+    outcome.instructions = ctx.instructions;
+    return outcome;
+  }
+  if (ctx.kill != Errc::ok) return detail::limit_error(ctx.kill, ctx.limits);
+  switch (step.stop) {
+    case Stop::failed:
+      if (lua_gettop(co) == 0) return make_error(Errc::lua_error, "Lua error: " + step.error);
+      return run_failure(co, LUA_ERRRUN, ctx, chunk);
+    case Stop::finished: {
+      ctx.byte_cap = ctx.bytes_in_use + std::min(ctx.byte_cap, SIZE_MAX - ctx.bytes_in_use);
+      Result<Value> results = Value{};
+      try {
+        results = lua::pop_as_array(co, step.results, {"result", ctx.limits.memory_bytes});
+      } catch (const std::bad_alloc&) {
+        results = detail::limit_error(Errc::memory_limit, ctx.limits);
+      }
+      if (ctx.kill != Errc::ok) return detail::limit_error(ctx.kill, ctx.limits);
+      if (!results) return results.error();
+      outcome.results = std::move(*results);
+      break;
+    }
+    case Stop::went:
+    case Stop::checkpoint:
+      detail::disarm_count_hook(co);
+      if (Result<void> sunk = at_stop(reinterpret_cast<std::uintptr_t>(co)); !sunk) return sunk.error();
+      outcome.strong_stop = true;
+      outcome.checkpoint = step.stop == Stop::checkpoint;
+      outcome.went = step.stop == Stop::went;
+      outcome.go_peer = step.peer;
+      break;
+  }
+  outcome.instructions = ctx.instructions;
+  return outcome;
+}
+
+struct Facts {
+  const Value* info;
+};
+
+// agent[k] = v for every fact (raw sets: the agent's metatables never run here).
+int set_facts(lua_State* L) {
+  const Value& info = *static_cast<Facts*>(lua_touserdata(L, 1))->info;
+  lua_settop(L, 0);
+  lua_pushliteral(L, "agent");
+  lua_rawget(L, LUA_GLOBALSINDEX);
+  if (!lua_istable(L, 1)) return luaL_error(L, "the restored state has no agent table");
+  lua::push_value(L, info.is_table() ? info : Value::table());
+  lua_pushnil(L);
+  while (lua_next(L, 2) != 0) {
+    lua_pushvalue(L, -2);
+    lua_insert(L, -2);
+    lua_rawset(L, 1);
+  }
+  return 0;
+}
+
+}  // namespace
+
+Result<AgentOutcome> run_agent_strong(const RunInput& input, const AgentInput& agent, HostCalls* host,
+                                      const StopSink& at_stop) {
+  RunJob job{};
+  job.agent = &agent;
+  job.strong = true;
+  return run_in_fresh_state(input, host, job, [&](lua_State* L, RunContext& ctx, int status) -> Result<AgentOutcome> {
+    if (status != 0 || ctx.kill != Errc::ok || job.strong_co == nullptr) {
+      return run_failure(L, status, ctx, display_chunk_name(input));
+    }
+    return drive(job.strong_co, ctx, display_chunk_name(input), at_stop);
+  });
+}
+
+Result<AgentOutcome> resume_agent_strong(std::uintptr_t agent_handle, const RunInput& input, const Value& info,
+                                         HostCalls* host, const StopSink& at_stop) {
+  const Limits& limits = input.limits;
+  if (limits.cpu_instructions == 0 || limits.memory_bytes == 0 || limits.wall_ms == 0) {
+    return errors::invalid_argument("every limit of a Lua run must be non-zero");
+  }
+  if (installed_lua_heap() == nullptr) return errors::internal("a strong resume needs the guest's arena");
+  auto* co = reinterpret_cast<lua_State*>(agent_handle);
+  // A fresh context: the image's limits, hook and host plumbing are never used.
+  RunContext ctx;
+  ctx.limits = limits;
+  ctx.host = host;
+  ctx.abort = input.abort;
+  ctx.deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(limits.wall_ms);
+  // SAFETY: the frame address is only compared with, never dereferenced.
+  const auto stack_here = reinterpret_cast<std::uintptr_t>(__builtin_frame_address(0));
+  ctx.c_stack_floor = stack_here > detail::kCStackBudget ? stack_here - detail::kCStackBudget : 0;
+  ctx.byte_cap = limits.memory_bytes > SIZE_MAX ? SIZE_MAX : static_cast<std::size_t>(limits.memory_bytes);
+  if (lua_status(co) != LUA_YIELD) {
+    return make_error(Errc::sandbox_refused, "refused by the sandbox: heap image: no suspended agent at its handle");
+  }
+  ctx.bytes_in_use = static_cast<std::size_t>(lua_gc(co, LUA_GCCOUNT, 0)) * 1024 +
+                     static_cast<std::size_t>(lua_gc(co, LUA_GCCOUNTB, 0));
+  lua_setallocf(co, detail::capped_alloc, &ctx);
+  detail::disarm_count_hook(co);
+  lua_State* L = main_thread(co);
+  if (L == nullptr) return make_error(Errc::sandbox_refused, "refused by the sandbox: heap image: no main thread");
+  if (ctx.bytes_in_use > ctx.byte_cap) return detail::limit_error(Errc::memory_limit, limits);
+  Facts facts{&info};
+  if (const int status = lua_cpcall(L, set_facts, &facts); status != 0) {
+    return run_failure(L, status, ctx, display_chunk_name(input));
+  }
+  return drive(co, ctx, display_chunk_name(input), at_stop);
+}
+
+}  // namespace sojourn::sandbox::strong

@@ -10,6 +10,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <array>
 #include <cerrno>
 #include <condition_variable>
 #include <chrono>
@@ -21,6 +22,8 @@
 #include <thread>
 #include <vector>
 
+#include "sandbox/guest/arena.hpp"
+#include "sandbox/image/heap_image.hpp"
 #include "sandbox/kvm/elf_loader.hpp"
 #include "sandbox/kvm/fork.hpp"
 #include "sandbox/kvm/monitor_filter.hpp"
@@ -138,8 +141,55 @@ class MasterForkJail final : public MicrovmJail {
 
   // `cpu_us`, when given, receives the CPU time of the thread that ran the vCPU: the kernel
   // charges a guest's time in KVM_RUN to that thread, so the guest cannot under-report it.
+  // Strong steps: the same guest and channel as the process jail, so an image taken in one
+  // resumes in the other (same executable, same arena address).
+  Result<StrongOutcome> run_strong(const RunInput& input, const AgentInput& agent, HostCalls* host) override {
+    if (Result<void> ok = check(input); !ok) return ok.error();
+    channel::AgentRequest request{make_run_request(input, host), std::string(agent.entry), agent.state, agent.info, true};
+    return strong_in_microvm(input, channel::encode_frame(request), host, 0);
+  }
+
+  Result<StrongOutcome> resume_strong(std::span<const std::uint8_t> bytes, const RunInput& input, const Value& info,
+                                      HostCalls* host) override {
+    if (Result<void> ok = check(input); !ok) return ok.error();
+    Result<std::array<std::uint8_t, 32>> build = build_id();
+    if (!build) return build.error();
+    std::uint64_t restore_us = 0;
+    Result<std::vector<std::uint8_t>> request = strong_resume_request(bytes, input, info, host, *build, &restore_us);
+    if (!request) return request.error();
+    return strong_in_microvm(input, *request, host, restore_us);
+  }
+
+  Result<std::array<std::uint8_t, 32>> build_id() {
+    std::lock_guard lock(mutex_);
+    if (!build_id_) {
+      Result<std::array<std::uint8_t, 32>> id = image::build_id_of(guest_path_);
+      if (!id) return id.error();
+      build_id_ = *id;
+    }
+    return *build_id_;
+  }
+
+  Result<StrongOutcome> strong_in_microvm(const RunInput& input, const std::vector<std::uint8_t>& request, HostCalls* host,
+                                          std::uint64_t restore_us) {
+    Result<std::array<std::uint8_t, 32>> build = build_id();
+    if (!build) return build.error();
+    const std::size_t arena_bytes = guest::arena_bytes_for_quota(input.limits.memory_bytes);
+    std::uint64_t cpu_us = 0;
+    std::vector<std::uint8_t> span_frame;
+    auto done = in_microvm(input, request, channel::Kind::agent_done, host, &cpu_us, &span_frame, arena_bytes);
+    if (!done) return done.error();
+    Result<StrongOutcome> strong = strong_outcome(*done, span_frame, *build, arena_bytes);
+    if (!strong) return strong.error();
+    strong->step.host_cpu_us = cpu_us;
+    strong->restore_us = restore_us;
+    return strong;
+  }
+
   Result<std::vector<std::uint8_t>> in_microvm(const RunInput& input, const std::vector<std::uint8_t>& request,
-                                               channel::Kind done, HostCalls* host, std::uint64_t* cpu_us = nullptr) {
+                                               channel::Kind done, HostCalls* host, std::uint64_t* cpu_us = nullptr,
+                                               std::vector<std::uint8_t>* heap_span = nullptr,
+                                               std::uint64_t max_frame_bytes = 0) {
     const Limits& limits = input.limits;
     int pair[2];
     if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair) != 0) {
@@ -183,7 +233,7 @@ class MasterForkJail final : public MicrovmJail {
 
     const auto deadline = Clock::now() + std::chrono::milliseconds(limits.wall_ms + options_.kill_grace_ms);
     HostChannel channel(std::move(host_end), deadline, input.abort);
-    Conversation talk = converse(channel, request, done, limits, host, input.max_result_bytes);
+    Conversation talk = converse(channel, request, done, limits, host, input.max_result_bytes, heap_span, max_frame_bytes);
     // Whatever the host decided, the guest's channel ends here: a guest blocked reading it
     // sees end-of-file. One that answered gets kill_grace_ms to exit by itself; one that did
     // not answer (a deadline, an abort, a broken protocol), or that spins after its answer,
@@ -232,6 +282,7 @@ class MasterForkJail final : public MicrovmJail {
   std::uint64_t runs_ = 0;
   std::uint64_t killed_ = 0;
   std::uint64_t faults_ = 0;
+  std::optional<std::array<std::uint8_t, 32>> build_id_;
 };
 
 Result<std::unique_ptr<MicrovmJail>> MicrovmJail::start(const MicrovmJailOptions& options) {

@@ -13,6 +13,8 @@
 #include <exception>
 #include <string>
 
+#include "sandbox/guest/arena.hpp"
+#include "sandbox/image/heap_image.hpp"
 #include "sandbox/lua/lua_limits.hpp"
 #include "sandbox/process/host_channel.hpp"
 
@@ -114,12 +116,15 @@ Error classify_guest_end(const channel::Exited* exited, long seccomp_syscall, co
 }
 
 Conversation converse(HostChannel& channel, std::span<const std::uint8_t> request, Kind done, const Limits& limits,
-                      HostCalls* host, std::uint64_t max_result_bytes) {
+                      HostCalls* host, std::uint64_t max_result_bytes, std::vector<std::uint8_t>* heap_span,
+                      std::uint64_t max_frame_bytes) {
   ReadLimits read_limits;
   read_limits.max_payload = limits.memory_bytes + kFrameSlack;
   read_limits.result_kind = done;
   read_limits.max_result = max_result_bytes == 0 ? read_limits.max_payload
                                                  : std::min(read_limits.max_payload, max_result_bytes + kResultEnvelopeSlack);
+  if (heap_span != nullptr) read_limits.max_payload = std::max(read_limits.max_payload, max_frame_bytes + kFrameSlack);
+  bool span_seen = false;
   Conversation talk;
   talk.status = channel.write(request);
   Kind kind{};
@@ -143,6 +148,10 @@ Conversation converse(HostChannel& channel, std::span<const std::uint8_t> reques
         break;
       }
       talk.status = channel.write(channel::encode_frame(answer_host_call(host, *call)));
+    } else if (kind == Kind::heap_span && heap_span != nullptr && !span_seen) {
+      span_seen = true;
+      *heap_span = std::move(payload);
+      payload = {};
     } else if (kind == Kind::seccomp_report) {
       if (auto report = channel::decode_payload<channel::SeccompReport>(payload)) talk.seccomp_syscall = report->syscall;
     } else {
@@ -204,6 +213,8 @@ Result<AgentOutcome> agent_outcome(std::span<const std::uint8_t> payload) {
   outcome.go_peer = std::move(done->go_peer);
   outcome.go_entry = std::move(done->go_entry);
   outcome.instructions = done->instructions;
+  outcome.strong_stop = done->strong_stop;
+  outcome.checkpoint = done->checkpoint;
   return outcome;
 }
 
@@ -222,7 +233,8 @@ Result<std::vector<std::uint8_t>> run_in_guest(ZygoteLink& zygote, const RunInpu
 
   const auto deadline = Clock::now() + std::chrono::milliseconds(limits.wall_ms + options.kill_grace_ms);
   HostChannel channel(std::move(host_end), deadline, input.abort);
-  Conversation talk = converse(channel, request, done, limits, host, input.max_result_bytes);
+  Conversation talk =
+      converse(channel, request, done, limits, host, input.max_result_bytes, options.heap_span, options.max_frame_bytes);
   const auto kill = [&] { ::syscall(SYS_pidfd_send_signal, guest->pidfd.get(), SIGKILL, nullptr, 0); };
   if (talk.done) {
     // The guest exits by itself after its answer; the kill makes sure none outlives its run.
@@ -249,6 +261,56 @@ Result<std::vector<std::uint8_t>> run_in_guest(ZygoteLink& zygote, const RunInpu
   // The channel closed without an answer: the zygote's report says how the guest ended.
   std::optional<channel::Exited> exited = zygote.wait_exit(guest->id, Clock::now() + kExitReportWait);
   return classify_guest_end(exited ? &*exited : nullptr, talk.seccomp_syscall, limits);
+}
+
+Result<std::vector<std::uint8_t>> strong_resume_request(std::span<const std::uint8_t> bytes, const RunInput& input,
+                                                        const Value& info, const HostCalls* host,
+                                                        const std::array<std::uint8_t, 32>& build,
+                                                        std::uint64_t* restore_us) {
+  const std::size_t arena_bytes = guest::arena_bytes_for_quota(input.limits.memory_bytes);
+  const auto t0 = Clock::now();
+  Result<image::RestoredImage> opened = image::open_image(bytes, {build, guest::kArenaBase, arena_bytes});
+  if (!opened) return opened.error();
+  if (opened->header.arena_bytes != arena_bytes) {
+    return make_error(Errc::sandbox_refused, "refused by the sandbox: heap image: its arena of " +
+                                                 std::to_string(opened->header.arena_bytes) +
+                                                 " bytes needs the memory limit it was taken under (this step's gives " +
+                                                 std::to_string(arena_bytes) + " bytes)");
+  }
+  channel::ResumeRequest request{make_run_request(input, host), info, opened->header.agent_handle, arena_bytes,
+                                 std::string(opened->used.begin(), opened->used.end())};
+  opened->used = {};  // one copy of the span at a time
+  std::vector<std::uint8_t> frame = channel::encode_frame(request);
+  if (restore_us != nullptr) {
+    *restore_us = static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - t0).count());
+  }
+  return frame;
+}
+
+Result<StrongOutcome> strong_outcome(std::span<const std::uint8_t> done, std::span<const std::uint8_t> span_frame,
+                                     const std::array<std::uint8_t, 32>& build, std::size_t arena_bytes) {
+  Result<AgentOutcome> outcome = agent_outcome(done);
+  if (!outcome) return outcome.error();
+  StrongOutcome strong;
+  if (outcome->strong_stop) {
+    Result<channel::HeapSpan> span = channel::decode_payload<channel::HeapSpan>(span_frame);
+    if (!span) return make_error(Errc::guest_crashed, "guest crashed: a strong stop without its heap span (" + span.error().message + ")");
+    if (span->arena_bytes != arena_bytes || span->span.size() > arena_bytes ||
+        span->agent_handle < guest::kArenaBase || span->agent_handle >= guest::kArenaBase + span->span.size()) {
+      return make_error(Errc::guest_crashed, "guest crashed: its heap span does not fit its arena");
+    }
+    const auto t0 = Clock::now();
+    Result<std::vector<std::uint8_t>> sealed =
+        image::take_image({build, guest::kArenaBase, arena_bytes, span->agent_handle},
+                          std::span(reinterpret_cast<const std::uint8_t*>(span->span.data()), span->span.size()));
+    if (!sealed) return sealed.error();
+    strong.image_us =
+        static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - t0).count());
+    strong.raw_bytes = span->span.size();
+    strong.image = std::move(*sealed);
+  }
+  strong.step = std::move(*outcome);
+  return strong;
 }
 
 }  // namespace sojourn::sandbox

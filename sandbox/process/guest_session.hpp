@@ -2,6 +2,7 @@
 // collect the outcome, and turn every way a guest can end into a precise error.
 #pragma once
 
+#include <array>
 #include <atomic>
 #include <cstdint>
 #include <optional>
@@ -10,6 +11,7 @@
 
 #include "sandbox/process/host_channel.hpp"
 #include "sandbox/process/zygote_link.hpp"
+#include "sojourn/sandbox/jail.hpp"
 #include "sojourn/sandbox/lua_sandbox.hpp"
 
 namespace sojourn::sandbox {
@@ -25,6 +27,10 @@ struct SessionOptions {
   // stores the CPU time the kernel measured for it (0 when no report came): what an agent
   // step is charged, whatever the guest says it ran.
   std::uint64_t* guest_cpu_us = nullptr;
+  // Strong steps: where a heap_span frame's payload goes, and how large any frame may be
+  // (the arena's size for the quota, above the memory limit); 0: the memory limit's bound.
+  std::vector<std::uint8_t>* heap_span = nullptr;
+  std::uint64_t max_frame_bytes = 0;
 };
 
 // The exchange with a guest whose channel is `channel`, whatever started it (the zygote,
@@ -41,8 +47,11 @@ struct Conversation {
 // Any frame may be as large as the run's memory limit (and some room); the final frame at
 // most `max_result_bytes` (and the few bytes its envelope may add), when that is not zero:
 // a larger one is refused at its header, before the host reads it.
+// With `heap_span`, one heap_span frame is kept there (a strong stop) and frames may be as large
+// as `max_frame_bytes` when that is larger.
 Conversation converse(HostChannel& channel, std::span<const std::uint8_t> request, channel::Kind done,
-                      const Limits& limits, HostCalls* host, std::uint64_t max_result_bytes = 0);
+                      const Limits& limits, HostCalls* host, std::uint64_t max_result_bytes = 0,
+                      std::vector<std::uint8_t>* heap_span = nullptr, std::uint64_t max_frame_bytes = 0);
 
 // What run_lua refuses before a state exists is refused before a guest exists (both jails).
 Result<void> check_run_input(const RunInput& input);
@@ -70,5 +79,17 @@ Result<std::vector<std::uint8_t>> run_in_guest(ZygoteLink& zygote, const RunInpu
 // call it directly). `seccomp_syscall` is the syscall the guest reported before its kill, or
 // -1 when it reported none.
 Error classify_guest_end(const channel::Exited* exited, long seccomp_syscall, const Limits& limits);
+
+// Strong steps, the same in both jails. The resume request frame for an image, checked on the
+// host first (heap_image.hpp's open_image against `build` and the arena of input's memory
+// limit; the arena must be exactly that one); `restore_us` gets the host's time for it.
+Result<std::vector<std::uint8_t>> strong_resume_request(std::span<const std::uint8_t> image, const RunInput& input,
+                                                        const Value& info, const HostCalls* host,
+                                                        const std::array<std::uint8_t, 32>& build,
+                                                        std::uint64_t* restore_us);
+// A strong step's outcome from the guest's agent_done payload and, at a strong stop, its
+// heap_span payload, sealed into an image (guest_crashed when the span is missing or does not fit).
+Result<StrongOutcome> strong_outcome(std::span<const std::uint8_t> done, std::span<const std::uint8_t> span_frame,
+                                     const std::array<std::uint8_t, 32>& build, std::size_t arena_bytes);
 
 }  // namespace sojourn::sandbox

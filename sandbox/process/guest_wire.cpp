@@ -74,6 +74,8 @@ std::string_view kind_name(Kind kind) noexcept {
     case Kind::host_reply: return "host_reply";
     case Kind::agent: return "agent";
     case Kind::agent_done: return "agent_done";
+    case Kind::resume: return "resume";
+    case Kind::heap_span: return "heap_span";
     case Kind::host_call: return "host_call";
     case Kind::run_done: return "run_done";
     case Kind::seccomp_report: return "seccomp_report";

@@ -19,18 +19,20 @@ namespace sojourn::sandbox::channel {
 
 inline constexpr std::size_t kHeaderBytes = 5;
 // Bumped with any change to a message: a zygote that speaks another version is refused.
-inline constexpr std::uint32_t kProtocolVersion = 1;
+inline constexpr std::uint32_t kProtocolVersion = 2;
 
 enum class Kind : std::uint8_t {
   // host -> guest, on the run's channel
   run = 1,           // RunRequest: run a chunk
   host_reply = 2,    // HostReply: the answer to the guest's last HostCall
   agent = 3,         // AgentRequest: one step of a mobile agent
+  resume = 4,        // ResumeRequest: a strong agent's heap span to map back and resume
   // guest -> host, on the run's channel
   host_call = 10,    // HostCall: node.call (and later agent.*) from Lua
   run_done = 11,     // Outcome: the run's results or its error; the guest exits after it
   seccomp_report = 12,  // SeccompReport: written by the SIGSYS handler just before the kill
   agent_done = 13,   // AgentDone: the agent step's outcome; the guest exits after it
+  heap_span = 14,    // HeapSpan: a strong stop's arena span, just before its agent_done
   // host -> zygote, on the control socket (with the run's channel as SCM_RIGHTS)
   spawn = 20,        // SpawnRequest
   // zygote -> host, on the control socket
@@ -65,7 +67,30 @@ struct AgentRequest {
   std::string entry;
   Value state;
   Value info;
-  template <class F> void fields(F& f) { run.fields(f), f(entry, state, info); }
+  bool strong = false;  // the entry runs as a strong agent (docs/migration.md, "Strong mobility")
+  template <class F> void fields(F& f) { run.fields(f), f(entry, state, info, strong); }
+};
+
+// A strong agent's next step: the arena's used span from an image the host opened and checked,
+// mapped back at the arena's address, and the agent coroutine at `agent_handle` resumed with
+// `run`'s limits (run.source is not used) and the facts in `info`.
+struct ResumeRequest {
+  static constexpr Kind kKind = Kind::resume;
+  RunRequest run;
+  Value info;
+  std::uint64_t agent_handle = 0;
+  std::uint64_t arena_bytes = 0;
+  std::string span;
+  template <class F> void fields(F& f) { run.fields(f), f(info, agent_handle, arena_bytes, span); }
+};
+
+// The arena's used span at a strong stop, written by the guest straight from its arena.
+struct HeapSpan {
+  static constexpr Kind kKind = Kind::heap_span;
+  std::uint64_t agent_handle = 0;
+  std::uint64_t arena_bytes = 0;
+  std::string span;
+  template <class F> void fields(F& f) { f(agent_handle, arena_bytes, span); }
 };
 
 struct HostCall {
@@ -101,7 +126,11 @@ struct AgentDone {
   std::string go_peer;
   std::string go_entry;
   std::uint64_t instructions = 0;  // Lua instructions the step ran
-  template <class F> void fields(F& f) { f(code, message, results, state, went, waits, go_peer, go_entry, instructions); }
+  bool strong_stop = false;        // a strong agent stopped at agent.go(peer) or agent.checkpoint()
+  bool checkpoint = false;
+  template <class F> void fields(F& f) {
+    f(code, message, results, state, went, waits, go_peer, go_entry, instructions, strong_stop, checkpoint);
+  }
 };
 
 struct SeccompReport {

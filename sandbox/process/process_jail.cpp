@@ -5,11 +5,15 @@
 #include <linux/sched.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <cstdlib>
 #include <filesystem>
 #include <mutex>
+#include <optional>
 #include <vector>
 
+#include "sandbox/guest/arena.hpp"
+#include "sandbox/image/heap_image.hpp"
 #include "sandbox/process/guest_session.hpp"
 #include "sandbox/process/zygote_link.hpp"
 #include "sojourn/core/log.hpp"
@@ -120,15 +124,66 @@ class ZygoteJail final : public ProcessJail {
     return outcome;
   }
 
+  Result<StrongOutcome> run_strong(const RunInput& input, const AgentInput& agent, HostCalls* host) override {
+    if (Result<void> ok = check_run_input(input); !ok) return ok.error();
+    channel::AgentRequest request{make_run_request(input, host), std::string(agent.entry), agent.state, agent.info, true};
+    return strong_in_guest(input, channel::encode_frame(request), host, 0);
+  }
+
+  Result<StrongOutcome> resume_strong(std::span<const std::uint8_t> bytes, const RunInput& input, const Value& info,
+                                      HostCalls* host) override {
+    if (Result<void> ok = check_run_input(input); !ok) return ok.error();
+    Result<std::array<std::uint8_t, 32>> build = build_id();
+    if (!build) return build.error();
+    std::uint64_t restore_us = 0;
+    Result<std::vector<std::uint8_t>> request = strong_resume_request(bytes, input, info, host, *build, &restore_us);
+    if (!request) return request.error();
+    return strong_in_guest(input, *request, host, restore_us);
+  }
+
+  // The guest build id: the SHA-256 of the guest executable, computed once.
+  Result<std::array<std::uint8_t, 32>> build_id() {
+    std::lock_guard lock(mutex_);
+    if (!build_id_) {
+      Result<std::array<std::uint8_t, 32>> id = image::build_id_of(guest_path_);
+      if (!id) return id.error();
+      build_id_ = *id;
+    }
+    return *build_id_;
+  }
+
+  // One strong step in a guest: at a strong stop its heap_span frame is sealed into an image.
+  Result<StrongOutcome> strong_in_guest(const RunInput& input, const std::vector<std::uint8_t>& request, HostCalls* host,
+                                        std::uint64_t restore_us) {
+    Result<std::array<std::uint8_t, 32>> build = build_id();
+    if (!build) return build.error();
+    const std::size_t arena_bytes = guest::arena_bytes_for_quota(input.limits.memory_bytes);
+    std::uint64_t cpu_us = 0;
+    std::vector<std::uint8_t> span_frame;
+    SessionOptions session{options_.kill_grace_ms, &cpu_us, &span_frame, arena_bytes};
+    Result<std::vector<std::uint8_t>> done = in_guest(input, request, channel::Kind::agent_done, host, session);
+    if (!done) return done.error();
+    Result<StrongOutcome> strong = strong_outcome(*done, span_frame, *build, arena_bytes);
+    if (!strong) return strong.error();
+    strong->step.host_cpu_us = cpu_us;
+    strong->restore_us = restore_us;
+    return strong;
+  }
+
   Result<std::vector<std::uint8_t>> in_guest(const RunInput& input, const std::vector<std::uint8_t>& request,
                                              channel::Kind done, HostCalls* host, std::uint64_t* cpu_us = nullptr) {
+    return in_guest(input, request, done, host, SessionOptions{options_.kill_grace_ms, cpu_us});
+  }
+
+  Result<std::vector<std::uint8_t>> in_guest(const RunInput& input, const std::vector<std::uint8_t>& request,
+                                             channel::Kind done, HostCalls* host, const SessionOptions& session) {
     // A zygote that died since the last run is only noticed when a spawn fails: no guest
     // ran, so the run is tried once more on a new zygote.
     for (int attempt = 0;; ++attempt) {
       Result<std::shared_ptr<ZygoteLink>> link = zygote();
       if (!link) return link.error();
       const std::uint64_t started = counters_.guests_started.load();
-      auto result = run_in_guest(**link, input, request, done, host, SessionOptions{options_.kill_grace_ms, cpu_us}, counters_);
+      auto result = run_in_guest(**link, input, request, done, host, session, counters_);
       if (result || attempt > 0 || (*link)->alive() || counters_.guests_started.load() != started) return result;
     }
   }
@@ -161,6 +216,7 @@ class ZygoteJail final : public ProcessJail {
   mutable std::mutex mutex_;
   std::shared_ptr<ZygoteLink> zygote_;
   std::uint64_t zygote_starts_ = 0;
+  std::optional<std::array<std::uint8_t, 32>> build_id_;
   SessionCounters counters_;
 };
 

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "sojourn/sandbox/microvm_jail.hpp"
+#include "sojourn/sandbox/process_jail.hpp"
 #include "tests/support/error_checks.hpp"
 
 namespace {
@@ -243,4 +244,43 @@ TEST_CASE("a guest that misbehaves is contained with a precise error, and the ja
     CHECK_ERROR(r, Errc::guest_crashed, "status 3");
   }
   still_serves(j);
+}
+
+TEST_CASE("a strong agent moves from a microVM to a process guest and back, at the next line each time") {
+  using sojourn::sandbox::AgentInput;
+  auto process = sojourn::sandbox::ProcessJail::start({SOJOURN_GUEST_PATH});
+  REQUIRE_MESSAGE(process.ok(), (process.ok() ? "" : process.error().message));
+  RunInput input;
+  input.source = R"(
+    function start()
+      local gen = coroutine.wrap(function() for i = 1, 10 do coroutine.yield(i) end end)
+      local seen = {}
+      for _, stop in ipairs({'process', 'microvm'}) do
+        local n = gen()
+        agent.go(stop)
+        seen[#seen + 1] = agent.here .. n
+      end
+      return table.concat(seen, ' ')
+    end)";
+  input.chunk_name = "=strong";
+  input.args = Value::table();
+  input.limits = Limits{50'000'000, 16u << 20, 20'000};
+  auto at = [](const char* here) {
+    Value info = Value::table();
+    info.set(Value("here"), Value(here));
+    return info;
+  };
+  const AgentInput agent{"start", Value::table(), at("microvm")};
+  auto first = jail().run_strong(input, agent, nullptr);
+  REQUIRE_MESSAGE(first.ok(), (first.ok() ? "" : first.error().message));
+  REQUIRE(first->step.strong_stop);
+  CHECK(first->step.go_peer == "process");
+  auto second = (*process)->resume_strong(first->image, input, at("process"), nullptr);
+  REQUIRE_MESSAGE(second.ok(), (second.ok() ? "" : second.error().message));
+  REQUIRE(second->step.strong_stop);
+  CHECK(second->step.go_peer == "microvm");
+  auto third = jail().resume_strong(second->image, input, at("microvm"), nullptr);
+  REQUIRE_MESSAGE(third.ok(), (third.ok() ? "" : third.error().message));
+  CHECK(!third->step.strong_stop);
+  CHECK(third->step.results.get(Value(std::int64_t{1})).as_string() == "process1 microvm2");
 }

@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <memory>
 #include <optional>
+#include <span>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -16,6 +17,22 @@
 #include "sojourn/sandbox/lua_sandbox.hpp"
 
 namespace sojourn::sandbox {
+
+// A strong agent step (docs/migration.md, "Strong mobility"). When step.strong_stop is set the
+// agent stopped at agent.go(peer) (step.went, step.go_peer) or agent.checkpoint()
+// (step.checkpoint), and `image` holds its sealed heap image: what a resume_strong, in this jail
+// or another node's, goes on from.
+struct StrongOutcome {
+  AgentOutcome step;
+  std::vector<std::uint8_t> image;
+  std::uint64_t raw_bytes = 0;   // the arena span the image covers
+  std::uint64_t image_us = 0;    // sealing it on the host: zero-page scan, zstd, SHA-256
+  std::uint64_t restore_us = 0;  // opening and checking the image on the host (resume_strong)
+};
+
+// sandbox_refused "refused by the sandbox: strong mobility needs the process or microvm level
+// (LEVEL: WHY)", what a level that cannot carry a heap image answers.
+Error strong_refused(Isolation level, std::string_view why);
 
 // Where code runs at one isolation level. run and run_agent have run_lua's and run_agent's
 // results and errors, plus each level's own (documented on its class). Thread-safe: runs may
@@ -28,6 +45,20 @@ class Jail {
   virtual Result<AgentOutcome> run_agent(const RunInput& input, const AgentInput& agent, HostCalls* host) = 0;
   // What the jail is doing, for logs: "guest PATH, zygote PID, namespaces: ..." (no level name).
   virtual std::string describe() const = 0;
+  // Strong steps. run_strong: the entry runs as a strong agent (run_agent's errors). resume_strong:
+  // the image is checked on the host (build, address, sizes against input.limits' memory quota
+  // before decompressing, hash; refusals are sandbox_refused, see docs/migration.md) and
+  // resumed in a fresh guest under input's limits and `info`'s facts (input.source is unused;
+  // the memory limit must be the one the image was taken under). Levels without an arena refuse.
+  virtual Result<StrongOutcome> run_strong(const RunInput& input, const AgentInput& agent, HostCalls* host) {
+    (void)input, (void)agent, (void)host;
+    return strong_refused(level(), "this level cannot carry a heap image yet");
+  }
+  virtual Result<StrongOutcome> resume_strong(std::span<const std::uint8_t> image, const RunInput& input,
+                                              const Value& info, HostCalls* host) {
+    (void)image, (void)input, (void)info, (void)host;
+    return strong_refused(level(), "this level cannot carry a heap image yet");
+  }
 };
 
 // The `trusted` level: run_lua and run_agent in the calling process.
@@ -39,6 +70,12 @@ class TrustedJail final : public Jail {
     return sandbox::run_agent(input, agent, host);
   }
   std::string describe() const override { return "restricted lua_State in the node process"; }
+  Result<StrongOutcome> run_strong(const RunInput&, const AgentInput&, HostCalls*) override {
+    return strong_refused(level(), "its Lua heap is not an arena at a fixed address");
+  }
+  Result<StrongOutcome> resume_strong(std::span<const std::uint8_t>, const RunInput&, const Value&, HostCalls*) override {
+    return strong_refused(level(), "its Lua heap is not an arena at a fixed address");
+  }
 };
 
 // What every level's start-up may need; each level reads its own fields.

@@ -80,6 +80,10 @@ struct AgentOutcome {
   // (the process jail: the kernel's account of the guest process); 0 where the host counts
   // the instructions itself (the trusted level) or has no measure.
   std::uint64_t host_cpu_us = 0;
+  // Strong steps (docs/migration.md, "Strong mobility"): the agent stopped at agent.go(peer)
+  // without an entry (went, go_peer) or at agent.checkpoint(), and its heap was imaged.
+  bool strong_stop = false;
+  bool checkpoint = false;
 };
 
 // Errors are those of run_lua, plus lua_error "Lua error: agent entry point 'NAME' is not a

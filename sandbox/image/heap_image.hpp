@@ -1,0 +1,100 @@
+// The heap image of a strong agent (issue 13): the guest arena's used span with all-zero pages
+// left out, compressed with zstd, behind a small header. Built and checked on the HOST side
+// only, so the guest stays lean and its syscall table unchanged: the guest hands over its raw
+// used span, the host seals it; on restore the host checks everything it can before a single
+// byte reaches a fresh guest (docs/migration.md, "Strong mobility", has the format and the
+// trust model).
+//
+// What the checks protect is the host: an image is raw guest memory and is only ever loaded
+// inside a jail, where a crafted one can at worst kill that jail.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "sojourn/core/error.hpp"
+
+namespace sojourn::sandbox::image {
+
+inline constexpr std::size_t kPageBytes = 4096;
+// The format's version; a different one is refused (sandbox_refused).
+inline constexpr std::uint32_t kFormatVersion = 1;
+// The header's fixed bytes (see docs/migration.md, "Image format").
+inline constexpr std::size_t kHeaderBytes = 8 + 4 + 32 + 8 + 8 + 8 + 8 + 8 + 32;
+
+// What an image says about itself. Every field is covered by the hash.
+struct ImageHeader {
+  std::array<std::uint8_t, 32> guest_build{};  // SHA-256 of the guest executable
+  std::uint64_t arena_base = 0;     // where the arena is mapped (kArenaBase)
+  std::uint64_t arena_bytes = 0;    // the arena's mapped size: the restoring guest maps the same
+  std::uint64_t used_bytes = 0;     // the arena span the image covers, from its base (whole pages)
+  std::uint64_t agent_handle = 0;   // the agent coroutine (its lua_State) inside the arena
+  std::uint64_t payload_bytes = 0;  // the declared uncompressed payload: page map + kept pages
+  std::array<std::uint8_t, 32> hash{};  // SHA-256 of the header fields above and the compressed payload
+};
+
+// What the taking side knows besides the bytes.
+struct ImageSource {
+  std::array<std::uint8_t, 32> guest_build{};
+  std::uint64_t arena_base = 0;
+  std::uint64_t arena_bytes = 0;
+  std::uint64_t agent_handle = 0;
+};
+
+// What the restoring side insists on. The quota is the largest arena a fresh guest would map
+// for the agent's memory limit (arena_bytes_for_quota of the limit, computed by the jail).
+struct RestoreRules {
+  std::array<std::uint8_t, 32> guest_build{};
+  std::uint64_t arena_base = 0;
+  std::uint64_t max_arena_bytes = 0;
+};
+
+// The restored span: `used` bytes to copy at header.arena_base in a fresh guest.
+struct RestoredImage {
+  ImageHeader header;
+  std::vector<std::uint8_t> used;
+};
+
+// Figures for `ps` and the benchmark.
+struct ImageStats {
+  std::uint64_t raw_bytes = 0;       // the used span
+  std::uint64_t kept_pages = 0;      // pages that were not all zero
+  std::uint64_t payload_bytes = 0;   // uncompressed payload (page map + kept pages)
+  std::uint64_t image_bytes = 0;     // the whole image as it travels
+};
+
+// Seals the arena's used span (its length a multiple of kPageBytes, at most arena_bytes) into an
+// image. invalid_argument on a span that does not fit; internal when zstd fails.
+Result<std::vector<std::uint8_t>> take_image(const ImageSource& source, std::span<const std::uint8_t> used,
+                                             ImageStats* stats = nullptr);
+
+// The header alone, parsed but not trusted (no hash check): for logs and routing.
+Result<ImageHeader> peek_header(std::span<const std::uint8_t> image);
+
+// Checks then opens an image, in this order, each refusal sandbox_refused "refused by the
+// sandbox: ...":
+//   1. the header is whole and of this format version ("heap image: ...");
+//   2. the guest build: "image from guest build X, this node runs Y" (X, Y: the first 16 hex
+//      digits of each SHA-256);
+//   3. the arena address, and sizes against the quota BEFORE decompressing: "heap image declares
+//      an arena of N bytes, above the memory quota's M bytes" (and the like for the span and the
+//      payload);
+//   4. the hash: "heap image hash mismatch: expected H1, got H2";
+//   5. the payload decompresses to exactly its declared size and its page map agrees with it
+//      ("heap image: ..."). A well-formed image whose bytes are hostile passes: only a jail may
+//      load it.
+Result<RestoredImage> open_image(std::span<const std::uint8_t> image, const RestoreRules& rules);
+
+// SHA-256 of a file (the guest build id), or internal "internal error: cannot read PATH: WHY".
+Result<std::array<std::uint8_t, 32>> build_id_of(const std::string& path);
+std::string hex(std::span<const std::uint8_t> bytes);
+
+// Recomputes the hash of an image in place: for tests and hostile-image generators that change
+// bytes after sealing and want the hash check behind them. Does nothing to a too-short image.
+void reseal(std::vector<std::uint8_t>& image);
+
+}  // namespace sojourn::sandbox::image

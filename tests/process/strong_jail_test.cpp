@@ -1,0 +1,211 @@
+// Strong steps in the process jail (issue 13): ProcessJail::run_strong images an agent stopped
+// at agent.go(peer) or agent.checkpoint() in one guest; resume_strong checks the image on the
+// host and resumes it in a fresh guest, where the host calls, the agent facts and the limits are
+// that step's. The trusted level refuses strong steps with the reason.
+#include <doctest/doctest.h>
+
+#include <cstdlib>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "sandbox/image/heap_image.hpp"
+#include "sojourn/sandbox/jail.hpp"
+#include "sojourn/sandbox/process_jail.hpp"
+#include "tests/support/error_checks.hpp"
+
+using sojourn::Errc;
+using sojourn::Limits;
+using sojourn::Result;
+using sojourn::Value;
+using sojourn::sandbox::AgentInput;
+using sojourn::sandbox::HostCalls;
+using sojourn::sandbox::ProcessJail;
+using sojourn::sandbox::ProcessJailOptions;
+using sojourn::sandbox::RunInput;
+using sojourn::sandbox::StrongOutcome;
+namespace image = sojourn::sandbox::image;
+
+namespace {
+
+constexpr std::uint64_t kMemory = 96u << 20;
+
+ProcessJail& jail() {
+  static std::unique_ptr<ProcessJail> instance = [] {
+    auto started = ProcessJail::start(ProcessJailOptions{});
+    REQUIRE_MESSAGE(started.ok(), (started.ok() ? "" : started.error().message));
+    return std::move(*started);
+  }();
+  return *instance;
+}
+
+// kv.get answers "price at HERE", HERE being the node the host plays for this step.
+class Node final : public HostCalls {
+ public:
+  explicit Node(std::string here) : here_(std::move(here)) {}
+  Result<Value> call(std::string_view service, const Value&) override {
+    ++calls;
+    if (service == "kv.get") return Value("price at " + here_);
+    return sojourn::make_error(Errc::no_such_service, "no such service: " + std::string(service));
+  }
+  int calls = 0;
+
+ private:
+  std::string here_;
+};
+
+Value facts_at(const std::string& here) {
+  Value info = Value::table();
+  info.set(Value("here"), Value(here));
+  return info;
+}
+
+RunInput input_of(std::string_view source, std::uint64_t cpu = 50'000'000, std::uint64_t memory = kMemory) {
+  RunInput input;
+  input.source = source;
+  input.chunk_name = "tour";
+  input.args = Value::table();
+  input.limits = Limits{cpu, memory, 10'000};
+  return input;
+}
+
+Result<StrongOutcome> start(std::string_view source, Node* node = nullptr) {
+  const AgentInput agent{"start", Value::table(), facts_at("A")};
+  return jail().run_strong(input_of(source), agent, node);
+}
+
+Result<StrongOutcome> resume(const std::vector<std::uint8_t>& bytes, const std::string& here, Node* node = nullptr,
+                             std::uint64_t cpu = 50'000'000, std::uint64_t memory = kMemory) {
+  return jail().resume_strong(bytes, input_of("", cpu, memory), facts_at(here), node);
+}
+
+std::string first_result(const StrongOutcome& outcome) {
+  const Value v = outcome.step.results.get(Value(std::int64_t{1}));
+  return v.is_string() ? v.as_string() : "(not a string)";
+}
+
+constexpr const char* kTour = R"(
+  function start(state)
+    local seen = {}
+    local gen = coroutine.wrap(function() for i = 1, 10 do coroutine.yield(i) end end)
+    for _, stop in ipairs({'B', 'C'}) do
+      local n = gen()
+      agent.go(stop)
+      seen[#seen + 1] = agent.here .. ':' .. n .. ':' .. node.call('kv.get', 'price')
+    end
+    return table.concat(seen, ', ')
+  end)";
+
+}  // namespace
+
+TEST_CASE("a strong agent tours three guests and goes on at the next line in each") {
+  Node a("A"), b("B"), c("C");
+  auto first = start(kTour, &a);
+  REQUIRE_MESSAGE(first.ok(), (first.ok() ? "" : first.error().message));
+  CHECK(first->step.strong_stop);
+  CHECK(first->step.went);
+  CHECK(first->step.go_peer == "B");
+  CHECK(!first->image.empty());
+  CHECK(first->raw_bytes > first->image.size());
+  auto second = resume(first->image, "B", &b);
+  REQUIRE_MESSAGE(second.ok(), (second.ok() ? "" : second.error().message));
+  CHECK(second->step.go_peer == "C");
+  CHECK(b.calls == 1);  // node.call after the resume crossed this step's channel
+  auto third = resume(second->image, "C", &c);
+  REQUIRE_MESSAGE(third.ok(), (third.ok() ? "" : third.error().message));
+  CHECK(!third->step.strong_stop);
+  CHECK(third->image.empty());
+  CHECK(first_result(*third) == "B:1:price at B, C:2:price at C");
+  CHECK(c.calls == 1);
+  CHECK(a.calls == 0);
+}
+
+TEST_CASE("agent.checkpoint images without moving; a weak go keeps its semantics") {
+  auto first = start("function start() local x = 7 agent.checkpoint() return 'x=' .. x .. '@' .. agent.here end");
+  REQUIRE(first.ok());
+  CHECK(first->step.strong_stop);
+  CHECK(first->step.checkpoint);
+  auto again = resume(first->image, "A");
+  REQUIRE(again.ok());
+  CHECK(first_result(*again) == "x=7@A");
+
+  auto weak = start("function start() agent.go('B', 'later') end");
+  REQUIRE(weak.ok());
+  CHECK(!weak->step.strong_stop);
+  CHECK(weak->step.went);
+  CHECK(weak->step.go_entry == "later");
+  CHECK(weak->image.empty());
+}
+
+TEST_CASE("a 16 MB heap travels between guests") {
+  auto first = start(R"(
+    function start()
+      local parts = {}
+      for i = 1, 256 do parts[i] = string.rep(string.char(65 + i % 26), 65536 - 64) .. i end
+      agent.go('B')
+      local sum = 0
+      for i = 1, #parts do sum = sum + #parts[i] end
+      return #parts .. ':' .. sum
+    end)");
+  REQUIRE_MESSAGE(first.ok(), (first.ok() ? "" : first.error().message));
+  CHECK(first->raw_bytes > (16u << 20));
+  auto second = resume(first->image, "B");
+  REQUIRE_MESSAGE(second.ok(), (second.ok() ? "" : second.error().message));
+  std::uint64_t sum = 0;
+  for (int i = 1; i <= 256; ++i) sum += 65536 - 64 + std::to_string(i).size();
+  CHECK(first_result(*second) == "256:" + std::to_string(sum));
+}
+
+TEST_CASE("the host refuses images it must not load, and limits after a resume are the step's") {
+  auto first = start("function start() agent.go('B') while true do end end");
+  REQUIRE(first.ok());
+  REQUIRE(first->step.strong_stop);
+
+  SUBCASE("a tampered image") {
+    std::vector<std::uint8_t> bytes = first->image;
+    bytes[bytes.size() - 5] ^= 0x10;
+    CHECK_ERROR(resume(bytes, "B"), Errc::sandbox_refused, "hash mismatch");
+  }
+  SUBCASE("an image from another guest build") {
+    std::vector<std::uint8_t> bytes = first->image;
+    for (std::size_t i = 12; i < 44; ++i) bytes[i] = 0x22;  // the build id field
+    image::reseal(bytes);
+    CHECK_ERROR(resume(bytes, "B"), Errc::sandbox_refused, "image from guest build 2222222222222222, this node runs ");
+  }
+  SUBCASE("a memory limit whose arena is smaller than the image's") {
+    CHECK_ERROR(resume(first->image, "B", nullptr, 50'000'000, kMemory / 4), Errc::sandbox_refused,
+                "above the memory quota");
+  }
+  SUBCASE("out of budget after the resume") {
+    CHECK_ERROR(resume(first->image, "B", nullptr, 300'000), Errc::cpu_limit, "CPU limit of 300000 instructions exceeded");
+  }
+}
+
+TEST_CASE("a corrupt but well-hashed image kills only its guest; the next step works") {
+  auto first = start("function start() local t = {1, 2, 3} agent.go('B') return 'ok ' .. #t end");
+  REQUIRE(first.ok());
+  const char* guest = std::getenv("SOJOURN_GUEST");
+  REQUIRE(guest != nullptr);
+  auto build = image::build_id_of(guest);
+  REQUIRE(build);
+  auto opened = image::open_image(first->image, {*build, image::peek_header(first->image)->arena_base,
+                                                 image::peek_header(first->image)->arena_bytes});
+  REQUIRE(opened);
+  std::vector<std::uint8_t> used = opened->used;
+  for (std::size_t i = 4096; i < used.size(); i += 8) used[i] ^= 0xa5;
+  auto bad = image::take_image({*build, opened->header.arena_base, opened->header.arena_bytes, opened->header.agent_handle}, used);
+  REQUIRE(bad);
+  auto crashed = resume(*bad, "B");
+  CHECK(!crashed.ok());
+  auto good = resume(first->image, "B");
+  REQUIRE_MESSAGE(good.ok(), (good.ok() ? "" : good.error().message));
+  CHECK(first_result(*good) == "ok 3");
+}
+
+TEST_CASE("the trusted level refuses strong steps with the reason") {
+  sojourn::sandbox::TrustedJail trusted;
+  const AgentInput agent{"start", Value::table(), facts_at("A")};
+  CHECK_ERROR(trusted.run_strong(input_of("function start() end"), agent, nullptr), Errc::sandbox_refused,
+              "strong mobility needs the process or microvm level (trusted: ");
+  CHECK_ERROR(trusted.resume_strong({}, input_of(""), facts_at("B"), nullptr), Errc::sandbox_refused, "trusted");
+}
