@@ -11,6 +11,7 @@
 
 #include "agents/agent_messages.hpp"
 #include "agents/agent_record.hpp"
+#include "sandbox/image/heap_image.hpp"
 #include "sandbox/process/guest_wire.hpp"
 #include "sojourn/core/bundle.hpp"
 #include "sojourn/core/frame.hpp"
@@ -255,6 +256,21 @@ int main(int argc, char** argv) {
     for (auto& x : b) x = static_cast<std::uint8_t>(rng());
     put("kvm_dispatch_fuzz", "guest" + std::to_string(i), b);
   }
+  // heap_image_fuzz: a mode byte (bit 0 reseals, bit 1 accepts the declared build and base),
+  // then an image of a small arena: zero pages, a page of a pattern, a page with one byte.
+  namespace im = sojourn::sandbox::image;
+  im::ImageSource source;
+  source.guest_build.fill(7);
+  source.arena_base = 0x10000000;
+  source.arena_bytes = 1 << 20;
+  source.agent_handle = source.arena_base + 64;
+  Bytes arena(4 * im::kPageBytes, 0);
+  for (std::size_t i = 0; i < im::kPageBytes; ++i) arena[im::kPageBytes + i] = static_cast<std::uint8_t>(i * 31);
+  arena[3 * im::kPageBytes + 5] = 1;
+  const Bytes image = im::take_image(source, arena).value();
+  put("heap_image_fuzz", "image_own_build", Bytes{2} + image);
+  put("heap_image_fuzz", "image_resealed", Bytes{3} + image);
+  put("heap_image_fuzz", "image_other_build", Bytes{0} + image);
   std::printf("seeds written under %s\n", g_root.c_str());
   return 0;
 }

@@ -1,0 +1,47 @@
+// libFuzzer target: a heap image from a hostile peer (issue 13). The first byte is a mode:
+// bit 0 reseals the rest (recomputes its hash) so the search gets past the hash check into the
+// size checks, the zstd frame and the page map; bit 1 makes the rules accept whatever build
+// and arena base the image declares, as a node running that guest would. The rest is the image.
+//
+// Properties: open_image never hands back more than the quota allows, and what it hands back
+// is exactly the span the header declares (whole pages, inside the declared arena).
+#include <cstdint>
+#include <span>
+#include <vector>
+
+#include "sandbox/image/heap_image.hpp"
+#include "tests/fuzz/fuzz_check.hpp"
+
+using namespace sojourn::sandbox;
+
+namespace {
+constexpr std::uint64_t kQuotaBytes = 16ull << 20;  // the largest arena a restoring guest would map
+constexpr std::uint64_t kBase = 0x10000000;
+}  // namespace
+
+extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
+  if (size < 1) return 0;
+  const std::uint8_t mode = data[0];
+  std::vector<std::uint8_t> bytes(data + 1, data + size);
+  if ((mode & 1) != 0) image::reseal(bytes);
+
+  image::RestoreRules rules;
+  rules.arena_base = kBase;
+  rules.max_arena_bytes = kQuotaBytes;
+  if ((mode & 2) != 0) {
+    auto peeked = image::peek_header(bytes);
+    if (peeked) {
+      rules.guest_build = peeked->guest_build;
+      rules.arena_base = peeked->arena_base;
+    }
+  }
+  auto opened = image::open_image(bytes, rules);
+  if (!opened) return 0;
+  const image::ImageHeader& h = opened->header;
+  sojourn::fuzz::check(h.arena_bytes <= kQuotaBytes, "an opened image's arena is within the quota");
+  sojourn::fuzz::check(h.used_bytes <= h.arena_bytes, "an opened image's span is inside its arena");
+  sojourn::fuzz::check(h.used_bytes % image::kPageBytes == 0, "an opened image's span is whole pages");
+  sojourn::fuzz::check(opened->used.size() == h.used_bytes, "an opened image restores exactly its declared span");
+  sojourn::fuzz::check(h.arena_base == rules.arena_base, "an opened image sits at the expected address");
+  return 0;
+}
