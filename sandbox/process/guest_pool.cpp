@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <string>
 #include <type_traits>
 #include <string_view>
@@ -34,16 +35,22 @@ namespace {
 // next request: resetting its arena, or its jail set-up. One that spent more is spinning.
 constexpr std::uint64_t kSettleCpuUs = 50'000;
 
-// The process state letter from /proc/PID/stat ('S' asleep, 'R' running, ...), or 0.
-char process_state(int stat_fd) {
-  char buffer[512];
+// The fields of /proc/PID/stat after the process name, from the state on ("S 1 2 ..."); empty
+// when the process is gone. The name may hold parentheses: the fields follow the last ')'.
+std::string stat_fields(int stat_fd) {
+  char buffer[1024];
   const ssize_t n = ::pread(stat_fd, buffer, sizeof buffer, 0);
-  if (n <= 0) return 0;
-  // "PID (COMM) S ...": the name may hold parentheses; the state follows the last ')'.
+  if (n <= 0) return {};
   const std::string_view stat(buffer, static_cast<std::size_t>(n));
   const std::size_t close = stat.rfind(')');
-  if (close == std::string_view::npos || close + 2 >= stat.size()) return 0;
-  return stat[close + 2];
+  if (close == std::string_view::npos || close + 2 >= stat.size()) return {};
+  return std::string(stat.substr(close + 2));
+}
+
+// The process state letter ('S' asleep, 'R' running, ...), or 0.
+char process_state(int stat_fd) {
+  const std::string fields = stat_fields(stat_fd);
+  return fields.empty() ? '\0' : fields[0];
 }
 
 }  // namespace
@@ -51,6 +58,19 @@ char process_state(int stat_fd) {
 void watch_guest(WarmGuest& guest) {
   const std::string path = "/proc/" + std::to_string(guest.guest.pid) + "/stat";
   guest.stat = UniqueFd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+}
+
+std::optional<std::uint64_t> resident_bytes(const WarmGuest& guest) {
+  if (!guest.stat.valid()) return std::nullopt;
+  const std::string fields = stat_fields(guest.stat.get());
+  // rss is field 24 of the file, the 22nd from the state (field 3), in pages.
+  std::size_t at = 0;
+  for (int skip = 0; skip < 21 && at != std::string::npos; ++skip) {
+    at = fields.find(' ', at);
+    if (at != std::string::npos) ++at;
+  }
+  if (at == std::string::npos || at >= fields.size()) return std::nullopt;
+  return std::strtoull(fields.c_str() + at, nullptr, 10) * static_cast<std::uint64_t>(::sysconf(_SC_PAGESIZE));
 }
 
 bool guest_at_rest(const WarmGuest& guest) {

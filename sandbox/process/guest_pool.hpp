@@ -44,6 +44,8 @@ void discard_guest(WarmGuest& guest);
 
 // Opens the guest's /proc/PID/stat (right after the spawn, while its pidfd holds it alive).
 void watch_guest(WarmGuest& guest);
+// The guest's resident memory (RSS), or nullopt when it is gone.
+std::optional<std::uint64_t> resident_bytes(const WarmGuest& guest);
 // Whether a guest between runs is fit for another: its zygote and itself alive, nothing
 // unread on its channel (no end-of-file, nothing written ahead of a request), and asleep
 // waiting for a request or still within the CPU time a reset takes (one that keeps running
@@ -55,6 +57,9 @@ struct GuestPoolOptions {
   // may run at once, but at most this many wait idle. 0: no pool.
   std::size_t per_principal = 4;
   std::size_t max_idle = 32;      // idle guests in all; the least recently used go first
+  // A guest whose run left it larger than this (resident) is not kept: its arena's pages
+  // stay resident (zeroed) while it waits, and idle guests should cost little memory.
+  std::uint64_t max_resident_bytes = 32u << 20;
 };
 
 class GuestPool {
@@ -67,6 +72,7 @@ class GuestPool {
   GuestPool& operator=(const GuestPool&) = delete;
 
   bool enabled() const noexcept { return options_.per_principal > 0; }
+  const GuestPoolOptions& options() const noexcept { return options_; }
   // An idle guest of `key` at rest (others found on the way are discarded), or none, when the
   // caller forks one: either way one guest of the key is in use from now on (until give_back
   // or lost), and the key's pool is refilled in the background. With no pool: none, untracked.

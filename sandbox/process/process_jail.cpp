@@ -258,6 +258,10 @@ class ZygoteJail final : public ProcessJail {
     Result<std::vector<std::uint8_t>> result =
         run_in_warm_guest(*warm, input, request, done, host, session, counters_, reusable);
     if (reusable) {
+      const std::optional<std::uint64_t> resident = resident_bytes(*warm);
+      reusable = resident && *resident <= pool_.options().max_resident_bytes;
+    }
+    if (reusable) {
       pool_.give_back(key, std::move(*warm));
     } else {
       // Killed by a limit, crashed, or wrote ahead: never reused; its place is refilled.

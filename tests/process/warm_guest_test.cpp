@@ -131,3 +131,21 @@ TEST_CASE("a warm guest's CPU-time rlimit counts from each run, not from its fir
   }
   CHECK(jail->status().guests_reused >= 3);
 }
+
+TEST_CASE("a guest whose run left it large is not kept warm") {
+  auto jail = start(1);
+  const Limits big{100'000'000, 128u << 20, 5000};
+  // About 48 MB of live strings at the answer: the arena's pages would stay resident.
+  Result<Value> grew = run(*jail, "signer a", "local t = {} for i = 1, 48 do t[i] = string.rep('x', 1048576 - 64) .. i end return #t", big);
+  REQUIRE_MESSAGE(grew.ok(), (grew.ok() ? "" : grew.error().message));
+  // Its guest was discarded, so the pool forked another in its place (a kept one would have
+  // been the key's one guest, and nothing would have been refilled).
+  REQUIRE(wait_for_warm(*jail, 1));
+  CHECK(jail->status().guests_refilled == 1);
+  CHECK(jail->status().guests_started == 2);
+  // A small run's guest is kept.
+  CHECK(first_integer(run(*jail, "signer a", "return 1", big)) == 1);
+  CHECK(first_integer(run(*jail, "signer a", "return 1", big)) == 1);
+  CHECK(jail->status().guests_reused == 2);
+  CHECK(jail->status().guests_started == 2);
+}
