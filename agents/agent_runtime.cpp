@@ -7,6 +7,7 @@
 #include <boost/asio/post.hpp>
 
 #include "sojourn/core/log.hpp"
+#include "sojourn/core/signature.hpp"
 #include "sojourn/sandbox/lua_sandbox.hpp"
 
 namespace sojourn {
@@ -245,6 +246,9 @@ void AgentRuntime::run_step(const std::string& id) {
   input.limits = budget.limits;
   input.allow_jit = false;
   input.abort = runtime_.abort_flag();
+  // Warm guests serve one principal (docs/jails.md): the bundle's verified signer, or anonymous.
+  const std::string principal = record.signer.empty() ? std::string("anonymous") : "signer " + key_fingerprint(record.signer);
+  input.principal = principal;
   Value info = Value::table();
   info.set("id", record.id);
   info.set("home", record.home);

@@ -15,6 +15,7 @@ sandbox::JailConfig jail_config(const NodeOptions& options) {
   c.max_memory_bytes = options.max_limits.memory_bytes;
   c.owner = options.name;
   c.wanted = options.peer_isolation;
+  c.warm_guests = options.warm_guests;
   return c;
 }
 }  // namespace

@@ -248,6 +248,12 @@ Reply NodeServer::run_eval(const EvalRequest& request, const PeerIdentity& peer)
   input.allow_jit = false;  // code from a peer: compiled loops would escape the CPU hook
   input.abort = runtime_.abort_flag();
   input.max_result_bytes = options_.max_payload;  // the reply carries the result: no larger
+  // Warm guests serve one principal: the signer, else the authenticated peer, else anyone
+  // anonymous (docs/jails.md).
+  const std::string principal = !signer.empty()           ? "signer " + signer
+                                : peer.authenticated() ? "peer " + peer.fingerprint
+                                                       : std::string("anonymous");
+  input.principal = principal;
   // `node.call` reaches this node: the code went to the resource.
   NodeHostCalls host(services_, *modules_, nullptr, {}, rule);
   const auto started = std::chrono::steady_clock::now();

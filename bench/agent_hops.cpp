@@ -199,8 +199,26 @@ void row(const char* what, const LatencySummary& s, const LatencySummary* peer) 
 
 int main(int argc, char** argv) {
   using namespace sojourn::bench;
-  int hops = argc > 1 ? std::atoi(argv[1]) : 200;
+  // bench_agent_hops [HOPS] [--csv FILE] [--latency-only]
+  int hops = 200;
+  std::string csv;
+  bool latency_only = false;
+  for (int i = 1; i < argc; ++i) {
+    const std::string arg = argv[i];
+    if (arg == "--csv" && i + 1 < argc) {
+      csv = argv[++i];
+    } else if (arg == "--latency-only") {
+      latency_only = true;
+    } else {
+      hops = std::atoi(argv[i]);
+    }
+  }
   if (hops < 10) hops = 10;
+  std::FILE* out = csv.empty() ? nullptr : std::fopen(csv.c_str(), "w");
+  if (out != nullptr) std::fprintf(out, "id,unit,median,p99\n");
+  auto csv_row = [out](const std::string& id, const LatencySummary& s) {
+    if (out != nullptr) std::fprintf(out, "%s,us,%.1f,%.1f\n", id.c_str(), s.median_us, s.p99_us);
+  };
   sojourn::set_log_level(sojourn::LogLevel::error);
   Cluster trusted(3, sojourn::Isolation::trusted);
   Cluster jailed(3, sojourn::Isolation::process);
@@ -219,7 +237,14 @@ int main(int argc, char** argv) {
     row("trusted: agent hop (peer: REV)", hop, &rev);
     row("process jail: REV with the state", rev_jailed, &rev);
     row("process jail: agent hop (peer: jailed REV)", hop_jailed, &rev_jailed);
+    const std::string size = bytes == 100 ? "100" : bytes == 4096 ? "4k" : "1m";
+    csv_row("hop_trusted_" + size, hop);
+    csv_row("hop_process_" + size, hop_jailed);
+    csv_row("rev_trusted_" + size, rev);
+    csv_row("rev_process_" + size, rev_jailed);
   }
+  if (out != nullptr) std::fclose(out);
+  if (latency_only) return 0;
   Cluster& c = trusted;
   const int agents = 50, tour = 20;
   std::printf("throughput: %d agents x %d hops at once: %.0f hops/s trusted, %.0f hops/s in the process jail\n", agents,

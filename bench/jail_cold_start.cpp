@@ -134,9 +134,20 @@ int main(int argc, char** argv) {
   using namespace sojourn;
   using namespace sojourn::bench;
   std::size_t n = 200;
-  if (argc > 2 && std::string(argv[1]) == "--runs") n = std::strtoul(argv[2], nullptr, 10);
-  if (n == 0) {
-    std::fprintf(stderr, "usage: bench_jail [--runs N]   (N > 0, default 200)\n");
+  std::string csv;  // --csv FILE: id,unit,median,p99 per row, for bench/run_peers.sh
+  bool usage = false;
+  for (int i = 1; i < argc; ++i) {
+    const std::string flag = argv[i];
+    if (flag == "--runs" && i + 1 < argc) {
+      n = std::strtoul(argv[++i], nullptr, 10);
+    } else if (flag == "--csv" && i + 1 < argc) {
+      csv = argv[++i];
+    } else {
+      usage = true;
+    }
+  }
+  if (n == 0 || usage) {
+    std::fprintf(stderr, "usage: bench_jail [--runs N] [--csv FILE]   (N > 0, default 200)\n");
     return 2;
   }
   auto guest = sandbox::find_guest_binary("");
@@ -162,6 +173,10 @@ int main(int argc, char** argv) {
   std::vector<Row> rows;
   rows.push_back({"trusted level, in-process run_lua", [&] { return sandbox::run_lua(input, nullptr).ok(); }});
   rows.push_back({"process jail: zygote fork + jail + run", [&] { return (*jail)->run(input, nullptr).ok(); }});
+  // A principal's run: a warm guest forked before the request, reset after the last one.
+  RunInput warm_input = input;
+  warm_input.principal = "signer bench";
+  rows.push_back({"process jail: warm guest of the principal", [&] { return (*jail)->run(warm_input, nullptr).ok(); }});
   rows.push_back({"process jail without namespaces", [&] { return (*bare_jail)->run(input, nullptr).ok(); }});
   rows.push_back({"fork+exec of the static guest (no jail)", [&] { return run_exec_guest({*guest, "--serve"}); }});
   if (have_bwrap) {
@@ -193,6 +208,18 @@ int main(int argc, char** argv) {
   for (std::size_t i = 0; i < rows.size(); ++i) {
     std::printf("%-44s %12.0f %12.0f %14.2f %9zu\n", rows[i].name.c_str(), summaries[i].median_us, summaries[i].p99_us,
                 base > 0 ? summaries[i].median_us / base : 0.0, rows[i].failures);
+  }
+
+  if (!csv.empty()) {
+    static const char* const kIds[] = {"trusted_run", "jail_cold", "jail_warm", "jail_no_namespaces", "exec_guest",
+                                       "bwrap_true", "bwrap_guest"};
+    if (std::FILE* out = std::fopen(csv.c_str(), "w")) {
+      std::fprintf(out, "id,unit,median,p99\n");
+      for (std::size_t i = 0; i < rows.size() && i < std::size(kIds); ++i) {
+        std::fprintf(out, "%s,us,%.1f,%.1f\n", kIds[i], summaries[i].median_us, summaries[i].p99_us);
+      }
+      std::fclose(out);
+    }
   }
 
   // Memory: an idle guest waits for its request on the channel.

@@ -31,6 +31,7 @@ struct Options {
   std::size_t in_flight = 64;
   double seconds = 3.0;                     // time bound of one system's share of a row
   std::size_t rounds = 5;                   // latency rows alternate the systems this often
+  std::string csv;                          // also write the figures here (bench/run_peers.sh)
 };
 
 constexpr const char* kUsage =
@@ -43,6 +44,7 @@ constexpr const char* kUsage =
     "  --seconds S              time bound of each system's share of a row (default 3)\n"
     "  --warmup N               unmeasured requests before each row (default 500)\n"
     "  --rounds N               latency blocks alternating the two systems (default 5)\n"
+    "  --csv FILE               also write id,unit,sojourn,sojourn_p99,redis,redis_p99 rows there\n"
     "Writes key 'k' on both servers (sojourn kv.put k {x=1}; Redis SET k 1).\n"
     "Redis is reached at 127.0.0.1:PORT only.\n";
 
@@ -83,6 +85,7 @@ std::optional<Options> parse_options(int argc, char** argv) {
     else if (flag == "--seconds") o.seconds = number(flag, v, 0.1, 600);
     else if (flag == "--warmup") o.warmup = count(flag, v, 0, 1e6);
     else if (flag == "--rounds") o.rounds = count(flag, v, 1, 1000);
+    else if (flag == "--csv") o.csv = v;
     else throw UsageError("unknown option " + flag);
   }
   if (o.sojourn_peer.empty() || o.redis_port == 0) throw UsageError("--sojourn and --redis are required");
@@ -217,6 +220,27 @@ void print_details(const std::vector<LatencyRow>& latency, const std::vector<Thr
   }
 }
 
+// The figures as rows for scripts: latency rows in µs (median, p99), throughput in req/s.
+void write_csv(const std::string& path, const std::vector<LatencyRow>& latency, const std::vector<ThroughputRow>& throughput) {
+  static const char* const kLatencyIds[] = {"cs_blocking", "cs_coroutine", "rev_blocking", "rev_coroutine"};
+  static const char* const kThroughputIds[] = {"cs_throughput", "rev_throughput"};
+  std::FILE* out = std::fopen(path.c_str(), "w");
+  if (out == nullptr) throw std::runtime_error("cannot write " + path);
+  std::fprintf(out, "id,unit,sojourn,sojourn_p99,redis,redis_p99\n");
+  for (std::size_t i = 0; i < latency.size() && i < std::size(kLatencyIds); ++i) {
+    const LatencyRow& r = latency[i];
+    if (!r.error.empty()) continue;
+    std::fprintf(out, "%s,us,%.1f,%.1f,%.1f,%.1f\n", kLatencyIds[i], r.sojourn.median_us, r.sojourn.p99_us,
+                 r.redis.median_us, r.redis.p99_us);
+  }
+  for (std::size_t i = 0; i < throughput.size() && i < std::size(kThroughputIds); ++i) {
+    const ThroughputRow& r = throughput[i];
+    if (!r.error.empty()) continue;
+    std::fprintf(out, "%s,req/s,%.0f,,%.0f,\n", kThroughputIds[i], r.sojourn.per_second(), r.redis.per_second());
+  }
+  std::fclose(out);
+}
+
 int run(const Options& o) {
   RespClient redis(o.redis_port);
   if (auto r = redis.command({"SET", kKey, "1"}); r.type != RespReply::Type::simple) {
@@ -261,6 +285,7 @@ int run(const Options& o) {
   throughput.push_back(measure_throughput("REV eval / pipelined EVALSHA", client, eval, redis, evalsha, o));
   print_throughput(throughput, o.in_flight);
   print_details(latency, throughput);
+  if (!o.csv.empty()) write_csv(o.csv, latency, throughput);
 
   auto failed = [](const auto& row) { return !row.error.empty(); };
   bool any_failed = std::any_of(latency.begin(), latency.end(), failed) ||

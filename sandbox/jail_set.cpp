@@ -33,6 +33,7 @@ Result<std::unique_ptr<Jail>> start_trusted(const JailConfig&) { return std::uni
 Result<std::unique_ptr<Jail>> start_process(const JailConfig& config) {
   ProcessJailOptions o;
   o.guest_path = config.guest_path;
+  o.warm_guests = config.warm_guests;
   auto started = ProcessJail::start(o);
   if (!started) return started.error();
   return std::unique_ptr<Jail>(std::move(*started));

@@ -123,6 +123,7 @@ int run_node(const NodeCommand& c) {
     l->wall_ms = std::max(l->wall_ms, options.default_limits.wall_ms);
   }
   options.code_cache_dir = c.code_cache;
+  options.warm_guests = c.warm_guests;
   if (c.peer_isolation != "auto") {
     auto peer_level = parse_isolation(c.peer_isolation);
     if (!peer_level) return fail(peer_level.error(), false);

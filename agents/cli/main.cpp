@@ -71,6 +71,9 @@ int main(int argc, char** argv) {
   node_cmd->add_option("--peer-isolation", node.peer_isolation,
                        "Least isolation for code from peers: auto (default: microvm where KVM can run the guest, "
                        "else process), microvm, process or trusted")->capture_default_str();
+  node_cmd->add_option("--warm-guests", node.warm_guests,
+                       "Process-jail guests kept warm for each principal (a signer or a peer); 0: a fresh guest per run")
+      ->capture_default_str()->check(CLI::Range(0, 1024));
   node_cmd->add_option("--advertise", node.advertise,
                        "HOST:PORT peers reach this node at (default: the first --listen; for 0.0.0.0/[::] an address of "
                        "this host's interfaces)");

@@ -295,9 +295,17 @@ void* FixedArena::allocate(std::size_t size) noexcept {
   Header& h = *header_;
   if (size > static_cast<std::size_t>(h.end - h.start)) return nullptr;
   const std::size_t want = rounded(size);
-  if (std::byte* block = take(h, want)) return block;
-  coalesce_all(h);
-  return take(h, want);
+  std::byte* block = take(h, want);
+  if (block == nullptr) {
+    coalesce_all(h);
+    block = take(h, want);
+  }
+  note_top();
+  return block;
+}
+
+void FixedArena::note_top() noexcept {
+  if (header_->top > peak_) peak_ = header_->top;
 }
 
 void* FixedArena::reallocate(void* block, std::size_t old_size, std::size_t new_size) noexcept {
@@ -310,7 +318,10 @@ void* FixedArena::reallocate(void* block, std::size_t old_size, std::size_t new_
     free_block(h, as_bytes(block) + want, had - want);
     return block;
   }
-  if (grow_into_next(h, as_bytes(block), had, want)) return block;
+  if (grow_into_next(h, as_bytes(block), had, want)) {
+    note_top();
+    return block;
+  }
   void* moved = allocate(new_size);
   if (moved == nullptr) return nullptr;
   // SAFETY: both blocks hold at least old_size bytes and are distinct live blocks.
@@ -331,6 +342,20 @@ std::size_t FixedArena::size() const noexcept { return static_cast<std::size_t>(
 std::size_t FixedArena::high_water() const noexcept {
   return static_cast<std::size_t>(header_->top - as_bytes(header_));
 }
+std::size_t FixedArena::peak() const noexcept {
+  const std::byte* highest = std::max<const std::byte*>(peak_, header_->top);
+  return static_cast<std::size_t>(highest - as_bytes(header_));
+}
+
+void FixedArena::reset() noexcept {
+  const std::size_t bytes = size();
+  const std::size_t written = peak();
+  // SAFETY: [base, base + written) lies inside the mapped region (the top never passes its
+  // end); no block is live, so nothing points into it any more.
+  std::memset(static_cast<void*>(header_), 0, written);
+  *this = over(static_cast<void*>(header_), bytes);
+}
+
 bool FixedArena::contains(const void* block) const noexcept {
   const auto* p = static_cast<const std::byte*>(block);
   return p >= header_->start && p < header_->end;

@@ -56,12 +56,21 @@ class FixedArena final : public LuaHeap {
   // Bytes between the region's start and its top: what a checkpoint would have to copy.
   std::size_t high_water() const noexcept;
   bool contains(const void* block) const noexcept;
+  // Back to the arena a fresh map_at gives, for a warm guest's next run (docs/jails.md,
+  // "Warm guests"): every byte up to the highest top any allocation reached is zeroed (the
+  // pages stay mapped, so the next run faults none in) and the bookkeeping is rebuilt. Only
+  // when no block is live (the run's lua_State is closed).
+  void reset() noexcept;
+  // The highest top since the arena was made or reset: how much a reset zeroes.
+  std::size_t peak() const noexcept;
 
   struct Header;
 
  private:
   explicit FixedArena(Header* header) : header_(header) {}
+  void note_top() noexcept;
   Header* header_;
+  std::byte* peak_ = nullptr;  // outside the region: a heap image never carries it
 };
 
 }  // namespace sojourn::sandbox::guest

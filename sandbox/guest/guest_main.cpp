@@ -16,7 +16,7 @@ int main(int argc, char** argv) {
   const std::string_view mode = argc > 1 ? argv[1] : "";
   if (mode == "--zygote") return run_zygote(kChannelFd, !(argc > 2 && std::string_view(argv[2]) == "--no-namespaces"));
   if (mode == "--serve") {
-    serve_one_run(kChannelFd);
+    (void)serve_one_run(kChannelFd);  // one run only: nothing resets an unjailed guest
     return 0;
   }
   static constexpr char kUsage[] = "usage: sojourn-guest --zygote | --serve (started by a sojourn node)\n";

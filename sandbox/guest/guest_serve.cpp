@@ -177,7 +177,7 @@ Result<AgentOutcome> resume_strong(int fd, const channel::ResumeRequest& request
 }
 
 // The answer frame for one request frame.
-std::vector<std::uint8_t> serve_request(int fd, const Frame& frame, Limits& limits) {
+std::vector<std::uint8_t> serve_request(int fd, const Frame& frame, Limits& limits, bool& strong) {
   ChannelHost channel_host(fd);
   if (frame.kind == Kind::agent) {
     Result<channel::AgentRequest> request = channel::decode_payload<channel::AgentRequest>(frame.payload);
@@ -188,6 +188,7 @@ std::vector<std::uint8_t> serve_request(int fd, const Frame& frame, Limits& limi
     const AgentInput agent{request->entry, request->state, request->info};
     HostCalls* host = request->run.has_host ? &channel_host : nullptr;
     if (request->strong) {
+      strong = true;
       return channel::encode_frame(agent_done_of(strong::run_agent_strong(input_of(request->run), agent, host, span_writer(fd))));
     }
     return channel::encode_frame(agent_done_of(run_agent(input_of(request->run), agent, host)));
@@ -210,14 +211,17 @@ std::vector<std::uint8_t> serve_request(int fd, const Frame& frame, Limits& limi
 
 }  // namespace
 
-void serve_one_run(int fd) {
+bool serve_one_run(int fd) {
   Limits limits;
   Kind kind = Kind::run;
   try {
     std::optional<Frame> frame = read_frame(fd, kMaxRequestBytes);
-    if (!frame || (frame->kind != Kind::run && frame->kind != Kind::agent && frame->kind != Kind::resume)) return;
+    if (!frame || (frame->kind != Kind::run && frame->kind != Kind::agent && frame->kind != Kind::resume)) return false;
     kind = frame->kind == Kind::run ? Kind::run : Kind::agent;
-    write_all(fd, serve_request(fd, *frame, limits));
+    bool strong = frame->kind == Kind::resume;
+    std::vector<std::uint8_t> answer = serve_request(fd, *frame, limits, strong);
+    // A strong step's arena went into an image or came from one: such a guest serves no more.
+    return write_all(fd, answer) && !strong;
   } catch (const std::bad_alloc&) {
     // The C++ heap ran into RLIMIT_AS; the arena refuses Lua allocations before that.
     const Error error = detail::limit_error(Errc::memory_limit, limits);
@@ -226,6 +230,7 @@ void serve_one_run(int fd) {
     const Error error = make_error(Errc::internal, std::string("internal error: guest: ") + e.what());
     write_all(fd, kind == Kind::agent ? channel::encode_frame(agent_done_of(error)) : channel::encode_frame(outcome_of(error)));
   }
+  return false;  // a guest that ran out of C++ heap or threw is not trusted with another run
 }
 
 }  // namespace sojourn::sandbox::guest

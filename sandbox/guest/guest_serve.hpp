@@ -20,8 +20,9 @@ std::optional<Frame> read_frame(int fd, std::uint32_t max_payload);
 bool write_all(int fd, std::span<const std::uint8_t> bytes);
 
 // Serves one run on `fd`: returns once the result (or error) is written, or the channel
-// broke. Never throws.
-void serve_one_run(int fd);
+// broke. Never throws. True when the guest may serve another run after its arena is reset:
+// a run was answered and its arena neither came from a heap image nor went into one.
+bool serve_one_run(int fd);
 
 // Hooks compiled only into the test guest (sojourn-guest-test): a chunk whose first line
 // is "--@syscall NAME" makes that raw syscall after the filter is in place, "--@spin" spins

@@ -133,7 +133,9 @@ void become_guest(const channel::SpawnRequest& request, int channel_fd, const Co
     errno = -rc;
     fail_setup(kChannelFd, "seccomp");
   }
-  serve_one_run(kChannelFd);
+  // A warm guest: after each answered run its arena goes back to pristine and it waits for
+  // the next request; the host ends it (a kill, or closing the channel) when it is not reused.
+  while (serve_one_run(kChannelFd)) g_arena->reset();
   exit_now(0);
 }
 

@@ -3,6 +3,8 @@
 #include "sandbox/process/guest_session.hpp"
 
 #include <signal.h>
+#include <time.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -12,6 +14,7 @@
 #include <cstring>
 #include <exception>
 #include <string>
+#include <thread>
 
 #include "sandbox/guest/arena.hpp"
 #include "sandbox/image/heap_image.hpp"
@@ -32,6 +35,8 @@ constexpr std::uint64_t kFrameSlack = 1u << 20;
 // may be than a reply's: a result frame over the reply limit by more would make a reply over
 // it too.
 constexpr std::uint64_t kResultEnvelopeSlack = 16;
+// How long a guest just forked may take to set its own limits.
+constexpr auto kSetupWait = std::chrono::seconds(1);
 // How long a guest that closed its channel has to be reported by the zygote.
 constexpr auto kExitReportWait = std::chrono::seconds(5);
 
@@ -218,6 +223,31 @@ Result<AgentOutcome> agent_outcome(std::span<const std::uint8_t> payload) {
   return outcome;
 }
 
+namespace {
+
+// How a run that got no answer ends: the guest is killed (it broke the protocol, or the host
+// gave up on it) or the zygote's report says how it ended by itself.
+Result<std::vector<std::uint8_t>> unanswered(ZygoteLink& zygote, const SpawnedGuest& guest, const Conversation& talk,
+                                             const Limits& limits, SessionCounters& counters) {
+  const auto kill = [&] { ::syscall(SYS_pidfd_send_signal, guest.pidfd.get(), SIGKILL, nullptr, 0); };
+  if (talk.broke) {
+    kill();  // a guest that broke the protocol does not get to go on
+    zygote.forget(guest.id);
+    return *talk.broke;
+  }
+  if (host_gave_up(talk.status)) {
+    kill();
+    counters.guests_killed.fetch_add(1, std::memory_order_relaxed);
+    zygote.forget(guest.id);
+    return gave_up_error(talk.status, limits);
+  }
+  // The channel closed without an answer: the zygote's report says how the guest ended.
+  std::optional<channel::Exited> exited = zygote.wait_exit(guest.id, Clock::now() + kExitReportWait);
+  return classify_guest_end(exited ? &*exited : nullptr, talk.seccomp_syscall, limits);
+}
+
+}  // namespace
+
 Result<std::vector<std::uint8_t>> run_in_guest(ZygoteLink& zygote, const RunInput& input,
                                                std::span<const std::uint8_t> request, Kind done, HostCalls* host,
                                                const SessionOptions& options, SessionCounters& counters) {
@@ -247,20 +277,58 @@ Result<std::vector<std::uint8_t>> run_in_guest(ZygoteLink& zygote, const RunInpu
     }
     return std::move(*talk.done);
   }
-  if (talk.broke) {
-    kill();  // a guest that broke the protocol does not get to go on
-    zygote.forget(guest->id);
-    return *talk.broke;
+  return unanswered(zygote, *guest, talk, limits, counters);
+}
+
+Result<std::vector<std::uint8_t>> run_in_warm_guest(WarmGuest& warm, const RunInput& input,
+                                                    std::span<const std::uint8_t> request, Kind done, HostCalls* host,
+                                                    const SessionOptions& options, SessionCounters& counters,
+                                                    bool& reusable) {
+  reusable = false;
+  const Limits& limits = input.limits;
+  const std::optional<std::uint64_t> before = guest_cpu_time_us(warm.guest.pid);
+  const auto deadline = Clock::now() + std::chrono::milliseconds(limits.wall_ms + options.kill_grace_ms);
+  HostChannel channel(std::move(warm.channel), deadline, input.abort);
+  Conversation talk =
+      converse(channel, request, done, limits, host, input.max_result_bytes, options.heap_span, options.max_frame_bytes);
+  if (talk.done) {
+    const std::optional<std::uint64_t> after = guest_cpu_time_us(warm.guest.pid);
+    if (options.guest_cpu_us != nullptr) *options.guest_cpu_us = before && after && *after >= *before ? *after - *before : 0;
+    warm.settled_cpu_us = after.value_or(0);
+    warm.channel = channel.release();
+    reusable = warm.channel.valid();
+    ++warm.runs;
+    return std::move(*talk.done);
   }
-  if (host_gave_up(talk.status)) {
-    kill();
-    counters.guests_killed.fetch_add(1, std::memory_order_relaxed);
-    zygote.forget(guest->id);
-    return gave_up_error(talk.status, limits);
-  }
-  // The channel closed without an answer: the zygote's report says how the guest ended.
-  std::optional<channel::Exited> exited = zygote.wait_exit(guest->id, Clock::now() + kExitReportWait);
-  return classify_guest_end(exited ? &*exited : nullptr, talk.seccomp_syscall, limits);
+  return unanswered(*warm.zygote, warm.guest, talk, limits, counters);
+}
+
+std::optional<std::uint64_t> guest_cpu_time_us(int pid) {
+  clockid_t clock{};
+  timespec now{};
+  if (::clock_getcpuclockid(pid, &clock) != 0 || ::clock_gettime(clock, &now) != 0) return std::nullopt;
+  return static_cast<std::uint64_t>(now.tv_sec) * 1'000'000u + static_cast<std::uint64_t>(now.tv_nsec) / 1000u;
+}
+
+bool arm_cpu_limit(const WarmGuest& warm, const Limits& limits) {
+  const std::optional<std::uint64_t> used = guest_cpu_time_us(warm.guest.pid);
+  if (!used) return false;
+  // RLIMIT_CPU counts the process's whole life: this run's budget starts from what it used.
+  // Only the soft limit moves (raising the hard one needs a privilege the host may lack); the
+  // kernel's SIGKILL at the hard limit stays the fallback should the SIGXCPU handler not run.
+  rlimit current{};
+  // A guest just forked may not have set its own limits yet (it inherited the zygote's, with
+  // no hard limit): its run could not start before that anyway.
+  const auto until = Clock::now() + kSetupWait;
+  do {
+    if (::prlimit(warm.guest.pid, RLIMIT_CPU, nullptr, &current) != 0) return false;
+    if (current.rlim_max != RLIM_INFINITY) break;
+    std::this_thread::yield();
+  } while (Clock::now() < until);
+  const std::uint64_t soft = (*used + 999'999) / 1'000'000 + channel::guest_cpu_seconds(limits);
+  if (current.rlim_max == RLIM_INFINITY || soft + 1 > current.rlim_max) return false;
+  const rlimit limit{soft, current.rlim_max};
+  return ::prlimit(warm.guest.pid, RLIMIT_CPU, &limit, nullptr) == 0;
 }
 
 Result<std::vector<std::uint8_t>> strong_resume_request(std::span<const std::uint8_t> bytes, const RunInput& input,

@@ -9,6 +9,7 @@
 #include <span>
 #include <vector>
 
+#include "sandbox/process/guest_pool.hpp"
 #include "sandbox/process/host_channel.hpp"
 #include "sandbox/process/zygote_link.hpp"
 #include "sojourn/sandbox/jail.hpp"
@@ -74,6 +75,23 @@ Result<std::vector<std::uint8_t>> run_in_guest(ZygoteLink& zygote, const RunInpu
                                                std::span<const std::uint8_t> request, channel::Kind done,
                                                HostCalls* host, const SessionOptions& options,
                                                SessionCounters& counters);
+
+// One request in a warm guest (taken from the pool, or just spawned and counted by the
+// caller): run_in_guest's results and errors, but a guest that answered is not killed.
+// `reusable` says whether it may serve its principal again (its channel is back in `warm`);
+// a guest that got no answer out is killed or gone, never reusable. The CPU time charged
+// (options.guest_cpu_us) is what the kernel's clock of the guest moved during the run.
+Result<std::vector<std::uint8_t>> run_in_warm_guest(WarmGuest& warm, const RunInput& input,
+                                                    std::span<const std::uint8_t> request, channel::Kind done,
+                                                    HostCalls* host, const SessionOptions& options,
+                                                    SessionCounters& counters, bool& reusable);
+// A warm guest's CPU-time rlimit for its next run under `limits`: RLIMIT_CPU counts the whole
+// process, so the host (never the guest) sets the soft limit to the run's budget over what
+// the guest used, below the hard limit its fork set for its life. False when the guest is
+// gone, the kernel refused, or the budget would pass its hard limit (the guest is retired).
+bool arm_cpu_limit(const WarmGuest& warm, const Limits& limits);
+// The CPU time a live guest used so far, in microseconds (its process CPU clock).
+std::optional<std::uint64_t> guest_cpu_time_us(int pid);
 
 // The error for a guest that ended without answering, from the zygote's report (pure: tests
 // call it directly). `seccomp_syscall` is the syscall the guest reported before its kill, or

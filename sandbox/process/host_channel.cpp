@@ -35,6 +35,11 @@ ChannelStatus HostChannel::wait(short events) {
   }
 }
 
+UniqueFd HostChannel::release() {
+  if (!buffer_.empty()) return UniqueFd();
+  return std::move(fd_);
+}
+
 ChannelStatus HostChannel::write(std::span<const std::uint8_t> frame) {
   while (!frame.empty()) {
     const ssize_t n = ::send(fd_.get(), frame.data(), frame.size(), MSG_NOSIGNAL);

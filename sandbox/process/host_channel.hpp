@@ -36,6 +36,9 @@ class HostChannel {
   ChannelStatus read(channel::Kind& kind, std::vector<std::uint8_t>& payload, const ReadLimits& limits);
   // The declared payload length of the last frame refused as too large.
   std::uint64_t refused_length() const { return refused_length_; }
+  // The descriptor, for a warm guest's next run; invalid (and closed) when bytes past the
+  // last frame were received: a guest that wrote ahead of its next request is not reused.
+  UniqueFd release();
 
  private:
   // Waits for `events`; ok, deadline or aborted (checked every few milliseconds).

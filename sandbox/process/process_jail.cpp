@@ -3,8 +3,12 @@
 #include "sojourn/sandbox/process_jail.hpp"
 
 #include <linux/sched.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
+#include <atomic>
+#include <cerrno>
+#include <cstring>
 #include <chrono>
 #include <cstdlib>
 #include <filesystem>
@@ -14,6 +18,7 @@
 
 #include "sandbox/guest/arena.hpp"
 #include "sandbox/image/heap_image.hpp"
+#include "sandbox/process/guest_pool.hpp"
 #include "sandbox/process/guest_session.hpp"
 #include "sandbox/process/zygote_link.hpp"
 #include "sojourn/core/log.hpp"
@@ -25,6 +30,9 @@ namespace {
 namespace fs = std::filesystem;
 
 constexpr const char* kGuestName = "sojourn-guest";
+// The CPU time a warm guest may use in its life (its hard RLIMIT_CPU): a guest whose next
+// run's budget would pass it is retired.
+constexpr std::uint32_t kWarmGuestCpuSeconds = 600;
 
 bool executable(const fs::path& path) { return ::access(path.c_str(), X_OK) == 0 && fs::is_regular_file(path); }
 
@@ -80,7 +88,10 @@ namespace {
 class ZygoteJail final : public ProcessJail {
  public:
   ZygoteJail(ProcessJailOptions options, std::string guest_path)
-      : options_(std::move(options)), guest_path_(std::move(guest_path)) {}
+      : options_(std::move(options)),
+        guest_path_(std::move(guest_path)),
+        pool_(GuestPoolOptions{options_.warm_guests, options_.max_warm_guests},
+              [this](const PoolKey& key) { return spawn_warm(key); }) {}
 
   Result<void> start_zygote() {
     Result<std::shared_ptr<ZygoteLink>> link = ZygoteLink::start(guest_path_, options_.namespaces);
@@ -177,6 +188,10 @@ class ZygoteJail final : public ProcessJail {
 
   Result<std::vector<std::uint8_t>> in_guest(const RunInput& input, const std::vector<std::uint8_t>& request,
                                              channel::Kind done, HostCalls* host, const SessionOptions& session) {
+    // Strong steps (a heap span) hand their arena to an image: never in a warm guest.
+    if (pool_.enabled() && !input.principal.empty() && session.heap_span == nullptr) {
+      return in_warm_guest(input, request, done, host, session);
+    }
     // A zygote that died since the last run is only noticed when a spawn fails: no guest
     // ran, so the run is tried once more on a new zygote.
     for (int attempt = 0;; ++attempt) {
@@ -186,6 +201,74 @@ class ZygoteJail final : public ProcessJail {
       auto result = run_in_guest(**link, input, request, done, host, session, counters_);
       if (result || attempt > 0 || (*link)->alive() || counters_.guests_started.load() != started) return result;
     }
+  }
+
+  // A guest forked for `key` that will serve its runs until it is not fit to (the refill
+  // thread's spawner, and a run that found no idle guest).
+  Result<WarmGuest> spawn_warm(const PoolKey& key) {
+    Result<std::shared_ptr<ZygoteLink>> link = zygote();
+    if (!link) return link.error();
+    int pair[2];
+    if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair) != 0) {
+      return errors::internal(std::string("socketpair: ") + std::strerror(errno));
+    }
+    WarmGuest warm;
+    warm.channel = UniqueFd(pair[0]);
+    // The fork's limits fix the arena and heaps (by the quota) and the CPU-time rlimit, whose
+    // hard limit only a privileged host could raise later: a warm guest gets its lifetime's
+    // there, and each run's soft limit is armed below it when the run starts (arm_cpu_limit).
+    const Limits for_fork{1, key.memory_bytes, kWarmGuestCpuSeconds * 1000};
+    Result<SpawnedGuest> guest = (*link)->spawn(for_fork, key.allow_jit, UniqueFd(pair[1]));
+    if (!guest) return guest.error();
+    counters_.guests_started.fetch_add(1, std::memory_order_relaxed);
+    warm.zygote = std::move(*link);
+    warm.guest = std::move(*guest);
+    watch_guest(warm);
+    return warm;
+  }
+
+  Result<std::vector<std::uint8_t>> in_warm_guest(const RunInput& input, const std::vector<std::uint8_t>& request,
+                                                  channel::Kind done, HostCalls* host, const SessionOptions& session) {
+    const PoolKey key{std::string(input.principal), input.limits.memory_bytes, input.allow_jit};
+    std::optional<WarmGuest> warm = pool_.take(key);
+    while (warm && !arm_cpu_limit(*warm, input.limits)) {
+      // Its lifetime's CPU time would not cover this run's budget: retired.
+      discard_guest(*warm);
+      pool_.lost(key);
+      warm = pool_.take(key);
+    }
+    if (warm) {
+      reused_.fetch_add(1, std::memory_order_relaxed);
+    } else {
+      Result<WarmGuest> fresh = spawn_warm(key);
+      // A zygote that died since the last run is only noticed here: once more on a new one.
+      if (!fresh) fresh = spawn_warm(key);
+      if (!fresh) {
+        pool_.lost(key);
+        return fresh.error();
+      }
+      warm = std::move(*fresh);
+      if (!arm_cpu_limit(*warm, input.limits)) {
+        discard_guest(*warm);
+        pool_.lost(key);
+        return make_error(Errc::guest_crashed, "guest crashed: its CPU-time limit could not be set up");
+      }
+    }
+    bool reusable = false;
+    Result<std::vector<std::uint8_t>> result =
+        run_in_warm_guest(*warm, input, request, done, host, session, counters_, reusable);
+    if (reusable) {
+      const std::optional<std::uint64_t> resident = resident_bytes(*warm);
+      reusable = resident && *resident <= pool_.options().max_resident_bytes;
+    }
+    if (reusable) {
+      pool_.give_back(key, std::move(*warm));
+    } else {
+      // Killed by a limit, crashed, or wrote ahead: never reused; its place is refilled.
+      discard_guest(*warm);
+      pool_.lost(key);
+    }
+    return result;
   }
 
   ProcessJailStatus status() const override {
@@ -200,6 +283,9 @@ class ZygoteJail final : public ProcessJail {
     s.guests_started = counters_.guests_started.load();
     s.guests_killed = counters_.guests_killed.load();
     s.zygote_starts = zygote_starts_;
+    s.guests_reused = reused_.load();
+    s.guests_warm = pool_.idle();
+    s.guests_refilled = pool_.refilled();
     return s;
   }
 
@@ -218,6 +304,8 @@ class ZygoteJail final : public ProcessJail {
   std::uint64_t zygote_starts_ = 0;
   std::optional<std::array<std::uint8_t, 32>> build_id_;
   SessionCounters counters_;
+  std::atomic<std::uint64_t> reused_{0};
+  GuestPool pool_;  // last: its refill thread stops before the rest goes
 };
 
 }  // namespace

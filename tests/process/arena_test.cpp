@@ -61,6 +61,27 @@ TEST_CASE("freed blocks are reused, and the top shrinks back when its last block
   CHECK(arena.high_water() >= empty);
 }
 
+TEST_CASE("a reset zeroes every byte up to the highest top reached and starts over from the first block") {
+  Region region(1u << 20);
+  FixedArena arena = FixedArena::over(region.aligned(), region.size);
+  const std::size_t empty = arena.high_water();
+  auto* first = static_cast<std::byte*>(arena.allocate(64));
+  auto* big = static_cast<std::byte*>(arena.allocate(200000));
+  std::memset(first, 0xab, 64);
+  std::memset(big, 0xcd, 200000);
+  arena.release(big, 200000);  // the top came back down: the peak did not
+  CHECK(arena.peak() >= empty + 200000);
+  const std::size_t peak = arena.peak();
+  arena.reset();
+  CHECK(arena.high_water() == empty);
+  CHECK(arena.peak() == empty);
+  const auto* bytes = static_cast<const std::byte*>(region.aligned());
+  std::size_t dirty = 0;
+  for (std::size_t i = empty; i < peak; ++i) dirty += bytes[i] != std::byte{0};
+  CHECK(dirty == 0);
+  CHECK(arena.allocate(64) == first);  // the same first block, as in a fresh arena
+}
+
 TEST_CASE("large free blocks coalesce so a bigger block fits where smaller ones were") {
   Region region(1u << 20);
   FixedArena arena = FixedArena::over(region.aligned(), region.size);

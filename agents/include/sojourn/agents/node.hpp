@@ -84,6 +84,9 @@ struct NodeOptions {
   // seccomp-jailed guest). `trusted` only when the node's operator trusts its peers fully.
   // A request may ask for more, never less.
   std::optional<Isolation> peer_isolation;
+  // Warm guests of the process jail kept for each principal (docs/jails.md); 0: every jailed
+  // run forks a guest of its own.
+  std::uint32_t warm_guests = 4;
   // The sojourn-guest executable for the process jail; empty: found as
   // sandbox::find_guest_binary says ($SOJOURN_GUEST, beside the executable, libexec, build tree).
   std::string guest_path;

@@ -89,6 +89,8 @@ struct JailConfig {
   // A level whose absence is usual (microvm without KVM) is logged as a fact, not a warning,
   // unless it is this one (the level the owner asked to run peers' code at).
   std::optional<Isolation> wanted;
+  // The process jail's warm guests per principal (ProcessJailOptions::warm_guests).
+  std::uint32_t warm_guests = 4;
 };
 
 class JailSet {

@@ -34,6 +34,10 @@ struct RunInput {
   // The jails refuse a result whose frame is larger, before reading it (frame_too_large
   // "frame payload of N bytes exceeds the limit of M bytes"); 0: only the memory limit bounds it.
   std::uint64_t max_result_bytes = 0;
+  // Who the code runs for (a signer's or a peer's identity, or "anonymous"): the process
+  // jail reuses a warm guest only for runs of the same principal. Empty: unknown, so every
+  // run gets a guest of its own that is never reused (docs/jails.md, "Warm guests").
+  std::string_view principal;
 };
 
 // Runs one chunk to completion in a new lua_State and closes it. Returns the chunk's

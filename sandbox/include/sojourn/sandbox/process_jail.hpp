@@ -23,6 +23,10 @@ struct ProcessJailOptions {
   // How long after its wall-clock deadline a guest that did not stop itself is killed
   // (a C function such as a backtracking string.find never sees the Lua hook).
   std::uint32_t kill_grace_ms = 50;
+  // Warm guests (docs/jails.md): guests kept for each principal, busy or idle (0: every run
+  // forks a guest of its own), and at most this many idle in all.
+  std::uint32_t warm_guests = 4;
+  std::uint32_t max_warm_guests = 32;
 };
 
 // What the jail is doing, for `sojourn ps`, logs and tests.
@@ -34,6 +38,9 @@ struct ProcessJailStatus {
   std::uint64_t guests_started = 0;
   std::uint64_t guests_killed = 0;   // by the host: deadline, abort, oversized output
   std::uint64_t zygote_starts = 0;   // 1 + restarts after the zygote died
+  std::uint64_t guests_reused = 0;   // runs served by a warm guest (no fork on their path)
+  std::uint64_t guests_warm = 0;     // idle warm guests now
+  std::uint64_t guests_refilled = 0; // warm guests forked off the request path
 };
 
 class ProcessJail : public Jail {
@@ -43,8 +50,9 @@ class ProcessJail : public Jail {
 
   Isolation level() const final { return Isolation::process; }
 
-  // run: one chunk in a fresh guest forked for this run alone (guests are never reused),
-  // with the same results and errors as run_lua, plus:
+  // run: one chunk in a guest: a warm one of input.principal's when one is idle, else one
+  // forked for the run (see docs/jails.md, "Warm guests"; an empty principal's guest is
+  // never reused), with the same results and errors as run_lua, plus:
   //   seccomp_kill   "guest killed by seccomp: syscall N"
   //   guest_crashed  "guest crashed: ..." (a signal or an exit without an answer)
   //   jail_unavailable "process jail unavailable: ..." (the zygote cannot be restarted)

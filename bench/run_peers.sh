@@ -1,0 +1,206 @@
+#!/usr/bin/env bash
+# sojourn side by side with its peers (issue 15), on loopback, in one run: Redis for client-
+# server calls and remote evaluation (GET, EVALSHA), Erlang for agent hops (a remote
+# spawn(Node, Fun) of a closure carrying the state, and its reply: bench/peers/hop.erl),
+# bubblewrap for jail start. Each comparison alternates the two systems in blocks. Prints
+# one table; --csv FILE writes it as id,unit,sojourn,peer,peer_name,ratio rows (ratio =
+# sojourn/peer: for times lower is better, for throughputs higher is better).
+# Usage: bash bench/run_peers.sh [--quick] [--csv FILE]
+# Environment: SOJOURN_BUILD_DIR (default build); SOJOURN_BENCH_NO_BUILD=1 runs the
+# binaries as they are; SOJOURN_BUILD_JOBS (default 2).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+quick=0
+csv=""
+while [[ $# -gt 0 ]]; do
+  case $1 in
+    --quick) quick=1 ;;
+    --csv) [[ $# -ge 2 ]] || { echo "run_peers: --csv expects a file" >&2; exit 2; }; csv=$2; shift ;;
+    -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
+    *) echo "run_peers: unknown option $1 (usage: bash bench/run_peers.sh [--quick] [--csv FILE])" >&2; exit 2 ;;
+  esac
+  shift
+done
+
+build=${SOJOURN_BUILD_DIR:-build}
+bin=$build/bin
+if [[ ${SOJOURN_BENCH_NO_BUILD:-0} != 1 ]]; then
+  [[ -f $build/CMakeCache.txt ]] || cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release
+  cmake --build "$build" -j "${SOJOURN_BUILD_JOBS:-2}" --target bench_roundtrip bench_agent_hops bench_jail sojourn_cli sojourn-guest
+fi
+for exe in bench_roundtrip bench_agent_hops bench_jail sojourn; do
+  [[ -x $bin/$exe ]] || { echo "run_peers: $bin/$exe is missing (build it, or unset SOJOURN_BENCH_NO_BUILD)" >&2; exit 1; }
+done
+
+if [[ $quick == 1 ]]; then
+  rt_args=(--requests 1000 --warmup 200 --seconds 1 --rounds 4)
+  hops=60 erl_samples=300 jail_runs=100
+else
+  rt_args=(--requests 5000 --warmup 500 --seconds 3 --rounds 5)
+  hops=200 erl_samples=1000 jail_runs=300
+fi
+
+# The peers: Debian packages, installed when missing (as root, or with sudo); a peer that is
+# still missing is named, and its rows are left unmeasured.
+declare -A peer_package=([redis-server]=redis-server [erl]=erlang-base [erlc]=erlang-base [bwrap]=bubblewrap)
+missing_packages=()
+for cmd in redis-server erl erlc bwrap; do
+  command -v "$cmd" >/dev/null || missing_packages+=("${peer_package[$cmd]}")
+done
+if [[ ${#missing_packages[@]} -gt 0 ]]; then
+  mapfile -t missing_packages < <(printf '%s\n' "${missing_packages[@]}" | sort -u)
+  sudo=""
+  [[ $(id -u) -eq 0 ]] || sudo=sudo
+  echo "run_peers: installing ${missing_packages[*]}"
+  if ! { $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends \
+      "${missing_packages[@]}"; } >/dev/null; then
+    echo "run_peers: could not install ${missing_packages[*]}" >&2
+  fi
+fi
+have_redis=1 have_erlang=1 have_bwrap=1
+command -v redis-server >/dev/null || { have_redis=0; echo "run_peers: peer missing: redis-server (Debian package redis-server): cs_* and rev_* rows not measured" >&2; }
+{ command -v erl >/dev/null && command -v erlc >/dev/null; } ||
+  { have_erlang=0; echo "run_peers: peer missing: erl/erlc (Debian package erlang-base): hop_* rows have no peer" >&2; }
+command -v bwrap >/dev/null || { have_bwrap=0; echo "run_peers: peer missing: bwrap (Debian package bubblewrap): jail_start has no peer" >&2; }
+
+work=$(mktemp -d)
+pids=()
+cleanup() {
+  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  rm -rf "$work"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+rows=()  # "id|unit|sojourn|peer|peer_name"
+add_row() { rows+=("$1|$2|$3|${4:-}|${5:-}"); }
+csv_value() { awk -F, -v id="$2" -v col="$3" '$1 == id { print $col }' "$1"; }
+
+# --- Redis: CS and REV at the process and trusted levels ------------------------------
+start_redis() {
+  port_taken() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+  redis_answers() {
+    ( exec 3<>"/dev/tcp/127.0.0.1/$1"; printf 'PING\r\n' >&3; IFS= read -r -t 1 reply <&3; [[ $reply == +PONG* ]] ) 2>/dev/null
+  }
+  for _ in 1 2 3 4 5; do
+    local port=$((20000 + RANDOM % 30000))
+    port_taken "$port" && continue
+    redis-server --port "$port" --save '' --appendonly no --bind 127.0.0.1 >"$work/redis.log" 2>&1 &
+    local pid=$!
+    pids+=("$pid")
+    for _ in $(seq 100); do
+      if redis_answers "$port"; then redis_port=$port; return 0; fi
+      kill -0 "$pid" 2>/dev/null || break
+      sleep 0.05
+    done
+    kill -TERM "$pid" 2>/dev/null || true
+  done
+  echo "run_peers: redis-server did not start:" >&2
+  cat "$work/redis.log" >&2
+  return 1
+}
+
+start_node() {  # NAME [node flags...] -> prints the node's address
+  local name=$1
+  shift
+  "$bin/sojourn" node --listen 127.0.0.1:0 --name "$name" "$@" >"$work/$name.out" 2>"$work/$name.err" &
+  pids+=($!)
+  for _ in $(seq 200); do
+    local addr
+    addr=$(sed -n "s/^node $name listening on //p" "$work/$name.out")
+    if [[ -n $addr ]]; then echo "$addr"; return 0; fi
+    sleep 0.05
+  done
+  echo "run_peers: the sojourn node $name did not start:" >&2
+  cat "$work/$name.err" >&2
+  return 1
+}
+
+echo "revision: $(git describe --always --dirty 2>/dev/null || echo unknown), build: $build, $( [[ $quick == 1 ]] && echo quick || echo full ) run"
+echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
+
+if [[ $have_redis == 1 ]]; then
+  start_redis
+  redis_name="redis $(redis-server --version | sed -n 's/.*v=\([0-9.]*\).*/\1/p')"
+  process_node=$(start_node process --peer-isolation process)
+  trusted_node=$(start_node trusted --peer-isolation trusted)
+  fresh_node=$(start_node fresh --peer-isolation process --warm-guests 0)
+  for target in process trusted fresh; do
+    case $target in process) addr=$process_node ;; trusted) addr=$trusted_node ;; fresh) addr=$fresh_node ;; esac
+    echo "== bench_roundtrip: node '$target' ($addr) vs $redis_name"
+    "$bin/bench_roundtrip" --sojourn "$addr" --redis "$redis_port" "${rt_args[@]}" --csv "$work/rt_$target.csv" |
+      sed -n '/^| /p'
+  done
+  p=$work/rt_process.csv t=$work/rt_trusted.csv f=$work/rt_fresh.csv
+  add_row cs_latency us "$(csv_value "$p" cs_blocking 3)" "$(csv_value "$p" cs_blocking 5)" "$redis_name GET"
+  add_row cs_latency_coroutine us "$(csv_value "$p" cs_coroutine 3)" "$(csv_value "$p" cs_coroutine 5)" "$redis_name GET"
+  add_row cs_throughput req/s "$(csv_value "$p" cs_throughput 3)" "$(csv_value "$p" cs_throughput 5)" "$redis_name pipelined GET"
+  add_row rev_trusted_latency us "$(csv_value "$t" rev_blocking 3)" "$(csv_value "$t" rev_blocking 5)" "$redis_name EVALSHA"
+  add_row rev_trusted_throughput req/s "$(csv_value "$t" rev_throughput 3)" "$(csv_value "$t" rev_throughput 5)" "$redis_name pipelined EVALSHA"
+  add_row rev_process_latency us "$(csv_value "$p" rev_blocking 3)" "$(csv_value "$p" rev_blocking 5)" "$redis_name EVALSHA"
+  add_row rev_process_p99 us "$(csv_value "$p" rev_blocking 4)" "$(csv_value "$p" rev_blocking 6)" "$redis_name EVALSHA"
+  add_row rev_process_throughput req/s "$(csv_value "$p" rev_throughput 3)" "$(csv_value "$p" rev_throughput 5)" "$redis_name pipelined EVALSHA"
+  add_row rev_process_fresh_latency us "$(csv_value "$f" rev_blocking 3)" "$(csv_value "$f" rev_blocking 5)" "$redis_name EVALSHA"
+  add_row rev_process_fresh_throughput req/s "$(csv_value "$f" rev_throughput 3)" "$(csv_value "$f" rev_throughput 5)" "$redis_name pipelined EVALSHA"
+fi
+
+# --- Erlang: agent hops ---------------------------------------------------------------
+erl_hop() {  # BYTES -> "median_us"
+  erl -sname "hopa$$" -setcookie "$cookie" -pa "$work" -noshell -run hop main "peerb$$@$host" "$1" "$erl_samples" |
+    awk 'NF == 3 { print $1 }'
+}
+erl_hop_4k=() erl_hop_1m=()
+if [[ $have_erlang == 1 ]]; then
+  cookie=sojourn$RANDOM$RANDOM
+  host=$(hostname -s)
+  erlc -o "$work" bench/peers/hop.erl
+  erl -sname "peerb$$" -setcookie "$cookie" -pa "$work" -noshell >"$work/erl.log" 2>&1 &
+  pids+=($!)
+  sleep 1
+  echo "== Erlang $(erl -noshell -eval 'io:format("~s", [erlang:system_info(otp_release)]), halt().') remote spawn + reply"
+  erl_hop_4k+=("$(erl_hop 4096)")
+  erl_hop_1m+=("$(erl_hop 1048576)")
+fi
+echo "== bench_agent_hops $hops --latency-only"
+"$bin/bench_agent_hops" "$hops" --latency-only --csv "$work/hops.csv" | sed -n '/agent hop\|state /p'
+if [[ $have_erlang == 1 ]]; then
+  erl_hop_4k+=("$(erl_hop 4096)")  # after sojourn too: the peer's figure is the mean of both blocks
+  erl_hop_1m+=("$(erl_hop 1048576)")
+  echo "   erlang 4 KB: ${erl_hop_4k[*]} us; 1 MB: ${erl_hop_1m[*]} us"
+fi
+mean() { printf '%s\n' "$@" | awk 'NF { s += $1; n++ } END { if (n) printf "%.1f", s / n }'; }
+erl_name="erlang spawn(Node, Fun) + reply"
+add_row hop_trusted_4k us "$(csv_value "$work/hops.csv" hop_trusted_4k 3)" "$(mean "${erl_hop_4k[@]}")" "$erl_name"
+add_row hop_process_4k us "$(csv_value "$work/hops.csv" hop_process_4k 3)" "$(mean "${erl_hop_4k[@]}")" "$erl_name"
+add_row hop_trusted_1m us "$(csv_value "$work/hops.csv" hop_trusted_1m 3)" "$(mean "${erl_hop_1m[@]}")" "$erl_name"
+add_row hop_process_1m us "$(csv_value "$work/hops.csv" hop_process_1m 3)" "$(mean "${erl_hop_1m[@]}")" "$erl_name"
+
+# --- bubblewrap: jail start -------------------------------------------------------------
+echo "== bench_jail --runs $jail_runs"
+"$bin/bench_jail" --runs "$jail_runs" --csv "$work/jail.csv" | sed -n '/^start + run/,/^$/p'
+bwrap_name="bwrap --unshare-all --ro-bind / / true"
+bwrap=""
+[[ $have_bwrap == 1 ]] && bwrap=$(csv_value "$work/jail.csv" bwrap_true 3)
+add_row jail_start us "$(csv_value "$work/jail.csv" jail_cold 3)" "$bwrap" "$bwrap_name"
+add_row jail_start_warm us "$(csv_value "$work/jail.csv" jail_warm 3)" "$bwrap" "$bwrap_name"
+
+echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo
+printf '| %-28s | %-5s | %12s | %12s | %8s | %-40s |\n' id unit sojourn peer ratio peer
+printf '|%s|%s|%s|%s|%s|%s|\n' "------------------------------" "-------" "-------------:" "-------------:" "---------:" "------------------------------------------"
+[[ -n $csv ]] && echo "id,unit,sojourn,peer,peer_name,ratio" >"$csv"
+unmeasured=0
+for row in "${rows[@]}"; do
+  IFS='|' read -r id unit sojourn peer peer_name <<<"$row"
+  ratio=""
+  if [[ -n $sojourn && -n $peer ]]; then
+    ratio=$(awk -v a="$sojourn" -v b="$peer" 'BEGIN { if (b > 0) printf "%.3f", a / b }')
+  else
+    unmeasured=1
+  fi
+  printf '| %-28s | %-5s | %12s | %12s | %8s | %-40s |\n' "$id" "$unit" "${sojourn:--}" "${peer:--}" "${ratio:--}" "${peer_name:--}"
+  [[ -n $csv ]] && echo "$id,$unit,$sojourn,$peer,$peer_name,$ratio" >>"$csv"
+done
+[[ $unmeasured == 0 ]] || { echo "run_peers: some rows were not measured (see the messages above)" >&2; exit 1; }

@@ -1,0 +1,246 @@
+// The warm-guest pool: idle guests by key, checked at rest before reuse, and one refill
+// thread that forks replacements off the request path.
+#include "sandbox/process/guest_pool.hpp"
+
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <string>
+#include <type_traits>
+#include <string_view>
+#include <vector>
+
+#include "sandbox/process/guest_session.hpp"
+#include "sojourn/core/log.hpp"
+
+namespace sojourn::sandbox {
+
+void discard_guest(WarmGuest& guest) {
+  if (guest.guest.pidfd.valid()) ::syscall(SYS_pidfd_send_signal, guest.guest.pidfd.get(), SIGKILL, nullptr, 0);
+  if (guest.zygote) guest.zygote->forget(guest.guest.id);
+  guest.channel.reset();
+  guest.stat.reset();
+  guest.guest.pidfd.reset();
+  guest.zygote.reset();
+}
+
+namespace {
+
+// The CPU time a guest may spend after its answer (or from its fork) before it waits for the
+// next request: resetting its arena, or its jail set-up. One that spent more is spinning.
+constexpr std::uint64_t kSettleCpuUs = 50'000;
+
+// The fields of /proc/PID/stat after the process name, from the state on ("S 1 2 ..."); empty
+// when the process is gone. The name may hold parentheses: the fields follow the last ')'.
+std::string stat_fields(int stat_fd) {
+  char buffer[1024];
+  const ssize_t n = ::pread(stat_fd, buffer, sizeof buffer, 0);
+  if (n <= 0) return {};
+  const std::string_view stat(buffer, static_cast<std::size_t>(n));
+  const std::size_t close = stat.rfind(')');
+  if (close == std::string_view::npos || close + 2 >= stat.size()) return {};
+  return std::string(stat.substr(close + 2));
+}
+
+// The process state letter ('S' asleep, 'R' running, ...), or 0.
+char process_state(int stat_fd) {
+  const std::string fields = stat_fields(stat_fd);
+  return fields.empty() ? '\0' : fields[0];
+}
+
+}  // namespace
+
+void watch_guest(WarmGuest& guest) {
+  const std::string path = "/proc/" + std::to_string(guest.guest.pid) + "/stat";
+  guest.stat = UniqueFd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+}
+
+std::optional<std::uint64_t> resident_bytes(const WarmGuest& guest) {
+  if (!guest.stat.valid()) return std::nullopt;
+  const std::string fields = stat_fields(guest.stat.get());
+  // rss is field 24 of the file, the 22nd from the state (field 3), in pages.
+  std::size_t at = 0;
+  for (int skip = 0; skip < 21 && at != std::string::npos; ++skip) {
+    at = fields.find(' ', at);
+    if (at != std::string::npos) ++at;
+  }
+  if (at == std::string::npos || at >= fields.size()) return std::nullopt;
+  return std::strtoull(fields.c_str() + at, nullptr, 10) * static_cast<std::uint64_t>(::sysconf(_SC_PAGESIZE));
+}
+
+bool guest_at_rest(const WarmGuest& guest) {
+  if (!guest.stat.valid()) return false;
+  if (!guest.zygote || !guest.zygote->alive() || !guest.channel.valid() || !guest.guest.pidfd.valid()) return false;
+  // The pidfd is readable once the guest exited; the channel once it wrote or closed.
+  pollfd fds[2] = {{guest.guest.pidfd.get(), POLLIN, 0}, {guest.channel.get(), POLLIN, 0}};
+  if (::poll(fds, 2, 0) != 0) return false;
+  const char state = process_state(guest.stat.get());
+  if (state == 'S') return true;
+  if (state != 'R') return false;
+  // Still running: finishing its reset (the request waits on the channel until it reads it),
+  // or spinning since its answer, which the CPU it used since then tells.
+  const std::optional<std::uint64_t> used = guest_cpu_time_us(guest.guest.pid);
+  return used && *used - std::min(*used, guest.settled_cpu_us) <= kSettleCpuUs;
+}
+
+GuestPool::GuestPool(GuestPoolOptions options, Spawner spawner)
+    : options_(options), spawner_(std::move(spawner)) {
+  if (enabled()) refiller_ = std::thread([this] { refill_loop(); });
+}
+
+GuestPool::~GuestPool() {
+  {
+    std::lock_guard lock(mutex_);
+    stopping_ = true;
+  }
+  wake_.notify_all();
+  if (refiller_.joinable()) refiller_.join();
+  clear();
+}
+
+std::size_t GuestPool::idle_locked() const {
+  std::size_t n = 0;
+  for (const auto& [key, guests] : idle_) n += guests.size();
+  return n;
+}
+
+std::size_t GuestPool::guests_locked(const PoolKey& key) const {
+  const auto count = [&key](const auto& map) -> std::size_t {
+    const auto it = map.find(key);
+    if (it == map.end()) return 0;
+    if constexpr (std::is_same_v<std::decay_t<decltype(it->second)>, std::size_t>) {
+      return it->second;
+    } else {
+      return it->second.size();
+    }
+  };
+  return count(idle_) + count(spawning_) + count(busy_);
+}
+
+std::size_t GuestPool::idle() const {
+  std::lock_guard lock(mutex_);
+  return idle_locked();
+}
+
+std::uint64_t GuestPool::refilled() const {
+  std::lock_guard lock(mutex_);
+  return refilled_;
+}
+
+void GuestPool::want_refill(const PoolKey& key) {
+  if (stopping_) return;
+  if (guests_locked(key) >= options_.per_principal) return;
+  for (const PoolKey& queued : refills_) {
+    if (queued == key) return;
+  }
+  refills_.push_back(key);
+  wake_.notify_one();
+}
+
+std::optional<WarmGuest> GuestPool::take(const PoolKey& key) {
+  if (!enabled()) return std::nullopt;
+  in_use(key);  // a guest from here, or one the caller forks
+  for (;;) {
+    std::optional<WarmGuest> candidate;
+    {
+      std::lock_guard lock(mutex_);
+      if (auto it = idle_.find(key); it != idle_.end()) {
+        // The most recently used first: its pages are the likeliest to be warm.
+        candidate = std::move(it->second.back().guest);
+        it->second.pop_back();
+        if (it->second.empty()) idle_.erase(it);
+      }
+      want_refill(key);
+    }
+    if (!candidate) return std::nullopt;
+    if (guest_at_rest(*candidate)) return candidate;  // checked unlocked: it reads /proc
+    discard_guest(*candidate);
+  }
+}
+
+void GuestPool::in_use(const PoolKey& key) {
+  std::lock_guard lock(mutex_);
+  ++busy_[key];
+}
+
+void GuestPool::returned(const PoolKey& key) {
+  if (auto it = busy_.find(key); it != busy_.end() && --it->second == 0) busy_.erase(it);
+}
+
+void GuestPool::give_back(const PoolKey& key, WarmGuest guest, bool was_in_use) {
+  std::vector<WarmGuest> evicted;
+  {
+    std::lock_guard lock(mutex_);
+    if (was_in_use) returned(key);
+    std::deque<Idle>& guests = idle_[key];
+    if (stopping_ || guests.size() >= options_.per_principal) {
+      evicted.push_back(std::move(guest));
+    } else {
+      guests.push_back({std::move(guest), ++clock_});
+    }
+    // Over the whole pool's cap: the least recently given back goes, whatever its key.
+    while (idle_locked() > options_.max_idle) {
+      auto oldest = idle_.end();
+      for (auto it = idle_.begin(); it != idle_.end(); ++it) {
+        if (!it->second.empty() && (oldest == idle_.end() || it->second.front().stamp < oldest->second.front().stamp)) {
+          oldest = it;
+        }
+      }
+      evicted.push_back(std::move(oldest->second.front().guest));
+      oldest->second.pop_front();
+    }
+    std::erase_if(idle_, [](const auto& entry) { return entry.second.empty(); });
+    want_refill(key);
+  }
+  for (WarmGuest& old : evicted) discard_guest(old);
+}
+
+void GuestPool::lost(const PoolKey& key) {
+  if (!enabled()) return;
+  std::lock_guard lock(mutex_);
+  returned(key);
+  want_refill(key);
+}
+
+void GuestPool::clear() {
+  std::map<PoolKey, std::deque<Idle>> all;
+  {
+    std::lock_guard lock(mutex_);
+    all.swap(idle_);
+  }
+  for (auto& [key, guests] : all) {
+    for (Idle& idle : guests) discard_guest(idle.guest);
+  }
+}
+
+void GuestPool::refill_loop() {
+  std::unique_lock lock(mutex_);
+  for (;;) {
+    wake_.wait(lock, [&] { return stopping_ || !refills_.empty(); });
+    if (stopping_) return;
+    PoolKey key = std::move(refills_.front());
+    refills_.pop_front();
+    if (guests_locked(key) >= options_.per_principal || idle_locked() >= options_.max_idle) continue;
+    ++spawning_[key];
+    lock.unlock();
+    Result<WarmGuest> guest = spawner_(key);
+    lock.lock();
+    if (--spawning_[key] == 0) spawning_.erase(key);
+    if (!guest) {
+      // Not retried here: the next run of the key forks its own guest and asks again.
+      log_warn("process jail", "cannot start a warm guest: " + guest.error().message);
+      continue;
+    }
+    ++refilled_;
+    lock.unlock();
+    give_back(key, std::move(*guest), /*was_in_use=*/false);
+    lock.lock();
+  }
+}
+
+}  // namespace sojourn::sandbox

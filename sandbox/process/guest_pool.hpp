@@ -1,0 +1,117 @@
+// Warm guests for the process jail: guests that answered a run cleanly wait here, by
+// principal, for that principal's next run, and a background thread keeps each principal's
+// pool filled. A guest never serves two principals. See docs/jails.md, "Warm guests".
+#pragma once
+
+#include <compare>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <thread>
+
+#include "sandbox/process/zygote_link.hpp"
+#include "sojourn/core/error.hpp"
+
+namespace sojourn::sandbox {
+
+// What a warm guest is bound to: who its code runs for, and what its jail set-up fixed at
+// the fork (the arena's size and the heap limits follow the memory quota; the filter, the JIT).
+struct PoolKey {
+  std::string principal;
+  std::uint64_t memory_bytes = 0;
+  bool allow_jit = false;
+  auto operator<=>(const PoolKey&) const = default;
+};
+
+// A live guest with its channel, between runs.
+struct WarmGuest {
+  std::shared_ptr<ZygoteLink> zygote;  // the guest dies with it
+  SpawnedGuest guest;
+  UniqueFd channel;     // the host's end
+  UniqueFd stat;        // its /proc/PID/stat, opened while it was known alive
+  std::uint64_t runs = 0;  // runs it answered
+  std::uint64_t settled_cpu_us = 0;  // its CPU time at its last answer (0: at its fork)
+};
+
+// Ends a guest that will not run again: killed, and its exit report ignored.
+void discard_guest(WarmGuest& guest);
+
+// Opens the guest's /proc/PID/stat (right after the spawn, while its pidfd holds it alive).
+void watch_guest(WarmGuest& guest);
+// The guest's resident memory (RSS), or nullopt when it is gone.
+std::optional<std::uint64_t> resident_bytes(const WarmGuest& guest);
+// Whether a guest between runs is fit for another: its zygote and itself alive, nothing
+// unread on its channel (no end-of-file, nothing written ahead of a request), and asleep
+// waiting for a request or still within the CPU time a reset takes (one that keeps running
+// after its answer is not at rest).
+bool guest_at_rest(const WarmGuest& guest);
+
+struct GuestPoolOptions {
+  // Guests kept for each key, in use or idle (a refill tops the key up to this many); more
+  // may run at once, but at most this many wait idle. 0: no pool.
+  std::size_t per_principal = 4;
+  std::size_t max_idle = 32;      // idle guests in all; the least recently used go first
+  // A guest whose run left it larger than this (resident) is not kept: its arena's pages
+  // stay resident (zeroed) while it waits, and idle guests should cost little memory.
+  std::uint64_t max_resident_bytes = 32u << 20;
+};
+
+class GuestPool {
+ public:
+  // Makes a fresh guest for a key (on the refill thread).
+  using Spawner = std::function<Result<WarmGuest>(const PoolKey&)>;
+  GuestPool(GuestPoolOptions options, Spawner spawner);
+  ~GuestPool();  // stops the refill thread and discards every idle guest
+  GuestPool(const GuestPool&) = delete;
+  GuestPool& operator=(const GuestPool&) = delete;
+
+  bool enabled() const noexcept { return options_.per_principal > 0; }
+  const GuestPoolOptions& options() const noexcept { return options_; }
+  // An idle guest of `key` at rest (others found on the way are discarded), or none, when the
+  // caller forks one: either way one guest of the key is in use from now on (until give_back
+  // or lost), and the key's pool is refilled in the background. With no pool: none, untracked.
+  std::optional<WarmGuest> take(const PoolKey& key);
+  // A guest in use that answered its run cleanly waits for the key's next run (or is
+  // discarded when the key's idle guests or the whole pool are at their cap).
+  void give_back(const PoolKey& key, WarmGuest guest, bool was_in_use = true);
+  // A guest of `key` in use was discarded: its place is refilled.
+  void lost(const PoolKey& key);
+  // Discards every idle guest (a new zygote, or shutting down).
+  void clear();
+
+  std::size_t idle() const;
+  std::uint64_t refilled() const;
+
+ private:
+  struct Idle {
+    WarmGuest guest;
+    std::uint64_t stamp;  // when it was given back, for eviction
+  };
+  void in_use(const PoolKey& key);
+  void want_refill(const PoolKey& key);  // with mutex_ held
+  void returned(const PoolKey& key);     // with mutex_ held
+  void refill_loop();
+  std::size_t idle_locked() const;
+  std::size_t guests_locked(const PoolKey& key) const;  // idle, being forked, and in use
+
+  GuestPoolOptions options_;
+  Spawner spawner_;
+  mutable std::mutex mutex_;
+  std::condition_variable wake_;
+  std::map<PoolKey, std::deque<Idle>> idle_;
+  std::map<PoolKey, std::size_t> spawning_;
+  std::map<PoolKey, std::size_t> busy_;  // taken or forked for a run, not back yet
+  std::deque<PoolKey> refills_;
+  std::uint64_t clock_ = 0;
+  std::uint64_t refilled_ = 0;
+  bool stopping_ = false;
+  std::thread refiller_;
+};
+
+}  // namespace sojourn::sandbox
