@@ -69,4 +69,19 @@ Result<sandbox::AgentOutcome> NodeJails::run_agent_step(Isolation level, const s
   return jails_.run_agent(level, input, agent, host);
 }
 
+Result<sandbox::StrongOutcome> NodeJails::run_strong_step(Isolation level, const sandbox::RunInput& input,
+                                                          const sandbox::AgentInput& agent, sandbox::HostCalls* host) {
+  Result<sandbox::Jail*> jail = jails_.get(level);
+  if (!jail) return jail.error();
+  return (*jail)->run_strong(input, agent, host);
+}
+
+Result<sandbox::StrongOutcome> NodeJails::resume_strong_step(Isolation level, std::span<const std::uint8_t> image,
+                                                             const sandbox::RunInput& input, const Value& info,
+                                                             sandbox::HostCalls* host) {
+  Result<sandbox::Jail*> jail = jails_.get(level);
+  if (!jail) return jail.error();
+  return (*jail)->resume_strong(image, input, info, host);
+}
+
 }  // namespace sojourn

@@ -33,6 +33,12 @@ class NodeJails {
   Result<Value> run_chunk(Isolation level, const sandbox::RunInput& input, sandbox::HostCalls* host);
   Result<sandbox::AgentOutcome> run_agent_step(Isolation level, const sandbox::RunInput& input,
                                                const sandbox::AgentInput& agent, sandbox::HostCalls* host);
+  // Strong steps (Jail::run_strong, Jail::resume_strong) at a level; trusted refuses them.
+  Result<sandbox::StrongOutcome> run_strong_step(Isolation level, const sandbox::RunInput& input,
+                                                 const sandbox::AgentInput& agent, sandbox::HostCalls* host);
+  Result<sandbox::StrongOutcome> resume_strong_step(Isolation level, std::span<const std::uint8_t> image,
+                                                    const sandbox::RunInput& input, const Value& info,
+                                                    sandbox::HostCalls* host);
 
  private:
   const NodeOptions& options_;
