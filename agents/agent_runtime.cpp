@@ -159,13 +159,13 @@ Result<AgentLaunchAnswer> AgentRuntime::launch_here(const AgentLaunchRequest& re
   r.signer = request.signer;
   r.signature = request.signature;
   r.launcher = viewer_of(caller);
+  r.mobility = request.mobility;  // before the policy, which may refuse strong agents
   auto rule = admit_code(r, **bundle, caller);
   if (!rule) return rule.error();
   // The code came from a peer (the launcher): the node's peer level at least, or the policy's.
   auto level = trust_.level_for(Isolation::trusted, *rule);
   if (!level) return level.error();
   r.isolation = *level;
-  r.mobility = request.mobility;
   if (r.mobility == Mobility::strong && r.isolation == Isolation::trusted) {
     return sandbox::strong_refused(r.isolation, "its Lua heap is not an arena at a fixed address, and this node "
                                                 "runs this agent's code there");

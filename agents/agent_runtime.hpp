@@ -188,6 +188,10 @@ class AgentRuntime : public std::enable_shared_from_this<AgentRuntime>, public M
   // A strong agent's image from its TRANSFER into its record, once its SHA-256 is the one the
   // record names (hash_mismatch otherwise); refuses an image a weak record does not name.
   static Result<void> take_image(AgentTransfer& transfer, const std::string& what);
+  // sandbox_refused "refused by the sandbox: image from guest build X, this node runs Y" for
+  // an image taken by another guest executable: refused at the TRANSFER, so the agent stays
+  // at its source (the step's own check behind it refuses the same).
+  Result<void> check_image_build(const AgentRecord& record);
   asio::awaitable<Result<AgentCommit>> hand_over(AgentRecord record, std::shared_ptr<const CachedBundle> bundle, std::string peer);
   // The agent (still at `epoch`) stays here, stopped, and its home hears `reason`.
   void strand(const std::string& id, std::uint64_t epoch, const std::string& reason);

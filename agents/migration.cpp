@@ -9,6 +9,7 @@
 #include <boost/asio/use_awaitable.hpp>
 
 #include "agents/destinations.hpp"
+#include "sandbox/image/heap_image.hpp"
 #include "sojourn/core/bundle.hpp"
 #include "sojourn/core/log.hpp"
 
@@ -96,6 +97,7 @@ Result<AgentCommit> AgentRuntime::on_transfer(AgentTransfer transfer, const Peer
   if (!level) return level.error();
   record->isolation = *level;
   if (record->mobility == Mobility::strong) {
+    if (auto built = check_image_build(*record); !built) return built.error();
     if (*level == Isolation::trusted) {
       return sandbox::strong_refused(*level, "its Lua heap is not an arena at a fixed address, and this node runs "
                                              "this agent's code there");
@@ -297,6 +299,20 @@ Result<void> AgentRuntime::take_image(AgentTransfer& transfer, const std::string
   }
   record.image = std::make_shared<const std::vector<std::uint8_t>>(bytes.begin(), bytes.end());
   transfer.image.reset();
+  return {};
+}
+
+Result<void> AgentRuntime::check_image_build(const AgentRecord& record) {
+  if (!record.image) return {};
+  auto header = sandbox::image::peek_header(*record.image);
+  if (!header) return header.error();
+  auto build = jails_.guest_build();
+  if (!build) return build.error();
+  if (header->guest_build != *build) {
+    return make_error(Errc::sandbox_refused, "refused by the sandbox: image from guest build " +
+                                                 sandbox::image::hex(header->guest_build).substr(0, 16) +
+                                                 ", this node runs " + sandbox::image::hex(*build).substr(0, 16));
+  }
   return {};
 }
 

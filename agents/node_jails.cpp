@@ -3,7 +3,9 @@
 
 #include <algorithm>
 
+#include "sandbox/image/heap_image.hpp"
 #include "sojourn/core/log.hpp"
+#include "sojourn/sandbox/process_jail.hpp"
 
 namespace sojourn {
 
@@ -82,6 +84,18 @@ Result<sandbox::StrongOutcome> NodeJails::resume_strong_step(Isolation level, st
   Result<sandbox::Jail*> jail = jails_.get(level);
   if (!jail) return jail.error();
   return (*jail)->resume_strong(image, input, info, host);
+}
+
+Result<std::array<std::uint8_t, 32>> NodeJails::guest_build() {
+  std::call_once(build_once_, [this] {
+    Result<std::string> path = sandbox::find_guest_binary(options_.guest_path);
+    if (!path) {
+      build_.emplace(path.error());
+      return;
+    }
+    build_.emplace(sandbox::image::build_id_of(*path));
+  });
+  return *build_;
 }
 
 }  // namespace sojourn

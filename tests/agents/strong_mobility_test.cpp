@@ -15,6 +15,7 @@
 #include "agents/node_testing.hpp"  // agents/: the image hook
 #include "sandbox/image/heap_image.hpp"
 #include "sojourn/agents/node.hpp"
+#include "sojourn/agents/policy.hpp"
 #include "sojourn/core/bundle.hpp"
 #include "tests/support/cluster.hpp"
 #include "tests/support/error_checks.hpp"
@@ -324,7 +325,7 @@ TEST_CASE("a tampered image is refused by its hash and the agent stays at its so
   CHECK(c[1].stats().agents_resident == 0);
 }
 
-TEST_CASE("an image from another guest build is refused by name") {
+TEST_CASE("an image from another guest build is refused by name and the agent stays at its source") {
   Cluster c = strong_cluster(2);
   testing::set_image_hook(c[0], [](std::vector<std::uint8_t>& bytes, std::string& sha256) {
     for (std::size_t i = 12; i < 44; ++i) bytes[i] = 0x22;  // the build id field
@@ -335,9 +336,12 @@ TEST_CASE("an image from another guest build is refused by name") {
   state.set("stops", Value::array({c.addr[1]}));
   auto id = launch_strong(c[0], bundle_of(kHop), state);
   REQUIRE(id.ok());
-  AgentStatus s = run_to_end(c[0], *id);
-  CHECK(s.status == AgentState::failed);
+  // Refused at the TRANSFER: the agent is not lost, it stays at its source.
+  AgentStatus s = wait_stranded(c[0], *id);
+  CHECK(s.status == AgentState::stranded);
   CHECK(s.reason.find("image from guest build 2222222222222222, this node runs ") != std::string::npos);
+  CHECK(c[1].stats().agents_resident == 0);
+  CHECK(c[0].stats().agents_resident == 1);
 }
 
 TEST_CASE("a corrupt but well-hashed image kills only its guest and the node keeps serving") {
@@ -373,4 +377,24 @@ TEST_CASE("a corrupt but well-hashed image kills only its guest and the node kee
   REQUIRE_MESSAGE(fine.status == AgentState::finished, fine.reason);
   CHECK(fine.result.get(1).as_string() == "ok 3 at " + c.addr[0]);
   CHECK(c[1].call_local("kv.get", Value::array({"price"}))->as_integer() == 110);
+}
+
+TEST_CASE("a policy rule with strong: false refuses strong agents and keeps weak ones") {
+  auto policy = Policy::parse(R"({"default": {"name": "no-images", "strong": false, "isolation": ["process"]}})");
+  REQUIRE_MESSAGE(policy.ok(), (policy.ok() ? "" : policy.error().message));
+  CHECK_FALSE(policy->default_rule().allow_strong);
+  CHECK_ERROR(Policy::parse(R"({"default": {"strong": "no"}})"), Errc::bad_policy, "default.strong", "must be true or false");
+  auto shared = std::make_shared<const Policy>(std::move(*policy));
+  Cluster c(1, [shared](int, NodeOptions& o) {
+    o.peer_isolation = Isolation::process;
+    o.policy = shared;
+  });
+  CHECK_ERROR(launch_strong(c[0], bundle_of(kHop)), Errc::policy_refused, "rule no-images refuses strong agents of unsigned code");
+  AgentLaunch weak;
+  weak.bundle = bundle_of("function start() return 'weak ok' end");
+  auto id = c[0].launch({}, weak);
+  REQUIRE(id.ok());
+  AgentStatus s = run_to_end(c[0], *id);
+  CHECK(s.status == AgentState::finished);
+  CHECK(s.hops[0].mobility == "weak");
 }
