@@ -292,6 +292,7 @@ AgentMessageBytes encode(const ArrivalReport& m) {
   w.string(m.reason);
   w.u64(m.state_bytes);
   w.string(m.isolation);
+  w.string(m.mobility);
   write_strings(w, m.delivered);
   w.string(m.token);
   return w.take();
@@ -307,6 +308,7 @@ Result<ArrivalReport> decode_arrival(std::span<const std::uint8_t> bytes) {
     m.reason = r.string();
     m.state_bytes = r.u64();
     m.isolation = r.string();
+    m.mobility = r.string();
     m.delivered = read_strings(r, "delivered id");
     m.token = r.string();
     return m;

@@ -86,6 +86,7 @@ struct ArrivalReport {
   std::string reason;
   std::uint64_t state_bytes = 0;
   std::string isolation;
+  std::string mobility = "weak";       // how it arrived: "weak" or "strong"
   std::vector<std::string> delivered;  // message ids the agent has had
   std::string token;                   // the home's secret for this epoch's holder
 };

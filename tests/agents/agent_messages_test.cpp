@@ -185,6 +185,7 @@ TEST_CASE("the reports to the home round-trip, and refuse a state they cannot ca
   arrival.node = "127.0.0.1:7402";
   arrival.state_bytes = 17;
   arrival.isolation = "process";
+  arrival.mobility = "strong";
   arrival.delivered = {"m1", "m2"};
   arrival.token = "tok";
   auto arrival_bytes = encode(arrival);
@@ -192,6 +193,7 @@ TEST_CASE("the reports to the home round-trip, and refuse a state they cannot ca
   REQUIRE(a.ok());
   CHECK((a->id == arrival.id && a->epoch == 4 && a->node == arrival.node && a->state == AgentState::running));
   CHECK((a->state_bytes == 17 && a->isolation == "process" && a->delivered == arrival.delivered && a->token == "tok"));
+  CHECK(a->mobility == "strong");
   check_refuses_damaged(arrival_bytes, decode_arrival, "arrival");
   arrival.state = AgentState::finished;
   auto finished_arrival = decode_arrival(encode(arrival));
