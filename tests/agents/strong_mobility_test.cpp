@@ -398,3 +398,32 @@ TEST_CASE("a policy rule with strong: false refuses strong agents and keeps weak
   CHECK(s.status == AgentState::finished);
   CHECK(s.hops[0].mobility == "weak");
 }
+
+TEST_CASE("the node's listing shows a strong agent and the image it holds") {
+  Cluster c = strong_cluster(1);
+  auto id = launch_strong(c[0], bundle_of(R"(
+function start()
+  agent.checkpoint()
+  local x = 0
+  while true do x = x + 1 end
+end)"));
+  REQUIRE(id.ok());
+  // After its checkpoint it spins until its CPU limit: the listing sees it holding the image.
+  bool seen = false;
+  for (int i = 0; i < 500 && !seen; ++i) {
+    auto agents = c[0].list_agents();
+    REQUIRE(agents.ok());
+    for (const AgentSummary& a : *agents) {
+      if (a.id == *id && a.image_bytes > 0) {
+        CHECK(a.mobility == "strong");
+        CHECK(a.isolation == "process");
+        seen = true;
+      }
+    }
+    if (!seen) std::this_thread::sleep_for(5ms);
+  }
+  CHECK(seen);
+  AgentStatus s = run_to_end(c[0], *id);
+  CHECK(s.status == AgentState::failed);
+  CHECK(s.reason.find("CPU limit") != std::string::npos);
+}
