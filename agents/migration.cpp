@@ -187,7 +187,15 @@ asio::awaitable<Result<AgentCommit>> AgentRuntime::hand_over(AgentRecord record,
       transfer.image = std::string(as_text(*transfer.record.image));
     }
   }
-  Value transfer_args = message_args(encode(transfer));
+  AgentMessageBytes transfer_bytes = encode(transfer);
+  // A frame this node could not send (nor a peer of the same settings take): a clear refusal
+  // here, not an unreachable destination. Heap images make such TRANSFERs possible.
+  if (transfer_bytes.size() > options_.max_payload) {
+    co_return errors::invalid_argument("the TRANSFER of agent " + transfer.record.id + " is " +
+                                       std::to_string(transfer_bytes.size()) + " bytes, over the frame limit of " +
+                                       std::to_string(options_.max_payload) + " bytes (max_payload)");
+  }
+  Value transfer_args = message_args(transfer_bytes);
   std::string expect = trust_.tls() ? answer->node_id : std::string();
   Result<Value> commit = co_await links_.call_peer(peer, "agent.transfer", std::move(transfer_args), std::move(expect));
   if (!commit) co_return commit.error();

@@ -427,3 +427,19 @@ end)"));
   CHECK(s.status == AgentState::failed);
   CHECK(s.reason.find("CPU limit") != std::string::npos);
 }
+
+TEST_CASE("a TRANSFER over the frame limit is refused with the sizes and the agent stays at its source") {
+  Cluster c(2, [](int, NodeOptions& o) {
+    o.peer_isolation = Isolation::process;
+    o.max_payload = 8u << 10;  // below any heap image (a bare heap seals to ~20 KB)
+  });
+  Value state = Value::table();
+  state.set("stops", Value::array({c.addr[1]}));
+  auto id = launch_strong(c[0], bundle_of(kHop), state);
+  REQUIRE(id.ok());
+  AgentStatus s = wait_stranded(c[0], *id);
+  CHECK(s.status == AgentState::stranded);
+  CHECK(s.reason.find("bytes, over the frame limit of 8192 bytes (max_payload)") != std::string::npos);
+  CHECK(c[0].stats().agents_resident == 1);
+  CHECK(c[1].stats().agents_resident == 0);
+}
