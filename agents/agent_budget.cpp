@@ -46,6 +46,9 @@ Result<const PolicyRule*> AgentRuntime::admit_code(AgentRecord& record, const Ca
   const PolicyRule* rule = trust_.rule_for(signer, peer);
   if (rule == nullptr) return rule;
   if (rule->refuse) return policy_refusal(*rule, trust_.describe_code(signer));
+  if (record.mobility == Mobility::strong && !rule->allow_strong) {
+    return policy_refusal(*rule, "strong agents of " + trust_.describe_code(signer));
+  }
   if (rule->quotas.max_hops != 0) {
     if (record.epoch > rule->quotas.max_hops) {
       return make_error(Errc::policy_refused, "refused by the node's policy: agent " + record.id + " has made " +

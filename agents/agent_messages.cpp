@@ -58,6 +58,13 @@ AgentState read_state(Reader& r) {
   if (v > static_cast<std::uint8_t>(kLastAgentState)) throw DecodeError("unknown agent state " + std::to_string(v));
   return static_cast<AgentState>(v);
 }
+void write_mobility(Writer& w, Mobility m) { w.u8(static_cast<std::uint8_t>(m)); }
+Mobility read_mobility(Reader& r) {
+  const std::uint8_t v = r.u8();
+  if (v > static_cast<std::uint8_t>(Mobility::strong)) throw DecodeError("unknown mobility " + std::to_string(v));
+  return static_cast<Mobility>(v);
+}
+
 // A state that this message may not carry (a finished arrival, a running end).
 void expect_state(AgentState s, AgentState a, AgentState b) {
   if (s != a && s != b) throw DecodeError("agent state " + std::string(agent_state_name(s)) + " is not allowed here");
@@ -72,10 +79,15 @@ void write_hops(Writer& w, const std::vector<AgentHop>& hops) {
     w.i64(h.spent_ms);
     w.u64(h.state_bytes);
     w.string(h.isolation);
+    w.string(h.mobility);
+    w.u64(h.image_raw_bytes);
+    w.u64(h.image_bytes);
+    w.u64(h.image_us);
+    w.u64(h.restore_us);
   }
 }
 std::vector<AgentHop> read_hops(Reader& r) {
-  std::vector<AgentHop> hops(r.count(40, "hop"));  // two lengths and four 8-byte fields
+  std::vector<AgentHop> hops(r.count(76, "hop"));  // three lengths and eight 8-byte fields
   for (auto& h : hops) {
     h.node = r.string();
     h.epoch = r.u64();
@@ -83,6 +95,11 @@ std::vector<AgentHop> read_hops(Reader& r) {
     h.spent_ms = r.i64();
     h.state_bytes = r.u64();
     h.isolation = r.string();
+    h.mobility = r.string();
+    h.image_raw_bytes = r.u64();
+    h.image_bytes = r.u64();
+    h.image_us = r.u64();
+    h.restore_us = r.u64();
   }
   return hops;
 }
@@ -139,6 +156,7 @@ AgentMessageBytes encode(const AgentLaunchRequest& m) {
   w.u32(m.max_hops);
   w.string(m.signer);
   w.string(m.signature);
+  write_mobility(w, m.mobility);
   return w.take();
 }
 Result<AgentLaunchRequest> decode_launch(std::span<const std::uint8_t> bytes) {
@@ -152,6 +170,7 @@ Result<AgentLaunchRequest> decode_launch(std::span<const std::uint8_t> bytes) {
     m.max_hops = r.u32();
     m.signer = r.string();
     m.signature = r.string();
+    m.mobility = read_mobility(r);
     return m;
   });
 }
@@ -218,6 +237,7 @@ AgentMessageBytes encode(const AgentTransfer& m) {
   w.string(m.nonce);
   w.i64(m.expires_unix_ms);
   write_optional(w, m.bundle_bytes);
+  write_optional(w, m.image);
   return w.take();
 }
 Result<AgentTransfer> decode_transfer(std::span<const std::uint8_t> bytes) {
@@ -229,6 +249,7 @@ Result<AgentTransfer> decode_transfer(std::span<const std::uint8_t> bytes) {
     t.nonce = r.string();
     t.expires_unix_ms = r.i64();
     t.bundle_bytes = read_optional(r);
+    t.image = read_optional(r);
     return t;
   });
   if (!m) return m.error();
@@ -236,6 +257,10 @@ Result<AgentTransfer> decode_transfer(std::span<const std::uint8_t> bytes) {
   auto checked = record_from_value(record);
   if (!checked) return checked.error();
   m->record = std::move(*checked);
+  // The image belongs to a strong record and to nothing else; its hash is the record's.
+  if (m->image && (m->record.mobility != Mobility::strong || m->record.image_sha256.empty())) {
+    return errors::invalid_argument("bad agent message: transfer: a heap image for a record that names none");
+  }
   return m;
 }
 
@@ -267,6 +292,7 @@ AgentMessageBytes encode(const ArrivalReport& m) {
   w.string(m.reason);
   w.u64(m.state_bytes);
   w.string(m.isolation);
+  w.string(m.mobility);
   write_strings(w, m.delivered);
   w.string(m.token);
   return w.take();
@@ -282,6 +308,7 @@ Result<ArrivalReport> decode_arrival(std::span<const std::uint8_t> bytes) {
     m.reason = r.string();
     m.state_bytes = r.u64();
     m.isolation = r.string();
+    m.mobility = r.string();
     m.delivered = read_strings(r, "delivered id");
     m.token = r.string();
     return m;
@@ -436,13 +463,15 @@ AgentMessageBytes encode(const std::vector<AgentSummary>& m) {
     write_state(w, a.status);
     w.string(a.reason);
     w.string(a.isolation);
+    w.string(a.mobility);
+    w.u64(a.image_bytes);
   }
   return w.take();
 }
 Result<std::vector<AgentSummary>> decode_list(std::span<const std::uint8_t> bytes) {
   return decode_as(bytes, AgentMessageKind::list_answer, [](Reader& r) {
-    // Five lengths, three 8-byte fields and the state's byte.
-    std::vector<AgentSummary> m(r.count(45, "agent"));
+    // Six lengths, four 8-byte fields and the state's byte.
+    std::vector<AgentSummary> m(r.count(57, "agent"));
     for (auto& a : m) {
       a.id = r.string();
       a.owner = r.string();
@@ -453,6 +482,8 @@ Result<std::vector<AgentSummary>> decode_list(std::span<const std::uint8_t> byte
       a.status = read_state(r);
       a.reason = r.string();
       a.isolation = r.string();
+      a.mobility = r.string();
+      a.image_bytes = r.u64();
     }
     return m;
   });

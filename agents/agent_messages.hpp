@@ -26,7 +26,9 @@ enum class AgentMessageKind : std::uint8_t {
 };
 // The agent protocol's version; the second byte of every encoded agent message.
 // 2: OfferAnswer names the destination's node id; a TRANSFER is addressed to that id.
-inline constexpr std::uint8_t kAgentProtocolVersion = 2;
+// 3: strong mobility: a launch names the mobility, a TRANSFER may carry a heap image, hops
+//    and listings carry the mobility and the image's figures.
+inline constexpr std::uint8_t kAgentProtocolVersion = 3;
 
 // agent.launch: a new agent, launched at the node called.
 struct AgentLaunchRequest {
@@ -37,6 +39,7 @@ struct AgentLaunchRequest {
   std::string owner;         // empty: "anonymous"
   std::uint32_t max_hops = 0;
   std::string signer, signature;  // empty: unsigned
+  Mobility mobility = Mobility::weak;
 };
 struct AgentLaunchAnswer {
   std::string id, home;
@@ -47,7 +50,7 @@ struct AgentOffer {
   std::string id;
   std::uint64_t epoch = 0;
   std::string bundle_hash;
-  std::uint64_t state_bytes = 0;
+  std::uint64_t state_bytes = 0;  // for a strong agent: its heap image's bytes
 };
 struct OfferAnswer {
   bool duplicate = false;    // this (id, epoch) is committed here already
@@ -62,6 +65,9 @@ struct AgentTransfer {
   std::string nonce;
   std::int64_t expires_unix_ms = 0;
   std::optional<std::string> bundle_bytes;  // when the offer's answer asked for it
+  // A strong agent's heap image, in place of a meaningful state table: present exactly when
+  // the record names its SHA-256 (record.image_sha256), which the destination checks first.
+  std::optional<std::string> image;
 };
 // The destination's COMMIT: it holds (id, epoch) now.
 struct AgentCommit {
@@ -80,6 +86,7 @@ struct ArrivalReport {
   std::string reason;
   std::uint64_t state_bytes = 0;
   std::string isolation;
+  std::string mobility = "weak";       // how it arrived: "weak" or "strong"
   std::vector<std::string> delivered;  // message ids the agent has had
   std::string token;                   // the home's secret for this epoch's holder
 };

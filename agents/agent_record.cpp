@@ -56,6 +56,11 @@ Value hops_to_value(const std::vector<AgentHop>& hops) {
     hop.set("spent_ms", h.spent_ms);
     hop.set("state_bytes", static_cast<std::int64_t>(h.state_bytes));
     hop.set("isolation", h.isolation);
+    hop.set("mobility", h.mobility);
+    hop.set("image_raw_bytes", static_cast<std::int64_t>(h.image_raw_bytes));
+    hop.set("image_bytes", static_cast<std::int64_t>(h.image_bytes));
+    hop.set("image_us", static_cast<std::int64_t>(h.image_us));
+    hop.set("restore_us", static_cast<std::int64_t>(h.restore_us));
     t.push(hop);
   }
   return t;
@@ -74,6 +79,12 @@ std::vector<AgentHop> hops_from_value(const Value& v) {
     hop.spent_ms = static_cast<std::int64_t>(field_u64(h, "spent_ms"));
     hop.state_bytes = field_u64(h, "state_bytes");
     hop.isolation = field_string(h, "isolation");
+    hop.mobility = field_string(h, "mobility");
+    if (hop.mobility.empty()) hop.mobility = "weak";
+    hop.image_raw_bytes = field_u64(h, "image_raw_bytes");
+    hop.image_bytes = field_u64(h, "image_bytes");
+    hop.image_us = field_u64(h, "image_us");
+    hop.restore_us = field_u64(h, "restore_us");
     out.push_back(std::move(hop));
   }
   return out;
@@ -88,6 +99,16 @@ static_assert(std::size(kAgentStateNames) == static_cast<std::size_t>(kLastAgent
 std::string_view agent_state_name(AgentState state) noexcept {
   const auto i = static_cast<std::size_t>(state);
   return i < std::size(kAgentStateNames) ? kAgentStateNames[i] : std::string_view("unknown");
+}
+
+std::string_view mobility_name(Mobility mobility) noexcept {
+  return mobility == Mobility::strong ? "strong" : "weak";
+}
+
+Result<Mobility> parse_mobility(std::string_view name) {
+  if (name == "weak") return Mobility::weak;
+  if (name == "strong") return Mobility::strong;
+  return errors::invalid_argument("unknown mobility " + std::string(name) + " (weak or strong)");
 }
 
 Result<AgentState> parse_agent_state(std::string_view name) {
@@ -145,6 +166,9 @@ Value record_to_value(const AgentRecord& r) {
   t.set("delivered", strings_to_value(r.delivered));
   t.set("launcher", r.launcher);
   t.set("report_token", r.report_token);
+  t.set("mobility", std::string(mobility_name(r.mobility)));
+  if (!r.image_sha256.empty()) t.set("image_sha256", r.image_sha256);
+  if (r.strong_memory != 0) t.set("strong_memory", static_cast<std::int64_t>(r.strong_memory));
   return t;
 }
 
@@ -188,6 +212,15 @@ Result<AgentRecord> record_from_value(const Value& v) {
   r.delivered = strings_from_value(v.get("delivered"));
   r.launcher = field_string(v, "launcher");
   r.report_token = field_string(v, "report_token");
+  const std::string mobility = field_string(v, "mobility");
+  auto kind = parse_mobility(mobility.empty() ? "weak" : mobility);
+  if (!kind) return bad("has an unknown mobility");
+  r.mobility = *kind;
+  r.image_sha256 = field_string(v, "image_sha256");
+  if (!r.image_sha256.empty() && (r.mobility != Mobility::strong || !is_bundle_hash(r.image_sha256))) {
+    return bad("has an invalid image hash");
+  }
+  r.strong_memory = field_u64(v, "strong_memory");
   return r;
 }
 

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -45,12 +46,22 @@ struct AgentRecord {
   // end, stranding) carry it, and the home's answer to an arrival replaces it (tracking.cpp).
   // Travels only inside TRANSFERs; never shown to the agent, in listings or in status.
   std::string report_token;
+  // Strong agents (docs/migration.md, "Strong mobility"). `image` is the heap image its next
+  // step resumes from (null: the next step starts `entry` afresh, as after a launch); shared, so
+  // copies of the record (a hand-over in flight) do not copy it. It travels beside the record
+  // in the TRANSFER, `image_sha256` inside it. `strong_memory` is the memory limit its arena
+  // was made for: every later step, here or elsewhere, runs under exactly that limit.
+  Mobility mobility = Mobility::weak;
+  std::shared_ptr<const std::vector<std::uint8_t>> image;
+  std::string image_sha256;
+  std::uint64_t strong_memory = 0;
 };
 
 std::string new_agent_id();
 bool is_agent_id(std::string_view text);
 std::int64_t unix_ms_now();
 
+// The record's Value table: every field but `image` (which travels beside it).
 Value record_to_value(const AgentRecord& r);
 Result<AgentRecord> record_from_value(const Value& v);
 

@@ -6,6 +6,7 @@
 #include <boost/asio/detached.hpp>
 #include <boost/asio/post.hpp>
 
+#include "sojourn/core/bundle.hpp"
 #include "sojourn/core/log.hpp"
 #include "sojourn/core/signature.hpp"
 #include "sojourn/sandbox/lua_sandbox.hpp"
@@ -159,16 +160,22 @@ Result<AgentLaunchAnswer> AgentRuntime::launch_here(const AgentLaunchRequest& re
   r.signer = request.signer;
   r.signature = request.signature;
   r.launcher = viewer_of(caller);
+  r.mobility = request.mobility;  // before the policy, which may refuse strong agents
   auto rule = admit_code(r, **bundle, caller);
   if (!rule) return rule.error();
   // The code came from a peer (the launcher): the node's peer level at least, or the policy's.
   auto level = trust_.level_for(Isolation::trusted, *rule);
   if (!level) return level.error();
   r.isolation = *level;
+  if (r.mobility == Mobility::strong && r.isolation == Isolation::trusted) {
+    return sandbox::strong_refused(r.isolation, "its Lua heap is not an arena at a fixed address, and this node "
+                                                "runs this agent's code there");
+  }
   *bundle = cache_.store(std::move(*bundle));
   r.created_unix_ms = r.updated_unix_ms = unix_ms_now();
-  r.hops.push_back(AgentHop{r.home, 0, r.created_unix_ms, 0, encode_value(r.state).size(),
-                            std::string(isolation_name(r.isolation))});
+  AgentHop first{r.home, 0, r.created_unix_ms, 0, encode_value(r.state).size(), std::string(isolation_name(r.isolation))};
+  first.mobility = mobility_name(r.mobility);
+  r.hops.push_back(std::move(first));
   track_launch(r);
   AgentLaunchAnswer answer{r.id, r.home};
   log_info("agents", options_.name + ": launched agent " + r.id + " (" + m.name + ")");
@@ -261,8 +268,20 @@ void AgentRuntime::run_step(const std::string& id) {
   AgentHostCalls host([this, id](std::string_view service, const Value& args) {
     return agent_host_call(id, service, args);
   });
+  const bool strong = record.mobility == Mobility::strong;
+  // A heap image fixes its arena, so a strong agent keeps the memory limit of its first step.
+  if (strong && record.strong_memory != 0) input.limits.memory_bytes = record.strong_memory;
+  sandbox::StrongOutcome taken;  // a strong step's image and figures (its `step` moves out)
   const auto started = std::chrono::steady_clock::now();
-  Result<sandbox::AgentOutcome> outcome = jails_.run_agent_step(record.isolation, input, agent, &host);
+  Result<sandbox::AgentOutcome> outcome = [&]() -> Result<sandbox::AgentOutcome> {
+    if (!strong) return jails_.run_agent_step(record.isolation, input, agent, &host);
+    Result<sandbox::StrongOutcome> s =
+        record.image ? jails_.resume_strong_step(record.isolation, *record.image, input, info, &host)
+                     : jails_.run_strong_step(record.isolation, input, agent, &host);
+    if (!s) return s.error();
+    taken = std::move(*s);
+    return std::move(taken.step);
+  }();
   if (counters_ != nullptr) {
     const std::string level(isolation_name(record.isolation));
     counters_->metrics.step_seconds.observe({level}, std::chrono::steady_clock::now() - started);
@@ -279,13 +298,17 @@ void AgentRuntime::run_step(const std::string& id) {
   // The state's size is checked before the lock every resident shares: encoding it is the
   // step's own work.
   if (outcome && failure.empty() && rule != nullptr && rule->quotas.max_state_bytes != 0 &&
-      (outcome->went || outcome->waits)) {
+      (outcome->went || outcome->waits) && !outcome->strong_stop) {
     const std::size_t state_bytes = encode_value(outcome->state).size();
     if (state_bytes > rule->quotas.max_state_bytes) {
       failure = "agent " + id + "'s state of " + std::to_string(state_bytes) + " bytes is over the " +
                 std::to_string(rule->quotas.max_state_bytes) + " bytes policy rule " + rule->name + " allows at " + self();
     }
   }
+  const bool strong_stop = outcome && failure.empty() && strong && outcome->strong_stop;
+  const bool checkpoint = strong_stop && outcome->checkpoint;
+  // Hashed outside the lock: what the TRANSFER names and the destination checks first.
+  const std::string image_sha256 = strong_stop ? sha256_hex(taken.image) : std::string();
   bool wake = false;
   {
     std::lock_guard lock(mutex_);
@@ -293,10 +316,41 @@ void AgentRuntime::run_step(const std::string& id) {
     if (it == residents_.end()) return;
     charge(it->second, spent_cpu);
     AgentRecord& r = it->second.record;
-    if (!r.hops.empty()) r.hops.back().spent_ms += spent.count();
+    if (!r.hops.empty()) {
+      AgentHop& hop = r.hops.back();
+      hop.spent_ms += spent.count();
+      hop.restore_us += taken.restore_us;
+      if (strong_stop) {
+        hop.image_raw_bytes = taken.raw_bytes;
+        hop.image_bytes = taken.image.size();
+        hop.image_us += taken.image_us;
+      }
+    }
     r.updated_unix_ms = unix_ms_now();
-    if (outcome && failure.empty()) {
-      r.state = outcome->state;
+    if (strong_stop) {
+      // The heap is the agent now: the next step (here after a checkpoint, or at go_peer)
+      // resumes it. The old image is dropped only here, once the new one exists.
+      r.image = std::make_shared<const std::vector<std::uint8_t>>(std::move(taken.image));
+      r.image_sha256 = image_sha256;
+      r.strong_memory = input.limits.memory_bytes;
+      if (checkpoint) {
+        it->second.status = AgentState::queued;
+      } else {
+        go_peer = outcome->go_peer;
+        it->second.status = AgentState::moving;
+      }
+    } else if (outcome && failure.empty()) {
+      if (strong) {
+        // A weak go, a wait or the end: the heap is not carried on; a next step starts the
+        // entry it names afresh (the state table is the one it had: a strong step keeps its
+        // state in the heap).
+        r.image.reset();
+        r.image_sha256.clear();
+        r.strong_memory = 0;
+        if (outcome->state.is_table()) r.state = outcome->state;
+      } else {
+        r.state = outcome->state;
+      }
       if (outcome->went) {
         go_peer = outcome->go_peer;
         go_entry = outcome->go_entry;
@@ -311,10 +365,12 @@ void AgentRuntime::run_step(const std::string& id) {
   }
   if (!failure.empty()) {
     finish(id, AgentState::failed, failure, Value{});
+  } else if (checkpoint) {
+    schedule_run(id);
   } else if (outcome->went) {
     if (counters_ != nullptr) {
       counters_->metrics.hops.inc({"out"});
-      counters_->trace.add("departure", id, go_peer, "entry " + go_entry);
+      counters_->trace.add("departure", id, go_peer, strong_stop ? "strong" : "entry " + go_entry);
     }
     spawn(migrate(id, go_peer, go_entry), "agent migration");
   } else if (outcome->waits) {
@@ -440,6 +496,8 @@ Result<std::vector<AgentSummary>> AgentRuntime::list(const PeerIdentity& caller)
     a.status = res.status;
     a.reason = res.reason;
     a.isolation = std::string(isolation_name(res.record.isolation));
+    a.mobility = std::string(mobility_name(res.record.mobility));
+    a.image_bytes = res.record.image ? res.record.image->size() : 0;
     out.push_back(std::move(a));
   }
   return out;

@@ -97,6 +97,8 @@ class AgentRuntime : public std::enable_shared_from_this<AgentRuntime>, public M
   // of resident agents' states.
   void set_counters(NodeCounters& counters) { counters_ = &counters; }
   std::vector<AgentStatus> dashboard_agents();
+  // Testing seam (agents/node_testing.hpp): rewrites outgoing heap images.
+  void set_image_hook(std::function<void(std::vector<std::uint8_t>&, std::string&)> hook) { image_hook_ = std::move(hook); }
   std::uint64_t resident_state_bytes();
 
  private:
@@ -183,6 +185,13 @@ class AgentRuntime : public std::enable_shared_from_this<AgentRuntime>, public M
   // Bounds record.delivered (under mutex_): the answer's ids, and the last kDeliveredWindow
   // ids forwarded one by one (the home resends only its pending front until it succeeds).
   static void trim_delivered(Resident& res);
+  // A strong agent's image from its TRANSFER into its record, once its SHA-256 is the one the
+  // record names (hash_mismatch otherwise); refuses an image a weak record does not name.
+  static Result<void> take_image(AgentTransfer& transfer, const std::string& what);
+  // sandbox_refused "refused by the sandbox: image from guest build X, this node runs Y" for
+  // an image taken by another guest executable: refused at the TRANSFER, so the agent stays
+  // at its source (the step's own check behind it refuses the same).
+  Result<void> check_image_build(const AgentRecord& record);
   asio::awaitable<Result<AgentCommit>> hand_over(AgentRecord record, std::shared_ptr<const CachedBundle> bundle, std::string peer);
   // The agent (still at `epoch`) stays here, stopped, and its home hears `reason`.
   void strand(const std::string& id, std::uint64_t epoch, const std::string& reason);
@@ -244,6 +253,7 @@ class AgentRuntime : public std::enable_shared_from_this<AgentRuntime>, public M
   // thread, when it ends. Bounded: past kMaxWaiters a wait answers at once.
   std::unordered_multimap<std::string, std::shared_ptr<asio::steady_timer>> waiters_;
   std::shared_ptr<asio::steady_timer> sweep_timer_;
+  std::function<void(std::vector<std::uint8_t>&, std::string&)> image_hook_;  // set before agents run
 };
 
 }  // namespace sojourn

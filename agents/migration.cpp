@@ -9,6 +9,8 @@
 #include <boost/asio/use_awaitable.hpp>
 
 #include "agents/destinations.hpp"
+#include "sandbox/image/heap_image.hpp"
+#include "sojourn/core/bundle.hpp"
 #include "sojourn/core/log.hpp"
 
 namespace sojourn {
@@ -83,6 +85,9 @@ Result<AgentCommit> AgentRuntime::on_transfer(AgentTransfer transfer, const Peer
     bundle = cache_.get(record->bundle_hash);
     if (!bundle) return make_error(Errc::bad_bundle, "bad bundle: " + record->bundle_hash + " is not cached here; send it");
   }
+  // A strong agent's heap image: the one the record names (the record rides the authenticated
+  // TRANSFER, the image beside it), checked before anything else looks at it.
+  if (auto image = take_image(transfer, what); !image) return image.error();
   // Its signature, its budget against the manifest's, the policy.
   auto rule = admit_code(*record, *bundle, caller);
   if (!rule) return rule.error();
@@ -91,11 +96,28 @@ Result<AgentCommit> AgentRuntime::on_transfer(AgentTransfer transfer, const Peer
   auto level = trust_.level_for(record->isolation, *rule);
   if (!level) return level.error();
   record->isolation = *level;
+  if (record->mobility == Mobility::strong) {
+    if (auto built = check_image_build(*record); !built) return built.error();
+    if (*level == Isolation::trusted) {
+      return sandbox::strong_refused(*level, "its Lua heap is not an arena at a fixed address, and this node runs "
+                                             "this agent's code there");
+    }
+    // The image's arena was made for this memory limit: every step here must grant it.
+    const std::uint64_t ceiling = trust_.run_ceiling(*rule).memory_bytes;
+    if (record->strong_memory > ceiling) {
+      return make_error(Errc::sandbox_refused, "refused by the sandbox: the heap image of agent " + record->id +
+                                                   " needs a memory limit of " + std::to_string(record->strong_memory) +
+                                                   " bytes, above this node's " + std::to_string(ceiling));
+    }
+  }
   bundle = cache_.store(std::move(bundle));
   const std::string id = record->id;
   const std::uint64_t epoch = record->epoch;
-  record->hops.push_back(AgentHop{self(), epoch, unix_ms_now(), 0, encode_value(record->state).size(),
-                                  std::string(isolation_name(record->isolation))});
+  AgentHop hop{self(), epoch, unix_ms_now(), 0, encode_value(record->state).size(),
+               std::string(isolation_name(record->isolation))};
+  hop.mobility = mobility_name(record->mobility);
+  if (record->image) hop.state_bytes = record->image->size();
+  record->hops.push_back(std::move(hop));
   const AgentCommit commit{id, epoch, self()};
   {
     std::lock_guard lock(mutex_);
@@ -124,7 +146,8 @@ Result<AgentCommit> AgentRuntime::on_transfer(AgentTransfer transfer, const Peer
 
 asio::awaitable<Result<AgentCommit>> AgentRuntime::hand_over(AgentRecord record, std::shared_ptr<const CachedBundle> bundle,
                                                              std::string peer) {
-  const AgentOffer offer{record.id, record.epoch, record.bundle_hash, encode_value(record.state).size()};
+  const std::uint64_t carried = record.image ? record.image->size() : encode_value(record.state).size();
+  const AgentOffer offer{record.id, record.epoch, record.bundle_hash, carried};
   Result<Value> reply = co_await links_.call_peer(peer, "agent.offer", message_args(encode(offer)));
   if (!reply) co_return reply.error();
   auto answer = decode_message<OfferAnswer, decode_offer_answer>(*reply, "the offer's answer");
@@ -155,7 +178,24 @@ asio::awaitable<Result<AgentCommit>> AgentRuntime::hand_over(AgentRecord record,
     transfer.bundle_bytes = std::string(as_text(bundle->bytes));
     ++bundles_sent_;
   }
-  Value transfer_args = message_args(encode(transfer));
+  if (transfer.record.image) {
+    if (image_hook_) {
+      std::vector<std::uint8_t> bytes = *transfer.record.image;
+      image_hook_(bytes, transfer.record.image_sha256);
+      transfer.image = std::string(as_text(bytes));
+    } else {
+      transfer.image = std::string(as_text(*transfer.record.image));
+    }
+  }
+  AgentMessageBytes transfer_bytes = encode(transfer);
+  // A frame this node could not send (nor a peer of the same settings take): a clear refusal
+  // here, not an unreachable destination. Heap images make such TRANSFERs possible.
+  if (transfer_bytes.size() > options_.max_payload) {
+    co_return errors::invalid_argument("the TRANSFER of agent " + transfer.record.id + " is " +
+                                       std::to_string(transfer_bytes.size()) + " bytes, over the frame limit of " +
+                                       std::to_string(options_.max_payload) + " bytes (max_payload)");
+  }
+  Value transfer_args = message_args(transfer_bytes);
   std::string expect = trust_.tls() ? answer->node_id : std::string();
   Result<Value> commit = co_await links_.call_peer(peer, "agent.transfer", std::move(transfer_args), std::move(expect));
   if (!commit) co_return commit.error();
@@ -191,7 +231,7 @@ asio::awaitable<void> AgentRuntime::migrate(std::string id, std::string peer, st
     co_return;
   }
   next.epoch += 1;
-  next.entry = entry;
+  if (!entry.empty()) next.entry = entry;  // empty: a strong move, resumed from its image
   if (!next.itinerary.empty() && next.itinerary.front() == peer) next.itinerary.erase(next.itinerary.begin());
   next.updated_unix_ms = unix_ms_now();
 
@@ -248,6 +288,40 @@ asio::awaitable<void> AgentRuntime::migrate(std::string id, std::string peer, st
   // which code can read, only what does not make this node a probe of its network.
   log_warn("agents", options_.name + ": cannot move agent " + id + " to " + peer + ": " + last_error);
   strand(id, next.epoch - 1, "cannot move agent " + id + " to " + peer + ": " + last_error_for_code);
+}
+
+Result<void> AgentRuntime::take_image(AgentTransfer& transfer, const std::string& what) {
+  AgentRecord& record = transfer.record;
+  if (record.mobility != Mobility::strong || record.image_sha256.empty()) {
+    if (transfer.image) return errors::invalid_argument(what + " carries a heap image its record does not name");
+    return {};
+  }
+  if (!transfer.image) return errors::invalid_argument(what + " names a heap image but carries none");
+  // SAFETY: the string's bytes are read as unsigned bytes of the same size.
+  const std::span<const std::uint8_t> bytes(reinterpret_cast<const std::uint8_t*>(transfer.image->data()),
+                                            transfer.image->size());
+  const std::string got = sha256_hex(bytes);
+  if (got != record.image_sha256) {
+    return make_error(Errc::hash_mismatch, "heap image hash mismatch: " + what + " names " + record.image_sha256.substr(0, 16) +
+                                               ", the image is " + got.substr(0, 16));
+  }
+  record.image = std::make_shared<const std::vector<std::uint8_t>>(bytes.begin(), bytes.end());
+  transfer.image.reset();
+  return {};
+}
+
+Result<void> AgentRuntime::check_image_build(const AgentRecord& record) {
+  if (!record.image) return {};
+  auto header = sandbox::image::peek_header(*record.image);
+  if (!header) return header.error();
+  auto build = jails_.guest_build();
+  if (!build) return build.error();
+  if (header->guest_build != *build) {
+    return make_error(Errc::sandbox_refused, "refused by the sandbox: image from guest build " +
+                                                 sandbox::image::hex(header->guest_build).substr(0, 16) +
+                                                 ", this node runs " + sandbox::image::hex(*build).substr(0, 16));
+  }
+  return {};
 }
 
 void AgentRuntime::strand(const std::string& id, std::uint64_t epoch, const std::string& reason) {

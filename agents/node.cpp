@@ -149,4 +149,8 @@ void testing::set_fault_hooks(Node& node, std::function<bool(std::string_view se
   node_impl(node).server.set_fault_hooks(std::move(drop), std::move(delay));
 }
 
+void testing::set_image_hook(Node& node, std::function<void(std::vector<std::uint8_t>&, std::string&)> rewrite) {
+  node_impl(node).agents->set_image_hook(std::move(rewrite));
+}
+
 }  // namespace sojourn

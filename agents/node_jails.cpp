@@ -3,7 +3,9 @@
 
 #include <algorithm>
 
+#include "sandbox/image/heap_image.hpp"
 #include "sojourn/core/log.hpp"
+#include "sojourn/sandbox/process_jail.hpp"
 
 namespace sojourn {
 
@@ -68,6 +70,33 @@ Result<Value> NodeJails::run_chunk(Isolation level, const sandbox::RunInput& inp
 Result<sandbox::AgentOutcome> NodeJails::run_agent_step(Isolation level, const sandbox::RunInput& input,
                                                         const sandbox::AgentInput& agent, sandbox::HostCalls* host) {
   return jails_.run_agent(level, input, agent, host);
+}
+
+Result<sandbox::StrongOutcome> NodeJails::run_strong_step(Isolation level, const sandbox::RunInput& input,
+                                                          const sandbox::AgentInput& agent, sandbox::HostCalls* host) {
+  Result<sandbox::Jail*> jail = jails_.get(level);
+  if (!jail) return jail.error();
+  return (*jail)->run_strong(input, agent, host);
+}
+
+Result<sandbox::StrongOutcome> NodeJails::resume_strong_step(Isolation level, std::span<const std::uint8_t> image,
+                                                             const sandbox::RunInput& input, const Value& info,
+                                                             sandbox::HostCalls* host) {
+  Result<sandbox::Jail*> jail = jails_.get(level);
+  if (!jail) return jail.error();
+  return (*jail)->resume_strong(image, input, info, host);
+}
+
+Result<std::array<std::uint8_t, 32>> NodeJails::guest_build() {
+  std::call_once(build_once_, [this] {
+    Result<std::string> path = sandbox::find_guest_binary(options_.guest_path);
+    if (!path) {
+      build_.emplace(path.error());
+      return;
+    }
+    build_.emplace(sandbox::image::build_id_of(*path));
+  });
+  return *build_;
 }
 
 }  // namespace sojourn

@@ -2,7 +2,10 @@
 // on first use) and the level code from peers runs at.
 #pragma once
 
+#include <array>
+#include <cstdint>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -33,12 +36,24 @@ class NodeJails {
   Result<Value> run_chunk(Isolation level, const sandbox::RunInput& input, sandbox::HostCalls* host);
   Result<sandbox::AgentOutcome> run_agent_step(Isolation level, const sandbox::RunInput& input,
                                                const sandbox::AgentInput& agent, sandbox::HostCalls* host);
+  // Strong steps (Jail::run_strong, Jail::resume_strong) at a level; trusted refuses them.
+  Result<sandbox::StrongOutcome> run_strong_step(Isolation level, const sandbox::RunInput& input,
+                                                 const sandbox::AgentInput& agent, sandbox::HostCalls* host);
+  Result<sandbox::StrongOutcome> resume_strong_step(Isolation level, std::span<const std::uint8_t> image,
+                                                    const sandbox::RunInput& input, const Value& info,
+                                                    sandbox::HostCalls* host);
+  // The SHA-256 of this node's guest executable, what a heap image names as its build (the
+  // process and microvm levels run the same static guest); computed once. Errors: the guest
+  // cannot be found or read.
+  Result<std::array<std::uint8_t, 32>> guest_build();
 
  private:
   const NodeOptions& options_;
   sandbox::JailSet jails_;
   std::once_flag peer_level_once_;
   Isolation resolved_peer_level_ = Isolation::process;
+  std::once_flag build_once_;
+  std::optional<Result<std::array<std::uint8_t, 32>>> build_;
 };
 
 }  // namespace sojourn

@@ -80,6 +80,7 @@ Result<std::string> Node::launch(std::string_view at, AgentLaunch agent) {
   request.itinerary = agent.itinerary;
   request.owner = agent.owner;
   request.max_hops = agent.max_hops;
+  request.mobility = agent.mobility;
   if (agent.signing_key) {
     BundleSignature s = sign_bundle(*agent.signing_key, agent.bundle);
     request.signer = s.public_key;

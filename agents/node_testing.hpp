@@ -3,8 +3,11 @@
 #pragma once
 
 #include <chrono>
+#include <cstdint>
 #include <functional>
+#include <string>
 #include <string_view>
+#include <vector>
 
 #include "sojourn/agents/node.hpp"
 
@@ -16,5 +19,10 @@ namespace sojourn::testing {
 // in-process). Empty functions: no fault. May be set before or after listen().
 void set_fault_hooks(Node& node, std::function<bool(std::string_view service)> drop,
                      std::function<std::chrono::milliseconds(std::string_view service)> delay = {});
+
+// Every heap image this node sends in a TRANSFER first goes through `rewrite`, which may change
+// its bytes and the SHA-256 the TRANSFER names for it (a hostile or broken source, for the
+// strong mobility tests). Set it before any strong agent leaves the node. Empty: none.
+void set_image_hook(Node& node, std::function<void(std::vector<std::uint8_t>& image, std::string& sha256)> rewrite);
 
 }  // namespace sojourn::testing

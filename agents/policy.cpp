@@ -92,9 +92,10 @@ std::string destination_pattern_error(const std::string& pattern) {
 PolicyRule parse_rule(const Value& r, const std::string& where, bool is_default,
                       const std::map<std::string, std::string>& keys) {
   if (is_default) {
-    only_fields(r, where, {"name", "comment", "refuse", "isolation", "quotas", "services", "destinations"});
+    only_fields(r, where, {"name", "comment", "refuse", "strong", "isolation", "quotas", "services", "destinations"});
   } else {
-    only_fields(r, where, {"name", "comment", "signer", "peer", "refuse", "isolation", "quotas", "services", "destinations"});
+    only_fields(r, where,
+                {"name", "comment", "signer", "peer", "refuse", "strong", "isolation", "quotas", "services", "destinations"});
   }
   PolicyRule rule;
   rule.name = where;
@@ -110,6 +111,10 @@ PolicyRule parse_rule(const Value& r, const std::string& where, bool is_default,
   if (Value v = r.get("refuse"); !v.is_nil()) {
     if (!v.is_bool()) fail(where + ".refuse", "must be true or false");
     rule.refuse = v.as_bool();
+  }
+  if (Value v = r.get("strong"); !v.is_nil()) {
+    if (!v.is_bool()) fail(where + ".strong", "must be true or false");
+    rule.allow_strong = v.as_bool();
   }
   if (Value v = r.get("isolation"); !v.is_nil()) {
     std::vector<std::string> names = v.is_string() ? std::vector<std::string>{v.as_string()}

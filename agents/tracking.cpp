@@ -123,7 +123,9 @@ Result<ArrivalAnswer> AgentRuntime::on_arrived(const ArrivalReport& report, cons
       t.holder_fingerprint = caller.authenticated() ? caller.fingerprint : std::string();
     }
     if (epoch > s.epoch || s.hops.empty()) {
-      s.hops.push_back(AgentHop{report.node, epoch, unix_ms_now(), 0, report.state_bytes, report.isolation});
+      AgentHop hop{report.node, epoch, unix_ms_now(), 0, report.state_bytes, report.isolation};
+      hop.mobility = report.mobility.empty() ? "weak" : report.mobility;
+      s.hops.push_back(std::move(hop));
     }
     s.epoch = epoch;
     s.location = report.node;
@@ -150,6 +152,7 @@ asio::awaitable<void> AgentRuntime::arrive(std::string id) {
     report.node = self();
     report.state_bytes = r.hops.empty() ? 0 : r.hops.back().state_bytes;
     report.isolation = std::string(isolation_name(r.isolation));
+    report.mobility = mobility_name(r.mobility);
     report.delivered = r.delivered;
     report.token = r.report_token;
   }

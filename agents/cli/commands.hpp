@@ -91,6 +91,7 @@ struct LaunchCommand {
   std::uint64_t cpu = 0, cpu_budget = 0;  // the manifest's quota per run and its total
   TlsFlags tls;
   bool wait = false, json = false;
+  bool strong = false;  // strong mobility: the heap travels, agent.go(peer) returns on the peer
 };
 int run_launch(const LaunchCommand& c);
 

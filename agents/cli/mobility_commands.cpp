@@ -47,13 +47,19 @@ std::string clock_time(std::int64_t unix_ms) {
   return buf;
 }
 
+// A strong hop also shows its heap image: the raw arena span and the sealed image (what
+// travels) it left with, and the host's time imaging it there and restoring it on arrival.
 void print_itinerary(const AgentStatus& s) {
   std::printf("itinerary (%zu stops):\n", s.hops.size());
-  std::printf("  %-5s %-22s %-12s %9s %12s  %s\n", "epoch", "node", "arrived", "spent_ms", "state_bytes", "isolation");
+  std::printf("  %-5s %-22s %-12s %9s %12s  %-9s %-8s %10s %10s %9s %10s\n", "epoch", "node", "arrived", "spent_ms",
+              "state_bytes", "isolation", "mobility", "image_raw", "image_wire", "image_us", "restore_us");
   for (const auto& h : s.hops) {
-    std::printf("  %-5llu %-22s %-12s %9lld %12llu  %s\n", static_cast<unsigned long long>(h.epoch), h.node.c_str(),
-                clock_time(h.arrived_unix_ms).c_str(), static_cast<long long>(h.spent_ms),
-                static_cast<unsigned long long>(h.state_bytes), h.isolation.c_str());
+    std::printf("  %-5llu %-22s %-12s %9lld %12llu  %-9s %-8s %10llu %10llu %9llu %10llu\n",
+                static_cast<unsigned long long>(h.epoch), h.node.c_str(), clock_time(h.arrived_unix_ms).c_str(),
+                static_cast<long long>(h.spent_ms), static_cast<unsigned long long>(h.state_bytes), h.isolation.c_str(),
+                h.mobility.c_str(), static_cast<unsigned long long>(h.image_raw_bytes),
+                static_cast<unsigned long long>(h.image_bytes), static_cast<unsigned long long>(h.image_us),
+                static_cast<unsigned long long>(h.restore_us));
   }
 }
 
@@ -105,6 +111,7 @@ int run_launch(const LaunchCommand& c) {
   if (!c.owner.empty()) launch.owner = c.owner;
   else if (const char* user = std::getenv("USER"); user != nullptr && *user) launch.owner = user;
   launch.max_hops = c.max_hops;
+  if (c.strong) launch.mobility = Mobility::strong;
   if (!c.sign.empty()) {
     auto key = SigningKey::load(c.sign);
     if (!key) return fail(key.error(), c.json);
@@ -165,17 +172,21 @@ int run_ps(const AgentCommand& c) {
       v.set("status", std::string(agent_state_name(a.status)));
       if (!a.reason.empty()) v.set("reason", a.reason);
       v.set("isolation", a.isolation);
+      v.set("mobility", a.mobility);
+      v.set("image_bytes", static_cast<std::int64_t>(a.image_bytes));
       list.push(v);
     }
     std::printf("{\"ok\":true,\"agents\":%s}\n", render(list).c_str());
     return exit_ok;
   }
-  std::printf("%-32s %-10s %5s %-12s %11s %-9s %s\n", "ID", "OWNER", "EPOCH", "SINCE", "STATE_BYTES", "ISOLATION", "STATUS");
+  std::printf("%-32s %-10s %5s %-12s %11s %-9s %-8s %11s %s\n", "ID", "OWNER", "EPOCH", "SINCE", "STATE_BYTES", "ISOLATION",
+              "MOBILITY", "IMAGE_BYTES", "STATUS");
   for (const auto& a : *agents) {
     const std::string state = std::string(agent_state_name(a.status)) + (a.reason.empty() ? "" : ": " + a.reason);
-    std::printf("%-32s %-10s %5llu %-12s %11llu %-9s %s\n", a.id.c_str(), a.owner.c_str(),
+    std::printf("%-32s %-10s %5llu %-12s %11llu %-9s %-8s %11llu %s\n", a.id.c_str(), a.owner.c_str(),
                 static_cast<unsigned long long>(a.epoch), clock_time(a.since_unix_ms).c_str(),
-                static_cast<unsigned long long>(a.state_bytes), a.isolation.c_str(), state.c_str());
+                static_cast<unsigned long long>(a.state_bytes), a.isolation.c_str(), a.mobility.c_str(),
+                static_cast<unsigned long long>(a.image_bytes), state.c_str());
   }
   return exit_ok;
 }

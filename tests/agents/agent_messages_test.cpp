@@ -122,6 +122,62 @@ TEST_CASE("the hand-over's messages round-trip and refuse truncated or longer by
   CHECK((commit->id == offer.id && commit->epoch == 3 && commit->node == "127.0.0.1:7401"));
 }
 
+TEST_CASE("a strong agent's TRANSFER carries its heap image beside the record that names its hash") {
+  AgentTransfer transfer;
+  transfer.record = sample_record();
+  transfer.record.mobility = Mobility::strong;
+  transfer.record.image_sha256 = std::string(64, 'e');
+  transfer.record.strong_memory = 64u << 20;
+  transfer.record.hops[0].mobility = "strong";
+  transfer.record.hops[0].image_raw_bytes = 90112;
+  transfer.record.hops[0].image_bytes = 20444;
+  transfer.record.hops[0].image_us = 330;
+  transfer.record.hops[0].restore_us = 160;
+  transfer.to = "node-0123456789abcdef0123456789abcdef";
+  transfer.nonce = std::string(32, 'd');
+  transfer.expires_unix_ms = 1700000030000;
+  transfer.image = std::string("SJHEAPIM\0\1image", 16);
+  auto bytes = encode(transfer);
+  auto t = decode_transfer(bytes);
+  REQUIRE(t.ok());
+  CHECK(t->record.mobility == Mobility::strong);
+  CHECK(t->record.image_sha256 == transfer.record.image_sha256);
+  CHECK(t->record.strong_memory == 64u << 20);
+  CHECK(t->image == transfer.image);
+  REQUIRE(t->record.hops.size() == 1);
+  const AgentHop& hop = t->record.hops[0];
+  CHECK((hop.mobility == "strong" && hop.image_raw_bytes == 90112 && hop.image_bytes == 20444 && hop.image_us == 330 &&
+         hop.restore_us == 160));
+  check_refuses_damaged(bytes, decode_transfer, "transfer");
+
+  // An image beside a record that names none (a weak one, or a strong one not yet imaged).
+  transfer.record.image_sha256.clear();
+  auto unnamed = decode_transfer(encode(transfer));
+  REQUIRE_FALSE(unnamed.ok());
+  CHECK(unnamed.error().message == "invalid argument: bad agent message: transfer: a heap image for a record that names none");
+  // An image hash on a weak record is the record's error.
+  transfer.record.mobility = Mobility::weak;
+  transfer.record.image_sha256 = std::string(64, 'e');
+  transfer.image.reset();
+  auto weak = decode_transfer(encode(transfer));
+  REQUIRE_FALSE(weak.ok());
+  CHECK(weak.error().message == "invalid argument: agent record has an invalid image hash");
+  // The launch names the mobility; an unknown one is refused.
+  AgentLaunchRequest launch;
+  launch.bundle_bytes = "b";
+  launch.mobility = Mobility::strong;
+  auto launch_bytes = encode(launch);
+  auto l = decode_launch(launch_bytes);
+  REQUIRE(l.ok());
+  CHECK(l->mobility == Mobility::strong);
+  launch_bytes.back() = 7;
+  auto unknown = decode_launch(launch_bytes);
+  REQUIRE_FALSE(unknown.ok());
+  CHECK(unknown.error().message == "invalid argument: bad agent message: launch: unknown mobility 7");
+  CHECK(parse_mobility("strong").ok());
+  CHECK(parse_mobility("teleport").error().message == "invalid argument: unknown mobility teleport (weak or strong)");
+}
+
 TEST_CASE("the reports to the home round-trip, and refuse a state they cannot carry") {
   ArrivalReport arrival;
   arrival.id = std::string(32, 'a');
@@ -129,6 +185,7 @@ TEST_CASE("the reports to the home round-trip, and refuse a state they cannot ca
   arrival.node = "127.0.0.1:7402";
   arrival.state_bytes = 17;
   arrival.isolation = "process";
+  arrival.mobility = "strong";
   arrival.delivered = {"m1", "m2"};
   arrival.token = "tok";
   auto arrival_bytes = encode(arrival);
@@ -136,6 +193,7 @@ TEST_CASE("the reports to the home round-trip, and refuse a state they cannot ca
   REQUIRE(a.ok());
   CHECK((a->id == arrival.id && a->epoch == 4 && a->node == arrival.node && a->state == AgentState::running));
   CHECK((a->state_bytes == 17 && a->isolation == "process" && a->delivered == arrival.delivered && a->token == "tok"));
+  CHECK(a->mobility == "strong");
   check_refuses_damaged(arrival_bytes, decode_arrival, "arrival");
   arrival.state = AgentState::finished;
   auto finished_arrival = decode_arrival(encode(arrival));

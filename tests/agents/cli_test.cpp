@@ -201,6 +201,33 @@ TEST_CASE("sojourn launch --wait runs an agent through three node processes and 
   CHECK(j.out.find(R"("result":[3])") != std::string::npos);
 }
 
+TEST_CASE("sojourn launch --strong moves an agent at the next line and the itinerary shows its images") {
+  DaemonNode a("a", {"--data", R"(price=1)", "--peer-isolation", "process"});
+  DaemonNode b("b", {"--data", R"(price=2)", "--peer-isolation", "process"});
+  DaemonNode c("c", {"--data", R"(price=3)", "--peer-isolation", "process"});
+  TempDir dir;
+  const std::string path = dir.write("tour.lua",
+                                     "function start(state)\n"
+                                     "  local sum = node.call('kv.get', 'price')\n"
+                                     "  for _, stop in ipairs(state.stops) do\n"
+                                     "    agent.go(stop)\n"
+                                     "    sum = sum + node.call('kv.get', 'price')\n"
+                                     "  end\n"
+                                     "  return sum\n"
+                                     "end\n");
+  const std::string state = R"({"stops": [")" + b.address + R"(", ")" + c.address + R"("]})";
+  auto r = run({cli, "launch", path, "--at", a.address, "--strong", "--state", state, "--wait"});
+  CHECK(r.exit_code == 0);
+  CHECK(r.out.find(" finished at " + c.address + " (epoch 2)\n") != std::string::npos);
+  CHECK(r.out.find("result: 6\n") != std::string::npos);
+  CHECK(r.out.find("mobility  image_raw image_wire  image_us restore_us") != std::string::npos);
+  CHECK(r.out.find(" process   strong ") != std::string::npos);
+  DaemonNode t("t", {"--peer-isolation", "trusted"});
+  auto refused = run({cli, "launch", path, "--at", t.address, "--strong"});
+  CHECK(refused.exit_code != 0);
+  CHECK(refused.err.find("strong mobility needs the process or microvm level (trusted: ") != std::string::npos);
+}
+
 TEST_CASE("sojourn fetch runs a published module on local data; ps, send and locate follow a parked agent") {
   TempDir dir;
   const std::string module = dir.write("sum.lua",

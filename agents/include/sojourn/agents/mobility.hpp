@@ -32,6 +32,14 @@ Result<AgentState> parse_agent_state(std::string_view name);
 
 class SigningKey;
 
+// How an agent moves (docs/migration.md): weak carries its state table and restarts at a
+// named entry; strong carries its whole Lua heap (a heap image) and agent.go(peer) returns on
+// the destination, at the next line. Numbers are part of the agent protocol.
+enum class Mobility : std::uint8_t { weak = 0, strong = 1 };
+std::string_view mobility_name(Mobility mobility) noexcept;
+// invalid_argument "invalid argument: unknown mobility NAME (weak or strong)" for any other.
+Result<Mobility> parse_mobility(std::string_view name);
+
 // A module fetched from a peer (code-on-demand), verified against its hash and cached.
 struct FetchedModule {
   std::string hash;
@@ -52,6 +60,9 @@ struct AgentLaunch {
   // node verifies it, matches its policy on the signer, and never lets the agent's budget
   // rise above the manifest's.
   std::shared_ptr<const SigningKey> signing_key;
+  // Strong agents run at the process or microvm level only: a launch whose level would be
+  // trusted is refused with the reason (sandbox_refused).
+  Mobility mobility = Mobility::weak;
 };
 
 // One stop of an agent's tour.
@@ -62,6 +73,14 @@ struct AgentHop {
   std::int64_t spent_ms = 0;        // running time at that node
   std::uint64_t state_bytes = 0;    // size of the encoded state on arrival
   std::string isolation;            // the jail its steps ran in there
+  // Strong agents: "strong" or "weak" (how it arrived there and ran), the heap image it left
+  // with (raw arena span and the sealed image as it travels) and the host's time imaging it
+  // there and restoring it on arrival.
+  std::string mobility = "weak";
+  std::uint64_t image_raw_bytes = 0;
+  std::uint64_t image_bytes = 0;
+  std::uint64_t image_us = 0;
+  std::uint64_t restore_us = 0;
 };
 
 // What an agent's home node knows of it.
@@ -82,7 +101,8 @@ struct AgentStatus {
 
 // An agent's status as a Value table (what agent.status answers and `--json` prints):
 // {id, home, owner, location, epoch, status = agent_state_name(...), reason, result,
-//  hops = {{node, epoch, arrived_unix_ms, spent_ms, state_bytes, isolation}...}, log = {...},
+//  hops = {{node, epoch, arrived_unix_ms, spent_ms, state_bytes, isolation, mobility,
+//           image_raw_bytes, image_bytes, image_us, restore_us}...}, log = {...},
 //  pending_messages}.
 Value to_value(const AgentStatus& status);
 
@@ -97,6 +117,8 @@ struct AgentSummary {
   AgentState status = AgentState::queued;
   std::string reason;  // why it is stranded (empty otherwise)
   std::string isolation;
+  std::string mobility = "weak";
+  std::uint64_t image_bytes = 0;  // its heap image held here (strong agents), as it travels
 };
 
 }  // namespace sojourn

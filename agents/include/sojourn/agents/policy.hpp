@@ -33,6 +33,9 @@ struct PolicyRule {
   std::optional<std::string> signer;  // a key name, a fingerprint or "*" (any valid signature)
   std::optional<std::string> peer;    // a peer identity or "*" (any authenticated peer)
   bool refuse = false;           // matching code is refused
+  // Strong agents (their heap image travels) may run here; false ("strong": false): they are
+  // refused, at launch and at a hand-over, while this code's weak agents are not.
+  bool allow_strong = true;
   // Levels this code may run at, in order of preference; the first one that is at least
   // what the request asked for and is available on the node is used.
   std::vector<Isolation> isolation{Isolation::process};
