@@ -58,11 +58,14 @@ ParadigmCost predict(Paradigm p, const Workload& w, const FixedCosts& f) {
       c.predicted_ms = w.rtt_ms + transfer(c.bytes) + f.fetch_ms + n * f.local_call_ms;
       break;
     case Paradigm::ma:
-      // Each hop is an OFFER's round trip and the TRANSFER's one way: the agent runs as it
-      // arrives, while the COMMIT and the report home travel back. There and home: three.
-      c.round_trips = 3;
+      // There: an OFFER's round trip, the TRANSFER's one way, then the destination reports the
+      // arrival home and waits for the answer before the agent runs (one more round trip; the
+      // COMMIT travels back meanwhile). Home: an OFFER's round trip and the TRANSFER's one way
+      // (the agent ends as it arrives). Four in all.
+      c.round_trips = 4;
       c.bytes = static_cast<double>(w.code_bytes + 2 * w.state_bytes + w.result_bytes);
-      c.predicted_ms = 3 * w.rtt_ms + transfer(c.bytes) + 2 * f.hop_ms + n * f.local_call_ms;
+      c.predicted_ms = 4 * w.rtt_ms + transfer(c.bytes) + 2.0 * static_cast<double>(w.state_bytes) / 1000.0 * f.state_per_kb_ms +
+                       2 * f.hop_ms + n * f.local_call_ms;
       break;
   }
   return c;
@@ -107,7 +110,8 @@ Result<FixedCosts> load_calibration(const std::string& path) {
   FixedCosts f;
   const std::pair<const char*, double*> fields[] = {{"call_ms", &f.call_ms},     {"eval_ms", &f.eval_ms},
                                                     {"fetch_ms", &f.fetch_ms},   {"hop_ms", &f.hop_ms},
-                                                    {"local_call_ms", &f.local_call_ms}, {"per_kb_ms", &f.per_kb_ms}};
+                                                    {"local_call_ms", &f.local_call_ms}, {"per_kb_ms", &f.per_kb_ms},
+                                                    {"state_per_kb_ms", &f.state_per_kb_ms}};
   for (auto [name, field] : fields) {
     if (!j.contains(name) || !j[name].is_number() || j[name].get<double>() < 0) {
       return make_error(Errc::invalid_json, "invalid JSON: calibration file '" + path + "' lacks a non-negative number '" + name + "'");
@@ -121,7 +125,7 @@ Result<FixedCosts> load_calibration(const std::string& path) {
 Result<void> save_calibration(const std::string& path, const FixedCosts& f) {
   nlohmann::json j = {{"call_ms", f.call_ms},   {"eval_ms", f.eval_ms},           {"fetch_ms", f.fetch_ms},
                       {"hop_ms", f.hop_ms},     {"local_call_ms", f.local_call_ms}, {"per_kb_ms", f.per_kb_ms},
-                      {"source", f.source}};
+                      {"state_per_kb_ms", f.state_per_kb_ms}, {"source", f.source}};
   std::ofstream out(path, std::ios::trunc);
   if (!out) return errors::invalid_argument("cannot write calibration file '" + path + "': " + std::strerror(errno));
   out << j.dump(2) << "\n";

@@ -76,9 +76,10 @@ int run_calibrate(const std::string& out, bool quick) {
     return exit_internal;
   }
   if (auto saved = save_calibration(path, *f); !saved) return usage_error(saved.error());
-  std::printf("call %.3f ms, eval %.3f ms, fetch %.3f ms, hop %.3f ms, local call %.4f ms, per KB %.4f ms\n"
-              "%s; stored in %s\n",
-              f->call_ms, f->eval_ms, f->fetch_ms, f->hop_ms, f->local_call_ms, f->per_kb_ms, f->source.c_str(), path.c_str());
+  std::printf("call %.3f ms, eval %.3f ms, fetch %.3f ms, hop %.3f ms, local call %.4f ms, per KB %.4f ms, "
+              "per KB of agent state %.4f ms\n%s; stored in %s\n",
+              f->call_ms, f->eval_ms, f->fetch_ms, f->hop_ms, f->local_call_ms, f->per_kb_ms, f->state_per_kb_ms,
+              f->source.c_str(), path.c_str());
   return exit_ok;
 }
 
@@ -91,6 +92,8 @@ void add_experiment_commands(CLI::App& app, ExperimentCommands& c, std::string v
   auto* paradigms = c.experiment_cmd->add_subcommand(
       "paradigms", "The same task as client-server, remote evaluation, code-on-demand and mobile agent, over a link profile");
   c.experiment_names.push_back(paradigms);
+  c.experiment_names.push_back(c.experiment_cmd->add_subcommand(
+      "migration-cost", "A weak agent's hop and downtime as its state grows from 1 KB to 64 MB, over several bandwidths"));
   for (CLI::App* e : c.experiment_names) {
     e->add_option("--out", c.experiment.out, "Directory for results.csv, trace.jsonl, meta.json, plot.gp and the PNG")->required();
     e->add_option("--profile", c.experiment.profile, "Link profile: seed-wan, lan, wifi, 3g")->capture_default_str();
@@ -140,6 +143,7 @@ int run_experiment_commands(ExperimentCommands& c) {
       if (!e->parsed()) continue;
       c.experiment.name = e->get_name();
       if (c.experiment.name == "paradigms") return experiments::run_paradigms(c.experiment);
+      if (c.experiment.name == "migration-cost") return experiments::run_migration_cost(c.experiment);
     }
     return exit_usage;
   }

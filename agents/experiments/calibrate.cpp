@@ -46,8 +46,13 @@ Result<FixedCosts> calibrate(bool quick) {
   f.fetch_ms = std::max(0.0, *fetch - f.local_call_ms);
   auto ma = median_of(bed, Paradigm::ma, Task{1, 10, 10, 300}, std::max(5, reps / 3));
   if (!ma) return ma.error();
-  // Three loopback round trips are in an agent's round trip (advise.hpp); the rest is the hops'.
-  f.hop_ms = std::max(0.0, (*ma - 3 * f.call_ms - f.local_call_ms) / 2.0);
+  // Four loopback round trips are in an agent's round trip (advise.hpp); the rest is the hops'.
+  f.hop_ms = std::max(0.0, (*ma - 4 * f.call_ms - f.local_call_ms) / 2.0);
+  auto small = bed.run_migration(1'000);
+  auto large = bed.run_migration(4'000'000);
+  if (!small) return small.error();
+  if (!large) return large.error();
+  f.state_per_kb_ms = std::max(0.0, (large->measured_ms - small->measured_ms) / 3'999.0);
   char host[256] = "?";
   gethostname(host, sizeof host - 1);
   std::time_t now = std::time(nullptr);

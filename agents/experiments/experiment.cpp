@@ -105,7 +105,7 @@ Result<void> write_meta(const ExperimentOptions& o, const FixedCosts& f, const s
   j["options"] = {{"profile", o.profile}, {"quick", o.quick}, {"links", o.links}, {"seed", o.seed}, {"out", o.out}};
   j["fixed_costs"] = {{"call_ms", f.call_ms},   {"eval_ms", f.eval_ms},           {"fetch_ms", f.fetch_ms},
                       {"hop_ms", f.hop_ms},     {"local_call_ms", f.local_call_ms}, {"per_kb_ms", f.per_kb_ms},
-                      {"source", f.source}};
+                      {"state_per_kb_ms", f.state_per_kb_ms}, {"source", f.source}};
   if (!extra_members.empty()) {
     auto extra = nlohmann::json::parse("{" + extra_members + "}", nullptr, false);
     if (!extra.is_discarded()) j.update(extra);

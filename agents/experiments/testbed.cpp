@@ -2,6 +2,7 @@
 #include "agents/experiments/testbed.hpp"
 
 #include <chrono>
+#include <fstream>
 #include <optional>
 
 #include "sojourn/core/bundle.hpp"
@@ -42,9 +43,13 @@ NodeOptions Testbed::node_options(const std::string& name, const std::string& ru
   o.request_timeout = std::chrono::minutes(10);
   o.transfer_lifetime = std::chrono::minutes(4);  // within max_message_lifetime
   o.max_payload = 256u << 20;
+  // Room for the migration-cost experiment's biggest states (64 MB) in a step.
+  o.default_limits.memory_bytes = 1u << 30;
+  o.default_limits.wall_ms = 120'000;
+  o.max_limits.memory_bytes = 2u << 30;
+  o.max_limits.wall_ms = 300'000;
   if (link_) {
-    // "*" for the data node; the data node's exact address for the client (its calls to itself,
-    // launching and waiting for its agent, cross no link).
+    // "*" for the data node, "127.0.0.1" for the client.
     if (to) {
       o.links.rules.push_back(LinkRule{to->host, to->port, *link_});
     } else {
@@ -65,12 +70,15 @@ Result<void> Testbed::start() {
   auto at = data_->listen("127.0.0.1:0");
   if (!at) return at.error();
   data_address_ = *at;
-  client_ = std::make_unique<Node>(node_options("client", data_address_));
+  client_ = std::make_unique<Node>(node_options("client", "127.0.0.1"));
   // cod runs the code at the client, on the client's own copy of the data.
   client_->register_service("data.get", data_service(reply_bytes_));
   auto here = client_->listen("127.0.0.1:0");
   if (!here) return here.error();
   client_address_ = *here;
+  // The client applies its link to every loopback destination, so replies to the data node's
+  // own connections (its reports home) cross it too; its calls to itself (launching, waiting for
+  // its agents, at its advertised address) never touch the network.
   return warm_up();
 }
 
@@ -169,6 +177,53 @@ return M
     return make_error(Errc::service_failed, "service experiment failed: its agent did not finish: " + status->reason);
   }
   return ms_since(t0);
+}
+
+namespace {
+
+// The unix_us of the first event of `kind` about `agent` in a node's trace file.
+std::optional<std::int64_t> event_time(const std::string& path, const std::string& agent, const std::string& kind) {
+  std::ifstream in(path);
+  const std::string want_agent = "\"agent\":\"" + agent + "\"", want_kind = "\"kind\":\"" + kind + "\"";
+  for (std::string line; std::getline(in, line);) {
+    if (line.find(want_agent) == std::string::npos || line.find(want_kind) == std::string::npos) continue;
+    auto at = line.find("\"unix_us\":");
+    if (at == std::string::npos) continue;
+    return std::stoll(line.substr(at + 10));
+  }
+  return std::nullopt;
+}
+
+}  // namespace
+
+Result<Testbed::MigrationRun> Testbed::run_migration(std::uint64_t state_bytes) {
+  auto bundle = single_file_bundle("migration-cost", "local M = {}\n"
+                                   "function M.start(s) agent.go(s.data, \"there\") end\n"
+                                   "function M.there(s) return #s.blob end\n"
+                                   "return M\n");
+  if (!bundle) return bundle.error();
+  AgentLaunch launch;
+  launch.bundle = std::move(*bundle);
+  launch.owner = "experiment";
+  launch.state = Value::table();
+  launch.state.set("data", data_address_);
+  launch.state.set("blob", std::string(state_bytes, 's'));
+  const std::uint64_t before = wire_bytes_->load();
+  auto t0 = Clock::now();
+  auto id = client_->launch(client_address_, std::move(launch));
+  if (!id) return id.error();
+  auto status = client_->wait_agent(client_address_, *id, std::chrono::minutes(10));
+  if (!status) return status.error();
+  if (status->status != AgentState::finished) {
+    return make_error(Errc::service_failed, "service experiment failed: its agent did not finish: " + status->reason);
+  }
+  MigrationRun run;
+  run.measured_ms = ms_since(t0);
+  run.wire_bytes = wire_bytes_->load() - before;
+  auto left = event_time(trace_dir_ + "/client.jsonl", *id, "departure");
+  auto arrived = event_time(trace_dir_ + "/data.jsonl", *id, "arrival");
+  if (left && arrived) run.downtime_ms = static_cast<double>(*arrived - *left) / 1000.0;
+  return run;
 }
 
 Result<RunResult> Testbed::run(Paradigm p, const Task& task) {

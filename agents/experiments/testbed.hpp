@@ -40,6 +40,14 @@ class Testbed {
   // Each runs the task once, cold for the code (a fresh hash each time), warm for the
   // connections (made before the clock starts).
   Result<RunResult> run(Paradigm p, const Task& task);
+  // One weak hop of an agent whose state holds `state_bytes`: launched at the client, it goes
+  // to the data node and ends there. downtime_ms: from its `departure` at the client (agent.go)
+  // to its `arrival` at the data node, from the nodes' traces (so the testbed needs a trace dir).
+  struct MigrationRun {
+    double measured_ms = 0, downtime_ms = 0;
+    std::uint64_t wire_bytes = 0;
+  };
+  Result<MigrationRun> run_migration(std::uint64_t state_bytes);
   // Opens every connection a run uses (client -> data, data -> client).
   Result<void> warm_up();
   const std::string& data_address() const { return data_address_; }

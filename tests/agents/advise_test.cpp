@@ -58,7 +58,7 @@ TEST_CASE("the model grows client-server linearly with N and keeps remote evalua
   double rev20 = predict(Paradigm::rev, task(81.6, 100'000'000, 20, 200, 1000, 2000), f).predicted_ms;
   CHECK(cs20 == doctest::Approx(2 * cs10).epsilon(0.001));
   CHECK(rev20 - rev10 < 1.0);
-  CHECK(predict(Paradigm::ma, task(10, 0, 1, 0, 0, 0), f).round_trips == 3);
+  CHECK(predict(Paradigm::ma, task(10, 0, 1, 0, 0, 0), f).round_trips == 4);
   CHECK(predict(Paradigm::cod, task(10, 8000, 1, 0, 0, 1000), f).predicted_ms ==
         doctest::Approx(10 + 1000 + f.per_kb_ms + f.fetch_ms + f.local_call_ms));
 }

@@ -127,6 +127,34 @@ TEST_CASE("paradigms --quick over seed-wan: CSV columns, cs growing with N, rev 
   CHECK(is_png(out + "/paradigms.png"));
 }
 
+TEST_CASE("migration-cost --quick: weak rows whose time and downtime grow with the state and shrink with bandwidth") {
+  TempDir dir;
+  const std::string out = dir / "migration";
+  auto r = run({cli, "experiment", "migration-cost", "--out", out, "--quick", "--calibration", dir / "none.json"});
+  INFO(r.err);
+  REQUIRE(r.exit_code == 0);
+  CHECK(r.out.find("strong not yet") != std::string::npos);
+  auto rows = lines_of(out + "/results.csv");
+  REQUIRE(rows.size() == 7);
+  CHECK(rows[0] == "kind,link,rtt_ms,bandwidth_bps,state_bytes,measured_ms,predicted_ms,downtime_ms,wire_bytes");
+  std::map<std::pair<std::string, std::string>, std::vector<std::string>> by;  // (bandwidth, state) -> fields
+  for (std::size_t i = 1; i < rows.size(); ++i) {
+    auto f = split(rows[i], ',');
+    REQUIRE(f.size() == 9);
+    CHECK(f[0] == "weak");
+    by[{f[3], f[4]}] = f;
+    CHECK(std::stoull(f[8]) >= std::stoull(f[4]));   // the state crossed the wire
+    CHECK(std::stod(f[7]) > 2 * 81.6);              // downtime: OFFER, TRANSFER, the report home
+    CHECK(std::stod(f[7]) < std::stod(f[5]));
+  }
+  auto measured = [&](const char* bw, const char* state) { return std::stod(by[{bw, state}][5]); };
+  // 1 MB at 100 Mbit/s is 80 ms on the wire; at 1 Gbit/s 8 ms.
+  CHECK(measured("100000000", "1000000") - measured("100000000", "1000") > 70);
+  CHECK(measured("100000000", "1000000") > measured("1000000000", "1000000") + 50);
+  CHECK(is_png(out + "/migration-cost.png"));
+  CHECK(lines_of(out + "/trace.jsonl").size() > 5);
+}
+
 TEST_CASE("experiment and node flags refuse bad links and a missing netem with the reason") {
   TempDir dir;
   auto bad_profile = run({cli, "experiment", "paradigms", "--out", dir / "x", "--profile", "moon", "--quick"});
@@ -145,7 +173,7 @@ TEST_CASE("sojourn advise prints each paradigm's cost and picks remote code for 
   TempDir dir;
   auto r = run({cli, "advise", "--rtt", "81.6ms", "--bandwidth", "100mbit", "--interactions", "10", "--request", "200B",
                 "--reply", "64KB", "--code", "2KB", "--calibration", dir.write("c.json",
-                R"({"call_ms":0.2,"eval_ms":0.3,"fetch_ms":0.5,"hop_ms":1,"local_call_ms":0.01,"per_kb_ms":0.005})")});
+                R"({"call_ms":0.2,"eval_ms":0.3,"fetch_ms":0.5,"hop_ms":1,"local_call_ms":0.01,"per_kb_ms":0.005,"state_per_kb_ms":0.1})")});
   INFO(r.err);
   REQUIRE(r.exit_code == 0);
   for (const char* p : {"\ncs ", "\nrev ", "\ncod ", "\nma "}) CHECK(r.out.find(p) != std::string::npos);

@@ -29,6 +29,7 @@ struct FixedCosts {
   double hop_ms = 1.00;         // one agent hop (OFFER, TRANSFER, restore, resume), apart from round trips
   double local_call_ms = 0.01;  // one node.call from Lua to a service of the same node
   double per_kb_ms = 0.005;     // encoding, copying and decoding 1 KB of payload
+  double state_per_kb_ms = 0.1; // 1 KB of an agent's state: captured from Lua, encoded, decoded, restored
   std::string source = "built-in defaults";  // "calibrated on HOST at TIME" once measured
 };
 
@@ -62,7 +63,7 @@ struct Advice {
 //   cs  = N (RTT + T(req + reply) + call)
 //   rev = RTT + T(code + req + result) + eval + N local
 //   cod = RTT + T(code) + fetch + N local
-//   ma  = 3 RTT + T(code + 2 state + result) + 2 hop + N local   (a hop: OFFER's round trip + TRANSFER's one way)
+//   ma  = 4 RTT + T(code + 2 state + result) + 2 state state_per_kb + 2 hop + N local   (OFFER, TRANSFER and the report home there; OFFER, TRANSFER back)
 ParadigmCost predict(Paradigm p, const Workload& w, const FixedCosts& fixed = {});
 Advice advise(const Workload& w, const FixedCosts& fixed = {});
 
