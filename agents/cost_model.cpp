@@ -76,6 +76,7 @@ Advice advise(const Workload& w, const FixedCosts& fixed) {
   for (Paradigm p : kParadigms) a.costs.push_back(predict(p, w, fixed));
   const ParadigmCost* best = &a.costs.front();
   for (const auto& c : a.costs) {
+    if (c.paradigm == Paradigm::cod && !w.data_here) continue;  // nothing here to run fetched code on
     if (c.predicted_ms < best->predicted_ms) best = &c;
   }
   a.choice = best->paradigm;

@@ -31,6 +31,7 @@ int run_advise(const AdviseCommand& a) {
     w.bandwidth_bps = *bw;
   }
   w.interactions = a.interactions;
+  w.data_here = a.data_here;
   for (auto [text, field] : {std::pair{&a.request, &w.request_bytes}, std::pair{&a.reply, &w.reply_bytes},
                              std::pair{&a.code, &w.code_bytes}, std::pair{&a.state, &w.state_bytes}}) {
     auto size = parse_size(*text);
@@ -59,7 +60,9 @@ int run_advise(const AdviseCommand& a) {
   for (const auto& c : advice.costs) {
     std::printf("%-4s %-18s %12.2f %12.0f %14.0f%s\n", std::string(paradigm_name(c.paradigm)).c_str(),
                 std::string(paradigm_title(c.paradigm)).c_str(), c.predicted_ms, c.round_trips, c.bytes,
-                c.paradigm == advice.choice ? "  <- use" : "");
+                c.paradigm == advice.choice                  ? "  <- use"
+                : c.paradigm == Paradigm::cod && !a.data_here ? "  (the data is at the peer: --data-here)"
+                                                               : "");
   }
   std::printf("choice: %s (%s)\nfixed costs: %s\n", std::string(paradigm_name(advice.choice)).c_str(), advice.why.c_str(),
               fixed.source.c_str());
@@ -118,6 +121,7 @@ void add_experiment_commands(CLI::App& app, ExperimentCommands& c, std::string v
   c.advise_cmd->add_option("--code", a.code, "Bytes of the code, e.g. 2KB")->capture_default_str();
   c.advise_cmd->add_option("--state", a.state, "Bytes of a mobile agent's state")->capture_default_str();
   c.advise_cmd->add_option("--calibration", a.calibration, "Fixed costs file (default: sojourn calibrate's, else built-in)");
+  c.advise_cmd->add_flag("--data-here", a.data_here, "The data is here and the code at the peer: code-on-demand applies");
   c.advise_cmd->add_flag("--json", a.json, "Print machine-readable JSON");
 
   auto* trace = app.add_subcommand("trace", "Work with node traces (sojourn node --trace FILE)");

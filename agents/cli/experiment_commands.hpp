@@ -19,6 +19,7 @@ struct AdviseCommand {
   std::string rtt = "0ms", bandwidth, request = "0B", reply = "0B", code = "0B", state = "256B", calibration;
   std::uint32_t interactions = 1;
   bool json = false;
+  bool data_here = false;
 };
 
 struct ExperimentCommands {

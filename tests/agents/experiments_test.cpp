@@ -177,7 +177,8 @@ TEST_CASE("sojourn advise prints each paradigm's cost and picks remote code for 
   INFO(r.err);
   REQUIRE(r.exit_code == 0);
   for (const char* p : {"\ncs ", "\nrev ", "\ncod ", "\nma "}) CHECK(r.out.find(p) != std::string::npos);
-  CHECK((r.out.find("choice: rev") != std::string::npos || r.out.find("choice: cod") != std::string::npos));
+  CHECK(r.out.find("choice: rev") != std::string::npos);
+  CHECK(r.out.find("(the data is at the peer: --data-here)") != std::string::npos);
   auto one = run({cli, "advise", "--rtt", "81.6ms", "--interactions", "1", "--request", "100B", "--reply", "100B",
                   "--code", "50KB", "--bandwidth", "100mbit", "--json"});
   CHECK(one.exit_code == 0);

@@ -44,6 +44,9 @@ struct Workload {
   std::uint64_t code_bytes = 0;     // the code rev sends, cod fetches and an agent carries
   std::uint64_t state_bytes = 256;  // an agent's state, both ways
   std::uint64_t result_bytes = 64;  // what the code sends back when it ran at the data
+  // Where the data is. At the peer (the default): client-server, remote evaluation or a mobile
+  // agent. Here, with the code at the peer: code-on-demand is a choice too.
+  bool data_here = false;
 };
 
 struct ParadigmCost {
@@ -55,7 +58,7 @@ struct ParadigmCost {
 
 struct Advice {
   std::vector<ParadigmCost> costs;  // in the order of kParadigms
-  Paradigm choice = Paradigm::cs;   // the cheapest; client-server on a tie (the simplest)
+  Paradigm choice = Paradigm::cs;   // the cheapest that applies (cod only with data_here); cs on a tie
   std::string why;                  // one sentence
 };
 
