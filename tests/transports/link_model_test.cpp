@@ -165,8 +165,9 @@ TEST_CASE("on loopback a round trip costs two one-way delays when both ends are 
   std::vector<double> rtts;
   for (int i = 0; i < 5; ++i) rtts.push_back(net.timed_request(link, 100));
   std::sort(rtts.begin(), rtts.end());
+  // The lower bounds are the link's; the upper ones leave room for a loaded machine's scheduling.
   CHECK(rtts[2] >= 50.0);
-  CHECK(rtts[2] < 50.0 * 1.25 + 3);
+  CHECK(rtts[2] < 50.0 * 1.5);
   CHECK(first >= 80.0);
 
   // Without the server's rule only the request is delayed.
@@ -177,7 +178,7 @@ TEST_CASE("on loopback a round trip costs two one-way delays when both ends are 
   (void)plain.timed_request(half, 10);
   double one_way = plain.timed_request(half, 10);
   CHECK(one_way >= 25.0);
-  CHECK(one_way < 40.0);
+  CHECK(one_way < 45.0);
 }
 
 TEST_CASE("on loopback a big payload costs its size over the bandwidth") {
@@ -190,5 +191,5 @@ TEST_CASE("on loopback a big payload costs its size over the bandwidth") {
   // 1 MB at 40 Mbit/s (5 MB/s): 200 ms.
   double took = net.timed_request(link, 1'000'000);
   CHECK(took >= 199.0);
-  CHECK(took < 260.0);
+  CHECK(took < 300.0);
 }
