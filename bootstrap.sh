@@ -25,6 +25,9 @@ packages=(
   iproute2 socat
   # Strong mobility: the heap image's pages are compressed with zstd (sandbox/image).
   libzstd-dev
+  # Research experiments (issue 14): `sojourn experiment` and `sojourn trace plot` draw their
+  # PNGs with gnuplot from the scripts they write (docs/experiments.md); users run them too.
+  gnuplot-nox
 )
 if [ "$mode" = test ]; then
   # The fuzz build: Debian's clang, its libFuzzer and sanitizer runtimes, and llvm-symbolizer

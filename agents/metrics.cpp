@@ -1,6 +1,9 @@
 // The node's metrics and trace (metrics.hpp).
 #include "agents/metrics.hpp"
 
+#include <cerrno>
+#include <cstring>
+
 #include <algorithm>
 #include <charconv>
 #include <cmath>
@@ -163,11 +166,77 @@ void HistogramFamily::render_series(std::string& out) const {
   }
 }
 
+namespace {
+
+void append_json_string(std::string& out, std::string_view s) {
+  out += '"';
+  for (char c : s) {
+    switch (c) {
+      case '"': out += "\\\""; break;
+      case '\\': out += "\\\\"; break;
+      case '\n': out += "\\n"; break;
+      case '\r': out += "\\r"; break;
+      case '\t': out += "\\t"; break;
+      default:
+        if (static_cast<unsigned char>(c) < 0x20) {
+          char buf[8];
+          std::snprintf(buf, sizeof buf, "\\u%04x", static_cast<unsigned>(static_cast<unsigned char>(c)));
+          out += buf;
+        } else {
+          out += c;
+        }
+    }
+  }
+  out += '"';
+}
+
+}  // namespace
+
+std::string trace_line(std::string_view node, std::int64_t mono_ns, std::int64_t unix_us, const Event& e) {
+  std::string line = "{\"node\":";
+  append_json_string(line, node);
+  line += ",\"mono_ns\":" + std::to_string(mono_ns) + ",\"unix_us\":" + std::to_string(unix_us) +
+          ",\"seq\":" + std::to_string(e.seq) + ",\"kind\":";
+  append_json_string(line, e.kind);
+  line += ",\"agent\":";
+  append_json_string(line, e.agent);
+  line += ",\"peer\":";
+  append_json_string(line, e.peer);
+  line += ",\"detail\":";
+  append_json_string(line, e.detail);
+  line += "}\n";
+  return line;
+}
+
+TraceRing::~TraceRing() {
+  if (file_) std::fclose(file_);
+}
+
+std::string TraceRing::open_file(const std::string& path, std::string node) {
+  std::lock_guard lock(mutex_);
+  std::FILE* f = std::fopen(path.c_str(), "a");
+  if (!f) {
+    file_error_ = "cannot open trace file '" + path + "': " + std::strerror(errno);
+    return file_error_;
+  }
+  if (file_) std::fclose(file_);
+  file_ = f;
+  file_node_ = std::move(node);
+  return {};
+}
+
 void TraceRing::add(std::string kind, std::string agent, std::string peer, std::string detail) {
-  const auto now = std::chrono::duration_cast<std::chrono::milliseconds>(
-                       std::chrono::system_clock::now().time_since_epoch()).count();
+  const auto wall = std::chrono::system_clock::now().time_since_epoch();
+  const auto now = std::chrono::duration_cast<std::chrono::milliseconds>(wall).count();
   std::lock_guard lock(mutex_);
   events_.push_back(Event{next_seq_++, now, std::move(kind), std::move(agent), std::move(peer), std::move(detail)});
+  if (file_) {
+    const auto mono = std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch());
+    const std::string line = trace_line(file_node_, mono.count(),
+                                        std::chrono::duration_cast<std::chrono::microseconds>(wall).count(), events_.back());
+    std::fwrite(line.data(), 1, line.size(), file_);
+    std::fflush(file_);
+  }
   while (events_.size() > capacity_) events_.pop_front();
 }
 

@@ -7,6 +7,7 @@
 #include <array>
 #include <atomic>
 #include <chrono>
+#include <cstdio>
 #include <cstdint>
 #include <deque>
 #include <map>
@@ -109,11 +110,21 @@ struct Event {
   std::string detail;
 };
 
+// One event as a JSON line of a trace file (docs/experiments.md, "Traces"): the node, a
+// monotonic (steady clock, ns) and a wall (Unix, µs) timestamp, and the event's fields.
+std::string trace_line(std::string_view node, std::int64_t mono_ns, std::int64_t unix_us, const Event& e);
+
 // The most recent events, bounded; sequence numbers start at 1 and never repeat.
 class TraceRing {
  public:
   explicit TraceRing(std::size_t capacity = 2048) : capacity_(capacity) {}
+  ~TraceRing();
   void add(std::string kind, std::string agent, std::string peer, std::string detail);
+  // Also appends every event to `path` as JSON lines (NodeOptions::trace); empty when that
+  // worked, else why not. Without a file an event costs what it did before (one null test).
+  std::string open_file(const std::string& path, std::string node);
+  const std::string& file_error() const { return file_error_; }
+  bool has_file() const { return file_ != nullptr; }  // set before the node serves, never after
   // The events with seq > since (at most `limit`, the oldest first), and the last seq given.
   std::vector<Event> since(std::uint64_t since, std::size_t limit = 500) const;
   std::uint64_t last_seq() const;
@@ -123,6 +134,8 @@ class TraceRing {
   mutable std::mutex mutex_;
   std::deque<Event> events_;
   std::uint64_t next_seq_ = 1;
+  std::FILE* file_ = nullptr;  // the trace file, written under mutex_, line-buffered
+  std::string file_node_, file_error_;
 };
 
 }  // namespace sojourn::metrics

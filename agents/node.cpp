@@ -21,6 +21,9 @@ Node::Node(NodeOptions options) : impl_(std::make_shared<Impl>(std::move(options
   impl_->agents->set_counters(impl_->counters);
   impl_->agents->register_services(*this);
   impl_->agents->start_sweeps();
+  if (!impl_->options.trace.empty()) {
+    if (auto why = impl_->counters.trace.open_file(impl_->options.trace, impl_->options.name); !why.empty()) log_error("node", why);
+  }
   impl_->runtime.start();  // the network thread, until shutdown
 }
 
@@ -42,6 +45,7 @@ Result<std::string> Node::listen(std::string_view address) {
   auto addr = parse_address(address);
   if (!addr) return addr.error();
   if (impl_->runtime.shutting_down()) return errors::shutting_down();
+  if (!impl_->counters.trace.file_error().empty()) return errors::invalid_argument(impl_->counters.trace.file_error());
   auto impl = impl_;
   return impl_->runtime.run_on_network_thread([impl, a = *addr]() -> Result<std::string> {
     auto bound = impl->server.listen(a);

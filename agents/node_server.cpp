@@ -74,6 +74,7 @@ Result<std::string> NodeServer::listen(const Address& a) {
   transport.max_payload = options_.max_payload;
   transport.max_connections = options_.max_connections;
   transport.connect_timeout = options_.connect_timeout;
+  if (!options_.links.empty()) transport.links = std::make_shared<const LinkModel>(options_.links);
   std::weak_ptr<void> weak = owner_;
   NodeCounters* counters = &counters_;
   transport.on_refused = [weak, counters](const PeerIdentity&, const Error&) {
@@ -185,7 +186,7 @@ void NodeServer::count_request(const std::string& service, const Reply& reply, c
     m.errors.inc({outcome});
     if (reply.code == Errc::policy_refused) m.policy_refusals.inc({});
     counters_.trace.add("error", "", peer.to_string(), service + ": " + reply.message);
-  } else if (!protocol) {
+  } else if (!protocol || counters_.trace.has_file()) {  // a trace file keeps the protocol's steps too
     counters_.trace.add(service == "eval" ? "eval" : "request", "", peer.to_string(), service);
   }
 }

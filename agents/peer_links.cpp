@@ -26,6 +26,7 @@ asio::awaitable<Result<Reply>> PeerLinks::request_peer(const std::string& peer, 
     transport.max_payload = options_.max_payload;
     transport.max_connections = options_.max_connections;
     transport.connect_timeout = options_.connect_timeout;
+    if (!options_.links.empty()) transport.links = std::make_shared<const LinkModel>(options_.links);
     it = links_.insert_or_assign(key, make_link(runtime_.executor(), *address, transport)).first;
   }
   std::shared_ptr<Link> link = it->second;

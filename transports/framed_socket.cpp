@@ -178,19 +178,53 @@ asio::awaitable<Result<Frame>> FramedSocket::read_frame() {
 
 void FramedSocket::send(std::vector<std::uint8_t> bytes) {
   if (closing_ || closed_) return;
+  if (shaper_) {
+    auto at = shaper_->arrival(std::chrono::steady_clock::now(), bytes.size());
+    delayed_.push_back(Delayed{at, std::move(bytes)});
+    if (delayed_.size() == 1) {
+      release_timer_->expires_at(at);
+      release_timer_->async_wait([self = shared_from_this()](boost::system::error_code) { self->release_due(); });
+    }
+    return;
+  }
   queue_.push_back(std::move(bytes));
   if (!writing_) write_queued();
 }
 
+void FramedSocket::set_shaper(std::shared_ptr<LinkShaper> shaper) {
+  shaper_ = std::move(shaper);
+  if (shaper_ && !release_timer_) release_timer_ = std::make_unique<asio::steady_timer>(executor_);
+}
+
+void FramedSocket::release_due() {
+  if (closed_) {
+    delayed_.clear();
+    return;
+  }
+  auto now = std::chrono::steady_clock::now();
+  while (!delayed_.empty() && delayed_.front().at <= now) {
+    queue_.push_back(std::move(delayed_.front().bytes));
+    delayed_.pop_front();
+  }
+  if (!queue_.empty() && !writing_) write_queued();
+  if (!delayed_.empty()) {
+    release_timer_->expires_at(delayed_.front().at);
+    release_timer_->async_wait([self = shared_from_this()](boost::system::error_code) { self->release_due(); });
+  } else if (closing_ && flushed()) {
+    close();
+  }
+}
+
 void FramedSocket::close_after_flush() {
   closing_ = true;
-  if (!writing_) close();
+  if (flushed()) close();
 }
 
 void FramedSocket::close() {
   if (closed_) return;
   closed_ = true;
   closing_ = true;
+  if (release_timer_) release_timer_->cancel();
   // TLS: no close_notify. Frames carry their length, so a truncation is always seen.
   boost::system::error_code ignored;
   lowest().shutdown(tcp::socket::shutdown_both, ignored);
@@ -217,7 +251,7 @@ void FramedSocket::write_queued() {
       self->close();
     } else if (!self->queue_.empty() && !self->closed_) {
       self->write_queued();
-    } else if (self->closing_) {
+    } else if (self->closing_ && self->delayed_.empty()) {
       self->close();
     }
   };

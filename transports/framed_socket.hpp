@@ -12,6 +12,7 @@
 
 #include "sojourn/core/frame.hpp"
 #include "sojourn/core/peer.hpp"
+#include "sojourn/transports/link_model.hpp"
 #include "transports/asio_full.hpp"
 #include "transports/read_budget.hpp"
 
@@ -59,6 +60,8 @@ class FramedSocket : public std::enable_shared_from_this<FramedSocket> {
   void set_read_budget(std::shared_ptr<ReadBudget> budget) { budget_ = std::move(budget); }
   // Queues a frame; dropped if the socket is closing.
   void send(std::vector<std::uint8_t> bytes);
+  // An emulated link (experiments): each frame is held until the shaper says it arrives.
+  void set_shaper(std::shared_ptr<LinkShaper> shaper);
   // Writes what is queued, then closes.
   void close_after_flush();
   // Closes now; pending reads and writes end with errors.
@@ -74,6 +77,8 @@ class FramedSocket : public std::enable_shared_from_this<FramedSocket> {
   static constexpr std::size_t kReadBufferBytes = 64 * 1024;
   static constexpr std::size_t kFreePayloadBytes = 64 * 1024;  // of each frame, not charged to the budget
   void write_queued();
+  void release_due();
+  bool flushed() const { return !writing_ && delayed_.empty(); }
   void arm_frame_timer();
   void disarm_frame_timer();
   Error incomplete(std::size_t have, std::size_t of, const char* part) const;
@@ -103,6 +108,13 @@ class FramedSocket : public std::enable_shared_from_this<FramedSocket> {
   std::deque<std::vector<std::uint8_t>> in_write_;  // owned by the write in progress
   std::vector<asio::const_buffer> write_buffers_;
   bool writing_ = false;
+  struct Delayed {
+    std::chrono::steady_clock::time_point at;
+    std::vector<std::uint8_t> bytes;
+  };
+  std::shared_ptr<LinkShaper> shaper_;           // null: frames go out at once
+  std::deque<Delayed> delayed_;                  // held by the emulated link, in order
+  std::unique_ptr<asio::steady_timer> release_timer_;
   // Allocated at the first read, never zero-filled: an idle connection holds none of it.
   std::unique_ptr<std::uint8_t[]> read_buffer_;
   std::size_t read_begin_ = 0, read_end_ = 0;

@@ -75,6 +75,14 @@ class TcpLink final : public Link, public std::enable_shared_from_this<TcpLink> 
     asio::steady_timer guard(executor_);
     tcp::socket socket(executor_);
     bool timed_out = false;
+    const LinkRule* rule = options_.links ? options_.links->match(peer_.host, peer_.port) : nullptr;
+    if (rule && rule->spec.setup.count() > 0) {
+      // The emulated link's connection set-up (a TCP handshake's round trip, say) comes first.
+      asio::steady_timer setup(executor_);
+      setup.expires_after(rule->spec.setup);
+      boost::system::error_code waited;
+      co_await setup.async_wait(asio::redirect_error(asio::use_awaitable, waited));
+    }
     guard.expires_after(options_.connect_timeout);
     guard.async_wait([&](boost::system::error_code ec) {
       if (ec) return;
@@ -105,6 +113,9 @@ class TcpLink final : public Link, public std::enable_shared_from_this<TcpLink> 
       proven_id_ = server->fingerprint;
     } else {
       socket_ = std::make_shared<FramedSocket>(std::move(socket), options_.max_payload, options_.frame_timeout, peer_.to_string());
+    }
+    if (rule) {
+      socket_->set_shaper(std::make_shared<LinkShaper>(rule->spec, link_seed(options_.links->seed, peer_.to_string()), options_.links->sent_bytes));
     }
     if (state_ == State::failed) {  // closed while connecting
       socket_->close();

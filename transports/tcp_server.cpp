@@ -242,6 +242,11 @@ asio::awaitable<void> TcpServer::Impl::listener() {
       framed = std::make_shared<FramedSocket>(std::move(socket), options.max_payload, options.frame_timeout, peer);
     }
     framed->set_read_budget(budget);
+    if (options.links && !ignored) {
+      if (const LinkRule* rule = options.links->match(remote.address().to_string(), remote.port())) {
+        framed->set_shaper(std::make_shared<LinkShaper>(rule->spec, link_seed(options.links->seed, "reply:" + peer), options.links->sent_bytes));
+      }
+    }
     auto session = std::make_shared<ServerSession>(framed, weak_from_this());
     sessions.insert(session);
     session->start();

@@ -131,6 +131,18 @@ int run_node(const NodeCommand& c) {
   }
   options.advertise = c.advertise;
   options.data_dir = c.data_dir;
+  for (const auto& text : c.links) {
+    auto rule = parse_link_rule(text);
+    if (!rule) return fail(rule.error(), false);
+    options.links.rules.push_back(*rule);
+  }
+  if (!c.link_profile.empty()) {
+    auto spec = profile_link_spec(c.link_profile);
+    if (!spec) return fail(spec.error(), false);
+    options.links.rules.push_back(LinkRule{"*", std::nullopt, *spec});
+  }
+  options.links.seed = c.link_seed;
+  options.trace = c.trace;
   if (!c.policy.empty()) {
     auto policy = Policy::load(c.policy);
     if (!policy) return fail(policy.error(), false);

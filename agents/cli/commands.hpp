@@ -56,6 +56,11 @@ struct NodeCommand {
   std::uint32_t grace_ms = 5000;
   TlsFlags tls;
   bool insecure = false;  // plain TCP on a non-loopback address
+  // Emulated links (docs/experiments.md): --link HOST:PORT=SPEC (repeatable), --link-profile
+  // PROFILE[:LINK] for every other destination, --link-seed N; --trace FILE.
+  std::vector<std::string> links;
+  std::string link_profile, trace;
+  std::uint64_t link_seed = 1;
 };
 int run_node(const NodeCommand& c);
 

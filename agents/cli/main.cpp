@@ -7,6 +7,7 @@
 #include <string>
 
 #include "agents/cli/commands.hpp"
+#include "agents/cli/experiment_commands.hpp"
 #include "agents/cli/top_command.hpp"
 #include "agents/cli/trust_commands.hpp"
 #include "sojourn/core/log.hpp"
@@ -85,6 +86,12 @@ int main(int argc, char** argv) {
   // the top level, where CLI11 reads config files (it reads them only there).
   node_cmd->fallthrough();
   node_cmd->footer("--config FILE (see `sojourn --help`) reads these flags from a TOML/INI file; flags given here override it.");
+  node_cmd->add_option("--link", node.links, "Emulate a link to HOST:PORT (or HOST, or *): 'HOST:PORT=delay:40ms,bw:100mbit' "
+                       "(keys delay, jitter, bw, burst, setup; repeatable; docs/experiments.md)");
+  node_cmd->add_option("--link-profile", node.link_profile, "Emulate a named link to every other destination: seed-wan, lan, "
+                       "wifi, 3g, or PROFILE:LINK (e.g. seed-wan:wa-local)");
+  node_cmd->add_option("--link-seed", node.link_seed, "Seed of the emulated links' jitter")->capture_default_str();
+  node_cmd->add_option("--trace", node.trace, "Append every event to FILE as JSON lines (docs/experiments.md, Traces)");
   node_cmd->add_option("--http", node.http, "HOST:PORT of the read-only dashboard, /metrics and JSON API (docs/observability.md)");
 
   CallCommand call;
@@ -190,6 +197,8 @@ int main(int argc, char** argv) {
 
   TrustCommands trust;
   add_trust_commands(app, trust);
+  ExperimentCommands experiments;
+  add_experiment_commands(app, experiments, version_text());
 
   try {
     app.parse(argc, argv);
@@ -214,6 +223,7 @@ int main(int argc, char** argv) {
     sojourn::set_log_format(format);
   }
   if (int rc = run_trust_commands(trust); rc >= 0) return rc;
+  if (int rc = run_experiment_commands(experiments); rc >= 0) return rc;
   if (node_cmd->parsed()) return run_node(node);
   if (call_cmd->parsed()) return run_call(call);
   if (info_cmd->parsed()) {

@@ -19,6 +19,7 @@
 #include "sojourn/core/messages.hpp"
 #include "sojourn/core/peer.hpp"
 #include "sojourn/core/value.hpp"
+#include "sojourn/transports/link_model.hpp"
 #include "sojourn/transports/tls.hpp"
 
 namespace sojourn {
@@ -133,6 +134,14 @@ struct NodeOptions {
   // are checked against, and the retentions above are measured by, so a test can move past
   // them without waiting. Empty: the system clock.
   std::function<std::int64_t()> expiry_clock;
+
+  // Emulated links for experiments (docs/experiments.md, `--link`, `--link-profile`): what
+  // this node sends to a destination a rule matches is delayed and rate-limited, and the
+  // connections it opens there pay the rule's set-up cost. Empty: the network as it is.
+  LinkModel links;
+  // A file the node appends its trace to, one JSON object a line with a monotonic and a wall
+  // timestamp (`--trace`, docs/experiments.md). Empty: no file (the dashboard's ring only).
+  std::string trace;
 
 };
 

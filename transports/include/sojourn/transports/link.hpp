@@ -16,6 +16,7 @@
 #include "sojourn/core/peer.hpp"
 #include "sojourn/transports/address.hpp"
 #include "sojourn/transports/asio.hpp"
+#include "sojourn/transports/link_model.hpp"
 #include "sojourn/transports/tls.hpp"
 
 namespace sojourn {
@@ -42,6 +43,10 @@ struct TransportOptions {
   // 64 KiB of each frame are not counted). A connection whose bytes would pass it gets an
   // overloaded protocol error and is closed; the others go on.
   std::size_t max_partial_frame_bytes = 256u << 20;
+  // Emulated links (experiments, link_model.hpp): frames this side sends to a destination a
+  // rule matches are delayed and rate-limited; a client also pays the rule's set-up cost
+  // before connecting. A server matches its replies by the client's address. Null: none.
+  std::shared_ptr<const LinkModel> links;
 };
 
 class RequestHandler {

@@ -1,0 +1,265 @@
+// The research harness end to end through the `sojourn` command: an experiment in --quick
+// mode writes a well-formed CSV, trace, meta.json and PNG; the advisor and the links' errors
+// speak clearly; traces of three nodes merge into one timeline.
+#include <doctest/doctest.h>
+
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <sstream>
+
+#include "sojourn/agents/node.hpp"
+#include "sojourn/core/bundle.hpp"
+#include "tests/support/process.hpp"
+#include "tests/support/temp_dir.hpp"
+
+using sojourn::test::run;
+using sojourn::test::TempDir;
+
+namespace {
+
+const std::string cli = SOJOURN_CLI_PATH;
+
+std::vector<std::string> split(const std::string& line, char sep) {
+  std::vector<std::string> out;
+  std::stringstream s(line);
+  for (std::string field; std::getline(s, field, sep);) out.push_back(field);
+  return out;
+}
+
+std::vector<std::string> lines_of(const std::string& path) {
+  std::ifstream in(path);
+  std::vector<std::string> out;
+  for (std::string line; std::getline(in, line);) out.push_back(line);
+  return out;
+}
+
+// A field of a flat JSON line, as text ("kind" -> arrival).
+std::string field(const std::string& json, const std::string& name) {
+  auto at = json.find("\"" + name + "\":");
+  if (at == std::string::npos) return {};
+  at += name.size() + 3;
+  if (json[at] == '"') return json.substr(at + 1, json.find('"', at + 1) - at - 1);
+  return json.substr(at, json.find_first_of(",}", at) - at);
+}
+
+bool is_png(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  char magic[8] = {};
+  in.read(magic, 8);
+  return in && std::string(magic + 1, 3) == "PNG" && std::filesystem::file_size(path) > 1000;
+}
+
+}  // namespace
+
+TEST_CASE("paradigms --quick over seed-wan: CSV columns, cs growing with N, rev flat, model beside, trace and PNG") {
+  TempDir dir;
+  const std::string out = dir / "paradigms";
+  auto r = run({cli, "experiment", "paradigms", "--out", out, "--quick", "--seed", "7", "--calibration", dir / "none.json"});
+  INFO(r.err);
+  REQUIRE(r.exit_code == 0);
+  CHECK(r.out.find("wa-virginia") != std::string::npos);
+
+  auto rows = lines_of(out + "/results.csv");
+  REQUIRE(rows.size() > 1);
+  CHECK(rows[0] == "paradigm,link,rtt_ms,bandwidth_bps,interactions,request_bytes,reply_bytes,code_bytes,measured_ms,"
+                   "predicted_ms,wire_bytes");
+  // (paradigm, N) -> measured, predicted on the 81.6 ms link.
+  std::map<std::pair<std::string, int>, std::pair<double, double>> wan;
+  std::map<std::string, int> paradigms;
+  for (std::size_t i = 1; i < rows.size(); ++i) {
+    auto f = split(rows[i], ',');
+    REQUIRE(f.size() == 11);
+    ++paradigms[f[0]];
+    CHECK(std::stod(f[8]) > 0);
+    CHECK(std::stoull(f[10]) > 0);
+    if (f[1] == "wa-virginia") {
+      CHECK(std::stod(f[2]) == doctest::Approx(81.6));
+      wan[{f[0], std::stoi(f[4])}] = {std::stod(f[8]), std::stod(f[9])};
+    }
+  }
+  CHECK(paradigms.size() == 4);
+  for (const char* p : {"cs", "rev", "cod", "ma"}) CHECK(paradigms.count(p) == 1);
+  REQUIRE(wan.size() == 12);
+  const double rtt = 81.6;
+  // Client-server: about one round trip per interaction, so about 16 for N = 16.
+  CHECK(wan[{"cs", 1}].first >= rtt);
+  CHECK(wan[{"cs", 16}].first >= 16 * rtt);
+  CHECK(wan[{"cs", 16}].first < 16 * rtt * 1.3);
+  CHECK(wan[{"cs", 16}].first / wan[{"cs", 4}].first == doctest::Approx(4.0).epsilon(0.2));
+  // Remote evaluation: about one round trip whatever N.
+  CHECK(wan[{"rev", 16}].first >= rtt);
+  CHECK(wan[{"rev", 16}].first < 1.5 * rtt);
+  CHECK(wan[{"rev", 16}].first / wan[{"rev", 1}].first < 1.3);
+  // The model is within 20% where the network dominates: over the whole sweep on the 81.6 ms
+  // link, and each single run (one repetition in --quick, on a machine that may be busy) within 35%.
+  double measured_sum = 0, predicted_sum = 0;
+  for (const char* p : {"cs", "rev", "cod", "ma"}) {
+    for (int n : {1, 4, 16}) {
+      auto [measured, predicted] = wan[{p, n}];
+      INFO(p << " N=" << n << " measured " << measured << " predicted " << predicted);
+      CHECK(std::abs(measured - predicted) / measured < 0.35);
+      measured_sum += measured;
+      predicted_sum += predicted;
+    }
+  }
+  CHECK(std::abs(measured_sum - predicted_sum) / measured_sum < 0.2);
+
+  auto trace = lines_of(out + "/trace.jsonl");
+  REQUIRE(trace.size() > 10);
+  std::map<std::string, int> kinds;
+  long long last = 0;
+  for (const auto& line : trace) {
+    ++kinds[field(line, "kind")];
+    long long t = std::stoll(field(line, "unix_us"));
+    CHECK(t >= last);
+    last = t;
+    CHECK(!field(line, "mono_ns").empty());
+  }
+  CHECK(kinds["request"] > 0);
+  CHECK(kinds["eval"] > 0);
+  CHECK(kinds["arrival"] > 0);
+  CHECK(kinds["departure"] > 0);
+  CHECK(kinds["end"] > 0);
+
+  auto meta = lines_of(out + "/meta.json");
+  std::string all;
+  for (const auto& l : meta) all += l;
+  for (const char* key : {"\"kernel\"", "\"cpu\"", "\"seed\": 7", "\"time\"", "\"version\"", "\"fixed_costs\"", "\"options\""}) {
+    CHECK(all.find(key) != std::string::npos);
+  }
+  CHECK(std::filesystem::exists(out + "/plot.gp"));
+  CHECK(is_png(out + "/paradigms.png"));
+}
+
+TEST_CASE("migration-cost --quick: weak rows whose time and downtime grow with the state and shrink with bandwidth") {
+  TempDir dir;
+  const std::string out = dir / "migration";
+  auto r = run({cli, "experiment", "migration-cost", "--out", out, "--quick", "--calibration", dir / "none.json"});
+  INFO(r.err);
+  REQUIRE(r.exit_code == 0);
+  CHECK(r.out.find("strong not yet") != std::string::npos);
+  auto rows = lines_of(out + "/results.csv");
+  REQUIRE(rows.size() == 7);
+  CHECK(rows[0] == "kind,link,rtt_ms,bandwidth_bps,state_bytes,measured_ms,predicted_ms,downtime_ms,wire_bytes");
+  std::map<std::pair<std::string, std::string>, std::vector<std::string>> by;  // (bandwidth, state) -> fields
+  for (std::size_t i = 1; i < rows.size(); ++i) {
+    auto f = split(rows[i], ',');
+    REQUIRE(f.size() == 9);
+    CHECK(f[0] == "weak");
+    by[{f[3], f[4]}] = f;
+    CHECK(std::stoull(f[8]) >= std::stoull(f[4]));   // the state crossed the wire
+    CHECK(std::stod(f[7]) > 2 * 81.6);              // downtime: OFFER, TRANSFER, the report home
+    CHECK(std::stod(f[7]) < std::stod(f[5]));
+  }
+  auto measured = [&](const char* bw, const char* state) { return std::stod(by[{bw, state}][5]); };
+  // 1 MB at 100 Mbit/s is 80 ms on the wire; at 1 Gbit/s 8 ms.
+  CHECK(measured("100000000", "1000000") - measured("100000000", "1000") > 70);
+  CHECK(measured("100000000", "1000000") > measured("1000000000", "1000000") + 50);
+  CHECK(is_png(out + "/migration-cost.png"));
+  CHECK(lines_of(out + "/trace.jsonl").size() > 5);
+}
+
+TEST_CASE("experiment and node flags refuse bad links and a missing netem with the reason") {
+  TempDir dir;
+  auto bad_profile = run({cli, "experiment", "paradigms", "--out", dir / "x", "--profile", "moon", "--quick"});
+  CHECK(bad_profile.exit_code == 2);
+  CHECK(bad_profile.err.find("unknown link profile 'moon' (known: seed-wan, lan, wifi, 3g)") != std::string::npos);
+  auto netem = run({cli, "experiment", "paradigms", "--out", dir / "x", "--links", "netem", "--quick"});
+  CHECK(netem.exit_code == 2);
+  CHECK(netem.err.find("--links netem") != std::string::npos);
+  CHECK(netem.err.find("sch_netem") != std::string::npos);
+  auto bad_link = run({cli, "node", "--listen", "127.0.0.1:0", "--link", "127.0.0.1:9=delay:40"});
+  CHECK(bad_link.exit_code == 2);
+  CHECK(bad_link.err.find("bad link 'delay:40': bad duration '40'") != std::string::npos);
+}
+
+TEST_CASE("sojourn advise prints each paradigm's cost and picks remote code for the issue's WAN example") {
+  TempDir dir;
+  auto r = run({cli, "advise", "--rtt", "81.6ms", "--bandwidth", "100mbit", "--interactions", "10", "--request", "200B",
+                "--reply", "64KB", "--code", "2KB", "--calibration", dir.write("c.json",
+                R"({"call_ms":0.2,"eval_ms":0.3,"fetch_ms":0.5,"hop_ms":1,"local_call_ms":0.01,"per_kb_ms":0.005,"state_per_kb_ms":0.1})")});
+  INFO(r.err);
+  REQUIRE(r.exit_code == 0);
+  for (const char* p : {"\ncs ", "\nrev ", "\ncod ", "\nma "}) CHECK(r.out.find(p) != std::string::npos);
+  CHECK(r.out.find("choice: rev") != std::string::npos);
+  CHECK(r.out.find("(the data is at the peer: --data-here)") != std::string::npos);
+  auto one = run({cli, "advise", "--rtt", "81.6ms", "--interactions", "1", "--request", "100B", "--reply", "100B",
+                  "--code", "50KB", "--bandwidth", "100mbit", "--json"});
+  CHECK(one.exit_code == 0);
+  CHECK(one.out.find("\"choice\": \"cs\"") != std::string::npos);
+  auto bad = run({cli, "advise", "--rtt", "fast"});
+  CHECK(bad.exit_code == 2);
+  CHECK(bad.err.find("bad duration 'fast'") != std::string::npos);
+}
+
+TEST_CASE("traces of three nodes merge into one timeline where an agent's hops come in order") {
+  using namespace sojourn;
+  TempDir dir;
+  std::vector<std::unique_ptr<Node>> nodes;
+  std::vector<std::string> at;
+  for (const char* name : {"a", "b", "c"}) {
+    NodeOptions o;
+    o.name = name;
+    o.peer_isolation = Isolation::trusted;
+    o.trace = dir / (std::string(name) + ".jsonl");
+    nodes.push_back(std::make_unique<Node>(o));
+    auto bound = nodes.back()->listen("127.0.0.1:0");
+    REQUIRE(bound.ok());
+    at.push_back(*bound);
+  }
+  auto bundle = single_file_bundle("tour", R"(local M = {}
+function M.start(s) agent.go(agent.itinerary[1], "visit") end
+function M.visit(s)
+  s.seen = (s.seen or 0) + 1
+  if agent.itinerary[1] then agent.go(agent.itinerary[1], "visit") end
+  return s.seen
+end
+return M)");
+  REQUIRE(bundle.ok());
+  AgentLaunch launch;
+  launch.bundle = *bundle;
+  launch.itinerary = {at[1], at[2]};
+  auto id = nodes[0]->launch(at[0], launch);
+  REQUIRE(id.ok());
+  auto status = nodes[0]->wait_agent(at[0], *id, std::chrono::seconds(20));
+  REQUIRE(status.ok());
+  CHECK(status->status == AgentState::finished);
+  (void)nodes[1]->call(at[2], "node.info");  // a request event at c from b
+  for (auto& n : nodes) n->shutdown(std::chrono::milliseconds(0));
+
+  const std::string merged = dir / "timeline.jsonl";
+  auto r = run({cli, "trace", "merge", dir / "a.jsonl", dir / "b.jsonl", dir / "c.jsonl", "--out", merged});
+  INFO(r.err);
+  REQUIRE(r.exit_code == 0);
+  auto lines = lines_of(merged);
+  REQUIRE(lines.size() >= 5);
+  CHECK(r.out == "merged " + std::to_string(lines.size()) + " events from 3 traces into " + merged + "\n");
+  std::map<std::string, int> per_node;
+  long long last = 0;
+  std::vector<std::string> arrivals;  // nodes the agent arrived at, in timeline order
+  for (const auto& line : lines) {
+    ++per_node[field(line, "node")];
+    long long t = std::stoll(field(line, "unix_us"));
+    CHECK(t >= last);
+    last = t;
+    if (field(line, "agent") == *id && field(line, "kind") == "arrival") arrivals.push_back(field(line, "node"));
+  }
+  CHECK(per_node.size() == 3);
+  CHECK(arrivals == std::vector<std::string>{"b", "c"});
+  CHECK(field(lines.front(), "t_ms") == "0.0");
+
+  // One agent's timeline only.
+  auto only = run({cli, "trace", "merge", dir / "a.jsonl", dir / "b.jsonl", dir / "c.jsonl", "--out", dir / "agent.jsonl",
+                   "--agent", *id});
+  CHECK(only.exit_code == 0);
+  for (const auto& line : lines_of(dir / "agent.jsonl")) CHECK(field(line, "agent") == *id);
+  auto plotted = run({cli, "trace", "plot", merged, "--agent", *id, "--out", dir / "journey.png"});
+  INFO(plotted.err);
+  CHECK(plotted.exit_code == 0);
+  CHECK(is_png(dir / "journey.png"));
+
+  auto broken = run({cli, "trace", "merge", dir.write("x.jsonl", "not json\n"), "--out", dir / "y.jsonl"});
+  CHECK(broken.exit_code == 2);
+  CHECK(broken.err.find("line 1 is not a trace event") != std::string::npos);
+}
