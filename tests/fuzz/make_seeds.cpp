@@ -176,10 +176,16 @@ int main(int argc, char** argv) {
   const Bytes multi_bytes = encode_bundle(multi);
   transfer.bundle_bytes = std::string(multi_bytes.begin(), multi_bytes.end());
   put("agent_messages_fuzz", "transfer", encode(transfer));
+  AgentTransfer strong = transfer;  // a strong agent's TRANSFER: its heap image beside the record
+  strong.record.mobility = Mobility::strong;
+  strong.record.image_sha256 = std::string(64, 'c');
+  strong.bundle_bytes.reset();
+  strong.image = std::string(4096, '\x5a');
+  put("agent_messages_fuzz", "transfer_strong", encode(strong));
   put("agent_messages_fuzz", "offer", encode(AgentOffer{id, 2, std::string(64, 'b'), 120}));
   put("agent_messages_fuzz", "commit", encode(AgentCommit{id, 2, "127.0.0.1:7401"}));
   put("agent_messages_fuzz", "arrival", encode(ArrivalReport{id, 2, "127.0.0.1:7401", AgentState::running, "", 120,
-                                                             "process", {"m1"}, std::string(32, 't')}));
+                                                             "process", "strong", {"m1"}, std::string(32, 't')}));
   put("agent_messages_fuzz", "arrival_answer",
       encode(ArrivalAnswer{{ForwardedMessage{"m2", agent_state()}}, std::string(32, 't')}));
   put("agent_messages_fuzz", "end", encode(EndReport{id, 3, "127.0.0.1:7402", AgentState::failed, "boom",
