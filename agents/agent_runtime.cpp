@@ -530,6 +530,13 @@ std::vector<AgentStatus> AgentRuntime::dashboard_agents() {
   return out;
 }
 
+std::uint64_t AgentRuntime::resident_image_bytes() {
+  std::uint64_t total = 0;
+  std::lock_guard lock(mutex_);
+  for (const auto& [id, res] : residents_) total += res.record.image ? res.record.image->size() : 0;
+  return total;
+}
+
 std::uint64_t AgentRuntime::resident_state_bytes() {
   std::uint64_t total = 0;
   std::lock_guard lock(mutex_);

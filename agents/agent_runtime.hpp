@@ -100,6 +100,8 @@ class AgentRuntime : public std::enable_shared_from_this<AgentRuntime>, public M
   // Testing seam (agents/node_testing.hpp): rewrites outgoing heap images.
   void set_image_hook(std::function<void(std::vector<std::uint8_t>&, std::string&)> hook) { image_hook_ = std::move(hook); }
   std::uint64_t resident_state_bytes();
+  // Bytes of the heap images resident strong agents hold (their last image), for /metrics.
+  std::uint64_t resident_image_bytes();
 
  private:
   struct Resident {

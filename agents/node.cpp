@@ -64,7 +64,7 @@ Result<void> Node::serve_http(const std::shared_ptr<Impl>& impl) {
   auto router = [weak](std::string_view target) {
     auto alive = weak.lock();
     if (!alive) return HttpResponse{503, "text/plain", "node is shutting down\n"};
-    return route_dashboard(DashboardSources{alive->options, alive->runtime, alive->counters, *alive->agents}, target);
+    return route_dashboard(DashboardSources{alive->options, alive->runtime, alive->counters, *alive->agents, alive->jails}, target);
   };
   auto server = std::make_unique<DashboardServer>(impl->runtime, impl->counters, impl->options, std::move(router));
   auto bound = server->listen(*where, impl->trust.tls());

@@ -99,4 +99,9 @@ Result<std::array<std::uint8_t, 32>> NodeJails::guest_build() {
   return *build_;
 }
 
+std::uint64_t NodeJails::warm_guest_reuses() const {
+  auto* process = dynamic_cast<sandbox::ProcessJail*>(jails_.started(Isolation::process));
+  return process != nullptr ? process->status().guests_reused : 0;
+}
+
 }  // namespace sojourn

@@ -46,6 +46,9 @@ class NodeJails {
   // process and microvm levels run the same static guest); computed once. Errors: the guest
   // cannot be found or read.
   Result<std::array<std::uint8_t, 32>> guest_build();
+  // Runs the process jail served with a warm guest (no fork on their path) since it started;
+  // 0 before the process jail starts. Never starts a jail.
+  std::uint64_t warm_guest_reuses() const;
 
  private:
   const NodeOptions& options_;

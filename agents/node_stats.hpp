@@ -16,13 +16,13 @@ struct NodeMetrics {
   metrics::CounterFamily requests{"sojourn_requests_total", "Requests served, by service (eval for remote evaluations) and outcome (ok or the error code)", {"service", "outcome"}};
   metrics::HistogramFamily eval_seconds{"sojourn_eval_seconds", "Latency of remote evaluations served, by isolation level", {"isolation"}};
   metrics::HistogramFamily step_seconds{"sojourn_agent_step_seconds", "Latency of agent steps run here, by isolation level", {"isolation"}};
-  metrics::CounterFamily jail_starts{"sojourn_jail_starts_total", "Jailed runs started (each a fresh guest), by isolation level", {"isolation"}};
-  metrics::CounterFamily warm_pool_hits{"sojourn_jail_warm_pool_hits_total", "Runs served by a pre-started guest of a warm pool; always 0: the node has no warm pool yet", {"isolation"}};
+  metrics::CounterFamily jail_starts{"sojourn_jail_starts_total", "Jailed runs started (on a fresh or a warm guest), by isolation level", {"isolation"}};
+  metrics::CounterFamily warm_pool_hits{"sojourn_jail_warm_pool_hits_total", "Runs served by a warm guest (no fork on their path), by isolation level", {"isolation"}};
   metrics::GaugeFamily agents{"sojourn_agents", "Agents by state: resident (arriving, queued or running here), asleep, moving, stranded here; finished and failed agents whose home is here and still remembered", {"state"}};
   metrics::CounterFamily hops{"sojourn_agent_hops_total", "Agent hops: in (agents that arrived here), out (hand-overs begun from here)", {"direction"}};
   metrics::CounterFamily bytes{"sojourn_bytes_total", "Payload bytes of the requests served (in) and of their replies (out)", {"direction"}};
   metrics::GaugeFamily state_bytes{"sojourn_agent_state_bytes", "Bytes of the encoded state of the agents resident here", {}};
-  metrics::GaugeFamily image_bytes{"sojourn_agent_image_bytes", "Bytes of process images of resident agents; 0 until strong mobility carries images", {}};
+  metrics::GaugeFamily image_bytes{"sojourn_agent_image_bytes", "Bytes of the heap images resident strong agents hold", {}};
   metrics::CounterFamily errors{"sojourn_errors_total", "Requests that ended in an error, by error code", {"code"}};
   metrics::CounterFamily tls{"sojourn_tls_handshakes_total", "TLS handshakes by listener (node: refusals only, http: both) and outcome (ok, refused)", {"listener", "outcome"}};
   metrics::CounterFamily policy_refusals{"sojourn_policy_refusals_total", "Requests refused by the node's policy (evaluations, agent transfers, calls)", {}};

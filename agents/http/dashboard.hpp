@@ -15,6 +15,7 @@
 namespace sojourn {
 
 class AgentRuntime;
+class NodeJails;
 class NodeRuntime;
 struct NodeCounters;
 struct NodeOptions;
@@ -34,6 +35,7 @@ struct DashboardSources {
   NodeRuntime& runtime;
   NodeCounters& counters;
   AgentRuntime& agents;
+  const NodeJails& jails;
 };
 // / (the page), /metrics, /api/node, /api/agents, /api/agents/ID, /api/trace?since=N; 404 otherwise.
 HttpResponse route_dashboard(const DashboardSources& node, std::string_view target);

@@ -41,7 +41,9 @@ std::string render_metrics(const DashboardSources& node) {
   }
   for (const auto& [state, n] : by_state) m.agents.set({state}, n);
   m.state_bytes.set({}, static_cast<double>(node.agents.resident_state_bytes()));
-  m.image_bytes.set({}, 0);
+  m.image_bytes.set({}, static_cast<double>(node.agents.resident_image_bytes()));
+  // The process jail keeps its own count; a counter that only grows, so storing it is exact.
+  m.warm_pool_hits.at({"process"}).store(node.jails.warm_guest_reuses(), std::memory_order_relaxed);
   m.in_flight.set({}, static_cast<double>(node.runtime.in_flight()));
   m.uptime.set({}, uptime_seconds(node.counters));
   std::string out;

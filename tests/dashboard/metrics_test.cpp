@@ -252,3 +252,34 @@ TEST_CASE("the HTTP side keeps at most its cap of connections; one more is close
   CHECK(contains(answer, "HTTP/1.1 200"));
   node.shutdown(std::chrono::milliseconds(100));
 }
+
+TEST_CASE("/metrics counts the process jail's warm guests: a run served without a fork is a warm-pool hit") {
+  NodeOptions options;
+  options.name = "warm";
+  options.peer_isolation = Isolation::process;
+  options.http = "127.0.0.1:0";
+  Node node(options);
+  auto bound = node.listen("127.0.0.1:0");
+  REQUIRE(bound);
+  const std::uint16_t port = port_of(node.http_address());
+  CHECK(contains(get(port, "/metrics"), "sojourn_agent_image_bytes 0\n"));
+
+  EvalOptions jailed;
+  jailed.isolation = Isolation::process;
+  for (int i = 0; i < 4; ++i) {
+    auto r = node.eval(*bound, "return 6 * 7", Value::table(), jailed);
+    REQUIRE(r);
+    REQUIRE(r->isolation == Isolation::process);
+  }
+  const std::string metrics = get(port, "/metrics");
+  CHECK(contains(metrics, "sojourn_jail_starts_total{isolation=\"process\"} 4\n"));
+  // Four anonymous runs: the first forks a guest; later ones find a guest of the same principal
+  // back in the pool (docs/jails.md, "Warm guests"). The count is the jail's own.
+  const std::string hits = "sojourn_jail_warm_pool_hits_total{isolation=\"process\"} ";
+  const auto at = metrics.find(hits);
+  REQUIRE(at != std::string::npos);
+  const long reused = std::stol(metrics.substr(at + hits.size()));
+  CHECK(reused >= 1);
+  CHECK(reused <= 3);
+  node.shutdown(std::chrono::milliseconds(100));
+}
