@@ -75,11 +75,25 @@ class Process {
     return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
   }
 
-  // Reads both streams to the end (the child must be exiting).
-  void drain() {
-    while (read_some(out_, out_buf_, 10000)) {
-    }
-    while (read_some(err_, err_buf_, 10000)) {
+  // Reads both streams to their end, together so a child blocked on a full stderr pipe cannot
+  // stall us on stdout. A slow child (a sanitizer build on a loaded machine) keeps its output: we
+  // stop at the streams' end, after `limit`, or once the child has exited and 10 s pass with no
+  // byte (a grandchild that inherited the pipes may hold them open).
+  void drain(std::chrono::milliseconds limit = std::chrono::minutes(5)) {
+    const auto until = std::chrono::steady_clock::now() + limit;
+    auto last_byte = std::chrono::steady_clock::now();
+    bool out_open = true, err_open = true;
+    while (out_open || err_open) {
+      const auto now = std::chrono::steady_clock::now();
+      if (now >= until) return;
+      if (now - last_byte >= std::chrono::seconds(10) && exited()) return;
+      pollfd p[2] = {{out_open ? out_ : -1, POLLIN, 0}, {err_open ? err_ : -1, POLLIN, 0}};
+      int ready = ::poll(p, 2, 1000);
+      if (ready < 0 && errno != EINTR) return;
+      if (ready <= 0) continue;
+      if (p[0].revents != 0) out_open = read_once(out_, out_buf_);
+      if (p[1].revents != 0) err_open = read_once(err_, err_buf_);
+      last_byte = std::chrono::steady_clock::now();
     }
   }
   const std::string& out() const { return out_buf_; }
@@ -91,6 +105,24 @@ class Process {
     if (::poll(&p, 1, timeout_ms) <= 0) return false;
     char chunk[4096];
     ssize_t n = ::read(fd, chunk, sizeof chunk);
+    if (n <= 0) return false;
+    buf.append(chunk, static_cast<std::size_t>(n));
+    return true;
+  }
+
+  // Whether the child has exited, without reaping it (wait() still gets its status).
+  bool exited() {
+    if (reaped_) return true;
+    siginfo_t info{};
+    if (::waitid(P_PID, static_cast<id_t>(pid_), &info, WEXITED | WNOHANG | WNOWAIT) != 0) return true;
+    return info.si_pid != 0;
+  }
+
+  // One read of a ready descriptor; false at its end or on an error.
+  static bool read_once(int fd, std::string& buf) {
+    char chunk[4096];
+    ssize_t n = ::read(fd, chunk, sizeof chunk);
+    if (n < 0 && errno == EINTR) return true;
     if (n <= 0) return false;
     buf.append(chunk, static_cast<std::size_t>(n));
     return true;
