@@ -409,8 +409,10 @@ function start()
 end)"));
   REQUIRE(id.ok());
   // After its checkpoint it spins until its CPU limit: the listing sees it holding the image.
+  // Polled by time, not by a count: a loaded machine may take seconds to start the first step.
   bool seen = false;
-  for (int i = 0; i < 500 && !seen; ++i) {
+  const auto until = std::chrono::steady_clock::now() + 60s;
+  while (!seen && std::chrono::steady_clock::now() < until) {
     auto agents = c[0].list_agents();
     REQUIRE(agents.ok());
     for (const AgentSummary& a : *agents) {
