@@ -94,7 +94,7 @@ Result<std::array<std::uint8_t, 32>> NodeJails::guest_build() {
       build_.emplace(path.error());
       return;
     }
-    build_.emplace(sandbox::image::build_id_of(*path));
+    build_.emplace(sandbox::image::guest_build_id(*path));  // hashed once per process, shared with the jails
   });
   return *build_;
 }

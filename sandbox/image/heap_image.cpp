@@ -13,7 +13,9 @@
 #include <cstring>
 #include <fstream>
 #include <iterator>
+#include <map>
 #include <memory>
+#include <mutex>
 
 namespace sojourn::sandbox::image {
 
@@ -210,6 +212,16 @@ Result<std::array<std::uint8_t, 32>> build_id_of(const std::string& path) {
   std::vector<std::uint8_t> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
   if (in.bad()) return errors::internal("cannot read " + path);
   return sha256(bytes, {});
+}
+
+Result<std::array<std::uint8_t, 32>> guest_build_id(const std::string& guest_path) {
+  static std::mutex mutex;
+  static std::map<std::string, std::array<std::uint8_t, 32>> known;
+  std::lock_guard lock(mutex);
+  if (auto it = known.find(guest_path); it != known.end()) return it->second;
+  Result<std::array<std::uint8_t, 32>> id = build_id_of(guest_path);
+  if (id) known.emplace(guest_path, *id);
+  return id;
 }
 
 }  // namespace sojourn::sandbox::image

@@ -91,6 +91,9 @@ Result<RestoredImage> open_image(std::span<const std::uint8_t> image, const Rest
 
 // SHA-256 of a file (the guest build id), or internal "internal error: cannot read PATH: WHY".
 Result<std::array<std::uint8_t, 32>> build_id_of(const std::string& path);
+// build_id_of, computed once per path for the life of the process (what jails and nodes name
+// their guest executable by: it does not change under a running node). Errors are not kept.
+Result<std::array<std::uint8_t, 32>> guest_build_id(const std::string& guest_path);
 std::string hex(std::span<const std::uint8_t> bytes);
 
 // Recomputes the hash of an image in place: for tests and hostile-image generators that change

@@ -333,11 +333,12 @@ bool arm_cpu_limit(const WarmGuest& warm, const Limits& limits) {
 
 Result<std::vector<std::uint8_t>> strong_resume_request(std::span<const std::uint8_t> bytes, const RunInput& input,
                                                         const Value& info, const HostCalls* host,
-                                                        const std::array<std::uint8_t, 32>& build,
-                                                        std::uint64_t* restore_us) {
+                                                        const std::string& guest_path, std::uint64_t* restore_us) {
+  Result<std::array<std::uint8_t, 32>> build = image::guest_build_id(guest_path);
+  if (!build) return build.error();
   const std::size_t arena_bytes = guest::arena_bytes_for_quota(input.limits.memory_bytes);
   const auto t0 = Clock::now();
-  Result<image::RestoredImage> opened = image::open_image(bytes, {build, guest::kArenaBase, arena_bytes});
+  Result<image::RestoredImage> opened = image::open_image(bytes, {*build, guest::kArenaBase, arena_bytes});
   if (!opened) return opened.error();
   if (opened->header.arena_bytes != arena_bytes) {
     return make_error(Errc::sandbox_refused, "refused by the sandbox: heap image: its arena of " +

@@ -7,8 +7,11 @@
 #include <cstdint>
 #include <optional>
 #include <span>
+#include <string>
 #include <vector>
 
+#include "sandbox/guest/arena.hpp"
+#include "sandbox/image/heap_image.hpp"
 #include "sandbox/process/guest_pool.hpp"
 #include "sandbox/process/host_channel.hpp"
 #include "sandbox/process/zygote_link.hpp"
@@ -99,15 +102,34 @@ std::optional<std::uint64_t> guest_cpu_time_us(int pid);
 Error classify_guest_end(const channel::Exited* exited, long seccomp_syscall, const Limits& limits);
 
 // Strong steps, the same in both jails. The resume request frame for an image, checked on the
-// host first (heap_image.hpp's open_image against `build` and the arena of input's memory
-// limit; the arena must be exactly that one); `restore_us` gets the host's time for it.
+// host first (heap_image.hpp's open_image against the build of `guest_path` and the arena of
+// input's memory limit; the arena must be exactly that one); `restore_us` gets the host's time for it.
 Result<std::vector<std::uint8_t>> strong_resume_request(std::span<const std::uint8_t> image, const RunInput& input,
                                                         const Value& info, const HostCalls* host,
-                                                        const std::array<std::uint8_t, 32>& build,
-                                                        std::uint64_t* restore_us);
+                                                        const std::string& guest_path, std::uint64_t* restore_us);
 // A strong step's outcome from the guest's agent_done payload and, at a strong stop, its
 // heap_span payload, sealed into an image (guest_crashed when the span is missing or does not fit).
 Result<StrongOutcome> strong_outcome(std::span<const std::uint8_t> done, std::span<const std::uint8_t> span_frame,
                                      const std::array<std::uint8_t, 32>& build, std::size_t arena_bytes);
+
+// One strong step of either jail: `run(cpu_us, span_frame, max_frame_bytes)` runs the request in
+// the jail's guest and returns its agent_done payload; at a strong stop the heap_span it read is
+// sealed into an image of `guest_path`'s build. `restore_us` is the resume's host time, if any.
+template <class RunGuest>
+Result<StrongOutcome> strong_step(const RunInput& input, const std::string& guest_path, std::uint64_t restore_us,
+                                  RunGuest&& run) {
+  Result<std::array<std::uint8_t, 32>> build = image::guest_build_id(guest_path);
+  if (!build) return build.error();
+  const std::size_t arena_bytes = guest::arena_bytes_for_quota(input.limits.memory_bytes);
+  std::uint64_t cpu_us = 0;
+  std::vector<std::uint8_t> span_frame;
+  Result<std::vector<std::uint8_t>> done = run(&cpu_us, &span_frame, arena_bytes);
+  if (!done) return done.error();
+  Result<StrongOutcome> strong = strong_outcome(*done, span_frame, *build, arena_bytes);
+  if (!strong) return strong.error();
+  strong->step.host_cpu_us = cpu_us;
+  strong->restore_us = restore_us;
+  return strong;
+}
 
 }  // namespace sojourn::sandbox

@@ -144,41 +144,20 @@ class ZygoteJail final : public ProcessJail {
   Result<StrongOutcome> resume_strong(std::span<const std::uint8_t> bytes, const RunInput& input, const Value& info,
                                       HostCalls* host) override {
     if (Result<void> ok = check_run_input(input); !ok) return ok.error();
-    Result<std::array<std::uint8_t, 32>> build = build_id();
-    if (!build) return build.error();
     std::uint64_t restore_us = 0;
-    Result<std::vector<std::uint8_t>> request = strong_resume_request(bytes, input, info, host, *build, &restore_us);
+    Result<std::vector<std::uint8_t>> request = strong_resume_request(bytes, input, info, host, guest_path_, &restore_us);
     if (!request) return request.error();
     return strong_in_guest(input, *request, host, restore_us);
-  }
-
-  // The guest build id: the SHA-256 of the guest executable, computed once.
-  Result<std::array<std::uint8_t, 32>> build_id() {
-    std::lock_guard lock(mutex_);
-    if (!build_id_) {
-      Result<std::array<std::uint8_t, 32>> id = image::build_id_of(guest_path_);
-      if (!id) return id.error();
-      build_id_ = *id;
-    }
-    return *build_id_;
   }
 
   // One strong step in a guest: at a strong stop its heap_span frame is sealed into an image.
   Result<StrongOutcome> strong_in_guest(const RunInput& input, const std::vector<std::uint8_t>& request, HostCalls* host,
                                         std::uint64_t restore_us) {
-    Result<std::array<std::uint8_t, 32>> build = build_id();
-    if (!build) return build.error();
-    const std::size_t arena_bytes = guest::arena_bytes_for_quota(input.limits.memory_bytes);
-    std::uint64_t cpu_us = 0;
-    std::vector<std::uint8_t> span_frame;
-    SessionOptions session{options_.kill_grace_ms, &cpu_us, &span_frame, arena_bytes};
-    Result<std::vector<std::uint8_t>> done = in_guest(input, request, channel::Kind::agent_done, host, session);
-    if (!done) return done.error();
-    Result<StrongOutcome> strong = strong_outcome(*done, span_frame, *build, arena_bytes);
-    if (!strong) return strong.error();
-    strong->step.host_cpu_us = cpu_us;
-    strong->restore_us = restore_us;
-    return strong;
+    return strong_step(input, guest_path_, restore_us,
+                       [&](std::uint64_t* cpu_us, std::vector<std::uint8_t>* span_frame, std::size_t arena_bytes) {
+                         SessionOptions session{options_.kill_grace_ms, cpu_us, span_frame, arena_bytes};
+                         return in_guest(input, request, channel::Kind::agent_done, host, session);
+                       });
   }
 
   Result<std::vector<std::uint8_t>> in_guest(const RunInput& input, const std::vector<std::uint8_t>& request,
@@ -302,7 +281,6 @@ class ZygoteJail final : public ProcessJail {
   mutable std::mutex mutex_;
   std::shared_ptr<ZygoteLink> zygote_;
   std::uint64_t zygote_starts_ = 0;
-  std::optional<std::array<std::uint8_t, 32>> build_id_;
   SessionCounters counters_;
   std::atomic<std::uint64_t> reused_{0};
   GuestPool pool_;  // last: its refill thread stops before the rest goes
