@@ -11,7 +11,10 @@
 #include <string>
 #include <vector>
 
+#include <lua.hpp>
+
 #include "sandbox/guest/syscall_filter.hpp"
+#include "sandbox/lua/lua_env.hpp"
 #endif
 
 namespace sojourn::sandbox::guest {
@@ -27,9 +30,36 @@ long syscall_number(std::string_view name) {
   if (name == "getpid") return SYS_getpid;
   return -1;
 }
+
+// Values a strong agent cannot take along, which no real environment hands out: a full
+// userdata (a host handle), a light userdata (a host pointer) and an FFI cdata.
+int test_handle(lua_State* L) {
+  lua_newuserdata(L, 16);
+  return 1;
+}
+int test_pointer(lua_State* L) {
+  static int anchor = 0;
+  lua_pushlightuserdata(L, &anchor);
+  return 1;
+}
+int test_cdata(lua_State* L) {
+  lua_pushcfunction(L, luaopen_ffi);
+  lua_call(L, 0, 1);
+  lua_getfield(L, -1, "new");
+  lua_pushliteral(L, "int[2]");
+  lua_call(L, 1, 1);
+  return 1;
+}
+void open_test_handles(lua_State* L) {
+  lua_register(L, "test_handle", test_handle);
+  lua_register(L, "test_pointer", test_pointer);
+  lua_register(L, "test_cdata", test_cdata);
+}
 }  // namespace
 
 void run_test_hook(std::string_view source) {
+  // For this run only: a chunk starting "--@handles" gets test_handle, test_pointer, test_cdata.
+  sandbox::detail::set_test_globals(source.starts_with("--@handles") ? open_test_handles : nullptr);
   constexpr std::string_view kSyscall = "--@syscall ";
   if (source.substr(0, kSyscall.size()) == kSyscall) {
     std::string_view name = source.substr(kSyscall.size());

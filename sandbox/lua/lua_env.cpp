@@ -268,4 +268,11 @@ void open_restricted_env(lua_State* L, bool enable_jit) {
   lua_settop(L, globals - 1);
 }
 
+namespace {
+TestGlobals g_test_globals = nullptr;  // only the test guest sets it (one run at a time there)
+}  // namespace
+
+void set_test_globals(TestGlobals open) { g_test_globals = open; }
+TestGlobals test_globals() { return g_test_globals; }
+
 }  // namespace sojourn::sandbox::detail

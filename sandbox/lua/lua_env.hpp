@@ -11,4 +11,12 @@ namespace sojourn::sandbox::detail {
 // reachable from Lua). Raises Lua errors (memory): call it in protected mode.
 void open_restricted_env(lua_State* L, bool enable_jit);
 
+// Test seam: the test guest (sandbox/guest/test_hooks.cpp) sets it, for one chunk marked for
+// it, to hand that run values the environment never gives (a userdata, a cdata), so that the
+// strong travel check is tested end to end. The real guest and the host never set it. Called
+// in protected mode after the environment is open.
+using TestGlobals = void (*)(lua_State* L);
+void set_test_globals(TestGlobals open);
+TestGlobals test_globals();
+
 }  // namespace sojourn::sandbox::detail

@@ -19,6 +19,7 @@
 #include "sandbox/lua/lua_limits.hpp"
 #include "sandbox/lua/lua_source_scan.hpp"
 #include "sandbox/lua/lua_strong.hpp"
+#include "sandbox/lua/lua_travel.hpp"
 #include "sandbox/lua/lua_value.hpp"
 
 namespace sojourn::sandbox {
@@ -118,6 +119,7 @@ int run_protected(lua_State* L) {
   if (job.agent != nullptr) detail::open_agent_api(L, job.agent->info);
   // Every function of this environment (print, table.insert, agent.log, ...) travels by name.
   lua::register_library(L, LUA_GLOBALSINDEX);
+  if (detail::TestGlobals open = detail::test_globals(); open != nullptr) open(L);
   if (job.strong) strong::open_strong_api(L);
   // Mode "t" as a second lock behind run_lua's first-byte check: LuaJIT does not verify
   // bytecode, and crafted bytecode crashes it.
@@ -288,9 +290,32 @@ namespace {
 using detail::RunContext;
 
 // One resume of a strong agent from plain C, and what it ended with.
+// Runs the travel check at a stop (everything suspended, no C frame of Lua left). Returns the
+// refusal agent.go or agent.checkpoint raises, or nothing when the agent may be imaged; a walk cut
+// short by the deadline or the abort flag sets ctx.kill.
+std::optional<std::string> refusal_at(lua_State* co, const Step& step, RunContext& ctx) {
+  lua_State* L = main_thread(co);
+  if (L == nullptr) return std::string("the agent's state has no main thread");
+  const TravelCheck check = check_travel(L, co, [&ctx] {
+    if (ctx.abort != nullptr && ctx.abort->load(std::memory_order_relaxed)) ctx.kill = Errc::shutting_down;
+    else if (std::chrono::steady_clock::now() >= ctx.deadline) ctx.kill = Errc::deadline;
+    return ctx.kill != Errc::ok;
+  });
+  if (check.outcome != TravelCheck::Outcome::refused) return std::nullopt;
+  return std::string(step.stop == Stop::went ? "agent.go" : "agent.checkpoint") +
+         ": cannot travel in a heap image: " + check.path;
+}
+
 Result<AgentOutcome> drive(lua_State* co, RunContext& ctx, std::string_view chunk, const StopSink& at_stop) {
   detail::arm_count_hook(co, ctx);
-  const Step step = resume_agent(co);
+  Step step = resume_agent(co);
+  // A stop whose agent holds something that cannot travel is refused before anything is
+  // imaged or sent: the agent gets the reason as a Lua error at its agent.go, and goes on.
+  while (ctx.kill == Errc::ok && (step.stop == Stop::went || step.stop == Stop::checkpoint)) {
+    const std::optional<std::string> refused = refusal_at(co, step, ctx);
+    if (!refused || ctx.kill != Errc::ok) break;
+    step = resume_agent(co, &*refused);
+  }
   AgentOutcome outcome;
   outcome.state = Value::table();
   outcome.results = Value::table();

@@ -51,11 +51,14 @@ agent.go = function(peer, entry)
     return weak_go(peer, entry)
   end
   if type(peer) ~= 'string' or peer == '' then error("bad argument #1 to 'go' (peer address expected)", 2) end
-  co_yield(GO, 'go', peer)
+  -- The host answers a refusal (something that cannot travel) with its reason: nothing was sent.
+  local refused = co_yield(GO, 'go', peer)
+  if refused ~= nil then error(refused, 2) end
   return true
 end
 agent.checkpoint = function()
-  co_yield(GO, 'checkpoint')
+  local refused = co_yield(GO, 'checkpoint')
+  if refused ~= nil then error(refused, 2) end
   return true
 end
 )lua";
@@ -95,11 +98,20 @@ lua_State* start_agent(lua_State* L, int nargs) {
   return co;
 }
 
-Step resume_agent(lua_State* co) {
+Step resume_agent(lua_State* co, const std::string* refusal) {
   Step step;
-  const int base = lua_status(co) == LUA_YIELD ? 0 : lua_gettop(co) - 1;
-  if (lua_status(co) == LUA_YIELD) lua_settop(co, 0);  // what the stop yielded
-  const int status = lua_resume(co, lua_status(co) == LUA_YIELD ? 0 : base);
+  const bool yielded = lua_status(co) == LUA_YIELD;
+  const int base = yielded ? 0 : lua_gettop(co) - 1;
+  int nargs = base;
+  if (yielded) {
+    lua_settop(co, 0);  // what the stop yielded
+    nargs = 0;
+    if (refusal != nullptr) {
+      lua_pushlstring(co, refusal->data(), refusal->size());
+      nargs = 1;
+    }
+  }
+  const int status = lua_resume(co, nargs);
   if (status == 0) {
     step.stop = Stop::finished;
     step.results = lua_gettop(co);

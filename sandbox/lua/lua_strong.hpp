@@ -48,8 +48,9 @@ struct Step {
 // Runs the agent coroutine until it finishes, fails or stops at a go or a checkpoint. At a stop,
 // the coroutine is suspended with nothing of its own on the C stack. Resuming it again (here or
 // in another guest holding the restored arena) makes that agent.go or agent.checkpoint return
-// (agent.go returns true; agent.checkpoint returns true).
-Step resume_agent(lua_State* co);
+// (agent.go returns true; agent.checkpoint returns true). With a `refusal`, the stop is
+// refused instead: that agent.go or agent.checkpoint raises it as a Lua error at its caller.
+Step resume_agent(lua_State* co, const std::string* refusal = nullptr);
 
 // Called at a strong stop while the state is live and the agent suspended, with the agent
 // coroutine's address: the guest writes its arena's used span there. An error fails the step.
