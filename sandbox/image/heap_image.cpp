@@ -86,34 +86,62 @@ Result<std::vector<std::uint8_t>> take_image(const ImageSource& source, std::spa
                                     " bytes of an arena of " + std::to_string(source.arena_bytes) + ")");
   }
   const std::size_t pages = used.size() / kPageBytes;
-  std::vector<std::uint8_t> payload((pages + 7) / 8);
+  std::vector<std::uint8_t> map((pages + 7) / 8);
   std::size_t kept = 0;
   for (std::size_t i = 0; i < pages; ++i) {
     if (!all_zero(used.data() + i * kPageBytes)) {
-      payload[i / 8] = static_cast<std::uint8_t>(payload[i / 8] | (1u << (i % 8)));
+      map[i / 8] = static_cast<std::uint8_t>(map[i / 8] | (1u << (i % 8)));
       ++kept;
     }
   }
-  payload.reserve(payload.size() + kept * kPageBytes);
-  for (std::size_t i = 0; i < pages; ++i) {
-    if ((payload[i / 8] >> (i % 8)) & 1u) payload.insert(payload.end(), used.begin() + static_cast<std::ptrdiff_t>(i * kPageBytes),
-                                                         used.begin() + static_cast<std::ptrdiff_t>((i + 1) * kPageBytes));
-  }
+  const std::size_t payload_bytes = map.size() + kept * kPageBytes;
 
   std::vector<std::uint8_t> image(kMagic, kMagic + sizeof kMagic);
   put(image, kFormatVersion, 4);
   image.insert(image.end(), source.guest_build.begin(), source.guest_build.end());
   for (std::uint64_t v : {source.arena_base, source.arena_bytes, std::uint64_t{used.size()}, source.agent_handle,
-                          std::uint64_t{payload.size()}}) {
+                          std::uint64_t{payload_bytes}}) {
     put(image, v, 8);
   }
-  image.resize(kHeaderBytes + ZSTD_compressBound(payload.size()));
-  const std::size_t packed = ZSTD_compress(image.data() + kHeaderBytes, image.size() - kHeaderBytes, payload.data(),
-                                           payload.size(), kZstdLevel);
-  if (ZSTD_isError(packed)) return errors::internal(std::string("zstd: ") + ZSTD_getErrorName(packed));
-  image.resize(kHeaderBytes + packed);
+  // The payload (page map, then the kept pages) is streamed from the span into the frame: it
+  // never exists as one buffer. The pledged size puts the payload's size in the frame header.
+  std::unique_ptr<ZSTD_CCtx, decltype(&ZSTD_freeCCtx)> cctx(ZSTD_createCCtx(), &ZSTD_freeCCtx);
+  if (!cctx || ZSTD_isError(ZSTD_CCtx_setParameter(cctx.get(), ZSTD_c_compressionLevel, kZstdLevel)) ||
+      ZSTD_isError(ZSTD_CCtx_setPledgedSrcSize(cctx.get(), payload_bytes))) {
+    return errors::internal("zstd: cannot set up a compression context");
+  }
+  image.resize(kHeaderBytes + ZSTD_compressBound(payload_bytes));
+  ZSTD_outBuffer out{image.data() + kHeaderBytes, image.size() - kHeaderBytes, 0};
+  std::size_t failed = 0;
+  const auto feed = [&](const std::uint8_t* bytes, std::size_t n, ZSTD_EndDirective mode) {
+    ZSTD_inBuffer in{bytes, n, 0};
+    for (;;) {
+      const std::size_t left = ZSTD_compressStream2(cctx.get(), &out, &in, mode);
+      if (ZSTD_isError(left)) {
+        failed = left;
+        return false;
+      }
+      if (mode == ZSTD_e_end ? left == 0 : in.pos == in.size) return true;
+      if (out.pos == out.size) return false;  // cannot happen within the bound
+    }
+  };
+  bool ok = feed(map.data(), map.size(), ZSTD_e_continue);
+  // Runs of kept pages go in as one input each.
+  for (std::size_t i = 0; ok && i < pages;) {
+    if (((map[i / 8] >> (i % 8)) & 1u) == 0) {
+      ++i;
+      continue;
+    }
+    std::size_t j = i + 1;
+    while (j < pages && ((map[j / 8] >> (j % 8)) & 1u) != 0) ++j;
+    ok = feed(used.data() + i * kPageBytes, (j - i) * kPageBytes, ZSTD_e_continue);
+    i = j;
+  }
+  if (ok) ok = feed(nullptr, 0, ZSTD_e_end);
+  if (!ok) return errors::internal(std::string("zstd: ") + (failed != 0 ? ZSTD_getErrorName(failed) : "output overflow"));
+  image.resize(kHeaderBytes + out.pos);
   reseal(image);
-  if (stats != nullptr) *stats = ImageStats{used.size(), kept, payload.size(), image.size()};
+  if (stats != nullptr) *stats = ImageStats{used.size(), kept, payload_bytes, image.size()};
   return image;
 }
 
@@ -144,7 +172,7 @@ Result<ImageHeader> peek_header(std::span<const std::uint8_t> image) {
   return h;
 }
 
-Result<RestoredImage> open_image(std::span<const std::uint8_t> image, const RestoreRules& rules) {
+Result<ImageHeader> open_image_into(std::span<const std::uint8_t> image, const RestoreRules& rules, const Placer& place) {
   Result<ImageHeader> header = peek_header(image);
   if (!header) return header.error();
   const ImageHeader& h = *header;
@@ -180,29 +208,76 @@ Result<RestoredImage> open_image(std::span<const std::uint8_t> image, const Rest
   const std::span<const std::uint8_t> packed = image.subspan(kHeaderBytes);
   const unsigned long long declared = ZSTD_getFrameContentSize(packed.data(), packed.size());
   if (declared != h.payload_bytes) return refused("heap image: the compressed payload does not declare the header's size");
-  std::vector<std::uint8_t> payload(h.payload_bytes);
-  const std::size_t n = ZSTD_decompress(payload.data(), payload.size(), packed.data(), packed.size());
-  if (ZSTD_isError(n) || n != payload.size()) {
+  // Streamed: the page map first (checked before any destination exists), then each kept page
+  // straight into its place in the destination.
+  std::unique_ptr<ZSTD_DCtx, decltype(&ZSTD_freeDCtx)> dctx(ZSTD_createDCtx(), &ZSTD_freeDCtx);
+  if (!dctx) return errors::internal("zstd: cannot set up a decompression context");
+  ZSTD_inBuffer in{packed.data(), packed.size(), 0};
+  std::size_t failed = 0;
+  std::size_t last = 1;  // ZSTD_decompressStream's last answer: 0 once the frame is complete
+  // Fills exactly n bytes at `to`, or fails (a zstd error, or the payload ends short).
+  const auto fill = [&](std::uint8_t* to, std::size_t n) {
+    ZSTD_outBuffer out{to, n, 0};
+    while (out.pos < out.size) {
+      const std::size_t in_before = in.pos, out_before = out.pos;
+      const std::size_t r = ZSTD_decompressStream(dctx.get(), &out, &in);
+      if (ZSTD_isError(r)) {
+        failed = r;
+        return false;
+      }
+      last = r;
+      if (in.pos == in_before && out.pos == out_before) return false;
+    }
+    return true;
+  };
+  const auto undecodable = [&] {
     return refused(std::string("heap image: the payload does not decompress (") +
-                   (ZSTD_isError(n) ? ZSTD_getErrorName(n) : "short") + ")");
-  }
+                   (failed != 0 ? ZSTD_getErrorName(failed) : "short") + ")");
+  };
+  std::vector<std::uint8_t> map(map_bytes);
+  if (!fill(map.data(), map.size())) return undecodable();
   std::uint64_t kept = 0;
-  for (std::uint64_t i = 0; i < map_bytes; ++i) kept += static_cast<std::uint64_t>(__builtin_popcount(payload[i]));
-  if (map_bytes * 8 > pages && (payload[map_bytes - 1] >> (pages % 8)) != 0) {
+  for (std::uint8_t b : map) kept += static_cast<std::uint64_t>(__builtin_popcount(b));
+  if (map_bytes * 8 > pages && (map[map_bytes - 1] >> (pages % 8)) != 0) {
     return refused("heap image: the page map marks pages past the used span");
   }
   if (map_bytes + kept * kPageBytes != h.payload_bytes) {
     return refused("heap image: the page map keeps " + std::to_string(kept) + " pages, the payload holds " +
                    std::to_string((h.payload_bytes - map_bytes) / kPageBytes));
   }
-
-  RestoredImage out{h, std::vector<std::uint8_t>(h.used_bytes)};
-  const std::uint8_t* page = payload.data() + map_bytes;
-  for (std::uint64_t i = 0; i < pages; ++i) {
-    if (((payload[i / 8] >> (i % 8)) & 1u) == 0) continue;
-    std::memcpy(out.used.data() + i * kPageBytes, page, kPageBytes);
-    page += kPageBytes;
+  const std::span<std::uint8_t> to = place(h);
+  if (to.size() != h.used_bytes) {
+    return refused("heap image: no room for its used span of " + std::to_string(h.used_bytes) + " bytes");
   }
+  for (std::uint64_t i = 0; i < pages; ++i) {
+    std::uint8_t* page = to.data() + i * kPageBytes;
+    if (((map[i / 8] >> (i % 8)) & 1u) == 0) {
+      std::memset(page, 0, kPageBytes);
+    } else if (!fill(page, kPageBytes)) {
+      return undecodable();
+    }
+  }
+  // The frame must end exactly there (zstd also checks the declared size at its end).
+  if (last != 0) {
+    std::uint8_t extra = 0;
+    ZSTD_outBuffer tail{&extra, 1, 0};
+    last = ZSTD_decompressStream(dctx.get(), &tail, &in);
+    if (tail.pos != 0) last = 1;
+  }
+  if (ZSTD_isError(last) || last != 0 || in.pos != in.size) {
+    return refused("heap image: the payload does not decompress (it does not end at its declared size)");
+  }
+  return h;
+}
+
+Result<RestoredImage> open_image(std::span<const std::uint8_t> image, const RestoreRules& rules) {
+  RestoredImage out;
+  Result<ImageHeader> h = open_image_into(image, rules, [&out](const ImageHeader& header) {
+    out.used.resize(header.used_bytes);
+    return std::span<std::uint8_t>(out.used);
+  });
+  if (!h) return h.error();
+  out.header = *h;
   return out;
 }
 

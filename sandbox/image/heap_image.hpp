@@ -11,6 +11,7 @@
 
 #include <array>
 #include <cstdint>
+#include <functional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -88,6 +89,13 @@ Result<ImageHeader> peek_header(std::span<const std::uint8_t> image);
 //      ("heap image: ..."). A well-formed image whose bytes are hostile passes: only a jail may
 //      load it.
 Result<RestoredImage> open_image(std::span<const std::uint8_t> image, const RestoreRules& rules);
+
+// open_image, decompressing straight into a destination: once the header, the hash and the page
+// map are checked, `place(header)` gives exactly header.used_bytes writable bytes (in a request
+// frame, say), and every byte of them is written (all-zero pages as zeros). Refusals as
+// open_image; after `place` was called a refusal may leave its bytes half written.
+using Placer = std::function<std::span<std::uint8_t>(const ImageHeader&)>;
+Result<ImageHeader> open_image_into(std::span<const std::uint8_t> image, const RestoreRules& rules, const Placer& place);
 
 // SHA-256 of a file (the guest build id), or internal "internal error: cannot read PATH: WHY".
 Result<std::array<std::uint8_t, 32>> build_id_of(const std::string& path);

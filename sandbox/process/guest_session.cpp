@@ -338,18 +338,24 @@ Result<std::vector<std::uint8_t>> strong_resume_request(std::span<const std::uin
   if (!build) return build.error();
   const std::size_t arena_bytes = guest::arena_bytes_for_quota(input.limits.memory_bytes);
   const auto t0 = Clock::now();
-  Result<image::RestoredImage> opened = image::open_image(bytes, {*build, guest::kArenaBase, arena_bytes});
+  // The image decompresses straight into the request frame's span: no other copy of it.
+  std::vector<std::uint8_t> frame;
+  Result<image::ImageHeader> opened =
+      image::open_image_into(bytes, {*build, guest::kArenaBase, arena_bytes}, [&](const image::ImageHeader& header) {
+        // A span past what one frame can say is refused by open_image_into (no destination).
+        if (header.used_bytes > channel::kMaxTailBytes) return std::span<std::uint8_t>{};
+        channel::ResumeRequest request{make_run_request(input, host), info, header.agent_handle, header.arena_bytes, {}};
+        std::size_t at = 0;
+        frame = channel::encode_frame_with_tail(request, static_cast<std::uint32_t>(header.used_bytes), at);
+        return std::span<std::uint8_t>(frame).subspan(at);
+      });
   if (!opened) return opened.error();
-  if (opened->header.arena_bytes != arena_bytes) {
+  if (opened->arena_bytes != arena_bytes) {
     return make_error(Errc::sandbox_refused, "refused by the sandbox: heap image: its arena of " +
-                                                 std::to_string(opened->header.arena_bytes) +
+                                                 std::to_string(opened->arena_bytes) +
                                                  " bytes needs the memory limit it was taken under (this step's gives " +
                                                  std::to_string(arena_bytes) + " bytes)");
   }
-  channel::ResumeRequest request{make_run_request(input, host), info, opened->header.agent_handle, arena_bytes,
-                                 std::string(opened->used.begin(), opened->used.end())};
-  opened->used = {};  // one copy of the span at a time
-  std::vector<std::uint8_t> frame = channel::encode_frame(request);
   if (restore_us != nullptr) {
     *restore_us = static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - t0).count());
   }

@@ -8,6 +8,11 @@ void Encoder::operator()(const std::string& v) {
   out_.insert(out_.end(), v.begin(), v.end());
 }
 
+void Encoder::operator()(std::string_view v) {
+  (*this)(static_cast<std::uint32_t>(v.size()));
+  out_.insert(out_.end(), v.begin(), v.end());
+}
+
 void Encoder::operator()(const Value& v) {
   const std::vector<std::uint8_t> bytes = encode_value(v);
   (*this)(static_cast<std::uint32_t>(bytes.size()));
@@ -39,6 +44,11 @@ void Decoder::operator()(bool& v) {
 void Decoder::operator()(std::string& v) {
   const auto bytes = take(static_cast<std::size_t>(get(4)));
   v.assign(bytes.begin(), bytes.end());
+}
+
+void Decoder::operator()(std::string_view& v) {
+  const auto bytes = take(static_cast<std::size_t>(get(4)));
+  v = std::string_view(reinterpret_cast<const char*>(bytes.data()), bytes.size());
 }
 
 void Decoder::operator()(Value& v) {

@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <span>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "sojourn/core/error.hpp"
@@ -80,7 +81,9 @@ struct ResumeRequest {
   Value info;
   std::uint64_t agent_handle = 0;
   std::uint64_t arena_bytes = 0;
-  std::string span;
+  // The last field, so that the host can decompress an image straight into the frame
+  // (encode_frame_with_tail). Decoded as a view into the frame, which must outlive it.
+  std::string_view span;
   template <class F> void fields(F& f) { run.fields(f), f(info, agent_handle, arena_bytes, span); }
 };
 
@@ -89,7 +92,7 @@ struct HeapSpan {
   static constexpr Kind kKind = Kind::heap_span;
   std::uint64_t agent_handle = 0;
   std::uint64_t arena_bytes = 0;
-  std::string span;
+  std::string_view span;  // decoded as a view into the frame, which must outlive it
   template <class F> void fields(F& f) { f(agent_handle, arena_bytes, span); }
 };
 
@@ -184,6 +187,7 @@ class Encoder {
   void operator()(std::int32_t v) { put(static_cast<std::uint32_t>(v), 4); }
   void operator()(std::uint64_t v) { put(v, 8); }
   void operator()(const std::string& v);
+  void operator()(std::string_view v);
   void operator()(const Value& v);
   void operator()(const Limits& v);
   template <class... T>
@@ -208,6 +212,7 @@ class Decoder {
   void operator()(std::int32_t& v) { v = static_cast<std::int32_t>(static_cast<std::uint32_t>(get(4))); }
   void operator()(std::uint64_t& v) { v = get(8); }
   void operator()(std::string& v);
+  void operator()(std::string_view& v);  // a view into the decoded bytes
   void operator()(Value& v);
   void operator()(Limits& v);
   template <class... T>
@@ -234,6 +239,21 @@ std::vector<std::uint8_t> encode_frame(const M& message) {
   return std::move(e.bytes());
 }
 void finish_frame(std::vector<std::uint8_t>& frame, Kind kind);
+
+// The frame of a message whose last field is a string left empty in `message`, grown by
+// `tail_bytes` for that string: its bytes, at tail_at, are the caller's to write (zeroed here).
+// For a large span written in place rather than copied in (resume requests).
+inline constexpr std::uint32_t kMaxTailBytes = std::uint32_t{1} << 30;  // the guest reads frames up to 1 GiB
+template <class M>
+std::vector<std::uint8_t> encode_frame_with_tail(const M& message, std::uint32_t tail_bytes, std::size_t& tail_at) {
+  std::vector<std::uint8_t> frame = encode_frame(message);
+  // The empty string's u32 length is the frame's last four bytes.
+  for (std::size_t i = 0; i < 4; ++i) frame[frame.size() - 4 + i] = static_cast<std::uint8_t>(tail_bytes >> (8 * i));
+  tail_at = frame.size();
+  frame.resize(frame.size() + tail_bytes);
+  finish_frame(frame, M::kKind);
+  return frame;
+}
 
 struct FrameHeader {
   std::uint32_t length = 0;
