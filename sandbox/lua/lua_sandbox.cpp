@@ -348,6 +348,9 @@ Result<AgentOutcome> drive(lua_State* co, RunContext& ctx, std::string_view chun
     case Stop::went:
     case Stop::checkpoint:
       detail::disarm_count_hook(co);
+      // JIT machine code lives outside the arena (LuaJIT maps it itself): drop every trace, so
+      // that no prototype or trace in the image points at code the destination lacks.
+      if (lua_State* L = main_thread(co); L != nullptr) luaJIT_setmode(L, 0, LUAJIT_MODE_ENGINE | LUAJIT_MODE_FLUSH);
       if (Result<void> sunk = at_stop(reinterpret_cast<std::uintptr_t>(co)); !sunk) return sunk.error();
       outcome.strong_stop = true;
       outcome.checkpoint = step.stop == Stop::checkpoint;
@@ -422,6 +425,9 @@ Result<AgentOutcome> resume_agent_strong(std::uintptr_t agent_handle, const RunI
   detail::disarm_count_hook(co);
   lua_State* L = main_thread(co);
   if (L == nullptr) return make_error(Errc::sandbox_refused, "refused by the sandbox: heap image: no main thread");
+  // The JIT's on/off flag is in the image (global_State): a step without the JIT turns it off,
+  // whatever the step that took the image allowed (its traces were flushed at that stop).
+  if (!input.allow_jit) luaJIT_setmode(L, 0, LUAJIT_MODE_ENGINE | LUAJIT_MODE_OFF);
   if (ctx.bytes_in_use > ctx.byte_cap) return detail::limit_error(Errc::memory_limit, limits);
   Facts facts{&info};
   if (const int status = lua_cpcall(L, set_facts, &facts); status != 0) {

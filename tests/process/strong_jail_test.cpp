@@ -209,3 +209,25 @@ TEST_CASE("the trusted level refuses strong steps with the reason") {
               "strong mobility needs the process or microvm level (trusted: ");
   CHECK_ERROR(trusted.resume_strong({}, input_of(""), facts_at("B"), nullptr), Errc::sandbox_refused, "trusted");
 }
+
+TEST_CASE("traces compiled before a stop are flushed: an image never depends on machine code") {
+  // The first step runs with the JIT on (hot loops compile to traces outside the arena); the
+  // resuming guest has it off and no way to map code: it must find no trace to run.
+  constexpr const char* kHot = R"(
+    function start()
+      local s = 0
+      for i = 1, 200000 do s = s + i % 7 end
+      agent.go('B')
+      for i = 1, 200000 do s = s + i % 7 end
+      return tostring(s) .. '@' .. agent.here
+    end)";
+  RunInput input = input_of(kHot);
+  input.allow_jit = true;
+  const AgentInput agent{"start", Value::table(), facts_at("A")};
+  auto first = jail().run_strong(input, agent, nullptr);
+  REQUIRE_MESSAGE(first.ok(), (first.ok() ? "" : first.error().message));
+  REQUIRE(first->step.went);
+  auto second = resume(first->image, "B");
+  REQUIRE_MESSAGE(second.ok(), (second.ok() ? "" : second.error().message));
+  CHECK(first_result(*second) == "1199994@B");
+}
