@@ -57,6 +57,12 @@ struct Case {
   std::string path;
 };
 
+std::string deep_path(int links) {
+  std::string path = "locals.l";
+  for (int i = 0; i < links; ++i) path += ".next";
+  return path + ".conn (userdata)";
+}
+
 }  // namespace
 
 TEST_CASE("what cannot travel makes agent.go fail with its path, and the agent moves once rid of it") {
@@ -76,6 +82,10 @@ TEST_CASE("what cannot travel makes agent.go fail with its path, and the agent m
        "  local gen = coroutine.wrap(function() local p = test_cdata() coroutine.yield(1) return p end)\n"
        "  gen()",
        "  gen = nil", "locals.gen.upvalues.co.locals.p (cdata)"},
+      // Deeper than the walk keeps on its stack (2,000 nodes): set aside and walked from its path.
+      {"userdata at the end of a 3,000-long list",
+       "  local l = { conn = test_handle() }\n  for i = 1, 2999 do l = { next = l } end",
+       "  local t = l\n  for i = 1, 2999 do t = t.next end\n  t.conn = nil", deep_path(2999)},
   };
   std::vector<std::string> ids;
   for (const Case& k : cases) {
