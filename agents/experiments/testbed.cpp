@@ -274,6 +274,7 @@ Result<Testbed::MigrationRun> Testbed::run_migration(std::uint64_t state_bytes, 
   MigrationRun run;
   run.measured_ms = ms_since(t0);
   run.wire_bytes = wire_bytes_->load() - before;
+  if (trace_dir_.empty()) return run;  // calibration: no traces, the hop's time only
   // The phases, from the two nodes' traces (docs/experiments.md, "migration-cost").
   const std::string src = trace_dir_ + "/client.jsonl", dst = trace_dir_ + "/data.jsonl";
   auto at = [&](const std::string& path, const char* kind) -> Result<TraceEvent> {

@@ -48,8 +48,8 @@ class Testbed {
   // One hop of an agent whose state holds `state_bytes`: launched at the client, it goes to
   // the data node and ends there. Weak: the state is a string in its state table; strong (a
   // testbed at the process level): a local string of its heap, carried in its heap image.
-  // The phases come from the nodes' traces (so the testbed needs a trace dir), as
-  // docs/experiments.md, "migration-cost", defines them.
+  // The phases come from the nodes' traces, as docs/experiments.md, "migration-cost", defines
+  // them; without a trace dir (calibration) only measured_ms and wire_bytes are set.
   struct MigrationRun {
     double measured_ms = 0, downtime_ms = 0;
     double offer_ms = 0, serialize_ms = 0, transfer_ms = 0, restore_ms = 0, resume_ms = 0;

@@ -200,7 +200,8 @@ TEST_CASE("itinerary --quick over seed-wan: cs and rev about K round trips, the 
   }
   std::string meta;
   for (const auto& l : lines_of(out + "/meta.json")) meta += l;
-  for (const char* key : {"\"experiment\": \"itinerary\"", "\"seed\": 3", "\"fixed_costs\"", "\"topology\""}) {
+  for (const char* key : {"\"experiment\": \"itinerary\"", "\"seed\": 3", "\"fixed_costs\"", "\"topology\"",
+                          "\"source\": \"measured at the start of this run"}) {
     CHECK(meta.find(key) != std::string::npos);
   }
   CHECK(std::filesystem::exists(out + "/plot.gp"));
