@@ -83,9 +83,26 @@ void AgentRuntime::register_services(Node& node) {
       self, "agent.launch's argument", [](AgentRuntime& rt, AgentLaunchRequest m, Caller c) { return rt.launch_here(m, c); }), peers);
   node.register_service("agent.offer", typed_service<AgentOffer, decode_offer>(
       self, "agent.offer's argument", [](AgentRuntime& rt, AgentOffer m, Caller) { return rt.on_offer(m); }), peers);
-  node.register_service("agent.transfer", typed_service<AgentTransfer, decode_transfer>(
-      self, "agent.transfer's argument",
-      [](AgentRuntime& rt, AgentTransfer m, Caller c) { return rt.on_transfer(std::move(m), c); }), peers);
+  // As typed_service, with the TRANSFER's receipt (before it is decoded) in the trace.
+  node.register_service("agent.transfer", [self](const Value& args, const PeerIdentity& caller) -> Result<Value> {
+    const auto wall = std::chrono::system_clock::now();
+    const auto mono = std::chrono::steady_clock::now();
+    auto rt = self.lock();
+    if (!rt) return errors::shutting_down();
+    const Value bytes = args.get(1);
+    auto message = decode_message<AgentTransfer, decode_transfer>(bytes, "agent.transfer's argument");
+    if (!message) return message.error();
+    if (rt->counters_ != nullptr && rt->counters_->trace.has_file()) {
+      const std::string size = bytes.is_string() ? std::to_string(bytes.as_string().size()) : std::string("0");
+      const std::string from = message->record.hops.empty() ? std::string() : message->record.hops.back().node;
+      rt->counters_->trace.add_at(wall, mono, "transfer_received", message->record.id, from, "transfer_bytes=" + size);
+      rt->counters_->trace.add_at(wall, mono, "restore_start", message->record.id, from,
+                                  "epoch " + std::to_string(message->record.epoch));
+    }
+    auto answer = rt->on_transfer(std::move(*message), caller);
+    if (!answer) return answer.error();
+    return message_value(encode(*answer));
+  }, peers);
   // Reports to an agent's home: the reporter must hold the agent (tracking.cpp).
   node.register_service("agent.arrived", typed_service<ArrivalReport, decode_arrival>(
       self, "agent.arrived's argument", [](AgentRuntime& rt, ArrivalReport m, Caller c) { return rt.on_arrived(m, c); }), peers);
@@ -211,6 +228,10 @@ void AgentRuntime::schedule_run(const std::string& id) {
   });
 }
 
+void AgentRuntime::trace_step(const char* kind, const std::string& agent, const std::string& peer, std::string detail) {
+  if (counters_ != nullptr && counters_->trace.has_file()) counters_->trace.add(kind, agent, peer, std::move(detail));
+}
+
 // The first step of a visit: a hop in (or the launch) for the metrics and the trace.
 void AgentRuntime::note_visit(const AgentRecord& record) {
   if (counters_ == nullptr) return;
@@ -309,6 +330,15 @@ void AgentRuntime::run_step(const std::string& id) {
   const bool checkpoint = strong_stop && outcome->checkpoint;
   // Hashed outside the lock: what the TRANSFER names and the destination checks first.
   const std::string image_sha256 = strong_stop ? sha256_hex(taken.image) : std::string();
+  // A strong step's heap restored (resumed from an image) and sealed (at a go): the trace's
+  // figures of what happened inside the step, before the departure and after the arrival.
+  if (strong && outcome && taken.restore_us != 0) {
+    trace_step("image_restored", id, "", "restore_us=" + std::to_string(taken.restore_us));
+  }
+  if (strong_stop) {
+    trace_step("image_sealed", id, "", "image_us=" + std::to_string(taken.image_us) + " raw_bytes=" +
+                                           std::to_string(taken.raw_bytes) + " image_bytes=" + std::to_string(taken.image.size()));
+  }
   bool wake = false;
   {
     std::lock_guard lock(mutex_);

@@ -155,6 +155,9 @@ class AgentRuntime : public std::enable_shared_from_this<AgentRuntime>, public M
   void schedule_run(const std::string& id);
   void run_step(const std::string& id);
   void note_visit(const AgentRecord& record);
+  // A step of the migration protocol in the trace file (docs/experiments.md, "Traces"):
+  // written only while the node has a trace file, so without one it costs a null test.
+  void trace_step(const char* kind, const std::string& agent, const std::string& peer, std::string detail = {});
   Result<Value> agent_host_call(const std::string& id, std::string_view service, const Value& args);
   void wake_if_asleep(const std::string& id);
   void finish(const std::string& id, AgentState how, const std::string& reason, Value result);  // finished or failed

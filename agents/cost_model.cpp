@@ -71,6 +71,39 @@ ParadigmCost predict(Paradigm p, const Workload& w, const FixedCosts& f) {
   return c;
 }
 
+Result<ParadigmCost> predict_itinerary(Paradigm p, const ItineraryWorkload& w, const FixedCosts& f) {
+  const double k = w.nodes;
+  auto transfer = [&](double bytes) {
+    double wire = w.bandwidth_bps ? bytes * 8.0 / static_cast<double>(w.bandwidth_bps) * 1000.0 : 0.0;
+    return wire + bytes / 1000.0 * f.per_kb_ms;
+  };
+  ParadigmCost c;
+  c.paradigm = p;
+  switch (p) {
+    case Paradigm::cs:
+      c.round_trips = k;
+      c.bytes = k * static_cast<double>(w.request_bytes + w.data_bytes);
+      c.predicted_ms = k * (w.rtt_ms + transfer(static_cast<double>(w.request_bytes + w.data_bytes)) + f.call_ms);
+      return c;
+    case Paradigm::rev:
+      c.round_trips = k;
+      c.bytes = k * static_cast<double>(w.code_bytes + w.request_bytes + w.result_bytes);
+      c.predicted_ms = k * (w.rtt_ms + transfer(static_cast<double>(w.code_bytes + w.request_bytes + w.result_bytes)) +
+                            f.eval_ms + f.local_call_ms);
+      return c;
+    case Paradigm::ma: {
+      const double state = static_cast<double>(w.state_bytes);
+      c.round_trips = 2.5 * k + 1.5;
+      c.bytes = k * static_cast<double>(w.code_bytes) + (k + 1) * state;
+      c.predicted_ms = c.round_trips * w.rtt_ms + transfer(c.bytes) + (k + 1) * (state / 1000.0 * f.state_per_kb_ms + f.hop_ms) +
+                       k * f.local_call_ms;
+      return c;
+    }
+    case Paradigm::cod: break;
+  }
+  return errors::invalid_argument("code-on-demand has no itinerary form (the data is at the nodes, not here)");
+}
+
 Advice advise(const Workload& w, const FixedCosts& fixed) {
   Advice a;
   for (Paradigm p : kParadigms) a.costs.push_back(predict(p, w, fixed));

@@ -240,6 +240,22 @@ void TraceRing::add(std::string kind, std::string agent, std::string peer, std::
   while (events_.size() > capacity_) events_.pop_front();
 }
 
+void TraceRing::add_at(std::chrono::system_clock::time_point wall_at, std::chrono::steady_clock::time_point mono_at,
+                       std::string kind, std::string agent, std::string peer, std::string detail) {
+  const auto wall = wall_at.time_since_epoch();
+  const auto now = std::chrono::duration_cast<std::chrono::milliseconds>(wall).count();
+  std::lock_guard lock(mutex_);
+  events_.push_back(Event{next_seq_++, now, std::move(kind), std::move(agent), std::move(peer), std::move(detail)});
+  if (file_) {
+    const auto mono = std::chrono::duration_cast<std::chrono::nanoseconds>(mono_at.time_since_epoch());
+    const std::string line = trace_line(file_node_, mono.count(),
+                                        std::chrono::duration_cast<std::chrono::microseconds>(wall).count(), events_.back());
+    std::fwrite(line.data(), 1, line.size(), file_);
+    std::fflush(file_);
+  }
+  while (events_.size() > capacity_) events_.pop_front();
+}
+
 std::vector<Event> TraceRing::since(std::uint64_t since, std::size_t limit) const {
   std::lock_guard lock(mutex_);
   std::vector<Event> out;

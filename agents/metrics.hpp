@@ -120,6 +120,10 @@ class TraceRing {
   explicit TraceRing(std::size_t capacity = 2048) : capacity_(capacity) {}
   ~TraceRing();
   void add(std::string kind, std::string agent, std::string peer, std::string detail);
+  // The same for an event that happened earlier, at `wall` and `mono` (a TRANSFER's receipt,
+  // known to be one only once decoded). Its sequence number is the next one.
+  void add_at(std::chrono::system_clock::time_point wall, std::chrono::steady_clock::time_point mono, std::string kind,
+              std::string agent, std::string peer, std::string detail);
   // Also appends every event to `path` as JSON lines (NodeOptions::trace); empty when that
   // worked, else why not. Without a file an event costs what it did before (one null test).
   std::string open_file(const std::string& path, std::string node);

@@ -127,6 +127,7 @@ Result<AgentCommit> AgentRuntime::on_transfer(AgentTransfer transfer, const Peer
     remember_commit(id, epoch, commit);
   }
   log_info("agents", options_.name + ": agent " + id + " arrived (epoch " + std::to_string(epoch) + ")");
+  trace_step("restore_end", id, caller.address, "epoch " + std::to_string(epoch));
   // Resident now (this COMMIT is the source's cue to drop its copy), but it runs only once
   // its home knows where it is and has handed over the messages waiting for it.
   {
@@ -148,8 +149,10 @@ asio::awaitable<Result<AgentCommit>> AgentRuntime::hand_over(AgentRecord record,
                                                              std::string peer) {
   const std::uint64_t carried = record.image ? record.image->size() : encode_value(record.state).size();
   const AgentOffer offer{record.id, record.epoch, record.bundle_hash, carried};
+  trace_step("offer_sent", record.id, peer, "carried_bytes=" + std::to_string(carried));
   Result<Value> reply = co_await links_.call_peer(peer, "agent.offer", message_args(encode(offer)));
   if (!reply) co_return reply.error();
+  trace_step("offer_answered", record.id, peer);
   auto answer = decode_message<OfferAnswer, decode_offer_answer>(*reply, "the offer's answer");
   if (!answer) co_return answer.error();
   if (answer->duplicate) {
@@ -168,6 +171,12 @@ asio::awaitable<Result<AgentCommit>> AgentRuntime::hand_over(AgentRecord record,
                                                      answer->node_id.substr(0, 16) + " but proved " + proven.substr(0, 16));
     }
   }
+  const std::string id = record.id;
+  trace_step("serialize_start", id, peer);
+  // What the state is before any compression (a strong agent's image: its page map and kept
+  // pages; a weak one's: the encoded state, which is not compressed) and as carried.
+  const std::uint64_t raw =
+      record.image && !record.hops.empty() && record.hops.back().image_raw_bytes != 0 ? record.hops.back().image_raw_bytes : carried;
   AgentTransfer transfer;
   transfer.record = std::move(record);
   // Bound to this destination and this moment: a captured copy is refused elsewhere or later.
@@ -196,9 +205,14 @@ asio::awaitable<Result<AgentCommit>> AgentRuntime::hand_over(AgentRecord record,
                                        std::to_string(options_.max_payload) + " bytes (max_payload)");
   }
   Value transfer_args = message_args(transfer_bytes);
+  trace_step("serialize_end", id, peer,
+             "raw_bytes=" + std::to_string(raw) + " compressed_bytes=" + std::to_string(carried) +
+                 " transfer_bytes=" + std::to_string(transfer_bytes.size()));
   std::string expect = trust_.tls() ? answer->node_id : std::string();
+  trace_step("transfer_sent", id, peer, "transfer_bytes=" + std::to_string(transfer_bytes.size()));
   Result<Value> commit = co_await links_.call_peer(peer, "agent.transfer", std::move(transfer_args), std::move(expect));
   if (!commit) co_return commit.error();
+  trace_step("commit_received", id, peer);
   co_return decode_message<AgentCommit, decode_commit>(*commit, "the COMMIT");
 }
 

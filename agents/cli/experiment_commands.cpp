@@ -97,6 +97,8 @@ void add_experiment_commands(CLI::App& app, ExperimentCommands& c, std::string v
   c.experiment_names.push_back(paradigms);
   c.experiment_names.push_back(c.experiment_cmd->add_subcommand(
       "migration-cost", "A weak agent's hop and downtime as its state grows from 1 KB to 64 MB, over several bandwidths"));
+  c.experiment_names.push_back(c.experiment_cmd->add_subcommand(
+      "itinerary", "One agent visiting K data nodes vs client-server to each vs K remote evaluations, sweeping K and the data"));
   for (CLI::App* e : c.experiment_names) {
     e->add_option("--out", c.experiment.out, "Directory for results.csv, trace.jsonl, meta.json, plot.gp and the PNG")->required();
     e->add_option("--profile", c.experiment.profile, "Link profile: seed-wan, lan, wifi, 3g")->capture_default_str();
@@ -148,6 +150,7 @@ int run_experiment_commands(ExperimentCommands& c) {
       c.experiment.name = e->get_name();
       if (c.experiment.name == "paradigms") return experiments::run_paradigms(c.experiment);
       if (c.experiment.name == "migration-cost") return experiments::run_migration_cost(c.experiment);
+      if (c.experiment.name == "itinerary") return experiments::run_itinerary(c.experiment);
     }
     return exit_usage;
   }

@@ -67,11 +67,18 @@ Result<void> check_links_mode(const std::string& mode) {
 FixedCosts fixed_costs_for(const ExperimentOptions& o) {
   const std::string path = o.calibration.empty() ? calibration_path() : o.calibration;
   if (auto loaded = load_calibration(path)) return *loaded;
-  if (auto measured = calibrate(true)) {
+  auto measured = calibrate(true);
+  if (measured) {
     measured->source = "measured at the start of this run (no calibration file at " + path + ")";
     return *measured;
   }
-  return FixedCosts{};
+  // Said in meta.json and on stderr: the predictions then rest on round figures only.
+  std::fprintf(stderr, "sojourn: warning: measuring the fixed costs failed (%s): the model uses built-in defaults\n",
+               measured.error().message.c_str());
+  FixedCosts defaults;
+  defaults.source = "built-in defaults (no calibration file at " + path + ", and measuring failed: " +
+                    measured.error().message + ")";
+  return defaults;
 }
 
 namespace {

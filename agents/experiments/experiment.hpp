@@ -58,6 +58,7 @@ Result<FixedCosts> calibrate(bool quick);
 // The experiments; each returns the process exit code.
 int run_paradigms(const ExperimentOptions& o);
 int run_migration_cost(const ExperimentOptions& o);
+int run_itinerary(const ExperimentOptions& o);
 
 // The merge of `sojourn trace merge`: every line of every file, ordered by wall time, each
 // given t_ms from the first event (and kept only when its agent is `agent`, if set).

@@ -2,8 +2,13 @@
 #include "agents/experiments/testbed.hpp"
 
 #include <chrono>
+#include <cstdlib>
 #include <fstream>
+#include <map>
 #include <optional>
+#include <vector>
+
+#include <nlohmann/json.hpp>
 
 #include "sojourn/core/bundle.hpp"
 #include "sojourn/transports/address.hpp"
@@ -23,8 +28,8 @@ Service data_service(std::shared_ptr<std::atomic<std::uint64_t>> reply_bytes) {
 
 }  // namespace
 
-Testbed::Testbed(const LinkSpec* link, std::uint64_t seed, std::string trace_dir)
-    : seed_(seed), trace_dir_(std::move(trace_dir)) {
+Testbed::Testbed(const LinkSpec* link, std::uint64_t seed, std::string trace_dir, Isolation level)
+    : seed_(seed), trace_dir_(std::move(trace_dir)), level_(level) {
   if (link) link_ = *link;
 }
 
@@ -33,13 +38,19 @@ Testbed::~Testbed() {
   if (data_) data_->shutdown(std::chrono::milliseconds(0));
 }
 
-NodeOptions Testbed::node_options(const std::string& name, const std::string& rule_to) const {
+namespace {
+
+// A testbed node: trusted, roomy limits, the link applied to `rule_to` ("*", a host or
+// HOST:PORT) and counted in `wire_bytes`, its trace in TRACE_DIR/NAME.jsonl.
+NodeOptions testbed_node_options(const std::string& name, const std::string& rule_to, const std::optional<LinkSpec>& link,
+                                 std::uint64_t seed, const std::shared_ptr<std::atomic<std::uint64_t>>& wire_bytes,
+                                 const std::string& trace_dir, Isolation level = Isolation::trusted) {
   auto to = parse_address(rule_to);
   NodeOptions o;
   o.name = name;
   // Both nodes are this process's own: the trusted level keeps jail start-up out of the figures
   // (the fixed costs are calibrated at the same level).
-  o.peer_isolation = Isolation::trusted;
+  o.peer_isolation = level;
   o.request_timeout = std::chrono::minutes(10);
   o.transfer_lifetime = std::chrono::minutes(4);  // within max_message_lifetime
   o.max_payload = 256u << 20;
@@ -48,17 +59,28 @@ NodeOptions Testbed::node_options(const std::string& name, const std::string& ru
   o.default_limits.wall_ms = 120'000;
   o.max_limits.memory_bytes = 2u << 30;
   o.max_limits.wall_ms = 300'000;
-  if (link_) {
+  if (link) {
     // "*" for the data node, "127.0.0.1" for the client.
     if (to) {
-      o.links.rules.push_back(LinkRule{to->host, to->port, *link_});
+      o.links.rules.push_back(LinkRule{to->host, to->port, *link});
     } else {
-      o.links.rules.push_back(LinkRule{rule_to, std::nullopt, *link_});
+      o.links.rules.push_back(LinkRule{rule_to, std::nullopt, *link});
     }
-    o.links.seed = seed_;
-    o.links.sent_bytes = wire_bytes_;
+    o.links.seed = seed;
+    o.links.sent_bytes = wire_bytes;
   }
-  if (!trace_dir_.empty()) o.trace = trace_dir_ + "/" + name + ".jsonl";
+  if (!trace_dir.empty()) o.trace = trace_dir + "/" + name + ".jsonl";
+  return o;
+}
+
+}  // namespace
+
+NodeOptions Testbed::node_options(const std::string& name, const std::string& rule_to) const {
+  NodeOptions o = testbed_node_options(name, rule_to, link_, seed_, wire_bytes_, trace_dir_, level_);
+  if (level_ != Isolation::trusted) {
+    // A strong agent's arena is its step's memory limit: room for the biggest state, not more.
+    o.default_limits.memory_bytes = 512u << 20;
+  }
   return o;
 }
 
@@ -83,6 +105,11 @@ Result<void> Testbed::start() {
 }
 
 Result<void> Testbed::warm_up() {
+  if (level_ != Isolation::trusted) {
+    auto hop = run_migration(1000, true);
+    if (!hop) return hop.error();
+    return {};
+  }
   Task tiny{1, 10, 10, 100};
   for (Paradigm p : kParadigms) {
     auto r = run(p, tiny);
@@ -181,33 +208,60 @@ return M
 
 namespace {
 
-// The unix_us of the first event of `kind` about `agent` in a node's trace file.
-std::optional<std::int64_t> event_time(const std::string& path, const std::string& agent, const std::string& kind) {
+struct TraceEvent {
+  std::int64_t unix_us = 0;
+  std::string detail;
+};
+
+// The first event of `kind` about `agent` in a node's trace file.
+std::optional<TraceEvent> find_event(const std::string& path, const std::string& agent, const std::string& kind) {
   std::ifstream in(path);
   const std::string want_agent = "\"agent\":\"" + agent + "\"", want_kind = "\"kind\":\"" + kind + "\"";
   for (std::string line; std::getline(in, line);) {
     if (line.find(want_agent) == std::string::npos || line.find(want_kind) == std::string::npos) continue;
-    auto at = line.find("\"unix_us\":");
-    if (at == std::string::npos) continue;
-    return std::stoll(line.substr(at + 10));
+    auto j = nlohmann::json::parse(line, nullptr, false);
+    if (j.is_discarded() || !j.contains("unix_us") || !j["unix_us"].is_number_integer()) continue;
+    return TraceEvent{j["unix_us"].get<std::int64_t>(), j.value("detail", "")};
   }
   return std::nullopt;
 }
 
+// NAME=NUMBER in an event's detail ("raw_bytes=1024 compressed_bytes=..."); 0 when absent.
+std::uint64_t detail_number(const std::string& detail, const std::string& name) {
+  auto at = detail.find(name + "=");
+  if (at == std::string::npos) return 0;
+  return std::strtoull(detail.c_str() + at + name.size() + 1, nullptr, 10);
+}
+
 }  // namespace
 
-Result<Testbed::MigrationRun> Testbed::run_migration(std::uint64_t state_bytes) {
-  auto bundle = single_file_bundle("migration-cost", "local M = {}\n"
-                                   "function M.start(s) agent.go(s.data, \"there\") end\n"
-                                   "function M.there(s) return #s.blob end\n"
-                                   "return M\n");
-  if (!bundle) return bundle.error();
+Result<Testbed::MigrationRun> Testbed::run_migration(std::uint64_t state_bytes, bool strong) {
   AgentLaunch launch;
-  launch.bundle = std::move(*bundle);
+  if (strong) {
+    // The string lives in the heap: agent.go seals the heap into an image, which goes on at
+    // the next line at the data node.
+    auto bundle = single_file_bundle("migration-cost-strong", "function start(s)\n"
+                                     "  local blob = string.rep(\"s\", s.bytes)\n"
+                                     "  agent.go(s.data)\n"
+                                     "  return #blob\n"
+                                     "end\n", {"start"});
+    if (!bundle) return bundle.error();
+    launch.bundle = std::move(*bundle);
+    launch.mobility = Mobility::strong;
+    launch.state = Value::table();
+    launch.state.set("bytes", static_cast<std::int64_t>(state_bytes));
+  } else {
+    auto bundle = single_file_bundle("migration-cost", "local M = {}\n"
+                                     "function M.start(s) agent.go(s.data, \"there\") end\n"
+                                     "function M.there(s) return #s.blob end\n"
+                                     "return M\n");
+    if (!bundle) return bundle.error();
+    launch.bundle = std::move(*bundle);
+    launch.state = Value::table();
+    launch.state.set("blob", std::string(state_bytes, 's'));
+  }
   launch.owner = "experiment";
-  launch.state = Value::table();
   launch.state.set("data", data_address_);
-  launch.state.set("blob", std::string(state_bytes, 's'));
   const std::uint64_t before = wire_bytes_->load();
   auto t0 = Clock::now();
   auto id = client_->launch(client_address_, std::move(launch));
@@ -220,9 +274,47 @@ Result<Testbed::MigrationRun> Testbed::run_migration(std::uint64_t state_bytes) 
   MigrationRun run;
   run.measured_ms = ms_since(t0);
   run.wire_bytes = wire_bytes_->load() - before;
-  auto left = event_time(trace_dir_ + "/client.jsonl", *id, "departure");
-  auto arrived = event_time(trace_dir_ + "/data.jsonl", *id, "arrival");
-  if (left && arrived) run.downtime_ms = static_cast<double>(*arrived - *left) / 1000.0;
+  if (trace_dir_.empty()) return run;  // calibration: no traces, the hop's time only
+  // The phases, from the two nodes' traces (docs/experiments.md, "migration-cost").
+  const std::string src = trace_dir_ + "/client.jsonl", dst = trace_dir_ + "/data.jsonl";
+  auto at = [&](const std::string& path, const char* kind) -> Result<TraceEvent> {
+    auto e = find_event(path, *id, kind);
+    if (!e) return errors::invalid_argument(std::string("no '") + kind + "' event of agent " + *id + " in " + path);
+    return *e;
+  };
+  auto ms = [](const TraceEvent& from, const TraceEvent& to) { return static_cast<double>(to.unix_us - from.unix_us) / 1000.0; };
+  const char* src_kinds[] = {"departure", "offer_sent", "offer_answered", "serialize_start", "serialize_end", "transfer_sent"};
+  const char* dst_kinds[] = {"transfer_received", "restore_start", "restore_end", "arrival"};
+  std::map<std::string, TraceEvent> e;
+  for (const char* k : src_kinds) {
+    auto got = at(src, k);
+    if (!got) return got.error();
+    e[k] = *got;
+  }
+  for (const char* k : dst_kinds) {
+    auto got = at(dst, k);
+    if (!got) return got.error();
+    e[k] = *got;
+  }
+  // A strong step seals the heap before its departure and restores it after its arrival.
+  double sealed_ms = 0, restored_ms = 0;
+  if (strong) {
+    auto sealed = at(src, "image_sealed");
+    if (!sealed) return sealed.error();
+    auto restored = at(dst, "image_restored");
+    if (!restored) return restored.error();
+    sealed_ms = static_cast<double>(detail_number(sealed->detail, "image_us")) / 1000.0;
+    restored_ms = static_cast<double>(detail_number(restored->detail, "restore_us")) / 1000.0;
+  }
+  run.offer_ms = ms(e["offer_sent"], e["offer_answered"]);
+  run.serialize_ms = ms(e["serialize_start"], e["serialize_end"]) + sealed_ms;
+  run.transfer_ms = ms(e["transfer_sent"], e["transfer_received"]);
+  run.restore_ms = ms(e["restore_start"], e["restore_end"]) + restored_ms;
+  run.resume_ms = ms(e["restore_end"], e["arrival"]);
+  run.downtime_ms = ms(e["departure"], e["arrival"]) + sealed_ms + restored_ms;
+  run.raw_bytes = detail_number(e["serialize_end"].detail, "raw_bytes");
+  run.compressed_bytes = detail_number(e["serialize_end"].detail, "compressed_bytes");
+  run.transfer_bytes = detail_number(e["serialize_end"].detail, "transfer_bytes");
   return run;
 }
 
@@ -238,6 +330,151 @@ Result<RunResult> Testbed::run(Paradigm p, const Task& task) {
   }
   if (!took) return took.error();
   return RunResult{*took, wire_bytes_->load() - before};
+}
+
+// ---- the itinerary testbed ----
+
+namespace {
+
+// The number a run's code returned: a number, or the first of an array of results.
+std::optional<std::int64_t> first_integer(const Value& v) {
+  if (v.is_number()) return static_cast<std::int64_t>(v.as_number());
+  if (v.is_table()) {
+    Value first = v.get(Value(static_cast<std::int64_t>(1)));
+    if (first.is_number()) return static_cast<std::int64_t>(first.as_number());
+  }
+  return std::nullopt;
+}
+
+// The query each paradigm makes at a data node: its data's size (the code reduces the data
+// to a number; client-server brings the data home to count it).
+constexpr const char* kVisitCode = R"(local req = ...
+return #node.call("data.get", string.rep("r", req))
+)";
+
+constexpr const char* kItineraryAgent = R"(local M = {}
+function M.start(s) s.total = 0; agent.go(agent.itinerary[1], "visit") end
+function M.visit(s)
+  s.total = s.total + #node.call("data.get", string.rep("r", s.req))
+  if agent.itinerary[1] then agent.go(agent.itinerary[1], "visit") else agent.go(agent.home, "done") end
+end
+function M.done(s) return s.total end
+return M
+)";
+
+}  // namespace
+
+ItineraryTestbed::ItineraryTestbed(const LinkSpec& link, std::uint32_t nodes, std::uint64_t seed, std::string trace_dir)
+    : link_(link), nodes_(nodes), seed_(seed), trace_dir_(std::move(trace_dir)) {}
+
+ItineraryTestbed::~ItineraryTestbed() {
+  if (client_) client_->shutdown(std::chrono::milliseconds(0));
+  for (auto& d : data_) d->shutdown(std::chrono::milliseconds(0));
+}
+
+Result<void> ItineraryTestbed::start() {
+  const std::optional<LinkSpec> link = link_;
+  for (std::uint32_t i = 0; i < nodes_; ++i) {
+    // Every node applies the link to all it sends on loopback: to the client and to the other
+    // data nodes alike (its calls to itself never touch the network).
+    auto node = std::make_unique<Node>(testbed_node_options("data-" + std::to_string(i + 1), "127.0.0.1", link,
+                                                            seed_ + i + 1, wire_bytes_, trace_dir_));
+    node->register_service("data.get", data_service(data_bytes_));
+    auto at = node->listen("127.0.0.1:0");
+    if (!at) return at.error();
+    data_addresses_.push_back(*at);
+    data_.push_back(std::move(node));
+  }
+  client_ = std::make_unique<Node>(testbed_node_options("client", "127.0.0.1", link, seed_, wire_bytes_, trace_dir_));
+  auto here = client_->listen("127.0.0.1:0");
+  if (!here) return here.error();
+  client_address_ = *here;
+  // Warm: every connection a run of any K uses (client -> each node, each node -> the next
+  // and -> the client), opened before any clock starts.
+  for (Paradigm p : {Paradigm::cs, Paradigm::rev, Paradigm::ma}) {
+    auto r = run(p, nodes_, 10);
+    if (!r) return r.error();
+  }
+  return {};
+}
+
+std::string ItineraryTestbed::padded(const std::string& body) {
+  // A comment that makes the code kCodeBytes long and new each run (cold at every node).
+  std::string code = "-- sojourn itinerary task, version " + std::to_string(++version_) + "\n";
+  while (code.size() + body.size() + 1 < kCodeBytes) {
+    code += std::string(std::min<std::size_t>(79, kCodeBytes - code.size() - body.size() - 1), '-') + "\n";
+  }
+  return code + body;
+}
+
+Result<std::int64_t> ItineraryTestbed::run_cs(std::uint32_t k) {
+  const Value args = Value::array({Value(std::string(kRequestBytes, 'r'))});
+  std::int64_t total = 0;
+  for (std::uint32_t i = 0; i < k; ++i) {
+    auto r = client_->call(data_addresses_[i], "data.get", args);
+    if (!r) return r.error();
+    if (!r->is_string()) return errors::invalid_argument("data.get at " + data_addresses_[i] + " answered no string");
+    total += static_cast<std::int64_t>(r->as_string().size());
+  }
+  return total;
+}
+
+Result<std::int64_t> ItineraryTestbed::run_rev(std::uint32_t k) {
+  const std::string code = padded(kVisitCode);
+  EvalOptions eo;
+  eo.isolation = Isolation::trusted;
+  const Value args = Value::array({Value(static_cast<std::int64_t>(kRequestBytes))});
+  std::int64_t total = 0;
+  for (std::uint32_t i = 0; i < k; ++i) {
+    auto r = client_->eval(data_addresses_[i], code, args, eo);
+    if (!r) return r.error();
+    auto n = first_integer(r->results);
+    if (!n) return errors::invalid_argument("the evaluation at " + data_addresses_[i] + " returned no number");
+    total += *n;
+  }
+  return total;
+}
+
+Result<std::int64_t> ItineraryTestbed::run_ma(std::uint32_t k) {
+  auto bundle = single_file_bundle("itinerary-agent", padded(kItineraryAgent));
+  if (!bundle) return bundle.error();
+  AgentLaunch launch;
+  launch.bundle = std::move(*bundle);
+  launch.owner = "experiment";
+  launch.itinerary.assign(data_addresses_.begin(), data_addresses_.begin() + k);
+  launch.state = Value::table();
+  launch.state.set("req", static_cast<std::int64_t>(kRequestBytes));
+  auto id = client_->launch(client_address_, std::move(launch));
+  if (!id) return id.error();
+  auto status = client_->wait_agent(client_address_, *id, std::chrono::minutes(10));
+  if (!status) return status.error();
+  if (status->status != AgentState::finished) {
+    return make_error(Errc::service_failed, "service experiment failed: its agent did not finish: " + status->reason);
+  }
+  auto n = first_integer(status->result);
+  if (!n) return errors::invalid_argument("the itinerary agent came home with no number");
+  return *n;
+}
+
+Result<RunResult> ItineraryTestbed::run(Paradigm p, std::uint32_t k, std::uint64_t data_bytes) {
+  if (k == 0 || k > nodes_) return errors::invalid_argument("an itinerary of " + std::to_string(k) + " nodes on a testbed of " + std::to_string(nodes_));
+  data_bytes_->store(data_bytes);
+  const std::uint64_t before = wire_bytes_->load();
+  auto t0 = Clock::now();
+  Result<std::int64_t> total = errors::invalid_argument("code-on-demand has no itinerary form");
+  switch (p) {
+    case Paradigm::cs: total = run_cs(k); break;
+    case Paradigm::rev: total = run_rev(k); break;
+    case Paradigm::ma: total = run_ma(k); break;
+    case Paradigm::cod: break;
+  }
+  const double took = ms_since(t0);
+  if (!total) return total.error();
+  if (static_cast<std::uint64_t>(*total) != k * data_bytes) {
+    return errors::invalid_argument(std::string(paradigm_name(p)) + " over " + std::to_string(k) + " nodes saw " +
+                                    std::to_string(*total) + " bytes of data, not " + std::to_string(k * data_bytes));
+  }
+  return RunResult{took, wire_bytes_->load() - before};
 }
 
 }  // namespace sojourn::experiments

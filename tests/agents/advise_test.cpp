@@ -87,3 +87,41 @@ TEST_CASE("a calibration file round-trips, and a broken one says what is wrong")
   CHECK_ERROR(load_calibration(dir.write("bad.json", "{\"call_ms\": -1}")), Errc::invalid_json, "call_ms");
   CHECK_ERROR(load_calibration(dir / "missing.json"), Errc::invalid_argument, "missing.json");
 }
+
+TEST_CASE("the itinerary model: K round trips for cs and rev, 2.5 K + 1.5 for the agent; big data favours the agent over cs") {
+  ItineraryWorkload w;
+  w.rtt_ms = 81.6;
+  w.bandwidth_bps = 100'000'000;
+  w.data_bytes = 1'000;
+  FixedCosts zero;
+  zero.call_ms = zero.eval_ms = zero.hop_ms = zero.local_call_ms = zero.per_kb_ms = zero.state_per_kb_ms = 0;
+  w.nodes = 8;
+  auto cs = predict_itinerary(Paradigm::cs, w, zero);
+  auto rev = predict_itinerary(Paradigm::rev, w, zero);
+  auto ma = predict_itinerary(Paradigm::ma, w, zero);
+  REQUIRE(cs.ok());
+  REQUIRE(rev.ok());
+  REQUIRE(ma.ok());
+  CHECK(cs->round_trips == 8);
+  CHECK(rev->round_trips == 8);
+  CHECK(ma->round_trips == doctest::Approx(21.5));
+  // 8 (81.6 + 8 * 1200 B / 100 Mbit/s) = 652.8 + 0.768.
+  CHECK(cs->predicted_ms == doctest::Approx(8 * (81.6 + 1200 * 8.0 / 1e5)));
+  CHECK(ma->predicted_ms > rev->predicted_ms);
+  // One node: the agent's itinerary is the paradigms model's one visit (four round trips).
+  w.nodes = 1;
+  Workload one;
+  one.rtt_ms = 81.6;
+  one.bandwidth_bps = 100'000'000;
+  one.code_bytes = w.code_bytes;
+  one.result_bytes = 0;
+  CHECK(predict_itinerary(Paradigm::ma, w, FixedCosts{})->predicted_ms ==
+        doctest::Approx(predict(Paradigm::ma, one, FixedCosts{}).predicted_ms));
+  // 4 MB at each node: client-server pays 335 ms of wire per node, the agent none of it.
+  w.nodes = 4;
+  w.data_bytes = 4'000'000;
+  CHECK(predict_itinerary(Paradigm::ma, w, zero)->predicted_ms < predict_itinerary(Paradigm::cs, w, zero)->predicted_ms);
+  auto cod = predict_itinerary(Paradigm::cod, w, zero);
+  REQUIRE_FALSE(cod.ok());
+  CHECK(cod.error().message == "invalid argument: code-on-demand has no itinerary form (the data is at the nodes, not here)");
+}

@@ -6,6 +6,8 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <set>
+#include <tuple>
 #include <sstream>
 
 #include "sojourn/agents/node.hpp"
@@ -132,32 +134,148 @@ TEST_CASE("paradigms --quick over seed-wan: CSV columns, cs growing with N, rev 
   CHECK(is_png(out + "/paradigms.png"));
 }
 
-TEST_CASE("migration-cost --quick: weak rows whose time and downtime grow with the state and shrink with bandwidth") {
+TEST_CASE("itinerary --quick over seed-wan: cs and rev about K round trips, the agent 2.5 K + 1.5, the model beside") {
+  TempDir dir;
+  const std::string out = dir / "itinerary";
+  auto r = run({cli, "experiment", "itinerary", "--out", out, "--quick", "--seed", "3", "--calibration", dir / "none.json"});
+  INFO(r.err);
+  REQUIRE(r.exit_code == 0);
+  CHECK(r.out.find("over wa-virginia (RTT 81.6 ms") != std::string::npos);
+  auto rows = lines_of(out + "/results.csv");
+  REQUIRE(rows.size() == 1 + 3 * 3 * 2);  // cs, rev, ma x K in {1, 2, 4} x data in {1 KB, 1 MB}
+  CHECK(rows[0] == "paradigm,link,rtt_ms,bandwidth_bps,nodes,data_bytes,measured_ms,predicted_ms,wire_bytes");
+  std::map<std::tuple<std::string, int, long long>, std::vector<double>> by;  // (paradigm, K, data) -> measured, predicted, wire
+  for (std::size_t i = 1; i < rows.size(); ++i) {
+    auto f = split(rows[i], ',');
+    REQUIRE(f.size() == 9);
+    CHECK(f[1] == "wa-virginia");
+    CHECK(std::stod(f[2]) == doctest::Approx(81.6));
+    CHECK(f[3] == "100000000");
+    by[{f[0], std::stoi(f[4]), std::stoll(f[5])}] = {std::stod(f[6]), std::stod(f[7]), std::stod(f[8])};
+  }
+  REQUIRE(by.size() == 18);
+  const double rtt = 81.6;
+  auto measured = [&](const char* p, int k, long long data) { return by[{p, k, data}][0]; };
+  auto wire = [&](const char* p, int k, long long data) { return by[{p, k, data}][2]; };
+  // Client-server and remote evaluation: a round trip per node.
+  CHECK(measured("cs", 4, 1000) >= 4 * rtt);
+  CHECK(measured("rev", 4, 1000) >= 4 * rtt);
+  CHECK(measured("rev", 4, 1000) < 4 * rtt * 1.3);
+  // The agent: 2.5 round trips a node (OFFER, TRANSFER, its report home) and 1.5 to come home.
+  CHECK(measured("ma", 4, 1000) >= 11.5 * rtt);
+  // Client-server brings the data home: 1 MB from each node crosses the link, the others' do not.
+  CHECK(wire("cs", 4, 1000000) > 4e6);
+  CHECK(wire("rev", 4, 1000000) < 1e5);
+  CHECK(wire("ma", 4, 1000000) < 1e5);
+  CHECK(measured("cs", 4, 1000000) - measured("cs", 4, 1000) > 4 * 70);  // 80 ms of wire per node at 100 Mbit/s
+  CHECK(measured("rev", 4, 1000000) - measured("rev", 4, 1000) < 4 * 40);
+  // The model is within 20% where the network dominates (all of this sweep): over the sweep,
+  // and each single run (one repetition, on a machine that may be busy) within 35%.
+  double measured_sum = 0, predicted_sum = 0;
+  for (const auto& [key, v] : by) {
+    INFO(std::get<0>(key) << " K=" << std::get<1>(key) << " data " << std::get<2>(key) << ": measured " << v[0]
+                          << " predicted " << v[1]);
+    CHECK(std::abs(v[0] - v[1]) / v[0] < 0.35);
+    measured_sum += v[0];
+    predicted_sum += v[1];
+  }
+  CHECK(std::abs(measured_sum - predicted_sum) / measured_sum < 0.2);
+
+  auto trace = lines_of(out + "/trace.jsonl");
+  REQUIRE(trace.size() > 10);
+  std::map<std::string, int> kinds;
+  std::set<std::string> nodes;
+  long long last = 0;
+  for (const auto& line : trace) {
+    ++kinds[field(line, "kind")];
+    nodes.insert(field(line, "node"));
+    long long t = std::stoll(field(line, "unix_us"));
+    CHECK(t >= last);
+    last = t;
+  }
+  CHECK(nodes == std::set<std::string>{"client", "data-1", "data-2", "data-3", "data-4"});
+  for (const char* kind : {"request", "eval", "launch", "arrival", "departure", "end"}) {
+    INFO(kind);
+    CHECK(kinds[kind] > 0);
+  }
+  std::string meta;
+  for (const auto& l : lines_of(out + "/meta.json")) meta += l;
+  for (const char* key : {"\"experiment\": \"itinerary\"", "\"seed\": 3", "\"fixed_costs\"", "\"topology\"",
+                          "\"source\": \"measured at the start of this run"}) {
+    CHECK(meta.find(key) != std::string::npos);
+  }
+  CHECK(std::filesystem::exists(out + "/plot.gp"));
+  CHECK(is_png(out + "/itinerary.png"));
+}
+
+TEST_CASE("migration-cost --quick: weak and strong rows, downtime broken into its phases, bytes raw, compressed, sent") {
   TempDir dir;
   const std::string out = dir / "migration";
   auto r = run({cli, "experiment", "migration-cost", "--out", out, "--quick", "--calibration", dir / "none.json"});
   INFO(r.err);
+  INFO(r.out);
   REQUIRE(r.exit_code == 0);
-  CHECK(r.out.find("strong not yet") != std::string::npos);
+  CHECK(r.out.find("no strong rows") == std::string::npos);
   auto rows = lines_of(out + "/results.csv");
-  REQUIRE(rows.size() == 7);
-  CHECK(rows[0] == "kind,link,rtt_ms,bandwidth_bps,state_bytes,measured_ms,predicted_ms,downtime_ms,wire_bytes");
-  std::map<std::pair<std::string, std::string>, std::vector<std::string>> by;  // (bandwidth, state) -> fields
+  REQUIRE(rows.size() == 13);  // (weak, strong) x 3 states x 2 bandwidths
+  CHECK(rows[0] == "kind,link,rtt_ms,bandwidth_bps,state_bytes,measured_ms,predicted_ms,downtime_ms,wire_bytes,"
+                   "offer_ms,serialize_ms,transfer_ms,restore_ms,resume_ms,raw_bytes,compressed_bytes,transfer_bytes");
+  std::map<std::tuple<std::string, std::string, std::string>, std::vector<std::string>> by;  // (kind, bandwidth, state)
   for (std::size_t i = 1; i < rows.size(); ++i) {
     auto f = split(rows[i], ',');
-    REQUIRE(f.size() == 9);
-    CHECK(f[0] == "weak");
-    by[{f[3], f[4]}] = f;
-    CHECK(std::stoull(f[8]) >= std::stoull(f[4]));   // the state crossed the wire
-    CHECK(std::stod(f[7]) > 2 * 81.6);              // downtime: OFFER, TRANSFER, the report home
-    CHECK(std::stod(f[7]) < std::stod(f[5]));
+    REQUIRE(f.size() == 17);
+    INFO(rows[i]);
+    by[{f[0], f[3], f[4]}] = f;
+    const double downtime = std::stod(f[7]), offer = std::stod(f[9]), serialize = std::stod(f[10]),
+                 transfer = std::stod(f[11]), restore = std::stod(f[12]), resume = std::stod(f[13]);
+    const unsigned long long state = std::stoull(f[4]), raw = std::stoull(f[14]), compressed = std::stoull(f[15]),
+                             sent = std::stoull(f[16]);
+    CHECK(downtime > 2 * 81.6);  // OFFER, TRANSFER, the report home before the next instruction
+    CHECK(downtime < std::stod(f[5]));
+    // The phases: an OFFER's round trip, the TRANSFER's one way, the report home's round trip.
+    CHECK(offer >= 81.6);
+    CHECK(offer < 81.6 * 1.5);
+    CHECK(transfer >= 81.6 / 2);
+    CHECK(resume >= 81.6);
+    CHECK(serialize >= 0);
+    CHECK(restore >= 0);
+    // They account for the downtime (the gaps between them are scheduling: small).
+    const double phases = offer + serialize + transfer + restore + resume;
+    CHECK(phases <= downtime + 1.0);
+    CHECK(phases >= downtime * 0.9 - 2.0);
+    CHECK(sent > compressed);  // the TRANSFER carries the state and its record
+    CHECK(std::stoull(f[8]) >= sent);  // and crossed the wire, with the OFFER and the reports
+    if (f[0] == "weak") {
+      CHECK(raw >= state);          // the encoded state holds the string
+      CHECK(compressed == raw);     // a weak state is not compressed
+    } else {
+      REQUIRE(f[0] == "strong");
+      CHECK(raw >= state);          // the heap holds the string
+      CHECK(compressed < raw);      // zero pages out, zstd
+    }
   }
-  auto measured = [&](const char* bw, const char* state) { return std::stod(by[{bw, state}][5]); };
-  // 1 MB at 100 Mbit/s is 80 ms on the wire; at 1 Gbit/s 8 ms.
-  CHECK(measured("100000000", "1000000") - measured("100000000", "1000") > 70);
-  CHECK(measured("100000000", "1000000") > measured("1000000000", "1000000") + 50);
+  for (const char* kind : {"weak", "strong"}) {
+    for (const char* bw : {"100000000", "1000000000"}) {
+      for (const char* state : {"1000", "64000", "1000000"}) CHECK(by.count({kind, bw, state}) == 1);
+    }
+  }
+  auto col = [&](const char* kind, const char* bw, const char* state, int i) { return std::stod(by[{kind, bw, state}][i]); };
+  // 1 MB at 100 Mbit/s is 80 ms on the wire; at 1 Gbit/s 8 ms: in the hop and in the transfer phase.
+  CHECK(col("weak", "100000000", "1000000", 5) - col("weak", "100000000", "1000", 5) > 70);
+  CHECK(col("weak", "100000000", "1000000", 5) > col("weak", "1000000000", "1000000", 5) + 50);
+  CHECK(col("weak", "100000000", "1000000", 11) - col("weak", "100000000", "1000", 11) > 70);
+  // A strong agent's 1 MB of 's' compresses: its transfer costs far less than the weak one's.
+  CHECK(col("strong", "100000000", "1000000", 11) < col("weak", "100000000", "1000000", 11) - 50);
   CHECK(is_png(out + "/migration-cost.png"));
-  CHECK(lines_of(out + "/trace.jsonl").size() > 5);
+  // The node's own events, from which the phases come.
+  std::map<std::string, int> kinds;
+  for (const auto& line : lines_of(out + "/trace.jsonl")) ++kinds[field(line, "kind")];
+  for (const char* kind : {"offer_sent", "offer_answered", "serialize_start", "serialize_end", "transfer_sent",
+                           "transfer_received", "restore_start", "restore_end", "commit_received", "image_sealed",
+                           "image_restored"}) {
+    INFO(kind);
+    CHECK(kinds[kind] >= 6);
+  }
 }
 
 TEST_CASE("experiment and node flags refuse bad links and a missing netem with the reason") {
@@ -169,6 +287,14 @@ TEST_CASE("experiment and node flags refuse bad links and a missing netem with t
   CHECK(netem.exit_code == 2);
   CHECK(netem.err.find("--links netem") != std::string::npos);
   CHECK(netem.err.find("sch_netem") != std::string::npos);
+  for (const char* name : {"itinerary", "migration-cost"}) {
+    auto refused = run({cli, "experiment", name, "--out", dir / name, "--links", "netem", "--quick"});
+    INFO(name);
+    CHECK(refused.exit_code == 2);
+    CHECK(refused.err.find("--links netem") != std::string::npos);
+    CHECK(refused.err.find("sch_netem") != std::string::npos);
+    CHECK_FALSE(std::filesystem::exists(dir / name));  // refused before anything is written
+  }
   auto bad_link = run({cli, "node", "--listen", "127.0.0.1:0", "--link", "127.0.0.1:9=delay:40"});
   CHECK(bad_link.exit_code == 2);
   CHECK(bad_link.err.find("bad link 'delay:40': bad duration '40'") != std::string::npos);

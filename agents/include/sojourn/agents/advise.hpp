@@ -70,6 +70,30 @@ struct Advice {
 ParadigmCost predict(Paradigm p, const Workload& w, const FixedCosts& fixed = {});
 Advice advise(const Workload& w, const FixedCosts& fixed = {});
 
+// An itinerary (docs/experiments.md, "itinerary"): the same query at each of `nodes` data
+// nodes, every pair of nodes (the client included) joined by a link of `rtt_ms` and
+// `bandwidth_bps`. Each node answers a request of `request_bytes` with its `data_bytes`;
+// code that runs at the data reduces them to `result_bytes`.
+struct ItineraryWorkload {
+  double rtt_ms = 0;
+  std::uint64_t bandwidth_bps = 0;
+  std::uint32_t nodes = 1;
+  std::uint64_t request_bytes = 200;
+  std::uint64_t data_bytes = 1000;
+  std::uint64_t code_bytes = 2000;
+  std::uint64_t state_bytes = 256;
+  std::uint64_t result_bytes = 64;
+};
+
+// The itinerary model, with K the nodes and T(b) as above:
+//   cs  = K (RTT + T(req + data) + call)                          (K calls, one after another)
+//   rev = K (RTT + T(code + req + result) + eval + local)         (K remote evaluations)
+//   ma  = (2.5 K + 1.5) RTT + T(K code + (K+1) state) + (K+1) (state state_per_kb + hop) + K local
+// The agent's hop to each data node costs an OFFER's round trip, the TRANSFER's one way and
+// the arrival report's round trip to its home before it runs; the hop home an OFFER's round
+// trip and the TRANSFER's one way. Code-on-demand has no itinerary form: invalid_argument.
+Result<ParadigmCost> predict_itinerary(Paradigm p, const ItineraryWorkload& w, const FixedCosts& fixed = {});
+
 // $SOJOURN_CALIBRATION, else $XDG_DATA_HOME/sojourn/calibration.json, else
 // ~/.local/share/sojourn/calibration.json.
 std::string calibration_path();
