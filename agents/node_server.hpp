@@ -84,6 +84,7 @@ class NodeServer final : public RequestHandler {
   std::weak_ptr<void> owner_;
 
   // Network-thread state.
+  std::chrono::steady_clock::time_point last_inline_end_{};  // the fast path's last attempt
   std::vector<std::unique_ptr<TcpServer>> servers_;
   std::vector<std::string> inproc_names_;
 

@@ -119,7 +119,7 @@ TEST_CASE("errors are the same on the fast path as on the worker path") {
   CHECK(fast.server.stats().requests_failed == cases.size());
 }
 
-TEST_CASE("many inline evaluations in flight on one connection each get their own answer") {
+TEST_CASE("many evaluations in flight on one connection each get their own answer, inline or on a worker") {
   TrustedServer n;
   std::vector<std::future<Result<EvalResult>>> futures;
   for (int i = 0; i < 64; ++i) {
@@ -132,5 +132,8 @@ TEST_CASE("many inline evaluations in flight on one connection each get their ow
     REQUIRE(r.ok());
     CHECK(r->results.get(1).as_integer() == 2 * i);
   }
-  CHECK(n.inline_count() == 64);
+  // Back to back, some give way to the workers (how many depends on timing): all are answered.
+  CHECK(n.inline_count() >= 1);
+  CHECK(n.inline_count() <= 64);
+  CHECK(n.server.stats().evals_served == 64);
 }
