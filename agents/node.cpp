@@ -93,7 +93,12 @@ bool Node::running() const { return !impl_->runtime.shutting_down(); }
 
 NodeStats Node::stats() const {
   const NodeCounters& c = impl_->counters;
-  NodeStats s{c.calls_served, c.evals_served, c.requests_failed, impl_->runtime.in_flight()};
+  NodeStats s;
+  s.calls_served = c.calls_served;
+  s.evals_served = c.evals_served;
+  s.evals_inline = c.evals_inline;
+  s.requests_failed = c.requests_failed;
+  s.in_flight = impl_->runtime.in_flight();
   s.connections_refused = c.connections_refused;
   s.bundles_sent = impl_->agents->bundles_sent();
   s.agents_resident = impl_->agents->resident_count();

@@ -6,11 +6,13 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
 
 #include "sojourn/agents/node.hpp"
+#include "sojourn/sandbox/lua_sandbox.hpp"
 #include "sojourn/transports/asio.hpp"
 #include "sojourn/transports/link.hpp"
 
@@ -20,6 +22,7 @@ class ModuleSource;
 class NodeJails;
 class NodeRuntime;
 class NodeTrust;
+struct PolicyRule;
 class ServiceRegistry;
 struct NodeCounters;
 
@@ -62,6 +65,12 @@ class NodeServer final : public RequestHandler {
   asio::awaitable<Reply> serve_call(CallRequest request, const PeerIdentity& peer);
   asio::awaitable<Reply> serve_eval(EvalRequest request, const PeerIdentity& peer);
   Reply run_eval(const EvalRequest& request, const PeerIdentity& peer);
+  // The fast path, on the network thread: the reply of a small unsigned evaluation at
+  // `trusted` that stayed within the inline budgets and services, or nullopt when it must run
+  // on a worker instead (nothing it did had an effect: it was stopped before any other call).
+  std::optional<Reply> try_inline_eval(const EvalRequest& request, const PeerIdentity& peer);
+  // The run's input, shared by both paths (`principal` must outlive it).
+  sandbox::RunInput eval_input(const EvalRequest& request, const PolicyRule* rule, const std::string& principal) const;
   // The request's metrics (by service and outcome, errors by code) and its trace event.
   void count_request(const std::string& service, const Reply& reply, const PeerIdentity& peer);
 
@@ -75,6 +84,7 @@ class NodeServer final : public RequestHandler {
   std::weak_ptr<void> owner_;
 
   // Network-thread state.
+  std::chrono::steady_clock::time_point last_inline_end_{};  // the fast path's last attempt
   std::vector<std::unique_ptr<TcpServer>> servers_;
   std::vector<std::string> inproc_names_;
 

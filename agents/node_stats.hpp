@@ -40,6 +40,7 @@ struct NodeCounters {
   const std::chrono::steady_clock::time_point started = std::chrono::steady_clock::now();
   std::atomic<std::uint64_t> calls_served{0};
   std::atomic<std::uint64_t> evals_served{0};
+  std::atomic<std::uint64_t> evals_inline{0};  // served on the network thread
   std::atomic<std::uint64_t> requests_failed{0};
   std::atomic<std::uint64_t> connections_refused{0};  // TLS handshakes that failed
   NodeMetrics metrics;

@@ -124,6 +124,7 @@ int run_node(const NodeCommand& c) {
   }
   options.code_cache_dir = c.code_cache;
   options.warm_guests = c.warm_guests;
+  options.inline_eval_instructions = c.inline_eval_instructions;
   if (c.peer_isolation != "auto") {
     auto peer_level = parse_isolation(c.peer_isolation);
     if (!peer_level) return fail(peer_level.error(), false);

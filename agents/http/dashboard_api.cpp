@@ -89,6 +89,7 @@ json node_json(const DashboardSources& node) {
           {"peers", std::vector<std::string>(peers.begin(), peers.end())},
           {"calls_served", c.calls_served.load()},
           {"evals_served", c.evals_served.load()},
+          {"evals_inline", c.evals_inline.load()},
           {"requests_failed", c.requests_failed.load()},
           {"in_flight", node.runtime.in_flight()},
           {"agents_resident", node.agents.resident_count()},

@@ -61,8 +61,17 @@ struct NodeOptions {
   Limits default_limits{100'000'000, 64u << 20, 5'000};
   // ...and the most a request may ask for.
   Limits max_limits{2'000'000'000, 1u << 30, 60'000};
-  // Threads that run Lua chunks and services (never the network thread).
+  // Threads that run Lua chunks and services (never the network thread, except the small
+  // evaluations below).
   std::size_t worker_threads = 2;
+  // The network-thread fast path (docs/bench.md, "The network-thread fast path"): an unsigned remote evaluation that
+  // runs at `trusted` is first tried on the network thread, with no hop to a worker and back,
+  // within this many Lua instructions and inline_eval_wall_ms, calling only kv.get, kv.keys
+  // and node.info. Past either budget, or at a call of any other service, the attempt is
+  // dropped before that call has any effect and the evaluation runs on a worker as usual.
+  // 0: never inline.
+  std::uint64_t inline_eval_instructions = 20'000;
+  std::uint32_t inline_eval_wall_ms = 2;
   std::uint32_t max_payload = 16u << 20;
   // Connections each listener serves at once (`--max-connections`); one more is closed at
   // accept. The bytes of unfinished request frames are bounded too (TransportOptions).
@@ -174,6 +183,7 @@ struct IsolationLevels {
 struct NodeStats {
   std::uint64_t calls_served = 0;
   std::uint64_t evals_served = 0;
+  std::uint64_t evals_inline = 0;  // of those, served on the network thread (the fast path)
   std::uint64_t requests_failed = 0;
   std::uint64_t in_flight = 0;
   std::uint64_t bundles_sent = 0;     // code.fetch answers and transfers that carried code

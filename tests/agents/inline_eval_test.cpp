@@ -1,0 +1,139 @@
+// The network-thread fast path (docs/bench.md): small unsigned evaluations at `trusted` run
+// on the network thread; anything past the inline budgets or calling a service other than
+// kv.get, kv.keys and node.info gives way to the worker path, with no effect seen twice.
+#include <doctest/doctest.h>
+
+#include "sojourn/agents/node_async.hpp"  // first: <utility> before any Asio header
+
+#include <atomic>
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/use_future.hpp>
+#include <future>
+#include <vector>
+
+#include "sojourn/agents/node.hpp"
+#include "tests/support/error_checks.hpp"
+
+using namespace sojourn;
+
+namespace {
+
+struct TrustedServer {
+  Node server;
+  Node client{NodeOptions{.name = "client"}};
+  std::string address;
+  explicit TrustedServer(std::uint64_t inline_instructions = 20'000) : server(options(inline_instructions)) {
+    auto bound = server.listen("127.0.0.1:0");
+    REQUIRE(bound.ok());
+    address = *bound;
+  }
+  static NodeOptions options(std::uint64_t inline_instructions) {
+    NodeOptions o;
+    o.name = "server";
+    o.peer_isolation = Isolation::trusted;
+    o.inline_eval_instructions = inline_instructions;
+    return o;
+  }
+  std::uint64_t inline_count() const { return server.stats().evals_inline; }
+};
+
+}  // namespace
+
+TEST_CASE("a tiny evaluation at trusted runs on the network thread and reads the store") {
+  TrustedServer n;
+  REQUIRE(n.client.call(n.address, "kv.put", Value::array({"k", 41})).ok());
+  auto r = n.client.eval(n.address, "return node.call('kv.get', 'k') + 1, node.call('node.info').name, #node.call('kv.keys')");
+  REQUIRE(r.ok());
+  CHECK(r->results.get(1).as_integer() == 42);
+  CHECK(r->results.get(2).as_string() == "server");
+  CHECK(r->results.get(3).as_integer() == 1);
+  CHECK(r->isolation == Isolation::trusted);
+  CHECK(n.inline_count() == 1);
+  CHECK(n.server.stats().evals_served == 1);
+}
+
+TEST_CASE("a loop past the inline budget gives way to a worker and returns the right result") {
+  TrustedServer n;
+  auto r = n.client.eval(n.address, "local s = 0 for i = 1, 200000 do s = s + i end return s");
+  REQUIRE(r.ok());
+  CHECK(r->results.get(1).as_integer() == 20000100000LL);
+  CHECK(n.inline_count() == 0);
+  CHECK(n.server.stats().evals_served == 1);
+}
+
+TEST_CASE("an evaluation that writes gives way before the write, and the write happens once") {
+  TrustedServer n;
+  std::atomic<int> bumps{0};
+  n.server.register_service("count.bump", [&bumps](const Value&) -> Result<Value> { return Value(++bumps); });
+  // The reads before the write ran inline first; the whole chunk then ran again on a worker.
+  auto r = n.client.eval(n.address,
+                         "local c = (node.call('kv.get', 'c') or 0) + 1; node.call('kv.put', 'c', c); "
+                         "return c, node.call('count.bump')");
+  REQUIRE(r.ok());
+  CHECK(r->results.get(1).as_integer() == 1);
+  CHECK(r->results.get(2).as_integer() == 1);
+  CHECK(bumps == 1);
+  CHECK(n.client.call(n.address, "kv.get", Value::array({"c"}))->as_integer() == 1);
+  // A chunk that catches the refusal (pcall) is run again all the same.
+  auto caught = n.client.eval(n.address, "local ok = pcall(node.call, 'count.bump') return ok");
+  REQUIRE(caught.ok());
+  CHECK(caught->results.get(1).as_bool());
+  CHECK(bumps == 2);
+  CHECK(n.inline_count() == 0);
+  CHECK(n.server.stats().evals_served == 2);
+}
+
+TEST_CASE("errors are the same on the fast path as on the worker path") {
+  TrustedServer fast;
+  TrustedServer slow(/*inline_instructions=*/0);
+  struct Case {
+    std::string source;
+    Limits limits;
+    Errc code;
+    bool inline_expected;
+  };
+  const std::vector<Case> cases = {
+      {"error('boom')", {}, Errc::lua_error, true},
+      {"return node.call('no.such')", {}, Errc::lua_error, false},
+      {"return node.call('kv.get', 1)", {}, Errc::lua_error, true},
+      {"while true do end", Limits{5'000, 0, 0}, Errc::cpu_limit, true},          // the request's own limit
+      {"while true do end", Limits{1'000'000, 0, 0}, Errc::cpu_limit, false},     // past the inline budget
+      {"return string.gmatch('a', 'a')", {}, Errc::not_transferable, true},
+  };
+  std::uint64_t expected_inline = 0;
+  for (const Case& c : cases) {
+    CAPTURE(c.source);
+    EvalOptions o;
+    o.limits = c.limits;
+    auto a = fast.client.eval(fast.address, c.source, Value::table(), o);
+    auto b = slow.client.eval(slow.address, c.source, Value::table(), o);
+    REQUIRE_FALSE(a.ok());
+    REQUIRE_FALSE(b.ok());
+    CHECK(a.error().code == c.code);
+    CHECK(a.error().code == b.error().code);
+    CHECK(a.error().message == b.error().message);
+    if (c.inline_expected) ++expected_inline;
+    CHECK(fast.inline_count() == expected_inline);
+  }
+  CHECK(slow.inline_count() == 0);
+  CHECK(fast.server.stats().requests_failed == cases.size());
+}
+
+TEST_CASE("many evaluations in flight on one connection each get their own answer, inline or on a worker") {
+  TrustedServer n;
+  std::vector<std::future<Result<EvalResult>>> futures;
+  for (int i = 0; i < 64; ++i) {
+    futures.push_back(asio::co_spawn(node_executor(n.client),
+                                     async_eval(n.client, n.address, "local x = ... return x * 2", Value::array({i})),
+                                     asio::use_future));
+  }
+  for (int i = 0; i < 64; ++i) {
+    auto r = futures[static_cast<std::size_t>(i)].get();
+    REQUIRE(r.ok());
+    CHECK(r->results.get(1).as_integer() == 2 * i);
+  }
+  // Back to back, some give way to the workers (how many depends on timing): all are answered.
+  CHECK(n.inline_count() >= 1);
+  CHECK(n.inline_count() <= 64);
+  CHECK(n.server.stats().evals_served == 64);
+}
