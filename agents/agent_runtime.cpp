@@ -31,7 +31,7 @@ constexpr std::size_t kMaxLogLines = 64;
 
 AgentRuntime::AgentRuntime(const AgentRuntimeRoles& roles)
     : options_(roles.options), runtime_(roles.runtime), services_(roles.services), links_(roles.links),
-      trust_(roles.trust), jails_(roles.jails), server_(roles.server),
+      trust_(roles.trust), jails_(roles.jails), server_(roles.server), store_(roles.store),
       cache_(options_.code_cache_dir, options_.code_cache_max_bytes, options_.code_cache_max_entries) {}
 
 std::string AgentRuntime::self() const {
@@ -176,7 +176,7 @@ Result<AgentLaunchAnswer> AgentRuntime::launch_here(const AgentLaunchRequest& re
   AgentHop first{r.home, 0, r.created_unix_ms, 0, encode_value(r.state).size(), std::string(isolation_name(r.isolation))};
   first.mobility = mobility_name(r.mobility);
   r.hops.push_back(std::move(first));
-  track_launch(r);
+  if (auto tracked = track_launch(r); !tracked) return tracked.error();
   AgentLaunchAnswer answer{r.id, r.home};
   log_info("agents", options_.name + ": launched agent " + r.id + " (" + m.name + ")");
   make_resident(std::move(r), std::move(*bundle), *rule);
