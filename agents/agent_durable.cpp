@@ -1,10 +1,12 @@
-// What a home keeps of the agents it tracks in the node's store (NodeOptions::data_dir,
-// docs/reliability.md): each tracked agent is one row, rewritten whenever the home
-// acknowledges a change (a launch, an arrival and its new token, an end and its result, a
-// message accepted), and taken back at start-up, so a home answers agent.status and
-// agent.wait for them after a crash and a restart.
+// What a node keeps of its agents in its store (NodeOptions::data_dir, docs/reliability.md).
+// As a home: each tracked agent is one row, rewritten whenever the home acknowledges a change
+// (a launch, an arrival and its new token, an end and its result, a message accepted), and
+// taken back at start-up, so a home answers agent.status and agent.wait for them after a
+// crash and a restart. As a host: each weak resident agent is one row (its record, status
+// and, when moving, the hand-over it is in), run again from there after a restart.
 #include "agents/agent_runtime.hpp"
 #include "agents/store/node_store.hpp"
+#include "sojourn/agents/policy.hpp"
 
 #include "sojourn/core/log.hpp"
 
@@ -15,6 +17,7 @@ namespace {
 // The row's layout: a version byte, then fields each as a little-endian u64 or a
 // u64-length-prefixed byte string.
 constexpr std::uint8_t kTrackedVersion = 1;
+constexpr std::uint8_t kResidentVersion = 1;
 
 void put_u64(std::vector<std::uint8_t>& out, std::uint64_t v) {
   for (int i = 0; i < 8; ++i) out.push_back(static_cast<std::uint8_t>(v >> (8 * i)));
@@ -112,8 +115,83 @@ void AgentRuntime::forget_tracked(const std::string& id) {
   if (auto r = store_->erase(NodeStore::Table::tracked, id); !r) log_warn("agents", r.error().message);
 }
 
+void AgentRuntime::persist_resident(const std::string& id, const Resident& res, const std::string& move_peer,
+                                    const std::string& move_entry) {
+  if (!store_ || res.record.mobility == Mobility::strong) return;
+  std::vector<std::uint8_t> row{kResidentVersion};
+  put_bytes(row, encode_value(record_to_value(res.record)));
+  put_u64(row, static_cast<std::uint64_t>(res.status));
+  put_text(row, res.reason);
+  put_u64(row, res.rule != nullptr ? 1 : 0);
+  put_text(row, res.rule != nullptr ? res.rule->name : std::string());
+  put_text(row, move_peer);
+  put_text(row, move_entry);
+  if (auto r = store_->put(NodeStore::Table::residents, id, row); !r) log_error("agents", r.error().message);
+}
+
+void AgentRuntime::forget_resident(const std::string& id) {
+  if (!store_) return;
+  if (auto r = store_->erase(NodeStore::Table::residents, id); !r) log_error("agents", r.error().message);
+}
+
 Result<void> AgentRuntime::load_durable() {
   if (!store_) return {};
+  // Resident agents first: a row whose bundle or policy rule is gone is left in the store,
+  // logged, for an operator to see (never dropped).
+  auto residents = store_->load(NodeStore::Table::residents);
+  if (!residents) return residents.error();
+  for (auto& [id, bytes] : *residents) {
+    auto bad = [&, id = id](const std::string& why) {
+      return errors::invalid_argument(store_->path() + ": resident agent " + id + " does not decode: " + why);
+    };
+    if (bytes.empty() || bytes[0] != kResidentVersion) return bad("unknown layout");
+    Reader r{std::span<const std::uint8_t>(bytes).subspan(1)};
+    auto value = decode_value(r.bytes());
+    if (!r.ok || !value) return bad(value ? "truncated" : value.error().message);
+    auto record = record_from_value(*value);
+    if (!record) return bad(record.error().message);
+    const auto status = static_cast<AgentState>(r.u64());
+    std::string reason = r.text();
+    const bool has_rule = r.u64() != 0;
+    const std::string rule_name = r.text();
+    Resumed resumed{id, r.text(), r.text()};
+    if (!r.ok || !r.in.empty()) return bad("truncated or trailing bytes");
+    auto bundle = cache_.get(record->bundle_hash);
+    if (!bundle) {
+      log_error("agents", options_.name + ": resident agent " + id + " is kept in " + store_->path() + " but its bundle " +
+                              record->bundle_hash + " is not in the code cache: not resumed");
+      continue;
+    }
+    const PolicyRule* rule = nullptr;
+    if (has_rule || options_.policy) {
+      if (options_.policy) {
+        for (const PolicyRule& candidate : options_.policy->rules()) {
+          if (candidate.name == rule_name) rule = &candidate;
+        }
+        if (rule == nullptr && options_.policy->default_rule().name == rule_name) rule = &options_.policy->default_rule();
+      }
+      if (rule == nullptr) {
+        log_error("agents", options_.name + ": resident agent " + id + " ran under policy rule '" + rule_name +
+                                "', which this node's policy no longer has: not resumed (kept in " + store_->path() + ")");
+        continue;
+      }
+    }
+    std::lock_guard lock(mutex_);
+    Resident& res = residents_[id];
+    res.record = std::move(*record);
+    res.bundle = std::move(bundle);
+    res.rule = rule;
+    res.rate = std::make_shared<RateLimiter>(rule != nullptr ? rule->quotas.messages_per_second : 0);
+    res.status = status == AgentState::moving || status == AgentState::asleep || status == AgentState::stranded
+                     ? status : AgentState::arriving;
+    res.reason = std::move(reason);
+    res.since_unix_ms = unix_ms_now();
+    if (res.status != AgentState::moving) resumed.move_peer.clear();
+    to_resume_.push_back(std::move(resumed));
+  }
+  if (!residents->empty()) {
+    log_info("agents", options_.name + ": " + std::to_string(to_resume_.size()) + " resident agents from " + store_->path());
+  }
   auto rows = store_->load(NodeStore::Table::tracked);
   if (!rows) return rows.error();
   std::vector<std::string> to_forward;
@@ -138,6 +216,37 @@ Result<void> AgentRuntime::load_durable() {
                            std::to_string(running) + " not ended)");
   }
   return {};
+}
+
+void AgentRuntime::resume_durable() {
+  std::vector<Resumed> resumed;
+  {
+    std::lock_guard lock(mutex_);
+    if (resumed_) return;
+    resumed_ = true;
+    resumed.swap(to_resume_);
+  }
+  for (Resumed& a : resumed) {
+    AgentState status;
+    bool mail = false;
+    {
+      std::lock_guard lock(mutex_);
+      auto it = residents_.find(a.id);
+      if (it == residents_.end()) continue;
+      status = it->second.status;
+      mail = !it->second.record.mailbox.empty();
+    }
+    if (status == AgentState::moving) {
+      // The hand-over it was in: offered again; a destination that committed it answers
+      // with its COMMIT (its dedup), one that did not takes it now.
+      spawn(migrate(a.id, a.move_peer, a.move_entry), "agent migration after a restart");
+    } else if (status == AgentState::asleep) {
+      if (mail) wake_if_asleep(a.id);
+    } else if (status == AgentState::arriving) {
+      // Its home hears where it is (and hands over what waits for it); then its entry runs.
+      spawn(arrive(a.id), "agent arrival after a restart");
+    }
+  }
 }
 
 }  // namespace sojourn

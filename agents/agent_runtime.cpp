@@ -32,7 +32,11 @@ constexpr std::size_t kMaxLogLines = 64;
 AgentRuntime::AgentRuntime(const AgentRuntimeRoles& roles)
     : options_(roles.options), runtime_(roles.runtime), services_(roles.services), links_(roles.links),
       trust_(roles.trust), jails_(roles.jails), server_(roles.server), store_(roles.store),
-      cache_(options_.code_cache_dir, options_.code_cache_max_bytes, options_.code_cache_max_entries) {}
+      // With a data dir and no code cache dir of its own, bundles are kept in DIR/code-cache:
+      // a resident agent taken back after a restart needs its code.
+      cache_(options_.code_cache_dir.empty() && !options_.data_dir.empty() ? options_.data_dir + "/code-cache"
+                                                                           : options_.code_cache_dir,
+             options_.code_cache_max_bytes, options_.code_cache_max_entries) {}
 
 std::string AgentRuntime::self() const {
   return server_.advertised();
@@ -196,6 +200,7 @@ void AgentRuntime::make_resident(AgentRecord record, std::shared_ptr<const Cache
     res.status = AgentState::queued;
     res.reason.clear();
     res.since_unix_ms = unix_ms_now();
+    persist_resident(id, res);
   }
   schedule_run(id);
 }
@@ -355,9 +360,11 @@ void AgentRuntime::run_step(const std::string& id) {
         go_peer = outcome->go_peer;
         go_entry = outcome->go_entry;
         it->second.status = AgentState::moving;
+        persist_resident(id, it->second, go_peer, go_entry);  // after a restart: the hand-over again
       } else if (outcome->waits) {
         r.entry = outcome->go_entry;
         it->second.status = AgentState::asleep;
+        persist_resident(id, it->second);
         // A message that came during the step wakes it at once.
         if (!r.mailbox.empty()) wake = true;
       }
@@ -435,6 +442,7 @@ void AgentRuntime::finish(const std::string& id, AgentState how, const std::stri
     if (it == residents_.end()) return;
     record = std::move(it->second.record);
     residents_.erase(it);
+    forget_resident(id);
   }
   log_info("agents", options_.name + ": agent " + id + " " + std::string(agent_state_name(how)) +
                          (reason.empty() ? "" : ": " + reason));

@@ -96,6 +96,9 @@ class AgentRuntime : public std::enable_shared_from_this<AgentRuntime>, public M
   // (agent_durable.cpp); called once, before the node serves. An entry that does not decode
   // is an error, never skipped.
   Result<void> load_durable();
+  // Starts the resident agents load_durable took back (each from its last durable point);
+  // at the first listen(), once the node has its address. Idempotent.
+  void resume_durable();
   // At shutdown, on the network thread: cancels the sweep timer and wakes every waiter.
   void stop();
   std::uint64_t tracked_count();
@@ -230,6 +233,13 @@ class AgentRuntime : public std::enable_shared_from_this<AgentRuntime>, public M
   // agent_durable.cpp (under mutex_; no-ops without a store). persist_tracked commits the
   // entry before the caller acknowledges what changed it; forget_tracked removes it.
   Result<void> persist_tracked(const std::string& id, const Tracked& t);
+  // A weak resident agent (record, bundle hash, state, next entry, status; when moving, the
+  // hand-over it is in): stored at its arrival or launch, after each step that parks or
+  // moves it, and when a message reaches it; removed once it has left (after the COMMIT)
+  // or ended. Strong agents are not stored (docs/reliability.md). Failures are logged.
+  void persist_resident(const std::string& id, const Resident& res, const std::string& move_peer = {},
+                        const std::string& move_entry = {});
+  void forget_resident(const std::string& id);
   void forget_tracked(const std::string& id);
   static std::vector<std::uint8_t> encode_tracked(const Tracked& t);
   static Result<Tracked> decode_tracked(std::span<const std::uint8_t> bytes);
@@ -252,6 +262,12 @@ class AgentRuntime : public std::enable_shared_from_this<AgentRuntime>, public M
   NodeJails& jails_;
   const NodeServer& server_;
   std::shared_ptr<NodeStore> store_;
+  // Resident agents taken back from the store, started by resume_durable (under mutex_).
+  struct Resumed {
+    std::string id, move_peer, move_entry;
+  };
+  std::vector<Resumed> to_resume_;
+  bool resumed_ = false;
   NodeCounters* counters_ = nullptr;  // set once, before the network thread starts
   CodeCache cache_;
   std::atomic<std::uint64_t> bundles_sent_{0};

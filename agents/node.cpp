@@ -69,6 +69,8 @@ Result<std::string> Node::listen(std::string_view address) {
   auto impl = impl_;
   return impl_->runtime.run_on_network_thread([impl, a = *addr]() -> Result<std::string> {
     auto bound = impl->server.listen(a);
+    // Agents taken back from the data dir run once the node has its address.
+    if (bound) impl->agents->resume_durable();
     if (!bound || impl->options.http.empty() || impl->http) return bound;
     if (auto served = serve_http(impl); !served) return served.error();
     return bound;

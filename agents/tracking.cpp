@@ -204,6 +204,7 @@ asio::awaitable<void> AgentRuntime::arrive(std::string id) {
     auto it = residents_.find(id);
     if (it == residents_.end()) co_return;
     it->second.status = AgentState::queued;
+    persist_resident(id, it->second);  // its new token and the messages the answer handed over
   }
   schedule_run(id);
 }
@@ -302,6 +303,7 @@ Result<void> AgentRuntime::on_deliver(const AgentDeliver& deliver) {
     r.delivered.push_back(message_id);
     r.mailbox.push_back(deliver.message.body);
     trim_delivered(it->second);
+    persist_resident(id, it->second);  // before the home hears it was delivered
   }
   if (it->second.status == AgentState::asleep) {
     it->second.status = AgentState::queued;

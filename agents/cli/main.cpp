@@ -79,7 +79,7 @@ int main(int argc, char** argv) {
                        "HOST:PORT peers reach this node at (default: the first --listen; for 0.0.0.0/[::] an address of "
                        "this host's interfaces)");
   node_cmd->add_option("--data-dir", node.data_dir, "Directory the node keeps its state in: its id and, in DIR/sojourn.db "
-                       "(SQLite), the kv store and the agents it is home to (default: memory only, a fresh id per start)");
+                       "(SQLite), the kv store, the agents it is home to and its resident weak agents (default: memory only, a fresh id per start)");
   node_cmd->add_option("--durability", node.durability, "With --data-dir: full (default: an acknowledged write is on disk) or "
                        "normal (faster; survives a crash of the node, not a power loss) (docs/reliability.md)")
       ->capture_default_str()->check(CLI::IsMember({"full", "normal"}));

@@ -8,6 +8,7 @@
 #include <fstream>
 #include <memory>
 #include <sstream>
+#include <thread>
 
 #include "sojourn/agents/node.hpp"
 #include "sojourn/core/bundle.hpp"
@@ -141,6 +142,59 @@ TEST_CASE("a home answers status and wait for the agents it tracked after a rest
   CHECK(status->status == AgentState::finished);
   // An id it never tracked is still unknown.
   CHECK_FALSE(home->agent_status(home->advertised_address(), std::string(32, 'a')).ok());
+}
+
+TEST_CASE("an agent parked at a node runs again from its entry after that node restarts on its data dir") {
+  TempDir dir;
+  auto home = start("home", dir / "home");
+  std::string host_address;
+  const char* source = R"(local M = {}
+function M.start(s) s.n = 1; agent.go(agent.itinerary[1], "park") end
+function M.park(s)
+  s.n = s.n + 1
+  local m = agent.receive()
+  if m == nil then agent.wait("park") end
+  return m, s.n, agent.epoch
+end
+return M)";
+  auto bundle = single_file_bundle("parker", source);
+  REQUIRE(bundle.ok());
+  std::string id;
+  {
+    auto host = start("host", dir / "host");
+    host_address = host->advertised_address();
+    AgentLaunch l;
+    l.bundle = *bundle;
+    l.itinerary = {host_address};
+    auto launched = home->launch(home->advertised_address(), l);
+    REQUIRE(launched.ok());
+    id = *launched;
+    // Parked: asleep at the host, waiting for a message.
+    bool parked = false;
+    for (int i = 0; i < 200 && !parked; ++i) {
+      auto agents = host->list_agents();
+      REQUIRE(agents.ok());
+      parked = agents->size() == 1 && (*agents)[0].status == AgentState::asleep;
+      if (!parked) std::this_thread::sleep_for(20ms);
+    }
+    REQUIRE(parked);
+  }  // the host goes away with the agent on it
+  auto host = std::make_unique<Node>(options_for("host", dir / "host"));
+  REQUIRE(host->listen(host_address).ok());  // the address its home knows it at
+  auto agents = host->list_agents();
+  REQUIRE(agents.ok());
+  REQUIRE(agents->size() == 1);
+  CHECK((*agents)[0].id == id);
+  REQUIRE(home->send_to_agent(home->advertised_address(), id, Value("wake up")).ok());
+  auto s = home->wait_agent(home->advertised_address(), id, 10s);
+  REQUIRE(s.ok());
+  INFO(s->reason);
+  REQUIRE(s->status == AgentState::finished);
+  CHECK(s->result.get(1).as_string() == "wake up");
+  CHECK(s->result.get(2).as_integer() == 3);  // the state it parked with (n = 2), then this step
+  CHECK(s->result.get(3).as_integer() == 1);
+  // Ended: no longer stored at the host.
+  CHECK(host->list_agents()->empty());
 }
 
 TEST_CASE("a data dir whose store is not a database stops the node with an error and keeps the file as it was") {
