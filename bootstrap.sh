@@ -25,6 +25,9 @@ packages=(
   iproute2 socat
   # Strong mobility: the heap image's pages are compressed with zstd (sandbox/image).
   libzstd-dev
+  # Durable nodes (issue 16): `--data-dir` keeps the kv store and tracked agents in SQLite
+  # (agents/store); the sqlite3 command lets a user (and the durable tests) look inside DIR/sojourn.db.
+  libsqlite3-dev sqlite3
   # Research experiments (issue 14): `sojourn experiment` and `sojourn trace plot` draw their
   # PNGs with gnuplot from the scripts they write (docs/experiments.md); users run them too.
   gnuplot-nox

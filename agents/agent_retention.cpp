@@ -61,7 +61,10 @@ void AgentRuntime::prune_locked(std::int64_t now) {
     if (d.tracked) {
       auto it = tracked_.find(d.id);
       // Kept if it was read (a later due entry exists) or, impossible today, ran again.
-      if (it != tracked_.end() && it->second.ended_ms != 0 && forget_at(it->second) <= now) tracked_.erase(it);
+      if (it != tracked_.end() && it->second.ended_ms != 0 && forget_at(it->second) <= now) {
+        tracked_.erase(it);
+        forget_tracked(d.id);
+      }
       continue;
     }
     auto c = commits_.find({d.id, d.epoch});

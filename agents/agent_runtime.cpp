@@ -31,8 +31,12 @@ constexpr std::size_t kMaxLogLines = 64;
 
 AgentRuntime::AgentRuntime(const AgentRuntimeRoles& roles)
     : options_(roles.options), runtime_(roles.runtime), services_(roles.services), links_(roles.links),
-      trust_(roles.trust), jails_(roles.jails), server_(roles.server),
-      cache_(options_.code_cache_dir, options_.code_cache_max_bytes, options_.code_cache_max_entries) {}
+      trust_(roles.trust), jails_(roles.jails), server_(roles.server), store_(roles.store),
+      // With a data dir and no code cache dir of its own, bundles are kept in DIR/code-cache:
+      // a resident agent taken back after a restart needs its code.
+      cache_(options_.code_cache_dir.empty() && !options_.data_dir.empty() ? options_.data_dir + "/code-cache"
+                                                                           : options_.code_cache_dir,
+             options_.code_cache_max_bytes, options_.code_cache_max_entries) {}
 
 std::string AgentRuntime::self() const {
   return server_.advertised();
@@ -193,7 +197,7 @@ Result<AgentLaunchAnswer> AgentRuntime::launch_here(const AgentLaunchRequest& re
   AgentHop first{r.home, 0, r.created_unix_ms, 0, encode_value(r.state).size(), std::string(isolation_name(r.isolation))};
   first.mobility = mobility_name(r.mobility);
   r.hops.push_back(std::move(first));
-  track_launch(r);
+  if (auto tracked = track_launch(r); !tracked) return tracked.error();
   AgentLaunchAnswer answer{r.id, r.home};
   log_info("agents", options_.name + ": launched agent " + r.id + " (" + m.name + ")");
   make_resident(std::move(r), std::move(*bundle), *rule);
@@ -213,6 +217,7 @@ void AgentRuntime::make_resident(AgentRecord record, std::shared_ptr<const Cache
     res.status = AgentState::queued;
     res.reason.clear();
     res.since_unix_ms = unix_ms_now();
+    persist_resident(id, res);
   }
   schedule_run(id);
 }
@@ -385,9 +390,11 @@ void AgentRuntime::run_step(const std::string& id) {
         go_peer = outcome->go_peer;
         go_entry = outcome->go_entry;
         it->second.status = AgentState::moving;
+        persist_resident(id, it->second, go_peer, go_entry);  // after a restart: the hand-over again
       } else if (outcome->waits) {
         r.entry = outcome->go_entry;
         it->second.status = AgentState::asleep;
+        persist_resident(id, it->second);
         // A message that came during the step wakes it at once.
         if (!r.mailbox.empty()) wake = true;
       }
@@ -465,6 +472,7 @@ void AgentRuntime::finish(const std::string& id, AgentState how, const std::stri
     if (it == residents_.end()) return;
     record = std::move(it->second.record);
     residents_.erase(it);
+    forget_resident(id);
   }
   log_info("agents", options_.name + ": agent " + id + " " + std::string(agent_state_name(how)) +
                          (reason.empty() ? "" : ": " + reason));

@@ -8,6 +8,7 @@
 #include <memory>
 #include <mutex>
 #include <set>
+#include <span>
 #include <string>
 #include <unordered_map>
 #include <utility>
@@ -32,6 +33,8 @@
 
 namespace sojourn {
 
+class NodeStore;
+
 // The parts of its node the agent runtime uses, each role by reference (Node::Impl owns them).
 struct AgentRuntimeRoles {
   const NodeOptions& options;
@@ -41,6 +44,7 @@ struct AgentRuntimeRoles {
   NodeTrust& trust;
   NodeJails& jails;
   const NodeServer& server;  // the advertised address
+  std::shared_ptr<NodeStore> store;  // NodeOptions::data_dir's store, else null
 };
 
 class AgentRuntime : public std::enable_shared_from_this<AgentRuntime>, public ModuleSource {
@@ -88,6 +92,13 @@ class AgentRuntime : public std::enable_shared_from_this<AgentRuntime>, public M
   // read of an ended agent and on a periodic timer (start_sweeps).
   void prune();
   void start_sweeps();
+  // With a store: takes back the agents this node is home to, as the store kept them
+  // (agent_durable.cpp); called once, before the node serves. An entry that does not decode
+  // is an error, never skipped.
+  Result<void> load_durable();
+  // Starts the resident agents load_durable took back (each from its last durable point);
+  // at the first listen(), once the node has its address. Idempotent.
+  void resume_durable();
   // At shutdown, on the network thread: cancels the sweep timer and wakes every waiter.
   void stop();
   std::uint64_t tracked_count();
@@ -202,7 +213,8 @@ class AgentRuntime : public std::enable_shared_from_this<AgentRuntime>, public M
   void strand(const std::string& id, std::uint64_t epoch, const std::string& reason);
 
   // tracking.cpp
-  void track_launch(AgentRecord& record);  // gives the record its first report token
+  // Gives the record its first report token; with a store, committed before it returns.
+  Result<void> track_launch(AgentRecord& record);
   // not_permitted "not permitted: WHAT of agent ID (epoch N) from PEER: WHY" unless the
   // reporter holds the agent's current epoch (under mutex_).
   static Result<void> check_reporter(const Tracked& t, std::uint64_t epoch, const std::string& token,
@@ -221,6 +233,20 @@ class AgentRuntime : public std::enable_shared_from_this<AgentRuntime>, public M
   // code_on_demand.cpp
   Result<FetchAnswer> on_fetch(const FetchQuery& query);
 
+  // agent_durable.cpp (under mutex_; no-ops without a store). persist_tracked commits the
+  // entry before the caller acknowledges what changed it; forget_tracked removes it.
+  Result<void> persist_tracked(const std::string& id, const Tracked& t);
+  // A weak resident agent (record, bundle hash, state, next entry, status; when moving, the
+  // hand-over it is in): stored at its arrival or launch, after each step that parks or
+  // moves it, and when a message reaches it; removed once it has left (after the COMMIT)
+  // or ended. Strong agents are not stored (docs/reliability.md). Failures are logged.
+  void persist_resident(const std::string& id, const Resident& res, const std::string& move_peer = {},
+                        const std::string& move_entry = {});
+  void forget_resident(const std::string& id);
+  void forget_tracked(const std::string& id);
+  static std::vector<std::uint8_t> encode_tracked(const Tracked& t);
+  static Result<Tracked> decode_tracked(std::span<const std::uint8_t> bytes);
+
   void spawn(asio::awaitable<void> task, const char* what);
   // The clock of retention and expiry: NodeOptions::expiry_clock, else Unix ms.
   std::int64_t now_ms() const;
@@ -238,6 +264,13 @@ class AgentRuntime : public std::enable_shared_from_this<AgentRuntime>, public M
   NodeTrust& trust_;
   NodeJails& jails_;
   const NodeServer& server_;
+  std::shared_ptr<NodeStore> store_;
+  // Resident agents taken back from the store, started by resume_durable (under mutex_).
+  struct Resumed {
+    std::string id, move_peer, move_entry;
+  };
+  std::vector<Resumed> to_resume_;
+  bool resumed_ = false;
   NodeCounters* counters_ = nullptr;  // set once, before the network thread starts
   CodeCache cache_;
   std::atomic<std::uint64_t> bundles_sent_{0};

@@ -1,11 +1,13 @@
-// The services every node has, so that remote code has a resource to use: an
-// in-memory key-value store and node.info.
+// The services every node has, so that remote code has a resource to use: a key-value
+// store (in memory, and with a data dir also in its SQLite store: a write is committed
+// there before it is answered) and node.info.
 #include <algorithm>
 #include <shared_mutex>
 
 #include "agents/node_jails.hpp"
 #include "agents/node_stats.hpp"
 #include "agents/services.hpp"
+#include "agents/store/node_store.hpp"
 #include "sojourn/core/frame.hpp"
 #include "sojourn/core/messages.hpp"
 
@@ -23,6 +25,13 @@ struct KvStore {
   std::unordered_map<std::string, KvEntry> entries;
   std::size_t bytes = 0;
   std::size_t max_bytes = 0;
+  std::shared_ptr<NodeStore> store;                 // null: memory only
+  const std::optional<Error>* store_error = nullptr;  // set: the data dir's store is unusable
+  // The error to answer when the store cannot be used, if so.
+  std::optional<Error> refused(std::string_view service) const {
+    if (store_error == nullptr || !*store_error) return std::nullopt;
+    return errors::service_failed(service, (*store_error)->message);
+  }
 };
 
 // A copy in a graph of its own: the caller may change its tables after the call.
@@ -44,13 +53,40 @@ Result<std::string> string_arg(const Value& args, std::int64_t index, std::strin
 
 }  // namespace
 
-void register_builtin_services(Node& node, const NodeCounters& counters, const ServiceRegistry& registry,
-                               NodeJails& jails) {
+Result<void> register_builtin_services(Node& node, const NodeCounters& counters, const ServiceRegistry& registry,
+                                       NodeJails& jails, std::shared_ptr<NodeStore> store,
+                                       const std::optional<Error>* store_error) {
   auto kv = std::make_shared<KvStore>();
   kv->max_bytes = node.options().kv_max_bytes;
+  kv->store = std::move(store);
+  kv->store_error = store_error;
+  Result<void> loaded;
+  if (kv->store) {
+    // What the store holds is what the node acknowledged: a row that does not decode is
+    // damage, reported, never skipped.
+    auto rows = kv->store->load(NodeStore::Table::kv);
+    if (!rows) {
+      loaded = rows.error();
+    } else {
+      for (auto& [key, bytes] : *rows) {
+        auto value = decode_value(bytes);
+        if (!value) {
+          loaded = errors::invalid_argument(kv->store->path() + ": kv entry '" + key + "' does not decode: " + value.error().message);
+          break;
+        }
+        const std::size_t size = key.size() + bytes.size();
+        kv->bytes += size;
+        kv->entries.insert_or_assign(key, KvEntry{std::move(*value), size});
+      }
+    }
+  }
   ServiceOptions fast{true};
+  // A write to the data dir waits for the disk (an fsync with durability full): it runs on a
+  // worker, never on the network thread.
+  ServiceOptions writes{!kv->store};
 
   node.register_service("kv.get", [kv](const Value& args) -> Result<Value> {
+    if (auto refused = kv->refused("kv.get")) return *refused;
     auto key = string_arg(args, 1, "kv.get");
     if (!key) return key.error();
     std::shared_lock lock(kv->mutex);
@@ -59,16 +95,26 @@ void register_builtin_services(Node& node, const NodeCounters& counters, const S
   }, fast);
 
   node.register_service("kv.put", [kv](const Value& args) -> Result<Value> {
+    if (auto refused = kv->refused("kv.put")) return *refused;
     auto key = string_arg(args, 1, "kv.put");
     if (!key) return key.error();
     // Stored values are never mutated afterwards, so readers may share them.
     Value value = detached_copy(args.get(2));
-    std::size_t bytes = value.is_nil() ? 0 : key->size() + encode_value(value).size();
+    std::vector<std::uint8_t> encoded;
+    if (!value.is_nil()) encoded = encode_value(value);
+    std::size_t bytes = value.is_nil() ? 0 : key->size() + encoded.size();
     std::unique_lock lock(kv->mutex);
     auto it = kv->entries.find(*key);
     std::size_t replaced = it == kv->entries.end() ? 0 : it->second.bytes;
     if (kv->bytes - replaced + bytes > kv->max_bytes) {
       return errors::service_failed("kv.put", "the store would exceed its limit of " + std::to_string(kv->max_bytes) + " bytes");
+    }
+    // Committed to the data dir before the answer (and before readers see it); a write that
+    // fails changes nothing and is answered as failed.
+    if (kv->store) {
+      auto stored = value.is_nil() ? kv->store->erase(NodeStore::Table::kv, *key)
+                                   : kv->store->put(NodeStore::Table::kv, *key, encoded);
+      if (!stored) return errors::service_failed("kv.put", stored.error().message);
     }
     kv->bytes = kv->bytes - replaced + bytes;
     if (value.is_nil()) {
@@ -77,20 +123,27 @@ void register_builtin_services(Node& node, const NodeCounters& counters, const S
       kv->entries.insert_or_assign(*key, KvEntry{std::move(value), bytes});
     }
     return Value(true);
-  }, fast);
+  }, writes);
 
   node.register_service("kv.del", [kv](const Value& args) -> Result<Value> {
+    if (auto refused = kv->refused("kv.del")) return *refused;
     auto key = string_arg(args, 1, "kv.del");
     if (!key) return key.error();
     std::unique_lock lock(kv->mutex);
     auto it = kv->entries.find(*key);
     if (it == kv->entries.end()) return Value(false);
+    if (kv->store) {
+      if (auto stored = kv->store->erase(NodeStore::Table::kv, *key); !stored) {
+        return errors::service_failed("kv.del", stored.error().message);
+      }
+    }
     kv->bytes -= it->second.bytes;
     kv->entries.erase(it);
     return Value(true);
-  }, fast);
+  }, writes);
 
   node.register_service("kv.keys", [kv](const Value&) -> Result<Value> {
+    if (auto refused = kv->refused("kv.keys")) return *refused;
     std::vector<std::string> keys;
     {
       std::shared_lock lock(kv->mutex);
@@ -122,6 +175,7 @@ void register_builtin_services(Node& node, const NodeCounters& counters, const S
     info.set("peer_isolation", std::string(isolation_name(jails.node_peer_level())));
     return info;
   }, fast);
+  return loaded;
 }
 
 }  // namespace sojourn

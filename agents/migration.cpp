@@ -140,6 +140,7 @@ Result<AgentCommit> AgentRuntime::on_transfer(AgentTransfer transfer, const Peer
     res.rate = std::make_shared<RateLimiter>(*rule != nullptr ? (*rule)->quotas.messages_per_second : 0);
     res.status = AgentState::arriving;
     res.since_unix_ms = unix_ms_now();
+    persist_resident(id, res);  // before the COMMIT leaves
   }
   spawn(arrive(id), "agent arrival");
   return commit;
@@ -283,7 +284,10 @@ asio::awaitable<void> AgentRuntime::migrate(std::string id, std::string peer, st
           // The destination holds it now: exactly one live copy. Only this copy goes: the
           // agent may already have come back (a newer epoch) before this COMMIT arrived.
           auto it = residents_.find(id);
-          if (it != residents_.end() && it->second.record.epoch + 1 == attempt.epoch) residents_.erase(it);
+          if (it != residents_.end() && it->second.record.epoch + 1 == attempt.epoch) {
+            residents_.erase(it);
+            forget_resident(id);
+          }
         }
         log_info("agents", options_.name + ": agent " + id + " moved to " + target + " (epoch " +
                                std::to_string(attempt.epoch) + ")");
@@ -346,6 +350,7 @@ void AgentRuntime::strand(const std::string& id, std::uint64_t epoch, const std:
     if (it == residents_.end() || it->second.record.epoch != epoch) return;
     it->second.status = AgentState::stranded;
     it->second.reason = reason;
+    persist_resident(id, it->second);
     home = it->second.record.home;
     token = it->second.record.report_token;
   }

@@ -3,6 +3,7 @@
 #include "agents/node_impl.hpp"  // first: brings <utility> before any Asio header
 #include "agents/agent_runtime.hpp"
 #include "agents/node_testing.hpp"
+#include "agents/store/node_store.hpp"
 
 #include <algorithm>
 
@@ -13,13 +14,31 @@ namespace sojourn {
 Node::Node(NodeOptions options) : impl_(std::make_shared<Impl>(std::move(options))) {
   impl_->links.set_owner(impl_);
   impl_->server.set_owner(impl_);
-  register_builtin_services(*this, impl_->counters, impl_->services, impl_->jails);
   Impl& i = *impl_;
+  if (!i.options.data_dir.empty()) {
+    auto store = NodeStore::open(i.options.data_dir, i.options.durability);
+    if (store) {
+      i.store = std::shared_ptr<NodeStore>(std::move(*store));
+    } else {
+      i.store_error = store.error();
+    }
+  }
+  auto store_failed = [&i](const Error& e) {
+    if (!i.store_error) i.store_error = e;
+    log_error("node", i.options.name + ": " + e.message + "; the node refuses to serve rather than lose state");
+  };
+  if (i.store_error) store_failed(*i.store_error);
+  if (auto kv = register_builtin_services(*this, i.counters, i.services, i.jails, i.store, &i.store_error); !kv) {
+    store_failed(kv.error());
+  }
   impl_->agents = std::make_shared<AgentRuntime>(
-      AgentRuntimeRoles{i.options, i.runtime, i.services, i.links, i.trust, i.jails, i.server});
+      AgentRuntimeRoles{i.options, i.runtime, i.services, i.links, i.trust, i.jails, i.server, i.store});
   impl_->server.set_modules(*impl_->agents);
   impl_->agents->set_counters(impl_->counters);
   impl_->agents->register_services(*this);
+  if (i.store && !i.store_error) {
+    if (auto loaded = impl_->agents->load_durable(); !loaded) store_failed(loaded.error());
+  }
   impl_->agents->start_sweeps();
   if (!impl_->options.trace.empty()) {
     if (auto why = impl_->counters.trace.open_file(impl_->options.trace, impl_->options.name); !why.empty()) log_error("node", why);
@@ -45,10 +64,13 @@ Result<std::string> Node::listen(std::string_view address) {
   auto addr = parse_address(address);
   if (!addr) return addr.error();
   if (impl_->runtime.shutting_down()) return errors::shutting_down();
+  if (impl_->store_error) return *impl_->store_error;
   if (!impl_->counters.trace.file_error().empty()) return errors::invalid_argument(impl_->counters.trace.file_error());
   auto impl = impl_;
   return impl_->runtime.run_on_network_thread([impl, a = *addr]() -> Result<std::string> {
     auto bound = impl->server.listen(a);
+    // Agents taken back from the data dir run once the node has its address.
+    if (bound) impl->agents->resume_durable();
     if (!bound || impl->options.http.empty() || impl->http) return bound;
     if (auto served = serve_http(impl); !served) return served.error();
     return bound;
@@ -74,6 +96,13 @@ Result<void> Node::serve_http(const std::shared_ptr<Impl>& impl) {
   std::lock_guard lock(impl->http_mutex);
   impl->http_bound = *bound;
   return {};
+}
+
+Result<std::string> Node::storage() const {
+  if (impl_->store_error) return *impl_->store_error;
+  if (!impl_->store) return std::string("in memory (no --data-dir): a restart loses its kv store and agents");
+  return impl_->store->path() + " (SQLite, WAL, durability " +
+         (impl_->store->durability() == Durability::full ? "full" : "normal") + ")";
 }
 
 std::string Node::http_address() const {

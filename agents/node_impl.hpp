@@ -7,6 +7,7 @@
 
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 
 #include "agents/http/dashboard.hpp"
@@ -22,6 +23,7 @@
 namespace sojourn {
 
 class AgentRuntime;
+class NodeStore;
 
 // Declared in that order: each role is made after (and destroyed before) those it uses.
 struct Node::Impl {
@@ -37,6 +39,10 @@ struct Node::Impl {
   NodeRuntime runtime;
   NodeCounters counters;
   ServiceRegistry services;
+  // The durable store (agents/store/node_store.hpp) with NodeOptions::data_dir, else null;
+  // store_error: why the data dir's store cannot be used (then nothing pretends to be durable).
+  std::shared_ptr<NodeStore> store;
+  std::optional<Error> store_error;
   NodeJails jails;
   NodeTrust trust;
   PeerLinks links;

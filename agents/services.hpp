@@ -3,6 +3,8 @@
 #pragma once
 
 #include <functional>
+#include <memory>
+#include <optional>
 #include <shared_mutex>
 #include <string>
 #include <string_view>
@@ -15,6 +17,7 @@
 namespace sojourn {
 
 class NodeJails;
+class NodeStore;
 struct NodeCounters;
 
 // A protocol service that answers later without holding a worker (agent.wait): it runs on
@@ -51,7 +54,11 @@ class ServiceRegistry {
 
 // Registers kv.get/put/del/keys and node.info on a new node (builtin_services.cpp); node.info
 // reads the counters, the registry and the jails.
-void register_builtin_services(Node& node, const NodeCounters& counters, const ServiceRegistry& registry,
-                               NodeJails& jails);
+// With a store (NodeOptions::data_dir), the kv store is loaded from it and each write is
+// committed there before it is answered; while *store_error is set, the kv services refuse
+// with it. Returns why the stored kv entries could not be loaded.
+Result<void> register_builtin_services(Node& node, const NodeCounters& counters, const ServiceRegistry& registry,
+                                       NodeJails& jails, std::shared_ptr<NodeStore> store,
+                                       const std::optional<Error>* store_error);
 
 }  // namespace sojourn

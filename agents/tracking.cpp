@@ -18,7 +18,7 @@ constexpr std::chrono::milliseconds kForwardPause{100};
 constexpr std::size_t kDeliveredWindow = 256;
 }  // namespace
 
-void AgentRuntime::track_launch(AgentRecord& record) {
+Result<void> AgentRuntime::track_launch(AgentRecord& record) {
   std::lock_guard lock(mutex_);
   Tracked& t = tracked_[record.id];
   t.token = random_nonce();
@@ -31,6 +31,12 @@ void AgentRuntime::track_launch(AgentRecord& record) {
   t.status.epoch = 0;
   t.status.status = AgentState::running;
   t.status.hops = record.hops;
+  // The launch is answered only once its home will remember it.
+  if (auto stored = persist_tracked(record.id, t); !stored) {
+    tracked_.erase(record.id);
+    return stored.error();
+  }
+  return {};
 }
 
 void AgentRuntime::notify_home(const std::string& home, const ArrivalReport& report) {
@@ -99,6 +105,15 @@ Result<ArrivalAnswer> AgentRuntime::on_arrived(const ArrivalReport& report, cons
     Tracked& t = it->second;
     AgentStatus& s = t.status;
     if (s.done()) return ArrivalAnswer{};
+    // With a store, what changes here is committed before the answer; a failed commit
+    // leaves the entry as it was and the reporter tries again.
+    std::optional<Tracked> before;
+    if (store_) before = t;
+    auto commit = [&]() -> Result<void> {
+      auto stored = persist_tracked(id, t);
+      if (!stored && before) t = std::move(*before);
+      return stored;
+    };
     const bool stranded = report.state == AgentState::stranded;
     if (auto allowed = check_reporter(t, epoch, report.token, caller, stranded ? "a stranding report" : "an arrival report");
         !allowed) {
@@ -109,6 +124,7 @@ Result<ArrivalAnswer> AgentRuntime::on_arrived(const ArrivalReport& report, cons
         s.status = AgentState::stranded;
         s.reason = report.reason;
         mark_ended(id, t);  // its waiters hear of it; a stranded agent is not forgotten
+        if (auto stored = commit(); !stored) return stored.error();
       }
       return ArrivalAnswer{};
     }
@@ -131,6 +147,7 @@ Result<ArrivalAnswer> AgentRuntime::on_arrived(const ArrivalReport& report, cons
     s.location = report.node;
     s.status = AgentState::running;
     s.reason.clear();
+    if (auto stored = commit(); !stored) return stored.error();
     // The answer hands over what is waiting; it stays pending until a later report lists
     // it as delivered, so a lost answer loses nothing (the agent drops duplicates by id).
     return ArrivalAnswer{std::vector<ForwardedMessage>(t.pending.begin(), t.pending.end()), t.token};
@@ -187,6 +204,7 @@ asio::awaitable<void> AgentRuntime::arrive(std::string id) {
     auto it = residents_.find(id);
     if (it == residents_.end()) co_return;
     it->second.status = AgentState::queued;
+    persist_resident(id, it->second);  // its new token and the messages the answer handed over
   }
   schedule_run(id);
 }
@@ -219,6 +237,8 @@ Result<void> AgentRuntime::on_finished(const EndReport& report, const PeerIdenti
   if (auto allowed = check_reporter(it->second, report.epoch, report.token, caller, "an end report"); !allowed) {
     return allowed.error();
   }
+  std::optional<Tracked> before;
+  if (store_) before = it->second;
   s.status = report.state;
   s.reason = report.reason;
   s.result = report.result;
@@ -227,6 +247,14 @@ Result<void> AgentRuntime::on_finished(const EndReport& report, const PeerIdenti
   if (!report.hops.empty()) s.hops = report.hops;
   s.log = report.log;
   mark_ended(id, it->second);
+  // Its retention may be zero: the sweep in mark_ended may have forgotten it already.
+  it = tracked_.find(id);
+  if (it == tracked_.end()) return {};
+  // The result is stored before the end report is acknowledged: the reporter retries else.
+  if (auto stored = persist_tracked(id, it->second); !stored) {
+    if (before) it->second = std::move(*before);
+    return stored.error();
+  }
   return {};
 }
 
@@ -241,7 +269,15 @@ Result<SendAnswer> AgentRuntime::on_send(const AgentSend& send) {
     Tracked& t = it->second;
     if (t.status.done()) return errors::no_such_agent(id + " (it has " + std::string(agent_state_name(t.status.status)) + ")");
     // A sender's retry of the same message is accepted once.
-    if (t.message_ids.insert(message_id).second) t.pending.push_back(ForwardedMessage{message_id, send.body});
+    if (t.message_ids.insert(message_id).second) {
+      t.pending.push_back(ForwardedMessage{message_id, send.body});
+      // Accepted once stored: a failed commit takes it back and the sender may retry.
+      if (auto stored = persist_tracked(id, t); !stored) {
+        t.pending.pop_back();
+        t.message_ids.erase(message_id);
+        return stored.error();
+      }
+    }
   }
   kick_forwarding(id);
   return SendAnswer{message_id};
@@ -267,6 +303,7 @@ Result<void> AgentRuntime::on_deliver(const AgentDeliver& deliver) {
     r.delivered.push_back(message_id);
     r.mailbox.push_back(deliver.message.body);
     trim_delivered(it->second);
+    persist_resident(id, it->second);  // before the home hears it was delivered
   }
   if (it->second.status == AgentState::asleep) {
     it->second.status = AgentState::queued;
@@ -334,6 +371,9 @@ asio::awaitable<void> AgentRuntime::forward_messages(std::string id) {
       auto it = tracked_.find(id);
       if (it != tracked_.end() && !it->second.pending.empty() && it->second.pending.front().message_id == message.message_id) {
         it->second.pending.pop_front();
+        // Not stored: the message is delivered again after a restart, and the agent drops
+        // it by its id (record.delivered). Logged, nothing is lost.
+        if (auto stored = persist_tracked(id, it->second); !stored) log_warn("agents", stored.error().message);
       }
       continue;
     }
@@ -362,6 +402,8 @@ Result<AgentStatus> AgentRuntime::status_of(std::string_view id, const PeerIdent
   // The result has been read: it is forgotten read_agent_retention from now (prune).
   if (t.ended_ms != 0 && t.read_ms == 0) {
     t.read_ms = now_ms();
+    // Not stored: after a restart the result is kept longer (until ended_agent_retention).
+    if (auto stored = persist_tracked(t.status.id, t); !stored) log_warn("agents", stored.error().message);
     due_.emplace(forget_at(t), Due{std::string(id), 0, true});
     prune_locked(t.read_ms);
   }

@@ -45,7 +45,7 @@ set(CPACK_DEBIAN_PACKAGE_SECTION net)
 set(CPACK_DEBIAN_PACKAGE_SHLIBDEPS ON)
 set(CPACK_DEBIAN_PACKAGE_DEPENDS "adduser")
 # Building applications against the installed library (sojournConfig.cmake's find_dependency).
-set(CPACK_DEBIAN_PACKAGE_SUGGESTS "cmake, pkg-config, libboost-dev, libssl-dev, libluajit-5.1-dev, libseccomp-dev, qemu-system-x86")
+set(CPACK_DEBIAN_PACKAGE_SUGGESTS "cmake, pkg-config, libboost-dev, libssl-dev, libsqlite3-dev, libluajit-5.1-dev, libseccomp-dev, qemu-system-x86")
 set(CPACK_DEBIAN_PACKAGE_CONTROL_EXTRA
     ${PROJECT_SOURCE_DIR}/packaging/postinst ${PROJECT_SOURCE_DIR}/packaging/prerm ${PROJECT_SOURCE_DIR}/packaging/postrm)
 set(CPACK_DEBIAN_PACKAGE_CONTROL_STRICT_PERMISSION TRUE)

@@ -132,6 +132,7 @@ int run_node(const NodeCommand& c) {
   }
   options.advertise = c.advertise;
   options.data_dir = c.data_dir;
+  options.durability = c.durability == "normal" ? Durability::normal : Durability::full;
   for (const auto& text : c.links) {
     auto rule = parse_link_rule(text);
     if (!rule) return fail(rule.error(), false);
@@ -163,6 +164,11 @@ int run_node(const NodeCommand& c) {
                 self.fingerprint.c_str(), tls_trust_summary(**tls).c_str());
   }
   Node node(options);
+  // Where its state lives; a data dir whose store cannot be used stops it here, before it
+  // serves anything it would then lose.
+  auto storage = node.storage();
+  if (!storage) return fail(storage.error(), false);
+  std::printf("node %s stores its state %s%s\n", c.name.c_str(), options.data_dir.empty() ? "" : "in ", storage->c_str());
   for (const auto& spec : c.publish) {
     auto eq = spec.find('=');
     const std::string path = eq == std::string::npos ? spec : spec.substr(eq + 1);

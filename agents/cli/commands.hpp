@@ -46,6 +46,7 @@ struct NodeCommand {
   std::vector<std::string> data;     // KEY=JSON, put in the kv store at start
   std::string code_cache, advertise, peer_isolation = "auto", policy;
   std::string data_dir;
+  std::string durability = "full";  // --durability full|normal (with --data-dir)
   std::string http;  // --http HOST:PORT: the dashboard, /metrics, the JSON API
   std::string name = "node";
   std::uint32_t warm_guests = 4;  // --warm-guests N

@@ -82,7 +82,11 @@ int main(int argc, char** argv) {
   node_cmd->add_option("--advertise", node.advertise,
                        "HOST:PORT peers reach this node at (default: the first --listen; for 0.0.0.0/[::] an address of "
                        "this host's interfaces)");
-  node_cmd->add_option("--data-dir", node.data_dir, "Directory the node keeps its state in (today its id; default: a fresh id per start)");
+  node_cmd->add_option("--data-dir", node.data_dir, "Directory the node keeps its state in: its id and, in DIR/sojourn.db "
+                       "(SQLite), the kv store, the agents it is home to and its resident weak agents (default: memory only, a fresh id per start)");
+  node_cmd->add_option("--durability", node.durability, "With --data-dir: full (default: an acknowledged write is on disk) or "
+                       "normal (faster; survives a crash of the node, not a power loss) (docs/reliability.md)")
+      ->capture_default_str()->check(CLI::IsMember({"full", "normal"}));
   node_cmd->add_option("--policy", node.policy, "Policy file (JSON, docs/security.md): signers and peers -> jails, quotas, services");
   add_tls_flags(*node_cmd, node.tls);
   node_cmd->add_flag("--insecure", node.insecure, "Allow plain TCP (no --tls) on a non-loopback address");

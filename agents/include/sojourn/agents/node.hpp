@@ -42,6 +42,13 @@ struct ServiceOptions {
   bool peers_only = false;
 };
 
+// What a node with a data dir waits for before it acknowledges (docs/reliability.md).
+// full: every acknowledged write is on disk (SQLite synchronous=FULL): a crash of the
+// process or of the machine loses nothing acknowledged. normal (synchronous=NORMAL in WAL
+// mode): faster; a crash of the process loses nothing, a power loss or an OS crash may lose
+// the writes of the last moments.
+enum class Durability { full, normal };
+
 struct NodeOptions {
   std::string name = "node";
   // Mutual TLS for every TCP connection, served and made (see docs/tls.md): set `tls.dir`
@@ -85,9 +92,13 @@ struct NodeOptions {
   // a name or an address ([v6]:PORT). Empty: the first address listen() bound, or, when that
   // is a wildcard (0.0.0.0, [::]), an address of this host's interfaces.
   std::string advertise;
-  // Where the node keeps what outlives a run: today its id (DIR/node-id, made at first start,
-  // used when it has no TLS identity). Empty: a fresh id per start.
+  // Where the node keeps what outlives a run (`--data-dir`, docs/reliability.md): its id
+  // (DIR/node-id, made at first start, used when it has no TLS identity) and, in the SQLite
+  // database DIR/sojourn.db, the kv store and the agents it is home to. Empty: a fresh id per
+  // start and everything in memory.
   std::string data_dir;
+  // With a data dir: what a write waits for before it is acknowledged (`--durability`).
+  Durability durability = Durability::full;
   // Code that came from a peer (remote evaluations, fetched modules, arriving agents) runs
   // at this isolation level at least. Unset (the default): the strongest this node has,
   // `microvm` (a KVM microVM) where /dev/kvm can run the guest, else `process` (a forked,
@@ -260,6 +271,10 @@ class Node {
   // The node's stable id (its TLS key fingerprint, else the id in data_dir or a fresh one):
   // what agent TRANSFERs and signed evaluations are addressed to (docs/protocol.md).
   std::string node_id() const;
+  // Where the node keeps its state (docs/reliability.md): "in memory (no --data-dir)" or
+  // "DIR/sojourn.db (SQLite, durability full)"; the error when NodeOptions::data_dir was
+  // given but its store cannot be used (listen() and the kv services return it too).
+  Result<std::string> storage() const;
   // The bound address of the dashboard (NodeOptions::http, port 0 resolved); empty before
   // the first listen() or without NodeOptions::http.
   std::string http_address() const;
