@@ -201,6 +201,7 @@ for row in "${rows[@]}"; do
     unmeasured=1
   fi
   printf '| %-28s | %-5s | %12s | %12s | %8s | %-40s |\n' "$id" "$unit" "${sojourn:--}" "${peer:--}" "${ratio:--}" "${peer_name:--}"
-  [[ -n $csv ]] && echo "$id,$unit,$sojourn,$peer,$peer_name,$ratio" >>"$csv"
+  # peer_name is quoted (RFC 4180): "spawn(Node, Fun)" holds a comma.
+  [[ -n $csv ]] && echo "$id,$unit,$sojourn,$peer,\"${peer_name//\"/\"\"}\",$ratio" >>"$csv"
 done
 [[ $unmeasured == 0 ]] || { echo "run_peers: some rows were not measured (see the messages above)" >&2; exit 1; }
