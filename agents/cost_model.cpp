@@ -32,13 +32,18 @@ std::string_view paradigm_title(Paradigm p) {
   return "?";
 }
 
+namespace {
+// Milliseconds to put `bytes` on a link of `bandwidth_bps` (0: unlimited) and through the
+// node's encoding.
+double transfer_ms(double bytes, std::uint64_t bandwidth_bps, const FixedCosts& f) {
+  double wire = bandwidth_bps ? bytes * 8.0 / static_cast<double>(bandwidth_bps) * 1000.0 : 0.0;
+  return wire + bytes / 1000.0 * f.per_kb_ms;
+}
+}  // namespace
+
 ParadigmCost predict(Paradigm p, const Workload& w, const FixedCosts& f) {
   const double n = w.interactions;
-  // Milliseconds to put `bytes` on the link and through the node's encoding.
-  auto transfer = [&](double bytes) {
-    double wire = w.bandwidth_bps ? bytes * 8.0 / static_cast<double>(w.bandwidth_bps) * 1000.0 : 0.0;
-    return wire + bytes / 1000.0 * f.per_kb_ms;
-  };
+  auto transfer = [&](double bytes) { return transfer_ms(bytes, w.bandwidth_bps, f); };
   ParadigmCost c;
   c.paradigm = p;
   switch (p) {
@@ -73,10 +78,7 @@ ParadigmCost predict(Paradigm p, const Workload& w, const FixedCosts& f) {
 
 Result<ParadigmCost> predict_itinerary(Paradigm p, const ItineraryWorkload& w, const FixedCosts& f) {
   const double k = w.nodes;
-  auto transfer = [&](double bytes) {
-    double wire = w.bandwidth_bps ? bytes * 8.0 / static_cast<double>(w.bandwidth_bps) * 1000.0 : 0.0;
-    return wire + bytes / 1000.0 * f.per_kb_ms;
-  };
+  auto transfer = [&](double bytes) { return transfer_ms(bytes, w.bandwidth_bps, f); };
   ParadigmCost c;
   c.paradigm = p;
   switch (p) {

@@ -41,6 +41,19 @@ Result<void> prepare_out_dir(const std::string& dir) {
   return {};
 }
 
+std::optional<LinkProfile> open_experiment(const ExperimentOptions& o) {
+  auto profile = find_link_profile(o.profile);
+  if (!profile) {
+    std::fprintf(stderr, "sojourn: error: %s\n", profile.error().message.c_str());
+    return std::nullopt;
+  }
+  if (auto ok = prepare_out_dir(o.out); !ok) {
+    std::fprintf(stderr, "sojourn: error: %s\n", ok.error().message.c_str());
+    return std::nullopt;
+  }
+  return std::move(*profile);
+}
+
 Result<void> check_links_mode(const std::string& mode) {
   if (mode == "emulated") return {};
   if (mode != "netem") return errors::invalid_argument("unknown --links '" + mode + "' (emulated or netem)");

@@ -4,11 +4,13 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "sojourn/agents/advise.hpp"
 #include "sojourn/core/error.hpp"
+#include "sojourn/transports/link_model.hpp"
 
 namespace sojourn::experiments {
 
@@ -25,6 +27,9 @@ struct ExperimentOptions {
 
 // Makes DIR (and DIR/nodes for the nodes' own traces).
 Result<void> prepare_out_dir(const std::string& dir);
+// What every experiment starts with: o.profile's links and a prepared o.out; on error it has
+// printed the reason and the experiment returns 2 (usage).
+std::optional<LinkProfile> open_experiment(const ExperimentOptions& o);
 // --links netem: refused where the kernel has no sch_netem, with the reason; the emulated
 // links otherwise (netem namespaces are not built yet: also refused, saying so).
 Result<void> check_links_mode(const std::string& mode);

@@ -86,15 +86,8 @@ int fail(const std::string& what) {
 }  // namespace
 
 int run_itinerary(const ExperimentOptions& o) {
-  auto profile = find_link_profile(o.profile);
-  if (!profile) {
-    std::fprintf(stderr, "sojourn: error: %s\n", profile.error().message.c_str());
-    return 2;
-  }
-  if (auto ok = prepare_out_dir(o.out); !ok) {
-    std::fprintf(stderr, "sojourn: error: %s\n", ok.error().message.c_str());
-    return 2;
-  }
+  auto profile = open_experiment(o);
+  if (!profile) return 2;
   const FixedCosts fixed = fixed_costs_for(o);
   const ProfileLink& link = profile->links.front();
   std::vector<std::uint32_t> ks = {1, 2, 4, 8, 16};

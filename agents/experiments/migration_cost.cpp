@@ -44,15 +44,8 @@ double predicted_strong_hop_ms(double rtt_ms, std::uint64_t bps, std::uint64_t i
 }  // namespace
 
 int run_migration_cost(const ExperimentOptions& o) {
-  auto profile = find_link_profile(o.profile);
-  if (!profile) {
-    std::fprintf(stderr, "sojourn: error: %s\n", profile.error().message.c_str());
-    return 2;
-  }
-  if (auto ok = prepare_out_dir(o.out); !ok) {
-    std::fprintf(stderr, "sojourn: error: %s\n", ok.error().message.c_str());
-    return 2;
-  }
+  auto profile = open_experiment(o);
+  if (!profile) return 2;
   const FixedCosts fixed = fixed_costs_for(o);
   const ProfileLink& link = profile->links.front();
   std::vector<std::uint64_t> states = {1'000, 16'000, 256'000, 1'000'000, 4'000'000, 16'000'000, 64'000'000};

@@ -79,15 +79,8 @@ std::string plot_script(const LinkProfile& profile, const std::vector<std::strin
 }  // namespace
 
 int run_paradigms(const ExperimentOptions& o) {
-  auto profile = find_link_profile(o.profile);
-  if (!profile) {
-    std::fprintf(stderr, "sojourn: error: %s\n", profile.error().message.c_str());
-    return 2;
-  }
-  if (auto ok = prepare_out_dir(o.out); !ok) {
-    std::fprintf(stderr, "sojourn: error: %s\n", ok.error().message.c_str());
-    return 2;
-  }
+  auto profile = open_experiment(o);
+  if (!profile) return 2;
   const FixedCosts fixed = fixed_costs_for(o);
   std::vector<ProfileLink> links = profile->links;
   std::vector<std::uint32_t> ns = {1, 2, 5, 10, 20, 50};
