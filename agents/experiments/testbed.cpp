@@ -26,6 +26,18 @@ Service data_service(std::shared_ptr<std::atomic<std::uint64_t>> reply_bytes) {
   return [reply_bytes](const Value&) -> Result<Value> { return Value(std::string(reply_bytes->load(), 'd')); };
 }
 
+// Launches an experiment's agent from `client` (its own home) and waits for it to finish.
+Result<AgentStatus> launch_and_wait(Node& client, const std::string& address, AgentLaunch launch) {
+  auto id = client.launch(address, std::move(launch));
+  if (!id) return id.error();
+  auto status = client.wait_agent(address, *id, std::chrono::minutes(10));
+  if (!status) return status.error();
+  if (status->status != AgentState::finished) {
+    return make_error(Errc::service_failed, "service experiment failed: its agent did not finish: " + status->reason);
+  }
+  return status;
+}
+
 }  // namespace
 
 Testbed::Testbed(const LinkSpec* link, std::uint64_t seed, std::string trace_dir, Isolation level)
@@ -196,13 +208,8 @@ return M
   launch.state.set("n", static_cast<std::int64_t>(t.interactions));
   launch.state.set("req", static_cast<std::int64_t>(t.request_bytes));
   auto t0 = Clock::now();
-  auto id = client_->launch(client_address_, std::move(launch));
-  if (!id) return id.error();
-  auto status = client_->wait_agent(client_address_, *id, std::chrono::minutes(10));
+  auto status = launch_and_wait(*client_, client_address_, std::move(launch));
   if (!status) return status.error();
-  if (status->status != AgentState::finished) {
-    return make_error(Errc::service_failed, "service experiment failed: its agent did not finish: " + status->reason);
-  }
   return ms_since(t0);
 }
 
@@ -264,13 +271,8 @@ Result<Testbed::MigrationRun> Testbed::run_migration(std::uint64_t state_bytes, 
   launch.state.set("data", data_address_);
   const std::uint64_t before = wire_bytes_->load();
   auto t0 = Clock::now();
-  auto id = client_->launch(client_address_, std::move(launch));
-  if (!id) return id.error();
-  auto status = client_->wait_agent(client_address_, *id, std::chrono::minutes(10));
+  auto status = launch_and_wait(*client_, client_address_, std::move(launch));
   if (!status) return status.error();
-  if (status->status != AgentState::finished) {
-    return make_error(Errc::service_failed, "service experiment failed: its agent did not finish: " + status->reason);
-  }
   MigrationRun run;
   run.measured_ms = ms_since(t0);
   run.wire_bytes = wire_bytes_->load() - before;
@@ -278,8 +280,8 @@ Result<Testbed::MigrationRun> Testbed::run_migration(std::uint64_t state_bytes, 
   // The phases, from the two nodes' traces (docs/experiments.md, "migration-cost").
   const std::string src = trace_dir_ + "/client.jsonl", dst = trace_dir_ + "/data.jsonl";
   auto at = [&](const std::string& path, const char* kind) -> Result<TraceEvent> {
-    auto e = find_event(path, *id, kind);
-    if (!e) return errors::invalid_argument(std::string("no '") + kind + "' event of agent " + *id + " in " + path);
+    auto e = find_event(path, status->id, kind);
+    if (!e) return errors::invalid_argument(std::string("no '") + kind + "' event of agent " + status->id + " in " + path);
     return *e;
   };
   auto ms = [](const TraceEvent& from, const TraceEvent& to) { return static_cast<double>(to.unix_us - from.unix_us) / 1000.0; };
@@ -444,13 +446,8 @@ Result<std::int64_t> ItineraryTestbed::run_ma(std::uint32_t k) {
   launch.itinerary.assign(data_addresses_.begin(), data_addresses_.begin() + k);
   launch.state = Value::table();
   launch.state.set("req", static_cast<std::int64_t>(kRequestBytes));
-  auto id = client_->launch(client_address_, std::move(launch));
-  if (!id) return id.error();
-  auto status = client_->wait_agent(client_address_, *id, std::chrono::minutes(10));
+  auto status = launch_and_wait(*client_, client_address_, std::move(launch));
   if (!status) return status.error();
-  if (status->status != AgentState::finished) {
-    return make_error(Errc::service_failed, "service experiment failed: its agent did not finish: " + status->reason);
-  }
   auto n = first_integer(status->result);
   if (!n) return errors::invalid_argument("the itinerary agent came home with no number");
   return *n;

@@ -260,10 +260,11 @@ TEST_CASE("migration-cost --quick: weak and strong rows, downtime broken into it
     }
   }
   auto col = [&](const char* kind, const char* bw, const char* state, int i) { return std::stod(by[{kind, bw, state}][i]); };
-  // 1 MB at 100 Mbit/s is 80 ms on the wire; at 1 Gbit/s 8 ms: in the hop and in the transfer phase.
-  CHECK(col("weak", "100000000", "1000000", 5) - col("weak", "100000000", "1000", 5) > 70);
-  CHECK(col("weak", "100000000", "1000000", 5) > col("weak", "1000000000", "1000000", 5) + 50);
-  CHECK(col("weak", "100000000", "1000000", 11) - col("weak", "100000000", "1000", 11) > 70);
+  // 1 MB at 100 Mbit/s is 80 ms on the wire; at 1 Gbit/s 8 ms: in the hop and in the transfer
+  // phase. One run each (--quick) on a loaded machine: the margins leave ~30 ms for noise.
+  CHECK(col("weak", "100000000", "1000000", 5) - col("weak", "100000000", "1000", 5) > 45);
+  CHECK(col("weak", "100000000", "1000000", 11) > col("weak", "1000000000", "1000000", 11) + 40);
+  CHECK(col("weak", "100000000", "1000000", 11) - col("weak", "100000000", "1000", 11) > 50);
   // A strong agent's 1 MB of 's' compresses: its transfer costs far less than the weak one's.
   CHECK(col("strong", "100000000", "1000000", 11) < col("weak", "100000000", "1000000", 11) - 50);
   CHECK(is_png(out + "/migration-cost.png"));
