@@ -167,7 +167,8 @@ class AgentRuntime : public std::enable_shared_from_this<AgentRuntime>, public M
   void run_step(const std::string& id);
   void note_visit(const AgentRecord& record);
   // A step of the migration protocol in the trace file (docs/experiments.md, "Traces"):
-  // written only while the node has a trace file, so without one it costs a null test.
+  // written only while the node has a trace file. Without one it costs a null test, plus the
+  // detail string the caller built (a few per hop, next to a round trip: not worth a lambda).
   void trace_step(const char* kind, const std::string& agent, const std::string& peer, std::string detail = {});
   Result<Value> agent_host_call(const std::string& id, std::string_view service, const Value& args);
   void wake_if_asleep(const std::string& id);
