@@ -215,8 +215,10 @@ return M
 
 namespace {
 
+// The testbed's nodes share this process and so one steady clock: phases are measured on
+// mono_ns, which a step of the wall clock (NTP on a fresh machine) cannot stretch.
 struct TraceEvent {
-  std::int64_t unix_us = 0;
+  std::int64_t mono_ns = 0;
   std::string detail;
 };
 
@@ -227,8 +229,8 @@ std::optional<TraceEvent> find_event(const std::string& path, const std::string&
   for (std::string line; std::getline(in, line);) {
     if (line.find(want_agent) == std::string::npos || line.find(want_kind) == std::string::npos) continue;
     auto j = nlohmann::json::parse(line, nullptr, false);
-    if (j.is_discarded() || !j.contains("unix_us") || !j["unix_us"].is_number_integer()) continue;
-    return TraceEvent{j["unix_us"].get<std::int64_t>(), j.value("detail", "")};
+    if (j.is_discarded() || !j.contains("mono_ns") || !j["mono_ns"].is_number_integer()) continue;
+    return TraceEvent{j["mono_ns"].get<std::int64_t>(), j.value("detail", "")};
   }
   return std::nullopt;
 }
@@ -284,7 +286,7 @@ Result<Testbed::MigrationRun> Testbed::run_migration(std::uint64_t state_bytes, 
     if (!e) return errors::invalid_argument(std::string("no '") + kind + "' event of agent " + status->id + " in " + path);
     return *e;
   };
-  auto ms = [](const TraceEvent& from, const TraceEvent& to) { return static_cast<double>(to.unix_us - from.unix_us) / 1000.0; };
+  auto ms = [](const TraceEvent& from, const TraceEvent& to) { return static_cast<double>(to.mono_ns - from.mono_ns) / 1e6; };
   const char* src_kinds[] = {"departure", "offer_sent", "offer_answered", "serialize_start", "serialize_end", "transfer_sent"};
   const char* dst_kinds[] = {"transfer_received", "restore_start", "restore_end", "arrival"};
   std::map<std::string, TraceEvent> e;

@@ -169,13 +169,16 @@ TEST_CASE("itinerary --quick over seed-wan: cs and rev about K round trips, the 
   CHECK(wire("ma", 4, 1000000) < 1e5);
   CHECK(measured("cs", 4, 1000000) - measured("cs", 4, 1000) > 4 * 70);  // 80 ms of wire per node at 100 Mbit/s
   CHECK(measured("rev", 4, 1000000) - measured("rev", 4, 1000) < 4 * 40);
-  // The model is within 20% where the network dominates (all of this sweep): over the sweep,
-  // and each single run (one repetition, on a machine that may be busy) within 35%.
+  // The model is within 20% where the network dominates (all of this sweep) over the sweep.
+  // A single run (one repetition) is never much faster than the model: the link's delays are
+  // a floor. A busy machine (a sanitizer build, two test processes on two cores) only adds
+  // time, so above the model a run gets up to twice its prediction.
   double measured_sum = 0, predicted_sum = 0;
   for (const auto& [key, v] : by) {
     INFO(std::get<0>(key) << " K=" << std::get<1>(key) << " data " << std::get<2>(key) << ": measured " << v[0]
                           << " predicted " << v[1]);
-    CHECK(std::abs(v[0] - v[1]) / v[0] < 0.35);
+    CHECK(v[0] > 0.8 * v[1]);
+    CHECK(v[0] < 2 * v[1]);
     measured_sum += v[0];
     predicted_sum += v[1];
   }
