@@ -115,9 +115,9 @@ void AgentRuntime::forget_tracked(const std::string& id) {
   if (auto r = store_->erase(NodeStore::Table::tracked, id); !r) log_warn("agents", r.error().message);
 }
 
-void AgentRuntime::persist_resident(const std::string& id, const Resident& res, const std::string& move_peer,
-                                    const std::string& move_entry) {
-  if (!store_ || res.record.mobility == Mobility::strong) return;
+std::vector<NodeStore::Write> AgentRuntime::resident_row(const std::string& id, const Resident& res,
+                                                        const std::string& move_peer, const std::string& move_entry) {
+  if (!store_ || res.record.mobility == Mobility::strong) return {};
   std::vector<std::uint8_t> row{kResidentVersion};
   put_bytes(row, encode_value(record_to_value(res.record)));
   put_u64(row, static_cast<std::uint64_t>(res.status));
@@ -126,7 +126,23 @@ void AgentRuntime::persist_resident(const std::string& id, const Resident& res, 
   put_text(row, res.rule != nullptr ? res.rule->name : std::string());
   put_text(row, move_peer);
   put_text(row, move_entry);
-  if (auto r = store_->put(NodeStore::Table::residents, id, row); !r) log_error("agents", r.error().message);
+  std::vector<NodeStore::Write> out;
+  out.push_back(NodeStore::Write{NodeStore::Table::residents, id, std::move(row)});
+  return out;
+}
+
+std::vector<NodeStore::Write> AgentRuntime::resident_gone(const std::string& id) {
+  if (!store_) return {};
+  std::vector<NodeStore::Write> out;
+  out.push_back(NodeStore::Write{NodeStore::Table::residents, id, std::nullopt});
+  return out;
+}
+
+void AgentRuntime::persist_resident(const std::string& id, const Resident& res, const std::string& move_peer,
+                                    const std::string& move_entry) {
+  auto row = resident_row(id, res, move_peer, move_entry);
+  if (row.empty()) return;
+  if (auto r = store_->write(row); !r) log_error("agents", r.error().message);
 }
 
 void AgentRuntime::forget_resident(const std::string& id) {

@@ -6,6 +6,7 @@
 #include <boost/asio/detached.hpp>
 #include <boost/asio/post.hpp>
 
+#include "agents/store/kv_store.hpp"
 #include "sojourn/core/bundle.hpp"
 #include "sojourn/core/log.hpp"
 #include "sojourn/core/signature.hpp"
@@ -31,7 +32,7 @@ constexpr std::size_t kMaxLogLines = 64;
 
 AgentRuntime::AgentRuntime(const AgentRuntimeRoles& roles)
     : options_(roles.options), runtime_(roles.runtime), services_(roles.services), links_(roles.links),
-      trust_(roles.trust), jails_(roles.jails), server_(roles.server), store_(roles.store),
+      trust_(roles.trust), jails_(roles.jails), server_(roles.server), store_(roles.store), kv_(roles.kv),
       // With a data dir and no code cache dir of its own, bundles are kept in DIR/code-cache:
       // a resident agent taken back after a restart needs its code.
       cache_(options_.code_cache_dir.empty() && !options_.data_dir.empty() ? options_.data_dir + "/code-cache"
@@ -291,8 +292,10 @@ void AgentRuntime::run_step(const std::string& id) {
   info.set("itinerary", strings_to_value(record.itinerary));
   info.set("isolation", std::string(isolation_name(record.isolation)));
   sandbox::AgentInput agent{record.entry, record.state, info};
-  AgentHostCalls host([this, id](std::string_view service, const Value& args) {
-    return agent_host_call(id, service, args);
+  // The step's kv writes: seen by the step, by nobody else until its outcome commits them.
+  KvStep writes(kv_);
+  AgentHostCalls host([this, id, &writes](std::string_view service, const Value& args) {
+    return agent_host_call(id, service, args, writes);
   });
   const bool strong = record.mobility == Mobility::strong;
   // A heap image fixes its arena, so a strong agent keeps the memory limit of its first step.
@@ -314,6 +317,9 @@ void AgentRuntime::run_step(const std::string& id) {
     if (record.isolation != Isolation::trusted) counters_->metrics.jail_starts.inc({level});
   }
   const auto spent = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - started);
+  // Stopped by the node's shutdown: not an outcome. With a store the agent stays as its row
+  // has it and the step runs again after a restart, its kv writes dropped with it.
+  if (!outcome && outcome.error().code == Errc::shutting_down && runtime_.shutting_down() && store_) return;
 
   // A step that hit its CPU limit spent all of it; a budget (not the per-run quota) that
   // bound it ends the agent with the budget's reason.
@@ -345,6 +351,7 @@ void AgentRuntime::run_step(const std::string& id) {
                                            std::to_string(taken.raw_bytes) + " image_bytes=" + std::to_string(taken.image.size()));
   }
   bool wake = false;
+  std::vector<NodeStore::Write> outcome_rows;
   {
     std::lock_guard lock(mutex_);
     auto it = residents_.find(id);
@@ -390,18 +397,28 @@ void AgentRuntime::run_step(const std::string& id) {
         go_peer = outcome->go_peer;
         go_entry = outcome->go_entry;
         it->second.status = AgentState::moving;
-        persist_resident(id, it->second, go_peer, go_entry);  // after a restart: the hand-over again
+        outcome_rows = resident_row(id, it->second, go_peer, go_entry);  // after a restart: the hand-over again
       } else if (outcome->waits) {
         r.entry = outcome->go_entry;
         it->second.status = AgentState::asleep;
-        persist_resident(id, it->second);
+        outcome_rows = resident_row(id, it->second);
         // A message that came during the step wakes it at once.
         if (!r.mailbox.empty()) wake = true;
       }
     }
+    // Exactly-once steps: the step's kv writes and its outcome (the agent's row: moving,
+    // asleep, or after a checkpoint its strong state, not stored) in one transaction. An
+    // end (finished, failed) commits them in finish(), with the row's removal.
+    const bool ends = !failure.empty() || !outcome || (!strong_stop && !outcome->went && !outcome->waits);
+    if (!ends) {
+      if (auto stored = kv_->commit(writes, std::move(outcome_rows)); !stored) {
+        log_error("agents", options_.name + ": agent " + id + ": " + stored.error().message);
+        failure = "agent " + id + "'s step could not be stored at " + self() + ": " + stored.error().message;
+      }
+    }
   }
   if (!failure.empty()) {
-    finish(id, AgentState::failed, failure, Value{});
+    finish(id, AgentState::failed, failure, Value{}, &writes);
   } else if (checkpoint) {
     schedule_run(id);
   } else if (outcome->went) {
@@ -413,11 +430,12 @@ void AgentRuntime::run_step(const std::string& id) {
   } else if (outcome->waits) {
     if (wake) wake_if_asleep(id);
   } else {
-    finish(id, AgentState::finished, "", outcome->results);
+    finish(id, AgentState::finished, "", outcome->results, &writes);
   }
 }
 
-Result<Value> AgentRuntime::agent_host_call(const std::string& id, std::string_view service, const Value& args) {
+Result<Value> AgentRuntime::agent_host_call(const std::string& id, std::string_view service, const Value& args,
+                                            KvStep& step) {
   if (service == "agent.receive") {
     std::lock_guard lock(mutex_);
     auto it = residents_.find(id);
@@ -461,30 +479,45 @@ Result<Value> AgentRuntime::agent_host_call(const std::string& id, std::string_v
     Value name = args.get(1);
     return require_module(name.is_string() ? name.as_string() : std::string(), bundle.get(), home);
   }
+  // This node's kv store, through the step's writes (other services: at least once).
+  if (KvStore::is_kv_service(service)) return step.call(service, args);
   return services_.call_from_lua(service, args);
 }
 
-void AgentRuntime::finish(const std::string& id, AgentState how, const std::string& reason, Value result) {
+void AgentRuntime::finish(const std::string& id, AgentState how, const std::string& reason, Value result, KvStep* step) {
   AgentRecord record;
+  EndReport report;
+  report.id = id;
+  report.state = how;
+  report.reason = reason;
   {
     std::lock_guard lock(mutex_);
     auto it = residents_.find(id);
     if (it == residents_.end()) return;
     record = std::move(it->second.record);
     residents_.erase(it);
-    forget_resident(id);
+    // The end, the row's removal and the ending step's kv writes in one transaction. If
+    // that cannot be stored, the step's writes are dropped and the agent fails saying so.
+    if (step != nullptr) {
+      if (auto stored = kv_->commit(*step, resident_gone(id)); !stored) {
+        log_error("agents", options_.name + ": agent " + id + ": " + stored.error().message);
+        report.state = AgentState::failed;
+        report.reason = "agent " + id + "'s step could not be stored at " + self() + ": " + stored.error().message;
+        result = Value{};
+        forget_resident(id);
+      }
+    } else {
+      forget_resident(id);
+    }
   }
-  log_info("agents", options_.name + ": agent " + id + " " + std::string(agent_state_name(how)) +
-                         (reason.empty() ? "" : ": " + reason));
+  log_info("agents", options_.name + ": agent " + id + " " + std::string(agent_state_name(report.state)) +
+                         (report.reason.empty() ? "" : ": " + report.reason));
   if (counters_ != nullptr) {
-    counters_->trace.add("end", id, record.home, std::string(agent_state_name(how)) + (reason.empty() ? "" : ": " + reason));
+    counters_->trace.add("end", id, record.home,
+                         std::string(agent_state_name(report.state)) + (report.reason.empty() ? "" : ": " + report.reason));
   }
-  EndReport report;
-  report.id = id;
   report.epoch = record.epoch;
   report.node = self();
-  report.state = how;
-  report.reason = reason;
   report.result = result.is_table() ? result : Value::table();
   report.hops = std::move(record.hops);
   report.log = std::move(record.log);

@@ -30,10 +30,13 @@
 #include "agents/node_trust.hpp"
 #include "agents/peer_links.hpp"
 #include "agents/services.hpp"
+#include "agents/store/node_store.hpp"
 
 namespace sojourn {
 
 class NodeStore;
+class KvStore;
+class KvStep;
 
 // The parts of its node the agent runtime uses, each role by reference (Node::Impl owns them).
 struct AgentRuntimeRoles {
@@ -45,6 +48,7 @@ struct AgentRuntimeRoles {
   NodeJails& jails;
   const NodeServer& server;  // the advertised address
   std::shared_ptr<NodeStore> store;  // NodeOptions::data_dir's store, else null
+  std::shared_ptr<KvStore> kv;       // the node's kv store: a step's writes commit with its outcome
 };
 
 class AgentRuntime : public std::enable_shared_from_this<AgentRuntime>, public ModuleSource {
@@ -170,9 +174,12 @@ class AgentRuntime : public std::enable_shared_from_this<AgentRuntime>, public M
   // written only while the node has a trace file. Without one it costs a null test, plus the
   // detail string the caller built (a few per hop, next to a round trip: not worth a lambda).
   void trace_step(const char* kind, const std::string& agent, const std::string& peer, std::string detail = {});
-  Result<Value> agent_host_call(const std::string& id, std::string_view service, const Value& args);
+  // `step`: the step's kv writes (kv.* calls go there, docs/reliability.md "Exactly-once steps").
+  Result<Value> agent_host_call(const std::string& id, std::string_view service, const Value& args, KvStep& step);
   void wake_if_asleep(const std::string& id);
-  void finish(const std::string& id, AgentState how, const std::string& reason, Value result);  // finished or failed
+  // Finished or failed. `step`: the kv writes of the step that ended it, committed with the
+  // end (the resident row removed) in one transaction.
+  void finish(const std::string& id, AgentState how, const std::string& reason, Value result, KvStep* step = nullptr);
 
   // agent_budget.cpp
   // Checks an agent arriving (or launched) here: its bundle signature (cached), that its
@@ -243,6 +250,11 @@ class AgentRuntime : public std::enable_shared_from_this<AgentRuntime>, public M
   // or ended. Strong agents are not stored (docs/reliability.md). Failures are logged.
   void persist_resident(const std::string& id, const Resident& res, const std::string& move_peer = {},
                         const std::string& move_entry = {});
+  // The row persist_resident writes, as one write of a transaction (none for a strong agent
+  // or without a store), and the row's removal.
+  std::vector<NodeStore::Write> resident_row(const std::string& id, const Resident& res, const std::string& move_peer = {},
+                                             const std::string& move_entry = {});
+  std::vector<NodeStore::Write> resident_gone(const std::string& id);
   void forget_resident(const std::string& id);
   void forget_tracked(const std::string& id);
   static std::vector<std::uint8_t> encode_tracked(const Tracked& t);
@@ -266,6 +278,7 @@ class AgentRuntime : public std::enable_shared_from_this<AgentRuntime>, public M
   NodeJails& jails_;
   const NodeServer& server_;
   std::shared_ptr<NodeStore> store_;
+  std::shared_ptr<KvStore> kv_;
   // Resident agents taken back from the store, started by resume_durable (under mutex_).
   struct Resumed {
     std::string id, move_peer, move_entry;

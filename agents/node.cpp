@@ -3,6 +3,7 @@
 #include "agents/node_impl.hpp"  // first: brings <utility> before any Asio header
 #include "agents/agent_runtime.hpp"
 #include "agents/node_testing.hpp"
+#include "agents/store/kv_store.hpp"
 #include "agents/store/node_store.hpp"
 
 #include <algorithm>
@@ -28,11 +29,13 @@ Node::Node(NodeOptions options) : impl_(std::make_shared<Impl>(std::move(options
     log_error("node", i.options.name + ": " + e.message + "; the node refuses to serve rather than lose state");
   };
   if (i.store_error) store_failed(*i.store_error);
-  if (auto kv = register_builtin_services(*this, i.counters, i.services, i.jails, i.store, &i.store_error); !kv) {
-    store_failed(kv.error());
+  i.kv = std::make_shared<KvStore>(i.options.kv_max_bytes, i.store, &i.store_error);
+  if (i.store && !i.store_error) {
+    if (auto loaded = i.kv->load(); !loaded) store_failed(loaded.error());
   }
+  if (auto kv = register_builtin_services(*this, i.counters, i.services, i.jails, i.kv); !kv) store_failed(kv.error());
   impl_->agents = std::make_shared<AgentRuntime>(
-      AgentRuntimeRoles{i.options, i.runtime, i.services, i.links, i.trust, i.jails, i.server, i.store});
+      AgentRuntimeRoles{i.options, i.runtime, i.services, i.links, i.trust, i.jails, i.server, i.store, i.kv});
   impl_->server.set_modules(*impl_->agents);
   impl_->agents->set_counters(impl_->counters);
   impl_->agents->register_services(*this);

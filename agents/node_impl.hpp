@@ -24,6 +24,7 @@ namespace sojourn {
 
 class AgentRuntime;
 class NodeStore;
+class KvStore;
 
 // Declared in that order: each role is made after (and destroyed before) those it uses.
 struct Node::Impl {
@@ -43,6 +44,8 @@ struct Node::Impl {
   // store_error: why the data dir's store cannot be used (then nothing pretends to be durable).
   std::shared_ptr<NodeStore> store;
   std::optional<Error> store_error;
+  // The kv store (agents/store/kv_store.hpp), its clients' services and agent steps' writes.
+  std::shared_ptr<KvStore> kv;
   NodeJails jails;
   NodeTrust trust;
   PeerLinks links;

@@ -18,6 +18,7 @@ namespace sojourn {
 
 class NodeJails;
 class NodeStore;
+class KvStore;
 struct NodeCounters;
 
 // A protocol service that answers later without holding a worker (agent.wait): it runs on
@@ -52,13 +53,9 @@ class ServiceRegistry {
   std::unordered_map<std::string, ServiceEntry> services_;
 };
 
-// Registers kv.get/put/del/keys and node.info on a new node (builtin_services.cpp); node.info
-// reads the counters, the registry and the jails.
-// With a store (NodeOptions::data_dir), the kv store is loaded from it and each write is
-// committed there before it is answered; while *store_error is set, the kv services refuse
-// with it. Returns why the stored kv entries could not be loaded.
+// Registers kv.get/put/del/keys (over `kv`, agents/store/kv_store.hpp) and node.info on a
+// new node (builtin_services.cpp); node.info reads the counters, the registry and the jails.
 Result<void> register_builtin_services(Node& node, const NodeCounters& counters, const ServiceRegistry& registry,
-                                       NodeJails& jails, std::shared_ptr<NodeStore> store,
-                                       const std::optional<Error>* store_error);
+                                       NodeJails& jails, std::shared_ptr<KvStore> kv);
 
 }  // namespace sojourn

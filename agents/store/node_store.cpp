@@ -12,18 +12,23 @@ namespace sojourn {
 namespace {
 
 // The schema this code writes (PRAGMA user_version); a newer file is refused, not rewritten.
-constexpr int kSchemaVersion = 1;
+// 2 added commits, ends and nonces (a file of schema 1 gains them when opened).
+constexpr int kSchemaVersion = 2;
 
 const char* table_name(NodeStore::Table t) {
   switch (t) {
     case NodeStore::Table::kv: return "kv";
     case NodeStore::Table::tracked: return "tracked";
     case NodeStore::Table::residents: return "residents";
+    case NodeStore::Table::commits: return "commits";
+    case NodeStore::Table::ends: return "ends";
+    case NodeStore::Table::nonces: return "nonces";
   }
   return "kv";
 }
 
-constexpr NodeStore::Table kTables[] = {NodeStore::Table::kv, NodeStore::Table::tracked, NodeStore::Table::residents};
+constexpr NodeStore::Table kTables[] = {NodeStore::Table::kv,      NodeStore::Table::tracked, NodeStore::Table::residents,
+                                        NodeStore::Table::commits, NodeStore::Table::ends,    NodeStore::Table::nonces};
 
 // Resets a prepared statement however the scope is left.
 struct Reset {
@@ -89,14 +94,18 @@ Result<std::unique_ptr<NodeStore>> NodeStore::open(const std::string& dir, Durab
                                     ", this one reads " + std::to_string(kSchemaVersion) + ")");
   }
   for (Table t : kTables) {
+    // Nonces carry their expiry in a column of their own: pruned by it, in one statement.
     const std::string sql = std::string("CREATE TABLE IF NOT EXISTS ") + table_name(t) +
-                            " (key TEXT PRIMARY KEY NOT NULL, value BLOB NOT NULL) WITHOUT ROWID";
+                            " (key TEXT PRIMARY KEY NOT NULL, value BLOB NOT NULL" +
+                            (t == Table::nonces ? ", expires INTEGER NOT NULL" : "") + ") WITHOUT ROWID";
     if (auto r = store->exec(sql.c_str()); !r) return r.error();
   }
+  if (auto r = store->exec("CREATE INDEX IF NOT EXISTS nonces_expires ON nonces (expires)"); !r) return r.error();
   if (auto r = store->exec(("PRAGMA user_version=" + std::to_string(kSchemaVersion)).c_str()); !r) return r.error();
   for (Table t : kTables) {
     const auto i = static_cast<std::size_t>(t);
-    const std::string put = std::string("INSERT OR REPLACE INTO ") + table_name(t) + " (key, value) VALUES (?1, ?2)";
+    const std::string put = std::string("INSERT OR REPLACE INTO ") + table_name(t) +
+                            (t == Table::nonces ? " (key, value, expires) VALUES (?1, ?2, ?3)" : " (key, value) VALUES (?1, ?2)");
     const std::string erase = std::string("DELETE FROM ") + table_name(t) + " WHERE key = ?1";
     if (sqlite3_prepare_v3(store->db_, put.c_str(), -1, SQLITE_PREPARE_PERSISTENT, &store->put_[i], nullptr) != SQLITE_OK ||
         sqlite3_prepare_v3(store->db_, erase.c_str(), -1, SQLITE_PREPARE_PERSISTENT, &store->erase_[i], nullptr) != SQLITE_OK) {
@@ -114,24 +123,66 @@ NodeStore::~NodeStore() {
   if (db_) sqlite3_close(db_);  // checkpoints the WAL into the database when it is the last connection
 }
 
-Result<void> NodeStore::put(Table table, std::string_view key, std::span<const std::uint8_t> value) {
-  std::lock_guard lock(mutex_);
-  sqlite3_stmt* s = put_[static_cast<std::size_t>(table)];
+Result<void> NodeStore::step(const Write& w) {
+  const auto i = static_cast<std::size_t>(w.table);
+  sqlite3_stmt* s = w.value ? put_[i] : erase_[i];
   Reset reset{s};
-  sqlite3_bind_text(s, 1, key.data(), static_cast<int>(key.size()), SQLITE_STATIC);
-  // A zero-length blob must not bind as NULL (the column is NOT NULL).
-  static const std::uint8_t none = 0;
-  sqlite3_bind_blob(s, 2, value.empty() ? &none : value.data(), static_cast<int>(value.size()), SQLITE_STATIC);
-  if (sqlite3_step(s) != SQLITE_DONE) return failure(std::string("cannot store in ") + table_name(table));
+  sqlite3_bind_text(s, 1, w.key.data(), static_cast<int>(w.key.size()), SQLITE_STATIC);
+  if (w.value) {
+    // A zero-length blob must not bind as NULL (the column is NOT NULL).
+    static const std::uint8_t none = 0;
+    sqlite3_bind_blob(s, 2, w.value->empty() ? &none : w.value->data(), static_cast<int>(w.value->size()), SQLITE_STATIC);
+    if (w.table == Table::nonces) sqlite3_bind_int64(s, 3, w.expires);
+  }
+  if (sqlite3_step(s) != SQLITE_DONE) {
+    return failure(std::string(w.value ? "cannot store in " : "cannot remove from ") + table_name(w.table));
+  }
   return {};
 }
 
-Result<void> NodeStore::erase(Table table, std::string_view key) {
+Result<void> NodeStore::put(Table table, std::string_view key, std::span<const std::uint8_t> value) {
+  const Write w{table, std::string(key), std::vector<std::uint8_t>(value.begin(), value.end())};
   std::lock_guard lock(mutex_);
-  sqlite3_stmt* s = erase_[static_cast<std::size_t>(table)];
-  Reset reset{s};
-  sqlite3_bind_text(s, 1, key.data(), static_cast<int>(key.size()), SQLITE_STATIC);
-  if (sqlite3_step(s) != SQLITE_DONE) return failure(std::string("cannot remove from ") + table_name(table));
+  return step(w);
+}
+
+Result<void> NodeStore::erase(Table table, std::string_view key) {
+  const Write w{table, std::string(key), std::nullopt};
+  std::lock_guard lock(mutex_);
+  return step(w);
+}
+
+Result<void> NodeStore::write(std::span<const Write> writes) {
+  if (writes.empty()) return {};
+  std::lock_guard lock(mutex_);
+  if (writes.size() == 1) return step(writes[0]);  // a statement is a transaction of its own
+  // IMMEDIATE: the write lock is taken now, so the commit cannot fail for a reader's sake.
+  if (sqlite3_exec(db_, "BEGIN IMMEDIATE", nullptr, nullptr, nullptr) != SQLITE_OK) return failure("cannot begin a transaction");
+  for (const Write& w : writes) {
+    if (auto r = step(w); !r) {
+      sqlite3_exec(db_, "ROLLBACK", nullptr, nullptr, nullptr);
+      return r;
+    }
+  }
+  if (sqlite3_exec(db_, "COMMIT", nullptr, nullptr, nullptr) != SQLITE_OK) {
+    Error e = failure("cannot commit");
+    // A failed COMMIT may leave the transaction open (SQLITE_BUSY, a full disk): undone here.
+    if (sqlite3_get_autocommit(db_) == 0) sqlite3_exec(db_, "ROLLBACK", nullptr, nullptr, nullptr);
+    return e;
+  }
+  return {};
+}
+
+Result<void> NodeStore::prune_nonces(std::int64_t now) {
+  std::lock_guard lock(mutex_);
+  sqlite3_stmt* s = nullptr;
+  if (sqlite3_prepare_v2(db_, "DELETE FROM nonces WHERE expires <= ?1", -1, &s, nullptr) != SQLITE_OK) {
+    return failure("cannot prune nonces");
+  }
+  sqlite3_bind_int64(s, 1, now);
+  const int rc = sqlite3_step(s);
+  sqlite3_finalize(s);
+  if (rc != SQLITE_DONE) return failure("cannot prune nonces");
   return {};
 }
 

@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -26,8 +27,20 @@ namespace sojourn {
 
 class NodeStore {
  public:
-  enum class Table { kv, tracked, residents };
+  // kv: the kv store; tracked: agents this node is home to; residents: weak agents here;
+  // commits: the COMMITs a destination deduplicates hand-overs with ("ID/EPOCH");
+  // ends: end reports owed to an agent's home until it acknowledges them; nonces: replay
+  // nonces of accepted TRANSFERs and signed evaluations until they expire.
+  enum class Table { kv, tracked, residents, commits, ends, nonces };
   using Row = std::pair<std::string, std::vector<std::uint8_t>>;
+  // One change of a transaction (write): a put, or with no value an erase. `expires` (Unix
+  // ms) is kept for Table::nonces only, which prune_nonces drops by it.
+  struct Write {
+    Table table;
+    std::string key;
+    std::optional<std::vector<std::uint8_t>> value;
+    std::int64_t expires = 0;
+  };
 
   // Opens (or makes) DIR/sojourn.db. A file that is not a database, is damaged, is from a
   // newer schema or cannot be written is an error naming the file, never an empty store.
@@ -43,12 +56,17 @@ class NodeStore {
   Result<void> put(Table table, std::string_view key, std::span<const std::uint8_t> value);
   // Removes the key if present; committed when it returns.
   Result<void> erase(Table table, std::string_view key);
+  // All of them in one transaction, committed when it returns; on an error none is.
+  Result<void> write(std::span<const Write> writes);
   // Every row of the table, by key.
   Result<std::vector<Row>> load(Table table);
+  // Removes the nonces that expired at `now` (Unix ms).
+  Result<void> prune_nonces(std::int64_t now);
 
  private:
   NodeStore(std::string path, Durability durability) : path_(std::move(path)), durability_(durability) {}
   Result<void> exec(const char* sql);
+  Result<void> step(const Write& w);  // under mutex_
   Error failure(const std::string& what) const;  // "DB: WHAT: sqlite's message"
 
   std::string path_;
@@ -56,8 +74,9 @@ class NodeStore {
   std::mutex mutex_;
   sqlite3* db_ = nullptr;
   // Prepared once: per table, put and erase.
-  sqlite3_stmt* put_[3] = {nullptr, nullptr, nullptr};
-  sqlite3_stmt* erase_[3] = {nullptr, nullptr, nullptr};
+  static constexpr std::size_t kTableCount = 6;
+  sqlite3_stmt* put_[kTableCount] = {};
+  sqlite3_stmt* erase_[kTableCount] = {};
 };
 
 }  // namespace sojourn
