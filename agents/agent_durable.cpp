@@ -18,6 +18,7 @@ namespace {
 // u64-length-prefixed byte string.
 constexpr std::uint8_t kTrackedVersion = 1;
 constexpr std::uint8_t kResidentVersion = 1;
+constexpr std::uint8_t kCommitVersion = 1;
 
 void put_u64(std::vector<std::uint8_t>& out, std::uint64_t v) {
   for (int i = 0; i < 8; ++i) out.push_back(static_cast<std::uint8_t>(v >> (8 * i)));
@@ -62,7 +63,31 @@ struct Reader {
   }
 };
 
+// "ID/EPOCH", the epoch in 20 digits: an agent's commits side by side, in epoch order.
+std::string commit_key(const std::string& id, std::uint64_t epoch) {
+  std::string digits = std::to_string(epoch);
+  return id + "/" + std::string(20 - std::min<std::size_t>(20, digits.size()), '0') + digits;
+}
+
 }  // namespace
+
+NodeStore::Write AgentRuntime::commit_row(const std::string& id, std::uint64_t epoch, const AgentCommit& commit,
+                                          std::int64_t forget_at_ms) {
+  std::vector<std::uint8_t> row{kCommitVersion};
+  put_u64(row, static_cast<std::uint64_t>(forget_at_ms));
+  put_bytes(row, encode(commit));
+  return NodeStore::Write{NodeStore::Table::commits, commit_key(id, epoch), std::move(row)};
+}
+
+NodeStore::Write AgentRuntime::commit_gone(const std::string& id, std::uint64_t epoch) {
+  return NodeStore::Write{NodeStore::Table::commits, commit_key(id, epoch), std::nullopt};
+}
+
+NodeStore::Write AgentRuntime::nonce_row(const std::string& nonce, std::int64_t expires_unix_ms) {
+  std::vector<std::uint8_t> row;
+  put_u64(row, static_cast<std::uint64_t>(expires_unix_ms));
+  return NodeStore::Write{NodeStore::Table::nonces, nonce, std::move(row), expires_unix_ms};
+}
 
 std::vector<std::uint8_t> AgentRuntime::encode_tracked(const Tracked& t) {
   std::vector<std::uint8_t> out{kTrackedVersion};
@@ -152,6 +177,55 @@ void AgentRuntime::forget_resident(const std::string& id) {
 
 Result<void> AgentRuntime::load_durable() {
   if (!store_) return {};
+  // The dedup of hand-overs: COMMITs (and so the highest epochs) and nonces still in force.
+  // What expired while the node was down goes from the store now.
+  const std::int64_t now = now_ms();
+  auto commits = store_->load(NodeStore::Table::commits);
+  if (!commits) return commits.error();
+  std::vector<NodeStore::Write> expired;
+  {
+    std::lock_guard lock(mutex_);
+    for (auto& [key, bytes] : *commits) {
+      Reader r{bytes};
+      const bool known = !bytes.empty() && bytes[0] == kCommitVersion;
+      if (known) r.in = r.in.subspan(1);
+      const auto forget = static_cast<std::int64_t>(r.u64());
+      auto commit = decode_commit(r.bytes());
+      if (!known || !r.ok || !r.in.empty() || !commit) {
+        return errors::invalid_argument(store_->path() + ": commit " + key + " does not decode: " +
+                                        (commit || !known ? std::string(known ? "truncated or trailing bytes" : "unknown layout")
+                                                          : commit.error().message));
+      }
+      if (forget <= now) {
+        expired.push_back(NodeStore::Write{NodeStore::Table::commits, key, std::nullopt});
+        continue;
+      }
+      commits_[{commit->id, commit->epoch}] = Commit{*commit, forget};
+      HighestEpoch& h = highest_epoch_[commit->id];
+      h.epoch = std::max(h.epoch, commit->epoch);
+      h.forget_at_ms = std::max(h.forget_at_ms, forget);
+      due_.emplace(forget, Due{commit->id, commit->epoch, false});
+    }
+  }
+  if (auto pruned = store_->write(expired); !pruned) return pruned.error();
+  auto nonces = store_->load(NodeStore::Table::nonces);
+  if (!nonces) return nonces.error();
+  for (auto& [nonce, bytes] : *nonces) {
+    Reader r{bytes};
+    const auto expires = static_cast<std::int64_t>(r.u64());
+    if (!r.ok) return errors::invalid_argument(store_->path() + ": nonce " + nonce.substr(0, 16) + " does not decode");
+    if (expires > now) trust_.replay().restore(nonce, expires);
+  }
+  if (auto pruned = store_->prune_nonces(now); !pruned) return pruned.error();
+  // Signed evaluations' nonces are kept one by one (a TRANSFER's with its COMMIT).
+  trust_.replay().set_keeper([store = store_](std::string_view nonce, std::int64_t expires) -> Result<void> {
+    const NodeStore::Write w = nonce_row(std::string(nonce), expires);
+    return store->write(std::span(&w, 1));
+  });
+  if (commits->size() > expired.size()) {
+    log_info("agents", options_.name + ": " + std::to_string(commits->size() - expired.size()) + " commits of hand-overs from " +
+                           store_->path());
+  }
   // Resident agents first: a row whose bundle or policy rule is gone is left in the store,
   // logged, for an operator to see (never dropped).
   auto residents = store_->load(NodeStore::Table::residents);

@@ -55,6 +55,7 @@ void AgentRuntime::mark_ended(const std::string& id, Tracked& t) {
 }
 
 void AgentRuntime::prune_locked(std::int64_t now) {
+  std::vector<NodeStore::Write> gone;  // the store's commit rows, on the same schedule
   while (!due_.empty() && due_.begin()->first <= now) {
     Due d = std::move(due_.begin()->second);
     due_.erase(due_.begin());
@@ -68,15 +69,29 @@ void AgentRuntime::prune_locked(std::int64_t now) {
       continue;
     }
     auto c = commits_.find({d.id, d.epoch});
-    if (c != commits_.end() && c->second.forget_at_ms <= now) commits_.erase(c);
+    if (c != commits_.end() && c->second.forget_at_ms <= now) {
+      commits_.erase(c);
+      if (store_) gone.push_back(commit_gone(d.id, d.epoch));
+    }
     auto h = highest_epoch_.find(d.id);
     if (h != highest_epoch_.end() && h->second.forget_at_ms <= now) highest_epoch_.erase(h);
+  }
+  // A row left behind is dropped at the next start (it has expired then): logged only.
+  if (!gone.empty()) {
+    if (auto r = store_->write(gone); !r) log_warn("agents", r.error().message);
   }
 }
 
 void AgentRuntime::prune() {
-  std::lock_guard lock(mutex_);
-  prune_locked(now_ms());
+  const std::int64_t now = now_ms();
+  {
+    std::lock_guard lock(mutex_);
+    prune_locked(now);
+  }
+  // Expired nonces leave the store on the sweep's schedule (in memory: at the next admit).
+  if (store_) {
+    if (auto r = store_->prune_nonces(now); !r) log_warn("agents", r.error().message);
+  }
 }
 
 void AgentRuntime::start_sweeps() {

@@ -255,6 +255,12 @@ class AgentRuntime : public std::enable_shared_from_this<AgentRuntime>, public M
   std::vector<NodeStore::Write> resident_row(const std::string& id, const Resident& res, const std::string& move_peer = {},
                                              const std::string& move_entry = {});
   std::vector<NodeStore::Write> resident_gone(const std::string& id);
+  // A destination's dedup (migration.cpp): the COMMIT it sent for (id, epoch), kept until
+  // `forget_at_ms` (the highest epochs are rebuilt from these rows), and the TRANSFER's
+  // nonce until it expires; both in the transaction that makes the agent resident.
+  NodeStore::Write commit_row(const std::string& id, std::uint64_t epoch, const AgentCommit& commit, std::int64_t forget_at_ms);
+  NodeStore::Write commit_gone(const std::string& id, std::uint64_t epoch);
+  static NodeStore::Write nonce_row(const std::string& nonce, std::int64_t expires_unix_ms);
   void forget_resident(const std::string& id);
   void forget_tracked(const std::string& id);
   static std::vector<std::uint8_t> encode_tracked(const Tracked& t);

@@ -71,7 +71,8 @@ Result<AgentCommit> AgentRuntime::on_transfer(AgentTransfer transfer, const Peer
                                                " is stale (this node has seen epoch " + std::to_string(seen->second.epoch) + ")");
     }
   }
-  if (auto fresh = trust_.replay().admit(transfer.nonce, transfer.expires_unix_ms, what); !fresh) return fresh.error();
+  // Kept in the store with the COMMIT below, in its transaction.
+  if (auto fresh = trust_.replay().admit(transfer.nonce, transfer.expires_unix_ms, what, false); !fresh) return fresh.error();
   std::shared_ptr<const CachedBundle> bundle;
   if (transfer.bundle_bytes) {
     const std::string& text = *transfer.bundle_bytes;
@@ -119,29 +120,37 @@ Result<AgentCommit> AgentRuntime::on_transfer(AgentTransfer transfer, const Peer
   if (record->image) hop.state_bytes = record->image->size();
   record->hops.push_back(std::move(hop));
   const AgentCommit commit{id, epoch, self()};
+  // Resident now (this COMMIT is the source's cue to drop its copy), but it runs only once
+  // its home knows where it is and has handed over the messages waiting for it.
+  Resident arrived;
+  arrived.record = std::move(*record);
+  arrived.bundle = std::move(bundle);
+  arrived.rule = *rule;
+  arrived.hop_cpu_spent = 0;
+  arrived.rate = std::make_shared<RateLimiter>(*rule != nullptr ? (*rule)->quotas.messages_per_second : 0);
+  arrived.status = AgentState::arriving;
+  arrived.since_unix_ms = unix_ms_now();
   {
     std::lock_guard lock(mutex_);
     // Checked again under the lock: two copies of one TRANSFER may race here.
     auto done = commits_.find({id, epoch});
     if (done != commits_.end()) return done->second.reply;
+    // The agent, the COMMIT and the nonce in one transaction before the COMMIT leaves: a
+    // restarted destination answers a retried TRANSFER with it, never takes the agent twice.
+    if (store_) {
+      auto writes = resident_row(id, arrived);
+      writes.push_back(commit_row(id, epoch, commit, now_ms() + static_cast<std::int64_t>(options_.max_message_lifetime.count())));
+      writes.push_back(nonce_row(transfer.nonce, transfer.expires_unix_ms));
+      if (auto stored = store_->write(writes); !stored) {
+        log_error("agents", options_.name + ": " + stored.error().message);
+        return stored.error();
+      }
+    }
     remember_commit(id, epoch, commit);
+    residents_[id] = std::move(arrived);
   }
   log_info("agents", options_.name + ": agent " + id + " arrived (epoch " + std::to_string(epoch) + ")");
   trace_step("restore_end", id, caller.address, "epoch " + std::to_string(epoch));
-  // Resident now (this COMMIT is the source's cue to drop its copy), but it runs only once
-  // its home knows where it is and has handed over the messages waiting for it.
-  {
-    std::lock_guard lock(mutex_);
-    Resident& res = residents_[id];
-    res.record = std::move(*record);
-    res.bundle = std::move(bundle);
-    res.rule = *rule;
-    res.hop_cpu_spent = 0;
-    res.rate = std::make_shared<RateLimiter>(*rule != nullptr ? (*rule)->quotas.messages_per_second : 0);
-    res.status = AgentState::arriving;
-    res.since_unix_ms = unix_ms_now();
-    persist_resident(id, res);  // before the COMMIT leaves
-  }
   spawn(arrive(id), "agent arrival");
   return commit;
 }

@@ -27,7 +27,34 @@ Result<void> ReplayGuard::check_expiry(std::int64_t expires_unix_ms, const std::
   return {};
 }
 
-Result<void> ReplayGuard::admit(std::string_view nonce, std::int64_t expires_unix_ms, const std::string& what) {
+void ReplayGuard::set_keeper(Keeper keeper) {
+  std::lock_guard lock(mutex_);
+  keeper_ = std::move(keeper);
+}
+
+void ReplayGuard::restore(std::string nonce, std::int64_t expires_unix_ms) {
+  std::lock_guard lock(mutex_);
+  seen_.emplace(std::move(nonce), expires_unix_ms);
+}
+
+Result<void> ReplayGuard::admit(std::string_view nonce, std::int64_t expires_unix_ms, const std::string& what, bool keep) {
+  if (auto admitted = admit_here(nonce, expires_unix_ms, what); !admitted) return admitted;
+  Keeper keeper;
+  {
+    std::lock_guard lock(mutex_);
+    if (keep) keeper = keeper_;
+  }
+  if (!keeper) return {};
+  // Kept before the message is used: after a restart the same message is still a replay.
+  if (auto kept = keeper(nonce, expires_unix_ms); !kept) {
+    std::lock_guard lock(mutex_);
+    seen_.erase(std::string(nonce));
+    return kept;
+  }
+  return {};
+}
+
+Result<void> ReplayGuard::admit_here(std::string_view nonce, std::int64_t expires_unix_ms, const std::string& what) {
   if (nonce.empty()) return errors::invalid_argument(what + " has no nonce");
   if (auto fresh = check_expiry(expires_unix_ms, what); !fresh) return fresh;
   const std::int64_t now = now_ms();

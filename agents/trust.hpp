@@ -30,18 +30,27 @@ class ReplayGuard {
   //   expired  "expired: WHAT expires in N ms, more than this node's limit of M ms"
   //   replayed "replayed: WHAT with nonce N16 was accepted before"
   //   invalid_argument "invalid argument: WHAT has no nonce"
-  Result<void> admit(std::string_view nonce, std::int64_t expires_unix_ms, const std::string& what);
+  // With a keeper (a data dir), the nonce is kept there before admit returns, unless `keep`
+  // is false (an agent TRANSFER keeps its nonce in its COMMIT's transaction); a keeper's
+  // error refuses the message and forgets the nonce.
+  Result<void> admit(std::string_view nonce, std::int64_t expires_unix_ms, const std::string& what, bool keep = true);
+  using Keeper = std::function<Result<void>(std::string_view nonce, std::int64_t expires_unix_ms)>;
+  void set_keeper(Keeper keeper);  // before messages arrive
+  // A nonce kept before a restart (the node's store), remembered until it expires.
+  void restore(std::string nonce, std::int64_t expires_unix_ms);
   // Checks the expiry only (a retried agent TRANSFER is answered before its nonce is).
   Result<void> check_expiry(std::int64_t expires_unix_ms, const std::string& what) const;
   std::size_t remembered();
 
  private:
   std::int64_t now_ms() const;
+  Result<void> admit_here(std::string_view nonce, std::int64_t expires_unix_ms, const std::string& what);
 
   std::chrono::milliseconds max_lifetime_;
   std::function<std::int64_t()> clock_;
   std::mutex mutex_;
   std::unordered_map<std::string, std::int64_t> seen_;  // nonce -> expiry
+  Keeper keeper_;
   std::int64_t next_prune_ = 0;
 };
 
