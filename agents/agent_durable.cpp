@@ -19,6 +19,7 @@ namespace {
 constexpr std::uint8_t kTrackedVersion = 1;
 constexpr std::uint8_t kResidentVersion = 1;
 constexpr std::uint8_t kCommitVersion = 1;
+constexpr std::uint8_t kEndVersion = 1;
 
 void put_u64(std::vector<std::uint8_t>& out, std::uint64_t v) {
   for (int i = 0; i < 8; ++i) out.push_back(static_cast<std::uint8_t>(v >> (8 * i)));
@@ -87,6 +88,19 @@ NodeStore::Write AgentRuntime::nonce_row(const std::string& nonce, std::int64_t 
   std::vector<std::uint8_t> row;
   put_u64(row, static_cast<std::uint64_t>(expires_unix_ms));
   return NodeStore::Write{NodeStore::Table::nonces, nonce, std::move(row), expires_unix_ms};
+}
+
+NodeStore::Write AgentRuntime::end_row(const std::string& home, const EndReport& report) {
+  std::vector<std::uint8_t> row{kEndVersion};
+  put_text(row, home);
+  put_bytes(row, encode(report));
+  return NodeStore::Write{NodeStore::Table::ends, report.id, std::move(row)};
+}
+
+void AgentRuntime::forget_end(const std::string& id) {
+  if (!store_) return;
+  // A row left behind is sent again after a restart and taken as a repeated report.
+  if (auto r = store_->erase(NodeStore::Table::ends, id); !r) log_warn("agents", r.error().message);
 }
 
 std::vector<std::uint8_t> AgentRuntime::encode_tracked(const Tracked& t) {
@@ -217,6 +231,23 @@ Result<void> AgentRuntime::load_durable() {
     if (expires > now) trust_.replay().restore(nonce, expires);
   }
   if (auto pruned = store_->prune_nonces(now); !pruned) return pruned.error();
+  // End reports this node still owes to agents' homes: sent again once it listens.
+  auto ends = store_->load(NodeStore::Table::ends);
+  if (!ends) return ends.error();
+  for (auto& [id, bytes] : *ends) {
+    Reader r{bytes};
+    const bool known = !bytes.empty() && bytes[0] == kEndVersion;
+    if (known) r.in = r.in.subspan(1);
+    std::string home = r.text();
+    auto report = decode_end(r.bytes());
+    if (!known || !r.ok || !r.in.empty() || !report) {
+      return errors::invalid_argument(store_->path() + ": the end report of agent " + id + " does not decode" +
+                                      (report ? std::string() : ": " + report.error().message));
+    }
+    std::lock_guard lock(mutex_);
+    to_report_.emplace_back(std::move(home), std::move(*report));
+  }
+  if (!ends->empty()) log_info("agents", options_.name + ": " + std::to_string(ends->size()) + " end reports owed to homes from " + store_->path());
   // Signed evaluations' nonces are kept one by one (a TRANSFER's with its COMMIT).
   trust_.replay().set_keeper([store = store_](std::string_view nonce, std::int64_t expires) -> Result<void> {
     const NodeStore::Write w = nonce_row(std::string(nonce), expires);
@@ -310,12 +341,16 @@ Result<void> AgentRuntime::load_durable() {
 
 void AgentRuntime::resume_durable() {
   std::vector<Resumed> resumed;
+  std::vector<std::pair<std::string, EndReport>> owed;
   {
     std::lock_guard lock(mutex_);
     if (resumed_) return;
     resumed_ = true;
     resumed.swap(to_resume_);
+    owed.swap(to_report_);
   }
+  // A home that had the report already takes it as a repeated one.
+  for (auto& [home, report] : owed) notify_home(home, report);
   for (Resumed& a : resumed) {
     AgentState status;
     bool mail = false;

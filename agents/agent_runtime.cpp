@@ -485,44 +485,48 @@ Result<Value> AgentRuntime::agent_host_call(const std::string& id, std::string_v
 }
 
 void AgentRuntime::finish(const std::string& id, AgentState how, const std::string& reason, Value result, KvStep* step) {
-  AgentRecord record;
   EndReport report;
-  report.id = id;
-  report.state = how;
-  report.reason = reason;
+  std::string home;
   {
     std::lock_guard lock(mutex_);
     auto it = residents_.find(id);
     if (it == residents_.end()) return;
-    record = std::move(it->second.record);
+    AgentRecord record = std::move(it->second.record);
     residents_.erase(it);
-    // The end, the row's removal and the ending step's kv writes in one transaction. If
-    // that cannot be stored, the step's writes are dropped and the agent fails saying so.
-    if (step != nullptr) {
-      if (auto stored = kv_->commit(*step, resident_gone(id)); !stored) {
-        log_error("agents", options_.name + ": agent " + id + ": " + stored.error().message);
+    home = record.home;
+    report.id = id;
+    report.epoch = record.epoch;
+    report.node = self();
+    report.state = how;
+    report.reason = reason;
+    report.result = result.is_table() ? std::move(result) : Value::table();
+    report.hops = std::move(record.hops);
+    report.log = std::move(record.log);
+    report.token = record.report_token;  // the home takes reports only from the agent's holder
+    // The end in one transaction: the row's removal, the report owed to the home (until it
+    // acknowledges it) and the kv writes of the step that ended it. If that cannot be
+    // stored, the step's writes are dropped and the agent fails saying so.
+    auto writes = resident_gone(id);
+    if (store_) writes.push_back(end_row(home, report));
+    Result<void> stored = step != nullptr ? kv_->commit(*step, writes) : store_ ? store_->write(writes) : Result<void>{};
+    if (!stored) {
+      log_error("agents", options_.name + ": agent " + id + ": " + stored.error().message);
+      if (step != nullptr) {
         report.state = AgentState::failed;
         report.reason = "agent " + id + "'s step could not be stored at " + self() + ": " + stored.error().message;
-        result = Value{};
-        forget_resident(id);
+        report.result = Value::table();
+        writes = resident_gone(id);
+        writes.push_back(end_row(home, report));
+        if (auto again = store_->write(writes); !again) log_error("agents", options_.name + ": agent " + id + ": " + again.error().message);
       }
-    } else {
-      forget_resident(id);
     }
   }
   log_info("agents", options_.name + ": agent " + id + " " + std::string(agent_state_name(report.state)) +
                          (report.reason.empty() ? "" : ": " + report.reason));
   if (counters_ != nullptr) {
-    counters_->trace.add("end", id, record.home,
-                         std::string(agent_state_name(report.state)) + (report.reason.empty() ? "" : ": " + report.reason));
+    counters_->trace.add("end", id, home, std::string(agent_state_name(report.state)) + (report.reason.empty() ? "" : ": " + report.reason));
   }
-  report.epoch = record.epoch;
-  report.node = self();
-  report.result = result.is_table() ? result : Value::table();
-  report.hops = std::move(record.hops);
-  report.log = std::move(record.log);
-  report.token = record.report_token;  // the home takes reports only from the agent's holder
-  notify_home(record.home, report);
+  notify_home(home, report);
 }
 
 void AgentRuntime::wake_if_asleep(const std::string& id) {

@@ -235,6 +235,9 @@ class AgentRuntime : public std::enable_shared_from_this<AgentRuntime>, public M
   void notify_home(const std::string& home, const ArrivalReport& report);
   void notify_home(const std::string& home, const EndReport& report);
   asio::awaitable<void> report_home(std::string home, std::string service, AgentMessageBytes message, int tries);
+  // An end report to a remote home, tried until it is acknowledged or refused for good, or
+  // for ended_agent_retention (then it stays owed in the store until the next start).
+  asio::awaitable<void> send_end(std::string home, EndReport report);
   void kick_forwarding(const std::string& id);
   asio::awaitable<void> forward_messages(std::string id);
 
@@ -261,6 +264,10 @@ class AgentRuntime : public std::enable_shared_from_this<AgentRuntime>, public M
   NodeStore::Write commit_row(const std::string& id, std::uint64_t epoch, const AgentCommit& commit, std::int64_t forget_at_ms);
   NodeStore::Write commit_gone(const std::string& id, std::uint64_t epoch);
   static NodeStore::Write nonce_row(const std::string& nonce, std::int64_t expires_unix_ms);
+  // An end report owed to the agent's home: stored with the end (finish), removed once the
+  // home has acknowledged it or refused it for good (forget_end), sent again after a restart.
+  NodeStore::Write end_row(const std::string& home, const EndReport& report);
+  void forget_end(const std::string& id);
   void forget_resident(const std::string& id);
   void forget_tracked(const std::string& id);
   static std::vector<std::uint8_t> encode_tracked(const Tracked& t);
@@ -290,6 +297,8 @@ class AgentRuntime : public std::enable_shared_from_this<AgentRuntime>, public M
     std::string id, move_peer, move_entry;
   };
   std::vector<Resumed> to_resume_;
+  // End reports owed to homes, taken back from the store, sent by resume_durable.
+  std::vector<std::pair<std::string, EndReport>> to_report_;
   bool resumed_ = false;
   NodeCounters* counters_ = nullptr;  // set once, before the network thread starts
   CodeCache cache_;

@@ -50,14 +50,48 @@ void AgentRuntime::notify_home(const std::string& home, const ArrivalReport& rep
   spawn(report_home(home, "agent.arrived", encode(report), 5), "report to an agent's home");
 }
 
+namespace {
+// An end report refused for one of these is never taken: it is owed no more.
+bool refused_for_good(Errc code) {
+  return code == Errc::no_such_agent || code == Errc::not_permitted || code == Errc::invalid_argument;
+}
+}  // namespace
+
 void AgentRuntime::notify_home(const std::string& home, const EndReport& report) {
   if (home == self()) {
     static const PeerIdentity local{"local", {}, {}};
-    if (auto r = on_finished(report, local); !r) log_warn("agents", "home update agent.finished refused: " + r.error().message);
+    auto r = on_finished(report, local);
+    if (!r) log_warn("agents", "home update agent.finished refused: " + r.error().message);
+    // Stored at this home (or refused for good): owed no more. A store error keeps it owed.
+    if (r || refused_for_good(r.error().code)) forget_end(report.id);
     return;
   }
-  // The result is not advisory: an end report is tried longer.
-  spawn(report_home(home, "agent.finished", encode(report), 50), "report to an agent's home");
+  // The result is not advisory: an end report is tried until the home has it.
+  spawn(send_end(home, report), "end report to an agent's home");
+}
+
+asio::awaitable<void> AgentRuntime::send_end(std::string home, EndReport report) {
+  auto keep = shared_from_this();
+  const Value call_args = message_args(encode(report));
+  const auto give_up = std::chrono::steady_clock::now() + options_.ended_agent_retention;
+  std::chrono::milliseconds pause{100};
+  for (int tries = 0; !runtime_.shutting_down(); ++tries) {
+    Result<Value> r = co_await links_.call_peer(home, "agent.finished", call_args);
+    if (r || refused_for_good(r.error().code)) {
+      if (!r) log_warn("agents", "home " + home + " refused the end report of agent " + report.id + ": " + r.error().message);
+      forget_end(report.id);
+      co_return;
+    }
+    if (tries == 0) log_warn("agents", "cannot report the end of agent " + report.id + " to home " + home + ": " + r.error().message + "; retrying");
+    if (std::chrono::steady_clock::now() >= give_up) {
+      log_warn("agents", "the end report of agent " + report.id + " to home " + home + " is kept" +
+                             (store_ ? " and sent again at the next start" : std::string(" in vain (no data dir)")));
+      co_return;
+    }
+    asio::steady_timer timer(runtime_.io(), pause);
+    co_await timer.async_wait(asio::use_awaitable);
+    pause = std::min(pause * 2, std::chrono::milliseconds(5000));
+  }
 }
 
 asio::awaitable<void> AgentRuntime::report_home(std::string home, std::string service, AgentMessageBytes message, int tries) {
