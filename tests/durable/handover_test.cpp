@@ -1,0 +1,168 @@
+// Durable hand-overs (issue 16, docs/reliability.md): a destination restarted on its data dir
+// still deduplicates by (id, epoch) (its COMMITs are in the store), and an end report owed
+// to an unreachable home outlives a restart of the node the agent ended at.
+#include <doctest/doctest.h>
+
+#include <memory>
+#include <thread>
+
+#include "agents/agent_messages.hpp"
+#include "agents/trust.hpp"
+#include "sojourn/agents/node.hpp"
+#include "sojourn/core/bundle.hpp"
+#include "sojourn/core/signature.hpp"
+#include "tests/support/temp_dir.hpp"
+
+using namespace sojourn;
+using namespace std::chrono_literals;
+using sojourn::test::TempDir;
+
+namespace {
+
+NodeOptions handover_options(const std::string& name, const std::string& data_dir) {
+  NodeOptions o;
+  o.name = name;
+  o.peer_isolation = Isolation::trusted;  // what is tested is the store, not the jail
+  o.data_dir = data_dir;
+  o.default_limits.wall_ms = 60'000;  // a step held by the test outlasts a slow machine
+  return o;
+}
+
+std::unique_ptr<Node> start_at(const std::string& name, const std::string& data_dir, const std::string& address) {
+  auto node = std::make_unique<Node>(handover_options(name, data_dir));
+  auto bound = node->listen(address);
+  REQUIRE(bound.ok());
+  return node;
+}
+
+// Waits until `node` holds one agent in `state`.
+bool holds(Node& node, AgentState state) {
+  for (int i = 0; i < 1000; ++i) {
+    auto agents = node.list_agents();
+    if (agents.ok() && agents->size() == 1 && (*agents)[0].status == state) return true;
+    std::this_thread::sleep_for(10ms);
+  }
+  return false;
+}
+
+}  // namespace
+
+TEST_CASE("a destination restarted on its data dir answers a retried OFFER and TRANSFER of an agent it took with its COMMIT") {
+  TempDir dir;
+  auto home = start_at("home", dir / "home", "127.0.0.1:0");
+  // At the destination: counts its visit in the kv store, then parks.
+  const char* source = R"(local M = {}
+function M.start(s) agent.go(agent.itinerary[1], "visit") end
+function M.visit(s)
+  node.call("kv.put", "visits", (node.call("kv.get", "visits") or 0) + 1)
+  agent.wait("visit")
+end
+return M)";
+  auto bundle = single_file_bundle("visitor", source);
+  REQUIRE(bundle.ok());
+  std::string dest_address, dest_id, id;
+  {
+    auto dest = start_at("dest", dir / "dest", "127.0.0.1:0");
+    dest_address = dest->advertised_address();
+    dest_id = dest->node_id();
+    AgentLaunch l;
+    l.bundle = *bundle;
+    l.itinerary = {dest_address};
+    auto launched = home->launch(home->advertised_address(), l);
+    REQUIRE(launched.ok());
+    id = *launched;
+    REQUIRE(holds(*dest, AgentState::asleep));
+    CHECK(dest->stats().commits_remembered == 1);
+  }  // the destination goes away, the agent parked on it
+  auto dest = start_at("dest", dir / "dest", dest_address);
+  CHECK(dest->node_id() == dest_id);
+  CHECK(dest->stats().commits_remembered == 1);  // taken back from the store
+
+  // A source that never heard the COMMIT offers epoch 1 again: a duplicate.
+  const AgentOffer offer{id, 1, std::string(64, 'a'), 10};
+  auto offered = home->call(dest_address, "agent.offer", message_args(encode(offer)));
+  REQUIRE(offered.ok());
+  auto answer = decode_message<OfferAnswer, decode_offer_answer>(*offered, "the offer's answer");
+  REQUIRE(answer.ok());
+  CHECK(answer->duplicate);
+
+  // Its TRANSFER, retried with a fresh nonce: answered with the earlier COMMIT.
+  AgentTransfer transfer;
+  transfer.record.id = id;
+  transfer.record.epoch = 1;
+  transfer.record.home = home->advertised_address();
+  transfer.record.owner = "anonymous";
+  transfer.record.bundle_hash = std::string(64, 'a');
+  transfer.record.entry = "visit";
+  transfer.record.state = Value::table();
+  transfer.record.max_hops = 10;
+  transfer.to = destination_for(dest_id);
+  transfer.nonce = random_nonce();
+  transfer.expires_unix_ms = unix_ms_now() + 30'000;
+  auto committed = home->call(dest_address, "agent.transfer", message_args(encode(transfer)));
+  INFO((committed.ok() ? std::string() : committed.error().message));
+  REQUIRE(committed.ok());
+  auto commit = decode_message<AgentCommit, decode_commit>(*committed, "the COMMIT");
+  REQUIRE(commit.ok());
+  CHECK(commit->id == id);
+  CHECK(commit->epoch == 1);
+  CHECK(commit->node == dest_address);
+  // An older epoch is refused as stale: the highest epoch came back too.
+  transfer.record.epoch = 0;
+  transfer.nonce = random_nonce();
+  auto stale = home->call(dest_address, "agent.transfer", message_args(encode(transfer)));
+  REQUIRE_FALSE(stale.ok());
+  CHECK(stale.error().code == Errc::stale_epoch);
+
+  // Taken once: one agent there, its one visit counted once.
+  REQUIRE(holds(*dest, AgentState::asleep));
+  auto visits = dest->call_local("kv.get", Value::array({"visits"}));
+  REQUIRE(visits.ok());
+  REQUIRE(visits->is_integer());
+  CHECK(visits->as_integer() == 1);
+}
+
+TEST_CASE("an end report owed to an unreachable home outlives a restart of the node the agent ended at") {
+  TempDir dir;
+  // At the host: holds its step until the test lets it go, then ends there.
+  const char* source = R"(local M = {}
+function M.start(s) agent.go(agent.itinerary[1], "work") end
+function M.work(s)
+  while node.call("kv.get", "release") == nil do end
+  return "done", agent.epoch
+end
+return M)";
+  auto bundle = single_file_bundle("ender", source);
+  REQUIRE(bundle.ok());
+  std::string home_address, host_address, id;
+  {
+    auto home = start_at("home", dir / "home", "127.0.0.1:0");
+    home_address = home->advertised_address();
+    auto host = start_at("host", dir / "host", "127.0.0.1:0");
+    host_address = host->advertised_address();
+    AgentLaunch l;
+    l.bundle = *bundle;
+    l.itinerary = {host_address};
+    auto launched = home->launch(home_address, l);
+    REQUIRE(launched.ok());
+    id = *launched;
+    REQUIRE(holds(*host, AgentState::running));
+    home.reset();  // the home goes away
+    REQUIRE(host->call_local("kv.put", Value::array({"release", true})).ok());
+    // Ended at the host; its report cannot reach the home.
+    for (int i = 0; i < 1000 && !host->list_agents()->empty(); ++i) std::this_thread::sleep_for(10ms);
+    REQUIRE(host->list_agents()->empty());
+  }  // and so does the host, before the home could hear of the end
+  auto home = start_at("home", dir / "home", home_address);
+  auto status = home->agent_status(home_address, id);
+  REQUIRE(status.ok());
+  CHECK(status->status == AgentState::running);  // what it knew before
+  auto host = start_at("host", dir / "host", host_address);
+  auto s = home->wait_agent(home_address, id, 20s);
+  REQUIRE(s.ok());
+  INFO(s->reason);
+  REQUIRE(s->status == AgentState::finished);
+  CHECK(s->result.get(1).as_string() == "done");
+  CHECK(s->result.get(2).as_integer() == 1);
+  CHECK(s->location == host_address);
+}
