@@ -2,6 +2,7 @@
 // messages sent to it, forwarded in order to wherever it is and delivered exactly once.
 #include "agents/agent_runtime.hpp"
 
+#include <boost/asio/post.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
 
@@ -79,7 +80,8 @@ asio::awaitable<void> AgentRuntime::send_end(std::string home, EndReport report)
     Result<Value> r = co_await links_.call_peer(home, "agent.finished", call_args);
     if (r || refused_for_good(r.error().code)) {
       if (!r) log_warn("agents", "home " + home + " refused the end report of agent " + report.id + ": " + r.error().message);
-      forget_end(report.id);
+      // On a worker: the row's removal waits for the disk, the network thread never does.
+      asio::post(runtime_.workers(), [keep, id = report.id] { keep->forget_end(id); });
       co_return;
     }
     if (tries == 0) log_warn("agents", "cannot report the end of agent " + report.id + " to home " + home + ": " + r.error().message + "; retrying");
