@@ -129,6 +129,8 @@ Result<Value> KvStore::call(std::string_view service, const Value& args) {
 }
 
 Result<void> KvStore::commit(KvStep& step, std::vector<NodeStore::Write> extra) {
+  // A step that wrote nothing here: its outcome alone, and kv readers never wait for it.
+  if (step.writes_.empty()) return store_ ? store_->write(extra) : Result<void>{};
   std::unique_lock lock(mutex_);
   if (store_) {
     std::vector<NodeStore::Write> writes;
