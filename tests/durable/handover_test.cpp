@@ -1,6 +1,7 @@
 // Durable hand-overs (issue 16, docs/reliability.md): a destination restarted on its data dir
-// still deduplicates by (id, epoch) (its COMMITs are in the store), and an end report owed
-// to an unreachable home outlives a restart of the node the agent ended at.
+// still deduplicates by (id, epoch) (its COMMITs are in the store) and remembers the nonces
+// it accepted, and an end report owed to an unreachable home outlives a restart of the node
+// the agent ended at.
 #include <doctest/doctest.h>
 
 #include <memory>
@@ -12,6 +13,7 @@
 #include "sojourn/core/bundle.hpp"
 #include "sojourn/core/signature.hpp"
 #include "tests/support/temp_dir.hpp"
+#include "tests/support/trust_nodes.hpp"
 
 using namespace sojourn;
 using namespace std::chrono_literals;
@@ -165,4 +167,29 @@ return M)";
   CHECK(s->result.get(1).as_string() == "done");
   CHECK(s->result.get(2).as_integer() == 1);
   CHECK(s->location == host_address);
+}
+
+TEST_CASE("a signed evaluation replayed after its node restarted on its data dir is refused as a replay") {
+  TempDir dir;
+  auto author = test::new_key();
+  EvalRequest request;
+  request.source = "node.call('kv.put', 'runs', (node.call('kv.get', 'runs') or 0) + 1) return 'ran'";
+  request.args = Value::table();
+  std::string address;
+  {
+    auto server = start_at("server", dir.path(), "127.0.0.1:0");
+    address = server->advertised_address();
+    request.destination = destination_for(server->node_id());
+    sign_eval(request, *author, 60s);
+    auto first = test::exchange_frame(test::port_of(address), FrameKind::eval, 1, encode(request));
+    INFO(first.message);
+    REQUIRE(first.code == Errc::ok);
+  }
+  auto server = start_at("server", dir.path(), address);
+  auto again = test::exchange_frame(test::port_of(address), FrameKind::eval, 2, encode(request));
+  CHECK(again.code == Errc::replayed);
+  CHECK(again.message == "replayed: remote evaluation with nonce " + request.nonce.substr(0, 16) + " was accepted before");
+  auto runs = server->call_local("kv.get", Value::array({"runs"}));
+  REQUIRE(runs.ok());
+  CHECK(runs->as_integer() == 1);
 }
