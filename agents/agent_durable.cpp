@@ -3,7 +3,9 @@
 // (a launch, an arrival and its new token, an end and its result, a message accepted), and
 // taken back at start-up, so a home answers agent.status and agent.wait for them after a
 // crash and a restart. As a host: each weak resident agent is one row (its record, status
-// and, when moving, the hand-over it is in), run again from there after a restart.
+// and, when moving, the hand-over it is in), run again from there after a restart, and each
+// end report still owed to an agent's home, sent again. As a destination: the COMMITs and
+// TRANSFER nonces it deduplicates with, taken back until they expire.
 #include "agents/agent_runtime.hpp"
 #include "agents/store/node_store.hpp"
 #include "sojourn/agents/policy.hpp"
