@@ -157,6 +157,9 @@ void Node::shutdown(std::chrono::milliseconds grace) {
       runtime.abort_runs();  // running chunks end with "node is shutting down"
       runtime.wait_idle(std::chrono::milliseconds(2000));
     }
+    // Agent steps are no requests: with a data dir a running one is stopped now, and runs
+    // again from its last durable point after a restart (docs/reliability.md).
+    if (impl->store) runtime.abort_runs();
     // Connections close once their last reply is written; outgoing links close now.
     runtime.run_on_network_thread([impl] {
       impl->links.close_all();

@@ -132,6 +132,47 @@ return M)";
   CHECK(c.ok());
 }
 
+TEST_CASE("a step stopped by its node's shutdown is no outcome: it runs again after a restart on the data dir") {
+  TempDir dir;
+  auto bundle = single_file_bundle("counting", kCounting);
+  REQUIRE(bundle.ok());
+  std::string id, address;
+  std::atomic<bool> entered{false}, release{false};
+  auto with_services = [&](Node& node) {
+    node.register_service("test.entered", [&](const Value&) -> Result<Value> {
+      entered = true;
+      return Value{};
+    });
+    node.register_service("test.release", [&](const Value&) -> Result<Value> {
+      if (!release) std::this_thread::sleep_for(1ms);
+      return Value(release.load());
+    });
+  };
+  {
+    Node node(step_options("s", dir.path()));
+    with_services(node);
+    REQUIRE(node.listen("127.0.0.1:0").ok());
+    address = node.advertised_address();
+    AgentLaunch l;
+    l.bundle = *bundle;
+    auto launched = node.launch(address, l);
+    REQUIRE(launched.ok());
+    id = *launched;
+    for (int i = 0; i < 500 && !entered; ++i) std::this_thread::sleep_for(10ms);
+    REQUIRE(entered);
+  }  // shut down mid-step
+  release = true;
+  Node node(step_options("s", dir.path()));
+  with_services(node);
+  REQUIRE(node.listen(address).ok());
+  auto s = node.wait_agent(address, id, 10s);
+  REQUIRE(s.ok());
+  INFO(s->reason);
+  REQUIRE(s->status == AgentState::finished);
+  CHECK(s->result.get(1).as_integer() == 1);  // the stopped step's count is not there
+  CHECK(node.call_local("kv.get", Value::array({"count"}))->as_integer() == 1);
+}
+
 #ifdef SOJOURN_CLI_PATH
 namespace {
 
