@@ -4,6 +4,7 @@
 // the agent ended at.
 #include <doctest/doctest.h>
 
+#include <atomic>
 #include <memory>
 #include <thread>
 
@@ -12,6 +13,7 @@
 #include "sojourn/agents/node.hpp"
 #include "sojourn/core/bundle.hpp"
 #include "sojourn/core/signature.hpp"
+#include "tests/support/process.hpp"
 #include "tests/support/temp_dir.hpp"
 #include "tests/support/trust_nodes.hpp"
 
@@ -192,4 +194,48 @@ TEST_CASE("a signed evaluation replayed after its node restarted on its data dir
   auto runs = server->call_local("kv.get", Value::array({"runs"}));
   REQUIRE(runs.ok());
   CHECK(runs->as_integer() == 1);
+}
+
+TEST_CASE("a destination's stored COMMITs and nonces leave its store on the schedule they leave its memory") {
+  TempDir dir;
+  NodeOptions ho = handover_options("home", dir / "home");
+  ho.transfer_lifetime = 2s;  // within the destination's max_message_lifetime
+  Node home(ho);
+  REQUIRE(home.listen("127.0.0.1:0").ok());
+  std::atomic<std::int64_t> ahead_ms{0};  // the destination's expiry clock runs ahead by this
+  NodeOptions o = handover_options("dest", dir / "dest");
+  o.max_message_lifetime = 5s;
+  o.prune_interval = 50ms;
+  o.expiry_clock = [&ahead_ms] { return unix_ms_now() + ahead_ms.load(); };
+  Node dest(o);
+  REQUIRE(dest.listen("127.0.0.1:0").ok());
+  auto bundle = single_file_bundle("parker", R"(local M = {}
+function M.start(s) agent.go(agent.itinerary[1], "park") end
+function M.park(s) agent.wait("park") end
+return M)");
+  REQUIRE(bundle.ok());
+  AgentLaunch l;
+  l.bundle = *bundle;
+  l.itinerary = {dest.advertised_address()};
+  REQUIRE(home.launch(home.advertised_address(), l).ok());
+  REQUIRE(holds(dest, AgentState::asleep));
+  const std::string db = dir / "dest/sojourn.db";
+  auto rows = [&db](const char* table) {
+    auto r = test::run({"/usr/bin/sqlite3", db, std::string("SELECT count(*) FROM ") + table + ";"});
+    REQUIRE(r.exit_code == 0);
+    return r.out;
+  };
+  CHECK(rows("commits") == "1\n");
+  CHECK(rows("nonces") == "1\n");
+  CHECK(dest.stats().commits_remembered == 1);
+  ahead_ms = 6'000;  // past the COMMIT's retention and the TRANSFER's expiry
+  for (int i = 0; i < 500 && dest.stats().commits_remembered != 0; ++i) std::this_thread::sleep_for(10ms);
+  CHECK(dest.stats().commits_remembered == 0);
+  bool gone = false;
+  for (int i = 0; i < 200 && !gone; ++i) {
+    gone = rows("commits") == "0\n" && rows("nonces") == "0\n";
+    if (!gone) std::this_thread::sleep_for(20ms);
+  }
+  CHECK(gone);
+  CHECK(rows("residents") == "1\n");  // the agent itself stays
 }
