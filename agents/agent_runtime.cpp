@@ -511,7 +511,7 @@ void AgentRuntime::finish(const std::string& id, AgentState how, const std::stri
     Result<void> stored = step != nullptr ? kv_->commit(*step, writes) : store_ ? store_->write(writes) : Result<void>{};
     if (!stored) {
       log_error("agents", options_.name + ": agent " + id + ": " + stored.error().message);
-      if (step != nullptr) {
+      if (step != nullptr && store_) {  // (without a store a commit cannot fail)
         report.state = AgentState::failed;
         report.reason = "agent " + id + "'s step could not be stored at " + self() + ": " + stored.error().message;
         report.result = Value::table();
