@@ -366,7 +366,7 @@ void AgentRuntime::resume_durable() {
     if (status == AgentState::moving) {
       // The hand-over it was in: offered again; a destination that committed it answers
       // with its COMMIT (its dedup), one that did not takes it now.
-      spawn(migrate(a.id, a.move_peer, a.move_entry), "agent migration after a restart");
+      spawn(migrate(a.id, a.move_peer, a.move_entry, true), "agent migration after a restart");
     } else if (status == AgentState::asleep) {
       if (mail) wake_if_asleep(a.id);
     } else if (status == AgentState::arriving) {

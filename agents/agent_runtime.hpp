@@ -199,7 +199,9 @@ class AgentRuntime : public std::enable_shared_from_this<AgentRuntime>, public M
   // migration.cpp
   Result<OfferAnswer> on_offer(const AgentOffer& offer);
   Result<AgentCommit> on_transfer(AgentTransfer transfer, const PeerIdentity& caller);
-  asio::awaitable<void> migrate(std::string id, std::string peer, std::string entry);
+  // `resumed`: a hand-over taken back from the store, whose TRANSFERs before the restart
+  // are unknown (it is offered to `peer` only, never to a fallback, while `peer` is silent).
+  asio::awaitable<void> migrate(std::string id, std::string peer, std::string entry, bool resumed = false);
   asio::awaitable<void> arrive(std::string id);
   // Appends the messages of an arrival answer that the agent has not had yet.
   // `confirmed`: the delivered ids the arrival report listed, which the home has now dropped
@@ -216,7 +218,9 @@ class AgentRuntime : public std::enable_shared_from_this<AgentRuntime>, public M
   // an image taken by another guest executable: refused at the TRANSFER, so the agent stays
   // at its source (the step's own check behind it refuses the same).
   Result<void> check_image_build(const AgentRecord& record);
-  asio::awaitable<Result<AgentCommit>> hand_over(AgentRecord record, std::shared_ptr<const CachedBundle> bundle, std::string peer);
+  // *transfer_sent: set once the TRANSFER is on its way (the destination may commit it).
+  asio::awaitable<Result<AgentCommit>> hand_over(AgentRecord record, std::shared_ptr<const CachedBundle> bundle, std::string peer,
+                                                 bool* transfer_sent);
   // The agent (still at `epoch`) stays here, stopped, and its home hears `reason`.
   void strand(const std::string& id, std::uint64_t epoch, const std::string& reason);
 

@@ -156,7 +156,7 @@ Result<AgentCommit> AgentRuntime::on_transfer(AgentTransfer transfer, const Peer
 }
 
 asio::awaitable<Result<AgentCommit>> AgentRuntime::hand_over(AgentRecord record, std::shared_ptr<const CachedBundle> bundle,
-                                                             std::string peer) {
+                                                             std::string peer, bool* transfer_sent) {
   const std::uint64_t carried = record.image ? record.image->size() : encode_value(record.state).size();
   const AgentOffer offer{record.id, record.epoch, record.bundle_hash, carried};
   trace_step("offer_sent", record.id, peer, "carried_bytes=" + std::to_string(carried));
@@ -220,13 +220,14 @@ asio::awaitable<Result<AgentCommit>> AgentRuntime::hand_over(AgentRecord record,
                  " transfer_bytes=" + std::to_string(transfer_bytes.size()));
   std::string expect = trust_.tls() ? answer->node_id : std::string();
   trace_step("transfer_sent", id, peer, "transfer_bytes=" + std::to_string(transfer_bytes.size()));
+  *transfer_sent = true;  // from here the destination may commit it, whatever this call returns
   Result<Value> commit = co_await links_.call_peer(peer, "agent.transfer", std::move(transfer_args), std::move(expect));
   if (!commit) co_return commit.error();
   trace_step("commit_received", id, peer);
   co_return decode_message<AgentCommit, decode_commit>(*commit, "the COMMIT");
 }
 
-asio::awaitable<void> AgentRuntime::migrate(std::string id, std::string peer, std::string entry) {
+asio::awaitable<void> AgentRuntime::migrate(std::string id, std::string peer, std::string entry, bool resumed) {
   AgentRecord next;
   std::shared_ptr<const CachedBundle> bundle;
   DestinationScope scope;
@@ -271,6 +272,11 @@ asio::awaitable<void> AgentRuntime::migrate(std::string id, std::string peer, st
         log_warn("agents", options_.name + ": not falling back: " + allowed.error().message);
         continue;
       }
+      // The row names the fallback: after a restart the agent is offered there first, where
+      // a TRANSFER may have gone (a rare write, on this thread).
+      std::lock_guard lock(mutex_);
+      auto it = residents_.find(id);
+      if (it != residents_.end() && it->second.record.epoch + 1 == next.epoch) persist_resident(id, it->second, target, entry);
     }
     AgentRecord attempt = next;
     if (target != peer) {
@@ -282,11 +288,22 @@ asio::awaitable<void> AgentRuntime::migrate(std::string id, std::string peer, st
     // Retries end within transfer_lifetime of the first try: the destination remembers a
     // COMMIT at least that long (docs/migration.md, "What a node remembers"), so a retry
     // after a lost COMMIT always hears `duplicate`, never a second commit.
+    // Once a TRANSFER to this target may have been taken (its outcome unknown, or unknown to
+    // this node after a restart: `resumed`), the agent may be there: it is never offered to
+    // another target, only to this one again, for as long as the target remembers its
+    // COMMITs (max_message_lifetime, in its store too), then it is stranded here.
+    bool maybe_there = resumed;
+    bool unknown = false;
     const auto first_try = std::chrono::steady_clock::now();
-    for (std::uint32_t tries = 0; tries <= options_.migration_retries; ++tries) {
+    for (std::uint32_t tries = 0;; ++tries) {
       if (runtime_.shutting_down()) co_return;
-      if (tries > 0 && std::chrono::steady_clock::now() - first_try >= options_.transfer_lifetime) break;
-      Result<AgentCommit> commit = co_await hand_over(attempt, bundle, target);
+      const auto elapsed = std::chrono::steady_clock::now() - first_try;
+      if (tries > 0 && (maybe_there ? elapsed >= options_.max_message_lifetime
+                                    : tries > options_.migration_retries || elapsed >= options_.transfer_lifetime)) {
+        break;
+      }
+      bool transfer_sent = false;
+      Result<AgentCommit> commit = co_await hand_over(attempt, bundle, target, &transfer_sent);
       if (commit) {
         {
           std::lock_guard lock(mutex_);
@@ -304,12 +321,17 @@ asio::awaitable<void> AgentRuntime::migrate(std::string id, std::string peer, st
       }
       last_error = commit.error().message;
       last_error_for_code = hand_over_failure_for_code(commit.error());
-      if (!outcome_unknown(commit.error().code)) break;
+      // A stale epoch: the target has seen this epoch, so it took the agent once.
+      unknown = outcome_unknown(commit.error().code) || (maybe_there && commit.error().code == Errc::stale_epoch);
+      if (!unknown) break;
+      // (A TRANSFER that could not connect never left.)
+      if (transfer_sent && commit.error().code != Errc::connect_failed) maybe_there = true;
       log_warn("agents", options_.name + ": moving agent " + id + " to " + target + ": " + last_error + "; retrying");
       asio::steady_timer timer(runtime_.io(), backoff);
       co_await timer.async_wait(asio::use_awaitable);
-      backoff *= 2;
+      backoff = std::min(backoff * 2, std::chrono::milliseconds(5000));
     }
+    if (unknown && maybe_there) break;  // never a second destination while the first may hold it
   }
   // Nowhere to go: the agent stays here, stopped. The log has the whole story; the status,
   // which code can read, only what does not make this node a probe of its network.

@@ -9,6 +9,7 @@
 #include <thread>
 
 #include "agents/agent_messages.hpp"
+#include "agents/node_testing.hpp"
 #include "agents/trust.hpp"
 #include "sojourn/agents/node.hpp"
 #include "sojourn/core/bundle.hpp"
@@ -238,4 +239,51 @@ return M)");
   }
   CHECK(gone);
   CHECK(rows("residents") == "1\n");  // the agent itself stays
+}
+
+TEST_CASE("a source whose TRANSFER may have been taken never offers the agent to a fallback, only to that destination again") {
+  // The destination commits the TRANSFER but its COMMIT is lost, and it answers nothing for a
+  // while after (longer than the source's few retries); then it answers again.
+  auto dest = std::make_unique<Node>(handover_options("dest", ""));
+  REQUIRE(dest->listen("127.0.0.1:0").ok());
+  std::atomic<bool> taken{false}, healed{false};
+  testing::set_fault_hooks(*dest, [&](std::string_view service) {
+    if (service == "agent.transfer") {
+      taken = true;
+      return true;
+    }
+    return service == "agent.offer" && taken && !healed;
+  });
+  auto fallback = std::make_unique<Node>(handover_options("fallback", ""));
+  REQUIRE(fallback->listen("127.0.0.1:0").ok());
+  auto source = std::make_unique<Node>(handover_options("source", ""));
+  REQUIRE(source->listen("127.0.0.1:0").ok());
+  const char* code = R"(local M = {}
+function M.start(s) agent.go(agent.itinerary[1], "visit") end
+function M.visit(s)
+  node.call("kv.put", "visits", (node.call("kv.get", "visits") or 0) + 1)
+  agent.wait("visit")
+end
+return M)";
+  auto bundle = single_file_bundle("visitor", code);
+  REQUIRE(bundle.ok());
+  AgentLaunch l;
+  l.bundle = *bundle;
+  l.itinerary = {dest->advertised_address(), fallback->advertised_address()};
+  auto id = source->launch(source->advertised_address(), l);
+  REQUIRE(id.ok());
+  REQUIRE(holds(*dest, AgentState::asleep));  // it arrived, its COMMIT was not heard
+  // Past the source's 3 retries (50 + 100 + 200 ms): it still offers to the destination only.
+  std::this_thread::sleep_for(1500ms);
+  CHECK(fallback->list_agents()->empty());
+  CHECK(source->list_agents()->size() == 1);  // moving, kept until the destination answers
+  healed = true;  // the next OFFER hears `duplicate`: the source lets its copy go
+  for (int i = 0; i < 1000 && !source->list_agents()->empty(); ++i) std::this_thread::sleep_for(10ms);
+  CHECK(source->list_agents()->empty());
+  CHECK(fallback->list_agents()->empty());
+  CHECK(fallback->call_local("kv.get", Value::array({"visits"}))->is_nil());
+  CHECK(dest->call_local("kv.get", Value::array({"visits"}))->as_integer() == 1);
+  auto status = source->agent_status(source->advertised_address(), *id);
+  REQUIRE(status.ok());
+  CHECK(status->location == dest->advertised_address());
 }
