@@ -60,7 +60,10 @@ int print_criu_side_by_side(const std::vector<StrongFigures>& strong, int rounds
   cmd += SOJOURN_BENCH_CRIU_HOLDER;
   cmd += "' --rounds ";
   cmd += std::to_string(rounds);
-  for (const StrongFigures& s : strong) cmd += " " + std::to_string(s.kb);
+  for (const StrongFigures& s : strong) {
+    cmd += ' ';
+    cmd += std::to_string(s.kb);
+  }
   std::printf("\nCRIU beside the strong hop: `criu dump` and `criu restore -d` of a process holding the same LuaJIT heap,\n"
               "%d round(s) per size (medians), milliseconds; ratio = CRIU (dump + restore to running) / strong hop\n",
               rounds);

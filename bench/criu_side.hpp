@@ -13,7 +13,7 @@ namespace sojourn::bench {
 struct StrongFigures {
   int kb = 0;
   std::string refused;
-  double hop_us = 0, image_us = 0, restore_us = 0;
+  double hop_us = 0;  // the hop's median
   std::uint64_t raw_bytes = 0, wire_bytes = 0;
 };
 

@@ -284,17 +284,15 @@ int main(int argc, char** argv) {
       f.kb = kb;
       f.refused = strong.refused;
       f.hop_us = strong.hop.median_us;
-      f.image_us = strong.phases.image_us;
-      f.restore_us = strong.phases.restore_us;
       f.raw_bytes = strong.raw_bytes;
       f.wire_bytes = strong.wire_bytes;
       strong_rows.push_back(f);
     }
-    std::printf("\nimage_ms: sealing the heap at the source; serial_ms: image_ms and the TRANSFER's encoding; xfer_ms: sent\n"
-                "to received;\n"
-                "restore: the destination's checks and decoding, and for strong the image opened into the guest's arena;\n"
-                "1st_line: from there to the first line running (the arrival report, a fresh guest); other_ms: the rest\n"
-                "(the step's end, the OFFER's round trip); ratio: this row's median over the weak row's.\n");
+    std::printf("\nimage_ms: sealing the heap at the source; serial_ms: image_ms and the TRANSFER's encoding;\n"
+                "xfer_ms: the TRANSFER sent to received; restore: the destination's checks and decoding, and for\n"
+                "strong the image opened into the guest's arena; 1st_line: from there to the first line running\n"
+                "(the arrival report home, a fresh guest); other_ms: the rest (the step's end, the OFFER's round\n"
+                "trip); ratio: this row's median over the weak row's.\n");
     if (opt.criu) rc = print_criu_side_by_side(strong_rows, opt.criu_rounds);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "bench_migration_cost: %s\n", e.what());
