@@ -7,7 +7,7 @@
 // On each SIGUSR1 it walks the heap (the strings' count and total length) and writes
 // "KB BYTES" to CHECK_FILE: after a restore that line is the process running again, its heap
 // intact. SIGTERM ends it. It keeps no descriptor open while it waits (CRIU restores open
-// files by path, and the script's own would not be there).
+// files by path, and the caller's would not be there).
 #include <fcntl.h>
 #include <signal.h>
 #include <unistd.h>
@@ -39,6 +39,10 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "usage: bench_criu_holder KB READY_FILE CHECK_FILE\n");
     return 2;
   }
+  // Whatever the caller left open (bench_migration_cost's node sockets reach here through
+  // popen and the script: Asio does not open them close-on-exec) would be dumped too, and CRIU
+  // refuses a connected TCP socket without --tcp-established.
+  ::close_range(3, ~0U, 0);
   const long kb = std::strtol(argv[1], nullptr, 10);
   const std::string ready = argv[2], check = argv[3];
   lua_State* L = luaL_newstate();

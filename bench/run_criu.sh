@@ -38,8 +38,11 @@ ms_between() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", (b - a) / 1000 }'
 # CRIU's error lines of a log, joined on one line (the CSV's last field). Left out: the
 # "exited, status=1" of the iptables probes CRIU runs where iptables is not installed (it goes
 # on after them; a process without sockets does not need them).
+# The last lines are the ones that stopped it (earlier ones may be probes it went on after).
+# SOJOURN_CRIU_SHOW_LOG=1 copies the whole log to stderr.
 errors_of() {
-  grep -E 'Error|error' "$1" 2>/dev/null | grep -v 'exited, status=1$' | sed -E 's/^\([0-9.]+\) //' | head -n 6 |
+  [[ ${SOJOURN_CRIU_SHOW_LOG:-0} != 1 ]] || cat "$1" >&2
+  grep -E 'Error|error' "$1" 2>/dev/null | grep -v 'exited, status=1$' | sed -E 's/^\([0-9.]+\) //' | tail -n 4 |
     paste -sd ';' -
 }
 

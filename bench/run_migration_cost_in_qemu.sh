@@ -31,12 +31,43 @@ done
 args=("$@")
 [[ ${#args[@]} -gt 0 ]] || args=(3 --sizes 1k,64k,1m --criu --criu-rounds 3)
 
-manifest=$(mktemp)
-trap 'rm -f "$manifest"' EXIT
+# The guest's kernel (the one run_in_qemu.sh boots) and the modules CRIU's start-up probes
+# need there: the guest's init loads only kvm's. nf_tables (CRIU 3.17 stops if it cannot create
+# a table), veth and tun (network probes), the socket diag modules (CRIU dumps sockets through
+# them), each after what it needs (crc32c before libcrc32c, which nf_tables needs).
+kernel=$(ls /boot/vmlinuz-* 2>/dev/null | sort -rV | head -n 1)
+[[ -n $kernel ]] || { echo "run_migration_cost_in_qemu: no /boot/vmlinuz-* (apt-get install linux-image-amd64)" >&2; exit 1; }
+moddir=$(realpath "/lib/modules/${kernel#/boot/vmlinuz-}")
+modules=()
+for m in crypto/crc32c_generic lib/libcrc32c net/netfilter/nfnetlink net/netfilter/nf_tables drivers/net/veth \
+         drivers/net/tun net/ipv4/inet_diag net/ipv4/tcp_diag net/ipv4/udp_diag net/unix/unix_diag \
+         net/netlink/netlink_diag net/packet/af_packet_diag; do
+  if [[ -f $moddir/kernel/$m.ko ]]; then
+    modules+=("$moddir/kernel/$m.ko")
+  else
+    echo "run_migration_cost_in_qemu: no $moddir/kernel/$m.ko (uncompressed): CRIU may stop at its probes" >&2
+  fi
+done
+
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+manifest=$work/manifest
+prep=$work/prep.sh
+{
+  echo '#!/usr/bin/env bash'
+  echo '# In the guest: the modules CRIU probes for, then the bench.'
+  for m in "${modules[@]}"; do echo "insmod '$m' || echo 'insmod $m failed' >&2"; done
+  echo 'exec "$@"'
+} > "$prep"
 {
   echo "test bench_migration_cost 3000"
-  echo "exe $bench"
+  echo "exe $(realpath "$(command -v bash)")"
+  echo "arg $prep"
+  echo "arg $bench"
   for a in "${args[@]}"; do echo "arg $a"; done
+  echo "file $prep"
+  echo "file $bench"
+  for m in "${modules[@]}"; do echo "file $m"; done
   # At their host paths: the bench finds the guest beside itself and runs the script and the
   # holder by the paths it was built with; dynamic ones bring their libraries.
   echo "file $guest"
@@ -44,4 +75,5 @@ trap 'rm -f "$manifest"' EXIT
   echo "file $script"
   for t in "${tools[@]}"; do echo "file $t"; done
 } > "$manifest"
-SOJOURN_QEMU_MEM=${SOJOURN_QEMU_MEM:-2G} bash tests/kvm/run_in_qemu.sh --manifest "$manifest" --cache-dir "$build/kvm-cache"
+SOJOURN_QEMU_MEM=${SOJOURN_QEMU_MEM:-2G} bash tests/kvm/run_in_qemu.sh --manifest "$manifest" --cache-dir "$build/kvm-cache" \
+  --kernel "$kernel" --modules "$moddir"
