@@ -7,11 +7,12 @@
 // same heap (bench/run_criu.sh), printed beside the strong hops.
 //
 //   bench_migration_cost [HOPS] [--sizes 1k,64k,1m,16m,64m] [--max-payload-mb N] [--criu]
-//                        [--criu-rounds N] [--no-trace]
+//                        [--criu-rounds N] [--no-trace] [--csv FILE]
 //
 // HOPS per size (default 10; sizes from 16 MB on use a third, at least 2). --sizes: default
 // 1k,64k,1m,16m. A size that cannot move (a TRANSFER over the frame limit) prints its row with
-// the node's refusal. On a shared VM compare the ratios, not the figures.
+// the node's refusal. --csv FILE writes the table's rows (times in ms, phases zero when not
+// traced, `refused` empty or the reason). On a shared VM compare the ratios, not the figures.
 #include <unistd.h>
 
 #include <chrono>
@@ -71,6 +72,7 @@ struct Options {
   bool criu = false;
   int criu_rounds = 3;
   bool trace = true;
+  std::string csv;  // --csv FILE: one row per size and kind, for plots
 };
 
 struct Pair {
@@ -191,13 +193,28 @@ std::vector<int> parse_sizes(const std::string& text) {
 void usage() {
   std::fprintf(stderr,
                "usage: bench_migration_cost [HOPS] [--sizes 1k,64k,1m,16m,64m] [--max-payload-mb N] [--criu]\n"
-               "                            [--criu-rounds N] [--no-trace]\n");
+               "                            [--criu-rounds N] [--no-trace] [--csv FILE]\n");
 }
 
 std::string fmt_ms(double us) {
   char b[32];
   std::snprintf(b, sizeof b, "%.2f", us / 1000);
   return b;
+}
+
+// One CSV row: the table's columns in milliseconds and bytes (data_kb: strings of 1,000 bytes
+// each); `refused` holds the reason, quoted.
+void csv_row(std::FILE* f, int kb, const char* kind, const Row& row, const Row& weak) {
+  if (f == nullptr) return;
+  std::string reason = row.refused;
+  for (std::size_t at = 0; (at = reason.find('"', at)) != std::string::npos; at += 2) reason.insert(at, 1, '"');
+  const PhaseMedians& ph = row.phases;
+  const double ratio = weak.refused.empty() && weak.hop.median_us > 0 ? row.hop.median_us / weak.hop.median_us : 0;
+  std::fprintf(f, "%s,%d,%llu,%llu,%.3f,%.3f,%.3f,%.3f,%.3f,%.3f,%.3f,%.3f,%.3f,\"%s\"\n", kind,
+               kb, static_cast<unsigned long long>(row.raw_bytes),
+               static_cast<unsigned long long>(row.wire_bytes), row.hop.median_us / 1000, row.hop.p99_us / 1000,
+               ph.image_us / 1000, ph.serialize_us / 1000, ph.transfer_us / 1000, ph.restore_us / 1000,
+               ph.first_line_us / 1000, ph.other_us / 1000, ratio, reason.c_str());
 }
 
 void print_row(int kb, const char* kind, const Row& row, const Row& weak) {
@@ -244,6 +261,8 @@ int main(int argc, char** argv) {
       opt.criu = true;
     } else if (a == "--criu-rounds" && i + 1 < argc) {
       opt.criu_rounds = std::max(1, std::atoi(argv[++i]));
+    } else if (a == "--csv" && i + 1 < argc) {
+      opt.csv = argv[++i];
     } else if (a == "--no-trace") {
       opt.trace = false;
     } else if (!a.empty() && a[0] != '-' && std::atoi(a.c_str()) > 0) {
@@ -263,6 +282,16 @@ int main(int argc, char** argv) {
     }
     trace_dir = tmpl;
   }
+  std::FILE* csv = nullptr;
+  if (!opt.csv.empty()) {
+    csv = std::fopen(opt.csv.c_str(), "w");
+    if (csv == nullptr) {
+      std::fprintf(stderr, "bench_migration_cost: cannot write %s\n", opt.csv.c_str());
+      return 2;
+    }
+    std::fprintf(csv, "kind,data_kb,raw_bytes,wire_bytes,median_ms,p99_ms,image_ms,serialize_ms,transfer_ms,"
+                      "restore_ms,first_line_ms,other_ms,ratio_to_weak,refused\n");
+  }
   int rc = 0;
   try {
     Pair p(opt, trace_dir);
@@ -276,9 +305,11 @@ int main(int argc, char** argv) {
       const int n = kb >= 16 * 1024 ? std::max(2, opt.hops / 3) : opt.hops;
       Row weak = run(p, Mobility::weak, kb, n);
       print_row(kb, "weak", weak, weak);
+      csv_row(csv, kb, "weak", weak, weak);
       std::fflush(stdout);
       Row strong = run(p, Mobility::strong, kb, n);
       print_row(kb, "strong", strong, weak);
+      csv_row(csv, kb, "strong", strong, weak);
       std::fflush(stdout);
       StrongFigures f;
       f.kb = kb;
@@ -298,6 +329,7 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "bench_migration_cost: %s\n", e.what());
     rc = 1;
   }
+  if (csv != nullptr) std::fclose(csv);
   if (!trace_dir.empty()) {
     std::error_code ec;
     std::filesystem::remove_all(trace_dir, ec);
