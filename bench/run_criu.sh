@@ -26,14 +26,15 @@ rounds=1
 sizes=()
 while [[ $# -gt 0 ]]; do
   case $1 in
-    --rounds) [[ $# -ge 2 ]] || die "--rounds expects a number"; rounds=$2; shift ;;
+    --rounds) [[ $# -ge 2 && $2 =~ ^[1-9][0-9]*$ ]] || die "--rounds expects a number"; rounds=$2; shift ;;
     *) [[ $1 =~ ^[0-9]+$ ]] || die "not a size in KB: $1"; sizes+=("$1") ;;
   esac
   shift
 done
 [[ -x $holder ]] || die "$holder is not an executable (build bench_criu_holder)"
 
-now_us() { local t=${EPOCHREALTIME/./}; echo "${t#0}"; }
+# stamp VAR: microseconds now into VAR, without a subshell (a fork costs ~2 ms on a busy VM).
+stamp() { printf -v "$1" '%s' "${EPOCHREALTIME/./}"; }
 ms_between() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", (b - a) / 1000 }'; }
 # CRIU's error lines of a log, joined on one line (the CSV's last field). Left out: the
 # "exited, status=1" of the iptables probes CRIU runs where iptables is not installed (it goes
@@ -62,9 +63,12 @@ trap cleanup EXIT
 # Waits until FILE exists or SECONDS pass; returns 1 on timeout. BUSY=1 polls without forks
 # (a timed wait); otherwise it sleeps between looks (the heap's build takes seconds).
 wait_file() {
-  local file=$1 until=$(( $(now_us) + $2 * 1000000 )) busy=${3:-0}
+  local file=$1 busy=${3:-0} now deadline
+  stamp now
+  deadline=$(( now + $2 * 1000000 ))
   while [[ ! -s $file ]]; do
-    (( $(now_us) < until )) || return 1
+    stamp now
+    (( now < deadline )) || return 1
     [[ $busy == 1 ]] || sleep 0.05
   done
 }
@@ -79,32 +83,32 @@ one_round() {  # KB ROUND
   wait_file "$dir/ready" $(( 60 + kb / 100 )) || { refuse "$kb" "the holder did not build its heap in time"; return; }
   holder_pid=$(awk '{ print $2 }' "$dir/ready")
   local t0 t1 t2 t3 t4 t5
-  t0=$(now_us)
+  stamp t0
   if ! "$criu_bin" dump -t "$holder_pid" -D "$dir/img" -o "$dir/log/dump.log" -v2 >/dev/null 2>&1; then
     refuse "$kb" "criu dump failed: $(errors_of "$dir/log/dump.log")"
     kill -KILL "$holder_pid" 2>/dev/null; holder_pid=""
     return
   fi
-  t1=$(now_us)
+  stamp t1
   local image_bytes zstd_bytes
   # (cat and wc, not find -printf: the script also runs on busybox, in the nested QEMU guest.)
   image_bytes=$(cat "$dir"/img/* | wc -c)
-  t2=$(now_us)
+  stamp t2
   zstd_bytes=$(tar -C "$dir/img" -cf - . | zstd -1 -q -c | wc -c)
-  t3=$(now_us)
+  stamp t3
   if ! "$criu_bin" restore -D "$dir/img" -o "$dir/log/restore.log" -d -v2 >/dev/null 2>&1; then
     refuse "$kb" "criu restore failed: $(errors_of "$dir/log/restore.log")"
     kill -KILL "$holder_pid" 2>/dev/null; holder_pid=""
     return
   fi
-  t4=$(now_us)
+  stamp t4
   kill -USR1 "$holder_pid" 2>/dev/null
   if ! wait_file "$dir/check" 60 1; then
     refuse "$kb" "the restored process did not answer within 60 s"
     kill -KILL "$holder_pid" 2>/dev/null; holder_pid=""
     return
   fi
-  t5=$(now_us)
+  stamp t5
   local want=$(( kb * 1000 )) got
   got=$(awk '{ print $2 }' "$dir/check")
   kill -TERM "$holder_pid" 2>/dev/null; holder_pid=""
