@@ -134,7 +134,9 @@ Row run(Pair& p, Mobility mobility, int kb, int hops) {
   auto s = p.nodes[0]->wait_agent("", *id, std::chrono::minutes(20));
   if (!s) throw std::runtime_error(s.error().message);
   Row row;
-  // Stranded (it could not move: the reason names the refusal) or failed at a step.
+  // Stranded (it could not move: the reason names the refusal) or failed at a step. A stranded
+  // agent stays on its node (with its image) until the bench ends: the node has no call to
+  // drop it, so put the sizes that may be refused last.
   if (s->status != AgentState::finished) {
     row.refused = std::string(agent_state_name(s->status)) + ": " + s->reason;
     return row;
