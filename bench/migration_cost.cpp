@@ -2,21 +2,32 @@
 // agent.go returns on the peer) beside a weak agent carrying the same bytes in its state
 // table (restarted at a named entry), between two loopback nodes in this process, both in the
 // process jail. A hop is timed from just before agent.go to the first line that runs on the
-// peer (a host call stamps each), for data of 1 KB, 1 MB and 16 MB. (64 MB of this data
-// makes an image of ~70 MB, past any sensible frame limit: that size waits for streamed images.)
+// peer (a host call stamps each), and broken into its phases from the nodes' trace files
+// (migration_phases.hpp). With --criu, Debian's CRIU dumps and restores a process holding the
+// same heap (bench/run_criu.sh), printed beside the strong hops.
 //
-//   bench_migration_cost [hops_per_size]
+//   bench_migration_cost [HOPS] [--sizes 1k,64k,1m,16m,64m] [--max-payload-mb N] [--criu]
+//                        [--criu-rounds N] [--no-trace] [--csv FILE]
 //
-// On a shared VM compare the ratios, not the figures.
+// HOPS per size (default 10; sizes from 16 MB on use a third, at least 2). --sizes: default
+// 1k,64k,1m,16m. A size that cannot move (a TRANSFER over the frame limit) prints its row with
+// the node's refusal. --csv FILE writes the table's rows (times in ms, phases zero when not
+// traced, `refused` empty or the reason). On a shared VM compare the ratios, not the figures.
+#include <unistd.h>
+
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <filesystem>
 #include <memory>
 #include <mutex>
 #include <stdexcept>
 #include <string>
 #include <vector>
 
+#include "bench/criu_side.hpp"
+#include "bench/heap_fill.hpp"
+#include "bench/migration_phases.hpp"
 #include "bench/stats.hpp"
 #include "sojourn/agents/node.hpp"
 #include "sojourn/core/bundle.hpp"
@@ -24,23 +35,6 @@
 
 namespace sojourn::bench {
 namespace {
-
-using Clock = std::chrono::steady_clock;
-
-double micros(Clock::duration d) { return std::chrono::duration<double, std::micro>(d).count(); }
-
-// The data both kinds carry: s.kb strings of 1,000 bytes of hex digits (pseudo-random, so
-// zstd finds about what it would in real data), built in the first step.
-constexpr const char* kFill = R"(
-local function fill(kb)
-  local blob, piece = {}, {}
-  for i = 1, kb do
-    for j = 1, 125 do piece[j] = string.format("%08x", math.random(0, 2147483647)) end
-    blob[i] = table.concat(piece)
-  end
-  return blob
-end
-)";
 
 // Strong: the loop, its counter and the data live in the heap; go returns on the peer.
 constexpr const char* kStrong = R"(
@@ -71,23 +65,34 @@ function hop(s)
 end
 )";
 
-struct Marks {
-  std::mutex mutex;
-  std::vector<std::pair<std::string, Clock::time_point>> times;
+struct Options {
+  int hops = 10;
+  std::vector<int> sizes_kb{1, 64, 1024, 16 * 1024};
+  std::uint32_t max_payload_mb = 64;
+  bool criu = false;
+  int criu_rounds = 3;
+  bool trace = true;
+  std::string csv;  // --csv FILE: one row per size and kind, for plots
 };
 
 struct Pair {
   std::vector<std::unique_ptr<Node>> nodes;
-  std::vector<std::string> addr;
+  std::vector<std::string> addr, trace;
   Marks marks;
-  Pair() {
+  Pair(const Options& opt, const std::string& trace_dir) {
+    int largest_kb = 0;
+    for (int kb : opt.sizes_kb) largest_kb = std::max(largest_kb, kb);
     for (int i = 0; i < 2; ++i) {
       NodeOptions o;
       o.name = "bench" + std::to_string(i);
       o.peer_isolation = Isolation::process;
-      o.max_payload = 64u << 20;  // a weak agent's 16 MB state and its encoding's overhead
-      o.default_limits = Limits{2'000'000'000, 320u << 20, 60'000};
+      o.max_payload = opt.max_payload_mb << 20;  // 64 MB: a weak agent's 16 MB state and its encoding's overhead
+      // 320 MB holds 16 MB of this data (a 44 MB span) with room; 64 MB makes a ~175 MB span.
+      const std::uint64_t memory = std::max<std::uint64_t>(320ull << 20, static_cast<std::uint64_t>(largest_kb) << 13);
+      o.default_limits = Limits{2'000'000'000, memory, 120'000};
       o.instructions_per_cpu_ms = 0;
+      if (!trace_dir.empty()) o.trace = trace_dir + "/" + o.name + ".jsonl";
+      trace.push_back(o.trace);
       nodes.push_back(std::make_unique<Node>(o));
       auto bound = nodes.back()->listen("127.0.0.1:0");
       if (!bound) throw std::runtime_error(bound.error().message);
@@ -102,19 +107,18 @@ struct Pair {
 };
 
 struct Row {
+  std::string refused;  // the node's reason when the agent could not move
   LatencySummary hop;
-  std::uint64_t raw_bytes = 0, wire_bytes = 0;  // per hop: image span and image (strong), or state
-  double image_us = 0, restore_us = 0;          // medians over the hops (strong)
+  std::uint64_t raw_bytes = 0, wire_bytes = 0;  // per hop: arena span and sealed image (strong), or state
+  PhaseMedians phases;
 };
-
-double median_of(std::vector<double> v) { return summarize(std::move(v)).median_us; }
 
 Row run(Pair& p, Mobility mobility, int kb, int hops) {
   {
     std::lock_guard lock(p.marks.mutex);
     p.marks.times.clear();
   }
-  auto bundle = single_file_bundle("cost", std::string(kFill) + (mobility == Mobility::strong ? kStrong : kWeak),
+  auto bundle = single_file_bundle("cost", std::string(kFillLua) + (mobility == Mobility::strong ? kStrong : kWeak),
                                    {"start", "hop"});
   if (!bundle) throw std::runtime_error(bundle.error().message);
   AgentLaunch l;
@@ -127,39 +131,111 @@ Row run(Pair& p, Mobility mobility, int kb, int hops) {
   l.state.set("stops", Value::array({Value(p.addr[0]), Value(p.addr[1])}));
   auto id = p.nodes[0]->launch("", l);
   if (!id) throw std::runtime_error(id.error().message);
-  auto s = p.nodes[0]->wait_agent("", *id, std::chrono::minutes(10));
+  auto s = p.nodes[0]->wait_agent("", *id, std::chrono::minutes(20));
   if (!s) throw std::runtime_error(s.error().message);
-  if (s->status != AgentState::finished) throw std::runtime_error(s->reason);
   Row row;
-  std::vector<double> samples;
+  // Stranded (it could not move: the reason names the refusal) or failed at a step. A stranded
+  // agent stays on its node (with its image) until the bench ends: the node has no call to
+  // drop it, so put the sizes that may be refused last.
+  if (s->status != AgentState::finished) {
+    row.refused = std::string(agent_state_name(s->status)) + ": " + s->reason;
+    return row;
+  }
+  std::vector<Mark> marks;
   {
     std::lock_guard lock(p.marks.mutex);
-    for (std::size_t i = 1; i < p.marks.times.size(); ++i) {
-      if (p.marks.times[i].first == "arrived" && p.marks.times[i - 1].first == "go") {
-        samples.push_back(micros(p.marks.times[i].second - p.marks.times[i - 1].second));
-      }
-    }
+    marks = p.marks.times;
   }
+  std::vector<HopWindow> windows = hop_windows(marks);
+  std::vector<double> samples;
+  for (const HopWindow& w : windows) samples.push_back(micros(w.arrived - w.go));
   row.hop = summarize(samples);
-  std::vector<double> imaging, restoring;
-  for (std::size_t i = 0; i + 1 < s->hops.size(); ++i) {
+  for (std::size_t i = 0; i + 1 < s->hops.size() && i < windows.size(); ++i) {
     const AgentHop& h = s->hops[i];
     if (mobility == Mobility::strong) {
       row.raw_bytes = h.image_raw_bytes;
       row.wire_bytes = h.image_bytes;
-      imaging.push_back(static_cast<double>(h.image_us));
-      restoring.push_back(static_cast<double>(s->hops[i + 1].restore_us));
+      windows[i].image_us = static_cast<double>(h.image_us);
+      windows[i].restore_us = static_cast<double>(s->hops[i + 1].restore_us);
     } else {
       row.wire_bytes = s->hops[i + 1].state_bytes;
       row.raw_bytes = row.wire_bytes;
     }
   }
-  row.image_us = median_of(imaging);
-  row.restore_us = median_of(restoring);
+  if (!p.trace[0].empty()) row.phases = phase_medians(windows, read_trace_events(p.trace, *id));
   return row;
 }
 
 std::string size_name(int kb) { return kb >= 1024 ? std::to_string(kb / 1024) + " MB" : std::to_string(kb) + " KB"; }
+
+// "1k,64k,1m,16m,64m" in KB; an empty vector when a piece is not NUMBER[k|m].
+std::vector<int> parse_sizes(const std::string& text) {
+  std::vector<int> out;
+  std::size_t at = 0;
+  while (at <= text.size()) {
+    std::size_t comma = text.find(',', at);
+    std::string piece = text.substr(at, comma == std::string::npos ? std::string::npos : comma - at);
+    char* end = nullptr;
+    long n = std::strtol(piece.c_str(), &end, 10);
+    std::string unit(end);
+    if (piece.empty() || end == piece.c_str() || n <= 0 || n > 1024 * 1024) return {};
+    if (unit == "k" || unit == "K") {
+      out.push_back(static_cast<int>(n));
+    } else if ((unit == "m" || unit == "M") && n <= 1024) {
+      out.push_back(static_cast<int>(n * 1024));
+    } else {
+      return {};
+    }
+    if (comma == std::string::npos) break;
+    at = comma + 1;
+  }
+  return out;
+}
+
+void usage() {
+  std::fprintf(stderr,
+               "usage: bench_migration_cost [HOPS] [--sizes 1k,64k,1m,16m,64m] [--max-payload-mb N] [--criu]\n"
+               "                            [--criu-rounds N] [--no-trace] [--csv FILE]\n");
+}
+
+std::string fmt_ms(double us) {
+  char b[32];
+  std::snprintf(b, sizeof b, "%.2f", us / 1000);
+  return b;
+}
+
+// One CSV row: the table's columns in milliseconds and bytes (data_kb: strings of 1,000 bytes
+// each); `refused` holds the reason, quoted.
+void csv_row(std::FILE* f, int kb, const char* kind, const Row& row, const Row& weak) {
+  if (f == nullptr) return;
+  std::string reason = row.refused;
+  for (std::size_t at = 0; (at = reason.find('"', at)) != std::string::npos; at += 2) reason.insert(at, 1, '"');
+  const PhaseMedians& ph = row.phases;
+  const double ratio = weak.refused.empty() && weak.hop.median_us > 0 ? row.hop.median_us / weak.hop.median_us : 0;
+  std::fprintf(f, "%s,%d,%llu,%llu,%.3f,%.3f,%.3f,%.3f,%.3f,%.3f,%.3f,%.3f,%.3f,\"%s\"\n", kind,
+               kb, static_cast<unsigned long long>(row.raw_bytes),
+               static_cast<unsigned long long>(row.wire_bytes), row.hop.median_us / 1000, row.hop.p99_us / 1000,
+               ph.image_us / 1000, ph.serialize_us / 1000, ph.transfer_us / 1000, ph.restore_us / 1000,
+               ph.first_line_us / 1000, ph.other_us / 1000, ratio, reason.c_str());
+}
+
+void print_row(int kb, const char* kind, const Row& row, const Row& weak) {
+  if (!row.refused.empty()) {
+    std::printf("%-6s %-7s refused: %s\n", size_name(kb).c_str(), kind, row.refused.c_str());
+    return;
+  }
+  const bool strong = std::string(kind) == "strong";
+  const PhaseMedians& ph = row.phases;
+  auto phase = [&](double us, bool have) { return have ? fmt_ms(us) : std::string("-"); };
+  char ratio[32] = "-";
+  if (weak.refused.empty() && weak.hop.median_us > 0) std::snprintf(ratio, sizeof ratio, "%.2f", row.hop.median_us / weak.hop.median_us);
+  std::printf("%-6s %-7s %12llu %12llu %10.2f %10.2f %9s %9s %9s %9s %9s %9s %7s\n", size_name(kb).c_str(), kind,
+              static_cast<unsigned long long>(row.raw_bytes), static_cast<unsigned long long>(row.wire_bytes),
+              row.hop.median_us / 1000, row.hop.p99_us / 1000, phase(ph.image_us, strong).c_str(),
+              phase(ph.serialize_us, ph.traced).c_str(), phase(ph.transfer_us, ph.traced).c_str(),
+              phase(ph.restore_us, ph.traced).c_str(), phase(ph.first_line_us, ph.traced).c_str(),
+              phase(ph.other_us, ph.traced).c_str(), ratio);
+}
 
 }  // namespace
 }  // namespace sojourn::bench
@@ -167,30 +243,98 @@ std::string size_name(int kb) { return kb >= 1024 ? std::to_string(kb / 1024) + 
 int main(int argc, char** argv) {
   using namespace sojourn;
   using namespace sojourn::bench;
-  int hops = 10;
-  if (argc > 1) hops = std::max(2, std::atoi(argv[1]));
-  set_log_level(LogLevel::warn);
-  try {
-    Pair p;
-    const std::vector<int> sizes{1, 1024, 16 * 1024};
-    std::printf("one hop, agent.go to the next line on the peer, process jail, %d hops per row\n", hops);
-    std::printf("%-6s %-7s %12s %12s %12s %12s %11s %11s %7s\n", "data", "kind", "raw_bytes", "wire_bytes", "median_ms",
-                "p99_ms", "image_ms", "restore_ms", "ratio");
-    for (int kb : sizes) {
-      // The 16 MB rows pay seconds per hop: fewer of them.
-      const int n = kb >= 16 * 1024 ? std::max(2, hops / 3) : hops;
-      Row weak = run(p, Mobility::weak, kb, n);
-      Row strong = run(p, Mobility::strong, kb, n);
-      for (const auto& [kind, row] : {std::pair<const char*, const Row&>{"weak", weak}, {"strong", strong}}) {
-        std::printf("%-6s %-7s %12llu %12llu %12.2f %12.2f %11.2f %11.2f %7.2f\n", size_name(kb).c_str(), kind,
-                    static_cast<unsigned long long>(row.raw_bytes), static_cast<unsigned long long>(row.wire_bytes),
-                    row.hop.median_us / 1000, row.hop.p99_us / 1000, row.image_us / 1000, row.restore_us / 1000,
-                    row.hop.median_us / weak.hop.median_us);
+  Options opt;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    if (a == "--sizes" && i + 1 < argc) {
+      opt.sizes_kb = parse_sizes(argv[++i]);
+      if (opt.sizes_kb.empty()) {
+        std::fprintf(stderr, "bench_migration_cost: --sizes expects sizes like 1k,64k,1m,16m,64m\n");
+        return 2;
       }
+    } else if (a == "--max-payload-mb" && i + 1 < argc) {
+      long mb = std::strtol(argv[++i], nullptr, 10);
+      if (mb < 1 || mb > 4095) {
+        std::fprintf(stderr, "bench_migration_cost: --max-payload-mb expects 1 to 4095\n");
+        return 2;
+      }
+      opt.max_payload_mb = static_cast<std::uint32_t>(mb);
+    } else if (a == "--criu") {
+      opt.criu = true;
+    } else if (a == "--criu-rounds" && i + 1 < argc) {
+      opt.criu_rounds = std::max(1, std::atoi(argv[++i]));
+    } else if (a == "--csv" && i + 1 < argc) {
+      opt.csv = argv[++i];
+    } else if (a == "--no-trace") {
+      opt.trace = false;
+    } else if (!a.empty() && a[0] != '-' && std::atoi(a.c_str()) > 0) {
+      opt.hops = std::max(2, std::atoi(a.c_str()));
+    } else {
+      usage();
+      return 2;
     }
+  }
+  set_log_level(LogLevel::error);
+  std::string trace_dir;
+  if (opt.trace) {
+    char tmpl[] = "/tmp/sojourn-migration-cost.XXXXXX";
+    if (::mkdtemp(tmpl) == nullptr) {
+      std::perror("bench_migration_cost: mkdtemp");
+      return 1;
+    }
+    trace_dir = tmpl;
+  }
+  std::FILE* csv = nullptr;
+  if (!opt.csv.empty()) {
+    csv = std::fopen(opt.csv.c_str(), "w");
+    if (csv == nullptr) {
+      std::fprintf(stderr, "bench_migration_cost: cannot write %s\n", opt.csv.c_str());
+      return 2;
+    }
+    std::fprintf(csv, "kind,data_kb,raw_bytes,wire_bytes,median_ms,p99_ms,image_ms,serialize_ms,transfer_ms,"
+                      "restore_ms,first_line_ms,other_ms,ratio_to_weak,refused\n");
+  }
+  int rc = 0;
+  try {
+    Pair p(opt, trace_dir);
+    std::vector<StrongFigures> strong_rows;
+    std::printf("one hop, agent.go to the next line on the peer, process jail, %d hops per row (a third from 16 MB), "
+                "frame limit %u MiB, milliseconds (phases: medians over the hops)\n",
+                opt.hops, opt.max_payload_mb);
+    std::printf("%-6s %-7s %12s %12s %10s %10s %9s %9s %9s %9s %9s %9s %7s\n", "data", "kind", "raw_bytes", "wire_bytes",
+                "median_ms", "p99_ms", "image_ms", "serial_ms", "xfer_ms", "restore", "1st_line", "other_ms", "ratio");
+    for (int kb : opt.sizes_kb) {
+      const int n = kb >= 16 * 1024 ? std::max(2, opt.hops / 3) : opt.hops;
+      Row weak = run(p, Mobility::weak, kb, n);
+      print_row(kb, "weak", weak, weak);
+      csv_row(csv, kb, "weak", weak, weak);
+      std::fflush(stdout);
+      Row strong = run(p, Mobility::strong, kb, n);
+      print_row(kb, "strong", strong, weak);
+      csv_row(csv, kb, "strong", strong, weak);
+      std::fflush(stdout);
+      StrongFigures f;
+      f.kb = kb;
+      f.refused = strong.refused;
+      f.hop_us = strong.hop.median_us;
+      f.raw_bytes = strong.raw_bytes;
+      f.wire_bytes = strong.wire_bytes;
+      strong_rows.push_back(f);
+    }
+    std::printf("\nimage_ms: sealing the heap at the source; serial_ms: image_ms and the TRANSFER's encoding;\n"
+                "xfer_ms: the TRANSFER sent to received; restore: the destination's checks and decoding, and for\n"
+                "strong the image opened into the guest's arena; 1st_line: from there to the first line running\n"
+                "(the arrival report home, a fresh guest); other_ms: the rest (the step's end, the OFFER's round\n"
+                "trip); ratio: this row's median over the weak row's.\n");
+    if (opt.criu) rc = print_criu_side_by_side(strong_rows, opt.criu_rounds);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "bench_migration_cost: %s\n", e.what());
-    return 1;
+    rc = 1;
   }
-  return 0;
+  if (csv != nullptr) std::fclose(csv);
+  if (!trace_dir.empty()) {
+    std::error_code ec;
+    std::filesystem::remove_all(trace_dir, ec);
+  }
+  return rc;
 }
