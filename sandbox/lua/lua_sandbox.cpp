@@ -306,6 +306,11 @@ std::optional<std::string> refusal_at(lua_State* co, const Step& step, RunContex
          ": cannot travel in a heap image: " + check.path;
 }
 
+int full_collection(lua_State* L) {
+  lua_gc(L, LUA_GCCOLLECT, 0);
+  return 0;
+}
+
 Result<AgentOutcome> drive(lua_State* co, RunContext& ctx, std::string_view chunk, const StopSink& at_stop) {
   detail::arm_count_hook(co, ctx);
   Step step = resume_agent(co);
@@ -350,7 +355,13 @@ Result<AgentOutcome> drive(lua_State* co, RunContext& ctx, std::string_view chun
       detail::disarm_count_hook(co);
       // JIT machine code lives outside the arena (LuaJIT maps it itself): drop every trace, so
       // that no prototype or trace in the image points at code the destination lacks.
-      if (lua_State* L = main_thread(co); L != nullptr) luaJIT_setmode(L, 0, LUAJIT_MODE_ENGINE | LUAJIT_MODE_FLUSH);
+      if (lua_State* L = main_thread(co); L != nullptr) {
+        luaJIT_setmode(L, 0, LUAJIT_MODE_ENGINE | LUAJIT_MODE_FLUSH);
+        // A full collection, so that the garbage does not travel (the arena's free blocks are
+        // zeroed next, and an image leaves zero pages out). In a protected call: a finalizer
+        // that raises fails the stop instead of unwinding through here.
+        if (lua_cpcall(L, full_collection, nullptr) != 0) return run_failure(L, LUA_ERRRUN, ctx, chunk);
+      }
       if (Result<void> sunk = at_stop(reinterpret_cast<std::uintptr_t>(co)); !sunk) return sunk.error();
       outcome.strong_stop = true;
       outcome.checkpoint = step.stop == Stop::checkpoint;
