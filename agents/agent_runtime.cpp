@@ -36,7 +36,10 @@ AgentRuntime::AgentRuntime(const AgentRuntimeRoles& roles)
       // a resident agent taken back after a restart needs its code.
       cache_(options_.code_cache_dir.empty() && !options_.data_dir.empty() ? options_.data_dir + "/code-cache"
                                                                            : options_.code_cache_dir,
-             options_.code_cache_max_bytes, options_.code_cache_max_entries) {}
+             options_.code_cache_max_bytes, options_.code_cache_max_entries),
+      // Images in transit: each bounded by the largest memory limit a run here gets, all of
+      // them together by the same figure, each kept at most as long as its TRANSFER lives.
+      staged_images_({options_.max_limits.memory_bytes, options_.max_limits.memory_bytes, options_.transfer_lifetime}) {}
 
 std::string AgentRuntime::self() const {
   return server_.advertised();
@@ -107,6 +110,9 @@ void AgentRuntime::register_services(Node& node) {
     if (!answer) return answer.error();
     return message_value(encode(*answer));
   }, peers);
+  // Pieces of a heap image too large for one frame, ahead of their TRANSFER (migration.cpp).
+  node.register_service("agent.image_part", typed_service<ImagePart, decode_image_part>(
+      self, "agent.image_part's argument", [](AgentRuntime& rt, ImagePart m, Caller) { return rt.on_image_part(std::move(m)); }), peers);
   // Reports to an agent's home: the reporter must hold the agent (tracking.cpp).
   node.register_service("agent.arrived", typed_service<ArrivalReport, decode_arrival>(
       self, "agent.arrived's argument", [](AgentRuntime& rt, ArrivalReport m, Caller c) { return rt.on_arrived(m, c); }), peers);
