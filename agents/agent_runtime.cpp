@@ -187,7 +187,10 @@ Result<AgentLaunchAnswer> AgentRuntime::launch_here(const AgentLaunchRequest& re
   r.signer = request.signer;
   r.signature = request.signature;
   r.launcher = viewer_of(caller);
-  r.mobility = request.mobility;  // before the policy, which may refuse strong agents
+  // Before the policy, which may refuse strong agents. A strong manifest makes a strong agent
+  // whatever the launch asked; a launch may ask for strong where the manifest is silent (weak)
+  // and unsigned (admit_code refuses it where the owner signed weak).
+  r.mobility = m.mobility == "strong" ? Mobility::strong : request.mobility;
   auto rule = admit_code(r, **bundle, caller);
   if (!rule) return rule.error();
   // The code came from a peer (the launcher): the node's peer level at least, or the policy's.

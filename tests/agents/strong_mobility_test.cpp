@@ -20,6 +20,7 @@
 #include "sojourn/core/bundle.hpp"
 #include "tests/support/cluster.hpp"
 #include "tests/support/error_checks.hpp"
+#include "tests/support/trust_nodes.hpp"
 
 using namespace sojourn;
 using namespace std::chrono_literals;
@@ -398,6 +399,55 @@ TEST_CASE("a policy rule with strong: false refuses strong agents and keeps weak
   AgentStatus s = run_to_end(c[0], *id);
   CHECK(s.status == AgentState::finished);
   CHECK(s.hops[0].mobility == "weak");
+}
+
+TEST_CASE("a signed manifest asking for strong mobility makes a strong agent, and a policy refuses it per signer") {
+  auto alice = test::new_key();
+  auto bob = test::new_key();
+  auto policy = test::policy_from(R"({"keys": {"alice": ")" + alice->fingerprint() + R"("},
+    "rules": [{"name": "alice-weak-only", "signer": "alice", "strong": false, "isolation": ["process"]}],
+    "default": {"isolation": ["process"]}})");
+  Cluster c(2, [policy](int, NodeOptions& o) {
+    o.peer_isolation = Isolation::process;
+    o.policy = policy;
+  });
+  Value state = Value::table();
+  state.set("stops", Value::array({c.addr[1]}));
+  Bundle strong = bundle_of(kHop);
+  strong.manifest.mobility = "strong";
+  // The launch itself asks for nothing: the signed manifest makes the agent strong, so its
+  // agent.go(peer) returns on the peer with its locals.
+  AgentLaunch l;
+  l.bundle = strong;
+  l.state = state;
+  l.signing_key = bob;
+  auto id = c[0].launch({}, l);
+  REQUIRE_MESSAGE(id.ok(), (id.ok() ? "" : id.error().message));
+  AgentStatus s = run_to_end(c[0], *id);
+  CHECK(s.status == AgentState::finished);
+  CHECK(s.result.get(1).as_string() == "ok 3 at " + c.addr[1]);
+  REQUIRE(s.hops.size() == 2);
+  CHECK(s.hops[0].mobility == "strong");
+  CHECK(s.hops[1].mobility == "strong");
+  // The same strong bundle signed by alice: her rule refuses strong agents, at launch.
+  l.signing_key = alice;
+  CHECK_ERROR(c[0].launch({}, l), Errc::policy_refused, "rule alice-weak-only refuses strong agents of");
+  // A launch option asking for strong is written into the manifest she signs: refused too.
+  AgentLaunch asked;
+  asked.bundle = bundle_of(kHop);
+  asked.state = state;
+  asked.signing_key = alice;
+  asked.mobility = Mobility::strong;
+  CHECK_ERROR(c[0].launch({}, asked), Errc::policy_refused, "rule alice-weak-only refuses strong agents of");
+  // Her weak agents run.
+  AgentLaunch weak;
+  weak.bundle = bundle_of("function start() return 'weak ok' end");
+  weak.signing_key = alice;
+  auto weak_id = c[0].launch({}, weak);
+  REQUIRE(weak_id.ok());
+  AgentStatus w = run_to_end(c[0], *weak_id);
+  CHECK(w.result.get(1).as_string() == "weak ok");
+  CHECK(w.hops[0].mobility == "weak");
 }
 
 TEST_CASE("the node's listing shows a strong agent and the image it holds") {
