@@ -28,6 +28,9 @@ namespace {
 
 using detail::RunContext;
 
+// The collector's pause for strong agents (lua_gc LUA_GCSETPAUSE; see where it is set).
+constexpr int kStrongGcPause = 100;
+
 struct LuaStateCloser {
   void operator()(lua_State* L) const noexcept { lua_close(L); }
 };
@@ -120,7 +123,15 @@ int run_protected(lua_State* L) {
   // Every function of this environment (print, table.insert, agent.log, ...) travels by name.
   lua::register_library(L, LUA_GLOBALSINDEX);
   if (detail::TestGlobals open = detail::test_globals(); open != nullptr) open(L);
-  if (job.strong) strong::open_strong_api(L);
+  if (job.strong) {
+    strong::open_strong_api(L);
+    // A strong agent's heap span is what each of its hops copies: a collection starts as soon
+    // as the previous one ends (pause 100, LuaJIT's default is 200), so the heap never grows to
+    // twice its live size between collections. The span of 1 MB of data built from temporaries
+    // went from 2.9 to 1.8 MB (16 MB: 43 to 21 MB), at the price of more collector work while
+    // the agent allocates. The setting is in global_State: it travels with the image.
+    lua_gc(L, LUA_GCSETPAUSE, kStrongGcPause);
+  }
   // Mode "t" as a second lock behind run_lua's first-byte check: LuaJIT does not verify
   // bytecode, and crafted bytecode crashes it.
   const int load_status = luaL_loadbufferx(L, input.source.data(), input.source.size(), job.chunk_name.c_str(), "t");
