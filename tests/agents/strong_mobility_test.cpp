@@ -539,6 +539,7 @@ function start(s)
   return #big .. ":" .. bad .. ":" .. bytes .. ":" .. tostring(checksum() == before) .. "@" .. agent.here
 end)");
   b.manifest.quotas.memory_bytes = 192u << 20;
+  b.manifest.quotas.wall_ms = 60'000;  // a loaded sanitizer run: the first step alone may take seconds
   Value state = Value::table();
   state.set("stops", Value::array({c.addr[1]}));
   auto id = launch_strong(c[0], b, state);
