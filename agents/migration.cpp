@@ -374,6 +374,7 @@ asio::awaitable<Result<void>> AgentRuntime::send_image_parts(const AgentRecord& 
   for (std::size_t at = 0; at < image.size(); at += piece) {
     const std::size_t n = std::min(piece, image.size() - at);
     part.offset = at;
+    // SAFETY: [at, at + n) lies inside the image; its bytes are read as chars of the same size.
     part.bytes.assign(reinterpret_cast<const char*>(image.data() + at), n);
     Result<Value> sent = co_await links_.call_peer(peer, "agent.image_part", message_args(encode(part)));
     if (!sent) co_return sent.error();
