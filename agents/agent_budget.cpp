@@ -33,6 +33,14 @@ Result<const PolicyRule*> AgentRuntime::admit_code(AgentRecord& record, const Ca
     if (!record.cpu_left) return raised(record, "an unlimited CPU budget instead", 0, m.cpu_budget);
     if (*record.cpu_left > m.cpu_budget) return raised(record, "a CPU budget", *record.cpu_left, m.cpu_budget);
   }
+  // The mobility is signed with the quotas: a strong bundle's agent is strong everywhere, and a
+  // signed weak bundle's agent stays weak (an unsigned launch may still ask for strong).
+  const Mobility asked = m.mobility == "strong" ? Mobility::strong : Mobility::weak;
+  if (record.mobility != asked && (asked == Mobility::strong || !record.signer.empty())) {
+    return make_error(Errc::quota_raised, "agent " + record.id + " claims " + std::string(mobility_name(record.mobility)) +
+                                              " mobility, not the " + m.mobility + " mobility " +
+                                              (record.signer.empty() ? "its manifest sets" : "its owner signed"));
+  }
   const Limits& q = m.quotas;
   if (q.cpu_instructions != 0 && record.quotas.cpu_instructions > q.cpu_instructions) {
     return raised(record, "a CPU quota per run", record.quotas.cpu_instructions, q.cpu_instructions);

@@ -15,8 +15,8 @@ using wire::Writer;
 constexpr const char* kKindNames[] = {"?", "launch", "launch answer", "offer", "offer answer", "transfer",
                                       "commit", "arrival", "arrival answer", "end report", "send", "send answer",
                                       "deliver", "status", "list", "wait query", "fetch query",
-                                      "fetch answer"};
-static_assert(std::size(kKindNames) == static_cast<std::size_t>(AgentMessageKind::fetch_answer) + 1);
+                                      "fetch answer", "image part"};
+static_assert(std::size(kKindNames) == static_cast<std::size_t>(AgentMessageKind::image_part) + 1);
 
 const char* kind_name(AgentMessageKind kind) { return kKindNames[static_cast<std::size_t>(kind)]; }
 
@@ -124,7 +124,7 @@ auto decode_as(std::span<const std::uint8_t> bytes, AgentMessageKind kind, F&& b
     Reader r(bytes);
     const std::uint8_t got = r.u8();
     if (got != static_cast<std::uint8_t>(kind)) {
-      const bool known = got >= 1 && got <= static_cast<std::uint8_t>(AgentMessageKind::fetch_answer);
+      const bool known = got >= 1 && got <= static_cast<std::uint8_t>(AgentMessageKind::image_part);
       throw DecodeError(known ? std::string("got a ") + kind_name(static_cast<AgentMessageKind>(got))
                               : "unknown message kind " + std::to_string(got));
     }
@@ -260,6 +260,37 @@ Result<AgentTransfer> decode_transfer(std::span<const std::uint8_t> bytes) {
   // The image belongs to a strong record and to nothing else; its hash is the record's.
   if (m->image && (m->record.mobility != Mobility::strong || m->record.image_sha256.empty())) {
     return errors::invalid_argument("bad agent message: transfer: a heap image for a record that names none");
+  }
+  return m;
+}
+
+AgentMessageBytes encode(const ImagePart& m) {
+  Writer w;
+  start(w, AgentMessageKind::image_part);
+  w.string(m.id);
+  w.u64(m.epoch);
+  w.string(m.image_sha256);
+  w.u64(m.total_bytes);
+  w.u64(m.offset);
+  w.string(m.bytes);
+  return w.take();
+}
+Result<ImagePart> decode_image_part(std::span<const std::uint8_t> bytes) {
+  auto m = decode_as(bytes, AgentMessageKind::image_part, [](Reader& r) {
+    ImagePart p;
+    p.id = r.string();
+    p.epoch = r.u64();
+    p.image_sha256 = r.string();
+    p.total_bytes = r.u64();
+    p.offset = r.u64();
+    p.bytes = r.string();
+    return p;
+  });
+  if (!m) return m.error();
+  if (m->bytes.empty() || m->offset > m->total_bytes || m->bytes.size() > m->total_bytes - m->offset) {
+    return errors::invalid_argument("bad agent message: image part: " + std::to_string(m->bytes.size()) +
+                                    " bytes at offset " + std::to_string(m->offset) + " of an image of " +
+                                    std::to_string(m->total_bytes));
   }
   return m;
 }

@@ -22,7 +22,7 @@ namespace sojourn {
 enum class AgentMessageKind : std::uint8_t {
   launch = 1, launch_answer, offer, offer_answer, transfer, commit, arrival, arrival_answer, end,
   send, send_answer, deliver, status_answer, list_answer, wait_query, fetch_query,
-  fetch_answer,
+  fetch_answer, image_part,
 };
 // The agent protocol's version; the second byte of every encoded agent message.
 // 2: OfferAnswer names the destination's node id; a TRANSFER is addressed to that id.
@@ -68,6 +68,19 @@ struct AgentTransfer {
   // A strong agent's heap image, in place of a meaningful state table: present exactly when
   // the record names its SHA-256 (record.image_sha256), which the destination checks first.
   std::optional<std::string> image;
+};
+// agent.image_part: a piece of a strong agent's heap image, sent in order before a TRANSFER
+// whose image would not fit in one frame (that TRANSFER then carries no image, and the
+// destination takes the one it assembled for (id, epoch), checked against the record's hash).
+// The first piece holds the image's header: its declared sizes are checked against the
+// memory quota before anything is kept.
+struct ImagePart {
+  std::string id;
+  std::uint64_t epoch = 0;
+  std::string image_sha256;     // of the whole image, as the record names it
+  std::uint64_t total_bytes = 0;  // of the whole image
+  std::uint64_t offset = 0;       // of this piece; pieces come in order, from 0
+  std::string bytes;
 };
 // The destination's COMMIT: it holds (id, epoch) now.
 struct AgentCommit {
@@ -157,6 +170,7 @@ AgentMessageBytes encode(const AgentLaunchAnswer& m);
 AgentMessageBytes encode(const AgentOffer& m);
 AgentMessageBytes encode(const OfferAnswer& m);
 AgentMessageBytes encode(const AgentTransfer& m);
+AgentMessageBytes encode(const ImagePart& m);
 AgentMessageBytes encode(const AgentCommit& m);
 AgentMessageBytes encode(const ArrivalReport& m);
 AgentMessageBytes encode(const ArrivalAnswer& m);
@@ -178,6 +192,7 @@ Result<AgentLaunchAnswer> decode_launch_answer(std::span<const std::uint8_t> byt
 Result<AgentOffer> decode_offer(std::span<const std::uint8_t> bytes);
 Result<OfferAnswer> decode_offer_answer(std::span<const std::uint8_t> bytes);
 Result<AgentTransfer> decode_transfer(std::span<const std::uint8_t> bytes);
+Result<ImagePart> decode_image_part(std::span<const std::uint8_t> bytes);
 Result<AgentCommit> decode_commit(std::span<const std::uint8_t> bytes);
 Result<ArrivalReport> decode_arrival(std::span<const std::uint8_t> bytes);
 Result<ArrivalAnswer> decode_arrival_answer(std::span<const std::uint8_t> bytes);

@@ -37,7 +37,10 @@ AgentRuntime::AgentRuntime(const AgentRuntimeRoles& roles)
       // a resident agent taken back after a restart needs its code.
       cache_(options_.code_cache_dir.empty() && !options_.data_dir.empty() ? options_.data_dir + "/code-cache"
                                                                            : options_.code_cache_dir,
-             options_.code_cache_max_bytes, options_.code_cache_max_entries) {}
+             options_.code_cache_max_bytes, options_.code_cache_max_entries),
+      // Images in transit: each bounded by the largest memory limit a run here gets, all of
+      // them together by the same figure, each kept at most as long as its TRANSFER lives.
+      staged_images_({options_.max_limits.memory_bytes, options_.max_limits.memory_bytes, options_.transfer_lifetime}) {}
 
 std::string AgentRuntime::self() const {
   return server_.advertised();
@@ -108,6 +111,9 @@ void AgentRuntime::register_services(Node& node) {
     if (!answer) return answer.error();
     return message_value(encode(*answer));
   }, peers);
+  // Pieces of a heap image too large for one frame, ahead of their TRANSFER (migration.cpp).
+  node.register_service("agent.image_part", typed_service<ImagePart, decode_image_part>(
+      self, "agent.image_part's argument", [](AgentRuntime& rt, ImagePart m, Caller) { return rt.on_image_part(std::move(m)); }), peers);
   // Reports to an agent's home: the reporter must hold the agent (tracking.cpp).
   node.register_service("agent.arrived", typed_service<ArrivalReport, decode_arrival>(
       self, "agent.arrived's argument", [](AgentRuntime& rt, ArrivalReport m, Caller c) { return rt.on_arrived(m, c); }), peers);
@@ -182,7 +188,10 @@ Result<AgentLaunchAnswer> AgentRuntime::launch_here(const AgentLaunchRequest& re
   r.signer = request.signer;
   r.signature = request.signature;
   r.launcher = viewer_of(caller);
-  r.mobility = request.mobility;  // before the policy, which may refuse strong agents
+  // Before the policy, which may refuse strong agents. A strong manifest makes a strong agent
+  // whatever the launch asked; a launch may ask for strong where the manifest is silent (weak)
+  // and unsigned (admit_code refuses it where the owner signed weak).
+  r.mobility = m.mobility == "strong" ? Mobility::strong : request.mobility;
   auto rule = admit_code(r, **bundle, caller);
   if (!rule) return rule.error();
   // The code came from a peer (the launcher): the node's peer level at least, or the policy's.

@@ -22,6 +22,7 @@
 #include "agents/agent_messages.hpp"
 #include "agents/agent_record.hpp"
 #include "agents/code_cache.hpp"
+#include "agents/image_staging.hpp"
 #include "agents/node_host_calls.hpp"
 #include "agents/node_jails.hpp"
 #include "agents/node_runtime.hpp"
@@ -211,9 +212,14 @@ class AgentRuntime : public std::enable_shared_from_this<AgentRuntime>, public M
   // Bounds record.delivered (under mutex_): the answer's ids, and the last kDeliveredWindow
   // ids forwarded one by one (the home resends only its pending front until it succeeds).
   static void trim_delivered(Resident& res);
-  // A strong agent's image from its TRANSFER into its record, once its SHA-256 is the one the
+  // A strong agent's image from its TRANSFER (or, when the TRANSFER carries none, the one
+  // staged for it by agent.image_part) into its record, once its SHA-256 is the one the
   // record names (hash_mismatch otherwise); refuses an image a weak record does not name.
-  static Result<void> take_image(AgentTransfer& transfer, const std::string& what);
+  Result<void> take_image(AgentTransfer& transfer, const std::string& what);
+  Result<void> on_image_part(ImagePart part);
+  // Sends a strong agent's image to `peer` in pieces ahead of its TRANSFER (migration.cpp).
+  asio::awaitable<Result<void>> send_image_parts(const AgentRecord& record, std::span<const std::uint8_t> image,
+                                                 const std::string& peer);
   // sandbox_refused "refused by the sandbox: image from guest build X, this node runs Y" for
   // an image taken by another guest executable: refused at the TRANSFER, so the agent stays
   // at its source (the step's own check behind it refuses the same).
@@ -325,6 +331,7 @@ class AgentRuntime : public std::enable_shared_from_this<AgentRuntime>, public M
   std::unordered_multimap<std::string, std::shared_ptr<asio::steady_timer>> waiters_;
   std::shared_ptr<asio::steady_timer> sweep_timer_;
   std::function<void(std::vector<std::uint8_t>&, std::string&)> image_hook_;  // set before agents run
+  ImageStaging staged_images_;  // heap images arriving in pieces (agent.image_part)
 };
 
 }  // namespace sojourn

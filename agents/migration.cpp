@@ -5,6 +5,8 @@
 // replayed elsewhere or later, it is refused.
 #include "agents/agent_runtime.hpp"
 
+#include <algorithm>
+
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
 
@@ -23,6 +25,9 @@ bool outcome_unknown(Errc code) {
   return code == Errc::connect_failed || code == Errc::connection_closed || code == Errc::timeout ||
          code == Errc::remote_protocol_error || code == Errc::shutting_down;
 }
+
+// A heap image larger than half a frame travels in pieces of at most this many bytes.
+constexpr std::size_t kImagePieceBytes = 4u << 20;
 
 std::string_view as_text(std::span<const std::uint8_t> bytes) {
   // SAFETY: the bytes are viewed as chars of the same size, for as long as `bytes` lives.
@@ -198,12 +203,20 @@ asio::awaitable<Result<AgentCommit>> AgentRuntime::hand_over(AgentRecord record,
     ++bundles_sent_;
   }
   if (transfer.record.image) {
-    if (image_hook_) {
-      std::vector<std::uint8_t> bytes = *transfer.record.image;
-      image_hook_(bytes, transfer.record.image_sha256);
-      transfer.image = std::string(as_text(bytes));
+    std::shared_ptr<const std::vector<std::uint8_t>> image = transfer.record.image;
+    if (image_hook_) {  // tests: the copy a tampering path would send
+      auto bytes = std::make_shared<std::vector<std::uint8_t>>(*image);
+      image_hook_(*bytes, transfer.record.image_sha256);
+      image = std::move(bytes);
+    }
+    if (image->size() > options_.max_payload / 2) {
+      // Too large to ride in the TRANSFER's frame: sent ahead in pieces, straight from the
+      // record's image, and assembled once at the destination.
+      if (auto sent = co_await send_image_parts(transfer.record, *image, peer); !sent) co_return sent.error();
+      trace_step("image_sent", id, peer, "image_bytes=" + std::to_string(image->size()));
+      transfer.expires_unix_ms = unix_ms_now() + static_cast<std::int64_t>(options_.transfer_lifetime.count());
     } else {
-      transfer.image = std::string(as_text(*transfer.record.image));
+      transfer.image = std::string(as_text(*image));
     }
   }
   AgentMessageBytes transfer_bytes = encode(transfer);
@@ -345,18 +358,59 @@ Result<void> AgentRuntime::take_image(AgentTransfer& transfer, const std::string
     if (transfer.image) return errors::invalid_argument(what + " carries a heap image its record does not name");
     return {};
   }
-  if (!transfer.image) return errors::invalid_argument(what + " names a heap image but carries none");
-  // SAFETY: the string's bytes are read as unsigned bytes of the same size.
-  const std::span<const std::uint8_t> bytes(reinterpret_cast<const std::uint8_t*>(transfer.image->data()),
-                                            transfer.image->size());
-  const std::string got = sha256_hex(bytes);
+  std::shared_ptr<const std::vector<std::uint8_t>> image;
+  if (transfer.image) {
+    // SAFETY: the string's bytes are read as unsigned bytes of the same size.
+    const auto* data = reinterpret_cast<const std::uint8_t*>(transfer.image->data());
+    image = std::make_shared<const std::vector<std::uint8_t>>(data, data + transfer.image->size());
+    transfer.image.reset();
+  } else if (auto staged = staged_images_.take(record.id, record.epoch, record.image_sha256)) {
+    image = std::make_shared<const std::vector<std::uint8_t>>(std::move(*staged));  // sent in pieces: no copy
+  } else {
+    return errors::invalid_argument(what + " names a heap image but carries none, and none was sent ahead of it");
+  }
+  const std::string got = sha256_hex(*image);
   if (got != record.image_sha256) {
     return make_error(Errc::hash_mismatch, "heap image hash mismatch: " + what + " names " + record.image_sha256.substr(0, 16) +
                                                ", the image is " + got.substr(0, 16));
   }
-  record.image = std::make_shared<const std::vector<std::uint8_t>>(bytes.begin(), bytes.end());
-  transfer.image.reset();
+  record.image = std::move(image);
   return {};
+}
+
+Result<void> AgentRuntime::on_image_part(ImagePart part) {
+  if (runtime_.shutting_down()) return errors::shutting_down();
+  {
+    std::lock_guard lock(mutex_);
+    // Pieces of an epoch this node has committed or passed are not kept.
+    if (commits_.count({part.id, part.epoch}) != 0) return {};
+    auto seen = highest_epoch_.find(part.id);
+    if (seen != highest_epoch_.end() && part.epoch <= seen->second.epoch) {
+      return make_error(Errc::stale_epoch, "agent " + part.id + " epoch " + std::to_string(part.epoch) +
+                                               " is stale (this node has seen epoch " + std::to_string(seen->second.epoch) + ")");
+    }
+  }
+  return staged_images_.add(std::move(part));
+}
+
+asio::awaitable<Result<void>> AgentRuntime::send_image_parts(const AgentRecord& record, std::span<const std::uint8_t> image,
+                                                             const std::string& peer) {
+  // Pieces well inside a frame of this node's size (the destination's is the same by default).
+  const std::size_t piece = std::max<std::size_t>(1024, std::min<std::size_t>(kImagePieceBytes, options_.max_payload / 2));
+  ImagePart part;
+  part.id = record.id;
+  part.epoch = record.epoch;
+  part.image_sha256 = record.image_sha256;
+  part.total_bytes = image.size();
+  for (std::size_t at = 0; at < image.size(); at += piece) {
+    const std::size_t n = std::min(piece, image.size() - at);
+    part.offset = at;
+    // SAFETY: [at, at + n) lies inside the image; its bytes are read as chars of the same size.
+    part.bytes.assign(reinterpret_cast<const char*>(image.data() + at), n);
+    Result<Value> sent = co_await links_.call_peer(peer, "agent.image_part", message_args(encode(part)));
+    if (!sent) co_return sent.error();
+  }
+  co_return Result<void>{};
 }
 
 Result<void> AgentRuntime::check_image_build(const AgentRecord& record) {

@@ -71,6 +71,8 @@ Result<Value> Node::run_module(const FetchedModule& module, Value args, const Ev
 
 Result<std::string> Node::launch(std::string_view at, AgentLaunch agent) {
   if (auto v = validate_bundle(agent.bundle); !v) return v.error();
+  // A strong launch is written into the manifest, which the signature below covers.
+  if (agent.mobility == Mobility::strong) agent.bundle.manifest.mobility = "strong";
   AgentLaunchRequest request;
   std::vector<std::uint8_t> bytes = encode_bundle(agent.bundle);
   // SAFETY: the bytes are read as chars of the same size.

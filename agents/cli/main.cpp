@@ -156,7 +156,7 @@ int main(int argc, char** argv) {
   launch_cmd->add_option("--sign", launch.sign, "Sign the bundle (code and manifest, quotas included) with this Ed25519 key (PEM)");
   launch_cmd->add_flag("--strong", launch.strong,
                       "Strong mobility: its whole Lua heap travels and agent.go(peer) returns on the peer "
-                      "(process or microvm level only)");
+                      "(process or microvm level only); in the manifest (mobility = \"strong\")");
   launch_cmd->add_flag("--wait", launch.wait, "Wait for the result and print the itinerary taken");
   launch_cmd->add_option("--timeout-ms", launch.timeout_ms, "How long --wait waits")->capture_default_str();
   launch_cmd->add_flag("--json", launch.json, "Print machine-readable JSON");

@@ -10,6 +10,10 @@ namespace sojourn {
 namespace {
 
 constexpr std::uint32_t kBundleMagic = 0x534a4232;  // "SJB2" (SJB1 had no cpu_budget)
+// "SJB3": SJB2 plus the manifest's mobility, used only for strong bundles, so that a weak
+// bundle's encoding and hash are what they were before the field existed.
+constexpr std::uint32_t kStrongBundleMagic = 0x534a4233;
+constexpr std::string_view kStrongMobility = "strong";
 constexpr std::size_t kMaxFiles = 256;
 constexpr std::size_t kMaxSourceBytes = 16u << 20;
 constexpr std::size_t kMaxNameLength = 64;
@@ -44,7 +48,10 @@ void write_manifest(wire::Writer& w, const BundleManifest& m) {
   wire::write_limits(w, m.quotas);
   w.u32(m.max_hops);
   w.u64(m.cpu_budget);
+  if (m.mobility == kStrongMobility) w.string(m.mobility);
 }
+
+std::uint32_t magic_of(const BundleManifest& m) { return m.mobility == kStrongMobility ? kStrongBundleMagic : kBundleMagic; }
 
 }  // namespace
 
@@ -91,6 +98,9 @@ Result<void> validate_bundle(const Bundle& bundle) {
   if (bundle.files.find(main) == bundle.files.end()) {
     return make_error(Errc::bad_bundle, "bad bundle: the main file " + main + " is missing");
   }
+  if (bundle.manifest.mobility != "weak" && bundle.manifest.mobility != kStrongMobility) {
+    return make_error(Errc::bad_bundle, "bad bundle: mobility must be weak or strong, not '" + bundle.manifest.mobility + "'");
+  }
   for (const auto& entry : bundle.manifest.entry_points) {
     if (!valid_dotted_name(entry)) return make_error(Errc::bad_bundle, "bad bundle: invalid entry point '" + entry + "'");
   }
@@ -114,7 +124,7 @@ std::vector<std::uint8_t> encode_manifest(const BundleManifest& manifest) {
 
 std::vector<std::uint8_t> encode_bundle(const Bundle& bundle) {
   wire::Writer w;
-  w.u32(kBundleMagic);
+  w.u32(magic_of(bundle.manifest));
   write_manifest(w, bundle.manifest);
   w.u32(static_cast<std::uint32_t>(bundle.files.size()));
   for (const auto& [file, source] : bundle.files) {  // std::map: sorted by name
@@ -128,7 +138,10 @@ Result<Bundle> decode_bundle(std::span<const std::uint8_t> bytes) {
   Bundle b;
   try {
     wire::Reader r(bytes);
-    if (r.u32() != kBundleMagic) return make_error(Errc::bad_bundle, "bad bundle: not a bundle encoding");
+    const std::uint32_t magic = r.u32();
+    if (magic != kBundleMagic && magic != kStrongBundleMagic) {
+      return make_error(Errc::bad_bundle, "bad bundle: not a bundle encoding");
+    }
     BundleManifest& m = b.manifest;
     m.name = r.string();
     m.version = r.string();
@@ -138,6 +151,14 @@ Result<Bundle> decode_bundle(std::span<const std::uint8_t> bytes) {
     m.quotas = wire::read_limits(r);
     m.max_hops = r.u32();
     m.cpu_budget = r.u64();
+    if (magic == kStrongBundleMagic) {
+      m.mobility = r.string();
+      // One encoding per bundle: a weak one is always SJB2.
+      if (m.mobility != kStrongMobility) {
+        return make_error(Errc::bad_bundle, "bad bundle: not a canonical encoding (mobility '" + m.mobility +
+                                                "' in the strong bundle format)");
+      }
+    }
     const std::uint32_t files = r.count(8, "file");
     std::string previous;
     for (std::uint32_t i = 0; i < files; ++i) {

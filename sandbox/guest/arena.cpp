@@ -356,6 +356,39 @@ void FixedArena::reset() noexcept {
   *this = over(static_cast<void*>(header_), bytes);
 }
 
+namespace {
+
+// Zeroes a free block past its list node; returns the bytes of whole pages that became zero.
+std::size_t clear_block(std::byte* block, std::size_t size) {
+  if (size <= sizeof(LargeFree)) return 0;
+  // SAFETY: [block + node, block + size) lies inside the free block, so inside the region, and
+  // nothing live points into it.
+  std::memset(block + sizeof(LargeFree), 0, size - sizeof(LargeFree));
+  const auto from = (reinterpret_cast<std::uintptr_t>(block) + sizeof(LargeFree) + kPage - 1) & ~(kPage - 1);
+  const auto to = (reinterpret_cast<std::uintptr_t>(block) + size) & ~(kPage - 1);
+  return to > from ? to - from : 0;
+}
+
+}  // namespace
+
+std::size_t FixedArena::clear_free_pages() noexcept {
+  Header& h = *header_;
+  coalesce_all(h);
+  std::size_t cleared = 0;
+  for (std::size_t i = 0; i < kSmallLists; ++i) {
+    for (SmallFree* node = h.small[i]; node != nullptr; node = node->next) cleared += clear_block(as_bytes(node), (i + 1) * kAlign);
+  }
+  for (LargeFree* node = h.large; node != nullptr; node = node->next) cleared += clear_block(as_bytes(node), node->size);
+  // Above the top: what was handed out and came back (the span ends at the top's page, whose
+  // tail may hold old bytes).
+  const auto top = reinterpret_cast<std::uintptr_t>(h.top);
+  const auto page_end = (top + kPage - 1) & ~(kPage - 1);
+  const auto end = reinterpret_cast<std::uintptr_t>(h.end);
+  // SAFETY: [top, min(page_end, end)) lies inside the region, above every live block.
+  if (page_end > top) std::memset(h.top, 0, std::min(page_end, end) - top);
+  return cleared;
+}
+
 bool FixedArena::contains(const void* block) const noexcept {
   const auto* p = static_cast<const std::byte*>(block);
   return p >= header_->start && p < header_->end;

@@ -56,6 +56,12 @@ class FixedArena final : public LuaHeap {
   // Bytes between the region's start and its top: what a checkpoint would have to copy.
   std::size_t high_water() const noexcept;
   bool contains(const void* block) const noexcept;
+  // Before the arena is imaged (strong mobility): merges adjacent free blocks (lowering the
+  // top over those that end at it) and zeroes every free block past the list node at its
+  // start, so that freed memory travels as all-zero pages, which an image leaves out (and the
+  // pages it shares with live data compress better). Live blocks and the bookkeeping are
+  // untouched. Returns the bytes of whole pages that became zero.
+  std::size_t clear_free_pages() noexcept;
   // Back to the arena a fresh map_at gives, for a warm guest's next run (docs/jails.md,
   // "Warm guests"): every byte up to the highest top any allocation reached is zeroed (the
   // pages stay mapped, so the next run faults none in) and the bookkeeping is rebuilt. Only

@@ -133,12 +133,16 @@ channel::AgentDone agent_done_of(const Result<AgentOutcome>& outcome) {
 FixedArena* guest_arena() { return dynamic_cast<FixedArena*>(installed_lua_heap()); }
 
 // A strong stop: the arena's used span goes to the host as one heap_span frame written
-// straight from the arena (no copy in the guest's C++ heap), before the agent_done.
+// straight from the arena (no copy in the guest's C++ heap), before the agent_done. Free
+// blocks are zeroed first, so that only live data survives the image's zero-page rule.
 strong::StopSink span_writer(int fd) {
   return [fd](std::uintptr_t handle) -> Result<void> {
     FixedArena* arena = guest_arena();
     if (arena == nullptr) return errors::internal("a strong step needs the guest's arena");
     constexpr std::size_t kPage = 4096;
+    // Freed memory travels as zero pages, which the image leaves out (the collection before
+    // the stop freed the garbage; merging free blocks may also lower the top).
+    arena->clear_free_pages();
     const std::size_t used = (arena->high_water() + kPage - 1) & ~(kPage - 1);
     if (used > UINT32_MAX - 64) return errors::internal("the arena's span is too large for one frame");
     channel::Encoder e;

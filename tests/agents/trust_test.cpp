@@ -322,6 +322,53 @@ TEST_CASE("a node cannot raise an agent's quotas above what its owner signed") {
   CHECK(status->reason == "CPU limit of 50000 instructions exceeded");
 }
 
+TEST_CASE("a node cannot change the mobility an agent's owner signed") {
+  auto owner = new_key();
+  auto b = start_node("b", [](NodeOptions& o) { o.peer_isolation = Isolation::process; });
+  auto sender = start_node("sender");
+  auto transfer_of = [&](const Bundle& bundle, Mobility mobility, bool signed_by_owner) {
+    const auto bytes = encode_bundle(bundle);
+    AgentRecord record;
+    record.id = std::string(32, 'c');
+    record.home = sender->advertised_address();
+    record.owner = "t";
+    record.bundle_hash = sha256_hex(bytes);
+    record.entry = "start";
+    record.state = Value::table();
+    record.epoch = 1;
+    record.max_hops = 4;
+    record.mobility = mobility;
+    if (signed_by_owner) {
+      BundleSignature sig = sign_bundle(*owner, bundle);
+      record.signer = sig.public_key;
+      record.signature = sig.signature;
+    }
+    AgentTransfer t;
+    t.record = record;
+    t.bundle_bytes = as_string(bytes);
+    t.to = b->node_id();
+    t.nonce = random_nonce();
+    t.expires_unix_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+                            std::chrono::system_clock::now().time_since_epoch() + 30s).count();
+    return message_args(encode(t));
+  };
+  auto weak = single_file_bundle("walker", "function start(s) return 1 end", {"start"});
+  REQUIRE(weak.ok());
+  Bundle strong = *weak;
+  strong.manifest.mobility = "strong";
+  // Signed weak, arriving as a strong agent: refused before any image is looked at.
+  auto raised = sender->call(b->advertised_address(), "agent.transfer", transfer_of(*weak, Mobility::strong, true));
+  CHECK_ERROR(raised, Errc::quota_raised, "agent " + std::string(32, 'c'),
+              "claims strong mobility, not the weak mobility its owner signed");
+  // A strong manifest, arriving as a weak agent (signed or not): refused.
+  auto lowered = sender->call(b->advertised_address(), "agent.transfer", transfer_of(strong, Mobility::weak, true));
+  CHECK_ERROR(lowered, Errc::quota_raised, "claims weak mobility, not the strong mobility its owner signed");
+  auto unsigned_lowered = sender->call(b->advertised_address(), "agent.transfer", transfer_of(strong, Mobility::weak, false));
+  CHECK_ERROR(unsigned_lowered, Errc::quota_raised, "claims weak mobility, not the strong mobility its manifest sets");
+  // What the owner signed is accepted (a weak agent of a weak bundle).
+  CHECK(sender->call(b->advertised_address(), "agent.transfer", transfer_of(*weak, Mobility::weak, true)).ok());
+}
+
 TEST_CASE("a captured TRANSFER replayed later, or at another node, is refused and runs nothing twice") {
   auto home = start_node("home", [](NodeOptions& o) { o.transfer_lifetime = 400ms; });
   test::TcpRecorder wire;  // the path to b, where an attacker listens

@@ -1,6 +1,7 @@
 // Tests of code bundles: names that cannot be paths, the canonical encoding, and the hash.
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <string>
 #include <vector>
 
@@ -74,4 +75,35 @@ TEST_CASE("bytecode, a missing main file and mangled encodings are refused") {
     auto r = sojourn::decode_bundle(std::span(bytes.data(), cut));
     CHECK_FALSE(r.ok());
   }
+}
+
+TEST_CASE("the manifest's mobility is encoded, hashed and checked, and a weak bundle's encoding is unchanged") {
+  Bundle weak = sample();
+  const auto weak_bytes = sojourn::encode_bundle(weak);
+  // A weak bundle keeps the SJB2 encoding (its hash from before the field existed); the first
+  // byte is the portable-binary endianness byte.
+  CHECK(std::string(weak_bytes.begin() + 1, weak_bytes.begin() + 5) == "2BJS");
+  Bundle strong = weak;
+  strong.manifest.mobility = "strong";
+  const auto strong_bytes = sojourn::encode_bundle(strong);
+  CHECK(std::string(strong_bytes.begin() + 1, strong_bytes.begin() + 5) == "3BJS");
+  CHECK(sojourn::bundle_hash(strong) != sojourn::bundle_hash(weak));
+  CHECK(sojourn::encode_manifest(strong.manifest) != sojourn::encode_manifest(weak.manifest));
+  auto back = sojourn::decode_bundle(strong_bytes);
+  REQUIRE(back.ok());
+  CHECK(back->manifest.mobility == "strong");
+  CHECK(*back == strong);
+  auto weak_back = sojourn::decode_bundle(weak_bytes);
+  REQUIRE(weak_back.ok());
+  CHECK(weak_back->manifest.mobility == "weak");
+  Bundle odd = weak;
+  odd.manifest.mobility = "sticky";
+  CHECK_ERROR(sojourn::validate_bundle(odd), Errc::bad_bundle, "mobility must be weak or strong, not 'sticky'");
+  // The strong format naming weak mobility is a second encoding of a weak bundle: refused.
+  auto mangled = strong_bytes;
+  const std::string needle = "strong";
+  auto at = std::search(mangled.begin() + 4, mangled.end(), needle.begin(), needle.end());
+  REQUIRE(at != mangled.end());
+  std::copy_n("stronk", 6, at);
+  CHECK_ERROR(sojourn::decode_bundle(mangled), Errc::bad_bundle, "not a canonical encoding");
 }

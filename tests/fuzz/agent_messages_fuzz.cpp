@@ -42,5 +42,6 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   round_trip(bytes, decode_wait_query);
   round_trip(bytes, decode_fetch_query);
   round_trip(bytes, decode_fetch_answer);
+  round_trip(bytes, decode_image_part);
   return 0;
 }

@@ -96,6 +96,82 @@ TEST_CASE("large free blocks coalesce so a bigger block fits where smaller ones 
   arena.release(guard, 64);
 }
 
+TEST_CASE("clearing free pages zeroes freed memory, keeps every live block, and lowers the top") {
+  Region region(32u << 20);
+  FixedArena arena = FixedArena::over(region.aligned(), region.size);
+  std::mt19937 random(13);
+  struct Live {
+    std::byte* at;
+    std::size_t size;
+    unsigned char fill;
+  };
+  std::vector<Live> live;
+  std::vector<std::pair<std::byte*, std::size_t>> freed;
+  // Small and large blocks interleaved, every other one freed: the free memory is spread among
+  // live blocks, in both kinds of free list, and neighbours of the small lists never merge alone.
+  for (int i = 0; i < 600; ++i) {
+    const std::size_t size = i % 3 == 0 ? 40000 + random() % 30000 : 16 + random() % 9000;
+    auto* block = static_cast<std::byte*>(arena.allocate(size));
+    REQUIRE(block != nullptr);
+    const auto fill = static_cast<unsigned char>(1 + i % 250);
+    std::memset(block, fill, size);
+    if (i % 2 == 0) live.push_back({block, size, fill});
+    else freed.emplace_back(block, size);
+  }
+  auto* last = static_cast<std::byte*>(arena.allocate(300000));  // freed below: the top comes down
+  std::memset(last, 0x5a, 300000);
+  for (auto [block, size] : freed) arena.release(block, size);
+  arena.release(last, 300000);
+  const std::size_t top_before = arena.high_water();
+  const std::size_t cleared = arena.clear_free_pages();
+  CHECK(arena.high_water() <= top_before);
+  std::size_t freed_bytes = 0;
+  for (auto [block, size] : freed) freed_bytes += size;
+  CHECK(cleared > freed_bytes / 2);  // most freed memory lies in whole pages
+  // Every live block still holds its bytes.
+  std::size_t damaged = 0;
+  for (const Live& block : live) {
+    for (std::size_t i = 0; i < block.size; ++i) damaged += block.at[i] != std::byte{block.fill};
+  }
+  CHECK(damaged == 0);
+  // Below the top, every page with no live byte is all zero.
+  const auto base = reinterpret_cast<std::uintptr_t>(region.aligned());
+  const std::uintptr_t top = base + arena.high_water();
+  std::vector<bool> has_live((top - base) / 4096 + 2, false);
+  for (const Live& block : live) {
+    const auto from = reinterpret_cast<std::uintptr_t>(block.at);
+    for (std::uintptr_t page = from & ~std::uintptr_t{4095}; page < from + block.size; page += 4096) {
+      has_live[(page - (base & ~std::uintptr_t{4095})) / 4096] = true;
+    }
+  }
+  std::size_t dirty_pages = 0, free_pages = 0;
+  for (std::uintptr_t page = (base + 4095) & ~std::uintptr_t{4095}; page + 4096 <= top; page += 4096) {
+    if (has_live[(page - (base & ~std::uintptr_t{4095})) / 4096] || page < base + 4096) continue;
+    ++free_pages;
+    const auto* bytes = reinterpret_cast<const unsigned char*>(page);
+    for (std::size_t i = 0; i < 4096; ++i) {
+      if (bytes[i] != 0) {
+        ++dirty_pages;
+        break;
+      }
+    }
+  }
+  CHECK(free_pages > 100);
+  // A free page may keep the 16-byte list node of a block starting on it: at most one per block.
+  CHECK(dirty_pages * 4 < free_pages);
+  // The arena goes on working over the cleared memory.
+  for (int i = 0; i < 200; ++i) {
+    const std::size_t size = 16 + random() % 50000;
+    auto* block = static_cast<std::byte*>(arena.allocate(size));
+    REQUIRE(block != nullptr);
+    std::memset(block, 0x77, size);
+  }
+  for (const Live& block : live) {
+    for (std::size_t i = 0; i < block.size; ++i) damaged += block.at[i] != std::byte{block.fill};
+  }
+  CHECK(damaged == 0);
+}
+
 TEST_CASE("realloc keeps the contents, grows in place at the top, and fails cleanly when full") {
   Region region(1u << 20);
   FixedArena arena = FixedArena::over(region.aligned(), region.size);

@@ -26,6 +26,11 @@ struct BundleManifest {
   // (zero: no total, only the per-run quota). A signed bundle makes this the ceiling
   // every node applies; the agent record carries what is left.
   std::uint64_t cpu_budget = 0;
+  // For agents: "weak" (the state table travels, a go restarts at an entry) or "strong" (the
+  // heap image travels, a go returns on the destination). Signed with the rest: a node runs
+  // an agent of a strong bundle as a strong agent, and a signed bundle's agent only with the
+  // mobility its owner signed.
+  std::string mobility = "weak";
 
   friend bool operator==(const BundleManifest&, const BundleManifest&) = default;
 };
@@ -49,13 +54,16 @@ Result<void> validate_module_name(std::string_view name);
 Result<void> validate_file_name(std::string_view name);
 
 // Every name valid, the main file present, at most 256 files and 16 MiB of source, no
-// bytecode ("bad bundle: file NAME is not Lua source text").
+// bytecode ("bad bundle: file NAME is not Lua source text"), the mobility "weak" or "strong"
+// ("bad bundle: mobility must be weak or strong, not 'X'").
 Result<void> validate_bundle(const Bundle& bundle);
 
 // A one-file bundle: manifest.name = `name`, main = "<name>.lua".
 Result<Bundle> single_file_bundle(std::string name, std::string source, std::vector<std::string> entry_points = {});
 
-// The canonical encoding (fields in a fixed order, files sorted by name) and its hash.
+// The canonical encoding (fields in a fixed order, files sorted by name) and its hash. A weak
+// bundle keeps the encoding it had before the manifest named a mobility (so its hash is
+// unchanged); a strong one is encoded with the mobility after the CPU budget.
 std::vector<std::uint8_t> encode_bundle(const Bundle& bundle);
 // The manifest alone, in the same canonical form (what a bundle signature covers with the hash).
 std::vector<std::uint8_t> encode_manifest(const BundleManifest& manifest);

@@ -1,0 +1,105 @@
+// Assembling heap images sent in pieces (image_staging.hpp). The declared sizes in an image's
+// header bound what is kept for it; the hash and every other check come at its TRANSFER and
+// again when a jail opens it.
+#include "agents/image_staging.hpp"
+
+#include <span>
+
+#include "sandbox/guest/arena.hpp"
+#include "sandbox/image/heap_image.hpp"
+#include "sojourn/core/bundle.hpp"
+
+namespace sojourn {
+
+namespace {
+
+namespace image = sandbox::image;
+
+Error refused(const std::string& why) { return make_error(Errc::sandbox_refused, "refused by the sandbox: " + why); }
+
+// The most a sealed image of `payload` bytes can take: zstd's worst case (a stored frame a
+// little larger than its input) and the header.
+std::uint64_t sealed_bound(std::uint64_t payload) { return image::kHeaderBytes + payload + payload / 128 + (128u << 10); }
+
+}  // namespace
+
+void ImageStaging::prune_locked(std::chrono::steady_clock::time_point now) {
+  for (auto it = staged_.begin(); it != staged_.end();) {
+    if (it->second.expires <= now) {
+      reserved_ -= it->second.total;
+      it = staged_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+}
+
+Result<void> ImageStaging::add(ImagePart part) {
+  if (!is_agent_id(part.id) || !is_lower_hex(part.image_sha256, 64)) return errors::invalid_argument("bad image part");
+  const auto now = std::chrono::steady_clock::now();
+  std::lock_guard lock(mutex_);
+  prune_locked(now);
+  const auto key = std::make_pair(part.id, part.epoch);
+  auto it = staged_.find(key);
+  if (part.offset == 0) {
+    if (it != staged_.end()) {  // a retried hand-over starts over
+      reserved_ -= it->second.total;
+      staged_.erase(it);
+    }
+    if (part.bytes.size() < image::kHeaderBytes) return refused("heap image: its first piece is shorter than its header");
+    // SAFETY: the string's bytes are read as unsigned bytes of the same size.
+    const std::span<const std::uint8_t> head(reinterpret_cast<const std::uint8_t*>(part.bytes.data()), part.bytes.size());
+    auto header = image::peek_header(head);
+    if (!header) return header.error();
+    const std::uint64_t max_arena = sandbox::guest::arena_bytes_for_quota(bounds_.max_memory_bytes);
+    if (header->arena_bytes > max_arena) {
+      return refused("heap image declares an arena of " + std::to_string(header->arena_bytes) +
+                     " bytes, above the memory quota's " + std::to_string(max_arena) + " bytes");
+    }
+    const std::uint64_t pages = header->used_bytes / image::kPageBytes;
+    if (header->used_bytes > header->arena_bytes || header->payload_bytes > (pages + 7) / 8 + header->used_bytes) {
+      return refused("heap image declares a payload of " + std::to_string(header->payload_bytes) +
+                     " bytes for a span of " + std::to_string(header->used_bytes));
+    }
+    if (part.total_bytes > sealed_bound(header->payload_bytes)) {
+      return refused("heap image of " + std::to_string(part.total_bytes) + " bytes is larger than its payload of " +
+                     std::to_string(header->payload_bytes) + " bytes can seal to");
+    }
+    if (part.total_bytes > bounds_.max_staged_bytes - std::min(bounds_.max_staged_bytes, reserved_)) {
+      return refused("heap images in transit here would pass " + std::to_string(bounds_.max_staged_bytes) +
+                     " bytes; try again later");
+    }
+    Staged fresh;
+    fresh.sha256 = part.image_sha256;
+    fresh.total = part.total_bytes;
+    fresh.bytes.reserve(part.total_bytes);
+    fresh.expires = now + bounds_.lifetime;
+    reserved_ += fresh.total;
+    it = staged_.emplace(key, std::move(fresh)).first;
+  } else if (it == staged_.end() || it->second.sha256 != part.image_sha256 || it->second.total != part.total_bytes ||
+             it->second.bytes.size() != part.offset) {
+    return errors::invalid_argument("image part at offset " + std::to_string(part.offset) + " of agent " + part.id +
+                                    " follows no piece before it");
+  }
+  // part.bytes ends inside the declared total (decode_image_part checked it).
+  it->second.bytes.insert(it->second.bytes.end(), part.bytes.begin(), part.bytes.end());
+  return {};
+}
+
+std::optional<std::vector<std::uint8_t>> ImageStaging::take(const std::string& id, std::uint64_t epoch,
+                                                            const std::string& sha256) {
+  std::lock_guard lock(mutex_);
+  auto it = staged_.find({id, epoch});
+  if (it == staged_.end() || it->second.sha256 != sha256 || it->second.bytes.size() != it->second.total) return std::nullopt;
+  std::vector<std::uint8_t> bytes = std::move(it->second.bytes);
+  reserved_ -= it->second.total;
+  staged_.erase(it);
+  return bytes;
+}
+
+std::uint64_t ImageStaging::staged_bytes() {
+  std::lock_guard lock(mutex_);
+  return reserved_;
+}
+
+}  // namespace sojourn
