@@ -1,5 +1,5 @@
 // Bounded agent state (docs/migration.md, "What a node remembers"): COMMITs and highest
-// epochs past the transfer lifetime and ended agents past their retention are forgotten;
+// epochs past the transfer lifetime, expired nonces and ended agents past their retention are forgotten;
 // and waiting for an agent's end, woken by the end itself instead of polling.
 #include "agents/agent_runtime.hpp"
 
@@ -75,8 +75,13 @@ void AgentRuntime::prune_locked(std::int64_t now) {
 }
 
 void AgentRuntime::prune() {
-  std::lock_guard lock(mutex_);
-  prune_locked(now_ms());
+  {
+    std::lock_guard lock(mutex_);
+    prune_locked(now_ms());
+  }
+  // The replay guard's nonces expire on the same sweep (it prunes itself on admit too, but an
+  // idle node admits nothing).
+  trust_.replay().prune();
 }
 
 void AgentRuntime::start_sweeps() {
@@ -192,6 +197,11 @@ std::uint64_t AgentRuntime::tracked_count() {
 std::uint64_t AgentRuntime::commits_count() {
   std::lock_guard lock(mutex_);
   return commits_.size();
+}
+
+std::uint64_t AgentRuntime::epochs_count() {
+  std::lock_guard lock(mutex_);
+  return highest_epoch_.size();
 }
 
 }  // namespace sojourn

@@ -89,7 +89,8 @@ class AgentRuntime : public std::enable_shared_from_this<AgentRuntime>, public M
   asio::awaitable<Result<AgentStatus>> wait_agent(std::string home, std::string id, std::chrono::milliseconds timeout);
   // Bounded state (docs/migration.md, "What a node remembers"): drops the COMMITs, highest
   // epochs and ended agents whose retention has passed. Runs on each insertion, on each
-  // read of an ended agent and on a periodic timer (start_sweeps).
+  // read of an ended agent and on a periodic timer (start_sweeps), which also drops the
+  // replay guard's expired nonces.
   void prune();
   void start_sweeps();
   // With a store: takes back the agents this node is home to, as the store kept them
@@ -103,6 +104,7 @@ class AgentRuntime : public std::enable_shared_from_this<AgentRuntime>, public M
   void stop();
   std::uint64_t tracked_count();
   std::uint64_t commits_count();
+  std::uint64_t epochs_count();
   // Observability (docs/observability.md): the node's metrics and trace, fed at the agents'
   // state changes; the dashboard's list of agents (resident here, or tracked here); the bytes
   // of resident agents' states.
