@@ -46,24 +46,46 @@ std::int64_t AgentRuntime::forget_at(const Tracked& t) const {
   return at;
 }
 
+// One entry per ended agent: an entry left behind by a read would stay in due_ (about 140
+// bytes) until ended_agent_retention, long after the agent was forgotten, so a busy home
+// would hold one per agent of the last ten minutes.
+void AgentRuntime::schedule_forget(const std::string& id, Tracked& t) {
+  if (t.due_ms != 0) {
+    auto [first, last] = due_.equal_range(t.due_ms);
+    for (auto it = first; it != last; ++it) {
+      if (it->second.tracked && it->second.id == id) {
+        due_.erase(it);
+        break;
+      }
+    }
+  }
+  t.due_ms = forget_at(t);
+  due_.emplace(t.due_ms, Due{id, 0, true});
+}
+
 void AgentRuntime::mark_ended(const std::string& id, Tracked& t) {
   wake_waiters_locked(id);
   if (!t.status.done() || t.ended_ms != 0) return;  // stranded: it may still be moved on
   t.ended_ms = now_ms();
-  due_.emplace(forget_at(t), Due{id, 0, true});
+  schedule_forget(id, t);
   prune_locked(t.ended_ms);
 }
 
 void AgentRuntime::prune_locked(std::int64_t now) {
   while (!due_.empty() && due_.begin()->first <= now) {
+    const std::int64_t at = due_.begin()->first;
     Due d = std::move(due_.begin()->second);
     due_.erase(due_.begin());
     if (d.tracked) {
       auto it = tracked_.find(d.id);
-      // Kept if it was read (a later due entry exists) or, impossible today, ran again.
-      if (it != tracked_.end() && it->second.ended_ms != 0 && forget_at(it->second) <= now) {
+      if (it == tracked_.end()) continue;
+      Tracked& t = it->second;
+      if (t.due_ms == at) t.due_ms = 0;  // its entry is gone
+      if (t.ended_ms != 0 && forget_at(t) <= now) {
         tracked_.erase(it);
         forget_tracked(d.id);
+      } else if (t.ended_ms != 0 && t.due_ms == 0) {
+        schedule_forget(d.id, t);  // not due yet (impossible today): looked at again then
       }
       continue;
     }

@@ -152,6 +152,9 @@ class AgentRuntime : public std::enable_shared_from_this<AgentRuntime>, public M
     std::string launcher;  // AgentRecord::launcher
     // Retention once it ended (prune): when it ended and when its result was first read.
     std::int64_t ended_ms = 0, read_ms = 0;
+    // The time of its one entry in due_ (0: none), so that a read, which brings its
+    // forgetting forward, replaces that entry rather than leaving it behind. Not stored.
+    std::int64_t due_ms = 0;
   };
   // What a destination remembers of a hand-over it committed (migration.cpp).
   struct Commit {
@@ -257,6 +260,8 @@ class AgentRuntime : public std::enable_shared_from_this<AgentRuntime>, public M
   void remember_commit(const std::string& id, std::uint64_t epoch, const AgentCommit& commit);
   void mark_ended(const std::string& id, Tracked& t);  // wakes waiters, schedules forgetting
   std::int64_t forget_at(const Tracked& t) const;
+  // Puts an ended agent's one due_ entry at forget_at(t), replacing the one it had.
+  void schedule_forget(const std::string& id, Tracked& t);
   void prune_locked(std::int64_t now);
   void wake_waiters_locked(const std::string& id);
 
