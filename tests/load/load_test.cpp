@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cstddef>
 #include <cstdio>
 #include <fstream>
 #include <memory>
@@ -20,7 +21,9 @@
 #include <vector>
 
 #if defined(__SANITIZE_ADDRESS__)
-#include <sanitizer/allocator_interface.h>
+// The sanitizer runtime's own count of bytes in use (sanitizer/allocator_interface.h, which
+// g++ 12 does not ship; libasan exports the function).
+extern "C" std::size_t __sanitizer_get_current_allocated_bytes();
 #define SOJOURN_LOAD_ASAN 1
 #endif
 
