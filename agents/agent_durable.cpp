@@ -324,12 +324,12 @@ Result<void> AgentRuntime::load_durable() {
     for (auto& [id, bytes] : *rows) {
       auto t = decode_tracked(bytes);
       if (!t) return errors::invalid_argument(store_->path() + ": tracked agent " + id + " does not decode: " + t.error().message);
-      if (t->ended_ms != 0) due_.emplace(forget_at(*t), Due{id, 0, true});
       if (!t->status.done() && t->status.status != AgentState::stranded) {
         ++running;
         if (!t->pending.empty()) to_forward.push_back(id);
       }
-      tracked_[id] = std::move(*t);
+      Tracked& kept = tracked_[id] = std::move(*t);
+      if (kept.ended_ms != 0) schedule_forget(id, kept);
     }
     prune_locked(now_ms());  // what expired while the node was down goes now
   }

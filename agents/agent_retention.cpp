@@ -1,5 +1,5 @@
 // Bounded agent state (docs/migration.md, "What a node remembers"): COMMITs and highest
-// epochs past the transfer lifetime and ended agents past their retention are forgotten;
+// epochs past the transfer lifetime, expired nonces and ended agents past their retention are forgotten;
 // and waiting for an agent's end, woken by the end itself instead of polling.
 #include "agents/agent_runtime.hpp"
 
@@ -46,25 +46,47 @@ std::int64_t AgentRuntime::forget_at(const Tracked& t) const {
   return at;
 }
 
+// One entry per ended agent: an entry left behind by a read would stay in due_ (about 140
+// bytes) until ended_agent_retention, long after the agent was forgotten, so a busy home
+// would hold one per agent of the last ten minutes.
+void AgentRuntime::schedule_forget(const std::string& id, Tracked& t) {
+  if (t.due_ms != 0) {
+    auto [first, last] = due_.equal_range(t.due_ms);
+    for (auto it = first; it != last; ++it) {
+      if (it->second.tracked && it->second.id == id) {
+        due_.erase(it);
+        break;
+      }
+    }
+  }
+  t.due_ms = forget_at(t);
+  due_.emplace(t.due_ms, Due{id, 0, true});
+}
+
 void AgentRuntime::mark_ended(const std::string& id, Tracked& t) {
   wake_waiters_locked(id);
   if (!t.status.done() || t.ended_ms != 0) return;  // stranded: it may still be moved on
   t.ended_ms = now_ms();
-  due_.emplace(forget_at(t), Due{id, 0, true});
+  schedule_forget(id, t);
   prune_locked(t.ended_ms);
 }
 
 void AgentRuntime::prune_locked(std::int64_t now) {
   std::vector<NodeStore::Write> gone;  // the store's commit rows, on the same schedule
   while (!due_.empty() && due_.begin()->first <= now) {
+    const std::int64_t at = due_.begin()->first;
     Due d = std::move(due_.begin()->second);
     due_.erase(due_.begin());
     if (d.tracked) {
       auto it = tracked_.find(d.id);
-      // Kept if it was read (a later due entry exists) or, impossible today, ran again.
-      if (it != tracked_.end() && it->second.ended_ms != 0 && forget_at(it->second) <= now) {
+      if (it == tracked_.end()) continue;
+      Tracked& t = it->second;
+      if (t.due_ms == at) t.due_ms = 0;  // its entry is gone
+      if (t.ended_ms != 0 && forget_at(t) <= now) {
         tracked_.erase(it);
         forget_tracked(d.id);
+      } else if (t.ended_ms != 0 && t.due_ms == 0) {
+        schedule_forget(d.id, t);  // not due yet (impossible today): looked at again then
       }
       continue;
     }
@@ -88,7 +110,9 @@ void AgentRuntime::prune() {
     std::lock_guard lock(mutex_);
     prune_locked(now);
   }
-  // Expired nonces leave the store on the sweep's schedule (in memory: at the next admit).
+  // The replay guard's nonces expire on the same sweep (it prunes itself on admit too, but an
+  // idle node admits nothing), and the stored ones with them.
+  trust_.replay().prune();
   if (store_) {
     if (auto r = store_->prune_nonces(now); !r) log_warn("agents", r.error().message);
   }
@@ -207,6 +231,11 @@ std::uint64_t AgentRuntime::tracked_count() {
 std::uint64_t AgentRuntime::commits_count() {
   std::lock_guard lock(mutex_);
   return commits_.size();
+}
+
+std::uint64_t AgentRuntime::epochs_count() {
+  std::lock_guard lock(mutex_);
+  return highest_epoch_.size();
 }
 
 }  // namespace sojourn

@@ -94,7 +94,8 @@ class AgentRuntime : public std::enable_shared_from_this<AgentRuntime>, public M
   asio::awaitable<Result<AgentStatus>> wait_agent(std::string home, std::string id, std::chrono::milliseconds timeout);
   // Bounded state (docs/migration.md, "What a node remembers"): drops the COMMITs, highest
   // epochs and ended agents whose retention has passed. Runs on each insertion, on each
-  // read of an ended agent and on a periodic timer (start_sweeps).
+  // read of an ended agent and on a periodic timer (start_sweeps), which also drops the
+  // replay guard's expired nonces.
   void prune();
   void start_sweeps();
   // With a store: takes back the agents this node is home to, as the store kept them
@@ -108,6 +109,7 @@ class AgentRuntime : public std::enable_shared_from_this<AgentRuntime>, public M
   void stop();
   std::uint64_t tracked_count();
   std::uint64_t commits_count();
+  std::uint64_t epochs_count();
   // Observability (docs/observability.md): the node's metrics and trace, fed at the agents'
   // state changes; the dashboard's list of agents (resident here, or tracked here); the bytes
   // of resident agents' states.
@@ -155,6 +157,9 @@ class AgentRuntime : public std::enable_shared_from_this<AgentRuntime>, public M
     std::string launcher;  // AgentRecord::launcher
     // Retention once it ended (prune): when it ended and when its result was first read.
     std::int64_t ended_ms = 0, read_ms = 0;
+    // The time of its one entry in due_ (0: none), so that a read, which brings its
+    // forgetting forward, replaces that entry rather than leaving it behind. Not stored.
+    std::int64_t due_ms = 0;
   };
   // What a destination remembers of a hand-over it committed (migration.cpp).
   struct Commit {
@@ -290,6 +295,8 @@ class AgentRuntime : public std::enable_shared_from_this<AgentRuntime>, public M
   void remember_commit(const std::string& id, std::uint64_t epoch, const AgentCommit& commit);
   void mark_ended(const std::string& id, Tracked& t);  // wakes waiters, schedules forgetting
   std::int64_t forget_at(const Tracked& t) const;
+  // Puts an ended agent's one due_ entry at forget_at(t), replacing the one it had.
+  void schedule_forget(const std::string& id, Tracked& t);
   void prune_locked(std::int64_t now);
   void wake_waiters_locked(const std::string& id);
 

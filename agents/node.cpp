@@ -137,6 +137,8 @@ NodeStats Node::stats() const {
   s.bundles_cached = impl_->agents->cache().entries();
   s.agents_tracked = impl_->agents->tracked_count();
   s.commits_remembered = impl_->agents->commits_count();
+  s.epochs_remembered = impl_->agents->epochs_count();
+  s.nonces_remembered = impl_->trust.replay().remembered();
   return s;
 }
 

@@ -440,7 +440,7 @@ Result<AgentStatus> AgentRuntime::status_of(std::string_view id, const PeerIdent
     t.read_ms = now_ms();
     // Not stored: after a restart the result is kept longer (until ended_agent_retention).
     if (auto stored = persist_tracked(t.status.id, t); !stored) log_warn("agents", stored.error().message);
-    due_.emplace(forget_at(t), Due{std::string(id), 0, true});
+    schedule_forget(it->first, t);  // sooner now: its entry moves
     prune_locked(t.read_ms);
   }
   return v;

@@ -59,16 +59,24 @@ Result<void> ReplayGuard::admit_here(std::string_view nonce, std::int64_t expire
   if (auto fresh = check_expiry(expires_unix_ms, what); !fresh) return fresh;
   const std::int64_t now = now_ms();
   std::lock_guard lock(mutex_);
-  if (now >= next_prune_) {
-    // Expired nonces can be forgotten: their messages are refused by their expiry now.
-    for (auto it = seen_.begin(); it != seen_.end();) it = it->second <= now ? seen_.erase(it) : std::next(it);
-    next_prune_ = now + 1000;
-  }
+  if (now >= next_prune_) prune_locked(now);
   if (!seen_.emplace(std::string(nonce), expires_unix_ms).second) {
     return make_error(Errc::replayed, "replayed: " + what + " with nonce " + std::string(nonce.substr(0, 16)) +
                                           " was accepted before");
   }
   return {};
+}
+
+void ReplayGuard::prune_locked(std::int64_t now) {
+  // Expired nonces can be forgotten: their messages are refused by their expiry now.
+  for (auto it = seen_.begin(); it != seen_.end();) it = it->second <= now ? seen_.erase(it) : std::next(it);
+  next_prune_ = now + 1000;
+}
+
+void ReplayGuard::prune() {
+  const std::int64_t now = now_ms();
+  std::lock_guard lock(mutex_);
+  prune_locked(now);
 }
 
 std::size_t ReplayGuard::remembered() {

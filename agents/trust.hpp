@@ -41,10 +41,15 @@ class ReplayGuard {
   // Checks the expiry only (a retried agent TRANSFER is answered before its nonce is).
   Result<void> check_expiry(std::int64_t expires_unix_ms, const std::string& what) const;
   std::size_t remembered();
+  // Forgets the nonces whose expiry has passed (their messages are refused by it now). admit
+  // does this at most once a second; the node's sweep (prune_interval) calls it too, so an
+  // idle node forgets them as well.
+  void prune();
 
  private:
   std::int64_t now_ms() const;
   Result<void> admit_here(std::string_view nonce, std::int64_t expires_unix_ms, const std::string& what);
+  void prune_locked(std::int64_t now);  // under mutex_
 
   std::chrono::milliseconds max_lifetime_;
   std::function<std::int64_t()> clock_;

@@ -97,6 +97,37 @@ TEST_CASE("a destination answers a duplicate TRANSFER within the lifetime and fo
   CHECK(c[1].stats().agents_resident == 2);  // the parked ones, once each
 }
 
+TEST_CASE("an idle destination forgets its COMMITs, highest epochs and TRANSFER nonces on the sweep alone") {
+  std::atomic<std::int64_t> skew{0};
+  Cluster c(2, [&](int i, NodeOptions& o) {
+    o.peer_isolation = Isolation::trusted;
+    if (i == 1) {
+      o.max_message_lifetime = 60'000ms;
+      o.prune_interval = 50ms;
+      o.expiry_clock = [&] { return unix_now_ms() + skew.load(); };
+    }
+  });
+  Value transfer = transfer_of(std::string(32, 'd'), c.addr[0], c[1].node_id(), unix_now_ms(), std::string(32, '3'));
+  REQUIRE(c[0].call(c.addr[1], "agent.transfer", Value::array({transfer})).ok());
+  NodeStats s = c[1].stats();
+  CHECK(s.commits_remembered == 1);
+  CHECK(s.epochs_remembered == 1);
+  CHECK(s.nonces_remembered == 1);
+  // Past the TRANSFER's expiry (30 s) and the lifetime (60 s), with no request coming: the
+  // timer's sweep alone forgets all three (the replay guard used to prune only on a new nonce).
+  skew = 61'000;
+  const auto until = std::chrono::steady_clock::now() + 10s;
+  while (std::chrono::steady_clock::now() < until) {
+    s = c[1].stats();
+    if (s.commits_remembered + s.epochs_remembered + s.nonces_remembered == 0) break;
+    std::this_thread::sleep_for(20ms);
+  }
+  CHECK(s.commits_remembered == 0);
+  CHECK(s.epochs_remembered == 0);
+  CHECK(s.nonces_remembered == 0);
+  CHECK(s.agents_resident == 1);  // the agent itself is still parked there: only its hand-over is forgotten
+}
+
 TEST_CASE("a home forgets an ended agent after its result was read, and then answers no_such_agent") {
   std::atomic<std::int64_t> skew{0};
   Cluster c(2, [&](int i, NodeOptions& o) {

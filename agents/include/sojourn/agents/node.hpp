@@ -203,6 +203,8 @@ struct NodeStats {
   std::uint64_t bundles_cached = 0;       // bundles in the code cache now
   std::uint64_t agents_tracked = 0;       // agents whose home is this node, ended ones not yet forgotten
   std::uint64_t commits_remembered = 0;   // hand-overs to this node it still answers duplicates of
+  std::uint64_t epochs_remembered = 0;    // agents whose highest epoch here it still refuses older ones by
+  std::uint64_t nonces_remembered = 0;    // nonces of TRANSFERs and signed requests not yet expired
 };
 
 class Node {
