@@ -289,7 +289,6 @@ Result<std::vector<std::uint8_t>> run_in_warm_guest(WarmGuest& warm, const RunIn
   const std::optional<std::uint64_t> before = guest_cpu_time_us(warm.guest.pid);
   const auto deadline = Clock::now() + std::chrono::milliseconds(limits.wall_ms + options.kill_grace_ms);
   HostChannel channel(std::move(warm.channel), deadline, input.abort);
-  channel.set_spin(std::chrono::microseconds(options.spin_us));
   Conversation talk =
       converse(channel, request, done, limits, host, input.max_result_bytes, options.heap_span, options.max_frame_bytes);
   if (talk.done) {

@@ -35,10 +35,6 @@ struct SessionOptions {
   // (the arena's size for the quota, above the memory limit); 0: the memory limit's bound.
   std::vector<std::uint8_t>* heap_span = nullptr;
   std::uint64_t max_frame_bytes = 0;
-  // How long the host polls the channel before it sleeps on it (HostChannel::set_spin): 0
-  // sleeps at once; a run on the node's network thread spins briefly, saving a wake-up
-  // when the guest answers within it.
-  std::uint32_t spin_us = 0;
 };
 
 // The exchange with a guest whose channel is `channel`, whatever started it (the zygote,

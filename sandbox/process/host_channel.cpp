@@ -73,16 +73,6 @@ ChannelStatus HostChannel::receive(std::vector<std::uint8_t>& out, std::size_t a
   }
 }
 
-bool HostChannel::spin_for_input() {
-  if (spin_.count() <= 0) return false;
-  const auto until = Clock::now() + spin_;
-  do {
-    pollfd p{fd_.get(), POLLIN, 0};
-    if (::poll(&p, 1, 0) > 0) return true;
-  } while (Clock::now() < until);
-  return false;
-}
-
 ChannelStatus HostChannel::fill_buffer() {
   std::uint8_t chunk[kHeaderReadChunk];
   for (;;) {
@@ -93,7 +83,6 @@ ChannelStatus HostChannel::fill_buffer() {
     }
     if (n < 0 && errno == EINTR) continue;
     if (n == 0 || errno != EAGAIN) return ChannelStatus::closed;
-    if (spin_for_input()) continue;
     if (ChannelStatus s = wait(POLLIN); s != ChannelStatus::ok) return s;
   }
 }

@@ -30,10 +30,6 @@ class HostChannel {
   using Clock = std::chrono::steady_clock;
   HostChannel(UniqueFd fd, Clock::time_point deadline, const std::atomic<bool>* abort);
 
-  // Before sleeping until the guest writes, keep trying to read for this long (0: never):
-  // an answer that comes within it costs no sleep and wake-up of the calling thread.
-  void set_spin(std::chrono::microseconds spin) { spin_ = spin; }
-
   ChannelStatus write(std::span<const std::uint8_t> frame);
   // The next frame, within `limits`. The payload grows as its bytes arrive and is read
   // straight into place; a frame over a limit is refused at its header, unread.
@@ -50,9 +46,6 @@ class HostChannel {
   UniqueFd fd_;
   Clock::time_point deadline_;
   const std::atomic<bool>* abort_;
-  std::chrono::microseconds spin_{0};
-  // True when something arrived within the spin (then a read is worth trying).
-  bool spin_for_input();
   // Received bytes not yet part of a frame's payload: a header, or what came after it.
   std::vector<std::uint8_t> buffer_;
   std::uint64_t refused_length_ = 0;

@@ -33,9 +33,6 @@ constexpr const char* kGuestName = "sojourn-guest";
 // The CPU time a warm guest may use in its life (its hard RLIMIT_CPU): a guest whose next
 // run's budget would pass it is retired.
 constexpr std::uint32_t kWarmGuestCpuSeconds = 600;
-// How long run_if_warm polls a guest's channel before sleeping on it: about a small run's
-// answer after its host call (docs/bench.md, "Warm guests on the network thread").
-constexpr std::uint32_t kWarmSpinUs = 50;
 
 bool executable(const fs::path& path) { return ::access(path.c_str(), X_OK) == 0 && fs::is_regular_file(path); }
 
@@ -260,18 +257,9 @@ class ZygoteJail final : public ProcessJail {
     reused_.fetch_add(1, std::memory_order_relaxed);
     const std::vector<std::uint8_t> request = channel::encode_frame(make_run_request(input, host));
     Result<std::vector<std::uint8_t>> done =
-        finish_in_warm_guest(key, *warm, input, request, channel::Kind::run_done, host, warm_session(kill_grace_ms));
+        finish_in_warm_guest(key, *warm, input, request, channel::Kind::run_done, host, SessionOptions{kill_grace_ms});
     if (!done) return Result<Value>(done.error());
     return run_outcome(*done);
-  }
-
-  // A run_if_warm session: the caller's grace, and a short spin before each sleep on the
-  // channel (the caller is a thread that others wait for: a wake-up saved is its latency).
-  static SessionOptions warm_session(std::uint32_t kill_grace_ms) {
-    SessionOptions session;
-    session.kill_grace_ms = kill_grace_ms;
-    session.spin_us = kWarmSpinUs;
-    return session;
   }
 
   // Runs the request in `warm` (taken for `key`, its CPU limit armed) and gives it back, or
