@@ -57,6 +57,17 @@ bool wait_for_warm(const ProcessJail& jail, std::uint64_t n) {
   return true;
 }
 
+// run_if_warm until a warm guest served it (up to 10 s): one just forked is passed over
+// while it still sets its own limits.
+std::optional<Result<Value>> run_when_warm(ProcessJail& jail, const RunInput& input) {
+  const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  for (;;) {
+    std::optional<Result<Value>> r = jail.run_if_warm(input, nullptr, 20);
+    if (r || std::chrono::steady_clock::now() > until) return r;
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+}
+
 }  // namespace
 
 TEST_CASE("a principal's later runs are served by a warm guest, without a fork on their path") {
@@ -167,7 +178,7 @@ TEST_CASE("run_if_warm serves only an idle warm guest of the run's own principal
   input.principal = "";
   CHECK_FALSE(jail->run_if_warm(input, nullptr, 20).has_value());  // nobody's guest is reused
   input.principal = "signer a";
-  std::optional<Result<Value>> five = jail->run_if_warm(input, nullptr, 20);
+  std::optional<Result<Value>> five = run_when_warm(*jail, input);
   REQUIRE(five.has_value());
   CHECK(first_integer(*five) == 5);
   CHECK(jail->status().guests_reused == 1);
@@ -175,7 +186,7 @@ TEST_CASE("run_if_warm serves only an idle warm guest of the run's own principal
   REQUIRE(wait_for_warm(*jail, 1));
   input.source = "--@spin\nreturn 1";
   input.limits = limits(50);
-  std::optional<Result<Value>> spin = jail->run_if_warm(input, nullptr, 20);
+  std::optional<Result<Value>> spin = run_when_warm(*jail, input);
   REQUIRE(spin.has_value());
   REQUIRE_FALSE(spin->ok());
   CHECK(spin->error().code == Errc::deadline);
@@ -183,7 +194,7 @@ TEST_CASE("run_if_warm serves only an idle warm guest of the run's own principal
   REQUIRE(wait_for_warm(*jail, 2));  // a's refilled guest and b's
   input.source = "return 6";
   input.limits = limits();
-  std::optional<Result<Value>> six = jail->run_if_warm(input, nullptr, 20);
+  std::optional<Result<Value>> six = run_when_warm(*jail, input);
   REQUIRE(six.has_value());
   CHECK(first_integer(*six) == 6);
 }
