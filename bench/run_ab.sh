@@ -29,13 +29,15 @@ for _ in $(seq 100); do
   ( exec 3<>"/dev/tcp/127.0.0.1/$port"; printf 'PING\r\n' >&3; IFS= read -r -t 1 reply <&3; [[ $reply == +PONG* ]] ) 2>/dev/null && break
   sleep 0.05
 done
-start_node() {  # BIN NAME [flags...] -> the node's address
+start_node() {  # BIN NAME [flags...]: started here (not in a subshell), so cleanup stops it
   local bin=$1 name=$2
   shift 2
   "$bin/sojourn" node --listen 127.0.0.1:0 --name "$name" "$@" >"$out/$name.out" 2>"$out/$name.err" &
   pids+=($!)
+}
+node_address() {  # NAME -> the node's address, once it listens
+  local name=$1 addr
   for _ in $(seq 200); do
-    local addr
     addr=$(sed -n "s/^node $name listening on //p" "$out/$name.out")
     if [[ -n $addr ]]; then echo "$addr"; return 0; fi
     sleep 0.05
@@ -44,8 +46,10 @@ start_node() {  # BIN NAME [flags...] -> the node's address
   cat "$out/$name.err" >&2
   return 1
 }
-node_a=$(start_node "$a" a "$@")
-node_b=$(start_node "$b" b "$@")
+start_node "$a" a "$@"
+start_node "$b" b "$@"
+node_a=$(node_address a)
+node_b=$(node_address b)
 echo "A: $a ($node_a), B: $b ($node_b), node flags: $*; load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
 for r in $(seq "$rounds"); do
   for side in a b; do
