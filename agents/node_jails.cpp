@@ -28,11 +28,13 @@ Isolation NodeJails::node_peer_level() {
   std::call_once(peer_level_once_, [this] {
     if (options_.peer_isolation) {
       resolved_peer_level_ = *options_.peer_isolation;
+      peer_level_known_.store(true, std::memory_order_release);
       return;
     }
     resolved_peer_level_ = jails_.strongest(Isolation::process);
     log_info("node", options_.name + ": code from peers runs at '" + std::string(isolation_name(resolved_peer_level_)) +
                          "' (the strongest level here)");
+    peer_level_known_.store(true, std::memory_order_release);
   });
   return resolved_peer_level_;
 }
@@ -61,6 +63,18 @@ std::vector<Isolation> NodeJails::started_levels() const {
     if (jails_.started(level) != nullptr) out.push_back(level);
   }
   return out;
+}
+
+std::optional<Isolation> NodeJails::known_peer_level() const {
+  if (!peer_level_known_.load(std::memory_order_acquire)) return std::nullopt;
+  return resolved_peer_level_;
+}
+
+std::optional<Result<Value>> NodeJails::run_chunk_if_warm(const sandbox::RunInput& input, sandbox::HostCalls* host,
+                                                          std::uint32_t kill_grace_ms) {
+  auto* process = dynamic_cast<sandbox::ProcessJail*>(jails_.started(Isolation::process));
+  if (process == nullptr) return std::nullopt;
+  return process->run_if_warm(input, host, kill_grace_ms);
 }
 
 Result<Value> NodeJails::run_chunk(Isolation level, const sandbox::RunInput& input, sandbox::HostCalls* host) {

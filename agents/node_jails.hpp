@@ -3,6 +3,7 @@
 #pragma once
 
 #include <array>
+#include <atomic>
 #include <cstdint>
 #include <mutex>
 #include <optional>
@@ -26,6 +27,8 @@ class NodeJails {
   // options.peer_isolation, or when it is unset the strongest level this node has (microvm
   // where KVM can run the guest, else process), decided once.
   Isolation node_peer_level();
+  // node_peer_level() once it has been decided; never decides it (which may start jails).
+  std::optional<Isolation> known_peer_level() const;
   // Why `level` cannot run here (its jail did not start), or null when it can.
   const std::string* unavailable(Isolation level) { return jails_.unavailable(level); }
   // The levels this node has, and why each missing one is missing (starts the jails).
@@ -34,6 +37,10 @@ class NodeJails {
   std::vector<Isolation> started_levels() const;
   // One chunk or one agent step at a level.
   Result<Value> run_chunk(Isolation level, const sandbox::RunInput& input, sandbox::HostCalls* host);
+  // A chunk at `process` in an idle warm guest of input.principal, if the process jail has
+  // started and has one (ProcessJail::run_if_warm); nullopt at once otherwise.
+  std::optional<Result<Value>> run_chunk_if_warm(const sandbox::RunInput& input, sandbox::HostCalls* host,
+                                                 std::uint32_t kill_grace_ms);
   Result<sandbox::AgentOutcome> run_agent_step(Isolation level, const sandbox::RunInput& input,
                                                const sandbox::AgentInput& agent, sandbox::HostCalls* host);
   // Strong steps (Jail::run_strong, Jail::resume_strong) at a level; trusted refuses them.
@@ -55,6 +62,7 @@ class NodeJails {
   sandbox::JailSet jails_;
   std::once_flag peer_level_once_;
   Isolation resolved_peer_level_ = Isolation::process;
+  std::atomic<bool> peer_level_known_{false};  // resolved_peer_level_ is set
   std::once_flag build_once_;
   std::optional<Result<std::array<std::uint8_t, 32>>> build_;
 };

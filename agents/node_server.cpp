@@ -333,19 +333,35 @@ class InlineHostCalls final : public sandbox::HostCalls {
 
 }  // namespace
 
+std::optional<Isolation> NodeServer::inline_level(const EvalRequest& request, const PolicyRule* rule) const {
+  std::optional<Isolation> level;
+  if (rule != nullptr) {
+    // A refusal is the worker path's to report.
+    if (rule->refuse) return std::nullopt;
+    for (Isolation l : rule->isolation) {
+      if (l >= request.isolation) {
+        level = l;
+        break;
+      }
+    }
+  } else if (options_.peer_isolation) {
+    level = std::max(request.isolation, *options_.peer_isolation);
+  } else if (std::optional<Isolation> known = jails_.known_peer_level()) {
+    level = std::max(request.isolation, *known);
+  }
+  if (level != Isolation::trusted && level != Isolation::process) return std::nullopt;
+  return level;
+}
+
 std::optional<Reply> NodeServer::try_inline_eval(const EvalRequest& request, const PeerIdentity& peer) {
   // Only unsigned code (a signature check would cost the network thread tens of microseconds
-  // and use up a nonce) asking for `trusted`, where this node runs it at `trusted` without
-  // starting a jail to decide.
+  // and use up a nonce), at `trusted`, or at `process` in a warm guest already waiting: the
+  // level is decided without starting a jail, and nothing here forks or waits for a guest.
   if (options_.inline_eval_instructions == 0 || options_.inline_eval_wall_ms == 0) return std::nullopt;
-  if (!request.signer.empty() || request.isolation != Isolation::trusted) return std::nullopt;
+  if (!request.signer.empty()) return std::nullopt;
   const PolicyRule* rule = trust_.rule_for({}, peer);
-  if (rule != nullptr) {
-    // A refusal, and the rule's level choice, are the worker path's to report.
-    if (rule->refuse || rule->isolation.empty() || rule->isolation.front() != Isolation::trusted) return std::nullopt;
-  } else if (!options_.peer_isolation || *options_.peer_isolation != Isolation::trusted) {
-    return std::nullopt;
-  }
+  const std::optional<Isolation> level = inline_level(request, rule);
+  if (!level) return std::nullopt;
   const std::string principal = peer.authenticated() ? "peer " + peer.fingerprint : std::string("anonymous");
   sandbox::RunInput input = eval_input(request, rule, principal);
   const Limits full = input.limits;
@@ -353,16 +369,28 @@ std::optional<Reply> NodeServer::try_inline_eval(const EvalRequest& request, con
   input.limits.wall_ms = std::min(full.wall_ms, options_.inline_eval_wall_ms);
   InlineHostCalls host(services_, rule, options_.peer_isolation.has_value());
   const auto started = std::chrono::steady_clock::now();
-  Result<Value> r = jails_.run_chunk(Isolation::trusted, input, &host);
+  Result<Value> r = Value{};
+  if (*level == Isolation::trusted) {
+    r = jails_.run_chunk(Isolation::trusted, input, &host);
+  } else {
+    // The guest's own hook stops it at the inline budgets (and it stays warm); one that does
+    // not stop (inside a C function) is killed the budget's own length later, not the jail's
+    // usual grace: the network thread waits for it.
+    std::optional<Result<Value>> warm = jails_.run_chunk_if_warm(input, &host, static_cast<std::uint32_t>(input.limits.wall_ms));
+    if (!warm) return std::nullopt;
+    r = std::move(*warm);
+  }
   if (host.gave_way()) return std::nullopt;
   if (!r) {
     // Out of the inline budget but not of the request's own: the worker runs it in full.
     if (r.error().code == Errc::cpu_limit && input.limits.cpu_instructions < full.cpu_instructions) return std::nullopt;
     if (r.error().code == Errc::deadline && input.limits.wall_ms < full.wall_ms) return std::nullopt;
   }
-  counters_.metrics.eval_seconds.observe({"trusted"}, std::chrono::steady_clock::now() - started);
+  const std::string level_name(isolation_name(*level));
+  counters_.metrics.eval_seconds.observe({level_name}, std::chrono::steady_clock::now() - started);
+  if (*level != Isolation::trusted) counters_.metrics.jail_starts.inc({level_name});
   Reply reply = r ? reply_ok(std::move(*r)) : reply_error(r.error());
-  reply.isolation = Isolation::trusted;
+  reply.isolation = *level;
   return reply;
 }
 

@@ -69,6 +69,10 @@ class NodeServer final : public RequestHandler {
   // `trusted` that stayed within the inline budgets and services, or nullopt when it must run
   // on a worker instead (nothing it did had an effect: it was stopped before any other call).
   std::optional<Reply> try_inline_eval(const EvalRequest& request, const PeerIdentity& peer);
+  // The level a fast-path attempt runs at, decided without starting a jail: trusted, or
+  // process (served only by a warm guest already waiting); nullopt leaves the request to
+  // the worker path, which decides and reports refusals and missing levels as before.
+  std::optional<Isolation> inline_level(const EvalRequest& request, const PolicyRule* rule) const;
   // The run's input, shared by both paths (`principal` must outlive it).
   sandbox::RunInput eval_input(const EvalRequest& request, const PolicyRule* rule, const std::string& principal) const;
   // The request's metrics (by service and outcome, errors by code) and its trace event.

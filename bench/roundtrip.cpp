@@ -32,6 +32,7 @@ struct Options {
   double seconds = 3.0;                     // time bound of one system's share of a row
   std::size_t rounds = 5;                   // latency rows alternate the systems this often
   std::string csv;                          // also write the figures here (bench/run_peers.sh)
+  std::string only;                         // "cs" or "rev": only those rows (a profile of one path)
 };
 
 constexpr const char* kUsage =
@@ -45,6 +46,7 @@ constexpr const char* kUsage =
     "  --warmup N               unmeasured requests before each row (default 500)\n"
     "  --rounds N               latency blocks alternating the two systems (default 5)\n"
     "  --csv FILE               also write id,unit,sojourn,sojourn_p99,redis,redis_p99 rows there\n"
+    "  --only cs|rev            measure only the client-server or only the remote-evaluation rows\n"
     "Writes key 'k' on both servers (sojourn kv.put k {x=1}; Redis SET k 1).\n"
     "Redis is reached at 127.0.0.1:PORT only.\n";
 
@@ -86,6 +88,10 @@ std::optional<Options> parse_options(int argc, char** argv) {
     else if (flag == "--warmup") o.warmup = count(flag, v, 0, 1e6);
     else if (flag == "--rounds") o.rounds = count(flag, v, 1, 1000);
     else if (flag == "--csv") o.csv = v;
+    else if (flag == "--only") {
+      o.only = v;
+      if (o.only != "cs" && o.only != "rev") throw UsageError("--only expects cs or rev, got '" + o.only + "'");
+    }
     else throw UsageError("unknown option " + flag);
   }
   if (o.sojourn_peer.empty() || o.redis_port == 0) throw UsageError("--sojourn and --redis are required");
@@ -103,6 +109,9 @@ struct LatencyRow {
   LatencySummary sojourn, redis;
   std::string error;  // set when the row could not be measured
 };
+
+// The error text of a row left out by --only.
+constexpr const char* kSkipped = "not measured (--only)";
 
 // Warms both up, then alternates blocks of the two so that a burst of noise from a
 // neighbour on the VM hits both systems rather than one.
@@ -268,26 +277,41 @@ int run(const Options& o) {
               o.requests, o.rounds, o.warmup);
   std::fflush(stdout);
 
+  // A row left out by --only keeps its place (the CSV's ids go by position) and is not written.
+  const bool cs = o.only != "rev", rev = o.only != "cs";
+  auto skipped = [](std::string workload) { return LatencyRow{std::move(workload), {}, {}, kSkipped}; };
   std::vector<LatencyRow> latency;
-  latency.push_back(measure_latency("CS  kv.get / GET, blocking API", sojourn_blocking_block(client, call),
-                                    redis_block(redis, get), o));
-  latency.push_back(measure_latency("CS  kv.get / GET, coroutine API", sojourn_coroutine_block(client, call),
-                                    redis_block(redis, get), o));
-  latency.push_back(measure_latency("REV eval / EVALSHA, blocking API", sojourn_blocking_block(client, eval),
-                                    redis_block(redis, evalsha), o));
-  latency.push_back(measure_latency("REV eval / EVALSHA, coroutine API", sojourn_coroutine_block(client, eval),
-                                    redis_block(redis, evalsha), o));
+  latency.push_back(cs ? measure_latency("CS  kv.get / GET, blocking API", sojourn_blocking_block(client, call),
+                                         redis_block(redis, get), o)
+                       : skipped("CS  kv.get / GET, blocking API"));
+  latency.push_back(cs ? measure_latency("CS  kv.get / GET, coroutine API", sojourn_coroutine_block(client, call),
+                                         redis_block(redis, get), o)
+                       : skipped("CS  kv.get / GET, coroutine API"));
+  latency.push_back(rev ? measure_latency("REV eval / EVALSHA, blocking API", sojourn_blocking_block(client, eval),
+                                          redis_block(redis, evalsha), o)
+                        : skipped("REV eval / EVALSHA, blocking API"));
+  latency.push_back(rev ? measure_latency("REV eval / EVALSHA, coroutine API", sojourn_coroutine_block(client, eval),
+                                          redis_block(redis, evalsha), o)
+                        : skipped("REV eval / EVALSHA, coroutine API"));
   print_latency(latency);
   std::printf("\n");
 
   std::vector<ThroughputRow> throughput;
-  throughput.push_back(measure_throughput("CS  kv.get / pipelined GET", client, call, redis, get, o));
-  throughput.push_back(measure_throughput("REV eval / pipelined EVALSHA", client, eval, redis, evalsha, o));
+  auto skipped_rate = [](std::string workload) {
+    ThroughputRow row;
+    row.workload = std::move(workload);
+    row.error = kSkipped;
+    return row;
+  };
+  throughput.push_back(cs ? measure_throughput("CS  kv.get / pipelined GET", client, call, redis, get, o)
+                          : skipped_rate("CS  kv.get / pipelined GET"));
+  throughput.push_back(rev ? measure_throughput("REV eval / pipelined EVALSHA", client, eval, redis, evalsha, o)
+                           : skipped_rate("REV eval / pipelined EVALSHA"));
   print_throughput(throughput, o.in_flight);
   print_details(latency, throughput);
   if (!o.csv.empty()) write_csv(o.csv, latency, throughput);
 
-  auto failed = [](const auto& row) { return !row.error.empty(); };
+  auto failed = [](const auto& row) { return !row.error.empty() && row.error != kSkipped; };
   bool any_failed = std::any_of(latency.begin(), latency.end(), failed) ||
                     std::any_of(throughput.begin(), throughput.end(), failed);
   return any_failed ? 1 : 0;

@@ -76,8 +76,9 @@ int main(int argc, char** argv) {
                        "Process-jail guests kept warm for each principal (a signer or a peer); 0: a fresh guest per run")
       ->capture_default_str()->check(CLI::Range(0, 1024));
   node_cmd->add_option("--inline-eval-instructions", node.inline_eval_instructions,
-                       "Unsigned evaluations run at 'trusted' are first tried on the network thread within this "
-                       "many Lua instructions (and 2 ms), reading only kv.get, kv.keys and node.info; 0: never")
+                       "Unsigned evaluations run at 'trusted', or at 'process' in an idle warm guest, are first tried "
+                       "on the network thread within this many Lua instructions (and 2 ms), reading only kv.get, "
+                       "kv.keys and node.info; 0: never")
       ->capture_default_str()->check(CLI::Range(std::uint64_t{0}, std::uint64_t{1'000'000}));
   node_cmd->add_option("--advertise", node.advertise,
                        "HOST:PORT peers reach this node at (default: the first --listen; for 0.0.0.0/[::] an address of "

@@ -180,20 +180,27 @@ std::vector<detail::SharedText> find_candidates(lua_State* L, std::string_view c
   return out;
 }
 
-void add_library_function(lua_State* L, int library, int fn, const std::string& name) {
-  lua_pushlstring(L, name.data(), name.size());
+// The name is the string at the top of the stack (popped); `fn` the function it names.
+void add_library_function(lua_State* L, int library, int fn) {
+  const int name = lua_gettop(L);
+  lua_pushvalue(L, name);
   lua_pushvalue(L, fn);
   lua_rawset(L, library);
   // One name per function, the same on every node: the shortest, then the first in order.
   lua_pushvalue(L, fn);
   lua_rawget(L, library);
-  const bool better = !lua_isstring(L, -1) || name.size() < lua_view(L, -1).size() ||
-                      (name.size() == lua_view(L, -1).size() && name < lua_view(L, -1));
+  bool better = !lua_isstring(L, -1);
+  if (!better) {
+    const std::string_view now = lua_view(L, -1), candidate = lua_view(L, name);
+    better = candidate.size() < now.size() || (candidate.size() == now.size() && candidate < now);
+  }
   lua_pop(L, 1);
-  if (!better) return;
-  lua_pushvalue(L, fn);
-  lua_pushlstring(L, name.data(), name.size());
-  lua_rawset(L, library);
+  if (better) {
+    lua_pushvalue(L, fn);
+    lua_pushvalue(L, name);
+    lua_rawset(L, library);
+  }
+  lua_pop(L, 1);
 }
 
 [[noreturn]] void refuse(lua_State* L, const std::string& why) {
@@ -219,20 +226,34 @@ void register_chunk(lua_State* L, std::string_view chunk_name, std::string_view 
 
 void register_library(lua_State* L, int globals) {
   globals = absolute(L, globals);
-  lua_checkstack(L, 8);
-  push_registry_table(L, kLibraryKey, nullptr);
+  lua_checkstack(L, 10);
+  lua_getfield(L, LUA_REGISTRYINDEX, kLibraryKey);
+  if (!lua_istable(L, -1)) {
+    lua_pop(L, 1);
+    // Sized for a whole environment's functions, both ways (about 130 of each): built for
+    // every run, it would otherwise be rehashed as it grows, a sixth of a small run's work.
+    lua_createtable(L, 0, 512);
+    lua_pushvalue(L, -1);
+    lua_setfield(L, LUA_REGISTRYINDEX, kLibraryKey);
+  }
   const int library = lua_gettop(L);
   lua_pushnil(L);
   while (lua_next(L, globals) != 0) {
     if (lua_type(L, -2) == LUA_TSTRING) {
-      const std::string name(lua_view(L, -2));
-      if (lua_isfunction(L, -1)) {
-        add_library_function(L, library, lua_gettop(L), name);
-      } else if (lua_istable(L, -1) && name != "_G") {
+      const int value = lua_gettop(L);
+      if (lua_isfunction(L, value)) {
+        lua_pushvalue(L, value - 1);
+        add_library_function(L, library, value);
+      } else if (lua_istable(L, value) && lua_view(L, value - 1) != "_G") {
         lua_pushnil(L);
-        while (lua_next(L, -2) != 0) {
+        while (lua_next(L, value) != 0) {
           if (lua_type(L, -2) == LUA_TSTRING && lua_isfunction(L, -1)) {
-            add_library_function(L, library, lua_gettop(L), name + "." + std::string(lua_view(L, -2)));
+            const int fn = lua_gettop(L);
+            lua_pushvalue(L, value - 1);
+            lua_pushliteral(L, ".");
+            lua_pushvalue(L, fn - 1);
+            lua_concat(L, 3);  // "table.name"
+            add_library_function(L, library, fn);
           }
           lua_pop(L, 1);
         }

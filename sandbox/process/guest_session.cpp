@@ -331,6 +331,11 @@ bool arm_cpu_limit(const WarmGuest& warm, const Limits& limits) {
   return ::prlimit(warm.guest.pid, RLIMIT_CPU, &limit, nullptr) == 0;
 }
 
+bool guest_limits_set(const WarmGuest& warm) {
+  rlimit current{};
+  return ::prlimit(warm.guest.pid, RLIMIT_CPU, nullptr, &current) == 0 && current.rlim_max != RLIM_INFINITY;
+}
+
 Result<std::vector<std::uint8_t>> strong_resume_request(std::span<const std::uint8_t> bytes, const RunInput& input,
                                                         const Value& info, const HostCalls* host,
                                                         const std::string& guest_path, std::uint64_t* restore_us) {

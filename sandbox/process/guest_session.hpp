@@ -93,6 +93,9 @@ Result<std::vector<std::uint8_t>> run_in_warm_guest(WarmGuest& warm, const RunIn
 // the guest used, below the hard limit its fork set for its life. False when the guest is
 // gone, the kernel refused, or the budget would pass its hard limit (the guest is retired).
 bool arm_cpu_limit(const WarmGuest& warm, const Limits& limits);
+// Whether the guest has set its own limits since its fork (its hard CPU-time limit is no
+// longer the zygote's unlimited one); arm_cpu_limit waits for that, this does not.
+bool guest_limits_set(const WarmGuest& warm);
 // The CPU time a live guest used so far, in microseconds (its process CPU clock).
 std::optional<std::uint64_t> guest_cpu_time_us(int pid);
 

@@ -13,6 +13,9 @@ namespace sojourn::sandbox {
 namespace {
 constexpr int kAbortPollMs = 10;  // how often a wait looks at the abort flag
 constexpr std::size_t kReadChunk = 64 * 1024;
+// What one read of a frame's header takes: most frames (a host call, a small result) arrive
+// whole in it. On the stack: a vector sized for it would be zero-filled on every read.
+constexpr std::size_t kHeaderReadChunk = 16 * 1024;
 constexpr std::size_t kMaxReadChunk = 1024 * 1024;
 }  // namespace
 
@@ -70,9 +73,23 @@ ChannelStatus HostChannel::receive(std::vector<std::uint8_t>& out, std::size_t a
   }
 }
 
+ChannelStatus HostChannel::fill_buffer() {
+  std::uint8_t chunk[kHeaderReadChunk];
+  for (;;) {
+    const ssize_t n = ::recv(fd_.get(), chunk, sizeof chunk, 0);
+    if (n > 0) {
+      buffer_.insert(buffer_.end(), chunk, chunk + n);
+      return ChannelStatus::ok;
+    }
+    if (n < 0 && errno == EINTR) continue;
+    if (n == 0 || errno != EAGAIN) return ChannelStatus::closed;
+    if (ChannelStatus s = wait(POLLIN); s != ChannelStatus::ok) return s;
+  }
+}
+
 ChannelStatus HostChannel::read(channel::Kind& kind, std::vector<std::uint8_t>& payload, const ReadLimits& limits) {
   while (buffer_.size() < channel::kHeaderBytes) {
-    if (ChannelStatus s = receive(buffer_, buffer_.size(), kReadChunk); s != ChannelStatus::ok) return s;
+    if (ChannelStatus s = fill_buffer(); s != ChannelStatus::ok) return s;
   }
   const channel::FrameHeader header =
       channel::parse_header(std::span<const std::uint8_t, channel::kHeaderBytes>(buffer_.data(), channel::kHeaderBytes));

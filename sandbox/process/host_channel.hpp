@@ -49,6 +49,8 @@ class HostChannel {
   // Received bytes not yet part of a frame's payload: a header, or what came after it.
   std::vector<std::uint8_t> buffer_;
   std::uint64_t refused_length_ = 0;
+  // Appends what arrives next (a header and whatever follows it) to buffer_.
+  ChannelStatus fill_buffer();
   // Receives into `out` at `at` (at most `want` bytes); ok when some arrived.
   ChannelStatus receive(std::vector<std::uint8_t>& out, std::size_t at, std::size_t want);
 };

@@ -233,6 +233,41 @@ class ZygoteJail final : public ProcessJail {
         return make_error(Errc::guest_crashed, "guest crashed: its CPU-time limit could not be set up");
       }
     }
+    return finish_in_warm_guest(key, *warm, input, request, done, host, session);
+  }
+
+  std::optional<Result<Value>> run_if_warm(const RunInput& input, HostCalls* host, std::uint32_t kill_grace_ms) override {
+    if (!pool_.enabled() || input.principal.empty()) return std::nullopt;
+    if (Result<void> ok = check_run_input(input); !ok) return Result<Value>(ok.error());
+    const PoolKey key{std::string(input.principal), input.limits.memory_bytes, input.allow_jit};
+    std::optional<WarmGuest> warm = pool_.take(key);
+    // One just forked may still be setting its own limits: back to the pool, not waited for.
+    if (warm && !guest_limits_set(*warm)) {
+      pool_.give_back(key, std::move(*warm));
+      return std::nullopt;
+    }
+    if (warm && !arm_cpu_limit(*warm, input.limits)) {
+      discard_guest(*warm);
+      warm.reset();
+    }
+    if (!warm) {
+      pool_.lost(key);
+      return std::nullopt;
+    }
+    reused_.fetch_add(1, std::memory_order_relaxed);
+    const std::vector<std::uint8_t> request = channel::encode_frame(make_run_request(input, host));
+    Result<std::vector<std::uint8_t>> done =
+        finish_in_warm_guest(key, *warm, input, request, channel::Kind::run_done, host, SessionOptions{kill_grace_ms});
+    if (!done) return Result<Value>(done.error());
+    return run_outcome(*done);
+  }
+
+  // Runs the request in `warm` (taken for `key`, its CPU limit armed) and gives it back, or
+  // discards it when it is not fit for another run.
+  Result<std::vector<std::uint8_t>> finish_in_warm_guest(const PoolKey& key, WarmGuest& warm_guest, const RunInput& input,
+                                                         const std::vector<std::uint8_t>& request, channel::Kind done,
+                                                         HostCalls* host, const SessionOptions& session) {
+    WarmGuest* warm = &warm_guest;
     bool reusable = false;
     Result<std::vector<std::uint8_t>> result =
         run_in_warm_guest(*warm, input, request, done, host, session, counters_, reusable);

@@ -1,14 +1,17 @@
-// The network-thread fast path (docs/bench.md): small unsigned evaluations at `trusted` run
-// on the network thread; anything past the inline budgets or calling a service other than
-// kv.get, kv.keys and node.info gives way to the worker path, with no effect seen twice.
+// The network-thread fast path (docs/bench.md): small unsigned evaluations at `trusted`, or at
+// `process` in a warm guest already waiting, run on the network thread; anything past the
+// inline budgets or calling a service other than kv.get, kv.keys and node.info gives way to
+// the worker path, with no effect seen twice.
 #include <doctest/doctest.h>
 
 #include "sojourn/agents/node_async.hpp"  // first: <utility> before any Asio header
 
 #include <atomic>
+#include <chrono>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/use_future.hpp>
 #include <future>
+#include <thread>
 #include <vector>
 
 #include "sojourn/agents/node.hpp"
@@ -136,4 +139,91 @@ TEST_CASE("many evaluations in flight on one connection each get their own answe
   CHECK(n.inline_count() >= 1);
   CHECK(n.inline_count() <= 64);
   CHECK(n.server.stats().evals_served == 64);
+}
+
+namespace {
+
+// A node whose peers' code runs in the process jail, with warm guests.
+struct ProcessServer {
+  Node server;
+  Node client{NodeOptions{.name = "client"}};
+  std::string address;
+  ProcessServer() : server(options()) {
+    auto bound = server.listen("127.0.0.1:0");
+    REQUIRE(bound.ok());
+    address = *bound;
+  }
+  static NodeOptions options() {
+    NodeOptions o;
+    o.name = "server";
+    o.peer_isolation = Isolation::process;
+    o.warm_guests = 2;
+    return o;
+  }
+  std::uint64_t inline_count() const { return server.stats().evals_inline; }
+  // Evaluates a read-only chunk until one ran on the network thread (a warm guest was waiting
+  // for it): the first ones start the jail and its guests on a worker.
+  void until_inline() {
+    REQUIRE(client.call(address, "kv.put", Value::array({"k", 41})).ok());
+    const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+    while (inline_count() == 0 && std::chrono::steady_clock::now() < until) {
+      auto r = client.eval(address, "return node.call('kv.get', 'k') + 1");
+      REQUIRE_MESSAGE(r.ok(), (r.ok() ? "" : r.error().message));
+      CHECK(r->results.get(1).as_integer() == 42);
+      CHECK(r->isolation == Isolation::process);
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+    REQUIRE(inline_count() >= 1);
+  }
+};
+
+}  // namespace
+
+TEST_CASE("at the process level a tiny evaluation runs on the network thread in a warm guest") {
+  ProcessServer n;
+  n.until_inline();
+  const std::uint64_t before = n.inline_count();
+  auto r = n.client.eval(n.address, "return node.call('kv.get', 'k') + 1, node.call('node.info').name");
+  REQUIRE(r.ok());
+  CHECK(r->results.get(1).as_integer() == 42);
+  CHECK(r->results.get(2).as_string() == "server");
+  CHECK(r->isolation == Isolation::process);
+  CHECK(n.inline_count() >= before);
+}
+
+TEST_CASE("at the process level a write gives way before it happens, and happens once") {
+  ProcessServer n;
+  std::atomic<int> bumps{0};
+  n.server.register_service("count.bump", [&bumps](const Value&) -> Result<Value> { return Value(++bumps); });
+  n.until_inline();
+  const std::uint64_t before = n.inline_count();
+  const std::uint64_t served = n.server.stats().evals_served;
+  auto r = n.client.eval(n.address,
+                         "local c = (node.call('kv.get', 'c') or 0) + 1; node.call('kv.put', 'c', c); "
+                         "return c, pcall(node.call, 'count.bump')");
+  REQUIRE_MESSAGE(r.ok(), (r.ok() ? "" : r.error().message));
+  CHECK(r->results.get(1).as_integer() == 1);
+  CHECK(r->results.get(2).as_bool());
+  CHECK(bumps == 1);
+  CHECK(n.client.call(n.address, "kv.get", Value::array({"c"}))->as_integer() == 1);
+  CHECK(n.inline_count() == before);
+  CHECK(n.server.stats().evals_served == served + 1);
+}
+
+TEST_CASE("at the process level a loop past the inline budget runs in full, and a hostile one is still stopped") {
+  ProcessServer n;
+  n.until_inline();
+  auto sum = n.client.eval(n.address, "local s = 0 for i = 1, 200000 do s = s + i end return s");
+  REQUIRE_MESSAGE(sum.ok(), (sum.ok() ? "" : sum.error().message));
+  CHECK(sum->results.get(1).as_integer() == 20000100000LL);
+  EvalOptions o;
+  o.limits = Limits{1'000'000, 0, 0};
+  auto spin = n.client.eval(n.address, "while true do end", Value::table(), o);
+  REQUIRE_FALSE(spin.ok());
+  CHECK(spin.error().code == Errc::cpu_limit);
+  CHECK(spin.error().message == "CPU limit of 1000000 instructions exceeded");
+  // The node goes on serving.
+  auto after = n.client.eval(n.address, "return node.call('kv.get', 'k') + 1");
+  REQUIRE(after.ok());
+  CHECK(after->results.get(1).as_integer() == 42);
 }

@@ -5,6 +5,7 @@
 
 #include <chrono>
 #include <memory>
+#include <optional>
 #include <string>
 #include <thread>
 
@@ -54,6 +55,17 @@ bool wait_for_warm(const ProcessJail& jail, std::uint64_t n) {
     std::this_thread::sleep_for(std::chrono::milliseconds(5));
   }
   return true;
+}
+
+// run_if_warm until a warm guest served it (up to 10 s): one just forked is passed over
+// while it still sets its own limits.
+std::optional<Result<Value>> run_when_warm(ProcessJail& jail, const RunInput& input) {
+  const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  for (;;) {
+    std::optional<Result<Value>> r = jail.run_if_warm(input, nullptr, 20);
+    if (r || std::chrono::steady_clock::now() > until) return r;
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
 }
 
 }  // namespace
@@ -148,4 +160,41 @@ TEST_CASE("a guest whose run left it large is not kept warm") {
   CHECK(first_integer(run(*jail, "signer a", "return 1", big)) == 1);
   CHECK(jail->status().guests_reused == 2);
   CHECK(jail->status().guests_started == 2);
+}
+
+TEST_CASE("run_if_warm serves only an idle warm guest of the run's own principal and never forks") {
+  auto jail = start(1, /*test_guest=*/true);
+  RunInput input;
+  input.source = "return 5";
+  input.limits = limits();
+  input.principal = "signer a";
+  // Nothing idle yet: no answer, and no guest forked on this path (a refill is asked for).
+  CHECK_FALSE(jail->run_if_warm(input, nullptr, 20).has_value());
+  CHECK(jail->status().guests_reused == 0);
+  REQUIRE(wait_for_warm(*jail, 1));
+  input.principal = "signer b";
+  CHECK_FALSE(jail->run_if_warm(input, nullptr, 20).has_value());  // a's guest is not b's
+  CHECK(jail->status().guests_reused == 0);
+  input.principal = "";
+  CHECK_FALSE(jail->run_if_warm(input, nullptr, 20).has_value());  // nobody's guest is reused
+  input.principal = "signer a";
+  std::optional<Result<Value>> five = run_when_warm(*jail, input);
+  REQUIRE(five.has_value());
+  CHECK(first_integer(*five) == 5);
+  CHECK(jail->status().guests_reused == 1);
+  // A C loop no Lua hook sees: killed at its deadline plus the short grace, never reused.
+  REQUIRE(wait_for_warm(*jail, 1));
+  input.source = "--@spin\nreturn 1";
+  input.limits = limits(50);
+  std::optional<Result<Value>> spin = run_when_warm(*jail, input);
+  REQUIRE(spin.has_value());
+  REQUIRE_FALSE(spin->ok());
+  CHECK(spin->error().code == Errc::deadline);
+  CHECK(jail->status().guests_killed == 1);
+  REQUIRE(wait_for_warm(*jail, 2));  // a's refilled guest and b's
+  input.source = "return 6";
+  input.limits = limits();
+  std::optional<Result<Value>> six = run_when_warm(*jail, input);
+  REQUIRE(six.has_value());
+  CHECK(first_integer(*six) == 6);
 }

@@ -72,7 +72,8 @@ struct NodeOptions {
   // evaluations below).
   std::size_t worker_threads = 2;
   // The network-thread fast path (docs/bench.md, "The network-thread fast path"): an unsigned remote evaluation that
-  // runs at `trusted` is first tried on the network thread, with no hop to a worker and back,
+  // runs at `trusted`, or at `process` where a warm guest of its principal is already waiting
+  // (never a fork), is first tried on the network thread, with no hop to a worker and back,
   // within this many Lua instructions and inline_eval_wall_ms, calling only kv.get, kv.keys
   // and node.info. Past either budget, or at a call of any other service, the attempt is
   // dropped before that call has any effect and the evaluation runs on a worker as usual.

@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "sojourn/core/error.hpp"
@@ -63,6 +64,12 @@ class ProcessJail : public Jail {
   // sandbox::run_agent, plus the jail's errors above. agent.* host calls cross the channel
   // like node.call's.
 
+  // run, only where it costs no wait: in an idle warm guest of input.principal whose limits
+  // are set, with `kill_grace_ms` in place of the jail's after the deadline. nullopt, at
+  // once, when there is none (no fork here: the caller runs it some other way; a refill is
+  // asked for). The same results and errors as run otherwise.
+  virtual std::optional<Result<Value>> run_if_warm(const RunInput& input, HostCalls* host,
+                                                   std::uint32_t kill_grace_ms) = 0;
   virtual ProcessJailStatus status() const = 0;
 };
 
