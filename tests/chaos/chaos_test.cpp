@@ -253,7 +253,7 @@ TEST_CASE("chaos: agents touring five nodes that are killed and restarted at ran
     }
   }
   // Every agent has had its chance to end; the wait is long for a loaded sanitizer run.
-  const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(180);
+  const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(90);
   while (in_flight() > 0 && std::chrono::steady_clock::now() < give_up) {
     poll();
     check_crashes();

@@ -169,6 +169,8 @@ TEST_CASE("a full disk: writes are refused with a clear error, nothing acknowled
     std::printf("chaos_disk_full_test NOT RUN: cannot mount a 1 MiB tmpfs at %s: %s (needs root or CAP_SYS_ADMIN)\n",
                 mount_point.c_str(), std::strerror(errno));
     std::fflush(stdout);
+    std::error_code ec;
+    std::filesystem::remove_all(dir.path(), ec);  // _Exit runs no destructor
     std::_Exit(77);
   }
   struct Unmount {
