@@ -282,7 +282,15 @@ return out)";
       const auto eq = kv.rfind('=');
       counters[n][kv.substr(0, eq)] = std::atoll(kv.c_str() + eq + 1);
     }
-    if (auto left = client.list_agents(address(n)); left.ok()) {
+    // A source restarted mid-hand-over offers its copy again and drops it at the answer
+    // (`duplicate`): it may still hold it, `moving`, a moment after the agent ended. A copy
+    // still there after 30 s is left behind.
+    auto left = client.list_agents(address(n));
+    for (int i = 0; i < 300 && left.ok() && !left->empty(); ++i) {
+      std::this_thread::sleep_for(100ms);
+      left = client.list_agents(address(n));
+    }
+    if (left.ok()) {
       for (const auto& r : *left) {
         residents_left.push_back(r.id + " still resident at n" + std::to_string(n) + " (" +
                                  std::string(agent_state_name(r.status)) + (r.reason.empty() ? "" : ": " + r.reason) + ")");
