@@ -52,7 +52,8 @@ class ChaosNode {
   std::string start(std::chrono::milliseconds timeout = std::chrono::seconds(90)) {
     const std::string log = log_path();
     const auto from = file_size(log);
-    std::vector<std::string> argv{cli_, "node", "--listen", "127.0.0.1:" + std::to_string(port_), "--name", name_,
+    // info: the hand-overs and arrivals, which the chaos test quotes for an agent that went wrong.
+    std::vector<std::string> argv{cli_, "--log-level", "info", "node", "--listen", "127.0.0.1:" + std::to_string(port_), "--name", name_,
                                   "--data-dir", data_dir_override_.empty() ? data_dir() : data_dir_override_,
                                   "--peer-isolation", "trusted"};
     argv.insert(argv.end(), extra_args_.begin(), extra_args_.end());

@@ -309,7 +309,11 @@ return out)";
     if (!a.lost.empty()) {
       lost.push_back(who + ": " + a.lost);
     } else if (!a.ended) {
-      not_finished.push_back(who + ": still travelling after the wait");
+      auto s = client.agent_status(address(a.home), a.id);
+      not_finished.push_back(who + ": still travelling after the wait" +
+                             (s.ok() ? " (its home has it " + std::string(agent_state_name(s->status)) + " at " + s->location +
+                                           ", epoch " + std::to_string(s->epoch) + ")"
+                                     : ""));
     } else if (a.status.status != AgentState::finished) {
       not_finished.push_back(who + ": " + std::string(agent_state_name(a.status.status)) + ": " + a.status.reason);
     } else {
@@ -374,7 +378,20 @@ return out)";
                                        "or a second copy of the agent):" << join(doubled_steps));
   CHECK_MESSAGE(missing_steps.empty(), "STEP LOST: a step of the route whose kv writes are not there:" << join(missing_steps));
   CHECK_MESSAGE(wrong_counts.empty(), "COUNTER: a per-agent counter that is not its number of steps at that node:" << join(wrong_counts));
-  if (!not_finished.empty() || !lost.empty() || !residents_left.empty()) {
-    for (auto& n : nodes) MESSAGE(n->name() << "'s log, its end:\n" << n->log_tail(2000));
+  // What the nodes logged about each agent that did not end well.
+  std::vector<std::string> troubled;
+  for (const auto& a : agents) {
+    if (!a.lost.empty() || !a.ended || a.status.status != AgentState::finished) troubled.push_back(a.id);
+  }
+  for (const auto& r : residents_left) troubled.push_back(r.substr(0, r.find(' ')));
+  for (std::size_t t = 0; t < troubled.size() && t < 5; ++t) {
+    std::string lines;
+    for (auto& n : nodes) {
+      std::istringstream log(n->log_text());
+      for (std::string line; std::getline(log, line);) {
+        if (line.find(troubled[t]) != std::string::npos) lines += n->name() + ": " + line + "\n";
+      }
+    }
+    MESSAGE("the nodes' log lines about agent " << troubled[t] << ":\n" << lines);
   }
 }
