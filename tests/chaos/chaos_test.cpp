@@ -7,12 +7,13 @@
 // step's counter shows it exactly once.
 //
 // SOJOURN_CHAOS_SEED, SOJOURN_CHAOS_MIGRATIONS, SOJOURN_CHAOS_KILLS set the run (the long run
-// of the issue's closing note: 1000 and 50).
+// of the issue's closing note: 1000 and 50); SOJOURN_CHAOS_KEEP_LOGS=DIR keeps the nodes' logs.
 #include <doctest/doctest.h>
 
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
+#include <filesystem>
 #include <map>
 #include <memory>
 #include <random>
@@ -378,6 +379,12 @@ return out)";
                                        "or a second copy of the agent):" << join(doubled_steps));
   CHECK_MESSAGE(missing_steps.empty(), "STEP LOST: a step of the route whose kv writes are not there:" << join(missing_steps));
   CHECK_MESSAGE(wrong_counts.empty(), "COUNTER: a per-agent counter that is not its number of steps at that node:" << join(wrong_counts));
+  // SOJOURN_CHAOS_KEEP_LOGS=DIR keeps every node's whole log (nK.log) for a closer look.
+  if (const char* keep = std::getenv("SOJOURN_CHAOS_KEEP_LOGS"); keep != nullptr && *keep != '\0') {
+    std::filesystem::create_directories(keep);
+    for (auto& n : nodes) std::filesystem::copy_file(n->log_path(), std::string(keep) + "/" + n->name() + ".log",
+                                                     std::filesystem::copy_options::overwrite_existing);
+  }
   // What the nodes logged about each agent that did not end well.
   std::vector<std::string> troubled;
   for (const auto& a : agents) {
