@@ -302,7 +302,7 @@ return out)";
   }
 
   // ---- each promise on its own ----
-  std::vector<std::string> not_finished, lost, wrong_result, doubled_steps, missing_steps, wrong_counts;
+  std::vector<std::string> not_finished, lost, wrong_result, doubled_steps, missing_steps, wrong_counts, second_copies;
   std::size_t detours = 0;
   for (const auto& a : agents) {
     if (a.id == "(not launched)") continue;
@@ -326,16 +326,24 @@ return out)";
       if (r.get(2).is_integer()) detours += static_cast<std::size_t>(r.get(2).as_integer());
     }
     std::map<std::size_t, std::int64_t> expected_count;
+    std::size_t doubled_tail = 0;  // how many of the last steps, in a row, counted twice or more
     for (std::size_t i = 0; i < a.route.size(); ++i) {
       ++expected_count[a.route[i]];
       const std::string key = "chaos:" + a.id + ":step:" + std::to_string(i + 1);
       const auto at = counters[a.route[i]].find(key);
       const std::int64_t seen = at == counters[a.route[i]].end() ? 0 : at->second;
       if (seen == 0) missing_steps.push_back(who + ": step " + std::to_string(i + 1) + " at n" + std::to_string(a.route[i]) + " never counted");
+      doubled_tail = seen > 1 ? doubled_tail + 1 : 0;
       if (seen > 1) {
         doubled_steps.push_back(who + ": step " + std::to_string(i + 1) + " at n" + std::to_string(a.route[i]) + " counted " +
                                 std::to_string(seen) + " times");
       }
+    }
+    // Two live copies run every step from the split on: a run of doubled steps to the end
+    // (a step run again after a restart doubles that step alone).
+    if (doubled_tail >= 2) {
+      second_copies.push_back(who + ": every step from step " + std::to_string(a.route.size() - doubled_tail + 1) +
+                              " on counted twice or more");
     }
     for (std::size_t n = 0; n < kNodes; ++n) {
       const auto at = counters[n].find("chaos:" + a.id + ":count");
@@ -358,11 +366,11 @@ return out)";
   std::printf("chaos: seed %llu: %zu agents, %zu migrations planned (+%zu detours), %zu kills (%zu of a source mid-hand-over, "
               "%zu of a destination mid-hand-over), restart median %lld ms, in %.1f s\n"
               "chaos: not finished %zu, lost %zu, wrong result %zu, left behind %zu, steps counted twice %zu, steps never counted %zu, "
-              "counters off %zu\n",
+              "counters off %zu, second live copies %zu\n",
               static_cast<unsigned long long>(seed), agent_count, agent_count * kHops, detours, killed.size(), moving_kills,
               arriving_kills, static_cast<long long>(restarts.empty() ? 0 : restarts[restarts.size() / 2]), seconds,
               not_finished.size(), lost.size(), wrong_result.size(), residents_left.size(), doubled_steps.size(), missing_steps.size(),
-              wrong_counts.size());
+              wrong_counts.size(), second_copies.size());
   std::fflush(stdout);
 
   INFO("seed ", seed, " (SOJOURN_CHAOS_SEED)");
@@ -375,6 +383,7 @@ return out)";
   CHECK_MESSAGE(wrong_result.empty(), "WRONG RESULT: an agent whose result is not its whole route:" << join(wrong_result));
   CHECK_MESSAGE(residents_left.empty(), "DUPLICATED or LEFT BEHIND: a copy of an agent still on a node after every agent ended:"
                                             << join(residents_left));
+  CHECK_MESSAGE(second_copies.empty(), "DUPLICATED: a second live copy of an agent ran its later steps:" << join(second_copies));
   CHECK_MESSAGE(doubled_steps.empty(), "STEP NOT EXACTLY ONCE: a step's kv writes applied twice (a step run again after a restart, "
                                        "or a second copy of the agent):" << join(doubled_steps));
   CHECK_MESSAGE(missing_steps.empty(), "STEP LOST: a step of the route whose kv writes are not there:" << join(missing_steps));
