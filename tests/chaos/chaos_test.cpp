@@ -277,7 +277,6 @@ return out)";
       continue;
     }
     const Value list = dump->results.get(1);
-    for (std::size_t i = 1; i <= list.length() && std::getenv("SOJOURN_CHAOS_DUMP"); ++i) std::printf("chaos: n%zu: %s\n", n, list.get(static_cast<std::int64_t>(i)).as_string().c_str());
     for (std::size_t i = 1; i <= list.length(); ++i) {
       const std::string kv = list.get(static_cast<std::int64_t>(i)).as_string();
       const auto eq = kv.rfind('=');
