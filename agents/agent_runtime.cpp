@@ -466,13 +466,18 @@ Result<Value> AgentRuntime::agent_host_call(const std::string& id, std::string_v
 
 void AgentRuntime::finish(const std::string& id, AgentState how, const std::string& reason, Value result) {
   AgentRecord record;
+  bool at_home = false;
   {
     std::lock_guard lock(mutex_);
     auto it = residents_.find(id);
     if (it == residents_.end()) return;
     record = std::move(it->second.record);
     residents_.erase(it);
-    forget_resident(id);
+    // At its own home the end is stored (notify_home below) before the resident row goes: a
+    // crash in between leaves the row, and the agent runs its last step again (its home
+    // takes the first end), where the other order left neither and the home said `running`.
+    at_home = record.home == self();
+    if (!at_home) forget_resident(id);
   }
   log_info("agents", options_.name + ": agent " + id + " " + std::string(agent_state_name(how)) +
                          (reason.empty() ? "" : ": " + reason));
@@ -490,6 +495,10 @@ void AgentRuntime::finish(const std::string& id, AgentState how, const std::stri
   report.log = std::move(record.log);
   report.token = record.report_token;  // the home takes reports only from the agent's holder
   notify_home(record.home, report);
+  if (at_home) {
+    std::lock_guard lock(mutex_);
+    if (residents_.find(id) == residents_.end()) forget_resident(id);  // not back already
+  }
 }
 
 void AgentRuntime::wake_if_asleep(const std::string& id) {
