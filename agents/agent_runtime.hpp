@@ -153,6 +153,11 @@ class AgentRuntime : public std::enable_shared_from_this<AgentRuntime>, public M
     // has, the one before it (that holder's retried arrival, whose answer it may have
     // missed), and over TLS that holder's identity.
     std::string token, previous_token;
+    // Whether a report has shown `token` yet. Until one has, the holder may never have had the
+    // answer that carried it (the home stored it and died before answering, or was away for
+    // the holder's retries), so the agent's record still carries `previous_token`, which then
+    // stays good for the later epochs too. In memory only: after a restart, not shown yet.
+    bool token_shown = false;
     std::string holder_fingerprint;
     std::string launcher;  // AgentRecord::launcher
     // Retention once it ended (prune): when it ended and when its result was first read.

@@ -120,7 +120,7 @@ Result<void> AgentRuntime::check_reporter(const Tracked& t, std::uint64_t epoch,
   const bool current = !token.empty() && token == t.token;
   const bool previous = !token.empty() && token == t.previous_token;
   if (!current && !previous) return refuse("it does not hold the agent (no valid report token)");
-  if (epoch < s.epoch || (previous && epoch != s.epoch)) {
+  if (epoch < s.epoch || (previous && epoch != s.epoch && t.token_shown)) {
     return refuse("the home knows it at epoch " + std::to_string(s.epoch));
   }
   // Over TLS, the node that reported this epoch's arrival is the only one to report it again.
@@ -168,10 +168,13 @@ Result<ArrivalAnswer> AgentRuntime::on_arrived(const ArrivalReport& report, cons
     for (const auto& delivered : report.delivered) {
       std::erase_if(t.pending, [&](const ForwardedMessage& m) { return m.message_id == delivered; });
     }
+    if (report.token == t.token) t.token_shown = true;
     if (epoch > s.epoch) {
-      // A new holder: the token it brought is used up; its own goes back in the answer.
-      t.previous_token = t.token;
+      // A new holder: the token it brought is used up; its own goes back in the answer. The
+      // one it brought stays good until the new one is shown (its answer may be lost).
+      t.previous_token = report.token;
       t.token = random_nonce();
+      t.token_shown = false;
       t.holder_fingerprint = caller.authenticated() ? caller.fingerprint : std::string();
     }
     if (epoch > s.epoch || s.hops.empty()) {

@@ -133,6 +133,8 @@ int run_node(const NodeCommand& c) {
   options.advertise = c.advertise;
   options.data_dir = c.data_dir;
   options.durability = c.durability == "normal" ? Durability::normal : Durability::full;
+  options.migration_retries = c.migration_retries;
+  options.retry_backoff = std::chrono::milliseconds(c.retry_backoff_ms);
   for (const auto& text : c.links) {
     auto rule = parse_link_rule(text);
     if (!rule) return fail(rule.error(), false);

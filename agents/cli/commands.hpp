@@ -56,6 +56,10 @@ struct NodeCommand {
   std::uint64_t cpu = 0, memory = 0;
   std::uint32_t wall_ms = 0;
   std::uint32_t grace_ms = 5000;
+  // A hand-over that fails for a network reason: tries again this many times, waiting
+  // --retry-backoff-ms, then twice that, ... (NodeOptions::migration_retries, retry_backoff).
+  std::uint32_t migration_retries = 3;
+  std::uint32_t retry_backoff_ms = 50;
   TlsFlags tls;
   bool insecure = false;  // plain TCP on a non-loopback address
   // Emulated links (docs/experiments.md): --link HOST:PORT=SPEC (repeatable), --link-profile

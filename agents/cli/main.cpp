@@ -88,6 +88,13 @@ int main(int argc, char** argv) {
   node_cmd->add_option("--durability", node.durability, "With --data-dir: full (default: an acknowledged write is on disk) or "
                        "normal (faster; survives a crash of the node, not a power loss) (docs/reliability.md)")
       ->capture_default_str()->check(CLI::IsMember({"full", "normal"}));
+  node_cmd->add_option("--migration-retries", node.migration_retries,
+                       "Times a hand-over that failed for a network reason is tried again before the next stop, home, "
+                       "or stranded (a destination restarting on its --data-dir comes back within them)")
+      ->capture_default_str()->check(CLI::Range(0, 30));
+  node_cmd->add_option("--retry-backoff-ms", node.retry_backoff_ms,
+                       "Wait before the first retry of a hand-over; each next retry waits twice the one before")
+      ->capture_default_str()->check(CLI::Range(1, 60'000));
   node_cmd->add_option("--policy", node.policy, "Policy file (JSON, docs/security.md): signers and peers -> jails, quotas, services");
   add_tls_flags(*node_cmd, node.tls);
   node_cmd->add_flag("--insecure", node.insecure, "Allow plain TCP (no --tls) on a non-loopback address");

@@ -362,3 +362,21 @@ TEST_CASE("agents run in the strongest jail by default, at the trusted level whe
   for (const auto& hop : t->hops) CHECK(hop.isolation == "trusted");
   CHECK(t->result.get(1).length() == 2);
 }
+
+TEST_CASE("a holder that never had its home's answer to an arrival still reports the later hops and the end") {
+  // The home takes each arrival report at node 1 (storing the token it hands back) and its
+  // answer is lost every time, as when the home is killed after storing it: the agent goes on
+  // with the token before. Its later reports show that token; the home takes them until the
+  // token it handed back has been shown.
+  std::atomic<int> dropped{0};
+  Cluster c(3);
+  sojourn::testing::set_fault_hooks(c[0], [&](std::string_view service) { return service == "agent.arrived" && dropped++ < 3; });
+  const std::string id = launch(c[0], c.addr[0], {c.addr[1], c.addr[2]});
+  auto s = c[0].wait_agent(c.addr[0], id, 10s);
+  REQUIRE(s.ok());
+  INFO(s->reason);
+  CHECK(s->status == AgentState::finished);
+  CHECK(dropped.load() >= 3);
+  CHECK(s->epoch == 2);
+  CHECK(s->location == c.addr[2]);
+}
