@@ -9,6 +9,7 @@
 #include "sojourn/core/log.hpp"
 #include "sojourn/core/messages.hpp"
 #include "sojourn/transports/link.hpp"
+#include "transports/close_on_exec.hpp"
 #include "transports/framed_socket.hpp"
 
 namespace sojourn {
@@ -95,6 +96,7 @@ class TcpLink final : public Link, public std::enable_shared_from_this<TcpLink> 
     auto endpoints = co_await resolver.async_resolve(peer_.host, std::to_string(peer_.port),
                                                      asio::redirect_error(asio::use_awaitable, ec));
     if (!ec) co_await asio::async_connect(socket, endpoints, asio::redirect_error(asio::use_awaitable, ec));
+    if (!ec) transports::set_close_on_exec(socket.native_handle());
     guard.cancel();
     if (ec || timed_out) {
       std::string why = timed_out ? "timed out after " + std::to_string(options_.connect_timeout.count()) + " ms" : ec.message();

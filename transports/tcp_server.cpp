@@ -6,6 +6,7 @@
 #include "sojourn/core/log.hpp"
 #include "sojourn/core/messages.hpp"
 #include "sojourn/transports/link.hpp"
+#include "transports/close_on_exec.hpp"
 #include "transports/framed_socket.hpp"
 
 namespace sojourn {
@@ -230,6 +231,7 @@ asio::awaitable<void> TcpServer::Impl::listener() {
     std::string peer = "?";
     boost::system::error_code ignored;
     auto remote = socket.remote_endpoint(ignored);
+    transports::set_close_on_exec(socket.native_handle());
     if (!ignored) peer = remote.address().to_string() + ":" + std::to_string(remote.port());
     if (sessions.size() >= options.max_connections) {
       refuse_at_cap(socket, peer);
@@ -272,6 +274,7 @@ Result<Address> TcpServer::listen(const Address& where) {
   };
   impl_->acceptor.open(endpoint.protocol(), ec);
   if (ec) return fail("open");
+  transports::set_close_on_exec(impl_->acceptor.native_handle());
   impl_->acceptor.set_option(tcp::acceptor::reuse_address(true), ec);
   impl_->acceptor.bind(endpoint, ec);
   if (ec) return fail("bind");

@@ -20,6 +20,7 @@
 #include "sojourn/agents/node.hpp"
 #include "sojourn/core/log.hpp"
 #include "sojourn/transports/address.hpp"
+#include "transports/close_on_exec.hpp"
 #include "transports/tls_context.hpp"
 
 namespace sojourn {
@@ -147,6 +148,7 @@ asio::awaitable<void> accept_loop(std::shared_ptr<State> st) {
       co_await pause.async_wait(asio::redirect_error(asio::use_awaitable, ec));
       continue;
     }
+    transports::set_close_on_exec(socket.native_handle());
     if (st->open.size() >= st->max_connections) {
       socket.close(ec);
       continue;
@@ -181,6 +183,7 @@ Result<std::string> DashboardServer::listen(const Address& where, std::shared_pt
   tcp::acceptor& acceptor = state_->acceptor;
   acceptor.open(endpoint.protocol(), ec);
   if (ec) return fail("open");
+  transports::set_close_on_exec(acceptor.native_handle());
   acceptor.set_option(tcp::acceptor::reuse_address(true), ec);
   acceptor.bind(endpoint, ec);
   if (ec) return fail("bind");

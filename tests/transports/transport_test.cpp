@@ -10,7 +10,10 @@
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/asio/use_future.hpp>
+#include <fcntl.h>
+
 #include <atomic>
+#include <filesystem>
 #include <future>
 #include <optional>
 #include <thread>
@@ -176,6 +179,33 @@ TEST_CASE("a request over TCP gets its own reply") {
   REQUIRE(reply.ok());
   CHECK(reply->header.kind == FrameKind::reply);
   CHECK(reply->payload == std::vector<std::uint8_t>{3, 2, 1, 0});
+}
+
+// Every socket this process holds: (descriptor, FD_CLOEXEC set).
+std::vector<std::pair<int, bool>> sockets_and_cloexec() {
+  std::vector<std::pair<int, bool>> out;
+  for (const auto& e : std::filesystem::directory_iterator("/proc/self/fd")) {
+    std::error_code ec;
+    auto target = std::filesystem::read_symlink(e.path(), ec);
+    if (ec || target.string().rfind("socket:", 0) != 0) continue;
+    const int fd = std::stoi(e.path().filename().string());
+    const int flags = ::fcntl(fd, F_GETFD);
+    if (flags >= 0) out.emplace_back(fd, (flags & FD_CLOEXEC) != 0);
+  }
+  return out;
+}
+
+TEST_CASE("the listener, an accepted connection and a dialled one are closed on exec (a program the process runs inherits none)") {
+  Fixture f;
+  auto link = f.run([&] { return make_link(f.io.get_executor(), f.bound, {}); });
+  auto reply = f.await(one_request(link, {0, 1, 2, 3}));
+  REQUIRE(reply.ok());
+  auto sockets = sockets_and_cloexec();
+  CHECK(sockets.size() >= 3);  // the listener, the server's side, the link's side
+  for (const auto& [fd, cloexec] : sockets) {
+    INFO("socket descriptor " << fd);
+    CHECK(cloexec);
+  }
 }
 
 TEST_CASE("a hundred requests in flight on one connection get replies out of order, each to its sender") {
