@@ -1,0 +1,144 @@
+// Strong agents on a node with a data dir (docs/reliability.md): a strong agent resident
+// there is stored with its last heap image, in the transaction of its step's outcome, and a
+// `sojourn node` killed with SIGKILL and started again on its data dir resumes it from that
+// image (its locals intact); a stored image whose hash is not its record's is refused, and
+// the node goes on serving.
+#include <doctest/doctest.h>
+
+#include <csignal>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <thread>
+
+#include "tests/support/process.hpp"
+#include "tests/support/temp_dir.hpp"
+
+#ifdef SOJOURN_CLI_PATH
+using namespace std::chrono_literals;
+using sojourn::test::Process;
+using sojourn::test::TempDir;
+
+namespace {
+
+const std::string cli = SOJOURN_CLI_PATH;
+
+// Reads `input` and counts its starts before its checkpoint (both committed with it), then
+// waits in the step after it until `release` is set. Resumed from the checkpoint's image, it
+// answers the input it read before and one start; run again from its entry, it would read
+// the input as it is now and count two.
+constexpr const char* kCheckpointed = R"(local M = {}
+function M.start(s)
+  local before = node.call("kv.get", "input")
+  local starts = (node.call("kv.get", "starts") or 0) + 1
+  node.call("kv.put", "starts", starts)
+  local squares = {}
+  for i = 1, s.n do squares[i] = i * i end
+  node.call("kv.put", "phase", "checkpointed")
+  agent.checkpoint()
+  while node.call("kv.get", "release") == nil do end
+  return before .. " starts=" .. starts .. " last=" .. squares[s.n]
+end
+return M)";
+
+// `sojourn node` on a data dir, strong agents in the process jail.
+struct Daemon {
+  Process process;
+  std::string address;
+  explicit Daemon(const std::string& data_dir)
+      : process({cli, "node", "--listen", "127.0.0.1:0", "--name", "s", "--data-dir", data_dir, "--peer-isolation", "process"}) {
+    REQUIRE(process.started());
+    std::string line;
+    for (int i = 0; i < 10 && line.rfind("node s listening on ", 0) != 0; ++i) line = process.read_line(30000);
+    REQUIRE(line.rfind("node s listening on ", 0) == 0);
+    address = line.substr(std::string("node s listening on ").size());
+  }
+};
+
+sojourn::test::RunResult call(const std::string& address, const char* service, const char* args) {
+  return sojourn::test::run({cli, "call", address, service, args});
+}
+
+// Launches the checkpointing agent, waits until its checkpoint is committed, changes the
+// input its entry reads, and kills the node with SIGKILL while the step after the checkpoint
+// runs. Returns the agent's id.
+std::string launch_checkpoint_and_kill(TempDir& dir, const std::string& data) {
+  const std::string agent = dir.write("checkpointed.lua", kCheckpointed);
+  Daemon node(data);
+  REQUIRE(call(node.address, "kv.put", R"(["input", "first"])").exit_code == 0);
+  auto launched = sojourn::test::run({cli, "launch", agent, "--at", node.address, "--strong", "--state", R"({"n": 6})"});
+  INFO(launched.out, launched.err);
+  REQUIRE(launched.exit_code == 0);
+  const std::string first = launched.out.substr(0, launched.out.find('\n'));
+  const std::string id = first.substr(first.find_last_of(' ') + 1);
+  REQUIRE(id.size() == 32);
+  bool checkpointed = false;
+  for (int i = 0; i < 600 && !checkpointed; ++i) {
+    checkpointed = call(node.address, "kv.get", R"(["phase"])").out == "\"checkpointed\"\n";
+    if (!checkpointed) std::this_thread::sleep_for(20ms);
+  }
+  REQUIRE(checkpointed);
+  REQUIRE(call(node.address, "kv.put", R"(["input", "second"])").exit_code == 0);
+  node.process.signal(SIGKILL);  // the step after the checkpoint dies with its node
+  node.process.wait();
+  return id;
+}
+
+std::string file_text(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::ostringstream text;
+  text << in.rdbuf();
+  return text.str();
+}
+
+}  // namespace
+
+TEST_CASE("a strong agent checkpointed at a node killed with SIGKILL goes on from its image after the restart") {
+  TempDir dir;
+  const std::string data = dir / "data";
+  const std::string id = launch_checkpoint_and_kill(dir, data);
+  Daemon again(data);
+  REQUIRE(call(again.address, "kv.put", R"(["release", true])").exit_code == 0);
+  auto waited = sojourn::test::run({cli, "wait", id, "--home", again.address, "--timeout-ms", "60000"});
+  INFO(waited.out, waited.err);
+  CHECK(waited.exit_code == 0);
+  CHECK(waited.out.find("agent " + id + " finished") != std::string::npos);
+  // Its local `before` and its table of squares come from the image; one start only.
+  CHECK(waited.out.find("result: \"first starts=1 last=36\"") != std::string::npos);
+  CHECK(call(again.address, "kv.get", R"(["starts"])").out == "1\n");
+}
+
+TEST_CASE("a stored heap image that does not match its hash is refused by name and the node keeps serving") {
+  TempDir dir;
+  const std::string data = dir / "data";
+  const std::string id = launch_checkpoint_and_kill(dir, data);
+  // The row's last byte is its image's last byte: flip it, as a damaged disk would.
+  const std::string row = dir / "row.bin";
+  auto out = sojourn::test::run({"/usr/bin/sqlite3", data + "/sojourn.db", "SELECT writefile('" + row + "', value) FROM residents;"});
+  REQUIRE(out.exit_code == 0);
+  std::string bytes = file_text(row);
+  REQUIRE(bytes.size() > 4096);
+  bytes.back() = static_cast<char>(bytes.back() ^ 0x5a);
+  { std::ofstream(row, std::ios::binary | std::ios::trunc) << bytes; }
+  auto in = sojourn::test::run({"/usr/bin/sqlite3", data + "/sojourn.db", "UPDATE residents SET value = readfile('" + row + "');"});
+  REQUIRE(in.exit_code == 0);
+
+  Daemon again(data);
+  CHECK(call(again.address, "kv.get", R"(["input"])").out == "\"second\"\n");
+  // Loaded, it would be listed (running its wait for `release`, which never comes).
+  auto listed = sojourn::test::run({cli, "ps", again.address});
+  CHECK(listed.exit_code == 0);
+  CHECK(listed.out.find(id.substr(0, 8)) == std::string::npos);  // never loaded, never run
+  CHECK(call(again.address, "kv.get", R"(["starts"])").out == "1\n");
+  again.process.signal(SIGTERM);
+  again.process.wait();
+  again.process.drain(30s);
+  const std::string log = again.process.out() + again.process.err();
+  INFO(log);
+  CHECK(log.find("resident agent " + id + " is kept in " + data + "/sojourn.db but refused: heap image hash mismatch") !=
+        std::string::npos);
+  // The row is left for an operator to see.
+  auto kept = sojourn::test::run({"/usr/bin/sqlite3", data + "/sojourn.db", "SELECT count(*) FROM residents;"});
+  CHECK(kept.out == "1\n");
+}
+#endif
