@@ -41,12 +41,13 @@ function M.start(s)
 end
 return M)";
 
-// `sojourn node` on a data dir, strong agents in the process jail.
+// `sojourn node` on a data dir, strong agents in the process jail. A restart listens at the
+// address the first start was given: the agent's home is that address.
 struct Daemon {
   Process process;
   std::string address;
-  explicit Daemon(const std::string& data_dir)
-      : process({cli, "node", "--listen", "127.0.0.1:0", "--name", "s", "--data-dir", data_dir, "--peer-isolation", "process"}) {
+  explicit Daemon(const std::string& data_dir, const std::string& listen = "127.0.0.1:0")
+      : process({cli, "node", "--listen", listen, "--name", "s", "--data-dir", data_dir, "--peer-isolation", "process"}) {
     REQUIRE(process.started());
     std::string line;
     for (int i = 0; i < 10 && line.rfind("node s listening on ", 0) != 0; ++i) line = process.read_line(30000);
@@ -61,10 +62,11 @@ sojourn::test::RunResult call(const std::string& address, const char* service, c
 
 // Launches the checkpointing agent, waits until its checkpoint is committed, changes the
 // input its entry reads, and kills the node with SIGKILL while the step after the checkpoint
-// runs. Returns the agent's id.
-std::string launch_checkpoint_and_kill(TempDir& dir, const std::string& data) {
+// runs. Returns the agent's id; *address: where the node listened.
+std::string launch_checkpoint_and_kill(TempDir& dir, const std::string& data, std::string* address) {
   const std::string agent = dir.write("checkpointed.lua", kCheckpointed);
   Daemon node(data);
+  *address = node.address;
   REQUIRE(call(node.address, "kv.put", R"(["input", "first"])").exit_code == 0);
   auto launched = sojourn::test::run({cli, "launch", agent, "--at", node.address, "--strong", "--state", R"({"n": 6})"});
   INFO(launched.out, launched.err);
@@ -96,8 +98,9 @@ std::string file_text(const std::string& path) {
 TEST_CASE("a strong agent checkpointed at a node killed with SIGKILL goes on from its image after the restart") {
   TempDir dir;
   const std::string data = dir / "data";
-  const std::string id = launch_checkpoint_and_kill(dir, data);
-  Daemon again(data);
+  std::string address;
+  const std::string id = launch_checkpoint_and_kill(dir, data, &address);
+  Daemon again(data, address);
   REQUIRE(call(again.address, "kv.put", R"(["release", true])").exit_code == 0);
   auto waited = sojourn::test::run({cli, "wait", id, "--home", again.address, "--timeout-ms", "60000"});
   INFO(waited.out, waited.err);
@@ -111,7 +114,8 @@ TEST_CASE("a strong agent checkpointed at a node killed with SIGKILL goes on fro
 TEST_CASE("a stored heap image that does not match its hash is refused by name and the node keeps serving") {
   TempDir dir;
   const std::string data = dir / "data";
-  const std::string id = launch_checkpoint_and_kill(dir, data);
+  std::string address;
+  const std::string id = launch_checkpoint_and_kill(dir, data, &address);
   // The row's last byte is its image's last byte: flip it, as a damaged disk would.
   const std::string row = dir / "row.bin";
   auto out = sojourn::test::run({"/usr/bin/sqlite3", data + "/sojourn.db", "SELECT writefile('" + row + "', value) FROM residents;"});
@@ -123,7 +127,7 @@ TEST_CASE("a stored heap image that does not match its hash is refused by name a
   auto in = sojourn::test::run({"/usr/bin/sqlite3", data + "/sojourn.db", "UPDATE residents SET value = readfile('" + row + "');"});
   REQUIRE(in.exit_code == 0);
 
-  Daemon again(data);
+  Daemon again(data, address);
   CHECK(call(again.address, "kv.get", R"(["input"])").out == "\"second\"\n");
   // Loaded, it would be listed (running its wait for `release`, which never comes).
   auto listed = sojourn::test::run({cli, "ps", again.address});
