@@ -43,11 +43,14 @@ return M)";
 
 // `sojourn node` on a data dir, strong agents in the process jail. A restart listens at the
 // address the first start was given: the agent's home is that address.
+// A source keeps offering a hand-over for long (--migration-retries, --retry-backoff-ms) so
+// that a destination down for a while does not strand the agent.
 struct Daemon {
   Process process;
   std::string address;
   explicit Daemon(const std::string& data_dir, const std::string& listen = "127.0.0.1:0")
-      : process({cli, "node", "--listen", listen, "--name", "s", "--data-dir", data_dir, "--peer-isolation", "process"}) {
+      : process({cli, "node", "--listen", listen, "--name", "s", "--data-dir", data_dir, "--peer-isolation", "process",
+                 "--migration-retries", "10", "--retry-backoff-ms", "50"}) {
     REQUIRE(process.started());
     std::string line;
     for (int i = 0; i < 10 && line.rfind("node s listening on ", 0) != 0; ++i) line = process.read_line(30000);
@@ -85,6 +88,16 @@ std::string launch_checkpoint_and_kill(TempDir& dir, const std::string& data, st
   node.process.wait();
   return id;
 }
+
+// Goes to `to` (down when it first tries) with a local read before the go.
+constexpr const char* kMover = R"(local M = {}
+function M.start(s)
+  local before = node.call("kv.get", "input")
+  node.call("kv.put", "phase", "going")
+  agent.go(s.to)
+  return before .. " at " .. agent.here
+end
+return M)";
 
 std::string file_text(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
@@ -144,5 +157,42 @@ TEST_CASE("a stored heap image that does not match its hash is refused by name a
   // The row is left for an operator to see.
   auto kept = sojourn::test::run({"/usr/bin/sqlite3", data + "/sojourn.db", "SELECT count(*) FROM residents;"});
   CHECK(kept.out == "1\n");
+}
+#endif
+
+#ifdef SOJOURN_CLI_PATH
+TEST_CASE("a strong agent moving from a node killed with SIGKILL is offered again with its image after the restart") {
+  TempDir dir;
+  std::string to;
+  { Daemon b(dir / "b"); to = b.address; }  // an address that nobody answers at for now
+  const std::string agent = dir.write("mover.lua", kMover);
+  std::string from, id;
+  {
+    Daemon a(dir / "a");
+    from = a.address;
+    REQUIRE(call(from, "kv.put", R"(["input", "first"])").exit_code == 0);
+    auto launched = sojourn::test::run({cli, "launch", agent, "--at", from, "--strong", "--state", R"({"to": ")" + to + R"("})"});
+    INFO(launched.out, launched.err);
+    REQUIRE(launched.exit_code == 0);
+    const std::string first = launched.out.substr(0, launched.out.find('\n'));
+    id = first.substr(first.find_last_of(' ') + 1);
+    REQUIRE(id.size() == 32);
+    bool going = false;
+    for (int i = 0; i < 600 && !going; ++i) {
+      going = call(from, "kv.get", R"(["phase"])").out == "\"going\"\n";
+      if (!going) std::this_thread::sleep_for(20ms);
+    }
+    REQUIRE(going);  // committed with its row as moving, its image in it
+    REQUIRE(call(from, "kv.put", R"(["input", "second"])").exit_code == 0);
+    a.process.signal(SIGKILL);
+    a.process.wait();
+  }
+  Daemon b(dir / "b", to);
+  Daemon a(dir / "a", from);
+  auto waited = sojourn::test::run({cli, "wait", id, "--home", from, "--timeout-ms", "60000"});
+  INFO(waited.out, waited.err);
+  CHECK(waited.exit_code == 0);
+  CHECK(waited.out.find("agent " + id + " finished") != std::string::npos);
+  CHECK(waited.out.find("result: \"first at " + to + "\"") != std::string::npos);
 }
 #endif
