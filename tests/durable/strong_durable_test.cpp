@@ -23,8 +23,8 @@ namespace {
 
 const std::string cli = SOJOURN_CLI_PATH;
 
-// Reads `input` and counts its starts before its checkpoint (both committed with it), then
-// waits in the step after it until `release` is set. Resumed from the checkpoint's image, it
+// Reads `input` and counts its starts before its first checkpoint (both committed with it),
+// then checkpoints again until `release` is set. Resumed from the checkpoint's image, it
 // answers the input it read before and one start; run again from its entry, it would read
 // the input as it is now and count two.
 constexpr const char* kCheckpointed = R"(local M = {}
@@ -36,7 +36,9 @@ function M.start(s)
   for i = 1, s.n do squares[i] = i * i end
   node.call("kv.put", "phase", "checkpointed")
   agent.checkpoint()
-  while node.call("kv.get", "release") == nil do end
+  -- Each wait is a checkpoint of its own (a new step, a new image, the same locals), so no
+  -- step's wall-clock limit runs out however slow the machine is.
+  while node.call("kv.get", "release") == nil do agent.checkpoint() end
   return before .. " starts=" .. starts .. " last=" .. squares[s.n]
 end
 return M)";
@@ -64,8 +66,8 @@ sojourn::test::RunResult call(const std::string& address, const char* service, c
 }
 
 // Launches the checkpointing agent, waits until its checkpoint is committed, changes the
-// input its entry reads, and kills the node with SIGKILL while the step after the checkpoint
-// runs. Returns the agent's id; *address: where the node listened.
+// input its entry reads, and kills the node with SIGKILL while it checkpoints on (within a
+// step or between two). Returns the agent's id; *address: where the node listened.
 std::string launch_checkpoint_and_kill(TempDir& dir, const std::string& data, std::string* address) {
   const std::string agent = dir.write("checkpointed.lua", kCheckpointed);
   Daemon node(data);
@@ -142,7 +144,7 @@ TEST_CASE("a stored heap image that does not match its hash is refused by name a
 
   Daemon again(data, address);
   CHECK(call(again.address, "kv.get", R"(["input"])").out == "\"second\"\n");
-  // Loaded, it would be listed (running its wait for `release`, which never comes).
+  // Loaded, it would be listed (checkpointing on, waiting for a `release` that never comes).
   auto listed = sojourn::test::run({cli, "ps", again.address});
   CHECK(listed.exit_code == 0);
   CHECK(listed.out.find(id.substr(0, 8)) == std::string::npos);  // never loaded, never run
