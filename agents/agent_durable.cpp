@@ -9,6 +9,7 @@
 #include "agents/agent_runtime.hpp"
 #include "agents/store/node_store.hpp"
 #include "sojourn/agents/policy.hpp"
+#include "sojourn/core/bundle.hpp"
 
 #include "sojourn/core/log.hpp"
 
@@ -19,7 +20,10 @@ namespace {
 // The row's layout: a version byte, then fields each as a little-endian u64 or a
 // u64-length-prefixed byte string.
 constexpr std::uint8_t kTrackedVersion = 1;
-constexpr std::uint8_t kResidentVersion = 1;
+// Layout 2 adds a strong agent's heap image (empty for a weak agent, or a strong one whose
+// next step starts its entry afresh); layout 1 rows (weak agents only) still load.
+constexpr std::uint8_t kResidentVersion = 2;
+constexpr std::uint8_t kResidentVersionWeakOnly = 1;
 constexpr std::uint8_t kCommitVersion = 1;
 constexpr std::uint8_t kEndVersion = 1;
 
@@ -158,7 +162,7 @@ void AgentRuntime::forget_tracked(const std::string& id) {
 
 std::vector<NodeStore::Write> AgentRuntime::resident_row(const std::string& id, const Resident& res,
                                                         const std::string& move_peer, const std::string& move_entry) {
-  if (!store_ || res.record.mobility == Mobility::strong) return {};
+  if (!store_) return {};
   std::vector<std::uint8_t> row{kResidentVersion};
   put_bytes(row, encode_value(record_to_value(res.record)));
   put_u64(row, static_cast<std::uint64_t>(res.status));
@@ -167,6 +171,10 @@ std::vector<NodeStore::Write> AgentRuntime::resident_row(const std::string& id, 
   put_text(row, res.rule != nullptr ? res.rule->name : std::string());
   put_text(row, move_peer);
   put_text(row, move_entry);
+  // A strong agent's last image (its arrival's, its last agent.go or agent.checkpoint): raw
+  // guest memory, checked against the record's image_sha256 when read back.
+  static const std::vector<std::uint8_t> kNoImage;
+  put_bytes(row, res.record.image ? *res.record.image : kNoImage);
   std::vector<NodeStore::Write> out;
   out.push_back(NodeStore::Write{NodeStore::Table::residents, id, std::move(row)});
   return out;
@@ -177,6 +185,23 @@ std::vector<NodeStore::Write> AgentRuntime::resident_gone(const std::string& id)
   std::vector<NodeStore::Write> out;
   out.push_back(NodeStore::Write{NodeStore::Table::residents, id, std::nullopt});
   return out;
+}
+
+Result<void> AgentRuntime::restore_image(AgentRecord& record, std::span<const std::uint8_t> image) {
+  if (record.image_sha256.empty()) {
+    if (!image.empty()) return errors::invalid_argument("its row holds a heap image its record does not name");
+    return {};
+  }
+  if (record.mobility != Mobility::strong) return errors::invalid_argument("a weak agent's record names a heap image");
+  if (image.empty()) return errors::invalid_argument("its record names heap image " + record.image_sha256.substr(0, 16) + " but the row holds none");
+  const std::string got = sha256_hex(image);
+  if (got != record.image_sha256) {
+    return make_error(Errc::hash_mismatch, "heap image hash mismatch: its record names " + record.image_sha256.substr(0, 16) +
+                                               ", the stored image is " + got.substr(0, 16));
+  }
+  record.image = std::make_shared<const std::vector<std::uint8_t>>(image.begin(), image.end());
+  // An image sealed by another guest build (the node was upgraded) cannot be resumed here.
+  return check_image_build(record);
 }
 
 void AgentRuntime::persist_resident(const std::string& id, const Resident& res, const std::string& move_peer,
@@ -267,7 +292,8 @@ Result<void> AgentRuntime::load_durable() {
     auto bad = [&, id = id](const std::string& why) {
       return errors::invalid_argument(store_->path() + ": resident agent " + id + " does not decode: " + why);
     };
-    if (bytes.empty() || bytes[0] != kResidentVersion) return bad("unknown layout");
+    if (bytes.empty() || (bytes[0] != kResidentVersion && bytes[0] != kResidentVersionWeakOnly)) return bad("unknown layout");
+    const bool has_image_field = bytes[0] == kResidentVersion;
     Reader r{std::span<const std::uint8_t>(bytes).subspan(1)};
     auto value = decode_value(r.bytes());
     if (!r.ok || !value) return bad(value ? "truncated" : value.error().message);
@@ -278,7 +304,17 @@ Result<void> AgentRuntime::load_durable() {
     const bool has_rule = r.u64() != 0;
     const std::string rule_name = r.text();
     Resumed resumed{id, r.text(), r.text()};
+    std::span<const std::uint8_t> image;
+    if (has_image_field) image = r.bytes();
     if (!r.ok || !r.in.empty()) return bad("truncated or trailing bytes");
+    // A strong agent's heap image is raw guest memory: loaded only by a jail, and only once
+    // its hash is the one its record names. A row that fails this is refused, logged and
+    // left in the store (the node goes on serving everything else).
+    if (auto checked = restore_image(*record, image); !checked) {
+      log_error("agents", options_.name + ": resident agent " + id + " is kept in " + store_->path() +
+                              " but refused: " + checked.error().message + ": not resumed");
+      continue;
+    }
     auto bundle = cache_.get(record->bundle_hash);
     if (!bundle) {
       log_error("agents", options_.name + ": resident agent " + id + " is kept in " + store_->path() + " but its bundle " +

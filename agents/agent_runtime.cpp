@@ -386,9 +386,11 @@ void AgentRuntime::run_step(const std::string& id) {
       r.strong_memory = input.limits.memory_bytes;
       if (checkpoint) {
         it->second.status = AgentState::queued;
+        outcome_rows = resident_row(id, it->second);  // after a restart: resumed from this image
       } else {
         go_peer = outcome->go_peer;
         it->second.status = AgentState::moving;
+        outcome_rows = resident_row(id, it->second, go_peer);  // after a restart: offered again, with this image
       }
     } else if (outcome && failure.empty()) {
       if (strong) {
@@ -416,7 +418,7 @@ void AgentRuntime::run_step(const std::string& id) {
       }
     }
     // Exactly-once steps: the step's kv writes and its outcome (the agent's row: moving,
-    // asleep, or after a checkpoint its strong state, not stored) in one transaction. An
+    // asleep, or after a checkpoint queued with its new image) in one transaction. An
     // end (finished, failed) commits them in finish(), with the row's removal.
     const bool ends = !failure.empty() || !outcome || (!strong_stop && !outcome->went && !outcome->waits);
     if (!ends) {

@@ -278,6 +278,9 @@ class AgentRuntime : public std::enable_shared_from_this<AgentRuntime>, public M
   std::vector<NodeStore::Write> resident_row(const std::string& id, const Resident& res, const std::string& move_peer = {},
                                              const std::string& move_entry = {});
   std::vector<NodeStore::Write> resident_gone(const std::string& id);
+  // A stored strong agent's image (agent_durable.cpp): checked against the record's hash and
+  // this node's guest build, then set in the record. Errors say why it is refused.
+  Result<void> restore_image(AgentRecord& record, std::span<const std::uint8_t> image);
   // A destination's dedup (migration.cpp): the COMMIT it sent for (id, epoch), kept until
   // `forget_at_ms` (the highest epochs are rebuilt from these rows), and the TRANSFER's
   // nonce until it expires; both in the transaction that makes the agent resident.
