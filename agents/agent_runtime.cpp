@@ -202,6 +202,8 @@ Result<AgentLaunchAnswer> AgentRuntime::launch_here(const AgentLaunchRequest& re
     return sandbox::strong_refused(r.isolation, "its Lua heap is not an arena at a fixed address, and this node "
                                                 "runs this agent's code there");
   }
+  // The cache may keep another copy of the same bundle (a launch beside this one stored it
+  // first) and drop this one: `m` is not used past this line.
   *bundle = cache_.store(std::move(*bundle));
   r.created_unix_ms = r.updated_unix_ms = unix_ms_now();
   AgentHop first{r.home, 0, r.created_unix_ms, 0, encode_value(r.state).size(), std::string(isolation_name(r.isolation))};
@@ -209,7 +211,7 @@ Result<AgentLaunchAnswer> AgentRuntime::launch_here(const AgentLaunchRequest& re
   r.hops.push_back(std::move(first));
   if (auto tracked = track_launch(r); !tracked) return tracked.error();
   AgentLaunchAnswer answer{r.id, r.home};
-  log_info("agents", options_.name + ": launched agent " + r.id + " (" + m.name + ")");
+  log_info("agents", options_.name + ": launched agent " + r.id + " (" + (*bundle)->bundle.manifest.name + ")");
   make_resident(std::move(r), std::move(*bundle), *rule);
   return answer;
 }
