@@ -7,7 +7,6 @@
 #include <filesystem>
 #include <fstream>
 #include <memory>
-#include <sstream>
 #include <thread>
 
 #include "sojourn/agents/node.hpp"
@@ -19,6 +18,7 @@ using namespace sojourn;
 using namespace std::chrono_literals;
 using sojourn::test::Process;
 using sojourn::test::TempDir;
+using sojourn::test::file_text;
 
 namespace {
 
@@ -49,13 +49,6 @@ function M.start(s)
   return s.n * 2, "done"
 end
 return M)";
-
-std::string file_text(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::ostringstream text;
-  text << in.rdbuf();
-  return text.str();
-}
 
 }  // namespace
 

@@ -24,6 +24,15 @@ using sojourn::test::TempDir;
 
 namespace {
 
+// At the destination: counts its visit in the kv store, then parks.
+constexpr const char* kVisitor = R"(local M = {}
+function M.start(s) agent.go(agent.itinerary[1], "visit") end
+function M.visit(s)
+  node.call("kv.put", "visits", (node.call("kv.get", "visits") or 0) + 1)
+  agent.wait("visit")
+end
+return M)";
+
 NodeOptions handover_options(const std::string& name, const std::string& data_dir) {
   NodeOptions o;
   o.name = name;
@@ -55,15 +64,7 @@ bool holds(Node& node, AgentState state) {
 TEST_CASE("a destination restarted on its data dir answers a retried OFFER and TRANSFER of an agent it took with its COMMIT") {
   TempDir dir;
   auto home = start_at("home", dir / "home", "127.0.0.1:0");
-  // At the destination: counts its visit in the kv store, then parks.
-  const char* source = R"(local M = {}
-function M.start(s) agent.go(agent.itinerary[1], "visit") end
-function M.visit(s)
-  node.call("kv.put", "visits", (node.call("kv.get", "visits") or 0) + 1)
-  agent.wait("visit")
-end
-return M)";
-  auto bundle = single_file_bundle("visitor", source);
+  auto bundle = single_file_bundle("visitor", kVisitor);
   REQUIRE(bundle.ok());
   std::string dest_address, dest_id, id;
   {
@@ -258,14 +259,7 @@ TEST_CASE("a source whose TRANSFER may have been taken never offers the agent to
   REQUIRE(fallback->listen("127.0.0.1:0").ok());
   auto source = std::make_unique<Node>(handover_options("source", ""));
   REQUIRE(source->listen("127.0.0.1:0").ok());
-  const char* code = R"(local M = {}
-function M.start(s) agent.go(agent.itinerary[1], "visit") end
-function M.visit(s)
-  node.call("kv.put", "visits", (node.call("kv.get", "visits") or 0) + 1)
-  agent.wait("visit")
-end
-return M)";
-  auto bundle = single_file_bundle("visitor", code);
+  auto bundle = single_file_bundle("visitor", kVisitor);
   REQUIRE(bundle.ok());
   AgentLaunch l;
   l.bundle = *bundle;

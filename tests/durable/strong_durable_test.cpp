@@ -8,7 +8,6 @@
 #include <csignal>
 #include <filesystem>
 #include <fstream>
-#include <sstream>
 #include <thread>
 
 #include "tests/support/process.hpp"
@@ -18,6 +17,7 @@
 using namespace std::chrono_literals;
 using sojourn::test::Process;
 using sojourn::test::TempDir;
+using sojourn::test::file_text;
 
 namespace {
 
@@ -100,13 +100,6 @@ function M.start(s)
   return before .. " at " .. agent.here
 end
 return M)";
-
-std::string file_text(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::ostringstream text;
-  text << in.rdbuf();
-  return text.str();
-}
 
 }  // namespace
 

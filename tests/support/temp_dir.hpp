@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <string>
 
 namespace sojourn::test {
@@ -40,6 +41,14 @@ class TempDir {
  private:
   std::string path_;
 };
+
+// A file's whole contents, byte for byte ("" when it cannot be read).
+inline std::string file_text(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::string text;
+  text.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+  return text;
+}
 
 // True when `path` lies inside `dir` (both made absolute and normal first).
 inline bool is_inside(const std::string& path, const std::string& dir) {
