@@ -24,6 +24,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <mutex>
 #include <sstream>
 #include <string>
@@ -351,14 +352,15 @@ int main(int argc, char** argv) {
   FILE* from_launcher = ::fdopen(out[0], "r");
   std::thread reader([&] { launched.read_all(from_launcher); });
 
-  // All N inside their steps, or the launches that failed ended and the rest are inside, or
-  // the step's wall time (less margins) is nearly gone: the peak is sampled then.
+  // All N inside their steps; or every launch answered and no resident agent is still on its
+  // way in (some failed: their steps ended without arriving); or the step's wall time (less
+  // margins) is nearly gone: the peak is sampled then.
   const auto give_up = started + std::chrono::milliseconds(wall_ms - 5'000);
   std::size_t inside = 0;
   while (Clock::now() < give_up) {
     inside = barrier.wait_for(agents, std::min(give_up, Clock::now() + std::chrono::milliseconds(200)));
     if (inside >= agents) break;
-    if (launched.ended() && inside + launched.failures().size() >= agents) break;
+    if (launched.ended() && node.stats().agents_resident <= inside) break;
   }
   const Peak peak = sample(inside);
   const auto sampled = Clock::now();
@@ -369,7 +371,9 @@ int main(int argc, char** argv) {
   int launcher_status = 0;
   ::waitpid(launcher, &launcher_status, 0);
   const std::vector<std::string> ids = launched.ids();
-  std::vector<std::string> problems = launched.failures();
+  // Failures by their reason (launches that failed, agents that did not finish right).
+  std::map<std::string, std::size_t> problems;
+  for (const std::string& f : launched.failures()) ++problems["launch " + f];
   std::size_t finished = 0;
   for (std::size_t i = 0; i < ids.size(); ++i) {
     if (ids[i].empty()) continue;
@@ -378,8 +382,7 @@ int main(int argc, char** argv) {
     if (s && s->status == AgentState::finished && s->result.get(1).is_integer() && s->result.get(1).as_integer() == want) {
       ++finished;
     } else {
-      problems.push_back("agent " + std::to_string(i) + " (" + ids[i] + "): " +
-                         (s ? std::string(agent_state_name(s->status)) + " " + s->reason : s.error().message));
+      ++problems[s ? std::string(agent_state_name(s->status)) + ": " + s->reason : s.error().message];
     }
   }
   const auto done = Clock::now();
@@ -413,8 +416,7 @@ int main(int argc, char** argv) {
   }
   std::printf("%-50s %12.2f s\n", "release to all finished and checked", seconds_between(sampled, done));
   std::printf("%-50s %14zu\n", "guests alive 0.5 s after the end", guests_after);
-  for (std::size_t i = 0; i < problems.size() && i < 5; ++i) std::printf("failure: %s\n", problems[i].c_str());
-  if (problems.size() > 5) std::printf("(and %zu more failures)\n", problems.size() - 5);
+  for (const auto& [reason, count] : problems) std::printf("%6zu x %s\n", count, reason.c_str());
   node.shutdown(std::chrono::seconds(1));
   return failures == 0 && peak.inside == agents ? 0 : 1;
 }

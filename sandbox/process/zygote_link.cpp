@@ -32,7 +32,9 @@ Error unavailable(const std::string& why) { return make_error(Errc::jail_unavail
 
 
 // One datagram and the descriptor attached to it, if any. 0 bytes: the zygote is gone.
-ssize_t receive(int socket, std::vector<std::uint8_t>& buffer, UniqueFd& fd) {
+// `fd_lost`: one was attached but the kernel dropped it (MSG_CTRUNC), because this process
+// had no descriptor free for it (RLIMIT_NOFILE).
+ssize_t receive(int socket, std::vector<std::uint8_t>& buffer, UniqueFd& fd, bool& fd_lost) {
   buffer.resize(kMaxReport);
   iovec iov{buffer.data(), buffer.size()};
   alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))] = {};
@@ -51,6 +53,7 @@ ssize_t receive(int socket, std::vector<std::uint8_t>& buffer, UniqueFd& fd) {
     std::memcpy(&received, CMSG_DATA(c), sizeof received);
     fd.reset(received);
   }
+  fd_lost = n > 0 && (msg.msg_flags & MSG_CTRUNC) != 0;
   buffer.resize(n > 0 ? static_cast<std::size_t>(n) : 0);
   return n;
 }
@@ -102,7 +105,8 @@ Result<std::shared_ptr<ZygoteLink>> ZygoteLink::start(const std::string& guest_p
   } while (polled < 0 && errno == EINTR);
   std::vector<std::uint8_t> datagram;
   UniqueFd unused;
-  Result<channel::Hello> hello = polled > 0 && receive(ours.get(), datagram, unused) > 0
+  bool unused_lost = false;
+  Result<channel::Hello> hello = polled > 0 && receive(ours.get(), datagram, unused, unused_lost) > 0
                                      ? decode_datagram<channel::Hello>(datagram)
                                      : Result<channel::Hello>(unavailable("the zygote did not start"));
   if (hello && hello->protocol != channel::kProtocolVersion) {
@@ -135,12 +139,14 @@ void ZygoteLink::read_reports() {
   std::vector<std::uint8_t> datagram;
   for (;;) {
     UniqueFd fd;
-    if (receive(control_.get(), datagram, fd) <= 0) break;
+    bool fd_lost = false;
+    if (receive(control_.get(), datagram, fd, fd_lost) <= 0) break;
     std::lock_guard lock(mutex_);
     if (auto spawned = decode_datagram<channel::Spawned>(datagram)) {
       if (auto it = pending_.find(spawned->id); it != pending_.end()) {
         it->second.spawned = std::move(*spawned);
         it->second.pidfd = std::move(fd);
+        it->second.pidfd_lost = fd_lost;
       }
     } else if (auto exited = decode_datagram<channel::Exited>(datagram)) {
       if (auto it = pending_.find(exited->id); it != pending_.end()) it->second.exited = *exited;
@@ -180,6 +186,12 @@ Result<SpawnedGuest> ZygoteLink::spawn(const Limits& limits, bool allow_jit, Uni
     return unavailable("the zygote did not answer a spawn request within 10 s");
   }
   Pending& entry = pending_[id];
+  if (entry.pidfd_lost) {
+    // The guest runs, but cannot be killed race-free without its pidfd: it ends when the
+    // caller closes its channel (end-of-file), and the zygote reaps it.
+    pending_.erase(id);
+    return errors::internal("a guest's pidfd could not be received: Too many open files (the node is at its RLIMIT_NOFILE)");
+  }
   if (!entry.spawned || entry.spawned->pid == 0 || !entry.pidfd.valid()) {
     std::string why = entry.spawned ? entry.spawned->error : std::string("the zygote died");
     pending_.erase(id);

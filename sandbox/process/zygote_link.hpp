@@ -51,6 +51,7 @@ class ZygoteLink {
   struct Pending {
     std::optional<channel::Spawned> spawned;
     UniqueFd pidfd;
+    bool pidfd_lost = false;  // attached, but this process had no descriptor free for it
     std::optional<channel::Exited> exited;
   };
 

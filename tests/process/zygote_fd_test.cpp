@@ -1,15 +1,22 @@
 // The zygote is started from the node's process: none of the node's descriptors (here a
-// listening socket opened without close-on-exec, as Asio opens them) may reach it.
+// listening socket opened without close-on-exec, as Asio opens them) may reach it. And a
+// node out of descriptors (RLIMIT_NOFILE) fails the runs that need one, saying so.
 #include <doctest/doctest.h>
 
 #include <dirent.h>
 #include <fcntl.h>
 #include <netinet/in.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <chrono>
+#include <condition_variable>
+#include <mutex>
 #include <set>
 #include <string>
+#include <thread>
+#include <vector>
 
 #include "sojourn/sandbox/process_jail.hpp"
 
@@ -42,4 +49,106 @@ TEST_CASE("the zygote inherits only the standard streams and its channel, not th
   CHECK(fds.count(3) == 1);  // its channel to the host
   for (int fd : fds) CHECK_MESSAGE(fd <= 3, "the zygote holds descriptor " << fd);
   ::close(listener);
+}
+
+namespace {
+
+// An RLIMIT_NOFILE that leaves this process exactly `free` descriptors to open (the lowest
+// unused numbers; the ones open above stay open).
+rlim_t limit_leaving(int free) {
+  std::set<int> open;
+  DIR* d = ::opendir("/proc/self/fd");
+  REQUIRE(d != nullptr);
+  const int listing = ::dirfd(d);  // closed again below: not in use after
+  while (dirent* e = ::readdir(d)) {
+    if (e->d_name[0] != '.' && std::stoi(e->d_name) != listing) open.insert(std::stoi(e->d_name));
+  }
+  ::closedir(d);
+  int fd = 0;
+  for (int found = 0;; ++fd) {
+    if (open.count(fd) == 0 && ++found == free) break;
+  }
+  return static_cast<rlim_t>(fd + 1);
+}
+
+// node.call('hold') keeps each run that got that far inside it until every run either got
+// there or failed, so the runs hold their descriptors at the same time.
+class HoldingHost : public sojourn::sandbox::HostCalls {
+ public:
+  explicit HoldingHost(int runs) : runs_(runs) {}
+  sojourn::Result<sojourn::Value> call(std::string_view, const sojourn::Value&) override {
+    std::unique_lock lock(mutex_);
+    ++inside_;
+    changed_.notify_all();
+    changed_.wait_for(lock, std::chrono::seconds(20), [this] { return inside_ + failed_ >= runs_; });
+    return sojourn::Value(static_cast<std::int64_t>(7));
+  }
+  void failed() {
+    std::lock_guard lock(mutex_);
+    ++failed_;
+    changed_.notify_all();
+  }
+
+ private:
+  const int runs_;
+  std::mutex mutex_;
+  std::condition_variable changed_;
+  int inside_ = 0;
+  int failed_ = 0;
+};
+
+}  // namespace
+
+TEST_CASE("runs that find the node out of descriptors fail saying so, and the jail serves again after") {
+  sojourn::sandbox::ProcessJailOptions options;
+  options.warm_guests = 0;  // no refill thread taking descriptors beside the runs
+  auto jail = sojourn::sandbox::ProcessJail::start(options);
+  REQUIRE(jail.ok());
+  sojourn::sandbox::RunInput input;
+  input.source = "return node.call('hold') + 1";
+  input.limits = sojourn::Limits{10'000'000, 16u << 20, 30'000};
+
+  rlimit saved{};
+  REQUIRE(::getrlimit(RLIMIT_NOFILE, &saved) == 0);
+  // Room for a few runs (each holds its channel and its guest's pidfd), not for all of them:
+  // the others meet EMFILE at their socketpair or, when another run took the descriptor the
+  // pidfd was to land in, at the pidfd the zygote sends back.
+  constexpr int kRuns = 16;
+  rlimit tight = saved;
+  tight.rlim_cur = limit_leaving(7);
+  REQUIRE(::setrlimit(RLIMIT_NOFILE, &tight) == 0);
+  HoldingHost host(kRuns);
+  std::vector<std::string> errors(kRuns);
+  std::vector<std::thread> threads;
+  for (int i = 0; i < kRuns; ++i) {
+    threads.emplace_back([&, i] {
+      auto r = (*jail)->run(input, &host);
+      if (!r) {
+        errors[static_cast<std::size_t>(i)] = r.error().message;
+        host.failed();
+      } else if (!r->get(1).is_integer() || r->get(1).as_integer() != 8) {
+        errors[static_cast<std::size_t>(i)] = "wrong result";
+        host.failed();
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  REQUIRE(::setrlimit(RLIMIT_NOFILE, &saved) == 0);
+
+  int failures = 0;
+  for (const std::string& e : errors) {
+    if (e.empty()) continue;
+    ++failures;
+    const bool says_why = e.find("Too many open files") != std::string::npos ||
+                          e.find("out of file descriptors") != std::string::npos;
+    CHECK_MESSAGE(says_why, "a run failed with: '" << e << "'");
+  }
+  INFO("failures: " << failures);
+  CHECK(failures >= kRuns - 3);  // at most 3 runs' descriptors fit in 7
+  CHECK(failures < kRuns);
+  // The zygote and the jail are fine: the next run, with descriptors to spare, succeeds.
+  HoldingHost one(1);
+  auto after = (*jail)->run(input, &one);
+  REQUIRE_MESSAGE(after.ok(), (after.ok() ? "" : after.error().message));
+  CHECK(after->get(1).as_integer() == 8);
 }
