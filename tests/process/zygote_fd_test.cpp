@@ -139,13 +139,12 @@ TEST_CASE("runs that find the node out of descriptors fail saying so, and the ja
   for (const std::string& e : errors) {
     if (e.empty()) continue;
     ++failures;
-    const bool says_why = e.find("Too many open files") != std::string::npos ||
-                          e.find("out of file descriptors") != std::string::npos;
-    CHECK_MESSAGE(says_why, "a run failed with: '" << e << "'");
+    // "internal error: socketpair: Too many open files" or "internal error: a guest's pidfd
+    // could not be received: Too many open files (the node is at its RLIMIT_NOFILE)".
+    CHECK_MESSAGE(e.find("Too many open files") != std::string::npos, "a run failed with: '" << e << "'");
   }
   INFO("failures: " << failures);
   CHECK(failures >= kRuns - 3);  // at most 3 runs' descriptors fit in 7
-  CHECK(failures < kRuns);
   // The zygote and the jail are fine: the next run, with descriptors to spare, succeeds.
   HoldingHost one(1);
   auto after = (*jail)->run(input, &one);
