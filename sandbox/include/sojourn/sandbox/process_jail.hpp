@@ -57,6 +57,9 @@ class ProcessJail : public Jail {
   //   seccomp_kill   "guest killed by seccomp: syscall N"
   //   guest_crashed  "guest crashed: ..." (a signal or an exit without an answer)
   //   jail_unavailable "process jail unavailable: ..." (the zygote cannot be restarted)
+  //   internal       "internal error: socketpair: Too many open files" or "internal error: a
+  //                  guest's pidfd could not be received: Too many open files (the node is at
+  //                  its RLIMIT_NOFILE)": each running guest holds two of the node's descriptors
   // A guest past its deadline is killed: deadline "wall-clock deadline of N ms exceeded";
   // past its CPU-time rlimit: cpu_limit "CPU limit of N instructions exceeded"; output past
   // the memory limit: memory_limit "memory limit of N bytes exceeded".
