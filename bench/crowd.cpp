@@ -6,7 +6,7 @@
 // steps; then the bench samples each guest's PSS (the guests are the jail zygote's
 // children) and the node's RSS, releases them, and checks every agent's result.
 //
-//   bench_crowd [--agents N] [--workers W] [--wall-ms MS]
+//   bench_crowd [--agents N] [--workers W] [--wall-ms MS] [--no-peer]
 //
 // A step runs on one of the node's worker threads from start to end (a host call blocks
 // that thread), so N steps at once need NodeOptions::worker_threads >= N: W defaults to
@@ -280,6 +280,85 @@ Peak sample(std::size_t inside) {
   return p;
 }
 
+
+// The peer: one bubblewrap-jailed LuaJIT process per agent (`bwrap --unshare-all --ro-bind / /
+// luajit`), each started at once, saying it is in, then blocked reading its stdin (one pipe
+// shared by all) until the bench closes it. PSS is summed over each instance's process tree.
+struct PeerCrowd {
+  bool ran = false;
+  std::string skipped;  // why it did not run
+  std::size_t inside = 0;
+  std::size_t exited_ok = 0;
+  std::vector<double> pss;  // bytes, one per instance
+  double pss_sum = 0;
+  double all_inside_s = 0;
+};
+
+double tree_pss(int pid) {
+  double sum = static_cast<double>(memory_of(pid).pss);
+  for (int child : children_of(pid)) sum += tree_pss(child);
+  return sum;
+}
+
+PeerCrowd run_peer_crowd(std::size_t agents) {
+  PeerCrowd peer;
+  const char* bwrap = "/usr/bin/bwrap";
+  const char* luajit = "/usr/bin/luajit";
+  if (::access(bwrap, X_OK) != 0 || ::access(luajit, X_OK) != 0) {
+    peer.skipped = "needs /usr/bin/bwrap and /usr/bin/luajit (Debian packages bubblewrap, luajit)";
+    return peer;
+  }
+  int in[2], out[2];
+  if (::pipe2(in, O_CLOEXEC) != 0 || ::pipe2(out, O_CLOEXEC) != 0) {
+    peer.skipped = std::string("pipe2: ") + std::strerror(errno);
+    return peer;
+  }
+  std::vector<const char*> argv{bwrap, "--unshare-all", "--die-with-parent", "--ro-bind", "/", "/", luajit, "-e",
+                                "local s = {i = 1} io.write('in\\n') io.flush() io.read('*a') os.exit(s.i * 0)",
+                                nullptr};
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_adddup2(&actions, in[0], STDIN_FILENO);
+  posix_spawn_file_actions_adddup2(&actions, out[1], STDOUT_FILENO);
+  const auto started = Clock::now();
+  std::vector<pid_t> pids;
+  for (std::size_t i = 0; i < agents; ++i) {
+    pid_t pid = 0;
+    // SAFETY: posix_spawn does not modify the argument strings.
+    const int rc = posix_spawn(&pid, bwrap, &actions, nullptr, const_cast<char* const*>(argv.data()), environ);
+    if (rc != 0) {
+      peer.skipped = std::string("posix_spawn bwrap: ") + std::strerror(rc);
+      break;
+    }
+    pids.push_back(pid);
+  }
+  posix_spawn_file_actions_destroy(&actions);
+  ::close(in[0]);
+  ::close(out[1]);
+  // Each instance writes "in\n" once it runs its Lua; the pipe holds all of them.
+  char buffer[4096];
+  while (peer.inside < pids.size()) {
+    const ssize_t n = ::read(out[0], buffer, sizeof buffer);
+    if (n <= 0) break;
+    for (ssize_t i = 0; i < n; ++i) peer.inside += buffer[i] == '\n' ? 1 : 0;
+  }
+  peer.all_inside_s = seconds_between(started, Clock::now());
+  for (pid_t pid : pids) {
+    const double pss = tree_pss(pid);
+    peer.pss.push_back(pss);
+    peer.pss_sum += pss;
+  }
+  ::close(in[1]);  // end-of-file: every instance exits
+  for (pid_t pid : pids) {
+    int status = 0;
+    while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+    }
+    peer.exited_ok += WIFEXITED(status) && WEXITSTATUS(status) == 0 ? 1 : 0;
+  }
+  ::close(out[0]);
+  peer.ran = peer.skipped.empty();
+  return peer;
+}
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -287,6 +366,7 @@ int main(int argc, char** argv) {
   std::size_t workers = 0;
   std::uint32_t wall_ms = 60'000;  // the most a node allows by default (NodeOptions::max_limits)
   std::string launch_to;
+  bool with_peer = true;
   for (int i = 1; i < argc; ++i) {
     const bool has_value = i + 1 < argc;
     if (std::strcmp(argv[i], "--agents") == 0 && has_value) {
@@ -295,10 +375,12 @@ int main(int argc, char** argv) {
       workers = std::strtoull(argv[++i], nullptr, 10);
     } else if (std::strcmp(argv[i], "--wall-ms") == 0 && has_value) {
       wall_ms = static_cast<std::uint32_t>(std::strtoul(argv[++i], nullptr, 10));
+    } else if (std::strcmp(argv[i], "--no-peer") == 0) {
+      with_peer = false;
     } else if (std::strcmp(argv[i], "--launch-to") == 0 && has_value) {
       launch_to = argv[++i];  // internal: the launcher's process
     } else {
-      std::fprintf(stderr, "usage: bench_crowd [--agents N] [--workers W] [--wall-ms MS]\n");
+      std::fprintf(stderr, "usage: bench_crowd [--agents N] [--workers W] [--wall-ms MS] [--no-peer]\n");
       return 2;
     }
   }
@@ -334,6 +416,7 @@ int main(int argc, char** argv) {
     return 1;
   }
 
+  const Memory node_before = memory_of(static_cast<int>(::getpid()));
   // The launcher: this program again, in launcher mode, its stdout a pipe to us.
   int out[2];
   if (::pipe2(out, O_CLOEXEC) != 0) {
@@ -402,6 +485,9 @@ int main(int argc, char** argv) {
   const std::size_t guests_after = peak.zygote != 0 ? children_of(peak.zygote).size() : 0;
 
   const bench::LatencySummary pss = bench::summarize(peak.guest_pss);
+  // What each step costs the node itself (its worker thread's stack, the agent's record).
+  const double node_growth =
+      peak.node.pss > node_before.pss ? static_cast<double>(peak.node.pss - node_before.pss) / static_cast<double>(agents) : 0;
   std::printf("%zu agents at once, each inside a step at '%s' on one node (%zu worker threads, warm_guests %u)\n",
               agents, std::string(isolation_name(level)).c_str(), workers, o.warm_guests);
   std::printf("%-50s %14s\n", "measure", "value");
@@ -416,8 +502,10 @@ int main(int argc, char** argv) {
   std::printf("%-50s %10.1f MiB\n", "PSS of all guests", mib(peak.guest_pss_sum));
   std::printf("%-50s %10.1f MiB\n", "RSS of all guests (shared pages counted each time)", mib(peak.guest_rss_sum));
   std::printf("%-50s %10.1f MiB\n", "zygote PSS", mib(static_cast<double>(peak.zygote_memory.pss)));
+  std::printf("%-50s %10.1f MiB\n", "node RSS before the launches", mib(static_cast<double>(node_before.rss)));
   std::printf("%-50s %10.1f MiB\n", "node RSS", mib(static_cast<double>(peak.node.rss)));
   std::printf("%-50s %10.1f MiB\n", "node PSS", mib(static_cast<double>(peak.node.pss)));
+  std::printf("%-50s %10.0f KiB\n", "node PSS growth per step", node_growth / 1024.0);
   std::printf("%-50s %10.1f MiB\n", "node + zygote + guests, PSS",
               mib(static_cast<double>(peak.node.pss + peak.zygote_memory.pss) + peak.guest_pss_sum));
   if (peak.inside != 0) {
@@ -429,5 +517,26 @@ int main(int argc, char** argv) {
   std::printf("%-50s %14zu\n", "guests alive 0.5 s after the end", guests_after);
   for (const auto& [reason, count] : problems) std::printf("%6zu x %s\n", count, reason.c_str());
   node.shutdown(std::chrono::seconds(1));
+
+  if (with_peer) {
+    const PeerCrowd peer = run_peer_crowd(agents);
+    if (!peer.ran) {
+      std::printf("peer (bwrap + luajit per agent) skipped: %s\n", peer.skipped.c_str());
+    } else {
+      const bench::LatencySummary ppss = bench::summarize(peer.pss);
+      std::printf("peer: %zu x bwrap --unshare-all --ro-bind / / luajit, each blocked on stdin\n", agents);
+      std::printf("%-50s %14zu\n", "peer instances inside at the peak", peer.inside);
+      std::printf("%-50s %14zu\n", "peer instances that exited 0", peer.exited_ok);
+      std::printf("%-50s %10.0f KiB\n", "peer PSS per instance, median", ppss.median_us / 1024.0);
+      std::printf("%-50s %10.0f KiB\n", "peer PSS per instance, p99", ppss.p99_us / 1024.0);
+      std::printf("%-50s %10.1f MiB\n", "peer PSS of all instances", mib(peer.pss_sum));
+      std::printf("%-50s %12.2f s\n", "peer: first spawn to all inside", peer.all_inside_s);
+      if (ppss.median_us > 0) {
+        std::printf("%-50s %12.2f\n", "ratio: guest PSS median / peer's", pss.median_us / ppss.median_us);
+        std::printf("%-50s %12.2f\n", "ratio: (guest + node growth) / peer's, per agent",
+                    (pss.median_us + node_growth) / ppss.median_us);
+      }
+    }
+  }
   return failures == 0 && peak.inside == agents ? 0 : 1;
 }
