@@ -6,7 +6,7 @@
 // steps; then the bench samples each guest's PSS (the guests are the jail zygote's
 // children) and the node's RSS, releases them, and checks every agent's result.
 //
-//   bench_crowd [--agents N] [--workers W] [--wall-ms MS] [--no-peer]
+//   bench_crowd [--agents N] [--workers W] [--wall-ms MS] [--launch-threads K] [--no-peer]
 //
 // A step runs on one of the node's worker threads from start to end (a host call blocks
 // that thread), so N steps at once need NodeOptions::worker_threads >= N: W defaults to
@@ -115,9 +115,10 @@ Result<Bundle> crowd_bundle(std::uint32_t wall_ms) {
   return bundle;
 }
 
-// The launcher: a second node, in its own process, that launches the agents at `peer` and
-// prints "launched ID" (in order, the agent's index is its line) or "failed I MESSAGE".
-int launcher_main(const std::string& peer, std::size_t agents, std::uint32_t wall_ms) {
+// The launcher: a second node, in its own process, that launches the agents at `peer` from
+// `threads` threads (agent i from thread i % threads) and prints "launched I ID" or "failed I
+// MESSAGE" for each, then "took SECONDS".
+int launcher_main(const std::string& peer, std::size_t agents, std::uint32_t wall_ms, std::size_t threads) {
   set_log_level(LogLevel::error);
   NodeOptions o;
   o.name = "crowd-launcher";
@@ -128,22 +129,29 @@ int launcher_main(const std::string& peer, std::size_t agents, std::uint32_t wal
     std::printf("failed 0 %s\n", bundle.error().message.c_str());
     return 1;
   }
-  int failures = 0;
+  std::atomic<int> failures{0};
+  std::mutex out;
   const auto started = Clock::now();
-  for (std::size_t i = 0; i < agents; ++i) {
-    AgentLaunch l;
-    l.bundle = *bundle;
-    l.state = Value::table();
-    l.state.set("i", static_cast<std::int64_t>(i));
-    auto id = launcher.launch(peer, std::move(l));
-    if (id) {
-      std::printf("launched %s\n", id->c_str());
-    } else {
-      std::printf("failed %zu %s\n", i, id.error().message.c_str());
-      ++failures;
+  auto launch_some = [&](std::size_t first) {
+    for (std::size_t i = first; i < agents; i += threads) {
+      AgentLaunch l;
+      l.bundle = *bundle;
+      l.state = Value::table();
+      l.state.set("i", static_cast<std::int64_t>(i));
+      auto id = launcher.launch(peer, std::move(l));
+      std::lock_guard lock(out);
+      if (id) {
+        std::printf("launched %zu %s\n", i, id->c_str());
+      } else {
+        std::printf("failed %zu %s\n", i, id.error().message.c_str());
+        ++failures;
+      }
+      std::fflush(stdout);
     }
-    std::fflush(stdout);
-  }
+  };
+  std::vector<std::thread> pool;
+  for (std::size_t t = 0; t < threads; ++t) pool.emplace_back(launch_some, t);
+  for (auto& t : pool) t.join();
   std::printf("took %.3f\n", seconds_between(started, Clock::now()));
   std::fflush(stdout);
   launcher.shutdown(std::chrono::seconds(1));
@@ -202,6 +210,8 @@ class Barrier {
 // The launcher's output as it comes: the agents' ids by index and the launches that failed.
 class LauncherOutput {
  public:
+  explicit LauncherOutput(std::size_t agents) : ids_(agents) {}
+
   void read_all(FILE* from) {
     char* line = nullptr;
     std::size_t cap = 0;
@@ -210,13 +220,20 @@ class LauncherOutput {
       std::string s(line, static_cast<std::size_t>(got));
       if (!s.empty() && s.back() == '\n') s.pop_back();
       std::lock_guard lock(mutex_);
-      if (s.rfind("launched ", 0) == 0) {
-        ids_.push_back(s.substr(9));
-      } else if (s.rfind("took ", 0) == 0) {
-        took_s_ = std::strtod(s.c_str() + 5, nullptr);
+      std::istringstream words(s);
+      std::string kind, rest;
+      std::size_t index = 0;
+      words >> kind;
+      if (kind == "took") {
+        words >> took_s_;
+        continue;
+      }
+      words >> index;
+      std::getline(words >> std::ws, rest);
+      if (kind == "launched" && index < ids_.size()) {
+        ids_[index] = rest;
       } else {
-        ids_.emplace_back();  // this index has no agent
-        failures_.push_back(s);
+        failures_.push_back(kind == "failed" ? rest : s);  // that index has no agent
       }
     }
     std::free(line);
@@ -366,6 +383,7 @@ int main(int argc, char** argv) {
   std::size_t workers = 0;
   std::uint32_t wall_ms = 60'000;  // the most a node allows by default (NodeOptions::max_limits)
   std::string launch_to;
+  std::size_t launch_threads = 1;
   bool with_peer = true;
   for (int i = 1; i < argc; ++i) {
     const bool has_value = i + 1 < argc;
@@ -377,10 +395,12 @@ int main(int argc, char** argv) {
       wall_ms = static_cast<std::uint32_t>(std::strtoul(argv[++i], nullptr, 10));
     } else if (std::strcmp(argv[i], "--no-peer") == 0) {
       with_peer = false;
+    } else if (std::strcmp(argv[i], "--launch-threads") == 0 && has_value) {
+      launch_threads = std::strtoull(argv[++i], nullptr, 10);
     } else if (std::strcmp(argv[i], "--launch-to") == 0 && has_value) {
       launch_to = argv[++i];  // internal: the launcher's process
     } else {
-      std::fprintf(stderr, "usage: bench_crowd [--agents N] [--workers W] [--wall-ms MS] [--no-peer]\n");
+      std::fprintf(stderr, "usage: bench_crowd [--agents N] [--workers W] [--wall-ms MS] [--launch-threads K] [--no-peer]\n");
       return 2;
     }
   }
@@ -388,7 +408,8 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "--agents must be at least 1 and --wall-ms at least 5000\n");
     return 2;
   }
-  if (!launch_to.empty()) return launcher_main(launch_to, agents, wall_ms);
+  if (launch_threads == 0) launch_threads = 1;
+  if (!launch_to.empty()) return launcher_main(launch_to, agents, wall_ms, launch_threads);
   if (workers == 0) workers = agents + 2;
   if (workers < agents) {
     std::fprintf(stderr, "--workers %zu < --agents %zu: a step holds its worker thread, so at most %zu run at once\n",
@@ -425,10 +446,12 @@ int main(int argc, char** argv) {
   }
   const std::string self = std::filesystem::read_symlink("/proc/self/exe").string();
   const std::string agents_arg = std::to_string(agents), wall_arg = std::to_string(wall_ms);
+  const std::string threads_arg = std::to_string(launch_threads);
   std::vector<char*> child_argv{const_cast<char*>(self.c_str()), const_cast<char*>("--launch-to"),
                                 const_cast<char*>(bound->c_str()), const_cast<char*>("--agents"),
                                 const_cast<char*>(agents_arg.c_str()), const_cast<char*>("--wall-ms"),
-                                const_cast<char*>(wall_arg.c_str()), nullptr};
+                                const_cast<char*>(wall_arg.c_str()), const_cast<char*>("--launch-threads"),
+                                const_cast<char*>(threads_arg.c_str()), nullptr};
   posix_spawn_file_actions_t actions;
   posix_spawn_file_actions_init(&actions);
   posix_spawn_file_actions_adddup2(&actions, out[1], STDOUT_FILENO);
@@ -441,7 +464,7 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "posix_spawn %s: %s\n", self.c_str(), std::strerror(spawned));
     return 1;
   }
-  LauncherOutput launched;
+  LauncherOutput launched(agents);
   FILE* from_launcher = ::fdopen(out[0], "r");
   std::thread reader([&] { launched.read_all(from_launcher); });
 
@@ -488,8 +511,9 @@ int main(int argc, char** argv) {
   // What each step costs the node itself (its worker thread's stack, the agent's record).
   const double node_growth =
       peak.node.pss > node_before.pss ? static_cast<double>(peak.node.pss - node_before.pss) / static_cast<double>(agents) : 0;
-  std::printf("%zu agents at once, each inside a step at '%s' on one node (%zu worker threads, warm_guests %u)\n",
-              agents, std::string(isolation_name(level)).c_str(), workers, o.warm_guests);
+  std::printf("%zu agents at once, each inside a step at '%s' on one node (%zu worker threads, warm_guests %u; "
+              "launched from %zu thread(s))\n",
+              agents, std::string(isolation_name(level)).c_str(), workers, o.warm_guests, launch_threads);
   std::printf("%-50s %14s\n", "measure", "value");
   std::printf("%-50s %14zu\n", "agents", agents);
   std::printf("%-50s %14zu\n", "failures", failures);
@@ -512,7 +536,7 @@ int main(int argc, char** argv) {
     std::printf("%-50s %12.2f s\n", "first launch to first step inside", seconds_between(started, barrier.first()));
     std::printf("%-50s %12.2f s\n", "first launch to last step inside", seconds_between(started, barrier.last()));
   }
-  std::printf("%-50s %12.2f s\n", "the launcher's N launch calls, one at a time", launched.took_s());
+  std::printf("%-50s %12.2f s\n", "the launcher's N launch calls", launched.took_s());
   std::printf("%-50s %12.2f s\n", "release to all finished and checked", seconds_between(sampled, done));
   std::printf("%-50s %14zu\n", "guests alive 0.5 s after the end", guests_after);
   for (const auto& [reason, count] : problems) std::printf("%6zu x %s\n", count, reason.c_str());
