@@ -507,6 +507,7 @@ int main(int argc, char** argv) {
   std::this_thread::sleep_for(std::chrono::milliseconds(500));
   const std::size_t guests_after = peak.zygote != 0 ? children_of(peak.zygote).size() : 0;
 
+  // bench::summarize is for microseconds; here its fields hold bytes (nearest-rank all the same).
   const bench::LatencySummary pss = bench::summarize(peak.guest_pss);
   // What each step costs the node itself (its worker thread's stack, the agent's record).
   const double node_growth =
