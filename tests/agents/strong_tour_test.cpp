@@ -1,8 +1,9 @@
 // Strong mobility as a user meets it (issue 13, "What a user can do"), over three nodes and
 // through public interfaces only (the `sojourn` command, Node): the README's tour sample, the
 // itinerary's and `sojourn ps`'s image figures, a hand-over that falls back home (where the
-// next line runs), a travelling CPU budget spent on the third node (its reason sent home), and
-// a policy refusing one signer's strong agents at a hand-over.
+// next line runs), a travelling CPU budget spent on the third node (its reason sent home), a
+// policy refusing one signer's strong agents at a hand-over, and a 64 MB heap imaged again after
+// its first restore.
 #include <doctest/doctest.h>
 
 #include <chrono>
@@ -283,4 +284,59 @@ end)", {"start"});
   CHECK(passed.result.get(1).as_string() == c.addr[1] + " " + c.addr[2]);
   REQUIRE(passed.hops.size() == 3);
   CHECK(passed.hops[2].node == c.addr[2]);
+}
+
+TEST_CASE("a 64 MB heap tours three nodes: imaged again after its restore, it arrives intact each time") {
+  test::Cluster c(3, [](int, NodeOptions& o) { o.peer_isolation = Isolation::process; });
+  // 64 Ki strings of ~1 KB of pseudo-random hex (each 1 KB piece used again only 1 MB further
+  // on, beyond zstd's window), so the image stays over one 16 MB frame: it travels in pieces.
+  // A checksum taken at the start is compared on each stop.
+  auto bundle = single_file_bundle("big", R"(
+function start(s)
+  local blocks = {}
+  for k = 1, 1024 do
+    local piece = {}
+    for j = 1, 128 do piece[j] = string.format("%08x", math.random(0, 2147483647)) end
+    blocks[k] = table.concat(piece)
+  end
+  local big = {}
+  for i = 1, 65536 do big[i] = blocks[i % 1024 + 1] .. i end
+  local function checksum()
+    local sum = 0
+    for i = 1, #big do sum = (sum + big[i]:byte(1 + i % 1000) * i + #big[i]) % 2147483647 end
+    return sum
+  end
+  local before = checksum()
+  local seen = {}
+  for _, stop in ipairs(s.stops) do
+    agent.go(stop)
+    local bad = 0
+    for i = 1, #big, 7 do
+      if big[i] ~= blocks[i % 1024 + 1] .. i then bad = bad + 1 end
+    end
+    seen[#seen + 1] = agent.here .. ":" .. bad .. ":" .. tostring(checksum() == before)
+  end
+  return table.concat(seen, " ")
+end)", {"start"});
+  REQUIRE(bundle.ok());
+  bundle->manifest.quotas.memory_bytes = 192u << 20;
+  bundle->manifest.quotas.wall_ms = 60'000;  // a loaded sanitizer run: one step may take seconds
+  AgentLaunch l;
+  l.bundle = *bundle;
+  l.state = Value::table();
+  l.state.set("stops", Value::array({c.addr[1], c.addr[2]}));
+  l.mobility = Mobility::strong;
+  auto id = c[0].launch({}, l);
+  REQUIRE_MESSAGE(id.ok(), (id.ok() ? "" : id.error().message));
+  auto s = c[0].wait_agent({}, *id, 240s);
+  REQUIRE(s.ok());
+  REQUIRE_MESSAGE(s->status == AgentState::finished, agent_state_name(s->status) << ": " << s->reason);
+  CHECK(s->result.get(1).as_string() == c.addr[1] + ":0:true " + c.addr[2] + ":0:true");
+  REQUIRE(s->hops.size() == 3);
+  for (std::size_t i = 0; i < 2; ++i) {
+    CAPTURE(i);
+    CHECK(s->hops[i].image_raw_bytes > (64u << 20));
+    CHECK(s->hops[i].image_bytes > (16u << 20));  // over the default frame limit: sent in pieces
+    CHECK(s->hops[i + 1].state_bytes == s->hops[i].image_bytes);
+  }
 }
