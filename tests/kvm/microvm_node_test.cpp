@@ -1,7 +1,8 @@
 // Nodes whose peer code runs in microVMs: with the default options a node on a host whose
 // KVM runs the guest picks the microvm level by itself, and remote evaluation and a mobile
-// agent's tour (closures in its state) work end to end through it. Needs /dev/kvm: it runs in
-// kvm_tests (nested QEMU where the host has no usable KVM), over TCP on the guest's loopback.
+// agent's tour (closures in its state) work end to end through it; a strong agent is handed
+// between a node of the process jail and a node of microVMs, both ways. Needs /dev/kvm: it runs
+// in kvm_tests (nested QEMU where the host has no usable KVM), over TCP on the guest's loopback.
 #include <doctest/doctest.h>
 
 #include <algorithm>
@@ -42,6 +43,25 @@ function M.visit(s)
   return s.seen
 end
 return M
+)";
+
+// A strong agent: agent.go(peer) without an entry, and the next line runs on the peer with the
+// loop's locals, a closure's shared upvalue and a half-used generator as they were.
+constexpr const char* kStrongTour = R"(
+function start(s)
+  local count = 0
+  local function bump() count = count + 1 return count end
+  local function peek() return count end
+  local gen = coroutine.wrap(function() for i = 1, 10 do coroutine.yield(i * i) end end)
+  local seen = {}
+  for _, stop in ipairs(s.stops) do
+    local before, n = bump(), gen()
+    agent.go(stop)
+    seen[#seen + 1] = { at = agent.here, n = n, count = before + bump() + peek(),
+                        price = node.call("kv.get", "price"), level = node.call("node.info").peer_isolation }
+  end
+  return seen
+end
 )";
 
 }  // namespace
@@ -121,4 +141,54 @@ TEST_CASE("a signed agent's CPU budget travels and is enforced in microVMs: it e
   CHECK(s->reason == "agent " + *id + " ran out of its CPU budget of 150000 instructions (at " + c.addr[2] + ")");
   REQUIRE(s->hops.size() == 3);
   for (const auto& hop : s->hops) CHECK(hop.isolation == "microvm");
+}
+
+TEST_CASE("a strong agent goes from a process-jail node to a microVM node and on to a process-jail node, at the next line") {
+  // n0 and n2 run peers' code in the process jail, n1 in microVMs. The agent starts in n0's
+  // process jail; its image, taken there, resumes in a microVM on n1; the image n1 takes in
+  // the microVM resumes on n2, which runs it in a microVM too: a node may strengthen an
+  // agent's jail, never weaken it. Images cross between the two jails in both directions.
+  Cluster c(3, [](int i, NodeOptions& o) {
+    patient(i, o);
+    o.peer_isolation = i == 1 ? Isolation::microvm : Isolation::process;
+  });
+  REQUIRE(c[1].isolation_levels().has(Isolation::microvm));
+  auto bundle = single_file_bundle("strong_tour", kStrongTour, {"start"});
+  REQUIRE(bundle.ok());
+  bundle->manifest.quotas.wall_ms = 60'000;  // an emulated CPU restores an image slowly
+  AgentLaunch l;
+  l.bundle = *bundle;
+  l.state = Value::table();
+  l.state.set("stops", Value::array({c.addr[1], c.addr[2]}));
+  l.owner = "tester";
+  l.mobility = Mobility::strong;
+  auto id = c[0].launch(c.addr[0], l);
+  REQUIRE_MESSAGE(id.ok(), (id.ok() ? "" : id.error().message));
+  auto s = c[0].wait_agent(c.addr[0], *id, 240s);
+  REQUIRE_MESSAGE(s.ok(), (s.ok() ? "" : s.error().message));
+  INFO("status " << agent_state_name(s->status) << ": " << s->reason);
+  REQUIRE(s->status == AgentState::finished);
+  Value seen = s->result.get(1);
+  REQUIRE(seen.length() == 2);
+  CHECK(seen.get(1).get("at").as_string() == c.addr[1]);
+  CHECK(seen.get(1).get("n").as_integer() == 1);
+  CHECK(seen.get(1).get("count").as_integer() == 1 + 2 + 2);  // bump before, bump after, peek: one cell
+  CHECK(seen.get(1).get("price").as_integer() == 110);
+  CHECK(seen.get(1).get("level").as_string() == "microvm");
+  CHECK(seen.get(2).get("at").as_string() == c.addr[2]);
+  CHECK(seen.get(2).get("n").as_integer() == 4);
+  CHECK(seen.get(2).get("count").as_integer() == 3 + 4 + 4);
+  CHECK(seen.get(2).get("price").as_integer() == 120);
+  CHECK(seen.get(2).get("level").as_string() == "process");  // the node's own level for peers
+  REQUIRE(s->hops.size() == 3);
+  CHECK(s->hops[0].isolation == "process");
+  CHECK(s->hops[1].isolation == "microvm");
+  CHECK(s->hops[2].isolation == "microvm");
+  for (const auto& hop : s->hops) CHECK(hop.mobility == "strong");
+  for (std::size_t i = 0; i < 2; ++i) {
+    CHECK(s->hops[i].image_bytes > 0);
+    CHECK(s->hops[i + 1].state_bytes == s->hops[i].image_bytes);  // what arrived is the image it left with
+    CHECK(s->hops[i + 1].restore_us > 0);
+  }
+  CHECK(s->epoch == 2);
 }
