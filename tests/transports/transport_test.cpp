@@ -239,6 +239,52 @@ TEST_CASE("a request that gets no reply in time ends with a timeout") {
   CHECK(next->payload == std::vector<std::uint8_t>{7, 0});
 }
 
+TEST_CASE("requests on one link keep their own deadlines: the late one times out, the others are answered") {
+  Fixture f;
+  auto link = f.run([&] { return make_link(f.io.get_executor(), f.bound, {}); });
+  // The link's one deadline timer is armed at the first request's (far) deadline; the
+  // second's is earlier and must still fire before its reply (250 ms) comes.
+  auto slow = f.run([&] { return asio::co_spawn(f.io, one_request(link, {150, 1}, 5000ms), asio::use_future); });
+  auto late = f.run([&] { return asio::co_spawn(f.io, one_request(link, {250, 2}, 60ms), asio::use_future); });
+  auto quick = f.run([&] { return asio::co_spawn(f.io, one_request(link, {0, 3}, 5000ms), asio::use_future); });
+  auto timed_out = late.get();
+  REQUIRE_FALSE(timed_out.ok());
+  CHECK(timed_out.error() == make_error(Errc::timeout, "request to " + f.bound.to_string() + " timed out after 60 ms"));
+  auto answered = quick.get();
+  REQUIRE(answered.ok());
+  CHECK(answered->payload == std::vector<std::uint8_t>{3, 0});
+  auto later = slow.get();
+  REQUIRE(later.ok());
+  CHECK(later->payload == std::vector<std::uint8_t>{1, 150});
+  // After firing, the timer is armed again for the next deadline on the link.
+  auto second = f.await(one_request(link, {200, 4}, 30ms));
+  CHECK_ERROR(second, Errc::timeout, f.bound.to_string(), "30 ms");
+  auto next = f.await(one_request(link, {0, 5}));
+  REQUIRE(next.ok());
+  CHECK(next->payload == std::vector<std::uint8_t>{5, 0});
+}
+
+TEST_CASE("closing a link fails every request in flight on it at once with connection_closed") {
+  Fixture f;
+  auto link = f.run([&] { return make_link(f.io.get_executor(), f.bound, {}); });
+  std::vector<std::future<Result<Frame>>> replies;
+  for (int i = 0; i < 3; ++i) {  // each answered after 255 ms of work and 500 ms held back
+    replies.push_back(f.run([&] { return asio::co_spawn(f.io, one_request(link, {255, kHoldReply}, 30'000ms), asio::use_future); }));
+  }
+  for (int i = 0; i < 2000 && f.handler->handled < 3; ++i) std::this_thread::sleep_for(1ms);
+  REQUIRE(f.handler->handled == 3);
+  f.run([&] { link->close(); return 0; });
+  for (auto& r : replies) {
+    // Woken by the close, not by the replies (which would come) or the deadline.
+    REQUIRE(r.wait_for(10s) == std::future_status::ready);
+    auto closed = r.get();
+    CHECK(closed.error() == errors::connection_closed(f.bound.to_string(), "closed locally"));
+  }
+  CHECK_FALSE(f.run([&] { return link->usable(); }));
+  auto after = f.await(one_request(link, {0, 9}));
+  CHECK(after.error() == errors::connection_closed(f.bound.to_string(), "closed locally"));
+}
+
 TEST_CASE("a handler's reply fault holds a reply back, or closes the connection after the work instead of replying") {
   Fixture f;
   auto link = f.run([&] { return make_link(f.io.get_executor(), f.bound, {}); });
