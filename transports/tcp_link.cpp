@@ -53,7 +53,7 @@ class TcpLink final : public Link, public std::enable_shared_from_this<TcpLink> 
     pending.deadline = deadlines_.emplace(deadline, id);
     pending_.emplace(id, &pending);
     arm_deadline(deadline);
-    socket_->send(encode_frame(kind, id, payload));
+    socket_->send_frame(kind, id, std::move(payload));
     // Woken by its reply, its deadline (the link's one timer) or the link's failure.
     if (!pending.reply && !pending.error) {
       boost::system::error_code ec;
