@@ -14,6 +14,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <memory>
 #include <mutex>
 #include <string>
 #include <unordered_map>
@@ -32,15 +33,16 @@ using Clock = std::chrono::steady_clock;
 struct Connection {
   int fd = -1;
   std::uint64_t next_id = 1;
-  // Bytes read past the last frame (a reply never has any after it, but a server may send
-  // a protocol_error right behind one).
-  std::vector<std::uint8_t> buffer;
-  std::size_t begin = 0;
+  // Bytes read and not yet taken: [begin, end) of a buffer allocated once, never zero-filled
+  // (a reply never has bytes after it, but a server may send a protocol_error right behind one).
+  static constexpr std::size_t kBufferBytes = 16 * 1024;
+  std::unique_ptr<std::uint8_t[]> buffer = std::make_unique_for_overwrite<std::uint8_t[]>(kBufferBytes);
+  std::size_t begin = 0, end = 0;
 
   ~Connection() {
     if (fd >= 0) ::close(fd);
   }
-  std::size_t buffered() const { return buffer.size() - begin; }
+  std::size_t buffered() const { return end - begin; }
 };
 
 std::string errno_text(int e) { return std::strerror(e); }
@@ -206,22 +208,29 @@ Result<void> write_frame(Connection& c, const std::string& peer, FrameKind kind,
 
 // Reads more bytes into c.buffer. Errors: timeout (empty message), connection_closed's
 // reason as the message of an Errc::connection_closed error (the caller names the peer).
-Result<void> read_more(Connection& c, Clock::time_point deadline) {
-  if (c.begin > 0 && c.begin == c.buffer.size()) {
-    c.buffer.clear();
+// `wait_first`: nothing is expected yet (a reply just asked for), so poll before reading
+// rather than pay for a read that would find nothing.
+Result<void> read_more(Connection& c, Clock::time_point deadline, bool wait_first) {
+  // What is left is at most part of a header (a payload is taken as it comes): moved to the front.
+  if (c.begin > 0) {
+    std::memmove(c.buffer.get(), c.buffer.get() + c.begin, c.buffered());
+    c.end -= c.begin;
     c.begin = 0;
   }
-  constexpr std::size_t kChunk = 16 * 1024;
+  if (wait_first) {
+    int ready = wait_for(c.fd, POLLIN, deadline);
+    if (ready == 0) return make_error(Errc::timeout, "");
+    if (ready < 0) return make_error(Errc::connection_closed, errno_text(errno));
+  }
   for (;;) {
-    const std::size_t had = c.buffer.size();
-    c.buffer.resize(had + kChunk);
-    ssize_t n = ::recv(c.fd, c.buffer.data() + had, kChunk, 0);
-    const int err = errno;
-    c.buffer.resize(had + static_cast<std::size_t>(std::max<ssize_t>(n, 0)));
-    if (n > 0) return {};
+    ssize_t n = ::recv(c.fd, c.buffer.get() + c.end, Connection::kBufferBytes - c.end, 0);
+    if (n > 0) {
+      c.end += static_cast<std::size_t>(n);
+      return {};
+    }
     if (n == 0) return make_error(Errc::connection_closed, "End of file");
-    if (err == EINTR) continue;
-    if (err != EAGAIN && err != EWOULDBLOCK) return make_error(Errc::connection_closed, errno_text(err));
+    if (errno == EINTR) continue;
+    if (errno != EAGAIN && errno != EWOULDBLOCK) return make_error(Errc::connection_closed, errno_text(errno));
     int ready = wait_for(c.fd, POLLIN, deadline);
     if (ready == 0) return make_error(Errc::timeout, "");
     if (ready < 0) return make_error(Errc::connection_closed, errno_text(errno));
@@ -232,7 +241,7 @@ Result<void> read_more(Connection& c, Clock::time_point deadline) {
 Result<Frame> read_frame(Connection& c, std::uint32_t max_payload, Clock::time_point deadline) {
   while (c.buffered() < kFrameHeaderSize) {
     const std::size_t have = c.buffered();
-    auto more = read_more(c, deadline);
+    auto more = read_more(c, deadline, /*wait_first=*/have == 0);
     if (more) continue;
     if (more.error().code != Errc::connection_closed || have == 0) {
       if (more.error().code == Errc::connection_closed) {
@@ -243,7 +252,7 @@ Result<Frame> read_frame(Connection& c, std::uint32_t max_payload, Clock::time_p
     return make_error(Errc::truncated, "truncated frame: connection closed after " + std::to_string(have) + " of " +
                                            std::to_string(kFrameHeaderSize) + " header bytes");
   }
-  std::span<const std::uint8_t, kFrameHeaderSize> head(c.buffer.data() + c.begin, kFrameHeaderSize);
+  std::span<const std::uint8_t, kFrameHeaderSize> head(c.buffer.get() + c.begin, kFrameHeaderSize);
   auto header = parse_header(head, max_payload);
   if (!header) return header.error();
   c.begin += kFrameHeaderSize;
@@ -252,7 +261,7 @@ Result<Frame> read_frame(Connection& c, std::uint32_t max_payload, Clock::time_p
   // The payload grows as its bytes arrive, never to what a header merely declares.
   while (frame.payload.size() < header->length) {
     if (c.buffered() == 0) {
-      auto more = read_more(c, deadline);
+      auto more = read_more(c, deadline, /*wait_first=*/false);
       if (!more && more.error().code == Errc::connection_closed) {
         return make_error(Errc::truncated, "truncated frame: connection closed after " +
                                                std::to_string(frame.payload.size()) + " of " +
@@ -261,8 +270,7 @@ Result<Frame> read_frame(Connection& c, std::uint32_t max_payload, Clock::time_p
       if (!more) return more.error();
     }
     const std::size_t n = std::min<std::size_t>(header->length - frame.payload.size(), c.buffered());
-    frame.payload.insert(frame.payload.end(), c.buffer.begin() + static_cast<std::ptrdiff_t>(c.begin),
-                         c.buffer.begin() + static_cast<std::ptrdiff_t>(c.begin + n));
+    frame.payload.insert(frame.payload.end(), c.buffer.get() + c.begin, c.buffer.get() + c.begin + n);
     c.begin += n;
   }
   return frame;
