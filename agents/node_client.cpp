@@ -51,7 +51,7 @@ Result<Reply> blocking_request(Node& node, std::string_view peer, FrameKind kind
   return block_on(impl.runtime, impl.links.request_peer(std::string(peer), kind, std::move(payload), timeout));
 }
 
-// g++ 12 and aggregates across co_await: the awaitable is made here, outside any coroutine.
+// Runs a request coroutine on the network thread and resumes the caller on its own executor.
 template <class T>
 asio::awaitable<Result<T>> on_network(NodeRuntime& runtime, asio::awaitable<Result<T>> task) {
   // Already on the network thread's executor: awaited in place, without a post there and back.
