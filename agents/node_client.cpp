@@ -1,9 +1,11 @@
 // The calling side of Node's API, blocking and coroutine: requests go to the peer links on
-// the network thread (peer_links.hpp).
+// the network thread (peer_links.hpp), or, blocking ones on plain TCP, out of the calling
+// thread itself (DirectLinks).
 #include "agents/node_impl.hpp"  // first: brings <utility> before any Asio header
 #include "agents/agent_runtime.hpp"
 
 #include <boost/asio/co_spawn.hpp>
+#include <boost/asio/this_coro.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/asio/use_future.hpp>
 #include "sojourn/agents/node_async.hpp"
@@ -11,22 +13,90 @@
 namespace sojourn {
 
 namespace {
-template <class T>
-Result<T> block_on(NodeRuntime& runtime, asio::awaitable<Result<T>> task) {
+// Why a blocking call cannot be made now, if it cannot.
+std::optional<Error> cannot_block(NodeRuntime& runtime) {
   if (runtime.on_network_thread()) {
     return errors::invalid_argument("a blocking call on the node's own network thread would deadlock; use async_call");
   }
   if (runtime.shutting_down()) return errors::shutting_down();
+  return std::nullopt;
+}
+
+template <class T>
+Result<T> block_on(NodeRuntime& runtime, asio::awaitable<Result<T>> task) {
+  if (auto no = cannot_block(runtime)) return *no;
   return asio::co_spawn(runtime.io(), std::move(task), asio::use_future).get();
+}
+
+// A blocking request: carried by the calling thread itself on a connection of its own
+// (DirectLinks) when the peer is plain TCP without an emulated link, so it is woken once,
+// by its reply; otherwise, or when every such connection to the peer is in use, handed to
+// the network thread's shared link. TLS links stay on the network thread: the handshake
+// and the proven peer id live there.
+Result<Reply> blocking_request(Node& node, std::string_view peer, FrameKind kind, std::vector<std::uint8_t> payload,
+                               std::chrono::milliseconds timeout) {
+  auto& impl = node_impl(node);
+  if (auto no = cannot_block(impl.runtime)) return *no;
+  auto address = parse_address(peer);
+  const bool direct = address && address->kind == Address::Kind::tcp && !impl.trust.tls() && !impl.trust.tls_error() &&
+                      impl.options.links.empty();
+  if (direct) {
+    if (auto frame = impl.links.direct().request(*address, kind, payload, timeout)) {
+      if (!*frame) return frame->error();
+      auto reply = decode_reply((*frame)->payload);
+      if (!reply) return errors::remote_protocol_error(address->to_string(), reply.error().message);
+      return std::move(*reply);
+    }
+  }
+  return block_on(impl.runtime, impl.links.request_peer(std::string(peer), kind, std::move(payload), timeout));
+}
+
+// Runs a request coroutine on the network thread and resumes the caller on its own executor.
+template <class T>
+asio::awaitable<Result<T>> on_network(NodeRuntime& runtime, asio::awaitable<Result<T>> task) {
+  // Already on the network thread's executor: awaited in place, without a post there and back.
+  // Plain statements around each co_await (g++ 12, see peer_links.cpp).
+  asio::any_io_executor here = co_await asio::this_coro::executor;
+  const bool in_place = here == runtime.executor();
+  Result<T> r = errors::shutting_down();
+  if (in_place) {
+    r = co_await std::move(task);
+  } else {
+    r = co_await asio::co_spawn(runtime.io(), std::move(task), asio::use_awaitable);
+  }
+  co_return r;
 }
 }  // namespace
 
 Result<Value> Node::call(std::string_view peer, std::string_view service, Value args) {
-  return block_on(impl_->runtime, impl_->links.call_peer(std::string(peer), std::string(service), std::move(args)));
+  CallRequest request;
+  request.service = std::string(service);
+  request.args = std::move(args);
+  Result<Reply> reply = blocking_request(*this, peer, FrameKind::call, encode(request), impl_->options.request_timeout);
+  if (!reply) return reply.error();
+  if (reply->code != Errc::ok) return Error{reply->code, std::move(reply->message)};
+  return std::move(reply->result);
 }
 
 Result<EvalResult> Node::eval(std::string_view peer, std::string_view source, Value args, const EvalOptions& options) {
-  return block_on(impl_->runtime, impl_->links.eval_peer(std::string(peer), std::string(source), std::move(args), options));
+  // A signed request names its destination's id, learned on the network thread's link.
+  if (options.signing_key) {
+    return block_on(impl_->runtime, impl_->links.eval_peer(std::string(peer), std::string(source), std::move(args), options));
+  }
+  EvalRequest request;
+  request.source = std::string(source);
+  request.chunk_name = options.chunk_name;
+  request.args = std::move(args);
+  request.limits = options.limits;
+  request.isolation = options.isolation;
+  const std::chrono::milliseconds timeout = options.timeout.count() > 0 ? options.timeout : impl_->options.request_timeout;
+  Result<Reply> reply = blocking_request(*this, peer, FrameKind::eval, encode(request), timeout);
+  if (!reply) return reply.error();
+  if (reply->code != Errc::ok) return Error{reply->code, std::move(reply->message)};
+  EvalResult out;
+  out.results = std::move(reply->result);
+  out.isolation = reply->isolation;
+  return out;
 }
 
 // On the network thread, woken by the agent's end (the home's agent.wait, or this node's
@@ -41,17 +111,14 @@ asio::any_io_executor node_executor(Node& node) { return node_impl(node).runtime
 
 asio::awaitable<Result<Value>> async_call(Node& node, std::string peer, std::string service, Value args) {
   auto& impl = node_impl(node);
-  co_return co_await asio::co_spawn(impl.runtime.io(),
-                                    impl.links.call_peer(std::move(peer), std::move(service), std::move(args)),
-                                    asio::use_awaitable);
+  co_return co_await on_network(impl.runtime, impl.links.call_peer(std::move(peer), std::move(service), std::move(args)));
 }
 
 asio::awaitable<Result<EvalResult>> async_eval(Node& node, std::string peer, std::string source, Value args,
                                                EvalOptions options) {
   auto& impl = node_impl(node);
-  co_return co_await asio::co_spawn(impl.runtime.io(),
-                                    impl.links.eval_peer(std::move(peer), std::move(source), std::move(args), options),
-                                    asio::use_awaitable);
+  co_return co_await on_network(impl.runtime,
+                                impl.links.eval_peer(std::move(peer), std::move(source), std::move(args), options));
 }
 
 }  // namespace sojourn

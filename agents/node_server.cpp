@@ -155,14 +155,15 @@ asio::awaitable<Result<std::vector<std::uint8_t>>> NodeServer::handle(FrameKind 
   if (kind == FrameKind::call) {
     auto request = decode_call(payload);
     if (!request) co_return request.error();
-    log_debug("node", options_.name + ": call " + request->service + " from " + peer.to_string());
+    // Tested first: the message costs allocations on every request even when not logged.
+    if (log_level() <= LogLevel::debug) log_debug("node", options_.name + ": call " + request->service + " from " + peer.to_string());
     service = request->service;
     reply = co_await serve_call(std::move(*request), peer);
     ++counters_.calls_served;
   } else if (kind == FrameKind::eval) {
     auto request = decode_eval(payload);
     if (!request) co_return request.error();
-    log_debug("node", options_.name + ": eval " + request->chunk_name + " from " + peer.to_string());
+    if (log_level() <= LogLevel::debug) log_debug("node", options_.name + ": eval " + request->chunk_name + " from " + peer.to_string());
     reply = co_await serve_eval(std::move(*request), peer);
     ++counters_.evals_served;
   } else {

@@ -8,7 +8,7 @@
 namespace sojourn {
 
 PeerLinks::PeerLinks(const NodeOptions& options, NodeRuntime& runtime, const NodeTrust& trust)
-    : options_(options), runtime_(runtime), trust_(trust) {}
+    : options_(options), runtime_(runtime), trust_(trust), direct_(options.max_payload, options.connect_timeout) {}
 
 asio::awaitable<Result<Reply>> PeerLinks::request_peer(const std::string& peer, FrameKind kind,
                                                        std::vector<std::uint8_t> payload,
@@ -137,6 +137,7 @@ void PeerLinks::close_all() {
   for (auto& [peer, link] : links_) link->close();
   links_.clear();
   ids_.clear();
+  direct_.close_all();
 }
 
 }  // namespace sojourn

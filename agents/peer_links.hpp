@@ -10,6 +10,7 @@
 
 #include "sojourn/agents/node.hpp"
 #include "sojourn/transports/asio.hpp"
+#include "sojourn/transports/direct_link.hpp"
 #include "sojourn/transports/link.hpp"
 
 namespace sojourn {
@@ -47,6 +48,9 @@ class PeerLinks {
   // At shutdown: closes and forgets every link.
   void close_all();
 
+  // The blocking API's own connections (node_client.cpp), used from the calling threads.
+  DirectLinks& direct() { return direct_; }
+
  private:
   const NodeOptions& options_;
   NodeRuntime& runtime_;
@@ -55,6 +59,7 @@ class PeerLinks {
   std::unordered_map<std::string, std::shared_ptr<Link>> links_;
   // peer -> (the link it was learned on, the id node.info gave)
   std::unordered_map<std::string, std::pair<std::weak_ptr<Link>, std::string>> ids_;
+  DirectLinks direct_;
 };
 
 }  // namespace sojourn

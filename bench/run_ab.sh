@@ -3,14 +3,18 @@
 # bin/, the same bench_roundtrip client and one Redis against both, in rounds that alternate
 # the two nodes; then the median over rounds of each row's median, p99 and ratio to Redis.
 # Usage: bash bench/run_ab.sh BUILD_A BUILD_B ROUNDS [node flags, e.g. --peer-isolation process]
-# Environment: AB_CLIENT (default BUILD_B/bin) picks bench_roundtrip; AB_BENCH_ARGS adds to
-# its arguments (--only rev, say); AB_OUT keeps the CSVs there (default: a temp dir).
+# Environment: AB_CLIENT (default BUILD_B/bin) picks bench_roundtrip; AB_CLIENT=own runs each
+# side's own (a change on the client side: each node is measured with its build's client);
+# AB_BENCH_ARGS adds to its arguments (--only rev, say); AB_OUT keeps the CSVs there (default:
+# a temp dir).
 set -euo pipefail
-[[ $# -ge 3 ]] || { sed -n '2,8p' "$0"; exit 2; }
+[[ $# -ge 3 ]] || { sed -n '2,10p' "$0"; exit 2; }
 a=$1/bin b=$2/bin rounds=$3
 shift 3
 client=${AB_CLIENT:-$b}
-for exe in "$a/sojourn" "$b/sojourn" "$client/bench_roundtrip"; do
+client_a=$client client_b=$client
+[[ $client == own ]] && client_a=$a client_b=$b
+for exe in "$a/sojourn" "$b/sojourn" "$client_a/bench_roundtrip" "$client_b/bench_roundtrip"; do
   [[ -x $exe ]] || { echo "run_ab: $exe is missing" >&2; exit 1; }
 done
 command -v redis-server >/dev/null || { echo "run_ab: redis-server is missing (Debian package redis-server)" >&2; exit 1; }
@@ -50,13 +54,13 @@ start_node "$a" a "$@"
 start_node "$b" b "$@"
 node_a=$(node_address a)
 node_b=$(node_address b)
-echo "A: $a ($node_a), B: $b ($node_b), node flags: $*; load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "A: $a ($node_a), B: $b ($node_b), clients: $client_a, $client_b, node flags: $*; load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
 for r in $(seq "$rounds"); do
   for side in a b; do
-    addr=$node_a
-    [[ $side == b ]] && addr=$node_b
+    addr=$node_a bench=$client_a
+    [[ $side == b ]] && addr=$node_b bench=$client_b
     # shellcheck disable=SC2086
-    "$client/bench_roundtrip" --sojourn "$addr" --redis "$port" --requests 1000 --warmup 200 --seconds 1 --rounds 4 \
+    "$bench/bench_roundtrip" --sojourn "$addr" --redis "$port" --requests 1000 --warmup 200 --seconds 1 --rounds 4 \
       ${AB_BENCH_ARGS:-} --csv "$out/${side}_$r.csv" >/dev/null
   done
 done

@@ -69,6 +69,8 @@ pids=()
 cleanup() {
   for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
   for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  # erl starts epmd as a daemon; stop it only if this run started it.
+  [[ ${started_epmd:-0} == 1 ]] && epmd -kill >/dev/null 2>&1
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -102,13 +104,17 @@ start_redis() {
   return 1
 }
 
-start_node() {  # NAME [node flags...] -> prints the node's address
+# Started here, not inside $(...): a node started in a subshell would be missing from
+# `pids` (the subshell's copy) and outlive the script.
+start_node() {  # NAME [node flags...]
   local name=$1
   shift
   "$bin/sojourn" node --listen 127.0.0.1:0 --name "$name" "$@" >"$work/$name.out" 2>"$work/$name.err" &
   pids+=($!)
+}
+node_address() {  # NAME -> prints the node's address, once it listens
+  local name=$1 addr
   for _ in $(seq 200); do
-    local addr
     addr=$(sed -n "s/^node $name listening on //p" "$work/$name.out")
     if [[ -n $addr ]]; then echo "$addr"; return 0; fi
     sleep 0.05
@@ -124,9 +130,12 @@ echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
 if [[ $have_redis == 1 ]]; then
   start_redis
   redis_name="redis $(redis-server --version | sed -n 's/.*v=\([0-9.]*\).*/\1/p')"
-  process_node=$(start_node process --peer-isolation process)
-  trusted_node=$(start_node trusted --peer-isolation trusted)
-  fresh_node=$(start_node fresh --peer-isolation process --warm-guests 0)
+  start_node process --peer-isolation process
+  start_node trusted --peer-isolation trusted
+  start_node fresh --peer-isolation process --warm-guests 0
+  process_node=$(node_address process)
+  trusted_node=$(node_address trusted)
+  fresh_node=$(node_address fresh)
   for target in process trusted fresh; do
     case $target in process) addr=$process_node ;; trusted) addr=$trusted_node ;; fresh) addr=$fresh_node ;; esac
     echo "== bench_roundtrip: node '$target' ($addr) vs $redis_name"
@@ -154,6 +163,7 @@ erl_hop() {  # BYTES -> "median_us"
 erl_hop_4k=() erl_hop_1m=()
 if [[ $have_erlang == 1 ]]; then
   cookie=sojourn$RANDOM$RANDOM
+  epmd -names >/dev/null 2>&1 || started_epmd=1
   host=$(hostname -s)
   erlc -o "$work" bench/peers/hop.erl
   erl -sname "peerb$$" -setcookie "$cookie" -pa "$work" -noshell >"$work/erl.log" 2>&1 &

@@ -187,7 +187,21 @@ void FramedSocket::send(std::vector<std::uint8_t> bytes) {
     }
     return;
   }
-  queue_.push_back(std::move(bytes));
+  queue_.push_back(Outgoing{{}, false, std::move(bytes)});
+  if (!writing_) write_queued();
+}
+
+void FramedSocket::send_frame(FrameKind kind, std::uint64_t request_id, std::vector<std::uint8_t> payload) {
+  if (closing_ || closed_) return;
+  if (shaper_) {  // the emulated link holds whole frames
+    send(encode_frame(kind, request_id, payload));
+    return;
+  }
+  Outgoing out;
+  out.header = encode_header(FrameHeader{kind, 0, static_cast<std::uint32_t>(payload.size()), request_id});
+  out.has_header = true;
+  out.bytes = std::move(payload);
+  queue_.push_back(std::move(out));
   if (!writing_) write_queued();
 }
 
@@ -203,7 +217,7 @@ void FramedSocket::release_due() {
   }
   auto now = std::chrono::steady_clock::now();
   while (!delayed_.empty() && delayed_.front().at <= now) {
-    queue_.push_back(std::move(delayed_.front().bytes));
+    queue_.push_back(Outgoing{{}, false, std::move(delayed_.front().bytes)});
     delayed_.pop_front();
   }
   if (!queue_.empty() && !writing_) write_queued();
@@ -241,7 +255,10 @@ void FramedSocket::write_queued() {
   writing_ = true;
   in_write_.swap(queue_);
   write_buffers_.clear();
-  for (const auto& b : in_write_) write_buffers_.emplace_back(asio::buffer(b));
+  for (const auto& out : in_write_) {
+    if (out.has_header) write_buffers_.emplace_back(asio::buffer(out.header));
+    if (!out.bytes.empty()) write_buffers_.emplace_back(asio::buffer(out.bytes));
+  }
   auto written = [self = shared_from_this()](boost::system::error_code ec, std::size_t) {
     self->frames_sent_ += self->in_write_.size();
     self->in_write_.clear();

@@ -3,6 +3,7 @@
 // connection. Asio's SSL stream is only declared here: its header stays in the .cpp files.
 #pragma once
 
+#include <array>
 #include <deque>
 #include <chrono>
 #include <memory>
@@ -60,6 +61,9 @@ class FramedSocket : public std::enable_shared_from_this<FramedSocket> {
   void set_read_budget(std::shared_ptr<ReadBudget> budget) { budget_ = std::move(budget); }
   // Queues a frame; dropped if the socket is closing.
   void send(std::vector<std::uint8_t> bytes);
+  // Queues a frame made of a header and `payload`, written together without copying the
+  // payload into a frame buffer first.
+  void send_frame(FrameKind kind, std::uint64_t request_id, std::vector<std::uint8_t> payload);
   // An emulated link (experiments): each frame is held until the shaper says it arrives.
   void set_shaper(std::shared_ptr<LinkShaper> shaper);
   // Writes what is queued, then closes.
@@ -104,8 +108,13 @@ class FramedSocket : public std::enable_shared_from_this<FramedSocket> {
   std::optional<std::chrono::steady_clock::time_point> frame_deadline_;
   bool frame_timed_out_ = false;
   std::uint64_t frame_timer_generation_ = 0;
-  std::deque<std::vector<std::uint8_t>> queue_;     // waiting for the next write
-  std::deque<std::vector<std::uint8_t>> in_write_;  // owned by the write in progress
+  struct Outgoing {
+    std::array<std::uint8_t, kFrameHeaderSize> header{};
+    bool has_header = false;          // else `bytes` is the whole frame
+    std::vector<std::uint8_t> bytes;  // the payload, or the whole frame
+  };
+  std::deque<Outgoing> queue_;     // waiting for the next write
+  std::deque<Outgoing> in_write_;  // owned by the write in progress
   std::vector<asio::const_buffer> write_buffers_;
   bool writing_ = false;
   struct Delayed {

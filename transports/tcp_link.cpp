@@ -1,6 +1,7 @@
 // The client side of a TCP or TLS connection: connects lazily (TLS: and authenticates
 // the server), multiplexes requests by id, and wakes each waiting request when its reply,
-// a timeout or a failure arrives.
+// its deadline (one timer per link) or a failure arrives.
+#include <map>
 #include <optional>
 #include <unordered_map>
 
@@ -21,7 +22,11 @@ namespace {
 class TcpLink final : public Link, public std::enable_shared_from_this<TcpLink> {
  public:
   TcpLink(asio::any_io_executor ex, Address peer, TransportOptions options)
-      : executor_(std::move(ex)), peer_(std::move(peer)), options_(options), connected_signal_(executor_) {
+      : executor_(std::move(ex)),
+        peer_(std::move(peer)),
+        options_(options),
+        connected_signal_(executor_),
+        deadline_timer_(executor_) {
     connected_signal_.expires_at(asio::steady_timer::time_point::max());
   }
 
@@ -43,17 +48,21 @@ class TcpLink final : public Link, public std::enable_shared_from_this<TcpLink> 
     }
 
     std::uint64_t id = next_id_++;
-    Pending pending{asio::steady_timer(executor_), {}, {}};
-    pending.timer.expires_at(deadline);
+    Pending pending(executor_);
+    pending.timeout = timeout;
+    pending.deadline = deadlines_.emplace(deadline, id);
     pending_.emplace(id, &pending);
-    socket_->send(encode_frame(kind, id, payload));
-    boost::system::error_code ec;
-    co_await pending.timer.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+    arm_deadline(deadline);
+    socket_->send_frame(kind, id, std::move(payload));
+    // Woken by its reply, its deadline (the link's one timer) or the link's failure.
+    if (!pending.reply && !pending.error) {
+      boost::system::error_code ec;
+      co_await pending.signal.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+    }
     pending_.erase(id);
+    if (pending.deadline != deadlines_.end()) deadlines_.erase(pending.deadline);
     if (pending.reply) co_return std::move(*pending.reply);
-    if (pending.error) co_return *pending.error;
-    co_return make_error(Errc::timeout, "request to " + peer_.to_string() + " timed out after " +
-                                            std::to_string(timeout.count()) + " ms");
+    co_return *pending.error;
   }
 
   bool usable() const override { return state_ != State::failed; }
@@ -64,11 +73,51 @@ class TcpLink final : public Link, public std::enable_shared_from_this<TcpLink> 
 
  private:
   enum class State { idle, connecting, open, failed };
+  using Deadlines = std::multimap<std::chrono::steady_clock::time_point, std::uint64_t>;
   struct Pending {
-    asio::steady_timer timer;
+    explicit Pending(const asio::any_io_executor& ex) : signal(ex) {
+      // A timer that never expires is no deadline: Asio keeps it out of its timer heap and
+      // never re-arms the reactor for it, so it is a cheap signal, cancelled to wake.
+      signal.expires_at(asio::steady_timer::time_point::max());
+    }
+    asio::steady_timer signal;
     std::optional<Frame> reply;
     std::optional<Error> error;
+    std::chrono::milliseconds timeout{0};
+    Deadlines::iterator deadline;  // deadlines_.end() once it passed
   };
+
+  static void wake(Pending& p) { p.signal.cancel(); }
+
+  // One timer per link for every request's deadline, armed at the earliest. It is not
+  // disarmed when that request is answered: it fires then for nothing and re-arms at the
+  // next, so a stream of requests costs no timer operation each.
+  void arm_deadline(std::chrono::steady_clock::time_point at) {
+    if (deadline_armed_ && deadline_timer_.expiry() <= at) return;
+    deadline_armed_ = true;
+    deadline_timer_.expires_at(at);  // cancels the wait for a later time
+    deadline_timer_.async_wait([weak = weak_from_this()](boost::system::error_code ec) {
+      if (ec == asio::error::operation_aborted) return;  // re-armed or closed: that one decides
+      if (auto self = weak.lock()) self->deadlines_due();
+    });
+  }
+
+  void deadlines_due() {
+    deadline_armed_ = false;
+    const auto now = std::chrono::steady_clock::now();
+    while (!deadlines_.empty() && deadlines_.begin()->first <= now) {
+      auto it = pending_.find(deadlines_.begin()->second);
+      deadlines_.erase(deadlines_.begin());
+      if (it == pending_.end()) continue;
+      Pending& p = *it->second;
+      p.deadline = deadlines_.end();
+      if (p.reply || p.error) continue;
+      p.error = make_error(Errc::timeout, "request to " + peer_.to_string() + " timed out after " +
+                                              std::to_string(p.timeout.count()) + " ms");
+      wake(p);
+    }
+    if (!deadlines_.empty() && state_ != State::failed) arm_deadline(deadlines_.begin()->first);
+  }
 
   asio::awaitable<void> connect() {
     auto self = shared_from_this();
@@ -154,8 +203,9 @@ class TcpLink final : public Link, public std::enable_shared_from_this<TcpLink> 
       }
       auto it = pending_.find(frame->header.request_id);
       if (it == pending_.end()) continue;  // its request timed out already
+      if (it->second->reply || it->second->error) continue;  // answered already (timed out, say)
       it->second->reply = std::move(*frame);
-      it->second->timer.cancel();
+      wake(*it->second);
     }
   }
 
@@ -164,10 +214,13 @@ class TcpLink final : public Link, public std::enable_shared_from_this<TcpLink> 
     state_ = State::failed;
     failure_ = e;
     for (auto& [id, p] : pending_) {
+      if (p->reply || p->error) continue;
       p->error = e;
-      p->timer.cancel();
+      wake(*p);
     }
     connected_signal_.cancel();
+    deadline_timer_.cancel();
+    deadline_armed_ = false;
     if (socket_) socket_->close();
   }
 
@@ -175,6 +228,9 @@ class TcpLink final : public Link, public std::enable_shared_from_this<TcpLink> 
   Address peer_;
   TransportOptions options_;
   asio::steady_timer connected_signal_;
+  asio::steady_timer deadline_timer_;
+  bool deadline_armed_ = false;
+  Deadlines deadlines_;  // request deadlines, earliest first
   std::shared_ptr<FramedSocket> socket_;
   std::string proven_id_;  // the server's key fingerprint, once its handshake proved it
   std::unordered_map<std::uint64_t, Pending*> pending_;

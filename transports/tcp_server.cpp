@@ -154,7 +154,7 @@ class ServerSession : public std::enable_shared_from_this<ServerSession> {
       stopping_ = true;
       socket_->close();
     } else if (reply) {
-      socket_->send(encode_frame(FrameKind::reply, frame.header.request_id, *reply));
+      socket_->send_frame(FrameKind::reply, frame.header.request_id, std::move(*reply));
     } else {
       protocol_error(reply.error());
     }
