@@ -108,25 +108,19 @@ std::uint64_t kept_pages(std::span<const std::uint8_t> page_map) {
   return kept;
 }
 
-Result<std::vector<std::uint8_t>> take_image(const ImageSource& source, const KeptPages& kept, ImageStats* stats) {
-  if (kept.used_bytes % kPageBytes != 0 || kept.used_bytes > source.arena_bytes) {
-    return errors::invalid_argument("a heap image covers whole pages of the arena (" + std::to_string(kept.used_bytes) +
-                                    " bytes of an arena of " + std::to_string(source.arena_bytes) + ")");
-  }
-  const std::uint64_t pages = kept.used_bytes / kPageBytes;
-  const std::uint64_t kept_count = kept_pages(kept.page_map);
-  if (kept.page_map.size() != page_map_bytes(kept.used_bytes) ||
-      (pages % 8 != 0 && (kept.page_map.back() >> (pages % 8)) != 0) || kept.pages.size() != kept_count * kPageBytes) {
-    return errors::invalid_argument("a heap image's page map of " + std::to_string(kept.page_map.size()) + " bytes keeps " +
-                                    std::to_string(kept_count) + " of " + std::to_string(pages) + " pages, with " +
-                                    std::to_string(kept.pages.size()) + " bytes of pages");
-  }
-  const std::size_t payload_bytes = kept.page_map.size() + kept.pages.size();
+namespace {
 
+// Seals a checked page map and its kept pages, given as pieces in order (one for a guest's
+// KeptPages, the runs of kept pages for a whole span: never copied into one buffer).
+Result<std::vector<std::uint8_t>> seal(const ImageSource& source, std::uint64_t used_bytes,
+                                       std::span<const std::uint8_t> page_map,
+                                       std::span<const std::span<const std::uint8_t>> pieces, std::uint64_t kept_count,
+                                       ImageStats* stats) {
+  const std::size_t payload_bytes = page_map.size() + kept_count * kPageBytes;
   std::vector<std::uint8_t> image(kMagic, kMagic + sizeof kMagic);
   put(image, kFormatVersion, 4);
   image.insert(image.end(), source.guest_build.begin(), source.guest_build.end());
-  for (std::uint64_t v : {source.arena_base, source.arena_bytes, kept.used_bytes, source.agent_handle,
+  for (std::uint64_t v : {source.arena_base, source.arena_bytes, used_bytes, source.agent_handle,
                           std::uint64_t{payload_bytes}}) {
     put(image, v, 8);
   }
@@ -159,13 +153,34 @@ Result<std::vector<std::uint8_t>> take_image(const ImageSource& source, const Ke
       if (written == image.size()) return false;  // cannot happen within the bound
     }
   };
-  const bool ok = feed(kept.page_map, ZSTD_e_continue) && feed(kept.pages, ZSTD_e_end);
+  bool ok = feed(page_map, ZSTD_e_continue);
+  for (std::span<const std::uint8_t> piece : pieces) ok = ok && feed(piece, ZSTD_e_continue);
+  ok = ok && feed({}, ZSTD_e_end);
   if (!ok) return errors::internal(std::string("zstd: ") + (failed != 0 ? ZSTD_getErrorName(failed) : "output overflow"));
   image.resize(written);
   const Hash h = hash.finish();
   std::copy(h.begin(), h.end(), image.begin() + kHashAt);
-  if (stats != nullptr) *stats = ImageStats{kept.used_bytes, kept_count, payload_bytes, image.size()};
+  if (stats != nullptr) *stats = ImageStats{used_bytes, kept_count, payload_bytes, image.size()};
   return image;
+}
+
+}  // namespace
+
+Result<std::vector<std::uint8_t>> take_image(const ImageSource& source, const KeptPages& kept, ImageStats* stats) {
+  if (kept.used_bytes % kPageBytes != 0 || kept.used_bytes > source.arena_bytes) {
+    return errors::invalid_argument("a heap image covers whole pages of the arena (" + std::to_string(kept.used_bytes) +
+                                    " bytes of an arena of " + std::to_string(source.arena_bytes) + ")");
+  }
+  const std::uint64_t pages = kept.used_bytes / kPageBytes;
+  const std::uint64_t kept_count = kept_pages(kept.page_map);
+  if (kept.page_map.size() != page_map_bytes(kept.used_bytes) ||
+      (pages % 8 != 0 && (kept.page_map.back() >> (pages % 8)) != 0) || kept.pages.size() != kept_count * kPageBytes) {
+    return errors::invalid_argument("a heap image's page map of " + std::to_string(kept.page_map.size()) + " bytes keeps " +
+                                    std::to_string(kept_count) + " of " + std::to_string(pages) + " pages, with " +
+                                    std::to_string(kept.pages.size()) + " bytes of pages");
+  }
+  const std::span<const std::uint8_t> pieces[] = {kept.pages};
+  return seal(source, kept.used_bytes, kept.page_map, pieces, kept_count, stats);
 }
 
 Result<std::vector<std::uint8_t>> take_image(const ImageSource& source, std::span<const std::uint8_t> used,
@@ -176,15 +191,20 @@ Result<std::vector<std::uint8_t>> take_image(const ImageSource& source, std::spa
   }
   const std::size_t pages = used.size() / kPageBytes;
   std::vector<std::uint8_t> map(page_map_bytes(used.size()));
-  std::vector<std::uint8_t> kept;
+  std::vector<std::span<const std::uint8_t>> runs;
+  std::uint64_t kept = 0;
   for (std::size_t i = 0; i < pages; ++i) {
     const std::uint8_t* page = used.data() + i * kPageBytes;
-    if (!all_zero(page)) {
-      map[i / 8] = static_cast<std::uint8_t>(map[i / 8] | (1u << (i % 8)));
-      kept.insert(kept.end(), page, page + kPageBytes);
+    if (all_zero(page)) continue;
+    map[i / 8] = static_cast<std::uint8_t>(map[i / 8] | (1u << (i % 8)));
+    ++kept;
+    if (!runs.empty() && runs.back().data() + runs.back().size() == page) {
+      runs.back() = std::span(runs.back().data(), runs.back().size() + kPageBytes);
+    } else {
+      runs.emplace_back(page, kPageBytes);
     }
   }
-  return take_image(source, KeptPages{used.size(), map, kept}, stats);
+  return seal(source, used.size(), map, runs, kept, stats);
 }
 
 void reseal(std::vector<std::uint8_t>& image) {
