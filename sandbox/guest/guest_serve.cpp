@@ -5,6 +5,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <exception>
@@ -132,47 +133,114 @@ channel::AgentDone agent_done_of(const Result<AgentOutcome>& outcome) {
 // The installed arena, which strong steps image and restore.
 FixedArena* guest_arena() { return dynamic_cast<FixedArena*>(installed_lua_heap()); }
 
-// A strong stop: the arena's used span goes to the host as one heap_span frame written
-// straight from the arena (no copy in the guest's C++ heap), before the agent_done. Free
-// blocks are zeroed first, so that only live data survives the image's zero-page rule.
+constexpr std::size_t kPage = 4096;
+
+bool page_is_zero(const std::uint8_t* page) {
+  // Zero when its first word is and it equals itself shifted by one word.
+  std::uint64_t first;
+  std::memcpy(&first, page, sizeof first);
+  return first == 0 && std::memcmp(page, page + sizeof first, kPage - sizeof first) == 0;
+}
+
+bool page_kept(std::string_view map, std::size_t i) {
+  return ((static_cast<std::uint8_t>(map[i / 8]) >> (i % 8)) & 1u) != 0;
+}
+
+// Calls run(first_page, page_count) for each run of kept pages, in order, until one fails.
+template <class F>
+bool for_each_run(std::string_view map, std::size_t pages, F&& run) {
+  for (std::size_t i = 0; i < pages;) {
+    if (!page_kept(map, i)) {
+      ++i;
+      continue;
+    }
+    std::size_t j = i + 1;
+    while (j < pages && page_kept(map, j)) ++j;
+    if (!run(i, j - i)) return false;
+    i = j;
+  }
+  return true;
+}
+
+// A strong stop: the arena's used span goes to the host as one heap_span frame, its page map
+// then its kept pages written run by run straight from the arena (no copy in the guest's C++
+// heap; all-zero pages never leave the guest). Free blocks are zeroed first, so that only live
+// data survives the zero-page rule.
 strong::StopSink span_writer(int fd) {
   return [fd](std::uintptr_t handle) -> Result<void> {
     FixedArena* arena = guest_arena();
     if (arena == nullptr) return errors::internal("a strong step needs the guest's arena");
-    constexpr std::size_t kPage = 4096;
     // Freed memory travels as zero pages, which the image leaves out (the collection before
     // the stop freed the garbage; merging free blocks may also lower the top).
     arena->clear_free_pages();
     const std::size_t used = (arena->high_water() + kPage - 1) & ~(kPage - 1);
-    if (used > UINT32_MAX - 64) return errors::internal("the arena's span is too large for one frame");
-    channel::Encoder e;
-    for (std::size_t i = 0; i < channel::kHeaderBytes; ++i) e(std::uint8_t{0});
-    e(std::uint64_t{handle});
-    e(std::uint64_t{arena->size()});
-    e(static_cast<std::uint32_t>(used));
-    std::vector<std::uint8_t>& head = e.bytes();
-    const std::size_t payload = head.size() - channel::kHeaderBytes + used;
-    for (int i = 0; i < 4; ++i) head[static_cast<std::size_t>(i)] = static_cast<std::uint8_t>(payload >> (8 * i));
-    head[4] = static_cast<std::uint8_t>(channel::Kind::heap_span);
+    const std::size_t pages = used / kPage;
     // SAFETY: [base, base + used) lies inside the mapped arena (used <= its top, page-rounded
     // within its size).
-    const std::span<const std::uint8_t> span(reinterpret_cast<const std::uint8_t*>(arena->base()), used);
-    if (!write_all(fd, head) || !write_all(fd, span)) return errors::internal("the guest's channel to its host broke");
+    const auto* base = reinterpret_cast<const std::uint8_t*>(arena->base());
+    std::string map((pages + 7) / 8, '\0');
+    std::size_t kept = 0;
+    for (std::size_t i = 0; i < pages; ++i) {
+      if (!page_is_zero(base + i * kPage)) {
+        map[i / 8] = static_cast<char>(static_cast<std::uint8_t>(map[i / 8]) | (1u << (i % 8)));
+        ++kept;
+      }
+    }
+    if (kept * kPage + map.size() > UINT32_MAX - 64) return errors::internal("the arena's span is too large for one frame");
+    channel::Encoder e;
+    for (std::size_t i = 0; i < channel::kHeaderBytes; ++i) e(std::uint8_t{0});
+    e(std::uint64_t{handle}, std::uint64_t{arena->size()}, std::uint64_t{used});
+    e(std::string_view(map));
+    e(static_cast<std::uint32_t>(kept * kPage));  // the pages' length; their bytes follow
+    std::vector<std::uint8_t>& head = e.bytes();
+    const std::size_t payload = head.size() - channel::kHeaderBytes + kept * kPage;
+    const auto frame = channel::frame_header(channel::Kind::heap_span, static_cast<std::uint32_t>(payload));
+    std::copy(frame.begin(), frame.end(), head.begin());
+    const bool sent = write_all(fd, head) && for_each_run(map, pages, [&](std::size_t first, std::size_t count) {
+                        return write_all(fd, std::span(base + first * kPage, count * kPage));
+                      });
+    if (!sent) return errors::internal("the guest's channel to its host broke");
     return {};
   };
 }
 
-// Maps a checked span back into the arena and resumes the agent in it.
+Error refused_image(const std::string& why) {
+  return make_error(Errc::sandbox_refused, "refused by the sandbox: heap image: " + why);
+}
+
+// Reads the kept pages of a checked page map back into a fresh arena at their places, and
+// resumes the agent in it.
 Result<AgentOutcome> resume_strong(int fd, const channel::ResumeRequest& request, HostCalls* host) {
   FixedArena* arena = guest_arena();
   if (arena == nullptr) return errors::internal("a strong resume needs the guest's arena");
-  if (request.arena_bytes != arena->size() || request.span.size() > arena->size()) {
-    return make_error(Errc::sandbox_refused, "refused by the sandbox: heap image: its arena of " +
-                                                 std::to_string(request.arena_bytes) + " bytes is not this guest's (" +
-                                                 std::to_string(arena->size()) + " bytes)");
+  if (request.arena_bytes != arena->size() || request.used_bytes > arena->size()) {
+    return refused_image("its arena of " + std::to_string(request.arena_bytes) + " bytes is not this guest's (" +
+                         std::to_string(arena->size()) + " bytes)");
   }
-  // SAFETY: the span fits in the mapped arena (checked above).
-  std::memcpy(reinterpret_cast<void*>(arena->base()), request.span.data(), request.span.size());
+  const std::size_t pages = request.used_bytes / kPage;
+  const std::string_view map = request.page_map;
+  if (request.used_bytes % kPage != 0 || map.size() != (pages + 7) / 8 ||
+      (pages % 8 != 0 && (static_cast<std::uint8_t>(map.back()) >> (pages % 8)) != 0)) {
+    return refused_image("its page map does not cover its span of " + std::to_string(request.used_bytes) + " bytes");
+  }
+  std::size_t kept = 0;
+  for (char b : map) kept += static_cast<std::size_t>(__builtin_popcount(static_cast<std::uint8_t>(b)));
+  std::uint8_t header[channel::kHeaderBytes];
+  if (!read_exact(fd, header, sizeof header)) return errors::internal("the guest's channel to its host broke");
+  const channel::FrameHeader pages_frame = channel::parse_header(header);
+  if (pages_frame.kind != Kind::heap_pages || pages_frame.length != kept * kPage) {
+    return refused_image("its page map keeps " + std::to_string(kept) + " pages, the host sent " +
+                         std::to_string(pages_frame.length) + " bytes of " + std::string(channel::kind_name(pages_frame.kind)));
+  }
+  // SAFETY: [base, base + peak) and every kept page lie inside the mapped arena (used_bytes
+  // and the peak are at most its size). A fresh arena holds only its bookkeeping, which the
+  // image's own replaces: cleared, every page the map leaves out reads as zero.
+  auto* base = reinterpret_cast<std::uint8_t*>(arena->base());
+  std::memset(base, 0, arena->peak());
+  const bool read = for_each_run(map, pages, [&](std::size_t first, std::size_t count) {
+    return read_exact(fd, base + first * kPage, count * kPage);
+  });
+  if (!read) return errors::internal("the guest's channel to its host broke");
   if (Result<FixedArena> adopted = FixedArena::adopt(reinterpret_cast<void*>(arena->base()), arena->size()); !adopted) {
     return adopted.error();
   }

@@ -25,6 +25,8 @@ constexpr char kMagic[8] = {'S', 'J', 'H', 'E', 'A', 'P', 'I', 'M'};
 constexpr std::size_t kHashAt = kHeaderBytes - 32;
 // Fast levels: imaging sits on the agent's path between two nodes.
 constexpr int kZstdLevel = 1;
+// Compressed output is hashed in pieces of this size, each right after zstd wrote it.
+constexpr std::size_t kHashPiece = 256 * 1024;
 
 using Hash = std::array<std::uint8_t, 32>;
 
@@ -40,17 +42,34 @@ std::uint64_t get(std::span<const std::uint8_t> in, std::size_t at, int n) {
   return v;
 }
 
+// SHA-256 fed piece by piece. A failure anywhere gives an all-zero hash, which never matches a
+// real one: the image is refused, not trusted.
+class Sha256 {
+ public:
+  Sha256() : ctx_(EVP_MD_CTX_new(), &EVP_MD_CTX_free) {
+    ok_ = ctx_ && EVP_DigestInit_ex(ctx_.get(), EVP_sha256(), nullptr) == 1;
+  }
+  void update(std::span<const std::uint8_t> bytes) {
+    ok_ = ok_ && EVP_DigestUpdate(ctx_.get(), bytes.data(), bytes.size()) == 1;
+  }
+  Hash finish() {
+    Hash out{};
+    unsigned int n = 0;
+    if (!ok_ || EVP_DigestFinal_ex(ctx_.get(), out.data(), &n) != 1) out.fill(0);
+    return out;
+  }
+
+ private:
+  std::unique_ptr<EVP_MD_CTX, decltype(&EVP_MD_CTX_free)> ctx_;
+  bool ok_ = false;
+};
+
 // SHA-256 of two spans in sequence.
 Hash sha256(std::span<const std::uint8_t> a, std::span<const std::uint8_t> b) {
-  Hash out{};
-  std::unique_ptr<EVP_MD_CTX, decltype(&EVP_MD_CTX_free)> ctx(EVP_MD_CTX_new(), &EVP_MD_CTX_free);
-  unsigned int n = 0;
-  if (!ctx || EVP_DigestInit_ex(ctx.get(), EVP_sha256(), nullptr) != 1 ||
-      EVP_DigestUpdate(ctx.get(), a.data(), a.size()) != 1 || EVP_DigestUpdate(ctx.get(), b.data(), b.size()) != 1 ||
-      EVP_DigestFinal_ex(ctx.get(), out.data(), &n) != 1) {
-    out.fill(0);  // an all-zero hash never matches a real one: the image is refused, not trusted
-  }
-  return out;
+  Sha256 h;
+  h.update(a);
+  h.update(b);
+  return h.finish();
 }
 
 Hash hash_of(std::span<const std::uint8_t> image) {
@@ -79,6 +98,93 @@ std::string hex(std::span<const std::uint8_t> bytes) {
   return out;
 }
 
+std::size_t page_map_bytes(std::uint64_t used_bytes) {
+  return static_cast<std::size_t>((used_bytes / kPageBytes + 7) / 8);
+}
+
+std::uint64_t kept_pages(std::span<const std::uint8_t> page_map) {
+  std::uint64_t kept = 0;
+  for (std::uint8_t b : page_map) kept += static_cast<std::uint64_t>(__builtin_popcount(b));
+  return kept;
+}
+
+namespace {
+
+// Seals a checked page map and its kept pages, given as pieces in order (one for a guest's
+// KeptPages, the runs of kept pages for a whole span: never copied into one buffer).
+Result<std::vector<std::uint8_t>> seal(const ImageSource& source, std::uint64_t used_bytes,
+                                       std::span<const std::uint8_t> page_map,
+                                       std::span<const std::span<const std::uint8_t>> pieces, std::uint64_t kept_count,
+                                       ImageStats* stats) {
+  const std::size_t payload_bytes = page_map.size() + kept_count * kPageBytes;
+  std::vector<std::uint8_t> image(kMagic, kMagic + sizeof kMagic);
+  put(image, kFormatVersion, 4);
+  image.insert(image.end(), source.guest_build.begin(), source.guest_build.end());
+  for (std::uint64_t v : {source.arena_base, source.arena_bytes, used_bytes, source.agent_handle,
+                          std::uint64_t{payload_bytes}}) {
+    put(image, v, 8);
+  }
+  // One pass: the page map and the kept pages go into zstd as they are, and each piece of
+  // compressed output is hashed as it comes out, while it is still in the cache. The pledged
+  // size puts the payload's size in the frame header.
+  std::unique_ptr<ZSTD_CCtx, decltype(&ZSTD_freeCCtx)> cctx(ZSTD_createCCtx(), &ZSTD_freeCCtx);
+  if (!cctx || ZSTD_isError(ZSTD_CCtx_setParameter(cctx.get(), ZSTD_c_compressionLevel, kZstdLevel)) ||
+      ZSTD_isError(ZSTD_CCtx_setPledgedSrcSize(cctx.get(), payload_bytes))) {
+    return errors::internal("zstd: cannot set up a compression context");
+  }
+  Sha256 hash;
+  hash.update(std::span<const std::uint8_t>(image).first(kHashAt));
+  // zstd writes each piece into a small buffer that stays in the cache, where it is hashed and
+  // appended: the image's bound is reserved but never zero-filled, so only the pages the
+  // compressed bytes need are ever touched (a bound's worth of page faults and a memset saved).
+  image.reserve(kHeaderBytes + ZSTD_compressBound(payload_bytes));
+  image.resize(kHeaderBytes);  // the hash's place, filled in at the end
+  std::vector<std::uint8_t> piece(kHashPiece);
+  std::size_t failed = 0;
+  const auto feed = [&](std::span<const std::uint8_t> bytes, ZSTD_EndDirective mode) {
+    ZSTD_inBuffer in{bytes.data(), bytes.size(), 0};
+    for (;;) {
+      ZSTD_outBuffer out{piece.data(), piece.size(), 0};
+      const std::size_t left = ZSTD_compressStream2(cctx.get(), &out, &in, mode);
+      if (ZSTD_isError(left)) {
+        failed = left;
+        return false;
+      }
+      const std::span<const std::uint8_t> written(piece.data(), out.pos);
+      hash.update(written);
+      image.insert(image.end(), written.begin(), written.end());
+      if (mode == ZSTD_e_end ? left == 0 : in.pos == in.size) return true;
+    }
+  };
+  bool ok = feed(page_map, ZSTD_e_continue);
+  for (std::span<const std::uint8_t> piece : pieces) ok = ok && feed(piece, ZSTD_e_continue);
+  ok = ok && feed({}, ZSTD_e_end);
+  if (!ok) return errors::internal(std::string("zstd: ") + ZSTD_getErrorName(failed));
+  const Hash h = hash.finish();
+  std::copy(h.begin(), h.end(), image.begin() + kHashAt);
+  if (stats != nullptr) *stats = ImageStats{used_bytes, kept_count, payload_bytes, image.size()};
+  return image;
+}
+
+}  // namespace
+
+Result<std::vector<std::uint8_t>> take_image(const ImageSource& source, const KeptPages& kept, ImageStats* stats) {
+  if (kept.used_bytes % kPageBytes != 0 || kept.used_bytes > source.arena_bytes) {
+    return errors::invalid_argument("a heap image covers whole pages of the arena (" + std::to_string(kept.used_bytes) +
+                                    " bytes of an arena of " + std::to_string(source.arena_bytes) + ")");
+  }
+  const std::uint64_t pages = kept.used_bytes / kPageBytes;
+  const std::uint64_t kept_count = kept_pages(kept.page_map);
+  if (kept.page_map.size() != page_map_bytes(kept.used_bytes) ||
+      (pages % 8 != 0 && (kept.page_map.back() >> (pages % 8)) != 0) || kept.pages.size() != kept_count * kPageBytes) {
+    return errors::invalid_argument("a heap image's page map of " + std::to_string(kept.page_map.size()) + " bytes keeps " +
+                                    std::to_string(kept_count) + " of " + std::to_string(pages) + " pages, with " +
+                                    std::to_string(kept.pages.size()) + " bytes of pages");
+  }
+  const std::span<const std::uint8_t> pieces[] = {kept.pages};
+  return seal(source, kept.used_bytes, kept.page_map, pieces, kept_count, stats);
+}
+
 Result<std::vector<std::uint8_t>> take_image(const ImageSource& source, std::span<const std::uint8_t> used,
                                              ImageStats* stats) {
   if (used.size() % kPageBytes != 0 || used.size() > source.arena_bytes) {
@@ -86,63 +192,21 @@ Result<std::vector<std::uint8_t>> take_image(const ImageSource& source, std::spa
                                     " bytes of an arena of " + std::to_string(source.arena_bytes) + ")");
   }
   const std::size_t pages = used.size() / kPageBytes;
-  std::vector<std::uint8_t> map((pages + 7) / 8);
-  std::size_t kept = 0;
+  std::vector<std::uint8_t> map(page_map_bytes(used.size()));
+  std::vector<std::span<const std::uint8_t>> runs;
+  std::uint64_t kept = 0;
   for (std::size_t i = 0; i < pages; ++i) {
-    if (!all_zero(used.data() + i * kPageBytes)) {
-      map[i / 8] = static_cast<std::uint8_t>(map[i / 8] | (1u << (i % 8)));
-      ++kept;
+    const std::uint8_t* page = used.data() + i * kPageBytes;
+    if (all_zero(page)) continue;
+    map[i / 8] = static_cast<std::uint8_t>(map[i / 8] | (1u << (i % 8)));
+    ++kept;
+    if (!runs.empty() && runs.back().data() + runs.back().size() == page) {
+      runs.back() = std::span(runs.back().data(), runs.back().size() + kPageBytes);
+    } else {
+      runs.emplace_back(page, kPageBytes);
     }
   }
-  const std::size_t payload_bytes = map.size() + kept * kPageBytes;
-
-  std::vector<std::uint8_t> image(kMagic, kMagic + sizeof kMagic);
-  put(image, kFormatVersion, 4);
-  image.insert(image.end(), source.guest_build.begin(), source.guest_build.end());
-  for (std::uint64_t v : {source.arena_base, source.arena_bytes, std::uint64_t{used.size()}, source.agent_handle,
-                          std::uint64_t{payload_bytes}}) {
-    put(image, v, 8);
-  }
-  // The payload (page map, then the kept pages) is streamed from the span into the frame: it
-  // never exists as one buffer. The pledged size puts the payload's size in the frame header.
-  std::unique_ptr<ZSTD_CCtx, decltype(&ZSTD_freeCCtx)> cctx(ZSTD_createCCtx(), &ZSTD_freeCCtx);
-  if (!cctx || ZSTD_isError(ZSTD_CCtx_setParameter(cctx.get(), ZSTD_c_compressionLevel, kZstdLevel)) ||
-      ZSTD_isError(ZSTD_CCtx_setPledgedSrcSize(cctx.get(), payload_bytes))) {
-    return errors::internal("zstd: cannot set up a compression context");
-  }
-  image.resize(kHeaderBytes + ZSTD_compressBound(payload_bytes));
-  ZSTD_outBuffer out{image.data() + kHeaderBytes, image.size() - kHeaderBytes, 0};
-  std::size_t failed = 0;
-  const auto feed = [&](const std::uint8_t* bytes, std::size_t n, ZSTD_EndDirective mode) {
-    ZSTD_inBuffer in{bytes, n, 0};
-    for (;;) {
-      const std::size_t left = ZSTD_compressStream2(cctx.get(), &out, &in, mode);
-      if (ZSTD_isError(left)) {
-        failed = left;
-        return false;
-      }
-      if (mode == ZSTD_e_end ? left == 0 : in.pos == in.size) return true;
-      if (out.pos == out.size) return false;  // cannot happen within the bound
-    }
-  };
-  bool ok = feed(map.data(), map.size(), ZSTD_e_continue);
-  // Runs of kept pages go in as one input each.
-  for (std::size_t i = 0; ok && i < pages;) {
-    if (((map[i / 8] >> (i % 8)) & 1u) == 0) {
-      ++i;
-      continue;
-    }
-    std::size_t j = i + 1;
-    while (j < pages && ((map[j / 8] >> (j % 8)) & 1u) != 0) ++j;
-    ok = feed(used.data() + i * kPageBytes, (j - i) * kPageBytes, ZSTD_e_continue);
-    i = j;
-  }
-  if (ok) ok = feed(nullptr, 0, ZSTD_e_end);
-  if (!ok) return errors::internal(std::string("zstd: ") + (failed != 0 ? ZSTD_getErrorName(failed) : "output overflow"));
-  image.resize(kHeaderBytes + out.pos);
-  reseal(image);
-  if (stats != nullptr) *stats = ImageStats{used.size(), kept, payload_bytes, image.size()};
-  return image;
+  return seal(source, used.size(), map, runs, kept, stats);
 }
 
 void reseal(std::vector<std::uint8_t>& image) {
@@ -236,8 +300,7 @@ Result<ImageHeader> open_image_into(std::span<const std::uint8_t> image, const R
   };
   std::vector<std::uint8_t> map(map_bytes);
   if (!fill(map.data(), map.size())) return undecodable();
-  std::uint64_t kept = 0;
-  for (std::uint8_t b : map) kept += static_cast<std::uint64_t>(__builtin_popcount(b));
+  const std::uint64_t kept = kept_pages(map);
   if (map_bytes * 8 > pages && (map[map_bytes - 1] >> (pages % 8)) != 0) {
     return refused("heap image: the page map marks pages past the used span");
   }
@@ -245,18 +308,12 @@ Result<ImageHeader> open_image_into(std::span<const std::uint8_t> image, const R
     return refused("heap image: the page map keeps " + std::to_string(kept) + " pages, the payload holds " +
                    std::to_string((h.payload_bytes - map_bytes) / kPageBytes));
   }
-  const std::span<std::uint8_t> to = place(h);
-  if (to.size() != h.used_bytes) {
-    return refused("heap image: no room for its used span of " + std::to_string(h.used_bytes) + " bytes");
+  const std::span<std::uint8_t> to = place(h, map);
+  if (to.size() != kept * kPageBytes) {
+    return refused("heap image: no room for its " + std::to_string(kept) + " kept pages");
   }
-  for (std::uint64_t i = 0; i < pages; ++i) {
-    std::uint8_t* page = to.data() + i * kPageBytes;
-    if (((map[i / 8] >> (i % 8)) & 1u) == 0) {
-      std::memset(page, 0, kPageBytes);
-    } else if (!fill(page, kPageBytes)) {
-      return undecodable();
-    }
-  }
+  // The kept pages, one after the other, straight into the destination.
+  if (!to.empty() && !fill(to.data(), to.size())) return undecodable();
   // The frame must end exactly there (zstd also checks the declared size at its end).
   if (last != 0) {
     std::uint8_t extra = 0;
@@ -272,12 +329,25 @@ Result<ImageHeader> open_image_into(std::span<const std::uint8_t> image, const R
 
 Result<RestoredImage> open_image(std::span<const std::uint8_t> image, const RestoreRules& rules) {
   RestoredImage out;
-  Result<ImageHeader> h = open_image_into(image, rules, [&out](const ImageHeader& header) {
-    out.used.resize(header.used_bytes);
-    return std::span<std::uint8_t>(out.used);
-  });
+  std::vector<std::uint8_t> map;
+  std::vector<std::uint8_t> kept;
+  Result<ImageHeader> h =
+      open_image_into(image, rules, [&](const ImageHeader&, std::span<const std::uint8_t> page_map) {
+        map.assign(page_map.begin(), page_map.end());
+        kept.resize(kept_pages(page_map) * kPageBytes);
+        return std::span<std::uint8_t>(kept);
+      });
   if (!h) return h.error();
   out.header = *h;
+  // The whole span, its left-out pages as zeros.
+  out.used.assign(h->used_bytes, 0);
+  std::size_t next = 0;
+  for (std::uint64_t i = 0; i < h->used_bytes / kPageBytes; ++i) {
+    if (((map[i / 8] >> (i % 8)) & 1u) != 0) {
+      std::memcpy(out.used.data() + i * kPageBytes, kept.data() + next, kPageBytes);
+      next += kPageBytes;
+    }
+  }
   return out;
 }
 

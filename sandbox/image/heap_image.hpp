@@ -60,6 +60,19 @@ struct RestoredImage {
   std::vector<std::uint8_t> used;
 };
 
+// The arena's used span as a strong guest hands it over (docs/migration.md, "What travels"):
+// a page map, one bit per page of the span (bit i of byte i/8, 1 = kept), and the kept pages
+// in order. Pages left out are all zero. The image's payload is exactly these bytes.
+struct KeptPages {
+  std::uint64_t used_bytes = 0;
+  std::span<const std::uint8_t> page_map;
+  std::span<const std::uint8_t> pages;
+};
+
+// The page map's size for a span of `used_bytes`, and the pages it keeps (a popcount).
+std::size_t page_map_bytes(std::uint64_t used_bytes);
+std::uint64_t kept_pages(std::span<const std::uint8_t> page_map);
+
 // Figures for `ps` and the benchmark.
 struct ImageStats {
   std::uint64_t raw_bytes = 0;       // the used span
@@ -68,8 +81,14 @@ struct ImageStats {
   std::uint64_t image_bytes = 0;     // the whole image as it travels
 };
 
-// Seals the arena's used span (its length a multiple of kPageBytes, at most arena_bytes) into an
-// image. invalid_argument on a span that does not fit; internal when zstd fails.
+// Seals kept pages into an image: one pass that compresses the payload and hashes each piece
+// of the compressed output as it comes. invalid_argument on a span that does not fit the arena
+// (used_bytes not whole pages, or above arena_bytes) and on a page map that disagrees with it
+// ("a heap image's page map ..."); internal when zstd fails.
+Result<std::vector<std::uint8_t>> take_image(const ImageSource& source, const KeptPages& kept,
+                                             ImageStats* stats = nullptr);
+// The same from a whole span (its length a multiple of kPageBytes, at most arena_bytes): its
+// all-zero pages are left out first. For tests and tools; guests hand over KeptPages.
 Result<std::vector<std::uint8_t>> take_image(const ImageSource& source, std::span<const std::uint8_t> used,
                                              ImageStats* stats = nullptr);
 
@@ -90,11 +109,13 @@ Result<ImageHeader> peek_header(std::span<const std::uint8_t> image);
 //      load it.
 Result<RestoredImage> open_image(std::span<const std::uint8_t> image, const RestoreRules& rules);
 
-// open_image, decompressing straight into a destination: once the header, the hash and the page
-// map are checked, `place(header)` gives exactly header.used_bytes writable bytes (in a request
-// frame, say), and every byte of them is written (all-zero pages as zeros). Refusals as
-// open_image; after `place` was called a refusal may leave its bytes half written.
-using Placer = std::function<std::span<std::uint8_t>(const ImageHeader&)>;
+// open_image, decompressing the kept pages straight into a destination: once the header, the
+// hash and the page map are checked, `place(header, page_map)` gives exactly
+// kept_pages(page_map) * kPageBytes writable bytes (in a request frame, say), and every byte of
+// them is written, page after page in the map's order; the pages the map leaves out are zero,
+// and are the destination's to provide. Refusals as open_image; after `place` was called a
+// refusal may leave its bytes half written.
+using Placer = std::function<std::span<std::uint8_t>(const ImageHeader&, std::span<const std::uint8_t> page_map)>;
 Result<ImageHeader> open_image_into(std::span<const std::uint8_t> image, const RestoreRules& rules, const Placer& place);
 
 // SHA-256 of a file (the guest build id), or internal "internal error: cannot read PATH: WHY".

@@ -343,15 +343,22 @@ Result<std::vector<std::uint8_t>> strong_resume_request(std::span<const std::uin
   if (!build) return build.error();
   const std::size_t arena_bytes = guest::arena_bytes_for_quota(input.limits.memory_bytes);
   const auto t0 = Clock::now();
-  // The image decompresses straight into the request frame's span: no other copy of it.
+  // Two frames in one buffer: the resume request with the page map, then heap_pages, whose
+  // kept pages the image decompresses straight into (no other copy of them on the host).
   std::vector<std::uint8_t> frame;
-  Result<image::ImageHeader> opened =
-      image::open_image_into(bytes, {*build, guest::kArenaBase, arena_bytes}, [&](const image::ImageHeader& header) {
-        // A span past what one frame can say is refused by open_image_into (no destination).
-        if (header.used_bytes > channel::kMaxTailBytes) return std::span<std::uint8_t>{};
-        channel::ResumeRequest request{make_run_request(input, host), info, header.agent_handle, header.arena_bytes, {}};
-        std::size_t at = 0;
-        frame = channel::encode_frame_with_tail(request, static_cast<std::uint32_t>(header.used_bytes), at);
+  Result<image::ImageHeader> opened = image::open_image_into(
+      bytes, {*build, guest::kArenaBase, arena_bytes},
+      [&](const image::ImageHeader& header, std::span<const std::uint8_t> page_map) {
+        const std::uint64_t pages_bytes = image::kept_pages(page_map) * image::kPageBytes;
+        // Pages past what one frame can say are refused by open_image_into (no destination).
+        if (pages_bytes > channel::kMaxGuestFrameBytes) return std::span<std::uint8_t>{};
+        channel::ResumeRequest request{make_run_request(input, host), info, header.agent_handle, header.arena_bytes,
+                                       header.used_bytes, std::string(page_map.begin(), page_map.end())};
+        frame = channel::encode_frame(request);
+        const auto pages_header = channel::frame_header(channel::Kind::heap_pages, static_cast<std::uint32_t>(pages_bytes));
+        frame.insert(frame.end(), pages_header.begin(), pages_header.end());
+        const std::size_t at = frame.size();
+        frame.resize(at + pages_bytes);
         return std::span<std::uint8_t>(frame).subspan(at);
       });
   if (!opened) return opened.error();
@@ -375,18 +382,23 @@ Result<StrongOutcome> strong_outcome(std::span<const std::uint8_t> done, std::sp
   if (outcome->strong_stop) {
     Result<channel::HeapSpan> span = channel::decode_payload<channel::HeapSpan>(span_frame);
     if (!span) return make_error(Errc::guest_crashed, "guest crashed: a strong stop without its heap span (" + span.error().message + ")");
-    if (span->arena_bytes != arena_bytes || span->span.size() > arena_bytes ||
-        span->agent_handle < guest::kArenaBase || span->agent_handle >= guest::kArenaBase + span->span.size()) {
+    if (span->arena_bytes != arena_bytes || span->used_bytes > arena_bytes || span->agent_handle < guest::kArenaBase ||
+        span->agent_handle >= guest::kArenaBase + span->used_bytes) {
       return make_error(Errc::guest_crashed, "guest crashed: its heap span does not fit its arena");
     }
+    const auto bytes_of = [](std::string_view v) { return std::span(reinterpret_cast<const std::uint8_t*>(v.data()), v.size()); };
     const auto t0 = Clock::now();
+    // take_image checks the page map against the span and the pages (invalid_argument).
     Result<std::vector<std::uint8_t>> sealed =
         image::take_image({build, guest::kArenaBase, arena_bytes, span->agent_handle},
-                          std::span(reinterpret_cast<const std::uint8_t*>(span->span.data()), span->span.size()));
+                          image::KeptPages{span->used_bytes, bytes_of(span->page_map), bytes_of(span->pages)});
+    if (!sealed && sealed.error().code == Errc::invalid_argument) {
+      return make_error(Errc::guest_crashed, "guest crashed: its heap span does not fit its arena (" + sealed.error().message + ")");
+    }
     if (!sealed) return sealed.error();
     strong.image_us =
         static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - t0).count());
-    strong.raw_bytes = span->span.size();
+    strong.raw_bytes = span->used_bytes;
     strong.image = std::move(*sealed);
   }
   strong.step = std::move(*outcome);

@@ -78,6 +78,13 @@ std::array<std::uint8_t, kHeaderBytes + 4> seccomp_report_frame(std::uint32_t sy
   return frame;
 }
 
+std::array<std::uint8_t, kHeaderBytes> frame_header(Kind kind, std::uint32_t payload_bytes) noexcept {
+  std::array<std::uint8_t, kHeaderBytes> header{};
+  for (int i = 0; i < 4; ++i) header[static_cast<std::size_t>(i)] = static_cast<std::uint8_t>(payload_bytes >> (8 * i));
+  header[4] = static_cast<std::uint8_t>(kind);
+  return header;
+}
+
 std::string_view kind_name(Kind kind) noexcept {
   switch (kind) {
     case Kind::run: return "run";
@@ -86,6 +93,7 @@ std::string_view kind_name(Kind kind) noexcept {
     case Kind::agent_done: return "agent_done";
     case Kind::resume: return "resume";
     case Kind::heap_span: return "heap_span";
+    case Kind::heap_pages: return "heap_pages";
     case Kind::host_call: return "host_call";
     case Kind::run_done: return "run_done";
     case Kind::seccomp_report: return "seccomp_report";

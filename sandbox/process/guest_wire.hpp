@@ -20,20 +20,21 @@ namespace sojourn::sandbox::channel {
 
 inline constexpr std::size_t kHeaderBytes = 5;
 // Bumped with any change to a message: a zygote that speaks another version is refused.
-inline constexpr std::uint32_t kProtocolVersion = 2;
+inline constexpr std::uint32_t kProtocolVersion = 3;
 
 enum class Kind : std::uint8_t {
   // host -> guest, on the run's channel
   run = 1,           // RunRequest: run a chunk
   host_reply = 2,    // HostReply: the answer to the guest's last HostCall
   agent = 3,         // AgentRequest: one step of a mobile agent
-  resume = 4,        // ResumeRequest: a strong agent's heap span to map back and resume
+  resume = 4,        // ResumeRequest: a strong agent's page map, to map back and resume
+  heap_pages = 5,    // right after a resume: its kept pages, raw (the payload is nothing else)
   // guest -> host, on the run's channel
   host_call = 10,    // HostCall: node.call (and later agent.*) from Lua
   run_done = 11,     // Outcome: the run's results or its error; the guest exits after it
   seccomp_report = 12,  // SeccompReport: written by the SIGSYS handler just before the kill
   agent_done = 13,   // AgentDone: the agent step's outcome; the guest exits after it
-  heap_span = 14,    // HeapSpan: a strong stop's arena span, just before its agent_done
+  heap_span = 14,    // HeapSpan: a strong stop's page map and kept pages, just before its agent_done
   // host -> zygote, on the control socket (with the run's channel as SCM_RIGHTS)
   spawn = 20,        // SpawnRequest
   // zygote -> host, on the control socket
@@ -72,28 +73,32 @@ struct AgentRequest {
   template <class F> void fields(F& f) { run.fields(f), f(entry, state, info, strong); }
 };
 
-// A strong agent's next step: the arena's used span from an image the host opened and checked,
-// mapped back at the arena's address, and the agent coroutine at `agent_handle` resumed with
-// `run`'s limits (run.source is not used) and the facts in `info`.
+// A strong agent's next step: the page map of an image the host opened and checked, and the
+// agent coroutine at `agent_handle` resumed with `run`'s limits (run.source is not used) and the
+// facts in `info`. A heap_pages frame follows at once with the kept pages, in the map's order,
+// which the guest reads straight into its arena at their places (its other pages are zero).
 struct ResumeRequest {
   static constexpr Kind kKind = Kind::resume;
   RunRequest run;
   Value info;
   std::uint64_t agent_handle = 0;
   std::uint64_t arena_bytes = 0;
-  // The last field, so that the host can decompress an image straight into the frame
-  // (encode_frame_with_tail). Decoded as a view into the frame, which must outlive it.
-  std::string_view span;
-  template <class F> void fields(F& f) { run.fields(f), f(info, agent_handle, arena_bytes, span); }
+  std::uint64_t used_bytes = 0;  // the span the page map covers, from the arena's base
+  std::string page_map;          // heap_image.hpp's KeptPages
+  template <class F> void fields(F& f) { run.fields(f), f(info, agent_handle, arena_bytes, used_bytes, page_map); }
 };
 
-// The arena's used span at a strong stop, written by the guest straight from its arena.
+// A strong stop's arena, written by the guest straight from it: the page map of its used span
+// and the kept pages (heap_image.hpp's KeptPages), the pages last so that they go out of the
+// arena run by run.
 struct HeapSpan {
   static constexpr Kind kKind = Kind::heap_span;
   std::uint64_t agent_handle = 0;
   std::uint64_t arena_bytes = 0;
-  std::string_view span;  // decoded as a view into the frame, which must outlive it
-  template <class F> void fields(F& f) { f(agent_handle, arena_bytes, span); }
+  std::uint64_t used_bytes = 0;
+  std::string_view page_map;  // views into the frame, which must outlive them
+  std::string_view pages;
+  template <class F> void fields(F& f) { f(agent_handle, arena_bytes, used_bytes, page_map, pages); }
 };
 
 struct HostCall {
@@ -240,20 +245,11 @@ std::vector<std::uint8_t> encode_frame(const M& message) {
 }
 void finish_frame(std::vector<std::uint8_t>& frame, Kind kind);
 
-// The frame of a message whose last field is a string left empty in `message`, grown by
-// `tail_bytes` for that string: its bytes, at tail_at, are the caller's to write (zeroed here).
-// For a large span written in place rather than copied in (resume requests).
-inline constexpr std::uint32_t kMaxTailBytes = std::uint32_t{1} << 30;  // the guest reads frames up to 1 GiB
-template <class M>
-std::vector<std::uint8_t> encode_frame_with_tail(const M& message, std::uint32_t tail_bytes, std::size_t& tail_at) {
-  std::vector<std::uint8_t> frame = encode_frame(message);
-  // The empty string's u32 length is the frame's last four bytes.
-  for (std::size_t i = 0; i < 4; ++i) frame[frame.size() - 4 + i] = static_cast<std::uint8_t>(tail_bytes >> (8 * i));
-  tail_at = frame.size();
-  frame.resize(frame.size() + tail_bytes);
-  finish_frame(frame, M::kKind);
-  return frame;
-}
+// The header of a frame whose payload, `payload_bytes` long, the caller writes itself (a
+// resume's heap_pages).
+std::array<std::uint8_t, kHeaderBytes> frame_header(Kind kind, std::uint32_t payload_bytes) noexcept;
+// The guest reads frames up to 1 GiB.
+inline constexpr std::uint32_t kMaxGuestFrameBytes = std::uint32_t{1} << 30;
 
 struct FrameHeader {
   std::uint32_t length = 0;

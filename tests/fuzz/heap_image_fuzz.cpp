@@ -4,7 +4,8 @@
 // and arena base the image declares, as a node running that guest would. The rest is the image.
 //
 // Properties: open_image never hands back more than the quota allows, and what it hands back
-// is exactly the span the header declares (whole pages, inside the declared arena).
+// is exactly the span the header declares (whole pages, inside the declared arena);
+// open_image_into asks for the page map's kept pages only, and agrees with open_image.
 #include <cstdint>
 #include <span>
 #include <vector>
@@ -36,6 +37,17 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     }
   }
   auto opened = image::open_image(bytes, rules);
+  // The kept-pages path a jail's resume takes: the destination is asked for exactly the page
+  // map's kept pages, which fit in the declared span.
+  std::vector<std::uint8_t> pages;
+  auto placed = image::open_image_into(bytes, rules, [&](const image::ImageHeader& header, std::span<const std::uint8_t> map) {
+    const std::uint64_t kept = image::kept_pages(map);
+    sojourn::fuzz::check(map.size() == image::page_map_bytes(header.used_bytes), "a placed page map covers the span");
+    sojourn::fuzz::check(kept * image::kPageBytes <= header.used_bytes, "a placed page map keeps pages of the span only");
+    pages.resize(kept * image::kPageBytes);
+    return std::span<std::uint8_t>(pages);
+  });
+  sojourn::fuzz::check(placed.ok() == opened.ok(), "opening into a destination agrees with opening");
   if (!opened) return 0;
   const image::ImageHeader& h = opened->header;
   sojourn::fuzz::check(h.arena_bytes <= kQuotaBytes, "an opened image's arena is within the quota");

@@ -11,6 +11,7 @@
 
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <csignal>
 #include <cstring>
 #include <functional>
@@ -522,4 +523,134 @@ TEST_CASE("sandboxed strong steps: a weak go keeps its semantics, and limits aft
   const Hop bomb = sandbox_next(grow.image, "B");
   CHECK(bomb.kind == 'E');
   CHECK(bomb.text.find("memory_limit memory limit of " + std::to_string(kQuota) + " bytes exceeded") == 0);
+}
+
+namespace {
+
+// A span of `pages` pages, each page in `filled` holding bytes that tell it apart; a page in
+// `partial` only its first 100 bytes (the rest zero, as the arena's top page usually is).
+std::vector<std::uint8_t> span_with(std::size_t pages, std::initializer_list<std::size_t> filled,
+                                    std::initializer_list<std::size_t> partial = {}) {
+  std::vector<std::uint8_t> span(pages * image::kPageBytes, 0);
+  for (std::size_t p : filled) {
+    for (std::size_t i = 0; i < image::kPageBytes; ++i) span[p * image::kPageBytes + i] = static_cast<std::uint8_t>(p * 31 + i % 251 + 1);
+  }
+  for (std::size_t p : partial) {
+    for (std::size_t i = 0; i < 100; ++i) span[p * image::kPageBytes + i] = static_cast<std::uint8_t>(i + 7);
+  }
+  return span;
+}
+
+// What a guest hands over for a span: the page map and the kept pages in order.
+struct Kept {
+  std::vector<std::uint8_t> map, pages;
+  image::KeptPages view(std::size_t used) const { return {used, map, pages}; }
+};
+Kept kept_of(const std::vector<std::uint8_t>& span) {
+  Kept k;
+  const std::size_t pages = span.size() / image::kPageBytes;
+  k.map.assign(image::page_map_bytes(span.size()), 0);
+  for (std::size_t p = 0; p < pages; ++p) {
+    const auto* at = span.data() + p * image::kPageBytes;
+    if (std::any_of(at, at + image::kPageBytes, [](std::uint8_t b) { return b != 0; })) {
+      k.map[p / 8] = static_cast<std::uint8_t>(k.map[p / 8] | (1u << (p % 8)));
+      k.pages.insert(k.pages.end(), at, at + image::kPageBytes);
+    }
+  }
+  return k;
+}
+
+constexpr std::size_t kSmallArena = 64 * image::kPageBytes;
+
+}  // namespace
+
+TEST_CASE("kept pages: a heap with holes and a partial last page seals and opens to the same span") {
+  const std::vector<std::uint8_t> span = span_with(11, {0, 3, 4, 7}, {10});
+  const Kept kept = kept_of(span);
+  REQUIRE(kept.pages.size() == 5 * image::kPageBytes);
+  const image::ImageSource source{this_build(), kArenaBase, kSmallArena, kArenaBase + 64};
+  image::ImageStats stats;
+  auto from_pages = image::take_image(source, kept.view(span.size()), &stats);
+  REQUIRE(from_pages);
+  CHECK(stats.kept_pages == 5);
+  CHECK(stats.raw_bytes == span.size());
+  CHECK(stats.payload_bytes == kept.map.size() + kept.pages.size());
+  // The same image as sealing the whole span: the payload is the same bytes either way.
+  auto from_span = image::take_image(source, span);
+  REQUIRE(from_span);
+  CHECK(*from_pages == *from_span);
+
+  auto opened = image::open_image(*from_pages, {this_build(), kArenaBase, kSmallArena});
+  REQUIRE(opened);
+  CHECK(opened->used == span);
+  CHECK(opened->header.used_bytes == span.size());
+
+  // Straight into a destination: exactly the kept pages, in the map's order.
+  std::vector<std::uint8_t> into, map_seen;
+  auto placed = image::open_image_into(*from_pages, {this_build(), kArenaBase, kSmallArena},
+                                       [&](const image::ImageHeader&, std::span<const std::uint8_t> map) {
+                                         map_seen.assign(map.begin(), map.end());
+                                         into.resize(image::kept_pages(map) * image::kPageBytes);
+                                         return std::span<std::uint8_t>(into);
+                                       });
+  REQUIRE(placed);
+  CHECK(map_seen == kept.map);
+  CHECK(into == kept.pages);
+}
+
+TEST_CASE("kept pages: a page map that disagrees with its span or its pages is not sealed") {
+  const std::vector<std::uint8_t> span = span_with(9, {1, 8});
+  const image::ImageSource source{this_build(), kArenaBase, kSmallArena, kArenaBase};
+  Kept kept = kept_of(span);
+  // A page past the span (bit 9 of a 9-page span).
+  Kept past = kept;
+  past.map[1] = static_cast<std::uint8_t>(past.map[1] | 0x02);
+  past.pages.resize(past.pages.size() + image::kPageBytes, 1);
+  CHECK_ERROR(image::take_image(source, past.view(span.size())), Errc::invalid_argument, "page map of 2 bytes keeps 3 of 9 pages");
+  // More page bytes than the map keeps.
+  Kept extra = kept;
+  extra.pages.resize(extra.pages.size() + image::kPageBytes, 1);
+  CHECK_ERROR(image::take_image(source, extra.view(span.size())), Errc::invalid_argument, "with 12288 bytes of pages");
+  // A map of the wrong size.
+  Kept short_map = kept;
+  short_map.map.pop_back();
+  CHECK_ERROR(image::take_image(source, short_map.view(span.size())), Errc::invalid_argument, "page map of 1 bytes");
+  // A span past the arena, or not whole pages.
+  CHECK_ERROR(image::take_image(source, kept.view(kSmallArena + image::kPageBytes * 8)), Errc::invalid_argument,
+              "whole pages of the arena");
+  CHECK_ERROR(image::take_image(source, kept.view(span.size() - 1)), Errc::invalid_argument, "whole pages of the arena");
+}
+
+TEST_CASE("kept pages: an image whose page map marks pages outside its span, or whose hash fails, is refused unopened") {
+  // Sealed over 16 pages with page 12 kept, then told it covers 10: the map's byte count is the
+  // same (2), its payload agrees, and the hash is made good again, so only the map tells.
+  const std::vector<std::uint8_t> span = span_with(16, {0, 12});
+  auto taken = image::take_image({this_build(), kArenaBase, kSmallArena, kArenaBase}, span);
+  REQUIRE(taken);
+  std::vector<std::uint8_t> outside = *taken;
+  const std::uint64_t ten_pages = 10 * image::kPageBytes;
+  for (int i = 0; i < 8; ++i) outside[60 + static_cast<std::size_t>(i)] = static_cast<std::uint8_t>(ten_pages >> (8 * i));
+  image::reseal(outside);
+  bool placed = false;
+  const auto place = [&](const image::ImageHeader&, std::span<const std::uint8_t>) {
+    placed = true;
+    return std::span<std::uint8_t>{};
+  };
+  CHECK_ERROR(image::open_image_into(outside, {this_build(), kArenaBase, kSmallArena}, place), Errc::sandbox_refused,
+              "refused by the sandbox: heap image: the page map marks pages past the used span");
+  CHECK_FALSE(placed);
+  // Past the arena: a span larger than the arena it declares.
+  std::vector<std::uint8_t> beyond = *taken;
+  const std::uint64_t too_many = kSmallArena + 16 * image::kPageBytes;
+  for (int i = 0; i < 8; ++i) beyond[60 + static_cast<std::size_t>(i)] = static_cast<std::uint8_t>(too_many >> (8 * i));
+  image::reseal(beyond);
+  CHECK_ERROR(image::open_image_into(beyond, {this_build(), kArenaBase, kSmallArena}, place), Errc::sandbox_refused,
+              "declares a used span of " + std::to_string(too_many) + " bytes in an arena of " + std::to_string(kSmallArena));
+  CHECK_FALSE(placed);
+  // One compressed byte changed and not resealed: the hash refuses it before any page is placed.
+  std::vector<std::uint8_t> tampered = *taken;
+  tampered[tampered.size() - 3] ^= 0x40;
+  CHECK_ERROR(image::open_image_into(tampered, {this_build(), kArenaBase, kSmallArena}, place), Errc::sandbox_refused,
+              "heap image hash mismatch");
+  CHECK_FALSE(placed);
 }
