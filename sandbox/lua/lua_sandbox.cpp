@@ -145,7 +145,7 @@ int run_protected(lua_State* L) {
   int load_status = 0;
   if (job.pooled != nullptr) {
     // The environment was built when the state was prepared: this run gets its own copy.
-    detail::begin_pooled_run(L);
+    detail::begin_pooled_run(L, *job.pooled);
     load_status = detail::push_cached_chunk(L, *job.pooled, job.chunk_name.c_str(), input.source);
   } else {
     load_status = open_and_load(L, job, input);

@@ -51,21 +51,26 @@ Pool& pool() {
   return *p;
 }
 
-// Copies the table at `from` into a new table of the same size, pushed.
-void push_table_copy(lua_State* L, int from) {
+int count_entries(lua_State* L, int table) {
   int count = 0;
   lua_pushnil(L);
-  while (lua_next(L, from) != 0) {
+  while (lua_next(L, table) != 0) {
     lua_pop(L, 1);
     ++count;
   }
-  lua_createtable(L, 0, count);
+  return count;
+}
+
+// Pushes a copy of the table at `from`, which has `size` entries.
+void push_table_copy(lua_State* L, int from, int size) {
+  lua_createtable(L, 0, size);
   const int copy = lua_gettop(L);
   lua_pushnil(L);
   while (lua_next(L, from) != 0) {
     lua_pushvalue(L, -2);
-    lua_insert(L, -2);
+    lua_pushvalue(L, -2);
     lua_rawset(L, copy);
+    lua_pop(L, 1);
   }
 }
 
@@ -151,6 +156,20 @@ int reset_protected(lua_State* L) {
   return 0;
 }
 
+// The sizes begin_pooled_run gives its copies (no allocation: lua_next and counting only).
+void record_sizes(PooledState& state) {
+  lua_State* L = state.L;
+  lua_getfield(L, LUA_REGISTRYINDEX, kGlobalsKey);
+  const int prepared = lua_gettop(L);
+  state.global_count = count_entries(L, prepared);
+  lua_pushnil(L);
+  while (lua_next(L, prepared) != 0) {
+    if (lua_istable(L, -1) && !lua_rawequal(L, -1, prepared)) state.table_sizes.push_back(count_entries(L, lua_gettop(L)));
+    lua_pop(L, 1);
+  }
+  lua_settop(L, prepared - 1);
+}
+
 }  // namespace
 
 PooledState::~PooledState() {
@@ -185,6 +204,7 @@ PooledStatePtr take_pooled_state(std::string_view principal) {
   state->L = lua_newstate(capped_alloc, &ctx);
   if (state->L == nullptr) return nullptr;
   if (lua_cpcall(state->L, prepare_protected, nullptr) != 0) return nullptr;
+  record_sizes(*state);
   state->baseline_bytes = ctx.bytes_in_use;
   return state;
 }
@@ -213,24 +233,26 @@ void return_pooled_state(PooledStatePtr state) {
   }
 }
 
-void begin_pooled_run(lua_State* L) {
+void begin_pooled_run(lua_State* L, const PooledState& state) {
   lua_checkstack(L, 12);
   lua_getfield(L, LUA_REGISTRYINDEX, kGlobalsKey);
   const int prepared = lua_gettop(L);
-  push_table_copy(L, prepared);  // every value shared for now; the tables are replaced next
+  lua_createtable(L, 0, state.global_count);
   const int env = lua_gettop(L);
+  std::size_t next_table = 0;
   lua_pushnil(L);
   while (lua_next(L, prepared) != 0) {
-    if (lua_istable(L, -1)) {
-      if (lua_type(L, -2) == LUA_TSTRING && lua_rawequal(L, -1, prepared)) {
-        lua_pushvalue(L, env);  // _G is the run's own globals
-      } else {
-        push_table_copy(L, lua_gettop(L));
-      }
-      lua_pushvalue(L, -3);
-      lua_insert(L, -2);
-      lua_rawset(L, env);
+    lua_pushvalue(L, -2);
+    if (!lua_istable(L, -2)) {
+      lua_pushvalue(L, -2);
+    } else if (lua_rawequal(L, -2, prepared)) {
+      lua_pushvalue(L, env);  // _G is the run's own globals
+    } else {
+      const int size = next_table < state.table_sizes.size() ? state.table_sizes[next_table] : 0;
+      ++next_table;
+      push_table_copy(L, lua_gettop(L) - 1, size);
     }
+    lua_rawset(L, env);
     lua_pop(L, 1);
   }
   // The real string metatable: its __index is this run's string table, and what

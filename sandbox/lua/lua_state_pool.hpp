@@ -8,6 +8,7 @@
 #include <memory>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "sandbox/lua/lua_limits.hpp"
 
@@ -30,6 +31,10 @@ struct PooledState {
   std::size_t baseline_bytes = 0;  // bytes_in_use once prepared
   std::uint32_t runs = 0;
   std::uint32_t cached_chunks = 0;
+  // Sizes for the per-run copies: the prepared globals' entries, and each table among them in
+  // the order lua_next visits them (an unchanged table is always visited in the same order).
+  int global_count = 0;
+  std::vector<int> table_sizes;
 };
 using PooledStatePtr = std::unique_ptr<PooledState>;
 
@@ -54,7 +59,7 @@ void return_pooled_state(PooledStatePtr state);
 
 // Called in protected mode at the start of a run on a pooled state: installs a fresh copy of the globals (every library table copied, `_G` the
 // copy) as the thread's globals, with the string metatable pointing at the copied `string`.
-void begin_pooled_run(lua_State* L);
+void begin_pooled_run(lua_State* L, const PooledState& state);
 
 // Pushes the chunk compiled from `source` under `chunk_name` (a "=name"), from this state's
 // cache when the same name and the same text (compared in full, as Lua strings are interned)
