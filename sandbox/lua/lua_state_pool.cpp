@@ -1,9 +1,10 @@
-// The pool of prepared trusted lua_States (lua_state_pool.hpp). Why reuse is safe: a run only
-// ever reaches its own copies of the globals and library tables (the prepared ones are kept in
-// the registry, which scripts cannot reach without the debug library), the string metatable is
-// pointed at the run's copy and its decoy is new each run, and the registry is put back as it
-// was prepared after each run. Only runs that ended cleanly give their state back; a kill, an
-// error, a limit or a refused allocation throws the state away.
+// The pool of prepared trusted lua_States (lua_state_pool.hpp). Why reuse is safe: a run gets
+// its own copy of the globals (the prepared ones are kept in the registry, which scripts cannot
+// reach without the debug library); the library tables it shares are compared with their
+// prepared contents after the run, and a state whose libraries changed is thrown away; the
+// decoy string metatable is new each run (the real one is never shown); and the registry is
+// put back as it was prepared after each run. Only runs that ended cleanly give their state
+// back; a kill, an error, a limit or a refused allocation throws the state away.
 #include "sandbox/lua/lua_state_pool.hpp"
 
 #include <algorithm>
@@ -27,6 +28,28 @@ constexpr const char* kGlobalsKey = "sojourn.pool.globals";    // the prepared g
 constexpr const char* kSnapshotKey = "sojourn.pool.snapshot";  // registry key -> value once prepared
 constexpr const char* kEmptiedKey = "sojourn.pool.emptied";    // key -> true: a new empty table each run
 constexpr const char* kChunkCacheKey = "sojourn.pool.chunks";  // chunk name -> {source -> function}
+constexpr const char* kLibrariesKey = "sojourn.pool.libraries";  // {library, its copy, its size} each
+constexpr const char* kGlobalsListKey = "sojourn.pool.globals_list";  // {k1, v1, k2, v2, ...}
+constexpr const char* kCheckKey = "sojourn.pool.check";  // libraries_unchanged's Lua half
+
+// Compares each library with its copy. In Lua, because `for ... in next, t` walks a table's
+// slots directly, where lua_next looks each key up again (a sixth of a pooled run's
+// instructions, callgrind). Our own text, loaded in mode "t"; no run's code is called: the
+// libraries' metatables are checked first, from C.
+constexpr std::string_view kCheckSource =
+    "local next, rawequal = ...\n"
+    "return function(libraries)\n"
+    "  for i = 1, #libraries do\n"
+    "    local entry = libraries[i]\n"
+    "    local library, copy, n = entry[1], entry[2], 0\n"
+    "    for k, v in next, library do\n"
+    "      if not rawequal(copy[k], v) then return false end\n"
+    "      n = n + 1\n"
+    "    end\n"
+    "    if n ~= entry[3] then return false end\n"
+    "  end\n"
+    "  return true\n"
+    "end\n";
 
 // Bounds on what a state keeps between runs.
 constexpr std::uint32_t kMaxRunsPerState = 4096;
@@ -81,6 +104,41 @@ int prepare_protected(lua_State* L) {
   lua::register_library(L, LUA_GLOBALSINDEX);
   lua_pushvalue(L, LUA_GLOBALSINDEX);
   lua_setfield(L, LUA_REGISTRYINDEX, kGlobalsKey);
+  // What each library table holds once prepared, to check it after every run.
+  lua_newtable(L);
+  int libraries = 0;
+  lua_pushnil(L);
+  while (lua_next(L, LUA_GLOBALSINDEX) != 0) {
+    if (lua_istable(L, -1) && !lua_rawequal(L, -1, LUA_GLOBALSINDEX)) {
+      const int library = lua_gettop(L);
+      const int size = count_entries(L, library);
+      lua_createtable(L, 3, 0);
+      lua_pushvalue(L, library);
+      lua_rawseti(L, -2, 1);
+      push_table_copy(L, library, size);
+      lua_rawseti(L, -2, 2);
+      lua_pushinteger(L, size);
+      lua_rawseti(L, -2, 3);
+      lua_rawseti(L, 1, ++libraries);
+    }
+    lua_pop(L, 1);
+  }
+  lua_setfield(L, LUA_REGISTRYINDEX, kLibrariesKey);
+  // The globals as a list, so that each run's copy is made without lua_next.
+  lua_newtable(L);
+  int slot = 0;
+  lua_pushnil(L);
+  while (lua_next(L, LUA_GLOBALSINDEX) != 0) {
+    lua_pushvalue(L, -2);
+    lua_rawseti(L, 1, ++slot);
+    lua_rawseti(L, 1, ++slot);
+  }
+  lua_setfield(L, LUA_REGISTRYINDEX, kGlobalsListKey);
+  if (luaL_loadbufferx(L, kCheckSource.data(), kCheckSource.size(), "=pool", "t") != 0) return lua_error(L);
+  lua_getfield(L, LUA_GLOBALSINDEX, "next");
+  lua_getfield(L, LUA_GLOBALSINDEX, "rawequal");
+  lua_call(L, 2, 1);
+  lua_setfield(L, LUA_REGISTRYINDEX, kCheckKey);
 
   lua_newtable(L);  // 1: snapshot
   lua_newtable(L);  // 2: tables emptied each run
@@ -156,18 +214,39 @@ int reset_protected(lua_State* L) {
   return 0;
 }
 
-// The sizes begin_pooled_run gives its copies (no allocation: lua_next and counting only).
+// The size of begin_pooled_run's copy of the globals (no allocation: counting only).
 void record_sizes(PooledState& state) {
   lua_State* L = state.L;
   lua_getfield(L, LUA_REGISTRYINDEX, kGlobalsKey);
-  const int prepared = lua_gettop(L);
-  state.global_count = count_entries(L, prepared);
-  lua_pushnil(L);
-  while (lua_next(L, prepared) != 0) {
-    if (lua_istable(L, -1) && !lua_rawequal(L, -1, prepared)) state.table_sizes.push_back(count_entries(L, lua_gettop(L)));
-    lua_pop(L, 1);
+  state.global_count = count_entries(L, lua_gettop(L));
+  lua_pop(L, 1);
+}
+
+// Whether every library table holds what it held once prepared and has no metatable. In a
+// protected call (with the count hook off: the check is bounded by the prepared sizes, it
+// stops at the first key the copy lacks).
+int check_libraries(lua_State* L) {
+  auto* unchanged = static_cast<bool*>(lua_touserdata(L, 1));
+  lua_settop(L, 0);
+  lua_getfield(L, LUA_REGISTRYINDEX, kLibrariesKey);
+  for (int i = 1;; ++i) {
+    lua_rawgeti(L, 1, i);
+    if (lua_isnil(L, -1)) break;
+    lua_rawgeti(L, -1, 1);
+    if (lua_getmetatable(L, -1) != 0) return 0;
+    lua_settop(L, 1);
   }
-  lua_settop(L, prepared - 1);
+  lua_settop(L, 1);
+  lua_getfield(L, LUA_REGISTRYINDEX, kCheckKey);
+  lua_insert(L, 1);
+  lua_call(L, 1, 1);
+  *unchanged = lua_toboolean(L, -1) != 0;
+  return 0;
+}
+
+bool libraries_unchanged(lua_State* L) {
+  bool unchanged = false;
+  return lua_cpcall(L, check_libraries, &unchanged) == 0 && unchanged;
 }
 
 }  // namespace
@@ -218,6 +297,7 @@ void return_pooled_state(PooledStatePtr state) {
   ctx.abort = nullptr;
   ctx.byte_cap = std::max(kHousekeepingBytes, ctx.bytes_in_use + kHousekeepingBytes);
   if (++state->runs >= kMaxRunsPerState) return;
+  if (!libraries_unchanged(L)) return;  // a run changed a library table: never shown to another
   if (lua_cpcall(L, reset_protected, nullptr) != 0 || ctx.kill != Errc::ok) return;
   if (ctx.bytes_in_use > state->baseline_bytes + kCollectAboveBytes) lua_gc(L, LUA_GCCOLLECT, 0);
   if (ctx.bytes_in_use > state->baseline_bytes + kDiscardAboveBytes) return;
@@ -235,36 +315,27 @@ void return_pooled_state(PooledStatePtr state) {
 
 void begin_pooled_run(lua_State* L, const PooledState& state) {
   lua_checkstack(L, 12);
-  lua_getfield(L, LUA_REGISTRYINDEX, kGlobalsKey);
+  lua_getfield(L, LUA_REGISTRYINDEX, kGlobalsListKey);
   const int prepared = lua_gettop(L);
+  lua_getfield(L, LUA_REGISTRYINDEX, kGlobalsKey);
+  const int prepared_globals = lua_gettop(L);
   lua_createtable(L, 0, state.global_count);
   const int env = lua_gettop(L);
-  std::size_t next_table = 0;
-  lua_pushnil(L);
-  while (lua_next(L, prepared) != 0) {
-    lua_pushvalue(L, -2);
-    if (!lua_istable(L, -2)) {
-      lua_pushvalue(L, -2);
-    } else if (lua_rawequal(L, -2, prepared)) {
+  for (int slot = 1; slot < 2 * state.global_count; slot += 2) {
+    lua_rawgeti(L, prepared, slot);      // the key
+    lua_rawgeti(L, prepared, slot + 1);  // the value: library tables are shared, checked after the run
+    if (lua_rawequal(L, -1, prepared_globals)) {
+      lua_pop(L, 1);
       lua_pushvalue(L, env);  // _G is the run's own globals
-    } else {
-      const int size = next_table < state.table_sizes.size() ? state.table_sizes[next_table] : 0;
-      ++next_table;
-      push_table_copy(L, lua_gettop(L) - 1, size);
     }
     lua_rawset(L, env);
-    lua_pop(L, 1);
   }
-  // The real string metatable: its __index is this run's string table, and what
-  // getmetatable("") shows is a new decoy, so that nothing done to either outlives the run.
+  // What getmetatable("") shows is a new decoy each run (the real metatable is never shown).
   lua_pushliteral(L, "");
   if (lua_getmetatable(L, -1) != 0) {
     const int meta = lua_gettop(L);
-    lua_getfield(L, env, "string");
-    lua_pushvalue(L, -1);
-    lua_setfield(L, meta, "__index");
     lua_createtable(L, 0, 1);
-    lua_insert(L, -2);
+    lua_getfield(L, env, "string");
     lua_setfield(L, -2, "__index");
     lua_setfield(L, meta, "__metatable");
   }

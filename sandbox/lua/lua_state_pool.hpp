@@ -1,6 +1,6 @@
 // Prepared lua_States for trusted runs (run_lua on the node): the libraries, the restricted
 // environment and the library table are built once per state, and each run gets fresh copies
-// of every global and library table, so that nothing a run does reaches the next one.
+// of the globals, so that nothing a run does reaches the next one.
 #pragma once
 
 #include <cstddef>
@@ -8,7 +8,6 @@
 #include <memory>
 #include <string>
 #include <string_view>
-#include <vector>
 
 #include "sandbox/lua/lua_limits.hpp"
 
@@ -31,10 +30,7 @@ struct PooledState {
   std::size_t baseline_bytes = 0;  // bytes_in_use once prepared
   std::uint32_t runs = 0;
   std::uint32_t cached_chunks = 0;
-  // Sizes for the per-run copies: the prepared globals' entries, and each table among them in
-  // the order lua_next visits them (an unchanged table is always visited in the same order).
-  int global_count = 0;
-  std::vector<int> table_sizes;
+  int global_count = 0;  // the prepared globals' entries: the size of each run's copy
 };
 using PooledStatePtr = std::unique_ptr<PooledState>;
 
@@ -51,14 +47,15 @@ bool pool_serves(std::string_view principal, bool allow_jit, std::uint64_t memor
 PooledStatePtr take_pooled_state(std::string_view principal);
 
 // After a run that ended cleanly (no error, no kill, no limit hit): the state goes back to
-// the pool unless it has served kMaxRunsPerState runs or its memory stays grown past its
-// bound after a collection. Before it is idle, the thread's globals go back to the prepared
+// the pool unless it has served kMaxRunsPerState runs, changed a library table (or set a
+// metatable on one), or its memory stays grown past its bound after a collection. Before it is idle, the thread's globals go back to the prepared
 // ones and the registry to what it was once prepared (keys added by runs removed, per-run
 // tables emptied). Any other run's state is simply destroyed, never returned.
 void return_pooled_state(PooledStatePtr state);
 
-// Called in protected mode at the start of a run on a pooled state: installs a fresh copy of the globals (every library table copied, `_G` the
-// copy) as the thread's globals, with the string metatable pointing at the copied `string`.
+// Called in protected mode at the start of a run on a pooled state: installs a fresh copy
+// of the globals as the thread's globals (`_G` the copy; the library tables are shared, and
+// checked when the state is returned), and a new decoy for getmetatable("").
 void begin_pooled_run(lua_State* L, const PooledState& state);
 
 // Pushes the chunk compiled from `source` under `chunk_name` (a "=name"), from this state's
