@@ -1,4 +1,5 @@
-// run_lua, the `trusted` isolation level: one fresh capped lua_State per run, one protected
+// run_lua, the `trusted` isolation level: one capped lua_State per run (fresh, or prepared
+// and pooled, lua_state_pool.hpp), one protected
 // call that builds the environment, loads and runs the chunk and converts its results, and
 // one function that maps every way a run can fail to a sojourn Error.
 #include "sojourn/sandbox/lua_sandbox.hpp"
@@ -18,6 +19,7 @@
 #include "sandbox/lua/lua_env.hpp"
 #include "sandbox/lua/lua_limits.hpp"
 #include "sandbox/lua/lua_source_scan.hpp"
+#include "sandbox/lua/lua_state_pool.hpp"
 #include "sandbox/lua/lua_strong.hpp"
 #include "sandbox/lua/lua_travel.hpp"
 #include "sandbox/lua/lua_value.hpp"
@@ -43,6 +45,7 @@ struct RunJob {
   int state_ref = LUA_NOREF;          // the agent's state table, in the registry
   bool strong = false;                // a strong step: the entry runs in a coroutine
   lua_State* strong_co = nullptr;     // that coroutine, started after the protected call
+  detail::PooledState* pooled = nullptr;  // set when the run takes a prepared state
 };
 
 std::string_view display_chunk_name(const RunInput& input) {
@@ -107,16 +110,8 @@ int call_agent_entry(lua_State* L, RunJob& job, RunContext& ctx, int chunk_resul
   return 0;
 }
 
-int run_protected(lua_State* L) {
-  auto& job = *static_cast<RunJob*>(lua_touserdata(L, 1));
-  lua_settop(L, 0);
-  RunContext& ctx = detail::run_context(L);
-  const RunInput& input = *job.input;
-  // Armed before anything of the input is touched, and until the results are converted:
-  // rebuilding a closure of the arguments or of an agent's state runs Lua code (its chunk),
-  // and pushing and converting values poll the deadline and the abort flag.
-  detail::arm_count_hook(L, ctx);
-
+// A fresh state's environment, then the chunk (pushed; the status of its load).
+int open_and_load(lua_State* L, RunJob& job, const RunInput& input) {
   detail::open_restricted_env(L, input.allow_jit);
   detail::open_require_remote(L);
   if (job.agent != nullptr) detail::open_agent_api(L, job.agent->info);
@@ -135,7 +130,26 @@ int run_protected(lua_State* L) {
   }
   // Mode "t" as a second lock behind run_lua's first-byte check: LuaJIT does not verify
   // bytecode, and crafted bytecode crashes it.
-  const int load_status = luaL_loadbufferx(L, input.source.data(), input.source.size(), job.chunk_name.c_str(), "t");
+  return luaL_loadbufferx(L, input.source.data(), input.source.size(), job.chunk_name.c_str(), "t");
+}
+
+int run_protected(lua_State* L) {
+  auto& job = *static_cast<RunJob*>(lua_touserdata(L, 1));
+  lua_settop(L, 0);
+  RunContext& ctx = detail::run_context(L);
+  const RunInput& input = *job.input;
+  // Armed before anything of the input is touched, and until the results are converted:
+  // rebuilding a closure of the arguments or of an agent's state runs Lua code (its chunk),
+  // and pushing and converting values poll the deadline and the abort flag.
+  detail::arm_count_hook(L, ctx);
+  int load_status = 0;
+  if (job.pooled != nullptr) {
+    // The environment was built when the state was prepared: this run gets its own copy.
+    detail::begin_pooled_run(L, *job.pooled);
+    load_status = detail::push_cached_chunk(L, *job.pooled, job.chunk_name.c_str(), input.source);
+  } else {
+    load_status = open_and_load(L, job, input);
+  }
   if (load_status == LUA_ERRMEM) detail::raise_limit(L, detail::limit_error(Errc::memory_limit, ctx.limits));
   if (load_status != 0) return lua_error(L);
   // Functions the chunk defines may travel as text, cut out of this source.
@@ -196,11 +210,8 @@ Error run_failure(lua_State* L, int status, const RunContext& ctx, std::string_v
 
 namespace {
 
-// One run in a fresh capped state: `finish` sees the state after the protected call, before
-// it is closed, and makes the result.
-template <class Finish>
-auto run_in_fresh_state(const RunInput& input, HostCalls* host, RunJob& job, Finish finish)
-    -> decltype(finish(static_cast<lua_State*>(nullptr), std::declval<RunContext&>(), 0)) {
+// What every run checks before any state is touched.
+std::optional<Error> refused_input(const RunInput& input) {
   const Limits& limits = input.limits;
   if (limits.cpu_instructions == 0 || limits.memory_bytes == 0 || limits.wall_ms == 0) {
     return errors::invalid_argument("every limit of a Lua run must be non-zero");
@@ -213,16 +224,69 @@ auto run_in_fresh_state(const RunInput& input, HostCalls* host, RunJob& job, Fin
   if (input.abort != nullptr && input.abort->load(std::memory_order_relaxed)) {
     return detail::limit_error(Errc::shutting_down, limits);
   }
+  return std::nullopt;
+}
 
-  RunContext ctx;
+// A run's limits and plumbing; `stack_here` is the caller's frame address. What the state
+// holds (bytes in use, the arena) is left as it is.
+void start_context(RunContext& ctx, const RunInput& input, HostCalls* host, std::uintptr_t stack_here) {
+  const Limits& limits = input.limits;
   ctx.limits = limits;
   ctx.host = host;
   ctx.abort = input.abort;
   ctx.deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(limits.wall_ms);
-  // SAFETY: the frame address is only compared with, never dereferenced.
-  const auto stack_here = reinterpret_cast<std::uintptr_t>(__builtin_frame_address(0));
   ctx.c_stack_floor = stack_here > detail::kCStackBudget ? stack_here - detail::kCStackBudget : 0;
   ctx.byte_cap = limits.memory_bytes > SIZE_MAX ? SIZE_MAX : static_cast<std::size_t>(limits.memory_bytes);
+  ctx.allocation_refused = false;
+  ctx.instructions = 0;
+  ctx.hook_interval = 0;
+  ctx.kill = Errc::ok;
+  ctx.last_limit = Error{};
+  ctx.go_peer.clear();
+  ctx.go_entry.clear();
+}
+
+// One run of run_lua on a prepared state of the input's principal (lua_state_pool.hpp).
+// Nothing when no state could be prepared: the caller runs in a fresh one.
+std::optional<Result<Value>> run_pooled(const RunInput& input, HostCalls* host) {
+  if (std::optional<Error> refused = refused_input(input)) return Result<Value>(*std::move(refused));
+  detail::PooledStatePtr state = detail::take_pooled_state(input.principal);
+  if (!state) return std::nullopt;
+  RunContext& ctx = *state->ctx;
+  // SAFETY: the frame address is only compared with, never dereferenced.
+  start_context(ctx, input, host, reinterpret_cast<std::uintptr_t>(__builtin_frame_address(0)));
+  // What earlier runs left (garbage not yet collected, cached chunks) is not this run's: the
+  // run may allocate its limit on top of a just-prepared state, as in a fresh one.
+  const std::size_t left_over = ctx.bytes_in_use > state->baseline_bytes ? ctx.bytes_in_use - state->baseline_bytes : 0;
+  ctx.byte_cap = ctx.byte_cap > SIZE_MAX - left_over ? SIZE_MAX : ctx.byte_cap + left_over;
+  RunJob job{};
+  job.input = &input;
+  job.chunk_name = std::string("=").append(display_chunk_name(input));
+  job.pooled = state.get();
+  lua_State* L = state->L;
+  const int status = lua_cpcall(L, run_protected, &job);
+  detail::disarm_count_hook(L);
+  if (status != 0 || ctx.kill != Errc::ok) return Result<Value>(run_failure(L, status, ctx, display_chunk_name(input)));
+  if (!job.result) return Result<Value>(make_error(Errc::lua_error, "Lua error: the run ended without results"));
+  // Only a run that met no limit, refusal or failure gives its state back (when in doubt,
+  // the state is thrown away and the next run prepares a new one).
+  if (job.result->ok() && ctx.last_limit.code == Errc::ok && !ctx.allocation_refused) {
+    detail::return_pooled_state(std::move(state));
+  }
+  return std::move(*job.result);
+}
+
+// One run in a fresh capped state: `finish` sees the state after the protected call, before
+// it is closed, and makes the result.
+template <class Finish>
+auto run_in_fresh_state(const RunInput& input, HostCalls* host, RunJob& job, Finish finish)
+    -> decltype(finish(static_cast<lua_State*>(nullptr), std::declval<RunContext&>(), 0)) {
+  const Limits& limits = input.limits;
+  if (std::optional<Error> refused = refused_input(input)) return *std::move(refused);
+
+  RunContext ctx;
+  // SAFETY: the frame address is only compared with, never dereferenced.
+  start_context(ctx, input, host, reinterpret_cast<std::uintptr_t>(__builtin_frame_address(0)));
   // Not zeroed: LuaJIT initialises what it allocates. Not used under an installed LuaHeap,
   // which must hold every Lua allocation itself.
   std::unique_ptr<std::byte[]> arena;
@@ -245,6 +309,9 @@ auto run_in_fresh_state(const RunInput& input, HostCalls* host, RunJob& job, Fin
 }  // namespace
 
 Result<Value> run_lua(const RunInput& input, HostCalls* host) {
+  if (detail::pool_serves(input.principal, input.allow_jit, input.limits.memory_bytes)) {
+    if (std::optional<Result<Value>> pooled = run_pooled(input, host)) return std::move(*pooled);
+  }
   RunJob job{};
   return run_in_fresh_state(input, host, job, [&](lua_State* L, RunContext& ctx, int status) -> Result<Value> {
     if (status != 0 || ctx.kill != Errc::ok) return run_failure(L, status, ctx, display_chunk_name(input));

@@ -1,6 +1,6 @@
-// The `trusted` isolation level: a fresh, restricted LuaJIT state per run, with a
-// capped allocator, an instruction budget that pcall cannot swallow, a wall-clock
-// deadline, and the node's services reachable through `node.call`.
+// The `trusted` isolation level: a restricted LuaJIT state per run (fresh, or pooled with
+// fresh globals), with a capped allocator, an instruction budget that pcall cannot swallow,
+// a wall-clock deadline, and the node's services reachable through `node.call`.
 #pragma once
 
 #include <atomic>
@@ -40,8 +40,12 @@ struct RunInput {
   std::string_view principal;
 };
 
-// Runs one chunk to completion in a new lua_State and closes it. Returns the chunk's
-// return values as an array table. Errors (exact messages, tested):
+// Runs one chunk to completion and returns its return values as an array table. A run with a
+// principal (no JIT, a memory limit of at least 256 KiB) takes a prepared lua_State of that
+// principal from a pool, with its own fresh copy of every global and library table and the
+// chunk compiled once per state and text; a state goes back to the pool only after a run that
+// ended cleanly, and the registry is reset then. Any other run gets a new lua_State, closed
+// after it. Limits and errors are the same either way. Errors (exact messages, tested):
 //   lua_error       "Lua error at CHUNK:LINE: MESSAGE" (or "Lua error: MESSAGE" without a position)
 //   cpu_limit       "CPU limit of N instructions exceeded"
 //   memory_limit    "memory limit of N bytes exceeded"

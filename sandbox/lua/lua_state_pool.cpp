@@ -1,0 +1,438 @@
+// The pool of prepared trusted lua_States (lua_state_pool.hpp). Why reuse is safe: a run gets
+// its own copy of the globals (the prepared ones are kept in the registry, which scripts cannot
+// reach without the debug library); the library tables it shares are compared with their
+// prepared contents after the run, and a state whose libraries changed is thrown away; the
+// decoy string metatable is new each run (the real one is never shown); and the registry is
+// put back as it was prepared after each run. Only runs that ended cleanly give their state
+// back; a kill, an error, a limit or a refused allocation throws the state away.
+#include "sandbox/lua/lua_state_pool.hpp"
+
+#include <algorithm>
+#include <deque>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include <lua.hpp>
+
+#include "sandbox/lua/lua_agent.hpp"
+#include "sandbox/lua/lua_env.hpp"
+#include "sandbox/lua/lua_value.hpp"
+
+namespace sojourn::sandbox::detail {
+
+namespace {
+
+// Registry keys of the pool's own tables.
+constexpr const char* kGlobalsKey = "sojourn.pool.globals";    // the prepared globals
+constexpr const char* kSnapshotKey = "sojourn.pool.snapshot";  // registry key -> value once prepared
+constexpr const char* kEmptiedKey = "sojourn.pool.emptied";    // key -> true: a new empty table each run
+constexpr const char* kChunkCacheKey = "sojourn.pool.chunks";  // chunk name -> {source -> function}
+constexpr const char* kLibrariesKey = "sojourn.pool.libraries";  // {library, its copy, its size} each
+constexpr const char* kGlobalsListKey = "sojourn.pool.globals_list";  // {k1, v1, k2, v2, ...}
+constexpr const char* kCheckKey = "sojourn.pool.check";  // libraries_unchanged's Lua half
+
+// Compares each library with its copy. In Lua, because `for ... in next, t` walks a table's
+// slots directly, where lua_next looks each key up again (a sixth of a pooled run's
+// instructions, callgrind). Our own text, loaded in mode "t"; no run's code is called: the
+// libraries' metatables are checked first, from C.
+constexpr std::string_view kCheckSource =
+    "local next, rawequal = ...\n"
+    "return function(libraries)\n"
+    "  for i = 1, #libraries do\n"
+    "    local entry = libraries[i]\n"
+    "    local library, copy, n = entry[1], entry[2], 0\n"
+    "    for k, v in next, library do\n"
+    "      if not rawequal(copy[k], v) then return false end\n"
+    "      n = n + 1\n"
+    "    end\n"
+    "    if n ~= entry[3] then return false end\n"
+    "  end\n"
+    "  return true\n"
+    "end\n";
+
+// Bounds on what a state keeps between runs.
+constexpr std::uint32_t kMaxRunsPerState = 4096;
+constexpr std::uint32_t kMaxCachedChunks = 32;
+constexpr std::size_t kMaxCachedSourceBytes = std::size_t{16} << 10;
+// Past this growth over the prepared size a returned state is collected; still past the
+// second bound after that (cached chunks, fragmentation) it is thrown away.
+constexpr std::size_t kCollectAboveBytes = std::size_t{128} << 10;
+constexpr std::size_t kDiscardAboveBytes = std::size_t{1} << 20;
+// The allocator's cap while a state is prepared or reset (no run's limits apply then).
+constexpr std::size_t kHousekeepingBytes = std::size_t{8} << 20;
+// Idle states kept, all principals together; the oldest goes first.
+constexpr std::size_t kMaxIdleStates = 16;
+
+struct Pool {
+  std::mutex mutex;
+  std::deque<PooledStatePtr> idle;  // most recently returned at the back
+};
+
+Pool& pool() {
+  static Pool* p = new Pool;  // never destroyed: runs may end on threads that outlive main
+  return *p;
+}
+
+int count_entries(lua_State* L, int table) {
+  int count = 0;
+  lua_pushnil(L);
+  while (lua_next(L, table) != 0) {
+    lua_pop(L, 1);
+    ++count;
+  }
+  return count;
+}
+
+// Pushes a copy of the table at `from`, which has `size` entries.
+void push_table_copy(lua_State* L, int from, int size) {
+  lua_createtable(L, 0, size);
+  const int copy = lua_gettop(L);
+  lua_pushnil(L);
+  while (lua_next(L, from) != 0) {
+    lua_pushvalue(L, -2);
+    lua_pushvalue(L, -2);
+    lua_rawset(L, copy);
+    lua_pop(L, 1);
+  }
+}
+
+int prepare_protected(lua_State* L) {
+  lua_settop(L, 0);
+  open_restricted_env(L, false);
+  open_require_remote(L);
+  lua::register_library(L, LUA_GLOBALSINDEX);
+  lua_pushvalue(L, LUA_GLOBALSINDEX);
+  lua_setfield(L, LUA_REGISTRYINDEX, kGlobalsKey);
+  // What each library table holds once prepared, to check it after every run.
+  lua_newtable(L);
+  int libraries = 0;
+  lua_pushnil(L);
+  while (lua_next(L, LUA_GLOBALSINDEX) != 0) {
+    if (lua_istable(L, -1) && !lua_rawequal(L, -1, LUA_GLOBALSINDEX)) {
+      const int library = lua_gettop(L);
+      const int size = count_entries(L, library);
+      lua_createtable(L, 3, 0);
+      lua_pushvalue(L, library);
+      lua_rawseti(L, -2, 1);
+      push_table_copy(L, library, size);
+      lua_rawseti(L, -2, 2);
+      lua_pushinteger(L, size);
+      lua_rawseti(L, -2, 3);
+      lua_rawseti(L, 1, ++libraries);
+    }
+    lua_pop(L, 1);
+  }
+  lua_setfield(L, LUA_REGISTRYINDEX, kLibrariesKey);
+  // The globals as a list, so that each run's copy is made without lua_next.
+  lua_newtable(L);
+  int slot = 0;
+  lua_pushnil(L);
+  while (lua_next(L, LUA_GLOBALSINDEX) != 0) {
+    lua_pushvalue(L, -2);
+    lua_rawseti(L, 1, ++slot);
+    lua_rawseti(L, 1, ++slot);
+  }
+  lua_setfield(L, LUA_REGISTRYINDEX, kGlobalsListKey);
+  if (luaL_loadbufferx(L, kCheckSource.data(), kCheckSource.size(), "=pool", "t") != 0) return lua_error(L);
+  lua_getfield(L, LUA_GLOBALSINDEX, "next");
+  lua_getfield(L, LUA_GLOBALSINDEX, "rawequal");
+  lua_call(L, 2, 1);
+  lua_setfield(L, LUA_REGISTRYINDEX, kCheckKey);
+
+  lua_newtable(L);  // 1: snapshot
+  lua_newtable(L);  // 2: tables emptied each run
+  lua_pushnil(L);
+  while (lua_next(L, LUA_REGISTRYINDEX) != 0) {
+    if (lua_istable(L, -1)) {
+      lua_pushnil(L);
+      if (lua_next(L, -2) == 0) {  // empty once prepared: a per-run table (require_remote's modules)
+        lua_pushvalue(L, -2);
+        lua_pushboolean(L, 1);
+        lua_rawset(L, 2);
+      } else {
+        lua_pop(L, 2);
+      }
+    }
+    lua_pushvalue(L, -2);
+    lua_insert(L, -2);
+    lua_rawset(L, 1);
+  }
+  lua_newtable(L);  // the chunk cache, kept across runs
+  lua_pushvalue(L, -1);
+  lua_setfield(L, LUA_REGISTRYINDEX, kChunkCacheKey);
+  lua_setfield(L, 1, kChunkCacheKey);
+  lua_pushvalue(L, 1);
+  lua_setfield(L, 1, kSnapshotKey);
+  lua_pushvalue(L, 2);
+  lua_setfield(L, 1, kEmptiedKey);
+  lua_pushvalue(L, 1);
+  lua_setfield(L, LUA_REGISTRYINDEX, kSnapshotKey);
+  lua_pushvalue(L, 2);
+  lua_setfield(L, LUA_REGISTRYINDEX, kEmptiedKey);
+  lua_settop(L, 0);
+  return 0;
+}
+
+// The registry as prepared: keys a run added are removed (chunk sources, rebuilt functions,
+// references), the prepared values are set again, and per-run tables are new and empty.
+int reset_protected(lua_State* L) {
+  lua_settop(L, 0);
+  lua_getfield(L, LUA_REGISTRYINDEX, kSnapshotKey);  // 1
+  lua_getfield(L, LUA_REGISTRYINDEX, kEmptiedKey);   // 2
+  if (!lua_istable(L, 1) || !lua_istable(L, 2)) return luaL_error(L, "pooled state without its snapshot");
+  lua_pushnil(L);
+  while (lua_next(L, LUA_REGISTRYINDEX) != 0) {
+    lua_pop(L, 1);
+    lua_pushvalue(L, -1);
+    lua_rawget(L, 1);
+    const bool prepared = !lua_isnil(L, -1);
+    lua_pop(L, 1);
+    if (!prepared) {
+      lua_pushvalue(L, -1);
+      lua_pushnil(L);
+      lua_rawset(L, LUA_REGISTRYINDEX);  // clearing a visited field keeps lua_next valid
+    }
+  }
+  lua_pushnil(L);
+  while (lua_next(L, 1) != 0) {
+    lua_pushvalue(L, -2);
+    lua_rawget(L, 2);
+    const bool emptied = !lua_isnil(L, -1);
+    lua_pop(L, 1);
+    if (emptied) {
+      lua_pop(L, 1);
+      lua_newtable(L);
+    }
+    lua_pushvalue(L, -2);
+    lua_insert(L, -2);
+    lua_rawset(L, LUA_REGISTRYINDEX);
+  }
+  lua_getfield(L, LUA_REGISTRYINDEX, kGlobalsKey);
+  lua_replace(L, LUA_GLOBALSINDEX);
+  lua_settop(L, 0);
+  return 0;
+}
+
+// The size of begin_pooled_run's copy of the globals (no allocation: counting only).
+void record_sizes(PooledState& state) {
+  lua_State* L = state.L;
+  lua_getfield(L, LUA_REGISTRYINDEX, kGlobalsKey);
+  state.global_count = count_entries(L, lua_gettop(L));
+  lua_pop(L, 1);
+}
+
+// Whether every library table holds what it held once prepared and has no metatable. In a
+// protected call (with the count hook off: the check is bounded by the prepared sizes, it
+// stops at the first key the copy lacks).
+int check_libraries(lua_State* L) {
+  auto* unchanged = static_cast<bool*>(lua_touserdata(L, 1));
+  lua_settop(L, 0);
+  lua_getfield(L, LUA_REGISTRYINDEX, kLibrariesKey);
+  for (int i = 1;; ++i) {
+    lua_rawgeti(L, 1, i);
+    if (lua_isnil(L, -1)) break;
+    lua_rawgeti(L, -1, 1);
+    if (lua_getmetatable(L, -1) != 0) return 0;
+    lua_settop(L, 1);
+  }
+  lua_settop(L, 1);
+  lua_getfield(L, LUA_REGISTRYINDEX, kCheckKey);
+  lua_insert(L, 1);
+  lua_call(L, 1, 1);
+  *unchanged = lua_toboolean(L, -1) != 0;
+  return 0;
+}
+
+bool libraries_unchanged(lua_State* L) {
+  bool unchanged = false;
+  return lua_cpcall(L, check_libraries, &unchanged) == 0 && unchanged;
+}
+
+}  // namespace
+
+PooledState::~PooledState() {
+  if (L != nullptr) lua_close(L);
+}
+
+bool pool_serves(std::string_view principal, bool allow_jit, std::uint64_t memory_bytes) {
+  return !principal.empty() && !allow_jit && memory_bytes >= kPoolMinMemoryBytes &&
+         installed_lua_heap() == nullptr && test_globals() == nullptr;
+}
+
+PooledStatePtr take_pooled_state(std::string_view principal) {
+  {
+    Pool& p = pool();
+    std::lock_guard<std::mutex> lock(p.mutex);
+    for (auto it = p.idle.rbegin(); it != p.idle.rend(); ++it) {
+      if ((*it)->principal == principal) {
+        PooledStatePtr state = std::move(*it);
+        p.idle.erase(std::next(it).base());
+        return state;
+      }
+    }
+  }
+  auto state = std::make_unique<PooledState>();
+  state->principal = principal;
+  state->ctx = std::make_unique<RunContext>();
+  RunContext& ctx = *state->ctx;
+  ctx.limits.memory_bytes = kHousekeepingBytes;
+  ctx.byte_cap = kHousekeepingBytes;
+  state->arena = std::make_unique_for_overwrite<std::byte[]>(kArenaBytes);
+  ctx.arena = state->arena.get();
+  state->L = lua_newstate(capped_alloc, &ctx);
+  if (state->L == nullptr) return nullptr;
+  if (lua_cpcall(state->L, prepare_protected, nullptr) != 0) return nullptr;
+  record_sizes(*state);
+  state->baseline_bytes = ctx.bytes_in_use;
+  return state;
+}
+
+void return_pooled_state(PooledStatePtr state) {
+  lua_State* L = state->L;
+  RunContext& ctx = *state->ctx;
+  lua_sethook(L, nullptr, 0, 0);
+  lua_settop(L, 0);
+  ctx.host = nullptr;
+  ctx.abort = nullptr;
+  ctx.byte_cap = std::max(kHousekeepingBytes, ctx.bytes_in_use + kHousekeepingBytes);
+  if (++state->runs >= kMaxRunsPerState) return;
+  if (!libraries_unchanged(L)) return;  // a run changed a library table: never shown to another
+  if (lua_cpcall(L, reset_protected, nullptr) != 0 || ctx.kill != Errc::ok) return;
+  if (ctx.bytes_in_use > state->baseline_bytes + kCollectAboveBytes) lua_gc(L, LUA_GCCOLLECT, 0);
+  if (ctx.bytes_in_use > state->baseline_bytes + kDiscardAboveBytes) return;
+  std::vector<PooledStatePtr> doomed;  // closed after the lock is released
+  {
+    Pool& p = pool();
+    std::lock_guard<std::mutex> lock(p.mutex);
+    p.idle.push_back(std::move(state));
+    while (p.idle.size() > kMaxIdleStates) {
+      doomed.push_back(std::move(p.idle.front()));
+      p.idle.pop_front();
+    }
+  }
+}
+
+void begin_pooled_run(lua_State* L, const PooledState& state) {
+  lua_checkstack(L, 12);
+  lua_getfield(L, LUA_REGISTRYINDEX, kGlobalsListKey);
+  const int prepared = lua_gettop(L);
+  lua_getfield(L, LUA_REGISTRYINDEX, kGlobalsKey);
+  const int prepared_globals = lua_gettop(L);
+  lua_createtable(L, 0, state.global_count);
+  const int env = lua_gettop(L);
+  for (int slot = 1; slot < 2 * state.global_count; slot += 2) {
+    lua_rawgeti(L, prepared, slot);      // the key
+    lua_rawgeti(L, prepared, slot + 1);  // the value: library tables are shared, checked after the run
+    if (lua_rawequal(L, -1, prepared_globals)) {
+      lua_pop(L, 1);
+      lua_pushvalue(L, env);  // _G is the run's own globals
+    }
+    lua_rawset(L, env);
+  }
+  // What getmetatable("") shows is a new decoy each run (the real metatable is never shown).
+  lua_pushliteral(L, "");
+  if (lua_getmetatable(L, -1) != 0) {
+    const int meta = lua_gettop(L);
+    lua_createtable(L, 0, 1);
+    lua_getfield(L, env, "string");
+    lua_setfield(L, -2, "__index");
+    lua_setfield(L, meta, "__metatable");
+  }
+  lua_settop(L, env);
+  lua_replace(L, LUA_GLOBALSINDEX);
+  lua_settop(L, prepared - 1);
+}
+
+int push_cached_chunk(lua_State* L, PooledState& state, const char* chunk_name, std::string_view source) {
+  lua_checkstack(L, 6);
+  const bool cacheable = source.size() <= kMaxCachedSourceBytes;
+  if (cacheable) {
+    lua_getfield(L, LUA_REGISTRYINDEX, kChunkCacheKey);
+    const int cache = lua_gettop(L);
+    lua_getfield(L, cache, chunk_name);
+    if (lua_istable(L, -1)) {
+      // Interned strings are equal only when their bytes are: the whole text is compared.
+      lua_pushlstring(L, source.data(), source.size());
+      lua_rawget(L, -2);
+      if (lua_isfunction(L, -1)) {
+        lua_pushvalue(L, LUA_GLOBALSINDEX);
+        lua_setfenv(L, -2);
+        lua_replace(L, cache);
+        lua_settop(L, cache);
+        return 0;
+      }
+      lua_pop(L, 1);
+    }
+    lua_settop(L, cache - 1);
+  }
+  const int status = luaL_loadbufferx(L, source.data(), source.size(), chunk_name, "t");
+  if (status != 0 || !cacheable) return status;
+  const int fn = lua_gettop(L);
+  if (state.cached_chunks >= kMaxCachedChunks) {
+    // Start over rather than track use: the snapshot keeps the new table across resets.
+    lua_newtable(L);
+    lua_pushvalue(L, -1);
+    lua_setfield(L, LUA_REGISTRYINDEX, kChunkCacheKey);
+    lua_getfield(L, LUA_REGISTRYINDEX, kSnapshotKey);
+    lua_pushvalue(L, -2);
+    lua_setfield(L, -2, kChunkCacheKey);
+    lua_pop(L, 2);
+    state.cached_chunks = 0;
+  }
+  lua_getfield(L, LUA_REGISTRYINDEX, kChunkCacheKey);
+  lua_getfield(L, -1, chunk_name);
+  if (!lua_istable(L, -1)) {
+    lua_pop(L, 1);
+    lua_newtable(L);
+    lua_pushvalue(L, -1);
+    lua_setfield(L, -3, chunk_name);
+  }
+  lua_pushlstring(L, source.data(), source.size());
+  lua_pushvalue(L, fn);
+  lua_rawset(L, -3);
+  lua_settop(L, fn);
+  ++state.cached_chunks;
+  return 0;
+}
+
+std::size_t idle_pooled_states() {
+  Pool& p = pool();
+  std::lock_guard<std::mutex> lock(p.mutex);
+  return p.idle.size();
+}
+
+void clear_state_pool() {
+  std::deque<PooledStatePtr> doomed;
+  {
+    Pool& p = pool();
+    std::lock_guard<std::mutex> lock(p.mutex);
+    doomed.swap(p.idle);
+  }
+}
+
+std::string describe_registry(lua_State* L) {
+  std::vector<std::string> keys;
+  lua_pushnil(L);
+  while (lua_next(L, LUA_REGISTRYINDEX) != 0) {
+    std::string key = lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : std::string("#") + lua_typename(L, lua_type(L, -2));
+    if (lua_type(L, -2) == LUA_TNUMBER) key = "#" + std::to_string(lua_tonumber(L, -2));
+    if (lua_istable(L, -1) && key != kChunkCacheKey) {  // the cache is meant to grow
+      int count = 0;
+      lua_pushnil(L);
+      while (lua_next(L, -2) != 0) {
+        lua_pop(L, 1);
+        ++count;
+      }
+      key += "(" + std::to_string(count) + ")";
+    }
+    keys.push_back(std::move(key));
+    lua_pop(L, 1);
+  }
+  std::sort(keys.begin(), keys.end());
+  std::string out;
+  for (const std::string& key : keys) out += key + " ";
+  return out;
+}
+
+}  // namespace sojourn::sandbox::detail

@@ -1,0 +1,75 @@
+// Prepared lua_States for trusted runs (run_lua on the node): the libraries, the restricted
+// environment and the library table are built once per state, and each run gets fresh copies
+// of the globals, so that nothing a run does reaches the next one.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+
+#include "sandbox/lua/lua_limits.hpp"
+
+struct lua_State;
+
+namespace sojourn::sandbox::detail {
+
+// One prepared state and what the pool knows of it. The state is closed (through the
+// allocator, whose context and arena are members) before the rest is freed.
+struct PooledState {
+  PooledState() = default;
+  PooledState(const PooledState&) = delete;
+  PooledState& operator=(const PooledState&) = delete;
+  ~PooledState();
+
+  std::unique_ptr<RunContext> ctx;
+  std::unique_ptr<std::byte[]> arena;
+  lua_State* L = nullptr;
+  std::string principal;          // the only principal whose runs it serves
+  std::size_t baseline_bytes = 0;  // bytes_in_use once prepared
+  std::uint32_t runs = 0;
+  std::uint32_t cached_chunks = 0;
+  int global_count = 0;  // the prepared globals' entries: the size of each run's copy
+};
+using PooledStatePtr = std::unique_ptr<PooledState>;
+
+// Runs of at least this memory limit use the pool; below it a run keeps its fresh state, so
+// that a tight limit fails exactly where it always did.
+inline constexpr std::uint64_t kPoolMinMemoryBytes = std::uint64_t{256} << 10;
+
+// Whether a run may take a pooled state: a principal is named, the JIT stays off, no LuaHeap
+// is installed (the guest) and no test seam adds globals.
+bool pool_serves(std::string_view principal, bool allow_jit, std::uint64_t memory_bytes);
+
+// An idle prepared state of `principal`, or a new one; null when no state can be made (the
+// caller then runs in a fresh state and reports why).
+PooledStatePtr take_pooled_state(std::string_view principal);
+
+// After a run that ended cleanly (no error, no kill, no limit hit): the state goes back to
+// the pool unless it has served kMaxRunsPerState runs, changed a library table (or set a
+// metatable on one), or its memory stays grown past its bound after a collection. Before it is idle, the thread's globals go back to the prepared
+// ones and the registry to what it was once prepared (keys added by runs removed, per-run
+// tables emptied). Any other run's state is simply destroyed, never returned.
+void return_pooled_state(PooledStatePtr state);
+
+// Called in protected mode at the start of a run on a pooled state: installs a fresh copy
+// of the globals as the thread's globals (`_G` the copy; the library tables are shared, and
+// checked when the state is returned), and a new decoy for getmetatable("").
+void begin_pooled_run(lua_State* L, const PooledState& state);
+
+// Pushes the chunk compiled from `source` under `chunk_name` (a "=name"), from this state's
+// cache when the same name and the same text (compared in full, as Lua strings are interned)
+// were compiled before, with the current globals as its environment. Returns luaL_load's status
+// (the error message pushed instead of a function when not 0). Text mode only: the cache holds
+// loaded functions, never bytecode.
+int push_cached_chunk(lua_State* L, PooledState& state, const char* chunk_name, std::string_view source);
+
+// For tests: idle states in the pool, and emptying it.
+std::size_t idle_pooled_states();
+void clear_state_pool();
+// For tests: the registry's keys of a pooled state (a sorted description), so that a test can
+// see that a run left nothing behind.
+std::string describe_registry(lua_State* L);
+
+}  // namespace sojourn::sandbox::detail

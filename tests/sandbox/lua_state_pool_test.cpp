@@ -1,0 +1,292 @@
+// The pool of prepared trusted states (sandbox/lua/lua_state_pool.hpp): nothing a run does
+// reaches the next run of the same state, the chunk cache never confuses two texts, and limits
+// and errors are those of a fresh state.
+#include <doctest/doctest.h>
+
+#include <atomic>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <luajit-2.1/lua.hpp>
+
+#include "sandbox/lua/lua_state_pool.hpp"
+#include "sojourn/core/messages.hpp"
+#include "sojourn/sandbox/lua_sandbox.hpp"
+
+namespace {
+
+using sojourn::Errc;
+using sojourn::Limits;
+using sojourn::Result;
+using sojourn::Value;
+using sojourn::sandbox::HostCalls;
+using sojourn::sandbox::RunInput;
+namespace detail = sojourn::sandbox::detail;
+
+constexpr Limits kLimits{10'000'000, 16u << 20, 5000};
+
+Result<Value> run(std::string_view source, std::string_view principal, Limits limits = kLimits, Value args = {},
+                  HostCalls* host = nullptr, std::string_view chunk_name = {}) {
+  RunInput input;
+  input.source = source;
+  input.chunk_name = chunk_name;
+  input.args = std::move(args);
+  input.limits = limits;
+  input.principal = principal;
+  return sojourn::sandbox::run_lua(input, host);
+}
+
+// The state the pool would give `principal` next (taken out and put back), or null when none
+// of its states is idle.
+lua_State* idle_state_of(std::string_view principal) {
+  const std::size_t idle = detail::idle_pooled_states();
+  detail::PooledStatePtr state = detail::take_pooled_state(principal);
+  REQUIRE(state != nullptr);
+  lua_State* L = detail::idle_pooled_states() < idle ? state->L : nullptr;
+  if (L != nullptr) detail::return_pooled_state(std::move(state));
+  return L;
+}
+
+Value ok_results(const Result<Value>& r) {
+  if (!r.ok()) FAIL(r.error().message);
+  return *r;
+}
+
+}  // namespace
+
+TEST_CASE("a pooled state serves the next run of its principal, and only of its principal") {
+  detail::clear_state_pool();
+  CHECK(ok_results(run("return 1", "alice")).get(1).as_integer() == 1);
+  CHECK(detail::idle_pooled_states() == 1);
+  lua_State* first = idle_state_of("alice");
+  REQUIRE(first != nullptr);
+  CHECK(ok_results(run("return 2", "alice")).get(1).as_integer() == 2);
+  CHECK(idle_state_of("alice") == first);
+  CHECK(idle_state_of("bob") == nullptr);  // bob's runs never get alice's state
+  // No principal: a fresh state, never pooled.
+  CHECK(ok_results(run("return 3", "")).get(1).as_integer() == 3);
+  CHECK(detail::idle_pooled_states() == 1);
+}
+
+TEST_CASE("a run cannot see the globals or the _G metatable of the run before it") {
+  detail::clear_state_pool();
+  ok_results(run("x = 42; _G.y = 'kept?'; print = nil; setmetatable(_G, {__index = function() return 'leak' end});"
+                 "return 1",
+                 "alice"));
+  REQUIRE(detail::idle_pooled_states() == 1);  // globals are the run's own: the state goes back
+  const Value r = ok_results(run("return x == nil, y == nil, getmetatable(_G) == nil, zzz == nil, type(print)", "alice"));
+  CHECK(r.get(1).as_bool());
+  CHECK(r.get(2).as_bool());
+  CHECK(r.get(3).as_bool());
+  CHECK(r.get(4).as_bool());
+  CHECK(r.get(5).as_string() == "function");
+}
+
+TEST_CASE("a run that changed a library table gives no state back") {
+  struct Change {
+    const char* source;
+    bool gives_back;
+  };
+  const Change changes[] = {
+      {"string.evil = 1", false},
+      {"table.insert = nil", false},
+      {"math.pi = 3", false},
+      {"node.extra = true", false},
+      {"coroutine.create = nil", false},
+      {"setmetatable(math, {__index = function() return 'leak' end})", false},
+      {"rawset(string, 'x', 1)", false},
+      {"getmetatable('').__index.upper = function() return 'changed' end", false},
+      {"string.evil = 1; string.evil = nil", true},  // put back as it was: nothing to see
+  };
+  for (const Change& change : changes) {
+    CAPTURE(change.source);
+    detail::clear_state_pool();
+    ok_results(run(change.source, "alice"));
+    CHECK(detail::idle_pooled_states() == (change.gives_back ? 1u : 0u));
+    const Value r = ok_results(run("return string.evil == nil, type(table.insert), math.pi > 3.14, node.extra == nil,"
+                                   "type(coroutine.create), getmetatable(math) == nil, rawget(string, 'x') == nil,"
+                                   "('a'):upper()",
+                                   "alice"));
+    CHECK(r.get(1).as_bool());
+    CHECK(r.get(2).as_string() == "function");
+    CHECK(r.get(3).as_bool());
+    CHECK(r.get(4).as_bool());
+    CHECK(r.get(5).as_string() == "function");
+    CHECK(r.get(6).as_bool());
+    CHECK(r.get(7).as_bool());
+    CHECK(r.get(8).as_string() == "A");
+  }
+}
+
+TEST_CASE("changes to the string metatable's decoy do not outlive the run") {
+  detail::clear_state_pool();
+  // Within the run, string.upper replaced is what s:upper() calls, as in a fresh state.
+  const Value replaced = ok_results(run("string.upper = function() return 'replaced' end; return ('a'):upper()", "alice"));
+  CHECK(replaced.get(1).as_string() == "replaced");
+  CHECK(detail::idle_pooled_states() == 0);
+  const Value first = ok_results(run("local mt = getmetatable(''); mt.__index = {upper = function() return 'decoy' end};"
+                                     "mt.mark = 1; return ('a'):upper()",
+                                     "alice"));
+  CHECK(first.get(1).as_string() == "A");  // the decoy changes nothing
+  REQUIRE(detail::idle_pooled_states() == 1);
+  const Value second = ok_results(run("local mt = getmetatable(''); return ('a'):upper(), mt.mark == nil, mt.__index.upper('b'),"
+                                      "('c'):rep(2)",
+                                      "alice"));
+  CHECK(second.get(1).as_string() == "A");
+  CHECK(second.get(2).as_bool());
+  CHECK(second.get(3).as_string() == "B");
+  CHECK(second.get(4).as_string() == "cc");
+}
+
+TEST_CASE("a coroutine left suspended by a run is unreachable from the next") {
+  detail::clear_state_pool();
+  ok_results(run("co = coroutine.create(function() while true do coroutine.yield(1) end end); coroutine.resume(co);"
+                 "w = coroutine.wrap(function() coroutine.yield(2) end); w(); return 1",
+                 "alice"));
+  REQUIRE(detail::idle_pooled_states() == 1);
+  const Value r = ok_results(run("return co == nil and w == nil", "alice"));
+  CHECK(r.get(1).as_bool());
+}
+
+TEST_CASE("the registry of a returned state is as it was prepared") {
+  detail::clear_state_pool();
+  // A just-prepared state of another principal describes the registry's prepared shape.
+  detail::PooledStatePtr prepared = detail::take_pooled_state("carol");
+  REQUIRE(prepared != nullptr);
+  const std::string baseline = detail::describe_registry(prepared->L);
+  prepared.reset();
+  // A run that registers its chunk, rebuilds a function of its arguments and returns functions.
+  Value args = Value::array({Value::function("function(a) return a * 2 end", "=agent", 1)});
+  const Value r = ok_results(run("local f = ...; local function g() return f(2) end; return g, f", "alice", kLimits, args));
+  CHECK(r.get(1).is_function());
+  lua_State* L = idle_state_of("alice");
+  REQUIRE(L != nullptr);
+  CHECK(detail::describe_registry(L) == baseline);
+}
+
+TEST_CASE("the chunk cache tells apart texts that differ anywhere, and chunk names") {
+  detail::clear_state_pool();
+  // Same length, same start and end: only the full text tells them apart.
+  std::string a = "return '" + std::string(4000, 'a') + "', 1";
+  std::string b = a;
+  b[2000] = 'b';
+  const Value ra = ok_results(run(a, "alice"));
+  const Value rb = ok_results(run(b, "alice"));
+  CHECK(ra.get(1).as_string() != rb.get(1).as_string());
+  CHECK(ra.get(1).as_string()[1992] == 'a');
+  CHECK(rb.get(1).as_string()[1992] == 'b');
+  CHECK(ok_results(run(a, "alice")).get(1).as_string() == ra.get(1).as_string());
+  // The same text under two names: each error names its own chunk.
+  auto one = run("error('boom')", "alice", kLimits, {}, nullptr, "one");
+  auto two = run("error('boom')", "alice", kLimits, {}, nullptr, "two");
+  REQUIRE_FALSE(one.ok());
+  REQUIRE_FALSE(two.ok());
+  CHECK(one.error().message == "Lua error at one:1: boom");
+  CHECK(two.error().message == "Lua error at two:1: boom");
+  // A cached chunk sees each run's arguments and globals, not the first one's.
+  CHECK(ok_results(run("g = (g or 0) + ...; return g", "alice", kLimits, Value::array({Value(5)}))).get(1).as_integer() == 5);
+  CHECK(ok_results(run("g = (g or 0) + ...; return g", "alice", kLimits, Value::array({Value(7)}))).get(1).as_integer() == 7);
+}
+
+TEST_CASE("errors and limits of a pooled run are those of a fresh state") {
+  struct Case {
+    const char* source;
+    Limits limits;
+  };
+  const Case cases[] = {
+      {"error('boom')", kLimits},
+      {"error({})", kLimits},
+      {"local x = nil; return x.y", kLimits},
+      {"while true do end", Limits{100000, 16u << 20, 5000}},
+      {"pcall(function() while true do end end) return 1", Limits{100000, 16u << 20, 5000}},
+      {"local ok = xpcall(function() while true do end end, function() return 1 end) return ok", Limits{100000, 16u << 20, 5000}},
+      {"while true do end", Limits{1'000'000'000'000, 16u << 20, 30}},
+      {"local t = {} for i = 1, 1e7 do t[i] = i end return #t", Limits{1'000'000'000, 1u << 20, 5000}},
+      {"local s = string.rep('x', 2 * 1024 * 1024) return #s", Limits{1'000'000'000, 1u << 20, 5000}},
+      {"local t = {} for i = 1, 1e7 do t[i] = {} end", Limits{1'000'000'000, 512u << 10, 5000}},
+      {"local ok, e = pcall(function() local t = {} for i = 1, 1e7 do t[i] = i end end) return ok, e",
+       Limits{1'000'000'000, 1u << 20, 5000}},
+      {"return coroutine.create(function() end)", kLimits},
+      {"\x1b" "LJ", kLimits},
+      {"return 1LL", kLimits},
+      {"local t = {} for i = 1, 20000 do t[i] = i end return #t", Limits{1'000'000'000, 1u << 20, 5000}},
+  };
+  for (const Case& c : cases) {
+    CAPTURE(c.source);
+    detail::clear_state_pool();
+    ok_results(run("local warm = {} for i = 1, 1000 do warm[i] = tostring(i) end return 1", "alice", c.limits));
+    const Result<Value> fresh = run(c.source, "", c.limits);
+    const Result<Value> pooled = run(c.source, "alice", c.limits);
+    REQUIRE(fresh.ok() == pooled.ok());
+    if (fresh.ok()) {
+      CHECK(sojourn::encode_value(*fresh) == sojourn::encode_value(*pooled));
+    } else {
+      CHECK(fresh.error().code == pooled.error().code);
+      CHECK(fresh.error().message == pooled.error().message);
+      // A failed run's state is thrown away (a refused text never takes one); the next run
+      // gets a state that works.
+      CHECK(detail::idle_pooled_states() == (fresh.error().code == Errc::sandbox_refused ? 1u : 0u));
+      CHECK(ok_results(run("return 1 + 1", "alice")).get(1).as_integer() == 2);
+    }
+  }
+}
+
+TEST_CASE("garbage left by earlier runs is not charged to the next run's memory limit") {
+  detail::clear_state_pool();
+  const Limits tight{1'000'000'000, 512u << 10, 5000};
+  for (int i = 0; i < 200; ++i) {
+    // ~150 KB of garbage each run, live at most ~150 KB of the 512 KiB.
+    auto r = run("local t = {} for i = 1, 4000 do t[i] = 'item ' .. i end return #t", "alice", tight);
+    REQUIRE_MESSAGE(r.ok(), (r.ok() ? "" : r.error().message));
+  }
+  CHECK(detail::idle_pooled_states() == 1);
+}
+
+namespace {
+
+// A host call that runs another chunk of the same principal on the same thread.
+struct NestedRun final : HostCalls {
+  Result<Value> call(std::string_view, const Value& args) override {
+    auto inner = run("inner = true; return ... * 10", "alice", kLimits, args);
+    if (!inner.ok()) return inner.error();
+    return inner->get(1);
+  }
+};
+
+}  // namespace
+
+TEST_CASE("a run started from a host call of a pooled run gets a state of its own") {
+  detail::clear_state_pool();
+  NestedRun host;
+  const Value r = ok_results(run("outer = true; local v = node.call('nested', 4); return v, inner == nil", "alice", kLimits, {}, &host));
+  CHECK(r.get(1).as_integer() == 40);
+  CHECK(r.get(2).as_bool());
+  CHECK(detail::idle_pooled_states() == 2);
+}
+
+TEST_CASE("concurrent runs on several threads each have a state of their own") {
+  detail::clear_state_pool();
+  constexpr int kThreads = 4;
+  constexpr int kRuns = 150;
+  std::atomic<int> wrong{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      const std::string principal = t % 2 == 0 ? "alice" : "bob";
+      for (int i = 0; i < kRuns; ++i) {
+        // A state shared by two runs at once would see the other's global or table entries.
+        auto r = run("n = (n or 0) + 1; _G.m = (_G.m or 0) + 1; local t = {} for i = 1, 200 do t[i] = i end;"
+                     "return n, m, #t + ...",
+                     principal, kLimits, Value::array({Value(i)}));
+        if (!r.ok() || r->get(1).as_integer() != 1 || r->get(2).as_integer() != 1 || r->get(3).as_integer() != 200 + i) {
+          ++wrong;
+        }
+      }
+    });
+  }
+  for (std::thread& th : threads) th.join();
+  CHECK(wrong.load() == 0);
+  CHECK(detail::idle_pooled_states() >= 1);
+  CHECK(detail::idle_pooled_states() <= kThreads);
+}
