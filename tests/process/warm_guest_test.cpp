@@ -208,7 +208,7 @@ constexpr std::string_view kProbe = R"(
   local seen = {}
   local function add(v) seen[#seen + 1] = tostring(v) end
   add(leaked) add(rawget(string, 'leaked')) add(('a'):upper()) add(type(table.insert))
-  add(math.pi) add(type(getmetatable(_G))) add(keep) add(big) add(pad) add(co) add(debug)
+  add(math.pi) add(type(getmetatable(_G))) add(type(keep)) add(type(big)) add(type(pad)) add(type(co)) add(debug)
   add(type(getmetatable('').__index)) add(rawget(getmetatable('').__index, 'leaked'))
   add(select('#', pcall(error))) add(getfenv) add(registry_stash)
   add(collectgarbage('count'))
