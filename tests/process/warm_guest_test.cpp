@@ -303,3 +303,20 @@ TEST_CASE("a warm guest's runs end with the results, errors and limits of a fres
     CHECK(first_integer(run(*jail, "signer a", "return 7")) == 7);
   }
 }
+
+TEST_CASE("an agent step in a warm guest sets its prepared state aside, and the next run has it again, unchanged") {
+  auto jail = start(1);
+  const std::string before = probe(*jail);
+  RunInput input;
+  input.source = "leaked = 'by the agent' function start(state) state.n = (state.n or 0) + 1 return state.n end";
+  input.limits = limits();
+  input.principal = "signer a";
+  Value state = Value::table();
+  state.set("n", 4);
+  Result<sojourn::sandbox::AgentOutcome> step = jail->run_agent(input, {"start", state, Value::table()}, nullptr);
+  REQUIRE_MESSAGE(step.ok(), (step.ok() ? "" : step.error().message));
+  CHECK(step->results.get(1).as_integer() == 5);
+  CHECK(probe(*jail) == before);
+  CHECK(probe(*jail) == before);
+  CHECK(jail->status().guests_reused == 3);  // the step and both probes in the first probe's guest
+}
