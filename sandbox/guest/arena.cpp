@@ -356,6 +356,17 @@ void FixedArena::reset() noexcept {
   *this = over(static_cast<void*>(header_), bytes);
 }
 
+void FixedArena::restore(const std::byte* image, std::size_t bytes) noexcept {
+  const std::size_t written = peak();
+  auto* base = as_bytes(static_cast<void*>(header_));
+  // SAFETY: the image came from this region's first `bytes` bytes (bytes <= its size), and
+  // [bytes, written) lies inside the region (the top never passes its end). The header is
+  // part of the image: the bookkeeping comes back with the blocks it describes.
+  std::memcpy(base, image, bytes);
+  if (written > bytes) std::memset(base + bytes, 0, written - bytes);
+  peak_ = header_->top;
+}
+
 namespace {
 
 // Zeroes a free block past its list node; returns the bytes of whole pages that became zero.

@@ -69,6 +69,12 @@ class FixedArena final : public LuaHeap {
   void reset() noexcept;
   // The highest top since the arena was made or reset: how much a reset zeroes.
   std::size_t peak() const noexcept;
+  // Back to the arena as it was when `image` was copied from it (its first high_water()
+  // bytes, a warm guest's prepared state: docs/jails.md "Warm guests"): the image's bytes
+  // over the start, zero from its end up to the highest top reached since (the pages stay
+  // mapped). Whatever was live then is live again, at the same addresses, and nothing
+  // allocated since is left. `image` must have come from this arena.
+  void restore(const std::byte* image, std::size_t bytes) noexcept;
 
   struct Header;
 

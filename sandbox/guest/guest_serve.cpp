@@ -14,6 +14,7 @@
 
 #include "sandbox/guest/arena.hpp"
 #include "sandbox/guest/jail_child.hpp"
+#include "sandbox/guest/warm_state.hpp"
 #include "sandbox/lua/lua_limits.hpp"
 #include "sandbox/lua/lua_strong.hpp"
 #include "sojourn/sandbox/lua_sandbox.hpp"
@@ -278,7 +279,7 @@ std::vector<std::uint8_t> serve_request(int fd, const Frame& frame, Limits& limi
   limits = request->limits;
   if (Result<void> arena = ensure_arena(limits); !arena) return channel::encode_frame(outcome_of(arena.error()));
   run_test_hook(request->source);
-  return channel::encode_frame(outcome_of(run_lua(input_of(*request), request->has_host ? &channel_host : nullptr)));
+  return channel::encode_frame(outcome_of(run_weak(input_of(*request), request->has_host ? &channel_host : nullptr)));
 }
 
 }  // namespace
@@ -290,6 +291,9 @@ bool serve_one_run(int fd) {
     std::optional<Frame> frame = read_frame(fd, kMaxRequestBytes);
     if (!frame || (frame->kind != Kind::run && frame->kind != Kind::agent && frame->kind != Kind::resume)) return false;
     kind = frame->kind == Kind::run ? Kind::run : Kind::agent;
+    // Agent steps make their own state: the arena goes back to pristine first (a strong
+    // step's image then holds only its agent).
+    if (frame->kind != Kind::run) set_aside_warm_state();
     bool strong = frame->kind == Kind::resume;
     std::vector<std::uint8_t> answer = serve_request(fd, *frame, limits, strong);
     // A strong step's arena went into an image or came from one: such a guest serves no more.

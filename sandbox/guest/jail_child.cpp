@@ -18,6 +18,7 @@
 #include "sandbox/guest/arena.hpp"
 #include "sandbox/guest/guest_heap.hpp"
 #include "sandbox/guest/guest_serve.hpp"
+#include "sandbox/guest/warm_state.hpp"
 
 namespace sojourn::sandbox::guest {
 
@@ -133,9 +134,12 @@ void become_guest(const channel::SpawnRequest& request, int channel_fd, const Co
     errno = -rc;
     fail_setup(kChannelFd, "seccomp");
   }
-  // A warm guest: after each answered run its arena goes back to pristine and it waits for
-  // the next request; the host ends it (a kill, or closing the channel) when it is not reused.
-  while (serve_one_run(kChannelFd)) g_arena->reset();
+  // A warm guest: its runs start from a prepared Lua state, and after each answered run its
+  // arena goes back to that state's snapshot; it waits for the next request, and the host ends
+  // it (a kill, or closing the channel) when it is not reused. Prepared after the filter, as
+  // a run would be (lua_newstate's getrandom is allowed there).
+  prepare_warm_state(request.allow_jit);
+  while (serve_one_run(kChannelFd)) reset_after_run();
   exit_now(0);
 }
 

@@ -35,6 +35,7 @@ struct WarmGuest {
   SpawnedGuest guest;
   UniqueFd channel;     // the host's end
   UniqueFd stat;        // its /proc/PID/stat, opened while it was known alive
+  UniqueFd statm;       // its /proc/PID/statm, likewise
   std::uint64_t runs = 0;  // runs it answered
   std::uint64_t settled_cpu_us = 0;  // its CPU time at its last answer (0: at its fork)
 };
@@ -42,9 +43,10 @@ struct WarmGuest {
 // Ends a guest that will not run again: killed, and its exit report ignored.
 void discard_guest(WarmGuest& guest);
 
-// Opens the guest's /proc/PID/stat (right after the spawn, while its pidfd holds it alive).
+// Opens the guest's /proc/PID/stat and statm (right after the spawn, while its pidfd holds it
+// alive).
 void watch_guest(WarmGuest& guest);
-// The guest's resident memory (RSS), or nullopt when it is gone.
+// The guest's resident memory (RSS, from statm), or nullopt when it is gone.
 std::optional<std::uint64_t> resident_bytes(const WarmGuest& guest);
 // Whether a guest between runs is fit for another: its zygote and itself alive, nothing
 // unread on its channel (no end-of-file, nothing written ahead of a request), and asleep

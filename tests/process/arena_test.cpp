@@ -82,6 +82,36 @@ TEST_CASE("a reset zeroes every byte up to the highest top reached and starts ov
   CHECK(arena.allocate(64) == first);  // the same first block, as in a fresh arena
 }
 
+TEST_CASE("a restore brings back the snapshot's blocks and bookkeeping and zeroes what was written above it") {
+  Region region(1u << 20);
+  FixedArena arena = FixedArena::over(region.aligned(), region.size);
+  auto* kept = static_cast<std::byte*>(arena.allocate(256));
+  std::memset(kept, 0x11, 256);
+  auto* freed = static_cast<std::byte*>(arena.allocate(48));
+  (void)arena.allocate(16);  // keeps `freed` off the top: it goes to a free list
+  arena.release(freed, 48);
+  const std::size_t snapshot_top = arena.high_water();
+  const auto* bytes = static_cast<const std::byte*>(region.aligned());
+  const std::vector<std::byte> image(bytes, bytes + snapshot_top);
+  // A run: the kept block and the free list change, the top grows far and comes back.
+  std::memset(kept, 0x22, 256);
+  CHECK(arena.allocate(48) == freed);
+  auto* big = static_cast<std::byte*>(arena.allocate(300000));
+  std::memset(big, 0x33, 300000);
+  arena.release(big, 300000);
+  const std::size_t peak = arena.peak();
+  arena.restore(image.data(), image.size());
+  CHECK(arena.high_water() == snapshot_top);
+  CHECK(arena.peak() == snapshot_top);
+  CHECK(std::memcmp(bytes, image.data(), image.size()) == 0);
+  std::size_t dirty = 0;
+  for (std::size_t i = snapshot_top; i < peak; ++i) dirty += bytes[i] != std::byte{0};
+  CHECK(dirty == 0);
+  CHECK(kept[0] == std::byte{0x11});
+  CHECK(arena.allocate(48) == freed);  // the snapshot's free list, as it was
+  CHECK(static_cast<std::size_t>(static_cast<std::byte*>(arena.allocate(64)) - static_cast<std::byte*>(region.aligned())) == snapshot_top);
+}
+
 TEST_CASE("large free blocks coalesce so a bigger block fits where smaller ones were") {
   Region region(1u << 20);
   FixedArena arena = FixedArena::over(region.aligned(), region.size);

@@ -9,6 +9,7 @@
 #include <string>
 #include <thread>
 
+#include "sojourn/sandbox/lua_sandbox.hpp"
 #include "sojourn/sandbox/process_jail.hpp"
 
 namespace {
@@ -197,4 +198,125 @@ TEST_CASE("run_if_warm serves only an idle warm guest of the run's own principal
   std::optional<Result<Value>> six = run_when_warm(*jail, input);
   REQUIRE(six.has_value());
   CHECK(first_integer(*six) == 6);
+}
+
+namespace {
+
+// What a run can see of what earlier runs left, as one string (addresses left out: a fresh
+// state's tables are elsewhere).
+constexpr std::string_view kProbe = R"(
+  local seen = {}
+  local function add(v) seen[#seen + 1] = tostring(v) end
+  add(leaked) add(rawget(string, 'leaked')) add(('a'):upper()) add(type(table.insert))
+  add(math.pi) add(type(getmetatable(_G))) add(type(keep)) add(type(big)) add(type(pad)) add(type(co)) add(debug)
+  add(type(getmetatable('').__index)) add(rawget(getmetatable('').__index, 'leaked'))
+  add(select('#', pcall(error))) add(getfenv) add(registry_stash)
+  add(collectgarbage('count'))
+  return table.concat(seen, ',')
+)";
+
+std::string probe(ProcessJail& jail) {
+  Result<Value> r = run(jail, "signer a", kProbe);
+  REQUIRE_MESSAGE(r.ok(), (r.ok() ? "" : r.error().message));
+  return r->get(1).as_string();
+}
+
+}  // namespace
+
+TEST_CASE("nothing a run leaves in a warm guest's prepared state reaches the next run of its principal") {
+  auto jail = start(1);
+  const std::string before = probe(*jail);
+  // Globals, the library tables, the string metatable's __index, the globals' metatable, an
+  // upvalue, a suspended coroutine, a grown heap, and the registry if it were reachable.
+  Result<Value> polluted = run(*jail, "signer a", R"(
+    leaked = 42
+    string.leaked = 7
+    getmetatable('').__index.upper = function() return 'pwned' end
+    getmetatable('').__index.leaked = 'via the metatable'
+    table.insert = nil
+    math.pi = 3
+    local secret = 'an upvalue'
+    keep = function() return secret end
+    big = {} for i = 1, 100000 do big[i] = i end
+    pad = string.rep('x', 4 * 1024 * 1024)
+    co = coroutine.create(function() coroutine.yield() end) coroutine.resume(co)
+    if debug then debug.getregistry().registry_stash = 'stashed' end
+    setmetatable(_G, {__index = function() return 'from a metatable' end})
+    return ('a'):upper(), leaked, collectgarbage('count') > 4096
+  )");
+  REQUIRE_MESSAGE(polluted.ok(), (polluted.ok() ? "" : polluted.error().message));
+  CHECK(polluted->get(1).as_string() == "pwned");  // the changes were made, in that run
+  CHECK(polluted->get(3).as_bool());
+  const std::string after = probe(*jail);
+  CHECK(after == before);  // the same state, byte for byte: even its memory count is the same
+  CHECK(after.find("pwned") == std::string::npos);
+  CHECK(jail->status().guests_reused == 2);  // all three runs in one guest
+  // An error and a kill in between change nothing either.
+  CHECK_FALSE(run(*jail, "signer a", "leaked = 1 error('boom')").ok());
+  CHECK_FALSE(run(*jail, "signer a", "leaked = 1 while true do end", Limits{100'000, kMemory, 5000}).ok());
+  CHECK(probe(*jail) == before);
+  CHECK(jail->status().guests_reused == 5);
+}
+
+TEST_CASE("a warm guest's runs end with the results, errors and limits of a fresh state's") {
+  auto jail = start(1);
+  struct Case {
+    std::string source;
+    Limits limits;
+  };
+  const Limits small_cpu{100'000, kMemory, 5000};
+  const Limits short_wall{1'000'000'000, kMemory, 50};
+  const Case cases[] = {
+      {"return string.rep('ab', 3), 1.5, nil, true", limits()},
+      {"error('boom')", limits()},
+      {"error({})", limits()},
+      {"error(42)", limits()},
+      {"return +", limits()},
+      {"local s = 'x' for i = 1, 40 do s = s .. s end return #s", limits()},
+      {"local t = {} for i = 1, 1e8 do t[i] = i end", limits()},
+      {"while true do end", small_cpu},
+      {"return pcall(function() while true do end end)", small_cpu},
+      {"while true do end", short_wall},
+      {"return string.rep('x', 1e9)", limits()},
+      {"return node.call('kv.get', 'k')", limits()},
+      {"return tostring(load), 0, nil, false", limits()},
+      {"\x1bLua", limits()},
+      {"return 1LL", limits()},
+  };
+  for (const Case& c : cases) {
+    CAPTURE(c.source);
+    RunInput input;
+    input.source = c.source;
+    input.limits = c.limits;
+    const Result<Value> fresh = sojourn::sandbox::run_lua(input, nullptr);
+    const Result<Value> warm = run(*jail, "signer a", c.source, c.limits);
+    REQUIRE(warm.ok() == fresh.ok());
+    if (fresh.ok()) {
+      CHECK(warm->get(1).as_string() == fresh->get(1).as_string());
+      CHECK(warm->get(2).as_number() == fresh->get(2).as_number());
+      CHECK(warm->get(4).as_bool() == fresh->get(4).as_bool());
+    } else {
+      CHECK(warm.error().code == fresh.error().code);
+      CHECK(warm.error().message == fresh.error().message);
+    }
+    // The guest goes on serving (unless the host killed it) from an unchanged state.
+    CHECK(first_integer(run(*jail, "signer a", "return 7")) == 7);
+  }
+}
+
+TEST_CASE("an agent step in a warm guest sets its prepared state aside, and the next run has it again, unchanged") {
+  auto jail = start(1);
+  const std::string before = probe(*jail);
+  RunInput input;
+  input.source = "leaked = 'by the agent' function start(state) state.n = (state.n or 0) + 1 return state.n end";
+  input.limits = limits();
+  input.principal = "signer a";
+  Value state = Value::table();
+  state.set("n", 4);
+  Result<sojourn::sandbox::AgentOutcome> step = jail->run_agent(input, {"start", state, Value::table()}, nullptr);
+  REQUIRE_MESSAGE(step.ok(), (step.ok() ? "" : step.error().message));
+  CHECK(step->results.get(1).as_integer() == 5);
+  CHECK(probe(*jail) == before);
+  CHECK(probe(*jail) == before);
+  CHECK(jail->status().guests_reused == 3);  // the step and both probes in the first probe's guest
 }

@@ -1,0 +1,249 @@
+// The prepared state of a warm guest. Everything LuaJIT keeps for a state (global_State,
+// string table, registry, GC lists, stacks, hooks) is allocated through the state's allocator,
+// so inside the arena; the allocator's context lives here at a fixed address. Copying the
+// arena's used span back therefore returns the state to exactly what it was at the snapshot:
+// run N's globals, registry entries, strings, metatables and upvalues cannot survive into run
+// N+1, because none of their bytes do.
+#include "sandbox/guest/warm_state.hpp"
+
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <new>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <lua.hpp>
+
+#include "sandbox/guest/arena.hpp"
+#include "sandbox/lua/lua_agent.hpp"
+#include "sandbox/lua/lua_env.hpp"
+#include "sandbox/lua/lua_limits.hpp"
+#include "sandbox/lua/lua_source_scan.hpp"
+#include "sandbox/lua/lua_value.hpp"
+
+namespace sojourn::sandbox::guest {
+
+namespace {
+
+using detail::RunContext;
+
+struct Prepared {
+  // The allocator's userdata: its address is inside the snapshot (global_State), so it never
+  // moves. Reset field by field before each run.
+  RunContext ctx;
+  lua_State* L = nullptr;
+  std::vector<std::byte> image;  // the arena's first high_water() bytes at the snapshot
+  std::size_t bytes_in_use = 0;  // ctx.bytes_in_use at the snapshot
+  bool ready = false;
+  bool wanted = false;  // this guest keeps one (set aside for an agent step, rebuilt after)
+};
+
+Prepared g_prepared;
+
+FixedArena* arena() { return dynamic_cast<FixedArena*>(installed_lua_heap()); }
+
+// What does not depend on the request: the environment of run_lua's runs without the JIT.
+int build_environment(lua_State* L) {
+  detail::open_restricted_env(L, false);
+  detail::open_require_remote(L);
+  lua::register_library(L, LUA_GLOBALSINDEX);
+  return 0;
+}
+
+bool build(FixedArena& heap) {
+  Prepared& p = g_prepared;
+  p.ctx = RunContext{};
+  // Room for the environment only; each run sets its own limits.
+  p.ctx.limits = Limits{1'000'000, 16u << 20, 1000};
+  p.ctx.byte_cap = p.ctx.limits.memory_bytes;
+  p.ctx.deadline = std::chrono::steady_clock::time_point::max();
+  lua_State* L = lua_newstate(detail::capped_alloc, &p.ctx);
+  if (L == nullptr) return false;
+  // No hook while it is built: trusted code, and no run's budget to charge.
+  if (lua_cpcall(L, build_environment, nullptr) != 0) {
+    lua_close(L);
+    heap.reset();
+    return false;
+  }
+  lua_settop(L, 0);
+  // The building's garbage goes now, once, not in a collection of every run; the image is
+  // smaller, and each run starts with the collector's debt of a state that just collected.
+  lua_gc(L, LUA_GCCOLLECT, 0);
+  try {
+    const auto* base = reinterpret_cast<const std::byte*>(heap.base());
+    // SAFETY: [base, base + high_water) lies inside the mapped arena.
+    p.image.assign(base, base + heap.high_water());
+  } catch (const std::bad_alloc&) {
+    lua_close(L);
+    heap.reset();
+    return false;
+  }
+  p.L = L;
+  p.bytes_in_use = p.ctx.bytes_in_use;
+  p.ready = true;
+  return true;
+}
+
+void drop(FixedArena& heap) {
+  Prepared& p = g_prepared;
+  // The state's bytes are simply forgotten with the arena's: nothing outside it points in.
+  p.ready = false;
+  p.L = nullptr;
+  std::vector<std::byte>().swap(p.image);
+  heap.reset();
+}
+
+struct Job {
+  const RunInput* input;
+  std::string chunk_name;  // "=name"
+  std::optional<Result<Value>> result;
+};
+
+std::string_view display_chunk_name(const RunInput& input) {
+  return input.chunk_name.empty() ? std::string_view("eval") : input.chunk_name;
+}
+
+// run_lua's protected call, minus the environment (already in the state).
+int run_chunk(lua_State* L) {
+  auto& job = *static_cast<Job*>(lua_touserdata(L, 1));
+  lua_settop(L, 0);
+  RunContext& ctx = detail::run_context(L);
+  const RunInput& input = *job.input;
+  detail::arm_count_hook(L, ctx);
+  // Mode "t": LuaJIT does not verify bytecode (run_weak also refuses its first byte).
+  const int load_status = luaL_loadbufferx(L, input.source.data(), input.source.size(), job.chunk_name.c_str(), "t");
+  if (load_status == LUA_ERRMEM) detail::raise_limit(L, detail::limit_error(Errc::memory_limit, ctx.limits));
+  if (load_status != 0) return lua_error(L);
+  lua::register_chunk(L, job.chunk_name, input.source);
+  Result<int> pushed = lua::push_array_items_protected(L, input.args, ctx.limits.memory_bytes);
+  if (!pushed.ok()) {
+    detail::reraise_pending_kill(L);
+    if (pushed.error().code == Errc::memory_limit) detail::raise_limit(L, detail::limit_error(Errc::memory_limit, ctx.limits));
+    detail::raise_limit(L, pushed.error());
+  }
+  lua_call(L, *pushed, LUA_MULTRET);
+  if (ctx.kill != Errc::ok) return 0;  // the chunk returned after swallowing a kill
+  // The conversion's own room for its queue, as in run_lua.
+  ctx.byte_cap = ctx.bytes_in_use + std::min(ctx.byte_cap, SIZE_MAX - ctx.bytes_in_use);
+  bool out_of_memory = false;
+  try {
+    job.result = lua::pop_as_array(L, lua_gettop(L), {"result", ctx.limits.memory_bytes});
+  } catch (const std::bad_alloc&) {
+    out_of_memory = true;
+  }
+  if (out_of_memory) detail::raise_limit(L, detail::limit_error(Errc::memory_limit, ctx.limits));
+  return 0;
+}
+
+// "eval:3: boom" carries a position of the chunk; LuaJIT shortens "=name" to 59 bytes.
+bool has_chunk_position(std::string_view message, std::string_view chunk) {
+  chunk = chunk.substr(0, LUA_IDSIZE - 1);
+  if (message.substr(0, chunk.size()) != chunk) return false;
+  std::size_t i = chunk.size();
+  if (i >= message.size() || message[i] != ':') return false;
+  const std::size_t digits = ++i;
+  while (i < message.size() && message[i] >= '0' && message[i] <= '9') ++i;
+  return i > digits && i < message.size() && message[i] == ':';
+}
+
+// The error of a failed run, as run_lua words it (kills decided by the flag, never by text).
+Error failure_of(lua_State* L, int status, const RunContext& ctx, std::string_view chunk) {
+  if (ctx.kill != Errc::ok) return detail::limit_error(ctx.kill, ctx.limits);
+  if (status == LUA_ERRMEM) return detail::limit_error(Errc::memory_limit, ctx.limits);
+  switch (lua_type(L, -1)) {
+    case LUA_TSTRING: {
+      std::size_t len = 0;
+      const char* text = lua_tolstring(L, -1, &len);
+      const std::string_view message(text, len);
+      if (ctx.last_limit.code != Errc::ok && message == ctx.last_limit.message) return ctx.last_limit;
+      if (has_chunk_position(message, chunk)) return make_error(Errc::lua_error, "Lua error at " + std::string(message));
+      return make_error(Errc::lua_error, "Lua error: " + std::string(message));
+    }
+    case LUA_TNUMBER: {
+      char buf[48];
+      std::snprintf(buf, sizeof buf, LUA_NUMBER_FMT, lua_tonumber(L, -1));
+      return make_error(Errc::lua_error, std::string("Lua error: ") + buf);
+    }
+    default:
+      return make_error(Errc::lua_error, std::string("Lua error: (error object is a ") +
+                                             lua_typename(L, lua_type(L, -1)) + " value)");
+  }
+}
+
+bool can_use_prepared(const RunInput& input) {
+  const Prepared& p = g_prepared;
+  // A test guest's marked chunk gets globals of its own; a run that allows the JIT needs the
+  // JIT's module (never this guest's: its key says no JIT); a quota the environment alone
+  // passes fails while a fresh state is built, with run_lua's words.
+  return p.ready && !input.allow_jit && detail::test_globals() == nullptr &&
+         input.limits.memory_bytes >= p.bytes_in_use;
+}
+
+Result<Value> run_prepared(const RunInput& input, HostCalls* host) {
+  const Limits& limits = input.limits;
+  // run_lua's checks, in its order and words.
+  if (limits.cpu_instructions == 0 || limits.memory_bytes == 0 || limits.wall_ms == 0) {
+    return errors::invalid_argument("every limit of a Lua run must be non-zero");
+  }
+  if (!input.source.empty() && input.source.front() == '\x1b') {
+    return make_error(Errc::sandbox_refused, "refused by the sandbox: bytecode is not accepted");
+  }
+  if (lua::has_cdata_literal(input.source)) return detail::cdata_refused_error();
+  if (input.abort != nullptr && input.abort->load(std::memory_order_relaxed)) {
+    return detail::limit_error(Errc::shutting_down, limits);
+  }
+  Prepared& p = g_prepared;
+  RunContext& ctx = p.ctx;
+  ctx = RunContext{};
+  ctx.limits = limits;
+  ctx.host = host;
+  ctx.abort = input.abort;
+  ctx.deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(limits.wall_ms);
+  // SAFETY: the frame address is only compared with, never dereferenced.
+  const auto stack_here = reinterpret_cast<std::uintptr_t>(__builtin_frame_address(0));
+  ctx.c_stack_floor = stack_here > detail::kCStackBudget ? stack_here - detail::kCStackBudget : 0;
+  ctx.bytes_in_use = p.bytes_in_use;
+  ctx.byte_cap = limits.memory_bytes > SIZE_MAX ? SIZE_MAX : static_cast<std::size_t>(limits.memory_bytes);
+  Job job{&input, std::string("=").append(display_chunk_name(input)), std::nullopt};
+  const int status = lua_cpcall(p.L, run_chunk, &job);
+  if (status != 0 || ctx.kill != Errc::ok) return failure_of(p.L, status, ctx, display_chunk_name(input));
+  if (!job.result) return make_error(Errc::lua_error, "Lua error: the run ended without results");
+  return std::move(*job.result);
+}
+
+}  // namespace
+
+void prepare_warm_state(bool allow_jit) {
+  FixedArena* heap = arena();
+  if (allow_jit || heap == nullptr) return;
+  g_prepared.wanted = true;
+  (void)build(*heap);
+}
+
+Result<Value> run_weak(const RunInput& input, HostCalls* host) {
+  if (!can_use_prepared(input)) return run_lua(input, host);
+  return run_prepared(input, host);
+}
+
+void set_aside_warm_state() {
+  FixedArena* heap = arena();
+  if (heap != nullptr && g_prepared.ready) drop(*heap);
+}
+
+void reset_after_run() {
+  FixedArena* heap = arena();
+  if (heap == nullptr) return;
+  Prepared& p = g_prepared;
+  if (p.ready) {
+    // A fresh run_lua beside the prepared state (a test chunk, a run with the JIT) closed its
+    // own state; the run on the prepared one left it as it ended. Either way, back to the copy.
+    heap->restore(p.image.data(), p.image.size());
+    return;
+  }
+  heap->reset();
+  if (p.wanted) (void)build(*heap);
+}
+
+}  // namespace sojourn::sandbox::guest

@@ -1,0 +1,28 @@
+// A warm guest's prepared Lua state: built once in the arena with everything a run needs
+// that does not depend on its request, snapshotted, and restored after each run, so that a
+// run starts from the same bytes as the one before it without building a state.
+#pragma once
+
+#include "sojourn/sandbox/lua_sandbox.hpp"
+
+namespace sojourn::sandbox::guest {
+
+// Builds the prepared state in the installed (pristine) arena and copies the arena's used
+// span. Only for guests without the JIT: its machine code lives outside the arena, where a
+// restore cannot take it back. Does nothing otherwise or when building fails (runs then
+// make a fresh state each, as before).
+void prepare_warm_state(bool allow_jit);
+
+// A weak run (what run_lua does, with the same results, errors and limits): on the prepared
+// state when there is one and the run can use it, else run_lua.
+Result<Value> run_weak(const RunInput& input, HostCalls* host);
+
+// Before any request that is not a weak run (an agent step; a strong one images the arena):
+// the prepared state goes, and the arena is back to pristine.
+void set_aside_warm_state();
+
+// After an answered run: the arena back to the prepared state's snapshot (or to pristine when
+// there is none), and the prepared state rebuilt if it was set aside.
+void reset_after_run();
+
+}  // namespace sojourn::sandbox::guest
