@@ -271,7 +271,10 @@ Result<std::vector<std::uint8_t>> run_in_guest(ZygoteLink& zygote, const RunInpu
 
   const auto deadline = Clock::now() + std::chrono::milliseconds(limits.wall_ms + options.kill_grace_ms);
   HostChannel channel(std::move(host_end), deadline, input.abort);
-  if (options.direct != nullptr) options.direct->pid = static_cast<int>(guest->pid);
+  if (options.direct != nullptr) {
+    options.direct->pid = guest->pid;
+    options.direct->pidfd = guest->pidfd.get();
+  }
   Conversation talk = converse(channel, request, done, limits, host, input.max_result_bytes, options.heap_span,
                                options.max_frame_bytes, options.direct);
   const auto kill = [&] { ::syscall(SYS_pidfd_send_signal, guest->pidfd.get(), SIGKILL, nullptr, 0); };

@@ -3,7 +3,9 @@
 // them meanwhile can only spoil its own image), and what it writes into a guest was checked first.
 #include "sandbox/process/strong_pages.hpp"
 
+#include <sys/syscall.h>
 #include <sys/uio.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
@@ -30,8 +32,8 @@ bool refusal(int error) { return error == EPERM || error == EACCES || error == E
 
 }  // namespace
 
-GuestArenaPages::GuestArenaPages(int pid, std::uint64_t base, std::span<const std::uint8_t> page_map)
-    : pid_(pid), base_(base) {
+GuestArenaPages::GuestArenaPages(int pid, int pidfd, std::uint64_t base, std::span<const std::uint8_t> page_map)
+    : pid_(pid), pidfd_(pidfd), base_(base) {
   const std::uint64_t pages = page_map.size() * 8;
   for (std::uint64_t i = 0; i < pages;) {
     if (((page_map[i / 8] >> (i % 8)) & 1u) == 0) {
@@ -71,6 +73,12 @@ GuestArenaPages::Outcome GuestArenaPages::move(void* local, std::size_t bytes, b
       ++run_;
       into_run_ = 0;
     }
+  }
+  // The pid names the guest only until the zygote reaps it: its pidfd says it has not been (a
+  // zombie still answers). Reuse in the microseconds to the call would need the whole pid space.
+  if (::syscall(SYS_pidfd_send_signal, pidfd_, 0, nullptr, 0) != 0) {
+    errno_ = errno;
+    return Outcome::failed;
   }
   std::size_t done = 0;
   std::size_t at = 0;  // the first remote iovec not yet wholly moved
@@ -114,7 +122,7 @@ std::optional<Error> take_stop_pages(HostChannel& channel, std::span<const std::
   };
   bool refused = !direct.enabled || direct.pid <= 0;
   if (!refused) {
-    GuestArenaPages pages(direct.pid, source.arena_base, map);
+    GuestArenaPages pages(direct.pid, direct.pidfd, source.arena_base, map);
     bool failed = false;
     Result<std::vector<std::uint8_t>> sealed =
         image::take_image(source, span->used_bytes, map, [&](std::span<std::uint8_t> into) -> Result<void> {
@@ -169,7 +177,7 @@ std::optional<Error> give_resume_pages(HostChannel& channel, DirectPages& direct
     return make_error(Errc::sandbox_refused, "refused by the sandbox: heap image: no room for its " +
                                                  std::to_string(kept / kPage) + " kept pages");
   }
-  GuestArenaPages pages(direct.pid, opener.header().arena_base, opener.page_map());
+  GuestArenaPages pages(direct.pid, direct.pidfd, opener.header().arena_base, opener.page_map());
   // One piece at a time through a buffer that stays in the cache: decompressed, then into the
   // guest's arena (or its channel).
   std::vector<std::uint8_t> piece(static_cast<std::size_t>(std::min<std::uint64_t>(image::kReadPiece, kept)));

@@ -18,6 +18,7 @@ namespace sojourn::sandbox {
 struct DirectPages {
   bool enabled = true;  // false: always by the channel (ProcessJailOptions::direct_pages)
   int pid = 0;          // the guest's (set by run_in_guest; 0: no process to read, the channel)
+  int pidfd = -1;       // and its pidfd: the pid is used only while that says it was not reaped
   image::ImageSource source;              // a stop's image: build and arena (the handle comes from the span)
   image::ImageOpener* resume = nullptr;   // a resume's checked image, whose kept pages the guest waits for
   // What happened.
@@ -33,7 +34,7 @@ struct DirectPages {
 // the map's order.
 class GuestArenaPages {
  public:
-  GuestArenaPages(int pid, std::uint64_t base, std::span<const std::uint8_t> page_map);
+  GuestArenaPages(int pid, int pidfd, std::uint64_t base, std::span<const std::uint8_t> page_map);
   // refused: the kernel does not let the host do it (EPERM, EACCES, ENOSYS): use the channel.
   enum class Outcome { ok, refused, failed };
   // The next bytes of kept pages (a whole number of pages), read from or written to the guest.
@@ -44,6 +45,7 @@ class GuestArenaPages {
  private:
   Outcome move(void* local, std::size_t bytes, bool to_guest);
   int pid_;
+  int pidfd_;
   std::uint64_t base_;
   std::vector<std::pair<std::uint64_t, std::uint64_t>> runs_;  // (first page, pages)
   std::size_t run_ = 0;
