@@ -110,6 +110,15 @@ std::uint64_t kept_pages(std::span<const std::uint8_t> page_map) {
 
 namespace {
 
+// A buffer kept by each thread (`which` of two): a fresh one of this size would be mapped and
+// faulted in on every image, and page faults are a large share of a small image's cost.
+std::span<std::uint8_t> thread_buffer(int which, std::size_t bytes) {
+  thread_local std::vector<std::uint8_t> buffers[2];
+  std::vector<std::uint8_t>& buffer = buffers[which];
+  if (buffer.size() < bytes) buffer.resize(bytes);
+  return std::span(buffer.data(), bytes);
+}
+
 // Seals a checked page map and its kept pages, which `produce(feed)` hands to `feed` as pieces
 // in order (one for a guest's KeptPages, the runs of kept pages for a whole span, or what a
 // PageReader reads: never copied into one buffer). feed returns false when zstd failed.
@@ -128,8 +137,11 @@ Result<std::vector<std::uint8_t>> seal(const ImageSource& source, std::uint64_t 
   // One pass: the page map and the kept pages go into zstd as they are, and each piece of
   // compressed output is hashed as it comes out, while it is still in the cache. The pledged
   // size puts the payload's size in the frame header.
-  std::unique_ptr<ZSTD_CCtx, decltype(&ZSTD_freeCCtx)> cctx(ZSTD_createCCtx(), &ZSTD_freeCCtx);
-  if (!cctx || ZSTD_isError(ZSTD_CCtx_setParameter(cctx.get(), ZSTD_c_compressionLevel, kZstdLevel)) ||
+  // One context per thread, reset for each image: a new one allocates zstd's tables afresh,
+  // and their pages are faulted in again on every image.
+  thread_local std::unique_ptr<ZSTD_CCtx, decltype(&ZSTD_freeCCtx)> cctx(ZSTD_createCCtx(), &ZSTD_freeCCtx);
+  if (!cctx || ZSTD_isError(ZSTD_CCtx_reset(cctx.get(), ZSTD_reset_session_and_parameters)) ||
+      ZSTD_isError(ZSTD_CCtx_setParameter(cctx.get(), ZSTD_c_compressionLevel, kZstdLevel)) ||
       ZSTD_isError(ZSTD_CCtx_setPledgedSrcSize(cctx.get(), payload_bytes))) {
     return errors::internal("zstd: cannot set up a compression context");
   }
@@ -140,7 +152,7 @@ Result<std::vector<std::uint8_t>> seal(const ImageSource& source, std::uint64_t 
   // compressed bytes need are ever touched (a bound's worth of page faults and a memset saved).
   image.reserve(kHeaderBytes + ZSTD_compressBound(payload_bytes));
   image.resize(kHeaderBytes);  // the hash's place, filled in at the end
-  std::vector<std::uint8_t> piece(kHashPiece);
+  const std::span<std::uint8_t> piece = thread_buffer(0, kHashPiece);
   std::size_t failed = 0;
   const auto feed = [&](std::span<const std::uint8_t> bytes, ZSTD_EndDirective mode) {
     ZSTD_inBuffer in{bytes.data(), bytes.size(), 0};
@@ -213,7 +225,8 @@ Result<std::vector<std::uint8_t>> take_image(const ImageSource& source, std::uin
   if (Result<void> ok = check_kept(source, used_bytes, page_map, UINT64_MAX); !ok) return ok.error();
   const std::uint64_t kept_count = kept_pages(page_map);
   // One reused buffer, small enough to stay in the cache between the read and zstd.
-  std::vector<std::uint8_t> buffer(static_cast<std::size_t>(std::min<std::uint64_t>(kReadPiece, kept_count * kPageBytes)));
+  const std::span<std::uint8_t> buffer =
+      thread_buffer(1, static_cast<std::size_t>(std::min<std::uint64_t>(kReadPiece, kept_count * kPageBytes)));
   return seal(
       source, used_bytes, page_map,
       [&](const auto& feed) -> Result<void> {

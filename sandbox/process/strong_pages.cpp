@@ -180,7 +180,9 @@ std::optional<Error> give_resume_pages(HostChannel& channel, DirectPages& direct
   GuestArenaPages pages(direct.pid, direct.pidfd, opener.header().arena_base, opener.page_map());
   // One piece at a time through a buffer that stays in the cache: decompressed, then into the
   // guest's arena (or its channel).
-  std::vector<std::uint8_t> piece(static_cast<std::size_t>(std::min<std::uint64_t>(image::kReadPiece, kept)));
+  thread_local std::vector<std::uint8_t> bounce;  // kept: a fresh one would be faulted in each time
+  if (bounce.size() < image::kReadPiece) bounce.resize(image::kReadPiece);
+  const std::span<std::uint8_t> piece(bounce.data(), static_cast<std::size_t>(std::min<std::uint64_t>(image::kReadPiece, kept)));
   for (std::uint64_t at = 0; at < kept;) {
     const std::span<std::uint8_t> bytes(piece.data(), static_cast<std::size_t>(std::min<std::uint64_t>(piece.size(), kept - at)));
     if (Result<void> next = opener.next(bytes); !next) return next.error();
