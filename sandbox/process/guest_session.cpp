@@ -301,14 +301,19 @@ Result<std::vector<std::uint8_t>> run_in_warm_guest(WarmGuest& warm, const RunIn
   const std::optional<std::uint64_t> before = guest_cpu_time_us(warm.guest.pid);
   const auto deadline = Clock::now() + std::chrono::milliseconds(limits.wall_ms + options.kill_grace_ms);
   HostChannel channel(std::move(warm.channel), deadline, input.abort);
-  Conversation talk =
-      converse(channel, request, done, limits, host, input.max_result_bytes, options.heap_span, options.max_frame_bytes);
+  if (options.direct != nullptr) {
+    options.direct->pid = warm.guest.pid;
+    options.direct->pidfd = warm.guest.pidfd.get();
+  }
+  Conversation talk = converse(channel, request, done, limits, host, input.max_result_bytes, options.heap_span,
+                               options.max_frame_bytes, options.direct);
   if (talk.done) {
     const std::optional<std::uint64_t> after = guest_cpu_time_us(warm.guest.pid);
     if (options.guest_cpu_us != nullptr) *options.guest_cpu_us = before && after && *after >= *before ? *after - *before : 0;
     warm.settled_cpu_us = after.value_or(0);
     warm.channel = channel.release();
-    reusable = warm.channel.valid();
+    // A strong step's guest ends itself after its answer: spent, never given back.
+    reusable = warm.channel.valid() && options.direct == nullptr;
     ++warm.runs;
     return std::move(*talk.done);
   }

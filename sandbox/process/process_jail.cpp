@@ -205,8 +205,11 @@ class ZygoteJail final : public ProcessJail {
 
   Result<std::vector<std::uint8_t>> in_guest(const RunInput& input, const std::vector<std::uint8_t>& request,
                                              channel::Kind done, HostCalls* host, const SessionOptions& session) {
-    // Strong steps (a heap span) hand their arena to an image: never in a warm guest.
-    if (pool_.enabled() && !input.principal.empty() && session.heap_span == nullptr) {
+    // A strong step (a heap span) may start in a warm guest of its principal (a pristine arena,
+    // the zygote's build), saving the fork on the hop's path; its guest then ends itself (its
+    // arena went into an image or came from one) and is refilled. Only the process jail's
+    // sessions (direct set), which mark such a guest spent.
+    if (pool_.enabled() && !input.principal.empty() && (session.heap_span == nullptr || session.direct != nullptr)) {
       return in_warm_guest(input, request, done, host, session);
     }
     // A zygote that died since the last run is only noticed when a spawn fails: no guest

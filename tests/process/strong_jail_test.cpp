@@ -380,3 +380,33 @@ TEST_CASE("images sealed by either path resume in the other") {
   REQUIRE_MESSAGE(third.ok(), (third.ok() ? "" : third.error().message));
   CHECK(first_result(*third) == "B:1:price at B, C:2:price at C");
 }
+
+TEST_CASE("strong steps of a principal start in its warm guests, which are then spent") {
+  auto own = ProcessJail::start(ProcessJailOptions{});
+  REQUIRE(own.ok());
+  ProcessJail& warm = **own;
+  const auto with_principal = [](RunInput input) {
+    input.principal = "signer strong";
+    return input;
+  };
+  // A first run of the principal forks its guest and fills its pool.
+  auto warmed = warm.run(with_principal(input_of("return 1")), nullptr);
+  REQUIRE(warmed.ok());
+  Node a("A"), b("B"), c("C");
+  const AgentInput agent{"start", Value::table(), facts_at("A")};
+  auto first = warm.run_strong(with_principal(input_of(kTour)), agent, &a);
+  REQUIRE_MESSAGE(first.ok(), (first.ok() ? "" : first.error().message));
+  auto second = warm.resume_strong(first->image, with_principal(input_of("")), facts_at("B"), &b);
+  REQUIRE_MESSAGE(second.ok(), (second.ok() ? "" : second.error().message));
+  auto third = warm.resume_strong(second->image, with_principal(input_of("")), facts_at("C"), &c);
+  REQUIRE_MESSAGE(third.ok(), (third.ok() ? "" : third.error().message));
+  CHECK(first_result(*third) == "B:1:price at B, C:2:price at C");
+  const auto status = warm.status();
+  // The first run's guest went back to the pool and served one strong step (or a refilled one
+  // did): at least one step found a guest waiting. No guest that held an agent is idle again.
+  CHECK(status.guests_reused >= 1);
+  CHECK(status.guests_started >= 3);
+  // A weak run of the principal still works in the pool afterwards.
+  auto after = warm.run(with_principal(input_of("return 2")), nullptr);
+  REQUIRE(after.ok());
+}
