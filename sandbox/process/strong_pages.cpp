@@ -134,7 +134,12 @@ std::optional<Error> take_stop_pages(HostChannel& channel, std::span<const std::
     if (sealed) {
       direct.image = std::move(*sealed);
       ++direct.direct;
+      direct.raw_bytes = span->used_bytes;
+      direct.image_us = micros_since(t0);
+      // The sealing was the host's work while the guest waited: not the guest's wall time.
+      channel.extend_deadline(std::chrono::microseconds(direct.image_us));
       status = channel.write(channel::frame_header(channel::Kind::pages_taken, 0));
+      return std::nullopt;
     } else if (!refused) {
       return unfit(sealed.error());
     }
@@ -151,10 +156,13 @@ std::optional<Error> take_stop_pages(HostChannel& channel, std::span<const std::
       return crashed("unexpected frame kind " + std::to_string(static_cast<int>(kind)) + " (" +
                      std::string(channel::kind_name(kind)) + ")");
     }
+    const auto sealing = Clock::now();
     Result<std::vector<std::uint8_t>> sealed = image::take_image(source, image::KeptPages{span->used_bytes, map, pages});
     if (!sealed) return unfit(sealed.error());
     direct.image = std::move(*sealed);
     ++direct.by_channel;
+    // Only the sealing was the host's own work (the pages' writing was the guest's time).
+    channel.extend_deadline(std::chrono::microseconds(micros_since(sealing)));
   }
   direct.raw_bytes = span->used_bytes;
   direct.image_us = micros_since(t0);
@@ -205,6 +213,7 @@ std::optional<Error> give_resume_pages(HostChannel& channel, DirectPages& direct
   if (!header_sent && !send_header(by_channel ? kept : 0)) return std::nullopt;
   ++(by_channel ? direct.by_channel : direct.direct);
   direct.restore_us = micros_since(t0);
+  channel.extend_deadline(std::chrono::microseconds(direct.restore_us));  // the host's work, not the guest's
   return std::nullopt;
 }
 
