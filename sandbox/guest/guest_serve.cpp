@@ -163,14 +163,15 @@ bool for_each_run(std::string_view map, std::size_t pages, F&& run) {
   return true;
 }
 
+// After a heap_span of the map alone: pages_taken, or pages_wanted and the pages by the channel.
+bool await_pages_taken(int fd, const std::uint8_t* base, std::string_view map, std::size_t pages);
+
 // A strong stop: the arena's used span goes to the host as one heap_span frame, its page map
 // then its kept pages written run by run straight from the arena (no copy in the guest's C++
 // heap; all-zero pages never leave the guest). Free blocks are zeroed first, so that only live
 // data survives the zero-page rule.
 // With `direct`, the frame carries the map alone and the host reads the pages out of the arena
 // itself (process_vm_readv) while this guest waits, untouched, for its word (await_pages_taken).
-bool await_pages_taken(int fd, const std::uint8_t* base, std::string_view map, std::size_t pages);
-
 strong::StopSink span_writer(int fd, bool direct) {
   return [fd, direct](std::uintptr_t handle) -> Result<void> {
     FixedArena* arena = guest_arena();
@@ -290,7 +291,8 @@ std::vector<std::uint8_t> serve_request(int fd, const Frame& frame, Limits& limi
     HostCalls* host = request->run.has_host ? &channel_host : nullptr;
     if (request->strong) {
       strong = true;
-      return channel::encode_frame(agent_done_of(strong::run_agent_strong(input_of(request->run), agent, host, span_writer(fd, request->pages_direct))));
+      return channel::encode_frame(agent_done_of(
+          strong::run_agent_strong(input_of(request->run), agent, host, span_writer(fd, request->pages_direct))));
     }
     return channel::encode_frame(agent_done_of(run_agent(input_of(request->run), agent, host)));
   }
