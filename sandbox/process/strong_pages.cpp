@@ -123,12 +123,12 @@ std::optional<Error> take_stop_pages(HostChannel& channel, std::span<const std::
   bool refused = !direct.enabled || direct.pid <= 0;
   if (!refused) {
     GuestArenaPages pages(direct.pid, direct.pidfd, source.arena_base, map);
-    bool failed = false;
     Result<std::vector<std::uint8_t>> sealed =
         image::take_image(source, span->used_bytes, map, [&](std::span<std::uint8_t> into) -> Result<void> {
           const GuestArenaPages::Outcome got = pages.read(into);
           if (got == GuestArenaPages::Outcome::ok) return {};
-          (got == GuestArenaPages::Outcome::refused ? refused : failed) = true;
+          // Refused (by the kernel, not the guest): sealed again below from the channel's pages.
+          refused = got == GuestArenaPages::Outcome::refused;
           return crashed(std::string("its arena could not be read (") + std::strerror(pages.last_errno()) + ")");
         });
     if (sealed) {
@@ -140,9 +140,8 @@ std::optional<Error> take_stop_pages(HostChannel& channel, std::span<const std::
       channel.extend_deadline(std::chrono::microseconds(direct.image_us));
       status = channel.write(channel::frame_header(channel::Kind::pages_taken, 0));
       return std::nullopt;
-    } else if (!refused) {
-      return unfit(sealed.error());
     }
+    if (!refused) return unfit(sealed.error());
   }
   if (refused) {
     // The guest writes its kept pages into the channel after all.
