@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
 #include <cerrno>
 #include <cstring>
 #include <exception>
@@ -163,12 +164,17 @@ bool for_each_run(std::string_view map, std::size_t pages, F&& run) {
   return true;
 }
 
+// After a heap_span of the map alone: pages_taken, or pages_wanted and the pages by the channel.
+bool await_pages_taken(int fd, const std::uint8_t* base, std::string_view map, std::size_t pages);
+
 // A strong stop: the arena's used span goes to the host as one heap_span frame, its page map
 // then its kept pages written run by run straight from the arena (no copy in the guest's C++
 // heap; all-zero pages never leave the guest). Free blocks are zeroed first, so that only live
 // data survives the zero-page rule.
-strong::StopSink span_writer(int fd) {
-  return [fd](std::uintptr_t handle) -> Result<void> {
+// With `direct`, the frame carries the map alone and the host reads the pages out of the arena
+// itself (process_vm_readv) while this guest waits, untouched, for its word (await_pages_taken).
+strong::StopSink span_writer(int fd, bool direct) {
+  return [fd, direct](std::uintptr_t handle) -> Result<void> {
     FixedArena* arena = guest_arena();
     if (arena == nullptr) return errors::internal("a strong step needs the guest's arena");
     // Freed memory travels as zero pages, which the image leaves out (the collection before
@@ -192,17 +198,35 @@ strong::StopSink span_writer(int fd) {
     for (std::size_t i = 0; i < channel::kHeaderBytes; ++i) e(std::uint8_t{0});
     e(std::uint64_t{handle}, std::uint64_t{arena->size()}, std::uint64_t{used});
     e(std::string_view(map));
-    e(static_cast<std::uint32_t>(kept * kPage));  // the pages' length; their bytes follow
+    const std::size_t sent_pages = direct ? 0 : kept * kPage;
+    e(static_cast<std::uint32_t>(sent_pages));  // the pages' length; their bytes follow
     std::vector<std::uint8_t>& head = e.bytes();
-    const std::size_t payload = head.size() - channel::kHeaderBytes + kept * kPage;
+    const std::size_t payload = head.size() - channel::kHeaderBytes + sent_pages;
     const auto frame = channel::frame_header(channel::Kind::heap_span, static_cast<std::uint32_t>(payload));
     std::copy(frame.begin(), frame.end(), head.begin());
-    const bool sent = write_all(fd, head) && for_each_run(map, pages, [&](std::size_t first, std::size_t count) {
-                        return write_all(fd, std::span(base + first * kPage, count * kPage));
-                      });
+    const bool sent = write_all(fd, head) && (direct ? await_pages_taken(fd, base, map, pages)
+                                                     : for_each_run(map, pages, [&](std::size_t first, std::size_t count) {
+                                                         return write_all(fd, std::span(base + first * kPage, count * kPage));
+                                                       }));
     if (!sent) return errors::internal("the guest's channel to its host broke");
     return {};
   };
+}
+
+bool await_pages_taken(int fd, const std::uint8_t* base, std::string_view map, std::size_t pages) {
+  std::uint8_t header[channel::kHeaderBytes];
+  if (!read_exact(fd, header, sizeof header)) return false;
+  const channel::FrameHeader answer = channel::parse_header(header);
+  if (answer.length != 0) return false;
+  if (answer.kind == Kind::pages_taken) return true;
+  if (answer.kind != Kind::pages_wanted) return false;
+  // The host cannot read this process's memory (a kernel policy): the pages go by the channel.
+  std::size_t kept = 0;
+  for (char b : map) kept += static_cast<std::size_t>(__builtin_popcount(static_cast<std::uint8_t>(b)));
+  const auto frame = channel::frame_header(Kind::heap_pages, static_cast<std::uint32_t>(kept * kPage));
+  return write_all(fd, frame) && for_each_run(map, pages, [&](std::size_t first, std::size_t count) {
+           return write_all(fd, std::span(base + first * kPage, count * kPage));
+         });
 }
 
 Error refused_image(const std::string& why) {
@@ -226,19 +250,24 @@ Result<AgentOutcome> resume_strong(int fd, const channel::ResumeRequest& request
   }
   std::size_t kept = 0;
   for (char b : map) kept += static_cast<std::size_t>(__builtin_popcount(static_cast<std::uint8_t>(b)));
-  std::uint8_t header[channel::kHeaderBytes];
-  if (!read_exact(fd, header, sizeof header)) return errors::internal("the guest's channel to its host broke");
-  const channel::FrameHeader pages_frame = channel::parse_header(header);
-  if (pages_frame.kind != Kind::heap_pages || pages_frame.length != kept * kPage) {
-    return refused_image("its page map keeps " + std::to_string(kept) + " pages, the host sent " +
-                         std::to_string(pages_frame.length) + " bytes of " + std::string(channel::kind_name(pages_frame.kind)));
-  }
   // SAFETY: [base, base + peak) and every kept page lie inside the mapped arena (used_bytes
   // and the peak are at most its size). A fresh arena holds only its bookkeeping, which the
   // image's own replaces: cleared, every page the map leaves out reads as zero.
   auto* base = reinterpret_cast<std::uint8_t*>(arena->base());
   std::memset(base, 0, arena->peak());
-  const bool read = for_each_run(map, pages, [&](std::size_t first, std::size_t count) {
+  // Direct: the host writes the kept pages into the cleared arena itself, then sends an empty
+  // heap_pages (or, when the kernel refuses it that, the pages as usual).
+  const std::array<std::uint8_t, channel::kHeaderBytes> ready = channel::frame_header(Kind::heap_ready, 0);
+  if (request.pages_direct && !write_all(fd, ready)) return errors::internal("the guest's channel to its host broke");
+  std::uint8_t header[channel::kHeaderBytes];
+  if (!read_exact(fd, header, sizeof header)) return errors::internal("the guest's channel to its host broke");
+  const channel::FrameHeader pages_frame = channel::parse_header(header);
+  const bool written = request.pages_direct && pages_frame.kind == Kind::heap_pages && pages_frame.length == 0;
+  if (!written && (pages_frame.kind != Kind::heap_pages || pages_frame.length != kept * kPage)) {
+    return refused_image("its page map keeps " + std::to_string(kept) + " pages, the host sent " +
+                         std::to_string(pages_frame.length) + " bytes of " + std::string(channel::kind_name(pages_frame.kind)));
+  }
+  const bool read = written || for_each_run(map, pages, [&](std::size_t first, std::size_t count) {
     return read_exact(fd, base + first * kPage, count * kPage);
   });
   if (!read) return errors::internal("the guest's channel to its host broke");
@@ -246,7 +275,8 @@ Result<AgentOutcome> resume_strong(int fd, const channel::ResumeRequest& request
     return adopted.error();
   }
   RunInput input = input_of(request.run);
-  return strong::resume_agent_strong(request.agent_handle, input, request.info, host, span_writer(fd));
+  return strong::resume_agent_strong(request.agent_handle, input, request.info, host,
+                                     span_writer(fd, request.pages_direct));
 }
 
 // The answer frame for one request frame.
@@ -262,7 +292,8 @@ std::vector<std::uint8_t> serve_request(int fd, const Frame& frame, Limits& limi
     HostCalls* host = request->run.has_host ? &channel_host : nullptr;
     if (request->strong) {
       strong = true;
-      return channel::encode_frame(agent_done_of(strong::run_agent_strong(input_of(request->run), agent, host, span_writer(fd))));
+      return channel::encode_frame(agent_done_of(
+          strong::run_agent_strong(input_of(request->run), agent, host, span_writer(fd, request->pages_direct))));
     }
     return channel::encode_frame(agent_done_of(run_agent(input_of(request->run), agent, host)));
   }

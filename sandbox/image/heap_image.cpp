@@ -110,12 +110,22 @@ std::uint64_t kept_pages(std::span<const std::uint8_t> page_map) {
 
 namespace {
 
-// Seals a checked page map and its kept pages, given as pieces in order (one for a guest's
-// KeptPages, the runs of kept pages for a whole span: never copied into one buffer).
+// A buffer kept by each thread (`which` of two): a fresh one of this size would be mapped and
+// faulted in on every image, and page faults are a large share of a small image's cost.
+std::span<std::uint8_t> thread_buffer(int which, std::size_t bytes) {
+  thread_local std::vector<std::uint8_t> buffers[2];
+  std::vector<std::uint8_t>& buffer = buffers[which];
+  if (buffer.size() < bytes) buffer.resize(bytes);
+  return std::span(buffer.data(), bytes);
+}
+
+// Seals a checked page map and its kept pages, which `produce(feed)` hands to `feed` as pieces
+// in order (one for a guest's KeptPages, the runs of kept pages for a whole span, or what a
+// PageReader reads: never copied into one buffer). feed returns false when zstd failed.
+template <class Produce>
 Result<std::vector<std::uint8_t>> seal(const ImageSource& source, std::uint64_t used_bytes,
-                                       std::span<const std::uint8_t> page_map,
-                                       std::span<const std::span<const std::uint8_t>> pieces, std::uint64_t kept_count,
-                                       ImageStats* stats) {
+                                       std::span<const std::uint8_t> page_map, Produce&& produce,
+                                       std::uint64_t kept_count, ImageStats* stats) {
   const std::size_t payload_bytes = page_map.size() + kept_count * kPageBytes;
   std::vector<std::uint8_t> image(kMagic, kMagic + sizeof kMagic);
   put(image, kFormatVersion, 4);
@@ -127,8 +137,11 @@ Result<std::vector<std::uint8_t>> seal(const ImageSource& source, std::uint64_t 
   // One pass: the page map and the kept pages go into zstd as they are, and each piece of
   // compressed output is hashed as it comes out, while it is still in the cache. The pledged
   // size puts the payload's size in the frame header.
-  std::unique_ptr<ZSTD_CCtx, decltype(&ZSTD_freeCCtx)> cctx(ZSTD_createCCtx(), &ZSTD_freeCCtx);
-  if (!cctx || ZSTD_isError(ZSTD_CCtx_setParameter(cctx.get(), ZSTD_c_compressionLevel, kZstdLevel)) ||
+  // One context per thread, reset for each image: a new one allocates zstd's tables afresh,
+  // and their pages are faulted in again on every image.
+  thread_local std::unique_ptr<ZSTD_CCtx, decltype(&ZSTD_freeCCtx)> cctx(ZSTD_createCCtx(), &ZSTD_freeCCtx);
+  if (!cctx || ZSTD_isError(ZSTD_CCtx_reset(cctx.get(), ZSTD_reset_session_and_parameters)) ||
+      ZSTD_isError(ZSTD_CCtx_setParameter(cctx.get(), ZSTD_c_compressionLevel, kZstdLevel)) ||
       ZSTD_isError(ZSTD_CCtx_setPledgedSrcSize(cctx.get(), payload_bytes))) {
     return errors::internal("zstd: cannot set up a compression context");
   }
@@ -139,7 +152,7 @@ Result<std::vector<std::uint8_t>> seal(const ImageSource& source, std::uint64_t 
   // compressed bytes need are ever touched (a bound's worth of page faults and a memset saved).
   image.reserve(kHeaderBytes + ZSTD_compressBound(payload_bytes));
   image.resize(kHeaderBytes);  // the hash's place, filled in at the end
-  std::vector<std::uint8_t> piece(kHashPiece);
+  const std::span<std::uint8_t> piece = thread_buffer(0, kHashPiece);
   std::size_t failed = 0;
   const auto feed = [&](std::span<const std::uint8_t> bytes, ZSTD_EndDirective mode) {
     ZSTD_inBuffer in{bytes.data(), bytes.size(), 0};
@@ -157,8 +170,11 @@ Result<std::vector<std::uint8_t>> seal(const ImageSource& source, std::uint64_t 
     }
   };
   bool ok = feed(page_map, ZSTD_e_continue);
-  for (std::span<const std::uint8_t> piece : pieces) ok = ok && feed(piece, ZSTD_e_continue);
-  ok = ok && feed({}, ZSTD_e_end);
+  if (ok) {
+    Result<void> produced = produce([&](std::span<const std::uint8_t> bytes) { return feed(bytes, ZSTD_e_continue); });
+    if (!produced) return produced.error();
+  }
+  ok = ok && failed == 0 && feed({}, ZSTD_e_end);
   if (!ok) return errors::internal(std::string("zstd: ") + ZSTD_getErrorName(failed));
   const Hash h = hash.finish();
   std::copy(h.begin(), h.end(), image.begin() + kHashAt);
@@ -168,21 +184,61 @@ Result<std::vector<std::uint8_t>> seal(const ImageSource& source, std::uint64_t 
 
 }  // namespace
 
-Result<std::vector<std::uint8_t>> take_image(const ImageSource& source, const KeptPages& kept, ImageStats* stats) {
-  if (kept.used_bytes % kPageBytes != 0 || kept.used_bytes > source.arena_bytes) {
-    return errors::invalid_argument("a heap image covers whole pages of the arena (" + std::to_string(kept.used_bytes) +
+namespace {
+
+// The checks every sealing of kept pages makes of its span and page map; `pages_bytes` is the
+// kept pages' bytes when the caller has them (UINT64_MAX: they are read later).
+Result<void> check_kept(const ImageSource& source, std::uint64_t used_bytes, std::span<const std::uint8_t> page_map,
+                        std::uint64_t pages_bytes) {
+  if (used_bytes % kPageBytes != 0 || used_bytes > source.arena_bytes) {
+    return errors::invalid_argument("a heap image covers whole pages of the arena (" + std::to_string(used_bytes) +
                                     " bytes of an arena of " + std::to_string(source.arena_bytes) + ")");
   }
-  const std::uint64_t pages = kept.used_bytes / kPageBytes;
-  const std::uint64_t kept_count = kept_pages(kept.page_map);
-  if (kept.page_map.size() != page_map_bytes(kept.used_bytes) ||
-      (pages % 8 != 0 && (kept.page_map.back() >> (pages % 8)) != 0) || kept.pages.size() != kept_count * kPageBytes) {
-    return errors::invalid_argument("a heap image's page map of " + std::to_string(kept.page_map.size()) + " bytes keeps " +
+  const std::uint64_t pages = used_bytes / kPageBytes;
+  const std::uint64_t kept_count = kept_pages(page_map);
+  if (page_map.size() != page_map_bytes(used_bytes) || (pages % 8 != 0 && (page_map.back() >> (pages % 8)) != 0) ||
+      (pages_bytes != UINT64_MAX && pages_bytes != kept_count * kPageBytes)) {
+    return errors::invalid_argument("a heap image's page map of " + std::to_string(page_map.size()) + " bytes keeps " +
                                     std::to_string(kept_count) + " of " + std::to_string(pages) + " pages, with " +
-                                    std::to_string(kept.pages.size()) + " bytes of pages");
+                                    (pages_bytes == UINT64_MAX ? std::string("its pages read apart")
+                                                               : std::to_string(pages_bytes) + " bytes of pages"));
   }
-  const std::span<const std::uint8_t> pieces[] = {kept.pages};
-  return seal(source, kept.used_bytes, kept.page_map, pieces, kept_count, stats);
+  return {};
+}
+
+}  // namespace
+
+Result<std::vector<std::uint8_t>> take_image(const ImageSource& source, const KeptPages& kept, ImageStats* stats) {
+  if (Result<void> ok = check_kept(source, kept.used_bytes, kept.page_map, kept.pages.size()); !ok) return ok.error();
+  return seal(
+      source, kept.used_bytes, kept.page_map,
+      [&](const auto& feed) -> Result<void> {
+        feed(kept.pages);
+        return {};
+      },
+      kept_pages(kept.page_map), stats);
+}
+
+Result<std::vector<std::uint8_t>> take_image(const ImageSource& source, std::uint64_t used_bytes,
+                                             std::span<const std::uint8_t> page_map, const PageReader& read,
+                                             ImageStats* stats) {
+  if (Result<void> ok = check_kept(source, used_bytes, page_map, UINT64_MAX); !ok) return ok.error();
+  const std::uint64_t kept_count = kept_pages(page_map);
+  // One reused buffer, small enough to stay in the cache between the read and zstd.
+  const std::span<std::uint8_t> buffer =
+      thread_buffer(1, static_cast<std::size_t>(std::min<std::uint64_t>(kReadPiece, kept_count * kPageBytes)));
+  return seal(
+      source, used_bytes, page_map,
+      [&](const auto& feed) -> Result<void> {
+        for (std::uint64_t left = kept_count * kPageBytes; left > 0;) {
+          const std::size_t n = static_cast<std::size_t>(std::min<std::uint64_t>(left, buffer.size()));
+          if (Result<void> got = read(std::span(buffer.data(), n)); !got) return got.error();
+          if (!feed(std::span<const std::uint8_t>(buffer.data(), n))) return {};  // seal reports zstd's error
+          left -= n;
+        }
+        return {};
+      },
+      kept_count, stats);
 }
 
 Result<std::vector<std::uint8_t>> take_image(const ImageSource& source, std::span<const std::uint8_t> used,
@@ -206,7 +262,15 @@ Result<std::vector<std::uint8_t>> take_image(const ImageSource& source, std::spa
       runs.emplace_back(page, kPageBytes);
     }
   }
-  return seal(source, used.size(), map, runs, kept, stats);
+  return seal(
+      source, used.size(), map,
+      [&](const auto& feed) -> Result<void> {
+        for (std::span<const std::uint8_t> run : runs) {
+          if (!feed(run)) break;
+        }
+        return {};
+      },
+      kept, stats);
 }
 
 void reseal(std::vector<std::uint8_t>& image) {
@@ -236,7 +300,46 @@ Result<ImageHeader> peek_header(std::span<const std::uint8_t> image) {
   return h;
 }
 
-Result<ImageHeader> open_image_into(std::span<const std::uint8_t> image, const RestoreRules& rules, const Placer& place) {
+struct ImageOpener::State {
+  ImageHeader header;
+  std::vector<std::uint8_t> map;
+  std::uint64_t kept_bytes = 0;
+  std::uint64_t taken = 0;
+  std::unique_ptr<ZSTD_DCtx, decltype(&ZSTD_freeDCtx)> dctx{ZSTD_createDCtx(), &ZSTD_freeDCtx};
+  ZSTD_inBuffer in{};
+  std::size_t failed = 0;
+  std::size_t last = 1;  // ZSTD_decompressStream's last answer: 0 once the frame is complete
+
+  // Fills exactly n bytes at `to`, or fails (a zstd error, or the payload ends short).
+  bool fill(std::uint8_t* to, std::size_t n) {
+    ZSTD_outBuffer out{to, n, 0};
+    while (out.pos < out.size) {
+      const std::size_t in_before = in.pos, out_before = out.pos;
+      const std::size_t r = ZSTD_decompressStream(dctx.get(), &out, &in);
+      if (ZSTD_isError(r)) {
+        failed = r;
+        return false;
+      }
+      last = r;
+      if (in.pos == in_before && out.pos == out_before) return false;
+    }
+    return true;
+  }
+  Error undecodable() const {
+    return refused(std::string("heap image: the payload does not decompress (") +
+                   (failed != 0 ? ZSTD_getErrorName(failed) : "short") + ")");
+  }
+};
+
+ImageOpener::ImageOpener(std::unique_ptr<State> state) : state_(std::move(state)) {}
+ImageOpener::ImageOpener(ImageOpener&&) noexcept = default;
+ImageOpener& ImageOpener::operator=(ImageOpener&&) noexcept = default;
+ImageOpener::~ImageOpener() = default;
+const ImageHeader& ImageOpener::header() const { return state_->header; }
+std::span<const std::uint8_t> ImageOpener::page_map() const { return state_->map; }
+std::uint64_t ImageOpener::kept_bytes() const { return state_->kept_bytes; }
+
+Result<ImageOpener> ImageOpener::check(std::span<const std::uint8_t> image, const RestoreRules& rules) {
   Result<ImageHeader> header = peek_header(image);
   if (!header) return header.error();
   const ImageHeader& h = *header;
@@ -272,59 +375,65 @@ Result<ImageHeader> open_image_into(std::span<const std::uint8_t> image, const R
   const std::span<const std::uint8_t> packed = image.subspan(kHeaderBytes);
   const unsigned long long declared = ZSTD_getFrameContentSize(packed.data(), packed.size());
   if (declared != h.payload_bytes) return refused("heap image: the compressed payload does not declare the header's size");
-  // Streamed: the page map first (checked before any destination exists), then each kept page
-  // straight into its place in the destination.
-  std::unique_ptr<ZSTD_DCtx, decltype(&ZSTD_freeDCtx)> dctx(ZSTD_createDCtx(), &ZSTD_freeDCtx);
-  if (!dctx) return errors::internal("zstd: cannot set up a decompression context");
-  ZSTD_inBuffer in{packed.data(), packed.size(), 0};
-  std::size_t failed = 0;
-  std::size_t last = 1;  // ZSTD_decompressStream's last answer: 0 once the frame is complete
-  // Fills exactly n bytes at `to`, or fails (a zstd error, or the payload ends short).
-  const auto fill = [&](std::uint8_t* to, std::size_t n) {
-    ZSTD_outBuffer out{to, n, 0};
-    while (out.pos < out.size) {
-      const std::size_t in_before = in.pos, out_before = out.pos;
-      const std::size_t r = ZSTD_decompressStream(dctx.get(), &out, &in);
-      if (ZSTD_isError(r)) {
-        failed = r;
-        return false;
-      }
-      last = r;
-      if (in.pos == in_before && out.pos == out_before) return false;
-    }
-    return true;
-  };
-  const auto undecodable = [&] {
-    return refused(std::string("heap image: the payload does not decompress (") +
-                   (failed != 0 ? ZSTD_getErrorName(failed) : "short") + ")");
-  };
-  std::vector<std::uint8_t> map(map_bytes);
-  if (!fill(map.data(), map.size())) return undecodable();
-  const std::uint64_t kept = kept_pages(map);
-  if (map_bytes * 8 > pages && (map[map_bytes - 1] >> (pages % 8)) != 0) {
+  // Streamed: the page map first (checked before any destination exists), then the kept pages
+  // as the caller takes them.
+  auto state = std::make_unique<State>();
+  if (!state->dctx) return errors::internal("zstd: cannot set up a decompression context");
+  state->header = h;
+  state->in = ZSTD_inBuffer{packed.data(), packed.size(), 0};
+  state->map.resize(map_bytes);
+  if (!state->fill(state->map.data(), state->map.size())) return state->undecodable();
+  const std::uint64_t kept = kept_pages(state->map);
+  if (map_bytes * 8 > pages && (state->map[map_bytes - 1] >> (pages % 8)) != 0) {
     return refused("heap image: the page map marks pages past the used span");
   }
   if (map_bytes + kept * kPageBytes != h.payload_bytes) {
     return refused("heap image: the page map keeps " + std::to_string(kept) + " pages, the payload holds " +
                    std::to_string((h.payload_bytes - map_bytes) / kPageBytes));
   }
-  const std::span<std::uint8_t> to = place(h, map);
-  if (to.size() != kept * kPageBytes) {
-    return refused("heap image: no room for its " + std::to_string(kept) + " kept pages");
+  state->kept_bytes = kept * kPageBytes;
+  return ImageOpener(std::move(state));
+}
+
+Result<void> ImageOpener::next(std::span<std::uint8_t> into) {
+  State& s = *state_;
+  if (into.size() > s.kept_bytes - s.taken) {
+    return refused("heap image: no room for its " + std::to_string(s.kept_bytes / kPageBytes) + " kept pages");
   }
-  // The kept pages, one after the other, straight into the destination.
-  if (!to.empty() && !fill(to.data(), to.size())) return undecodable();
+  if (!into.empty() && !s.fill(into.data(), into.size())) return s.undecodable();
+  s.taken += into.size();
+  return {};
+}
+
+Result<void> ImageOpener::finish() {
+  State& s = *state_;
+  if (s.taken != s.kept_bytes) {
+    return refused("heap image: no room for its " + std::to_string(s.kept_bytes / kPageBytes) + " kept pages");
+  }
   // The frame must end exactly there (zstd also checks the declared size at its end).
-  if (last != 0) {
+  if (s.last != 0) {
     std::uint8_t extra = 0;
     ZSTD_outBuffer tail{&extra, 1, 0};
-    last = ZSTD_decompressStream(dctx.get(), &tail, &in);
-    if (tail.pos != 0) last = 1;
+    s.last = ZSTD_decompressStream(s.dctx.get(), &tail, &s.in);
+    if (tail.pos != 0) s.last = 1;
   }
-  if (ZSTD_isError(last) || last != 0 || in.pos != in.size) {
+  if (ZSTD_isError(s.last) || s.last != 0 || s.in.pos != s.in.size) {
     return refused("heap image: the payload does not decompress (it does not end at its declared size)");
   }
-  return h;
+  return {};
+}
+
+Result<ImageHeader> open_image_into(std::span<const std::uint8_t> image, const RestoreRules& rules, const Placer& place) {
+  Result<ImageOpener> opener = ImageOpener::check(image, rules);
+  if (!opener) return opener.error();
+  const std::span<std::uint8_t> to = place(opener->header(), opener->page_map());
+  if (to.size() != opener->kept_bytes()) {
+    return refused("heap image: no room for its " + std::to_string(opener->kept_bytes() / kPageBytes) + " kept pages");
+  }
+  // The kept pages, one after the other, straight into the destination.
+  if (Result<void> taken = opener->next(to); !taken) return taken.error();
+  if (Result<void> done = opener->finish(); !done) return done.error();
+  return opener->header();
 }
 
 Result<RestoredImage> open_image(std::span<const std::uint8_t> image, const RestoreRules& rules) {

@@ -12,6 +12,7 @@
 #include <array>
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <span>
 #include <string>
 #include <string_view>
@@ -92,6 +93,18 @@ Result<std::vector<std::uint8_t>> take_image(const ImageSource& source, const Ke
 Result<std::vector<std::uint8_t>> take_image(const ImageSource& source, std::span<const std::uint8_t> used,
                                              ImageStats* stats = nullptr);
 
+// Fills `into` with the next bytes of the kept pages, in the map's order (into.size() is a
+// whole number of pages): for pages that are not in this process (a stopped guest's arena,
+// read with process_vm_readv). An error stops the sealing and is returned as it is.
+using PageReader = std::function<Result<void>(std::span<std::uint8_t> into)>;
+// take_image with the kept pages read piece by piece through `read` (at most kReadPiece bytes at
+// a time), never gathered in one buffer. The same checks of the page map (it has no pages to
+// count: `read` must deliver kept_pages(page_map) pages).
+inline constexpr std::size_t kReadPiece = 1u << 20;
+Result<std::vector<std::uint8_t>> take_image(const ImageSource& source, std::uint64_t used_bytes,
+                                             std::span<const std::uint8_t> page_map, const PageReader& read,
+                                             ImageStats* stats = nullptr);
+
 // The header alone, parsed but not trusted (no hash check): for logs and routing.
 Result<ImageHeader> peek_header(std::span<const std::uint8_t> image);
 
@@ -117,6 +130,29 @@ Result<RestoredImage> open_image(std::span<const std::uint8_t> image, const Rest
 // refusal may leave its bytes half written.
 using Placer = std::function<std::span<std::uint8_t>(const ImageHeader&, std::span<const std::uint8_t> page_map)>;
 Result<ImageHeader> open_image_into(std::span<const std::uint8_t> image, const RestoreRules& rules, const Placer& place);
+
+// open_image in two phases, for a destination that exists only once the map is known (a guest
+// that takes its pages straight into its arena): `check` does steps 1-4 and decompresses and
+// checks the page map (the same refusals as open_image); `next` then decompresses the next
+// bytes of the kept pages into `into`, in the map's order; `finish`, once all kept pages were
+// taken, checks that the payload ends there. The image must outlive the opener.
+class ImageOpener {
+ public:
+  static Result<ImageOpener> check(std::span<const std::uint8_t> image, const RestoreRules& rules);
+  ImageOpener(ImageOpener&&) noexcept;
+  ImageOpener& operator=(ImageOpener&&) noexcept;
+  ~ImageOpener();
+  const ImageHeader& header() const;
+  std::span<const std::uint8_t> page_map() const;
+  std::uint64_t kept_bytes() const;  // kept_pages(page_map()) * kPageBytes
+  Result<void> next(std::span<std::uint8_t> into);
+  Result<void> finish();
+
+ private:
+  struct State;
+  explicit ImageOpener(std::unique_ptr<State> state);
+  std::unique_ptr<State> state_;
+};
 
 // SHA-256 of a file (the guest build id), or internal "internal error: cannot read PATH: WHY".
 Result<std::array<std::uint8_t, 32>> build_id_of(const std::string& path);

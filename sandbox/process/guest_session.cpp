@@ -122,7 +122,7 @@ Error classify_guest_end(const channel::Exited* exited, long seccomp_syscall, co
 
 Conversation converse(HostChannel& channel, std::span<const std::uint8_t> request, Kind done, const Limits& limits,
                       HostCalls* host, std::uint64_t max_result_bytes, std::vector<std::uint8_t>* heap_span,
-                      std::uint64_t max_frame_bytes) {
+                      std::uint64_t max_frame_bytes, DirectPages* direct) {
   ReadLimits read_limits;
   read_limits.max_payload = limits.memory_bytes + kFrameSlack;
   read_limits.result_kind = done;
@@ -155,8 +155,16 @@ Conversation converse(HostChannel& channel, std::span<const std::uint8_t> reques
       talk.status = channel.write(channel::encode_frame(answer_host_call(host, *call)));
     } else if (kind == Kind::heap_span && heap_span != nullptr && !span_seen) {
       span_seen = true;
+      if (direct != nullptr) {
+        talk.broke = take_stop_pages(channel, payload, *direct, read_limits, talk.status);
+        if (talk.broke) break;
+        continue;
+      }
       *heap_span = std::move(payload);
       payload = {};
+    } else if (kind == Kind::heap_ready && payload.empty() && direct != nullptr && direct->resume != nullptr) {
+      talk.broke = give_resume_pages(channel, *direct, talk.status);
+      if (talk.broke) break;
     } else if (kind == Kind::seccomp_report) {
       if (auto report = channel::decode_payload<channel::SeccompReport>(payload)) talk.seccomp_syscall = report->syscall;
     } else {
@@ -263,8 +271,12 @@ Result<std::vector<std::uint8_t>> run_in_guest(ZygoteLink& zygote, const RunInpu
 
   const auto deadline = Clock::now() + std::chrono::milliseconds(limits.wall_ms + options.kill_grace_ms);
   HostChannel channel(std::move(host_end), deadline, input.abort);
-  Conversation talk =
-      converse(channel, request, done, limits, host, input.max_result_bytes, options.heap_span, options.max_frame_bytes);
+  if (options.direct != nullptr) {
+    options.direct->pid = guest->pid;
+    options.direct->pidfd = guest->pidfd.get();
+  }
+  Conversation talk = converse(channel, request, done, limits, host, input.max_result_bytes, options.heap_span,
+                               options.max_frame_bytes, options.direct);
   const auto kill = [&] { ::syscall(SYS_pidfd_send_signal, guest->pidfd.get(), SIGKILL, nullptr, 0); };
   if (talk.done) {
     // The guest exits by itself after its answer; the kill makes sure none outlives its run.
@@ -289,14 +301,19 @@ Result<std::vector<std::uint8_t>> run_in_warm_guest(WarmGuest& warm, const RunIn
   const std::optional<std::uint64_t> before = guest_cpu_time_us(warm.guest.pid);
   const auto deadline = Clock::now() + std::chrono::milliseconds(limits.wall_ms + options.kill_grace_ms);
   HostChannel channel(std::move(warm.channel), deadline, input.abort);
-  Conversation talk =
-      converse(channel, request, done, limits, host, input.max_result_bytes, options.heap_span, options.max_frame_bytes);
+  if (options.direct != nullptr) {
+    options.direct->pid = warm.guest.pid;
+    options.direct->pidfd = warm.guest.pidfd.get();
+  }
+  Conversation talk = converse(channel, request, done, limits, host, input.max_result_bytes, options.heap_span,
+                               options.max_frame_bytes, options.direct);
   if (talk.done) {
     const std::optional<std::uint64_t> after = guest_cpu_time_us(warm.guest.pid);
     if (options.guest_cpu_us != nullptr) *options.guest_cpu_us = before && after && *after >= *before ? *after - *before : 0;
     warm.settled_cpu_us = after.value_or(0);
     warm.channel = channel.release();
-    reusable = warm.channel.valid();
+    // A strong step's guest ends itself after its answer: spent, never given back.
+    reusable = warm.channel.valid() && options.direct == nullptr;
     ++warm.runs;
     return std::move(*talk.done);
   }
@@ -400,6 +417,20 @@ Result<StrongOutcome> strong_outcome(std::span<const std::uint8_t> done, std::sp
         static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - t0).count());
     strong.raw_bytes = span->used_bytes;
     strong.image = std::move(*sealed);
+  }
+  strong.step = std::move(*outcome);
+  return strong;
+}
+
+Result<StrongOutcome> strong_outcome(std::span<const std::uint8_t> done, DirectPages& direct) {
+  Result<AgentOutcome> outcome = agent_outcome(done);
+  if (!outcome) return outcome.error();
+  StrongOutcome strong;
+  if (outcome->strong_stop) {
+    if (!direct.image) return make_error(Errc::guest_crashed, "guest crashed: a strong stop without its heap span");
+    strong.image = std::move(*direct.image);
+    strong.image_us = direct.image_us;
+    strong.raw_bytes = direct.raw_bytes;
   }
   strong.step = std::move(*outcome);
   return strong;

@@ -14,6 +14,7 @@
 #include "sandbox/image/heap_image.hpp"
 #include "sandbox/process/guest_pool.hpp"
 #include "sandbox/process/host_channel.hpp"
+#include "sandbox/process/strong_pages.hpp"
 #include "sandbox/process/zygote_link.hpp"
 #include "sojourn/sandbox/jail.hpp"
 #include "sojourn/sandbox/lua_sandbox.hpp"
@@ -35,6 +36,9 @@ struct SessionOptions {
   // (the arena's size for the quota, above the memory limit); 0: the memory limit's bound.
   std::vector<std::uint8_t>* heap_span = nullptr;
   std::uint64_t max_frame_bytes = 0;
+  // Strong steps of the process jail: a stop's heap_span is sealed and a resume's heap_ready
+  // served there (strong_pages.hpp), its pid set when the guest is spawned.
+  DirectPages* direct = nullptr;
 };
 
 // The exchange with a guest whose channel is `channel`, whatever started it (the zygote,
@@ -55,7 +59,8 @@ struct Conversation {
 // as `max_frame_bytes` when that is larger.
 Conversation converse(HostChannel& channel, std::span<const std::uint8_t> request, channel::Kind done,
                       const Limits& limits, HostCalls* host, std::uint64_t max_result_bytes = 0,
-                      std::vector<std::uint8_t>* heap_span = nullptr, std::uint64_t max_frame_bytes = 0);
+                      std::vector<std::uint8_t>* heap_span = nullptr, std::uint64_t max_frame_bytes = 0,
+                      DirectPages* direct = nullptr);
 
 // What run_lua refuses before a state exists is refused before a guest exists (both jails).
 Result<void> check_run_input(const RunInput& input);
@@ -114,6 +119,9 @@ Result<std::vector<std::uint8_t>> strong_resume_request(std::span<const std::uin
 // heap_span payload, sealed into an image (guest_crashed when the span is missing or does not fit).
 Result<StrongOutcome> strong_outcome(std::span<const std::uint8_t> done, std::span<const std::uint8_t> span_frame,
                                      const std::array<std::uint8_t, 32>& build, std::size_t arena_bytes);
+
+// A strong step's outcome when its stop was sealed in the session (DirectPages::image).
+Result<StrongOutcome> strong_outcome(std::span<const std::uint8_t> done, DirectPages& direct);
 
 // One strong step of either jail: `run(cpu_us, span_frame, max_frame_bytes)` runs the request in
 // the jail's guest and returns its agent_done payload; at a strong stop the heap_span it read is

@@ -94,6 +94,9 @@ std::string_view kind_name(Kind kind) noexcept {
     case Kind::resume: return "resume";
     case Kind::heap_span: return "heap_span";
     case Kind::heap_pages: return "heap_pages";
+    case Kind::pages_taken: return "pages_taken";
+    case Kind::pages_wanted: return "pages_wanted";
+    case Kind::heap_ready: return "heap_ready";
     case Kind::host_call: return "host_call";
     case Kind::run_done: return "run_done";
     case Kind::seccomp_report: return "seccomp_report";

@@ -20,7 +20,7 @@ namespace sojourn::sandbox::channel {
 
 inline constexpr std::size_t kHeaderBytes = 5;
 // Bumped with any change to a message: a zygote that speaks another version is refused.
-inline constexpr std::uint32_t kProtocolVersion = 3;
+inline constexpr std::uint32_t kProtocolVersion = 4;
 
 enum class Kind : std::uint8_t {
   // host -> guest, on the run's channel
@@ -28,13 +28,17 @@ enum class Kind : std::uint8_t {
   host_reply = 2,    // HostReply: the answer to the guest's last HostCall
   agent = 3,         // AgentRequest: one step of a mobile agent
   resume = 4,        // ResumeRequest: a strong agent's page map, to map back and resume
-  heap_pages = 5,    // right after a resume: its kept pages, raw (the payload is nothing else)
+  heap_pages = 5,    // a resume's kept pages, raw (the payload is nothing else; empty when the
+                     // host wrote them into the arena itself); also guest -> host, pages_wanted's answer
+  pages_taken = 6,   // (empty) the host read a strong stop's kept pages out of the guest itself
+  pages_wanted = 7,  // (empty) the host could not: the guest sends them as a heap_pages frame
   // guest -> host, on the run's channel
   host_call = 10,    // HostCall: node.call (and later agent.*) from Lua
   run_done = 11,     // Outcome: the run's results or its error; the guest exits after it
   seccomp_report = 12,  // SeccompReport: written by the SIGSYS handler just before the kill
   agent_done = 13,   // AgentDone: the agent step's outcome; the guest exits after it
   heap_span = 14,    // HeapSpan: a strong stop's page map and kept pages, just before its agent_done
+  heap_ready = 15,   // (empty) a resume's arena is cleared and waits for its heap_pages
   // host -> zygote, on the control socket (with the run's channel as SCM_RIGHTS)
   spawn = 20,        // SpawnRequest
   // zygote -> host, on the control socket
@@ -70,7 +74,10 @@ struct AgentRequest {
   Value state;
   Value info;
   bool strong = false;  // the entry runs as a strong agent (docs/migration.md, "Strong mobility")
-  template <class F> void fields(F& f) { run.fields(f), f(entry, state, info, strong); }
+  // At a strong stop the host reads the kept pages out of the guest's arena itself: the
+  // heap_span carries no pages, and the guest waits for pages_taken or pages_wanted.
+  bool pages_direct = false;
+  template <class F> void fields(F& f) { run.fields(f), f(entry, state, info, strong, pages_direct); }
 };
 
 // A strong agent's next step: the page map of an image the host opened and checked, and the
@@ -85,7 +92,12 @@ struct ResumeRequest {
   std::uint64_t arena_bytes = 0;
   std::uint64_t used_bytes = 0;  // the span the page map covers, from the arena's base
   std::string page_map;          // heap_image.hpp's KeptPages
-  template <class F> void fields(F& f) { run.fields(f), f(info, agent_handle, arena_bytes, used_bytes, page_map); }
+  // The guest clears its arena and says heap_ready first; the heap_pages frame comes after that,
+  // empty when the host wrote the pages into the arena itself.
+  bool pages_direct = false;
+  template <class F> void fields(F& f) {
+    run.fields(f), f(info, agent_handle, arena_bytes, used_bytes, page_map, pages_direct);
+  }
 };
 
 // A strong stop's arena, written by the guest straight from it: the page map of its used span

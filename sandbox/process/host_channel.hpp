@@ -34,6 +34,9 @@ class HostChannel {
   // The next frame, within `limits`. The payload grows as its bytes arrive and is read
   // straight into place; a frame over a limit is refused at its header, unread.
   ChannelStatus read(channel::Kind& kind, std::vector<std::uint8_t>& payload, const ReadLimits& limits);
+  // Moves the deadline later by `by`: time the host spent on its own work while the guest
+  // waited (sealing or opening a strong step's pages) is not the guest's.
+  void extend_deadline(Clock::duration by) { deadline_ += by; }
   // The declared payload length of the last frame refused as too large.
   std::uint64_t refused_length() const { return refused_length_; }
   // The descriptor, for a warm guest's next run; invalid (and closed) when bytes past the

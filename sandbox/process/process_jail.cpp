@@ -6,6 +6,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <array>
 #include <atomic>
 #include <cerrno>
 #include <cstring>
@@ -137,27 +138,64 @@ class ZygoteJail final : public ProcessJail {
 
   Result<StrongOutcome> run_strong(const RunInput& input, const AgentInput& agent, HostCalls* host) override {
     if (Result<void> ok = check_run_input(input); !ok) return ok.error();
-    channel::AgentRequest request{make_run_request(input, host), std::string(agent.entry), agent.state, agent.info, true};
-    return strong_in_guest(input, channel::encode_frame(request), host, 0);
+    channel::AgentRequest request{make_run_request(input, host), std::string(agent.entry), agent.state, agent.info, true, true};
+    return strong_in_guest(input, channel::encode_frame(request), host, nullptr);
   }
 
   Result<StrongOutcome> resume_strong(std::span<const std::uint8_t> bytes, const RunInput& input, const Value& info,
                                       HostCalls* host) override {
     if (Result<void> ok = check_run_input(input); !ok) return ok.error();
-    std::uint64_t restore_us = 0;
-    Result<std::vector<std::uint8_t>> request = strong_resume_request(bytes, input, info, host, guest_path_, &restore_us);
-    if (!request) return request.error();
-    return strong_in_guest(input, *request, host, restore_us);
+    // The image is checked up to its page map here; its kept pages are decompressed once the
+    // guest waits for them (heap_ready), straight into its arena (strong_pages.hpp).
+    Result<std::array<std::uint8_t, 32>> build = image::guest_build_id(guest_path_);
+    if (!build) return build.error();
+    const std::size_t arena_bytes = guest::arena_bytes_for_quota(input.limits.memory_bytes);
+    const auto t0 = std::chrono::steady_clock::now();
+    Result<image::ImageOpener> opener = image::ImageOpener::check(bytes, {*build, guest::kArenaBase, arena_bytes});
+    if (!opener) return opener.error();
+    const image::ImageHeader& header = opener->header();
+    if (header.arena_bytes != arena_bytes) {
+      return make_error(Errc::sandbox_refused, "refused by the sandbox: heap image: its arena of " +
+                                                   std::to_string(header.arena_bytes) +
+                                                   " bytes needs the memory limit it was taken under (this step's gives " +
+                                                   std::to_string(arena_bytes) + " bytes)");
+    }
+    const std::span<const std::uint8_t> map = opener->page_map();
+    channel::ResumeRequest request{make_run_request(input, host), info, header.agent_handle, header.arena_bytes,
+                                   header.used_bytes, std::string(map.begin(), map.end()), true};
+    const auto checked_us = static_cast<std::uint64_t>(
+        std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - t0).count());
+    Result<StrongOutcome> outcome = strong_in_guest(input, channel::encode_frame(request), host, &*opener);
+    if (outcome) outcome->restore_us += checked_us;
+    return outcome;
   }
 
-  // One strong step in a guest: at a strong stop its heap_span frame is sealed into an image.
+  // One strong step in a guest: its kept pages cross by the guest's memory where the kernel lets
+  // the host (DirectPages), and a strong stop is sealed into an image while the guest waits.
   Result<StrongOutcome> strong_in_guest(const RunInput& input, const std::vector<std::uint8_t>& request, HostCalls* host,
-                                        std::uint64_t restore_us) {
-    return strong_step(input, guest_path_, restore_us,
-                       [&](std::uint64_t* cpu_us, std::vector<std::uint8_t>* span_frame, std::size_t arena_bytes) {
-                         SessionOptions session{options_.kill_grace_ms, cpu_us, span_frame, arena_bytes};
-                         return in_guest(input, request, channel::Kind::agent_done, host, session);
-                       });
+                                        image::ImageOpener* resume) {
+    Result<std::array<std::uint8_t, 32>> build = image::guest_build_id(guest_path_);
+    if (!build) return build.error();
+    const std::size_t arena_bytes = guest::arena_bytes_for_quota(input.limits.memory_bytes);
+    DirectPages direct;
+    direct.enabled = options_.direct_pages;
+    direct.source = image::ImageSource{*build, guest::kArenaBase, arena_bytes, 0};
+    direct.resume = resume;
+    std::uint64_t cpu_us = 0;
+    std::vector<std::uint8_t> span_frame;  // unused: the stop is sealed in the session
+    SessionOptions session{options_.kill_grace_ms, &cpu_us, &span_frame, arena_bytes, &direct};
+    Result<std::vector<std::uint8_t>> done = in_guest(input, request, channel::Kind::agent_done, host, session);
+    pages_direct_.fetch_add(static_cast<std::uint64_t>(direct.direct), std::memory_order_relaxed);
+    pages_by_channel_.fetch_add(static_cast<std::uint64_t>(direct.by_channel), std::memory_order_relaxed);
+    if (!done) return done.error();
+    if (resume != nullptr && direct.resume != nullptr) {
+      return make_error(Errc::guest_crashed, "guest crashed: it answered a resume without taking its pages");
+    }
+    Result<StrongOutcome> strong = strong_outcome(*done, direct);
+    if (!strong) return strong.error();
+    strong->step.host_cpu_us = cpu_us;
+    strong->restore_us = direct.restore_us;
+    return strong;
   }
 
   Result<std::vector<std::uint8_t>> in_guest(const RunInput& input, const std::vector<std::uint8_t>& request,
@@ -167,8 +205,11 @@ class ZygoteJail final : public ProcessJail {
 
   Result<std::vector<std::uint8_t>> in_guest(const RunInput& input, const std::vector<std::uint8_t>& request,
                                              channel::Kind done, HostCalls* host, const SessionOptions& session) {
-    // Strong steps (a heap span) hand their arena to an image: never in a warm guest.
-    if (pool_.enabled() && !input.principal.empty() && session.heap_span == nullptr) {
+    // A strong step (a heap span) may start in a warm guest of its principal (a pristine arena,
+    // the zygote's build), saving the fork on the hop's path; its guest then ends itself (its
+    // arena went into an image or came from one) and is refilled. Only the process jail's
+    // sessions (direct set), which mark such a guest spent.
+    if (pool_.enabled() && !input.principal.empty() && (session.heap_span == nullptr || session.direct != nullptr)) {
       return in_warm_guest(input, request, done, host, session);
     }
     // A zygote that died since the last run is only noticed when a spawn fails: no guest
@@ -300,6 +341,8 @@ class ZygoteJail final : public ProcessJail {
     s.guests_reused = reused_.load();
     s.guests_warm = pool_.idle();
     s.guests_refilled = pool_.refilled();
+    s.strong_pages_direct = pages_direct_.load();
+    s.strong_pages_by_channel = pages_by_channel_.load();
     return s;
   }
 
@@ -318,6 +361,8 @@ class ZygoteJail final : public ProcessJail {
   std::uint64_t zygote_starts_ = 0;
   SessionCounters counters_;
   std::atomic<std::uint64_t> reused_{0};
+  std::atomic<std::uint64_t> pages_direct_{0};
+  std::atomic<std::uint64_t> pages_by_channel_{0};
   GuestPool pool_;  // last: its refill thread stops before the rest goes
 };
 

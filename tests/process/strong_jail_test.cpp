@@ -4,6 +4,8 @@
 // that step's. The trusted level refuses strong steps with the reason.
 #include <doctest/doctest.h>
 
+#include <unistd.h>
+
 #include <cstdlib>
 #include <memory>
 #include <string>
@@ -311,4 +313,100 @@ TEST_CASE("traces compiled before a stop are flushed: an image never depends on 
   auto second = resume(first->image, "B");
   REQUIRE_MESSAGE(second.ok(), (second.ok() ? "" : second.error().message));
   CHECK(first_result(*second) == "1199994@B");
+}
+
+namespace {
+
+// The tour of "a strong agent tours three guests" in `through`: two stops and a resume move pages.
+void tour_in(ProcessJail& through) {
+  Node a("A"), b("B"), c("C");
+  const AgentInput agent{"start", Value::table(), facts_at("A")};
+  auto first = through.run_strong(input_of(kTour), agent, &a);
+  REQUIRE_MESSAGE(first.ok(), (first.ok() ? "" : first.error().message));
+  auto second = through.resume_strong(first->image, input_of(""), facts_at("B"), &b);
+  REQUIRE_MESSAGE(second.ok(), (second.ok() ? "" : second.error().message));
+  auto third = through.resume_strong(second->image, input_of(""), facts_at("C"), &c);
+  REQUIRE_MESSAGE(third.ok(), (third.ok() ? "" : third.error().message));
+  CHECK(first_result(*third) == "B:1:price at B, C:2:price at C");
+  // The same image whichever way the pages went: it opens on the host too.
+  auto build = image::build_id_of(std::getenv("SOJOURN_GUEST"));
+  REQUIRE(build);
+  auto opened = image::open_image(second->image, {*build, image::peek_header(second->image)->arena_base,
+                                                  image::peek_header(second->image)->arena_bytes});
+  REQUIRE_MESSAGE(opened.ok(), (opened.ok() ? "" : opened.error().message));
+  CHECK(opened->used.size() == second->raw_bytes);
+}
+
+}  // namespace
+
+TEST_CASE("a strong hop's kept pages move through the guests' memory, not their channels") {
+  auto own = ProcessJail::start(ProcessJailOptions{});
+  REQUIRE(own.ok());
+  tour_in(**own);
+  const auto status = (*own)->status();
+  // Two stops and two resumes. The host runs as root here (CAP_SYS_PTRACE over its guests, which
+  // are not dumpable); an unprivileged host is refused by the kernel and uses the channel.
+  if (::geteuid() == 0) {
+    CHECK(status.strong_pages_direct == 4);
+    CHECK(status.strong_pages_by_channel == 0);
+  } else {
+    CHECK(status.strong_pages_direct + status.strong_pages_by_channel == 4);
+  }
+}
+
+TEST_CASE("with direct pages off, the same hops carry their pages in the channel") {
+  ProcessJailOptions options;
+  options.direct_pages = false;
+  auto own = ProcessJail::start(options);
+  REQUIRE(own.ok());
+  tour_in(**own);
+  const auto status = (*own)->status();
+  CHECK(status.strong_pages_direct == 0);
+  CHECK(status.strong_pages_by_channel == 4);
+}
+
+TEST_CASE("images sealed by either path resume in the other") {
+  ProcessJailOptions off;
+  off.direct_pages = false;
+  auto by_channel = ProcessJail::start(off);
+  REQUIRE(by_channel.ok());
+  Node a("A"), b("B"), c("C");
+  const AgentInput agent{"start", Value::table(), facts_at("A")};
+  auto first = (*by_channel)->run_strong(input_of(kTour), agent, &a);
+  REQUIRE_MESSAGE(first.ok(), (first.ok() ? "" : first.error().message));
+  auto second = jail().resume_strong(first->image, input_of(""), facts_at("B"), &b);
+  REQUIRE_MESSAGE(second.ok(), (second.ok() ? "" : second.error().message));
+  auto third = (*by_channel)->resume_strong(second->image, input_of(""), facts_at("C"), &c);
+  REQUIRE_MESSAGE(third.ok(), (third.ok() ? "" : third.error().message));
+  CHECK(first_result(*third) == "B:1:price at B, C:2:price at C");
+}
+
+TEST_CASE("strong steps of a principal start in its warm guests, which are then spent") {
+  auto own = ProcessJail::start(ProcessJailOptions{});
+  REQUIRE(own.ok());
+  ProcessJail& warm = **own;
+  const auto with_principal = [](RunInput input) {
+    input.principal = "signer strong";
+    return input;
+  };
+  // A first run of the principal forks its guest and fills its pool.
+  auto warmed = warm.run(with_principal(input_of("return 1")), nullptr);
+  REQUIRE(warmed.ok());
+  Node a("A"), b("B"), c("C");
+  const AgentInput agent{"start", Value::table(), facts_at("A")};
+  auto first = warm.run_strong(with_principal(input_of(kTour)), agent, &a);
+  REQUIRE_MESSAGE(first.ok(), (first.ok() ? "" : first.error().message));
+  auto second = warm.resume_strong(first->image, with_principal(input_of("")), facts_at("B"), &b);
+  REQUIRE_MESSAGE(second.ok(), (second.ok() ? "" : second.error().message));
+  auto third = warm.resume_strong(second->image, with_principal(input_of("")), facts_at("C"), &c);
+  REQUIRE_MESSAGE(third.ok(), (third.ok() ? "" : third.error().message));
+  CHECK(first_result(*third) == "B:1:price at B, C:2:price at C");
+  const auto status = warm.status();
+  // The first run's guest went back to the pool and served one strong step (or a refilled one
+  // did): at least one step found a guest waiting. No guest that held an agent is idle again.
+  CHECK(status.guests_reused >= 1);
+  CHECK(status.guests_started >= 3);
+  // A weak run of the principal still works in the pool afterwards.
+  auto after = warm.run(with_principal(input_of("return 2")), nullptr);
+  REQUIRE(after.ok());
 }

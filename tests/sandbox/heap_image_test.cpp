@@ -164,3 +164,85 @@ TEST_CASE("the guest build id is the SHA-256 of the executable") {
   CHECK(*a != std::array<std::uint8_t, 32>{});
   CHECK_ERROR(image::build_id_of("/nonexistent/sojourn-guest"), Errc::internal, "/nonexistent/sojourn-guest");
 }
+
+namespace {
+
+// The page map and kept pages of a span, as a guest hands them over.
+struct Kept {
+  std::vector<std::uint8_t> map;
+  std::vector<std::uint8_t> pages;
+};
+
+Kept kept_of(const std::vector<std::uint8_t>& used) {
+  Kept k;
+  const std::size_t pages = used.size() / image::kPageBytes;
+  k.map.assign(image::page_map_bytes(used.size()), 0);
+  for (std::size_t p = 0; p < pages; ++p) {
+    const std::uint8_t* page = used.data() + p * image::kPageBytes;
+    bool zero = true;
+    for (std::size_t i = 0; i < image::kPageBytes && zero; ++i) zero = page[i] == 0;
+    if (zero) continue;
+    k.map[p / 8] = static_cast<std::uint8_t>(k.map[p / 8] | (1u << (p % 8)));
+    k.pages.insert(k.pages.end(), page, page + image::kPageBytes);
+  }
+  return k;
+}
+
+}  // namespace
+
+TEST_CASE("kept pages read piece by piece seal an image that opens to the same span") {
+  const std::vector<std::uint8_t> used = span_of(700);  // over two pieces of kReadPiece
+  const Kept k = kept_of(used);
+  std::size_t read = 0;
+  int calls = 0;
+  auto taken = image::take_image(source_with_build(1), used.size(), k.map, [&](std::span<std::uint8_t> into) {
+    REQUIRE(read + into.size() <= k.pages.size());
+    std::memcpy(into.data(), k.pages.data() + read, into.size());
+    read += into.size();
+    ++calls;
+    return sojourn::Result<void>{};
+  });
+  REQUIRE(taken);
+  CHECK(read == k.pages.size());
+  CHECK(calls == 2);
+  auto opened = image::open_image(*taken, rules_with_build(1));
+  REQUIRE(opened);
+  CHECK(opened->used == used);
+}
+
+TEST_CASE("a page reader's error stops the sealing and is returned as it is") {
+  const std::vector<std::uint8_t> used = span_of(10);
+  const Kept k = kept_of(used);
+  auto taken = image::take_image(source_with_build(1), used.size(), k.map, [](std::span<std::uint8_t>) {
+    return sojourn::Result<void>(sojourn::make_error(Errc::guest_crashed, "guest crashed: gone"));
+  });
+  CHECK_ERROR(taken, Errc::guest_crashed, "guest crashed: gone");
+  std::vector<std::uint8_t> bad_map = k.map;
+  bad_map.push_back(0);
+  auto refused = image::take_image(source_with_build(1), used.size(), bad_map,
+                                   [](std::span<std::uint8_t>) { return sojourn::Result<void>{}; });
+  CHECK_ERROR(refused, Errc::invalid_argument, "a heap image's page map of 3 bytes keeps 7 of 10 pages");
+}
+
+TEST_CASE("an opener gives the map first, then the kept pages in pieces, and checks the end") {
+  const std::vector<std::uint8_t> used = span_of(10);
+  const Kept k = kept_of(used);
+  auto taken = image::take_image(source_with_build(1), used);
+  REQUIRE(taken);
+  auto opener = image::ImageOpener::check(*taken, rules_with_build(1));
+  REQUIRE(opener);
+  CHECK(std::vector<std::uint8_t>(opener->page_map().begin(), opener->page_map().end()) == k.map);
+  CHECK(opener->kept_bytes() == k.pages.size());
+  std::vector<std::uint8_t> pages(k.pages.size());
+  CHECK_ERROR(opener->finish(), Errc::sandbox_refused, "refused by the sandbox: heap image: no room for its 7 kept pages");
+  REQUIRE(opener->next(std::span(pages).first(3 * image::kPageBytes)));
+  REQUIRE(opener->next(std::span(pages).subspan(3 * image::kPageBytes)));
+  CHECK(opener->finish());
+  CHECK(pages == k.pages);
+  std::vector<std::uint8_t> more(image::kPageBytes);
+  CHECK_ERROR(opener->next(more), Errc::sandbox_refused, "refused by the sandbox: heap image: no room for its 7 kept pages");
+  // The checks before the map are open_image's.
+  (*taken)[image::kHeaderBytes + 5] ^= 1;
+  CHECK_ERROR(image::ImageOpener::check(*taken, rules_with_build(1)), Errc::sandbox_refused,
+              "refused by the sandbox: heap image hash mismatch");
+}

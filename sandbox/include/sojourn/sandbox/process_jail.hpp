@@ -28,6 +28,10 @@ struct ProcessJailOptions {
   // forks a guest of its own), and at most this many idle in all.
   std::uint32_t warm_guests = 4;
   std::uint32_t max_warm_guests = 32;
+  // Strong steps: the host reads a stopped guest's kept pages out of its arena and writes a
+  // resumed one's into it (process_vm_readv/writev) instead of passing them through the
+  // channel; when the kernel refuses that, or with false, they go through the channel.
+  bool direct_pages = true;
 };
 
 // What the jail is doing, for `sojourn ps`, logs and tests.
@@ -42,6 +46,10 @@ struct ProcessJailStatus {
   std::uint64_t guests_reused = 0;   // runs served by a warm guest (no fork on their path)
   std::uint64_t guests_warm = 0;     // idle warm guests now
   std::uint64_t guests_refilled = 0; // warm guests forked off the request path
+  // A strong step's kept pages, each stop and resume: moved through the guest's memory, or
+  // through its channel (direct_pages off, or refused by the kernel).
+  std::uint64_t strong_pages_direct = 0;
+  std::uint64_t strong_pages_by_channel = 0;
 };
 
 class ProcessJail : public Jail {
