@@ -124,9 +124,9 @@ TEST_CASE("the hand-over's messages round-trip and refuse truncated or longer by
   auto bad_id = decode_transfer(encode(transfer));
   REQUIRE_FALSE(bad_id.ok());
 
-  auto commit = decode_commit(encode(AgentCommit{offer.id, 3, "127.0.0.1:7401"}));
+  auto commit = decode_commit(encode(AgentCommit{wanted.id, 3, "127.0.0.1:7401"}));
   REQUIRE(commit.ok());
-  CHECK((commit->id == offer.id && commit->epoch == 3 && commit->node == "127.0.0.1:7401"));
+  CHECK((commit->id == wanted.id && commit->epoch == 3 && commit->node == "127.0.0.1:7401"));
 }
 
 TEST_CASE("a strong agent's TRANSFER carries its heap image beside the record that names its hash") {

@@ -14,6 +14,7 @@
 #include <thread>
 
 #include "agents/agent_messages.hpp"
+#include "agents/trust.hpp"
 #include "sojourn/agents/node.hpp"
 #include "sojourn/agents/policy.hpp"
 #include "sojourn/core/frame.hpp"
