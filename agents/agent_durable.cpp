@@ -392,22 +392,34 @@ void AgentRuntime::resume_durable() {
   for (Resumed& a : resumed) {
     AgentState status;
     bool mail = false;
+    std::string home;
+    ArrivalReport report;
     {
       std::lock_guard lock(mutex_);
       auto it = residents_.find(a.id);
       if (it == residents_.end()) continue;
       status = it->second.status;
       mail = !it->second.record.mailbox.empty();
+      home = it->second.record.home;
+      if (status == AgentState::asleep) report = arrival_report(it->second.record);
     }
     if (status == AgentState::moving) {
       // The hand-over it was in: offered again; a destination that committed it answers
       // with its COMMIT (its dedup), one that did not takes it now.
       spawn(migrate(a.id, a.move_peer, a.move_entry, true), "agent migration after a restart");
     } else if (status == AgentState::asleep) {
+      // Its arrival's report may have been lost with the node (it leaves as the first step
+      // starts, and that step may have ended before it got through): the home hears again.
+      spawn(report_arrival(home, std::move(report)), "report of an arrival after a restart");
       if (mail) wake_if_asleep(a.id);
     } else if (status == AgentState::arriving) {
-      // Its home hears where it is (and hands over what waits for it); then its entry runs.
-      spawn(arrive(a.id), "agent arrival after a restart");
+      // Its step runs again, and its home hears where it is as that step starts.
+      {
+        std::lock_guard lock(mutex_);
+        auto it = residents_.find(a.id);
+        if (it != residents_.end()) it->second.report_owed = true;
+      }
+      schedule_run(a.id);
     }
   }
 }

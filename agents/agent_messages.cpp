@@ -12,11 +12,11 @@ using wire::DecodeError;
 using wire::Reader;
 using wire::Writer;
 
-constexpr const char* kKindNames[] = {"?", "launch", "launch answer", "offer", "offer answer", "transfer",
-                                      "commit", "arrival", "arrival answer", "end report", "send", "send answer",
-                                      "deliver", "status", "list", "wait query", "fetch query",
-                                      "fetch answer", "image part"};
-static_assert(std::size(kKindNames) == static_cast<std::size_t>(AgentMessageKind::image_part) + 1);
+constexpr const char* kKindNames[] = {"?", "launch", "launch answer", "protocol 3 offer", "protocol 3 offer answer",
+                                      "transfer", "commit", "arrival", "arrival answer", "end report", "send",
+                                      "send answer", "deliver", "status", "list", "wait query", "fetch query",
+                                      "fetch answer", "image part", "bundle wanted"};
+static_assert(std::size(kKindNames) == static_cast<std::size_t>(AgentMessageKind::bundle_wanted) + 1);
 
 const char* kind_name(AgentMessageKind kind) { return kKindNames[static_cast<std::size_t>(kind)]; }
 
@@ -44,12 +44,6 @@ std::optional<std::string> read_optional(Reader& r) {
   if (present > 1) throw DecodeError("bad presence flag " + std::to_string(present));
   if (present == 0) return std::nullopt;
   return r.string();
-}
-
-bool read_bool(Reader& r) {
-  const std::uint8_t v = r.u8();
-  if (v > 1) throw DecodeError("bad boolean " + std::to_string(v));
-  return v == 1;
 }
 
 void write_state(Writer& w, AgentState s) { w.u8(static_cast<std::uint8_t>(s)); }
@@ -124,7 +118,7 @@ auto decode_as(std::span<const std::uint8_t> bytes, AgentMessageKind kind, F&& b
     Reader r(bytes);
     const std::uint8_t got = r.u8();
     if (got != static_cast<std::uint8_t>(kind)) {
-      const bool known = got >= 1 && got <= static_cast<std::uint8_t>(AgentMessageKind::image_part);
+      const bool known = got >= 1 && got <= static_cast<std::uint8_t>(AgentMessageKind::bundle_wanted);
       throw DecodeError(known ? std::string("got a ") + kind_name(static_cast<AgentMessageKind>(got))
                               : "unknown message kind " + std::to_string(got));
     }
@@ -187,44 +181,6 @@ Result<AgentLaunchAnswer> decode_launch_answer(std::span<const std::uint8_t> byt
     AgentLaunchAnswer m;
     m.id = r.string();
     m.home = r.string();
-    return m;
-  });
-}
-
-AgentMessageBytes encode(const AgentOffer& m) {
-  Writer w;
-  start(w, AgentMessageKind::offer);
-  w.string(m.id);
-  w.u64(m.epoch);
-  w.string(m.bundle_hash);
-  w.u64(m.state_bytes);
-  return w.take();
-}
-Result<AgentOffer> decode_offer(std::span<const std::uint8_t> bytes) {
-  return decode_as(bytes, AgentMessageKind::offer, [](Reader& r) {
-    AgentOffer m;
-    m.id = r.string();
-    m.epoch = r.u64();
-    m.bundle_hash = r.string();
-    m.state_bytes = r.u64();
-    return m;
-  });
-}
-
-AgentMessageBytes encode(const OfferAnswer& m) {
-  Writer w;
-  start(w, AgentMessageKind::offer_answer);
-  w.u8(m.duplicate ? 1 : 0);
-  w.u8(m.need_bundle ? 1 : 0);
-  w.string(m.node_id);
-  return w.take();
-}
-Result<OfferAnswer> decode_offer_answer(std::span<const std::uint8_t> bytes) {
-  return decode_as(bytes, AgentMessageKind::offer_answer, [](Reader& r) {
-    OfferAnswer m;
-    m.duplicate = read_bool(r);
-    m.need_bundle = read_bool(r);
-    m.node_id = r.string();
     return m;
   });
 }
@@ -311,6 +267,44 @@ Result<AgentCommit> decode_commit(std::span<const std::uint8_t> bytes) {
     m.node = r.string();
     return m;
   });
+}
+
+AgentMessageBytes encode(const BundleWanted& m) {
+  Writer w;
+  start(w, AgentMessageKind::bundle_wanted);
+  w.string(m.id);
+  w.u64(m.epoch);
+  w.string(m.bundle_hash);
+  return w.take();
+}
+Result<BundleWanted> decode_bundle_wanted(std::span<const std::uint8_t> bytes) {
+  return decode_as(bytes, AgentMessageKind::bundle_wanted, [](Reader& r) {
+    BundleWanted m;
+    m.id = r.string();
+    m.epoch = r.u64();
+    m.bundle_hash = r.string();
+    return m;
+  });
+}
+
+AgentMessageBytes encode(const TransferReply& m) {
+  if (m.wanted) return encode(*m.wanted);
+  return encode(m.commit);
+}
+Result<TransferReply> decode_transfer_reply(std::span<const std::uint8_t> bytes) {
+  // The kind follows Cereal's one endianness byte; anything else is read as a COMMIT, whose
+  // decoder names what it got instead.
+  TransferReply reply;
+  if (bytes.size() >= 2 && bytes[1] == static_cast<std::uint8_t>(AgentMessageKind::bundle_wanted)) {
+    auto wanted = decode_bundle_wanted(bytes);
+    if (!wanted) return wanted.error();
+    reply.wanted = std::move(*wanted);
+    return reply;
+  }
+  auto commit = decode_commit(bytes);
+  if (!commit) return commit.error();
+  reply.commit = std::move(*commit);
+  return reply;
 }
 
 AgentMessageBytes encode(const ArrivalReport& m) {

@@ -19,16 +19,22 @@ namespace sojourn {
 
 // The first byte of every encoded agent message: which message it is. A message decoded as
 // another is refused. Numbers are part of the protocol (version kAgentProtocolVersion).
+// 3 and 4 were protocol 3's OFFER and its answer: kept out of use, so that an older peer's
+// OFFER is named as such in the version error.
 enum class AgentMessageKind : std::uint8_t {
-  launch = 1, launch_answer, offer, offer_answer, transfer, commit, arrival, arrival_answer, end,
+  launch = 1, launch_answer, retired_offer, retired_offer_answer, transfer, commit, arrival, arrival_answer, end,
   send, send_answer, deliver, status_answer, list_answer, wait_query, fetch_query,
-  fetch_answer, image_part,
+  fetch_answer, image_part, bundle_wanted,
 };
 // The agent protocol's version; the second byte of every encoded agent message.
 // 2: OfferAnswer names the destination's node id; a TRANSFER is addressed to that id.
 // 3: strong mobility: a launch names the mobility, a TRANSFER may carry a heap image, hops
 //    and listings carry the mobility and the image's figures.
-inline constexpr std::uint8_t kAgentProtocolVersion = 3;
+// 4: one round trip per hop: no OFFER; the TRANSFER goes first, addressed to the id the
+//    destination's node.info (over TLS its handshake) proved, and is answered with a COMMIT
+//    or, when the destination lacks the code, a BundleWanted (then the TRANSFER again, with
+//    the bundle). The arrival report to the home leaves once the first step has started.
+inline constexpr std::uint8_t kAgentProtocolVersion = 4;
 
 // agent.launch: a new agent, launched at the node called.
 struct AgentLaunchRequest {
@@ -45,26 +51,13 @@ struct AgentLaunchAnswer {
   std::string id, home;
 };
 
-// agent.offer: may the source hand over (id, epoch)? Which bundle it runs, how big its state.
-struct AgentOffer {
-  std::string id;
-  std::uint64_t epoch = 0;
-  std::string bundle_hash;
-  std::uint64_t state_bytes = 0;  // for a strong agent: its heap image's bytes
-};
-struct OfferAnswer {
-  bool duplicate = false;    // this (id, epoch) is committed here already
-  bool need_bundle = false;  // send the bundle's bytes with the TRANSFER
-  std::string node_id;       // the destination's id: the TRANSFER is addressed to it
-};
-
 // agent.transfer: the agent itself, bound to one destination and one moment.
 struct AgentTransfer {
   AgentRecord record;  // carried as its Value table (agent_record.cpp)
-  std::string to;      // the destination's node id, as its OFFER answer named it
+  std::string to;      // the destination's node id, as its node.info (over TLS: its handshake) proved it
   std::string nonce;
   std::int64_t expires_unix_ms = 0;
-  std::optional<std::string> bundle_bytes;  // when the offer's answer asked for it
+  std::optional<std::string> bundle_bytes;  // when the destination asked for it (BundleWanted)
   // A strong agent's heap image, in place of a meaningful state table: present exactly when
   // the record names its SHA-256 (record.image_sha256), which the destination checks first.
   std::optional<std::string> image;
@@ -87,6 +80,20 @@ struct AgentCommit {
   std::string id;
   std::uint64_t epoch = 0;
   std::string node;
+};
+
+// The destination's answer to a TRANSFER without the bundle when it does not have that
+// bundle: nothing was taken (nor its nonce spent); the source sends the TRANSFER again with
+// the bundle's bytes.
+struct BundleWanted {
+  std::string id;
+  std::uint64_t epoch = 0;
+  std::string bundle_hash;
+};
+// What agent.transfer answers: a COMMIT, or (wanted set) a BundleWanted.
+struct TransferReply {
+  AgentCommit commit;
+  std::optional<BundleWanted> wanted;
 };
 
 // agent.arrived, to the home: the agent is at `node` (state running), or could not move
@@ -167,11 +174,11 @@ struct FetchAnswer {
 using AgentMessageBytes = std::vector<std::uint8_t>;
 AgentMessageBytes encode(const AgentLaunchRequest& m);
 AgentMessageBytes encode(const AgentLaunchAnswer& m);
-AgentMessageBytes encode(const AgentOffer& m);
-AgentMessageBytes encode(const OfferAnswer& m);
 AgentMessageBytes encode(const AgentTransfer& m);
 AgentMessageBytes encode(const ImagePart& m);
 AgentMessageBytes encode(const AgentCommit& m);
+AgentMessageBytes encode(const BundleWanted& m);
+AgentMessageBytes encode(const TransferReply& m);  // its BundleWanted, or else its COMMIT
 AgentMessageBytes encode(const ArrivalReport& m);
 AgentMessageBytes encode(const ArrivalAnswer& m);
 AgentMessageBytes encode(const EndReport& m);
@@ -189,11 +196,11 @@ AgentMessageBytes encode(const FetchAnswer& m);
 // trailing bytes. Nothing is allocated for a length before it is checked.
 Result<AgentLaunchRequest> decode_launch(std::span<const std::uint8_t> bytes);
 Result<AgentLaunchAnswer> decode_launch_answer(std::span<const std::uint8_t> bytes);
-Result<AgentOffer> decode_offer(std::span<const std::uint8_t> bytes);
-Result<OfferAnswer> decode_offer_answer(std::span<const std::uint8_t> bytes);
 Result<AgentTransfer> decode_transfer(std::span<const std::uint8_t> bytes);
 Result<ImagePart> decode_image_part(std::span<const std::uint8_t> bytes);
 Result<AgentCommit> decode_commit(std::span<const std::uint8_t> bytes);
+Result<BundleWanted> decode_bundle_wanted(std::span<const std::uint8_t> bytes);
+Result<TransferReply> decode_transfer_reply(std::span<const std::uint8_t> bytes);  // either answer
 Result<ArrivalReport> decode_arrival(std::span<const std::uint8_t> bytes);
 Result<ArrivalAnswer> decode_arrival_answer(std::span<const std::uint8_t> bytes);
 Result<EndReport> decode_end(std::span<const std::uint8_t> bytes);

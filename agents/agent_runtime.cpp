@@ -89,8 +89,12 @@ void AgentRuntime::register_services(Node& node) {
   // Launch and transfer bring code: the policy matches the caller's identity.
   node.register_service("agent.launch", typed_service<AgentLaunchRequest, decode_launch>(
       self, "agent.launch's argument", [](AgentRuntime& rt, AgentLaunchRequest m, Caller c) { return rt.launch_here(m, c); }), peers);
-  node.register_service("agent.offer", typed_service<AgentOffer, decode_offer>(
-      self, "agent.offer's argument", [](AgentRuntime& rt, AgentOffer m, Caller) { return rt.on_offer(m); }), peers);
+  // Protocol 3's first step of a hop, which this protocol has no more: an older source hears why.
+  node.register_service("agent.offer", [](const Value&, const PeerIdentity&) -> Result<Value> {
+    return make_error(Errc::bad_version, "unsupported protocol version 3 (this node speaks agent protocol " +
+                                             std::to_string(kAgentProtocolVersion) +
+                                             ", where a hop is a TRANSFER with no OFFER before it)");
+  }, peers);
   // As typed_service, with the TRANSFER's receipt (before it is decoded) in the trace.
   node.register_service("agent.transfer", [self](const Value& args, const PeerIdentity& caller) -> Result<Value> {
     const auto wall = std::chrono::system_clock::now();
@@ -265,6 +269,7 @@ void AgentRuntime::run_step(const std::string& id) {
   const PolicyRule* rule = nullptr;
   std::uint64_t hop_spent = 0;
   bool first_step = false;
+  bool report_owed = false;
   {
     std::lock_guard lock(mutex_);
     auto it = residents_.find(id);
@@ -272,12 +277,17 @@ void AgentRuntime::run_step(const std::string& id) {
     it->second.status = AgentState::running;
     first_step = !it->second.visit_counted;
     it->second.visit_counted = true;
+    report_owed = it->second.report_owed;
+    it->second.report_owed = false;
     record = it->second.record;
     bundle = it->second.bundle;
     rule = it->second.rule;
     hop_spent = it->second.hop_cpu_spent;
   }
   if (first_step) note_visit(record);
+  // The arrival's report leaves beside this step, which does not wait for the home: the
+  // messages its answer hands over reach the mailbox (and wake the agent) when it comes.
+  if (report_owed) spawn(report_arrival(record.home, arrival_report(record)), "report of an arrival to its home");
   const StepBudget budget = step_budget(record, *bundle, rule, hop_spent);
   if (!budget.exhausted.empty()) {
     finish(id, AgentState::failed, budget.exhausted, Value{});

@@ -137,6 +137,9 @@ class AgentRuntime : public std::enable_shared_from_this<AgentRuntime>, public M
     // them, so record.delivered keeps them (trim_delivered).
     std::set<std::string> answer_ids;
     bool visit_counted = false;  // its first step here was counted (note_visit)
+    // Its arrival here is not reported to its home yet: the report leaves as its first step
+    // here starts (run_step), not before it (docs/migration.md).
+    bool report_owed = false;
   };
   // The limits of one step, and which budget bounds its CPU.
   struct StepBudget {
@@ -208,17 +211,21 @@ class AgentRuntime : public std::enable_shared_from_this<AgentRuntime>, public M
                             const PolicyRule* rule);
 
   // migration.cpp
-  Result<OfferAnswer> on_offer(const AgentOffer& offer);
-  Result<AgentCommit> on_transfer(AgentTransfer transfer, const PeerIdentity& caller);
+  // A COMMIT, or a BundleWanted (nothing taken) when the TRANSFER lacks a bundle not cached here.
+  Result<TransferReply> on_transfer(AgentTransfer transfer, const PeerIdentity& caller);
   // `resumed`: a hand-over taken back from the store, whose TRANSFERs before the restart
   // are unknown (it is offered to `peer` only, never to a fallback, while `peer` is silent).
   asio::awaitable<void> migrate(std::string id, std::string peer, std::string entry, bool resumed = false);
-  asio::awaitable<void> arrive(std::string id);
-  // Appends the messages of an arrival answer that the agent has not had yet.
+  // tracking.cpp: the report of an arrival (of `record`, resident here) to the agent's home,
+  // sent once its first step here has started (run_step), and again after a restart.
+  ArrivalReport arrival_report(const AgentRecord& record);
+  asio::awaitable<void> report_arrival(std::string home, ArrivalReport report);
+  // Takes an arrival answer: the home's new token (if any) and the messages the agent has
+  // not had yet, when the agent is still here at `epoch` and not leaving (false otherwise).
   // `confirmed`: the delivered ids the arrival report listed, which the home has now dropped
   // from its pending messages and never resends: they leave record.delivered.
-  void take_messages(const std::string& id, const std::vector<ForwardedMessage>& messages,
-                     const std::vector<std::string>& confirmed);
+  bool take_messages(const std::string& id, std::uint64_t epoch, const std::vector<ForwardedMessage>& messages,
+                     const std::vector<std::string>& confirmed, const std::string& token);
   // Bounds record.delivered (under mutex_): the answer's ids, and the last kDeliveredWindow
   // ids forwarded one by one (the home resends only its pending front until it succeeds).
   static void trim_delivered(Resident& res);

@@ -63,13 +63,13 @@ ParadigmCost predict(Paradigm p, const Workload& w, const FixedCosts& f) {
       c.predicted_ms = w.rtt_ms + transfer(c.bytes) + f.fetch_ms + n * f.local_call_ms;
       break;
     case Paradigm::ma:
-      // There: an OFFER's round trip, the TRANSFER's one way, then the destination reports the
-      // arrival home and waits for the answer before the agent runs (one more round trip; the
-      // COMMIT travels back meanwhile). Home: an OFFER's round trip and the TRANSFER's one way
-      // (the agent ends as it arrives). Four in all.
-      c.round_trips = 4;
-      c.bytes = static_cast<double>(w.code_bytes + 2 * w.state_bytes + w.result_bytes);
-      c.predicted_ms = 4 * w.rtt_ms + transfer(c.bytes) + 2.0 * static_cast<double>(w.state_bytes) / 1000.0 * f.state_per_kb_ms +
+      // Two round trips in all. There: the TRANSFER's one way, a BundleWanted back (the code is
+      // new there) and the TRANSFER again with the bundle; its COMMIT, and the arrival report
+      // home, travel while the agent runs. Home: the TRANSFER's one way (the home has the code;
+      // the agent ends as it arrives). Code already at the destination: one round trip less.
+      c.round_trips = 2;
+      c.bytes = static_cast<double>(w.code_bytes + 3 * w.state_bytes + w.result_bytes);
+      c.predicted_ms = 2 * w.rtt_ms + transfer(c.bytes) + 2.0 * static_cast<double>(w.state_bytes) / 1000.0 * f.state_per_kb_ms +
                        2 * f.hop_ms + n * f.local_call_ms;
       break;
   }
@@ -95,8 +95,11 @@ Result<ParadigmCost> predict_itinerary(Paradigm p, const ItineraryWorkload& w, c
       return c;
     case Paradigm::ma: {
       const double state = static_cast<double>(w.state_bytes);
-      c.round_trips = 2.5 * k + 1.5;
-      c.bytes = k * static_cast<double>(w.code_bytes) + (k + 1) * state;
+      // A hop to a data node: the TRANSFER's one way, a BundleWanted back (the code is new
+      // there) and the TRANSFER again with the bundle; the COMMIT and the arrival report travel
+      // while the agent runs. The hop home: the TRANSFER's one way (the home has the code).
+      c.round_trips = 1.5 * k + 0.5;
+      c.bytes = k * static_cast<double>(w.code_bytes) + (2 * k + 1) * state;
       c.predicted_ms = c.round_trips * w.rtt_ms + transfer(c.bytes) + (k + 1) * (state / 1000.0 * f.state_per_kb_ms + f.hop_ms) +
                        k * f.local_call_ms;
       return c;

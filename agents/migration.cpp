@@ -1,5 +1,6 @@
-// The exactly-once hand-over of an agent (docs/migration.md): OFFER -> (bundle if missing)
-// -> TRANSFER -> COMMIT. The source keeps the agent until a COMMIT arrives; the destination
+// The exactly-once hand-over of an agent (docs/migration.md), one round trip: TRANSFER ->
+// COMMIT (or -> BundleWanted, then the TRANSFER again with the bundle, when the destination
+// lacks the code). The source keeps the agent until a COMMIT arrives; the destination
 // deduplicates by (id, epoch) and answers a repeated TRANSFER with its earlier COMMIT. A
 // TRANSFER names its destination and carries a nonce and an expiry time: captured and
 // replayed elsewhere or later, it is refused.
@@ -36,28 +37,7 @@ std::string_view as_text(std::span<const std::uint8_t> bytes) {
 
 }  // namespace
 
-Result<OfferAnswer> AgentRuntime::on_offer(const AgentOffer& offer) {
-  if (runtime_.shutting_down()) return errors::shutting_down();
-  if (!is_agent_id(offer.id) || !is_bundle_hash(offer.bundle_hash)) return errors::invalid_argument("bad agent offer");
-  OfferAnswer answer;
-  {
-    std::lock_guard lock(mutex_);
-    if (commits_.count({offer.id, offer.epoch}) != 0) {
-      answer.duplicate = true;
-      return answer;
-    }
-    auto seen = highest_epoch_.find(offer.id);
-    if (seen != highest_epoch_.end() && offer.epoch <= seen->second.epoch) {
-      return make_error(Errc::stale_epoch, "agent " + offer.id + " epoch " + std::to_string(offer.epoch) +
-                                               " is stale (this node has seen epoch " + std::to_string(seen->second.epoch) + ")");
-    }
-  }
-  answer.need_bundle = !cache_.contains(offer.bundle_hash);
-  answer.node_id = trust_.node_id();  // the TRANSFER is to be addressed to it
-  return answer;
-}
-
-Result<AgentCommit> AgentRuntime::on_transfer(AgentTransfer transfer, const PeerIdentity& caller) {
+Result<TransferReply> AgentRuntime::on_transfer(AgentTransfer transfer, const PeerIdentity& caller) {
   if (runtime_.shutting_down()) return errors::shutting_down();
   AgentRecord* record = &transfer.record;
   const std::string what = "the TRANSFER of agent " + record->id + " (epoch " + std::to_string(record->epoch) + ")";
@@ -69,16 +49,21 @@ Result<AgentCommit> AgentRuntime::on_transfer(AgentTransfer transfer, const Peer
     // Checked after the expiry above: a COMMIT is remembered for as long as any copy of its
     // TRANSFER can be unexpired (remember_commit says why), so forgetting it loses no dedup.
     auto done = commits_.find({record->id, record->epoch});
-    if (done != commits_.end()) return done->second.reply;  // a retried TRANSFER: the same COMMIT again
+    if (done != commits_.end()) return TransferReply{done->second.reply, {}};  // a retried TRANSFER: the same COMMIT again
     auto seen = highest_epoch_.find(record->id);
     if (seen != highest_epoch_.end() && record->epoch <= seen->second.epoch) {
       return make_error(Errc::stale_epoch, "agent " + record->id + " epoch " + std::to_string(record->epoch) +
                                                " is stale (this node has seen epoch " + std::to_string(seen->second.epoch) + ")");
     }
   }
+  std::shared_ptr<const CachedBundle> bundle;
+  if (!transfer.bundle_bytes) {
+    bundle = cache_.get(record->bundle_hash);
+    // Nothing taken, its nonce not spent: the source sends this TRANSFER again with the bundle.
+    if (!bundle) return TransferReply{{}, BundleWanted{record->id, record->epoch, record->bundle_hash}};
+  }
   // Kept in the store with the COMMIT below, in its transaction.
   if (auto fresh = trust_.replay().admit(transfer.nonce, transfer.expires_unix_ms, what, false); !fresh) return fresh.error();
-  std::shared_ptr<const CachedBundle> bundle;
   if (transfer.bundle_bytes) {
     const std::string& text = *transfer.bundle_bytes;
     // SAFETY: the string's bytes are read as unsigned bytes of the same size.
@@ -87,9 +72,6 @@ Result<AgentCommit> AgentRuntime::on_transfer(AgentTransfer transfer, const Peer
                             record->bundle_hash);
     if (!put) return put.error();
     bundle = *put;
-  } else {
-    bundle = cache_.get(record->bundle_hash);
-    if (!bundle) return make_error(Errc::bad_bundle, "bad bundle: " + record->bundle_hash + " is not cached here; send it");
   }
   // A strong agent's heap image: the one the record names (the record rides the authenticated
   // TRANSFER, the image beside it), checked before anything else looks at it.
@@ -125,8 +107,8 @@ Result<AgentCommit> AgentRuntime::on_transfer(AgentTransfer transfer, const Peer
   if (record->image) hop.state_bytes = record->image->size();
   record->hops.push_back(std::move(hop));
   const AgentCommit commit{id, epoch, self()};
-  // Resident now (this COMMIT is the source's cue to drop its copy), but it runs only once
-  // its home knows where it is and has handed over the messages waiting for it.
+  // Resident now (this COMMIT is the source's cue to drop its copy); it runs at once, and
+  // its home hears where it is as that first step starts (run_step).
   Resident arrived;
   arrived.record = std::move(*record);
   arrived.bundle = std::move(bundle);
@@ -134,12 +116,13 @@ Result<AgentCommit> AgentRuntime::on_transfer(AgentTransfer transfer, const Peer
   arrived.hop_cpu_spent = 0;
   arrived.rate = std::make_shared<RateLimiter>(*rule != nullptr ? (*rule)->quotas.messages_per_second : 0);
   arrived.status = AgentState::arriving;
+  arrived.report_owed = true;
   arrived.since_unix_ms = unix_ms_now();
   {
     std::lock_guard lock(mutex_);
     // Checked again under the lock: two copies of one TRANSFER may race here.
     auto done = commits_.find({id, epoch});
-    if (done != commits_.end()) return done->second.reply;
+    if (done != commits_.end()) return TransferReply{done->second.reply, {}};
     // The agent, the COMMIT and the nonce in one transaction before the COMMIT leaves: a
     // restarted destination answers a retried TRANSFER with it, never takes the agent twice.
     if (store_) {
@@ -156,54 +139,36 @@ Result<AgentCommit> AgentRuntime::on_transfer(AgentTransfer transfer, const Peer
   }
   log_info("agents", options_.name + ": agent " + id + " arrived (epoch " + std::to_string(epoch) + ")");
   trace_step("restore_end", id, caller.address, "epoch " + std::to_string(epoch));
-  spawn(arrive(id), "agent arrival");
-  return commit;
+  schedule_run(id);
+  return TransferReply{commit, {}};
 }
 
 asio::awaitable<Result<AgentCommit>> AgentRuntime::hand_over(AgentRecord record, std::shared_ptr<const CachedBundle> bundle,
                                                              std::string peer, bool* transfer_sent) {
-  const std::uint64_t carried = record.image ? record.image->size() : encode_value(record.state).size();
-  const AgentOffer offer{record.id, record.epoch, record.bundle_hash, carried};
-  trace_step("offer_sent", record.id, peer, "carried_bytes=" + std::to_string(carried));
-  Result<Value> reply = co_await links_.call_peer(peer, "agent.offer", message_args(encode(offer)));
-  if (!reply) co_return reply.error();
-  trace_step("offer_answered", record.id, peer);
-  auto answer = decode_message<OfferAnswer, decode_offer_answer>(*reply, "the offer's answer");
-  if (!answer) co_return answer.error();
-  if (answer->duplicate) {
-    // An earlier TRANSFER of this epoch was committed but its COMMIT was lost.
-    co_return AgentCommit{record.id, record.epoch, peer};
-  }
-  // The node that answered: over TLS, the id its handshake proved must be the one it names,
-  // and the TRANSFER goes only to a server proving it again (a relay or a wrong address
-  // cannot redirect the agent to another node).
-  if (answer->node_id.empty()) co_return errors::remote_protocol_error(peer, "its OFFER answer names no node id");
-  if (trust_.tls()) {
-    const std::string proven = links_.proven_id(peer);
-    if (proven.empty()) co_return errors::connection_closed(peer, "its link closed after the OFFER");  // retried
-    if (proven != answer->node_id) {
-      co_return make_error(Errc::untrusted_peer, "untrusted peer " + peer + ": it answered the OFFER as node " +
-                                                     answer->node_id.substr(0, 16) + " but proved " + proven.substr(0, 16));
-    }
-  }
   const std::string id = record.id;
+  // The node the TRANSFER is addressed to: learned once per link (node.info; over TLS checked
+  // against the id its handshake proved), so a hop over a link in use costs no round trip
+  // for it. The TRANSFER then goes only to a server proving that id again: a relay or a
+  // wrong address cannot redirect the agent to another node.
+  Result<std::string> node_id = co_await links_.peer_id(peer);
+  if (!node_id) co_return node_id.error();
+  trace_step("addressed", id, peer);
   trace_step("serialize_start", id, peer);
-  // What the state is before any compression (a strong agent's image: its page map and kept
-  // pages; a weak one's: the encoded state, which is not compressed) and as carried.
-  const std::uint64_t raw =
-      record.image && !record.hops.empty() && record.hops.back().image_raw_bytes != 0 ? record.hops.back().image_raw_bytes : carried;
+  // What the state is as carried (a strong agent's image, a weak one's encoded state, which
+  // is not compressed) and before any compression (an image's page map and kept pages).
+  const bool strong_image = record.image != nullptr;
+  const std::uint64_t image_raw =
+      strong_image && !record.hops.empty() && record.hops.back().image_raw_bytes != 0 ? record.hops.back().image_raw_bytes : 0;
   AgentTransfer transfer;
   transfer.record = std::move(record);
   // Bound to this destination and this moment: a captured copy is refused elsewhere or later.
-  transfer.to = destination_for(answer->node_id);
+  transfer.to = destination_for(*node_id);
   transfer.nonce = random_nonce();
   transfer.expires_unix_ms = unix_ms_now() + static_cast<std::int64_t>(options_.transfer_lifetime.count());
-  if (answer->need_bundle) {
-    transfer.bundle_bytes = std::string(as_text(bundle->bytes));
-    ++bundles_sent_;
-  }
+  std::uint64_t carried = 0;
   if (transfer.record.image) {
     std::shared_ptr<const std::vector<std::uint8_t>> image = transfer.record.image;
+    carried = image->size();
     if (image_hook_) {  // tests: the copy a tampering path would send
       auto bytes = std::make_shared<std::vector<std::uint8_t>>(*image);
       image_hook_(*bytes, transfer.record.image_sha256);
@@ -219,25 +184,53 @@ asio::awaitable<Result<AgentCommit>> AgentRuntime::hand_over(AgentRecord record,
       transfer.image = std::string(as_text(*image));
     }
   }
+  // The state is encoded once, into the TRANSFER; its size is what the TRANSFER holds beyond
+  // an empty-state one (for the trace's figures only when tracing).
   AgentMessageBytes transfer_bytes = encode(transfer);
+  if (!strong_image && counters_ != nullptr && counters_->trace.has_file()) carried = encode_value(transfer.record.state).size();
   // A frame this node could not send (nor a peer of the same settings take): a clear refusal
   // here, not an unreachable destination. Heap images make such TRANSFERs possible.
-  if (transfer_bytes.size() > options_.max_payload) {
-    co_return errors::invalid_argument("the TRANSFER of agent " + transfer.record.id + " is " +
-                                       std::to_string(transfer_bytes.size()) + " bytes, over the frame limit of " +
-                                       std::to_string(options_.max_payload) + " bytes (max_payload)");
-  }
-  Value transfer_args = message_args(transfer_bytes);
+  auto check_size = [&](const AgentMessageBytes& bytes) -> Result<void> {
+    if (bytes.size() <= options_.max_payload) return {};
+    return errors::invalid_argument("the TRANSFER of agent " + id + " is " + std::to_string(bytes.size()) +
+                                    " bytes, over the frame limit of " + std::to_string(options_.max_payload) +
+                                    " bytes (max_payload)");
+  };
+  if (auto fits = check_size(transfer_bytes); !fits) co_return fits.error();
   trace_step("serialize_end", id, peer,
-             "raw_bytes=" + std::to_string(raw) + " compressed_bytes=" + std::to_string(carried) +
+             "raw_bytes=" + std::to_string(image_raw != 0 ? image_raw : carried) + " compressed_bytes=" + std::to_string(carried) +
                  " transfer_bytes=" + std::to_string(transfer_bytes.size()));
-  std::string expect = trust_.tls() ? answer->node_id : std::string();
-  trace_step("transfer_sent", id, peer, "transfer_bytes=" + std::to_string(transfer_bytes.size()));
-  *transfer_sent = true;  // from here the destination may commit it, whatever this call returns
-  Result<Value> commit = co_await links_.call_peer(peer, "agent.transfer", std::move(transfer_args), std::move(expect));
-  if (!commit) co_return commit.error();
-  trace_step("commit_received", id, peer);
-  co_return decode_message<AgentCommit, decode_commit>(*commit, "the COMMIT");
+  const std::string expect = trust_.tls() ? *node_id : std::string();
+  for (int round = 0;; ++round) {
+    trace_step("transfer_sent", id, peer, "transfer_bytes=" + std::to_string(transfer_bytes.size()));
+    *transfer_sent = true;  // from here the destination may commit it, whatever this call returns
+    Result<Value> reply = co_await links_.call_peer(peer, "agent.transfer", message_args(transfer_bytes), expect);
+    if (!reply) {
+      // A node of an older agent protocol cannot read the TRANSFER: said so, not a bad message.
+      const Error& e = reply.error();
+      if (e.code == Errc::invalid_argument && e.message.find("agent protocol version") != std::string::npos) {
+        co_return make_error(Errc::bad_version, "unsupported protocol version: peer " + peer +
+                                                    " does not speak agent protocol " + std::to_string(kAgentProtocolVersion) +
+                                                    " (" + e.message + ")");
+      }
+      co_return e;
+    }
+    auto answer = decode_message<TransferReply, decode_transfer_reply>(*reply, "the TRANSFER's answer");
+    if (!answer) co_return answer.error();
+    if (!answer->wanted) {
+      trace_step("commit_received", id, peer);
+      co_return std::move(answer->commit);
+    }
+    // It lacks the code: nothing was taken there. The same TRANSFER again, with the bundle.
+    if (round > 0 || answer->wanted->id != id || answer->wanted->bundle_hash != transfer.record.bundle_hash) {
+      co_return errors::remote_protocol_error(peer, "it asked again for the bundle of agent " + id + " it was sent");
+    }
+    trace_step("bundle_wanted", id, peer);
+    transfer.bundle_bytes = std::string(as_text(bundle->bytes));
+    ++bundles_sent_;
+    transfer_bytes = encode(transfer);
+    if (auto fits = check_size(transfer_bytes); !fits) co_return fits.error();
+  }
 }
 
 asio::awaitable<void> AgentRuntime::migrate(std::string id, std::string peer, std::string entry, bool resumed) {

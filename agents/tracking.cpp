@@ -12,6 +12,11 @@ namespace sojourn {
 
 namespace {
 constexpr int kForwardAttempts = 100;
+// A report whose outcome is unknown (it may not have reached the home) is tried again.
+bool outcome_unknown(Errc code) {
+  return code == Errc::connect_failed || code == Errc::connection_closed || code == Errc::timeout ||
+         code == Errc::remote_protocol_error || code == Errc::shutting_down;
+}
 constexpr std::chrono::milliseconds kForwardPause{100};
 // Forwarded message ids an agent remembers beyond those its home may resend: a delivery
 // is sent again only while it is the home's pending front, so only a copy delayed behind
@@ -141,6 +146,10 @@ Result<ArrivalAnswer> AgentRuntime::on_arrived(const ArrivalReport& report, cons
     Tracked& t = it->second;
     AgentStatus& s = t.status;
     if (s.done()) return ArrivalAnswer{};
+    // Reports are ordered by epoch. An arrival is reported once the agent's first step there
+    // has started, so a report may come after a later holder's (the agent moved on): it
+    // changes nothing and hands nothing over (no messages, no token), but is no error.
+    if (epoch < s.epoch) return ArrivalAnswer{};
     // With a store, what changes here is committed before the answer; a failed commit
     // leaves the entry as it was and the reporter tries again.
     std::optional<Tracked> before;
@@ -164,6 +173,9 @@ Result<ArrivalAnswer> AgentRuntime::on_arrived(const ArrivalReport& report, cons
       }
       return ArrivalAnswer{};
     }
+    // A stranding of this epoch stands: an arrival report of it that came later (a retry)
+    // does not make the agent look running again.
+    if (s.status == AgentState::stranded && epoch == s.epoch) return ArrivalAnswer{};
     // What the agent already has is no longer pending (its record says so).
     for (const auto& delivered : report.delivered) {
       std::erase_if(t.pending, [&](const ForwardedMessage& m) { return m.message_id == delivered; });
@@ -193,67 +205,56 @@ Result<ArrivalAnswer> AgentRuntime::on_arrived(const ArrivalReport& report, cons
   }
 }
 
-asio::awaitable<void> AgentRuntime::arrive(std::string id) {
-  auto keep = shared_from_this();
+ArrivalReport AgentRuntime::arrival_report(const AgentRecord& r) {
   ArrivalReport report;
-  std::string home;
-  {
-    std::lock_guard lock(mutex_);
-    auto it = residents_.find(id);
-    if (it == residents_.end()) co_return;
-    const AgentRecord& r = it->second.record;
-    home = r.home;
-    report.id = id;
-    report.epoch = r.epoch;
-    report.node = self();
-    report.state_bytes = r.hops.empty() ? 0 : r.hops.back().state_bytes;
-    report.isolation = std::string(isolation_name(r.isolation));
-    report.mobility = mobility_name(r.mobility);
-    report.delivered = r.delivered;
-    report.token = r.report_token;
-  }
+  report.id = r.id;
+  report.epoch = r.epoch;
+  report.node = self();
+  report.state_bytes = r.hops.empty() ? 0 : r.hops.back().state_bytes;
+  report.isolation = std::string(isolation_name(r.isolation));
+  report.mobility = mobility_name(r.mobility);
+  report.delivered = r.delivered;
+  report.token = r.report_token;
+  return report;
+}
+
+asio::awaitable<void> AgentRuntime::report_arrival(std::string home, ArrivalReport report) {
+  auto keep = shared_from_this();
+  const std::string id = report.id;
   Result<ArrivalAnswer> answer = ArrivalAnswer{};
   if (home == self()) {
     static const PeerIdentity local{"local", {}, {}};
     answer = on_arrived(report, local);
   } else {
-    // A short wait at most: an unreachable home must not hold the agent up for long.
+    // The agent runs meanwhile: a few tries, then the home learns at the next report
+    // (location is advisory; its pending messages wait for that report).
     const Value args = message_args(encode(report));
-    for (int i = 0; i < 3 && !runtime_.shutting_down(); ++i) {
+    for (int i = 0; i < 5 && !runtime_.shutting_down(); ++i) {
       Result<Value> reply = co_await links_.call_peer(home, "agent.arrived", args);
       answer = reply ? decode_message<ArrivalAnswer, decode_arrival_answer>(*reply, "the arrival's answer")
                      : Result<ArrivalAnswer>(reply.error());
-      if (answer) break;
-      asio::steady_timer timer(runtime_.io(), std::chrono::milliseconds(20 * (i + 1)));
+      if (answer || !outcome_unknown(answer.error().code)) break;
+      asio::steady_timer timer(runtime_.io(), std::chrono::milliseconds(50 * (i + 1)));
       co_await timer.async_wait(asio::use_awaitable);
     }
-    if (!answer) log_warn("agents", "agent " + id + ": cannot report the arrival home: " + answer.error().message);
   }
-  if (answer) {
-    take_messages(id, answer->messages, report.delivered);
-    // The home's token for this epoch: what the next report (or the next holder) shows.
-    if (!answer->token.empty()) {
-      std::lock_guard lock(mutex_);
-      auto it = residents_.find(id);
-      if (it != residents_.end() && it->second.record.epoch == report.epoch) it->second.record.report_token = answer->token;
-    }
+  if (!answer) {
+    log_warn("agents", "agent " + id + ": cannot report the arrival home: " + answer.error().message);
+    co_return;
   }
-  {
-    std::lock_guard lock(mutex_);
-    auto it = residents_.find(id);
-    if (it == residents_.end()) co_return;
-    it->second.status = AgentState::queued;
-    persist_resident(id, it->second);  // its new token and the messages the answer handed over
-  }
-  schedule_run(id);
+  // The waiting messages and the home's token for this epoch (what the next report, or the
+  // next holder, shows), unless the agent has left meanwhile: its record is on the wire
+  // then, and the home hands the messages to the next holder (they stay pending there).
+  if (take_messages(id, report.epoch, answer->messages, report.delivered, answer->token)) wake_if_asleep(id);
 }
 
-void AgentRuntime::take_messages(const std::string& id, const std::vector<ForwardedMessage>& messages,
-                                 const std::vector<std::string>& confirmed) {
+bool AgentRuntime::take_messages(const std::string& id, std::uint64_t epoch, const std::vector<ForwardedMessage>& messages,
+                                 const std::vector<std::string>& confirmed, const std::string& token) {
   std::lock_guard lock(mutex_);
   auto it = residents_.find(id);
-  if (it == residents_.end()) return;
+  if (it == residents_.end() || it->second.record.epoch != epoch || it->second.status == AgentState::moving) return false;
   AgentRecord& r = it->second.record;
+  if (!token.empty()) r.report_token = token;
   const std::set<std::string> gone(confirmed.begin(), confirmed.end());
   std::erase_if(r.delivered, [&](const std::string& m) { return gone.count(m) != 0; });
   it->second.answer_ids.clear();
@@ -264,6 +265,8 @@ void AgentRuntime::take_messages(const std::string& id, const std::vector<Forwar
     r.delivered.push_back(m.message_id);
     r.mailbox.push_back(m.body);
   }
+  persist_resident(id, it->second);  // its new token and the messages the answer handed over
+  return true;
 }
 
 Result<void> AgentRuntime::on_finished(const EndReport& report, const PeerIdentity& caller) {

@@ -61,8 +61,8 @@ class ReplayGuard {
 
 // One notion of "the node a message is addressed to", shared by agent TRANSFERs and signed
 // remote evaluations: the node's id (NodeTrust::node_id: its TLS key fingerprint, or the id
-// in its data dir), however it was dialed. The sender learns it from the OFFER answer or
-// node.info (over TLS: checked against the handshake), the receiver compares it with its own.
+// in its data dir), however it was dialed. The sender learns it from node.info, once per
+// link (over TLS: checked against the handshake), the receiver compares it with its own.
 std::string destination_for(std::string_view node_id);
 // replayed "replayed: WHAT is addressed to node TO, not to this node (SELF)" ("no node" for an
 // empty TO): a message bound to another node, or to none, is refused before it is used.

@@ -46,8 +46,9 @@ Result<FixedCosts> calibrate(bool quick) {
   f.fetch_ms = std::max(0.0, *fetch - f.local_call_ms);
   auto ma = median_of(bed, Paradigm::ma, Task{1, 10, 10, 300}, std::max(5, reps / 3));
   if (!ma) return ma.error();
-  // Four loopback round trips are in an agent's round trip (advise.hpp); the rest is the hops'.
-  f.hop_ms = std::max(0.0, (*ma - 4 * f.call_ms - f.local_call_ms) / 2.0);
+  // Two loopback round trips are in an agent's round trip (advise.hpp: the TRANSFER, its
+  // BundleWanted and the TRANSFER with the code there, the TRANSFER home); the rest is the hops'.
+  f.hop_ms = std::max(0.0, (*ma - 2 * f.call_ms - f.local_call_ms) / 2.0);
   auto small = bed.run_migration(1'000);
   auto large = bed.run_migration(4'000'000);
   if (!small) return small.error();

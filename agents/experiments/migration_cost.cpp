@@ -1,6 +1,6 @@
 // `sojourn experiment migration-cost`: what moving an agent costs as its state grows (1 KB to
 // 64 MB) over several bandwidths: the hop's time, its downtime (agent.go to the next
-// instruction) broken into its phases (offer, serialize, transfer, restore, resume, from the
+// instruction) broken into its phases (address, serialize, transfer, restore, resume, from the
 // nodes' traces) and the bytes (raw, compressed, on the wire), beside the model. Weak rows (a
 // state table) and strong rows (a heap image, at the process level).
 #include <algorithm>
@@ -25,20 +25,21 @@ struct Row {
 
 constexpr const char* kColumns =
     "kind,link,rtt_ms,bandwidth_bps,state_bytes,measured_ms,predicted_ms,downtime_ms,wire_bytes,"
-    "offer_ms,serialize_ms,transfer_ms,restore_ms,resume_ms,raw_bytes,compressed_bytes,transfer_bytes";
+    "address_ms,serialize_ms,transfer_ms,restore_ms,resume_ms,raw_bytes,compressed_bytes,transfer_bytes";
 
-// Launch to the end heard at home: an OFFER's round trip, the TRANSFER's one way with the
-// state, the arrival report's round trip, the end report's one way: three round trips.
+// Launch to the end heard at home: the TRANSFER's one way with the state (its code is at the
+// destination already: the testbed's warm-up took it there), the end report's one way: one
+// round trip. The COMMIT and the arrival report travel while the agent runs.
 double predicted_hop_ms(double rtt_ms, std::uint64_t bps, std::uint64_t bytes, const FixedCosts& f) {
   double wire = bps ? static_cast<double>(bytes) * 8.0 / static_cast<double>(bps) * 1000.0 : 0.0;
-  return 3 * rtt_ms + wire + static_cast<double>(bytes) / 1000.0 * f.state_per_kb_ms + f.hop_ms;
+  return rtt_ms + wire + static_cast<double>(bytes) / 1000.0 * f.state_per_kb_ms + f.hop_ms;
 }
 
 // A strong hop, given its image's measured size: the same round trips and the image over the
 // bandwidth (sealing and restoring the heap are not in the calibration).
 double predicted_strong_hop_ms(double rtt_ms, std::uint64_t bps, std::uint64_t image_bytes, const FixedCosts& f) {
   double wire = bps ? static_cast<double>(image_bytes) * 8.0 / static_cast<double>(bps) * 1000.0 : 0.0;
-  return 3 * rtt_ms + wire + f.hop_ms;
+  return rtt_ms + wire + f.hop_ms;
 }
 
 }  // namespace
@@ -101,7 +102,7 @@ int run_migration_cost(const ExperimentOptions& o) {
     std::snprintf(buf, sizeof buf, "%s,%s,%.3f,%llu,%llu,%.3f,%.3f,%.3f,%llu,%.3f,%.3f,%.3f,%.3f,%.3f,%llu,%llu,%llu\n",
                   r.kind.c_str(), r.link.c_str(), r.rtt_ms, static_cast<unsigned long long>(r.bandwidth_bps),
                   static_cast<unsigned long long>(r.state_bytes), m.measured_ms, r.predicted_ms, m.downtime_ms,
-                  static_cast<unsigned long long>(m.wire_bytes), m.offer_ms, m.serialize_ms, m.transfer_ms, m.restore_ms,
+                  static_cast<unsigned long long>(m.wire_bytes), m.address_ms, m.serialize_ms, m.transfer_ms, m.restore_ms,
                   m.resume_ms, static_cast<unsigned long long>(m.raw_bytes), static_cast<unsigned long long>(m.compressed_bytes),
                   static_cast<unsigned long long>(m.transfer_bytes));
     csv += buf;
@@ -136,13 +137,13 @@ int run_migration_cost(const ExperimentOptions& o) {
   if (written) written = write_file(o.out + "/plot.gp", gp.str());
   if (written) written = run_gnuplot(o.out, "plot.gp");
   std::printf("%-6s %13s %11s %11s %11s %11s %9s %9s %9s %9s %9s %11s %11s\n", "kind", "bandwidth_bps", "state_bytes",
-              "measured_ms", "predicted", "downtime_ms", "offer", "serialize", "transfer", "restore", "resume",
+              "measured_ms", "predicted", "downtime_ms", "address", "serialize", "transfer", "restore", "resume",
               "compressed", "wire_bytes");
   for (const auto& r : rows) {
     const auto& m = r.run;
     std::printf("%-6s %13llu %11llu %11.1f %11.1f %11.1f %9.1f %9.1f %9.1f %9.1f %9.1f %11llu %11llu\n", r.kind.c_str(),
                 static_cast<unsigned long long>(r.bandwidth_bps), static_cast<unsigned long long>(r.state_bytes),
-                m.measured_ms, r.predicted_ms, m.downtime_ms, m.offer_ms, m.serialize_ms, m.transfer_ms, m.restore_ms,
+                m.measured_ms, r.predicted_ms, m.downtime_ms, m.address_ms, m.serialize_ms, m.transfer_ms, m.restore_ms,
                 m.resume_ms, static_cast<unsigned long long>(m.compressed_bytes),
                 static_cast<unsigned long long>(m.wire_bytes));
   }

@@ -52,7 +52,7 @@ class Testbed {
   // them; without a trace dir (calibration) only measured_ms and wire_bytes are set.
   struct MigrationRun {
     double measured_ms = 0, downtime_ms = 0;
-    double offer_ms = 0, serialize_ms = 0, transfer_ms = 0, restore_ms = 0, resume_ms = 0;
+    double address_ms = 0, serialize_ms = 0, transfer_ms = 0, restore_ms = 0, resume_ms = 0;
     std::uint64_t wire_bytes = 0, raw_bytes = 0, compressed_bytes = 0, transfer_bytes = 0;
   };
   Result<MigrationRun> run_migration(std::uint64_t state_bytes, bool strong = false);
@@ -102,6 +102,7 @@ class ItineraryTestbed {
   Result<std::int64_t> run_cs(std::uint32_t k);
   Result<std::int64_t> run_rev(std::uint32_t k);
   Result<std::int64_t> run_ma(std::uint32_t k);
+  Result<std::int64_t> run_tour(std::vector<std::string> stops);  // the itinerary agent over `stops`, home again
   std::string padded(const std::string& body);
 
   LinkSpec link_;

@@ -73,20 +73,27 @@ TEST_CASE("an agent state's name parses back to it, and an unknown name is refus
 }
 
 TEST_CASE("the hand-over's messages round-trip and refuse truncated or longer bytes") {
-  AgentOffer offer{std::string(32, 'a'), 3, std::string(64, 'b'), 99};
-  auto offer_bytes = encode(offer);
-  auto o = decode_offer(offer_bytes);
-  REQUIRE(o.ok());
-  CHECK((o->id == offer.id && o->epoch == 3 && o->bundle_hash == offer.bundle_hash && o->state_bytes == 99));
-  check_refuses_damaged(offer_bytes, decode_offer, "offer");
-
-  auto answer = decode_offer_answer(encode(OfferAnswer{false, true, "node-0123456789abcdef0123456789abcdef"}));
-  REQUIRE(answer.ok());
-  CHECK_FALSE(answer->duplicate);
-  CHECK(answer->need_bundle);
-  CHECK(answer->node_id == "node-0123456789abcdef0123456789abcdef");
-  check_refuses_damaged(encode(OfferAnswer{true, false, "node-0123456789abcdef0123456789abcdef"}), decode_offer_answer,
-                        "offer answer");
+  const BundleWanted wanted{std::string(32, 'a'), 3, std::string(64, 'b')};
+  auto wanted_bytes = encode(wanted);
+  auto w = decode_bundle_wanted(wanted_bytes);
+  REQUIRE(w.ok());
+  CHECK((w->id == wanted.id && w->epoch == 3 && w->bundle_hash == wanted.bundle_hash));
+  check_refuses_damaged(wanted_bytes, decode_bundle_wanted, "bundle wanted");
+  // agent.transfer's answer is either: a BundleWanted, or a COMMIT.
+  auto as_reply = decode_transfer_reply(wanted_bytes);
+  REQUIRE(as_reply.ok());
+  REQUIRE(as_reply->wanted.has_value());
+  CHECK(as_reply->wanted->bundle_hash == wanted.bundle_hash);
+  CHECK(encode(*as_reply) == wanted_bytes);
+  const auto commit_reply = encode(TransferReply{AgentCommit{std::string(32, 'a'), 3, "n"}, std::nullopt});
+  CHECK(commit_reply == encode(AgentCommit{std::string(32, 'a'), 3, "n"}));
+  auto committed = decode_transfer_reply(commit_reply);
+  REQUIRE(committed.ok());
+  CHECK_FALSE(committed->wanted.has_value());
+  CHECK((committed->commit.id == std::string(32, 'a') && committed->commit.epoch == 3 && committed->commit.node == "n"));
+  auto neither = decode_transfer_reply(encode(SendAnswer{"m"}));
+  REQUIRE_FALSE(neither.ok());
+  CHECK(neither.error().message == "invalid argument: bad agent message: commit: got a send answer");
 
   AgentTransfer transfer;
   transfer.record = sample_record();
@@ -117,9 +124,9 @@ TEST_CASE("the hand-over's messages round-trip and refuse truncated or longer by
   auto bad_id = decode_transfer(encode(transfer));
   REQUIRE_FALSE(bad_id.ok());
 
-  auto commit = decode_commit(encode(AgentCommit{offer.id, 3, "127.0.0.1:7401"}));
+  auto commit = decode_commit(encode(AgentCommit{wanted.id, 3, "127.0.0.1:7401"}));
   REQUIRE(commit.ok());
-  CHECK((commit->id == offer.id && commit->epoch == 3 && commit->node == "127.0.0.1:7401"));
+  CHECK((commit->id == wanted.id && commit->epoch == 3 && commit->node == "127.0.0.1:7401"));
 }
 
 TEST_CASE("a strong agent's TRANSFER carries its heap image beside the record that names its hash") {
@@ -321,9 +328,21 @@ TEST_CASE("messages to an agent, status, list, wait, launch and fetch round-trip
 
 TEST_CASE("one message's bytes are not another's, nor another version's, nor a non-string argument") {
   auto commit_bytes = encode(AgentCommit{std::string(32, 'a'), 1, "n"});
-  auto as_offer = decode_offer(commit_bytes);
-  REQUIRE_FALSE(as_offer.ok());
-  CHECK(as_offer.error().message == "invalid argument: bad agent message: offer: got a commit");
+  auto as_wanted = decode_bundle_wanted(commit_bytes);
+  REQUIRE_FALSE(as_wanted.ok());
+  CHECK(as_wanted.error().message == "invalid argument: bad agent message: bundle wanted: got a commit");
+  // Protocol 3's OFFER (kind 3, version 3), as an older source sends it: named, and refused
+  // for its version.
+  std::vector<std::uint8_t> old_offer = commit_bytes;
+  old_offer[1] = static_cast<std::uint8_t>(AgentMessageKind::retired_offer);
+  auto offered = decode_transfer(old_offer);
+  REQUIRE_FALSE(offered.ok());
+  CHECK(offered.error().message == "invalid argument: bad agent message: transfer: got a protocol 3 offer");
+  std::vector<std::uint8_t> old_transfer = encode(AgentCommit{std::string(32, 'a'), 1, "n"});
+  old_transfer[2] = 3;
+  auto older = decode_commit(old_transfer);
+  REQUIRE_FALSE(older.ok());
+  CHECK(older.error().message == "invalid argument: bad agent message: commit: agent protocol version 3 (this node speaks 4)");
   std::vector<std::uint8_t> garbage = {commit_bytes[0], 0xff, 0x01, 0x02};
   auto g = decode_commit(garbage);
   REQUIRE_FALSE(g.ok());

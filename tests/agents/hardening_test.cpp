@@ -14,6 +14,7 @@
 #include <thread>
 
 #include "agents/agent_messages.hpp"
+#include "agents/trust.hpp"
 #include "sojourn/agents/node.hpp"
 #include "sojourn/agents/policy.hpp"
 #include "sojourn/core/frame.hpp"
@@ -229,13 +230,28 @@ TEST_CASE("a bundle that fails its signature or the policy never enters the code
   l.signing_key = mallory;  // signed, but by a key the policy does not know: the default rule again
   CHECK_FALSE(client->launch(strict->advertised_address(), l).ok());
   CHECK(strict->stats().bundles_cached == 0);
-  // The node still asks for the bundle: it was never kept.
-  const AgentOffer offer{std::string(32, 'a'), 1, bundle_hash(l.bundle), 0};
-  auto answer = client->call(strict->advertised_address(), "agent.offer", message_args(encode(offer)));
+  // The node still asks for the bundle: it was never kept. A TRANSFER without it is answered
+  // with a BundleWanted, and nothing is taken.
+  AgentTransfer transfer;
+  transfer.record.id = std::string(32, 'a');
+  transfer.record.epoch = 1;
+  transfer.record.home = client->advertised_address();
+  transfer.record.owner = "anonymous";
+  transfer.record.bundle_hash = bundle_hash(l.bundle);
+  transfer.record.entry = "start";
+  transfer.record.state = Value::table();
+  transfer.record.max_hops = 10;
+  transfer.to = destination_for(strict->node_id());
+  transfer.nonce = random_nonce();
+  transfer.expires_unix_ms = unix_ms_now() + 30'000;
+  auto answer = client->call(strict->advertised_address(), "agent.transfer", message_args(encode(transfer)));
+  INFO((answer.ok() ? std::string() : answer.error().message));
   REQUIRE(answer.ok());
-  auto offer_answer = decode_message<OfferAnswer, decode_offer_answer>(*answer, "the offer's answer");
-  REQUIRE(offer_answer.ok());
-  CHECK(offer_answer->need_bundle);
+  auto reply = decode_message<TransferReply, decode_transfer_reply>(*answer, "the TRANSFER's answer");
+  REQUIRE(reply.ok());
+  REQUIRE(reply->wanted.has_value());
+  CHECK(reply->wanted->bundle_hash == bundle_hash(l.bundle));
+  CHECK(strict->list_agents()->empty());
   // Signed by alice: admitted, and kept.
   l.signing_key = alice;
   REQUIRE(client->launch(strict->advertised_address(), l).ok());

@@ -46,15 +46,18 @@ TEST_CASE("over TLS the node id is the key fingerprint, and node.info says so") 
   CHECK(info->get("id").as_string() == pki.fingerprint("b"));
 }
 
-TEST_CASE("a member of the CA that answers the OFFER with another node's id is not handed the agent") {
+TEST_CASE("a member of the CA that names another node's id is not handed the agent") {
   Pki pki;
   auto b = tls_node("b", pki.identity("b"));
   auto c = tls_node("c", pki.identity("c"));
   const std::string b_id = b->node_id();
-  // c claims to be b when offered an agent, and counts the TRANSFERs that reach it.
+  // c claims to be b when asked its id (as a TRANSFER's source does before addressing it), and
+  // counts the TRANSFERs that reach it.
   auto transfers = std::make_shared<std::atomic<int>>(0);
-  c->register_service("agent.offer", [b_id](const Value&) -> Result<Value> {
-    return message_value(encode(OfferAnswer{false, true, b_id}));
+  c->register_service("node.info", [b_id](const Value&) -> Result<Value> {
+    Value info = Value::table();
+    info.set(Value("id"), Value(b_id));
+    return info;
   });
   c->register_service("agent.transfer", [transfers](const Value&) -> Result<Value> {
     ++*transfers;

@@ -380,3 +380,101 @@ TEST_CASE("a holder that never had its home's answer to an arrival still reports
   CHECK(s->epoch == 2);
   CHECK(s->location == c.addr[2]);
 }
+
+TEST_CASE("a hop sends the code only to a node that asks for it: once per node, then never again") {
+  Cluster c(2);
+  // Two tours of node 1 with the same code: the first TRANSFER is answered with a BundleWanted
+  // (then sent again with the code), the second with the COMMIT at once.
+  for (int round = 1; round <= 2; ++round) {
+    const std::string id = launch(c[0], c.addr[0], {c.addr[1]});
+    auto s = c[0].wait_agent(c.addr[0], id, 30s);
+    REQUIRE(s.ok());
+    INFO(s->reason);
+    REQUIRE(s->status == AgentState::finished);
+    CHECK(c[0].stats().bundles_sent == 1);
+  }
+  CHECK(c[1].stats().bundles_cached == 1);
+}
+
+TEST_CASE("a node of the older agent protocol is named as such: the agent stays, and an old OFFER is refused") {
+  Cluster c(2);
+  // Node 1 answers a TRANSFER as a protocol 3 node does (its decoder refuses version 4).
+  c[1].register_service("agent.transfer", [](const Value&) -> Result<Value> {
+    return errors::invalid_argument("bad agent message: transfer: agent protocol version 4 (this node speaks 3)");
+  });
+  const std::string id = launch(c[0], c.addr[0], {c.addr[1]});
+  AgentStatus status;
+  for (int i = 0; i < 1500; ++i) {
+    auto s = c[0].agent_status(c.addr[0], id);
+    REQUIRE(s.ok());
+    status = *s;
+    if (status.status == AgentState::stranded || status.done()) break;
+    std::this_thread::sleep_for(20ms);
+  }
+  CHECK(status.status == AgentState::stranded);
+  CHECK(status.location == c.addr[0]);
+  CHECK(status.reason == "cannot move agent " + id + " to " + c.addr[1] + ": unsupported protocol version: peer " + c.addr[1] +
+                             " does not speak agent protocol 4 (invalid argument: bad agent message: transfer: agent "
+                             "protocol version 4 (this node speaks 3))");
+  // A protocol 3 source's OFFER: refused with the reason, nothing taken.
+  auto offered = c[0].call(c.addr[1], "agent.offer", message_args(std::vector<std::uint8_t>{0, 3, 3}));
+  REQUIRE_FALSE(offered.ok());
+  CHECK(offered.error().code == Errc::bad_version);
+  CHECK(offered.error().message == "unsupported protocol version 3 (this node speaks agent protocol 4, where a hop is a "
+                                   "TRANSFER with no OFFER before it)");
+}
+
+TEST_CASE("an arrival report that reaches the home after the agent moved on changes nothing and locks nobody out") {
+  Cluster c(3);
+  // Parks at node 2 (epoch 2) until a message comes, then returns it.
+  auto bundle = single_file_bundle("parker", R"(
+    local M = {}
+    function M.start(s) agent.go(agent.itinerary[1], "pass") end
+    function M.pass(s) agent.go(agent.itinerary[1], "park") end
+    function M.park(s)
+      local m = agent.receive()
+      if m == nil then return agent.wait("park") end
+      return m
+    end
+    return M)");
+  REQUIRE(bundle.ok());
+  AgentLaunch l;
+  l.bundle = *bundle;
+  l.itinerary = {c.addr[1], c.addr[2]};
+  auto id = c[0].launch(c.addr[0], l);
+  REQUIRE(id.ok());
+  AgentStatus before;
+  for (int i = 0; i < 1500; ++i) {
+    auto s = c[0].agent_status(c.addr[0], *id);
+    REQUIRE(s.ok());
+    before = *s;
+    if (before.epoch == 2) break;
+    std::this_thread::sleep_for(20ms);
+  }
+  REQUIRE(before.epoch == 2);
+  // Node 1's report of epoch 1, late (as when it was sent beside a step that moved the agent
+  // on at once): taken without an error, handing nothing over and moving nothing.
+  ArrivalReport late;
+  late.id = *id;
+  late.epoch = 1;
+  late.node = c.addr[1];
+  late.state = AgentState::running;
+  late.token = std::string(32, '0');
+  auto answered = c[1].call(c.addr[0], "agent.arrived", message_args(encode(late)));
+  REQUIRE(answered.ok());
+  auto answer = decode_message<ArrivalAnswer, decode_arrival_answer>(*answered, "the arrival's answer");
+  REQUIRE(answer.ok());
+  CHECK(answer->messages.empty());
+  CHECK(answer->token.empty());
+  auto after = c[0].agent_status(c.addr[0], *id);
+  REQUIRE(after.ok());
+  CHECK(after->epoch == 2);
+  CHECK(after->location == c.addr[2]);
+  // The holder still reaches its home: a message wakes it and its end is taken.
+  REQUIRE(c[0].send_to_agent(c.addr[0], *id, Value("hello")).ok());
+  auto s = c[0].wait_agent(c.addr[0], *id, 30s);
+  REQUIRE(s.ok());
+  INFO(s->reason);
+  CHECK(s->status == AgentState::finished);
+  CHECK(s->result.get(1).as_string() == "hello");
+}

@@ -282,8 +282,8 @@ return out)";
       const auto eq = kv.rfind('=');
       counters[n][kv.substr(0, eq)] = std::atoll(kv.c_str() + eq + 1);
     }
-    // A source restarted mid-hand-over offers its copy again and drops it at the answer
-    // (`duplicate`): it may still hold it, `moving`, a moment after the agent ended. A copy
+    // A source restarted mid-hand-over sends its copy again and drops it at the answer
+    // (the destination's earlier COMMIT): it may still hold it, `moving`, a moment after the agent ended. A copy
     // still there after 30 s is left behind.
     auto left = client.list_agents(address(n));
     for (int i = 0; i < 300 && left.ok() && !left->empty(); ++i) {

@@ -61,7 +61,7 @@ bool holds(Node& node, AgentState state) {
 
 }  // namespace
 
-TEST_CASE("a destination restarted on its data dir answers a retried OFFER and TRANSFER of an agent it took with its COMMIT") {
+TEST_CASE("a destination restarted on its data dir answers a retried TRANSFER of an agent it took with its COMMIT") {
   TempDir dir;
   auto home = start_at("home", dir / "home", "127.0.0.1:0");
   auto bundle = single_file_bundle("visitor", kVisitor);
@@ -84,15 +84,9 @@ TEST_CASE("a destination restarted on its data dir answers a retried OFFER and T
   CHECK(dest->node_id() == dest_id);
   CHECK(dest->stats().commits_remembered == 1);  // taken back from the store
 
-  // A source that never heard the COMMIT offers epoch 1 again: a duplicate.
-  const AgentOffer offer{id, 1, std::string(64, 'a'), 10};
-  auto offered = home->call(dest_address, "agent.offer", message_args(encode(offer)));
-  REQUIRE(offered.ok());
-  auto answer = decode_message<OfferAnswer, decode_offer_answer>(*offered, "the offer's answer");
-  REQUIRE(answer.ok());
-  CHECK(answer->duplicate);
-
-  // Its TRANSFER, retried with a fresh nonce: answered with the earlier COMMIT.
+  // A source that never heard the COMMIT sends epoch 1 again, with a fresh nonce (and no
+  // bundle, which the destination does not have under this hash): answered with the earlier
+  // COMMIT, not a BundleWanted.
   AgentTransfer transfer;
   transfer.record.id = id;
   transfer.record.epoch = 1;
@@ -248,12 +242,13 @@ TEST_CASE("a source whose TRANSFER may have been taken never offers the agent to
   auto dest = std::make_unique<Node>(handover_options("dest", ""));
   REQUIRE(dest->listen("127.0.0.1:0").ok());
   std::atomic<bool> taken{false}, healed{false};
+  std::atomic<int> transfers{0};
   testing::set_fault_hooks(*dest, [&](std::string_view service) {
-    if (service == "agent.transfer") {
-      taken = true;
-      return true;
-    }
-    return service == "agent.offer" && taken && !healed;
+    // The first TRANSFER hears its BundleWanted; the one with the code is committed and its
+    // COMMIT lost, and so is every retry's, until healed.
+    if (service != "agent.transfer" || ++transfers == 1) return false;
+    taken = true;
+    return !healed.load();
   });
   auto fallback = std::make_unique<Node>(handover_options("fallback", ""));
   REQUIRE(fallback->listen("127.0.0.1:0").ok());
@@ -267,11 +262,11 @@ TEST_CASE("a source whose TRANSFER may have been taken never offers the agent to
   auto id = source->launch(source->advertised_address(), l);
   REQUIRE(id.ok());
   REQUIRE(holds(*dest, AgentState::asleep));  // it arrived, its COMMIT was not heard
-  // Past the source's 3 retries (50 + 100 + 200 ms): it still offers to the destination only.
+  // Past the source's 3 retries (50 + 100 + 200 ms): it still sends to the destination only.
   std::this_thread::sleep_for(1500ms);
   CHECK(fallback->list_agents()->empty());
   CHECK(source->list_agents()->size() == 1);  // moving, kept until the destination answers
-  healed = true;  // the next OFFER hears `duplicate`: the source lets its copy go
+  healed = true;  // the next TRANSFER hears the earlier COMMIT: the source lets its copy go
   for (int i = 0; i < 1000 && !source->list_agents()->empty(); ++i) std::this_thread::sleep_for(10ms);
   CHECK(source->list_agents()->empty());
   CHECK(fallback->list_agents()->empty());
@@ -280,4 +275,53 @@ TEST_CASE("a source whose TRANSFER may have been taken never offers the agent to
   auto status = source->agent_status(source->advertised_address(), *id);
   REQUIRE(status.ok());
   CHECK(status->location == dest->advertised_address());
+}
+
+TEST_CASE("a destination restarted on its data dir reports the agents asleep in its store to their homes again") {
+  // The report of an arrival leaves as the agent's first step starts: that step may be over
+  // (the agent asleep, in the store) before the report got through, and the node may go
+  // away then. After a restart the home hears it again.
+  TempDir dir;
+  std::atomic<int> reports{0};
+  auto home = start_at("home", dir / "home", "127.0.0.1:0");
+  testing::set_fault_hooks(*home, {}, [&](std::string_view service) {
+    if (service == "agent.arrived") ++reports;
+    return std::chrono::milliseconds(0);
+  });
+  auto bundle = single_file_bundle("visitor", kVisitor);
+  REQUIRE(bundle.ok());
+  std::string dest_address, id;
+  {
+    auto dest = start_at("dest", dir / "dest", "127.0.0.1:0");
+    dest_address = dest->advertised_address();
+    AgentLaunch l;
+    l.bundle = *bundle;
+    l.itinerary = {dest_address};
+    auto launched = home->launch(home->advertised_address(), l);
+    REQUIRE(launched.ok());
+    id = *launched;
+    REQUIRE(holds(*dest, AgentState::asleep));
+    for (int i = 0; i < 3000 && reports.load() == 0; ++i) std::this_thread::sleep_for(10ms);
+    REQUIRE(reports.load() >= 1);
+  }
+  reports = 0;
+  auto dest = start_at("dest", dir / "dest", dest_address);
+  REQUIRE(holds(*dest, AgentState::asleep));
+  for (int i = 0; i < 3000 && reports.load() == 0; ++i) std::this_thread::sleep_for(10ms);
+  CHECK(reports.load() >= 1);
+  auto status = home->agent_status(home->advertised_address(), id);
+  REQUIRE(status.ok());
+  CHECK(status->status == AgentState::running);
+  CHECK(status->location == dest_address);
+  CHECK(status->epoch == 1);
+  // Still its home's: a message wakes it there (it never takes the message, so it visits
+  // again and again; once is what is checked).
+  REQUIRE(home->send_to_agent(home->advertised_address(), id, Value("wake")).ok());
+  bool counted = false;
+  for (int i = 0; i < 3000 && !counted; ++i) {
+    auto visits = dest->call_local("kv.get", Value::array({"visits"}));
+    counted = visits.ok() && visits->is_integer() && visits->as_integer() >= 2;
+    if (!counted) std::this_thread::sleep_for(10ms);
+  }
+  CHECK(counted);
 }

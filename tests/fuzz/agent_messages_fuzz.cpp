@@ -27,10 +27,10 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   const std::span<const std::uint8_t> bytes(data, size);
   round_trip(bytes, decode_launch);
   round_trip(bytes, decode_launch_answer);
-  round_trip(bytes, decode_offer);
-  round_trip(bytes, decode_offer_answer);
   round_trip(bytes, decode_transfer);
   round_trip(bytes, decode_commit);
+  round_trip(bytes, decode_bundle_wanted);
+  round_trip(bytes, decode_transfer_reply);
   round_trip(bytes, decode_arrival);
   round_trip(bytes, decode_arrival_answer);
   round_trip(bytes, decode_end);

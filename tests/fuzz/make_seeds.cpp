@@ -182,7 +182,7 @@ int main(int argc, char** argv) {
   strong.bundle_bytes.reset();
   strong.image = std::string(4096, '\x5a');
   put("agent_messages_fuzz", "transfer_strong", encode(strong));
-  put("agent_messages_fuzz", "offer", encode(AgentOffer{id, 2, std::string(64, 'b'), 120}));
+  put("agent_messages_fuzz", "bundle_wanted", encode(BundleWanted{id, 2, std::string(64, 'b')}));
   put("agent_messages_fuzz", "commit", encode(AgentCommit{id, 2, "127.0.0.1:7401"}));
   put("agent_messages_fuzz", "arrival", encode(ArrivalReport{id, 2, "127.0.0.1:7401", AgentState::running, "", 120,
                                                              "process", "strong", {"m1"}, std::string(32, 't')}));

@@ -26,7 +26,7 @@ struct FixedCosts {
   double call_ms = 0.15;        // one request and its reply, client-server, tiny payloads
   double eval_ms = 0.30;        // one remote evaluation of a small chunk
   double fetch_ms = 0.50;       // code-on-demand: fetch a module not yet cached, load and run it
-  double hop_ms = 1.00;         // one agent hop (OFFER, TRANSFER, restore, resume), apart from round trips
+  double hop_ms = 1.00;         // one agent hop (TRANSFER, restore, resume), apart from round trips
   double local_call_ms = 0.01;  // one node.call from Lua to a service of the same node
   double per_kb_ms = 0.005;     // encoding, copying and decoding 1 KB of payload
   double state_per_kb_ms = 0.1; // 1 KB of an agent's state: captured from Lua, encoded, decoded, restored
@@ -66,7 +66,8 @@ struct Advice {
 //   cs  = N (RTT + T(req + reply) + call)
 //   rev = RTT + T(code + req + result) + eval + N local
 //   cod = RTT + T(code) + fetch + N local
-//   ma  = 4 RTT + T(code + 2 state + result) + 2 state state_per_kb + 2 hop + N local   (OFFER, TRANSFER and the report home there; OFFER, TRANSFER back)
+//   ma  = 2 RTT + T(code + 3 state + result) + 2 state state_per_kb + 2 hop + N local   (there: TRANSFER, BundleWanted,
+//         TRANSFER with the code; back: TRANSFER. The COMMITs and the report home travel while the agent runs)
 ParadigmCost predict(Paradigm p, const Workload& w, const FixedCosts& fixed = {});
 Advice advise(const Workload& w, const FixedCosts& fixed = {});
 
@@ -88,10 +89,12 @@ struct ItineraryWorkload {
 // The itinerary model, with K the nodes and T(b) as above:
 //   cs  = K (RTT + T(req + data) + call)                          (K calls, one after another)
 //   rev = K (RTT + T(code + req + result) + eval + local)         (K remote evaluations)
-//   ma  = (2.5 K + 1.5) RTT + T(K code + (K+1) state) + (K+1) (state state_per_kb + hop) + K local
-// The agent's hop to each data node costs an OFFER's round trip, the TRANSFER's one way and
-// the arrival report's round trip to its home before it runs; the hop home an OFFER's round
-// trip and the TRANSFER's one way. Code-on-demand has no itinerary form: invalid_argument.
+//   ma  = (1.5 K + 0.5) RTT + T(K code + (2K+1) state) + (K+1) (state state_per_kb + hop) + K local
+// The agent's hop to each data node costs the TRANSFER's one way, the BundleWanted back (its
+// code is new there) and the TRANSFER again with the code; the hop home the TRANSFER's one
+// way. The COMMITs and the arrival reports travel while the agent runs. (Nodes that have met:
+// a first contact between two adds a node.info round trip, once.) Code-on-demand has no
+// itinerary form: invalid_argument.
 Result<ParadigmCost> predict_itinerary(Paradigm p, const ItineraryWorkload& w, const FixedCosts& fixed = {});
 
 // $SOJOURN_CALIBRATION, else $XDG_DATA_HOME/sojourn/calibration.json, else
