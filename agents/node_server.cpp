@@ -151,7 +151,7 @@ asio::awaitable<Result<std::vector<std::uint8_t>>> NodeServer::handle(FrameKind 
   NodeRuntime::InFlight counted(runtime_);  // shutdown waits for this to reach zero
   Reply reply;
   std::string service = "eval";  // for the metrics and the trace
-  counters_.metrics.bytes.inc({"in"}, payload.size());
+  count_bytes_in(payload.size());
   if (kind == FrameKind::call) {
     auto request = decode_call(payload);
     if (!request) co_return request.error();
@@ -169,24 +169,61 @@ asio::awaitable<Result<std::vector<std::uint8_t>>> NodeServer::handle(FrameKind 
   } else {
     co_return make_error(Errc::bad_kind, "unexpected frame kind " + std::string(frame_kind_name(kind)));
   }
+  co_return finish_reply(service, reply, peer);
+}
+
+void NodeServer::count_bytes_in(std::size_t n) {
+  if (!bytes_in_) bytes_in_ = &counters_.metrics.bytes.at({"in"});
+  bytes_in_->fetch_add(n, std::memory_order_relaxed);
+}
+
+std::vector<std::uint8_t> NodeServer::finish_reply(const std::string& service, const Reply& reply,
+                                                   const PeerIdentity& peer) {
   if (reply.code != Errc::ok) ++counters_.requests_failed;
   count_request(service, reply, peer);
   std::vector<std::uint8_t> bytes = encode(reply);
   if (bytes.size() > options_.max_payload) {
     bytes = encode(reply_error(errors::frame_too_large(bytes.size(), options_.max_payload)));
   }
-  counters_.metrics.bytes.inc({"out"}, bytes.size());
-  co_return bytes;
+  if (!bytes_out_) bytes_out_ = &counters_.metrics.bytes.at({"out"});
+  bytes_out_->fetch_add(bytes.size(), std::memory_order_relaxed);
+  return bytes;
+}
+
+std::optional<Result<std::vector<std::uint8_t>>> NodeServer::handle_now(FrameKind kind,
+                                                                        std::span<const std::uint8_t> payload,
+                                                                        const PeerIdentity& peer) {
+  if (kind != FrameKind::call) return std::nullopt;
+  auto keep = owner_.lock();
+  if (!keep || runtime_.shutting_down()) return std::nullopt;  // handle() gives the answer
+  auto request = decode_call(payload);
+  if (!request) return Result<std::vector<std::uint8_t>>(request.error());
+  std::shared_ptr<const ServiceEntry> entry = services_.lookup(request->service);
+  // Anything else (a worker's service, one that waits, an unknown name) goes the usual way.
+  if (!entry || entry->async_fn || !entry->options.inline_on_network_thread) return std::nullopt;
+  NodeRuntime::InFlight counted(runtime_);
+  count_bytes_in(payload.size());
+  if (log_level() <= LogLevel::debug) log_debug("node", options_.name + ": call " + request->service + " from " + peer.to_string());
+  Result<Value> r = ServiceRegistry::invoke(request->service, entry->fn, request->args, peer);
+  Reply reply = r ? reply_ok(std::move(*r)) : reply_error(r.error());
+  ++counters_.calls_served;
+  return Result<std::vector<std::uint8_t>>(finish_reply(request->service, reply, peer));
 }
 
 void NodeServer::count_request(const std::string& service, const Reply& reply, const PeerIdentity& peer) {
   NodeMetrics& m = counters_.metrics;
-  const std::string outcome(reply.code == Errc::ok ? std::string_view("ok") : errc_name(reply.code));
-  m.requests.inc({service, outcome});
+  if (reply.code == Errc::ok) {
+    auto it = served_ok_.find(service);
+    if (it == served_ok_.end()) it = served_ok_.emplace(service, &m.requests.at({service, "ok"})).first;
+    it->second->fetch_add(1, std::memory_order_relaxed);
+  } else {
+    m.requests.inc({service, std::string(errc_name(reply.code))});
+  }
+  const std::string_view outcome = reply.code == Errc::ok ? std::string_view("ok") : errc_name(reply.code);
   // The agent protocol's own chatter (reports, offers) stays out of the trace unless it failed.
   const bool protocol = service.rfind("agent.", 0) == 0 || service.rfind("code.", 0) == 0;
   if (reply.code != Errc::ok) {
-    m.errors.inc({outcome});
+    m.errors.inc({std::string(outcome)});
     if (reply.code == Errc::policy_refused) m.policy_refusals.inc({});
     counters_.trace.add("error", "", peer.to_string(), service + ": " + reply.message);
   } else if (!protocol || counters_.trace.has_file()) {  // a trace file keeps the protocol's steps too
@@ -196,10 +233,10 @@ void NodeServer::count_request(const std::string& service, const Reply& reply, c
 
 asio::awaitable<Reply> NodeServer::serve_call(CallRequest request, const PeerIdentity& peer) {
   if (runtime_.shutting_down()) co_return reply_error(errors::shutting_down());
-  // One lookup: the entry (and its function) is copied out of the registry.
-  Result<ServiceEntry> entry = services_.find(request.service);
-  if (!entry) co_return reply_error(entry.error());
-  PeerService fn = std::move(entry->fn);
+  // One lookup: the entry is held (a later add() replaces it, not changes it).
+  std::shared_ptr<const ServiceEntry> entry = services_.lookup(request.service);
+  if (!entry) co_return reply_error(errors::no_such_service(request.service));
+  const PeerService& fn = entry->fn;
   Result<Value> r = Value{};
   // Plain statements around co_await: g++ 12 miscompiles co_await inside a conditional expression.
   if (entry->async_fn) {
@@ -310,8 +347,8 @@ class InlineHostCalls final : public sandbox::HostCalls {
     if (!readonly) return give_way();
     // The policy's grants, as on a worker (a refusal is the same answer on both paths).
     if (auto granted = check_grant(rule_, rate_, service); !granted) return granted.error();
-    Result<ServiceEntry> entry = services_.find(service);
-    if (!entry) return entry.error();
+    std::shared_ptr<const ServiceEntry> entry = services_.lookup(service);
+    if (!entry) return errors::no_such_service(service);
     // A service the node's owner replaced with one not marked cheap runs on a worker.
     if (!entry->options.inline_on_network_thread || entry->async_fn || entry->options.peers_only) return give_way();
     return ServiceRegistry::invoke(service, entry->fn, args, PeerIdentity{"local"});

@@ -2,6 +2,7 @@
 // advertises, and each call or eval request from a peer, from its frame to its reply.
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <functional>
 #include <memory>
@@ -9,6 +10,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <unordered_map>
 #include <vector>
 
 #include "sojourn/agents/node.hpp"
@@ -49,6 +51,9 @@ class NodeServer final : public RequestHandler {
   asio::awaitable<Result<std::vector<std::uint8_t>>> handle(FrameKind kind, std::vector<std::uint8_t> payload,
                                                             PeerIdentity peer) override;
   ReplyFault reply_fault(FrameKind kind, std::span<const std::uint8_t> payload) override;
+  // A call of a service marked inline_on_network_thread (kv.get, say), served in place.
+  std::optional<Result<std::vector<std::uint8_t>>> handle_now(FrameKind kind, std::span<const std::uint8_t> payload,
+                                                              const PeerIdentity& peer) override;
 
   // Shutdown, on the network thread: stop accepting, then close every connection, then
   // (once the network thread ended) drop the listeners.
@@ -77,6 +82,9 @@ class NodeServer final : public RequestHandler {
   sandbox::RunInput eval_input(const EvalRequest& request, const PolicyRule* rule, const std::string& principal) const;
   // The request's metrics (by service and outcome, errors by code) and its trace event.
   void count_request(const std::string& service, const Reply& reply, const PeerIdentity& peer);
+  void count_bytes_in(std::size_t n);
+  // Counts a served request and encodes its reply (an error if it would be too large).
+  std::vector<std::uint8_t> finish_reply(const std::string& service, const Reply& reply, const PeerIdentity& peer);
 
   const NodeOptions& options_;
   NodeRuntime& runtime_;
@@ -89,6 +97,15 @@ class NodeServer final : public RequestHandler {
 
   // Network-thread state.
   std::chrono::steady_clock::time_point last_inline_end_{};  // the fast path's last attempt
+  // Series of the per-request metrics, found once (a series, once made, lives as long as
+  // its family): counting a request then allocates nothing.
+  struct NameHash {
+    using is_transparent = void;
+    std::size_t operator()(std::string_view s) const { return std::hash<std::string_view>{}(s); }
+  };
+  std::atomic<std::uint64_t>* bytes_in_ = nullptr;
+  std::atomic<std::uint64_t>* bytes_out_ = nullptr;
+  std::unordered_map<std::string, std::atomic<std::uint64_t>*, NameHash, std::equal_to<>> served_ok_;  // by service
   std::vector<std::unique_ptr<TcpServer>> servers_;
   std::vector<std::string> inproc_names_;
 

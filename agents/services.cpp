@@ -15,7 +15,7 @@ const PeerIdentity& local_caller() {
 
 void ServiceRegistry::add(std::string name, ServiceEntry entry) {
   std::unique_lock lock(mutex_);
-  services_[std::move(name)] = std::move(entry);
+  services_[std::move(name)] = std::make_shared<const ServiceEntry>(std::move(entry));
 }
 
 std::vector<std::string> ServiceRegistry::names() const {
@@ -29,10 +29,15 @@ std::vector<std::string> ServiceRegistry::names() const {
 }
 
 Result<ServiceEntry> ServiceRegistry::find(std::string_view service) const {
+  auto entry = lookup(service);
+  if (!entry) return errors::no_such_service(service);
+  return *entry;
+}
+
+std::shared_ptr<const ServiceEntry> ServiceRegistry::lookup(std::string_view service) const {
   std::shared_lock lock(mutex_);
-  auto it = services_.find(std::string(service));
-  if (it == services_.end()) return errors::no_such_service(service);
-  return it->second;
+  auto it = services_.find(service);
+  return it == services_.end() ? nullptr : it->second;
 }
 
 Result<Value> ServiceRegistry::invoke(std::string_view service, const PeerService& fn, const Value& args,
@@ -45,13 +50,13 @@ Result<Value> ServiceRegistry::invoke(std::string_view service, const PeerServic
 }
 
 Result<Value> ServiceRegistry::call_local(std::string_view service, const Value& args) const {
-  auto entry = find(service);
-  if (!entry) return entry.error();
+  auto entry = lookup(service);
+  if (!entry) return errors::no_such_service(service);
   return invoke(service, entry->fn, args, local_caller());
 }
 
 Result<Value> ServiceRegistry::call_from_lua(std::string_view service, const Value& args) const {
-  auto entry = find(service);
+  auto entry = lookup(service);
   if (!entry || entry->options.peers_only) return errors::no_such_service(service);
   return invoke(service, entry->fn, args, local_caller());
 }

@@ -40,6 +40,9 @@ class ServiceRegistry {
   std::vector<std::string> names() const;
   // A copy of the entry: no_such_service when there is none.
   Result<ServiceEntry> find(std::string_view service) const;
+  // The entry as it is now (null when there is none), without copying its functions:
+  // a later add() replaces it and leaves this one to its holders.
+  std::shared_ptr<const ServiceEntry> lookup(std::string_view service) const;
   // Runs `fn`; an exception it throws becomes service_failed "service NAME failed: WHAT".
   static Result<Value> invoke(std::string_view service, const PeerService& fn, const Value& args,
                               const PeerIdentity& caller);
@@ -49,8 +52,13 @@ class ServiceRegistry {
   Result<Value> call_from_lua(std::string_view service, const Value& args) const;
 
  private:
+  // Looked up by string_view, without making a string of the name.
+  struct NameHash {
+    using is_transparent = void;
+    std::size_t operator()(std::string_view s) const { return std::hash<std::string_view>{}(s); }
+  };
   mutable std::shared_mutex mutex_;
-  std::unordered_map<std::string, ServiceEntry> services_;
+  std::unordered_map<std::string, std::shared_ptr<const ServiceEntry>, NameHash, std::equal_to<>> services_;
 };
 
 // Registers kv.get/put/del/keys (over `kv`, agents/store/kv_store.hpp) and node.info on a

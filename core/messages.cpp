@@ -246,7 +246,7 @@ auto decode_with(std::span<const std::uint8_t> bytes, const char* what, F&& body
     return m;
   } catch (const wire::DecodeError& e) {
     return make_error(Errc::malformed_payload, std::string("malformed payload: ") + what + ": " + e.what());
-  } catch (const std::exception& e) {  // cereal::Exception on a short read
+  } catch (const std::exception& e) {  // wire::ShortRead: a field cut off
     return make_error(Errc::malformed_payload, std::string("malformed payload: ") + what + ": truncated");
   }
 }

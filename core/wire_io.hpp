@@ -1,18 +1,17 @@
-// Internal: bounded reading and writing of wire payloads on top of Cereal's portable
-// binary archives. Every length read is checked against the bytes that remain before
+// Internal: bounded reading and writing of wire payloads (the layout of Cereal's portable
+// binary archives). Every length read is checked against the bytes that remain before
 // anything is allocated for it.
 #pragma once
 
+#include <algorithm>
+#include <array>
+#include <bit>
 #include <cstdint>
-#include <istream>
-#include <ostream>
+#include <cstring>
 #include <span>
 #include <stdexcept>
-#include <streambuf>
 #include <string>
 #include <vector>
-
-#include <cereal/archives/portable_binary.hpp>
 
 #include "sojourn/core/error.hpp"
 #include "sojourn/core/messages.hpp"
@@ -25,32 +24,36 @@ struct DecodeError : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
-// A read-only streambuf over a byte span, which knows how much is left.
-class SpanBuf : public std::streambuf {
- public:
-  explicit SpanBuf(std::span<const std::uint8_t> bytes) {
-    // SAFETY: streambuf's API takes char* but this buffer is only ever read.
-    char* begin = const_cast<char*>(reinterpret_cast<const char*>(bytes.data()));
-    setg(begin, begin, begin + bytes.size());
-  }
-  std::size_t remaining() const { return static_cast<std::size_t>(egptr() - gptr()); }
+// The layout is that of Cereal's portable binary archives, which wrote it before: one byte
+// saying whether the fields are little-endian (1, what this side writes) or big-endian (0),
+// then each field's bytes in that order, strings as a u32 length and their bytes. Written
+// and read here directly: an archive over an iostream cost a stream, a locale and a
+// virtual call per field, on every message.
+constexpr bool kHostLittleEndian = std::endian::native == std::endian::little;
+
+// A field cut off by the end of the payload: reported as "truncated".
+struct ShortRead : std::runtime_error {
+  using std::runtime_error::runtime_error;
 };
 
 class Reader {
  public:
-  explicit Reader(std::span<const std::uint8_t> bytes) : buf_(bytes), in_(&buf_), ar_(in_) {}
+  explicit Reader(std::span<const std::uint8_t> bytes) : bytes_(bytes) {
+    const bool little = u8() != 0;
+    swap_ = little != kHostLittleEndian;
+  }
 
-  std::uint8_t u8() { std::uint8_t v; ar_(v); return v; }
-  std::uint16_t u16() { std::uint16_t v; ar_(v); return v; }
-  std::uint32_t u32() { std::uint32_t v; ar_(v); return v; }
-  std::uint64_t u64() { std::uint64_t v; ar_(v); return v; }
-  std::int64_t i64() { std::int64_t v; ar_(v); return v; }
-  double f64() { double v; ar_(v); return v; }
+  std::uint8_t u8() { return fixed<std::uint8_t>(); }
+  std::uint16_t u16() { return fixed<std::uint16_t>(); }
+  std::uint32_t u32() { return fixed<std::uint32_t>(); }
+  std::uint64_t u64() { return fixed<std::uint64_t>(); }
+  std::int64_t i64() { return fixed<std::int64_t>(); }
+  double f64() { return fixed<double>(); }
 
   // A count of items that each take at least `min_item_bytes` on the wire.
   std::uint32_t count(std::size_t min_item_bytes, const char* what) {
     std::uint32_t n = u32();
-    if (static_cast<std::uint64_t>(n) * min_item_bytes > buf_.remaining()) {
+    if (static_cast<std::uint64_t>(n) * min_item_bytes > remaining()) {
       throw DecodeError(std::string(what) + " count " + std::to_string(n) + " exceeds the payload");
     }
     return n;
@@ -58,64 +61,66 @@ class Reader {
 
   std::string string() {
     std::uint32_t n = count(1, "string length");
-    std::string s(n, '\0');
-    if (n) ar_(cereal::binary_data(s.data(), n));
+    // SAFETY: count() checked that n bytes remain at at_.
+    std::string s(reinterpret_cast<const char*>(bytes_.data() + at_), n);
+    at_ += n;
     return s;
   }
 
   void expect_end() {
-    if (buf_.remaining() != 0) throw DecodeError(std::to_string(buf_.remaining()) + " trailing bytes");
+    if (remaining() != 0) throw DecodeError(std::to_string(remaining()) + " trailing bytes");
   }
 
  private:
-  SpanBuf buf_;
-  std::istream in_;
-  cereal::PortableBinaryInputArchive ar_;
-};
+  std::size_t remaining() const { return bytes_.size() - at_; }
 
-// A write-only streambuf that appends to a byte vector, so the encoded payload is
-// handed over without the copy a string stream would need.
-class VectorBuf : public std::streambuf {
- public:
-  std::vector<std::uint8_t>& bytes() { return bytes_; }
-
- protected:
-  int_type overflow(int_type c) override {
-    if (c != traits_type::eof()) bytes_.push_back(static_cast<std::uint8_t>(c));
-    return c;
-  }
-  std::streamsize xsputn(const char* s, std::streamsize n) override {
-    // SAFETY: char and uint8_t have the same size; n bytes are readable at s.
-    const auto* p = reinterpret_cast<const std::uint8_t*>(s);
-    bytes_.insert(bytes_.end(), p, p + n);
-    return n;
+  template <class T>
+  T fixed() {
+    if (remaining() < sizeof(T)) {
+      throw ShortRead("failed to read " + std::to_string(sizeof(T)) + " bytes, " + std::to_string(remaining()) + " left");
+    }
+    std::array<std::uint8_t, sizeof(T)> raw;
+    std::memcpy(raw.data(), bytes_.data() + at_, sizeof(T));
+    at_ += sizeof(T);
+    if (swap_) std::reverse(raw.begin(), raw.end());
+    return std::bit_cast<T>(raw);
   }
 
- private:
-  std::vector<std::uint8_t> bytes_;
+  std::span<const std::uint8_t> bytes_;
+  std::size_t at_ = 0;
+  bool swap_ = false;
 };
 
 class Writer {
  public:
-  Writer() : out_(&buf_), ar_(out_) {}
-
-  void u8(std::uint8_t v) { ar_(v); }
-  void u16(std::uint16_t v) { ar_(v); }
-  void u32(std::uint32_t v) { ar_(v); }
-  void u64(std::uint64_t v) { ar_(v); }
-  void i64(std::int64_t v) { ar_(v); }
-  void f64(double v) { ar_(v); }
-  void string(const std::string& s) {
-    u32(static_cast<std::uint32_t>(s.size()));
-    if (!s.empty()) ar_(cereal::binary_data(s.data(), s.size()));
+  Writer() {
+    bytes_.reserve(64);
+    bytes_.push_back(kHostLittleEndian ? 1 : 0);
   }
 
-  std::vector<std::uint8_t> take() { return std::move(buf_.bytes()); }
+  void u8(std::uint8_t v) { bytes_.push_back(v); }
+  void u16(std::uint16_t v) { fixed(v); }
+  void u32(std::uint32_t v) { fixed(v); }
+  void u64(std::uint64_t v) { fixed(v); }
+  void i64(std::int64_t v) { fixed(v); }
+  void f64(double v) { fixed(v); }
+  void string(const std::string& s) {
+    u32(static_cast<std::uint32_t>(s.size()));
+    // SAFETY: char and uint8_t have the same size; s.size() bytes are readable at s.data().
+    const auto* p = reinterpret_cast<const std::uint8_t*>(s.data());
+    bytes_.insert(bytes_.end(), p, p + s.size());
+  }
+
+  std::vector<std::uint8_t> take() { return std::move(bytes_); }
 
  private:
-  VectorBuf buf_;
-  std::ostream out_;
-  cereal::PortableBinaryOutputArchive ar_;
+  template <class T>
+  void fixed(T v) {
+    const auto raw = std::bit_cast<std::array<std::uint8_t, sizeof(T)>>(v);
+    bytes_.insert(bytes_.end(), raw.begin(), raw.end());  // host order, which the first byte names
+  }
+
+  std::vector<std::uint8_t> bytes_;
 };
 
 // The Value graph codec, shared by every message that carries values.

@@ -33,6 +33,9 @@ using Clock = std::chrono::steady_clock;
 struct Connection {
   int fd = -1;
   std::uint64_t next_id = 1;
+  // The fd is in blocking mode (every other call passes MSG_DONTWAIT) and a wait for a
+  // reply is one recv bounded by SO_RCVTIMEO, not a poll then a recv; set to this (0: not yet).
+  std::chrono::milliseconds receive_timeout{0};
   // Bytes read and not yet taken: [begin, end) of a buffer allocated once, never zero-filled
   // (a reply never has bytes after it, but a server may send a protocol_error right behind one).
   static constexpr std::size_t kBufferBytes = 16 * 1024;
@@ -106,6 +109,8 @@ Result<std::unique_ptr<Connection>> connect_to(const Address& peer, std::chrono:
     }
     int one = 1;
     ::setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    // Blocking from now on: only the wait for a reply blocks (bounded by SO_RCVTIMEO).
+    if (int flags = ::fcntl(c->fd, F_GETFL); flags >= 0) ::fcntl(c->fd, F_SETFL, flags & ~O_NONBLOCK);
     ::freeaddrinfo(found);
     return c;
   }
@@ -192,7 +197,7 @@ Result<void> write_frame(Connection& c, const std::string& peer, FrameKind kind,
     msghdr msg{};
     msg.msg_iov = parts;
     msg.msg_iovlen = static_cast<std::size_t>(count);
-    ssize_t n = ::sendmsg(c.fd, &msg, MSG_NOSIGNAL);
+    ssize_t n = ::sendmsg(c.fd, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
     if (n >= 0) {
       sent += static_cast<std::size_t>(n);
       continue;
@@ -208,8 +213,8 @@ Result<void> write_frame(Connection& c, const std::string& peer, FrameKind kind,
 
 // Reads more bytes into c.buffer. Errors: timeout (empty message), connection_closed's
 // reason as the message of an Errc::connection_closed error (the caller names the peer).
-// `wait_first`: nothing is expected yet (a reply just asked for), so poll before reading
-// rather than pay for a read that would find nothing.
+// `wait_first`: nothing is expected yet (a reply just asked for), so the first read blocks
+// (one system call) rather than find nothing and poll.
 Result<void> read_more(Connection& c, Clock::time_point deadline, bool wait_first) {
   // What is left is at most part of a header (a payload is taken as it comes): moved to the front.
   if (c.begin > 0) {
@@ -217,13 +222,23 @@ Result<void> read_more(Connection& c, Clock::time_point deadline, bool wait_firs
     c.end -= c.begin;
     c.begin = 0;
   }
+  int flags = MSG_DONTWAIT;
   if (wait_first) {
-    int ready = wait_for(c.fd, POLLIN, deadline);
-    if (ready == 0) return make_error(Errc::timeout, "");
-    if (ready < 0) return make_error(Errc::connection_closed, errno_text(errno));
+    // One blocking recv: the socket's receive timeout is the time left, give or take the
+    // millisecond it is rounded to (and the kernel's tick); set again only when the time
+    // left moved by more (a request with another timeout). A shorter one than the time
+    // left never happens here, and would only end in the poll below.
+    const auto left = std::chrono::ceil<std::chrono::milliseconds>(deadline - Clock::now());
+    if (left.count() <= 0) return make_error(Errc::timeout, "");
+    if (left > c.receive_timeout || c.receive_timeout - left > std::chrono::milliseconds(1)) {
+      timeval tv{static_cast<time_t>(left.count() / 1000), static_cast<suseconds_t>(left.count() % 1000 * 1000)};
+      if (::setsockopt(c.fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv) == 0) c.receive_timeout = left;
+    }
+    if (c.receive_timeout.count() > 0 && c.receive_timeout - left <= std::chrono::milliseconds(1)) flags = 0;
   }
   for (;;) {
-    ssize_t n = ::recv(c.fd, c.buffer.get() + c.end, Connection::kBufferBytes - c.end, 0);
+    ssize_t n = ::recv(c.fd, c.buffer.get() + c.end, Connection::kBufferBytes - c.end, flags);
+    flags = MSG_DONTWAIT;  // a retry after EINTR or a timeout waits by poll, to the deadline
     if (n > 0) {
       c.end += static_cast<std::size_t>(n);
       return {};

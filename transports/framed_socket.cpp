@@ -102,6 +102,8 @@ asio::awaitable<bool> FramedSocket::fill(std::size_t wanted, boost::system::erro
     read_begin_ = 0;
   }
   while (read_end_ - read_begin_ < wanted) {
+    // The reader is about to wait: what it answered meanwhile goes out first, together.
+    flush();
     bool partial = mid_frame || read_end_ > read_begin_;
     if (partial) arm_frame_timer();
     auto space = asio::buffer(read_buffer_.get() + read_end_, kReadBufferBytes - read_end_);
@@ -173,6 +175,8 @@ asio::awaitable<Result<Frame>> FramedSocket::read_frame() {
     }
     if (auto taken = take_buffered(frame.payload, length, charge); !taken) co_return taken.error();
   }
+  // Until the reader next waits (fill), the replies it queues are held to go out together.
+  if (batch_) holding_ = true;
   co_return frame;
 }
 
@@ -188,7 +192,7 @@ void FramedSocket::send(std::vector<std::uint8_t> bytes) {
     return;
   }
   queue_.push_back(Outgoing{{}, false, std::move(bytes)});
-  if (!writing_) write_queued();
+  write_soon();
 }
 
 void FramedSocket::send_frame(FrameKind kind, std::uint64_t request_id, std::vector<std::uint8_t> payload) {
@@ -202,7 +206,12 @@ void FramedSocket::send_frame(FrameKind kind, std::uint64_t request_id, std::vec
   out.has_header = true;
   out.bytes = std::move(payload);
   queue_.push_back(std::move(out));
-  if (!writing_) write_queued();
+  write_soon();
+}
+
+void FramedSocket::flush() {
+  holding_ = false;
+  if (!writing_ && !queue_.empty() && !closed_) write_queued();
 }
 
 void FramedSocket::set_shaper(std::shared_ptr<LinkShaper> shaper) {
@@ -231,6 +240,7 @@ void FramedSocket::release_due() {
 
 void FramedSocket::close_after_flush() {
   closing_ = true;
+  flush();
   if (flushed()) close();
 }
 

@@ -66,6 +66,13 @@ class FramedSocket : public std::enable_shared_from_this<FramedSocket> {
   void send_frame(FrameKind kind, std::uint64_t request_id, std::vector<std::uint8_t> payload);
   // An emulated link (experiments): each frame is held until the shaper says it arrives.
   void set_shaper(std::shared_ptr<LinkShaper> shaper);
+  // A server's connection: frames queued while the reader works through the frames one
+  // read brought (replies of pipelined requests) are held and leave together in one
+  // gathered write, just before the reader waits on the socket again. Whoever makes the
+  // reader wait elsewhere calls flush() first.
+  void batch_while_reading(bool on) { batch_ = on; }
+  // Starts writing what is held (batch_while_reading); a no-op otherwise.
+  void flush();
   // Writes what is queued, then closes.
   void close_after_flush();
   // Closes now; pending reads and writes end with errors.
@@ -82,7 +89,11 @@ class FramedSocket : public std::enable_shared_from_this<FramedSocket> {
   static constexpr std::size_t kFreePayloadBytes = 64 * 1024;  // of each frame, not charged to the budget
   void write_queued();
   void release_due();
-  bool flushed() const { return !writing_ && delayed_.empty(); }
+  bool flushed() const { return !writing_ && delayed_.empty() && queue_.empty(); }
+  // Writes now unless the reader is working through buffered frames (batch_while_reading).
+  void write_soon() {
+    if (!writing_ && !holding_) write_queued();
+  }
   void arm_frame_timer();
   void disarm_frame_timer();
   Error incomplete(std::size_t have, std::size_t of, const char* part) const;
@@ -117,6 +128,8 @@ class FramedSocket : public std::enable_shared_from_this<FramedSocket> {
   std::deque<Outgoing> in_write_;  // owned by the write in progress
   std::vector<asio::const_buffer> write_buffers_;
   bool writing_ = false;
+  bool batch_ = false;    // batch_while_reading
+  bool holding_ = false;  // the reader is working through frames: writes wait for flush()
   struct Delayed {
     std::chrono::steady_clock::time_point at;
     std::vector<std::uint8_t> bytes;

@@ -108,7 +108,9 @@ struct Held {
   std::promise<void> release;
   std::shared_future<void> released = release.get_future().share();
   void install(Node& server) {
-    server.register_service("test.held", [this](const Value&) -> Result<Value> {
+    // The service holds its own copy of the future: the worker may still be inside
+    // wait_for when the test's Held (declared after the nodes) is gone.
+    server.register_service("test.held", [this, released = released](const Value&) -> Result<Value> {
       started.set_value();
       released.wait_for(30s);
       return Value(true);

@@ -63,6 +63,36 @@ TEST_CASE("requests and replies round-trip with every field") {
   CHECK(dr->message == "CPU limit of 5 instructions exceeded");
 }
 
+namespace {
+std::string hex(const std::vector<std::uint8_t>& bytes) {
+  static const char* digits = "0123456789abcdef";
+  std::string out;
+  for (std::uint8_t b : bytes) {
+    out += digits[b >> 4];
+    out += digits[b & 15];
+  }
+  return out;
+}
+}  // namespace
+
+TEST_CASE("the wire layout stays what peers of this protocol version send: a byte-exact call, reply and error") {
+  // Written by the Cereal portable-binary archives this codec replaced: a leading
+  // endianness byte (1: little-endian), then little-endian fields, strings as u32 + bytes.
+  CallRequest call;
+  call.service = "kv.get";
+  call.args = Value::array({Value("k")});
+  CHECK(hex(encode(call)) == "01060000006b762e6765740100000000000000000000000000000006000000000100000005010000006b00000000");
+  CHECK(hex(encode(reply_error(make_error(Errc::timeout, "late")))) ==
+        "013e00040000006c617465000000000000000000000000000000000000");
+  CHECK(hex(encode(ProtocolError{Errc::bad_kind, "no"})) == "010300020000006e6f");
+  // A big-endian sender (first byte 0) is read too.
+  auto pe = decode_protocol_error(std::vector<std::uint8_t>{0, 0x00, 0x03, 0, 0, 0, 1, 'a'});
+  REQUIRE(pe.ok());
+  CHECK(pe->code == Errc::bad_kind);
+  CHECK(pe->message == "a");
+  CHECK_ERROR(decode_reply(std::vector<std::uint8_t>{}), Errc::malformed_payload, "malformed payload: reply: truncated");
+}
+
 TEST_CASE("the decoder rejects truncated, oversized and inconsistent payloads") {
   auto bytes = encode(CallRequest{"kv.put", Value::array({"k", Value::array({1, 2, 3})})});
   for (std::size_t cut = 0; cut < bytes.size(); ++cut) {

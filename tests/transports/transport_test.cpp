@@ -15,6 +15,7 @@
 #include <atomic>
 #include <filesystem>
 #include <future>
+#include <map>
 #include <optional>
 #include <thread>
 #include <boost/asio/executor_work_guard.hpp>
@@ -58,6 +59,15 @@ class EchoHandler : public RequestHandler {
     }
     co_return std::vector<std::uint8_t>(payload.rbegin(), payload.rend());
   }
+
+  // A payload starting with kAtOnce is answered by the reader itself (reversed, as above).
+  std::optional<Result<std::vector<std::uint8_t>>> handle_now(FrameKind, std::span<const std::uint8_t> payload,
+                                                              const PeerIdentity&) override {
+    if (payload.empty() || payload[0] != kAtOnce) return std::nullopt;
+    ++handled;
+    return Result<std::vector<std::uint8_t>>(std::vector<std::uint8_t>(payload.rbegin(), payload.rend()));
+  }
+  static constexpr std::uint8_t kAtOnce = 0xA0;
 };
 
 struct Fixture {
@@ -421,6 +431,61 @@ TEST_CASE("each malformed frame closes its connection with a protocol error and 
   auto reply = f.await(one_request(link, {0, 5}));
   REQUIRE(reply.ok());
   CHECK(reply->payload == std::vector<std::uint8_t>{5, 0});
+}
+
+TEST_CASE("pipelined requests answered at once each get their reply, and a bad frame behind them closes only that connection") {
+  Fixture f;
+  // One write: twenty requests the reader answers in place, one that a coroutine answers
+  // later (a 1 ms wait), then a ping; all in one segment, so they are read together.
+  std::vector<std::uint8_t> burst;
+  auto append = [&burst](const std::vector<std::uint8_t>& frame) { burst.insert(burst.end(), frame.begin(), frame.end()); };
+  for (std::uint8_t i = 1; i <= 20; ++i) append(encode_frame(FrameKind::call, i, std::vector<std::uint8_t>{EchoHandler::kAtOnce, i}));
+  append(encode_frame(FrameKind::call, 21, std::vector<std::uint8_t>{1, 21}));
+  append(encode_frame(FrameKind::ping, 22, {}));
+  test::RawSocket s(f.bound.port);
+  REQUIRE(s.send(burst));
+  s.shutdown_write();
+  FrameDecoder d;
+  REQUIRE(d.feed(s.read_until_closed(5000)).ok());
+  REQUIRE(d.frames().size() == 22);
+  std::map<std::uint64_t, std::vector<std::uint8_t>> replies;
+  for (const Frame& fr : d.frames()) {
+    if (fr.header.request_id == 22) {
+      CHECK(fr.header.kind == FrameKind::pong);
+      continue;
+    }
+    CHECK(fr.header.kind == FrameKind::reply);
+    replies[fr.header.request_id] = fr.payload;
+  }
+  REQUIRE(replies.size() == 21);
+  for (std::uint8_t i = 1; i <= 20; ++i) CHECK(replies[i] == std::vector<std::uint8_t>{i, EchoHandler::kAtOnce});
+  CHECK(replies[21] == std::vector<std::uint8_t>{21, 1});
+  // Answered requests ahead of a bad frame keep their replies; the bad frame closes the connection.
+  std::vector<std::uint8_t> then_bad;
+  for (std::uint8_t i = 1; i <= 3; ++i) {
+    auto frame = encode_frame(FrameKind::call, i, std::vector<std::uint8_t>{EchoHandler::kAtOnce, i});
+    then_bad.insert(then_bad.end(), frame.begin(), frame.end());
+  }
+  auto bad = encode_frame(FrameKind::reply, 4, {});
+  then_bad.insert(then_bad.end(), bad.begin(), bad.end());
+  test::RawSocket s2(f.bound.port);
+  REQUIRE(s2.send(then_bad));
+  bool closed = false;
+  FrameDecoder d2;
+  REQUIRE(d2.feed(s2.read_until_closed(5000, &closed)).ok());
+  CHECK(closed);
+  REQUIRE(d2.frames().size() == 4);
+  for (std::uint8_t i = 1; i <= 3; ++i) {
+    CHECK(d2.frames()[i - 1].header.request_id == i);
+    CHECK(d2.frames()[i - 1].payload == std::vector<std::uint8_t>{i, EchoHandler::kAtOnce});
+  }
+  CHECK(d2.frames()[3].header.kind == FrameKind::protocol_error);
+  CHECK(decode_protocol_error(d2.frames()[3].payload)->message == "a client may not send frame kind reply");
+  // The server goes on serving.
+  auto link = f.run([&] { return make_link(f.io.get_executor(), f.bound, TransportOptions{}); });
+  auto reply = f.await(one_request(link, {EchoHandler::kAtOnce, 7}));
+  REQUIRE(reply.ok());
+  CHECK(reply->payload == std::vector<std::uint8_t>{7, EchoHandler::kAtOnce});
 }
 
 TEST_CASE("a frame that stops arriving half way is closed as truncated after the frame timeout") {

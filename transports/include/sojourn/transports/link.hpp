@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <vector>
@@ -58,6 +59,14 @@ class RequestHandler {
   // a protocol_error frame and closes that connection.
   virtual asio::awaitable<Result<std::vector<std::uint8_t>>> handle(FrameKind kind, std::vector<std::uint8_t> payload,
                                                                     PeerIdentity peer) = 0;
+  // The same answer as handle() for a request that can be served at once, without
+  // waiting for anything (an in-memory read): the server's reader replies in place,
+  // without a coroutine per request. nullopt: not such a request, handle() serves it.
+  virtual std::optional<Result<std::vector<std::uint8_t>>> handle_now(FrameKind /*kind*/,
+                                                                      std::span<const std::uint8_t> /*payload*/,
+                                                                      const PeerIdentity& /*peer*/) {
+    return std::nullopt;
+  }
 
   // The testing seam of exactly-once protocols (for a node, agents/node_testing.hpp): what
   // a TCP server does with this request's reply instead of sending it at once. `drop`: it
