@@ -324,8 +324,8 @@ int main(int argc, char** argv) {
     std::printf("\nimage_ms: sealing the heap at the source; serial_ms: image_ms and the TRANSFER's encoding;\n"
                 "xfer_ms: the TRANSFER sent to received; restore: the destination's checks and decoding, and for\n"
                 "strong the image opened into the guest's arena; 1st_line: from there to the first line running\n"
-                "(the arrival report home, a fresh guest); other_ms: the rest (the step's end, the OFFER's round\n"
-                "trip); ratio: this row's median over the weak row's.\n");
+                "(the step scheduled, a fresh guest; the arrival report home is not waited for); other_ms: the\n"
+                "rest (the step's end, the hand-over scheduled); ratio: this row's median over the weak row's.\n");
     if (opt.criu) rc = print_criu_side_by_side(strong_rows, opt.criu_rounds);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "bench_migration_cost: %s\n", e.what());
