@@ -376,7 +376,9 @@ TEST_CASE("a holder that never had its home's answer to an arrival still reports
   REQUIRE(s.ok());
   INFO(s->reason);
   CHECK(s->status == AgentState::finished);
-  CHECK(dropped.load() >= 3);
+  // One report per hop (epochs 1 and 2), each answer lost; a report may be sent again
+  // before the agent moves on, but a fast agent leaves first (the report is not waited for).
+  CHECK(dropped.load() >= 2);
   CHECK(s->epoch == 2);
   CHECK(s->location == c.addr[2]);
 }
