@@ -253,7 +253,7 @@ asio::awaitable<Reply> NodeServer::serve_eval(EvalRequest request, const PeerIde
   if (runtime_.shutting_down()) co_return reply_error(errors::shutting_down());
   // Back to back (the previous inline run ended moments ago: requests are queued behind
   // this one, as when a client pipelines), the workers run them side by side while this
-  // thread reads and writes: inline, the pipelined rate fell by a sixth (docs/bench.md).
+  // thread reads and writes: inline, the pipelined rate fell by a sixth (bench/RESULTS.md).
   const auto now = std::chrono::steady_clock::now();
   const bool saturated = now - last_inline_end_ < std::chrono::microseconds(30);
   std::optional<Reply> fast;
