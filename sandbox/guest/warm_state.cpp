@@ -137,41 +137,6 @@ int run_chunk(lua_State* L) {
   return 0;
 }
 
-// "eval:3: boom" carries a position of the chunk; LuaJIT shortens "=name" to 59 bytes.
-bool has_chunk_position(std::string_view message, std::string_view chunk) {
-  chunk = chunk.substr(0, LUA_IDSIZE - 1);
-  if (message.substr(0, chunk.size()) != chunk) return false;
-  std::size_t i = chunk.size();
-  if (i >= message.size() || message[i] != ':') return false;
-  const std::size_t digits = ++i;
-  while (i < message.size() && message[i] >= '0' && message[i] <= '9') ++i;
-  return i > digits && i < message.size() && message[i] == ':';
-}
-
-// The error of a failed run, as run_lua words it (kills decided by the flag, never by text).
-Error failure_of(lua_State* L, int status, const RunContext& ctx, std::string_view chunk) {
-  if (ctx.kill != Errc::ok) return detail::limit_error(ctx.kill, ctx.limits);
-  if (status == LUA_ERRMEM) return detail::limit_error(Errc::memory_limit, ctx.limits);
-  switch (lua_type(L, -1)) {
-    case LUA_TSTRING: {
-      std::size_t len = 0;
-      const char* text = lua_tolstring(L, -1, &len);
-      const std::string_view message(text, len);
-      if (ctx.last_limit.code != Errc::ok && message == ctx.last_limit.message) return ctx.last_limit;
-      if (has_chunk_position(message, chunk)) return make_error(Errc::lua_error, "Lua error at " + std::string(message));
-      return make_error(Errc::lua_error, "Lua error: " + std::string(message));
-    }
-    case LUA_TNUMBER: {
-      char buf[48];
-      std::snprintf(buf, sizeof buf, LUA_NUMBER_FMT, lua_tonumber(L, -1));
-      return make_error(Errc::lua_error, std::string("Lua error: ") + buf);
-    }
-    default:
-      return make_error(Errc::lua_error, std::string("Lua error: (error object is a ") +
-                                             lua_typename(L, lua_type(L, -1)) + " value)");
-  }
-}
-
 bool can_use_prepared(const RunInput& input) {
   const Prepared& p = g_prepared;
   // A test guest's marked chunk gets globals of its own; a run that allows the JIT needs the
@@ -184,16 +149,7 @@ bool can_use_prepared(const RunInput& input) {
 Result<Value> run_prepared(const RunInput& input, HostCalls* host) {
   const Limits& limits = input.limits;
   // run_lua's checks, in its order and words.
-  if (limits.cpu_instructions == 0 || limits.memory_bytes == 0 || limits.wall_ms == 0) {
-    return errors::invalid_argument("every limit of a Lua run must be non-zero");
-  }
-  if (!input.source.empty() && input.source.front() == '\x1b') {
-    return make_error(Errc::sandbox_refused, "refused by the sandbox: bytecode is not accepted");
-  }
-  if (lua::has_cdata_literal(input.source)) return detail::cdata_refused_error();
-  if (input.abort != nullptr && input.abort->load(std::memory_order_relaxed)) {
-    return detail::limit_error(Errc::shutting_down, limits);
-  }
+  if (std::optional<Error> refused = detail::refused_input(input)) return *std::move(refused);
   Prepared& p = g_prepared;
   RunContext& ctx = p.ctx;
   ctx = RunContext{};
@@ -208,7 +164,7 @@ Result<Value> run_prepared(const RunInput& input, HostCalls* host) {
   ctx.byte_cap = limits.memory_bytes > SIZE_MAX ? SIZE_MAX : static_cast<std::size_t>(limits.memory_bytes);
   Job job{&input, std::string("=").append(display_chunk_name(input)), std::nullopt};
   const int status = lua_cpcall(p.L, run_chunk, &job);
-  if (status != 0 || ctx.kill != Errc::ok) return failure_of(p.L, status, ctx, display_chunk_name(input));
+  if (status != 0 || ctx.kill != Errc::ok) return detail::run_failure(p.L, status, ctx, display_chunk_name(input));
   if (!job.result) return make_error(Errc::lua_error, "Lua error: the run ended without results");
   return std::move(*job.result);
 }

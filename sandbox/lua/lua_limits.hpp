@@ -6,7 +6,9 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <optional>
 #include <string>
+#include <string_view>
 
 #include "sandbox/lua/lua_heap.hpp"
 #include "sojourn/core/error.hpp"
@@ -69,6 +71,14 @@ void disarm_count_hook(lua_State* L);
 // The message of a kill or memory limit, e.g. "CPU limit of 100 instructions exceeded".
 std::string limit_message(Errc code, const Limits& limits);
 Error limit_error(Errc code, const Limits& limits);
+
+// What every run checks before any state is touched (zero limits, bytecode, cdata literals,
+// an abort already raised), in run_lua's order and words; nullopt when the run may start.
+std::optional<Error> refused_input(const RunInput& input);
+
+// The error of a failed run: kills decided by the context's flag, never by the message (a
+// script cannot fake one with error("CPU limit of ...")), else the Lua error with its position.
+Error run_failure(lua_State* L, int status, const RunContext& ctx, std::string_view chunk);
 Error pattern_refused_error(std::size_t subject_bytes);
 // "refused by the sandbox: cdata number literals (1LL, 1ULL, 1i) are not accepted"
 Error cdata_refused_error();

@@ -26,6 +26,70 @@
 
 namespace sojourn::sandbox {
 
+namespace detail {
+
+namespace {
+
+// "eval:3: boom" carries a position of the chunk; LuaJIT shortens "=name" to 59 bytes.
+bool has_chunk_position(std::string_view message, std::string_view chunk) {
+  chunk = chunk.substr(0, LUA_IDSIZE - 1);
+  if (message.substr(0, chunk.size()) != chunk) return false;
+  std::size_t i = chunk.size();
+  if (i >= message.size() || message[i] != ':') return false;
+  const std::size_t digits = ++i;
+  while (i < message.size() && message[i] >= '0' && message[i] <= '9') ++i;
+  return i > digits && i < message.size() && message[i] == ':';
+}
+
+}  // namespace
+
+// Every failed run ends here. Kills are decided by the flag, never by the message, so a
+// script cannot fake one with error("CPU limit of ...").
+Error run_failure(lua_State* L, int status, const RunContext& ctx, std::string_view chunk) {
+  if (ctx.kill != Errc::ok) return detail::limit_error(ctx.kill, ctx.limits);
+  if (status == LUA_ERRMEM) return detail::limit_error(Errc::memory_limit, ctx.limits);
+  switch (lua_type(L, -1)) {
+    case LUA_TSTRING: {
+      std::size_t len = 0;
+      const char* text = lua_tolstring(L, -1, &len);
+      const std::string_view message(text, len);
+      // A limit raised by a guard, reaching the top unchanged.
+      if (ctx.last_limit.code != Errc::ok && message == ctx.last_limit.message) return ctx.last_limit;
+      if (has_chunk_position(message, chunk)) return make_error(Errc::lua_error, "Lua error at " + std::string(message));
+      return make_error(Errc::lua_error, "Lua error: " + std::string(message));
+    }
+    case LUA_TNUMBER: {
+      char buf[48];
+      std::snprintf(buf, sizeof buf, LUA_NUMBER_FMT, lua_tonumber(L, -1));
+      return make_error(Errc::lua_error, std::string("Lua error: ") + buf);
+    }
+    default:
+      return make_error(Errc::lua_error, std::string("Lua error: (error object is a ") +
+                                             lua_typename(L, lua_type(L, -1)) + " value)");
+  }
+}
+
+std::optional<Error> refused_input(const RunInput& input) {
+  const Limits& limits = input.limits;
+  if (limits.cpu_instructions == 0 || limits.memory_bytes == 0 || limits.wall_ms == 0) {
+    return errors::invalid_argument("every limit of a Lua run must be non-zero");
+  }
+  if (!input.source.empty() && input.source.front() == '\x1b') {
+    return make_error(Errc::sandbox_refused, "refused by the sandbox: bytecode is not accepted");
+  }
+  // The lexer would open the FFI for them: no cdata from a peer, and no FFI state to break.
+  if (lua::has_cdata_literal(input.source)) return detail::cdata_refused_error();
+  if (input.abort != nullptr && input.abort->load(std::memory_order_relaxed)) {
+    return detail::limit_error(Errc::shutting_down, limits);
+  }
+  return std::nullopt;
+}
+
+}  // namespace detail
+
+using detail::refused_input;
+using detail::run_failure;
+
 namespace {
 
 using detail::RunContext;
@@ -169,63 +233,10 @@ int run_protected(lua_State* L) {
   return 0;
 }
 
-// "eval:3: boom" carries a position of the chunk; LuaJIT shortens "=name" to 59 bytes.
-bool has_chunk_position(std::string_view message, std::string_view chunk) {
-  chunk = chunk.substr(0, LUA_IDSIZE - 1);
-  if (message.substr(0, chunk.size()) != chunk) return false;
-  std::size_t i = chunk.size();
-  if (i >= message.size() || message[i] != ':') return false;
-  const std::size_t digits = ++i;
-  while (i < message.size() && message[i] >= '0' && message[i] <= '9') ++i;
-  return i > digits && i < message.size() && message[i] == ':';
-}
-
-// Every failed run ends here. Kills are decided by the flag, never by the message, so a
-// script cannot fake one with error("CPU limit of ...").
-Error run_failure(lua_State* L, int status, const RunContext& ctx, std::string_view chunk) {
-  if (ctx.kill != Errc::ok) return detail::limit_error(ctx.kill, ctx.limits);
-  if (status == LUA_ERRMEM) return detail::limit_error(Errc::memory_limit, ctx.limits);
-  switch (lua_type(L, -1)) {
-    case LUA_TSTRING: {
-      std::size_t len = 0;
-      const char* text = lua_tolstring(L, -1, &len);
-      const std::string_view message(text, len);
-      // A limit raised by a guard, reaching the top unchanged.
-      if (ctx.last_limit.code != Errc::ok && message == ctx.last_limit.message) return ctx.last_limit;
-      if (has_chunk_position(message, chunk)) return make_error(Errc::lua_error, "Lua error at " + std::string(message));
-      return make_error(Errc::lua_error, "Lua error: " + std::string(message));
-    }
-    case LUA_TNUMBER: {
-      char buf[48];
-      std::snprintf(buf, sizeof buf, LUA_NUMBER_FMT, lua_tonumber(L, -1));
-      return make_error(Errc::lua_error, std::string("Lua error: ") + buf);
-    }
-    default:
-      return make_error(Errc::lua_error, std::string("Lua error: (error object is a ") +
-                                             lua_typename(L, lua_type(L, -1)) + " value)");
-  }
-}
-
 }  // namespace
 
 namespace {
 
-// What every run checks before any state is touched.
-std::optional<Error> refused_input(const RunInput& input) {
-  const Limits& limits = input.limits;
-  if (limits.cpu_instructions == 0 || limits.memory_bytes == 0 || limits.wall_ms == 0) {
-    return errors::invalid_argument("every limit of a Lua run must be non-zero");
-  }
-  if (!input.source.empty() && input.source.front() == '\x1b') {
-    return make_error(Errc::sandbox_refused, "refused by the sandbox: bytecode is not accepted");
-  }
-  // The lexer would open the FFI for them: no cdata from a peer, and no FFI state to break.
-  if (lua::has_cdata_literal(input.source)) return detail::cdata_refused_error();
-  if (input.abort != nullptr && input.abort->load(std::memory_order_relaxed)) {
-    return detail::limit_error(Errc::shutting_down, limits);
-  }
-  return std::nullopt;
-}
 
 // A run's limits and plumbing; `stack_here` is the caller's frame address. What the state
 // holds (bytes in use, the arena) is left as it is.
