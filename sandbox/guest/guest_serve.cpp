@@ -30,13 +30,43 @@ using channel::Kind;
 // against a broken host.
 constexpr std::uint32_t kMaxRequestBytes = 1u << 30;
 
+// What one read of the channel took past the bytes asked for: a frame's header is read with
+// as much as has arrived, so a request (or a host call's reply) costs one read, not two. Only
+// this guest's host writes here, so kept bytes are its own next frame's; they belong to one
+// descriptor (a new one drops them).
+struct ReadAhead {
+  int fd = -1;
+  std::size_t at = 0;
+  std::size_t end = 0;
+  std::uint8_t bytes[16 * 1024];
+};
+ReadAhead g_ahead;
+
 bool read_exact(int fd, std::uint8_t* at, std::size_t n) {
+  ReadAhead& ahead = g_ahead;
+  if (ahead.fd != fd) ahead = ReadAhead{fd, 0, 0, {}};
+  const std::size_t kept = std::min(n, ahead.end - ahead.at);
+  if (kept > 0) {
+    std::memcpy(at, ahead.bytes + ahead.at, kept);
+    ahead.at += kept;
+    at += kept;
+    n -= kept;
+  }
   while (n > 0) {
-    const ssize_t got = ::read(fd, at, n);
+    // Large reads (a heap image's pages) go straight into place; small ones through the buffer.
+    const bool direct = n >= sizeof ahead.bytes;
+    const ssize_t got = direct ? ::read(fd, at, n) : ::read(fd, ahead.bytes, sizeof ahead.bytes);
     if (got < 0 && errno == EINTR) continue;
     if (got <= 0) return false;
-    at += got;
-    n -= static_cast<std::size_t>(got);
+    std::size_t used = static_cast<std::size_t>(got);
+    if (!direct) {
+      used = std::min(n, used);
+      std::memcpy(at, ahead.bytes, used);
+      ahead.at = used;
+      ahead.end = static_cast<std::size_t>(got);
+    }
+    at += used;
+    n -= used;
   }
   return true;
 }

@@ -5,6 +5,7 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
+#include <time.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -61,6 +62,11 @@ void watch_guest(WarmGuest& guest) {
   const std::string proc = "/proc/" + std::to_string(guest.guest.pid);
   guest.stat = UniqueFd(::open((proc + "/stat").c_str(), O_RDONLY | O_CLOEXEC));
   guest.statm = UniqueFd(::open((proc + "/statm").c_str(), O_RDONLY | O_CLOEXEC));
+  clockid_t clock{};
+  guest.has_cpu_clock = ::clock_getcpuclockid(guest.guest.pid, &clock) == 0;
+  guest.cpu_clock = static_cast<int>(clock);
+  // Its channel stays non-blocking for its life (HostChannel then skips the fcntl calls).
+  if (guest.channel.valid()) ::fcntl(guest.channel.get(), F_SETFL, ::fcntl(guest.channel.get(), F_GETFL) | O_NONBLOCK);
 }
 
 std::optional<std::uint64_t> resident_bytes(const WarmGuest& guest) {
@@ -81,7 +87,8 @@ std::optional<std::uint64_t> resident_bytes(const WarmGuest& guest) {
   return pages * static_cast<std::uint64_t>(::sysconf(_SC_PAGESIZE));
 }
 
-bool guest_at_rest(const WarmGuest& guest) {
+bool guest_at_rest(WarmGuest& guest) {
+  guest.rest_cpu_us.reset();
   if (!guest.stat.valid()) return false;
   if (!guest.zygote || !guest.zygote->alive() || !guest.channel.valid() || !guest.guest.pidfd.valid()) return false;
   // The pidfd is readable once the guest exited; the channel once it wrote or closed.
@@ -92,10 +99,11 @@ bool guest_at_rest(const WarmGuest& guest) {
   // tells with one cheap call; the state in /proc/PID/stat (costly to read, see
   // resident_bytes) is only read past that allowance, where only a guest asleep since is fit:
   // one still running is spinning after its answer.
-  const std::optional<std::uint64_t> used = guest_cpu_time_us(guest.guest.pid);
+  const std::optional<std::uint64_t> used = guest_cpu_time_us(guest);
   if (!used) return false;
-  if (*used - std::min(*used, guest.settled_cpu_us) <= kSettleCpuUs) return true;
-  return process_state(guest.stat.get()) == 'S';
+  const bool fit = *used - std::min(*used, guest.settled_cpu_us) <= kSettleCpuUs || process_state(guest.stat.get()) == 'S';
+  if (fit) guest.rest_cpu_us = used;
+  return fit;
 }
 
 GuestPool::GuestPool(GuestPoolOptions options, Spawner spawner)

@@ -38,6 +38,18 @@ struct WarmGuest {
   UniqueFd statm;       // its /proc/PID/statm, likewise
   std::uint64_t runs = 0;  // runs it answered
   std::uint64_t settled_cpu_us = 0;  // its CPU time at its last answer (0: at its fork)
+  // Its process CPU clock (clock_getcpuclockid once, at watch_guest: that call costs a syscall
+  // of its own to check the pid), valid while the guest's pidfd holds it alive.
+  int cpu_clock = 0;
+  bool has_cpu_clock = false;
+  // Its CPU time when guest_at_rest last found it fit (the start of the run it was taken for).
+  std::optional<std::uint64_t> rest_cpu_us;
+  // The RLIMIT_CPU values the host last saw and set (0: not yet known / none armed). The
+  // guest sets its hard limit once before its filter (which refuses prlimit and setrlimit),
+  // and only the host moves the soft limit after that: a run whose budget ends at the same
+  // whole second as the last one's needs no prlimit call.
+  std::uint64_t hard_cpu_seconds = 0;
+  std::uint64_t armed_soft_seconds = 0;
 };
 
 // Ends a guest that will not run again: killed, and its exit report ignored.
@@ -52,7 +64,8 @@ std::optional<std::uint64_t> resident_bytes(const WarmGuest& guest);
 // unread on its channel (no end-of-file, nothing written ahead of a request), and asleep
 // waiting for a request or still within the CPU time a reset takes (one that keeps running
 // after its answer is not at rest).
-bool guest_at_rest(const WarmGuest& guest);
+// Its CPU time then is kept in rest_cpu_us (the next run's start, read once).
+bool guest_at_rest(WarmGuest& guest);
 
 struct GuestPoolOptions {
   // Guests kept for each key, in use or idle (a refill tops the key up to this many); more

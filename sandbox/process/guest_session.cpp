@@ -298,9 +298,11 @@ Result<std::vector<std::uint8_t>> run_in_warm_guest(WarmGuest& warm, const RunIn
                                                     bool& reusable) {
   reusable = false;
   const Limits& limits = input.limits;
-  const std::optional<std::uint64_t> before = guest_cpu_time_us(warm.guest.pid);
+  // Read when it was taken (guest_at_rest) or when its limit was armed: one clock read a run.
+  const std::optional<std::uint64_t> before = warm.rest_cpu_us ? warm.rest_cpu_us : guest_cpu_time_us(warm);
+  warm.rest_cpu_us.reset();
   const auto deadline = Clock::now() + std::chrono::milliseconds(limits.wall_ms + options.kill_grace_ms);
-  HostChannel channel(std::move(warm.channel), deadline, input.abort);
+  HostChannel channel(std::move(warm.channel), deadline, input.abort, /*nonblocking=*/true);
   if (options.direct != nullptr) {
     options.direct->pid = warm.guest.pid;
     options.direct->pidfd = warm.guest.pidfd.get();
@@ -308,7 +310,7 @@ Result<std::vector<std::uint8_t>> run_in_warm_guest(WarmGuest& warm, const RunIn
   Conversation talk = converse(channel, request, done, limits, host, input.max_result_bytes, options.heap_span,
                                options.max_frame_bytes, options.direct);
   if (talk.done) {
-    const std::optional<std::uint64_t> after = guest_cpu_time_us(warm.guest.pid);
+    const std::optional<std::uint64_t> after = guest_cpu_time_us(warm);
     if (options.guest_cpu_us != nullptr) *options.guest_cpu_us = before && after && *after >= *before ? *after - *before : 0;
     warm.settled_cpu_us = after.value_or(0);
     warm.channel = channel.release();
@@ -322,35 +324,60 @@ Result<std::vector<std::uint8_t>> run_in_warm_guest(WarmGuest& warm, const RunIn
 
 std::optional<std::uint64_t> guest_cpu_time_us(int pid) {
   clockid_t clock{};
+  if (::clock_getcpuclockid(pid, &clock) != 0) return std::nullopt;
   timespec now{};
-  if (::clock_getcpuclockid(pid, &clock) != 0 || ::clock_gettime(clock, &now) != 0) return std::nullopt;
+  if (::clock_gettime(clock, &now) != 0) return std::nullopt;
   return static_cast<std::uint64_t>(now.tv_sec) * 1'000'000u + static_cast<std::uint64_t>(now.tv_nsec) / 1000u;
 }
 
-bool arm_cpu_limit(const WarmGuest& warm, const Limits& limits) {
-  const std::optional<std::uint64_t> used = guest_cpu_time_us(warm.guest.pid);
+std::optional<std::uint64_t> guest_cpu_time_us(const WarmGuest& warm) {
+  if (!warm.has_cpu_clock) return guest_cpu_time_us(warm.guest.pid);
+  timespec now{};
+  // The clock names the pid, as clock_getcpuclockid's check did on every read before: a guest
+  // gone reads as an error (guest_at_rest polls its pidfd first, and the caller retires it).
+  if (::clock_gettime(static_cast<clockid_t>(warm.cpu_clock), &now) != 0) return std::nullopt;
+  return static_cast<std::uint64_t>(now.tv_sec) * 1'000'000u + static_cast<std::uint64_t>(now.tv_nsec) / 1000u;
+}
+
+bool arm_cpu_limit(WarmGuest& warm, const Limits& limits) {
+  if (!warm.rest_cpu_us) warm.rest_cpu_us = guest_cpu_time_us(warm);
+  const std::optional<std::uint64_t> used = warm.rest_cpu_us;
   if (!used) return false;
   // RLIMIT_CPU counts the process's whole life: this run's budget starts from what it used.
   // Only the soft limit moves (raising the hard one needs a privilege the host may lack); the
   // kernel's SIGKILL at the hard limit stays the fallback should the SIGXCPU handler not run.
-  rlimit current{};
-  // A guest just forked may not have set its own limits yet (it inherited the zygote's, with
-  // no hard limit): its run could not start before that anyway.
-  const auto until = Clock::now() + kSetupWait;
-  do {
-    if (::prlimit(warm.guest.pid, RLIMIT_CPU, nullptr, &current) != 0) return false;
-    if (current.rlim_max != RLIM_INFINITY) break;
-    std::this_thread::yield();
-  } while (Clock::now() < until);
+  if (warm.hard_cpu_seconds == 0) {
+    rlimit current{};
+    // A guest just forked may not have set its own limits yet (it inherited the zygote's, with
+    // no hard limit): its run could not start before that anyway.
+    const auto until = Clock::now() + kSetupWait;
+    do {
+      if (::prlimit(warm.guest.pid, RLIMIT_CPU, nullptr, &current) != 0) return false;
+      if (current.rlim_max != RLIM_INFINITY) break;
+      std::this_thread::yield();
+    } while (Clock::now() < until);
+    if (current.rlim_max == RLIM_INFINITY) return false;
+    // Fixed from here: the guest's filter refuses prlimit and setrlimit.
+    warm.hard_cpu_seconds = current.rlim_max;
+  }
   const std::uint64_t soft = (*used + 999'999) / 1'000'000 + channel::guest_cpu_seconds(limits);
-  if (current.rlim_max == RLIM_INFINITY || soft + 1 > current.rlim_max) return false;
-  const rlimit limit{soft, current.rlim_max};
-  return ::prlimit(warm.guest.pid, RLIMIT_CPU, &limit, nullptr) == 0;
+  if (soft + 1 > warm.hard_cpu_seconds) return false;
+  // The soft limit the kernel holds is the one the host set last (the kernel only moves it when
+  // it sends SIGXCPU, and the guest's handler then ends it): armed already when the budget
+  // ends at the same whole second, which for runs far shorter than a second is nearly always.
+  if (warm.armed_soft_seconds == soft) return true;
+  const rlimit limit{soft, warm.hard_cpu_seconds};
+  if (::prlimit(warm.guest.pid, RLIMIT_CPU, &limit, nullptr) != 0) return false;
+  warm.armed_soft_seconds = soft;
+  return true;
 }
 
-bool guest_limits_set(const WarmGuest& warm) {
+bool guest_limits_set(WarmGuest& warm) {
+  if (warm.hard_cpu_seconds != 0) return true;
   rlimit current{};
-  return ::prlimit(warm.guest.pid, RLIMIT_CPU, nullptr, &current) == 0 && current.rlim_max != RLIM_INFINITY;
+  if (::prlimit(warm.guest.pid, RLIMIT_CPU, nullptr, &current) != 0 || current.rlim_max == RLIM_INFINITY) return false;
+  warm.hard_cpu_seconds = current.rlim_max;
+  return true;
 }
 
 Result<std::vector<std::uint8_t>> strong_resume_request(std::span<const std::uint8_t> bytes, const RunInput& input,

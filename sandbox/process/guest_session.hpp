@@ -97,12 +97,17 @@ Result<std::vector<std::uint8_t>> run_in_warm_guest(WarmGuest& warm, const RunIn
 // process, so the host (never the guest) sets the soft limit to the run's budget over what
 // the guest used, below the hard limit its fork set for its life. False when the guest is
 // gone, the kernel refused, or the budget would pass its hard limit (the guest is retired).
-bool arm_cpu_limit(const WarmGuest& warm, const Limits& limits);
+// The soft limit last set is remembered in `warm` (armed_soft_seconds): an unchanged one is
+// not set again, and the hard limit is read once. The CPU time it counts from is rest_cpu_us
+// when guest_at_rest just read it (read here otherwise).
+bool arm_cpu_limit(WarmGuest& warm, const Limits& limits);
 // Whether the guest has set its own limits since its fork (its hard CPU-time limit is no
 // longer the zygote's unlimited one); arm_cpu_limit waits for that, this does not.
-bool guest_limits_set(const WarmGuest& warm);
+bool guest_limits_set(WarmGuest& warm);
 // The CPU time a live guest used so far, in microseconds (its process CPU clock).
 std::optional<std::uint64_t> guest_cpu_time_us(int pid);
+// The same for a warm guest, by the clock id watch_guest kept (one clock_gettime).
+std::optional<std::uint64_t> guest_cpu_time_us(const WarmGuest& warm);
 
 // The error for a guest that ended without answering, from the zygote's report (pure: tests
 // call it directly). `seccomp_syscall` is the syscall the guest reported before its kill, or

@@ -19,9 +19,9 @@ constexpr std::size_t kHeaderReadChunk = 16 * 1024;
 constexpr std::size_t kMaxReadChunk = 1024 * 1024;
 }  // namespace
 
-HostChannel::HostChannel(UniqueFd fd, Clock::time_point deadline, const std::atomic<bool>* abort)
+HostChannel::HostChannel(UniqueFd fd, Clock::time_point deadline, const std::atomic<bool>* abort, bool nonblocking)
     : fd_(std::move(fd)), deadline_(deadline), abort_(abort) {
-  ::fcntl(fd_.get(), F_SETFL, ::fcntl(fd_.get(), F_GETFL) | O_NONBLOCK);
+  if (!nonblocking) ::fcntl(fd_.get(), F_SETFL, ::fcntl(fd_.get(), F_GETFL) | O_NONBLOCK);
 }
 
 ChannelStatus HostChannel::wait(short events) {
@@ -75,6 +75,10 @@ ChannelStatus HostChannel::receive(std::vector<std::uint8_t>& out, std::size_t a
 
 ChannelStatus HostChannel::fill_buffer() {
   std::uint8_t chunk[kHeaderReadChunk];
+  // A frame's header is read after the host wrote and the guest has yet to answer (a request,
+  // a host call's reply): it has nearly never arrived yet, so the wait comes first (poll, recv)
+  // rather than after a recv that finds nothing (recv, poll, recv).
+  if (ChannelStatus s = wait(POLLIN); s != ChannelStatus::ok) return s;
   for (;;) {
     const ssize_t n = ::recv(fd_.get(), chunk, sizeof chunk, 0);
     if (n > 0) {

@@ -3,12 +3,20 @@
 // limit is never reused, and the pool refills in the background.
 #include <doctest/doctest.h>
 
+#include <signal.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
 #include <chrono>
 #include <memory>
 #include <optional>
 #include <string>
 #include <thread>
 
+#include "sandbox/process/guest_pool.hpp"
+#include "sandbox/process/guest_session.hpp"
 #include "sojourn/sandbox/lua_sandbox.hpp"
 #include "sojourn/sandbox/process_jail.hpp"
 
@@ -319,4 +327,92 @@ TEST_CASE("an agent step in a warm guest sets its prepared state aside, and the 
   CHECK(probe(*jail) == before);
   CHECK(probe(*jail) == before);
   CHECK(jail->status().guests_reused == 3);  // the step and both probes in the first probe's guest
+}
+
+namespace {
+
+// A stand-in for a warm guest's CPU-time limits: a child that sets its own RLIMIT_CPU as a
+// guest does (hard one second over soft), leaves SIGXCPU's default action (the kill), and on
+// each byte from `commands` spins for that many tenths of a second of its own CPU time
+// (255: until the kernel stops it), then answers with a byte on `answers`.
+pid_t spawn_cpu_guest(int commands, int answers) {
+  const pid_t pid = ::fork();
+  if (pid != 0) return pid;
+  const rlimit own{600, 601};
+  if (::setrlimit(RLIMIT_CPU, &own) != 0) ::_exit(2);
+  ::signal(SIGXCPU, SIG_DFL);
+  const auto cpu_ms = [] {
+    timespec t{};
+    ::clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t);
+    return t.tv_sec * 1000 + t.tv_nsec / 1'000'000;
+  };
+  unsigned char tenths = 0;
+  while (::read(commands, &tenths, 1) == 1) {
+    const long until = tenths == 255 ? -1 : cpu_ms() + tenths * 100L;
+    volatile unsigned long spin = 0;
+    while (until < 0 || cpu_ms() < until) ++spin;
+    if (::write(answers, &tenths, 1) != 1) ::_exit(3);
+  }
+  ::_exit(0);
+}
+
+std::uint64_t soft_cpu_limit(pid_t pid) {
+  rlimit current{};
+  REQUIRE(::prlimit(pid, RLIMIT_CPU, nullptr, &current) == 0);
+  return current.rlim_cur;
+}
+
+}  // namespace
+
+TEST_CASE("a warm guest's CPU limit is re-armed as its CPU time moves, and one spinning past it on a later reuse is killed") {
+  using sojourn::sandbox::WarmGuest;
+  int commands[2];
+  int answers[2];
+  REQUIRE(::pipe(commands) == 0);
+  REQUIRE(::pipe(answers) == 0);
+  const pid_t pid = spawn_cpu_guest(commands[0], answers[1]);
+  REQUIRE(pid > 0);
+  ::close(commands[0]);
+  ::close(answers[1]);
+  WarmGuest warm;
+  warm.guest.pid = pid;
+  sojourn::sandbox::watch_guest(warm);
+  REQUIRE(warm.has_cpu_clock);
+  const Limits run_limits{1'000'000, kMemory, 1};  // a budget of guest_cpu_seconds: 2 s
+  const auto expected_soft = [&] {
+    const std::optional<std::uint64_t> used = sojourn::sandbox::guest_cpu_time_us(warm);
+    REQUIRE(used);
+    return (*used + 999'999) / 1'000'000 + 2;
+  };
+  // Its own limits are set once the child ran: the hard limit is read, the soft one armed.
+  unsigned char tenths = 1;
+  REQUIRE(::write(commands[1], &tenths, 1) == 1);
+  REQUIRE(::read(answers[0], &tenths, 1) == 1);
+  REQUIRE(sojourn::sandbox::arm_cpu_limit(warm, run_limits));
+  CHECK(warm.hard_cpu_seconds == 601);
+  CHECK(soft_cpu_limit(pid) == expected_soft());
+  // Reuses whose budget ends at the same whole second leave the armed limit as it is.
+  for (int reuse = 0; reuse < 3; ++reuse) {
+    warm.rest_cpu_us.reset();
+    REQUIRE(sojourn::sandbox::arm_cpu_limit(warm, run_limits));
+    CHECK(soft_cpu_limit(pid) == expected_soft());
+  }
+  // A run that used more than a second moves the next run's limit with it.
+  tenths = 12;
+  REQUIRE(::write(commands[1], &tenths, 1) == 1);
+  REQUIRE(::read(answers[0], &tenths, 1) == 1);
+  warm.rest_cpu_us.reset();
+  REQUIRE(sojourn::sandbox::arm_cpu_limit(warm, run_limits));
+  const std::uint64_t armed = soft_cpu_limit(pid);
+  CHECK(armed == expected_soft());
+  CHECK(armed >= 4);
+  // This reuse spins past its budget: the kernel's SIGXCPU at the armed soft limit ends it.
+  tenths = 255;
+  REQUIRE(::write(commands[1], &tenths, 1) == 1);
+  int status = 0;
+  REQUIRE(::waitpid(pid, &status, 0) == pid);
+  REQUIRE(WIFSIGNALED(status));
+  CHECK(WTERMSIG(status) == SIGXCPU);
+  ::close(commands[1]);
+  ::close(answers[0]);
 }
