@@ -113,12 +113,12 @@ void AgentRuntime::register_services(Node& node) {
   // straight to a worker. A large one (its decoding grows with its size), or one whose
   // COMMIT must first be written to the store, is taken on a worker.
   {
-    auto serve = [self](const Value& args, const PeerIdentity& caller) -> Result<Value> {
+    // `bytes`: the call's one argument, the encoded TRANSFER.
+    auto serve = [self](const Value& bytes, const PeerIdentity& caller) -> Result<Value> {
       const auto wall = std::chrono::system_clock::now();
       const auto mono = std::chrono::steady_clock::now();
       auto rt = self.lock();
       if (!rt) return errors::shutting_down();
-      const Value bytes = args.get(1);
       auto message = decode_message<AgentTransfer, decode_transfer>(bytes, "agent.transfer's argument");
       if (!message) return message.error();
       if (rt->counters_ != nullptr && rt->counters_->trace.has_file()) {
@@ -134,14 +134,14 @@ void AgentRuntime::register_services(Node& node) {
     };
     ServiceEntry transfer;
     transfer.options = peers;
-    transfer.fn = serve;
+    transfer.fn = [serve](const Value& args, const PeerIdentity& caller) { return serve(args.get(1), caller); };
     const bool durable = store_ != nullptr;
     transfer.async_fn = [self, serve, durable](Value args, PeerIdentity caller) -> asio::awaitable<Result<Value>> {
       auto rt = self.lock();
       if (!rt) co_return errors::shutting_down();
-      const Value& bytes = args.get(1);
-      if (!durable && bytes.is_string() && bytes.as_string().size() <= kInlineTransferBytes) co_return serve(args, caller);
-      co_return co_await on_workers(rt->runtime_.workers(), [&] { return serve(args, caller); });
+      const Value bytes = args.get(1);
+      if (!durable && bytes.is_string() && bytes.as_string().size() <= kInlineTransferBytes) co_return serve(bytes, caller);
+      co_return co_await on_workers(rt->runtime_.workers(), [&] { return serve(bytes, caller); });
     };
     services_.add("agent.transfer", std::move(transfer));
   }
