@@ -107,14 +107,16 @@ void AgentRuntime::register_services(Node& node) {
                                              ", where a hop is a TRANSFER with no OFFER before it)");
   }, peers);
   // agent.transfer, as typed_service with the TRANSFER's receipt (before it is decoded) in
-  // the trace. A small TRANSFER to a node without a store is taken by the reader, on the
-  // network thread: its checks cost tens of microseconds, less than the two thread hand-offs
-  // (to a worker and back) they would wait for, and the arrived agent's first step goes
-  // straight to a worker. A large one (its decoding grows with its size), or one whose
-  // COMMIT must first be written to the store, is taken on a worker.
+  // the trace. A small TRANSFER of a weak agent whose code this node has, to a node without
+  // a store, is taken by the reader, on the network thread: its decoding and checks cost
+  // tens of microseconds, less than the two thread hand-offs (to a worker and back) they
+  // would wait for, and the arrived agent's first step goes straight to a worker. A large
+  // one (its decoding grows with its size), one carrying code or a heap image (hashed,
+  // written to the code cache), or one whose COMMIT must first be written to the store, is
+  // taken on a worker.
   {
-    // `bytes`: the call's one argument, the encoded TRANSFER.
-    auto serve = [self](const Value& bytes, const PeerIdentity& caller) -> Result<Value> {
+    // Decodes the call's one argument, the encoded TRANSFER.
+    auto decode = [self](const Value& bytes) -> Result<AgentTransfer> {
       const auto wall = std::chrono::system_clock::now();
       const auto mono = std::chrono::steady_clock::now();
       auto rt = self.lock();
@@ -128,20 +130,39 @@ void AgentRuntime::register_services(Node& node) {
         rt->counters_->trace.add_at(wall, mono, "restore_start", message->record.id, from,
                                     "epoch " + std::to_string(message->record.epoch));
       }
-      auto answer = rt->on_transfer(std::move(*message), caller);
+      return message;
+    };
+    auto take = [self](AgentTransfer message, const PeerIdentity& caller) -> Result<Value> {
+      auto rt = self.lock();
+      if (!rt) return errors::shutting_down();
+      auto answer = rt->on_transfer(std::move(message), caller);
       if (!answer) return answer.error();
       return message_value(encode(*answer));
     };
     ServiceEntry transfer;
     transfer.options = peers;
-    transfer.fn = [serve](const Value& args, const PeerIdentity& caller) { return serve(args.get(1), caller); };
+    transfer.fn = [decode, take](const Value& args, const PeerIdentity& caller) -> Result<Value> {
+      auto message = decode(args.get(1));
+      if (!message) return message.error();
+      return take(std::move(*message), caller);
+    };
     const bool durable = store_ != nullptr;
-    transfer.async_fn = [self, serve, durable](Value args, PeerIdentity caller) -> asio::awaitable<Result<Value>> {
+    transfer.async_fn = [self, decode, take, durable](Value args, PeerIdentity caller) -> asio::awaitable<Result<Value>> {
       auto rt = self.lock();
       if (!rt) co_return errors::shutting_down();
       const Value bytes = args.get(1);
-      if (!durable && bytes.is_string() && bytes.as_string().size() <= kInlineTransferBytes) co_return serve(bytes, caller);
-      co_return co_await on_workers(rt->runtime_.workers(), [&] { return serve(bytes, caller); });
+      if (durable || !bytes.is_string() || bytes.as_string().size() > kInlineTransferBytes) {
+        co_return co_await on_workers(rt->runtime_.workers(), [&]() -> Result<Value> {
+          auto message = decode(bytes);
+          if (!message) return message.error();
+          return take(std::move(*message), caller);
+        });
+      }
+      auto message = decode(bytes);
+      if (!message) co_return message.error();
+      const bool light = !message->bundle_bytes && !message->image && message->record.mobility == Mobility::weak;
+      if (light) co_return take(std::move(*message), caller);
+      co_return co_await on_workers(rt->runtime_.workers(), [&] { return take(std::move(*message), caller); });
     };
     services_.add("agent.transfer", std::move(transfer));
   }
