@@ -27,6 +27,9 @@ class AgentHostCalls final : public sandbox::HostCalls {
 };
 
 constexpr std::size_t kMaxLogLines = 64;
+// The largest TRANSFER (encoded) the network thread takes itself (register_services): its
+// decoding and checks stay within about a hundred microseconds.
+constexpr std::size_t kInlineTransferBytes = 64u << 10;
 
 }  // namespace
 
@@ -79,6 +82,14 @@ PeerService typed_service(std::weak_ptr<AgentRuntime> self, const char* what, Fn
   };
 }
 
+// Runs f on the worker pool and resumes the caller on its own executor afterwards.
+template <class F>
+asio::awaitable<std::invoke_result_t<F>> on_workers(asio::thread_pool& pool, F f) {
+  using R = std::invoke_result_t<F>;
+  co_return co_await asio::co_spawn(
+      pool, [f = std::move(f)]() mutable -> asio::awaitable<R> { co_return f(); }, asio::use_awaitable);
+}
+
 }  // namespace
 
 void AgentRuntime::register_services(Node& node) {
@@ -95,26 +106,66 @@ void AgentRuntime::register_services(Node& node) {
                                              std::to_string(kAgentProtocolVersion) +
                                              ", where a hop is a TRANSFER with no OFFER before it)");
   }, peers);
-  // As typed_service, with the TRANSFER's receipt (before it is decoded) in the trace.
-  node.register_service("agent.transfer", [self](const Value& args, const PeerIdentity& caller) -> Result<Value> {
-    const auto wall = std::chrono::system_clock::now();
-    const auto mono = std::chrono::steady_clock::now();
-    auto rt = self.lock();
-    if (!rt) return errors::shutting_down();
-    const Value bytes = args.get(1);
-    auto message = decode_message<AgentTransfer, decode_transfer>(bytes, "agent.transfer's argument");
-    if (!message) return message.error();
-    if (rt->counters_ != nullptr && rt->counters_->trace.has_file()) {
-      const std::string size = bytes.is_string() ? std::to_string(bytes.as_string().size()) : std::string("0");
-      const std::string from = message->record.hops.empty() ? std::string() : message->record.hops.back().node;
-      rt->counters_->trace.add_at(wall, mono, "transfer_received", message->record.id, from, "transfer_bytes=" + size);
-      rt->counters_->trace.add_at(wall, mono, "restore_start", message->record.id, from,
-                                  "epoch " + std::to_string(message->record.epoch));
-    }
-    auto answer = rt->on_transfer(std::move(*message), caller);
-    if (!answer) return answer.error();
-    return message_value(encode(*answer));
-  }, peers);
+  // agent.transfer, as typed_service with the TRANSFER's receipt (before it is decoded) in
+  // the trace. A small TRANSFER of a weak agent whose code this node has, to a node without
+  // a store, is taken by the reader, on the network thread: its decoding and checks cost
+  // tens of microseconds, less than the two thread hand-offs (to a worker and back) they
+  // would wait for, and the arrived agent's first step goes straight to a worker. A large
+  // one (its decoding grows with its size), one carrying code or a heap image (hashed,
+  // written to the code cache), or one whose COMMIT must first be written to the store, is
+  // taken on a worker.
+  {
+    // Decodes the call's one argument, the encoded TRANSFER.
+    auto decode = [self](const Value& bytes) -> Result<AgentTransfer> {
+      const auto wall = std::chrono::system_clock::now();
+      const auto mono = std::chrono::steady_clock::now();
+      auto rt = self.lock();
+      if (!rt) return errors::shutting_down();
+      auto message = decode_message<AgentTransfer, decode_transfer>(bytes, "agent.transfer's argument");
+      if (!message) return message.error();
+      if (rt->counters_ != nullptr && rt->counters_->trace.has_file()) {
+        const std::string size = bytes.is_string() ? std::to_string(bytes.as_string().size()) : std::string("0");
+        const std::string from = message->record.hops.empty() ? std::string() : message->record.hops.back().node;
+        rt->counters_->trace.add_at(wall, mono, "transfer_received", message->record.id, from, "transfer_bytes=" + size);
+        rt->counters_->trace.add_at(wall, mono, "restore_start", message->record.id, from,
+                                    "epoch " + std::to_string(message->record.epoch));
+      }
+      return message;
+    };
+    auto take = [self](AgentTransfer message, const PeerIdentity& caller) -> Result<Value> {
+      auto rt = self.lock();
+      if (!rt) return errors::shutting_down();
+      auto answer = rt->on_transfer(std::move(message), caller);
+      if (!answer) return answer.error();
+      return message_value(encode(*answer));
+    };
+    ServiceEntry transfer;
+    transfer.options = peers;
+    transfer.fn = [decode, take](const Value& args, const PeerIdentity& caller) -> Result<Value> {
+      auto message = decode(args.get(1));
+      if (!message) return message.error();
+      return take(std::move(*message), caller);
+    };
+    const bool durable = store_ != nullptr;
+    transfer.async_fn = [self, decode, take, durable](Value args, PeerIdentity caller) -> asio::awaitable<Result<Value>> {
+      auto rt = self.lock();
+      if (!rt) co_return errors::shutting_down();
+      const Value bytes = args.get(1);
+      if (durable || !bytes.is_string() || bytes.as_string().size() > kInlineTransferBytes) {
+        co_return co_await on_workers(rt->runtime_.workers(), [&]() -> Result<Value> {
+          auto message = decode(bytes);
+          if (!message) return message.error();
+          return take(std::move(*message), caller);
+        });
+      }
+      auto message = decode(bytes);
+      if (!message) co_return message.error();
+      const bool light = !message->bundle_bytes && !message->image && message->record.mobility == Mobility::weak;
+      if (light) co_return take(std::move(*message), caller);
+      co_return co_await on_workers(rt->runtime_.workers(), [&] { return take(std::move(*message), caller); });
+    };
+    services_.add("agent.transfer", std::move(transfer));
+  }
   // Pieces of a heap image too large for one frame, ahead of their TRANSFER (migration.cpp).
   node.register_service("agent.image_part", typed_service<ImagePart, decode_image_part>(
       self, "agent.image_part's argument", [](AgentRuntime& rt, ImagePart m, Caller) { return rt.on_image_part(std::move(m)); }), peers);

@@ -199,14 +199,17 @@ void row(const char* what, const LatencySummary& s, const LatencySummary* peer) 
 
 int main(int argc, char** argv) {
   using namespace sojourn::bench;
-  // bench_agent_hops [HOPS] [--csv FILE] [--latency-only]
+  // bench_agent_hops [HOPS] [--csv FILE] [--latency-only] [--bytes N] (N: one state size only, for a profile)
   int hops = 200;
   std::string csv;
   bool latency_only = false;
+  std::size_t only_bytes = 0;
   for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];
     if (arg == "--csv" && i + 1 < argc) {
       csv = argv[++i];
+    } else if (arg == "--bytes" && i + 1 < argc) {
+      only_bytes = std::strtoull(argv[++i], nullptr, 10);
     } else if (arg == "--latency-only") {
       latency_only = true;
     } else {
@@ -225,6 +228,7 @@ int main(int argc, char** argv) {
   std::printf("agent hop latency on loopback, %d hops per size (microseconds; ratio = median / peer median)\n", hops);
   std::printf("  %-44s %10s %10s %8s   %s\n", "", "median", "p99", "samples", "ratio");
   for (std::size_t bytes : {std::size_t{100}, std::size_t{4096}, std::size_t{1} << 20}) {
+    if (only_bytes != 0 && bytes != only_bytes) continue;
     const int n = bytes >= (1u << 20) ? std::max(10, hops / 10) : hops;
     LatencySummary echo = tcp_echo_latency(bytes, n);
     LatencySummary rev = rev_latency(trusted, bytes, n);
