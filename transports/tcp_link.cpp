@@ -165,6 +165,8 @@ class TcpLink final : public Link, public std::enable_shared_from_this<TcpLink> 
     } else {
       socket_ = std::make_shared<FramedSocket>(std::move(socket), options_.max_payload, options_.frame_timeout, peer_.to_string());
     }
+    // The requests that callers woken by one read of replies send again leave in one write.
+    socket_->coalesce_writes(true);
     if (rule) {
       socket_->set_shaper(std::make_shared<LinkShaper>(rule->spec, link_seed(options_.links->seed, peer_.to_string()), options_.links->sent_bytes));
     }
