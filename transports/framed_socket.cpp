@@ -221,15 +221,6 @@ void FramedSocket::send_frame(FrameKind kind, std::uint64_t request_id, std::vec
   write_soon();
 }
 
-void FramedSocket::post_flush() {
-  if (flush_posted_) return;
-  flush_posted_ = true;
-  asio::post(executor_, [self = shared_from_this()] {
-    self->flush_posted_ = false;
-    if (!self->writing_ && !self->holding_ && !self->queue_.empty() && !self->closed_) self->write_queued();
-  });
-}
-
 void FramedSocket::flush() {
   holding_ = false;
   if (!writing_ && !queue_.empty() && !closed_) write_queued();

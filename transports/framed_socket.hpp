@@ -71,10 +71,10 @@ class FramedSocket : public std::enable_shared_from_this<FramedSocket> {
   // gathered write, just before the reader waits on the socket again. Whoever makes the
   // reader wait elsewhere calls flush() first.
   void batch_while_reading(bool on) { batch_ = on; }
-  // A client's connection: a frame queued while no write is in progress leaves at the end
-  // of the current turn of the event loop (one posted flush), so the requests that the
-  // callers woken by one read of replies send again leave together, in one write.
-  void coalesce_writes(bool on) { coalesce_ = on; }
+  // Holds the frames queued from now on until flush() (a client's connection: while the
+  // callers woken by one read of replies have not all resumed, what they send again
+  // leaves together in one write).
+  void hold() { holding_ = true; }
   // Starts writing what is held (batch_while_reading); a no-op otherwise.
   void flush();
   // Writes what is queued, then closes.
@@ -96,14 +96,8 @@ class FramedSocket : public std::enable_shared_from_this<FramedSocket> {
   bool flushed() const { return !writing_ && delayed_.empty() && queue_.empty(); }
   // Writes now unless the reader is working through buffered frames (batch_while_reading).
   void write_soon() {
-    if (writing_ || holding_) return;
-    if (coalesce_) {
-      post_flush();
-    } else {
-      write_queued();
-    }
+    if (!writing_ && !holding_) write_queued();
   }
-  void post_flush();
   void arm_frame_timer();
   void disarm_frame_timer();
   Error incomplete(std::size_t have, std::size_t of, const char* part) const;
@@ -140,8 +134,6 @@ class FramedSocket : public std::enable_shared_from_this<FramedSocket> {
   bool writing_ = false;
   bool batch_ = false;    // batch_while_reading
   bool holding_ = false;  // the reader is working through frames: writes wait for flush()
-  bool coalesce_ = false;      // coalesce_writes
-  bool flush_posted_ = false;  // a flush is queued on the executor
   // Plain TCP: the last read filled less than the space it had, so the socket is most
   // likely drained: the next read waits for readiness first rather than try a read that
   // would find nothing (one system call less per request on a request-reply connection).

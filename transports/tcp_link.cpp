@@ -106,6 +106,7 @@ class TcpLink final : public Link, public std::enable_shared_from_this<TcpLink> 
     std::optional<Error> error;
     std::chrono::milliseconds timeout{0};
     std::uint64_t id = 0;  // of the request holding the slot; 0: free
+    bool woken_by_reply = false;  // counted in woken_ until its coroutine ends
   };
   struct Deadline {
     std::chrono::steady_clock::time_point at;
@@ -123,6 +124,12 @@ class TcpLink final : public Link, public std::enable_shared_from_this<TcpLink> 
 
   void release(std::uint32_t slot) {
     Pending& p = *slots_[slot];
+    if (p.woken_by_reply) {
+      p.woken_by_reply = false;
+      // The last caller woken by a read of replies: what the others sent meanwhile goes
+      // out now in one write (and what this one sends next, behind it).
+      if (--woken_ == 0 && socket_) socket_->flush();
+    }
     p.id = 0;
     p.reply.reset();
     p.error.reset();
@@ -221,8 +228,6 @@ class TcpLink final : public Link, public std::enable_shared_from_this<TcpLink> 
     } else {
       socket_ = std::make_shared<FramedSocket>(std::move(socket), options_.max_payload, options_.frame_timeout, peer_.to_string());
     }
-    // The requests that callers woken by one read of replies send again leave in one write.
-    socket_->coalesce_writes(true);
     if (rule) {
       socket_->set_shaper(std::make_shared<LinkShaper>(rule->spec, link_seed(options_.links->seed, peer_.to_string()), options_.links->sent_bytes));
     }
@@ -263,6 +268,10 @@ class TcpLink final : public Link, public std::enable_shared_from_this<TcpLink> 
       if (!p) continue;                    // its request timed out already
       if (p->reply || p->error) continue;  // answered already (timed out, say)
       p->reply = std::move(*frame);
+      // Until every caller woken by this read has resumed, the requests they send again
+      // are held, to leave together: one write for a window of pipelined requests.
+      p->woken_by_reply = true;
+      if (woken_++ == 0) socket_->hold();
       wake(*p);
     }
   }
@@ -294,6 +303,7 @@ class TcpLink final : public Link, public std::enable_shared_from_this<TcpLink> 
   std::vector<std::unique_ptr<Pending>> slots_;  // requests in flight, by the low bits of their id
   std::vector<std::uint32_t> free_slots_;
   std::size_t in_flight_ = 0;
+  std::size_t woken_ = 0;  // requests woken by a reply whose coroutines have not ended
   std::uint64_t next_sequence_ = 1;  // a request id's high bits: never 0, never reused
   State state_ = State::idle;
   Error failure_;
