@@ -46,8 +46,6 @@ FramedSocket::FramedSocket(tcp::socket socket, std::uint32_t max_payload, std::c
       peer_name_(std::move(peer_name)) {
   boost::system::error_code ignored;
   socket_.set_option(tcp::no_delay(true), ignored);
-  // Reads after a readiness wait (drained_) must never block the event loop.
-  socket_.non_blocking(true, ignored);
 }
 
 FramedSocket::FramedSocket(tcp::socket socket, std::shared_ptr<const TlsContext> tls, bool server_side,
@@ -112,19 +110,9 @@ asio::awaitable<bool> FramedSocket::fill(std::size_t wanted, boost::system::erro
     std::size_t n = 0;
     if (tls_) {
       n = co_await tls_->async_read_some(space, asio::redirect_error(asio::use_awaitable, ec));
-    } else if (drained_) {
-      // Wait for bytes, then take what came without blocking (the socket is in
-      // non-blocking mode: a spurious wake-up finds would_block and waits again).
-      co_await socket_.async_wait(tcp::socket::wait_read, asio::redirect_error(asio::use_awaitable, ec));
-      if (!ec) n = socket_.read_some(space, ec);
-      if (ec == asio::error::would_block || ec == asio::error::try_again) {
-        ec.clear();
-        n = 0;
-      }
     } else {
       n = co_await socket_.async_read_some(space, asio::redirect_error(asio::use_awaitable, ec));
     }
-    if (!tls_) drained_ = n < space.size();
     if (partial) disarm_frame_timer();
     read_end_ += n;
     if (ec) co_return false;

@@ -134,10 +134,6 @@ class FramedSocket : public std::enable_shared_from_this<FramedSocket> {
   bool writing_ = false;
   bool batch_ = false;    // batch_while_reading
   bool holding_ = false;  // the reader is working through frames: writes wait for flush()
-  // Plain TCP: the last read filled less than the space it had, so the socket is most
-  // likely drained: the next read waits for readiness first rather than try a read that
-  // would find nothing (one system call less per request on a request-reply connection).
-  bool drained_ = false;
   struct Delayed {
     std::chrono::steady_clock::time_point at;
     std::vector<std::uint8_t> bytes;

@@ -1,7 +1,7 @@
 // A TCP link under many requests at once: each reply finds its own request (ids name a
 // reusable slot), deadlines of different lengths fire in their order, a late reply to a
 // request that timed out never reaches the next request in its slot; and a server reads
-// frames that arrive in pieces, after it found its socket drained.
+// frames that arrive in pieces between its answers, and a bad one closes only that connection.
 #include <doctest/doctest.h>
 
 #include "sojourn/transports/asio.hpp"
@@ -155,7 +155,7 @@ TEST_CASE("a late reply to a request that timed out never answers the next reque
   CHECK(s.link->usable());
 }
 
-TEST_CASE("a server reads frames that arrive in pieces after it found its socket drained") {
+TEST_CASE("a server reads frames that arrive in pieces between its answers") {
   Served s;
   test::RawSocket raw(s.bound.port);
   std::vector<std::uint8_t> first = encode_frame(FrameKind::call, 5, std::vector<std::uint8_t>{kAtOnce, 1, 2});
@@ -176,7 +176,7 @@ TEST_CASE("a server reads frames that arrive in pieces after it found its socket
   CHECK(d.frames()[0].payload == std::vector<std::uint8_t>{2, 1, kAtOnce});
   CHECK(d.frames()[1].header.request_id == 6);
   CHECK(d.frames()[1].payload == std::vector<std::uint8_t>{3, kAtOnce});
-  // A bad header after a drained read still closes the connection and only that one.
+  // A bad header after an answered frame closes that connection, and only that one.
   test::RawSocket bad(s.bound.port);
   REQUIRE(bad.send(first));
   std::this_thread::sleep_for(30ms);
