@@ -71,6 +71,10 @@ class FramedSocket : public std::enable_shared_from_this<FramedSocket> {
   // gathered write, just before the reader waits on the socket again. Whoever makes the
   // reader wait elsewhere calls flush() first.
   void batch_while_reading(bool on) { batch_ = on; }
+  // Holds the frames queued from now on until flush() (a client's connection: while the
+  // callers woken by one read of replies have not all resumed, what they send again
+  // leaves together in one write).
+  void hold() { holding_ = true; }
   // Starts writing what is held (batch_while_reading); a no-op otherwise.
   void flush();
   // Writes what is queued, then closes.

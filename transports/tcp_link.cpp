@@ -1,9 +1,10 @@
 // The client side of a TCP or TLS connection: connects lazily (TLS: and authenticates
 // the server), multiplexes requests by id, and wakes each waiting request when its reply,
 // its deadline (one timer per link) or a failure arrives.
-#include <map>
+#include <algorithm>
+#include <deque>
 #include <optional>
-#include <unordered_map>
+#include <vector>
 
 #include <boost/asio/connect.hpp>
 
@@ -47,11 +48,31 @@ class TcpLink final : public Link, public std::enable_shared_from_this<TcpLink> 
       co_return errors::frame_too_large(payload.size(), options_.max_payload);
     }
 
-    std::uint64_t id = next_id_++;
-    Pending pending(executor_);
+    // A slot of the link's table, kept for the next request once this one is done: its
+    // wake-up timer is made once per slot, not once per request.
+    std::uint32_t slot = 0;
+    if (!free_slots_.empty()) {
+      slot = free_slots_.back();
+      free_slots_.pop_back();
+    } else if (slots_.size() < kMaxSlots) {
+      slot = static_cast<std::uint32_t>(slots_.size());
+      slots_.push_back(std::make_unique<Pending>(executor_));
+    } else {
+      co_return make_error(Errc::overloaded, "too many requests in flight to " + peer_.to_string());
+    }
+    Pending& pending = *slots_[slot];
+    // The id names the slot (its low bits): a reply finds its request without a map.
+    const std::uint64_t id = (next_sequence_++ << kSlotBits) | slot;
+    pending.id = id;
     pending.timeout = timeout;
-    pending.deadline = deadlines_.emplace(deadline, id);
-    pending_.emplace(id, &pending);
+    ++in_flight_;
+    // Frees the slot however this coroutine ends (even destroyed while it waits).
+    struct Release {
+      TcpLink& link;
+      std::uint32_t slot;
+      ~Release() { link.release(slot); }
+    } release{*this, slot};
+    add_deadline(deadline, id);
     arm_deadline(deadline);
     socket_->send_frame(kind, id, std::move(payload));
     // Woken by its reply, its deadline (the link's one timer) or the link's failure.
@@ -59,10 +80,9 @@ class TcpLink final : public Link, public std::enable_shared_from_this<TcpLink> 
       boost::system::error_code ec;
       co_await pending.signal.async_wait(asio::redirect_error(asio::use_awaitable, ec));
     }
-    pending_.erase(id);
-    if (pending.deadline != deadlines_.end()) deadlines_.erase(pending.deadline);
-    if (pending.reply) co_return std::move(*pending.reply);
-    co_return *pending.error;
+    // Taken out of the slot here: the slot is freed (Release) before the value returns.
+    Result<Frame> out = pending.reply ? Result<Frame>(std::move(*pending.reply)) : Result<Frame>(*pending.error);
+    co_return out;
   }
 
   bool usable() const override { return state_ != State::failed; }
@@ -73,7 +93,8 @@ class TcpLink final : public Link, public std::enable_shared_from_this<TcpLink> 
 
  private:
   enum class State { idle, connecting, open, failed };
-  using Deadlines = std::multimap<std::chrono::steady_clock::time_point, std::uint64_t>;
+  static constexpr unsigned kSlotBits = 24;  // a request id's low bits: its slot
+  static constexpr std::size_t kMaxSlots = std::size_t{1} << kSlotBits;
   struct Pending {
     explicit Pending(const asio::any_io_executor& ex) : signal(ex) {
       // A timer that never expires is no deadline: Asio keeps it out of its timer heap and
@@ -84,10 +105,55 @@ class TcpLink final : public Link, public std::enable_shared_from_this<TcpLink> 
     std::optional<Frame> reply;
     std::optional<Error> error;
     std::chrono::milliseconds timeout{0};
-    Deadlines::iterator deadline;  // deadlines_.end() once it passed
+    std::uint64_t id = 0;  // of the request holding the slot; 0: free
+    bool woken_by_reply = false;  // counted in woken_ until its coroutine ends
+  };
+  struct Deadline {
+    std::chrono::steady_clock::time_point at;
+    std::uint64_t id;
   };
 
   static void wake(Pending& p) { p.signal.cancel(); }
+
+  // The request with this id, while it holds its slot (answered or not).
+  Pending* find(std::uint64_t id) {
+    const std::size_t slot = id & (kMaxSlots - 1);
+    if (slot >= slots_.size() || slots_[slot]->id != id || id == 0) return nullptr;
+    return slots_[slot].get();
+  }
+
+  void release(std::uint32_t slot) {
+    Pending& p = *slots_[slot];
+    if (p.woken_by_reply) {
+      p.woken_by_reply = false;
+      // The last caller woken by a read of replies: what the others sent meanwhile goes
+      // out now in one write (and what this one sends next, behind it).
+      if (--woken_ == 0 && socket_) socket_->flush();
+    }
+    p.id = 0;
+    p.reply.reset();
+    p.error.reset();
+    --in_flight_;
+    free_slots_.push_back(slot);
+    // Deadlines of requests that are done go from the front; a request that waits long
+    // keeps those behind it until they are more than twice the requests in flight.
+    while (!deadlines_.empty() && !find(deadlines_.front().id)) deadlines_.pop_front();
+    if (deadlines_.size() > 2 * in_flight_ + 64) {
+      std::erase_if(deadlines_, [this](const Deadline& d) { return !find(d.id); });
+    }
+  }
+
+  // Deadlines are kept earliest first; with one timeout for every request (the usual
+  // case) each goes at the back.
+  void add_deadline(std::chrono::steady_clock::time_point at, std::uint64_t id) {
+    if (deadlines_.empty() || deadlines_.back().at <= at) {
+      deadlines_.push_back(Deadline{at, id});
+      return;
+    }
+    auto later = std::upper_bound(deadlines_.begin(), deadlines_.end(), at,
+                                  [](std::chrono::steady_clock::time_point t, const Deadline& d) { return t < d.at; });
+    deadlines_.insert(later, Deadline{at, id});
+  }
 
   // One timer per link for every request's deadline, armed at the earliest. It is not
   // disarmed when that request is answered: it fires then for nothing and re-arms at the
@@ -105,18 +171,15 @@ class TcpLink final : public Link, public std::enable_shared_from_this<TcpLink> 
   void deadlines_due() {
     deadline_armed_ = false;
     const auto now = std::chrono::steady_clock::now();
-    while (!deadlines_.empty() && deadlines_.begin()->first <= now) {
-      auto it = pending_.find(deadlines_.begin()->second);
-      deadlines_.erase(deadlines_.begin());
-      if (it == pending_.end()) continue;
-      Pending& p = *it->second;
-      p.deadline = deadlines_.end();
-      if (p.reply || p.error) continue;
-      p.error = make_error(Errc::timeout, "request to " + peer_.to_string() + " timed out after " +
-                                              std::to_string(p.timeout.count()) + " ms");
-      wake(p);
+    while (!deadlines_.empty() && deadlines_.front().at <= now) {
+      Pending* p = find(deadlines_.front().id);
+      deadlines_.pop_front();
+      if (!p || p->reply || p->error) continue;
+      p->error = make_error(Errc::timeout, "request to " + peer_.to_string() + " timed out after " +
+                                               std::to_string(p->timeout.count()) + " ms");
+      wake(*p);
     }
-    if (!deadlines_.empty() && state_ != State::failed) arm_deadline(deadlines_.begin()->first);
+    if (!deadlines_.empty() && state_ != State::failed) arm_deadline(deadlines_.front().at);
   }
 
   asio::awaitable<void> connect() {
@@ -201,11 +264,15 @@ class TcpLink final : public Link, public std::enable_shared_from_this<TcpLink> 
                                        "server sent a " + std::string(frame_kind_name(frame->header.kind)) + " frame"));
         break;
       }
-      auto it = pending_.find(frame->header.request_id);
-      if (it == pending_.end()) continue;  // its request timed out already
-      if (it->second->reply || it->second->error) continue;  // answered already (timed out, say)
-      it->second->reply = std::move(*frame);
-      wake(*it->second);
+      Pending* p = find(frame->header.request_id);
+      if (!p) continue;                    // its request timed out already
+      if (p->reply || p->error) continue;  // answered already (timed out, say)
+      p->reply = std::move(*frame);
+      // Until every caller woken by this read has resumed, the requests they send again
+      // are held, to leave together: one write for a window of pipelined requests.
+      p->woken_by_reply = true;
+      if (woken_++ == 0) socket_->hold();
+      wake(*p);
     }
   }
 
@@ -213,8 +280,8 @@ class TcpLink final : public Link, public std::enable_shared_from_this<TcpLink> 
     if (state_ == State::failed) return;
     state_ = State::failed;
     failure_ = e;
-    for (auto& [id, p] : pending_) {
-      if (p->reply || p->error) continue;
+    for (auto& p : slots_) {
+      if (p->id == 0 || p->reply || p->error) continue;
       p->error = e;
       wake(*p);
     }
@@ -230,11 +297,14 @@ class TcpLink final : public Link, public std::enable_shared_from_this<TcpLink> 
   asio::steady_timer connected_signal_;
   asio::steady_timer deadline_timer_;
   bool deadline_armed_ = false;
-  Deadlines deadlines_;  // request deadlines, earliest first
+  std::deque<Deadline> deadlines_;  // request deadlines, earliest first (some of requests done)
   std::shared_ptr<FramedSocket> socket_;
   std::string proven_id_;  // the server's key fingerprint, once its handshake proved it
-  std::unordered_map<std::uint64_t, Pending*> pending_;
-  std::uint64_t next_id_ = 1;
+  std::vector<std::unique_ptr<Pending>> slots_;  // requests in flight, by the low bits of their id
+  std::vector<std::uint32_t> free_slots_;
+  std::size_t in_flight_ = 0;
+  std::size_t woken_ = 0;  // requests woken by a reply whose coroutines have not ended
+  std::uint64_t next_sequence_ = 1;  // a request id's high bits: never 0, never reused
   State state_ = State::idle;
   Error failure_;
 };
