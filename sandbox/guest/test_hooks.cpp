@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <cstdint>
+#include <cstdio>
 #include <string>
 #include <vector>
 
@@ -55,11 +56,46 @@ void open_test_handles(lua_State* L) {
   lua_register(L, "test_pointer", test_pointer);
   lua_register(L, "test_cdata", test_cdata);
 }
+
+// The stack-protector canary of this guest (the TCB's stack_guard, fs:0x28), as hex: the
+// zygote gives each guest it forks its own (zygote.cpp, reseed_stack_guard).
+int test_canary(lua_State* L) {
+  std::uint64_t canary = 0;
+  // SAFETY: fs points to this thread's TCB (static glibc, x86-64); 0x28 is its stack_guard.
+  asm volatile("movq %%fs:0x28, %0" : "=r"(canary));
+  char text[17];
+  std::snprintf(text, sizeof text, "%016llx", static_cast<unsigned long long>(canary));
+  lua_pushstring(L, text);
+  return 1;
+}
+
+// Writes `bytes` bytes into a 16-byte local buffer: past 16 it overwrites the frame's canary
+// copy, and the check on return ends the guest (__stack_chk_fail). Shows that the guest's own
+// functions are instrumented (-fstack-protector-strong).
+[[gnu::noinline]] void overflow_local_buffer(std::size_t bytes) {
+  char buffer[16];
+  // volatile: the compiler can neither see the overflow nor drop the stores.
+  volatile char* out = buffer;
+  for (std::size_t i = 0; i < bytes; ++i) out[i] = 'A';
+  asm volatile("" : : "r"(buffer) : "memory");
+}
+int test_smash(lua_State* L) {
+  overflow_local_buffer(static_cast<std::size_t>(luaL_checkinteger(L, 1)));
+  return 0;
+}
+void open_test_canary(lua_State* L) {
+  lua_register(L, "test_canary", test_canary);
+  lua_register(L, "test_smash", test_smash);
+}
 }  // namespace
 
 void run_test_hook(std::string_view source) {
-  // For this run only: a chunk starting "--@handles" gets test_handle, test_pointer, test_cdata.
-  sandbox::detail::set_test_globals(source.starts_with("--@handles") ? open_test_handles : nullptr);
+  // For this run only: a chunk starting "--@handles" gets test_handle, test_pointer, test_cdata;
+  // one starting "--@canary" gets test_canary and test_smash.
+  sandbox::detail::TestGlobals globals = nullptr;
+  if (source.starts_with("--@handles")) globals = open_test_handles;
+  if (source.starts_with("--@canary")) globals = open_test_canary;
+  sandbox::detail::set_test_globals(globals);
   constexpr std::string_view kSyscall = "--@syscall ";
   if (source.substr(0, kSyscall.size()) == kSyscall) {
     std::string_view name = source.substr(kSyscall.size());

@@ -153,15 +153,8 @@ Result<Value> run_prepared(const RunInput& input, HostCalls* host) {
   Prepared& p = g_prepared;
   RunContext& ctx = p.ctx;
   ctx = RunContext{};
-  ctx.limits = limits;
-  ctx.host = host;
-  ctx.abort = input.abort;
-  ctx.deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(limits.wall_ms);
   // SAFETY: the frame address is only compared with, never dereferenced.
-  const auto stack_here = reinterpret_cast<std::uintptr_t>(__builtin_frame_address(0));
-  ctx.c_stack_floor = stack_here > detail::kCStackBudget ? stack_here - detail::kCStackBudget : 0;
-  ctx.bytes_in_use = p.bytes_in_use;
-  ctx.byte_cap = limits.memory_bytes > SIZE_MAX ? SIZE_MAX : static_cast<std::size_t>(limits.memory_bytes);
+  detail::start_context(ctx, input, host, reinterpret_cast<std::uintptr_t>(__builtin_frame_address(0)), p.bytes_in_use);
   Job job{&input, std::string("=").append(display_chunk_name(input)), std::nullopt};
   const int status = lua_cpcall(p.L, run_chunk, &job);
   if (status != 0 || ctx.kill != Errc::ok) return detail::run_failure(p.L, status, ctx, display_chunk_name(input));

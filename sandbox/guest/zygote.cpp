@@ -60,6 +60,32 @@ pid_t clone_guest(std::uint64_t flags, int* pidfd) {
   return static_cast<pid_t>(::syscall(SYS_clone, all | SIGCHLD, nullptr, pidfd, nullptr, nullptr));
 }
 
+// A forked guest's own stack-protector canary. clone3 copies the zygote's, so without this
+// every guest of one zygote shares it, and a canary leaked by one (a stack read through a
+// LuaJIT bug) would let another's overflow pass its checks. glibc keeps the canary in the
+// TCB (fs:0x28) and every instrumented frame keeps a copy, checked on return. This runs in
+// the child right after the fork, and then only become_guest follows, which never returns:
+// the frames live at that moment (main down to spawn) hold the old value but none of them
+// ever returns in the child, so no copy needs rewriting (the microVM fork, which pauses
+// mid-call, rewrites them instead: sandbox/kvm/fork_secrets.hpp). Every frame made after it
+// gets the new value. This function itself carries no canary (it changes the value under
+// its own frame) and is never inlined into an instrumented caller.
+[[gnu::no_stack_protector, gnu::noinline]] void reseed_stack_guard() {
+  std::uint64_t canary = 0;
+  // glibc keeps the low byte zero, so that a string overflow stops at it.
+  while ((canary & ~std::uint64_t{0xff}) == 0) {
+    // SAFETY: getrandom writes at most sizeof canary bytes into it.
+    const long got = ::syscall(SYS_getrandom, &canary, sizeof canary, 0);
+    if (got == static_cast<long>(sizeof canary)) continue;
+    // Never run a guest on the zygote's canary: without randomness it ends, unanswered.
+    if (got >= 0 || errno != EINTR) ::syscall(SYS_exit_group, 1);
+    canary = 0;
+  }
+  canary &= ~std::uint64_t{0xff};
+  // SAFETY: fs points to this thread's TCB (static glibc, x86-64); 0x28 is its stack_guard.
+  asm volatile("movq %0, %%fs:0x28" : : "r"(canary) : "memory");
+}
+
 // 0 when a child can be made with `flags`, else the errno.
 int probe_namespaces(std::uint64_t flags) {
   const pid_t pid = clone_guest(flags, nullptr);
@@ -199,6 +225,7 @@ class Zygote {
     int pidfd = -1;
     const pid_t pid = clone_guest(namespaces_, &pidfd);
     if (pid == 0) {
+      reseed_stack_guard();  // only become_guest, which never returns, may follow
       become_guest(request, channel_fd, request.allow_jit ? jit_filter_ : filter_,
                    (namespaces_ & CLONE_NEWUSER) != 0);
     }

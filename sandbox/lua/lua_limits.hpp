@@ -76,6 +76,11 @@ Error limit_error(Errc code, const Limits& limits);
 // an abort already raised), in run_lua's order and words; nullopt when the run may start.
 std::optional<Error> refused_input(const RunInput& input);
 
+// Sets a run's limits, plumbing and counters in `ctx` (`stack_here`: the caller's frame
+// address; `bytes_in_use`: what the state already holds). The arena is left as it is.
+void start_context(RunContext& ctx, const RunInput& input, HostCalls* host, std::uintptr_t stack_here,
+                   std::size_t bytes_in_use);
+
 // The error of a failed run: kills decided by the context's flag, never by the message (a
 // script cannot fake one with error("CPU limit of ...")), else the Lua error with its position.
 Error run_failure(lua_State* L, int status, const RunContext& ctx, std::string_view chunk);

@@ -235,18 +235,17 @@ int run_protected(lua_State* L) {
 
 }  // namespace
 
-namespace {
+namespace detail {
 
-
-// A run's limits and plumbing; `stack_here` is the caller's frame address. What the state
-// holds (bytes in use, the arena) is left as it is.
-void start_context(RunContext& ctx, const RunInput& input, HostCalls* host, std::uintptr_t stack_here) {
+void start_context(RunContext& ctx, const RunInput& input, HostCalls* host, std::uintptr_t stack_here,
+                   std::size_t bytes_in_use) {
   const Limits& limits = input.limits;
   ctx.limits = limits;
   ctx.host = host;
   ctx.abort = input.abort;
   ctx.deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(limits.wall_ms);
-  ctx.c_stack_floor = stack_here > detail::kCStackBudget ? stack_here - detail::kCStackBudget : 0;
+  ctx.c_stack_floor = stack_here > kCStackBudget ? stack_here - kCStackBudget : 0;
+  ctx.bytes_in_use = bytes_in_use;
   ctx.byte_cap = limits.memory_bytes > SIZE_MAX ? SIZE_MAX : static_cast<std::size_t>(limits.memory_bytes);
   ctx.allocation_refused = false;
   ctx.instructions = 0;
@@ -257,6 +256,10 @@ void start_context(RunContext& ctx, const RunInput& input, HostCalls* host, std:
   ctx.go_entry.clear();
 }
 
+}  // namespace detail
+
+namespace {
+
 // One run of run_lua on a prepared state of the input's principal (lua_state_pool.hpp).
 // Nothing when no state could be prepared: the caller runs in a fresh one.
 std::optional<Result<Value>> run_pooled(const RunInput& input, HostCalls* host) {
@@ -265,7 +268,7 @@ std::optional<Result<Value>> run_pooled(const RunInput& input, HostCalls* host) 
   if (!state) return std::nullopt;
   RunContext& ctx = *state->ctx;
   // SAFETY: the frame address is only compared with, never dereferenced.
-  start_context(ctx, input, host, reinterpret_cast<std::uintptr_t>(__builtin_frame_address(0)));
+  detail::start_context(ctx, input, host, reinterpret_cast<std::uintptr_t>(__builtin_frame_address(0)), ctx.bytes_in_use);
   // What earlier runs left (garbage not yet collected, cached chunks) is not this run's: the
   // run may allocate its limit on top of a just-prepared state, as in a fresh one.
   const std::size_t left_over = ctx.bytes_in_use > state->baseline_bytes ? ctx.bytes_in_use - state->baseline_bytes : 0;
@@ -297,7 +300,7 @@ auto run_in_fresh_state(const RunInput& input, HostCalls* host, RunJob& job, Fin
 
   RunContext ctx;
   // SAFETY: the frame address is only compared with, never dereferenced.
-  start_context(ctx, input, host, reinterpret_cast<std::uintptr_t>(__builtin_frame_address(0)));
+  detail::start_context(ctx, input, host, reinterpret_cast<std::uintptr_t>(__builtin_frame_address(0)), 0);
   // Not zeroed: LuaJIT initialises what it allocates. Not used under an installed LuaHeap,
   // which must hold every Lua allocation itself.
   std::unique_ptr<std::byte[]> arena;
@@ -507,21 +510,15 @@ Result<AgentOutcome> resume_agent_strong(std::uintptr_t agent_handle, const RunI
   }
   if (installed_lua_heap() == nullptr) return errors::internal("a strong resume needs the guest's arena");
   auto* co = reinterpret_cast<lua_State*>(agent_handle);
-  // A fresh context: the image's limits, hook and host plumbing are never used.
-  RunContext ctx;
-  ctx.limits = limits;
-  ctx.host = host;
-  ctx.abort = input.abort;
-  ctx.deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(limits.wall_ms);
-  // SAFETY: the frame address is only compared with, never dereferenced.
-  const auto stack_here = reinterpret_cast<std::uintptr_t>(__builtin_frame_address(0));
-  ctx.c_stack_floor = stack_here > detail::kCStackBudget ? stack_here - detail::kCStackBudget : 0;
-  ctx.byte_cap = limits.memory_bytes > SIZE_MAX ? SIZE_MAX : static_cast<std::size_t>(limits.memory_bytes);
   if (lua_status(co) != LUA_YIELD) {
     return make_error(Errc::sandbox_refused, "refused by the sandbox: heap image: no suspended agent at its handle");
   }
-  ctx.bytes_in_use = static_cast<std::size_t>(lua_gc(co, LUA_GCCOUNT, 0)) * 1024 +
-                     static_cast<std::size_t>(lua_gc(co, LUA_GCCOUNTB, 0));
+  // A fresh context: the image's limits, hook and host plumbing are never used.
+  RunContext ctx;
+  // SAFETY: the frame address is only compared with, never dereferenced.
+  detail::start_context(ctx, input, host, reinterpret_cast<std::uintptr_t>(__builtin_frame_address(0)),
+                        static_cast<std::size_t>(lua_gc(co, LUA_GCCOUNT, 0)) * 1024 +
+                            static_cast<std::size_t>(lua_gc(co, LUA_GCCOUNTB, 0)));
   lua_setallocf(co, detail::capped_alloc, &ctx);
   detail::disarm_count_hook(co);
   lua_State* L = main_thread(co);

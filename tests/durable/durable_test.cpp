@@ -11,6 +11,7 @@
 
 #include "sojourn/agents/node.hpp"
 #include "sojourn/core/bundle.hpp"
+#include "tests/support/parked_agent.hpp"
 #include "tests/support/process.hpp"
 #include "tests/support/temp_dir.hpp"
 
@@ -156,21 +157,7 @@ return M)";
   {
     auto host = start("host", dir / "host");
     host_address = host->advertised_address();
-    AgentLaunch l;
-    l.bundle = *bundle;
-    l.itinerary = {host_address};
-    auto launched = home->launch(home->advertised_address(), l);
-    REQUIRE(launched.ok());
-    id = *launched;
-    // Parked: asleep at the host, waiting for a message.
-    bool parked = false;
-    for (int i = 0; i < 200 && !parked; ++i) {
-      auto agents = host->list_agents();
-      REQUIRE(agents.ok());
-      parked = agents->size() == 1 && (*agents)[0].status == AgentState::asleep;
-      if (!parked) std::this_thread::sleep_for(20ms);
-    }
-    REQUIRE(parked);
+    id = test::launch_parked(*home, *host, *bundle);  // asleep at the host, waiting for a message
   }  // the host goes away with the agent on it
   auto host = std::make_unique<Node>(options_for("host", dir / "host"));
   REQUIRE(host->listen(host_address).ok());  // the address its home knows it at

@@ -14,6 +14,7 @@
 #include "sojourn/agents/node.hpp"
 #include "sojourn/core/bundle.hpp"
 #include "sojourn/core/signature.hpp"
+#include "tests/support/parked_agent.hpp"
 #include "tests/support/process.hpp"
 #include "tests/support/temp_dir.hpp"
 #include "tests/support/trust_nodes.hpp"
@@ -49,16 +50,6 @@ std::unique_ptr<Node> start_at(const std::string& name, const std::string& data_
   return node;
 }
 
-// Waits until `node` holds one agent in `state`.
-bool holds(Node& node, AgentState state) {
-  for (int i = 0; i < 1000; ++i) {
-    auto agents = node.list_agents();
-    if (agents.ok() && agents->size() == 1 && (*agents)[0].status == state) return true;
-    std::this_thread::sleep_for(10ms);
-  }
-  return false;
-}
-
 }  // namespace
 
 TEST_CASE("a destination restarted on its data dir answers a retried TRANSFER of an agent it took with its COMMIT") {
@@ -71,13 +62,7 @@ TEST_CASE("a destination restarted on its data dir answers a retried TRANSFER of
     auto dest = start_at("dest", dir / "dest", "127.0.0.1:0");
     dest_address = dest->advertised_address();
     dest_id = dest->node_id();
-    AgentLaunch l;
-    l.bundle = *bundle;
-    l.itinerary = {dest_address};
-    auto launched = home->launch(home->advertised_address(), l);
-    REQUIRE(launched.ok());
-    id = *launched;
-    REQUIRE(holds(*dest, AgentState::asleep));
+    id = test::launch_parked(*home, *dest, *bundle);
     CHECK(dest->stats().commits_remembered == 1);
   }  // the destination goes away, the agent parked on it
   auto dest = start_at("dest", dir / "dest", dest_address);
@@ -115,7 +100,7 @@ TEST_CASE("a destination restarted on its data dir answers a retried TRANSFER of
   CHECK(stale.error().code == Errc::stale_epoch);
 
   // Taken once: one agent there, its one visit counted once.
-  REQUIRE(holds(*dest, AgentState::asleep));
+  REQUIRE(test::holds_one(*dest, AgentState::asleep));
   auto visits = dest->call_local("kv.get", Value::array({"visits"}));
   REQUIRE(visits.ok());
   REQUIRE(visits->is_integer());
@@ -146,7 +131,7 @@ return M)";
     auto launched = home->launch(home_address, l);
     REQUIRE(launched.ok());
     id = *launched;
-    REQUIRE(holds(*host, AgentState::running));
+    REQUIRE(test::holds_one(*host, AgentState::running));
     home.reset();  // the home goes away
     REQUIRE(host->call_local("kv.put", Value::array({"release", true})).ok());
     // Ended at the host; its report cannot reach the home.
@@ -210,11 +195,7 @@ function M.start(s) agent.go(agent.itinerary[1], "park") end
 function M.park(s) agent.wait("park") end
 return M)");
   REQUIRE(bundle.ok());
-  AgentLaunch l;
-  l.bundle = *bundle;
-  l.itinerary = {dest.advertised_address()};
-  REQUIRE(home.launch(home.advertised_address(), l).ok());
-  REQUIRE(holds(dest, AgentState::asleep));
+  test::launch_parked(home, dest, *bundle);
   const std::string db = dir / "dest/sojourn.db";
   auto rows = [&db](const char* table) {
     auto r = test::run({"/usr/bin/sqlite3", db, std::string("SELECT count(*) FROM ") + table + ";"});
@@ -261,7 +242,7 @@ TEST_CASE("a source whose TRANSFER may have been taken never offers the agent to
   l.itinerary = {dest->advertised_address(), fallback->advertised_address()};
   auto id = source->launch(source->advertised_address(), l);
   REQUIRE(id.ok());
-  REQUIRE(holds(*dest, AgentState::asleep));  // it arrived, its COMMIT was not heard
+  REQUIRE(test::holds_one(*dest, AgentState::asleep));  // it arrived, its COMMIT was not heard
   // Past the source's 3 retries (50 + 100 + 200 ms): it still sends to the destination only.
   std::this_thread::sleep_for(1500ms);
   CHECK(fallback->list_agents()->empty());
@@ -294,19 +275,13 @@ TEST_CASE("a destination restarted on its data dir reports the agents asleep in 
   {
     auto dest = start_at("dest", dir / "dest", "127.0.0.1:0");
     dest_address = dest->advertised_address();
-    AgentLaunch l;
-    l.bundle = *bundle;
-    l.itinerary = {dest_address};
-    auto launched = home->launch(home->advertised_address(), l);
-    REQUIRE(launched.ok());
-    id = *launched;
-    REQUIRE(holds(*dest, AgentState::asleep));
+    id = test::launch_parked(*home, *dest, *bundle);
     for (int i = 0; i < 3000 && reports.load() == 0; ++i) std::this_thread::sleep_for(10ms);
     REQUIRE(reports.load() >= 1);
   }
   reports = 0;
   auto dest = start_at("dest", dir / "dest", dest_address);
-  REQUIRE(holds(*dest, AgentState::asleep));
+  REQUIRE(test::holds_one(*dest, AgentState::asleep));
   for (int i = 0; i < 3000 && reports.load() == 0; ++i) std::this_thread::sleep_for(10ms);
   CHECK(reports.load() >= 1);
   auto status = home->agent_status(home->advertised_address(), id);

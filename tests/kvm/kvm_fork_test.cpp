@@ -214,14 +214,14 @@ int main(int argc, char** argv) {
   if (!c || !d) return fail("reseeded forks");
   const std::uint64_t c_canary = canary_of(*c);
   const std::uint64_t d_canary = canary_of(*d);
-  // The copies on the paused stack are those of live frames that carry a canary. The guest
-  // is built without -fstack-protector (Debian's GCC default), so only glibc's own functions
-  // carry one, and at the first channel read none of them may be live: the count can be 0
-  // (fork_secrets_test rewrites copies in a stack it lays out itself). Both forks of one
-  // master find the same copies, and a copy left stale in a live frame would abort the fork
-  // when that frame returns (__stack_chk_fail), which the requests below would show.
+  // The copies on the paused stack are those of live frames that carry a canary. The guest's
+  // own code is built with -fstack-protector-strong, so at the first channel read its serving
+  // frames (main down to the read) hold copies: there must be some. Both forks of one master
+  // find the same copies, and a copy left stale in a live frame would abort the fork when
+  // that frame returns (__stack_chk_fail), which the requests below would show.
   if (master_canary == 0 || c_canary == master_canary || d_canary == master_canary || c_canary == d_canary ||
-      c_canary != c->secrets().new_canary || c->secrets().stack_copies != d->secrets().stack_copies) {
+      c_canary != c->secrets().new_canary || c->secrets().stack_copies == 0 ||
+      c->secrets().stack_copies != d->secrets().stack_copies) {
     return fail("reseeding: canaries " + std::to_string(master_canary) + " " + std::to_string(c_canary) + " " +
                 std::to_string(d_canary) + ", " + std::to_string(c->secrets().stack_copies) + " stack copies");
   }

@@ -17,7 +17,10 @@
 #     --verbose            print the kernel's boot messages too
 # Environment: SOJOURN_QEMU (default qemu-system-x86_64), SOJOURN_QEMU_CPU (default max; it
 # needs SVM: Intel models fail, TCG has no VMX), SOJOURN_QEMU_MEM (default 1G),
-# SOJOURN_BUSYBOX (default /bin/busybox).
+# SOJOURN_BUSYBOX (default /bin/busybox). SOJOURN_TEST_TIME_SCALE (default: the host's
+# one-minute load average per core, at least 1) is passed to every test in the guest, whose
+# load average says nothing of the host's: tests widen the wall-clock limits that are not
+# their subject by it (tests/support/time_scale.hpp).
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 M=@@SOJOURN-KVM@@
@@ -32,9 +35,13 @@ manifests=() names=() timeouts=() commands=() files=()
 # sh_quote WORD: WORD single-quoted for the guest's busybox sh.
 sh_quote() { printf "'%s'" "${1//\'/\'\\\'\'}"; }
 
+# How much slower than on an idle host the guest runs: QEMU's one vCPU thread competes with
+# the host's load (awk: bash has no floating point).
+time_scale=${SOJOURN_TEST_TIME_SCALE:-$(awk -v cores="$(nproc)" '{ s = $1 / cores; printf "%.2f", s < 1 ? 1 : s }' /proc/loadavg)}
+
 # add_test NAME TIMEOUT ENVS(K=V, space-free) EXE [ARG...]
 add_test() {
-  local name=$1 limit=$2 envs=$3 exe=$4; shift 4
+  local name=$1 limit=$2 envs="$(sh_quote "SOJOURN_TEST_TIME_SCALE=$time_scale") $3" exe=$4; shift 4
   [ -f "$exe" ] || die "test executable not found: $exe"
   exe=$(realpath "$exe")
   local cmd="" a
@@ -208,6 +215,7 @@ cat "$base" "$work/tests.cpio" > "$work/initrd"
 # --- boot, follow the console, enforce deadlines from the host side too ---
 now() { local t=${EPOCHREALTIME/./}; echo $((t / 1000)); }  # milliseconds
 t0=$(now)
+note "time scale for the tests' wall-clock limits: $time_scale"
 note "booting $(basename "$boot_kernel") with ${#names[@]} test(s) in QEMU (TCG, -cpu ${SOJOURN_QEMU_CPU:-max})"
 # A hard limit on QEMU's life, should this script itself be killed (by ctest's timeout, say).
 budget=$((boot_timeout + 120))

@@ -8,6 +8,7 @@
 #include "sojourn/core/messages.hpp"
 #include "sojourn/sandbox/lua_sandbox.hpp"
 #include "tests/support/jail_levels.hpp"
+#include "tests/support/time_scale.hpp"
 
 #include <luajit-2.1/lua.hpp>
 
@@ -31,7 +32,7 @@ Result<Value> run(std::string_view source, Value args = {}, std::uint64_t memory
   RunInput input;
   input.source = source;
   input.args = std::move(args);
-  input.limits = Limits{10'000'000, memory, 5000};
+  input.limits = Limits{10'000'000, memory, test_support::scaled_ms(5000)};  // not about the deadline
   return Level::run(input, nullptr);
 }
 
