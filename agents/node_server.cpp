@@ -164,7 +164,13 @@ asio::awaitable<Result<std::vector<std::uint8_t>>> NodeServer::handle(FrameKind 
     auto request = decode_eval(payload);
     if (!request) co_return request.error();
     if (log_level() <= LogLevel::debug) log_debug("node", options_.name + ": eval " + request->chunk_name + " from " + peer.to_string());
-    reply = co_await serve_eval(std::move(*request), peer);
+    // handle_now has had its go at this one when the reader recorded it.
+    bool inline_tried = false;
+    if (auto it = std::find(declined_evals_.begin(), declined_evals_.end(), payload.data()); it != declined_evals_.end()) {
+      declined_evals_.erase(it);
+      inline_tried = true;
+    }
+    reply = co_await serve_eval(std::move(*request), peer, inline_tried);
     ++counters_.evals_served;
   } else {
     co_return make_error(Errc::bad_kind, "unexpected frame kind " + std::string(frame_kind_name(kind)));
@@ -193,6 +199,7 @@ std::vector<std::uint8_t> NodeServer::finish_reply(const std::string& service, c
 std::optional<Result<std::vector<std::uint8_t>>> NodeServer::handle_now(FrameKind kind,
                                                                         std::span<const std::uint8_t> payload,
                                                                         const PeerIdentity& peer) {
+  if (kind == FrameKind::eval) return eval_now(payload, peer);
   if (kind != FrameKind::call) return std::nullopt;
   auto keep = owner_.lock();
   if (!keep || runtime_.shutting_down()) return std::nullopt;  // handle() gives the answer
@@ -208,6 +215,31 @@ std::optional<Result<std::vector<std::uint8_t>>> NodeServer::handle_now(FrameKin
   Reply reply = r ? reply_ok(std::move(*r)) : reply_error(r.error());
   ++counters_.calls_served;
   return Result<std::vector<std::uint8_t>>(finish_reply(request->service, reply, peer));
+}
+
+std::optional<Result<std::vector<std::uint8_t>>> NodeServer::eval_now(std::span<const std::uint8_t> payload,
+                                                                      const PeerIdentity& peer) {
+  auto keep = owner_.lock();
+  if (!keep || runtime_.shutting_down()) return std::nullopt;  // handle() gives the answer
+  // Cheap refusals of the fast path before decoding: no attempt, no note (handle() then
+  // tries as it always did, and refuses the same way).
+  if (options_.inline_eval_instructions == 0 || options_.inline_eval_wall_ms == 0) return std::nullopt;
+  auto request = decode_eval(payload);
+  if (!request) return std::nullopt;  // handle() reports the malformed request
+  std::optional<Reply> fast = try_inline_unless_saturated(*request, peer);
+  if (!fast) {
+    // Bounded: an address whose request never reached handle() (its connection closed) is
+    // dropped after this many others.
+    constexpr std::size_t kMaxDeclined = 4096;
+    if (declined_evals_.size() >= kMaxDeclined) declined_evals_.erase(declined_evals_.begin());
+    declined_evals_.push_back(payload.data());
+    return std::nullopt;
+  }
+  NodeRuntime::InFlight counted(runtime_);
+  count_bytes_in(payload.size());
+  if (log_level() <= LogLevel::debug) log_debug("node", options_.name + ": eval " + request->chunk_name + " from " + peer.to_string());
+  ++counters_.evals_served;
+  return Result<std::vector<std::uint8_t>>(finish_reply("eval", *fast, peer));
 }
 
 void NodeServer::count_request(const std::string& service, const Reply& reply, const PeerIdentity& peer) {
@@ -249,22 +281,23 @@ asio::awaitable<Reply> NodeServer::serve_call(CallRequest request, const PeerIde
   co_return r ? reply_ok(std::move(*r)) : reply_error(r.error());
 }
 
-asio::awaitable<Reply> NodeServer::serve_eval(EvalRequest request, const PeerIdentity& peer) {
-  if (runtime_.shutting_down()) co_return reply_error(errors::shutting_down());
+std::optional<Reply> NodeServer::try_inline_unless_saturated(const EvalRequest& request, const PeerIdentity& peer) {
   // Back to back (the previous inline run ended moments ago: requests are queued behind
   // this one, as when a client pipelines), the workers run them side by side while this
   // thread reads and writes: inline, the pipelined rate fell by a sixth (bench/RESULTS.md).
   const auto now = std::chrono::steady_clock::now();
-  const bool saturated = now - last_inline_end_ < std::chrono::microseconds(30);
+  if (now - last_inline_end_ < std::chrono::microseconds(30)) return std::nullopt;
+  std::optional<Reply> fast = try_inline_eval(request, peer);
+  last_inline_end_ = std::chrono::steady_clock::now();
+  if (fast) ++counters_.evals_inline;
+  return fast;
+}
+
+asio::awaitable<Reply> NodeServer::serve_eval(EvalRequest request, const PeerIdentity& peer, bool inline_tried) {
+  if (runtime_.shutting_down()) co_return reply_error(errors::shutting_down());
   std::optional<Reply> fast;
-  if (!saturated) {
-    fast = try_inline_eval(request, peer);
-    last_inline_end_ = std::chrono::steady_clock::now();
-  }
-  if (fast) {
-    ++counters_.evals_inline;
-    co_return std::move(*fast);
-  }
+  if (!inline_tried) fast = try_inline_unless_saturated(request, peer);
+  if (fast) co_return std::move(*fast);
   // Signature checks cost tens of microseconds: on the workers, with the run.
   Reply reply = co_await on_workers(runtime_.workers(), [this, &request, &peer] { return run_eval(request, peer); });
   co_return reply;
