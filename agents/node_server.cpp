@@ -284,9 +284,14 @@ asio::awaitable<Reply> NodeServer::serve_call(CallRequest request, const PeerIde
 std::optional<Reply> NodeServer::try_inline_unless_saturated(const EvalRequest& request, const PeerIdentity& peer) {
   // Back to back (the previous inline run ended moments ago: requests are queued behind
   // this one, as when a client pipelines), the workers run them side by side while this
-  // thread reads and writes: inline, the pipelined rate fell by a sixth (bench/RESULTS.md).
+  // thread reads and writes. In the reader, the next frame of a pipelined burst comes a
+  // microsecond or two after the last run (already buffered); a sequential client's next
+  // request needs a round trip through the kernel and its own wake-up, at least ~10 us on
+  // loopback. The former 30 us sent about half of a sequential client's requests to the
+  // workers (bench_roundtrip rev_blocking 39-80 us, 26-28 us with 5; results_revtrusted).
+  constexpr auto kBackToBack = std::chrono::microseconds(5);
   const auto now = std::chrono::steady_clock::now();
-  if (now - last_inline_end_ < std::chrono::microseconds(30)) return std::nullopt;
+  if (now - last_inline_end_ < kBackToBack) return std::nullopt;
   std::optional<Reply> fast = try_inline_eval(request, peer);
   last_inline_end_ = std::chrono::steady_clock::now();
   if (fast) ++counters_.evals_inline;
