@@ -462,9 +462,11 @@ std::optional<Reply> NodeServer::try_inline_eval(const EvalRequest& request, con
     if (r.error().code == Errc::cpu_limit && input.limits.cpu_instructions < full.cpu_instructions) return std::nullopt;
     if (r.error().code == Errc::deadline && input.limits.wall_ms < full.wall_ms) return std::nullopt;
   }
-  const std::string level_name(isolation_name(*level));
-  counters_.metrics.eval_seconds.observe({level_name}, std::chrono::steady_clock::now() - started);
-  if (*level != Isolation::trusted) counters_.metrics.jail_starts.inc({level_name});
+  // The level's series, found once: observing then takes no lock and allocates nothing.
+  auto*& series = inline_eval_seconds_[static_cast<std::size_t>(*level)];
+  if (series == nullptr) series = &counters_.metrics.eval_seconds.at({std::string(isolation_name(*level))});
+  metrics::HistogramFamily::observe(*series, std::chrono::steady_clock::now() - started);
+  if (*level != Isolation::trusted) counters_.metrics.jail_starts.inc({std::string(isolation_name(*level))});
   Reply reply = r ? reply_ok(std::move(*r)) : reply_error(r.error());
   reply.isolation = *level;
   return reply;

@@ -2,6 +2,7 @@
 // advertises, and each call or eval request from a peer, from its frame to its reply.
 #pragma once
 
+#include <array>
 #include <atomic>
 #include <chrono>
 #include <functional>
@@ -13,6 +14,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "agents/metrics.hpp"
 #include "sojourn/agents/node.hpp"
 #include "sojourn/sandbox/lua_sandbox.hpp"
 #include "sojourn/transports/asio.hpp"
@@ -116,6 +118,7 @@ class NodeServer final : public RequestHandler {
     using is_transparent = void;
     std::size_t operator()(std::string_view s) const { return std::hash<std::string_view>{}(s); }
   };
+  std::array<metrics::HistogramFamily::Series*, 3> inline_eval_seconds_{};  // by Isolation (trusted, process)
   std::atomic<std::uint64_t>* bytes_in_ = nullptr;
   std::atomic<std::uint64_t>* bytes_out_ = nullptr;
   std::unordered_map<std::string, std::atomic<std::uint64_t>*, NameHash, std::equal_to<>> served_ok_;  // by service

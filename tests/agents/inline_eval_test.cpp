@@ -160,9 +160,10 @@ TEST_CASE("a spinning evaluation holds the reader only for the inline budget: a 
   CHECK(stopped.error().message == "CPU limit of 100000000 instructions exceeded");
   CHECK(n.inline_count() == 0);
   // A hostile allocation is stopped with its reason the same way, and the node goes on.
-  auto hog = n.client.eval(n.address, "local t = {} while true do t[#t + 1] = tostring(#t) .. ('x'):rep(64) end");
+  auto hog = n.client.eval(n.address, "local t, s = {}, ('x'):rep(1048576) while true do t[#t + 1] = s .. #t end");
   REQUIRE_FALSE(hog.ok());
   CHECK(hog.error().code == Errc::memory_limit);
+  CHECK(hog.error().message == "memory limit of 67108864 bytes exceeded");
   auto after = n.client.eval(n.address, "return node.call('kv.get', 'k')");
   REQUIRE(after.ok());
   CHECK(after->results.get(1).as_integer() == 7);
