@@ -243,6 +243,7 @@ std::optional<Result<std::vector<std::uint8_t>>> NodeServer::eval_now(std::span<
   if (options_.inline_eval_instructions == 0 || options_.inline_eval_wall_ms == 0) return std::nullopt;
   auto request = decode_eval(payload);
   if (!request) return std::nullopt;  // handle() reports the malformed request
+  NodeRuntime::InFlight counted(runtime_);  // as in handle(): the run counts while it runs
   std::optional<Reply> fast = try_inline_unless_saturated(*request, peer);
   if (!fast) {
     // Bounded: an address whose request never reached handle() (its connection closed) is
@@ -252,7 +253,6 @@ std::optional<Result<std::vector<std::uint8_t>>> NodeServer::eval_now(std::span<
     declined_evals_.push_back(payload.data());
     return std::nullopt;
   }
-  NodeRuntime::InFlight counted(runtime_);
   count_bytes_in(payload.size());
   if (log_level() <= LogLevel::debug) log_debug("node", options_.name + ": eval " + request->chunk_name + " from " + peer.to_string());
   ++counters_.evals_served;
