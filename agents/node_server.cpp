@@ -4,6 +4,7 @@
 #include <algorithm>
 
 #include <boost/asio/co_spawn.hpp>
+#include <boost/asio/post.hpp>
 #include <boost/asio/ip/address.hpp>
 #include <boost/asio/use_awaitable.hpp>
 
@@ -21,12 +22,28 @@ namespace {
 
 // Runs f on the worker pool and resumes the caller on its own executor afterwards.
 // (`co_await post(pool, use_awaitable)` would not do: an awaitable always resumes on
-// the coroutine's executor, so the work would run on the network thread.)
+// the coroutine's executor, so the work would run on the network thread.) Two posts and no
+// coroutine of its own: a co_spawn onto the pool cost a frame and a third post per request.
 template <class F>
 asio::awaitable<std::invoke_result_t<F>> on_workers(asio::thread_pool& pool, F f) {
   using R = std::invoke_result_t<F>;
-  co_return co_await asio::co_spawn(
-      pool, [f = std::move(f)]() mutable -> asio::awaitable<R> { co_return f(); }, asio::use_awaitable);
+  auto start = [&pool](auto handler, F work) {
+    asio::post(pool, [handler = std::move(handler), work = std::move(work)]() mutable {
+      std::exception_ptr failed;
+      R r{};
+      try {
+        r = work();
+      } catch (...) {
+        failed = std::current_exception();  // rethrown in the caller, as co_spawn did
+      }
+      auto back = asio::get_associated_executor(handler);
+      asio::post(back, [handler = std::move(handler), failed, r = std::move(r)]() mutable {
+        std::move(handler)(failed, std::move(r));
+      });
+    });
+  };
+  co_return co_await asio::async_initiate<const asio::use_awaitable_t<>, void(std::exception_ptr, R)>(
+      std::move(start), asio::use_awaitable, std::move(f));
 }
 
 bool is_loopback(const Address& a) {
@@ -164,7 +181,13 @@ asio::awaitable<Result<std::vector<std::uint8_t>>> NodeServer::handle(FrameKind 
     auto request = decode_eval(payload);
     if (!request) co_return request.error();
     if (log_level() <= LogLevel::debug) log_debug("node", options_.name + ": eval " + request->chunk_name + " from " + peer.to_string());
-    reply = co_await serve_eval(std::move(*request), peer);
+    // handle_now has had its go at this one when the reader recorded it.
+    bool inline_tried = false;
+    if (auto it = std::find(declined_evals_.begin(), declined_evals_.end(), payload.data()); it != declined_evals_.end()) {
+      declined_evals_.erase(it);
+      inline_tried = true;
+    }
+    reply = co_await serve_eval(std::move(*request), peer, inline_tried);
     ++counters_.evals_served;
   } else {
     co_return make_error(Errc::bad_kind, "unexpected frame kind " + std::string(frame_kind_name(kind)));
@@ -193,6 +216,7 @@ std::vector<std::uint8_t> NodeServer::finish_reply(const std::string& service, c
 std::optional<Result<std::vector<std::uint8_t>>> NodeServer::handle_now(FrameKind kind,
                                                                         std::span<const std::uint8_t> payload,
                                                                         const PeerIdentity& peer) {
+  if (kind == FrameKind::eval) return eval_now(payload, peer);
   if (kind != FrameKind::call) return std::nullopt;
   auto keep = owner_.lock();
   if (!keep || runtime_.shutting_down()) return std::nullopt;  // handle() gives the answer
@@ -208,6 +232,31 @@ std::optional<Result<std::vector<std::uint8_t>>> NodeServer::handle_now(FrameKin
   Reply reply = r ? reply_ok(std::move(*r)) : reply_error(r.error());
   ++counters_.calls_served;
   return Result<std::vector<std::uint8_t>>(finish_reply(request->service, reply, peer));
+}
+
+std::optional<Result<std::vector<std::uint8_t>>> NodeServer::eval_now(std::span<const std::uint8_t> payload,
+                                                                      const PeerIdentity& peer) {
+  auto keep = owner_.lock();
+  if (!keep || runtime_.shutting_down()) return std::nullopt;  // handle() gives the answer
+  // Cheap refusals of the fast path before decoding: no attempt, no note (handle() then
+  // tries as it always did, and refuses the same way).
+  if (options_.inline_eval_instructions == 0 || options_.inline_eval_wall_ms == 0) return std::nullopt;
+  auto request = decode_eval(payload);
+  if (!request) return std::nullopt;  // handle() reports the malformed request
+  NodeRuntime::InFlight counted(runtime_);  // as in handle(): the run counts while it runs
+  std::optional<Reply> fast = try_inline_unless_saturated(*request, peer);
+  if (!fast) {
+    // Bounded: an address whose request never reached handle() (its connection closed) is
+    // dropped after this many others.
+    constexpr std::size_t kMaxDeclined = 4096;
+    if (declined_evals_.size() >= kMaxDeclined) declined_evals_.erase(declined_evals_.begin());
+    declined_evals_.push_back(payload.data());
+    return std::nullopt;
+  }
+  count_bytes_in(payload.size());
+  if (log_level() <= LogLevel::debug) log_debug("node", options_.name + ": eval " + request->chunk_name + " from " + peer.to_string());
+  ++counters_.evals_served;
+  return Result<std::vector<std::uint8_t>>(finish_reply("eval", *fast, peer));
 }
 
 void NodeServer::count_request(const std::string& service, const Reply& reply, const PeerIdentity& peer) {
@@ -249,22 +298,28 @@ asio::awaitable<Reply> NodeServer::serve_call(CallRequest request, const PeerIde
   co_return r ? reply_ok(std::move(*r)) : reply_error(r.error());
 }
 
-asio::awaitable<Reply> NodeServer::serve_eval(EvalRequest request, const PeerIdentity& peer) {
-  if (runtime_.shutting_down()) co_return reply_error(errors::shutting_down());
+std::optional<Reply> NodeServer::try_inline_unless_saturated(const EvalRequest& request, const PeerIdentity& peer) {
   // Back to back (the previous inline run ended moments ago: requests are queued behind
   // this one, as when a client pipelines), the workers run them side by side while this
-  // thread reads and writes: inline, the pipelined rate fell by a sixth (bench/RESULTS.md).
+  // thread reads and writes. In the reader, the next frame of a pipelined burst comes a
+  // microsecond or two after the last run (already buffered); a sequential client's next
+  // request needs a round trip through the kernel and its own wake-up, at least ~10 us on
+  // loopback. The former 30 us sent about half of a sequential client's requests to the
+  // workers (bench_roundtrip rev_blocking 39-80 us, 26-28 us with 5; results_revtrusted).
+  constexpr auto kBackToBack = std::chrono::microseconds(5);
   const auto now = std::chrono::steady_clock::now();
-  const bool saturated = now - last_inline_end_ < std::chrono::microseconds(30);
+  if (now - last_inline_end_ < kBackToBack) return std::nullopt;
+  std::optional<Reply> fast = try_inline_eval(request, peer);
+  last_inline_end_ = std::chrono::steady_clock::now();
+  if (fast) ++counters_.evals_inline;
+  return fast;
+}
+
+asio::awaitable<Reply> NodeServer::serve_eval(EvalRequest request, const PeerIdentity& peer, bool inline_tried) {
+  if (runtime_.shutting_down()) co_return reply_error(errors::shutting_down());
   std::optional<Reply> fast;
-  if (!saturated) {
-    fast = try_inline_eval(request, peer);
-    last_inline_end_ = std::chrono::steady_clock::now();
-  }
-  if (fast) {
-    ++counters_.evals_inline;
-    co_return std::move(*fast);
-  }
+  if (!inline_tried) fast = try_inline_unless_saturated(request, peer);
+  if (fast) co_return std::move(*fast);
   // Signature checks cost tens of microseconds: on the workers, with the run.
   Reply reply = co_await on_workers(runtime_.workers(), [this, &request, &peer] { return run_eval(request, peer); });
   co_return reply;
@@ -424,9 +479,11 @@ std::optional<Reply> NodeServer::try_inline_eval(const EvalRequest& request, con
     if (r.error().code == Errc::cpu_limit && input.limits.cpu_instructions < full.cpu_instructions) return std::nullopt;
     if (r.error().code == Errc::deadline && input.limits.wall_ms < full.wall_ms) return std::nullopt;
   }
-  const std::string level_name(isolation_name(*level));
-  counters_.metrics.eval_seconds.observe({level_name}, std::chrono::steady_clock::now() - started);
-  if (*level != Isolation::trusted) counters_.metrics.jail_starts.inc({level_name});
+  // The level's series, found once: observing then takes no lock and allocates nothing.
+  auto*& series = inline_eval_seconds_[static_cast<std::size_t>(*level)];
+  if (series == nullptr) series = &counters_.metrics.eval_seconds.at({std::string(isolation_name(*level))});
+  metrics::HistogramFamily::observe(*series, std::chrono::steady_clock::now() - started);
+  if (*level != Isolation::trusted) counters_.metrics.jail_starts.inc({std::string(isolation_name(*level))});
   Reply reply = r ? reply_ok(std::move(*r)) : reply_error(r.error());
   reply.isolation = *level;
   return reply;

@@ -2,6 +2,7 @@
 // advertises, and each call or eval request from a peer, from its frame to its reply.
 #pragma once
 
+#include <array>
 #include <atomic>
 #include <chrono>
 #include <functional>
@@ -13,6 +14,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "agents/metrics.hpp"
 #include "sojourn/agents/node.hpp"
 #include "sojourn/sandbox/lua_sandbox.hpp"
 #include "sojourn/transports/asio.hpp"
@@ -51,7 +53,9 @@ class NodeServer final : public RequestHandler {
   asio::awaitable<Result<std::vector<std::uint8_t>>> handle(FrameKind kind, std::vector<std::uint8_t> payload,
                                                             PeerIdentity peer) override;
   ReplyFault reply_fault(FrameKind kind, std::span<const std::uint8_t> payload) override;
-  // A call of a service marked inline_on_network_thread (kv.get, say), served in place.
+  // A call of a service marked inline_on_network_thread (kv.get, say), or a small evaluation
+  // at `trusted` that finishes within the inline budgets (try_inline_eval), served in place by
+  // the connection's reader: no coroutine, no hop to a worker and back.
   std::optional<Result<std::vector<std::uint8_t>>> handle_now(FrameKind kind, std::span<const std::uint8_t> payload,
                                                               const PeerIdentity& peer) override;
 
@@ -68,7 +72,12 @@ class NodeServer final : public RequestHandler {
 
  private:
   asio::awaitable<Reply> serve_call(CallRequest request, const PeerIdentity& peer);
-  asio::awaitable<Reply> serve_eval(EvalRequest request, const PeerIdentity& peer);
+  asio::awaitable<Reply> serve_eval(EvalRequest request, const PeerIdentity& peer, bool inline_tried);
+  // handle_now's half for an evaluation: its reply, or nullopt (it goes to handle()).
+  std::optional<Result<std::vector<std::uint8_t>>> eval_now(std::span<const std::uint8_t> payload,
+                                                            const PeerIdentity& peer);
+  // The inline attempt itself unless the fast path looks saturated (serve_eval's rule).
+  std::optional<Reply> try_inline_unless_saturated(const EvalRequest& request, const PeerIdentity& peer);
   Reply run_eval(const EvalRequest& request, const PeerIdentity& peer);
   // The fast path, on the network thread: the reply of a small unsigned evaluation at
   // `trusted` that stayed within the inline budgets and services, or nullopt when it must run
@@ -97,12 +106,19 @@ class NodeServer final : public RequestHandler {
 
   // Network-thread state.
   std::chrono::steady_clock::time_point last_inline_end_{};  // the fast path's last attempt
+  // Evaluations handle_now already tried inline (or chose not to), by their payload's bytes:
+  // the reader moves the payload into handle(), so the address is the same there, and handle()
+  // sends them straight to a worker instead of running the inline attempt twice (a loop would
+  // hold the reader for two budgets). A stale address (a request that never reached handle())
+  // can at worst send another evaluation to a worker, which is always correct.
+  std::vector<const std::uint8_t*> declined_evals_;
   // Series of the per-request metrics, found once (a series, once made, lives as long as
   // its family): counting a request then allocates nothing.
   struct NameHash {
     using is_transparent = void;
     std::size_t operator()(std::string_view s) const { return std::hash<std::string_view>{}(s); }
   };
+  std::array<metrics::HistogramFamily::Series*, 3> inline_eval_seconds_{};  // by Isolation (trusted, process)
   std::atomic<std::uint64_t>* bytes_in_ = nullptr;
   std::atomic<std::uint64_t>* bytes_out_ = nullptr;
   std::unordered_map<std::string, std::atomic<std::uint64_t>*, NameHash, std::equal_to<>> served_ok_;  // by service

@@ -141,6 +141,34 @@ TEST_CASE("many evaluations in flight on one connection each get their own answe
   CHECK(n.server.stats().evals_served == 64);
 }
 
+TEST_CASE("a spinning evaluation holds the reader only for the inline budget: a kv.get behind it is answered first") {
+  TrustedServer n;
+  REQUIRE(n.client.call(n.address, "kv.put", Value::array({"k", 7})).ok());
+  // Both on the client's one connection to the server, the spin first.
+  auto spin = asio::co_spawn(node_executor(n.client), async_eval(n.client, n.address, "while true do end", Value::table()),
+                             asio::use_future);
+  auto get = asio::co_spawn(node_executor(n.client), async_call(n.client, n.address, "kv.get", Value::array({"k"})),
+                            asio::use_future);
+  auto got = get.get();
+  REQUIRE(got.ok());
+  CHECK(got->as_integer() == 7);
+  // The spin (100M instructions by default, seconds of work) is still running on a worker.
+  CHECK(spin.wait_for(std::chrono::seconds(0)) == std::future_status::timeout);
+  auto stopped = spin.get();
+  REQUIRE_FALSE(stopped.ok());
+  CHECK(stopped.error().code == Errc::cpu_limit);
+  CHECK(stopped.error().message == "CPU limit of 100000000 instructions exceeded");
+  CHECK(n.inline_count() == 0);
+  // A hostile allocation is stopped with its reason the same way, and the node goes on.
+  auto hog = n.client.eval(n.address, "local t, s = {}, ('x'):rep(1048576) while true do t[#t + 1] = s .. #t end");
+  REQUIRE_FALSE(hog.ok());
+  CHECK(hog.error().code == Errc::memory_limit);
+  CHECK(hog.error().message == "memory limit of 67108864 bytes exceeded");
+  auto after = n.client.eval(n.address, "return node.call('kv.get', 'k')");
+  REQUIRE(after.ok());
+  CHECK(after->results.get(1).as_integer() == 7);
+}
+
 namespace {
 
 // A node whose peers' code runs in the process jail, with warm guests.
