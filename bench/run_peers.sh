@@ -5,7 +5,10 @@
 # bubblewrap for jail start. Each comparison alternates the two systems in blocks. Prints
 # one table; --csv FILE writes it as id,unit,sojourn,peer,peer_name,ratio rows (ratio =
 # sojourn/peer: for times lower is better, for throughputs higher is better).
-# Usage: bash bench/run_peers.sh [--quick] [--csv FILE]
+# Usage: bash bench/run_peers.sh [--quick] [--csv FILE] [--pin same|split]
+# --pin places the round-trip comparisons' servers (Redis, the sojourn nodes and their guests)
+# on CPU 0 and their client on CPU 0 (same) or CPU 1 (split), identically for both systems:
+# unpinned, a loopback round trip on a VM is bimodal (waking an idle vCPU), for Redis too.
 # Environment: SOJOURN_BUILD_DIR (default build); SOJOURN_BENCH_NO_BUILD=1 runs the
 # binaries as they are; SOJOURN_BUILD_JOBS (default 2).
 set -euo pipefail
@@ -13,15 +16,27 @@ cd "$(dirname "$0")/.."
 
 quick=0
 csv=""
+pin=""
 while [[ $# -gt 0 ]]; do
   case $1 in
     --quick) quick=1 ;;
     --csv) [[ $# -ge 2 ]] || { echo "run_peers: --csv expects a file" >&2; exit 2; }; csv=$2; shift ;;
-    -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
-    *) echo "run_peers: unknown option $1 (usage: bash bench/run_peers.sh [--quick] [--csv FILE])" >&2; exit 2 ;;
+    --pin) [[ $# -ge 2 && ( $2 == same || $2 == split ) ]] || { echo "run_peers: --pin expects same or split" >&2; exit 2; }; pin=$2; shift ;;
+    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+    *) echo "run_peers: unknown option $1 (usage: bash bench/run_peers.sh [--quick] [--csv FILE] [--pin same|split])" >&2; exit 2 ;;
   esac
   shift
 done
+
+# Prefixes for the round-trip comparisons' servers and client (empty: the kernel places them).
+server_cpu=()
+client_cpu=()
+if [[ -n $pin ]]; then
+  command -v taskset >/dev/null || { echo "run_peers: --pin needs taskset (Debian package util-linux)" >&2; exit 2; }
+  [[ $pin == same || $(nproc) -ge 2 ]] || { echo "run_peers: --pin split needs two CPUs" >&2; exit 2; }
+  server_cpu=(taskset -c 0)
+  if [[ $pin == same ]]; then client_cpu=(taskset -c 0); else client_cpu=(taskset -c 1); fi
+fi
 
 build=${SOJOURN_BUILD_DIR:-build}
 bin=$build/bin
@@ -89,7 +104,7 @@ start_redis() {
   for _ in 1 2 3 4 5; do
     local port=$((20000 + RANDOM % 30000))
     port_taken "$port" && continue
-    redis-server --port "$port" --save '' --appendonly no --bind 127.0.0.1 >"$work/redis.log" 2>&1 &
+    "${server_cpu[@]}" redis-server --port "$port" --save '' --appendonly no --bind 127.0.0.1 >"$work/redis.log" 2>&1 &
     local pid=$!
     pids+=("$pid")
     for _ in $(seq 100); do
@@ -109,7 +124,7 @@ start_redis() {
 start_node() {  # NAME [node flags...]
   local name=$1
   shift
-  "$bin/sojourn" node --listen 127.0.0.1:0 --name "$name" "$@" >"$work/$name.out" 2>"$work/$name.err" &
+  "${server_cpu[@]}" "$bin/sojourn" node --listen 127.0.0.1:0 --name "$name" "$@" >"$work/$name.out" 2>"$work/$name.err" &
   pids+=($!)
 }
 node_address() {  # NAME -> prints the node's address, once it listens
@@ -126,6 +141,7 @@ node_address() {  # NAME -> prints the node's address, once it listens
 
 echo "revision: $(git describe --always --dirty 2>/dev/null || echo unknown), build: $build, $( [[ $quick == 1 ]] && echo quick || echo full ) run"
 echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "round trips: $(case $pin in same) echo "servers and client pinned to CPU 0" ;; split) echo "servers pinned to CPU 0, client to CPU 1" ;; *) echo "unpinned" ;; esac)"
 
 if [[ $have_redis == 1 ]]; then
   start_redis
@@ -139,7 +155,7 @@ if [[ $have_redis == 1 ]]; then
   for target in process trusted fresh; do
     case $target in process) addr=$process_node ;; trusted) addr=$trusted_node ;; fresh) addr=$fresh_node ;; esac
     echo "== bench_roundtrip: node '$target' ($addr) vs $redis_name"
-    "$bin/bench_roundtrip" --sojourn "$addr" --redis "$redis_port" "${rt_args[@]}" --csv "$work/rt_$target.csv" |
+    "${client_cpu[@]}" "$bin/bench_roundtrip" --sojourn "$addr" --redis "$redis_port" "${rt_args[@]}" --csv "$work/rt_$target.csv" |
       sed -n '/^| /p'
   done
   p=$work/rt_process.csv t=$work/rt_trusted.csv f=$work/rt_fresh.csv
