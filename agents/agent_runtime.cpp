@@ -6,6 +6,7 @@
 #include <boost/asio/detached.hpp>
 #include <boost/asio/post.hpp>
 
+#include "agents/on_workers.hpp"
 #include "agents/store/kv_store.hpp"
 #include "sojourn/core/bundle.hpp"
 #include "sojourn/core/log.hpp"
@@ -80,14 +81,6 @@ PeerService typed_service(std::weak_ptr<AgentRuntime> self, const char* what, Fn
       return message_value(encode(*answer));
     }
   };
-}
-
-// Runs f on the worker pool and resumes the caller on its own executor afterwards.
-template <class F>
-asio::awaitable<std::invoke_result_t<F>> on_workers(asio::thread_pool& pool, F f) {
-  using R = std::invoke_result_t<F>;
-  co_return co_await asio::co_spawn(
-      pool, [f = std::move(f)]() mutable -> asio::awaitable<R> { co_return f(); }, asio::use_awaitable);
 }
 
 }  // namespace
