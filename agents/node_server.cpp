@@ -12,6 +12,7 @@
 #include "agents/node_jails.hpp"
 #include "agents/node_runtime.hpp"
 #include "agents/node_stats.hpp"
+#include "agents/on_workers.hpp"
 #include "agents/node_trust.hpp"
 #include "agents/services.hpp"
 #include "sojourn/core/log.hpp"
@@ -19,32 +20,6 @@
 namespace sojourn {
 
 namespace {
-
-// Runs f on the worker pool and resumes the caller on its own executor afterwards.
-// (`co_await post(pool, use_awaitable)` would not do: an awaitable always resumes on
-// the coroutine's executor, so the work would run on the network thread.) Two posts and no
-// coroutine of its own: a co_spawn onto the pool cost a frame and a third post per request.
-template <class F>
-asio::awaitable<std::invoke_result_t<F>> on_workers(asio::thread_pool& pool, F f) {
-  using R = std::invoke_result_t<F>;
-  auto start = [&pool](auto handler, F work) {
-    asio::post(pool, [handler = std::move(handler), work = std::move(work)]() mutable {
-      std::exception_ptr failed;
-      R r{};
-      try {
-        r = work();
-      } catch (...) {
-        failed = std::current_exception();  // rethrown in the caller, as co_spawn did
-      }
-      auto back = asio::get_associated_executor(handler);
-      asio::post(back, [handler = std::move(handler), failed, r = std::move(r)]() mutable {
-        std::move(handler)(failed, std::move(r));
-      });
-    });
-  };
-  co_return co_await asio::async_initiate<const asio::use_awaitable_t<>, void(std::exception_ptr, R)>(
-      std::move(start), asio::use_awaitable, std::move(f));
-}
 
 bool is_loopback(const Address& a) {
   if (a.host == "localhost") return true;
@@ -181,13 +156,7 @@ asio::awaitable<Result<std::vector<std::uint8_t>>> NodeServer::handle(FrameKind 
     auto request = decode_eval(payload);
     if (!request) co_return request.error();
     if (log_level() <= LogLevel::debug) log_debug("node", options_.name + ": eval " + request->chunk_name + " from " + peer.to_string());
-    // handle_now has had its go at this one when the reader recorded it.
-    bool inline_tried = false;
-    if (auto it = std::find(declined_evals_.begin(), declined_evals_.end(), payload.data()); it != declined_evals_.end()) {
-      declined_evals_.erase(it);
-      inline_tried = true;
-    }
-    reply = co_await serve_eval(std::move(*request), peer, inline_tried);
+    reply = co_await serve_eval(std::move(*request), peer);
     ++counters_.evals_served;
   } else {
     co_return make_error(Errc::bad_kind, "unexpected frame kind " + std::string(frame_kind_name(kind)));
@@ -245,14 +214,7 @@ std::optional<Result<std::vector<std::uint8_t>>> NodeServer::eval_now(std::span<
   if (!request) return std::nullopt;  // handle() reports the malformed request
   NodeRuntime::InFlight counted(runtime_);  // as in handle(): the run counts while it runs
   std::optional<Reply> fast = try_inline_unless_saturated(*request, peer);
-  if (!fast) {
-    // Bounded: an address whose request never reached handle() (its connection closed) is
-    // dropped after this many others.
-    constexpr std::size_t kMaxDeclined = 4096;
-    if (declined_evals_.size() >= kMaxDeclined) declined_evals_.erase(declined_evals_.begin());
-    declined_evals_.push_back(payload.data());
-    return std::nullopt;
-  }
+  if (!fast) return std::nullopt;  // handle() runs it on a worker
   count_bytes_in(payload.size());
   if (log_level() <= LogLevel::debug) log_debug("node", options_.name + ": eval " + request->chunk_name + " from " + peer.to_string());
   ++counters_.evals_served;
@@ -315,11 +277,10 @@ std::optional<Reply> NodeServer::try_inline_unless_saturated(const EvalRequest& 
   return fast;
 }
 
-asio::awaitable<Reply> NodeServer::serve_eval(EvalRequest request, const PeerIdentity& peer, bool inline_tried) {
+asio::awaitable<Reply> NodeServer::serve_eval(EvalRequest request, const PeerIdentity& peer) {
   if (runtime_.shutting_down()) co_return reply_error(errors::shutting_down());
-  std::optional<Reply> fast;
-  if (!inline_tried) fast = try_inline_unless_saturated(request, peer);
-  if (fast) co_return std::move(*fast);
+  // No inline attempt here: the server asked handle_now (eval_now) first (link.hpp), and a
+  // second attempt would hold the network thread for a second budget.
   // Signature checks cost tens of microseconds: on the workers, with the run.
   Reply reply = co_await on_workers(runtime_.workers(), [this, &request, &peer] { return run_eval(request, peer); });
   co_return reply;

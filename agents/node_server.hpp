@@ -72,11 +72,11 @@ class NodeServer final : public RequestHandler {
 
  private:
   asio::awaitable<Reply> serve_call(CallRequest request, const PeerIdentity& peer);
-  asio::awaitable<Reply> serve_eval(EvalRequest request, const PeerIdentity& peer, bool inline_tried);
+  asio::awaitable<Reply> serve_eval(EvalRequest request, const PeerIdentity& peer);
   // handle_now's half for an evaluation: its reply, or nullopt (it goes to handle()).
   std::optional<Result<std::vector<std::uint8_t>>> eval_now(std::span<const std::uint8_t> payload,
                                                             const PeerIdentity& peer);
-  // The inline attempt itself unless the fast path looks saturated (serve_eval's rule).
+  // The inline attempt itself unless the fast path looks saturated (requests back to back).
   std::optional<Reply> try_inline_unless_saturated(const EvalRequest& request, const PeerIdentity& peer);
   Reply run_eval(const EvalRequest& request, const PeerIdentity& peer);
   // The fast path, on the network thread: the reply of a small unsigned evaluation at
@@ -106,12 +106,6 @@ class NodeServer final : public RequestHandler {
 
   // Network-thread state.
   std::chrono::steady_clock::time_point last_inline_end_{};  // the fast path's last attempt
-  // Evaluations handle_now already tried inline (or chose not to), by their payload's bytes:
-  // the reader moves the payload into handle(), so the address is the same there, and handle()
-  // sends them straight to a worker instead of running the inline attempt twice (a loop would
-  // hold the reader for two budgets). A stale address (a request that never reached handle())
-  // can at worst send another evaluation to a worker, which is always correct.
-  std::vector<const std::uint8_t*> declined_evals_;
   // Series of the per-request metrics, found once (a series, once made, lives as long as
   // its family): counting a request then allocates nothing.
   struct NameHash {

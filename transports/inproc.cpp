@@ -25,6 +25,13 @@ std::unordered_map<std::string, InprocEntry>& registry() {
   return r;
 }
 
+// As a TCP server serves a request: handle_now first, handle() for what it declines.
+asio::awaitable<Result<std::vector<std::uint8_t>>> serve(std::shared_ptr<RequestHandler> handler, FrameKind kind,
+                                                         std::vector<std::uint8_t> payload, PeerIdentity peer) {
+  if (auto now = handler->handle_now(kind, payload, peer)) co_return std::move(*now);
+  co_return co_await handler->handle(kind, std::move(payload), std::move(peer));
+}
+
 class InprocLink final : public Link, public std::enable_shared_from_this<InprocLink> {
  public:
   InprocLink(asio::any_io_executor ex, Address peer, TransportOptions options)
@@ -49,7 +56,7 @@ class InprocLink final : public Link, public std::enable_shared_from_this<Inproc
     // Run the handler on the serving node's executor, then come back to ours.
     PeerIdentity peer;
     peer.address = "inproc";
-    auto reply = co_await asio::co_spawn(entry.executor, handler->handle(kind, std::move(payload), std::move(peer)),
+    auto reply = co_await asio::co_spawn(entry.executor, serve(std::move(handler), kind, std::move(payload), std::move(peer)),
                                          asio::use_awaitable);
     co_await asio::post(executor_, asio::use_awaitable);
     if (!reply) co_return errors::remote_protocol_error(peer_.to_string(), reply.error().message);

@@ -62,6 +62,8 @@ class RequestHandler {
   // The same answer as handle() for a request that can be served at once, without
   // waiting for anything (an in-memory read): the server's reader replies in place,
   // without a coroutine per request. nullopt: not such a request, handle() serves it.
+  // Every server asks handle_now first, on the handler's executor, and calls handle() only
+  // for what it declined (or for a request under a reply fault, below, which skips it).
   virtual std::optional<Result<std::vector<std::uint8_t>>> handle_now(FrameKind /*kind*/,
                                                                       std::span<const std::uint8_t> /*payload*/,
                                                                       const PeerIdentity& /*peer*/) {
