@@ -65,7 +65,6 @@ class TcpLink final : public Link, public std::enable_shared_from_this<TcpLink> 
     const std::uint64_t id = (next_sequence_++ << kSlotBits) | slot;
     pending.id = id;
     pending.timeout = timeout;
-    ++in_flight_;
     // Frees the slot however this coroutine ends (even destroyed while it waits).
     struct Release {
       TcpLink& link;
@@ -133,12 +132,11 @@ class TcpLink final : public Link, public std::enable_shared_from_this<TcpLink> 
     p.id = 0;
     p.reply.reset();
     p.error.reset();
-    --in_flight_;
     free_slots_.push_back(slot);
     // Deadlines of requests that are done go from the front; a request that waits long
     // keeps those behind it until they are more than twice the requests in flight.
     while (!deadlines_.empty() && !find(deadlines_.front().id)) deadlines_.pop_front();
-    if (deadlines_.size() > 2 * in_flight_ + 64) {
+    if (deadlines_.size() > 2 * (slots_.size() - free_slots_.size()) + 64) {
       std::erase_if(deadlines_, [this](const Deadline& d) { return !find(d.id); });
     }
   }
@@ -302,7 +300,6 @@ class TcpLink final : public Link, public std::enable_shared_from_this<TcpLink> 
   std::string proven_id_;  // the server's key fingerprint, once its handshake proved it
   std::vector<std::unique_ptr<Pending>> slots_;  // requests in flight, by the low bits of their id
   std::vector<std::uint32_t> free_slots_;
-  std::size_t in_flight_ = 0;
   std::size_t woken_ = 0;  // requests woken by a reply whose coroutines have not ended
   std::uint64_t next_sequence_ = 1;  // a request id's high bits: never 0, never reused
   State state_ = State::idle;

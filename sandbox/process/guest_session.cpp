@@ -302,7 +302,7 @@ Result<std::vector<std::uint8_t>> run_in_warm_guest(WarmGuest& warm, const RunIn
   const std::optional<std::uint64_t> before = warm.rest_cpu_us ? warm.rest_cpu_us : guest_cpu_time_us(warm);
   warm.rest_cpu_us.reset();
   const auto deadline = Clock::now() + std::chrono::milliseconds(limits.wall_ms + options.kill_grace_ms);
-  HostChannel channel(std::move(warm.channel), deadline, input.abort, /*nonblocking=*/true);
+  HostChannel channel(std::move(warm.channel), deadline, input.abort, /*already_nonblocking=*/true);
   if (options.direct != nullptr) {
     options.direct->pid = warm.guest.pid;
     options.direct->pidfd = warm.guest.pidfd.get();
@@ -322,21 +322,26 @@ Result<std::vector<std::uint8_t>> run_in_warm_guest(WarmGuest& warm, const RunIn
   return unanswered(*warm.zygote, warm.guest, talk, limits, counters);
 }
 
-std::optional<std::uint64_t> guest_cpu_time_us(int pid) {
-  clockid_t clock{};
-  if (::clock_getcpuclockid(pid, &clock) != 0) return std::nullopt;
+namespace {
+// A CPU clock's reading in microseconds, or nullopt when the clock cannot be read.
+std::optional<std::uint64_t> read_cpu_clock_us(clockid_t clock) {
   timespec now{};
   if (::clock_gettime(clock, &now) != 0) return std::nullopt;
   return static_cast<std::uint64_t>(now.tv_sec) * 1'000'000u + static_cast<std::uint64_t>(now.tv_nsec) / 1000u;
 }
+}  // namespace
+
+std::optional<std::uint64_t> guest_cpu_time_us(int pid) {
+  clockid_t clock{};
+  if (::clock_getcpuclockid(pid, &clock) != 0) return std::nullopt;
+  return read_cpu_clock_us(clock);
+}
 
 std::optional<std::uint64_t> guest_cpu_time_us(const WarmGuest& warm) {
   if (!warm.has_cpu_clock) return guest_cpu_time_us(warm.guest.pid);
-  timespec now{};
   // The clock names the pid, as clock_getcpuclockid's check did on every read before: a guest
   // gone reads as an error (guest_at_rest polls its pidfd first, and the caller retires it).
-  if (::clock_gettime(static_cast<clockid_t>(warm.cpu_clock), &now) != 0) return std::nullopt;
-  return static_cast<std::uint64_t>(now.tv_sec) * 1'000'000u + static_cast<std::uint64_t>(now.tv_nsec) / 1000u;
+  return read_cpu_clock_us(static_cast<clockid_t>(warm.cpu_clock));
 }
 
 bool arm_cpu_limit(WarmGuest& warm, const Limits& limits) {

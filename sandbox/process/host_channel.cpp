@@ -19,9 +19,9 @@ constexpr std::size_t kHeaderReadChunk = 16 * 1024;
 constexpr std::size_t kMaxReadChunk = 1024 * 1024;
 }  // namespace
 
-HostChannel::HostChannel(UniqueFd fd, Clock::time_point deadline, const std::atomic<bool>* abort, bool nonblocking)
+HostChannel::HostChannel(UniqueFd fd, Clock::time_point deadline, const std::atomic<bool>* abort, bool already_nonblocking)
     : fd_(std::move(fd)), deadline_(deadline), abort_(abort) {
-  if (!nonblocking) ::fcntl(fd_.get(), F_SETFL, ::fcntl(fd_.get(), F_GETFL) | O_NONBLOCK);
+  if (!already_nonblocking) ::fcntl(fd_.get(), F_SETFL, ::fcntl(fd_.get(), F_GETFL) | O_NONBLOCK);
 }
 
 ChannelStatus HostChannel::wait(short events) {

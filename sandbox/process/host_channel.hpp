@@ -28,8 +28,8 @@ struct ReadLimits {
 class HostChannel {
  public:
   using Clock = std::chrono::steady_clock;
-  // `nonblocking`: the descriptor is non-blocking already (a warm guest's, set once).
-  HostChannel(UniqueFd fd, Clock::time_point deadline, const std::atomic<bool>* abort, bool nonblocking = false);
+  // `already_nonblocking`: the descriptor is non-blocking already (a warm guest's, set once).
+  HostChannel(UniqueFd fd, Clock::time_point deadline, const std::atomic<bool>* abort, bool already_nonblocking = false);
 
   ChannelStatus write(std::span<const std::uint8_t> frame);
   // The next frame, within `limits`. The payload grows as its bytes arrive and is read
