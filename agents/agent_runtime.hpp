@@ -1,5 +1,6 @@
 // Internal: mobile agents and code-on-demand inside a node. Resident agents and their runs
-// (agent_runtime.cpp), the exactly-once hand-over (migration.cpp), the home node's
+// (agent_runtime.cpp), the services peers call (agent_services.cpp), the exactly-once
+// hand-over (migration.cpp), the home node's
 // tracking and message forwarding (tracking.cpp), and bundles by fetch (code_on_demand.cpp).
 #pragma once
 
