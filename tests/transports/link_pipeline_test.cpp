@@ -4,19 +4,13 @@
 // frames that arrive in pieces between its answers, and a bad one closes only that connection.
 #include <doctest/doctest.h>
 
-#include "sojourn/transports/asio.hpp"
+#include "tests/support/echo_server.hpp"
 
-#include <boost/asio/co_spawn.hpp>
-#include <boost/asio/executor_work_guard.hpp>
-#include <boost/asio/io_context.hpp>
-#include <boost/asio/post.hpp>
-#include <boost/asio/steady_timer.hpp>
-#include <boost/asio/use_awaitable.hpp>
-#include <boost/asio/use_future.hpp>
-
+#include <chrono>
 #include <future>
-#include <optional>
+#include <memory>
 #include <thread>
+#include <vector>
 
 #include "sojourn/core/frame.hpp"
 #include "sojourn/transports/link.hpp"
@@ -28,67 +22,22 @@ using namespace std::chrono_literals;
 
 namespace {
 
-constexpr std::uint8_t kAtOnce = 0xA0;
+// Payloads starting with kAtOnce are answered by the connection's reader itself; any other
+// first byte is a delay in ms before the reversed payload comes back (test::EchoHandler).
+constexpr std::uint8_t kAtOnce = test::EchoHandler::kAtOnce;
 
-// Replies with the payload reversed: at once (by the connection's reader) when the first
-// byte is kAtOnce, otherwise after as many milliseconds as the first byte says.
-class ReverseHandler : public RequestHandler {
- public:
-  asio::awaitable<Result<std::vector<std::uint8_t>>> handle(FrameKind, std::vector<std::uint8_t> payload,
-                                                            PeerIdentity) override {
-    if (!payload.empty() && payload[0] > 0) {
-      asio::steady_timer t(co_await asio::this_coro::executor);
-      t.expires_after(std::chrono::milliseconds(payload[0]));
-      co_await t.async_wait(asio::use_awaitable);
-    }
-    co_return std::vector<std::uint8_t>(payload.rbegin(), payload.rend());
-  }
-  std::optional<Result<std::vector<std::uint8_t>>> handle_now(FrameKind, std::span<const std::uint8_t> payload,
-                                                              const PeerIdentity&) override {
-    if (payload.empty() || payload[0] != kAtOnce) return std::nullopt;
-    return Result<std::vector<std::uint8_t>>(std::vector<std::uint8_t>(payload.rbegin(), payload.rend()));
-  }
-};
+// The echo server and one link to it, which every request of a test shares.
+struct Served : test::EchoServer {
+  std::shared_ptr<Link> link = dial();
 
-struct Served {
-  asio::io_context io{1};
-  std::optional<asio::executor_work_guard<asio::io_context::executor_type>> work{io.get_executor()};
-  std::thread thread{[this] { io.run(); }};
-  std::unique_ptr<TcpServer> server;
-  std::shared_ptr<Link> link;
-  Address bound;
-
-  template <class F>
-  auto run(F f) {
-    auto task = std::make_shared<std::packaged_task<decltype(f())()>>(std::move(f));
-    auto fut = task->get_future();
-    asio::post(io, [task] { (*task)(); });
-    return fut.get();
-  }
-  Served() {
-    server = std::make_unique<TcpServer>(io.get_executor(), std::make_shared<ReverseHandler>(), TransportOptions{});
-    auto r = run([&] { return server->listen(*parse_address("127.0.0.1:0")); });
-    REQUIRE(r.ok());
-    bound = *r;
-    link = run([&] { return make_link(io.get_executor(), bound, TransportOptions{}); });
-  }
   ~Served() {
     run([&] {
       link->close();
-      server.reset();
       return 0;
     });
-    work.reset();
-    io.stop();
-    thread.join();
   }
   std::future<Result<Frame>> start(std::vector<std::uint8_t> payload, std::chrono::milliseconds timeout = 5000ms) {
-    return asio::co_spawn(io, one_request(link, std::move(payload), timeout), asio::use_future);
-  }
-  // Parameters, not lambda captures: a coroutine's frame keeps its parameters alive.
-  static asio::awaitable<Result<Frame>> one_request(std::shared_ptr<Link> l, std::vector<std::uint8_t> payload,
-                                                    std::chrono::milliseconds timeout) {
-    co_return co_await l->request(FrameKind::call, std::move(payload), timeout);
+    return asio::co_spawn(io, test::one_request(link, std::move(payload), timeout), asio::use_future);
   }
 };
 
