@@ -5,10 +5,14 @@
 # bubblewrap for jail start. Each comparison alternates the two systems in blocks. Prints
 # one table; --csv FILE writes it as id,unit,sojourn,peer,peer_name,ratio rows (ratio =
 # sojourn/peer: for times lower is better, for throughputs higher is better).
-# Usage: bash bench/run_peers.sh [--quick] [--csv FILE] [--pin same|split]
+# Usage: bash bench/run_peers.sh [--quick] [--csv FILE] [--pin same|split] [--hops-only]
 # --pin places the round-trip comparisons' servers (Redis, the sojourn nodes and their guests)
 # on CPU 0 and their client on CPU 0 (same) or CPU 1 (split), identically for both systems:
 # unpinned, a loopback round trip on a VM is bimodal (waking an idle vCPU), for Redis too.
+# The hop rows follow it: same puts bench_agent_hops and both Erlang VMs (one scheduler each,
+# +S 1:1) on CPU 0; split puts the Erlang VM the closure runs on on CPU 0 and the spawning one
+# on CPU 1, and bench_agent_hops (its nodes share one process) on CPUs 0-1 (docs/bench.md).
+# --hops-only runs only the hop rows (sojourn and Erlang).
 # Environment: SOJOURN_BUILD_DIR (default build); SOJOURN_BENCH_NO_BUILD=1 runs the
 # binaries as they are; SOJOURN_BUILD_JOBS (default 2).
 set -euo pipefail
@@ -17,25 +21,39 @@ cd "$(dirname "$0")/.."
 quick=0
 csv=""
 pin=""
+hops_only=0
 while [[ $# -gt 0 ]]; do
   case $1 in
     --quick) quick=1 ;;
     --csv) [[ $# -ge 2 ]] || { echo "run_peers: --csv expects a file" >&2; exit 2; }; csv=$2; shift ;;
     --pin) [[ $# -ge 2 && ( $2 == same || $2 == split ) ]] || { echo "run_peers: --pin expects same or split" >&2; exit 2; }; pin=$2; shift ;;
-    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
-    *) echo "run_peers: unknown option $1 (usage: bash bench/run_peers.sh [--quick] [--csv FILE] [--pin same|split])" >&2; exit 2 ;;
+    --hops-only) hops_only=1 ;;
+    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+    *) echo "run_peers: unknown option $1 (usage: bash bench/run_peers.sh [--quick] [--csv FILE] [--pin same|split] [--hops-only])" >&2; exit 2 ;;
   esac
   shift
 done
 
-# Prefixes for the round-trip comparisons' servers and client (empty: the kernel places them).
+# Prefixes for the round-trip comparisons' servers and client (empty: the kernel places them),
+# and for the hops: the Erlang VM a closure is spawned on (the server), the one spawning it
+# (the client), and bench_agent_hops, whose three nodes are threads of one process.
 server_cpu=()
 client_cpu=()
+hop_server_cpu=()
+hop_client_cpu=()
+hop_sojourn_cpu=()
+erl_pin_flags=()
 if [[ -n $pin ]]; then
   command -v taskset >/dev/null || { echo "run_peers: --pin needs taskset (Debian package util-linux)" >&2; exit 2; }
   [[ $pin == same || $(nproc) -ge 2 ]] || { echo "run_peers: --pin split needs two CPUs" >&2; exit 2; }
   server_cpu=(taskset -c 0)
   if [[ $pin == same ]]; then client_cpu=(taskset -c 0); else client_cpu=(taskset -c 1); fi
+  hop_server_cpu=("${server_cpu[@]}")
+  hop_client_cpu=("${client_cpu[@]}")
+  # One process cannot have its nodes on different CPUs from the outside: split gives it both.
+  if [[ $pin == same ]]; then hop_sojourn_cpu=(taskset -c 0); else hop_sojourn_cpu=(taskset -c 0,1); fi
+  # One scheduler per VM on its one CPU: more would only take turns on it (and spin while idle).
+  erl_pin_flags=(+S 1:1)
 fi
 
 build=${SOJOURN_BUILD_DIR:-build}
@@ -142,8 +160,9 @@ node_address() {  # NAME -> prints the node's address, once it listens
 echo "revision: $(git describe --always --dirty 2>/dev/null || echo unknown), build: $build, $( [[ $quick == 1 ]] && echo quick || echo full ) run"
 echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "round trips: $(case $pin in same) echo "servers and client pinned to CPU 0" ;; split) echo "servers pinned to CPU 0, client to CPU 1" ;; *) echo "unpinned" ;; esac)"
+echo "hops: $(case $pin in same) echo "bench_agent_hops and both Erlang VMs (+S 1:1) pinned to CPU 0" ;; split) echo "Erlang VMs (+S 1:1) on CPU 0 (spawned on) and CPU 1 (spawning), bench_agent_hops on CPUs 0-1" ;; *) echo "unpinned" ;; esac)"
 
-if [[ $have_redis == 1 ]]; then
+if [[ $have_redis == 1 && $hops_only == 0 ]]; then
   start_redis
   redis_name="redis $(redis-server --version | sed -n 's/.*v=\([0-9.]*\).*/\1/p')"
   start_node process --peer-isolation process
@@ -173,7 +192,7 @@ fi
 
 # --- Erlang: agent hops ---------------------------------------------------------------
 erl_hop() {  # BYTES -> "median_us"
-  erl -sname "hopa$$" -setcookie "$cookie" -pa "$work" -noshell -run hop main "peerb$$@$host" "$1" "$erl_samples" |
+  "${hop_client_cpu[@]}" erl "${erl_pin_flags[@]}" -sname "hopa$$" -setcookie "$cookie" -pa "$work" -noshell -run hop main "peerb$$@$host" "$1" "$erl_samples" |
     awk 'NF == 3 { print $1 }'
 }
 erl_hop_4k=() erl_hop_1m=()
@@ -182,7 +201,7 @@ if [[ $have_erlang == 1 ]]; then
   epmd -names >/dev/null 2>&1 || started_epmd=1
   host=$(hostname -s)
   erlc -o "$work" bench/peers/hop.erl
-  erl -sname "peerb$$" -setcookie "$cookie" -pa "$work" -noshell >"$work/erl.log" 2>&1 &
+  "${hop_server_cpu[@]}" erl "${erl_pin_flags[@]}" -sname "peerb$$" -setcookie "$cookie" -pa "$work" -noshell >"$work/erl.log" 2>&1 &
   pids+=($!)
   sleep 1
   echo "== Erlang $(erl -noshell -eval 'io:format("~s", [erlang:system_info(otp_release)]), halt().') remote spawn + reply"
@@ -190,7 +209,7 @@ if [[ $have_erlang == 1 ]]; then
   erl_hop_1m+=("$(erl_hop 1048576)")
 fi
 echo "== bench_agent_hops $hops --latency-only"
-"$bin/bench_agent_hops" "$hops" --latency-only --csv "$work/hops.csv" | sed -n '/agent hop\|state /p'
+"${hop_sojourn_cpu[@]}" "$bin/bench_agent_hops" "$hops" --latency-only --csv "$work/hops.csv" | sed -n '/agent hop\|state /p'
 if [[ $have_erlang == 1 ]]; then
   erl_hop_4k+=("$(erl_hop 4096)")  # after sojourn too: the peer's figure is the mean of both blocks
   erl_hop_1m+=("$(erl_hop 1048576)")
@@ -204,13 +223,15 @@ add_row hop_trusted_1m us "$(csv_value "$work/hops.csv" hop_trusted_1m 3)" "$(me
 add_row hop_process_1m us "$(csv_value "$work/hops.csv" hop_process_1m 3)" "$(mean "${erl_hop_1m[@]}")" "$erl_name"
 
 # --- bubblewrap: jail start -------------------------------------------------------------
-echo "== bench_jail --runs $jail_runs"
-"$bin/bench_jail" --runs "$jail_runs" --csv "$work/jail.csv" | sed -n '/^start + run/,/^$/p'
-bwrap_name="bwrap --unshare-all --ro-bind / / true"
-bwrap=""
-[[ $have_bwrap == 1 ]] && bwrap=$(csv_value "$work/jail.csv" bwrap_true 3)
-add_row jail_start us "$(csv_value "$work/jail.csv" jail_cold 3)" "$bwrap" "$bwrap_name"
-add_row jail_start_warm us "$(csv_value "$work/jail.csv" jail_warm 3)" "$bwrap" "$bwrap_name"
+if [[ $hops_only == 0 ]]; then
+  echo "== bench_jail --runs $jail_runs"
+  "$bin/bench_jail" --runs "$jail_runs" --csv "$work/jail.csv" | sed -n '/^start + run/,/^$/p'
+  bwrap_name="bwrap --unshare-all --ro-bind / / true"
+  bwrap=""
+  [[ $have_bwrap == 1 ]] && bwrap=$(csv_value "$work/jail.csv" bwrap_true 3)
+  add_row jail_start us "$(csv_value "$work/jail.csv" jail_cold 3)" "$bwrap" "$bwrap_name"
+  add_row jail_start_warm us "$(csv_value "$work/jail.csv" jail_warm 3)" "$bwrap" "$bwrap_name"
+fi
 
 echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo
