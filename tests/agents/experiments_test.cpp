@@ -9,14 +9,17 @@
 #include <set>
 #include <tuple>
 #include <sstream>
+#include <string>
 
 #include "sojourn/agents/node.hpp"
 #include "sojourn/core/bundle.hpp"
 #include "tests/support/process.hpp"
 #include "tests/support/temp_dir.hpp"
+#include "tests/support/time_scale.hpp"
 
 using sojourn::test::run;
 using sojourn::test::TempDir;
+using test_support::slack_bound_ms;
 
 namespace {
 
@@ -84,28 +87,35 @@ TEST_CASE("paradigms --quick over seed-wan: CSV columns, cs growing with N, rev 
   for (const char* p : {"cs", "rev", "cod", "ma"}) CHECK(paradigms.count(p) == 1);
   REQUIRE(wan.size() == 12);
   const double rtt = 81.6;
-  // Client-server: about one round trip per interaction, so about 16 for N = 16.
+  // The lower bounds are the emulated link's delays. The upper ones add 30-50% for scheduling,
+  // widened on a slow host (tests/support/time_scale.hpp) up to what a broken run takes at least.
+  // Client-server: about one round trip per interaction, so about 16 for N = 16 (broken: two).
   CHECK(wan[{"cs", 1}].first >= rtt);
   CHECK(wan[{"cs", 16}].first >= 16 * rtt);
-  CHECK(wan[{"cs", 16}].first < 16 * rtt * 1.3);
+  CHECK(wan[{"cs", 16}].first < slack_bound_ms(16 * rtt, 16 * rtt * 0.3, 32 * rtt));
   CHECK(wan[{"cs", 16}].first / wan[{"cs", 4}].first == doctest::Approx(4.0).epsilon(0.2));
-  // Remote evaluation: about one round trip whatever N.
+  // Remote evaluation: about one round trip whatever N (broken: a second one, or growing with N).
   CHECK(wan[{"rev", 16}].first >= rtt);
-  CHECK(wan[{"rev", 16}].first < 1.5 * rtt);
-  CHECK(wan[{"rev", 16}].first / wan[{"rev", 1}].first < 1.3);
+  CHECK(wan[{"rev", 16}].first < slack_bound_ms(rtt, 0.5 * rtt, 2 * rtt));
+  CHECK(wan[{"rev", 16}].first / wan[{"rev", 1}].first < slack_bound_ms(1.0, 0.3, 2.0));
   // The model is within 20% where the network dominates: over the whole sweep on the 81.6 ms
-  // link, and each single run (one repetition in --quick, on a machine that may be busy) within 35%.
+  // link, and each single run (one repetition in --quick, on a machine that may be busy) within 35%
+  // (|measured - predicted| / measured). Below the model that is a fixed bound: a busy machine only
+  // adds time. Above it the slack widens on a slow host, up to a model off by half (the sweep's
+  // sum) or by a factor of two (a single run; a model that missed a round trip of N = 1).
   double measured_sum = 0, predicted_sum = 0;
   for (const char* p : {"cs", "rev", "cod", "ma"}) {
     for (int n : {1, 4, 16}) {
       auto [measured, predicted] = wan[{p, n}];
-      INFO(p << " N=" << n << " measured " << measured << " predicted " << predicted);
-      CHECK(std::abs(measured - predicted) / measured < 0.35);
+      INFO(std::string(p) << " N=" << n << " measured " << measured << " predicted " << predicted);
+      CHECK(measured > predicted / 1.35);
+      CHECK(measured < slack_bound_ms(predicted, predicted * (1 / 0.65 - 1), 2 * predicted));
       measured_sum += measured;
       predicted_sum += predicted;
     }
   }
-  CHECK(std::abs(measured_sum - predicted_sum) / measured_sum < 0.2);
+  CHECK(measured_sum > predicted_sum / 1.2);
+  CHECK(measured_sum < slack_bound_ms(predicted_sum, predicted_sum * (1 / 0.8 - 1), 1.5 * predicted_sum));
 
   auto trace = lines_of(out + "/trace.jsonl");
   REQUIRE(trace.size() > 10);
@@ -157,24 +167,28 @@ TEST_CASE("itinerary --quick over seed-wan: cs and rev about K round trips, the 
   const double rtt = 81.6;
   auto measured = [&](const char* p, int k, long long data) { return by[{p, k, data}][0]; };
   auto wire = [&](const char* p, int k, long long data) { return by[{p, k, data}][2]; };
-  // Client-server and remote evaluation: a round trip per node.
+  // Client-server and remote evaluation: a round trip per node (broken: two). Upper bounds as in
+  // the paradigms test: 30% for scheduling, widened on a slow host up to the broken run's time.
   CHECK(measured("cs", 4, 1000) >= 4 * rtt);
   CHECK(measured("rev", 4, 1000) >= 4 * rtt);
-  CHECK(measured("rev", 4, 1000) < 4 * rtt * 1.3);
+  CHECK(measured("rev", 4, 1000) < slack_bound_ms(4 * rtt, 4 * rtt * 0.3, 8 * rtt));
   // The agent: 1.5 round trips a node (the TRANSFER, the BundleWanted for its new code, the
-  // TRANSFER with it; its report home travels while it runs) and half of one to come home.
+  // TRANSFER with it; its report home travels while it runs) and half of one to come home
+  // (broken: a round trip more per node, 10.5).
   CHECK(measured("ma", 4, 1000) >= 6.5 * rtt);
-  CHECK(measured("ma", 4, 1000) < 7.5 * rtt * 1.3);
+  CHECK(measured("ma", 4, 1000) < slack_bound_ms(7.5 * rtt, 7.5 * rtt * 0.3, 10.5 * rtt));
   // Client-server brings the data home: 1 MB from each node crosses the link, the others' do not.
   CHECK(wire("cs", 4, 1000000) > 4e6);
   CHECK(wire("rev", 4, 1000000) < 1e5);
   CHECK(wire("ma", 4, 1000000) < 1e5);
   CHECK(measured("cs", 4, 1000000) - measured("cs", 4, 1000) > 4 * 70);  // 80 ms of wire per node at 100 Mbit/s
-  CHECK(measured("rev", 4, 1000000) - measured("rev", 4, 1000) < 4 * 40);
+  // (broken: the data comes home too, 80 ms a node)
+  CHECK(measured("rev", 4, 1000000) - measured("rev", 4, 1000) < slack_bound_ms(0, 4 * 40, 4 * 80));
   // The model is within 20% where the network dominates (all of this sweep) over the sweep.
   // A single run (one repetition) is never much faster than the model: the link's delays are
   // a floor. A busy machine (a sanitizer build, two test processes on two cores) only adds
-  // time, so above the model a run gets up to twice its prediction.
+  // time, so above the model a run gets up to twice its prediction; the sweep's sum gets 25%,
+  // widened on a slow host up to a model off by half, as in the paradigms test.
   double measured_sum = 0, predicted_sum = 0;
   for (const auto& [key, v] : by) {
     INFO(std::get<0>(key) << " K=" << std::get<1>(key) << " data " << std::get<2>(key) << ": measured " << v[0]
@@ -184,7 +198,8 @@ TEST_CASE("itinerary --quick over seed-wan: cs and rev about K round trips, the 
     measured_sum += v[0];
     predicted_sum += v[1];
   }
-  CHECK(std::abs(measured_sum - predicted_sum) / measured_sum < 0.2);
+  CHECK(measured_sum > predicted_sum / 1.2);
+  CHECK(measured_sum < slack_bound_ms(predicted_sum, predicted_sum * (1 / 0.8 - 1), 1.5 * predicted_sum));
 
   auto trace = lines_of(out + "/trace.jsonl");
   REQUIRE(trace.size() > 10);

@@ -7,7 +7,8 @@
 #
 #   run_in_qemu.sh [OPTIONS] [EXE [ARG...] [-- EXE [ARG...]]...]
 #     --manifest FILE      also run the tests of a manifest written by CMake (tests/kvm)
-#     --timeout SEC        per-test timeout for tests named on the command line (default 60)
+#     --timeout SEC        per-test timeout for tests named on the command line (default 60);
+#                          every per-test timeout (a manifest's too) is multiplied by the time scale
 #     --boot-timeout SEC   time allowed until the guest's init runs (default 120)
 #     --cache-dir DIR      where the extracted kernel and base initramfs are kept
 #                          (default ${XDG_CACHE_HOME:-~/.cache}/sojourn-kvm)
@@ -39,9 +40,19 @@ sh_quote() { printf "'%s'" "${1//\'/\'\\\'\'}"; }
 # the host's load (awk: bash has no floating point).
 time_scale=${SOJOURN_TEST_TIME_SCALE:-$(awk -v cores="$(nproc)" '{ s = $1 / cores; printf "%.2f", s < 1 ? 1 : s }' /proc/loadavg)}
 
-# add_test NAME TIMEOUT ENVS(K=V, space-free) EXE [ARG...]
+# scaled_limit SECONDS: a per-test limit widened by the time scale (rounded up), as the tests
+# widen theirs: a test given 300 s on an idle host gets 300 s x the scale in a loaded one. The
+# scale is held within [1, 32], as tests/support/time_scale.hpp holds it.
+scaled_limit() {
+  awk -v l="$1" -v s="$time_scale" 'BEGIN { s += 0; if (!(s >= 1)) s = 1; if (s > 32) s = 32;
+                                            t = l * s; printf "%d", (t == int(t)) ? t : int(t) + 1 }'
+}
+
+# add_test NAME TIMEOUT ENVS(K=V, space-free) EXE [ARG...]   (TIMEOUT: seconds on an idle host)
 add_test() {
-  local name=$1 limit=$2 envs="$(sh_quote "SOJOURN_TEST_TIME_SCALE=$time_scale") $3" exe=$4; shift 4
+  local name=$1 limit envs="$(sh_quote "SOJOURN_TEST_TIME_SCALE=$time_scale") $3" exe=$4
+  limit=$(scaled_limit "$2")
+  shift 4
   [ -f "$exe" ] || die "test executable not found: $exe"
   exe=$(realpath "$exe")
   local cmd="" a
@@ -215,7 +226,7 @@ cat "$base" "$work/tests.cpio" > "$work/initrd"
 # --- boot, follow the console, enforce deadlines from the host side too ---
 now() { local t=${EPOCHREALTIME/./}; echo $((t / 1000)); }  # milliseconds
 t0=$(now)
-note "time scale for the tests' wall-clock limits: $time_scale"
+note "time scale for the tests' wall-clock limits and their per-test timeouts: $time_scale"
 note "booting $(basename "$boot_kernel") with ${#names[@]} test(s) in QEMU (TCG, -cpu ${SOJOURN_QEMU_CPU:-max})"
 # A hard limit on QEMU's life, should this script itself be killed (by ctest's timeout, say).
 budget=$((boot_timeout + 120))

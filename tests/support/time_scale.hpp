@@ -36,4 +36,12 @@ inline std::uint32_t scaled_ms(std::uint32_t ms) {
   return scaled >= 4e9 ? 4'000'000'000u : static_cast<std::uint32_t>(scaled);
 }
 
+// An upper bound on a time whose floor the test sets (an emulated link's delays): the floor
+// plus `slack_ms` for scheduling, the slack widened by time_scale(), but never past `broken_ms`,
+// the least time the thing takes when it is broken (a delay paid twice): the check `t < bound`
+// still fails then, however slow the host.
+inline double slack_bound_ms(double floor_ms, double slack_ms, double broken_ms) {
+  return std::min(floor_ms + slack_ms * time_scale(), broken_ms);
+}
+
 }  // namespace test_support
