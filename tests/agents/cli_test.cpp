@@ -6,6 +6,7 @@
 #include <regex>
 
 #include "sojourn/core/json.hpp"
+#include "tests/support/daemon_node.hpp"
 #include "tests/support/process.hpp"
 #include "tests/support/temp_dir.hpp"
 
@@ -17,23 +18,10 @@ namespace {
 
 const std::string cli = SOJOURN_CLI_PATH;
 
-struct DaemonNode {
-  Process process;
-  std::string address;
-  explicit DaemonNode(const std::string& name = "a", std::vector<std::string> extra = {})
-      : process([&] {
-          std::vector<std::string> argv{cli, "node", "--listen", "127.0.0.1:0", "--name", name, "--grace-ms", "2000"};
-          argv.insert(argv.end(), extra.begin(), extra.end());
-          return argv;
-        }()) {
-    REQUIRE(process.started());
-    std::string line;
-    const std::string prefix = "node " + name + " listening on ";
-    // Lines before it announce published modules.
-    for (int i = 0; i < 10 && line.rfind(prefix, 0) != 0; ++i) line = process.read_line(10000);
-    REQUIRE(line.rfind(prefix, 0) == 0);
-    address = line.substr(prefix.size());
-  }
+// The node most tests call: `sojourn node` named "a" unless told.
+struct DaemonNode : sojourn::test::DaemonNode {
+  explicit DaemonNode(const std::string& name = "a", const std::vector<std::string>& extra = {})
+      : sojourn::test::DaemonNode(cli, name, extra) {}
 };
 
 }  // namespace
@@ -122,9 +110,7 @@ TEST_CASE("log lines carry an ISO 8601 UTC time; --log-format json writes one JS
     CAPTURE(format);
     Process p({cli, "--log-format", format, "node", "--listen", "127.0.0.1:0", "--name", "a", "--grace-ms", "500"});
     REQUIRE(p.started());
-    std::string line;
-    for (int i = 0; i < 10 && line.rfind("node a listening on ", 0) != 0; ++i) line = p.read_line(10000);
-    REQUIRE(line.rfind("node a listening on ", 0) == 0);
+    (void)sojourn::test::listening_address(p, "a");
     p.signal(SIGTERM);
     CHECK(p.wait() == 0);
     p.drain();

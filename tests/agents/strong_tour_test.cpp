@@ -17,6 +17,7 @@
 #include "sojourn/core/json.hpp"
 #include "sojourn/core/signature.hpp"
 #include "tests/support/cluster.hpp"
+#include "tests/support/daemon_node.hpp"
 #include "tests/support/process.hpp"
 #include "tests/support/temp_dir.hpp"
 #include "tests/support/trust_nodes.hpp"
@@ -32,20 +33,9 @@ namespace {
 const std::string cli = SOJOURN_CLI_PATH;
 
 // A `sojourn node` daemon on loopback whose code from peers runs in the process jail.
-struct DaemonNode {
-  Process process;
-  std::string address;
+struct DaemonNode : test::DaemonNode {
   DaemonNode(const std::string& name, int price)
-      : process({cli, "node", "--listen", "127.0.0.1:0", "--name", name, "--grace-ms", "2000", "--peer-isolation",
-                 "process", "--data", "price=" + std::to_string(price)}) {
-    REQUIRE(process.started());
-    const std::string prefix = "node " + name + " listening on ";
-    std::string line;
-    // A loaded sanitizer run may take seconds to start a node.
-    for (int i = 0; i < 10 && line.rfind(prefix, 0) != 0; ++i) line = process.read_line(30000);
-    REQUIRE(line.rfind(prefix, 0) == 0);
-    address = line.substr(prefix.size());
-  }
+      : test::DaemonNode(cli, name, {"--peer-isolation", "process", "--data", "price=" + std::to_string(price)}) {}
 };
 
 Value parse_json(const std::string& text) {
