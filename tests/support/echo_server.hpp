@@ -1,6 +1,7 @@
-// Test support: a TCP server on its own io_context thread whose handler answers with the
-// payload reversed, with the knobs the transport tests turn (a delay, an answer from the
-// reader itself, a handler error, a reply held back or dropped). Includes Asio: tests only.
+// Test support: a TCP server with any handler on its own io_context thread, and an echo
+// handler that answers with the payload reversed, with the knobs the transport tests turn (a
+// delay, an answer from the reader itself, a handler error, a reply held back or dropped).
+// Includes Asio: tests only.
 #pragma once
 
 #include "sojourn/transports/asio.hpp"  // first: it includes <utility> before Asio
@@ -80,12 +81,13 @@ inline asio::awaitable<Result<Frame>> one_request(std::shared_ptr<Link> link, st
   co_return co_await link->request(FrameKind::call, std::move(payload), timeout);
 }
 
-// An EchoHandler behind a TcpServer listening on `listen`, served by one io_context thread.
-struct EchoServer {
+// A Handler behind a TcpServer listening on `listen`, served by one io_context thread.
+template <class Handler>
+struct ServerThread {
   asio::io_context io{1};
   std::optional<asio::executor_work_guard<asio::io_context::executor_type>> work{io.get_executor()};
   std::thread thread{[this] { io.run(); }};
-  std::shared_ptr<EchoHandler> handler = std::make_shared<EchoHandler>();
+  std::shared_ptr<Handler> handler = std::make_shared<Handler>();
   std::unique_ptr<TcpServer> server;
   Address bound;
 
@@ -103,13 +105,13 @@ struct EchoServer {
     return asio::co_spawn(io, std::move(a), asio::use_future).get();
   }
 
-  explicit EchoServer(TransportOptions options = {}, const std::string& listen = "127.0.0.1:0") {
+  explicit ServerThread(TransportOptions options = {}, const std::string& listen = "127.0.0.1:0") {
     server = std::make_unique<TcpServer>(io.get_executor(), handler, options);
     auto r = run([&] { return server->listen(*parse_address(listen)); });
     REQUIRE(r.ok());
     bound = *r;
   }
-  ~EchoServer() {
+  ~ServerThread() {
     run([&] {
       server.reset();
       return 0;
@@ -118,12 +120,14 @@ struct EchoServer {
     io.stop();
     thread.join();
   }
-  EchoServer(const EchoServer&) = delete;
-  EchoServer& operator=(const EchoServer&) = delete;
+  ServerThread(const ServerThread&) = delete;
+  ServerThread& operator=(const ServerThread&) = delete;
 
   std::shared_ptr<Link> dial(TransportOptions options = {}) {
     return run([&] { return make_link(io.get_executor(), bound, options); });
   }
 };
+
+using EchoServer = ServerThread<EchoHandler>;
 
 }  // namespace sojourn::test

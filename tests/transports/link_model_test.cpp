@@ -15,6 +15,7 @@
 
 #include "sojourn/transports/link.hpp"
 #include "sojourn/transports/link_model.hpp"
+#include "tests/support/echo_server.hpp"
 #include "tests/support/error_checks.hpp"
 #include "tests/support/time_scale.hpp"
 
@@ -31,28 +32,8 @@ class ReplyHandler : public RequestHandler {
   }
 };
 
-struct Loopback {
-  asio::io_context io{1};
-  std::optional<asio::executor_work_guard<asio::io_context::executor_type>> work{io.get_executor()};
-  std::thread thread{[this] { io.run(); }};
-  std::shared_ptr<ReplyHandler> handler = std::make_shared<ReplyHandler>();
-  std::unique_ptr<TcpServer> server;
-  Address bound;
-
-  explicit Loopback(TransportOptions server_options) {
-    server = std::make_unique<TcpServer>(io.get_executor(), handler, server_options);
-    auto r = asio::co_spawn(io, [this]() -> asio::awaitable<Result<Address>> {
-      co_return server->listen(*parse_address("127.0.0.1:0"));
-    }, asio::use_future).get();
-    REQUIRE(r.ok());
-    bound = *r;
-  }
-  ~Loopback() {
-    asio::co_spawn(io, [this]() -> asio::awaitable<void> { server.reset(); co_return; }, asio::use_future).get();
-    work.reset();
-    io.stop();
-    thread.join();
-  }
+struct Loopback : test::ServerThread<ReplyHandler> {
+  explicit Loopback(TransportOptions server_options) : test::ServerThread<ReplyHandler>(server_options) {}
   // Milliseconds one request of `bytes` took on `link`.
   double timed_request(const std::shared_ptr<Link>& link, std::size_t bytes) {
     auto start = std::chrono::steady_clock::now();
