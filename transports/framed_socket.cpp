@@ -102,8 +102,9 @@ asio::awaitable<bool> FramedSocket::fill(std::size_t wanted, boost::system::erro
     read_begin_ = 0;
   }
   while (read_end_ - read_begin_ < wanted) {
-    // The reader is about to wait: what it answered meanwhile goes out first, together.
-    flush();
+    // A server's reader is about to wait: what it answered meanwhile goes out first,
+    // together. A client's hold is not the reader's to end: the callers it woke still run.
+    if (batch_) flush();
     bool partial = mid_frame || read_end_ > read_begin_;
     if (partial) arm_frame_timer();
     auto space = asio::buffer(read_buffer_.get() + read_end_, kReadBufferBytes - read_end_);
