@@ -12,6 +12,33 @@
 
 namespace sojourn::transport_detail {
 
+namespace {
+
+// One large buffer a network thread keeps from a frame it wrote, for the next large frame
+// it reads: a 1 MB hop then finds mapped pages instead of fresh ones (glibc returns a
+// freed buffer of that size to the kernel, and the next one faults its pages in again).
+// Smaller buffers are reused well by malloc itself; larger ones are not kept idle.
+constexpr std::size_t kSpareMinBytes = 256 * 1024;
+constexpr std::size_t kSpareMaxBytes = 4 * 1024 * 1024;
+thread_local std::vector<std::uint8_t> t_spare_buffer;
+
+void offer_spare_buffer(std::vector<std::uint8_t>& bytes) {
+  const std::size_t capacity = bytes.capacity();
+  if (capacity < kSpareMinBytes || capacity > kSpareMaxBytes || capacity <= t_spare_buffer.capacity()) return;
+  t_spare_buffer = std::move(bytes);
+}
+
+}  // namespace
+
+std::vector<std::uint8_t> take_spare_buffer(std::size_t at_least) {
+  std::vector<std::uint8_t> out;
+  if (t_spare_buffer.capacity() >= at_least) {
+    out.swap(t_spare_buffer);
+    out.clear();
+  }
+  return out;
+}
+
 bool is_protocol_error(Errc code) {
   switch (code) {
     case Errc::bad_magic:
@@ -133,17 +160,32 @@ Error FramedSocket::incomplete(std::size_t have, std::size_t of, const char* par
 Result<void> FramedSocket::take_buffered(std::vector<std::uint8_t>& payload, std::size_t length, BudgetCharge& charge) {
   const std::size_t n = std::min(length - payload.size(), read_end_ - read_begin_);
   const std::size_t size = payload.size() + n;
-  if (size > payload.capacity()) {
-    // Powers of two keep the copies linear; the capacity, not the size, is what is held.
-    // The first kFreePayloadBytes of a frame are not charged: small requests are served
-    // even when slow senders have taken the whole budget (a connection holds one frame).
+  if (size > frame_charged_) {
+    // The charge grows in powers of two as the bytes come; the capacity, not the size, is
+    // what is counted. The first kFreePayloadBytes of a frame are not charged: small
+    // requests are served even when slow senders have taken the whole budget (a
+    // connection holds one frame).
     const std::size_t capacity = std::min(length, std::bit_ceil(std::max(size, kFreePayloadBytes)));
     const auto charged = [](std::size_t c) { return c > kFreePayloadBytes ? c - kFreePayloadBytes : 0; };
-    if (!charge.take(charged(capacity) - charged(payload.capacity()))) {
+    if (!charge.take(charged(capacity) - charged(frame_charged_))) {
       return make_error(Errc::overloaded, "node is overloaded: the frames being read would hold more than " +
-                                              std::to_string(budget_->limit()) + " bytes");
+                                          std::to_string(budget_->limit()) + " bytes");
     }
-    payload.reserve(capacity);
+    frame_charged_ = capacity;
+    if (capacity > kFreePayloadBytes) {
+      // Past the free part the sender has shown it means the frame: the payload gets its
+      // final size at once (no re-copy at each doubling), from the buffer a large write
+      // of this thread left if there is one (its pages are still mapped). Reserved pages
+      // are touched only as bytes arrive, so what is resident stays within the charge.
+      if (payload.capacity() < length) {
+        std::vector<std::uint8_t> larger = take_spare_buffer(length);
+        larger.reserve(length);
+        larger.insert(larger.end(), payload.begin(), payload.end());
+        payload.swap(larger);
+      }
+    } else {
+      payload.reserve(capacity);
+    }
   }
   payload.insert(payload.end(), read_buffer_.get() + read_begin_, read_buffer_.get() + read_begin_ + n);
   read_begin_ += n;
@@ -168,6 +210,7 @@ asio::awaitable<Result<Frame>> FramedSocket::read_frame() {
   // The payload grows only as its bytes arrive (a header alone costs nothing), and what a
   // server's connections hold of unfinished frames together stays within its budget.
   BudgetCharge charge(budget_.get());
+  frame_charged_ = 0;
   const std::size_t length = header->length;
   while (frame.payload.size() < length) {
     if (read_end_ == read_begin_ && !co_await fill(1, ec, /*mid_frame=*/true)) {
@@ -272,6 +315,7 @@ void FramedSocket::write_queued() {
   }
   auto written = [self = shared_from_this()](boost::system::error_code ec, std::size_t) {
     self->frames_sent_ += self->in_write_.size();
+    for (auto& out : self->in_write_) offer_spare_buffer(out.bytes);
     self->in_write_.clear();
     self->writing_ = false;
     if (ec) {

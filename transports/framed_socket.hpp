@@ -51,8 +51,9 @@ class FramedSocket : public std::enable_shared_from_this<FramedSocket> {
   // unread bytes would reset the connection and lose it).
   void close_after_refusal();
 
-  // Reads the next frame. Its payload grows as its bytes arrive, never to the length a
-  // header merely declares. Errors: the parse_header codes for a bad header,
+  // Reads the next frame. What it is charged for grows as its bytes arrive, never to the
+  // length a header merely declares; once the free part has come, its payload is
+  // reserved at its final size (pages are touched only as bytes arrive). Errors: the parse_header codes for a bad header,
   // truncated for a frame cut off by the peer or not completed within the frame
   // timeout, overloaded when the read budget (if set) cannot hold the bytes that came,
   // connection_closed otherwise.
@@ -104,7 +105,7 @@ class FramedSocket : public std::enable_shared_from_this<FramedSocket> {
   // Reads until `wanted` bytes are buffered; false (and ec set) if the stream ended first.
   // Within a frame (`mid_frame`, or bytes of it buffered) the frame timer runs.
   asio::awaitable<bool> fill(std::size_t wanted, boost::system::error_code& ec, bool mid_frame = false);
-  // Moves the buffered bytes of a payload into it, growing it (and its charge) as they come.
+  // Moves the buffered bytes of a payload into it, growing its charge as they come.
   Result<void> take_buffered(std::vector<std::uint8_t>& payload, std::size_t length, BudgetCharge& charge);
 
   tcp::socket& lowest();
@@ -145,12 +146,17 @@ class FramedSocket : public std::enable_shared_from_this<FramedSocket> {
   std::unique_ptr<std::uint8_t[]> read_buffer_;
   std::size_t read_begin_ = 0, read_end_ = 0;
   std::shared_ptr<ReadBudget> budget_;
+  std::size_t frame_charged_ = 0;  // the capacity the frame being read is charged for
   std::uint32_t max_payload_;
   std::string peer_name_;
   bool closing_ = false;
   bool closed_ = false;
   std::uint64_t frames_sent_ = 0;
 };
+
+// The large buffer this thread's last large write left (empty if none holds at_least
+// bytes); read_frame takes it for a large payload.
+std::vector<std::uint8_t> take_spare_buffer(std::size_t at_least);
 
 // Logs an exception that escaped a coroutine; for co_spawn completion handlers.
 void log_coroutine_exit(const char* what, std::exception_ptr e);
