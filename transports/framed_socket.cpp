@@ -309,14 +309,34 @@ void FramedSocket::write_queued() {
   writing_ = true;
   in_write_.swap(queue_);
   write_buffers_.clear();
+  // Headers and small payloads are copied into one buffer the connection keeps: a window
+  // of small frames is one segment of the write, not two per frame (Asio passes at most
+  // 64 segments to one sendmsg). Large payloads are written from where they are.
+  std::size_t packed = 0;
   for (const auto& out : in_write_) {
-    if (out.has_header) write_buffers_.emplace_back(asio::buffer(out.header));
-    if (!out.bytes.empty()) write_buffers_.emplace_back(asio::buffer(out.bytes));
+    if (out.has_header) packed += kFrameHeaderSize;
+    if (out.bytes.size() <= kPackedPayloadBytes) packed += out.bytes.size();
   }
+  write_packed_.clear();
+  write_packed_.reserve(packed);  // no reallocation below: the buffers point into it
+  std::size_t run = 0;            // where the packed bytes not yet in a buffer begin
+  for (const auto& out : in_write_) {
+    if (out.has_header) write_packed_.insert(write_packed_.end(), out.header.begin(), out.header.end());
+    if (out.bytes.size() <= kPackedPayloadBytes) {
+      write_packed_.insert(write_packed_.end(), out.bytes.begin(), out.bytes.end());
+      continue;
+    }
+    if (write_packed_.size() > run) write_buffers_.emplace_back(asio::buffer(write_packed_.data() + run, write_packed_.size() - run));
+    run = write_packed_.size();
+    write_buffers_.emplace_back(asio::buffer(out.bytes));
+  }
+  if (write_packed_.size() > run) write_buffers_.emplace_back(asio::buffer(write_packed_.data() + run, write_packed_.size() - run));
   auto written = [self = shared_from_this()](boost::system::error_code ec, std::size_t) {
     self->frames_sent_ += self->in_write_.size();
     for (auto& out : self->in_write_) offer_spare_buffer(out.bytes);
     self->in_write_.clear();
+    // A burst's packed buffer is not kept by a connection that may now stay idle.
+    if (self->write_packed_.capacity() > kKeptPackedBytes) self->write_packed_ = {};
     self->writing_ = false;
     if (ec) {
       if (!self->closed_) log_debug("transport", "write to " + self->peer_name_ + " failed: " + ec.message());

@@ -92,6 +92,8 @@ class FramedSocket : public std::enable_shared_from_this<FramedSocket> {
  private:
   static constexpr std::size_t kReadBufferBytes = 64 * 1024;
   static constexpr std::size_t kFreePayloadBytes = 64 * 1024;  // of each frame, not charged to the budget
+  static constexpr std::size_t kPackedPayloadBytes = 2048;     // a payload up to this is copied, not pointed to
+  static constexpr std::size_t kKeptPackedBytes = 16 * 1024;    // the packed buffer a connection keeps between writes
   void write_queued();
   void release_due();
   bool flushed() const { return !writing_ && delayed_.empty() && queue_.empty(); }
@@ -132,6 +134,7 @@ class FramedSocket : public std::enable_shared_from_this<FramedSocket> {
   std::deque<Outgoing> queue_;     // waiting for the next write
   std::deque<Outgoing> in_write_;  // owned by the write in progress
   std::vector<asio::const_buffer> write_buffers_;
+  std::vector<std::uint8_t> write_packed_;  // headers and small payloads of the write in progress
   bool writing_ = false;
   bool batch_ = false;    // batch_while_reading
   bool holding_ = false;  // the reader is working through frames: writes wait for flush()
