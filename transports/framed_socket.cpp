@@ -28,8 +28,7 @@ void offer_spare_buffer(std::vector<std::uint8_t>& bytes) {
   t_spare_buffer = std::move(bytes);
 }
 
-}  // namespace
-
+// The spare buffer if it holds at_least bytes, emptied; otherwise an empty vector.
 std::vector<std::uint8_t> take_spare_buffer(std::size_t at_least) {
   std::vector<std::uint8_t> out;
   if (t_spare_buffer.capacity() >= at_least) {
@@ -38,6 +37,8 @@ std::vector<std::uint8_t> take_spare_buffer(std::size_t at_least) {
   }
   return out;
 }
+
+}  // namespace
 
 bool is_protocol_error(Errc code) {
   switch (code) {
@@ -169,7 +170,7 @@ Result<void> FramedSocket::take_buffered(std::vector<std::uint8_t>& payload, std
     const auto charged = [](std::size_t c) { return c > kFreePayloadBytes ? c - kFreePayloadBytes : 0; };
     if (!charge.take(charged(capacity) - charged(frame_charged_))) {
       return make_error(Errc::overloaded, "node is overloaded: the frames being read would hold more than " +
-                                          std::to_string(budget_->limit()) + " bytes");
+                                              std::to_string(budget_->limit()) + " bytes");
     }
     frame_charged_ = capacity;
     if (capacity > kFreePayloadBytes) {
@@ -326,11 +327,11 @@ void FramedSocket::write_queued() {
       write_packed_.insert(write_packed_.end(), out.bytes.begin(), out.bytes.end());
       continue;
     }
-    if (write_packed_.size() > run) write_buffers_.emplace_back(asio::buffer(write_packed_.data() + run, write_packed_.size() - run));
+    if (write_packed_.size() > run) write_buffers_.emplace_back(write_packed_.data() + run, write_packed_.size() - run);
     run = write_packed_.size();
     write_buffers_.emplace_back(asio::buffer(out.bytes));
   }
-  if (write_packed_.size() > run) write_buffers_.emplace_back(asio::buffer(write_packed_.data() + run, write_packed_.size() - run));
+  if (write_packed_.size() > run) write_buffers_.emplace_back(write_packed_.data() + run, write_packed_.size() - run);
   auto written = [self = shared_from_this()](boost::system::error_code ec, std::size_t) {
     self->frames_sent_ += self->in_write_.size();
     for (auto& out : self->in_write_) offer_spare_buffer(out.bytes);

@@ -52,9 +52,9 @@ class FramedSocket : public std::enable_shared_from_this<FramedSocket> {
   void close_after_refusal();
 
   // Reads the next frame. What it is charged for grows as its bytes arrive, never to the
-  // length a header merely declares; once the free part has come, its payload is
-  // reserved at its final size (pages are touched only as bytes arrive). Errors: the parse_header codes for a bad header,
-  // truncated for a frame cut off by the peer or not completed within the frame
+  // length a header merely declares; once the free part has come, its payload is reserved
+  // at its final size (pages are touched only as bytes arrive). Errors: the parse_header
+  // codes for a bad header, truncated for a frame cut off by the peer or not completed within the frame
   // timeout, overloaded when the read budget (if set) cannot hold the bytes that came,
   // connection_closed otherwise.
   asio::awaitable<Result<Frame>> read_frame();
@@ -156,10 +156,6 @@ class FramedSocket : public std::enable_shared_from_this<FramedSocket> {
   bool closed_ = false;
   std::uint64_t frames_sent_ = 0;
 };
-
-// The large buffer this thread's last large write left (empty if none holds at_least
-// bytes); read_frame takes it for a large payload.
-std::vector<std::uint8_t> take_spare_buffer(std::size_t at_least);
 
 // Logs an exception that escaped a coroutine; for co_spawn completion handlers.
 void log_coroutine_exit(const char* what, std::exception_ptr e);

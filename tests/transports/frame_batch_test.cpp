@@ -125,6 +125,26 @@ TEST_CASE("pipelined requests that arrive in one read are answered in order, eac
   }
 }
 
+TEST_CASE("a batch of small and large replies leaves in order, each payload whole") {
+  Server s;
+  test::RawSocket client(s.bound.port);
+  // Replies up to 2 KiB are copied into the connection's packed buffer, larger ones are
+  // written from where they are: the write interleaves the two kinds.
+  const std::vector<std::size_t> sizes{0, 5, 2048, 2049, 1, 40000, 3, 3, 100000, 2047, 0, 70000};
+  std::vector<std::uint8_t> burst;
+  for (std::size_t i = 0; i < sizes.size(); ++i) append(burst, frame(i + 1, pattern(sizes[i], static_cast<std::uint8_t>(i))));
+  REQUIRE(client.send(burst));
+  auto replies = read_frames(client, sizes.size());
+  REQUIRE(replies.size() == sizes.size());
+  for (std::size_t i = 0; i < sizes.size(); ++i) {
+    CAPTURE(i);
+    auto payload = pattern(sizes[i], static_cast<std::uint8_t>(i));
+    CHECK(replies[i].header.request_id == i + 1);
+    REQUIRE(replies[i].payload.size() == sizes[i]);
+    CHECK(std::equal(replies[i].payload.begin(), replies[i].payload.end(), payload.rbegin()));
+  }
+}
+
 TEST_CASE("a bad frame amid a batch: the replies before it go out, then the protocol error, then the connection closes") {
   Server s;
   test::RawSocket bad(s.bound.port);
