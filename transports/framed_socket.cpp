@@ -12,6 +12,34 @@
 
 namespace sojourn::transport_detail {
 
+namespace {
+
+// One large buffer a network thread keeps from a frame it wrote, for the next large frame
+// it reads: a 1 MB hop then finds mapped pages instead of fresh ones (glibc returns a
+// freed buffer of that size to the kernel, and the next one faults its pages in again).
+// Smaller buffers are reused well by malloc itself; larger ones are not kept idle.
+constexpr std::size_t kSpareMinBytes = 256 * 1024;
+constexpr std::size_t kSpareMaxBytes = 4 * 1024 * 1024;
+thread_local std::vector<std::uint8_t> t_spare_buffer;
+
+void offer_spare_buffer(std::vector<std::uint8_t>& bytes) {
+  const std::size_t capacity = bytes.capacity();
+  if (capacity < kSpareMinBytes || capacity > kSpareMaxBytes || capacity <= t_spare_buffer.capacity()) return;
+  t_spare_buffer = std::move(bytes);
+}
+
+// The spare buffer if it holds at_least bytes, emptied; otherwise an empty vector.
+std::vector<std::uint8_t> take_spare_buffer(std::size_t at_least) {
+  std::vector<std::uint8_t> out;
+  if (t_spare_buffer.capacity() >= at_least) {
+    out.swap(t_spare_buffer);
+    out.clear();
+  }
+  return out;
+}
+
+}  // namespace
+
 bool is_protocol_error(Errc code) {
   switch (code) {
     case Errc::bad_magic:
@@ -102,8 +130,9 @@ asio::awaitable<bool> FramedSocket::fill(std::size_t wanted, boost::system::erro
     read_begin_ = 0;
   }
   while (read_end_ - read_begin_ < wanted) {
-    // The reader is about to wait: what it answered meanwhile goes out first, together.
-    flush();
+    // A server's reader is about to wait: what it answered meanwhile goes out first,
+    // together. A client's hold is not the reader's to end: the callers it woke still run.
+    if (batch_) flush();
     bool partial = mid_frame || read_end_ > read_begin_;
     if (partial) arm_frame_timer();
     auto space = asio::buffer(read_buffer_.get() + read_end_, kReadBufferBytes - read_end_);
@@ -132,17 +161,32 @@ Error FramedSocket::incomplete(std::size_t have, std::size_t of, const char* par
 Result<void> FramedSocket::take_buffered(std::vector<std::uint8_t>& payload, std::size_t length, BudgetCharge& charge) {
   const std::size_t n = std::min(length - payload.size(), read_end_ - read_begin_);
   const std::size_t size = payload.size() + n;
-  if (size > payload.capacity()) {
-    // Powers of two keep the copies linear; the capacity, not the size, is what is held.
-    // The first kFreePayloadBytes of a frame are not charged: small requests are served
-    // even when slow senders have taken the whole budget (a connection holds one frame).
+  if (size > frame_charged_) {
+    // The charge grows in powers of two as the bytes come; the capacity, not the size, is
+    // what is counted. The first kFreePayloadBytes of a frame are not charged: small
+    // requests are served even when slow senders have taken the whole budget (a
+    // connection holds one frame).
     const std::size_t capacity = std::min(length, std::bit_ceil(std::max(size, kFreePayloadBytes)));
     const auto charged = [](std::size_t c) { return c > kFreePayloadBytes ? c - kFreePayloadBytes : 0; };
-    if (!charge.take(charged(capacity) - charged(payload.capacity()))) {
+    if (!charge.take(charged(capacity) - charged(frame_charged_))) {
       return make_error(Errc::overloaded, "node is overloaded: the frames being read would hold more than " +
                                               std::to_string(budget_->limit()) + " bytes");
     }
-    payload.reserve(capacity);
+    frame_charged_ = capacity;
+    if (capacity > kFreePayloadBytes) {
+      // Past the free part the sender has shown it means the frame: the payload gets its
+      // final size at once (no re-copy at each doubling), from the buffer a large write
+      // of this thread left if there is one (its pages are still mapped). Reserved pages
+      // are touched only as bytes arrive, so what is resident stays within the charge.
+      if (payload.capacity() < length) {
+        std::vector<std::uint8_t> larger = take_spare_buffer(length);
+        larger.reserve(length);
+        larger.insert(larger.end(), payload.begin(), payload.end());
+        payload.swap(larger);
+      }
+    } else {
+      payload.reserve(capacity);
+    }
   }
   payload.insert(payload.end(), read_buffer_.get() + read_begin_, read_buffer_.get() + read_begin_ + n);
   read_begin_ += n;
@@ -167,6 +211,7 @@ asio::awaitable<Result<Frame>> FramedSocket::read_frame() {
   // The payload grows only as its bytes arrive (a header alone costs nothing), and what a
   // server's connections hold of unfinished frames together stays within its budget.
   BudgetCharge charge(budget_.get());
+  frame_charged_ = 0;
   const std::size_t length = header->length;
   while (frame.payload.size() < length) {
     if (read_end_ == read_begin_ && !co_await fill(1, ec, /*mid_frame=*/true)) {
@@ -265,13 +310,34 @@ void FramedSocket::write_queued() {
   writing_ = true;
   in_write_.swap(queue_);
   write_buffers_.clear();
+  // Headers and small payloads are copied into one buffer the connection keeps: a window
+  // of small frames is one segment of the write, not two per frame (Asio passes at most
+  // 64 segments to one sendmsg). Large payloads are written from where they are.
+  std::size_t packed = 0;
   for (const auto& out : in_write_) {
-    if (out.has_header) write_buffers_.emplace_back(asio::buffer(out.header));
-    if (!out.bytes.empty()) write_buffers_.emplace_back(asio::buffer(out.bytes));
+    if (out.has_header) packed += kFrameHeaderSize;
+    if (out.bytes.size() <= kPackedPayloadBytes) packed += out.bytes.size();
   }
+  write_packed_.clear();
+  write_packed_.reserve(packed);  // no reallocation below: the buffers point into it
+  std::size_t run = 0;            // where the packed bytes not yet in a buffer begin
+  for (const auto& out : in_write_) {
+    if (out.has_header) write_packed_.insert(write_packed_.end(), out.header.begin(), out.header.end());
+    if (out.bytes.size() <= kPackedPayloadBytes) {
+      write_packed_.insert(write_packed_.end(), out.bytes.begin(), out.bytes.end());
+      continue;
+    }
+    if (write_packed_.size() > run) write_buffers_.emplace_back(write_packed_.data() + run, write_packed_.size() - run);
+    run = write_packed_.size();
+    write_buffers_.emplace_back(asio::buffer(out.bytes));
+  }
+  if (write_packed_.size() > run) write_buffers_.emplace_back(write_packed_.data() + run, write_packed_.size() - run);
   auto written = [self = shared_from_this()](boost::system::error_code ec, std::size_t) {
     self->frames_sent_ += self->in_write_.size();
+    for (auto& out : self->in_write_) offer_spare_buffer(out.bytes);
     self->in_write_.clear();
+    // A burst's packed buffer is not kept by a connection that may now stay idle.
+    if (self->write_packed_.capacity() > kKeptPackedBytes) self->write_packed_ = {};
     self->writing_ = false;
     if (ec) {
       if (!self->closed_) log_debug("transport", "write to " + self->peer_name_ + " failed: " + ec.message());

@@ -51,9 +51,10 @@ class FramedSocket : public std::enable_shared_from_this<FramedSocket> {
   // unread bytes would reset the connection and lose it).
   void close_after_refusal();
 
-  // Reads the next frame. Its payload grows as its bytes arrive, never to the length a
-  // header merely declares. Errors: the parse_header codes for a bad header,
-  // truncated for a frame cut off by the peer or not completed within the frame
+  // Reads the next frame. What it is charged for grows as its bytes arrive, never to the
+  // length a header merely declares; once the free part has come, its payload is reserved
+  // at its final size (pages are touched only as bytes arrive). Errors: the parse_header
+  // codes for a bad header, truncated for a frame cut off by the peer or not completed within the frame
   // timeout, overloaded when the read budget (if set) cannot hold the bytes that came,
   // connection_closed otherwise.
   asio::awaitable<Result<Frame>> read_frame();
@@ -91,6 +92,8 @@ class FramedSocket : public std::enable_shared_from_this<FramedSocket> {
  private:
   static constexpr std::size_t kReadBufferBytes = 64 * 1024;
   static constexpr std::size_t kFreePayloadBytes = 64 * 1024;  // of each frame, not charged to the budget
+  static constexpr std::size_t kPackedPayloadBytes = 2048;     // a payload up to this is copied, not pointed to
+  static constexpr std::size_t kKeptPackedBytes = 16 * 1024;    // the packed buffer a connection keeps between writes
   void write_queued();
   void release_due();
   bool flushed() const { return !writing_ && delayed_.empty() && queue_.empty(); }
@@ -104,7 +107,7 @@ class FramedSocket : public std::enable_shared_from_this<FramedSocket> {
   // Reads until `wanted` bytes are buffered; false (and ec set) if the stream ended first.
   // Within a frame (`mid_frame`, or bytes of it buffered) the frame timer runs.
   asio::awaitable<bool> fill(std::size_t wanted, boost::system::error_code& ec, bool mid_frame = false);
-  // Moves the buffered bytes of a payload into it, growing it (and its charge) as they come.
+  // Moves the buffered bytes of a payload into it, growing its charge as they come.
   Result<void> take_buffered(std::vector<std::uint8_t>& payload, std::size_t length, BudgetCharge& charge);
 
   tcp::socket& lowest();
@@ -131,6 +134,7 @@ class FramedSocket : public std::enable_shared_from_this<FramedSocket> {
   std::deque<Outgoing> queue_;     // waiting for the next write
   std::deque<Outgoing> in_write_;  // owned by the write in progress
   std::vector<asio::const_buffer> write_buffers_;
+  std::vector<std::uint8_t> write_packed_;  // headers and small payloads of the write in progress
   bool writing_ = false;
   bool batch_ = false;    // batch_while_reading
   bool holding_ = false;  // the reader is working through frames: writes wait for flush()
@@ -145,6 +149,7 @@ class FramedSocket : public std::enable_shared_from_this<FramedSocket> {
   std::unique_ptr<std::uint8_t[]> read_buffer_;
   std::size_t read_begin_ = 0, read_end_ = 0;
   std::shared_ptr<ReadBudget> budget_;
+  std::size_t frame_charged_ = 0;  // the capacity the frame being read is charged for
   std::uint32_t max_payload_;
   std::string peer_name_;
   bool closing_ = false;

@@ -126,8 +126,12 @@ class TcpLink final : public Link, public std::enable_shared_from_this<TcpLink> 
     if (p.woken_by_reply) {
       p.woken_by_reply = false;
       // The last caller woken by a read of replies: what the others sent meanwhile goes
-      // out now in one write (and what this one sends next, behind it).
-      if (--woken_ == 0 && socket_) socket_->flush();
+      // out in one write. The slot is released before this caller resumes, so the flush
+      // waits for the handlers ready now (this caller's next request among them): a
+      // request left for a write of its own would split the window in two, for good.
+      if (--woken_ == 0 && socket_) {
+        asio::post(executor_, [socket = socket_] { socket->flush(); });
+      }
     }
     p.id = 0;
     p.reply.reset();
