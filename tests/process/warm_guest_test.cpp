@@ -4,19 +4,24 @@
 #include <doctest/doctest.h>
 
 #include <signal.h>
+#include <sys/socket.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
 #include <memory>
 #include <optional>
 #include <string>
 #include <thread>
+#include <utility>
+#include <vector>
 
 #include "sandbox/process/guest_pool.hpp"
 #include "sandbox/process/guest_session.hpp"
+#include "sandbox/process/host_channel.hpp"
 #include "sojourn/sandbox/lua_sandbox.hpp"
 #include "sojourn/sandbox/process_jail.hpp"
 
@@ -415,4 +420,65 @@ TEST_CASE("a warm guest's CPU limit is re-armed as its CPU time moves, and one s
   CHECK(WTERMSIG(status) == SIGXCPU);
   ::close(commands[1]);
   ::close(answers[0]);
+}
+
+TEST_CASE("a warm guest's timed-receive channel reads frames, and gives up at its deadline or on abort while the guest is silent") {
+  using sojourn::sandbox::ChannelStatus;
+  using sojourn::sandbox::ChannelWaits;
+  using sojourn::sandbox::HostChannel;
+  using sojourn::sandbox::UniqueFd;
+  namespace channel = sojourn::sandbox::channel;
+  const auto pair = [] {
+    int fds[2];
+    REQUIRE(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds) == 0);
+    REQUIRE(sojourn::sandbox::prepare_timed_receive(fds[0]));
+    return std::pair{UniqueFd(fds[0]), UniqueFd(fds[1])};
+  };
+  const sojourn::sandbox::ReadLimits limits{1024, channel::Kind::run_done, 1024};
+  channel::Kind kind{};
+  std::vector<std::uint8_t> payload;
+  {
+    auto [host_end, guest_end] = pair();
+    const auto frame = channel::frame_header(channel::Kind::run_done, 3);
+    const std::uint8_t bytes[] = {1, 2, 3};
+    HostChannel host(std::move(host_end), HostChannel::Clock::now() + std::chrono::seconds(5), nullptr,
+                     ChannelWaits::timed_receive);
+    // The frame arrives in two writes, the second after the host started waiting.
+    REQUIRE(::write(guest_end.get(), frame.data(), frame.size()) == static_cast<ssize_t>(frame.size()));
+    std::thread late([&] {
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+      (void)::write(guest_end.get(), bytes, sizeof bytes);
+    });
+    CHECK(host.read(kind, payload, limits) == ChannelStatus::ok);
+    late.join();
+    CHECK(kind == channel::Kind::run_done);
+    CHECK(payload == std::vector<std::uint8_t>{1, 2, 3});
+    CHECK(host.release().valid());
+  }
+  {
+    auto [host_end, guest_end] = pair();
+    const auto begin = std::chrono::steady_clock::now();
+    HostChannel host(std::move(host_end), begin + std::chrono::milliseconds(30), nullptr, ChannelWaits::timed_receive);
+    CHECK(host.read(kind, payload, limits) == ChannelStatus::deadline);
+    CHECK(std::chrono::steady_clock::now() - begin >= std::chrono::milliseconds(30));
+  }
+  {
+    auto [host_end, guest_end] = pair();
+    std::atomic<bool> abort{false};
+    HostChannel host(std::move(host_end), HostChannel::Clock::now() + std::chrono::seconds(30), &abort,
+                     ChannelWaits::timed_receive);
+    std::thread aborter([&] {
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+      abort.store(true);
+    });
+    CHECK(host.read(kind, payload, limits) == ChannelStatus::aborted);
+    aborter.join();
+  }
+  {
+    auto [host_end, guest_end] = pair();
+    HostChannel host(std::move(host_end), HostChannel::Clock::now() + std::chrono::seconds(5), nullptr,
+                     ChannelWaits::timed_receive);
+    guest_end.reset();
+    CHECK(host.read(kind, payload, limits) == ChannelStatus::closed);
+  }
 }
