@@ -12,6 +12,11 @@
 
 #include <atomic>
 #include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
+#include <map>
+#include <sstream>
 #include <memory>
 #include <optional>
 #include <string>
@@ -135,12 +140,55 @@ TEST_CASE("a guest killed by a limit is not reused, and the pool refills in its 
   CHECK(jail->status().guests_reused == 2);
 }
 
+namespace {
+
+// The parent pid and the CPU time (user + system, in ms) of /proc/PID/stat; nullopt when gone.
+std::optional<std::pair<pid_t, std::uint64_t>> parent_and_cpu_ms(const std::string& pid) {
+  std::ifstream in("/proc/" + pid + "/stat");
+  std::string stat((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  const std::size_t close = stat.rfind(')');
+  if (close == std::string::npos) return std::nullopt;
+  std::istringstream fields(stat.substr(close + 2));
+  std::string state;
+  long ppid = 0;
+  std::string skip;
+  fields >> state >> ppid;
+  for (int i = 0; i < 9; ++i) fields >> skip;  // pgrp .. cmajflt
+  std::uint64_t utime = 0;
+  std::uint64_t stime = 0;
+  if (!(fields >> utime >> stime)) return std::nullopt;
+  return std::pair{static_cast<pid_t>(ppid), (utime + stime) * 1000 / static_cast<std::uint64_t>(::sysconf(_SC_CLK_TCK))};
+}
+
+// The CPU time of this process's grandchildren (the zygote's guests), in ms.
+std::uint64_t descendants_cpu_ms() {
+  std::map<pid_t, std::pair<pid_t, std::uint64_t>> all;
+  for (const auto& entry : std::filesystem::directory_iterator("/proc")) {
+    const std::string name = entry.path().filename().string();
+    if (name.empty() || name.find_first_not_of("0123456789") != std::string::npos) continue;
+    if (auto info = parent_and_cpu_ms(name)) all[static_cast<pid_t>(std::stol(name))] = *info;
+  }
+  std::uint64_t total = 0;
+  for (const auto& [pid, info] : all) {
+    const auto parent = all.find(info.first);
+    if (parent != all.end() && parent->second.first == ::getpid()) total += info.second;
+  }
+  return total;
+}
+
+}  // namespace
+
 TEST_CASE("a guest that keeps running after its answer is not reused") {
   auto jail = start(1, /*test_guest=*/true);
   CHECK(first_integer(run(*jail, "signer a", "--@spin-after-answer\nreturn 1")) == 1);
-  // By now it spent more CPU since its answer than a reset takes. Its principal's next run
-  // must not wait for a guest that never went back to waiting.
-  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  // Until it spent more CPU since its answer than a reset takes (on a loaded machine a fixed
+  // sleep may give it too little). Its principal's next run must not wait for a guest that
+  // never went back to waiting.
+  const std::uint64_t spun_from = descendants_cpu_ms();
+  for (int i = 0; i < 200 && descendants_cpu_ms() < spun_from + 100; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  CHECK(descendants_cpu_ms() >= spun_from + 100);
   const auto begin = std::chrono::steady_clock::now();
   CHECK(first_integer(run(*jail, "signer a", "return 2", limits(2000))) == 2);
   CHECK(std::chrono::steady_clock::now() - begin < std::chrono::milliseconds(1500));
