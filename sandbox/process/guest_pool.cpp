@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "sandbox/process/guest_session.hpp"
+#include "sandbox/process/host_channel.hpp"
 #include "sojourn/core/log.hpp"
 
 namespace sojourn::sandbox {
@@ -65,8 +66,12 @@ void watch_guest(WarmGuest& guest) {
   clockid_t clock{};
   guest.has_cpu_clock = ::clock_getcpuclockid(guest.guest.pid, &clock) == 0;
   guest.cpu_clock = static_cast<int>(clock);
-  // Its channel stays non-blocking for its life (HostChannel then skips the fcntl calls).
-  if (guest.channel.valid()) ::fcntl(guest.channel.get(), F_SETFL, ::fcntl(guest.channel.get(), F_GETFL) | O_NONBLOCK);
+  // Its channel is set up once for its life: each run's HostChannel then waits for the guest's
+  // frames in the recv itself (no poll before each), and makes no fcntl call of its own.
+  if (guest.channel.valid()) {
+    guest.timed_receive = prepare_timed_receive(guest.channel.get());
+    if (!guest.timed_receive) ::fcntl(guest.channel.get(), F_SETFL, ::fcntl(guest.channel.get(), F_GETFL) | O_NONBLOCK);
+  }
 }
 
 std::optional<std::uint64_t> resident_bytes(const WarmGuest& guest) {
@@ -94,7 +99,8 @@ bool guest_at_rest(WarmGuest& guest) {
   // The pidfd is readable once the guest exited; the channel once it wrote or closed.
   pollfd fds[2] = {{guest.guest.pidfd.get(), POLLIN, 0}, {guest.channel.get(), POLLIN, 0}};
   if (::poll(fds, 2, 0) != 0) return false;
-  // Within the CPU time a reset takes since its answer: asleep waiting for a request, or still
+  // Within the CPU time a reset takes since its answer (or since its last run started, see
+  // run_in_warm_guest): asleep waiting for a request, or still
   // finishing its reset (the request waits on the channel until it reads it). Its CPU clock
   // tells with one cheap call; the state in /proc/PID/stat (costly to read, see
   // resident_bytes) is only read past that allowance, where only a guest asleep since is fit:

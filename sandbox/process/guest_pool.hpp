@@ -34,10 +34,15 @@ struct WarmGuest {
   std::shared_ptr<ZygoteLink> zygote;  // the guest dies with it
   SpawnedGuest guest;
   UniqueFd channel;     // the host's end
+  // Its channel waits in a timed recv (prepare_timed_receive, once at watch_guest); else, where
+  // the kernel refused that, a non-blocking descriptor and poll.
+  bool timed_receive = false;
   UniqueFd stat;        // its /proc/PID/stat, opened while it was known alive
   UniqueFd statm;       // its /proc/PID/statm, likewise
   std::uint64_t runs = 0;  // runs it answered
-  std::uint64_t settled_cpu_us = 0;  // its CPU time at its last answer (0: at its fork)
+  // Its CPU time at its last answer, or at its last run's start when the host did not read it
+  // after (0: at its fork).
+  std::uint64_t settled_cpu_us = 0;
   // Its process CPU clock (clock_getcpuclockid once, at watch_guest: that call costs a syscall
   // of its own to check the pid), valid while the guest's pidfd holds it alive.
   int cpu_clock = 0;

@@ -302,7 +302,8 @@ Result<std::vector<std::uint8_t>> run_in_warm_guest(WarmGuest& warm, const RunIn
   const std::optional<std::uint64_t> before = warm.rest_cpu_us ? warm.rest_cpu_us : guest_cpu_time_us(warm);
   warm.rest_cpu_us.reset();
   const auto deadline = Clock::now() + std::chrono::milliseconds(limits.wall_ms + options.kill_grace_ms);
-  HostChannel channel(std::move(warm.channel), deadline, input.abort, /*already_nonblocking=*/true);
+  HostChannel channel(std::move(warm.channel), deadline, input.abort,
+                      warm.timed_receive ? ChannelWaits::timed_receive : ChannelWaits::poll);
   if (options.direct != nullptr) {
     options.direct->pid = warm.guest.pid;
     options.direct->pidfd = warm.guest.pidfd.get();
@@ -310,7 +311,11 @@ Result<std::vector<std::uint8_t>> run_in_warm_guest(WarmGuest& warm, const RunIn
   Conversation talk = converse(channel, request, done, limits, host, input.max_result_bytes, options.heap_span,
                                options.max_frame_bytes, options.direct);
   if (talk.done) {
-    const std::optional<std::uint64_t> after = guest_cpu_time_us(warm);
+    // The clock is read after the answer only when the caller wants the run's CPU time (a
+    // syscall of its own); otherwise the guest's allowance at its next take (guest_at_rest)
+    // counts from this run's start, which only makes it tighter: a run that used more than
+    // the allowance has its guest's state read once at its next take.
+    const std::optional<std::uint64_t> after = options.guest_cpu_us != nullptr ? guest_cpu_time_us(warm) : before;
     if (options.guest_cpu_us != nullptr) *options.guest_cpu_us = before && after && *after >= *before ? *after - *before : 0;
     warm.settled_cpu_us = after.value_or(0);
     warm.channel = channel.release();

@@ -4,6 +4,7 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 
 #include <algorithm>
 #include <cerrno>
@@ -19,9 +20,45 @@ constexpr std::size_t kHeaderReadChunk = 16 * 1024;
 constexpr std::size_t kMaxReadChunk = 1024 * 1024;
 }  // namespace
 
-HostChannel::HostChannel(UniqueFd fd, Clock::time_point deadline, const std::atomic<bool>* abort, bool already_nonblocking)
-    : fd_(std::move(fd)), deadline_(deadline), abort_(abort) {
-  if (!already_nonblocking) ::fcntl(fd_.get(), F_SETFL, ::fcntl(fd_.get(), F_GETFL) | O_NONBLOCK);
+bool prepare_timed_receive(int fd) {
+  const int flags = ::fcntl(fd, F_GETFL);
+  if (flags < 0 || ::fcntl(fd, F_SETFL, flags & ~O_NONBLOCK) != 0) return false;
+  const timeval slice{0, kReceiveSliceMs * 1000};
+  return ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &slice, sizeof slice) == 0;
+}
+
+HostChannel::HostChannel(UniqueFd fd, Clock::time_point deadline, const std::atomic<bool>* abort, ChannelWaits waits)
+    : fd_(std::move(fd)), waits_(waits), deadline_(deadline), abort_(abort) {
+  if (waits_ == ChannelWaits::poll) ::fcntl(fd_.get(), F_SETFL, ::fcntl(fd_.get(), F_GETFL) | O_NONBLOCK);
+}
+
+ssize_t HostChannel::receive_some(std::uint8_t* at, std::size_t n, ChannelStatus& status) {
+  for (;;) {
+    if (waits_ == ChannelWaits::timed_receive) {
+      // The recv is the wait; between slices, the deadline and the abort flag.
+      if (abort_ != nullptr && abort_->load(std::memory_order_relaxed)) {
+        status = ChannelStatus::aborted;
+        return -1;
+      }
+      if (Clock::now() >= deadline_) {
+        status = ChannelStatus::deadline;
+        return -1;
+      }
+    }
+    const ssize_t got = ::recv(fd_.get(), at, n, 0);
+    if (got >= 0) return got;
+    if (errno == EINTR) continue;
+    if (errno != EAGAIN && errno != EWOULDBLOCK) {
+      status = ChannelStatus::closed;
+      return -1;
+    }
+    if (waits_ == ChannelWaits::poll) {
+      if (ChannelStatus s = wait(POLLIN); s != ChannelStatus::ok) {
+        status = s;
+        return -1;
+      }
+    }
+  }
 }
 
 ChannelStatus HostChannel::wait(short events) {
@@ -45,7 +82,7 @@ UniqueFd HostChannel::release() {
 
 ChannelStatus HostChannel::write(std::span<const std::uint8_t> frame) {
   while (!frame.empty()) {
-    const ssize_t n = ::send(fd_.get(), frame.data(), frame.size(), MSG_NOSIGNAL);
+    const ssize_t n = ::send(fd_.get(), frame.data(), frame.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
     if (n > 0) {
       frame = frame.subspan(static_cast<std::size_t>(n));
       continue;
@@ -59,36 +96,29 @@ ChannelStatus HostChannel::write(std::span<const std::uint8_t> frame) {
 
 ChannelStatus HostChannel::receive(std::vector<std::uint8_t>& out, std::size_t at, std::size_t want) {
   out.resize(at + want);
-  for (;;) {
-    const ssize_t n = ::recv(fd_.get(), out.data() + at, want, 0);
-    if (n > 0) {
-      out.resize(at + static_cast<std::size_t>(n));
-      return ChannelStatus::ok;
-    }
-    if (n < 0 && errno == EINTR) continue;
-    out.resize(at);
-    if (n == 0 || errno != EAGAIN) return ChannelStatus::closed;
-    if (ChannelStatus s = wait(POLLIN); s != ChannelStatus::ok) return s;
-    out.resize(at + want);
-  }
+  ChannelStatus status = ChannelStatus::ok;
+  const ssize_t n = receive_some(out.data() + at, want, status);
+  out.resize(at + static_cast<std::size_t>(std::max<ssize_t>(n, 0)));
+  if (n > 0) return ChannelStatus::ok;
+  return n == 0 ? ChannelStatus::closed : status;
 }
 
 ChannelStatus HostChannel::fill_buffer() {
   std::uint8_t chunk[kHeaderReadChunk];
   // A frame's header is read after the host wrote and the guest has yet to answer (a request,
   // a host call's reply): it has nearly never arrived yet, so the wait comes first (poll, recv)
-  // rather than after a recv that finds nothing (recv, poll, recv).
-  if (ChannelStatus s = wait(POLLIN); s != ChannelStatus::ok) return s;
-  for (;;) {
-    const ssize_t n = ::recv(fd_.get(), chunk, sizeof chunk, 0);
-    if (n > 0) {
-      buffer_.insert(buffer_.end(), chunk, chunk + n);
-      return ChannelStatus::ok;
-    }
-    if (n < 0 && errno == EINTR) continue;
-    if (n == 0 || errno != EAGAIN) return ChannelStatus::closed;
+  // rather than after a recv that finds nothing (recv, poll, recv). A timed_receive channel
+  // waits in the recv itself.
+  if (waits_ == ChannelWaits::poll) {
     if (ChannelStatus s = wait(POLLIN); s != ChannelStatus::ok) return s;
   }
+  ChannelStatus status = ChannelStatus::ok;
+  const ssize_t n = receive_some(chunk, sizeof chunk, status);
+  if (n > 0) {
+    buffer_.insert(buffer_.end(), chunk, chunk + n);
+    return ChannelStatus::ok;
+  }
+  return n == 0 ? ChannelStatus::closed : status;
 }
 
 ChannelStatus HostChannel::read(channel::Kind& kind, std::vector<std::uint8_t>& payload, const ReadLimits& limits) {

@@ -25,11 +25,27 @@ struct ReadLimits {
   std::uint64_t max_result = 0;
 };
 
+// How a channel waits for the guest's next bytes. `poll`: the descriptor is made non-blocking
+// and each wait is a poll, then a recv. `timed_receive`: the descriptor is blocking with a
+// receive timeout of kReceiveSliceMs (prepare_timed_receive, once for a warm guest's life), so
+// a wait for the guest's answer is the recv itself: one syscall, not two, on each frame of a
+// run (the deadline and abort flag are looked at between slices). Writes never block in
+// either mode.
+enum class ChannelWaits { poll, timed_receive };
+
+// The receive timeout of a timed_receive channel: how late, at most, a deadline or an abort
+// is noticed while the guest is silent.
+inline constexpr int kReceiveSliceMs = 1;
+// Sets up `fd` (a stream socket) for timed_receive: blocking, with a receive timeout of
+// kReceiveSliceMs. False when the kernel refused either.
+bool prepare_timed_receive(int fd);
+
 class HostChannel {
  public:
   using Clock = std::chrono::steady_clock;
-  // `already_nonblocking`: the descriptor is non-blocking already (a warm guest's, set once).
-  HostChannel(UniqueFd fd, Clock::time_point deadline, const std::atomic<bool>* abort, bool already_nonblocking = false);
+  // With `waits` timed_receive, `fd` was set up by prepare_timed_receive.
+  HostChannel(UniqueFd fd, Clock::time_point deadline, const std::atomic<bool>* abort,
+              ChannelWaits waits = ChannelWaits::poll);
 
   ChannelStatus write(std::span<const std::uint8_t> frame);
   // The next frame, within `limits`. The payload grows as its bytes arrive and is read
@@ -47,7 +63,11 @@ class HostChannel {
  private:
   // Waits for `events`; ok, deadline or aborted (checked every few milliseconds).
   ChannelStatus wait(short events);
+  // Receives up to `n` bytes into `at`: > 0 bytes received, 0 end of file, < 0 a status to
+  // return (set in `status`). Waits as the channel's mode says.
+  ssize_t receive_some(std::uint8_t* at, std::size_t n, ChannelStatus& status);
   UniqueFd fd_;
+  ChannelWaits waits_;
   Clock::time_point deadline_;
   const std::atomic<bool>* abort_;
   // Received bytes not yet part of a frame's payload: a header, or what came after it.

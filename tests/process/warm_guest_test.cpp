@@ -4,19 +4,29 @@
 #include <doctest/doctest.h>
 
 #include <signal.h>
+#include <sys/socket.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
+#include <map>
+#include <sstream>
 #include <memory>
 #include <optional>
 #include <string>
 #include <thread>
+#include <utility>
+#include <vector>
 
 #include "sandbox/process/guest_pool.hpp"
 #include "sandbox/process/guest_session.hpp"
+#include "sandbox/process/host_channel.hpp"
 #include "sojourn/sandbox/lua_sandbox.hpp"
 #include "sojourn/sandbox/process_jail.hpp"
 
@@ -130,12 +140,55 @@ TEST_CASE("a guest killed by a limit is not reused, and the pool refills in its 
   CHECK(jail->status().guests_reused == 2);
 }
 
+namespace {
+
+// The parent pid and the CPU time (user + system, in ms) of /proc/PID/stat; nullopt when gone.
+std::optional<std::pair<pid_t, std::uint64_t>> parent_and_cpu_ms(const std::string& pid) {
+  std::ifstream in("/proc/" + pid + "/stat");
+  std::string stat((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  const std::size_t close = stat.rfind(')');
+  if (close == std::string::npos) return std::nullopt;
+  std::istringstream fields(stat.substr(close + 2));
+  std::string state;
+  long ppid = 0;
+  std::string skip;
+  fields >> state >> ppid;
+  for (int i = 0; i < 9; ++i) fields >> skip;  // pgrp .. cmajflt
+  std::uint64_t utime = 0;
+  std::uint64_t stime = 0;
+  if (!(fields >> utime >> stime)) return std::nullopt;
+  return std::pair{static_cast<pid_t>(ppid), (utime + stime) * 1000 / static_cast<std::uint64_t>(::sysconf(_SC_CLK_TCK))};
+}
+
+// The CPU time of this process's grandchildren (the zygote's guests), in ms.
+std::uint64_t descendants_cpu_ms() {
+  std::map<pid_t, std::pair<pid_t, std::uint64_t>> all;
+  for (const auto& entry : std::filesystem::directory_iterator("/proc")) {
+    const std::string name = entry.path().filename().string();
+    if (name.empty() || name.find_first_not_of("0123456789") != std::string::npos) continue;
+    if (auto info = parent_and_cpu_ms(name)) all[static_cast<pid_t>(std::stol(name))] = *info;
+  }
+  std::uint64_t total = 0;
+  for (const auto& [pid, info] : all) {
+    const auto parent = all.find(info.first);
+    if (parent != all.end() && parent->second.first == ::getpid()) total += info.second;
+  }
+  return total;
+}
+
+}  // namespace
+
 TEST_CASE("a guest that keeps running after its answer is not reused") {
   auto jail = start(1, /*test_guest=*/true);
   CHECK(first_integer(run(*jail, "signer a", "--@spin-after-answer\nreturn 1")) == 1);
-  // By now it spent more CPU since its answer than a reset takes. Its principal's next run
-  // must not wait for a guest that never went back to waiting.
-  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  // Until it spent more CPU since its answer than a reset takes (on a loaded machine a fixed
+  // sleep may give it too little). Its principal's next run must not wait for a guest that
+  // never went back to waiting.
+  const std::uint64_t spun_from = descendants_cpu_ms();
+  for (int i = 0; i < 200 && descendants_cpu_ms() < spun_from + 100; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  CHECK(descendants_cpu_ms() >= spun_from + 100);
   const auto begin = std::chrono::steady_clock::now();
   CHECK(first_integer(run(*jail, "signer a", "return 2", limits(2000))) == 2);
   CHECK(std::chrono::steady_clock::now() - begin < std::chrono::milliseconds(1500));
@@ -415,4 +468,65 @@ TEST_CASE("a warm guest's CPU limit is re-armed as its CPU time moves, and one s
   CHECK(WTERMSIG(status) == SIGXCPU);
   ::close(commands[1]);
   ::close(answers[0]);
+}
+
+TEST_CASE("a warm guest's timed-receive channel reads frames, and gives up at its deadline or on abort while the guest is silent") {
+  using sojourn::sandbox::ChannelStatus;
+  using sojourn::sandbox::ChannelWaits;
+  using sojourn::sandbox::HostChannel;
+  using sojourn::sandbox::UniqueFd;
+  namespace channel = sojourn::sandbox::channel;
+  const auto pair = [] {
+    int fds[2];
+    REQUIRE(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds) == 0);
+    REQUIRE(sojourn::sandbox::prepare_timed_receive(fds[0]));
+    return std::pair{UniqueFd(fds[0]), UniqueFd(fds[1])};
+  };
+  const sojourn::sandbox::ReadLimits limits{1024, channel::Kind::run_done, 1024};
+  channel::Kind kind{};
+  std::vector<std::uint8_t> payload;
+  {
+    auto [host_end, guest_end] = pair();
+    const auto frame = channel::frame_header(channel::Kind::run_done, 3);
+    const std::uint8_t bytes[] = {1, 2, 3};
+    HostChannel host(std::move(host_end), HostChannel::Clock::now() + std::chrono::seconds(5), nullptr,
+                     ChannelWaits::timed_receive);
+    // The frame arrives in two writes, the second after the host started waiting.
+    REQUIRE(::write(guest_end.get(), frame.data(), frame.size()) == static_cast<ssize_t>(frame.size()));
+    std::thread late([&] {
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+      (void)::write(guest_end.get(), bytes, sizeof bytes);
+    });
+    CHECK(host.read(kind, payload, limits) == ChannelStatus::ok);
+    late.join();
+    CHECK(kind == channel::Kind::run_done);
+    CHECK(payload == std::vector<std::uint8_t>{1, 2, 3});
+    CHECK(host.release().valid());
+  }
+  {
+    auto [host_end, guest_end] = pair();
+    const auto begin = std::chrono::steady_clock::now();
+    HostChannel host(std::move(host_end), begin + std::chrono::milliseconds(30), nullptr, ChannelWaits::timed_receive);
+    CHECK(host.read(kind, payload, limits) == ChannelStatus::deadline);
+    CHECK(std::chrono::steady_clock::now() - begin >= std::chrono::milliseconds(30));
+  }
+  {
+    auto [host_end, guest_end] = pair();
+    std::atomic<bool> abort{false};
+    HostChannel host(std::move(host_end), HostChannel::Clock::now() + std::chrono::seconds(30), &abort,
+                     ChannelWaits::timed_receive);
+    std::thread aborter([&] {
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+      abort.store(true);
+    });
+    CHECK(host.read(kind, payload, limits) == ChannelStatus::aborted);
+    aborter.join();
+  }
+  {
+    auto [host_end, guest_end] = pair();
+    HostChannel host(std::move(host_end), HostChannel::Clock::now() + std::chrono::seconds(5), nullptr,
+                     ChannelWaits::timed_receive);
+    guest_end.reset();
+    CHECK(host.read(kind, payload, limits) == ChannelStatus::closed);
+  }
 }
