@@ -243,6 +243,17 @@ Result<FixedArena> FixedArena::map_at(std::uintptr_t base, std::size_t bytes) {
     ::munmap(at, bytes);
     return errors::internal("the Lua arena could not be placed at its fixed address");
   }
+  // Transparent huge pages past the first kHugePagesFrom bytes (THP "madvise" mode grants them
+  // only on request): a large restored heap's pages, written into a fresh guest by the host,
+  // and a large heap growing, are faulted in 2 MB at a time instead of 4 KB. A heap that stays
+  // below never touches that part, so a small guest's memory (the crowd of them a node holds)
+  // stays 4 KB pages. A hint only: a kernel without THP, or the microVM's syscall table,
+  // refuses it and the arena works as before.
+  const std::uintptr_t huge_from = (base + kHugePagesFrom + kHugePageBytes - 1) & ~(kHugePageBytes - 1);
+  if (huge_from < base + bytes) {
+    // SAFETY: [huge_from, base + bytes) lies inside the mapping just made.
+    ::madvise(reinterpret_cast<void*>(huge_from), base + bytes - huge_from, MADV_HUGEPAGE);
+  }
   return over(at, bytes);
 }
 

@@ -18,6 +18,11 @@ inline constexpr std::uintptr_t kArenaBase = 0x1000'0000'0000;
 // Blocks up to this size are kept in exact-size free lists (16-byte steps); larger ones in
 // one address-ordered list where neighbours coalesce.
 inline constexpr std::size_t kSmallLimit = 32 * 1024;
+// map_at asks for transparent huge pages on the region past this offset (rounded up to a huge
+// page): a heap that stays below it keeps 4 KB pages (a small guest pays no 2 MB piece), one
+// that grows past it, or a large image restored into it, is faulted in 2 MB at a time.
+inline constexpr std::size_t kHugePageBytes = std::size_t{2} << 20;
+inline constexpr std::size_t kHugePagesFrom = std::size_t{8} << 20;
 
 // The region's size for a memory quota: the quota, the same again for fragmentation
 // (LuaJIT doubles its strings and tables as they grow), and room for the bookkeeping. Inline:
@@ -37,7 +42,7 @@ class FixedArena final : public LuaHeap {
  public:
   // Maps `bytes` (rounded up to whole pages) at `base` with MAP_FIXED_NOREPLACE: fails if
   // anything is already there. The mapping is private, anonymous, never executable, and
-  // lazily backed (pages are faulted in as the heap grows).
+  // lazily backed (pages are faulted in as the heap grows; huge pages past kHugePagesFrom).
   static Result<FixedArena> map_at(std::uintptr_t base, std::size_t bytes);
   // Uses an existing writable region (tests); the first bytes become the bookkeeping.
   static FixedArena over(void* region, std::size_t bytes);

@@ -300,12 +300,45 @@ Result<ImageHeader> peek_header(std::span<const std::uint8_t> image) {
   return h;
 }
 
+namespace {
+
+using DCtxPtr = std::unique_ptr<ZSTD_DCtx, decltype(&ZSTD_freeDCtx)>;
+
+// One decompression context kept per thread between images: a new one allocates its window
+// afresh (over a megabyte for a 1 MB image), and those pages may be faulted in again on every
+// open. An opener borrows it, reset (nothing of the last image's frame is left), and gives it
+// back when it ends; a second opener alive on the same thread gets a context of its own.
+DCtxPtr& spare_dctx() {
+  thread_local DCtxPtr spare{nullptr, &ZSTD_freeDCtx};
+  return spare;
+}
+
+DCtxPtr borrow_dctx() {
+  DCtxPtr dctx = std::move(spare_dctx());
+  if (dctx && ZSTD_isError(ZSTD_DCtx_reset(dctx.get(), ZSTD_reset_session_and_parameters))) dctx.reset();
+  if (!dctx) dctx = DCtxPtr(ZSTD_createDCtx(), &ZSTD_freeDCtx);
+  return dctx;
+}
+
+// A context that grew past this for one large image is let go rather than held by the thread.
+constexpr std::size_t kKeptDCtxBytes = 8u << 20;
+
+void give_back_dctx(DCtxPtr dctx) {
+  if (dctx && !spare_dctx() && ZSTD_sizeof_DCtx(dctx.get()) <= kKeptDCtxBytes) spare_dctx() = std::move(dctx);
+}
+
+}  // namespace
+
 struct ImageOpener::State {
   ImageHeader header;
   std::vector<std::uint8_t> map;
   std::uint64_t kept_bytes = 0;
   std::uint64_t taken = 0;
-  std::unique_ptr<ZSTD_DCtx, decltype(&ZSTD_freeDCtx)> dctx{ZSTD_createDCtx(), &ZSTD_freeDCtx};
+  DCtxPtr dctx = borrow_dctx();
+  ~State() { give_back_dctx(std::move(dctx)); }
+  State() = default;
+  State(const State&) = delete;
+  State& operator=(const State&) = delete;
   ZSTD_inBuffer in{};
   std::size_t failed = 0;
   std::size_t last = 1;  // ZSTD_decompressStream's last answer: 0 once the frame is complete
