@@ -246,8 +246,9 @@ void drop_reported_hops(AgentRecord& r, std::size_t n) {
   r.hops_reported += n;
 }
 
-void merge_hops(std::vector<AgentHop>& itinerary, const std::vector<AgentHop>& hops) {
+void merge_hops(std::vector<AgentHop>& itinerary, const std::vector<AgentHop>& hops, std::uint64_t last_epoch) {
   for (const AgentHop& h : hops) {
+    if (h.epoch > last_epoch) continue;
     auto at = std::lower_bound(itinerary.begin(), itinerary.end(), h.epoch,
                                [](const AgentHop& a, std::uint64_t epoch) { return a.epoch < epoch; });
     if (at != itinerary.end() && at->epoch == h.epoch) {

@@ -76,9 +76,10 @@ Result<void> check_record(const AgentRecord& r);
 // Forgets the first `n` hops of the record (their figures reached the home): counts them and
 // remembers their nodes in `visited`. The current visit's hop always stays.
 void drop_reported_hops(AgentRecord& r, std::size_t n);
-// Puts `hops` into a home's itinerary in epoch order: a hop of an epoch it holds replaces
-// that one (the holder's figures are final), another is inserted.
-void merge_hops(std::vector<AgentHop>& itinerary, const std::vector<AgentHop>& hops);
+// Puts `hops` into a home's itinerary (kept in epoch order) by epoch: a hop of an epoch it
+// holds replaces that one (the holder's figures are final), another is inserted. Hops past
+// `last_epoch` (which the report could not have finished) are ignored.
+void merge_hops(std::vector<AgentHop>& itinerary, const std::vector<AgentHop>& hops, std::uint64_t last_epoch);
 
 Value hops_to_value(const std::vector<AgentHop>& hops);
 std::vector<AgentHop> hops_from_value(const Value& v);

@@ -166,7 +166,7 @@ Result<ArrivalAnswer> AgentRuntime::on_arrived(const ArrivalReport& report, cons
     }
     // The hops the holder finished before this visit, with their final figures: the home
     // keeps the itinerary, the record sheds them once this is answered.
-    merge_hops(s.hops, report.finished_hops);
+    if (epoch > 0) merge_hops(s.hops, report.finished_hops, epoch - 1);
     if (stranded) {
       if (epoch >= s.epoch) {
         s.status = AgentState::stranded;
@@ -301,7 +301,7 @@ Result<void> AgentRuntime::on_finished(const EndReport& report, const PeerIdenti
   s.result = report.result;
   s.location = report.node;
   s.epoch = report.epoch;
-  merge_hops(s.hops, report.hops);  // the record's last hops, with their final figures
+  merge_hops(s.hops, report.hops, report.epoch);  // the record's last hops, with their final figures
   s.log = report.log;
   mark_ended(id, it->second);
   // Its retention may be zero: the sweep in mark_ended may have forgotten it already.

@@ -443,7 +443,9 @@ TEST_CASE("a record sheds the hops its home acknowledged but never its current o
   // The home's itinerary: arrival hops (figures not final), then the holder's final ones.
   std::vector<AgentHop> home = {AgentHop{"a", 0, 10, 0, 1, "trusted"}, AgentHop{"b", 1, 20, 0, 2, "trusted"},
                                 AgentHop{"c", 3, 40, 0, 4, "trusted"}};
-  merge_hops(home, {AgentHop{"b", 1, 21, 9, 2, "trusted"}, AgentHop{"d", 2, 30, 5, 3, "trusted"}});
+  merge_hops(home, {AgentHop{"b", 1, 21, 9, 2, "trusted"}, AgentHop{"d", 2, 30, 5, 3, "trusted"},
+                    AgentHop{"e", 9, 90, 0, 9, "trusted"}},  // past the report's epoch: ignored
+             3);
   REQUIRE(home.size() == 4);
   CHECK((home[1].node == "b" && home[1].spent_ms == 9));  // replaced: the holder's figures
   CHECK((home[2].node == "d" && home[2].epoch == 2));     // a hop the home never heard of, in its place
