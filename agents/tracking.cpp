@@ -178,7 +178,13 @@ Result<ArrivalAnswer> AgentRuntime::on_arrived(const ArrivalReport& report, cons
     }
     // A stranding of this epoch stands: an arrival report of it that came later (a retry)
     // does not make the agent look running again.
-    if (s.status == AgentState::stranded && epoch == s.epoch) return ArrivalAnswer{};
+    if (s.status == AgentState::stranded && epoch == s.epoch) {
+      // Its finished hops are kept all the same (the holder sheds them on this answer).
+      if (!report.finished_hops.empty()) {
+        if (auto stored = commit(); !stored) return stored.error();
+      }
+      return ArrivalAnswer{};
+    }
     // What the agent already has is no longer pending (its record says so).
     for (const auto& delivered : report.delivered) {
       std::erase_if(t.pending, [&](const ForwardedMessage& m) { return m.message_id == delivered; });
