@@ -98,6 +98,80 @@ std::vector<AgentHop> read_hops(Reader& r) {
   return hops;
 }
 
+// The record field by field, its state encoded in place: no Value table of the record is
+// built on either side (a TRANSFER is most of a hop's work). check_record judges the result.
+void write_record(Writer& w, const AgentRecord& a) {
+  w.string(a.id);
+  w.string(a.home);
+  w.string(a.owner);
+  w.string(a.bundle_hash);
+  w.string(a.entry);
+  wire::write_value(w, a.state.is_table() ? a.state : Value::table());
+  w.u64(a.epoch);
+  write_strings(w, a.itinerary);
+  w.u32(a.max_hops);
+  wire::write_limits(w, a.quotas);
+  w.u8(a.cpu_left ? 1 : 0);
+  if (a.cpu_left) w.u64(*a.cpu_left);
+  w.string(a.signer);
+  w.string(a.signature);
+  w.u8(static_cast<std::uint8_t>(a.isolation));
+  w.i64(a.created_unix_ms);
+  w.i64(a.updated_unix_ms);
+  write_hops(w, a.hops);
+  w.u64(a.hops_reported);
+  write_strings(w, a.visited);
+  write_strings(w, a.log);
+  w.u32(static_cast<std::uint32_t>(a.mailbox.size()));
+  for (const Value& m : a.mailbox) wire::write_value(w, m);
+  write_strings(w, a.delivered);
+  w.string(a.launcher);
+  w.string(a.report_token);
+  write_mobility(w, a.mobility);
+  w.string(a.image_sha256);
+  w.u64(a.strong_memory);
+}
+AgentRecord read_record(Reader& r, std::uint64_t& state_bytes) {
+  AgentRecord a;
+  a.id = r.string();
+  a.home = r.string();
+  a.owner = r.string();
+  a.bundle_hash = r.string();
+  a.entry = r.string();
+  const std::size_t before = r.remaining();
+  a.state = wire::read_value(r);
+  state_bytes = 1 + (before - r.remaining());  // encode_value's endianness byte, then the value
+  a.epoch = r.u64();
+  a.itinerary = read_strings(r, "itinerary");
+  a.max_hops = r.u32();
+  a.quotas = wire::read_limits(r);
+  const std::uint8_t has_cpu_left = r.u8();
+  if (has_cpu_left > 1) throw DecodeError("bad presence flag " + std::to_string(has_cpu_left));
+  if (has_cpu_left == 1) a.cpu_left = r.u64();
+  a.signer = r.string();
+  a.signature = r.string();
+  const std::uint8_t isolation = r.u8();
+  if (isolation > static_cast<std::uint8_t>(Isolation::microvm)) {
+    throw DecodeError("unknown isolation level " + std::to_string(isolation));
+  }
+  a.isolation = static_cast<Isolation>(isolation);
+  a.created_unix_ms = r.i64();
+  a.updated_unix_ms = r.i64();
+  a.hops = read_hops(r);
+  a.hops_reported = r.u64();
+  a.visited = read_strings(r, "visited node");
+  a.log = read_strings(r, "log line");
+  a.mailbox.resize(r.count(17, "mailbox message"));  // a Value's four counts and root tag at least
+  for (Value& m : a.mailbox) m = wire::read_value(r);
+  a.delivered = read_strings(r, "delivered id");
+  a.launcher = r.string();
+  a.report_token = r.string();
+  a.mobility = read_mobility(r);
+  a.image_sha256 = r.string();
+  a.strong_memory = r.u64();
+  return a;
+}
+
 void write_forwarded(Writer& w, const ForwardedMessage& m) {
   w.string(m.message_id);
   wire::write_value(w, m.body);
@@ -188,7 +262,7 @@ Result<AgentLaunchAnswer> decode_launch_answer(std::span<const std::uint8_t> byt
 AgentMessageBytes encode(const AgentTransfer& m) {
   Writer w;
   start(w, AgentMessageKind::transfer);
-  wire::write_value(w, record_to_value(m.record));
+  write_record(w, m.record);
   w.string(m.to);
   w.string(m.nonce);
   w.i64(m.expires_unix_ms);
@@ -197,10 +271,9 @@ AgentMessageBytes encode(const AgentTransfer& m) {
   return w.take();
 }
 Result<AgentTransfer> decode_transfer(std::span<const std::uint8_t> bytes) {
-  Value record;
-  auto m = decode_as(bytes, AgentMessageKind::transfer, [&record](Reader& r) {
+  auto m = decode_as(bytes, AgentMessageKind::transfer, [](Reader& r) {
     AgentTransfer t;
-    record = wire::read_value(r);
+    t.record = read_record(r, t.state_bytes);
     t.to = r.string();
     t.nonce = r.string();
     t.expires_unix_ms = r.i64();
@@ -210,9 +283,7 @@ Result<AgentTransfer> decode_transfer(std::span<const std::uint8_t> bytes) {
   });
   if (!m) return m.error();
   // The record's own checks (agent_record.cpp), with their own errors.
-  auto checked = record_from_value(record);
-  if (!checked) return checked.error();
-  m->record = std::move(*checked);
+  if (auto checked = check_record(m->record); !checked) return checked.error();
   // The image belongs to a strong record and to nothing else; its hash is the record's.
   if (m->image && (m->record.mobility != Mobility::strong || m->record.image_sha256.empty())) {
     return errors::invalid_argument("bad agent message: transfer: a heap image for a record that names none");
@@ -320,6 +391,7 @@ AgentMessageBytes encode(const ArrivalReport& m) {
   w.string(m.mobility);
   write_strings(w, m.delivered);
   w.string(m.token);
+  write_hops(w, m.finished_hops);
   return w.take();
 }
 Result<ArrivalReport> decode_arrival(std::span<const std::uint8_t> bytes) {
@@ -336,6 +408,7 @@ Result<ArrivalReport> decode_arrival(std::span<const std::uint8_t> bytes) {
     m.mobility = r.string();
     m.delivered = read_strings(r, "delivered id");
     m.token = r.string();
+    m.finished_hops = read_hops(r);
     return m;
   });
 }

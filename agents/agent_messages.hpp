@@ -34,7 +34,10 @@ enum class AgentMessageKind : std::uint8_t {
 //    destination's node.info (over TLS its handshake) proved, and is answered with a COMMIT
 //    or, when the destination lacks the code, a BundleWanted (then the TRANSFER again, with
 //    the bundle). The arrival report to the home leaves once the first step has started.
-inline constexpr std::uint8_t kAgentProtocolVersion = 4;
+// 5: the TRANSFER carries the record field by field (no Value table) and only the hops the
+//    home has not acknowledged (with a count and the nodes of the others); an arrival report
+//    carries the finished hops' figures, which the home keeps.
+inline constexpr std::uint8_t kAgentProtocolVersion = 5;
 
 // agent.launch: a new agent, launched at the node called.
 struct AgentLaunchRequest {
@@ -53,7 +56,7 @@ struct AgentLaunchAnswer {
 
 // agent.transfer: the agent itself, bound to one destination and one moment.
 struct AgentTransfer {
-  AgentRecord record;  // carried as its Value table (agent_record.cpp)
+  AgentRecord record;  // field by field, its state a Value (agent_messages.cpp, write_record)
   std::string to;      // the destination's node id, as its node.info (over TLS: its handshake) proved it
   std::string nonce;
   std::int64_t expires_unix_ms = 0;
@@ -61,6 +64,9 @@ struct AgentTransfer {
   // A strong agent's heap image, in place of a meaningful state table: present exactly when
   // the record names its SHA-256 (record.image_sha256), which the destination checks first.
   std::optional<std::string> image;
+  // Not sent: decode_transfer sets it to the size encode_value gives the record's state, as
+  // it came (the arrival's hop figure, without encoding the state once more).
+  std::uint64_t state_bytes = 0;
 };
 // agent.image_part: a piece of a strong agent's heap image, sent in order before a TRANSFER
 // whose image would not fit in one frame (that TRANSFER then carries no image, and the
@@ -109,6 +115,9 @@ struct ArrivalReport {
   std::string mobility = "weak";       // how it arrived: "weak" or "strong"
   std::vector<std::string> delivered;  // message ids the agent has had
   std::string token;                   // the home's secret for this epoch's holder
+  // The record's hops before this visit's, with their final figures: the home keeps them,
+  // and once it has answered, the record carries them no more (drop_reported_hops).
+  std::vector<AgentHop> finished_hops;
 };
 // A message the home hands over (in an arrival's answer) or forwards (agent.deliver).
 struct ForwardedMessage {

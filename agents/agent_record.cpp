@@ -2,6 +2,7 @@
 // from a peer.
 #include "agents/agent_record.hpp"
 
+#include <algorithm>
 #include <chrono>
 
 #include "sojourn/core/bundle.hpp"
@@ -159,6 +160,8 @@ Value record_to_value(const AgentRecord& r) {
   t.set("created", r.created_unix_ms);
   t.set("updated", r.updated_unix_ms);
   t.set("hops", hops_to_value(r.hops));
+  if (r.hops_reported != 0) t.set("hops_reported", static_cast<std::int64_t>(r.hops_reported));
+  if (!r.visited.empty()) t.set("visited", strings_to_value(r.visited));
   t.set("log", strings_to_value(r.log));
   Value mailbox = Value::table();
   for (const auto& m : r.mailbox) mailbox.push(m);
@@ -177,16 +180,11 @@ Result<AgentRecord> record_from_value(const Value& v) {
   if (!v.is_table()) return bad("is not a table");
   AgentRecord r;
   r.id = field_string(v, "id");
-  if (!is_agent_id(r.id)) return bad("has no valid id");
   r.home = field_string(v, "home");
-  if (r.home.empty()) return bad("has no home");
   r.owner = field_string(v, "owner");
   r.bundle_hash = field_string(v, "bundle");
-  if (!is_bundle_hash(r.bundle_hash)) return bad("has no valid bundle hash");
   r.entry = field_string(v, "entry");
-  if (r.entry.empty()) return bad("has no entry point");
   r.state = v.get("state");
-  if (!r.state.is_table()) return bad("state is not a table");
   r.epoch = field_u64(v, "epoch");
   r.itinerary = strings_from_value(v.get("itinerary"));
   r.max_hops = static_cast<std::uint32_t>(field_u64(v, "max_hops"));
@@ -204,6 +202,8 @@ Result<AgentRecord> record_from_value(const Value& v) {
   r.created_unix_ms = static_cast<std::int64_t>(field_u64(v, "created"));
   r.updated_unix_ms = static_cast<std::int64_t>(field_u64(v, "updated"));
   r.hops = hops_from_value(v.get("hops"));
+  r.hops_reported = field_u64(v, "hops_reported");
+  r.visited = strings_from_value(v.get("visited"));
   r.log = strings_from_value(v.get("log"));
   Value mailbox = v.get("mailbox");
   if (mailbox.is_table()) {
@@ -217,11 +217,46 @@ Result<AgentRecord> record_from_value(const Value& v) {
   if (!kind) return bad("has an unknown mobility");
   r.mobility = *kind;
   r.image_sha256 = field_string(v, "image_sha256");
+  r.strong_memory = field_u64(v, "strong_memory");
+  if (auto checked = check_record(r); !checked) return checked.error();
+  return r;
+}
+
+Result<void> check_record(const AgentRecord& r) {
+  auto bad = [](const std::string& what) { return errors::invalid_argument("agent record " + what); };
+  if (!is_agent_id(r.id)) return bad("has no valid id");
+  if (r.home.empty()) return bad("has no home");
+  if (!is_bundle_hash(r.bundle_hash)) return bad("has no valid bundle hash");
+  if (r.entry.empty()) return bad("has no entry point");
+  if (!r.state.is_table()) return bad("state is not a table");
   if (!r.image_sha256.empty() && (r.mobility != Mobility::strong || !is_bundle_hash(r.image_sha256))) {
     return bad("has an invalid image hash");
   }
-  r.strong_memory = field_u64(v, "strong_memory");
-  return r;
+  return {};
+}
+
+void drop_reported_hops(AgentRecord& r, std::size_t n) {
+  if (r.hops.empty()) return;
+  n = std::min(n, r.hops.size() - 1);
+  for (std::size_t i = 0; i < n; ++i) {
+    const std::string& node = r.hops[i].node;
+    if (std::find(r.visited.begin(), r.visited.end(), node) == r.visited.end()) r.visited.push_back(node);
+  }
+  r.hops.erase(r.hops.begin(), r.hops.begin() + static_cast<std::ptrdiff_t>(n));
+  r.hops_reported += n;
+}
+
+void merge_hops(std::vector<AgentHop>& itinerary, const std::vector<AgentHop>& hops, std::uint64_t last_epoch) {
+  for (const AgentHop& h : hops) {
+    if (h.epoch > last_epoch) continue;
+    auto at = std::lower_bound(itinerary.begin(), itinerary.end(), h.epoch,
+                               [](const AgentHop& a, std::uint64_t epoch) { return a.epoch < epoch; });
+    if (at != itinerary.end() && at->epoch == h.epoch) {
+      *at = h;
+    } else {
+      itinerary.insert(at, h);
+    }
+  }
 }
 
 }  // namespace sojourn

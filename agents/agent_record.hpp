@@ -35,7 +35,12 @@ struct AgentRecord {
   Isolation isolation = Isolation::trusted;
   std::int64_t created_unix_ms = 0;
   std::int64_t updated_unix_ms = 0;
+  // The hops its home does not yet hold in full: the current visit's always, and those whose
+  // figures no arrival report has had acknowledged yet. The home keeps the whole itinerary
+  // (tracking.cpp), so a hand-over costs the same on the 200th hop as on the second.
   std::vector<AgentHop> hops;
+  std::uint64_t hops_reported = 0;    // earlier hops the home holds and `hops` no longer does
+  std::vector<std::string> visited;   // their nodes, each once (a "known" destination)
   std::vector<std::string> log;      // agent.log lines (the last 64)
   std::vector<Value> mailbox;        // messages not yet received
   std::vector<std::string> delivered;  // ids of messages ever delivered (exactly once)
@@ -61,9 +66,20 @@ std::string new_agent_id();
 bool is_agent_id(std::string_view text);
 std::int64_t unix_ms_now();
 
-// The record's Value table: every field but `image` (which travels beside it).
+// The record's Value table (its durable row): every field but `image` (which travels beside it).
 Value record_to_value(const AgentRecord& r);
 Result<AgentRecord> record_from_value(const Value& v);
+// The checks a record from a peer passes, whatever carried it (invalid_argument "invalid
+// argument: agent record WHY").
+Result<void> check_record(const AgentRecord& r);
+
+// Forgets the first `n` hops of the record (their figures reached the home): counts them and
+// remembers their nodes in `visited`. The current visit's hop always stays.
+void drop_reported_hops(AgentRecord& r, std::size_t n);
+// Puts `hops` into a home's itinerary (kept in epoch order) by epoch: a hop of an epoch it
+// holds replaces that one (the holder's figures are final), another is inserted. Hops past
+// `last_epoch` (which the report could not have finished) are ignored.
+void merge_hops(std::vector<AgentHop>& itinerary, const std::vector<AgentHop>& hops, std::uint64_t last_epoch);
 
 Value hops_to_value(const std::vector<AgentHop>& hops);
 std::vector<AgentHop> hops_from_value(const Value& v);

@@ -508,6 +508,11 @@ std::vector<AgentStatus> AgentRuntime::dashboard_agents() {
     a.status = res.status;
     a.reason = res.reason;
     a.hops = res.record.hops;
+    // At its home, the whole itinerary: what the reports said, and the record's last hops.
+    if (auto t = tracked_.find(id); t != tracked_.end()) {
+      a.hops = t->second.status.hops;
+      merge_hops(a.hops, res.record.hops, res.record.epoch);
+    }
     a.log = res.record.log;
     a.pending_messages = res.record.mailbox.size();
     out.push_back(std::move(a));

@@ -222,11 +222,12 @@ class AgentRuntime : public std::enable_shared_from_this<AgentRuntime>, public M
   ArrivalReport arrival_report(const AgentRecord& record);
   asio::awaitable<void> report_arrival(std::string home, ArrivalReport report);
   // Takes an arrival answer: the home's new token (if any) and the messages the agent has
-  // not had yet, when the agent is still here at `epoch` and not leaving (false otherwise).
-  // `confirmed`: the delivered ids the arrival report listed, which the home has now dropped
-  // from its pending messages and never resends: they leave record.delivered.
-  bool take_messages(const std::string& id, std::uint64_t epoch, const std::vector<ForwardedMessage>& messages,
-                     const std::vector<std::string>& confirmed, const std::string& token);
+  // not had yet, when the agent is still here at the report's epoch and not leaving (false
+  // otherwise). The delivered ids the report listed, which the home has now dropped from its
+  // pending messages and never resends, leave record.delivered; the finished hops it carried,
+  // which the home now keeps, leave record.hops.
+  bool take_messages(const std::string& id, const ArrivalReport& report, const std::vector<ForwardedMessage>& messages,
+                     const std::string& token);
   // Bounds record.delivered (under mutex_): the answer's ids, and the last kDeliveredWindow
   // ids forwarded one by one (the home resends only its pending front until it succeeds).
   static void trim_delivered(Resident& res);

@@ -47,6 +47,9 @@ bool is_known(const DestinationScope& scope, const std::string& where) {
   for (const auto& hop : r.hops) {
     if (normalised(hop.node) == where) return true;
   }
+  for (const auto& node : r.visited) {  // the nodes of hops its home holds now
+    if (normalised(node) == where) return true;
+  }
   return false;
 }
 

@@ -101,8 +101,8 @@ Result<TransferReply> AgentRuntime::on_transfer(AgentTransfer transfer, const Pe
   bundle = cache_.store(std::move(bundle));
   const std::string id = record->id;
   const std::uint64_t epoch = record->epoch;
-  AgentHop hop{self(), epoch, unix_ms_now(), 0, encode_value(record->state).size(),
-               std::string(isolation_name(record->isolation))};
+  const std::uint64_t state_bytes = transfer.state_bytes != 0 ? transfer.state_bytes : encode_value(record->state).size();
+  AgentHop hop{self(), epoch, unix_ms_now(), 0, state_bytes, std::string(isolation_name(record->isolation))};
   hop.mobility = mobility_name(record->mobility);
   if (record->image) hop.state_bytes = record->image->size();
   record->hops.push_back(std::move(hop));

@@ -164,6 +164,9 @@ Result<ArrivalAnswer> AgentRuntime::on_arrived(const ArrivalReport& report, cons
         !allowed) {
       return allowed.error();
     }
+    // The hops the holder finished before this visit, with their final figures: the home
+    // keeps the itinerary, the record sheds them once this is answered.
+    if (epoch > 0) merge_hops(s.hops, report.finished_hops, epoch - 1);
     if (stranded) {
       if (epoch >= s.epoch) {
         s.status = AgentState::stranded;
@@ -175,7 +178,13 @@ Result<ArrivalAnswer> AgentRuntime::on_arrived(const ArrivalReport& report, cons
     }
     // A stranding of this epoch stands: an arrival report of it that came later (a retry)
     // does not make the agent look running again.
-    if (s.status == AgentState::stranded && epoch == s.epoch) return ArrivalAnswer{};
+    if (s.status == AgentState::stranded && epoch == s.epoch) {
+      // Its finished hops are kept all the same (the holder sheds them on this answer).
+      if (!report.finished_hops.empty()) {
+        if (auto stored = commit(); !stored) return stored.error();
+      }
+      return ArrivalAnswer{};
+    }
     // What the agent already has is no longer pending (its record says so).
     for (const auto& delivered : report.delivered) {
       std::erase_if(t.pending, [&](const ForwardedMessage& m) { return m.message_id == delivered; });
@@ -215,6 +224,7 @@ ArrivalReport AgentRuntime::arrival_report(const AgentRecord& r) {
   report.mobility = mobility_name(r.mobility);
   report.delivered = r.delivered;
   report.token = r.report_token;
+  if (r.hops.size() > 1) report.finished_hops.assign(r.hops.begin(), r.hops.end() - 1);
   return report;
 }
 
@@ -245,16 +255,27 @@ asio::awaitable<void> AgentRuntime::report_arrival(std::string home, ArrivalRepo
   // The waiting messages and the home's token for this epoch (what the next report, or the
   // next holder, shows), unless the agent has left meanwhile: its record is on the wire
   // then, and the home hands the messages to the next holder (they stay pending there).
-  if (take_messages(id, report.epoch, answer->messages, report.delivered, answer->token)) wake_if_asleep(id);
+  if (take_messages(id, report, answer->messages, answer->token)) wake_if_asleep(id);
 }
 
-bool AgentRuntime::take_messages(const std::string& id, std::uint64_t epoch, const std::vector<ForwardedMessage>& messages,
-                                 const std::vector<std::string>& confirmed, const std::string& token) {
+bool AgentRuntime::take_messages(const std::string& id, const ArrivalReport& report,
+                                 const std::vector<ForwardedMessage>& messages, const std::string& token) {
+  const std::vector<std::string>& confirmed = report.delivered;
   std::lock_guard lock(mutex_);
   auto it = residents_.find(id);
-  if (it == residents_.end() || it->second.record.epoch != epoch || it->second.status == AgentState::moving) return false;
+  if (it == residents_.end() || it->second.record.epoch != report.epoch || it->second.status == AgentState::moving) {
+    return false;
+  }
   AgentRecord& r = it->second.record;
   if (!token.empty()) r.report_token = token;
+  // The home holds the hops the report carried: the record (and so each later TRANSFER)
+  // carries them no more.
+  if (!report.finished_hops.empty()) {
+    const std::uint64_t through = report.finished_hops.back().epoch;
+    std::size_t n = 0;
+    while (n < r.hops.size() && r.hops[n].epoch <= through) ++n;
+    drop_reported_hops(r, n);
+  }
   const std::set<std::string> gone(confirmed.begin(), confirmed.end());
   std::erase_if(r.delivered, [&](const std::string& m) { return gone.count(m) != 0; });
   it->second.answer_ids.clear();
@@ -286,7 +307,7 @@ Result<void> AgentRuntime::on_finished(const EndReport& report, const PeerIdenti
   s.result = report.result;
   s.location = report.node;
   s.epoch = report.epoch;
-  if (!report.hops.empty()) s.hops = report.hops;
+  merge_hops(s.hops, report.hops, report.epoch);  // the record's last hops, with their final figures
   s.log = report.log;
   mark_ended(id, it->second);
   // Its retention may be zero: the sweep in mark_ended may have forgotten it already.

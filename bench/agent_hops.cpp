@@ -199,11 +199,15 @@ void row(const char* what, const LatencySummary& s, const LatencySummary* peer) 
 
 int main(int argc, char** argv) {
   using namespace sojourn::bench;
-  // bench_agent_hops [HOPS] [--csv FILE] [--latency-only] [--bytes N] (N: one state size only, for a profile)
+  // bench_agent_hops [HOPS] [--csv FILE] [--latency-only] [--bytes N] [--hop-only trusted|process]
+  // HOPS: the tour's length (each agent's hops, one sample each). N: one state size only, for
+  // a profile. --hop-only: that level's agent tour and nothing else (no floor, no REV, no
+  // throughput), so that `perf stat` over the run divided by HOPS is a hop's CPU time.
   int hops = 200;
   std::string csv;
   bool latency_only = false;
   std::size_t only_bytes = 0;
+  std::string hop_only;
   for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];
     if (arg == "--csv" && i + 1 < argc) {
@@ -212,6 +216,8 @@ int main(int argc, char** argv) {
       only_bytes = std::strtoull(argv[++i], nullptr, 10);
     } else if (arg == "--latency-only") {
       latency_only = true;
+    } else if (arg == "--hop-only" && i + 1 < argc) {
+      hop_only = argv[++i];
     } else {
       hops = std::atoi(argv[i]);
     }
@@ -223,6 +229,19 @@ int main(int argc, char** argv) {
     if (out != nullptr) std::fprintf(out, "%s,us,%.1f,%.1f\n", id.c_str(), s.median_us, s.p99_us);
   };
   sojourn::set_log_level(sojourn::LogLevel::error);
+  if (!hop_only.empty()) {
+    auto level = sojourn::parse_isolation(hop_only);
+    if (!level) {
+      std::fprintf(stderr, "%s\n", level.error().message.c_str());
+      return 2;
+    }
+    Cluster c(3, *level);
+    const std::size_t bytes = only_bytes != 0 ? only_bytes : 4096;
+    std::printf("agent hop, %s, state %zu bytes, a tour of %d hops (microseconds)\n", hop_only.c_str(), bytes, hops);
+    std::printf("  %-44s %10s %10s %8s\n", "", "median", "p99", "samples");
+    row("agent hop", hop_latency(c, bytes, hops), nullptr);
+    return 0;
+  }
   Cluster trusted(3, sojourn::Isolation::trusted);
   Cluster jailed(3, sojourn::Isolation::process);
   std::printf("agent hop latency on loopback, %d hops per size (microseconds; ratio = median / peer median)\n", hops);

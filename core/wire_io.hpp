@@ -71,8 +71,10 @@ class Reader {
     if (remaining() != 0) throw DecodeError(std::to_string(remaining()) + " trailing bytes");
   }
 
- private:
+  // Bytes not read yet (a decoder measures what one field took by the difference).
   std::size_t remaining() const { return bytes_.size() - at_; }
+
+ private:
 
   template <class T>
   T fixed() {

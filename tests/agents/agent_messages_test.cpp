@@ -342,7 +342,7 @@ TEST_CASE("one message's bytes are not another's, nor another version's, nor a n
   old_transfer[2] = 3;
   auto older = decode_commit(old_transfer);
   REQUIRE_FALSE(older.ok());
-  CHECK(older.error().message == "invalid argument: bad agent message: commit: agent protocol version 3 (this node speaks 4)");
+  CHECK(older.error().message == "invalid argument: bad agent message: commit: agent protocol version 3 (this node speaks 5)");
   std::vector<std::uint8_t> garbage = {commit_bytes[0], 0xff, 0x01, 0x02};
   auto g = decode_commit(garbage);
   REQUIRE_FALSE(g.ok());
@@ -367,4 +367,100 @@ TEST_CASE("one message's bytes are not another's, nor another version's, nor a n
   auto wrapped = decode_message<AgentCommit, decode_commit>(message_value(commit_bytes), "the COMMIT");
   REQUIRE(wrapped.ok());
   CHECK(wrapped->node == "n");
+}
+
+TEST_CASE("a TRANSFER carries every field of the record, the hops its home has not acknowledged and a count of the others") {
+  AgentTransfer transfer;
+  transfer.record = sample_record();
+  AgentRecord& r = transfer.record;
+  r.quotas = Limits{5000, 1u << 20, 250};
+  r.cpu_left = 4000;
+  r.signer = std::string(32, 'k');
+  r.signature = std::string(64, 's');
+  r.isolation = Isolation::process;
+  r.created_unix_ms = 1700000000000;
+  r.updated_unix_ms = 1700000000900;
+  r.hops.push_back(AgentHop{"127.0.0.1:7401", 1, 1700000000400, 7, 30, "process"});
+  r.hops.push_back(AgentHop{"127.0.0.1:7402", 2, 1700000000800, 0, 31, "process"});
+  drop_reported_hops(r, 1);
+  r.log = {"one", "two"};
+  r.mailbox = {body(), Value(7)};
+  r.delivered = {"m1"};
+  r.launcher = "local";
+  r.strong_memory = 0;
+  auto bytes = encode(transfer);
+  auto t = decode_transfer(bytes);
+  REQUIRE(t.ok());
+  const AgentRecord& got = t->record;
+  CHECK((got.quotas.cpu_instructions == 5000 && got.quotas.memory_bytes == (1u << 20) && got.quotas.wall_ms == 250));
+  CHECK(got.cpu_left == std::optional<std::uint64_t>(4000));
+  CHECK(t->state_bytes == encode_value(r.state).size());  // the arrival's hop figure, measured as it came
+  CHECK((got.signer == r.signer && got.signature == r.signature));
+  CHECK(got.isolation == Isolation::process);
+  CHECK((got.created_unix_ms == r.created_unix_ms && got.updated_unix_ms == r.updated_unix_ms));
+  REQUIRE(got.hops.size() == 2);
+  CHECK((got.hops[0].epoch == 1 && got.hops[0].spent_ms == 7 && got.hops[1].node == "127.0.0.1:7402"));
+  CHECK(got.hops_reported == 1);
+  CHECK(got.visited == std::vector<std::string>{"127.0.0.1:7400"});
+  CHECK(got.log == r.log);
+  REQUIRE(got.mailbox.size() == 2);
+  CHECK((deep_equal(got.mailbox[0], body()) && got.mailbox[1].as_integer() == 7));
+  CHECK((got.delivered == r.delivered && got.launcher == "local"));
+  CHECK(encode(*t) == bytes);
+  check_refuses_damaged(bytes, decode_transfer, "transfer");
+
+  // The record as its durable row (a Value table) keeps the same fields.
+  auto row = record_from_value(record_to_value(r));
+  REQUIRE(row.ok());
+  CHECK((row->hops_reported == 1 && row->visited == r.visited && row->hops.size() == 2));
+
+  // An isolation level this node does not know is refused by name.
+  AgentTransfer plain;
+  plain.record = sample_record();
+  auto plain_bytes = encode(plain);
+  AgentTransfer probe = plain;
+  probe.record.isolation = Isolation::microvm;
+  auto probe_bytes = encode(probe);
+  std::size_t at = 0;
+  while (at < plain_bytes.size() && plain_bytes[at] == probe_bytes[at]) ++at;
+  REQUIRE(at < plain_bytes.size());
+  probe_bytes[at] = 9;
+  auto unknown = decode_transfer(probe_bytes);
+  REQUIRE_FALSE(unknown.ok());
+  CHECK(unknown.error().message == "invalid argument: bad agent message: transfer: unknown isolation level 9");
+}
+
+TEST_CASE("a record sheds the hops its home acknowledged but never its current one, and the home merges them by epoch") {
+  AgentRecord r = sample_record();
+  r.hops.push_back(AgentHop{"127.0.0.1:7401", 1, 1700000000400, 7, 30, "process"});
+  r.hops.push_back(AgentHop{"127.0.0.1:7400", 2, 1700000000800, 0, 31, "process"});
+  drop_reported_hops(r, 10);  // more than it holds: the current hop stays
+  REQUIRE(r.hops.size() == 1);
+  CHECK(r.hops[0].epoch == 2);
+  CHECK(r.hops_reported == 2);
+  CHECK(r.visited == std::vector<std::string>{"127.0.0.1:7400", "127.0.0.1:7401"});  // each node once
+
+  // The home's itinerary: arrival hops (figures not final), then the holder's final ones.
+  std::vector<AgentHop> home = {AgentHop{"a", 0, 10, 0, 1, "trusted"}, AgentHop{"b", 1, 20, 0, 2, "trusted"},
+                                AgentHop{"c", 3, 40, 0, 4, "trusted"}};
+  merge_hops(home, {AgentHop{"b", 1, 21, 9, 2, "trusted"}, AgentHop{"d", 2, 30, 5, 3, "trusted"},
+                    AgentHop{"e", 9, 90, 0, 9, "trusted"}},  // past the report's epoch: ignored
+             3);
+  REQUIRE(home.size() == 4);
+  CHECK((home[1].node == "b" && home[1].spent_ms == 9));  // replaced: the holder's figures
+  CHECK((home[2].node == "d" && home[2].epoch == 2));     // a hop the home never heard of, in its place
+  CHECK(home[3].node == "c");
+
+  // An arrival report carries the hops before the current visit's.
+  ArrivalReport report;
+  report.id = r.id;
+  report.epoch = 3;
+  report.node = "n";
+  report.finished_hops = {AgentHop{"b", 1, 21, 9, 2, "trusted"}};
+  auto bytes = encode(report);
+  auto back = decode_arrival(bytes);
+  REQUIRE(back.ok());
+  REQUIRE(back->finished_hops.size() == 1);
+  CHECK((back->finished_hops[0].node == "b" && back->finished_hops[0].spent_ms == 9));
+  check_refuses_damaged(bytes, decode_arrival, "arrival");
 }

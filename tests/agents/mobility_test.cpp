@@ -400,9 +400,9 @@ TEST_CASE("a hop sends the code only to a node that asks for it: once per node, 
 
 TEST_CASE("a node of the older agent protocol is named as such: the agent stays, and an old OFFER is refused") {
   Cluster c(2);
-  // Node 1 answers a TRANSFER as a protocol 3 node does (its decoder refuses version 4).
+  // Node 1 answers a TRANSFER as a protocol 4 node does (its decoder refuses version 5).
   c[1].register_service("agent.transfer", [](const Value&) -> Result<Value> {
-    return errors::invalid_argument("bad agent message: transfer: agent protocol version 4 (this node speaks 3)");
+    return errors::invalid_argument("bad agent message: transfer: agent protocol version 5 (this node speaks 4)");
   });
   const std::string id = launch(c[0], c.addr[0], {c.addr[1]});
   AgentStatus status;
@@ -416,13 +416,13 @@ TEST_CASE("a node of the older agent protocol is named as such: the agent stays,
   CHECK(status.status == AgentState::stranded);
   CHECK(status.location == c.addr[0]);
   CHECK(status.reason == "cannot move agent " + id + " to " + c.addr[1] + ": unsupported protocol version: peer " + c.addr[1] +
-                             " does not speak agent protocol 4 (invalid argument: bad agent message: transfer: agent "
-                             "protocol version 4 (this node speaks 3))");
+                             " does not speak agent protocol 5 (invalid argument: bad agent message: transfer: agent "
+                             "protocol version 5 (this node speaks 4))");
   // A protocol 3 source's OFFER: refused with the reason, nothing taken.
   auto offered = c[0].call(c.addr[1], "agent.offer", message_args(std::vector<std::uint8_t>{0, 3, 3}));
   REQUIRE_FALSE(offered.ok());
   CHECK(offered.error().code == Errc::bad_version);
-  CHECK(offered.error().message == "unsupported protocol version 3 (this node speaks agent protocol 4, where a hop is a "
+  CHECK(offered.error().message == "unsupported protocol version 3 (this node speaks agent protocol 5, where a hop is a "
                                    "TRANSFER with no OFFER before it)");
 }
 
@@ -479,4 +479,48 @@ TEST_CASE("an arrival report that reaches the home after the agent moved on chan
   INFO(s->reason);
   CHECK(s->status == AgentState::finished);
   CHECK(s->result.get(1).as_string() == "hello");
+}
+
+TEST_CASE("after a long tour the home holds every hop in order, though each TRANSFER carried only the last ones") {
+  Cluster c(3);
+  const char* source = R"(
+    local M = {}
+    function M.start(s) s.stops = { agent.itinerary[1], agent.itinerary[2] }; return M.hop(s) end
+    function M.hop(s)
+      s.left = s.left - 1
+      if s.left < 0 then return agent.here end
+      local a, b = s.stops[1], s.stops[2]
+      s.stops[1], s.stops[2] = b, a
+      agent.go(a, "hop")
+    end
+    return M)";
+  auto bundle = single_file_bundle("bouncer", source);
+  REQUIRE(bundle.ok());
+  AgentLaunch l;
+  l.bundle = *bundle;
+  l.itinerary = {c.addr[1], c.addr[2]};
+  l.state = Value::table();
+  l.state.set("left", 40);
+  l.max_hops = 40;  // the budget still counts every hop (epoch), not the hops a record carries
+  auto id = c[0].launch(c.addr[0], l);
+  REQUIRE(id.ok());
+  auto s = c[0].wait_agent(c.addr[0], *id, 30s);
+  REQUIRE(s.ok());
+  REQUIRE(s->status == AgentState::finished);
+  REQUIRE(s->hops.size() == 41);
+  for (std::size_t i = 0; i < s->hops.size(); ++i) {
+    CHECK(s->hops[i].epoch == i);
+    CHECK(s->hops[i].node == (i == 0 ? c.addr[0] : c.addr[i % 2 == 1 ? 1 : 2]));
+  }
+
+  // One hop more than its budget: it fails at the 41st hand-over, and its home says where.
+  l.state.set("left", 41);
+  auto over = c[0].launch(c.addr[0], l);
+  REQUIRE(over.ok());
+  auto f = c[0].wait_agent(c.addr[0], *over, 30s);
+  REQUIRE(f.ok());
+  CHECK(f->status == AgentState::failed);
+  CHECK(f->reason.find("ran out of its hop budget of 40 hops") != std::string::npos);
+  CHECK(f->hops.size() == 41);
+  CHECK(all_gone(c.nodes));
 }

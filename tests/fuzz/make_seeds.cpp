@@ -91,6 +91,8 @@ AgentRecord sample_record() {
   r.created_unix_ms = 1700000000000;
   r.updated_unix_ms = 1700000001000;
   r.hops = {AgentHop{"127.0.0.1:7002", 2, 1700000000500, 5, 100, "process"}};
+  r.hops_reported = 2;  // hops its home holds already (agent protocol 5)
+  r.visited = {"127.0.0.1:7001"};
   r.log = {"started", "moved"};
   r.mailbox = {Value("hi")};
   r.delivered = {std::string(32, 'c')};
@@ -185,7 +187,8 @@ int main(int argc, char** argv) {
   put("agent_messages_fuzz", "bundle_wanted", encode(BundleWanted{id, 2, std::string(64, 'b')}));
   put("agent_messages_fuzz", "commit", encode(AgentCommit{id, 2, "127.0.0.1:7401"}));
   put("agent_messages_fuzz", "arrival", encode(ArrivalReport{id, 2, "127.0.0.1:7401", AgentState::running, "", 120,
-                                                             "process", "strong", {"m1"}, std::string(32, 't')}));
+                                                             "process", "strong", {"m1"}, std::string(32, 't'),
+                                                             sample_record().hops}));
   put("agent_messages_fuzz", "arrival_answer",
       encode(ArrivalAnswer{{ForwardedMessage{"m2", agent_state()}}, std::string(32, 't')}));
   put("agent_messages_fuzz", "end", encode(EndReport{id, 3, "127.0.0.1:7402", AgentState::failed, "boom",
