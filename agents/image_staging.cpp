@@ -126,6 +126,7 @@ std::optional<ImageStaging::Taken> ImageStaging::take(const std::string& id, std
 
 std::uint64_t ImageStaging::staged_bytes() {
   std::lock_guard lock(mutex_);
+  prune_locked(std::chrono::steady_clock::now());
   return reserved_;
 }
 
