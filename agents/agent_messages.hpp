@@ -72,7 +72,7 @@ struct ImagePart {
   std::uint64_t epoch = 0;
   std::string image_sha256;     // of the whole image, as the record names it
   std::uint64_t total_bytes = 0;  // of the whole image
-  std::uint64_t offset = 0;       // of this piece; the one at 0 first, the others in any order
+  std::uint64_t offset = 0;       // of this piece; pieces come in order, from 0
   std::string bytes;
 };
 // The destination's COMMIT: it holds (id, epoch) now.

@@ -3,8 +3,6 @@
 // again when a jail opens it.
 #include "agents/image_staging.hpp"
 
-#include <algorithm>
-#include <iterator>
 #include <span>
 
 #include "sandbox/guest/arena.hpp"
@@ -74,59 +72,33 @@ Result<void> ImageStaging::add(ImagePart part) {
     Staged fresh;
     fresh.sha256 = part.image_sha256;
     fresh.total = part.total_bytes;
-    // Pieces after the first land at their offsets in any order: the buffer is whole from the
-    // start (its size was checked against the quota and the room left just above).
-    fresh.bytes.resize(part.total_bytes);
+    fresh.bytes.reserve(part.total_bytes);
     fresh.expires = now + bounds_.lifetime;
     reserved_ += fresh.total;
     it = staged_.emplace(key, std::move(fresh)).first;
   } else if (it == staged_.end() || it->second.sha256 != part.image_sha256 || it->second.total != part.total_bytes ||
-             it->second.received == 0) {
+             it->second.bytes.size() != part.offset) {
     return errors::invalid_argument("image part at offset " + std::to_string(part.offset) + " of agent " + part.id +
                                     " follows no piece before it");
   }
-  Staged& staged = it->second;
-  // part.bytes ends inside the declared total (decode_image_part checked it); it must not
-  // overlap a piece already kept (a source sends each piece once per hand-over).
-  const std::uint64_t at = part.offset;
-  const std::uint64_t n = part.bytes.size();
-  bool overlaps = n == 0 || at + n > staged.total || at < staged.hashed;
-  if (!overlaps) {
-    auto next = staged.ahead.lower_bound(at);
-    if (next != staged.ahead.end() && next->first < at + n) overlaps = true;
-    if (next != staged.ahead.begin() && std::prev(next)->first + std::prev(next)->second > at) overlaps = true;
-  }
-  if (overlaps) {
-    reserved_ -= staged.total;
-    staged_.erase(it);  // a broken stream leaves nothing behind: the source starts it over
-    return errors::invalid_argument("image part of " + std::to_string(n) + " bytes at offset " + std::to_string(at) +
-                                    " of agent " + part.id + " overlaps a piece already sent; the image is dropped");
-  }
-  std::copy(part.bytes.begin(), part.bytes.end(), staged.bytes.begin() + static_cast<std::ptrdiff_t>(at));
-  staged.received += n;
-  staged.ahead.emplace(at, n);
-  // Hash what is now contiguous from the start.
-  for (auto next = staged.ahead.find(staged.hashed); next != staged.ahead.end(); next = staged.ahead.find(staged.hashed)) {
-    staged.digest.update(std::span(staged.bytes).subspan(next->first, next->second));
-    staged.hashed += next->second;
-    staged.ahead.erase(next);
-  }
+  // part.bytes ends inside the declared total (decode_image_part checked it).
+  it->second.bytes.insert(it->second.bytes.end(), part.bytes.begin(), part.bytes.end());
   return {};
 }
 
-std::optional<ImageStaging::Taken> ImageStaging::take(const std::string& id, std::uint64_t epoch, const std::string& sha256) {
+std::optional<std::vector<std::uint8_t>> ImageStaging::take(const std::string& id, std::uint64_t epoch,
+                                                            const std::string& sha256) {
   std::lock_guard lock(mutex_);
   auto it = staged_.find({id, epoch});
-  if (it == staged_.end() || it->second.sha256 != sha256 || it->second.hashed != it->second.total) return std::nullopt;
-  Taken out{std::move(it->second.bytes), it->second.digest.finish_hex()};
+  if (it == staged_.end() || it->second.sha256 != sha256 || it->second.bytes.size() != it->second.total) return std::nullopt;
+  std::vector<std::uint8_t> bytes = std::move(it->second.bytes);
   reserved_ -= it->second.total;
   staged_.erase(it);
-  return out;
+  return bytes;
 }
 
 std::uint64_t ImageStaging::staged_bytes() {
   std::lock_guard lock(mutex_);
-  prune_locked(std::chrono::steady_clock::now());
   return reserved_;
 }
 

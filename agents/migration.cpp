@@ -8,7 +8,6 @@
 
 #include <algorithm>
 
-#include <boost/asio/redirect_error.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
 
@@ -30,12 +29,6 @@ bool outcome_unknown(Errc code) {
 
 // A heap image larger than half a frame travels in pieces of at most this many bytes.
 constexpr std::size_t kImagePieceBytes = 4u << 20;
-// How many of them after the first are sent before their answers come. One: three in flight
-// (the source encoding the next piece while the destination decodes the last) measured no
-// faster on this project's 2-core machine, where both nodes' threads and the guests already
-// share the cores (64 MB: the pieces took 11-32 ms longer, the TRANSFER's check 22 ms less),
-// and an older destination takes pieces only in order. Raise it where cores are spare.
-constexpr int kImagePartsInFlight = 1;
 
 std::string_view as_text(std::span<const std::uint8_t> bytes) {
   // SAFETY: the bytes are viewed as chars of the same size, for as long as `bytes` lives.
@@ -359,21 +352,17 @@ Result<void> AgentRuntime::take_image(AgentTransfer& transfer, const std::string
     return {};
   }
   std::shared_ptr<const std::vector<std::uint8_t>> image;
-  std::string got;
   if (transfer.image) {
     // SAFETY: the string's bytes are read as unsigned bytes of the same size.
     const auto* data = reinterpret_cast<const std::uint8_t*>(transfer.image->data());
     image = std::make_shared<const std::vector<std::uint8_t>>(data, data + transfer.image->size());
     transfer.image.reset();
-    got = sha256_hex(*image);
   } else if (auto staged = staged_images_.take(record.id, record.epoch, record.image_sha256)) {
-    // Sent in pieces: no copy, and hashed by the staging as the pieces came (the bytes it
-    // hands over are the ones it hashed).
-    image = std::make_shared<const std::vector<std::uint8_t>>(std::move(staged->bytes));
-    got = std::move(staged->sha256);
+    image = std::make_shared<const std::vector<std::uint8_t>>(std::move(*staged));  // sent in pieces: no copy
   } else {
     return errors::invalid_argument(what + " names a heap image but carries none, and none was sent ahead of it");
   }
+  const std::string got = sha256_hex(*image);
   if (got != record.image_sha256) {
     return make_error(Errc::hash_mismatch, "heap image hash mismatch: " + what + " names " + record.image_sha256.substr(0, 16) +
                                                ", the image is " + got.substr(0, 16));
@@ -397,63 +386,23 @@ Result<void> AgentRuntime::on_image_part(ImagePart part) {
   return staged_images_.add(std::move(part));
 }
 
-namespace {
-
-// The image pieces a hand-over has sent and not yet heard answered. On the network thread only.
-struct PartsInFlight {
-  explicit PartsInFlight(asio::io_context& io) : wake(io) {}
-  int count = 0;
-  std::optional<Error> failed;  // the first piece refused or lost
-  asio::steady_timer wake;      // cancelled as each answer comes
-};
-
-asio::awaitable<void> await_answer(std::shared_ptr<PartsInFlight> flight) {
-  flight->wake.expires_at(asio::steady_timer::time_point::max());
-  boost::system::error_code ec;
-  co_await flight->wake.async_wait(asio::redirect_error(asio::use_awaitable, ec));
-}
-
-asio::awaitable<void> send_part(PeerLinks& links, std::shared_ptr<PartsInFlight> flight, std::string peer, Value args) {
-  Result<Value> sent = co_await links.call_peer(std::move(peer), "agent.image_part", std::move(args));
-  if (!sent && !flight->failed) flight->failed = sent.error();
-  --flight->count;
-  flight->wake.cancel();
-}
-
-}  // namespace
-
 asio::awaitable<Result<void>> AgentRuntime::send_image_parts(const AgentRecord& record, std::span<const std::uint8_t> image,
                                                              const std::string& peer) {
   // Pieces well inside a frame of this node's size (the destination's is the same by default).
   const std::size_t piece = std::max<std::size_t>(1024, std::min<std::size_t>(kImagePieceBytes, options_.max_payload / 2));
-  auto args_for = [&](std::size_t at) {
-    ImagePart part;
-    part.id = record.id;
-    part.epoch = record.epoch;
-    part.image_sha256 = record.image_sha256;
-    part.total_bytes = image.size();
-    part.offset = at;
+  ImagePart part;
+  part.id = record.id;
+  part.epoch = record.epoch;
+  part.image_sha256 = record.image_sha256;
+  part.total_bytes = image.size();
+  for (std::size_t at = 0; at < image.size(); at += piece) {
     const std::size_t n = std::min(piece, image.size() - at);
+    part.offset = at;
     // SAFETY: [at, at + n) lies inside the image; its bytes are read as chars of the same size.
     part.bytes.assign(reinterpret_cast<const char*>(image.data() + at), n);
-    return message_args(encode(part));
-  };
-  // The first piece alone: the destination checks the header's sizes against its quota on it,
-  // and refuses the others until it has kept it.
-  Result<Value> first = co_await links_.call_peer(peer, "agent.image_part", args_for(0));
-  if (!first) co_return first.error();
-  // Then kImagePartsInFlight at a time (with more than one they may arrive in any order there).
-  auto flight = std::make_shared<PartsInFlight>(runtime_.io());
-  for (std::size_t at = piece; at < image.size(); at += piece) {
-    while (flight->count >= kImagePartsInFlight && !flight->failed) co_await await_answer(flight);
-    if (flight->failed) break;
-    ++flight->count;
-    spawn(send_part(links_, flight, peer, args_for(at)), "an image part");
+    Result<Value> sent = co_await links_.call_peer(peer, "agent.image_part", message_args(encode(part)));
+    if (!sent) co_return sent.error();
   }
-  // Every piece answered before the TRANSFER (or the error) goes: the image stays the source's
-  // until its COMMIT, and a retry starts the pieces over only once none is left in flight.
-  while (flight->count > 0) co_await await_answer(flight);
-  if (flight->failed) co_return *flight->failed;
   co_return Result<void>{};
 }
 

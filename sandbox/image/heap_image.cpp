@@ -87,19 +87,6 @@ std::string short_id(const Hash& h) { return hex(std::span(h).first(8)); }
 
 }  // namespace
 
-struct ImageDigest::State {
-  Sha256 sha;
-};
-ImageDigest::ImageDigest() : state_(std::make_unique<State>()) {}
-ImageDigest::ImageDigest(ImageDigest&&) noexcept = default;
-ImageDigest& ImageDigest::operator=(ImageDigest&&) noexcept = default;
-ImageDigest::~ImageDigest() = default;
-void ImageDigest::update(std::span<const std::uint8_t> bytes) { state_->sha.update(bytes); }
-std::string ImageDigest::finish_hex() {
-  const Hash h = state_->sha.finish();
-  return hex(h);
-}
-
 std::string hex(std::span<const std::uint8_t> bytes) {
   static constexpr char kDigits[] = "0123456789abcdef";
   std::string out;

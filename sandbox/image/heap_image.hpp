@@ -154,23 +154,6 @@ class ImageOpener {
   std::unique_ptr<State> state_;
 };
 
-// The SHA-256 of a whole image (what a RECORD's image_sha256 names) fed piece by piece, for a
-// node that takes an image in pieces and hashes each as it arrives instead of the whole image
-// again at its TRANSFER. A failure inside the digest gives an all-zero hash, which names no image.
-class ImageDigest {
- public:
-  ImageDigest();
-  ImageDigest(ImageDigest&&) noexcept;
-  ImageDigest& operator=(ImageDigest&&) noexcept;
-  ~ImageDigest();
-  void update(std::span<const std::uint8_t> bytes);
-  std::string finish_hex();  // lowercase hex, as sha256_hex; the digest is spent
-
- private:
-  struct State;
-  std::unique_ptr<State> state_;
-};
-
 // SHA-256 of a file (the guest build id), or internal "internal error: cannot read PATH: WHY".
 Result<std::array<std::uint8_t, 32>> build_id_of(const std::string& path);
 // build_id_of, computed once per path for the life of the process (what jails and nodes name
