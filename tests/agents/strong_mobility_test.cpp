@@ -327,6 +327,30 @@ TEST_CASE("a tampered image is refused by its hash and the agent stays at its so
   CHECK(c[1].stats().agents_resident == 0);
 }
 
+TEST_CASE("a piece tampered on the way is refused by the image's hash before the guest runs") {
+  // Frames of 8 KB: the image (~20 KB) goes in 4 KB pieces, several in flight at a time.
+  Cluster c(2, [](int, NodeOptions& o) {
+    o.peer_isolation = Isolation::process;
+    o.max_payload = 8u << 10;
+  });
+  testing::set_image_hook(c[0], [](std::vector<std::uint8_t>& bytes, std::string&) { bytes[bytes.size() / 2] ^= 0x01; });
+  Value state = Value::table();
+  state.set("stops", Value::array({c.addr[1]}));
+  auto id = launch_strong(c[0], bundle_of(kHop), state);
+  REQUIRE(id.ok());
+  AgentStatus s = wait_stranded(c[0], *id);
+  CHECK(s.status == AgentState::stranded);
+  CHECK(s.reason.find("heap image hash mismatch") != std::string::npos);
+  CHECK(c[1].stats().agents_resident == 0);
+  // The destination keeps serving: an honest image of the same size moves.
+  testing::set_image_hook(c[0], nullptr);
+  auto next = launch_strong(c[0], bundle_of(kHop), state);
+  REQUIRE(next.ok());
+  AgentStatus n = run_to_end(c[0], *next);
+  CHECK(n.status == AgentState::finished);
+  CHECK(n.result.get(1).as_string() == "ok 3 at " + c.addr[1]);
+}
+
 TEST_CASE("an image from another guest build is refused by name and the agent stays at its source") {
   Cluster c = strong_cluster(2);
   testing::set_image_hook(c[0], [](std::vector<std::uint8_t>& bytes, std::string& sha256) {

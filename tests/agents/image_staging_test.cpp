@@ -1,0 +1,101 @@
+// Heap images arriving in pieces (agents/image_staging.hpp): assembled in order, a piece with
+// no first piece keeps nothing, a cut stream is never handed out and leaves nothing behind.
+#include <doctest/doctest.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdint>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "agents/image_staging.hpp"
+#include "sandbox/guest/arena.hpp"
+#include "sandbox/image/heap_image.hpp"
+#include "sojourn/core/bundle.hpp"
+#include "tests/support/error_checks.hpp"
+
+namespace sojourn {
+namespace {
+
+namespace image = sandbox::image;
+
+constexpr std::uint64_t kQuota = 16u << 20;
+
+// A sealed image of `pages` pages of pseudo-random bytes (which zstd cannot shrink much).
+std::vector<std::uint8_t> sealed_image(std::size_t pages) {
+  std::vector<std::uint8_t> span(pages * image::kPageBytes);
+  std::uint32_t x = 2463534242u;
+  for (auto& b : span) {
+    x ^= x << 13;
+    x ^= x >> 17;
+    x ^= x << 5;
+    b = static_cast<std::uint8_t>(x);
+  }
+  auto sealed = image::take_image({{}, sandbox::guest::kArenaBase, sandbox::guest::arena_bytes_for_quota(kQuota), 0}, span);
+  REQUIRE(sealed.ok());
+  return *sealed;
+}
+
+ImagePart piece_of(const std::vector<std::uint8_t>& img, std::size_t at, std::size_t n) {
+  ImagePart part;
+  part.id = std::string(32, 'a');
+  part.epoch = 2;
+  part.image_sha256 = sha256_hex(img);
+  part.total_bytes = img.size();
+  part.offset = at;
+  n = std::min(n, img.size() - at);
+  part.bytes.assign(img.begin() + static_cast<std::ptrdiff_t>(at), img.begin() + static_cast<std::ptrdiff_t>(at + n));
+  return part;
+}
+
+ImageStaging::Bounds bounds(std::chrono::milliseconds lifetime = std::chrono::milliseconds(60'000)) {
+  return {kQuota, kQuota, lifetime};
+}
+
+constexpr std::size_t kPiece = 16u << 10;
+
+}  // namespace
+
+TEST_CASE("pieces in order assemble to the image, handed out once") {
+  const auto img = sealed_image(24);
+  REQUIRE(img.size() > 4 * kPiece);
+  ImageStaging staging(bounds());
+  for (std::size_t at = 0; at < img.size(); at += kPiece) {
+    CHECK(!staging.take(std::string(32, 'a'), 2, sha256_hex(img)).has_value());  // not whole yet
+    REQUIRE(staging.add(piece_of(img, at, kPiece)).ok());
+  }
+  auto taken = staging.take(std::string(32, 'a'), 2, sha256_hex(img));
+  REQUIRE(taken.has_value());
+  CHECK(*taken == img);
+  CHECK(staging.staged_bytes() == 0);
+  CHECK(!staging.take(std::string(32, 'a'), 2, sha256_hex(img)).has_value());
+}
+
+TEST_CASE("a piece with no first piece, or of another image, is refused and keeps nothing") {
+  const auto img = sealed_image(8);
+  ImageStaging staging(bounds());
+  CHECK_ERROR(staging.add(piece_of(img, kPiece, kPiece)), Errc::invalid_argument,
+              "image part at offset 16384 of agent " + std::string(32, 'a') + " follows no piece before it");
+  CHECK(staging.staged_bytes() == 0);
+  REQUIRE(staging.add(piece_of(img, 0, kPiece)).ok());
+  ImagePart other = piece_of(img, kPiece, kPiece);
+  other.image_sha256 = std::string(64, 'e');
+  CHECK_ERROR(staging.add(other), Errc::invalid_argument, "follows no piece before it");
+  CHECK(staging.staged_bytes() == img.size());  // the image begun is still whole so far
+}
+
+TEST_CASE("a stream cut in the middle is never handed to a TRANSFER and leaves nothing behind") {
+  const auto img = sealed_image(16);
+  ImageStaging staging(bounds(std::chrono::milliseconds(20)));
+  REQUIRE(staging.add(piece_of(img, 0, kPiece)).ok());
+  REQUIRE(staging.add(piece_of(img, kPiece, kPiece)).ok());
+  CHECK(!staging.take(std::string(32, 'a'), 2, sha256_hex(img)).has_value());
+  CHECK(staging.staged_bytes() == img.size());
+  std::this_thread::sleep_for(std::chrono::milliseconds(40));
+  // Past its lifetime it is dropped (at the next piece): the rest of the stream finds nothing.
+  CHECK_ERROR(staging.add(piece_of(img, 2 * kPiece, kPiece)), Errc::invalid_argument, "follows no piece before it");
+  CHECK(staging.staged_bytes() == 0);
+}
+
+}  // namespace sojourn
