@@ -314,36 +314,36 @@ end)", 5'000'000), state);
   CHECK(s.epoch == 1);
 }
 
-TEST_CASE("a tampered image is refused by its hash and the agent stays at its source") {
-  Cluster c = strong_cluster(2);
-  testing::set_image_hook(c[0], [](std::vector<std::uint8_t>& bytes, std::string&) { bytes.back() ^= 0x01; });
-  Value state = Value::table();
-  state.set("stops", Value::array({c.addr[1]}));
+// A strong hop from node 0 to node 1 whose sealed image has byte `at(size)` flipped on the way:
+// the agent is stranded at its source by the image's hash, and nothing is resident at node 1.
+static void check_tampered_hop_refused(Cluster& c, const Value& state, std::size_t (*at)(std::size_t)) {
+  testing::set_image_hook(c[0], [at](std::vector<std::uint8_t>& bytes, std::string&) { bytes[at(bytes.size())] ^= 0x01; });
   auto id = launch_strong(c[0], bundle_of(kHop), state);
   REQUIRE(id.ok());
   AgentStatus s = wait_stranded(c[0], *id);
   CHECK(s.status == AgentState::stranded);
   CHECK(s.reason.find("heap image hash mismatch") != std::string::npos);
   CHECK(c[1].stats().agents_resident == 0);
+  testing::set_image_hook(c[0], nullptr);
+}
+
+TEST_CASE("a tampered image is refused by its hash and the agent stays at its source") {
+  Cluster c = strong_cluster(2);
+  Value state = Value::table();
+  state.set("stops", Value::array({c.addr[1]}));
+  check_tampered_hop_refused(c, state, [](std::size_t size) { return size - 1; });
 }
 
 TEST_CASE("a piece tampered on the way is refused by the image's hash before the guest runs") {
-  // Frames of 8 KB: the image (~20 KB) goes in 4 KB pieces, several in flight at a time.
+  // Frames of 8 KB: the image (~20 KB) goes in 4 KB pieces.
   Cluster c(2, [](int, NodeOptions& o) {
     o.peer_isolation = Isolation::process;
     o.max_payload = 8u << 10;
   });
-  testing::set_image_hook(c[0], [](std::vector<std::uint8_t>& bytes, std::string&) { bytes[bytes.size() / 2] ^= 0x01; });
   Value state = Value::table();
   state.set("stops", Value::array({c.addr[1]}));
-  auto id = launch_strong(c[0], bundle_of(kHop), state);
-  REQUIRE(id.ok());
-  AgentStatus s = wait_stranded(c[0], *id);
-  CHECK(s.status == AgentState::stranded);
-  CHECK(s.reason.find("heap image hash mismatch") != std::string::npos);
-  CHECK(c[1].stats().agents_resident == 0);
+  check_tampered_hop_refused(c, state, [](std::size_t size) { return size / 2; });
   // The destination keeps serving: an honest image of the same size moves.
-  testing::set_image_hook(c[0], nullptr);
   auto next = launch_strong(c[0], bundle_of(kHop), state);
   REQUIRE(next.ok());
   AgentStatus n = run_to_end(c[0], *next);

@@ -6,18 +6,12 @@
 #include "sojourn/transports/asio.hpp"
 
 #include <boost/asio/co_spawn.hpp>
-#include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/io_context.hpp>
-#include <boost/asio/post.hpp>
-#include <boost/asio/use_future.hpp>
-
-#include <future>
-#include <optional>
-#include <thread>
 
 #include "sojourn/core/frame.hpp"
 #include "sojourn/core/messages.hpp"
 #include "sojourn/transports/link.hpp"
+#include "tests/support/echo_server.hpp"
 #include "tests/support/error_checks.hpp"
 #include "tests/support/raw_socket.hpp"
 
@@ -39,36 +33,9 @@ class ReverseHandler : public RequestHandler {
   }
 };
 
-struct Server {
-  asio::io_context io{1};
-  std::optional<asio::executor_work_guard<asio::io_context::executor_type>> work{io.get_executor()};
-  std::thread thread{[this] { io.run(); }};
-  std::unique_ptr<TcpServer> server;
-  Address bound;
-
-  template <class F>
-  auto run(F f) {
-    auto task = std::make_shared<std::packaged_task<decltype(f())()>>(std::move(f));
-    auto fut = task->get_future();
-    asio::post(io, [task] { (*task)(); });
-    return fut.get();
-  }
-
-  explicit Server(TransportOptions options = {}) {
-    server = std::make_unique<TcpServer>(io.get_executor(), std::make_shared<ReverseHandler>(), options);
-    auto r = run([&] { return server->listen(*parse_address("127.0.0.1:0")); });
-    REQUIRE(r.ok());
-    bound = *r;
-  }
-  ~Server() {
-    run([&] {
-      server.reset();
-      return 0;
-    });
-    work.reset();
-    io.stop();
-    thread.join();
-  }
+// The reverse handler behind a TcpServer on its own io thread (tests/support/echo_server.hpp).
+struct Server : test::ServerThread<ReverseHandler> {
+  using ServerThread::ServerThread;
   ServerStats stats() {
     return run([&] { return server->stats(); });
   }
