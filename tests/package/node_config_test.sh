@@ -6,9 +6,13 @@
 set -uo pipefail
 cli=$1
 tmp=$(mktemp -d /tmp/sj-package-config-XXXXXX)
-pids=()
+# start_node runs inside $(...), a subshell: the nodes' pids go to a file, not to a variable.
 cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null && wait "$p" 2>/dev/null; done
+  local p
+  while read -r p; do
+    kill "$p" 2>/dev/null || continue
+    for _ in $(seq 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+  done < <(cat "$tmp/pids" 2>/dev/null)
   rm -rf "$tmp"
 }
 trap cleanup EXIT
@@ -19,7 +23,7 @@ start_node() {
   local log=$1 name=$2
   shift 2
   "$cli" node "$@" >"$log" 2>&1 &
-  pids+=($!)
+  echo $! >>"$tmp/pids"
   for _ in $(seq 100); do
     local address
     address=$(sed -n "s/^node $name listening on //p" "$log")
