@@ -1,102 +1,15 @@
-// The agent protocol's codec: each message as Cereal portable binary, in the style of
-// core/messages.cpp (and with its bounded reader): kind, version, then the fields in order.
+// The agent protocol's hand-over between nodes (launch, TRANSFER, image parts, commit, arrival,
+// end, send, deliver): each message as Cereal portable binary, kind, version, then the fields
+// in order (agent_codec.hpp); the clients' queries are in agent_queries.cpp.
 #include "agents/agent_messages.hpp"
 
-#include "core/wire_io.hpp"
+#include "agents/agent_codec.hpp"
 
 namespace sojourn {
 
+using namespace agent_codec;
+
 namespace {
-
-using wire::DecodeError;
-using wire::Reader;
-using wire::Writer;
-
-constexpr const char* kKindNames[] = {"?", "launch", "launch answer", "protocol 3 offer", "protocol 3 offer answer",
-                                      "transfer", "commit", "arrival", "arrival answer", "end report", "send",
-                                      "send answer", "deliver", "status", "list", "wait query", "fetch query",
-                                      "fetch answer", "image part", "bundle wanted"};
-static_assert(std::size(kKindNames) == static_cast<std::size_t>(AgentMessageKind::bundle_wanted) + 1);
-
-const char* kind_name(AgentMessageKind kind) { return kKindNames[static_cast<std::size_t>(kind)]; }
-
-void start(Writer& w, AgentMessageKind kind) {
-  w.u8(static_cast<std::uint8_t>(kind));
-  w.u8(kAgentProtocolVersion);
-}
-
-void write_strings(Writer& w, const std::vector<std::string>& items) {
-  w.u32(static_cast<std::uint32_t>(items.size()));
-  for (const auto& s : items) w.string(s);
-}
-std::vector<std::string> read_strings(Reader& r, const char* what) {
-  std::vector<std::string> out(r.count(4, what));  // each string has its u32 length
-  for (auto& s : out) s = r.string();
-  return out;
-}
-
-void write_optional(Writer& w, const std::optional<std::string>& s) {
-  w.u8(s ? 1 : 0);
-  if (s) w.string(*s);
-}
-std::optional<std::string> read_optional(Reader& r) {
-  const std::uint8_t present = r.u8();
-  if (present > 1) throw DecodeError("bad presence flag " + std::to_string(present));
-  if (present == 0) return std::nullopt;
-  return r.string();
-}
-
-void write_state(Writer& w, AgentState s) { w.u8(static_cast<std::uint8_t>(s)); }
-AgentState read_state(Reader& r) {
-  const std::uint8_t v = r.u8();
-  if (v > static_cast<std::uint8_t>(kLastAgentState)) throw DecodeError("unknown agent state " + std::to_string(v));
-  return static_cast<AgentState>(v);
-}
-void write_mobility(Writer& w, Mobility m) { w.u8(static_cast<std::uint8_t>(m)); }
-Mobility read_mobility(Reader& r) {
-  const std::uint8_t v = r.u8();
-  if (v > static_cast<std::uint8_t>(Mobility::strong)) throw DecodeError("unknown mobility " + std::to_string(v));
-  return static_cast<Mobility>(v);
-}
-
-// A state that this message may not carry (a finished arrival, a running end).
-void expect_state(AgentState s, AgentState a, AgentState b) {
-  if (s != a && s != b) throw DecodeError("agent state " + std::string(agent_state_name(s)) + " is not allowed here");
-}
-
-void write_hops(Writer& w, const std::vector<AgentHop>& hops) {
-  w.u32(static_cast<std::uint32_t>(hops.size()));
-  for (const auto& h : hops) {
-    w.string(h.node);
-    w.u64(h.epoch);
-    w.i64(h.arrived_unix_ms);
-    w.i64(h.spent_ms);
-    w.u64(h.state_bytes);
-    w.string(h.isolation);
-    w.string(h.mobility);
-    w.u64(h.image_raw_bytes);
-    w.u64(h.image_bytes);
-    w.u64(h.image_us);
-    w.u64(h.restore_us);
-  }
-}
-std::vector<AgentHop> read_hops(Reader& r) {
-  std::vector<AgentHop> hops(r.count(76, "hop"));  // three lengths and eight 8-byte fields
-  for (auto& h : hops) {
-    h.node = r.string();
-    h.epoch = r.u64();
-    h.arrived_unix_ms = r.i64();
-    h.spent_ms = r.i64();
-    h.state_bytes = r.u64();
-    h.isolation = r.string();
-    h.mobility = r.string();
-    h.image_raw_bytes = r.u64();
-    h.image_bytes = r.u64();
-    h.image_us = r.u64();
-    h.restore_us = r.u64();
-  }
-  return hops;
-}
 
 // The record field by field, its state encoded in place: no Value table of the record is
 // built on either side (a TRANSFER is most of a hop's work). check_record judges the result.
@@ -170,45 +83,6 @@ AgentRecord read_record(Reader& r, std::uint64_t& state_bytes) {
   a.image_sha256 = r.string();
   a.strong_memory = r.u64();
   return a;
-}
-
-void write_forwarded(Writer& w, const ForwardedMessage& m) {
-  w.string(m.message_id);
-  wire::write_value(w, m.body);
-}
-ForwardedMessage read_forwarded(Reader& r) {
-  ForwardedMessage m;
-  m.message_id = r.string();
-  m.body = wire::read_value(r);
-  return m;
-}
-
-// Checks the kind and version, runs `body`, and turns any failure into invalid_argument.
-template <class F>
-auto decode_as(std::span<const std::uint8_t> bytes, AgentMessageKind kind, F&& body)
-    -> Result<decltype(body(std::declval<Reader&>()))> {
-  const std::string what = std::string("bad agent message: ") + kind_name(kind) + ": ";
-  try {
-    Reader r(bytes);
-    const std::uint8_t got = r.u8();
-    if (got != static_cast<std::uint8_t>(kind)) {
-      const bool known = got >= 1 && got <= static_cast<std::uint8_t>(AgentMessageKind::bundle_wanted);
-      throw DecodeError(known ? std::string("got a ") + kind_name(static_cast<AgentMessageKind>(got))
-                              : "unknown message kind " + std::to_string(got));
-    }
-    const std::uint8_t version = r.u8();
-    if (version != kAgentProtocolVersion) {
-      throw DecodeError("agent protocol version " + std::to_string(version) + " (this node speaks " +
-                        std::to_string(kAgentProtocolVersion) + ")");
-    }
-    auto m = body(r);
-    r.expect_end();
-    return m;
-  } catch (const DecodeError& e) {
-    return errors::invalid_argument(what + e.what());
-  } catch (const std::exception&) {  // cereal::Exception on a short read
-    return errors::invalid_argument(what + "truncated");
-  }
 }
 
 }  // namespace
@@ -509,130 +383,6 @@ Result<AgentDeliver> decode_deliver(std::span<const std::uint8_t> bytes) {
     m.message = read_forwarded(r);
     m.token = r.string();
     m.previous = r.string();
-    return m;
-  });
-}
-
-AgentMessageBytes encode(const AgentStatus& m) {
-  Writer w;
-  start(w, AgentMessageKind::status_answer);
-  w.string(m.id);
-  w.string(m.home);
-  w.string(m.owner);
-  w.string(m.location);
-  w.u64(m.epoch);
-  write_state(w, m.status);
-  w.string(m.reason);
-  wire::write_value(w, m.result);
-  write_hops(w, m.hops);
-  write_strings(w, m.log);
-  w.u64(m.pending_messages);
-  return w.take();
-}
-Result<AgentStatus> decode_status(std::span<const std::uint8_t> bytes) {
-  return decode_as(bytes, AgentMessageKind::status_answer, [](Reader& r) {
-    AgentStatus m;
-    m.id = r.string();
-    m.home = r.string();
-    m.owner = r.string();
-    m.location = r.string();
-    m.epoch = r.u64();
-    m.status = read_state(r);
-    m.reason = r.string();
-    m.result = wire::read_value(r);
-    m.hops = read_hops(r);
-    m.log = read_strings(r, "log line");
-    m.pending_messages = r.u64();
-    return m;
-  });
-}
-
-AgentMessageBytes encode(const std::vector<AgentSummary>& m) {
-  Writer w;
-  start(w, AgentMessageKind::list_answer);
-  w.u32(static_cast<std::uint32_t>(m.size()));
-  for (const auto& a : m) {
-    w.string(a.id);
-    w.string(a.owner);
-    w.string(a.home);
-    w.u64(a.epoch);
-    w.i64(a.since_unix_ms);
-    w.u64(a.state_bytes);
-    write_state(w, a.status);
-    w.string(a.reason);
-    w.string(a.isolation);
-    w.string(a.mobility);
-    w.u64(a.image_bytes);
-  }
-  return w.take();
-}
-Result<std::vector<AgentSummary>> decode_list(std::span<const std::uint8_t> bytes) {
-  return decode_as(bytes, AgentMessageKind::list_answer, [](Reader& r) {
-    // Six lengths, four 8-byte fields and the state's byte.
-    std::vector<AgentSummary> m(r.count(57, "agent"));
-    for (auto& a : m) {
-      a.id = r.string();
-      a.owner = r.string();
-      a.home = r.string();
-      a.epoch = r.u64();
-      a.since_unix_ms = r.i64();
-      a.state_bytes = r.u64();
-      a.status = read_state(r);
-      a.reason = r.string();
-      a.isolation = r.string();
-      a.mobility = r.string();
-      a.image_bytes = r.u64();
-    }
-    return m;
-  });
-}
-
-AgentMessageBytes encode(const WaitQuery& m) {
-  Writer w;
-  start(w, AgentMessageKind::wait_query);
-  w.string(m.id);
-  w.u64(m.wait_ms);
-  return w.take();
-}
-Result<WaitQuery> decode_wait_query(std::span<const std::uint8_t> bytes) {
-  return decode_as(bytes, AgentMessageKind::wait_query, [](Reader& r) {
-    WaitQuery m;
-    m.id = r.string();
-    m.wait_ms = r.u64();
-    return m;
-  });
-}
-
-AgentMessageBytes encode(const FetchQuery& m) {
-  Writer w;
-  start(w, AgentMessageKind::fetch_query);
-  w.string(m.module);
-  w.string(m.hash);
-  w.string(m.have);
-  return w.take();
-}
-Result<FetchQuery> decode_fetch_query(std::span<const std::uint8_t> bytes) {
-  return decode_as(bytes, AgentMessageKind::fetch_query, [](Reader& r) {
-    FetchQuery m;
-    m.module = r.string();
-    m.hash = r.string();
-    m.have = r.string();
-    return m;
-  });
-}
-
-AgentMessageBytes encode(const FetchAnswer& m) {
-  Writer w;
-  start(w, AgentMessageKind::fetch_answer);
-  w.string(m.hash);
-  write_optional(w, m.bundle_bytes);
-  return w.take();
-}
-Result<FetchAnswer> decode_fetch_answer(std::span<const std::uint8_t> bytes) {
-  return decode_as(bytes, AgentMessageKind::fetch_answer, [](Reader& r) {
-    FetchAnswer m;
-    m.hash = r.string();
-    m.bundle_bytes = read_optional(r);
     return m;
   });
 }
