@@ -6,6 +6,7 @@
 
 #include <filesystem>
 
+#include "tests/support/daemon_node.hpp"
 #include "tests/support/process.hpp"
 #include "tests/transports/tls_support.hpp"
 
@@ -77,10 +78,7 @@ TEST_CASE("sojourn node --tls serves a client with a certificate and refuses a p
   std::string line = node.read_line(10000);
   CHECK(line.rfind("node a serves mutual TLS as 'a' (key ", 0) == 0);
   CHECK(line.find("trusting CA 'sojourn CA'") != std::string::npos);
-  const std::string prefix = "node a listening on ";
-  for (int i = 0; i < 10 && line.rfind(prefix, 0) != 0; ++i) line = node.read_line(10000);
-  REQUIRE(line.rfind(prefix, 0) == 0);
-  const std::string address = line.substr(prefix.size());
+  const std::string address = sojourn::test::listening_address(node, "a", 10000);
 
   auto put = run({cli, "call", "--tls", dir / "alice", address, "kv.put", R"(["k", 41])"});
   CHECK(put.exit_code == 0);

@@ -12,6 +12,7 @@
 #include "sojourn/agents/node.hpp"
 #include "sojourn/core/bundle.hpp"
 #include "tests/support/parked_agent.hpp"
+#include "tests/support/daemon_node.hpp"
 #include "tests/support/process.hpp"
 #include "tests/support/temp_dir.hpp"
 
@@ -226,13 +227,9 @@ struct Daemon {
   explicit Daemon(const std::string& data_dir)
       : process({cli, "node", "--listen", "127.0.0.1:0", "--name", "d", "--data-dir", data_dir, "--peer-isolation", "trusted"}) {
     REQUIRE(process.started());
-    std::string line;
-    for (int i = 0; i < 10 && line.rfind("node d listening on ", 0) != 0; ++i) {
-      line = process.read_line(20000);
+    address = sojourn::test::listening_address(process, "d", 20000, 10, [this](const std::string& line) {
       if (line.rfind("node d stores its state", 0) == 0) storage_line = line;
-    }
-    REQUIRE(line.rfind("node d listening on ", 0) == 0);
-    address = line.substr(std::string("node d listening on ").size());
+    });
   }
 };
 

@@ -9,6 +9,7 @@
 
 #include "sojourn/agents/node.hpp"
 #include "sojourn/core/bundle.hpp"
+#include "tests/support/daemon_node.hpp"
 #include "tests/support/process.hpp"
 #include "tests/support/temp_dir.hpp"
 
@@ -187,10 +188,7 @@ struct LoggingDaemon {
       : process({"/bin/sh", "-c", "exec \"$0\" \"$@\" 2>&1", cli, "node", "--listen", listen, "--name", "d",
                  "--data-dir", data_dir, "--peer-isolation", "trusted", "--log-level", "info"}) {
     REQUIRE(process.started());
-    std::string line;
-    for (int i = 0; i < 100 && line.rfind("node d listening on ", 0) != 0; ++i) line = process.read_line(20000);
-    REQUIRE(line.rfind("node d listening on ", 0) == 0);
-    address = line.substr(std::string("node d listening on ").size());
+    address = sojourn::test::listening_address(process, "d", 20000, 100);
   }
   // Reads the log until a line holds `text`.
   bool saw(const std::string& text) {

@@ -10,6 +10,7 @@
 #include <fstream>
 #include <thread>
 
+#include "tests/support/daemon_node.hpp"
 #include "tests/support/process.hpp"
 #include "tests/support/temp_dir.hpp"
 
@@ -54,10 +55,7 @@ struct Daemon {
       : process({cli, "node", "--listen", listen, "--name", "s", "--data-dir", data_dir, "--peer-isolation", "process",
                  "--migration-retries", "10", "--retry-backoff-ms", "50"}) {
     REQUIRE(process.started());
-    std::string line;
-    for (int i = 0; i < 10 && line.rfind("node s listening on ", 0) != 0; ++i) line = process.read_line(30000);
-    REQUIRE(line.rfind("node s listening on ", 0) == 0);
-    address = line.substr(std::string("node s listening on ").size());
+    address = sojourn::test::listening_address(process, "s");
   }
 };
 

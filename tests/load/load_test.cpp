@@ -32,6 +32,7 @@ extern "C" std::size_t __sanitizer_get_current_allocated_bytes();
 #include "sojourn/core/log.hpp"
 #include "sojourn/core/messages.hpp"
 #include "tests/support/cluster.hpp"
+#include "tests/support/daemon_node.hpp"
 #include "tests/support/error_checks.hpp"
 #include "tests/support/process.hpp"
 #include "tests/support/raw_socket.hpp"
@@ -269,10 +270,7 @@ TEST_CASE("sojourn node --max-connections 1000 serves 1,000 clients at once, clo
   test::Process daemon({SOJOURN_CLI_PATH, "node", "--listen", "127.0.0.1:0", "--name", "capped", "--max-connections",
                         std::to_string(kClients), "--peer-isolation", "trusted"});
   REQUIRE(daemon.started());
-  std::string line;
-  for (int i = 0; i < 10 && line.rfind("node capped listening on ", 0) != 0; ++i) line = daemon.read_line(30000);
-  REQUIRE(line.rfind("node capped listening on ", 0) == 0);
-  const std::string address = line.substr(std::string("node capped listening on ").size());
+  const std::string address = sojourn::test::listening_address(daemon, "capped");
 
   auto clients = connect_clients(address, kClients);
   REQUIRE(std::all_of(clients.begin(), clients.end(), [](const auto& c) { return c->connected(); }));

@@ -4,6 +4,7 @@
 
 #include <doctest/doctest.h>
 
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -13,11 +14,17 @@ namespace sojourn::test {
 
 // Reads `node`'s stdout up to "node NAME listening on ADDRESS" (lines before it announce
 // published modules) and returns ADDRESS; fails the test if it does not come. A loaded
-// sanitizer run may take seconds to start a node: each line may take `line_timeout_ms`.
-inline std::string listening_address(Process& node, const std::string& name, int line_timeout_ms = 30000) {
+// sanitizer run may take seconds to start a node: each line may take `line_timeout_ms`, and
+// up to `max_lines` lines may come first, each shown to `seen` when given.
+inline std::string listening_address(Process& node, const std::string& name, int line_timeout_ms = 30000,
+                                     int max_lines = 10,
+                                     const std::function<void(const std::string&)>& seen = {}) {
   const std::string prefix = "node " + name + " listening on ";
   std::string line;
-  for (int i = 0; i < 10 && line.rfind(prefix, 0) != 0; ++i) line = node.read_line(line_timeout_ms);
+  for (int i = 0; i < max_lines && line.rfind(prefix, 0) != 0; ++i) {
+    line = node.read_line(line_timeout_ms);
+    if (seen) seen(line);
+  }
   REQUIRE(line.rfind(prefix, 0) == 0);
   return line.substr(prefix.size());
 }
