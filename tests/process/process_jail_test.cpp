@@ -132,11 +132,18 @@ std::uint64_t namespace_id(pid_t pid, const char* kind) {
   return st.st_ino;
 }
 
-// The zygote's children (its guests), from /proc/PID/task/PID/children.
-std::vector<pid_t> children_of(pid_t pid) {
+// The live children of the zygote (its guests), from /proc/PID/task/PID/children; a guest
+// killed and not yet reaped (a zombie, whose /proc/PID/ns cannot be read) is left out.
+std::vector<pid_t> live_children_of(pid_t pid) {
   std::ifstream in("/proc/" + std::to_string(pid) + "/task/" + std::to_string(pid) + "/children");
   std::vector<pid_t> out;
-  for (pid_t child = 0; in >> child;) out.push_back(child);
+  for (pid_t child = 0; in >> child;) {
+    std::ifstream stat("/proc/" + std::to_string(child) + "/stat");
+    std::string line;
+    std::getline(stat, line);
+    const auto close = line.rfind(')');
+    if (close != std::string::npos && close + 2 < line.size() && line[close + 2] != 'Z') out.push_back(child);
+  }
   return out;
 }
 
@@ -180,10 +187,16 @@ TEST_CASE("guests share one empty network namespace, not the host's, and have th
     spinners.emplace_back([] { (void)run("while true do end", limits(1'000'000'000'000, kMemory, 1500)); });
   }
   const pid_t zygote = jail().status().zygote_pid;
+  // The same two or more guests alive in two looks 50 ms apart: the spinners, not the guests
+  // of earlier tests that were killed and are being reaped.
   std::vector<pid_t> guests;
+  std::vector<pid_t> before;
   const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(5);
-  while ((guests = children_of(zygote)).size() < 2 && std::chrono::steady_clock::now() < give_up) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  while (std::chrono::steady_clock::now() < give_up) {
+    guests = live_children_of(zygote);
+    if (guests.size() >= 2 && guests == before) break;
+    before = guests;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
   }
   REQUIRE(guests.size() >= 2);
   const pid_t a = guests[0];
