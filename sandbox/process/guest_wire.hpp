@@ -167,11 +167,16 @@ struct SpawnRequest {
   template <class F> void fields(F& f) { f(id, limits, allow_jit); }
 };
 
+// In Hello::namespaces, beside CLONE_NEWNET: the guests share one empty network namespace
+// the zygote made at its start, instead of one each. A bit of CSIGNAL, which no CLONE_NEW*
+// flag uses.
+constexpr std::uint32_t kSharedNetNamespace = 0x1;
+
 struct Hello {
   static constexpr Kind kKind = Kind::hello;
   std::uint32_t protocol = kProtocolVersion;
   std::uint32_t zygote_pid = 0;
-  std::uint32_t namespaces = 0;   // CLONE_NEW* flags each guest gets
+  std::uint32_t namespaces = 0;   // CLONE_NEW* flags each guest gets, and kSharedNetNamespace
   std::string fallback;           // why some namespaces are missing ("" when none is)
   template <class F> void fields(F& f) { f(protocol, zygote_pid, namespaces, fallback); }
 };

@@ -44,6 +44,7 @@ std::string namespace_names(std::uint32_t flags) {
     if ((flags & static_cast<std::uint32_t>(flag)) == 0) continue;
     if (!names.empty()) names += ' ';
     names += name;
+    if (flag == CLONE_NEWNET && (flags & channel::kSharedNetNamespace) != 0) names += "(shared)";
   }
   return names;
 }

@@ -2,15 +2,22 @@
 // level's results and errors; kills are reported precisely; the zygote is restarted.
 #include <doctest/doctest.h>
 
+#include <fcntl.h>
+#include <linux/nsfs.h>
 #include <signal.h>
 #include <seccomp.h>
+#include <sys/ioctl.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <chrono>
 #include <cstdlib>
+#include <fstream>
 #include <memory>
 #include <string>
 #include <thread>
@@ -114,6 +121,115 @@ TEST_CASE("the jail reports its zygote and the namespaces its guests get") {
   CHECK(status.zygote_starts == 1);
   CHECK(status.guest_path.find("sojourn-guest") != std::string::npos);
   MESSAGE("namespaces: '" << status.namespaces << "' fallback: '" << status.namespace_fallback << "'");
+}
+
+namespace {
+
+// The inode of /proc/PID/ns/KIND: equal inodes, same namespace. 0 when unreadable.
+std::uint64_t namespace_id(pid_t pid, const char* kind) {
+  struct stat st{};
+  if (::stat(("/proc/" + std::to_string(pid) + "/ns/" + kind).c_str(), &st) != 0) return 0;
+  return st.st_ino;
+}
+
+// The live children of the zygote (its guests), from /proc/PID/task/PID/children; a guest
+// killed and not yet reaped (a zombie, whose /proc/PID/ns cannot be read) is left out.
+std::vector<pid_t> live_children_of(pid_t pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/task/" + std::to_string(pid) + "/children");
+  std::vector<pid_t> out;
+  for (pid_t child = 0; in >> child;) {
+    std::ifstream stat("/proc/" + std::to_string(child) + "/stat");
+    std::string line;
+    std::getline(stat, line);
+    const auto close = line.rfind(')');
+    if (close != std::string::npos && close + 2 < line.size() && line[close + 2] != 'Z') out.push_back(child);
+  }
+  return out;
+}
+
+// The inodes of the user namespaces above PID's own, parent first (as far as this process
+// may look).
+std::vector<std::uint64_t> user_namespace_ancestors(pid_t pid) {
+  std::vector<std::uint64_t> out;
+  int fd = ::open(("/proc/" + std::to_string(pid) + "/ns/user").c_str(), O_RDONLY | O_CLOEXEC);
+  while (fd >= 0) {
+    const int parent = ::ioctl(fd, NS_GET_PARENT);
+    ::close(fd);
+    fd = parent;
+    struct stat st{};
+    if (fd >= 0 && ::fstat(fd, &st) == 0) out.push_back(st.st_ino);
+  }
+  return out;
+}
+
+// The inode of the user namespace that owns PID's network namespace (whose capabilities
+// rule it). 0 when unknown.
+std::uint64_t net_namespace_owner(pid_t pid) {
+  const int net = ::open(("/proc/" + std::to_string(pid) + "/ns/net").c_str(), O_RDONLY | O_CLOEXEC);
+  if (net < 0) return 0;
+  const int owner = ::ioctl(net, NS_GET_USERNS);
+  ::close(net);
+  struct stat st{};
+  const bool known = owner >= 0 && ::fstat(owner, &st) == 0;
+  if (owner >= 0) ::close(owner);
+  return known ? st.st_ino : 0;
+}
+
+}  // namespace
+
+TEST_CASE("guests share one empty network namespace, not the host's, and have their own pid, ipc, mount and user ones") {
+  const auto status = jail().status();
+  REQUIRE(status.namespace_fallback.empty());  // this machine allows every namespace
+  CHECK(status.namespaces == "user net(shared) mount pid ipc");
+  // Two guests alive at once: two runs that spin until their wall-clock deadline.
+  std::vector<std::thread> spinners;
+  for (int i = 0; i < 2; ++i) {
+    spinners.emplace_back([] { (void)run("while true do end", limits(1'000'000'000'000, kMemory, 1500)); });
+  }
+  const pid_t zygote = jail().status().zygote_pid;
+  // The same two or more guests alive in two looks 50 ms apart: the spinners, not the guests
+  // of earlier tests that were killed and are being reaped.
+  std::vector<pid_t> guests;
+  std::vector<pid_t> before;
+  const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+  while (std::chrono::steady_clock::now() < give_up) {
+    guests = live_children_of(zygote);
+    if (guests.size() >= 2 && guests == before) break;
+    before = guests;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  REQUIRE(guests.size() >= 2);
+  const pid_t a = guests[0];
+  const pid_t b = guests[1];
+  // The zygote's own network namespace is the one it made for its guests.
+  REQUIRE(namespace_id(zygote, "net") != 0);
+  CHECK(namespace_id(zygote, "net") != namespace_id(::getpid(), "net"));
+  if (namespace_id(a, "net") == 0 && ::geteuid() != 0) {
+    // A guest is not dumpable and its memory belongs to the node's user namespace: only
+    // CAP_SYS_PTRACE there may look into it (root in CI, where this runs in full).
+    MESSAGE("not root: a guest's /proc/PID/ns cannot be read, only the zygote's was checked");
+    for (auto& t : spinners) t.join();
+    return;
+  }
+  REQUIRE(namespace_id(a, "net") != 0);
+  CHECK(namespace_id(a, "net") == namespace_id(b, "net"));
+  CHECK(namespace_id(a, "net") == namespace_id(zygote, "net"));
+  CHECK(namespace_id(a, "net") != namespace_id(::getpid(), "net"));
+  for (const char* kind : {"pid", "ipc", "mnt", "user"}) {
+    CAPTURE(kind);
+    CHECK(namespace_id(a, kind) != namespace_id(b, kind));
+    CHECK(namespace_id(a, kind) != namespace_id(zygote, kind));
+  }
+  // No guest holds a capability over the shared namespace: its owner is a strict ancestor of
+  // each guest's user namespace (capabilities never reach up a user namespace).
+  const std::uint64_t owner = net_namespace_owner(a);
+  REQUIRE(owner != 0);
+  for (pid_t guest : {a, b}) {
+    CHECK(owner != namespace_id(guest, "user"));
+    const std::vector<std::uint64_t> above = user_namespace_ancestors(guest);
+    CHECK(std::find(above.begin(), above.end(), owner) != above.end());
+  }
+  for (auto& t : spinners) t.join();
 }
 
 TEST_CASE("node.call crosses the channel to the host and back") {

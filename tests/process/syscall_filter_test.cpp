@@ -116,6 +116,21 @@ TEST_CASE("forbidden syscalls kill the process with SIGSYS") {
   CHECK(killed_by_seccomp(in_filtered_child(false, [] { return ::syscall(SYS_clone, SIGCHLD, 0, 0, 0, 0); })));
 }
 
+// Guests share one network namespace (docs/jails.md "Namespaces"): that is safe only while
+// no guest can make or reach a socket, nor move to another namespace. And SysV IPC and POSIX
+// message queues are closed too, should the IPC namespace ever be shared.
+TEST_CASE("no socket, namespace or IPC call is allowed, with or without the JIT") {
+  for (bool jit : {false, true}) {
+    CAPTURE(jit);
+    for (long nr : {SYS_socket, SYS_socketpair, SYS_connect, SYS_bind, SYS_listen, SYS_accept4, SYS_sendto,
+                    SYS_sendmsg, SYS_setns, SYS_unshare, SYS_clone3, SYS_msgget, SYS_shmget, SYS_semget,
+                    SYS_mq_open}) {
+      CAPTURE(nr);
+      CHECK(killed_by_seccomp(in_filtered_child(jit, [nr] { return ::syscall(nr, 0, 0, 0, 0, 0, 0); })));
+    }
+  }
+}
+
 TEST_CASE("without the JIT no memory syscall is allowed: both heaps were mapped before the filter") {
   CHECK(killed_by_seccomp(in_filtered_child(false, [] { return ::syscall(SYS_brk, 0); })));
   CHECK(killed_by_seccomp(in_filtered_child(false, [] { return raw_mmap(PROT_READ | PROT_WRITE); })));

@@ -38,7 +38,7 @@ struct ProcessJailOptions {
 struct ProcessJailStatus {
   std::string guest_path;
   int zygote_pid = 0;
-  std::string namespaces;        // e.g. "user net mount pid ipc"; "" when none
+  std::string namespaces;        // e.g. "user net(shared) mount pid ipc"; "" when none
   std::string namespace_fallback;  // why some are missing, "" when none is
   std::uint64_t guests_started = 0;
   std::uint64_t guests_killed = 0;   // by the host: deadline, abort, oversized output
