@@ -19,10 +19,13 @@ Result<void> register_builtin_services(Node& node, const NodeCounters& counters,
   // A write to the data dir waits for the disk (an fsync with durability full): it runs on a
   // worker, never on the network thread.
   ServiceOptions writes{!kv->durable()};
+  // kv.get's answers may be carried into a guest with a run's request (docs/jails.md).
+  ServiceOptions carried_read = fast;
+  carried_read.read_only = true;
   for (const char* name : {"kv.get", "kv.put", "kv.del", "kv.keys"}) {
     const bool read = std::string_view(name) == "kv.get" || std::string_view(name) == "kv.keys";
     node.register_service(name, [kv, name](const Value& args) -> Result<Value> { return kv->call(name, args); },
-                          read ? fast : writes);
+                          std::string_view(name) == "kv.get" ? carried_read : read ? fast : writes);
   }
 
   node.register_service("node.info", [name = node.options().name, id = node.node_id(), &counters, &registry, &jails](const Value&) -> Result<Value> {

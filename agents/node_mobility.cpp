@@ -20,6 +20,23 @@ Result<Value> NodeHostCalls::call(std::string_view service, const Value& args) {
   return services_.call_from_lua(service, args);
 }
 
+bool may_carry(const ServiceRegistry& services, const PolicyRule* rule, std::string_view service, bool network_thread) {
+  if (rule != nullptr && (!rule->grants(service) || rule->quotas.messages_per_second != 0)) return false;
+  std::shared_ptr<const ServiceEntry> entry = services.lookup(service);
+  return entry != nullptr && entry->options.read_only && !entry->options.peers_only && !entry->async_fn &&
+         (!network_thread || entry->options.inline_on_network_thread);
+}
+
+std::optional<Value> carry_read(const ServiceRegistry& services, const PolicyRule* rule, std::string_view service,
+                                const Value& args, bool network_thread) {
+  if (!may_carry(services, rule, service, network_thread)) return std::nullopt;
+  std::shared_ptr<const ServiceEntry> entry = services.lookup(service);
+  if (entry == nullptr) return std::nullopt;
+  Result<Value> value = ServiceRegistry::invoke(service, entry->fn, args, PeerIdentity{"local"});
+  if (!value) return std::nullopt;
+  return std::move(*value);
+}
+
 std::string Node::advertised_address() const { return impl_->agents->self(); }
 
 std::string Node::node_id() const { return impl_->trust.node_id(); }

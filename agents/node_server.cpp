@@ -370,6 +370,13 @@ class InlineHostCalls final : public sandbox::HostCalls {
     return ServiceRegistry::invoke(service, entry->fn, args, PeerIdentity{"local"});
   }
 
+  // Carried reads: the same services as answered here (kv.get), never after giving way.
+  bool carries(std::string_view service) const override { return !gave_way_ && may_carry(services_, rule_, service, true); }
+  std::optional<Value> read_ahead(std::string_view service, const Value& args) override {
+    if (gave_way_) return std::nullopt;
+    return carry_read(services_, rule_, service, args, true);
+  }
+
   bool gave_way() const { return gave_way_; }
 
  private:

@@ -71,11 +71,44 @@ bool read_exact(int fd, std::uint8_t* at, std::size_t n) {
   return true;
 }
 
+// The carried reads of the current run (docs/jails.md, "Carried reads"): answered here until
+// the run calls a service none of them is for (a write, or anything else that may change
+// what they read); from then on every call crosses. Cleared at each run's start.
+struct Carried {
+  std::vector<channel::CarriedRead> reads;
+  std::string used;  // one byte per read
+  bool valid = false;
+};
+Carried g_carried;
+
+// The carried answer for this call, if any.
+const Value* carried_answer(std::string_view service, const Value& args) {
+  Carried& carried = g_carried;
+  if (!carried.valid) return nullptr;
+  bool service_carried = false;
+  std::vector<std::uint8_t> encoded;
+  for (std::size_t i = 0; i < carried.reads.size(); ++i) {
+    const channel::CarriedRead& read = carried.reads[i];
+    if (read.service != service) continue;
+    service_carried = true;
+    if (encoded.empty()) encoded = encode_value(args);
+    if (read.args.size() == encoded.size() && std::memcmp(read.args.data(), encoded.data(), encoded.size()) == 0) {
+      carried.used[i] = 1;
+      return &read.value;
+    }
+  }
+  // A read-only service carried for other arguments leaves the others right; any other call
+  // may write: what was read at the start may be stale after it.
+  if (!service_carried) carried.valid = false;
+  return nullptr;
+}
+
 class ChannelHost final : public HostCalls {
  public:
   explicit ChannelHost(int fd) : fd_(fd) {}
 
   Result<Value> call(std::string_view service, const Value& args) override {
+    if (const Value* answer = carried_answer(service, args)) return *answer;
     channel::HostCall request{std::string(service), args};
     if (!write_all(fd_, channel::encode_frame(request))) return broken();
     std::optional<Frame> frame = read_frame(fd_, kMaxRequestBytes);
@@ -113,6 +146,8 @@ std::optional<Frame> read_frame(int fd, std::uint32_t max_payload) {
   if (!read_exact(fd, frame.payload.data(), frame.payload.size())) return std::nullopt;
   return frame;
 }
+
+std::size_t carried_read_count() { return g_carried.reads.size(); }
 
 bool write_all(int fd, std::span<const std::uint8_t> bytes) {
   while (!bytes.empty()) {
@@ -349,7 +384,18 @@ bool serve_one_run(int fd) {
   Limits limits;
   Kind kind = Kind::run;
   try {
+    g_carried = Carried{};
     std::optional<Frame> frame = read_frame(fd, kMaxRequestBytes);
+    if (frame && frame->kind == Kind::carried_reads) {
+      // Carried reads come with a run request, in the same write: the run frame follows.
+      Result<channel::CarriedReads> carried = channel::decode_payload<channel::CarriedReads>(frame->payload);
+      if (!carried) return false;
+      g_carried.reads = std::move(carried->reads);
+      g_carried.used.assign(g_carried.reads.size(), '\0');
+      g_carried.valid = true;
+      frame = read_frame(fd, kMaxRequestBytes);
+      if (!frame || frame->kind != Kind::run) return false;
+    }
     if (!frame || (frame->kind != Kind::run && frame->kind != Kind::agent && frame->kind != Kind::resume)) return false;
     kind = frame->kind == Kind::run ? Kind::run : Kind::agent;
     // Agent steps make their own state: the arena goes back to pristine first (a strong
@@ -357,6 +403,12 @@ bool serve_one_run(int fd) {
     if (frame->kind != Kind::run) set_aside_warm_state();
     bool strong = frame->kind == Kind::resume;
     std::vector<std::uint8_t> answer = serve_request(fd, *frame, limits, strong);
+    if (!g_carried.reads.empty()) {
+      // Which carried reads the run used goes just before its answer, in the same write.
+      std::vector<std::uint8_t> used = channel::encode_frame(channel::ReadsUsed{g_carried.used});
+      used.insert(used.end(), answer.begin(), answer.end());
+      answer = std::move(used);
+    }
     // A strong step's arena went into an image or came from one: such a guest serves no more.
     return write_all(fd, answer) && !strong;
   } catch (const std::bad_alloc&) {

@@ -18,6 +18,8 @@ struct Frame {
 };
 std::optional<Frame> read_frame(int fd, std::uint32_t max_payload);
 bool write_all(int fd, std::span<const std::uint8_t> bytes);
+// How many reads the current run carries (the test hooks' lying guest).
+std::size_t carried_read_count();
 
 // Serves one run on `fd`: returns once the result (or error) is written, or the channel
 // broke. Never throws. True when the guest may serve another run after its arena is reset:

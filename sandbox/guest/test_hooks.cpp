@@ -112,6 +112,12 @@ void run_test_hook(std::string_view source) {
     const std::vector<std::uint8_t> frame = channel::encode_frame(done);
     ::syscall(SYS_write, kChannelFd, frame.data(), frame.size());
     for (;;) asm volatile("" ::: "memory");
+  } else if (source.starts_with("--@lie-used") && carried_read_count() > 0) {
+    // A run that carries reads claims more of them than it was given.
+    channel::ReadsUsed lie;
+    lie.used.assign(carried_read_count() + 100, '\1');
+    const std::vector<std::uint8_t> frame = channel::encode_frame(lie);
+    ::syscall(SYS_write, kChannelFd, frame.data(), frame.size());
   } else if (source.substr(0, 7) == "--@spin") {
     // A C loop no Lua hook sees: only the host's kill ends it.
     for (;;) asm volatile("" ::: "memory");

@@ -14,9 +14,12 @@
 #include <optional>
 #include <string>
 #include <thread>
+#include <utility>
+#include <vector>
 
 #include "sandbox/process/zygote_link.hpp"
 #include "sojourn/core/error.hpp"
+#include "sojourn/core/value.hpp"
 
 namespace sojourn::sandbox {
 
@@ -55,6 +58,14 @@ struct WarmGuest {
   // whole second as the last one's needs no prlimit call.
   std::uint64_t hard_cpu_seconds = 0;
   std::uint64_t armed_soft_seconds = 0;
+  // Carried reads learned from its runs (guest_session.cpp, docs/jails.md): per chunk
+  // source, the calls to carried services its last run of it made, to read ahead next time.
+  // This guest's alone (one principal's), so what its own word taught changes only its runs.
+  struct LearnedReads {
+    std::string source;
+    std::vector<std::pair<std::string, Value>> calls;
+  };
+  std::vector<LearnedReads> learned;
 };
 
 // Ends a guest that will not run again: killed, and its exit report ignored.

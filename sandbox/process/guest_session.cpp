@@ -122,7 +122,7 @@ Error classify_guest_end(const channel::Exited* exited, long seccomp_syscall, co
 
 Conversation converse(HostChannel& channel, std::span<const std::uint8_t> request, Kind done, const Limits& limits,
                       HostCalls* host, std::uint64_t max_result_bytes, std::vector<std::uint8_t>* heap_span,
-                      std::uint64_t max_frame_bytes, DirectPages* direct) {
+                      std::uint64_t max_frame_bytes, DirectPages* direct, CarriedSession* carried) {
   ReadLimits read_limits;
   read_limits.max_payload = limits.memory_bytes + kFrameSlack;
   read_limits.result_kind = done;
@@ -152,7 +152,24 @@ Conversation converse(HostChannel& channel, std::span<const std::uint8_t> reques
         talk.broke = broke_protocol(call.error());
         break;
       }
+      if (carried != nullptr && host != nullptr && carried->crossed.size() < channel::kMaxCarriedReads &&
+          host->carries(call->service)) {
+        carried->crossed.push_back({call->service, call->args});
+      }
       talk.status = channel.write(channel::encode_frame(answer_host_call(host, *call)));
+    } else if (kind == Kind::reads_used && carried != nullptr && !carried->reads.empty()) {
+      // One byte, 0 or 1, per read carried: anything else is a guest that broke the protocol.
+      Result<channel::ReadsUsed> used = channel::decode_payload<channel::ReadsUsed>(payload);
+      if (used && (used->used.size() != carried->reads.size() ||
+                   std::any_of(used->used.begin(), used->used.end(), [](char c) { return c != 0 && c != 1; }))) {
+        used = channel::bad_message(Kind::reads_used, "not one flag per carried read");
+      }
+      if (!used) {
+        talk.broke = broke_protocol(used.error());
+        break;
+      }
+      if (carried->used.empty()) carried->used.assign(carried->reads.size(), '\0');
+      for (std::size_t i = 0; i < used->used.size(); ++i) carried->used[i] |= used->used[i];
     } else if (kind == Kind::heap_span && heap_span != nullptr && !span_seen) {
       span_seen = true;
       if (direct != nullptr) {
@@ -292,6 +309,77 @@ Result<std::vector<std::uint8_t>> run_in_guest(ZygoteLink& zygote, const RunInpu
   return unanswered(zygote, *guest, talk, limits, counters);
 }
 
+namespace {
+
+// Carried reads: a value larger than this is asked for when the run calls (it would make the
+// request larger than the crossing it saves), and only chunks up to this size are learned
+// from, at most this many per guest.
+constexpr std::size_t kMaxCarriedValueBytes = 4096;
+constexpr std::size_t kMaxLearnedSource = 16 * 1024;
+constexpr std::size_t kMaxLearnedChunks = 8;
+
+WarmGuest::LearnedReads* learned_for(WarmGuest& warm, std::string_view source) {
+  for (WarmGuest::LearnedReads& learned : warm.learned) {
+    if (learned.source == source) return &learned;
+  }
+  return nullptr;
+}
+
+// The carried_reads frame followed by the request, or nothing when no read is carried: the
+// reads the guest's last run of this chunk made, answered now by `host` (its policy checks).
+std::vector<std::uint8_t> request_with_reads(WarmGuest& warm, std::string_view source,
+                                             std::span<const std::uint8_t> request, HostCalls& host,
+                                             CarriedSession& carried) {
+  WarmGuest::LearnedReads* learned = learned_for(warm, source);
+  if (learned == nullptr) return {};
+  for (const auto& [service, args] : learned->calls) {
+    std::optional<Value> value = host.read_ahead(service, args);
+    if (!value || encode_value(*value).size() > kMaxCarriedValueBytes) continue;
+    const std::vector<std::uint8_t> encoded = encode_value(args);
+    carried.reads.push_back({service, std::string(encoded.begin(), encoded.end()), std::move(*value)});
+    carried.read_args.push_back(args);
+  }
+  if (carried.reads.empty()) return {};
+  std::vector<std::uint8_t> frame = channel::encode_frame(channel::CarriedReads{carried.reads});
+  frame.insert(frame.end(), request.begin(), request.end());
+  return frame;
+}
+
+// After an answer: the used reads are counted as the calls they stood for, and what to carry
+// next time is what this run read (the carried reads it used, then the calls that crossed).
+void settle_reads(WarmGuest& warm, std::string_view source, HostCalls& host, const CarriedSession& carried) {
+  std::vector<std::pair<std::string, Value>> calls;
+  std::vector<std::string> seen;  // service + encoded args of each, to keep one of each
+  const auto add = [&](const std::string& service, const Value& args, std::string encoded) {
+    std::string key = service + '\0' + encoded;
+    if (calls.size() >= channel::kMaxCarriedReads || std::find(seen.begin(), seen.end(), key) != seen.end()) return;
+    seen.push_back(std::move(key));
+    calls.emplace_back(service, args);
+  };
+  for (std::size_t i = 0; i < carried.reads.size() && i < carried.used.size(); ++i) {
+    if (carried.used[i] == 0) continue;
+    host.carried_used(carried.reads[i].service, carried.read_args[i]);
+    add(carried.reads[i].service, carried.read_args[i], carried.reads[i].args);
+  }
+  for (const CarriedSession::Crossed& call : carried.crossed) {
+    const std::vector<std::uint8_t> encoded = encode_value(call.args);
+    add(call.service, call.args, std::string(encoded.begin(), encoded.end()));
+  }
+  WarmGuest::LearnedReads* learned = learned_for(warm, source);
+  if (calls.empty()) {
+    if (learned != nullptr) warm.learned.erase(warm.learned.begin() + (learned - warm.learned.data()));
+    return;
+  }
+  if (learned == nullptr) {
+    if (warm.learned.size() >= kMaxLearnedChunks) warm.learned.erase(warm.learned.begin());
+    learned = &warm.learned.emplace_back();
+    learned->source = std::string(source);
+  }
+  learned->calls = std::move(calls);
+}
+
+}  // namespace
+
 Result<std::vector<std::uint8_t>> run_in_warm_guest(WarmGuest& warm, const RunInput& input,
                                                     std::span<const std::uint8_t> request, Kind done, HostCalls* host,
                                                     const SessionOptions& options, SessionCounters& counters,
@@ -308,9 +396,17 @@ Result<std::vector<std::uint8_t>> run_in_warm_guest(WarmGuest& warm, const RunIn
     options.direct->pid = warm.guest.pid;
     options.direct->pidfd = warm.guest.pidfd.get();
   }
-  Conversation talk = converse(channel, request, done, limits, host, input.max_result_bytes, options.heap_span,
-                               options.max_frame_bytes, options.direct);
+  // Plain runs carry reads (agent steps read through their own kv step, docs/jails.md).
+  const bool carry = host != nullptr && done == Kind::run_done && options.direct == nullptr &&
+                     options.heap_span == nullptr && input.source.size() <= kMaxLearnedSource;
+  CarriedSession carried;
+  const std::vector<std::uint8_t> with_reads =
+      carry ? request_with_reads(warm, input.source, request, *host, carried) : std::vector<std::uint8_t>{};
+  Conversation talk = converse(channel, with_reads.empty() ? request : std::span<const std::uint8_t>(with_reads), done,
+                               limits, host, input.max_result_bytes, options.heap_span, options.max_frame_bytes,
+                               options.direct, carry ? &carried : nullptr);
   if (talk.done) {
+    if (carry) settle_reads(warm, input.source, *host, carried);
     // The clock is read after the answer only when the caller wants the run's CPU time (a
     // syscall of its own); otherwise the guest's allowance at its next take (guest_at_rest)
     // counts from this run's start, which only makes it tighter: a run that used more than

@@ -57,10 +57,24 @@ struct Conversation {
 // a larger one is refused at its header, before the host reads it.
 // With `heap_span`, one heap_span frame is kept there (a strong stop) and frames may be as large
 // as `max_frame_bytes` when that is larger.
+// A run's carried reads (docs/jails.md, "Carried reads"): what went with the request, what
+// the guest said it used, and the calls to carried services that crossed (what to carry
+// next time).
+struct CarriedSession {
+  std::vector<channel::CarriedRead> reads;
+  std::vector<Value> read_args;  // reads[i]'s args, decoded
+  std::string used;              // the guest's ReadsUsed, one byte (0 or 1) per read
+  struct Crossed {
+    std::string service;
+    Value args;
+  };
+  std::vector<Crossed> crossed;  // at most channel::kMaxCarriedReads
+};
+
 Conversation converse(HostChannel& channel, std::span<const std::uint8_t> request, channel::Kind done,
                       const Limits& limits, HostCalls* host, std::uint64_t max_result_bytes = 0,
                       std::vector<std::uint8_t>* heap_span = nullptr, std::uint64_t max_frame_bytes = 0,
-                      DirectPages* direct = nullptr);
+                      DirectPages* direct = nullptr, CarriedSession* carried = nullptr);
 
 // What run_lua refuses before a state exists is refused before a guest exists (both jails).
 Result<void> check_run_input(const RunInput& input);

@@ -21,6 +21,11 @@ void Encoder::operator()(const Value& v) {
 
 void Encoder::operator()(const Limits& v) { (*this)(v.cpu_instructions, v.memory_bytes, v.wall_ms); }
 
+void Encoder::operator()(const std::vector<CarriedRead>& v) {
+  (*this)(static_cast<std::uint32_t>(v.size()));
+  for (const CarriedRead& read : v) (*this)(read.service, read.args, read.value);
+}
+
 std::uint64_t Decoder::get(int n) {
   const auto bytes = take(static_cast<std::size_t>(n));
   std::uint64_t v = 0;
@@ -58,6 +63,13 @@ void Decoder::operator()(Value& v) {
 }
 
 void Decoder::operator()(Limits& v) { (*this)(v.cpu_instructions, v.memory_bytes, v.wall_ms); }
+
+void Decoder::operator()(std::vector<CarriedRead>& v) {
+  const auto count = get(4);
+  if (count > kMaxCarriedReads) throw DecodeFailure{"too many carried reads"};
+  v.resize(static_cast<std::size_t>(count));
+  for (CarriedRead& read : v) (*this)(read.service, read.args, read.value);
+}
 
 void finish_frame(std::vector<std::uint8_t>& frame, Kind kind) {
   const auto length = static_cast<std::uint32_t>(frame.size() - kHeaderBytes);
@@ -97,6 +109,8 @@ std::string_view kind_name(Kind kind) noexcept {
     case Kind::pages_taken: return "pages_taken";
     case Kind::pages_wanted: return "pages_wanted";
     case Kind::heap_ready: return "heap_ready";
+    case Kind::carried_reads: return "carried_reads";
+    case Kind::reads_used: return "reads_used";
     case Kind::host_call: return "host_call";
     case Kind::run_done: return "run_done";
     case Kind::seccomp_report: return "seccomp_report";

@@ -20,7 +20,7 @@ namespace sojourn::sandbox::channel {
 
 inline constexpr std::size_t kHeaderBytes = 5;
 // Bumped with any change to a message: a zygote that speaks another version is refused.
-inline constexpr std::uint32_t kProtocolVersion = 4;
+inline constexpr std::uint32_t kProtocolVersion = 5;
 
 enum class Kind : std::uint8_t {
   // host -> guest, on the run's channel
@@ -32,6 +32,7 @@ enum class Kind : std::uint8_t {
                      // host wrote them into the arena itself); also guest -> host, pages_wanted's answer
   pages_taken = 6,   // (empty) the host read a strong stop's kept pages out of the guest itself
   pages_wanted = 7,  // (empty) the host could not: the guest sends them as a heap_pages frame
+  carried_reads = 8,  // CarriedReads: read-only answers for the run frame that follows it in the same write
   // guest -> host, on the run's channel
   host_call = 10,    // HostCall: node.call (and later agent.*) from Lua
   run_done = 11,     // Outcome: the run's results or its error; the guest exits after it
@@ -39,6 +40,7 @@ enum class Kind : std::uint8_t {
   agent_done = 13,   // AgentDone: the agent step's outcome; the guest exits after it
   heap_span = 14,    // HeapSpan: a strong stop's page map and kept pages, just before its agent_done
   heap_ready = 15,   // (empty) a resume's arena is cleared and waits for its heap_pages
+  reads_used = 16,   // ReadsUsed: which carried reads the run used, just before its run_done
   // host -> zygote, on the control socket (with the run's channel as SCM_RIGHTS)
   spawn = 20,        // SpawnRequest
   // zygote -> host, on the control socket
@@ -111,6 +113,31 @@ struct HeapSpan {
   std::string_view page_map;  // views into the frame, which must outlive them
   std::string_view pages;
   template <class F> void fields(F& f) { f(agent_handle, arena_bytes, used_bytes, page_map, pages); }
+};
+
+// Remote evaluation without a crossing per read (docs/jails.md, "Carried reads"): the answers
+// of read-only services (kv.get) at the run's start, which the guest gives node.call for the
+// same service and arguments until the run calls any other service.
+struct CarriedRead {
+  std::string service;
+  std::string args;  // the call's args in core's Value encoding, compared byte for byte
+  Value value;
+};
+inline constexpr std::uint32_t kMaxCarriedReads = 8;
+
+struct CarriedReads {
+  static constexpr Kind kKind = Kind::carried_reads;
+  std::vector<CarriedRead> reads;  // at most kMaxCarriedReads
+  template <class F> void fields(F& f) { f(reads); }
+};
+
+// One byte per carried read of the run, 1 when node.call got it. Only what the guest says:
+// it is charged for those it claims (HostCalls::carried_used) and the host learns from it
+// which reads to carry next time, for this guest alone.
+struct ReadsUsed {
+  static constexpr Kind kKind = Kind::reads_used;
+  std::string used;
+  template <class F> void fields(F& f) { f(used); }
 };
 
 struct HostCall {
@@ -212,6 +239,7 @@ class Encoder {
   void operator()(std::string_view v);
   void operator()(const Value& v);
   void operator()(const Limits& v);
+  void operator()(const std::vector<CarriedRead>& v);
   template <class... T>
   void operator()(const T&... v) requires(sizeof...(T) > 1) { ((*this)(v), ...); }
   std::vector<std::uint8_t>& bytes() { return out_; }
@@ -237,6 +265,7 @@ class Decoder {
   void operator()(std::string_view& v);  // a view into the decoded bytes
   void operator()(Value& v);
   void operator()(Limits& v);
+  void operator()(std::vector<CarriedRead>& v);  // at most kMaxCarriedReads
   template <class... T>
   void operator()(T&... v) requires(sizeof...(T) > 1) { ((*this)(v), ...); }
   bool at_end() const { return in_.empty(); }

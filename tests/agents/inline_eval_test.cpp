@@ -255,3 +255,25 @@ TEST_CASE("at the process level a loop past the inline budget runs in full, and 
   REQUIRE(after.ok());
   CHECK(after->results.get(1).as_integer() == 42);
 }
+
+TEST_CASE("at the process level a repeated read gets the store as of each evaluation, and a write then a read sees the write") {
+  ProcessServer n;
+  n.until_inline();
+  // Carried reads (docs/jails.md): the guest learns the chunk's kv.get; each later run gets
+  // its value as of that run's start.
+  for (int i = 0; i < 6; ++i) {
+    REQUIRE(n.client.call(n.address, "kv.put", Value::array({"k", 100 + i})).ok());
+    auto r = n.client.eval(n.address, "return node.call('kv.get', 'k') + 1");
+    REQUIRE_MESSAGE(r.ok(), (r.ok() ? "" : r.error().message));
+    CHECK(r->results.get(1).as_integer() == 101 + i);
+  }
+  for (int i = 0; i < 3; ++i) {
+    REQUIRE(n.client.call(n.address, "kv.put", Value::array({"w", i})).ok());
+    auto r = n.client.eval(n.address,
+                           "local a = node.call('kv.get', 'w'); node.call('kv.put', 'w', a + 10); "
+                           "return a, node.call('kv.get', 'w')");
+    REQUIRE_MESSAGE(r.ok(), (r.ok() ? "" : r.error().message));
+    CHECK(r->results.get(1).as_integer() == i);
+    CHECK(r->results.get(2).as_integer() == i + 10);
+  }
+}

@@ -1,14 +1,17 @@
 // libFuzzer target: the host's end of a guest channel, fed by a hostile guest. The input is
 // everything the guest writes on its socket before it closes it: frames of any kind, length
 // and payload (host calls, seccomp reports, a final answer, garbage). The host converses as
-// in a real run (an echoing node.call), then reads the final frame as a run or agent answer,
-// and reads the tail of the input as the zygote's control datagrams.
+// in a real run (an echoing node.call; a run carries two reads, so reads_used frames count),
+// then reads the final frame as a run or agent answer, and reads the tail of the input as the
+// zygote's control datagrams and as a carried_reads payload (the guest's decoding of it).
 #include <sys/socket.h>
 
 #include <algorithm>
 #include <cstdint>
 #include <span>
+#include <string>
 #include <string_view>
+#include <vector>
 
 #include "sandbox/process/guest_session.hpp"
 #include "sandbox/process/guest_wire.hpp"
@@ -26,6 +29,7 @@ class EchoHost : public HostCalls {
     if (service == "fail") return make_error(Errc::service_failed, "service fail failed: asked to");
     return args;
   }
+  bool carries(std::string_view service) const override { return service == "kv.get"; }
 };
 
 template <class M>
@@ -65,7 +69,23 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   const channel::RunRequest request{"return 1", "=fuzz", Value::table(), limits, false, true};
   const auto frame = agent ? channel::encode_frame(channel::AgentRequest{request, "step", Value::table(), Value::table()})
                            : channel::encode_frame(request);
-  Conversation talk = converse(host, frame, agent ? channel::Kind::agent_done : channel::Kind::run_done, limits, &echo);
+  CarriedSession carried;
+  if (!agent) {
+    Value args = Value::table();
+    args.push(Value(std::string("k")));
+    const std::vector<std::uint8_t> encoded = encode_value(args);
+    for (int i = 0; i < 2; ++i) {
+      carried.reads.push_back({"kv.get", std::string(encoded.begin(), encoded.end()), Value(std::int64_t{i})});
+      carried.read_args.push_back(args);
+    }
+  }
+  Conversation talk = converse(host, frame, agent ? channel::Kind::agent_done : channel::Kind::run_done, limits, &echo, 0,
+                               nullptr, 0, nullptr, agent ? nullptr : &carried);
+  fuzz::check(carried.used.empty() || (carried.used.size() == carried.reads.size() &&
+                                       std::all_of(carried.used.begin(), carried.used.end(),
+                                                   [](char c) { return c == 0 || c == 1; })),
+              "a run's used reads are one flag per carried read");
+  fuzz::check(carried.crossed.size() <= channel::kMaxCarriedReads, "at most kMaxCarriedReads crossed reads are kept");
   fuzz::check(talk.status != ChannelStatus::deadline && talk.status != ChannelStatus::aborted,
               "a guest that closed its channel never keeps the host waiting");
   if (talk.done) {
@@ -83,6 +103,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   // The zygote's datagrams, as the host decodes them.
   decode_datagram<channel::Hello>(from_guest);
   decode_datagram<channel::Spawned>(from_guest);
+  decode_datagram<channel::CarriedReads>(from_guest);
   if (auto exited = channel::decode_payload<channel::Exited>(from_guest)) {
     (void)classify_guest_end(&*exited, talk.seccomp_syscall, limits);
   }

@@ -40,6 +40,10 @@ struct ServiceOptions {
   bool inline_on_network_thread = false;
   // Protocol services (agent hand-over, tracking) that peers call: Lua's node.call cannot.
   bool peers_only = false;
+  // Read-only, its answer a function of its arguments and the node's state, and cheap (like
+  // kv.get): the process jail may call it when a run starts and carry its answer into the
+  // guest (docs/jails.md, "Carried reads"). Never set it on a service that changes anything.
+  bool read_only = false;
 };
 
 // What a node with a data dir waits for before it acknowledges (docs/reliability.md).

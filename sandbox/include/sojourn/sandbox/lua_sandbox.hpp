@@ -5,6 +5,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <string_view>
 
@@ -20,6 +21,15 @@ class HostCalls {
   virtual ~HostCalls() = default;
   // `node.call(service, ...)`: args is an array table of the Lua arguments.
   virtual Result<Value> call(std::string_view service, const Value& args) = 0;
+  // Carried reads (the process jail's warm guests, docs/jails.md): whether `service` is one
+  // whose answers this host gives ahead of a run (read-only, its answer a function of its
+  // arguments and the store). Asked for each call that crosses, so cheap.
+  virtual bool carries(std::string_view /*service*/) const { return false; }
+  // The answer `service` gives for `args` now, checked by the policy as a call is, for the
+  // run to use without asking; nullopt: not carried (the run asks if it calls).
+  virtual std::optional<Value> read_ahead(std::string_view /*service*/, const Value& /*args*/) { return std::nullopt; }
+  // The guest says its run used a carried answer: counted as the call it stood for.
+  virtual void carried_used(std::string_view /*service*/, const Value& /*args*/) {}
 };
 
 struct RunInput {
