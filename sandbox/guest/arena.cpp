@@ -32,6 +32,10 @@ constexpr std::size_t kBands = std::size(kBandLimit);
 // double up to the largest (fewer chunk edges, where a page is shared with other blocks).
 constexpr std::size_t kChunkMin = 4096;
 constexpr std::uint32_t kChunkDoublings = 4;  // up to 64 KiB
+// Chunks start once the top has passed this far from the first block: a small agent's heap
+// (a warm guest's, a crowd's) packs as tightly as one top allows and its guest touches no
+// more pages; a heap that grows past it, the kind a strong hop carries, is segregated.
+constexpr std::size_t kChunksFrom = 128 * 1024;
 
 std::size_t rounded(std::size_t size) { return size == 0 ? kAlign : (size + kAlign - 1) & ~(kAlign - 1); }
 
@@ -367,7 +371,7 @@ std::byte* take(FixedArena::Header& h, std::size_t want) {
   }
   // The same size, or a little larger (an eighth), before growing the band's chunk or the top.
   if (std::byte* block = take_small(h, want, want + (want / 8 & ~(kAlign - 1)))) return block;
-  if (const std::size_t band = band_of(want); band < kBands) {
+  if (const std::size_t band = band_of(want); band < kBands && static_cast<std::size_t>(h.top - h.start) >= kChunksFrom) {
     if (std::byte* block = take_chunk(h, band, want)) return block;
   }
   if (std::byte* block = take_top(h, want)) return block;
