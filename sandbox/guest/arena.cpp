@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <iterator>
 #include <new>
 #include <string>
 
@@ -18,6 +19,23 @@ namespace {
 constexpr std::size_t kAlign = 16;
 constexpr std::size_t kSmallLists = kSmallLimit / kAlign;
 constexpr std::size_t kPage = 4096;
+
+// Blocks up to these sizes are carved from chunks of their band's own (a chunk is taken
+// whole from the free lists or the top), so that blocks of different sizes do not share
+// pages: the short-lived small blocks a program makes while it builds its long-lived data
+// (the pieces of a string, the temporary tables) fill chunks of their own, and once a
+// collection frees them those chunks' pages are whole free pages, zero after
+// clear_free_pages, which a heap image leaves out. Larger blocks come from the top.
+constexpr std::size_t kBandLimit[] = {64, 256, 1024, 4096};
+constexpr std::size_t kBands = std::size(kBandLimit);
+// A band's first chunks are small (a small agent's guest touches few pages), then they
+// double up to the largest (fewer chunk edges, where a page is shared with other blocks).
+constexpr std::size_t kChunkMin = 4096;
+constexpr std::uint32_t kChunkDoublings = 4;  // up to 64 KiB
+// Chunks start once the top has passed this far from the first block: a small agent's heap
+// (a warm guest's, a crowd's) packs as tightly as one top allows and its guest touches no
+// more pages; a heap that grows past it, the kind a strong hop carries, is segregated.
+constexpr std::size_t kChunksFrom = 128 * 1024;
 
 std::size_t rounded(std::size_t size) { return size == 0 ? kAlign : (size + kAlign - 1) & ~(kAlign - 1); }
 
@@ -39,6 +57,11 @@ struct FixedArena::Header {
   std::byte* end;
   SmallFree* small[kSmallLists];
   LargeFree* large;
+  // Each band's current chunk: [chunk_next, chunk_end) not yet handed out, both null when
+  // there is none (never an empty chunk, so the top never falls below a chunk's end).
+  std::byte* chunk_next[kBands];
+  std::byte* chunk_end[kBands];
+  std::uint32_t chunks_taken[kBands];  // how large the band's next chunk is
 };
 
 namespace {
@@ -144,7 +167,10 @@ LargeFree* sort_by_address(LargeFree* list) {
 // When the top is exhausted: merges every pair of adjacent free blocks, whatever list
 // holds them (the exact-size lists never coalesce on their own), and lowers the top over
 // free blocks that end at it. O(n log n) in the free blocks, and only when memory runs out.
+void drop_chunks(FixedArena::Header& h);
+
 void coalesce_all(FixedArena::Header& h) {
+  drop_chunks(h);
   LargeFree* all = h.large;
   for (std::size_t i = 0; i < kSmallLists; ++i) {
     for (SmallFree* node = h.small[i]; node != nullptr;) {
@@ -202,6 +228,16 @@ std::byte* take_top(FixedArena::Header& h, std::size_t size) {
   std::byte* block = h.top;
   h.top += size;
   return block;
+}
+
+// A chunk from the top starting on a page (the bytes skipped go to the free lists), so that
+// it shares no page with the blocks before it; its size is whole pages, so none with those after.
+std::byte* take_top_aligned(FixedArena::Header& h, std::size_t size) {
+  const auto top = reinterpret_cast<std::uintptr_t>(h.top);
+  const std::size_t skip = ((top + kPage - 1) & ~(kPage - 1)) - top;
+  if (skip + size > static_cast<std::size_t>(h.end - h.top)) return take_top(h, size);
+  if (skip != 0) give_back(h, take_top(h, skip), skip);
+  return take_top(h, size);
 }
 
 // Grows a block in place into the free block right after it, if there is one big enough.
@@ -277,8 +313,13 @@ Result<FixedArena> FixedArena::adopt(void* region, std::size_t bytes) {
   auto* header = std::launder(static_cast<Header*>(region));
   std::byte* const lo = as_bytes(region);
   std::byte* const hi = lo + bytes;
-  const bool inside = header->start == lo + rounded(sizeof(Header)) && header->top >= header->start &&
-                      header->top <= hi && header->end == hi;
+  bool inside = header->start == lo + rounded(sizeof(Header)) && header->top >= header->start &&
+                header->top <= hi && header->end == hi;
+  for (std::size_t band = 0; inside && band < kBands; ++band) {
+    const std::byte* next = header->chunk_next[band];
+    const std::byte* end = header->chunk_end[band];
+    inside = next == nullptr ? end == nullptr : next >= header->start && next < end && end <= header->top;
+  }
   if (header->magic != kMagic || !inside) {
     return make_error(Errc::sandbox_refused, "refused by the sandbox: heap image: the arena's bookkeeping is not an arena's");
   }
@@ -287,14 +328,52 @@ Result<FixedArena> FixedArena::adopt(void* region, std::size_t bytes) {
 
 namespace {
 
+// The band a block size is carved in, or kBands for blocks taken from the top.
+std::size_t band_of(std::size_t want) {
+  std::size_t band = 0;
+  while (band < kBands && want > kBandLimit[band]) ++band;
+  return band;
+}
+
+// A block from the band's current chunk, taking a new chunk (first fit in the large list,
+// else from the top) when the current one is too short; its rest goes to the free lists.
+std::byte* take_chunk(FixedArena::Header& h, std::size_t band, std::size_t want) {
+  if (h.chunk_next[band] == nullptr || static_cast<std::size_t>(h.chunk_end[band] - h.chunk_next[band]) < want) {
+    const std::size_t bytes = kChunkMin << std::min(h.chunks_taken[band], kChunkDoublings);
+    std::byte* chunk = take_large(h, bytes);
+    if (chunk == nullptr) chunk = take_top_aligned(h, bytes);
+    if (chunk == nullptr) return nullptr;
+    if (h.chunk_next[band] != nullptr) give_back(h, h.chunk_next[band], static_cast<std::size_t>(h.chunk_end[band] - h.chunk_next[band]));
+    h.chunk_next[band] = chunk;
+    h.chunk_end[band] = chunk + bytes;
+    ++h.chunks_taken[band];
+  }
+  std::byte* block = h.chunk_next[band];
+  h.chunk_next[band] += want;
+  if (h.chunk_next[band] == h.chunk_end[band]) h.chunk_next[band] = h.chunk_end[band] = nullptr;
+  return block;
+}
+
+// Hands every band's unused chunk rest back to the free lists (before coalescing).
+void drop_chunks(FixedArena::Header& h) {
+  for (std::size_t band = 0; band < kBands; ++band) {
+    if (h.chunk_next[band] == nullptr) continue;
+    give_back(h, h.chunk_next[band], static_cast<std::size_t>(h.chunk_end[band] - h.chunk_next[band]));
+    h.chunk_next[band] = h.chunk_end[band] = nullptr;
+  }
+}
+
 // One pass of the allocation policy; null when nothing fits as the lists stand.
 std::byte* take(FixedArena::Header& h, std::size_t want) {
   if (want > kSmallLimit) {
     if (std::byte* block = take_large(h, want)) return block;
     return take_top(h, want);
   }
-  // The same size, or a little larger (an eighth), before growing the top.
+  // The same size, or a little larger (an eighth), before growing the band's chunk or the top.
   if (std::byte* block = take_small(h, want, want + (want / 8 & ~(kAlign - 1)))) return block;
+  if (const std::size_t band = band_of(want); band < kBands && static_cast<std::size_t>(h.top - h.start) >= kChunksFrom) {
+    if (std::byte* block = take_chunk(h, band, want)) return block;
+  }
   if (std::byte* block = take_top(h, want)) return block;
   if (std::byte* block = take_small(h, want, kSmallLimit)) return block;
   return take_large(h, want);

@@ -37,7 +37,11 @@ inline std::size_t arena_bytes_for_quota(std::uint64_t quota_bytes) {
 // takes its own size, else a free block up to 1/8 larger, split), an address-ordered
 // first-fit list with coalescing for larger ones, and a top pointer that grows into the
 // unused rest of the region and shrinks back when its last block is freed. When the top
-// is exhausted any free block large enough is split.
+// is exhausted any free block large enough is split. Once the heap is past its first
+// 128 KiB, new blocks up to 4 KiB are carved from page-aligned chunks of their size band
+// (64, 256, 1,024, 4,096 bytes), so that short-lived small blocks and the long-lived data
+// built between them do not share pages: freed together, they leave whole pages that
+// clear_free_pages zeroes and a heap image leaves out.
 class FixedArena final : public LuaHeap {
  public:
   // Maps `bytes` (rounded up to whole pages) at `base` with MAP_FIXED_NOREPLACE: fails if

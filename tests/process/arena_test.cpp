@@ -8,6 +8,9 @@
 #include <random>
 #include <vector>
 
+#include <lua.hpp>
+
+#include "bench/heap_fill.hpp"
 #include "sandbox/guest/arena.hpp"
 #include "sandbox/process/guest_wire.hpp"
 #include "sojourn/sandbox/lua_sandbox.hpp"
@@ -109,7 +112,8 @@ TEST_CASE("a restore brings back the snapshot's blocks and bookkeeping and zeroe
   CHECK(dirty == 0);
   CHECK(kept[0] == std::byte{0x11});
   CHECK(arena.allocate(48) == freed);  // the snapshot's free list, as it was
-  CHECK(static_cast<std::size_t>(static_cast<std::byte*>(arena.allocate(64)) - static_cast<std::byte*>(region.aligned())) == snapshot_top);
+  // Past the small sizes' chunks: a block from the top, where the snapshot's top was.
+  CHECK(static_cast<std::size_t>(static_cast<std::byte*>(arena.allocate(40000)) - static_cast<std::byte*>(region.aligned())) == snapshot_top);
 }
 
 TEST_CASE("large free blocks coalesce so a bigger block fits where smaller ones were") {
@@ -205,9 +209,9 @@ TEST_CASE("clearing free pages zeroes freed memory, keeps every live block, and 
 TEST_CASE("realloc keeps the contents, grows in place at the top, and fails cleanly when full") {
   Region region(1u << 20);
   FixedArena arena = FixedArena::over(region.aligned(), region.size);
-  auto* p = static_cast<char*>(arena.allocate(2000));
-  std::memset(p, 'x', 2000);
-  auto* grown = static_cast<char*>(arena.reallocate(p, 2000, 50000));
+  auto* p = static_cast<char*>(arena.allocate(5000));  // past the chunked sizes: from the top
+  std::memset(p, 'x', 5000);
+  auto* grown = static_cast<char*>(arena.reallocate(p, 5000, 50000));
   CHECK(grown == p);  // it was the top block
   CHECK(grown[1999] == 'x');
   void* blocker = arena.allocate(32);
@@ -399,4 +403,208 @@ TEST_CASE("with live data under half the region, fragmentation never makes an al
   }
   CHECK(allocations > 40000);
   CHECK(failures == 0);
+}
+
+namespace {
+
+void* arena_lua_alloc(void* ud, void* block, std::size_t old_size, std::size_t new_size) {
+  auto& arena = *static_cast<FixedArena*>(ud);
+  if (new_size == 0) {
+    arena.release(block, old_size);
+    return nullptr;
+  }
+  return block == nullptr ? arena.allocate(new_size) : arena.reallocate(block, old_size, new_size);
+}
+
+// Pages below the top holding any non-zero byte: what a heap image keeps.
+std::size_t kept_pages(void* base, const FixedArena& arena) {
+  std::size_t kept = 0;
+  const auto* bytes = static_cast<const unsigned char*>(base);
+  for (std::size_t page = 0; page < arena.high_water(); page += 4096) {
+    const std::size_t length = std::min<std::size_t>(4096, arena.high_water() - page);
+    for (std::size_t i = 0; i < length; ++i) {
+      if (bytes[page + i] != 0) {
+        ++kept;
+        break;
+      }
+    }
+  }
+  return kept;
+}
+
+}  // namespace
+
+TEST_CASE("an agent's long-lived strings do not share pages with the garbage made building them") {
+  // bench/heap_fill.hpp's data (1,000-byte strings, each built from 125 short ones): after a
+  // full collection and clear_free_pages, the pages an image keeps are about the live bytes.
+  for (int kb : {1000, 4000}) {
+    Region region(64u << 20);
+    FixedArena arena = FixedArena::over(region.aligned(), region.size);
+    lua_State* L = lua_newstate(arena_lua_alloc, &arena);
+    REQUIRE(L != nullptr);
+    luaL_openlibs(L);
+    const std::string source = std::string(sojourn::bench::kFillLua) + "blob = fill(" + std::to_string(kb) + ")";
+    REQUIRE(luaL_dostring(L, source.c_str()) == 0);
+    lua_gc(L, LUA_GCCOLLECT, 0);
+    arena.clear_free_pages();
+    const std::size_t kept = kept_pages(region.aligned(), arena);
+    // Live: kb strings of 1,040 arena bytes, the table holding them, LuaJIT's string table and
+    // libraries. Before the chunks (small blocks carved from the top between the strings) the
+    // image kept about twice the strings' bytes; now about 1.3 times.
+    const std::size_t strings = static_cast<std::size_t>(kb) * 1040;
+    MESSAGE("kb=" << kb << " span=" << arena.high_water() << " kept_pages=" << kept);
+    CHECK(kept * 4096 < strings * 14 / 10);
+    lua_close(L);
+  }
+}
+
+TEST_CASE("small blocks freed together leave whole zero pages after clear_free_pages, even among large ones") {
+  Region region(16u << 20);
+  FixedArena arena = FixedArena::over(region.aligned(), region.size);
+  std::vector<std::byte*> small, large;
+  // Interleaved as a program building strings makes them: many short-lived small blocks,
+  // then one long-lived larger block.
+  for (int i = 0; i < 2000; ++i) {
+    for (int j = 0; j < 60; ++j) {
+      auto* block = static_cast<std::byte*>(arena.allocate(33));
+      REQUIRE(block != nullptr);
+      std::memset(block, 0xab, 33);
+      small.push_back(block);
+    }
+    auto* block = static_cast<std::byte*>(arena.allocate(1030));
+    REQUIRE(block != nullptr);
+    std::memset(block, 0xcd, 1030);
+    large.push_back(block);
+  }
+  for (std::byte* block : small) arena.release(block, 33);
+  arena.clear_free_pages();
+  const std::size_t kept = kept_pages(region.aligned(), arena);
+  const std::size_t large_pages = (2000 * 1040 + 4095) / 4096;
+  MESSAGE("kept " << kept << " pages for " << large_pages << " pages of large blocks");
+  CHECK(kept < large_pages + large_pages / 8 + 4);
+  for (std::byte* block : large) {
+    bool intact = true;
+    for (int i = 0; i < 1030; ++i) intact = intact && block[i] == std::byte{0xcd};
+    CHECK(intact);
+  }
+}
+
+TEST_CASE("a block reallocated across size classes keeps its contents") {
+  Region region(4u << 20);
+  FixedArena arena = FixedArena::over(region.aligned(), region.size);
+  std::size_t size = 16;
+  auto* block = static_cast<std::byte*>(arena.allocate(size));
+  for (std::size_t i = 0; i < size; ++i) block[i] = static_cast<std::byte>(i * 7);
+  // Up through every band and past the exact lists, then back down.
+  for (std::size_t next : {40u, 100u, 300u, 1000u, 5000u, 40000u, 200000u, 900u, 60u, 16u}) {
+    void* neighbour = arena.allocate(48);  // keeps the block from always growing in place
+    auto* moved = static_cast<std::byte*>(arena.reallocate(block, size, next));
+    REQUIRE(moved != nullptr);
+    bool same = true;
+    for (std::size_t i = 0; i < std::min(size, next); ++i) same = same && moved[i] == static_cast<std::byte>(i * 7);
+    CHECK(same);
+    for (std::size_t i = size; i < next; ++i) moved[i] = static_cast<std::byte>(i * 7);
+    block = moved;
+    size = next;
+    arena.release(neighbour, 48);
+  }
+  arena.release(block, size);
+}
+
+namespace {
+
+// Allocates blocks of `size` until the arena refuses; returns how many bytes it gave.
+std::size_t fill_until_full(FixedArena& arena, std::size_t size, std::vector<std::pair<void*, std::size_t>>& live) {
+  std::size_t given = 0;
+  while (void* block = arena.allocate(size)) {
+    live.emplace_back(block, size);
+    given += (size + 15) & ~std::size_t{15};
+  }
+  return given;
+}
+
+}  // namespace
+
+TEST_CASE("exhaustion returns null in every band, and the arena works again once blocks are freed") {
+  Region region(2u << 20);
+  FixedArena arena = FixedArena::over(region.aligned(), region.size);
+  for (std::size_t size : {24u, 200u, 1000u, 3000u, 50000u}) {
+    std::vector<std::pair<void*, std::size_t>> live;
+    const std::size_t given = fill_until_full(arena, size, live);
+    INFO("size " << size);
+    CHECK(given > region.size * 9 / 10 - size);  // nearly the whole region, whatever the size
+    CHECK(arena.allocate(size) == nullptr);
+    CHECK(arena.reallocate(live.front().first, size, region.size) == nullptr);
+    for (auto [block, bytes] : live) arena.release(block, bytes);
+  }
+  arena.clear_free_pages();
+  CHECK(arena.high_water() < 20000);  // everything came back: the top is down to the bookkeeping
+}
+
+TEST_CASE("an agent allocating up to its quota fits its arena, whatever the fragmentation pattern") {
+  // The worst patterns for chunks of small blocks: fill the quota with small blocks, free all
+  // but one per page (every chunk stays in use), then ask for the freed bytes again as blocks too
+  // large for the holes; and the same across the bands in turn.
+  const std::uint64_t quota = 4u << 20;
+  const std::size_t bytes = sojourn::sandbox::guest::arena_bytes_for_quota(quota);
+  for (std::size_t small : {16u, 64u, 256u, 1024u}) {
+    for (std::size_t large : {1040u, 4096u, 40000u, 1u << 20}) {
+      Region region(bytes);
+      FixedArena arena = FixedArena::over(region.aligned(), region.size);
+      std::vector<std::pair<void*, std::size_t>> kept;
+      std::size_t in_use = 0;
+      std::vector<void*> all;
+      while (in_use + small <= quota) {
+        void* block = arena.allocate(small);
+        REQUIRE(block != nullptr);
+        all.push_back(block);
+        in_use += small;
+      }
+      std::uintptr_t last_page = 0;
+      for (void* block : all) {
+        const auto page = reinterpret_cast<std::uintptr_t>(block) / 4096;
+        if (page != last_page) {
+          kept.emplace_back(block, small);
+          last_page = page;
+        } else {
+          arena.release(block, small);
+          in_use -= small;
+        }
+      }
+      int failures = 0;
+      while (in_use + large <= quota) {
+        void* block = arena.allocate(large);
+        if (block == nullptr) {
+          ++failures;
+          break;
+        }
+        in_use += large;
+      }
+      INFO("small " << small << " large " << large);
+      CHECK(failures == 0);
+    }
+  }
+}
+
+TEST_CASE("adopt refuses an image whose chunk bookkeeping points outside the region") {
+  Region region(1u << 20);
+  FixedArena arena = FixedArena::over(region.aligned(), region.size);
+  REQUIRE(arena.allocate(200000) != nullptr);  // past where chunks start
+  for (int i = 0; i < 100; ++i) REQUIRE(arena.allocate(40) != nullptr);
+  REQUIRE(FixedArena::adopt(region.aligned(), region.size).ok());
+  // Somewhere in the header there is a pointer into the current chunk: corrupting each word
+  // that points inside the region in turn must be refused (or be harmless: the free lists).
+  auto* words = static_cast<std::uintptr_t*>(region.aligned());
+  const auto lo = reinterpret_cast<std::uintptr_t>(region.aligned());
+  int refused = 0;
+  for (std::size_t i = 0; i * 8 < 20000; ++i) {
+    const std::uintptr_t was = words[i];
+    if (was <= lo || was >= lo + region.size) continue;
+    words[i] = lo + region.size + 4096;
+    auto adopted = FixedArena::adopt(region.aligned(), region.size);
+    refused += adopted.ok() ? 0 : 1;
+    if (!adopted.ok()) CHECK(adopted.error().message.find("heap image") != std::string::npos);
+    words[i] = was;
+  }
+  CHECK(refused >= 4);  // start, top, end, the band's chunk next and end
 }
