@@ -57,6 +57,9 @@ class PeerLinks {
   const NodeTrust& trust_;
   std::weak_ptr<void> owner_;
   std::unordered_map<std::string, std::shared_ptr<Link>> links_;
+  // The peer of the last request as its caller wrote it, and its link (request_peer).
+  std::string last_peer_;
+  std::shared_ptr<Link> last_link_;
   // peer -> (the link it was learned on, the id node.info gave)
   std::unordered_map<std::string, std::pair<std::weak_ptr<Link>, std::string>> ids_;
   DirectLinks direct_;
