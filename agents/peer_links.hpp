@@ -52,6 +52,12 @@ class PeerLinks {
   DirectLinks& direct() { return direct_; }
 
  private:
+  // The link to `peer`, made on first use (or again when it failed). Errors: the TLS
+  // context's error, bad_address.
+  Result<std::shared_ptr<Link>> link_for(const std::string& peer);
+  // A reply frame decoded; an unreadable one closes the link (remote_protocol_error).
+  static Result<Reply> reply_from(Link& link, Result<Frame> frame);
+
   const NodeOptions& options_;
   NodeRuntime& runtime_;
   const NodeTrust& trust_;
