@@ -52,11 +52,20 @@ class PeerLinks {
   DirectLinks& direct() { return direct_; }
 
  private:
+  // The link to `peer`, made on first use (or again when it failed). Errors: the TLS
+  // context's error, bad_address.
+  Result<std::shared_ptr<Link>> link_for(const std::string& peer);
+  // A reply frame decoded; an unreadable one closes the link (remote_protocol_error).
+  static Result<Reply> reply_from(Link& link, Result<Frame> frame);
+
   const NodeOptions& options_;
   NodeRuntime& runtime_;
   const NodeTrust& trust_;
   std::weak_ptr<void> owner_;
   std::unordered_map<std::string, std::shared_ptr<Link>> links_;
+  // The peer of the last request as its caller wrote it, and its link (request_peer).
+  std::string last_peer_;
+  std::shared_ptr<Link> last_link_;
   // peer -> (the link it was learned on, the id node.info gave)
   std::unordered_map<std::string, std::pair<std::weak_ptr<Link>, std::string>> ids_;
   DirectLinks direct_;

@@ -2,6 +2,7 @@
 #include "sojourn/core/messages.hpp"
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <type_traits>
 #include <unordered_map>
@@ -26,7 +27,12 @@ enum SlotTag : std::uint8_t { tag_nil = 0, tag_false = 1, tag_true = 2, tag_inte
 // order (each kind numbered on its own); the counts precede the items.
 class GraphWriter {
  public:
-  GraphWriter(Writer& w, const detail::Graph* g) : w_(w), g_(g) {}
+  GraphWriter(Writer& w, const detail::Graph* g)
+      : w_(w),
+        g_(g),
+        tables_(g ? g->tables.size() : 0),
+        functions_(g ? g->functions.size() : 0),
+        cells_(g ? g->cells.size() : 0) {}
 
   void write(const Slot& root) {
     visit(root);
@@ -79,21 +85,40 @@ class GraphWriter {
       w_.u32(static_cast<std::uint32_t>(fn.upvalue_cells.size()));
       for (std::size_t u = 0; u < fn.upvalue_cells.size(); ++u) {
         w_.string(u < fn.upvalue_names.size() ? fn.upvalue_names[u] : std::string());
-        w_.u32(cells_.wire_index.at(fn.upvalue_cells[u]));
+        w_.u32(cells_.at(fn.upvalue_cells[u]));
       }
     }
     for (std::uint32_t idx : cells_.order) slot(g_->cells[idx]);
   }
 
  private:
-  struct Numbering {
+  // Wire indices by graph index. A small graph (every request's arguments and nearly every
+  // reply) is numbered in an array inside the writer: no allocation, no hashing; a large
+  // one in a map, so that sending a small part of it costs what that part has.
+  class Numbering {
+   public:
+    explicit Numbering(std::size_t graph_items) : small_(graph_items <= kSmall) { small_index_.fill(kUnset); }
     std::vector<std::uint32_t> order;
-    std::unordered_map<std::uint32_t, std::uint32_t> wire_index;
     std::uint32_t index_of(std::uint32_t item) {
-      auto [it, inserted] = wire_index.try_emplace(item, static_cast<std::uint32_t>(order.size()));
+      const auto next = static_cast<std::uint32_t>(order.size());
+      if (small_) {
+        std::uint32_t& at = small_index_[item];
+        if (at == kUnset) at = next, order.push_back(item);
+        return at;
+      }
+      auto [it, inserted] = large_index_.try_emplace(item, next);
       if (inserted) order.push_back(item);
       return it->second;
     }
+    // The wire index of an item numbered already.
+    std::uint32_t at(std::uint32_t item) const { return small_ ? small_index_[item] : large_index_.at(item); }
+
+   private:
+    static constexpr std::size_t kSmall = 16;
+    static constexpr std::uint32_t kUnset = ~std::uint32_t{0};
+    bool small_;
+    std::array<std::uint32_t, kSmall> small_index_;
+    std::unordered_map<std::uint32_t, std::uint32_t> large_index_;
   };
 
   void visit(const Slot& s) {
@@ -107,8 +132,8 @@ class GraphWriter {
       case 2: w_.u8(tag_integer); w_.i64(std::get<std::int64_t>(s)); break;
       case 3: w_.u8(tag_number); w_.f64(std::get<double>(s)); break;
       case 4: w_.u8(tag_string); w_.string(std::get<std::string>(s)); break;
-      case 5: w_.u8(tag_table); w_.u32(tables_.wire_index.at(std::get<TableRef>(s).index)); break;
-      case 6: w_.u8(tag_function); w_.u32(functions_.wire_index.at(std::get<FunctionRef>(s).index)); break;
+      case 5: w_.u8(tag_table); w_.u32(tables_.at(std::get<TableRef>(s).index)); break;
+      case 6: w_.u8(tag_function); w_.u32(functions_.at(std::get<FunctionRef>(s).index)); break;
     }
   }
 
@@ -148,7 +173,11 @@ Slot read_slot(Reader& r, const GraphCounts& n) {
 // A map key as Value::set leaves it, so that get, length and equality see the table the
 // sender had: not nil or NaN, a float key only when not integral (else it is the integer),
 // an integer key never one that the array part holds or would take next, and no key twice.
-void check_map_key(const Slot& k, std::size_t array_size, std::unordered_set<std::string>& seen) {
+// A map no longer than this is checked for a key sent twice by comparing each key with the
+// ones before it, without a set (most maps: a request's or a reply's few named fields).
+constexpr std::uint32_t kPairwiseKeyCheck = 16;
+
+void check_map_key(const Slot& k, std::size_t array_size) {
   if (k.index() == 0) throw DecodeError("nil table key");
   if (const double* d = std::get_if<double>(&k)) {
     if (*d != *d) throw DecodeError("NaN table key");
@@ -157,6 +186,18 @@ void check_map_key(const Slot& k, std::size_t array_size, std::unordered_set<std
   if (const std::int64_t* i = std::get_if<std::int64_t>(&k); i && *i >= 1 && static_cast<std::uint64_t>(*i) <= array_size + 1) {
     throw DecodeError("table key " + std::to_string(*i) + " belongs to the array part");
   }
+}
+
+// Each key once, as Value::set keeps a table. Keys are never NaN nor an integral float
+// (check_map_key), so two keys are the same exactly when the slots compare equal.
+void check_key_unique(const Slot& k, std::span<const std::pair<Slot, Slot>> before,
+                      std::unordered_set<std::string>* seen) {
+  if (!seen) {
+    for (const auto& [other, v] : before) {
+      if (other == k) throw DecodeError("duplicate table key");
+    }
+    return;
+  }
   std::string id(1, static_cast<char>(k.index()));
   std::visit([&](const auto& x) {
     using T = std::decay_t<decltype(x)>;
@@ -164,7 +205,7 @@ void check_map_key(const Slot& k, std::size_t array_size, std::unordered_set<std
     else if constexpr (std::is_same_v<T, TableRef> || std::is_same_v<T, FunctionRef>) id += std::to_string(x.index);
     else if constexpr (!std::is_same_v<T, std::monostate>) id.append(reinterpret_cast<const char*>(&x), sizeof x);  // SAFETY: a scalar's own bytes
   }, k);
-  if (!seen.insert(std::move(id)).second) throw DecodeError("duplicate table key");
+  if (!seen->insert(std::move(id)).second) throw DecodeError("duplicate table key");
 }
 
 }  // namespace
@@ -200,11 +241,12 @@ Value read_value(Reader& r) {
     if (!t.array.empty() && t.array.back().index() == 0) throw DecodeError("array part ends with nil");
     std::uint32_t m = r.count(2, "map entry");
     t.map.reserve(m);
-    std::unordered_set<std::string> seen;  // each key once, as Value::set keeps a table
+    std::unordered_set<std::string> seen;  // each key once, for a map too long to compare pairwise
     for (std::uint32_t j = 0; j < m; ++j) {
       Slot k = read_slot(r, n);
       Slot v = read_slot(r, n);
-      check_map_key(k, t.array.size(), seen);
+      check_map_key(k, t.array.size());
+      check_key_unique(k, t.map, m <= kPairwiseKeyCheck ? nullptr : &seen);
       t.map.emplace_back(std::move(k), std::move(v));
     }
   }

@@ -108,9 +108,8 @@ class Writer {
   void f64(double v) { fixed(v); }
   void string(const std::string& s) {
     u32(static_cast<std::uint32_t>(s.size()));
-    // SAFETY: char and uint8_t have the same size; s.size() bytes are readable at s.data().
-    const auto* p = reinterpret_cast<const std::uint8_t*>(s.data());
-    bytes_.insert(bytes_.end(), p, p + s.size());
+    // SAFETY: s.size() bytes are readable at s.data().
+    append(s.data(), s.size());
   }
 
   std::vector<std::uint8_t> take() { return std::move(bytes_); }
@@ -118,8 +117,13 @@ class Writer {
  private:
   template <class T>
   void fixed(T v) {
-    const auto raw = std::bit_cast<std::array<std::uint8_t, sizeof(T)>>(v);
-    bytes_.insert(bytes_.end(), raw.begin(), raw.end());  // host order, which the first byte names
+    append(&v, sizeof(T));  // host order, which the first byte names
+  }
+  // A resize and a copy: inlined, where a range insert was a call per field.
+  void append(const void* p, std::size_t n) {
+    const std::size_t at = bytes_.size();
+    bytes_.resize(at + n);
+    if (n != 0) std::memcpy(bytes_.data() + at, p, n);  // SAFETY: n bytes were just made room for at `at`
   }
 
   std::vector<std::uint8_t> bytes_;
