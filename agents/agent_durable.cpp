@@ -8,6 +8,7 @@
 // TRANSFER nonces it deduplicates with, taken back until they expire.
 #include "agents/agent_runtime.hpp"
 #include "agents/store/node_store.hpp"
+#include "sandbox/image/heap_image.hpp"
 #include "sojourn/agents/policy.hpp"
 #include "sojourn/core/bundle.hpp"
 
@@ -194,10 +195,9 @@ Result<void> AgentRuntime::restore_image(AgentRecord& record, std::span<const st
   }
   if (record.mobility != Mobility::strong) return errors::invalid_argument("a weak agent's record names a heap image");
   if (image.empty()) return errors::invalid_argument("its record names heap image " + record.image_sha256.substr(0, 16) + " but the row holds none");
-  const std::string got = sha256_hex(image);
-  if (got != record.image_sha256) {
+  if (!sandbox::image::has_digest(image, record.image_sha256)) {
     return make_error(Errc::hash_mismatch, "heap image hash mismatch: its record names " + record.image_sha256.substr(0, 16) +
-                                               ", the stored image is " + got.substr(0, 16));
+                                               ", the stored image is " + sandbox::image::computed_digest_hex(image).substr(0, 16));
   }
   record.image = std::make_shared<const std::vector<std::uint8_t>>(image.begin(), image.end());
   // An image sealed by another guest build (the node was upgraded) cannot be resumed here.

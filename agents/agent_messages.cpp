@@ -165,7 +165,11 @@ Result<AgentTransfer> decode_transfer(std::span<const std::uint8_t> bytes) {
   return m;
 }
 
-AgentMessageBytes encode(const ImagePart& m) {
+namespace {
+
+// An image part's fields before its bytes, with the bytes' length: the bytes follow as they
+// are (the layout of a string field), so the piece can be appended where the message goes.
+AgentMessageBytes image_part_head(const ImagePart& m) {
   Writer w;
   start(w, AgentMessageKind::image_part);
   w.string(m.id);
@@ -173,8 +177,26 @@ AgentMessageBytes encode(const ImagePart& m) {
   w.string(m.image_sha256);
   w.u64(m.total_bytes);
   w.u64(m.offset);
-  w.string(m.bytes);
+  w.u32(static_cast<std::uint32_t>(m.bytes.size()));
   return w.take();
+}
+
+}  // namespace
+
+AgentMessageBytes encode(const ImagePart& m) {
+  AgentMessageBytes out = image_part_head(m);
+  out.insert(out.end(), m.bytes.begin(), m.bytes.end());
+  return out;
+}
+
+Value image_part_args(const ImagePart& m) {
+  const AgentMessageBytes head = image_part_head(m);
+  std::string text;
+  text.reserve(head.size() + m.bytes.size());
+  // SAFETY: both are read as chars of the same size, within their own bounds.
+  text.append(reinterpret_cast<const char*>(head.data()), head.size());
+  text.append(reinterpret_cast<const char*>(m.bytes.data()), m.bytes.size());
+  return Value::array({Value(std::move(text))});
 }
 Result<ImagePart> decode_image_part(std::span<const std::uint8_t> bytes) {
   auto m = decode_as(bytes, AgentMessageKind::image_part, [](Reader& r) {
@@ -184,7 +206,7 @@ Result<ImagePart> decode_image_part(std::span<const std::uint8_t> bytes) {
     p.image_sha256 = r.string();
     p.total_bytes = r.u64();
     p.offset = r.u64();
-    p.bytes = r.string();
+    p.bytes = r.string_view();  // a view of `bytes`: the piece is copied once, where it is placed
     return p;
   });
   if (!m) return m.error();

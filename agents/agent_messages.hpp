@@ -76,10 +76,12 @@ struct AgentTransfer {
 struct ImagePart {
   std::string id;
   std::uint64_t epoch = 0;
-  std::string image_sha256;     // of the whole image, as the record names it
+  std::string image_sha256;     // the image's digest, as the record names it
   std::uint64_t total_bytes = 0;  // of the whole image
   std::uint64_t offset = 0;       // of this piece; pieces come in order, from 0
-  std::string bytes;
+  // A view, never a copy: of the image being sent, or (decode_image_part) of the message
+  // bytes it was decoded from, valid for as long as they are.
+  std::span<const std::uint8_t> bytes;
 };
 // The destination's COMMIT: it holds (id, epoch) now.
 struct AgentCommit {
@@ -227,6 +229,8 @@ Result<FetchAnswer> decode_fetch_answer(std::span<const std::uint8_t> bytes);
 // argument: bad agent message: WHAT is not a binary string").
 Value message_value(const AgentMessageBytes& bytes);
 Value message_args(const AgentMessageBytes& bytes);  // {bytes}: a call's argument array
+// message_args(encode(m)), with the piece's bytes copied once, straight into the argument.
+Value image_part_args(const ImagePart& m);
 Result<std::span<const std::uint8_t>> as_message_bytes(const Value& v, const char* what);
 
 // Decodes `v` (a service's argument or answer) as a message: T's decoder over its bytes.

@@ -7,6 +7,7 @@
 #include <boost/asio/post.hpp>
 
 #include "agents/store/kv_store.hpp"
+#include "sandbox/image/heap_image.hpp"
 #include "sojourn/core/bundle.hpp"
 #include "sojourn/core/log.hpp"
 #include "sojourn/core/signature.hpp"
@@ -251,8 +252,9 @@ void AgentRuntime::run_step(const std::string& id) {
   }
   const bool strong_stop = outcome && failure.empty() && strong && outcome->strong_stop;
   const bool checkpoint = strong_stop && outcome->checkpoint;
-  // Hashed outside the lock: what the TRANSFER names and the destination checks first.
-  const std::string image_sha256 = strong_stop ? sha256_hex(taken.image) : std::string();
+  // What the TRANSFER names and the destination checks first: the digest the sealing computed
+  // over the image as it compressed it (read from its header, no second pass over the bytes).
+  const std::string image_sha256 = strong_stop ? sandbox::image::digest_hex(taken.image) : std::string();
   // A strong step's heap restored (resumed from an image) and sealed (at a go): the trace's
   // figures of what happened inside the step, before the departure and after the arrival.
   if (strong && outcome && taken.restore_us != 0) {

@@ -110,8 +110,17 @@ void AgentRuntime::register_services(Node& node) {
     services_.add("agent.transfer", std::move(transfer));
   }
   // Pieces of a heap image too large for one frame, ahead of their TRANSFER (migration.cpp).
-  node.register_service("agent.image_part", typed_service<ImagePart, decode_image_part>(
-      self, "agent.image_part's argument", [](AgentRuntime& rt, ImagePart m, Caller) { return rt.on_image_part(std::move(m)); }), peers);
+  // agent.image_part, as typed_service but holding its argument while the part (a view of
+  // it) is staged.
+  node.register_service("agent.image_part", PeerService([self](const Value& args, const PeerIdentity&) -> Result<Value> {
+    auto rt = self.lock();
+    if (!rt) return errors::shutting_down();
+    const Value bytes = args.get(1);
+    auto part = decode_message<ImagePart, decode_image_part>(bytes, "agent.image_part's argument");
+    if (!part) return part.error();
+    if (auto staged = rt->on_image_part(std::move(*part)); !staged) return staged.error();
+    return Value{};
+  }), peers);
   // Reports to an agent's home: the reporter must hold the agent (tracking.cpp).
   node.register_service("agent.arrived", typed_service<ArrivalReport, decode_arrival>(
       self, "agent.arrived's argument", [](AgentRuntime& rt, ArrivalReport m, Caller c) { return rt.on_arrived(m, c); }), peers);

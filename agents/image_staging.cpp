@@ -47,9 +47,7 @@ Result<void> ImageStaging::add(ImagePart part) {
       staged_.erase(it);
     }
     if (part.bytes.size() < image::kHeaderBytes) return refused("heap image: its first piece is shorter than its header");
-    // SAFETY: the string's bytes are read as unsigned bytes of the same size.
-    const std::span<const std::uint8_t> head(reinterpret_cast<const std::uint8_t*>(part.bytes.data()), part.bytes.size());
-    auto header = image::peek_header(head);
+    auto header = image::peek_header(part.bytes);
     if (!header) return header.error();
     const std::uint64_t max_arena = sandbox::guest::arena_bytes_for_quota(bounds_.max_memory_bytes);
     if (header->arena_bytes > max_arena) {
@@ -81,7 +79,8 @@ Result<void> ImageStaging::add(ImagePart part) {
     return errors::invalid_argument("image part at offset " + std::to_string(part.offset) + " of agent " + part.id +
                                     " follows no piece before it");
   }
-  // part.bytes ends inside the declared total (decode_image_part checked it).
+  // part.bytes ends inside the declared total (decode_image_part checked it). The one copy of
+  // the piece on this node's side of the call: from the message, straight to its place.
   it->second.bytes.insert(it->second.bytes.end(), part.bytes.begin(), part.bytes.end());
   return {};
 }

@@ -362,10 +362,10 @@ Result<void> AgentRuntime::take_image(AgentTransfer& transfer, const std::string
   } else {
     return errors::invalid_argument(what + " names a heap image but carries none, and none was sent ahead of it");
   }
-  const std::string got = sha256_hex(*image);
-  if (got != record.image_sha256) {
+  // One pass: the digest the record names covers every byte of the image (has_digest).
+  if (!sandbox::image::has_digest(*image, record.image_sha256)) {
     return make_error(Errc::hash_mismatch, "heap image hash mismatch: " + what + " names " + record.image_sha256.substr(0, 16) +
-                                               ", the image is " + got.substr(0, 16));
+                                               ", the image is " + sandbox::image::computed_digest_hex(*image).substr(0, 16));
   }
   record.image = std::move(image);
   return {};
@@ -398,9 +398,9 @@ asio::awaitable<Result<void>> AgentRuntime::send_image_parts(const AgentRecord& 
   for (std::size_t at = 0; at < image.size(); at += piece) {
     const std::size_t n = std::min(piece, image.size() - at);
     part.offset = at;
-    // SAFETY: [at, at + n) lies inside the image; its bytes are read as chars of the same size.
-    part.bytes.assign(reinterpret_cast<const char*>(image.data() + at), n);
-    Result<Value> sent = co_await links_.call_peer(peer, "agent.image_part", message_args(encode(part)));
+    // A view of the record's image: the piece is copied once, into the call's argument.
+    part.bytes = image.subspan(at, n);
+    Result<Value> sent = co_await links_.call_peer(peer, "agent.image_part", image_part_args(part));
     if (!sent) co_return sent.error();
   }
   co_return Result<void>{};

@@ -67,6 +67,15 @@ class Reader {
     return s;
   }
 
+  // A string field's bytes where they lie, for as long as the bytes read live: no copy (a
+  // heap image's piece, placed straight where it goes).
+  std::span<const std::uint8_t> string_view() {
+    std::uint32_t n = count(1, "string length");
+    const std::span<const std::uint8_t> s = bytes_.subspan(at_, n);  // count() checked that n bytes remain
+    at_ += n;
+    return s;
+  }
+
   void expect_end() {
     if (remaining() != 0) throw DecodeError(std::to_string(remaining()) + " trailing bytes");
   }

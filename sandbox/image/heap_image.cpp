@@ -493,6 +493,21 @@ Result<RestoredImage> open_image(std::span<const std::uint8_t> image, const Rest
   return out;
 }
 
+std::string digest_hex(std::span<const std::uint8_t> image) {
+  if (image.size() < kHeaderBytes) return {};
+  return hex(image.subspan(kHashAt, 32));
+}
+
+bool has_digest(std::span<const std::uint8_t> image, std::string_view digest) {
+  if (image.size() >= kHeaderBytes && digest_hex(image) == digest) return hex(hash_of(image)) == digest;
+  // Named by the SHA-256 of the whole image (older nodes and rows): that, in one pass too.
+  return hex(sha256(image, {})) == digest;
+}
+
+std::string computed_digest_hex(std::span<const std::uint8_t> image) {
+  return image.size() >= kHeaderBytes ? hex(hash_of(image)) : hex(sha256(image, {}));
+}
+
 Result<std::array<std::uint8_t, 32>> build_id_of(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   if (!in) return errors::internal("cannot read " + path + ": " + std::strerror(errno));

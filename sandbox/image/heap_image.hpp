@@ -161,6 +161,19 @@ Result<std::array<std::uint8_t, 32>> build_id_of(const std::string& path);
 Result<std::array<std::uint8_t, 32>> guest_build_id(const std::string& guest_path);
 std::string hex(std::span<const std::uint8_t> bytes);
 
+// The image's digest as a record names it (AgentRecord::image_sha256): its header's hash
+// field in lower-case hex, which the sealing computed over the header's other fields and the
+// compressed payload. Read, not computed: no pass over the bytes. Empty for an image shorter
+// than its header.
+std::string digest_hex(std::span<const std::uint8_t> image);
+// Whether `image` is the one `digest` names, in one pass: its header's hash field is `digest`
+// and the hash recomputed over its other header fields and its payload is that too, so every
+// byte of the image is covered. An image named by the SHA-256 of all its bytes (how nodes
+// before this one named it, and rows they stored) is recognized too.
+bool has_digest(std::span<const std::uint8_t> image, std::string_view digest);
+// What `image` hashes to as has_digest sees it (for a refusal's message): one pass.
+std::string computed_digest_hex(std::span<const std::uint8_t> image);
+
 // Recomputes the hash of an image in place: for tests and hostile-image generators that change
 // bytes after sealing and want the hash check behind them. Does nothing to a too-short image.
 void reseal(std::vector<std::uint8_t>& image);

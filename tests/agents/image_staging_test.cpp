@@ -45,7 +45,7 @@ ImagePart piece_of(const std::vector<std::uint8_t>& img, std::size_t at, std::si
   part.total_bytes = img.size();
   part.offset = at;
   n = std::min(n, img.size() - at);
-  part.bytes.assign(img.begin() + static_cast<std::ptrdiff_t>(at), img.begin() + static_cast<std::ptrdiff_t>(at + n));
+  part.bytes = std::span(img).subspan(at, n);  // a view: `img` outlives the part
   return part;
 }
 

@@ -593,31 +593,32 @@ TEST_CASE("image pieces are checked before they are kept, and the node keeps ser
   part.epoch = 1;
   part.image_sha256 = sha256_hex(*huge);
   part.total_bytes = huge->size();
-  part.bytes.assign(huge->begin(), huge->end());
+  part.bytes = *huge;
   CHECK_ERROR(c[0].call(c.addr[1], "agent.image_part", message_args(encode(part))), Errc::sandbox_refused,
               "heap image declares an arena of 68719476736 bytes, above the memory quota's");
   // An honest header with a total far beyond what its payload can seal to.
   auto small = image::take_image({*build, 0x1000'0000'0000, 4u << 20, 0}, page);
   REQUIRE(small.ok());
   part.image_sha256 = sha256_hex(*small);
-  part.bytes.assign(small->begin(), small->end());
+  part.bytes = *small;
   part.total_bytes = std::uint64_t{1} << 40;
   CHECK_ERROR(c[0].call(c.addr[1], "agent.image_part", message_args(encode(part))), Errc::sandbox_refused,
               "is larger than its payload");
   // A piece with no first piece before it, and a piece past its declared total.
   part.total_bytes = small->size() + 10;
   part.offset = 100;
-  part.bytes = "abc";
+  const std::vector<std::uint8_t> abc{'a', 'b', 'c'}, eleven(11, 'x');
+  part.bytes = abc;
   CHECK_ERROR(c[0].call(c.addr[1], "agent.image_part", message_args(encode(part))), Errc::invalid_argument,
               "follows no piece before it");
   part.offset = small->size();
-  part.bytes = std::string(11, 'x');
+  part.bytes = eleven;
   CHECK_ERROR(c[0].call(c.addr[1], "agent.image_part", message_args(encode(part))), Errc::invalid_argument,
               "bad agent message: image part: 11 bytes at offset");
   // A staged image that no TRANSFER claims takes no agent's place: a real one still moves.
   part.offset = 0;
   part.total_bytes = small->size();
-  part.bytes.assign(small->begin(), small->end());
+  part.bytes = *small;
   CHECK(c[0].call(c.addr[1], "agent.image_part", message_args(encode(part))).ok());
   Value state = Value::table();
   state.set("stops", Value::array({c.addr[1]}));

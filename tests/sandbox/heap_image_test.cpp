@@ -246,3 +246,31 @@ TEST_CASE("an opener gives the map first, then the kept pages in pieces, and che
   CHECK_ERROR(image::ImageOpener::check(*taken, rules_with_build(1)), Errc::sandbox_refused,
               "refused by the sandbox: heap image hash mismatch");
 }
+
+TEST_CASE("an image's digest is read from its header and covers every byte of the image") {
+  const std::vector<std::uint8_t> used = span_of(12);
+  auto taken = image::take_image(source_with_build(1), used);
+  REQUIRE(taken);
+  const std::string digest = image::digest_hex(*taken);
+  REQUIRE(digest.size() == 64);
+  CHECK(image::has_digest(*taken, digest));
+  CHECK(image::computed_digest_hex(*taken) == digest);
+  // A byte changed in the payload, in a header field, or in the hash field itself: refused.
+  for (std::size_t at : {taken->size() - 1, std::size_t{20}, image::kHeaderBytes - 1}) {
+    std::vector<std::uint8_t> bad = *taken;
+    bad[at] ^= 0x01;
+    CHECK_FALSE(image::has_digest(bad, digest));
+  }
+  // Resealed after tampering (its own hash made whole again): not the image the name names.
+  std::vector<std::uint8_t> resealed = *taken;
+  resealed[image::kHeaderBytes + 5] ^= 0x40;
+  image::reseal(resealed);
+  CHECK_FALSE(image::has_digest(resealed, digest));
+  CHECK(image::has_digest(resealed, image::digest_hex(resealed)));
+  // (Named the older way, by the SHA-256 of all its bytes, it is still recognized:
+  // strong_mobility_test's hooks name the images they change that way.)
+  // Too short to hold a header: no digest, and nothing it could be named by matches.
+  const std::vector<std::uint8_t> stub(10, 0);
+  CHECK(image::digest_hex(stub).empty());
+  CHECK_FALSE(image::has_digest(stub, digest));
+}
