@@ -41,8 +41,6 @@ struct Connection {
   static constexpr std::size_t kBufferBytes = 16 * 1024;
   std::unique_ptr<std::uint8_t[]> buffer = std::make_unique_for_overwrite<std::uint8_t[]>(kBufferBytes);
   std::size_t begin = 0, end = 0;
-  // When its last request ended: see still_quiet.
-  Clock::time_point idle_since{};
 
   ~Connection() {
     if (fd >= 0) ::close(fd);
@@ -120,14 +118,12 @@ Result<std::unique_ptr<Connection>> connect_to(const Address& peer, std::chrono:
   return errors::connect_failed(name, why);
 }
 
-// An idle connection the server closed (or sent something on) is not to be reused. One
-// whose request ended less than a millisecond ago is taken without asking the kernel: a
-// caller making requests back to back saves a system call on each (a close in that
-// millisecond ends the next request with connection_closed, as a close just after the
-// poll always could).
+// An idle connection the server closed (or sent something on) is not to be reused. The
+// kernel is asked every time: skipping the poll for a connection used a moment ago saved a
+// system call per blocking call but turned a server's stop right after a reply into
+// connection_closed for the next call (client_test).
 bool still_quiet(const Connection& c) {
   if (c.buffered() > 0) return false;
-  if (Clock::now() - c.idle_since < std::chrono::milliseconds(1)) return true;
   pollfd p{c.fd, POLLIN, 0};
   return ::poll(&p, 1, 0) == 0;
 }
@@ -327,7 +323,6 @@ std::optional<Result<Frame>> DirectLinks::request(const Address& peer, FrameKind
     auto& p = state->peers[name];
     if (c) state->busy.erase(c->fd);
     if (reuse && c && !state->closed) {
-      c->idle_since = Clock::now();
       p.idle.push_back(std::move(c));
     } else {
       c.reset();
