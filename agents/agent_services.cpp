@@ -122,8 +122,14 @@ void AgentRuntime::register_services(Node& node) {
     return Value{};
   }), peers);
   // Reports to an agent's home: the reporter must hold the agent (tracking.cpp).
+  // An arrival report, on a home without a store, is a lookup and an update under the lock
+  // (no write, no wait): answered on the network thread, as it is read, instead of costing
+  // the home two thread hand-offs (to a worker and back) per hop. With a store the update is
+  // written before the answer: on a worker.
+  ServiceOptions arrival = peers;
+  arrival.inline_on_network_thread = store_ == nullptr;
   node.register_service("agent.arrived", typed_service<ArrivalReport, decode_arrival>(
-      self, "agent.arrived's argument", [](AgentRuntime& rt, ArrivalReport m, Caller c) { return rt.on_arrived(m, c); }), peers);
+      self, "agent.arrived's argument", [](AgentRuntime& rt, ArrivalReport m, Caller c) { return rt.on_arrived(m, c); }), arrival);
   node.register_service("agent.finished", typed_service<EndReport, decode_end>(
       self, "agent.finished's argument", [](AgentRuntime& rt, EndReport m, Caller c) { return rt.on_finished(m, c); }), peers);
   node.register_service("agent.send", typed_service<AgentSend, decode_send>(

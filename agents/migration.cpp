@@ -250,8 +250,14 @@ asio::awaitable<void> AgentRuntime::migrate(std::string id, std::string peer, st
                              self() + ")", Value{});
     co_return;
   }
-  // Where it may go is decided on the record as it was here: its home, stops and visits.
-  const AgentRecord here = next;
+  // Where it may go is decided on the record as it was here: its home, stops and visits
+  // (what destinations.cpp reads: a copy of those only, not of the state and the mailbox).
+  AgentRecord here;
+  here.id = next.id;
+  here.home = next.home;
+  here.itinerary = next.itinerary;
+  here.hops = next.hops;
+  here.visited = next.visited;
   scope.tls = trust_.tls() != nullptr;
   scope.peers = &options_.tls.peers;
   scope.record = &here;
@@ -271,6 +277,7 @@ asio::awaitable<void> AgentRuntime::migrate(std::string id, std::string peer, st
   if (!next.itinerary.empty() && next.itinerary.front() != peer) targets.push_back(next.itinerary.front());
   if (next.home != self() && next.home != peer) targets.push_back(next.home);
 
+  const std::uint64_t next_epoch = next.epoch;
   std::string last_error, last_error_for_code;
   for (const std::string& target : targets) {
     if (target != peer) {
@@ -282,9 +289,12 @@ asio::awaitable<void> AgentRuntime::migrate(std::string id, std::string peer, st
       // a TRANSFER may have gone (a rare write, on this thread).
       std::lock_guard lock(mutex_);
       auto it = residents_.find(id);
-      if (it != residents_.end() && it->second.record.epoch + 1 == next.epoch) persist_resident(id, it->second, target, entry);
+      if (it != residents_.end() && it->second.record.epoch + 1 == next_epoch) persist_resident(id, it->second, target, entry);
     }
-    AgentRecord attempt = next;
+    // The asked destination borrows `next` itself (given back below if it fails); a fallback
+    // stop changes its copy's itinerary. The record with its state is then copied once per
+    // try, into the TRANSFER.
+    AgentRecord attempt = target == peer ? std::move(next) : next;
     if (target != peer) {
       // A fallback stop: skip the unreachable one in the itinerary.
       auto& it = attempt.itinerary;
@@ -337,12 +347,13 @@ asio::awaitable<void> AgentRuntime::migrate(std::string id, std::string peer, st
       co_await timer.async_wait(asio::use_awaitable);
       backoff = std::min(backoff * 2, std::chrono::milliseconds(5000));
     }
+    if (target == peer) next = std::move(attempt);
     if (unknown && maybe_there) break;  // never a second destination while the first may hold it
   }
   // Nowhere to go: the agent stays here, stopped. The log has the whole story; the status,
   // which code can read, only what does not make this node a probe of its network.
   log_warn("agents", options_.name + ": cannot move agent " + id + " to " + peer + ": " + last_error);
-  strand(id, next.epoch - 1, "cannot move agent " + id + " to " + peer + ": " + last_error_for_code);
+  strand(id, next_epoch - 1, "cannot move agent " + id + " to " + peer + ": " + last_error_for_code);
 }
 
 Result<void> AgentRuntime::take_image(AgentTransfer& transfer, const std::string& what) {

@@ -1,9 +1,12 @@
 // Ed25519 keys, signatures and the verified-bundle cache, over OpenSSL's EVP interface.
 #include "sojourn/core/signature.hpp"
 
+#include <atomic>
 #include <fstream>
 #include <initializer_list>
 #include <sstream>
+
+#include <pthread.h>
 
 #include <openssl/bio.h>
 #include <openssl/err.h>
@@ -247,10 +250,35 @@ Result<void> verify_eval_signature(const EvalRequest& request) {
   return verify_signature(request.signer, eval_signing_message(request), request.signature);
 }
 
+namespace {
+// Bumped in a forked child: a buffer of random bytes inherited from the parent is never used
+// there (the parent hands out the same bytes).
+std::atomic<std::uint64_t> fork_generation{0};
+void note_fork_in_child() { fork_generation.fetch_add(1, std::memory_order_relaxed); }
+}  // namespace
+
 std::string random_nonce() {
-  unsigned char bytes[16];
-  if (RAND_bytes(bytes, sizeof bytes) != 1) throw std::runtime_error("no randomness for a nonce");
-  return hex_encode(bytes);
+  // Nonces are drawn from the CSPRNG 32 at a time, per thread: each RAND_bytes call costs a
+  // few microseconds (its per-thread DRBG lookup and locks), and a hop takes two nonces.
+  constexpr std::size_t kNonceBytes = 16, kBatch = 32;
+  struct Buffer {
+    unsigned char bytes[kNonceBytes * kBatch];
+    std::size_t next = kBatch;  // empty
+    std::uint64_t generation = 0;
+  };
+  static const bool registered = [] { return pthread_atfork(nullptr, nullptr, note_fork_in_child) == 0; }();
+  thread_local Buffer buffer;
+  const std::uint64_t generation = fork_generation.load(std::memory_order_relaxed);
+  if (!registered || buffer.next == kBatch || buffer.generation != generation) {
+    if (RAND_bytes(buffer.bytes, sizeof buffer.bytes) != 1) throw std::runtime_error("no randomness for a nonce");
+    buffer.next = 0;
+    buffer.generation = generation;
+  }
+  unsigned char* nonce = buffer.bytes + buffer.next * kNonceBytes;
+  ++buffer.next;
+  std::string text = hex_encode(std::span<const std::uint8_t>(nonce, kNonceBytes));
+  OPENSSL_cleanse(nonce, kNonceBytes);  // a used nonce stays nowhere but in its string
+  return text;
 }
 
 }  // namespace sojourn
