@@ -37,7 +37,9 @@ enum class AgentMessageKind : std::uint8_t {
 // 5: the TRANSFER carries the record field by field (no Value table) and only the hops the
 //    home has not acknowledged (with a count and the nodes of the others); an arrival report
 //    carries the finished hops' figures, which the home keeps.
-inline constexpr std::uint8_t kAgentProtocolVersion = 5;
+// 6: a heap image is named by its digest (the hash field of its header, computed when it was
+//    sealed) instead of the SHA-256 of all its bytes; a node of 5 would refuse such a name.
+inline constexpr std::uint8_t kAgentProtocolVersion = 6;
 
 // agent.launch: a new agent, launched at the node called.
 struct AgentLaunchRequest {

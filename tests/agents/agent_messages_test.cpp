@@ -342,7 +342,8 @@ TEST_CASE("one message's bytes are not another's, nor another version's, nor a n
   old_transfer[2] = 3;
   auto older = decode_commit(old_transfer);
   REQUIRE_FALSE(older.ok());
-  CHECK(older.error().message == "invalid argument: bad agent message: commit: agent protocol version 3 (this node speaks 5)");
+  CHECK(older.error().message == "invalid argument: bad agent message: commit: agent protocol version 3 (this node speaks " +
+                                    std::to_string(kAgentProtocolVersion) + ")");
   std::vector<std::uint8_t> garbage = {commit_bytes[0], 0xff, 0x01, 0x02};
   auto g = decode_commit(garbage);
   REQUIRE_FALSE(g.ok());
