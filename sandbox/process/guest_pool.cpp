@@ -92,6 +92,18 @@ std::optional<std::uint64_t> resident_bytes(const WarmGuest& guest) {
   return pages * static_cast<std::uint64_t>(::sysconf(_SC_PAGESIZE));
 }
 
+bool wait_off_cpu(const WarmGuest& guest, std::chrono::microseconds limit) {
+  if (!guest.stat.valid()) return false;
+  const auto until = std::chrono::steady_clock::now() + limit;
+  for (;;) {
+    // 'R' is running or runnable; only a runnable task that was preempted has its clock up to
+    // date, and the state does not say which: wait for any other state (or none: gone).
+    if (process_state(guest.stat.get()) != 'R') return true;
+    if (std::chrono::steady_clock::now() >= until) return false;
+    std::this_thread::yield();  // on one CPU, lets the guest run to its read
+  }
+}
+
 bool guest_at_rest(WarmGuest& guest) {
   guest.rest_cpu_us.reset();
   if (!guest.stat.valid()) return false;

@@ -5,6 +5,7 @@
 
 #include <compare>
 #include <condition_variable>
+#include <chrono>
 #include <cstdint>
 #include <deque>
 #include <functional>
@@ -76,6 +77,13 @@ void discard_guest(WarmGuest& guest);
 void watch_guest(WarmGuest& guest);
 // The guest's resident memory (RSS, from statm), or nullopt when it is gone.
 std::optional<std::uint64_t> resident_bytes(const WarmGuest& guest);
+// Waits, at most `limit`, for a guest that has answered to leave its CPU (asleep in its next
+// read, or gone). The kernel adds a task's current slice to its process CPU clock only when
+// the task leaves the CPU or at a scheduler tick, so read from another CPU while the guest is
+// still on its own (answered, resetting, not yet blocked), the clock can miss the whole run:
+// a guest that ran its step in one slice would read as having used no CPU. The caller reads
+// the clock after this. False when the guest was still running at `limit`.
+bool wait_off_cpu(const WarmGuest& guest, std::chrono::microseconds limit);
 // Whether a guest between runs is fit for another: its zygote and itself alive, nothing
 // unread on its channel (no end-of-file, nothing written ahead of a request), and asleep
 // waiting for a request or still within the CPU time a reset takes (one that keeps running

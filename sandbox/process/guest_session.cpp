@@ -39,6 +39,9 @@ constexpr std::uint64_t kResultEnvelopeSlack = 16;
 constexpr auto kSetupWait = std::chrono::seconds(1);
 // How long a guest that closed its channel has to be reported by the zygote.
 constexpr auto kExitReportWait = std::chrono::seconds(5);
+// How long a run that wants its CPU time waits for its warm guest to leave its CPU after the
+// answer (its arena's reset is the rest of its work): past it the clock is read anyway.
+constexpr auto kOffCpuWait = std::chrono::milliseconds(5);
 
 // The trusted level's own messages ("CPU limit of N instructions exceeded", ...).
 Error limit(Errc code, const Limits& limits) { return detail::limit_error(code, limits); }
@@ -411,6 +414,9 @@ Result<std::vector<std::uint8_t>> run_in_warm_guest(WarmGuest& warm, const RunIn
     // syscall of its own); otherwise the guest's allowance at its next take (guest_at_rest)
     // counts from this run's start, which only makes it tighter: a run that used more than
     // the allowance has its guest's state read once at its next take.
+    // Read once the guest has left its CPU (wait_off_cpu): before that the clock may not show
+    // the slice it ran this step in.
+    if (options.guest_cpu_us != nullptr) wait_off_cpu(warm, kOffCpuWait);
     const std::optional<std::uint64_t> after = options.guest_cpu_us != nullptr ? guest_cpu_time_us(warm) : before;
     if (options.guest_cpu_us != nullptr) *options.guest_cpu_us = before && after && *after >= *before ? *after - *before : 0;
     warm.settled_cpu_us = after.value_or(0);

@@ -385,6 +385,22 @@ TEST_CASE("an agent step in a warm guest sets its prepared state aside, and the 
   CHECK(jail->status().guests_reused == 3);  // the step and both probes in the first probe's guest
 }
 
+TEST_CASE("every agent step in a warm guest is charged the CPU the host measured, the first of a new guest too") {
+  // A step the guest runs in one slice, from its read of the request to its answer, leaves
+  // the kernel's process CPU clock where it was until the guest leaves its CPU: read too soon
+  // it measured nothing, and the step was charged only what the guest counted.
+  auto jail = start(2);
+  RunInput input;
+  input.source = "function start(state) local x = 0 for i = 1, 30000 do x = x + i end return x end";
+  input.limits = limits();
+  for (int i = 0; i < 12; ++i) {
+    input.principal = "signer " + std::to_string(i % 3 == 0 ? i : 0);  // every third a new principal: a new guest
+    Result<sojourn::sandbox::AgentOutcome> step = jail->run_agent(input, {"start", Value::table(), Value::table()}, nullptr);
+    REQUIRE_MESSAGE(step.ok(), (step.ok() ? "" : step.error().message));
+    CHECK_MESSAGE(step->host_cpu_us > 0, "step " << i << " of " << input.principal);
+  }
+}
+
 namespace {
 
 // A stand-in for a warm guest's CPU-time limits: a child that sets its own RLIMIT_CPU as a
