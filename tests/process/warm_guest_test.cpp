@@ -394,7 +394,8 @@ TEST_CASE("every agent step in a warm guest is charged the CPU the host measured
   input.source = "function start(state) local x = 0 for i = 1, 30000 do x = x + i end return x end";
   input.limits = limits();
   for (int i = 0; i < 12; ++i) {
-    input.principal = "signer " + std::to_string(i % 3 == 0 ? i : 0);  // every third a new principal: a new guest
+    const std::string principal = "signer " + std::to_string(i % 3 == 0 ? i : 0);  // every third new: a new guest
+    input.principal = principal;  // a view: the string lives through the step
     Result<sojourn::sandbox::AgentOutcome> step = jail->run_agent(input, {"start", Value::table(), Value::table()}, nullptr);
     REQUIRE_MESSAGE(step.ok(), (step.ok() ? "" : step.error().message));
     CHECK_MESSAGE(step->host_cpu_us > 0, "step " << i << " of " << input.principal);
