@@ -1,75 +1,25 @@
 // Strong mobility between real nodes on loopback (issue 13): agents launched strong run in the
 // process jail, agent.go(peer) without an entry hands their heap image over with the
 // exactly-once OFFER/TRANSFER/COMMIT, and they go on at the next line on the peer. Hostile
-// images (tampered, from another guest build, corrupt but well hashed) are refused or kill
-// only their own guest.
+// images are in strong_image_refusal_test.cpp, policies in strong_policy_test.cpp, large
+// images in strong_transfer_test.cpp.
 #include <doctest/doctest.h>
 
-#include <algorithm>
-#include <cstdlib>
-#include <memory>
+#include <chrono>
 #include <string>
 #include <thread>
-#include <vector>
 
-#include "agents/agent_messages.hpp"  // agents/: the image pieces
-#include "agents/node_testing.hpp"  // agents/: the image hook
-#include "sandbox/image/heap_image.hpp"
 #include "sojourn/agents/node.hpp"
-#include "sojourn/agents/policy.hpp"
-#include "sojourn/core/bundle.hpp"
+#include "tests/agents/strong_support.hpp"
 #include "tests/support/cluster.hpp"
 #include "tests/support/error_checks.hpp"
-#include "tests/support/trust_nodes.hpp"
 
 using namespace sojourn;
+using namespace sojourn::strong_test;
 using namespace std::chrono_literals;
 using sojourn::test::Cluster;
-namespace image = sojourn::sandbox::image;
 
 namespace {
-
-// Nodes whose code from peers runs in the process jail (the strong agents' level here).
-Cluster strong_cluster(int n, Isolation level_of_last = Isolation::process) {
-  return Cluster(n, [n, level_of_last](int i, NodeOptions& o) {
-    o.peer_isolation = i == n - 1 ? level_of_last : Isolation::process;
-  });
-}
-
-Bundle bundle_of(const char* source, std::uint64_t cpu_budget = 0) {
-  auto b = single_file_bundle("strong", source, {"start"});
-  REQUIRE(b.ok());
-  b->manifest.cpu_budget = cpu_budget;
-  return *b;
-}
-
-Result<std::string> launch_strong(Node& at, Bundle bundle, Value state = Value::table()) {
-  AgentLaunch l;
-  l.bundle = std::move(bundle);
-  l.state = std::move(state);
-  l.owner = "tester";
-  l.mobility = Mobility::strong;
-  return at.launch({}, std::move(l));
-}
-
-AgentStatus run_to_end(Node& home, const std::string& id) {
-  auto s = home.wait_agent({}, id, 50s);
-  REQUIRE(s.ok());
-  REQUIRE_MESSAGE(s->done(), "agent " << id << " is " << agent_state_name(s->status) << ": " << s->reason);
-  return *s;
-}
-
-// Polls the home until the agent is stranded (a refused hand-over), or gives up.
-AgentStatus wait_stranded(Node& home, const std::string& id) {
-  for (int i = 0; i < 1000; ++i) {
-    auto s = home.agent_status({}, id);
-    REQUIRE(s.ok());
-    if (s->status == AgentState::stranded || s->done()) return *s;
-    std::this_thread::sleep_for(10ms);
-  }
-  FAIL("agent " << id << " never stranded");
-  return {};
-}
 
 Value stops(const Cluster& c) { return Value::array({c.addr[1], c.addr[2]}); }
 
@@ -160,20 +110,6 @@ function start(s)
   return out
 end
 )";
-
-constexpr const char* kHop = R"(
-function start(s)
-  local t = { 1, 2, 3 }
-  agent.go(s.stops[1])
-  return "ok " .. #t .. " at " .. agent.here
-end
-)";
-
-const char* guest_path() {
-  const char* guest = std::getenv("SOJOURN_GUEST");
-  REQUIRE(guest != nullptr);
-  return guest;
-}
 
 }  // namespace
 
@@ -314,166 +250,6 @@ end)", 5'000'000), state);
   CHECK(s.epoch == 1);
 }
 
-// A strong hop from node 0 to node 1 whose sealed image has byte `at(size)` flipped on the way:
-// the agent is stranded at its source by the image's hash, and nothing is resident at node 1.
-static void check_tampered_hop_refused(Cluster& c, const Value& state, std::size_t (*at)(std::size_t)) {
-  testing::set_image_hook(c[0], [at](std::vector<std::uint8_t>& bytes, std::string&) { bytes[at(bytes.size())] ^= 0x01; });
-  auto id = launch_strong(c[0], bundle_of(kHop), state);
-  REQUIRE(id.ok());
-  AgentStatus s = wait_stranded(c[0], *id);
-  CHECK(s.status == AgentState::stranded);
-  CHECK(s.reason.find("heap image hash mismatch") != std::string::npos);
-  CHECK(c[1].stats().agents_resident == 0);
-  testing::set_image_hook(c[0], nullptr);
-}
-
-TEST_CASE("a tampered image is refused by its hash and the agent stays at its source") {
-  Cluster c = strong_cluster(2);
-  Value state = Value::table();
-  state.set("stops", Value::array({c.addr[1]}));
-  check_tampered_hop_refused(c, state, [](std::size_t size) { return size - 1; });
-}
-
-TEST_CASE("a piece tampered on the way is refused by the image's hash before the guest runs") {
-  // Frames of 8 KB: the image (~20 KB) goes in 4 KB pieces.
-  Cluster c(2, [](int, NodeOptions& o) {
-    o.peer_isolation = Isolation::process;
-    o.max_payload = 8u << 10;
-  });
-  Value state = Value::table();
-  state.set("stops", Value::array({c.addr[1]}));
-  check_tampered_hop_refused(c, state, [](std::size_t size) { return size / 2; });
-  // The destination keeps serving: an honest image of the same size moves.
-  auto next = launch_strong(c[0], bundle_of(kHop), state);
-  REQUIRE(next.ok());
-  AgentStatus n = run_to_end(c[0], *next);
-  CHECK(n.status == AgentState::finished);
-  CHECK(n.result.get(1).as_string() == "ok 3 at " + c.addr[1]);
-}
-
-TEST_CASE("an image from another guest build is refused by name and the agent stays at its source") {
-  Cluster c = strong_cluster(2);
-  testing::set_image_hook(c[0], [](std::vector<std::uint8_t>& bytes, std::string& sha256) {
-    for (std::size_t i = 12; i < 44; ++i) bytes[i] = 0x22;  // the build id field
-    image::reseal(bytes);
-    sha256 = sha256_hex(bytes);
-  });
-  Value state = Value::table();
-  state.set("stops", Value::array({c.addr[1]}));
-  auto id = launch_strong(c[0], bundle_of(kHop), state);
-  REQUIRE(id.ok());
-  // Refused at the TRANSFER: the agent is not lost, it stays at its source.
-  AgentStatus s = wait_stranded(c[0], *id);
-  CHECK(s.status == AgentState::stranded);
-  CHECK(s.reason.find("image from guest build 2222222222222222, this node runs ") != std::string::npos);
-  CHECK(c[1].stats().agents_resident == 0);
-  CHECK(c[0].stats().agents_resident == 1);
-}
-
-TEST_CASE("a corrupt but well-hashed image kills only its guest and the node keeps serving") {
-  Cluster c = strong_cluster(2);
-  auto build = image::build_id_of(guest_path());
-  REQUIRE(build);
-  testing::set_image_hook(c[0], [build = *build](std::vector<std::uint8_t>& bytes, std::string& sha256) {
-    auto header = image::peek_header(bytes);
-    REQUIRE(header);
-    auto opened = image::open_image(bytes, {build, header->arena_base, header->arena_bytes});
-    REQUIRE(opened);
-    std::vector<std::uint8_t> used = opened->used;
-    for (std::size_t i = 4096; i < used.size(); i += 8) used[i] ^= 0xa5;
-    auto bad = image::take_image({build, header->arena_base, header->arena_bytes, header->agent_handle}, used);
-    REQUIRE(bad);
-    bytes = std::move(*bad);
-    sha256 = sha256_hex(bytes);
-  });
-  Value state = Value::table();
-  state.set("stops", Value::array({c.addr[1]}));
-  auto id = launch_strong(c[0], bundle_of(kHop), state);
-  REQUIRE(id.ok());
-  AgentStatus s = run_to_end(c[0], *id);
-  CHECK(s.status == AgentState::failed);
-  CHECK_FALSE(s.reason.empty());
-  CHECK(s.location == c.addr[1]);
-  // The destination goes on: a healthy strong agent launched there moves and finishes.
-  Value back = Value::table();
-  back.set("stops", Value::array({c.addr[0]}));
-  auto next = launch_strong(c[1], bundle_of(kHop), back);
-  REQUIRE(next.ok());
-  AgentStatus fine = run_to_end(c[1], *next);
-  REQUIRE_MESSAGE(fine.status == AgentState::finished, fine.reason);
-  CHECK(fine.result.get(1).as_string() == "ok 3 at " + c.addr[0]);
-  CHECK(c[1].call_local("kv.get", Value::array({"price"}))->as_integer() == 110);
-}
-
-TEST_CASE("a policy rule with strong: false refuses strong agents and keeps weak ones") {
-  auto policy = Policy::parse(R"({"default": {"name": "no-images", "strong": false, "isolation": ["process"]}})");
-  REQUIRE_MESSAGE(policy.ok(), (policy.ok() ? "" : policy.error().message));
-  CHECK_FALSE(policy->default_rule().allow_strong);
-  CHECK_ERROR(Policy::parse(R"({"default": {"strong": "no"}})"), Errc::bad_policy, "default.strong", "must be true or false");
-  auto shared = std::make_shared<const Policy>(std::move(*policy));
-  Cluster c(1, [shared](int, NodeOptions& o) {
-    o.peer_isolation = Isolation::process;
-    o.policy = shared;
-  });
-  CHECK_ERROR(launch_strong(c[0], bundle_of(kHop)), Errc::policy_refused, "rule no-images refuses strong agents of unsigned code");
-  AgentLaunch weak;
-  weak.bundle = bundle_of("function start() return 'weak ok' end");
-  auto id = c[0].launch({}, weak);
-  REQUIRE(id.ok());
-  AgentStatus s = run_to_end(c[0], *id);
-  CHECK(s.status == AgentState::finished);
-  CHECK(s.hops[0].mobility == "weak");
-}
-
-TEST_CASE("a signed manifest asking for strong mobility makes a strong agent, and a policy refuses it per signer") {
-  auto alice = test::new_key();
-  auto bob = test::new_key();
-  auto policy = test::policy_from(R"({"keys": {"alice": ")" + alice->fingerprint() + R"("},
-    "rules": [{"name": "alice-weak-only", "signer": "alice", "strong": false, "isolation": ["process"]}],
-    "default": {"isolation": ["process"]}})");
-  Cluster c(2, [policy](int, NodeOptions& o) {
-    o.peer_isolation = Isolation::process;
-    o.policy = policy;
-  });
-  Value state = Value::table();
-  state.set("stops", Value::array({c.addr[1]}));
-  Bundle strong = bundle_of(kHop);
-  strong.manifest.mobility = "strong";
-  // The launch itself asks for nothing: the signed manifest makes the agent strong, so its
-  // agent.go(peer) returns on the peer with its locals.
-  AgentLaunch l;
-  l.bundle = strong;
-  l.state = state;
-  l.signing_key = bob;
-  auto id = c[0].launch({}, l);
-  REQUIRE_MESSAGE(id.ok(), (id.ok() ? "" : id.error().message));
-  AgentStatus s = run_to_end(c[0], *id);
-  CHECK(s.status == AgentState::finished);
-  CHECK(s.result.get(1).as_string() == "ok 3 at " + c.addr[1]);
-  REQUIRE(s.hops.size() == 2);
-  CHECK(s.hops[0].mobility == "strong");
-  CHECK(s.hops[1].mobility == "strong");
-  // The same strong bundle signed by alice: her rule refuses strong agents, at launch.
-  l.signing_key = alice;
-  CHECK_ERROR(c[0].launch({}, l), Errc::policy_refused, "rule alice-weak-only refuses strong agents of");
-  // A launch option asking for strong is written into the manifest she signs: refused too.
-  AgentLaunch asked;
-  asked.bundle = bundle_of(kHop);
-  asked.state = state;
-  asked.signing_key = alice;
-  asked.mobility = Mobility::strong;
-  CHECK_ERROR(c[0].launch({}, asked), Errc::policy_refused, "rule alice-weak-only refuses strong agents of");
-  // Her weak agents run.
-  AgentLaunch weak;
-  weak.bundle = bundle_of("function start() return 'weak ok' end");
-  weak.signing_key = alice;
-  auto weak_id = c[0].launch({}, weak);
-  REQUIRE(weak_id.ok());
-  AgentStatus w = run_to_end(c[0], *weak_id);
-  CHECK(w.result.get(1).as_string() == "weak ok");
-  CHECK(w.hops[0].mobility == "weak");
-}
-
 TEST_CASE("the node's listing shows a strong agent and the image it holds") {
   Cluster c = strong_cluster(1);
   auto id = launch_strong(c[0], bundle_of(R"(
@@ -503,127 +279,4 @@ end)"));
   AgentStatus s = run_to_end(c[0], *id);
   CHECK(s.status == AgentState::failed);
   CHECK(s.reason.find("CPU limit") != std::string::npos);
-}
-
-TEST_CASE("an image larger than a frame travels in pieces, and a TRANSFER over the frame limit is refused") {
-  Cluster c(2, [](int, NodeOptions& o) {
-    o.peer_isolation = Isolation::process;
-    o.max_payload = 8u << 10;  // below any heap image (a bare heap seals to ~20 KB)
-  });
-  Value state = Value::table();
-  state.set("stops", Value::array({c.addr[1]}));
-  auto id = launch_strong(c[0], bundle_of(kHop), state);
-  REQUIRE(id.ok());
-  AgentStatus s = run_to_end(c[0], *id);
-  CHECK(s.status == AgentState::finished);
-  CHECK(s.result.get(1).as_string() == "ok 3 at " + c.addr[1]);
-  REQUIRE(s.hops.size() == 2);
-  CHECK(s.hops[0].image_bytes > (8u << 10));  // it could not have ridden in one frame
-  // A weak agent's state is the TRANSFER itself: past the frame limit it is refused before it
-  // is sent, and the agent stays at its source.
-  AgentLaunch weak;
-  weak.bundle = bundle_of(R"(function start(s) s.blob = string.rep("x", 20000) agent.go(s.stops[1], "later") end
-function later(s) return #s.blob end)");
-  weak.state = state;
-  auto weak_id = c[0].launch({}, weak);
-  REQUIRE(weak_id.ok());
-  AgentStatus w = wait_stranded(c[0], *weak_id);
-  CHECK(w.status == AgentState::stranded);
-  CHECK(w.reason.find("bytes, over the frame limit of 8192 bytes (max_payload)") != std::string::npos);
-  CHECK(c[1].stats().agents_resident == 0);
-}
-
-TEST_CASE("a 64 MB heap moves between two nodes and arrives intact") {
-  Cluster c = strong_cluster(2);
-  // 64 Ki strings of ~1 KB: 1 KB pieces of pseudo-random hex digits, each used again only
-  // 1 MB further on (beyond zstd's window at the image's level), so the image stays well
-  // over one 16 MB frame. A checksum taken before the move is compared after it.
-  Bundle b = bundle_of(R"(
-function start(s)
-  local blocks = {}
-  for k = 1, 1024 do
-    local piece = {}
-    for j = 1, 128 do piece[j] = string.format("%08x", math.random(0, 2147483647)) end
-    blocks[k] = table.concat(piece)
-  end
-  local big = {}
-  for i = 1, 65536 do big[i] = blocks[i % 1024 + 1] .. i end
-  local function checksum()
-    local sum = 0
-    for i = 1, #big do sum = (sum + big[i]:byte(1 + i % 1000) * i + #big[i]) % 2147483647 end
-    return sum
-  end
-  local before = checksum()
-  agent.go(s.stops[1])
-  local bad, bytes = 0, 0
-  for i = 1, #big do
-    bytes = bytes + #big[i]
-    if big[i] ~= blocks[i % 1024 + 1] .. i then bad = bad + 1 end
-  end
-  return #big .. ":" .. bad .. ":" .. bytes .. ":" .. tostring(checksum() == before) .. "@" .. agent.here
-end)");
-  b.manifest.quotas.memory_bytes = 192u << 20;
-  b.manifest.quotas.wall_ms = 60'000;  // a loaded sanitizer run: the first step alone may take seconds
-  Value state = Value::table();
-  state.set("stops", Value::array({c.addr[1]}));
-  auto id = launch_strong(c[0], b, state);
-  REQUIRE(id.ok());
-  AgentStatus s = run_to_end(c[0], *id);
-  REQUIRE_MESSAGE(s.status == AgentState::finished, s.reason);
-  std::uint64_t bytes = 0;
-  for (int i = 1; i <= 65536; ++i) bytes += 1024 + std::to_string(i).size();
-  CHECK(s.result.get(1).as_string() == "65536:0:" + std::to_string(bytes) + ":true@" + c.addr[1]);
-  REQUIRE(s.hops.size() == 2);
-  CHECK(s.hops[0].image_raw_bytes > (64u << 20));
-  CHECK(s.hops[0].image_bytes > (16u << 20));  // over the default frame limit: sent in pieces
-}
-
-TEST_CASE("image pieces are checked before they are kept, and the node keeps serving") {
-  Cluster c = strong_cluster(2);
-  auto build = image::build_id_of(guest_path());
-  REQUIRE(build.ok());
-  // A well-formed image of one page that declares an arena of 64 GiB: refused at its first
-  // piece, before anything is kept.
-  std::vector<std::uint8_t> page(image::kPageBytes, 0);
-  page[0] = 1;
-  auto huge = image::take_image({*build, 0x1000'0000'0000, std::uint64_t{64} << 30, 0}, page);
-  REQUIRE(huge.ok());
-  ImagePart part;
-  part.id = std::string(32, 'd');
-  part.epoch = 1;
-  part.image_sha256 = sha256_hex(*huge);
-  part.total_bytes = huge->size();
-  part.bytes = *huge;
-  CHECK_ERROR(c[0].call(c.addr[1], "agent.image_part", message_args(encode(part))), Errc::sandbox_refused,
-              "heap image declares an arena of 68719476736 bytes, above the memory quota's");
-  // An honest header with a total far beyond what its payload can seal to.
-  auto small = image::take_image({*build, 0x1000'0000'0000, 4u << 20, 0}, page);
-  REQUIRE(small.ok());
-  part.image_sha256 = sha256_hex(*small);
-  part.bytes = *small;
-  part.total_bytes = std::uint64_t{1} << 40;
-  CHECK_ERROR(c[0].call(c.addr[1], "agent.image_part", message_args(encode(part))), Errc::sandbox_refused,
-              "is larger than its payload");
-  // A piece with no first piece before it, and a piece past its declared total.
-  part.total_bytes = small->size() + 10;
-  part.offset = 100;
-  const std::vector<std::uint8_t> abc{'a', 'b', 'c'}, eleven(11, 'x');
-  part.bytes = abc;
-  CHECK_ERROR(c[0].call(c.addr[1], "agent.image_part", message_args(encode(part))), Errc::invalid_argument,
-              "follows no piece before it");
-  part.offset = small->size();
-  part.bytes = eleven;
-  CHECK_ERROR(c[0].call(c.addr[1], "agent.image_part", message_args(encode(part))), Errc::invalid_argument,
-              "bad agent message: image part: 11 bytes at offset");
-  // A staged image that no TRANSFER claims takes no agent's place: a real one still moves.
-  part.offset = 0;
-  part.total_bytes = small->size();
-  part.bytes = *small;
-  CHECK(c[0].call(c.addr[1], "agent.image_part", message_args(encode(part))).ok());
-  Value state = Value::table();
-  state.set("stops", Value::array({c.addr[1]}));
-  auto id = launch_strong(c[0], bundle_of(kHop), state);
-  REQUIRE(id.ok());
-  AgentStatus s = run_to_end(c[0], *id);
-  CHECK(s.result.get(1).as_string() == "ok 3 at " + c.addr[1]);
 }

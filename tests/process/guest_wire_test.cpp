@@ -1,0 +1,50 @@
+// Tests of the channel protocol's codec between host and guest: frames round-trip, a truncated
+// or padded payload is refused by name, and the SIGSYS handler's frame decodes.
+#include <doctest/doctest.h>
+
+#include <span>
+
+#include "sandbox/process/guest_wire.hpp"
+
+namespace channel = sojourn::sandbox::channel;
+
+TEST_CASE("channel messages round-trip through their frames") {
+  channel::RunRequest request;
+  request.source = "return ...";
+  request.chunk_name = "job";
+  request.args = sojourn::Value::array({1, "two", 3.5});
+  request.limits = sojourn::Limits{1, 2, 3};
+  request.allow_jit = true;
+  const auto frame = channel::encode_frame(request);
+  const auto header = channel::parse_header(std::span<const std::uint8_t, channel::kHeaderBytes>(frame.data(), 5));
+  CHECK(header.kind == channel::Kind::run);
+  CHECK(header.length == frame.size() - channel::kHeaderBytes);
+  auto back = channel::decode_payload<channel::RunRequest>(std::span(frame).subspan(channel::kHeaderBytes));
+  REQUIRE(back.ok());
+  CHECK(back->source == "return ...");
+  CHECK(back->chunk_name == "job");
+  CHECK(back->args.get(2).as_string() == "two");
+  CHECK(back->limits == sojourn::Limits{1, 2, 3});
+  CHECK(back->allow_jit);
+}
+
+TEST_CASE("a truncated or padded payload is refused with a message naming the message kind") {
+  channel::HostCall call{"kv.get", sojourn::Value::array({"k"})};
+  auto frame = channel::encode_frame(call);
+  auto payload = std::span(frame).subspan(channel::kHeaderBytes);
+  auto truncated = channel::decode_payload<channel::HostCall>(payload.first(payload.size() - 1));
+  REQUIRE_FALSE(truncated.ok());
+  CHECK(truncated.error().message.rfind("internal error: guest channel: bad host_call message: ", 0) == 0);
+  frame.push_back(0);
+  auto padded = channel::decode_payload<channel::HostCall>(std::span(frame).subspan(channel::kHeaderBytes));
+  REQUIRE_FALSE(padded.ok());
+  CHECK(padded.error().message == "internal error: guest channel: bad host_call message: trailing bytes");
+}
+
+TEST_CASE("the SIGSYS handler's frame decodes as a seccomp report") {
+  const auto frame = channel::seccomp_report_frame(41);
+  CHECK(frame[4] == static_cast<std::uint8_t>(channel::Kind::seccomp_report));
+  auto report = channel::decode_payload<channel::SeccompReport>(std::span(frame).subspan(channel::kHeaderBytes));
+  REQUIRE(report.ok());
+  CHECK(report->syscall == 41);
+}
