@@ -2,8 +2,10 @@
 // that the host's handling of each is tested end to end. Compiled with SOJOURN_GUEST_TEST_HOOKS only into the test guest
 // (sojourn-guest-test); the real guest gets the empty version, so no chunk can reach them.
 #include "sandbox/guest/guest_serve.hpp"
+#include "sandbox/guest/zygote.hpp"
 
 #ifdef SOJOURN_GUEST_TEST_HOOKS
+#include <errno.h>  // program_invocation_name
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -137,8 +139,16 @@ void run_test_hook(std::string_view source) {
     *reinterpret_cast<volatile int*>(address) = 1;
   }
 }
+
+bool test_refuses_shared_net() {
+  // Chosen by the name the test guest was started under (a link a test makes): the zygote
+  // gets an empty environment and fixed arguments, and chooses its namespaces before any run.
+  constexpr std::string_view kSuffix = "-no-shared-net";
+  return std::string_view(program_invocation_name).ends_with(kSuffix);
+}
 #else
 void run_test_hook(std::string_view /*source*/) {}
+bool test_refuses_shared_net() { return false; }
 #endif
 
 }  // namespace sojourn::sandbox::guest

@@ -112,6 +112,10 @@ bool write_proc_file(const char* path, const std::string& text) {
 // that owner (CLONE_NEWUSER at its fork), and capabilities in a child user namespace give
 // none in its parent: no guest can configure this namespace.
 int enter_shared_net_namespace(std::string& error_out) {
+  if (test_refuses_shared_net()) {
+    error_out = "refused by the test guest's hook";
+    return EPERM;
+  }
   if (::unshare(CLONE_NEWNET) == 0) return 0;
   const int privileged_error = errno;
   const uid_t uid = ::getuid();

@@ -10,4 +10,9 @@ namespace sojourn::sandbox::guest {
 // `namespaces`, guests get none (a root zygote still drops them to nobody).
 int run_zygote(int control_fd, bool namespaces);
 
+// Test seam (sandbox/guest/test_hooks.cpp): true only in the test guest started under a name
+// ending in "-no-shared-net", whose zygote then makes no shared network namespace, as on a
+// host that allows neither way; the real guest's version is always false.
+bool test_refuses_shared_net();
+
 }  // namespace sojourn::sandbox::guest

@@ -27,6 +27,7 @@
 
 #include "sandbox/process/guest_session.hpp"
 #include "tests/support/error_checks.hpp"
+#include "tests/support/guest_procs.hpp"
 #include "tests/support/time_scale.hpp"
 
 namespace {
@@ -39,6 +40,8 @@ using sojourn::sandbox::HostCalls;
 using sojourn::sandbox::ProcessJail;
 using sojourn::sandbox::ProcessJailOptions;
 using sojourn::sandbox::RunInput;
+using sojourn::test::live_children_of;
+using sojourn::test::namespace_id;
 
 constexpr std::uint64_t kMemory = 16u << 20;
 
@@ -124,28 +127,6 @@ TEST_CASE("the jail reports its zygote and the namespaces its guests get") {
 }
 
 namespace {
-
-// The inode of /proc/PID/ns/KIND: equal inodes, same namespace. 0 when unreadable.
-std::uint64_t namespace_id(pid_t pid, const char* kind) {
-  struct stat st{};
-  if (::stat(("/proc/" + std::to_string(pid) + "/ns/" + kind).c_str(), &st) != 0) return 0;
-  return st.st_ino;
-}
-
-// The live children of the zygote (its guests), from /proc/PID/task/PID/children; a guest
-// killed and not yet reaped (a zombie, whose /proc/PID/ns cannot be read) is left out.
-std::vector<pid_t> live_children_of(pid_t pid) {
-  std::ifstream in("/proc/" + std::to_string(pid) + "/task/" + std::to_string(pid) + "/children");
-  std::vector<pid_t> out;
-  for (pid_t child = 0; in >> child;) {
-    std::ifstream stat("/proc/" + std::to_string(child) + "/stat");
-    std::string line;
-    std::getline(stat, line);
-    const auto close = line.rfind(')');
-    if (close != std::string::npos && close + 2 < line.size() && line[close + 2] != 'Z') out.push_back(child);
-  }
-  return out;
-}
 
 // The inodes of the user namespaces above PID's own, parent first (as far as this process
 // may look).
