@@ -117,11 +117,18 @@ bool guest_at_rest(WarmGuest& guest) {
   // tells with one cheap call; the state in /proc/PID/stat (costly to read, see
   // resident_bytes) is only read past that allowance, where only a guest asleep since is fit:
   // one still running is spinning after its answer.
-  const std::optional<std::uint64_t> used = guest_cpu_time_us(guest);
+  std::optional<std::uint64_t> used = guest_cpu_time_us(guest);
   if (!used) return false;
-  const bool fit = *used - std::min(*used, guest.settled_cpu_us) <= kSettleCpuUs || process_state(guest.stat.get()) == 'S';
-  if (fit) guest.rest_cpu_us = used;
-  return fit;
+  if (*used - std::min(*used, guest.settled_cpu_us) > kSettleCpuUs) {
+    if (process_state(guest.stat.get()) != 'S') return false;
+    // Asleep, so off its CPU: read again, as after wait_off_cpu. The reading above may predate
+    // the end of its last slice (the kernel adds a slice to the clock when the task leaves
+    // its CPU, or at a tick), and this one is the next run's start.
+    used = guest_cpu_time_us(guest);
+    if (!used) return false;
+  }
+  guest.rest_cpu_us = used;
+  return true;
 }
 
 GuestPool::GuestPool(GuestPoolOptions options, Spawner spawner)
