@@ -98,22 +98,6 @@ std::string hex(std::span<const std::uint8_t> bytes) {
   return out;
 }
 
-std::string_view codec_name(Codec codec) {
-  switch (codec) {
-    case Codec::stored: return "stored";
-    case Codec::zstd: return "zstd";
-    case Codec::lz4: return "lz4";
-  }
-  return "unknown";
-}
-
-std::optional<Codec> parse_codec(std::string_view name) {
-  for (Codec c : {Codec::stored, Codec::zstd, Codec::lz4}) {
-    if (codec_name(c) == name) return c;
-  }
-  return std::nullopt;
-}
-
 std::size_t page_map_bytes(std::uint64_t used_bytes) {
   return static_cast<std::size_t>((used_bytes / kPageBytes + 7) / 8);
 }

@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "sojourn/core/error.hpp"
+#include "sojourn/core/image_codec.hpp"
 
 namespace sojourn::sandbox::image {
 
@@ -30,13 +31,11 @@ inline constexpr std::uint32_t kFormatVersion = 2;
 // The header's fixed bytes (see docs/migration.md, "Image format").
 inline constexpr std::size_t kHeaderBytes = 8 + 4 + 4 + 32 + 8 + 8 + 8 + 8 + 8 + 32;
 
-// How the payload is encoded, named in the header (its number is the wire value). zstd (level
-// 1) makes the smallest images, LZ4 seals and opens a few times faster for ~1.5-2x the bytes,
-// stored costs no CPU at all for the most bytes: which pays depends on the link.
-enum class Codec : std::uint32_t { stored = 0, zstd = 1, lz4 = 2 };
-// "stored", "zstd", "lz4"; parse_codec is its inverse (nullopt for any other name).
-std::string_view codec_name(Codec codec);
-std::optional<Codec> parse_codec(std::string_view name);
+// How the payload is encoded, named in the header (sojourn/core/image_codec.hpp): which
+// pays depends on the link.
+using Codec = ImageCodec;
+inline std::string_view codec_name(Codec codec) { return image_codec_name(codec); }
+inline std::optional<Codec> parse_codec(std::string_view name) { return parse_image_codec(name); }
 
 // What an image says about itself. Every field is covered by the hash.
 struct ImageHeader {
@@ -52,11 +51,11 @@ struct ImageHeader {
 
 // What the taking side knows besides the bytes.
 struct ImageSource {
-  Codec codec = Codec::zstd;  // how to encode the payload
   std::array<std::uint8_t, 32> guest_build{};
   std::uint64_t arena_base = 0;
   std::uint64_t arena_bytes = 0;
   std::uint64_t agent_handle = 0;
+  Codec codec = Codec::zstd;  // how to encode the payload
 };
 
 // What the restoring side insists on. The quota is the largest arena a fresh guest would map
