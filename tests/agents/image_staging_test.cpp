@@ -99,8 +99,6 @@ TEST_CASE("a stream cut in the middle is never handed to a TRANSFER and leaves n
   CHECK(staging.staged_bytes() == 0);
 }
 
-}  // namespace sojourn
-
 TEST_CASE("an incompressible image of every codec is staged; a first piece naming an unknown codec is refused") {
   for (image::Codec codec : {image::Codec::stored, image::Codec::zstd, image::Codec::lz4}) {
     CAPTURE(image::codec_name(codec));
@@ -119,3 +117,5 @@ TEST_CASE("an incompressible image of every codec is staged; a first piece namin
   CHECK(refused.error().message == "refused by the sandbox: heap image: codec 9 is not one this node reads (stored, zstd, lz4)");
   CHECK(staging.staged_bytes() == 0);
 }
+
+}  // namespace sojourn
