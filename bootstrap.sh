@@ -23,8 +23,9 @@ packages=(
   # Node identity and addresses (issue 18): the multi-host testbed (tests/multihost) makes
   # network namespaces, veth pairs and a bridge with `ip`, and relays a hand-over with socat.
   iproute2 socat
-  # Strong mobility: the heap image's pages are compressed with zstd (sandbox/image).
-  libzstd-dev
+  # Strong mobility: the heap image's pages are compressed with zstd (sandbox/image), or with
+  # LZ4 where the link is fast enough that zstd's sealing costs more than the bytes it saves.
+  libzstd-dev liblz4-dev
   # Durable nodes (issue 16): `--data-dir` keeps the kv store and tracked agents in SQLite
   # (agents/store); the sqlite3 command lets a user (and the durable tests) look inside DIR/sojourn.db.
   libsqlite3-dev sqlite3

@@ -196,6 +196,7 @@ void AgentRuntime::run_step(const std::string& id) {
   // Warm guests serve one principal (docs/jails.md): the bundle's verified signer, or anonymous.
   const std::string principal = record.signer.empty() ? std::string("anonymous") : "signer " + key_fingerprint(record.signer);
   input.principal = principal;
+  input.image_codec = options_.image_codec;  // how a stop here seals the heap (--image-codec)
   Value info = Value::table();
   info.set("id", record.id);
   info.set("home", record.home);
@@ -262,7 +263,8 @@ void AgentRuntime::run_step(const std::string& id) {
   }
   if (strong_stop) {
     trace_step("image_sealed", id, "", "image_us=" + std::to_string(taken.image_us) + " raw_bytes=" +
-                                           std::to_string(taken.raw_bytes) + " image_bytes=" + std::to_string(taken.image.size()));
+                                           std::to_string(taken.raw_bytes) + " image_bytes=" + std::to_string(taken.image.size()) +
+                                           " codec=" + std::string(image_codec_name(input.image_codec)));
   }
   bool wake = false;
   std::vector<NodeStore::Write> outcome_rows;

@@ -17,8 +17,9 @@ namespace image = sandbox::image;
 
 Error refused(const std::string& why) { return make_error(Errc::sandbox_refused, "refused by the sandbox: " + why); }
 
-// The most a sealed image of `payload` bytes can take: zstd's worst case (a stored frame a
-// little larger than its input) and the header.
+// The most a sealed image of `payload` bytes can take, whatever its codec: zstd's worst case (a
+// stored frame a little larger than its input; LZ4's, 4 bytes per 64 KB block and its frame
+// header, is smaller, a stored payload is exact) and the header.
 std::uint64_t sealed_bound(std::uint64_t payload) { return image::kHeaderBytes + payload + payload / 128 + (128u << 10); }
 
 }  // namespace

@@ -7,12 +7,13 @@
 // same heap (bench/run_criu.sh), printed beside the strong hops.
 //
 //   bench_migration_cost [HOPS] [--sizes 1k,64k,1m,16m,64m] [--max-payload-mb N] [--criu]
-//                        [--criu-rounds N] [--no-trace] [--csv FILE]
+//                        [--criu-rounds N] [--no-trace] [--csv FILE] [--codec lz4|zstd|stored]
 //
 // HOPS per size (default 10; sizes from 16 MB on use a third, at least 2). --sizes: default
 // 1k,64k,1m,16m. A size that cannot move (a TRANSFER over the frame limit) prints its row with
 // the node's refusal. --csv FILE writes the table's rows (times in ms, phases zero when not
-// traced, `refused` empty or the reason). On a shared VM compare the ratios, not the figures.
+// traced, `refused` empty or the reason). --codec: how the nodes seal strong images (their
+// --image-codec; default lz4). On a shared VM compare the ratios, not the figures.
 #include <unistd.h>
 
 #include <chrono>
@@ -73,6 +74,7 @@ struct Options {
   int criu_rounds = 3;
   bool trace = true;
   std::string csv;  // --csv FILE: one row per size and kind, for plots
+  ImageCodec codec = ImageCodec::lz4;  // --codec: NodeOptions::image_codec of both nodes
 };
 
 struct Pair {
@@ -86,6 +88,7 @@ struct Pair {
       NodeOptions o;
       o.name = "bench" + std::to_string(i);
       o.peer_isolation = Isolation::process;
+      o.image_codec = opt.codec;
       o.max_payload = opt.max_payload_mb << 20;  // 64 MB: a weak agent's 16 MB state and its encoding's overhead
       // 320 MB holds 16 MB of this data (a 44 MB span) with room; 64 MB makes a ~175 MB span.
       const std::uint64_t memory = std::max<std::uint64_t>(320ull << 20, static_cast<std::uint64_t>(largest_kb) << 13);
@@ -265,6 +268,13 @@ int main(int argc, char** argv) {
       opt.criu_rounds = std::max(1, std::atoi(argv[++i]));
     } else if (a == "--csv" && i + 1 < argc) {
       opt.csv = argv[++i];
+    } else if (a == "--codec" && i + 1 < argc) {
+      auto codec = parse_image_codec(argv[++i]);
+      if (!codec) {
+        std::fprintf(stderr, "bench_migration_cost: --codec expects lz4, zstd or stored\n");
+        return 2;
+      }
+      opt.codec = *codec;
     } else if (a == "--no-trace") {
       opt.trace = false;
     } else if (!a.empty() && a[0] != '-' && std::atoi(a.c_str()) > 0) {
@@ -299,8 +309,8 @@ int main(int argc, char** argv) {
     Pair p(opt, trace_dir);
     std::vector<StrongFigures> strong_rows;
     std::printf("one hop, agent.go to the next line on the peer, process jail, %d hops per row (a third from 16 MB), "
-                "frame limit %u MiB, milliseconds (phases: medians over the hops)\n",
-                opt.hops, opt.max_payload_mb);
+                "frame limit %u MiB, images %s, milliseconds (phases: medians over the hops)\n",
+                opt.hops, opt.max_payload_mb, std::string(image_codec_name(opt.codec)).c_str());
     std::printf("%-6s %-7s %12s %12s %10s %10s %9s %9s %9s %9s %9s %9s %7s\n", "data", "kind", "raw_bytes", "wire_bytes",
                 "median_ms", "p99_ms", "image_ms", "serial_ms", "xfer_ms", "restore", "1st_line", "other_ms", "ratio");
     for (int kb : opt.sizes_kb) {

@@ -124,6 +124,11 @@ int run_node(const NodeCommand& c) {
   }
   options.code_cache_dir = c.code_cache;
   options.warm_guests = c.warm_guests;
+  if (auto codec = parse_image_codec(c.image_codec)) {
+    options.image_codec = *codec;
+  } else {
+    return fail(errors::invalid_argument("--image-codec: '" + c.image_codec + "' is not lz4, zstd or stored"), false);
+  }
   options.inline_eval_instructions = c.inline_eval_instructions;
   if (c.peer_isolation != "auto") {
     auto peer_level = parse_isolation(c.peer_isolation);

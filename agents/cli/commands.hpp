@@ -50,6 +50,7 @@ struct NodeCommand {
   std::string http;  // --http HOST:PORT: the dashboard, /metrics, the JSON API
   std::string name = "node";
   std::uint32_t warm_guests = 4;  // --warm-guests N
+  std::string image_codec = "lz4";  // --image-codec lz4|zstd|stored
   std::uint64_t inline_eval_instructions = 20'000;  // --inline-eval-instructions N
   std::size_t workers = 2;
   std::size_t max_connections = 1024;

@@ -75,6 +75,10 @@ int main(int argc, char** argv) {
   node_cmd->add_option("--warm-guests", node.warm_guests,
                        "Process-jail guests kept warm for each principal (a signer or a peer); 0: a fresh guest per run")
       ->capture_default_str()->check(CLI::Range(0, 1024));
+  node_cmd->add_option("--image-codec", node.image_codec,
+                       "How a strong agent's heap image is encoded when it leaves this node: lz4 (default: cheap, for "
+                       "loopback and fast links), zstd (smallest, for slow links) or stored")
+      ->capture_default_str()->check(CLI::IsMember({"lz4", "zstd", "stored"}));
   node_cmd->add_option("--inline-eval-instructions", node.inline_eval_instructions,
                        "Unsigned evaluations run at 'trusted', or at 'process' in an idle warm guest, are first tried "
                        "on the network thread within this many Lua instructions (and 2 ms), reading only kv.get, "

@@ -1,11 +1,11 @@
 // The heap image's encoding and checks (heap_image.hpp). Layout, little-endian:
-//   "SJHEAPIM" u32 version, guest_build[32], u64 arena_base, arena_bytes, used_bytes,
-//   agent_handle, payload_bytes, hash[32], then one zstd frame of the payload:
-//   page map (one bit per page of the used span, 1 = kept) followed by the kept pages in order.
+//   "SJHEAPIM" u32 version, u32 codec, guest_build[32], u64 arena_base, arena_bytes, used_bytes,
+//   agent_handle, payload_bytes, hash[32], then the payload in its codec (one zstd or LZ4 frame,
+//   or the bytes as they are): page map (one bit per page of the used span, 1 = kept) followed
+//   by the kept pages in order.
 #include "sandbox/image/heap_image.hpp"
 
 #include <openssl/evp.h>
-#include <zstd.h>
 
 #include <algorithm>
 #include <cerrno>
@@ -17,16 +17,14 @@
 #include <memory>
 #include <mutex>
 
+#include "sandbox/image/image_codec.hpp"
+
 namespace sojourn::sandbox::image {
 
 namespace {
 
 constexpr char kMagic[8] = {'S', 'J', 'H', 'E', 'A', 'P', 'I', 'M'};
 constexpr std::size_t kHashAt = kHeaderBytes - 32;
-// Fast levels: imaging sits on the agent's path between two nodes.
-constexpr int kZstdLevel = 1;
-// Compressed output is hashed in pieces of this size, each right after zstd wrote it.
-constexpr std::size_t kHashPiece = 256 * 1024;
 
 using Hash = std::array<std::uint8_t, 32>;
 
@@ -85,6 +83,8 @@ bool all_zero(const std::uint8_t* page) {
 
 std::string short_id(const Hash& h) { return hex(std::span(h).first(8)); }
 
+bool valid_codec(std::uint32_t codec) { return codec <= static_cast<std::uint32_t>(Codec::lz4); }
+
 }  // namespace
 
 std::string hex(std::span<const std::uint8_t> bytes) {
@@ -110,18 +110,17 @@ std::uint64_t kept_pages(std::span<const std::uint8_t> page_map) {
 
 namespace {
 
-// A buffer kept by each thread (`which` of two): a fresh one of this size would be mapped and
+// A buffer kept by each thread: a fresh one of this size would be mapped and
 // faulted in on every image, and page faults are a large share of a small image's cost.
-std::span<std::uint8_t> thread_buffer(int which, std::size_t bytes) {
-  thread_local std::vector<std::uint8_t> buffers[2];
-  std::vector<std::uint8_t>& buffer = buffers[which];
+std::span<std::uint8_t> thread_buffer(std::size_t bytes) {
+  thread_local std::vector<std::uint8_t> buffer;
   if (buffer.size() < bytes) buffer.resize(bytes);
   return std::span(buffer.data(), bytes);
 }
 
 // Seals a checked page map and its kept pages, which `produce(feed)` hands to `feed` as pieces
 // in order (one for a guest's KeptPages, the runs of kept pages for a whole span, or what a
-// PageReader reads: never copied into one buffer). feed returns false when zstd failed.
+// PageReader reads: never copied into one buffer). feed returns false when the codec failed.
 template <class Produce>
 Result<std::vector<std::uint8_t>> seal(const ImageSource& source, std::uint64_t used_bytes,
                                        std::span<const std::uint8_t> page_map, Produce&& produce,
@@ -129,56 +128,36 @@ Result<std::vector<std::uint8_t>> seal(const ImageSource& source, std::uint64_t 
   const std::size_t payload_bytes = page_map.size() + kept_count * kPageBytes;
   std::vector<std::uint8_t> image(kMagic, kMagic + sizeof kMagic);
   put(image, kFormatVersion, 4);
+  put(image, static_cast<std::uint32_t>(source.codec), 4);
   image.insert(image.end(), source.guest_build.begin(), source.guest_build.end());
   for (std::uint64_t v : {source.arena_base, source.arena_bytes, used_bytes, source.agent_handle,
                           std::uint64_t{payload_bytes}}) {
     put(image, v, 8);
   }
-  // One pass: the page map and the kept pages go into zstd as they are, and each piece of
-  // compressed output is hashed as it comes out, while it is still in the cache. The pledged
-  // size puts the payload's size in the frame header.
-  // One context per thread, reset for each image: a new one allocates zstd's tables afresh,
-  // and their pages are faulted in again on every image.
-  thread_local std::unique_ptr<ZSTD_CCtx, decltype(&ZSTD_freeCCtx)> cctx(ZSTD_createCCtx(), &ZSTD_freeCCtx);
-  if (!cctx || ZSTD_isError(ZSTD_CCtx_reset(cctx.get(), ZSTD_reset_session_and_parameters)) ||
-      ZSTD_isError(ZSTD_CCtx_setParameter(cctx.get(), ZSTD_c_compressionLevel, kZstdLevel)) ||
-      ZSTD_isError(ZSTD_CCtx_setPledgedSrcSize(cctx.get(), payload_bytes))) {
-    return errors::internal("zstd: cannot set up a compression context");
-  }
+  const std::unique_ptr<detail::Encoder> encoder = detail::make_encoder(source.codec, payload_bytes);
+  if (!encoder) return errors::internal(std::string(codec_name(source.codec)) + ": cannot set up a compression context");
+  // One pass: the page map and the kept pages go into the codec as they are, and each piece of
+  // its output is hashed as it comes out, while it is still in the cache, and appended: the
+  // image's bound is reserved but never zero-filled, so only the pages the encoded bytes need
+  // are ever touched (a bound's worth of page faults and a memset saved).
   Sha256 hash;
   hash.update(std::span<const std::uint8_t>(image).first(kHashAt));
-  // zstd writes each piece into a small buffer that stays in the cache, where it is hashed and
-  // appended: the image's bound is reserved but never zero-filled, so only the pages the
-  // compressed bytes need are ever touched (a bound's worth of page faults and a memset saved).
-  image.reserve(kHeaderBytes + ZSTD_compressBound(payload_bytes));
+  image.reserve(kHeaderBytes + encoder->bound(payload_bytes));
   image.resize(kHeaderBytes);  // the hash's place, filled in at the end
-  const std::span<std::uint8_t> piece = thread_buffer(0, kHashPiece);
-  std::size_t failed = 0;
-  const auto feed = [&](std::span<const std::uint8_t> bytes, ZSTD_EndDirective mode) {
-    ZSTD_inBuffer in{bytes.data(), bytes.size(), 0};
-    for (;;) {
-      ZSTD_outBuffer out{piece.data(), piece.size(), 0};
-      const std::size_t left = ZSTD_compressStream2(cctx.get(), &out, &in, mode);
-      if (ZSTD_isError(left)) {
-        failed = left;
-        return false;
-      }
-      const std::span<const std::uint8_t> written(piece.data(), out.pos);
-      hash.update(written);
-      image.insert(image.end(), written.begin(), written.end());
-      if (mode == ZSTD_e_end ? left == 0 : in.pos == in.size) return true;
-    }
+  const detail::Sink sink = [&](std::span<const std::uint8_t> written) {
+    hash.update(written);
+    image.insert(image.end(), written.begin(), written.end());
   };
-  bool ok = feed(page_map, ZSTD_e_continue);
+  bool ok = encoder->feed(page_map, sink);
   if (ok) {
-    Result<void> produced = produce([&](std::span<const std::uint8_t> bytes) { return feed(bytes, ZSTD_e_continue); });
+    Result<void> produced = produce([&](std::span<const std::uint8_t> bytes) { return ok = ok && encoder->feed(bytes, sink); });
     if (!produced) return produced.error();
   }
-  ok = ok && failed == 0 && feed({}, ZSTD_e_end);
-  if (!ok) return errors::internal(std::string("zstd: ") + ZSTD_getErrorName(failed));
+  ok = ok && encoder->end(sink);
+  if (!ok) return errors::internal(std::string(codec_name(source.codec)) + ": " + encoder->why());
   const Hash h = hash.finish();
   std::copy(h.begin(), h.end(), image.begin() + kHashAt);
-  if (stats != nullptr) *stats = ImageStats{used_bytes, kept_count, payload_bytes, image.size()};
+  if (stats != nullptr) *stats = ImageStats{used_bytes, kept_count, payload_bytes, image.size(), source.codec};
   return image;
 }
 
@@ -224,16 +203,16 @@ Result<std::vector<std::uint8_t>> take_image(const ImageSource& source, std::uin
                                              ImageStats* stats) {
   if (Result<void> ok = check_kept(source, used_bytes, page_map, UINT64_MAX); !ok) return ok.error();
   const std::uint64_t kept_count = kept_pages(page_map);
-  // One reused buffer, small enough to stay in the cache between the read and zstd.
+  // One reused buffer, small enough to stay in the cache between the read and the codec.
   const std::span<std::uint8_t> buffer =
-      thread_buffer(1, static_cast<std::size_t>(std::min<std::uint64_t>(kReadPiece, kept_count * kPageBytes)));
+      thread_buffer(static_cast<std::size_t>(std::min<std::uint64_t>(kReadPiece, kept_count * kPageBytes)));
   return seal(
       source, used_bytes, page_map,
       [&](const auto& feed) -> Result<void> {
         for (std::uint64_t left = kept_count * kPageBytes; left > 0;) {
           const std::size_t n = static_cast<std::size_t>(std::min<std::uint64_t>(left, buffer.size()));
           if (Result<void> got = read(std::span(buffer.data(), n)); !got) return got.error();
-          if (!feed(std::span<const std::uint8_t>(buffer.data(), n))) return {};  // seal reports zstd's error
+          if (!feed(std::span<const std::uint8_t>(buffer.data(), n))) return {};  // seal reports the codec's error
           left -= n;
         }
         return {};
@@ -289,79 +268,32 @@ Result<ImageHeader> peek_header(std::span<const std::uint8_t> image) {
     return refused("heap image: format version " + std::to_string(version) + " (this node reads " +
                    std::to_string(kFormatVersion) + ")");
   }
+  const auto codec = static_cast<std::uint32_t>(get(image, 12, 4));
+  if (!valid_codec(codec)) {
+    return refused("heap image: codec " + std::to_string(codec) + " is not one this node reads (stored, zstd, lz4)");
+  }
   ImageHeader h;
-  std::copy_n(image.begin() + 12, 32, h.guest_build.begin());
-  h.arena_base = get(image, 44, 8);
-  h.arena_bytes = get(image, 52, 8);
-  h.used_bytes = get(image, 60, 8);
-  h.agent_handle = get(image, 68, 8);
-  h.payload_bytes = get(image, 76, 8);
+  h.codec = static_cast<Codec>(codec);
+  std::copy_n(image.begin() + 16, 32, h.guest_build.begin());
+  h.arena_base = get(image, 48, 8);
+  h.arena_bytes = get(image, 56, 8);
+  h.used_bytes = get(image, 64, 8);
+  h.agent_handle = get(image, 72, 8);
+  h.payload_bytes = get(image, 80, 8);
   std::copy_n(image.begin() + kHashAt, 32, h.hash.begin());
   return h;
 }
-
-namespace {
-
-using DCtxPtr = std::unique_ptr<ZSTD_DCtx, decltype(&ZSTD_freeDCtx)>;
-
-// One decompression context kept per thread between images: a new one allocates its window
-// afresh (over a megabyte for a 1 MB image), and those pages may be faulted in again on every
-// open. An opener borrows it, reset (nothing of the last image's frame is left), and gives it
-// back when it ends; a second opener alive on the same thread gets a context of its own.
-DCtxPtr& spare_dctx() {
-  thread_local DCtxPtr spare{nullptr, &ZSTD_freeDCtx};
-  return spare;
-}
-
-DCtxPtr borrow_dctx() {
-  DCtxPtr dctx = std::move(spare_dctx());
-  if (dctx && ZSTD_isError(ZSTD_DCtx_reset(dctx.get(), ZSTD_reset_session_and_parameters))) dctx.reset();
-  if (!dctx) dctx = DCtxPtr(ZSTD_createDCtx(), &ZSTD_freeDCtx);
-  return dctx;
-}
-
-// A context that grew past this for one large image is let go rather than held by the thread.
-constexpr std::size_t kKeptDCtxBytes = 8u << 20;
-
-void give_back_dctx(DCtxPtr dctx) {
-  if (dctx && !spare_dctx() && ZSTD_sizeof_DCtx(dctx.get()) <= kKeptDCtxBytes) spare_dctx() = std::move(dctx);
-}
-
-}  // namespace
 
 struct ImageOpener::State {
   ImageHeader header;
   std::vector<std::uint8_t> map;
   std::uint64_t kept_bytes = 0;
   std::uint64_t taken = 0;
-  DCtxPtr dctx = borrow_dctx();
-  ~State() { give_back_dctx(std::move(dctx)); }
-  State() = default;
-  State(const State&) = delete;
-  State& operator=(const State&) = delete;
-  ZSTD_inBuffer in{};
-  std::size_t failed = 0;
-  std::size_t last = 1;  // ZSTD_decompressStream's last answer: 0 once the frame is complete
+  std::unique_ptr<detail::Decoder> decoder;
 
-  // Fills exactly n bytes at `to`, or fails (a zstd error, or the payload ends short).
-  bool fill(std::uint8_t* to, std::size_t n) {
-    ZSTD_outBuffer out{to, n, 0};
-    while (out.pos < out.size) {
-      const std::size_t in_before = in.pos, out_before = out.pos;
-      const std::size_t r = ZSTD_decompressStream(dctx.get(), &out, &in);
-      if (ZSTD_isError(r)) {
-        failed = r;
-        return false;
-      }
-      last = r;
-      if (in.pos == in_before && out.pos == out_before) return false;
-    }
-    return true;
-  }
-  Error undecodable() const {
-    return refused(std::string("heap image: the payload does not decompress (") +
-                   (failed != 0 ? ZSTD_getErrorName(failed) : "short") + ")");
-  }
+  // Fills exactly n bytes at `to`, or fails (the payload does not decode, or ends short).
+  bool fill(std::uint8_t* to, std::size_t n) { return decoder->fill(to, n); }
+  Error undecodable() const { return refused("heap image: the payload does not decompress (" + decoder->why() + ")"); }
 };
 
 ImageOpener::ImageOpener(std::unique_ptr<State> state) : state_(std::move(state)) {}
@@ -405,15 +337,14 @@ Result<ImageOpener> ImageOpener::check(std::span<const std::uint8_t> image, cons
     return refused("heap image hash mismatch: expected " + hex(h.hash) + ", got " + hex(got));
   }
 
-  const std::span<const std::uint8_t> packed = image.subspan(kHeaderBytes);
-  const unsigned long long declared = ZSTD_getFrameContentSize(packed.data(), packed.size());
-  if (declared != h.payload_bytes) return refused("heap image: the compressed payload does not declare the header's size");
   // Streamed: the page map first (checked before any destination exists), then the kept pages
   // as the caller takes them.
   auto state = std::make_unique<State>();
-  if (!state->dctx) return errors::internal("zstd: cannot set up a decompression context");
+  std::string why;
+  bool internal = false;
+  state->decoder = detail::make_decoder(h.codec, image.subspan(kHeaderBytes), h.payload_bytes, why, internal);
+  if (!state->decoder) return internal ? errors::internal(why) : refused("heap image: " + why);
   state->header = h;
-  state->in = ZSTD_inBuffer{packed.data(), packed.size(), 0};
   state->map.resize(map_bytes);
   if (!state->fill(state->map.data(), state->map.size())) return state->undecodable();
   const std::uint64_t kept = kept_pages(state->map);
@@ -443,14 +374,7 @@ Result<void> ImageOpener::finish() {
   if (s.taken != s.kept_bytes) {
     return refused("heap image: no room for its " + std::to_string(s.kept_bytes / kPageBytes) + " kept pages");
   }
-  // The frame must end exactly there (zstd also checks the declared size at its end).
-  if (s.last != 0) {
-    std::uint8_t extra = 0;
-    ZSTD_outBuffer tail{&extra, 1, 0};
-    s.last = ZSTD_decompressStream(s.dctx.get(), &tail, &s.in);
-    if (tail.pos != 0) s.last = 1;
-  }
-  if (ZSTD_isError(s.last) || s.last != 0 || s.in.pos != s.in.size) {
+  if (!s.decoder->ends_here()) {
     return refused("heap image: the payload does not decompress (it does not end at its declared size)");
   }
   return {};

@@ -1,5 +1,5 @@
 // The heap image of a strong agent (issue 13): the guest arena's used span with all-zero pages
-// left out, compressed with zstd, behind a small header. Built and checked on the HOST side
+// left out, compressed with zstd or LZ4 (or stored as it is), behind a small header. Built and checked on the HOST side
 // only, so the guest stays lean and its syscall table unchanged: the guest hands over its raw
 // used span, the host seals it; on restore the host checks everything it can before a single
 // byte reaches a fresh guest (docs/migration.md, "Strong mobility", has the format and the
@@ -13,30 +13,40 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
 #include <vector>
 
 #include "sojourn/core/error.hpp"
+#include "sojourn/core/image_codec.hpp"
 
 namespace sojourn::sandbox::image {
 
 inline constexpr std::size_t kPageBytes = 4096;
 // The format's version; a different one is refused (sandbox_refused).
-inline constexpr std::uint32_t kFormatVersion = 1;
+// Version 2 added the codec.
+inline constexpr std::uint32_t kFormatVersion = 2;
 // The header's fixed bytes (see docs/migration.md, "Image format").
-inline constexpr std::size_t kHeaderBytes = 8 + 4 + 32 + 8 + 8 + 8 + 8 + 8 + 32;
+inline constexpr std::size_t kHeaderBytes = 8 + 4 + 4 + 32 + 8 + 8 + 8 + 8 + 8 + 32;
+
+// How the payload is encoded, named in the header (sojourn/core/image_codec.hpp): which
+// pays depends on the link.
+using Codec = ImageCodec;
+inline std::string_view codec_name(Codec codec) { return image_codec_name(codec); }
+inline std::optional<Codec> parse_codec(std::string_view name) { return parse_image_codec(name); }
 
 // What an image says about itself. Every field is covered by the hash.
 struct ImageHeader {
+  Codec codec = Codec::zstd;        // how the payload is encoded
   std::array<std::uint8_t, 32> guest_build{};  // SHA-256 of the guest executable
   std::uint64_t arena_base = 0;     // where the arena is mapped (kArenaBase)
   std::uint64_t arena_bytes = 0;    // the arena's mapped size: the restoring guest maps the same
   std::uint64_t used_bytes = 0;     // the arena span the image covers, from its base (whole pages)
   std::uint64_t agent_handle = 0;   // the agent coroutine (its lua_State) inside the arena
   std::uint64_t payload_bytes = 0;  // the declared uncompressed payload: page map + kept pages
-  std::array<std::uint8_t, 32> hash{};  // SHA-256 of the header fields above and the compressed payload
+  std::array<std::uint8_t, 32> hash{};  // SHA-256 of the header fields above and the encoded payload
 };
 
 // What the taking side knows besides the bytes.
@@ -45,6 +55,7 @@ struct ImageSource {
   std::uint64_t arena_base = 0;
   std::uint64_t arena_bytes = 0;
   std::uint64_t agent_handle = 0;
+  Codec codec = Codec::zstd;  // how to encode the payload
 };
 
 // What the restoring side insists on. The quota is the largest arena a fresh guest would map
@@ -80,12 +91,13 @@ struct ImageStats {
   std::uint64_t kept_pages = 0;      // pages that were not all zero
   std::uint64_t payload_bytes = 0;   // uncompressed payload (page map + kept pages)
   std::uint64_t image_bytes = 0;     // the whole image as it travels
+  Codec codec = Codec::zstd;
 };
 
-// Seals kept pages into an image: one pass that compresses the payload and hashes each piece
-// of the compressed output as it comes. invalid_argument on a span that does not fit the arena
+// Seals kept pages into an image: one pass that encodes the payload with source.codec and
+// hashes each piece of the encoded output as it comes. invalid_argument on a span that does not fit the arena
 // (used_bytes not whole pages, or above arena_bytes) and on a page map that disagrees with it
-// ("a heap image's page map ..."); internal when zstd fails.
+// ("a heap image's page map ..."); internal when the codec fails.
 Result<std::vector<std::uint8_t>> take_image(const ImageSource& source, const KeptPages& kept,
                                              ImageStats* stats = nullptr);
 // The same from a whole span (its length a multiple of kPageBytes, at most arena_bytes): its
@@ -110,14 +122,15 @@ Result<ImageHeader> peek_header(std::span<const std::uint8_t> image);
 
 // Checks then opens an image, in this order, each refusal sandbox_refused "refused by the
 // sandbox: ...":
-//   1. the header is whole and of this format version ("heap image: ...");
+//   1. the header is whole, of this format version and names a codec this node reads
+//      ("heap image: ...", "heap image: codec N is not one this node reads (stored, zstd, lz4)");
 //   2. the guest build: "image from guest build X, this node runs Y" (X, Y: the first 16 hex
 //      digits of each SHA-256);
 //   3. the arena address, and sizes against the quota BEFORE decompressing: "heap image declares
 //      an arena of N bytes, above the memory quota's M bytes" (and the like for the span and the
 //      payload);
 //   4. the hash: "heap image hash mismatch: expected H1, got H2";
-//   5. the payload decompresses to exactly its declared size and its page map agrees with it
+//   5. the encoded payload declares the header's size, and decodes to exactly that and its page map agrees with it
 //      ("heap image: ..."). A well-formed image whose bytes are hostile passes: only a jail may
 //      load it.
 Result<RestoredImage> open_image(std::span<const std::uint8_t> image, const RestoreRules& rules);

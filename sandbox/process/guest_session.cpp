@@ -531,7 +531,8 @@ Result<std::vector<std::uint8_t>> strong_resume_request(std::span<const std::uin
 }
 
 Result<StrongOutcome> strong_outcome(std::span<const std::uint8_t> done, std::span<const std::uint8_t> span_frame,
-                                     const std::array<std::uint8_t, 32>& build, std::size_t arena_bytes) {
+                                     const std::array<std::uint8_t, 32>& build, std::size_t arena_bytes,
+                                     ImageCodec codec) {
   Result<AgentOutcome> outcome = agent_outcome(done);
   if (!outcome) return outcome.error();
   StrongOutcome strong;
@@ -546,7 +547,7 @@ Result<StrongOutcome> strong_outcome(std::span<const std::uint8_t> done, std::sp
     const auto t0 = Clock::now();
     // take_image checks the page map against the span and the pages (invalid_argument).
     Result<std::vector<std::uint8_t>> sealed =
-        image::take_image({build, guest::kArenaBase, arena_bytes, span->agent_handle},
+        image::take_image({build, guest::kArenaBase, arena_bytes, span->agent_handle, codec},
                           image::KeptPages{span->used_bytes, bytes_of(span->page_map), bytes_of(span->pages)});
     if (!sealed && sealed.error().code == Errc::invalid_argument) {
       return make_error(Errc::guest_crashed, "guest crashed: its heap span does not fit its arena (" + sealed.error().message + ")");

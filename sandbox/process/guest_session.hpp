@@ -135,9 +135,11 @@ Result<std::vector<std::uint8_t>> strong_resume_request(std::span<const std::uin
                                                         const Value& info, const HostCalls* host,
                                                         const std::string& guest_path, std::uint64_t* restore_us);
 // A strong step's outcome from the guest's agent_done payload and, at a strong stop, its
-// heap_span payload, sealed into an image (guest_crashed when the span is missing or does not fit).
+// heap_span payload, sealed into an image with `codec` (guest_crashed when the span is missing or
+// does not fit).
 Result<StrongOutcome> strong_outcome(std::span<const std::uint8_t> done, std::span<const std::uint8_t> span_frame,
-                                     const std::array<std::uint8_t, 32>& build, std::size_t arena_bytes);
+                                     const std::array<std::uint8_t, 32>& build, std::size_t arena_bytes,
+                                     ImageCodec codec);
 
 // A strong step's outcome when its stop was sealed in the session (DirectPages::image).
 Result<StrongOutcome> strong_outcome(std::span<const std::uint8_t> done, DirectPages& direct);
@@ -155,7 +157,7 @@ Result<StrongOutcome> strong_step(const RunInput& input, const std::string& gues
   std::vector<std::uint8_t> span_frame;
   Result<std::vector<std::uint8_t>> done = run(&cpu_us, &span_frame, arena_bytes);
   if (!done) return done.error();
-  Result<StrongOutcome> strong = strong_outcome(*done, span_frame, *build, arena_bytes);
+  Result<StrongOutcome> strong = strong_outcome(*done, span_frame, *build, arena_bytes, input.image_codec);
   if (!strong) return strong.error();
   strong->step.host_cpu_us = cpu_us;
   strong->restore_us = restore_us;

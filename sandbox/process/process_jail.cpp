@@ -180,7 +180,7 @@ class ZygoteJail final : public ProcessJail {
     const std::size_t arena_bytes = guest::arena_bytes_for_quota(input.limits.memory_bytes);
     DirectPages direct;
     direct.enabled = options_.direct_pages;
-    direct.source = image::ImageSource{*build, guest::kArenaBase, arena_bytes, 0};
+    direct.source = image::ImageSource{*build, guest::kArenaBase, arena_bytes, 0, input.image_codec};
     direct.resume = resume;
     std::uint64_t cpu_us = 0;
     std::vector<std::uint8_t> span_frame;  // unused: the stop is sealed in the session

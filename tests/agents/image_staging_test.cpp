@@ -22,8 +22,8 @@ namespace image = sandbox::image;
 
 constexpr std::uint64_t kQuota = 16u << 20;
 
-// A sealed image of `pages` pages of pseudo-random bytes (which zstd cannot shrink much).
-std::vector<std::uint8_t> sealed_image(std::size_t pages) {
+// A sealed image of `pages` pages of pseudo-random bytes (which no codec can shrink much).
+std::vector<std::uint8_t> sealed_image(std::size_t pages, image::Codec codec = image::Codec::zstd) {
   std::vector<std::uint8_t> span(pages * image::kPageBytes);
   std::uint32_t x = 2463534242u;
   for (auto& b : span) {
@@ -32,7 +32,8 @@ std::vector<std::uint8_t> sealed_image(std::size_t pages) {
     x ^= x << 5;
     b = static_cast<std::uint8_t>(x);
   }
-  auto sealed = image::take_image({{}, sandbox::guest::kArenaBase, sandbox::guest::arena_bytes_for_quota(kQuota), 0}, span);
+  auto sealed =
+      image::take_image({{}, sandbox::guest::kArenaBase, sandbox::guest::arena_bytes_for_quota(kQuota), 0, codec}, span);
   REQUIRE(sealed.ok());
   return *sealed;
 }
@@ -95,6 +96,25 @@ TEST_CASE("a stream cut in the middle is never handed to a TRANSFER and leaves n
   std::this_thread::sleep_for(std::chrono::milliseconds(40));
   // Past its lifetime it is dropped (at the next piece): the rest of the stream finds nothing.
   CHECK_ERROR(staging.add(piece_of(img, 2 * kPiece, kPiece)), Errc::invalid_argument, "follows no piece before it");
+  CHECK(staging.staged_bytes() == 0);
+}
+
+TEST_CASE("an incompressible image of every codec is staged; a first piece naming an unknown codec is refused") {
+  for (image::Codec codec : {image::Codec::stored, image::Codec::zstd, image::Codec::lz4}) {
+    CAPTURE(image::codec_name(codec));
+    ImageStaging staging(bounds());
+    const std::vector<std::uint8_t> img = sealed_image(40, codec);
+    for (std::size_t at = 0; at < img.size(); at += kPiece) REQUIRE(staging.add(piece_of(img, at, kPiece)));
+    auto taken = staging.take(std::string(32, 'a'), 2, sha256_hex(img));
+    REQUIRE(taken.has_value());
+    CHECK(*taken == img);
+  }
+  ImageStaging staging(bounds());
+  std::vector<std::uint8_t> img = sealed_image(4, image::Codec::lz4);
+  img[12] = 9;  // the header's codec field
+  const auto refused = staging.add(piece_of(img, 0, kPiece));
+  REQUIRE_FALSE(refused.ok());
+  CHECK(refused.error().message == "refused by the sandbox: heap image: codec 9 is not one this node reads (stored, zstd, lz4)");
   CHECK(staging.staged_bytes() == 0);
 }
 

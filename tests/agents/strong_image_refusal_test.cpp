@@ -61,7 +61,7 @@ TEST_CASE("a piece tampered on the way is refused by the image's hash before the
 TEST_CASE("an image from another guest build is refused by name and the agent stays at its source") {
   Cluster c = strong_cluster(2);
   testing::set_image_hook(c[0], [](std::vector<std::uint8_t>& bytes, std::string& sha256) {
-    for (std::size_t i = 12; i < 44; ++i) bytes[i] = 0x22;  // the build id field
+    for (std::size_t i = 16; i < 48; ++i) bytes[i] = 0x22;  // the build id field (format 2)
     image::reseal(bytes);
     sha256 = sha256_hex(bytes);
   });

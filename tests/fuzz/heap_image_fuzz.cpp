@@ -1,11 +1,17 @@
 // libFuzzer target: a heap image from a hostile peer (issue 13). The first byte is a mode:
 // bit 0 reseals the rest (recomputes its hash) so the search gets past the hash check into the
-// size checks, the zstd frame and the page map; bit 1 makes the rules accept whatever build
-// and arena base the image declares, as a node running that guest would. The rest is the image.
+// size checks, the codec's frame and the page map; bit 1 makes the rules accept whatever build
+// and arena base the image declares, as a node running that guest would; bits 2-3, when not
+// zero, set the header's codec field first (1 stored, 2 zstd, 3 lz4), so every decoder meets
+// hostile frames whatever the seeds hold; bit 4 instead seals the rest, zero-padded to whole
+// pages, as a span with that codec (zstd when bits 2-3 are zero) and opens it again. The rest
+// is the image (or the span).
 //
 // Properties: open_image never hands back more than the quota allows, and what it hands back
 // is exactly the span the header declares (whole pages, inside the declared arena);
-// open_image_into asks for the page map's kept pages only, and agrees with open_image.
+// open_image_into asks for the page map's kept pages only, and agrees with open_image; a span
+// sealed with any codec opens to itself.
+#include <algorithm>
 #include <cstdint>
 #include <span>
 #include <vector>
@@ -24,6 +30,24 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   if (size < 1) return 0;
   const std::uint8_t mode = data[0];
   std::vector<std::uint8_t> bytes(data + 1, data + size);
+  const unsigned codec_bits = (mode >> 2) & 3u;
+  static constexpr image::Codec kCodecOf[] = {image::Codec::zstd, image::Codec::stored, image::Codec::zstd, image::Codec::lz4};
+  if ((mode & 16) != 0) {
+    // A round trip: the bytes as a span (at most 64 pages), sealed and opened again.
+    bytes.resize(std::min<std::size_t>((bytes.size() + image::kPageBytes - 1) / image::kPageBytes, 64) * image::kPageBytes);
+    image::ImageSource source{{}, kBase, kQuotaBytes, kBase, kCodecOf[codec_bits]};
+    auto sealed = image::take_image(source, bytes);
+    sojourn::fuzz::check(sealed.ok(), "a span of whole pages inside its arena seals");
+    if (!sealed) return 0;
+    auto opened = image::open_image(*sealed, image::RestoreRules{{}, kBase, kQuotaBytes});
+    sojourn::fuzz::check(opened.ok() && opened->used == bytes, "a sealed span opens to itself, with every codec");
+    return 0;
+  }
+  // The codec field sits right after the magic and the version (docs/migration.md).
+  if (codec_bits != 0 && bytes.size() >= 16) {
+    bytes[12] = static_cast<std::uint8_t>(kCodecOf[codec_bits]);
+    bytes[13] = bytes[14] = bytes[15] = 0;
+  }
   if ((mode & 1) != 0) image::reseal(bytes);
 
   image::RestoreRules rules;

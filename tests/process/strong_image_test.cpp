@@ -629,7 +629,7 @@ TEST_CASE("kept pages: an image whose page map marks pages outside its span, or 
   REQUIRE(taken);
   std::vector<std::uint8_t> outside = *taken;
   const std::uint64_t ten_pages = 10 * image::kPageBytes;
-  for (int i = 0; i < 8; ++i) outside[60 + static_cast<std::size_t>(i)] = static_cast<std::uint8_t>(ten_pages >> (8 * i));
+  for (int i = 0; i < 8; ++i) outside[64 + static_cast<std::size_t>(i)] = static_cast<std::uint8_t>(ten_pages >> (8 * i));
   image::reseal(outside);
   bool placed = false;
   const auto place = [&](const image::ImageHeader&, std::span<const std::uint8_t>) {
@@ -642,7 +642,7 @@ TEST_CASE("kept pages: an image whose page map marks pages outside its span, or 
   // Past the arena: a span larger than the arena it declares.
   std::vector<std::uint8_t> beyond = *taken;
   const std::uint64_t too_many = kSmallArena + 16 * image::kPageBytes;
-  for (int i = 0; i < 8; ++i) beyond[60 + static_cast<std::size_t>(i)] = static_cast<std::uint8_t>(too_many >> (8 * i));
+  for (int i = 0; i < 8; ++i) beyond[64 + static_cast<std::size_t>(i)] = static_cast<std::uint8_t>(too_many >> (8 * i));
   image::reseal(beyond);
   CHECK_ERROR(image::open_image_into(beyond, {this_build(), kArenaBase, kSmallArena}, place), Errc::sandbox_refused,
               "declares a used span of " + std::to_string(too_many) + " bytes in an arena of " + std::to_string(kSmallArena));

@@ -99,7 +99,7 @@ TEST_CASE("a tampered image is refused by its hash") {
   auto taken = image::take_image(source_with_build(1), span_of(6));
   REQUIRE(taken);
   SUBCASE("a payload byte") { (*taken)[taken->size() - 3] ^= 0x40; }
-  SUBCASE("the agent handle in the header") { (*taken)[68] ^= 0x01; }
+  SUBCASE("the agent handle in the header") { (*taken)[72] ^= 0x01; }
   CHECK_ERROR(image::open_image(*taken, rules_with_build(1)), Errc::sandbox_refused, "hash mismatch");
 }
 
@@ -118,9 +118,9 @@ TEST_CASE("sizes over the memory quota are refused before decompressing") {
 TEST_CASE("a payload declared larger than its span is refused before decompressing") {
   auto taken = image::take_image(source_with_build(1), span_of(4));
   REQUIRE(taken);
-  // payload_bytes (offset 76) claims a gigabyte: refused from the header alone, even resealed.
+  // payload_bytes (offset 80) claims a gigabyte: refused from the header alone, even resealed.
   const std::uint64_t huge = 1ull << 30;
-  std::memcpy(taken->data() + 76, &huge, 8);
+  std::memcpy(taken->data() + 80, &huge, 8);
   image::reseal(*taken);
   CHECK_ERROR(image::open_image(*taken, rules_with_build(1)), Errc::sandbox_refused, "declares a payload of 1073741824");
 }

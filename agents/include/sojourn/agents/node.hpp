@@ -16,6 +16,7 @@
 
 #include "sojourn/agents/mobility.hpp"
 #include "sojourn/core/error.hpp"
+#include "sojourn/core/image_codec.hpp"
 #include "sojourn/core/messages.hpp"
 #include "sojourn/core/peer.hpp"
 #include "sojourn/core/value.hpp"
@@ -113,6 +114,10 @@ struct NodeOptions {
   // Warm guests of the process jail kept for each principal (docs/jails.md); 0: every jailed
   // run forks a guest of its own.
   std::uint32_t warm_guests = 4;
+  // How a strong agent's heap image is encoded when it leaves this node (docs/migration.md,
+  // "Image codecs"): lz4 (the default) for loopback and fast links, zstd where bandwidth is
+  // scarce, stored where the link is faster than any codec.
+  ImageCodec image_codec = ImageCodec::lz4;
   // The sojourn-guest executable for the process jail; empty: found as
   // sandbox::find_guest_binary says ($SOJOURN_GUEST, beside the executable, libexec, build tree).
   std::string guest_path;

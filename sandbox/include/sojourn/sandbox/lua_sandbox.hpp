@@ -10,6 +10,7 @@
 #include <string_view>
 
 #include "sojourn/core/error.hpp"
+#include "sojourn/core/image_codec.hpp"
 #include "sojourn/core/messages.hpp"
 #include "sojourn/core/value.hpp"
 
@@ -48,6 +49,9 @@ struct RunInput {
   // jail reuses a warm guest only for runs of the same principal. Empty: unknown, so every
   // run gets a guest of its own that is never reused (docs/jails.md, "Warm guests").
   std::string_view principal;
+  // A strong step that stops (agent.go, a checkpoint) seals its heap image with this codec
+  // (the node's --image-codec; docs/migration.md, "Image codecs").
+  ImageCodec image_codec = ImageCodec::lz4;
 };
 
 // Runs one chunk to completion and returns its return values as an array table. A run with a

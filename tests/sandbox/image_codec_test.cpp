@@ -1,0 +1,186 @@
+// The heap image's codecs (sandbox/image): each one round-trips a span, names itself in the
+// header, and is held to the same checks: a payload that does not decode, a codec this node does
+// not know, and sizes over the quota (refused before a byte is decoded).
+#include <doctest/doctest.h>
+
+#include <algorithm>
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "sandbox/image/heap_image.hpp"
+#include "tests/support/error_checks.hpp"
+
+namespace image = sojourn::sandbox::image;
+using sojourn::Errc;
+
+namespace {
+
+constexpr std::uint64_t kBase = 0x1000'0000'0000;
+constexpr std::uint64_t kArena = 64ull << 20;
+constexpr image::Codec kCodecs[] = {image::Codec::stored, image::Codec::zstd, image::Codec::lz4};
+
+image::ImageSource source_for(image::Codec codec) {
+  image::ImageSource s;
+  s.codec = codec;
+  s.guest_build.fill(1);
+  s.arena_base = kBase;
+  s.arena_bytes = kArena;
+  s.agent_handle = kBase + 0x40;
+  return s;
+}
+
+image::RestoreRules rules(std::uint64_t max_arena = kArena) {
+  image::RestoreRules r;
+  r.guest_build.fill(1);
+  r.arena_base = kBase;
+  r.max_arena_bytes = max_arena;
+  return r;
+}
+
+// `pages` pages like a Lua heap's: every fourth all zero, the others words of a small vocabulary
+// (repeats both compressors find) with a random byte here and there.
+std::vector<std::uint8_t> heap_like(std::size_t pages) {
+  static const char* const kWords[] = {"agent", "state", "table", "next", "value", "go", "peer", "hop"};
+  std::vector<std::uint8_t> used(pages * image::kPageBytes);
+  std::mt19937 rng(11);
+  for (std::size_t p = 0; p < pages; ++p) {
+    if (p % 4 == 2) continue;
+    std::uint8_t* page = used.data() + p * image::kPageBytes;
+    for (std::size_t i = 0; i < image::kPageBytes;) {
+      const std::string word = kWords[rng() % 8] + std::string(1, static_cast<char>(rng()));
+      const std::size_t n = std::min(word.size(), image::kPageBytes - i);
+      std::memcpy(page + i, word.data(), n);
+      i += n;
+    }
+  }
+  return used;
+}
+
+std::string message_of(const auto& result) { return result ? std::string("(no error)") : result.error().message; }
+
+}  // namespace
+
+TEST_CASE("every codec restores the span it was taken from and names itself in the header") {
+  const std::vector<std::uint8_t> used = heap_like(300);
+  std::uint64_t bytes[3] = {};
+  for (image::Codec codec : kCodecs) {
+    CAPTURE(image::codec_name(codec));
+    image::ImageStats stats;
+    auto taken = image::take_image(source_for(codec), used, &stats);
+    REQUIRE(taken);
+    CHECK(stats.codec == codec);
+    CHECK(stats.image_bytes == taken->size());
+    bytes[static_cast<int>(codec)] = taken->size();
+    auto header = image::peek_header(*taken);
+    REQUIRE(header);
+    CHECK(header->codec == codec);
+    auto opened = image::open_image(*taken, rules());
+    REQUIRE(opened);
+    CHECK(opened->header.codec == codec);
+    CHECK(opened->header.agent_handle == kBase + 0x40);
+    CHECK(opened->used == used);
+    CHECK(image::has_digest(*taken, image::digest_hex(*taken)));
+  }
+  // Stored keeps every kept page's byte; the compressors do better, zstd best.
+  const std::uint64_t kept_payload = image::page_map_bytes(used.size()) + 225 * image::kPageBytes;
+  CHECK(bytes[0] == image::kHeaderBytes + kept_payload);
+  CHECK(bytes[2] < bytes[0]);
+  CHECK(bytes[1] < bytes[2]);
+  CHECK(image::codec_name(image::Codec::lz4) == "lz4");
+  CHECK(image::parse_codec("stored") == image::Codec::stored);
+  CHECK_FALSE(image::parse_codec("gzip").has_value());
+}
+
+TEST_CASE("every codec streams through an opener in pieces, and through a page reader") {
+  const std::vector<std::uint8_t> used = heap_like(700);  // over two pieces of kReadPiece
+  for (image::Codec codec : kCodecs) {
+    CAPTURE(image::codec_name(codec));
+    auto whole = image::take_image(source_for(codec), used);
+    REQUIRE(whole);
+    auto opener = image::ImageOpener::check(*whole, rules());
+    REQUIRE(opener);
+    std::vector<std::uint8_t> pages(opener->kept_bytes());
+    REQUIRE(pages.size() > 3 * image::kPageBytes);
+    REQUIRE(opener->next(std::span(pages).first(3 * image::kPageBytes)));
+    REQUIRE(opener->next(std::span(pages).subspan(3 * image::kPageBytes)));
+    CHECK(opener->finish());
+    // The same pages read through a PageReader seal to an image that opens to the same span.
+    std::size_t at = 0;
+    auto read = image::take_image(source_for(codec), used.size(), opener->page_map(), [&](std::span<std::uint8_t> into) {
+      REQUIRE(at + into.size() <= pages.size());
+      std::memcpy(into.data(), pages.data() + at, into.size());
+      at += into.size();
+      return sojourn::Result<void>{};
+    });
+    REQUIRE(read);
+    auto opened = image::open_image(*read, rules());
+    REQUIRE(opened);
+    CHECK(opened->used == used);
+  }
+}
+
+TEST_CASE("a corrupt but well-hashed lz4 or stored payload is refused, never decoded past its bounds") {
+  const std::vector<std::uint8_t> used = heap_like(40);
+  for (image::Codec codec : {image::Codec::lz4, image::Codec::stored}) {
+    CAPTURE(image::codec_name(codec));
+    auto taken = image::take_image(source_for(codec), used);
+    REQUIRE(taken);
+    // Bytes after the frame's header scrambled. A scrambled stored payload is still a payload:
+    // only its page map can give it away; either way what is restored never passes its span.
+    std::vector<std::uint8_t> scrambled = *taken;
+    for (std::size_t i = image::kHeaderBytes + 24; i < scrambled.size(); ++i) scrambled[i] = static_cast<std::uint8_t>(i * 131);
+    image::reseal(scrambled);
+    auto opened = image::open_image(scrambled, rules());
+    if (codec == image::Codec::lz4) CHECK_ERROR(opened, Errc::sandbox_refused, "refused by the sandbox: heap image:");
+    if (opened) CHECK(opened->used.size() == used.size());
+    // A payload cut short, and one with a byte after its end.
+    std::vector<std::uint8_t> cut = *taken;
+    cut.erase(cut.end() - 100, cut.end());
+    image::reseal(cut);
+    CHECK_ERROR(image::open_image(cut, rules()), Errc::sandbox_refused, "refused by the sandbox: heap image:");
+    std::vector<std::uint8_t> longer = *taken;
+    longer.push_back(0);
+    image::reseal(longer);
+    CHECK_ERROR(image::open_image(longer, rules()), Errc::sandbox_refused, "refused by the sandbox: heap image:");
+  }
+}
+
+TEST_CASE("an lz4 frame that declares another size than the header is refused before decoding") {
+  auto taken = image::take_image(source_for(image::Codec::lz4), heap_like(8));
+  REQUIRE(taken);
+  std::uint64_t payload = 0;
+  std::memcpy(&payload, taken->data() + 80, 8);
+  payload -= image::kPageBytes;  // still a whole number of pages, and still fits the span
+  std::memcpy(taken->data() + 80, &payload, 8);
+  image::reseal(*taken);
+  CHECK(message_of(image::open_image(*taken, rules())) ==
+        "refused by the sandbox: heap image: the compressed payload does not declare the header's size");
+}
+
+TEST_CASE("a codec this node does not read is refused with its number") {
+  auto taken = image::take_image(source_for(image::Codec::lz4), heap_like(4));
+  REQUIRE(taken);
+  (*taken)[12] = 7;  // the codec field, right after the version
+  image::reseal(*taken);
+  const std::string expected = "refused by the sandbox: heap image: codec 7 is not one this node reads (stored, zstd, lz4)";
+  CHECK(message_of(image::open_image(*taken, rules())) == expected);
+  CHECK(message_of(image::peek_header(*taken)) == expected);
+  CHECK_ERROR(image::open_image(*taken, rules()), Errc::sandbox_refused, "codec 7");
+}
+
+TEST_CASE("with every codec, sizes over the memory quota are refused before a byte is decoded") {
+  const std::vector<std::uint8_t> used = heap_like(16);
+  for (image::Codec codec : kCodecs) {
+    CAPTURE(image::codec_name(codec));
+    auto taken = image::take_image(source_for(codec), used);
+    REQUIRE(taken);
+    CHECK(image::open_image(*taken, rules()));
+    // The payload turned to garbage: the quota's refusal comes first, from the header alone.
+    for (std::size_t i = image::kHeaderBytes; i < taken->size(); ++i) (*taken)[i] = 0xff;
+    image::reseal(*taken);
+    CHECK(message_of(image::open_image(*taken, rules(kArena / 2))) ==
+          "refused by the sandbox: heap image declares an arena of 67108864 bytes, above the memory quota's 33554432 bytes");
+  }
+}
