@@ -225,43 +225,56 @@ std::string TraceRing::open_file(const std::string& path, std::string node) {
   return {};
 }
 
-void TraceRing::add(std::string kind, std::string agent, std::string peer, std::string detail) {
+void TraceRing::add(std::string_view kind, std::string_view agent, std::string_view peer, std::string_view detail) {
   const auto wall = std::chrono::system_clock::now().time_since_epoch();
-  const auto now = std::chrono::duration_cast<std::chrono::milliseconds>(wall).count();
   std::lock_guard lock(mutex_);
-  events_.push_back(Event{next_seq_++, now, std::move(kind), std::move(agent), std::move(peer), std::move(detail)});
-  if (file_) {
-    const auto mono = std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch());
-    const std::string line = trace_line(file_node_, mono.count(),
-                                        std::chrono::duration_cast<std::chrono::microseconds>(wall).count(), events_.back());
-    std::fwrite(line.data(), 1, line.size(), file_);
-    std::fflush(file_);
-  }
-  while (events_.size() > capacity_) events_.pop_front();
+  // The monotonic clock is read only for the file's line.
+  const auto mono = file_ ? std::chrono::steady_clock::now().time_since_epoch() : std::chrono::steady_clock::duration{};
+  put(wall, mono, kind, agent, peer, detail);
 }
 
 void TraceRing::add_at(std::chrono::system_clock::time_point wall_at, std::chrono::steady_clock::time_point mono_at,
-                       std::string kind, std::string agent, std::string peer, std::string detail) {
-  const auto wall = wall_at.time_since_epoch();
-  const auto now = std::chrono::duration_cast<std::chrono::milliseconds>(wall).count();
+                       std::string_view kind, std::string_view agent, std::string_view peer, std::string_view detail) {
   std::lock_guard lock(mutex_);
-  events_.push_back(Event{next_seq_++, now, std::move(kind), std::move(agent), std::move(peer), std::move(detail)});
+  put(wall_at.time_since_epoch(), mono_at.time_since_epoch(), kind, agent, peer, detail);
+}
+
+void TraceRing::put(std::chrono::system_clock::duration wall, std::chrono::steady_clock::duration mono,
+                    std::string_view kind, std::string_view agent, std::string_view peer, std::string_view detail) {
+  const std::uint64_t seq = next_seq_++;
+  Event scratch;  // a ring of no capacity keeps nothing, but a file still gets the line
+  Event* e = &scratch;
+  if (capacity_ > 0) {
+    const std::size_t slot = static_cast<std::size_t>((seq - 1) % capacity_);
+    if (slot == ring_.size()) ring_.emplace_back();
+    e = &ring_[slot];
+  }
+  e->seq = seq;
+  e->unix_ms = std::chrono::duration_cast<std::chrono::milliseconds>(wall).count();
+  // assign, not a new string: a slot's strings keep their capacity from one lap to the next.
+  e->kind.assign(kind);
+  e->agent.assign(agent);
+  e->peer.assign(peer);
+  e->detail.assign(detail);
   if (file_) {
-    const auto mono = std::chrono::duration_cast<std::chrono::nanoseconds>(mono_at.time_since_epoch());
-    const std::string line = trace_line(file_node_, mono.count(),
-                                        std::chrono::duration_cast<std::chrono::microseconds>(wall).count(), events_.back());
-    std::fwrite(line.data(), 1, line.size(), file_);
+    line_ = trace_line(file_node_, std::chrono::duration_cast<std::chrono::nanoseconds>(mono).count(),
+                       std::chrono::duration_cast<std::chrono::microseconds>(wall).count(), *e);
+    std::fwrite(line_.data(), 1, line_.size(), file_);
     std::fflush(file_);
   }
-  while (events_.size() > capacity_) events_.pop_front();
 }
 
 std::vector<Event> TraceRing::since(std::uint64_t since, std::size_t limit) const {
   std::lock_guard lock(mutex_);
   std::vector<Event> out;
-  auto it = std::upper_bound(events_.begin(), events_.end(), since,
-                             [](std::uint64_t s, const Event& e) { return s < e.seq; });
-  for (; it != events_.end() && out.size() < limit; ++it) out.push_back(*it);
+  const std::uint64_t last = next_seq_ - 1;
+  if (since >= last) return out;
+  // The ring holds the last min(last, ring_.size()) events: seq first .. last.
+  const std::uint64_t first = last - ring_.size() + 1;
+  std::uint64_t seq = std::max(since + 1, first);
+  if (seq > last) return out;
+  out.reserve(static_cast<std::size_t>(std::min<std::uint64_t>(last - seq + 1, limit)));
+  for (; seq <= last && out.size() < limit; ++seq) out.push_back(ring_[static_cast<std::size_t>((seq - 1) % capacity_)]);
   return out;
 }
 

@@ -114,16 +114,19 @@ struct Event {
 // monotonic (steady clock, ns) and a wall (Unix, µs) timestamp, and the event's fields.
 std::string trace_line(std::string_view node, std::int64_t mono_ns, std::int64_t unix_us, const Event& e);
 
-// The most recent events, bounded; sequence numbers start at 1 and never repeat.
+// The most recent events, bounded; sequence numbers start at 1 and never repeat. The events
+// live in a fixed ring whose slots are reused: once the ring has filled, adding an event
+// assigns into the strings of the oldest one, so an event whose fields fit the capacity its
+// slot already has (a request's service and peer, say) allocates nothing.
 class TraceRing {
  public:
   explicit TraceRing(std::size_t capacity = 2048) : capacity_(capacity) {}
   ~TraceRing();
-  void add(std::string kind, std::string agent, std::string peer, std::string detail);
+  void add(std::string_view kind, std::string_view agent, std::string_view peer, std::string_view detail);
   // The same for an event that happened earlier, at `wall` and `mono` (a TRANSFER's receipt,
   // known to be one only once decoded). Its sequence number is the next one.
-  void add_at(std::chrono::system_clock::time_point wall, std::chrono::steady_clock::time_point mono, std::string kind,
-              std::string agent, std::string peer, std::string detail);
+  void add_at(std::chrono::system_clock::time_point wall, std::chrono::steady_clock::time_point mono,
+              std::string_view kind, std::string_view agent, std::string_view peer, std::string_view detail);
   // Also appends every event to `path` as JSON lines (NodeOptions::trace); empty when that
   // worked, else why not. Without a file an event costs what it did before (one null test).
   std::string open_file(const std::string& path, std::string node);
@@ -134,12 +137,17 @@ class TraceRing {
   std::uint64_t last_seq() const;
 
  private:
+  // Under mutex_: fills the next slot and, with a file, writes its line.
+  void put(std::chrono::system_clock::duration wall, std::chrono::steady_clock::duration mono, std::string_view kind,
+           std::string_view agent, std::string_view peer, std::string_view detail);
+
   const std::size_t capacity_;
   mutable std::mutex mutex_;
-  std::deque<Event> events_;
+  std::vector<Event> ring_;  // event seq is in slot (seq - 1) % capacity_; grows to capacity_
   std::uint64_t next_seq_ = 1;
   std::FILE* file_ = nullptr;  // the trace file, written under mutex_, line-buffered
   std::string file_node_, file_error_;
+  std::string line_;  // the file's line being written, reused
 };
 
 }  // namespace sojourn::metrics

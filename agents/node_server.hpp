@@ -116,6 +116,8 @@ class NodeServer final : public RequestHandler {
   std::atomic<std::uint64_t>* bytes_in_ = nullptr;
   std::atomic<std::uint64_t>* bytes_out_ = nullptr;
   std::unordered_map<std::string, std::atomic<std::uint64_t>*, NameHash, std::equal_to<>> served_ok_;  // by service
+  std::string last_ok_service_;                           // the service counted last, and its series
+  std::atomic<std::uint64_t>* last_ok_counter_ = nullptr;
   std::vector<std::unique_ptr<TcpServer>> servers_;
   std::vector<std::string> inproc_names_;
 
@@ -123,6 +125,7 @@ class NodeServer final : public RequestHandler {
   std::string advertised_;  // set once, by the first listen()
 
   std::mutex faults_mutex_;
+  std::atomic<bool> faults_set_{false};  // a hook is set
   DropHook drop_hook_;
   DelayHook delay_hook_;
 };

@@ -1,7 +1,13 @@
 // Frame reading and the single-writer queue of a TCP or TLS connection.
 #include "transports/framed_socket.hpp"
 
+#include <sys/socket.h>
+#include <sys/uio.h>
+
+#include <algorithm>
+#include <array>
 #include <bit>
+#include <cerrno>
 #include <cstring>
 
 #include <boost/asio/ssl/stream.hpp>
@@ -208,6 +214,10 @@ asio::awaitable<Result<Frame>> FramedSocket::read_frame() {
   read_begin_ += kFrameHeaderSize;
   Frame frame;
   frame.header = *header;
+  if (!spare_payloads_.empty() && header->length <= kSparePayloadBytes) {
+    frame.payload = std::move(spare_payloads_.back());
+    spare_payloads_.pop_back();
+  }
   // The payload grows only as its bytes arrive (a header alone costs nothing), and what a
   // server's connections hold of unfinished frames together stays within its budget.
   BudgetCharge charge(budget_.get());
@@ -332,26 +342,71 @@ void FramedSocket::write_queued() {
     write_buffers_.emplace_back(asio::buffer(out.bytes));
   }
   if (write_packed_.size() > run) write_buffers_.emplace_back(write_packed_.data() + run, write_packed_.size() - run);
-  auto written = [self = shared_from_this()](boost::system::error_code ec, std::size_t) {
-    self->frames_sent_ += self->in_write_.size();
-    for (auto& out : self->in_write_) offer_spare_buffer(out.bytes);
-    self->in_write_.clear();
-    // A burst's packed buffer is not kept by a connection that may now stay idle.
-    if (self->write_packed_.capacity() > kKeptPackedBytes) self->write_packed_ = {};
-    self->writing_ = false;
-    if (ec) {
-      if (!self->closed_) log_debug("transport", "write to " + self->peer_name_ + " failed: " + ec.message());
-      self->close();
-    } else if (!self->queue_.empty() && !self->closed_) {
-      self->write_queued();
-    } else if (self->closing_ && self->delayed_.empty()) {
-      self->close();
-    }
-  };
+  if (!tls_ && write_now()) return;
+  auto written = [self = shared_from_this()](boost::system::error_code ec, std::size_t) { self->write_done(ec); };
   if (tls_) {
     asio::async_write(*tls_, write_buffers_, std::move(written));
   } else {
     asio::async_write(socket_, write_buffers_, std::move(written));
+  }
+}
+
+bool FramedSocket::write_now() {
+  // One non-blocking sendmsg of what write_buffers_ holds (at most the 64 segments Asio
+  // would pass). An error or a full socket buffer leaves everything to the asynchronous
+  // write, which waits, or reports the error as it always did.
+  constexpr std::size_t kMaxSegments = 64;
+  std::array<iovec, kMaxSegments> iov{};
+  const std::size_t count = std::min(write_buffers_.size(), kMaxSegments);
+  for (std::size_t i = 0; i < count; ++i) {
+    // SAFETY: sendmsg only reads through iov_base; the buffers stay alive in in_write_ and
+    // write_packed_ until write_done.
+    iov[i].iov_base = const_cast<void*>(write_buffers_[i].data());
+    iov[i].iov_len = write_buffers_[i].size();
+  }
+  msghdr msg{};
+  msg.msg_iov = iov.data();
+  msg.msg_iovlen = count;
+  ssize_t sent = -1;
+  do {
+    sent = ::sendmsg(socket_.native_handle(), &msg, MSG_DONTWAIT | MSG_NOSIGNAL);
+  } while (sent < 0 && errno == EINTR);
+  if (sent < 0) return false;
+  // Drops what was sent from the front of the buffers.
+  std::size_t left = static_cast<std::size_t>(sent);
+  std::size_t done = 0;
+  while (done < write_buffers_.size() && left >= write_buffers_[done].size()) left -= write_buffers_[done++].size();
+  if (done == write_buffers_.size()) {
+    write_done({});
+    return true;
+  }
+  write_buffers_.erase(write_buffers_.begin(), write_buffers_.begin() + static_cast<std::ptrdiff_t>(done));
+  write_buffers_.front() += left;
+  return false;
+}
+
+void FramedSocket::write_done(boost::system::error_code ec) {
+  frames_sent_ += in_write_.size();
+  for (auto& out : in_write_) {
+    const std::size_t capacity = out.bytes.capacity();
+    if (capacity > 0 && capacity <= kSparePayloadBytes && spare_payloads_.size() < kSparePayloads) {
+      out.bytes.clear();
+      spare_payloads_.push_back(std::move(out.bytes));
+    } else {
+      offer_spare_buffer(out.bytes);
+    }
+  }
+  in_write_.clear();
+  // A burst's packed buffer is not kept by a connection that may now stay idle.
+  if (write_packed_.capacity() > kKeptPackedBytes) write_packed_ = {};
+  writing_ = false;
+  if (ec) {
+    if (!closed_) log_debug("transport", "write to " + peer_name_ + " failed: " + ec.message());
+    close();
+  } else if (!queue_.empty() && !closed_) {
+    write_queued();
+  } else if (closing_ && delayed_.empty()) {
+    close();
   }
 }
 

@@ -94,7 +94,19 @@ class FramedSocket : public std::enable_shared_from_this<FramedSocket> {
   static constexpr std::size_t kFreePayloadBytes = 64 * 1024;  // of each frame, not charged to the budget
   static constexpr std::size_t kPackedPayloadBytes = 2048;     // a payload up to this is copied, not pointed to
   static constexpr std::size_t kKeptPackedBytes = 16 * 1024;    // the packed buffer a connection keeps between writes
+  // Small frames' buffers a connection keeps from the frames it wrote, for the payloads of
+  // the frames it reads next (a reply written becomes the next request's payload): at most
+  // kSparePayloads of at most kSparePayloadBytes each, so an idle connection holds little.
+  static constexpr std::size_t kSparePayloads = 64;
+  static constexpr std::size_t kSparePayloadBytes = 256;
   void write_queued();
+  // Plain TCP: tries the gathered write at once (a reply, a request: the socket usually
+  // takes it all). True when all of it went: done without posting a completion, so
+  // without the reactor's extra poll that a posted completion costs; otherwise the
+  // buffers left are what the asynchronous write still has to send.
+  bool write_now();
+  // The end of a write: counts it, frees its buffers, starts the next or closes.
+  void write_done(boost::system::error_code ec);
   void release_due();
   bool flushed() const { return !writing_ && delayed_.empty() && queue_.empty(); }
   // Writes now unless the reader is working through buffered frames (batch_while_reading).
@@ -147,6 +159,7 @@ class FramedSocket : public std::enable_shared_from_this<FramedSocket> {
   std::unique_ptr<asio::steady_timer> release_timer_;
   // Allocated at the first read, never zero-filled: an idle connection holds none of it.
   std::unique_ptr<std::uint8_t[]> read_buffer_;
+  std::vector<std::vector<std::uint8_t>> spare_payloads_;  // empty, of small capacity (kSparePayloads)
   std::size_t read_begin_ = 0, read_end_ = 0;
   std::shared_ptr<ReadBudget> budget_;
   std::size_t frame_charged_ = 0;  // the capacity the frame being read is charged for

@@ -138,6 +138,36 @@ TEST_CASE("the trace ring keeps the most recent events with growing sequence num
   CHECK(ring.since(0, 2).size() == 2);
 }
 
+TEST_CASE("the trace ring's reused slots hold each event's own fields, lap after lap") {
+  TraceRing ring(4);
+  // Long fields first, then short ones into the same slots: nothing of the old event stays.
+  for (int i = 0; i < 4; ++i) ring.add("departure", std::string(40, 'a'), std::string(30, 'p'), std::string(50, 'd'));
+  for (int i = 0; i < 10; ++i) ring.add("request", "", "127.0.0.1:5" + std::to_string(i), "kv.get");
+  CHECK(ring.last_seq() == 14);
+  auto all = ring.since(0);
+  REQUIRE(all.size() == 4);
+  for (std::size_t i = 0; i < all.size(); ++i) {
+    CHECK(all[i].seq == 11 + i);
+    CHECK(all[i].kind == "request");
+    CHECK(all[i].agent.empty());
+    CHECK(all[i].peer == "127.0.0.1:5" + std::to_string(6 + i));
+    CHECK(all[i].detail == "kv.get");
+    CHECK(all[i].unix_ms > 0);
+  }
+  CHECK(ring.since(12).size() == 2);
+  CHECK(ring.since(12)[0].seq == 13);
+  CHECK(ring.since(14).empty());
+  CHECK(ring.since(1000).empty());
+  CHECK(ring.since(0, 1).front().seq == 11);
+}
+
+TEST_CASE("a trace ring of no capacity keeps no event but still numbers them") {
+  TraceRing ring(0);
+  ring.add("request", "", "peer", "x");
+  CHECK(ring.last_seq() == 1);
+  CHECK(ring.since(0).empty());
+}
+
 TEST_CASE("a node's --http serves /metrics, the JSON API and the page; read-only; survives garbage") {
   NodeOptions options;
   options.name = "dash";

@@ -112,6 +112,36 @@ TEST_CASE("a batch of small and large replies leaves in order, each payload whol
   }
 }
 
+TEST_CASE("requests read into the buffers of replies written before them carry only their own bytes") {
+  Server s;
+  test::RawSocket client(s.bound.port);
+  REQUIRE(client.connected());
+  // Rounds of requests whose sizes go up and down around what a connection keeps of the
+  // buffers it wrote: each round's payloads are read into the previous round's replies.
+  const std::vector<std::size_t> sizes{200, 3, 256, 0, 257, 17, 255, 128, 1, 240};
+  std::uint64_t id = 0;
+  for (int round = 0; round < 6; ++round) {
+    std::vector<std::uint8_t> burst;
+    for (std::size_t i = 0; i < sizes.size(); ++i) {
+      const std::size_t n = sizes[(i + round) % sizes.size()];
+      ++id;
+      append(burst, frame(id, pattern(n, static_cast<std::uint8_t>(id))));
+    }
+    REQUIRE(client.send(burst));
+    auto replies = read_frames(client, sizes.size());
+    REQUIRE(replies.size() == sizes.size());
+    for (std::size_t i = 0; i < sizes.size(); ++i) {
+      CAPTURE(round);
+      CAPTURE(i);
+      const std::uint64_t want = id - sizes.size() + 1 + i;
+      const auto payload = pattern(sizes[(i + round) % sizes.size()], static_cast<std::uint8_t>(want));
+      CHECK(replies[i].header.request_id == want);
+      REQUIRE(replies[i].payload.size() == payload.size());
+      CHECK(std::equal(replies[i].payload.begin(), replies[i].payload.end(), payload.rbegin()));
+    }
+  }
+}
+
 TEST_CASE("a bad frame amid a batch: the replies before it go out, then the protocol error, then the connection closes") {
   Server s;
   test::RawSocket bad(s.bound.port);
