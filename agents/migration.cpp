@@ -234,6 +234,8 @@ asio::awaitable<Result<AgentCommit>> AgentRuntime::hand_over(AgentRecord record,
 }
 
 asio::awaitable<void> AgentRuntime::migrate(std::string id, std::string peer, std::string entry, bool resumed) {
+  // A long hop trail first waits for this visit's arrival answer, which sheds it (tracking.cpp).
+  co_await await_trail_ack(id);
   AgentRecord next;
   std::shared_ptr<const CachedBundle> bundle;
   DestinationScope scope;
