@@ -99,7 +99,7 @@ TEST_CASE("a 200-hop tour of short steps carries a bounded hop trail, and its ho
   sizes.insert(sizes.end(), more.begin(), more.end());
   REQUIRE(sizes.size() == static_cast<std::size_t>(kHops - 1));  // the hops from node 1 or 2
   const auto [smallest, largest] = std::minmax_element(sizes.begin(), sizes.end());
-  INFO("TRANSFER sizes from " << *smallest << " to " << *largest << " bytes");
+  MESSAGE("TRANSFER sizes from " << *smallest << " to " << *largest << " bytes");
   // A hop is about 60 bytes in a TRANSFER: at most about 8 unacknowledged ones ride along,
   // where a trail growing with the tour adds some 12 KB by the 200th hop.
   CHECK(*largest - *smallest < 1500);
