@@ -263,7 +263,8 @@ class AgentRuntime : public std::enable_shared_from_this<AgentRuntime>, public M
   // at its source (the step's own check behind it refuses the same).
   Result<void> check_image_build(const AgentRecord& record);
   // *transfer_sent: set once the TRANSFER is on its way (the destination may commit it).
-  asio::awaitable<Result<AgentCommit>> hand_over(AgentRecord record, std::shared_ptr<const CachedBundle> bundle, std::string peer,
+  // `record` is lent to the TRANSFER and is as it was when this returns (no copy per try).
+  asio::awaitable<Result<AgentCommit>> hand_over(AgentRecord& record, std::shared_ptr<const CachedBundle> bundle, std::string peer,
                                                  bool* transfer_sent);
   // The agent (still at `epoch`) stays here, stopped, and its home hears `reason`.
   void strand(const std::string& id, std::uint64_t epoch, const std::string& reason);
