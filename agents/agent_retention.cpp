@@ -154,6 +154,9 @@ void AgentRuntime::stop() {
   std::lock_guard lock(mutex_);
   if (sweep_timer_) sweep_timer_->cancel();
   for (auto& [id, timer] : waiters_) timer->cancel();
+  for (auto& [id, res] : residents_) {
+    if (res.trail_wait) res.trail_wait->cancel();  // a hand-over waiting for an arrival answer
+  }
 }
 
 asio::awaitable<Result<AgentStatus>> AgentRuntime::wait_here(std::string id, std::chrono::milliseconds wait, PeerIdentity caller) {

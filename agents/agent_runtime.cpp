@@ -171,6 +171,7 @@ void AgentRuntime::run_step(const std::string& id) {
     it->second.visit_counted = true;
     report_owed = it->second.report_owed;
     it->second.report_owed = false;
+    if (report_owed) it->second.arrival_in_flight = true;
     record = it->second.record;
     bundle = it->second.bundle;
     rule = it->second.rule;

@@ -141,6 +141,12 @@ class AgentRuntime : public std::enable_shared_from_this<AgentRuntime>, public M
     // Its arrival here is not reported to its home yet: the report leaves as its first step
     // here starts (run_step), not before it (docs/migration.md).
     bool report_owed = false;
+    // That report's first try has not come back yet (report_arrival). A hand-over whose hop
+    // trail has grown long waits for its answer (await_trail_ack), which sheds the hops the
+    // home holds: without it, short steps leave every answer behind the agent and the trail,
+    // which each TRANSFER and report carries, grows with the tour.
+    bool arrival_in_flight = false;
+    std::shared_ptr<asio::steady_timer> trail_wait;  // that hand-over's wait, when one waits
   };
   // The limits of one step, and which budget bounds its CPU.
   struct StepBudget {
@@ -226,8 +232,21 @@ class AgentRuntime : public std::enable_shared_from_this<AgentRuntime>, public M
   // otherwise). The delivered ids the report listed, which the home has now dropped from its
   // pending messages and never resends, leave record.delivered; the finished hops it carried,
   // which the home now keeps, leave record.hops.
+  // A leaving agent (its record about to be or already on the wire) still sheds those hops
+  // and takes the token, in memory only: a hand-over that has not copied the record yet
+  // carries them (await_trail_ack); its stored row keeps the longer trail, which the home
+  // merges again without harm.
   bool take_messages(const std::string& id, const ArrivalReport& report, const std::vector<ForwardedMessage>& messages,
                      const std::string& token);
+  // The first try of the arrival report of (id, epoch) has an outcome: a hand-over waiting
+  // for it goes on (tracking.cpp).
+  void arrival_settled(const std::string& id, std::uint64_t epoch);
+  // migrate's first step: when the record carries kTrailWaitHops (or a multiple) finished
+  // hops its home has not acknowledged and this visit's arrival report is still out, waits
+  // (at most kTrailWaitLimit) for its answer. It bounds the trail to about kTrailWaitHops
+  // whatever the tour's length, at the price of one wait of less than a round trip to the
+  // home every kTrailWaitHops hops (none when steps outlast that round trip).
+  asio::awaitable<void> await_trail_ack(std::string id);
   // Bounds record.delivered (under mutex_): the answer's ids, and the last kDeliveredWindow
   // ids forwarded one by one (the home resends only its pending front until it succeeds).
   static void trim_delivered(Resident& res);
@@ -244,7 +263,8 @@ class AgentRuntime : public std::enable_shared_from_this<AgentRuntime>, public M
   // at its source (the step's own check behind it refuses the same).
   Result<void> check_image_build(const AgentRecord& record);
   // *transfer_sent: set once the TRANSFER is on its way (the destination may commit it).
-  asio::awaitable<Result<AgentCommit>> hand_over(AgentRecord record, std::shared_ptr<const CachedBundle> bundle, std::string peer,
+  // `record` is lent to the TRANSFER and is as it was when this returns (no copy per try).
+  asio::awaitable<Result<AgentCommit>> hand_over(AgentRecord& record, std::shared_ptr<const CachedBundle> bundle, std::string peer,
                                                  bool* transfer_sent);
   // The agent (still at `epoch`) stays here, stopped, and its home hears `reason`.
   void strand(const std::string& id, std::uint64_t epoch, const std::string& reason);

@@ -143,7 +143,22 @@ Result<TransferReply> AgentRuntime::on_transfer(AgentTransfer transfer, const Pe
   return TransferReply{commit, {}};
 }
 
-asio::awaitable<Result<AgentCommit>> AgentRuntime::hand_over(AgentRecord record, std::shared_ptr<const CachedBundle> bundle,
+namespace {
+// hand_over borrows the caller's record for its TRANSFER and gives it back as it was, whatever
+// it returns: a retry sends the same record without a copy of it per try. (The tests' image
+// hook rewrites the image hash the TRANSFER names: the record gets its own back.)
+struct BorrowedRecord {
+  AgentRecord& owner;
+  AgentRecord& borrowed;
+  std::string image_sha256;
+  ~BorrowedRecord() {
+    owner = std::move(borrowed);
+    owner.image_sha256 = std::move(image_sha256);
+  }
+};
+}  // namespace
+
+asio::awaitable<Result<AgentCommit>> AgentRuntime::hand_over(AgentRecord& record, std::shared_ptr<const CachedBundle> bundle,
                                                              std::string peer, bool* transfer_sent) {
   const std::string id = record.id;
   // The node the TRANSFER is addressed to: learned once per link (node.info; over TLS checked
@@ -160,7 +175,9 @@ asio::awaitable<Result<AgentCommit>> AgentRuntime::hand_over(AgentRecord record,
   const std::uint64_t image_raw =
       strong_image && !record.hops.empty() && record.hops.back().image_raw_bytes != 0 ? record.hops.back().image_raw_bytes : 0;
   AgentTransfer transfer;
+  std::string own_sha256 = record.image_sha256;
   transfer.record = std::move(record);
+  const BorrowedRecord give_back{record, transfer.record, std::move(own_sha256)};
   // Bound to this destination and this moment: a captured copy is refused elsewhere or later.
   transfer.to = destination_for(*node_id);
   transfer.nonce = random_nonce();
@@ -234,6 +251,8 @@ asio::awaitable<Result<AgentCommit>> AgentRuntime::hand_over(AgentRecord record,
 }
 
 asio::awaitable<void> AgentRuntime::migrate(std::string id, std::string peer, std::string entry, bool resumed) {
+  // A long hop trail first waits for this visit's arrival answer, which sheds it (tracking.cpp).
+  co_await await_trail_ack(id);
   AgentRecord next;
   std::shared_ptr<const CachedBundle> bundle;
   DestinationScope scope;
@@ -292,8 +311,7 @@ asio::awaitable<void> AgentRuntime::migrate(std::string id, std::string peer, st
       if (it != residents_.end() && it->second.record.epoch + 1 == next_epoch) persist_resident(id, it->second, target, entry);
     }
     // The asked destination borrows `next` itself (given back below if it fails); a fallback
-    // stop changes its copy's itinerary. The record with its state is then copied once per
-    // try, into the TRANSFER.
+    // stop changes its copy's itinerary. Each try lends it to its TRANSFER (hand_over).
     AgentRecord attempt = target == peer ? std::move(next) : next;
     if (target != peer) {
       // A fallback stop: skip the unreachable one in the itinerary.

@@ -3,6 +3,7 @@
 #include "agents/agent_runtime.hpp"
 
 #include <boost/asio/post.hpp>
+#include <boost/asio/redirect_error.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
 
@@ -22,6 +23,22 @@ constexpr std::chrono::milliseconds kForwardPause{100};
 // is sent again only while it is the home's pending front, so only a copy delayed behind
 // this many later deliveries could come back.
 constexpr std::size_t kDeliveredWindow = 256;
+// A hand-over waits for its visit's arrival answer once the record carries this many finished
+// hops the home has not acknowledged (and again at each multiple, when the home is slow or
+// away): the trail, about 100 bytes a hop, stays near this length on any tour.
+constexpr std::size_t kTrailWaitHops = 8;
+// The longest such wait: the answer usually comes within a round trip to the home. A home
+// that does not answer in time leaves the hops on the record (they are not acknowledged).
+constexpr std::chrono::milliseconds kTrailWaitLimit{250};
+
+// The hops of the record that an answer to `report` acknowledges: those it carried.
+void shed_reported_hops(AgentRecord& r, const ArrivalReport& report) {
+  if (report.finished_hops.empty()) return;
+  const std::uint64_t through = report.finished_hops.back().epoch;
+  std::size_t n = 0;
+  while (n < r.hops.size() && r.hops[n].epoch <= through) ++n;
+  drop_reported_hops(r, n);
+}
 }  // namespace
 
 Result<void> AgentRuntime::track_launch(AgentRecord& record) {
@@ -244,18 +261,50 @@ asio::awaitable<void> AgentRuntime::report_arrival(std::string home, ArrivalRepo
       answer = reply ? decode_message<ArrivalAnswer, decode_arrival_answer>(*reply, "the arrival's answer")
                      : Result<ArrivalAnswer>(reply.error());
       if (answer || !outcome_unknown(answer.error().code)) break;
+      // The home may be away: a hand-over waiting for this answer goes on without it.
+      if (i == 0) arrival_settled(id, report.epoch);
       asio::steady_timer timer(runtime_.io(), std::chrono::milliseconds(50 * (i + 1)));
       co_await timer.async_wait(asio::use_awaitable);
     }
   }
   if (!answer) {
+    arrival_settled(id, report.epoch);
     log_warn("agents", "agent " + id + ": cannot report the arrival home: " + answer.error().message);
     co_return;
   }
   // The waiting messages and the home's token for this epoch (what the next report, or the
   // next holder, shows), unless the agent has left meanwhile: its record is on the wire
   // then, and the home hands the messages to the next holder (they stay pending there).
-  if (take_messages(id, report, answer->messages, answer->token)) wake_if_asleep(id);
+  const bool taken = take_messages(id, report, answer->messages, answer->token);
+  arrival_settled(id, report.epoch);
+  if (taken) wake_if_asleep(id);
+}
+
+void AgentRuntime::arrival_settled(const std::string& id, std::uint64_t epoch) {
+  std::lock_guard lock(mutex_);
+  auto it = residents_.find(id);
+  if (it == residents_.end() || it->second.record.epoch != epoch) return;
+  it->second.arrival_in_flight = false;
+  if (it->second.trail_wait) it->second.trail_wait->cancel();
+}
+
+asio::awaitable<void> AgentRuntime::await_trail_ack(std::string id) {
+  auto keep = shared_from_this();
+  std::shared_ptr<asio::steady_timer> timer;
+  {
+    std::lock_guard lock(mutex_);
+    auto it = residents_.find(id);
+    if (it == residents_.end() || !it->second.arrival_in_flight || runtime_.shutting_down()) co_return;
+    const std::vector<AgentHop>& hops = it->second.record.hops;
+    const std::size_t unacknowledged = hops.empty() ? 0 : hops.size() - 1;  // this visit's hop aside
+    if (unacknowledged < kTrailWaitHops || unacknowledged % kTrailWaitHops != 0) co_return;
+    timer = std::make_shared<asio::steady_timer>(runtime_.io(), kTrailWaitLimit);
+    it->second.trail_wait = timer;
+  }
+  boost::system::error_code ec;  // cancelled: the answer (or the first try's failure) came
+  co_await timer->async_wait(asio::redirect_error(asio::use_awaitable, ec));
+  std::lock_guard lock(mutex_);
+  if (auto it = residents_.find(id); it != residents_.end() && it->second.trail_wait == timer) it->second.trail_wait.reset();
 }
 
 bool AgentRuntime::take_messages(const std::string& id, const ArrivalReport& report,
@@ -263,19 +312,15 @@ bool AgentRuntime::take_messages(const std::string& id, const ArrivalReport& rep
   const std::vector<std::string>& confirmed = report.delivered;
   std::lock_guard lock(mutex_);
   auto it = residents_.find(id);
-  if (it == residents_.end() || it->second.record.epoch != report.epoch || it->second.status == AgentState::moving) {
-    return false;
-  }
+  if (it == residents_.end() || it->second.record.epoch != report.epoch) return false;
   AgentRecord& r = it->second.record;
   if (!token.empty()) r.report_token = token;
   // The home holds the hops the report carried: the record (and so each later TRANSFER)
   // carries them no more.
-  if (!report.finished_hops.empty()) {
-    const std::uint64_t through = report.finished_hops.back().epoch;
-    std::size_t n = 0;
-    while (n < r.hops.size() && r.hops[n].epoch <= through) ++n;
-    drop_reported_hops(r, n);
-  }
+  shed_reported_hops(r, report);
+  // Leaving: not stored (the row keeps its hand-over as it is; see the header), and the
+  // messages go to the next holder.
+  if (it->second.status == AgentState::moving) return false;
   const std::set<std::string> gone(confirmed.begin(), confirmed.end());
   std::erase_if(r.delivered, [&](const std::string& m) { return gone.count(m) != 0; });
   it->second.answer_ids.clear();
