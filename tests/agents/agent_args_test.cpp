@@ -61,7 +61,8 @@ TEST_CASE("transfer_args carries the bytes encode writes, read back in place") {
     // The same as the message_args of the encoded bytes, read the old way.
     const Value old_args = message_args(encoded);
     CHECK(deep_equal(old_args, args));
-    auto old_view = as_message_bytes(old_args.get(1), "the argument");
+    const Value old_first = old_args.get(1);
+    auto old_view = as_message_bytes(old_first, "the argument");
     REQUIRE(old_view.ok());
     CHECK(std::vector<std::uint8_t>(old_view->begin(), old_view->end()) == encoded);
   }
