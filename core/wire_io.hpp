@@ -139,11 +139,15 @@ class BasicWriter {
   void fixed(T v) {
     append(&v, sizeof(T));  // host order, which the first byte names
   }
-  // A resize and a copy: inlined, where a range insert was a call per field.
+  // A resize and a copy: inlined, where a range insert was a call per field. A large field
+  // is inserted instead: a resize would first zero the bytes the copy then overwrites.
   void append(const void* p, std::size_t n) {
     const std::size_t at = bytes_.size();
-    if (n >= kLargeField && at + n > bytes_.capacity()) {
-      bytes_.reserve(std::max(2 * bytes_.capacity(), at + n + kLargeFieldSlack + n / 64));
+    if (n >= kLargeField) {
+      if (at + n > bytes_.capacity()) bytes_.reserve(std::max(2 * bytes_.capacity(), at + n + kLargeFieldSlack + n / 64));
+      const auto* from = static_cast<const typename Bytes::value_type*>(p);
+      bytes_.insert(bytes_.end(), from, from + n);  // SAFETY: n bytes are readable at p
+      return;
     }
     bytes_.resize(at + n);
     if (n != 0) std::memcpy(bytes_.data() + at, p, n);  // SAFETY: n bytes were just made room for at `at`
