@@ -17,6 +17,7 @@ namespace sojourn::agent_codec {
 
 using wire::DecodeError;
 using wire::Reader;
+using wire::StringWriter;
 using wire::Writer;
 
 inline constexpr const char* kKindNames[] = {
@@ -28,12 +29,14 @@ static_assert(std::size(kKindNames) == static_cast<std::size_t>(AgentMessageKind
 
 inline const char* kind_name(AgentMessageKind kind) { return kKindNames[static_cast<std::size_t>(kind)]; }
 
-inline void start(Writer& w, AgentMessageKind kind) {
+template <class W>
+inline void start(W& w, AgentMessageKind kind) {
   w.u8(static_cast<std::uint8_t>(kind));
   w.u8(kAgentProtocolVersion);
 }
 
-inline void write_strings(Writer& w, const std::vector<std::string>& items) {
+template <class W>
+inline void write_strings(W& w, const std::vector<std::string>& items) {
   w.u32(static_cast<std::uint32_t>(items.size()));
   for (const auto& s : items) w.string(s);
 }
@@ -43,7 +46,8 @@ inline std::vector<std::string> read_strings(Reader& r, const char* what) {
   return out;
 }
 
-inline void write_optional(Writer& w, const std::optional<std::string>& s) {
+template <class W>
+inline void write_optional(W& w, const std::optional<std::string>& s) {
   w.u8(s ? 1 : 0);
   if (s) w.string(*s);
 }
@@ -54,13 +58,15 @@ inline std::optional<std::string> read_optional(Reader& r) {
   return r.string();
 }
 
-inline void write_state(Writer& w, AgentState s) { w.u8(static_cast<std::uint8_t>(s)); }
+template <class W>
+inline void write_state(W& w, AgentState s) { w.u8(static_cast<std::uint8_t>(s)); }
 inline AgentState read_state(Reader& r) {
   const std::uint8_t v = r.u8();
   if (v > static_cast<std::uint8_t>(kLastAgentState)) throw DecodeError("unknown agent state " + std::to_string(v));
   return static_cast<AgentState>(v);
 }
-inline void write_mobility(Writer& w, Mobility m) { w.u8(static_cast<std::uint8_t>(m)); }
+template <class W>
+inline void write_mobility(W& w, Mobility m) { w.u8(static_cast<std::uint8_t>(m)); }
 inline Mobility read_mobility(Reader& r) {
   const std::uint8_t v = r.u8();
   if (v > static_cast<std::uint8_t>(Mobility::strong)) throw DecodeError("unknown mobility " + std::to_string(v));
@@ -72,7 +78,8 @@ inline void expect_state(AgentState s, AgentState a, AgentState b) {
   if (s != a && s != b) throw DecodeError("agent state " + std::string(agent_state_name(s)) + " is not allowed here");
 }
 
-inline void write_hops(Writer& w, const std::vector<AgentHop>& hops) {
+template <class W>
+inline void write_hops(W& w, const std::vector<AgentHop>& hops) {
   w.u32(static_cast<std::uint32_t>(hops.size()));
   for (const auto& h : hops) {
     w.string(h.node);
@@ -106,7 +113,8 @@ inline std::vector<AgentHop> read_hops(Reader& r) {
   return hops;
 }
 
-inline void write_forwarded(Writer& w, const ForwardedMessage& m) {
+template <class W>
+inline void write_forwarded(W& w, const ForwardedMessage& m) {
   w.string(m.message_id);
   wire::write_value(w, m.body);
 }

@@ -13,7 +13,8 @@ namespace {
 
 // The record field by field, its state encoded in place: no Value table of the record is
 // built on either side (a TRANSFER is most of a hop's work). check_record judges the result.
-void write_record(Writer& w, const AgentRecord& a) {
+template <class W>
+void write_record(W& w, const AgentRecord& a) {
   w.string(a.id);
   w.string(a.home);
   w.string(a.owner);
@@ -133,8 +134,9 @@ Result<AgentLaunchAnswer> decode_launch_answer(std::span<const std::uint8_t> byt
   });
 }
 
-AgentMessageBytes encode(const AgentTransfer& m) {
-  Writer w;
+namespace {
+template <class W>
+void write_transfer(W& w, const AgentTransfer& m) {
   start(w, AgentMessageKind::transfer);
   write_record(w, m.record);
   w.string(m.to);
@@ -142,7 +144,29 @@ AgentMessageBytes encode(const AgentTransfer& m) {
   w.i64(m.expires_unix_ms);
   write_optional(w, m.bundle_bytes);
   write_optional(w, m.image);
+}
+
+// {text}: a call's argument array, the text moved into it (Value::array would copy it into
+// the table's graph: a second copy of a 1 MB state or image piece).
+Value string_args(std::string text) {
+  Value args = Value::table();
+  args.graph()->tables[0].array.emplace_back(std::move(text));
+  return args;
+}
+}  // namespace
+
+AgentMessageBytes encode(const AgentTransfer& m) {
+  Writer w;
+  write_transfer(w, m);
   return w.take();
+}
+
+Value transfer_args(const AgentTransfer& m, std::size_t& bytes) {
+  StringWriter w;
+  write_transfer(w, m);
+  std::string text = w.take();
+  bytes = text.size();
+  return string_args(std::move(text));
 }
 Result<AgentTransfer> decode_transfer(std::span<const std::uint8_t> bytes) {
   auto m = decode_as(bytes, AgentMessageKind::transfer, [](Reader& r) {
@@ -196,7 +220,7 @@ Value image_part_args(const ImagePart& m) {
   // SAFETY: both are read as chars of the same size, within their own bounds.
   text.append(reinterpret_cast<const char*>(head.data()), head.size());
   text.append(reinterpret_cast<const char*>(m.bytes.data()), m.bytes.size());
-  return Value::array({Value(std::move(text))});
+  return string_args(std::move(text));
 }
 Result<ImagePart> decode_image_part(std::span<const std::uint8_t> bytes) {
   auto m = decode_as(bytes, AgentMessageKind::image_part, [](Reader& r) {
@@ -414,7 +438,10 @@ Value message_value(const AgentMessageBytes& bytes) {
   return Value(std::string(reinterpret_cast<const char*>(bytes.data()), bytes.size()));
 }
 
-Value message_args(const AgentMessageBytes& bytes) { return Value::array({message_value(bytes)}); }
+Value message_args(const AgentMessageBytes& bytes) {
+  // SAFETY: the bytes are read as chars of the same size.
+  return string_args(std::string(reinterpret_cast<const char*>(bytes.data()), bytes.size()));
+}
 
 Result<std::span<const std::uint8_t>> as_message_bytes(const Value& v, const char* what) {
   if (!v.is_string()) return errors::invalid_argument(std::string("bad agent message: ") + what + " is not a binary string");
@@ -422,6 +449,21 @@ Result<std::span<const std::uint8_t>> as_message_bytes(const Value& v, const cha
   // SAFETY: the string's bytes are viewed as unsigned bytes of the same size, for as long as
   // `v` (which holds the string) lives.
   return std::span(reinterpret_cast<const std::uint8_t*>(text.data()), text.size());
+}
+
+Result<std::span<const std::uint8_t>> first_argument_bytes(const Value& args, const char* what) {
+  // Key 1 of a table lives in its array part (Value::set and the decoder keep it there), so
+  // the string is read where it lies; args.get(1) would copy it into a new Value.
+  if (args.is_table()) {
+    const auto& table = args.graph()->tables[std::get<detail::TableRef>(args.slot()).index];
+    if (!table.array.empty()) {
+      if (const auto* text = std::get_if<std::string>(&table.array.front())) {
+        // SAFETY: viewed as unsigned bytes of the same size, for as long as `args` lives.
+        return std::span(reinterpret_cast<const std::uint8_t*>(text->data()), text->size());
+      }
+    }
+  }
+  return errors::invalid_argument(std::string("bad agent message: ") + what + " is not a binary string");
 }
 
 }  // namespace sojourn

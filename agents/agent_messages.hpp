@@ -233,7 +233,13 @@ Value message_value(const AgentMessageBytes& bytes);
 Value message_args(const AgentMessageBytes& bytes);  // {bytes}: a call's argument array
 // message_args(encode(m)), with the piece's bytes copied once, straight into the argument.
 Value image_part_args(const ImagePart& m);
+// message_args(encode(m)), encoded straight into the argument's string (the state copied
+// once); `bytes` is set to the encoded TRANSFER's size.
+Value transfer_args(const AgentTransfer& m, std::size_t& bytes);
 Result<std::span<const std::uint8_t>> as_message_bytes(const Value& v, const char* what);
+// as_message_bytes(args.get(1), what) without copying the string out of `args`: a view of it,
+// valid while `args` lives and is not changed.
+Result<std::span<const std::uint8_t>> first_argument_bytes(const Value& args, const char* what);
 
 // Decodes `v` (a service's argument or answer) as a message: T's decoder over its bytes.
 template <class T, Result<T> (*Decode)(std::span<const std::uint8_t>)>

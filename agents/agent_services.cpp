@@ -59,15 +59,19 @@ void AgentRuntime::register_services(Node& node) {
   // taken on a worker.
   {
     // Decodes the call's one argument, the encoded TRANSFER.
-    auto decode = [self](const Value& bytes) -> Result<AgentTransfer> {
+    // The argument is read where it lies in the call's arguments (a 1 MB state is not copied
+    // out of them first).
+    auto decode = [self](const Value& args) -> Result<AgentTransfer> {
       const auto wall = std::chrono::system_clock::now();
       const auto mono = std::chrono::steady_clock::now();
       auto rt = self.lock();
       if (!rt) return errors::shutting_down();
-      auto message = decode_message<AgentTransfer, decode_transfer>(bytes, "agent.transfer's argument");
+      auto bytes = first_argument_bytes(args, "agent.transfer's argument");
+      if (!bytes) return bytes.error();
+      auto message = decode_transfer(*bytes);
       if (!message) return message.error();
       if (rt->counters_ != nullptr && rt->counters_->trace.has_file()) {
-        const std::string size = bytes.is_string() ? std::to_string(bytes.as_string().size()) : std::string("0");
+        const std::string size = std::to_string(bytes->size());
         const std::string from = message->record.hops.empty() ? std::string() : message->record.hops.back().node;
         rt->counters_->trace.add_at(wall, mono, "transfer_received", message->record.id, from, "transfer_bytes=" + size);
         rt->counters_->trace.add_at(wall, mono, "restore_start", message->record.id, from,
@@ -85,7 +89,7 @@ void AgentRuntime::register_services(Node& node) {
     ServiceEntry transfer;
     transfer.options = peers;
     transfer.fn = [decode, take](const Value& args, const PeerIdentity& caller) -> Result<Value> {
-      auto message = decode(args.get(1));
+      auto message = decode(args);
       if (!message) return message.error();
       return take(std::move(*message), caller);
     };
@@ -93,15 +97,15 @@ void AgentRuntime::register_services(Node& node) {
     transfer.async_fn = [self, decode, take, durable](Value args, PeerIdentity caller) -> asio::awaitable<Result<Value>> {
       auto rt = self.lock();
       if (!rt) co_return errors::shutting_down();
-      const Value bytes = args.get(1);
-      if (durable || !bytes.is_string() || bytes.as_string().size() > kInlineTransferBytes) {
+      auto bytes = first_argument_bytes(args, "agent.transfer's argument");
+      if (durable || !bytes || bytes->size() > kInlineTransferBytes) {
         co_return co_await on_workers(rt->runtime_.workers(), [&]() -> Result<Value> {
-          auto message = decode(bytes);
+          auto message = decode(args);
           if (!message) return message.error();
           return take(std::move(*message), caller);
         });
       }
-      auto message = decode(bytes);
+      auto message = decode(args);
       if (!message) co_return message.error();
       const bool light = !message->bundle_bytes && !message->image && message->record.mobility == Mobility::weak;
       if (light) co_return take(std::move(*message), caller);

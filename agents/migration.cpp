@@ -203,25 +203,26 @@ asio::awaitable<Result<AgentCommit>> AgentRuntime::hand_over(AgentRecord& record
   }
   // The state is encoded once, into the TRANSFER; its size is what the TRANSFER holds beyond
   // an empty-state one (for the trace's figures only when tracing).
-  AgentMessageBytes transfer_bytes = encode(transfer);
+  std::size_t transfer_size = 0;
+  Value transfer_call = transfer_args(transfer, transfer_size);
   if (!strong_image && counters_ != nullptr && counters_->trace.has_file()) carried = encode_value(transfer.record.state).size();
   // A frame this node could not send (nor a peer of the same settings take): a clear refusal
   // here, not an unreachable destination. Heap images make such TRANSFERs possible.
-  auto check_size = [&](const AgentMessageBytes& bytes) -> Result<void> {
-    if (bytes.size() <= options_.max_payload) return {};
-    return errors::invalid_argument("the TRANSFER of agent " + id + " is " + std::to_string(bytes.size()) +
+  auto check_size = [&](std::size_t bytes) -> Result<void> {
+    if (bytes <= options_.max_payload) return {};
+    return errors::invalid_argument("the TRANSFER of agent " + id + " is " + std::to_string(bytes) +
                                     " bytes, over the frame limit of " + std::to_string(options_.max_payload) +
                                     " bytes (max_payload)");
   };
-  if (auto fits = check_size(transfer_bytes); !fits) co_return fits.error();
+  if (auto fits = check_size(transfer_size); !fits) co_return fits.error();
   trace_step("serialize_end", id, peer,
              "raw_bytes=" + std::to_string(image_raw != 0 ? image_raw : carried) + " compressed_bytes=" + std::to_string(carried) +
-                 " transfer_bytes=" + std::to_string(transfer_bytes.size()));
+                 " transfer_bytes=" + std::to_string(transfer_size));
   const std::string expect = trust_.tls() ? *node_id : std::string();
   for (int round = 0;; ++round) {
-    trace_step("transfer_sent", id, peer, "transfer_bytes=" + std::to_string(transfer_bytes.size()));
+    trace_step("transfer_sent", id, peer, "transfer_bytes=" + std::to_string(transfer_size));
     *transfer_sent = true;  // from here the destination may commit it, whatever this call returns
-    Result<Value> reply = co_await links_.call_peer(peer, "agent.transfer", message_args(transfer_bytes), expect);
+    Result<Value> reply = co_await links_.call_peer(peer, "agent.transfer", transfer_call, expect);
     if (!reply) {
       // A node of an older agent protocol cannot read the TRANSFER: said so, not a bad message.
       const Error& e = reply.error();
@@ -245,8 +246,8 @@ asio::awaitable<Result<AgentCommit>> AgentRuntime::hand_over(AgentRecord& record
     trace_step("bundle_wanted", id, peer);
     transfer.bundle_bytes = std::string(as_text(bundle->bytes));
     ++bundles_sent_;
-    transfer_bytes = encode(transfer);
-    if (auto fits = check_size(transfer_bytes); !fits) co_return fits.error();
+    transfer_call = transfer_args(transfer, transfer_size);
+    if (auto fits = check_size(transfer_size); !fits) co_return fits.error();
   }
 }
 

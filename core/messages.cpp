@@ -25,9 +25,10 @@ enum SlotTag : std::uint8_t { tag_nil = 0, tag_false = 1, tag_true = 2, tag_inte
 
 // Tables, functions and cells reachable from the root get wire indices in breadth-first
 // order (each kind numbered on its own); the counts precede the items.
+template <class W>
 class GraphWriter {
  public:
-  GraphWriter(Writer& w, const detail::Graph* g)
+  GraphWriter(W& w, const detail::Graph* g)
       : w_(w),
         g_(g),
         tables_(g ? g->tables.size() : 0),
@@ -137,7 +138,7 @@ class GraphWriter {
     }
   }
 
-  Writer& w_;
+  W& w_;
   const detail::Graph* g_;
   Numbering tables_, functions_, cells_;
 };
@@ -210,10 +211,13 @@ void check_key_unique(const Slot& k, std::span<const std::pair<Slot, Slot>> befo
 
 }  // namespace
 
-void write_value(Writer& w, const Value& v) {
-  GraphWriter gw(w, v.graph().get());
+template <class W>
+void write_value(W& w, const Value& v) {
+  GraphWriter<W> gw(w, v.graph().get());
   gw.write(v.slot());
 }
+template void write_value(Writer&, const Value&);
+template void write_value(StringWriter&, const Value&);
 
 Value read_value(Reader& r) {
   GraphCounts n;

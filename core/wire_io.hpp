@@ -102,14 +102,18 @@ class Reader {
   bool swap_ = false;
 };
 
-class Writer {
+// Writes a payload into `Bytes`: a std::vector<std::uint8_t> (Writer, what frames carry) or
+// a std::string (StringWriter: a message that travels as a string argument, moved into
+// its Value without a copy).
+template <class Bytes>
+class BasicWriter {
  public:
-  Writer() {
+  BasicWriter() {
     bytes_.reserve(64);
     bytes_.push_back(kHostLittleEndian ? 1 : 0);
   }
 
-  void u8(std::uint8_t v) { bytes_.push_back(v); }
+  void u8(std::uint8_t v) { bytes_.push_back(static_cast<typename Bytes::value_type>(v)); }
   void u16(std::uint16_t v) { fixed(v); }
   void u32(std::uint32_t v) { fixed(v); }
   void u64(std::uint64_t v) { fixed(v); }
@@ -121,28 +125,50 @@ class Writer {
     append(s.data(), s.size());
   }
 
-  std::vector<std::uint8_t> take() { return std::move(bytes_); }
+  Bytes take() { return std::move(bytes_); }
 
  private:
+  // A field at least this large that does not fit leaves room after it (kLargeFieldSlack
+  // and 1/64 of its size) for the fields that follow: the buffer used to grow to just fit
+  // it, and the next byte written then doubled it, re-copying the large field into fresh
+  // pages (a 1 MB state: 1 MB copied, 2 MB mapped). Growth stays geometric.
+  static constexpr std::size_t kLargeField = 64 * 1024;
+  static constexpr std::size_t kLargeFieldSlack = 16 * 1024;
+
   template <class T>
   void fixed(T v) {
     append(&v, sizeof(T));  // host order, which the first byte names
   }
-  // A resize and a copy: inlined, where a range insert was a call per field.
+  // A resize and a copy: inlined, where a range insert was a call per field. A large field
+  // is inserted instead: a resize would first zero the bytes the copy then overwrites.
   void append(const void* p, std::size_t n) {
     const std::size_t at = bytes_.size();
+    if (n >= kLargeField) {
+      if (at + n > bytes_.capacity()) bytes_.reserve(std::max(2 * bytes_.capacity(), at + n + kLargeFieldSlack + n / 64));
+      const auto* from = static_cast<const typename Bytes::value_type*>(p);
+      bytes_.insert(bytes_.end(), from, from + n);  // SAFETY: n bytes are readable at p
+      return;
+    }
     bytes_.resize(at + n);
     if (n != 0) std::memcpy(bytes_.data() + at, p, n);  // SAFETY: n bytes were just made room for at `at`
   }
 
-  std::vector<std::uint8_t> bytes_;
+  Bytes bytes_;
 };
 
+using Writer = BasicWriter<std::vector<std::uint8_t>>;
+using StringWriter = BasicWriter<std::string>;
+
 // The Value graph codec, shared by every message that carries values.
-void write_value(Writer& w, const Value& v);
+// write_value is defined (and instantiated for Writer and StringWriter) in messages.cpp.
+template <class W>
+void write_value(W& w, const Value& v);
+extern template void write_value(Writer&, const Value&);
+extern template void write_value(StringWriter&, const Value&);
 Value read_value(Reader& r);
 
-inline void write_limits(Writer& w, const Limits& l) {
+template <class W>
+inline void write_limits(W& w, const Limits& l) {
   w.u64(l.cpu_instructions);
   w.u64(l.memory_bytes);
   w.u32(l.wall_ms);
