@@ -393,7 +393,7 @@ Result<Value> run_lua(const RunInput& input, HostCalls* host) {
 }
 
 Result<AgentOutcome> run_agent(const RunInput& input, const AgentInput& agent, HostCalls* host) {
-  // A weak step on a prepared state of its principal, as run_lua's runs (docs/agents.md).
+  // A weak step on a prepared state of its principal, as run_lua's runs (docs/sandbox.md).
   if (detail::pool_serves(input.principal, input.allow_jit, input.limits.memory_bytes)) {
     RunJob job{};
     job.agent = &agent;
