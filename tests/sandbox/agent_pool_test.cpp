@@ -31,7 +31,7 @@ class Host : public HostCalls {
  public:
   Result<Value> call(std::string_view service, const Value& args) override {
     if (service == "code.require") {
-      ++requires;
+      ++require_calls;
       Value m = Value::table();
       m.set("source", "return { name = ... }");
       m.set("chunk", "mod");
@@ -43,7 +43,7 @@ class Host : public HostCalls {
     }
     return sojourn::make_error(Errc::no_such_service, "no such service: " + std::string(service));
   }
-  int requires = 0;
+  int require_calls = 0;
   std::vector<std::string> logs;
 };
 
@@ -138,7 +138,7 @@ TEST_CASE("the next agent's step on the same state sees nothing of the last one'
   const AgentOutcome a = ok(step(kBundle, "start", "agent-A", "signer p1", &host));
   CHECK(a.state.get("id").as_string() == "agent-A");
   CHECK(a.state.get("go_is_function").as_bool());
-  CHECK(host.requires == 1);
+  CHECK(host.require_calls == 1);
   REQUIRE(detail::idle_pooled_states() == 1);
   lua_State* L = idle_state_of("signer p1");
   REQUIRE(L != nullptr);
@@ -152,7 +152,7 @@ TEST_CASE("the next agent's step on the same state sees nothing of the last one'
   CHECK(b.state.get("seen_field").is_nil());
   CHECK(b.state.get("seen_module").is_nil());
   CHECK(b.state.get("go_is_function").as_bool());
-  CHECK(host.requires == 2);  // the module was loaded again for B, not taken from A's run
+  CHECK(host.require_calls == 2);  // the module was loaded again for B, not taken from A's run
   CHECK(detail::describe_registry(L) == registry);
 
   // B's agent.log is the real one again.
@@ -183,8 +183,7 @@ TEST_CASE("a killed or failed agent step's state is never reused") {
   CHECK(detail::idle_pooled_states() == 0);
   // A kill that a pcall swallowed stays one at the agent.go after it.
   ok(step("return { s = function() return 1 end }", "s", "a1"));
-  REQUIRE(detail::idle_pooled_states() == 1);
-  CHECK(idle_state_of("signer p1") != L);
+  REQUIRE(detail::idle_pooled_states() == 1);  // a newly prepared state (a pointer may repeat)
   auto swallowed = step("return { s = function() pcall(function() while true do end end); agent.go('tcp://x:1', 's') end }",
                         "s", "a1", "signer p1", nullptr, tight);
   REQUIRE_FALSE(swallowed.ok());
