@@ -17,6 +17,9 @@ namespace {
 
 // The registry key of the modules require_remote has loaded in this run.
 constexpr const char* kModulesKey = "sojourn.remote_modules";
+// The registry key of a prepared state's agent functions (go, wait, receive, log), made once
+// so that each pooled agent step's new `agent` table holds the same, registered, functions.
+constexpr const char* kAgentFunctionsKey = "sojourn.agent_functions";
 
 [[noreturn]] void raise_message(lua_State* L, const std::string& message) {
   luaL_where(L, 1);
@@ -148,17 +151,42 @@ int require_remote(lua_State* L) {
 
 }  // namespace
 
+namespace {
+
+constexpr luaL_Reg kAgentFunctions[] = {
+    {"go", agent_go}, {"wait", agent_wait}, {"receive", agent_receive}, {"log", agent_log}, {nullptr, nullptr}};
+
+}  // namespace
+
 void open_agent_api(lua_State* L, const Value& info) {
   lua::push_value(L, info.is_table() ? info : Value::table());
-  lua_pushcfunction(L, agent_go);
-  lua_setfield(L, -2, "go");
-  lua_pushcfunction(L, agent_wait);
-  lua_setfield(L, -2, "wait");
-  lua_pushcfunction(L, agent_receive);
-  lua_setfield(L, -2, "receive");
-  lua_pushcfunction(L, agent_log);
-  lua_setfield(L, -2, "log");
+  const int agent = lua_gettop(L);
+  lua_getfield(L, LUA_REGISTRYINDEX, kAgentFunctionsKey);
+  const bool prepared = lua_istable(L, -1);
+  for (const luaL_Reg* f = kAgentFunctions; f->name != nullptr; ++f) {
+    if (prepared) {
+      lua_getfield(L, agent + 1, f->name);
+    } else {
+      lua_pushcfunction(L, f->func);
+    }
+    lua_setfield(L, agent, f->name);
+  }
+  lua_settop(L, agent);
   lua_setfield(L, LUA_GLOBALSINDEX, "agent");
+}
+
+void prepare_agent_api(lua_State* L) {
+  lua_createtable(L, 0, 1);  // {agent = functions}: register_library names them agent.go, ...
+  lua_createtable(L, 0, 4);
+  for (const luaL_Reg* f = kAgentFunctions; f->name != nullptr; ++f) {
+    lua_pushcfunction(L, f->func);
+    lua_setfield(L, -2, f->name);
+  }
+  lua_pushvalue(L, -1);
+  lua_setfield(L, LUA_REGISTRYINDEX, kAgentFunctionsKey);
+  lua_setfield(L, -2, "agent");
+  lua::register_library(L, -1);
+  lua_pop(L, 1);
 }
 
 void open_require_remote(lua_State* L) {

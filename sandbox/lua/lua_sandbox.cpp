@@ -210,6 +210,8 @@ int run_protected(lua_State* L) {
   if (job.pooled != nullptr) {
     // The environment was built when the state was prepared: this run gets its own copy.
     detail::begin_pooled_run(L, *job.pooled);
+    // The run's own `agent` table, in the run's own globals: gone with them at the reset.
+    if (job.agent != nullptr) detail::open_agent_api(L, job.agent->info);
     load_status = detail::push_cached_chunk(L, *job.pooled, job.chunk_name.c_str(), input.source);
   } else {
     load_status = open_and_load(L, job, input);
@@ -260,10 +262,18 @@ void start_context(RunContext& ctx, const RunInput& input, HostCalls* host, std:
 
 namespace {
 
-// One run of run_lua on a prepared state of the input's principal (lua_state_pool.hpp).
-// Nothing when no state could be prepared: the caller runs in a fresh one.
-std::optional<Result<Value>> run_pooled(const RunInput& input, HostCalls* host) {
-  if (std::optional<Error> refused = refused_input(input)) return Result<Value>(*std::move(refused));
+// One run on a prepared state of the input's principal (lua_state_pool.hpp); `finish` sees
+// the state after the protected call and makes the result, as in run_in_fresh_state. Nothing
+// when no state could be prepared: the caller runs in a fresh one. The state goes back to the
+// pool only when `finish` made a result, not an error, and the run met no kill, limit or
+// refused allocation (when in doubt the state is thrown away and the next run prepares a new
+// one). An agent step that left by agent.go or agent.wait is not killed: `finish` has cleared
+// that deliberate stop (Errc::agent_moving) before the check, any other kill is still set.
+template <class Finish>
+auto run_in_pooled_state(const RunInput& input, HostCalls* host, RunJob& job, Finish finish)
+    -> std::optional<decltype(finish(static_cast<lua_State*>(nullptr), std::declval<RunContext&>(), 0))> {
+  using Out = decltype(finish(static_cast<lua_State*>(nullptr), std::declval<RunContext&>(), 0));
+  if (std::optional<Error> refused = refused_input(input)) return Out(*std::move(refused));
   detail::PooledStatePtr state = detail::take_pooled_state(input.principal);
   if (!state) return std::nullopt;
   RunContext& ctx = *state->ctx;
@@ -273,21 +283,19 @@ std::optional<Result<Value>> run_pooled(const RunInput& input, HostCalls* host) 
   // run may allocate its limit on top of a just-prepared state, as in a fresh one.
   const std::size_t left_over = ctx.bytes_in_use > state->baseline_bytes ? ctx.bytes_in_use - state->baseline_bytes : 0;
   ctx.byte_cap = ctx.byte_cap > SIZE_MAX - left_over ? SIZE_MAX : ctx.byte_cap + left_over;
-  RunJob job{};
   job.input = &input;
   job.chunk_name = std::string("=").append(display_chunk_name(input));
   job.pooled = state.get();
   lua_State* L = state->L;
   const int status = lua_cpcall(L, run_protected, &job);
+  Out out = finish(L, ctx, status);
   detail::disarm_count_hook(L);
-  if (status != 0 || ctx.kill != Errc::ok) return Result<Value>(run_failure(L, status, ctx, display_chunk_name(input)));
-  if (!job.result) return Result<Value>(make_error(Errc::lua_error, "Lua error: the run ended without results"));
-  // Only a run that met no limit, refusal or failure gives its state back (when in doubt,
-  // the state is thrown away and the next run prepares a new one).
-  if (job.result->ok() && ctx.last_limit.code == Errc::ok && !ctx.allocation_refused) {
+  // A result (not an error) with no kill left: status is not 0 after agent.go, whose stop
+  // `finish` has cleared; it made an error of anything else that was not 0.
+  if (out.ok() && ctx.kill == Errc::ok && ctx.last_limit.code == Errc::ok && !ctx.allocation_refused) {
     detail::return_pooled_state(std::move(state));
   }
-  return std::move(*job.result);
+  return out;
 }
 
 // One run in a fresh capped state: `finish` sees the state after the protected call, before
@@ -322,56 +330,81 @@ auto run_in_fresh_state(const RunInput& input, HostCalls* host, RunJob& job, Fin
 
 }  // namespace
 
+namespace {
+
+Result<Value> run_result(lua_State* L, RunContext& ctx, int status, RunJob& job, const RunInput& input) {
+  if (status != 0 || ctx.kill != Errc::ok) return run_failure(L, status, ctx, display_chunk_name(input));
+  if (!job.result) return make_error(Errc::lua_error, "Lua error: the run ended without results");
+  return std::move(*job.result);
+}
+
+// A weak agent step's outcome, from the state after the protected call (fresh or pooled).
+// agent.go and agent.wait stop the step with a sticky Errc::agent_moving, which is cleared
+// here: the state is then converted under the run's limits, and the step is not a kill.
+Result<AgentOutcome> agent_result(lua_State* L, RunContext& ctx, int status, RunJob& job, const RunInput& input) {
+  const bool left = ctx.kill == Errc::agent_moving;  // agent.go or agent.wait
+  if (!left && (status != 0 || ctx.kill != Errc::ok)) return run_failure(L, status, ctx, display_chunk_name(input));
+  if (job.state_ref == LUA_NOREF) return make_error(Errc::lua_error, "Lua error: the agent step ended without state");
+  // The conversion runs under the run's limits (it compiles candidate texts and polls the
+  // clock); leaving is not a kill there.
+  if (left) ctx.kill = Errc::ok;
+  detail::arm_count_hook(L, ctx);
+  lua_settop(L, 0);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, job.state_ref);
+  // Room for the conversion, as for results.
+  ctx.byte_cap = ctx.bytes_in_use + std::min(ctx.byte_cap, SIZE_MAX - ctx.bytes_in_use);
+  Result<Value> state = Value{};
+  try {
+    state = lua::to_value(L, -1, {"state", ctx.limits.memory_bytes});
+  } catch (const std::bad_alloc&) {
+    state = detail::limit_error(Errc::memory_limit, ctx.limits);
+  }
+  lua_settop(L, 0);
+  if (ctx.kill != Errc::ok) return detail::limit_error(ctx.kill, ctx.limits);
+  if (!state) return state.error();
+  AgentOutcome outcome;
+  outcome.state = std::move(*state);
+  outcome.went = left && !ctx.go_peer.empty();
+  outcome.waits = left && ctx.go_peer.empty();
+  outcome.instructions = ctx.instructions;
+  if (left) {
+    outcome.results = Value::table();
+    outcome.go_peer = ctx.go_peer;
+    outcome.go_entry = ctx.go_entry;
+  } else {
+    if (job.result && !job.result->ok()) return job.result->error();
+    outcome.results = job.result ? std::move(**job.result) : Value::table();
+  }
+  return outcome;
+}
+
+}  // namespace
+
 Result<Value> run_lua(const RunInput& input, HostCalls* host) {
   if (detail::pool_serves(input.principal, input.allow_jit, input.limits.memory_bytes)) {
-    if (std::optional<Result<Value>> pooled = run_pooled(input, host)) return std::move(*pooled);
+    RunJob job{};
+    std::optional<Result<Value>> pooled = run_in_pooled_state(
+        input, host, job, [&](lua_State* L, RunContext& ctx, int status) { return run_result(L, ctx, status, job, input); });
+    if (pooled) return std::move(*pooled);
   }
   RunJob job{};
-  return run_in_fresh_state(input, host, job, [&](lua_State* L, RunContext& ctx, int status) -> Result<Value> {
-    if (status != 0 || ctx.kill != Errc::ok) return run_failure(L, status, ctx, display_chunk_name(input));
-    if (!job.result) return make_error(Errc::lua_error, "Lua error: the run ended without results");
-    return std::move(*job.result);
-  });
+  return run_in_fresh_state(input, host, job,
+                            [&](lua_State* L, RunContext& ctx, int status) { return run_result(L, ctx, status, job, input); });
 }
 
 Result<AgentOutcome> run_agent(const RunInput& input, const AgentInput& agent, HostCalls* host) {
+  // A weak step on a prepared state of its principal, as run_lua's runs (docs/sandbox.md).
+  if (detail::pool_serves(input.principal, input.allow_jit, input.limits.memory_bytes)) {
+    RunJob job{};
+    job.agent = &agent;
+    std::optional<Result<AgentOutcome>> pooled = run_in_pooled_state(
+        input, host, job, [&](lua_State* L, RunContext& ctx, int status) { return agent_result(L, ctx, status, job, input); });
+    if (pooled) return std::move(*pooled);
+  }
   RunJob job{};
   job.agent = &agent;
-  return run_in_fresh_state(input, host, job, [&](lua_State* L, RunContext& ctx, int status) -> Result<AgentOutcome> {
-    const bool left = ctx.kill == Errc::agent_moving;  // agent.go or agent.wait
-    if (!left && (status != 0 || ctx.kill != Errc::ok)) return run_failure(L, status, ctx, display_chunk_name(input));
-    if (job.state_ref == LUA_NOREF) return make_error(Errc::lua_error, "Lua error: the agent step ended without state");
-    // The conversion runs under the run's limits (it compiles candidate texts and polls the
-    // clock); leaving is not a kill there.
-    if (left) ctx.kill = Errc::ok;
-    detail::arm_count_hook(L, ctx);
-    lua_settop(L, 0);
-    lua_rawgeti(L, LUA_REGISTRYINDEX, job.state_ref);
-    // Room for the conversion, as for results.
-    ctx.byte_cap = ctx.bytes_in_use + std::min(ctx.byte_cap, SIZE_MAX - ctx.bytes_in_use);
-    Result<Value> state = Value{};
-    try {
-      state = lua::to_value(L, -1, {"state", ctx.limits.memory_bytes});
-    } catch (const std::bad_alloc&) {
-      state = detail::limit_error(Errc::memory_limit, ctx.limits);
-    }
-    if (ctx.kill != Errc::ok) return detail::limit_error(ctx.kill, ctx.limits);
-    if (!state) return state.error();
-    AgentOutcome outcome;
-    outcome.state = std::move(*state);
-    outcome.went = left && !ctx.go_peer.empty();
-    outcome.waits = left && ctx.go_peer.empty();
-    outcome.instructions = ctx.instructions;
-    if (left) {
-      outcome.results = Value::table();
-      outcome.go_peer = ctx.go_peer;
-      outcome.go_entry = ctx.go_entry;
-    } else {
-      if (job.result && !job.result->ok()) return job.result->error();
-      outcome.results = job.result ? std::move(**job.result) : Value::table();
-    }
-    return outcome;
-  });
+  return run_in_fresh_state(input, host, job,
+                            [&](lua_State* L, RunContext& ctx, int status) { return agent_result(L, ctx, status, job, input); });
 }
 
 }  // namespace sojourn::sandbox

@@ -102,6 +102,7 @@ int prepare_protected(lua_State* L) {
   open_restricted_env(L, false);
   open_require_remote(L);
   lua::register_library(L, LUA_GLOBALSINDEX);
+  prepare_agent_api(L);  // each agent step's `agent` table holds these (open_agent_api)
   lua_pushvalue(L, LUA_GLOBALSINDEX);
   lua_setfield(L, LUA_REGISTRYINDEX, kGlobalsKey);
   // What each library table holds once prepared, to check it after every run.
