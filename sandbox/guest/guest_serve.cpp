@@ -81,6 +81,15 @@ struct Carried {
 };
 Carried g_carried;
 
+// The burst being served (channel::Batch): its runs still to come, and whether one of its runs
+// so far called across (its later runs' carried reads, read at its start, may then be stale).
+struct Burst {
+  std::uint32_t left = 0;
+  bool crossed = false;
+};
+Burst g_burst;
+bool g_run_crossed = false;  // the current run made a call that crossed the channel
+
 // The carried answer for this call, if any.
 const Value* carried_answer(std::string_view service, const Value& args) {
   Carried& carried = g_carried;
@@ -109,6 +118,7 @@ class ChannelHost final : public HostCalls {
 
   Result<Value> call(std::string_view service, const Value& args) override {
     if (const Value* answer = carried_answer(service, args)) return *answer;
+    g_run_crossed = true;
     channel::HostCall request{std::string(service), args};
     if (!write_all(fd_, channel::encode_frame(request))) return broken();
     std::optional<Frame> frame = read_frame(fd_, kMaxRequestBytes);
@@ -385,24 +395,40 @@ bool serve_one_run(int fd) {
   Kind kind = Kind::run;
   try {
     g_carried = Carried{};
+    g_run_crossed = false;
     std::optional<Frame> frame = read_frame(fd, kMaxRequestBytes);
+    if (frame && frame->kind == Kind::batch) {
+      // A burst's runs come in one write (no burst inside another, none empty or too long).
+      Result<channel::Batch> batch = channel::decode_payload<channel::Batch>(frame->payload);
+      if (!batch || g_burst.left != 0 || batch->count == 0 || batch->count > channel::kMaxBatchRuns) return false;
+      g_burst = Burst{batch->count, false};
+      frame = read_frame(fd, kMaxRequestBytes);
+    }
+    const bool in_burst = g_burst.left > 0;
     if (frame && frame->kind == Kind::carried_reads) {
       // Carried reads come with a run request, in the same write: the run frame follows.
       Result<channel::CarriedReads> carried = channel::decode_payload<channel::CarriedReads>(frame->payload);
       if (!carried) return false;
       g_carried.reads = std::move(carried->reads);
       g_carried.used.assign(g_carried.reads.size(), '\0');
-      g_carried.valid = true;
+      // After a crossing earlier in the burst the store may have changed since they were read:
+      // unused (all reported unused), every call of this run crosses.
+      g_carried.valid = !(in_burst && g_burst.crossed);
       frame = read_frame(fd, kMaxRequestBytes);
       if (!frame || frame->kind != Kind::run) return false;
     }
     if (!frame || (frame->kind != Kind::run && frame->kind != Kind::agent && frame->kind != Kind::resume)) return false;
+    if (in_burst && frame->kind != Kind::run) return false;  // a burst holds plain runs only
     kind = frame->kind == Kind::run ? Kind::run : Kind::agent;
     // Agent steps make their own state: the arena goes back to pristine first (a strong
     // step's image then holds only its agent).
     if (frame->kind != Kind::run) set_aside_warm_state();
     bool strong = frame->kind == Kind::resume;
     std::vector<std::uint8_t> answer = serve_request(fd, *frame, limits, strong);
+    if (in_burst) {
+      --g_burst.left;
+      g_burst.crossed = g_burst.crossed || g_run_crossed;
+    }
     if (!g_carried.reads.empty()) {
       // Which carried reads the run used goes just before its answer, in the same write.
       std::vector<std::uint8_t> used = channel::encode_frame(channel::ReadsUsed{g_carried.used});
