@@ -7,6 +7,7 @@ namespace sojourn {
 
 void EvalQueue::enqueue(std::unique_ptr<EvalJob> job) {
   bool start = false;
+  unfinished_.fetch_add(1, std::memory_order_relaxed);
   {
     std::lock_guard lock(mutex_);
     queued_.push_back(std::move(job));
@@ -51,6 +52,7 @@ void EvalQueue::runner() {
         if (!job->finished) job->failed = failed;
       }
     }
+    unfinished_.fetch_sub(done->size(), std::memory_order_relaxed);
     // The burst's replies go back in one post: the network thread resumes the awaiters one
     // after another and their replies leave together.
     EvalJob::Resume& first = *done->front()->resume;

@@ -4,6 +4,7 @@
 // network thread in one post. Included only by node_server.cpp.
 #pragma once
 
+#include <atomic>
 #include <cstddef>
 #include <exception>
 #include <functional>
@@ -69,6 +70,9 @@ class EvalQueue {
         std::move(start), asio::use_awaitable);
   }
 
+  // Whether evaluations are queued or running: a later one then queues behind them rather
+  // than overtaking them on the network thread.
+  bool busy() const noexcept { return unfinished_.load(std::memory_order_relaxed) > 0; }
   std::size_t max_runners() const noexcept { return max_runners_; }
   std::size_t burst() const noexcept { return burst_; }
 
@@ -97,6 +101,7 @@ class EvalQueue {
   std::vector<std::unique_ptr<EvalJob>> queued_;  // in arrival order; taken from the front
   std::size_t taken_ = 0;                         // queued_[0, taken_) are already taken
   std::size_t runners_ = 0;
+  std::atomic<std::size_t> unfinished_{0};  // enqueued, not yet run to the end
 };
 
 }  // namespace sojourn

@@ -280,6 +280,8 @@ std::optional<Reply> NodeServer::try_inline_unless_saturated(const EvalRequest& 
   constexpr auto kBackToBack = std::chrono::microseconds(5);
   const auto now = std::chrono::steady_clock::now();
   if (now - last_inline_end_ < kBackToBack) return std::nullopt;
+  // Evaluations wait in the queue or run there (a burst): this one joins them, in order.
+  if (eval_queue_->busy()) return std::nullopt;
   std::optional<Reply> fast = try_inline_eval(request, peer);
   last_inline_end_ = std::chrono::steady_clock::now();
   if (fast) ++counters_.evals_inline;

@@ -638,7 +638,10 @@ std::size_t run_burst_in_warm_guest(WarmGuest& warm, std::span<BurstRun> runs, s
       return i + 1;
     }
   }
-  warm.settled_cpu_us = before.value_or(0);
+  // Read once a burst (not once a run, as a single run spares it): from the burst's start, its
+  // runs' CPU time would be over a reset's allowance at the next take, which then reads the
+  // guest's state from /proc.
+  warm.settled_cpu_us = guest_cpu_time_us(warm).value_or(before.value_or(0));
   warm.channel = channel.release();
   reusable = warm.channel.valid();
   return count;
