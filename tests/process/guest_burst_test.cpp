@@ -95,7 +95,7 @@ TEST_CASE("in a burst, a run that raises, one out of memory and one out of instr
   std::vector<Result<Value>> results = burst.run(*jail);
   REQUIRE(results.size() == 5);
   CHECK(integer(results[0]) == 1);
-  check_error(results[1], Errc::lua_error, "boom");
+  check_error(results[1], Errc::lua_error, "Lua error: boom");
   check_error(results[2], Errc::memory_limit, "memory limit of 16777216 bytes exceeded");
   check_error(results[3], Errc::cpu_limit, "CPU limit of 100000 instructions exceeded");
   CHECK(integer(results[4]) == 5);
