@@ -9,6 +9,7 @@
 #include <array>
 #include <cerrno>
 #include <cstring>
+#include <deque>
 #include <exception>
 #include <new>
 #include <string>
@@ -89,6 +90,16 @@ struct Burst {
 };
 Burst g_burst;
 bool g_run_crossed = false;  // the current run made a call that crossed the channel
+// The burst's frames not yet served, all read at its batch frame: on the channel they come
+// before any host_reply its runs wait for.
+std::deque<Frame> g_burst_frames;
+
+std::optional<Frame> next_frame(int fd, std::uint32_t max_payload) {
+  if (g_burst_frames.empty()) return read_frame(fd, max_payload);
+  Frame frame = std::move(g_burst_frames.front());
+  g_burst_frames.pop_front();
+  return frame;
+}
 
 // The carried answer for this call, if any.
 const Value* carried_answer(std::string_view service, const Value& args) {
@@ -396,13 +407,23 @@ bool serve_one_run(int fd) {
   try {
     g_carried = Carried{};
     g_run_crossed = false;
-    std::optional<Frame> frame = read_frame(fd, kMaxRequestBytes);
+    std::optional<Frame> frame = next_frame(fd, kMaxRequestBytes);
     if (frame && frame->kind == Kind::batch) {
       // A burst's runs come in one write (no burst inside another, none empty or too long).
       Result<channel::Batch> batch = channel::decode_payload<channel::Batch>(frame->payload);
       if (!batch || g_burst.left != 0 || batch->count == 0 || batch->count > channel::kMaxBatchRuns) return false;
       g_burst = Burst{batch->count, false};
-      frame = read_frame(fd, kMaxRequestBytes);
+      // Every run of it (each after its carried reads) read now, before the first runs.
+      for (std::uint32_t i = 0; i < batch->count; ++i) {
+        std::optional<Frame> part = read_frame(fd, kMaxRequestBytes);
+        if (part && part->kind == Kind::carried_reads) {
+          g_burst_frames.push_back(std::move(*part));
+          part = read_frame(fd, kMaxRequestBytes);
+        }
+        if (!part || part->kind != Kind::run) return false;
+        g_burst_frames.push_back(std::move(*part));
+      }
+      frame = next_frame(fd, kMaxRequestBytes);
     }
     const bool in_burst = g_burst.left > 0;
     if (frame && frame->kind == Kind::carried_reads) {
@@ -414,7 +435,7 @@ bool serve_one_run(int fd) {
       // After a crossing earlier in the burst the store may have changed since they were read:
       // unused (all reported unused), every call of this run crosses.
       g_carried.valid = !(in_burst && g_burst.crossed);
-      frame = read_frame(fd, kMaxRequestBytes);
+      frame = next_frame(fd, kMaxRequestBytes);
       if (!frame || frame->kind != Kind::run) return false;
     }
     if (!frame || (frame->kind != Kind::run && frame->kind != Kind::agent && frame->kind != Kind::resume)) return false;
