@@ -81,6 +81,18 @@ Result<Value> NodeJails::run_chunk(Isolation level, const sandbox::RunInput& inp
   return jails_.run(level, input, host);
 }
 
+std::vector<Result<Value>> NodeJails::run_chunk_burst(Isolation level, std::span<const sandbox::RunInput* const> inputs,
+                                                      std::span<sandbox::HostCalls* const> hosts) {
+  if (level == Isolation::process && inputs.size() > 1) {
+    Result<sandbox::Jail*> jail = jails_.get(level);
+    if (auto* process = jail ? dynamic_cast<sandbox::ProcessJail*>(*jail) : nullptr) return process->run_burst(inputs, hosts);
+  }
+  std::vector<Result<Value>> results;
+  results.reserve(inputs.size());
+  for (std::size_t i = 0; i < inputs.size(); ++i) results.push_back(run_chunk(level, *inputs[i], hosts[i]));
+  return results;
+}
+
 Result<sandbox::AgentOutcome> NodeJails::run_agent_step(Isolation level, const sandbox::RunInput& input,
                                                         const sandbox::AgentInput& agent, sandbox::HostCalls* host) {
   return jails_.run_agent(level, input, agent, host);

@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <mutex>
 #include <optional>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -41,6 +42,11 @@ class NodeJails {
   // started and has one (ProcessJail::run_if_warm); nullopt at once otherwise.
   std::optional<Result<Value>> run_chunk_if_warm(const sandbox::RunInput& input, sandbox::HostCalls* host,
                                                  std::uint32_t kill_grace_ms);
+  // Chunks at one level, in order: at `process` in one warm guest at once where they share
+  // a principal (ProcessJail::run_burst), otherwise one by one. results[i] is run_chunk's for
+  // inputs[i].
+  std::vector<Result<Value>> run_chunk_burst(Isolation level, std::span<const sandbox::RunInput* const> inputs,
+                                             std::span<sandbox::HostCalls* const> hosts);
   Result<sandbox::AgentOutcome> run_agent_step(Isolation level, const sandbox::RunInput& input,
                                                const sandbox::AgentInput& agent, sandbox::HostCalls* host);
   // Strong steps (Jail::run_strong, Jail::resume_strong) at a level; trusted refuses them.

@@ -8,6 +8,7 @@
 #include <boost/asio/ip/address.hpp>
 #include <boost/asio/use_awaitable.hpp>
 
+#include "agents/eval_queue.hpp"
 #include "agents/node_host_calls.hpp"
 #include "agents/node_jails.hpp"
 #include "agents/node_runtime.hpp"
@@ -21,6 +22,10 @@ namespace sojourn {
 
 namespace {
 
+// The most queued evaluations one worker takes at a time (EvalQueue): their replies go back
+// together, so the first waits for the rest of its burst; a lone request is a burst of one.
+constexpr std::size_t kEvalBurst = 8;
+
 bool is_loopback(const Address& a) {
   if (a.host == "localhost") return true;
   boost::system::error_code ec;
@@ -32,7 +37,11 @@ bool is_loopback(const Address& a) {
 
 NodeServer::NodeServer(const NodeOptions& options, NodeRuntime& runtime, const ServiceRegistry& services,
                        NodeTrust& trust, NodeJails& jails, NodeCounters& counters)
-    : options_(options), runtime_(runtime), services_(services), trust_(trust), jails_(jails), counters_(counters) {}
+    : options_(options), runtime_(runtime), services_(services), trust_(trust), jails_(jails), counters_(counters),
+      eval_queue_(std::make_unique<EvalQueue>(runtime.workers(), std::max<std::size_t>(1, options.worker_threads),
+                                              kEvalBurst, [this](std::span<EvalJob*> jobs) { run_eval_burst(jobs); })) {}
+
+NodeServer::~NodeServer() = default;
 
 std::string NodeServer::advertised() const {
   std::lock_guard lock(advertised_mutex_);
@@ -282,6 +291,8 @@ std::optional<Reply> NodeServer::try_inline_unless_saturated(const EvalRequest& 
   constexpr auto kBackToBack = std::chrono::microseconds(5);
   const auto now = std::chrono::steady_clock::now();
   if (now - last_inline_end_ < kBackToBack) return std::nullopt;
+  // Evaluations wait in the queue or run there (a burst): this one joins them, in order.
+  if (eval_queue_->busy()) return std::nullopt;
   std::optional<Reply> fast = try_inline_eval(request, peer);
   last_inline_end_ = std::chrono::steady_clock::now();
   if (fast) ++counters_.evals_inline;
@@ -292,13 +303,23 @@ asio::awaitable<Reply> NodeServer::serve_eval(EvalRequest request, const PeerIde
   if (runtime_.shutting_down()) co_return reply_error(errors::shutting_down());
   // No inline attempt here: the server asked handle_now (eval_now) first (link.hpp), and a
   // second attempt would hold the network thread for a second budget.
-  // Signature checks cost tens of microseconds: on the workers, with the run.
-  Reply reply = co_await on_workers(runtime_.workers(), [this, &request, &peer] { return run_eval(request, peer); });
+  // Signature checks cost tens of microseconds: on the workers, with the run. Queued: a
+  // pipelining client's evaluations run back to back on one worker, a burst at a time.
+  Reply reply = co_await eval_queue_->run(request, peer);
   co_return reply;
 }
 
+// An evaluation admitted to run: its level, principal, input and host calls.
+struct NodeServer::AdmittedEval {
+  Isolation level = Isolation::trusted;
+  std::string principal;  // input.principal views it: an AdmittedEval never moves once filled
+  sandbox::RunInput input;
+  std::unique_ptr<NodeHostCalls> host;
+};
+
 // The policy decides by the author's key (a signed chunk) and the sender's TLS identity.
-Reply NodeServer::run_eval(const EvalRequest& request, const PeerIdentity& peer) {
+// nullopt when the evaluation may run (`admitted` filled), else the refusal.
+std::optional<Reply> NodeServer::admit_eval(const EvalRequest& request, const PeerIdentity& peer, AdmittedEval& admitted) {
   // A signed chunk: its signature, then its freshness (a bad signature never uses up a nonce).
   std::string signer;
   if (!request.signer.empty()) {
@@ -321,22 +342,76 @@ Reply NodeServer::run_eval(const EvalRequest& request, const PeerIdentity& peer)
   // downgraded.
   Result<Isolation> level = trust_.level_for(request.isolation, rule);
   if (!level) return reply_error(level.error());
+  admitted.level = *level;
   // Warm guests serve one principal: the signer, else the authenticated peer, else anyone
   // anonymous (docs/jails.md).
-  const std::string principal = !signer.empty()           ? "signer " + signer
-                                : peer.authenticated() ? "peer " + peer.fingerprint
-                                                       : std::string("anonymous");
-  sandbox::RunInput input = eval_input(request, rule, principal);
+  admitted.principal = !signer.empty()           ? "signer " + signer
+                       : peer.authenticated() ? "peer " + peer.fingerprint
+                                              : std::string("anonymous");
+  admitted.input = eval_input(request, rule, admitted.principal);
   // `node.call` reaches this node: the code went to the resource.
-  NodeHostCalls host(services_, *modules_, nullptr, {}, rule);
-  const auto started = std::chrono::steady_clock::now();
-  Result<Value> r = jails_.run_chunk(*level, input, &host);
-  const std::string level_name(isolation_name(*level));
-  counters_.metrics.eval_seconds.observe({level_name}, std::chrono::steady_clock::now() - started);
-  if (*level != Isolation::trusted) counters_.metrics.jail_starts.inc({level_name});
-  Reply reply = r ? reply_ok(std::move(*r)) : reply_error(r.error());
-  reply.isolation = *level;
-  return reply;
+  admitted.host = std::make_unique<NodeHostCalls>(services_, *modules_, nullptr, std::string{}, rule);
+  return std::nullopt;
+}
+
+void NodeServer::run_eval_burst(std::span<EvalJob*> jobs) {
+  std::vector<std::optional<AdmittedEval>> admitted(jobs.size());
+  for (std::size_t i = 0; i < jobs.size(); ++i) {
+    try {
+      admitted[i].emplace();
+      if (std::optional<Reply> refused = admit_eval(*jobs[i]->request, *jobs[i]->peer, *admitted[i])) {
+        jobs[i]->reply = std::move(*refused);
+        jobs[i]->finished = true;
+        admitted[i].reset();
+      }
+    } catch (...) {
+      jobs[i]->failed = std::current_exception();
+      jobs[i]->finished = true;
+      admitted[i].reset();
+    }
+  }
+  // Consecutive admitted evaluations of one principal at one level run together: at
+  // `process`, in one warm guest at once (NodeJails::run_chunk_burst), in arrival order.
+  for (std::size_t i = 0; i < jobs.size();) {
+    if (!admitted[i]) {
+      ++i;
+      continue;
+    }
+    std::size_t end = i + 1;
+    while (end < jobs.size() && admitted[end] && admitted[end]->level == admitted[i]->level &&
+           admitted[end]->principal == admitted[i]->principal) {
+      ++end;
+    }
+    std::vector<const sandbox::RunInput*> inputs;
+    std::vector<sandbox::HostCalls*> hosts;
+    for (std::size_t k = i; k < end; ++k) {
+      inputs.push_back(&admitted[k]->input);
+      hosts.push_back(admitted[k]->host.get());
+    }
+    const Isolation level = admitted[i]->level;
+    const std::string level_name(isolation_name(level));
+    try {
+      const auto started = std::chrono::steady_clock::now();
+      std::vector<Result<Value>> results = jails_.run_chunk_burst(level, inputs, hosts);
+      // A burst's runs are observed at its time shared out evenly (no run's own is known).
+      const auto each = (std::chrono::steady_clock::now() - started) / static_cast<int>(end - i);
+      for (std::size_t k = i; k < end; ++k) {
+        counters_.metrics.eval_seconds.observe({level_name}, each);
+        if (level != Isolation::trusted) counters_.metrics.jail_starts.inc({level_name});
+        Result<Value>& r = results[k - i];
+        Reply reply = r ? reply_ok(std::move(*r)) : reply_error(r.error());
+        reply.isolation = level;
+        jobs[k]->reply = std::move(reply);
+        jobs[k]->finished = true;
+      }
+    } catch (...) {
+      for (std::size_t k = i; k < end; ++k) {
+        if (!jobs[k]->finished) jobs[k]->failed = std::current_exception();
+        jobs[k]->finished = true;
+      }
+    }
+    i = end;
+  }
 }
 
 sandbox::RunInput NodeServer::eval_input(const EvalRequest& request, const PolicyRule* rule,

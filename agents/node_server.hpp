@@ -9,6 +9,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <span>
 #include <string>
 #include <string_view>
 #include <unordered_map>
@@ -22,6 +23,8 @@
 
 namespace sojourn {
 
+class EvalQueue;
+struct EvalJob;
 class ModuleSource;
 class NodeJails;
 class NodeRuntime;
@@ -34,6 +37,7 @@ class NodeServer final : public RequestHandler {
  public:
   NodeServer(const NodeOptions& options, NodeRuntime& runtime, const ServiceRegistry& services, NodeTrust& trust,
              NodeJails& jails, NodeCounters& counters);
+  ~NodeServer() override;
   NodeServer(const NodeServer&) = delete;
   NodeServer& operator=(const NodeServer&) = delete;
 
@@ -78,7 +82,12 @@ class NodeServer final : public RequestHandler {
                                                             const PeerIdentity& peer);
   // The inline attempt itself unless the fast path looks saturated (requests back to back).
   std::optional<Reply> try_inline_unless_saturated(const EvalRequest& request, const PeerIdentity& peer);
-  Reply run_eval(const EvalRequest& request, const PeerIdentity& peer);
+  // A burst of queued evaluations on one worker (EvalQueue), in order.
+  void run_eval_burst(std::span<EvalJob*> jobs);
+  struct AdmittedEval;
+  // Signature, freshness, policy and level of an evaluation: nullopt when it may run (and
+  // `admitted` is filled), else its refusal.
+  std::optional<Reply> admit_eval(const EvalRequest& request, const PeerIdentity& peer, AdmittedEval& admitted);
   // The fast path, on the network thread: the reply of a small unsigned evaluation at
   // `trusted` that stayed within the inline budgets and services, or nullopt when it must run
   // on a worker instead (nothing it did had an effect: it was stopped before any other call).
@@ -119,6 +128,7 @@ class NodeServer final : public RequestHandler {
   std::string last_ok_service_;                           // the service counted last, and its series
   std::atomic<std::uint64_t>* last_ok_counter_ = nullptr;
   std::vector<std::unique_ptr<TcpServer>> servers_;
+  std::unique_ptr<EvalQueue> eval_queue_;  // evaluations on their way to the workers
   std::vector<std::string> inproc_names_;
 
   mutable std::mutex advertised_mutex_;

@@ -9,6 +9,7 @@
 #include <array>
 #include <cerrno>
 #include <cstring>
+#include <deque>
 #include <exception>
 #include <new>
 #include <string>
@@ -81,6 +82,25 @@ struct Carried {
 };
 Carried g_carried;
 
+// The burst being served (channel::Batch): its runs still to come, and whether one of its runs
+// so far called across (its later runs' carried reads, read at its start, may then be stale).
+struct Burst {
+  std::uint32_t left = 0;
+  bool crossed = false;
+};
+Burst g_burst;
+bool g_run_crossed = false;  // the current run made a call that crossed the channel
+// The burst's frames not yet served, all read at its batch frame: on the channel they come
+// before any host_reply its runs wait for.
+std::deque<Frame> g_burst_frames;
+
+std::optional<Frame> next_frame(int fd, std::uint32_t max_payload) {
+  if (g_burst_frames.empty()) return read_frame(fd, max_payload);
+  Frame frame = std::move(g_burst_frames.front());
+  g_burst_frames.pop_front();
+  return frame;
+}
+
 // The carried answer for this call, if any.
 const Value* carried_answer(std::string_view service, const Value& args) {
   Carried& carried = g_carried;
@@ -109,6 +129,7 @@ class ChannelHost final : public HostCalls {
 
   Result<Value> call(std::string_view service, const Value& args) override {
     if (const Value* answer = carried_answer(service, args)) return *answer;
+    g_run_crossed = true;
     channel::HostCall request{std::string(service), args};
     if (!write_all(fd_, channel::encode_frame(request))) return broken();
     std::optional<Frame> frame = read_frame(fd_, kMaxRequestBytes);
@@ -385,24 +406,50 @@ bool serve_one_run(int fd) {
   Kind kind = Kind::run;
   try {
     g_carried = Carried{};
-    std::optional<Frame> frame = read_frame(fd, kMaxRequestBytes);
+    g_run_crossed = false;
+    std::optional<Frame> frame = next_frame(fd, kMaxRequestBytes);
+    if (frame && frame->kind == Kind::batch) {
+      // A burst's runs come in one write (no burst inside another, none empty or too long).
+      Result<channel::Batch> batch = channel::decode_payload<channel::Batch>(frame->payload);
+      if (!batch || g_burst.left != 0 || batch->count == 0 || batch->count > channel::kMaxBatchRuns) return false;
+      g_burst = Burst{batch->count, false};
+      // Every run of it (each after its carried reads) read now, before the first runs.
+      for (std::uint32_t i = 0; i < batch->count; ++i) {
+        std::optional<Frame> part = read_frame(fd, kMaxRequestBytes);
+        if (part && part->kind == Kind::carried_reads) {
+          g_burst_frames.push_back(std::move(*part));
+          part = read_frame(fd, kMaxRequestBytes);
+        }
+        if (!part || part->kind != Kind::run) return false;
+        g_burst_frames.push_back(std::move(*part));
+      }
+      frame = next_frame(fd, kMaxRequestBytes);
+    }
+    const bool in_burst = g_burst.left > 0;
     if (frame && frame->kind == Kind::carried_reads) {
       // Carried reads come with a run request, in the same write: the run frame follows.
       Result<channel::CarriedReads> carried = channel::decode_payload<channel::CarriedReads>(frame->payload);
       if (!carried) return false;
       g_carried.reads = std::move(carried->reads);
       g_carried.used.assign(g_carried.reads.size(), '\0');
-      g_carried.valid = true;
-      frame = read_frame(fd, kMaxRequestBytes);
+      // After a crossing earlier in the burst the store may have changed since they were read:
+      // unused (all reported unused), every call of this run crosses.
+      g_carried.valid = !(in_burst && g_burst.crossed);
+      frame = next_frame(fd, kMaxRequestBytes);
       if (!frame || frame->kind != Kind::run) return false;
     }
     if (!frame || (frame->kind != Kind::run && frame->kind != Kind::agent && frame->kind != Kind::resume)) return false;
+    if (in_burst && frame->kind != Kind::run) return false;  // a burst holds plain runs only
     kind = frame->kind == Kind::run ? Kind::run : Kind::agent;
     // Agent steps make their own state: the arena goes back to pristine first (a strong
     // step's image then holds only its agent).
     if (frame->kind != Kind::run) set_aside_warm_state();
     bool strong = frame->kind == Kind::resume;
     std::vector<std::uint8_t> answer = serve_request(fd, *frame, limits, strong);
+    if (in_burst) {
+      --g_burst.left;
+      g_burst.crossed = g_burst.crossed || g_run_crossed;
+    }
     if (!g_carried.reads.empty()) {
       // Which carried reads the run used goes just before its answer, in the same write.
       std::vector<std::uint8_t> used = channel::encode_frame(channel::ReadsUsed{g_carried.used});

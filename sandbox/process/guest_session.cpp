@@ -134,7 +134,8 @@ Conversation converse(HostChannel& channel, std::span<const std::uint8_t> reques
   if (heap_span != nullptr) read_limits.max_payload = std::max(read_limits.max_payload, max_frame_bytes + kFrameSlack);
   bool span_seen = false;
   Conversation talk;
-  talk.status = channel.write(request);
+  // No request: it went earlier, with the rest of a burst (run_burst_in_warm_guest).
+  if (!request.empty()) talk.status = channel.write(request);
   Kind kind{};
   std::vector<std::uint8_t> payload;
   while (talk.status == ChannelStatus::ok) {
@@ -320,6 +321,9 @@ namespace {
 constexpr std::size_t kMaxCarriedValueBytes = 4096;
 constexpr std::size_t kMaxLearnedSource = 16 * 1024;
 constexpr std::size_t kMaxLearnedChunks = 8;
+// A burst's frames in one write, at most: far below a stream socket's buffer, so the write
+// never waits for the guest to read.
+constexpr std::size_t kMaxBurstBytes = 48 * 1024;
 
 WarmGuest::LearnedReads* learned_for(WarmGuest& warm, std::string_view source) {
   for (WarmGuest::LearnedReads& learned : warm.learned) {
@@ -574,6 +578,74 @@ Result<StrongOutcome> strong_outcome(std::span<const std::uint8_t> done, DirectP
   }
   strong.step = std::move(*outcome);
   return strong;
+}
+
+std::size_t run_burst_in_warm_guest(WarmGuest& warm, std::span<BurstRun> runs, std::uint32_t kill_grace_ms,
+                                    SessionCounters& counters, bool& reusable) {
+  reusable = false;
+  if (runs.empty()) return 0;
+  // The runs' frames, each after its carried reads, as many as fit the burst's bytes (past
+  // them, the host's write could wait on the guest while the guest waits on a host call).
+  std::vector<std::uint8_t> frames;
+  std::vector<CarriedSession> carried(runs.size());
+  std::vector<bool> carry(runs.size(), false);
+  std::size_t count = 0;
+  for (; count < runs.size() && count < channel::kMaxBatchRuns; ++count) {
+    const BurstRun& run = runs[count];
+    const std::vector<std::uint8_t> request = channel::encode_frame(make_run_request(*run.input, run.host));
+    carry[count] = run.host != nullptr && run.input->source.size() <= kMaxLearnedSource;
+    const std::vector<std::uint8_t> with_reads =
+        carry[count] ? request_with_reads(warm, run.input->source, request, *run.host, carried[count]) : std::vector<std::uint8_t>{};
+    const std::vector<std::uint8_t>& bytes = with_reads.empty() ? request : with_reads;
+    if (count > 0 && frames.size() + bytes.size() > kMaxBurstBytes) break;
+    frames.insert(frames.end(), bytes.begin(), bytes.end());
+  }
+  std::vector<std::uint8_t> burst = channel::encode_frame(channel::Batch{static_cast<std::uint32_t>(count)});
+  burst.insert(burst.end(), frames.begin(), frames.end());
+
+  const std::optional<std::uint64_t> before = warm.rest_cpu_us ? warm.rest_cpu_us : guest_cpu_time_us(warm);
+  warm.rest_cpu_us.reset();
+  const auto deadline_of = [&](const RunInput& input) {
+    return Clock::now() + std::chrono::milliseconds(input.limits.wall_ms + kill_grace_ms);
+  };
+  HostChannel channel(std::move(warm.channel), deadline_of(*runs[0].input), runs[0].input->abort,
+                      warm.timed_receive ? ChannelWaits::timed_receive : ChannelWaits::poll);
+  const ChannelStatus wrote = channel.write(burst);
+  for (std::size_t i = 0; i < count; ++i) {
+    BurstRun& run = runs[i];
+    const RunInput& input = *run.input;
+    // Each run's own wall-clock budget, from its predecessor's answer (the first's from the write).
+    if (i > 0) channel.set_deadline(deadline_of(input));
+    Conversation talk;
+    talk.status = wrote;
+    if (wrote == ChannelStatus::ok) {
+      talk = converse(channel, {}, Kind::run_done, input.limits, run.host, input.max_result_bytes, nullptr, 0, nullptr,
+                      carry[i] ? &carried[i] : nullptr);
+    }
+    if (!talk.done) {
+      // Killed (a limit, a broken frame) or gone: this run's error; the later ones never started.
+      run.outcome = unanswered(*warm.zygote, warm.guest, talk, input.limits, counters).error();
+      return i + 1;
+    }
+    if (carry[i]) settle_reads(warm, input.source, *run.host, carried[i]);
+    run.outcome = run_outcome(*talk.done);
+    ++warm.runs;
+    if (!run.outcome && run.outcome.error().code == Errc::guest_crashed) {
+      // An answer that does not decode, or an error a run cannot end with: the guest is not
+      // trusted with the rest. The later runs had no effect (their host calls are answered
+      // only in their own turn): the caller runs them elsewhere.
+      ::syscall(SYS_pidfd_send_signal, warm.guest.pidfd.get(), SIGKILL, nullptr, 0);
+      warm.zygote->forget(warm.guest.id);
+      return i + 1;
+    }
+  }
+  // Read once a burst (not once a run, as a single run spares it): from the burst's start, its
+  // runs' CPU time would be over a reset's allowance at the next take, which then reads the
+  // guest's state from /proc.
+  warm.settled_cpu_us = guest_cpu_time_us(warm).value_or(before.value_or(0));
+  warm.channel = channel.release();
+  reusable = warm.channel.valid();
+  return count;
 }
 
 }  // namespace sojourn::sandbox

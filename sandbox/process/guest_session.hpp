@@ -107,6 +107,26 @@ Result<std::vector<std::uint8_t>> run_in_warm_guest(WarmGuest& warm, const RunIn
                                                     std::span<const std::uint8_t> request, channel::Kind done,
                                                     HostCalls* host, const SessionOptions& options,
                                                     SessionCounters& counters, bool& reusable);
+// A burst of plain runs of one principal in one warm guest, its CPU limit armed for all of
+// them (docs/jails.md, "Bursts"): a batch frame and the runs' requests (each with its carried
+// reads) in one write, then each answer in order, each run under its own wall-clock deadline
+// (from its predecessor's answer; the first from the write), memory limit and host calls.
+// Returns how many runs got an outcome (BurstRun::outcome): all of the first `n`, where the
+// burst may stop short of runs.size() (at most channel::kMaxBatchRuns runs and kMaxBurstBytes
+// of frames). When the guest ended during run k (killed at a limit, crashed, broke the
+// protocol, or answered with something that does not decode, which kills it), run k has that
+// error, k + 1 is returned, and the runs after k had no effect (a host call is answered only in
+// its run's turn; a guest killed may have begun the next run, never past its first call):
+// the caller runs them elsewhere.
+// `reusable` as run_in_warm_guest's, when every run of the burst was answered.
+struct BurstRun {
+  const RunInput* input = nullptr;
+  HostCalls* host = nullptr;
+  Result<Value> outcome = Value{};
+};
+std::size_t run_burst_in_warm_guest(WarmGuest& warm, std::span<BurstRun> runs, std::uint32_t kill_grace_ms,
+                                    SessionCounters& counters, bool& reusable);
+
 // A warm guest's CPU-time rlimit for its next run under `limits`: RLIMIT_CPU counts the whole
 // process, so the host (never the guest) sets the soft limit to the run's budget over what
 // the guest used, below the hard limit its fork set for its life. False when the guest is

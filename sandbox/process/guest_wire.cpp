@@ -110,6 +110,7 @@ std::string_view kind_name(Kind kind) noexcept {
     case Kind::pages_wanted: return "pages_wanted";
     case Kind::heap_ready: return "heap_ready";
     case Kind::carried_reads: return "carried_reads";
+    case Kind::batch: return "batch";
     case Kind::reads_used: return "reads_used";
     case Kind::host_call: return "host_call";
     case Kind::run_done: return "run_done";

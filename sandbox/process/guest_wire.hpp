@@ -20,7 +20,7 @@ namespace sojourn::sandbox::channel {
 
 inline constexpr std::size_t kHeaderBytes = 5;
 // Bumped with any change to a message: a zygote that speaks another version is refused.
-inline constexpr std::uint32_t kProtocolVersion = 5;
+inline constexpr std::uint32_t kProtocolVersion = 6;
 
 enum class Kind : std::uint8_t {
   // host -> guest, on the run's channel
@@ -33,6 +33,7 @@ enum class Kind : std::uint8_t {
   pages_taken = 6,   // (empty) the host read a strong stop's kept pages out of the guest itself
   pages_wanted = 7,  // (empty) the host could not: the guest sends them as a heap_pages frame
   carried_reads = 8,  // CarriedReads: read-only answers for the run frame that follows it in the same write
+  batch = 9,          // Batch: the next `count` run requests (each with its carried reads) are one burst
   // guest -> host, on the run's channel
   host_call = 10,    // HostCall: node.call (and later agent.*) from Lua
   run_done = 11,     // Outcome: the run's results or its error; the guest exits after it
@@ -130,6 +131,19 @@ struct CarriedReads {
   std::vector<CarriedRead> reads;  // at most kMaxCarriedReads
   template <class F> void fields(F& f) { f(reads); }
 };
+
+// A burst of one principal's runs written at once (docs/jails.md, "Bursts"): `count` run
+// frames follow, each after its own carried_reads when it has some. The guest serves them in
+// order and answers each as usual (its reads_used, then its run_done). Once a run of the burst
+// has called across (any node.call not answered from its carried reads), the later runs of the
+// burst ignore their carried reads (read at the burst's start, they may be stale after it) and
+// every call of theirs crosses.
+struct Batch {
+  static constexpr Kind kKind = Kind::batch;
+  std::uint32_t count = 0;
+  template <class F> void fields(F& f) { f(count); }
+};
+inline constexpr std::uint32_t kMaxBatchRuns = 16;
 
 // One byte per carried read of the run, 1 when node.call got it. Only what the guest says:
 // it is charged for those it claims (HostCalls::carried_used) and the host learns from it

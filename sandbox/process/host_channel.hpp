@@ -54,6 +54,8 @@ class HostChannel {
   // Moves the deadline later by `by`: time the host spent on its own work while the guest
   // waited (sealing or opening a strong step's pages) is not the guest's.
   void extend_deadline(Clock::duration by) { deadline_ += by; }
+  // A new deadline: the next run of a burst, counted from its predecessor's answer.
+  void set_deadline(Clock::time_point deadline) { deadline_ = deadline; }
   // The declared payload length of the last frame refused as too large.
   std::uint64_t refused_length() const { return refused_length_; }
   // The descriptor, for a warm guest's next run; invalid (and closed) when bytes past the

@@ -277,3 +277,32 @@ TEST_CASE("at the process level a repeated read gets the store as of each evalua
     CHECK(r->results.get(2).as_integer() == i + 10);
   }
 }
+
+TEST_CASE("at the process level many evaluations in flight on one connection each get their own answer, in bursts") {
+  ProcessServer n;
+  n.until_inline();
+  // Queued behind each other, they run as bursts in warm guests (docs/jails.md, "Bursts"):
+  // each with its own arguments, its own carried read, and one raising among them.
+  std::vector<std::future<Result<EvalResult>>> futures;
+  for (int i = 0; i < 48; ++i) {
+    const char* source = i % 7 == 3 ? "local x = ... error('no ' .. x, 0)" : "local x = ... return x * 2 + node.call('kv.get', 'k')";
+    futures.push_back(asio::co_spawn(node_executor(n.client), async_eval(n.client, n.address, source, Value::array({i})),
+                                     asio::use_future));
+  }
+  for (int i = 0; i < 48; ++i) {
+    auto r = futures[static_cast<std::size_t>(i)].get();
+    if (i % 7 == 3) {
+      REQUIRE_FALSE(r.ok());
+      CHECK(r.error().code == Errc::lua_error);
+      CHECK(r.error().message == "Lua error: no " + std::to_string(i));
+      continue;
+    }
+    REQUIRE_MESSAGE(r.ok(), (r.ok() ? "" : r.error().message));
+    CHECK(r->results.get(1).as_integer() == 2 * i + 41);
+    CHECK(r->isolation == Isolation::process);
+  }
+  // The node serves on, one evaluation at a time.
+  auto after = n.client.eval(n.address, "return node.call('kv.get', 'k') + 1");
+  REQUIRE(after.ok());
+  CHECK(after->results.get(1).as_integer() == 42);
+}

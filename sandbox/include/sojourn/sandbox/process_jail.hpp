@@ -6,7 +6,9 @@
 #include <cstdint>
 #include <memory>
 #include <optional>
+#include <span>
 #include <string>
+#include <vector>
 
 #include "sojourn/core/error.hpp"
 #include "sojourn/core/value.hpp"
@@ -44,6 +46,8 @@ struct ProcessJailStatus {
   std::uint64_t guests_killed = 0;   // by the host: deadline, abort, oversized output
   std::uint64_t zygote_starts = 0;   // 1 + restarts after the zygote died
   std::uint64_t guests_reused = 0;   // runs served by a warm guest (no fork on their path)
+  std::uint64_t bursts = 0;          // run_burst's bursts served in one guest
+  std::uint64_t burst_runs = 0;      // runs those bursts answered (or ended at)
   std::uint64_t guests_warm = 0;     // idle warm guests now
   std::uint64_t guests_refilled = 0; // warm guests forked off the request path
   // A strong step's kept pages, each stop and resume: moved through the guest's memory, or
@@ -81,6 +85,14 @@ class ProcessJail : public Jail {
   // asked for). The same results and errors as run otherwise.
   virtual std::optional<Result<Value>> run_if_warm(const RunInput& input, HostCalls* host,
                                                    std::uint32_t kill_grace_ms) = 0;
+  // Plain runs in one warm guest at once (docs/jails.md, "Bursts"), when they share a
+  // principal, a memory limit and the JIT choice: their requests go in one write and the guest
+  // answers each in turn, each run keeping its own limits, host calls, result or error. A run
+  // the guest did not get to because an earlier one ended it (a kill at a limit, a crash) is
+  // run again by itself, in another guest: it had no effect. Runs that do not share those
+  // (or with no pool) run one by one. results[i] is what run(*inputs[i], hosts[i]) would answer.
+  virtual std::vector<Result<Value>> run_burst(std::span<const RunInput* const> inputs,
+                                               std::span<HostCalls* const> hosts) = 0;
   virtual ProcessJailStatus status() const = 0;
 };
 
