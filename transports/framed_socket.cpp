@@ -1,13 +1,9 @@
 // Frame reading and the single-writer queue of a TCP or TLS connection.
 #include "transports/framed_socket.hpp"
 
-#include <sys/socket.h>
-#include <sys/uio.h>
 
 #include <algorithm>
-#include <array>
 #include <bit>
-#include <cerrno>
 #include <cstring>
 
 #include <boost/asio/ssl/stream.hpp>
@@ -342,47 +338,12 @@ void FramedSocket::write_queued() {
     write_buffers_.emplace_back(asio::buffer(out.bytes));
   }
   if (write_packed_.size() > run) write_buffers_.emplace_back(write_packed_.data() + run, write_packed_.size() - run);
-  if (!tls_ && write_now()) return;
   auto written = [self = shared_from_this()](boost::system::error_code ec, std::size_t) { self->write_done(ec); };
   if (tls_) {
     asio::async_write(*tls_, write_buffers_, std::move(written));
   } else {
     asio::async_write(socket_, write_buffers_, std::move(written));
   }
-}
-
-bool FramedSocket::write_now() {
-  // One non-blocking sendmsg of what write_buffers_ holds (at most the 64 segments Asio
-  // would pass). An error or a full socket buffer leaves everything to the asynchronous
-  // write, which waits, or reports the error as it always did.
-  constexpr std::size_t kMaxSegments = 64;
-  std::array<iovec, kMaxSegments> iov{};
-  const std::size_t count = std::min(write_buffers_.size(), kMaxSegments);
-  for (std::size_t i = 0; i < count; ++i) {
-    // SAFETY: sendmsg only reads through iov_base; the buffers stay alive in in_write_ and
-    // write_packed_ until write_done.
-    iov[i].iov_base = const_cast<void*>(write_buffers_[i].data());
-    iov[i].iov_len = write_buffers_[i].size();
-  }
-  msghdr msg{};
-  msg.msg_iov = iov.data();
-  msg.msg_iovlen = count;
-  ssize_t sent = -1;
-  do {
-    sent = ::sendmsg(socket_.native_handle(), &msg, MSG_DONTWAIT | MSG_NOSIGNAL);
-  } while (sent < 0 && errno == EINTR);
-  if (sent < 0) return false;
-  // Drops what was sent from the front of the buffers.
-  std::size_t left = static_cast<std::size_t>(sent);
-  std::size_t done = 0;
-  while (done < write_buffers_.size() && left >= write_buffers_[done].size()) left -= write_buffers_[done++].size();
-  if (done == write_buffers_.size()) {
-    write_done({});
-    return true;
-  }
-  write_buffers_.erase(write_buffers_.begin(), write_buffers_.begin() + static_cast<std::ptrdiff_t>(done));
-  write_buffers_.front() += left;
-  return false;
 }
 
 void FramedSocket::write_done(boost::system::error_code ec) {

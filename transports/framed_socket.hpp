@@ -100,11 +100,6 @@ class FramedSocket : public std::enable_shared_from_this<FramedSocket> {
   static constexpr std::size_t kSparePayloads = 64;
   static constexpr std::size_t kSparePayloadBytes = 256;
   void write_queued();
-  // Plain TCP: tries the gathered write at once (a reply, a request: the socket usually
-  // takes it all). True when all of it went: done without posting a completion, so
-  // without the reactor's extra poll that a posted completion costs; otherwise the
-  // buffers left are what the asynchronous write still has to send.
-  bool write_now();
   // The end of a write: counts it, frees its buffers, starts the next or closes.
   void write_done(boost::system::error_code ec);
   void release_due();
