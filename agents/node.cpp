@@ -2,6 +2,7 @@
 // Node::Impl composes (node_impl.hpp).
 #include "agents/node_impl.hpp"  // first: brings <utility> before any Asio header
 #include "agents/agent_runtime.hpp"
+#include "agents/heap_retention.hpp"
 #include "agents/node_testing.hpp"
 #include "agents/store/kv_store.hpp"
 #include "agents/store/node_store.hpp"
@@ -13,6 +14,7 @@
 namespace sojourn {
 
 Node::Node(NodeOptions options) : impl_(std::make_shared<Impl>(std::move(options))) {
+  retain_freed_heap_memory();  // before the first large message: a hop's buffers stay mapped
   impl_->links.set_owner(impl_);
   impl_->server.set_owner(impl_);
   Impl& i = *impl_;
