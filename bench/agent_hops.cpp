@@ -202,7 +202,8 @@ int main(int argc, char** argv) {
   // bench_agent_hops [HOPS] [--csv FILE] [--latency-only] [--bytes N] [--hop-only trusted|process]
   // HOPS: the tour's length (each agent's hops, one sample each). N: one state size only, for
   // a profile. --hop-only: that level's agent tour and nothing else (no floor, no REV, no
-  // throughput), so that `perf stat` over the run divided by HOPS is a hop's CPU time.
+  // throughput), so that `perf stat` over the run divided by HOPS is a hop's CPU time. HOPS is
+  // at least 10, or 3 with --hop-only.
   int hops = 200;
   std::string csv;
   bool latency_only = false;
@@ -222,7 +223,10 @@ int main(int argc, char** argv) {
       hops = std::atoi(argv[i]);
     }
   }
-  if (hops < 10) hops = 10;
+  // A latency table wants samples; a --hop-only run is divided by its hops (perf stat), so
+  // its tour may be as short as asked, down to the 3 hops that give one sample.
+  const int least = hop_only.empty() ? 10 : 3;
+  if (hops < least) hops = least;
   std::FILE* out = csv.empty() ? nullptr : std::fopen(csv.c_str(), "w");
   if (out != nullptr) std::fprintf(out, "id,unit,median,p99\n");
   auto csv_row = [out](const std::string& id, const LatencySummary& s) {
