@@ -1,10 +1,10 @@
 // A 1 MB agent hop allocates its state about seven times (the Lua string, the Value, the
 // TRANSFER, the call frame, the read buffer and the decodes at the destination) and frees it
 // again. With glibc's defaults those blocks are mapped per allocation (over the mmap
-// threshold) or trimmed back to the kernel when a few are freed together (the trim threshold
-// is twice the largest mapped block freed so far: 2 MB), so every hop faults ~1.7 MB of fresh zeroed pages
-// in again: ~550 page faults a hop, more CPU than the copies themselves. Raising both
-// thresholds keeps that memory in the arenas for the next hop.
+// threshold) or trimmed back to the kernel when a few are freed together (the trim
+// threshold is twice the largest mapped block freed so far: 2 MB), so every hop faults
+// ~1.7 MB of fresh zeroed pages in again: ~500 page faults a hop, more CPU than the copies
+// themselves. Raising both thresholds keeps that memory in the arenas for the next hop.
 #include "agents/heap_retention.hpp"
 
 #include <malloc.h>
