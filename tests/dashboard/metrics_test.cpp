@@ -303,13 +303,14 @@ TEST_CASE("/metrics counts the process jail's warm guests: a run served without 
   }
   const std::string metrics = get(port, "/metrics");
   CHECK(contains(metrics, "sojourn_jail_starts_total{isolation=\"process\"} 4\n"));
-  // Four anonymous runs: the first forks a guest; later ones find a guest of the same principal
-  // back in the pool (docs/jails.md, "Warm guests"). The count is the jail's own.
+  // Four anonymous runs: later ones find a guest of the same principal back in the pool
+  // (docs/jails.md, "Warm guests"); the first one too when the pool's background start of a
+  // guest was done before it came. The count is the jail's own: never more than the runs.
   const std::string hits = "sojourn_jail_warm_pool_hits_total{isolation=\"process\"} ";
   const auto at = metrics.find(hits);
   REQUIRE(at != std::string::npos);
   const long reused = std::stol(metrics.substr(at + hits.size()));
   CHECK(reused >= 1);
-  CHECK(reused <= 3);
+  CHECK(reused <= 4);
   node.shutdown(std::chrono::milliseconds(100));
 }
