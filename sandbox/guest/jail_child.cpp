@@ -69,6 +69,12 @@ bool request_waiting(int fd) {
   return ready > 0 && (channel.revents & POLLIN) != 0;
 }
 
+// A warm pool's guest is forked with a budget of one instruction (its runs bring their own
+// limits: process_jail.cpp, spawn_warm); a guest forked for one run, with that run's. A pool's
+// guest always prepares first, so that every run of its principal, the first included,
+// starts from the same prepared state (even collectgarbage('count') reads the same).
+bool forked_for_a_pool(const Limits& limits) { return limits.cpu_instructions == 1; }
+
 void set_limit(int fd, int resource, std::uint64_t value, const char* name, std::uint64_t hard_extra = 0) {
   const rlimit limit{value, value + hard_extra};
   if (::setrlimit(resource, &limit) != 0) fail_setup(fd, name);
@@ -143,7 +149,7 @@ void become_guest(const channel::SpawnRequest& request, int channel_fd, const Co
   sigaddset(&unblock, SIGXCPU);
   if (::sigprocmask(SIG_UNBLOCK, &unblock, nullptr) != 0) fail_setup(kChannelFd, "sigprocmask");
   // Asked before the filter, which allows no poll.
-  const bool answer_first = request_waiting(kChannelFd);
+  const bool answer_first = !forked_for_a_pool(request.limits) && request_waiting(kChannelFd);
   if (int rc = install_filter(filter); rc != 0) {
     errno = -rc;
     fail_setup(kChannelFd, "seccomp");
@@ -155,7 +161,7 @@ void become_guest(const channel::SpawnRequest& request, int channel_fd, const Co
   // is already asked for (a cold run) answers it first on a fresh state, as run_lua would: the
   // state's preparation (a full collection and a copy of the arena) is of use only to a
   // second run, and would sit on the first one's path. It is prepared after that answer, in
-  // the pristine arena the reset leaves. A guest forked ahead (a warm pool's) prepares at once.
+  // the pristine arena the reset leaves. A warm pool's guest prepares at once.
   if (!answer_first) prepare_warm_state(request.allow_jit);
   bool prepared = !answer_first;
   while (serve_one_run(kChannelFd)) {
