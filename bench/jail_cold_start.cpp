@@ -135,6 +135,7 @@ int main(int argc, char** argv) {
   using namespace sojourn::bench;
   std::size_t n = 200;
   std::string csv;  // --csv FILE: id,unit,median,p99 per row, for bench/run_peers.sh
+  std::string only;  // --only TEXT: only the rows whose name contains TEXT (for a profiler)
   bool usage = false;
   for (int i = 1; i < argc; ++i) {
     const std::string flag = argv[i];
@@ -142,12 +143,14 @@ int main(int argc, char** argv) {
       n = std::strtoul(argv[++i], nullptr, 10);
     } else if (flag == "--csv" && i + 1 < argc) {
       csv = argv[++i];
+    } else if (flag == "--only" && i + 1 < argc) {
+      only = argv[++i];
     } else {
       usage = true;
     }
   }
   if (n == 0 || usage) {
-    std::fprintf(stderr, "usage: bench_jail [--runs N] [--csv FILE]   (N > 0, default 200)\n");
+    std::fprintf(stderr, "usage: bench_jail [--runs N] [--csv FILE] [--only TEXT]   (N > 0, default 200)\n");
     return 2;
   }
   auto guest = sandbox::find_guest_binary("");
@@ -192,6 +195,15 @@ int main(int argc, char** argv) {
     }});
     rows.push_back({"bwrap ... sojourn-guest --serve (run)", [&, with] { return run_exec_guest(with({*guest, "--serve"})); }});
   }
+  if (!only.empty()) {
+    // Under a profiler: the other rows go, and so do the CSV ids (they are by position).
+    std::erase_if(rows, [&](const Row& row) { return row.name.find(only) == std::string::npos; });
+    csv.clear();
+    if (rows.empty()) {
+      std::fprintf(stderr, "bench_jail: no row's name contains \"%s\"\n", only.c_str());
+      return 2;
+    }
+  }
   constexpr std::size_t kRounds = 10;
   n = std::max(n, kRounds) / kRounds * kRounds;
   measure(rows, n, kRounds);
@@ -203,7 +215,7 @@ int main(int argc, char** argv) {
               status.namespace_fallback.empty() ? "" : "; missing: ", status.namespace_fallback.c_str());
   std::vector<LatencySummary> summaries;
   for (const Row& row : rows) summaries.push_back(summarize(row.samples));
-  const double base = summaries[1].median_us;
+  const double base = summaries[std::min<std::size_t>(1, summaries.size() - 1)].median_us;
   std::printf("%-44s %12s %12s %14s %9s\n", "start + run", "median us", "p99 us", "median/jail", "failed");
   for (std::size_t i = 0; i < rows.size(); ++i) {
     std::printf("%-44s %12.0f %12.0f %14.2f %9zu\n", rows[i].name.c_str(), summaries[i].median_us, summaries[i].p99_us,
@@ -222,6 +234,7 @@ int main(int argc, char** argv) {
     }
   }
 
+  if (!only.empty()) return 0;  // a profiled row alone
   // Memory: an idle guest waits for its request on the channel.
   std::printf("\nmemory of an idle guest (PSS from /proc/PID/smaps_rollup)\n");
   {

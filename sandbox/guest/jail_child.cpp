@@ -4,6 +4,7 @@
 #include "sandbox/guest/jail_child.hpp"
 
 #include <grp.h>
+#include <poll.h>
 #include <signal.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
@@ -56,6 +57,23 @@ void report_sigsys(int /*sig*/, siginfo_t* info, void* /*context*/) {
 // SIGXCPU at the CPU-time soft limit: the exit status tells the host why (the kernel's
 // SIGKILL at the hard limit would not: rusage is too coarse to tell it from another kill).
 void report_sigxcpu(int /*sig*/) { exit_now(channel::kCpuLimitExitStatus); }
+
+// Whether the host's first request already waits on the channel: then the host is waiting for
+// this guest's answer (a cold run), and the prepared state is built after the answer, not before.
+bool request_waiting(int fd) {
+  pollfd channel{fd, POLLIN, 0};
+  int ready = 0;
+  do {
+    ready = ::poll(&channel, 1, 0);
+  } while (ready < 0 && errno == EINTR);
+  return ready > 0 && (channel.revents & POLLIN) != 0;
+}
+
+// A warm pool's guest is forked with a budget of one instruction (its runs bring their own
+// limits: process_jail.cpp, spawn_warm); a guest forked for one run, with that run's. A pool's
+// guest always prepares first, so that every run of its principal, the first included,
+// starts from the same prepared state (even collectgarbage('count') reads the same).
+bool forked_for_a_pool(const Limits& limits) { return limits.cpu_instructions == 1; }
 
 void set_limit(int fd, int resource, std::uint64_t value, const char* name, std::uint64_t hard_extra = 0) {
   const rlimit limit{value, value + hard_extra};
@@ -130,6 +148,8 @@ void become_guest(const channel::SpawnRequest& request, int channel_fd, const Co
   sigaddset(&unblock, SIGSYS);
   sigaddset(&unblock, SIGXCPU);
   if (::sigprocmask(SIG_UNBLOCK, &unblock, nullptr) != 0) fail_setup(kChannelFd, "sigprocmask");
+  // Asked before the filter, which allows no poll.
+  const bool answer_first = !forked_for_a_pool(request.limits) && request_waiting(kChannelFd);
   if (int rc = install_filter(filter); rc != 0) {
     errno = -rc;
     fail_setup(kChannelFd, "seccomp");
@@ -137,9 +157,20 @@ void become_guest(const channel::SpawnRequest& request, int channel_fd, const Co
   // A warm guest: its runs start from a prepared Lua state, and after each answered run its
   // arena goes back to that state's snapshot; it waits for the next request, and the host ends
   // it (a kill, or closing the channel) when it is not reused. Prepared after the filter, as
-  // a run would be (lua_newstate's getrandom is allowed there).
-  prepare_warm_state(request.allow_jit);
-  while (serve_one_run(kChannelFd)) reset_after_run();
+  // a run would be (lua_newstate's getrandom is allowed there). A guest forked for a run that
+  // is already asked for (a cold run) answers it first on a fresh state, as run_lua would: the
+  // state's preparation (a full collection and a copy of the arena) is of use only to a
+  // second run, and would sit on the first one's path. It is prepared after that answer, in
+  // the pristine arena the reset leaves. A warm pool's guest prepares at once.
+  if (!answer_first) prepare_warm_state(request.allow_jit);
+  bool prepared = !answer_first;
+  while (serve_one_run(kChannelFd)) {
+    reset_after_run();
+    if (!prepared) {
+      prepare_warm_state(request.allow_jit);
+      prepared = true;
+    }
+  }
   exit_now(0);
 }
 
