@@ -446,7 +446,7 @@ void FixedArena::reset() noexcept {
   *this = over(static_cast<void*>(header_), bytes);
 }
 
-void FixedArena::restore(const std::byte* image, std::size_t bytes) noexcept {
+std::size_t FixedArena::restore(const std::byte* image, std::size_t bytes) noexcept {
   const std::size_t written = peak();
   auto* base = as_bytes(static_cast<void*>(header_));
   // SAFETY: the image came from this region's first `bytes` bytes (bytes <= its size), and
@@ -455,6 +455,7 @@ void FixedArena::restore(const std::byte* image, std::size_t bytes) noexcept {
   std::memcpy(base, image, bytes);
   if (written > bytes) std::memset(base + bytes, 0, written - bytes);
   peak_ = header_->top;
+  return std::max(written, bytes);
 }
 
 namespace {

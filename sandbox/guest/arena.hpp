@@ -83,7 +83,8 @@ class FixedArena final : public LuaHeap {
   // over the start, zero from its end up to the highest top reached since (the pages stay
   // mapped). Whatever was live then is live again, at the same addresses, and nothing
   // allocated since is left. `image` must have come from this arena.
-  void restore(const std::byte* image, std::size_t bytes) noexcept;
+  // Returns the bytes it wrote.
+  std::size_t restore(const std::byte* image, std::size_t bytes) noexcept;
 
   struct Header;
 

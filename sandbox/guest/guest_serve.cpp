@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <array>
 #include <cerrno>
+#include <chrono>
 #include <cstring>
 #include <deque>
 #include <exception>
@@ -94,6 +95,87 @@ bool g_run_crossed = false;  // the current run made a call that crossed the cha
 // before any host_reply its runs wait for.
 std::deque<Frame> g_burst_frames;
 
+// Answers of a burst's runs not yet written: held while later runs of the burst run, then
+// written with the burst's last answer in one write (one wake-up of the host, not one per run;
+// docs/jails.md "Bursts"). The host waits for each run's answer against that run's deadline,
+// so none is held long: past kMaxHold it goes out at the next count hook of the run then
+// running, or before the next run starts; and before any call that crosses the channel (the
+// host answers a call in the turn of the run whose answer it waits for).
+struct HeldAnswers {
+  std::vector<std::uint8_t> bytes;
+  std::chrono::steady_clock::time_point since;  // when the oldest was held
+  int fd = -1;
+};
+HeldAnswers g_held;
+constexpr auto kMaxHold = std::chrono::milliseconds(1);
+// Reserved once: holding never allocates (an answer that does not fit goes out at once).
+constexpr std::size_t kMaxHeldBytes = 64 * 1024;
+
+// False when the channel broke (the caller's next write or read then fails too).
+bool flush_held() noexcept {
+  HeldAnswers& held = g_held;
+  if (held.bytes.empty()) return true;
+  const bool sent = write_all(held.fd, held.bytes);
+  held.bytes.clear();
+  return sent;
+}
+
+void flush_held_if_old() noexcept {
+  const HeldAnswers& held = g_held;
+  if (!held.bytes.empty() && std::chrono::steady_clock::now() - held.since >= kMaxHold) (void)flush_held();
+}
+
+// The burst's last run: its chunk, and whether it took under kMaxHold. An answer is held
+// only while the next run is that chunk again after a run that quick (a pipelining client's
+// repeated script): any other chunk may start with a stretch the count hook does not see
+// (its parse, a C function), so the answers before it go out first.
+struct LastBurstRun {
+  std::string source;
+  std::chrono::steady_clock::time_point started;
+  bool quick = false;
+};
+LastBurstRun g_last_burst_run;
+
+void before_burst_run(std::string_view source) {
+  LastBurstRun& last = g_last_burst_run;
+  if (!g_held.bytes.empty() && !(last.quick && last.source == source)) (void)flush_held();
+  last.started = std::chrono::steady_clock::now();
+}
+
+void after_burst_run(std::string_view source) noexcept {
+  LastBurstRun& last = g_last_burst_run;
+  last.quick = std::chrono::steady_clock::now() - last.started < kMaxHold;
+  try {
+    last.source.assign(source);
+  } catch (const std::bad_alloc&) {
+    last.quick = false;
+    last.source.clear();
+  }
+}
+
+// Holds `answer` when it may wait (more runs of the burst to come, room left); else writes
+// whatever is held and it, in one write.
+bool hold_or_write(int fd, std::vector<std::uint8_t>& answer, bool more_in_burst) {
+  HeldAnswers& held = g_held;
+  if (held.bytes.capacity() < kMaxHeldBytes) {
+    try {
+      held.bytes.reserve(kMaxHeldBytes);
+    } catch (const std::bad_alloc&) {
+      return write_all(fd, answer);  // nothing held yet: nothing can be reserved without it
+    }
+  }
+  const bool fits = held.bytes.size() + answer.size() <= kMaxHeldBytes;
+  if (fits && (more_in_burst || !held.bytes.empty())) {
+    if (held.bytes.empty()) {
+      held.since = std::chrono::steady_clock::now();
+      held.fd = fd;
+    }
+    held.bytes.insert(held.bytes.end(), answer.begin(), answer.end());
+    return more_in_burst || flush_held();
+  }
+  return flush_held() && write_all(fd, answer);
+}
+
 std::optional<Frame> next_frame(int fd, std::uint32_t max_payload) {
   if (g_burst_frames.empty()) return read_frame(fd, max_payload);
   Frame frame = std::move(g_burst_frames.front());
@@ -131,7 +213,7 @@ class ChannelHost final : public HostCalls {
     if (const Value* answer = carried_answer(service, args)) return *answer;
     g_run_crossed = true;
     channel::HostCall request{std::string(service), args};
-    if (!write_all(fd_, channel::encode_frame(request))) return broken();
+    if (!flush_held() || !write_all(fd_, channel::encode_frame(request))) return broken();
     std::optional<Frame> frame = read_frame(fd_, kMaxRequestBytes);
     if (!frame || frame->kind != Kind::host_reply) return broken();
     Result<channel::HostReply> reply = channel::decode_payload<channel::HostReply>(frame->payload);
@@ -395,8 +477,12 @@ std::vector<std::uint8_t> serve_request(int fd, const Frame& frame, Limits& limi
   if (!request) return channel::encode_frame(outcome_of(request.error()));
   limits = request->limits;
   if (Result<void> arena = ensure_arena(limits); !arena) return channel::encode_frame(outcome_of(arena.error()));
+  const bool in_burst = g_burst.left > 0;
+  if (in_burst) before_burst_run(request->source);
   run_test_hook(request->source);
-  return channel::encode_frame(outcome_of(run_weak(input_of(*request), request->has_host ? &channel_host : nullptr)));
+  Result<Value> outcome = run_weak(input_of(*request), request->has_host ? &channel_host : nullptr);
+  if (in_burst) after_burst_run(request->source);
+  return channel::encode_frame(outcome_of(outcome));
 }
 
 }  // namespace
@@ -404,6 +490,7 @@ std::vector<std::uint8_t> serve_request(int fd, const Frame& frame, Limits& limi
 bool serve_one_run(int fd) {
   Limits limits;
   Kind kind = Kind::run;
+  detail::set_hook_tick(flush_held_if_old);
   try {
     g_carried = Carried{};
     g_run_crossed = false;
@@ -445,6 +532,7 @@ bool serve_one_run(int fd) {
     // step's image then holds only its agent).
     if (frame->kind != Kind::run) set_aside_warm_state();
     bool strong = frame->kind == Kind::resume;
+    flush_held_if_old();
     std::vector<std::uint8_t> answer = serve_request(fd, *frame, limits, strong);
     if (in_burst) {
       --g_burst.left;
@@ -457,13 +545,16 @@ bool serve_one_run(int fd) {
       answer = std::move(used);
     }
     // A strong step's arena went into an image or came from one: such a guest serves no more.
-    return write_all(fd, answer) && !strong;
+    // (A burst holds plain runs only: an agent step's answer never waits.)
+    return hold_or_write(fd, answer, in_burst && g_burst.left > 0) && !strong;
   } catch (const std::bad_alloc&) {
     // The C++ heap ran into RLIMIT_AS; the arena refuses Lua allocations before that.
     const Error error = detail::limit_error(Errc::memory_limit, limits);
+    (void)flush_held();
     write_all(fd, kind == Kind::agent ? channel::encode_frame(agent_done_of(error)) : channel::encode_frame(outcome_of(error)));
   } catch (const std::exception& e) {
     const Error error = make_error(Errc::internal, std::string("internal error: guest: ") + e.what());
+    (void)flush_held();
     write_all(fd, kind == Kind::agent ? channel::encode_frame(agent_done_of(error)) : channel::encode_frame(outcome_of(error)));
   }
   return false;  // a guest that ran out of C++ heap or threw is not trusted with another run

@@ -38,6 +38,7 @@ struct Prepared {
   std::size_t bytes_in_use = 0;  // ctx.bytes_in_use at the snapshot
   bool ready = false;
   bool wanted = false;  // this guest keeps one (set aside for an agent step, rebuilt after)
+  std::size_t last_reset_bytes = 0;
 };
 
 Prepared g_prepared;
@@ -147,7 +148,6 @@ bool can_use_prepared(const RunInput& input) {
 }
 
 Result<Value> run_prepared(const RunInput& input, HostCalls* host) {
-  const Limits& limits = input.limits;
   // run_lua's checks, in its order and words.
   if (std::optional<Error> refused = detail::refused_input(input)) return *std::move(refused);
   Prepared& p = g_prepared;
@@ -188,11 +188,13 @@ void reset_after_run() {
   if (p.ready) {
     // A fresh run_lua beside the prepared state (a test chunk, a run with the JIT) closed its
     // own state; the run on the prepared one left it as it ended. Either way, back to the copy.
-    heap->restore(p.image.data(), p.image.size());
+    p.last_reset_bytes = heap->restore(p.image.data(), p.image.size());
     return;
   }
   heap->reset();
   if (p.wanted) (void)build(*heap);
 }
+
+WarmStateStats warm_state_stats() { return {g_prepared.image.size(), g_prepared.last_reset_bytes}; }
 
 }  // namespace sojourn::sandbox::guest

@@ -25,4 +25,12 @@ void set_aside_warm_state();
 // there is none), and the prepared state rebuilt if it was set aside.
 void reset_after_run();
 
+// What the prepared state costs to keep (benchmarks, tests): its snapshot's bytes, and the
+// bytes the last reset_after_run wrote back into the arena.
+struct WarmStateStats {
+  std::size_t snapshot_bytes = 0;
+  std::size_t last_reset_bytes = 0;
+};
+WarmStateStats warm_state_stats();
+
 }  // namespace sojourn::sandbox::guest

@@ -181,7 +181,10 @@ int next_interval(const RunContext& ctx) {
   return static_cast<int>(std::min<std::uint64_t>(kHookInterval, left + 1));
 }
 
+HookTick g_hook_tick = nullptr;
+
 void count_hook(lua_State* L, lua_Debug* /*unused*/) {
+  if (g_hook_tick != nullptr) g_hook_tick();
   RunContext& ctx = run_context(L);
   if (ctx.kill == Errc::ok) {
     ctx.instructions += static_cast<std::uint64_t>(ctx.hook_interval);
@@ -211,6 +214,8 @@ void arm_count_hook(lua_State* L, RunContext& ctx) {
 }
 
 void disarm_count_hook(lua_State* L) { lua_sethook(L, nullptr, 0, 0); }
+
+void set_hook_tick(HookTick tick) noexcept { g_hook_tick = tick; }
 
 void raise_kill(lua_State* L) {
   RunContext& ctx = run_context(L);

@@ -67,6 +67,11 @@ RunContext& run_context(lua_State* L);
 // Installs the count hook for the CPU budget, the deadline and the abort flag.
 void arm_count_hook(lua_State* L, RunContext& ctx);
 void disarm_count_hook(lua_State* L);
+// Called at every firing of the count hook, before its checks, when set (null: none). The
+// warm guest's: answers of a burst held back while a later run of it runs go out once they
+// are old (guest_serve.cpp, docs/jails.md "Bursts"). One per process; set once, at start.
+using HookTick = void (*)() noexcept;
+void set_hook_tick(HookTick tick) noexcept;
 
 // The message of a kill or memory limit, e.g. "CPU limit of 100 instructions exceeded".
 std::string limit_message(Errc code, const Limits& limits);

@@ -1,0 +1,83 @@
+// What a warm guest spends inside itself on one small evaluation, in process and without the
+// channel: run_weak on the prepared state (the chunk, one host call, the result converted),
+// then reset_after_run (the arena back to the snapshot). Prints the median and p99 of each
+// part, the snapshot's size and the bytes a reset rewrote. The loop is also the driver for a
+// callgrind profile of a warm guest's per-run work (docs/bench.md).
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <vector>
+
+#include "bench/stats.hpp"
+#include "sandbox/guest/arena.hpp"
+#include "sandbox/lua/lua_heap.hpp"
+#include "sandbox/guest/warm_state.hpp"
+#include "sojourn/sandbox/lua_sandbox.hpp"
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+using namespace sojourn;
+
+constexpr const char* kChunk = "local v = node.call('kv.get', 'k'); return v.x + 1";
+
+// node.call('kv.get', 'k') answers {x = 1}, as the node's store does in bench_roundtrip.
+struct StoreStub final : sandbox::HostCalls {
+  Result<Value> call(std::string_view, const Value&) override {
+    Value v = Value::table();
+    v.set("x", 1);
+    return v;
+  }
+};
+
+double us_since(Clock::time_point t0) { return std::chrono::duration<double, std::micro>(Clock::now() - t0).count(); }
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const long runs = argc > 1 ? std::strtol(argv[1], nullptr, 10) : 5000;
+  if (runs < 1 || runs > 10'000'000) {
+    std::fprintf(stderr, "usage: bench_warm_run [RUNS]   (1..10000000, default 5000)\n");
+    return 2;
+  }
+  const Limits limits{20'000, 16u << 20, 2'000};
+  // The arena a jailed guest maps for this quota, at its address.
+  Result<sandbox::guest::FixedArena> arena = sandbox::guest::FixedArena::map_at(
+      sandbox::guest::kArenaBase, sandbox::guest::arena_bytes_for_quota(limits.memory_bytes));
+  if (!arena) {
+    std::fprintf(stderr, "bench_warm_run: %s\n", arena.error().message.c_str());
+    return 1;
+  }
+  sandbox::use_lua_heap(&*arena);
+  sandbox::guest::prepare_warm_state(false);
+  StoreStub host;
+  sandbox::RunInput input;
+  input.source = kChunk;
+  input.chunk_name = "eval";
+  input.args = Value::table();
+  input.limits = limits;
+  std::vector<double> run_us, reset_us;
+  run_us.reserve(static_cast<std::size_t>(runs));
+  reset_us.reserve(static_cast<std::size_t>(runs));
+  for (long i = 0; i < runs; ++i) {
+    const auto t0 = Clock::now();
+    Result<Value> result = sandbox::guest::run_weak(input, &host);
+    run_us.push_back(us_since(t0));
+    if (!result || !result->is_table() || !result->get(Value(std::int64_t{1})).is_integer() ||
+        result->get(Value(std::int64_t{1})).as_integer() != 2) {
+      std::fprintf(stderr, "bench_warm_run: run %ld: %s\n", i, result ? "unexpected result" : result.error().message.c_str());
+      return 1;
+    }
+    const auto t1 = Clock::now();
+    sandbox::guest::reset_after_run();
+    reset_us.push_back(us_since(t1));
+  }
+  const sandbox::guest::WarmStateStats stats = sandbox::guest::warm_state_stats();
+  std::printf("| part | median us | p99 us |\n|---|---:|---:|\n");
+  const bench::LatencySummary run = bench::summarize(run_us);
+  const bench::LatencySummary reset = bench::summarize(reset_us);
+  std::printf("| run_weak | %.2f | %.2f |\n", run.median_us, run.p99_us);
+  std::printf("| reset_after_run | %.2f | %.2f |\n", reset.median_us, reset.p99_us);
+  std::printf("snapshot %zu bytes; last reset rewrote %zu bytes\n", stats.snapshot_bytes, stats.last_reset_bytes);
+  return 0;
+}
