@@ -198,7 +198,8 @@ Result<void> FramedSocket::take_buffered(std::vector<std::uint8_t>& payload, std
 asio::awaitable<Result<Frame>> FramedSocket::read_frame() {
   boost::system::error_code ec;
   frame_deadline_.reset();
-  if (!co_await fill(kFrameHeaderSize, ec)) {
+  // A header already buffered is not waited for: no coroutine of fill() is made for it.
+  if (read_end_ - read_begin_ < kFrameHeaderSize && !co_await fill(kFrameHeaderSize, ec)) {
     std::size_t have = read_end_ - read_begin_;
     if (auto refused = tls_read_error(ec)) co_return *refused;
     if (have == 0) co_return make_error(Errc::connection_closed, "connection closed: " + ec.message());
@@ -229,6 +230,42 @@ asio::awaitable<Result<Frame>> FramedSocket::read_frame() {
   // Until the reader next waits (fill), the replies it queues are held to go out together.
   if (batch_) holding_ = true;
   co_return frame;
+}
+
+std::optional<Result<FramedSocket::BufferedFrame>> FramedSocket::next_buffered() {
+  const std::size_t have = read_end_ - read_begin_;
+  if (have < kFrameHeaderSize) return std::nullopt;
+  std::span<const std::uint8_t, kFrameHeaderSize> head(read_buffer_.get() + read_begin_, kFrameHeaderSize);
+  auto header = parse_header(head, max_payload_);
+  if (!header) return Result<BufferedFrame>(header.error());
+  // A frame that fits in the read buffer is within the free part: no budget is charged
+  // for it (take_buffered would charge nothing either).
+  static_assert(kReadBufferBytes <= kFreePayloadBytes);
+  if (header->length > have - kFrameHeaderSize) return std::nullopt;
+  // SAFETY: header and payload (checked just above) lie in the buffered bytes.
+  BufferedFrame out{*header, std::span<const std::uint8_t>(read_buffer_.get() + read_begin_ + kFrameHeaderSize, header->length)};
+  read_begin_ += kFrameHeaderSize + header->length;
+  // As read_frame(): until the reader next waits, the replies it queues are held.
+  if (batch_) holding_ = true;
+  return Result<BufferedFrame>(out);
+}
+
+Frame FramedSocket::to_frame(const BufferedFrame& buffered) {
+  Frame frame;
+  frame.header = buffered.header;
+  if (!spare_payloads_.empty() && buffered.payload.size() <= kSparePayloadBytes) {
+    frame.payload = std::move(spare_payloads_.back());
+    spare_payloads_.pop_back();
+  }
+  frame.payload.assign(buffered.payload.begin(), buffered.payload.end());
+  return frame;
+}
+
+std::optional<Result<Frame>> FramedSocket::next_buffered_frame() {
+  auto buffered = next_buffered();
+  if (!buffered) return std::nullopt;
+  if (!*buffered) return Result<Frame>(buffered->error());
+  return Result<Frame>(to_frame(**buffered));
 }
 
 void FramedSocket::send(std::vector<std::uint8_t> bytes) {

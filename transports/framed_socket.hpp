@@ -8,6 +8,7 @@
 #include <chrono>
 #include <memory>
 #include <optional>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -58,6 +59,19 @@ class FramedSocket : public std::enable_shared_from_this<FramedSocket> {
   // timeout, overloaded when the read budget (if set) cannot hold the bytes that came,
   // connection_closed otherwise.
   asio::awaitable<Result<Frame>> read_frame();
+  // A frame that lies whole in the read buffer already (under load one read brings many),
+  // its payload where it lies: valid until the next read_frame(). Taken without a coroutine
+  // and without a copy. nullopt when less than a whole frame is buffered (read_frame() then
+  // reads it); a bad header is the error read_frame() would give, with nothing taken.
+  struct BufferedFrame {
+    FrameHeader header;
+    std::span<const std::uint8_t> payload;
+  };
+  std::optional<Result<BufferedFrame>> next_buffered();
+  // The frame as read_frame() gives it: its payload copied into a kept small buffer.
+  Frame to_frame(const BufferedFrame& buffered);
+  // The next frame if it is buffered whole (next_buffered() then to_frame()).
+  std::optional<Result<Frame>> next_buffered_frame();
   // A server's connections share one budget for the frames they are reading.
   void set_read_budget(std::shared_ptr<ReadBudget> budget) { budget_ = std::move(budget); }
   // Queues a frame; dropped if the socket is closing.

@@ -244,7 +244,10 @@ class TcpLink final : public Link, public std::enable_shared_from_this<TcpLink> 
 
   asio::awaitable<void> reader() {
     while (state_ == State::open) {
-      auto frame = co_await socket_->read_frame();
+      // A reply the last read brought whole is taken without a coroutine of read_frame().
+      std::optional<Result<Frame>> next = socket_->next_buffered_frame();
+      if (!next) next.emplace(co_await socket_->read_frame());
+      Result<Frame>& frame = *next;
       if (!frame) {
         std::string why = frame.error().message;
         if (frame.error().code == Errc::refused_by_peer) {
