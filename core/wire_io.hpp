@@ -85,7 +85,7 @@ class Reader {
  private:
 
   template <class T>
-  T fixed() {
+  [[gnu::always_inline]] T fixed() {
     if (remaining() < sizeof(T)) [[unlikely]] short_read(sizeof(T));
     T v;
     std::memcpy(&v, bytes_.data() + at_, sizeof(T));  // SAFETY: checked that sizeof(T) bytes remain at at_
@@ -156,12 +156,12 @@ class BasicWriter {
   static constexpr std::size_t kLargeFieldSlack = 16 * 1024;
 
   template <class T>
-  void fixed(T v) {
+  [[gnu::always_inline]] void fixed(T v) {
     room(sizeof(T));
     std::memcpy(bytes_.data() + size_, &v, sizeof(T));  // host order, which the first byte names
     size_ += sizeof(T);
   }
-  void room(std::size_t n) {
+  [[gnu::always_inline]] void room(std::size_t n) {
     if (bytes_.size() - size_ < n) [[unlikely]] grow(n);
   }
   // To the capacity the buffer has if that is enough (the slack a large field left),
