@@ -44,12 +44,12 @@ class Reader {
     swap_ = little != kHostLittleEndian;
   }
 
-  std::uint8_t u8() { return fixed<std::uint8_t>(); }
-  std::uint16_t u16() { return fixed<std::uint16_t>(); }
-  std::uint32_t u32() { return fixed<std::uint32_t>(); }
-  std::uint64_t u64() { return fixed<std::uint64_t>(); }
-  std::int64_t i64() { return fixed<std::int64_t>(); }
-  double f64() { return fixed<double>(); }
+  [[gnu::always_inline]] std::uint8_t u8() { return fixed<std::uint8_t>(); }
+  [[gnu::always_inline]] std::uint16_t u16() { return fixed<std::uint16_t>(); }
+  [[gnu::always_inline]] std::uint32_t u32() { return fixed<std::uint32_t>(); }
+  [[gnu::always_inline]] std::uint64_t u64() { return fixed<std::uint64_t>(); }
+  [[gnu::always_inline]] std::int64_t i64() { return fixed<std::int64_t>(); }
+  [[gnu::always_inline]] double f64() { return fixed<double>(); }
 
   // A count of items that each take at least `min_item_bytes` on the wire.
   std::uint32_t count(std::size_t min_item_bytes, const char* what) {
@@ -123,15 +123,15 @@ class BasicWriter {
     size_ = 1;
   }
 
-  void u8(std::uint8_t v) {
+  [[gnu::always_inline]] void u8(std::uint8_t v) {
     room(1);
     bytes_[size_++] = static_cast<typename Bytes::value_type>(v);
   }
-  void u16(std::uint16_t v) { fixed(v); }
-  void u32(std::uint32_t v) { fixed(v); }
-  void u64(std::uint64_t v) { fixed(v); }
-  void i64(std::int64_t v) { fixed(v); }
-  void f64(double v) { fixed(v); }
+  [[gnu::always_inline]] void u16(std::uint16_t v) { fixed(v); }
+  [[gnu::always_inline]] void u32(std::uint32_t v) { fixed(v); }
+  [[gnu::always_inline]] void u64(std::uint64_t v) { fixed(v); }
+  [[gnu::always_inline]] void i64(std::int64_t v) { fixed(v); }
+  [[gnu::always_inline]] void f64(double v) { fixed(v); }
   void string(std::string_view s) {
     u32(static_cast<std::uint32_t>(s.size()));
     // SAFETY: s.size() bytes are readable at s.data().

@@ -129,8 +129,15 @@ class TcpLink final : public Link, public std::enable_shared_from_this<TcpLink> 
       // out in one write. The slot is released before this caller resumes, so the flush
       // waits for the handlers ready now (this caller's next request among them): a
       // request left for a write of its own would split the window in two, for good.
+      // Alone in flight (sequential requests), there is no window to keep together: the
+      // hold ends now, and this caller's next request is written when it is sent, without
+      // a posted flush (a handler more, and a poll of the reactor more, per request).
       if (--woken_ == 0 && socket_) {
-        asio::post(executor_, [socket = socket_] { socket->flush(); });
+        if (slots_.size() - free_slots_.size() == 1) {
+          socket_->flush();
+        } else {
+          asio::post(executor_, [socket = socket_] { socket->flush(); });
+        }
       }
     }
     p.id = 0;
