@@ -2,8 +2,13 @@
 #include "transports/framed_socket.hpp"
 
 
+#include <sys/socket.h>
+#include <sys/uio.h>
+
 #include <algorithm>
+#include <array>
 #include <bit>
+#include <cerrno>
 #include <cstring>
 
 #include <boost/asio/ssl/stream.hpp>
@@ -375,12 +380,42 @@ void FramedSocket::write_queued() {
     write_buffers_.emplace_back(asio::buffer(out.bytes));
   }
   if (write_packed_.size() > run) write_buffers_.emplace_back(write_packed_.data() + run, write_packed_.size() - run);
+  if (write_directly_ && send_now()) {
+    write_done({});
+    return;
+  }
   auto written = [self = shared_from_this()](boost::system::error_code ec, std::size_t) { self->write_done(ec); };
   if (tls_) {
     asio::async_write(*tls_, write_buffers_, std::move(written));
   } else {
     asio::async_write(socket_, write_buffers_, std::move(written));
   }
+}
+
+bool FramedSocket::send_now() {
+  constexpr std::size_t kMaxSegments = 64;  // what Asio would pass to one sendmsg
+  if (write_buffers_.empty() || write_buffers_.size() > kMaxSegments || closed_) return false;
+  std::array<iovec, kMaxSegments> segments;
+  for (std::size_t i = 0; i < write_buffers_.size(); ++i) {
+    // SAFETY: sendmsg only reads the segments; they point into buffers the write owns.
+    segments[i] = iovec{const_cast<void*>(write_buffers_[i].data()), write_buffers_[i].size()};
+  }
+  msghdr message{};
+  message.msg_iov = segments.data();
+  message.msg_iovlen = write_buffers_.size();
+  ssize_t sent;
+  do {
+    sent = ::sendmsg(socket_.native_handle(), &message, MSG_DONTWAIT | MSG_NOSIGNAL);
+  } while (sent < 0 && errno == EINTR);
+  // Nothing sent (the socket is full, or an error): async_write waits, or reports the error.
+  if (sent <= 0) return false;
+  auto left = static_cast<std::size_t>(sent);
+  std::size_t done = 0;
+  while (done < write_buffers_.size() && left >= write_buffers_[done].size()) left -= write_buffers_[done++].size();
+  if (done == write_buffers_.size()) return true;
+  write_buffers_.erase(write_buffers_.begin(), write_buffers_.begin() + static_cast<std::ptrdiff_t>(done));
+  write_buffers_.front() += left;  // the rest of a segment that went in part
+  return false;
 }
 
 void FramedSocket::write_done(boost::system::error_code ec) {

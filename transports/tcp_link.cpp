@@ -236,6 +236,7 @@ class TcpLink final : public Link, public std::enable_shared_from_this<TcpLink> 
       proven_id_ = server->fingerprint;
     } else {
       socket_ = std::make_shared<FramedSocket>(std::move(socket), options_.max_payload, options_.frame_timeout, peer_.to_string());
+      socket_->write_directly(true);
     }
     if (rule) {
       socket_->set_shaper(std::make_shared<LinkShaper>(rule->spec, link_seed(options_.links->seed, peer_.to_string()), options_.links->sent_bytes));
