@@ -252,10 +252,15 @@ void TraceRing::put(std::chrono::system_clock::duration wall, std::chrono::stead
   e->seq = seq;
   e->unix_ms = std::chrono::duration_cast<std::chrono::milliseconds>(wall).count();
   // assign, not a new string: a slot's strings keep their capacity from one lap to the next.
-  e->kind.assign(kind);
-  e->agent.assign(agent);
-  e->peer.assign(peer);
-  e->detail.assign(detail);
+  // A client's requests mostly repeat (the same kind, peer and service lap after lap): a
+  // field equal to what its slot holds is left as it is, a short compare instead of a copy.
+  const auto keep_or_assign = [](std::string& to, std::string_view from) {
+    if (std::string_view(to) != from) to.assign(from);
+  };
+  keep_or_assign(e->kind, kind);
+  keep_or_assign(e->agent, agent);
+  keep_or_assign(e->peer, peer);
+  keep_or_assign(e->detail, detail);
   if (file_) {
     line_ = trace_line(file_node_, std::chrono::duration_cast<std::chrono::nanoseconds>(mono).count(),
                        std::chrono::duration_cast<std::chrono::microseconds>(wall).count(), *e);

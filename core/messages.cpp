@@ -23,6 +23,59 @@ namespace {
 enum SlotTag : std::uint8_t { tag_nil = 0, tag_false = 1, tag_true = 2, tag_integer = 3, tag_number = 4,
                               tag_string = 5, tag_table = 6, tag_function = 7 };
 
+constexpr std::size_t kScalarSlots = 5;  // Slot's alternatives before TableRef: nil .. string
+
+// A slot that is not a reference (index() < kScalarSlots).
+template <class W>
+void write_scalar(W& w, const Slot& s) {
+  switch (s.index()) {
+    case 0: w.u8(tag_nil); break;
+    case 1: w.u8(*std::get_if<bool>(&s) ? tag_true : tag_false); break;
+    case 2: w.u8(tag_integer); w.i64(*std::get_if<std::int64_t>(&s)); break;
+    case 3: w.u8(tag_number); w.f64(*std::get_if<double>(&s)); break;
+    case 4: w.u8(tag_string); w.string(*std::get_if<std::string>(&s)); break;
+  }
+}
+
+bool all_scalars(const detail::TableData& t) {
+  for (const Slot& s : t.array) {
+    if (s.index() >= kScalarSlots) return false;
+  }
+  for (const auto& [k, v] : t.map) {
+    if (k.index() >= kScalarSlots || v.index() >= kScalarSlots) return false;
+  }
+  return true;
+}
+
+// The values nearly every request and reply carries (a scalar; a table of scalars, such as
+// the arguments {"k"} or a reply {x=1}) written as GraphWriter writes them, byte for byte,
+// without numbering a graph: no allocation, no maps. False for anything else.
+template <class W>
+bool write_flat_value(W& w, const Value& v) {
+  const Slot& root = v.slot();
+  if (root.index() < kScalarSlots) {
+    for (int i = 0; i < 4; ++i) w.u32(0);  // no tables, functions, cells or texts
+    write_scalar(w, root);
+    return true;
+  }
+  const detail::Graph* g = v.graph().get();
+  const auto* ref = std::get_if<TableRef>(&root);
+  if (!g || !ref || ref->index >= g->tables.size()) return false;
+  const detail::TableData& t = g->tables[ref->index];
+  if (!all_scalars(t)) return false;
+  w.u32(1);  // the root, wire index 0
+  w.u32(0);
+  w.u32(0);
+  w.u32(0);
+  w.u8(tag_table);
+  w.u32(0);
+  w.u32(static_cast<std::uint32_t>(t.array.size()));
+  for (const Slot& s : t.array) write_scalar(w, s);
+  w.u32(static_cast<std::uint32_t>(t.map.size()));
+  for (const auto& [k, val] : t.map) write_scalar(w, k), write_scalar(w, val);
+  return true;
+}
+
 // Tables, functions and cells reachable from the root get wire indices in breadth-first
 // order (each kind numbered on its own); the counts precede the items.
 template <class W>
@@ -128,13 +181,9 @@ class GraphWriter {
   }
   void slot(const Slot& s) {
     switch (s.index()) {
-      case 0: w_.u8(tag_nil); break;
-      case 1: w_.u8(std::get<bool>(s) ? tag_true : tag_false); break;
-      case 2: w_.u8(tag_integer); w_.i64(std::get<std::int64_t>(s)); break;
-      case 3: w_.u8(tag_number); w_.f64(std::get<double>(s)); break;
-      case 4: w_.u8(tag_string); w_.string(std::get<std::string>(s)); break;
       case 5: w_.u8(tag_table); w_.u32(tables_.at(std::get<TableRef>(s).index)); break;
       case 6: w_.u8(tag_function); w_.u32(functions_.at(std::get<FunctionRef>(s).index)); break;
+      default: write_scalar(w_, s); break;
     }
   }
 
@@ -213,6 +262,7 @@ void check_key_unique(const Slot& k, std::span<const std::pair<Slot, Slot>> befo
 
 template <class W>
 void write_value(W& w, const Value& v) {
+  if (write_flat_value(w, v)) return;
   GraphWriter<W> gw(w, v.graph().get());
   gw.write(v.slot());
 }

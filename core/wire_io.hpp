@@ -11,6 +11,7 @@
 #include <span>
 #include <stdexcept>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "sojourn/core/error.hpp"
@@ -43,19 +44,17 @@ class Reader {
     swap_ = little != kHostLittleEndian;
   }
 
-  std::uint8_t u8() { return fixed<std::uint8_t>(); }
-  std::uint16_t u16() { return fixed<std::uint16_t>(); }
-  std::uint32_t u32() { return fixed<std::uint32_t>(); }
-  std::uint64_t u64() { return fixed<std::uint64_t>(); }
-  std::int64_t i64() { return fixed<std::int64_t>(); }
-  double f64() { return fixed<double>(); }
+  [[gnu::always_inline]] std::uint8_t u8() { return fixed<std::uint8_t>(); }
+  [[gnu::always_inline]] std::uint16_t u16() { return fixed<std::uint16_t>(); }
+  [[gnu::always_inline]] std::uint32_t u32() { return fixed<std::uint32_t>(); }
+  [[gnu::always_inline]] std::uint64_t u64() { return fixed<std::uint64_t>(); }
+  [[gnu::always_inline]] std::int64_t i64() { return fixed<std::int64_t>(); }
+  [[gnu::always_inline]] double f64() { return fixed<double>(); }
 
   // A count of items that each take at least `min_item_bytes` on the wire.
   std::uint32_t count(std::size_t min_item_bytes, const char* what) {
     std::uint32_t n = u32();
-    if (static_cast<std::uint64_t>(n) * min_item_bytes > remaining()) {
-      throw DecodeError(std::string(what) + " count " + std::to_string(n) + " exceeds the payload");
-    }
+    if (static_cast<std::uint64_t>(n) * min_item_bytes > remaining()) [[unlikely]] count_exceeds(n, what);
     return n;
   }
 
@@ -86,15 +85,25 @@ class Reader {
  private:
 
   template <class T>
-  T fixed() {
-    if (remaining() < sizeof(T)) {
-      throw ShortRead("failed to read " + std::to_string(sizeof(T)) + " bytes, " + std::to_string(remaining()) + " left");
-    }
-    std::array<std::uint8_t, sizeof(T)> raw;
-    std::memcpy(raw.data(), bytes_.data() + at_, sizeof(T));
+  [[gnu::always_inline]] T fixed() {
+    if (remaining() < sizeof(T)) [[unlikely]] short_read(sizeof(T));
+    T v;
+    std::memcpy(&v, bytes_.data() + at_, sizeof(T));  // SAFETY: checked that sizeof(T) bytes remain at at_
     at_ += sizeof(T);
-    if (swap_) std::reverse(raw.begin(), raw.end());
-    return std::bit_cast<T>(raw);
+    if (swap_) [[unlikely]] {
+      std::array<std::uint8_t, sizeof(T)> raw = std::bit_cast<std::array<std::uint8_t, sizeof(T)>>(v);
+      std::reverse(raw.begin(), raw.end());
+      v = std::bit_cast<T>(raw);
+    }
+    return v;
+  }
+  // Out of line: the message is built only when a field is cut off, and the field reads
+  // that call it stay small enough to be inlined.
+  [[noreturn, gnu::cold, gnu::noinline]] void short_read(std::size_t wanted) const {
+    throw ShortRead("failed to read " + std::to_string(wanted) + " bytes, " + std::to_string(remaining()) + " left");
+  }
+  [[noreturn, gnu::cold, gnu::noinline]] static void count_exceeds(std::uint32_t n, const char* what) {
+    throw DecodeError(std::string(what) + " count " + std::to_string(n) + " exceeds the payload");
   }
 
   std::span<const std::uint8_t> bytes_;
@@ -109,25 +118,36 @@ template <class Bytes>
 class BasicWriter {
  public:
   BasicWriter() {
-    bytes_.reserve(64);
-    bytes_.push_back(kHostLittleEndian ? 1 : 0);
+    bytes_.resize(kFirstBytes);
+    bytes_[0] = kHostLittleEndian ? 1 : 0;
+    size_ = 1;
   }
 
-  void u8(std::uint8_t v) { bytes_.push_back(static_cast<typename Bytes::value_type>(v)); }
-  void u16(std::uint16_t v) { fixed(v); }
-  void u32(std::uint32_t v) { fixed(v); }
-  void u64(std::uint64_t v) { fixed(v); }
-  void i64(std::int64_t v) { fixed(v); }
-  void f64(double v) { fixed(v); }
-  void string(const std::string& s) {
+  [[gnu::always_inline]] void u8(std::uint8_t v) {
+    room(1);
+    bytes_[size_++] = static_cast<typename Bytes::value_type>(v);
+  }
+  [[gnu::always_inline]] void u16(std::uint16_t v) { fixed(v); }
+  [[gnu::always_inline]] void u32(std::uint32_t v) { fixed(v); }
+  [[gnu::always_inline]] void u64(std::uint64_t v) { fixed(v); }
+  [[gnu::always_inline]] void i64(std::int64_t v) { fixed(v); }
+  [[gnu::always_inline]] void f64(double v) { fixed(v); }
+  void string(std::string_view s) {
     u32(static_cast<std::uint32_t>(s.size()));
     // SAFETY: s.size() bytes are readable at s.data().
     append(s.data(), s.size());
   }
 
-  Bytes take() { return std::move(bytes_); }
+  Bytes take() {
+    bytes_.resize(size_);  // a shrink: no reallocation, no copy
+    return std::move(bytes_);
+  }
 
  private:
+  // The buffer is kept at its full size and size_ says how much is written: a field is
+  // copied in with no resize (which zero-filled each field's bytes before the copy
+  // overwrote them, a call per field). Growth zero-fills the new room once.
+  static constexpr std::size_t kFirstBytes = 64;
   // A field at least this large that does not fit leaves room after it (kLargeFieldSlack
   // and 1/64 of its size) for the fields that follow: the buffer used to grow to just fit
   // it, and the next byte written then doubled it, re-copying the large field into fresh
@@ -136,24 +156,43 @@ class BasicWriter {
   static constexpr std::size_t kLargeFieldSlack = 16 * 1024;
 
   template <class T>
-  void fixed(T v) {
-    append(&v, sizeof(T));  // host order, which the first byte names
+  [[gnu::always_inline]] void fixed(T v) {
+    room(sizeof(T));
+    std::memcpy(bytes_.data() + size_, &v, sizeof(T));  // host order, which the first byte names
+    size_ += sizeof(T);
   }
-  // A resize and a copy: inlined, where a range insert was a call per field. A large field
-  // is inserted instead: a resize would first zero the bytes the copy then overwrites.
+  [[gnu::always_inline]] void room(std::size_t n) {
+    if (bytes_.size() - size_ < n) [[unlikely]] grow(n);
+  }
+  // To the capacity the buffer has if that is enough (the slack a large field left),
+  // else geometrically.
+  [[gnu::noinline]] void grow(std::size_t n) {
+    const std::size_t need = size_ + n;
+    bytes_.resize(bytes_.capacity() >= need ? bytes_.capacity() : std::max(2 * bytes_.capacity(), need));
+  }
   void append(const void* p, std::size_t n) {
-    const std::size_t at = bytes_.size();
-    if (n >= kLargeField) {
-      if (at + n > bytes_.capacity()) bytes_.reserve(std::max(2 * bytes_.capacity(), at + n + kLargeFieldSlack + n / 64));
-      const auto* from = static_cast<const typename Bytes::value_type*>(p);
-      bytes_.insert(bytes_.end(), from, from + n);  // SAFETY: n bytes are readable at p
+    if (n >= kLargeField) [[unlikely]] {
+      append_large(p, n);
       return;
     }
-    bytes_.resize(at + n);
-    if (n != 0) std::memcpy(bytes_.data() + at, p, n);  // SAFETY: n bytes were just made room for at `at`
+    room(n);
+    if (n != 0) std::memcpy(bytes_.data() + size_, p, n);  // SAFETY: room() made n bytes of room at size_
+    size_ += n;
+  }
+  // Inserted, not copied over zeroed room: a resize would first zero the bytes the copy
+  // then overwrites, a megabyte for a 1 MB state.
+  [[gnu::noinline]] void append_large(const void* p, std::size_t n) {
+    bytes_.resize(size_);  // a shrink: the field goes right after what is written
+    if (size_ + n > bytes_.capacity()) {
+      bytes_.reserve(std::max(2 * bytes_.capacity(), size_ + n + kLargeFieldSlack + n / 64));
+    }
+    const auto* from = static_cast<const typename Bytes::value_type*>(p);
+    bytes_.insert(bytes_.end(), from, from + n);  // SAFETY: n bytes are readable at p
+    size_ = bytes_.size();
   }
 
   Bytes bytes_;
+  std::size_t size_ = 0;  // bytes written; bytes_.size() is the room
 };
 
 using Writer = BasicWriter<std::vector<std::uint8_t>>;

@@ -2,8 +2,13 @@
 #include "transports/framed_socket.hpp"
 
 
+#include <sys/socket.h>
+#include <sys/uio.h>
+
 #include <algorithm>
+#include <array>
 #include <bit>
+#include <cerrno>
 #include <cstring>
 
 #include <boost/asio/ssl/stream.hpp>
@@ -198,7 +203,8 @@ Result<void> FramedSocket::take_buffered(std::vector<std::uint8_t>& payload, std
 asio::awaitable<Result<Frame>> FramedSocket::read_frame() {
   boost::system::error_code ec;
   frame_deadline_.reset();
-  if (!co_await fill(kFrameHeaderSize, ec)) {
+  // A header already buffered is not waited for: no coroutine of fill() is made for it.
+  if (read_end_ - read_begin_ < kFrameHeaderSize && !co_await fill(kFrameHeaderSize, ec)) {
     std::size_t have = read_end_ - read_begin_;
     if (auto refused = tls_read_error(ec)) co_return *refused;
     if (have == 0) co_return make_error(Errc::connection_closed, "connection closed: " + ec.message());
@@ -229,6 +235,42 @@ asio::awaitable<Result<Frame>> FramedSocket::read_frame() {
   // Until the reader next waits (fill), the replies it queues are held to go out together.
   if (batch_) holding_ = true;
   co_return frame;
+}
+
+std::optional<Result<FramedSocket::BufferedFrame>> FramedSocket::next_buffered() {
+  const std::size_t have = read_end_ - read_begin_;
+  if (have < kFrameHeaderSize) return std::nullopt;
+  std::span<const std::uint8_t, kFrameHeaderSize> head(read_buffer_.get() + read_begin_, kFrameHeaderSize);
+  auto header = parse_header(head, max_payload_);
+  if (!header) return Result<BufferedFrame>(header.error());
+  // A frame that fits in the read buffer is within the free part: no budget is charged
+  // for it (take_buffered would charge nothing either).
+  static_assert(kReadBufferBytes <= kFreePayloadBytes);
+  if (header->length > have - kFrameHeaderSize) return std::nullopt;
+  // SAFETY: header and payload (checked just above) lie in the buffered bytes.
+  BufferedFrame out{*header, std::span<const std::uint8_t>(read_buffer_.get() + read_begin_ + kFrameHeaderSize, header->length)};
+  read_begin_ += kFrameHeaderSize + header->length;
+  // As read_frame(): until the reader next waits, the replies it queues are held.
+  if (batch_) holding_ = true;
+  return Result<BufferedFrame>(out);
+}
+
+Frame FramedSocket::to_frame(const BufferedFrame& buffered) {
+  Frame frame;
+  frame.header = buffered.header;
+  if (!spare_payloads_.empty() && buffered.payload.size() <= kSparePayloadBytes) {
+    frame.payload = std::move(spare_payloads_.back());
+    spare_payloads_.pop_back();
+  }
+  frame.payload.assign(buffered.payload.begin(), buffered.payload.end());
+  return frame;
+}
+
+std::optional<Result<Frame>> FramedSocket::next_buffered_frame() {
+  auto buffered = next_buffered();
+  if (!buffered) return std::nullopt;
+  if (!*buffered) return Result<Frame>(buffered->error());
+  return Result<Frame>(to_frame(**buffered));
 }
 
 void FramedSocket::send(std::vector<std::uint8_t> bytes) {
@@ -338,12 +380,42 @@ void FramedSocket::write_queued() {
     write_buffers_.emplace_back(asio::buffer(out.bytes));
   }
   if (write_packed_.size() > run) write_buffers_.emplace_back(write_packed_.data() + run, write_packed_.size() - run);
+  if (write_directly_ && send_now()) {
+    write_done({});
+    return;
+  }
   auto written = [self = shared_from_this()](boost::system::error_code ec, std::size_t) { self->write_done(ec); };
   if (tls_) {
     asio::async_write(*tls_, write_buffers_, std::move(written));
   } else {
     asio::async_write(socket_, write_buffers_, std::move(written));
   }
+}
+
+bool FramedSocket::send_now() {
+  constexpr std::size_t kMaxSegments = 64;  // what Asio would pass to one sendmsg
+  if (write_buffers_.empty() || write_buffers_.size() > kMaxSegments || closed_) return false;
+  std::array<iovec, kMaxSegments> segments;
+  for (std::size_t i = 0; i < write_buffers_.size(); ++i) {
+    // SAFETY: sendmsg only reads the segments; they point into buffers the write owns.
+    segments[i] = iovec{const_cast<void*>(write_buffers_[i].data()), write_buffers_[i].size()};
+  }
+  msghdr message{};
+  message.msg_iov = segments.data();
+  message.msg_iovlen = write_buffers_.size();
+  ssize_t sent;
+  do {
+    sent = ::sendmsg(socket_.native_handle(), &message, MSG_DONTWAIT | MSG_NOSIGNAL);
+  } while (sent < 0 && errno == EINTR);
+  // Nothing sent (the socket is full, or an error): async_write waits, or reports the error.
+  if (sent <= 0) return false;
+  auto left = static_cast<std::size_t>(sent);
+  std::size_t done = 0;
+  while (done < write_buffers_.size() && left >= write_buffers_[done].size()) left -= write_buffers_[done++].size();
+  if (done == write_buffers_.size()) return true;
+  write_buffers_.erase(write_buffers_.begin(), write_buffers_.begin() + static_cast<std::ptrdiff_t>(done));
+  write_buffers_.front() += left;  // the rest of a segment that went in part
+  return false;
 }
 
 void FramedSocket::write_done(boost::system::error_code ec) {

@@ -8,6 +8,7 @@
 #include <chrono>
 #include <memory>
 #include <optional>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -58,6 +59,19 @@ class FramedSocket : public std::enable_shared_from_this<FramedSocket> {
   // timeout, overloaded when the read budget (if set) cannot hold the bytes that came,
   // connection_closed otherwise.
   asio::awaitable<Result<Frame>> read_frame();
+  // A frame that lies whole in the read buffer already (under load one read brings many),
+  // its payload where it lies: valid until the next read_frame(). Taken without a coroutine
+  // and without a copy. nullopt when less than a whole frame is buffered (read_frame() then
+  // reads it); a bad header is the error read_frame() would give, with nothing taken.
+  struct BufferedFrame {
+    FrameHeader header;
+    std::span<const std::uint8_t> payload;
+  };
+  std::optional<Result<BufferedFrame>> next_buffered();
+  // The frame as read_frame() gives it: its payload copied into a kept small buffer.
+  Frame to_frame(const BufferedFrame& buffered);
+  // The next frame if it is buffered whole (next_buffered() then to_frame()).
+  std::optional<Result<Frame>> next_buffered_frame();
   // A server's connections share one budget for the frames they are reading.
   void set_read_budget(std::shared_ptr<ReadBudget> budget) { budget_ = std::move(budget); }
   // Queues a frame; dropped if the socket is closing.
@@ -76,6 +90,11 @@ class FramedSocket : public std::enable_shared_from_this<FramedSocket> {
   // callers woken by one read of replies have not all resumed, what they send again
   // leaves together in one write).
   void hold() { holding_ = true; }
+  // A client's connection (plain TCP): a write the socket takes at once is made at once,
+  // by one non-blocking sendmsg, and ends without a posted completion (a handler and a poll
+  // of the reactor less per request). Not for a server's connection: a reply sent at once
+  // in the middle of a burst of reads would leave alone instead of gathered.
+  void write_directly(bool on) { write_directly_ = on && !tls_; }
   // Starts writing what is held (batch_while_reading); a no-op otherwise.
   void flush();
   // Writes what is queued, then closes.
@@ -100,6 +119,9 @@ class FramedSocket : public std::enable_shared_from_this<FramedSocket> {
   static constexpr std::size_t kSparePayloads = 64;
   static constexpr std::size_t kSparePayloadBytes = 256;
   void write_queued();
+  // write_directly: sends what it can of write_buffers_ now; true if all of it went (the
+  // write is then done), false with the buffers advanced past what went otherwise.
+  bool send_now();
   // The end of a write: counts it, frees its buffers, starts the next or closes.
   void write_done(boost::system::error_code ec);
   void release_due();
@@ -145,6 +167,7 @@ class FramedSocket : public std::enable_shared_from_this<FramedSocket> {
   bool writing_ = false;
   bool batch_ = false;    // batch_while_reading
   bool holding_ = false;  // the reader is working through frames: writes wait for flush()
+  bool write_directly_ = false;
   struct Delayed {
     std::chrono::steady_clock::time_point at;
     std::vector<std::uint8_t> bytes;

@@ -129,8 +129,15 @@ class TcpLink final : public Link, public std::enable_shared_from_this<TcpLink> 
       // out in one write. The slot is released before this caller resumes, so the flush
       // waits for the handlers ready now (this caller's next request among them): a
       // request left for a write of its own would split the window in two, for good.
+      // Alone in flight (sequential requests), there is no window to keep together: the
+      // hold ends now, and this caller's next request is written when it is sent, without
+      // a posted flush (a handler more, and a poll of the reactor more, per request).
       if (--woken_ == 0 && socket_) {
-        asio::post(executor_, [socket = socket_] { socket->flush(); });
+        if (slots_.size() - free_slots_.size() == 1) {
+          socket_->flush();
+        } else {
+          asio::post(executor_, [socket = socket_] { socket->flush(); });
+        }
       }
     }
     p.id = 0;
@@ -229,6 +236,7 @@ class TcpLink final : public Link, public std::enable_shared_from_this<TcpLink> 
       proven_id_ = server->fingerprint;
     } else {
       socket_ = std::make_shared<FramedSocket>(std::move(socket), options_.max_payload, options_.frame_timeout, peer_.to_string());
+      socket_->write_directly(true);
     }
     if (rule) {
       socket_->set_shaper(std::make_shared<LinkShaper>(rule->spec, link_seed(options_.links->seed, peer_.to_string()), options_.links->sent_bytes));
@@ -244,7 +252,10 @@ class TcpLink final : public Link, public std::enable_shared_from_this<TcpLink> 
 
   asio::awaitable<void> reader() {
     while (state_ == State::open) {
-      auto frame = co_await socket_->read_frame();
+      // A reply the last read brought whole is taken without a coroutine of read_frame().
+      std::optional<Result<Frame>> next = socket_->next_buffered_frame();
+      if (!next) next.emplace(co_await socket_->read_frame());
+      Result<Frame>& frame = *next;
       if (!frame) {
         std::string why = frame.error().message;
         if (frame.error().code == Errc::refused_by_peer) {

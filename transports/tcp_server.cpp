@@ -103,7 +103,23 @@ class ServerSession : public std::enable_shared_from_this<ServerSession> {
         co_await unblock_reader_.async_wait(asio::redirect_error(asio::use_awaitable, ec));
         continue;
       }
-      auto frame = co_await socket_->read_frame();
+      // A request the last read brought whole is served where it lies when the handler
+      // answers it at once: no payload copy, no coroutine of read_frame().
+      std::optional<Result<Frame>> next;
+      if (auto buffered = socket_->next_buffered()) {
+        RequestHandler::ReplyFault fault;
+        if (!*buffered) {
+          next.emplace(buffered->error());
+        } else if (is_request((*buffered)->header.kind)) {
+          if (serve_now((*buffered)->header, (*buffered)->payload, fault)) continue;
+          start_request(socket_->to_frame(**buffered), fault);
+          continue;
+        } else {
+          next.emplace(socket_->to_frame(**buffered));
+        }
+      }
+      if (!next) next.emplace(co_await socket_->read_frame());
+      Result<Frame>& frame = *next;
       if (!frame) {
         if (is_protocol_error(frame.error().code)) {
           protocol_error(frame.error());
@@ -119,15 +135,8 @@ class ServerSession : public std::enable_shared_from_this<ServerSession> {
         case FrameKind::call:
         case FrameKind::eval: {
           RequestHandler::ReplyFault fault;
-          if (serve_now(*frame, fault)) break;
-          ++in_flight_;
-          // The spawned function holds the session: the reader may end (the peer closed)
-          // before the request starts, and run_request's `this` must outlive it.
-          asio::co_spawn(socket_->executor(),
-                         [self = shared_from_this(), f = std::move(*frame), fault]() mutable {
-                           return self->run_request(std::move(f), fault);
-                         },
-                         [](std::exception_ptr e) { log_coroutine_exit("request", e); });
+          if (serve_now(frame->header, frame->payload, fault)) break;
+          start_request(std::move(*frame), fault);
           break;
         }
         default:
@@ -142,21 +151,35 @@ class ServerSession : public std::enable_shared_from_this<ServerSession> {
   // A request the handler answers at once (handle_now) is answered here, by the reader,
   // with no coroutine of its own; true if it was. Otherwise `fault` is what the test seam
   // asked for this request (looked at once, here).
-  bool serve_now(const Frame& frame, RequestHandler::ReplyFault& fault) {
+  static bool is_request(FrameKind kind) { return kind == FrameKind::call || kind == FrameKind::eval; }
+
+  bool serve_now(const FrameHeader& header, std::span<const std::uint8_t> payload, RequestHandler::ReplyFault& fault) {
     auto server = server_.lock();
     if (!server) return false;
     RequestHandler& handler = *server->handler;
-    fault = handler.reply_fault(frame.header.kind, frame.payload);
+    fault = handler.reply_fault(header.kind, payload);
     if (fault.drop || fault.delay.count() > 0) return false;
-    auto reply = handler.handle_now(frame.header.kind, frame.payload, peer_);
+    auto reply = handler.handle_now(header.kind, payload, peer_);
     if (!reply) return false;
     server.reset();
     if (*reply) {
-      socket_->send_frame(FrameKind::reply, frame.header.request_id, std::move(**reply));
+      socket_->send_frame(FrameKind::reply, header.request_id, std::move(**reply));
     } else {
       protocol_error(reply->error());
     }
     return true;
+  }
+
+  // A request the handler did not answer at once runs in a coroutine of its own.
+  void start_request(Frame frame, RequestHandler::ReplyFault fault) {
+    ++in_flight_;
+    // The spawned function holds the session: the reader may end (the peer closed)
+    // before the request starts, and run_request's `this` must outlive it.
+    asio::co_spawn(socket_->executor(),
+                   [self = shared_from_this(), f = std::move(frame), fault]() mutable {
+                     return self->run_request(std::move(f), fault);
+                   },
+                   [](std::exception_ptr e) { log_coroutine_exit("request", e); });
   }
 
   asio::awaitable<void> run_request(Frame frame, RequestHandler::ReplyFault fault) {

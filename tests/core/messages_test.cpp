@@ -93,6 +93,40 @@ TEST_CASE("the wire layout stays what peers of this protocol version send: a byt
   CHECK_ERROR(decode_reply(std::vector<std::uint8_t>{}), Errc::malformed_payload, "malformed payload: reply: truncated");
 }
 
+TEST_CASE("a table of scalars and a graph of tables keep their byte-exact layout") {
+  // {x=1} is written without numbering a graph, {{1}} through the graph writer: both must
+  // give the bytes peers of this protocol version send.
+  Value x = Value::table();
+  x.set("x", 1);
+  CHECK(hex(encode(reply_ok(x))) ==
+        "01000000000000"
+        "01000000000000000000000000000000"
+        "0600000000"
+        "00000000"
+        "01000000"
+        "050100000078"
+        "030100000000000000"
+        "00");
+  CHECK(hex(encode_value(Value::array({Value::array({1})}))) ==
+        "01"
+        "02000000000000000000000000000000"
+        "0600000000"
+        "01000000"
+        "0601000000"
+        "00000000"
+        "01000000"
+        "030100000000000000"
+        "00000000");
+  CHECK(hex(encode_value(Value("s"))) == "0100000000000000000000000000000000050100000073");
+  // A table of scalars whose graph also holds a table it does not reference: only what is
+  // reachable is sent.
+  Value root = Value::table();
+  Value unreferenced = root.new_table();
+  unreferenced.set("y", 2);
+  root.set("x", 1);
+  CHECK(hex(encode_value(root)) == hex(encode_value(x)));
+}
+
 TEST_CASE("the decoder rejects truncated, oversized and inconsistent payloads") {
   auto bytes = encode(CallRequest{"kv.put", Value::array({"k", Value::array({1, 2, 3})})});
   for (std::size_t cut = 0; cut < bytes.size(); ++cut) {

@@ -33,6 +33,16 @@ class ReverseHandler : public RequestHandler {
   }
 };
 
+// Answers at once only payloads whose first byte is even; the others wait for handle().
+class HalfAtOnceHandler : public ReverseHandler {
+ public:
+  std::optional<Result<std::vector<std::uint8_t>>> handle_now(FrameKind kind, std::span<const std::uint8_t> payload,
+                                                              const PeerIdentity& peer) override {
+    if (payload.empty() || payload[0] % 2 != 0) return std::nullopt;
+    return ReverseHandler::handle_now(kind, payload, peer);
+  }
+};
+
 // The reverse handler behind a TcpServer on its own io thread (tests/support/echo_server.hpp).
 struct Server : test::ServerThread<ReverseHandler> {
   using ServerThread::ServerThread;
@@ -89,6 +99,41 @@ TEST_CASE("pipelined requests that arrive in one read are answered in order, eac
     CHECK(r.header.kind == FrameKind::reply);
     CHECK(r.header.request_id == id * 7);
     CHECK(r.payload == std::vector<std::uint8_t>{0xAB, static_cast<std::uint8_t>(id)});
+  }
+}
+
+TEST_CASE("one read of requests answered at once, requests that wait and pings: each gets its own answer") {
+  test::ServerThread<HalfAtOnceHandler> s;
+  test::RawSocket client(s.bound.port);
+  REQUIRE(client.connected());
+  std::vector<std::uint8_t> burst;
+  constexpr std::uint64_t kCount = 120;
+  for (std::uint64_t id = 1; id <= kCount; ++id) {
+    if (id % 5 == 0) {
+      append(burst, encode_frame(FrameKind::ping, id, {}));
+    } else {
+      // Even first bytes are answered by the reader in place, odd ones in a coroutine of their
+      // own, from a copy of a payload the next frames' bytes follow in the read buffer.
+      append(burst, frame(id, {static_cast<std::uint8_t>(id), 0xCD, static_cast<std::uint8_t>(id * 3)}));
+    }
+  }
+  REQUIRE(client.send(burst));
+  auto replies = read_frames(client, kCount);
+  REQUIRE(replies.size() == kCount);
+  std::vector<bool> seen(kCount + 1, false);
+  for (const Frame& r : replies) {
+    const std::uint64_t id = r.header.request_id;
+    REQUIRE(id >= 1);
+    REQUIRE(id <= kCount);
+    CHECK_FALSE(seen[id]);
+    seen[id] = true;
+    if (id % 5 == 0) {
+      CHECK(r.header.kind == FrameKind::pong);
+      CHECK(r.payload.empty());
+    } else {
+      CHECK(r.header.kind == FrameKind::reply);
+      CHECK(r.payload == std::vector<std::uint8_t>{static_cast<std::uint8_t>(id * 3), 0xCD, static_cast<std::uint8_t>(id)});
+    }
   }
 }
 
