@@ -202,14 +202,16 @@ int run_protected(lua_State* L) {
   lua_settop(L, 0);
   RunContext& ctx = detail::run_context(L);
   const RunInput& input = *job.input;
+  // The environment was built when the state was prepared: this run gets its own copy of
+  // the globals, made by the pool's own function, before the hook counts: a fresh state's
+  // environment is not counted either.
+  if (job.pooled != nullptr) detail::begin_pooled_run(L, *job.pooled);
   // Armed before anything of the input is touched, and until the results are converted:
   // rebuilding a closure of the arguments or of an agent's state runs Lua code (its chunk),
   // and pushing and converting values poll the deadline and the abort flag.
   detail::arm_count_hook(L, ctx);
   int load_status = 0;
   if (job.pooled != nullptr) {
-    // The environment was built when the state was prepared: this run gets its own copy.
-    detail::begin_pooled_run(L, *job.pooled);
     // The run's own `agent` table, in the run's own globals: gone with them at the reset.
     if (job.agent != nullptr) detail::open_agent_api(L, job.agent->info);
     load_status = detail::push_cached_chunk(L, *job.pooled, job.chunk_name.c_str(), input.source);
