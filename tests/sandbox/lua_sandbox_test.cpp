@@ -537,6 +537,30 @@ TEST_CASE("pop_as_array gives a few scalars the converter's array, charges and e
   lua_close(L);
 }
 
+TEST_CASE("push_value gives a table of scalars its array, its fields and nothing else") {
+  lua_State* L = luaL_newstate();
+  REQUIRE(L != nullptr);
+  Value flat = Value::array({1, "two", true});
+  flat.set("x", 1.5);
+  flat.set(7, "seven");
+  lua::push_value(L, flat);
+  CHECK(lua_gettop(L) == 1);
+  lua_rawgeti(L, 1, 2);
+  CHECK(std::string(lua_tostring(L, -1)) == "two");
+  lua_getfield(L, 1, "x");
+  CHECK(lua_tonumber(L, -1) == 1.5);
+  lua_rawgeti(L, 1, 7);
+  CHECK(std::string(lua_tostring(L, -1)) == "seven");
+  lua_settop(L, 1);
+  auto back = lua::to_value(L, 1, {"v", 1 << 20});
+  REQUIRE(back.ok());
+  CHECK(sojourn::deep_equal(*back, flat));
+  // Each push is a table of its own.
+  lua::push_value(L, flat);
+  CHECK(lua_rawequal(L, 1, 2) == 0);
+  lua_close(L);
+}
+
 TEST_CASE("push_value builds fresh Lua tables that keep the Value's sharing") {
   lua_State* L = luaL_newstate();
   REQUIRE(L != nullptr);
