@@ -31,7 +31,7 @@ constexpr const char* kEmptiedKey = "sojourn.pool.emptied";    // key -> true: a
 constexpr const char* kChunkCacheKey = "sojourn.pool.chunks";  // chunk name -> {source -> function}
 constexpr const char* kLibrariesKey = "sojourn.pool.libraries";  // {library, its copy, its size} each
 constexpr const char* kGlobalsListKey = "sojourn.pool.globals_list";  // {k1, v1, k2, v2, ...}
-constexpr const char* kCheckKey = "sojourn.pool.check";  // libraries_unchanged's Lua half
+constexpr const char* kCheckKey = "sojourn.pool.check";  // check_and_reset's Lua half
 constexpr const char* kResetKey = "sojourn.pool.reset";  // reset_protected's Lua half
 constexpr const char* kCopyKey = "sojourn.pool.copy";    // begin_pooled_run's copy of the globals
 
@@ -297,11 +297,11 @@ void record_sizes(PooledState& state) {
   lua_pop(L, 1);
 }
 
-// Whether every library table holds what it held once prepared and has no metatable. In a
-// protected call (with the count hook off: the check is bounded by the prepared sizes, it
-// stops at the first key the copy lacks).
-int check_libraries(lua_State* L) {
-  auto* unchanged = static_cast<bool*>(lua_touserdata(L, 1));
+// Whether every library table holds what it held once prepared and has no metatable (the
+// count hook is off: the check is bounded by the prepared sizes, it stops at the first key
+// the copy lacks); then, when they do, the registry reset. One protected call for both.
+int check_and_reset(lua_State* L) {
+  auto* reusable = static_cast<bool*>(lua_touserdata(L, 1));
   lua_settop(L, 0);
   lua_getfield(L, LUA_REGISTRYINDEX, kLibrariesKey);
   for (int i = 1;; ++i) {
@@ -315,13 +315,10 @@ int check_libraries(lua_State* L) {
   lua_getfield(L, LUA_REGISTRYINDEX, kCheckKey);
   lua_insert(L, 1);
   lua_call(L, 1, 1);
-  *unchanged = lua_toboolean(L, -1) != 0;
+  if (lua_toboolean(L, -1) == 0) return 0;  // a run changed a library table: never shown to another
+  reset_protected(L);
+  *reusable = true;
   return 0;
-}
-
-bool libraries_unchanged(lua_State* L) {
-  bool unchanged = false;
-  return lua_cpcall(L, check_libraries, &unchanged) == 0 && unchanged;
 }
 
 }  // namespace
@@ -372,8 +369,8 @@ void return_pooled_state(PooledStatePtr state) {
   ctx.abort = nullptr;
   ctx.byte_cap = std::max(kHousekeepingBytes, ctx.bytes_in_use + kHousekeepingBytes);
   if (++state->runs >= kMaxRunsPerState) return;
-  if (!libraries_unchanged(L)) return;  // a run changed a library table: never shown to another
-  if (lua_cpcall(L, reset_protected, nullptr) != 0 || ctx.kill != Errc::ok) return;
+  bool reusable = false;
+  if (lua_cpcall(L, check_and_reset, &reusable) != 0 || !reusable || ctx.kill != Errc::ok) return;
   if (ctx.bytes_in_use > state->baseline_bytes + kCollectAboveBytes) lua_gc(L, LUA_GCCOLLECT, 0);
   if (ctx.bytes_in_use > state->baseline_bytes + kDiscardAboveBytes) return;
   std::vector<PooledStatePtr> doomed;  // closed after the lock is released
