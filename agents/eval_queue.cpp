@@ -33,6 +33,7 @@ void EvalQueue::runner() {
         --runners_;
         return;
       }
+      done->reserve(n);  // one allocation, not one per doubling
       for (std::size_t i = 0; i < n; ++i) done->push_back(std::move(queued_[taken_ + i]));
       taken_ += n;
       // Compact once the front is all taken (every runner moves its jobs out first).

@@ -79,7 +79,9 @@ Error limit_error(Errc code, const Limits& limits);
 
 // What every run checks before any state is touched (zero limits, bytecode, cdata literals,
 // an abort already raised), in run_lua's order and words; nullopt when the run may start.
-std::optional<Error> refused_input(const RunInput& input);
+// `source_scanned`: these very bytes passed the cdata scan before (a pooled state keeps the
+// last text it scanned, compared in full), so the scan is not repeated.
+std::optional<Error> refused_input(const RunInput& input, bool source_scanned = false);
 
 // Sets a run's limits, plumbing and counters in `ctx` (`stack_here`: the caller's frame
 // address; `bytes_in_use`: what the state already holds). The arena is left as it is.

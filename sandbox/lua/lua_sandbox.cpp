@@ -69,7 +69,7 @@ Error run_failure(lua_State* L, int status, const RunContext& ctx, std::string_v
   }
 }
 
-std::optional<Error> refused_input(const RunInput& input) {
+std::optional<Error> refused_input(const RunInput& input, bool source_scanned) {
   const Limits& limits = input.limits;
   if (limits.cpu_instructions == 0 || limits.memory_bytes == 0 || limits.wall_ms == 0) {
     return errors::invalid_argument("every limit of a Lua run must be non-zero");
@@ -78,7 +78,7 @@ std::optional<Error> refused_input(const RunInput& input) {
     return make_error(Errc::sandbox_refused, "refused by the sandbox: bytecode is not accepted");
   }
   // The lexer would open the FFI for them: no cdata from a peer, and no FFI state to break.
-  if (lua::has_cdata_literal(input.source)) return detail::cdata_refused_error();
+  if (!source_scanned && lua::has_cdata_literal(input.source)) return detail::cdata_refused_error();
   if (input.abort != nullptr && input.abort->load(std::memory_order_relaxed)) {
     return detail::limit_error(Errc::shutting_down, limits);
   }
@@ -202,14 +202,16 @@ int run_protected(lua_State* L) {
   lua_settop(L, 0);
   RunContext& ctx = detail::run_context(L);
   const RunInput& input = *job.input;
+  // The environment was built when the state was prepared: this run gets its own copy of
+  // the globals, made by the pool's own function, before the hook counts: a fresh state's
+  // environment is not counted either.
+  if (job.pooled != nullptr) detail::begin_pooled_run(L, *job.pooled);
   // Armed before anything of the input is touched, and until the results are converted:
   // rebuilding a closure of the arguments or of an agent's state runs Lua code (its chunk),
   // and pushing and converting values poll the deadline and the abort flag.
   detail::arm_count_hook(L, ctx);
   int load_status = 0;
   if (job.pooled != nullptr) {
-    // The environment was built when the state was prepared: this run gets its own copy.
-    detail::begin_pooled_run(L, *job.pooled);
     // The run's own `agent` table, in the run's own globals: gone with them at the reset.
     if (job.agent != nullptr) detail::open_agent_api(L, job.agent->info);
     load_status = detail::push_cached_chunk(L, *job.pooled, job.chunk_name.c_str(), input.source);
@@ -273,9 +275,16 @@ template <class Finish>
 auto run_in_pooled_state(const RunInput& input, HostCalls* host, RunJob& job, Finish finish)
     -> std::optional<decltype(finish(static_cast<lua_State*>(nullptr), std::declval<RunContext&>(), 0))> {
   using Out = decltype(finish(static_cast<lua_State*>(nullptr), std::declval<RunContext&>(), 0));
-  if (std::optional<Error> refused = refused_input(input)) return Out(*std::move(refused));
   detail::PooledStatePtr state = detail::take_pooled_state(input.principal);
+  // The cdata scan (a lexer pass over the text) is not repeated for the text this state last
+  // scanned: a client sends the same chunk again and again.
+  const bool scanned = state && state->scanned_source == input.source;
+  if (std::optional<Error> refused = refused_input(input, scanned)) {
+    if (state) detail::return_pooled_state(std::move(state));  // untouched: it goes back as it came
+    return Out(*std::move(refused));
+  }
   if (!state) return std::nullopt;
+  if (!scanned && input.source.size() <= detail::kMaxScannedSourceBytes) state->scanned_source.assign(input.source);
   RunContext& ctx = *state->ctx;
   // SAFETY: the frame address is only compared with, never dereferenced.
   detail::start_context(ctx, input, host, reinterpret_cast<std::uintptr_t>(__builtin_frame_address(0)), ctx.bytes_in_use);

@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <deque>
+#include <initializer_list>
 #include <mutex>
 #include <string>
 #include <vector>
@@ -30,25 +31,57 @@ constexpr const char* kEmptiedKey = "sojourn.pool.emptied";    // key -> true: a
 constexpr const char* kChunkCacheKey = "sojourn.pool.chunks";  // chunk name -> {source -> function}
 constexpr const char* kLibrariesKey = "sojourn.pool.libraries";  // {library, its copy, its size} each
 constexpr const char* kGlobalsListKey = "sojourn.pool.globals_list";  // {k1, v1, k2, v2, ...}
-constexpr const char* kCheckKey = "sojourn.pool.check";  // libraries_unchanged's Lua half
+constexpr const char* kCheckKey = "sojourn.pool.check";  // check_and_reset's Lua half
+constexpr const char* kResetKey = "sojourn.pool.reset";  // reset_protected's Lua half
+constexpr const char* kCopyKey = "sojourn.pool.copy";    // begin_pooled_run's copy of the globals
 
 // Compares each library with its copy. In Lua, because `for ... in next, t` walks a table's
 // slots directly, where lua_next looks each key up again (a sixth of a pooled run's
 // instructions, callgrind). Our own text, loaded in mode "t"; no run's code is called: the
-// libraries' metatables are checked first, from C.
+// libraries' metatables are checked first, from C. A copy that holds no table or userdata
+// (entry[4] false: functions, numbers and strings only) is compared with `~=`, which calls
+// no __eq there (Lua calls it only when both sides are tables, or both userdata); the others
+// with rawequal.
 constexpr std::string_view kCheckSource =
     "local next, rawequal = ...\n"
     "return function(libraries)\n"
     "  for i = 1, #libraries do\n"
     "    local entry = libraries[i]\n"
     "    local library, copy, n = entry[1], entry[2], 0\n"
-    "    for k, v in next, library do\n"
-    "      if not rawequal(copy[k], v) then return false end\n"
-    "      n = n + 1\n"
+    "    if entry[4] then\n"
+    "      for k, v in next, library do\n"
+    "        if not rawequal(copy[k], v) then return false end\n"
+    "        n = n + 1\n"
+    "      end\n"
+    "    else\n"
+    "      for k, v in next, library do\n"
+    "        if copy[k] ~= v then return false end\n"
+    "        n = n + 1\n"
+    "      end\n"
     "    end\n"
     "    if n ~= entry[3] then return false end\n"
     "  end\n"
     "  return true\n"
+    "end\n";
+
+// The registry back as prepared (reset_protected), in Lua for the same reason: keys a run
+// added are removed, prepared values changed are set again, and a per-run table a run filled
+// (or gave a metatable) is replaced by a new empty one; one still empty is kept, since
+// nothing of the run is in it. The registry has no metatable, and neither have these tables.
+constexpr std::string_view kResetSource =
+    "local next, rawequal, type, getmetatable = ...\n"
+    "return function(registry, snapshot, emptied)\n"
+    "  for k in next, registry do\n"
+    "    if snapshot[k] == nil then registry[k] = nil end\n"
+    "  end\n"
+    "  for k, v in next, snapshot do\n"
+    "    if emptied[k] then\n"
+    "      local t = registry[k]\n"
+    "      if type(t) ~= 'table' or next(t) ~= nil or getmetatable(t) ~= nil then registry[k] = {} end\n"
+    "    elseif not rawequal(registry[k], v) then\n"
+    "      registry[k] = v\n"
+    "    end\n"
+    "  end\n"
     "end\n";
 
 // Bounds on what a state keeps between runs.
@@ -97,6 +130,69 @@ void push_table_copy(lua_State* L, int from, int size) {
   }
 }
 
+// Whether the table at `table` holds a table or userdata value (check_libraries then compares
+// its entries with rawequal).
+bool holds_references(lua_State* L, int table) {
+  bool found = false;
+  lua_pushnil(L);
+  while (lua_next(L, table) != 0) {
+    const int type = lua_type(L, -1);
+    found = found || type == LUA_TTABLE || type == LUA_TUSERDATA || type == LUA_TLIGHTUSERDATA;
+    lua_pop(L, 1);
+  }
+  return found;
+}
+
+bool is_plain_name(const char* text, std::size_t len) {
+  if (len == 0) return false;
+  for (std::size_t i = 0; i < len; ++i) {
+    const char c = text[i];
+    const bool letter = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_';
+    if (!letter && !(i > 0 && c >= '0' && c <= '9')) return false;
+  }
+  return true;
+}
+
+// Pushes a function that returns a new copy of the prepared globals (a global holding the
+// globals themselves, `_G`, holds the copy), made by one table constructor whose keys are
+// constants: the table is sized once and each field is one store, where the C API's copy
+// cost a lookup and a call per field (an eighth of a pooled run, callgrind). Pushes nothing
+// and returns false when a global's name is not a plain name (begin_pooled_run then copies
+// from C).
+bool push_copy_function(lua_State* L) {
+  std::string fields;
+  std::string selves;
+  lua_pushnil(L);
+  while (lua_next(L, LUA_GLOBALSINDEX) != 0) {
+    std::size_t len = 0;
+    const char* name = lua_type(L, -2) == LUA_TSTRING ? lua_tolstring(L, -2, &len) : nullptr;
+    if (name == nullptr || !is_plain_name(name, len)) {
+      lua_pop(L, 2);
+      return false;
+    }
+    const std::string key = "[\"" + std::string(name, len) + "\"]";
+    if (lua_rawequal(L, -1, LUA_GLOBALSINDEX)) {
+      selves += "  t" + key + " = t\n";
+    } else {
+      fields += "    " + key + " = p" + key + ",\n";
+    }
+    lua_pop(L, 1);
+  }
+  const std::string source = "local p = ...\nreturn function()\n  local t = {\n" + fields + "  }\n" + selves + "  return t\nend\n";
+  if (luaL_loadbufferx(L, source.data(), source.size(), "=pool", "t") != 0) lua_error(L);
+  lua_pushvalue(L, LUA_GLOBALSINDEX);
+  lua_call(L, 1, 1);
+  return true;
+}
+
+// Loads one of the pool's own texts and calls it with the named prepared globals; leaves
+// what it returns (a function) on the stack.
+void push_pool_function(lua_State* L, std::string_view source, std::initializer_list<const char*> globals) {
+  if (luaL_loadbufferx(L, source.data(), source.size(), "=pool", "t") != 0) lua_error(L);
+  for (const char* name : globals) lua_getfield(L, LUA_GLOBALSINDEX, name);
+  lua_call(L, static_cast<int>(globals.size()), 1);
+}
+
 int prepare_protected(lua_State* L) {
   lua_settop(L, 0);
   open_restricted_env(L, false);
@@ -120,6 +216,8 @@ int prepare_protected(lua_State* L) {
       lua_rawseti(L, -2, 2);
       lua_pushinteger(L, size);
       lua_rawseti(L, -2, 3);
+      lua_pushboolean(L, holds_references(L, library) ? 1 : 0);
+      lua_rawseti(L, -2, 4);
       lua_rawseti(L, 1, ++libraries);
     }
     lua_pop(L, 1);
@@ -135,11 +233,11 @@ int prepare_protected(lua_State* L) {
     lua_rawseti(L, 1, ++slot);
   }
   lua_setfield(L, LUA_REGISTRYINDEX, kGlobalsListKey);
-  if (luaL_loadbufferx(L, kCheckSource.data(), kCheckSource.size(), "=pool", "t") != 0) return lua_error(L);
-  lua_getfield(L, LUA_GLOBALSINDEX, "next");
-  lua_getfield(L, LUA_GLOBALSINDEX, "rawequal");
-  lua_call(L, 2, 1);
+  push_pool_function(L, kCheckSource, {"next", "rawequal"});
   lua_setfield(L, LUA_REGISTRYINDEX, kCheckKey);
+  push_pool_function(L, kResetSource, {"next", "rawequal", "type", "getmetatable"});
+  lua_setfield(L, LUA_REGISTRYINDEX, kResetKey);
+  if (push_copy_function(L)) lua_setfield(L, LUA_REGISTRYINDEX, kCopyKey);
 
   lua_newtable(L);  // 1: snapshot
   lua_newtable(L);  // 2: tables emptied each run
@@ -179,36 +277,12 @@ int prepare_protected(lua_State* L) {
 // references), the prepared values are set again, and per-run tables are new and empty.
 int reset_protected(lua_State* L) {
   lua_settop(L, 0);
-  lua_getfield(L, LUA_REGISTRYINDEX, kSnapshotKey);  // 1
-  lua_getfield(L, LUA_REGISTRYINDEX, kEmptiedKey);   // 2
-  if (!lua_istable(L, 1) || !lua_istable(L, 2)) return luaL_error(L, "pooled state without its snapshot");
-  lua_pushnil(L);
-  while (lua_next(L, LUA_REGISTRYINDEX) != 0) {
-    lua_pop(L, 1);
-    lua_pushvalue(L, -1);
-    lua_rawget(L, 1);
-    const bool prepared = !lua_isnil(L, -1);
-    lua_pop(L, 1);
-    if (!prepared) {
-      lua_pushvalue(L, -1);
-      lua_pushnil(L);
-      lua_rawset(L, LUA_REGISTRYINDEX);  // clearing a visited field keeps lua_next valid
-    }
-  }
-  lua_pushnil(L);
-  while (lua_next(L, 1) != 0) {
-    lua_pushvalue(L, -2);
-    lua_rawget(L, 2);
-    const bool emptied = !lua_isnil(L, -1);
-    lua_pop(L, 1);
-    if (emptied) {
-      lua_pop(L, 1);
-      lua_newtable(L);
-    }
-    lua_pushvalue(L, -2);
-    lua_insert(L, -2);
-    lua_rawset(L, LUA_REGISTRYINDEX);
-  }
+  lua_getfield(L, LUA_REGISTRYINDEX, kResetKey);
+  lua_pushvalue(L, LUA_REGISTRYINDEX);
+  lua_getfield(L, LUA_REGISTRYINDEX, kSnapshotKey);
+  lua_getfield(L, LUA_REGISTRYINDEX, kEmptiedKey);
+  if (!lua_isfunction(L, 1) || !lua_istable(L, 3) || !lua_istable(L, 4)) return luaL_error(L, "pooled state without its snapshot");
+  lua_call(L, 3, 0);
   lua_getfield(L, LUA_REGISTRYINDEX, kGlobalsKey);
   lua_replace(L, LUA_GLOBALSINDEX);
   lua_settop(L, 0);
@@ -223,11 +297,11 @@ void record_sizes(PooledState& state) {
   lua_pop(L, 1);
 }
 
-// Whether every library table holds what it held once prepared and has no metatable. In a
-// protected call (with the count hook off: the check is bounded by the prepared sizes, it
-// stops at the first key the copy lacks).
-int check_libraries(lua_State* L) {
-  auto* unchanged = static_cast<bool*>(lua_touserdata(L, 1));
+// Whether every library table holds what it held once prepared and has no metatable (the
+// count hook is off: the check is bounded by the prepared sizes, it stops at the first key
+// the copy lacks); then, when they do, the registry reset. One protected call for both.
+int check_and_reset(lua_State* L) {
+  auto* reusable = static_cast<bool*>(lua_touserdata(L, 1));
   lua_settop(L, 0);
   lua_getfield(L, LUA_REGISTRYINDEX, kLibrariesKey);
   for (int i = 1;; ++i) {
@@ -241,13 +315,10 @@ int check_libraries(lua_State* L) {
   lua_getfield(L, LUA_REGISTRYINDEX, kCheckKey);
   lua_insert(L, 1);
   lua_call(L, 1, 1);
-  *unchanged = lua_toboolean(L, -1) != 0;
+  if (lua_toboolean(L, -1) == 0) return 0;  // a run changed a library table: never shown to another
+  reset_protected(L);
+  *reusable = true;
   return 0;
-}
-
-bool libraries_unchanged(lua_State* L) {
-  bool unchanged = false;
-  return lua_cpcall(L, check_libraries, &unchanged) == 0 && unchanged;
 }
 
 }  // namespace
@@ -298,8 +369,8 @@ void return_pooled_state(PooledStatePtr state) {
   ctx.abort = nullptr;
   ctx.byte_cap = std::max(kHousekeepingBytes, ctx.bytes_in_use + kHousekeepingBytes);
   if (++state->runs >= kMaxRunsPerState) return;
-  if (!libraries_unchanged(L)) return;  // a run changed a library table: never shown to another
-  if (lua_cpcall(L, reset_protected, nullptr) != 0 || ctx.kill != Errc::ok) return;
+  bool reusable = false;
+  if (lua_cpcall(L, check_and_reset, &reusable) != 0 || !reusable || ctx.kill != Errc::ok) return;
   if (ctx.bytes_in_use > state->baseline_bytes + kCollectAboveBytes) lua_gc(L, LUA_GCCOLLECT, 0);
   if (ctx.bytes_in_use > state->baseline_bytes + kDiscardAboveBytes) return;
   std::vector<PooledStatePtr> doomed;  // closed after the lock is released
@@ -316,21 +387,28 @@ void return_pooled_state(PooledStatePtr state) {
 
 void begin_pooled_run(lua_State* L, const PooledState& state) {
   lua_checkstack(L, 12);
-  lua_getfield(L, LUA_REGISTRYINDEX, kGlobalsListKey);
-  const int prepared = lua_gettop(L);
-  lua_getfield(L, LUA_REGISTRYINDEX, kGlobalsKey);
-  const int prepared_globals = lua_gettop(L);
-  lua_createtable(L, 0, state.global_count);
-  const int env = lua_gettop(L);
-  for (int slot = 1; slot < 2 * state.global_count; slot += 2) {
-    lua_rawgeti(L, prepared, slot);      // the key
-    lua_rawgeti(L, prepared, slot + 1);  // the value: library tables are shared, checked after the run
-    if (lua_rawequal(L, -1, prepared_globals)) {
-      lua_pop(L, 1);
-      lua_pushvalue(L, env);  // _G is the run's own globals
+  const int prepared = lua_gettop(L) + 1;
+  lua_getfield(L, LUA_REGISTRYINDEX, kCopyKey);
+  if (lua_isfunction(L, -1)) {
+    lua_call(L, 0, 1);  // the copy (library tables are shared, checked after the run)
+  } else {
+    lua_pop(L, 1);
+    lua_getfield(L, LUA_REGISTRYINDEX, kGlobalsListKey);
+    lua_getfield(L, LUA_REGISTRYINDEX, kGlobalsKey);
+    const int prepared_globals = lua_gettop(L);
+    lua_createtable(L, 0, state.global_count);
+    const int copy = lua_gettop(L);
+    for (int slot = 1; slot < 2 * state.global_count; slot += 2) {
+      lua_rawgeti(L, prepared, slot);      // the key
+      lua_rawgeti(L, prepared, slot + 1);  // the value: library tables are shared, checked after the run
+      if (lua_rawequal(L, -1, prepared_globals)) {
+        lua_pop(L, 1);
+        lua_pushvalue(L, copy);  // _G is the run's own globals
+      }
+      lua_rawset(L, copy);
     }
-    lua_rawset(L, env);
   }
+  const int env = lua_gettop(L);
   // What getmetatable("") shows is a new decoy each run (the real metatable is never shown).
   lua_pushliteral(L, "");
   if (lua_getmetatable(L, -1) != 0) {

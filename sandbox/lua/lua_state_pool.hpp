@@ -31,7 +31,11 @@ struct PooledState {
   std::uint32_t runs = 0;
   std::uint32_t cached_chunks = 0;
   int global_count = 0;  // the prepared globals' entries: the size of each run's copy
+  std::string scanned_source;  // the last text that passed refused_input's cdata scan here
 };
+
+// The longest text a pooled state keeps as scanned (scanned_source).
+inline constexpr std::size_t kMaxScannedSourceBytes = std::size_t{16} << 10;
 using PooledStatePtr = std::unique_ptr<PooledState>;
 
 // Runs of at least this memory limit use the pool; below it a run keeps its fresh state, so

@@ -204,10 +204,40 @@ Result<int> push_protected(lua_State* L, lua_CFunction entry, const Value& value
   return errors::invalid_argument(message);
 }
 
+// Pushes a table whose keys and values are all scalars (a service's usual reply, {x = 1})
+// without the memo tables, which only serve sharing, cycles and functions: three Lua tables of
+// garbage per push. Few enough entries that the push would not poll the limits either. False,
+// with nothing pushed, for any other value.
+bool push_flat_table(lua_State* L, const Value& value) {
+  if (value.slot().index() != 5) return false;
+  const TableData& data = value.graph()->tables[std::get<TableRef>(value.slot()).index];
+  if (1 + data.array.size() + 2 * data.map.size() > kPollMask) return false;
+  if (std::any_of(data.array.begin(), data.array.end(), is_reference)) return false;
+  for (const auto& [key, item] : data.map) {
+    if (is_reference(key) || is_reference(item)) return false;
+  }
+  ValueToLua scalars(L, nullptr);
+  lua_createtable(L, static_cast<int>(data.array.size()), static_cast<int>(data.map.size()));
+  const int table = lua_gettop(L);
+  for (std::size_t i = 0; i < data.array.size(); ++i) {
+    if (data.array[i].index() == 0) continue;
+    scalars.push(data.array[i]);
+    lua_rawseti(L, table, static_cast<int>(i + 1));
+  }
+  for (const auto& [key, item] : data.map) {
+    if (key.index() == 0 || item.index() == 0) continue;
+    scalars.push(key);
+    scalars.push(item);
+    lua_rawset(L, table);
+  }
+  return true;
+}
+
 }  // namespace
 
 void push_value(lua_State* L, const Value& value) {
   lua_checkstack(L, 8);
+  if (push_flat_table(L, value)) return;
   ValueToLua pusher(L, is_reference(value.slot()) ? value.graph().get() : nullptr);
   pusher.push(value.slot());
   pusher.finish();

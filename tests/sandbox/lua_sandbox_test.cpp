@@ -500,6 +500,67 @@ TEST_CASE("to_value converts the value at a stack index, leaves it there, and na
   lua_close(L);
 }
 
+TEST_CASE("pop_as_array gives a few scalars the converter's array, charges and errors") {
+  lua_State* L = luaL_newstate();
+  REQUIRE(L != nullptr);
+  // Up to 16 values take the scalar path; 17 (the same values, then nils) the converter's.
+  auto push_values = [L](int trailing_nils) {
+    lua_pushinteger(L, 1);
+    lua_pushnil(L);
+    lua_pushliteral(L, "x");
+    lua_pushboolean(L, 1);
+    lua_pushnumber(L, 2.5);
+    lua_pushnumber(L, -0.0);
+    for (int i = 0; i < trailing_nils; ++i) lua_pushnil(L);
+    return 6 + trailing_nils;
+  };
+  auto fast = lua::pop_as_array(L, push_values(0), {"result", 0});
+  CHECK(lua_gettop(L) == 0);
+  auto full = lua::pop_as_array(L, push_values(11), {"result", 0});
+  CHECK(lua_gettop(L) == 0);
+  REQUIRE(fast.ok());
+  REQUIRE(full.ok());
+  CHECK(sojourn::deep_equal(*fast, *full));
+  CHECK(fast->get(1).as_integer() == 1);
+  CHECK(fast->get(2).is_nil());
+  CHECK(fast->get(3).as_string() == "x");
+  CHECK(fast->get(4).as_bool());
+  CHECK(fast->get(5).as_number() == 2.5);
+  // A string past the cap fails the same way on both paths, and the values are popped.
+  for (int trailing_nils : {0, 16}) {
+    lua_pushliteral(L, "a string longer than the cap");
+    for (int i = 0; i < trailing_nils; ++i) lua_pushnil(L);
+    check_error(lua::pop_as_array(L, 1 + trailing_nils, {"result", 16}), Errc::memory_limit,
+                "memory limit of 16 bytes exceeded");
+    CHECK(lua_gettop(L) == 0);
+  }
+  lua_close(L);
+}
+
+TEST_CASE("push_value gives a table of scalars its array, its fields and nothing else") {
+  lua_State* L = luaL_newstate();
+  REQUIRE(L != nullptr);
+  Value flat = Value::array({1, "two", true});
+  flat.set("x", 1.5);
+  flat.set(7, "seven");
+  lua::push_value(L, flat);
+  CHECK(lua_gettop(L) == 1);
+  lua_rawgeti(L, 1, 2);
+  CHECK(std::string(lua_tostring(L, -1)) == "two");
+  lua_getfield(L, 1, "x");
+  CHECK(lua_tonumber(L, -1) == 1.5);
+  lua_rawgeti(L, 1, 7);
+  CHECK(std::string(lua_tostring(L, -1)) == "seven");
+  lua_settop(L, 1);
+  auto back = lua::to_value(L, 1, {"v", 1 << 20});
+  REQUIRE(back.ok());
+  CHECK(sojourn::deep_equal(*back, flat));
+  // Each push is a table of its own.
+  lua::push_value(L, flat);
+  CHECK(lua_rawequal(L, 1, 2) == 0);
+  lua_close(L);
+}
+
 TEST_CASE("push_value builds fresh Lua tables that keep the Value's sharing") {
   lua_State* L = luaL_newstate();
   REQUIRE(L != nullptr);

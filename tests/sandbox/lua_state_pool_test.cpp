@@ -149,6 +149,24 @@ TEST_CASE("a coroutine left suspended by a run is unreachable from the next") {
   CHECK(r.get(1).as_bool());
 }
 
+TEST_CASE("a pooled state that scanned one text still refuses cdata literals in the next") {
+  detail::clear_state_pool();
+  CHECK(ok_results(run("return 1", "alice")).get(1).as_integer() == 1);
+  REQUIRE(detail::idle_pooled_states() == 1);
+  for (const char* source : {"return 1LL", "return 1 + 1LL", "return 1"}) {
+    CAPTURE(source);
+    const Result<Value> r = run(source, "alice");
+    if (std::string_view(source) == "return 1") {
+      CHECK(ok_results(r).get(1).as_integer() == 1);  // the scanned text runs as before
+      continue;
+    }
+    REQUIRE_FALSE(r.ok());
+    CHECK(r.error().code == Errc::sandbox_refused);
+    CHECK(r.error().message == "refused by the sandbox: cdata number literals (1LL, 1ULL, 1i) are not accepted");
+    CHECK(detail::idle_pooled_states() == 1);  // the refusal took nothing from the pool
+  }
+}
+
 TEST_CASE("the registry of a returned state is as it was prepared") {
   detail::clear_state_pool();
   // A just-prepared state of another principal describes the registry's prepared shape.
