@@ -387,7 +387,11 @@ Result<bool> AgentRuntime::take_image(AgentTransfer& transfer, const std::string
   if (transfer.image) {
     // SAFETY: the string's bytes are read as unsigned bytes of the same size.
     const auto* data = reinterpret_cast<const std::uint8_t*>(transfer.image->data());
-    image = std::make_shared<const std::vector<std::uint8_t>>(data, data + transfer.image->size());
+    std::vector<std::uint8_t> bytes;
+    bytes.reserve(transfer.image->size());
+    sandbox::image::advise_huge_pages(bytes.data(), bytes.capacity());  // filled once, here
+    bytes.insert(bytes.end(), data, data + transfer.image->size());
+    image = std::make_shared<const std::vector<std::uint8_t>>(std::move(bytes));
     transfer.image.reset();
   } else if (auto staged = staged_images_.take(record.id, record.epoch, record.image_sha256)) {
     image = std::make_shared<const std::vector<std::uint8_t>>(std::move(*staged));  // sent in pieces: no copy

@@ -5,6 +5,8 @@
 //   by the kept pages in order.
 #include "sandbox/image/heap_image.hpp"
 
+#include <sys/mman.h>
+
 #include <openssl/evp.h>
 
 #include <algorithm>
@@ -143,6 +145,7 @@ Result<std::vector<std::uint8_t>> seal(const ImageSource& source, std::uint64_t 
   Sha256 hash;
   hash.update(std::span<const std::uint8_t>(image).first(kHashAt));
   image.reserve(kHeaderBytes + encoder->bound(payload_bytes));
+  advise_huge_pages(image.data(), image.capacity());
   image.resize(kHeaderBytes);  // the hash's place, filled in at the end
   const detail::Sink sink = [&](std::span<const std::uint8_t> written) {
     hash.update(written);
@@ -250,6 +253,16 @@ Result<std::vector<std::uint8_t>> take_image(const ImageSource& source, std::spa
         return {};
       },
       kept, stats);
+}
+
+void advise_huge_pages(const void* data, std::size_t bytes) {
+  constexpr std::uintptr_t kHugePage = std::uintptr_t{2} << 20;
+  const auto at = reinterpret_cast<std::uintptr_t>(data);
+  const std::uintptr_t begin = (at + kHugePage - 1) & ~(kHugePage - 1);
+  const std::uintptr_t end = (at + bytes) & ~(kHugePage - 1);
+  // SAFETY: [begin, end) lies inside the caller's buffer, whole pages; the advice changes how
+  // its pages are backed, never their contents (an error, THP off, is of no consequence).
+  if (end > begin) (void)::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
 }
 
 void reseal(std::vector<std::uint8_t>& image) {
