@@ -162,6 +162,7 @@ void AgentRuntime::run_step(const std::string& id) {
   std::uint64_t hop_spent = 0;
   bool first_step = false;
   bool report_owed = false;
+  bool image_hashed = false;  // record.image is the Resident's hashed_image
   {
     std::lock_guard lock(mutex_);
     auto it = residents_.find(id);
@@ -173,6 +174,7 @@ void AgentRuntime::run_step(const std::string& id) {
     it->second.report_owed = false;
     if (report_owed) it->second.arrival_in_flight = true;
     record = it->second.record;
+    image_hashed = record.image != nullptr && it->second.hashed_image.lock() == record.image;
     bundle = it->second.bundle;
     rule = it->second.rule;
     hop_spent = it->second.hop_cpu_spent;
@@ -219,8 +221,11 @@ void AgentRuntime::run_step(const std::string& id) {
   const auto started = std::chrono::steady_clock::now();
   Result<sandbox::AgentOutcome> outcome = [&]() -> Result<sandbox::AgentOutcome> {
     if (!strong) return jails_.run_agent_step(record.isolation, input, agent, &host);
+    // The digest this node found the image's bytes to hash to, when it did (hashed_image).
+    const std::optional<std::array<std::uint8_t, 32>> hashed =
+        image_hashed ? sandbox::image::digest_bytes(record.image_sha256) : std::nullopt;
     Result<sandbox::StrongOutcome> s =
-        record.image ? jails_.resume_strong_step(record.isolation, *record.image, input, info, &host)
+        record.image ? jails_.resume_strong_step(record.isolation, *record.image, input, info, &host, hashed ? &*hashed : nullptr)
                      : jails_.run_strong_step(record.isolation, input, agent, &host);
     if (!s) return s.error();
     taken = std::move(*s);
@@ -291,6 +296,8 @@ void AgentRuntime::run_step(const std::string& id) {
       // resumes it. The old image is dropped only here, once the new one exists.
       r.image = std::make_shared<const std::vector<std::uint8_t>>(std::move(taken.image));
       r.image_sha256 = image_sha256;
+      // Hashed by the sealing as it was made, here, and immutable from now on.
+      it->second.hashed_image = r.image;
       r.strong_memory = input.limits.memory_bytes;
       if (checkpoint) {
         it->second.status = AgentState::queued;

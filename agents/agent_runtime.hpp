@@ -134,6 +134,11 @@ class AgentRuntime : public std::enable_shared_from_this<AgentRuntime>, public M
     const PolicyRule* rule = nullptr;
     std::uint64_t hop_cpu_spent = 0;
     std::shared_ptr<RateLimiter> rate;
+    // The heap image this node hashed whole and found to be the one record.image_sha256 names
+    // (its TRANSFER's check) or sealed itself, held unchanged since (a pointer to const bytes):
+    // while record.image is this very one, its resume spares the jail a second pass over it.
+    // Not stored: after a restart an image is hashed again. Weak: it keeps no dropped image alive.
+    std::weak_ptr<const std::vector<std::uint8_t>> hashed_image;
     // The message ids this visit's arrival answer handed over: the home may still resend
     // them, so record.delivered keeps them (trim_delivered).
     std::set<std::string> answer_ids;
@@ -253,7 +258,8 @@ class AgentRuntime : public std::enable_shared_from_this<AgentRuntime>, public M
   // A strong agent's image from its TRANSFER (or, when the TRANSFER carries none, the one
   // staged for it by agent.image_part) into its record, once its SHA-256 is the one the
   // record names (hash_mismatch otherwise); refuses an image a weak record does not name.
-  Result<void> take_image(AgentTransfer& transfer, const std::string& what);
+  // True when the pass proved the image's own header hash too (hashed_image).
+  Result<bool> take_image(AgentTransfer& transfer, const std::string& what);
   Result<void> on_image_part(ImagePart part);
   // Sends a strong agent's image to `peer` in pieces ahead of its TRANSFER (migration.cpp).
   asio::awaitable<Result<void>> send_image_parts(const AgentRecord& record, std::span<const std::uint8_t> image,

@@ -72,6 +72,7 @@ Result<void> ImageStaging::add(ImagePart part) {
     fresh.sha256 = part.image_sha256;
     fresh.total = part.total_bytes;
     fresh.bytes.reserve(part.total_bytes);
+    image::advise_huge_pages(fresh.bytes.data(), fresh.bytes.capacity());  // filled once, piece by piece
     fresh.expires = now + bounds_.lifetime;
     reserved_ += fresh.total;
     it = staged_.emplace(key, std::move(fresh)).first;

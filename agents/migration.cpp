@@ -75,7 +75,8 @@ Result<TransferReply> AgentRuntime::on_transfer(AgentTransfer transfer, const Pe
   }
   // A strong agent's heap image: the one the record names (the record rides the authenticated
   // TRANSFER, the image beside it), checked before anything else looks at it.
-  if (auto image = take_image(transfer, what); !image) return image.error();
+  Result<bool> image_hashed = take_image(transfer, what);
+  if (!image_hashed) return image_hashed.error();
   // Its signature, its budget against the manifest's, the policy.
   auto rule = admit_code(*record, *bundle, caller);
   if (!rule) return rule.error();
@@ -111,6 +112,7 @@ Result<TransferReply> AgentRuntime::on_transfer(AgentTransfer transfer, const Pe
   // its home hears where it is as that first step starts (run_step).
   Resident arrived;
   arrived.record = std::move(*record);
+  if (*image_hashed) arrived.hashed_image = arrived.record.image;
   arrived.bundle = std::move(bundle);
   arrived.rule = *rule;
   arrived.hop_cpu_spent = 0;
@@ -375,30 +377,38 @@ asio::awaitable<void> AgentRuntime::migrate(std::string id, std::string peer, st
   strand(id, next_epoch - 1, "cannot move agent " + id + " to " + peer + ": " + last_error_for_code);
 }
 
-Result<void> AgentRuntime::take_image(AgentTransfer& transfer, const std::string& what) {
+Result<bool> AgentRuntime::take_image(AgentTransfer& transfer, const std::string& what) {
   AgentRecord& record = transfer.record;
   if (record.mobility != Mobility::strong || record.image_sha256.empty()) {
     if (transfer.image) return errors::invalid_argument(what + " carries a heap image its record does not name");
-    return {};
+    return false;
   }
   std::shared_ptr<const std::vector<std::uint8_t>> image;
   if (transfer.image) {
     // SAFETY: the string's bytes are read as unsigned bytes of the same size.
     const auto* data = reinterpret_cast<const std::uint8_t*>(transfer.image->data());
-    image = std::make_shared<const std::vector<std::uint8_t>>(data, data + transfer.image->size());
+    std::vector<std::uint8_t> bytes;
+    bytes.reserve(transfer.image->size());
+    sandbox::image::advise_huge_pages(bytes.data(), bytes.capacity());  // filled once, here
+    bytes.insert(bytes.end(), data, data + transfer.image->size());
+    image = std::make_shared<const std::vector<std::uint8_t>>(std::move(bytes));
     transfer.image.reset();
   } else if (auto staged = staged_images_.take(record.id, record.epoch, record.image_sha256)) {
     image = std::make_shared<const std::vector<std::uint8_t>>(std::move(*staged));  // sent in pieces: no copy
   } else {
     return errors::invalid_argument(what + " names a heap image but carries none, and none was sent ahead of it");
   }
-  // One pass: the digest the record names covers every byte of the image (has_digest).
-  if (!sandbox::image::has_digest(*image, record.image_sha256)) {
+  // One pass: the digest the record names covers every byte of the image (has_digest). In the
+  // image's own form (its header names that digest) the pass also proves the header's hash, so
+  // the jail that opens these bytes, unchanged since, is spared its own (hashed_image).
+  const bool sealed_form = sandbox::image::digest_hex(*image) == record.image_sha256;
+  if (sealed_form ? !sandbox::image::has_sealed_digest(*image, record.image_sha256)
+                  : !sandbox::image::has_digest(*image, record.image_sha256)) {
     return make_error(Errc::hash_mismatch, "heap image hash mismatch: " + what + " names " + record.image_sha256.substr(0, 16) +
                                                ", the image is " + sandbox::image::computed_digest_hex(*image).substr(0, 16));
   }
   record.image = std::move(image);
-  return {};
+  return sealed_form;
 }
 
 Result<void> AgentRuntime::on_image_part(ImagePart part) {

@@ -107,10 +107,11 @@ Result<sandbox::StrongOutcome> NodeJails::run_strong_step(Isolation level, const
 
 Result<sandbox::StrongOutcome> NodeJails::resume_strong_step(Isolation level, std::span<const std::uint8_t> image,
                                                              const sandbox::RunInput& input, const Value& info,
-                                                             sandbox::HostCalls* host) {
+                                                             sandbox::HostCalls* host,
+                                                             const std::array<std::uint8_t, 32>* hashed) {
   Result<sandbox::Jail*> jail = jails_.get(level);
   if (!jail) return jail.error();
-  return (*jail)->resume_strong(image, input, info, host);
+  return (*jail)->resume_strong(image, input, info, host, hashed);
 }
 
 Result<std::array<std::uint8_t, 32>> NodeJails::guest_build() {

@@ -54,7 +54,8 @@ class NodeJails {
                                                  const sandbox::AgentInput& agent, sandbox::HostCalls* host);
   Result<sandbox::StrongOutcome> resume_strong_step(Isolation level, std::span<const std::uint8_t> image,
                                                     const sandbox::RunInput& input, const Value& info,
-                                                    sandbox::HostCalls* host);
+                                                    sandbox::HostCalls* host,
+                                                    const std::array<std::uint8_t, 32>* hashed = nullptr);
   // The SHA-256 of this node's guest executable, what a heap image names as its build (the
   // process and microvm levels run the same static guest); computed once. Errors: the guest
   // cannot be found or read.

@@ -13,7 +13,8 @@
 // 1k,64k,1m,16m. A size that cannot move (a TRANSFER over the frame limit) prints its row with
 // the node's refusal. --csv FILE writes the table's rows (times in ms, phases zero when not
 // traced, `refused` empty or the reason). --codec: how the nodes seal strong images (their
-// --image-codec; default lz4). On a shared VM compare the ratios, not the figures.
+// --image-codec; default lz4). On a shared VM compare the ratios, not the figures. With
+// SOJOURN_BENCH_KEEP_TRACE set, the nodes' trace files are kept (their directory is printed).
 #include <unistd.h>
 
 #include <chrono>
@@ -342,9 +343,11 @@ int main(int argc, char** argv) {
     rc = 1;
   }
   if (csv != nullptr) std::fclose(csv);
-  if (!trace_dir.empty()) {
+  if (!trace_dir.empty() && std::getenv("SOJOURN_BENCH_KEEP_TRACE") == nullptr) {
     std::error_code ec;
     std::filesystem::remove_all(trace_dir, ec);
+  } else if (!trace_dir.empty()) {
+    std::fprintf(stderr, "bench_migration_cost: trace files kept in %s\n", trace_dir.c_str());
   }
   return rc;
 }

@@ -5,6 +5,8 @@
 //   by the kept pages in order.
 #include "sandbox/image/heap_image.hpp"
 
+#include <sys/mman.h>
+
 #include <openssl/evp.h>
 
 #include <algorithm>
@@ -143,6 +145,7 @@ Result<std::vector<std::uint8_t>> seal(const ImageSource& source, std::uint64_t 
   Sha256 hash;
   hash.update(std::span<const std::uint8_t>(image).first(kHashAt));
   image.reserve(kHeaderBytes + encoder->bound(payload_bytes));
+  advise_huge_pages(image.data(), image.capacity());
   image.resize(kHeaderBytes);  // the hash's place, filled in at the end
   const detail::Sink sink = [&](std::span<const std::uint8_t> written) {
     hash.update(written);
@@ -252,6 +255,16 @@ Result<std::vector<std::uint8_t>> take_image(const ImageSource& source, std::spa
       kept, stats);
 }
 
+void advise_huge_pages(const void* data, std::size_t bytes) {
+  constexpr std::uintptr_t kHugePage = std::uintptr_t{2} << 20;
+  const auto at = reinterpret_cast<std::uintptr_t>(data);
+  const std::uintptr_t begin = (at + kHugePage - 1) & ~(kHugePage - 1);
+  const std::uintptr_t end = (at + bytes) & ~(kHugePage - 1);
+  // SAFETY: [begin, end) lies inside the caller's buffer, whole pages; the advice changes how
+  // its pages are backed, never their contents (an error, THP off, is of no consequence).
+  if (end > begin) (void)::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
+}
+
 void reseal(std::vector<std::uint8_t>& image) {
   if (image.size() < kHeaderBytes) return;
   const Hash h = hash_of(image);
@@ -304,7 +317,8 @@ const ImageHeader& ImageOpener::header() const { return state_->header; }
 std::span<const std::uint8_t> ImageOpener::page_map() const { return state_->map; }
 std::uint64_t ImageOpener::kept_bytes() const { return state_->kept_bytes; }
 
-Result<ImageOpener> ImageOpener::check(std::span<const std::uint8_t> image, const RestoreRules& rules) {
+Result<ImageOpener> ImageOpener::check(std::span<const std::uint8_t> image, const RestoreRules& rules,
+                                       const Hash* hashed) {
   Result<ImageHeader> header = peek_header(image);
   if (!header) return header.error();
   const ImageHeader& h = *header;
@@ -333,7 +347,8 @@ Result<ImageOpener> ImageOpener::check(std::span<const std::uint8_t> image, cons
     return refused("heap image declares a payload of " + std::to_string(h.payload_bytes) + " bytes for " +
                    std::to_string(pages) + " pages");
   }
-  if (const Hash got = hash_of(image); got != h.hash) {
+  // The caller's pass over these bytes when it made one (`hashed`), this one's otherwise.
+  if (const Hash got = hashed != nullptr ? *hashed : hash_of(image); got != h.hash) {
     return refused("heap image hash mismatch: expected " + hex(h.hash) + ", got " + hex(got));
   }
 
@@ -426,6 +441,27 @@ bool has_digest(std::span<const std::uint8_t> image, std::string_view digest) {
   if (image.size() >= kHeaderBytes && digest_hex(image) == digest) return hex(hash_of(image)) == digest;
   // Named by the SHA-256 of the whole image (older nodes and rows): that, in one pass too.
   return hex(sha256(image, {})) == digest;
+}
+
+bool has_sealed_digest(std::span<const std::uint8_t> image, std::string_view digest) {
+  return image.size() >= kHeaderBytes && digest_hex(image) == digest && hex(hash_of(image)) == digest;
+}
+
+std::optional<Hash> digest_bytes(std::string_view digest) {
+  if (digest.size() != 64) return std::nullopt;
+  auto nibble = [](char c) -> int {
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    return -1;
+  };
+  Hash out{};
+  for (std::size_t i = 0; i < out.size(); ++i) {
+    const int hi = nibble(digest[2 * i]);
+    const int lo = nibble(digest[2 * i + 1]);
+    if (hi < 0 || lo < 0) return std::nullopt;
+    out[i] = static_cast<std::uint8_t>(hi << 4 | lo);
+  }
+  return out;
 }
 
 std::string computed_digest_hex(std::span<const std::uint8_t> image) {

@@ -149,9 +149,15 @@ Result<ImageHeader> open_image_into(std::span<const std::uint8_t> image, const R
 // checks the page map (the same refusals as open_image); `next` then decompresses the next
 // bytes of the kept pages into `into`, in the map's order; `finish`, once all kept pages were
 // taken, checks that the payload ends there. The image must outlive the opener.
+//
+// `hashed`, when given, is the SHA-256 its caller already found these very bytes to hash to
+// (has_sealed_digest, over bytes held unchanged since): step 4 then compares the header's hash
+// with it instead of a second pass over the image, and refuses a difference the same way.
+// Every other step stays.
 class ImageOpener {
  public:
-  static Result<ImageOpener> check(std::span<const std::uint8_t> image, const RestoreRules& rules);
+  static Result<ImageOpener> check(std::span<const std::uint8_t> image, const RestoreRules& rules,
+                                   const std::array<std::uint8_t, 32>* hashed = nullptr);
   ImageOpener(ImageOpener&&) noexcept;
   ImageOpener& operator=(ImageOpener&&) noexcept;
   ~ImageOpener();
@@ -184,8 +190,24 @@ std::string digest_hex(std::span<const std::uint8_t> image);
 // byte of the image is covered. An image named by the SHA-256 of all its bytes (how nodes
 // before this one named it, and rows they stored) is recognized too.
 bool has_digest(std::span<const std::uint8_t> image, std::string_view digest);
+// has_digest in the image's own form only: its header's hash field is `digest` and the hash
+// recomputed over its other header fields and its payload is that too (one pass). What lets a
+// holder of the bytes, unchanged since, spare an opener its pass (ImageOpener::check's
+// `hashed`); an image named by the SHA-256 of all its bytes does not (its header's hash was
+// never compared with its bytes).
+bool has_sealed_digest(std::span<const std::uint8_t> image, std::string_view digest);
+// The 32 bytes a digest in lower-case hex names; nothing for any other text.
+std::optional<std::array<std::uint8_t, 32>> digest_bytes(std::string_view digest);
 // What `image` hashes to as has_digest sees it (for a refusal's message): one pass.
 std::string computed_digest_hex(std::span<const std::uint8_t> image);
+
+// Asks the kernel for transparent huge pages over a large buffer about to be filled once (an
+// image being sealed, received or assembled): where a 4 KB page fault is dear (about 16 us on a
+// VM, so a fresh 16 MB buffer costs some 4,000 faults and 65 ms to fill), 2 MB pages cut that to
+// a handful. Only the whole 2 MB pages inside [data, data + bytes) are advised, so a buffer under
+// 4 MB is left alone; advice only (a kernel with THP off ignores it), and at most one 2 MB page
+// past what is written may be filled in.
+void advise_huge_pages(const void* data, std::size_t bytes);
 
 // Recomputes the hash of an image in place: for tests and hostile-image generators that change
 // bytes after sealing and want the hash check behind them. Does nothing to a too-short image.

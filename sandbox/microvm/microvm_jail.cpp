@@ -149,8 +149,10 @@ class MasterForkJail final : public MicrovmJail {
     return strong_in_microvm(input, channel::encode_frame(request), host, 0);
   }
 
+  // The image is hashed again here (`hashed` unused): its request is built by the session code
+  // both jails share, which checks it whole.
   Result<StrongOutcome> resume_strong(std::span<const std::uint8_t> bytes, const RunInput& input, const Value& info,
-                                      HostCalls* host) override {
+                                      HostCalls* host, const std::array<std::uint8_t, 32>* = nullptr) override {
     if (Result<void> ok = check(input); !ok) return ok.error();
     std::uint64_t restore_us = 0;
     Result<std::vector<std::uint8_t>> request = strong_resume_request(bytes, input, info, host, guest_path_, &restore_us);

@@ -145,7 +145,7 @@ class ZygoteJail final : public ProcessJail {
   }
 
   Result<StrongOutcome> resume_strong(std::span<const std::uint8_t> bytes, const RunInput& input, const Value& info,
-                                      HostCalls* host) override {
+                                      HostCalls* host, const std::array<std::uint8_t, 32>* hashed = nullptr) override {
     if (Result<void> ok = check_run_input(input); !ok) return ok.error();
     // The image is checked up to its page map here; its kept pages are decompressed once the
     // guest waits for them (heap_ready), straight into its arena (strong_pages.hpp).
@@ -153,7 +153,8 @@ class ZygoteJail final : public ProcessJail {
     if (!build) return build.error();
     const std::size_t arena_bytes = guest::arena_bytes_for_quota(input.limits.memory_bytes);
     const auto t0 = std::chrono::steady_clock::now();
-    Result<image::ImageOpener> opener = image::ImageOpener::check(bytes, {*build, guest::kArenaBase, arena_bytes});
+    // Hashed once per arrival: by the node's TRANSFER check when it says so (`hashed`), here otherwise.
+    Result<image::ImageOpener> opener = image::ImageOpener::check(bytes, {*build, guest::kArenaBase, arena_bytes}, hashed);
     if (!opener) return opener.error();
     const image::ImageHeader& header = opener->header();
     if (header.arena_bytes != arena_bytes) {

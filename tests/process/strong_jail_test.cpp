@@ -6,6 +6,7 @@
 
 #include <unistd.h>
 
+#include <array>
 #include <cstdlib>
 #include <memory>
 #include <string>
@@ -223,6 +224,27 @@ TEST_CASE("the host refuses images it must not load, and limits after a resume a
   SUBCASE("out of budget after the resume") {
     CHECK_ERROR(resume(first->image, "B", nullptr, 300'000), Errc::cpu_limit, "CPU limit of 300000 instructions exceeded");
   }
+}
+
+TEST_CASE("a resume given the caller's hash of the image goes on without hashing it again, and no other") {
+  Node b("B");
+  auto first = start(kTour);
+  REQUIRE(first.ok());
+  REQUIRE(first->step.strong_stop);
+  const auto hashed = image::digest_bytes(image::digest_hex(first->image));
+  REQUIRE(hashed);
+  auto second = jail().resume_strong(first->image, input_of(""), facts_at("B"), &b, &*hashed);
+  REQUIRE_MESSAGE(second.ok(), (second.ok() ? "" : second.error().message));
+  CHECK(second->step.go_peer == "C");
+  CHECK(b.calls == 1);
+  // A hash the image's header does not name is refused before any guest sees the image.
+  std::array<std::uint8_t, 32> other = *hashed;
+  other[31] ^= 0x80;
+  CHECK_ERROR(jail().resume_strong(first->image, input_of(""), facts_at("B"), nullptr, &other), Errc::sandbox_refused,
+              "heap image hash mismatch");
+  // The other checks stay: a quota too small for the image's arena.
+  CHECK_ERROR(jail().resume_strong(first->image, input_of("", 50'000'000, kMemory / 4), facts_at("B"), nullptr, &*hashed),
+              Errc::sandbox_refused, "above the memory quota");
 }
 
 TEST_CASE("a corrupt but well-hashed image kills only its guest; the next step works") {

@@ -3,6 +3,7 @@
 #include "sandbox/image/heap_image.hpp"
 
 #include <doctest/doctest.h>
+#include <openssl/evp.h>
 
 #include <cstring>
 #include <random>
@@ -273,4 +274,70 @@ TEST_CASE("an image's digest is read from its header and covers every byte of th
   const std::vector<std::uint8_t> stub(10, 0);
   CHECK(image::digest_hex(stub).empty());
   CHECK_FALSE(image::has_digest(stub, digest));
+}
+
+TEST_CASE("only an image named by its own header hash counts as hashed in its sealed form") {
+  const std::vector<std::uint8_t> used = span_of(12);
+  auto taken = image::take_image(source_with_build(1), used);
+  REQUIRE(taken);
+  const std::string digest = image::digest_hex(*taken);
+  CHECK(image::has_sealed_digest(*taken, digest));
+  // A changed payload byte, header field or hash field: not hashed to the digest.
+  for (std::size_t at : {taken->size() - 1, std::size_t{20}, image::kHeaderBytes - 1}) {
+    std::vector<std::uint8_t> bad = *taken;
+    bad[at] ^= 0x01;
+    CHECK_FALSE(image::has_sealed_digest(bad, digest));
+  }
+  // A payload changed under a header hash left as it was, named by the SHA-256 of all its bytes
+  // (how older nodes named images): has_digest knows it by that name, but its header's hash does
+  // not match its bytes, so it does not count as hashed in its sealed form (an opener given no
+  // hash refuses it).
+  std::vector<std::uint8_t> lying = *taken;
+  lying[image::kHeaderBytes + 5] ^= 0x40;
+  std::array<std::uint8_t, 32> sum{};
+  unsigned int n = 0;
+  REQUIRE(EVP_Digest(lying.data(), lying.size(), sum.data(), &n, EVP_sha256(), nullptr) == 1);
+  const std::string whole = image::hex(sum);
+  CHECK(image::has_digest(lying, whole));
+  CHECK_FALSE(image::has_sealed_digest(lying, whole));
+  CHECK_FALSE(image::has_sealed_digest(lying, image::digest_hex(lying)));
+}
+
+TEST_CASE("a digest's bytes are read from lower-case hex only") {
+  const std::vector<std::uint8_t> used = span_of(4);
+  auto taken = image::take_image(source_with_build(1), used);
+  REQUIRE(taken);
+  const auto bytes = image::digest_bytes(image::digest_hex(*taken));
+  REQUIRE(bytes);
+  CHECK(image::hex(*bytes) == image::digest_hex(*taken));
+  CHECK_FALSE(image::digest_bytes(""));
+  CHECK_FALSE(image::digest_bytes(std::string(63, 'a')));
+  CHECK_FALSE(image::digest_bytes(std::string(64, 'A')));
+  CHECK_FALSE(image::digest_bytes(std::string(62, 'a') + "g0"));
+}
+
+TEST_CASE("an opener given the caller's hash skips its pass but still refuses an image that hash does not name") {
+  const std::vector<std::uint8_t> used = span_of(10);
+  const Kept k = kept_of(used);
+  auto taken = image::take_image(source_with_build(1), used);
+  REQUIRE(taken);
+  const auto hashed = image::digest_bytes(image::digest_hex(*taken));
+  REQUIRE(hashed);
+  auto opener = image::ImageOpener::check(*taken, rules_with_build(1), &*hashed);
+  REQUIRE(opener);
+  std::vector<std::uint8_t> pages(opener->kept_bytes());
+  REQUIRE(opener->next(pages));
+  CHECK(opener->finish());
+  CHECK(pages == k.pages);
+  // A hash the header does not name: refused as a mismatch, naming both.
+  std::array<std::uint8_t, 32> other = *hashed;
+  other[0] ^= 1;
+  CHECK_ERROR(image::ImageOpener::check(*taken, rules_with_build(1), &other), Errc::sandbox_refused,
+              "refused by the sandbox: heap image hash mismatch: expected " + image::digest_hex(*taken) + ", got " +
+                  image::hex(other));
+  // Every other check stays: the build, the quota, the page map.
+  CHECK_ERROR(image::ImageOpener::check(*taken, rules_with_build(2), &*hashed), Errc::sandbox_refused,
+              "image from guest build");
+  CHECK_ERROR(image::ImageOpener::check(*taken, rules_with_build(1, image::kPageBytes), &*hashed), Errc::sandbox_refused,
+              "above the memory quota");
 }

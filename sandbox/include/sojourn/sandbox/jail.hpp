@@ -3,6 +3,7 @@
 // reason. Adding a level is one Jail class and one row in the level table (jail_set.cpp).
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <memory>
 #include <optional>
@@ -50,13 +51,17 @@ class Jail {
   // before decompressing, hash; refusals are sandbox_refused, see docs/migration.md) and
   // resumed in a fresh guest under input's limits and `info`'s facts (input.source is unused;
   // the memory limit must be the one the image was taken under). Levels without an arena refuse.
+  // `hashed`: the SHA-256 the caller itself found every byte of `image` to hash to (a node that
+  // checked a TRANSFER's image, or sealed it, and held it unchanged since): a jail may compare the
+  // image's hash with it instead of hashing the bytes again. Null: the jail hashes them.
   virtual Result<StrongOutcome> run_strong(const RunInput& input, const AgentInput& agent, HostCalls* host) {
     (void)input, (void)agent, (void)host;
     return strong_refused(level(), "this level cannot carry a heap image yet");
   }
   virtual Result<StrongOutcome> resume_strong(std::span<const std::uint8_t> image, const RunInput& input,
-                                              const Value& info, HostCalls* host) {
-    (void)image, (void)input, (void)info, (void)host;
+                                              const Value& info, HostCalls* host,
+                                              const std::array<std::uint8_t, 32>* hashed = nullptr) {
+    (void)image, (void)input, (void)info, (void)host, (void)hashed;
     return strong_refused(level(), "this level cannot carry a heap image yet");
   }
 };
@@ -73,7 +78,8 @@ class TrustedJail final : public Jail {
   Result<StrongOutcome> run_strong(const RunInput&, const AgentInput&, HostCalls*) override {
     return strong_refused(level(), "its Lua heap is not an arena at a fixed address");
   }
-  Result<StrongOutcome> resume_strong(std::span<const std::uint8_t>, const RunInput&, const Value&, HostCalls*) override {
+  Result<StrongOutcome> resume_strong(std::span<const std::uint8_t>, const RunInput&, const Value&, HostCalls*,
+                                      const std::array<std::uint8_t, 32>* = nullptr) override {
     return strong_refused(level(), "its Lua heap is not an arena at a fixed address");
   }
 };
