@@ -459,6 +459,8 @@ std::vector<std::uint8_t> serve_request(int fd, const Frame& frame, Limits& limi
     const AgentInput agent{request->entry, request->state, request->info};
     HostCalls* host = request->run.has_host ? &channel_host : nullptr;
     if (request->strong) {
+      // A strong step's heap image must hold only its agent: the arena back to pristine first.
+      set_aside_warm_state();
       strong = true;
       return channel::encode_frame(agent_done_of(
           strong::run_agent_strong(input_of(request->run), agent, host, span_writer(fd, request->pages_direct))));
@@ -469,6 +471,7 @@ std::vector<std::uint8_t> serve_request(int fd, const Frame& frame, Limits& limi
     Result<channel::ResumeRequest> request = channel::decode_payload<channel::ResumeRequest>(frame.payload);
     if (!request) return channel::encode_frame(agent_done_of(request.error()));
     limits = request->run.limits;
+    set_aside_warm_state();  // the image's pages replace the whole arena
     if (Result<void> arena = ensure_arena(limits); !arena) return channel::encode_frame(agent_done_of(arena.error()));
     HostCalls* host = request->run.has_host ? &channel_host : nullptr;
     return channel::encode_frame(agent_done_of(resume_strong(fd, *request, host)));
@@ -528,9 +531,6 @@ bool serve_one_run(int fd) {
     if (!frame || (frame->kind != Kind::run && frame->kind != Kind::agent && frame->kind != Kind::resume)) return false;
     if (in_burst && frame->kind != Kind::run) return false;  // a burst holds plain runs only
     kind = frame->kind == Kind::run ? Kind::run : Kind::agent;
-    // Agent steps make their own state: the arena goes back to pristine first (a strong
-    // step's image then holds only its agent).
-    if (frame->kind != Kind::run) set_aside_warm_state();
     bool strong = frame->kind == Kind::resume;
     flush_held_if_old();
     std::vector<std::uint8_t> answer = serve_request(fd, *frame, limits, strong);

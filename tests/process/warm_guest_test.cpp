@@ -246,7 +246,7 @@ TEST_CASE("a warm guest's runs end with the results, errors and limits of a fres
   }
 }
 
-TEST_CASE("an agent step in a warm guest sets its prepared state aside, and the next run has it again, unchanged") {
+TEST_CASE("an agent step in a warm guest leaves its prepared state unchanged for the next run") {
   auto jail = start(1);
   const std::string before = probe(*jail);
   RunInput input;
