@@ -11,24 +11,18 @@
 #include <string>
 #include <vector>
 
+#include "bench/small_eval.hpp"
 #include "bench/stats.hpp"
 #include "sojourn/sandbox/lua_sandbox.hpp"
 
 namespace {
 
-using Clock = std::chrono::steady_clock;
 using namespace sojourn;
+using bench::Clock;
 
-constexpr const char* kChunk = "local v = node.call('kv.get', 'k'); return v.x + 1";
-
-// node.call('kv.get', 'k') answers {x = 1}, as the node's store does in bench_roundtrip.
-struct StoreStub final : sandbox::HostCalls {
-  Result<Value> call(std::string_view, const Value&) override {
-    Value v = Value::table();
-    v.set("x", 1);
-    return v;
-  }
-};
+using bench::StoreStub;
+using bench::us_since;
+constexpr const char* kChunk = bench::kSmallEvalChunk;
 
 int stub_call(lua_State* L) {
   lua_createtable(L, 0, 1);
@@ -36,8 +30,6 @@ int stub_call(lua_State* L) {
   lua_setfield(L, -2, "x");
   return 1;
 }
-
-double us_since(Clock::time_point t0) { return std::chrono::duration<double, std::micro>(Clock::now() - t0).count(); }
 
 // One run in a bare state; false on any error.
 bool bare_run() {

@@ -8,6 +8,7 @@
 #include <cstdlib>
 #include <vector>
 
+#include "bench/small_eval.hpp"
 #include "bench/stats.hpp"
 #include "sandbox/guest/arena.hpp"
 #include "sandbox/lua/lua_heap.hpp"
@@ -16,21 +17,11 @@
 
 namespace {
 
-using Clock = std::chrono::steady_clock;
 using namespace sojourn;
-
-constexpr const char* kChunk = "local v = node.call('kv.get', 'k'); return v.x + 1";
-
-// node.call('kv.get', 'k') answers {x = 1}, as the node's store does in bench_roundtrip.
-struct StoreStub final : sandbox::HostCalls {
-  Result<Value> call(std::string_view, const Value&) override {
-    Value v = Value::table();
-    v.set("x", 1);
-    return v;
-  }
-};
-
-double us_since(Clock::time_point t0) { return std::chrono::duration<double, std::micro>(Clock::now() - t0).count(); }
+using bench::Clock;
+using bench::StoreStub;
+using bench::us_since;
+constexpr const char* kChunk = bench::kSmallEvalChunk;
 
 }  // namespace
 
