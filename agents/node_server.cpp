@@ -10,6 +10,7 @@
 #include <boost/asio/use_awaitable.hpp>
 
 #include "agents/eval_queue.hpp"
+#include "agents/inline_streak.hpp"
 #include "agents/node_host_calls.hpp"
 #include "agents/node_jails.hpp"
 #include "agents/node_runtime.hpp"
@@ -282,17 +283,14 @@ asio::awaitable<Reply> NodeServer::serve_call(CallRequest request, const PeerIde
 }
 
 std::optional<Reply> NodeServer::try_inline_unless_saturated(const EvalRequest& request, const PeerIdentity& peer) {
-  // Back to back (the previous inline run ended moments ago: requests are queued behind
-  // this one, as when a client pipelines), the workers run them side by side while this
-  // thread reads and writes. In the reader, the next frame of a pipelined burst comes a
-  // microsecond or two after the last run (already buffered); a sequential client's next
-  // request needs a round trip through the kernel and its own wake-up, at least ~10 us on
-  // loopback. The former 30 us sent about half of a sequential client's requests to the
-  // workers (bench_roundtrip rev_blocking 39-80 us, 26-28 us with 5; results_revtrusted).
-  constexpr auto kBackToBack = std::chrono::microseconds(5);
-  const auto now = std::chrono::steady_clock::now();
-  if (now - last_inline_end_ < kBackToBack) return std::nullopt;
-  std::optional<Reply> fast = try_inline_eval(request, peer);
+  // Back to back (inline_streak.hpp), as when a client pipelines: a jailed evaluation joins
+  // the workers' burst, which runs in one warm guest; a trusted one keeps running here for a
+  // streak. Handing every other one to a worker cost the node twice the CPU per pipelined
+  // evaluation (a wake-up and a context switch each way: 0.4 switches per request against
+  // 0.02, `perf stat`), more than the second core gave back.
+  const InlineTurn turn = inline_turn(std::chrono::steady_clock::now(), last_inline_end_, inline_streak_start_);
+  if (turn == InlineTurn::workers) return std::nullopt;
+  std::optional<Reply> fast = try_inline_eval(request, peer, /*trusted_only=*/turn == InlineTurn::trusted_only);
   last_inline_end_ = std::chrono::steady_clock::now();
   if (fast) ++counters_.evals_inline;
   return fast;
@@ -506,7 +504,7 @@ std::optional<Isolation> NodeServer::inline_level(const EvalRequest& request, co
   return level;
 }
 
-std::optional<Reply> NodeServer::try_inline_eval(const EvalRequest& request, const PeerIdentity& peer) {
+std::optional<Reply> NodeServer::try_inline_eval(const EvalRequest& request, const PeerIdentity& peer, bool trusted_only) {
   // Only unsigned code (a signature check would cost the network thread tens of microseconds
   // and use up a nonce), at `trusted`, or at `process` in a warm guest already waiting: the
   // level is decided without starting a jail, and nothing here forks or waits for a guest.
@@ -518,7 +516,7 @@ std::optional<Reply> NodeServer::try_inline_eval(const EvalRequest& request, con
   // A jailed evaluation joins those queued or running (a burst in one warm guest) rather than
   // taking a warm guest for itself; a trusted one still runs here when the network thread is
   // free (queuing it behind a burst cost a pipelining client ~20% of its rate at `trusted`).
-  if (*level != Isolation::trusted && eval_queue_->busy()) return std::nullopt;
+  if (*level != Isolation::trusted && (trusted_only || eval_queue_->busy())) return std::nullopt;
   const std::string principal = peer.authenticated() ? "peer " + peer.fingerprint : std::string("anonymous");
   sandbox::RunInput input = eval_input(request, rule, principal);
   const Limits full = input.limits;

@@ -80,7 +80,8 @@ class NodeServer final : public RequestHandler {
   // handle_now's half for an evaluation: its reply, or nullopt (it goes to handle()).
   std::optional<Result<std::vector<std::uint8_t>>> eval_now(std::span<const std::uint8_t> payload,
                                                             const PeerIdentity& peer);
-  // The inline attempt itself unless the fast path looks saturated (requests back to back).
+  // The inline attempt itself unless the fast path looks saturated: a jailed evaluation back
+  // to back with the last inline run, or a trusted one past the network thread's streak.
   std::optional<Reply> try_inline_unless_saturated(const EvalRequest& request, const PeerIdentity& peer);
   // A burst of queued evaluations on one worker (EvalQueue), in order.
   void run_eval_burst(std::span<EvalJob*> jobs);
@@ -91,7 +92,8 @@ class NodeServer final : public RequestHandler {
   // The fast path, on the network thread: the reply of a small unsigned evaluation at
   // `trusted` that stayed within the inline budgets and services, or nullopt when it must run
   // on a worker instead (nothing it did had an effect: it was stopped before any other call).
-  std::optional<Reply> try_inline_eval(const EvalRequest& request, const PeerIdentity& peer);
+  // `trusted_only`: a jailed evaluation gives way at once (it joins the queued burst).
+  std::optional<Reply> try_inline_eval(const EvalRequest& request, const PeerIdentity& peer, bool trusted_only = false);
   // The level a fast-path attempt runs at, decided without starting a jail: trusted, or
   // process (served only by a warm guest already waiting); nullopt leaves the request to
   // the worker path, which decides and reports refusals and missing levels as before.
@@ -115,6 +117,7 @@ class NodeServer final : public RequestHandler {
 
   // Network-thread state.
   std::chrono::steady_clock::time_point last_inline_end_{};  // the fast path's last attempt
+  std::chrono::steady_clock::time_point inline_streak_start_{};  // the first of the attempts back to back
   // Series of the per-request metrics, found once (a series, once made, lives as long as
   // its family): counting a request then allocates nothing.
   struct NameHash {

@@ -14,6 +14,7 @@
 #include <thread>
 #include <vector>
 
+#include "agents/inline_streak.hpp"
 #include "sojourn/agents/node.hpp"
 #include "tests/support/error_checks.hpp"
 
@@ -139,6 +140,46 @@ TEST_CASE("many evaluations in flight on one connection each get their own answe
   CHECK(n.inline_count() >= 1);
   CHECK(n.inline_count() <= 64);
   CHECK(n.server.stats().evals_served == 64);
+}
+
+TEST_CASE("back to back, trusted evaluations stay on the network thread for a streak, then one goes to the workers") {
+  using namespace std::chrono_literals;
+  const auto t0 = std::chrono::steady_clock::time_point{} + 1h;
+  std::chrono::steady_clock::time_point streak{};
+  // The thread was free: any level, and a streak starts.
+  CHECK(inline_turn(t0, t0 - 1ms, streak) == InlineTurn::any_level);
+  CHECK(streak == t0);
+  // The next frame of a burst, 2 us after the last run ended: trusted only, the same streak.
+  CHECK(inline_turn(t0 + 10us, t0 + 8us, streak) == InlineTurn::trusted_only);
+  CHECK(inline_turn(t0 + kInlineStreak - 1us, t0 + kInlineStreak - 3us, streak) == InlineTurn::trusted_only);
+  CHECK(streak == t0);
+  // Still back to back once the streak has lasted its length: the workers take this one.
+  CHECK(inline_turn(t0 + kInlineStreak, t0 + kInlineStreak - 2us, streak) == InlineTurn::workers);
+  CHECK(inline_turn(t0 + kInlineStreak + 1us, t0 + kInlineStreak - 2us, streak) == InlineTurn::workers);
+  // A gap of kBackToBack since the last inline run: a new streak.
+  const auto later = t0 + kInlineStreak - 2us + kBackToBack;
+  CHECK(inline_turn(later, t0 + kInlineStreak - 2us, streak) == InlineTurn::any_level);
+  CHECK(streak == later);
+}
+
+TEST_CASE("a pipelined burst at trusted runs mostly on the network thread") {
+  TrustedServer n;
+  REQUIRE(n.client.eval(n.address, "return 1").ok());  // the pooled state prepared
+  const std::uint64_t before = n.inline_count();
+  std::vector<std::future<Result<EvalResult>>> futures;
+  for (int i = 0; i < 64; ++i) {
+    futures.push_back(asio::co_spawn(node_executor(n.client),
+                                     async_eval(n.client, n.address, "local x = ... return x + 1", Value::array({i})),
+                                     asio::use_future));
+  }
+  for (int i = 0; i < 64; ++i) {
+    auto r = futures[static_cast<std::size_t>(i)].get();
+    REQUIRE(r.ok());
+    CHECK(r->results.get(1).as_integer() == i + 1);
+  }
+  // One in two went to the workers when every evaluation back to back did; now only one
+  // after each streak of kInlineStreak does.
+  CHECK(n.inline_count() - before > 40);
 }
 
 TEST_CASE("a spinning evaluation holds the reader only for the inline budget: a kv.get behind it is answered first") {
