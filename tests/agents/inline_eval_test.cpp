@@ -162,26 +162,6 @@ TEST_CASE("back to back, trusted evaluations stay on the network thread for a st
   CHECK(streak == later);
 }
 
-TEST_CASE("a pipelined burst at trusted runs mostly on the network thread") {
-  TrustedServer n;
-  REQUIRE(n.client.eval(n.address, "return 1").ok());  // the pooled state prepared
-  const std::uint64_t before = n.inline_count();
-  std::vector<std::future<Result<EvalResult>>> futures;
-  for (int i = 0; i < 64; ++i) {
-    futures.push_back(asio::co_spawn(node_executor(n.client),
-                                     async_eval(n.client, n.address, "local x = ... return x + 1", Value::array({i})),
-                                     asio::use_future));
-  }
-  for (int i = 0; i < 64; ++i) {
-    auto r = futures[static_cast<std::size_t>(i)].get();
-    REQUIRE(r.ok());
-    CHECK(r->results.get(1).as_integer() == i + 1);
-  }
-  // One in two went to the workers when every evaluation back to back did; now only one
-  // after each streak of kInlineStreak does.
-  CHECK(n.inline_count() - before > 40);
-}
-
 TEST_CASE("a spinning evaluation holds the reader only for the inline budget: a kv.get behind it is answered first") {
   TrustedServer n;
   REQUIRE(n.client.call(n.address, "kv.put", Value::array({"k", 7})).ok());
