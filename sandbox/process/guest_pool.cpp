@@ -92,6 +92,27 @@ std::optional<std::uint64_t> resident_bytes(const WarmGuest& guest) {
   return pages * static_cast<std::uint64_t>(::sysconf(_SC_PAGESIZE));
 }
 
+bool resident_fit(WarmGuest& guest, std::optional<std::uint64_t> cpu_us, std::uint64_t max_resident_bytes) {
+  if (cpu_us && guest.resident_checked_cpu_us && *cpu_us >= *guest.resident_checked_cpu_us &&
+      *cpu_us - *guest.resident_checked_cpu_us < kResidentCheckUs) {
+    return true;
+  }
+  const std::optional<std::uint64_t> resident = resident_bytes(guest);
+  if (!resident || *resident > max_resident_bytes) return false;
+  // Read after `cpu_us` was: counting from it only makes the next reading come sooner.
+  guest.resident_checked_cpu_us = cpu_us;
+  return true;
+}
+
+bool resident_fit_after_run(WarmGuest& guest, std::uint64_t run_us, std::uint64_t max_resident_bytes) {
+  if (run_us < kResidentCheckUs && guest.resident_checked_cpu_us) return true;
+  if (!resident_fit(guest, std::nullopt, max_resident_bytes)) return false;
+  // Counted from the guest's clock at the run's start (or at its answer, where the host read
+  // it then): a reading before this one, so the next check comes sooner, never later.
+  guest.resident_checked_cpu_us = guest.settled_cpu_us;
+  return true;
+}
+
 bool wait_off_cpu(const WarmGuest& guest, std::chrono::microseconds limit) {
   if (!guest.stat.valid()) return false;
   const auto until = std::chrono::steady_clock::now() + limit;
@@ -104,7 +125,7 @@ bool wait_off_cpu(const WarmGuest& guest, std::chrono::microseconds limit) {
   }
 }
 
-bool guest_at_rest(WarmGuest& guest) {
+bool guest_at_rest(WarmGuest& guest, std::uint64_t max_resident_bytes) {
   guest.rest_cpu_us.reset();
   if (!guest.stat.valid()) return false;
   if (!guest.zygote || !guest.zygote->alive() || !guest.channel.valid() || !guest.guest.pidfd.valid()) return false;
@@ -127,6 +148,7 @@ bool guest_at_rest(WarmGuest& guest) {
     used = guest_cpu_time_us(guest);
     if (!used) return false;
   }
+  if (!resident_fit(guest, used, max_resident_bytes)) return false;
   guest.rest_cpu_us = used;
   return true;
 }
@@ -201,7 +223,7 @@ std::optional<WarmGuest> GuestPool::take(const PoolKey& key) {
       want_refill(key);
     }
     if (!candidate) return std::nullopt;
-    if (guest_at_rest(*candidate)) return candidate;  // checked unlocked: it reads /proc
+    if (guest_at_rest(*candidate, options_.max_resident_bytes)) return candidate;  // checked unlocked: it reads /proc
     discard_guest(*candidate);
   }
 }

@@ -53,6 +53,9 @@ struct WarmGuest {
   bool has_cpu_clock = false;
   // Its CPU time when guest_at_rest last found it fit (the start of the run it was taken for).
   std::optional<std::uint64_t> rest_cpu_us;
+  // Its CPU time at (or before) its resident memory was last read and found within the
+  // pool's cap; nullopt: never read (see resident_fit).
+  std::optional<std::uint64_t> resident_checked_cpu_us;
   // The RLIMIT_CPU values the host last saw and set (0: not yet known / none armed). The
   // guest sets its hard limit once before its filter (which refuses prlimit and setrlimit),
   // and only the host moves the soft limit after that: a run whose budget ends at the same
@@ -77,6 +80,24 @@ void discard_guest(WarmGuest& guest);
 void watch_guest(WarmGuest& guest);
 // The guest's resident memory (RSS, from statm), or nullopt when it is gone.
 std::optional<std::uint64_t> resident_bytes(const WarmGuest& guest);
+// How much CPU time (or, right after a run, wall-clock time) a guest may have spent since its
+// resident memory was last read before it is read again. Memory becomes resident only when
+// the guest touches a new page, and each such fault (the kernel zeroing the page) is charged
+// to the guest's own CPU clock: within this budget a guest can grow by a few MB at most, far
+// below the pool's cap, so statm (a read the kernel formats) is read once every many short
+// runs rather than after each.
+inline constexpr std::uint64_t kResidentCheckUs = 250;
+// Whether the guest's resident memory is within `max_resident_bytes` (read from statm), or
+// may be taken as such: it was read, and found within, less than kResidentCheckUs of the
+// guest's CPU time before `cpu_us`, a reading of its clock (nullopt: unknown, read now).
+// Records the reading's CPU time when it reads.
+bool resident_fit(WarmGuest& guest, std::optional<std::uint64_t> cpu_us, std::uint64_t max_resident_bytes);
+// After a run of `run_us` microseconds of wall-clock time (from the host's request to the
+// guest's answer, so at least the guest's CPU time in it): whether it may go back to the pool
+// as far as its resident memory goes. A run over kResidentCheckUs has statm read at once (a
+// run that grew the guest past the cap is not kept); a shorter one is left to the CPU-time
+// check at the guest's next take (guest_at_rest), which also sees what it did after its answer.
+bool resident_fit_after_run(WarmGuest& guest, std::uint64_t run_us, std::uint64_t max_resident_bytes);
 // Waits, at most `limit`, for a guest that has answered to leave its CPU (asleep in its next
 // read, or gone). The kernel adds a task's current slice to its process CPU clock only when
 // the task leaves the CPU or at a scheduler tick, so read from another CPU while the guest is
@@ -88,8 +109,10 @@ bool wait_off_cpu(const WarmGuest& guest, std::chrono::microseconds limit);
 // unread on its channel (no end-of-file, nothing written ahead of a request), and asleep
 // waiting for a request or still within the CPU time a reset takes (one that keeps running
 // after its answer is not at rest).
-// Its CPU time then is kept in rest_cpu_us (the next run's start, read once).
-bool guest_at_rest(WarmGuest& guest);
+// Its CPU time then is kept in rest_cpu_us (the next run's start, read once). Its resident
+// memory is checked against `max_resident_bytes` when it used kResidentCheckUs of CPU time
+// since it was last read (resident_fit).
+bool guest_at_rest(WarmGuest& guest, std::uint64_t max_resident_bytes = UINT64_MAX);
 
 struct GuestPoolOptions {
   // Guests kept for each key, in use or idle (a refill tops the key up to this many); more

@@ -40,12 +40,16 @@ ssize_t HostChannel::receive_some(std::uint8_t* at, std::size_t n, ChannelStatus
         status = ChannelStatus::aborted;
         return -1;
       }
-      if (Clock::now() >= deadline_) {
+    }
+    int flags = 0;
+    if (waits_ == ChannelWaits::timed_receive && Clock::now() >= deadline_) {
+      if (!late_look()) {
         status = ChannelStatus::deadline;
         return -1;
       }
+      flags = MSG_DONTWAIT;  // what arrived by now, without waiting for more
     }
-    const ssize_t got = ::recv(fd_.get(), at, n, 0);
+    const ssize_t got = ::recv(fd_.get(), at, n, flags);
     if (got >= 0) return got;
     if (errno == EINTR) continue;
     if (errno != EAGAIN && errno != EWOULDBLOCK) {
@@ -65,14 +69,20 @@ ChannelStatus HostChannel::wait(short events) {
   for (;;) {
     if (abort_ != nullptr && abort_->load(std::memory_order_relaxed)) return ChannelStatus::aborted;
     const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline_ - Clock::now()).count();
-    if (left <= 0) return ChannelStatus::deadline;
-    int timeout = static_cast<int>(std::min<long long>(left, 1'000'000));
+    if (left <= 0 && !late_look()) return ChannelStatus::deadline;
+    int timeout = static_cast<int>(std::clamp<long long>(left, 0, 1'000'000));
     if (abort_ != nullptr) timeout = std::min(timeout, kAbortPollMs);
     pollfd p{fd_.get(), events, 0};
     const int n = ::poll(&p, 1, timeout);
     if (n < 0 && errno != EINTR) return ChannelStatus::closed;
     if (n > 0) return ChannelStatus::ok;  // readable, writable, or hung up: the call says which
   }
+}
+
+bool HostChannel::late_look() {
+  if (late_look_taken_) return false;
+  late_look_taken_ = true;
+  return true;
 }
 
 UniqueFd HostChannel::release() {

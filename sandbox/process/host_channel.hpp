@@ -53,9 +53,15 @@ class HostChannel {
   ChannelStatus read(channel::Kind& kind, std::vector<std::uint8_t>& payload, const ReadLimits& limits);
   // Moves the deadline later by `by`: time the host spent on its own work while the guest
   // waited (sealing or opening a strong step's pages) is not the guest's.
-  void extend_deadline(Clock::duration by) { deadline_ += by; }
+  void extend_deadline(Clock::duration by) {
+    deadline_ += by;
+    late_look_taken_ = false;
+  }
   // A new deadline: the next run of a burst, counted from its predecessor's answer.
-  void set_deadline(Clock::time_point deadline) { deadline_ = deadline; }
+  void set_deadline(Clock::time_point deadline) {
+    deadline_ = deadline;
+    late_look_taken_ = false;
+  }
   // The declared payload length of the last frame refused as too large.
   std::uint64_t refused_length() const { return refused_length_; }
   // The descriptor, for a warm guest's next run; invalid (and closed) when bytes past the
@@ -65,6 +71,13 @@ class HostChannel {
  private:
   // Waits for `events`; ok, deadline or aborted (checked every few milliseconds).
   ChannelStatus wait(short events);
+  // Once the deadline passed: true the first time (one look, without waiting, at what the
+  // guest sent by then), false after. The host's own thread may have been off its CPU past
+  // the deadline while the guest's answer waited on the channel: that answer came in time,
+  // and killing the guest for it would cost a fork. A guest that sent nothing by then is
+  // past its deadline whatever the look finds later; one look bounds what the host takes.
+  bool late_look();
+  bool late_look_taken_ = false;
   // Receives up to `n` bytes into `at`: > 0 bytes received, 0 end of file, < 0 a status to
   // return (set in `status`). Waits as the channel's mode says.
   ssize_t receive_some(std::uint8_t* at, std::size_t n, ChannelStatus& status);

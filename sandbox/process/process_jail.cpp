@@ -36,6 +36,11 @@ constexpr const char* kGuestName = "sojourn-guest";
 // run's budget would pass it is retired.
 constexpr std::uint32_t kWarmGuestCpuSeconds = 600;
 
+std::uint64_t micros_since(std::chrono::steady_clock::time_point t0) {
+  return static_cast<std::uint64_t>(
+      std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - t0).count());
+}
+
 bool executable(const fs::path& path) { return ::access(path.c_str(), X_OK) == 0 && fs::is_regular_file(path); }
 
 std::string namespace_names(std::uint32_t flags) {
@@ -337,11 +342,9 @@ class ZygoteJail final : public ProcessJail {
       std::optional<WarmGuest> warm = take_armed(key, all);
       if (warm) {
         bool reusable = false;
+        const auto started = std::chrono::steady_clock::now();
         done = run_burst_in_warm_guest(*warm, burst, options_.kill_grace_ms, counters_, reusable);
-        if (reusable) {
-          const std::optional<std::uint64_t> resident = resident_bytes(*warm);
-          reusable = resident && *resident <= pool_.options().max_resident_bytes;
-        }
+        reusable = reusable && resident_fit_after_run(*warm, micros_since(started), pool_.options().max_resident_bytes);
         if (reusable) {
           pool_.give_back(key, std::move(*warm));
         } else {
@@ -385,12 +388,10 @@ class ZygoteJail final : public ProcessJail {
                                                          HostCalls* host, const SessionOptions& session) {
     WarmGuest* warm = &warm_guest;
     bool reusable = false;
+    const auto started = std::chrono::steady_clock::now();
     Result<std::vector<std::uint8_t>> result =
         run_in_warm_guest(*warm, input, request, done, host, session, counters_, reusable);
-    if (reusable) {
-      const std::optional<std::uint64_t> resident = resident_bytes(*warm);
-      reusable = resident && *resident <= pool_.options().max_resident_bytes;
-    }
+    reusable = reusable && resident_fit_after_run(*warm, micros_since(started), pool_.options().max_resident_bytes);
     if (reusable) {
       pool_.give_back(key, std::move(*warm));
     } else {
