@@ -6,11 +6,13 @@
 #include <grp.h>
 #include <poll.h>
 #include <signal.h>
+#include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <optional>
@@ -28,6 +30,7 @@ namespace {
 constexpr std::uint64_t kGuestOverheadBytes = 128u << 20;  // image, stack, JIT machine code
 constexpr std::uint64_t kCxxHeapSlack = 64u << 20;         // the request, buffers
 constexpr uid_t kNobody = 65534;
+constexpr std::size_t kArenaHeadBytes = 64u << 10;  // what a fresh Lua state writes, rounded up
 
 std::optional<FixedArena> g_arena;
 
@@ -93,6 +96,13 @@ Result<void> install_arena(std::uint64_t quota_bytes) {
   Result<FixedArena> arena = FixedArena::map_at(kArenaBase, arena_bytes_for_quota(quota_bytes));
   if (!arena) return arena.error();
   g_arena.emplace(*arena);
+  // Every Lua state's build writes the arena's first ~56 KiB (the state, its libraries, the
+  // restricted environment): one call maps them instead of ~10 zero-fill faults (~16 us each
+  // on a paravirtualised VM; the header's pages, written as the arena is mapped, fault before).
+  // A hint: a kernel without MADV_POPULATE_WRITE, or the microVM (ENOSYS), faults them as before.
+  // SAFETY: the range lies inside the mapping just made.
+  (void)::madvise(reinterpret_cast<void*>(g_arena->base()), std::min(kArenaHeadBytes, g_arena->size()),
+                  MADV_POPULATE_WRITE);
   use_lua_heap(&*g_arena);
   return {};
 }

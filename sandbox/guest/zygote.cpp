@@ -26,6 +26,7 @@
 
 #include "sandbox/guest/jail_child.hpp"
 #include "sandbox/guest/syscall_filter.hpp"
+#include "sandbox/guest/zygote_image.hpp"
 #include "sojourn/core/log.hpp"
 #include "sojourn/sandbox/lua_sandbox.hpp"
 
@@ -184,6 +185,10 @@ class Zygote {
     }
     choose_namespaces();
     warm_up();
+    // After the warm-up, before the first fork: guests inherit the image's page table.
+    if (const ImageShare share = share_image_with_forks(); !share.error.empty()) {
+      log_warn("zygote", "guests fault in part of the executable's image: " + share.error);
+    }
     channel::Hello hello{channel::kProtocolVersion, static_cast<std::uint32_t>(::getpid()), namespaces_, fallback_};
     if (!send(channel::encode_frame(hello), -1)) return 1;
     while (serve_once()) {
