@@ -1,6 +1,7 @@
 // Agent records as Value tables: every field checked on the way in, since a record comes
 // from a peer.
 #include "agents/agent_record.hpp"
+#include "agents/record_step.hpp"
 
 #include <algorithm>
 #include <chrono>
@@ -133,6 +134,29 @@ Value to_value(const AgentStatus& s) {
   v.set("log", strings_to_value(s.log));
   v.set("pending_messages", static_cast<std::int64_t>(s.pending_messages));
   return v;
+}
+
+AgentRecord copy_for_step(AgentRecord& r) {
+  // Set aside for the copy and given back whatever happens (the copy may throw bad_alloc):
+  // `r` is the same record after the call.
+  struct SetAside {
+    AgentRecord& r;
+    std::vector<AgentHop> hops;
+    std::vector<Value> mailbox;
+    std::vector<std::string> log, delivered, visited;
+    explicit SetAside(AgentRecord& record)
+        : r(record), hops(std::move(record.hops)), mailbox(std::move(record.mailbox)), log(std::move(record.log)),
+          delivered(std::move(record.delivered)), visited(std::move(record.visited)) {}
+    ~SetAside() {
+      r.hops = std::move(hops);
+      r.mailbox = std::move(mailbox);
+      r.log = std::move(log);
+      r.delivered = std::move(delivered);
+      r.visited = std::move(visited);
+    }
+  };
+  const SetAside aside(r);
+  return r;
 }
 
 Value record_to_value(const AgentRecord& r) {

@@ -6,6 +6,7 @@
 #include <boost/asio/detached.hpp>
 #include <boost/asio/post.hpp>
 
+#include "agents/record_step.hpp"
 #include "agents/store/kv_store.hpp"
 #include "sandbox/image/heap_image.hpp"
 #include "sojourn/core/bundle.hpp"
@@ -163,6 +164,7 @@ void AgentRuntime::run_step(const std::string& id) {
   bool first_step = false;
   bool report_owed = false;
   bool image_hashed = false;  // record.image is the Resident's hashed_image
+  std::optional<ArrivalReport> report;
   {
     std::lock_guard lock(mutex_);
     auto it = residents_.find(id);
@@ -173,16 +175,20 @@ void AgentRuntime::run_step(const std::string& id) {
     report_owed = it->second.report_owed;
     it->second.report_owed = false;
     if (report_owed) it->second.arrival_in_flight = true;
-    record = it->second.record;
+    AgentRecord& held = it->second.record;
+    // What reads the hop trail and the delivered ids reads them here; the step's copy goes
+    // without them, its mailbox and its log (copy_for_step).
+    if (report_owed) report = arrival_report(held);
+    if (first_step) note_visit(held);  // (the metrics and the trace have locks of their own)
+    record = copy_for_step(held);
     image_hashed = record.image != nullptr && it->second.hashed_image.lock() == record.image;
     bundle = it->second.bundle;
     rule = it->second.rule;
     hop_spent = it->second.hop_cpu_spent;
   }
-  if (first_step) note_visit(record);
   // The arrival's report leaves beside this step, which does not wait for the home: the
   // messages its answer hands over reach the mailbox (and wake the agent) when it comes.
-  if (report_owed) spawn(report_arrival(record.home, arrival_report(record)), "report of an arrival to its home");
+  if (report) spawn(report_arrival(record.home, std::move(*report)), "report of an arrival to its home");
   const StepBudget budget = step_budget(record, *bundle, rule, hop_spent);
   if (!budget.exhausted.empty()) {
     finish(id, AgentState::failed, budget.exhausted, Value{});

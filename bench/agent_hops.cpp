@@ -59,10 +59,13 @@ struct Cluster {
   std::vector<std::unique_ptr<Node>> nodes;
   std::vector<std::string> addr;
   Marks marks;
-  explicit Cluster(int n, Isolation level) {
+  // trace_prefix: each node appends its trace to PREFIX<i>.jsonl (--trace), to read a hop's
+  // events in order (docs/experiments.md).
+  explicit Cluster(int n, Isolation level, const std::string& trace_prefix = {}) {
     for (int i = 0; i < n; ++i) {
       NodeOptions o;
       o.name = "bench" + std::to_string(i);
+      if (!trace_prefix.empty()) o.trace = trace_prefix + std::to_string(i) + ".jsonl";
       o.peer_isolation = level;
       o.max_payload = 64u << 20;
       o.default_limits.memory_bytes = 256u << 20;
@@ -200,12 +203,14 @@ void row(const char* what, const LatencySummary& s, const LatencySummary* peer) 
 int main(int argc, char** argv) {
   using namespace sojourn::bench;
   // bench_agent_hops [HOPS] [--csv FILE] [--latency-only] [--bytes N] [--hop-only trusted|process]
+  //                  [--trace PREFIX]
   // HOPS: the tour's length (each agent's hops, one sample each). N: one state size only, for
   // a profile. --hop-only: that level's agent tour and nothing else (no floor, no REV, no
   // throughput), so that `perf stat` over the run divided by HOPS is a hop's CPU time. HOPS is
-  // at least 10, or 3 with --hop-only.
+  // at least 10, or 3 with --hop-only. --trace (with --hop-only): node i appends its trace to
+  // PREFIXi.jsonl, the order of a hop's events (tracing costs time: not for figures).
   int hops = 200;
-  std::string csv;
+  std::string csv, trace;
   bool latency_only = false;
   std::size_t only_bytes = 0;
   std::string hop_only;
@@ -215,6 +220,8 @@ int main(int argc, char** argv) {
       csv = argv[++i];
     } else if (arg == "--bytes" && i + 1 < argc) {
       only_bytes = std::strtoull(argv[++i], nullptr, 10);
+    } else if (arg == "--trace" && i + 1 < argc) {
+      trace = argv[++i];
     } else if (arg == "--latency-only") {
       latency_only = true;
     } else if (arg == "--hop-only" && i + 1 < argc) {
@@ -239,7 +246,7 @@ int main(int argc, char** argv) {
       std::fprintf(stderr, "%s\n", level.error().message.c_str());
       return 2;
     }
-    Cluster c(3, *level);
+    Cluster c(3, *level, trace);
     const std::size_t bytes = only_bytes != 0 ? only_bytes : 4096;
     std::printf("agent hop, %s, state %zu bytes, a tour of %d hops (microseconds)\n", hop_only.c_str(), bytes, hops);
     std::printf("  %-44s %10s %10s %8s\n", "", "median", "p99", "samples");

@@ -465,7 +465,8 @@ std::vector<std::uint8_t> serve_request(int fd, const Frame& frame, Limits& limi
       return channel::encode_frame(agent_done_of(
           strong::run_agent_strong(input_of(request->run), agent, host, span_writer(fd, request->pages_direct))));
     }
-    return channel::encode_frame(agent_done_of(run_agent(input_of(request->run), agent, host)));
+    // A weak step on the prepared state (its arena restored after it, as after any run).
+    return channel::encode_frame(agent_done_of(run_weak_agent(input_of(request->run), agent, host)));
   }
   if (frame.kind == Kind::resume) {
     Result<channel::ResumeRequest> request = channel::decode_payload<channel::ResumeRequest>(frame.payload);

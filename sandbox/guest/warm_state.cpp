@@ -50,6 +50,8 @@ int build_environment(lua_State* L) {
   detail::open_restricted_env(L, false);
   detail::open_require_remote(L);
   lua::register_library(L, LUA_GLOBALSINDEX);
+  // A weak agent step's `agent` functions, named for travel as a fresh state names them.
+  detail::prepare_agent_api(L);
   return 0;
 }
 
@@ -162,6 +164,16 @@ Result<Value> run_prepared(const RunInput& input, HostCalls* host) {
   return std::move(*job.result);
 }
 
+Result<AgentOutcome> run_prepared_agent(const RunInput& input, const AgentInput& agent, HostCalls* host) {
+  if (std::optional<Error> refused = detail::refused_input(input)) return *std::move(refused);
+  Prepared& p = g_prepared;
+  RunContext& ctx = p.ctx;
+  ctx = RunContext{};
+  // SAFETY: the frame address is only compared with, never dereferenced.
+  detail::start_context(ctx, input, host, reinterpret_cast<std::uintptr_t>(__builtin_frame_address(0)), p.bytes_in_use);
+  return detail::run_agent_on_prepared(p.L, ctx, input, agent);
+}
+
 }  // namespace
 
 void prepare_warm_state(bool allow_jit) {
@@ -174,6 +186,11 @@ void prepare_warm_state(bool allow_jit) {
 Result<Value> run_weak(const RunInput& input, HostCalls* host) {
   if (!can_use_prepared(input)) return run_lua(input, host);
   return run_prepared(input, host);
+}
+
+Result<AgentOutcome> run_weak_agent(const RunInput& input, const AgentInput& agent, HostCalls* host) {
+  if (!can_use_prepared(input)) return run_agent(input, agent, host);
+  return run_prepared_agent(input, agent, host);
 }
 
 void set_aside_warm_state() {

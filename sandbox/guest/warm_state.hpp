@@ -17,7 +17,12 @@ void prepare_warm_state(bool allow_jit);
 // state when there is one and the run can use it, else run_lua.
 Result<Value> run_weak(const RunInput& input, HostCalls* host);
 
-// Before any request that is not a weak run (an agent step; a strong one images the arena):
+// A weak agent step (run_agent's outcome, errors and limits): on the prepared state when
+// there is one and the step can use it, else in a fresh state (run_agent). Either way the
+// arena goes back to the snapshot after it (reset_after_run): nothing of the step remains.
+Result<AgentOutcome> run_weak_agent(const RunInput& input, const AgentInput& agent, HostCalls* host);
+
+// Before a strong step or a resume (its image holds the whole arena):
 // the prepared state goes, and the arena is back to pristine.
 void set_aside_warm_state();
 

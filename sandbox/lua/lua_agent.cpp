@@ -49,6 +49,16 @@ Value host_call(lua_State* L, std::string_view name, int first_arg) {
   return std::move(*reply);
 }
 
+// Ends a weak step once agent.go or agent.wait set its stop: a yield straight back to the
+// step's C code when called in the step's own coroutine where it may yield (not inside a
+// coroutine of the agent's, a sort comparator, a gsub callback), else the sticky kill's error,
+// re-raised at every instruction whatever catches it. Either way no Lua code of the step runs
+// after it.
+int leave_step(lua_State* L, RunContext& ctx) {
+  if (L == ctx.agent_thread && lua_isyieldable(L) != 0) return lua_yield(L, 0);
+  raise_kill(L);
+}
+
 int agent_go(lua_State* L) {
   std::size_t peer_len = 0;
   const char* peer = luaL_checklstring(L, 1, &peer_len);
@@ -61,7 +71,7 @@ int agent_go(lua_State* L) {
   ctx.go_peer.assign(peer, peer_len);
   ctx.go_entry.assign(entry, entry_len);
   ctx.kill = Errc::agent_moving;  // sticky: a pcall around agent.go cannot keep the agent here
-  raise_kill(L);
+  return leave_step(L, ctx);
 }
 
 // agent.wait(entry): the step ends here and the agent stays, asleep, until a message
@@ -75,7 +85,7 @@ int agent_wait(lua_State* L) {
   ctx.go_peer.clear();
   ctx.go_entry.assign(entry, entry_len);
   ctx.kill = Errc::agent_moving;
-  raise_kill(L);
+  return leave_step(L, ctx);
 }
 
 int agent_receive(lua_State* L) {

@@ -47,6 +47,10 @@ struct RunContext {
   // agent.go: the kill is Errc::agent_moving, and where to go is kept here.
   std::string go_peer;
   std::string go_entry;
+  // The coroutine a weak agent step's entry runs in (null outside one): agent.go and
+  // agent.wait called right in it, where it can yield, end the step by a yield back to the
+  // step's C code instead of an error unwound through every C frame.
+  lua_State* agent_thread = nullptr;
 };
 
 // C stack that C functions of one run may use below run_lua's frame: LuaJIT checks its own
@@ -91,6 +95,11 @@ void start_context(RunContext& ctx, const RunInput& input, HostCalls* host, std:
 // The error of a failed run: kills decided by the context's flag, never by the message (a
 // script cannot fake one with error("CPU limit of ...")), else the Lua error with its position.
 Error run_failure(lua_State* L, int status, const RunContext& ctx, std::string_view chunk);
+// A weak agent step (run_agent's outcome, errors and limits) on a state whose environment is
+// already built, prepare_agent_api included (a warm guest's prepared state), its run context
+// `ctx` already started. The step's `agent` table and globals are left in the state: the
+// caller takes the state back to its snapshot after the step.
+Result<AgentOutcome> run_agent_on_prepared(lua_State* L, RunContext& ctx, const RunInput& input, const AgentInput& agent);
 Error pattern_refused_error(std::size_t subject_bytes);
 // "refused by the sandbox: cdata number literals (1LL, 1ULL, 1i) are not accepted"
 Error cdata_refused_error();

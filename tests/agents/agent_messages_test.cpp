@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "agents/agent_messages.hpp"
+#include "agents/record_step.hpp"
 
 using namespace sojourn;
 
@@ -464,4 +465,28 @@ TEST_CASE("a record sheds the hops its home acknowledged but never its current o
   REQUIRE(back->finished_hops.size() == 1);
   CHECK((back->finished_hops[0].node == "b" && back->finished_hops[0].spent_ms == 9));
   check_refuses_damaged(bytes, decode_arrival, "arrival");
+}
+
+TEST_CASE("a step's copy of a record leaves out the trail, mailbox, log, delivered ids and visits, and the record keeps them") {
+  AgentRecord r = sample_record();
+  r.hops.push_back(AgentHop{"127.0.0.1:7401", 1, 1700000000400, 7, 30, "process"});
+  r.hops.push_back(AgentHop{"127.0.0.1:7402", 2, 1700000000800, 0, 31, "process"});
+  drop_reported_hops(r, 1);
+  r.log = {"one", "two"};
+  r.mailbox = {Value(7)};
+  r.delivered = {"m1"};
+  r.itinerary = {"127.0.0.1:7403"};
+  r.state.set("x", 5);
+  const AgentRecord before = r;
+  const AgentRecord step = copy_for_step(r);
+  CHECK((step.id == r.id && step.home == r.home && step.entry == r.entry && step.epoch == r.epoch));
+  CHECK((step.itinerary == r.itinerary && step.signer == r.signer && step.isolation == r.isolation));
+  CHECK((step.cpu_left == r.cpu_left && step.max_hops == r.max_hops && step.hops_reported == r.hops_reported));
+  CHECK(step.state.get("x").as_integer() == 5);
+  CHECK((step.hops.empty() && step.mailbox.empty() && step.log.empty() && step.delivered.empty() && step.visited.empty()));
+  // The record itself is whole again.
+  CHECK(encode_value(record_to_value(r)) == encode_value(record_to_value(before)));
+  CHECK((r.hops.size() == before.hops.size() && r.log == before.log && r.mailbox.size() == 1 &&
+         r.delivered == before.delivered && r.visited == before.visited));
+  CHECK((!r.hops.empty() && !r.visited.empty()));
 }

@@ -101,6 +101,84 @@ TEST_CASE_TEMPLATE("agent.go ends the step, and a pcall around it cannot keep th
   CHECK(r->state.get("after_pcall").is_nil());
 }
 
+TEST_CASE_TEMPLATE("agent.go ends the step from a coroutine of the agent's own, and nothing after it runs", Level,
+                   SOJOURN_SUITE_LEVELS) {
+  // The step's own coroutine yields back to the node at agent.go; inside the agent's own
+  // coroutine (or a callback of C code) the stop is the sticky kill: the same outcome.
+  auto r = step<Level>(R"(
+    return { start = function(s)
+      local co = coroutine.wrap(function()
+        s.inside = true
+        agent.go("127.0.0.1:7401", "arrive")
+        s.after_go = true
+      end)
+      pcall(co)
+      s.after_coroutine = true
+      agent.go("127.0.0.1:7402", "other")
+    end })",
+                       "start", Value::table());
+  REQUIRE(r.ok());
+  CHECK(r->went);
+  CHECK(r->go_peer == "127.0.0.1:7401");
+  CHECK(r->go_entry == "arrive");
+  CHECK(r->state.get("inside").truthy());
+  CHECK(r->state.get("after_go").is_nil());
+  CHECK(r->state.get("after_coroutine").is_nil());
+}
+
+TEST_CASE_TEMPLATE("agent.go inside a sort comparator ends the step there", Level, SOJOURN_SUITE_LEVELS) {
+  auto r = step<Level>(R"(
+    return { start = function(s)
+      local t = {3, 1, 2}
+      pcall(table.sort, t, function(a, b)
+        s.compared = true
+        agent.go("127.0.0.1:7401", "arrive")
+        return a < b
+      end)
+      s.after_sort = true
+    end })",
+                       "start", Value::table());
+  REQUIRE(r.ok());
+  CHECK(r->went);
+  CHECK(r->go_peer == "127.0.0.1:7401");
+  CHECK(r->state.get("compared").truthy());
+  CHECK(r->state.get("after_sort").is_nil());
+}
+
+TEST_CASE_TEMPLATE("agent.wait inside pcall ends the step, asleep, and nothing after it runs", Level, SOJOURN_SUITE_LEVELS) {
+  auto r = step<Level>(R"(
+    return { start = function(s)
+      pcall(agent.wait, "woken")
+      s.after_wait = true
+    end })",
+                       "start", Value::table());
+  REQUIRE(r.ok());
+  CHECK(r->waits);
+  CHECK_FALSE(r->went);
+  CHECK(r->go_entry == "woken");
+  CHECK(r->state.get("after_wait").is_nil());
+}
+
+TEST_CASE_TEMPLATE("a bare coroutine.yield in an agent step is refused", Level, SOJOURN_SUITE_LEVELS) {
+  auto r = step<Level>("return { start = function(s) coroutine.yield(1); s.after = true end }", "start", Value::table());
+  REQUIRE_FALSE(r.ok());
+  CHECK(r.error().code == Errc::lua_error);
+  CHECK(r.error().message == "Lua error: attempt to yield from outside a coroutine");
+}
+
+TEST_CASE_TEMPLATE("an error in an agent step keeps its position, and its entry's results come back", Level,
+                   SOJOURN_SUITE_LEVELS) {
+  auto failed = step<Level>("return { start = function(s)\n  error('boom')\nend }", "start", Value::table());
+  REQUIRE_FALSE(failed.ok());
+  CHECK(failed.error().code == Errc::lua_error);
+  CHECK(failed.error().message == "Lua error at agent:2: boom");
+  auto done = step<Level>("return { start = function(s) return 1, 'two', s.x end }", "start", Value::table());
+  REQUIRE(done.ok());
+  CHECK_FALSE(done->went);
+  CHECK(done->results.get(1).as_integer() == 1);
+  CHECK(done->results.get(2).as_string() == "two");
+}
+
 TEST_CASE_TEMPLATE("agent.state is the same table as the entry's argument", Level, SOJOURN_SUITE_LEVELS) {
   auto r = step<Level>("return { start = function(s) agent.state.x = 1; return rawequal(s, agent.state) end }", "start",
                 Value::table());
