@@ -95,8 +95,11 @@ class FramedSocket : public std::enable_shared_from_this<FramedSocket> {
   // of the reactor less per request). Not for a server's connection: a reply sent at once
   // in the middle of a burst of reads would leave alone instead of gathered.
   void write_directly(bool on) { write_directly_ = on && !tls_; }
-  // Starts writing what is held (batch_while_reading); a no-op otherwise.
-  void flush();
+  // Starts writing what is held (batch_while_reading); a no-op otherwise. `now` (plain
+  // TCP): what the socket takes at once is written by one non-blocking sendmsg and the
+  // write ends here, as with write_directly (the caller is about to wait, so nothing
+  // more would join the write).
+  void flush(bool now = false);
   // Writes what is queued, then closes.
   void close_after_flush();
   // Closes now; pending reads and writes end with errors.
@@ -118,7 +121,8 @@ class FramedSocket : public std::enable_shared_from_this<FramedSocket> {
   // kSparePayloads of at most kSparePayloadBytes each, so an idle connection holds little.
   static constexpr std::size_t kSparePayloads = 64;
   static constexpr std::size_t kSparePayloadBytes = 256;
-  void write_queued();
+  // `now`: try a direct sendmsg first even without write_directly (plain TCP only).
+  void write_queued(bool now = false);
   // write_directly: sends what it can of write_buffers_ now; true if all of it went (the
   // write is then done), false with the buffers advanced past what went otherwise.
   bool send_now();
