@@ -137,10 +137,10 @@ asio::awaitable<bool> FramedSocket::fill(std::size_t wanted, boost::system::erro
     read_begin_ = 0;
   }
   while (read_end_ - read_begin_ < wanted) {
-    // A server's reader is about to wait: what it answered meanwhile goes out first,
-    // together, and at once (plain TCP: the write ends here, not in a posted completion
-    // that would make the next poll of the reactor a non-blocking one more per request).
-    // A client's hold is not the reader's to end: the callers it woke still run.
+    // The reader is about to wait: what was sent meanwhile (a server's replies, a client's
+    // next requests) goes out first, together, and at once (plain TCP: the write ends here,
+    // not in a posted completion that would make the next poll of the reactor a
+    // non-blocking one more per request).
     if (batch_) flush(/*now=*/true);
     bool partial = mid_frame || read_end_ > read_begin_;
     if (partial) arm_frame_timer();

@@ -81,15 +81,12 @@ class FramedSocket : public std::enable_shared_from_this<FramedSocket> {
   void send_frame(FrameKind kind, std::uint64_t request_id, std::vector<std::uint8_t> payload);
   // An emulated link (experiments): each frame is held until the shaper says it arrives.
   void set_shaper(std::shared_ptr<LinkShaper> shaper);
-  // A server's connection: frames queued while the reader works through the frames one
-  // read brought (replies of pipelined requests) are held and leave together in one
-  // gathered write, just before the reader waits on the socket again. Whoever makes the
-  // reader wait elsewhere calls flush() first.
+  // Frames queued while the reader works through the frames one read brought (a server's
+  // replies to pipelined requests; a client's next requests, sent by the callers its
+  // replies resumed in place) are held and leave together in one gathered write, just
+  // before the reader waits on the socket again. Whoever makes the reader wait elsewhere
+  // calls flush() first.
   void batch_while_reading(bool on) { batch_ = on; }
-  // Holds the frames queued from now on until flush() (a client's connection: while the
-  // callers woken by one read of replies have not all resumed, what they send again
-  // leaves together in one write).
-  void hold() { holding_ = true; }
   // A client's connection (plain TCP): a write the socket takes at once is made at once,
   // by one non-blocking sendmsg, and ends without a posted completion (a handler and a poll
   // of the reactor less per request). Not for a server's connection: a reply sent at once
