@@ -137,9 +137,11 @@ asio::awaitable<bool> FramedSocket::fill(std::size_t wanted, boost::system::erro
     read_begin_ = 0;
   }
   while (read_end_ - read_begin_ < wanted) {
-    // A server's reader is about to wait: what it answered meanwhile goes out first,
-    // together. A client's hold is not the reader's to end: the callers it woke still run.
-    if (batch_) flush();
+    // The reader is about to wait: what was sent meanwhile (a server's replies, a client's
+    // next requests) goes out first, together, and at once (plain TCP: the write ends here,
+    // not in a posted completion that would make the next poll of the reactor a
+    // non-blocking one more per request).
+    if (batch_) flush(/*now=*/true);
     bool partial = mid_frame || read_end_ > read_begin_;
     if (partial) arm_frame_timer();
     auto space = asio::buffer(read_buffer_.get() + read_end_, kReadBufferBytes - read_end_);
@@ -302,9 +304,9 @@ void FramedSocket::send_frame(FrameKind kind, std::uint64_t request_id, std::vec
   write_soon();
 }
 
-void FramedSocket::flush() {
+void FramedSocket::flush(bool now) {
   holding_ = false;
-  if (!writing_ && !queue_.empty() && !closed_) write_queued();
+  if (!writing_ && !queue_.empty() && !closed_) write_queued(now);
 }
 
 void FramedSocket::set_shaper(std::shared_ptr<LinkShaper> shaper) {
@@ -353,7 +355,7 @@ void FramedSocket::shutdown_receive() {
   lowest().shutdown(tcp::socket::shutdown_receive, ignored);
 }
 
-void FramedSocket::write_queued() {
+void FramedSocket::write_queued(bool now) {
   // Everything queued goes out in one gathered write: fewer system calls under load.
   writing_ = true;
   in_write_.swap(queue_);
@@ -380,7 +382,7 @@ void FramedSocket::write_queued() {
     write_buffers_.emplace_back(asio::buffer(out.bytes));
   }
   if (write_packed_.size() > run) write_buffers_.emplace_back(write_packed_.data() + run, write_packed_.size() - run);
-  if (write_directly_ && send_now()) {
+  if ((write_directly_ || (now && !tls_)) && send_now()) {
     write_done({});
     return;
   }

@@ -81,22 +81,22 @@ class FramedSocket : public std::enable_shared_from_this<FramedSocket> {
   void send_frame(FrameKind kind, std::uint64_t request_id, std::vector<std::uint8_t> payload);
   // An emulated link (experiments): each frame is held until the shaper says it arrives.
   void set_shaper(std::shared_ptr<LinkShaper> shaper);
-  // A server's connection: frames queued while the reader works through the frames one
-  // read brought (replies of pipelined requests) are held and leave together in one
-  // gathered write, just before the reader waits on the socket again. Whoever makes the
-  // reader wait elsewhere calls flush() first.
+  // Frames queued while the reader works through the frames one read brought (a server's
+  // replies to pipelined requests; a client's next requests, sent by the callers its
+  // replies resumed in place) are held and leave together in one gathered write, just
+  // before the reader waits on the socket again. Whoever makes the reader wait elsewhere
+  // calls flush() first.
   void batch_while_reading(bool on) { batch_ = on; }
-  // Holds the frames queued from now on until flush() (a client's connection: while the
-  // callers woken by one read of replies have not all resumed, what they send again
-  // leaves together in one write).
-  void hold() { holding_ = true; }
   // A client's connection (plain TCP): a write the socket takes at once is made at once,
   // by one non-blocking sendmsg, and ends without a posted completion (a handler and a poll
   // of the reactor less per request). Not for a server's connection: a reply sent at once
   // in the middle of a burst of reads would leave alone instead of gathered.
   void write_directly(bool on) { write_directly_ = on && !tls_; }
-  // Starts writing what is held (batch_while_reading); a no-op otherwise.
-  void flush();
+  // Starts writing what is held (batch_while_reading); a no-op otherwise. `now` (plain
+  // TCP): what the socket takes at once is written by one non-blocking sendmsg and the
+  // write ends here, as with write_directly (the caller is about to wait, so nothing
+  // more would join the write).
+  void flush(bool now = false);
   // Writes what is queued, then closes.
   void close_after_flush();
   // Closes now; pending reads and writes end with errors.
@@ -118,7 +118,8 @@ class FramedSocket : public std::enable_shared_from_this<FramedSocket> {
   // kSparePayloads of at most kSparePayloadBytes each, so an idle connection holds little.
   static constexpr std::size_t kSparePayloads = 64;
   static constexpr std::size_t kSparePayloadBytes = 256;
-  void write_queued();
+  // `now`: try a direct sendmsg first even without write_directly (plain TCP only).
+  void write_queued(bool now = false);
   // write_directly: sends what it can of write_buffers_ now; true if all of it went (the
   // write is then done), false with the buffers advanced past what went otherwise.
   bool send_now();

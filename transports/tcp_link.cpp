@@ -20,6 +20,42 @@ using namespace transport_detail;
 
 namespace {
 
+// The completion handler of a request waiting for its reply, kept by its slot. The reader
+// resumes it in place: the request's coroutine runs on (sends its next request, say) before
+// the reader reads again, with no handler queued in between (which would also make the next
+// poll of the reactor a non-blocking one more per request). Deadlines and failures post it.
+class ReplyWaiter {
+ public:
+  template <class Handler>
+  void arm(Handler handler) {
+    held_ = std::make_unique<Held<Handler>>(std::move(handler));
+  }
+  bool armed() const { return held_ != nullptr; }
+  // Resumes the request here; it runs until it next waits.
+  void resume_now() {
+    if (auto held = std::move(held_)) held->resume();
+  }
+  void resume_later(const asio::any_io_executor& executor) {
+    if (auto held = std::move(held_)) asio::post(executor, [h = std::move(held)] { h->resume(); });
+  }
+  // Destroys the handler without resuming it (its coroutine is destroyed through its
+  // executor, as Asio does with any abandoned handler).
+  void drop() { held_.reset(); }
+
+ private:
+  struct Base {
+    virtual ~Base() = default;
+    virtual void resume() = 0;
+  };
+  template <class Handler>
+  struct Held final : Base {
+    explicit Held(Handler h) : handler(std::move(h)) {}
+    void resume() override { std::move(handler)(); }
+    Handler handler;
+  };
+  std::unique_ptr<Base> held_;
+};
+
 class TcpLink final : public Link, public std::enable_shared_from_this<TcpLink> {
  public:
   TcpLink(asio::any_io_executor ex, Address peer, TransportOptions options)
@@ -56,7 +92,7 @@ class TcpLink final : public Link, public std::enable_shared_from_this<TcpLink> 
       free_slots_.pop_back();
     } else if (slots_.size() < kMaxSlots) {
       slot = static_cast<std::uint32_t>(slots_.size());
-      slots_.push_back(std::make_unique<Pending>(executor_));
+      slots_.push_back(std::make_unique<Pending>());
     } else {
       co_return make_error(Errc::overloaded, "too many requests in flight to " + peer_.to_string());
     }
@@ -76,8 +112,8 @@ class TcpLink final : public Link, public std::enable_shared_from_this<TcpLink> 
     socket_->send_frame(kind, id, std::move(payload));
     // Woken by its reply, its deadline (the link's one timer) or the link's failure.
     if (!pending.reply && !pending.error) {
-      boost::system::error_code ec;
-      co_await pending.signal.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+      co_await asio::async_initiate<const asio::use_awaitable_t<>&, void()>(
+          [&pending](auto handler) { pending.waiter.arm(std::move(handler)); }, asio::use_awaitable);
     }
     // Taken out of the slot here: the slot is freed (Release) before the value returns.
     Result<Frame> out = pending.reply ? Result<Frame>(std::move(*pending.reply)) : Result<Frame>(*pending.error);
@@ -95,24 +131,28 @@ class TcpLink final : public Link, public std::enable_shared_from_this<TcpLink> 
   static constexpr unsigned kSlotBits = 24;  // a request id's low bits: its slot
   static constexpr std::size_t kMaxSlots = std::size_t{1} << kSlotBits;
   struct Pending {
-    explicit Pending(const asio::any_io_executor& ex) : signal(ex) {
-      // A timer that never expires is no deadline: Asio keeps it out of its timer heap and
-      // never re-arms the reactor for it, so it is a cheap signal, cancelled to wake.
-      signal.expires_at(asio::steady_timer::time_point::max());
-    }
-    asio::steady_timer signal;
+    ReplyWaiter waiter;
     std::optional<Frame> reply;
     std::optional<Error> error;
     std::chrono::milliseconds timeout{0};
     std::uint64_t id = 0;  // of the request holding the slot; 0: free
-    bool woken_by_reply = false;  // counted in woken_ until its coroutine ends
   };
   struct Deadline {
     std::chrono::steady_clock::time_point at;
     std::uint64_t id;
   };
 
-  static void wake(Pending& p) { p.signal.cancel(); }
+  void wake_later(Pending& p) { p.waiter.resume_later(executor_); }
+
+  // The reader's frame is destroyed with requests still waiting (the io_context went away
+  // without the link being closed): their handlers hold their coroutines, which hold the
+  // link, so they are dropped here, or the link and they would keep each other alive.
+  void drop_waiters() {
+    std::vector<ReplyWaiter> dropped;
+    for (auto& p : slots_) {
+      if (p->waiter.armed()) dropped.push_back(std::move(p->waiter));
+    }
+  }
 
   // The request with this id, while it holds its slot (answered or not).
   Pending* find(std::uint64_t id) {
@@ -123,23 +163,6 @@ class TcpLink final : public Link, public std::enable_shared_from_this<TcpLink> 
 
   void release(std::uint32_t slot) {
     Pending& p = *slots_[slot];
-    if (p.woken_by_reply) {
-      p.woken_by_reply = false;
-      // The last caller woken by a read of replies: what the others sent meanwhile goes
-      // out in one write. The slot is released before this caller resumes, so the flush
-      // waits for the handlers ready now (this caller's next request among them): a
-      // request left for a write of its own would split the window in two, for good.
-      // Alone in flight (sequential requests), there is no window to keep together: the
-      // hold ends now, and this caller's next request is written when it is sent, without
-      // a posted flush (a handler more, and a poll of the reactor more, per request).
-      if (--woken_ == 0 && socket_) {
-        if (slots_.size() - free_slots_.size() == 1) {
-          socket_->flush();
-        } else {
-          asio::post(executor_, [socket = socket_] { socket->flush(); });
-        }
-      }
-    }
     p.id = 0;
     p.reply.reset();
     p.error.reset();
@@ -186,7 +209,7 @@ class TcpLink final : public Link, public std::enable_shared_from_this<TcpLink> 
       if (!p || p->reply || p->error) continue;
       p->error = make_error(Errc::timeout, "request to " + peer_.to_string() + " timed out after " +
                                                std::to_string(p->timeout.count()) + " ms");
-      wake(*p);
+      wake_later(*p);
     }
     if (!deadlines_.empty() && state_ != State::failed) arm_deadline(deadlines_.front().at);
   }
@@ -238,6 +261,10 @@ class TcpLink final : public Link, public std::enable_shared_from_this<TcpLink> 
       socket_ = std::make_shared<FramedSocket>(std::move(socket), options_.max_payload, options_.frame_timeout, peer_.to_string());
       socket_->write_directly(true);
     }
+    // The callers woken by one read of replies resume in place before the reader reads
+    // again: what they send meanwhile is held and leaves in one write just before the
+    // reader waits (one write for a window of pipelined requests).
+    socket_->batch_while_reading(true);
     if (rule) {
       socket_->set_shaper(std::make_shared<LinkShaper>(rule->spec, link_seed(options_.links->seed, peer_.to_string()), options_.links->sent_bytes));
     }
@@ -247,6 +274,10 @@ class TcpLink final : public Link, public std::enable_shared_from_this<TcpLink> 
     }
     state_ = State::open;
     connected_signal_.cancel();
+    struct DropWaiters {
+      TcpLink& link;
+      ~DropWaiters() { link.drop_waiters(); }
+    } drop_waiters_on_exit{*this};
     co_await reader();
   }
 
@@ -281,11 +312,7 @@ class TcpLink final : public Link, public std::enable_shared_from_this<TcpLink> 
       if (!p) continue;                    // its request timed out already
       if (p->reply || p->error) continue;  // answered already (timed out, say)
       p->reply = std::move(*frame);
-      // Until every caller woken by this read has resumed, the requests they send again
-      // are held, to leave together: one write for a window of pipelined requests.
-      p->woken_by_reply = true;
-      if (woken_++ == 0) socket_->hold();
-      wake(*p);
+      p->waiter.resume_now();
     }
   }
 
@@ -296,7 +323,7 @@ class TcpLink final : public Link, public std::enable_shared_from_this<TcpLink> 
     for (auto& p : slots_) {
       if (p->id == 0 || p->reply || p->error) continue;
       p->error = e;
-      wake(*p);
+      wake_later(*p);
     }
     connected_signal_.cancel();
     deadline_timer_.cancel();
@@ -315,7 +342,6 @@ class TcpLink final : public Link, public std::enable_shared_from_this<TcpLink> 
   std::string proven_id_;  // the server's key fingerprint, once its handshake proved it
   std::vector<std::unique_ptr<Pending>> slots_;  // requests in flight, by the low bits of their id
   std::vector<std::uint32_t> free_slots_;
-  std::size_t woken_ = 0;  // requests woken by a reply whose coroutines have not ended
   std::uint64_t next_sequence_ = 1;  // a request id's high bits: never 0, never reused
   State state_ = State::idle;
   Error failure_;

@@ -159,6 +159,25 @@ TEST_CASE("closing a link fails every request in flight on it at once with conne
   CHECK(after.error() == errors::connection_closed(f.bound.to_string(), "closed locally"));
 }
 
+TEST_CASE("a link whose io_context goes away while a request waits for its reply is freed, the request with it") {
+  // A waiting request's handler is kept by the link and holds the request's coroutine,
+  // which holds the link: destroyed with the reader, not left in a cycle.
+  test::EchoServer f;
+  std::weak_ptr<Link> weak;
+  {
+    asio::io_context client_io{1};
+    auto link = make_link(client_io.get_executor(), f.bound, {});
+    weak = link;
+    auto reply = asio::co_spawn(client_io, one_request(std::move(link), {255, EchoHandler::kHoldReply}, 30'000ms),
+                                asio::use_future);
+    for (int i = 0; i < 2000 && f.handler->handled < 1; ++i) client_io.run_for(1ms);
+    REQUIRE(f.handler->handled == 1);
+    CHECK(reply.wait_for(0s) == std::future_status::timeout);
+    CHECK_FALSE(weak.expired());
+  }
+  CHECK(weak.expired());
+}
+
 TEST_CASE("direct requests from the calling thread: answers, the link's errors, a full pool, and close_all") {
   test::EchoServer f;
   DirectLinks direct(kDefaultMaxPayload, 3000ms, /*max_per_peer=*/1);
