@@ -392,6 +392,7 @@ Result<bool> AgentRuntime::take_image(AgentTransfer& transfer, const std::string
     std::vector<std::uint8_t> bytes;
     bytes.reserve(view.size());
     sandbox::image::advise_huge_pages(bytes.data(), bytes.capacity());  // filled once, here
+    sandbox::image::prefault(bytes.data(), view.size());                 // in one call, not a fault a page
     bytes.insert(bytes.end(), view.begin(), view.end());
     image = std::make_shared<const std::vector<std::uint8_t>>(std::move(bytes));
     transfer.image.reset();

@@ -147,8 +147,18 @@ Result<std::vector<std::uint8_t>> seal(const ImageSource& source, std::uint64_t 
   image.reserve(kHeaderBytes + encoder->bound(payload_bytes));
   advise_huge_pages(image.data(), image.capacity());
   image.resize(kHeaderBytes);  // the hash's place, filled in at the end
+  // The bound is not known to be written (a compressible heap seals to far less): its pages are
+  // faulted in ahead of the output, a stretch at a time, only as far as the output goes.
+  constexpr std::size_t kPrefaultStretch = std::size_t{256} << 10;
+  std::size_t prefaulted = 0;  // bytes of the buffer faulted in ahead
   const detail::Sink sink = [&](std::span<const std::uint8_t> written) {
     hash.update(written);
+    const std::size_t need = image.size() + written.size();
+    if (need > prefaulted && need <= image.capacity()) {
+      const std::size_t upto = std::min(image.capacity(), need + kPrefaultStretch);
+      prefault(image.data() + prefaulted, upto - prefaulted);
+      prefaulted = upto;
+    }
     image.insert(image.end(), written.begin(), written.end());
   };
   bool ok = encoder->feed(page_map, sink);
@@ -263,6 +273,20 @@ void advise_huge_pages(const void* data, std::size_t bytes) {
   // SAFETY: [begin, end) lies inside the caller's buffer, whole pages; the advice changes how
   // its pages are backed, never their contents (an error, THP off, is of no consequence).
   if (end > begin) (void)::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
+}
+
+void prefault(const void* data, std::size_t bytes) {
+#ifndef MADV_POPULATE_WRITE
+  constexpr int MADV_POPULATE_WRITE = 23;  // Linux 5.14; older headers lack the name
+#endif
+  if (bytes == 0) return;
+  constexpr std::uintptr_t kPage = kPageBytes;
+  const auto at = reinterpret_cast<std::uintptr_t>(data);
+  const std::uintptr_t begin = at & ~(kPage - 1);
+  const std::uintptr_t end = (at + bytes + kPage - 1) & ~(kPage - 1);
+  // SAFETY: the pages holding [data, data + bytes) are mapped (the caller's buffer); populating
+  // them changes no byte, and an error (an old kernel) is of no consequence.
+  (void)::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_POPULATE_WRITE);
 }
 
 void reseal(std::vector<std::uint8_t>& image) {
