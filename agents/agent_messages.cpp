@@ -143,7 +143,10 @@ void write_transfer(W& w, const AgentTransfer& m) {
   w.string(m.nonce);
   w.i64(m.expires_unix_ms);
   write_optional(w, m.bundle_bytes);
-  write_optional(w, m.image);
+  // The image's bytes as an optional string field, written from where they lie.
+  w.u8(m.image ? 1 : 0);
+  // SAFETY: the span's bytes are read as chars of the same size, within its bounds.
+  if (m.image) w.string(std::string_view(reinterpret_cast<const char*>(m.image->data()), m.image->size()));
 }
 
 // {text}: a call's argument array, the text moved into it (Value::array would copy it into
@@ -176,7 +179,9 @@ Result<AgentTransfer> decode_transfer(std::span<const std::uint8_t> bytes) {
     t.nonce = r.string();
     t.expires_unix_ms = r.i64();
     t.bundle_bytes = read_optional(r);
-    t.image = read_optional(r);
+    const std::uint8_t image_present = r.u8();
+    if (image_present > 1) throw DecodeError("bad presence flag " + std::to_string(image_present));
+    if (image_present == 1) t.image = r.string_view();  // a view of `bytes`: no copy
     return t;
   });
   if (!m) return m.error();

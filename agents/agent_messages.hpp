@@ -65,7 +65,11 @@ struct AgentTransfer {
   std::optional<std::string> bundle_bytes;  // when the destination asked for it (BundleWanted)
   // A strong agent's heap image, in place of a meaningful state table: present exactly when
   // the record names its SHA-256 (record.image_sha256), which the destination checks first.
-  std::optional<std::string> image;
+  // A view, never a copy (on the wire a string field, as before): at the source of the
+  // record's own image, encoded straight from it; from decode_transfer, of the message bytes
+  // it was decoded from, valid for as long as they are (the destination copies it once,
+  // where it keeps it). Whoever fills it keeps the bytes alive while the message is in use.
+  std::optional<std::span<const std::uint8_t>> image;
   // Not sent: decode_transfer sets it to the size encode_value gives the record's state, as
   // it came (the arrival's hop figure, without encoding the state once more).
   std::uint64_t state_bytes = 0;

@@ -83,6 +83,7 @@ Result<void> ImageStaging::add(ImagePart part) {
   }
   // part.bytes ends inside the declared total (decode_image_part checked it). The one copy of
   // the piece on this node's side of the call: from the message, straight to its place.
+  image::prefault(it->second.bytes.data() + it->second.bytes.size(), part.bytes.size());  // one call, not a fault a page
   it->second.bytes.insert(it->second.bytes.end(), part.bytes.begin(), part.bytes.end());
   return {};
 }

@@ -185,8 +185,10 @@ asio::awaitable<Result<AgentCommit>> AgentRuntime::hand_over(AgentRecord& record
   transfer.nonce = random_nonce();
   transfer.expires_unix_ms = unix_ms_now() + static_cast<std::int64_t>(options_.transfer_lifetime.count());
   std::uint64_t carried = 0;
-  if (transfer.record.image) {
-    std::shared_ptr<const std::vector<std::uint8_t>> image = transfer.record.image;
+  // The bytes transfer.image views (the record's image, or the test hook's copy of it): alive
+  // for every encoding of the TRANSFER below, the bundle's retry included.
+  std::shared_ptr<const std::vector<std::uint8_t>> image = transfer.record.image;
+  if (image) {
     carried = image->size();
     if (image_hook_) {  // tests: the copy a tampering path would send
       auto bytes = std::make_shared<std::vector<std::uint8_t>>(*image);
@@ -200,7 +202,7 @@ asio::awaitable<Result<AgentCommit>> AgentRuntime::hand_over(AgentRecord& record
       trace_step("image_sent", id, peer, "image_bytes=" + std::to_string(image->size()));
       transfer.expires_unix_ms = unix_ms_now() + static_cast<std::int64_t>(options_.transfer_lifetime.count());
     } else {
-      transfer.image = std::string(as_text(*image));
+      transfer.image = std::span<const std::uint8_t>(*image);  // encoded straight from it: no copy
     }
   }
   // The state is encoded once, into the TRANSFER; its size is what the TRANSFER holds beyond
@@ -385,12 +387,13 @@ Result<bool> AgentRuntime::take_image(AgentTransfer& transfer, const std::string
   }
   std::shared_ptr<const std::vector<std::uint8_t>> image;
   if (transfer.image) {
-    // SAFETY: the string's bytes are read as unsigned bytes of the same size.
-    const auto* data = reinterpret_cast<const std::uint8_t*>(transfer.image->data());
+    // A view of the received message: copied once, here, into the buffer the record keeps.
+    const std::span<const std::uint8_t> view = *transfer.image;
     std::vector<std::uint8_t> bytes;
-    bytes.reserve(transfer.image->size());
+    bytes.reserve(view.size());
     sandbox::image::advise_huge_pages(bytes.data(), bytes.capacity());  // filled once, here
-    bytes.insert(bytes.end(), data, data + transfer.image->size());
+    sandbox::image::prefault(bytes.data(), view.size());                 // in one call, not a fault a page
+    bytes.insert(bytes.end(), view.begin(), view.end());
     image = std::make_shared<const std::vector<std::uint8_t>>(std::move(bytes));
     transfer.image.reset();
   } else if (auto staged = staged_images_.take(record.id, record.epoch, record.image_sha256)) {

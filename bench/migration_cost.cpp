@@ -8,6 +8,7 @@
 //
 //   bench_migration_cost [HOPS] [--sizes 1k,64k,1m,16m,64m] [--max-payload-mb N] [--criu]
 //                        [--criu-rounds N] [--no-trace] [--csv FILE] [--codec lz4|zstd|stored]
+//                        [--strong-only]
 //
 // HOPS per size (default 10; sizes from 16 MB on use a third, at least 2). --sizes: default
 // 1k,64k,1m,16m. A size that cannot move (a TRANSFER over the frame limit) prints its row with
@@ -15,6 +16,8 @@
 // traced, `refused` empty or the reason). --codec: how the nodes seal strong images (their
 // --image-codec; default lz4). On a shared VM compare the ratios, not the figures. With
 // SOJOURN_BENCH_KEEP_TRACE set, the nodes' trace files are kept (their directory is printed).
+// --strong-only: no weak rows (their ratio column is then empty), so that a whole run's CPU
+// time or page faults (perf stat) are the strong hops' and their setup's alone.
 #include <unistd.h>
 
 #include <chrono>
@@ -76,6 +79,7 @@ struct Options {
   bool trace = true;
   std::string csv;  // --csv FILE: one row per size and kind, for plots
   ImageCodec codec = ImageCodec::lz4;  // --codec: NodeOptions::image_codec of both nodes
+  bool weak = true;                    // --strong-only: false
 };
 
 struct Pair {
@@ -199,7 +203,8 @@ std::vector<int> parse_sizes(const std::string& text) {
 void usage() {
   std::fprintf(stderr,
                "usage: bench_migration_cost [HOPS] [--sizes 1k,64k,1m,16m,64m] [--max-payload-mb N] [--criu]\n"
-               "                            [--criu-rounds N] [--no-trace] [--csv FILE]\n");
+               "                            [--criu-rounds N] [--no-trace] [--csv FILE] [--codec lz4|zstd|stored]\n"
+               "                            [--strong-only]\n");
 }
 
 std::string fmt_ms(double us) {
@@ -278,6 +283,8 @@ int main(int argc, char** argv) {
       opt.codec = *codec;
     } else if (a == "--no-trace") {
       opt.trace = false;
+    } else if (a == "--strong-only") {
+      opt.weak = false;
     } else if (!a.empty() && a[0] != '-' && std::atoi(a.c_str()) > 0) {
       opt.hops = std::max(2, std::atoi(a.c_str()));
     } else {
@@ -316,10 +323,13 @@ int main(int argc, char** argv) {
                 "median_ms", "p99_ms", "image_ms", "serial_ms", "xfer_ms", "restore", "1st_line", "other_ms", "ratio");
     for (int kb : opt.sizes_kb) {
       const int n = kb >= 16 * 1024 ? std::max(2, opt.hops / 3) : opt.hops;
-      Row weak = run(p, Mobility::weak, kb, n);
-      print_row(kb, "weak", weak, weak);
-      csv_row(csv, kb, "weak", weak, weak);
-      std::fflush(stdout);
+      Row weak;  // not run: no ratio for the strong row (its median stays 0)
+      if (opt.weak) {
+        weak = run(p, Mobility::weak, kb, n);
+        print_row(kb, "weak", weak, weak);
+        csv_row(csv, kb, "weak", weak, weak);
+        std::fflush(stdout);
+      }
       Row strong = run(p, Mobility::strong, kb, n);
       print_row(kb, "strong", strong, weak);
       csv_row(csv, kb, "strong", strong, weak);

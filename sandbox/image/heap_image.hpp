@@ -209,6 +209,13 @@ std::string computed_digest_hex(std::span<const std::uint8_t> image);
 // past what is written may be filled in.
 void advise_huge_pages(const void* data, std::size_t bytes);
 
+// Faults in the pages of [data, data + bytes) writable, in one call (MADV_POPULATE_WRITE),
+// before the caller fills them: one system call instead of one page fault per 4 KB page (a
+// fresh 1 MB buffer filled by memcpy costs ~3 ms of CPU on a VM, ~1.5 ms so). The contents are
+// unchanged; only bytes the caller is about to write should be asked for (each page asked
+// for is memory taken). A kernel without it (before 5.14) refuses: the writes fault as before.
+void prefault(const void* data, std::size_t bytes);
+
 // Recomputes the hash of an image in place: for tests and hostile-image generators that change
 // bytes after sealing and want the hash check behind them. Does nothing to a too-short image.
 void reseal(std::vector<std::uint8_t>& image);

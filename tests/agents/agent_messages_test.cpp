@@ -144,14 +144,18 @@ TEST_CASE("a strong agent's TRANSFER carries its heap image beside the record th
   transfer.to = "node-0123456789abcdef0123456789abcdef";
   transfer.nonce = std::string(32, 'd');
   transfer.expires_unix_ms = 1700000030000;
-  transfer.image = std::string("SJHEAPIM\0\1image", 16);
+  const std::string image_bytes("SJHEAPIM\0\1image", 16);
+  transfer.image = std::span(reinterpret_cast<const std::uint8_t*>(image_bytes.data()), image_bytes.size());
   auto bytes = encode(transfer);
   auto t = decode_transfer(bytes);
   REQUIRE(t.ok());
   CHECK(t->record.mobility == Mobility::strong);
   CHECK(t->record.image_sha256 == transfer.record.image_sha256);
   CHECK(t->record.strong_memory == 64u << 20);
-  CHECK(t->image == transfer.image);
+  REQUIRE(t->image.has_value());
+  CHECK(std::string(reinterpret_cast<const char*>(t->image->data()), t->image->size()) == image_bytes);
+  // A view of the message's own bytes, not a copy of them.
+  CHECK((t->image->data() >= bytes.data() && t->image->data() + t->image->size() <= bytes.data() + bytes.size()));
   REQUIRE(t->record.hops.size() == 1);
   const AgentHop& hop = t->record.hops[0];
   CHECK((hop.mobility == "strong" && hop.image_raw_bytes == 90112 && hop.image_bytes == 20444 && hop.image_us == 330 &&

@@ -182,7 +182,8 @@ int main(int argc, char** argv) {
   strong.record.mobility = Mobility::strong;
   strong.record.image_sha256 = std::string(64, 'c');
   strong.bundle_bytes.reset();
-  strong.image = std::string(4096, '\x5a');
+  const std::vector<std::uint8_t> image_bytes(4096, 0x5a);
+  strong.image = std::span<const std::uint8_t>(image_bytes);
   put("agent_messages_fuzz", "transfer_strong", encode(strong));
   put("agent_messages_fuzz", "bundle_wanted", encode(BundleWanted{id, 2, std::string(64, 'b')}));
   put("agent_messages_fuzz", "commit", encode(AgentCommit{id, 2, "127.0.0.1:7401"}));

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "tests/support/error_checks.hpp"
+#include "tests/support/temp_dir.hpp"
 
 namespace image = sojourn::sandbox::image;
 using sojourn::Errc;
@@ -164,6 +165,26 @@ TEST_CASE("the guest build id is the SHA-256 of the executable") {
   CHECK(image::hex(*a).size() == 64);
   CHECK(*a != std::array<std::uint8_t, 32>{});
   CHECK_ERROR(image::build_id_of("/nonexistent/sojourn-guest"), Errc::internal, "/nonexistent/sojourn-guest");
+}
+
+TEST_CASE("the build id hashes every byte of the file, whatever its length against the read piece") {
+  // Read in pieces of 64 KB: an empty file, a short one, an exact multiple and one with a
+  // short last piece all hash to the SHA-256 of their whole bytes.
+  sojourn::test::TempDir dir;
+  const auto file_of = [&](const std::string& name, std::size_t n) {
+    std::string bytes(n, '\0');
+    for (std::size_t i = 0; i < n; ++i) bytes[i] = static_cast<char>((i * 7) % 251);
+    return dir.write(name, bytes);
+  };
+  const auto id_hex = [](const std::string& path) {
+    auto id = image::build_id_of(path);
+    REQUIRE(id);
+    return image::hex(*id);
+  };
+  CHECK(id_hex(file_of("empty", 0)) == "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+  CHECK(id_hex(dir.write("abc", "abc")) == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+  CHECK(id_hex(file_of("two-pieces", 131072)) == "02170ec6855258d12448d7937b2faca08544235dba8416054daf149cc32b95c1");
+  CHECK(id_hex(file_of("short-last", 150000)) == "7ae5150bf2db6df0ce31ec90f8ddb1d573655d01f2bf53990967a2123e9fdaa6");
 }
 
 namespace {
