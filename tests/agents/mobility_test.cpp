@@ -189,9 +189,9 @@ TEST_CASE("a duplicate TRANSFER is answered with the same COMMIT and makes no se
   transfer.nonce = std::string(32, '7');
   transfer.expires_unix_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
                                  std::chrono::system_clock::now().time_since_epoch() + 30s).count();
-  auto first = c[0].call(c.addr[1], "agent.transfer", message_args(encode(transfer)));
+  auto first = c[0].call(c.addr[1], "agent.transfer", transfer_call_args(transfer));
   REQUIRE(first.ok());
-  auto second = c[0].call(c.addr[1], "agent.transfer", message_args(encode(transfer)));
+  auto second = c[0].call(c.addr[1], "agent.transfer", transfer_call_args(transfer));
   REQUIRE(second.ok());
   CHECK(deep_equal(*first, *second));
   auto commit = decode_message<AgentCommit, decode_commit>(*first, "the COMMIT");
@@ -200,7 +200,7 @@ TEST_CASE("a duplicate TRANSFER is answered with the same COMMIT and makes no se
   CHECK(commit->epoch == 1);
   // An older epoch is refused.
   record.epoch = 0;
-  auto stale = c[0].call(c.addr[1], "agent.transfer", message_args(encode(transfer)));
+  auto stale = c[0].call(c.addr[1], "agent.transfer", transfer_call_args(transfer));
   REQUIRE_FALSE(stale.ok());
   CHECK(stale.error().code == Errc::stale_epoch);
 }
