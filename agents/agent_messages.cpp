@@ -11,8 +11,9 @@ using namespace agent_codec;
 
 namespace {
 
-// The record field by field, its state encoded in place: no Value table of the record is
-// built on either side (a TRANSFER is most of a hop's work). check_record judges the result.
+// The record field by field, all but its state (which rides beside the TRANSFER, as the
+// call's second argument): no Value table of the record is built on either side (a TRANSFER
+// is most of a hop's work). check_record judges the result.
 template <class W>
 void write_record(W& w, const AgentRecord& a) {
   w.string(a.id);
@@ -20,7 +21,6 @@ void write_record(W& w, const AgentRecord& a) {
   w.string(a.owner);
   w.string(a.bundle_hash);
   w.string(a.entry);
-  wire::write_value(w, a.state.is_table() ? a.state : Value::table());
   w.u64(a.epoch);
   write_strings(w, a.itinerary);
   w.u32(a.max_hops);
@@ -45,16 +45,13 @@ void write_record(W& w, const AgentRecord& a) {
   w.string(a.image_sha256);
   w.u64(a.strong_memory);
 }
-AgentRecord read_record(Reader& r, std::uint64_t& state_bytes) {
+AgentRecord read_record(Reader& r) {
   AgentRecord a;
   a.id = r.string();
   a.home = r.string();
   a.owner = r.string();
   a.bundle_hash = r.string();
   a.entry = r.string();
-  const std::size_t before = r.remaining();
-  a.state = wire::read_value(r);
-  state_bytes = 1 + (before - r.remaining());  // encode_value's endianness byte, then the value
   a.epoch = r.u64();
   a.itinerary = read_strings(r, "itinerary");
   a.max_hops = r.u32();
@@ -164,17 +161,50 @@ AgentMessageBytes encode(const AgentTransfer& m) {
   return w.take();
 }
 
-Value transfer_args(const AgentTransfer& m, std::size_t& bytes) {
+Value transfer_args(const AgentTransfer& m, std::size_t& bytes, std::mutex& graph_lock) {
   StringWriter w;
   write_transfer(w, m);
   std::string text = w.take();
-  bytes = text.size();
-  return string_args(std::move(text));
+  const Value& state = m.record.state;
+  if (!state.is_table()) {  // a record without a state table carries an empty one
+    Value args = string_args(std::move(text));
+    args.push(Value::table());
+    bytes = wire::encoded_size(args);
+    return args;
+  }
+  Value args;
+  {
+    std::lock_guard lock(graph_lock);
+    args = state.new_table();  // in the state's graph: the state is referenced, not copied
+    auto& items = args.graph()->tables[std::get<detail::TableRef>(args.slot()).index].array;
+    items.emplace_back(std::move(text));
+    items.push_back(state.slot());
+  }
+  // What the arguments take in the call's frame, measured (read only), not encoded: the
+  // frame encodes them once.
+  bytes = wire::encoded_size(args);
+  return args;
 }
-Result<AgentTransfer> decode_transfer(std::span<const std::uint8_t> bytes) {
+Value transfer_call_args(const AgentTransfer& m) {
+  StringWriter w;
+  write_transfer(w, m);
+  Value args = string_args(w.take());
+  args.push(m.record.state.is_table() ? m.record.state : Value::table());  // copied into args' graph
+  return args;
+}
+std::size_t encoded_value_size(const Value& v) { return wire::encoded_size(v); }
+void release_transfer_args(Value& args, std::mutex& graph_lock) {
+  if (!args.is_table()) return;
+  std::lock_guard lock(graph_lock);
+  args.graph()->tables[std::get<detail::TableRef>(args.slot()).index].array.clear();
+  args = Value{};
+}
+
+namespace {
+Result<AgentTransfer> decode_transfer_with(std::span<const std::uint8_t> bytes, Value state) {
   auto m = decode_as(bytes, AgentMessageKind::transfer, [](Reader& r) {
     AgentTransfer t;
-    t.record = read_record(r, t.state_bytes);
+    t.record = read_record(r);
     t.to = r.string();
     t.nonce = r.string();
     t.expires_unix_ms = r.i64();
@@ -185,12 +215,42 @@ Result<AgentTransfer> decode_transfer(std::span<const std::uint8_t> bytes) {
     return t;
   });
   if (!m) return m.error();
+  m->record.state = std::move(state);
+  m->state_bytes = m->record.state.is_table() ? wire::encoded_size(m->record.state) : 0;
   // The record's own checks (agent_record.cpp), with their own errors.
   if (auto checked = check_record(m->record); !checked) return checked.error();
   // The image belongs to a strong record and to nothing else; its hash is the record's.
   if (m->image && (m->record.mobility != Mobility::strong || m->record.image_sha256.empty())) {
     return errors::invalid_argument("bad agent message: transfer: a heap image for a record that names none");
   }
+  return m;
+}
+}  // namespace
+
+Result<AgentTransfer> decode_transfer(std::span<const std::uint8_t> bytes) {
+  return decode_transfer_with(bytes, Value::table());
+}
+Result<AgentTransfer> decode_transfer_call(const Value& args) {
+  auto bytes = first_argument_bytes(args, "agent.transfer's argument");
+  if (!bytes) return bytes.error();
+  // Exactly {TRANSFER, state}: checked after the TRANSFER's own kind and version, so that a
+  // node of an older protocol (one argument) hears about the version.
+  const auto& items = args.graph()->tables[std::get<detail::TableRef>(args.slot()).index];
+  const bool two = items.array.size() == 2 && items.map.empty();
+  Value state = two ? Value::from_slot(args.graph(), items.array[1]) : Value{};
+  auto m = decode_transfer_with(*bytes, two && state.is_table() ? state : Value::table());
+  if (!m) return m.error();
+  if (!two) {
+    return errors::invalid_argument("bad agent message: transfer: agent.transfer takes two arguments, the TRANSFER and "
+                                    "the agent's state");
+  }
+  if (!state.is_table()) {
+    return errors::invalid_argument("bad agent message: transfer: the agent's state (the second argument) is not a table");
+  }
+  // The state stays in the arguments' graph (not copied out); the TRANSFER's bytes, all read
+  // now, are dropped from it, so that the state does not keep them (an image or a bundle
+  // among them) alive.
+  args.graph()->tables[std::get<detail::TableRef>(args.slot()).index].array.front() = std::string();
   return m;
 }
 

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstdint>
+#include <mutex>
 #include <optional>
 #include <span>
 #include <string>
@@ -39,7 +40,10 @@ enum class AgentMessageKind : std::uint8_t {
 //    carries the finished hops' figures, which the home keeps.
 // 6: a heap image is named by its digest (the hash field of its header, computed when it was
 //    sealed) instead of the SHA-256 of all its bytes; a node of 5 would refuse such a name.
-inline constexpr std::uint8_t kAgentProtocolVersion = 6;
+// 7: the TRANSFER's record carries no state: the state rides beside the TRANSFER, as the
+//    second argument of the agent.transfer call (a Value table), so that it is encoded once,
+//    into the call's frame, and decoded once, out of it (transfer_args, decode_transfer_call).
+inline constexpr std::uint8_t kAgentProtocolVersion = 7;
 
 // agent.launch: a new agent, launched at the node called.
 struct AgentLaunchRequest {
@@ -58,7 +62,9 @@ struct AgentLaunchAnswer {
 
 // agent.transfer: the agent itself, bound to one destination and one moment.
 struct AgentTransfer {
-  AgentRecord record;  // field by field, its state a Value (agent_messages.cpp, write_record)
+  // Field by field (agent_messages.cpp, write_record), all but its state: the state is the
+  // call's second argument (transfer_args), not part of the encoded TRANSFER.
+  AgentRecord record;
   std::string to;      // the destination's node id, as its node.info (over TLS: its handshake) proved it
   std::string nonce;
   std::int64_t expires_unix_ms = 0;
@@ -70,8 +76,8 @@ struct AgentTransfer {
   // it was decoded from, valid for as long as they are (the destination copies it once,
   // where it keeps it). Whoever fills it keeps the bytes alive while the message is in use.
   std::optional<std::span<const std::uint8_t>> image;
-  // Not sent: decode_transfer sets it to the size encode_value gives the record's state, as
-  // it came (the arrival's hop figure, without encoding the state once more).
+  // Not sent: decode_transfer(_call) sets it to the size encode_value gives the record's
+  // state, as it came (the arrival's hop figure), counted without encoding the state.
   std::uint64_t state_bytes = 0;
 };
 // agent.image_part: a piece of a strong agent's heap image, sent in order before a TRANSFER
@@ -213,6 +219,8 @@ AgentMessageBytes encode(const FetchAnswer& m);
 // trailing bytes. Nothing is allocated for a length before it is checked.
 Result<AgentLaunchRequest> decode_launch(std::span<const std::uint8_t> bytes);
 Result<AgentLaunchAnswer> decode_launch_answer(std::span<const std::uint8_t> bytes);
+// The TRANSFER's bytes alone: its record's state is an empty table (the state travels beside
+// them: decode_transfer_call).
 Result<AgentTransfer> decode_transfer(std::span<const std::uint8_t> bytes);
 Result<ImagePart> decode_image_part(std::span<const std::uint8_t> bytes);
 Result<AgentCommit> decode_commit(std::span<const std::uint8_t> bytes);
@@ -237,9 +245,26 @@ Value message_value(const AgentMessageBytes& bytes);
 Value message_args(const AgentMessageBytes& bytes);  // {bytes}: a call's argument array
 // message_args(encode(m)), with the piece's bytes copied once, straight into the argument.
 Value image_part_args(const ImagePart& m);
-// message_args(encode(m)), encoded straight into the argument's string (the state copied
-// once); `bytes` is set to the encoded TRANSFER's size.
-Value transfer_args(const AgentTransfer& m, std::size_t& bytes);
+// agent.transfer's arguments {encode(m), m.record.state}. The TRANSFER is encoded straight into
+// the first argument's string; the argument table is made in the state's graph, so that the
+// state is referenced, not copied (the call's frame encodes it, once). That adds a table to
+// the state's graph: it is done under `graph_lock`, the lock every other user of that graph
+// (the node's copy of the record) holds. `bytes` is set to the arguments' encoded size.
+// release_transfer_args empties that table (under the lock) once the call is over.
+Value transfer_args(const AgentTransfer& m, std::size_t& bytes, std::mutex& graph_lock);
+void release_transfer_args(Value& args, std::mutex& graph_lock);
+// The same arguments with the state copied into their own graph: for a caller that does not
+// share the record's graph (a test, a tool); a node sends transfer_args.
+Value transfer_call_args(const AgentTransfer& m);
+// agent.transfer's arguments decoded: exactly {TRANSFER bytes, state table}, the TRANSFER
+// checked as decode_transfer checks it (its kind and version first), its record's state the
+// second argument, referenced where it lies in `args` (not copied). Once decoded, the first
+// argument's bytes are dropped from `args` (it becomes an empty string), so that the state
+// does not keep them alive. Refuses, with invalid_argument "invalid argument: bad agent
+// message: transfer: WHY", any other number of arguments or a state that is not a table.
+Result<AgentTransfer> decode_transfer_call(const Value& args);
+// encode_value(v).size(), counted without encoding v (no buffer, no copy of its strings).
+std::size_t encoded_value_size(const Value& v);
 Result<std::span<const std::uint8_t>> as_message_bytes(const Value& v, const char* what);
 // as_message_bytes(args.get(1), what) without copying the string out of `args`: a view of it,
 // valid while `args` lives and is not changed.

@@ -58,9 +58,9 @@ void AgentRuntime::register_services(Node& node) {
   // written to the code cache), or one whose COMMIT must first be written to the store, is
   // taken on a worker.
   {
-    // Decodes the call's one argument, the encoded TRANSFER.
-    // The argument is read where it lies in the call's arguments (a 1 MB state is not copied
-    // out of them first).
+    // Decodes the call's two arguments, the encoded TRANSFER and the agent's state.
+    // Both are read where they lie in the call's arguments (a 1 MB state is not copied out
+    // of them).
     auto decode = [self](const Value& args) -> Result<AgentTransfer> {
       const auto wall = std::chrono::system_clock::now();
       const auto mono = std::chrono::steady_clock::now();
@@ -68,10 +68,11 @@ void AgentRuntime::register_services(Node& node) {
       if (!rt) return errors::shutting_down();
       auto bytes = first_argument_bytes(args, "agent.transfer's argument");
       if (!bytes) return bytes.error();
-      auto message = decode_transfer(*bytes);
+      const std::size_t transfer_bytes = bytes->size();  // decode_transfer_call drops them from args
+      auto message = decode_transfer_call(args);
       if (!message) return message.error();
       if (rt->counters_ != nullptr && rt->counters_->trace.has_file()) {
-        const std::string size = std::to_string(bytes->size());
+        const std::string size = std::to_string(transfer_bytes + message->state_bytes);
         const std::string from = message->record.hops.empty() ? std::string() : message->record.hops.back().node;
         rt->counters_->trace.add_at(wall, mono, "transfer_received", message->record.id, from, "transfer_bytes=" + size);
         rt->counters_->trace.add_at(wall, mono, "restore_start", message->record.id, from,

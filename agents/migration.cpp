@@ -205,11 +205,18 @@ asio::awaitable<Result<AgentCommit>> AgentRuntime::hand_over(AgentRecord& record
       transfer.image = std::span<const std::uint8_t>(*image);  // encoded straight from it: no copy
     }
   }
-  // The state is encoded once, into the TRANSFER; its size is what the TRANSFER holds beyond
-  // an empty-state one (for the trace's figures only when tracing).
+  // The state rides beside the TRANSFER, as the call's second argument: encoded once, into
+  // the call's frame. Its argument table is made in the state's graph, which the resident's
+  // record shares (under mutex_, as every reader of that record), and emptied when the
+  // hand-over is over, whatever its outcome.
   std::size_t transfer_size = 0;
-  Value transfer_call = transfer_args(transfer, transfer_size);
-  if (!strong_image && counters_ != nullptr && counters_->trace.has_file()) carried = encode_value(transfer.record.state).size();
+  Value transfer_call = transfer_args(transfer, transfer_size, mutex_);
+  struct ReleaseArgs {
+    Value& args;
+    std::mutex& lock;
+    ~ReleaseArgs() { release_transfer_args(args, lock); }
+  } const release_call{transfer_call, mutex_};
+  if (!strong_image && counters_ != nullptr && counters_->trace.has_file()) carried = encoded_value_size(transfer.record.state);
   // A frame this node could not send (nor a peer of the same settings take): a clear refusal
   // here, not an unreachable destination. Heap images make such TRANSFERs possible.
   auto check_size = [&](std::size_t bytes) -> Result<void> {
@@ -250,7 +257,8 @@ asio::awaitable<Result<AgentCommit>> AgentRuntime::hand_over(AgentRecord& record
     trace_step("bundle_wanted", id, peer);
     transfer.bundle_bytes = std::string(as_text(bundle->bytes));
     ++bundles_sent_;
-    transfer_call = transfer_args(transfer, transfer_size);
+    release_transfer_args(transfer_call, mutex_);
+    transfer_call = transfer_args(transfer, transfer_size, mutex_);
     if (auto fits = check_size(transfer_size); !fits) co_return fits.error();
   }
 }

@@ -268,6 +268,7 @@ void write_value(W& w, const Value& v) {
 }
 template void write_value(Writer&, const Value&);
 template void write_value(StringWriter&, const Value&);
+template void write_value(SizeCounter&, const Value&);
 
 Value read_value(Reader& r) {
   GraphCounts n;

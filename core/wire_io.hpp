@@ -122,6 +122,13 @@ class BasicWriter {
     bytes_[0] = kHostLittleEndian ? 1 : 0;
     size_ = 1;
   }
+  // Writes after the bytes `before` holds (a frame's header and fields before a payload
+  // that follows them), so that the payload is encoded in place, not into a buffer of its
+  // own and then copied; take() gives them back with the payload appended.
+  explicit BasicWriter(Bytes&& before) : bytes_(std::move(before)) {
+    size_ = bytes_.size();
+    u8(kHostLittleEndian ? 1 : 0);
+  }
 
   [[gnu::always_inline]] void u8(std::uint8_t v) {
     room(1);
@@ -198,13 +205,38 @@ class BasicWriter {
 using Writer = BasicWriter<std::vector<std::uint8_t>>;
 using StringWriter = BasicWriter<std::string>;
 
+// Counts the bytes a payload would take, writing nothing: the wire size of a value that
+// travels inside a larger message (a TRANSFER's state, the call argument it rides in)
+// without encoding it into a buffer of its own. It starts at 1, for the first byte.
+class SizeCounter {
+ public:
+  void u8(std::uint8_t) { size_ += 1; }
+  void u16(std::uint16_t) { size_ += 2; }
+  void u32(std::uint32_t) { size_ += 4; }
+  void u64(std::uint64_t) { size_ += 8; }
+  void i64(std::int64_t) { size_ += 8; }
+  void f64(double) { size_ += 8; }
+  void string(std::string_view s) { size_ += 4 + s.size(); }
+  std::size_t size() const { return size_; }
+
+ private:
+  std::size_t size_ = 1;
+};
+
 // The Value graph codec, shared by every message that carries values.
-// write_value is defined (and instantiated for Writer and StringWriter) in messages.cpp.
+// write_value is defined (and instantiated for Writer, StringWriter and SizeCounter) in messages.cpp.
 template <class W>
 void write_value(W& w, const Value& v);
 extern template void write_value(Writer&, const Value&);
 extern template void write_value(StringWriter&, const Value&);
+extern template void write_value(SizeCounter&, const Value&);
 Value read_value(Reader& r);
+// encode_value(v).size(), counted without encoding.
+inline std::size_t encoded_size(const Value& v) {
+  SizeCounter c;
+  write_value(c, v);
+  return c.size();
+}
 
 template <class W>
 inline void write_limits(W& w, const Limits& l) {

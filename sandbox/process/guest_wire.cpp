@@ -1,6 +1,10 @@
 // Encoding of the guest channel messages (see guest_wire.hpp for the frame layout).
 #include "sandbox/process/guest_wire.hpp"
 
+#include <cstdint>
+
+#include "core/wire_io.hpp"
+
 namespace sojourn::sandbox::channel {
 
 void Encoder::operator()(const std::string& v) {
@@ -13,10 +17,17 @@ void Encoder::operator()(std::string_view v) {
   out_.insert(out_.end(), v.begin(), v.end());
 }
 
+// The value is encoded in place, after a length patched in once it is known: an agent's
+// state crosses the channel copied once into the frame (it was encoded into a buffer of its
+// own, then copied into the frame: a second copy of a 1 MB state, each way).
 void Encoder::operator()(const Value& v) {
-  const std::vector<std::uint8_t> bytes = encode_value(v);
-  (*this)(static_cast<std::uint32_t>(bytes.size()));
-  out_.insert(out_.end(), bytes.begin(), bytes.end());
+  const std::size_t at = out_.size();
+  (*this)(std::uint32_t{0});
+  wire::Writer w(std::move(out_));
+  wire::write_value(w, v);
+  out_ = w.take();
+  const auto length = static_cast<std::uint32_t>(out_.size() - at - 4);
+  for (int i = 0; i < 4; ++i) out_[at + static_cast<std::size_t>(i)] = static_cast<std::uint8_t>(length >> (8 * i));
 }
 
 void Encoder::operator()(const Limits& v) { (*this)(v.cpu_instructions, v.memory_bytes, v.wall_ms); }

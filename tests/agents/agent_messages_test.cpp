@@ -110,7 +110,13 @@ TEST_CASE("the hand-over's messages round-trip and refuse truncated or longer by
   CHECK(t->record.itinerary == transfer.record.itinerary);
   CHECK(t->record.report_token == transfer.record.report_token);
   CHECK(t->record.hops.size() == 1);
-  CHECK(deep_equal(t->record.state, transfer.record.state));
+  // The state is not in the TRANSFER's bytes: it is agent.transfer's second argument.
+  CHECK(deep_equal(t->record.state, Value::table()));
+  CHECK(transfer.record.state.size() != 0);
+  auto called = decode_transfer_call(transfer_call_args(transfer));
+  REQUIRE(called.ok());
+  CHECK(deep_equal(called->record.state, transfer.record.state));
+  CHECK(called->nonce == transfer.nonce);
   CHECK(t->to == transfer.to);
   CHECK(t->nonce == transfer.nonce);
   CHECK(t->expires_unix_ms == transfer.expires_unix_ms);
@@ -400,7 +406,11 @@ TEST_CASE("a TRANSFER carries every field of the record, the hops its home has n
   const AgentRecord& got = t->record;
   CHECK((got.quotas.cpu_instructions == 5000 && got.quotas.memory_bytes == (1u << 20) && got.quotas.wall_ms == 250));
   CHECK(got.cpu_left == std::optional<std::uint64_t>(4000));
-  CHECK(t->state_bytes == encode_value(r.state).size());  // the arrival's hop figure, measured as it came
+  CHECK(t->state_bytes == encode_value(Value::table()).size());  // the bytes alone: an empty state
+  auto called = decode_transfer_call(transfer_call_args(transfer));
+  REQUIRE(called.ok());
+  CHECK(called->state_bytes == encode_value(r.state).size());  // the arrival's hop figure, measured as it came
+  CHECK(deep_equal(called->record.state, r.state));
   CHECK((got.signer == r.signer && got.signature == r.signature));
   CHECK(got.isolation == Isolation::process);
   CHECK((got.created_unix_ms == r.created_unix_ms && got.updated_unix_ms == r.updated_unix_ms));

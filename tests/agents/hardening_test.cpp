@@ -244,7 +244,7 @@ TEST_CASE("a bundle that fails its signature or the policy never enters the code
   transfer.to = destination_for(strict->node_id());
   transfer.nonce = random_nonce();
   transfer.expires_unix_ms = unix_ms_now() + 30'000;
-  auto answer = client->call(strict->advertised_address(), "agent.transfer", message_args(encode(transfer)));
+  auto answer = client->call(strict->advertised_address(), "agent.transfer", transfer_call_args(transfer));
   INFO((answer.ok() ? std::string() : answer.error().message));
   REQUIRE(answer.ok());
   auto reply = decode_message<TransferReply, decode_transfer_reply>(*answer, "the TRANSFER's answer");

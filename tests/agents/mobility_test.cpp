@@ -189,9 +189,9 @@ TEST_CASE("a duplicate TRANSFER is answered with the same COMMIT and makes no se
   transfer.nonce = std::string(32, '7');
   transfer.expires_unix_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
                                  std::chrono::system_clock::now().time_since_epoch() + 30s).count();
-  auto first = c[0].call(c.addr[1], "agent.transfer", message_args(encode(transfer)));
+  auto first = c[0].call(c.addr[1], "agent.transfer", transfer_call_args(transfer));
   REQUIRE(first.ok());
-  auto second = c[0].call(c.addr[1], "agent.transfer", message_args(encode(transfer)));
+  auto second = c[0].call(c.addr[1], "agent.transfer", transfer_call_args(transfer));
   REQUIRE(second.ok());
   CHECK(deep_equal(*first, *second));
   auto commit = decode_message<AgentCommit, decode_commit>(*first, "the COMMIT");
@@ -200,7 +200,7 @@ TEST_CASE("a duplicate TRANSFER is answered with the same COMMIT and makes no se
   CHECK(commit->epoch == 1);
   // An older epoch is refused.
   record.epoch = 0;
-  auto stale = c[0].call(c.addr[1], "agent.transfer", message_args(encode(transfer)));
+  auto stale = c[0].call(c.addr[1], "agent.transfer", transfer_call_args(transfer));
   REQUIRE_FALSE(stale.ok());
   CHECK(stale.error().code == Errc::stale_epoch);
 }
@@ -400,9 +400,9 @@ TEST_CASE("a hop sends the code only to a node that asks for it: once per node, 
 
 TEST_CASE("a node of the older agent protocol is named as such: the agent stays, and an old OFFER is refused") {
   Cluster c(2);
-  // Node 1 answers a TRANSFER as a protocol 5 node does (its decoder refuses version 6).
+  // Node 1 answers a TRANSFER as a protocol 6 node does (its decoder refuses version 7).
   c[1].register_service("agent.transfer", [](const Value&) -> Result<Value> {
-    return errors::invalid_argument("bad agent message: transfer: agent protocol version 6 (this node speaks 5)");
+    return errors::invalid_argument("bad agent message: transfer: agent protocol version 7 (this node speaks 6)");
   });
   const std::string id = launch(c[0], c.addr[0], {c.addr[1]});
   AgentStatus status;
@@ -416,13 +416,13 @@ TEST_CASE("a node of the older agent protocol is named as such: the agent stays,
   CHECK(status.status == AgentState::stranded);
   CHECK(status.location == c.addr[0]);
   CHECK(status.reason == "cannot move agent " + id + " to " + c.addr[1] + ": unsupported protocol version: peer " + c.addr[1] +
-                             " does not speak agent protocol 6 (invalid argument: bad agent message: transfer: agent "
-                             "protocol version 6 (this node speaks 5))");
+                             " does not speak agent protocol 7 (invalid argument: bad agent message: transfer: agent "
+                             "protocol version 7 (this node speaks 6))");
   // A protocol 3 source's OFFER: refused with the reason, nothing taken.
   auto offered = c[0].call(c.addr[1], "agent.offer", message_args(std::vector<std::uint8_t>{0, 3, 3}));
   REQUIRE_FALSE(offered.ok());
   CHECK(offered.error().code == Errc::bad_version);
-  CHECK(offered.error().message == "unsupported protocol version 3 (this node speaks agent protocol 6, where a hop is a "
+  CHECK(offered.error().message == "unsupported protocol version 3 (this node speaks agent protocol 7, where a hop is a "
                                    "TRANSFER with no OFFER before it)");
 }
 

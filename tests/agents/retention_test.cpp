@@ -19,7 +19,7 @@ using sojourn::test::unix_now_ms;
 namespace {
 
 // A hand-made TRANSFER of a new agent (epoch 1) to `to`, expiring 30 s after `now_ms`, as
-// agent.transfer's argument.
+// agent.transfer's arguments.
 Value transfer_of(const std::string& agent_id, const std::string& home, const std::string& to, std::int64_t now_ms,
                   const std::string& nonce) {
   auto bundle = single_file_bundle("park", "function start(s) agent.wait('start') end");
@@ -38,7 +38,7 @@ Value transfer_of(const std::string& agent_id, const std::string& home, const st
   transfer.to = to;
   transfer.nonce = nonce;
   transfer.expires_unix_ms = now_ms + 30'000;
-  return message_value(encode(transfer));
+  return transfer_call_args(transfer);
 }
 
 std::string launch_tour(Node& from, const std::string& at, std::vector<std::string> itinerary) {
@@ -76,10 +76,10 @@ TEST_CASE("a destination answers a duplicate TRANSFER within the lifetime and fo
 
   const std::string parked(32, 'b');
   Value first = transfer_of(parked, c.addr[0], c[1].node_id(), unix_now_ms(), std::string(32, '1'));
-  auto commit = c[0].call(c.addr[1], "agent.transfer", Value::array({first}));
+  auto commit = c[0].call(c.addr[1], "agent.transfer", first);
   REQUIRE(commit.ok());
   // Within the lifetime: the same COMMIT, no second agent.
-  auto again = c[0].call(c.addr[1], "agent.transfer", Value::array({first}));
+  auto again = c[0].call(c.addr[1], "agent.transfer", first);
   REQUIRE(again.ok());
   CHECK(deep_equal(*commit, *again));
   CHECK(c[1].stats().agents_resident == 1);
@@ -89,9 +89,9 @@ TEST_CASE("a destination answers a duplicate TRANSFER within the lifetime and fo
   // refused by its expiry before any dedup is needed.
   skew = 61'000;
   Value next = transfer_of(std::string(32, 'c'), c.addr[0], c[1].node_id(), unix_now_ms() + skew.load(), std::string(32, '2'));
-  REQUIRE(c[0].call(c.addr[1], "agent.transfer", Value::array({next})).ok());
+  REQUIRE(c[0].call(c.addr[1], "agent.transfer", next).ok());
   CHECK(c[1].stats().commits_remembered == 1);
-  auto replay = c[0].call(c.addr[1], "agent.transfer", Value::array({first}));
+  auto replay = c[0].call(c.addr[1], "agent.transfer", first);
   REQUIRE_FALSE(replay.ok());
   CHECK(replay.error().code == Errc::expired);
   CHECK(c[1].stats().agents_resident == 2);  // the parked ones, once each
@@ -108,7 +108,7 @@ TEST_CASE("an idle destination forgets its COMMITs, highest epochs and TRANSFER 
     }
   });
   Value transfer = transfer_of(std::string(32, 'd'), c.addr[0], c[1].node_id(), unix_now_ms(), std::string(32, '3'));
-  REQUIRE(c[0].call(c.addr[1], "agent.transfer", Value::array({transfer})).ok());
+  REQUIRE(c[0].call(c.addr[1], "agent.transfer", transfer).ok());
   NodeStats s = c[1].stats();
   CHECK(s.commits_remembered == 1);
   CHECK(s.epochs_remembered == 1);

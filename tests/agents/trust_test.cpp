@@ -293,7 +293,7 @@ TEST_CASE("a node cannot raise an agent's quotas above what its owner signed") {
     t.nonce = random_nonce();
     t.expires_unix_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
                             std::chrono::system_clock::now().time_since_epoch() + 30s).count();
-    return message_args(encode(t));
+    return transfer_call_args(t);
   };
   auto raised = sender->call(b->advertised_address(), "agent.transfer", transfer_of(record));
   REQUIRE_FALSE(raised.ok());
@@ -350,7 +350,7 @@ TEST_CASE("a node cannot change the mobility an agent's owner signed") {
     t.nonce = random_nonce();
     t.expires_unix_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
                             std::chrono::system_clock::now().time_since_epoch() + 30s).count();
-    return message_args(encode(t));
+    return transfer_call_args(t);
   };
   auto weak = single_file_bundle("walker", "function start(s) return 1 end", {"start"});
   REQUIRE(weak.ok());

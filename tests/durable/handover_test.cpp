@@ -84,7 +84,7 @@ TEST_CASE("a destination restarted on its data dir answers a retried TRANSFER of
   transfer.to = destination_for(dest_id);
   transfer.nonce = random_nonce();
   transfer.expires_unix_ms = unix_ms_now() + 30'000;
-  auto committed = home->call(dest_address, "agent.transfer", message_args(encode(transfer)));
+  auto committed = home->call(dest_address, "agent.transfer", transfer_call_args(transfer));
   INFO((committed.ok() ? std::string() : committed.error().message));
   REQUIRE(committed.ok());
   auto commit = decode_message<AgentCommit, decode_commit>(*committed, "the COMMIT");
@@ -95,7 +95,7 @@ TEST_CASE("a destination restarted on its data dir answers a retried TRANSFER of
   // An older epoch is refused as stale: the highest epoch came back too.
   transfer.record.epoch = 0;
   transfer.nonce = random_nonce();
-  auto stale = home->call(dest_address, "agent.transfer", message_args(encode(transfer)));
+  auto stale = home->call(dest_address, "agent.transfer", transfer_call_args(transfer));
   REQUIRE_FALSE(stale.ok());
   CHECK(stale.error().code == Errc::stale_epoch);
 

@@ -178,6 +178,8 @@ int main(int argc, char** argv) {
   const Bytes multi_bytes = encode_bundle(multi);
   transfer.bundle_bytes = std::string(multi_bytes.begin(), multi_bytes.end());
   put("agent_messages_fuzz", "transfer", encode(transfer));
+  // agent.transfer's two arguments, the TRANSFER and the state, as the call's Value.
+  put("agent_messages_fuzz", "transfer_call", encode_value(transfer_call_args(transfer)));
   AgentTransfer strong = transfer;  // a strong agent's TRANSFER: its heap image beside the record
   strong.record.mobility = Mobility::strong;
   strong.record.image_sha256 = std::string(64, 'c');

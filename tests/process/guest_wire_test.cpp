@@ -2,7 +2,10 @@
 // or padded payload is refused by name, and the SIGSYS handler's frame decodes.
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <span>
+#include <string>
+#include <vector>
 
 #include "sandbox/process/guest_wire.hpp"
 
@@ -47,4 +50,35 @@ TEST_CASE("the SIGSYS handler's frame decodes as a seccomp report") {
   auto report = channel::decode_payload<channel::SeccompReport>(std::span(frame).subspan(channel::kHeaderBytes));
   REQUIRE(report.ok());
   CHECK(report->syscall == 41);
+}
+
+TEST_CASE("a value is encoded in place in its frame: its length, then encode_value's bytes") {
+  // A 1 MB state between other fields: the layout is a u32 length and the value's bytes, as
+  // when the value was encoded on its own and copied in, and the fields after it follow.
+  sojourn::Value state = sojourn::Value::table();
+  state.set("payload", std::string(1 << 20, 'x'));
+  state.set("n", 7);
+  for (const sojourn::Value& v : {state, sojourn::Value(), sojourn::Value("short"), sojourn::Value::array({1, 2})}) {
+    channel::Encoder e;
+    e(std::uint32_t{0xabcdef01});
+    e(v);
+    e(std::string("after"));
+    const std::vector<std::uint8_t>& out = e.bytes();
+    const std::vector<std::uint8_t> alone = sojourn::encode_value(v);
+    REQUIRE(out.size() == 4 + 4 + alone.size() + 4 + 5);
+    std::uint32_t length = 0;
+    for (int i = 0; i < 4; ++i) length |= static_cast<std::uint32_t>(out[4 + static_cast<std::size_t>(i)]) << (8 * i);
+    CHECK(length == alone.size());
+    CHECK(std::equal(alone.begin(), alone.end(), out.begin() + 8));
+    channel::Decoder d(out);
+    std::uint32_t head = 0;
+    sojourn::Value back;
+    std::string tail;
+    d(head);
+    d(back);
+    d(tail);
+    CHECK(head == 0xabcdef01);
+    CHECK(sojourn::deep_equal(back, v));
+    CHECK(tail == "after");
+  }
 }
