@@ -231,15 +231,22 @@ Result<AgentTransfer> decode_transfer(std::span<const std::uint8_t> bytes) {
   return decode_transfer_with(bytes, Value::table());
 }
 Result<AgentTransfer> decode_transfer_call(const Value& args) {
-  auto bytes = first_argument_bytes(args, "agent.transfer's argument");
-  if (!bytes) return bytes.error();
+  if (auto bytes = first_argument_bytes(args, "agent.transfer's argument"); !bytes) return bytes.error();
+  // The TRANSFER's bytes leave the arguments' graph first, into a buffer the message keeps:
+  // the views decoded from them (the heap image) then stay valid for the message's life,
+  // while the state, which stays in the graph, does not keep them alive.
+  auto& items = args.graph()->tables[std::get<detail::TableRef>(args.slot()).index];
+  auto received = std::make_shared<const std::string>(std::move(std::get<std::string>(items.array.front())));
+  items.array.front() = std::string();
+  // SAFETY: the string's bytes, viewed as unsigned bytes of the same size, owned by `received`.
+  const std::span<const std::uint8_t> bytes(reinterpret_cast<const std::uint8_t*>(received->data()), received->size());
   // Exactly {TRANSFER, state}: checked after the TRANSFER's own kind and version, so that a
   // node of an older protocol (one argument) hears about the version.
-  const auto& items = args.graph()->tables[std::get<detail::TableRef>(args.slot()).index];
   const bool two = items.array.size() == 2 && items.map.empty();
   Value state = two ? Value::from_slot(args.graph(), items.array[1]) : Value{};
-  auto m = decode_transfer_with(*bytes, two && state.is_table() ? state : Value::table());
+  auto m = decode_transfer_with(bytes, two && state.is_table() ? state : Value::table());
   if (!m) return m.error();
+  m->received = std::move(received);
   if (!two) {
     return errors::invalid_argument("bad agent message: transfer: agent.transfer takes two arguments, the TRANSFER and "
                                     "the agent's state");
@@ -247,10 +254,7 @@ Result<AgentTransfer> decode_transfer_call(const Value& args) {
   if (!state.is_table()) {
     return errors::invalid_argument("bad agent message: transfer: the agent's state (the second argument) is not a table");
   }
-  // The state stays in the arguments' graph (not copied out); the TRANSFER's bytes, all read
-  // now, are dropped from it, so that the state does not keep them (an image or a bundle
-  // among them) alive.
-  args.graph()->tables[std::get<detail::TableRef>(args.slot()).index].array.front() = std::string();
+  // The state stays in the arguments' graph (not copied out).
   return m;
 }
 

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <mutex>
 #include <optional>
 #include <span>
@@ -76,6 +77,9 @@ struct AgentTransfer {
   // it was decoded from, valid for as long as they are (the destination copies it once,
   // where it keeps it). Whoever fills it keeps the bytes alive while the message is in use.
   std::optional<std::span<const std::uint8_t>> image;
+  // Not sent: the TRANSFER's bytes decode_transfer_call took out of the call's arguments (so
+  // that the state, which stays in their graph, does not keep them alive); `image` views them.
+  std::shared_ptr<const std::string> received;
   // Not sent: decode_transfer(_call) sets it to the size encode_value gives the record's
   // state, as it came (the arrival's hop figure), counted without encoding the state.
   std::uint64_t state_bytes = 0;
@@ -258,9 +262,9 @@ void release_transfer_args(Value& args, std::mutex& graph_lock);
 Value transfer_call_args(const AgentTransfer& m);
 // agent.transfer's arguments decoded: exactly {TRANSFER bytes, state table}, the TRANSFER
 // checked as decode_transfer checks it (its kind and version first), its record's state the
-// second argument, referenced where it lies in `args` (not copied). Once decoded, the first
-// argument's bytes are dropped from `args` (it becomes an empty string), so that the state
-// does not keep them alive. Refuses, with invalid_argument "invalid argument: bad agent
+// second argument, referenced where it lies in `args` (not copied). The first argument's bytes
+// are moved out of `args` (it becomes an empty string) into the message's `received`, so that
+// the state does not keep them alive and the image's view lives as long as the message. Refuses, with invalid_argument "invalid argument: bad agent
 // message: transfer: WHY", any other number of arguments or a state that is not a table.
 Result<AgentTransfer> decode_transfer_call(const Value& args);
 // encode_value(v).size(), counted without encoding v (no buffer, no copy of its strings).

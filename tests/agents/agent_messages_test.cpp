@@ -162,6 +162,15 @@ TEST_CASE("a strong agent's TRANSFER carries its heap image beside the record th
   CHECK(std::string(reinterpret_cast<const char*>(t->image->data()), t->image->size()) == image_bytes);
   // A view of the message's own bytes, not a copy of them.
   CHECK((t->image->data() >= bytes.data() && t->image->data() + t->image->size() <= bytes.data() + bytes.size()));
+  // Through agent.transfer's arguments, which are gone once decoded: the image still reads
+  // whole, from the bytes the message keeps (received), not from the arguments' graph.
+  auto called = decode_transfer_call(transfer_call_args(transfer));
+  REQUIRE(called.ok());
+  REQUIRE((called->image.has_value() && called->received != nullptr));
+  CHECK(std::string(reinterpret_cast<const char*>(called->image->data()), called->image->size()) == image_bytes);
+  CHECK((called->image->data() >= reinterpret_cast<const std::uint8_t*>(called->received->data()) &&
+         called->image->data() + called->image->size() <=
+             reinterpret_cast<const std::uint8_t*>(called->received->data()) + called->received->size()));
   REQUIRE(t->record.hops.size() == 1);
   const AgentHop& hop = t->record.hops[0];
   CHECK((hop.mobility == "strong" && hop.image_raw_bytes == 90112 && hop.image_bytes == 20444 && hop.image_us == 330 &&
