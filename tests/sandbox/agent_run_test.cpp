@@ -67,6 +67,15 @@ Value state_with(const char* key, Value v) {
   return t;
 }
 
+// The step ended at its first agent.go, to 127.0.0.1:7401 at "arrive", and at no later one.
+template <class StepResult>
+void check_went_to_first_stop(const StepResult& r) {
+  REQUIRE(r.ok());
+  CHECK(r->went);
+  CHECK(r->go_peer == "127.0.0.1:7401");
+  CHECK(r->go_entry == "arrive");
+}
+
 }  // namespace
 
 TEST_CASE_TEMPLATE("an agent step calls the entry of the returned table with the state and returns both", Level, SOJOURN_SUITE_LEVELS) {
@@ -93,10 +102,7 @@ TEST_CASE_TEMPLATE("agent.go ends the step, and a pcall around it cannot keep th
       agent.go("127.0.0.1:7402", "other")
     end })",
                 "start", Value::table());
-  REQUIRE(r.ok());
-  CHECK(r->went);
-  CHECK(r->go_peer == "127.0.0.1:7401");
-  CHECK(r->go_entry == "arrive");
+  check_went_to_first_stop(r);
   CHECK(r->state.get("before").truthy());
   CHECK(r->state.get("after_pcall").is_nil());
 }
@@ -117,10 +123,7 @@ TEST_CASE_TEMPLATE("agent.go ends the step from a coroutine of the agent's own, 
       agent.go("127.0.0.1:7402", "other")
     end })",
                        "start", Value::table());
-  REQUIRE(r.ok());
-  CHECK(r->went);
-  CHECK(r->go_peer == "127.0.0.1:7401");
-  CHECK(r->go_entry == "arrive");
+  check_went_to_first_stop(r);
   CHECK(r->state.get("inside").truthy());
   CHECK(r->state.get("after_go").is_nil());
   CHECK(r->state.get("after_coroutine").is_nil());
