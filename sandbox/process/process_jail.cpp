@@ -171,8 +171,7 @@ class ZygoteJail final : public ProcessJail {
     const std::span<const std::uint8_t> map = opener->page_map();
     channel::ResumeRequest request{make_run_request(input, host), info, header.agent_handle, header.arena_bytes,
                                    header.used_bytes, std::string(map.begin(), map.end()), true};
-    const auto checked_us = static_cast<std::uint64_t>(
-        std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - t0).count());
+    const std::uint64_t checked_us = micros_since(t0);
     Result<StrongOutcome> outcome = strong_in_guest(input, channel::encode_frame(request), host, &*opener);
     if (outcome) outcome->restore_us += checked_us;
     return outcome;
