@@ -68,10 +68,10 @@ done
 
 if [[ $quick == 1 ]]; then
   rt_args=(--requests 1000 --warmup 200 --seconds 1 --rounds 4)
-  hops=60 erl_samples=300 jail_runs=100
+  hops=200 erl_samples=300 jail_runs=100
 else
   rt_args=(--requests 5000 --warmup 500 --seconds 3 --rounds 5)
-  hops=200 erl_samples=1000 jail_runs=300
+  hops=400 erl_samples=1000 jail_runs=300
 fi
 
 # The peers: Debian packages, installed when missing (as root, or with sudo); a peer that is
@@ -208,6 +208,9 @@ if [[ $have_erlang == 1 ]]; then
   erl_hop_4k+=("$(erl_hop 4096)")
   erl_hop_1m+=("$(erl_hop 1048576)")
 fi
+# Each row's timed tour follows an untimed one of 20 hops (bench_agent_hops' default): a
+# node's first 1 MB hops grow each of its threads' malloc arenas once and are several times
+# slower than the rest; hop.erl warms up too. 1 MB rows take a quarter of the hops.
 echo "== bench_agent_hops $hops --latency-only"
 "${hop_sojourn_cpu[@]}" "$bin/bench_agent_hops" "$hops" --latency-only --csv "$work/hops.csv" | sed -n '/agent hop\|state /p'
 if [[ $have_erlang == 1 ]]; then
