@@ -13,8 +13,10 @@
 
 namespace sojourn {
 
-Node::Node(NodeOptions options) : impl_(std::make_shared<Impl>(std::move(options))) {
-  retain_freed_heap_memory();  // before the first large message: a hop's buffers stay mapped
+// malloc's settings first (before the first large message: a hop's buffers stay mapped),
+// and before Impl starts the worker threads, which take an arena at their first allocation.
+Node::Node(NodeOptions options)
+    : impl_((static_cast<void>(retain_freed_heap_memory()), std::make_shared<Impl>(std::move(options)))) {
   impl_->links.set_owner(impl_);
   impl_->server.set_owner(impl_);
   Impl& i = *impl_;

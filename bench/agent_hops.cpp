@@ -89,7 +89,8 @@ Value state_of(std::size_t bytes, int hops, const std::vector<std::string>& stop
   return s;
 }
 
-LatencySummary hop_latency(Cluster& c, std::size_t bytes, int hops) {
+// One tour of `hops` hops; the samples are the times between consecutive arrivals.
+std::vector<double> tour_samples(Cluster& c, std::size_t bytes, int hops) {
   {
     std::lock_guard lock(c.marks.mutex);
     c.marks.times.clear();
@@ -106,17 +107,27 @@ LatencySummary hop_latency(Cluster& c, std::size_t bytes, int hops) {
   std::vector<double> samples;
   std::lock_guard lock(c.marks.mutex);
   for (std::size_t i = 2; i < c.marks.times.size(); ++i) samples.push_back(micros(c.marks.times[i] - c.marks.times[i - 1]));
-  return summarize(samples);
+  return samples;
 }
 
-LatencySummary rev_latency(Cluster& c, std::size_t bytes, int n) {
+// `warmup` hops of an untimed tour first: a node's first hops with a state of a new size are
+// slower than the rest (with 1 MB, each thread that handles the state, a network thread and
+// two workers per node, grows its malloc arena once: 4-19 ms per hop for about the first ten
+// hops of three fresh nodes, 0.7-0.8 ms after), and which of them a short tour's median
+// lands in made the figure bimodal. Erlang's side (bench/peers/hop.erl) warms up likewise.
+LatencySummary hop_latency(Cluster& c, std::size_t bytes, int hops, int warmup = 0) {
+  if (warmup > 0) (void)tour_samples(c, bytes, std::max(warmup, 3));
+  return summarize(tour_samples(c, bytes, hops));
+}
+
+LatencySummary rev_latency(Cluster& c, std::size_t bytes, int n, int warmup = 0) {
   Value args = Value::array({state_of(bytes, 0, {c.addr[1], c.addr[2]})});
   std::vector<double> samples;
-  for (int i = 0; i < n; ++i) {
+  for (int i = -warmup; i < n; ++i) {
     auto t0 = Clock::now();
     auto r = c.nodes[0]->eval(c.addr[1], "local s = ...; s.left = s.left - 1; return s", args);
     if (!r) throw std::runtime_error(r.error().message);
-    samples.push_back(micros(Clock::now() - t0));
+    if (i >= 0) samples.push_back(micros(Clock::now() - t0));
   }
   return summarize(samples);
 }
@@ -203,8 +214,10 @@ void row(const char* what, const LatencySummary& s, const LatencySummary* peer) 
 int main(int argc, char** argv) {
   using namespace sojourn::bench;
   // bench_agent_hops [HOPS] [--csv FILE] [--latency-only] [--bytes N] [--hop-only trusted|process]
-  //                  [--trace PREFIX]
-  // HOPS: the tour's length (each agent's hops, one sample each). N: one state size only, for
+  //                  [--trace PREFIX] [--warmup W]
+  // HOPS: the tour's length (each agent's hops, one sample each; 1 MB rows a quarter of it,
+  // at least 20). W: an untimed tour (and W untimed REVs) before each timed one, 20 by
+  // default, 0 with --hop-only (its perf stat arithmetic counts every hop). N: one state size only, for
   // a profile. --hop-only: that level's agent tour and nothing else (no floor, no REV, no
   // throughput), so that `perf stat` over the run divided by HOPS is a hop's CPU time. HOPS is
   // at least 10, or 3 with --hop-only. --trace (with --hop-only): node i appends its trace to
@@ -214,6 +227,7 @@ int main(int argc, char** argv) {
   bool latency_only = false;
   std::size_t only_bytes = 0;
   std::string hop_only;
+  int warmup = -1;  // -1: the default (20 for the latency table, none with --hop-only)
   for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];
     if (arg == "--csv" && i + 1 < argc) {
@@ -222,6 +236,8 @@ int main(int argc, char** argv) {
       only_bytes = std::strtoull(argv[++i], nullptr, 10);
     } else if (arg == "--trace" && i + 1 < argc) {
       trace = argv[++i];
+    } else if (arg == "--warmup" && i + 1 < argc) {
+      warmup = std::max(0, std::atoi(argv[++i]));
     } else if (arg == "--latency-only") {
       latency_only = true;
     } else if (arg == "--hop-only" && i + 1 < argc) {
@@ -234,6 +250,7 @@ int main(int argc, char** argv) {
   // its tour may be as short as asked, down to the 3 hops that give one sample.
   const int least = hop_only.empty() ? 10 : 3;
   if (hops < least) hops = least;
+  if (warmup < 0) warmup = hop_only.empty() ? 20 : 0;
   std::FILE* out = csv.empty() ? nullptr : std::fopen(csv.c_str(), "w");
   if (out != nullptr) std::fprintf(out, "id,unit,median,p99\n");
   auto csv_row = [out](const std::string& id, const LatencySummary& s) {
@@ -250,21 +267,23 @@ int main(int argc, char** argv) {
     const std::size_t bytes = only_bytes != 0 ? only_bytes : 4096;
     std::printf("agent hop, %s, state %zu bytes, a tour of %d hops (microseconds)\n", hop_only.c_str(), bytes, hops);
     std::printf("  %-44s %10s %10s %8s\n", "", "median", "p99", "samples");
-    row("agent hop", hop_latency(c, bytes, hops), nullptr);
+    row("agent hop", hop_latency(c, bytes, hops, warmup), nullptr);
     return 0;
   }
   Cluster trusted(3, sojourn::Isolation::trusted);
   Cluster jailed(3, sojourn::Isolation::process);
-  std::printf("agent hop latency on loopback, %d hops per size (microseconds; ratio = median / peer median)\n", hops);
+  std::printf("agent hop latency on loopback, %d hops per size, 1 MB %d, each after %d untimed (microseconds; ratio = median / peer median)\n",
+              hops, std::max(20, hops / 4), warmup);
   std::printf("  %-44s %10s %10s %8s   %s\n", "", "median", "p99", "samples", "ratio");
   for (std::size_t bytes : {std::size_t{100}, std::size_t{4096}, std::size_t{1} << 20}) {
     if (only_bytes != 0 && bytes != only_bytes) continue;
-    const int n = bytes >= (1u << 20) ? std::max(10, hops / 10) : hops;
+    // 1 MB rows take a quarter of the samples (at least 20), after the same warm-up.
+    const int n = bytes >= (1u << 20) ? std::max(20, hops / 4) : hops;
     LatencySummary echo = tcp_echo_latency(bytes, n);
-    LatencySummary rev = rev_latency(trusted, bytes, n);
-    LatencySummary hop = hop_latency(trusted, bytes, n);
-    LatencySummary rev_jailed = rev_latency(jailed, bytes, n);
-    LatencySummary hop_jailed = hop_latency(jailed, bytes, n);
+    LatencySummary rev = rev_latency(trusted, bytes, n, warmup);
+    LatencySummary hop = hop_latency(trusted, bytes, n, warmup);
+    LatencySummary rev_jailed = rev_latency(jailed, bytes, n, warmup);
+    LatencySummary hop_jailed = hop_latency(jailed, bytes, n, warmup);
     std::printf(" state %zu bytes\n", bytes);
     row("tcp connect + send + ack (floor)", echo, nullptr);
     row("trusted: REV with the state, there and back", rev, &echo);

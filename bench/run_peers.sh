@@ -68,10 +68,10 @@ done
 
 if [[ $quick == 1 ]]; then
   rt_args=(--requests 1000 --warmup 200 --seconds 1 --rounds 4)
-  hops=60 erl_samples=300 jail_runs=100
+  hops=200 erl_samples=300 jail_runs=100
 else
   rt_args=(--requests 5000 --warmup 500 --seconds 3 --rounds 5)
-  hops=200 erl_samples=1000 jail_runs=300
+  hops=400 erl_samples=1000 jail_runs=300
 fi
 
 # The peers: Debian packages, installed when missing (as root, or with sudo); a peer that is
@@ -195,7 +195,17 @@ erl_hop() {  # BYTES -> "median_us"
   "${hop_client_cpu[@]}" erl "${erl_pin_flags[@]}" -sname "hopa$$" -setcookie "$cookie" -pa "$work" -noshell -run hop main "peerb$$@$host" "$1" "$erl_samples" |
     awk 'NF == 3 { print $1 }'
 }
+# The two systems alternate in blocks, two each: sojourn, Erlang, sojourn, Erlang; a row is
+# the mean of a system's two block medians (a burst of other load lands in one block, not in
+# one system's only figure). Each sojourn row's timed tour follows an untimed one of 20 hops
+# (bench_agent_hops' default): a node's first 1 MB hops are several times slower than the
+# rest; hop.erl warms up too. 1 MB rows take a quarter of the hops.
+sojourn_hops() {  # BLOCK
+  echo "== bench_agent_hops $hops --latency-only (block $1 of 2)"
+  "${hop_sojourn_cpu[@]}" "$bin/bench_agent_hops" "$hops" --latency-only --csv "$work/hops$1.csv" | sed -n '/agent hop\|state /p'
+}
 erl_hop_4k=() erl_hop_1m=()
+sojourn_hops 1
 if [[ $have_erlang == 1 ]]; then
   cookie=sojourn$RANDOM$RANDOM
   epmd -names >/dev/null 2>&1 || started_epmd=1
@@ -208,19 +218,21 @@ if [[ $have_erlang == 1 ]]; then
   erl_hop_4k+=("$(erl_hop 4096)")
   erl_hop_1m+=("$(erl_hop 1048576)")
 fi
-echo "== bench_agent_hops $hops --latency-only"
-"${hop_sojourn_cpu[@]}" "$bin/bench_agent_hops" "$hops" --latency-only --csv "$work/hops.csv" | sed -n '/agent hop\|state /p'
+sojourn_hops 2
 if [[ $have_erlang == 1 ]]; then
-  erl_hop_4k+=("$(erl_hop 4096)")  # after sojourn too: the peer's figure is the mean of both blocks
+  erl_hop_4k+=("$(erl_hop 4096)")
   erl_hop_1m+=("$(erl_hop 1048576)")
   echo "   erlang 4 KB: ${erl_hop_4k[*]} us; 1 MB: ${erl_hop_1m[*]} us"
 fi
 mean() { printf '%s\n' "$@" | awk 'NF { s += $1; n++ } END { if (n) printf "%.1f", s / n }'; }
+sojourn_hop() { mean "$(csv_value "$work/hops1.csv" "$1" 3)" "$(csv_value "$work/hops2.csv" "$1" 3)"; }
+echo "   sojourn, blocks 1 and 2: $(for id in hop_trusted_4k hop_process_4k hop_trusted_1m hop_process_1m; do
+  printf '%s %s/%s us; ' "$id" "$(csv_value "$work/hops1.csv" $id 3)" "$(csv_value "$work/hops2.csv" $id 3)"; done)"
 erl_name="erlang spawn(Node, Fun) + reply"
-add_row hop_trusted_4k us "$(csv_value "$work/hops.csv" hop_trusted_4k 3)" "$(mean "${erl_hop_4k[@]}")" "$erl_name"
-add_row hop_process_4k us "$(csv_value "$work/hops.csv" hop_process_4k 3)" "$(mean "${erl_hop_4k[@]}")" "$erl_name"
-add_row hop_trusted_1m us "$(csv_value "$work/hops.csv" hop_trusted_1m 3)" "$(mean "${erl_hop_1m[@]}")" "$erl_name"
-add_row hop_process_1m us "$(csv_value "$work/hops.csv" hop_process_1m 3)" "$(mean "${erl_hop_1m[@]}")" "$erl_name"
+add_row hop_trusted_4k us "$(sojourn_hop hop_trusted_4k)" "$(mean "${erl_hop_4k[@]}")" "$erl_name"
+add_row hop_process_4k us "$(sojourn_hop hop_process_4k)" "$(mean "${erl_hop_4k[@]}")" "$erl_name"
+add_row hop_trusted_1m us "$(sojourn_hop hop_trusted_1m)" "$(mean "${erl_hop_1m[@]}")" "$erl_name"
+add_row hop_process_1m us "$(sojourn_hop hop_process_1m)" "$(mean "${erl_hop_1m[@]}")" "$erl_name"
 
 # --- bubblewrap: jail start -------------------------------------------------------------
 if [[ $hops_only == 0 ]]; then
