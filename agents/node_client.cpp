@@ -58,12 +58,11 @@ asio::awaitable<Result<T>> on_network(NodeRuntime& runtime, asio::awaitable<Resu
   // Plain statements around each co_await (g++ 12, see peer_links.cpp).
   asio::any_io_executor here = co_await asio::this_coro::executor;
   const bool in_place = here == runtime.executor();
-  Result<T> r = errors::shutting_down();
   if (in_place) {
-    r = co_await std::move(task);
-  } else {
-    r = co_await asio::co_spawn(runtime.io(), std::move(task), asio::use_awaitable);
+    Result<T> r = co_await std::move(task);
+    co_return r;
   }
+  Result<T> r = co_await asio::co_spawn(runtime.io(), std::move(task), asio::use_awaitable);
   co_return r;
 }
 }  // namespace
@@ -112,14 +111,14 @@ asio::any_io_executor node_executor(Node& node) { return node_impl(node).runtime
 asio::awaitable<Result<Value>> async_call(Node& node, std::string peer, std::string service, Value args) {
   auto& impl = node_impl(node);
   // on_network's choice made here: one coroutine frame less per call awaited in place.
+  // Each branch has its own result: no placeholder error (a string made and freed per call).
   asio::any_io_executor here = co_await asio::this_coro::executor;
-  Result<Value> r = errors::shutting_down();
   if (here == impl.runtime.executor()) {
-    r = co_await impl.links.call_peer(std::move(peer), std::move(service), std::move(args));
-  } else {
-    r = co_await asio::co_spawn(impl.runtime.io(), impl.links.call_peer(std::move(peer), std::move(service), std::move(args)),
-                                asio::use_awaitable);
+    Result<Value> r = co_await impl.links.call_peer(std::move(peer), std::move(service), std::move(args));
+    co_return r;
   }
+  Result<Value> r = co_await asio::co_spawn(
+      impl.runtime.io(), impl.links.call_peer(std::move(peer), std::move(service), std::move(args)), asio::use_awaitable);
   co_return r;
 }
 

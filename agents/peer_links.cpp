@@ -78,23 +78,28 @@ asio::awaitable<Result<Value>> PeerLinks::call_peer(std::string peer, std::strin
   request.service = std::move(service);
   request.args = std::move(args);
   std::vector<std::uint8_t> payload = encode(request);
-  Result<Reply> reply = errors::shutting_down();
   if (trust_.tls() && !expect_id.empty()) {
-    reply = co_await request_peer(peer, FrameKind::call, std::move(payload), options_.request_timeout, std::move(expect_id));
-  } else {
-    // request_peer's path written out here, without the proof of an id: one coroutine
-    // frame less for every call (a frame is an allocation and a resumption).
-    auto keep = owner_.lock();
-    if (runtime_.shutting_down() || !keep) co_return errors::shutting_down();
-    Result<std::shared_ptr<Link>> found = link_for(peer);
-    if (!found) co_return found.error();
-    std::shared_ptr<Link> link = std::move(*found);
-    Result<Frame> frame = co_await link->request(FrameKind::call, std::move(payload), options_.request_timeout);
-    reply = reply_from(*link, std::move(frame));
+    Result<Reply> reply =
+        co_await request_peer(peer, FrameKind::call, std::move(payload), options_.request_timeout, std::move(expect_id));
+    co_return call_result(std::move(reply));
   }
-  if (!reply) co_return reply.error();
-  if (reply->code != Errc::ok) co_return Error{reply->code, std::move(reply->message)};
-  co_return std::move(reply->result);
+  // request_peer's path written out here, without the proof of an id: one coroutine
+  // frame less for every call (a frame is an allocation and a resumption). Each branch
+  // has its own result: no placeholder error (a string made and freed per call).
+  auto keep = owner_.lock();
+  if (runtime_.shutting_down() || !keep) co_return errors::shutting_down();
+  Result<std::shared_ptr<Link>> found = link_for(peer);
+  if (!found) co_return found.error();
+  std::shared_ptr<Link> link = std::move(*found);
+  Result<Frame> frame = co_await link->request(FrameKind::call, std::move(payload), options_.request_timeout);
+  Result<Reply> reply = reply_from(*link, std::move(frame));
+  co_return call_result(std::move(reply));
+}
+
+Result<Value> PeerLinks::call_result(Result<Reply> reply) {
+  if (!reply) return reply.error();
+  if (reply->code != Errc::ok) return Error{reply->code, std::move(reply->message)};
+  return std::move(reply->result);
 }
 
 asio::awaitable<Result<EvalResult>> PeerLinks::eval_peer(std::string peer, std::string source, Value args,

@@ -57,6 +57,8 @@ class PeerLinks {
   Result<std::shared_ptr<Link>> link_for(const std::string& peer);
   // A reply frame decoded; an unreadable one closes the link (remote_protocol_error).
   static Result<Reply> reply_from(Link& link, Result<Frame> frame);
+  // A call's reply as its caller gets it: the result, or the error the peer answered.
+  static Result<Value> call_result(Result<Reply> reply);
 
   const NodeOptions& options_;
   NodeRuntime& runtime_;

@@ -2,8 +2,11 @@
 // the server), multiplexes requests by id, and wakes each waiting request when its reply,
 // its deadline (one timer per link) or a failure arrives.
 #include <algorithm>
+#include <cstddef>
 #include <deque>
+#include <new>
 #include <optional>
+#include <utility>
 #include <vector>
 
 #include <boost/asio/connect.hpp>
@@ -24,36 +27,80 @@ namespace {
 // resumes it in place: the request's coroutine runs on (sends its next request, say) before
 // the reader reads again, with no handler queued in between (which would also make the next
 // poll of the reactor a non-blocking one more per request). Deadlines and failures post it.
+// The handler lives in the slot's own storage (slots are kept from request to request), so
+// waiting costs no allocation; one too large for it goes to the heap.
 class ReplyWaiter {
  public:
+  ReplyWaiter() = default;
+  // A moved waiter's handler goes to the heap: the slot may be reused meanwhile.
+  ReplyWaiter(ReplyWaiter&& other) noexcept : held_(other.held_ ? other.take()->to_heap() : nullptr) {}
+  ReplyWaiter& operator=(ReplyWaiter&&) = delete;
+  ~ReplyWaiter() { drop(); }
+
   template <class Handler>
   void arm(Handler handler) {
-    held_ = std::make_unique<Held<Handler>>(std::move(handler));
+    drop();
+    if constexpr (sizeof(Held<Handler>) <= kInlineBytes && alignof(Held<Handler>) <= alignof(std::max_align_t)) {
+      held_ = ::new (static_cast<void*>(storage_)) Held<Handler>(std::move(handler), false);
+    } else {
+      held_ = new Held<Handler>(std::move(handler), true);
+    }
   }
   bool armed() const { return held_ != nullptr; }
-  // Resumes the request here; it runs until it next waits.
+  // Resumes the request here; it runs until it next waits. The handler leaves the slot
+  // first: the request may free the slot, and the next request take and arm it, before
+  // this returns.
   void resume_now() {
-    if (auto held = std::move(held_)) held->resume();
+    if (held_) take()->resume();
   }
   void resume_later(const asio::any_io_executor& executor) {
-    if (auto held = std::move(held_)) asio::post(executor, [h = std::move(held)] { h->resume(); });
+    if (held_) take()->post(executor);
   }
   // Destroys the handler without resuming it (its coroutine is destroyed through its
   // executor, as Asio does with any abandoned handler).
-  void drop() { held_.reset(); }
+  void drop() {
+    if (held_) take()->destroy();
+  }
 
  private:
+  static constexpr std::size_t kInlineBytes = 128;
+  // Each consumes the object: it is destroyed (and freed, if on the heap) on return.
   struct Base {
-    virtual ~Base() = default;
     virtual void resume() = 0;
+    virtual void post(const asio::any_io_executor& executor) = 0;
+    virtual Base* to_heap() = 0;
+    virtual void destroy() = 0;
+
+   protected:
+    ~Base() = default;
   };
   template <class Handler>
   struct Held final : Base {
-    explicit Held(Handler h) : handler(std::move(h)) {}
-    void resume() override { std::move(handler)(); }
+    Held(Handler h, bool heap) : handler(std::move(h)), on_heap(heap) {}
+    Handler release() {
+      Handler h(std::move(handler));
+      destroy();
+      return h;
+    }
+    void resume() override {
+      Handler h = release();
+      std::move(h)();
+    }
+    void post(const asio::any_io_executor& executor) override {
+      asio::post(executor, [h = release()]() mutable { std::move(h)(); });
+    }
+    Base* to_heap() override { return on_heap ? this : new Held(release(), true); }
+    void destroy() override {
+      if (on_heap) delete this;
+      else this->~Held();
+    }
     Handler handler;
+    bool on_heap;
   };
-  std::unique_ptr<Base> held_;
+  Base* take() { return std::exchange(held_, nullptr); }
+
+  alignas(std::max_align_t) unsigned char storage_[kInlineBytes];
+  Base* held_ = nullptr;
 };
 
 class TcpLink final : public Link, public std::enable_shared_from_this<TcpLink> {
