@@ -12,6 +12,8 @@
 #include <new>
 #include <optional>
 #include <string>
+#include <string_view>
+#include <unordered_map>
 #include <vector>
 
 #include <lua.hpp>
@@ -29,6 +31,30 @@ namespace {
 
 using detail::RunContext;
 
+// Compiled chunks kept in the snapshot. The lexer and parser ran on every run: the arena goes
+// back to the snapshot after each one, taking the compiled function with it. A chunk that
+// compiled in a run is compiled once more, from the same source text, right after the reset,
+// in the restored state (outside any run), and the closure is kept in the registry under an
+// integer reference; then the snapshot is taken again. A later run of the same source (and the
+// same chunk name, which the function's debug information carries) takes that closure instead
+// of parsing. Nothing else changes: every run still starts from the snapshot's bytes (globals,
+// registry, the closure's environment), so a run sees what it saw without the cache. No
+// bytecode is ever loaded: the cached closure came from the source text (mode "t"), compiled
+// by this guest, and the cache is keyed by the whole source text compared byte for byte.
+struct SourceHash {
+  using is_transparent = void;
+  std::size_t operator()(std::string_view s) const noexcept { return std::hash<std::string_view>{}(s); }
+};
+struct CachedChunk {
+  std::string chunk_name;  // "=name"
+  int ref = LUA_NOREF;     // the closure, in the snapshot's registry
+};
+// Bounds: what the cache adds to the snapshot (so to every reset's copy and every run's memory
+// count) stays small; a guest serves one principal, whose few scripts fill it.
+constexpr std::size_t kMaxCachedSource = 8 * 1024;
+constexpr std::size_t kMaxCachedChunks = 16;
+constexpr std::size_t kMaxCachedSourceBytes = 64 * 1024;
+
 struct Prepared {
   // The allocator's userdata: its address is inside the snapshot (global_State), so it never
   // moves. Reset field by field before each run.
@@ -39,6 +65,13 @@ struct Prepared {
   bool ready = false;
   bool wanted = false;  // this guest keeps one (set aside for an agent step, rebuilt after)
   std::size_t last_reset_bytes = 0;
+  // Keyed by the source text; outside the arena (a reset does not reach it), and cleared
+  // whenever the state is built or dropped (its references name that state's registry slots).
+  std::unordered_map<std::string, CachedChunk, SourceHash, std::equal_to<>> chunks;
+  std::size_t cached_source_bytes = 0;
+  std::size_t chunk_hits = 0;
+  // A chunk that compiled in the last run and is worth keeping: compiled again after the reset.
+  std::optional<std::pair<std::string, std::string>> pending;  // chunk name, source
 };
 
 Prepared g_prepared;
@@ -57,6 +90,9 @@ int build_environment(lua_State* L) {
 
 bool build(FixedArena& heap) {
   Prepared& p = g_prepared;
+  p.chunks.clear();
+  p.cached_source_bytes = 0;
+  p.pending.reset();
   p.ctx = RunContext{};
   // Room for the environment only; each run sets its own limits.
   p.ctx.limits = Limits{1'000'000, 16u << 20, 1000};
@@ -94,6 +130,9 @@ void drop(FixedArena& heap) {
   // The state's bytes are simply forgotten with the arena's: nothing outside it points in.
   p.ready = false;
   p.L = nullptr;
+  p.chunks.clear();
+  p.cached_source_bytes = 0;
+  p.pending.reset();
   std::vector<std::byte>().swap(p.image);
   heap.reset();
 }
@@ -108,6 +147,69 @@ std::string_view display_chunk_name(const RunInput& input) {
   return input.chunk_name.empty() ? std::string_view("eval") : input.chunk_name;
 }
 
+// A chunk that just compiled in a run: kept for compiling into the snapshot after the reset
+// when it fits the cache's bounds. Only the source text is kept, never anything the run made.
+void note_compiled(const std::string& chunk_name, std::string_view source) {
+  Prepared& p = g_prepared;
+  if (source.size() > kMaxCachedSource || p.chunks.size() >= kMaxCachedChunks ||
+      p.cached_source_bytes + source.size() > kMaxCachedSourceBytes || p.chunks.contains(source)) {
+    return;
+  }
+  try {
+    p.pending.emplace(chunk_name, std::string(source));
+  } catch (const std::bad_alloc&) {
+    p.pending.reset();
+  }
+}
+
+struct CacheJob {
+  const std::string* chunk_name;
+  const std::string* source;
+  int ref = LUA_NOREF;
+};
+
+int compile_into_registry(lua_State* L) {
+  auto& job = *static_cast<CacheJob*>(lua_touserdata(L, 1));
+  lua_settop(L, 0);
+  if (luaL_loadbufferx(L, job.source->data(), job.source->size(), job.chunk_name->c_str(), "t") != 0) return lua_error(L);
+  job.ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  return 0;
+}
+
+// Right after a reset, outside any run: the pending chunk compiled into the restored state,
+// and the snapshot taken again. On any failure the arena goes back to the snapshot as it was.
+void cache_pending(FixedArena& heap) {
+  Prepared& p = g_prepared;
+  std::optional<std::pair<std::string, std::string>> pending = std::move(p.pending);
+  p.pending.reset();
+  if (!pending || p.chunks.contains(std::string_view(pending->second))) return;
+  p.ctx = RunContext{};
+  p.ctx.limits = Limits{1'000'000, 16u << 20, 1000};
+  p.ctx.byte_cap = p.ctx.limits.memory_bytes;
+  p.ctx.deadline = std::chrono::steady_clock::time_point::max();
+  p.ctx.bytes_in_use = p.bytes_in_use;
+  CacheJob job{&pending->first, &pending->second};
+  bool kept = lua_cpcall(p.L, compile_into_registry, &job) == 0 && job.ref != LUA_NOREF;
+  if (kept) {
+    lua_settop(p.L, 0);
+    lua_gc(p.L, LUA_GCCOLLECT, 0);
+    try {
+      std::vector<std::byte> image;
+      const auto* base = reinterpret_cast<const std::byte*>(heap.base());
+      // SAFETY: [base, base + high_water) lies inside the mapped arena.
+      image.assign(base, base + heap.high_water());
+      const std::size_t bytes = pending->second.size();
+      p.chunks.emplace(std::move(pending->second), CachedChunk{std::move(pending->first), job.ref});
+      p.image.swap(image);
+      p.bytes_in_use = p.ctx.bytes_in_use;
+      p.cached_source_bytes += bytes;
+    } catch (const std::bad_alloc&) {
+      kept = false;
+    }
+  }
+  if (!kept) p.last_reset_bytes = heap.restore(p.image.data(), p.image.size());
+}
+
 // run_lua's protected call, minus the environment (already in the state).
 int run_chunk(lua_State* L) {
   auto& job = *static_cast<Job*>(lua_touserdata(L, 1));
@@ -115,10 +217,18 @@ int run_chunk(lua_State* L) {
   RunContext& ctx = detail::run_context(L);
   const RunInput& input = *job.input;
   detail::arm_count_hook(L, ctx);
-  // Mode "t": LuaJIT does not verify bytecode (run_weak also refuses its first byte).
-  const int load_status = luaL_loadbufferx(L, input.source.data(), input.source.size(), job.chunk_name.c_str(), "t");
-  if (load_status == LUA_ERRMEM) detail::raise_limit(L, detail::limit_error(Errc::memory_limit, ctx.limits));
-  if (load_status != 0) return lua_error(L);
+  Prepared& p = g_prepared;
+  const auto cached = p.chunks.find(std::string_view(input.source));
+  if (cached != p.chunks.end() && cached->second.chunk_name == job.chunk_name) {
+    lua_rawgeti(L, LUA_REGISTRYINDEX, cached->second.ref);
+    ++p.chunk_hits;
+  } else {
+    // Mode "t": LuaJIT does not verify bytecode (run_weak also refuses its first byte).
+    const int load_status = luaL_loadbufferx(L, input.source.data(), input.source.size(), job.chunk_name.c_str(), "t");
+    if (load_status == LUA_ERRMEM) detail::raise_limit(L, detail::limit_error(Errc::memory_limit, ctx.limits));
+    if (load_status != 0) return lua_error(L);
+    note_compiled(job.chunk_name, input.source);
+  }
   lua::register_chunk(L, job.chunk_name, input.source);
   Result<int> pushed = lua::push_array_items_protected(L, input.args, ctx.limits.memory_bytes);
   if (!pushed.ok()) {
@@ -206,12 +316,15 @@ void reset_after_run() {
     // A fresh run_lua beside the prepared state (a test chunk, a run with the JIT) closed its
     // own state; the run on the prepared one left it as it ended. Either way, back to the copy.
     p.last_reset_bytes = heap->restore(p.image.data(), p.image.size());
+    if (p.pending) cache_pending(*heap);
     return;
   }
   heap->reset();
   if (p.wanted) (void)build(*heap);
 }
 
-WarmStateStats warm_state_stats() { return {g_prepared.image.size(), g_prepared.last_reset_bytes}; }
+WarmStateStats warm_state_stats() {
+  return {g_prepared.image.size(), g_prepared.last_reset_bytes, g_prepared.chunks.size(), g_prepared.chunk_hits};
+}
 
 }  // namespace sojourn::sandbox::guest
