@@ -260,8 +260,10 @@ bool can_use_prepared(const RunInput& input) {
 }
 
 Result<Value> run_prepared(const RunInput& input, HostCalls* host) {
-  // run_lua's checks, in its order and words.
-  if (std::optional<Error> refused = detail::refused_input(input)) return *std::move(refused);
+  // run_lua's checks, in its order and words. A cached chunk's text passed the cdata scan in
+  // the run that compiled it (the scan depends on the text alone); the other checks still run.
+  const bool scanned = g_prepared.chunks.contains(std::string_view(input.source));
+  if (std::optional<Error> refused = detail::refused_input(input, scanned)) return *std::move(refused);
   Prepared& p = g_prepared;
   RunContext& ctx = p.ctx;
   ctx = RunContext{};

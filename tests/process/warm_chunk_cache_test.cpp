@@ -156,3 +156,14 @@ TEST_CASE("the cache is bounded: chunks past its count are parsed per run and st
   CHECK(first_integer(run(big)) == lines);
   CHECK(guest::warm_state_stats().chunk_hits == hits + 16);
 }
+
+TEST_CASE("a chunk the source checks refuse is refused on every run, never cached") {
+  WarmArena warm;
+  const guest::WarmStateStats before = guest::warm_state_stats();
+  for (int i = 0; i < 3; ++i) {
+    Result<Value> r = run("return 1LL");
+    REQUIRE_FALSE(r.ok());
+    CHECK(r.error().code == Errc::sandbox_refused);
+  }
+  CHECK(guest::warm_state_stats().cached_chunks == before.cached_chunks);
+}
