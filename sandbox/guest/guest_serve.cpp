@@ -129,41 +129,40 @@ void flush_held_if_old() noexcept {
 // only while the next run is that chunk again after a run that quick (a pipelining client's
 // repeated script): any other chunk may start with a stretch the count hook does not see
 // (its parse, a C function), so the answers before it go out first.
-// One clock read per run of a burst: the one at a run's end also serves as the next run's
-// start and as "now" for the held answers' age until then (what lies between is the answer's
-// encoding and the next frame's decoding: the next run's time and the answers' age are
-// counted from a little earlier, so a hold only ends sooner).
+//
+// Two clock reads per run of a burst (there were three or four): the one before a run both
+// ages the held answers and starts the run; the one at its end both times the run and, when
+// its answer is the first one held, stamps it (from the run's end, a little before it is
+// held: a hold can only end sooner).
 struct LastBurstRun {
   std::string source;
   std::chrono::steady_clock::time_point started;
   std::chrono::steady_clock::time_point ended;
-  bool ended_in_burst = false;  // `ended` is this burst's previous run's end
   bool quick = false;
 };
 LastBurstRun g_last_burst_run;
+// The clock read before the request now being served, when one was (answers were held).
+std::optional<std::chrono::steady_clock::time_point> g_before_run;
 
-void flush_held_if_old_at(std::chrono::steady_clock::time_point now) noexcept {
+// Before a run, outside any count hook.
+void flush_held_if_old_before_run() noexcept {
+  g_before_run.reset();
   const HeldAnswers& held = g_held;
-  if (!held.bytes.empty() && now - held.since >= kMaxHold) (void)flush_held();
-}
-
-// Before a run outside any count hook: the previous burst run's end when there is one.
-void flush_held_if_old_between_runs() noexcept {
-  const LastBurstRun& last = g_last_burst_run;
-  if (g_held.bytes.empty()) return;
-  flush_held_if_old_at(last.ended_in_burst ? last.ended : std::chrono::steady_clock::now());
+  if (held.bytes.empty()) return;
+  const auto now = std::chrono::steady_clock::now();
+  g_before_run = now;
+  if (now - held.since >= kMaxHold) (void)flush_held();
 }
 
 void before_burst_run(std::string_view source) {
   LastBurstRun& last = g_last_burst_run;
   if (!g_held.bytes.empty() && !(last.quick && last.source == source)) (void)flush_held();
-  last.started = last.ended_in_burst ? last.ended : std::chrono::steady_clock::now();
+  last.started = g_before_run ? *g_before_run : std::chrono::steady_clock::now();
 }
 
 void after_burst_run(std::string_view source) noexcept {
   LastBurstRun& last = g_last_burst_run;
   last.ended = std::chrono::steady_clock::now();
-  last.ended_in_burst = true;
   last.quick = last.ended - last.started < kMaxHold;
   try {
     last.source.assign(source);
@@ -187,8 +186,8 @@ bool hold_or_write(int fd, std::vector<std::uint8_t>& answer, bool more_in_burst
   const bool fits = held.bytes.size() + answer.size() <= kMaxHeldBytes;
   if (fits && (more_in_burst || !held.bytes.empty())) {
     if (held.bytes.empty()) {
-      const LastBurstRun& last = g_last_burst_run;
-      held.since = last.ended_in_burst ? last.ended : std::chrono::steady_clock::now();
+      // Only a burst's run is held (more_in_burst): its end was read just now.
+      held.since = g_last_burst_run.ended;
       held.fd = fd;
     }
     held.bytes.insert(held.bytes.end(), answer.begin(), answer.end());
@@ -525,7 +524,6 @@ bool serve_one_run(int fd) {
       Result<channel::Batch> batch = channel::decode_payload<channel::Batch>(frame->payload);
       if (!batch || g_burst.left != 0 || batch->count == 0 || batch->count > channel::kMaxBatchRuns) return false;
       g_burst = Burst{batch->count, false};
-      g_last_burst_run.ended_in_burst = false;  // a new burst: its first run reads the clock
       // Every run of it (each after its carried reads) read now, before the first runs.
       for (std::uint32_t i = 0; i < batch->count; ++i) {
         std::optional<Frame> part = read_frame(fd, kMaxRequestBytes);
@@ -555,7 +553,7 @@ bool serve_one_run(int fd) {
     if (in_burst && frame->kind != Kind::run) return false;  // a burst holds plain runs only
     kind = frame->kind == Kind::run ? Kind::run : Kind::agent;
     bool strong = frame->kind == Kind::resume;
-    flush_held_if_old_between_runs();
+    flush_held_if_old_before_run();
     std::vector<std::uint8_t> answer = serve_request(fd, *frame, limits, strong);
     if (in_burst) {
       --g_burst.left;
