@@ -34,7 +34,7 @@ using detail::RunContext;
 // Compiled chunks kept in the snapshot. The lexer and parser ran on every run: the arena goes
 // back to the snapshot after each one, taking the compiled function with it. Before the first
 // run of a chunk (on the restored state, outside any run's limits and count), the guest
-// compiles its source text, keeps the closure in the registry under an integer reference,
+// compiles its source text, keeps the closure in a cache table made with the environment,
 // collects, and takes the snapshot again; that run and every later one of the same source
 // (and the same chunk name, which the function's debug information carries) call that
 // closure instead of parsing. Every run still starts from the snapshot's bytes (globals,
@@ -77,7 +77,7 @@ struct Prepared {
   bool wanted = false;  // this guest keeps one (set aside for an agent step, rebuilt after)
   std::size_t last_reset_bytes = 0;
   // Keyed by the source text; outside the arena (a reset does not reach it), and cleared
-  // whenever the state is built or dropped (its references name that state's registry slots).
+  // whenever the state is built or dropped (its slots name that state's cache table).
   std::unordered_map<std::string, CachedChunk, SourceHash, std::equal_to<>> chunks;
   std::size_t cached_source_bytes = 0;
   std::size_t chunk_hits = 0;
