@@ -129,22 +129,41 @@ void flush_held_if_old() noexcept {
 // only while the next run is that chunk again after a run that quick (a pipelining client's
 // repeated script): any other chunk may start with a stretch the count hook does not see
 // (its parse, a C function), so the answers before it go out first.
+//
+// Two clock reads per run of a burst (there were three or four): the one before a run both
+// ages the held answers and starts the run; the one at its end both times the run and, when
+// its answer is the first one held, stamps it (from the run's end, a little before it is
+// held: a hold can only end sooner).
 struct LastBurstRun {
   std::string source;
   std::chrono::steady_clock::time_point started;
+  std::chrono::steady_clock::time_point ended;
   bool quick = false;
 };
 LastBurstRun g_last_burst_run;
+// The clock read before the request now being served, when one was (answers were held).
+std::optional<std::chrono::steady_clock::time_point> g_before_run;
+
+// Before a run, outside any count hook.
+void flush_held_if_old_before_run() noexcept {
+  g_before_run.reset();
+  const HeldAnswers& held = g_held;
+  if (held.bytes.empty()) return;
+  const auto now = std::chrono::steady_clock::now();
+  g_before_run = now;
+  if (now - held.since >= kMaxHold) (void)flush_held();
+}
 
 void before_burst_run(std::string_view source) {
   LastBurstRun& last = g_last_burst_run;
   if (!g_held.bytes.empty() && !(last.quick && last.source == source)) (void)flush_held();
-  last.started = std::chrono::steady_clock::now();
+  last.started = g_before_run ? *g_before_run : std::chrono::steady_clock::now();
 }
 
 void after_burst_run(std::string_view source) noexcept {
   LastBurstRun& last = g_last_burst_run;
-  last.quick = std::chrono::steady_clock::now() - last.started < kMaxHold;
+  last.ended = std::chrono::steady_clock::now();
+  last.quick = last.ended - last.started < kMaxHold;
   try {
     last.source.assign(source);
   } catch (const std::bad_alloc&) {
@@ -167,7 +186,8 @@ bool hold_or_write(int fd, std::vector<std::uint8_t>& answer, bool more_in_burst
   const bool fits = held.bytes.size() + answer.size() <= kMaxHeldBytes;
   if (fits && (more_in_burst || !held.bytes.empty())) {
     if (held.bytes.empty()) {
-      held.since = std::chrono::steady_clock::now();
+      // Only a burst's run is held (more_in_burst): its end was read just now.
+      held.since = g_last_burst_run.ended;
       held.fd = fd;
     }
     held.bytes.insert(held.bytes.end(), answer.begin(), answer.end());
@@ -533,7 +553,7 @@ bool serve_one_run(int fd) {
     if (in_burst && frame->kind != Kind::run) return false;  // a burst holds plain runs only
     kind = frame->kind == Kind::run ? Kind::run : Kind::agent;
     bool strong = frame->kind == Kind::resume;
-    flush_held_if_old();
+    flush_held_if_old_before_run();
     std::vector<std::uint8_t> answer = serve_request(fd, *frame, limits, strong);
     if (in_burst) {
       --g_burst.left;

@@ -35,6 +35,8 @@ void reset_after_run();
 struct WarmStateStats {
   std::size_t snapshot_bytes = 0;
   std::size_t last_reset_bytes = 0;
+  std::size_t cached_chunks = 0;  // compiled chunks kept in the snapshot
+  std::size_t chunk_hits = 0;     // runs that took a kept chunk instead of parsing
 };
 WarmStateStats warm_state_stats();
 

@@ -203,7 +203,10 @@ int count_only_collectgarbage(lua_State* L) {
   if (std::strcmp(option, "count") != 0) {
     return luaL_error(L, "collectgarbage(\"%s\") is not available in the sandbox", option);
   }
-  lua_pushnumber(L, lua_gc(L, LUA_GCCOUNT, 0) + lua_gc(L, LUA_GCCOUNTB, 0) / 1024.0);
+  double kib = lua_gc(L, LUA_GCCOUNT, 0) + lua_gc(L, LUA_GCCOUNTB, 0) / 1024.0;
+  void* ud = nullptr;
+  if (lua_getallocf(L, &ud) == capped_alloc) kib -= static_cast<double>(static_cast<RunContext*>(ud)->hidden_bytes) / 1024.0;
+  lua_pushnumber(L, kib);
   return 1;
 }
 

@@ -30,6 +30,10 @@ struct RunContext {
 
   std::size_t bytes_in_use = 0;
   std::size_t byte_cap = 0;           // limits.memory_bytes while the chunk runs
+  // Bytes of the state that collectgarbage("count") leaves out: a warm guest's compiled
+  // chunks kept in its snapshot (sandbox/guest/warm_state.cpp), never freed by a run and
+  // not charged to it. Zero elsewhere.
+  std::size_t hidden_bytes = 0;
   bool allocation_refused = false;
   std::byte* arena = nullptr;         // kArenaBytes for the run's first allocations, or null
   std::size_t arena_used = 0;
