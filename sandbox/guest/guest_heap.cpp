@@ -127,12 +127,6 @@ std::size_t cxx_heap_in_use() noexcept {
   return h != nullptr ? h->in_use : 0;
 }
 
-std::size_t cxx_heap_peak_bytes() noexcept {
-  Guard guard;
-  CxxHeap* h = heap();
-  return h != nullptr ? h->arena->peak() : 0;
-}
-
 }  // namespace sojourn::sandbox::guest
 
 namespace guest = sojourn::sandbox::guest;

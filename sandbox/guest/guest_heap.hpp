@@ -18,8 +18,5 @@ inline constexpr std::size_t kCxxHeapBytes = std::size_t{8} << 30;
 // null past it, operator new throws bad_alloc). Set by a new guest for its run.
 void limit_cxx_heap(std::size_t more_bytes) noexcept;
 std::size_t cxx_heap_in_use() noexcept;
-// Bytes from the heap's start up to the highest point any allocation has reached: the
-// part of the region that holds written pages (a fork shares them copy-on-write).
-std::size_t cxx_heap_peak_bytes() noexcept;
 
 }  // namespace sojourn::sandbox::guest

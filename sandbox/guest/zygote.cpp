@@ -21,11 +21,9 @@
 #include <cstdlib>
 #include <cstdint>
 #include <cstring>
-#include <iterator>
 #include <string>
 #include <vector>
 
-#include "sandbox/guest/guest_heap.hpp"
 #include "sandbox/guest/jail_child.hpp"
 #include "sandbox/guest/syscall_filter.hpp"
 #include "sandbox/guest/zygote_image.hpp"
@@ -38,8 +36,6 @@ namespace {
 
 constexpr std::uint32_t kWantedNamespaces = CLONE_NEWUSER | CLONE_NEWNET | CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWIPC;
 constexpr std::size_t kMaxControlMessage = 4096;
-// Past the C++ heap's highest top: fresh pages a guest's first allocations take.
-constexpr std::size_t kGuestHeapGrowth = 32 * 1024;
 
 struct Child {
   std::uint64_t id;
@@ -193,7 +189,6 @@ class Zygote {
     if (const ImageShare share = share_image_with_forks(); !share.error.empty()) {
       log_warn("zygote", "guests fault in part of the executable's image: " + share.error);
     }
-    data_pages_ = writable_data_pages();
     channel::Hello hello{channel::kProtocolVersion, static_cast<std::uint32_t>(::getpid()), namespaces_, fallback_};
     if (!send(channel::encode_frame(hello), -1)) return 1;
     while (serve_once()) {
@@ -304,17 +299,8 @@ class Zygote {
 
   void spawn(const channel::SpawnRequest& request, int channel_fd) {
     int pidfd = -1;
-    // What the guest writes first of what it shares with the zygote copy-on-write: the
-    // executable's .data and .bss, and the C++ heap's written part (blocks the zygote freed,
-    // which the guest's allocations reuse) and a little past it.
-    constexpr std::uintptr_t kPage = 4096;
-    const PageRange shared[] = {
-        data_pages_,
-        {kCxxHeapBase, (kCxxHeapBase + cxx_heap_peak_bytes() + kGuestHeapGrowth + kPage - 1) & ~(kPage - 1)}};
     const pid_t pid = clone_guest(clone_flags_, &pidfd);
     if (pid == 0) {
-      // Its own copies of those pages in one call per range, not ~30 page faults.
-      copy_shared_pages(shared, std::size(shared));
       reseed_stack_guard();  // only become_guest, which never returns, may follow
       become_guest(request, channel_fd, request.allow_jit ? jit_filter_ : filter_,
                    (clone_flags_ & CLONE_NEWUSER) != 0);
@@ -348,7 +334,6 @@ class Zygote {
   bool want_namespaces_;
   CompiledFilter filter_;
   CompiledFilter jit_filter_;
-  PageRange data_pages_;           // the executable's .data and .bss
   std::uint32_t clone_flags_ = 0;  // what each guest's fork makes
   std::uint32_t namespaces_ = 0;   // what the Hello reports (channel::Hello::namespaces)
   std::string fallback_;

@@ -19,7 +19,6 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
-#include <algorithm>
 #include <cerrno>
 #include <cstdint>
 #include <cstring>
@@ -51,27 +50,6 @@ int collect(dl_phdr_info* info, std::size_t /*size*/, void* out) {
   return 1;  // the executable comes first; a static one has nothing else
 }
 
-int find_writable_data(dl_phdr_info* info, std::size_t /*size*/, void* out) {
-  auto& range = *static_cast<PageRange*>(out);
-  const auto page = static_cast<std::uintptr_t>(::sysconf(_SC_PAGESIZE));
-  std::uintptr_t relro_end = 0;
-  for (ElfW(Half) i = 0; i < info->dlpi_phnum; ++i) {
-    const ElfW(Phdr)& ph = info->dlpi_phdr[i];
-    if (ph.p_type == PT_GNU_RELRO) relro_end = (info->dlpi_addr + ph.p_vaddr + ph.p_memsz) & ~(page - 1);
-  }
-  for (ElfW(Half) i = 0; i < info->dlpi_phnum; ++i) {
-    const ElfW(Phdr)& ph = info->dlpi_phdr[i];
-    if (ph.p_type != PT_LOAD || (ph.p_flags & PF_W) == 0 || ph.p_memsz == 0) continue;
-    // The relocated part at its start becomes read-only after start-up (PT_GNU_RELRO): a
-    // write-populate there would fail.
-    const std::uintptr_t from = std::max((info->dlpi_addr + ph.p_vaddr) & ~(page - 1), relro_end);
-    const std::uintptr_t to = (info->dlpi_addr + ph.p_vaddr + ph.p_memsz + page - 1) & ~(page - 1);
-    if (from < to) range = {from, to};
-    break;
-  }
-  return 1;
-}
-
 }  // namespace
 
 ImageShare share_image_with_forks() {
@@ -99,35 +77,6 @@ ImageShare share_image_with_forks() {
     share.bytes += s.bytes;
   }
   return share;
-}
-
-PageRange writable_data_pages() {
-  PageRange range;
-  ::dl_iterate_phdr(find_writable_data, &range);
-  return range;
-}
-
-void copy_shared_pages(const PageRange* ranges, std::size_t count) noexcept {
-  for (std::size_t i = 0; i < count; ++i) {
-    if (ranges[i].to <= ranges[i].from) continue;
-    // SAFETY: the caller names ranges of its own writable private mappings; populating only
-    // faults their pages in, as the writes that follow would.
-    (void)::madvise(reinterpret_cast<void*>(ranges[i].from), ranges[i].to - ranges[i].from, MADV_POPULATE_WRITE);
-  }
-  constexpr std::uintptr_t kPage = 4096;
-  // The thread's control block (glibc's stack guard and errno live there), in the early
-  // heap of a static executable.
-  std::uintptr_t tcb = 0;
-  // SAFETY: fs:0 holds the TCB's own address (x86-64 TLS ABI).
-  asm("movq %%fs:0, %0" : "=r"(tcb));
-  // SAFETY: the TCB's page is mapped and writable; a failure only leaves it to fault.
-  (void)::madvise(reinterpret_cast<void*>(tcb & ~(kPage - 1)), kPage, MADV_POPULATE_WRITE);
-  // The stack: the page of this frame and the two below it, which the guest's set-up and
-  // its first run write (the stack's mapping reaches further down, already grown by the zygote).
-  const auto here = reinterpret_cast<std::uintptr_t>(__builtin_frame_address(0)) & ~(kPage - 1);
-  // SAFETY: these pages lie inside the stack's mapping (the zygote's warm-up ran deeper); a
-  // range outside it only makes the hint fail.
-  (void)::madvise(reinterpret_cast<void*>(here - 2 * kPage), 3 * kPage, MADV_POPULATE_WRITE);
 }
 
 }  // namespace sojourn::sandbox::guest

@@ -3,7 +3,6 @@
 // are what they were.
 #include <doctest/doctest.h>
 
-#include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -81,72 +80,4 @@ TEST_CASE("after the image is shared, a fork inherits its read-only pages mapped
   // Nothing of the image became writable, executable or otherwise different.
   CHECK(image_mappings() == before);
   CHECK(faults_in_a_fork(before) == 0);
-}
-
-namespace {
-
-// In a fresh fork: the page faults the child takes writing one byte of every page of
-// [from, to), after copy_shared_pages over `taken` when `copy` is set; -1 if the child did not end well.
-int write_faults_in_a_fork(std::uintptr_t from, std::uintptr_t to, bool copy, sojourn::sandbox::guest::PageRange taken) {
-  const pid_t pid = ::fork();
-  if (pid == 0) {
-    if (copy) sojourn::sandbox::guest::copy_shared_pages(&taken, 1);
-    rusage start{};
-    ::getrusage(RUSAGE_SELF, &start);
-    for (std::uintptr_t at = from; at < to; at += 4096) *reinterpret_cast<volatile unsigned char*>(at) += 1;
-    rusage end{};
-    ::getrusage(RUSAGE_SELF, &end);
-    const long faults = end.ru_minflt - start.ru_minflt;
-    ::syscall(SYS_exit_group, static_cast<int>(faults > 254 ? 254 : faults));
-  }
-  int status = 0;
-  ::waitpid(pid, &status, 0);
-  return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-}
-
-}  // namespace
-
-TEST_CASE("a fork takes its copies of the pages it shares with its parent in one call, and writes them without faults") {
-  using sojourn::sandbox::guest::PageRange;
-  constexpr std::size_t kPages = 32;
-  // Pages the parent wrote (shared copy-on-write after a fork), then pages it never touched.
-  void* region = ::mmap(nullptr, 2 * kPages * 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-  REQUIRE(region != MAP_FAILED);
-  const auto from = reinterpret_cast<std::uintptr_t>(region);
-  const std::uintptr_t written_to = from + kPages * 4096;
-  const std::uintptr_t to = from + 2 * kPages * 4096;
-  for (std::uintptr_t at = from; at < written_to; at += 4096) *reinterpret_cast<unsigned char*>(at) = 1;
-
-  // Without the call: one fault per page, copy-on-write or zero-fill.
-  CHECK(write_faults_in_a_fork(from, to, false, {}) >= static_cast<int>(2 * kPages));
-  // With it: none (the parent's bytes are the child's own copies, the rest zero pages mapped).
-  CHECK(write_faults_in_a_fork(from, to, true, PageRange{from, to}) == 0);
-  // The parent's pages kept their contents: a child's writes went to its copies.
-  for (std::uintptr_t at = from; at < written_to; at += 4096) CHECK(*reinterpret_cast<unsigned char*>(at) == 1);
-  ::munmap(region, 2 * kPages * 4096);
-}
-
-TEST_CASE("the writable data pages are the executable's .data and .bss, past its read-only-after-start part") {
-  const sojourn::sandbox::guest::PageRange data = sojourn::sandbox::guest::writable_data_pages();
-  REQUIRE(data.from < data.to);
-  CHECK(data.from % 4096 == 0);
-  CHECK(data.to % 4096 == 0);
-  // Every page of it lies in a writable private mapping (the executable's own, or the
-  // anonymous one right after it that holds .bss).
-  std::ifstream maps("/proc/self/maps");
-  std::uintptr_t covered_to = data.from;
-  for (std::string line; std::getline(maps, line);) {
-    std::istringstream in(line);
-    std::string range, perms;
-    in >> range >> perms;
-    const auto dash = range.find('-');
-    const std::uintptr_t lo = std::stoull(range.substr(0, dash), nullptr, 16);
-    const std::uintptr_t hi = std::stoull(range.substr(dash + 1), nullptr, 16);
-    if (lo <= covered_to && covered_to < hi) {
-      CHECK(perms.substr(0, 2) == "rw");
-      CHECK(perms[3] == 'p');
-      covered_to = hi;
-    }
-  }
-  CHECK(covered_to >= data.to);
 }
