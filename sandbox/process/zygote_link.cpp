@@ -90,17 +90,10 @@ Result<std::shared_ptr<ZygoteLink>> ZygoteLink::start(const std::string& guest_p
   for (auto& a : args) argv.push_back(a.data());
   argv.push_back(nullptr);
   pid_t pid = 0;
-  // Not the node's environment (paths, tokens, settings are none of a guest's business, and
-  // every guest is a fork of the zygote): only a setting for glibc's start-up, which the
-  // zygote then clears. No restartable sequences (rseq): glibc would register the thread's
-  // area with the kernel, which then writes it on every return to user space after a
-  // preemption or a migration, and first of all in every fork, on its way out of clone3: a
-  // copy-on-write fault of the page holding it, in the new guest and again in the zygote,
-  // per spawn. Nothing in a guest or the zygote uses rseq (glibc only reads the CPU number
-  // from it in sched_getcpu, which then asks the kernel).
-  char no_rseq[] = "GLIBC_TUNABLES=glibc.pthread.rseq=0";
-  char* environment[] = {no_rseq, nullptr};
-  const int rc = ::posix_spawn(&pid, guest_path.c_str(), &actions, nullptr, argv.data(), environment);
+  // An empty environment: the node's (paths, tokens, settings) is none of a guest's business,
+  // and every guest is a fork of the zygote.
+  char* empty_environment[] = {nullptr};
+  const int rc = ::posix_spawn(&pid, guest_path.c_str(), &actions, nullptr, argv.data(), empty_environment);
   posix_spawn_file_actions_destroy(&actions);
   theirs.reset();
   if (rc != 0) return unavailable("cannot start " + guest_path + ": " + std::strerror(rc));
