@@ -102,6 +102,9 @@ void drop_rseq_area() {
   if (__rseq_size == 0) return;  // glibc registered none
   // SAFETY: glibc's area lies at this offset from the thread pointer (sys/rseq.h).
   void* area = static_cast<char*>(__builtin_thread_pointer()) + __rseq_offset;
+  // A negative CPU number: glibc's registration failed (a kernel without rseq, a container's
+  // filter), so the kernel writes nothing there.
+  if (static_cast<std::int32_t>(static_cast<volatile struct rseq*>(area)->cpu_id) < 0) return;
   // The length it was registered with: __rseq_size, or the 32-byte area of glibc releases
   // whose __rseq_size names the features in use.
   for (const unsigned length : {__rseq_size, 32u}) {
