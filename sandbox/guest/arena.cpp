@@ -19,6 +19,7 @@ namespace {
 constexpr std::size_t kAlign = 16;
 constexpr std::size_t kSmallLists = kSmallLimit / kAlign;
 constexpr std::size_t kPage = 4096;
+constexpr std::size_t kPopulatedHeadBytes = 64 * 1024;  // what a fresh Lua state writes, rounded up
 
 // Blocks up to these sizes are carved from chunks of their band's own (a chunk is taken
 // whole from the free lists or the top), so that blocks of different sizes do not share
@@ -290,6 +291,12 @@ Result<FixedArena> FixedArena::map_at(std::uintptr_t base, std::size_t bytes) {
     // SAFETY: [huge_from, base + bytes) lies inside the mapping just made.
     ::madvise(reinterpret_cast<void*>(huge_from), base + bytes - huge_from, MADV_HUGEPAGE);
   }
+  // Every Lua state's build writes the arena's first ~56 KiB (the header's free lists, then the
+  // state, its libraries, the restricted environment): one call maps them, before `over`
+  // writes the header, instead of ~15 zero-fill faults (~16 us each on a paravirtualised VM).
+  // A hint: a kernel without MADV_POPULATE_WRITE, or the microVM (ENOSYS), faults them as before.
+  // SAFETY: the range lies inside the mapping just made.
+  (void)::madvise(at, std::min(kPopulatedHeadBytes, bytes), MADV_POPULATE_WRITE);
   return over(at, bytes);
 }
 

@@ -30,7 +30,6 @@ namespace {
 constexpr std::uint64_t kGuestOverheadBytes = 128u << 20;  // image, stack, JIT machine code
 constexpr std::uint64_t kCxxHeapSlack = 64u << 20;         // the request, buffers
 constexpr uid_t kNobody = 65534;
-constexpr std::size_t kArenaHeadBytes = 64u << 10;  // what a fresh Lua state writes, rounded up
 
 std::optional<FixedArena> g_arena;
 
@@ -95,14 +94,7 @@ GuestRlimits guest_rlimits(const Limits& limits) {
 Result<void> install_arena(std::uint64_t quota_bytes) {
   Result<FixedArena> arena = FixedArena::map_at(kArenaBase, arena_bytes_for_quota(quota_bytes));
   if (!arena) return arena.error();
-  g_arena.emplace(*arena);
-  // Every Lua state's build writes the arena's first ~56 KiB (the state, its libraries, the
-  // restricted environment): one call maps them instead of ~10 zero-fill faults (~16 us each
-  // on a paravirtualised VM; the header's pages, written as the arena is mapped, fault before).
-  // A hint: a kernel without MADV_POPULATE_WRITE, or the microVM (ENOSYS), faults them as before.
-  // SAFETY: the range lies inside the mapping just made.
-  (void)::madvise(reinterpret_cast<void*>(g_arena->base()), std::min(kArenaHeadBytes, g_arena->size()),
-                  MADV_POPULATE_WRITE);
+  g_arena.emplace(*arena);  // map_at has mapped the pages a Lua state's build writes
   use_lua_heap(&*g_arena);
   return {};
 }

@@ -12,6 +12,7 @@
 #include <sched.h>
 #include <signal.h>
 #include <sys/resource.h>
+#include <sys/rseq.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -87,6 +88,30 @@ pid_t clone_guest(std::uint64_t flags, int* pidfd) {
   canary &= ~std::uint64_t{0xff};
   // SAFETY: fs points to this thread's TCB (static glibc, x86-64); 0x28 is its stack_guard.
   asm volatile("movq %0, %%fs:0x28" : : "r"(canary) : "memory");
+}
+
+// Unregisters the restartable-sequence (rseq) area glibc registered for the zygote's thread
+// at start. Registered, the kernel writes it on every return to user space after a preemption
+// or a migration, and first of all in every fork on its way out of clone3: the area shares its
+// page with the TCB, which the fork has just made copy-on-write, so that write was a page
+// fault in each new guest before any of its code ran, and one more in the zygote, per spawn.
+// Nothing in the zygote or a guest uses rseq (glibc reads the CPU number from it in
+// sched_getcpu only, and asks the kernel once the area reads "uninitialised", as the kernel
+// leaves it here). A guest inherits the zygote's registration, so it has none either.
+void drop_rseq_area() {
+  if (__rseq_size == 0) return;  // glibc registered none
+  // SAFETY: glibc's area lies at this offset from the thread pointer (sys/rseq.h).
+  void* area = static_cast<char*>(__builtin_thread_pointer()) + __rseq_offset;
+  // A negative CPU number: glibc's registration failed (a kernel without rseq, a container's
+  // filter), so the kernel writes nothing there.
+  if (static_cast<std::int32_t>(static_cast<volatile struct rseq*>(area)->cpu_id) < 0) return;
+  // The length it was registered with: __rseq_size, or the 32-byte area of glibc releases
+  // whose __rseq_size names the features in use.
+  for (const unsigned length : {__rseq_size, 32u}) {
+    if (::syscall(SYS_rseq, area, length, RSEQ_FLAG_UNREGISTER, RSEQ_SIG) == 0) return;
+  }
+  log_warn("zygote", std::string("guests fault in their thread's page at fork: rseq stays registered: ") +
+                         std::strerror(errno));
 }
 
 bool write_proc_file(const char* path, const std::string& text) {
@@ -175,6 +200,7 @@ class Zygote {
   Zygote(int control, bool namespaces) : control_(control), want_namespaces_(namespaces) {}
 
   int run() {
+    drop_rseq_area();
     for (bool jit : {false, true}) {
       Result<CompiledFilter> filter = compile_guest_filter(jit, DefaultAction::trap_and_report);
       if (!filter) {

@@ -3,9 +3,15 @@
 // that keeps nothing of the runs before them.
 #include <doctest/doctest.h>
 
+#include <sys/ptrace.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
+#include <signal.h>
+#include <unistd.h>
 
 #include <chrono>
+#include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -66,4 +72,56 @@ TEST_CASE("a guest whose first request waits at its fork answers it, then serves
   Result<Value> third = talk(channel, run_frame(kProbe));
   REQUIRE_MESSAGE(third.ok(), (third.ok() ? "" : third.error().message));
   CHECK(third->get(1).as_string() == seen);
+}
+
+namespace {
+
+// The address of the restartable-sequence area the kernel knows for `pid` (0: none), read by
+// seizing and stopping it for a moment; nullopt when the kernel cannot tell (before 5.13).
+std::optional<std::uint64_t> rseq_area_of(pid_t pid) {
+  struct RseqConfiguration {  // struct ptrace_rseq_configuration
+    std::uint64_t rseq_abi_pointer;
+    std::uint32_t rseq_abi_size;
+    std::uint32_t signature;
+    std::uint32_t flags;
+    std::uint32_t pad;
+  };
+  constexpr int kGetRseqConfiguration = 0x420f;  // PTRACE_GET_RSEQ_CONFIGURATION
+  if (::ptrace(PTRACE_SEIZE, pid, nullptr, nullptr) != 0) return std::nullopt;
+  ::ptrace(PTRACE_INTERRUPT, pid, nullptr, nullptr);
+  int status = 0;
+  ::waitpid(pid, &status, __WALL);
+  RseqConfiguration config{};
+  const long got = ::ptrace(static_cast<__ptrace_request>(kGetRseqConfiguration), pid, sizeof config, &config);
+  ::ptrace(PTRACE_DETACH, pid, nullptr, nullptr);
+  if (got != static_cast<long>(sizeof config)) return std::nullopt;
+  return config.rseq_abi_pointer;
+}
+
+}  // namespace
+
+TEST_CASE("the zygote runs without a restartable-sequence area, so no fork of it has one written on its way out") {
+  // The check itself sees one where glibc registered it (this test's own fork does).
+  const pid_t control = ::fork();
+  if (control == 0) {
+    ::pause();
+    ::_exit(0);
+  }
+  REQUIRE(control > 0);
+  const std::optional<std::uint64_t> in_control = rseq_area_of(control);
+  ::kill(control, SIGKILL);
+  ::waitpid(control, nullptr, 0);
+  if (!in_control) {
+    MESSAGE("the kernel does not report rseq areas to a tracer: not checked");
+    return;
+  }
+  CHECK(*in_control != 0);
+
+  Result<std::string> guest = find_guest_binary("");
+  REQUIRE(guest.ok());
+  Result<std::shared_ptr<ZygoteLink>> link = ZygoteLink::start(*guest, true);
+  REQUIRE_MESSAGE(link.ok(), (link.ok() ? "" : link.error().message));
+  const std::optional<std::uint64_t> in_zygote = rseq_area_of((*link)->pid());
+  REQUIRE(in_zygote.has_value());
+  CHECK(*in_zygote == 0);
 }
