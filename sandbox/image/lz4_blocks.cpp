@@ -203,7 +203,9 @@ class Lz4BlockEncoder final : public Encoder {
 
   std::uint64_t bound(std::uint64_t payload_bytes) const override {
     // Every block at worst stored as it is, behind its size word, and the header and end mark.
-    const std::uint64_t blocks = (payload_bytes + kBlock - 1) / kBlock + 1;  // +1: a short gathered block
+    // A short block is the gathered tail flushed ahead of a large piece, which itself gives at
+    // least one whole block, or the last one: at most twice the whole blocks, plus one.
+    const std::uint64_t blocks = 2 * (payload_bytes / kBlock + 1) + 1;
     return payload_bytes + 4 * blocks + sizeof header_ + 4;
   }
   std::string why() const override { return failed_ != 0 ? LZ4F_getErrorName(failed_) : "cannot set up a context"; }
