@@ -18,8 +18,6 @@ namespace {
 constexpr int kZstdLevel = 1;
 // Encoded output is handed on in pieces of at most this size, each while it is in the cache.
 constexpr std::size_t kOutPiece = 256 * 1024;
-// LZ4 takes its input in pieces of one block: its worst-case output then fits kOutPiece.
-constexpr std::size_t kLz4Block = 64 * 1024;
 
 std::span<std::uint8_t> out_buffer() {
   thread_local std::vector<std::uint8_t> buffer(kOutPiece);
@@ -152,88 +150,12 @@ class ZstdDecoder final : public Decoder {
   std::size_t last_ = 1;  // ZSTD_decompressStream's last answer: 0 once the frame is complete
 };
 
-// ---- LZ4 frames (fast mode, linked 64 KB blocks, the content size in the frame header): a
-// few times zstd's speed each way for a lower ratio.
+// ---- LZ4 frames: a few times zstd's speed each way for a lower ratio. The encoder is in
+// lz4_blocks.cpp; the decoder reads any LZ4 frame (linked or independent blocks) that declares
+// the payload's size.
 
-LZ4F_preferences_t lz4_preferences(std::uint64_t payload_bytes) {
-  LZ4F_preferences_t prefs;
-  std::memset(&prefs, 0, sizeof prefs);
-  prefs.frameInfo.blockSizeID = LZ4F_max64KB;
-  prefs.frameInfo.blockMode = LZ4F_blockLinked;
-  prefs.frameInfo.contentSize = payload_bytes;
-  prefs.compressionLevel = 0;  // the fast compressor
-  return prefs;
-}
-
-struct Lz4CCtxFree {
-  void operator()(LZ4F_cctx* c) const { LZ4F_freeCompressionContext(c); }
-};
 struct Lz4DCtxFree {
   void operator()(LZ4F_dctx* d) const { LZ4F_freeDecompressionContext(d); }
-};
-
-class Lz4Encoder final : public Encoder {
- public:
-  explicit Lz4Encoder(std::uint64_t payload_bytes) : prefs_(lz4_preferences(payload_bytes)) {
-    thread_local std::unique_ptr<LZ4F_cctx, Lz4CCtxFree> cctx = [] {
-      LZ4F_cctx* c = nullptr;
-      return std::unique_ptr<LZ4F_cctx, Lz4CCtxFree>(LZ4F_isError(LZ4F_createCompressionContext(&c, LZ4F_VERSION)) ? nullptr : c);
-    }();
-    if (!cctx || LZ4F_compressBound(kLz4Block, &prefs_) > kOutPiece) return;
-    const std::span<std::uint8_t> piece = out_buffer();
-    // Begin starts a new frame: nothing of the thread's last one is kept.
-    const std::size_t n = LZ4F_compressBegin(cctx.get(), piece.data(), piece.size(), &prefs_);
-    if (LZ4F_isError(n)) {
-      failed_ = n;
-      return;
-    }
-    header_bytes_ = n;
-    cctx_ = cctx.get();
-  }
-  bool ready() const { return cctx_ != nullptr; }
-  bool feed(std::span<const std::uint8_t> bytes, const Sink& sink) override {
-    if (!flush_header(sink)) return false;
-    const std::span<std::uint8_t> piece = out_buffer();
-    for (std::size_t at = 0; at < bytes.size(); at += kLz4Block) {
-      const std::size_t take = std::min(kLz4Block, bytes.size() - at);
-      const std::size_t n = LZ4F_compressUpdate(cctx_, piece.data(), piece.size(), bytes.data() + at, take, nullptr);
-      if (LZ4F_isError(n)) {
-        failed_ = n;
-        return false;
-      }
-      if (n != 0) sink(std::span<const std::uint8_t>(piece.data(), n));
-    }
-    return true;
-  }
-  bool end(const Sink& sink) override {
-    if (!flush_header(sink)) return false;
-    const std::span<std::uint8_t> piece = out_buffer();
-    const std::size_t n = LZ4F_compressEnd(cctx_, piece.data(), piece.size(), nullptr);
-    if (LZ4F_isError(n)) {
-      failed_ = n;
-      return false;
-    }
-    sink(std::span<const std::uint8_t>(piece.data(), n));
-    return true;
-  }
-  std::uint64_t bound(std::uint64_t payload_bytes) const override {
-    return LZ4F_compressFrameBound(static_cast<std::size_t>(payload_bytes), &prefs_);
-  }
-  std::string why() const override { return failed_ != 0 ? LZ4F_getErrorName(failed_) : "cannot set up a context"; }
-
- private:
-  // The frame header Begin wrote into the out buffer, handed on before the first block.
-  bool flush_header(const Sink& sink) {
-    if (header_bytes_ != 0) {
-      sink(out_buffer().first(header_bytes_));
-      header_bytes_ = 0;
-    }
-    return true;
-  }
-  LZ4F_preferences_t prefs_;
-  LZ4F_cctx* cctx_ = nullptr;  // the thread's
-  std::size_t header_bytes_ = 0;
-  std::size_t failed_ = 0;
 };
 
 using Lz4DCtxPtr = std::unique_ptr<LZ4F_dctx, Lz4DCtxFree>;
@@ -321,10 +243,8 @@ std::unique_ptr<Encoder> make_encoder(Codec codec, std::uint64_t payload_bytes) 
       auto e = std::make_unique<ZstdEncoder>(payload_bytes);
       return e->ready() ? std::move(e) : nullptr;
     }
-    case Codec::lz4: {
-      auto e = std::make_unique<Lz4Encoder>(payload_bytes);
-      return e->ready() ? std::move(e) : nullptr;
-    }
+    case Codec::lz4:
+      return make_lz4_encoder(payload_bytes);
   }
   return nullptr;
 }

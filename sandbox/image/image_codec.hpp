@@ -31,6 +31,9 @@ class Encoder {
 // An encoder for a payload of `payload_bytes`; nullptr when the codec's context cannot be set up.
 std::unique_ptr<Encoder> make_encoder(Codec codec, std::uint64_t payload_bytes);
 
+// The LZ4 encoder (lz4_blocks.cpp): a frame of independent blocks, compressed on two threads.
+std::unique_ptr<Encoder> make_lz4_encoder(std::uint64_t payload_bytes);
+
 class Decoder {
  public:
   virtual ~Decoder() = default;
