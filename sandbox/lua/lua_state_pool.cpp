@@ -373,6 +373,7 @@ PooledStatePtr take_pooled_state(std::string_view principal) {
   ctx.byte_cap = kHousekeepingBytes;
   state->arena = std::make_unique_for_overwrite<std::byte[]>(kArenaBytes);
   ctx.arena = state->arena.get();
+  ctx.block_cache = std::make_unique<SmallBlockCache>();  // before any block is allocated
   state->L = lua_newstate(capped_alloc, &ctx);
   if (state->L == nullptr) return nullptr;
   if (lua_cpcall(state->L, prepare_protected, state.get()) != 0) return nullptr;
