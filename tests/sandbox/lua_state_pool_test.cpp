@@ -5,6 +5,8 @@
 
 #include <atomic>
 #include <cstdint>
+#include <cstring>
+#include <memory>
 #include <map>
 #include <string>
 #include <thread>
@@ -397,4 +399,53 @@ TEST_CASE("the string decoy a run changed is never what the next run sees") {
     CHECK(r.get(5).as_string() == "B");
     CHECK(r.get(6).as_bool());
   }
+}
+
+TEST_CASE("a pooled state's freed small blocks serve its next allocations; the count and the cap are unchanged") {
+  using detail::SmallBlockCache;
+  detail::RunContext ctx;
+  ctx.byte_cap = std::size_t{1} << 20;
+  ctx.block_cache = std::make_unique<SmallBlockCache>();
+  void* a = detail::capped_alloc(&ctx, nullptr, 0, 40);
+  REQUIRE(a != nullptr);
+  CHECK(ctx.bytes_in_use == 40);
+  CHECK(detail::capped_alloc(&ctx, a, 40, 0) == nullptr);
+  CHECK(ctx.bytes_in_use == 0);
+  CHECK(ctx.block_cache->cached_bytes == 48);  // kept, as a block of its class (33..48 bytes)
+  void* b = detail::capped_alloc(&ctx, nullptr, 0, 33);
+  CHECK(b == a);
+  CHECK(ctx.block_cache->cached_bytes == 0);
+  CHECK(ctx.bytes_in_use == 33);
+  std::memset(b, 0x5a, 48);  // the whole class size is the block's
+  // Grown and shrunk through the heap, then freed: it serves its new class whole.
+  b = detail::capped_alloc(&ctx, b, 33, 100);
+  REQUIRE(b != nullptr);
+  CHECK(ctx.bytes_in_use == 100);
+  b = detail::capped_alloc(&ctx, b, 100, 20);
+  REQUIRE(b != nullptr);
+  CHECK(ctx.bytes_in_use == 20);
+  detail::capped_alloc(&ctx, b, 20, 0);
+  CHECK(ctx.block_cache->cached_bytes == 32);
+  void* c = detail::capped_alloc(&ctx, nullptr, 0, 32);
+  CHECK(c == b);
+  std::memset(c, 0x5a, 32);
+  // The cap refuses as before: cached blocks are not room.
+  ctx.byte_cap = ctx.bytes_in_use + 10;
+  CHECK(detail::capped_alloc(&ctx, nullptr, 0, 16) == nullptr);
+  CHECK(ctx.allocation_refused);
+  ctx.allocation_refused = false;
+  ctx.byte_cap = std::size_t{64} << 20;
+  detail::capped_alloc(&ctx, c, 32, 0);
+  // Bounded: many blocks freed at once (a collection's sweep) keep at most kMaxCachedBytes.
+  std::vector<void*> blocks;
+  for (int i = 0; i < 4000; ++i) blocks.push_back(detail::capped_alloc(&ctx, nullptr, 0, 200));
+  for (void* block : blocks) detail::capped_alloc(&ctx, block, 200, 0);
+  CHECK(ctx.bytes_in_use == 0);
+  CHECK(ctx.block_cache->cached_bytes <= SmallBlockCache::kMaxCachedBytes);
+  CHECK(ctx.block_cache->cached_bytes >= SmallBlockCache::kMaxCachedBytes - 256);
+  // Larger blocks never wait in the cache.
+  const std::size_t before = ctx.block_cache->cached_bytes;
+  void* big = detail::capped_alloc(&ctx, nullptr, 0, 4096);
+  detail::capped_alloc(&ctx, big, 4096, 0);
+  CHECK(ctx.block_cache->cached_bytes == before);
 }
