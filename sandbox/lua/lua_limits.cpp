@@ -69,6 +69,8 @@ void* arena_take(RunContext& ctx, std::size_t size) {
   return block;
 }
 
+void* cached_allocate(RunContext& ctx, std::size_t size);
+
 // Resizes a block that lives in the arena: in place when it shrinks or is the last block
 // and there is room, else by moving it (the old space stays unused until the run ends).
 void* arena_resize(RunContext& ctx, void* ptr, std::size_t old_size, std::size_t new_size) {
@@ -81,14 +83,69 @@ void* arena_resize(RunContext& ctx, void* ptr, std::size_t old_size, std::size_t
     }
   }
   void* block = arena_take(ctx, new_size);
-  if (block == nullptr) block = heap_allocate(new_size);
+  if (block == nullptr) block = cached_allocate(ctx, new_size);
   // SAFETY: both blocks hold at least old_size bytes and do not overlap (the new one was
   // taken after the old one, or comes from the heap).
   if (block != nullptr) std::memcpy(block, ptr, old_size);
   return block;
 }
 
+// The size class of a heap block of `size` bytes (0 < size <= kMaxBytes).
+std::size_t block_class(std::size_t size) { return (size - 1) / SmallBlockCache::kClassBytes; }
+
+// What to ask the heap for: a small block is rounded up to its class's largest size while a
+// cache is in use, so that it can serve any request of its class once freed.
+std::size_t heap_request(const RunContext& ctx, std::size_t size) {
+  if (ctx.block_cache == nullptr || size > SmallBlockCache::kMaxBytes) return size;
+  return (block_class(size) + 1) * SmallBlockCache::kClassBytes;
+}
+
+void* cached_allocate(RunContext& ctx, std::size_t size) {
+  SmallBlockCache* cache = ctx.block_cache.get();
+  if (cache != nullptr && size <= SmallBlockCache::kMaxBytes && installed_lua_heap() == nullptr) {
+    void*& head = cache->heads[block_class(size)];
+    if (head != nullptr) {
+      void* block = head;
+      // SAFETY: a cached block is a freed heap block of at least 16 bytes; its first word
+      // holds the next cached block of its class (written by cached_release).
+      std::memcpy(&head, block, sizeof(void*));
+      cache->cached_bytes -= (block_class(size) + 1) * SmallBlockCache::kClassBytes;
+      return block;
+    }
+  }
+  return heap_allocate(heap_request(ctx, size));
+}
+
+void cached_release(RunContext& ctx, void* ptr, std::size_t size) {
+  SmallBlockCache* cache = ctx.block_cache.get();
+  if (cache != nullptr && ptr != nullptr && size > 0 && size <= SmallBlockCache::kMaxBytes &&
+      installed_lua_heap() == nullptr) {
+    const std::size_t bytes = (block_class(size) + 1) * SmallBlockCache::kClassBytes;
+    if (cache->cached_bytes + bytes <= SmallBlockCache::kMaxCachedBytes) {
+      void*& head = cache->heads[block_class(size)];
+      // SAFETY: the block is LuaJIT's no more and holds at least 16 bytes (heap_request).
+      std::memcpy(ptr, &head, sizeof(void*));
+      head = ptr;
+      cache->cached_bytes += bytes;
+      return;
+    }
+  }
+  heap_release(ptr, size);
+}
+
 }  // namespace
+
+SmallBlockCache::~SmallBlockCache() {
+  for (void* head : heads) {
+    while (head != nullptr) {
+      void* next = nullptr;
+      // SAFETY: as in cached_allocate: the first word links to the next cached block.
+      std::memcpy(&next, head, sizeof(void*));
+      std::free(head);
+      head = next;
+    }
+  }
+}
 
 // GC64 lets LuaJIT take memory from any address, so plain malloc serves (a non-GC64 x64
 // LuaJIT refuses custom allocators: lua_newstate returns NULL there).
@@ -101,7 +158,7 @@ void* capped_alloc(void* ud, void* ptr, std::size_t old_size, std::size_t new_si
     if (arena_block) {
       if (is_last_arena_block(*ctx, ptr, old_bytes)) ctx->arena_used -= arena_rounded(old_bytes);
     } else {
-      heap_release(ptr, old_bytes);
+      cached_release(*ctx, ptr, old_bytes);
     }
     ctx->bytes_in_use -= old_bytes;
     return nullptr;
@@ -118,11 +175,11 @@ void* capped_alloc(void* ud, void* ptr, std::size_t old_size, std::size_t new_si
   void* block = nullptr;
   if (ptr == nullptr) {
     block = arena_take(*ctx, new_size);
-    if (block == nullptr) block = heap_allocate(new_size);
+    if (block == nullptr) block = cached_allocate(*ctx, new_size);
   } else if (arena_block) {
     block = arena_resize(*ctx, ptr, old_bytes, new_size);
   } else {
-    block = heap_reallocate(ptr, old_bytes, new_size);
+    block = heap_reallocate(ptr, old_bytes, heap_request(*ctx, new_size));
   }
   if (block == nullptr) {
     if (new_size <= old_bytes) {

@@ -31,20 +31,28 @@ constexpr const char* kEmptiedKey = "sojourn.pool.emptied";    // key -> true: a
 constexpr const char* kChunkCacheKey = "sojourn.pool.chunks";  // chunk name -> {source -> function}
 constexpr const char* kLibrariesKey = "sojourn.pool.libraries";  // {library, its copy, its size} each
 constexpr const char* kGlobalsListKey = "sojourn.pool.globals_list";  // {k1, v1, k2, v2, ...}
-constexpr const char* kCheckKey = "sojourn.pool.check";  // check_and_reset's Lua half
-constexpr const char* kResetKey = "sojourn.pool.reset";  // reset_protected's Lua half
-constexpr const char* kCopyKey = "sojourn.pool.copy";    // begin_pooled_run's copy of the globals
 
-// Compares each library with its copy. In Lua, because `for ... in next, t` walks a table's
-// slots directly, where lua_next looks each key up again (a sixth of a pooled run's
-// instructions, callgrind). Our own text, loaded in mode "t"; no run's code is called: the
-// libraries' metatables are checked first, from C. A copy that holds no table or userdata
-// (entry[4] false: functions, numbers and strings only) is compared with `~=`, which calls
-// no __eq there (Lua calls it only when both sides are tables, or both userdata); the others
-// with rawequal.
-constexpr std::string_view kCheckSource =
-    "local next, rawequal = ...\n"
-    "return function(libraries)\n"
+// The pool's housekeeping after a run, in Lua because `for ... in next, t` walks a table's slots
+// directly, where lua_next looks each key up again. Our own text, loaded in mode "t"; no run's
+// code is called (the libraries' metatables are checked from C first). Its upvalues are the
+// prepared `next`, `rawequal`, `type` and `getmetatable`, the library list, the registry, the
+// snapshot of the registry, the set of per-run tables and the snapshot's size; the function
+// lives in the registry under an integer key (a rawgeti, where a string key cost a hashed
+// lookup per use).
+//
+// 1. Each library compared with its copy: a copy that holds no table or userdata (entry[4]
+//    false: functions, numbers and strings only) with `~=`, which calls no __eq there (Lua
+//    calls it only when both sides are tables, or both userdata); the others with rawequal.
+//    Any difference returns false: the state is never shown to another run.
+// 2. The registry back as prepared, in one walk of the registry: a key the snapshot lacks is
+//    removed, a prepared value changed is set again, a per-run table a run filled (or gave a
+//    metatable) is replaced by a new empty one (one still empty is kept: nothing of the run is
+//    in it). The walk counts the prepared keys it met; when a run removed one (fewer than the
+//    snapshot holds), a walk of the snapshot puts back what is missing. The registry has no
+//    metatable, and neither have these tables.
+constexpr std::string_view kHousekeepingSource =
+    "local next, rawequal, type, getmetatable, libraries, registry, snapshot, emptied, prepared_keys = ...\n"
+    "return function()\n"
     "  for i = 1, #libraries do\n"
     "    local entry = libraries[i]\n"
     "    local library, copy, n = entry[1], entry[2], 0\n"
@@ -61,27 +69,28 @@ constexpr std::string_view kCheckSource =
     "    end\n"
     "    if n ~= entry[3] then return false end\n"
     "  end\n"
-    "  return true\n"
-    "end\n";
-
-// The registry back as prepared (reset_protected), in Lua for the same reason: keys a run
-// added are removed, prepared values changed are set again, and a per-run table a run filled
-// (or gave a metatable) is replaced by a new empty one; one still empty is kept, since
-// nothing of the run is in it. The registry has no metatable, and neither have these tables.
-constexpr std::string_view kResetSource =
-    "local next, rawequal, type, getmetatable = ...\n"
-    "return function(registry, snapshot, emptied)\n"
-    "  for k in next, registry do\n"
-    "    if snapshot[k] == nil then registry[k] = nil end\n"
-    "  end\n"
-    "  for k, v in next, snapshot do\n"
-    "    if emptied[k] then\n"
-    "      local t = registry[k]\n"
-    "      if type(t) ~= 'table' or next(t) ~= nil or getmetatable(t) ~= nil then registry[k] = {} end\n"
-    "    elseif not rawequal(registry[k], v) then\n"
-    "      registry[k] = v\n"
+    "  local met = 0\n"
+    "  for k, v in next, registry do\n"
+    "    local prepared = snapshot[k]\n"
+    "    if prepared == nil then\n"
+    "      registry[k] = nil\n"
+    "    else\n"
+    "      met = met + 1\n"
+    "      if emptied[k] then\n"
+    "        if type(v) ~= 'table' or next(v) ~= nil or getmetatable(v) ~= nil then registry[k] = {} end\n"
+    "      elseif not rawequal(v, prepared) then\n"
+    "        registry[k] = prepared\n"
+    "      end\n"
     "    end\n"
     "  end\n"
+    "  if met ~= prepared_keys then\n"
+    "    for k, v in next, snapshot do\n"
+    "      if registry[k] == nil then\n"
+    "        if emptied[k] then registry[k] = {} else registry[k] = v end\n"
+    "      end\n"
+    "    end\n"
+    "  end\n"
+    "  return true\n"
     "end\n";
 
 // Bounds on what a state keeps between runs.
@@ -185,15 +194,15 @@ bool push_copy_function(lua_State* L) {
   return true;
 }
 
-// Loads one of the pool's own texts and calls it with the named prepared globals; leaves
-// what it returns (a function) on the stack.
-void push_pool_function(lua_State* L, std::string_view source, std::initializer_list<const char*> globals) {
-  if (luaL_loadbufferx(L, source.data(), source.size(), "=pool", "t") != 0) lua_error(L);
-  for (const char* name : globals) lua_getfield(L, LUA_GLOBALSINDEX, name);
-  lua_call(L, static_cast<int>(globals.size()), 1);
+// A registry slot with an integer key holding the value on top of the stack (popped).
+int ref_top(lua_State* L) {
+  const int ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  if (ref <= 0) luaL_error(L, "pooled state without a registry slot");
+  return ref;
 }
 
 int prepare_protected(lua_State* L) {
+  auto& state = *static_cast<PooledState*>(lua_touserdata(L, 1));
   lua_settop(L, 0);
   open_restricted_env(L, false);
   open_require_remote(L);
@@ -222,6 +231,8 @@ int prepare_protected(lua_State* L) {
     }
     lua_pop(L, 1);
   }
+  lua_pushvalue(L, 1);
+  state.libraries_ref = ref_top(L);
   lua_setfield(L, LUA_REGISTRYINDEX, kLibrariesKey);
   // The globals as a list, so that each run's copy is made without lua_next.
   lua_newtable(L);
@@ -233,11 +244,14 @@ int prepare_protected(lua_State* L) {
     lua_rawseti(L, 1, ++slot);
   }
   lua_setfield(L, LUA_REGISTRYINDEX, kGlobalsListKey);
-  push_pool_function(L, kCheckSource, {"next", "rawequal"});
-  lua_setfield(L, LUA_REGISTRYINDEX, kCheckKey);
-  push_pool_function(L, kResetSource, {"next", "rawequal", "type", "getmetatable"});
-  lua_setfield(L, LUA_REGISTRYINDEX, kResetKey);
-  if (push_copy_function(L)) lua_setfield(L, LUA_REGISTRYINDEX, kCopyKey);
+  if (push_copy_function(L)) state.copy_ref = ref_top(L);
+  lua_pushvalue(L, LUA_GLOBALSINDEX);
+  state.globals_ref = ref_top(L);
+  lua_pushliteral(L, "");
+  if (lua_getmetatable(L, -1) != 0) state.string_meta_ref = ref_top(L);
+  lua_pop(L, 1);
+  lua_pushboolean(L, 0);  // the housekeeping function's slot, filled once the snapshot is made
+  state.housekeeping_ref = ref_top(L);
 
   lua_newtable(L);  // 1: snapshot
   lua_newtable(L);  // 2: tables emptied each run
@@ -269,22 +283,18 @@ int prepare_protected(lua_State* L) {
   lua_setfield(L, LUA_REGISTRYINDEX, kSnapshotKey);
   lua_pushvalue(L, 2);
   lua_setfield(L, LUA_REGISTRYINDEX, kEmptiedKey);
-  lua_settop(L, 0);
-  return 0;
-}
-
-// The registry as prepared: keys a run added are removed (chunk sources, rebuilt functions,
-// references), the prepared values are set again, and per-run tables are new and empty.
-int reset_protected(lua_State* L) {
-  lua_settop(L, 0);
-  lua_getfield(L, LUA_REGISTRYINDEX, kResetKey);
+  const int prepared_keys = count_entries(L, 1);
+  if (luaL_loadbufferx(L, kHousekeepingSource.data(), kHousekeepingSource.size(), "=pool", "t") != 0) lua_error(L);
+  for (const char* name : {"next", "rawequal", "type", "getmetatable"}) lua_getfield(L, LUA_GLOBALSINDEX, name);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, state.libraries_ref);
   lua_pushvalue(L, LUA_REGISTRYINDEX);
-  lua_getfield(L, LUA_REGISTRYINDEX, kSnapshotKey);
-  lua_getfield(L, LUA_REGISTRYINDEX, kEmptiedKey);
-  if (!lua_isfunction(L, 1) || !lua_istable(L, 3) || !lua_istable(L, 4)) return luaL_error(L, "pooled state without its snapshot");
-  lua_call(L, 3, 0);
-  lua_getfield(L, LUA_REGISTRYINDEX, kGlobalsKey);
-  lua_replace(L, LUA_GLOBALSINDEX);
+  lua_pushvalue(L, 1);
+  lua_pushvalue(L, 2);
+  lua_pushinteger(L, prepared_keys);
+  lua_call(L, 9, 1);
+  lua_pushvalue(L, -1);
+  lua_rawseti(L, LUA_REGISTRYINDEX, state.housekeeping_ref);
+  lua_rawseti(L, 1, state.housekeeping_ref);  // the snapshot's value for that slot
   lua_settop(L, 0);
   return 0;
 }
@@ -297,13 +307,22 @@ void record_sizes(PooledState& state) {
   lua_pop(L, 1);
 }
 
+// What check_and_reset is given and answers.
+struct Housekeeping {
+  const PooledState* state;
+  bool reusable = false;
+};
+
 // Whether every library table holds what it held once prepared and has no metatable (the
 // count hook is off: the check is bounded by the prepared sizes, it stops at the first key
-// the copy lacks); then, when they do, the registry reset. One protected call for both.
+// the copy lacks); then, when they do, the registry reset and the prepared globals back as
+// the thread's globals. One protected call for all of it.
 int check_and_reset(lua_State* L) {
-  auto* reusable = static_cast<bool*>(lua_touserdata(L, 1));
+  auto& work = *static_cast<Housekeeping*>(lua_touserdata(L, 1));
+  const PooledState& state = *work.state;
   lua_settop(L, 0);
-  lua_getfield(L, LUA_REGISTRYINDEX, kLibrariesKey);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, state.libraries_ref);
+  if (!lua_istable(L, 1)) return luaL_error(L, "pooled state without its library list");
   for (int i = 1;; ++i) {
     lua_rawgeti(L, 1, i);
     if (lua_isnil(L, -1)) break;
@@ -311,13 +330,15 @@ int check_and_reset(lua_State* L) {
     if (lua_getmetatable(L, -1) != 0) return 0;
     lua_settop(L, 1);
   }
-  lua_settop(L, 1);
-  lua_getfield(L, LUA_REGISTRYINDEX, kCheckKey);
-  lua_insert(L, 1);
-  lua_call(L, 1, 1);
+  lua_settop(L, 0);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, state.housekeeping_ref);
+  if (!lua_isfunction(L, 1)) return luaL_error(L, "pooled state without its snapshot");
+  lua_call(L, 0, 1);
   if (lua_toboolean(L, -1) == 0) return 0;  // a run changed a library table: never shown to another
-  reset_protected(L);
-  *reusable = true;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, state.globals_ref);
+  lua_replace(L, LUA_GLOBALSINDEX);
+  lua_settop(L, 0);
+  work.reusable = true;
   return 0;
 }
 
@@ -352,9 +373,10 @@ PooledStatePtr take_pooled_state(std::string_view principal) {
   ctx.byte_cap = kHousekeepingBytes;
   state->arena = std::make_unique_for_overwrite<std::byte[]>(kArenaBytes);
   ctx.arena = state->arena.get();
+  ctx.block_cache = std::make_unique<SmallBlockCache>();  // before any block is allocated
   state->L = lua_newstate(capped_alloc, &ctx);
   if (state->L == nullptr) return nullptr;
-  if (lua_cpcall(state->L, prepare_protected, nullptr) != 0) return nullptr;
+  if (lua_cpcall(state->L, prepare_protected, state.get()) != 0) return nullptr;
   record_sizes(*state);
   state->baseline_bytes = ctx.bytes_in_use;
   return state;
@@ -369,8 +391,8 @@ void return_pooled_state(PooledStatePtr state) {
   ctx.abort = nullptr;
   ctx.byte_cap = std::max(kHousekeepingBytes, ctx.bytes_in_use + kHousekeepingBytes);
   if (++state->runs >= kMaxRunsPerState) return;
-  bool reusable = false;
-  if (lua_cpcall(L, check_and_reset, &reusable) != 0 || !reusable || ctx.kill != Errc::ok) return;
+  Housekeeping work{state.get()};
+  if (lua_cpcall(L, check_and_reset, &work) != 0 || !work.reusable || ctx.kill != Errc::ok) return;
   if (ctx.bytes_in_use > state->baseline_bytes + kCollectAboveBytes) lua_gc(L, LUA_GCCOLLECT, 0);
   if (ctx.bytes_in_use > state->baseline_bytes + kDiscardAboveBytes) return;
   std::vector<PooledStatePtr> doomed;  // closed after the lock is released
@@ -385,16 +407,37 @@ void return_pooled_state(PooledStatePtr state) {
   }
 }
 
+// Whether the decoy at `decoy` is as begin_pooled_run left it: a table with no metatable whose
+// only key is __index (whose value is set again for each run). Anything else a run did to it
+// (a key added or removed, a metatable) makes a new decoy.
+bool decoy_reusable(lua_State* L, int decoy) {
+  if (!lua_istable(L, decoy)) return false;
+  if (lua_getmetatable(L, decoy) != 0) {
+    lua_pop(L, 1);
+    return false;
+  }
+  lua_pushnil(L);
+  if (lua_next(L, decoy) == 0) return false;
+  lua_pop(L, 1);  // the value
+  std::size_t len = 0;
+  const char* key = lua_type(L, -1) == LUA_TSTRING ? lua_tolstring(L, -1, &len) : nullptr;
+  const bool only_index = key != nullptr && std::string_view(key, len) == "__index";
+  if (lua_next(L, decoy) != 0) {
+    lua_pop(L, 2);
+    return false;
+  }
+  return only_index;
+}
+
 void begin_pooled_run(lua_State* L, const PooledState& state) {
   lua_checkstack(L, 12);
   const int prepared = lua_gettop(L) + 1;
-  lua_getfield(L, LUA_REGISTRYINDEX, kCopyKey);
-  if (lua_isfunction(L, -1)) {
+  if (state.copy_ref > 0) {
+    lua_rawgeti(L, LUA_REGISTRYINDEX, state.copy_ref);
     lua_call(L, 0, 1);  // the copy (library tables are shared, checked after the run)
   } else {
-    lua_pop(L, 1);
     lua_getfield(L, LUA_REGISTRYINDEX, kGlobalsListKey);
-    lua_getfield(L, LUA_REGISTRYINDEX, kGlobalsKey);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, state.globals_ref);
     const int prepared_globals = lua_gettop(L);
     lua_createtable(L, 0, state.global_count);
     const int copy = lua_gettop(L);
@@ -409,14 +452,22 @@ void begin_pooled_run(lua_State* L, const PooledState& state) {
     }
   }
   const int env = lua_gettop(L);
-  // What getmetatable("") shows is a new decoy each run (the real metatable is never shown).
-  lua_pushliteral(L, "");
-  if (lua_getmetatable(L, -1) != 0) {
+  // What getmetatable("") shows is a decoy {__index = this run's string}: the real metatable
+  // is never shown. The last run's decoy is kept when it is still exactly that shape (only
+  // its __index, set again here, can differ); otherwise a new one.
+  if (state.string_meta_ref > 0) {
+    lua_rawgeti(L, LUA_REGISTRYINDEX, state.string_meta_ref);
     const int meta = lua_gettop(L);
-    lua_createtable(L, 0, 1);
+    lua_getfield(L, meta, "__metatable");
+    const int decoy = lua_gettop(L);
+    if (!decoy_reusable(L, decoy)) {
+      lua_settop(L, meta);
+      lua_createtable(L, 0, 1);
+      lua_pushvalue(L, -1);
+      lua_setfield(L, meta, "__metatable");
+    }
     lua_getfield(L, env, "string");
     lua_setfield(L, -2, "__index");
-    lua_setfield(L, meta, "__metatable");
   }
   lua_settop(L, env);
   lua_replace(L, LUA_GLOBALSINDEX);

@@ -4,6 +4,10 @@
 #include <doctest/doctest.h>
 
 #include <atomic>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <map>
 #include <string>
 #include <thread>
 #include <vector>
@@ -307,4 +311,141 @@ TEST_CASE("concurrent runs on several threads each have a state of their own") {
   CHECK(wrong.load() == 0);
   CHECK(detail::idle_pooled_states() >= 1);
   CHECK(detail::idle_pooled_states() <= kThreads);
+}
+
+namespace {
+
+// Every registry entry of `L` whose key is a string or a number, as key -> the value's
+// identity (lua_topointer for tables and functions, the type name otherwise).
+std::map<std::string, std::string> registry_identities(lua_State* L) {
+  std::map<std::string, std::string> out;
+  lua_pushnil(L);
+  while (lua_next(L, LUA_REGISTRYINDEX) != 0) {
+    std::string key;
+    if (lua_type(L, -2) == LUA_TSTRING) key = lua_tostring(L, -2);
+    if (lua_type(L, -2) == LUA_TNUMBER) key = "#" + std::to_string(lua_tonumber(L, -2));
+    std::string value = lua_typename(L, lua_type(L, -1));
+    if (lua_istable(L, -1) || lua_isfunction(L, -1)) value += std::to_string(reinterpret_cast<std::uintptr_t>(lua_topointer(L, -1)));
+    if (!key.empty()) out[key] = value;
+    lua_pop(L, 1);
+  }
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("a prepared registry entry a run removed or replaced is put back, and an added one removed") {
+  detail::clear_state_pool();
+  ok_results(run("return 1", "alice"));
+  detail::PooledStatePtr state = detail::take_pooled_state("alice");
+  REQUIRE(state != nullptr);
+  lua_State* L = state->L;
+  const auto before = registry_identities(L);
+  REQUIRE(before.size() >= 4);
+  // What C code called by a run could do to the registry (scripts cannot reach it): remove a
+  // prepared string key and a prepared integer slot, replace two prepared values, add keys.
+  // (The slots the reset itself reads first, the library list and the housekeeping function,
+  // are left: changed, they make the reset fail and the state is thrown away.)
+  REQUIRE(state->copy_ref > 0);
+  std::vector<std::string> string_keys;
+  for (const auto& [key, value] : before) {
+    if (key[0] != '#' && key.rfind("sojourn.pool.", 0) == 0) string_keys.push_back(key);
+  }
+  REQUIRE(string_keys.size() >= 2);
+  lua_pushnil(L);
+  lua_setfield(L, LUA_REGISTRYINDEX, string_keys[0].c_str());
+  lua_newtable(L);
+  lua_setfield(L, LUA_REGISTRYINDEX, string_keys[1].c_str());
+  lua_pushnil(L);
+  lua_rawseti(L, LUA_REGISTRYINDEX, state->globals_ref);
+  lua_pushliteral(L, "replaced");
+  lua_rawseti(L, LUA_REGISTRYINDEX, state->copy_ref);
+  lua_pushliteral(L, "added");
+  lua_setfield(L, LUA_REGISTRYINDEX, "a.run.added.this");
+  lua_pushboolean(L, 1);
+  lua_rawseti(L, LUA_REGISTRYINDEX, 9999);
+  CHECK(registry_identities(L) != before);
+  detail::return_pooled_state(std::move(state));
+  lua_State* again = idle_state_of("alice");
+  REQUIRE(again == L);
+  CHECK(registry_identities(L) == before);
+  // And the state still runs as prepared.
+  const Value r = ok_results(run("return type(string.upper), ('a'):upper(), x == nil", "alice"));
+  CHECK(r.get(1).as_string() == "function");
+  CHECK(r.get(2).as_string() == "A");
+  CHECK(r.get(3).as_bool());
+}
+
+TEST_CASE("the string decoy a run changed is never what the next run sees") {
+  const char* changes[] = {
+      "getmetatable('').__index = {upper = function() return 'decoy' end}",
+      "getmetatable('').__index = nil",
+      "getmetatable('').mark = 1",
+      "setmetatable(getmetatable(''), {__index = function() return 'leak' end})",
+      "local d = getmetatable(''); d.__index = nil; d.other = string",
+  };
+  for (const char* change : changes) {
+    CAPTURE(change);
+    detail::clear_state_pool();
+    ok_results(run(change, "alice"));
+    REQUIRE(detail::idle_pooled_states() == 1);
+    const Value r = ok_results(run("local d = getmetatable(''); return d.__index == string, rawget(d, 'mark') == nil,"
+                                   "getmetatable(d) == nil, d.other == nil, d.__index.upper('b'), next(d, next(d)) == nil",
+                                   "alice"));
+    CHECK(r.get(1).as_bool());
+    CHECK(r.get(2).as_bool());
+    CHECK(r.get(3).as_bool());
+    CHECK(r.get(4).as_bool());
+    CHECK(r.get(5).as_string() == "B");
+    CHECK(r.get(6).as_bool());
+  }
+}
+
+TEST_CASE("a pooled state's freed small blocks serve its next allocations; the count and the cap are unchanged") {
+  using detail::SmallBlockCache;
+  detail::RunContext ctx;
+  ctx.byte_cap = std::size_t{1} << 20;
+  ctx.block_cache = std::make_unique<SmallBlockCache>();
+  void* a = detail::capped_alloc(&ctx, nullptr, 0, 40);
+  REQUIRE(a != nullptr);
+  CHECK(ctx.bytes_in_use == 40);
+  CHECK(detail::capped_alloc(&ctx, a, 40, 0) == nullptr);
+  CHECK(ctx.bytes_in_use == 0);
+  CHECK(ctx.block_cache->cached_bytes == 48);  // kept, as a block of its class (33..48 bytes)
+  void* b = detail::capped_alloc(&ctx, nullptr, 0, 33);
+  CHECK(b == a);
+  CHECK(ctx.block_cache->cached_bytes == 0);
+  CHECK(ctx.bytes_in_use == 33);
+  std::memset(b, 0x5a, 48);  // the whole class size is the block's
+  // Grown and shrunk through the heap, then freed: it serves its new class whole.
+  b = detail::capped_alloc(&ctx, b, 33, 100);
+  REQUIRE(b != nullptr);
+  CHECK(ctx.bytes_in_use == 100);
+  b = detail::capped_alloc(&ctx, b, 100, 20);
+  REQUIRE(b != nullptr);
+  CHECK(ctx.bytes_in_use == 20);
+  detail::capped_alloc(&ctx, b, 20, 0);
+  CHECK(ctx.block_cache->cached_bytes == 32);
+  void* c = detail::capped_alloc(&ctx, nullptr, 0, 32);
+  CHECK(c == b);
+  std::memset(c, 0x5a, 32);
+  // The cap refuses as before: cached blocks are not room.
+  ctx.byte_cap = ctx.bytes_in_use + 10;
+  CHECK(detail::capped_alloc(&ctx, nullptr, 0, 16) == nullptr);
+  CHECK(ctx.allocation_refused);
+  ctx.allocation_refused = false;
+  ctx.byte_cap = std::size_t{64} << 20;
+  detail::capped_alloc(&ctx, c, 32, 0);
+  // Bounded: many blocks freed at once (a collection's sweep) keep at most kMaxCachedBytes.
+  std::vector<void*> blocks;
+  for (int i = 0; i < 4000; ++i) blocks.push_back(detail::capped_alloc(&ctx, nullptr, 0, 200));
+  for (void* block : blocks) detail::capped_alloc(&ctx, block, 200, 0);
+  CHECK(ctx.bytes_in_use == 0);
+  CHECK(ctx.block_cache->cached_bytes <= SmallBlockCache::kMaxCachedBytes);
+  CHECK(ctx.block_cache->cached_bytes >= SmallBlockCache::kMaxCachedBytes - 256);
+  // Larger blocks never wait in the cache.
+  const std::size_t before = ctx.block_cache->cached_bytes;
+  void* big = detail::capped_alloc(&ctx, nullptr, 0, 4096);
+  detail::capped_alloc(&ctx, big, 4096, 0);
+  CHECK(ctx.block_cache->cached_bytes == before);
 }
