@@ -31,10 +31,14 @@ void set_aside_warm_state();
 void reset_after_run();
 
 // What the prepared state costs to keep (benchmarks, tests): its snapshot's bytes, and the
-// bytes the last reset_after_run wrote back into the arena.
+// bytes the last reset_after_run wrote back into the arena; how many weak steps ran the agent
+// chunk kept compiled in the snapshot (a chunk met twice in a row is kept, keyed by its name
+// and whole text), and whether one is kept now.
 struct WarmStateStats {
   std::size_t snapshot_bytes = 0;
   std::size_t last_reset_bytes = 0;
+  std::uint64_t agent_chunk_hits = 0;
+  bool agent_chunk_kept = false;
 };
 WarmStateStats warm_state_stats();
 

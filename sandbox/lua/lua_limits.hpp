@@ -98,8 +98,12 @@ Error run_failure(lua_State* L, int status, const RunContext& ctx, std::string_v
 // A weak agent step (run_agent's outcome, errors and limits) on a state whose environment is
 // already built, prepare_agent_api included (a warm guest's prepared state), its run context
 // `ctx` already started. The step's `agent` table and globals are left in the state: the
-// caller takes the state back to its snapshot after the step.
-Result<AgentOutcome> run_agent_on_prepared(lua_State* L, RunContext& ctx, const RunInput& input, const AgentInput& agent);
+// caller takes the state back to its snapshot after the step. With `chunk_compiled`, the
+// step's chunk is the function at the registry's kPreparedChunkKey, compiled (and registered
+// for travel) from exactly this input's name and text by the caller, into its snapshot.
+Result<AgentOutcome> run_agent_on_prepared(lua_State* L, RunContext& ctx, const RunInput& input, const AgentInput& agent,
+                                           bool chunk_compiled = false);
+inline constexpr const char* kPreparedChunkKey = "sojourn.prepared_agent_chunk";
 Error pattern_refused_error(std::size_t subject_bytes);
 // "refused by the sandbox: cdata number literals (1LL, 1ULL, 1i) are not accepted"
 Error cdata_refused_error();

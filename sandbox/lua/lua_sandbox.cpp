@@ -111,6 +111,7 @@ struct RunJob {
   lua_State* strong_co = nullptr;     // that coroutine, started after the protected call
   detail::PooledState* pooled = nullptr;  // set when the run takes a prepared state
   bool environment_ready = false;         // a warm guest's prepared state: only the agent table to add
+  bool chunk_compiled = false;            // ... and its chunk already compiled (kPreparedChunkKey)
 };
 
 std::string_view display_chunk_name(const RunInput& input) {
@@ -239,14 +240,19 @@ int run_protected(lua_State* L) {
   } else if (job.environment_ready) {
     // The step's own `agent` table, in globals the caller's snapshot restore takes back.
     if (job.agent != nullptr) detail::open_agent_api(L, job.agent->info);
-    load_status = luaL_loadbufferx(L, input.source.data(), input.source.size(), job.chunk_name.c_str(), "t");
+    if (job.chunk_compiled) lua_getfield(L, LUA_REGISTRYINDEX, detail::kPreparedChunkKey);
+    if (job.chunk_compiled && !lua_isfunction(L, -1)) return luaL_error(L, "the prepared agent chunk is missing");
+    if (!job.chunk_compiled) {
+      load_status = luaL_loadbufferx(L, input.source.data(), input.source.size(), job.chunk_name.c_str(), "t");
+    }
   } else {
     load_status = open_and_load(L, job, input);
   }
   if (load_status == LUA_ERRMEM) detail::raise_limit(L, detail::limit_error(Errc::memory_limit, ctx.limits));
   if (load_status != 0) return lua_error(L);
-  // Functions the chunk defines may travel as text, cut out of this source.
-  lua::register_chunk(L, job.chunk_name, input.source);
+  // Functions the chunk defines may travel as text, cut out of this source (a compiled
+  // prepared chunk was registered with it, in the same snapshot).
+  if (!job.chunk_compiled) lua::register_chunk(L, job.chunk_name, input.source);
   Result<int> pushed = lua::push_array_items_protected(L, input.args, ctx.limits.memory_bytes);
   if (!pushed.ok()) {
     detail::reraise_pending_kill(L);  // a kill met while rebuilding a closure
@@ -429,12 +435,14 @@ Result<Value> run_lua(const RunInput& input, HostCalls* host) {
 
 namespace detail {
 
-Result<AgentOutcome> run_agent_on_prepared(lua_State* L, RunContext& ctx, const RunInput& input, const AgentInput& agent) {
+Result<AgentOutcome> run_agent_on_prepared(lua_State* L, RunContext& ctx, const RunInput& input, const AgentInput& agent,
+                                           bool chunk_compiled) {
   RunJob job{};
   job.agent = &agent;
   job.input = &input;
   job.chunk_name = std::string("=").append(display_chunk_name(input));
   job.environment_ready = true;
+  job.chunk_compiled = chunk_compiled;
   const int status = lua_cpcall(L, run_protected, &job);
   return agent_result(L, ctx, status, job, input);
 }
