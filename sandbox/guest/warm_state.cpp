@@ -265,6 +265,7 @@ Result<AgentOutcome> run_prepared_agent(const RunInput& input, const AgentInput&
   // SAFETY: the frame address is only compared with, never dereferenced.
   const auto frame = reinterpret_cast<std::uintptr_t>(__builtin_frame_address(0));
   bool compiled = kept;
+  std::optional<std::chrono::steady_clock::time_point> deadline;  // the step's, from before a compilation
   if (kept) {
     ++p.chunk_hits;
   } else {
@@ -272,6 +273,7 @@ Result<AgentOutcome> run_prepared_agent(const RunInput& input, const AgentInput&
     if (p.seen_name == chunk_name && p.seen_source == input.source) {
       ctx = RunContext{};
       detail::start_context(ctx, input, host, frame, p.bytes_in_use);
+      deadline = ctx.deadline;
       compiled = keep_chunk(heap, input, chunk_name);
       p.seen_name.clear();
       p.seen_source.clear();
@@ -282,6 +284,7 @@ Result<AgentOutcome> run_prepared_agent(const RunInput& input, const AgentInput&
   }
   ctx = RunContext{};
   detail::start_context(ctx, input, host, frame, p.bytes_in_use);
+  if (deadline) ctx.deadline = *deadline;  // the compilation counts in the step's wall time, as before
   return detail::run_agent_on_prepared(p.L, ctx, input, agent, compiled);
 }
 
