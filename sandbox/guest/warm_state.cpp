@@ -292,14 +292,27 @@ Result<Value> run_prepared(const RunInput& input, HostCalls* host) {
 }
 
 Result<AgentOutcome> run_prepared_agent(const RunInput& input, const AgentInput& agent, HostCalls* host) {
-  if (std::optional<Error> refused = detail::refused_input(input)) return *std::move(refused);
+  // As run_prepared: a tour's steps of one chunk in this guest compile it once, into the
+  // snapshot; the step takes the kept closure when its chunk name matches too.
   Prepared& p = g_prepared;
+  const bool scanned = p.chunks.contains(std::string_view(input.source));
+  if (std::optional<Error> refused = detail::refused_input(input, scanned)) return *std::move(refused);
+  const std::string chunk_name = std::string("=").append(display_chunk_name(input));
+  if (!scanned) {
+    if (FixedArena* heap = arena(); heap != nullptr) cache_chunk(*heap, chunk_name, input.source);
+  }
+  detail::CompiledChunk compiled;
+  if (const auto cached = p.chunks.find(std::string_view(input.source));
+      cached != p.chunks.end() && cached->second.chunk_name == chunk_name) {
+    compiled = {p.cache_table, cached->second.slot};
+    ++p.chunk_hits;
+  }
   RunContext& ctx = p.ctx;
   ctx = RunContext{};
   // SAFETY: the frame address is only compared with, never dereferenced.
   detail::start_context(ctx, input, host, reinterpret_cast<std::uintptr_t>(__builtin_frame_address(0)), p.env_bytes_in_use);
   ctx.hidden_bytes = p.hidden_gc_bytes;
-  return detail::run_agent_on_prepared(p.L, ctx, input, agent);
+  return detail::run_agent_on_prepared(p.L, ctx, input, agent, compiled);
 }
 
 }  // namespace

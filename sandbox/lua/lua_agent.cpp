@@ -2,8 +2,12 @@
 // with agent.go implemented as a sticky kill so that no pcall can keep the agent from leaving.
 #include "sandbox/lua/lua_agent.hpp"
 
+#include <cstddef>
+#include <cstdint>
 #include <string>
 #include <string_view>
+#include <variant>
+#include <vector>
 
 #include <lua.hpp>
 
@@ -165,11 +169,112 @@ namespace {
 
 constexpr luaL_Reg kAgentFunctions[] = {
     {"go", agent_go}, {"wait", agent_wait}, {"receive", agent_receive}, {"log", agent_log}, {nullptr, nullptr}};
+constexpr int kAgentFunctionCount = 4;
+
+using ::sojourn::detail::Slot;
+using ::sojourn::detail::TableData;
+using ::sojourn::detail::TableRef;
+
+// Few enough values that a push need not poll the run's limits (lua_value_push.cpp polls
+// every 1024).
+constexpr std::size_t kMaxDirectFacts = 256;
+
+bool is_scalar(const Slot& s) { return s.index() <= 4; }
+
+void push_scalar(lua_State* L, const Slot& s) {
+  switch (s.index()) {
+    case 0: lua_pushnil(L); break;
+    case 1: lua_pushboolean(L, std::get<bool>(s) ? 1 : 0); break;
+    case 2: lua_pushnumber(L, static_cast<lua_Number>(std::get<std::int64_t>(s))); break;
+    case 3: lua_pushnumber(L, std::get<double>(s)); break;
+    default: {
+      const std::string& text = std::get<std::string>(s);
+      lua_pushlstring(L, text.data(), text.size());
+      break;
+    }
+  }
+}
+
+bool all_scalars(const TableData& t) {
+  for (const Slot& s : t.array) {
+    if (!is_scalar(s)) return false;
+  }
+  for (const auto& [key, value] : t.map) {
+    if (!is_scalar(key) || !is_scalar(value)) return false;
+  }
+  return true;
+}
+
+// Fills the table at `table` with `t`'s entries whose key and value are scalars.
+void fill_scalars(lua_State* L, int table, const TableData& t) {
+  for (std::size_t i = 0; i < t.array.size(); ++i) {
+    if (t.array[i].index() == 0) continue;
+    push_scalar(L, t.array[i]);
+    lua_rawseti(L, table, static_cast<int>(i + 1));
+  }
+  for (const auto& [key, value] : t.map) {
+    if (key.index() == 0 || value.index() == 0) continue;
+    push_scalar(L, key);
+    push_scalar(L, value);
+    lua_rawset(L, table);
+  }
+}
+
+// The step's facts as the node makes them (id, home, here, ..., itinerary: scalars, and tables
+// of scalars each met once), pushed into a table with room for the agent functions too. The
+// generic push (lua::push_value) builds three memo tables for sharing, cycles and functions,
+// none of which facts have: most of open_agent_api's cost. False, with nothing pushed, for
+// any other shape (the generic push then).
+bool push_facts(lua_State* L, const Value& info) {
+  if (!info.is_table()) return false;
+  const auto& tables = info.graph()->tables;
+  const std::uint32_t root_index = std::get<TableRef>(info.slot()).index;
+  const TableData& root = tables[root_index];
+  for (const Slot& s : root.array) {
+    if (!is_scalar(s)) return false;
+  }
+  std::size_t values = root.array.size() + 2 * root.map.size();
+  std::vector<std::uint32_t> nested;
+  for (const auto& [key, value] : root.map) {
+    if (!is_scalar(key)) return false;
+    if (is_scalar(value)) continue;
+    if (value.index() != 5) return false;  // a function: the generic push rebuilds it
+    const std::uint32_t index = std::get<TableRef>(value).index;
+    if (index == root_index || !all_scalars(tables[index])) return false;
+    for (const std::uint32_t seen : nested) {
+      if (seen == index) return false;  // shared: the generic push keeps it one table
+    }
+    nested.push_back(index);
+    values += tables[index].array.size() + 2 * tables[index].map.size();
+  }
+  if (values > kMaxDirectFacts) return false;
+  lua_checkstack(L, 6);
+  lua_createtable(L, static_cast<int>(root.array.size()), static_cast<int>(root.map.size()) + kAgentFunctionCount);
+  const int table = lua_gettop(L);
+  for (std::size_t i = 0; i < root.array.size(); ++i) {
+    if (root.array[i].index() == 0) continue;
+    push_scalar(L, root.array[i]);
+    lua_rawseti(L, table, static_cast<int>(i + 1));
+  }
+  for (const auto& [key, value] : root.map) {
+    if (key.index() == 0 || value.index() == 0) continue;
+    push_scalar(L, key);
+    if (is_scalar(value)) {
+      push_scalar(L, value);
+    } else {
+      const TableData& t = tables[std::get<TableRef>(value).index];
+      lua_createtable(L, static_cast<int>(t.array.size()), static_cast<int>(t.map.size()));
+      fill_scalars(L, lua_gettop(L), t);
+    }
+    lua_rawset(L, table);
+  }
+  return true;
+}
 
 }  // namespace
 
 void open_agent_api(lua_State* L, const Value& info) {
-  lua::push_value(L, info.is_table() ? info : Value::table());
+  if (!push_facts(L, info)) lua::push_value(L, info.is_table() ? info : Value::table());
   const int agent = lua_gettop(L);
   lua_getfield(L, LUA_REGISTRYINDEX, kAgentFunctionsKey);
   const bool prepared = lua_istable(L, -1);

@@ -128,8 +128,15 @@ Error run_failure(lua_State* L, int status, const RunContext& ctx, std::string_v
 // A weak agent step (run_agent's outcome, errors and limits) on a state whose environment is
 // already built, prepare_agent_api included (a warm guest's prepared state), its run context
 // `ctx` already started. The step's `agent` table and globals are left in the state: the
-// caller takes the state back to its snapshot after the step.
-Result<AgentOutcome> run_agent_on_prepared(lua_State* L, RunContext& ctx, const RunInput& input, const AgentInput& agent);
+// caller takes the state back to its snapshot after the step. With a `compiled` reference,
+// the step's chunk is the function at that slot of that registry table, compiled by the
+// caller from exactly this input's name and text (a warm guest's kept chunk).
+struct CompiledChunk {
+  int table_ref = 0;  // a registry reference to the table holding it
+  int slot = 0;       // its index there; 0: none, the step compiles its chunk
+};
+Result<AgentOutcome> run_agent_on_prepared(lua_State* L, RunContext& ctx, const RunInput& input, const AgentInput& agent,
+                                           CompiledChunk compiled = {});
 Error pattern_refused_error(std::size_t subject_bytes);
 // "refused by the sandbox: cdata number literals (1LL, 1ULL, 1i) are not accepted"
 Error cdata_refused_error();

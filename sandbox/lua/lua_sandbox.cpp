@@ -111,6 +111,7 @@ struct RunJob {
   lua_State* strong_co = nullptr;     // that coroutine, started after the protected call
   detail::PooledState* pooled = nullptr;  // set when the run takes a prepared state
   bool environment_ready = false;         // a warm guest's prepared state: only the agent table to add
+  detail::CompiledChunk compiled{};       // ... and its chunk already compiled (slot > 0)
 };
 
 std::string_view display_chunk_name(const RunInput& input) {
@@ -239,7 +240,15 @@ int run_protected(lua_State* L) {
   } else if (job.environment_ready) {
     // The step's own `agent` table, in globals the caller's snapshot restore takes back.
     if (job.agent != nullptr) detail::open_agent_api(L, job.agent->info);
-    load_status = luaL_loadbufferx(L, input.source.data(), input.source.size(), job.chunk_name.c_str(), "t");
+    if (job.compiled.slot > 0) {
+      lua_rawgeti(L, LUA_REGISTRYINDEX, job.compiled.table_ref);
+      if (!lua_istable(L, -1)) return luaL_error(L, "the kept chunk's table is missing");
+      lua_rawgeti(L, -1, job.compiled.slot);
+      lua_remove(L, -2);
+      if (!lua_isfunction(L, -1)) return luaL_error(L, "the kept chunk is missing");
+    } else {
+      load_status = luaL_loadbufferx(L, input.source.data(), input.source.size(), job.chunk_name.c_str(), "t");
+    }
   } else {
     load_status = open_and_load(L, job, input);
   }
@@ -429,12 +438,14 @@ Result<Value> run_lua(const RunInput& input, HostCalls* host) {
 
 namespace detail {
 
-Result<AgentOutcome> run_agent_on_prepared(lua_State* L, RunContext& ctx, const RunInput& input, const AgentInput& agent) {
+Result<AgentOutcome> run_agent_on_prepared(lua_State* L, RunContext& ctx, const RunInput& input, const AgentInput& agent,
+                                           CompiledChunk compiled) {
   RunJob job{};
   job.agent = &agent;
   job.input = &input;
   job.chunk_name = std::string("=").append(display_chunk_name(input));
   job.environment_ready = true;
+  job.compiled = compiled;
   const int status = lua_cpcall(L, run_protected, &job);
   return agent_result(L, ctx, status, job, input);
 }

@@ -128,3 +128,22 @@ TEST_CASE("a strong step in a warm guest that served weak steps starts on a pris
   CHECK(after_steps <= pristine + 8192);
   CHECK(pristine <= after_steps + 8192);
 }
+
+TEST_CASE("a warm guest reuses a step's compiled chunk only for the same text, and runs still see the environment alone") {
+  auto jail = start(1);
+  const std::string before = look_by_run(*jail);
+  const auto mark = [&](const char* source) {
+    Result<AgentOutcome> out = step(*jail, source);
+    REQUIRE_MESSAGE(out.ok(), (out.ok() ? "" : out.error().message));
+    CHECK(out->went);
+    return out->state.get("mark").as_string();
+  };
+  // Same name and length, one byte apart: the guest keeps each compiled, and runs the right one.
+  constexpr const char* kA = "function start(s) s.mark = type(leaked) .. 'A' leaked = 1 agent.go('peer B', 'next') end";
+  constexpr const char* kB = "function start(s) s.mark = type(leaked) .. 'B' leaked = 1 agent.go('peer B', 'next') end";
+  for (int i = 0; i < 3; ++i) CHECK(mark(kA) == "nilA");
+  CHECK(mark(kB) == "nilB");
+  CHECK(mark(kA) == "nilA");
+  CHECK(look_by_run(*jail) == before);
+  CHECK(jail->status().guests_started == 1);
+}

@@ -228,3 +228,32 @@ TEST_CASE_TEMPLATE("an agent step whose state holds a coroutine fails with the f
   CHECK(r.error().code == Errc::not_transferable);
   CHECK(r.error().message.rfind("value at state.co cannot travel", 0) == 0);
 }
+
+TEST_CASE_TEMPLATE("the step's facts reach the agent table whole, beside its functions", Level, SOJOURN_SUITE_LEVELS) {
+  // As the node makes them: scalars and an array of strings (pushed directly).
+  Value info = Value::table();
+  info.set("id", "a1");
+  info.set("home", "127.0.0.1:7400");
+  info.set("epoch", std::int64_t{7});
+  info.set("itinerary", Value::array({Value("127.0.0.1:7401"), Value("127.0.0.1:7402")}));
+  auto r = step<Level>(R"(function start(s)
+      s.seen = agent.id .. ' ' .. agent.home .. ' ' .. agent.epoch .. ' ' .. #agent.itinerary .. ' ' .. agent.itinerary[2]
+      s.kinds = type(agent.go) .. type(agent.wait) .. type(agent.receive) .. type(agent.log)
+    end)", "start", Value::table(), nullptr, info);
+  REQUIRE_MESSAGE(r.ok(), (r.ok() ? "" : r.error().message));
+  CHECK(r->state.get("seen").as_string() == "a1 127.0.0.1:7400 7 2 127.0.0.1:7402");
+  CHECK(r->state.get("kinds").as_string() == "functionfunctionfunctionfunction");
+  // A table met twice, or a nested one, keeps the generic push's shape: one table, shared.
+  Value shared = Value::table();
+  Value inner = shared.new_table();
+  inner.set("x", std::int64_t{1});
+  Value deep = shared.new_table();
+  deep.set("inner", inner);
+  shared.set("a", inner);
+  shared.set("b", inner);
+  shared.set("deep", deep);
+  auto s = step<Level>("function start(s) s.same = agent.a == agent.b and agent.deep.inner == agent.a and agent.a.x == 1 end",
+                       "start", Value::table(), nullptr, shared);
+  REQUIRE_MESSAGE(s.ok(), (s.ok() ? "" : s.error().message));
+  CHECK(s->state.get("same").as_bool());
+}
