@@ -205,13 +205,18 @@ bool all_scalars(const TableData& t) {
   return true;
 }
 
-// Fills the table at `table` with `t`'s entries whose key and value are scalars.
-void fill_scalars(lua_State* L, int table, const TableData& t) {
-  for (std::size_t i = 0; i < t.array.size(); ++i) {
-    if (t.array[i].index() == 0) continue;
-    push_scalar(L, t.array[i]);
+// Fills the table at `table` with the scalars of `array` (holes left out).
+void fill_array(lua_State* L, int table, const std::vector<Slot>& array) {
+  for (std::size_t i = 0; i < array.size(); ++i) {
+    if (array[i].index() == 0) continue;
+    push_scalar(L, array[i]);
     lua_rawseti(L, table, static_cast<int>(i + 1));
   }
+}
+
+// Fills the table at `table` with `t`'s entries whose key and value are scalars.
+void fill_scalars(lua_State* L, int table, const TableData& t) {
+  fill_array(L, table, t.array);
   for (const auto& [key, value] : t.map) {
     if (key.index() == 0 || value.index() == 0) continue;
     push_scalar(L, key);
@@ -251,11 +256,7 @@ bool push_facts(lua_State* L, const Value& info) {
   lua_checkstack(L, 6);
   lua_createtable(L, static_cast<int>(root.array.size()), static_cast<int>(root.map.size()) + kAgentFunctionCount);
   const int table = lua_gettop(L);
-  for (std::size_t i = 0; i < root.array.size(); ++i) {
-    if (root.array[i].index() == 0) continue;
-    push_scalar(L, root.array[i]);
-    lua_rawseti(L, table, static_cast<int>(i + 1));
-  }
+  fill_array(L, table, root.array);
   for (const auto& [key, value] : root.map) {
     if (key.index() == 0 || value.index() == 0) continue;
     push_scalar(L, key);
