@@ -32,6 +32,12 @@ bool prepare_timed_receive(int fd) {
   return ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &slice, sizeof slice) == 0;
 }
 
+void widen_channel_buffers(const int (&pair)[2]) noexcept {
+  for (const int fd : pair) {
+    (void)::setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &kChannelSendBufferBytes, sizeof kChannelSendBufferBytes);
+  }
+}
+
 HostChannel::HostChannel(UniqueFd fd, Clock::time_point deadline, const std::atomic<bool>* abort, ChannelWaits waits)
     : fd_(std::move(fd)), waits_(waits), deadline_(deadline), abort_(abort) {
   if (waits_ == ChannelWaits::poll) ::fcntl(fd_.get(), F_SETFL, ::fcntl(fd_.get(), F_GETFL) | O_NONBLOCK);
