@@ -271,7 +271,7 @@ std::optional<Frame> read_frame(int fd, std::uint32_t max_payload) {
   if (!read_exact(fd, header, sizeof header)) return std::nullopt;
   const channel::FrameHeader h = channel::parse_header(header);
   if (h.length > max_payload) return std::nullopt;
-  Frame frame{h.kind, std::vector<std::uint8_t>(h.length)};
+  Frame frame{h.kind, FrameBytes(h.length)};  // every byte written by the read below
   if (!read_exact(fd, frame.payload.data(), frame.payload.size())) return std::nullopt;
   return frame;
 }

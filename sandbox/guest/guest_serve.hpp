@@ -3,18 +3,34 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
+#include <new>
 #include <optional>
 #include <span>
+#include <utility>
 #include <vector>
 
 #include "sandbox/process/guest_wire.hpp"
 
 namespace sojourn::sandbox::guest {
 
+// Bytes a read fills at once: sized without zero-filling them first (a 1 MB agent state was
+// memset, then overwritten by the read). Nothing is read from them before the read wrote
+// them, so no byte of an earlier step's freed blocks can show through.
+template <class T>
+struct UnfilledAllocator : std::allocator<T> {
+  template <class U> struct rebind { using other = UnfilledAllocator<U>; };
+  UnfilledAllocator() noexcept = default;
+  template <class U> UnfilledAllocator(const UnfilledAllocator<U>&) noexcept {}
+  template <class U> void construct(U* p) noexcept { ::new (static_cast<void*>(p)) U; }
+  template <class U, class... A> void construct(U* p, A&&... a) { ::new (static_cast<void*>(p)) U(std::forward<A>(a)...); }
+};
+using FrameBytes = std::vector<std::uint8_t, UnfilledAllocator<std::uint8_t>>;
+
 // Blocking frame I/O on the guest's end of a channel (retrying EINTR).
 struct Frame {
   channel::Kind kind{};
-  std::vector<std::uint8_t> payload;
+  FrameBytes payload;
 };
 std::optional<Frame> read_frame(int fd, std::uint32_t max_payload);
 bool write_all(int fd, std::span<const std::uint8_t> bytes);

@@ -285,6 +285,7 @@ Result<std::vector<std::uint8_t>> run_in_guest(ZygoteLink& zygote, const RunInpu
   if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair) != 0) {
     return errors::internal(std::string("socketpair: ") + std::strerror(errno));
   }
+  widen_channel_buffers(pair);
   UniqueFd host_end(pair[0]);
   Result<SpawnedGuest> guest = zygote.spawn(limits, input.allow_jit, UniqueFd(pair[1]));
   if (!guest) return guest.error();

@@ -18,6 +18,11 @@ constexpr std::size_t kReadChunk = 64 * 1024;
 // whole in it. On the stack: a vector sized for it would be zero-filled on every read.
 constexpr std::size_t kHeaderReadChunk = 16 * 1024;
 constexpr std::size_t kMaxReadChunk = 1024 * 1024;
+// Room a payload gets at its header, up to what the header declares: a 1 MB agent state then
+// grows in place (it was copied into each doubled buffer, ~1.2 MB of copies per frame). The
+// room is only reserved, not touched: what a declared length costs before its bytes come is
+// this much address space at most, within the frame limit already checked.
+constexpr std::size_t kReservedAhead = 4 * 1024 * 1024;
 }  // namespace
 
 bool prepare_timed_receive(int fd) {
@@ -25,6 +30,12 @@ bool prepare_timed_receive(int fd) {
   if (flags < 0 || ::fcntl(fd, F_SETFL, flags & ~O_NONBLOCK) != 0) return false;
   const timeval slice{0, kReceiveSliceMs * 1000};
   return ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &slice, sizeof slice) == 0;
+}
+
+void widen_channel_buffers(const int (&pair)[2]) noexcept {
+  for (const int fd : pair) {
+    (void)::setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &kChannelSendBufferBytes, sizeof kChannelSendBufferBytes);
+  }
 }
 
 HostChannel::HostChannel(UniqueFd fd, Clock::time_point deadline, const std::atomic<bool>* abort, ChannelWaits waits)
@@ -150,6 +161,8 @@ ChannelStatus HostChannel::read(channel::Kind& kind, std::vector<std::uint8_t>& 
   const std::size_t length = header.length;
   const auto first = buffer_.begin() + channel::kHeaderBytes;
   const std::size_t buffered = std::min(length, buffer_.size() - channel::kHeaderBytes);
+  payload.clear();
+  payload.reserve(std::min(length, kReservedAhead));
   payload.assign(first, first + static_cast<std::ptrdiff_t>(buffered));
   buffer_.erase(buffer_.begin(), first + static_cast<std::ptrdiff_t>(buffered));
   // The rest goes straight into place, in bounded chunks: resize zero-fills, so the payload

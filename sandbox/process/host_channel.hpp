@@ -40,6 +40,16 @@ inline constexpr int kReceiveSliceMs = 1;
 // kReceiveSliceMs. False when the kernel refused either.
 bool prepare_timed_receive(int fd);
 
+// The send buffer each end of a run's channel asks for (the kernel caps it at
+// net.core.wmem_max and doubles it for its bookkeeping). At the default (~208 KiB) a 1 MB
+// agent state crossed in five or more pieces, each a switch between the writer, blocked on a
+// full buffer, and the reader; with this much room a frame that size is one write and one
+// wake-up. Only a cap: the kernel holds what is written and not yet read, no more.
+inline constexpr int kChannelSendBufferBytes = 2 * 1024 * 1024;
+// Asks for kChannelSendBufferBytes on both ends of a new channel `pair`; a refusal leaves the
+// default (slower for large frames, otherwise the same).
+void widen_channel_buffers(const int (&pair)[2]) noexcept;
+
 class HostChannel {
  public:
   using Clock = std::chrono::steady_clock;

@@ -22,6 +22,7 @@
 #include "sandbox/image/heap_image.hpp"
 #include "sandbox/process/guest_pool.hpp"
 #include "sandbox/process/guest_session.hpp"
+#include "sandbox/process/host_channel.hpp"
 #include "sandbox/process/zygote_link.hpp"
 #include "sojourn/core/log.hpp"
 
@@ -239,6 +240,7 @@ class ZygoteJail final : public ProcessJail {
     if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair) != 0) {
       return errors::internal(std::string("socketpair: ") + std::strerror(errno));
     }
+    widen_channel_buffers(pair);
     WarmGuest warm;
     warm.channel = UniqueFd(pair[0]);
     // The fork's limits fix the arena and heaps (by the quota) and the CPU-time rlimit, whose

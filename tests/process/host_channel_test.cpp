@@ -6,8 +6,11 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdint>
+#include <fstream>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -89,4 +92,53 @@ TEST_CASE("past its deadline, a channel takes an answer that already waits, once
       CHECK(host.read(kind, payload, kLimits) == ChannelStatus::deadline);
     }
   }
+}
+
+TEST_CASE("a run's channel takes a 1 MB frame in one write, and the host reads it whole") {
+  int fds[2];
+  REQUIRE(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds) == 0);
+  sojourn::sandbox::widen_channel_buffers(fds);
+  UniqueFd host_end(fds[0]);
+  UniqueFd guest_end(fds[1]);
+  long wmem_max = 0;
+  std::ifstream("/proc/sys/net/core/wmem_max") >> wmem_max;
+  // The kernel doubles what it grants (for its bookkeeping) and caps the request at wmem_max.
+  const long granted = 2 * std::min<long>(sojourn::sandbox::kChannelSendBufferBytes, wmem_max);
+  for (const int fd : fds) {
+    int sndbuf = 0;
+    socklen_t len = sizeof sndbuf;
+    REQUIRE(::getsockopt(fd, SOL_SOCKET, SO_SNDBUF, &sndbuf, &len) == 0);
+    if (wmem_max > 0) CHECK(sndbuf >= granted);
+  }
+  std::vector<std::uint8_t> payload(std::size_t{1} << 20);
+  for (std::size_t i = 0; i < payload.size(); ++i) payload[i] = static_cast<std::uint8_t>(i * 131 + (i >> 12));
+  const auto header = channel::frame_header(channel::Kind::agent_done, static_cast<std::uint32_t>(payload.size()));
+  std::vector<std::uint8_t> frame(header.begin(), header.end());
+  frame.insert(frame.end(), payload.begin(), payload.end());
+  // Non-blocking: at the default send buffer (~208 KiB) this write would stop after a fifth.
+  const ssize_t sent = ::send(guest_end.get(), frame.data(), frame.size(), MSG_DONTWAIT | MSG_NOSIGNAL);
+  if (wmem_max >= sojourn::sandbox::kChannelSendBufferBytes) {
+    CHECK(sent == static_cast<ssize_t>(frame.size()));
+  } else {
+    MESSAGE("net.core.wmem_max is ", wmem_max, ": the one-write check is skipped");
+  }
+  REQUIRE(sent > 0);
+  // Whatever did not fit goes from another thread while the host reads.
+  std::thread rest([&, off = static_cast<std::size_t>(sent)]() mutable {
+    while (off < frame.size()) {
+      const ssize_t n = ::send(guest_end.get(), frame.data() + off, frame.size() - off, MSG_NOSIGNAL);
+      if (n <= 0) return;
+      off += static_cast<std::size_t>(n);
+    }
+  });
+  const ReadLimits limits{std::uint64_t{2} << 20, channel::Kind::agent_done, std::uint64_t{2} << 20};
+  HostChannel host(std::move(host_end), HostChannel::Clock::now() + std::chrono::seconds(10), nullptr);
+  channel::Kind kind{};
+  std::vector<std::uint8_t> got{1, 2, 3};  // a reused vector: the frame replaces what it held
+  const ChannelStatus status = host.read(kind, got, limits);
+  rest.join();
+  REQUIRE(status == ChannelStatus::ok);
+  CHECK(kind == channel::Kind::agent_done);
+  CHECK(got.size() == payload.size());
+  CHECK(got == payload);
 }
