@@ -24,23 +24,26 @@ namespace sojourn::sandbox::detail {
 
 namespace {
 
-// Registry keys of the pool's own tables.
-constexpr const char* kGlobalsKey = "sojourn.pool.globals";    // the prepared globals
-constexpr const char* kSnapshotKey = "sojourn.pool.snapshot";  // registry key -> value once prepared
-constexpr const char* kEmptiedKey = "sojourn.pool.emptied";    // key -> true: a new empty table each run
-constexpr const char* kChunkCacheKey = "sojourn.pool.chunks";  // chunk name -> {source -> function}
-constexpr const char* kLibrariesKey = "sojourn.pool.libraries";  // {library, its copy, its size} each
-constexpr const char* kGlobalsListKey = "sojourn.pool.globals_list";  // {k1, v1, k2, v2, ...}
+// The pool's own tables, in one table at the registry slot pool_ref (every registry key is
+// visited by each run's reset: one key for all of them, where one key each cost ~260 Ir per
+// run apiece). The snapshot of the registry and the set of per-run tables are reachable only
+// as the housekeeping function's upvalues.
+constexpr int kPoolChunks = 1;       // the chunk cache: chunk name -> {source -> function}
+constexpr int kPoolGlobalsList = 2;  // the prepared globals as a list {k1, v1, k2, v2, ...}
+constexpr int kPoolLibraries = 3;    // {library, its copy, its size, holds references} each
 
 // The pool's housekeeping after a run, in Lua because `for ... in next, t` walks a table's slots
 // directly, where lua_next looks each key up again. Our own text, loaded in mode "t"; no run's
-// code is called (the libraries' metatables are checked from C first). Its upvalues are the
-// prepared `next`, `rawequal`, `type` and `getmetatable`, the library list, the registry, the
-// snapshot of the registry, the set of per-run tables and the snapshot's size; the function
+// code is called (no library's contents are read before it is known to have no metatable,
+// and every read is raw). Its upvalues are the prepared `next`, `rawequal`, `type` and
+// `getmetatable`, the library list, the registry, the snapshot of the registry, the set of
+// per-run tables and the snapshot's size; the function
 // lives in the registry under an integer key (a rawgeti, where a string key cost a hashed
 // lookup per use).
 //
-// 1. Each library compared with its copy: a copy that holds no table or userdata (entry[4]
+// 1. Each library: no metatable (`getmetatable` answers nil only for a table without one; a
+//    metatable with a __metatable field answers that field, never nil; the prepared builtin,
+//    a fast function, where five C API calls per library cost more), then compared with its copy: a copy that holds no table or userdata (entry[4]
 //    false: functions, numbers and strings only) with `~=`, which calls no __eq there (Lua
 //    calls it only when both sides are tables, or both userdata); the others with rawequal.
 //    Any difference returns false: the state is never shown to another run.
@@ -56,6 +59,7 @@ constexpr std::string_view kHousekeepingSource =
     "  for i = 1, #libraries do\n"
     "    local entry = libraries[i]\n"
     "    local library, copy, n = entry[1], entry[2], 0\n"
+    "    if getmetatable(library) ~= nil then return false end\n"
     "    if entry[4] then\n"
     "      for k, v in next, library do\n"
     "        if not rawequal(copy[k], v) then return false end\n"
@@ -208,8 +212,7 @@ int prepare_protected(lua_State* L) {
   open_require_remote(L);
   lua::register_library(L, LUA_GLOBALSINDEX);
   prepare_agent_api(L);  // each agent step's `agent` table holds these (open_agent_api)
-  lua_pushvalue(L, LUA_GLOBALSINDEX);
-  lua_setfield(L, LUA_REGISTRYINDEX, kGlobalsKey);
+  lua_createtable(L, 3, 0);  // 1: the pool's own tables
   // What each library table holds once prepared, to check it after every run.
   lua_newtable(L);
   int libraries = 0;
@@ -227,23 +230,24 @@ int prepare_protected(lua_State* L) {
       lua_rawseti(L, -2, 3);
       lua_pushboolean(L, holds_references(L, library) ? 1 : 0);
       lua_rawseti(L, -2, 4);
-      lua_rawseti(L, 1, ++libraries);
+      lua_rawseti(L, 2, ++libraries);
     }
     lua_pop(L, 1);
   }
-  lua_pushvalue(L, 1);
-  state.libraries_ref = ref_top(L);
-  lua_setfield(L, LUA_REGISTRYINDEX, kLibrariesKey);
+  lua_rawseti(L, 1, kPoolLibraries);
   // The globals as a list, so that each run's copy is made without lua_next.
   lua_newtable(L);
   int slot = 0;
   lua_pushnil(L);
   while (lua_next(L, LUA_GLOBALSINDEX) != 0) {
     lua_pushvalue(L, -2);
-    lua_rawseti(L, 1, ++slot);
-    lua_rawseti(L, 1, ++slot);
+    lua_rawseti(L, 2, ++slot);
+    lua_rawseti(L, 2, ++slot);
   }
-  lua_setfield(L, LUA_REGISTRYINDEX, kGlobalsListKey);
+  lua_rawseti(L, 1, kPoolGlobalsList);
+  lua_newtable(L);
+  lua_rawseti(L, 1, kPoolChunks);
+  state.pool_ref = ref_top(L);
   if (push_copy_function(L)) state.copy_ref = ref_top(L);
   lua_pushvalue(L, LUA_GLOBALSINDEX);
   state.globals_ref = ref_top(L);
@@ -271,22 +275,12 @@ int prepare_protected(lua_State* L) {
     lua_insert(L, -2);
     lua_rawset(L, 1);
   }
-  lua_newtable(L);  // the chunk cache, kept across runs
-  lua_pushvalue(L, -1);
-  lua_setfield(L, LUA_REGISTRYINDEX, kChunkCacheKey);
-  lua_setfield(L, 1, kChunkCacheKey);
-  lua_pushvalue(L, 1);
-  lua_setfield(L, 1, kSnapshotKey);
-  lua_pushvalue(L, 2);
-  lua_setfield(L, 1, kEmptiedKey);
-  lua_pushvalue(L, 1);
-  lua_setfield(L, LUA_REGISTRYINDEX, kSnapshotKey);
-  lua_pushvalue(L, 2);
-  lua_setfield(L, LUA_REGISTRYINDEX, kEmptiedKey);
   const int prepared_keys = count_entries(L, 1);
   if (luaL_loadbufferx(L, kHousekeepingSource.data(), kHousekeepingSource.size(), "=pool", "t") != 0) lua_error(L);
   for (const char* name : {"next", "rawequal", "type", "getmetatable"}) lua_getfield(L, LUA_GLOBALSINDEX, name);
-  lua_rawgeti(L, LUA_REGISTRYINDEX, state.libraries_ref);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, state.pool_ref);
+  lua_rawgeti(L, -1, kPoolLibraries);
+  lua_remove(L, -2);
   lua_pushvalue(L, LUA_REGISTRYINDEX);
   lua_pushvalue(L, 1);
   lua_pushvalue(L, 2);
@@ -302,7 +296,7 @@ int prepare_protected(lua_State* L) {
 // The size of begin_pooled_run's copy of the globals (no allocation: counting only).
 void record_sizes(PooledState& state) {
   lua_State* L = state.L;
-  lua_getfield(L, LUA_REGISTRYINDEX, kGlobalsKey);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, state.globals_ref);
   state.global_count = count_entries(L, lua_gettop(L));
   lua_pop(L, 1);
 }
@@ -320,16 +314,6 @@ struct Housekeeping {
 int check_and_reset(lua_State* L) {
   auto& work = *static_cast<Housekeeping*>(lua_touserdata(L, 1));
   const PooledState& state = *work.state;
-  lua_settop(L, 0);
-  lua_rawgeti(L, LUA_REGISTRYINDEX, state.libraries_ref);
-  if (!lua_istable(L, 1)) return luaL_error(L, "pooled state without its library list");
-  for (int i = 1;; ++i) {
-    lua_rawgeti(L, 1, i);
-    if (lua_isnil(L, -1)) break;
-    lua_rawgeti(L, -1, 1);
-    if (lua_getmetatable(L, -1) != 0) return 0;
-    lua_settop(L, 1);
-  }
   lua_settop(L, 0);
   lua_rawgeti(L, LUA_REGISTRYINDEX, state.housekeeping_ref);
   if (!lua_isfunction(L, 1)) return luaL_error(L, "pooled state without its snapshot");
@@ -407,6 +391,13 @@ void return_pooled_state(PooledStatePtr state) {
   }
 }
 
+// Pushes the pool's table's entry `slot` (kPoolChunks, kPoolGlobalsList).
+void push_pool_table(lua_State* L, const PooledState& state, int slot) {
+  lua_rawgeti(L, LUA_REGISTRYINDEX, state.pool_ref);
+  lua_rawgeti(L, -1, slot);
+  lua_remove(L, -2);
+}
+
 // Whether the decoy at `decoy` is as begin_pooled_run left it: a table with no metatable whose
 // only key is __index (whose value is set again for each run). Anything else a run did to it
 // (a key added or removed, a metatable) makes a new decoy.
@@ -436,7 +427,7 @@ void begin_pooled_run(lua_State* L, const PooledState& state) {
     lua_rawgeti(L, LUA_REGISTRYINDEX, state.copy_ref);
     lua_call(L, 0, 1);  // the copy (library tables are shared, checked after the run)
   } else {
-    lua_getfield(L, LUA_REGISTRYINDEX, kGlobalsListKey);
+    push_pool_table(L, state, kPoolGlobalsList);
     lua_rawgeti(L, LUA_REGISTRYINDEX, state.globals_ref);
     const int prepared_globals = lua_gettop(L);
     lua_createtable(L, 0, state.global_count);
@@ -478,7 +469,7 @@ int push_cached_chunk(lua_State* L, PooledState& state, const char* chunk_name, 
   lua_checkstack(L, 6);
   const bool cacheable = source.size() <= kMaxCachedSourceBytes;
   if (cacheable) {
-    lua_getfield(L, LUA_REGISTRYINDEX, kChunkCacheKey);
+    push_pool_table(L, state, kPoolChunks);
     const int cache = lua_gettop(L);
     lua_getfield(L, cache, chunk_name);
     if (lua_istable(L, -1)) {
@@ -500,17 +491,15 @@ int push_cached_chunk(lua_State* L, PooledState& state, const char* chunk_name, 
   if (status != 0 || !cacheable) return status;
   const int fn = lua_gettop(L);
   if (state.cached_chunks >= kMaxCachedChunks) {
-    // Start over rather than track use: the snapshot keeps the new table across resets.
+    // Start over rather than track use: a new table in the pool's table (the registry and its
+    // snapshot hold the pool's table, unchanged).
+    lua_rawgeti(L, LUA_REGISTRYINDEX, state.pool_ref);
     lua_newtable(L);
-    lua_pushvalue(L, -1);
-    lua_setfield(L, LUA_REGISTRYINDEX, kChunkCacheKey);
-    lua_getfield(L, LUA_REGISTRYINDEX, kSnapshotKey);
-    lua_pushvalue(L, -2);
-    lua_setfield(L, -2, kChunkCacheKey);
-    lua_pop(L, 2);
+    lua_rawseti(L, -2, kPoolChunks);
+    lua_pop(L, 1);
     state.cached_chunks = 0;
   }
-  lua_getfield(L, LUA_REGISTRYINDEX, kChunkCacheKey);
+  push_pool_table(L, state, kPoolChunks);
   lua_getfield(L, -1, chunk_name);
   if (!lua_istable(L, -1)) {
     lua_pop(L, 1);
@@ -547,7 +536,7 @@ std::string describe_registry(lua_State* L) {
   while (lua_next(L, LUA_REGISTRYINDEX) != 0) {
     std::string key = lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : std::string("#") + lua_typename(L, lua_type(L, -2));
     if (lua_type(L, -2) == LUA_TNUMBER) key = "#" + std::to_string(lua_tonumber(L, -2));
-    if (lua_istable(L, -1) && key != kChunkCacheKey) {  // the cache is meant to grow
+    if (lua_istable(L, -1)) {  // the chunk cache, meant to grow, is inside the pool's table
       int count = 0;
       lua_pushnil(L);
       while (lua_next(L, -2) != 0) {

@@ -32,10 +32,11 @@ struct PooledState {
   std::uint32_t cached_chunks = 0;
   int global_count = 0;  // the prepared globals' entries: the size of each run's copy
   std::string scanned_source;  // the last text that passed refused_input's cdata scan here
-  // Registry slots (integer keys, luaL_ref) of what every run reads: the library list, the
-  // prepared globals, the function copying them (0 when the C copy is used), the housekeeping
-  // function run when the state is returned, and the real string metatable (0 when none).
-  int libraries_ref = 0;
+  // Registry slots (integer keys, luaL_ref) of what every run reads: the pool's own tables
+  // (the chunk cache, the globals as a list, the library list), the prepared globals, the
+  // function copying them (0 when the C copy is used), the housekeeping function run when the
+  // state is returned, and the real string metatable (0 when none).
+  int pool_ref = 0;
   int globals_ref = 0;
   int copy_ref = 0;
   int housekeeping_ref = 0;
