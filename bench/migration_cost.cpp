@@ -15,7 +15,8 @@
 // the node's refusal. --csv FILE writes the table's rows (times in ms, phases zero when not
 // traced, `refused` empty or the reason). --codec: how the nodes seal strong images (their
 // --image-codec; default lz4). On a shared VM compare the ratios, not the figures. With
-// SOJOURN_BENCH_KEEP_TRACE set, the nodes' trace files are kept (their directory is printed).
+// SOJOURN_BENCH_KEEP_TRACE set, the nodes' trace files are kept (their directory is printed),
+// with marks.jsonl beside them: the agent's go/arrived marks on the trace's clock.
 // --strong-only: no weak rows (their ratio column is then empty), so that a whole run's CPU
 // time or page faults (perf stat) are the strong hops' and their setup's alone.
 #include <unistd.h>
