@@ -15,7 +15,8 @@
 // the node's refusal. --csv FILE writes the table's rows (times in ms, phases zero when not
 // traced, `refused` empty or the reason). --codec: how the nodes seal strong images (their
 // --image-codec; default lz4). On a shared VM compare the ratios, not the figures. With
-// SOJOURN_BENCH_KEEP_TRACE set, the nodes' trace files are kept (their directory is printed).
+// SOJOURN_BENCH_KEEP_TRACE set, the nodes' trace files are kept (their directory is printed),
+// with marks.jsonl beside them: the agent's go/arrived marks on the trace's clock.
 // --strong-only: no weak rows (their ratio column is then empty), so that a whole run's CPU
 // time or page faults (perf stat) are the strong hops' and their setup's alone.
 #include <unistd.h>
@@ -153,6 +154,18 @@ Row run(Pair& p, Mobility mobility, int kb, int hops) {
   {
     std::lock_guard lock(p.marks.mutex);
     marks = p.marks.times;
+  }
+  if (!p.trace[0].empty() && std::getenv("SOJOURN_BENCH_KEEP_TRACE") != nullptr) {
+    // Beside the nodes' trace files: the agent's own marks, on the same clock (mono_ns).
+    const std::string path = std::filesystem::path(p.trace[0]).parent_path() / "marks.jsonl";
+    if (std::FILE* f = std::fopen(path.c_str(), "a"); f != nullptr) {
+      for (const Mark& m : marks) {
+        const auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(m.second.time_since_epoch()).count();
+        std::fprintf(f, "{\"node\":\"bench\",\"mono_ns\":%lld,\"kind\":\"mark_%s\",\"agent\":\"%s\"}\n",
+                     static_cast<long long>(ns), m.first.c_str(), id->c_str());
+      }
+      std::fclose(f);
+    }
   }
   std::vector<HopWindow> windows = hop_windows(marks);
   std::vector<double> samples;

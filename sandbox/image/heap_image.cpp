@@ -20,6 +20,7 @@
 #include <mutex>
 
 #include "sandbox/image/image_codec.hpp"
+#include "sandbox/image/scratch.hpp"
 
 namespace sojourn::sandbox::image {
 
@@ -111,14 +112,6 @@ std::uint64_t kept_pages(std::span<const std::uint8_t> page_map) {
 }
 
 namespace {
-
-// A buffer kept by each thread: a fresh one of this size would be mapped and
-// faulted in on every image, and page faults are a large share of a small image's cost.
-std::span<std::uint8_t> thread_buffer(std::size_t bytes) {
-  thread_local std::vector<std::uint8_t> buffer;
-  if (buffer.size() < bytes) buffer.resize(bytes);
-  return std::span(buffer.data(), bytes);
-}
 
 // Seals a checked page map and its kept pages, which `produce(feed)` hands to `feed` as pieces
 // in order (one for a guest's KeptPages, the runs of kept pages for a whole span, or what a
@@ -217,8 +210,8 @@ Result<std::vector<std::uint8_t>> take_image(const ImageSource& source, std::uin
   if (Result<void> ok = check_kept(source, used_bytes, page_map, UINT64_MAX); !ok) return ok.error();
   const std::uint64_t kept_count = kept_pages(page_map);
   // One reused buffer, small enough to stay in the cache between the read and the codec.
-  const std::span<std::uint8_t> buffer =
-      thread_buffer(static_cast<std::size_t>(std::min<std::uint64_t>(kReadPiece, kept_count * kPageBytes)));
+  const Scratch scratch(static_cast<std::size_t>(std::min<std::uint64_t>(kReadPiece, kept_count * kPageBytes)));
+  const std::span<std::uint8_t> buffer = scratch.bytes();
   return seal(
       source, used_bytes, page_map,
       [&](const auto& feed) -> Result<void> {

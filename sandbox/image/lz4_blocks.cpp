@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "sandbox/image/image_codec.hpp"
+#include "sandbox/image/scratch.hpp"
 
 namespace sojourn::sandbox::image::detail {
 
@@ -229,10 +230,10 @@ class Lz4BlockEncoder final : public Encoder {
   // One batch: both threads compress while this one hands the finished blocks on in order
   // (hashed and appended as they come).
   void compress_batch(std::span<const std::span<const std::uint8_t>> blocks, const Sink& sink) {
-    thread_local std::vector<std::uint8_t> slots(kBatch * kSlot);  // kept: faulted in once per thread
+    const Scratch slots(blocks.size() * kSlot);  // reused across threads and images (scratch.hpp)
     Batch batch;
     batch.blocks = blocks;
-    batch.slots = slots.data();
+    batch.slots = slots.bytes().data();
     std::size_t total = 0;
     for (auto b : blocks) total += b.size();
     Helper* helper = total >= kSplitFrom && blocks.size() >= 2 ? Helper::lend() : nullptr;

@@ -14,6 +14,7 @@
 #include <string>
 
 #include "sandbox/guest/arena.hpp"
+#include "sandbox/image/scratch.hpp"
 
 namespace sojourn::sandbox {
 
@@ -187,9 +188,9 @@ std::optional<Error> give_resume_pages(HostChannel& channel, DirectPages& direct
   GuestArenaPages pages(direct.pid, direct.pidfd, opener.header().arena_base, opener.page_map());
   // One piece at a time through a buffer that stays in the cache: decompressed, then into the
   // guest's arena (or its channel).
-  thread_local std::vector<std::uint8_t> bounce;  // kept: a fresh one would be faulted in each time
-  if (bounce.size() < image::kReadPiece) bounce.resize(image::kReadPiece);
-  const std::span<std::uint8_t> piece(bounce.data(), static_cast<std::size_t>(std::min<std::uint64_t>(image::kReadPiece, kept)));
+  // (reused across threads and images, see scratch.hpp: a fresh one would be faulted in each time)
+  const image::Scratch bounce(static_cast<std::size_t>(std::min<std::uint64_t>(image::kReadPiece, kept)));
+  const std::span<std::uint8_t> piece = bounce.bytes();
   for (std::uint64_t at = 0; at < kept;) {
     const std::span<std::uint8_t> bytes(piece.data(), static_cast<std::size_t>(std::min<std::uint64_t>(piece.size(), kept - at)));
     if (Result<void> next = opener.next(bytes); !next) return next.error();

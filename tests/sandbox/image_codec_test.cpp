@@ -5,12 +5,14 @@
 
 #include <algorithm>
 #include <cstring>
+#include <memory>
 #include <random>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include "sandbox/image/heap_image.hpp"
+#include "sandbox/image/scratch.hpp"
 #include "tests/support/error_checks.hpp"
 
 namespace image = sojourn::sandbox::image;
@@ -237,4 +239,38 @@ TEST_CASE("lz4 seals a large span on two threads into one frame that restores it
   std::vector<std::uint8_t> bad = images[0];
   bad[bad.size() / 2] ^= 1;
   CHECK_ERROR(image::open_image(bad, rules()), Errc::sandbox_refused, "refused by the sandbox: heap image hash mismatch");
+}
+
+TEST_CASE("image scratch buffers are shared across threads, reused, and their list stays bounded") {
+  const std::size_t before = image::Scratch::idle();
+  const std::uint8_t* first = nullptr;
+  {
+    const image::Scratch s(3u << 20);
+    REQUIRE(s.bytes().size() == (3u << 20));
+    first = s.bytes().data();
+    std::memset(s.bytes().data(), 0xab, s.bytes().size());  // every byte writable
+  }
+  CHECK(image::Scratch::idle() == std::min<std::size_t>(before + 1, 8));
+  // Another thread (a sealing on another worker) gets the same buffer back, not a new one.
+  const std::uint8_t* seen = nullptr;
+  std::thread([&] {
+    const image::Scratch s(3u << 20);  // larger than any the tests above sealed with
+    seen = s.bytes().data();
+  }).join();
+  CHECK(seen == first);
+  {
+    // Two at once: the second is another buffer.
+    const image::Scratch a(1u << 20);
+    const image::Scratch b(1u << 20);
+    CHECK(a.bytes().data() != b.bytes().data());
+  }
+  {
+    // Many at once, given back together: the list keeps a bounded number.
+    std::vector<std::unique_ptr<image::Scratch>> many;
+    for (int i = 0; i < 20; ++i) many.push_back(std::make_unique<image::Scratch>(4096));
+  }
+  CHECK(image::Scratch::idle() <= 8);
+  // The large buffer was kept over the small ones: a 3 MB request reuses it.
+  const image::Scratch again(3u << 20);
+  CHECK(again.bytes().data() == first);
 }
