@@ -219,6 +219,28 @@ void cache_chunk(FixedArena& heap, const std::string& chunk_name, std::string_vi
   if (!kept) p.last_reset_bytes = heap.restore(p.image.data(), p.image.size());
 }
 
+// run_lua's checks, in its order and words (a kept chunk's text passed the cdata scan when it
+// was compiled in: the scan depends on the text alone; the other checks still run), then the
+// chunk compiled into the snapshot before its first run.
+std::optional<Error> check_and_keep(const RunInput& input, const std::string& chunk_name) {
+  const bool scanned = g_prepared.chunks.contains(std::string_view(input.source));
+  if (std::optional<Error> refused = detail::refused_input(input, scanned)) return refused;
+  if (!scanned) {
+    if (FixedArena* heap = arena(); heap != nullptr) cache_chunk(*heap, chunk_name, input.source);
+  }
+  return std::nullopt;
+}
+
+// The kept closure's slot in the cache table for this text under this chunk name (counted as
+// a hit), or 0: the run compiles its chunk.
+int kept_slot(std::string_view source, const std::string& chunk_name) {
+  Prepared& p = g_prepared;
+  const auto cached = p.chunks.find(source);
+  if (cached == p.chunks.end() || cached->second.chunk_name != chunk_name) return 0;
+  ++p.chunk_hits;
+  return cached->second.slot;
+}
+
 // run_lua's protected call, minus the environment (already in the state).
 int run_chunk(lua_State* L) {
   auto& job = *static_cast<Job*>(lua_touserdata(L, 1));
@@ -226,13 +248,10 @@ int run_chunk(lua_State* L) {
   RunContext& ctx = detail::run_context(L);
   const RunInput& input = *job.input;
   detail::arm_count_hook(L, ctx);
-  Prepared& p = g_prepared;
-  const auto cached = p.chunks.find(std::string_view(input.source));
-  if (cached != p.chunks.end() && cached->second.chunk_name == job.chunk_name) {
-    lua_rawgeti(L, LUA_REGISTRYINDEX, p.cache_table);
-    lua_rawgeti(L, -1, cached->second.slot);
+  if (const int slot = kept_slot(input.source, job.chunk_name); slot != 0) {
+    lua_rawgeti(L, LUA_REGISTRYINDEX, g_prepared.cache_table);
+    lua_rawgeti(L, -1, slot);
     lua_remove(L, -2);
-    ++p.chunk_hits;
   } else {
     // Mode "t": LuaJIT does not verify bytecode (run_weak also refuses its first byte).
     const int load_status = luaL_loadbufferx(L, input.source.data(), input.source.size(), job.chunk_name.c_str(), "t");
@@ -270,15 +289,9 @@ bool can_use_prepared(const RunInput& input) {
 }
 
 Result<Value> run_prepared(const RunInput& input, HostCalls* host) {
-  // run_lua's checks, in its order and words. A cached chunk's text passed the cdata scan in
-  // the run that compiled it (the scan depends on the text alone); the other checks still run.
-  const bool scanned = g_prepared.chunks.contains(std::string_view(input.source));
-  if (std::optional<Error> refused = detail::refused_input(input, scanned)) return *std::move(refused);
   Prepared& p = g_prepared;
   Job job{&input, std::string("=").append(display_chunk_name(input)), std::nullopt};
-  if (!scanned) {
-    if (FixedArena* heap = arena(); heap != nullptr) cache_chunk(*heap, job.chunk_name, input.source);
-  }
+  if (std::optional<Error> refused = check_and_keep(input, job.chunk_name)) return *std::move(refused);
   RunContext& ctx = p.ctx;
   ctx = RunContext{};
   // SAFETY: the frame address is only compared with, never dereferenced. Charged from the
@@ -295,18 +308,9 @@ Result<AgentOutcome> run_prepared_agent(const RunInput& input, const AgentInput&
   // As run_prepared: a tour's steps of one chunk in this guest compile it once, into the
   // snapshot; the step takes the kept closure when its chunk name matches too.
   Prepared& p = g_prepared;
-  const bool scanned = p.chunks.contains(std::string_view(input.source));
-  if (std::optional<Error> refused = detail::refused_input(input, scanned)) return *std::move(refused);
   const std::string chunk_name = std::string("=").append(display_chunk_name(input));
-  if (!scanned) {
-    if (FixedArena* heap = arena(); heap != nullptr) cache_chunk(*heap, chunk_name, input.source);
-  }
-  detail::CompiledChunk compiled;
-  if (const auto cached = p.chunks.find(std::string_view(input.source));
-      cached != p.chunks.end() && cached->second.chunk_name == chunk_name) {
-    compiled = {p.cache_table, cached->second.slot};
-    ++p.chunk_hits;
-  }
+  if (std::optional<Error> refused = check_and_keep(input, chunk_name)) return *std::move(refused);
+  const detail::CompiledChunk compiled{p.cache_table, kept_slot(input.source, chunk_name)};
   RunContext& ctx = p.ctx;
   ctx = RunContext{};
   // SAFETY: the frame address is only compared with, never dereferenced.
