@@ -14,7 +14,7 @@ class ZeroPages {
   static constexpr std::size_t kPage = 4096;
 
   // Starts over for the region at `base` of `pages` pages, every page remembered as zero
-  // (set() and forget() then make the truth); false (nothing remembered) without memory.
+  // (forget_page() and forget() then make the truth); false (nothing remembered) without memory.
   bool start(std::uintptr_t base, std::size_t pages) noexcept;
   void stop() noexcept;
   bool active() const noexcept { return base_ != 0; }
