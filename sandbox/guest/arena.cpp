@@ -12,6 +12,8 @@
 #include <new>
 #include <string>
 
+#include "sandbox/guest/zero_pages.hpp"
+
 namespace sojourn::sandbox::guest {
 
 namespace {
@@ -72,6 +74,7 @@ constexpr std::uint64_t kMagic = 0x534f4a4f55524e41;  // "SOJOURNA"
 std::byte* as_bytes(void* p) { return static_cast<std::byte*>(p); }
 
 void push_small(FixedArena::Header& h, std::byte* block, std::size_t size) {
+  zero_pages().forget(block, sizeof(SmallFree));
   // SAFETY: block is a free block of `size` >= 16 bytes inside the region, 16-byte aligned.
   auto* node = new (block) SmallFree{h.small[size / kAlign - 1]};
   h.small[size / kAlign - 1] = node;
@@ -93,6 +96,7 @@ void insert_large(FixedArena::Header& h, std::byte* block, std::size_t size) {
   LargeFree* prev = nullptr;
   LargeFree* next = h.large;
   while (next != nullptr && as_bytes(next) < block) prev = next, next = next->next;
+  zero_pages().forget(block, sizeof(LargeFree));
   // SAFETY: block is free, inside the region, aligned, and at least kSmallLimit bytes.
   auto* node = new (block) LargeFree{size, next};
   if (next != nullptr && block + size == as_bytes(next)) {
@@ -110,6 +114,9 @@ void insert_large(FixedArena::Header& h, std::byte* block, std::size_t size) {
 }
 
 void free_block(FixedArena::Header& h, std::byte* block, std::size_t size) {
+  // Its bytes were the run's: anything may be there. (A block handed out is forgotten only
+  // here: until it is freed it is in no free range, which is all clear_free_pages looks at.)
+  zero_pages().forget(block, size);
   if (block + size == h.top) {
     h.top = block;
     settle_top(h);
@@ -176,6 +183,7 @@ void coalesce_all(FixedArena::Header& h) {
   for (std::size_t i = 0; i < kSmallLists; ++i) {
     for (SmallFree* node = h.small[i]; node != nullptr;) {
       SmallFree* next = node->next;
+      zero_pages().forget(node, sizeof(LargeFree));
       // SAFETY: a free block of (i + 1) * 16 >= sizeof(LargeFree) bytes, reused as a node.
       all = new (node) LargeFree{(i + 1) * kAlign, all};
       node = next;
@@ -213,6 +221,7 @@ std::byte* take_large(FixedArena::Header& h, std::size_t size) {
     LargeFree* next = found->next;
     std::byte* block = as_bytes(found);
     if (rest > kSmallLimit) {
+      zero_pages().forget(block + size, sizeof(LargeFree));
       // SAFETY: the rest lies inside the found free block, aligned since both sizes are.
       *link = new (block + size) LargeFree{rest, next};
     } else {
@@ -253,6 +262,7 @@ bool grow_into_next(FixedArena::Header& h, std::byte* block, std::size_t old_siz
     const std::size_t rest = found->size - need;
     LargeFree* next = found->next;
     if (rest > kSmallLimit) {
+      zero_pages().forget(after + need, sizeof(LargeFree));
       // SAFETY: inside the free block being split, aligned.
       *link = new (after + need) LargeFree{rest, next};
     } else {
@@ -303,6 +313,7 @@ Result<FixedArena> FixedArena::map_at(std::uintptr_t base, std::size_t bytes) {
 FixedArena FixedArena::over(void* region, std::size_t bytes) {
   // SAFETY: the caller hands a writable region of `bytes` bytes, 16-byte aligned, larger
   // than the header; the header is built at its start and blocks follow it.
+  if (zero_pages().covers(reinterpret_cast<std::uintptr_t>(region))) zero_pages().stop();
   auto* header = new (region) Header{};
   header->magic = kMagic;
   header->start = as_bytes(region) + rounded(sizeof(Header));
@@ -454,6 +465,7 @@ void FixedArena::reset() noexcept {
 }
 
 std::size_t FixedArena::restore(const std::byte* image, std::size_t bytes) noexcept {
+  if (zero_pages().covers(base())) zero_pages().stop();
   const std::size_t written = peak();
   auto* base = as_bytes(static_cast<void*>(header_));
   // SAFETY: the image came from this region's first `bytes` bytes (bytes <= its size), and
@@ -467,12 +479,34 @@ std::size_t FixedArena::restore(const std::byte* image, std::size_t bytes) noexc
 
 namespace {
 
+// Zeroes [from, to), a free range, skipping the pages `zero` still knows zero (the tracker
+// of this arena, or null); each whole page it skips is set in `free_zero`.
+void clear_range(std::byte* from, std::byte* to, std::uintptr_t base, const ZeroPages* zero,
+                 std::vector<std::uint64_t>& free_zero) {
+  if (zero == nullptr) {
+    // SAFETY: [from, to) lies inside a free block (or above the top), so inside the region, and
+    // nothing live points into it.
+    std::memset(from, 0, static_cast<std::size_t>(to - from));
+    return;
+  }
+  while (from < to) {
+    const auto at = reinterpret_cast<std::uintptr_t>(from);
+    const std::size_t page = (at - base) / kPage;
+    std::byte* const page_end = std::min(to, from + (kPage - (at - base) % kPage));
+    if (!zero->zero(page)) {
+      std::memset(from, 0, static_cast<std::size_t>(page_end - from));  // SAFETY: as above
+    } else if ((at - base) % kPage == 0 && page_end - from == static_cast<std::ptrdiff_t>(kPage)) {
+      set_bit(free_zero, page);
+    }
+    from = page_end;
+  }
+}
+
 // Zeroes a free block past its list node; returns the bytes of whole pages that became zero.
-std::size_t clear_block(std::byte* block, std::size_t size) {
+std::size_t clear_block(std::byte* block, std::size_t size, std::uintptr_t base, const ZeroPages* zero,
+                        std::vector<std::uint64_t>& free_zero) {
   if (size <= sizeof(LargeFree)) return 0;
-  // SAFETY: [block + node, block + size) lies inside the free block, so inside the region, and
-  // nothing live points into it.
-  std::memset(block + sizeof(LargeFree), 0, size - sizeof(LargeFree));
+  clear_range(block + sizeof(LargeFree), block + size, base, zero, free_zero);
   const auto from = (reinterpret_cast<std::uintptr_t>(block) + sizeof(LargeFree) + kPage - 1) & ~(kPage - 1);
   const auto to = (reinterpret_cast<std::uintptr_t>(block) + size) & ~(kPage - 1);
   return to > from ? to - from : 0;
@@ -483,19 +517,44 @@ std::size_t clear_block(std::byte* block, std::size_t size) {
 std::size_t FixedArena::clear_free_pages() noexcept {
   Header& h = *header_;
   coalesce_all(h);
+  ZeroPages& tracker = zero_pages();
+  // The free pages found zero without being written: what the tracker keeps after (the other
+  // pages it knew may be inside live blocks, whose bytes it does not follow).
+  std::vector<std::uint64_t> free_zero = tracker.covers(base()) ? tracker.blank() : std::vector<std::uint64_t>{};
+  const ZeroPages* zero = free_zero.empty() ? nullptr : &tracker;
+  const std::uintptr_t at = base();
   std::size_t cleared = 0;
   for (std::size_t i = 0; i < kSmallLists; ++i) {
-    for (SmallFree* node = h.small[i]; node != nullptr; node = node->next) cleared += clear_block(as_bytes(node), (i + 1) * kAlign);
+    for (SmallFree* node = h.small[i]; node != nullptr; node = node->next) {
+      cleared += clear_block(as_bytes(node), (i + 1) * kAlign, at, zero, free_zero);
+    }
   }
-  for (LargeFree* node = h.large; node != nullptr; node = node->next) cleared += clear_block(as_bytes(node), node->size);
+  for (LargeFree* node = h.large; node != nullptr; node = node->next) cleared += clear_block(as_bytes(node), node->size, at, zero, free_zero);
   // Above the top: what was handed out and came back (the span ends at the top's page, whose
   // tail may hold old bytes).
   const auto top = reinterpret_cast<std::uintptr_t>(h.top);
   const auto page_end = (top + kPage - 1) & ~(kPage - 1);
   const auto end = reinterpret_cast<std::uintptr_t>(h.end);
   // SAFETY: [top, min(page_end, end)) lies inside the region, above every live block.
-  if (page_end > top) std::memset(h.top, 0, std::min(page_end, end) - top);
+  if (page_end > top) clear_range(h.top, h.top + (std::min(page_end, end) - top), at, zero, free_zero);
+  if (zero != nullptr) tracker.intersect(free_zero);
+  else if (tracker.covers(at)) tracker.stop();  // no memory for the bitmap: every page was written
   return cleared;
+}
+
+void FixedArena::track_zero_pages(std::span<const std::uint8_t> page_map, std::size_t pages) noexcept {
+  ZeroPages& tracker = zero_pages();
+  if (!tracker.start(base(), size() / kPage)) return;
+  // The bookkeeping's pages are written in place (the list heads): never remembered.
+  tracker.forget(header_, static_cast<std::size_t>(header_->start - as_bytes(header_)));
+  for (std::size_t i = 0; i < pages && i / 8 < page_map.size(); ++i) {
+    if (((page_map[i / 8] >> (i % 8)) & 1u) != 0) tracker.forget_page(i);
+  }
+}
+
+bool FixedArena::known_zero(std::size_t page) const noexcept {
+  const ZeroPages& tracker = zero_pages();
+  return tracker.covers(base()) && tracker.zero(page);
 }
 
 bool FixedArena::contains(const void* block) const noexcept {

@@ -6,6 +6,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <span>
 
 #include "sandbox/lua/lua_heap.hpp"
 #include "sojourn/core/error.hpp"
@@ -71,6 +72,19 @@ class FixedArena final : public LuaHeap {
   // pages it shares with live data compress better). Live blocks and the bookkeeping are
   // untouched. Returns the bytes of whole pages that became zero.
   std::size_t clear_free_pages() noexcept;
+  // After a strong resume wrote an image's kept pages into this arena, every other page being
+  // zero: remembers as zero the pages `page_map` leaves out (bit i clear for page i of its
+  // first `pages`) and every page past them, the bookkeeping's excepted. A page is forgotten
+  // as soon as the allocator takes back a block over any byte of it or writes a list node
+  // into it (a block handed out and still live lies in no free range). clear_free_pages then
+  // writes no free page still remembered (in a restored arena those pages are not even
+  // mapped: zeroing them would fault each in for nothing), and afterwards known_zero(i) says
+  // page i lies inside a free block and is zero without being read. The
+  // bytes are the same as without it. Kept outside the region (a heap image never carries
+  // it); one arena at a time; map_at/over/reset/restore of the region end it. Without memory
+  // for its bitmap (one bit a page) nothing is remembered.
+  void track_zero_pages(std::span<const std::uint8_t> page_map, std::size_t pages) noexcept;
+  bool known_zero(std::size_t page) const noexcept;
   // Back to the arena a fresh map_at gives, for a warm guest's next run (docs/jails.md,
   // "Warm guests"): every byte up to the highest top any allocation reached is zeroed (the
   // pages stay mapped, so the next run faults none in) and the bookkeeping is rebuilt. Only

@@ -382,7 +382,9 @@ strong::StopSink span_writer(int fd, bool direct) {
     std::string map((pages + 7) / 8, '\0');
     std::size_t kept = 0;
     for (std::size_t i = 0; i < pages; ++i) {
-      if (!page_is_zero(base + i * kPage)) {
+      // A free page the arena knows zero is not read (in a restored arena, reading it would
+      // fault it in).
+      if (!arena->known_zero(i) && !page_is_zero(base + i * kPage)) {
         map[i / 8] = static_cast<char>(static_cast<std::uint8_t>(map[i / 8]) | (1u << (i % 8)));
         ++kept;
       }
@@ -468,6 +470,9 @@ Result<AgentOutcome> resume_strong(int fd, const channel::ResumeRequest& request
   if (Result<FixedArena> adopted = FixedArena::adopt(reinterpret_cast<void*>(arena->base()), arena->size()); !adopted) {
     return adopted.error();
   }
+  // The pages the map leaves out are zero (cleared above, never written): the next stop need
+  // not write or read them while they stay so.
+  arena->track_zero_pages(std::span(reinterpret_cast<const std::uint8_t*>(map.data()), map.size()), pages);
   RunInput input = input_of(request.run);
   return strong::resume_agent_strong(request.agent_handle, input, request.info, host,
                                      span_writer(fd, request.pages_direct));

@@ -403,6 +403,14 @@ Result<std::vector<std::uint8_t>> run_in_warm_guest(WarmGuest& warm, const RunIn
   if (options.direct != nullptr) {
     options.direct->pid = warm.guest.pid;
     options.direct->pidfd = warm.guest.pidfd.get();
+    // A strong stop's guest waits for the host's word after its span: its clock read then
+    // (off its CPU, so exact) holds the step up to the stop (see the answer below).
+    if (options.guest_cpu_us != nullptr) {
+      options.direct->parked_clock = [&warm] {
+        wait_off_cpu(warm, kOffCpuWait);
+        return guest_cpu_time_us(warm);
+      };
+    }
   }
   // Plain runs carry reads (agent steps read through their own kv step, docs/jails.md).
   const bool carry = host != nullptr && done == Kind::run_done && options.direct == nullptr &&
@@ -413,6 +421,7 @@ Result<std::vector<std::uint8_t>> run_in_warm_guest(WarmGuest& warm, const RunIn
   Conversation talk = converse(channel, with_reads.empty() ? request : std::span<const std::uint8_t>(with_reads), done,
                                limits, host, input.max_result_bytes, options.heap_span, options.max_frame_bytes,
                                options.direct, carry ? &carried : nullptr);
+  if (options.direct != nullptr) options.direct->parked_clock = nullptr;  // it refers to `warm`
   if (talk.done) {
     if (carry) settle_reads(warm, input.source, *host, carried);
     // The clock is read after the answer only when the caller wants the run's CPU time (a
@@ -420,9 +429,17 @@ Result<std::vector<std::uint8_t>> run_in_warm_guest(WarmGuest& warm, const RunIn
     // counts from this run's start, which only makes it tighter: a run that used more than
     // the allowance has its guest's state read once at its next take.
     // Read once the guest has left its CPU (wait_off_cpu): before that the clock may not show
-    // the slice it ran this step in.
-    if (options.guest_cpu_us != nullptr) wait_off_cpu(warm, kOffCpuWait);
-    const std::optional<std::uint64_t> after = options.guest_cpu_us != nullptr ? guest_cpu_time_us(warm) : before;
+    // the slice it ran this step in. A strong stop's clock was read while the guest waited for
+    // its pages_taken word (parked_cpu_us, exact): the guest only answers and exits after it,
+    // so the clock is read once more without waiting for its exit (the teardown of its arena,
+    // ~2 ms for 1 MB, is no longer on the hop's path nor charged); of the work after the
+    // parked reading (reading the word, writing the answer) the part still in the guest's
+    // current slice, at most one scheduler tick, may be missed.
+    const std::optional<std::uint64_t> parked = options.direct != nullptr ? options.direct->parked_cpu_us : std::nullopt;
+    if (options.guest_cpu_us != nullptr && !parked) wait_off_cpu(warm, kOffCpuWait);
+    std::optional<std::uint64_t> after = options.guest_cpu_us != nullptr ? guest_cpu_time_us(warm) : before;
+    // A guest already reaped reads as an error: the parked reading then stands.
+    if (parked && (!after || *after < *parked)) after = parked;
     if (options.guest_cpu_us != nullptr) *options.guest_cpu_us = before && after && *after >= *before ? *after - *before : 0;
     warm.settled_cpu_us = after.value_or(0);
     warm.channel = channel.release();

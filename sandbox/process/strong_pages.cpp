@@ -122,6 +122,11 @@ std::optional<Error> take_stop_pages(HostChannel& channel, std::span<const std::
     return e.code == Errc::invalid_argument ? crashed("its heap span does not fit its arena (" + e.message + ")") : e;
   };
   bool refused = !direct.enabled || direct.pid <= 0;
+  // The guest waits for its word from here on (it wrote its span, then reads): its CPU clock,
+  // read off its CPU, holds the whole step up to the stop (read_parked below).
+  const auto read_parked = [&] {
+    if (direct.parked_clock) direct.parked_cpu_us = direct.parked_clock();
+  };
   if (!refused) {
     GuestArenaPages pages(direct.pid, direct.pidfd, source.arena_base, map);
     Result<std::vector<std::uint8_t>> sealed =
@@ -139,6 +144,7 @@ std::optional<Error> take_stop_pages(HostChannel& channel, std::span<const std::
       direct.image_us = micros_since(t0);
       // The sealing was the host's work while the guest waited: not the guest's wall time.
       channel.extend_deadline(std::chrono::microseconds(direct.image_us));
+      read_parked();  // after the sealing: the guest has long been asleep on its read
       status = channel.write(channel::frame_header(channel::Kind::pages_taken, 0));
       return std::nullopt;
     }
@@ -146,6 +152,7 @@ std::optional<Error> take_stop_pages(HostChannel& channel, std::span<const std::
   }
   if (refused) {
     // The guest writes its kept pages into the channel after all.
+    read_parked();
     status = channel.write(channel::frame_header(channel::Kind::pages_wanted, 0));
     if (status != ChannelStatus::ok) return std::nullopt;
     channel::Kind kind{};

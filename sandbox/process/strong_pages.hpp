@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <span>
 #include <utility>
@@ -21,11 +22,16 @@ struct DirectPages {
   int pidfd = -1;       // and its pidfd: the pid is used only while that says it was not reaped
   image::ImageSource source;              // a stop's image: build and arena (the handle comes from the span)
   image::ImageOpener* resume = nullptr;   // a resume's checked image, whose kept pages the guest waits for
+  // Set by a session that wants the step's CPU time: reads the guest's CPU clock once the guest
+  // is off its CPU. Called at a stop while the guest waits for its pages_taken (or
+  // pages_wanted) word, so that the step's reading need not wait for the guest's exit.
+  std::function<std::optional<std::uint64_t>()> parked_clock;
   // What happened.
   std::optional<std::vector<std::uint8_t>> image;  // a stop, sealed
   std::uint64_t raw_bytes = 0;   // its span
   std::uint64_t image_us = 0;    // its sealing
   std::uint64_t restore_us = 0;  // a resume's pages decompressed into the guest
+  std::optional<std::uint64_t> parked_cpu_us;  // parked_clock's reading at a stop
   int direct = 0;                // transfers made through the guest's memory
   int by_channel = 0;            // transfers made through the channel (refused, or disabled)
 };

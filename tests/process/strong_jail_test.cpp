@@ -436,3 +436,43 @@ TEST_CASE("strong steps of a principal start in its warm guests, which are then 
   auto after = warm.run(with_principal(input_of("return 2")), nullptr);
   REQUIRE(after.ok());
 }
+
+TEST_CASE("a strong step in a warm guest is charged the CPU it ran up to its stop, a resumed one too") {
+  auto own = ProcessJail::start(ProcessJailOptions{});
+  REQUIRE(own.ok());
+  ProcessJail& warm = **own;
+  const auto busy = [](std::string_view source) {
+    RunInput input = input_of(source, 2'000'000'000);
+    input.principal = "signer busy";
+    return input;
+  };
+  // Tens of milliseconds of the guest's own CPU before each stop: the host's reading, taken
+  // while the guest waits for its pages_taken word and not after its exit, holds all of it.
+  constexpr const char* kBusy = R"(
+    local function spin() local x = 0 for i = 1, 3e7 do x = x + i % 7 end return x end
+    function start()
+      spin()
+      agent.go('B')
+      spin()
+      agent.go('C')
+      return agent.here
+    end)";
+  // The same spin as a weak agent step, whose reading waits for the guest to leave its CPU.
+  const AgentInput alone_agent{"start", Value::table(), Value::table()};
+  auto alone = warm.run_agent(busy("function start() local x = 0 for i = 1, 3e7 do x = x + i % 7 end return x end"),
+                              alone_agent, nullptr);
+  REQUIRE_MESSAGE(alone.ok(), (alone.ok() ? "" : alone.error().message));
+  REQUIRE(alone->host_cpu_us > 5'000);
+  const AgentInput agent{"start", Value::table(), facts_at("A")};
+  auto first = warm.run_strong(busy(kBusy), agent, nullptr);
+  REQUIRE_MESSAGE(first.ok(), (first.ok() ? "" : first.error().message));
+  REQUIRE(first->step.strong_stop);
+  auto second = warm.resume_strong(first->image, busy(""), facts_at("B"), nullptr);
+  REQUIRE_MESSAGE(second.ok(), (second.ok() ? "" : second.error().message));
+  REQUIRE(second->step.strong_stop);
+  MESSAGE("the spin alone " << alone->host_cpu_us << " us; strong steps charged " << first->step.host_cpu_us
+                               << " and " << second->step.host_cpu_us << " us");
+  // At least most of the spin (a reading that missed it would show a few milliseconds at most).
+  CHECK(first->step.host_cpu_us * 4 > alone->host_cpu_us * 3);
+  CHECK(second->step.host_cpu_us * 4 > alone->host_cpu_us * 3);
+}
