@@ -3,7 +3,6 @@
 // again when a jail opens it.
 #include "agents/image_staging.hpp"
 
-#include <algorithm>
 #include <span>
 
 #include "sandbox/guest/arena.hpp"
@@ -23,29 +22,7 @@ Error refused(const std::string& why) { return make_error(Errc::sandbox_refused,
 // header, is smaller, a stored payload is exact) and the header.
 std::uint64_t sealed_bound(std::uint64_t payload) { return image::kHeaderBytes + payload + payload / 128 + (128u << 10); }
 
-// Images at least this large get a Toucher (a thread start is ~0.1 ms; their pieces' pages are
-// faulted in for several milliseconds).
-constexpr std::uint64_t kTouchFrom = 8u << 20;
-
 }  // namespace
-
-ImageStaging::Toucher::Toucher(const std::uint8_t* data, std::uint64_t total) {
-  thread_ = std::thread([this, data, total] {
-    constexpr std::uint64_t kStep = 2u << 20;  // a huge page at a time, where there are some
-    for (std::uint64_t end = total; end > 0 && !stop_.load(std::memory_order_relaxed);) {
-      const std::uint64_t reached = filled_.load(std::memory_order_relaxed);
-      if (end <= reached) break;
-      const std::uint64_t begin = std::max(reached, end > kStep ? end - kStep : 0);
-      image::prefault(data + begin, end - begin);  // SAFETY: inside the reserved buffer, which outlives this thread
-      end = begin;
-    }
-  });
-}
-
-ImageStaging::Toucher::~Toucher() {
-  stop_.store(true, std::memory_order_relaxed);
-  thread_.join();
-}
 
 void ImageStaging::prune_locked(std::chrono::steady_clock::time_point now) {
   for (auto it = staged_.begin(); it != staged_.end();) {
@@ -97,7 +74,6 @@ Result<void> ImageStaging::add(ImagePart part) {
     fresh.bytes.reserve(part.total_bytes);
     image::advise_huge_pages(fresh.bytes.data(), fresh.bytes.capacity());  // filled once, piece by piece
     fresh.expires = now + bounds_.lifetime;
-    if (fresh.total >= kTouchFrom) fresh.toucher = std::make_unique<Toucher>(fresh.bytes.data(), fresh.total);
     reserved_ += fresh.total;
     it = staged_.emplace(key, std::move(fresh)).first;
   } else if (it == staged_.end() || it->second.sha256 != part.image_sha256 || it->second.total != part.total_bytes ||
@@ -109,7 +85,6 @@ Result<void> ImageStaging::add(ImagePart part) {
   // the piece on this node's side of the call: from the message, straight to its place.
   image::prefault(it->second.bytes.data() + it->second.bytes.size(), part.bytes.size());  // one call, not a fault a page
   it->second.bytes.insert(it->second.bytes.end(), part.bytes.begin(), part.bytes.end());
-  if (it->second.toucher) it->second.toucher->filled(it->second.bytes.size());
   return {};
 }
 
@@ -118,7 +93,6 @@ std::optional<std::vector<std::uint8_t>> ImageStaging::take(const std::string& i
   std::lock_guard lock(mutex_);
   auto it = staged_.find({id, epoch});
   if (it == staged_.end() || it->second.sha256 != sha256 || it->second.bytes.size() != it->second.total) return std::nullopt;
-  it->second.toucher.reset();  // joined while the buffer is still the staging's
   std::vector<std::uint8_t> bytes = std::move(it->second.bytes);
   reserved_ -= it->second.total;
   staged_.erase(it);

@@ -4,13 +4,10 @@
 // "Images larger than a frame").
 #pragma once
 
-#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <map>
-#include <memory>
 #include <mutex>
-#include <thread>
 #include <optional>
 #include <string>
 #include <utility>
@@ -41,30 +38,11 @@ class ImageStaging {
   std::uint64_t staged_bytes();
 
  private:
-  // A large image's buffer is faulted in by a thread of its own, from its end down, while its
-  // pieces fill it from the start: the kernel's zeroing of those fresh pages (most of a
-  // piece's placement) then leaves the pieces' path when a core is free. Populating changes
-  // no byte, so it needs no order with the pieces' writes; it stops where they have reached,
-  // and is stopped and joined before the buffer goes.
-  class Toucher {
-   public:
-    Toucher(const std::uint8_t* data, std::uint64_t total);
-    ~Toucher();
-    Toucher(const Toucher&) = delete;
-    Toucher& operator=(const Toucher&) = delete;
-    void filled(std::uint64_t bytes) { filled_.store(bytes, std::memory_order_relaxed); }
-
-   private:
-    std::atomic<std::uint64_t> filled_{0};
-    std::atomic<bool> stop_{false};
-    std::thread thread_;
-  };
   struct Staged {
     std::string sha256;
     std::uint64_t total = 0;
     std::vector<std::uint8_t> bytes;
     std::chrono::steady_clock::time_point expires;
-    std::unique_ptr<Toucher> toucher;  // after `bytes`: gone before them
   };
   void prune_locked(std::chrono::steady_clock::time_point now);
   Bounds bounds_;

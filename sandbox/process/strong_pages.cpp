@@ -3,19 +3,15 @@
 // them meanwhile can only spoil its own image), and what it writes into a guest was checked first.
 #include "sandbox/process/strong_pages.hpp"
 
-#include <sys/mman.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
 #include <algorithm>
-#include <atomic>
 #include <cerrno>
 #include <chrono>
 #include <cstring>
-#include <memory>
 #include <string>
-#include <thread>
 
 #include "sandbox/guest/arena.hpp"
 #include "sandbox/image/scratch.hpp"
@@ -35,81 +31,6 @@ Error crashed(const std::string& why) { return make_error(Errc::guest_crashed, "
 
 bool refusal(int error) { return error == EPERM || error == EACCES || error == ENOSYS; }
 
-// Kept pages at least this large are faulted in by a second thread while the first decompresses
-// and writes (PageToucher).
-constexpr std::uint64_t kTouchFrom = 8u << 20;
-
-// kReadPiece bytes of zeros that take no memory: a read-only anonymous mapping, never written
-// (every page of it is the kernel's zero page). Null if it cannot be mapped.
-const std::uint8_t* zero_piece() {
-  static const std::uint8_t* const zeros = [] {
-    void* p = ::mmap(nullptr, image::kReadPiece, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    return p == MAP_FAILED ? nullptr : static_cast<const std::uint8_t*>(p);
-  }();
-  return zeros;
-}
-
-// A fresh guest's arena is faulted in by the restore's writes, a page (or a 2 MB huge page) at a
-// time, each zeroed by the kernel first: for a large image that zeroing, not the decompression
-// nor the copy, is most of the restore (~80% of its CPU at 64 MB). A second thread takes those
-// faults for the last pieces while the restoring thread works through the first ones: it writes
-// zeros into a piece's pages (process_vm_writev from the zero page: no copy of the image, no
-// memory of its own), which the restoring thread then overwrites with the piece's bytes.
-//
-// Each piece is touched by one thread first, and zeros never land on bytes already restored: the
-// restoring thread claims pieces from the first up, the helper from the last down, each claim one
-// compare-and-swap on the piece's state; where they meet, a piece the helper holds is waited for
-// before it is written. The helper writes kept pages only (pages the image left out stay
-// unmapped), and stops at the first failure (the restoring thread meets and reports its own).
-class PageToucher {
- public:
-  PageToucher(int pid, int pidfd, std::uint64_t base, std::span<const std::uint8_t> page_map, std::uint64_t kept)
-      : kept_(kept), pieces_((kept + image::kReadPiece - 1) / image::kReadPiece), state_(pieces_) {
-    const std::uint8_t* zeros = zero_piece();
-    if (zeros == nullptr || pieces_ < 2) return;
-    helper_ = std::thread([this, pid, pidfd, base, page_map, zeros] {
-      GuestArenaPages pages(pid, pidfd, base, page_map);
-      for (std::size_t k = pieces_ - 1; k >= 1 && !stop_.load(std::memory_order_relaxed); --k) {
-        std::uint8_t free = kFree;
-        if (!state_[k].compare_exchange_strong(free, kTouching, std::memory_order_acq_rel)) break;  // reached
-        const std::uint64_t at = k * image::kReadPiece;
-        const auto n = static_cast<std::size_t>(std::min<std::uint64_t>(image::kReadPiece, kept_ - at));
-        const bool ok = pages.seek(at) && pages.write(std::span(zeros, n)) == GuestArenaPages::Outcome::ok;
-        state_[k].store(kTouched, std::memory_order_release);
-        state_[k].notify_all();
-        if (!ok) break;
-      }
-    });
-  }
-  ~PageToucher() {
-    stop_.store(true, std::memory_order_relaxed);
-    if (helper_.joinable()) helper_.join();
-  }
-  PageToucher(const PageToucher&) = delete;
-  PageToucher& operator=(const PageToucher&) = delete;
-
-  // Before the restoring thread writes the piece at `offset`: claims it, or waits for the
-  // helper to finish touching it.
-  void before_write(std::uint64_t offset) {
-    const std::size_t k = static_cast<std::size_t>(offset / image::kReadPiece);
-    if (k >= pieces_) return;
-    std::uint8_t free = kFree;
-    if (state_[k].compare_exchange_strong(free, kRestoring, std::memory_order_acq_rel)) return;
-    for (std::uint8_t now = state_[k].load(std::memory_order_acquire); now == kTouching;
-         now = state_[k].load(std::memory_order_acquire)) {
-      state_[k].wait(kTouching, std::memory_order_acquire);
-    }
-  }
-
- private:
-  static constexpr std::uint8_t kFree = 0, kTouching = 1, kTouched = 2, kRestoring = 3;
-  std::uint64_t kept_;
-  std::size_t pieces_;
-  std::vector<std::atomic<std::uint8_t>> state_;
-  std::atomic<bool> stop_{false};
-  std::thread helper_;  // last: started once the state above exists
-};
-
 }  // namespace
 
 GuestArenaPages::GuestArenaPages(int pid, int pidfd, std::uint64_t base, std::span<const std::uint8_t> page_map)
@@ -125,19 +46,6 @@ GuestArenaPages::GuestArenaPages(int pid, int pidfd, std::uint64_t base, std::sp
     runs_.emplace_back(i, j - i);
     i = j;
   }
-}
-
-bool GuestArenaPages::seek(std::uint64_t offset) {
-  std::uint64_t page = offset / kPage;
-  for (run_ = 0; run_ < runs_.size(); ++run_) {
-    if (page < runs_[run_].second) {
-      into_run_ = page;
-      return true;
-    }
-    page -= runs_[run_].second;
-  }
-  into_run_ = 0;
-  return page == 0;  // exactly the end
 }
 
 GuestArenaPages::Outcome GuestArenaPages::read(std::span<std::uint8_t> into) { return move(into.data(), into.size(), false); }
@@ -283,14 +191,10 @@ std::optional<Error> give_resume_pages(HostChannel& channel, DirectPages& direct
   // (reused across threads and images, see scratch.hpp: a fresh one would be faulted in each time)
   const image::Scratch bounce(static_cast<std::size_t>(std::min<std::uint64_t>(image::kReadPiece, kept)));
   const std::span<std::uint8_t> piece = bounce.bytes();
-  // Joined (stopped first) on every way out of this function.
-  std::optional<PageToucher> toucher;
-  if (!by_channel && kept >= kTouchFrom) toucher.emplace(direct.pid, direct.pidfd, opener.header().arena_base, opener.page_map(), kept);
   for (std::uint64_t at = 0; at < kept;) {
     const std::span<std::uint8_t> bytes(piece.data(), static_cast<std::size_t>(std::min<std::uint64_t>(piece.size(), kept - at)));
     if (Result<void> next = opener.next(bytes); !next) return next.error();
     if (!by_channel) {
-      if (toucher) toucher->before_write(at);
       const GuestArenaPages::Outcome put = pages.write(bytes);
       if (put == GuestArenaPages::Outcome::failed || (put == GuestArenaPages::Outcome::refused && at != 0)) {
         return crashed(std::string("its arena could not be written (") + std::strerror(pages.last_errno()) + ")");

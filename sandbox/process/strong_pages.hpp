@@ -40,9 +40,6 @@ class GuestArenaPages {
   // The next bytes of kept pages (a whole number of pages), read from or written to the guest.
   Outcome read(std::span<std::uint8_t> into);
   Outcome write(std::span<const std::uint8_t> from);
-  // Places the next read or write `offset` bytes (a whole number of pages) into the kept pages;
-  // false past their end.
-  bool seek(std::uint64_t offset);
   int last_errno() const { return errno_; }
 
  private:

@@ -4,7 +4,6 @@
 // that step's. The trusted level refuses strong steps with the reason.
 #include <doctest/doctest.h>
 
-#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <array>
@@ -14,7 +13,6 @@
 #include <vector>
 
 #include "sandbox/image/heap_image.hpp"
-#include "sandbox/process/strong_pages.hpp"
 #include "sojourn/sandbox/jail.hpp"
 #include "sojourn/sandbox/process_jail.hpp"
 #include "tests/support/error_checks.hpp"
@@ -270,12 +268,11 @@ TEST_CASE("a corrupt but well-hashed image kills only its guest; the next step w
   CHECK(first_result(*good) == "ok 3");
 }
 
-TEST_CASE("a large heap with holes is restored byte for byte while a second thread faults its pages in") {
+TEST_CASE("a large heap with holes is restored byte for byte") {
   // 16 MB of live strings, each unique, between 16 MB of garbage freed before the go: the kept
-  // pages (over the 8 MB from which a second thread faults the guest's pages in ahead of the
-  // restore) come in many runs. After the move every live string is compared with its
-  // regenerated self: a piece placed at the wrong offset, or zeros written over restored bytes,
-  // would differ.
+  // pages come in many runs and many 1 MB restore pieces. After the move every live string is
+  // compared with its regenerated self: a piece placed at the wrong offset, or a page of zeros
+  // where restored bytes belong, would differ.
   auto first = start(R"(
     function start()
       local function make(i) return string.rep(string.format("%08x:%06d|", (i * 2654435761) % 4294967296, i), 1000) end
@@ -296,31 +293,6 @@ TEST_CASE("a large heap with holes is restored byte for byte while a second thre
   auto second = resume(first->image, "B");
   REQUIRE_MESSAGE(second.ok(), (second.ok() ? "" : second.error().message));
   CHECK(first_result(*second) == "1024:0");
-}
-
-TEST_CASE("kept pages are placed by their offset among the map's runs") {
-  // This process's own memory, through the same calls as a guest's: 16 pages, of which the map
-  // keeps 1-3, 6 and 9-12 (8 pages in 3 runs).
-  constexpr std::size_t kPage = image::kPageBytes;
-  std::vector<std::uint8_t> arena(16 * kPage, 0);
-  const std::array<std::uint8_t, 2> map{0b0100'1110, 0b0001'1110};
-  const int pidfd = static_cast<int>(::syscall(SYS_pidfd_open, ::getpid(), 0));
-  REQUIRE(pidfd >= 0);
-  sojourn::sandbox::GuestArenaPages pages(::getpid(), pidfd, reinterpret_cast<std::uint64_t>(arena.data()), map);
-  const std::vector<std::uint8_t> twos(2 * kPage, 2), ones(kPage, 1);
-  // Kept pages 4 and 5 (arena pages 9 and 10), then kept page 2 (arena page 3), then the end.
-  REQUIRE(pages.seek(4 * kPage));
-  REQUIRE(pages.write(twos) == sojourn::sandbox::GuestArenaPages::Outcome::ok);
-  REQUIRE(pages.seek(2 * kPage));
-  REQUIRE(pages.write(ones) == sojourn::sandbox::GuestArenaPages::Outcome::ok);
-  CHECK(pages.seek(8 * kPage));
-  CHECK_FALSE(pages.seek(9 * kPage));
-  ::close(pidfd);
-  for (std::size_t p = 0; p < 16; ++p) {
-    const std::uint8_t want = p == 9 || p == 10 ? 2 : p == 3 ? 1 : 0;
-    CHECK_MESSAGE(arena[p * kPage] == want, "page " << p);
-    CHECK_MESSAGE(arena[p * kPage + kPage - 1] == want, "page " << p);
-  }
 }
 
 TEST_CASE("a heap with holes travels as its kept pages and the holes come back as zeros") {
