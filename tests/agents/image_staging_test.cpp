@@ -124,7 +124,7 @@ TEST_CASE("a large image in 1 MB pieces is assembled; restarted or dropped midwa
   constexpr std::size_t kLarge = 1u << 20;
   const std::string id(32, 'a');
   ImageStaging staging(bounds());
-  // Begun, then begun again (a retried hand-over): the first buffer and its thread go.
+  // Begun, then begun again (a retried hand-over): the first buffer goes.
   for (std::size_t at = 0; at < 3 * kLarge; at += kLarge) REQUIRE(staging.add(piece_of(img, at, kLarge)).ok());
   for (std::size_t at = 0; at < img.size(); at += kLarge) REQUIRE(staging.add(piece_of(img, at, kLarge)).ok());
   auto taken = staging.take(id, 2, sha256_hex(img));
