@@ -118,4 +118,25 @@ TEST_CASE("an incompressible image of every codec is staged; a first piece namin
   CHECK(staging.staged_bytes() == 0);
 }
 
+TEST_CASE("a large image in 1 MB pieces is assembled; restarted or dropped midway, nothing is left") {
+  const auto img = sealed_image(2560, image::Codec::stored);
+  REQUIRE(img.size() > (10u << 20));
+  constexpr std::size_t kLarge = 1u << 20;
+  const std::string id(32, 'a');
+  ImageStaging staging(bounds());
+  // Begun, then begun again (a retried hand-over): the first buffer goes.
+  for (std::size_t at = 0; at < 3 * kLarge; at += kLarge) REQUIRE(staging.add(piece_of(img, at, kLarge)).ok());
+  for (std::size_t at = 0; at < img.size(); at += kLarge) REQUIRE(staging.add(piece_of(img, at, kLarge)).ok());
+  auto taken = staging.take(id, 2, sha256_hex(img));
+  REQUIRE(taken.has_value());
+  CHECK(*taken == img);
+  CHECK(staging.staged_bytes() == 0);
+  // Dropped past its lifetime in the middle of its pieces.
+  ImageStaging brief(bounds(std::chrono::milliseconds(20)));
+  REQUIRE(brief.add(piece_of(img, 0, kLarge)).ok());
+  std::this_thread::sleep_for(std::chrono::milliseconds(40));
+  CHECK_ERROR(brief.add(piece_of(img, kLarge, kLarge)), Errc::invalid_argument, "follows no piece before it");
+  CHECK(brief.staged_bytes() == 0);
+}
+
 }  // namespace sojourn
