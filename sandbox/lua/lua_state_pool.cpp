@@ -373,6 +373,8 @@ void return_pooled_state(PooledStatePtr state) {
   lua_settop(L, 0);
   ctx.host = nullptr;
   ctx.abort = nullptr;
+  ctx.deferred_chunk_name = {};  // the run's text, registered or not, is gone with the run
+  ctx.deferred_chunk_source = {};
   ctx.byte_cap = std::max(kHousekeepingBytes, ctx.bytes_in_use + kHousekeepingBytes);
   if (++state->runs >= kMaxRunsPerState) return;
   Housekeeping work{state.get()};
