@@ -46,7 +46,9 @@ constexpr int kPoolLibraries = 3;    // {library, its copy, its size, holds refe
 //    a fast function, where five C API calls per library cost more), then compared with its copy: a copy that holds no table or userdata (entry[4]
 //    false: functions, numbers and strings only) with `~=`, which calls no __eq there (Lua
 //    calls it only when both sides are tables, or both userdata); the others with rawequal.
-//    Any difference returns false: the state is never shown to another run.
+//    The keys whose prepared value is 0 (entry[5]) are compared again by their inverses:
+//    `==` finds -0 equal to 0, 1/-0 is -inf. Any difference returns false: the state is
+//    never shown to another run.
 // 2. The registry back as prepared, in one walk of the registry: a key the snapshot lacks is
 //    removed, a prepared value changed is set again, a per-run table a run filled (or gave a
 //    metatable) is replaced by a new empty one (one still empty is kept: nothing of the run is
@@ -72,6 +74,13 @@ constexpr std::string_view kHousekeepingSource =
     "      end\n"
     "    end\n"
     "    if n ~= entry[3] then return false end\n"
+    "    local zeros = entry[5]\n"
+    "    if zeros then\n"
+    "      for j = 1, #zeros do\n"
+    "        local k = zeros[j]\n"
+    "        if 1 / library[k] ~= 1 / copy[k] then return false end\n"
+    "      end\n"
+    "    end\n"
     "  end\n"
     "  local met = 0\n"
     "  for k, v in next, registry do\n"
@@ -156,6 +165,54 @@ bool holds_references(lua_State* L, int table) {
   return found;
 }
 
+// Pushes the list of the keys of the table at `table` whose value is the number 0 (or -0),
+// or false when there are none: `==` and rawequal find 0 and -0 equal, the housekeeping
+// function tells them apart by their inverses (inf and -inf).
+void push_zero_keys(lua_State* L, int table) {
+  int zeros = 0;
+  lua_pushboolean(L, 0);
+  const int list = lua_gettop(L);
+  lua_pushnil(L);
+  while (lua_next(L, table) != 0) {
+    if (lua_type(L, -1) == LUA_TNUMBER && lua_tonumber(L, -1) == 0) {
+      if (zeros == 0) {
+        lua_newtable(L);
+        lua_replace(L, list);
+      }
+      lua_pushvalue(L, -2);
+      lua_rawseti(L, list, ++zeros);
+    }
+    lua_pop(L, 1);
+  }
+}
+
+// Fills the table at `list` with what each library table (a table among the globals, _G
+// aside) holds now, to check it after every run: {library, its copy, its size, holds
+// references, its keys holding 0 (or false)} each.
+void fill_library_list(lua_State* L, int list) {
+  int libraries = 0;
+  lua_pushnil(L);
+  while (lua_next(L, LUA_GLOBALSINDEX) != 0) {
+    if (lua_istable(L, -1) && !lua_rawequal(L, -1, LUA_GLOBALSINDEX)) {
+      const int library = lua_gettop(L);
+      const int size = count_entries(L, library);
+      lua_createtable(L, 5, 0);
+      lua_pushvalue(L, library);
+      lua_rawseti(L, -2, 1);
+      push_table_copy(L, library, size);
+      lua_rawseti(L, -2, 2);
+      lua_pushinteger(L, size);
+      lua_rawseti(L, -2, 3);
+      lua_pushboolean(L, holds_references(L, library) ? 1 : 0);
+      lua_rawseti(L, -2, 4);
+      push_zero_keys(L, library);
+      lua_rawseti(L, -2, 5);
+      lua_rawseti(L, list, ++libraries);
+    }
+    lua_pop(L, 1);
+  }
+}
+
 bool is_plain_name(const char* text, std::size_t len) {
   if (len == 0) return false;
   for (std::size_t i = 0; i < len; ++i) {
@@ -213,27 +270,8 @@ int prepare_protected(lua_State* L) {
   lua::register_library(L, LUA_GLOBALSINDEX);
   prepare_agent_api(L);  // each agent step's `agent` table holds these (open_agent_api)
   lua_createtable(L, 3, 0);  // 1: the pool's own tables
-  // What each library table holds once prepared, to check it after every run.
   lua_newtable(L);
-  int libraries = 0;
-  lua_pushnil(L);
-  while (lua_next(L, LUA_GLOBALSINDEX) != 0) {
-    if (lua_istable(L, -1) && !lua_rawequal(L, -1, LUA_GLOBALSINDEX)) {
-      const int library = lua_gettop(L);
-      const int size = count_entries(L, library);
-      lua_createtable(L, 3, 0);
-      lua_pushvalue(L, library);
-      lua_rawseti(L, -2, 1);
-      push_table_copy(L, library, size);
-      lua_rawseti(L, -2, 2);
-      lua_pushinteger(L, size);
-      lua_rawseti(L, -2, 3);
-      lua_pushboolean(L, holds_references(L, library) ? 1 : 0);
-      lua_rawseti(L, -2, 4);
-      lua_rawseti(L, 2, ++libraries);
-    }
-    lua_pop(L, 1);
-  }
+  fill_library_list(L, 2);
   lua_rawseti(L, 1, kPoolLibraries);
   // The globals as a list, so that each run's copy is made without lua_next.
   lua_newtable(L);
@@ -515,6 +553,15 @@ int push_cached_chunk(lua_State* L, PooledState& state, const char* chunk_name, 
   lua_settop(L, fn);
   ++state.cached_chunks;
   return 0;
+}
+
+void refill_library_list(PooledState& state) {
+  lua_State* L = state.L;
+  lua_settop(L, 0);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, state.pool_ref);
+  lua_rawgeti(L, 1, kPoolLibraries);
+  fill_library_list(L, 2);
+  lua_settop(L, 0);
 }
 
 std::size_t idle_pooled_states() {
