@@ -157,6 +157,7 @@ std::vector<detail::SharedText> find_candidates(lua_State* L, std::string_view c
     add(chunk_name, 1);
     return out;
   }
+  register_deferred_chunk(L);
   lua_getfield(L, LUA_REGISTRYINDEX, kChunksKey);
   if (lua_istable(L, -1)) {
     lua_pushlstring(L, chunk_name.data(), chunk_name.size());

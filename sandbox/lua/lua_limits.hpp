@@ -81,6 +81,13 @@ struct RunContext {
   // agent.wait called right in it, where it can yield, end the step by a yield back to the
   // step's C code instead of an error unwound through every C frame.
   lua_State* agent_thread = nullptr;
+
+  // A pooled run's chunk (name and text, alive for the run), registered for its functions'
+  // texts (lua::register_chunk) only once a function is converted to a Value: most runs
+  // convert none, and the pool's reset would remove the registration anyway. Empty when
+  // none is pending; cleared at the start and the end of each run.
+  std::string_view deferred_chunk_name;
+  std::string_view deferred_chunk_source;
 };
 
 // C stack that C functions of one run may use below run_lua's frame: LuaJIT checks its own

@@ -26,6 +26,21 @@
 
 namespace sojourn::sandbox {
 
+namespace lua {
+
+void register_deferred_chunk(lua_State* L) {
+  void* ud = nullptr;
+  // A state whose allocator is capped_alloc has a RunContext as the allocator's data.
+  if (lua_getallocf(L, &ud) != &detail::capped_alloc || ud == nullptr) return;
+  auto& ctx = *static_cast<detail::RunContext*>(ud);
+  if (ctx.deferred_chunk_name.empty()) return;
+  register_chunk(L, ctx.deferred_chunk_name, ctx.deferred_chunk_source);
+  ctx.deferred_chunk_name = {};
+  ctx.deferred_chunk_source = {};
+}
+
+}  // namespace lua
+
 namespace detail {
 
 namespace {
@@ -254,8 +269,14 @@ int run_protected(lua_State* L) {
   }
   if (load_status == LUA_ERRMEM) detail::raise_limit(L, detail::limit_error(Errc::memory_limit, ctx.limits));
   if (load_status != 0) return lua_error(L);
-  // Functions the chunk defines may travel as text, cut out of this source.
-  lua::register_chunk(L, job.chunk_name, input.source);
+  // Functions the chunk defines may travel as text, cut out of this source. A pooled run's
+  // text is registered only when one of its functions is converted (lua_function.cpp).
+  if (job.pooled != nullptr) {
+    ctx.deferred_chunk_name = job.chunk_name;
+    ctx.deferred_chunk_source = input.source;
+  } else {
+    lua::register_chunk(L, job.chunk_name, input.source);
+  }
   Result<int> pushed = lua::push_array_items_protected(L, input.args, ctx.limits.memory_bytes);
   if (!pushed.ok()) {
     detail::reraise_pending_kill(L);  // a kill met while rebuilding a closure
@@ -293,6 +314,8 @@ void start_context(RunContext& ctx, const RunInput& input, HostCalls* host, std:
   ctx.go_peer.clear();
   ctx.go_entry.clear();
   ctx.agent_thread = nullptr;
+  ctx.deferred_chunk_name = {};
+  ctx.deferred_chunk_source = {};
 }
 
 }  // namespace detail

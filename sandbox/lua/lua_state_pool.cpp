@@ -31,6 +31,7 @@ namespace {
 constexpr int kPoolChunks = 1;       // the chunk cache: chunk name -> {source -> function}
 constexpr int kPoolGlobalsList = 2;  // the prepared globals as a list {k1, v1, k2, v2, ...}
 constexpr int kPoolLibraries = 3;    // {library, its copy, its size, holds references} each
+constexpr int kPoolZeros = 4;        // {library, its copy, a key whose value is 0, ...}
 
 // The pool's housekeeping after a run, in Lua because `for ... in next, t` walks a table's slots
 // directly, where lua_next looks each key up again. Our own text, loaded in mode "t"; no run's
@@ -46,7 +47,9 @@ constexpr int kPoolLibraries = 3;    // {library, its copy, its size, holds refe
 //    a fast function, where five C API calls per library cost more), then compared with its copy: a copy that holds no table or userdata (entry[4]
 //    false: functions, numbers and strings only) with `~=`, which calls no __eq there (Lua
 //    calls it only when both sides are tables, or both userdata); the others with rawequal.
-//    Any difference returns false: the state is never shown to another run.
+//    Then the keys whose prepared value is 0 (the zeros list) are compared again by their
+//    inverses: `==` finds -0 equal to 0, 1/-0 is -inf. Any difference returns false: the state is
+//    never shown to another run.
 // 2. The registry back as prepared, in one walk of the registry: a key the snapshot lacks is
 //    removed, a prepared value changed is set again, a per-run table a run filled (or gave a
 //    metatable) is replaced by a new empty one (one still empty is kept: nothing of the run is
@@ -54,7 +57,7 @@ constexpr int kPoolLibraries = 3;    // {library, its copy, its size, holds refe
 //    snapshot holds), a walk of the snapshot puts back what is missing. The registry has no
 //    metatable, and neither have these tables.
 constexpr std::string_view kHousekeepingSource =
-    "local next, rawequal, type, getmetatable, libraries, registry, snapshot, emptied, prepared_keys = ...\n"
+    "local next, rawequal, type, getmetatable, libraries, zeros, registry, snapshot, emptied, prepared_keys = ...\n"
     "return function()\n"
     "  for i = 1, #libraries do\n"
     "    local entry = libraries[i]\n"
@@ -72,6 +75,10 @@ constexpr std::string_view kHousekeepingSource =
     "      end\n"
     "    end\n"
     "    if n ~= entry[3] then return false end\n"
+    "  end\n"
+    "  for j = 1, #zeros, 3 do\n"
+    "    local library, copy, k = zeros[j], zeros[j + 1], zeros[j + 2]\n"
+    "    if 1 / library[k] ~= 1 / copy[k] then return false end\n"
     "  end\n"
     "  local met = 0\n"
     "  for k, v in next, registry do\n"
@@ -156,6 +163,55 @@ bool holds_references(lua_State* L, int table) {
   return found;
 }
 
+// Fills the table at `list` with what each library table (a table among the globals, _G
+// aside) holds now, to check it after every run: {library, its copy, its size, holds
+// references} each; and the table at `zeros` with {library, its copy, key} for each key
+// whose value is the number 0 (or -0): `==` and rawequal find 0 and -0 equal, the
+// housekeeping function tells them apart by their inverses (inf and -inf). Both are
+// emptied first.
+void fill_library_list(lua_State* L, int list, int zeros) {
+  for (int i = static_cast<int>(lua_objlen(L, list)); i > 0; --i) {
+    lua_pushnil(L);
+    lua_rawseti(L, list, i);
+  }
+  for (int i = static_cast<int>(lua_objlen(L, zeros)); i > 0; --i) {
+    lua_pushnil(L);
+    lua_rawseti(L, zeros, i);
+  }
+  int libraries = 0;
+  int zero_slots = 0;
+  lua_pushnil(L);
+  while (lua_next(L, LUA_GLOBALSINDEX) != 0) {
+    if (lua_istable(L, -1) && !lua_rawequal(L, -1, LUA_GLOBALSINDEX)) {
+      const int library = lua_gettop(L);
+      const int size = count_entries(L, library);
+      lua_createtable(L, 4, 0);
+      lua_pushvalue(L, library);
+      lua_rawseti(L, -2, 1);
+      push_table_copy(L, library, size);
+      lua_rawseti(L, -2, 2);
+      lua_pushinteger(L, size);
+      lua_rawseti(L, -2, 3);
+      lua_pushboolean(L, holds_references(L, library) ? 1 : 0);
+      lua_rawseti(L, -2, 4);
+      lua_pushnil(L);
+      while (lua_next(L, library) != 0) {
+        if (lua_type(L, -1) == LUA_TNUMBER && lua_tonumber(L, -1) == 0) {
+          lua_pushvalue(L, library);
+          lua_rawseti(L, zeros, ++zero_slots);
+          lua_rawgeti(L, -3, 2);  // the copy
+          lua_rawseti(L, zeros, ++zero_slots);
+          lua_pushvalue(L, -2);
+          lua_rawseti(L, zeros, ++zero_slots);
+        }
+        lua_pop(L, 1);
+      }
+      lua_rawseti(L, list, ++libraries);
+    }
+    lua_pop(L, 1);
+  }
+}
+
 bool is_plain_name(const char* text, std::size_t len) {
   if (len == 0) return false;
   for (std::size_t i = 0; i < len; ++i) {
@@ -212,28 +268,11 @@ int prepare_protected(lua_State* L) {
   open_require_remote(L);
   lua::register_library(L, LUA_GLOBALSINDEX);
   prepare_agent_api(L);  // each agent step's `agent` table holds these (open_agent_api)
-  lua_createtable(L, 3, 0);  // 1: the pool's own tables
-  // What each library table holds once prepared, to check it after every run.
-  lua_newtable(L);
-  int libraries = 0;
-  lua_pushnil(L);
-  while (lua_next(L, LUA_GLOBALSINDEX) != 0) {
-    if (lua_istable(L, -1) && !lua_rawequal(L, -1, LUA_GLOBALSINDEX)) {
-      const int library = lua_gettop(L);
-      const int size = count_entries(L, library);
-      lua_createtable(L, 3, 0);
-      lua_pushvalue(L, library);
-      lua_rawseti(L, -2, 1);
-      push_table_copy(L, library, size);
-      lua_rawseti(L, -2, 2);
-      lua_pushinteger(L, size);
-      lua_rawseti(L, -2, 3);
-      lua_pushboolean(L, holds_references(L, library) ? 1 : 0);
-      lua_rawseti(L, -2, 4);
-      lua_rawseti(L, 2, ++libraries);
-    }
-    lua_pop(L, 1);
-  }
+  lua_createtable(L, 4, 0);  // 1: the pool's own tables
+  lua_newtable(L);  // 2
+  lua_newtable(L);  // 3
+  fill_library_list(L, 2, 3);
+  lua_rawseti(L, 1, kPoolZeros);
   lua_rawseti(L, 1, kPoolLibraries);
   // The globals as a list, so that each run's copy is made without lua_next.
   lua_newtable(L);
@@ -280,12 +319,13 @@ int prepare_protected(lua_State* L) {
   for (const char* name : {"next", "rawequal", "type", "getmetatable"}) lua_getfield(L, LUA_GLOBALSINDEX, name);
   lua_rawgeti(L, LUA_REGISTRYINDEX, state.pool_ref);
   lua_rawgeti(L, -1, kPoolLibraries);
-  lua_remove(L, -2);
+  lua_rawgeti(L, -2, kPoolZeros);
+  lua_remove(L, -3);
   lua_pushvalue(L, LUA_REGISTRYINDEX);
   lua_pushvalue(L, 1);
   lua_pushvalue(L, 2);
   lua_pushinteger(L, prepared_keys);
-  lua_call(L, 9, 1);
+  lua_call(L, 10, 1);
   lua_pushvalue(L, -1);
   lua_rawseti(L, LUA_REGISTRYINDEX, state.housekeeping_ref);
   lua_rawseti(L, 1, state.housekeeping_ref);  // the snapshot's value for that slot
@@ -373,6 +413,8 @@ void return_pooled_state(PooledStatePtr state) {
   lua_settop(L, 0);
   ctx.host = nullptr;
   ctx.abort = nullptr;
+  ctx.deferred_chunk_name = {};  // the run's text, registered or not, is gone with the run
+  ctx.deferred_chunk_source = {};
   ctx.byte_cap = std::max(kHousekeepingBytes, ctx.bytes_in_use + kHousekeepingBytes);
   if (++state->runs >= kMaxRunsPerState) return;
   Housekeeping work{state.get()};
@@ -513,6 +555,16 @@ int push_cached_chunk(lua_State* L, PooledState& state, const char* chunk_name, 
   lua_settop(L, fn);
   ++state.cached_chunks;
   return 0;
+}
+
+void refill_library_list(PooledState& state) {
+  lua_State* L = state.L;
+  lua_settop(L, 0);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, state.pool_ref);
+  lua_rawgeti(L, 1, kPoolLibraries);
+  lua_rawgeti(L, 1, kPoolZeros);
+  fill_library_list(L, 2, 3);
+  lua_settop(L, 0);
 }
 
 std::size_t idle_pooled_states() {

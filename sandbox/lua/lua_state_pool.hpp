@@ -78,6 +78,9 @@ void begin_pooled_run(lua_State* L, const PooledState& state);
 // loaded functions, never bytecode.
 int push_cached_chunk(lua_State* L, PooledState& state, const char* chunk_name, std::string_view source);
 
+// For tests: takes what the state's library tables hold now as what they were prepared with
+// (a test that gave one a field the environment has none of today, such as a 0).
+void refill_library_list(PooledState& state);
 // For tests: idle states in the pool, and emptying it.
 std::size_t idle_pooled_states();
 void clear_state_pool();

@@ -18,6 +18,10 @@ namespace sojourn::sandbox::lua {
 // chunk loaded with luaL_loadstring (its text as its name) needs no registration.
 // Raise Lua errors (memory): call them from a protected context.
 void register_chunk(lua_State* L, std::string_view chunk_name, std::string_view source, int first_line = 1);
+// Registers a chunk a run deferred (a pooled run's: RunContext::deferred_chunk_*, set by
+// run_lua), when one is pending; called before registered texts are read. Raises Lua errors
+// (memory); a refused allocation leaves it pending.
+void register_deferred_chunk(lua_State* L);
 // Every function reachable from the globals table at `globals` (the restricted
 // environment: print, table.insert, ...) travels by name and is found by name where it is
 // rebuilt, in that run's own registered library. Other C functions cannot travel.

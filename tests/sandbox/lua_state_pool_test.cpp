@@ -4,6 +4,7 @@
 #include <doctest/doctest.h>
 
 #include <atomic>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <memory>
@@ -476,4 +477,98 @@ TEST_CASE("the chunk cache started over after many texts still answers each text
   lua_State* L = idle_state_of("alice");
   REQUIRE(L != nullptr);
   CHECK(detail::describe_registry(L) == baseline);
+}
+
+namespace {
+
+// A host call given a function: runs another chunk of the same principal that returns a
+// function of its own (its own state, its own deferred text), then answers both.
+struct FunctionEcho final : HostCalls {
+  Value inner;
+  Result<Value> call(std::string_view, const Value& args) override {
+    auto r = run("local function h() return 'inner' end\nreturn h", "alice", kLimits, {}, nullptr, "=inner");
+    if (!r.ok()) return r.error();
+    inner = r->get(1);
+    return args.get(1);
+  }
+};
+
+}  // namespace
+
+TEST_CASE("a pooled run's functions travel with its own text, registered when first converted") {
+  detail::clear_state_pool();
+  // The same chunk name with another text first: the cached chunk and a registration of that
+  // text must not be what the next run's functions are cut from.
+  const Value first = ok_results(run("return function() return 'first' end", "alice", kLimits, {}, nullptr, "=same"));
+  REQUIRE(first.get(1).is_function());
+  CHECK(first.get(1).function_source().find("'first'") != std::string::npos);
+  FunctionEcho host;
+  const Value r = ok_results(run("local function f() return 'f' end\n"
+                                 "local g = node.call('echo', f)\n"
+                                 "local function k() return 'k' end\n"
+                                 "return f, k, g, g()",
+                                 "alice", kLimits, {}, &host, "=same"));
+  REQUIRE(r.get(1).is_function());
+  CHECK(r.get(1).function_source().find("'f'") != std::string::npos);
+  REQUIRE(r.get(2).is_function());
+  CHECK(r.get(2).function_source().find("'k'") != std::string::npos);
+  REQUIRE(r.get(3).is_function());
+  CHECK(r.get(4).as_string() == "f");
+  REQUIRE(host.inner.is_function());
+  CHECK(host.inner.function_source().find("'inner'") != std::string::npos);
+  // A run that converts no function leaves no registration behind either.
+  detail::PooledStatePtr prepared = detail::take_pooled_state("carol");
+  REQUIRE(prepared != nullptr);
+  const std::string baseline = detail::describe_registry(prepared->L);
+  prepared.reset();
+  detail::clear_state_pool();
+  ok_results(run("local function f() return 1 end; return f() + 1", "alice"));
+  lua_State* L = idle_state_of("alice");
+  REQUIRE(L != nullptr);
+  CHECK(detail::describe_registry(L) == baseline);
+  CHECK(ok_results(run("return function() return 'again' end", "alice", kLimits, {}, nullptr, "=same")).get(1).function_source().find("'again'") !=
+        std::string::npos);
+}
+
+TEST_CASE("a library field holding 0 that a run set to -0 gives no state back") {
+  // No library field holds 0 today: the test gives math one, as if prepared with it.
+  const auto prepare = [] {
+    detail::clear_state_pool();
+    ok_results(run("return 1", "alice"));
+    detail::PooledStatePtr state = detail::take_pooled_state("alice");
+    REQUIRE(state != nullptr);
+    lua_State* L = state->L;
+    lua_getfield(L, LUA_GLOBALSINDEX, "math");
+    lua_pushnumber(L, 0);
+    lua_setfield(L, -2, "zero");
+    lua_pop(L, 1);
+    detail::refill_library_list(*state);
+    detail::return_pooled_state(std::move(state));
+    REQUIRE(detail::idle_pooled_states() == 1);
+  };
+  struct Change {
+    const char* source;
+    bool gives_back;
+  };
+  const Change changes[] = {
+      {"local z = 0; math.zero = -z", false},
+      {"math.zero = 0/-1", false},
+      {"math.zero = 0", true},
+      {"math.zero = 1; math.zero = 0", true},
+      {"local z = 0; math.zero = -z; math.zero = z", true},
+  };
+  for (const Change& change : changes) {
+    CAPTURE(change.source);
+    prepare();
+    const Value r = ok_results(run(std::string(change.source) + "; return 1 / math.zero", "alice"));
+    CHECK(r.get(1).as_number() == (change.gives_back ? HUGE_VAL : -HUGE_VAL));
+    CHECK(detail::idle_pooled_states() == (change.gives_back ? 1u : 0u));
+    // The next run sees 0 where the state came back, and a fresh state's math otherwise.
+    const Value next = ok_results(run("return math.zero == nil or 1 / math.zero", "alice"));
+    if (change.gives_back) {
+      CHECK(next.get(1).as_number() == HUGE_VAL);
+    } else {
+      CHECK(next.get(1).as_bool());
+    }
+  }
 }
