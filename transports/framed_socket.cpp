@@ -202,14 +202,19 @@ Result<void> FramedSocket::take_buffered(std::vector<std::uint8_t>& payload, std
   return {};
 }
 
+Error FramedSocket::ended_between_frames(const boost::system::error_code& ec) const {
+  if (auto refused = tls_read_error(ec)) return *refused;
+  return make_error(Errc::connection_closed, "connection closed: " + ec.message());
+}
+
 asio::awaitable<Result<Frame>> FramedSocket::read_frame() {
   boost::system::error_code ec;
   frame_deadline_.reset();
   // A header already buffered is not waited for: no coroutine of fill() is made for it.
   if (read_end_ - read_begin_ < kFrameHeaderSize && !co_await fill(kFrameHeaderSize, ec)) {
     std::size_t have = read_end_ - read_begin_;
+    if (have == 0) co_return ended_between_frames(ec);
     if (auto refused = tls_read_error(ec)) co_return *refused;
-    if (have == 0) co_return make_error(Errc::connection_closed, "connection closed: " + ec.message());
     co_return incomplete(have, kFrameHeaderSize, "header");
   }
   std::span<const std::uint8_t, kFrameHeaderSize> head(read_buffer_.get() + read_begin_, kFrameHeaderSize);
