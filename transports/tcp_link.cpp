@@ -336,7 +336,8 @@ class TcpLink final : public Link, public std::enable_shared_from_this<TcpLink> 
       std::optional<Result<Frame>> next;
       if (socket_->buffered_bytes() == 0) {
         boost::system::error_code ec;
-        if (!co_await socket_->read_more(ec)) next.emplace(socket_->ended_between_frames(ec));
+        const std::size_t n = co_await socket_->read_more(ec);
+        if (!socket_->took(n, ec)) next.emplace(socket_->ended_between_frames(ec));
       }
       if (!next) next = socket_->next_buffered_frame();
       if (!next) next.emplace(co_await socket_->read_frame());

@@ -110,7 +110,8 @@ class ServerSession : public std::enable_shared_from_this<ServerSession> {
         // Between frames: wait for bytes here, so that a whole request (a sequential
         // client's) is served in place below, without read_frame()'s coroutine and copy.
         boost::system::error_code ec;
-        if (!co_await socket_->read_more(ec)) next.emplace(socket_->ended_between_frames(ec));
+        const std::size_t n = co_await socket_->read_more(ec);
+        if (!socket_->took(n, ec)) next.emplace(socket_->ended_between_frames(ec));
       }
       if (next) {
         // the stream ended: handled below
