@@ -299,34 +299,45 @@ Result<Frame> read_frame(Connection& c, std::uint32_t max_payload, Clock::time_p
 std::optional<Result<Frame>> DirectLinks::request(const Address& peer, FrameKind kind,
                                                   std::span<const std::uint8_t> payload,
                                                   std::chrono::milliseconds timeout) {
+  return request(peer, peer.to_string(), kind, payload, timeout);
+}
+
+std::optional<Result<Frame>> DirectLinks::request(const Address& peer, const std::string& name, FrameKind kind,
+                                                  std::span<const std::uint8_t> payload,
+                                                  std::chrono::milliseconds timeout) {
   const auto deadline = Clock::now() + timeout;
-  const std::string name = peer.to_string();
   auto state = state_;  // kept alive while this request holds a connection
   std::unique_ptr<Connection> c;
+  // The peer's entry, looked up once: entries are never erased, and an unordered_map's
+  // elements keep their addresses when it grows.
+  State::Peer* p = nullptr;
   {
     std::lock_guard lock(state->mutex);
     if (state->closed) return Result<Frame>(errors::shutting_down());
-    auto& p = state->peers[name];
-    while (!p.idle.empty() && !c) {
-      c = std::move(p.idle.back());
-      p.idle.pop_back();
+    p = &state->peers[name];
+    while (!p->idle.empty() && !c) {
+      c = std::move(p->idle.back());
+      p->idle.pop_back();
       if (!still_quiet(*c)) {
         c.reset();
-        --p.open;
+        --p->open;
       }
     }
-    if (!c && p.open >= state->max_per_peer) return std::nullopt;
-    if (!c) ++p.open;  // reserved for the connection made below
+    if (!c && p->open >= state->max_per_peer) return std::nullopt;
+    if (c) {
+      state->busy.insert(c->fd);  // an idle one: in use from here, under the same lock
+    } else {
+      ++p->open;  // reserved for the connection made below
+    }
   }
   auto release = [&](bool reuse) {
     std::lock_guard lock(state->mutex);
-    auto& p = state->peers[name];
     if (c) state->busy.erase(c->fd);
     if (reuse && c && !state->closed) {
-      p.idle.push_back(std::move(c));
+      p->idle.push_back(std::move(c));
     } else {
       c.reset();
-      --p.open;
+      --p->open;
     }
   };
   if (!c) {
@@ -336,13 +347,10 @@ std::optional<Result<Frame>> DirectLinks::request(const Address& peer, FrameKind
       return Result<Frame>(made.error());
     }
     c = std::move(*made);
-  }
-  {
     std::lock_guard lock(state->mutex);
     if (state->closed) {
-      state->busy.erase(c->fd);
       c.reset();
-      --state->peers[name].open;
+      --p->open;
       return Result<Frame>(errors::connection_closed(name, "closed locally"));
     }
     state->busy.insert(c->fd);

@@ -127,6 +127,16 @@ void FramedSocket::disarm_frame_timer() {
   frame_timer_.cancel();
 }
 
+asio::awaitable<std::size_t> FramedSocket::read_more(boost::system::error_code& ec) {
+  // fill(1) without a coroutine of its own, for a buffer with nothing in it (no frame timer).
+  if (!read_buffer_) read_buffer_ = std::make_unique_for_overwrite<std::uint8_t[]>(kReadBufferBytes);
+  if (read_begin_ == read_end_) read_begin_ = read_end_ = 0;
+  if (batch_) flush(/*now=*/true);
+  auto space = asio::buffer(read_buffer_.get() + read_end_, kReadBufferBytes - read_end_);
+  if (tls_) return tls_->async_read_some(space, asio::redirect_error(asio::use_awaitable, ec));
+  return socket_.async_read_some(space, asio::redirect_error(asio::use_awaitable, ec));
+}
+
 asio::awaitable<bool> FramedSocket::fill(std::size_t wanted, boost::system::error_code& ec, bool mid_frame) {
   if (!read_buffer_) read_buffer_ = std::make_unique_for_overwrite<std::uint8_t[]>(kReadBufferBytes);
   // Compact, then read whatever the socket has: under load one read brings many frames.
@@ -202,14 +212,19 @@ Result<void> FramedSocket::take_buffered(std::vector<std::uint8_t>& payload, std
   return {};
 }
 
+Error FramedSocket::ended_between_frames(const boost::system::error_code& ec) const {
+  if (auto refused = tls_read_error(ec)) return *refused;
+  return make_error(Errc::connection_closed, "connection closed: " + ec.message());
+}
+
 asio::awaitable<Result<Frame>> FramedSocket::read_frame() {
   boost::system::error_code ec;
   frame_deadline_.reset();
   // A header already buffered is not waited for: no coroutine of fill() is made for it.
   if (read_end_ - read_begin_ < kFrameHeaderSize && !co_await fill(kFrameHeaderSize, ec)) {
     std::size_t have = read_end_ - read_begin_;
+    if (have == 0) co_return ended_between_frames(ec);
     if (auto refused = tls_read_error(ec)) co_return *refused;
-    if (have == 0) co_return make_error(Errc::connection_closed, "connection closed: " + ec.message());
     co_return incomplete(have, kFrameHeaderSize, "header");
   }
   std::span<const std::uint8_t, kFrameHeaderSize> head(read_buffer_.get() + read_begin_, kFrameHeaderSize);

@@ -72,6 +72,21 @@ class FramedSocket : public std::enable_shared_from_this<FramedSocket> {
   Frame to_frame(const BufferedFrame& buffered);
   // The next frame if it is buffered whole (next_buffered() then to_frame()).
   std::optional<Result<Frame>> next_buffered_frame();
+  // Bytes read and not yet taken.
+  std::size_t buffered_bytes() const { return read_end_ - read_begin_; }
+  // Between frames, with nothing buffered: waits for whatever bytes come next, without a
+  // coroutine of read_frame() or fill() (a sequential peer's next frame then usually lies
+  // whole in the buffer, for next_buffered()). As in read_frame(), replies held go out
+  // first and idle time between frames is not limited. Not a coroutine: the awaitable is
+  // the socket's read itself; its count goes to took(), which says whether the stream
+  // went on. False, `ec` set, if it ended: ended_between_frames(ec) is then the error
+  // read_frame() gives for it.
+  asio::awaitable<std::size_t> read_more(boost::system::error_code& ec);
+  bool took(std::size_t n, const boost::system::error_code& ec) {
+    read_end_ += n;
+    return !ec;
+  }
+  Error ended_between_frames(const boost::system::error_code& ec) const;
   // A server's connections share one budget for the frames they are reading.
   void set_read_budget(std::shared_ptr<ReadBudget> budget) { budget_ = std::move(budget); }
   // Queues a frame; dropped if the socket is closing.

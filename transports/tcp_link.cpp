@@ -330,8 +330,16 @@ class TcpLink final : public Link, public std::enable_shared_from_this<TcpLink> 
 
   asio::awaitable<void> reader() {
     while (state_ == State::open) {
-      // A reply the last read brought whole is taken without a coroutine of read_frame().
-      std::optional<Result<Frame>> next = socket_->next_buffered_frame();
+      // Between replies the reader waits for bytes itself; a reply that then lies whole in
+      // the buffer (a sequential caller's, or one of a read of many) is taken without a
+      // coroutine of read_frame(), which reads only what came in part.
+      std::optional<Result<Frame>> next;
+      if (socket_->buffered_bytes() == 0) {
+        boost::system::error_code ec;
+        const std::size_t n = co_await socket_->read_more(ec);
+        if (!socket_->took(n, ec)) next.emplace(socket_->ended_between_frames(ec));
+      }
+      if (!next) next = socket_->next_buffered_frame();
       if (!next) next.emplace(co_await socket_->read_frame());
       Result<Frame>& frame = *next;
       if (!frame) {

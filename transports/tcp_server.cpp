@@ -106,7 +106,16 @@ class ServerSession : public std::enable_shared_from_this<ServerSession> {
       // A request the last read brought whole is served where it lies when the handler
       // answers it at once: no payload copy, no coroutine of read_frame().
       std::optional<Result<Frame>> next;
-      if (auto buffered = socket_->next_buffered()) {
+      if (socket_->buffered_bytes() == 0) {
+        // Between frames: wait for bytes here, so that a whole request (a sequential
+        // client's) is served in place below, without read_frame()'s coroutine and copy.
+        boost::system::error_code ec;
+        const std::size_t n = co_await socket_->read_more(ec);
+        if (!socket_->took(n, ec)) next.emplace(socket_->ended_between_frames(ec));
+      }
+      if (next) {
+        // the stream ended: handled below
+      } else if (auto buffered = socket_->next_buffered()) {
         RequestHandler::ReplyFault fault;
         if (!*buffered) {
           next.emplace(buffered->error());

@@ -37,6 +37,16 @@ class RawSocket {
   }
   void shutdown_write() { ::shutdown(fd_, SHUT_WR); }
 
+  // What one read brings within `timeout_ms`; empty on silence or once the peer closed.
+  std::vector<std::uint8_t> read_some(int timeout_ms) {
+    std::uint8_t buf[4096];
+    pollfd p{fd_, POLLIN, 0};
+    if (::poll(&p, 1, timeout_ms) <= 0) return {};
+    ssize_t n = ::recv(fd_, buf, sizeof buf, 0);
+    if (n <= 0) return {};
+    return std::vector<std::uint8_t>(buf, buf + n);
+  }
+
   // Everything the peer sends until it closes, or until `timeout_ms` of silence.
   std::vector<std::uint8_t> read_until_closed(int timeout_ms, bool* closed = nullptr) {
     std::vector<std::uint8_t> out;

@@ -201,6 +201,46 @@ TEST_CASE("a frame that stops arriving half way is closed as truncated after the
   CHECK(d.frames()[0].header.kind == FrameKind::pong);
 }
 
+TEST_CASE("sequential requests, each sent after the last reply, whole or in pieces, are answered in order on one connection") {
+  // Between frames the reader waits for bytes itself and serves a whole request where it
+  // lies; a request that came in part is finished by read_frame(). Both, for requests
+  // answered at once and by a coroutine, one after another on one connection.
+  test::EchoServer f;
+  test::RawSocket s(f.bound.port);
+  struct Step {
+    std::size_t cut;     // bytes sent first, the rest 20 ms later; 0: the frame in one send
+    std::uint8_t first;  // EchoHandler::kAtOnce: answered by the reader; otherwise by a coroutine
+  };
+  const Step steps[] = {{0, EchoHandler::kAtOnce}, {7, EchoHandler::kAtOnce}, {21, EchoHandler::kAtOnce},
+                        {0, 1},                    {20, 1},                    {1, EchoHandler::kAtOnce},
+                        {0, EchoHandler::kAtOnce}};
+  FrameDecoder d;
+  std::uint8_t id = 1;
+  for (const Step& step : steps) {
+    CAPTURE(int(id));
+    auto frame = encode_frame(FrameKind::call, id, std::vector<std::uint8_t>{step.first, id, 7, 8});
+    if (step.cut == 0) {
+      REQUIRE(s.send(frame));
+    } else {
+      REQUIRE(s.send(std::vector<std::uint8_t>(frame.begin(), frame.begin() + static_cast<std::ptrdiff_t>(step.cut))));
+      std::this_thread::sleep_for(20ms);
+      REQUIRE(s.send(std::vector<std::uint8_t>(frame.begin() + static_cast<std::ptrdiff_t>(step.cut), frame.end())));
+    }
+    while (d.frames().empty()) {
+      auto got = s.read_some(3000);
+      REQUIRE_FALSE(got.empty());
+      REQUIRE(d.feed(got).ok());
+    }
+    REQUIRE(d.frames().size() == 1);
+    CHECK(d.frames()[0].header.kind == FrameKind::reply);
+    CHECK(d.frames()[0].header.request_id == id);
+    CHECK(d.frames()[0].payload == std::vector<std::uint8_t>{8, 7, id, step.first});
+    d.frames().clear();
+    ++id;
+  }
+  CHECK(d.pending_bytes() == 0);
+}
+
 TEST_CASE("a ping is answered with a pong carrying the same request id") {
   test::EchoServer f;
   test::RawSocket s(f.bound.port);

@@ -10,6 +10,7 @@
 #include <memory>
 #include <optional>
 #include <span>
+#include <string>
 
 #include "sojourn/core/error.hpp"
 #include "sojourn/core/frame.hpp"
@@ -32,6 +33,10 @@ class DirectLinks {
   // once close_all() ran.
   std::optional<Result<Frame>> request(const Address& peer, FrameKind kind, std::span<const std::uint8_t> payload,
                                        std::chrono::milliseconds timeout);
+  // The same, for a caller that keeps the peer's `name` (peer.to_string()): no formatting
+  // per request.
+  std::optional<Result<Frame>> request(const Address& peer, const std::string& name, FrameKind kind,
+                                       std::span<const std::uint8_t> payload, std::chrono::milliseconds timeout);
   // Closes every connection; requests blocked on one end with connection_closed ("closed
   // locally"), later ones with shutting_down.
   void close_all();
