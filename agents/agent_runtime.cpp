@@ -172,9 +172,12 @@ void AgentRuntime::run_step(const std::string& id) {
     it->second.status = AgentState::running;
     first_step = !it->second.visit_counted;
     it->second.visit_counted = true;
-    report_owed = it->second.report_owed;
-    it->second.report_owed = false;
-    if (report_owed) it->second.arrival_in_flight = true;
+    // A held report leaves when its hold ends (tracking.cpp), not here.
+    report_owed = it->second.report_owed && !it->second.report_hold;
+    if (report_owed) {
+      it->second.report_owed = false;
+      it->second.arrival_in_flight = true;
+    }
     AgentRecord& held = it->second.record;
     // What reads the hop trail and the delivered ids reads them here; the step's copy goes
     // without them, its mailbox and its log (copy_for_step).
@@ -279,6 +282,7 @@ void AgentRuntime::run_step(const std::string& id) {
                                            " codec=" + std::string(image_codec_name(input.image_codec)));
   }
   bool wake = false;
+  std::optional<ArrivalReport> held_report;  // a sleeping agent's held report: sent now
   std::vector<NodeStore::Write> outcome_rows;
   {
     std::lock_guard lock(mutex_);
@@ -333,6 +337,7 @@ void AgentRuntime::run_step(const std::string& id) {
       } else if (outcome->waits) {
         r.entry = outcome->go_entry;
         it->second.status = AgentState::asleep;
+        held_report = release_report_hold(it->second);
         outcome_rows = resident_row(id, it->second);
         // A message that came during the step wakes it at once.
         if (!r.mailbox.empty()) wake = true;
@@ -349,6 +354,7 @@ void AgentRuntime::run_step(const std::string& id) {
       }
     }
   }
+  if (held_report) spawn(report_arrival(record.home, std::move(*held_report)), "report of an arrival to its home");
   if (!failure.empty()) {
     finish(id, AgentState::failed, failure, Value{}, &writes);
   } else if (checkpoint) {

@@ -144,8 +144,12 @@ class AgentRuntime : public std::enable_shared_from_this<AgentRuntime>, public M
     std::set<std::string> answer_ids;
     bool visit_counted = false;  // its first step here was counted (note_visit)
     // Its arrival here is not reported to its home yet: the report leaves as its first step
-    // here starts (run_step), not before it (docs/migration.md).
+    // here starts (run_step), not before it (docs/migration.md), unless it is held.
     bool report_owed = false;
+    // A weak agent's arrival taken on the network thread holds its report for kArrivalHold
+    // (hold_arrival_report): a visit that ends by moving on within it is reported by the
+    // next holder's report (its finished hops), not by a round trip of its own.
+    std::shared_ptr<asio::steady_timer> report_hold;
     // That report's first try has not come back yet (report_arrival). A hand-over whose hop
     // trail has grown long waits for its answer (await_trail_ack), which sheds the hops the
     // home holds: without it, short steps leave every answer behind the agent and the trail,
@@ -232,6 +236,18 @@ class AgentRuntime : public std::enable_shared_from_this<AgentRuntime>, public M
   // sent once its first step here has started (run_step), and again after a restart.
   ArrivalReport arrival_report(const AgentRecord& record);
   asio::awaitable<void> report_arrival(std::string home, ArrivalReport report);
+  // Under mutex_, as a TRANSFER taken on the network thread makes `res` resident: holds its
+  // arrival report for kArrivalHold when the agent is weak, its home elsewhere and its hop
+  // trail short (under kTrailWaitHops unacknowledged hops; a longer one is reported at once,
+  // so that its answer sheds them). When the hold ends with the agent still here, the report
+  // leaves then (or as its first step starts, if that has not yet); a step that ends by
+  // sleeping sends it at once (release_report_hold); a hand-over drops it (drop_report_hold).
+  void hold_arrival_report(const std::string& id, Resident& res);
+  void end_report_hold(const std::string& id, std::uint64_t epoch);
+  // Under mutex_: the held report of `res`, to send now (nullopt: none is held).
+  std::optional<ArrivalReport> release_report_hold(Resident& res);
+  // migrate's first step (network thread): the agent leaves before its hold ended.
+  void drop_report_hold(const std::string& id);
   // Takes an arrival answer: the home's new token (if any) and the messages the agent has
   // not had yet, when the agent is still here at the report's epoch and not leaving (false
   // otherwise). The delivered ids the report listed, which the home has now dropped from its

@@ -137,7 +137,8 @@ Result<TransferReply> AgentRuntime::on_transfer(AgentTransfer transfer, const Pe
       }
     }
     remember_commit(id, epoch, commit);
-    residents_[id] = std::move(arrived);
+    Resident& resident = residents_[id] = std::move(arrived);
+    hold_arrival_report(id, resident);
   }
   log_info("agents", options_.name + ": agent " + id + " arrived (epoch " + std::to_string(epoch) + ")");
   trace_step("restore_end", id, caller.address, "epoch " + std::to_string(epoch));
@@ -264,6 +265,8 @@ asio::awaitable<Result<AgentCommit>> AgentRuntime::hand_over(AgentRecord& record
 }
 
 asio::awaitable<void> AgentRuntime::migrate(std::string id, std::string peer, std::string entry, bool resumed) {
+  // Leaving within its arrival report's hold: the next holder's report tells the home.
+  drop_report_hold(id);
   // A long hop trail first waits for this visit's arrival answer, which sheds it (tracking.cpp).
   co_await await_trail_ack(id);
   AgentRecord next;

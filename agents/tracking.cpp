@@ -30,6 +30,10 @@ constexpr std::size_t kTrailWaitHops = 8;
 // The longest such wait: the answer usually comes within a round trip to the home. A home
 // that does not answer in time leaves the hops on the record (they are not acknowledged).
 constexpr std::chrono::milliseconds kTrailWaitLimit{250};
+// How long a weak agent's arrival report is held (hold_arrival_report): a visit that ends by
+// moving on within it costs its home no report of its own, and a longer one is reported this
+// late at most.
+constexpr std::chrono::milliseconds kArrivalHold{10};
 
 // The hops of the record that an answer to `report` acknowledges: those it carried.
 void shed_reported_hops(AgentRecord& r, const ArrivalReport& report) {
@@ -278,6 +282,67 @@ asio::awaitable<void> AgentRuntime::report_arrival(std::string home, ArrivalRepo
   const bool taken = take_messages(id, report, answer->messages, answer->token);
   arrival_settled(id, report.epoch);
   if (taken) wake_if_asleep(id);
+}
+
+void AgentRuntime::hold_arrival_report(const std::string& id, Resident& res) {
+  const AgentRecord& r = res.record;
+  const std::size_t unacknowledged = r.hops.empty() ? 0 : r.hops.size() - 1;  // this visit's hop aside
+  // Only where the timer belongs (the network thread), for a report that would cost a round
+  // trip, and while the trail is short: one that has grown is reported at once, so that its
+  // answer can shed the hops (await_trail_ack).
+  if (!res.report_owed || r.mobility != Mobility::weak || r.home == self() || unacknowledged >= kTrailWaitHops ||
+      runtime_.shutting_down() || !runtime_.on_network_thread()) {
+    return;
+  }
+  auto timer = std::make_shared<asio::steady_timer>(runtime_.io(), kArrivalHold);
+  res.report_hold = timer;
+  // The handler keeps the timer (destroyed on this thread, whatever happens to `res`), not
+  // the runtime.
+  timer->async_wait([weak = weak_from_this(), id, epoch = r.epoch, timer](const boost::system::error_code& ec) {
+    if (ec) return;  // cancelled: the agent left first (drop_report_hold), or the node stops
+    if (auto rt = weak.lock()) rt->end_report_hold(id, epoch);
+  });
+}
+
+void AgentRuntime::end_report_hold(const std::string& id, std::uint64_t epoch) {
+  std::optional<ArrivalReport> report;
+  std::string home;
+  {
+    std::lock_guard lock(mutex_);
+    auto it = residents_.find(id);
+    if (it == residents_.end() || it->second.record.epoch != epoch || !it->second.report_hold) return;
+    Resident& res = it->second;
+    // Its first step has not started yet: the report leaves as it starts (run_step).
+    if (res.status == AgentState::arriving || res.status == AgentState::queued) {
+      res.report_hold.reset();
+      return;
+    }
+    report = release_report_hold(res);
+    home = res.record.home;
+  }
+  if (report) spawn(report_arrival(std::move(home), std::move(*report)), "report of an arrival to its home");
+}
+
+std::optional<ArrivalReport> AgentRuntime::release_report_hold(Resident& res) {
+  if (!res.report_hold) return std::nullopt;
+  // (Its timer, if still waiting, finds no hold when it ends.)
+  res.report_hold.reset();
+  if (!res.report_owed) return std::nullopt;
+  res.report_owed = false;
+  // Leaving (its record on the wire or about to be): the next holder's report carries this
+  // visit among its finished hops.
+  if (res.status == AgentState::moving) return std::nullopt;
+  res.arrival_in_flight = true;
+  return arrival_report(res.record);
+}
+
+void AgentRuntime::drop_report_hold(const std::string& id) {
+  std::lock_guard lock(mutex_);
+  auto it = residents_.find(id);
+  if (it == residents_.end() || !it->second.report_hold) return;
+  it->second.report_hold->cancel();  // on the network thread, as its wait
+  it->second.report_hold.reset();
+  it->second.report_owed = false;
 }
 
 void AgentRuntime::arrival_settled(const std::string& id, std::uint64_t epoch) {

@@ -3,9 +3,11 @@
 #include <doctest/doctest.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <fstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "agents/node_testing.hpp"  // agents/: the fault hooks
@@ -120,4 +122,98 @@ TEST_CASE("a home that never answers arrival reports stalls no tour, and the end
   // A guard against a stall per hop (a wait of 250 ms on each of the last 32 hops would be
   // 8 s): generous, for loaded machines and sanitizers.
   CHECK(std::chrono::steady_clock::now() - started < 8s);
+}
+
+TEST_CASE("a tour of quick visits costs its home few arrival reports, and the home still has every hop") {
+  // Each visit moves on within the arrival report's hold: the next holder's report carries
+  // it (its finished hops), so the home hears one report every few hops, not one a hop.
+  Cluster c(3, [](int, NodeOptions& o) { o.peer_isolation = Isolation::trusted; });
+  std::atomic<int> reports{0};
+  sojourn::testing::set_fault_hooks(c[0], {}, [&](std::string_view service) {
+    if (service == "agent.arrived") ++reports;
+    return std::chrono::milliseconds(0);
+  });
+  constexpr int kHops = 40;
+  const std::string id = launch_bouncer(c[0], c.addr[1], c.addr[2], kHops);
+  auto s = c[0].wait_agent("", id, 60s);
+  REQUIRE(s.ok());
+  REQUIRE(s->status == AgentState::finished);
+  CHECK(s->result.get(1).as_integer() == kHops);
+  check_itinerary(*s, c.addr[1], c.addr[2], kHops);
+  MESSAGE(reports.load() << " arrival reports for " << kHops << " hops");
+  // One a hop before; now about one per 8 hops (the trail's bound), more on a loaded machine
+  // where a visit outlasts the hold.
+  CHECK(reports.load() <= kHops / 2);
+}
+
+TEST_CASE("a visit longer than the report's hold is reported while its step still runs") {
+  Cluster c(2, [](int, NodeOptions& o) { o.peer_isolation = Isolation::trusted; });
+  std::atomic<bool> napping{false};
+  c[1].register_service("test.nap", [&](const Value&) -> Result<Value> {
+    napping = true;
+    std::this_thread::sleep_for(600ms);
+    napping = false;
+    return Value{};
+  });
+  auto bundle = single_file_bundle("napper", R"(
+    local M = {}
+    function M.start(s) agent.go(agent.itinerary[1], "nap") end
+    function M.nap(s) node.call("test.nap"); return agent.epoch end
+    return M)");
+  REQUIRE(bundle.ok());
+  AgentLaunch l;
+  l.bundle = *bundle;
+  l.itinerary = {c.addr[1]};
+  auto id = c[0].launch("", l);
+  REQUIRE(id.ok());
+  bool seen_there = false;
+  for (int i = 0; i < 1000 && !seen_there; ++i) {
+    auto st = c[0].agent_status("", *id);
+    REQUIRE(st.ok());
+    seen_there = st->epoch == 1 && st->location == c.addr[1] && st->status == AgentState::running;
+    if (!seen_there) std::this_thread::sleep_for(5ms);
+  }
+  // The home learnt where it is from the held report, before the step (the nap) ended.
+  CHECK(seen_there);
+  CHECK(napping.load());
+  auto s = c[0].wait_agent("", *id, 30s);
+  REQUIRE(s.ok());
+  CHECK(s->status == AgentState::finished);
+  REQUIRE(s->hops.size() == 2);
+  CHECK(s->hops[1].node == c.addr[1]);
+}
+
+TEST_CASE("an agent that sleeps right after a quick hop is reported at once, and a message wakes it") {
+  Cluster c(2, [](int, NodeOptions& o) { o.peer_isolation = Isolation::trusted; });
+  auto bundle = single_file_bundle("parker", R"(
+    local M = {}
+    function M.start(s) agent.go(agent.itinerary[1], "park") end
+    function M.park(s)
+      local m = agent.receive()
+      if m == nil then return agent.wait("park") end
+      return m
+    end
+    return M)");
+  REQUIRE(bundle.ok());
+  AgentLaunch l;
+  l.bundle = *bundle;
+  l.itinerary = {c.addr[1]};
+  auto id = c[0].launch("", l);
+  REQUIRE(id.ok());
+  AgentStatus there;
+  for (int i = 0; i < 1000; ++i) {
+    auto st = c[0].agent_status("", *id);
+    REQUIRE(st.ok());
+    there = *st;
+    if (there.epoch == 1) break;
+    std::this_thread::sleep_for(5ms);
+  }
+  CHECK(there.epoch == 1);
+  CHECK(there.location == c.addr[1]);
+  REQUIRE(c[0].send_to_agent("", *id, Value("hello")).ok());
+  auto s = c[0].wait_agent("", *id, 30s);
+  REQUIRE(s.ok());
+  INFO(s->reason);
+  CHECK(s->status == AgentState::finished);
+  CHECK(s->result.get(1).as_string() == "hello");
 }
