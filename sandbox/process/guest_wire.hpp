@@ -143,7 +143,9 @@ struct Batch {
   std::uint32_t count = 0;
   template <class F> void fields(F& f) { f(count); }
 };
-inline constexpr std::uint32_t kMaxBatchRuns = 16;
+// What the node's queue hands one worker at most (agents/node_server.cpp, kEvalBurst): a
+// pipelining client's burst in one batch. The guest refuses a larger count.
+inline constexpr std::uint32_t kMaxBatchRuns = 32;
 
 // One byte per carried read of the run, 1 when node.call got it. Only what the guest says:
 // it is charged for those it claims (HostCalls::carried_used) and the host learns from it

@@ -136,6 +136,21 @@ TEST_CASE("a burst of one principal's runs is answered in one guest, each answer
   CHECK(status.guests_killed == 0);
 }
 
+TEST_CASE("a burst of 32 runs goes to one guest in one batch, and a 33rd runs in a turn of its own") {
+  // The node's queue hands a worker up to 32 evaluations at a time (a pipelining client's
+  // burst, docs/jails.md "Bursts"): all of them go to one warm guest in one batch frame.
+  auto jail = start_jail(false);
+  Burst burst;
+  for (int i = 0; i < 33; ++i) burst.add("return ... + " + std::to_string(i), Limits{10'000'000, kMemory, 5000}, Value::array({Value(std::int64_t{1000})}));
+  std::vector<Result<Value>> results = burst.run(*jail);
+  REQUIRE(results.size() == 33);
+  for (int i = 0; i < 33; ++i) CHECK(integer(results[i]) == 1000 + i);
+  const auto status = jail->status();
+  CHECK(status.bursts == 1);
+  CHECK(status.burst_runs == 32);
+  CHECK(status.guests_killed == 0);
+}
+
 TEST_CASE("in a burst, a run that raises, one out of memory and one out of instructions get their own errors") {
   auto jail = start_jail(false);
   Burst burst;
