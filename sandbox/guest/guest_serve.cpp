@@ -3,6 +3,8 @@
 // same run_lua produces them.
 #include "sandbox/guest/guest_serve.hpp"
 
+#include <poll.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -44,6 +46,28 @@ struct ReadAhead {
 };
 ReadAhead g_ahead;
 
+// Whether the guest waits for the channel in poll (false once poll was not answered).
+bool g_wait_in_poll = true;
+
+// Waits for the channel's next bytes in poll, not in the read. A task asleep in a unix stream
+// socket's read shares its wait queue with the socket's "room to write" wake-up, which the
+// kernel sends each time the host reads what this guest wrote, and a read's wait does not
+// look at which event woke it: every frame the host took (a host call, the answer) woke the
+// waiting guest for nothing, two context switches each. A poll for POLLIN is woken only by
+// bytes, an end or an error. Where poll is not answered (the microVM's syscall table has no
+// row for it: -ENOSYS), the read waits alone from then on.
+void await_readable(int fd) {
+  if (!g_wait_in_poll) return;
+  pollfd channel{fd, POLLIN, 0};
+  for (;;) {
+    // The raw syscall: the filter allows poll (one descriptor), not ppoll, whichever glibc picks.
+    if (::syscall(SYS_poll, &channel, 1UL, -1L) >= 0) return;
+    if (errno == EINTR) continue;
+    g_wait_in_poll = false;
+    return;
+  }
+}
+
 bool read_exact(int fd, std::uint8_t* at, std::size_t n) {
   ReadAhead& ahead = g_ahead;
   if (ahead.fd != fd) {
@@ -63,6 +87,7 @@ bool read_exact(int fd, std::uint8_t* at, std::size_t n) {
   while (n > 0) {
     // Large reads (a heap image's pages) go straight into place; small ones through the buffer.
     const bool direct = n >= sizeof ahead.bytes;
+    await_readable(fd);
     const ssize_t got = direct ? ::read(fd, at, n) : ::read(fd, ahead.bytes, sizeof ahead.bytes);
     if (got < 0 && errno == EINTR) continue;
     if (got <= 0) return false;

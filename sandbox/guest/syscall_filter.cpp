@@ -24,6 +24,7 @@ namespace {
 constexpr SyscallRow kTable[] = {
   {SCMP_SYS(read),          "read",          ArgRule::channel_only,  false, "guest runtime: run requests and host replies from the channel"},
   {SCMP_SYS(write),         "write",         ArgRule::channel_only,  false, "guest runtime: host calls and results; the SIGSYS handler's report"},
+  {SCMP_SYS(poll),          "poll",          ArgRule::one_descriptor, false, "guest runtime: waits for the channel's bytes (a read's wait is also woken each time the host reads)"},
   {SCMP_SYS(getrandom),     "getrandom",     ArgRule::any,           false, "lua_newstate: LuaJIT seeds its PRNG (the state is refused without it)"},
   {SCMP_SYS(clock_gettime), "clock_gettime", ArgRule::any,           false, "count hook: the deadline's steady_clock, where no vDSO answers it"},
   {SCMP_SYS(exit_group),    "exit_group",    ArgRule::any,           false, "guest runtime: the end of a run"},
@@ -49,6 +50,9 @@ void add_rules(const SyscallRow& row, std::vector<seccomp::Rule>& rules) {
       return;
     case ArgRule::channel_only:
       rules.push_back({row.nr, Action::allow, {seccomp::arg_equals(0, kChannelFd)}, row.name});
+      return;
+    case ArgRule::one_descriptor:
+      rules.push_back({row.nr, Action::allow, {seccomp::arg_equals(1, 1)}, row.name});
       return;
     case ArgRule::never_exec:
       rules.push_back({row.nr, Action::allow, {seccomp::arg_masked(2, PROT_EXEC, 0)}, row.name});

@@ -21,6 +21,9 @@ inline constexpr int kChannelFd = 3;
 enum class ArgRule : std::uint8_t {
   any,            // every call
   channel_only,   // arg0 == kChannelFd
+  // arg1 (nfds) == 1: the descriptor inside the pollfd is not a register seccomp can read,
+  // but the guest has only its channel open (every other one is closed before the filter)
+  one_descriptor,
   never_exec,     // arg2 (prot) without PROT_EXEC
   write_xor_exec, // arg2 (prot) never PROT_WRITE and PROT_EXEC together (JIT runs only)
   kill,           // not allowed: kills the process at once (no SIGSYS report)
