@@ -20,7 +20,7 @@ namespace sojourn::sandbox::channel {
 
 inline constexpr std::size_t kHeaderBytes = 5;
 // Bumped with any change to a message: a zygote that speaks another version is refused.
-inline constexpr std::uint32_t kProtocolVersion = 6;
+inline constexpr std::uint32_t kProtocolVersion = 7;  // 7: a batch carries up to 32 runs
 
 enum class Kind : std::uint8_t {
   // host -> guest, on the run's channel
