@@ -151,3 +151,43 @@ TEST_CASE("a jailed result larger than a reply may be is refused at its header, 
   REQUIRE(small.ok());
   CHECK(small->results.get(1).as_integer() == 2);
 }
+
+TEST_CASE("a malformed call closes its connection with malformed_payload whichever service it names; the node serves on") {
+  Node server{NodeOptions{.name = "server"}};
+  Node client{NodeOptions{.name = "client"}};
+  auto bound = server.listen("127.0.0.1:0");
+  REQUIRE(bound.ok());
+  REQUIRE(client.call(*bound, "kv.put", Value::array({"k", "v"})).ok());
+  // A whole call with bytes after it: the name reads, the rest does not decode.
+  auto trailing = [](const std::string& service) {
+    std::vector<std::uint8_t> p = encode(CallRequest{service, Value::array({"k"})});
+    p.push_back(0x7f);
+    return p;
+  };
+  struct Case {
+    const char* what;
+    std::vector<std::uint8_t> payload;
+  };
+  const std::vector<Case> cases = {
+      {"served inline (kv.get)", trailing("kv.get")},
+      {"served on a worker (kv.put)", trailing("kv.put")},
+      {"transfer", trailing("agent.transfer")},
+      {"unknown service", trailing("no.such.service")},
+      {"cut inside the name's length", {1, 6, 0}},
+      {"name longer than the payload", {1, 200, 0, 0, 0, 'k', 'v'}},
+      {"empty", {}},
+  };
+  for (const Case& c : cases) {
+    CAPTURE(c.what);
+    test::RawSocket raw(port_of(*bound));
+    REQUIRE(raw.send(encode_frame(FrameKind::call, 7, c.payload)));
+    bool closed = false;
+    auto pe = protocol_error_in(raw.read_until_closed(2000, &closed));
+    CHECK(closed);
+    REQUIRE(pe);
+    CHECK_ERROR(*pe, Errc::malformed_payload, "call request");
+    auto got = client.call(*bound, "kv.get", Value::array({"k"}));
+    REQUIRE(got.ok());
+    CHECK(got->as_string() == "v");
+  }
+}
