@@ -499,7 +499,8 @@ TEST_CASE("a strong step in a warm guest is charged the CPU it ran up to its sto
   REQUIRE(second->step.strong_stop);
   MESSAGE("the spin alone " << alone->host_cpu_us << " us; strong steps charged " << first->step.host_cpu_us
                                << " and " << second->step.host_cpu_us << " us");
-  // At least most of the spin (a reading that missed it would show a few milliseconds at most).
-  CHECK(first->step.host_cpu_us * 4 > alone->host_cpu_us * 3);
-  CHECK(second->step.host_cpu_us * 4 > alone->host_cpu_us * 3);
+  // A good part of the spin: a reading that missed it would show a few milliseconds at most,
+  // while the same spin's CPU moves by a quarter between runs on a busy two-core machine.
+  CHECK(first->step.host_cpu_us * 3 > alone->host_cpu_us);
+  CHECK(second->step.host_cpu_us * 3 > alone->host_cpu_us);
 }
