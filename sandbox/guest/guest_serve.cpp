@@ -1,15 +1,10 @@
 // One run inside a guest: decode the request, run_lua with a HostCalls that crosses the
 // channel, encode the outcome. Errors keep the trusted level's exact messages because the
-// same run_lua produces them.
+// same run_lua produces them. The channel's reads and writes are in guest_io.cpp, a strong
+// step's stop and resume in guest_strong.cpp.
 #include "sandbox/guest/guest_serve.hpp"
 
-#include <poll.h>
-#include <sys/syscall.h>
-#include <unistd.h>
-
 #include <algorithm>
-#include <array>
-#include <cerrno>
 #include <chrono>
 #include <cstring>
 #include <deque>
@@ -18,6 +13,7 @@
 #include <string>
 
 #include "sandbox/guest/arena.hpp"
+#include "sandbox/guest/guest_serve_internal.hpp"
 #include "sandbox/guest/jail_child.hpp"
 #include "sandbox/guest/warm_state.hpp"
 #include "sandbox/lua/lua_limits.hpp"
@@ -33,76 +29,6 @@ using channel::Kind;
 // The host checks each frame against the run's memory limit; this only guards the guest
 // against a broken host.
 constexpr std::uint32_t kMaxRequestBytes = 1u << 30;
-
-// What one read of the channel took past the bytes asked for: a frame's header is read with
-// as much as has arrived, so a request (or a host call's reply) costs one read, not two. Only
-// this guest's host writes here, so kept bytes are its own next frame's; they belong to one
-// descriptor (a new one drops them).
-struct ReadAhead {
-  int fd = -1;
-  std::size_t at = 0;
-  std::size_t end = 0;
-  std::uint8_t bytes[16 * 1024];
-};
-ReadAhead g_ahead;
-
-// Whether the guest waits for the channel in poll (false once poll was not answered).
-bool g_wait_in_poll = true;
-
-// Waits for the channel's next bytes in poll, not in the read. A task asleep in a unix stream
-// socket's read shares its wait queue with the socket's "room to write" wake-up, which the
-// kernel sends each time the host reads what this guest wrote, and a read's wait does not
-// look at which event woke it: every frame the host took (a host call, the answer) woke the
-// waiting guest for nothing, two context switches each. A poll for POLLIN is woken only by
-// bytes, an end or an error. Where poll is not answered (the microVM's syscall table has no
-// row for it: -ENOSYS), the read waits alone from then on.
-void await_readable(int fd) {
-  if (!g_wait_in_poll) return;
-  pollfd channel{fd, POLLIN, 0};
-  for (;;) {
-    // The raw syscall: the filter allows poll (one descriptor), not ppoll, whichever glibc picks.
-    if (::syscall(SYS_poll, &channel, 1UL, -1L) >= 0) return;
-    if (errno == EINTR) continue;
-    g_wait_in_poll = false;
-    return;
-  }
-}
-
-bool read_exact(int fd, std::uint8_t* at, std::size_t n) {
-  ReadAhead& ahead = g_ahead;
-  if (ahead.fd != fd) {
-    // Not the bytes: nothing past `end` is read, and zeroing all 16 KiB made a new guest
-    // fault in four .bss pages (copy-on-write from the zygote) before its first request.
-    ahead.fd = fd;
-    ahead.at = 0;
-    ahead.end = 0;
-  }
-  const std::size_t kept = std::min(n, ahead.end - ahead.at);
-  if (kept > 0) {
-    std::memcpy(at, ahead.bytes + ahead.at, kept);
-    ahead.at += kept;
-    at += kept;
-    n -= kept;
-  }
-  while (n > 0) {
-    // Large reads (a heap image's pages) go straight into place; small ones through the buffer.
-    const bool direct = n >= sizeof ahead.bytes;
-    await_readable(fd);
-    const ssize_t got = direct ? ::read(fd, at, n) : ::read(fd, ahead.bytes, sizeof ahead.bytes);
-    if (got < 0 && errno == EINTR) continue;
-    if (got <= 0) return false;
-    std::size_t used = static_cast<std::size_t>(got);
-    if (!direct) {
-      used = std::min(n, used);
-      std::memcpy(at, ahead.bytes, used);
-      ahead.at = used;
-      ahead.end = static_cast<std::size_t>(got);
-    }
-    at += used;
-    n -= used;
-  }
-  return true;
-}
 
 // The carried reads of the current run (docs/jails.md, "Carried reads"): answered here until
 // the run calls a service none of them is for (a write, or anything else that may change
@@ -291,29 +217,9 @@ channel::RunDone outcome_of(const Result<Value>& result) {
 
 }  // namespace
 
-std::optional<Frame> read_frame(int fd, std::uint32_t max_payload) {
-  std::uint8_t header[channel::kHeaderBytes];
-  if (!read_exact(fd, header, sizeof header)) return std::nullopt;
-  const channel::FrameHeader h = channel::parse_header(header);
-  if (h.length > max_payload) return std::nullopt;
-  Frame frame{h.kind, FrameBytes(h.length)};  // every byte written by the read below
-  if (!read_exact(fd, frame.payload.data(), frame.payload.size())) return std::nullopt;
-  return frame;
-}
-
 std::size_t carried_read_count() { return g_carried.reads.size(); }
 
-bool write_all(int fd, std::span<const std::uint8_t> bytes) {
-  while (!bytes.empty()) {
-    const ssize_t n = ::write(fd, bytes.data(), bytes.size());
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) return false;
-    bytes = bytes.subspan(static_cast<std::size_t>(n));
-  }
-  return true;
-}
-
-namespace {
+namespace serve_internal {
 
 RunInput input_of(const channel::RunRequest& request) {
   RunInput input;
@@ -324,6 +230,14 @@ RunInput input_of(const channel::RunRequest& request) {
   input.allow_jit = request.allow_jit;
   return input;
 }
+
+}  // namespace serve_internal
+
+namespace {
+
+using serve_internal::input_of;
+using serve_internal::resume_strong;
+using serve_internal::span_writer;
 
 // Unjailed (--serve), the arena is mapped here for the request's quota; in a jailed
 // guest it was mapped before the filter.
@@ -349,158 +263,6 @@ channel::AgentDone agent_done_of(const Result<AgentOutcome>& outcome) {
   done.strong_stop = outcome->strong_stop;
   done.checkpoint = outcome->checkpoint;
   return done;
-}
-
-// The installed arena, which strong steps image and restore.
-FixedArena* guest_arena() { return dynamic_cast<FixedArena*>(installed_lua_heap()); }
-
-constexpr std::size_t kPage = 4096;
-
-bool page_is_zero(const std::uint8_t* page) {
-  // Zero when its first word is and it equals itself shifted by one word.
-  std::uint64_t first;
-  std::memcpy(&first, page, sizeof first);
-  return first == 0 && std::memcmp(page, page + sizeof first, kPage - sizeof first) == 0;
-}
-
-bool page_kept(std::string_view map, std::size_t i) {
-  return ((static_cast<std::uint8_t>(map[i / 8]) >> (i % 8)) & 1u) != 0;
-}
-
-// Calls run(first_page, page_count) for each run of kept pages, in order, until one fails.
-template <class F>
-bool for_each_run(std::string_view map, std::size_t pages, F&& run) {
-  for (std::size_t i = 0; i < pages;) {
-    if (!page_kept(map, i)) {
-      ++i;
-      continue;
-    }
-    std::size_t j = i + 1;
-    while (j < pages && page_kept(map, j)) ++j;
-    if (!run(i, j - i)) return false;
-    i = j;
-  }
-  return true;
-}
-
-// After a heap_span of the map alone: pages_taken, or pages_wanted and the pages by the channel.
-bool await_pages_taken(int fd, const std::uint8_t* base, std::string_view map, std::size_t pages);
-
-// A strong stop: the arena's used span goes to the host as one heap_span frame, its page map
-// then its kept pages written run by run straight from the arena (no copy in the guest's C++
-// heap; all-zero pages never leave the guest). Free blocks are zeroed first, so that only live
-// data survives the zero-page rule.
-// With `direct`, the frame carries the map alone and the host reads the pages out of the arena
-// itself (process_vm_readv) while this guest waits, untouched, for its word (await_pages_taken).
-strong::StopSink span_writer(int fd, bool direct) {
-  return [fd, direct](std::uintptr_t handle) -> Result<void> {
-    FixedArena* arena = guest_arena();
-    if (arena == nullptr) return errors::internal("a strong step needs the guest's arena");
-    // Freed memory travels as zero pages, which the image leaves out (the collection before
-    // the stop freed the garbage; merging free blocks may also lower the top).
-    arena->clear_free_pages();
-    const std::size_t used = (arena->high_water() + kPage - 1) & ~(kPage - 1);
-    const std::size_t pages = used / kPage;
-    // SAFETY: [base, base + used) lies inside the mapped arena (used <= its top, page-rounded
-    // within its size).
-    const auto* base = reinterpret_cast<const std::uint8_t*>(arena->base());
-    std::string map((pages + 7) / 8, '\0');
-    std::size_t kept = 0;
-    for (std::size_t i = 0; i < pages; ++i) {
-      // A free page the arena knows zero is not read (in a restored arena, reading it would
-      // fault it in).
-      if (!arena->known_zero(i) && !page_is_zero(base + i * kPage)) {
-        map[i / 8] = static_cast<char>(static_cast<std::uint8_t>(map[i / 8]) | (1u << (i % 8)));
-        ++kept;
-      }
-    }
-    if (kept * kPage + map.size() > UINT32_MAX - 64) return errors::internal("the arena's span is too large for one frame");
-    channel::Encoder e;
-    for (std::size_t i = 0; i < channel::kHeaderBytes; ++i) e(std::uint8_t{0});
-    e(std::uint64_t{handle}, std::uint64_t{arena->size()}, std::uint64_t{used});
-    e(std::string_view(map));
-    const std::size_t sent_pages = direct ? 0 : kept * kPage;
-    e(static_cast<std::uint32_t>(sent_pages));  // the pages' length; their bytes follow
-    std::vector<std::uint8_t>& head = e.bytes();
-    const std::size_t payload = head.size() - channel::kHeaderBytes + sent_pages;
-    const auto frame = channel::frame_header(channel::Kind::heap_span, static_cast<std::uint32_t>(payload));
-    std::copy(frame.begin(), frame.end(), head.begin());
-    const bool sent = write_all(fd, head) && (direct ? await_pages_taken(fd, base, map, pages)
-                                                     : for_each_run(map, pages, [&](std::size_t first, std::size_t count) {
-                                                         return write_all(fd, std::span(base + first * kPage, count * kPage));
-                                                       }));
-    if (!sent) return errors::internal("the guest's channel to its host broke");
-    return {};
-  };
-}
-
-bool await_pages_taken(int fd, const std::uint8_t* base, std::string_view map, std::size_t pages) {
-  std::uint8_t header[channel::kHeaderBytes];
-  if (!read_exact(fd, header, sizeof header)) return false;
-  const channel::FrameHeader answer = channel::parse_header(header);
-  if (answer.length != 0) return false;
-  if (answer.kind == Kind::pages_taken) return true;
-  if (answer.kind != Kind::pages_wanted) return false;
-  // The host cannot read this process's memory (a kernel policy): the pages go by the channel.
-  std::size_t kept = 0;
-  for (char b : map) kept += static_cast<std::size_t>(__builtin_popcount(static_cast<std::uint8_t>(b)));
-  const auto frame = channel::frame_header(Kind::heap_pages, static_cast<std::uint32_t>(kept * kPage));
-  return write_all(fd, frame) && for_each_run(map, pages, [&](std::size_t first, std::size_t count) {
-           return write_all(fd, std::span(base + first * kPage, count * kPage));
-         });
-}
-
-Error refused_image(const std::string& why) {
-  return make_error(Errc::sandbox_refused, "refused by the sandbox: heap image: " + why);
-}
-
-// Reads the kept pages of a checked page map back into a fresh arena at their places, and
-// resumes the agent in it.
-Result<AgentOutcome> resume_strong(int fd, const channel::ResumeRequest& request, HostCalls* host) {
-  FixedArena* arena = guest_arena();
-  if (arena == nullptr) return errors::internal("a strong resume needs the guest's arena");
-  if (request.arena_bytes != arena->size() || request.used_bytes > arena->size()) {
-    return refused_image("its arena of " + std::to_string(request.arena_bytes) + " bytes is not this guest's (" +
-                         std::to_string(arena->size()) + " bytes)");
-  }
-  const std::size_t pages = request.used_bytes / kPage;
-  const std::string_view map = request.page_map;
-  if (request.used_bytes % kPage != 0 || map.size() != (pages + 7) / 8 ||
-      (pages % 8 != 0 && (static_cast<std::uint8_t>(map.back()) >> (pages % 8)) != 0)) {
-    return refused_image("its page map does not cover its span of " + std::to_string(request.used_bytes) + " bytes");
-  }
-  std::size_t kept = 0;
-  for (char b : map) kept += static_cast<std::size_t>(__builtin_popcount(static_cast<std::uint8_t>(b)));
-  // SAFETY: [base, base + peak) and every kept page lie inside the mapped arena (used_bytes
-  // and the peak are at most its size). A fresh arena holds only its bookkeeping, which the
-  // image's own replaces: cleared, every page the map leaves out reads as zero.
-  auto* base = reinterpret_cast<std::uint8_t*>(arena->base());
-  std::memset(base, 0, arena->peak());
-  // Direct: the host writes the kept pages into the cleared arena itself, then sends an empty
-  // heap_pages (or, when the kernel refuses it that, the pages as usual).
-  const std::array<std::uint8_t, channel::kHeaderBytes> ready = channel::frame_header(Kind::heap_ready, 0);
-  if (request.pages_direct && !write_all(fd, ready)) return errors::internal("the guest's channel to its host broke");
-  std::uint8_t header[channel::kHeaderBytes];
-  if (!read_exact(fd, header, sizeof header)) return errors::internal("the guest's channel to its host broke");
-  const channel::FrameHeader pages_frame = channel::parse_header(header);
-  const bool written = request.pages_direct && pages_frame.kind == Kind::heap_pages && pages_frame.length == 0;
-  if (!written && (pages_frame.kind != Kind::heap_pages || pages_frame.length != kept * kPage)) {
-    return refused_image("its page map keeps " + std::to_string(kept) + " pages, the host sent " +
-                         std::to_string(pages_frame.length) + " bytes of " + std::string(channel::kind_name(pages_frame.kind)));
-  }
-  const bool read = written || for_each_run(map, pages, [&](std::size_t first, std::size_t count) {
-    return read_exact(fd, base + first * kPage, count * kPage);
-  });
-  if (!read) return errors::internal("the guest's channel to its host broke");
-  if (Result<FixedArena> adopted = FixedArena::adopt(reinterpret_cast<void*>(arena->base()), arena->size()); !adopted) {
-    return adopted.error();
-  }
-  // The pages the map leaves out are zero (cleared above, never written): the next stop need
-  // not write or read them while they stay so.
-  arena->track_zero_pages(std::span(reinterpret_cast<const std::uint8_t*>(map.data()), map.size()), pages);
-  RunInput input = input_of(request.run);
-  return strong::resume_agent_strong(request.agent_handle, input, request.info, host,
-                                     span_writer(fd, request.pages_direct));
 }
 
 // The answer frame for one request frame.
