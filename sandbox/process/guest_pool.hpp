@@ -62,7 +62,7 @@ struct WarmGuest {
   // whole second as the last one's needs no prlimit call.
   std::uint64_t hard_cpu_seconds = 0;
   std::uint64_t armed_soft_seconds = 0;
-  // Carried reads learned from its runs (guest_session.cpp, docs/jails.md): per chunk
+  // Carried reads learned from its runs (guest_session_warm.cpp, docs/jails.md): per chunk
   // source, the calls to carried services its last run of it made, to read ahead next time.
   // This guest's alone (one principal's), so what its own word taught changes only its runs.
   struct LearnedReads {

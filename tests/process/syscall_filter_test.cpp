@@ -107,7 +107,7 @@ TEST_CASE("the allowed syscalls work under the filter") {
   })));
 }
 
-// The guest waits for its channel in poll (guest_serve.cpp, await_readable): one descriptor
+// The guest waits for its channel in poll (guest_io.cpp, await_readable): one descriptor
 // per call, which seccomp can count but not read. ppoll, select and epoll stay refused.
 TEST_CASE("poll is allowed on one descriptor only, and no other way to wait is") {
   CHECK(allowed(in_filtered_child(false, [] {
