@@ -32,23 +32,6 @@ namespace {
 // (7.3 runs on average), with 32 they average ~16.
 constexpr std::size_t kEvalBurst = 32;
 
-// A call request's service name where it lies in its payload (encode(CallRequest): an
-// endianness byte, then the name as a u32 length and its bytes, then the arguments), or
-// nullopt when the payload is too short to hold it (decode_call then fails on it too). Read
-// with the bounds decode_call checks; the rest of the payload is not looked at.
-std::optional<std::string_view> call_service_name(std::span<const std::uint8_t> payload) {
-  constexpr std::size_t kHead = 1 + sizeof(std::uint32_t);
-  if (payload.size() < kHead) return std::nullopt;
-  const bool little = payload[0] != 0;
-  std::uint32_t n = 0;
-  for (std::size_t i = 0; i < sizeof(n); ++i) {
-    const std::uint32_t byte = payload[1 + i];
-    n |= little ? byte << (8 * i) : byte << (8 * (sizeof(n) - 1 - i));
-  }
-  if (n > payload.size() - kHead) return std::nullopt;
-  return std::string_view(reinterpret_cast<const char*>(payload.data() + kHead), n);
-}
-
 bool is_loopback(const Address& a) {
   if (a.host == "localhost") return true;
   boost::system::error_code ec;
@@ -227,7 +210,7 @@ std::optional<Result<std::vector<std::uint8_t>>> NodeServer::handle_now(FrameKin
   // payload's head, not by decoding the whole request. A call that goes to handle()
   // (agent.transfer with its agent's state, say) is then decoded once, there, not twice.
   std::shared_ptr<const ServiceEntry> entry;
-  if (const std::optional<std::string_view> name = call_service_name(payload)) {
+  if (const std::optional<std::string_view> name = peek_call_service(payload)) {
     entry = services_.lookup(*name);
     // Anything else (a worker's service, one that waits, an unknown name) goes the usual way;
     // handle() decodes it in full and reports a malformed rest as before.

@@ -439,6 +439,16 @@ Result<CallRequest> decode_call(std::span<const std::uint8_t> bytes) {
   });
 }
 
+std::optional<std::string_view> peek_call_service(std::span<const std::uint8_t> bytes) {
+  try {
+    wire::Reader r(bytes);
+    const std::span<const std::uint8_t> name = r.string_view();
+    return std::string_view(reinterpret_cast<const char*>(name.data()), name.size());
+  } catch (const std::exception&) {  // cut off before or inside the name
+    return std::nullopt;
+  }
+}
+
 Result<EvalRequest> decode_eval(std::span<const std::uint8_t> bytes) {
   return decode_with(bytes, "eval request", [](wire::Reader& r) {
     EvalRequest m;

@@ -3,8 +3,10 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <span>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "sojourn/core/error.hpp"
@@ -78,6 +80,10 @@ std::vector<std::uint8_t> encode(const ProtocolError& m);
 std::vector<std::uint8_t> encode_value(const Value& v);
 
 Result<CallRequest> decode_call(std::span<const std::uint8_t> bytes);
+// A call request's service name where it lies in `bytes` (valid while they live), read with
+// decode_call's own bounds and nothing else decoded; nullopt when the payload is too short to
+// hold it (decode_call then fails on it too).
+std::optional<std::string_view> peek_call_service(std::span<const std::uint8_t> bytes);
 Result<EvalRequest> decode_eval(std::span<const std::uint8_t> bytes);
 Result<Reply> decode_reply(std::span<const std::uint8_t> bytes);
 Result<ProtocolError> decode_protocol_error(std::span<const std::uint8_t> bytes);
