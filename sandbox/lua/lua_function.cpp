@@ -333,6 +333,8 @@ int upvalue_slot(const detail::FunctionData& data, std::string_view name) {
 
 void push_rebuilt_function(lua_State* L, const detail::FunctionData& data, int makers) {
   lua_checkstack(L, 6);
+  // Counted for the pool: code that is not the run's chunk now runs in it (lua_state_pool.hpp).
+  note_pushed_function(L);
   const std::string& source = data.source.str();
   const std::string& chunk_name = data.chunk_name.str();
   const std::string where = "function from " + display_name(chunk_name) + ":" + std::to_string(data.line);

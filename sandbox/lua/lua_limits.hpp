@@ -88,6 +88,10 @@ struct RunContext {
   // none is pending; cleared at the start and the end of each run.
   std::string_view deferred_chunk_name;
   std::string_view deferred_chunk_source;
+  // Functions pushed from values during the run (lua::push_rebuilt_function: rebuilt from a
+  // text, or a library function by its name): code that is not the run's chunk, so a pooled
+  // run with any gets the library comparison (reaches_no_library covers the chunk only).
+  std::uint32_t functions_pushed = 0;
 };
 
 // C stack that C functions of one run may use below run_lua's frame: LuaJIT checks its own
