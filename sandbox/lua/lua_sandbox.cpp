@@ -45,6 +45,12 @@ void note_pushed_function(lua_State* L) noexcept {
   ++static_cast<detail::RunContext*>(ud)->functions_pushed;
 }
 
+void note_registry_write(lua_State* L) noexcept {
+  void* ud = nullptr;
+  if (lua_getallocf(L, &ud) != &detail::capped_alloc || ud == nullptr) return;
+  ++static_cast<detail::RunContext*>(ud)->registry_writes;
+}
+
 }  // namespace lua
 
 namespace detail {
@@ -179,6 +185,7 @@ int call_agent_entry(lua_State* L, RunJob& job, RunContext& ctx, int chunk_resul
     detail::raise_limit(L, pushed.error());
   }
   lua_pushvalue(L, -1);
+  lua::note_registry_write(L);
   job.state_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   lua_getfield(L, LUA_GLOBALSINDEX, "agent");
   lua_pushvalue(L, -2);
@@ -323,6 +330,7 @@ void start_context(RunContext& ctx, const RunInput& input, HostCalls* host, std:
   ctx.deferred_chunk_name = {};
   ctx.deferred_chunk_source = {};
   ctx.functions_pushed = 0;
+  ctx.registry_writes = 0;
 }
 
 }  // namespace detail
@@ -377,7 +385,10 @@ auto run_in_pooled_state(const RunInput& input, HostCalls* host, RunJob& job, Fi
   // `finish` has cleared; it made an error of anything else that was not 0.
   if (out.ok() && ctx.kill == Errc::ok && ctx.last_limit.code == Errc::ok && !ctx.allocation_refused) {
     // Functions pushed from values are code the text scan did not see: the comparison runs.
-    detail::return_pooled_state(std::move(state), !(confined && ctx.functions_pushed == 0));
+    // The registry is walked unless no C code wrote to it (a text that cannot name
+    // require_remote, no function converted or pushed, no agent state kept).
+    const bool libraries_reachable = !(confined && ctx.functions_pushed == 0);
+    detail::return_pooled_state(std::move(state), libraries_reachable, libraries_reachable || ctx.registry_writes != 0);
   }
   return out;
 }

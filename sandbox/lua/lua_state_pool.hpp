@@ -78,7 +78,10 @@ PooledStatePtr take_pooled_state(std::string_view principal);
 // `libraries_reachable` false: the run's own code provably could not reach a library table
 // (its text passed reaches_no_library and it rebuilt no function from a value), so the
 // library comparison is skipped; everything else of the reset is the same.
-void return_pooled_state(PooledStatePtr state, bool libraries_reachable = true);
+// `registry_written` false: no C code wrote to the registry during the run (RunContext::
+// registry_writes, and a text that cannot call require_remote), so the walk that puts the
+// registry back is skipped too.
+void return_pooled_state(PooledStatePtr state, bool libraries_reachable = true, bool registry_written = true);
 
 // Whether a run of `source` on `state` can only have read the library tables: the text names
 // each library only as `NAME.FIELD(` and names no other global that reaches one (lua_source_scan.hpp,

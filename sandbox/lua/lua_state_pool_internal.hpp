@@ -37,6 +37,7 @@ void record_sizes(PooledState& state);
 struct Housekeeping {
   const PooledState* state;
   bool check_libraries = true;  // false: the run provably reached no library table
+  bool walk_registry = true;    // false: no C code wrote to the registry during the run
   bool reusable = false;
 };
 

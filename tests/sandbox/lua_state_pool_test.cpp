@@ -666,3 +666,63 @@ TEST_CASE("functions pushed from values into a run that passed the text scan sti
   CHECK(detail::idle_pooled_states() == 0);
   CHECK(ok_results(run("return rawget(string, 'evil') == nil", "alice")).get(1).as_bool());
 }
+
+TEST_CASE("a run whose text passes the scan still has the registry put back when it converted a function") {
+  detail::PooledStatePtr prepared = detail::take_pooled_state("carol");
+  REQUIRE(prepared != nullptr);
+  const std::string baseline = detail::describe_registry(prepared->L);
+  prepared.reset();
+  // Each chunk names no library and no require_remote; each registers a text (a function
+  // converted to a value: a result, a host call's argument) or rebuilds one.
+  struct Echo final : HostCalls {
+    Result<Value> call(std::string_view, const Value& args) override { return args.get(1); }
+  };
+  Echo echo;
+  const char* sources[] = {
+      "local function g() return 1 end; return g",
+      "local function g() return 1 end; local back = node.call('echo', g); return 1",
+      "local t = {f = function() end}; return t",
+  };
+  for (const char* source : sources) {
+    CAPTURE(source);
+    detail::clear_state_pool();
+    ok_results(run(source, "alice", kLimits, {}, &echo));
+    // Looked at as the run's reset left it (idle_state_of would reset it once more).
+    REQUIRE(detail::idle_pooled_states() == 1);
+    detail::PooledStatePtr state = detail::take_pooled_state("alice");
+    REQUIRE(state != nullptr);
+    CHECK(detail::describe_registry(state->L) == baseline);
+  }
+}
+
+TEST_CASE("a run whose text passes the scan and that wrote nothing to the registry skips its walk, and only such a run") {
+  // A registry key added behind the pool's back (from C, as no run's code can): a run that
+  // wrote nothing there leaves it (the walk is skipped), any other run's reset removes it.
+  const auto tamper = [] {
+    detail::clear_state_pool();
+    ok_results(run("return 1", "alice"));
+    detail::PooledStatePtr state = detail::take_pooled_state("alice");
+    REQUIRE(state != nullptr);
+    lua_pushboolean(state->L, 1);
+    lua_setfield(state->L, LUA_REGISTRYINDEX, "tampered");
+    detail::return_pooled_state(std::move(state), false, false);
+    REQUIRE(detail::idle_pooled_states() == 1);
+  };
+  const auto has_key = [] {  // looked at before the state goes back (unwalked) to the pool
+    REQUIRE(detail::idle_pooled_states() == 1);
+    detail::PooledStatePtr state = detail::take_pooled_state("alice");
+    REQUIRE(state != nullptr);
+    const bool found = detail::describe_registry(state->L).find("tampered") != std::string::npos;
+    detail::return_pooled_state(std::move(state), false, false);
+    return found;
+  };
+  tamper();
+  ok_results(run("return math.floor(2.5)", "alice"));
+  CHECK(has_key());  // not walked
+  tamper();
+  ok_results(run("local function g() end; return g", "alice"));  // registers its text
+  CHECK_FALSE(has_key());
+  tamper();
+  ok_results(run("return math.pi", "alice"));  // the text may reach a library
+  CHECK_FALSE(has_key());
+}
