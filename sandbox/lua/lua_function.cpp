@@ -34,7 +34,9 @@ constexpr std::size_t kMaxUpvalues = 60;  // LuaJIT's limit per function
 int absolute(lua_State* L, int index) { return index > 0 || index <= LUA_REGISTRYINDEX ? index : lua_gettop(L) + index + 1; }
 
 // Pushes registry[key], creating it first when missing.
+// Every caller goes on to write to it (or to create it): counted as a registry write.
 void push_registry_table(lua_State* L, const char* key, const char* weak_mode) {
+  note_registry_write(L);
   lua_getfield(L, LUA_REGISTRYINDEX, key);
   if (lua_istable(L, -1)) return;
   lua_pop(L, 1);
@@ -333,6 +335,8 @@ int upvalue_slot(const detail::FunctionData& data, std::string_view name) {
 
 void push_rebuilt_function(lua_State* L, const detail::FunctionData& data, int makers) {
   lua_checkstack(L, 6);
+  // Counted for the pool: code that is not the run's chunk now runs in it (lua_state_pool.hpp).
+  note_pushed_function(L);
   const std::string& source = data.source.str();
   const std::string& chunk_name = data.chunk_name.str();
   const std::string where = "function from " + display_name(chunk_name) + ":" + std::to_string(data.line);

@@ -88,6 +88,14 @@ struct RunContext {
   // none is pending; cleared at the start and the end of each run.
   std::string_view deferred_chunk_name;
   std::string_view deferred_chunk_source;
+  // Functions pushed from values during the run (lua::push_rebuilt_function: rebuilt from a
+  // text, or a library function by its name): code that is not the run's chunk, so a pooled
+  // run with any gets the library comparison (reaches_no_library covers the chunk only).
+  std::uint32_t functions_pushed = 0;
+  // Writes to the registry during the run by the sandbox's C code (lua::note_registry_write:
+  // the texts and functions registered for travel, an agent's state reference). A pooled run
+  // with none, and whose text cannot reach require_remote, leaves the registry as prepared.
+  std::uint32_t registry_writes = 0;
 };
 
 // C stack that C functions of one run may use below run_lua's frame: LuaJIT checks its own

@@ -39,6 +39,18 @@ void register_deferred_chunk(lua_State* L) {
   ctx.deferred_chunk_source = {};
 }
 
+void note_pushed_function(lua_State* L) noexcept {
+  void* ud = nullptr;
+  if (lua_getallocf(L, &ud) != &detail::capped_alloc || ud == nullptr) return;
+  ++static_cast<detail::RunContext*>(ud)->functions_pushed;
+}
+
+void note_registry_write(lua_State* L) noexcept {
+  void* ud = nullptr;
+  if (lua_getallocf(L, &ud) != &detail::capped_alloc || ud == nullptr) return;
+  ++static_cast<detail::RunContext*>(ud)->registry_writes;
+}
+
 }  // namespace lua
 
 namespace detail {
@@ -173,6 +185,7 @@ int call_agent_entry(lua_State* L, RunJob& job, RunContext& ctx, int chunk_resul
     detail::raise_limit(L, pushed.error());
   }
   lua_pushvalue(L, -1);
+  lua::note_registry_write(L);
   job.state_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   lua_getfield(L, LUA_GLOBALSINDEX, "agent");
   lua_pushvalue(L, -2);
@@ -316,6 +329,8 @@ void start_context(RunContext& ctx, const RunInput& input, HostCalls* host, std:
   ctx.agent_thread = nullptr;
   ctx.deferred_chunk_name = {};
   ctx.deferred_chunk_source = {};
+  ctx.functions_pushed = 0;
+  ctx.registry_writes = 0;
 }
 
 }  // namespace detail
@@ -342,7 +357,16 @@ auto run_in_pooled_state(const RunInput& input, HostCalls* host, RunJob& job, Fi
     return Out(*std::move(refused));
   }
   if (!state) return std::nullopt;
-  if (!scanned && input.source.size() <= detail::kMaxScannedSourceBytes) state->scanned_source.assign(input.source);
+  // Whether the chunk's own text can reach a library table (lexed once per text and state,
+  // with the cdata scan's cache); agent steps always get the library comparison.
+  bool confined = false;
+  if (scanned) {
+    confined = state->scanned_source_confined;
+  } else if (input.source.size() <= detail::kMaxScannedSourceBytes) {
+    state->scanned_source.assign(input.source);
+    confined = state->scanned_source_confined = detail::reaches_no_library(*state, input.source);
+  }
+  confined = confined && job.agent == nullptr;
   RunContext& ctx = *state->ctx;
   // SAFETY: the frame address is only compared with, never dereferenced.
   detail::start_context(ctx, input, host, reinterpret_cast<std::uintptr_t>(__builtin_frame_address(0)), ctx.bytes_in_use);
@@ -360,7 +384,11 @@ auto run_in_pooled_state(const RunInput& input, HostCalls* host, RunJob& job, Fi
   // A result (not an error) with no kill left: status is not 0 after agent.go, whose stop
   // `finish` has cleared; it made an error of anything else that was not 0.
   if (out.ok() && ctx.kill == Errc::ok && ctx.last_limit.code == Errc::ok && !ctx.allocation_refused) {
-    detail::return_pooled_state(std::move(state));
+    // Functions pushed from values are code the text scan did not see: the comparison runs.
+    // The registry is walked unless no C code wrote to it (a text that cannot name
+    // require_remote, no function converted or pushed, no agent state kept).
+    const bool libraries_reachable = !(confined && ctx.functions_pushed == 0);
+    detail::return_pooled_state(std::move(state), libraries_reachable, libraries_reachable || ctx.registry_writes != 0);
   }
   return out;
 }

@@ -342,6 +342,40 @@ bool has_cdata_literal(std::string_view text) {
   }
 }
 
+bool names_tables_only_in_calls(std::string_view text, const std::vector<std::string>& call_only,
+                                const std::vector<std::string>& banned) {
+  Lexer lexer(text, 1);
+  Token before{Kind::eof, 0, 0, 0};  // the two tokens before `t`
+  Token last{Kind::eof, 0, 0, 0};
+  for (;;) {
+    const Token t = lexer.next();
+    if (t.kind == Kind::error) return false;
+    if (t.kind == Kind::eof) return true;
+    if (t.kind == Kind::name) {
+      // After `.` or `:` (not `..` or `::`), a name is a field or a method: not a variable.
+      const bool field = (is_symbol(lexer, last, ".") && !is_symbol(lexer, before, ".")) ||
+                         (is_symbol(lexer, last, ":") && !is_symbol(lexer, before, ":"));
+      const std::string_view name = lexer.text(t);
+      if (!field) {
+        if (std::find(banned.begin(), banned.end(), name) != banned.end()) return false;
+        if (std::find(call_only.begin(), call_only.end(), name) != call_only.end()) {
+          if (is_keyword(lexer, last, "function")) return false;
+          if (!is_symbol(lexer, lexer.next(), ".")) return false;
+          const Token member = lexer.next();
+          if (member.kind != Kind::name || !is_lua_identifier(lexer.text(member))) return false;
+          const Token open = lexer.next();
+          if (!is_symbol(lexer, open, "(")) return false;
+          before = member;
+          last = open;
+          continue;
+        }
+      }
+    }
+    before = last;
+    last = t;
+  }
+}
+
 bool is_lua_identifier(std::string_view s) {
   static constexpr std::string_view kKeywords[] = {"and", "break", "do", "else", "elseif", "end", "false",
                                                    "for", "function", "goto", "if", "in", "local", "nil",

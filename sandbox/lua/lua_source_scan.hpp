@@ -61,6 +61,15 @@ bool is_one_function_expression(std::string_view text);
 // (a crash in lua_close). Function texts with them neither leave nor enter a run.
 bool has_cdata_literal(std::string_view text);
 
+// True when `text`, lexed as LuaJIT lexes a chunk, names each of `call_only` as a variable
+// only in the form `NAME . FIELD (` (a call of one of its fields, never right after
+// `function`: that form assigns the field) and names none of `banned` as a variable at all.
+// A name right after a single '.' or ':' is a field, not a variable. The pooled run's proof
+// that a chunk cannot reach a library table (lua_state_run.cpp): the only values that
+// hold one are those names. False when the text does not lex.
+bool names_tables_only_in_calls(std::string_view text, const std::vector<std::string>& call_only,
+                                const std::vector<std::string>& banned);
+
 // A Lua name that is not a keyword.
 bool is_lua_identifier(std::string_view s);
 

@@ -19,6 +19,7 @@
 #include <lua.hpp>
 
 #include "sandbox/lua/lua_env.hpp"
+#include "sandbox/lua/lua_source_scan.hpp"
 #include "sandbox/lua/lua_state_pool_internal.hpp"
 
 namespace sojourn::sandbox::detail {
@@ -91,7 +92,11 @@ PooledStatePtr take_pooled_state(std::string_view principal) {
   return state;
 }
 
-void return_pooled_state(PooledStatePtr state) {
+bool reaches_no_library(const PooledState& state, std::string_view source) {
+  return lua::names_tables_only_in_calls(source, state.call_only_globals, state.banned_globals);
+}
+
+void return_pooled_state(PooledStatePtr state, bool libraries_reachable, bool registry_written) {
   lua_State* L = state->L;
   RunContext& ctx = *state->ctx;
   lua_sethook(L, nullptr, 0, 0);
@@ -102,7 +107,7 @@ void return_pooled_state(PooledStatePtr state) {
   ctx.deferred_chunk_source = {};
   ctx.byte_cap = std::max(kHousekeepingBytes, ctx.bytes_in_use + kHousekeepingBytes);
   if (++state->runs >= kMaxRunsPerState) return;
-  Housekeeping work{state.get()};
+  Housekeeping work{state.get(), libraries_reachable, registry_written};
   if (lua_cpcall(L, check_and_reset, &work) != 0 || !work.reusable || ctx.kill != Errc::ok) return;
   if (ctx.bytes_in_use > state->baseline_bytes + kCollectAboveBytes) lua_gc(L, LUA_GCCOLLECT, 0);
   if (ctx.bytes_in_use > state->baseline_bytes + kDiscardAboveBytes) return;

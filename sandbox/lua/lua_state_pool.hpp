@@ -8,6 +8,7 @@
 #include <memory>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "sandbox/lua/lua_limits.hpp"
 
@@ -32,6 +33,16 @@ struct PooledState {
   std::uint32_t cached_chunks = 0;
   int global_count = 0;  // the prepared globals' entries: the size of each run's copy
   std::string scanned_source;  // the last text that passed refused_input's cdata scan here
+  // Whether scanned_source names the library tables only to call one of their fields and
+  // names no other way to them (reaches_no_library): a run of it that rebuilt no function
+  // from a value cannot have written a library table, and its state goes back without the
+  // library comparison.
+  bool scanned_source_confined = false;
+  // The prepared globals a chunk may name only as `NAME.FIELD(` (the library tables), and
+  // those it may not name at all for the proof (every other global but the plain functions
+  // known to hand out no library: _G, getmetatable, require_remote, anything new).
+  std::vector<std::string> call_only_globals;
+  std::vector<std::string> banned_globals;
   // Registry slots (integer keys, luaL_ref) of what every run reads: the pool's own tables
   // (the chunk cache, the globals as a list, the library list), the prepared globals, the
   // function copying them (0 when the C copy is used), the housekeeping function run when the
@@ -64,7 +75,20 @@ PooledStatePtr take_pooled_state(std::string_view principal);
 // metatable on one), or its memory stays grown past its bound after a collection. Before it is idle, the thread's globals go back to the prepared
 // ones and the registry to what it was once prepared (keys added by runs removed, per-run
 // tables emptied). Any other run's state is simply destroyed, never returned.
-void return_pooled_state(PooledStatePtr state);
+// `libraries_reachable` false: the run's own code provably could not reach a library table
+// (its text passed reaches_no_library and it rebuilt no function from a value), so the
+// library comparison is skipped; everything else of the reset is the same.
+// `registry_written` false: no C code wrote to the registry during the run (RunContext::
+// registry_writes, and a text that cannot call require_remote), so the walk that puts the
+// registry back is skipped too.
+void return_pooled_state(PooledStatePtr state, bool libraries_reachable = true, bool registry_written = true);
+
+// Whether a run of `source` on `state` can only have read the library tables: the text names
+// each library only as `NAME.FIELD(` and names no other global that reaches one (lua_source_scan.hpp,
+// names_tables_only_in_calls). Whatever else holds a library would have to come from outside
+// the text: functions rebuilt from values (arguments, node.call replies) are counted in the
+// run's context and make the comparison run.
+bool reaches_no_library(const PooledState& state, std::string_view source);
 
 // Called in protected mode at the start of a run on a pooled state: installs a fresh copy
 // of the globals as the thread's globals (`_G` the copy; the library tables are shared, and

@@ -36,6 +36,8 @@ void record_sizes(PooledState& state);
 // What check_and_reset is given and answers.
 struct Housekeeping {
   const PooledState* state;
+  bool check_libraries = true;  // false: the run provably reached no library table
+  bool walk_registry = true;    // false: no C code wrote to the registry during the run
   bool reusable = false;
 };
 

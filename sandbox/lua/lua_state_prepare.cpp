@@ -2,7 +2,10 @@
 // the pool's own tables (the library list with the zeros list, the globals as a list, the chunk
 // cache), the function copying the globals, the registry slots and the housekeeping function
 // with its snapshot of the registry.
+#include <algorithm>
 #include <initializer_list>
+#include <iterator>
+#include <string_view>
 #include <string>
 
 #include <lua.hpp>
@@ -226,12 +229,57 @@ int prepare_protected(lua_State* L) {
   return 0;
 }
 
-// The size of begin_pooled_run's copy of the globals (no allocation: counting only).
+namespace {
+
+// The library tables a chunk may name to call one of their fields. None of their functions
+// returns a library table it was not given (string, math: strings and numbers; table: the
+// caller's tables' contents; coroutine: threads and what the caller's coroutines pass;
+// node.call: values made from the reply).
+constexpr std::string_view kCallOnlyLibraries[] = {"string", "table", "math", "coroutine", "node"};
+// The global functions a chunk may name freely: none returns a table it was not given, and
+// none runs code that is not the caller's (getmetatable is not here: getmetatable("") is a
+// decoy whose __index is `string`; nor _G, nor require_remote, whose module is another text).
+constexpr std::string_view kPlainFunctions[] = {
+    "assert", "collectgarbage", "error", "ipairs", "next", "pairs", "pcall", "print", "rawequal",
+    "rawget", "rawset", "select", "setmetatable", "tonumber", "tostring", "type", "unpack", "xpcall",
+};
+
+template <std::size_t N>
+bool listed(const std::string_view (&names)[N], std::string_view name) {
+  return std::find(std::begin(names), std::end(names), name) != std::end(names);
+}
+
+}  // namespace
+
+// The size of begin_pooled_run's copy of the globals (no allocation: counting only), and
+// which prepared globals the proof of reaches_no_library restricts: every global is either a
+// listed library (call_only), a listed plain function or a string, number or boolean (free),
+// or banned (a chunk naming it gets the library comparison), so that a global added to the
+// environment later is banned until it is looked at.
 void record_sizes(PooledState& state) {
   lua_State* L = state.L;
   lua_rawgeti(L, LUA_REGISTRYINDEX, state.globals_ref);
-  state.global_count = count_entries(L, lua_gettop(L));
-  lua_pop(L, 1);
+  const int globals = lua_gettop(L);
+  state.global_count = count_entries(L, globals);
+  state.call_only_globals.clear();
+  state.banned_globals.clear();
+  lua_pushnil(L);
+  while (lua_next(L, globals) != 0) {
+    const int type = lua_type(L, -1);
+    if (lua_type(L, -2) == LUA_TSTRING) {
+      std::size_t len = 0;
+      const char* text = lua_tolstring(L, -2, &len);
+      const std::string_view name(text, len);
+      if (type == LUA_TTABLE && listed(kCallOnlyLibraries, name) && !lua_rawequal(L, -1, globals)) {
+        state.call_only_globals.emplace_back(name);
+      } else if (!(type == LUA_TFUNCTION && listed(kPlainFunctions, name)) && type != LUA_TSTRING &&
+                 type != LUA_TNUMBER && type != LUA_TBOOLEAN) {
+        state.banned_globals.emplace_back(name);
+      }
+    }  // a key that is not a string is no name: only _G (banned) reaches its value
+    lua_pop(L, 1);
+  }
+  lua_settop(L, globals - 1);
 }
 
 }  // namespace state_pool

@@ -21,7 +21,8 @@ namespace state_pool {
 // lives in the registry under an integer key (a rawgeti, where a string key cost a hashed
 // lookup per use).
 //
-// 1. Each library: no metatable (`getmetatable` answers nil only for a table without one; a
+// 1. Each library (unless the argument is false: the run provably could not reach one,
+//    reaches_no_library): no metatable (`getmetatable` answers nil only for a table without one; a
 //    metatable with a __metatable field answers that field, never nil; the prepared builtin,
 //    a fast function, where five C API calls per library cost more), then compared with its copy: a copy that holds no table or userdata (entry[4]
 //    false: functions, numbers and strings only) with `~=`, which calls no __eq there (Lua
@@ -29,7 +30,8 @@ namespace state_pool {
 //    Then the keys whose prepared value is 0 (the zeros list) are compared again by their
 //    inverses: `==` finds -0 equal to 0, 1/-0 is -inf. Any difference returns false: the state is
 //    never shown to another run.
-// 2. The registry back as prepared, in one walk of the registry: a key the snapshot lacks is
+// 2. (Unless the second argument is false: no C code wrote to the registry during the run,
+//    RunContext::registry_writes.) The registry back as prepared, in one walk of the registry: a key the snapshot lacks is
 //    removed, a prepared value changed is set again, a per-run table a run filled (or gave a
 //    metatable) is replaced by a new empty one (one still empty is kept: nothing of the run is
 //    in it). The walk counts the prepared keys it met; when a run removed one (fewer than the
@@ -37,8 +39,8 @@ namespace state_pool {
 //    metatable, and neither have these tables.
 extern const std::string_view kHousekeepingSource =
     "local next, rawequal, type, getmetatable, libraries, zeros, registry, snapshot, emptied, prepared_keys = ...\n"
-    "return function()\n"
-    "  for i = 1, #libraries do\n"
+    "return function(check_libraries, walk_registry)\n"
+    "  for i = 1, check_libraries and #libraries or 0 do\n"
     "    local entry = libraries[i]\n"
     "    local library, copy, n = entry[1], entry[2], 0\n"
     "    if getmetatable(library) ~= nil then return false end\n"
@@ -55,10 +57,11 @@ extern const std::string_view kHousekeepingSource =
     "    end\n"
     "    if n ~= entry[3] then return false end\n"
     "  end\n"
-    "  for j = 1, #zeros, 3 do\n"
+    "  for j = 1, check_libraries and #zeros or 0, 3 do\n"
     "    local library, copy, k = zeros[j], zeros[j + 1], zeros[j + 2]\n"
     "    if 1 / library[k] ~= 1 / copy[k] then return false end\n"
     "  end\n"
+    "  if not walk_registry then return true end\n"
     "  local met = 0\n"
     "  for k, v in next, registry do\n"
     "    local prepared = snapshot[k]\n"
@@ -93,7 +96,9 @@ int check_and_reset(lua_State* L) {
   lua_settop(L, 0);
   lua_rawgeti(L, LUA_REGISTRYINDEX, state.housekeeping_ref);
   if (!lua_isfunction(L, 1)) return luaL_error(L, "pooled state without its snapshot");
-  lua_call(L, 0, 1);
+  lua_pushboolean(L, work.check_libraries ? 1 : 0);
+  lua_pushboolean(L, work.walk_registry ? 1 : 0);
+  lua_call(L, 2, 1);
   if (lua_toboolean(L, -1) == 0) return 0;  // a run changed a library table: never shown to another
   lua_rawgeti(L, LUA_REGISTRYINDEX, state.globals_ref);
   lua_replace(L, LUA_GLOBALSINDEX);

@@ -22,6 +22,14 @@ void register_chunk(lua_State* L, std::string_view chunk_name, std::string_view 
 // run_lua), when one is pending; called before registered texts are read. Raises Lua errors
 // (memory); a refused allocation leaves it pending.
 void register_deferred_chunk(lua_State* L);
+// Counts a function pushed from a value into the run on L (RunContext::functions_pushed):
+// code other than the run's chunk, for the pool's library comparison. Nothing on a state
+// without a RunContext.
+void note_pushed_function(lua_State* L) noexcept;
+// Counts a write to the registry during the run on L (RunContext::registry_writes): every C
+// path of the sandbox that adds, replaces or fills a registry entry while a run is on calls
+// it, so that the pool's reset may skip its walk of the registry when there was none.
+void note_registry_write(lua_State* L) noexcept;
 // Every function reachable from the globals table at `globals` (the restricted
 // environment: print, table.insert, ...) travels by name and is found by name where it is
 // rebuilt, in that run's own registered library. Other C functions cannot travel.
