@@ -266,6 +266,7 @@ class ZygoteJail final : public ProcessJail {
       pool_.lost(key);
       warm = pool_.take(key);
     }
+    if (session.direct != nullptr) session.direct->mark(warm ? "guest_warm" : "guest_forked");  // the trace's
     if (warm) {
       reused_.fetch_add(1, std::memory_order_relaxed);
     } else {
