@@ -288,7 +288,9 @@ void GuestPool::refill_loop() {
   // A refill is wanted as a run ends (a strong step's spent guest, above all): woken then, this
   // thread would preempt the thread that ended the run, on the run's path (a strong hop's source
   // waited ~0.5 ms for it). As a batch thread it is not woken ahead of a running thread; it
-  // still gets its fair share of the CPU. (A hint: should the kernel refuse it, as before.)
+  // still gets its fair share of the CPU. A zygote this thread restarts is started with the
+  // node's main thread's policy (ZygoteLink::start), so no guest inherits this one. (A hint:
+  // should the kernel refuse it, as before.)
   const sched_param batch{};
   (void)::sched_setscheduler(0, SCHED_BATCH, &batch);
   std::unique_lock lock(mutex_);

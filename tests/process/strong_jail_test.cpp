@@ -12,6 +12,7 @@
 #include <filesystem>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "sandbox/image/heap_image.hpp"
@@ -523,7 +524,8 @@ int batch_threads() {
   int batch = 0;
   for (const auto& task : std::filesystem::directory_iterator("/proc/self/task")) {
     const int tid = std::atoi(task.path().filename().c_str());
-    if (tid > 0 && ::sched_getscheduler(tid) == SCHED_BATCH) ++batch;
+    const int policy = tid > 0 ? ::sched_getscheduler(tid) : -1;
+    if (policy >= 0 && (policy & ~SCHED_RESET_ON_FORK) == SCHED_BATCH) ++batch;
   }
   return batch;
 }
@@ -557,4 +559,24 @@ TEST_CASE("a strong step in a warm guest names its moments in order; the pool's 
                                  "guest_discarded", "guest_released"});
   // Its refills ran on a thread that does not preempt the one ending a step.
   CHECK(batch_threads() >= 1);
+}
+
+TEST_CASE("a zygote started from a batch thread is scheduled as the node's main thread") {
+  const int main_policy = ::sched_getscheduler(::getpid()) & ~SCHED_RESET_ON_FORK;
+  REQUIRE(main_policy != SCHED_BATCH);
+  int zygote_pid = 0;
+  int thread_policy = -1;
+  std::unique_ptr<ProcessJail> own;
+  std::thread starter([&] {
+    const sched_param batch{};
+    if (::sched_setscheduler(0, SCHED_BATCH, &batch) == 0) thread_policy = ::sched_getscheduler(0);
+    auto started = ProcessJail::start(ProcessJailOptions{});
+    if (started.ok()) own = std::move(*started);
+  });
+  starter.join();
+  REQUIRE(thread_policy == SCHED_BATCH);
+  REQUIRE(own != nullptr);
+  zygote_pid = own->status().zygote_pid;
+  REQUIRE(zygote_pid > 0);
+  CHECK((::sched_getscheduler(zygote_pid) & ~SCHED_RESET_ON_FORK) == main_policy);
 }
