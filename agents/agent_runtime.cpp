@@ -227,6 +227,7 @@ void AgentRuntime::run_step(const std::string& id) {
   // A heap image fixes its arena, so a strong agent keeps the memory limit of its first step.
   if (strong && record.strong_memory != 0) input.limits.memory_bytes = record.strong_memory;
   sandbox::StrongOutcome taken;  // a strong step's image and figures (its `step` moves out)
+  if (strong && record.image) trace_step("resume_step", id, "", "");  // on a worker (docs/bench.md)
   const auto started = std::chrono::steady_clock::now();
   Result<sandbox::AgentOutcome> outcome = [&]() -> Result<sandbox::AgentOutcome> {
     if (!strong) return jails_.run_agent_step(record.isolation, input, agent, &host);
@@ -273,6 +274,14 @@ void AgentRuntime::run_step(const std::string& id) {
   const std::string image_sha256 = strong_stop ? sandbox::image::digest_hex(taken.image) : std::string();
   // A strong step's heap restored (resumed from an image) and sealed (at a go): the trace's
   // figures of what happened inside the step, before the departure and after the arrival.
+  if (strong && counters_ != nullptr && counters_->trace.has_file() && !taken.marks.empty()) {
+    // The step's inner moments, on the trace's clocks (the wall one derived from now's).
+    const auto wall = std::chrono::system_clock::now();
+    const auto mono = std::chrono::steady_clock::now();
+    for (const auto& [kind, at] : taken.marks) {
+      counters_->trace.add_at(wall - std::chrono::duration_cast<std::chrono::system_clock::duration>(mono - at), at, kind, id, "", "");
+    }
+  }
   if (strong && outcome && taken.restore_us != 0) {
     trace_step("image_restored", id, "", "restore_us=" + std::to_string(taken.restore_us));
   }

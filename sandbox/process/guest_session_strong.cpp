@@ -93,6 +93,7 @@ Result<StrongOutcome> strong_outcome(std::span<const std::uint8_t> done, DirectP
     strong.image_us = direct.image_us;
     strong.raw_bytes = direct.raw_bytes;
   }
+  strong.marks = std::move(direct.marks);
   strong.step = std::move(*outcome);
   return strong;
 }

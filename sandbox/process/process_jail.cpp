@@ -266,6 +266,7 @@ class ZygoteJail final : public ProcessJail {
       pool_.lost(key);
       warm = pool_.take(key);
     }
+    if (session.direct != nullptr) session.direct->mark(warm ? "guest_warm" : "guest_forked");  // the trace's
     if (warm) {
       reused_.fetch_add(1, std::memory_order_relaxed);
     } else {
@@ -392,14 +393,17 @@ class ZygoteJail final : public ProcessJail {
     const auto started = std::chrono::steady_clock::now();
     Result<std::vector<std::uint8_t>> result =
         run_in_warm_guest(*warm, input, request, done, host, session, counters_, reusable);
+    if (session.direct != nullptr) session.direct->mark("answer_read");  // the trace's
     reusable = reusable && resident_fit_after_run(*warm, micros_since(started), pool_.options().max_resident_bytes);
     if (reusable) {
       pool_.give_back(key, std::move(*warm));
     } else {
       // Killed by a limit, crashed, or wrote ahead: never reused; its place is refilled.
       discard_guest(*warm);
+      if (session.direct != nullptr) session.direct->mark("guest_discarded");
       pool_.lost(key);
     }
+    if (session.direct != nullptr) session.direct->mark("guest_released");
     return result;
   }
 

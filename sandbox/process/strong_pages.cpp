@@ -117,6 +117,7 @@ std::optional<Error> take_stop_pages(HostChannel& channel, std::span<const std::
   image::ImageSource source = direct.source;
   source.agent_handle = span->agent_handle;
   const auto map = std::span(reinterpret_cast<const std::uint8_t*>(span->page_map.data()), span->page_map.size());
+  direct.mark("span_received");
   const auto t0 = Clock::now();
   const auto unfit = [](const Error& e) {
     return e.code == Errc::invalid_argument ? crashed("its heap span does not fit its arena (" + e.message + ")") : e;
@@ -142,6 +143,7 @@ std::optional<Error> take_stop_pages(HostChannel& channel, std::span<const std::
       ++direct.direct;
       direct.raw_bytes = span->used_bytes;
       direct.image_us = micros_since(t0);
+      direct.mark("span_sealed");
       // The sealing was the host's work while the guest waited: not the guest's wall time.
       channel.extend_deadline(std::chrono::microseconds(direct.image_us));
       read_parked();  // after the sealing: the guest has long been asleep on its read
@@ -179,6 +181,7 @@ std::optional<Error> take_stop_pages(HostChannel& channel, std::span<const std::
 std::optional<Error> give_resume_pages(HostChannel& channel, DirectPages& direct, ChannelStatus& status) {
   image::ImageOpener& opener = *direct.resume;
   direct.resume = nullptr;  // once per resume
+  direct.mark("guest_ready");
   const auto t0 = Clock::now();
   const std::uint64_t kept = opener.kept_bytes();
   bool by_channel = !direct.enabled || direct.pid <= 0;
@@ -220,6 +223,7 @@ std::optional<Error> give_resume_pages(HostChannel& channel, DirectPages& direct
   if (!header_sent && !send_header(by_channel ? kept : 0)) return std::nullopt;
   ++(by_channel ? direct.by_channel : direct.direct);
   direct.restore_us = micros_since(t0);
+  direct.mark("pages_in");
   channel.extend_deadline(std::chrono::microseconds(direct.restore_us));  // the host's work, not the guest's
   return std::nullopt;
 }

@@ -3,6 +3,7 @@
 // syscall for it), with the channel as the fallback when the kernel refuses the host that.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <functional>
 #include <optional>
@@ -34,6 +35,9 @@ struct DirectPages {
   std::optional<std::uint64_t> parked_cpu_us;  // parked_clock's reading at a stop
   int direct = 0;                // transfers made through the guest's memory
   int by_channel = 0;            // transfers made through the channel (refused, or disabled)
+  // Moments of the step for the trace (StrongOutcome::marks), stamped as they happen.
+  std::vector<std::pair<const char*, std::chrono::steady_clock::time_point>> marks;
+  void mark(const char* kind) { marks.emplace_back(kind, std::chrono::steady_clock::now()); }
 };
 
 // The kept pages of a page map over an arena at `base` in process `pid`, a piece at a time in

@@ -6,10 +6,12 @@
 #include "sandbox/process/fd_passing.hpp"
 
 #include <poll.h>
+#include <sched.h>
 #include <signal.h>
 #include <spawn.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include <cerrno>
 #include <cstring>
@@ -93,7 +95,19 @@ Result<std::shared_ptr<ZygoteLink>> ZygoteLink::start(const std::string& guest_p
   // An empty environment: the node's (paths, tokens, settings) is none of a guest's business,
   // and every guest is a fork of the zygote.
   char* empty_environment[] = {nullptr};
-  const int rc = ::posix_spawn(&pid, guest_path.c_str(), &actions, nullptr, argv.data(), empty_environment);
+  // Scheduled as the node's main thread is, whichever thread starts it (the warm pool's refill
+  // thread, a batch thread, restarts a dead zygote: its policy would pass to every guest).
+  posix_spawnattr_t attributes;
+  posix_spawnattr_init(&attributes);
+  sched_param main_param{};
+  const int main_policy = ::sched_getscheduler(::getpid());
+  if (main_policy >= 0 && ::sched_getparam(::getpid(), &main_param) == 0) {
+    posix_spawnattr_setschedpolicy(&attributes, main_policy & ~SCHED_RESET_ON_FORK);
+    posix_spawnattr_setschedparam(&attributes, &main_param);
+    posix_spawnattr_setflags(&attributes, POSIX_SPAWN_SETSCHEDULER);
+  }
+  const int rc = ::posix_spawn(&pid, guest_path.c_str(), &actions, &attributes, argv.data(), empty_environment);
+  posix_spawnattr_destroy(&attributes);
   posix_spawn_file_actions_destroy(&actions);
   theirs.reset();
   if (rc != 0) return unavailable("cannot start " + guest_path + ": " + std::strerror(rc));

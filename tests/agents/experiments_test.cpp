@@ -296,7 +296,7 @@ TEST_CASE("migration-cost --quick: weak and strong rows, downtime broken into it
   for (const auto& line : lines_of(out + "/trace.jsonl")) ++kinds[field(line, "kind")];
   for (const char* kind : {"addressed", "serialize_start", "serialize_end", "transfer_sent",
                            "transfer_received", "restore_start", "restore_end", "commit_received", "image_sealed",
-                           "image_restored"}) {
+                           "image_restored", "span_received", "span_sealed", "resume_step", "guest_ready", "pages_in"}) {
     INFO(kind);
     CHECK(kinds[kind] >= 6);
   }

@@ -4,12 +4,15 @@
 // that step's. The trusted level refuses strong steps with the reason.
 #include <doctest/doctest.h>
 
+#include <sched.h>
 #include <unistd.h>
 
 #include <array>
 #include <cstdlib>
+#include <filesystem>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "sandbox/image/heap_image.hpp"
@@ -503,4 +506,77 @@ TEST_CASE("a strong step in a warm guest is charged the CPU it ran up to its sto
   // while the same spin's CPU moves by a quarter between runs on a busy two-core machine.
   CHECK(first->step.host_cpu_us * 3 > alone->host_cpu_us);
   CHECK(second->step.host_cpu_us * 3 > alone->host_cpu_us);
+}
+
+namespace {
+
+std::vector<std::string> kinds_of(const StrongOutcome& outcome) {
+  std::vector<std::string> kinds;
+  for (std::size_t i = 0; i < outcome.marks.size(); ++i) {
+    kinds.emplace_back(outcome.marks[i].first);
+    if (i > 0) CHECK(outcome.marks[i].second >= outcome.marks[i - 1].second);  // stamped as they happen
+  }
+  return kinds;
+}
+
+// Threads of this process the kernel schedules as batch threads.
+int batch_threads() {
+  int batch = 0;
+  for (const auto& task : std::filesystem::directory_iterator("/proc/self/task")) {
+    const int tid = std::atoi(task.path().filename().c_str());
+    const int policy = tid > 0 ? ::sched_getscheduler(tid) : -1;
+    if (policy >= 0 && (policy & ~SCHED_RESET_ON_FORK) == SCHED_BATCH) ++batch;
+  }
+  return batch;
+}
+
+}  // namespace
+
+TEST_CASE("a strong step in a warm guest names its moments in order; the pool's refill thread is a batch thread") {
+  auto own = ProcessJail::start(ProcessJailOptions{});
+  REQUIRE(own.ok());
+  Node a("A"), b("B");
+  const AgentInput agent{"start", Value::table(), facts_at("A")};
+  RunInput input = input_of(kTour);
+  input.principal = "signer test";  // a warm guest of the principal's (or one forked for it)
+  auto first = (*own)->run_strong(input, agent, &a);
+  REQUIRE_MESSAGE(first.ok(), (first.ok() ? "" : first.error().message));
+  REQUIRE(first->step.strong_stop);
+  std::vector<std::string> stop = kinds_of(*first);
+  REQUIRE(stop.size() == 6);
+  CHECK((stop[0] == "guest_warm" || stop[0] == "guest_forked"));
+  CHECK(std::vector<std::string>(stop.begin() + 1, stop.end()) ==
+        std::vector<std::string>{"span_received", "span_sealed", "answer_read", "guest_discarded", "guest_released"});
+  RunInput again = input_of("");
+  again.principal = input.principal;
+  auto second = (*own)->resume_strong(first->image, again, facts_at("B"), &b);
+  REQUIRE_MESSAGE(second.ok(), (second.ok() ? "" : second.error().message));
+  std::vector<std::string> resumed = kinds_of(*second);
+  REQUIRE(resumed.size() == 8);
+  CHECK((resumed[0] == "guest_warm" || resumed[0] == "guest_forked"));
+  CHECK(std::vector<std::string>(resumed.begin() + 1, resumed.end()) ==
+        std::vector<std::string>{"guest_ready", "pages_in", "span_received", "span_sealed", "answer_read",
+                                 "guest_discarded", "guest_released"});
+  // Its refills ran on a thread that does not preempt the one ending a step.
+  CHECK(batch_threads() >= 1);
+}
+
+TEST_CASE("a zygote started from a batch thread is scheduled as the node's main thread") {
+  const int main_policy = ::sched_getscheduler(::getpid()) & ~SCHED_RESET_ON_FORK;
+  REQUIRE(main_policy != SCHED_BATCH);
+  int zygote_pid = 0;
+  int thread_policy = -1;
+  std::unique_ptr<ProcessJail> own;
+  std::thread starter([&] {
+    const sched_param batch{};
+    if (::sched_setscheduler(0, SCHED_BATCH, &batch) == 0) thread_policy = ::sched_getscheduler(0);
+    auto started = ProcessJail::start(ProcessJailOptions{});
+    if (started.ok()) own = std::move(*started);
+  });
+  starter.join();
+  REQUIRE(thread_policy == SCHED_BATCH);
+  REQUIRE(own != nullptr);
+  zygote_pid = own->status().zygote_pid;
+  REQUIRE(zygote_pid > 0);
+  CHECK((::sched_getscheduler(zygote_pid) & ~SCHED_RESET_ON_FORK) == main_policy);
 }

@@ -4,12 +4,14 @@
 #pragma once
 
 #include <array>
+#include <chrono>
 #include <cstdint>
 #include <memory>
 #include <optional>
 #include <span>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "sojourn/core/error.hpp"
@@ -29,6 +31,10 @@ struct StrongOutcome {
   std::uint64_t raw_bytes = 0;   // the arena span the image covers
   std::uint64_t image_us = 0;    // sealing it on the host: zero-page scan, zstd, SHA-256
   std::uint64_t restore_us = 0;  // opening and checking the image on the host (resume_strong)
+  // Moments inside the step, in order, for the node's trace (docs/bench.md): the guest taken
+  // (guest_warm / guest_forked), a resume's pages asked for and written (guest_ready,
+  // pages_in), a stop's span received and sealed (span_received, span_sealed).
+  std::vector<std::pair<const char*, std::chrono::steady_clock::time_point>> marks;
 };
 
 // sandbox_refused "refused by the sandbox: strong mobility needs the process or microvm level
