@@ -101,6 +101,9 @@ Result<void> install_arena(std::uint64_t quota_bytes) {
 
 void become_guest(const channel::SpawnRequest& request, int channel_fd, const CompiledFilter& filter,
                   bool in_user_namespace) {
+  // Before anything allocates: this guest's C++ blocks go to fresh pages of its own, not into
+  // the ones the zygote freed (pages it shares with the zygote copy-on-write).
+  begin_fresh_cxx_heap();
   // Die with the zygote (the host then sees the channel close).
   ::prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
   if (channel_fd != kChannelFd) {
