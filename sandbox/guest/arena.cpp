@@ -322,6 +322,19 @@ FixedArena FixedArena::over(void* region, std::size_t bytes) {
   return FixedArena(header);
 }
 
+FixedArena FixedArena::over_zeroed(void* region, std::size_t bytes) {
+  if (zero_pages().covers(reinterpret_cast<std::uintptr_t>(region))) zero_pages().stop();
+  // SAFETY: as in `over`; every byte of the header is zero already (the caller's promise),
+  // which is what value-initialising it would write (the header is an implicit-lifetime
+  // aggregate of pointers and integers), so only the four fields that are not zero are set.
+  auto* header = std::launder(static_cast<Header*>(region));
+  header->magic = kMagic;
+  header->start = as_bytes(region) + rounded(sizeof(Header));
+  header->top = header->start;
+  header->end = as_bytes(region) + bytes;
+  return FixedArena(header);
+}
+
 Result<FixedArena> FixedArena::adopt(void* region, std::size_t bytes) {
   // SAFETY: the caller hands a writable region of `bytes` bytes holding an image's bytes; the
   // header is only read after the size check, and its pointers only compared.

@@ -51,6 +51,10 @@ class FixedArena final : public LuaHeap {
   static Result<FixedArena> map_at(std::uintptr_t base, std::size_t bytes);
   // Uses an existing writable region (tests); the first bytes become the bookkeeping.
   static FixedArena over(void* region, std::size_t bytes);
+  // As `over`, for a region known to hold only zero bytes (anonymous memory never written):
+  // only the bookkeeping's non-zero fields are written, so that each of its pages is mapped
+  // only when a list head on it is first used (a forked guest's fresh C++ heap, guest_heap.cpp).
+  static FixedArena over_zeroed(void* region, std::size_t bytes);
   // Takes over a region whose bytes came from a heap image (strong mobility): the bookkeeping
   // already at its start is kept, after checking that it is an arena's and that its pointers
   // stay inside the region (sandbox_refused "refused by the sandbox: heap image: ..."). The free

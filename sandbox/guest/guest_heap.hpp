@@ -18,5 +18,10 @@ inline constexpr std::size_t kCxxHeapBytes = std::size_t{8} << 30;
 // null past it, operator new throws bad_alloc). Set by a new guest for its run.
 void limit_cxx_heap(std::size_t more_bytes) noexcept;
 std::size_t cxx_heap_in_use() noexcept;
+// In a guest just forked from the zygote, before its first allocation: later blocks come from
+// fresh pages past everything the zygote's heap ever held, packed together, instead of from
+// the blocks the zygote freed (each on a page the fork shares copy-on-write, so each first
+// write there copies a page). The zygote's blocks are still freed into its own arena. Once.
+void begin_fresh_cxx_heap() noexcept;
 
 }  // namespace sojourn::sandbox::guest

@@ -89,6 +89,8 @@ bool read_exact(int fd, std::uint8_t* at, std::size_t n) {
   return true;
 }
 
+bool bytes_kept(int fd) { return g_ahead.fd == fd && g_ahead.at < g_ahead.end; }
+
 }  // namespace serve_internal
 
 using serve_internal::read_exact;

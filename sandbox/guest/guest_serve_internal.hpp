@@ -14,6 +14,8 @@ namespace sojourn::sandbox::guest::serve_internal {
 // Reads exactly `n` bytes of the channel into `at` (false when it ended or broke), through the
 // bytes a previous read took past what it was asked for.
 bool read_exact(int fd, std::uint8_t* at, std::size_t n);
+// Whether bytes `fd`'s last read took past what was asked for wait to be read (the next frame's).
+bool bytes_kept(int fd);
 
 // The trusted level's input for a run request.
 RunInput input_of(const channel::RunRequest& request);

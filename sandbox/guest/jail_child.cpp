@@ -21,6 +21,7 @@
 #include "sandbox/guest/arena.hpp"
 #include "sandbox/guest/guest_heap.hpp"
 #include "sandbox/guest/guest_serve.hpp"
+#include "sandbox/guest/guest_serve_internal.hpp"
 #include "sandbox/guest/warm_state.hpp"
 
 namespace sojourn::sandbox::guest {
@@ -60,15 +61,18 @@ void report_sigsys(int /*sig*/, siginfo_t* info, void* /*context*/) {
 // SIGKILL at the hard limit would not: rusage is too coarse to tell it from another kill).
 void report_sigxcpu(int /*sig*/) { exit_now(channel::kCpuLimitExitStatus); }
 
-// Whether the host's first request already waits on the channel: then the host is waiting for
-// this guest's answer (a cold run), and the prepared state is built after the answer, not before.
-bool request_waiting(int fd) {
+// Whether a next request comes: waits (the filter allows a poll of one descriptor) until the
+// channel has bytes, false when the host closed it instead. Bytes already read ahead, or a
+// poll that is not answered, count as a request: serve_one_run then reads it (or its end).
+bool next_request_comes(int fd) {
+  if (serve_internal::bytes_kept(fd)) return true;
   pollfd channel{fd, POLLIN, 0};
-  int ready = 0;
+  long ready = 0;
   do {
-    ready = ::poll(&channel, 1, 0);
+    // The raw syscall: the filter allows poll, not ppoll, whichever glibc picks.
+    ready = ::syscall(SYS_poll, &channel, 1UL, -1L);
   } while (ready < 0 && errno == EINTR);
-  return ready > 0 && (channel.revents & POLLIN) != 0;
+  return ready < 0 || (channel.revents & POLLIN) != 0;
 }
 
 // A warm pool's guest is forked with a budget of one instruction (its runs bring their own
@@ -101,6 +105,9 @@ Result<void> install_arena(std::uint64_t quota_bytes) {
 
 void become_guest(const channel::SpawnRequest& request, int channel_fd, const CompiledFilter& filter,
                   bool in_user_namespace) {
+  // Before anything allocates: this guest's C++ blocks go to fresh pages of its own, not into
+  // the ones the zygote freed (pages it shares with the zygote copy-on-write).
+  begin_fresh_cxx_heap();
   // Die with the zygote (the host then sees the channel close).
   ::prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
   if (channel_fd != kChannelFd) {
@@ -150,8 +157,7 @@ void become_guest(const channel::SpawnRequest& request, int channel_fd, const Co
   sigaddset(&unblock, SIGSYS);
   sigaddset(&unblock, SIGXCPU);
   if (::sigprocmask(SIG_UNBLOCK, &unblock, nullptr) != 0) fail_setup(kChannelFd, "sigprocmask");
-  // Asked before the filter, which allows no poll.
-  const bool answer_first = !forked_for_a_pool(request.limits) && request_waiting(kChannelFd);
+  const bool pool_guest = forked_for_a_pool(request.limits);
   if (int rc = install_filter(filter); rc != 0) {
     errno = -rc;
     fail_setup(kChannelFd, "seccomp");
@@ -159,16 +165,19 @@ void become_guest(const channel::SpawnRequest& request, int channel_fd, const Co
   // A warm guest: its runs start from a prepared Lua state, and after each answered run its
   // arena goes back to that state's snapshot; it waits for the next request, and the host ends
   // it (a kill, or closing the channel) when it is not reused. Prepared after the filter, as
-  // a run would be (lua_newstate's getrandom is allowed there). A guest forked for a run that
-  // is already asked for (a cold run) answers it first on a fresh state, as run_lua would: the
-  // state's preparation (a full collection and a copy of the arena) is of use only to a
-  // second run, and would sit on the first one's path. It is prepared after that answer, in
-  // the pristine arena the reset leaves. A warm pool's guest prepares at once.
-  if (!answer_first) prepare_warm_state(request.allow_jit);
-  bool prepared = !answer_first;
+  // a run would be (lua_newstate's getrandom is allowed there). A warm pool's guest prepares
+  // at once. A guest forked for one run (a cold run: process_jail.cpp's run_in_guest, which
+  // writes the request right after the fork and kills the guest once it has the answer)
+  // answers it first on a fresh state, as run_lua would: the state's preparation (a full
+  // collection and a copy of the arena) is of use only to a second run. It is prepared only
+  // when a second request comes, in the pristine arena the reset leaves, before that run;
+  // until then the guest waits in poll, and a kill finds it there, having spent nothing.
+  if (pool_guest) prepare_warm_state(request.allow_jit);
+  bool prepared = pool_guest;
   while (serve_one_run(kChannelFd)) {
     reset_after_run();
     if (!prepared) {
+      if (!next_request_comes(kChannelFd)) break;
       prepare_warm_state(request.allow_jit);
       prepared = true;
     }

@@ -27,7 +27,8 @@ struct Mapping {
   bool operator==(const Mapping&) const = default;
 };
 
-// The executable's mappings that are not writable (text, rodata, headers), from /proc/self/maps.
+// The executable's mappings that are not writable (text, rodata, headers), from /proc/self/maps,
+// adjacent ones with the same protections joined.
 std::vector<Mapping> image_mappings() {
   const std::string exe = std::filesystem::read_symlink("/proc/self/exe").string();
   std::vector<Mapping> out;
@@ -38,7 +39,15 @@ std::vector<Mapping> image_mappings() {
     in >> range >> perms >> offset >> dev >> inode >> path;
     if (path != exe || perms.find('w') != std::string::npos) continue;
     const auto dash = range.find('-');
-    out.push_back({std::stoull(range.substr(0, dash), nullptr, 16), std::stoull(range.substr(dash + 1), nullptr, 16), perms});
+    const Mapping m{std::stoull(range.substr(0, dash), nullptr, 16), std::stoull(range.substr(dash + 1), nullptr, 16), perms};
+    // Adjacent areas with the same protections as one: the kernel may merge two of them
+    // (rodata and the RELRO pages after it) once both have been through mprotect, which
+    // changes no page's protection.
+    if (!out.empty() && out.back().to == m.from && out.back().perms == m.perms) {
+      out.back().to = m.to;
+    } else {
+      out.push_back(m);
+    }
   }
   return out;
 }
