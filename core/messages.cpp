@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <array>
 #include <cmath>
+#include <optional>
 #include <type_traits>
 #include <unordered_map>
 #include <unordered_set>
@@ -296,12 +297,14 @@ Value read_value(Reader& r) {
     if (!t.array.empty() && t.array.back().index() == 0) throw DecodeError("array part ends with nil");
     std::uint32_t m = r.count(2, "map entry");
     t.map.reserve(m);
-    std::unordered_set<std::string> seen;  // each key once, for a map too long to compare pairwise
+    // Each key once: a map too long to compare pairwise keeps a set (made only for one).
+    std::optional<std::unordered_set<std::string>> seen;
+    if (m > kPairwiseKeyCheck) seen.emplace();
     for (std::uint32_t j = 0; j < m; ++j) {
       Slot k = read_slot(r, n);
       Slot v = read_slot(r, n);
       check_map_key(k, t.array.size());
-      check_key_unique(k, t.map, m <= kPairwiseKeyCheck ? nullptr : &seen);
+      check_key_unique(k, t.map, seen ? &*seen : nullptr);
       t.map.emplace_back(std::move(k), std::move(v));
     }
   }
