@@ -11,6 +11,7 @@
 #include <variant>
 
 #include "core/wire_io.hpp"
+#include "sojourn/core/frame.hpp"
 
 namespace sojourn {
 
@@ -385,8 +386,17 @@ Limits effective_limits(const Limits& asked, const Limits& defaults, const Limit
                 pick(asked.wall_ms, defaults.wall_ms, ceiling.wall_ms)};
 }
 
+namespace {
+// A writer into a buffer this thread gave back (see take_small_buffer), if it has one.
+wire::Writer pooled_writer() {
+  std::vector<std::uint8_t> kept = take_small_buffer();
+  if (kept.capacity() == 0) return wire::Writer();
+  return wire::Writer(std::move(kept));
+}
+}  // namespace
+
 std::vector<std::uint8_t> encode(const CallRequest& m) {
-  wire::Writer w;
+  wire::Writer w = pooled_writer();
   w.string(m.service);
   wire::write_value(w, m.args);
   return w.take();
@@ -406,13 +416,13 @@ void wire::write_eval_fields(Writer& w, const EvalRequest& m, bool with_signatur
 }
 
 std::vector<std::uint8_t> encode(const EvalRequest& m) {
-  wire::Writer w;
+  wire::Writer w = pooled_writer();
   wire::write_eval_fields(w, m, /*with_signature=*/true);
   return w.take();
 }
 
 std::vector<std::uint8_t> encode(const Reply& m) {
-  wire::Writer w;
+  wire::Writer w = pooled_writer();
   w.u16(static_cast<std::uint16_t>(m.code));
   w.string(m.message);
   wire::write_value(w, m.result);
