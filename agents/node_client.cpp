@@ -65,8 +65,10 @@ Result<Reply> blocking_request(Node& node, std::string_view peer, FrameKind kind
                       !impl.trust.tls_error() && impl.options.links.empty();
   if (direct) {
     if (auto frame = impl.links.direct().request(parsed->address, parsed->name, kind, payload, timeout)) {
+      give_small_buffer(payload);  // sent: for this thread's next request
       if (!*frame) return frame->error();
       auto reply = decode_reply((*frame)->payload);
+      give_small_buffer((*frame)->payload);
       if (!reply) return errors::remote_protocol_error(parsed->name, reply.error().message);
       return std::move(*reply);
     }

@@ -37,6 +37,7 @@ Result<std::shared_ptr<Link>> PeerLinks::link_for(const std::string& peer) {
 Result<Reply> PeerLinks::reply_from(Link& link, Result<Frame> frame) {
   if (!frame) return frame.error();
   auto reply = decode_reply(frame->payload);
+  give_small_buffer(frame->payload);  // for this thread's next request
   if (!reply) {
     // A peer that sends an unreadable reply is not to be trusted with the connection.
     link.close();

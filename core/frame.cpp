@@ -3,6 +3,7 @@
 
 #include <cstdio>
 #include <cstring>
+#include <new>
 #include <string>
 
 namespace sojourn {
@@ -22,6 +23,34 @@ std::string hex(std::uint64_t v, int digits) {
   return buf;
 }
 }  // namespace
+
+namespace {
+thread_local std::vector<std::vector<std::uint8_t>> t_small_buffers;
+}  // namespace
+
+std::vector<std::uint8_t> take_small_buffer() noexcept {
+  std::vector<std::uint8_t> out;
+  if (!t_small_buffers.empty()) {
+    out.swap(t_small_buffers.back());
+    t_small_buffers.pop_back();
+  }
+  return out;
+}
+
+void give_small_buffer(std::vector<std::uint8_t>& bytes) noexcept {
+  const std::size_t capacity = bytes.capacity();
+  if (capacity == 0 || capacity > kSmallBufferBytes || t_small_buffers.size() >= kKeptSmallBuffers) return;
+  // The list's own room is reserved once, for the most it keeps: no allocation after that.
+  if (t_small_buffers.capacity() < kKeptSmallBuffers) {
+    try {
+      t_small_buffers.reserve(kKeptSmallBuffers);
+    } catch (const std::bad_alloc&) {
+      return;
+    }
+  }
+  bytes.clear();
+  t_small_buffers.push_back(std::move(bytes));
+}
 
 std::string_view frame_kind_name(FrameKind kind) noexcept {
   switch (kind) {

@@ -4,12 +4,14 @@
 #include <algorithm>
 #include <array>
 #include <cmath>
+#include <optional>
 #include <type_traits>
 #include <unordered_map>
 #include <unordered_set>
 #include <variant>
 
 #include "core/wire_io.hpp"
+#include "sojourn/core/frame.hpp"
 
 namespace sojourn {
 
@@ -296,12 +298,14 @@ Value read_value(Reader& r) {
     if (!t.array.empty() && t.array.back().index() == 0) throw DecodeError("array part ends with nil");
     std::uint32_t m = r.count(2, "map entry");
     t.map.reserve(m);
-    std::unordered_set<std::string> seen;  // each key once, for a map too long to compare pairwise
+    // Each key once: a map too long to compare pairwise keeps a set (made only for one).
+    std::optional<std::unordered_set<std::string>> seen;
+    if (m > kPairwiseKeyCheck) seen.emplace();
     for (std::uint32_t j = 0; j < m; ++j) {
       Slot k = read_slot(r, n);
       Slot v = read_slot(r, n);
       check_map_key(k, t.array.size());
-      check_key_unique(k, t.map, m <= kPairwiseKeyCheck ? nullptr : &seen);
+      check_key_unique(k, t.map, seen ? &*seen : nullptr);
       t.map.emplace_back(std::move(k), std::move(v));
     }
   }
@@ -382,8 +386,17 @@ Limits effective_limits(const Limits& asked, const Limits& defaults, const Limit
                 pick(asked.wall_ms, defaults.wall_ms, ceiling.wall_ms)};
 }
 
+namespace {
+// A writer into a buffer this thread gave back (see take_small_buffer), if it has one.
+wire::Writer pooled_writer() {
+  std::vector<std::uint8_t> kept = take_small_buffer();
+  if (kept.capacity() == 0) return wire::Writer();
+  return wire::Writer(std::move(kept));
+}
+}  // namespace
+
 std::vector<std::uint8_t> encode(const CallRequest& m) {
-  wire::Writer w;
+  wire::Writer w = pooled_writer();
   w.string(m.service);
   wire::write_value(w, m.args);
   return w.take();
@@ -403,13 +416,13 @@ void wire::write_eval_fields(Writer& w, const EvalRequest& m, bool with_signatur
 }
 
 std::vector<std::uint8_t> encode(const EvalRequest& m) {
-  wire::Writer w;
+  wire::Writer w = pooled_writer();
   wire::write_eval_fields(w, m, /*with_signature=*/true);
   return w.take();
 }
 
 std::vector<std::uint8_t> encode(const Reply& m) {
-  wire::Writer w;
+  wire::Writer w = pooled_writer();
   w.u16(static_cast<std::uint16_t>(m.code));
   w.string(m.message);
   wire::write_value(w, m.result);

@@ -46,6 +46,17 @@ Value Value::table() {
 
 Value Value::array(std::initializer_list<Value> items) {
   Value t = table();
+  // Without a nil item every item goes to the array part in order, as set() would put it:
+  // placed there directly (one allocation, no key normalised or searched for per item).
+  if (std::none_of(items.begin(), items.end(), [](const Value& item) { return item.is_nil(); })) {
+    std::vector<Slot>& array = t.graph_->tables[0].array;
+    array.reserve(items.size());
+    for (const Value& item : items) {
+      Slot s = t.import_slot(item);  // may grow the graph's tables: `array` is taken again
+      t.graph_->tables[0].array.push_back(std::move(s));
+    }
+    return t;
+  }
   std::int64_t i = 1;
   for (const Value& item : items) t.set(Value(i++), item);  // a nil item leaves a hole
   return t;
@@ -182,13 +193,27 @@ Slot Value::import_slot(const Value& v) const {
 
 Value Value::get(const Value& key) const {
   const TableData& t = data();
-  Slot k = normalize_key(key.slot_);
-  if (const auto* i = std::get_if<std::int64_t>(&k)) {
+  // Only a float key is normalised (into a copy); any other key is looked up as it is,
+  // without copying it (a string key was copied on every lookup).
+  if (key.is_string()) {
+    const std::string& name = key.as_string();
+    for (const auto& [mk, mv] : t.map) {
+      if (const std::string* s = std::get_if<std::string>(&mk); s && *s == name) return from_slot(graph_, mv);
+    }
+    return Value{};
+  }
+  Slot normalized;
+  const Slot* k = &key.slot_;
+  if (key.slot_.index() == 0 || key.slot_.index() == 3) {
+    normalized = normalize_key(key.slot_);  // throws for nil and NaN
+    k = &normalized;
+  }
+  if (const auto* i = std::get_if<std::int64_t>(k)) {
     if (*i >= 1 && static_cast<std::uint64_t>(*i) <= t.array.size()) return from_slot(graph_, t.array[*i - 1]);
   }
   if ((key.is_table() || key.is_function()) && key.graph_ != graph_) return Value{};  // a foreign one is never a key here
   for (const auto& [mk, mv] : t.map) {
-    if (slot_key_equal(mk, k)) return from_slot(graph_, mv);
+    if (slot_key_equal(mk, *k)) return from_slot(graph_, mv);
   }
   return Value{};
 }

@@ -52,7 +52,7 @@ class Reader {
   [[gnu::always_inline]] double f64() { return fixed<double>(); }
 
   // A count of items that each take at least `min_item_bytes` on the wire.
-  std::uint32_t count(std::size_t min_item_bytes, const char* what) {
+  [[gnu::always_inline]] std::uint32_t count(std::size_t min_item_bytes, const char* what) {
     std::uint32_t n = u32();
     if (static_cast<std::uint64_t>(n) * min_item_bytes > remaining()) [[unlikely]] count_exceeds(n, what);
     return n;

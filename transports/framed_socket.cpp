@@ -443,6 +443,9 @@ void FramedSocket::write_done(boost::system::error_code ec) {
       out.bytes.clear();
       spare_payloads_.push_back(std::move(out.bytes));
     } else {
+      // A small one goes to the thread's next encode (a server's next reply), a large one
+      // to its next large read.
+      give_small_buffer(out.bytes);
       offer_spare_buffer(out.bytes);
     }
   }

@@ -3,6 +3,7 @@
 
 #include <string>
 
+#include "sojourn/core/frame.hpp"
 #include "sojourn/core/messages.hpp"
 #include "tests/support/error_checks.hpp"
 
@@ -240,4 +241,43 @@ TEST_CASE("the decoder checks function and cell references") {
   // A function count far beyond the payload is refused before allocating.
   std::vector<std::uint8_t> many = {1, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0x0f, 0, 0, 0, 0, 0};
   CHECK_ERROR(decode_value(many), Errc::malformed_payload, "function count 268435455");
+}
+
+TEST_CASE("a payload buffer given back is reused by the thread's next encode, and nothing of it shows") {
+  Reply reply = reply_ok(Value::array({Value("a"), Value(2)}));
+  const std::vector<std::uint8_t> fresh = encode(reply);
+  while (take_small_buffer().capacity() != 0) {}  // this thread keeps none now
+
+  // A buffer full of other bytes, given back: the next encode writes into it.
+  std::vector<std::uint8_t> junk(300, 0xAB);
+  const std::uint8_t* where = junk.data();
+  give_small_buffer(junk);
+  CHECK(junk.empty());
+  std::vector<std::uint8_t> again = encode(reply);
+  CHECK(again.data() == where);
+  CHECK(again == fresh);
+  auto back = decode_reply(again);
+  REQUIRE(back.ok());
+  CHECK(deep_equal(back->result, reply.result));
+
+  // A large buffer is not kept (left with the caller), nor more than the most kept.
+  std::vector<std::uint8_t> large(kSmallBufferBytes + 1);
+  give_small_buffer(large);
+  CHECK(large.size() == kSmallBufferBytes + 1);
+  std::vector<std::uint8_t> none;
+  give_small_buffer(none);  // nothing to keep
+  CHECK(take_small_buffer().capacity() == 0);
+  for (std::size_t i = 0; i < kKeptSmallBuffers + 3; ++i) {
+    std::vector<std::uint8_t> small(16);
+    give_small_buffer(small);
+    CHECK(small.empty() == (i < kKeptSmallBuffers));
+  }
+  std::size_t kept = 0;
+  while (true) {
+    std::vector<std::uint8_t> b = take_small_buffer();
+    if (b.capacity() == 0) break;
+    CHECK(b.empty());
+    ++kept;
+  }
+  CHECK(kept == kKeptSmallBuffers);
 }

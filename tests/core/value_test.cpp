@@ -1,6 +1,7 @@
 // Value graph: table access, shared references, cycles, import across graphs.
 #include <doctest/doctest.h>
 
+#include <limits>
 #include <stdexcept>
 
 #include "sojourn/core/value.hpp"
@@ -167,4 +168,56 @@ TEST_CASE("deep_equal compares functions by text, upvalue names and cell sharing
   CHECK_FALSE(sojourn::deep_equal(Value::function("function() end"), Value::library_function("print")));
   // Where the text came from does not matter.
   CHECK(sojourn::deep_equal(Value::function("function() end", "=a", 1), Value::function("function() end", "=b", 9)));
+}
+
+TEST_CASE("array() without nil items has the layout set() gives, foreign tables imported") {
+  Value other = Value::table();
+  other.set("inner", 5);
+  Value made = Value::array({Value(1), Value("two"), Value(3.5), other, Value(true)});
+  Value by_set = Value::table();
+  by_set.set(1, 1);
+  by_set.set(2, "two");
+  by_set.set(3, 3.5);
+  by_set.set(4, other);
+  by_set.set(5, true);
+  CHECK(made.length() == 5);
+  CHECK(made.size() == 5);
+  CHECK(sojourn::deep_equal(made, by_set));
+  CHECK(made.get(4).get("inner").as_integer() == 5);
+  CHECK_FALSE(made.get(4).same_table(other));  // a copy in the new table's graph
+  CHECK(made.get(4).graph() == made.graph());
+  // A nil item leaves a hole: what follows it is where set() puts it (the map part).
+  Value holes = Value::array({Value(1), Value(), Value(3)});
+  CHECK(holes.length() == 1);
+  CHECK(holes.size() == 2);
+  CHECK(holes.get(3).as_integer() == 3);
+  CHECK(Value::array({}).length() == 0);
+}
+
+TEST_CASE("get() finds each kind of key as set() stored it") {
+  Value t = Value::table();
+  Value sub = t.new_table();
+  t.push("first");
+  t.set("name", "x");
+  t.set(true, "yes");
+  t.set(2.5, "half");
+  t.set(-7, "negative");
+  t.set(sub, "by table");
+  t.set("", "empty");
+  CHECK(t.get("name").as_string() == "x");
+  CHECK(t.get("").as_string() == "empty");
+  CHECK(t.get("nam").is_nil());
+  CHECK(t.get("first").is_nil());  // a value, not a key
+  CHECK(t.get(true).as_string() == "yes");
+  CHECK(t.get(false).is_nil());
+  CHECK(t.get(2.5).as_string() == "half");
+  CHECK(t.get(Value(1.0)).as_string() == "first");
+  CHECK(t.get(1).as_string() == "first");
+  CHECK(t.get(-7).as_string() == "negative");
+  CHECK(t.get(Value(-7.0)).as_string() == "negative");
+  CHECK(t.get(sub).as_string() == "by table");
+  CHECK(t.get(Value::table()).is_nil());  // another graph's table is never a key here
+  CHECK_THROWS_AS(t.get(Value()), std::invalid_argument);
+  CHECK_THROWS_AS(t.get(Value(std::numeric_limits<double>::quiet_NaN())), std::invalid_argument);
+  CHECK_THROWS_AS(Value("s").get("x"), std::logic_error);
 }

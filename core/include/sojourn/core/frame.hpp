@@ -42,6 +42,20 @@ struct Frame {
 
 std::array<std::uint8_t, kFrameHeaderSize> encode_header(const FrameHeader& h);
 
+// Small payload buffers kept per thread between the end of one message and the encoding
+// of the next: a connection that has written a frame, or a caller done with a reply's
+// payload, gives the buffer back; encode() takes one. A request or a reply then costs no
+// allocation for its payload. At most kKeptSmallBuffers of at most kSmallBufferBytes are
+// kept; a buffer given back is emptied (its old bytes are never read again: a writer
+// zero-fills the room it takes).
+inline constexpr std::size_t kSmallBufferBytes = 1024;
+inline constexpr std::size_t kKeptSmallBuffers = 64;
+// An empty buffer this thread gave back (with its capacity), or an empty vector.
+std::vector<std::uint8_t> take_small_buffer() noexcept;
+// Keeps `bytes` for this thread if it is small and the thread keeps fewer than the most;
+// otherwise leaves it to be freed by the caller.
+void give_small_buffer(std::vector<std::uint8_t>& bytes) noexcept;
+
 // Checks magic, version, kind, flags and the length limit, in that order, so a bad
 // length is rejected before anything is allocated for the payload.
 //   bad_magic        "bad frame magic 0xXXXXXXXX"
