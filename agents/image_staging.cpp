@@ -75,24 +75,65 @@ Result<void> ImageStaging::add(ImagePart part) {
     image::advise_huge_pages(fresh.bytes.data(), fresh.bytes.capacity());  // filled once, piece by piece
     fresh.expires = now + bounds_.lifetime;
     reserved_ += fresh.total;
+    fresh.piece = part.bytes.size();
     it = staged_.emplace(key, std::move(fresh)).first;
-  } else if (it == staged_.end() || it->second.sha256 != part.image_sha256 || it->second.total != part.total_bytes ||
-             it->second.bytes.size() != part.offset) {
+  } else if (it == staged_.end() || it->second.sha256 != part.image_sha256 || it->second.total != part.total_bytes) {
     return errors::invalid_argument("image part at offset " + std::to_string(part.offset) + " of agent " + part.id +
                                     " follows no piece before it");
   }
-  // part.bytes ends inside the declared total (decode_image_part checked it). The one copy of
-  // the piece on this node's side of the call: from the message, straight to its place.
-  image::prefault(it->second.bytes.data() + it->second.bytes.size(), part.bytes.size());  // one call, not a fault a page
-  it->second.bytes.insert(it->second.bytes.end(), part.bytes.begin(), part.bytes.end());
+  Staged& staged = it->second;
+  if (part.offset == 0) {
+    append(staged, part.bytes);
+  } else {
+    // part.bytes ends inside the declared total (decode_image_part checked it). Pieces of the
+    // first's size at its multiples: they cannot overlap, so what is held aside stays within
+    // the image's reservation.
+    const bool last = part.offset + part.bytes.size() == staged.total;
+    if (part.bytes.empty() || part.offset % staged.piece != 0 || (part.bytes.size() != staged.piece && !last) ||
+        part.bytes.size() > staged.piece) {
+      return errors::invalid_argument("image part at offset " + std::to_string(part.offset) + " of agent " + part.id +
+                                      " is not one of its image's pieces");
+    }
+    // A piece held already (a late copy from an earlier try of the same hand-over): the first
+    // stands. Whatever its bytes, the hash at the TRANSFER covers what is kept.
+    if (part.offset < staged.bytes.size() || staged.parked.count(part.offset) != 0) return {};
+    if (part.offset != staged.bytes.size()) {
+      if (staged.parked.size() >= kParkedPieces) {
+        return errors::invalid_argument("image part at offset " + std::to_string(part.offset) + " of agent " + part.id +
+                                        " is too far ahead of the pieces received");
+      }
+      staged.parked.emplace(part.offset, std::vector<std::uint8_t>(part.bytes.begin(), part.bytes.end()));
+      return {};
+    }
+    append(staged, part.bytes);
+  }
+  // The pieces held aside that now follow in order.
+  for (auto next = staged.parked.find(staged.bytes.size()); next != staged.parked.end();
+       next = staged.parked.find(staged.bytes.size())) {
+    append(staged, next->second);
+    staged.parked.erase(next);
+  }
   return {};
 }
 
+void ImageStaging::append(Staged& staged, std::span<const std::uint8_t> bytes) {
+  // The one copy of an in-order piece on this node's side of the call: from the message,
+  // straight to its place; then hashed while it is warm in the cache.
+  const std::size_t at = staged.bytes.size();
+  image::prefault(staged.bytes.data() + at, bytes.size());  // one call, not a fault a page
+  staged.bytes.insert(staged.bytes.end(), bytes.begin(), bytes.end());
+  staged.digest.update(std::span<const std::uint8_t>(staged.bytes).subspan(at));
+}
+
 std::optional<std::vector<std::uint8_t>> ImageStaging::take(const std::string& id, std::uint64_t epoch,
-                                                            const std::string& sha256) {
+                                                            const std::string& sha256, bool* sealed_digest_checked) {
+  if (sealed_digest_checked != nullptr) *sealed_digest_checked = false;
   std::lock_guard lock(mutex_);
   auto it = staged_.find({id, epoch});
   if (it == staged_.end() || it->second.sha256 != sha256 || it->second.bytes.size() != it->second.total) return std::nullopt;
+  // Every byte was hashed as it landed, and none has changed since (held here, under the lock).
+  const bool checked = it->second.digest.sealed_as(it->second.bytes, sha256);
+  if (sealed_digest_checked != nullptr) *sealed_digest_checked = checked;
   std::vector<std::uint8_t> bytes = std::move(it->second.bytes);
   reserved_ -= it->second.total;
   staged_.erase(it);
