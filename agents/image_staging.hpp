@@ -9,6 +9,7 @@
 #include <map>
 #include <mutex>
 #include <optional>
+#include <set>
 #include <span>
 #include <string>
 #include <utility>
@@ -29,19 +30,19 @@ class ImageStaging {
   };
   explicit ImageStaging(Bounds bounds) : bounds_(bounds) {}
 
-  // At most this many pieces of one image are held ahead of a missing one (kParkedPieces).
-  static constexpr std::size_t kParkedPieces = 8;
+  // At most this many pieces of one image may land ahead of a missing one.
+  static constexpr std::size_t kPiecesAhead = 8;
 
   // Keeps one piece. The first (offset 0) must hold the image's header, whose declared sizes
   // are checked against the memory limit before a byte is kept (sandbox_refused "refused by
   // the sandbox: heap image declares ..."); it restarts an image already begun for the same
   // (id, epoch) (a retried hand-over). Later pieces may come out of order (a sender keeps a
   // few in flight, and a node serves them on several workers): each must be the size of the
-  // first (the last may be shorter), start at a multiple of it, inside the declared total,
-  // and not be one already held; one that lands after a missing piece is held aside (at most
-  // kParkedPieces, each within the image's own reservation) until the gap is filled. Anything
-  // else is refused (invalid_argument) and keeps nothing. The image is hashed as its bytes
-  // land in order (image::DigestStream): its TRANSFER's check needs no second pass.
+  // first (the last may be shorter) and start at a multiple of it, inside the declared total;
+  // each is copied straight to its place, at most kPiecesAhead beyond a missing one. Anything
+  // else is refused (invalid_argument) and keeps nothing; a piece that landed already is taken
+  // as it was (a late copy from an earlier try). The image is hashed as its bytes come to
+  // follow in order (image::DigestStream): its TRANSFER's check needs no second pass.
   Result<void> add(ImagePart part);
   // The whole image staged for (id, epoch) under this hash, moved out; nothing when there is
   // none or it is incomplete. `sealed_digest_checked`, when given, says whether the bytes
@@ -56,13 +57,12 @@ class ImageStaging {
     std::string sha256;
     std::uint64_t total = 0;
     std::uint64_t piece = 0;  // the first piece's size: every other starts at a multiple of it
-    std::vector<std::uint8_t> bytes;  // the pieces in order so far
-    std::map<std::uint64_t, std::vector<std::uint8_t>> parked;  // offset -> a piece ahead of a gap
-    sandbox::image::DigestStream digest;  // over `bytes`, as they land
+    std::vector<std::uint8_t> bytes;  // `total` bytes: each piece is copied to its place
+    std::uint64_t filled = 0;  // the bytes from the start whose pieces all landed (and are hashed)
+    std::set<std::uint64_t> ahead;  // offsets of the pieces landed beyond `filled`
+    sandbox::image::DigestStream digest;  // over bytes[0, filled)
     std::chrono::steady_clock::time_point expires;
   };
-  // Appends a piece's bytes in order (the one copy from the message), hashing them.
-  static void append(Staged& staged, std::span<const std::uint8_t> bytes);
   void prune_locked(std::chrono::steady_clock::time_point now);
   Bounds bounds_;
   std::mutex mutex_;

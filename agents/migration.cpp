@@ -17,6 +17,7 @@
 
 #include "agents/destinations.hpp"
 #include "sandbox/image/heap_image.hpp"
+#include "sandbox/image/scratch.hpp"
 #include "sojourn/core/bundle.hpp"
 #include "sojourn/core/log.hpp"
 
@@ -445,7 +446,8 @@ Result<bool> AgentRuntime::take_image(AgentTransfer& transfer, const std::string
     image = std::make_shared<const std::vector<std::uint8_t>>(std::move(bytes));
     transfer.image.reset();
   } else if (auto staged = staged_images_.take(record.id, record.epoch, record.image_sha256, &hashed_as_staged)) {
-    image = std::make_shared<const std::vector<std::uint8_t>>(std::move(*staged));  // sent in pieces: no copy
+    // Sent in pieces: no copy. Its buffer is kept for the next image staged when it is let go.
+    image = sandbox::image::shared_image(std::move(*staged));
   } else {
     return errors::invalid_argument(what + " names a heap image but carries none, and none was sent ahead of it");
   }

@@ -12,6 +12,7 @@
 #include "agents/image_staging.hpp"
 #include "sandbox/guest/arena.hpp"
 #include "sandbox/image/heap_image.hpp"
+#include "sandbox/image/scratch.hpp"
 #include "sojourn/core/bundle.hpp"
 #include "tests/support/error_checks.hpp"
 
@@ -139,7 +140,6 @@ TEST_CASE("a large image in 1 MB pieces is assembled; restarted or dropped midwa
   CHECK(brief.staged_bytes() == 0);
 }
 
-}  // namespace sojourn
 
 TEST_CASE("pieces out of order are held aside and assembled; the image is hashed as it lands") {
   const auto img = sealed_image(40, image::Codec::stored);
@@ -184,8 +184,8 @@ TEST_CASE("an out-of-order piece that is not one of the image's pieces, or too f
   CHECK_ERROR(staging.add(part(kPiece + 4096, kPiece)), Errc::invalid_argument, "is not one of its image's pieces");
   CHECK_ERROR(staging.add(part(2 * kPiece, kPiece / 2)), Errc::invalid_argument, "is not one of its image's pieces");
   CHECK_ERROR(staging.add(part(2 * kPiece, kPiece + 4096)), Errc::invalid_argument, "is not one of its image's pieces");
-  for (std::size_t i = 2; i < 2 + ImageStaging::kParkedPieces; ++i) REQUIRE(staging.add(part(i * kPiece, kPiece)).ok());
-  CHECK_ERROR(staging.add(part((2 + ImageStaging::kParkedPieces) * kPiece, kPiece)), Errc::invalid_argument,
+  for (std::size_t i = 2; i < 2 + ImageStaging::kPiecesAhead; ++i) REQUIRE(staging.add(part(i * kPiece, kPiece)).ok());
+  CHECK_ERROR(staging.add(part((2 + ImageStaging::kPiecesAhead) * kPiece, kPiece)), Errc::invalid_argument,
               "is too far ahead of the pieces received");
   CHECK(staging.staged_bytes() == img.size());
   // The missing piece fills the gap: everything held aside follows, the rest in order.
@@ -220,3 +220,50 @@ TEST_CASE("a staged image whose bytes do not hash to its name is handed out unch
   CHECK(*taken == img);
   CHECK_FALSE(checked);
 }
+
+TEST_CASE("a large image's buffer, let go, is the next one's; its old bytes are never handed out") {
+  const auto first = sealed_image(2560, image::Codec::stored);
+  auto second = sealed_image(1500, image::Codec::stored);  // smaller: the kept buffer holds it
+  second.back() ^= 1;
+  image::reseal(second);
+  REQUIRE(first.size() > second.size() + (1u << 20));
+  REQUIRE(second.size() > image::kImageBufferMin);
+  constexpr std::size_t kLarge = 1u << 20;
+  const std::string id(32, 'a');
+  auto stage = [&](ImageStaging& staging, const std::vector<std::uint8_t>& img, std::size_t pieces_then_stop) {
+    std::size_t sent = 0;
+    for (std::size_t at = 0; at < img.size() && sent < pieces_then_stop; at += kLarge, ++sent) {
+      ImagePart p = piece_of(img, at, kLarge);
+      p.image_sha256 = image::digest_hex(img);
+      REQUIRE(staging.add(p).ok());
+    }
+  };
+  ImageStaging staging(bounds());
+  stage(staging, first, SIZE_MAX);
+  bool checked = false;
+  auto taken = staging.take(id, 2, image::digest_hex(first), &checked);
+  REQUIRE(taken.has_value());
+  CHECK(checked);
+  const std::uint8_t* buffer = taken->data();
+  auto shared = image::shared_image(std::move(*taken));
+  CHECK(*shared == first);
+  shared.reset();  // the agent left: its buffer is kept
+  CHECK(image::kept_image_buffer() >= first.size());
+  // The next image staged takes it; until every piece has landed nothing is handed out.
+  stage(staging, second, 1);
+  CHECK(image::kept_image_buffer() == 0);
+  CHECK(!staging.take(id, 2, image::digest_hex(second)).has_value());
+  stage(staging, second, SIZE_MAX);
+  taken = staging.take(id, 2, image::digest_hex(second), &checked);
+  REQUIRE(taken.has_value());
+  CHECK(checked);
+  CHECK(taken->data() == buffer);
+  CHECK(*taken == second);
+  // A small image never takes it, and a small buffer is not kept.
+  image::give_image_buffer(std::move(*taken));
+  CHECK(image::take_image_buffer(image::kImageBufferMin - 1).capacity() == 0);
+  image::give_image_buffer(std::vector<std::uint8_t>(1024));
+  CHECK(image::kept_image_buffer() >= second.size());
+}
+
+}  // namespace sojourn
