@@ -34,9 +34,12 @@ bool outcome_unknown(Errc code) {
 
 // A heap image larger than half a frame travels in pieces of at most this many bytes.
 constexpr std::size_t kImagePieceBytes = 4u << 20;
-// Pieces after the first sent without waiting for the answers of those before them: the source
-// encodes and sends the next while the destination copies and hashes the last.
-constexpr std::size_t kImagePiecesInFlight = 3;
+// Pieces after the first sent without waiting for the answers of those before them, so that the
+// source encodes and sends the next while the destination copies and hashes the last. One: on
+// a two-core machine shared by both nodes and their guests, three in flight made the pieces'
+// phase slower, not faster (bench/RESULTS.md); a destination of this version takes them in
+// any order, one of an earlier version only in order.
+constexpr std::size_t kImagePiecesInFlight = 1;
 
 // The pieces of one image in flight (send_image_parts), on the network thread: the next offset
 // to send, the senders still running, the first failure. `done` fires when the last sender ends.
