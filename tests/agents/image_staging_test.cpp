@@ -1,5 +1,6 @@
-// Heap images arriving in pieces (agents/image_staging.hpp): assembled in order, a piece with
-// no first piece keeps nothing, a cut stream is never handed out and leaves nothing behind.
+// Heap images arriving in pieces (agents/image_staging.hpp): assembled in any order and hashed as
+// they land, a piece with no first piece keeps nothing, a cut stream is never handed out and
+// leaves nothing behind, a large buffer let go is the next image's.
 #include <doctest/doctest.h>
 
 #include <algorithm>
@@ -141,7 +142,7 @@ TEST_CASE("a large image in 1 MB pieces is assembled; restarted or dropped midwa
 }
 
 
-TEST_CASE("pieces out of order are held aside and assembled; the image is hashed as it lands") {
+TEST_CASE("pieces out of order land in their place and assemble; the image is hashed as it lands") {
   const auto img = sealed_image(40, image::Codec::stored);
   const std::string id(32, 'a');
   const std::string digest = image::digest_hex(img);
