@@ -7,6 +7,7 @@
 
 #include "sandbox/guest/arena.hpp"
 #include "sandbox/image/heap_image.hpp"
+#include "sandbox/image/scratch.hpp"
 #include "sojourn/core/bundle.hpp"
 
 namespace sojourn {
@@ -71,28 +72,66 @@ Result<void> ImageStaging::add(ImagePart part) {
     Staged fresh;
     fresh.sha256 = part.image_sha256;
     fresh.total = part.total_bytes;
-    fresh.bytes.reserve(part.total_bytes);
-    image::advise_huge_pages(fresh.bytes.data(), fresh.bytes.capacity());  // filled once, piece by piece
+    // The buffer of an image let go before when there is one (its pages already faulted in:
+    // no zeroing of fresh pages inside the pieces' answers), else a fresh one.
+    // A kept buffer holds an earlier image's bytes: every one is overwritten by a piece before
+    // take() hands the image out (it must be whole), so none of them is ever read.
+    fresh.bytes = image::take_image_buffer(part.total_bytes);
+    if (fresh.bytes.capacity() < part.total_bytes) {
+      fresh.bytes.reserve(part.total_bytes);
+      image::advise_huge_pages(fresh.bytes.data(), fresh.bytes.capacity());
+      image::prefault(fresh.bytes.data(), part.total_bytes);  // one call, not a fault a page
+    }
+    fresh.bytes.resize(part.total_bytes);  // pieces land in any order: each at its place
     fresh.expires = now + bounds_.lifetime;
     reserved_ += fresh.total;
+    fresh.piece = part.bytes.size();
     it = staged_.emplace(key, std::move(fresh)).first;
-  } else if (it == staged_.end() || it->second.sha256 != part.image_sha256 || it->second.total != part.total_bytes ||
-             it->second.bytes.size() != part.offset) {
+  } else if (it == staged_.end() || it->second.sha256 != part.image_sha256 || it->second.total != part.total_bytes) {
     return errors::invalid_argument("image part at offset " + std::to_string(part.offset) + " of agent " + part.id +
                                     " follows no piece before it");
   }
-  // part.bytes ends inside the declared total (decode_image_part checked it). The one copy of
-  // the piece on this node's side of the call: from the message, straight to its place.
-  image::prefault(it->second.bytes.data() + it->second.bytes.size(), part.bytes.size());  // one call, not a fault a page
-  it->second.bytes.insert(it->second.bytes.end(), part.bytes.begin(), part.bytes.end());
+  Staged& staged = it->second;
+  if (part.offset != 0) {
+    // part.bytes ends inside the declared total (decode_image_part checked it). Pieces of the
+    // first's size at its multiples cannot overlap.
+    const bool last = part.offset + part.bytes.size() == staged.total;
+    if (part.bytes.empty() || part.offset % staged.piece != 0 || (part.bytes.size() != staged.piece && !last) ||
+        part.bytes.size() > staged.piece) {
+      return errors::invalid_argument("image part at offset " + std::to_string(part.offset) + " of agent " + part.id +
+                                      " is not one of its image's pieces");
+    }
+    // A piece that landed already (a late copy from an earlier try of the same hand-over): the
+    // first stands. Whatever its bytes, the hash at the TRANSFER covers what is kept.
+    if (part.offset < staged.filled || staged.ahead.count(part.offset) != 0) return {};
+    if (part.offset != staged.filled && staged.ahead.size() >= kPiecesAhead) {
+      return errors::invalid_argument("image part at offset " + std::to_string(part.offset) + " of agent " + part.id +
+                                      " is too far ahead of the pieces received");
+    }
+  }
+  // The one copy of the piece on this node's side of the call: from the message, straight to
+  // its place.
+  std::copy(part.bytes.begin(), part.bytes.end(), staged.bytes.begin() + static_cast<std::ptrdiff_t>(part.offset));
+  staged.ahead.insert(part.offset);
+  // Every piece that now follows in order is hashed (this one while it is warm in the cache).
+  for (auto next = staged.ahead.find(staged.filled); next != staged.ahead.end(); next = staged.ahead.find(staged.filled)) {
+    const std::uint64_t n = std::min<std::uint64_t>(staged.piece, staged.total - staged.filled);
+    staged.digest.update(std::span<const std::uint8_t>(staged.bytes).subspan(staged.filled, n));
+    staged.filled += n;
+    staged.ahead.erase(next);
+  }
   return {};
 }
 
 std::optional<std::vector<std::uint8_t>> ImageStaging::take(const std::string& id, std::uint64_t epoch,
-                                                            const std::string& sha256) {
+                                                            const std::string& sha256, bool* sealed_digest_checked) {
+  if (sealed_digest_checked != nullptr) *sealed_digest_checked = false;
   std::lock_guard lock(mutex_);
   auto it = staged_.find({id, epoch});
-  if (it == staged_.end() || it->second.sha256 != sha256 || it->second.bytes.size() != it->second.total) return std::nullopt;
+  if (it == staged_.end() || it->second.sha256 != sha256 || it->second.filled != it->second.total) return std::nullopt;
+  // Every byte was hashed as it landed, and none has changed since (held here, under the lock).
+  const bool checked = it->second.digest.sealed_as(it->second.bytes, sha256);
+  if (sealed_digest_checked != nullptr) *sealed_digest_checked = checked;
   std::vector<std::uint8_t> bytes = std::move(it->second.bytes);
   reserved_ -= it->second.total;
   staged_.erase(it);

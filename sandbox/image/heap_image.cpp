@@ -464,6 +464,35 @@ bool has_sealed_digest(std::span<const std::uint8_t> image, std::string_view dig
   return image.size() >= kHeaderBytes && digest_hex(image) == digest && hex(hash_of(image)) == digest;
 }
 
+struct DigestStream::State {
+  Sha256 hash;
+};
+
+DigestStream::DigestStream() : state_(std::make_unique<State>()) {}
+DigestStream::DigestStream(DigestStream&&) noexcept = default;
+DigestStream& DigestStream::operator=(DigestStream&&) noexcept = default;
+DigestStream::~DigestStream() = default;
+
+void DigestStream::update(std::span<const std::uint8_t> bytes) {
+  const std::uint64_t at = seen_;
+  seen_ += bytes.size();
+  // hash_of's two spans: the header up to its hash field, then everything after the header.
+  if (at < kHashAt) {
+    const std::size_t n = static_cast<std::size_t>(std::min<std::uint64_t>(bytes.size(), kHashAt - at));
+    state_->hash.update(bytes.first(n));
+  }
+  if (seen_ > kHeaderBytes) {
+    const std::size_t skip = at >= kHeaderBytes ? 0 : static_cast<std::size_t>(kHeaderBytes - at);
+    state_->hash.update(bytes.subspan(skip));
+  }
+}
+
+bool DigestStream::sealed_as(std::span<const std::uint8_t> image, std::string_view digest) {
+  if (image.size() < kHeaderBytes || image.size() != seen_ || digest_hex(image) != digest) return false;
+  seen_ = ~std::uint64_t{0};  // finished: a second call answers no
+  return hex(state_->hash.finish()) == digest;
+}
+
 std::optional<Hash> digest_bytes(std::string_view digest) {
   if (digest.size() != 64) return std::nullopt;
   auto nibble = [](char c) -> int {

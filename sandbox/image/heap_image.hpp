@@ -196,6 +196,26 @@ bool has_digest(std::span<const std::uint8_t> image, std::string_view digest);
 // `hashed`); an image named by the SHA-256 of all its bytes does not (its header's hash was
 // never compared with its bytes).
 bool has_sealed_digest(std::span<const std::uint8_t> image, std::string_view digest);
+// has_sealed_digest taken as the image's bytes arrive, in order, so that a holder assembling
+// an image piece by piece (agents/image_staging.cpp) hashes each piece as it lands and needs
+// no second pass: `update` takes the image's next bytes (the header's hash field is skipped as
+// the sealing skips it); `sealed_as` then says whether `image`, exactly the bytes fed and held
+// unchanged since, is the one `digest` names in the image's own form (has_sealed_digest's
+// answer). One use: sealed_as finishes the hash.
+class DigestStream {
+ public:
+  DigestStream();
+  DigestStream(DigestStream&&) noexcept;
+  DigestStream& operator=(DigestStream&&) noexcept;
+  ~DigestStream();
+  void update(std::span<const std::uint8_t> bytes);
+  bool sealed_as(std::span<const std::uint8_t> image, std::string_view digest);
+
+ private:
+  struct State;
+  std::unique_ptr<State> state_;
+  std::uint64_t seen_ = 0;
+};
 // The 32 bytes a digest in lower-case hex names; nothing for any other text.
 std::optional<std::array<std::uint8_t, 32>> digest_bytes(std::string_view digest);
 // What `image` hashes to as has_digest sees it (for a refusal's message): one pass.

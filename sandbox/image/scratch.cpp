@@ -1,6 +1,7 @@
 #include "sandbox/image/scratch.hpp"
 
 #include <algorithm>
+#include <chrono>
 #include <mutex>
 #include <utility>
 #include <vector>
@@ -67,6 +68,61 @@ std::size_t Scratch::idle() {
   List& l = list();
   std::lock_guard lock(l.mutex);
   return l.idle.size();
+}
+
+namespace {
+
+struct KeptImage {
+  std::mutex mutex;
+  std::vector<std::uint8_t> buffer;
+  std::chrono::steady_clock::time_point since;
+};
+
+KeptImage& kept_image() {
+  static KeptImage* k = new KeptImage();  // never destroyed: an image may be let go late
+  return *k;
+}
+
+// The kept buffer, out of the lock, when it waited too long (freed by the caller's destructor).
+std::vector<std::uint8_t> expired_locked(KeptImage& k, std::chrono::steady_clock::time_point now) {
+  if (k.buffer.capacity() == 0 || now - k.since < std::chrono::milliseconds(kImageBufferIdleMs)) return {};
+  return std::exchange(k.buffer, {});
+}
+
+}  // namespace
+
+std::vector<std::uint8_t> take_image_buffer(std::size_t bytes) {
+  KeptImage& k = kept_image();
+  std::vector<std::uint8_t> out;
+  std::vector<std::uint8_t> old;
+  {
+    std::lock_guard lock(k.mutex);
+    old = expired_locked(k, std::chrono::steady_clock::now());
+    if (bytes >= kImageBufferMin && k.buffer.capacity() >= bytes) out = std::exchange(k.buffer, {});
+  }
+  return out;
+}
+
+void give_image_buffer(std::vector<std::uint8_t> buffer) {
+  if (buffer.capacity() < kImageBufferMin) return;
+  KeptImage& k = kept_image();
+  std::lock_guard lock(k.mutex);
+  std::swap(k.buffer, buffer);  // the one kept before is freed as `buffer` goes, after the lock
+  k.since = std::chrono::steady_clock::now();
+}
+
+std::shared_ptr<const std::vector<std::uint8_t>> shared_image(std::vector<std::uint8_t> bytes) {
+  auto* held = new std::vector<std::uint8_t>(std::move(bytes));
+  return std::shared_ptr<const std::vector<std::uint8_t>>(held, [](const std::vector<std::uint8_t>* image) {
+    std::unique_ptr<std::vector<std::uint8_t>> owned(const_cast<std::vector<std::uint8_t>*>(image));
+    give_image_buffer(std::move(*owned));
+  });
+}
+
+std::size_t kept_image_buffer() {
+  KeptImage& k = kept_image();
+  std::lock_guard lock(k.mutex);
+  return k.buffer.capacity();
 }
 
 }  // namespace sojourn::sandbox::image

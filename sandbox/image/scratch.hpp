@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <memory>
 #include <span>
+#include <vector>
 
 namespace sojourn::sandbox::image {
 
@@ -30,5 +31,24 @@ class Scratch {
   std::size_t size_ = 0;  // what was asked for; the buffer may be larger
   std::size_t capacity_ = 0;
 };
+
+// The buffer of a large image held whole (one staged as its pieces arrive, kept by its record
+// while the agent stays): when its last holder lets go, the buffer is kept, its pages still
+// mapped and faulted in, for the next such image (a 64 MB image in a fresh buffer costs the
+// kernel 64 MB of page zeroing as it is filled). One buffer at most, of 4 MB or more, dropped
+// when it has waited past kImageBufferIdle by the next take or give.
+inline constexpr std::size_t kImageBufferMin = std::size_t{4} << 20;
+inline constexpr long long kImageBufferIdleMs = 30'000;
+// A vector with room for `bytes`: the kept buffer when it is large enough, else a new empty one
+// (not reserved). A kept buffer is handed out as it was let go, its size and bytes those of
+// the image it held (so that resizing it costs no fill): its caller overwrites every byte it
+// will read.
+std::vector<std::uint8_t> take_image_buffer(std::size_t bytes);
+// Gives a buffer back (kept when large enough; the one kept before goes).
+void give_image_buffer(std::vector<std::uint8_t> buffer);
+// The image `bytes`, shared: its buffer is given back when the last holder lets go.
+std::shared_ptr<const std::vector<std::uint8_t>> shared_image(std::vector<std::uint8_t> bytes);
+// The capacity of the buffer kept, 0 for none (tests).
+std::size_t kept_image_buffer();
 
 }  // namespace sojourn::sandbox::image

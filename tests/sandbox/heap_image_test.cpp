@@ -5,8 +5,11 @@
 #include <doctest/doctest.h>
 #include <openssl/evp.h>
 
+#include <algorithm>
 #include <cstring>
 #include <random>
+#include <span>
+#include <string>
 #include <vector>
 
 #include "tests/support/error_checks.hpp"
@@ -361,4 +364,45 @@ TEST_CASE("an opener given the caller's hash skips its pass but still refuses an
               "image from guest build");
   CHECK_ERROR(image::ImageOpener::check(*taken, rules_with_build(1, image::kPageBytes), &*hashed), Errc::sandbox_refused,
               "above the memory quota");
+}
+
+TEST_CASE("an image hashed as it arrives, in pieces of any size, is has_sealed_digest's answer") {
+  auto sealed = image::take_image(source_with_build(3), span_of(64));
+  REQUIRE(sealed.ok());
+  const std::vector<std::uint8_t>& img = *sealed;
+  const std::string digest = image::digest_hex(img);
+  REQUIRE(image::has_sealed_digest(img, digest));
+  // Cuts inside the header, on each side of its hash field and across it, then anywhere.
+  for (std::size_t first : {std::size_t{1}, image::kHeaderBytes - 40, image::kHeaderBytes - 32, image::kHeaderBytes - 5,
+                            image::kHeaderBytes, image::kHeaderBytes + 1, std::size_t{5000}}) {
+    CAPTURE(first);
+    image::DigestStream stream;
+    std::mt19937 rng(static_cast<unsigned>(first));
+    std::size_t at = 0;
+    for (std::size_t n = first; at < img.size(); n = 1 + rng() % 9000) {
+      n = std::min(n, img.size() - at);
+      stream.update(std::span(img).subspan(at, n));
+      at += n;
+    }
+    CHECK(stream.sealed_as(img, digest));
+  }
+  image::DigestStream whole;
+  whole.update(img);
+  CHECK_FALSE(whole.sealed_as(img, std::string(64, 'a')));  // another name
+  image::DigestStream partial;
+  partial.update(std::span(img).first(img.size() - 1));
+  CHECK_FALSE(partial.sealed_as(img, digest));  // not every byte fed
+  // A byte changed anywhere but the hash field: not the image the name says.
+  for (std::size_t at : {std::size_t{20}, image::kHeaderBytes + 3, img.size() - 1}) {
+    std::vector<std::uint8_t> bad = img;
+    bad[at] ^= 0x40;
+    image::DigestStream stream;
+    stream.update(bad);
+    CHECK_FALSE(stream.sealed_as(bad, digest));
+  }
+  // Finished once: a second answer is no.
+  image::DigestStream once;
+  once.update(img);
+  CHECK(once.sealed_as(img, digest));
+  CHECK_FALSE(once.sealed_as(img, digest));
 }
