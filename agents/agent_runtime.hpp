@@ -204,6 +204,8 @@ class AgentRuntime : public std::enable_shared_from_this<AgentRuntime>, public M
   // written only while the node has a trace file. Without one it costs a null test, plus the
   // detail string the caller built (a few per hop, next to a round trip: not worth a lambda).
   void trace_step(const char* kind, const std::string& agent, const std::string& peer, std::string detail = {});
+  // Whether this node keeps a trace file: a step's detail text is built only then.
+  bool tracing() const { return counters_ != nullptr && counters_->trace.has_file(); }
   // `step`: the step's kv writes (kv.* calls go there, docs/reliability.md "Exactly-once steps").
   Result<Value> agent_host_call(const std::string& id, std::string_view service, const Value& args, KvStep& step);
   void wake_if_asleep(const std::string& id);
