@@ -4,6 +4,8 @@
 // tracking and message forwarding (tracking.cpp), and bundles by fetch (code_on_demand.cpp).
 #pragma once
 
+#include <array>
+#include <atomic>
 #include <deque>
 #include <map>
 #include <memory>
@@ -379,6 +381,13 @@ class AgentRuntime : public std::enable_shared_from_this<AgentRuntime>, public M
   std::vector<std::pair<std::string, EndReport>> to_report_;
   bool resumed_ = false;
   NodeCounters* counters_ = nullptr;  // set once, before the network thread starts
+  // The hop counters' and the step histogram's series, found once (each hop built their
+  // label vectors and looked them up in the family's map): set by the first thread to need
+  // one, the same pointer whichever thread does.
+  std::atomic<std::atomic<std::uint64_t>*> hops_in_{nullptr}, hops_out_{nullptr};
+  std::array<std::atomic<metrics::HistogramFamily::Series*>, 3> step_series_{};
+  std::atomic<std::uint64_t>& hops_counter(bool in);
+  metrics::HistogramFamily::Series& step_series(Isolation level);
   CodeCache cache_;
   std::atomic<std::uint64_t> bundles_sent_{0};
   std::mutex mutex_;
