@@ -228,9 +228,11 @@ asio::awaitable<Result<AgentCommit>> AgentRuntime::hand_over(AgentRecord& record
                                     " bytes (max_payload)");
   };
   if (auto fits = check_size(transfer_size); !fits) co_return fits.error();
-  if (tracing()) trace_step("serialize_end", id, peer,
-             "raw_bytes=" + std::to_string(image_raw != 0 ? image_raw : carried) + " compressed_bytes=" + std::to_string(carried) +
-                 " transfer_bytes=" + std::to_string(transfer_size));
+  if (tracing()) {
+    trace_step("serialize_end", id, peer,
+               "raw_bytes=" + std::to_string(image_raw != 0 ? image_raw : carried) + " compressed_bytes=" + std::to_string(carried) +
+                   " transfer_bytes=" + std::to_string(transfer_size));
+  }
   const std::string expect = trust_.tls() ? *node_id : std::string();
   for (int round = 0;; ++round) {
     if (tracing()) trace_step("transfer_sent", id, peer, "transfer_bytes=" + std::to_string(transfer_size));
