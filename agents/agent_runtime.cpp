@@ -142,6 +142,26 @@ void AgentRuntime::schedule_run(const std::string& id) {
   });
 }
 
+std::atomic<std::uint64_t>& AgentRuntime::hops_counter(bool in) {
+  std::atomic<std::atomic<std::uint64_t>*>& cached = in ? hops_in_ : hops_out_;
+  std::atomic<std::uint64_t>* series = cached.load(std::memory_order_acquire);
+  if (series == nullptr) {
+    series = &counters_->metrics.hops.at({in ? "in" : "out"});  // the family's lock; a stable address
+    cached.store(series, std::memory_order_release);
+  }
+  return *series;
+}
+
+metrics::HistogramFamily::Series& AgentRuntime::step_series(Isolation level) {
+  std::atomic<metrics::HistogramFamily::Series*>& cached = step_series_.at(static_cast<std::size_t>(level));
+  metrics::HistogramFamily::Series* series = cached.load(std::memory_order_acquire);
+  if (series == nullptr) {
+    series = &counters_->metrics.step_seconds.at({std::string(isolation_name(level))});
+    cached.store(series, std::memory_order_release);
+  }
+  return *series;
+}
+
 void AgentRuntime::trace_step(const char* kind, const std::string& agent, const std::string& peer, std::string detail) {
   if (counters_ != nullptr && counters_->trace.has_file()) counters_->trace.add(kind, agent, peer, std::move(detail));
 }
@@ -150,7 +170,7 @@ void AgentRuntime::trace_step(const char* kind, const std::string& agent, const 
 void AgentRuntime::note_visit(const AgentRecord& record) {
   if (counters_ == nullptr) return;
   const bool hopped = record.epoch > 0;
-  if (hopped) counters_->metrics.hops.inc({"in"});
+  if (hopped) hops_counter(true).fetch_add(1, std::memory_order_relaxed);
   const auto& hops = record.hops;
   counters_->trace.add(hopped ? "arrival" : "launch", record.id, hopped && hops.size() >= 2 ? hops[hops.size() - 2].node : "",
                        "epoch " + std::to_string(record.epoch));
@@ -242,9 +262,8 @@ void AgentRuntime::run_step(const std::string& id) {
     return std::move(taken.step);
   }();
   if (counters_ != nullptr) {
-    const std::string level(isolation_name(record.isolation));
-    counters_->metrics.step_seconds.observe({level}, std::chrono::steady_clock::now() - started);
-    if (record.isolation != Isolation::trusted) counters_->metrics.jail_starts.inc({level});
+    metrics::HistogramFamily::observe(step_series(record.isolation), std::chrono::steady_clock::now() - started);
+    if (record.isolation != Isolation::trusted) counters_->metrics.jail_starts.inc({std::string(isolation_name(record.isolation))});
   }
   const auto spent = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - started);
   // Stopped by the node's shutdown: not an outcome. With a store the agent stays as its row
@@ -370,7 +389,7 @@ void AgentRuntime::run_step(const std::string& id) {
     schedule_run(id);
   } else if (outcome->went) {
     if (counters_ != nullptr) {
-      counters_->metrics.hops.inc({"out"});
+      hops_counter(false).fetch_add(1, std::memory_order_relaxed);
       counters_->trace.add("departure", id, go_peer, strong_stop ? "strong" : "entry " + go_entry);
     }
     spawn(migrate(id, go_peer, go_entry), "agent migration");

@@ -4,6 +4,8 @@
 // tracking and message forwarding (tracking.cpp), and bundles by fetch (code_on_demand.cpp).
 #pragma once
 
+#include <array>
+#include <atomic>
 #include <deque>
 #include <map>
 #include <memory>
@@ -204,6 +206,8 @@ class AgentRuntime : public std::enable_shared_from_this<AgentRuntime>, public M
   // written only while the node has a trace file. Without one it costs a null test, plus the
   // detail string the caller built (a few per hop, next to a round trip: not worth a lambda).
   void trace_step(const char* kind, const std::string& agent, const std::string& peer, std::string detail = {});
+  // Whether this node keeps a trace file: a step's detail text is built only then.
+  bool tracing() const { return counters_ != nullptr && counters_->trace.has_file(); }
   // `step`: the step's kv writes (kv.* calls go there, docs/reliability.md "Exactly-once steps").
   Result<Value> agent_host_call(const std::string& id, std::string_view service, const Value& args, KvStep& step);
   void wake_if_asleep(const std::string& id);
@@ -377,6 +381,13 @@ class AgentRuntime : public std::enable_shared_from_this<AgentRuntime>, public M
   std::vector<std::pair<std::string, EndReport>> to_report_;
   bool resumed_ = false;
   NodeCounters* counters_ = nullptr;  // set once, before the network thread starts
+  // The hop counters' and the step histogram's series, found once (each hop built their
+  // label vectors and looked them up in the family's map): set by the first thread to need
+  // one, the same pointer whichever thread does.
+  std::atomic<std::atomic<std::uint64_t>*> hops_in_{nullptr}, hops_out_{nullptr};
+  std::array<std::atomic<metrics::HistogramFamily::Series*>, 3> step_series_{};
+  std::atomic<std::uint64_t>& hops_counter(bool in);
+  metrics::HistogramFamily::Series& step_series(Isolation level);
   CodeCache cache_;
   std::atomic<std::uint64_t> bundles_sent_{0};
   std::mutex mutex_;

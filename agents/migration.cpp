@@ -180,8 +180,9 @@ Result<TransferReply> AgentRuntime::on_transfer(AgentTransfer transfer, const Pe
     Resident& resident = residents_[id] = std::move(arrived);
     hold_arrival_report(id, resident);
   }
-  log_info("agents", options_.name + ": agent " + id + " arrived (epoch " + std::to_string(epoch) + ")");
-  trace_step("restore_end", id, caller.address, "epoch " + std::to_string(epoch));
+  // The texts are built only when they are kept (each hop paid ~1.5k instructions for them).
+  if (log_level() <= LogLevel::info) log_info("agents", options_.name + ": agent " + id + " arrived (epoch " + std::to_string(epoch) + ")");
+  if (tracing()) trace_step("restore_end", id, caller.address, "epoch " + std::to_string(epoch));
   schedule_run(id);
   return TransferReply{commit, {}};
 }
@@ -267,14 +268,16 @@ asio::awaitable<Result<AgentCommit>> AgentRuntime::hand_over(AgentRecord& record
                                     " bytes (max_payload)");
   };
   if (auto fits = check_size(transfer_size); !fits) co_return fits.error();
-  trace_step("serialize_end", id, peer,
-             "raw_bytes=" + std::to_string(image_raw != 0 ? image_raw : carried) + " compressed_bytes=" + std::to_string(carried) +
-                 " transfer_bytes=" + std::to_string(transfer_size));
+  if (tracing()) {
+    trace_step("serialize_end", id, peer,
+               "raw_bytes=" + std::to_string(image_raw != 0 ? image_raw : carried) + " compressed_bytes=" + std::to_string(carried) +
+                   " transfer_bytes=" + std::to_string(transfer_size));
+  }
   const std::string expect = trust_.tls() ? *node_id : std::string();
   for (int round = 0;; ++round) {
-    trace_step("transfer_sent", id, peer, "transfer_bytes=" + std::to_string(transfer_size));
+    if (tracing()) trace_step("transfer_sent", id, peer, "transfer_bytes=" + std::to_string(transfer_size));
     *transfer_sent = true;  // from here the destination may commit it, whatever this call returns
-    Result<Value> reply = co_await links_.call_peer(peer, "agent.transfer", transfer_call, expect);
+    Result<Value> reply = co_await links_.call_peer(peer, "agent.transfer", transfer_call, expect, transfer_size);
     if (!reply) {
       // A node of an older agent protocol cannot read the TRANSFER: said so, not a bad message.
       const Error& e = reply.error();
@@ -405,8 +408,10 @@ asio::awaitable<void> AgentRuntime::migrate(std::string id, std::string peer, st
             forget_resident(id);
           }
         }
-        log_info("agents", options_.name + ": agent " + id + " moved to " + target + " (epoch " +
-                               std::to_string(attempt.epoch) + ")");
+        if (log_level() <= LogLevel::info) {
+          log_info("agents", options_.name + ": agent " + id + " moved to " + target + " (epoch " +
+                                 std::to_string(attempt.epoch) + ")");
+        }
         co_return;
       }
       last_error = commit.error().message;

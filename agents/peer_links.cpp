@@ -74,11 +74,11 @@ asio::awaitable<Result<Reply>> PeerLinks::request_peer(const std::string& peer, 
 // Temporaries inside a co_await expression are kept to plain locals here: g++ 12
 // miscompiles some (aggregates, braced temporaries) across the suspension point.
 asio::awaitable<Result<Value>> PeerLinks::call_peer(std::string peer, std::string service, Value args,
-                                                    std::string expect_id) {
+                                                    std::string expect_id, std::size_t args_bytes) {
   CallRequest request;
   request.service = std::move(service);
   request.args = std::move(args);
-  std::vector<std::uint8_t> payload = encode(request);
+  std::vector<std::uint8_t> payload = args_bytes != 0 ? encode(request, args_bytes) : encode(request);
   if (trust_.tls() && !expect_id.empty()) {
     Result<Reply> reply =
         co_await request_peer(peer, FrameKind::call, std::move(payload), options_.request_timeout, std::move(expect_id));

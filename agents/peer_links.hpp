@@ -34,8 +34,10 @@ class PeerLinks {
   // hand it to another node.
   asio::awaitable<Result<Reply>> request_peer(const std::string& peer, FrameKind kind, std::vector<std::uint8_t> payload,
                                               std::chrono::milliseconds timeout, std::string expect_id = {});
-  // A service at `peer`; its error reply becomes the Error.
-  asio::awaitable<Result<Value>> call_peer(std::string peer, std::string service, Value args, std::string expect_id = {});
+  // A service at `peer`; its error reply becomes the Error. `args_bytes`: the arguments'
+  // encoded size when the caller has measured it (the call's buffer is then sized once).
+  asio::awaitable<Result<Value>> call_peer(std::string peer, std::string service, Value args, std::string expect_id = {},
+                                           std::size_t args_bytes = 0);
   // The node id `peer`'s TLS handshake proved on its current link (empty: plain TCP, or no
   // link yet).
   std::string proven_id(const std::string& peer) const;

@@ -281,3 +281,23 @@ TEST_CASE("a payload buffer given back is reused by the thread's next encode, an
   }
   CHECK(kept == kKeptSmallBuffers);
 }
+
+TEST_CASE("a call encoded into a buffer sized from a measure is byte for byte the plain encoding, whatever the measure") {
+  // A TRANSFER's shape: a string argument and a state table with a 4 KB string and shared tables.
+  Value state = Value::table();
+  state.set("payload", std::string(4096, 'x'));
+  Value stops = Value::array({"a", "b"});
+  state.set("stops", stops);
+  state.set("again", stops);
+  CallRequest call{"agent.transfer", Value::array({std::string(300, 'r'), state})};
+  const std::vector<std::uint8_t> plain = encode(call);
+  const std::size_t measured = encode_value(call.args).size();
+  for (std::size_t measure : {std::size_t{1}, std::size_t{63}, measured - 100, measured, measured + 1, 4 * measured}) {
+    CAPTURE(measure);
+    CHECK(encode(call, measure) == plain);
+  }
+  auto back = decode_call(encode(call, measured));
+  REQUIRE(back.ok());
+  CHECK(back->service == "agent.transfer");
+  CHECK(back->args.get(2).get("payload").as_string().size() == 4096);
+}

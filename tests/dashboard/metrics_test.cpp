@@ -314,3 +314,46 @@ TEST_CASE("/metrics counts the process jail's warm guests: a run served without 
   CHECK(reused <= 4);
   node.shutdown(std::chrono::milliseconds(100));
 }
+
+TEST_CASE("/metrics counts an agent's hops in and out and its steps at each level, hop after hop") {
+  // The hop counters' and the step histogram's series are looked up once and then kept: a
+  // tour A -> B -> A -> B must still count every hop and every step at B.
+  NodeOptions a_options;
+  a_options.name = "tour-a";
+  a_options.peer_isolation = Isolation::trusted;
+  Node a(a_options);
+  auto a_addr = a.listen("127.0.0.1:0");
+  REQUIRE(a_addr);
+  NodeOptions b_options;
+  b_options.name = "tour-b";
+  b_options.peer_isolation = Isolation::trusted;
+  b_options.http = "127.0.0.1:0";
+  Node b(b_options);
+  auto b_addr = b.listen("127.0.0.1:0");
+  REQUIRE(b_addr);
+  const std::uint16_t port = port_of(b.http_address());
+  auto bundle = single_file_bundle("tour", R"(
+local M = {}
+function M.start(s) s.n = 0; agent.go(s.b, "hop") end
+function M.hop(s)
+  s.n = s.n + 1
+  if s.n >= 3 then return s.n end
+  if s.n % 2 == 1 then agent.go(s.a, "hop") else agent.go(s.b, "hop") end
+end
+return M)");
+  REQUIRE(bundle);
+  AgentLaunch launch;
+  launch.bundle = *bundle;
+  launch.state = Value::table();
+  launch.state.set("a", *a_addr);
+  launch.state.set("b", *b_addr);
+  auto id = a.launch("", launch);
+  REQUIRE(id);
+  auto status = a.wait_agent("", *id, std::chrono::seconds(30));
+  REQUIRE(status);
+  REQUIRE(status->status == AgentState::finished);
+  const std::string metrics = get(port, "/metrics");
+  CHECK(contains(metrics, "sojourn_agent_hops_total{direction=\"in\"} 2\n"));
+  CHECK(contains(metrics, "sojourn_agent_hops_total{direction=\"out\"} 1\n"));
+  CHECK(contains(metrics, "sojourn_agent_step_seconds_count{isolation=\"trusted\"} 2\n"));
+}

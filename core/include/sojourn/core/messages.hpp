@@ -74,6 +74,9 @@ struct ProtocolError {
 // Encoding never fails for values built through the Value API; decoding checks
 // every length against the bytes that remain before allocating.
 std::vector<std::uint8_t> encode(const CallRequest& m);
+// The same, its buffer sized once for `args_bytes` (the arguments' encoded size, when the
+// caller has measured it: an agent's TRANSFER) instead of grown by doubling from 64 bytes.
+std::vector<std::uint8_t> encode(const CallRequest& m, std::size_t args_bytes);
 std::vector<std::uint8_t> encode(const EvalRequest& m);
 std::vector<std::uint8_t> encode(const Reply& m);
 std::vector<std::uint8_t> encode(const ProtocolError& m);
