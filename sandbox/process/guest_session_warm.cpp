@@ -57,13 +57,27 @@ bool append_carried_reads(WarmGuest& warm, std::string_view source, HostCalls& h
                           std::vector<std::uint8_t>& frames) {
   WarmGuest::LearnedReads* learned = learned_for(warm, source);
   if (learned == nullptr) return false;
-  for (const auto& [service, args] : learned->calls) {
+  for (std::size_t i = 0; i < learned->calls.size(); ++i) {
+    const auto& [service, args] = learned->calls[i];
     std::optional<Value> value = host.read_ahead(service, args);
-    if (!value || encode_value(*value).size() > kMaxCarriedValueBytes) continue;
-    const std::vector<std::uint8_t> encoded = encode_value(args);
-    carried.reads.push_back({service, std::string(encoded.begin(), encoded.end()), std::move(*value)});
+    if (!value) continue;
+    carried.reads.push_back({service, learned->encoded_args[i], std::move(*value)});
     carried.read_args.push_back(args);
   }
+  if (carried.reads.empty()) return false;
+  const std::size_t at = frames.size();
+  channel::append_frame(frames, channel::CarriedReads{carried.reads});
+  // The values were encoded once, in the frame: when the whole frame is within the bound, so is
+  // each of them. Otherwise each is measured and the larger ones are asked for when called.
+  if (frames.size() - at <= kMaxCarriedValueBytes) return true;
+  frames.resize(at);
+  CarriedSession small;
+  for (std::size_t i = 0; i < carried.reads.size(); ++i) {
+    if (encode_value(carried.reads[i].value).size() > kMaxCarriedValueBytes) continue;
+    small.reads.push_back(std::move(carried.reads[i]));
+    small.read_args.push_back(std::move(carried.read_args[i]));
+  }
+  carried = std::move(small);
   if (carried.reads.empty()) return false;
   channel::append_frame(frames, channel::CarriedReads{carried.reads});
   return true;
@@ -93,12 +107,14 @@ void settle_reads(WarmGuest& warm, std::string_view source, HostCalls& host, con
     return;
   }
   std::vector<std::pair<std::string, Value>> calls;
+  std::vector<std::string> encoded_args;
   std::vector<std::string> seen;  // service + encoded args of each, to keep one of each
   const auto add = [&](const std::string& service, const Value& args, std::string encoded) {
     std::string key = service + '\0' + encoded;
     if (calls.size() >= channel::kMaxCarriedReads || std::find(seen.begin(), seen.end(), key) != seen.end()) return;
     seen.push_back(std::move(key));
     calls.emplace_back(service, args);
+    encoded_args.push_back(std::move(encoded));
   };
   for (std::size_t i = 0; i < carried.reads.size() && i < carried.used.size(); ++i) {
     if (carried.used[i] == 0) continue;
@@ -119,6 +135,7 @@ void settle_reads(WarmGuest& warm, std::string_view source, HostCalls& host, con
     learned->source = std::string(source);
   }
   learned->calls = std::move(calls);
+  learned->encoded_args = std::move(encoded_args);
 }
 
 }  // namespace
