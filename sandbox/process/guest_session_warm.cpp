@@ -66,7 +66,7 @@ bool append_carried_reads(WarmGuest& warm, std::string_view source, HostCalls& h
   }
   if (carried.reads.empty()) return false;
   const std::size_t at = frames.size();
-  channel::append_frame(frames, channel::CarriedReads{carried.reads});
+  channel::append_frame(frames, channel::CarriedReadsView{carried.reads});
   // The values were encoded once, in the frame: when the whole frame is within the bound, so is
   // each of them. Otherwise each is measured and the larger ones are asked for when called.
   if (frames.size() - at <= kMaxCarriedValueBytes) return true;
@@ -79,7 +79,7 @@ bool append_carried_reads(WarmGuest& warm, std::string_view source, HostCalls& h
   }
   carried = std::move(small);
   if (carried.reads.empty()) return false;
-  channel::append_frame(frames, channel::CarriedReads{carried.reads});
+  channel::append_frame(frames, channel::CarriedReadsView{carried.reads});
   return true;
 }
 
@@ -279,7 +279,7 @@ std::size_t run_burst_in_warm_guest(WarmGuest& warm, std::span<BurstRun> runs, s
   const std::size_t first_run = burst.size();
   std::vector<CarriedSession> carried(runs.size());
   std::vector<bool> carry(runs.size(), false);
-  const Value no_args = Value::table();
+  const Value no_args = Value::table();  // a run's args when they are not a table (as make_run_request)
   std::size_t count = 0;
   for (; count < runs.size() && count < channel::kMaxBatchRuns; ++count) {
     const BurstRun& run = runs[count];

@@ -145,6 +145,13 @@ struct CarriedReads {
   template <class F> void fields(F& f) { f(reads); }
 };
 
+// CarriedReads' frame encoded from the host's own list of them, without copying it into one.
+struct CarriedReadsView {
+  static constexpr Kind kKind = Kind::carried_reads;
+  const std::vector<CarriedRead>& reads;
+  template <class F> void fields(F& f) { f(reads); }
+};
+
 // A burst of one principal's runs written at once (docs/jails.md, "Bursts"): `count` run
 // frames follow, each after its own carried_reads when it has some. The guest serves them in
 // order and answers each as usual (its reads_used, then its run_done). Once a run of the burst

@@ -104,7 +104,8 @@ TEST_CASE("a burst's frames appended in one buffer are the bytes of each frame e
   std::vector<std::uint8_t> burst;
   channel::append_frame(burst, channel::Batch{2});
   for (int i = 0; i < 2; ++i) {
-    channel::append_frame(burst, reads);
+    if (i == 0) channel::append_frame(burst, reads);
+    else channel::append_frame(burst, channel::CarriedReadsView{reads.reads});
     // The view encodes the same fields as RunRequest, in the same order.
     channel::append_frame(burst, channel::RunRequestView{request.source, request.chunk_name, request.args, request.limits,
                                                          request.allow_jit, request.has_host});
