@@ -88,6 +88,7 @@ std::vector<std::uint8_t> request_with_reads(WarmGuest& warm, std::string_view s
                                              std::span<const std::uint8_t> request, HostCalls& host,
                                              CarriedSession& carried) {
   std::vector<std::uint8_t> frame;
+  frame.reserve(request.size() + 512);  // the carried values' encoder grows within it
   if (!append_carried_reads(warm, source, host, carried, frame)) return {};
   frame.insert(frame.end(), request.begin(), request.end());
   return frame;
