@@ -68,6 +68,7 @@ struct WarmGuest {
   struct LearnedReads {
     std::string source;
     std::vector<std::pair<std::string, Value>> calls;
+    std::vector<std::string> encoded_args;  // calls[i]'s args in core's Value encoding
   };
   std::vector<LearnedReads> learned;
 };

@@ -211,6 +211,18 @@ channel::RunRequest make_run_request(const RunInput& input, const HostCalls* hos
                              /*has_host=*/host != nullptr};
 }
 
+std::vector<std::uint8_t> run_request_frame(const RunInput& input, const HostCalls* host) {
+  std::vector<std::uint8_t> frame;
+  // Room for the fields around the text: the args' encoder then grows within it (each growth
+  // from an exact fit was a reallocation and a copy of the frame so far).
+  frame.reserve(input.source.size() + input.chunk_name.size() + 256);
+  const Value no_args = input.args.is_table() ? Value{} : Value::table();
+  channel::append_frame(frame, channel::RunRequestView{input.source, input.chunk_name,
+                                                       input.args.is_table() ? input.args : no_args, input.limits,
+                                                       input.allow_jit, /*has_host=*/host != nullptr});
+  return frame;
+}
+
 bool host_gave_up(ChannelStatus status) {
   return status == ChannelStatus::deadline || status == ChannelStatus::aborted || status == ChannelStatus::too_large;
 }

@@ -80,6 +80,8 @@ Conversation converse(HostChannel& channel, std::span<const std::uint8_t> reques
 Result<void> check_run_input(const RunInput& input);
 // The request frame's run part for `input`; host calls are offered when `host` is given.
 channel::RunRequest make_run_request(const RunInput& input, const HostCalls* host);
+// The whole run frame of that request, encoded from `input` without copying its text and args.
+std::vector<std::uint8_t> run_request_frame(const RunInput& input, const HostCalls* host);
 
 // Whether the host gave up on a guest (its deadline, the node's abort, an oversized answer),
 // and the error that run then ends with (both jails).

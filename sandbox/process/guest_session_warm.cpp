@@ -51,22 +51,45 @@ WarmGuest::LearnedReads* learned_for(WarmGuest& warm, std::string_view source) {
   return nullptr;
 }
 
-// The carried_reads frame followed by the request, or nothing when no read is carried: the
-// reads the guest's last run of this chunk made, answered now by `host` (its policy checks).
+// Appends the carried_reads frame to `frames` when a read is carried: the reads the guest's last
+// run of this chunk made, answered now by `host` (its policy checks). False when none is.
+bool append_carried_reads(WarmGuest& warm, std::string_view source, HostCalls& host, CarriedSession& carried,
+                          std::vector<std::uint8_t>& frames) {
+  WarmGuest::LearnedReads* learned = learned_for(warm, source);
+  if (learned == nullptr) return false;
+  for (std::size_t i = 0; i < learned->calls.size(); ++i) {
+    const auto& [service, args] = learned->calls[i];
+    std::optional<Value> value = host.read_ahead(service, args);
+    if (!value) continue;
+    carried.reads.push_back({service, learned->encoded_args[i], std::move(*value)});
+    carried.read_args.push_back(args);
+  }
+  if (carried.reads.empty()) return false;
+  const std::size_t at = frames.size();
+  channel::append_frame(frames, channel::CarriedReadsView{carried.reads});
+  // The values were encoded once, in the frame: when the whole frame is within the bound, so is
+  // each of them. Otherwise each is measured and the larger ones are asked for when called.
+  if (frames.size() - at <= kMaxCarriedValueBytes) return true;
+  frames.resize(at);
+  CarriedSession small;
+  for (std::size_t i = 0; i < carried.reads.size(); ++i) {
+    if (encode_value(carried.reads[i].value).size() > kMaxCarriedValueBytes) continue;
+    small.reads.push_back(std::move(carried.reads[i]));
+    small.read_args.push_back(std::move(carried.read_args[i]));
+  }
+  carried = std::move(small);
+  if (carried.reads.empty()) return false;
+  channel::append_frame(frames, channel::CarriedReadsView{carried.reads});
+  return true;
+}
+
+// The carried_reads frame followed by the request, or nothing when no read is carried.
 std::vector<std::uint8_t> request_with_reads(WarmGuest& warm, std::string_view source,
                                              std::span<const std::uint8_t> request, HostCalls& host,
                                              CarriedSession& carried) {
-  WarmGuest::LearnedReads* learned = learned_for(warm, source);
-  if (learned == nullptr) return {};
-  for (const auto& [service, args] : learned->calls) {
-    std::optional<Value> value = host.read_ahead(service, args);
-    if (!value || encode_value(*value).size() > kMaxCarriedValueBytes) continue;
-    const std::vector<std::uint8_t> encoded = encode_value(args);
-    carried.reads.push_back({service, std::string(encoded.begin(), encoded.end()), std::move(*value)});
-    carried.read_args.push_back(args);
-  }
-  if (carried.reads.empty()) return {};
-  std::vector<std::uint8_t> frame = channel::encode_frame(channel::CarriedReads{carried.reads});
+  std::vector<std::uint8_t> frame;
+  frame.reserve(request.size() + 512);  // the carried values' encoder grows within it
+  if (!append_carried_reads(warm, source, host, carried, frame)) return {};
   frame.insert(frame.end(), request.begin(), request.end());
   return frame;
 }
@@ -74,13 +97,25 @@ std::vector<std::uint8_t> request_with_reads(WarmGuest& warm, std::string_view s
 // After an answer: the used reads are counted as the calls they stood for, and what to carry
 // next time is what this run read (the carried reads it used, then the calls that crossed).
 void settle_reads(WarmGuest& warm, std::string_view source, HostCalls& host, const CarriedSession& carried) {
+  WarmGuest::LearnedReads* learned = learned_for(warm, source);
+  if (learned != nullptr && carried.crossed.empty() && carried.reads.size() == learned->calls.size() &&
+      carried.used.size() == carried.reads.size() &&
+      std::all_of(carried.used.begin(), carried.used.end(), [](char used) { return used != 0; })) {
+    // Every read carried was used and none crossed (a repeated script's usual run): what to
+    // carry next time is what was carried, in its order (request_with_reads carried each
+    // learned call, none skipped, as the sizes say), so the learned calls stay as they are.
+    for (std::size_t i = 0; i < carried.reads.size(); ++i) host.carried_used(carried.reads[i].service, carried.read_args[i]);
+    return;
+  }
   std::vector<std::pair<std::string, Value>> calls;
+  std::vector<std::string> encoded_args;
   std::vector<std::string> seen;  // service + encoded args of each, to keep one of each
   const auto add = [&](const std::string& service, const Value& args, std::string encoded) {
     std::string key = service + '\0' + encoded;
     if (calls.size() >= channel::kMaxCarriedReads || std::find(seen.begin(), seen.end(), key) != seen.end()) return;
     seen.push_back(std::move(key));
     calls.emplace_back(service, args);
+    encoded_args.push_back(std::move(encoded));
   };
   for (std::size_t i = 0; i < carried.reads.size() && i < carried.used.size(); ++i) {
     if (carried.used[i] == 0) continue;
@@ -91,7 +126,6 @@ void settle_reads(WarmGuest& warm, std::string_view source, HostCalls& host, con
     const std::vector<std::uint8_t> encoded = encode_value(call.args);
     add(call.service, call.args, std::string(encoded.begin(), encoded.end()));
   }
-  WarmGuest::LearnedReads* learned = learned_for(warm, source);
   if (calls.empty()) {
     if (learned != nullptr) warm.learned.erase(warm.learned.begin() + (learned - warm.learned.data()));
     return;
@@ -102,6 +136,7 @@ void settle_reads(WarmGuest& warm, std::string_view source, HostCalls& host, con
     learned->source = std::string(source);
   }
   learned->calls = std::move(calls);
+  learned->encoded_args = std::move(encoded_args);
 }
 
 }  // namespace
@@ -236,24 +271,34 @@ std::size_t run_burst_in_warm_guest(WarmGuest& warm, std::span<BurstRun> runs, s
                                     SessionCounters& counters, bool& reusable) {
   reusable = false;
   if (runs.empty()) return 0;
-  // The runs' frames, each after its carried reads, as many as fit the burst's bytes (past
-  // them, the host's write could wait on the guest while the guest waits on a host call).
-  std::vector<std::uint8_t> frames;
+  // The batch frame, then the runs' frames, each after its carried reads, as many as fit the
+  // burst's bytes (past them, the host's write could wait on the guest while the guest waits on
+  // a host call). All encoded in place in the one buffer the write sends.
+  std::vector<std::uint8_t> burst;
+  burst.reserve(4096);
+  channel::append_frame(burst, channel::Batch{0});  // its count is filled in below
+  const std::size_t first_run = burst.size();
   std::vector<CarriedSession> carried(runs.size());
   std::vector<bool> carry(runs.size(), false);
+  const Value no_args = Value::table();  // a run's args when they are not a table (as make_run_request)
   std::size_t count = 0;
   for (; count < runs.size() && count < channel::kMaxBatchRuns; ++count) {
     const BurstRun& run = runs[count];
-    const std::vector<std::uint8_t> request = channel::encode_frame(make_run_request(*run.input, run.host));
-    carry[count] = run.host != nullptr && run.input->source.size() <= kMaxLearnedSource;
-    const std::vector<std::uint8_t> with_reads =
-        carry[count] ? request_with_reads(warm, run.input->source, request, *run.host, carried[count]) : std::vector<std::uint8_t>{};
-    const std::vector<std::uint8_t>& bytes = with_reads.empty() ? request : with_reads;
-    if (count > 0 && frames.size() + bytes.size() > kMaxBurstBytes) break;
-    frames.insert(frames.end(), bytes.begin(), bytes.end());
+    const RunInput& input = *run.input;
+    const std::size_t at = burst.size();
+    carry[count] = run.host != nullptr && input.source.size() <= kMaxLearnedSource;
+    if (carry[count]) (void)append_carried_reads(warm, input.source, *run.host, carried[count], burst);
+    channel::append_frame(burst, channel::RunRequestView{input.source, input.chunk_name,
+                                                         input.args.is_table() ? input.args : no_args, input.limits,
+                                                         input.allow_jit, /*has_host=*/run.host != nullptr});
+    if (count > 0 && burst.size() - first_run > kMaxBurstBytes) {
+      burst.resize(at);  // this run waits for a turn of its own (its reads were only read)
+      carried[count] = CarriedSession{};
+      carry[count] = false;
+      break;
+    }
   }
-  std::vector<std::uint8_t> burst = channel::encode_frame(channel::Batch{static_cast<std::uint32_t>(count)});
-  burst.insert(burst.end(), frames.begin(), frames.end());
+  for (int i = 0; i < 4; ++i) burst[channel::kHeaderBytes + static_cast<std::size_t>(i)] = static_cast<std::uint8_t>(count >> (8 * i));
 
   const std::optional<std::uint64_t> before = warm.rest_cpu_us ? warm.rest_cpu_us : guest_cpu_time_us(warm);
   warm.rest_cpu_us.reset();

@@ -82,10 +82,12 @@ void Decoder::operator()(std::vector<CarriedRead>& v) {
   for (CarriedRead& read : v) (*this)(read.service, read.args, read.value);
 }
 
-void finish_frame(std::vector<std::uint8_t>& frame, Kind kind) {
-  const auto length = static_cast<std::uint32_t>(frame.size() - kHeaderBytes);
-  for (int i = 0; i < 4; ++i) frame[static_cast<std::size_t>(i)] = static_cast<std::uint8_t>(length >> (8 * i));
-  frame[4] = static_cast<std::uint8_t>(kind);
+void finish_frame(std::vector<std::uint8_t>& frame, Kind kind) { finish_frame_at(frame, 0, kind); }
+
+void finish_frame_at(std::vector<std::uint8_t>& frames, std::size_t at, Kind kind) {
+  const auto length = static_cast<std::uint32_t>(frames.size() - at - kHeaderBytes);
+  for (int i = 0; i < 4; ++i) frames[at + static_cast<std::size_t>(i)] = static_cast<std::uint8_t>(length >> (8 * i));
+  frames[at + 4] = static_cast<std::uint8_t>(kind);
 }
 
 FrameHeader parse_header(std::span<const std::uint8_t, kHeaderBytes> header) {

@@ -69,6 +69,19 @@ struct RunRequest {
   template <class F> void fields(F& f) { f(source, chunk_name, args, limits, allow_jit, has_host); }
 };
 
+// A RunRequest's frame encoded straight from the run's input (a burst's runs on the host): the
+// same fields in the same order, the text and args not copied into a RunRequest first.
+struct RunRequestView {
+  static constexpr Kind kKind = Kind::run;
+  std::string_view source;
+  std::string_view chunk_name;
+  const Value& args;
+  Limits limits;
+  bool allow_jit = false;
+  bool has_host = true;
+  template <class F> void fields(F& f) { f(source, chunk_name, args, limits, allow_jit, has_host); }
+};
+
 // run_agent's input: the chunk (as in RunRequest), then the agent's entry, state and facts.
 struct AgentRequest {
   static constexpr Kind kKind = Kind::agent;
@@ -129,6 +142,13 @@ inline constexpr std::uint32_t kMaxCarriedReads = 8;
 struct CarriedReads {
   static constexpr Kind kKind = Kind::carried_reads;
   std::vector<CarriedRead> reads;  // at most kMaxCarriedReads
+  template <class F> void fields(F& f) { f(reads); }
+};
+
+// CarriedReads' frame encoded from the host's own list of them, without copying it into one.
+struct CarriedReadsView {
+  static constexpr Kind kKind = Kind::carried_reads;
+  const std::vector<CarriedRead>& reads;
   template <class F> void fields(F& f) { f(reads); }
 };
 
@@ -245,6 +265,9 @@ struct Exited {
 // Appends little-endian fields to a byte vector.
 class Encoder {
  public:
+  Encoder() = default;
+  // Appends after what `start` holds (frames built one after another in one buffer).
+  explicit Encoder(std::vector<std::uint8_t> start) : out_(std::move(start)) {}
   void operator()(std::uint8_t v) { out_.push_back(v); }
   void operator()(bool v) { out_.push_back(v ? 1 : 0); }
   void operator()(std::uint16_t v) { put(v, 2); }
@@ -306,6 +329,20 @@ std::vector<std::uint8_t> encode_frame(const M& message) {
   return std::move(e.bytes());
 }
 void finish_frame(std::vector<std::uint8_t>& frame, Kind kind);
+// Fills in the header of the frame that starts at `at` and runs to the end of `frames`.
+void finish_frame_at(std::vector<std::uint8_t>& frames, std::size_t at, Kind kind);
+
+// Appends the whole frame of `message` to `frames`: a burst's frames are encoded in place,
+// one after another, rather than each into a vector of its own and then copied.
+template <class M>
+void append_frame(std::vector<std::uint8_t>& frames, const M& message) {
+  const std::size_t at = frames.size();
+  Encoder e(std::move(frames));
+  for (std::size_t i = 0; i < kHeaderBytes; ++i) e(std::uint8_t{0});
+  const_cast<M&>(message).fields(e);  // fields() only reads through an Encoder
+  frames = std::move(e.bytes());
+  finish_frame_at(frames, at, M::kKind);
+}
 
 // The header of a frame whose payload, `payload_bytes` long, the caller writes itself (a
 // resume's heap_pages).

@@ -126,8 +126,7 @@ class ZygoteJail final : public ProcessJail {
 
   Result<Value> run(const RunInput& input, HostCalls* host) override {
     if (Result<void> ok = check_run_input(input); !ok) return ok.error();
-    channel::RunRequest request = make_run_request(input, host);
-    Result<std::vector<std::uint8_t>> done = in_guest(input, channel::encode_frame(request), channel::Kind::run_done, host);
+    Result<std::vector<std::uint8_t>> done = in_guest(input, run_request_frame(input, host), channel::Kind::run_done, host);
     if (!done) return done.error();
     return run_outcome(*done);
   }
@@ -306,7 +305,7 @@ class ZygoteJail final : public ProcessJail {
       return std::nullopt;
     }
     reused_.fetch_add(1, std::memory_order_relaxed);
-    const std::vector<std::uint8_t> request = channel::encode_frame(make_run_request(input, host));
+    const std::vector<std::uint8_t> request = run_request_frame(input, host);
     Result<std::vector<std::uint8_t>> done =
         finish_in_warm_guest(key, *warm, input, request, channel::Kind::run_done, host, SessionOptions{kill_grace_ms});
     if (!done) return Result<Value>(done.error());

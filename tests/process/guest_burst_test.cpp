@@ -9,6 +9,8 @@
 #include <thread>
 #include <vector>
 
+#include "sandbox/process/guest_session.hpp"
+#include "sandbox/process/guest_wire.hpp"
 #include "sojourn/sandbox/lua_sandbox.hpp"
 #include "sojourn/sandbox/process_jail.hpp"
 
@@ -249,4 +251,25 @@ TEST_CASE("runs of different principals are never put in one guest together") {
   CHECK(integer(results[0]) == 1);
   CHECK(integer(results[1]) == 2);
   CHECK(jail->status().bursts == 0);
+}
+
+namespace {
+struct NoCalls final : sojourn::sandbox::HostCalls {
+  sojourn::Result<sojourn::Value> call(std::string_view, const sojourn::Value&) override { return sojourn::Value{}; }
+};
+}  // namespace
+
+TEST_CASE("a run's frame encoded from its input is the frame of the request made from it") {
+  sojourn::sandbox::RunInput input;
+  input.source = "return ...";
+  input.chunk_name = "job";
+  input.limits = Limits{1000, 1 << 20, 50};
+  NoCalls calls;
+  for (const sojourn::Value& args : {sojourn::Value::array({1, "two"}), sojourn::Value(3)}) {
+    input.args = args;  // a table, then not one (sent as an empty table)
+    for (sojourn::sandbox::HostCalls* host : {static_cast<sojourn::sandbox::HostCalls*>(nullptr), static_cast<sojourn::sandbox::HostCalls*>(&calls)}) {
+      CHECK(sojourn::sandbox::run_request_frame(input, host) ==
+            sojourn::sandbox::channel::encode_frame(sojourn::sandbox::make_run_request(input, host)));
+    }
+  }
 }

@@ -82,3 +82,46 @@ TEST_CASE("a value is encoded in place in its frame: its length, then encode_val
     CHECK(tail == "after");
   }
 }
+
+TEST_CASE("a burst's frames appended in one buffer are the bytes of each frame encoded alone") {
+  channel::RunRequest request;
+  request.source = "local v = node.call('kv.get', 'k'); return v.x + 1";
+  request.chunk_name = "eval";
+  request.args = sojourn::Value::array({7, "seven"});
+  request.limits = sojourn::Limits{100, 200, 300};
+  request.has_host = false;
+  channel::CarriedReads reads;
+  reads.reads.push_back({"kv.get", "\x01k", sojourn::Value::array({1})});
+
+  std::vector<std::uint8_t> expected = channel::encode_frame(channel::Batch{2});
+  for (int i = 0; i < 2; ++i) {
+    const auto carried = channel::encode_frame(reads);
+    const auto run = channel::encode_frame(request);
+    expected.insert(expected.end(), carried.begin(), carried.end());
+    expected.insert(expected.end(), run.begin(), run.end());
+  }
+
+  std::vector<std::uint8_t> burst;
+  channel::append_frame(burst, channel::Batch{2});
+  for (int i = 0; i < 2; ++i) {
+    if (i == 0) channel::append_frame(burst, reads);
+    else channel::append_frame(burst, channel::CarriedReadsView{reads.reads});
+    // The view encodes the same fields as RunRequest, in the same order.
+    channel::append_frame(burst, channel::RunRequestView{request.source, request.chunk_name, request.args, request.limits,
+                                                         request.allow_jit, request.has_host});
+  }
+  CHECK(burst == expected);
+
+  // The second run frame decodes as the request it was encoded from.
+  const std::size_t batch_bytes = channel::kHeaderBytes + 4;
+  const std::size_t carried_bytes = channel::encode_frame(reads).size();
+  const std::size_t run_at = batch_bytes + 2 * carried_bytes + channel::encode_frame(request).size();
+  const auto header = channel::parse_header(std::span<const std::uint8_t, channel::kHeaderBytes>(burst.data() + run_at, 5));
+  CHECK(header.kind == channel::Kind::run);
+  REQUIRE(run_at + channel::kHeaderBytes + header.length == burst.size());
+  auto back = channel::decode_payload<channel::RunRequest>(std::span(burst).subspan(run_at + channel::kHeaderBytes));
+  REQUIRE(back.ok());
+  CHECK(back->source == request.source);
+  CHECK(back->args.get(2).as_string() == "seven");
+  CHECK_FALSE(back->has_host);
+}

@@ -25,7 +25,7 @@ class CarryHost final : public sojourn::sandbox::HostCalls {
     ++crossed[std::string(service)];
     if (service == "kv.get") {
       if (forbidden) return sojourn::make_error(Errc::service_not_granted, "service kv.get is not granted");
-      return Value(store[args.get(1).as_string()]);
+      return answer(args);
     }
     if (service == "kv.put") {
       store[args.get(1).as_string()] = args.get(2).as_integer();
@@ -37,13 +37,19 @@ class CarryHost final : public sojourn::sandbox::HostCalls {
   std::optional<Value> read_ahead(std::string_view service, const Value& args) override {
     if (!carries(service)) return std::nullopt;
     ++read_ahead_calls;
-    return Value(store[args.get(1).as_string()]);
+    return answer(args);
+  }
+  Value answer(const Value& args) {
+    const std::string key = args.get(1).as_string();
+    if (auto it = text.find(key); it != text.end()) return Value(it->second);
+    return Value(store[key]);
   }
   void carried_used(std::string_view service, const Value& args) override {
     used.push_back(std::string(service) + " " + args.get(1).as_string());
   }
 
   std::map<std::string, std::int64_t> store;
+  std::map<std::string, std::string> text;  // keys answered with a string instead
   std::map<std::string, int> crossed;
   std::vector<std::string> used;
   int read_ahead_calls = 0;
@@ -127,4 +133,26 @@ TEST_CASE("a guest that lies about the carried reads it used is killed and count
   CHECK(lied.error().code == Errc::guest_crashed);
   CHECK(host.used.empty());
   CHECK(first_integer(run_with(*jail, host, "return node.call('kv.get', 'k')")) == 4);
+}
+
+TEST_CASE("a read whose answer is over the carried bound crosses at each call; the small read beside it is carried") {
+  auto jail = start(1);
+  CarryHost host;
+  host.store["k"] = 1;
+  host.text["big"] = std::string(5000, 'x');  // over the 4 KiB a carried value may take
+  const std::string chunk = "local a = node.call('kv.get', 'k') local b = node.call('kv.get', 'big') return a + #b";
+  CHECK(first_integer(run_with(*jail, host, chunk)) == 5001);
+  CHECK(host.crossed["kv.get"] == 2);  // nothing learned yet
+  for (std::int64_t value = 2; value < 4; ++value) {
+    host.store["k"] = value;
+    CHECK(first_integer(run_with(*jail, host, chunk)) == value + 5000);
+  }
+  CHECK(host.crossed["kv.get"] == 4);  // the large one, once a run
+  CHECK(host.used == std::vector<std::string>{"kv.get k", "kv.get k"});
+  // The large read stays learned (it crossed): once its answer is small, it is carried too.
+  host.text["big"] = "yy";
+  CHECK(first_integer(run_with(*jail, host, chunk)) == 5);
+  CHECK(first_integer(run_with(*jail, host, chunk)) == 5);
+  CHECK(host.crossed["kv.get"] == 4);
+  CHECK(host.used.size() == 6);
 }
