@@ -41,6 +41,37 @@ TEST_CASE("a tampered image is refused by its hash and the agent stays at its so
   check_tampered_hop_refused(c, state, [](std::size_t size) { return size - 1; });
 }
 
+TEST_CASE("an image riding whole in its TRANSFER is refused by its hash wherever a byte of it is flipped") {
+  // A state of ~192 KB of bytes LZ4 cannot shrink: an image of several 64 KB spans, still well
+  // inside one frame (sent whole in the TRANSFER, not in pieces).
+  Cluster c = strong_cluster(2);
+  std::string pad(192u << 10, '\0');
+  std::uint32_t x = 2463534242u;
+  for (char& ch : pad) {
+    x ^= x << 13;
+    x ^= x >> 17;
+    x ^= x << 5;
+    ch = static_cast<char>(x & 0xffu);
+  }
+  Value state = Value::table();
+  state.set("stops", Value::array({c.addr[1]}));
+  state.set("pad", Value(pad));
+  std::size_t seen = 0;
+  testing::set_image_hook(c[0], [&seen](std::vector<std::uint8_t>& bytes, std::string&) { seen = bytes.size(); });
+  auto honest = launch_strong(c[0], bundle_of(kHop), state);
+  REQUIRE(honest.ok());
+  AgentStatus fine = run_to_end(c[0], *honest);
+  REQUIRE_MESSAGE(fine.status == AgentState::finished, fine.reason);
+  CHECK(fine.result.get(1).as_string() == "ok 3 at " + c.addr[1]);
+  REQUIRE(seen > (160u << 10));
+  // Past the header, at 64 KB, the middle, the last byte.
+  check_tampered_hop_refused(c, state, [](std::size_t) { return std::size_t{4096}; });
+  check_tampered_hop_refused(c, state, [](std::size_t) { return std::size_t{64u << 10}; });
+  check_tampered_hop_refused(c, state, [](std::size_t size) { return size / 2 + 1; });
+  check_tampered_hop_refused(c, state, [](std::size_t size) { return size - 1; });
+  CHECK(c[1].stats().agents_resident == 0);
+}
+
 TEST_CASE("a piece tampered on the way is refused by the image's hash before the guest runs") {
   // Frames of 8 KB: the image (~20 KB) goes in 4 KB pieces.
   Cluster c(2, [](int, NodeOptions& o) {
