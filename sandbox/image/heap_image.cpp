@@ -14,10 +14,12 @@
 #include <cstdio>
 #include <cstring>
 #include <fstream>
+#include <functional>
 #include <iterator>
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 
 #include "sandbox/image/image_codec.hpp"
 #include "sandbox/image/scratch.hpp"
@@ -156,7 +158,11 @@ Result<std::vector<std::uint8_t>> seal(const ImageSource& source, std::uint64_t 
   };
   bool ok = encoder->feed(page_map, sink);
   if (ok) {
-    Result<void> produced = produce([&](std::span<const std::uint8_t> bytes) { return ok = ok && encoder->feed(bytes, sink); });
+    // feed(bytes) or feed(bytes, &meanwhile): see Encoder::feed.
+    Result<void> produced = produce([&](std::span<const std::uint8_t> bytes, const std::function<void()>* meanwhile = nullptr) {
+      if (!ok) return false;
+      return ok = meanwhile != nullptr ? encoder->feed(bytes, sink, *meanwhile) : encoder->feed(bytes, sink);
+    });
     if (!produced) return produced.error();
   }
   ok = ok && encoder->end(sink);
@@ -209,17 +215,32 @@ Result<std::vector<std::uint8_t>> take_image(const ImageSource& source, std::uin
                                              ImageStats* stats) {
   if (Result<void> ok = check_kept(source, used_bytes, page_map, UINT64_MAX); !ok) return ok.error();
   const std::uint64_t kept_count = kept_pages(page_map);
-  // One reused buffer, small enough to stay in the cache between the read and the codec.
-  const Scratch scratch(static_cast<std::size_t>(std::min<std::uint64_t>(kReadPiece, kept_count * kPageBytes)));
-  const std::span<std::uint8_t> buffer = scratch.bytes();
+  // Two reused buffers, each small enough to stay in the cache between the read and the codec:
+  // the next piece is read into one while the codec (its helper thread) works on the other, so
+  // the reads are no longer a stretch in which the helper waits. The pieces, their order and
+  // every byte fed are as they were: only when the reads happen changes.
+  const std::uint64_t total = kept_count * kPageBytes;
+  const std::size_t piece = static_cast<std::size_t>(std::min<std::uint64_t>(kReadPiece, total));
+  const Scratch first(piece);
+  const std::optional<Scratch> second = total > piece ? std::optional<Scratch>(std::in_place, piece) : std::nullopt;
+  const std::span<std::uint8_t> buffers[2] = {first.bytes(), second ? second->bytes() : first.bytes()};
   return seal(
       source, used_bytes, page_map,
       [&](const auto& feed) -> Result<void> {
-        for (std::uint64_t left = kept_count * kPageBytes; left > 0;) {
-          const std::size_t n = static_cast<std::size_t>(std::min<std::uint64_t>(left, buffer.size()));
-          if (Result<void> got = read(std::span(buffer.data(), n)); !got) return got.error();
-          if (!feed(std::span<const std::uint8_t>(buffer.data(), n))) return {};  // seal reports the codec's error
+        if (total == 0) return {};
+        if (Result<void> got = read(buffers[0].first(piece)); !got) return got.error();
+        int at = 0;  // the buffer holding the piece to feed
+        for (std::uint64_t left = total; left > 0;) {
+          const std::size_t n = static_cast<std::size_t>(std::min<std::uint64_t>(left, piece));
           left -= n;
+          const std::size_t next = static_cast<std::size_t>(std::min<std::uint64_t>(left, piece));
+          Result<void> got;
+          const std::function<void()> read_next = [&] {
+            if (next > 0) got = read(buffers[1 - at].first(next));
+          };
+          if (!feed(std::span<const std::uint8_t>(buffers[at].first(n)), &read_next)) return {};  // seal reports the codec's error
+          if (!got) return got.error();
+          at = 1 - at;
         }
         return {};
       },

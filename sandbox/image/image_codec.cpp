@@ -28,6 +28,7 @@ std::span<std::uint8_t> out_buffer() {
 
 class StoredEncoder final : public Encoder {
  public:
+  using Encoder::feed;
   bool feed(std::span<const std::uint8_t> bytes, const Sink& sink) override {
     if (!bytes.empty()) sink(bytes);
     return true;
@@ -68,6 +69,7 @@ class ZstdEncoder final : public Encoder {
     }
   }
   bool ready() const { return cctx_ != nullptr; }
+  using Encoder::feed;
   bool feed(std::span<const std::uint8_t> bytes, const Sink& sink) override { return run(bytes, ZSTD_e_continue, sink); }
   bool end(const Sink& sink) override { return run({}, ZSTD_e_end, sink); }
   std::uint64_t bound(std::uint64_t payload_bytes) const override { return ZSTD_compressBound(payload_bytes); }

@@ -21,6 +21,14 @@ class Encoder {
   virtual ~Encoder() = default;
   // The next payload bytes; false on a codec failure (why()).
   virtual bool feed(std::span<const std::uint8_t> bytes, const Sink& sink) = 0;
+  // feed, with `meanwhile` run once on the calling thread while the codec may still be at work
+  // on `bytes` elsewhere (LZ4: while the helper thread compresses): work that needs neither
+  // `bytes` nor the output, such as reading the next piece into another buffer. By default, after.
+  virtual bool feed(std::span<const std::uint8_t> bytes, const Sink& sink, const std::function<void()>& meanwhile) {
+    const bool ok = feed(bytes, sink);
+    meanwhile();
+    return ok;
+  }
   // Ends the payload, which must have been exactly the size given at make_encoder.
   virtual bool end(const Sink& sink) = 0;
   // The most bytes the encoding of `payload_bytes` can take (to reserve the image once).

@@ -16,6 +16,7 @@
 #include <atomic>
 #include <condition_variable>
 #include <cstring>
+#include <functional>
 #include <mutex>
 #include <thread>
 #include <vector>
@@ -164,37 +165,16 @@ class Lz4BlockEncoder final : public Encoder {
   }
   bool ready() const { return ready_; }
 
-  bool feed(std::span<const std::uint8_t> bytes, const Sink& sink) override {
-    flush_header(sink);
-    // Small pieces (a page map, short runs of pages) gather into one block; a large one is cut
-    // into blocks where it lies, its tail kept for the next piece.
-    if (pending_.size() + bytes.size() < kBlock) {
-      pending_.insert(pending_.end(), bytes.begin(), bytes.end());
-      return true;
-    }
-    std::vector<std::span<const std::uint8_t>> blocks;
-    if (bytes.size() < kBlock) {
-      const std::size_t take = kBlock - pending_.size();
-      pending_.insert(pending_.end(), bytes.begin(), bytes.begin() + static_cast<std::ptrdiff_t>(take));
-      bytes = bytes.subspan(take);
-      blocks.emplace_back(pending_);
-    } else if (!pending_.empty()) {
-      blocks.emplace_back(pending_);  // a short block of its own: no copy of the large piece
-    }
-    while (bytes.size() >= kBlock) {
-      blocks.push_back(bytes.first(kBlock));
-      bytes = bytes.subspan(kBlock);
-    }
-    compress(blocks, sink);
-    pending_.assign(bytes.begin(), bytes.end());
-    return true;
+  bool feed(std::span<const std::uint8_t> bytes, const Sink& sink) override { return feed_blocks(bytes, sink, nullptr); }
+  bool feed(std::span<const std::uint8_t> bytes, const Sink& sink, const std::function<void()>& meanwhile) override {
+    return feed_blocks(bytes, sink, &meanwhile);
   }
 
   bool end(const Sink& sink) override {
     flush_header(sink);
     if (!pending_.empty()) {
       const std::span<const std::uint8_t> last(pending_);
-      compress(std::span(&last, 1), sink);
+      compress(std::span(&last, 1), sink, nullptr);
       pending_.clear();
     }
     static constexpr std::uint8_t kEndMark[4] = {0, 0, 0, 0};
@@ -212,6 +192,34 @@ class Lz4BlockEncoder final : public Encoder {
   std::string why() const override { return failed_ != 0 ? LZ4F_getErrorName(failed_) : "cannot set up a context"; }
 
  private:
+  // feed; `meanwhile` (when given) runs once, on this thread, while the helper compresses.
+  bool feed_blocks(std::span<const std::uint8_t> bytes, const Sink& sink, const std::function<void()>* meanwhile) {
+    flush_header(sink);
+    // Small pieces (a page map, short runs of pages) gather into one block; a large one is cut
+    // into blocks where it lies, its tail kept for the next piece.
+    if (pending_.size() + bytes.size() < kBlock) {
+      pending_.insert(pending_.end(), bytes.begin(), bytes.end());
+      if (meanwhile != nullptr) (*meanwhile)();
+      return true;
+    }
+    std::vector<std::span<const std::uint8_t>> blocks;
+    if (bytes.size() < kBlock) {
+      const std::size_t take = kBlock - pending_.size();
+      pending_.insert(pending_.end(), bytes.begin(), bytes.begin() + static_cast<std::ptrdiff_t>(take));
+      bytes = bytes.subspan(take);
+      blocks.emplace_back(pending_);
+    } else if (!pending_.empty()) {
+      blocks.emplace_back(pending_);  // a short block of its own: no copy of the large piece
+    }
+    while (bytes.size() >= kBlock) {
+      blocks.push_back(bytes.first(kBlock));
+      bytes = bytes.subspan(kBlock);
+    }
+    compress(blocks, sink, meanwhile);
+    pending_.assign(bytes.begin(), bytes.end());
+    return true;
+  }
+
   void flush_header(const Sink& sink) {
     if (header_bytes_ != 0) {
       sink(std::span<const std::uint8_t>(header_, header_bytes_));
@@ -221,15 +229,18 @@ class Lz4BlockEncoder final : public Encoder {
 
   // Compresses the blocks in order into the frame: the second half on the helper thread when
   // there is enough to share and the helper is free, the rest here.
-  void compress(std::span<const std::span<const std::uint8_t>> blocks, const Sink& sink) {
+  // `meanwhile` (when given) runs in the first batch, once the helper has it.
+  void compress(std::span<const std::span<const std::uint8_t>> blocks, const Sink& sink,
+                const std::function<void()>* meanwhile) {
     // In batches, so that the output buffers the threads keep stay small whatever the piece.
     for (std::size_t at = 0; at < blocks.size(); at += kBatch) {
-      compress_batch(blocks.subspan(at, std::min(kBatch, blocks.size() - at)), sink);
+      compress_batch(blocks.subspan(at, std::min(kBatch, blocks.size() - at)), sink, at == 0 ? meanwhile : nullptr);
     }
   }
   // One batch: both threads compress while this one hands the finished blocks on in order
   // (hashed and appended as they come).
-  void compress_batch(std::span<const std::span<const std::uint8_t>> blocks, const Sink& sink) {
+  void compress_batch(std::span<const std::span<const std::uint8_t>> blocks, const Sink& sink,
+                      const std::function<void()>* meanwhile) {
     const Scratch slots(blocks.size() * kSlot);  // reused across threads and images (scratch.hpp)
     Batch batch;
     batch.blocks = blocks;
@@ -238,6 +249,9 @@ class Lz4BlockEncoder final : public Encoder {
     for (auto b : blocks) total += b.size();
     Helper* helper = total >= kSplitFrom && blocks.size() >= 2 ? Helper::lend() : nullptr;
     if (helper != nullptr) helper->start(&batch);
+    // The caller's side work (the next piece read) while the helper starts on the blocks; then
+    // this thread claims what is left. Neither the blocks nor their order change.
+    if (meanwhile != nullptr) (*meanwhile)();
     std::size_t handed = 0;
     const auto hand_on_done = [&] {
       for (; handed < blocks.size() && batch.done[handed].load(std::memory_order_acquire); ++handed) {

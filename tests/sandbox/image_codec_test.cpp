@@ -124,6 +124,57 @@ TEST_CASE("every codec streams through an opener in pieces, and through a page r
   }
 }
 
+TEST_CASE("a page reader's pieces, read ahead of the codec, seal the same bytes as the whole span") {
+  // 1500 pages, 1125 kept: four whole pieces of kReadPiece and a short one. The next piece is
+  // read while the codec works on the one before; the image must not change for it.
+  const std::vector<std::uint8_t> used = heap_like(1500);
+  for (image::Codec codec : kCodecs) {
+    CAPTURE(image::codec_name(codec));
+    auto whole = image::take_image(source_for(codec), used);
+    REQUIRE(whole);
+    auto opener = image::ImageOpener::check(*whole, rules());
+    REQUIRE(opener);
+    std::vector<std::uint8_t> pages(opener->kept_bytes());
+    REQUIRE(opener->next(pages));
+    REQUIRE(opener->finish());
+    REQUIRE(pages.size() > 4 * image::kReadPiece);
+    std::size_t at = 0;
+    int calls = 0;
+    const std::uint8_t* last = nullptr;
+    bool alternated = true;
+    auto read = image::take_image(source_for(codec), used.size(), opener->page_map(), [&](std::span<std::uint8_t> into) {
+      REQUIRE(at + into.size() <= pages.size());
+      // Never the buffer the piece before went into: the codec may still be reading that one.
+      alternated = alternated && into.data() != last;
+      last = into.data();
+      std::memcpy(into.data(), pages.data() + at, into.size());
+      at += into.size();
+      ++calls;
+      return sojourn::Result<void>{};
+    });
+    REQUIRE(read);
+    CHECK(calls == 5);
+    CHECK(at == pages.size());
+    CHECK(alternated);
+    // The same bytes, hence the same hash, as the kept pages sealed in one piece (the same
+    // block boundaries: a piece is whole blocks).
+    auto at_once = image::take_image(source_for(codec), image::KeptPages{used.size(), opener->page_map(), pages});
+    REQUIRE(at_once);
+    CHECK(*read == *at_once);
+    // A reader failing on its third piece: its error, and no read after it.
+    calls = 0;
+    auto failed = image::take_image(source_for(codec), used.size(), opener->page_map(), [&](std::span<std::uint8_t>) {
+      ++calls;
+      return calls == 3 ? sojourn::Result<void>(sojourn::make_error(sojourn::Errc::guest_crashed, "guest crashed: gone"))
+                        : sojourn::Result<void>{};
+    });
+    REQUIRE_FALSE(failed);
+    CHECK(failed.error().code == sojourn::Errc::guest_crashed);
+    CHECK(failed.error().message == "guest crashed: gone");
+    CHECK(calls == 3);
+  }
+}
+
 TEST_CASE("a corrupt but well-hashed lz4 or stored payload is refused, never decoded past its bounds") {
   const std::vector<std::uint8_t> used = heap_like(40);
   for (image::Codec codec : {image::Codec::lz4, image::Codec::stored}) {
