@@ -15,4 +15,13 @@ namespace sojourn::sandbox::lua {
 // Empty for a C function or a dump it cannot read.
 std::string bytecode_signature(lua_State* L);
 
+// Whether the Lua function at -1 and every function it defines (its whole dump) hold no
+// GSET, the one instruction that writes a global (the function's environment table by a
+// constant name). GSET's number is learned once per process from LuaJIT itself: the opcodes
+// of `x = 1` less those of `local x = 1`; when that is not exactly one opcode, or the dump
+// cannot be read, the answer is false. Only the function's own text is judged: a table
+// store into the environment needs the table, which a text can get only by naming `_G`
+// (the caller's business).
+bool writes_no_global(lua_State* L);
+
 }  // namespace sojourn::sandbox::lua

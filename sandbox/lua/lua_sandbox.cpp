@@ -16,6 +16,7 @@
 #include <lua.hpp>
 
 #include "sandbox/lua/lua_agent.hpp"
+#include "sandbox/lua/lua_bytecode.hpp"
 #include "sandbox/lua/lua_env.hpp"
 #include "sandbox/lua/lua_limits.hpp"
 #include "sandbox/lua/lua_source_scan.hpp"
@@ -139,6 +140,7 @@ struct RunJob {
   detail::PooledState* pooled = nullptr;  // set when the run takes a prepared state
   bool environment_ready = false;         // a warm guest's prepared state: only the agent table to add
   detail::CompiledChunk compiled{};       // ... and its chunk already compiled (slot > 0)
+  bool scan_global_writes = false;        // a pooled run: learn whether its chunk holds a GSET
 };
 
 std::string_view display_chunk_name(const RunInput& input) {
@@ -282,6 +284,12 @@ int run_protected(lua_State* L) {
   }
   if (load_status == LUA_ERRMEM) detail::raise_limit(L, detail::limit_error(Errc::memory_limit, ctx.limits));
   if (load_status != 0) return lua_error(L);
+  if (job.scan_global_writes) {
+    // Once per text and state: whether the compiled chunk (every function of it) writes a
+    // global. lua_dump's buffer is the state's: a memory error here is the run's.
+    job.pooled->scanned_source_writes_no_global = lua::writes_no_global(L);
+    job.pooled->scanned_source_global_scan_done = true;
+  }
   // Functions the chunk defines may travel as text, cut out of this source. A pooled run's
   // text is registered only when one of its functions is converted (lua_function.cpp).
   if (job.pooled != nullptr) {
@@ -364,9 +372,12 @@ auto run_in_pooled_state(const RunInput& input, HostCalls* host, RunJob& job, Fi
     confined = state->scanned_source_confined;
   } else if (input.source.size() <= detail::kMaxScannedSourceBytes) {
     state->scanned_source.assign(input.source);
+    state->scanned_source_writes_no_global = false;
+    state->scanned_source_global_scan_done = false;
     confined = state->scanned_source_confined = detail::reaches_no_library(*state, input.source);
   }
   confined = confined && job.agent == nullptr;
+  job.scan_global_writes = confined && !state->scanned_source_global_scan_done;
   RunContext& ctx = *state->ctx;
   // SAFETY: the frame address is only compared with, never dereferenced.
   detail::start_context(ctx, input, host, reinterpret_cast<std::uintptr_t>(__builtin_frame_address(0)), ctx.bytes_in_use);
@@ -388,7 +399,12 @@ auto run_in_pooled_state(const RunInput& input, HostCalls* host, RunJob& job, Fi
     // The registry is walked unless no C code wrote to it (a text that cannot name
     // require_remote, no function converted or pushed, no agent state kept).
     const bool libraries_reachable = !(confined && ctx.functions_pushed == 0);
-    detail::return_pooled_state(std::move(state), libraries_reachable, libraries_reachable || ctx.registry_writes != 0);
+    // The globals are kept for the next run only when nothing could have written them: the
+    // text holds no GSET and cannot name `_G` (confined), and no code from outside it ran.
+    const bool keep_globals = confined && ctx.functions_pushed == 0 && ctx.registry_writes == 0 &&
+                              state->scanned_source_global_scan_done && state->scanned_source_writes_no_global;
+    detail::return_pooled_state(std::move(state), libraries_reachable, libraries_reachable || ctx.registry_writes != 0,
+                                keep_globals);
   }
   return out;
 }

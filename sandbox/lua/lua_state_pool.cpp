@@ -96,7 +96,7 @@ bool reaches_no_library(const PooledState& state, std::string_view source) {
   return lua::names_tables_only_in_calls(source, state.call_only_globals, state.banned_globals);
 }
 
-void return_pooled_state(PooledStatePtr state, bool libraries_reachable, bool registry_written) {
+void return_pooled_state(PooledStatePtr state, bool libraries_reachable, bool registry_written, bool keep_globals) {
   lua_State* L = state->L;
   RunContext& ctx = *state->ctx;
   lua_sethook(L, nullptr, 0, 0);
@@ -106,9 +106,13 @@ void return_pooled_state(PooledStatePtr state, bool libraries_reachable, bool re
   ctx.deferred_chunk_name = {};  // the run's text, registered or not, is gone with the run
   ctx.deferred_chunk_source = {};
   ctx.byte_cap = std::max(kHousekeepingBytes, ctx.bytes_in_use + kHousekeepingBytes);
+  const bool kept_before = state->globals_kept;
+  state->globals_kept = false;  // until check_and_reset says otherwise
   if (++state->runs >= kMaxRunsPerState) return;
-  Housekeeping work{state.get(), libraries_reachable, registry_written};
+  Housekeeping work{state.get(), libraries_reachable, registry_written, keep_globals && !libraries_reachable && !registry_written};
+  work.kept_before = kept_before;
   if (lua_cpcall(L, check_and_reset, &work) != 0 || !work.reusable || ctx.kill != Errc::ok) return;
+  state->globals_kept = work.globals_kept;
   if (ctx.bytes_in_use > state->baseline_bytes + kCollectAboveBytes) lua_gc(L, LUA_GCCOLLECT, 0);
   if (ctx.bytes_in_use > state->baseline_bytes + kDiscardAboveBytes) return;
   std::vector<PooledStatePtr> doomed;  // closed after the lock is released

@@ -38,6 +38,14 @@ struct PooledState {
   // from a value cannot have written a library table, and its state goes back without the
   // library comparison.
   bool scanned_source_confined = false;
+  // Whether the chunk compiled from scanned_source holds no GSET (lua::writes_no_global);
+  // learned at its first compile on this state (scanned_source_global_scan_done).
+  bool scanned_source_writes_no_global = false;
+  bool scanned_source_global_scan_done = false;
+  // Whether the last run's globals table is kept for the next run (in the pool's table,
+  // kPoolKeptGlobals) instead of a fresh copy: set only after a run that provably wrote no
+  // global and nothing else that reaches its globals (return_pooled_state's `keep_globals`).
+  bool globals_kept = false;
   // The prepared globals a chunk may name only as `NAME.FIELD(` (the library tables), and
   // those it may not name at all for the proof (every other global but the plain functions
   // known to hand out no library: _G, getmetatable, require_remote, anything new).
@@ -81,7 +89,13 @@ PooledStatePtr take_pooled_state(std::string_view principal);
 // `registry_written` false: no C code wrote to the registry during the run (RunContext::
 // registry_writes, and a text that cannot call require_remote), so the walk that puts the
 // registry back is skipped too.
-void return_pooled_state(PooledStatePtr state, bool libraries_reachable = true, bool registry_written = true);
+// `keep_globals` true: the run's text holds no global write (writes_no_global), could not
+// name `_G` (reaches_no_library) and no code from outside the text ran (no function pushed,
+// no registry write, not an agent): its globals table still holds exactly the prepared
+// globals, and the next run on this state uses it again instead of a fresh copy (after a
+// cheap check: no metatable, `_G` still itself; otherwise a copy).
+void return_pooled_state(PooledStatePtr state, bool libraries_reachable = true, bool registry_written = true,
+                         bool keep_globals = false);
 
 // Whether a run of `source` on `state` can only have read the library tables: the text names
 // each library only as `NAME.FIELD(` and names no other global that reaches one (lua_source_scan.hpp,

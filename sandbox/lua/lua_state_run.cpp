@@ -100,9 +100,39 @@ int check_and_reset(lua_State* L) {
   lua_pushboolean(L, work.walk_registry ? 1 : 0);
   lua_call(L, 2, 1);
   if (lua_toboolean(L, -1) == 0) return 0;  // a run changed a library table: never shown to another
+  // A state given back with no run since its last reset still has the prepared globals
+  // installed: what was kept stays kept (never the prepared globals themselves).
+  lua_settop(L, 0);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, state.globals_ref);
+  const bool no_run = lua_rawequal(L, 1, LUA_GLOBALSINDEX) != 0;
+  lua_settop(L, 0);
+  if (no_run) {
+    work.globals_kept = work.kept_before;
+    work.reusable = true;
+    return 0;
+  }
+  // The run's globals kept for the next run, or forgotten. Kept only when the run provably
+  // wrote none (keep_globals) and, as a guard, they still have no metatable and `_G` is still
+  // themselves; anything else and the next run gets a fresh copy.
+  lua_rawgeti(L, LUA_REGISTRYINDEX, state.pool_ref);
+  bool keep = false;
+  if (work.keep_globals) {
+    lua_pushvalue(L, LUA_GLOBALSINDEX);
+    if (lua_istable(L, 2) && lua_getmetatable(L, 2) == 0) {
+      lua_getfield(L, 2, "_G");  // raw: no metatable
+      keep = lua_rawequal(L, -1, 2) != 0;
+      lua_pop(L, 1);
+    } else if (lua_istable(L, 2)) {
+      lua_pop(L, 1);  // the metatable
+    }
+    if (!keep) lua_pop(L, 1);
+  }
+  if (!keep) lua_pushboolean(L, 0);
+  lua_rawseti(L, 1, kPoolKeptGlobals);
   lua_rawgeti(L, LUA_REGISTRYINDEX, state.globals_ref);
   lua_replace(L, LUA_GLOBALSINDEX);
   lua_settop(L, 0);
+  work.globals_kept = keep;
   work.reusable = true;
   return 0;
 }
@@ -111,6 +141,7 @@ int check_and_reset(lua_State* L) {
 
 using state_pool::kPoolChunks;
 using state_pool::kPoolGlobalsList;
+using state_pool::kPoolKeptGlobals;
 
 namespace {
 
@@ -152,7 +183,14 @@ bool decoy_reusable(lua_State* L, int decoy) {
 void begin_pooled_run(lua_State* L, const PooledState& state) {
   lua_checkstack(L, 12);
   const int prepared = lua_gettop(L) + 1;
-  if (state.copy_ref > 0) {
+  bool kept = false;
+  if (state.globals_kept) {
+    push_pool_table(L, state, kPoolKeptGlobals);  // the last run's globals, which it provably did not write
+    kept = lua_istable(L, -1);
+    if (!kept) lua_pop(L, 1);
+  }
+  if (kept) {
+  } else if (state.copy_ref > 0) {
     lua_rawgeti(L, LUA_REGISTRYINDEX, state.copy_ref);
     lua_call(L, 0, 1);  // the copy (library tables are shared, checked after the run)
   } else {

@@ -15,6 +15,7 @@
 
 #include <luajit-2.1/lua.hpp>
 
+#include "sandbox/lua/lua_bytecode.hpp"
 #include "sandbox/lua/lua_source_scan.hpp"
 #include "sandbox/lua/lua_state_pool.hpp"
 #include "sojourn/core/messages.hpp"
@@ -725,4 +726,89 @@ TEST_CASE("a run whose text passes the scan and that wrote nothing to the regist
   tamper();
   ok_results(run("return math.pi", "alice"));  // the text may reach a library
   CHECK_FALSE(has_key());
+}
+
+TEST_CASE("the bytecode scan finds every global write of a text, and only those") {
+  lua_State* L = luaL_newstate();
+  REQUIRE(L != nullptr);
+  const auto no_global_write = [L](const char* source) {
+    REQUIRE(luaL_loadstring(L, source) == 0);
+    const bool answer = sojourn::sandbox::lua::writes_no_global(L);
+    lua_pop(L, 1);
+    return answer;
+  };
+  // Writes to locals, upvalues, fields and the chunk's own tables: no global.
+  for (const char* source : {"local v = node.call('kv.get', 'k'); return v.x + 1", "local x; x = 1; return x",
+                             "local a, b = 1, 2; a, b = b, a; return a", "for i = 1, 3 do local z = i end",
+                             "local t = {}; t.x = 1; t[2] = 3; return t", "local function f() end; return f",
+                             "local u; return function() u = 1; return z end", "return {x = 1, y = 2}",
+                             "local x = 1; do local y; y = x end; if x then x = 2 end"}) {
+    CAPTURE(source);
+    CHECK(no_global_write(source));
+  }
+  // A free name assigned anywhere, in any nested function, is a global write.
+  for (const char* source : {"x = 1", "local a; a, b = 1, 2", "function g() end", "local function f() y = 2 end",
+                             "return function() return function() z = 3 end end", "do local x end; x = 1",
+                             "for i = 1, 2 do end; i = 1", "local t = {f = function() w = 1 end}"}) {
+    CAPTURE(source);
+    CHECK_FALSE(no_global_write(source));
+  }
+  lua_close(L);
+}
+
+TEST_CASE("a run that provably wrote no global leaves its globals to the next run, which never sees a write") {
+  const auto kept = [] {
+    REQUIRE(detail::idle_pooled_states() == 1);
+    detail::PooledStatePtr state = detail::take_pooled_state("alice");
+    REQUIRE(state != nullptr);
+    const bool answer = state->globals_kept;
+    // Given back as it came, no run since its reset: what was kept stays kept.
+    detail::return_pooled_state(std::move(state), false, false);
+    return answer;
+  };
+  detail::clear_state_pool();
+  const char* quiet = "local v = math.floor(2.5); return v";
+  CHECK(ok_results(run(quiet, "alice")).get(1).as_integer() == 2);
+  CHECK(kept());
+  // Each writing run runs on the kept table (the first) or a copy; none is kept, and the next
+  // run sees none of their writes.
+  const char* writers[] = {"leaked = 1; return 1", "_G.leaked = 1; return 1", "rawset(_G, 'leaked', 1); return 1",
+                           "function leaked() end; return 1", "local function f() leaked = 1 end; f(); return 1",
+                           "math.floor = nil; leaked = 1; return 1", "setmetatable(_G, {}); return 1"};
+  for (const char* writer : writers) {
+    CAPTURE(writer);
+    CHECK(ok_results(run(quiet, "alice")).get(1).as_integer() == 2);
+    CHECK(ok_results(run(writer, "alice")).get(1).as_integer() == 1);
+    if (detail::idle_pooled_states() == 1) CHECK_FALSE(kept());
+    CHECK(ok_results(run("return rawget(_G, 'leaked') == nil and getmetatable(_G) == nil and math.floor ~= nil", "alice"))
+              .get(1)
+              .as_bool());
+    detail::clear_state_pool();
+  }
+  // A function from the arguments wrote a global into a run whose own text writes none.
+  const Value writer = ok_results(run("return function() leaked = 1 end", "maker")).get(1);
+  detail::clear_state_pool();
+  CHECK(ok_results(run(quiet, "alice")).get(1).as_integer() == 2);
+  CHECK(ok_results(run("local f = ...; f(); return 1", "alice", kLimits, Value::array({writer}))).get(1).as_integer() == 1);
+  CHECK(ok_results(run("return rawget(_G, 'leaked') == nil", "alice")).get(1).as_bool());
+  // The kept table really is used again: a global added behind the pool's back (from C, as no
+  // run can) into the kept table is seen by the next run, and gone after a run that wrote one.
+  detail::clear_state_pool();
+  CHECK(ok_results(run(quiet, "alice")).get(1).as_integer() == 2);
+  {
+    REQUIRE(detail::idle_pooled_states() == 1);
+    detail::PooledStatePtr state = detail::take_pooled_state("alice");
+    REQUIRE(state != nullptr);
+    REQUIRE(state->globals_kept);
+    lua_rawgeti(state->L, LUA_REGISTRYINDEX, state->pool_ref);
+    lua_rawgeti(state->L, -1, 5);  // kPoolKeptGlobals
+    REQUIRE(lua_istable(state->L, -1));
+    lua_pushboolean(state->L, 1);
+    lua_setfield(state->L, -2, "tampered");
+    lua_pop(state->L, 2);
+    detail::return_pooled_state(std::move(state), false, false);
+  }
+  CHECK(ok_results(run("local t = tampered; return t == true", "alice")).get(1).as_bool());
+  CHECK(ok_results(run("other = 1; return 1", "alice")).get(1).as_integer() == 1);  // ran on it, wrote: not kept
+  CHECK(ok_results(run("local t = tampered; return t == nil", "alice")).get(1).as_bool());
 }
