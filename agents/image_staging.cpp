@@ -44,8 +44,9 @@ Result<void> ImageStaging::add(ImagePart part) {
   const auto key = std::make_pair(part.id, part.epoch);
   auto it = staged_.find(key);
   if (part.offset == 0) {
-    if (it != staged_.end()) {  // a retried hand-over starts over
+    if (it != staged_.end()) {  // a retried hand-over starts over, in the buffer it had
       reserved_ -= it->second.total;
+      image::give_image_buffer(std::move(it->second.bytes));
       staged_.erase(it);
     }
     if (part.bytes.size() < image::kHeaderBytes) return refused("heap image: its first piece is shorter than its header");
