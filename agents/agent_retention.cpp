@@ -6,6 +6,7 @@
 #include <boost/asio/post.hpp>
 #include <boost/asio/redirect_error.hpp>
 
+#include "sandbox/image/scratch.hpp"
 #include "sojourn/core/log.hpp"
 
 namespace sojourn {
@@ -113,6 +114,9 @@ void AgentRuntime::prune() {
   // The replay guard's nonces expire on the same sweep (it prunes itself on admit too, but an
   // idle node admits nothing), and the stored ones with them.
   trust_.replay().prune();
+  // A large image buffer kept for the next image staged is freed once it has waited too long,
+  // here too: on a node no further image reaches, no take or give would ever free it.
+  sandbox::image::drop_idle_image_buffer();
   if (store_) {
     if (auto r = store_->prune_nonces(now); !r) log_warn("agents", r.error().message);
   }

@@ -111,6 +111,13 @@ void give_image_buffer(std::vector<std::uint8_t> buffer) {
   k.since = std::chrono::steady_clock::now();
 }
 
+void drop_idle_image_buffer() {
+  KeptImage& k = kept_image();
+  std::vector<std::uint8_t> old;  // freed after the lock
+  std::lock_guard lock(k.mutex);
+  old = expired_locked(k, std::chrono::steady_clock::now());
+}
+
 std::shared_ptr<const std::vector<std::uint8_t>> shared_image(std::vector<std::uint8_t> bytes) {
   auto* held = new std::vector<std::uint8_t>(std::move(bytes));
   return std::shared_ptr<const std::vector<std::uint8_t>>(held, [](const std::vector<std::uint8_t>* image) {

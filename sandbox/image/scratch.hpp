@@ -36,7 +36,8 @@ class Scratch {
 // while the agent stays): when its last holder lets go, the buffer is kept, its pages still
 // mapped and faulted in, for the next such image (a 64 MB image in a fresh buffer costs the
 // kernel 64 MB of page zeroing as it is filled). One buffer at most, of 4 MB or more, dropped
-// when it has waited past kImageBufferIdle by the next take or give.
+// once it has waited past kImageBufferIdleMs: by the next take or give, or by
+// drop_idle_image_buffer (a node's periodic sweep), so an idle node does not hold it.
 inline constexpr std::size_t kImageBufferMin = std::size_t{4} << 20;
 inline constexpr long long kImageBufferIdleMs = 30'000;
 // A vector with room for `bytes`: the kept buffer when it is large enough, else a new empty one
@@ -48,6 +49,8 @@ std::vector<std::uint8_t> take_image_buffer(std::size_t bytes);
 void give_image_buffer(std::vector<std::uint8_t> buffer);
 // The image `bytes`, shared: its buffer is given back when the last holder lets go.
 std::shared_ptr<const std::vector<std::uint8_t>> shared_image(std::vector<std::uint8_t> bytes);
+// Frees the kept buffer if it has waited past kImageBufferIdleMs.
+void drop_idle_image_buffer();
 // The capacity of the buffer kept, 0 for none (tests).
 std::size_t kept_image_buffer();
 
