@@ -246,19 +246,21 @@ Result<void> ensure_arena(const Limits& limits) {
   return install_arena(limits.memory_bytes);
 }
 
-channel::AgentDone agent_done_of(const Result<AgentOutcome>& outcome) {
+// Takes the outcome apart: its values and strings move into the answer, which is encoded and
+// written right after.
+channel::AgentDone agent_done_of(Result<AgentOutcome>&& outcome) {
   channel::AgentDone done;
   if (!outcome) {
     done.code = static_cast<std::uint16_t>(outcome.error().code);
     done.message = outcome.error().message;
     return done;
   }
-  done.results = outcome->results;
-  done.state = outcome->state;
+  done.results = std::move(outcome->results);
+  done.state = std::move(outcome->state);
   done.went = outcome->went;
   done.waits = outcome->waits;
-  done.go_peer = outcome->go_peer;
-  done.go_entry = outcome->go_entry;
+  done.go_peer = std::move(outcome->go_peer);
+  done.go_entry = std::move(outcome->go_entry);
   done.instructions = outcome->instructions;
   done.strong_stop = outcome->strong_stop;
   done.checkpoint = outcome->checkpoint;
@@ -266,7 +268,7 @@ channel::AgentDone agent_done_of(const Result<AgentOutcome>& outcome) {
 }
 
 // The answer frame for one request frame.
-std::vector<std::uint8_t> serve_request(int fd, const Frame& frame, Limits& limits, bool& strong) {
+std::vector<std::uint8_t> serve_request(int fd, Frame& frame, Limits& limits, bool& strong) {
   ChannelHost channel_host(fd);
   if (frame.kind == Kind::agent) {
     Result<channel::AgentRequest> request = channel::decode_payload<channel::AgentRequest>(frame.payload);
@@ -283,7 +285,11 @@ std::vector<std::uint8_t> serve_request(int fd, const Frame& frame, Limits& limi
       return channel::encode_frame(agent_done_of(
           strong::run_agent_strong(input_of(request->run), agent, host, span_writer(fd, request->pages_direct))));
     }
-    // A weak step on the prepared state (its arena restored after it, as after any run).
+    // A weak step on the prepared state (its arena restored after it, as after any run). The
+    // request's bytes are all decoded (the request owns every field): their buffer goes back to
+    // the C++ heap before the step, whose state conversion and answer can take its blocks (a
+    // 1 MB state's frame is 1 MB of the guest's heap, otherwise held until the answer is out).
+    FrameBytes().swap(frame.payload);
     return channel::encode_frame(agent_done_of(run_weak_agent(input_of(request->run), agent, host)));
   }
   if (frame.kind == Kind::resume) {
