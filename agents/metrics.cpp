@@ -257,20 +257,27 @@ void TraceRing::put(std::chrono::system_clock::duration wall, std::chrono::stead
       return;
     }
   }
-  Slot scratch;  // a ring of no capacity keeps nothing, but a file still gets the line
-  Slot* s = &scratch;
-  if (capacity_ > 0) {
-    if (ring_.size() < capacity_) {
-      ring_.emplace_back();
-      newest_ = ring_.size() - 1;
-    } else {
-      newest_ = newest_ + 1 == capacity_ ? 0 : newest_ + 1;
-    }
-    s = &ring_[newest_];
+  if (capacity_ == 0) {  // a ring of no capacity keeps nothing, but a file still gets the line
+    if (!file_) return;
+    Slot scratch;
+    put_fields(scratch, seq, unix_ms, wall, mono, kind, agent, peer, detail);
+    return;
   }
-  Event* e = &s->event;
+  if (ring_.size() < capacity_) {
+    ring_.emplace_back();
+    newest_ = ring_.size() - 1;
+  } else {
+    newest_ = newest_ + 1 == capacity_ ? 0 : newest_ + 1;
+  }
+  put_fields(ring_[newest_], seq, unix_ms, wall, mono, kind, agent, peer, detail);
+}
+
+void TraceRing::put_fields(Slot& s, std::uint64_t seq, std::int64_t unix_ms, std::chrono::system_clock::duration wall,
+                           std::chrono::steady_clock::duration mono, std::string_view kind, std::string_view agent,
+                           std::string_view peer, std::string_view detail) {
+  Event* e = &s.event;
   e->seq = seq;
-  s->last = seq;
+  s.last = seq;
   e->unix_ms = unix_ms;
   // assign, not a new string: a slot's strings keep their capacity from one lap to the next.
   // A client's requests mostly repeat (the same kind, peer and service lap after lap): a

@@ -150,6 +150,11 @@ class TraceRing {
     std::uint64_t last = 0;
   };
 
+  // Under mutex_: a new run in `s`, and the file's line.
+  void put_fields(Slot& s, std::uint64_t seq, std::int64_t unix_ms, std::chrono::system_clock::duration wall,
+                  std::chrono::steady_clock::duration mono, std::string_view kind, std::string_view agent,
+                  std::string_view peer, std::string_view detail);
+
   const std::size_t capacity_;
   mutable std::mutex mutex_;
   std::vector<Slot> ring_;  // grows to capacity_, then reused oldest first

@@ -268,14 +268,15 @@ void NodeServer::count_request(const std::string& service, const Reply& reply, c
       // failed; a trace file keeps the protocol's steps too (set before the node serves).
       const bool protocol = service.rfind("agent.", 0) == 0 || service.rfind("code.", 0) == 0;
       last_ok_traced_ = !protocol || counters_.trace.has_file();
+      last_ok_kind_ = service == "eval" ? "eval" : "request";
     }
     add_on_network_thread(*last_ok_counter_, 1);
     if (last_ok_traced_) {
       // An unauthenticated peer's name is its address: no string is built for it.
       if (!peer.authenticated()) {
-        counters_.trace.add(service == "eval" ? "eval" : "request", "", peer.address, service);
+        counters_.trace.add(last_ok_kind_, "", peer.address, service);
       } else {
-        counters_.trace.add(service == "eval" ? "eval" : "request", "", peer.to_string(), service);
+        counters_.trace.add(last_ok_kind_, "", peer.to_string(), service);
       }
     }
     return;
