@@ -242,15 +242,43 @@ void TraceRing::add_at(std::chrono::system_clock::time_point wall_at, std::chron
 void TraceRing::put(std::chrono::system_clock::duration wall, std::chrono::steady_clock::duration mono,
                     std::string_view kind, std::string_view agent, std::string_view peer, std::string_view detail) {
   const std::uint64_t seq = next_seq_++;
-  Event scratch;  // a ring of no capacity keeps nothing, but a file still gets the line
-  Event* e = &scratch;
-  if (capacity_ > 0) {
-    const std::size_t slot = static_cast<std::size_t>((seq - 1) % capacity_);
-    if (slot == ring_.size()) ring_.emplace_back();
-    e = &ring_[slot];
+  const std::int64_t unix_ms = std::chrono::duration_cast<std::chrono::milliseconds>(wall).count();
+  const auto same = [](const std::string& have, std::string_view v) {
+    return have.size() == v.size() && std::memcmp(have.data(), v.data(), v.size()) == 0;
+  };
+  if (!file_ && !ring_.empty()) {
+    // The same event again (a pipelining client's next request, say): the newest run grows,
+    // a few compares instead of a slot's fields rewritten. With a file each event has its own
+    // line (its monotonic time), so nothing is merged then.
+    Slot& last = ring_[newest_];
+    if (last.event.unix_ms == unix_ms && last.last + 1 == seq && same(last.event.detail, detail) &&
+        same(last.event.peer, peer) && same(last.event.kind, kind) && same(last.event.agent, agent)) {
+      last.last = seq;
+      return;
+    }
   }
+  if (capacity_ == 0) {  // a ring of no capacity keeps nothing, but a file still gets the line
+    if (!file_) return;
+    Slot scratch;
+    put_fields(scratch, seq, unix_ms, wall, mono, kind, agent, peer, detail);
+    return;
+  }
+  if (ring_.size() < capacity_) {
+    ring_.emplace_back();
+    newest_ = ring_.size() - 1;
+  } else {
+    newest_ = newest_ + 1 == capacity_ ? 0 : newest_ + 1;
+  }
+  put_fields(ring_[newest_], seq, unix_ms, wall, mono, kind, agent, peer, detail);
+}
+
+void TraceRing::put_fields(Slot& s, std::uint64_t seq, std::int64_t unix_ms, std::chrono::system_clock::duration wall,
+                           std::chrono::steady_clock::duration mono, std::string_view kind, std::string_view agent,
+                           std::string_view peer, std::string_view detail) {
+  Event* e = &s.event;
   e->seq = seq;
-  e->unix_ms = std::chrono::duration_cast<std::chrono::milliseconds>(wall).count();
+  s.last = seq;
+  e->unix_ms = unix_ms;
   // assign, not a new string: a slot's strings keep their capacity from one lap to the next.
   // A client's requests mostly repeat (the same kind, peer and service lap after lap): a
   // field equal to what its slot holds is left as it is, a short compare instead of a copy.
@@ -273,13 +301,31 @@ std::vector<Event> TraceRing::since(std::uint64_t since, std::size_t limit) cons
   std::lock_guard lock(mutex_);
   std::vector<Event> out;
   const std::uint64_t last = next_seq_ - 1;
-  if (since >= last) return out;
-  // The ring holds the last min(last, ring_.size()) events: seq first .. last.
-  const std::uint64_t first = last - ring_.size() + 1;
-  std::uint64_t seq = std::max(since + 1, first);
-  if (seq > last) return out;
+  if (since >= last || ring_.empty() || limit == 0) return out;
+  // The ring holds at least the last capacity_ events (runs hold several); give no more
+  // than those, as a ring of one event a slot would.
+  std::uint64_t seq = since + 1;
+  if (last >= capacity_ && seq < last - capacity_ + 1) seq = last - capacity_ + 1;
+  // The oldest run that still holds seq or a later one: walk back from the newest run.
+  const std::size_t n = ring_.size();
+  std::size_t at = newest_;
+  for (std::size_t k = 1; k < n; ++k) {
+    const std::size_t prev = at == 0 ? n - 1 : at - 1;
+    if (ring_[prev].last < seq) break;
+    at = prev;
+  }
+  if (ring_[at].event.seq > seq) seq = ring_[at].event.seq;  // older ones are gone
   out.reserve(static_cast<std::size_t>(std::min<std::uint64_t>(last - seq + 1, limit)));
-  for (; seq <= last && out.size() < limit; ++seq) out.push_back(ring_[static_cast<std::size_t>((seq - 1) % capacity_)]);
+  while (out.size() < limit) {
+    const Slot& s = ring_[at];
+    for (; seq <= s.last && out.size() < limit; ++seq) {
+      out.push_back(s.event);
+      out.back().seq = seq;
+    }
+    if (at == newest_) break;
+    at = at + 1 == n ? 0 : at + 1;
+    seq = ring_[at].event.seq;
+  }
   return out;
 }
 

@@ -114,10 +114,13 @@ struct Event {
 // monotonic (steady clock, ns) and a wall (Unix, µs) timestamp, and the event's fields.
 std::string trace_line(std::string_view node, std::int64_t mono_ns, std::int64_t unix_us, const Event& e);
 
-// The most recent events, bounded; sequence numbers start at 1 and never repeat. The events
-// live in a fixed ring whose slots are reused: once the ring has filled, adding an event
-// assigns into the strings of the oldest one, so an event whose fields fit the capacity its
-// slot already has (a request's service and peer, say) allocates nothing.
+// The most recent events (the last `capacity` of them), bounded; sequence numbers start at 1
+// and never repeat. The events live in a fixed ring whose slots are reused: once the ring has
+// filled, adding an event assigns into the strings of the oldest slot, so an event whose
+// fields fit the capacity its slot already has allocates nothing. An event equal to the one
+// before it in every field but its sequence number (a client's pipelined requests in the same
+// millisecond: same kind, peer and service) only extends the newest slot's run of sequence
+// numbers; since() gives each event of a run, as if each had its own slot.
 class TraceRing {
  public:
   explicit TraceRing(std::size_t capacity = 2048) : capacity_(capacity) {}
@@ -141,9 +144,21 @@ class TraceRing {
   void put(std::chrono::system_clock::duration wall, std::chrono::steady_clock::duration mono, std::string_view kind,
            std::string_view agent, std::string_view peer, std::string_view detail);
 
+  // A run of equal events: `event` holds the first one's seq, `last` the run's last seq.
+  struct Slot {
+    Event event;
+    std::uint64_t last = 0;
+  };
+
+  // Under mutex_: a new run in `s`, and the file's line.
+  void put_fields(Slot& s, std::uint64_t seq, std::int64_t unix_ms, std::chrono::system_clock::duration wall,
+                  std::chrono::steady_clock::duration mono, std::string_view kind, std::string_view agent,
+                  std::string_view peer, std::string_view detail);
+
   const std::size_t capacity_;
   mutable std::mutex mutex_;
-  std::vector<Event> ring_;  // event seq is in slot (seq - 1) % capacity_; grows to capacity_
+  std::vector<Slot> ring_;  // grows to capacity_, then reused oldest first
+  std::size_t newest_ = 0;  // the slot of the newest run (when ring_ is not empty)
   std::uint64_t next_seq_ = 1;
   std::FILE* file_ = nullptr;  // the trace file, written under mutex_, line-buffered
   std::string file_node_, file_error_;

@@ -24,6 +24,13 @@ namespace sojourn {
 
 namespace {
 
+// A counter only the network thread writes (the series of the per-request metrics, the
+// bytes, calls_served): a plain load and store, not a locked read-modify-write. Readers on
+// other threads (/metrics, stats) still read whole values.
+inline void add_on_network_thread(std::atomic<std::uint64_t>& counter, std::uint64_t by) {
+  counter.store(counter.load(std::memory_order_relaxed) + by, std::memory_order_relaxed);
+}
+
 // The most queued evaluations one worker takes at a time (EvalQueue): their replies go back
 // together, so the first waits for the rest of its burst; a lone request is a burst of one.
 // As many as one warm guest takes in one batch (channel::kMaxBatchRuns): at `process` each
@@ -183,7 +190,7 @@ asio::awaitable<Result<std::vector<std::uint8_t>>> NodeServer::handle(FrameKind 
 
 void NodeServer::count_bytes_in(std::size_t n) {
   if (!bytes_in_) bytes_in_ = &counters_.metrics.bytes.at({"in"});
-  bytes_in_->fetch_add(n, std::memory_order_relaxed);
+  add_on_network_thread(*bytes_in_, n);
 }
 
 std::vector<std::uint8_t> NodeServer::finish_reply(const std::string& service, const Reply& reply,
@@ -195,7 +202,7 @@ std::vector<std::uint8_t> NodeServer::finish_reply(const std::string& service, c
     bytes = encode(reply_error(errors::frame_too_large(bytes.size(), options_.max_payload)));
   }
   if (!bytes_out_) bytes_out_ = &counters_.metrics.bytes.at({"out"});
-  bytes_out_->fetch_add(bytes.size(), std::memory_order_relaxed);
+  add_on_network_thread(*bytes_out_, bytes.size());
   return bytes;
 }
 
@@ -225,7 +232,7 @@ std::optional<Result<std::vector<std::uint8_t>>> NodeServer::handle_now(FrameKin
   if (log_level() <= LogLevel::debug) log_debug("node", options_.name + ": call " + request->service + " from " + peer.to_string());
   Result<Value> r = ServiceRegistry::invoke(request->service, entry->fn, request->args, peer);
   Reply reply = r ? reply_ok(std::move(*r)) : reply_error(r.error());
-  ++counters_.calls_served;
+  add_on_network_thread(counters_.calls_served, 1);
   return Result<std::vector<std::uint8_t>>(finish_reply(request->service, reply, peer));
 }
 
@@ -250,31 +257,35 @@ std::optional<Result<std::vector<std::uint8_t>>> NodeServer::eval_now(std::span<
 void NodeServer::count_request(const std::string& service, const Reply& reply, const PeerIdentity& peer) {
   NodeMetrics& m = counters_.metrics;
   if (reply.code == Errc::ok) {
-    // A client's requests mostly repeat one service: compared, not hashed, when they do.
+    // A client's requests mostly repeat one service: compared, not hashed, when they do; the
+    // series and whether the trace takes the request are found once for it.
     if (last_ok_counter_ == nullptr || service != last_ok_service_) {
       auto it = served_ok_.find(service);
       if (it == served_ok_.end()) it = served_ok_.emplace(service, &m.requests.at({service, "ok"})).first;
       last_ok_service_.assign(service);
       last_ok_counter_ = it->second;
+      // The agent protocol's own chatter (reports, offers) stays out of the trace unless it
+      // failed; a trace file keeps the protocol's steps too (set before the node serves).
+      const bool protocol = service.rfind("agent.", 0) == 0 || service.rfind("code.", 0) == 0;
+      last_ok_traced_ = !protocol || counters_.trace.has_file();
+      last_ok_kind_ = service == "eval" ? "eval" : "request";
     }
-    last_ok_counter_->fetch_add(1, std::memory_order_relaxed);
-  } else {
-    m.requests.inc({service, std::string(errc_name(reply.code))});
+    add_on_network_thread(*last_ok_counter_, 1);
+    if (last_ok_traced_) {
+      // An unauthenticated peer's name is its address: no string is built for it.
+      if (!peer.authenticated()) {
+        counters_.trace.add(last_ok_kind_, "", peer.address, service);
+      } else {
+        counters_.trace.add(last_ok_kind_, "", peer.to_string(), service);
+      }
+    }
+    return;
   }
-  const std::string_view outcome = reply.code == Errc::ok ? std::string_view("ok") : errc_name(reply.code);
-  // The agent protocol's own chatter (reports, offers) stays out of the trace unless it failed.
-  const bool protocol = service.rfind("agent.", 0) == 0 || service.rfind("code.", 0) == 0;
-  if (reply.code != Errc::ok) {
-    m.errors.inc({std::string(outcome)});
-    if (reply.code == Errc::policy_refused) m.policy_refusals.inc({});
-    counters_.trace.add("error", "", peer.to_string(), service + ": " + reply.message);
-  } else if (!protocol || counters_.trace.has_file()) {  // a trace file keeps the protocol's steps too
-    // An unauthenticated peer's name is its address: no string is built for it.
-    std::string named;
-    std::string_view who = peer.address;
-    if (peer.authenticated()) who = named = peer.to_string();
-    counters_.trace.add(service == "eval" ? "eval" : "request", "", who, service);
-  }
+  m.requests.inc({service, std::string(errc_name(reply.code))});
+  const std::string_view outcome = errc_name(reply.code);
+  m.errors.inc({std::string(outcome)});
+  if (reply.code == Errc::policy_refused) m.policy_refusals.inc({});
+  counters_.trace.add("error", "", peer.to_string(), service + ": " + reply.message);
 }
 
 asio::awaitable<Reply> NodeServer::serve_call(CallRequest request, const PeerIdentity& peer) {

@@ -130,6 +130,8 @@ class NodeServer final : public RequestHandler {
   std::unordered_map<std::string, std::atomic<std::uint64_t>*, NameHash, std::equal_to<>> served_ok_;  // by service
   std::string last_ok_service_;                           // the service counted last, and its series
   std::atomic<std::uint64_t>* last_ok_counter_ = nullptr;
+  bool last_ok_traced_ = false;  // whether that service's served requests go into the trace
+  std::string_view last_ok_kind_;  // and their event's kind ("request", "eval")
   std::vector<std::unique_ptr<TcpServer>> servers_;
   std::unique_ptr<EvalQueue> eval_queue_;  // evaluations on their way to the workers
   std::vector<std::string> inproc_names_;

@@ -7,7 +7,10 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <cmath>
+#include <filesystem>
+#include <fstream>
 #include <limits>
 #include <string>
 #include <thread>
@@ -159,6 +162,114 @@ TEST_CASE("the trace ring's reused slots hold each event's own fields, lap after
   CHECK(ring.since(14).empty());
   CHECK(ring.since(1000).empty());
   CHECK(ring.since(0, 1).front().seq == 11);
+}
+
+namespace {
+// One event at a fixed wall time (ms after an arbitrary start): equal events in one
+// millisecond make a run, whatever the clock does while the test runs.
+void add_ms(TraceRing& ring, int ms, std::string_view kind, std::string_view peer = "127.0.0.1:5000",
+            std::string_view detail = "kv.get") {
+  const std::chrono::system_clock::time_point wall{std::chrono::milliseconds(1'700'000'000'000LL + ms)};
+  ring.add_at(wall, std::chrono::steady_clock::time_point{}, kind, "", peer, detail);
+}
+std::string kinds(const std::vector<Event>& events) {
+  std::string out;
+  for (const Event& e : events) out += e.kind + std::to_string(e.seq) + " ";
+  return out;
+}
+}  // namespace
+
+TEST_CASE("the trace ring gives each of a run of equal events with its own sequence number") {
+  TraceRing ring(100);
+  for (int i = 0; i < 5; ++i) add_ms(ring, 0, "A");
+  add_ms(ring, 0, "B");
+  for (int i = 0; i < 3; ++i) add_ms(ring, 0, "A");  // after B: a run of its own
+  for (int i = 0; i < 2; ++i) add_ms(ring, 0, "C");
+  CHECK(ring.last_seq() == 11);
+  const auto all = ring.since(0);
+  CHECK(kinds(all) == "A1 A2 A3 A4 A5 B6 A7 A8 A9 C10 C11 ");
+  for (const Event& e : all) {
+    CHECK(e.unix_ms == 1'700'000'000'000LL);
+    CHECK(e.peer == "127.0.0.1:5000");
+    CHECK(e.detail == "kv.get");
+    CHECK(e.agent.empty());
+  }
+  CHECK(kinds(ring.since(3)) == "A4 A5 B6 A7 A8 A9 C10 C11 ");
+  CHECK(kinds(ring.since(3, 3)) == "A4 A5 B6 ");
+  CHECK(kinds(ring.since(7, 1)) == "A8 ");
+  CHECK(kinds(ring.since(10)) == "C11 ");
+  CHECK(ring.since(11).empty());
+  CHECK(ring.since(0, 0).empty());
+}
+
+TEST_CASE("the trace ring starts a new run for any field that differs, or another millisecond") {
+  TraceRing ring(100);
+  add_ms(ring, 0, "request");
+  add_ms(ring, 1, "request");                       // a later millisecond
+  add_ms(ring, 1, "request", "127.0.0.1:5001");     // another peer
+  add_ms(ring, 1, "request", "127.0.0.1:5001", "kv.put");  // another detail
+  add_ms(ring, 1, "request", "127.0.0.1:5001", "kv.pu");   // a prefix of it
+  add_ms(ring, 1, "eval", "127.0.0.1:5001", "kv.pu");      // another kind
+  const auto all = ring.since(0);
+  REQUIRE(all.size() == 6);
+  CHECK(all[0].unix_ms + 1 == all[1].unix_ms);
+  CHECK(all[1].peer == "127.0.0.1:5000");
+  CHECK(all[2].peer == "127.0.0.1:5001");
+  CHECK(all[2].detail == "kv.get");
+  CHECK(all[3].detail == "kv.put");
+  CHECK(all[4].detail == "kv.pu");
+  CHECK(all[4].kind == "request");
+  CHECK(all[5].kind == "eval");
+  for (std::size_t i = 0; i < all.size(); ++i) CHECK(all[i].seq == i + 1);
+}
+
+TEST_CASE("a bounded trace ring gives only the last `capacity` events, runs or not") {
+  SUBCASE("one run longer than the ring") {
+    TraceRing ring(3);
+    for (int i = 0; i < 10; ++i) add_ms(ring, 0, "A");
+    CHECK(ring.last_seq() == 10);
+    CHECK(kinds(ring.since(0)) == "A8 A9 A10 ");
+    CHECK(kinds(ring.since(8)) == "A9 A10 ");
+  }
+  SUBCASE("the window starts inside a run") {
+    TraceRing ring(3);
+    for (int i = 0; i < 5; ++i) add_ms(ring, 0, "A");
+    add_ms(ring, 0, "B");
+    CHECK(kinds(ring.since(0)) == "A4 A5 B6 ");
+    CHECK(kinds(ring.since(0, 2)) == "A4 A5 ");
+  }
+  SUBCASE("runs overwritten as the ring laps") {
+    TraceRing ring(2);
+    for (int i = 0; i < 3; ++i) add_ms(ring, 0, "A");
+    add_ms(ring, 0, "B");
+    for (int i = 0; i < 2; ++i) add_ms(ring, 0, "C");  // its slot was A's
+    CHECK(kinds(ring.since(0)) == "C5 C6 ");
+    add_ms(ring, 0, "D");  // B's slot
+    CHECK(kinds(ring.since(0)) == "C6 D7 ");
+    CHECK(kinds(ring.since(6)) == "D7 ");
+    for (int i = 0; i < 6; ++i) add_ms(ring, 0, i % 2 == 0 ? "E" : "F");
+    CHECK(kinds(ring.since(0)) == "E12 F13 ");
+  }
+}
+
+TEST_CASE("with a trace file each event has its own line, equal or not") {
+  const std::string path = std::filesystem::temp_directory_path() / ("sojourn_trace_runs_" + std::to_string(::getpid()) + ".jsonl");
+  std::filesystem::remove(path);
+  {
+    TraceRing ring(8);
+    REQUIRE(ring.open_file(path, "n").empty());
+    for (int i = 0; i < 4; ++i) add_ms(ring, 0, "request");
+    CHECK(kinds(ring.since(0)) == "request1 request2 request3 request4 ");
+  }
+  std::ifstream in(path);
+  std::string line;
+  int lines = 0;
+  while (std::getline(in, line)) {
+    ++lines;
+    CHECK(line.find("\"seq\":" + std::to_string(lines)) != std::string::npos);
+  }
+  CHECK(lines == 4);
+  std::filesystem::remove(path);
 }
 
 TEST_CASE("a trace ring of no capacity keeps no event but still numbers them") {
