@@ -96,6 +96,9 @@ struct Traced {
       : c(3, [this, inline_instructions](int i, NodeOptions& o) {
           o.peer_isolation = Isolation::trusted;
           o.inline_eval_instructions = inline_instructions;
+          // The instruction budget decides here: a loaded machine may stall a step for more
+          // than the default 2 ms of wall time, which would also (rightly) drop the attempt.
+          o.inline_eval_wall_ms = 2000;
           o.trace = dir / ("trace" + std::to_string(i) + ".jsonl");
         }) {}
   int count(const std::string& kind) {
