@@ -169,14 +169,18 @@ void AgentRuntime::schedule_run(const std::string& id) {
     schedule_worker_run(id);
     return;
   }
-  // Posted, not run: the TRANSFER's answer (or the launch's) leaves first.
+  // Posted, not run, and posted once more from the queue: the TRANSFER's request runs in a
+  // coroutine whose reply (the COMMIT) is written a queue turn after its handler returns, and
+  // it leaves first.
   auto self = shared_from_this();
   asio::post(runtime_.io(), [self, id] {
-    try {
-      self->run_step(id, /*inline_attempt=*/true);
-    } catch (const std::exception& e) {
-      log_error("agents", "agent " + id + ": " + e.what());
-    }
+    asio::post(self->runtime_.io(), [self, id] {
+      try {
+        self->run_step(id, /*inline_attempt=*/true);
+      } catch (const std::exception& e) {
+        log_error("agents", "agent " + id + ": " + e.what());
+      }
+    });
   });
 }
 

@@ -247,7 +247,7 @@ void row(const char* what, const LatencySummary& s, const LatencySummary* peer) 
 int main(int argc, char** argv) {
   using namespace sojourn::bench;
   // bench_agent_hops [HOPS] [--csv FILE] [--latency-only] [--bytes N] [--hop-only trusted|process]
-  //                  [--trace PREFIX] [--warmup W] [--quiet] [--no-inline]
+  //                  [--trace PREFIX] [--warmup W] [--quiet [--tour T]] [--no-inline]
   // HOPS: the tour's length (each agent's hops, one sample each; 1 MB rows a quarter of it,
   // at least 20). W: an untimed tour (and W untimed REVs) before each timed one, 20 by
   // default, 0 with --hop-only (its perf stat arithmetic counts every hop). N: one state size only, for
@@ -257,7 +257,8 @@ int main(int argc, char** argv) {
   // PREFIXi.jsonl, the order of a hop's events (tracing costs time: not for figures).
   // --quiet (with --hop-only): the tour's agent makes no host call (no bench.mark), so its
   // steps may run on the network thread; HOPS/10 tours of 10 hops, each timed from its launch
-  // to its end, the figure the median tour's time per hop (its launch and end included).
+  // to its end, the figure the median tour's time per hop (its launch and end included);
+  // --tour T: tours of T hops (T >= HOPS: one tour, for perf stat's arithmetic per hop).
   // --no-inline: the nodes try nothing on the network thread (inline_eval_instructions 0).
   int hops = 200;
   std::string csv, trace;
@@ -265,6 +266,7 @@ int main(int argc, char** argv) {
   std::size_t only_bytes = 0;
   std::string hop_only;
   bool quiet = false, no_inline = false;
+  int quiet_tour = 10;
   int warmup = -1;  // -1: the default (20 for the latency table, none with --hop-only)
   for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];
@@ -278,6 +280,8 @@ int main(int argc, char** argv) {
       warmup = std::max(0, std::atoi(argv[++i]));
     } else if (arg == "--quiet") {
       quiet = true;
+    } else if (arg == "--tour" && i + 1 < argc) {
+      quiet_tour = std::max(1, std::atoi(argv[++i]));
     } else if (arg == "--no-inline") {
       no_inline = true;
     } else if (arg == "--latency-only") {
@@ -308,15 +312,15 @@ int main(int argc, char** argv) {
     Cluster c(3, *level, trace, !no_inline);
     const std::size_t bytes = only_bytes != 0 ? only_bytes : 4096;
     if (quiet) {
-      // Tours of kQuietTour hops, each timed whole: the median tour resists a loaded machine's
+      // Tours of `tour` hops, each timed whole: the median tour resists a loaded machine's
       // stalls, which one long tour's mean takes in.
-      constexpr int kQuietTour = 10;
+      const int tour = std::min(quiet_tour, hops);
       if (warmup > 0) (void)quiet_tour_us(c, bytes, std::max(warmup, 3));
       std::vector<double> tours;
-      for (int done = 0; done < hops; done += kQuietTour) tours.push_back(quiet_tour_us(c, bytes, kQuietTour));
+      for (int done = 0; done < hops; done += tour) tours.push_back(quiet_tour_us(c, bytes, tour));
       const LatencySummary q = summarize(tours);
       std::printf("agent hop, %s, state %zu bytes, %zu quiet tours of %d hops%s: %.1f us per hop (median tour; p99 %.1f)\n",
-                  hop_only.c_str(), bytes, tours.size(), kQuietTour, no_inline ? ", no inline step" : "", q.median_us, q.p99_us);
+                  hop_only.c_str(), bytes, tours.size(), tour, no_inline ? ", no inline step" : "", q.median_us, q.p99_us);
       return 0;
     }
     std::printf("agent hop, %s, state %zu bytes, a tour of %d hops (microseconds)\n", hop_only.c_str(), bytes, hops);
