@@ -256,7 +256,7 @@ int main(int argc, char** argv) {
   // at least 10, or 3 with --hop-only. --trace (with --hop-only): node i appends its trace to
   // PREFIXi.jsonl, the order of a hop's events (tracing costs time: not for figures).
   // --quiet (with --hop-only): the tour's agent makes no host call (no bench.mark), so its
-  // steps may run on the network thread; HOPS/10 tours of 10 hops, each timed from its launch
+  // steps may run on the network thread; tours of 100 hops, each timed from its launch
   // to its end, the figure the median tour's time per hop (its launch and end included);
   // --tour T: tours of T hops (T >= HOPS: one tour, for perf stat's arithmetic per hop).
   // --no-inline: the nodes try nothing on the network thread (inline_eval_instructions 0).
@@ -266,7 +266,7 @@ int main(int argc, char** argv) {
   std::size_t only_bytes = 0;
   std::string hop_only;
   bool quiet = false, no_inline = false;
-  int quiet_tour = 10;
+  int quiet_tour = 100;
   int warmup = -1;  // -1: the default (20 for the latency table, none with --hop-only)
   for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];
