@@ -6,6 +6,7 @@
 #include <boost/asio/detached.hpp>
 #include <boost/asio/post.hpp>
 
+#include "agents/inline_step.hpp"
 #include "agents/record_step.hpp"
 #include "agents/store/kv_store.hpp"
 #include "sandbox/image/heap_image.hpp"
@@ -13,6 +14,7 @@
 #include "sojourn/core/log.hpp"
 #include "sojourn/core/signature.hpp"
 #include "sojourn/sandbox/lua_sandbox.hpp"
+#include "sandbox/lua/lua_source_scan.hpp"
 
 namespace sojourn {
 
@@ -30,7 +32,32 @@ class AgentHostCalls final : public sandbox::HostCalls {
 
 constexpr std::size_t kMaxLogLines = 64;
 
+// An inline attempt's host calls: none is made. The first one ends the attempt (recorded, so
+// that a step catching the error with pcall is still run again) before it has any effect.
+class RefusedHostCalls final : public sandbox::HostCalls {
+ public:
+  Result<Value> call(std::string_view /*service*/, const Value& /*args*/) override {
+    gave_way_ = true;
+    return make_error(Errc::internal, "not on the network thread");
+  }
+  bool gave_way() const { return gave_way_; }
+
+ private:
+  bool gave_way_ = false;
+};
+
 }  // namespace
+
+bool inline_step_text(std::string_view text) {
+  static const std::vector<std::string> calls = {"go", "wait"};
+  static const std::vector<std::string> reads = {"id", "home", "here", "owner", "epoch", "itinerary", "isolation"};
+  static const std::vector<std::string> banned = {
+      "node",     "require_remote", "require", "_G",     "getfenv", "setfenv",   "getmetatable",
+      "rawget",   "rawset",         "loadstring", "load", "loadfile", "dofile",  "module",
+      "package",  "debug",          "coroutine", "jit",  "ffi",     "io",        "os",
+  };
+  return sandbox::lua::names_only_listed_fields(text, "agent", calls, reads, banned);
+}
 
 AgentRuntime::AgentRuntime(const AgentRuntimeRoles& roles)
     : options_(roles.options), runtime_(roles.runtime), services_(roles.services), links_(roles.links),
@@ -132,6 +159,47 @@ void AgentRuntime::make_resident(AgentRecord record, std::shared_ptr<const Cache
 }
 
 void AgentRuntime::schedule_run(const std::string& id) {
+  bool here = false;
+  {
+    std::lock_guard lock(mutex_);
+    auto it = residents_.find(id);
+    here = it != residents_.end() && step_may_run_inline(it->second);
+  }
+  if (!here) {
+    schedule_worker_run(id);
+    return;
+  }
+  // Posted, not run, and posted once more from the queue: the TRANSFER's request runs in a
+  // coroutine whose reply (the COMMIT) is written a queue turn after its handler returns, and
+  // it leaves first.
+  auto self = shared_from_this();
+  asio::post(runtime_.io(), [self, id] {
+    asio::post(self->runtime_.io(), [self, id] {
+      try {
+        self->run_step(id, /*inline_attempt=*/true);
+      } catch (const std::exception& e) {
+        log_error("agents", "agent " + id + ": " + e.what());
+      }
+    });
+  });
+}
+
+bool AgentRuntime::step_may_run_inline(const Resident& res) {
+  if (options_.inline_eval_instructions == 0 || options_.inline_eval_wall_ms == 0) return false;
+  // With a store, a step's outcome is a disk write: not on the network thread.
+  if (store_ || runtime_.shutting_down()) return false;
+  const AgentRecord& r = res.record;
+  if (r.isolation != Isolation::trusted || r.mobility != Mobility::weak || r.image || !res.bundle) return false;
+  if (r.hops.empty() || r.hops.back().state_bytes > kInlineStepStateBytes) return false;
+  auto known = inline_verdicts_.find(res.bundle->hash);
+  if (known != inline_verdicts_.end()) return known->second;
+  if (inline_verdicts_.size() >= kInlineVerdicts) inline_verdicts_.clear();
+  const bool ok = inline_step_text(res.bundle->bundle.main_source());
+  inline_verdicts_.emplace(res.bundle->hash, ok);
+  return ok;
+}
+
+void AgentRuntime::schedule_worker_run(const std::string& id) {
   auto self = shared_from_this();
   asio::post(runtime_.workers(), [self, id] {
     try {
@@ -176,7 +244,7 @@ void AgentRuntime::note_visit(const AgentRecord& record) {
                        "epoch " + std::to_string(record.epoch));
 }
 
-void AgentRuntime::run_step(const std::string& id) {
+void AgentRuntime::run_step(const std::string& id, bool inline_attempt) {
   AgentRecord record;
   std::shared_ptr<const CachedBundle> bundle;
   const PolicyRule* rule = nullptr;
@@ -223,6 +291,10 @@ void AgentRuntime::run_step(const std::string& id) {
   input.chunk_name = chunk_name;
   input.args = Value::table();
   input.limits = budget.limits;
+  if (inline_attempt) {
+    input.limits.cpu_instructions = std::min(input.limits.cpu_instructions, options_.inline_eval_instructions);
+    input.limits.wall_ms = std::min<std::uint64_t>(input.limits.wall_ms, options_.inline_eval_wall_ms);
+  }
   input.allow_jit = false;
   input.abort = runtime_.abort_flag();
   // Warm guests serve one principal (docs/jails.md): the bundle's verified signer, or anonymous.
@@ -240,9 +312,11 @@ void AgentRuntime::run_step(const std::string& id) {
   sandbox::AgentInput agent{record.entry, record.state, info};
   // The step's kv writes: seen by the step, by nobody else until its outcome commits them.
   KvStep writes(kv_);
-  AgentHostCalls host([this, id, &writes](std::string_view service, const Value& args) {
+  AgentHostCalls worker_host([this, id, &writes](std::string_view service, const Value& args) {
     return agent_host_call(id, service, args, writes);
   });
+  RefusedHostCalls refused;
+  sandbox::HostCalls& host = inline_attempt ? static_cast<sandbox::HostCalls&>(refused) : worker_host;
   const bool strong = record.mobility == Mobility::strong;
   // A heap image fixes its arena, so a strong agent keeps the memory limit of its first step.
   if (strong && record.strong_memory != 0) input.limits.memory_bytes = record.strong_memory;
@@ -261,6 +335,20 @@ void AgentRuntime::run_step(const std::string& id) {
     taken = std::move(*s);
     return std::move(taken.step);
   }();
+  if (inline_attempt) {
+    // Dropped: past an inline budget (not the step's own), or at a host call, which was not
+    // made. Nothing of it is kept (its state, its go, its kv writes, its CPU); the same record
+    // runs again on a worker.
+    const bool past_budget =
+        !outcome && ((outcome.error().code == Errc::cpu_limit && input.limits.cpu_instructions < budget.limits.cpu_instructions) ||
+                     (outcome.error().code == Errc::deadline && input.limits.wall_ms < budget.limits.wall_ms));
+    if (refused.gave_way() || past_budget) {
+      if (tracing()) trace_step("step_gave_way", id, "", refused.gave_way() ? "host call" : "inline budget");
+      schedule_worker_run(id);
+      return;
+    }
+    if (tracing()) trace_step("step_inline", id, "", "");
+  }
   if (counters_ != nullptr) {
     metrics::HistogramFamily::observe(step_series(record.isolation), std::chrono::steady_clock::now() - started);
     if (record.isolation != Isolation::trusted) counters_->metrics.jail_starts.inc({std::string(isolation_name(record.isolation))});

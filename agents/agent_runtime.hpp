@@ -199,8 +199,18 @@ class AgentRuntime : public std::enable_shared_from_this<AgentRuntime>, public M
 
   // agent_runtime.cpp
   void make_resident(AgentRecord record, std::shared_ptr<const CachedBundle> bundle, const PolicyRule* rule);
+  // The agent's next step: on the network thread first when step_may_run_inline says so
+  // (docs/migration.md, "The step on the network thread"), else on the worker pool. Takes
+  // mutex_: a caller holding it calls schedule_worker_run.
   void schedule_run(const std::string& id);
-  void run_step(const std::string& id);
+  void schedule_worker_run(const std::string& id);
+  // Under mutex_: a trusted weak step whose text the rule admits, with a small state, on a
+  // node without a store, while the inline budgets are not 0.
+  bool step_may_run_inline(const Resident& res);
+  // `inline_attempt`: on the network thread, within the inline budgets, any host call refused;
+  // past a budget or at a host call the attempt is dropped (nothing it did is kept) and the
+  // step runs again, from the same record, on a worker.
+  void run_step(const std::string& id, bool inline_attempt = false);
   void note_visit(const AgentRecord& record);
   // A step of the migration protocol in the trace file (docs/experiments.md, "Traces"):
   // written only while the node has a trace file. Without one it costs a null test, plus the
@@ -389,6 +399,9 @@ class AgentRuntime : public std::enable_shared_from_this<AgentRuntime>, public M
   std::atomic<std::uint64_t>& hops_counter(bool in);
   metrics::HistogramFamily::Series& step_series(Isolation level);
   CodeCache cache_;
+  // Each bundle's verdict of the inline step's text rule (inline_step_text), by bundle hash,
+  // under mutex_; cleared when it holds kInlineVerdicts.
+  std::unordered_map<std::string, bool> inline_verdicts_;
   std::atomic<std::uint64_t> bundles_sent_{0};
   std::mutex mutex_;
   std::unordered_map<std::string, Resident> residents_;

@@ -480,7 +480,7 @@ Result<void> AgentRuntime::on_deliver(const AgentDeliver& deliver) {
   }
   if (it->second.status == AgentState::asleep) {
     it->second.status = AgentState::queued;
-    schedule_run(id);  // only posts the step to the worker pool
+    schedule_worker_run(id);  // only posts the step to the worker pool (mutex_ is held)
   }
   return {};
 }

@@ -55,15 +55,32 @@ function M.hop(s)
 end
 return M)";
 
+// The same tour with no host call: its steps may run on the network thread (docs/migration.md,
+// "The step on the network thread"); marked by nothing, so timed as a whole tour.
+constexpr const char* kQuietBouncer = R"(
+local M = {}
+function M.start(s) return M.hop(s) end
+function M.hop(s)
+  s.left = s.left - 1
+  if s.left < 0 then return true end
+  local a, b = s.stops[1], s.stops[2]
+  s.stops[1], s.stops[2] = b, a
+  agent.go(a, "hop")
+end
+return M)";
+
 struct Cluster {
   std::vector<std::unique_ptr<Node>> nodes;
   std::vector<std::string> addr;
   Marks marks;
   // trace_prefix: each node appends its trace to PREFIX<i>.jsonl (--trace), to read a hop's
   // events in order (docs/experiments.md).
-  explicit Cluster(int n, Isolation level, const std::string& trace_prefix = {}) {
+  // inline_steps false: NodeOptions::inline_eval_instructions 0 (no step, nor REV, is tried
+  // on the network thread), the A/B of the inline step within one build.
+  explicit Cluster(int n, Isolation level, const std::string& trace_prefix = {}, bool inline_steps = true) {
     for (int i = 0; i < n; ++i) {
       NodeOptions o;
+      if (!inline_steps) o.inline_eval_instructions = 0;
       o.name = "bench" + std::to_string(i);
       if (!trace_prefix.empty()) o.trace = trace_prefix + std::to_string(i) + ".jsonl";
       o.peer_isolation = level;
@@ -108,6 +125,22 @@ std::vector<double> tour_samples(Cluster& c, std::size_t bytes, int hops) {
   std::lock_guard lock(c.marks.mutex);
   for (std::size_t i = 2; i < c.marks.times.size(); ++i) samples.push_back(micros(c.marks.times[i] - c.marks.times[i - 1]));
   return samples;
+}
+
+// One tour of the quiet bouncer: its wall time from the launch to the end, per hop (the
+// launch's step and the end's report spread over the tour).
+double quiet_tour_us(Cluster& c, std::size_t bytes, int hops) {
+  auto bundle = single_file_bundle("quiet", kQuietBouncer);
+  AgentLaunch l;
+  l.bundle = *bundle;
+  l.state = state_of(bytes, hops, {c.addr[1], c.addr[2]});
+  l.max_hops = static_cast<std::uint32_t>(hops + 2);
+  const auto t0 = Clock::now();
+  auto id = c.nodes[0]->launch("", l);
+  if (!id) throw std::runtime_error(id.error().message);
+  auto s = c.nodes[0]->wait_agent("", *id, std::chrono::minutes(5));
+  if (!s || s->status != AgentState::finished) throw std::runtime_error(s ? s->reason : s.error().message);
+  return micros(Clock::now() - t0) / hops;
 }
 
 // `warmup` hops of an untimed tour first: a node's first hops with a state of a new size are
@@ -214,7 +247,7 @@ void row(const char* what, const LatencySummary& s, const LatencySummary* peer) 
 int main(int argc, char** argv) {
   using namespace sojourn::bench;
   // bench_agent_hops [HOPS] [--csv FILE] [--latency-only] [--bytes N] [--hop-only trusted|process]
-  //                  [--trace PREFIX] [--warmup W]
+  //                  [--trace PREFIX] [--warmup W] [--quiet [--tour T]] [--no-inline]
   // HOPS: the tour's length (each agent's hops, one sample each; 1 MB rows a quarter of it,
   // at least 20). W: an untimed tour (and W untimed REVs) before each timed one, 20 by
   // default, 0 with --hop-only (its perf stat arithmetic counts every hop). N: one state size only, for
@@ -222,11 +255,18 @@ int main(int argc, char** argv) {
   // throughput), so that `perf stat` over the run divided by HOPS is a hop's CPU time. HOPS is
   // at least 10, or 3 with --hop-only. --trace (with --hop-only): node i appends its trace to
   // PREFIXi.jsonl, the order of a hop's events (tracing costs time: not for figures).
+  // --quiet (with --hop-only): the tour's agent makes no host call (no bench.mark), so its
+  // steps may run on the network thread; tours of 100 hops, each timed from its launch
+  // to its end, the figure the median tour's time per hop (its launch and end included);
+  // --tour T: tours of T hops (T >= HOPS: one tour, for perf stat's arithmetic per hop).
+  // --no-inline: the nodes try nothing on the network thread (inline_eval_instructions 0).
   int hops = 200;
   std::string csv, trace;
   bool latency_only = false;
   std::size_t only_bytes = 0;
   std::string hop_only;
+  bool quiet = false, no_inline = false;
+  int quiet_tour = 100;
   int warmup = -1;  // -1: the default (20 for the latency table, none with --hop-only)
   for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];
@@ -238,6 +278,12 @@ int main(int argc, char** argv) {
       trace = argv[++i];
     } else if (arg == "--warmup" && i + 1 < argc) {
       warmup = std::max(0, std::atoi(argv[++i]));
+    } else if (arg == "--quiet") {
+      quiet = true;
+    } else if (arg == "--tour" && i + 1 < argc) {
+      quiet_tour = std::max(1, std::atoi(argv[++i]));
+    } else if (arg == "--no-inline") {
+      no_inline = true;
     } else if (arg == "--latency-only") {
       latency_only = true;
     } else if (arg == "--hop-only" && i + 1 < argc) {
@@ -263,8 +309,20 @@ int main(int argc, char** argv) {
       std::fprintf(stderr, "%s\n", level.error().message.c_str());
       return 2;
     }
-    Cluster c(3, *level, trace);
+    Cluster c(3, *level, trace, !no_inline);
     const std::size_t bytes = only_bytes != 0 ? only_bytes : 4096;
+    if (quiet) {
+      // Tours of `tour` hops, each timed whole: the median tour resists a loaded machine's
+      // stalls, which one long tour's mean takes in.
+      const int tour = std::min(quiet_tour, hops);
+      if (warmup > 0) (void)quiet_tour_us(c, bytes, std::max(warmup, 3));
+      std::vector<double> tours;
+      for (int done = 0; done < hops; done += tour) tours.push_back(quiet_tour_us(c, bytes, tour));
+      const LatencySummary q = summarize(tours);
+      std::printf("agent hop, %s, state %zu bytes, %zu quiet tours of %d hops%s: %.1f us per hop (median tour; p99 %.1f)\n",
+                  hop_only.c_str(), bytes, tours.size(), tour, no_inline ? ", no inline step" : "", q.median_us, q.p99_us);
+      return 0;
+    }
     std::printf("agent hop, %s, state %zu bytes, a tour of %d hops (microseconds)\n", hop_only.c_str(), bytes, hops);
     std::printf("  %-44s %10s %10s %8s\n", "", "median", "p99", "samples");
     row("agent hop", hop_latency(c, bytes, hops, warmup), nullptr);

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <optional>
 
 namespace sojourn::sandbox::lua {
 
@@ -367,6 +368,64 @@ bool names_tables_only_in_calls(std::string_view text, const std::vector<std::st
           if (!is_symbol(lexer, open, "(")) return false;
           before = member;
           last = open;
+          continue;
+        }
+      }
+    }
+    before = last;
+    last = t;
+  }
+}
+
+namespace {
+// A string literal: "...", '...' or a long bracket [[...]] / [=[...]=].
+bool is_string_token(const Lexer& lexer, const Token& t) {
+  if (t.kind != Kind::other) return false;
+  const std::string_view s = lexer.text(t);
+  return !s.empty() && (s[0] == '"' || s[0] == '\'' || (s[0] == '[' && s.size() > 1));
+}
+}  // namespace
+
+bool names_only_listed_fields(std::string_view text, std::string_view table, const std::vector<std::string>& calls,
+                              const std::vector<std::string>& reads, const std::vector<std::string>& banned) {
+  auto listed = [](const std::vector<std::string>& names, std::string_view name) {
+    return std::find(names.begin(), names.end(), name) != names.end();
+  };
+  Lexer lexer(text, 1);
+  Token before{Kind::eof, 0, 0, 0};  // the two tokens before `t`
+  Token last{Kind::eof, 0, 0, 0};
+  std::optional<Token> held;  // a token read ahead, looked at next
+  for (;;) {
+    const Token t = held ? *held : lexer.next();
+    held.reset();
+    if (t.kind == Kind::error) return false;
+    if (t.kind == Kind::eof) return true;
+    if (t.kind == Kind::name) {
+      const bool field = (is_symbol(lexer, last, ".") && !is_symbol(lexer, before, ".")) ||
+                         (is_symbol(lexer, last, ":") && !is_symbol(lexer, before, ":"));
+      const std::string_view name = lexer.text(t);
+      if (!field) {
+        if (listed(banned, name)) return false;
+        if (name == table) {
+          if (is_keyword(lexer, last, "function")) return false;
+          const Token dot = lexer.next();
+          if (!is_symbol(lexer, dot, ".")) return false;
+          const Token member = lexer.next();
+          if (member.kind != Kind::name) return false;
+          const std::string_view m = lexer.text(member);
+          const Token after = lexer.next();
+          if (after.kind == Kind::error) return false;
+          const bool call_form = is_symbol(lexer, after, "(") || is_symbol(lexer, after, "{") ||
+                                 is_string_token(lexer, after) || is_symbol(lexer, after, "=");
+          if (call_form ? !(listed(calls, m) && is_symbol(lexer, after, "(")) : !listed(reads, m)) return false;
+          if (call_form) {
+            before = member;
+            last = after;
+          } else {
+            before = dot;
+            last = member;
+            held = after;
+          }
           continue;
         }
       }

@@ -70,6 +70,15 @@ bool has_cdata_literal(std::string_view text);
 bool names_tables_only_in_calls(std::string_view text, const std::vector<std::string>& call_only,
                                 const std::vector<std::string>& banned);
 
+// True when `text`, lexed as LuaJIT lexes a chunk, names none of `banned` as a variable and
+// names `table` as a variable only as `table . F (` with F one of `calls`, or as `table . R`
+// with R one of `reads` followed by anything but `(`, `{`, a string or `=` (a read, never a
+// call or an assignment); never right after `function`. Fields and methods (after a single
+// '.' or ':') are not variables. False when the text does not lex. The agent runtime's rule
+// for a step that may run on the network thread (docs/migration.md).
+bool names_only_listed_fields(std::string_view text, std::string_view table, const std::vector<std::string>& calls,
+                              const std::vector<std::string>& reads, const std::vector<std::string>& banned);
+
 // A Lua name that is not a keyword.
 bool is_lua_identifier(std::string_view s);
 
