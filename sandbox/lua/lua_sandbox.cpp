@@ -389,9 +389,9 @@ auto run_in_pooled_state(const RunInput& input, HostCalls* host, RunJob& job, Fi
   job.chunk_name = std::string("=").append(display_chunk_name(input));
   job.pooled = state.get();
   lua_State* L = state->L;
+  state->run_since_reset = true;
   const int status = lua_cpcall(L, run_protected, &job);
   Out out = finish(L, ctx, status);
-  detail::disarm_count_hook(L);
   // A result (not an error) with no kill left: status is not 0 after agent.go, whose stop
   // `finish` has cleared; it made an error of anything else that was not 0.
   if (out.ok() && ctx.kill == Errc::ok && ctx.last_limit.code == Errc::ok && !ctx.allocation_refused) {
@@ -403,8 +403,11 @@ auto run_in_pooled_state(const RunInput& input, HostCalls* host, RunJob& job, Fi
     // text holds no GSET and cannot name `_G` (confined), and no code from outside it ran.
     const bool keep_globals = confined && ctx.functions_pushed == 0 && ctx.registry_writes == 0 &&
                               state->scanned_source_global_scan_done && state->scanned_source_writes_no_global;
+    // The hook is taken off (or parked) there.
     detail::return_pooled_state(std::move(state), libraries_reachable, libraries_reachable || ctx.registry_writes != 0,
                                 keep_globals);
+  } else {
+    detail::disarm_count_hook(L);  // the state is closed with no hook
   }
   return out;
 }

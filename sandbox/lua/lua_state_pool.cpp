@@ -99,20 +99,32 @@ bool reaches_no_library(const PooledState& state, std::string_view source) {
 void return_pooled_state(PooledStatePtr state, bool libraries_reachable, bool registry_written, bool keep_globals) {
   lua_State* L = state->L;
   RunContext& ctx = *state->ctx;
-  lua_sethook(L, nullptr, 0, 0);
+  // The reset below runs Lua code (the housekeeping function) only for the library check or
+  // the registry walk: then no hook; otherwise the hook is parked, and the next run's
+  // arm_count_hook does not rewrite LuaJIT's dispatch table twice per run.
+  if (libraries_reachable || registry_written) {
+    lua_sethook(L, nullptr, 0, 0);
+  } else {
+    park_count_hook(L);
+  }
   lua_settop(L, 0);
   ctx.host = nullptr;
   ctx.abort = nullptr;
   ctx.deferred_chunk_name = {};  // the run's text, registered or not, is gone with the run
   ctx.deferred_chunk_source = {};
   ctx.byte_cap = std::max(kHousekeepingBytes, ctx.bytes_in_use + kHousekeepingBytes);
-  const bool kept_before = state->globals_kept;
-  state->globals_kept = false;  // until check_and_reset says otherwise
+  const bool ran = state->run_since_reset;
+  state->run_since_reset = false;
+  // Only a run that provably could not reach the decoy leaves it intact; a state given back
+  // with no run keeps what it had.
+  const bool decoy_intact = ran ? !libraries_reachable : state->decoy_intact;
+  state->decoy_intact = false;  // until the reset succeeds
   if (++state->runs >= kMaxRunsPerState) return;
   Housekeeping work{state.get(), libraries_reachable, registry_written, keep_globals && !libraries_reachable && !registry_written};
-  work.kept_before = kept_before;
+  work.ran = ran;
   if (lua_cpcall(L, check_and_reset, &work) != 0 || !work.reusable || ctx.kill != Errc::ok) return;
   state->globals_kept = work.globals_kept;
+  state->decoy_intact = decoy_intact;
   if (ctx.bytes_in_use > state->baseline_bytes + kCollectAboveBytes) lua_gc(L, LUA_GCCOLLECT, 0);
   if (ctx.bytes_in_use > state->baseline_bytes + kDiscardAboveBytes) return;
   std::vector<PooledStatePtr> doomed;  // closed after the lock is released

@@ -42,10 +42,19 @@ struct PooledState {
   // learned at its first compile on this state (scanned_source_global_scan_done).
   bool scanned_source_writes_no_global = false;
   bool scanned_source_global_scan_done = false;
-  // Whether the last run's globals table is kept for the next run (in the pool's table,
-  // kPoolKeptGlobals) instead of a fresh copy: set only after a run that provably wrote no
-  // global and nothing else that reaches its globals (return_pooled_state's `keep_globals`).
+  // Whether the last run's globals table is kept for the next run instead of a fresh copy (it
+  // stays installed as the thread's globals while the state is idle): set only after a run
+  // that provably wrote no global and nothing else that reaches its globals
+  // (return_pooled_state's `keep_globals`).
   bool globals_kept = false;
+  // Whether the decoy getmetatable("") shows is exactly as the last run's begin_pooled_run
+  // left it ({__index = string}, no metatable): that run provably could not reach it (its text
+  // passed reaches_no_library, which bans `getmetatable`, and no code from outside the text
+  // ran). The next run then leaves it as it is.
+  bool decoy_intact = false;
+  // Set when a run starts on the state, cleared when it is given back: a state given back
+  // untouched (a refused input) keeps what it had.
+  bool run_since_reset = false;
   // The prepared globals a chunk may name only as `NAME.FIELD(` (the library tables), and
   // those it may not name at all for the proof (every other global but the plain functions
   // known to hand out no library: _G, getmetatable, require_remote, anything new).

@@ -20,7 +20,7 @@ inline constexpr int kPoolChunks = 1;       // the chunk cache: chunk name -> {s
 inline constexpr int kPoolGlobalsList = 2;  // the prepared globals as a list {k1, v1, k2, v2, ...}
 inline constexpr int kPoolLibraries = 3;    // {library, its copy, its size, holds references} each
 inline constexpr int kPoolZeros = 4;        // {library, its copy, a key whose value is 0, ...}
-inline constexpr int kPoolKeptGlobals = 5;  // the last run's globals, kept when it wrote none (or false)
+inline constexpr int kPoolGlobalsKey = 5;   // the string "_G": the kept globals' guard, read without interning
 
 // The pool's housekeeping function's text (lua_state_run.cpp), loaded once per state by
 // prepare_protected.
@@ -40,7 +40,7 @@ struct Housekeeping {
   bool check_libraries = true;  // false: the run provably reached no library table
   bool walk_registry = true;    // false: no C code wrote to the registry during the run
   bool keep_globals = false;   // true: the run provably wrote no global (return_pooled_state)
-  bool kept_before = false;    // the state's globals_kept when it was given back
+  bool ran = true;             // false: no run since the state's last reset (PooledState::run_since_reset)
   bool reusable = false;
   bool globals_kept = false;   // answered: the run's globals were kept for the next run
 };

@@ -182,8 +182,8 @@ int prepare_protected(lua_State* L) {
   lua_rawseti(L, 1, kPoolGlobalsList);
   lua_newtable(L);
   lua_rawseti(L, 1, kPoolChunks);
-  lua_pushboolean(L, 0);  // no run's globals kept yet (false, never nil: the table keeps its shape)
-  lua_rawseti(L, 1, kPoolKeptGlobals);
+  lua_pushliteral(L, "_G");
+  lua_rawseti(L, 1, kPoolGlobalsKey);
   state.pool_ref = ref_top(L);
   if (push_copy_function(L)) state.copy_ref = ref_top(L);
   lua_pushvalue(L, LUA_GLOBALSINDEX);

@@ -243,12 +243,15 @@ TEST_CASE("a run that provably wrote no global leaves its globals to the next ru
     detail::PooledStatePtr state = detail::take_pooled_state("alice");
     REQUIRE(state != nullptr);
     REQUIRE(state->globals_kept);
-    lua_rawgeti(state->L, LUA_REGISTRYINDEX, state->pool_ref);
-    lua_rawgeti(state->L, -1, 5);  // kPoolKeptGlobals
+    // The kept table stays installed as the idle state's globals (never the prepared ones).
+    lua_pushvalue(state->L, LUA_GLOBALSINDEX);
     REQUIRE(lua_istable(state->L, -1));
+    lua_rawgeti(state->L, LUA_REGISTRYINDEX, state->globals_ref);
+    REQUIRE_FALSE(lua_rawequal(state->L, -1, -2));
+    lua_pop(state->L, 1);
     lua_pushboolean(state->L, 1);
     lua_setfield(state->L, -2, "tampered");
-    lua_pop(state->L, 2);
+    lua_pop(state->L, 1);
     detail::return_pooled_state(std::move(state), false, false);
   }
   CHECK(ok_results(run("local t = tampered; return t == true", "alice")).get(1).as_bool());
