@@ -28,6 +28,7 @@ using state_pool::check_and_reset;
 using state_pool::Housekeeping;
 using state_pool::prepare_protected;
 using state_pool::record_sizes;
+using state_pool::reset_globals;
 
 namespace {
 
@@ -122,7 +123,12 @@ void return_pooled_state(PooledStatePtr state, bool libraries_reachable, bool re
   if (++state->runs >= kMaxRunsPerState) return;
   Housekeeping work{state.get(), libraries_reachable, registry_written, keep_globals && !libraries_reachable && !registry_written};
   work.ran = ran;
-  if (lua_cpcall(L, check_and_reset, &work) != 0 || !work.reusable || ctx.kill != Errc::ok) return;
+  if (libraries_reachable || registry_written) {
+    if (lua_cpcall(L, check_and_reset, &work) != 0 || !work.reusable || ctx.kill != Errc::ok) return;
+  } else {
+    reset_globals(L, work);  // no Lua code to run, nothing that raises: no protected call
+    if (!work.reusable || ctx.kill != Errc::ok) return;
+  }
   state->globals_kept = work.globals_kept;
   state->decoy_intact = decoy_intact;
   if (ctx.bytes_in_use > state->baseline_bytes + kCollectAboveBytes) lua_gc(L, LUA_GCCOLLECT, 0);

@@ -42,6 +42,12 @@ struct PooledState {
   // learned at its first compile on this state (scanned_source_global_scan_done).
   bool scanned_source_writes_no_global = false;
   bool scanned_source_global_scan_done = false;
+  // The chunk compiled from scanned_source under this name is in the pool's table
+  // (kPoolLastChunk): a run of the same text under the same name takes it from there, with
+  // no string interned (the text was already compared with scanned_source in C++). Cleared
+  // whenever scanned_source changes.
+  std::string last_chunk_name;
+  bool last_chunk_ready = false;
   // Whether the last run's globals table is kept for the next run instead of a fresh copy (it
   // stays installed as the thread's globals while the state is idle): set only after a run
   // that provably wrote no global and nothing else that reaches its globals
@@ -123,7 +129,9 @@ void begin_pooled_run(lua_State* L, const PooledState& state);
 // were compiled before, with the current globals as its environment. Returns luaL_load's status
 // (the error message pushed instead of a function when not 0). Text mode only: the cache holds
 // loaded functions, never bytecode.
-int push_cached_chunk(lua_State* L, PooledState& state, const char* chunk_name, std::string_view source);
+// `source_scanned`: source is the state's scanned_source (compared in full by the caller).
+int push_cached_chunk(lua_State* L, PooledState& state, const char* chunk_name, std::string_view source,
+                      bool source_scanned = false);
 
 // For tests: takes what the state's library tables hold now as what they were prepared with
 // (a test that gave one a field the environment has none of today, such as a 0).

@@ -21,6 +21,7 @@ inline constexpr int kPoolGlobalsList = 2;  // the prepared globals as a list {k
 inline constexpr int kPoolLibraries = 3;    // {library, its copy, its size, holds references} each
 inline constexpr int kPoolZeros = 4;        // {library, its copy, a key whose value is 0, ...}
 inline constexpr int kPoolGlobalsKey = 5;   // the string "_G": the kept globals' guard, read without interning
+inline constexpr int kPoolLastChunk = 6;    // the chunk of the last text scanned (PooledState::last_chunk_name), or false
 
 // The pool's housekeeping function's text (lua_state_run.cpp), loaded once per state by
 // prepare_protected.
@@ -48,5 +49,8 @@ struct Housekeeping {
 // Run in protected mode (lua_cpcall) with a Housekeeping as light userdata: the check of the
 // library tables and the reset of the registry and the globals (lua_state_run.cpp).
 int check_and_reset(lua_State* L);
+// Its last part, the globals (kept, or the prepared ones back), called directly when neither
+// the library check nor the registry walk is to run: it neither allocates nor raises.
+void reset_globals(lua_State* L, Housekeeping& work);
 
 }  // namespace sojourn::sandbox::detail::state_pool

@@ -104,13 +104,22 @@ int check_and_reset(lua_State* L) {
     if (lua_toboolean(L, -1) == 0) return 0;  // a run changed a library table: never shown to another
     lua_settop(L, 0);
   }
+  reset_globals(L, work);
+  return 0;
+}
+
+// Only API calls that neither allocate nor raise (raw reads, comparisons, lua_replace of the
+// globals), on an empty stack: safe outside a protected call.
+void reset_globals(lua_State* L, Housekeeping& work) {
+  const PooledState& state = *work.state;
+  lua_settop(L, 0);
   // A state given back with no run since its last reset still has the globals it had then
   // installed (the prepared ones, or a kept table no run has had since): what was kept stays
   // kept.
   if (!work.ran) {
     work.globals_kept = state.globals_kept;
     work.reusable = true;
-    return 0;
+    return;
   }
   // The run's globals kept for the next run (left installed), or the prepared ones back. Kept
   // only when the run provably wrote none (keep_globals) and, as a guard, they still have no
@@ -137,13 +146,13 @@ int check_and_reset(lua_State* L) {
   }
   work.globals_kept = keep;
   work.reusable = true;
-  return 0;
 }
 
 }  // namespace state_pool
 
 using state_pool::kPoolChunks;
 using state_pool::kPoolGlobalsList;
+using state_pool::kPoolLastChunk;
 
 namespace {
 
@@ -235,8 +244,32 @@ void begin_pooled_run(lua_State* L, const PooledState& state) {
   lua_settop(L, prepared - 1);
 }
 
-int push_cached_chunk(lua_State* L, PooledState& state, const char* chunk_name, std::string_view source) {
+namespace {
+
+// Keeps the function on top of the stack as the last chunk of scanned_source (kPoolLastChunk).
+void remember_last_chunk(lua_State* L, PooledState& state, const char* chunk_name) {
+  lua_rawgeti(L, LUA_REGISTRYINDEX, state.pool_ref);
+  lua_pushvalue(L, -2);
+  lua_rawseti(L, -2, kPoolLastChunk);
+  lua_pop(L, 1);
+  state.last_chunk_name.assign(chunk_name);
+  state.last_chunk_ready = true;
+}
+
+}  // namespace
+
+int push_cached_chunk(lua_State* L, PooledState& state, const char* chunk_name, std::string_view source,
+                      bool source_scanned) {
   lua_checkstack(L, 6);
+  if (source_scanned && state.last_chunk_ready && state.last_chunk_name == chunk_name) {
+    push_pool_table(L, state, kPoolLastChunk);
+    if (lua_isfunction(L, -1)) {
+      lua_pushvalue(L, LUA_GLOBALSINDEX);
+      lua_setfenv(L, -2);
+      return 0;
+    }
+    lua_pop(L, 1);
+  }
   const bool cacheable = source.size() <= kMaxCachedSourceBytes;
   if (cacheable) {
     push_pool_table(L, state, kPoolChunks);
@@ -251,6 +284,7 @@ int push_cached_chunk(lua_State* L, PooledState& state, const char* chunk_name, 
         lua_setfenv(L, -2);
         lua_replace(L, cache);
         lua_settop(L, cache);
+        if (source_scanned) remember_last_chunk(L, state, chunk_name);
         return 0;
       }
       lua_pop(L, 1);
@@ -282,6 +316,7 @@ int push_cached_chunk(lua_State* L, PooledState& state, const char* chunk_name, 
   lua_rawset(L, -3);
   lua_settop(L, fn);
   ++state.cached_chunks;
+  if (source_scanned) remember_last_chunk(L, state, chunk_name);
   return 0;
 }
 
