@@ -2,7 +2,8 @@
 // its own copy of the globals (the prepared ones are kept in the registry, which scripts cannot
 // reach without the debug library); the library tables it shares are compared with their
 // prepared contents after the run, and a state whose libraries changed is thrown away; the
-// decoy string metatable is new each run (the real one is never shown); and the registry is
+// decoy string metatable is set up again for each run that follows one that could reach it
+// (the real one is never shown); and the registry is
 // put back as it was prepared after each run. Only runs that ended cleanly give their state
 // back; a kill, an error, a limit or a refused allocation throws the state away.
 // Here: the pool's bookkeeping (taking, returning, bounds). Preparing a state is in

@@ -121,7 +121,9 @@ bool reaches_no_library(const PooledState& state, std::string_view source);
 
 // Called in protected mode at the start of a run on a pooled state: installs a fresh copy
 // of the globals as the thread's globals (`_G` the copy; the library tables are shared, and
-// checked when the state is returned), and a new decoy for getmetatable("").
+// checked when the state is returned), unless the last run's are kept (globals_kept: still
+// installed), and sets up the decoy for getmetatable("") unless the last run provably could
+// not reach it (decoy_intact).
 void begin_pooled_run(lua_State* L, const PooledState& state);
 
 // Pushes the chunk compiled from `source` under `chunk_name` (a "=name"), from this state's
