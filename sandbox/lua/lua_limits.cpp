@@ -6,6 +6,7 @@
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
+#include <limits>
 
 #include <lua.hpp>
 
@@ -271,6 +272,12 @@ void arm_count_hook(lua_State* L, RunContext& ctx) {
 }
 
 void disarm_count_hook(lua_State* L) { lua_sethook(L, nullptr, 0, 0); }
+
+namespace {
+void parked_hook(lua_State* /*unused*/, lua_Debug* /*unused*/) {}
+}  // namespace
+
+void park_count_hook(lua_State* L) { lua_sethook(L, parked_hook, LUA_MASKCOUNT, std::numeric_limits<int>::max()); }
 
 void set_hook_tick(HookTick tick) noexcept { g_hook_tick = tick; }
 

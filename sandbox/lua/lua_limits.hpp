@@ -116,6 +116,12 @@ RunContext& run_context(lua_State* L);
 // Installs the count hook for the CPU budget, the deadline and the abort flag.
 void arm_count_hook(lua_State* L, RunContext& ctx);
 void disarm_count_hook(lua_State* L);
+// Between two runs of a pooled state whose reset runs no Lua code: a count hook that does
+// nothing and fires only after INT_MAX instructions (none run), in place of no hook. LuaJIT
+// rewrites its whole dispatch table each time the count mask goes on or off (lua_sethook:
+// ~300 instructions each way); parked, the next arm_count_hook only sets the hook and its
+// count. limits_armed is false while parked.
+void park_count_hook(lua_State* L);
 // Called at every firing of the count hook, before its checks, when set (null: none). The
 // warm guest's: answers of a burst held back while a later run of it runs go out once they
 // are old (guest_serve.cpp, docs/jails.md "Bursts"). One per process; set once, at start.

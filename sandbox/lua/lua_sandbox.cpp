@@ -141,6 +141,7 @@ struct RunJob {
   bool environment_ready = false;         // a warm guest's prepared state: only the agent table to add
   detail::CompiledChunk compiled{};       // ... and its chunk already compiled (slot > 0)
   bool scan_global_writes = false;        // a pooled run: learn whether its chunk holds a GSET
+  bool source_scanned = false;            // a pooled run: the text is the state's scanned_source
 };
 
 std::string_view display_chunk_name(const RunInput& input) {
@@ -266,7 +267,7 @@ int run_protected(lua_State* L) {
   if (job.pooled != nullptr) {
     // The run's own `agent` table, in the run's own globals: gone with them at the reset.
     if (job.agent != nullptr) detail::open_agent_api(L, job.agent->info);
-    load_status = detail::push_cached_chunk(L, *job.pooled, job.chunk_name.c_str(), input.source);
+    load_status = detail::push_cached_chunk(L, *job.pooled, job.chunk_name.c_str(), input.source, job.source_scanned);
   } else if (job.environment_ready) {
     // The step's own `agent` table, in globals the caller's snapshot restore takes back.
     if (job.agent != nullptr) detail::open_agent_api(L, job.agent->info);
@@ -298,13 +299,17 @@ int run_protected(lua_State* L) {
   } else {
     lua::register_chunk(L, job.chunk_name, input.source);
   }
-  Result<int> pushed = lua::push_array_items_protected(L, input.args, ctx.limits.memory_bytes);
-  if (!pushed.ok()) {
-    detail::reraise_pending_kill(L);  // a kill met while rebuilding a closure
-    if (pushed.error().code == Errc::memory_limit) detail::raise_limit(L, detail::limit_error(Errc::memory_limit, ctx.limits));
-    detail::raise_limit(L, pushed.error());
+  // No arguments (the usual eval): nothing to push, no protected call for it.
+  int nargs = 0;
+  if (input.args.is_table() && input.args.length() > 0) {
+    Result<int> pushed = lua::push_array_items_protected(L, input.args, ctx.limits.memory_bytes);
+    if (!pushed.ok()) {
+      detail::reraise_pending_kill(L);  // a kill met while rebuilding a closure
+      if (pushed.error().code == Errc::memory_limit) detail::raise_limit(L, detail::limit_error(Errc::memory_limit, ctx.limits));
+      detail::raise_limit(L, pushed.error());
+    }
+    nargs = *pushed;
   }
-  const int nargs = *pushed;
 
   lua_call(L, nargs, LUA_MULTRET);
   if (ctx.kill != Errc::ok) return 0;  // the chunk returned after swallowing a kill
@@ -374,8 +379,11 @@ auto run_in_pooled_state(const RunInput& input, HostCalls* host, RunJob& job, Fi
     state->scanned_source.assign(input.source);
     state->scanned_source_writes_no_global = false;
     state->scanned_source_global_scan_done = false;
+    state->last_chunk_ready = false;
     confined = state->scanned_source_confined = detail::reaches_no_library(*state, input.source);
+    job.source_scanned = true;
   }
+  job.source_scanned = job.source_scanned || scanned;
   confined = confined && job.agent == nullptr;
   job.scan_global_writes = confined && !state->scanned_source_global_scan_done;
   RunContext& ctx = *state->ctx;
@@ -389,9 +397,9 @@ auto run_in_pooled_state(const RunInput& input, HostCalls* host, RunJob& job, Fi
   job.chunk_name = std::string("=").append(display_chunk_name(input));
   job.pooled = state.get();
   lua_State* L = state->L;
+  state->run_since_reset = true;
   const int status = lua_cpcall(L, run_protected, &job);
   Out out = finish(L, ctx, status);
-  detail::disarm_count_hook(L);
   // A result (not an error) with no kill left: status is not 0 after agent.go, whose stop
   // `finish` has cleared; it made an error of anything else that was not 0.
   if (out.ok() && ctx.kill == Errc::ok && ctx.last_limit.code == Errc::ok && !ctx.allocation_refused) {
@@ -403,8 +411,11 @@ auto run_in_pooled_state(const RunInput& input, HostCalls* host, RunJob& job, Fi
     // text holds no GSET and cannot name `_G` (confined), and no code from outside it ran.
     const bool keep_globals = confined && ctx.functions_pushed == 0 && ctx.registry_writes == 0 &&
                               state->scanned_source_global_scan_done && state->scanned_source_writes_no_global;
+    // The hook is taken off (or parked) there.
     detail::return_pooled_state(std::move(state), libraries_reachable, libraries_reachable || ctx.registry_writes != 0,
                                 keep_globals);
+  } else {
+    detail::disarm_count_hook(L);  // the state is closed with no hook
   }
   return out;
 }

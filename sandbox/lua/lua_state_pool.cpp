@@ -2,7 +2,8 @@
 // its own copy of the globals (the prepared ones are kept in the registry, which scripts cannot
 // reach without the debug library); the library tables it shares are compared with their
 // prepared contents after the run, and a state whose libraries changed is thrown away; the
-// decoy string metatable is new each run (the real one is never shown); and the registry is
+// decoy string metatable is set up again for each run that follows one that could reach it
+// (the real one is never shown); and the registry is
 // put back as it was prepared after each run. Only runs that ended cleanly give their state
 // back; a kill, an error, a limit or a refused allocation throws the state away.
 // Here: the pool's bookkeeping (taking, returning, bounds). Preparing a state is in
@@ -28,6 +29,7 @@ using state_pool::check_and_reset;
 using state_pool::Housekeeping;
 using state_pool::prepare_protected;
 using state_pool::record_sizes;
+using state_pool::reset_globals;
 
 namespace {
 
@@ -99,20 +101,37 @@ bool reaches_no_library(const PooledState& state, std::string_view source) {
 void return_pooled_state(PooledStatePtr state, bool libraries_reachable, bool registry_written, bool keep_globals) {
   lua_State* L = state->L;
   RunContext& ctx = *state->ctx;
-  lua_sethook(L, nullptr, 0, 0);
+  // The reset below runs Lua code (the housekeeping function) only for the library check or
+  // the registry walk: then no hook; otherwise the hook is parked, and the next run's
+  // arm_count_hook does not rewrite LuaJIT's dispatch table twice per run.
+  if (libraries_reachable || registry_written) {
+    lua_sethook(L, nullptr, 0, 0);
+  } else {
+    park_count_hook(L);
+  }
   lua_settop(L, 0);
   ctx.host = nullptr;
   ctx.abort = nullptr;
   ctx.deferred_chunk_name = {};  // the run's text, registered or not, is gone with the run
   ctx.deferred_chunk_source = {};
   ctx.byte_cap = std::max(kHousekeepingBytes, ctx.bytes_in_use + kHousekeepingBytes);
-  const bool kept_before = state->globals_kept;
-  state->globals_kept = false;  // until check_and_reset says otherwise
+  const bool ran = state->run_since_reset;
+  state->run_since_reset = false;
+  // Only a run that provably could not reach the decoy leaves it intact; a state given back
+  // with no run keeps what it had.
+  const bool decoy_intact = ran ? !libraries_reachable : state->decoy_intact;
+  state->decoy_intact = false;  // until the reset succeeds
   if (++state->runs >= kMaxRunsPerState) return;
   Housekeeping work{state.get(), libraries_reachable, registry_written, keep_globals && !libraries_reachable && !registry_written};
-  work.kept_before = kept_before;
-  if (lua_cpcall(L, check_and_reset, &work) != 0 || !work.reusable || ctx.kill != Errc::ok) return;
+  work.ran = ran;
+  if (libraries_reachable || registry_written) {
+    if (lua_cpcall(L, check_and_reset, &work) != 0 || !work.reusable || ctx.kill != Errc::ok) return;
+  } else {
+    reset_globals(L, work);  // no Lua code to run, nothing that raises: no protected call
+    if (!work.reusable || ctx.kill != Errc::ok) return;
+  }
   state->globals_kept = work.globals_kept;
+  state->decoy_intact = decoy_intact;
   if (ctx.bytes_in_use > state->baseline_bytes + kCollectAboveBytes) lua_gc(L, LUA_GCCOLLECT, 0);
   if (ctx.bytes_in_use > state->baseline_bytes + kDiscardAboveBytes) return;
   std::vector<PooledStatePtr> doomed;  // closed after the lock is released

@@ -42,10 +42,25 @@ struct PooledState {
   // learned at its first compile on this state (scanned_source_global_scan_done).
   bool scanned_source_writes_no_global = false;
   bool scanned_source_global_scan_done = false;
-  // Whether the last run's globals table is kept for the next run (in the pool's table,
-  // kPoolKeptGlobals) instead of a fresh copy: set only after a run that provably wrote no
-  // global and nothing else that reaches its globals (return_pooled_state's `keep_globals`).
+  // The chunk compiled from scanned_source under this name is in the pool's table
+  // (kPoolLastChunk): a run of the same text under the same name takes it from there, with
+  // no string interned (the text was already compared with scanned_source in C++). Cleared
+  // whenever scanned_source changes.
+  std::string last_chunk_name;
+  bool last_chunk_ready = false;
+  // Whether the last run's globals table is kept for the next run instead of a fresh copy (it
+  // stays installed as the thread's globals while the state is idle): set only after a run
+  // that provably wrote no global and nothing else that reaches its globals
+  // (return_pooled_state's `keep_globals`).
   bool globals_kept = false;
+  // Whether the decoy getmetatable("") shows is exactly as the last run's begin_pooled_run
+  // left it ({__index = string}, no metatable): that run provably could not reach it (its text
+  // passed reaches_no_library, which bans `getmetatable`, and no code from outside the text
+  // ran). The next run then leaves it as it is.
+  bool decoy_intact = false;
+  // Set when a run starts on the state, cleared when it is given back: a state given back
+  // untouched (a refused input) keeps what it had.
+  bool run_since_reset = false;
   // The prepared globals a chunk may name only as `NAME.FIELD(` (the library tables), and
   // those it may not name at all for the proof (every other global but the plain functions
   // known to hand out no library: _G, getmetatable, require_remote, anything new).
@@ -106,7 +121,9 @@ bool reaches_no_library(const PooledState& state, std::string_view source);
 
 // Called in protected mode at the start of a run on a pooled state: installs a fresh copy
 // of the globals as the thread's globals (`_G` the copy; the library tables are shared, and
-// checked when the state is returned), and a new decoy for getmetatable("").
+// checked when the state is returned), unless the last run's are kept (globals_kept: still
+// installed), and sets up the decoy for getmetatable("") unless the last run provably could
+// not reach it (decoy_intact).
 void begin_pooled_run(lua_State* L, const PooledState& state);
 
 // Pushes the chunk compiled from `source` under `chunk_name` (a "=name"), from this state's
@@ -114,7 +131,9 @@ void begin_pooled_run(lua_State* L, const PooledState& state);
 // were compiled before, with the current globals as its environment. Returns luaL_load's status
 // (the error message pushed instead of a function when not 0). Text mode only: the cache holds
 // loaded functions, never bytecode.
-int push_cached_chunk(lua_State* L, PooledState& state, const char* chunk_name, std::string_view source);
+// `source_scanned`: source is the state's scanned_source (compared in full by the caller).
+int push_cached_chunk(lua_State* L, PooledState& state, const char* chunk_name, std::string_view source,
+                      bool source_scanned = false);
 
 // For tests: takes what the state's library tables hold now as what they were prepared with
 // (a test that gave one a field the environment has none of today, such as a 0).

@@ -20,7 +20,8 @@ inline constexpr int kPoolChunks = 1;       // the chunk cache: chunk name -> {s
 inline constexpr int kPoolGlobalsList = 2;  // the prepared globals as a list {k1, v1, k2, v2, ...}
 inline constexpr int kPoolLibraries = 3;    // {library, its copy, its size, holds references} each
 inline constexpr int kPoolZeros = 4;        // {library, its copy, a key whose value is 0, ...}
-inline constexpr int kPoolKeptGlobals = 5;  // the last run's globals, kept when it wrote none (or false)
+inline constexpr int kPoolGlobalsKey = 5;   // the string "_G": the kept globals' guard, read without interning
+inline constexpr int kPoolLastChunk = 6;    // the chunk of the last text scanned (PooledState::last_chunk_name), or false
 
 // The pool's housekeeping function's text (lua_state_run.cpp), loaded once per state by
 // prepare_protected.
@@ -40,7 +41,7 @@ struct Housekeeping {
   bool check_libraries = true;  // false: the run provably reached no library table
   bool walk_registry = true;    // false: no C code wrote to the registry during the run
   bool keep_globals = false;   // true: the run provably wrote no global (return_pooled_state)
-  bool kept_before = false;    // the state's globals_kept when it was given back
+  bool ran = true;             // false: no run since the state's last reset (PooledState::run_since_reset)
   bool reusable = false;
   bool globals_kept = false;   // answered: the run's globals were kept for the next run
 };
@@ -48,5 +49,8 @@ struct Housekeeping {
 // Run in protected mode (lua_cpcall) with a Housekeeping as light userdata: the check of the
 // library tables and the reset of the registry and the globals (lua_state_run.cpp).
 int check_and_reset(lua_State* L);
+// Its last part, the globals (kept, or the prepared ones back), called directly when neither
+// the library check nor the registry walk is to run: it neither allocates nor raises.
+void reset_globals(lua_State* L, Housekeeping& work);
 
 }  // namespace sojourn::sandbox::detail::state_pool

@@ -164,7 +164,7 @@ int prepare_protected(lua_State* L) {
   open_require_remote(L);
   lua::register_library(L, LUA_GLOBALSINDEX);
   prepare_agent_api(L);  // each agent step's `agent` table holds these (open_agent_api)
-  lua_createtable(L, 5, 0);  // 1: the pool's own tables
+  lua_createtable(L, 6, 0);  // 1: the pool's own tables
   lua_newtable(L);  // 2
   lua_newtable(L);  // 3
   fill_library_list(L, 2, 3);
@@ -182,8 +182,10 @@ int prepare_protected(lua_State* L) {
   lua_rawseti(L, 1, kPoolGlobalsList);
   lua_newtable(L);
   lua_rawseti(L, 1, kPoolChunks);
-  lua_pushboolean(L, 0);  // no run's globals kept yet (false, never nil: the table keeps its shape)
-  lua_rawseti(L, 1, kPoolKeptGlobals);
+  lua_pushliteral(L, "_G");
+  lua_rawseti(L, 1, kPoolGlobalsKey);
+  lua_pushboolean(L, 0);  // no chunk yet (false, never nil: the table keeps its shape)
+  lua_rawseti(L, 1, kPoolLastChunk);
   state.pool_ref = ref_top(L);
   if (push_copy_function(L)) state.copy_ref = ref_top(L);
   lua_pushvalue(L, LUA_GLOBALSINDEX);

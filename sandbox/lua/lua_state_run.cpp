@@ -88,60 +88,71 @@ extern const std::string_view kHousekeepingSource =
 
 // Whether every library table holds what it held once prepared and has no metatable (the
 // count hook is off: the check is bounded by the prepared sizes, it stops at the first key
-// the copy lacks); then, when they do, the registry reset and the prepared globals back as
-// the thread's globals. One protected call for all of it.
+// the copy lacks); then, when they do, the registry reset and the globals: the run's kept, or
+// the prepared ones back as the thread's globals. One protected call for all of it. With
+// neither the library check nor the registry walk to do, no Lua code runs here.
 int check_and_reset(lua_State* L) {
   auto& work = *static_cast<Housekeeping*>(lua_touserdata(L, 1));
   const PooledState& state = *work.state;
   lua_settop(L, 0);
-  lua_rawgeti(L, LUA_REGISTRYINDEX, state.housekeeping_ref);
-  if (!lua_isfunction(L, 1)) return luaL_error(L, "pooled state without its snapshot");
-  lua_pushboolean(L, work.check_libraries ? 1 : 0);
-  lua_pushboolean(L, work.walk_registry ? 1 : 0);
-  lua_call(L, 2, 1);
-  if (lua_toboolean(L, -1) == 0) return 0;  // a run changed a library table: never shown to another
-  // A state given back with no run since its last reset still has the prepared globals
-  // installed: what was kept stays kept (never the prepared globals themselves).
-  lua_settop(L, 0);
-  lua_rawgeti(L, LUA_REGISTRYINDEX, state.globals_ref);
-  const bool no_run = lua_rawequal(L, 1, LUA_GLOBALSINDEX) != 0;
-  lua_settop(L, 0);
-  if (no_run) {
-    work.globals_kept = work.kept_before;
-    work.reusable = true;
-    return 0;
+  if (work.check_libraries || work.walk_registry) {
+    lua_rawgeti(L, LUA_REGISTRYINDEX, state.housekeeping_ref);
+    if (!lua_isfunction(L, 1)) return luaL_error(L, "pooled state without its snapshot");
+    lua_pushboolean(L, work.check_libraries ? 1 : 0);
+    lua_pushboolean(L, work.walk_registry ? 1 : 0);
+    lua_call(L, 2, 1);
+    if (lua_toboolean(L, -1) == 0) return 0;  // a run changed a library table: never shown to another
+    lua_settop(L, 0);
   }
-  // The run's globals kept for the next run, or forgotten. Kept only when the run provably
-  // wrote none (keep_globals) and, as a guard, they still have no metatable and `_G` is still
-  // themselves; anything else and the next run gets a fresh copy.
-  lua_rawgeti(L, LUA_REGISTRYINDEX, state.pool_ref);
+  reset_globals(L, work);
+  return 0;
+}
+
+// Only API calls that neither allocate nor raise (raw reads, comparisons, lua_replace of the
+// globals), on an empty stack: safe outside a protected call.
+void reset_globals(lua_State* L, Housekeeping& work) {
+  const PooledState& state = *work.state;
+  lua_settop(L, 0);
+  // A state given back with no run since its last reset still has the globals it had then
+  // installed (the prepared ones, or a kept table no run has had since): what was kept stays
+  // kept.
+  if (!work.ran) {
+    work.globals_kept = state.globals_kept;
+    work.reusable = true;
+    return;
+  }
+  // The run's globals kept for the next run (left installed), or the prepared ones back. Kept
+  // only when the run provably wrote none (keep_globals) and, as a guard, they still have no
+  // metatable, their raw `_G` is still themselves (the key read from the pool's table: no
+  // string interned here) and they are not the prepared globals; anything else and the next
+  // run gets a fresh copy.
   bool keep = false;
   if (work.keep_globals) {
-    lua_pushvalue(L, LUA_GLOBALSINDEX);
-    if (lua_istable(L, 2) && lua_getmetatable(L, 2) == 0) {
-      lua_getfield(L, 2, "_G");  // raw: no metatable
-      keep = lua_rawequal(L, -1, 2) != 0;
-      lua_pop(L, 1);
-    } else if (lua_istable(L, 2)) {
-      lua_pop(L, 1);  // the metatable
+    lua_pushvalue(L, LUA_GLOBALSINDEX);  // 1
+    if (lua_istable(L, 1) && lua_getmetatable(L, 1) == 0) {
+      lua_rawgeti(L, LUA_REGISTRYINDEX, state.pool_ref);  // 2
+      lua_rawgeti(L, 2, kPoolGlobalsKey);                 // 3: "_G"
+      if (lua_type(L, 3) == LUA_TSTRING) {
+        lua_rawget(L, 1);                                        // 3: globals._G, raw
+        lua_rawgeti(L, LUA_REGISTRYINDEX, state.globals_ref);  // 4: the prepared globals
+        keep = lua_rawequal(L, 3, 1) != 0 && lua_rawequal(L, 4, 1) == 0;
+      }
     }
-    if (!keep) lua_pop(L, 1);
+    lua_settop(L, 0);
   }
-  if (!keep) lua_pushboolean(L, 0);
-  lua_rawseti(L, 1, kPoolKeptGlobals);
-  lua_rawgeti(L, LUA_REGISTRYINDEX, state.globals_ref);
-  lua_replace(L, LUA_GLOBALSINDEX);
-  lua_settop(L, 0);
+  if (!keep) {
+    lua_rawgeti(L, LUA_REGISTRYINDEX, state.globals_ref);
+    lua_replace(L, LUA_GLOBALSINDEX);
+  }
   work.globals_kept = keep;
   work.reusable = true;
-  return 0;
 }
 
 }  // namespace state_pool
 
 using state_pool::kPoolChunks;
 using state_pool::kPoolGlobalsList;
-using state_pool::kPoolKeptGlobals;
+using state_pool::kPoolLastChunk;
 
 namespace {
 
@@ -181,15 +192,14 @@ bool decoy_reusable(lua_State* L, int decoy) {
 }  // namespace
 
 void begin_pooled_run(lua_State* L, const PooledState& state) {
+  // The last run's globals, which it provably did not write, are still installed
+  // (check_and_reset left them); and when that run could not reach the decoy either, it is
+  // still {__index = string} as that run's start left it: nothing to do.
+  if (state.globals_kept && state.decoy_intact) return;
   lua_checkstack(L, 12);
   const int prepared = lua_gettop(L) + 1;
-  bool kept = false;
   if (state.globals_kept) {
-    push_pool_table(L, state, kPoolKeptGlobals);  // the last run's globals, which it provably did not write
-    kept = lua_istable(L, -1);
-    if (!kept) lua_pop(L, 1);
-  }
-  if (kept) {
+    lua_pushvalue(L, LUA_GLOBALSINDEX);
   } else if (state.copy_ref > 0) {
     lua_rawgeti(L, LUA_REGISTRYINDEX, state.copy_ref);
     lua_call(L, 0, 1);  // the copy (library tables are shared, checked after the run)
@@ -212,8 +222,10 @@ void begin_pooled_run(lua_State* L, const PooledState& state) {
   const int env = lua_gettop(L);
   // What getmetatable("") shows is a decoy {__index = this run's string}: the real metatable
   // is never shown. The last run's decoy is kept when it is still exactly that shape (only
-  // its __index, set again here, can differ); otherwise a new one.
-  if (state.string_meta_ref > 0) {
+  // its __index, set again here, can differ); otherwise a new one. When the last run provably
+  // could not reach it (decoy_intact), it is exactly that already: the string library is the
+  // same shared table in every run's globals.
+  if (state.string_meta_ref > 0 && !state.decoy_intact) {
     lua_rawgeti(L, LUA_REGISTRYINDEX, state.string_meta_ref);
     const int meta = lua_gettop(L);
     lua_getfield(L, meta, "__metatable");
@@ -232,8 +244,32 @@ void begin_pooled_run(lua_State* L, const PooledState& state) {
   lua_settop(L, prepared - 1);
 }
 
-int push_cached_chunk(lua_State* L, PooledState& state, const char* chunk_name, std::string_view source) {
+namespace {
+
+// Keeps the function on top of the stack as the last chunk of scanned_source (kPoolLastChunk).
+void remember_last_chunk(lua_State* L, PooledState& state, const char* chunk_name) {
+  lua_rawgeti(L, LUA_REGISTRYINDEX, state.pool_ref);
+  lua_pushvalue(L, -2);
+  lua_rawseti(L, -2, kPoolLastChunk);
+  lua_pop(L, 1);
+  state.last_chunk_name.assign(chunk_name);
+  state.last_chunk_ready = true;
+}
+
+}  // namespace
+
+int push_cached_chunk(lua_State* L, PooledState& state, const char* chunk_name, std::string_view source,
+                      bool source_scanned) {
   lua_checkstack(L, 6);
+  if (source_scanned && state.last_chunk_ready && state.last_chunk_name == chunk_name) {
+    push_pool_table(L, state, kPoolLastChunk);
+    if (lua_isfunction(L, -1)) {
+      lua_pushvalue(L, LUA_GLOBALSINDEX);
+      lua_setfenv(L, -2);
+      return 0;
+    }
+    lua_pop(L, 1);
+  }
   const bool cacheable = source.size() <= kMaxCachedSourceBytes;
   if (cacheable) {
     push_pool_table(L, state, kPoolChunks);
@@ -248,6 +284,7 @@ int push_cached_chunk(lua_State* L, PooledState& state, const char* chunk_name, 
         lua_setfenv(L, -2);
         lua_replace(L, cache);
         lua_settop(L, cache);
+        if (source_scanned) remember_last_chunk(L, state, chunk_name);
         return 0;
       }
       lua_pop(L, 1);
@@ -279,6 +316,7 @@ int push_cached_chunk(lua_State* L, PooledState& state, const char* chunk_name, 
   lua_rawset(L, -3);
   lua_settop(L, fn);
   ++state.cached_chunks;
+  if (source_scanned) remember_last_chunk(L, state, chunk_name);
   return 0;
 }
 

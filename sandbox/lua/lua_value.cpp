@@ -384,19 +384,19 @@ constexpr int kScalarRunMax = 16;
 // pop_as_array for a few scalars (nil, booleans, numbers, strings: a run's usual results and
 // node.call's usual arguments): the same array, charges and errors as the converter, without
 // its protected call, queue table and maps (a third of the conversion's instructions, and a
-// Lua table of garbage each time). Nothing here raises a Lua error. nullopt, with the stack
-// untouched, when a value is of another type.
-std::optional<Result<Value>> scalars_as_array(lua_State* L, int count, const ToValueOptions& options) {
-  if (count > kScalarRunMax) return std::nullopt;
+// Lua table of garbage each time). Nothing here raises a Lua error. False, with the stack and
+// `out` untouched, when a value is of another type; else `out` is the answer, made in place
+// (no Result moved on the way out).
+bool scalars_as_array(lua_State* L, int count, const ToValueOptions& options, Result<Value>& out) {
+  if (count > kScalarRunMax) return false;
   const int base = lua_gettop(L) - count;
   for (int i = 1; i <= count; ++i) {
     const int type = lua_type(L, base + i);
-    if (type != LUA_TNIL && type != LUA_TBOOLEAN && type != LUA_TNUMBER && type != LUA_TSTRING) return std::nullopt;
+    if (type != LUA_TNIL && type != LUA_TBOOLEAN && type != LUA_TNUMBER && type != LUA_TSTRING) return false;
   }
-  Result<Value> out = Value{};
   try {
-    Value result = Value::table();
-    TableData& root = result.graph()->tables[0];
+    *out = Value::table();  // out holds a Value (pop_as_array's): no Result assigned
+    TableData& root = out->graph()->tables[0];
     std::size_t used = 0;
     auto charge = [&](std::size_t bytes) {
       used += bytes;
@@ -426,22 +426,19 @@ std::optional<Result<Value>> scalars_as_array(lua_State* L, int count, const ToV
         root.map.emplace_back(Slot{static_cast<std::int64_t>(i)}, std::move(item));
       }
     }
-    if (fits) {
-      out = std::move(result);
-    } else {
-      out = memory_error(options.max_bytes);
-    }
+    if (!fits) out = memory_error(options.max_bytes);
   } catch (const std::bad_alloc&) {
     out = make_error(Errc::memory_limit, "out of memory while converting a Lua value");
   }
   lua_pop(L, count);
-  return out;
+  return true;
 }
 
 }  // namespace
 
 Result<Value> pop_as_array(lua_State* L, int count, const ToValueOptions& options) {
-  if (std::optional<Result<Value>> scalars = scalars_as_array(L, count, options)) return std::move(*scalars);
+  Result<Value> out;  // a Value: scalars_as_array fills it in place
+  if (scalars_as_array(L, count, options, out)) return out;
   return convert_top(L, count, true, options);
 }
 

@@ -243,15 +243,96 @@ TEST_CASE("a run that provably wrote no global leaves its globals to the next ru
     detail::PooledStatePtr state = detail::take_pooled_state("alice");
     REQUIRE(state != nullptr);
     REQUIRE(state->globals_kept);
-    lua_rawgeti(state->L, LUA_REGISTRYINDEX, state->pool_ref);
-    lua_rawgeti(state->L, -1, 5);  // kPoolKeptGlobals
+    // The kept table stays installed as the idle state's globals (never the prepared ones).
+    lua_pushvalue(state->L, LUA_GLOBALSINDEX);
     REQUIRE(lua_istable(state->L, -1));
+    lua_rawgeti(state->L, LUA_REGISTRYINDEX, state->globals_ref);
+    REQUIRE_FALSE(lua_rawequal(state->L, -1, -2));
+    lua_pop(state->L, 1);
     lua_pushboolean(state->L, 1);
     lua_setfield(state->L, -2, "tampered");
-    lua_pop(state->L, 2);
+    lua_pop(state->L, 1);
     detail::return_pooled_state(std::move(state), false, false);
   }
   CHECK(ok_results(run("local t = tampered; return t == true", "alice")).get(1).as_bool());
   CHECK(ok_results(run("other = 1; return 1", "alice")).get(1).as_integer() == 1);  // ran on it, wrote: not kept
   CHECK(ok_results(run("local t = tampered; return t == nil", "alice")).get(1).as_bool());
+}
+
+TEST_CASE("a run that could not reach the decoy leaves it, and its hook parked and its chunk, to the next run") {
+  detail::clear_state_pool();
+  const char* quiet = "local v = math.floor(2.5); return v";
+  CHECK(ok_results(run(quiet, "alice")).get(1).as_integer() == 2);
+  // The decoy changed behind the pool's back (from C, as no run that passed the scan can): the
+  // next quiet run does not set it up again, so a run after it still sees the change; that run
+  // names getmetatable, and the run after it sees the decoy as prepared again.
+  {
+    REQUIRE(detail::idle_pooled_states() == 1);
+    detail::PooledStatePtr state = detail::take_pooled_state("alice");
+    REQUIRE(state != nullptr);
+    CHECK(state->decoy_intact);
+    CHECK(lua_gethookmask(state->L) == LUA_MASKCOUNT);  // parked, not off
+    lua_rawgeti(state->L, LUA_REGISTRYINDEX, state->string_meta_ref);
+    lua_getfield(state->L, -1, "__metatable");
+    REQUIRE(lua_istable(state->L, -1));
+    lua_pushboolean(state->L, 1);
+    lua_setfield(state->L, -2, "mark");
+    lua_pop(state->L, 2);
+    detail::return_pooled_state(std::move(state), false, false);
+  }
+  CHECK(ok_results(run(quiet, "alice")).get(1).as_integer() == 2);
+  const char* check = "local d = getmetatable(''); return rawget(d, 'mark') == nil, d.__index == string";
+  Value r = ok_results(run(check, "alice"));
+  CHECK_FALSE(r.get(1).as_bool());  // the skip was taken
+  CHECK(r.get(2).as_bool());
+  r = ok_results(run(check, "alice"));
+  CHECK(r.get(1).as_bool());
+  CHECK(r.get(2).as_bool());
+  // Every way a run can change the decoy, right after a quiet run (whose decoy is left as it
+  // is): the run after it never sees the change.
+  const char* changes[] = {
+      "getmetatable('').__index = {upper = function() return 'decoy' end}; return 1",
+      "getmetatable('').__index = nil; return 1",
+      "getmetatable('').mark = 1; return 1",
+      "setmetatable(getmetatable(''), {__index = function() return 'leak' end}); return 1",
+  };
+  for (const char* change : changes) {
+    CAPTURE(change);
+    detail::clear_state_pool();
+    CHECK(ok_results(run(quiet, "alice")).get(1).as_integer() == 2);
+    CHECK(ok_results(run(quiet, "alice")).get(1).as_integer() == 2);
+    CHECK(ok_results(run(change, "alice")).get(1).as_integer() == 1);
+    REQUIRE(detail::idle_pooled_states() == 1);
+    r = ok_results(run("local d = getmetatable(''); return d.__index == string, rawget(d, 'mark') == nil,"
+                       "getmetatable(d) == nil, ('b'):upper()",
+                       "alice"));
+    CHECK(r.get(1).as_bool());
+    CHECK(r.get(2).as_bool());
+    CHECK(r.get(3).as_bool());
+    CHECK(r.get(4).as_string() == "B");
+  }
+  // The parked hook is armed again for each run: the CPU budget still stops a loop whose text
+  // passes the scan, after quiet runs and again after the kill.
+  detail::clear_state_pool();
+  const Limits tight{200'000, 16u << 20, 5000};
+  const char* spin = "local i = 0; while true do i = i + 1 end";
+  for (int round = 0; round < 3; ++round) {
+    CAPTURE(round);
+    CHECK(ok_results(run(quiet, "alice", tight)).get(1).as_integer() == 2);
+    CHECK(ok_results(run(quiet, "alice", tight)).get(1).as_integer() == 2);
+    const Result<Value> killed = run(spin, "alice", tight);
+    REQUIRE_FALSE(killed.ok());
+    CHECK(killed.error().code == sojourn::Errc::cpu_limit);
+  }
+  // The last chunk is taken again only for the same text under the same name (the name is in
+  // the error's position).
+  detail::clear_state_pool();
+  const char* where = "local ok, e = pcall(function() error('boom') end); return e";
+  for (const char* name : {"first", "first", "second", "second", "first"}) {
+    CAPTURE(name);
+    CHECK(ok_results(run(where, "alice", kLimits, {}, nullptr, name)).get(1).as_string() == std::string(name) + ":1: boom");
+    CHECK(detail::idle_pooled_states() == 1);
+  }
+  CHECK(ok_results(run("local v = math.floor(3); return v", "alice", kLimits, {}, nullptr, "first")).get(1).as_integer() == 3);
+  CHECK(ok_results(run(where, "alice", kLimits, {}, nullptr, "first")).get(1).as_string() == "first:1: boom");
 }
