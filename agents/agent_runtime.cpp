@@ -10,6 +10,7 @@
 #include "agents/record_step.hpp"
 #include "agents/store/kv_store.hpp"
 #include "sandbox/image/heap_image.hpp"
+#include "sandbox/image/scratch.hpp"
 #include "sojourn/core/bundle.hpp"
 #include "sojourn/core/log.hpp"
 #include "sojourn/core/signature.hpp"
@@ -420,7 +421,8 @@ void AgentRuntime::run_step(const std::string& id, bool inline_attempt) {
     if (strong_stop) {
       // The heap is the agent now: the next step (here after a checkpoint, or at go_peer)
       // resumes it. The old image is dropped only here, once the new one exists.
-      r.image = std::make_shared<const std::vector<std::uint8_t>>(std::move(taken.image));
+      // Its buffer is kept for the next large image sealed or staged here when it is let go.
+      r.image = sandbox::image::shared_image(std::move(taken.image));
       r.image_sha256 = image_sha256;
       // Hashed by the sealing as it was made, here, and immutable from now on.
       it->second.hashed_image = r.image;

@@ -32,13 +32,18 @@ bool outcome_unknown(Errc code) {
          code == Errc::remote_protocol_error || code == Errc::shutting_down;
 }
 
-// A heap image larger than half a frame travels in pieces of at most this many bytes.
+// A heap image larger than half a frame travels in pieces of at most this many bytes. 8 and
+// 16 MB pieces (9 and 5 round trips for a 64 MB heap instead of 17) made the pieces' phase no
+// shorter on the shared two-core machine (bench/RESULTS.md): the phase is CPU (copies and the
+// destination's hash), not round trips.
 constexpr std::size_t kImagePieceBytes = 4u << 20;
 // Pieces after the first sent without waiting for the answers of those before them, so that the
 // source encodes and sends the next while the destination copies and hashes the last. One: on
 // a two-core machine shared by both nodes and their guests, three in flight made the pieces'
 // phase slower, not faster (bench/RESULTS.md); a destination of this version takes them in
-// any order, one of an earlier version only in order.
+// any order, one of an earlier version only in order. Measured again with 1, 2 and 4 in flight
+// at load 6-16: no difference beyond the noise (the pieces' phase is ~116 ms of CPU a 64 MB
+// hop, mostly the destination's SHA-256 and the copies, with no idle core to overlap on).
 constexpr std::size_t kImagePiecesInFlight = 1;
 
 // The pieces of one image in flight (send_image_parts), on the network thread: the next offset

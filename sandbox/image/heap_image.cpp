@@ -123,7 +123,15 @@ Result<std::vector<std::uint8_t>> seal(const ImageSource& source, std::uint64_t 
                                        std::span<const std::uint8_t> page_map, Produce&& produce,
                                        std::uint64_t kept_count, ImageStats* stats) {
   const std::size_t payload_bytes = page_map.size() + kept_count * kPageBytes;
-  std::vector<std::uint8_t> image(kMagic, kMagic + sizeof kMagic);
+  const std::unique_ptr<detail::Encoder> encoder = detail::make_encoder(source.codec, payload_bytes);
+  if (!encoder) return errors::internal(std::string(codec_name(source.codec)) + ": cannot set up a compression context");
+  // A large image goes into the buffer of one let go before when there is one (shared_image),
+  // its pages already faulted in: a fresh 64 MB-class buffer cost the kernel ~9 ms of page
+  // zeroing a hop on a quiet machine and 100 ms or more under load (bench/RESULTS.md). Emptied
+  // first: only the bytes written below are ever the image's (its size), none of the old ones.
+  std::vector<std::uint8_t> image = take_image_buffer(kHeaderBytes + encoder->bound(payload_bytes));
+  image.clear();
+  image.insert(image.end(), kMagic, kMagic + sizeof kMagic);
   put(image, kFormatVersion, 4);
   put(image, static_cast<std::uint32_t>(source.codec), 4);
   image.insert(image.end(), source.guest_build.begin(), source.guest_build.end());
@@ -131,8 +139,6 @@ Result<std::vector<std::uint8_t>> seal(const ImageSource& source, std::uint64_t 
                           std::uint64_t{payload_bytes}}) {
     put(image, v, 8);
   }
-  const std::unique_ptr<detail::Encoder> encoder = detail::make_encoder(source.codec, payload_bytes);
-  if (!encoder) return errors::internal(std::string(codec_name(source.codec)) + ": cannot set up a compression context");
   // One pass: the page map and the kept pages go into the codec as they are, and each piece of
   // its output is hashed as it comes out, while it is still in the cache, and appended: the
   // image's bound is reserved but never zero-filled, so only the pages the encoded bytes need

@@ -32,10 +32,11 @@ class Scratch {
   std::size_t capacity_ = 0;
 };
 
-// The buffer of a large image held whole (one staged as its pieces arrive, kept by its record
-// while the agent stays): when its last holder lets go, the buffer is kept, its pages still
-// mapped and faulted in, for the next such image (a 64 MB image in a fresh buffer costs the
-// kernel 64 MB of page zeroing as it is filled). One buffer at most, of 4 MB or more, dropped
+// The buffer of a large image held whole (one staged as its pieces arrive, or sealed at a
+// strong stop, kept by its record while the agent stays): when its last holder lets go, the
+// buffer is kept, its pages still mapped and faulted in, for the next such image, staged or
+// sealed (a 64 MB image in a fresh buffer costs the kernel 64 MB of page zeroing as it is
+// filled). One buffer at most, of 4 MB or more, dropped
 // once it has waited past kImageBufferIdleMs: by the next take or give, or by
 // drop_idle_image_buffer (a node's periodic sweep), so an idle node does not hold it.
 inline constexpr std::size_t kImageBufferMin = std::size_t{4} << 20;
