@@ -10,11 +10,21 @@ void EvalQueue::enqueue(std::unique_ptr<EvalJob> job) {
   unfinished_.fetch_add(1, std::memory_order_relaxed);
   {
     std::lock_guard lock(mutex_);
+    EvalJob::Resume& resume = *job->resume;
     queued_.push_back(std::move(job));
     const std::size_t waiting = queued_.size() - taken_;
-    // One runner for a lone request (as one worker job was before); another only when a
-    // burst is waiting that the running ones would take turns over.
-    if (runners_ == 0 || (runners_ < max_runners_ && waiting > burst_)) {
+    if (runners_ == 0) {
+      // The first runner is woken from the awaiter's executor, after the handlers already
+      // queued there: a pipelining client's requests read together are spawned together
+      // (one posted coroutine each), so the rest of them join the queue before a worker
+      // looks at it, and its first burst holds them all rather than the one or two that
+      // were queued when a worker woken at once (on the same CPU, ahead of the network
+      // thread) took its turn. A lone request waits for no more than that one hop on its
+      // own thread. Posted under the lock: no runner exists to take (and free) the job yet.
+      ++runners_;
+      resume.post([this] { asio::post(pool_, [this] { runner(); }); });
+    } else if (runners_ < max_runners_ && waiting > burst_) {
+      // Another only when a burst is waiting that the running ones would take turns over.
       ++runners_;
       start = true;
     }
