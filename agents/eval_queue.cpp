@@ -10,7 +10,7 @@ void EvalQueue::enqueue(std::unique_ptr<EvalJob> job) {
   unfinished_.fetch_add(1, std::memory_order_relaxed);
   {
     std::lock_guard lock(mutex_);
-    EvalJob::Resume& resume = *job->resume;
+    EvalJob& resume = *job;
     queued_.push_back(std::move(job));
     const std::size_t waiting = queued_.size() - taken_;
     if (runners_ == 0) {
@@ -66,9 +66,9 @@ void EvalQueue::runner() {
     unfinished_.fetch_sub(done->size(), std::memory_order_relaxed);
     // The burst's replies go back in one post: the network thread resumes the awaiters one
     // after another and their replies leave together.
-    EvalJob::Resume& first = *done->front()->resume;
+    EvalJob& first = *done->front();
     first.post([done] {
-      for (auto& job : *done) job->resume->resume(job->failed, std::move(job->reply));
+      for (auto& job : *done) job->resume(job->failed, std::move(job->reply));
     });
   }
 }
