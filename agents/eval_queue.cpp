@@ -22,7 +22,11 @@ void EvalQueue::enqueue(std::unique_ptr<EvalJob> job) {
       // thread) took its turn. A lone request waits for no more than that one hop on its
       // own thread. Posted under the lock: no runner exists to take (and free) the job yet.
       ++runners_;
-      resume.post([this] { asio::post(pool_, [this] { runner(); }); });
+      try {
+        resume.post([this] { asio::post(pool_, [this] { runner(); }); });
+      } catch (...) {
+        start = true;  // not deferred (the post's allocation failed): woken at once, as before
+      }
     } else if (runners_ < max_runners_ && waiting > burst_) {
       // Another only when a burst is waiting that the running ones would take turns over.
       ++runners_;
