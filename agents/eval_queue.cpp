@@ -10,11 +10,25 @@ void EvalQueue::enqueue(std::unique_ptr<EvalJob> job) {
   unfinished_.fetch_add(1, std::memory_order_relaxed);
   {
     std::lock_guard lock(mutex_);
+    EvalJob& resume = *job;
     queued_.push_back(std::move(job));
     const std::size_t waiting = queued_.size() - taken_;
-    // One runner for a lone request (as one worker job was before); another only when a
-    // burst is waiting that the running ones would take turns over.
-    if (runners_ == 0 || (runners_ < max_runners_ && waiting > burst_)) {
+    if (runners_ == 0) {
+      // The first runner is woken from the awaiter's executor, after the handlers already
+      // queued there: a pipelining client's requests read together are spawned together
+      // (one posted coroutine each), so the rest of them join the queue before a worker
+      // looks at it, and its first burst holds them all rather than the one or two that
+      // were queued when a worker woken at once (on the same CPU, ahead of the network
+      // thread) took its turn. A lone request waits for no more than that one hop on its
+      // own thread. Posted under the lock: no runner exists to take (and free) the job yet.
+      ++runners_;
+      try {
+        resume.post([this] { asio::post(pool_, [this] { runner(); }); });
+      } catch (...) {
+        start = true;  // not deferred (the post's allocation failed): woken at once, as before
+      }
+    } else if (runners_ < max_runners_ && waiting > burst_) {
+      // Another only when a burst is waiting that the running ones would take turns over.
       ++runners_;
       start = true;
     }
@@ -56,9 +70,9 @@ void EvalQueue::runner() {
     unfinished_.fetch_sub(done->size(), std::memory_order_relaxed);
     // The burst's replies go back in one post: the network thread resumes the awaiters one
     // after another and their replies leave together.
-    EvalJob::Resume& first = *done->front()->resume;
+    EvalJob& first = *done->front();
     first.post([done] {
-      for (auto& job : *done) job->resume->resume(job->failed, std::move(job->reply));
+      for (auto& job : *done) job->resume(job->failed, std::move(job->reply));
     });
   }
 }

@@ -28,21 +28,19 @@
 namespace sojourn {
 
 // One queued evaluation. The request and the peer live in the awaiting coroutine's frame,
-// which waits for the reply.
+// which waits for the reply. The awaiter's handler lives in the job itself (EvalQueue's
+// ResumeWith): one allocation per evaluation, not one for the job and one for the handler.
 struct EvalJob {
   const EvalRequest* request = nullptr;
   const PeerIdentity* peer = nullptr;
   Reply reply;
   std::exception_ptr failed;
   bool finished = false;  // reply (or failed) is set
-  struct Resume {
-    virtual ~Resume() = default;
-    // Resumes the awaiter with the outcome, on its executor (in place when already there).
-    virtual void resume(std::exception_ptr failed, Reply reply) = 0;
-    // Runs `f` on the awaiter's executor, later.
-    virtual void post(std::function<void()> f) = 0;
-  };
-  std::unique_ptr<Resume> resume;
+  virtual ~EvalJob() = default;
+  // Resumes the awaiter with the outcome, on its executor (in place when already there).
+  virtual void resume(std::exception_ptr outcome_failed, Reply outcome) = 0;
+  // Runs `f` on the awaiter's executor, later.
+  virtual void post(std::function<void()> f) = 0;
 };
 
 class EvalQueue {
@@ -60,10 +58,9 @@ class EvalQueue {
   // The reply to `request`, run on a worker (an exception thrown by the run is rethrown here).
   asio::awaitable<Reply> run(const EvalRequest& request, const PeerIdentity& peer) {
     auto start = [this, &request, &peer](auto handler) {
-      auto job = std::make_unique<EvalJob>();
+      auto job = std::make_unique<ResumeWith<decltype(handler)>>(std::move(handler));
       job->request = &request;
       job->peer = &peer;
-      job->resume = std::make_unique<ResumeWith<decltype(handler)>>(std::move(handler));
       enqueue(std::move(job));
     };
     co_return co_await asio::async_initiate<const asio::use_awaitable_t<>, void(std::exception_ptr, Reply)>(
@@ -78,12 +75,12 @@ class EvalQueue {
 
  private:
   template <class Handler>
-  struct ResumeWith final : EvalJob::Resume {
+  struct ResumeWith final : EvalJob {
     explicit ResumeWith(Handler h) : handler(std::move(h)) {}
-    void resume(std::exception_ptr failed, Reply reply) override {
+    void resume(std::exception_ptr outcome_failed, Reply outcome) override {
       auto executor = asio::get_associated_executor(handler);
-      asio::dispatch(executor, [h = std::move(handler), failed, r = std::move(reply)]() mutable {
-        std::move(h)(failed, std::move(r));
+      asio::dispatch(executor, [h = std::move(handler), e = std::move(outcome_failed), r = std::move(outcome)]() mutable {
+        std::move(h)(e, std::move(r));
       });
     }
     void post(std::function<void()> f) override { asio::post(asio::get_associated_executor(handler), std::move(f)); }
