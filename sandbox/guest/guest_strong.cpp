@@ -127,20 +127,6 @@ bool await_pages_taken(int fd, const std::uint8_t* base, std::string_view map, s
          });
 }
 
-// Write-faults each kept page of the arena without changing a byte: an atomic OR of zero into
-// its first byte (the host may be writing that page at the same moment; a plain store of zero
-// could undo its write). Only this guest's own memory is touched: a page the host has already
-// written keeps its bytes, one it writes later is simply found mapped.
-void touch_kept_pages(std::uint8_t* base, std::string_view map, std::size_t pages) {
-  for_each_run(map, pages, [&](std::size_t first, std::size_t count) {
-    for (std::size_t i = first; i < first + count; ++i) {
-      std::uint8_t* at = base + i * kPage;
-      asm volatile("lock orb $0, %0" : "+m"(*at) : : "memory");
-    }
-    return true;
-  });
-}
-
 Error refused_image(const std::string& why) {
   return make_error(Errc::sandbox_refused, "refused by the sandbox: heap image: " + why);
 }
@@ -174,13 +160,7 @@ Result<AgentOutcome> resume_strong(int fd, const channel::ResumeRequest& request
   // Direct: the host writes the kept pages into the cleared arena itself, then sends an empty
   // heap_pages (or, when the kernel refuses it that, the pages as usual).
   const std::array<std::uint8_t, channel::kHeaderBytes> ready = channel::frame_header(Kind::heap_ready, 0);
-  if (request.pages_direct) {
-    if (!write_all(fd, ready)) return errors::internal("the guest's channel to its host broke");
-    // While the host decodes the image's first piece, this guest faults in the kept pages it is
-    // about to write: the host's writes then find them mapped instead of taking ~2 us first
-    // faults one page at a time, on the hop's path (the two run on two cores).
-    touch_kept_pages(base, map, pages);
-  }
+  if (request.pages_direct && !write_all(fd, ready)) return errors::internal("the guest's channel to its host broke");
   std::uint8_t header[channel::kHeaderBytes];
   if (!read_exact(fd, header, sizeof header)) return errors::internal("the guest's channel to its host broke");
   const channel::FrameHeader pages_frame = channel::parse_header(header);
