@@ -69,29 +69,49 @@ bool worth_compressing(std::span<const std::uint8_t> part, char* state) {
   return false;
 }
 
-// Writes `bytes` as one frame block into `out` (room for 4 + its size): its size word, then
-// its bytes, compressed when `pack` and that shrinks them; returns the bytes written.
-std::size_t write_block(std::span<const std::uint8_t> bytes, bool pack, char* state, std::uint8_t* out) {
+// What a block was written as: its frame blocks in order, each the bytes at [at, at + len) of
+// its slot, then, for a stored one, the block's own bytes (not copied into the slot: the sink
+// hashes and appends them from where they lie, which outlives the batch).
+struct Written {
+  struct Run {
+    std::size_t at = 0, len = 0;
+    std::span<const std::uint8_t> stored;
+  };
+  Run runs[kPartsPerBlock];
+  std::size_t count = 0;
+};
+
+// Writes `bytes` as one frame block at `out` (room for 4 + its size) and records it in `w`:
+// compressed when `pack` and that shrinks them, else stored (its size word only in the slot);
+// returns the slot's bytes written.
+std::size_t write_block(std::span<const std::uint8_t> bytes, bool pack, char* state, std::uint8_t* slot,
+                        std::size_t at, Written& w) {
   const int n = static_cast<int>(bytes.size());
+  std::uint8_t* out = slot + at;
+  Written::Run& run = w.runs[w.count++];
+  run.at = at;
   if (pack) {
     // At most n - 1 bytes: a block that does not shrink is stored as it is (as LZ4F does).
     const int packed = LZ4_compress_fast_extState(state, reinterpret_cast<const char*>(bytes.data()),
                                                   reinterpret_cast<char*>(out + 4), n, n - 1, kAcceleration);
     if (packed > 0) {
       put_le32(out, static_cast<std::uint32_t>(packed));
-      return 4 + static_cast<std::size_t>(packed);
+      run.len = 4 + static_cast<std::size_t>(packed);
+      return run.len;
     }
   }
   put_le32(out, static_cast<std::uint32_t>(n) | kStoredBit);
-  std::memcpy(out + 4, bytes.data(), bytes.size());
-  return 4 + bytes.size();
+  run.len = 4;
+  run.stored = bytes;
+  return run.len;
 }
 
-// Writes one block (at most kBlock bytes) into `out` (room for kSlot bytes) as the frame
-// blocks above; returns the bytes written.
-std::size_t compress_block(std::span<const std::uint8_t> block, std::uint8_t* out) {
+// Writes one block (at most kBlock bytes) into `slot` (room for kSlot bytes) as the frame
+// blocks above, recorded in `w`.
+void compress_block(std::span<const std::uint8_t> block, std::uint8_t* slot, Written& w) {
   thread_local std::vector<char> state(static_cast<std::size_t>(LZ4_sizeofState()));
   const auto part = [&](std::size_t at) { return block.subspan(at, std::min(kPart, block.size() - at)); };
+  w.count = 0;
   std::size_t written = 0;
   std::size_t at = 0;
   bool pack = worth_compressing(part(0), state.data());
@@ -101,11 +121,18 @@ std::size_t compress_block(std::span<const std::uint8_t> block, std::uint8_t* ou
     while (end < block.size() && (next = worth_compressing(part(end), state.data())) == pack) {
       end = std::min(block.size(), end + kPart);
     }
-    written += write_block(block.subspan(at, end - at), pack, state.data(), out + written);
+    written += write_block(block.subspan(at, end - at), pack, state.data(), slot, written, w);
     at = end;
     pack = next;
   }
-  return written;
+}
+
+// Hands a written block on to the sink, in the frame's order.
+void hand_on(const std::uint8_t* slot, const Written& w, const Sink& sink) {
+  for (std::size_t i = 0; i < w.count; ++i) {
+    sink(std::span<const std::uint8_t>(slot + w.runs[i].at, w.runs[i].len));
+    if (!w.runs[i].stored.empty()) sink(w.runs[i].stored);
+  }
 }
 
 // A batch of blocks two threads compress together: each claims the next block by a shared
@@ -116,14 +143,14 @@ constexpr std::size_t kSlot = kBlock + 4 * kPartsPerBlock;  // a block split at 
 struct Batch {
   std::span<const std::span<const std::uint8_t>> blocks;
   std::uint8_t* slots = nullptr;  // kSlot bytes per block
-  std::size_t written[kBatch] = {};
+  Written written[kBatch];
   std::atomic<bool> done[kBatch] = {};
   std::atomic<std::size_t> next{0};
 
   // Claims and compresses blocks until none is left.
   void work() {
     for (std::size_t i; (i = next.fetch_add(1, std::memory_order_relaxed)) < blocks.size();) {
-      written[i] = compress_block(blocks[i], slots + i * kSlot);
+      compress_block(blocks[i], slots + i * kSlot, written[i]);
       done[i].store(true, std::memory_order_release);
     }
   }
@@ -303,11 +330,11 @@ class Lz4BlockEncoder final : public Encoder {
     std::size_t handed = 0;
     const auto hand_on_done = [&] {
       for (; handed < blocks.size() && batch.done[handed].load(std::memory_order_acquire); ++handed) {
-        sink(std::span<const std::uint8_t>(batch.slots + handed * kSlot, batch.written[handed]));
+        hand_on(batch.slots + handed * kSlot, batch.written[handed], sink);
       }
     };
     for (std::size_t i; (i = batch.next.fetch_add(1, std::memory_order_relaxed)) < blocks.size();) {
-      batch.written[i] = compress_block(blocks[i], batch.slots + i * kSlot);
+      compress_block(blocks[i], batch.slots + i * kSlot, batch.written[i]);
       batch.done[i].store(true, std::memory_order_release);
       hand_on_done();
     }
