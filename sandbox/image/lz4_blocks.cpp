@@ -44,39 +44,113 @@ void put_le32(std::uint8_t* at, std::uint32_t v) {
   for (int i = 0; i < 4; ++i) at[i] = static_cast<std::uint8_t>(v >> (8 * i));
 }
 
-// Compresses one block into `out` (room for 4 + its size) as the frame writes it: its size
-// word, then its bytes; returns the bytes written.
-std::size_t compress_block(std::span<const std::uint8_t> block, std::uint8_t* out) {
-  thread_local std::vector<char> state(static_cast<std::size_t>(LZ4_sizeofState()));
-  const int n = static_cast<int>(block.size());
-  // At most n - 1 bytes: a block that does not shrink is stored as it is (as LZ4F does).
-  const int packed = LZ4_compress_fast_extState(state.data(), reinterpret_cast<const char*>(block.data()),
-                                                reinterpret_cast<char*>(out + 4), n, n - 1, kAcceleration);
-  if (packed > 0) {
-    put_le32(out, static_cast<std::uint32_t>(packed));
-    return 4 + static_cast<std::size_t>(packed);
+// A block is written as one or more frame blocks: its runs of parts LZ4 can shrink are compressed,
+// its runs of parts LZ4 would barely shrink (a heap's strings of random digits, compressed or
+// encrypted bytes: ~2% for ~2 ms per MB) are stored as they are, which a frame allows block by
+// block. A block that is compressible throughout is written exactly as before.
+constexpr std::size_t kPart = 64 * 1024;  // the unit of that choice
+constexpr std::size_t kPartsPerBlock = kBlock / kPart;
+// A part is probed by compressing pieces of kProbe bytes, one every kProbeStep, each alone;
+// the first that shrinks below kProbeKeeps sixteenths of its size marks the part compressible.
+// Probing costs about 1/8 of compressing a part that stores, 1/64 of one that compresses.
+constexpr std::size_t kProbe = 1024;
+constexpr std::size_t kProbeStep = 8 * 1024;
+constexpr std::size_t kProbeKeeps = 15;
+
+// Whether LZ4 is likely to shrink `part` by more than about 1/16.
+bool worth_compressing(std::span<const std::uint8_t> part, char* state) {
+  if (part.size() < kProbe) return true;  // too short to probe: as before
+  char out[LZ4_COMPRESSBOUND(kProbe)];
+  for (std::size_t at = 0; at + kProbe <= part.size(); at += kProbeStep) {
+    const int n = LZ4_compress_fast_extState(state, reinterpret_cast<const char*>(part.data() + at), out,
+                                             static_cast<int>(kProbe), static_cast<int>(sizeof out), kAcceleration);
+    if (n <= 0 || static_cast<std::size_t>(n) * 16 < kProbe * kProbeKeeps) return true;
+  }
+  return false;
+}
+
+// What a block was written as: its frame blocks in order, each the bytes at [at, at + len) of
+// its slot, then, for a stored one, the block's own bytes (not copied into the slot: the sink
+// hashes and appends them from where they lie, which outlives the batch).
+struct Written {
+  struct Run {
+    std::size_t at = 0, len = 0;
+    std::span<const std::uint8_t> stored;
+  };
+  Run runs[kPartsPerBlock];
+  std::size_t count = 0;
+};
+
+// Writes `bytes` as one frame block at `out` (room for 4 + its size) and records it in `w`:
+// compressed when `pack` and that shrinks them, else stored (its size word only in the slot);
+// returns the slot's bytes written.
+std::size_t write_block(std::span<const std::uint8_t> bytes, bool pack, char* state, std::uint8_t* slot,
+                        std::size_t at, Written& w) {
+  const int n = static_cast<int>(bytes.size());
+  std::uint8_t* out = slot + at;
+  Written::Run& run = w.runs[w.count++];
+  run.at = at;
+  if (pack) {
+    // At most n - 1 bytes: a block that does not shrink is stored as it is (as LZ4F does).
+    const int packed = LZ4_compress_fast_extState(state, reinterpret_cast<const char*>(bytes.data()),
+                                                  reinterpret_cast<char*>(out + 4), n, n - 1, kAcceleration);
+    if (packed > 0) {
+      put_le32(out, static_cast<std::uint32_t>(packed));
+      run.len = 4 + static_cast<std::size_t>(packed);
+      return run.len;
+    }
   }
   put_le32(out, static_cast<std::uint32_t>(n) | kStoredBit);
-  std::memcpy(out + 4, block.data(), block.size());
-  return 4 + block.size();
+  run.len = 4;
+  run.stored = bytes;
+  return run.len;
+}
+
+// Writes one block (at most kBlock bytes) into `slot` (room for kSlot bytes) as the frame
+// blocks above, recorded in `w`.
+void compress_block(std::span<const std::uint8_t> block, std::uint8_t* slot, Written& w) {
+  thread_local std::vector<char> state(static_cast<std::size_t>(LZ4_sizeofState()));
+  const auto part = [&](std::size_t at) { return block.subspan(at, std::min(kPart, block.size() - at)); };
+  w.count = 0;
+  std::size_t written = 0;
+  std::size_t at = 0;
+  bool pack = worth_compressing(part(0), state.data());
+  while (at < block.size()) {
+    std::size_t end = std::min(block.size(), at + kPart);
+    bool next = pack;
+    while (end < block.size() && (next = worth_compressing(part(end), state.data())) == pack) {
+      end = std::min(block.size(), end + kPart);
+    }
+    written += write_block(block.subspan(at, end - at), pack, state.data(), slot, written, w);
+    at = end;
+    pack = next;
+  }
+}
+
+// Hands a written block on to the sink, in the frame's order.
+void hand_on(const std::uint8_t* slot, const Written& w, const Sink& sink) {
+  for (std::size_t i = 0; i < w.count; ++i) {
+    sink(std::span<const std::uint8_t>(slot + w.runs[i].at, w.runs[i].len));
+    if (!w.runs[i].stored.empty()) sink(w.runs[i].stored);
+  }
 }
 
 // A batch of blocks two threads compress together: each claims the next block by a shared
 // counter and writes it into that block's slot, so that neither waits for blocks the other
 // has not claimed (on a loaded machine the helper may start late, or not at all).
 constexpr std::size_t kBatch = 8;
-constexpr std::size_t kSlot = 4 + kBlock;
+constexpr std::size_t kSlot = kBlock + 4 * kPartsPerBlock;  // a block split at every part, at worst
 struct Batch {
   std::span<const std::span<const std::uint8_t>> blocks;
   std::uint8_t* slots = nullptr;  // kSlot bytes per block
-  std::size_t written[kBatch] = {};
+  Written written[kBatch];
   std::atomic<bool> done[kBatch] = {};
   std::atomic<std::size_t> next{0};
 
   // Claims and compresses blocks until none is left.
   void work() {
     for (std::size_t i; (i = next.fetch_add(1, std::memory_order_relaxed)) < blocks.size();) {
-      written[i] = compress_block(blocks[i], slots + i * kSlot);
+      compress_block(blocks[i], slots + i * kSlot, written[i]);
       done[i].store(true, std::memory_order_release);
     }
   }
@@ -186,7 +260,8 @@ class Lz4BlockEncoder final : public Encoder {
     // Every block at worst stored as it is, behind its size word, and the header and end mark.
     // A short block is the gathered tail flushed ahead of a large piece, which itself gives at
     // least one whole block, or the last one: at most twice the whole blocks, plus one.
-    const std::uint64_t blocks = 2 * (payload_bytes / kBlock + 1) + 1;
+    // Each may be split at every part (compressed and stored runs).
+    const std::uint64_t blocks = (2 * (payload_bytes / kBlock + 1) + 1) * kPartsPerBlock;
     return payload_bytes + 4 * blocks + sizeof header_ + 4;
   }
   std::string why() const override { return failed_ != 0 ? LZ4F_getErrorName(failed_) : "cannot set up a context"; }
@@ -255,11 +330,11 @@ class Lz4BlockEncoder final : public Encoder {
     std::size_t handed = 0;
     const auto hand_on_done = [&] {
       for (; handed < blocks.size() && batch.done[handed].load(std::memory_order_acquire); ++handed) {
-        sink(std::span<const std::uint8_t>(batch.slots + handed * kSlot, batch.written[handed]));
+        hand_on(batch.slots + handed * kSlot, batch.written[handed], sink);
       }
     };
     for (std::size_t i; (i = batch.next.fetch_add(1, std::memory_order_relaxed)) < blocks.size();) {
-      batch.written[i] = compress_block(blocks[i], batch.slots + i * kSlot);
+      compress_block(blocks[i], batch.slots + i * kSlot, batch.written[i]);
       batch.done[i].store(true, std::memory_order_release);
       hand_on_done();
     }
