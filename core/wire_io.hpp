@@ -171,11 +171,15 @@ class BasicWriter {
   [[gnu::always_inline]] void room(std::size_t n) {
     if (bytes_.size() - size_ < n) [[unlikely]] grow(n);
   }
-  // To the capacity the buffer has if that is enough (the slack a large field left),
-  // else geometrically.
+  // Capacity grows geometrically; the room (what resize zero-fills) by at most kGrowRoom
+  // beyond what is needed. A buffer reserved for the whole message (a TRANSFER sized ahead
+  // by its SizeCounter) used to be zero-filled to its capacity at the first field: a 1 MB
+  // state's frame was zeroed whole, then the state was copied over the zeroes.
+  static constexpr std::size_t kGrowRoom = 4096;
   [[gnu::noinline]] void grow(std::size_t n) {
     const std::size_t need = size_ + n;
-    bytes_.resize(bytes_.capacity() >= need ? bytes_.capacity() : std::max(2 * bytes_.capacity(), need));
+    if (bytes_.capacity() < need) bytes_.reserve(std::max(2 * bytes_.capacity(), need));
+    bytes_.resize(std::min(bytes_.capacity(), std::max(need, size_ + kGrowRoom)));
   }
   void append(const void* p, std::size_t n) {
     if (n >= kLargeField) [[unlikely]] {

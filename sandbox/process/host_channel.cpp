@@ -21,8 +21,10 @@ constexpr std::size_t kMaxReadChunk = 1024 * 1024;
 // Room a payload gets at its header, up to what the header declares: a 1 MB agent state then
 // grows in place (it was copied into each doubled buffer, ~1.2 MB of copies per frame). The
 // room is only reserved, not touched: what a declared length costs before its bytes come is
-// this much address space at most, within the frame limit already checked.
-constexpr std::size_t kReservedAhead = 4 * 1024 * 1024;
+// this much address space at most, within the frame limit already checked. The 64 KiB over
+// 4 MiB hold an answer's fields around a 4 MiB state: without them such a frame outgrew its
+// room by a few bytes and was copied whole into a doubled buffer (8 MiB, 4 MiB of it fresh).
+constexpr std::size_t kReservedAhead = 4 * 1024 * 1024 + 64 * 1024;
 }  // namespace
 
 bool prepare_timed_receive(int fd) {
