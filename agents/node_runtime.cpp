@@ -22,6 +22,10 @@ NodeRuntime::InFlight::InFlight(NodeRuntime& runtime) : runtime_(runtime) { ++ru
 
 NodeRuntime::InFlight::~InFlight() {
   if (--runtime_.in_flight_ != 0) return;
+  // Both sequentially consistent: either this load sees a waiter (wait_idle raised the count
+  // before reading in_flight_) or that waiter's read sees zero and it does not wait. Most
+  // requests (every one served in place) end with no one waiting: no lock, no notify.
+  if (runtime_.idle_waiters_.load() == 0) return;
   // Under the mutex: a shutdown that just saw a non-zero count is waiting by now.
   std::lock_guard lock(runtime_.idle_mutex_);
   runtime_.idle_.notify_all();
@@ -29,7 +33,11 @@ NodeRuntime::InFlight::~InFlight() {
 
 bool NodeRuntime::wait_idle(std::chrono::milliseconds budget) {
   std::unique_lock lock(idle_mutex_);
-  return idle_.wait_for(lock, budget, [this] { return in_flight_ == 0; });
+  // Raised before the predicate first reads in_flight_, under the mutex the notifier takes.
+  ++idle_waiters_;
+  const bool idle = idle_.wait_for(lock, budget, [this] { return in_flight_ == 0; });
+  --idle_waiters_;
+  return idle;
 }
 
 void NodeRuntime::stop(std::chrono::milliseconds budget) {

@@ -74,6 +74,9 @@ class NodeRuntime {
   std::condition_variable idle_;
   bool network_ended_ = false;  // under idle_mutex_
   std::atomic<std::uint64_t> in_flight_{0};
+  // wait_idle callers between their check and their wait (raised under idle_mutex_): a
+  // request ending at zero with none takes no lock and notifies nobody.
+  std::atomic<std::uint32_t> idle_waiters_{0};
   std::atomic<bool> shutting_down_{false};
   std::atomic<bool> abort_runs_{false};
   asio::io_context io_{1};

@@ -216,9 +216,11 @@ std::optional<Result<std::vector<std::uint8_t>>> NodeServer::handle_now(FrameKin
   // The service's name alone decides whether the call is served here: read from the
   // payload's head, not by decoding the whole request. A call that goes to handle()
   // (agent.transfer with its agent's state, say) is then decoded once, there, not twice.
-  std::shared_ptr<const ServiceEntry> entry;
+  // The network thread's memo of the last service called here: the same service again costs
+  // no lock, hash or shared_ptr copy. It holds the entry until the next call's lookup.
+  const ServiceEntry* entry = nullptr;
   if (const std::optional<std::string_view> name = peek_call_service(payload)) {
-    entry = services_.lookup(*name);
+    entry = services_.lookup_memo(*name, call_memo_);
     // Anything else (a worker's service, one that waits, an unknown name) goes the usual way;
     // handle() decodes it in full and reports a malformed rest as before.
     if (!entry || entry->async_fn || !entry->options.inline_on_network_thread) return std::nullopt;
@@ -465,8 +467,8 @@ namespace {
 // so that a chunk that catches the error (pcall) is still run again.
 class InlineHostCalls final : public sandbox::HostCalls {
  public:
-  InlineHostCalls(const ServiceRegistry& services, const PolicyRule* rule, bool node_info_cheap)
-      : services_(services), rule_(rule), rate_(rule != nullptr ? rule->quotas.messages_per_second : 0),
+  InlineHostCalls(const ServiceRegistry& services, ServiceLookupMemo& memo, const PolicyRule* rule, bool node_info_cheap)
+      : services_(services), memo_(memo), rule_(rule), rate_(rule != nullptr ? rule->quotas.messages_per_second : 0),
         node_info_cheap_(node_info_cheap) {}
 
   Result<Value> call(std::string_view service, const Value& args) override {
@@ -477,8 +479,10 @@ class InlineHostCalls final : public sandbox::HostCalls {
     if (!readonly) return give_way();
     // The policy's grants, as on a worker (a refusal is the same answer on both paths).
     if (auto granted = check_grant(rule_, rate_, service); !granted) return granted.error();
-    std::shared_ptr<const ServiceEntry> entry = services_.lookup(service);
-    if (!entry) return errors::no_such_service(service);
+    // The network thread's memo: a run's reads (and the next run's) find kv.get without the
+    // registry's lock; the entry stays held by the memo while it runs (kv.get calls no service).
+    const ServiceEntry* entry = services_.lookup_memo(service, memo_);
+    if (entry == nullptr) return errors::no_such_service(service);
     // A service the node's owner replaced with one not marked cheap runs on a worker.
     if (!entry->options.inline_on_network_thread || entry->async_fn || entry->options.peers_only) return give_way();
     return ServiceRegistry::invoke(service, entry->fn, args, PeerIdentity{"local"});
@@ -500,6 +504,7 @@ class InlineHostCalls final : public sandbox::HostCalls {
   }
 
   const ServiceRegistry& services_;
+  ServiceLookupMemo& memo_;
   const PolicyRule* rule_;
   RateLimiter rate_;
   bool node_info_cheap_;
@@ -546,7 +551,7 @@ std::optional<Reply> NodeServer::try_inline_eval(const EvalRequest& request, con
   const Limits full = input.limits;
   input.limits.cpu_instructions = std::min(full.cpu_instructions, options_.inline_eval_instructions);
   input.limits.wall_ms = std::min(full.wall_ms, options_.inline_eval_wall_ms);
-  InlineHostCalls host(services_, rule, options_.peer_isolation.has_value());
+  InlineHostCalls host(services_, inline_host_memo_, rule, options_.peer_isolation.has_value());
   const auto started = std::chrono::steady_clock::now();
   Result<Value> r = Value{};
   if (*level == Isolation::trusted) {

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "agents/metrics.hpp"
+#include "agents/services.hpp"
 #include "sojourn/agents/node.hpp"
 #include "sojourn/sandbox/lua_sandbox.hpp"
 #include "sojourn/transports/asio.hpp"
@@ -30,7 +31,6 @@ class NodeJails;
 class NodeRuntime;
 class NodeTrust;
 struct PolicyRule;
-class ServiceRegistry;
 struct NodeCounters;
 
 class NodeServer final : public RequestHandler {
@@ -128,6 +128,9 @@ class NodeServer final : public RequestHandler {
   std::atomic<std::uint64_t>* bytes_in_ = nullptr;
   std::atomic<std::uint64_t>* bytes_out_ = nullptr;
   std::unordered_map<std::string, std::atomic<std::uint64_t>*, NameHash, std::equal_to<>> served_ok_;  // by service
+  // The network thread's lookups (handle_now's calls, an inline evaluation's node.call).
+  ServiceLookupMemo call_memo_;
+  ServiceLookupMemo inline_host_memo_;
   std::string last_ok_service_;                           // the service counted last, and its series
   std::atomic<std::uint64_t>* last_ok_counter_ = nullptr;
   bool last_ok_traced_ = false;  // whether that service's served requests go into the trace

@@ -16,6 +16,12 @@ const PeerIdentity& local_caller() {
 void ServiceRegistry::add(std::string name, ServiceEntry entry) {
   std::unique_lock lock(mutex_);
   services_[std::move(name)] = std::make_shared<const ServiceEntry>(std::move(entry));
+  generation_.store(next_generation(), std::memory_order_release);
+}
+
+std::uint64_t ServiceRegistry::next_generation() {
+  static std::atomic<std::uint64_t> counter{0};
+  return counter.fetch_add(1, std::memory_order_relaxed) + 1;
 }
 
 std::vector<std::string> ServiceRegistry::names() const {
@@ -38,6 +44,20 @@ std::shared_ptr<const ServiceEntry> ServiceRegistry::lookup(std::string_view ser
   std::shared_lock lock(mutex_);
   auto it = services_.find(service);
   return it == services_.end() ? nullptr : it->second;
+}
+
+const ServiceEntry* ServiceRegistry::lookup_memo(std::string_view service, ServiceLookupMemo& memo) const {
+  // Acquire: an unchanged generation means no add() since the memo's fill (which read it
+  // under the lock, with the map as that generation left it).
+  if (memo.generation == generation_.load(std::memory_order_acquire) && memo.name == service) {
+    return memo.entry.get();
+  }
+  std::shared_lock lock(mutex_);
+  auto it = services_.find(service);
+  memo.entry = it == services_.end() ? nullptr : it->second;
+  memo.name.assign(service);
+  memo.generation = generation_.load(std::memory_order_relaxed);
+  return memo.entry.get();
 }
 
 Result<Value> ServiceRegistry::invoke(std::string_view service, const PeerService& fn, const Value& args,

@@ -2,6 +2,8 @@
 // reach, and how one service is invoked (its exceptions become service_failed).
 #pragma once
 
+#include <atomic>
+#include <cstdint>
 #include <functional>
 #include <memory>
 #include <optional>
@@ -31,6 +33,14 @@ struct ServiceEntry {
   AsyncPeerService async_fn;  // set: serving awaits it instead of running fn
 };
 
+// One caller's memo of its last lookup (ServiceRegistry::lookup_memo). Not shared between
+// threads; it holds the entry it found, so the entry outlives a later add() until refilled.
+struct ServiceLookupMemo {
+  std::string name;
+  std::shared_ptr<const ServiceEntry> entry;  // null: no such service
+  std::uint64_t generation = 0;               // 0: empty (registries' generations start at 1)
+};
+
 // Thread-safe.
 class ServiceRegistry {
  public:
@@ -43,6 +53,11 @@ class ServiceRegistry {
   // The entry as it is now (null when there is none), without copying its functions:
   // a later add() replaces it and leaves this one to its holders.
   std::shared_ptr<const ServiceEntry> lookup(std::string_view service) const;
+  // lookup() for a caller that keeps asking for the same service (the network thread's
+  // inline paths): while no add() has run since `memo` was filled, and for the same name,
+  // the memo's entry, without the lock, the hash or a shared_ptr copy. The pointer (null when
+  // there is no such service) stays valid until `memo` is next used or destroyed.
+  const ServiceEntry* lookup_memo(std::string_view service, ServiceLookupMemo& memo) const;
   // Runs `fn`; an exception it throws becomes service_failed "service NAME failed: WHAT".
   static Result<Value> invoke(std::string_view service, const PeerService& fn, const Value& args,
                               const PeerIdentity& caller);
@@ -58,6 +73,10 @@ class ServiceRegistry {
     std::size_t operator()(std::string_view s) const { return std::hash<std::string_view>{}(s); }
   };
   mutable std::shared_mutex mutex_;
+  // Changed by every add() (under the unique lock), unique among all registries (taken
+  // from one process-wide counter): a memo filled from another registry never matches.
+  std::atomic<std::uint64_t> generation_{next_generation()};
+  static std::uint64_t next_generation();
   std::unordered_map<std::string, std::shared_ptr<const ServiceEntry>, NameHash, std::equal_to<>> services_;
 };
 

@@ -475,8 +475,13 @@ std::optional<std::string_view> peek_call_service(std::span<const std::uint8_t> 
 }
 
 Result<EvalRequest> decode_eval(std::span<const std::uint8_t> bytes) {
-  return decode_with(bytes, "eval request", [](wire::Reader& r) {
-    EvalRequest m;
+  // Decoded where the Result holds it (one per evaluation served): decode_with's way moved the
+  // request twice on its way out (its six strings and its arguments, ~0.45k instructions).
+  // Same fields, same checks, same errors.
+  Result<EvalRequest> out;
+  try {
+    wire::Reader r(bytes);
+    EvalRequest& m = *out;
     m.source = r.string();
     m.chunk_name = r.string();
     m.args = wire::read_value(r);
@@ -487,8 +492,13 @@ Result<EvalRequest> decode_eval(std::span<const std::uint8_t> bytes) {
     m.signature = r.string();
     m.nonce = r.string();
     m.expires_unix_ms = r.i64();
-    return m;
-  });
+    r.expect_end();
+  } catch (const wire::DecodeError& e) {
+    out = make_error(Errc::malformed_payload, std::string("malformed payload: eval request: ") + e.what());
+  } catch (const std::exception& e) {  // wire::ShortRead: a field cut off
+    out = make_error(Errc::malformed_payload, "malformed payload: eval request: truncated");
+  }
+  return out;
 }
 
 Result<Reply> decode_reply(std::span<const std::uint8_t> bytes) {

@@ -327,3 +327,34 @@ TEST_CASE("at the process level many evaluations in flight on one connection eac
   REQUIRE(after.ok());
   CHECK(after->results.get(1).as_integer() == 42);
 }
+
+TEST_CASE("a service replaced between requests is the one the next inline evaluation and call reach") {
+  TrustedServer n;
+  REQUIRE(n.client.call(n.address, "kv.put", Value::array({"k", 1})).ok());
+  auto first = n.client.eval(n.address, "return node.call('kv.get', 'k')");
+  REQUIRE(first.ok());
+  CHECK(first->results.get(1).as_integer() == 1);
+  auto called = n.client.call(n.address, "kv.get", Value::array({"k"}));
+  REQUIRE(called.ok());
+  CHECK(called->as_integer() == 1);
+  const std::uint64_t inline_before = n.inline_count();
+  // Still cheap: served in place, with the new answer.
+  n.server.register_service("kv.get", [](const Value&) -> Result<Value> { return Value(std::int64_t{100}); },
+                            ServiceOptions{.inline_on_network_thread = true, .read_only = true});
+  auto second = n.client.eval(n.address, "return node.call('kv.get', 'k')");
+  REQUIRE(second.ok());
+  CHECK(second->results.get(1).as_integer() == 100);
+  CHECK(n.inline_count() == inline_before + 1);
+  called = n.client.call(n.address, "kv.get", Value::array({"k"}));
+  REQUIRE(called.ok());
+  CHECK(called->as_integer() == 100);
+  // Not cheap any more: the evaluation gives way to a worker, which reaches the new one.
+  n.server.register_service("kv.get", [](const Value&) -> Result<Value> { return Value(std::int64_t{200}); });
+  auto third = n.client.eval(n.address, "return node.call('kv.get', 'k')");
+  REQUIRE(third.ok());
+  CHECK(third->results.get(1).as_integer() == 200);
+  CHECK(n.inline_count() == inline_before + 1);
+  called = n.client.call(n.address, "kv.get", Value::array({"k"}));
+  REQUIRE(called.ok());
+  CHECK(called->as_integer() == 200);
+}
