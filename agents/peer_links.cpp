@@ -93,8 +93,17 @@ asio::awaitable<Result<Value>> PeerLinks::call_peer(std::string peer, std::strin
   if (!found) co_return found.error();
   std::shared_ptr<Link> link = std::move(*found);
   Result<Frame> frame = co_await link->request(FrameKind::call, std::move(payload), options_.request_timeout);
-  Result<Reply> reply = reply_from(*link, std::move(frame));
-  co_return call_result(std::move(reply));
+  if (!frame) co_return frame.error();
+  // Decoded straight to the caller's result: no Reply in between (reply_from's checks).
+  bool malformed = false;
+  Result<Value> result = decode_call_reply(frame->payload, malformed);
+  give_small_buffer(frame->payload);  // for this thread's next request
+  if (malformed) {
+    // A peer that sends an unreadable reply is not to be trusted with the connection.
+    link->close();
+    co_return errors::remote_protocol_error(link->peer().to_string(), result.error().message);
+  }
+  co_return result;
 }
 
 Result<Value> PeerLinks::call_result(Result<Reply> reply) {

@@ -512,6 +512,28 @@ Result<Reply> decode_reply(std::span<const std::uint8_t> bytes) {
   });
 }
 
+Result<Value> decode_call_reply(std::span<const std::uint8_t> bytes, bool& malformed) {
+  malformed = false;
+  std::optional<Error> carried;
+  Result<Value> result = decode_with(bytes, "reply", [&carried](wire::Reader& r) {
+    const Errc code = read_errc(r);
+    if (code == Errc::ok) {
+      (void)r.string_view();  // an ok reply's message: read past, not kept
+    } else {
+      carried.emplace(Error{code, r.string()});
+    }
+    Value value = wire::read_value(r);
+    read_isolation(r);
+    return value;
+  });
+  if (!result) {
+    malformed = true;
+    return result;
+  }
+  if (carried) return std::move(*carried);
+  return result;
+}
+
 Result<ProtocolError> decode_protocol_error(std::span<const std::uint8_t> bytes) {
   return decode_with(bytes, "protocol error", [](wire::Reader& r) {
     ProtocolError m;

@@ -301,3 +301,50 @@ TEST_CASE("a call encoded into a buffer sized from a measure is byte for byte th
   CHECK(back->service == "agent.transfer");
   CHECK(back->args.get(2).get("payload").as_string().size() == 4096);
 }
+
+TEST_CASE("a call's reply decoded straight to its result agrees with decode_reply on every payload") {
+  // An ok reply: the service's result, whatever the (ignored) message says.
+  Reply ok = reply_ok(Value::table());
+  ok.result.set("x", 1);
+  ok.message = "ignored";
+  ok.isolation = Isolation::process;
+  bool malformed = true;
+  auto r = decode_call_reply(encode(ok), malformed);
+  CHECK_FALSE(malformed);
+  REQUIRE(r.ok());
+  CHECK(deep_equal(*r, ok.result));
+
+  // A reply carrying an error: that error, not a malformed one.
+  Reply failed = reply_error(make_error(Errc::cpu_limit, "CPU limit of 5 instructions exceeded"));
+  r = decode_call_reply(encode(failed), malformed);
+  CHECK_FALSE(malformed);
+  CHECK_ERROR(r, Errc::cpu_limit, "CPU limit of 5 instructions exceeded");
+  // A peer may answer with malformed_payload itself (our request was bad): not our decode's failure.
+  r = decode_call_reply(encode(reply_error(make_error(Errc::malformed_payload, "bad args"))), malformed);
+  CHECK_FALSE(malformed);
+  CHECK_ERROR(r, Errc::malformed_payload, "bad args");
+
+  // Every cut of a valid reply, and a byte too many, an unknown isolation level: malformed,
+  // with decode_reply's own message.
+  std::vector<std::uint8_t> bytes = encode(ok);
+  for (std::size_t cut = 0; cut < bytes.size(); ++cut) {
+    std::vector<std::uint8_t> part(bytes.begin(), bytes.begin() + static_cast<std::ptrdiff_t>(cut));
+    auto whole = decode_reply(part);
+    REQUIRE_FALSE(whole.ok());
+    r = decode_call_reply(part, malformed);
+    CHECK(malformed);
+    REQUIRE_FALSE(r.ok());
+    CHECK(r.error().code == Errc::malformed_payload);
+    CHECK(r.error().message == whole.error().message);
+  }
+  std::vector<std::uint8_t> longer = bytes;
+  longer.push_back(0);
+  r = decode_call_reply(longer, malformed);
+  CHECK(malformed);
+  CHECK(r.error().message == decode_reply(longer).error().message);
+  std::vector<std::uint8_t> bad_level = bytes;
+  bad_level.back() = 0x7f;  // the isolation byte is the reply's last
+  r = decode_call_reply(bad_level, malformed);
+  CHECK(malformed);
+  CHECK(r.error().message == decode_reply(bad_level).error().message);
+}

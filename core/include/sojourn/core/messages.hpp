@@ -89,6 +89,11 @@ Result<CallRequest> decode_call(std::span<const std::uint8_t> bytes);
 std::optional<std::string_view> peek_call_service(std::span<const std::uint8_t> bytes);
 Result<EvalRequest> decode_eval(std::span<const std::uint8_t> bytes);
 Result<Reply> decode_reply(std::span<const std::uint8_t> bytes);
+// A call's reply straight to what the caller gets: the service's result, or the error the
+// reply carries (code and message). It checks what decode_reply checks; a reply that does
+// not decode sets `malformed` and returns decode_reply's error. No Reply in between: the
+// message of an ok reply is skipped, not copied.
+Result<Value> decode_call_reply(std::span<const std::uint8_t> bytes, bool& malformed);
 Result<ProtocolError> decode_protocol_error(std::span<const std::uint8_t> bytes);
 Result<Value> decode_value(std::span<const std::uint8_t> bytes);
 
