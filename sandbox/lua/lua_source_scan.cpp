@@ -343,6 +343,15 @@ bool has_cdata_literal(std::string_view text) {
   }
 }
 
+namespace {
+// After `.` or `:` (not `..` or `::`), a name is a field or a method: not a variable.
+// `before` and `last` are the two tokens before the name.
+bool names_a_field(const Lexer& lexer, const Token& before, const Token& last) {
+  return (is_symbol(lexer, last, ".") && !is_symbol(lexer, before, ".")) ||
+         (is_symbol(lexer, last, ":") && !is_symbol(lexer, before, ":"));
+}
+}  // namespace
+
 bool names_tables_only_in_calls(std::string_view text, const std::vector<std::string>& call_only,
                                 const std::vector<std::string>& banned) {
   Lexer lexer(text, 1);
@@ -353,9 +362,7 @@ bool names_tables_only_in_calls(std::string_view text, const std::vector<std::st
     if (t.kind == Kind::error) return false;
     if (t.kind == Kind::eof) return true;
     if (t.kind == Kind::name) {
-      // After `.` or `:` (not `..` or `::`), a name is a field or a method: not a variable.
-      const bool field = (is_symbol(lexer, last, ".") && !is_symbol(lexer, before, ".")) ||
-                         (is_symbol(lexer, last, ":") && !is_symbol(lexer, before, ":"));
+      const bool field = names_a_field(lexer, before, last);
       const std::string_view name = lexer.text(t);
       if (!field) {
         if (std::find(banned.begin(), banned.end(), name) != banned.end()) return false;
@@ -401,8 +408,7 @@ bool names_only_listed_fields(std::string_view text, std::string_view table, con
     if (t.kind == Kind::error) return false;
     if (t.kind == Kind::eof) return true;
     if (t.kind == Kind::name) {
-      const bool field = (is_symbol(lexer, last, ".") && !is_symbol(lexer, before, ".")) ||
-                         (is_symbol(lexer, last, ":") && !is_symbol(lexer, before, ":"));
+      const bool field = names_a_field(lexer, before, last);
       const std::string_view name = lexer.text(t);
       if (!field) {
         if (listed(banned, name)) return false;

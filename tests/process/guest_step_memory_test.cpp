@@ -39,23 +39,27 @@ std::vector<std::string> children_of(long parent) {
   return out;
 }
 
-}  // namespace
-
-TEST_CASE("a warm guest's weak steps with a 4 MB state grow its resident memory by four copies of the state, not five") {
-  auto jail = start(1);
+// One weak step of an agent that counts its steps in `n` and goes on; `state` becomes the
+// step's outcome.
+void step_once(ProcessJail& jail, Value& state) {
   RunInput input;
   input.source = "function start(s) s.n = s.n + 1 agent.go('peer B', 'start') end";
   input.chunk_name = "agent";
   input.limits = Limits{10'000'000, 128u << 20, 20'000};
   input.principal = "signer a";
+  Result<AgentOutcome> out = jail.run_agent(input, AgentInput{"start", state, Value::table()}, nullptr);
+  REQUIRE_MESSAGE(out.ok(), (out.ok() ? "" : out.error().message));
+  CHECK(out->went);
+  state = out->state;
+}
+
+}  // namespace
+
+TEST_CASE("a warm guest's weak steps with a 4 MB state grow its resident memory by four copies of the state, not five") {
+  auto jail = start(1);
   Value state = Value::table();
   state.set("n", 0);
-  const auto step = [&] {
-    Result<AgentOutcome> out = jail->run_agent(input, AgentInput{"start", state, Value::table()}, nullptr);
-    REQUIRE_MESSAGE(out.ok(), (out.ok() ? "" : out.error().message));
-    CHECK(out->went);
-    state = out->state;
-  };
+  const auto step = [&] { step_once(*jail, state); };
   step();  // the guest forked, its chunk kept in its snapshot; a small state
   REQUIRE(wait_for_warm(*jail, 1));
   const long zygote = jail->status().zygote_pid;
@@ -89,19 +93,9 @@ TEST_CASE("a warm guest whose steps carry a 6 MB state stays within the pool's r
   // copies of a 6 MB state (~33 MB with the guest's own) passed it after every step, so each
   // step forked a new guest; four (~27 MB) stay under it.
   auto jail = start(1);
-  RunInput input;
-  input.source = "function start(s) s.n = s.n + 1 agent.go('peer B', 'start') end";
-  input.chunk_name = "agent";
-  input.limits = Limits{10'000'000, 128u << 20, 20'000};
-  input.principal = "signer a";
   Value state = Value::table();
   state.set("n", 0);
-  const auto step = [&] {
-    Result<AgentOutcome> out = jail->run_agent(input, AgentInput{"start", state, Value::table()}, nullptr);
-    REQUIRE_MESSAGE(out.ok(), (out.ok() ? "" : out.error().message));
-    CHECK(out->went);
-    state = out->state;
-  };
+  const auto step = [&] { step_once(*jail, state); };
   step();  // the guest forked, its chunk kept in its snapshot; a small state
   REQUIRE(wait_for_warm(*jail, 1));
   step();
