@@ -72,10 +72,15 @@ std::size_t Scratch::idle() {
 
 namespace {
 
-struct KeptImage {
-  std::mutex mutex;
+struct Kept {
   std::vector<std::uint8_t> buffer;
   std::chrono::steady_clock::time_point since;
+};
+
+struct KeptImage {
+  std::mutex mutex;
+  Kept large;  // kImageBufferMin or more
+  Kept small;  // kSmallImageBufferMin up to kImageBufferMin
 };
 
 KeptImage& kept_image() {
@@ -84,9 +89,16 @@ KeptImage& kept_image() {
 }
 
 // The kept buffer, out of the lock, when it waited too long (freed by the caller's destructor).
-std::vector<std::uint8_t> expired_locked(KeptImage& k, std::chrono::steady_clock::time_point now) {
+std::vector<std::uint8_t> expired_locked(Kept& k, std::chrono::steady_clock::time_point now) {
   if (k.buffer.capacity() == 0 || now - k.since < std::chrono::milliseconds(kImageBufferIdleMs)) return {};
   return std::exchange(k.buffer, {});
+}
+
+// The slot of a buffer of `bytes`, nullptr for one too small to keep.
+Kept* slot_for(KeptImage& k, std::size_t bytes) {
+  if (bytes >= kImageBufferMin) return &k.large;
+  if (bytes >= kSmallImageBufferMin) return &k.small;
+  return nullptr;
 }
 
 }  // namespace
@@ -94,28 +106,34 @@ std::vector<std::uint8_t> expired_locked(KeptImage& k, std::chrono::steady_clock
 std::vector<std::uint8_t> take_image_buffer(std::size_t bytes) {
   KeptImage& k = kept_image();
   std::vector<std::uint8_t> out;
-  std::vector<std::uint8_t> old;
+  std::vector<std::uint8_t> old_large, old_small;  // freed after the lock
   {
     std::lock_guard lock(k.mutex);
-    old = expired_locked(k, std::chrono::steady_clock::now());
-    if (bytes >= kImageBufferMin && k.buffer.capacity() >= bytes) out = std::exchange(k.buffer, {});
+    const auto now = std::chrono::steady_clock::now();
+    old_large = expired_locked(k.large, now);
+    old_small = expired_locked(k.small, now);
+    Kept* slot = slot_for(k, bytes);
+    if (slot != nullptr && slot->buffer.capacity() >= bytes) out = std::exchange(slot->buffer, {});
   }
   return out;
 }
 
 void give_image_buffer(std::vector<std::uint8_t> buffer) {
-  if (buffer.capacity() < kImageBufferMin) return;
   KeptImage& k = kept_image();
   std::lock_guard lock(k.mutex);
-  std::swap(k.buffer, buffer);  // the one kept before is freed as `buffer` goes, after the lock
-  k.since = std::chrono::steady_clock::now();
+  Kept* slot = slot_for(k, buffer.capacity());
+  if (slot == nullptr) return;  // freed after the lock
+  std::swap(slot->buffer, buffer);  // the one kept before is freed as `buffer` goes, after the lock
+  slot->since = std::chrono::steady_clock::now();
 }
 
 void drop_idle_image_buffer() {
   KeptImage& k = kept_image();
-  std::vector<std::uint8_t> old;  // freed after the lock
+  std::vector<std::uint8_t> old_large, old_small;  // freed after the lock
   std::lock_guard lock(k.mutex);
-  old = expired_locked(k, std::chrono::steady_clock::now());
+  const auto now = std::chrono::steady_clock::now();
+  old_large = expired_locked(k.large, now);
+  old_small = expired_locked(k.small, now);
 }
 
 std::shared_ptr<const std::vector<std::uint8_t>> shared_image(std::vector<std::uint8_t> bytes) {
@@ -129,7 +147,13 @@ std::shared_ptr<const std::vector<std::uint8_t>> shared_image(std::vector<std::u
 std::size_t kept_image_buffer() {
   KeptImage& k = kept_image();
   std::lock_guard lock(k.mutex);
-  return k.buffer.capacity();
+  return k.large.buffer.capacity();
+}
+
+std::size_t kept_small_image_buffer() {
+  KeptImage& k = kept_image();
+  std::lock_guard lock(k.mutex);
+  return k.small.buffer.capacity();
 }
 
 }  // namespace sojourn::sandbox::image

@@ -107,3 +107,56 @@ TEST_CASE("a small image is never sealed into the kept buffer") {
   CHECK(image::kept_image_buffer() == kept);  // still kept, for a large one
   drop_kept_buffer();
 }
+
+TEST_CASE("a mid-sized image is sealed into the kept mid-sized buffer, byte for byte, beside the large one") {
+  drop_kept_buffer();
+  (void)image::take_image_buffer(image::kSmallImageBufferMin);  // nothing mid-sized kept either
+  REQUIRE(image::kept_small_image_buffer() == 0);
+  image::give_image_buffer(std::vector<std::uint8_t>(image::kImageBufferMin * 2, 0xEE));
+  const std::size_t large = image::kept_image_buffer();
+  REQUIRE(large >= image::kImageBufferMin * 2);
+  const std::vector<std::uint8_t> first = span_of(384, 41);  // 1.5 MB, 1 MB kept
+  for (image::Codec codec : {image::Codec::lz4, image::Codec::zstd, image::Codec::stored}) {
+    CAPTURE(image::codec_name(codec));
+    auto fresh = image::take_image(source(codec), first);
+    REQUIRE(fresh);
+    REQUIRE(fresh->size() >= image::kSmallImageBufferMin);
+    REQUIRE(fresh->size() < image::kImageBufferMin);
+    const std::uint8_t* data = fresh->data();
+    auto held = image::shared_image(std::move(*fresh));
+    const std::vector<std::uint8_t> alone(held->begin(), held->end());
+    CHECK(image::kept_small_image_buffer() == 0);  // held: not kept yet
+    held.reset();
+    CHECK(image::kept_small_image_buffer() >= alone.size());
+    CHECK(image::kept_image_buffer() == large);  // the large one stays
+    // The next one of its class (the same heap, then another) takes it: the same bytes as sealed
+    // into a fresh buffer, none of the old ones.
+    auto again = image::take_image(source(codec), first);
+    REQUIRE(again);
+    CHECK(again->data() == data);
+    CHECK(*again == alone);
+    CHECK(image::kept_small_image_buffer() == 0);
+    const std::vector<std::uint8_t> other = span_of(300, 43);
+    image::give_image_buffer(std::move(*again));
+    auto reused = image::take_image(source(codec), other);
+    REQUIRE(reused);
+    CHECK(reused->data() == data);
+    (void)image::take_image_buffer(image::kSmallImageBufferMin);  // drops the kept one
+    auto apart = image::take_image(source(codec), other);
+    REQUIRE(apart);
+    CHECK(*reused == *apart);
+    image::RestoreRules rules;
+    rules.guest_build.fill(7);
+    rules.arena_base = kBase;
+    rules.max_arena_bytes = kArena;
+    auto opened = image::open_image(*reused, rules);
+    REQUIRE(opened);
+    CHECK(opened->used == other);
+  }
+  // A small buffer is not kept; a mid-sized request never takes the large one.
+  image::give_image_buffer(std::vector<std::uint8_t>(image::kSmallImageBufferMin - 1));
+  CHECK(image::kept_small_image_buffer() == 0);
+  CHECK(image::take_image_buffer(image::kSmallImageBufferMin).capacity() == 0);
+  CHECK(image::kept_image_buffer() == large);
+  drop_kept_buffer();
+}
