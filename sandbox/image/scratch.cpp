@@ -80,7 +80,9 @@ struct Kept {
 struct KeptImage {
   std::mutex mutex;
   Kept large;  // kImageBufferMin or more
-  Kept small;  // kSmallImageBufferMin up to kImageBufferMin
+  // kSmallImageBufferMin up to kImageBufferMin: two, for an image sealed and one staged at once
+  // (a node both sends and receives an agent's image in a round trip).
+  Kept small[2];
 };
 
 KeptImage& kept_image() {
@@ -94,11 +96,30 @@ std::vector<std::uint8_t> expired_locked(Kept& k, std::chrono::steady_clock::tim
   return std::exchange(k.buffer, {});
 }
 
-// The slot of a buffer of `bytes`, nullptr for one too small to keep.
-Kept* slot_for(KeptImage& k, std::size_t bytes) {
-  if (bytes >= kImageBufferMin) return &k.large;
-  if (bytes >= kSmallImageBufferMin) return &k.small;
-  return nullptr;
+// The slot to take a buffer of `bytes` from: the large one, or the mid-sized one holding the
+// smallest buffer that fits; nullptr for none.
+Kept* take_slot(KeptImage& k, std::size_t bytes) {
+  if (bytes >= kImageBufferMin) return k.large.buffer.capacity() >= bytes ? &k.large : nullptr;
+  if (bytes < kSmallImageBufferMin) return nullptr;
+  Kept* best = nullptr;
+  for (Kept& slot : k.small) {
+    if (slot.buffer.capacity() >= bytes && (best == nullptr || slot.buffer.capacity() < best->buffer.capacity())) {
+      best = &slot;
+    }
+  }
+  return best;
+}
+
+// The slot to keep a buffer of `capacity` in: the large one, or an empty mid-sized one, else the
+// one holding the smaller buffer; nullptr for one too small to keep.
+Kept* give_slot(KeptImage& k, std::size_t capacity) {
+  if (capacity >= kImageBufferMin) return &k.large;
+  if (capacity < kSmallImageBufferMin) return nullptr;
+  Kept* smallest = &k.small[0];
+  for (Kept& slot : k.small) {
+    if (slot.buffer.capacity() < smallest->buffer.capacity()) smallest = &slot;
+  }
+  return smallest;
 }
 
 }  // namespace
@@ -106,14 +127,14 @@ Kept* slot_for(KeptImage& k, std::size_t bytes) {
 std::vector<std::uint8_t> take_image_buffer(std::size_t bytes) {
   KeptImage& k = kept_image();
   std::vector<std::uint8_t> out;
-  std::vector<std::uint8_t> old_large, old_small;  // freed after the lock
+  std::vector<std::uint8_t> old[3];  // freed after the lock
   {
     std::lock_guard lock(k.mutex);
     const auto now = std::chrono::steady_clock::now();
-    old_large = expired_locked(k.large, now);
-    old_small = expired_locked(k.small, now);
-    Kept* slot = slot_for(k, bytes);
-    if (slot != nullptr && slot->buffer.capacity() >= bytes) out = std::exchange(slot->buffer, {});
+    old[0] = expired_locked(k.large, now);
+    old[1] = expired_locked(k.small[0], now);
+    old[2] = expired_locked(k.small[1], now);
+    if (Kept* slot = take_slot(k, bytes)) out = std::exchange(slot->buffer, {});
   }
   return out;
 }
@@ -121,7 +142,7 @@ std::vector<std::uint8_t> take_image_buffer(std::size_t bytes) {
 void give_image_buffer(std::vector<std::uint8_t> buffer) {
   KeptImage& k = kept_image();
   std::lock_guard lock(k.mutex);
-  Kept* slot = slot_for(k, buffer.capacity());
+  Kept* slot = give_slot(k, buffer.capacity());
   if (slot == nullptr) return;  // freed after the lock
   std::swap(slot->buffer, buffer);  // the one kept before is freed as `buffer` goes, after the lock
   slot->since = std::chrono::steady_clock::now();
@@ -129,11 +150,12 @@ void give_image_buffer(std::vector<std::uint8_t> buffer) {
 
 void drop_idle_image_buffer() {
   KeptImage& k = kept_image();
-  std::vector<std::uint8_t> old_large, old_small;  // freed after the lock
+  std::vector<std::uint8_t> old[3];  // freed after the lock
   std::lock_guard lock(k.mutex);
   const auto now = std::chrono::steady_clock::now();
-  old_large = expired_locked(k.large, now);
-  old_small = expired_locked(k.small, now);
+  old[0] = expired_locked(k.large, now);
+  old[1] = expired_locked(k.small[0], now);
+  old[2] = expired_locked(k.small[1], now);
 }
 
 std::shared_ptr<const std::vector<std::uint8_t>> shared_image(std::vector<std::uint8_t> bytes) {
@@ -153,7 +175,7 @@ std::size_t kept_image_buffer() {
 std::size_t kept_small_image_buffer() {
   KeptImage& k = kept_image();
   std::lock_guard lock(k.mutex);
-  return k.small.buffer.capacity();
+  return std::max(k.small[0].buffer.capacity(), k.small[1].buffer.capacity());
 }
 
 }  // namespace sojourn::sandbox::image

@@ -41,10 +41,11 @@ class Scratch {
 // drop_idle_image_buffer (a node's periodic sweep), so an idle node does not hold it.
 inline constexpr std::size_t kImageBufferMin = std::size_t{4} << 20;
 inline constexpr long long kImageBufferIdleMs = 30'000;
-// A second one is kept the same way for a mid-sized image (kSmallImageBufferMin to just under
-// kImageBufferMin: a 1 MB heap's): a fresh ~1 MB buffer is a fresh mapping from the allocator,
-// each of whose pages the kernel zeroes as the image is appended. It never takes the large
-// one's place, nor the large one its place. Smaller images get fresh buffers.
+// Two more are kept the same way for mid-sized images (kSmallImageBufferMin to just under
+// kImageBufferMin: a 1 MB heap's, one sealed and one staged): a fresh ~1 MB buffer is often
+// memory the allocator had given back, each of whose pages the kernel zeroes again as the image
+// is appended. They never take the large one's place, nor the large one theirs. Smaller images
+// get fresh buffers.
 inline constexpr std::size_t kSmallImageBufferMin = std::size_t{256} << 10;
 // A vector with room for `bytes`: the kept buffer of its class when it is large enough, else a
 // new empty one (not reserved). A kept buffer is handed out as it was let go, its size and bytes those of
@@ -59,7 +60,7 @@ std::shared_ptr<const std::vector<std::uint8_t>> shared_image(std::vector<std::u
 void drop_idle_image_buffer();
 // The capacity of the large buffer kept, 0 for none (tests).
 std::size_t kept_image_buffer();
-// The capacity of the mid-sized buffer kept, 0 for none (tests).
+// The capacity of the largest mid-sized buffer kept, 0 for none (tests).
 std::size_t kept_small_image_buffer();
 
 }  // namespace sojourn::sandbox::image

@@ -110,7 +110,7 @@ TEST_CASE("a small image is never sealed into the kept buffer") {
 
 TEST_CASE("a mid-sized image is sealed into the kept mid-sized buffer, byte for byte, beside the large one") {
   drop_kept_buffer();
-  (void)image::take_image_buffer(image::kSmallImageBufferMin);  // nothing mid-sized kept either
+  for (int i = 0; i < 2; ++i) (void)image::take_image_buffer(image::kSmallImageBufferMin);  // nothing mid-sized kept
   REQUIRE(image::kept_small_image_buffer() == 0);
   image::give_image_buffer(std::vector<std::uint8_t>(image::kImageBufferMin * 2, 0xEE));
   const std::size_t large = image::kept_image_buffer();
@@ -159,4 +159,26 @@ TEST_CASE("a mid-sized image is sealed into the kept mid-sized buffer, byte for 
   CHECK(image::take_image_buffer(image::kSmallImageBufferMin).capacity() == 0);
   CHECK(image::kept_image_buffer() == large);
   drop_kept_buffer();
+}
+
+TEST_CASE("two mid-sized buffers are kept, the smaller one given way to a larger third") {
+  for (int i = 0; i < 2; ++i) (void)image::take_image_buffer(image::kSmallImageBufferMin);
+  REQUIRE(image::kept_small_image_buffer() == 0);
+  constexpr std::size_t kMid = image::kSmallImageBufferMin;
+  std::vector<std::uint8_t> a(kMid), b(kMid * 2), c(kMid * 3);
+  const std::uint8_t* pb = b.data();
+  const std::uint8_t* pc = c.data();
+  image::give_image_buffer(std::move(a));
+  image::give_image_buffer(std::move(b));
+  CHECK(image::kept_small_image_buffer() == kMid * 2);
+  image::give_image_buffer(std::move(c));  // a goes
+  CHECK(image::kept_small_image_buffer() == kMid * 3);
+  auto fits = image::take_image_buffer(kMid + 1);  // the smallest that fits: b
+  CHECK(fits.data() == pb);
+  auto too_small = image::take_image_buffer(kMid * 3 + 1);  // none fits
+  CHECK(too_small.capacity() == 0);
+  auto last = image::take_image_buffer(kMid);
+  CHECK(last.data() == pc);
+  CHECK(image::take_image_buffer(kMid).capacity() == 0);  // a was freed, not kept
+  CHECK(image::kept_small_image_buffer() == 0);
 }
