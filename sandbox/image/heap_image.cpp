@@ -125,9 +125,10 @@ Result<std::vector<std::uint8_t>> seal(const ImageSource& source, std::uint64_t 
   const std::size_t payload_bytes = page_map.size() + kept_count * kPageBytes;
   const std::unique_ptr<detail::Encoder> encoder = detail::make_encoder(source.codec, payload_bytes);
   if (!encoder) return errors::internal(std::string(codec_name(source.codec)) + ": cannot set up a compression context");
-  // A large image goes into the buffer of one let go before when there is one (shared_image),
-  // its pages already faulted in: a fresh 64 MB-class buffer cost the kernel ~9 ms of page
-  // zeroing a hop on a quiet machine and 100 ms or more under load (bench/RESULTS.md). Emptied
+  // A large or mid-sized image goes into the buffer of one of its class let go before when there
+  // is one (shared_image), its pages already faulted in: a fresh 64 MB-class buffer cost the
+  // kernel ~9 ms of page zeroing a hop on a quiet machine and 100 ms or more under load
+  // (bench/RESULTS.md), a fresh 1 MB one a fresh mapping faulted in page by page. Emptied
   // first: only the bytes written below are ever the image's (its size), none of the old ones.
   std::vector<std::uint8_t> image = take_image_buffer(kHeaderBytes + encoder->bound(payload_bytes));
   image.clear();

@@ -246,10 +246,10 @@ class Lz4BlockEncoder final : public Encoder {
 
   bool end(const Sink& sink) override {
     flush_header(sink);
-    if (!pending_.empty()) {
-      const std::span<const std::uint8_t> last(pending_);
+    if (pending_n_ != 0) {
+      const std::span<const std::uint8_t> last = pending();
       compress(std::span(&last, 1), sink, nullptr);
-      pending_.clear();
+      pending_n_ = 0;
     }
     static constexpr std::uint8_t kEndMark[4] = {0, 0, 0, 0};
     sink(kEndMark);
@@ -272,27 +272,35 @@ class Lz4BlockEncoder final : public Encoder {
     flush_header(sink);
     // Small pieces (a page map, short runs of pages) gather into one block; a large one is cut
     // into blocks where it lies, its tail kept for the next piece.
-    if (pending_.size() + bytes.size() < kBlock) {
-      pending_.insert(pending_.end(), bytes.begin(), bytes.end());
+    if (pending_n_ + bytes.size() < kBlock) {
+      gather(bytes);
       if (meanwhile != nullptr) (*meanwhile)();
       return true;
     }
     std::vector<std::span<const std::uint8_t>> blocks;
     if (bytes.size() < kBlock) {
-      const std::size_t take = kBlock - pending_.size();
-      pending_.insert(pending_.end(), bytes.begin(), bytes.begin() + static_cast<std::ptrdiff_t>(take));
+      const std::size_t take = kBlock - pending_n_;
+      gather(bytes.first(take));
       bytes = bytes.subspan(take);
-      blocks.emplace_back(pending_);
-    } else if (!pending_.empty()) {
-      blocks.emplace_back(pending_);  // a short block of its own: no copy of the large piece
+      blocks.emplace_back(pending());
+    } else if (pending_n_ != 0) {
+      blocks.emplace_back(pending());  // a short block of its own: no copy of the large piece
     }
     while (bytes.size() >= kBlock) {
       blocks.push_back(bytes.first(kBlock));
       bytes = bytes.subspan(kBlock);
     }
-    compress(blocks, sink, meanwhile);
-    pending_.assign(bytes.begin(), bytes.end());
+    compress(blocks, sink, meanwhile);  // done with pending() when it returns
+    pending_n_ = 0;
+    gather(bytes);
     return true;
+  }
+
+  // Bytes short of a block, kept for the next ones.
+  std::span<const std::uint8_t> pending() const { return pending_.bytes().first(pending_n_); }
+  void gather(std::span<const std::uint8_t> bytes) {
+    if (!bytes.empty()) std::memcpy(pending_.bytes().data() + pending_n_, bytes.data(), bytes.size());
+    pending_n_ += bytes.size();
   }
 
   void flush_header(const Sink& sink) {
@@ -347,7 +355,10 @@ class Lz4BlockEncoder final : public Encoder {
   std::size_t header_bytes_ = 0;
   bool ready_ = false;
   std::size_t failed_ = 0;
-  std::vector<std::uint8_t> pending_;  // bytes short of a block, compressed with the next ones
+  // Bytes short of a block, compressed with the next ones: in a reused buffer (scratch.hpp), not
+  // a fresh 256 KB one per image whose pages the kernel zeroes again as they are first written.
+  Scratch pending_{kBlock};
+  std::size_t pending_n_ = 0;
 };
 
 }  // namespace

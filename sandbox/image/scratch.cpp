@@ -72,10 +72,17 @@ std::size_t Scratch::idle() {
 
 namespace {
 
-struct KeptImage {
-  std::mutex mutex;
+struct Kept {
   std::vector<std::uint8_t> buffer;
   std::chrono::steady_clock::time_point since;
+};
+
+struct KeptImage {
+  std::mutex mutex;
+  Kept large;  // kImageBufferMin or more
+  // kSmallImageBufferMin up to kImageBufferMin: two, for an image sealed and one staged at once
+  // (a node both sends and receives an agent's image in a round trip).
+  Kept small[2];
 };
 
 KeptImage& kept_image() {
@@ -84,9 +91,35 @@ KeptImage& kept_image() {
 }
 
 // The kept buffer, out of the lock, when it waited too long (freed by the caller's destructor).
-std::vector<std::uint8_t> expired_locked(KeptImage& k, std::chrono::steady_clock::time_point now) {
+std::vector<std::uint8_t> expired_locked(Kept& k, std::chrono::steady_clock::time_point now) {
   if (k.buffer.capacity() == 0 || now - k.since < std::chrono::milliseconds(kImageBufferIdleMs)) return {};
   return std::exchange(k.buffer, {});
+}
+
+// The slot to take a buffer of `bytes` from: the large one, or the mid-sized one holding the
+// smallest buffer that fits; nullptr for none.
+Kept* take_slot(KeptImage& k, std::size_t bytes) {
+  if (bytes >= kImageBufferMin) return k.large.buffer.capacity() >= bytes ? &k.large : nullptr;
+  if (bytes < kSmallImageBufferMin) return nullptr;
+  Kept* best = nullptr;
+  for (Kept& slot : k.small) {
+    if (slot.buffer.capacity() >= bytes && (best == nullptr || slot.buffer.capacity() < best->buffer.capacity())) {
+      best = &slot;
+    }
+  }
+  return best;
+}
+
+// The slot to keep a buffer of `capacity` in: the large one, or an empty mid-sized one, else the
+// one holding the smaller buffer; nullptr for one too small to keep.
+Kept* give_slot(KeptImage& k, std::size_t capacity) {
+  if (capacity >= kImageBufferMin) return &k.large;
+  if (capacity < kSmallImageBufferMin) return nullptr;
+  Kept* smallest = &k.small[0];
+  for (Kept& slot : k.small) {
+    if (slot.buffer.capacity() < smallest->buffer.capacity()) smallest = &slot;
+  }
+  return smallest;
 }
 
 }  // namespace
@@ -94,28 +127,35 @@ std::vector<std::uint8_t> expired_locked(KeptImage& k, std::chrono::steady_clock
 std::vector<std::uint8_t> take_image_buffer(std::size_t bytes) {
   KeptImage& k = kept_image();
   std::vector<std::uint8_t> out;
-  std::vector<std::uint8_t> old;
+  std::vector<std::uint8_t> old[3];  // freed after the lock
   {
     std::lock_guard lock(k.mutex);
-    old = expired_locked(k, std::chrono::steady_clock::now());
-    if (bytes >= kImageBufferMin && k.buffer.capacity() >= bytes) out = std::exchange(k.buffer, {});
+    const auto now = std::chrono::steady_clock::now();
+    old[0] = expired_locked(k.large, now);
+    old[1] = expired_locked(k.small[0], now);
+    old[2] = expired_locked(k.small[1], now);
+    if (Kept* slot = take_slot(k, bytes)) out = std::exchange(slot->buffer, {});
   }
   return out;
 }
 
 void give_image_buffer(std::vector<std::uint8_t> buffer) {
-  if (buffer.capacity() < kImageBufferMin) return;
   KeptImage& k = kept_image();
   std::lock_guard lock(k.mutex);
-  std::swap(k.buffer, buffer);  // the one kept before is freed as `buffer` goes, after the lock
-  k.since = std::chrono::steady_clock::now();
+  Kept* slot = give_slot(k, buffer.capacity());
+  if (slot == nullptr) return;  // freed after the lock
+  std::swap(slot->buffer, buffer);  // the one kept before is freed as `buffer` goes, after the lock
+  slot->since = std::chrono::steady_clock::now();
 }
 
 void drop_idle_image_buffer() {
   KeptImage& k = kept_image();
-  std::vector<std::uint8_t> old;  // freed after the lock
+  std::vector<std::uint8_t> old[3];  // freed after the lock
   std::lock_guard lock(k.mutex);
-  old = expired_locked(k, std::chrono::steady_clock::now());
+  const auto now = std::chrono::steady_clock::now();
+  old[0] = expired_locked(k.large, now);
+  old[1] = expired_locked(k.small[0], now);
+  old[2] = expired_locked(k.small[1], now);
 }
 
 std::shared_ptr<const std::vector<std::uint8_t>> shared_image(std::vector<std::uint8_t> bytes) {
@@ -129,7 +169,13 @@ std::shared_ptr<const std::vector<std::uint8_t>> shared_image(std::vector<std::u
 std::size_t kept_image_buffer() {
   KeptImage& k = kept_image();
   std::lock_guard lock(k.mutex);
-  return k.buffer.capacity();
+  return k.large.buffer.capacity();
+}
+
+std::size_t kept_small_image_buffer() {
+  KeptImage& k = kept_image();
+  std::lock_guard lock(k.mutex);
+  return std::max(k.small[0].buffer.capacity(), k.small[1].buffer.capacity());
 }
 
 }  // namespace sojourn::sandbox::image

@@ -41,8 +41,14 @@ class Scratch {
 // drop_idle_image_buffer (a node's periodic sweep), so an idle node does not hold it.
 inline constexpr std::size_t kImageBufferMin = std::size_t{4} << 20;
 inline constexpr long long kImageBufferIdleMs = 30'000;
-// A vector with room for `bytes`: the kept buffer when it is large enough, else a new empty one
-// (not reserved). A kept buffer is handed out as it was let go, its size and bytes those of
+// Two more are kept the same way for mid-sized images (kSmallImageBufferMin to just under
+// kImageBufferMin: a 1 MB heap's, one sealed and one staged): a fresh ~1 MB buffer is often
+// memory the allocator had given back, each of whose pages the kernel zeroes again as the image
+// is appended. They never take the large one's place, nor the large one theirs. Smaller images
+// get fresh buffers.
+inline constexpr std::size_t kSmallImageBufferMin = std::size_t{256} << 10;
+// A vector with room for `bytes`: the kept buffer of its class when it is large enough, else a
+// new empty one (not reserved). A kept buffer is handed out as it was let go, its size and bytes those of
 // the image it held (so that resizing it costs no fill): its caller overwrites every byte it
 // will read.
 std::vector<std::uint8_t> take_image_buffer(std::size_t bytes);
@@ -50,9 +56,11 @@ std::vector<std::uint8_t> take_image_buffer(std::size_t bytes);
 void give_image_buffer(std::vector<std::uint8_t> buffer);
 // The image `bytes`, shared: its buffer is given back when the last holder lets go.
 std::shared_ptr<const std::vector<std::uint8_t>> shared_image(std::vector<std::uint8_t> bytes);
-// Frees the kept buffer if it has waited past kImageBufferIdleMs.
+// Frees the kept buffers that have waited past kImageBufferIdleMs.
 void drop_idle_image_buffer();
-// The capacity of the buffer kept, 0 for none (tests).
+// The capacity of the large buffer kept, 0 for none (tests).
 std::size_t kept_image_buffer();
+// The capacity of the largest mid-sized buffer kept, 0 for none (tests).
+std::size_t kept_small_image_buffer();
 
 }  // namespace sojourn::sandbox::image

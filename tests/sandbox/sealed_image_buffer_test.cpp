@@ -107,3 +107,78 @@ TEST_CASE("a small image is never sealed into the kept buffer") {
   CHECK(image::kept_image_buffer() == kept);  // still kept, for a large one
   drop_kept_buffer();
 }
+
+TEST_CASE("a mid-sized image is sealed into the kept mid-sized buffer, byte for byte, beside the large one") {
+  drop_kept_buffer();
+  for (int i = 0; i < 2; ++i) (void)image::take_image_buffer(image::kSmallImageBufferMin);  // nothing mid-sized kept
+  REQUIRE(image::kept_small_image_buffer() == 0);
+  image::give_image_buffer(std::vector<std::uint8_t>(image::kImageBufferMin * 2, 0xEE));
+  const std::size_t large = image::kept_image_buffer();
+  REQUIRE(large >= image::kImageBufferMin * 2);
+  const std::vector<std::uint8_t> first = span_of(384, 41);  // 1.5 MB, 1 MB kept
+  for (image::Codec codec : {image::Codec::lz4, image::Codec::zstd, image::Codec::stored}) {
+    CAPTURE(image::codec_name(codec));
+    auto fresh = image::take_image(source(codec), first);
+    REQUIRE(fresh);
+    REQUIRE(fresh->size() >= image::kSmallImageBufferMin);
+    REQUIRE(fresh->size() < image::kImageBufferMin);
+    const std::uint8_t* data = fresh->data();
+    auto held = image::shared_image(std::move(*fresh));
+    const std::vector<std::uint8_t> alone(held->begin(), held->end());
+    CHECK(image::kept_small_image_buffer() == 0);  // held: not kept yet
+    held.reset();
+    CHECK(image::kept_small_image_buffer() >= alone.size());
+    CHECK(image::kept_image_buffer() == large);  // the large one stays
+    // The next one of its class (the same heap, then another) takes it: the same bytes as sealed
+    // into a fresh buffer, none of the old ones.
+    auto again = image::take_image(source(codec), first);
+    REQUIRE(again);
+    CHECK(again->data() == data);
+    CHECK(*again == alone);
+    CHECK(image::kept_small_image_buffer() == 0);
+    const std::vector<std::uint8_t> other = span_of(300, 43);
+    image::give_image_buffer(std::move(*again));
+    auto reused = image::take_image(source(codec), other);
+    REQUIRE(reused);
+    CHECK(reused->data() == data);
+    (void)image::take_image_buffer(image::kSmallImageBufferMin);  // drops the kept one
+    auto apart = image::take_image(source(codec), other);
+    REQUIRE(apart);
+    CHECK(*reused == *apart);
+    image::RestoreRules rules;
+    rules.guest_build.fill(7);
+    rules.arena_base = kBase;
+    rules.max_arena_bytes = kArena;
+    auto opened = image::open_image(*reused, rules);
+    REQUIRE(opened);
+    CHECK(opened->used == other);
+  }
+  // A small buffer is not kept; a mid-sized request never takes the large one.
+  image::give_image_buffer(std::vector<std::uint8_t>(image::kSmallImageBufferMin - 1));
+  CHECK(image::kept_small_image_buffer() == 0);
+  CHECK(image::take_image_buffer(image::kSmallImageBufferMin).capacity() == 0);
+  CHECK(image::kept_image_buffer() == large);
+  drop_kept_buffer();
+}
+
+TEST_CASE("two mid-sized buffers are kept, the smaller one given way to a larger third") {
+  for (int i = 0; i < 2; ++i) (void)image::take_image_buffer(image::kSmallImageBufferMin);
+  REQUIRE(image::kept_small_image_buffer() == 0);
+  constexpr std::size_t kMid = image::kSmallImageBufferMin;
+  std::vector<std::uint8_t> a(kMid), b(kMid * 2), c(kMid * 3);
+  const std::uint8_t* pb = b.data();
+  const std::uint8_t* pc = c.data();
+  image::give_image_buffer(std::move(a));
+  image::give_image_buffer(std::move(b));
+  CHECK(image::kept_small_image_buffer() == kMid * 2);
+  image::give_image_buffer(std::move(c));  // a goes
+  CHECK(image::kept_small_image_buffer() == kMid * 3);
+  auto fits = image::take_image_buffer(kMid + 1);  // the smallest that fits: b
+  CHECK(fits.data() == pb);
+  auto too_small = image::take_image_buffer(kMid * 3 + 1);  // none fits
+  CHECK(too_small.capacity() == 0);
+  auto last = image::take_image_buffer(kMid);
+  CHECK(last.data() == pc);
+  CHECK(image::take_image_buffer(kMid).capacity() == 0);  // a was freed, not kept
+  CHECK(image::kept_small_image_buffer() == 0);
+}
