@@ -96,6 +96,15 @@ std::vector<std::uint8_t> expired_locked(Kept& k, std::chrono::steady_clock::tim
   return std::exchange(k.buffer, {});
 }
 
+// Every kept buffer idle too long, moved into `old` (three: the large one, then the two
+// mid-sized), for the caller to free after its lock.
+void expire_all_locked(KeptImage& k, std::vector<std::uint8_t> (&old)[3]) {
+  const auto now = std::chrono::steady_clock::now();
+  old[0] = expired_locked(k.large, now);
+  old[1] = expired_locked(k.small[0], now);
+  old[2] = expired_locked(k.small[1], now);
+}
+
 // The slot to take a buffer of `bytes` from: the large one, or the mid-sized one holding the
 // smallest buffer that fits; nullptr for none.
 Kept* take_slot(KeptImage& k, std::size_t bytes) {
@@ -130,10 +139,7 @@ std::vector<std::uint8_t> take_image_buffer(std::size_t bytes) {
   std::vector<std::uint8_t> old[3];  // freed after the lock
   {
     std::lock_guard lock(k.mutex);
-    const auto now = std::chrono::steady_clock::now();
-    old[0] = expired_locked(k.large, now);
-    old[1] = expired_locked(k.small[0], now);
-    old[2] = expired_locked(k.small[1], now);
+    expire_all_locked(k, old);
     if (Kept* slot = take_slot(k, bytes)) out = std::exchange(slot->buffer, {});
   }
   return out;
@@ -152,10 +158,7 @@ void drop_idle_image_buffer() {
   KeptImage& k = kept_image();
   std::vector<std::uint8_t> old[3];  // freed after the lock
   std::lock_guard lock(k.mutex);
-  const auto now = std::chrono::steady_clock::now();
-  old[0] = expired_locked(k.large, now);
-  old[1] = expired_locked(k.small[0], now);
-  old[2] = expired_locked(k.small[1], now);
+  expire_all_locked(k, old);
 }
 
 std::shared_ptr<const std::vector<std::uint8_t>> shared_image(std::vector<std::uint8_t> bytes) {
